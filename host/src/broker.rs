@@ -1,0 +1,1 @@
+//! The managed local Kafka-protocol broker (nisshi) started when no brokers are configured.

@@ -1,0 +1,1 @@
+//! Builds each stage from validated config and connects them with bounded channels.

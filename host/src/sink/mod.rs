@@ -1,0 +1,3 @@
+//! Sinks: where transformed rows are loaded.
+
+pub mod snowflake;

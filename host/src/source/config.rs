@@ -1,0 +1,95 @@
+//! `source` section of pipeline.json: which CSV file to replay, how to type it and how fast.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::OnError;
+use crate::row::ValueType;
+
+/// The replay source. Only CSV files today; the `type` tag leaves room for more.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum SourceConfig {
+    /// Replay a CSV file whose header row names the fields.
+    Csv(CsvSourceConfig),
+}
+
+/// A CSV file replayed as a live feed.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CsvSourceConfig {
+    /// Path of the CSV file, relative to the pipeline file's directory.
+    pub path: String,
+    /// Field delimiter, a single ASCII character.
+    #[serde(default = "default_delimiter")]
+    pub delimiter: String,
+    /// Explicit column types (column name to type). Columns not listed are inferred from the
+    /// data: int, float, bool, ISO-8601 timestamp, else string.
+    #[serde(default)]
+    pub schema: BTreeMap<String, ValueType>,
+    /// How many leading rows type inference samples.
+    #[serde(default = "default_infer_rows")]
+    pub infer_rows: usize,
+    /// How fast rows are replayed.
+    #[serde(default)]
+    pub pacing: Pacing,
+    /// How many times the file is replayed (1 = once).
+    #[serde(default = "default_loop", rename = "loop")]
+    pub loop_count: u32,
+    /// Column whose value becomes the Kafka message key; without it messages have no key.
+    #[serde(default)]
+    pub key_column: Option<String>,
+    /// What a bad row (ragged, invalid UTF-8, unparsable under `schema`) does: `dead_letter`
+    /// (default) sends it to the dead-letter topic with file and line; `fail` stops the run;
+    /// `drop` counts it and skips it.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// Replay pacing.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Pacing {
+    /// As fast as the broker takes them.
+    #[default]
+    None,
+    /// A fixed delay between rows (the seed's producer used 1000 ms).
+    Fixed {
+        /// Delay between consecutive rows, in milliseconds.
+        delay_ms: u64,
+    },
+    /// A steady rate.
+    Rate {
+        /// Rows per second.
+        rows_per_sec: f64,
+    },
+    /// Replays the gaps between rows' event timestamps, sped up by `speed`.
+    EventTime {
+        /// Name of the timestamp column.
+        column: String,
+        /// Speed-up factor: 2.0 replays an hour of events in 30 minutes.
+        #[serde(default = "default_speed")]
+        speed: f64,
+        /// Longest wait between two rows, in milliseconds, however far apart their timestamps.
+        #[serde(default = "default_max_gap_ms")]
+        max_gap_ms: u64,
+    },
+}
+
+fn default_delimiter() -> String {
+    ",".to_owned()
+}
+fn default_infer_rows() -> usize {
+    1000
+}
+fn default_loop() -> u32 {
+    1
+}
+fn default_speed() -> f64 {
+    1.0
+}
+fn default_max_gap_ms() -> u64 {
+    10_000
+}

@@ -1,0 +1,45 @@
+//! `transforms[]` entries of pipeline.json: which component to run, with which params and limits.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::config::OnError;
+
+/// One transform in the chain.
+#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TransformConfig {
+    /// A name for logs and metrics; defaults to the component file's stem.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Path of the component (`.wasm`), relative to the pipeline file's directory.
+    pub uses: String,
+    /// Parameters handed to the component's `init` as string pairs.
+    #[serde(default)]
+    pub with: BTreeMap<String, String>,
+    /// What a record the transform fails (or traps on) does: `fail` stops the run, `drop`
+    /// counts and skips it, `dead_letter` (default) sends it to the dead-letter topic.
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Linear-memory cap per instance, in MiB.
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: u64,
+    /// CPU-time cap per batch call, in milliseconds (epoch interruption).
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Fuel per batch call, for deterministic CI runs; unset means no fuel metering.
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    /// Forward the guest's stdout/stderr to sluice's stderr (discarded by default).
+    #[serde(default)]
+    pub debug_stdio: bool,
+}
+
+fn default_memory_mb() -> u64 {
+    64
+}
+fn default_timeout_ms() -> u64 {
+    1000
+}

@@ -1,0 +1,2 @@
+//! sluice's integration tests, one binary (ripgrep's layout): each module exercises a stage
+//! against the real part it talks to.
