@@ -1,2 +1,7 @@
 //! sluice's integration tests, one binary (ripgrep's layout): each module exercises a stage
 //! against the real part it talks to.
+
+mod kafka;
+mod pipeline;
+mod snowflake;
+mod transform;

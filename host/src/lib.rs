@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod config;
 pub mod consume;
+pub mod dead_letter;
 pub mod pipeline;
 pub mod row;
 pub mod sink;

@@ -1,0 +1,84 @@
+//! Dead letters: records that could not be processed, kept with the reason instead of lost.
+//!
+//! Every stage that rejects a record (a bad CSV row, a failing or trapping transform, a row the
+//! table cannot take) builds a [`DeadLetter`] and hands it to a [`DeadLetterTx`]. `send` returns
+//! only once the letter is durable in the dead-letter topic, so a stage can safely move its
+//! offsets past the record afterwards.
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::row::RecordMeta;
+
+/// One rejected record and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    /// The stage that rejected it: `source`, `transform:<name>` or `sink`.
+    pub stage: String,
+    /// A short machine-readable kind (`ragged_row`, `invalid_utf8`, `parse`, `trap`, `timeout`,
+    /// `memory`, `guest_error`, `schema`, ...).
+    pub kind: String,
+    /// The human-readable reason.
+    pub reason: String,
+    /// The CSV file the record came from, when known.
+    pub source_file: Option<String>,
+    /// The 1-based line in that file where the record starts, when known.
+    pub line: Option<u64>,
+    /// The Kafka record it was read from, for records rejected after consumption.
+    pub origin: Option<RecordMeta>,
+    /// The original bytes (raw CSV record, or the Kafka message value).
+    pub payload: Vec<u8>,
+}
+
+type Ack = oneshot::Sender<Result<(), String>>;
+
+/// The sending half: cheap to clone, one per stage.
+#[derive(Debug, Clone)]
+pub struct DeadLetterTx(mpsc::Sender<(DeadLetter, Ack)>);
+
+/// The receiving half, drained by the dead-letter producer (or by a test).
+#[derive(Debug)]
+pub struct DeadLetterRx(mpsc::Receiver<(DeadLetter, Ack)>);
+
+/// A bounded dead-letter channel.
+pub fn channel(capacity: usize) -> (DeadLetterTx, DeadLetterRx) {
+    let (tx, rx) = mpsc::channel(capacity);
+    (DeadLetterTx(tx), DeadLetterRx(rx))
+}
+
+/// Why a dead letter could not be stored.
+#[derive(Debug, thiserror::Error)]
+pub enum DeadLetterError {
+    /// The producer task is gone.
+    #[error("dead-letter producer is not running")]
+    Closed,
+    /// The producer could not store it.
+    #[error("dead letter could not be stored: {0}")]
+    Store(String),
+}
+
+impl DeadLetterTx {
+    /// Sends a letter and waits until it is durable.
+    pub async fn send(&self, letter: DeadLetter) -> Result<(), DeadLetterError> {
+        let (ack, done) = oneshot::channel();
+        self.0.send((letter, ack)).await.map_err(|_| DeadLetterError::Closed)?;
+        done.await.map_err(|_| DeadLetterError::Closed)?.map_err(DeadLetterError::Store)
+    }
+
+    /// [`send`](Self::send) from a thread that is not a tokio worker (e.g. a wasm worker).
+    pub fn blocking_send(&self, letter: DeadLetter) -> Result<(), DeadLetterError> {
+        let (ack, done) = oneshot::channel();
+        self.0.blocking_send((letter, ack)).map_err(|_| DeadLetterError::Closed)?;
+        done.blocking_recv().map_err(|_| DeadLetterError::Closed)?.map_err(DeadLetterError::Store)
+    }
+}
+
+impl DeadLetterRx {
+    /// The next letter and the callback that acknowledges it (`Ok` once stored); `None` when
+    /// every sender is gone.
+    pub async fn recv(&mut self) -> Option<(DeadLetter, impl FnOnce(Result<(), String>) + use<>)> {
+        let (letter, ack) = self.0.recv().await?;
+        Some((letter, move |r| {
+            let _ = ack.send(r);
+        }))
+    }
+}

@@ -1,0 +1,1 @@
+//! A real nisshi broker process for tests, shared by the whole test binary.

@@ -1,0 +1,1 @@
+//! A real fakesnow emulator process for tests, shared by the whole test binary.
