@@ -1,0 +1,459 @@
+//! The guest SDK for sluice transforms.
+//!
+//! A transform is a WebAssembly component implementing the `sluice:transform` WIT world
+//! (`wit/transform.wit`). The world's entry point takes a whole batch of rows in a compact
+//! positional layout; this crate hides that layout so an author writes one function per row:
+//!
+//! ```ignore
+//! use sluice_guest::{Error, Params, Row, Transform, Value};
+//!
+//! struct Upper { field: String }
+//!
+//! impl Transform for Upper {
+//!     fn init(params: &Params) -> Result<Self, Error> {
+//!         params.allow_only(&["field"])?;
+//!         Ok(Upper { field: params.require("field")?.to_owned() })
+//!     }
+//!     fn transform(&mut self, mut row: Row) -> Result<Vec<Row>, Error> {
+//!         if let Some(Value::String(s)) = row.get_mut(&self.field) {
+//!             *s = s.to_uppercase();
+//!         }
+//!         Ok(vec![row])
+//!     }
+//! }
+//!
+//! sluice_guest::export!(Upper);
+//! ```
+//!
+//! Returning `Ok(vec![])` filters the row out, `Ok(vec![a, b])` emits two rows, and `Err(..)`
+//! fails that row alone (the host applies the transform's `on_error` policy). Do not panic: a
+//! panic traps the whole instance, and the host has to rebuild it and re-run the batch one row at
+//! a time to find the culprit.
+
+use std::any::Any;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+extern crate self as sluice_guest;
+
+/// Generated bindings for the `sluice:transform` world. Authors should not need them.
+#[doc(hidden)]
+#[allow(missing_docs)]
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "transform",
+        pub_export_macro: true,
+        export_macro_name: "__export_transform_world",
+        default_bindings_module: "::sluice_guest::bindings",
+        runtime_path: "::sluice_guest::__private::wit_bindgen::rt",
+        additional_derives: [PartialEq],
+    });
+}
+
+use bindings::sluice::transform::types::{Outcome, Output, Rows};
+
+/// A typed value: `Null`, `Bool`, `Int` (i64), `Float` (f64), `String`, `Timestamp`
+/// (microseconds since the Unix epoch, UTC) or `Json` (nested data as JSON text).
+pub use bindings::sluice::transform::types::Value;
+
+/// Why `init` or a row failed: `InvalidParam`, `MissingField`, `InvalidValue` or `Other`.
+pub use bindings::sluice::transform::types::TransformError as Error;
+
+/// A param or field name plus the reason it was rejected (carried by [`Error`]).
+pub use bindings::sluice::transform::types::FieldError;
+
+/// Facts about the Kafka record the current row came from (see [`meta`]).
+pub use bindings::sluice::transform::types::{Header, RecordMeta};
+
+/// A field name. Shared because every row of a batch repeats the same names.
+pub type Name = Rc<str>;
+
+/// An ordered list of named, typed fields.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Row {
+    fields: Vec<(Name, Value)>,
+}
+
+impl Row {
+    /// An empty row.
+    pub fn new() -> Row {
+        Row::default()
+    }
+
+    /// The number of fields.
+    pub fn len(&self) -> usize {
+        self.fields.len()
+    }
+
+    /// Whether the row has no fields.
+    pub fn is_empty(&self) -> bool {
+        self.fields.is_empty()
+    }
+
+    /// The fields in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.fields.iter().map(|(n, v)| (&**n, v))
+    }
+
+    /// The value of field `name`, if the row has it.
+    pub fn get(&self, name: &str) -> Option<&Value> {
+        self.fields.iter().find(|(n, _)| &**n == name).map(|(_, v)| v)
+    }
+
+    /// A mutable reference to the value of field `name`, if the row has it.
+    pub fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
+        self.fields.iter_mut().find(|(n, _)| &**n == name).map(|(_, v)| v)
+    }
+
+    /// The value of field `name`, or [`Error::MissingField`].
+    pub fn require(&self, name: &str) -> Result<&Value, Error> {
+        self.get(name).ok_or_else(|| Error::MissingField(name.to_owned()))
+    }
+
+    /// Sets field `name`: replaces its value if present, appends the field otherwise.
+    pub fn set(&mut self, name: &str, value: Value) {
+        match self.get_mut(name) {
+            Some(v) => *v = value,
+            None => self.fields.push((Name::from(name), value)),
+        }
+    }
+
+    /// Appends a field without checking for an existing one of the same name.
+    pub fn push(&mut self, name: impl Into<Name>, value: Value) {
+        self.fields.push((name.into(), value));
+    }
+
+    /// Removes field `name` and returns its value.
+    pub fn remove(&mut self, name: &str) -> Option<Value> {
+        let i = self.fields.iter().position(|(n, _)| &**n == name)?;
+        Some(self.fields.remove(i).1)
+    }
+
+    /// Renames field `from` to `to` in place; returns whether the row had `from`.
+    pub fn rename(&mut self, from: &str, to: &str) -> bool {
+        match self.fields.iter_mut().find(|(n, _)| &**n == from) {
+            Some((n, _)) => {
+                *n = Name::from(to);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl<N: Into<Name>> FromIterator<(N, Value)> for Row {
+    fn from_iter<I: IntoIterator<Item = (N, Value)>>(iter: I) -> Row {
+        Row { fields: iter.into_iter().map(|(n, v)| (n.into(), v)).collect() }
+    }
+}
+
+impl Error {
+    /// An [`Error::InvalidParam`] for param `name`.
+    pub fn invalid_param(name: &str, reason: impl Into<String>) -> Error {
+        Error::InvalidParam(FieldError { name: name.to_owned(), reason: reason.into() })
+    }
+
+    /// An [`Error::InvalidValue`] for field `name`.
+    pub fn invalid_value(name: &str, reason: impl Into<String>) -> Error {
+        Error::InvalidValue(FieldError { name: name.to_owned(), reason: reason.into() })
+    }
+
+    /// An [`Error::Other`].
+    pub fn other(reason: impl Into<String>) -> Error {
+        Error::Other(reason.into())
+    }
+}
+
+impl Value {
+    /// The name of this value's type (`null`, `bool`, `int`, `float`, `string`, `timestamp`,
+    /// `json`), for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::Null => "null",
+            Value::Bool(_) => "bool",
+            Value::Int(_) => "int",
+            Value::Float(_) => "float",
+            Value::String(_) => "string",
+            Value::Timestamp(_) => "timestamp",
+            Value::Json(_) => "json",
+        }
+    }
+
+    /// The text of a `String` or `Json` value.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::String(s) | Value::Json(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// A number as f64 (`Int`, `Float` and `Timestamp` qualify).
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::Int(i) | Value::Timestamp(i) => Some(i as f64),
+            Value::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    /// An `Int` or `Timestamp` as i64.
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            Value::Int(i) | Value::Timestamp(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// The value as display text: null is empty, strings are unquoted.
+    pub fn to_text(&self) -> String {
+        match self {
+            Value::Null => String::new(),
+            Value::Bool(b) => b.to_string(),
+            Value::Int(i) | Value::Timestamp(i) => i.to_string(),
+            Value::Float(f) => f.to_string(),
+            Value::String(s) | Value::Json(s) => s.clone(),
+        }
+    }
+}
+
+/// The `with` params of the transform, as given in pipeline.json or `--with k=v`.
+#[derive(Debug, Clone, Default)]
+pub struct Params(Vec<(String, String)>);
+
+impl Params {
+    /// Params from key/value pairs.
+    pub fn new(pairs: Vec<(String, String)>) -> Params {
+        Params(pairs)
+    }
+
+    /// The value of param `name`, if given.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The value of param `name`, or an [`Error::InvalidParam`] saying it is required.
+    pub fn require(&self, name: &str) -> Result<&str, Error> {
+        self.get(name).ok_or_else(|| Error::invalid_param(name, "is required"))
+    }
+
+    /// Param `name` parsed with `FromStr`, if given; an [`Error::InvalidParam`] if it does not parse.
+    pub fn parse<T>(&self, name: &str) -> Result<Option<T>, Error>
+    where
+        T: std::str::FromStr,
+        T::Err: std::fmt::Display,
+    {
+        self.get(name)
+            .map(|v| v.parse::<T>().map_err(|e| Error::invalid_param(name, format!("{v:?}: {e}"))))
+            .transpose()
+    }
+
+    /// Rejects any param not in `known`, so that a typo in pipeline.json fails validation.
+    pub fn allow_only(&self, known: &[&str]) -> Result<(), Error> {
+        match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((k, _)) => Err(Error::invalid_param(
+                k,
+                format!("unknown param (expected one of: {})", known.join(", ")),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// All params in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().map(|(k, v)| (k.as_str(), v.as_str()))
+    }
+}
+
+/// A transform: built once per instance from its params, then called once per row.
+pub trait Transform: 'static {
+    /// Builds the transform from its params; reject bad ones with [`Error::invalid_param`].
+    fn init(params: &Params) -> Result<Self, Error>
+    where
+        Self: Sized;
+
+    /// Turns one row into zero (filter), one (map) or many (flat-map) rows, or fails it.
+    fn transform(&mut self, row: Row) -> Result<Vec<Row>, Error>;
+}
+
+/// The metadata (topic, partition, offset, key, timestamp, headers) of the Kafka record the row
+/// being transformed came from. Only meaningful inside [`Transform::transform`]; costs one call
+/// to the host, so fetch it only when needed.
+pub fn meta() -> RecordMeta {
+    bindings::sluice::transform::context::meta(CURRENT_INDEX.get())
+}
+
+/// Exports a [`Transform`] type as the component's `transformer` interface.
+#[macro_export]
+macro_rules! export {
+    ($t:ty) => {
+        #[doc(hidden)]
+        struct __SluiceGuest;
+
+        impl $crate::bindings::exports::sluice::transform::transformer::Guest for __SluiceGuest {
+            fn init(
+                params: ::std::vec::Vec<(::std::string::String, ::std::string::String)>,
+            ) -> ::core::result::Result<(), $crate::Error> {
+                $crate::__private::init::<$t>(params)
+            }
+
+            fn transform_batch(
+                input: $crate::bindings::sluice::transform::types::Rows,
+            ) -> $crate::bindings::sluice::transform::types::Output {
+                $crate::__private::transform_batch::<$t>(input)
+            }
+        }
+
+        $crate::bindings::__export_transform_world!(__SluiceGuest with_types_in $crate::bindings);
+    };
+}
+
+/// Exports a plain `fn(Row) -> Result<Vec<Row>, Error>` as a transform that takes no params.
+#[macro_export]
+macro_rules! export_fn {
+    ($f:path) => {
+        #[doc(hidden)]
+        struct __SluiceFn;
+
+        impl $crate::Transform for __SluiceFn {
+            fn init(params: &$crate::Params) -> ::core::result::Result<Self, $crate::Error> {
+                params.allow_only(&[])?;
+                Ok(__SluiceFn)
+            }
+
+            fn transform(
+                &mut self,
+                row: $crate::Row,
+            ) -> ::core::result::Result<::std::vec::Vec<$crate::Row>, $crate::Error> {
+                $f(row)
+            }
+        }
+
+        $crate::export!(__SluiceFn);
+    };
+}
+
+thread_local! {
+    // The instance's transform, built by `init`. Components are single-threaded, so a
+    // thread-local is simply "the instance's state".
+    static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
+    // Which input row is being transformed, so `meta()` can ask the host for its record.
+    static CURRENT_INDEX: Cell<u32> = const { Cell::new(0) };
+}
+
+#[doc(hidden)]
+pub mod __private {
+    pub use wit_bindgen;
+
+    use super::*;
+
+    pub fn init<T: Transform>(params: Vec<(String, String)>) -> Result<(), Error> {
+        let t = T::init(&Params(params))?;
+        STATE.with(|s| *s.borrow_mut() = Some(Box::new(t)));
+        Ok(())
+    }
+
+    pub fn transform_batch<T: Transform>(input: Rows) -> Output {
+        STATE.with(|s| {
+            let mut state = s.borrow_mut();
+            let Some(t) = state.as_mut().and_then(|b| b.downcast_mut::<T>()) else {
+                let err = Error::other("transform-batch called before a successful init");
+                return Output {
+                    outcomes: input.shapes.iter().map(|_| Outcome::Error(err.clone())).collect(),
+                    rows: Rows { schemas: Vec::new(), shapes: Vec::new(), values: Vec::new() },
+                };
+            };
+            run_batch(t, input)
+        })
+    }
+
+    fn run_batch<T: Transform>(t: &mut T, input: Rows) -> Output {
+        let schemas: Vec<Vec<Name>> = input
+            .schemas
+            .into_iter()
+            .map(|s| s.into_iter().map(Name::from).collect())
+            .collect();
+        let mut values = input.values.into_iter();
+        let mut outcomes = Vec::with_capacity(input.shapes.len());
+        let mut out = RowsBuilder::with_capacity(input.shapes.len(), values.len());
+        for (i, &shape) in input.shapes.iter().enumerate() {
+            let Some(names) = schemas.get(shape as usize) else {
+                outcomes.push(Outcome::Error(Error::other(format!("host sent unknown shape {shape}"))));
+                continue;
+            };
+            let fields = names.iter().map(|n| (n.clone(), values.next().unwrap_or(Value::Null)));
+            let row = Row { fields: fields.collect() };
+            CURRENT_INDEX.set(i as u32);
+            match t.transform(row) {
+                Ok(rows) => {
+                    outcomes.push(Outcome::Emit(rows.len() as u32));
+                    for row in rows {
+                        out.push(row);
+                    }
+                }
+                Err(e) => outcomes.push(Outcome::Error(e)),
+            }
+        }
+        Output { outcomes, rows: out.finish() }
+    }
+
+    /// Flattens rows into the positional batch layout, interning each distinct shape once.
+    struct RowsBuilder {
+        names: Vec<Vec<Name>>,
+        shapes: Vec<u32>,
+        values: Vec<Value>,
+        last: usize,
+    }
+
+    impl RowsBuilder {
+        fn with_capacity(rows: usize, values: usize) -> RowsBuilder {
+            RowsBuilder {
+                names: Vec::new(),
+                shapes: Vec::with_capacity(rows),
+                values: Vec::with_capacity(values),
+                last: 0,
+            }
+        }
+
+        fn shape_of(&mut self, row: &Row) -> u32 {
+            let same = |names: &[Name]| {
+                names.len() == row.fields.len()
+                    && names
+                        .iter()
+                        .zip(&row.fields)
+                        .all(|(a, (b, _))| Rc::ptr_eq(a, b) || a == b)
+            };
+            // Rows of a batch nearly always share the previous row's shape.
+            if self.names.get(self.last).is_some_and(|n| same(n)) {
+                return self.last as u32;
+            }
+            let i = match self.names.iter().position(|n| same(n)) {
+                Some(i) => i,
+                None => {
+                    self.names.push(row.fields.iter().map(|(n, _)| n.clone()).collect());
+                    self.names.len() - 1
+                }
+            };
+            self.last = i;
+            i as u32
+        }
+
+        fn push(&mut self, row: Row) {
+            let shape = self.shape_of(&row);
+            self.shapes.push(shape);
+            self.values.extend(row.fields.into_iter().map(|(_, v)| v));
+        }
+
+        fn finish(self) -> Rows {
+            Rows {
+                schemas: self
+                    .names
+                    .into_iter()
+                    .map(|n| n.iter().map(|s| s.to_string()).collect())
+                    .collect(),
+                shapes: self.shapes,
+                values: self.values,
+            }
+        }
+    }
+}
