@@ -1,22 +1,31 @@
 //! The `sluice` command line: `run`, `replay`, `transform`, `validate`, `schema`, `verify`.
 //!
-//! Exit codes: 0 ok, 1 runtime failure, 2 bad configuration or usage.
+//! Exit codes: 0 ok, 1 runtime failure (or a gap found by `verify` / `--until-end`), 2 bad
+//! configuration or usage. Errors print their whole chain (`{:#}`), as ripgrep does.
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::Parser;
+use sluice::config::{self, ConfigError};
+use sluice::pipeline::{self, LogFormat, RunMode, RunOptions};
+use sluice::validate::{self, Depth};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<sluice::config::ConfigError>().is_some() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::from(1)
-            }
+            if err.downcast_ref::<ConfigError>().is_some() { ExitCode::from(2) } else { ExitCode::from(1) }
         }
     }
 }
@@ -25,21 +34,145 @@ fn main() -> ExitCode {
 #[derive(Parser, Debug)]
 #[command(name = "sluice", version, about)]
 struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(clap::Subcommand, Debug)]
 enum Command {
+    /// Replay the CSV into Kafka and consume, transform and load it, in one process.
+    Run(RunArgs),
+    /// Replay the CSV into Kafka only (the producer half).
+    Replay(CommonArgs),
+    /// Check a pipeline file offline; every error names its JSON path and line (exit 2).
+    Validate {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Skip loading components and running their `init`.
+        #[arg(long)]
+        no_components: bool,
+    },
     /// Print the JSON Schema of pipeline.json.
     Schema,
+    /// Reconcile a finished run: CSV rows, produced, per-transform counts, dead letters and rows
+    /// in the warehouse; exit 1 on any gap.
+    Verify {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// The run summary to check (written by `run --summary`).
+        #[arg(long)]
+        summary: Option<PathBuf>,
+        /// Directory for embedded-mode state (managed broker and emulator data).
+        #[arg(long, default_value = ".sluice")]
+        state_dir: PathBuf,
+    },
+}
+
+#[derive(clap::Args, Debug)]
+struct CommonArgs {
+    /// The pipeline file.
+    pipeline: PathBuf,
+    /// Directory for embedded-mode state (managed broker and emulator data, last run summary).
+    #[arg(long, default_value = ".sluice")]
+    state_dir: PathBuf,
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
+    #[arg(long)]
+    metrics_addr: Option<SocketAddr>,
+    /// Write the final summary as JSON to this file.
+    #[arg(long)]
+    summary: Option<PathBuf>,
+    /// Never draw the live progress line (it is drawn only on a TTY anyway).
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct RunArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Bounded run: wait for the replay to finish, drain, flush, wait for warehouse commits, print
+    /// the summary and exit (1 if anything was lost or failed).
+    #[arg(long)]
+    until_end: bool,
+    /// Only replay the CSV into Kafka.
+    #[arg(long, conflicts_with = "consume_only")]
+    replay_only: bool,
+    /// Only consume, transform and load (with `--until-end`, up to the end offsets at start).
+    #[arg(long)]
+    consume_only: bool,
+}
+
+fn load(pipeline: &std::path::Path) -> anyhow::Result<config::LoadedConfig> {
+    let loaded = config::load(pipeline)?;
+    let issues = validate::validate(&loaded, Depth::Static);
+    if !issues.is_empty() {
+        return Err(loaded.invalid(issues).into());
+    }
+    Ok(loaded)
+}
+
+fn options(common: CommonArgs, mode: RunMode, until_end: bool, log_format: LogFormat) -> RunOptions {
+    RunOptions {
+        mode,
+        until_end,
+        state_dir: common.state_dir,
+        metrics_addr: common.metrics_addr,
+        summary: common.summary,
+        progress: !common.no_progress,
+        log_format,
+    }
 }
 
 fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
-        Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&sluice::config::json_schema())?);
+        Command::Run(args) => {
+            pipeline::init_logging(cli.log_format);
+            let loaded = load(&args.common.pipeline)?;
+            let mode = if args.replay_only {
+                RunMode::ReplayOnly
+            } else if args.consume_only {
+                RunMode::ConsumeOnly
+            } else {
+                RunMode::Full
+            };
+            let opts = options(args.common, mode, args.until_end || mode == RunMode::ReplayOnly, cli.log_format);
+            let ok = runtime()?.block_on(pipeline::run(loaded, opts))?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Replay(common) => {
+            pipeline::init_logging(cli.log_format);
+            let loaded = load(&common.pipeline)?;
+            let opts = options(common, RunMode::ReplayOnly, true, cli.log_format);
+            let ok = runtime()?.block_on(pipeline::run(loaded, opts))?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
+        Command::Validate { pipeline, no_components } => {
+            let loaded = config::load(&pipeline)?;
+            let depth = if no_components { Depth::Static } else { Depth::Components };
+            let issues = validate::validate(&loaded, depth);
+            if !issues.is_empty() {
+                return Err(loaded.invalid(issues).into());
+            }
+            println!("{}: ok", pipeline.display());
             Ok(ExitCode::SUCCESS)
         }
+        Command::Schema => {
+            println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Verify { pipeline, summary, state_dir } => {
+            pipeline::init_logging(cli.log_format);
+            let loaded = load(&pipeline)?;
+            let summary = summary.unwrap_or_else(|| state_dir.join("last-run.json"));
+            let ok = runtime()?.block_on(pipeline::verify(loaded, &summary, &state_dir))?;
+            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+        }
     }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
 }
