@@ -35,6 +35,38 @@ pub struct TransformConfig {
     /// Forward the guest's stdout/stderr to sluice's stderr (discarded by default).
     #[serde(default)]
     pub debug_stdio: bool,
+    /// Most rows one input record may turn into; a record emitting more fails with kind
+    /// `output_limit` (guards against a runaway flat-map).
+    #[serde(default = "default_max_rows_per_record")]
+    pub max_rows_per_record: u32,
+}
+
+impl TransformConfig {
+    /// A config for the component at `uses` with every other field at its default.
+    pub fn new(uses: impl Into<String>) -> TransformConfig {
+        TransformConfig {
+            name: None,
+            uses: uses.into(),
+            with: BTreeMap::new(),
+            on_error: OnError::default(),
+            memory_mb: default_memory_mb(),
+            timeout_ms: default_timeout_ms(),
+            fuel: None,
+            debug_stdio: false,
+            max_rows_per_record: default_max_rows_per_record(),
+        }
+    }
+
+    /// The name used in logs, metrics and dead letters: `name`, else the component file's stem.
+    pub fn display_name(&self) -> String {
+        if let Some(name) = &self.name {
+            return name.clone();
+        }
+        std::path::Path::new(&self.uses)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.uses.clone())
+    }
 }
 
 fn default_memory_mb() -> u64 {
@@ -42,4 +74,7 @@ fn default_memory_mb() -> u64 {
 }
 fn default_timeout_ms() -> u64 {
     1000
+}
+fn default_max_rows_per_record() -> u32 {
+    10_000
 }

@@ -1,2 +1,21 @@
 //! The WebAssembly transform runtime: runs `sluice:transform` components over batches of rows.
+//!
+//! - [`config`]: the `transforms[]` entries of pipeline.json.
+//! - [`runtime`]: loading components ([`TransformChain::load`], [`check`]) and running a chain
+//!   on dedicated worker threads ([`TransformChain::process`]).
+//! - [`stats`]: per-transform counters for metrics.
+//! - [`cli`]: `sluice transform new|build|test`.
+
+mod bindings;
+pub mod cli;
 pub mod config;
+mod error;
+pub mod runtime;
+pub mod stats;
+
+pub use config::TransformConfig;
+pub use error::{FailureKind, LoadError, TransformError};
+pub use runtime::{
+    Quarantine, RecordOutcome, RuntimeOptions, TransformChain, check, default_cache_dir,
+};
+pub use stats::TransformStats;

@@ -1,0 +1,1 @@
+//! `sluice transform new|build|test`: tools for transform authors.

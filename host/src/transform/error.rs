@@ -1,0 +1,148 @@
+//! Errors of the transform runtime: loading a component, and failures that stop a whole batch.
+
+use std::fmt;
+use std::path::PathBuf;
+
+/// Why a transform could not be loaded (bad file, wrong world, params rejected by `init`).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The wasm engine could not be set up (e.g. the compilation cache directory).
+    #[error("cannot set up the wasm engine: {0}")]
+    Engine(String),
+    /// The component file could not be read.
+    #[error("cannot read component {path}")]
+    Read {
+        /// The component path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not a valid WebAssembly component (a core module, corrupt, ...).
+    #[error("{path} is not a valid WebAssembly component: {reason}")]
+    InvalidComponent {
+        /// The component path.
+        path: PathBuf,
+        /// What wasmtime reported.
+        reason: String,
+    },
+    /// The component does not implement `sluice:transform/transformer@0.1.0`, or imports
+    /// something the host does not provide (another WIT version, a capability).
+    #[error("{path} is not a sluice:transform@0.1.0 transform: {reason}")]
+    WrongWorld {
+        /// The component path.
+        path: PathBuf,
+        /// What is missing or mismatched.
+        reason: String,
+    },
+    /// `init` rejected one of the `with` params.
+    #[error("param `{param}`: {reason}")]
+    InvalidParam {
+        /// The transform's name.
+        transform: String,
+        /// The param the guest named.
+        param: String,
+        /// The guest's reason.
+        reason: String,
+    },
+    /// `init` failed for another reason, or trapped.
+    #[error("init of transform {transform} failed: {reason}")]
+    Init {
+        /// The transform's name.
+        transform: String,
+        /// The guest's error or the trap.
+        reason: String,
+    },
+}
+
+impl LoadError {
+    /// The `with` param this error is about, if any (for `transforms[i].with.<param>` paths).
+    pub fn param(&self) -> Option<&str> {
+        match self {
+            LoadError::InvalidParam { param, .. } => Some(param),
+            _ => None,
+        }
+    }
+}
+
+/// Why one record failed inside a transform. The string forms are the dead-letter `kind`s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    /// The guest returned a `transform-error` for the record.
+    Guest,
+    /// The guest trapped (panic, `unreachable`, out-of-bounds access, ...).
+    Trap,
+    /// The batch call ran past `timeout_ms`.
+    Timeout,
+    /// The guest tried to grow its memory past `memory_mb`.
+    Memory,
+    /// The guest ran out of fuel.
+    Fuel,
+    /// The guest broke the batch contract (wrong number of outcomes or rows).
+    Protocol,
+    /// The record emitted more than `max_rows_per_record` rows.
+    OutputLimit,
+}
+
+impl FailureKind {
+    /// The machine-readable kind used in dead letters and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Guest => "guest_error",
+            FailureKind::Trap => "trap",
+            FailureKind::Timeout => "timeout",
+            FailureKind::Memory => "memory",
+            FailureKind::Fuel => "fuel",
+            FailureKind::Protocol => "protocol",
+            FailureKind::OutputLimit => "output_limit",
+        }
+    }
+
+    /// Whether this failure leaves the instance unusable, so it must be rebuilt.
+    pub fn kills_instance(self) -> bool {
+        matches!(
+            self,
+            FailureKind::Trap | FailureKind::Timeout | FailureKind::Memory | FailureKind::Fuel
+        )
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failure that stops a whole `process` call.
+#[derive(Debug, thiserror::Error)]
+pub enum TransformError {
+    /// A record failed in a transform whose `on_error` is `fail`.
+    #[error(
+        "transform {transform} failed on record {topic}/{partition}@{offset} ({kind}): {reason}"
+    )]
+    Failed {
+        /// The transform's name.
+        transform: String,
+        /// What went wrong.
+        kind: FailureKind,
+        /// The guest's error or the trap.
+        reason: String,
+        /// The record's topic.
+        topic: String,
+        /// The record's partition.
+        partition: i32,
+        /// The record's offset.
+        offset: i64,
+    },
+    /// A fresh instance could not be built or initialized (it worked at load time).
+    #[error("transform {transform} could not be instantiated: {reason}")]
+    Instantiate {
+        /// The transform's name.
+        transform: String,
+        /// What wasmtime or `init` reported.
+        reason: String,
+    },
+    /// The worker threads are gone (the chain was dropped, or a worker panicked).
+    #[error("transform workers are not running")]
+    Stopped,
+}

@@ -1,0 +1,1074 @@
+//! Loading `sluice:transform` components and running a chain of them over batches of rows.
+//!
+//! # Threads and async
+//!
+//! WebAssembly never runs on a tokio worker thread. wasmtime-wasi's synchronous shims
+//! `block_on` the ambient runtime, which panics inside a tokio worker (wasmtime issues #11339,
+//! #8799), and a guest may legitimately compute for up to `timeout_ms`, which would stall every
+//! other task on that worker. So [`TransformChain`] owns a pool of dedicated OS threads; each owns
+//! one `Store` (one instance) per transform in the chain. [`TransformChain::process`] is async:
+//! it splits a batch into one chunk per worker, sends the chunks over a channel and awaits a
+//! oneshot reply per chunk, so the caller's task yields while the guests run. Loading
+//! ([`TransformChain::load`], [`check`]) calls `init` on a short-lived scoped thread for the same
+//! reason, so it is safe (if blocking) to call from async code.
+//!
+//! # Safety limits
+//!
+//! Guests get no capabilities: WASI is linked (Rust guests import it even when unused) with an
+//! empty context, so no directories, environment, network or stdin, and stdout/stderr are
+//! discarded unless `debug_stdio` is set. Each instance has a memory cap (a `ResourceLimiter`
+//! that traps on growth past `memory_mb`), each batch call a CPU-time cap (epoch interruption;
+//! a ticker thread bumps the epoch every few ms and is joined on drop) and optionally a fuel
+//! budget. A trap or a limit poisons only that instance: the worker drops it, builds a fresh one,
+//! re-runs that transform's batch one record at a time to find the poison record, applies the
+//! transform's `on_error` policy to that record alone and carries on with the rest.
+//!
+//! # The batch layout
+//!
+//! Rows cross the boundary positionally (see `wit/transform.wit`): each distinct row shape's
+//! field names travel once per batch, each row only as a shape index plus its values, all rows'
+//! values in one list. That keeps the per-row cost to the values themselves. Between transforms
+//! of a chain, rows stay host [`Row`]s (values are moved, not copied or serialized).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Condvar, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Cache, CacheConfig, Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::{self, GuestError, Outcome, Output, Rows, TransformPre, Value as WireValue};
+use super::config::TransformConfig;
+use super::error::{FailureKind, LoadError, TransformError};
+use super::stats::TransformStats;
+use crate::config::OnError;
+use crate::dead_letter::DeadLetter;
+use crate::row::{Field, Name, RecordMeta, Row, Value};
+
+/// How often the epoch ticker bumps the engine's epoch; the resolution of `timeout_ms`.
+const TICK_MS: u64 = 5;
+/// A worker drops and rebuilds an instance after this many input rows: a `Store` never gives
+/// memory back, so a long-lived instance would keep its high-water mark forever.
+const RECYCLE_AFTER_ROWS: u64 = 200_000;
+/// Batches smaller than this per worker are not split across workers (splitting costs more
+/// than it saves).
+const MIN_CHUNK_ROWS: usize = 128;
+/// Table growth cap per instance (function references); generous, but bounded.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Runtime knobs that are not per transform (command-line flags, not pipeline.json).
+#[derive(Debug, Clone)]
+pub struct RuntimeOptions {
+    /// Worker threads, each running the whole chain on its share of a batch.
+    pub workers: usize,
+    /// Where compiled components are cached (keyed by content hash, wasmtime version and engine
+    /// settings); `None` compiles every time.
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeOptions {
+    fn default() -> RuntimeOptions {
+        RuntimeOptions {
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            cache_dir: default_cache_dir(),
+        }
+    }
+}
+
+/// `$XDG_CACHE_HOME/sluice/wasm`, else `$HOME/.cache/sluice/wasm`; `None` without either.
+pub fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("sluice").join("wasm"))
+}
+
+/// What became of one input record after the whole chain.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RecordOutcome {
+    /// The chain emitted these rows for it (none: it was filtered out).
+    Emitted(Vec<Row>),
+    /// It failed in a transform whose `on_error` is `dead_letter`.
+    Quarantined(Quarantine),
+    /// It failed in a transform whose `on_error` is `drop`.
+    Dropped {
+        /// The transform it failed in.
+        transform: String,
+        /// What went wrong.
+        kind: FailureKind,
+        /// The guest's error or the trap.
+        reason: String,
+    },
+}
+
+/// A record that failed under `on_error: dead_letter`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Quarantine {
+    /// The transform it failed in.
+    pub transform: String,
+    /// What went wrong.
+    pub kind: FailureKind,
+    /// The guest's error or the trap, for humans.
+    pub reason: String,
+    /// The row as that transform received it.
+    pub row: Row,
+}
+
+impl Quarantine {
+    /// The dead letter for this failure: stage `transform:<name>`, the failure kind and reason,
+    /// the record it came from, and `payload` (the original message bytes; pass
+    /// `self.row.to_json().to_string().into_bytes()` when they are not at hand).
+    pub fn dead_letter(&self, origin: RecordMeta, payload: Vec<u8>) -> DeadLetter {
+        DeadLetter {
+            stage: format!("transform:{}", self.transform),
+            kind: self.kind.as_str().to_owned(),
+            reason: self.reason.clone(),
+            source_file: None,
+            line: None,
+            origin: Some(origin),
+            payload,
+        }
+    }
+}
+
+/// A loaded chain of transforms plus the worker threads that run it. Dropping it stops and
+/// joins the workers and the epoch ticker.
+pub struct TransformChain {
+    shared: Arc<Shared>,
+    jobs: Option<mpsc::Sender<Job>>,
+    workers: Vec<JoinHandle<()>>,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for TransformChain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let names: Vec<&str> = self.shared.transforms.iter().map(|t| &*t.name).collect();
+        f.debug_struct("TransformChain")
+            .field("transforms", &names)
+            .field("workers", &self.workers.len())
+            .finish()
+    }
+}
+
+struct Shared {
+    engine: Engine,
+    fuel_enabled: bool,
+    transforms: Vec<Loaded>,
+}
+
+/// One transform, compiled and pre-instantiated once, shared by all workers.
+struct Loaded {
+    name: Arc<str>,
+    config: TransformConfig,
+    params: Vec<(String, String)>,
+    pre: TransformPre<HostState>,
+    stats: Arc<TransformStats>,
+}
+
+type Reply = Result<Vec<RecordOutcome>, TransformError>;
+
+struct Job {
+    inputs: Vec<(RecordMeta, Row)>,
+    reply: oneshot::Sender<Reply>,
+}
+
+impl TransformChain {
+    /// Compiles (or loads from the cache) every component, pre-instantiates it, checks its
+    /// params with one `init` call, and starts the workers. `configs[i].uses` must already be
+    /// resolved (relative to the current directory).
+    pub fn load(
+        configs: &[TransformConfig],
+        opts: &RuntimeOptions,
+    ) -> Result<TransformChain, LoadError> {
+        let fuel_enabled = configs.iter().any(|c| c.fuel.is_some());
+        let engine = build_engine(fuel_enabled, opts.cache_dir.as_deref())?;
+        let linker = build_linker(&engine)?;
+        let ticker = EpochTicker::start(engine.clone());
+        let mut transforms = Vec::with_capacity(configs.len());
+        for config in configs {
+            let loaded = load_one(&engine, &linker, config)?;
+            check_init(&engine, fuel_enabled, &loaded)?;
+            transforms.push(loaded);
+        }
+        let shared = Arc::new(Shared {
+            engine,
+            fuel_enabled,
+            transforms,
+        });
+        let (tx, rx) = mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let workers = (0..opts.workers.max(1))
+            .map(|i| {
+                let shared = Arc::clone(&shared);
+                let rx = Arc::clone(&rx);
+                std::thread::Builder::new()
+                    .name(format!("sluice-wasm-{i}"))
+                    .spawn(move || worker_main(&shared, &rx))
+                    .map_err(|e| LoadError::Engine(format!("cannot start worker thread: {e}")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(TransformChain {
+            shared,
+            jobs: Some(tx),
+            workers,
+            _ticker: ticker,
+        })
+    }
+
+    /// The transforms' names, in chain order.
+    pub fn names(&self) -> Vec<String> {
+        self.shared
+            .transforms
+            .iter()
+            .map(|t| t.name.to_string())
+            .collect()
+    }
+
+    /// Each transform's name and counters, in chain order.
+    pub fn stats(&self) -> Vec<(String, Arc<TransformStats>)> {
+        self.shared
+            .transforms
+            .iter()
+            .map(|t| (t.name.to_string(), Arc::clone(&t.stats)))
+            .collect()
+    }
+
+    /// Runs a batch through the whole chain on the worker threads: exactly one outcome per
+    /// input, in input order. A failure in a transform with `on_error: fail` fails the call.
+    pub async fn process(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
+        let n = batch.len();
+        let mut out = Vec::with_capacity(n);
+        for rx in self.dispatch(batch)? {
+            out.extend(rx.await.map_err(|_| TransformError::Stopped)??);
+        }
+        Ok(out)
+    }
+
+    /// [`process`](Self::process) for callers outside an async runtime (the CLI, benchmarks).
+    /// Must not be called from a tokio worker thread.
+    pub fn process_blocking(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
+        let n = batch.len();
+        let mut out = Vec::with_capacity(n);
+        for rx in self.dispatch(batch)? {
+            out.extend(rx.blocking_recv().map_err(|_| TransformError::Stopped)??);
+        }
+        Ok(out)
+    }
+
+    fn dispatch(
+        &self,
+        mut batch: Vec<(RecordMeta, Row)>,
+    ) -> Result<Vec<oneshot::Receiver<Reply>>, TransformError> {
+        let jobs = self.jobs.as_ref().ok_or(TransformError::Stopped)?;
+        let chunks = self.workers.len().min(batch.len() / MIN_CHUNK_ROWS).max(1);
+        let chunk_len = batch.len().div_ceil(chunks);
+        let mut parts = Vec::with_capacity(chunks);
+        while batch.len() > chunk_len {
+            parts.push(batch.split_off(batch.len() - chunk_len));
+        }
+        parts.push(batch);
+        parts.reverse();
+        parts
+            .into_iter()
+            .filter(|p| !p.is_empty())
+            .map(|inputs| {
+                let (reply, rx) = oneshot::channel();
+                jobs.send(Job { inputs, reply })
+                    .map_err(|_| TransformError::Stopped)?;
+                Ok(rx)
+            })
+            .collect()
+    }
+}
+
+impl Drop for TransformChain {
+    fn drop(&mut self) {
+        // Closing the channel ends each worker's loop after its current job.
+        self.jobs = None;
+        for w in self.workers.drain(..) {
+            let _ = w.join();
+        }
+    }
+}
+
+/// Loads one component with its `with` params and runs `init` once, for `sluice validate`:
+/// reports a missing or invalid file, a component of the wrong world or WIT version, or params
+/// rejected by `init` (with the param's name, see [`LoadError::param`]).
+pub fn check(config: &TransformConfig, opts: &RuntimeOptions) -> Result<(), LoadError> {
+    let fuel_enabled = config.fuel.is_some();
+    let engine = build_engine(fuel_enabled, opts.cache_dir.as_deref())?;
+    let linker = build_linker(&engine)?;
+    let _ticker = EpochTicker::start(engine.clone());
+    let loaded = load_one(&engine, &linker, config)?;
+    check_init(&engine, fuel_enabled, &loaded)
+}
+
+fn build_engine(fuel: bool, cache_dir: Option<&Path>) -> Result<Engine, LoadError> {
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true)
+        .epoch_interruption(true)
+        .consume_fuel(fuel);
+    if let Some(dir) = cache_dir {
+        let dir = std::path::absolute(dir)
+            .map_err(|e| LoadError::Engine(format!("cache directory {}: {e}", dir.display())))?;
+        std::fs::create_dir_all(&dir).map_err(|e| {
+            LoadError::Engine(format!(
+                "cannot create cache directory {}: {e}",
+                dir.display()
+            ))
+        })?;
+        let mut cache = CacheConfig::new();
+        cache.with_directory(dir);
+        let cache = Cache::new(cache).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+        cfg.cache(Some(cache));
+    }
+    Engine::new(&cfg).map_err(|e| LoadError::Engine(format!("{e:#}")))
+}
+
+fn build_linker(engine: &Engine) -> Result<Linker<HostState>, LoadError> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+    bindings::Transform::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+    Ok(linker)
+}
+
+fn load_one(
+    engine: &Engine,
+    linker: &Linker<HostState>,
+    config: &TransformConfig,
+) -> Result<Loaded, LoadError> {
+    let path = PathBuf::from(&config.uses);
+    let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
+        path: path.clone(),
+        source,
+    })?;
+    if bytes.get(..8) == Some(b"\0asm\x01\0\0\0") {
+        return Err(LoadError::InvalidComponent {
+            path,
+            reason: "it is a core wasm module, not a component (build with --target wasm32-wasip2)"
+                .into(),
+        });
+    }
+    let component = Component::new(engine, &bytes).map_err(|e| LoadError::InvalidComponent {
+        path: path.clone(),
+        reason: format!("{e:#}"),
+    })?;
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| LoadError::WrongWorld {
+            path: path.clone(),
+            reason: format!("{e:#}"),
+        })?;
+    let pre = TransformPre::new(instance_pre).map_err(|e| {
+        let exports: Vec<String> = component
+            .component_type()
+            .exports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        LoadError::WrongWorld {
+            path: path.clone(),
+            reason: format!("{e:#} (it exports: {})", exports.join(", ")),
+        }
+    })?;
+    Ok(Loaded {
+        name: Arc::from(config.display_name()),
+        config: config.clone(),
+        params: config
+            .with
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        pre,
+        stats: Arc::default(),
+    })
+}
+
+/// Builds one instance and runs `init` on a scoped thread (never on the caller's, which may be
+/// a tokio worker).
+fn check_init(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<(), LoadError> {
+    let result = std::thread::scope(|s| {
+        s.spawn(|| Slot::new(engine, fuel_enabled, t).map(drop))
+            .join()
+    });
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(InitFailure::Guest(GuestError::InvalidParam(e)))) => Err(LoadError::InvalidParam {
+            transform: t.name.to_string(),
+            param: e.name,
+            reason: e.reason,
+        }),
+        Ok(Err(e)) => Err(LoadError::Init {
+            transform: t.name.to_string(),
+            reason: e.to_string(),
+        }),
+        Err(_) => Err(LoadError::Init {
+            transform: t.name.to_string(),
+            reason: "init panicked the host".into(),
+        }),
+    }
+}
+
+/// Bumps the engine epoch every [`TICK_MS`] so that epoch deadlines fire; joined on drop.
+struct EpochTicker {
+    stop: Arc<(Mutex<bool>, Condvar)>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> EpochTicker {
+        let stop = Arc::new((Mutex::new(false), Condvar::new()));
+        let flag = Arc::clone(&stop);
+        let handle = std::thread::Builder::new()
+            .name("sluice-epoch".into())
+            .spawn(move || {
+                let (lock, cv) = &*flag;
+                let mut stopped = lock.lock().unwrap_or_else(|e| e.into_inner());
+                while !*stopped {
+                    stopped = cv
+                        .wait_timeout(stopped, Duration::from_millis(TICK_MS))
+                        .unwrap_or_else(|e| e.into_inner())
+                        .0;
+                    engine.increment_epoch();
+                }
+            })
+            .ok();
+        EpochTicker { stop, handle }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.stop;
+        *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        cv.notify_all();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// The data of each `Store`: an empty WASI context, the memory cap, and the current batch's
+/// record metadata for the `context.meta` import.
+struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: MemoryCap,
+    metas: Arc<Vec<RecordMeta>>,
+    origins: Vec<u32>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::sluice::transform::types::Host for HostState {}
+
+impl bindings::sluice::transform::context::Host for HostState {
+    fn meta(&mut self, index: u32) -> bindings::RecordMeta {
+        let meta = self
+            .origins
+            .get(index as usize)
+            .and_then(|&o| self.metas.get(o as usize));
+        match meta {
+            Some(m) => bindings::RecordMeta {
+                topic: m.topic.clone(),
+                partition: m.partition,
+                offset: m.offset,
+                key: m.key.clone(),
+                timestamp_ms: m.timestamp_ms,
+                headers: m
+                    .headers
+                    .iter()
+                    .map(|(k, v)| bindings::Header {
+                        key: k.clone(),
+                        value: v.clone(),
+                    })
+                    .collect(),
+            },
+            None => bindings::RecordMeta {
+                topic: String::new(),
+                partition: -1,
+                offset: -1,
+                key: None,
+                timestamp_ms: None,
+                headers: Vec::new(),
+            },
+        }
+    }
+}
+
+/// The guest hit its memory cap.
+#[derive(Debug, thiserror::Error)]
+#[error("memory limit of {limit_bytes} bytes exceeded (wanted {desired_bytes})")]
+struct MemoryCapExceeded {
+    limit_bytes: usize,
+    desired_bytes: usize,
+}
+
+/// Traps (instead of failing `memory.grow` quietly) when a guest grows past its cap, so the
+/// failure is attributed to the memory limit rather than to whatever the guest's allocator does.
+struct MemoryCap {
+    limit_bytes: usize,
+    hit: bool,
+}
+
+impl ResourceLimiter for MemoryCap {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit_bytes {
+            self.hit = true;
+            return Err(wasmtime::Error::new(MemoryCapExceeded {
+                limit_bytes: self.limit_bytes,
+                desired_bytes: desired,
+            }));
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+/// Why an instance could not be built.
+enum InitFailure {
+    Guest(GuestError),
+    Wasm(String),
+}
+
+impl std::fmt::Display for InitFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InitFailure::Guest(e) => f.write_str(&bindings::describe(e)),
+            InitFailure::Wasm(e) => f.write_str(e),
+        }
+    }
+}
+
+/// One live instance of one transform, owned by one worker.
+struct Slot {
+    store: Store<HostState>,
+    guest: bindings::Transform,
+    rows_seen: u64,
+}
+
+impl Slot {
+    fn new(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<Slot, InitFailure> {
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false);
+        if t.config.debug_stdio {
+            wasi.stdout(wasmtime_wasi::cli::stderr())
+                .stderr(wasmtime_wasi::cli::stderr());
+        }
+        let limit_bytes =
+            usize::try_from(t.config.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limits: MemoryCap {
+                limit_bytes,
+                hit: false,
+            },
+            metas: Arc::default(),
+            origins: Vec::new(),
+        };
+        let mut store = Store::new(engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        arm(&mut store, &t.config, fuel_enabled);
+        let guest = t
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| InitFailure::Wasm(format!("{e:#}")))?;
+        arm(&mut store, &t.config, fuel_enabled);
+        match guest
+            .sluice_transform_transformer()
+            .call_init(&mut store, &t.params)
+        {
+            Ok(Ok(())) => Ok(Slot {
+                store,
+                guest,
+                rows_seen: 0,
+            }),
+            Ok(Err(e)) => Err(InitFailure::Guest(e)),
+            Err(e) => Err(InitFailure::Wasm(classify(&e, store.data(), &t.config).1)),
+        }
+    }
+}
+
+/// Sets the CPU deadline (and fuel) for the next call into the guest.
+fn arm(store: &mut Store<HostState>, config: &TransformConfig, fuel_enabled: bool) {
+    store.set_epoch_deadline(config.timeout_ms.div_ceil(TICK_MS).max(1) + 1);
+    if fuel_enabled {
+        // A fuel-metered engine needs fuel in every store; unmetered transforms get "infinite".
+        let _ = store.set_fuel(config.fuel.unwrap_or(u64::MAX));
+    }
+}
+
+/// Names the limit or trap behind a failed call.
+fn classify(
+    err: &wasmtime::Error,
+    state: &HostState,
+    config: &TransformConfig,
+) -> (FailureKind, String) {
+    if state.limits.hit || err.downcast_ref::<MemoryCapExceeded>().is_some() {
+        return (
+            FailureKind::Memory,
+            format!("exceeded the memory limit of {} MiB", config.memory_mb),
+        );
+    }
+    match err.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => (
+            FailureKind::Timeout,
+            format!("exceeded the time limit of {} ms", config.timeout_ms),
+        ),
+        Some(Trap::OutOfFuel) => (
+            FailureKind::Fuel,
+            format!("ran out of fuel ({} per batch)", config.fuel.unwrap_or(0)),
+        ),
+        Some(trap) => (FailureKind::Trap, format!("wasm trap: {trap}")),
+        None => (FailureKind::Trap, format!("{err:#}")),
+    }
+}
+
+fn worker_main(shared: &Shared, jobs: &Mutex<mpsc::Receiver<Job>>) {
+    let mut slots: Vec<Option<Slot>> = shared.transforms.iter().map(|_| None).collect();
+    loop {
+        let job = {
+            let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
+            match rx.recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            }
+        };
+        let result = run_chain(shared, &mut slots, job.inputs);
+        let _ = job.reply.send(result);
+    }
+}
+
+/// One input row's result in one transform.
+enum RowResult {
+    Emitted(Vec<Row>),
+    Failed(FailureKind, String),
+}
+
+fn run_chain(shared: &Shared, slots: &mut [Option<Slot>], inputs: Vec<(RecordMeta, Row)>) -> Reply {
+    let n = inputs.len();
+    let mut metas = Vec::with_capacity(n);
+    let mut rows = Vec::with_capacity(n);
+    for (i, (meta, row)) in inputs.into_iter().enumerate() {
+        metas.push(meta);
+        rows.push((i as u32, row));
+    }
+    let metas = Arc::new(metas);
+    let mut failed: Vec<Option<RecordOutcome>> = (0..n).map(|_| None).collect();
+    for (t, slot) in shared.transforms.iter().zip(slots.iter_mut()) {
+        if rows.is_empty() {
+            break;
+        }
+        let (emitted, failures) = run_transform(shared, t, slot, rows, &metas)?;
+        let any_failed = !failures.is_empty();
+        for (origin, kind, reason, row) in failures {
+            TransformStats::add(&t.stats.rows_failed, 1);
+            let o = origin as usize;
+            if failed[o].is_some() {
+                continue;
+            }
+            failed[o] = Some(match t.config.on_error {
+                OnError::Fail => {
+                    let m = &metas[o];
+                    return Err(TransformError::Failed {
+                        transform: t.name.to_string(),
+                        kind,
+                        reason,
+                        topic: m.topic.clone(),
+                        partition: m.partition,
+                        offset: m.offset,
+                    });
+                }
+                OnError::Drop => {
+                    TransformStats::add(&t.stats.rows_dropped, 1);
+                    RecordOutcome::Dropped {
+                        transform: t.name.to_string(),
+                        kind,
+                        reason,
+                    }
+                }
+                OnError::DeadLetter => RecordOutcome::Quarantined(Quarantine {
+                    transform: t.name.to_string(),
+                    kind,
+                    reason,
+                    row,
+                }),
+            });
+        }
+        rows = if any_failed {
+            // A record fails as a whole: drop rows it already emitted from other inputs.
+            emitted
+                .into_iter()
+                .filter(|(o, _)| failed[*o as usize].is_none())
+                .collect()
+        } else {
+            emitted
+        };
+    }
+    let mut outcomes = Vec::with_capacity(n);
+    let mut rows = rows.into_iter().peekable();
+    for (i, f) in failed.into_iter().enumerate() {
+        outcomes.push(match f {
+            Some(outcome) => outcome,
+            None => {
+                let mut out = Vec::new();
+                while let Some((_, row)) = rows.next_if(|(o, _)| *o as usize == i) {
+                    out.push(row);
+                }
+                RecordOutcome::Emitted(out)
+            }
+        });
+    }
+    Ok(outcomes)
+}
+
+type Failure = (u32, FailureKind, String, Row);
+
+/// Runs one transform over rows tagged with their origin record index; returns the emitted rows
+/// (tagged likewise, in order) and the failed inputs.
+fn run_transform(
+    shared: &Shared,
+    t: &Loaded,
+    slot: &mut Option<Slot>,
+    rows: Vec<(u32, Row)>,
+    metas: &Arc<Vec<RecordMeta>>,
+) -> Result<(Vec<(u32, Row)>, Vec<Failure>), TransformError> {
+    let n = rows.len();
+    TransformStats::add(&t.stats.rows_in, n as u64);
+    let mut batch = WireBatch::new(rows);
+    let results = match call(shared, t, slot, &batch.wire, &batch.origins, metas)? {
+        Ok(output) => match decode(output, n, t.config.max_rows_per_record) {
+            Ok(results) => results,
+            Err(reason) if n == 1 => vec![RowResult::Failed(FailureKind::Protocol, reason)],
+            Err(_) => isolate(shared, t, slot, &batch, metas)?,
+        },
+        Err((kind, reason)) if n == 1 => vec![RowResult::Failed(kind, reason)],
+        Err(_) => isolate(shared, t, slot, &batch, metas)?,
+    };
+    let mut emitted = Vec::with_capacity(n);
+    let mut failures = Vec::new();
+    for (j, result) in results.into_iter().enumerate() {
+        let origin = batch.origins[j];
+        match result {
+            RowResult::Emitted(rows) => {
+                if rows.is_empty() {
+                    TransformStats::add(&t.stats.rows_dropped, 1);
+                }
+                TransformStats::add(&t.stats.rows_out, rows.len() as u64);
+                emitted.extend(rows.into_iter().map(|r| (origin, r)));
+            }
+            RowResult::Failed(kind, reason) => {
+                failures.push((origin, kind, reason, batch.take_row(j)))
+            }
+        }
+    }
+    Ok((emitted, failures))
+}
+
+/// After a batch call trapped or broke the contract: re-runs each row alone on a healthy
+/// instance, so only the poison row fails.
+fn isolate(
+    shared: &Shared,
+    t: &Loaded,
+    slot: &mut Option<Slot>,
+    batch: &WireBatch,
+    metas: &Arc<Vec<RecordMeta>>,
+) -> Result<Vec<RowResult>, TransformError> {
+    let mut results = Vec::with_capacity(batch.origins.len());
+    for j in 0..batch.origins.len() {
+        let single = batch.single(j);
+        let result = match call(shared, t, slot, &single, &batch.origins[j..=j], metas)? {
+            Ok(output) => match decode(output, 1, t.config.max_rows_per_record) {
+                Ok(mut r) => r.pop().unwrap_or(RowResult::Failed(
+                    FailureKind::Protocol,
+                    "no outcome".into(),
+                )),
+                Err(reason) => RowResult::Failed(FailureKind::Protocol, reason),
+            },
+            Err((kind, reason)) => RowResult::Failed(kind, reason),
+        };
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// One batch call on this worker's instance (built on demand). The outer error is fatal (no
+/// instance could be built); the inner one is a trap or limit, after which the instance is gone.
+fn call(
+    shared: &Shared,
+    t: &Loaded,
+    slot: &mut Option<Slot>,
+    input: &Rows,
+    origins: &[u32],
+    metas: &Arc<Vec<RecordMeta>>,
+) -> Result<Result<Output, (FailureKind, String)>, TransformError> {
+    if slot
+        .as_ref()
+        .is_some_and(|s| s.rows_seen >= RECYCLE_AFTER_ROWS)
+    {
+        *slot = None;
+    }
+    let s =
+        match slot {
+            Some(s) => s,
+            None => slot.insert(Slot::new(&shared.engine, shared.fuel_enabled, t).map_err(
+                |e| TransformError::Instantiate {
+                    transform: t.name.to_string(),
+                    reason: e.to_string(),
+                },
+            )?),
+        };
+    s.rows_seen += origins.len() as u64;
+    let state = s.store.data_mut();
+    state.metas = Arc::clone(metas);
+    state.origins.clear();
+    state.origins.extend_from_slice(origins);
+    arm(&mut s.store, &t.config, shared.fuel_enabled);
+    let start = Instant::now();
+    let result = s
+        .guest
+        .sluice_transform_transformer()
+        .call_transform_batch(&mut s.store, input);
+    t.stats.observe_latency(start.elapsed());
+    TransformStats::add(&t.stats.invocations, 1);
+    if let Some(budget) = t.config.fuel {
+        let left = s.store.get_fuel().unwrap_or(0);
+        TransformStats::add(&t.stats.fuel_consumed, budget.saturating_sub(left));
+    }
+    match result {
+        Ok(output) => Ok(Ok(output)),
+        Err(e) => {
+            let failure = classify(&e, s.store.data(), &t.config);
+            // The instance may be mid-update and is poisoned after a trap: never reuse it.
+            *slot = None;
+            t.stats.instance_restarts.fetch_add(1, Relaxed);
+            Ok(Err(failure))
+        }
+    }
+}
+
+/// Checks the output against the batch contract and turns it into host rows.
+fn decode(output: Output, inputs: usize, max_rows: u32) -> Result<Vec<RowResult>, String> {
+    let Output { outcomes, rows } = output;
+    if outcomes.len() != inputs {
+        return Err(format!(
+            "returned {} outcomes for {inputs} input rows",
+            outcomes.len()
+        ));
+    }
+    let emitted: u64 = outcomes
+        .iter()
+        .map(|o| {
+            if let Outcome::Emit(k) = o {
+                u64::from(*k)
+            } else {
+                0
+            }
+        })
+        .sum();
+    if emitted != rows.shapes.len() as u64 {
+        return Err(format!(
+            "outcomes announce {emitted} rows but {} were returned",
+            rows.shapes.len()
+        ));
+    }
+    let names: Vec<Vec<Name>> = rows
+        .schemas
+        .into_iter()
+        .map(|s| s.into_iter().map(Name::from).collect())
+        .collect();
+    let mut wanted = 0usize;
+    for &shape in &rows.shapes {
+        let schema = names
+            .get(shape as usize)
+            .ok_or_else(|| format!("row refers to unknown shape {shape}"))?;
+        wanted += schema.len();
+    }
+    if wanted != rows.values.len() {
+        return Err(format!(
+            "rows need {wanted} values but {} were returned",
+            rows.values.len()
+        ));
+    }
+    let mut values = rows.values.into_iter();
+    let mut shapes = rows.shapes.into_iter();
+    let mut results = Vec::with_capacity(inputs);
+    for outcome in outcomes {
+        results.push(match outcome {
+            Outcome::Error(e) => RowResult::Failed(FailureKind::Guest, bindings::describe(&e)),
+            Outcome::Emit(k) => {
+                let mut out = Vec::with_capacity(k.min(max_rows) as usize);
+                for _ in 0..k {
+                    let schema = &names[shapes.next().unwrap_or_default() as usize];
+                    let fields = schema.iter().zip(values.by_ref()).map(|(name, v)| Field {
+                        name: Name::clone(name),
+                        value: from_wire(v),
+                    });
+                    let row = Row {
+                        fields: fields.collect(),
+                    };
+                    if k <= max_rows {
+                        out.push(row);
+                    }
+                }
+                if k > max_rows {
+                    RowResult::Failed(
+                        FailureKind::OutputLimit,
+                        format!(
+                            "emitted {k} rows for one record (max_rows_per_record is {max_rows})"
+                        ),
+                    )
+                } else {
+                    RowResult::Emitted(out)
+                }
+            }
+        });
+    }
+    Ok(results)
+}
+
+/// Host rows in the positional wire layout, plus what is needed to rebuild each input row.
+struct WireBatch {
+    wire: Rows,
+    names: Vec<Vec<Name>>,
+    starts: Vec<usize>,
+    origins: Vec<u32>,
+}
+
+impl WireBatch {
+    fn new(rows: Vec<(u32, Row)>) -> WireBatch {
+        let n = rows.len();
+        let width = rows.first().map_or(0, |(_, r)| r.fields.len());
+        let mut b = WireBatch {
+            wire: Rows {
+                schemas: Vec::new(),
+                shapes: Vec::with_capacity(n),
+                values: Vec::with_capacity(n * width),
+            },
+            names: Vec::new(),
+            starts: Vec::with_capacity(n),
+            origins: Vec::with_capacity(n),
+        };
+        let mut last = 0usize;
+        for (origin, row) in rows {
+            let same = |names: &[Name]| {
+                names.len() == row.fields.len()
+                    && names
+                        .iter()
+                        .zip(&row.fields)
+                        .all(|(a, f)| Arc::ptr_eq(a, &f.name) || *a == f.name)
+            };
+            let shape = if b.names.get(last).is_some_and(|n| same(n)) {
+                last
+            } else if let Some(i) = b.names.iter().position(|n| same(n)) {
+                i
+            } else {
+                b.names
+                    .push(row.fields.iter().map(|f| Name::clone(&f.name)).collect());
+                b.wire
+                    .schemas
+                    .push(row.fields.iter().map(|f| f.name.to_string()).collect());
+                b.names.len() - 1
+            };
+            last = shape;
+            b.wire.shapes.push(shape as u32);
+            b.starts.push(b.wire.values.len());
+            b.origins.push(origin);
+            b.wire
+                .values
+                .extend(row.fields.into_iter().map(|f| to_wire(f.value)));
+        }
+        b
+    }
+
+    fn range(&self, j: usize) -> std::ops::Range<usize> {
+        let start = self.starts[j];
+        start..start + self.names[self.wire.shapes[j] as usize].len()
+    }
+
+    /// Row `j` alone, as a one-row batch (the slow path after a trap, so copying is fine).
+    fn single(&self, j: usize) -> Rows {
+        let shape = self.wire.shapes[j] as usize;
+        Rows {
+            schemas: vec![self.wire.schemas[shape].clone()],
+            shapes: vec![0],
+            values: self.wire.values[self.range(j)].to_vec(),
+        }
+    }
+
+    /// Moves row `j` back out as a host row (each row is taken at most once).
+    fn take_row(&mut self, j: usize) -> Row {
+        let range = self.range(j);
+        let names = &self.names[self.wire.shapes[j] as usize];
+        let fields = names
+            .iter()
+            .zip(&mut self.wire.values[range])
+            .map(|(name, v)| Field {
+                name: Name::clone(name),
+                value: from_wire(std::mem::replace(v, WireValue::Null)),
+            });
+        Row {
+            fields: fields.collect(),
+        }
+    }
+}
+
+fn to_wire(v: Value) -> WireValue {
+    match v {
+        Value::Null => WireValue::Null,
+        Value::Bool(b) => WireValue::Bool(b),
+        Value::Int(i) => WireValue::Int(i),
+        Value::Float(f) => WireValue::Float(f),
+        Value::String(s) => WireValue::String(s),
+        Value::Timestamp(t) => WireValue::Timestamp(t),
+        Value::Json(s) => WireValue::Json(s),
+    }
+}
+
+fn from_wire(v: WireValue) -> Value {
+    match v {
+        WireValue::Null => Value::Null,
+        WireValue::Bool(b) => Value::Bool(b),
+        WireValue::Int(i) => Value::Int(i),
+        WireValue::Float(f) => Value::Float(f),
+        WireValue::String(s) => Value::String(s),
+        WireValue::Timestamp(t) => Value::Timestamp(t),
+        WireValue::Json(s) => Value::Json(s),
+    }
+}
+
+/// `with` params as the sorted key/value pairs `init` receives.
+pub fn params_of(with: &BTreeMap<String, String>) -> Vec<(String, String)> {
+    with.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+}

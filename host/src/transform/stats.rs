@@ -1,0 +1,70 @@
+//! Per-transform counters, shared with the metrics module through an `Arc`.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+/// Upper bounds (inclusive, milliseconds) of the batch-latency histogram buckets.
+pub const LATENCY_BUCKETS_MS: [f64; 9] = [0.1, 0.5, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0];
+
+/// Counters for one transform in the chain. All fields only ever grow.
+#[derive(Debug, Default)]
+pub struct TransformStats {
+    /// Calls into the guest's `transform-batch` (including one-by-one re-runs after a trap).
+    pub invocations: AtomicU64,
+    /// Rows handed to the transform (each counted once, re-runs excluded).
+    pub rows_in: AtomicU64,
+    /// Rows the transform emitted that went on down the chain.
+    pub rows_out: AtomicU64,
+    /// Input rows that produced nothing: filtered to zero rows, or failed under `on_error: drop`.
+    pub rows_dropped: AtomicU64,
+    /// Input rows that failed (guest error, trap, timeout, memory, fuel, protocol, output limit).
+    pub rows_failed: AtomicU64,
+    /// Times an instance was thrown away and rebuilt after a trap or limit.
+    pub instance_restarts: AtomicU64,
+    /// Fuel consumed by the guest, when the transform sets `fuel`.
+    pub fuel_consumed: AtomicU64,
+    /// Batch-call latency histogram: `latency_buckets[i]` counts calls that took at most
+    /// `LATENCY_BUCKETS_MS[i]` (cumulative, Prometheus style).
+    pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
+    /// Sum of all batch-call latencies, in microseconds.
+    pub latency_sum_us: AtomicU64,
+    /// Number of observations in the latency histogram.
+    pub latency_count: AtomicU64,
+}
+
+impl TransformStats {
+    /// Records one batch call's latency.
+    pub fn observe_latency(&self, elapsed: Duration) {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        for (bound, bucket) in LATENCY_BUCKETS_MS.iter().zip(&self.latency_buckets) {
+            if ms <= *bound {
+                bucket.fetch_add(1, Relaxed);
+            }
+        }
+        self.latency_sum_us
+            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.latency_count.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        if n > 0 {
+            counter.fetch_add(n, Relaxed);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_buckets_are_cumulative() {
+        let s = TransformStats::default();
+        s.observe_latency(Duration::from_micros(300));
+        s.observe_latency(Duration::from_millis(20));
+        let counts: Vec<u64> = s.latency_buckets.iter().map(|b| b.load(Relaxed)).collect();
+        assert_eq!(counts, [0, 1, 1, 1, 1, 2, 2, 2, 2]);
+        assert_eq!(s.latency_count.load(Relaxed), 2);
+        assert_eq!(s.latency_sum_us.load(Relaxed), 20_300);
+    }
+}
