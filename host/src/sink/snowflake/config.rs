@@ -1,11 +1,13 @@
 //! `sink` section of pipeline.json for Snowflake: account, credentials (by `${ENV}` reference),
 //! target table and batching.
 
+use std::fmt;
+
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// The Snowflake sink.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+/// The Snowflake sink. `Debug` redacts the password, key and passphrase.
+#[derive(Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SnowflakeSinkConfig {
     /// Base URL of the account, e.g. `https://myorg-myacct.snowflakecomputing.com`. Empty means
@@ -135,4 +137,126 @@ fn default_max_bytes() -> usize {
 }
 fn default_max_latency_ms() -> u64 {
     2_000
+}
+
+impl fmt::Debug for SnowflakeSinkConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let redact = |o: &Option<String>| o.as_ref().map(|_| "<redacted>");
+        f.debug_struct("SnowflakeSinkConfig")
+            .field("account_url", &self.account_url)
+            .field("account", &self.account)
+            .field("user", &self.user)
+            .field("password", &redact(&self.password))
+            .field("private_key_path", &self.private_key_path)
+            .field("private_key", &redact(&self.private_key))
+            .field(
+                "private_key_passphrase",
+                &redact(&self.private_key_passphrase),
+            )
+            .field("role", &self.role)
+            .field("warehouse", &self.warehouse)
+            .field("database", &self.database)
+            .field("schema", &self.schema)
+            .field("table", &self.table)
+            .field("stage", &self.stage)
+            .field("offsets_table", &self.offsets_table)
+            .field("create_table", &self.create_table)
+            .field("schema_evolution", &self.schema_evolution)
+            .field("format", &self.format)
+            .field("batch", &self.batch)
+            .finish()
+    }
+}
+
+/// One problem found by [`SnowflakeSinkConfig::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkConfigProblem {
+    /// The key under `sink`, e.g. `batch.max_rows`.
+    pub field: &'static str,
+    /// What is wrong, lowercase, no trailing period.
+    pub message: String,
+}
+
+impl SnowflakeSinkConfig {
+    /// Whether this config targets the local emulator (no `account_url`).
+    pub fn is_emulated(&self) -> bool {
+        self.account_url.trim().is_empty()
+    }
+
+    /// Checks the config without I/O: names present, one credential for a real account, sane
+    /// batch limits. Returns every problem, not just the first.
+    pub fn validate(&self) -> Result<(), Vec<SinkConfigProblem>> {
+        let mut p = Vec::new();
+        let mut bad = |field: &'static str, message: &str| {
+            p.push(SinkConfigProblem {
+                field,
+                message: message.to_owned(),
+            })
+        };
+        for (field, v) in [
+            ("database", &self.database),
+            ("schema", &self.schema),
+            ("table", &self.table),
+            ("stage", &self.stage),
+            ("offsets_table", &self.offsets_table),
+        ] {
+            if v.trim().is_empty() {
+                bad(field, "must not be empty");
+            }
+        }
+        if !self.is_emulated() {
+            let url = self.account_url.trim();
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                bad("account_url", "must start with https://");
+            }
+            if self.account.trim().is_empty() {
+                bad("account", "is required with account_url");
+            }
+            if self.user.trim().is_empty() {
+                bad("user", "is required with account_url");
+            }
+            let creds = [
+                self.password.is_some(),
+                self.private_key.is_some(),
+                self.private_key_path.is_some(),
+            ]
+            .iter()
+            .filter(|x| **x)
+            .count();
+            if creds == 0 {
+                bad("password", "give password, private_key or private_key_path");
+            } else if creds > 1 {
+                bad(
+                    "password",
+                    "give only one of password, private_key and private_key_path",
+                );
+            }
+        }
+        if self.private_key_passphrase.is_some()
+            && self.private_key.is_none()
+            && self.private_key_path.is_none()
+        {
+            bad(
+                "private_key_passphrase",
+                "is only used with private_key or private_key_path",
+            );
+        }
+        if self.batch.max_rows == 0 {
+            bad("batch.max_rows", "must be at least 1");
+        }
+        if self.batch.max_bytes < 1024 {
+            bad("batch.max_bytes", "must be at least 1024");
+        }
+        if self.batch.max_latency_ms == 0 {
+            bad("batch.max_latency_ms", "must be at least 1");
+        }
+        if self.format == FileFormat::Ndjson && self.schema_evolution == SchemaEvolution::AddColumns
+        {
+            bad(
+                "schema_evolution",
+                "add_columns needs format csv (ndjson lands in one VARIANT column)",
+            );
+        }
+        if p.is_empty() { Ok(()) } else { Err(p) }
+    }
 }

@@ -1,0 +1,293 @@
+//! Identifiers, the type mapping, staged-file encoding and deterministic file names.
+//!
+//! **Identifiers.** A name that is a plain SQL identifier (`[A-Za-z_][A-Za-z0-9_$]*`) is
+//! uppercased, which is what Snowflake does with it unquoted, so `SELECT id FROM events` finds the
+//! column a field `id` became. Any other name (spaces, dots, non-ASCII) is kept verbatim. Every
+//! identifier is then emitted quoted, with embedded `"` doubled, so no name can break the SQL.
+//!
+//! **Type mapping** (`create_table: if_missing` and `schema_evolution: add_columns`):
+//!
+//! | row type | Snowflake column |
+//! |---|---|
+//! | int | `NUMBER(38,0)` |
+//! | float | `FLOAT` |
+//! | bool | `BOOLEAN` |
+//! | timestamp | `TIMESTAMP_NTZ` (UTC, microseconds) |
+//! | string | `VARCHAR` |
+//! | json | `VARIANT` |
+//! | only nulls so far | `VARCHAR` |
+//!
+//! A column whose values mix int and float becomes `FLOAT`; any other mix becomes `VARCHAR`.
+//!
+//! **CSV.** NULL is an empty unquoted field; strings and JSON are always quoted (`"` doubled), so
+//! an empty string is `""`; numbers, booleans and ISO-8601 timestamps are bare. COPY reads it with
+//! `FIELD_OPTIONALLY_ENCLOSED_BY='"' EMPTY_FIELD_AS_NULL=TRUE NULL_IF=()`. (fakesnow loads `""`
+//! as NULL too; Snowflake loads it as an empty string.)
+
+use std::io::Write as _;
+
+use flate2::Compression;
+use flate2::write::GzEncoder;
+
+use crate::row::{Row, Value, ValueType};
+
+/// The identifier a name becomes (see the module doc): uppercased when it is a plain identifier.
+pub fn normalize_ident(name: &str) -> String {
+    let mut chars = name.chars();
+    let plain = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$');
+    if plain {
+        name.to_ascii_uppercase()
+    } else {
+        name.to_owned()
+    }
+}
+
+/// `name` as a quoted identifier, exactly as given (no case change).
+pub fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// A SQL string literal.
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\\', "\\\\").replace('\'', "''"))
+}
+
+/// The Snowflake column type for a row type.
+pub fn column_type_for(t: ValueType) -> &'static str {
+    match t {
+        ValueType::Int => "NUMBER(38,0)",
+        ValueType::Float => "FLOAT",
+        ValueType::Bool => "BOOLEAN",
+        ValueType::Timestamp => "TIMESTAMP_NTZ",
+        ValueType::Json => "VARIANT",
+        ValueType::String | ValueType::Null => "VARCHAR",
+    }
+}
+
+/// Merges two observed types of one field (see the module doc).
+pub fn merge_types(a: ValueType, b: ValueType) -> ValueType {
+    use ValueType as T;
+    match (a, b) {
+        (x, y) if x == y => x,
+        (T::Null, x) | (x, T::Null) => x,
+        (T::Int, T::Float) | (T::Float, T::Int) => T::Float,
+        _ => T::String,
+    }
+}
+
+/// The kind of an existing column, from the result `rowtype` of `SELECT * ... LIMIT 0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColumnKind {
+    /// `fixed` with scale 0.
+    Integer,
+    /// `fixed` with a scale.
+    Decimal,
+    /// `real`.
+    Float,
+    /// `text`.
+    Text,
+    /// `boolean`.
+    Boolean,
+    /// `timestamp_*`.
+    Timestamp,
+    /// `variant`, `object`, `array`.
+    Variant,
+    /// Anything else (`date`, `binary`, ...): only strings and nulls go in.
+    Other,
+}
+
+impl ColumnKind {
+    /// From a result-set type name and scale.
+    pub fn from_rowtype(type_name: &str, scale: Option<i64>) -> ColumnKind {
+        match type_name {
+            "fixed" if scale.unwrap_or(0) == 0 => ColumnKind::Integer,
+            "fixed" => ColumnKind::Decimal,
+            "real" => ColumnKind::Float,
+            "text" => ColumnKind::Text,
+            "boolean" => ColumnKind::Boolean,
+            t if t.starts_with("timestamp") => ColumnKind::Timestamp,
+            "variant" | "object" | "array" => ColumnKind::Variant,
+            _ => ColumnKind::Other,
+        }
+    }
+
+    /// Whether `v` can be loaded into a column of this kind without COPY failing or silently
+    /// changing it.
+    pub fn accepts(self, v: &Value) -> bool {
+        use ColumnKind as K;
+        match v {
+            Value::Null => true,
+            Value::Int(_) => matches!(
+                self,
+                K::Integer | K::Decimal | K::Float | K::Text | K::Variant
+            ),
+            Value::Float(f) => {
+                matches!(self, K::Float | K::Decimal | K::Text | K::Variant)
+                    || (self == K::Integer && f.is_finite() && f.fract() == 0.0 && f.abs() < 1e18)
+            }
+            Value::Bool(_) => matches!(self, K::Boolean | K::Text | K::Variant),
+            Value::String(_) => matches!(self, K::Text | K::Other),
+            Value::Timestamp(_) => matches!(self, K::Timestamp | K::Text),
+            Value::Json(_) => matches!(self, K::Variant | K::Text),
+        }
+    }
+}
+
+fn push_quoted(out: &mut Vec<u8>, s: &str) {
+    out.push(b'"');
+    for b in s.bytes() {
+        if b == b'"' {
+            out.push(b'"');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
+/// Appends one CSV line for `values` (already in file-column order).
+pub fn write_csv_line(out: &mut Vec<u8>, values: &[&Value]) {
+    for (i, v) in values.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match v {
+            Value::Null => {}
+            Value::String(s) | Value::Json(s) => push_quoted(out, s),
+            Value::Float(f) if f.fract() == 0.0 && f.is_finite() && f.abs() < 1e15 => {
+                // `3` rather than `3.0` is what Display gives; keep the full value explicit.
+                let _ = write!(out, "{f:.1}");
+            }
+            other => {
+                let _ = write!(out, "{other}");
+            }
+        }
+    }
+    out.push(b'\n');
+}
+
+/// Appends one NDJSON line for `row`.
+pub fn write_ndjson_line(out: &mut Vec<u8>, row: &Row) {
+    // serde_json never fails writing a Value into a Vec.
+    let _ = serde_json::to_writer(&mut *out, &row.to_json());
+    out.push(b'\n');
+}
+
+/// Gzips a whole file in one go. The gzip header carries no timestamp (mtime 0), so the same
+/// rows always give the same bytes.
+pub fn gzip(plain: &[u8]) -> Vec<u8> {
+    let mut enc = GzEncoder::new(
+        Vec::with_capacity(plain.len() / 4 + 64),
+        Compression::fast(),
+    );
+    let _ = enc.write_all(plain);
+    enc.finish().unwrap_or_default()
+}
+
+/// A path segment made of `[A-Za-z0-9.-]` only: `_` becomes `__`, any other byte `_XX` (hex),
+/// so different names never give the same segment and stage paths need no quoting.
+pub fn path_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'_' => out.push_str("__"),
+            b if b.is_ascii_alphanumeric() || b == b'.' || b == b'-' => out.push(b as char),
+            b => out.push_str(&format!("_{b:02X}")),
+        }
+    }
+    if out.is_empty() || out.starts_with('.') {
+        format!("_{out}")
+    } else {
+        out
+    }
+}
+
+/// The stage directory of a partition's files: `<table>/<topic>/<partition>`.
+pub fn stage_dir(table: &str, topic: &str, partition: i32) -> String {
+    format!(
+        "{}/{}/{partition}",
+        path_segment(table),
+        path_segment(topic)
+    )
+}
+
+/// The file name of a batch: zero-padded first and last offset, no timestamp, so a replay of the
+/// same offsets produces the same name (and COPY's load history recognises it).
+pub fn file_name(first_offset: i64, last_offset: i64, ndjson: bool) -> String {
+    format!(
+        "{first_offset:020}-{last_offset:020}.{}.gz",
+        if ndjson { "json" } else { "csv" }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers() {
+        assert_eq!(normalize_ident("user_id"), "USER_ID");
+        assert_eq!(normalize_ident("Mixed Case"), "Mixed Case");
+        assert_eq!(normalize_ident("9lives"), "9lives");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert_eq!(quote_literal("it's \\"), "'it''s \\\\'");
+    }
+
+    #[test]
+    fn csv_lines_distinguish_null_and_quote_text() {
+        let mut out = Vec::new();
+        let vals = [
+            Value::Int(-3),
+            Value::String("a \"q\", b\nc".into()),
+            Value::Null,
+            Value::String(String::new()),
+            Value::Bool(true),
+            Value::Float(2.0),
+            Value::Float(0.25),
+            Value::Timestamp(1_704_164_645_123_456),
+            Value::Json("{\"x\":1}".into()),
+        ];
+        write_csv_line(&mut out, &vals.iter().collect::<Vec<_>>());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "-3,\"a \"\"q\"\", b\nc\",,\"\",true,2.0,0.25,2024-01-02T03:04:05.123456,\"{\"\"x\"\":1}\"\n"
+        );
+    }
+
+    #[test]
+    fn names_are_deterministic_and_injective() {
+        assert_eq!(
+            file_name(5, 17, false),
+            "00000000000000000005-00000000000000000017.csv.gz"
+        );
+        assert_eq!(
+            stage_dir("EVENTS", "my_topic.v1", 3),
+            "EVENTS/my__topic.v1/3"
+        );
+        assert_ne!(path_segment("a_2F"), path_segment("a/"));
+        assert_eq!(path_segment("a/"), "a_2F");
+        assert_eq!(gzip(b"same"), gzip(b"same"));
+    }
+
+    #[test]
+    fn type_mapping_and_compatibility() {
+        assert_eq!(column_type_for(ValueType::Int), "NUMBER(38,0)");
+        assert_eq!(
+            merge_types(ValueType::Int, ValueType::Float),
+            ValueType::Float
+        );
+        assert_eq!(
+            merge_types(ValueType::Null, ValueType::Bool),
+            ValueType::Bool
+        );
+        assert_eq!(
+            merge_types(ValueType::Bool, ValueType::Int),
+            ValueType::String
+        );
+        assert!(ColumnKind::Integer.accepts(&Value::Float(3.0)));
+        assert!(!ColumnKind::Integer.accepts(&Value::Float(3.5)));
+        assert!(!ColumnKind::Integer.accepts(&Value::String("3".into())));
+        assert!(ColumnKind::Text.accepts(&Value::Json("{}".into())));
+        assert!(!ColumnKind::Variant.accepts(&Value::String("x".into())));
+    }
+}

@@ -1,0 +1,1250 @@
+//! The bulk loader: per-partition batches, staged files, and the COPY + offsets transaction.
+//!
+//! **Exactly once.** A batch covers the consecutive records `[first, last]` of one partition.
+//! Its rows go into one file whose name is a function of (table, topic, partition, first, last)
+//! only. One explicit transaction then runs `COPY INTO` from that file and replaces the
+//! partition's `SLUICE_OFFSETS` row with `last + 1`; only after the commit is read back does the
+//! writer report [`Durable`], and only then may the consumer commit that offset to Kafka. So the
+//! warehouse, not Kafka, holds the truth: on restart the consumer seeks to
+//! [`SnowflakeSink::committed_offsets`], and the writer itself drops any record below the
+//! committed offset it reads for a partition, so a consumer that restarts from an older Kafka
+//! offset cannot load anything twice.
+//!
+//! **LOAD_SKIPPED.** COPY skips a file whose name it loaded into the table before. Since a file's
+//! load and its offsets row commit together, a skipped file normally means the offsets row
+//! already covers it (the same batch was loaded again, e.g. by [`SnowflakeSink::load_batch`] in
+//! a test or after a lost COMMIT acknowledgement): then nothing changes and the committed offset
+//! is reported. If the offsets row does *not* cover it, the table holds rows the bookkeeping does
+//! not know about (offsets edited by hand, or another pipeline name writing the same table and
+//! stage path); the writer refuses to guess and fails with
+//! [`SinkError::LoadedWithoutOffsets`].
+//!
+//! **Rows that do not fit** (a field with no column under `schema_evolution: dead_letter`, or a
+//! value the column type cannot take) are sent to the dead-letter channel, and the send is
+//! awaited, before the transaction that moves the offsets past them.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use serde_json::Value as Json;
+use tokio::sync::{Mutex, mpsc, oneshot};
+use tokio::task::JoinHandle;
+
+use super::client::{
+    Auth, Bind, Client, ClientConfig, KeyPair, QueryResult, RetryPolicy, Secret, SnowflakeError,
+};
+use super::config::{BatchConfig, CreateTable, FileFormat, SchemaEvolution, SnowflakeSinkConfig};
+use super::encode::{self, ColumnKind};
+use super::stage::{PutInstructions, Uploader};
+use super::stats::SinkStats;
+use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterTx};
+use crate::row::{RecordMeta, Row, Value, ValueType};
+
+/// The VARIANT landing column of `format: ndjson`.
+pub const LANDING_COLUMN: &str = "RECORD_CONTENT";
+
+/// Errors of the sink.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    /// Talking to Snowflake failed.
+    #[error(transparent)]
+    Snowflake(#[from] SnowflakeError),
+    /// The config is unusable.
+    #[error("invalid snowflake sink config: {0}")]
+    Config(String),
+    /// The private key file could not be read.
+    #[error("cannot read private key file {path}")]
+    KeyFile {
+        /// The path from the config.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The target table is missing and may not be created.
+    #[error("table {table} does not exist and create_table is never")]
+    TableMissing {
+        /// The table.
+        table: String,
+    },
+    /// COPY did not load the file completely.
+    #[error(
+        "copy of {file} failed: status {status}, {rows_loaded} of {expected} rows loaded, first error: {first_error}"
+    )]
+    CopyFailed {
+        /// The staged file.
+        file: String,
+        /// COPY's status.
+        status: String,
+        /// Rows COPY loaded.
+        rows_loaded: i64,
+        /// Rows in the file.
+        expected: usize,
+        /// COPY's first error.
+        first_error: String,
+    },
+    /// COPY skipped the file as already loaded, but the offsets row does not cover it.
+    #[error(
+        "{file} was loaded before but the offsets row of {topic}/{partition} is {committed:?}, not past {last_offset}: refusing to guess"
+    )]
+    LoadedWithoutOffsets {
+        /// The staged file.
+        file: String,
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The stored next offset, if any.
+        committed: Option<i64>,
+        /// The batch's last offset.
+        last_offset: i64,
+    },
+    /// The session was replaced (re-login) in the middle of a transaction.
+    #[error("the session was replaced during a transaction")]
+    SessionLost,
+    /// After COMMIT the offsets row does not read back as written.
+    #[error("offsets row of {topic}/{partition} reads {found:?} after commit, expected {expected}")]
+    CommitNotVisible {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// What was read.
+        found: Option<i64>,
+        /// What was written.
+        expected: i64,
+    },
+    /// Rows must be dead-lettered but there is no channel.
+    #[error(
+        "{count} rows do not fit table {table} and no dead-letter channel was given; first: {first}"
+    )]
+    NoDeadLetterChannel {
+        /// Rejected rows.
+        count: usize,
+        /// The table.
+        table: String,
+        /// The first reason.
+        first: String,
+    },
+    /// A dead letter could not be stored.
+    #[error("dead letter could not be stored")]
+    DeadLetter(#[from] DeadLetterError),
+    /// The writer task is gone.
+    #[error("the snowflake sink writer stopped")]
+    Closed,
+}
+
+/// Connection choices that do not belong in pipeline.json.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectOptions {
+    /// Use this URL instead of `account_url` (the emulator's, see [`super::emulator::Emulator::url`]).
+    pub account_url: Option<String>,
+    /// Extra `SESSION_PARAMETERS` for the login.
+    pub session_parameters: serde_json::Map<String, Json>,
+    /// Run `CREATE DATABASE/SCHEMA IF NOT EXISTS` (the emulator starts empty; a real account's
+    /// database and schema are the administrator's).
+    pub create_database_and_schema: bool,
+    /// Send S3 stage requests here, path style, instead of AWS (an S3-compatible endpoint or a
+    /// test double).
+    pub s3_endpoint: Option<String>,
+    /// Retry behaviour.
+    pub retry: RetryPolicy,
+}
+
+impl ConnectOptions {
+    /// Options for the fakesnow emulator at `url`. `db_path` is `":isolated:"` (a fresh database
+    /// per login) or a directory that keeps the data across logins and processes.
+    pub fn emulator(url: String, db_path: &str) -> ConnectOptions {
+        let mut session_parameters = serde_json::Map::new();
+        session_parameters.insert("FAKESNOW_DB_PATH".into(), Json::String(db_path.to_owned()));
+        ConnectOptions {
+            account_url: Some(url),
+            session_parameters,
+            create_database_and_schema: true,
+            ..ConnectOptions::default()
+        }
+    }
+}
+
+/// One consumed Kafka record's outcome, sent in offset order per partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkRecord {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// Offset.
+    pub offset: i64,
+    /// The rows the transforms produced; may be empty (filtered or dead-lettered upstream), the
+    /// offset still advances.
+    pub rows: Vec<Row>,
+}
+
+/// What the pipeline sends the writer.
+#[derive(Debug)]
+pub enum SinkInput {
+    /// A consumed record.
+    Record(SinkRecord),
+    /// Partitions were revoked: drop their unflushed batches (the next owner reloads them from
+    /// the committed offsets).
+    Revoke(Vec<(String, i32)>),
+    /// Flush every batch now and answer when done.
+    Flush(oneshot::Sender<Result<(), String>>),
+}
+
+/// A partition's offset that is durable in Snowflake: commit `next_offset` to Kafka.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Durable {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// The next offset to consume.
+    pub next_offset: i64,
+}
+
+/// What the writer did, returned when it ends.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SinkSummary {
+    /// Files staged.
+    pub files: u64,
+    /// Rows loaded.
+    pub rows_loaded: u64,
+    /// Offsets transactions committed.
+    pub commits: u64,
+    /// Rows dead-lettered.
+    pub rows_dead_lettered: u64,
+    /// Records dropped because their offset was already committed.
+    pub records_already_committed: u64,
+}
+
+/// The sending side of a running writer.
+#[derive(Debug, Clone)]
+pub struct SinkHandle {
+    tx: mpsc::Sender<SinkInput>,
+}
+
+impl SinkHandle {
+    /// Sends one record (waits while the writer's queue is full).
+    pub async fn record(&self, record: SinkRecord) -> Result<(), SinkError> {
+        self.tx
+            .send(SinkInput::Record(record))
+            .await
+            .map_err(|_| SinkError::Closed)
+    }
+
+    /// Drops unflushed state of revoked partitions.
+    pub async fn revoke(&self, partitions: Vec<(String, i32)>) -> Result<(), SinkError> {
+        self.tx
+            .send(SinkInput::Revoke(partitions))
+            .await
+            .map_err(|_| SinkError::Closed)
+    }
+
+    /// Flushes everything and waits until it is durable (or failed).
+    pub async fn flush(&self) -> Result<(), SinkError> {
+        let (ack, done) = oneshot::channel();
+        self.tx
+            .send(SinkInput::Flush(ack))
+            .await
+            .map_err(|_| SinkError::Closed)?;
+        done.await
+            .map_err(|_| SinkError::Closed)?
+            .map_err(SinkError::Config)
+    }
+
+    /// Ends the input; the writer flushes what it holds and its join handle returns the summary.
+    pub fn close(self) {}
+}
+
+/// A batch for [`SnowflakeSink::load_batch`]: consecutive records of one partition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batch {
+    /// Topic.
+    pub topic: String,
+    /// Partition.
+    pub partition: i32,
+    /// `(offset, rows)` in increasing offset order; not empty.
+    pub records: Vec<(i64, Vec<Row>)>,
+}
+
+impl Batch {
+    fn first_offset(&self) -> i64 {
+        self.records.first().map_or(0, |r| r.0)
+    }
+    fn last_offset(&self) -> i64 {
+        self.records.last().map_or(0, |r| r.0)
+    }
+    fn row_count(&self) -> usize {
+        self.records.iter().map(|r| r.1.len()).sum()
+    }
+}
+
+/// What [`SnowflakeSink::load_batch`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LoadOutcome {
+    /// The partition's committed next offset afterwards.
+    pub next_offset: i64,
+    /// Rows COPY loaded (0 when the file was already loaded or the batch had no rows).
+    pub rows_loaded: u64,
+    /// The staged file's path under the stage, if there was one.
+    pub file: Option<String>,
+    /// COPY skipped the file because it was loaded before (and the offsets row covered it).
+    pub already_loaded: bool,
+    /// Rows sent to the dead-letter channel.
+    pub rows_dead_lettered: u64,
+}
+
+/// Fully qualified, quoted names.
+#[derive(Debug, Clone)]
+struct Names {
+    table: String,
+    table_plain: String,
+    stage: String,
+    offsets: String,
+}
+
+#[derive(Debug, Clone)]
+struct Column {
+    name: String,
+    kind: ColumnKind,
+    type_label: String,
+}
+
+/// The table as last described; `None` = not looked at yet.
+#[derive(Debug, Default)]
+struct TableState {
+    columns: Option<Option<Vec<Column>>>,
+}
+
+/// A connected sink. Share it as `Arc<SnowflakeSink>`; [`SnowflakeSink::spawn`] starts the writer.
+#[derive(Debug)]
+pub struct SnowflakeSink {
+    client: Client,
+    uploader: Uploader,
+    names: Names,
+    pipeline: String,
+    create_table: CreateTable,
+    evolution: SchemaEvolution,
+    format: FileFormat,
+    batch: BatchConfig,
+    stats: Arc<SinkStats>,
+    /// Serialises use of the one session: statements of other callers must not land inside the
+    /// writer's transaction. Also guards the cached table description.
+    session: Mutex<TableState>,
+}
+
+fn auth_from(cfg: &SnowflakeSinkConfig, emulated: bool) -> Result<Auth, SinkError> {
+    let pass = cfg.private_key_passphrase.as_deref();
+    if let Some(pem) = &cfg.private_key {
+        return Ok(Auth::KeyPair(Arc::new(KeyPair::from_pem(pem, pass)?)));
+    }
+    if let Some(path) = &cfg.private_key_path {
+        let pem = std::fs::read_to_string(path).map_err(|source| SinkError::KeyFile {
+            path: path.clone(),
+            source,
+        })?;
+        return Ok(Auth::KeyPair(Arc::new(KeyPair::from_pem(&pem, pass)?)));
+    }
+    match &cfg.password {
+        Some(p) => Ok(Auth::Password(Secret(p.clone()))),
+        // fakesnow checks no credentials at all.
+        None if emulated => Ok(Auth::Password(Secret("fakesnow".into()))),
+        None => Err(SinkError::Config(
+            "no password, private_key or private_key_path".into(),
+        )),
+    }
+}
+
+fn is_missing_object(e: &SnowflakeError) -> bool {
+    e.code() == Some("002003")
+}
+
+impl SnowflakeSink {
+    /// Logs in and makes sure the stage and the offsets table exist (and, with
+    /// `create_database_and_schema`, the database and schema). Reads the private key file if the
+    /// config names one; reads nothing from the environment.
+    pub async fn connect(
+        cfg: &SnowflakeSinkConfig,
+        pipeline: &str,
+        opts: ConnectOptions,
+    ) -> Result<SnowflakeSink, SinkError> {
+        if let Err(problems) = cfg.validate() {
+            let text: Vec<String> = problems
+                .iter()
+                .map(|p| format!("{}: {}", p.field, p.message))
+                .collect();
+            return Err(SinkError::Config(text.join("; ")));
+        }
+        let base_url = match (&opts.account_url, cfg.is_emulated()) {
+            (Some(u), _) => u.trim_end_matches('/').to_owned(),
+            (None, false) => cfg.account_url.trim().trim_end_matches('/').to_owned(),
+            (None, true) => {
+                return Err(SinkError::Config(
+                    "account_url is empty: start the emulator and pass its url in ConnectOptions"
+                        .into(),
+                ));
+            }
+        };
+        let database = encode::normalize_ident(&cfg.database);
+        let schema = encode::normalize_ident(&cfg.schema);
+        let q = |n: &str| encode::quote_ident(&encode::normalize_ident(n));
+        let prefix = format!(
+            "{}.{}",
+            encode::quote_ident(&database),
+            encode::quote_ident(&schema)
+        );
+        let names = Names {
+            table: format!("{prefix}.{}", q(&cfg.table)),
+            table_plain: encode::normalize_ident(&cfg.table),
+            stage: format!("{prefix}.{}", q(&cfg.stage)),
+            offsets: format!("{prefix}.{}", q(&cfg.offsets_table)),
+        };
+        let stats = Arc::new(SinkStats::default());
+        let client_cfg = ClientConfig {
+            base_url,
+            account: if cfg.account.is_empty() {
+                "fakesnow".into()
+            } else {
+                cfg.account.clone()
+            },
+            user: if cfg.user.is_empty() {
+                "sluice".into()
+            } else {
+                cfg.user.clone()
+            },
+            auth: auth_from(cfg, opts.account_url.is_some() && cfg.is_emulated())?,
+            role: cfg.role.clone(),
+            warehouse: cfg.warehouse.clone(),
+            database: database.clone(),
+            schema: schema.clone(),
+            session_parameters: opts.session_parameters.clone(),
+            retry: opts.retry.clone(),
+        };
+        let client = Client::login(client_cfg, stats.clone()).await?;
+        if opts.create_database_and_schema {
+            client
+                .query(
+                    &format!(
+                        "CREATE DATABASE IF NOT EXISTS {}",
+                        encode::quote_ident(&database)
+                    ),
+                    &[],
+                )
+                .await?;
+            client
+                .query(&format!("CREATE SCHEMA IF NOT EXISTS {prefix}"), &[])
+                .await?;
+        }
+        client
+            .query(&format!("CREATE STAGE IF NOT EXISTS {}", names.stage), &[])
+            .await?;
+        client
+            .query(
+                &format!(
+                    "CREATE TABLE IF NOT EXISTS {} (\"PIPELINE\" VARCHAR, \"TOPIC\" VARCHAR, \"PARTITION\" NUMBER(38,0), \"NEXT_OFFSET\" NUMBER(38,0))",
+                    names.offsets
+                ),
+                &[],
+            )
+            .await?;
+        let uploader = Uploader::new(
+            client.http().clone(),
+            opts.retry.clone(),
+            stats.clone(),
+            opts.s3_endpoint.clone(),
+        );
+        Ok(SnowflakeSink {
+            client,
+            uploader,
+            names,
+            pipeline: pipeline.to_owned(),
+            create_table: cfg.create_table,
+            evolution: cfg.schema_evolution,
+            format: cfg.format,
+            batch: cfg.batch.clone(),
+            stats,
+            session: Mutex::new(TableState::default()),
+        })
+    }
+
+    /// The sink's statistics.
+    pub fn stats(&self) -> Arc<SinkStats> {
+        self.stats.clone()
+    }
+
+    /// The quoted, fully qualified target table, e.g. `"DB"."RAW"."EVENTS"`.
+    pub fn table(&self) -> &str {
+        &self.names.table
+    }
+
+    /// The quoted, fully qualified offsets table.
+    pub fn offsets_table(&self) -> &str {
+        &self.names.offsets
+    }
+
+    /// Runs any statement on the sink's session (serialised with the writer's transactions).
+    pub async fn query(&self, sql: &str) -> Result<QueryResult, SinkError> {
+        let _guard = self.session.lock().await;
+        Ok(self.client.query(sql, &[]).await?)
+    }
+
+    /// Rows in the target table (0 if it does not exist yet).
+    pub async fn count_rows(&self) -> Result<u64, SinkError> {
+        let _guard = self.session.lock().await;
+        match self
+            .client
+            .query(&format!("SELECT COUNT(*) FROM {}", self.names.table), &[])
+            .await
+        {
+            Ok(r) => Ok(r
+                .rows
+                .first()
+                .and_then(|r| r.first())
+                .and_then(Json::as_u64)
+                .unwrap_or(0)),
+            Err(e) if is_missing_object(&e) => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The committed next offset per partition of `topic` for this pipeline; seek there on
+    /// assignment.
+    pub async fn committed_offsets(&self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+        let _guard = self.session.lock().await;
+        self.committed_offsets_locked(topic).await
+    }
+
+    async fn committed_offsets_locked(&self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
+        let r = self
+            .client
+            .query(
+                &format!(
+                    "SELECT \"PARTITION\", \"NEXT_OFFSET\" FROM {} WHERE \"PIPELINE\" = ? AND \"TOPIC\" = ?",
+                    self.names.offsets
+                ),
+                &[Bind::Text(Some(self.pipeline.clone())), Bind::Text(Some(topic.to_owned()))],
+            )
+            .await?;
+        Ok(r.rows
+            .iter()
+            .filter_map(|row| Some((row.first()?.as_i64()? as i32, row.get(1)?.as_i64()?)))
+            .collect())
+    }
+
+    async fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, SinkError> {
+        Ok(self
+            .committed_offsets_locked(topic)
+            .await?
+            .get(&partition)
+            .copied())
+    }
+
+    /// Logs out (best effort).
+    pub async fn close(&self) {
+        self.client.close().await;
+    }
+
+    /// Starts the batching writer. `dead_letters` receives rows the table cannot take; without
+    /// it such rows fail the writer. Returns the input handle, the stream of durable offsets
+    /// (unbounded, one message per committed batch) and the task, which ends with a summary when
+    /// the input closes, or with the first error.
+    pub fn spawn(
+        self: Arc<Self>,
+        dead_letters: Option<DeadLetterTx>,
+        capacity: usize,
+    ) -> (
+        SinkHandle,
+        mpsc::UnboundedReceiver<Durable>,
+        JoinHandle<Result<SinkSummary, SinkError>>,
+    ) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let (durable_tx, durable_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(Writer::new(self, dead_letters, durable_tx).run(rx));
+        (SinkHandle { tx }, durable_rx, task)
+    }
+
+    async fn describe(&self, state: &mut TableState) -> Result<Option<Vec<Column>>, SinkError> {
+        if let Some(cols) = &state.columns {
+            return Ok(cols.clone());
+        }
+        let cols = match self
+            .client
+            .query(&format!("SELECT * FROM {} LIMIT 0", self.names.table), &[])
+            .await
+        {
+            Ok(r) => Some(
+                r.columns
+                    .iter()
+                    .map(|c| Column {
+                        name: c.name.clone(),
+                        kind: ColumnKind::from_rowtype(&c.type_name, c.scale),
+                        type_label: c.type_name.to_uppercase(),
+                    })
+                    .collect(),
+            ),
+            Err(e) if is_missing_object(&e) => None,
+            Err(e) => return Err(e.into()),
+        };
+        state.columns = Some(cols.clone());
+        Ok(cols)
+    }
+
+    /// Field name → (column name, merged type), in first-seen order.
+    fn batch_schema(batch: &Batch) -> Vec<(String, String, ValueType)> {
+        let mut out: Vec<(String, String, ValueType)> = Vec::new();
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (_, rows) in &batch.records {
+            for row in rows {
+                for f in &row.fields {
+                    let t = f.value.value_type();
+                    match index.get(&*f.name) {
+                        Some(&i) => out[i].2 = encode::merge_types(out[i].2, t),
+                        None => {
+                            index.insert(&f.name, out.len());
+                            out.push((f.name.to_string(), encode::normalize_ident(&f.name), t));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Creates or evolves the table for `batch` and returns its columns (`None` for an empty
+    /// batch against a missing table).
+    async fn prepare_table(
+        &self,
+        state: &mut TableState,
+        batch: &Batch,
+    ) -> Result<Option<Vec<Column>>, SinkError> {
+        let existing = self.describe(state).await?;
+        if self.format == FileFormat::Ndjson {
+            if existing.is_some() {
+                return Ok(existing);
+            }
+            if self.create_table == CreateTable::Never {
+                return Err(SinkError::TableMissing {
+                    table: self.names.table.clone(),
+                });
+            }
+            self.client
+                .query(
+                    &format!(
+                        "CREATE TABLE IF NOT EXISTS {} ({} VARIANT)",
+                        self.names.table,
+                        encode::quote_ident(LANDING_COLUMN)
+                    ),
+                    &[],
+                )
+                .await?;
+            state.columns = None;
+            return self.describe(state).await;
+        }
+        let schema = Self::batch_schema(batch);
+        let Some(existing) = existing else {
+            if schema.is_empty() {
+                return Ok(None);
+            }
+            if self.create_table == CreateTable::Never {
+                return Err(SinkError::TableMissing {
+                    table: self.names.table.clone(),
+                });
+            }
+            let mut seen = std::collections::HashSet::new();
+            let cols: Vec<String> = schema
+                .iter()
+                .filter(|(_, col, _)| seen.insert(col.to_uppercase()))
+                .map(|(_, col, t)| {
+                    format!(
+                        "{} {}",
+                        encode::quote_ident(col),
+                        encode::column_type_for(*t)
+                    )
+                })
+                .collect();
+            self.client
+                .query(
+                    &format!(
+                        "CREATE TABLE IF NOT EXISTS {} ({})",
+                        self.names.table,
+                        cols.join(", ")
+                    ),
+                    &[],
+                )
+                .await?;
+            state.columns = None;
+            return self.describe(state).await;
+        };
+        if self.evolution != SchemaEvolution::AddColumns {
+            return Ok(Some(existing));
+        }
+        let mut added = false;
+        let mut known: Vec<String> = existing.iter().map(|c| c.name.clone()).collect();
+        for (_, col, t) in &schema {
+            if find_column(&known, col).is_none() {
+                self.client
+                    .query(
+                        &format!(
+                            "ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}",
+                            self.names.table,
+                            encode::quote_ident(col),
+                            encode::column_type_for(*t)
+                        ),
+                        &[],
+                    )
+                    .await?;
+                known.push(col.clone());
+                added = true;
+            }
+        }
+        if added {
+            state.columns = None;
+            return self.describe(state).await;
+        }
+        Ok(Some(existing))
+    }
+
+    /// Loads one batch exactly once (see the module doc) and returns what happened. The writer
+    /// calls this per flush; tests call it directly to load the same batch twice.
+    pub async fn load_batch(
+        &self,
+        batch: &Batch,
+        dead_letters: Option<&DeadLetterTx>,
+    ) -> Result<LoadOutcome, SinkError> {
+        let mut state = self.session.lock().await;
+        let mut attempt = 0;
+        loop {
+            match self
+                .load_batch_locked(&mut state, batch, dead_letters)
+                .await
+            {
+                Err(SinkError::SessionLost) if attempt == 0 => {
+                    attempt += 1;
+                    state.columns = None;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn load_batch_locked(
+        &self,
+        state: &mut TableState,
+        batch: &Batch,
+        dead_letters: Option<&DeadLetterTx>,
+    ) -> Result<LoadOutcome, SinkError> {
+        let (first, last) = (batch.first_offset(), batch.last_offset());
+        let columns = if batch.row_count() > 0 {
+            self.prepare_table(state, batch).await?
+        } else {
+            None
+        };
+
+        // Split rows into the file and the rejects.
+        let ndjson = self.format == FileFormat::Ndjson;
+        let mut plain = Vec::new();
+        let mut file_rows = 0usize;
+        let mut rejects: Vec<(i64, &Row, String)> = Vec::new();
+        let mut file_columns: Vec<usize> = Vec::new();
+        if let Some(columns) = &columns {
+            if ndjson {
+                for (_, rows) in &batch.records {
+                    for row in rows {
+                        encode::write_ndjson_line(&mut plain, row);
+                        file_rows += 1;
+                    }
+                }
+            } else {
+                let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
+                let mut used = vec![false; columns.len()];
+                let mut accepted: Vec<(Vec<Option<usize>>, &Row)> = Vec::new();
+                for (offset, rows) in &batch.records {
+                    for row in rows {
+                        match map_row(row, columns, &names) {
+                            Ok(slots) => {
+                                for s in slots.iter().flatten() {
+                                    used[*s] = true;
+                                }
+                                accepted.push((slots, row));
+                            }
+                            Err(reason) => rejects.push((*offset, row, reason)),
+                        }
+                    }
+                }
+                file_columns = (0..columns.len()).filter(|i| used[*i]).collect();
+                let pos: HashMap<usize, usize> = file_columns
+                    .iter()
+                    .enumerate()
+                    .map(|(p, c)| (*c, p))
+                    .collect();
+                let null = Value::Null;
+                let mut line: Vec<&Value> = Vec::with_capacity(file_columns.len());
+                for (slots, row) in &accepted {
+                    line.clear();
+                    line.resize(file_columns.len(), &null);
+                    for (f, slot) in row.fields.iter().zip(slots) {
+                        if let Some(c) = slot
+                            && let Some(p) = pos.get(c)
+                            && matches!(line[*p], Value::Null)
+                        {
+                            line[*p] = &f.value;
+                        }
+                    }
+                    encode::write_csv_line(&mut plain, &line);
+                    file_rows += 1;
+                }
+            }
+        }
+
+        // Dead letters are durable before the offsets move past their records.
+        if !rejects.is_empty() {
+            let Some(dlq) = dead_letters else {
+                return Err(SinkError::NoDeadLetterChannel {
+                    count: rejects.len(),
+                    table: self.names.table.clone(),
+                    first: rejects[0].2.clone(),
+                });
+            };
+            for (offset, row, reason) in &rejects {
+                dlq.send(DeadLetter {
+                    stage: "sink".into(),
+                    kind: "schema".into(),
+                    reason: reason.clone(),
+                    source_file: None,
+                    line: None,
+                    origin: Some(RecordMeta {
+                        topic: batch.topic.clone(),
+                        partition: batch.partition,
+                        offset: *offset,
+                        ..RecordMeta::default()
+                    }),
+                    payload: row.to_json().to_string().into_bytes(),
+                })
+                .await?;
+            }
+            self.stats
+                .rows_dead_lettered
+                .fetch_add(rejects.len() as u64, Ordering::Relaxed);
+        }
+
+        // Stage the file.
+        let dir = encode::stage_dir(&self.names.table_plain, &batch.topic, batch.partition);
+        let name = encode::file_name(first, last, ndjson);
+        let staged = if file_rows > 0 {
+            let gz = encode::gzip(&plain);
+            let started = Instant::now();
+            let put = self
+                .client
+                .query_raw(
+                    &format!(
+                        "PUT 'file:///tmp/sluice/{name}' @{}/{dir} AUTO_COMPRESS=FALSE SOURCE_COMPRESSION=GZIP OVERWRITE=FALSE",
+                        self.names.stage
+                    ),
+                    &[],
+                )
+                .await?;
+            let put = PutInstructions::parse(&put)?;
+            self.uploader.upload(&put, &name, &gz).await?;
+            self.stats.put_latency.observe(started.elapsed());
+            self.stats.files.fetch_add(1, Ordering::Relaxed);
+            Some(format!("{dir}/{name}"))
+        } else {
+            None
+        };
+
+        // COPY + offsets, one transaction.
+        let epoch = self.client.session_epoch().await;
+        let started = Instant::now();
+        self.client.query("BEGIN", &[]).await?;
+        let result = self
+            .transaction_body(
+                batch,
+                staged.as_deref(),
+                file_rows,
+                &file_columns,
+                columns.as_deref(),
+            )
+            .await;
+        let copied = match result {
+            Ok(Some(copied)) => copied,
+            Ok(None) => {
+                // Already loaded and covered by the offsets row.
+                let _ = self.client.query("ROLLBACK", &[]).await;
+                let next = self
+                    .stored_offset(&batch.topic, batch.partition)
+                    .await?
+                    .unwrap_or(last + 1);
+                return Ok(LoadOutcome {
+                    next_offset: next,
+                    rows_loaded: 0,
+                    file: staged,
+                    already_loaded: true,
+                    rows_dead_lettered: rejects.len() as u64,
+                });
+            }
+            Err(e) => {
+                let _ = self.client.query("ROLLBACK", &[]).await;
+                return Err(e);
+            }
+        };
+        self.client.query("COMMIT", &[]).await?;
+        if self.client.session_epoch().await != epoch {
+            return Err(SinkError::SessionLost);
+        }
+        // Read the commit back: fakesnow acknowledges a COMMIT of an aborted transaction, and a
+        // lost acknowledgement must not count as durable either.
+        let found = self.stored_offset(&batch.topic, batch.partition).await?;
+        if found != Some(last + 1) {
+            return Err(SinkError::CommitNotVisible {
+                topic: batch.topic.clone(),
+                partition: batch.partition,
+                found,
+                expected: last + 1,
+            });
+        }
+        self.stats.copy_latency.observe(started.elapsed());
+        self.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.stats.rows_loaded.fetch_add(copied, Ordering::Relaxed);
+        Ok(LoadOutcome {
+            next_offset: last + 1,
+            rows_loaded: copied,
+            file: staged,
+            already_loaded: false,
+            rows_dead_lettered: rejects.len() as u64,
+        })
+    }
+
+    /// Inside BEGIN: COPY (if there is a file), then DELETE + INSERT of the offsets row.
+    /// `Ok(None)` means COPY skipped the file and the offsets row already covers the batch.
+    async fn transaction_body(
+        &self,
+        batch: &Batch,
+        staged: Option<&str>,
+        file_rows: usize,
+        file_columns: &[usize],
+        columns: Option<&[Column]>,
+    ) -> Result<Option<u64>, SinkError> {
+        let last = batch.last_offset();
+        let mut copied = 0;
+        if let Some(path) = staged {
+            let sql = if self.format == FileFormat::Ndjson {
+                format!(
+                    "COPY INTO {} FROM @{}/{path} FILE_FORMAT=(TYPE=JSON COMPRESSION=GZIP) ON_ERROR=ABORT_STATEMENT",
+                    self.names.table, self.names.stage
+                )
+            } else {
+                let cols = columns.unwrap_or_default();
+                let list: Vec<String> = file_columns
+                    .iter()
+                    .map(|i| encode::quote_ident(&cols[*i].name))
+                    .collect();
+                format!(
+                    "COPY INTO {} ({}) FROM @{}/{path} FILE_FORMAT=(TYPE=CSV FIELD_OPTIONALLY_ENCLOSED_BY='\"' COMPRESSION=GZIP EMPTY_FIELD_AS_NULL=TRUE NULL_IF=()) ON_ERROR=ABORT_STATEMENT",
+                    self.names.table,
+                    list.join(", "),
+                    self.names.stage
+                )
+            };
+            let r = self.client.query(&sql, &[]).await?;
+            let get =
+                |row: &Vec<Json>, name: &str| r.column(name).and_then(|i| row.get(i)).cloned();
+            let row = r.rows.first().cloned().unwrap_or_default();
+            let status = get(&row, "status")
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            let rows_loaded = get(&row, "rows_loaded")
+                .and_then(|v| v.as_i64())
+                .unwrap_or(0);
+            // fakesnow says LOAD_SKIPPED; Snowflake answers a COPY with nothing new to load with a
+            // single status row "Copy executed with 0 files processed."
+            let skipped = status == "LOAD_SKIPPED"
+                || (r.rows.len() == 1 && status.starts_with("Copy executed with 0 files"));
+            if skipped {
+                let committed = self.stored_offset(&batch.topic, batch.partition).await?;
+                if committed.is_some_and(|c| c > last) {
+                    return Ok(None);
+                }
+                return Err(SinkError::LoadedWithoutOffsets {
+                    file: path.to_owned(),
+                    topic: batch.topic.clone(),
+                    partition: batch.partition,
+                    committed,
+                    last_offset: last,
+                });
+            }
+            if r.rows.len() != 1 || status != "LOADED" || rows_loaded != file_rows as i64 {
+                return Err(SinkError::CopyFailed {
+                    file: path.to_owned(),
+                    status,
+                    rows_loaded,
+                    expected: file_rows,
+                    first_error: get(&row, "first_error")
+                        .map(|v| v.to_string())
+                        .unwrap_or_default(),
+                });
+            }
+            copied = rows_loaded as u64;
+        }
+        let key = [
+            Bind::Text(Some(self.pipeline.clone())),
+            Bind::Text(Some(batch.topic.clone())),
+            Bind::Int(batch.partition as i64),
+        ];
+        self.client
+            .query(
+                &format!(
+                    "DELETE FROM {} WHERE \"PIPELINE\" = ? AND \"TOPIC\" = ? AND \"PARTITION\" = ?",
+                    self.names.offsets
+                ),
+                &key,
+            )
+            .await?;
+        let mut values = key.to_vec();
+        values.push(Bind::Int(last + 1));
+        self.client
+            .query(
+                &format!(
+                    "INSERT INTO {} (\"PIPELINE\", \"TOPIC\", \"PARTITION\", \"NEXT_OFFSET\") VALUES (?, ?, ?, ?)",
+                    self.names.offsets
+                ),
+                &values,
+            )
+            .await?;
+        Ok(Some(copied))
+    }
+}
+
+/// The index of column `name`: exact, else the only case-insensitive match.
+fn find_column(columns: &[String], name: &str) -> Option<usize> {
+    if let Some(i) = columns.iter().position(|c| c == name) {
+        return Some(i);
+    }
+    let mut it = columns
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.eq_ignore_ascii_case(name));
+    match (it.next(), it.next()) {
+        (Some((i, _)), None) => Some(i),
+        _ => None,
+    }
+}
+
+/// Maps a row's fields to table columns, or says why it cannot be loaded.
+fn map_row(row: &Row, columns: &[Column], names: &[String]) -> Result<Vec<Option<usize>>, String> {
+    let mut slots = Vec::with_capacity(row.fields.len());
+    for f in &row.fields {
+        let col = encode::normalize_ident(&f.name);
+        match find_column(names, &col) {
+            Some(i) if columns[i].kind.accepts(&f.value) => slots.push(Some(i)),
+            Some(i) => {
+                return Err(format!(
+                    "field \"{}\" is {} but column {} is {}",
+                    f.name,
+                    f.value.value_type(),
+                    encode::quote_ident(&columns[i].name),
+                    columns[i].type_label
+                ));
+            }
+            None if f.value == Value::Null => slots.push(None),
+            None => return Err(format!("field \"{}\" has no column in the table", f.name)),
+        }
+    }
+    Ok(slots)
+}
+
+struct Partition {
+    /// The committed next offset as read from the offsets table (`i64::MIN` if none yet).
+    committed: Option<i64>,
+    announced: bool,
+    batch: Option<PendingBatch>,
+}
+
+struct PendingBatch {
+    batch: Batch,
+    rows: usize,
+    bytes: usize,
+    opened: Instant,
+}
+
+struct Writer {
+    sink: Arc<SnowflakeSink>,
+    dead_letters: Option<DeadLetterTx>,
+    durable: mpsc::UnboundedSender<Durable>,
+    partitions: HashMap<(String, i32), Partition>,
+    summary: SinkSummary,
+}
+
+fn approx_bytes(row: &Row) -> usize {
+    row.fields
+        .iter()
+        .map(|f| {
+            3 + match &f.value {
+                Value::String(s) | Value::Json(s) => s.len() + 2,
+                Value::Timestamp(_) => 26,
+                _ => 8,
+            }
+        })
+        .sum()
+}
+
+impl Writer {
+    fn new(
+        sink: Arc<SnowflakeSink>,
+        dead_letters: Option<DeadLetterTx>,
+        durable: mpsc::UnboundedSender<Durable>,
+    ) -> Writer {
+        Writer {
+            sink,
+            dead_letters,
+            durable,
+            partitions: HashMap::new(),
+            summary: SinkSummary::default(),
+        }
+    }
+
+    fn next_deadline(&self) -> Option<Instant> {
+        let latency = Duration::from_millis(self.sink.batch.max_latency_ms);
+        self.partitions
+            .values()
+            .filter_map(|p| p.batch.as_ref().map(|b| b.opened + latency))
+            .min()
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<SinkInput>) -> Result<SinkSummary, SinkError> {
+        loop {
+            let deadline = self.next_deadline();
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                    self.flush_due().await?;
+                    continue;
+                }
+            };
+            match msg {
+                None => {
+                    self.flush_all().await?;
+                    return Ok(self.summary);
+                }
+                Some(SinkInput::Record(r)) => self.record(r).await?,
+                Some(SinkInput::Revoke(parts)) => {
+                    for p in parts {
+                        self.partitions.remove(&p);
+                    }
+                }
+                Some(SinkInput::Flush(ack)) => {
+                    let result = self.flush_all().await;
+                    let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    result?;
+                }
+            }
+        }
+    }
+
+    async fn record(&mut self, r: SinkRecord) -> Result<(), SinkError> {
+        let key = (r.topic.clone(), r.partition);
+        if !self.partitions.contains_key(&key) || self.partitions[&key].committed.is_none() {
+            let committed = self.sink.committed_offsets(&r.topic).await?;
+            let entry = self.partitions.entry(key.clone()).or_insert(Partition {
+                committed: None,
+                announced: false,
+                batch: None,
+            });
+            entry.committed = Some(committed.get(&r.partition).copied().unwrap_or(i64::MIN));
+        }
+        let limits = (self.sink.batch.max_rows, self.sink.batch.max_bytes);
+        let p = self.partitions.get_mut(&key).ok_or(SinkError::Closed)?;
+        let committed = p.committed.unwrap_or(i64::MIN);
+        if r.offset < committed {
+            // Already durable in the warehouse: a consumer that restarted from an older Kafka
+            // commit replays it. Tell it once where the warehouse stands.
+            self.summary.records_already_committed += 1;
+            if !p.announced {
+                p.announced = true;
+                let _ = self.durable.send(Durable {
+                    topic: r.topic,
+                    partition: r.partition,
+                    next_offset: committed,
+                });
+            }
+            return Ok(());
+        }
+        if let Some(b) = &p.batch
+            && r.offset <= b.batch.last_offset()
+        {
+            return Ok(()); // a redelivery of a record the open batch already holds
+        }
+        let b = p.batch.get_or_insert_with(|| PendingBatch {
+            batch: Batch {
+                topic: r.topic.clone(),
+                partition: r.partition,
+                records: Vec::new(),
+            },
+            rows: 0,
+            bytes: 0,
+            opened: Instant::now(),
+        });
+        b.rows += r.rows.len();
+        b.bytes += r.rows.iter().map(approx_bytes).sum::<usize>();
+        b.batch.records.push((r.offset, r.rows));
+        if b.rows >= limits.0 || b.bytes >= limits.1 {
+            self.flush(&key).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self, key: &(String, i32)) -> Result<(), SinkError> {
+        let Some(pending) = self.partitions.get_mut(key).and_then(|p| p.batch.take()) else {
+            return Ok(());
+        };
+        let outcome = self
+            .sink
+            .load_batch(&pending.batch, self.dead_letters.as_ref())
+            .await?;
+        self.summary.files += u64::from(outcome.file.is_some() && !outcome.already_loaded);
+        self.summary.rows_loaded += outcome.rows_loaded;
+        self.summary.commits += u64::from(!outcome.already_loaded);
+        self.summary.rows_dead_lettered += outcome.rows_dead_lettered;
+        if let Some(p) = self.partitions.get_mut(key) {
+            p.committed = Some(outcome.next_offset);
+        }
+        // The receiver may be gone (a shutting-down consumer); the warehouse holds the truth.
+        let _ = self.durable.send(Durable {
+            topic: key.0.clone(),
+            partition: key.1,
+            next_offset: outcome.next_offset,
+        });
+        Ok(())
+    }
+
+    async fn flush_due(&mut self) -> Result<(), SinkError> {
+        let now = Instant::now();
+        let latency = Duration::from_millis(self.sink.batch.max_latency_ms);
+        let due: Vec<(String, i32)> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.batch.as_ref().is_some_and(|b| b.opened + latency <= now))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in due {
+            self.flush(&k).await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_all(&mut self) -> Result<(), SinkError> {
+        let mut keys: Vec<(String, i32)> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.batch.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        for k in keys {
+            self.flush(&k).await?;
+        }
+        Ok(())
+    }
+}
