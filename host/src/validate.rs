@@ -146,6 +146,23 @@ pub fn transform_name(t: &crate::transform::config::TransformConfig, index: usiz
     })
 }
 
-fn check_components(_loaded: &LoadedConfig) -> Vec<ConfigIssue> {
-    Vec::new()
+/// Loads each component and runs its `init` with its params. A param the guest rejects is
+/// reported at `transforms[i].with.<param>`.
+fn check_components(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
+    let opts = crate::transform::RuntimeOptions { workers: 1, ..Default::default() };
+    let mut issues = Vec::new();
+    for (i, t) in loaded.config.transforms.iter().enumerate() {
+        let mut resolved = t.clone();
+        resolved.uses = loaded.resolve(&t.uses).to_string_lossy().into_owned();
+        resolved.name = Some(transform_name(t, i));
+        if let Err(e) = crate::transform::check(&resolved, &opts) {
+            let path = match e.param() {
+                Some(param) => format!("transforms[{i}].with.{param}"),
+                None if matches!(e, crate::transform::LoadError::Init { .. }) => format!("transforms[{i}].with"),
+                None => format!("transforms[{i}].uses"),
+            };
+            issues.push(loaded.issue(&path, e.to_string()));
+        }
+    }
+    issues
 }

@@ -2,5 +2,6 @@
 //! process and a real fakesnow emulator process, each started on a free loopback port.
 
 pub mod broker;
+pub mod cli;
 pub mod guests;
 pub mod snowflake;

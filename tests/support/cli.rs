@@ -1,0 +1,34 @@
+//! The `sluice` binary, built once per test run, and a way to run it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// The workspace root (where pipeline.json and data/ live).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Path of the `sluice` binary. Integration tests of another package get no
+/// `CARGO_BIN_EXE_sluice`, so this builds it once (a no-op when `cargo test --workspace` already
+/// did) into the same target directory.
+pub fn sluice_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let root = workspace_root();
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--quiet", "-p", "sluice", "--bin", "sluice"])
+            .current_dir(&root)
+            .status()
+            .expect("cargo runs");
+        assert!(status.success(), "building the sluice binary failed");
+        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        target.join("debug").join("sluice")
+    })
+    .clone()
+}
+
+/// Runs `sluice ARGS` in `dir` and returns its output.
+pub fn sluice(dir: &Path, args: &[&str]) -> Output {
+    Command::new(sluice_bin()).args(args).current_dir(dir).output().expect("sluice runs")
+}
