@@ -1,1 +1,269 @@
 //! The managed local Kafka-protocol broker (nisshi) started when no brokers are configured.
+//!
+//! sluice starts nisshi as a child process with SQLite storage in a data directory, on a free
+//! loopback port, and stops it when the [`ManagedBroker`] is dropped. It must not outlive sluice
+//! even when sluice is killed (`SIGKILL` runs no destructor), so nisshi runs under a small
+//! `sh` watchdog whose stdin is a pipe from sluice: when sluice exits for any reason the kernel
+//! closes the pipe, the watchdog's `read` returns, and it stops nisshi (`TERM`, then `KILL` after
+//! five seconds).
+//!
+//! The binary is found through `SLUICE_NISSHI`, else in the per-user cache that
+//! `scripts/install-broker.sh` installs into
+//! (`${SLUICE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice}/nisshi-0.8.1/bin/nisshi`).
+
+use std::io::{Read as _, Seek as _, SeekFrom};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The nisshi version sluice is tested with (and the install script installs).
+pub const NISSHI_VERSION: &str = "0.8.1";
+
+/// Environment variable naming the nisshi binary explicitly.
+pub const NISSHI_ENV: &str = "SLUICE_NISSHI";
+
+/// How long nisshi may take to accept connections.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The watchdog: runs nisshi in the background, waits for EOF on stdin (sluice gone or done),
+/// then stops nisshi, and optionally removes the data directory. `$1` is the removal flag,
+/// the rest is the command.
+const WATCHDOG: &str = r#"
+remove="$1"; shift
+"$@" </dev/null &
+child=$!
+trap '' INT
+read -r _ || true
+kill -TERM "$child" 2>/dev/null
+( sleep 5; kill -KILL "$child" 2>/dev/null ) &
+killer=$!
+wait "$child"
+kill "$killer" 2>/dev/null
+if [ -n "$remove" ]; then rm -rf -- "$remove"; fi
+"#;
+
+/// Why the managed broker could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// The nisshi binary is not installed where sluice looks.
+    #[error(
+        "nisshi broker not found at {} (run scripts/install-broker.sh, or set {NISSHI_ENV})",
+        .0.display()
+    )]
+    NotInstalled(PathBuf),
+    /// The data directory could not be created, or the process not started.
+    #[error("cannot start nisshi in {}", .dir.display())]
+    Spawn {
+        /// The data directory.
+        dir: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// nisshi exited or did not accept connections in time.
+    #[error("nisshi did not start: {reason}; its log ends with:\n{log_tail}")]
+    NotReady {
+        /// What happened.
+        reason: String,
+        /// The last lines of its log.
+        log_tail: String,
+    },
+}
+
+/// The nisshi binary: `SLUICE_NISSHI`, else the per-user cache.
+pub fn nisshi_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os(NISSHI_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let cache = std::env::var_os("SLUICE_CACHE_DIR")
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            let base = std::env::var_os("XDG_CACHE_HOME")
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .unwrap_or_else(|| {
+                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
+                });
+            base.join("sluice")
+        });
+    cache
+        .join(format!("nisshi-{NISSHI_VERSION}"))
+        .join("bin")
+        .join("nisshi")
+}
+
+/// A running nisshi child process; stopped when dropped.
+#[derive(Debug)]
+pub struct ManagedBroker {
+    addr: SocketAddr,
+    data_dir: PathBuf,
+    watchdog: Child,
+    /// Closing this pipe tells the watchdog to stop nisshi.
+    stop: Option<ChildStdin>,
+}
+
+impl ManagedBroker {
+    /// Starts nisshi with SQLite storage in `data_dir` (created if missing; data kept across
+    /// restarts) on a free loopback port, and waits until it accepts connections.
+    pub fn start(data_dir: &Path) -> Result<ManagedBroker, BrokerError> {
+        Self::start_with(data_dir, false)
+    }
+
+    /// Like [`start`](Self::start), but the watchdog deletes `data_dir` after nisshi stops, even
+    /// if this process was killed (for tests).
+    pub fn start_ephemeral(data_dir: &Path) -> Result<ManagedBroker, BrokerError> {
+        Self::start_with(data_dir, true)
+    }
+
+    fn start_with(data_dir: &Path, remove: bool) -> Result<ManagedBroker, BrokerError> {
+        let bin = nisshi_binary();
+        if !bin.is_file() {
+            return Err(BrokerError::NotInstalled(bin));
+        }
+        let spawn_err = |source| BrokerError::Spawn {
+            dir: data_dir.to_path_buf(),
+            source,
+        };
+        std::fs::create_dir_all(data_dir).map_err(spawn_err)?;
+        let data_dir = data_dir.canonicalize().map_err(spawn_err)?;
+        // The port is picked by binding and releasing it; another process may grab it in between,
+        // so a start that fails to listen is retried on a new port.
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::try_start(&bin, &data_dir, remove) {
+                Ok(b) => return Ok(b),
+                Err(e @ BrokerError::NotReady { .. }) => last = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.unwrap_or(BrokerError::NotReady {
+            reason: "no attempt made".into(),
+            log_tail: String::new(),
+        }))
+    }
+
+    fn try_start(bin: &Path, data_dir: &Path, remove: bool) -> Result<ManagedBroker, BrokerError> {
+        let spawn_err = |source| BrokerError::Spawn {
+            dir: data_dir.to_path_buf(),
+            source,
+        };
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|l| l.local_addr())
+            .map_err(spawn_err)?
+            .port();
+        let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+        let url = format!("tcp://{addr}");
+        let log_path = data_dir.join("nisshi.log");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(spawn_err)?;
+        let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
+        let log2 = log.try_clone().map_err(spawn_err)?;
+        let remove_arg = if remove {
+            data_dir.as_os_str().to_owned()
+        } else {
+            Default::default()
+        };
+        let mut watchdog = Command::new("sh")
+            .arg("-c")
+            .arg(WATCHDOG)
+            .arg("sluice-nisshi-watchdog")
+            .arg(remove_arg)
+            .arg(bin)
+            .args([
+                "broker",
+                "--listener-url",
+                &url,
+                "--advertised-listener-url",
+                &url,
+            ])
+            // nisshi resolves the SQLite path against its working directory.
+            .args([
+                "--storage-engine",
+                "sqlite://nisshi.db",
+                "--group-initial-rebalance-delay",
+                "0s",
+            ])
+            .current_dir(data_dir)
+            .stdin(Stdio::piped())
+            .stdout(log)
+            .stderr(log2)
+            .spawn()
+            .map_err(spawn_err)?;
+        let stop = watchdog.stdin.take();
+        let mut broker = ManagedBroker {
+            addr,
+            data_dir: data_dir.to_path_buf(),
+            watchdog,
+            stop,
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+                tracing::info!(%addr, data_dir = %data_dir.display(), "Started managed nisshi broker.");
+                return Ok(broker);
+            }
+            let exited = matches!(broker.watchdog.try_wait(), Ok(Some(_)));
+            if exited || Instant::now() > deadline {
+                let reason = if exited {
+                    "it exited".to_owned()
+                } else {
+                    format!("no connection on {addr} within {START_TIMEOUT:?}")
+                };
+                drop(broker);
+                return Err(BrokerError::NotReady {
+                    reason,
+                    log_tail: log_tail(&log_path, log_start),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The bootstrap servers string (`127.0.0.1:<port>`).
+    pub fn bootstrap(&self) -> String {
+        self.addr.to_string()
+    }
+
+    /// The listening address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The data directory (SQLite database and `nisshi.log`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+impl Drop for ManagedBroker {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        // The watchdog exits once nisshi has (at most ~5 s after TERM).
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if !matches!(self.watchdog.try_wait(), Ok(None)) {
+                tracing::info!(addr = %self.addr, "Stopped managed nisshi broker.");
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.watchdog.kill();
+    }
+}
+
+fn log_tail(path: &Path, from: u64) -> String {
+    let mut text = String::new();
+    if let Ok(mut f) = std::fs::File::open(path) {
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        let start = len.saturating_sub(4096).max(from);
+        if f.seek(SeekFrom::Start(start)).is_ok() {
+            let _ = f.read_to_string(&mut text);
+        }
+    }
+    text
+}

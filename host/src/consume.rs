@@ -1,2 +1,852 @@
 //! The Kafka consumer half: a consumer group that hands records to the pipeline and commits
 //! offsets only for records the sink reports durable.
+//!
+//! Threading: librdkafka runs rebalance callbacks inside `poll`, so one dedicated thread (not a
+//! tokio worker) owns the poll loop. That thread may block: when partitions are assigned it waits
+//! for the caller's async offsets provider (the sink's committed offsets in the warehouse) and
+//! assigns each partition at exactly that offset before any record is fetched; partitions the
+//! provider does not know start at the group's committed offset, else at the earliest.
+//!
+//! Records, assignments and revocations reach the caller in order through one channel
+//! ([`Consumer::recv`]); each partition's records arrive in offset order.
+//!
+//! Backpressure: a record is *in flight* from the moment it is handed out until [`Consumer::commit`]
+//! covers it (or its partition is revoked). When `max_in_flight` records are in flight, the poll
+//! thread pauses every partition and keeps polling (so the group session and rebalances stay
+//! alive); librdkafka then drops its prefetched data and resumes from the position later. A slow
+//! sink therefore slows consumption and memory stays flat. The caller must commit; a caller that
+//! holds more than `max_in_flight` records before committing would wait forever.
+//!
+//! Revocation fences commits: the revoke callback and [`Consumer::commit`] take the same lock, so a
+//! commit is either queued in librdkafka before the partition is given up (and so reaches the
+//! group coordinator before this member rejoins, hence before the partition's next owner reads
+//! the group's offsets) or refused ([`CommitOutcome::NotAssigned`]). The lock is not held while
+//! the commit is in flight: librdkafka may hold a commit back until a rebalance completes, and
+//! the rebalance waits for the callback. Records of a revoked partition still queued in the
+//! channel are discarded by [`Consumer::recv`].
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::client::ClientContext;
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, RebalanceProtocol,
+};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use rdkafka::statistics::Statistics;
+use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
+use rdkafka::types::RDKafkaRespErr;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::config::KafkaConfig;
+use crate::row::{RecordMeta, Row};
+use crate::source::producer::client_config;
+use crate::source::wire::{self, DecodeError};
+
+/// How long metadata, offset and commit requests may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the offsets provider may take for one assignment.
+const PROVIDER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// The future an [`OffsetsProvider`] returns: next offset per partition, or why it failed.
+pub type OffsetsFuture = Pin<Box<dyn Future<Output = Result<HashMap<i32, i64>, String>> + Send>>;
+
+/// Given a topic and newly assigned partitions, the next offset to read for each partition the
+/// caller already holds data for (the sink's durable offsets). Partitions left out start at the
+/// group's committed offset, else at the earliest.
+pub type OffsetsProvider = Arc<dyn Fn(String, Vec<i32>) -> OffsetsFuture + Send + Sync>;
+
+/// An [`OffsetsProvider`] that knows nothing: every partition starts at the group's committed
+/// offset, else at the earliest.
+pub fn group_offsets() -> OffsetsProvider {
+    Arc::new(|_, _| Box::pin(async { Ok(HashMap::new()) }))
+}
+
+/// Why the consumer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    /// A Kafka client call failed.
+    #[error("{what}")]
+    Kafka {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The offsets provider failed, so the consumer cannot know where to start.
+    #[error("cannot get start offsets for {topic} partitions {partitions:?}: {reason}")]
+    Offsets {
+        /// The topic.
+        topic: String,
+        /// The partitions being assigned.
+        partitions: Vec<i32>,
+        /// The provider's error.
+        reason: String,
+    },
+    /// The consumer thread could not be started or died.
+    #[error("consumer thread failed: {0}")]
+    Thread(String),
+}
+
+/// Consumer counters (rendered by the metrics module).
+#[derive(Debug, Default)]
+pub struct ConsumerStats {
+    /// Records handed to the caller.
+    pub records_consumed: AtomicU64,
+    /// Message value bytes handed to the caller.
+    pub bytes_consumed: AtomicU64,
+    /// Records whose value did not decode into a row.
+    pub decode_errors: AtomicU64,
+    /// Successful offset commits.
+    pub commits: AtomicU64,
+    /// Failed offset commits.
+    pub commit_errors: AtomicU64,
+    /// Records handed out and not yet committed (or revoked).
+    pub in_flight: AtomicU64,
+    /// How often consumption was paused because `max_in_flight` was reached.
+    pub pauses: AtomicU64,
+    /// Rebalances seen (assignments and revocations).
+    pub rebalances: AtomicU64,
+    /// Lag per assigned partition (high watermark minus position), from librdkafka's
+    /// statistics, refreshed about every second.
+    pub lag: Mutex<BTreeMap<i32, i64>>,
+}
+
+impl ConsumerStats {
+    /// The sum of the per-partition lags.
+    pub fn total_lag(&self) -> i64 {
+        self.lag
+            .lock()
+            .map(|l| l.values().filter(|v| **v > 0).sum())
+            .unwrap_or(0)
+    }
+}
+
+/// Where a newly assigned partition starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PartitionStart {
+    /// The partition.
+    pub partition: i32,
+    /// The offset from the offsets provider, or `None` when it starts at the group's committed
+    /// offset (else the earliest).
+    pub offset: Option<i64>,
+}
+
+/// A consumed record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Where it came from.
+    pub meta: RecordMeta,
+    /// The decoded row, or why it did not decode (with the raw value, for the dead-letter topic).
+    pub row: Result<Row, DecodeFailure>,
+}
+
+/// A record value that is not a row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecodeFailure {
+    /// Why.
+    pub error: DecodeError,
+    /// The message value.
+    pub payload: Vec<u8>,
+}
+
+/// What the consumer tells its caller, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ConsumerEvent {
+    /// Partitions were assigned; their records follow.
+    Assigned {
+        /// The topic.
+        topic: String,
+        /// The partitions and where each starts.
+        partitions: Vec<PartitionStart>,
+    },
+    /// Partitions were taken away: drop their in-flight state; no more of their records follow
+    /// (until a later assignment).
+    Revoked {
+        /// The topic.
+        topic: String,
+        /// The partitions.
+        partitions: Vec<i32>,
+    },
+    /// A record.
+    Record(Record),
+}
+
+/// What a [`Consumer::commit`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    /// The offset was committed to the group.
+    Committed,
+    /// An equal or later offset was already committed; nothing was sent.
+    AlreadyCommitted,
+    /// The partition is not assigned to this consumer (any more); nothing was sent.
+    NotAssigned,
+}
+
+/// Consumer settings.
+#[derive(Clone)]
+pub struct ConsumerOptions<'a> {
+    /// Kafka settings (topic, `max_in_flight`, properties).
+    pub kafka: &'a KafkaConfig,
+    /// Resolved bootstrap servers.
+    pub bootstrap: &'a str,
+    /// The consumer group.
+    pub group_id: &'a str,
+    /// Start offsets for newly assigned partitions.
+    pub offsets: OffsetsProvider,
+    /// Counters to update.
+    pub stats: Arc<ConsumerStats>,
+}
+
+impl std::fmt::Debug for ConsumerOptions<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsumerOptions")
+            .field("group_id", &self.group_id)
+            .finish_non_exhaustive()
+    }
+}
+
+struct PartState {
+    generation: u64,
+    /// Offsets handed out and not yet committed, ascending.
+    outstanding: VecDeque<i64>,
+}
+
+#[derive(Default)]
+struct State {
+    partitions: HashMap<i32, PartState>,
+    generation: u64,
+}
+
+struct Shared {
+    topic: String,
+    state: Mutex<State>,
+    /// Assigned partitions and the highest next offset committed for each. Held across a commit
+    /// request and by the revoke callback: this is the commit fence.
+    fence: Mutex<HashMap<i32, i64>>,
+    stats: Arc<ConsumerStats>,
+    stop: AtomicBool,
+    /// Commits sent and not yet answered: partition, offset, who waits.
+    pending_commits: Mutex<Vec<(i32, i64, oneshot::Sender<Result<(), KafkaError>>)>>,
+}
+
+impl Shared {
+    /// Forgets committed offsets below `next` and returns how many records that released.
+    fn release(&self, partition: i32, next: i64) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(p) = st.partitions.get_mut(&partition) {
+            let mut n = 0;
+            while p.outstanding.front().is_some_and(|o| *o < next) {
+                p.outstanding.pop_front();
+                n += 1;
+            }
+            self.stats.in_flight.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+}
+
+type Tagged = (u64, Result<ConsumerEvent, ConsumeError>);
+
+struct Ctx {
+    shared: Arc<Shared>,
+    events: mpsc::UnboundedSender<Tagged>,
+    offsets: OffsetsProvider,
+    runtime: tokio::runtime::Handle,
+}
+
+impl ClientContext for Ctx {
+    fn stats(&self, statistics: Statistics) {
+        let Some(topic) = statistics.topics.get(&self.shared.topic) else {
+            return;
+        };
+        let lag: BTreeMap<i32, i64> = topic
+            .partitions
+            .iter()
+            .filter(|(p, s)| **p >= 0 && s.consumer_lag >= 0)
+            .map(|(p, s)| (*p, s.consumer_lag))
+            .collect();
+        if let Ok(mut l) = self.shared.stats.lag.lock() {
+            *l = lag;
+        }
+    }
+}
+
+impl Ctx {
+    fn start_offsets(&self, partitions: &[i32]) -> Result<HashMap<i32, i64>, String> {
+        let fut = (self.offsets)(self.shared.topic.clone(), partitions.to_vec());
+        let (tx, rx) = std::sync::mpsc::channel();
+        // Spawned on the caller's runtime rather than blocked on here, so it works with a
+        // current-thread runtime too (this thread is not one of its workers).
+        self.runtime.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv_timeout(PROVIDER_TIMEOUT)
+            .map_err(|_| "the offsets provider did not answer".to_owned())?
+    }
+
+    fn assign(&self, c: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
+        let topic = self.shared.topic.clone();
+        let partitions: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == topic)
+            .map(|e| e.partition())
+            .collect();
+        let offsets = match self.start_offsets(&partitions) {
+            Ok(o) => o,
+            Err(reason) => {
+                self.shared.stop.store(true, Ordering::SeqCst);
+                let _ = self.events.send((
+                    0,
+                    Err(ConsumeError::Offsets {
+                        topic,
+                        partitions,
+                        reason,
+                    }),
+                ));
+                return;
+            }
+        };
+        let mut starts = Vec::with_capacity(partitions.len());
+        for p in &partitions {
+            let offset = offsets.get(p).copied().filter(|o| *o >= 0);
+            let at = offset.map_or(Offset::Stored, Offset::Offset);
+            if let Err(e) = tpl.set_partition_offset(&topic, *p, at) {
+                tracing::warn!(partition = p, error = %e, "Cannot set start offset.");
+            }
+            starts.push(PartitionStart {
+                partition: *p,
+                offset,
+            });
+        }
+        let generation = {
+            let mut fence = self.shared.fence.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            st.generation += 1;
+            let generation = st.generation;
+            for s in &starts {
+                st.partitions.insert(
+                    s.partition,
+                    PartState {
+                        generation,
+                        outstanding: VecDeque::new(),
+                    },
+                );
+                fence.insert(s.partition, s.offset.unwrap_or(-1));
+            }
+            generation
+        };
+        let r = match c.rebalance_protocol() {
+            RebalanceProtocol::Cooperative => c.incremental_assign(tpl),
+            _ => c.assign(tpl),
+        };
+        if let Err(e) = r {
+            tracing::error!(error = %e, "Partition assignment failed.");
+        }
+        self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%topic, ?starts, "Partitions assigned.");
+        let _ = self.events.send((
+            generation,
+            Ok(ConsumerEvent::Assigned {
+                topic,
+                partitions: starts,
+            }),
+        ));
+    }
+
+    fn revoke(&self, c: &BaseConsumer<Self>, tpl: &TopicPartitionList, incremental: bool) {
+        let topic = self.shared.topic.clone();
+        let partitions: Vec<i32> = tpl
+            .elements()
+            .iter()
+            .filter(|e| e.topic() == topic)
+            .map(|e| e.partition())
+            .collect();
+        {
+            // Waits for a commit in progress on these partitions, then refuses later ones.
+            let mut fence = self.shared.fence.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+            for p in &partitions {
+                fence.remove(p);
+                if let Some(ps) = st.partitions.remove(p) {
+                    self.shared
+                        .stats
+                        .in_flight
+                        .fetch_sub(ps.outstanding.len() as u64, Ordering::Relaxed);
+                }
+            }
+        }
+        let r = if incremental {
+            c.incremental_unassign(tpl)
+        } else {
+            c.unassign()
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "Partition unassignment failed.");
+        }
+        self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(%topic, ?partitions, lost = c.assignment_lost(), "Partitions revoked.");
+        let _ = self
+            .events
+            .send((0, Ok(ConsumerEvent::Revoked { topic, partitions })));
+    }
+}
+
+impl ConsumerContext for Ctx {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        offsets: &TopicPartitionList,
+    ) {
+        let mut pending = self
+            .shared
+            .pending_commits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for e in offsets.elements_for_topic(&self.shared.topic) {
+            let Offset::Offset(o) = e.offset() else {
+                continue;
+            };
+            if let Some(i) = pending
+                .iter()
+                .position(|(p, po, _)| *p == e.partition() && *po == o)
+            {
+                let (_, _, tx) = pending.swap_remove(i);
+                let _ = tx.send(result.clone().and(e.error()));
+            }
+        }
+    }
+
+    fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
+        let incremental = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
+        match err {
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS => self.assign(c, tpl),
+            RDKafkaRespErr::RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS => {
+                self.revoke(c, tpl, incremental)
+            }
+            other => {
+                tracing::error!(error = ?other, "Rebalance failed; giving up the assignment.");
+                let all = c.assignment().unwrap_or_default();
+                self.revoke(c, &all, false);
+            }
+        }
+    }
+}
+
+/// A group consumer of one topic. Dropping it leaves the group.
+pub struct Consumer {
+    events: mpsc::UnboundedReceiver<Tagged>,
+    shared: Arc<Shared>,
+    consumer: Arc<BaseConsumer<Ctx>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+    failed: bool,
+}
+
+impl std::fmt::Debug for Consumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Consumer")
+            .field("topic", &self.shared.topic)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Consumer {
+    /// Joins the group and subscribes to `kafka.topic`. Must be called inside a tokio runtime
+    /// (the offsets provider runs on it).
+    pub fn start(opts: ConsumerOptions<'_>) -> Result<Consumer, ConsumeError> {
+        let topic = opts.kafka.topic.clone();
+        let shared = Arc::new(Shared {
+            topic: topic.clone(),
+            state: Mutex::new(State::default()),
+            fence: Mutex::new(HashMap::new()),
+            stats: opts.stats.clone(),
+            stop: AtomicBool::new(false),
+            pending_commits: Mutex::new(Vec::new()),
+        });
+        let (tx, rx) = mpsc::unbounded_channel();
+        let ctx = Ctx {
+            shared: shared.clone(),
+            events: tx.clone(),
+            offsets: opts.offsets.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let mut cfg = client_config(opts.kafka, opts.bootstrap);
+        cfg.set("group.id", opts.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("statistics.interval.ms", "1000");
+        for (k, v) in &opts.kafka.properties {
+            cfg.set(k, v);
+        }
+        let kafka_err = |what: &str| {
+            let what = what.to_owned();
+            move |source| ConsumeError::Kafka { what, source }
+        };
+        let consumer: BaseConsumer<Ctx> = cfg
+            .create_with_context(ctx)
+            .map_err(kafka_err("cannot create Kafka consumer"))?;
+        consumer
+            .subscribe(&[&topic])
+            .map_err(kafka_err("cannot subscribe"))?;
+        let consumer = Arc::new(consumer);
+        let max_in_flight = opts.kafka.max_in_flight.max(1) as u64;
+        let thread = {
+            let (consumer, shared) = (consumer.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("sluice-consumer".into())
+                .spawn(move || poll_loop(&consumer, &shared, &tx, max_in_flight))
+                .map_err(|e| ConsumeError::Thread(e.to_string()))?
+        };
+        Ok(Consumer {
+            events: rx,
+            shared,
+            consumer,
+            thread: Some(thread),
+            failed: false,
+        })
+    }
+
+    /// The next event; `None` once the consumer has stopped. An `Err` is fatal: the consumer
+    /// stops after it.
+    pub async fn recv(&mut self) -> Option<Result<ConsumerEvent, ConsumeError>> {
+        if self.failed {
+            return None;
+        }
+        loop {
+            let (generation, ev) = self.events.recv().await?;
+            if let Ok(ConsumerEvent::Record(r)) = &ev {
+                let st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+                if st.partitions.get(&r.meta.partition).map(|p| p.generation) != Some(generation) {
+                    continue;
+                }
+            }
+            self.failed = ev.is_err();
+            return Some(ev);
+        }
+    }
+
+    /// Commits `next_offset` (the offset after the last durable record) for a partition of
+    /// `topic`, and releases the in-flight records below it. Never moves a committed offset back.
+    pub async fn commit(
+        &self,
+        topic: &str,
+        partition: i32,
+        next_offset: i64,
+    ) -> Result<CommitOutcome, ConsumeError> {
+        if topic != self.shared.topic {
+            return Ok(CommitOutcome::NotAssigned);
+        }
+        let answer = {
+            let fence = self.shared.fence.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(committed) = fence.get(&partition).copied() else {
+                return Ok(CommitOutcome::NotAssigned);
+            };
+            if next_offset <= committed {
+                drop(fence);
+                self.shared.release(partition, next_offset);
+                return Ok(CommitOutcome::AlreadyCommitted);
+            }
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition_offset(topic, partition, Offset::Offset(next_offset))
+                .map_err(|source| ConsumeError::Kafka {
+                    what: "invalid offset".into(),
+                    source,
+                })?;
+            let (tx, rx) = oneshot::channel();
+            self.shared
+                .pending_commits
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push((partition, next_offset, tx));
+            // Async: only queues the request; the answer comes through `commit_callback`.
+            if let Err(source) = self.consumer.commit(&tpl, CommitMode::Async) {
+                self.shared
+                    .pending_commits
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .retain(|(p, o, _)| (*p, *o) != (partition, next_offset));
+                self.shared
+                    .stats
+                    .commit_errors
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(ConsumeError::Kafka {
+                    what: format!("cannot commit {topic} partition {partition}"),
+                    source,
+                });
+            }
+            rx
+        };
+        let result = answer.await.map_err(|_| {
+            ConsumeError::Thread("consumer closed before the commit was answered".into())
+        })?;
+        if let Err(source) = result {
+            self.shared
+                .stats
+                .commit_errors
+                .fetch_add(1, Ordering::Relaxed);
+            return Err(ConsumeError::Kafka {
+                what: format!(
+                    "cannot commit offset {next_offset} of {topic} partition {partition}"
+                ),
+                source,
+            });
+        }
+        if let Some(c) = self
+            .shared
+            .fence
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(&partition)
+        {
+            *c = (*c).max(next_offset);
+        }
+        self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+        self.shared.release(partition, next_offset);
+        Ok(CommitOutcome::Committed)
+    }
+
+    /// Partitions currently assigned.
+    pub fn assignment(&self) -> Vec<i32> {
+        let st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut v: Vec<i32> = st.partitions.keys().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Leaves the group and waits for the poll thread to end.
+    pub async fn close(mut self) {
+        let thread = self.thread.take();
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = thread {
+            let _ = tokio::task::spawn_blocking(move || t.join()).await;
+        }
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn poll_loop(
+    consumer: &Arc<BaseConsumer<Ctx>>,
+    shared: &Shared,
+    tx: &mpsc::UnboundedSender<Tagged>,
+    max: u64,
+) {
+    let mut paused: Option<TopicPartitionList> = None;
+    while !shared.stop.load(Ordering::SeqCst) {
+        let in_flight = shared.stats.in_flight.load(Ordering::Relaxed);
+        if paused.is_none() && in_flight >= max {
+            if let Ok(assigned) = consumer.assignment() {
+                match consumer.pause(&assigned) {
+                    Ok(()) => {
+                        shared.stats.pauses.fetch_add(1, Ordering::Relaxed);
+                        paused = Some(assigned);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "Cannot pause consumption."),
+                }
+            }
+        } else if let Some(p) = &paused {
+            // Resume with some headroom, so one commit does not flip pause on and off.
+            if in_flight <= max - max / 4 {
+                let current = consumer.assignment().unwrap_or_default();
+                let _ = consumer.resume(&intersect(p, &current));
+                paused = None;
+            }
+        }
+        let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
+            continue;
+        };
+        let msg = match polled {
+            Ok(msg) => msg,
+            Err(e) => {
+                tracing::warn!(error = %e, "Consumer error.");
+                continue;
+            }
+        };
+        if let Some(ev) = handle_message(&msg, shared) {
+            if tx.send(ev).is_err() {
+                break;
+            }
+        }
+    }
+    // Leave the group here, serving the revoke callback on this thread, rather than in the
+    // `BaseConsumer` drop, which may run on a tokio worker.
+    if consumer.close_queue().is_ok() {
+        let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+        while !consumer.closed() && std::time::Instant::now() < deadline {
+            let _ = consumer.poll(Duration::from_millis(100));
+        }
+    }
+}
+
+fn intersect(a: &TopicPartitionList, b: &TopicPartitionList) -> TopicPartitionList {
+    let keep: HashSet<(String, i32)> = b
+        .elements()
+        .iter()
+        .map(|e| (e.topic().to_owned(), e.partition()))
+        .collect();
+    let mut out = TopicPartitionList::new();
+    for e in a.elements() {
+        if keep.contains(&(e.topic().to_owned(), e.partition())) {
+            out.add_partition(e.topic(), e.partition());
+        }
+    }
+    out
+}
+
+fn handle_message(msg: &BorrowedMessage<'_>, shared: &Shared) -> Option<Tagged> {
+    let (partition, offset) = (msg.partition(), msg.offset());
+    let generation = {
+        let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
+        let p = st.partitions.get_mut(&partition)?;
+        p.outstanding.push_back(offset);
+        p.generation
+    };
+    shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+    let value = msg.payload();
+    let mut headers = Vec::new();
+    let mut types = None;
+    if let Some(h) = msg.headers() {
+        for header in h.iter() {
+            if header.key == wire::HEADER_TYPES {
+                types = header.value;
+            }
+            headers.push((
+                header.key.to_owned(),
+                header.value.unwrap_or_default().to_vec(),
+            ));
+        }
+    }
+    let row = wire::decode(value, types).map_err(|error| {
+        shared.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
+        DecodeFailure {
+            error,
+            payload: value.unwrap_or_default().to_vec(),
+        }
+    });
+    shared
+        .stats
+        .records_consumed
+        .fetch_add(1, Ordering::Relaxed);
+    shared
+        .stats
+        .bytes_consumed
+        .fetch_add(value.map_or(0, |v| v.len() as u64), Ordering::Relaxed);
+    let meta = RecordMeta {
+        topic: msg.topic().to_owned(),
+        partition,
+        offset,
+        key: msg.key().map(<[u8]>::to_vec),
+        timestamp_ms: msg.timestamp().to_millis(),
+        headers,
+    };
+    Some((generation, Ok(ConsumerEvent::Record(Record { meta, row }))))
+}
+
+fn reader(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    group: Option<&str>,
+) -> Result<BaseConsumer, ConsumeError> {
+    let mut cfg = client_config(kafka, bootstrap);
+    if let Some(g) = group {
+        cfg.set("group.id", g).set("enable.auto.commit", "false");
+    }
+    cfg.create().map_err(|source| ConsumeError::Kafka {
+        what: "cannot create Kafka client".into(),
+        source,
+    })
+}
+
+fn partitions_of(c: &BaseConsumer, topic: &str) -> Result<Vec<i32>, ConsumeError> {
+    let md = c
+        .fetch_metadata(Some(topic), REQUEST_TIMEOUT)
+        .map_err(|source| ConsumeError::Kafka {
+            what: format!("cannot read metadata of topic {topic}"),
+            source,
+        })?;
+    Ok(md
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect())
+}
+
+/// The end offset (high watermark: the offset the next record will get) of every partition of
+/// `topic`. Empty if the topic does not exist.
+pub async fn end_offsets(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, ConsumeError> {
+    let (kafka, bootstrap, topic) = (kafka.clone(), bootstrap.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let c = reader(&kafka, &bootstrap, None)?;
+        let mut out = BTreeMap::new();
+        for p in partitions_of(&c, &topic)? {
+            let (_, high) = c
+                .fetch_watermarks(&topic, p, REQUEST_TIMEOUT)
+                .map_err(|source| ConsumeError::Kafka {
+                    what: format!("cannot read end offset of {topic} partition {p}"),
+                    source,
+                })?;
+            out.insert(p, high);
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(|e| ConsumeError::Thread(e.to_string()))?
+}
+
+/// The offsets `group` has committed for `topic`, per partition (partitions without a commit
+/// are left out).
+pub async fn committed_offsets(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    group: &str,
+    topic: &str,
+) -> Result<BTreeMap<i32, i64>, ConsumeError> {
+    let (kafka, bootstrap, group, topic) = (
+        kafka.clone(),
+        bootstrap.to_owned(),
+        group.to_owned(),
+        topic.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let c = reader(&kafka, &bootstrap, Some(&group))?;
+        let mut tpl = TopicPartitionList::new();
+        for p in partitions_of(&c, &topic)? {
+            tpl.add_partition(&topic, p);
+        }
+        let committed = c
+            .committed_offsets(tpl, REQUEST_TIMEOUT)
+            .map_err(|source| ConsumeError::Kafka {
+                what: format!("cannot read committed offsets of group {group}"),
+                source,
+            })?;
+        Ok(committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect())
+    })
+    .await
+    .map_err(|e| ConsumeError::Thread(e.to_string()))?
+}

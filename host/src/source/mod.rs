@@ -1,2 +1,563 @@
-//! The CSV replay source: reads and types CSV rows, paces them, and produces them to Kafka.
+//! The CSV replay source: reads and types CSV rows ([`csv`]), paces them ([`pacing`]), encodes
+//! them ([`wire`]) and produces them to Kafka ([`producer`]); bad rows go to the dead-letter
+//! topic ([`dlq`]) with file and line.
+//!
+//! [`replay`] is the entry point. File reading and parsing run on a blocking thread that feeds
+//! the async produce loop through a bounded channel, so a slow broker slows reading (memory stays
+//! flat) and a 10 MB field never stalls a tokio worker. A row counts as produced only when the
+//! broker confirmed it; `replay` returns after every delivery is confirmed.
+
 pub mod config;
+pub mod csv;
+pub mod dlq;
+pub mod pacing;
+pub mod producer;
+pub mod wire;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant as StdInstant;
+
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureRecord};
+use tokio_util::sync::CancellationToken;
+
+use self::config::{CsvSourceConfig, Pacing};
+use self::csv::{BadRow, BadRowKind, CsvItem, CsvOptions, CsvReader};
+use self::producer::KafkaSetupError;
+use crate::config::{KafkaConfig, OnError};
+use crate::dead_letter::{DeadLetter, DeadLetterError, DeadLetterTx};
+use crate::row::{Value, ValueType};
+
+/// Why a replay failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    /// The CSV file could not be opened.
+    #[error("cannot open {}", .path.display())]
+    Open {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Reading the file failed part-way.
+    #[error("cannot read {} at line {line}", .path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The line being read.
+        line: u64,
+        /// The reader's error.
+        #[source]
+        source: ::csv::Error,
+    },
+    /// The header row is missing or unusable, or does not match the configuration.
+    #[error("{}: {reason}", .path.display())]
+    Header {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The source configuration cannot be used with this file.
+    #[error("invalid source configuration: {0}")]
+    Config(String),
+    /// A bad row under `on_error: fail`.
+    #[error("bad row at {file}:{line} ({kind}): {reason}", kind = .kind.as_str())]
+    BadRow {
+        /// The file.
+        file: String,
+        /// The 1-based line the record starts on.
+        line: u64,
+        /// Why it is bad.
+        kind: BadRowKind,
+        /// The reason.
+        reason: String,
+    },
+    /// Kafka setup (client, topic) failed.
+    #[error(transparent)]
+    Setup(#[from] KafkaSetupError),
+    /// The broker did not take a row.
+    #[error("row from {file}:{line} was not delivered")]
+    Delivery {
+        /// The file.
+        file: String,
+        /// The row's line.
+        line: u64,
+        /// The producer's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// A bad row could not be dead-lettered.
+    #[error("bad row at {file}:{line} could not be dead-lettered")]
+    DeadLetter {
+        /// The file.
+        file: String,
+        /// The row's line.
+        line: u64,
+        /// Why.
+        #[source]
+        source: DeadLetterError,
+    },
+    /// The reader thread died.
+    #[error("csv reader thread failed: {0}")]
+    Thread(String),
+}
+
+/// Live replay counters (rendered by the metrics module and the progress line).
+#[derive(Debug, Default)]
+pub struct ReplayStats {
+    /// CSV records read (good and bad), over all loops.
+    pub rows_read: AtomicU64,
+    /// Rows the broker confirmed.
+    pub rows_produced: AtomicU64,
+    /// Bad rows stored in the dead-letter topic.
+    pub rows_dead_lettered: AtomicU64,
+    /// Bad rows skipped under `on_error: drop`.
+    pub rows_dropped: AtomicU64,
+    /// Message value bytes the broker confirmed.
+    pub bytes: AtomicU64,
+    /// CSV bytes read from disk so far, over all loops (for progress).
+    pub input_bytes_read: AtomicU64,
+    /// CSV bytes to read in total (file size times loop count; for ETA).
+    pub input_bytes_total: AtomicU64,
+}
+
+/// What a finished replay did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ReplaySummary {
+    /// CSV records read (good and bad).
+    pub rows_read: u64,
+    /// Rows the broker confirmed.
+    pub rows_produced: u64,
+    /// Bad rows stored in the dead-letter topic.
+    pub rows_dead_lettered: u64,
+    /// Bad rows skipped under `on_error: drop`.
+    pub rows_dropped: u64,
+    /// Message value bytes confirmed.
+    pub bytes: u64,
+    /// Whether the replay stopped early because it was cancelled.
+    pub cancelled: bool,
+}
+
+/// Everything [`replay`] needs.
+#[derive(Debug, Clone)]
+pub struct ReplayConfig<'a> {
+    /// The CSV source section.
+    pub source: &'a CsvSourceConfig,
+    /// The directory `source.path` is relative to.
+    pub base_dir: &'a Path,
+    /// Kafka settings (topic, partitions, compression, properties).
+    pub kafka: &'a KafkaConfig,
+    /// Resolved bootstrap servers (from `kafka.brokers` or the managed broker).
+    pub bootstrap: &'a str,
+}
+
+enum ReaderMsg {
+    Item(CsvItem),
+    Failed(SourceError),
+}
+
+/// Replays the CSV file into `kafka.topic` (created if missing), paced as configured, `loop`
+/// times. Bad rows go to `dead_letters`, are counted, or stop the run, per `source.on_error`.
+/// Returns once every produced row is confirmed by the broker. On cancellation it stops reading,
+/// waits for the rows already sent, and returns with `cancelled` set.
+pub async fn replay(
+    cfg: ReplayConfig<'_>,
+    dead_letters: DeadLetterTx,
+    stats: Arc<ReplayStats>,
+    cancel: CancellationToken,
+) -> Result<ReplaySummary, SourceError> {
+    let src = cfg.source;
+    let delimiter = match src.delimiter.as_bytes() {
+        [d] if d.is_ascii() => *d,
+        _ => {
+            return Err(SourceError::Config(format!(
+                "delimiter must be one ASCII character, got {:?}",
+                src.delimiter
+            )));
+        }
+    };
+    let path = {
+        let p = Path::new(&src.path);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            cfg.base_dir.join(p)
+        }
+    };
+    let file_name = path
+        .file_name()
+        .map_or_else(|| src.path.clone(), |n| n.to_string_lossy().into_owned());
+    let opts = CsvOptions {
+        delimiter,
+        schema: src.schema.clone(),
+        infer_rows: src.infer_rows.max(1),
+    };
+
+    let size = std::fs::metadata(&path)
+        .map_err(|source| SourceError::Open {
+            path: path.clone(),
+            source,
+        })?
+        .len();
+    stats
+        .input_bytes_total
+        .store(size * u64::from(src.loop_count.max(1)), Ordering::Relaxed);
+    let reader = {
+        let (path, opts, counter) = (path.clone(), opts.clone(), Arc::new(AtomicU64::new(0)));
+        let stats = stats.clone();
+        tokio::task::spawn_blocking(move || {
+            let r = CsvReader::open(&path, &opts, counter.clone(), None);
+            stats
+                .input_bytes_read
+                .fetch_add(counter.load(Ordering::Relaxed), Ordering::Relaxed);
+            r
+        })
+        .await
+        .map_err(|e| SourceError::Thread(e.to_string()))??
+    };
+    let column_index = |name: &str, what: &str| {
+        reader
+            .columns()
+            .iter()
+            .position(|c| &**c == name)
+            .ok_or_else(|| {
+                SourceError::Config(format!(
+                    "{what} {name:?} is not a column of {}",
+                    path.display()
+                ))
+            })
+    };
+    let key_index = src
+        .key_column
+        .as_deref()
+        .map(|k| column_index(k, "key_column"))
+        .transpose()?;
+    let event_index = match &src.pacing {
+        Pacing::EventTime { column, .. } => {
+            let i = column_index(column, "pacing column")?;
+            if reader.types()[i] != ValueType::Timestamp {
+                return Err(SourceError::Config(format!(
+                    "pacing column {column:?} is {}, not a timestamp (set source.schema.{column} to \"timestamp\")",
+                    reader.types()[i]
+                )));
+            }
+            Some(i)
+        }
+        _ => None,
+    };
+
+    let kafka = cfg.kafka;
+    let partitions = producer::ensure_topic(
+        kafka,
+        cfg.bootstrap,
+        &kafka.topic,
+        kafka.partitions,
+        kafka.replication_factor,
+    )
+    .await?;
+    let producer = producer::create_producer(kafka, cfg.bootstrap)?;
+    let max_bytes = producer::max_message_bytes(kafka);
+    tracing::info!(file = %path.display(), topic = %kafka.topic, partitions, "Replaying.");
+
+    // The reader thread: bounded channel, so it runs at most this far ahead of the producer.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<ReaderMsg>(1024);
+    let reader_thread = {
+        let (stats, cancel, loops) = (stats.clone(), cancel.clone(), src.loop_count.max(1));
+        let path = path.clone();
+        std::thread::Builder::new()
+            .name("sluice-csv".into())
+            .spawn(move || read_loops(reader, &path, &opts, loops, &stats, &cancel, &tx))
+            .map_err(|e| SourceError::Thread(e.to_string()))?
+    };
+
+    let mut pacer = pacing::Pacer::new(&src.pacing);
+    let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    let mut failure: Option<SourceError> = None;
+    let mut cancelled = false;
+    let start = StdInstant::now();
+
+    'main: loop {
+        let msg = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => { cancelled = true; break 'main; }
+            Some(done) = pending.next(), if !pending.is_empty() => {
+                if let Err(e) = confirm(done, &file_name, &stats) { failure = Some(e); break 'main; }
+                continue;
+            }
+            msg = rx.recv() => msg,
+        };
+        let (line, row) = match msg {
+            None => break,
+            Some(ReaderMsg::Failed(e)) => {
+                failure = Some(e);
+                break;
+            }
+            Some(ReaderMsg::Item(CsvItem::Bad(bad))) => {
+                if let Err(e) = reject(bad, &file_name, src.on_error, &dead_letters, &stats).await {
+                    failure = Some(e);
+                    break;
+                }
+                continue;
+            }
+            Some(ReaderMsg::Item(CsvItem::Row { line, row })) => (line, row),
+        };
+        let enc = wire::encode(&row);
+        if enc.value.len() + enc.types.len() + 256 > max_bytes {
+            let bad = BadRow {
+                line,
+                kind: BadRowKind::TooLarge,
+                reason: format!(
+                    "encoded row is {} bytes; the largest message is {max_bytes} bytes (kafka.properties.\"message.max.bytes\")",
+                    enc.value.len()
+                ),
+                payload: enc.value,
+            };
+            if let Err(e) = reject(bad, &file_name, src.on_error, &dead_letters, &stats).await {
+                failure = Some(e);
+                break;
+            }
+            continue;
+        }
+        let event_us = event_index.and_then(|i| match row.fields[i].value {
+            Value::Timestamp(us) => Some(us),
+            _ => None,
+        });
+        if let Some(due) = pacer.next_due(tokio::time::Instant::now(), event_us) {
+            tokio::select! {
+                _ = cancel.cancelled() => { cancelled = true; break 'main; }
+                _ = tokio::time::sleep_until(due) => {}
+            }
+        }
+        let key = key_index.and_then(|i| match &row.fields[i].value {
+            Value::Null => None,
+            v => Some(v.to_string()),
+        });
+        let line_text = line.to_string();
+        let headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: wire::HEADER_TYPES,
+                value: Some(enc.types.as_bytes()),
+            })
+            .insert(Header {
+                key: wire::HEADER_FILE,
+                value: Some(file_name.as_bytes()),
+            })
+            .insert(Header {
+                key: wire::HEADER_LINE,
+                value: Some(line_text.as_bytes()),
+            });
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let mut record = FutureRecord::to(&kafka.topic)
+            .payload(&enc.value)
+            .headers(headers)
+            .timestamp(now_ms);
+        if let Some(k) = &key {
+            record = record.key(k.as_str());
+        }
+        let len = enc.value.len() as u64;
+        let mut record = record;
+        let delivery = loop {
+            match producer.send_result(record) {
+                Ok(d) => break d,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    // The local queue is full: wait for a confirmation to free a slot.
+                    match pending.next().await {
+                        Some(done) => {
+                            if let Err(e) = confirm(done, &file_name, &stats) {
+                                failure = Some(e);
+                                break 'main;
+                            }
+                        }
+                        None => tokio::time::sleep(std::time::Duration::from_millis(10)).await,
+                    }
+                }
+                Err((source, _)) => {
+                    failure = Some(SourceError::Delivery {
+                        file: file_name.clone(),
+                        line,
+                        source,
+                    });
+                    break 'main;
+                }
+            }
+        };
+        pending.push(Pending {
+            line,
+            len,
+            delivery,
+        });
+    }
+    // Stop the reader (it may be blocked on a full channel) before waiting for it.
+    drop(rx);
+    while let Some(done) = pending.next().await {
+        if let Err(e) = confirm(done, &file_name, &stats) {
+            failure.get_or_insert(e);
+        }
+    }
+    let _ = reader_thread.join();
+    if let Some(e) = failure {
+        return Err(e);
+    }
+    let summary = ReplaySummary {
+        rows_read: stats.rows_read.load(Ordering::Relaxed),
+        rows_produced: stats.rows_produced.load(Ordering::Relaxed),
+        rows_dead_lettered: stats.rows_dead_lettered.load(Ordering::Relaxed),
+        rows_dropped: stats.rows_dropped.load(Ordering::Relaxed),
+        bytes: stats.bytes.load(Ordering::Relaxed),
+        cancelled,
+    };
+    tracing::info!(
+        rows = summary.rows_produced,
+        dead_lettered = summary.rows_dead_lettered,
+        dropped = summary.rows_dropped,
+        elapsed_ms = start.elapsed().as_millis() as u64,
+        cancelled,
+        "Replay finished."
+    );
+    Ok(summary)
+}
+
+/// A sent row awaiting confirmation.
+struct Pending {
+    line: u64,
+    len: u64,
+    delivery: DeliveryFuture,
+}
+
+impl std::future::Future for Pending {
+    type Output = (u64, u64, Result<(), KafkaError>);
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let (line, len) = (self.line, self.len);
+        std::pin::Pin::new(&mut self.delivery).poll(cx).map(|r| {
+            let r = match r {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e),
+                Err(_) => Err(KafkaError::Canceled),
+            };
+            (line, len, r)
+        })
+    }
+}
+
+fn confirm(
+    (line, len, r): (u64, u64, Result<(), KafkaError>),
+    file: &str,
+    stats: &ReplayStats,
+) -> Result<(), SourceError> {
+    r.map_err(|source| SourceError::Delivery {
+        file: file.to_owned(),
+        line,
+        source,
+    })?;
+    stats.rows_produced.fetch_add(1, Ordering::Relaxed);
+    stats.bytes.fetch_add(len, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn reject(
+    bad: BadRow,
+    file: &str,
+    on_error: OnError,
+    dead_letters: &DeadLetterTx,
+    stats: &ReplayStats,
+) -> Result<(), SourceError> {
+    match on_error {
+        OnError::Fail => Err(SourceError::BadRow {
+            file: file.to_owned(),
+            line: bad.line,
+            kind: bad.kind,
+            reason: bad.reason,
+        }),
+        OnError::Drop => {
+            tracing::debug!(%file, line = bad.line, kind = bad.kind.as_str(), reason = %bad.reason, "Dropped bad row.");
+            stats.rows_dropped.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+        OnError::DeadLetter => {
+            let line = bad.line;
+            let letter = DeadLetter {
+                stage: "source".into(),
+                kind: bad.kind.as_str().into(),
+                reason: bad.reason,
+                source_file: Some(file.to_owned()),
+                line: Some(line),
+                origin: None,
+                payload: bad.payload,
+            };
+            dead_letters
+                .send(letter)
+                .await
+                .map_err(|source| SourceError::DeadLetter {
+                    file: file.to_owned(),
+                    line,
+                    source,
+                })?;
+            stats.rows_dead_lettered.fetch_add(1, Ordering::Relaxed);
+            Ok(())
+        }
+    }
+}
+
+/// The reader thread: every loop over the file, items into `tx` until the consumer side hangs up.
+fn read_loops(
+    mut reader: CsvReader,
+    path: &Path,
+    opts: &CsvOptions,
+    loops: u32,
+    stats: &ReplayStats,
+    cancel: &CancellationToken,
+    tx: &tokio::sync::mpsc::Sender<ReaderMsg>,
+) {
+    let types = reader.types().to_vec();
+    for n in 0..loops {
+        if n > 0 {
+            let counter = Arc::new(AtomicU64::new(0));
+            reader = match CsvReader::open(path, opts, counter, Some(&types)) {
+                Ok(r) => {
+                    stats
+                        .input_bytes_read
+                        .fetch_add(r.bytes_read(), Ordering::Relaxed);
+                    r
+                }
+                Err(e) => {
+                    let _ = tx.blocking_send(ReaderMsg::Failed(e));
+                    return;
+                }
+            };
+        }
+        loop {
+            if cancel.is_cancelled() {
+                return;
+            }
+            let before = reader.bytes_read();
+            let item = reader.next_item();
+            stats
+                .input_bytes_read
+                .fetch_add(reader.bytes_read() - before, Ordering::Relaxed);
+            let msg = match item {
+                Ok(Some(item)) => {
+                    stats.rows_read.fetch_add(1, Ordering::Relaxed);
+                    ReaderMsg::Item(item)
+                }
+                Ok(None) => break,
+                Err(e) => ReaderMsg::Failed(e),
+            };
+            let failed = matches!(msg, ReaderMsg::Failed(_));
+            if tx.blocking_send(msg).is_err() || failed {
+                return;
+            }
+        }
+    }
+}

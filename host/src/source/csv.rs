@@ -1,0 +1,596 @@
+//! Streaming CSV reader: header, BOM, per-column type inference or an explicit schema, and bad
+//! rows reported with their line instead of skipped.
+//!
+//! The file is read through a fixed-size buffer, so files far larger than memory stream through.
+//! Only the first `infer_rows` records are held in memory at once, to infer the column types
+//! before the first row is typed. Quoting follows RFC 4180 (the `csv` crate): quoted fields may
+//! hold delimiters, doubled quotes and newlines; a record's line is the line it starts on.
+//!
+//! Typing a field: an empty field is null; otherwise the column's type decides (explicit `schema`
+//! entry, else inferred). Inference picks, per column, the first of int, float, bool, timestamp
+//! that every non-empty sampled value parses as, else string. Inference is conservative where a
+//! wrong guess would lose data: numbers with leading zeros (`007`, zip codes) stay strings, and so
+//! do `NaN`/`inf`. Because an inferred type is then a contract for the whole file (a table column
+//! has one type), a later value that does not parse is a bad row, like one under an explicit schema.
+
+use std::collections::{HashMap, VecDeque};
+use std::fs::File;
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use csv::ByteRecord;
+
+use super::SourceError;
+use crate::row::{Name, Row, Value, ValueType, parse_timestamp};
+
+/// Why a row was rejected; the `kind` of its dead letter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadRowKind {
+    /// Its field count differs from the header's.
+    Ragged,
+    /// A field is not valid UTF-8.
+    InvalidUtf8,
+    /// A value does not parse as its column's type.
+    Parse,
+    /// The encoded row is larger than the largest message the broker takes.
+    TooLarge,
+}
+
+impl BadRowKind {
+    /// The dead-letter `kind` string.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BadRowKind::Ragged => "ragged_row",
+            BadRowKind::InvalidUtf8 => "invalid_utf8",
+            BadRowKind::Parse => "parse",
+            BadRowKind::TooLarge => "too_large",
+        }
+    }
+}
+
+/// A rejected CSV record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BadRow {
+    /// The 1-based line the record starts on.
+    pub line: u64,
+    /// Why.
+    pub kind: BadRowKind,
+    /// The human-readable reason.
+    pub reason: String,
+    /// The record, re-encoded as one CSV record with the file's delimiter (quoting may differ
+    /// from the original bytes; invalid UTF-8 is kept as is).
+    pub payload: Vec<u8>,
+}
+
+/// One record of the file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CsvItem {
+    /// A well-formed, typed row.
+    Row {
+        /// The 1-based line the record starts on.
+        line: u64,
+        /// The row.
+        row: Row,
+    },
+    /// A record that could not be typed.
+    Bad(BadRow),
+}
+
+/// How to read a file: delimiter, schema and inference depth.
+#[derive(Debug, Clone)]
+pub struct CsvOptions {
+    /// The field delimiter byte.
+    pub delimiter: u8,
+    /// Explicit column types by column name.
+    pub schema: std::collections::BTreeMap<String, ValueType>,
+    /// How many records inference samples.
+    pub infer_rows: usize,
+}
+
+/// A streaming reader over one CSV file.
+pub struct CsvReader {
+    path: PathBuf,
+    rdr: csv::Reader<Box<dyn Read + Send>>,
+    delimiter: u8,
+    columns: Vec<Name>,
+    types: Vec<ValueType>,
+    /// Which types came from inference, for error messages.
+    inferred: Vec<bool>,
+    sample: VecDeque<ByteRecord>,
+    record: ByteRecord,
+    bytes_read: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for CsvReader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CsvReader")
+            .field("path", &self.path)
+            .field("columns", &self.columns)
+            .finish()
+    }
+}
+
+/// Counts bytes read, for progress and ETA.
+struct Counting<R> {
+    inner: R,
+    counter: Arc<AtomicU64>,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Opens `path` and skips a UTF-8 byte-order mark (Excel writes one).
+fn open_without_bom(
+    path: &Path,
+    counter: Arc<AtomicU64>,
+) -> Result<Box<dyn Read + Send>, SourceError> {
+    let open_err = |source| SourceError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = Counting {
+        inner: File::open(path).map_err(open_err)?,
+        counter,
+    };
+    let mut head = [0u8; 3];
+    let mut n = 0;
+    while n < 3 {
+        match file.read(&mut head[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(open_err(e)),
+        }
+    }
+    let keep = if head[..n] == [0xEF, 0xBB, 0xBF] {
+        0
+    } else {
+        n
+    };
+    Ok(Box::new(io::Cursor::new(head[..keep].to_vec()).chain(file)))
+}
+
+impl CsvReader {
+    /// Opens a file, reads its header and infers the column types. `bytes_read` counts the bytes
+    /// consumed from the file. `types`, when given, skips inference (e.g. on a second loop).
+    pub fn open(
+        path: &Path,
+        opts: &CsvOptions,
+        bytes_read: Arc<AtomicU64>,
+        types: Option<&[ValueType]>,
+    ) -> Result<CsvReader, SourceError> {
+        let input = open_without_bom(path, bytes_read.clone())?;
+        let mut rdr = csv::ReaderBuilder::new()
+            .delimiter(opts.delimiter)
+            .has_headers(false)
+            .flexible(true)
+            .buffer_capacity(64 * 1024)
+            .from_reader(input);
+        let mut header = ByteRecord::new();
+        let read_err = |line, source| SourceError::Read {
+            path: path.to_path_buf(),
+            line,
+            source,
+        };
+        if !rdr
+            .read_byte_record(&mut header)
+            .map_err(|e| read_err(1, e))?
+        {
+            return Err(SourceError::Header {
+                path: path.to_path_buf(),
+                reason: "the file is empty".into(),
+            });
+        }
+        let columns = header_names(&header).map_err(|reason| SourceError::Header {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        for name in opts.schema.keys() {
+            if !columns.iter().any(|c| &**c == name) {
+                return Err(SourceError::Header {
+                    path: path.to_path_buf(),
+                    reason: format!("schema names column {name:?}, which the header does not have"),
+                });
+            }
+        }
+        let mut reader = CsvReader {
+            path: path.to_path_buf(),
+            rdr,
+            delimiter: opts.delimiter,
+            types: vec![ValueType::String; columns.len()],
+            inferred: vec![false; columns.len()],
+            columns,
+            sample: VecDeque::new(),
+            record: ByteRecord::new(),
+            bytes_read,
+        };
+        if let Some(types) = types {
+            reader.types = types.to_vec();
+            reader.inferred = reader
+                .columns
+                .iter()
+                .map(|c| !opts.schema.contains_key(&**c))
+                .collect();
+            return Ok(reader);
+        }
+        while reader.sample.len() < opts.infer_rows {
+            let mut rec = ByteRecord::new();
+            let line = reader.next_line();
+            if !reader
+                .rdr
+                .read_byte_record(&mut rec)
+                .map_err(|e| read_err(line, e))?
+            {
+                break;
+            }
+            reader.sample.push_back(rec);
+        }
+        let inferred = infer(&reader.sample, reader.columns.len());
+        for (i, name) in reader.columns.iter().enumerate() {
+            match opts.schema.get(&**name) {
+                Some(ty) => reader.types[i] = *ty,
+                None => {
+                    reader.types[i] = inferred[i];
+                    reader.inferred[i] = true;
+                }
+            }
+        }
+        Ok(reader)
+    }
+
+    /// The column names, in order (duplicates renamed `name_2`, blanks `column_<n>`).
+    pub fn columns(&self) -> &[Name] {
+        &self.columns
+    }
+
+    /// The column types, in order.
+    pub fn types(&self) -> &[ValueType] {
+        &self.types
+    }
+
+    /// Bytes consumed from the file so far (read ahead of the records returned).
+    pub fn bytes_read(&self) -> u64 {
+        self.bytes_read.load(Ordering::Relaxed)
+    }
+
+    fn next_line(&self) -> u64 {
+        self.rdr.position().line()
+    }
+
+    /// The next record, or `None` at the end of the file.
+    pub fn next_item(&mut self) -> Result<Option<CsvItem>, SourceError> {
+        let rec = match self.sample.pop_front() {
+            Some(rec) => rec,
+            None => {
+                let line = self.next_line();
+                let got = self
+                    .rdr
+                    .read_byte_record(&mut self.record)
+                    .map_err(|source| SourceError::Read {
+                        path: self.path.clone(),
+                        line,
+                        source,
+                    })?;
+                if !got {
+                    return Ok(None);
+                }
+                std::mem::take(&mut self.record)
+            }
+        };
+        let line = rec.position().map_or(0, |p| p.line());
+        let item = match self.type_record(&rec) {
+            Ok(row) => CsvItem::Row { line, row },
+            Err((kind, reason)) => CsvItem::Bad(BadRow {
+                line,
+                kind,
+                reason,
+                payload: reencode(&rec, self.delimiter),
+            }),
+        };
+        // Reuse the record's allocation for the next read.
+        self.record = rec;
+        Ok(Some(item))
+    }
+
+    fn type_record(&self, rec: &ByteRecord) -> Result<Row, (BadRowKind, String)> {
+        if rec.len() != self.columns.len() {
+            return Err((
+                BadRowKind::Ragged,
+                format!(
+                    "expected {} fields, found {}",
+                    self.columns.len(),
+                    rec.len()
+                ),
+            ));
+        }
+        let mut row = Row::with_capacity(rec.len());
+        for (i, raw) in rec.iter().enumerate() {
+            let name = &self.columns[i];
+            let text = std::str::from_utf8(raw).map_err(|e| {
+                (
+                    BadRowKind::InvalidUtf8,
+                    format!(
+                        "field {name:?} is not valid UTF-8 (invalid byte at offset {})",
+                        e.valid_up_to()
+                    ),
+                )
+            })?;
+            let value = parse_value(text, self.types[i]).map_err(|()| {
+                let how = if self.inferred[i] {
+                    " (type inferred from the first rows; set source.schema to override)"
+                } else {
+                    ""
+                };
+                (
+                    BadRowKind::Parse,
+                    format!(
+                        "field {name:?}: {:?} is not a valid {}{how}",
+                        shorten(text),
+                        self.types[i]
+                    ),
+                )
+            })?;
+            row.fields.push(crate::row::Field {
+                name: name.clone(),
+                value,
+            });
+        }
+        Ok(row)
+    }
+}
+
+fn shorten(s: &str) -> String {
+    if s.len() <= 60 {
+        return s.to_owned();
+    }
+    let mut end = 57;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+fn header_names(header: &ByteRecord) -> Result<Vec<Name>, String> {
+    let mut names: Vec<Name> = Vec::with_capacity(header.len());
+    let mut seen: HashMap<String, u32> = HashMap::new();
+    for (i, raw) in header.iter().enumerate() {
+        let name = std::str::from_utf8(raw)
+            .map_err(|_| format!("header field {} is not valid UTF-8", i + 1))?
+            .trim();
+        let mut name = if name.is_empty() {
+            format!("column_{}", i + 1)
+        } else {
+            name.to_owned()
+        };
+        let count = seen.entry(name.clone()).or_insert(0);
+        *count += 1;
+        if *count > 1 {
+            name = format!("{name}_{count}");
+        }
+        names.push(Name::from(name));
+    }
+    Ok(names)
+}
+
+fn reencode(rec: &ByteRecord, delimiter: u8) -> Vec<u8> {
+    let mut w = csv::WriterBuilder::new()
+        .delimiter(delimiter)
+        .terminator(csv::Terminator::Any(b'\n'))
+        .from_writer(Vec::new());
+    // Writing to a Vec cannot fail.
+    let _ = w.write_byte_record(rec);
+    let mut out = w.into_inner().unwrap_or_default();
+    if out.last() == Some(&b'\n') {
+        out.pop();
+    }
+    out
+}
+
+/// Parses one field under a column type. Empty (after trimming, for non-strings) is null.
+pub fn parse_value(text: &str, ty: ValueType) -> Result<Value, ()> {
+    if text.is_empty() {
+        return Ok(Value::Null);
+    }
+    let t = text.trim();
+    if t.is_empty() && ty != ValueType::String {
+        return Ok(Value::Null);
+    }
+    Ok(match ty {
+        ValueType::Null => return Err(()),
+        ValueType::String => Value::String(text.to_owned()),
+        ValueType::Int => Value::Int(t.parse().map_err(|_| ())?),
+        ValueType::Float => Value::Float(t.parse().map_err(|_| ())?),
+        ValueType::Bool => Value::Bool(parse_bool(t).ok_or(())?),
+        ValueType::Timestamp => Value::Timestamp(parse_timestamp(t).ok_or(())?),
+        ValueType::Json => {
+            serde_json::from_str::<serde::de::IgnoredAny>(t).map_err(|_| ())?;
+            Value::Json(t.to_owned())
+        }
+    })
+}
+
+fn parse_bool(t: &str) -> Option<bool> {
+    match t.to_ascii_lowercase().as_str() {
+        "true" | "t" | "yes" | "y" | "1" => Some(true),
+        "false" | "f" | "no" | "n" | "0" => Some(false),
+        _ => None,
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Candidates {
+    int: bool,
+    float: bool,
+    bool_: bool,
+    timestamp: bool,
+    seen: bool,
+}
+
+fn infer(sample: &VecDeque<ByteRecord>, ncols: usize) -> Vec<ValueType> {
+    let mut cands = vec![
+        Candidates {
+            int: true,
+            float: true,
+            bool_: true,
+            timestamp: true,
+            seen: false
+        };
+        ncols
+    ];
+    for rec in sample {
+        if rec.len() != ncols {
+            continue;
+        }
+        for (c, raw) in cands.iter_mut().zip(rec.iter()) {
+            let Ok(text) = std::str::from_utf8(raw) else {
+                continue;
+            };
+            let t = text.trim();
+            if t.is_empty() {
+                continue;
+            }
+            c.seen = true;
+            let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+            let leading_zero =
+                digits.len() > 1 && digits.starts_with('0') && !digits.starts_with("0.");
+            c.int &= !leading_zero && t.parse::<i64>().is_ok();
+            c.float &= !leading_zero
+                && t.parse::<f64>().is_ok_and(f64::is_finite)
+                && t.bytes().any(|b| b.is_ascii_digit());
+            c.bool_ &= t.eq_ignore_ascii_case("true") || t.eq_ignore_ascii_case("false");
+            c.timestamp &= parse_timestamp(t).is_some();
+        }
+    }
+    cands
+        .iter()
+        .map(|c| match c {
+            Candidates { seen: false, .. } => ValueType::String,
+            Candidates { int: true, .. } => ValueType::Int,
+            Candidates { float: true, .. } => ValueType::Float,
+            Candidates { bool_: true, .. } => ValueType::Bool,
+            Candidates {
+                timestamp: true, ..
+            } => ValueType::Timestamp,
+            _ => ValueType::String,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_all(content: &[u8], opts: &CsvOptions) -> (CsvReader, Vec<CsvItem>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, content).unwrap();
+        let counter = Arc::new(AtomicU64::new(0));
+        let mut r = CsvReader::open(&path, opts, counter.clone(), None).unwrap();
+        let mut items = Vec::new();
+        while let Some(item) = r.next_item().unwrap() {
+            items.push(item);
+        }
+        assert_eq!(counter.load(Ordering::Relaxed), content.len() as u64);
+        (r, items)
+    }
+
+    fn opts() -> CsvOptions {
+        CsvOptions {
+            delimiter: b',',
+            schema: Default::default(),
+            infer_rows: 100,
+        }
+    }
+
+    #[test]
+    fn infers_types_and_keeps_lines() {
+        let csv = b"\xEF\xBB\xBFid,name,score,ok,at,zip\n1,\"a,b\",1.5,true,2024-01-02T03:04:05,007\n2,\"multi\nline \"\"q\"\"\",2,FALSE,2024-01-02,01234\n3,,,,,\n";
+        let (r, items) = read_all(csv, &opts());
+        assert_eq!(
+            r.columns().iter().map(|c| &**c).collect::<Vec<_>>(),
+            ["id", "name", "score", "ok", "at", "zip"]
+        );
+        use ValueType::*;
+        assert_eq!(r.types(), [Int, String, Float, Bool, Timestamp, String]);
+        let CsvItem::Row { line, row } = &items[1] else {
+            panic!("{items:?}")
+        };
+        assert_eq!(*line, 3);
+        assert_eq!(
+            row.get("name"),
+            Some(&Value::String("multi\nline \"q\"".into()))
+        );
+        assert_eq!(row.get("score"), Some(&Value::Float(2.0)));
+        assert_eq!(row.get("ok"), Some(&Value::Bool(false)));
+        assert_eq!(row.get("zip"), Some(&Value::String("01234".into())));
+        let CsvItem::Row { line, row } = &items[2] else {
+            panic!()
+        };
+        assert_eq!(*line, 5);
+        assert_eq!(row.get("name"), Some(&Value::Null));
+    }
+
+    #[test]
+    fn bad_rows_carry_line_kind_and_payload() {
+        let csv = b"id;name\n1;a\n2\n3;\xff\xfe\nx;b\n4;\"c;d\"\n";
+        let mut o = opts();
+        o.delimiter = b';';
+        o.schema.insert("id".into(), ValueType::Int);
+        let (_, items) = read_all(csv, &o);
+        let bad: Vec<_> = items
+            .iter()
+            .filter_map(|i| match i {
+                CsvItem::Bad(b) => Some((b.line, b.kind, b.payload.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            bad,
+            [
+                (3, BadRowKind::Ragged, b"2".to_vec()),
+                (4, BadRowKind::InvalidUtf8, b"3;\xff\xfe".to_vec()),
+                (5, BadRowKind::Parse, b"x;b".to_vec()),
+            ]
+        );
+        assert!(
+            matches!(&items[4], CsvItem::Row { line: 6, row } if row.get("name") == Some(&Value::String("c;d".into())))
+        );
+    }
+
+    #[test]
+    fn inferred_type_is_a_contract() {
+        let mut o = opts();
+        o.infer_rows = 1;
+        let (_, items) = read_all(b"n\n1\nx\n", &o);
+        let CsvItem::Bad(b) = &items[1] else { panic!() };
+        assert_eq!(b.kind, BadRowKind::Parse);
+        assert!(b.reason.contains("inferred"), "{}", b.reason);
+    }
+
+    #[test]
+    fn header_names_are_made_unique() {
+        let (r, _) = read_all(b"a, a ,,b\n1,2,3,4\n", &opts());
+        assert_eq!(
+            r.columns().iter().map(|c| &**c).collect::<Vec<_>>(),
+            ["a", "a_2", "column_3", "b"]
+        );
+    }
+
+    #[test]
+    fn schema_column_must_exist() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, "a\n1\n").unwrap();
+        let mut o = opts();
+        o.schema.insert("b".into(), ValueType::Int);
+        let err = CsvReader::open(&path, &o, Arc::default(), None).unwrap_err();
+        assert!(err.to_string().contains("\"b\""), "{err}");
+    }
+}

@@ -1,0 +1,219 @@
+//! The dead-letter producer: drains a [`DeadLetterRx`] into the dead-letter topic and
+//! acknowledges each letter only once the broker has confirmed it.
+//!
+//! Each letter is one message whose value is a JSON object:
+//!
+//! ```json
+//! {"stage":"source","kind":"ragged_row","reason":"expected 3 fields, found 2",
+//!  "file":"data.csv","line":17,"origin":null,
+//!  "payload":"1,abc","payload_encoding":"utf8","payload_bytes":5,"payload_truncated":false}
+//! ```
+//!
+//! `origin` is the Kafka record (`topic`, `partition`, `offset`, `timestamp_ms`, `key`,
+//! `headers`) for records rejected after consumption. `payload` is the original bytes as text
+//! when they are UTF-8, else base64 (`payload_encoding`). Payloads longer than
+//! [`MAX_PAYLOAD_BYTES`] are cut (a dead letter must itself fit in a message); `payload_bytes`
+//! keeps the original length. The message also carries headers `sluice.stage` and `sluice.kind`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use base64::Engine as _;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use tokio::task::JoinHandle;
+
+use super::producer::{KafkaSetupError, create_producer, ensure_topic};
+use crate::config::KafkaConfig;
+use crate::dead_letter::{self, DeadLetter, DeadLetterRx, DeadLetterTx};
+use crate::row::RecordMeta;
+
+/// The longest payload kept in a dead letter, in bytes.
+pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+
+/// Dead-letter producer counters.
+#[derive(Debug, Default)]
+pub struct DeadLetterStats {
+    /// Letters confirmed by the broker.
+    pub letters_stored: AtomicU64,
+    /// Letters the broker did not take (their sender got an error).
+    pub letters_failed: AtomicU64,
+}
+
+/// A running dead-letter producer.
+#[derive(Debug)]
+pub struct DeadLetterTask {
+    handle: JoinHandle<()>,
+    /// Its counters.
+    pub stats: Arc<DeadLetterStats>,
+}
+
+impl DeadLetterTask {
+    /// Waits until every sender is dropped and every letter is acknowledged.
+    pub async fn finish(self) {
+        let _ = self.handle.await;
+    }
+}
+
+/// Creates the dead-letter topic if missing (one partition, so letters stay in order) and starts
+/// the producer task. Letters sent to the returned [`DeadLetterTx`] go to `topic`.
+pub async fn spawn(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+    capacity: usize,
+) -> Result<(DeadLetterTx, DeadLetterTask), KafkaSetupError> {
+    ensure_topic(kafka, bootstrap, topic, 1, kafka.replication_factor).await?;
+    let producer = create_producer(kafka, bootstrap)?;
+    let (tx, rx) = dead_letter::channel(capacity);
+    let stats = Arc::new(DeadLetterStats::default());
+    let handle = tokio::spawn(run(rx, producer, topic.to_owned(), stats.clone()));
+    Ok((tx, DeadLetterTask { handle, stats }))
+}
+
+/// Drains `rx` into `topic` until every sender is gone. Letters are sent concurrently; each is
+/// acknowledged when its delivery is confirmed (or failed).
+pub async fn run(
+    mut rx: DeadLetterRx,
+    producer: FutureProducer,
+    topic: String,
+    stats: Arc<DeadLetterStats>,
+) {
+    let mut pending = tokio::task::JoinSet::new();
+    while let Some((letter, ack)) = rx.recv().await {
+        let value = encode(&letter);
+        let headers = OwnedHeaders::new()
+            .insert(Header {
+                key: "sluice.stage",
+                value: Some(letter.stage.as_bytes()),
+            })
+            .insert(Header {
+                key: "sluice.kind",
+                value: Some(letter.kind.as_bytes()),
+            });
+        let record = FutureRecord::<(), _>::to(&topic)
+            .payload(&value)
+            .headers(headers);
+        let delivery = match producer.send_result(record) {
+            Ok(d) => d,
+            Err((e, record)) => {
+                // Queue full: wait for the queue to drain through the normal, retrying path.
+                let r = producer.send(record, rdkafka::util::Timeout::Never).await;
+                let r = r.map(|_| ()).map_err(|(e2, _)| format!("{e}; then {e2}"));
+                count(&stats, &r);
+                ack(r);
+                continue;
+            }
+        };
+        let stats = stats.clone();
+        pending.spawn(async move {
+            let r = match delivery.await {
+                Ok(Ok(_)) => Ok(()),
+                Ok(Err((e, _))) => Err(e.to_string()),
+                Err(_) => Err("producer was dropped".to_owned()),
+            };
+            count(&stats, &r);
+            ack(r);
+        });
+        while pending.try_join_next().is_some() {}
+    }
+    while pending.join_next().await.is_some() {}
+}
+
+fn count(stats: &DeadLetterStats, r: &Result<(), String>) {
+    match r {
+        Ok(()) => stats.letters_stored.fetch_add(1, Ordering::Relaxed),
+        Err(e) => {
+            tracing::error!(error = %e, "Dead letter could not be stored.");
+            stats.letters_failed.fetch_add(1, Ordering::Relaxed)
+        }
+    };
+}
+
+/// Encodes a letter as the JSON object described in the module doc.
+pub fn encode(letter: &DeadLetter) -> Vec<u8> {
+    use serde_json::json;
+    let cut = letter.payload.len().min(MAX_PAYLOAD_BYTES);
+    let (payload, encoding) = match std::str::from_utf8(&letter.payload[..cut]) {
+        Ok(s) => (s.to_owned(), "utf8"),
+        // A cut in the middle of a character is still text up to the cut.
+        Err(e) if e.error_len().is_none() && cut < letter.payload.len() => (
+            String::from_utf8_lossy(&letter.payload[..e.valid_up_to()]).into_owned(),
+            "utf8",
+        ),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(&letter.payload[..cut]),
+            "base64",
+        ),
+    };
+    let v = json!({
+        "stage": letter.stage,
+        "kind": letter.kind,
+        "reason": letter.reason,
+        "file": letter.source_file,
+        "line": letter.line,
+        "origin": letter.origin.as_ref().map(origin_json),
+        "payload": payload,
+        "payload_encoding": encoding,
+        "payload_bytes": letter.payload.len(),
+        "payload_truncated": cut < letter.payload.len(),
+    });
+    serde_json::to_vec(&v).unwrap_or_default()
+}
+
+fn bytes_json(b: &[u8]) -> serde_json::Value {
+    match std::str::from_utf8(b) {
+        Ok(s) => serde_json::Value::String(s.to_owned()),
+        Err(_) => {
+            serde_json::json!({ "base64": base64::engine::general_purpose::STANDARD.encode(b) })
+        }
+    }
+}
+
+fn origin_json(m: &RecordMeta) -> serde_json::Value {
+    serde_json::json!({
+        "topic": m.topic,
+        "partition": m.partition,
+        "offset": m.offset,
+        "timestamp_ms": m.timestamp_ms,
+        "key": m.key.as_deref().map(bytes_json),
+        "headers": m.headers.iter().map(|(k, v)| serde_json::json!([k, bytes_json(v)])).collect::<Vec<_>>(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn letters_encode_as_documented() {
+        let letter = DeadLetter {
+            stage: "source".into(),
+            kind: "invalid_utf8".into(),
+            reason: "bad".into(),
+            source_file: Some("x.csv".into()),
+            line: Some(4),
+            origin: None,
+            payload: b"3,\xff".to_vec(),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&encode(&letter)).unwrap();
+        assert_eq!(v["line"], 4);
+        assert_eq!(v["file"], "x.csv");
+        assert_eq!(v["payload_encoding"], "base64");
+        assert_eq!(
+            base64::engine::general_purpose::STANDARD
+                .decode(v["payload"].as_str().unwrap())
+                .unwrap(),
+            b"3,\xff"
+        );
+
+        let big = DeadLetter {
+            payload: vec![b'a'; MAX_PAYLOAD_BYTES + 10],
+            ..letter
+        };
+        let v: serde_json::Value = serde_json::from_slice(&encode(&big)).unwrap();
+        assert_eq!(v["payload_truncated"], true);
+        assert_eq!(v["payload_bytes"], MAX_PAYLOAD_BYTES + 10);
+        assert_eq!(v["payload"].as_str().unwrap().len(), MAX_PAYLOAD_BYTES);
+    }
+}

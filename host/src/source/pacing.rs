@@ -1,0 +1,145 @@
+//! Replay pacing: when each row may be sent.
+//!
+//! `rate` and `event_time` keep an absolute schedule (row *n* is due at a fixed instant), so a
+//! slow send is caught up afterwards and the average rate holds over a long replay. `fixed`
+//! waits its delay after the previous row was released, like the seed's `sleep(1)` loop: rows
+//! never come closer together than the delay.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::config::Pacing;
+
+/// Computes each row's release instant.
+#[derive(Debug)]
+pub struct Pacer {
+    mode: Mode,
+    /// When the previous row was due (or released, for `fixed`).
+    last: Option<Instant>,
+    /// The previous row's event time, microseconds.
+    last_event_us: Option<i64>,
+    /// Rows scheduled so far, for `rate`.
+    count: u64,
+    start: Option<Instant>,
+}
+
+#[derive(Debug)]
+enum Mode {
+    None,
+    Fixed(Duration),
+    Rate(f64),
+    EventTime { speed: f64, max_gap: Duration },
+}
+
+impl Pacer {
+    /// A pacer for a configured mode.
+    pub fn new(pacing: &Pacing) -> Pacer {
+        let mode = match pacing {
+            Pacing::None => Mode::None,
+            Pacing::Fixed { delay_ms } => Mode::Fixed(Duration::from_millis(*delay_ms)),
+            Pacing::Rate { rows_per_sec } => Mode::Rate(*rows_per_sec),
+            Pacing::EventTime {
+                speed, max_gap_ms, ..
+            } => Mode::EventTime {
+                speed: *speed,
+                max_gap: Duration::from_millis(*max_gap_ms),
+            },
+        };
+        Pacer {
+            mode,
+            last: None,
+            last_event_us: None,
+            count: 0,
+            start: None,
+        }
+    }
+
+    /// When the next row may be sent, given `now` and (for `event_time`) the row's event time.
+    /// `None` means at once. Rows without an event time go at once and do not move the clock.
+    pub fn next_due(&mut self, now: Instant, event_us: Option<i64>) -> Option<Instant> {
+        match self.mode {
+            Mode::None => None,
+            Mode::Fixed(delay) => {
+                let due = self.last.map(|l| l + delay).filter(|d| *d > now);
+                self.last = Some(due.unwrap_or(now));
+                due
+            }
+            Mode::Rate(rate) => {
+                let start = *self.start.get_or_insert(now);
+                let due = start + Duration::from_secs_f64(self.count as f64 / rate);
+                self.count += 1;
+                (due > now).then_some(due)
+            }
+            Mode::EventTime { speed, max_gap } => {
+                let event_us = event_us?;
+                let due = match (self.last, self.last_event_us) {
+                    (Some(last), Some(prev)) => {
+                        // Out-of-order or repeated timestamps (and a loop restart) go at once.
+                        let gap_us = event_us.saturating_sub(prev).max(0) as f64 / speed;
+                        last + Duration::from_secs_f64(gap_us / 1e6).min(max_gap)
+                    }
+                    _ => now,
+                };
+                self.last = Some(due);
+                self.last_event_us = Some(event_us);
+                (due > now).then_some(due)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ms(d: Option<Instant>, t0: Instant) -> Option<u128> {
+        d.map(|d| (d - t0).as_millis())
+    }
+
+    #[test]
+    fn fixed_spaces_from_previous_release() {
+        let mut p = Pacer::new(&Pacing::Fixed { delay_ms: 100 });
+        let t0 = Instant::now();
+        assert_eq!(ms(p.next_due(t0, None), t0), None);
+        assert_eq!(ms(p.next_due(t0, None), t0), Some(100));
+        // Sent late at 250 ms: the next one waits the full delay from then.
+        assert_eq!(
+            ms(p.next_due(t0 + Duration::from_millis(250), None), t0),
+            None
+        );
+        assert_eq!(
+            ms(p.next_due(t0 + Duration::from_millis(250), None), t0),
+            Some(350)
+        );
+    }
+
+    #[test]
+    fn rate_keeps_an_absolute_schedule() {
+        let mut p = Pacer::new(&Pacing::Rate { rows_per_sec: 10.0 });
+        let t0 = Instant::now();
+        assert_eq!(ms(p.next_due(t0, None), t0), None);
+        assert_eq!(ms(p.next_due(t0, None), t0), Some(100));
+        // Late at 350 ms: the rows due at 200 and 300 ms catch up at once, then the schedule holds.
+        let late = t0 + Duration::from_millis(350);
+        assert_eq!(ms(p.next_due(late, None), t0), None);
+        assert_eq!(ms(p.next_due(late, None), t0), None);
+        assert_eq!(ms(p.next_due(late, None), t0), Some(400));
+    }
+
+    #[test]
+    fn event_time_scales_and_clamps_gaps() {
+        let mut p = Pacer::new(&Pacing::EventTime {
+            column: "at".into(),
+            speed: 2.0,
+            max_gap_ms: 1000,
+        });
+        let t0 = Instant::now();
+        let s = 1_000_000;
+        assert_eq!(ms(p.next_due(t0, Some(10 * s)), t0), None);
+        assert_eq!(ms(p.next_due(t0, Some(11 * s)), t0), Some(500));
+        assert_eq!(ms(p.next_due(t0, Some(100 * s)), t0), Some(1500));
+        assert_eq!(ms(p.next_due(t0, Some(50 * s)), t0), Some(1500));
+        assert_eq!(ms(p.next_due(t0, None), t0), None);
+    }
+}

@@ -1,0 +1,182 @@
+//! Kafka client settings and topic creation shared by the replay producer, the dead-letter
+//! producer and the consumer.
+//!
+//! The producer is idempotent with `acks=all`: a retried batch is never written twice, and a row
+//! counts as produced only once every in-sync replica has it. Topics are created through the
+//! admin API with the configured partition count, and clients are told not to auto-create topics,
+//! because a broker's auto-create would pick its own default partition count.
+
+use std::time::Duration;
+
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::FutureProducer;
+
+use crate::config::KafkaConfig;
+
+/// librdkafka's default `message.max.bytes`: the largest message the producer accepts.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 1_000_000;
+
+/// How long metadata and admin requests may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a Kafka client or topic could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaSetupError {
+    /// A client could not be created or a request failed.
+    #[error("{what}")]
+    Kafka {
+        /// What was being done.
+        what: String,
+        /// The client's error.
+        #[source]
+        source: KafkaError,
+    },
+    /// The topic could not be created or does not become visible.
+    #[error("topic {topic}: {reason}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Settings common to every client: bootstrap servers, then the user's `kafka.properties`.
+pub fn client_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap);
+    cfg.set("allow.auto.create.topics", "false");
+    for (k, v) in &kafka.properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// Producer settings: idempotent, `acks=all`, the configured compression. The user's
+/// `kafka.properties` still win (they are applied last).
+pub fn producer_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("compression.type", kafka.compression.as_str())
+        .set("linger.ms", "5")
+        .set("allow.auto.create.topics", "false");
+    for (k, v) in &kafka.properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+/// The largest message the producer takes (`message.max.bytes` if set in `kafka.properties`).
+pub fn max_message_bytes(kafka: &KafkaConfig) -> usize {
+    kafka
+        .properties
+        .get("message.max.bytes")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES)
+}
+
+/// Creates a producer.
+pub fn create_producer(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+) -> Result<FutureProducer, KafkaSetupError> {
+    producer_config(kafka, bootstrap)
+        .create()
+        .map_err(|source| KafkaSetupError::Kafka {
+            what: "cannot create Kafka producer".into(),
+            source,
+        })
+}
+
+/// Makes sure `topic` exists; creates it with `partitions` and `replication_factor` if not.
+/// Returns the topic's partition count (which may differ from `partitions` if it existed).
+pub async fn ensure_topic(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+    partitions: i32,
+    replication_factor: i32,
+) -> Result<i32, KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, bootstrap)
+        .create()
+        .map_err(|source| KafkaSetupError::Kafka {
+            what: "cannot create Kafka admin client".into(),
+            source,
+        })?;
+    let admin = std::sync::Arc::new(admin);
+    if let Some(n) = partition_count(&admin, topic).await? {
+        return Ok(n);
+    }
+    let new = NewTopic::new(
+        topic,
+        partitions,
+        TopicReplication::Fixed(replication_factor),
+    );
+    let opts = AdminOptions::new().operation_timeout(Some(REQUEST_TIMEOUT));
+    let results =
+        admin
+            .create_topics([&new], &opts)
+            .await
+            .map_err(|source| KafkaSetupError::Kafka {
+                what: format!("cannot create topic {topic}"),
+                source,
+            })?;
+    for r in results {
+        match r {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(KafkaSetupError::Topic {
+                    topic: topic.to_owned(),
+                    reason: format!("create failed: {code}"),
+                });
+            }
+        }
+    }
+    tracing::info!(%topic, partitions, "Created topic.");
+    // The controller may answer before every broker's metadata shows the topic.
+    let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    loop {
+        if let Some(n) = partition_count(&admin, topic).await? {
+            return Ok(n);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(KafkaSetupError::Topic {
+                topic: topic.to_owned(),
+                reason: "created but not visible in metadata".into(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The topic's partition count, or `None` if the broker does not know it.
+async fn partition_count(
+    admin: &std::sync::Arc<AdminClient<DefaultClientContext>>,
+    topic: &str,
+) -> Result<Option<i32>, KafkaSetupError> {
+    let admin = admin.clone();
+    let name = topic.to_owned();
+    let md = tokio::task::spawn_blocking(move || {
+        admin.inner().fetch_metadata(Some(&name), REQUEST_TIMEOUT)
+    })
+    .await
+    .map_err(|e| KafkaSetupError::Topic {
+        topic: topic.to_owned(),
+        reason: e.to_string(),
+    })?
+    .map_err(|source| KafkaSetupError::Kafka {
+        what: format!("cannot read metadata of topic {topic}"),
+        source,
+    })?;
+    Ok(md
+        .topics()
+        .iter()
+        .find(|t| t.name() == topic)
+        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
+        .map(|t| t.partitions().len() as i32))
+}
