@@ -162,7 +162,11 @@ pub struct ConfigIssue {
 
 impl fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let path = if self.path.is_empty() { "(root)" } else { &self.path };
+        let path = if self.path.is_empty() {
+            "(root)"
+        } else {
+            &self.path
+        };
         match self.position {
             Some((l, c)) => write!(f, "{path} (line {l}, column {c}): {}", self.message),
             None => write!(f, "{path}: {}", self.message),
@@ -187,7 +191,11 @@ pub enum ConfigError {
 }
 
 fn render_issues(issues: &[ConfigIssue]) -> String {
-    issues.iter().map(|i| format!("  {i}")).collect::<Vec<_>>().join("\n")
+    issues
+        .iter()
+        .map(|i| format!("  {i}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A parsed pipeline file together with where it came from.
@@ -207,23 +215,35 @@ impl LoadedConfig {
     /// Resolves a path from the file against its directory.
     pub fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() { p.to_path_buf() } else { self.base_dir.join(p) }
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
     }
 
     /// Builds a [`ConfigIssue`] at `path`, locating it in the original text.
     pub fn issue(&self, path: &str, message: impl Into<String>) -> ConfigIssue {
-        ConfigIssue { path: path.to_owned(), position: locate(&self.text, path), message: message.into() }
+        ConfigIssue {
+            path: path.to_owned(),
+            position: locate(&self.text, path),
+            message: message.into(),
+        }
     }
 
     /// Wraps issues into a [`ConfigError`] for this file.
     pub fn invalid(&self, issues: Vec<ConfigIssue>) -> ConfigError {
-        ConfigError::Invalid { file: self.file.clone(), issues }
+        ConfigError::Invalid {
+            file: self.file.clone(),
+            issues,
+        }
     }
 }
 
 /// Reads, interpolates and deserializes a pipeline file.
 pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError::Read(file.to_path_buf(), e))?;
+    let text =
+        std::fs::read_to_string(file).map_err(|e| ConfigError::Read(file.to_path_buf(), e))?;
     load_str(&text, file, &|name| std::env::var(name).ok())
 }
 
@@ -233,7 +253,10 @@ pub fn load_str(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<LoadedConfig, ConfigError> {
-    let invalid = |issues| ConfigError::Invalid { file: file.to_path_buf(), issues };
+    let invalid = |issues| ConfigError::Invalid {
+        file: file.to_path_buf(),
+        issues,
+    };
     let mut tree: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         invalid(vec![ConfigIssue {
             path: String::new(),
@@ -258,15 +281,31 @@ pub fn load_str(
             Some(key) => join_key(&path, &key),
             None => path,
         };
-        invalid(vec![ConfigIssue { position: locate(text, &path), path, message }])
+        invalid(vec![ConfigIssue {
+            position: locate(text, &path),
+            path,
+            message,
+        }])
     })?;
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
-    let base_dir = if base_dir.as_os_str().is_empty() { PathBuf::from(".") } else { base_dir };
-    let loaded = LoadedConfig { config, file: file.to_path_buf(), base_dir, text: text.to_owned() };
+    let base_dir = if base_dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base_dir
+    };
+    let loaded = LoadedConfig {
+        config,
+        file: file.to_path_buf(),
+        base_dir,
+        text: text.to_owned(),
+    };
     if loaded.config.version != VERSION {
         return Err(loaded.invalid(vec![loaded.issue(
             "version",
-            format!("unsupported version {}; this sluice reads version {VERSION}", loaded.config.version),
+            format!(
+                "unsupported version {}; this sluice reads version {VERSION}",
+                loaded.config.version
+            ),
         )]));
     }
     Ok(loaded)
@@ -285,7 +324,11 @@ fn unknown_field_name(message: &str) -> Option<String> {
 }
 
 fn join_key(path: &str, key: &str) -> String {
-    if path.is_empty() { key.to_owned() } else { format!("{path}.{key}") }
+    if path.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{path}.{key}")
+    }
 }
 
 /// Renders a serde_path_to_error path as `a.b[1].c`.
@@ -318,7 +361,11 @@ fn interpolate_tree(
     match v {
         serde_json::Value::String(s) => match interpolate(s, env) {
             Ok(new) => *s = new,
-            Err(message) => issues.push(ConfigIssue { path, position: None, message }),
+            Err(message) => issues.push(ConfigIssue {
+                path,
+                position: None,
+                message,
+            }),
         },
         serde_json::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
@@ -345,7 +392,9 @@ pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
             out.push_str("${");
             rest = after;
         } else if let Some(after) = rest.strip_prefix("${") {
-            let end = after.find('}').ok_or_else(|| format!("unterminated `${{` in {s:?}"))?;
+            let end = after
+                .find('}')
+                .ok_or_else(|| format!("unterminated `${{` in {s:?}"))?;
             let expr = &after[..end];
             let (name, default) = match expr.find(":-") {
                 Some(j) => (&expr[..j], Some(&expr[j + 2..])),
@@ -359,7 +408,9 @@ pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
                 (Some(v), _) => out.push_str(&v),
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => {
-                    return Err(format!("environment variable {name} is not set (use ${{{name}:-default}} for a default)"));
+                    return Err(format!(
+                        "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
+                    ));
                 }
             }
             rest = &after[end + 1..];
@@ -376,7 +427,10 @@ pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
 /// the deepest enclosing value that exists. `None` if the text is not JSON.
 pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
     let segments = parse_path(path);
-    let mut loc = Locator { b: text.as_bytes(), i: 0 };
+    let mut loc = Locator {
+        b: text.as_bytes(),
+        i: 0,
+    };
     let offset = loc.find(&segments)?;
     let before = &text[..offset];
     let line = before.matches('\n').count() + 1;
@@ -429,7 +483,9 @@ impl Locator<'_> {
     fn find(&mut self, segs: &[Seg]) -> Option<usize> {
         self.ws();
         let start = self.i;
-        let Some((seg, rest)) = segs.split_first() else { return Some(start) };
+        let Some((seg, rest)) = segs.split_first() else {
+            return Some(start);
+        };
         match (seg, self.b.get(self.i)?) {
             (Seg::Key(want), b'{') => {
                 self.i += 1;

@@ -60,15 +60,24 @@ impl DeadLetterTx {
     /// Sends a letter and waits until it is durable.
     pub async fn send(&self, letter: DeadLetter) -> Result<(), DeadLetterError> {
         let (ack, done) = oneshot::channel();
-        self.0.send((letter, ack)).await.map_err(|_| DeadLetterError::Closed)?;
-        done.await.map_err(|_| DeadLetterError::Closed)?.map_err(DeadLetterError::Store)
+        self.0
+            .send((letter, ack))
+            .await
+            .map_err(|_| DeadLetterError::Closed)?;
+        done.await
+            .map_err(|_| DeadLetterError::Closed)?
+            .map_err(DeadLetterError::Store)
     }
 
     /// [`send`](Self::send) from a thread that is not a tokio worker (e.g. a wasm worker).
     pub fn blocking_send(&self, letter: DeadLetter) -> Result<(), DeadLetterError> {
         let (ack, done) = oneshot::channel();
-        self.0.blocking_send((letter, ack)).map_err(|_| DeadLetterError::Closed)?;
-        done.blocking_recv().map_err(|_| DeadLetterError::Closed)?.map_err(DeadLetterError::Store)
+        self.0
+            .blocking_send((letter, ack))
+            .map_err(|_| DeadLetterError::Closed)?;
+        done.blocking_recv()
+            .map_err(|_| DeadLetterError::Closed)?
+            .map_err(DeadLetterError::Store)
     }
 }
 

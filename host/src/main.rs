@@ -18,14 +18,22 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<ConfigError>().is_some() { ExitCode::from(2) } else { ExitCode::from(1) }
+            if err.downcast_ref::<ConfigError>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
@@ -114,7 +122,12 @@ fn load(pipeline: &std::path::Path) -> anyhow::Result<config::LoadedConfig> {
     Ok(loaded)
 }
 
-fn options(common: CommonArgs, mode: RunMode, until_end: bool, log_format: LogFormat) -> RunOptions {
+fn options(
+    common: CommonArgs,
+    mode: RunMode,
+    until_end: bool,
+    log_format: LogFormat,
+) -> RunOptions {
     RunOptions {
         mode,
         until_end,
@@ -138,20 +151,40 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             } else {
                 RunMode::Full
             };
-            let opts = options(args.common, mode, args.until_end || mode == RunMode::ReplayOnly, cli.log_format);
+            let opts = options(
+                args.common,
+                mode,
+                args.until_end || mode == RunMode::ReplayOnly,
+                cli.log_format,
+            );
             let ok = runtime()?.block_on(pipeline::run(loaded, opts))?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
         Command::Replay(common) => {
             pipeline::init_logging(cli.log_format);
             let loaded = load(&common.pipeline)?;
             let opts = options(common, RunMode::ReplayOnly, true, cli.log_format);
             let ok = runtime()?.block_on(pipeline::run(loaded, opts))?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
-        Command::Validate { pipeline, no_components } => {
+        Command::Validate {
+            pipeline,
+            no_components,
+        } => {
             let loaded = config::load(&pipeline)?;
-            let depth = if no_components { Depth::Static } else { Depth::Components };
+            let depth = if no_components {
+                Depth::Static
+            } else {
+                Depth::Components
+            };
             let issues = validate::validate(&loaded, depth);
             if !issues.is_empty() {
                 return Err(loaded.invalid(issues).into());
@@ -163,16 +196,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Verify { pipeline, summary, state_dir } => {
+        Command::Verify {
+            pipeline,
+            summary,
+            state_dir,
+        } => {
             pipeline::init_logging(cli.log_format);
             let loaded = load(&pipeline)?;
             let summary = summary.unwrap_or_else(|| state_dir.join("last-run.json"));
             let ok = runtime()?.block_on(pipeline::verify(loaded, &summary, &state_dir))?;
-            Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+            Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }

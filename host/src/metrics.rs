@@ -80,7 +80,10 @@ impl Exposition {
                     self.out.push(',');
                 }
                 first = false;
-                let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let v = v
+                    .replace('\\', "\\\\")
+                    .replace('"', "\\\"")
+                    .replace('\n', "\\n");
                 let _ = write!(self.out, "{k}=\"{v}\"");
             }
             self.out.push('}');
@@ -125,12 +128,16 @@ pub async fn serve(
                                 .header("content-type", "text/plain; version=0.0.4")
                                 .body(Full::new(Bytes::from(e.finish())))
                         } else {
-                            Response::builder().status(404).body(Full::new(Bytes::from("not found\n")))
+                            Response::builder()
+                                .status(404)
+                                .body(Full::new(Bytes::from("not found\n")))
                         };
                         Ok::<_, Infallible>(resp.unwrap_or_default())
                     }
                 });
-                let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
+                let _ = http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
             });
         }
     });

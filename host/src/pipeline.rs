@@ -6,9 +6,38 @@
 //!   └──────────────▶ dead-letter topic ◀──────── quarantined ◀──── rows the table refuses
 //!                                    consumer ◀── durable offsets ──┘ (commit to Kafka only then)
 //! ```
+//!
+//! Embedded defaults: with no `kafka.brokers`, a managed nisshi broker is started under the state
+//! directory; with no `sink.account_url`, a fakesnow emulator is started with its database kept
+//! under the state directory, so `sluice verify` can read the same data after the run.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::broker::ManagedBroker;
+use crate::config::{KafkaConfig, LoadedConfig, PipelineConfig, SinkConfig};
+use crate::consume::{self, ConsumerStats};
+use crate::dead_letter::DeadLetterTx;
+use crate::metrics::{Exposition, Render};
+use crate::row::RecordMeta;
+use crate::sink::snowflake::config::SnowflakeSinkConfig;
+use crate::sink::snowflake::emulator::{self, Emulator};
+use crate::sink::snowflake::sink::{ConnectOptions, SinkRecord, SnowflakeSink};
+use crate::sink::snowflake::stats::SinkStats;
+use crate::source::config::SourceConfig;
+use crate::source::dlq::DeadLetterStats;
+use crate::source::{self, ReplayStats};
+use crate::transform::{RecordOutcome, RuntimeOptions, TransformChain, TransformStats};
+use crate::validate::transform_name;
 
 /// Which halves of the pipeline run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,23 +83,1246 @@ pub struct RunOptions {
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
 }
 
-/// Runs the pipeline; `Ok(false)` when the run finished but lost or failed something.
-pub async fn run(_loaded: crate::config::LoadedConfig, _opts: RunOptions) -> anyhow::Result<bool> {
-    anyhow::bail!("the pipeline is not wired yet")
+/// The final account of a run, printed at the end and written as JSON.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct RunSummary {
+    /// Pipeline name.
+    pub pipeline: String,
+    /// Unique id of this run.
+    pub run_id: String,
+    /// `full`, `replay_only` or `consume_only`.
+    pub mode: String,
+    /// Start time, RFC 3339.
+    pub started_at: String,
+    /// Wall time of the run, in milliseconds.
+    pub duration_ms: u64,
+    /// The replay half, when it ran.
+    pub replay: Option<ReplayPart>,
+    /// The consume half, when it ran.
+    pub consume: Option<ConsumePart>,
+    /// Dead letters stored by this run.
+    pub dead_letters: u64,
+    /// The dead-letter topic.
+    pub dead_letter_topic: String,
+    /// Whether nothing was lost and nothing failed.
+    pub ok: bool,
+    /// What went wrong, if anything.
+    pub problems: Vec<String>,
 }
 
-/// Reconciles a finished run; `Ok(false)` on any gap.
+/// The replay half's numbers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ReplayPart {
+    /// The CSV file.
+    pub file: String,
+    /// CSV records read (good and bad), over all loops.
+    pub rows_read: u64,
+    /// Rows confirmed by the broker.
+    pub rows_produced: u64,
+    /// Bad rows sent to the dead-letter topic.
+    pub rows_dead_lettered: u64,
+    /// Bad rows skipped under `on_error: drop`.
+    pub rows_dropped: u64,
+    /// The topic's end offsets after the replay (partition to offset).
+    pub end_offsets: BTreeMap<i32, i64>,
+}
+
+/// The consume half's numbers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct ConsumePart {
+    /// Records consumed (and accounted for) by this run.
+    pub records: u64,
+    /// Records whose message could not be decoded (dead-lettered).
+    pub undecodable: u64,
+    /// Per transform, in chain order.
+    pub transforms: Vec<TransformPart>,
+    /// Rows that reached the sink.
+    pub rows_to_sink: u64,
+    /// Rows COPY loaded.
+    pub rows_loaded: u64,
+    /// Rows the sink dead-lettered (table could not take them).
+    pub sink_dead_lettered: u64,
+    /// Files staged.
+    pub files: u64,
+    /// The target table.
+    pub table: String,
+    /// Rows in the table before the run.
+    pub table_rows_before: u64,
+    /// Rows in the table after the run.
+    pub table_rows_after: u64,
+    /// The durable (warehouse-committed) next offsets at the end, per partition.
+    pub committed_offsets: BTreeMap<i32, i64>,
+}
+
+/// One transform's numbers.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TransformPart {
+    /// Its name.
+    pub name: String,
+    /// Rows in.
+    pub rows_in: u64,
+    /// Rows out.
+    pub rows_out: u64,
+    /// Rows filtered out or dropped by policy.
+    pub rows_dropped: u64,
+    /// Records that failed (quarantined or dropped by policy).
+    pub rows_failed: u64,
+}
+
+/// Kafka and Snowflake endpoints, external or started here.
+struct Services {
+    bootstrap: String,
+    _broker: Option<ManagedBroker>,
+    emulator: Option<Emulator>,
+    emulator_db: Option<PathBuf>,
+}
+
+impl Services {
+    async fn start(
+        cfg: &PipelineConfig,
+        state_dir: &Path,
+        need_sink: bool,
+    ) -> anyhow::Result<Services> {
+        let (bootstrap, broker) = if cfg.kafka.brokers.trim().is_empty() {
+            let dir = state_dir.join("broker");
+            let broker = tokio::task::spawn_blocking(move || ManagedBroker::start(&dir))
+                .await?
+                .context("cannot start the managed local broker (no kafka.brokers configured)")?;
+            info!(bootstrap = %broker.bootstrap(), "Started a managed local Kafka broker (nisshi) because no brokers are configured.");
+            (broker.bootstrap(), Some(broker))
+        } else {
+            (cfg.kafka.brokers.clone(), None)
+        };
+        let SinkConfig::Snowflake(sf) = &cfg.sink;
+        let (emulator, emulator_db) = if need_sink && sf.account_url.trim().is_empty() {
+            let db = std::path::absolute(state_dir.join("snowflake"))?;
+            std::fs::create_dir_all(&db)?;
+            let venv = emulator::find_venv(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .parent()
+                    .unwrap_or(Path::new(".")),
+            )
+            .or_else(|_| emulator::find_venv(Path::new(".")))?;
+            let emu = tokio::task::spawn_blocking(move || Emulator::start(&venv))
+                .await?
+                .context(
+                    "cannot start the local Snowflake emulator (no sink.account_url configured)",
+                )?;
+            info!(url = %emu.url(), db = %db.display(), "Started a local Snowflake emulator (fakesnow) because no account_url is configured.");
+            (Some(emu), Some(db))
+        } else {
+            (None, None)
+        };
+        Ok(Services {
+            bootstrap,
+            _broker: broker,
+            emulator,
+            emulator_db,
+        })
+    }
+
+    fn connect_options(&self) -> ConnectOptions {
+        match (&self.emulator, &self.emulator_db) {
+            (Some(emu), Some(db)) => ConnectOptions::emulator(emu.url(), &db.to_string_lossy()),
+            _ => ConnectOptions::default(),
+        }
+    }
+}
+
+/// The dead-letter topic: configured, else `<topic>.dlq`.
+pub fn dead_letter_topic(cfg: &PipelineConfig) -> String {
+    cfg.dead_letter
+        .topic
+        .clone()
+        .unwrap_or_else(|| format!("{}.dlq", cfg.kafka.topic))
+}
+
+fn group_id(cfg: &PipelineConfig) -> String {
+    cfg.kafka
+        .group_id
+        .clone()
+        .unwrap_or_else(|| format!("sluice-{}", cfg.name))
+}
+
+fn snowflake(cfg: &PipelineConfig) -> &SnowflakeSinkConfig {
+    let SinkConfig::Snowflake(sf) = &cfg.sink;
+    sf
+}
+
+/// Every stage's counters, for metrics, the progress line and the summary.
+#[derive(Default)]
+struct AllStats {
+    replay: Arc<ReplayStats>,
+    consumer: Option<Arc<ConsumerStats>>,
+    transforms: Vec<(String, Arc<TransformStats>)>,
+    sink: Option<Arc<SinkStats>>,
+    dead_letters: Option<Arc<DeadLetterStats>>,
+    loaded_records: Arc<AtomicU64>,
+}
+
+/// Runs the pipeline; `Ok(false)` when the run finished but lost or failed something.
+pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool> {
+    let cfg = &loaded.config;
+    std::fs::create_dir_all(&opts.state_dir)
+        .with_context(|| format!("cannot create state directory {}", opts.state_dir.display()))?;
+    let started = chrono::Utc::now();
+    let t0 = Instant::now();
+    let cancel = CancellationToken::new();
+    {
+        let cancel = cancel.clone();
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                warn!("Interrupted; stopping after in-flight work.");
+                cancel.cancel();
+            }
+        });
+    }
+    let replays = opts.mode != RunMode::ConsumeOnly;
+    let consumes = opts.mode != RunMode::ReplayOnly;
+    let services = Services::start(cfg, &opts.state_dir, consumes).await?;
+    let bootstrap = services.bootstrap.clone();
+    let dlq_topic = dead_letter_topic(cfg);
+    let (dlq_tx, dlq_task) = source::dlq::spawn(&cfg.kafka, &bootstrap, &dlq_topic, 1024)
+        .await
+        .with_context(|| format!("cannot set up the dead-letter topic {dlq_topic}"))?;
+    let dlq_start = consume::end_offsets(&cfg.kafka, &bootstrap, &dlq_topic)
+        .await
+        .unwrap_or_default();
+
+    let mut stats = AllStats {
+        dead_letters: Some(dlq_task.stats.clone()),
+        ..AllStats::default()
+    };
+
+    // The consume half's parts are built before the replay starts so that a bad component or an
+    // unreachable warehouse fails the run before anything is produced.
+    let consume_parts = if consumes {
+        let sink = Arc::new(
+            SnowflakeSink::connect(snowflake(cfg), &cfg.name, services.connect_options())
+                .await
+                .context("cannot connect to Snowflake")?,
+        );
+        let rows_before = sink.count_rows().await.unwrap_or(0);
+        let configs: Vec<_> = cfg
+            .transforms
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut t = t.clone();
+                t.name = Some(transform_name(&t, i));
+                t.uses = loaded.resolve(&t.uses).to_string_lossy().into_owned();
+                t
+            })
+            .collect();
+        let chain = tokio::task::spawn_blocking(move || {
+            TransformChain::load(&configs, &RuntimeOptions::default())
+        })
+        .await?
+        .context("cannot load the transform chain")?;
+        stats.transforms = chain.stats();
+        stats.sink = Some(sink.stats());
+        Some((sink, Arc::new(chain), rows_before))
+    } else {
+        None
+    };
+    let consumer_stats = Arc::new(ConsumerStats::default());
+    if consumes {
+        stats.consumer = Some(consumer_stats.clone());
+    }
+    let stats = Arc::new(stats);
+
+    let metrics_stop = CancellationToken::new();
+    if let Some(addr) = opts.metrics_addr {
+        let render = render_metrics(stats.clone(), cfg.name.clone());
+        let bound = crate::metrics::serve(addr, render, metrics_stop.clone())
+            .await
+            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        info!(addr = %bound, "Serving Prometheus metrics at http://{bound}/metrics.");
+    }
+    let progress = (opts.progress && opts.log_format == LogFormat::Human)
+        .then(|| spawn_progress(stats.clone()));
+
+    // The two halves run concurrently in this task (the replay future is not `Send`); a failing
+    // consume half cancels the replay.
+    let SourceConfig::Csv(csv) = &cfg.source;
+    let replay_done = CancellationToken::new();
+    let replay_half = async {
+        if !replays {
+            replay_done.cancel();
+            return None;
+        }
+        let rc = source::ReplayConfig {
+            source: csv,
+            base_dir: &loaded.base_dir,
+            kafka: &cfg.kafka,
+            bootstrap: &bootstrap,
+        };
+        let r = source::replay(rc, dlq_tx.clone(), stats.replay.clone(), cancel.clone()).await;
+        replay_done.cancel();
+        Some(r)
+    };
+    let consume_half = async {
+        let (sink, chain, rows_before) = consume_parts?;
+        let ctx = ConsumeCtx {
+            kafka: cfg.kafka.clone(),
+            bootstrap: bootstrap.clone(),
+            group: group_id(cfg),
+            sink: sink.clone(),
+            chain,
+            chain_names: stats.transforms.iter().map(|(n, _)| n.clone()).collect(),
+            dlq: dlq_tx.clone(),
+            until_end: opts.until_end,
+            replay_done: replay_done.clone(),
+            cancel: cancel.clone(),
+            consumer_stats: consumer_stats.clone(),
+            loaded_records: stats.loaded_records.clone(),
+        };
+        let r = consume_loop(ctx).await;
+        if r.is_err() {
+            cancel.cancel();
+        }
+        let rows_after = sink.count_rows().await.unwrap_or(0);
+        sink.close().await;
+        Some(r.map(|part| ConsumePart {
+            table: sink.table().to_owned(),
+            table_rows_before: rows_before,
+            table_rows_after: rows_after,
+            transforms: transform_parts(&stats.transforms),
+            ..part
+        }))
+    };
+    let (replay_result, consume_result) = tokio::join!(replay_half, consume_half);
+
+    let mut problems = Vec::new();
+    let replay_part = match replay_result {
+        Some(Ok(s)) => {
+            if s.cancelled {
+                problems.push("the replay was interrupted before the end of the file".to_owned());
+            }
+            Some(ReplayPart {
+                file: csv.path.clone(),
+                rows_read: s.rows_read,
+                rows_produced: s.rows_produced,
+                rows_dead_lettered: s.rows_dead_lettered,
+                rows_dropped: s.rows_dropped,
+                end_offsets: consume::end_offsets(&cfg.kafka, &bootstrap, &cfg.kafka.topic)
+                    .await
+                    .unwrap_or_default(),
+            })
+        }
+        Some(Err(e)) => {
+            problems.push(format!("replay failed: {:#}", anyhow::Error::new(e)));
+            None
+        }
+        None => None,
+    };
+    let consume_part = match consume_result {
+        Some(Ok(part)) => Some(part),
+        Some(Err(e)) => {
+            problems.push(format!("{e:#}"));
+            None
+        }
+        None => None,
+    };
+    drop(dlq_tx);
+    dlq_task.finish().await;
+    let dlq_end = consume::end_offsets(&cfg.kafka, &bootstrap, &dlq_topic)
+        .await
+        .unwrap_or_default();
+    let dead_letters: i64 = dlq_end
+        .iter()
+        .map(|(p, end)| end - dlq_start.get(p).copied().unwrap_or(0))
+        .sum();
+    metrics_stop.cancel();
+    if let Some(p) = progress {
+        p.finish();
+    }
+
+    let mut summary = RunSummary {
+        pipeline: cfg.name.clone(),
+        run_id: uuid::Uuid::new_v4().to_string(),
+        mode: match opts.mode {
+            RunMode::Full => "full",
+            RunMode::ReplayOnly => "replay_only",
+            RunMode::ConsumeOnly => "consume_only",
+        }
+        .to_owned(),
+        started_at: started.to_rfc3339(),
+        duration_ms: t0.elapsed().as_millis() as u64,
+        replay: replay_part,
+        consume: consume_part,
+        dead_letters: dead_letters.max(0) as u64,
+        dead_letter_topic: dlq_topic,
+        ok: false,
+        problems,
+    };
+    summary.problems.extend(reconcile(&summary));
+    summary.ok = summary.problems.is_empty();
+    print_summary(&summary);
+    let text = serde_json::to_string_pretty(&summary)?;
+    std::fs::write(opts.state_dir.join("last-run.json"), &text)?;
+    if let Some(path) = &opts.summary {
+        std::fs::write(path, &text)
+            .with_context(|| format!("cannot write summary {}", path.display()))?;
+    }
+    drop(services);
+    Ok(summary.ok)
+}
+
+fn transform_parts(stats: &[(String, Arc<TransformStats>)]) -> Vec<TransformPart> {
+    stats
+        .iter()
+        .map(|(name, s)| TransformPart {
+            name: name.clone(),
+            rows_in: s.rows_in.load(Ordering::Relaxed),
+            rows_out: s.rows_out.load(Ordering::Relaxed),
+            rows_dropped: s.rows_dropped.load(Ordering::Relaxed),
+            rows_failed: s.rows_failed.load(Ordering::Relaxed),
+        })
+        .collect()
+}
+
+struct ConsumeCtx {
+    kafka: KafkaConfig,
+    bootstrap: String,
+    group: String,
+    sink: Arc<SnowflakeSink>,
+    chain: Arc<TransformChain>,
+    chain_names: Vec<String>,
+    dlq: DeadLetterTx,
+    until_end: bool,
+    replay_done: CancellationToken,
+    cancel: CancellationToken,
+    consumer_stats: Arc<ConsumerStats>,
+    loaded_records: Arc<AtomicU64>,
+}
+
+/// Records handed to the transform chain per call, at most.
+const TRANSFORM_BATCH: usize = 1024;
+/// How long a partial transform batch waits for more records.
+const TRANSFORM_LINGER: Duration = Duration::from_millis(20);
+
+/// The consume half: group consumer → transform chain → sink, with durable offsets flowing back
+/// to the consumer's commits. Returns when cancelled, or with `until_end` once every partition's
+/// durable offset reaches the topic's end offset (taken when the replay finished, or at start).
+async fn consume_loop(ctx: ConsumeCtx) -> anyhow::Result<ConsumePart> {
+    let topic = ctx.kafka.topic.clone();
+    let mut durable: BTreeMap<i32, i64> = ctx
+        .sink
+        .committed_offsets(&topic)
+        .await
+        .context("cannot read committed offsets from Snowflake")?
+        .into_iter()
+        .collect();
+    let offsets: consume::OffsetsProvider = {
+        let sink = ctx.sink.clone();
+        Arc::new(move |topic: String, _partitions: Vec<i32>| {
+            let sink = sink.clone();
+            Box::pin(async move {
+                sink.committed_offsets(&topic)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        })
+    };
+    let mut consumer = consume::Consumer::start(consume::ConsumerOptions {
+        kafka: &ctx.kafka,
+        bootstrap: &ctx.bootstrap,
+        group_id: &ctx.group,
+        offsets,
+        stats: ctx.consumer_stats.clone(),
+    })
+    .context("cannot start the Kafka consumer")?;
+    let (sink_tx, mut durable_rx, sink_task) = ctx.sink.clone().spawn(Some(ctx.dlq.clone()), 4096);
+
+    let mut part = ConsumePart::default();
+    // The end offsets to reach with --until-end; known once the replay is done.
+    let mut target: Option<BTreeMap<i32, i64>> = None;
+    let mut seen: BTreeMap<i32, i64> = BTreeMap::new();
+    let mut flushed_for_target = false;
+    let mut batch: Vec<consume::Record> = Vec::with_capacity(TRANSFORM_BATCH);
+    let mut linger = tokio::time::interval(TRANSFORM_LINGER);
+    linger.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut poll_end = tokio::time::interval(Duration::from_millis(200));
+    let result: anyhow::Result<()> = async {
+        loop {
+            tokio::select! {
+                biased;
+                _ = ctx.cancel.cancelled() => break,
+                Some(d) = durable_rx.recv() => {
+                    let e = durable.entry(d.partition).or_default();
+                    *e = (*e).max(d.next_offset);
+                    consumer.commit(&d.topic, d.partition, d.next_offset).await
+                        .with_context(|| format!("cannot commit offset {} of {} partition {}", d.next_offset, d.topic, d.partition))?;
+                }
+                ev = consumer.recv(), if batch.len() < TRANSFORM_BATCH => {
+                    match ev {
+                        None => break,
+                        Some(Err(e)) => return Err(anyhow::Error::new(e).context("the Kafka consumer failed")),
+                        Some(Ok(consume::ConsumerEvent::Record(r))) => batch.push(r),
+                        Some(Ok(consume::ConsumerEvent::Assigned { topic, partitions })) => {
+                            info!(%topic, partitions = ?partitions.iter().map(|p| (p.partition, p.offset)).collect::<Vec<_>>(), "Partitions assigned.");
+                        }
+                        Some(Ok(consume::ConsumerEvent::Revoked { topic, partitions })) => {
+                            info!(%topic, ?partitions, "Partitions revoked; dropping their in-flight records.");
+                            batch.retain(|r| !partitions.contains(&r.meta.partition));
+                            sink_tx.revoke(partitions.iter().map(|p| (topic.clone(), *p)).collect()).await?;
+                        }
+                    }
+                }
+                _ = linger.tick() => {
+                    if !batch.is_empty() {
+                        process_batch(&ctx, std::mem::take(&mut batch), &sink_tx, &mut part, &mut seen).await?;
+                    }
+                }
+                _ = poll_end.tick(), if ctx.until_end => {
+                    if target.is_none() && ctx.replay_done.is_cancelled() {
+                        let end = consume::end_offsets(&ctx.kafka, &ctx.bootstrap, &topic).await?;
+                        info!(end_offsets = ?end, "Replay done; draining up to these end offsets.");
+                        target = Some(end);
+                    }
+                    if let Some(end) = &target {
+                        let sent_all = end.iter().all(|(p, e)| *e <= 0 || seen.get(p).is_some_and(|s| s + 1 >= *e) || durable.get(p).is_some_and(|d| d >= e));
+                        if sent_all && batch.is_empty() && !flushed_for_target {
+                            sink_tx.flush().await?;
+                            flushed_for_target = true;
+                        }
+                        if end.iter().all(|(p, e)| *e <= 0 || durable.get(p).is_some_and(|d| d >= e)) {
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+    .await;
+    if result.is_ok() && !batch.is_empty() && !ctx.cancel.is_cancelled() {
+        process_batch(
+            &ctx,
+            std::mem::take(&mut batch),
+            &sink_tx,
+            &mut part,
+            &mut seen,
+        )
+        .await?;
+    }
+    // Closing the input makes the writer flush what it holds and end.
+    drop(sink_tx);
+    let sink_summary = sink_task.await?;
+    while let Some(d) = durable_rx.recv().await {
+        let e = durable.entry(d.partition).or_default();
+        *e = (*e).max(d.next_offset);
+        if let Err(e) = consumer.commit(&d.topic, d.partition, d.next_offset).await {
+            warn!(error = %e, "Kafka commit failed after the warehouse commit; the next run resumes from Snowflake's offsets.");
+        }
+    }
+    consumer.close().await;
+    result?;
+    let sink_summary = sink_summary.context("the Snowflake sink failed")?;
+    part.rows_loaded = sink_summary.rows_loaded;
+    part.files = sink_summary.files;
+    part.sink_dead_lettered = sink_summary.rows_dead_lettered;
+    part.committed_offsets = durable;
+    ctx.loaded_records.store(part.records, Ordering::Relaxed);
+    Ok(part)
+}
+
+/// Runs one batch of consumed records through the chain and hands every record's outcome, in
+/// order, to the sink; failures go to the dead-letter topic first, so their offsets only move
+/// once the letter is durable.
+async fn process_batch(
+    ctx: &ConsumeCtx,
+    records: Vec<consume::Record>,
+    sink: &crate::sink::snowflake::sink::SinkHandle,
+    part: &mut ConsumePart,
+    seen: &mut BTreeMap<i32, i64>,
+) -> anyhow::Result<()> {
+    let mut metas = Vec::with_capacity(records.len());
+    let mut inputs = Vec::with_capacity(records.len());
+    let mut undecodable = Vec::new();
+    for r in records {
+        match r.row {
+            Ok(row) => {
+                metas.push(r.meta.clone());
+                inputs.push((r.meta, row));
+            }
+            Err(f) => undecodable.push((r.meta, f)),
+        }
+    }
+    for (meta, f) in undecodable {
+        part.records += 1;
+        part.undecodable += 1;
+        ctx.dlq
+            .send(crate::dead_letter::DeadLetter {
+                stage: "consume".into(),
+                kind: "decode".into(),
+                reason: f.error.to_string(),
+                source_file: None,
+                line: None,
+                origin: Some(meta.clone()),
+                payload: f.payload,
+            })
+            .await?;
+        note_seen(seen, &meta);
+        sink.record(SinkRecord {
+            topic: meta.topic,
+            partition: meta.partition,
+            offset: meta.offset,
+            rows: Vec::new(),
+        })
+        .await?;
+    }
+    if inputs.is_empty() {
+        return Ok(());
+    }
+    let outcomes = ctx.chain.process(inputs).await.map_err(|e| {
+        let names = ctx.chain_names.join(", ");
+        anyhow::Error::new(e).context(format!(
+            "a transform failed under on_error: fail (chain: {names})"
+        ))
+    })?;
+    debug_assert_eq!(outcomes.len(), metas.len());
+    for (meta, outcome) in metas.into_iter().zip(outcomes) {
+        part.records += 1;
+        let rows = match outcome {
+            RecordOutcome::Emitted(rows) => rows,
+            RecordOutcome::Quarantined(q) => {
+                let payload = q.row.to_json().to_string().into_bytes();
+                ctx.dlq.send(q.dead_letter(meta.clone(), payload)).await?;
+                Vec::new()
+            }
+            RecordOutcome::Dropped { .. } => Vec::new(),
+        };
+        part.rows_to_sink += rows.len() as u64;
+        note_seen(seen, &meta);
+        sink.record(SinkRecord {
+            topic: meta.topic,
+            partition: meta.partition,
+            offset: meta.offset,
+            rows,
+        })
+        .await?;
+    }
+    Ok(())
+}
+
+fn note_seen(seen: &mut BTreeMap<i32, i64>, meta: &RecordMeta) {
+    let e = seen.entry(meta.partition).or_insert(meta.offset);
+    *e = (*e).max(meta.offset);
+}
+
+/// Cross-checks the numbers of a run: every CSV record is produced or dead-lettered or dropped,
+/// every consumed record is accounted for by the chain, every emitted row is loaded.
+fn reconcile(s: &RunSummary) -> Vec<String> {
+    let mut gaps = Vec::new();
+    if let Some(r) = &s.replay {
+        let accounted = r.rows_produced + r.rows_dead_lettered + r.rows_dropped;
+        if accounted != r.rows_read {
+            gaps.push(format!(
+                "replay: {} rows read but {} produced + {} dead-lettered + {} dropped",
+                r.rows_read, r.rows_produced, r.rows_dead_lettered, r.rows_dropped
+            ));
+        }
+        if r.rows_dropped > 0 {
+            gaps.push(format!(
+                "replay: {} bad rows were dropped (on_error: drop)",
+                r.rows_dropped
+            ));
+        }
+    }
+    if let Some(c) = &s.consume {
+        if let (Some(r), "full") = (&s.replay, s.mode.as_str())
+            && c.records < r.rows_produced
+        {
+            gaps.push(format!(
+                "consume: {} records consumed but {} produced",
+                c.records, r.rows_produced
+            ));
+        }
+        if let Some(first) = c.transforms.first()
+            && first.rows_in + c.undecodable != c.records
+        {
+            gaps.push(format!(
+                "transforms: {} records consumed but {} entered {} (+{} undecodable)",
+                c.records, first.rows_in, first.name, c.undecodable
+            ));
+        }
+        for pair in c.transforms.windows(2) {
+            if pair[1].rows_in != pair[0].rows_out {
+                gaps.push(format!(
+                    "transforms: {} emitted {} rows but {} received {}",
+                    pair[0].name, pair[0].rows_out, pair[1].name, pair[1].rows_in
+                ));
+            }
+        }
+        let emitted = c
+            .transforms
+            .last()
+            .map_or(c.records - c.undecodable, |t| t.rows_out);
+        if emitted != c.rows_to_sink {
+            gaps.push(format!(
+                "sink: the chain emitted {emitted} rows but {} reached the sink",
+                c.rows_to_sink
+            ));
+        }
+        if c.rows_loaded + c.sink_dead_lettered < c.rows_to_sink {
+            gaps.push(format!(
+                "sink: {} rows reached the sink but only {} were loaded and {} dead-lettered",
+                c.rows_to_sink, c.rows_loaded, c.sink_dead_lettered
+            ));
+        }
+        if c.table_rows_after < c.table_rows_before + c.rows_loaded {
+            gaps.push(format!(
+                "warehouse: {} rows loaded but the table grew from {} to {}",
+                c.rows_loaded, c.table_rows_before, c.table_rows_after
+            ));
+        }
+    }
+    gaps
+}
+
+fn print_summary(s: &RunSummary) {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "\nsluice run {} ({}) finished in {:.1} s\n",
+        s.pipeline,
+        s.mode,
+        s.duration_ms as f64 / 1000.0
+    ));
+    if let Some(r) = &s.replay {
+        out.push_str(&format!(
+            "  replay     {}: {} rows read, {} produced, {} dead-lettered, {} dropped\n",
+            r.file, r.rows_read, r.rows_produced, r.rows_dead_lettered, r.rows_dropped
+        ));
+    }
+    if let Some(c) = &s.consume {
+        out.push_str(&format!(
+            "  consume    {} records ({} undecodable)\n",
+            c.records, c.undecodable
+        ));
+        for t in &c.transforms {
+            out.push_str(&format!(
+                "  transform  {}: {} in, {} out, {} dropped, {} failed\n",
+                t.name, t.rows_in, t.rows_out, t.rows_dropped, t.rows_failed
+            ));
+        }
+        out.push_str(&format!(
+            "  sink       {}: {} rows loaded in {} files, {} dead-lettered; table {} -> {} rows\n",
+            c.table,
+            c.rows_loaded,
+            c.files,
+            c.sink_dead_lettered,
+            c.table_rows_before,
+            c.table_rows_after
+        ));
+    }
+    out.push_str(&format!(
+        "  dead letters: {} in {}\n",
+        s.dead_letters, s.dead_letter_topic
+    ));
+    if s.ok {
+        out.push_str("  result: ok, nothing lost\n");
+    } else {
+        for p in &s.problems {
+            out.push_str(&format!("  problem: {p}\n"));
+        }
+    }
+    eprint!("{out}");
+}
+
+/// The live progress line: rows read, produced, transformed, loaded, rows/s and consumer lag.
+fn spawn_progress(stats: Arc<AllStats>) -> indicatif::ProgressBar {
+    let bar =
+        indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    let b = bar.clone();
+    tokio::spawn(async move {
+        let mut last = (Instant::now(), 0u64);
+        while !b.is_finished() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let read = stats.replay.rows_read.load(Ordering::Relaxed);
+            let produced = stats.replay.rows_produced.load(Ordering::Relaxed);
+            let transformed = stats
+                .transforms
+                .last()
+                .map_or(0, |(_, t)| t.rows_in.load(Ordering::Relaxed));
+            let loaded = stats
+                .sink
+                .as_ref()
+                .map_or(0, |s| s.rows_loaded.load(Ordering::Relaxed));
+            let lag = stats.consumer.as_ref().map_or(0, |c| c.total_lag());
+            let moving = if stats.consumer.is_some() {
+                transformed
+            } else {
+                produced
+            };
+            let now = Instant::now();
+            let rate = (moving.saturating_sub(last.1)) as f64
+                / now.duration_since(last.0).as_secs_f64().max(1e-3);
+            last = (now, moving);
+            let (done, total) = (
+                stats.replay.input_bytes_read.load(Ordering::Relaxed),
+                stats.replay.input_bytes_total.load(Ordering::Relaxed),
+            );
+            let pct = if total > 0 {
+                format!(" ({:.0}%)", 100.0 * done as f64 / total as f64)
+            } else {
+                String::new()
+            };
+            b.set_message(format!(
+                "read {read}{pct} | produced {produced} | transformed {transformed} | loaded {loaded} | {rate:.0} rows/s | lag {lag}"
+            ));
+            b.tick();
+        }
+    });
+    bar
+}
+
+/// Renders every stage's counters as Prometheus text.
+fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
+    Arc::new(move |e: &mut Exposition| {
+        let p = [("pipeline", pipeline.as_str())];
+        let r = &stats.replay;
+        e.counter(
+            "sluice_source_rows_read_total",
+            "CSV records read (good and bad).",
+            &p,
+            r.rows_read.load(Ordering::Relaxed),
+        );
+        e.counter(
+            "sluice_source_rows_produced_total",
+            "Rows confirmed by the broker.",
+            &p,
+            r.rows_produced.load(Ordering::Relaxed),
+        );
+        e.counter(
+            "sluice_source_rows_dead_lettered_total",
+            "Bad CSV rows sent to the dead-letter topic.",
+            &p,
+            r.rows_dead_lettered.load(Ordering::Relaxed),
+        );
+        e.counter(
+            "sluice_source_bytes_total",
+            "Message bytes confirmed by the broker.",
+            &p,
+            r.bytes.load(Ordering::Relaxed),
+        );
+        if let Some(c) = &stats.consumer {
+            e.counter(
+                "sluice_consumer_records_total",
+                "Records consumed.",
+                &p,
+                c.records_consumed.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_consumer_bytes_total",
+                "Message bytes consumed.",
+                &p,
+                c.bytes_consumed.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_consumer_decode_errors_total",
+                "Messages that did not decode as rows.",
+                &p,
+                c.decode_errors.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_consumer_commits_total",
+                "Offsets committed to Kafka.",
+                &p,
+                c.commits.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_consumer_commit_errors_total",
+                "Failed offset commits.",
+                &p,
+                c.commit_errors.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_consumer_rebalances_total",
+                "Rebalances seen.",
+                &p,
+                c.rebalances.load(Ordering::Relaxed),
+            );
+            e.gauge(
+                "sluice_consumer_in_flight",
+                "Records consumed but not yet durable.",
+                &p,
+                c.in_flight.load(Ordering::Relaxed) as f64,
+            );
+            let lag = c.lag.lock().map(|l| l.clone()).unwrap_or_default();
+            for (partition, lag) in lag {
+                let part = partition.to_string();
+                e.gauge(
+                    "sluice_consumer_lag",
+                    "Records behind the partition's end.",
+                    &[
+                        ("pipeline", pipeline.as_str()),
+                        ("partition", part.as_str()),
+                    ],
+                    lag as f64,
+                );
+            }
+        }
+        for (name, t) in &stats.transforms {
+            let l = [
+                ("pipeline", pipeline.as_str()),
+                ("transform", name.as_str()),
+            ];
+            e.counter(
+                "sluice_transform_invocations_total",
+                "Batch calls into the component.",
+                &l,
+                t.invocations.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_transform_rows_in_total",
+                "Rows handed to the transform.",
+                &l,
+                t.rows_in.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_transform_rows_out_total",
+                "Rows the transform emitted.",
+                &l,
+                t.rows_out.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_transform_rows_dropped_total",
+                "Rows filtered out or dropped by policy.",
+                &l,
+                t.rows_dropped.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_transform_rows_failed_total",
+                "Records the transform failed.",
+                &l,
+                t.rows_failed.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_transform_instance_restarts_total",
+                "Instances rebuilt after a trap or limit.",
+                &l,
+                t.instance_restarts.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_transform_fuel_consumed_total",
+                "Fuel consumed (when fuel metering is on).",
+                &l,
+                t.fuel_consumed.load(Ordering::Relaxed),
+            );
+            let buckets: Vec<(f64, u64)> = crate::transform::stats::LATENCY_BUCKETS_MS
+                .iter()
+                .zip(&t.latency_buckets)
+                .map(|(ms, n)| (ms / 1000.0, n.load(Ordering::Relaxed)))
+                .collect();
+            e.histogram(
+                "sluice_transform_batch_seconds",
+                "Latency of one batch call.",
+                &l,
+                &buckets,
+                t.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+                t.latency_count.load(Ordering::Relaxed),
+            );
+        }
+        if let Some(s) = &stats.sink {
+            e.counter(
+                "sluice_sink_files_total",
+                "Files staged.",
+                &p,
+                s.files.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_sink_bytes_total",
+                "Compressed bytes uploaded to the stage.",
+                &p,
+                s.bytes.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_sink_rows_loaded_total",
+                "Rows COPY reported loaded.",
+                &p,
+                s.rows_loaded.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_sink_rows_dead_lettered_total",
+                "Rows the table could not take.",
+                &p,
+                s.rows_dead_lettered.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_sink_commits_total",
+                "Warehouse transactions committed.",
+                &p,
+                s.commits.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_sink_retries_total",
+                "HTTP requests retried.",
+                &p,
+                s.retries.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_sink_session_renewals_total",
+                "Session renewals or re-logins.",
+                &p,
+                s.session_renewals.load(Ordering::Relaxed),
+            );
+            for (name, help, h) in [
+                (
+                    "sluice_sink_put_seconds",
+                    "Latency of PUT plus the upload.",
+                    &s.put_latency,
+                ),
+                (
+                    "sluice_sink_copy_seconds",
+                    "Latency of the COPY + offsets transaction.",
+                    &s.copy_latency,
+                ),
+            ] {
+                let snap = h.snapshot();
+                e.histogram(name, help, &p, &snap.buckets, snap.sum_seconds, snap.count);
+            }
+        }
+        if let Some(d) = &stats.dead_letters {
+            e.counter(
+                "sluice_dead_letters_total",
+                "Dead letters stored in the dead-letter topic.",
+                &p,
+                d.letters_stored.load(Ordering::Relaxed),
+            );
+        }
+    })
+}
+
+/// Reconciles a finished run against the CSV, the broker and the warehouse; `Ok(false)` on any
+/// gap. Restarts the embedded broker and emulator (their data persists in the state directory)
+/// when the pipeline uses them.
 pub async fn verify(
-    _loaded: crate::config::LoadedConfig,
-    _summary: &Path,
-    _state_dir: &Path,
+    loaded: LoadedConfig,
+    summary_path: &Path,
+    state_dir: &Path,
 ) -> anyhow::Result<bool> {
-    anyhow::bail!("verify is not wired yet")
+    let cfg = &loaded.config;
+    let text = std::fs::read_to_string(summary_path).with_context(|| {
+        format!(
+            "no run summary at {} (run `sluice run --until-end --summary FILE` first)",
+            summary_path.display()
+        )
+    })?;
+    let summary: RunSummary = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a run summary", summary_path.display()))?;
+    let mut checks: Vec<(String, bool)> = Vec::new();
+    let mut check = |what: String, ok: bool| checks.push((what, ok));
+    check(
+        format!(
+            "run finished without problems ({} reported)",
+            summary.problems.len()
+        ),
+        summary.ok,
+    );
+    for p in &summary.problems {
+        eprintln!("  reported problem: {p}");
+    }
+
+    // 1. The CSV file itself, read again from disk.
+    let SourceConfig::Csv(csv) = &cfg.source;
+    if let Some(r) = &summary.replay {
+        let path = loaded.resolve(&csv.path);
+        let (good, bad) = tokio::task::spawn_blocking({
+            let (path, csv) = (path.clone(), csv.clone());
+            move || count_csv(&path, &csv)
+        })
+        .await??;
+        let loops = u64::from(csv.loop_count.max(1));
+        check(
+            format!(
+                "CSV {}: {} records x {loops} loop(s) = {} read",
+                path.display(),
+                good + bad,
+                r.rows_read
+            ),
+            (good + bad) * loops == r.rows_read,
+        );
+        check(
+            format!(
+                "CSV: {} good rows x {loops} = {} produced",
+                good, r.rows_produced
+            ),
+            good * loops == r.rows_produced,
+        );
+        check(
+            format!(
+                "CSV: {} bad rows x {loops} = {} dead-lettered + {} dropped",
+                bad, r.rows_dead_lettered, r.rows_dropped
+            ),
+            bad * loops == r.rows_dead_lettered + r.rows_dropped,
+        );
+    }
+
+    let consumes = summary.consume.is_some();
+    let services = Services::start(cfg, state_dir, consumes).await?;
+    let topic_end = consume::end_offsets(&cfg.kafka, &services.bootstrap, &cfg.kafka.topic)
+        .await
+        .context("cannot read the topic's end offsets")?;
+    let on_topic: i64 = topic_end.values().sum();
+    if let Some(r) = &summary.replay {
+        let at_replay: i64 = r.end_offsets.values().sum();
+        check(
+            format!(
+                "topic {}: {on_topic} messages now, {at_replay} after the replay, {} produced by it",
+                cfg.kafka.topic, r.rows_produced
+            ),
+            on_topic >= at_replay && at_replay >= r.rows_produced as i64,
+        );
+    }
+    let dlq_end = consume::end_offsets(&cfg.kafka, &services.bootstrap, &summary.dead_letter_topic)
+        .await
+        .unwrap_or_default();
+    let in_dlq: i64 = dlq_end.values().sum();
+    check(
+        format!(
+            "dead-letter topic {}: {in_dlq} messages, {} from this run",
+            summary.dead_letter_topic, summary.dead_letters
+        ),
+        in_dlq >= summary.dead_letters as i64,
+    );
+
+    if let Some(c) = &summary.consume {
+        let failed: u64 = c.transforms.iter().map(|t| t.rows_failed).sum();
+        let expected_dl = summary.replay.as_ref().map_or(0, |r| r.rows_dead_lettered)
+            + c.undecodable
+            + c.sink_dead_lettered;
+        check(
+            format!(
+                "dead letters: {} = {} source + {} undecodable + <= {failed} transform failures + {} sink",
+                summary.dead_letters,
+                summary.replay.as_ref().map_or(0, |r| r.rows_dead_lettered),
+                c.undecodable,
+                c.sink_dead_lettered
+            ),
+            summary.dead_letters >= expected_dl && summary.dead_letters <= expected_dl + failed,
+        );
+        if let Some(r) = &summary.replay {
+            check(
+                format!(
+                    "consumed {} records = {} produced",
+                    c.records, r.rows_produced
+                ),
+                c.records == r.rows_produced,
+            );
+        }
+        let mut flow = c.records - c.undecodable;
+        for t in &c.transforms {
+            check(
+                format!(
+                    "transform {}: {} in = {} upstream; {} out, {} dropped, {} failed",
+                    t.name, t.rows_in, flow, t.rows_out, t.rows_dropped, t.rows_failed
+                ),
+                t.rows_in == flow,
+            );
+            flow = t.rows_out;
+        }
+        check(
+            format!(
+                "sink: {} rows reached it = {} emitted by the chain",
+                c.rows_to_sink, flow
+            ),
+            c.rows_to_sink == flow,
+        );
+        check(
+            format!(
+                "sink: {} loaded + {} dead-lettered = {} received",
+                c.rows_loaded, c.sink_dead_lettered, c.rows_to_sink
+            ),
+            c.rows_loaded + c.sink_dead_lettered == c.rows_to_sink,
+        );
+
+        let sink = SnowflakeSink::connect(snowflake(cfg), &cfg.name, services.connect_options())
+            .await
+            .context("cannot connect to Snowflake")?;
+        let rows_now = sink
+            .count_rows()
+            .await
+            .context("cannot count the table's rows")?;
+        check(
+            format!(
+                "warehouse {}: {rows_now} rows now, {} before the run + {} loaded",
+                c.table, c.table_rows_before, c.rows_loaded
+            ),
+            rows_now == c.table_rows_before + c.rows_loaded,
+        );
+        let offsets = sink
+            .committed_offsets(&cfg.kafka.topic)
+            .await
+            .context("cannot read committed offsets")?;
+        if summary.replay.is_some() {
+            for (p, end) in &topic_end {
+                let committed = offsets.get(p).copied().unwrap_or(0);
+                check(
+                    format!(
+                        "partition {p}: {} holds next offset {committed}, topic end {end}",
+                        sink.offsets_table()
+                    ),
+                    committed == *end,
+                );
+            }
+        }
+        sink.close().await;
+    }
+    drop(services);
+
+    let ok = checks.iter().all(|(_, ok)| *ok);
+    println!(
+        "sluice verify {} (run {}, {})",
+        cfg.name, summary.run_id, summary.started_at
+    );
+    for (what, good) in &checks {
+        println!("  [{}] {what}", if *good { " ok " } else { "FAIL" });
+    }
+    println!(
+        "{}",
+        if ok {
+            "verify: ok, every row accounted for"
+        } else {
+            "verify: GAPS FOUND"
+        }
+    );
+    Ok(ok)
+}
+
+/// Counts the good and bad records of a CSV file with the source's own reader.
+fn count_csv(
+    path: &Path,
+    csv: &crate::source::config::CsvSourceConfig,
+) -> anyhow::Result<(u64, u64)> {
+    use crate::source::csv::{CsvItem, CsvOptions, CsvReader};
+    let delimiter = *csv.delimiter.as_bytes().first().unwrap_or(&b',');
+    let opts = CsvOptions {
+        delimiter,
+        schema: csv.schema.clone(),
+        infer_rows: csv.infer_rows.max(1),
+    };
+    let mut reader = CsvReader::open(path, &opts, Arc::new(AtomicU64::new(0)), None)?;
+    let (mut good, mut bad) = (0, 0);
+    while let Some(item) = reader.next_item()? {
+        match item {
+            CsvItem::Row { .. } => good += 1,
+            CsvItem::Bad(_) => bad += 1,
+        }
+    }
+    Ok((good, bad))
 }

@@ -35,7 +35,15 @@ pub enum Value {
 
 /// The type of a [`Value`], used for schemas, inference and Snowflake column mapping.
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    serde::Serialize,
+    serde::Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "snake_case")]
 pub enum ValueType {
@@ -177,23 +185,34 @@ pub struct Row {
 impl Row {
     /// An empty row with room for `n` fields.
     pub fn with_capacity(n: usize) -> Row {
-        Row { fields: Vec::with_capacity(n) }
+        Row {
+            fields: Vec::with_capacity(n),
+        }
     }
 
     /// Appends a field.
     pub fn push(&mut self, name: impl Into<Name>, value: Value) {
-        self.fields.push(Field { name: name.into(), value });
+        self.fields.push(Field {
+            name: name.into(),
+            value,
+        });
     }
 
     /// The value of the first field called `name`, if any.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.fields.iter().find(|f| &*f.name == name).map(|f| &f.value)
+        self.fields
+            .iter()
+            .find(|f| &*f.name == name)
+            .map(|f| &f.value)
     }
 
     /// The row as a JSON object, fields in order (see [`Value::to_json`]).
     pub fn to_json(&self) -> serde_json::Value {
         serde_json::Value::Object(
-            self.fields.iter().map(|f| (f.name.to_string(), f.value.to_json())).collect(),
+            self.fields
+                .iter()
+                .map(|f| (f.name.to_string(), f.value.to_json()))
+                .collect(),
         )
     }
 
@@ -204,7 +223,10 @@ impl Row {
         Some(Row {
             fields: obj
                 .iter()
-                .map(|(k, v)| Field { name: Name::from(k.as_str()), value: Value::from_json(v) })
+                .map(|(k, v)| Field {
+                    name: Name::from(k.as_str()),
+                    value: Value::from_json(v),
+                })
                 .collect(),
         })
     }
@@ -250,7 +272,12 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
         return Some(dt.timestamp_micros());
     }
-    for fmt in ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M"] {
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
         if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
             return Some(dt.and_utc().timestamp_micros());
         }
@@ -260,7 +287,12 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     }
     chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .ok()
-        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default().and_utc().timestamp_micros())
+        .map(|d| {
+            d.and_hms_opt(0, 0, 0)
+                .unwrap_or_default()
+                .and_utc()
+                .timestamp_micros()
+        })
 }
 
 #[cfg(test)]
@@ -269,13 +301,26 @@ mod tests {
 
     #[test]
     fn timestamps_round_trip() {
-        for s in ["2024-01-02T03:04:05", "2024-01-02T03:04:05.123456", "1969-12-31T23:59:59.500000"] {
+        for s in [
+            "2024-01-02T03:04:05",
+            "2024-01-02T03:04:05.123456",
+            "1969-12-31T23:59:59.500000",
+        ] {
             let us = parse_timestamp(s).unwrap();
             assert_eq!(format_timestamp(us), s);
         }
-        assert_eq!(parse_timestamp("2024-01-02"), parse_timestamp("2024-01-02T00:00:00"));
-        assert_eq!(parse_timestamp("2024-01-02T03:04:05+01:00"), parse_timestamp("2024-01-02 02:04:05"));
-        assert_eq!(parse_timestamp("2024-01-02T03:04:05Z"), parse_timestamp("2024-01-02T03:04:05"));
+        assert_eq!(
+            parse_timestamp("2024-01-02"),
+            parse_timestamp("2024-01-02T00:00:00")
+        );
+        assert_eq!(
+            parse_timestamp("2024-01-02T03:04:05+01:00"),
+            parse_timestamp("2024-01-02 02:04:05")
+        );
+        assert_eq!(
+            parse_timestamp("2024-01-02T03:04:05Z"),
+            parse_timestamp("2024-01-02T03:04:05")
+        );
         assert_eq!(parse_timestamp("hello"), None);
         assert_eq!(parse_timestamp("2024-13-45"), None);
     }
@@ -289,7 +334,10 @@ mod tests {
         row.push("nested", Value::Json(r#"{"x":[1,2]}"#.into()));
         row.push("gone", Value::Null);
         let json = row.to_json();
-        assert_eq!(json.to_string(), r#"{"id":7,"name":"a,b","v":1.5,"nested":{"x":[1,2]},"gone":null}"#);
+        assert_eq!(
+            json.to_string(),
+            r#"{"id":7,"name":"a,b","v":1.5,"nested":{"x":[1,2]},"gone":null}"#
+        );
         assert_eq!(Row::from_json(&json).unwrap(), row);
     }
 }

@@ -24,56 +24,115 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
     let c = &loaded.config;
     let mut bad = |path: &str, msg: String| issues.push(loaded.issue(path, msg));
 
-    if c.name.is_empty() || !c.name.chars().all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch)) {
-        bad("name", format!("pipeline name {:?} must be non-empty ASCII letters, digits, '_', '-' or '.'", c.name));
+    if c.name.is_empty()
+        || !c
+            .name
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "_-.".contains(ch))
+    {
+        bad(
+            "name",
+            format!(
+                "pipeline name {:?} must be non-empty ASCII letters, digits, '_', '-' or '.'",
+                c.name
+            ),
+        );
     }
 
     let SourceConfig::Csv(src) = &c.source;
     let path = loaded.resolve(&src.path);
     if !path.is_file() {
-        bad("source.path", format!("file {} does not exist", path.display()));
+        bad(
+            "source.path",
+            format!("file {} does not exist", path.display()),
+        );
     }
     if src.delimiter.len() != 1 || !src.delimiter.is_ascii() {
-        bad("source.delimiter", format!("delimiter must be one ASCII character, got {:?}", src.delimiter));
+        bad(
+            "source.delimiter",
+            format!(
+                "delimiter must be one ASCII character, got {:?}",
+                src.delimiter
+            ),
+        );
     }
     if src.loop_count == 0 {
         bad("source.loop", "loop must be at least 1".to_owned());
     }
     if src.infer_rows == 0 {
-        bad("source.infer_rows", "infer_rows must be at least 1".to_owned());
+        bad(
+            "source.infer_rows",
+            "infer_rows must be at least 1".to_owned(),
+        );
     }
     match &src.pacing {
         Pacing::Rate { rows_per_sec } if !(rows_per_sec.is_finite() && *rows_per_sec > 0.0) => {
-            bad("source.pacing.rows_per_sec", format!("rows_per_sec must be a positive number, got {rows_per_sec}"));
+            bad(
+                "source.pacing.rows_per_sec",
+                format!("rows_per_sec must be a positive number, got {rows_per_sec}"),
+            );
         }
         Pacing::EventTime { speed, column, .. } => {
             if !(speed.is_finite() && *speed > 0.0) {
-                bad("source.pacing.speed", format!("speed must be a positive number, got {speed}"));
+                bad(
+                    "source.pacing.speed",
+                    format!("speed must be a positive number, got {speed}"),
+                );
             }
             if column.is_empty() {
-                bad("source.pacing.column", "column must name the timestamp column".to_owned());
+                bad(
+                    "source.pacing.column",
+                    "column must name the timestamp column".to_owned(),
+                );
             }
         }
         _ => {}
     }
 
     let k = &c.kafka;
-    if k.topic.is_empty() || !k.topic.chars().all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch)) || k.topic.len() > 249 {
-        bad("kafka.topic", format!("{:?} is not a valid Kafka topic name (ASCII letters, digits, '.', '_', '-'; 1 to 249 characters)", k.topic));
+    if k.topic.is_empty()
+        || !k
+            .topic
+            .chars()
+            .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+        || k.topic.len() > 249
+    {
+        bad(
+            "kafka.topic",
+            format!(
+                "{:?} is not a valid Kafka topic name (ASCII letters, digits, '.', '_', '-'; 1 to 249 characters)",
+                k.topic
+            ),
+        );
     }
     if k.partitions < 1 {
-        bad("kafka.partitions", format!("partitions must be at least 1, got {}", k.partitions));
+        bad(
+            "kafka.partitions",
+            format!("partitions must be at least 1, got {}", k.partitions),
+        );
     }
     if k.replication_factor < 1 {
-        bad("kafka.replication_factor", format!("replication_factor must be at least 1, got {}", k.replication_factor));
+        bad(
+            "kafka.replication_factor",
+            format!(
+                "replication_factor must be at least 1, got {}",
+                k.replication_factor
+            ),
+        );
     }
     if k.max_in_flight == 0 {
-        bad("kafka.max_in_flight", "max_in_flight must be at least 1".to_owned());
+        bad(
+            "kafka.max_in_flight",
+            "max_in_flight must be at least 1".to_owned(),
+        );
     }
     if let Some(dlq) = &c.dead_letter.topic
         && dlq == &k.topic
     {
-        bad("dead_letter.topic", "the dead-letter topic must differ from kafka.topic".to_owned());
+        bad(
+            "dead_letter.topic",
+            "the dead-letter topic must differ from kafka.topic".to_owned(),
+        );
     }
 
     let mut names = HashSet::new();
@@ -81,17 +140,34 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
         let at = |key: &str| format!("transforms[{i}].{key}");
         let wasm = loaded.resolve(&t.uses);
         if !wasm.is_file() {
-            bad(&at("uses"), format!("component {} does not exist (build it with `sluice transform build`)", wasm.display()));
+            bad(
+                &at("uses"),
+                format!(
+                    "component {} does not exist (build it with `sluice transform build`)",
+                    wasm.display()
+                ),
+            );
         }
         let name = transform_name(t, i);
         if !names.insert(name.clone()) {
-            bad(&at("name"), format!("transform name {name:?} is used twice; names key metrics and must be unique"));
+            bad(
+                &at("name"),
+                format!(
+                    "transform name {name:?} is used twice; names key metrics and must be unique"
+                ),
+            );
         }
         if t.memory_mb == 0 || t.memory_mb > 4096 {
-            bad(&at("memory_mb"), format!("memory_mb must be between 1 and 4096, got {}", t.memory_mb));
+            bad(
+                &at("memory_mb"),
+                format!("memory_mb must be between 1 and 4096, got {}", t.memory_mb),
+            );
         }
         if t.timeout_ms == 0 {
-            bad(&at("timeout_ms"), "timeout_ms must be at least 1".to_owned());
+            bad(
+                &at("timeout_ms"),
+                "timeout_ms must be at least 1".to_owned(),
+            );
         }
         if t.fuel == Some(0) {
             bad(&at("fuel"), "fuel must be at least 1 when set".to_owned());
@@ -99,35 +175,68 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
     }
 
     let SinkConfig::Snowflake(sf) = &c.sink;
-    for (key, value) in [("sink.database", &sf.database), ("sink.schema", &sf.schema), ("sink.table", &sf.table), ("sink.stage", &sf.stage), ("sink.offsets_table", &sf.offsets_table)] {
+    for (key, value) in [
+        ("sink.database", &sf.database),
+        ("sink.schema", &sf.schema),
+        ("sink.table", &sf.table),
+        ("sink.stage", &sf.stage),
+        ("sink.offsets_table", &sf.offsets_table),
+    ] {
         if value.trim().is_empty() {
             bad(key, "must not be empty".to_owned());
         }
     }
     if !sf.account_url.is_empty() {
         if !(sf.account_url.starts_with("https://") || sf.account_url.starts_with("http://")) {
-            bad("sink.account_url", format!("{:?} must start with https:// (or http:// for an emulator)", sf.account_url));
+            bad(
+                "sink.account_url",
+                format!(
+                    "{:?} must start with https:// (or http:// for an emulator)",
+                    sf.account_url
+                ),
+            );
         }
         if sf.user.is_empty() {
-            bad("sink.user", "a user is required with an account_url".to_owned());
+            bad(
+                "sink.user",
+                "a user is required with an account_url".to_owned(),
+            );
         }
-        let has_key = sf.private_key_path.as_deref().is_some_and(|s| !s.is_empty())
+        let has_key = sf
+            .private_key_path
+            .as_deref()
+            .is_some_and(|s| !s.is_empty())
             || sf.private_key.as_deref().is_some_and(|s| !s.is_empty());
         if !has_key && sf.password.as_deref().is_none_or(str::is_empty) {
-            bad("sink.password", "a password or a private key is required with an account_url".to_owned());
+            bad(
+                "sink.password",
+                "a password or a private key is required with an account_url".to_owned(),
+            );
         }
         if let Some(p) = sf.private_key_path.as_deref().filter(|s| !s.is_empty()) {
             let key = loaded.resolve(p);
             if !key.is_file() {
-                bad("sink.private_key_path", format!("key file {} does not exist", key.display()));
+                bad(
+                    "sink.private_key_path",
+                    format!("key file {} does not exist", key.display()),
+                );
             }
         }
     }
     if sf.batch.max_rows == 0 {
-        bad("sink.batch.max_rows", "max_rows must be at least 1".to_owned());
+        bad(
+            "sink.batch.max_rows",
+            "max_rows must be at least 1".to_owned(),
+        );
     }
     if sf.batch.max_bytes < 1024 {
-        bad("sink.batch.max_bytes", format!("max_bytes must be at least 1024, got {}", sf.batch.max_bytes));
+        bad(
+            "sink.batch.max_bytes",
+            format!(
+                "max_bytes must be at least 1024, got {}",
+                sf.batch.max_bytes
+            ),
+        );
     }
 
     if depth == Depth::Components && issues.is_empty() {
@@ -149,7 +258,10 @@ pub fn transform_name(t: &crate::transform::config::TransformConfig, index: usiz
 /// Loads each component and runs its `init` with its params. A param the guest rejects is
 /// reported at `transforms[i].with.<param>`.
 fn check_components(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
-    let opts = crate::transform::RuntimeOptions { workers: 1, ..Default::default() };
+    let opts = crate::transform::RuntimeOptions {
+        workers: 1,
+        ..Default::default()
+    };
     let mut issues = Vec::new();
     for (i, t) in loaded.config.transforms.iter().enumerate() {
         let mut resolved = t.clone();
@@ -158,7 +270,9 @@ fn check_components(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         if let Err(e) = crate::transform::check(&resolved, &opts) {
             let path = match e.param() {
                 Some(param) => format!("transforms[{i}].with.{param}"),
-                None if matches!(e, crate::transform::LoadError::Init { .. }) => format!("transforms[{i}].with"),
+                None if matches!(e, crate::transform::LoadError::Init { .. }) => {
+                    format!("transforms[{i}].with")
+                }
                 None => format!("transforms[{i}].uses"),
             };
             issues.push(loaded.issue(&path, e.to_string()));
