@@ -1,1 +1,645 @@
-//! Integration tests: transform.
+//! Integration tests: the transform runtime running real wasm guests (built by build.rs).
+//!
+//! Example guests run on known input; poison guests (loop, memory bomb, trap, miscount, huge
+//! output) prove that a misbehaving record is isolated: the host survives, exactly that record
+//! is quarantined with the right kind, and every other record comes out right.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering::Relaxed;
+
+use sha2::{Digest, Sha256};
+use sluice::config::OnError;
+use sluice::row::{RecordMeta, Row, Value};
+use sluice::transform::{
+    FailureKind, LoadError, Quarantine, RecordOutcome, RuntimeOptions, TransformChain,
+    TransformConfig, TransformError, check,
+};
+use sluice_tests::guests;
+
+fn opts() -> RuntimeOptions {
+    RuntimeOptions {
+        workers: 2,
+        cache_dir: None,
+    }
+}
+
+fn config(path: &str, with: &[(&str, &str)]) -> TransformConfig {
+    let mut c = TransformConfig::new(path);
+    c.with = with
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect::<BTreeMap<_, _>>();
+    c
+}
+
+fn chain(configs: &[TransformConfig]) -> TransformChain {
+    TransformChain::load(configs, &opts()).expect("chain loads")
+}
+
+fn row(fields: &[(&str, Value)]) -> Row {
+    let mut r = Row::default();
+    for (name, value) in fields {
+        r.push(*name, value.clone());
+    }
+    r
+}
+
+fn meta(offset: i64) -> RecordMeta {
+    RecordMeta {
+        topic: "orders".into(),
+        partition: 1,
+        offset,
+        ..RecordMeta::default()
+    }
+}
+
+/// Rows `{id, name, value}` for ids `0..n`: value = id * 10, name = `n<id>`.
+fn numbered(n: i64) -> Vec<Row> {
+    (0..n)
+        .map(|i| {
+            row(&[
+                ("id", Value::Int(i)),
+                ("name", Value::String(format!("n{i}"))),
+                ("value", Value::Float(i as f64 * 10.0)),
+            ])
+        })
+        .collect()
+}
+
+fn with_meta(rows: Vec<Row>) -> Vec<(RecordMeta, Row)> {
+    rows.into_iter()
+        .enumerate()
+        .map(|(i, r)| (meta(i as i64), r))
+        .collect()
+}
+
+fn emitted(outcome: &RecordOutcome) -> &[Row] {
+    match outcome {
+        RecordOutcome::Emitted(rows) => rows,
+        other => panic!("expected emitted rows, got {other:?}"),
+    }
+}
+
+fn quarantined(outcome: &RecordOutcome) -> &Quarantine {
+    match outcome {
+        RecordOutcome::Quarantined(q) => q,
+        other => panic!("expected a quarantined record, got {other:?}"),
+    }
+}
+
+#[test]
+fn passthrough_keeps_every_value_type_and_order() {
+    let c = chain(&[config(guests::PASSTHROUGH, &[])]);
+    let input = row(&[
+        ("null", Value::Null),
+        ("flag", Value::Bool(true)),
+        ("n", Value::Int(-42)),
+        ("x", Value::Float(2.5)),
+        ("s", Value::String("héllo, wörld".into())),
+        ("ts", Value::Timestamp(1_700_000_000_123_456)),
+        ("doc", Value::Json(r#"{"a":[1,2]}"#.into())),
+    ]);
+    let other_shape = row(&[("only", Value::Int(1))]);
+    let out = c
+        .process_blocking(vec![
+            (meta(0), input.clone()),
+            (meta(1), other_shape.clone()),
+            (meta(2), input.clone()),
+        ])
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![
+            RecordOutcome::Emitted(vec![input.clone()]),
+            RecordOutcome::Emitted(vec![other_shape]),
+            RecordOutcome::Emitted(vec![input]),
+        ]
+    );
+    let (name, stats) = &c.stats()[0];
+    assert_eq!(name, "passthrough");
+    assert_eq!(stats.rows_in.load(Relaxed), 3);
+    assert_eq!(stats.rows_out.load(Relaxed), 3);
+    assert!(stats.invocations.load(Relaxed) >= 1);
+}
+
+#[test]
+fn passthrough_splits_big_batches_across_workers_in_order() {
+    let c = chain(&[config(guests::PASSTHROUGH, &[])]);
+    let rows = numbered(1000);
+    let out = c.process_blocking(with_meta(rows.clone())).unwrap();
+    assert_eq!(out.len(), 1000);
+    for (o, r) in out.iter().zip(&rows) {
+        assert_eq!(emitted(o), std::slice::from_ref(r));
+    }
+    assert_eq!(
+        c.stats()[0].1.invocations.load(Relaxed),
+        2,
+        "two workers, one chunk each"
+    );
+}
+
+#[tokio::test]
+async fn process_runs_from_async_code() {
+    let c = chain(&[config(
+        guests::FILTER,
+        &[("field", "value"), ("op", "gt"), ("value", "50")],
+    )]);
+    let out = c.process(with_meta(numbered(8))).await.unwrap();
+    let kept: Vec<i64> = out
+        .iter()
+        .flat_map(|o| {
+            emitted(o).iter().map(|r| match r.get("id") {
+                Some(Value::Int(i)) => *i,
+                v => panic!("id {v:?}"),
+            })
+        })
+        .collect();
+    assert_eq!(kept, [6, 7]);
+}
+
+#[test]
+fn filter_keeps_rows_matching_the_comparison() {
+    let c = chain(&[config(
+        guests::FILTER,
+        &[("field", "value"), ("op", "gt"), ("value", "50")],
+    )]);
+    let rows = numbered(10);
+    let out = c.process_blocking(with_meta(rows.clone())).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        let want: &[Row] = if i > 5 {
+            std::slice::from_ref(&rows[i])
+        } else {
+            &[]
+        };
+        assert_eq!(emitted(o), want, "row {i}");
+    }
+    assert_eq!(c.stats()[0].1.rows_dropped.load(Relaxed), 6);
+
+    let c = chain(&[config(
+        guests::FILTER,
+        &[("field", "name"), ("op", "contains"), ("value", "3")],
+    )]);
+    let out = c.process_blocking(with_meta(numbered(40))).unwrap();
+    let kept: Vec<usize> = (0..40).filter(|&i| !emitted(&out[i]).is_empty()).collect();
+    assert_eq!(kept, [3, 13, 23, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39]);
+}
+
+#[test]
+fn filter_fails_a_row_without_the_field_as_a_guest_error() {
+    let c = chain(&[config(
+        guests::FILTER,
+        &[("field", "value"), ("op", "ge"), ("value", "0")],
+    )]);
+    let stray = row(&[("id", Value::Int(5))]);
+    let mut input = with_meta(numbered(3));
+    input.insert(1, (meta(9), stray.clone()));
+    let out = c.process_blocking(input).unwrap();
+    let q = quarantined(&out[1]);
+    assert_eq!(
+        (q.kind, q.reason.as_str(), &q.row),
+        (FailureKind::Guest, "missing field `value`", &stray)
+    );
+    assert_eq!(q.transform, "filter");
+    let letter = q.dead_letter(meta(9), b"raw".to_vec());
+    assert_eq!(
+        (letter.stage.as_str(), letter.kind.as_str()),
+        ("transform:filter", "guest_error")
+    );
+    for i in [0, 2, 3] {
+        assert_eq!(emitted(&out[i]).len(), 1);
+    }
+}
+
+#[test]
+fn enrich_renames_casts_uppercases_and_computes() {
+    let c = chain(&[config(
+        guests::ENRICH,
+        &[
+            ("rename", "name:customer"),
+            ("cast", "id:string"),
+            ("uppercase", "customer"),
+            ("compute", "double=value*2"),
+        ],
+    )]);
+    let out = c.process_blocking(with_meta(numbered(2))).unwrap();
+    assert_eq!(
+        emitted(&out[1]),
+        [row(&[
+            ("id", Value::String("1".into())),
+            ("customer", Value::String("N1".into())),
+            ("value", Value::Float(10.0)),
+            ("double", Value::Float(20.0)),
+        ])]
+    );
+    let bad = c
+        .process_blocking(vec![(meta(0), row(&[("id", Value::Int(1))]))])
+        .unwrap();
+    assert_eq!(quarantined(&bad[0]).reason, "missing field `name`");
+}
+
+#[test]
+fn explode_emits_one_row_per_piece() {
+    let c = chain(&[config(
+        guests::EXPLODE,
+        &[("field", "tags"), ("sep", ";"), ("into", "tag")],
+    )]);
+    let input = vec![
+        (
+            meta(0),
+            row(&[
+                ("id", Value::Int(1)),
+                ("tags", Value::String("a; b;;c ".into())),
+            ]),
+        ),
+        (
+            meta(1),
+            row(&[("id", Value::Int(2)), ("tags", Value::String("".into()))]),
+        ),
+        (
+            meta(2),
+            row(&[("id", Value::Int(3)), ("tags", Value::String("z".into()))]),
+        ),
+    ];
+    let out = c.process_blocking(input).unwrap();
+    let tags = |o: &RecordOutcome| -> Vec<Row> { emitted(o).to_vec() };
+    assert_eq!(
+        tags(&out[0]),
+        ["a", "b", "c"].map(|t| row(&[("id", Value::Int(1)), ("tag", Value::String(t.into()))]))
+    );
+    assert_eq!(tags(&out[1]), []);
+    assert_eq!(
+        tags(&out[2]),
+        [row(&[
+            ("id", Value::Int(3)),
+            ("tag", Value::String("z".into()))
+        ])]
+    );
+    assert_eq!(c.stats()[0].1.rows_out.load(Relaxed), 4);
+}
+
+#[test]
+fn mask_replaces_fields_by_a_salted_sha256() {
+    let c = chain(&[config(
+        guests::MASK,
+        &[("field", "name, id"), ("salt", "pepper")],
+    )]);
+    let out = c
+        .process_blocking(vec![(
+            meta(0),
+            row(&[
+                ("id", Value::Int(7)),
+                ("name", Value::String("ann".into())),
+                ("gone", Value::Null),
+            ]),
+        )])
+        .unwrap();
+    let hash = |s: &str| hex::encode(Sha256::digest(format!("pepper{s}")));
+    assert_eq!(
+        emitted(&out[0]),
+        [row(&[
+            ("id", Value::String(hash("7"))),
+            ("name", Value::String(hash("ann"))),
+            ("gone", Value::Null),
+        ])]
+    );
+}
+
+#[test]
+fn chain_passes_rows_from_filter_to_enrich() {
+    let c = chain(&[
+        config(
+            guests::FILTER,
+            &[("field", "value"), ("op", "ge"), ("value", "80")],
+        ),
+        config(guests::EXPLODE, &[("field", "name"), ("sep", "9")]),
+        config(guests::ENRICH, &[("uppercase", "name")]),
+    ]);
+    let out = c.process_blocking(with_meta(numbered(10))).unwrap();
+    assert!(out[..8].iter().all(|o| emitted(o).is_empty()));
+    assert_eq!(
+        emitted(&out[8]),
+        [row(&[
+            ("id", Value::Int(8)),
+            ("name", Value::String("N8".into())),
+            ("value", Value::Float(80.0))
+        ])]
+    );
+    // "n9" split on "9" leaves just "n".
+    assert_eq!(
+        emitted(&out[9]),
+        [row(&[
+            ("id", Value::Int(9)),
+            ("name", Value::String("N".into())),
+            ("value", Value::Float(90.0))
+        ])]
+    );
+    let stats = c.stats();
+    assert_eq!(stats[0].1.rows_in.load(Relaxed), 10);
+    assert_eq!(stats[1].1.rows_in.load(Relaxed), 2);
+    assert_eq!(stats[2].1.rows_out.load(Relaxed), 2);
+}
+
+#[test]
+fn guests_see_record_metadata_through_the_chain() {
+    let c = chain(&[
+        config(guests::EXPLODE, &[("field", "tags")]),
+        config(guests::META, &[("tag", "t")]),
+    ]);
+    let m = RecordMeta {
+        topic: "orders".into(),
+        partition: 2,
+        offset: 99,
+        key: Some(b"k1".to_vec()),
+        timestamp_ms: Some(1234),
+        headers: vec![("h1".into(), b"v".to_vec())],
+    };
+    let input = vec![
+        (meta(5), row(&[("tags", Value::String("x".into()))])),
+        (m, row(&[("tags", Value::String("a,b".into()))])),
+    ];
+    let out = c.process_blocking(input).unwrap();
+    let expect = |tag: &str, partition: i64, offset: i64, key: Value, ts: Value, header: Value| {
+        row(&[
+            ("tags", Value::String(tag.into())),
+            ("topic", Value::String("orders".into())),
+            ("partition", Value::Int(partition)),
+            ("offset", Value::Int(offset)),
+            ("key", key),
+            ("timestamp_ms", ts),
+            ("header", header),
+            ("tag", Value::String("t".into())),
+        ])
+    };
+    assert_eq!(
+        emitted(&out[0]),
+        [expect("x", 1, 5, Value::Null, Value::Null, Value::Null)]
+    );
+    let full = |t| {
+        expect(
+            t,
+            2,
+            99,
+            Value::String("k1".into()),
+            Value::Int(1234),
+            Value::String("h1".into()),
+        )
+    };
+    assert_eq!(emitted(&out[1]), [full("a"), full("b")]);
+}
+
+/// Runs a poison guest over ids 0..30 (13 is the poison) and checks that only record 13 failed,
+/// with `kind`, and that the host then processes a clean batch normally.
+fn assert_poison_isolated(
+    path: &str,
+    kind: FailureKind,
+    tweak: impl FnOnce(&mut TransformConfig),
+) -> TransformChain {
+    let mut cfg = config(path, &[]);
+    tweak(&mut cfg);
+    let c = TransformChain::load(
+        &[cfg],
+        &RuntimeOptions {
+            workers: 1,
+            cache_dir: None,
+        },
+    )
+    .unwrap();
+    let rows = numbered(30);
+    let out = c.process_blocking(with_meta(rows.clone())).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        if i == 13 {
+            let q = quarantined(o);
+            assert_eq!(q.kind, kind, "{}", q.reason);
+            assert_eq!(q.row, rows[13]);
+        } else {
+            assert_eq!(emitted(o), std::slice::from_ref(&rows[i]), "row {i}");
+        }
+    }
+    let stats = &c.stats()[0].1;
+    assert_eq!(stats.rows_failed.load(Relaxed), 1);
+    let clean: Vec<Row> = numbered(30)
+        .into_iter()
+        .filter(|r| r.get("id") != Some(&Value::Int(13)))
+        .collect();
+    let again = c.process_blocking(with_meta(clean.clone())).unwrap();
+    assert_eq!(
+        again,
+        clean
+            .into_iter()
+            .map(|r| RecordOutcome::Emitted(vec![r]))
+            .collect::<Vec<_>>()
+    );
+    c
+}
+
+#[test]
+fn poison_infinite_loop_times_out_and_only_that_record_is_quarantined() {
+    let c = assert_poison_isolated(guests::POISON_LOOP, FailureKind::Timeout, |c| {
+        c.timeout_ms = 100
+    });
+    assert_eq!(
+        c.stats()[0].1.instance_restarts.load(Relaxed),
+        2,
+        "batch call + the isolated re-run"
+    );
+}
+
+#[test]
+fn poison_memory_bomb_hits_the_cap_and_only_that_record_is_quarantined() {
+    assert_poison_isolated(guests::POISON_MEMBOMB, FailureKind::Memory, |c| {
+        c.memory_mb = 16
+    });
+}
+
+#[test]
+fn poison_trap_is_isolated() {
+    assert_poison_isolated(guests::POISON_TRAP, FailureKind::Trap, |_| {});
+}
+
+#[test]
+fn poison_wrong_outcome_count_is_a_protocol_failure_of_that_record() {
+    let c = assert_poison_isolated(guests::POISON_MISCOUNT, FailureKind::Protocol, |_| {});
+    assert_eq!(
+        c.stats()[0].1.instance_restarts.load(Relaxed),
+        0,
+        "no trap, instance kept"
+    );
+}
+
+#[test]
+fn poison_huge_output_hits_the_row_limit() {
+    assert_poison_isolated(guests::POISON_HUGE, FailureKind::OutputLimit, |_| {});
+}
+
+#[test]
+fn fuel_runs_out_deterministically_and_is_counted() {
+    let c = assert_poison_isolated(guests::POISON_LOOP, FailureKind::Fuel, |c| {
+        c.fuel = Some(5_000_000)
+    });
+    assert!(c.stats()[0].1.fuel_consumed.load(Relaxed) > 5_000_000);
+}
+
+#[test]
+fn on_error_drop_and_fail_policies() {
+    let mut cfg = config(guests::POISON_TRAP, &[]);
+    cfg.on_error = OnError::Drop;
+    let c = chain(&[cfg.clone()]);
+    let out = c.process_blocking(with_meta(numbered(20))).unwrap();
+    assert!(
+        matches!(&out[13], RecordOutcome::Dropped { kind: FailureKind::Trap, transform, .. } if transform == "poison_trap")
+    );
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, RecordOutcome::Emitted(r) if r.len() == 1))
+            .count(),
+        19
+    );
+    assert_eq!(c.stats()[0].1.rows_dropped.load(Relaxed), 1);
+
+    cfg.on_error = OnError::Fail;
+    let c = chain(&[cfg]);
+    match c.process_blocking(with_meta(numbered(20))) {
+        Err(TransformError::Failed {
+            transform,
+            kind: FailureKind::Trap,
+            offset: 13,
+            ..
+        }) => assert_eq!(transform, "poison_trap"),
+        other => panic!("expected a fatal failure, got {other:?}"),
+    }
+    // The chain is still usable afterwards.
+    assert_eq!(c.process_blocking(with_meta(numbered(3))).unwrap().len(), 3);
+}
+
+#[test]
+fn a_failure_later_in_the_chain_quarantines_the_whole_record() {
+    // explode turns record 1 into ids 13 and 14; the trap on 13 fails record 1 as a whole.
+    let c = chain(&[
+        config(guests::EXPLODE, &[("field", "id")]),
+        config(guests::ENRICH, &[("cast", "id:int")]),
+        config(guests::POISON_TRAP, &[]),
+    ]);
+    let input = vec![
+        (meta(0), row(&[("id", Value::String("1,2".into()))])),
+        (meta(1), row(&[("id", Value::String("13,14".into()))])),
+    ];
+    let out = c.process_blocking(input).unwrap();
+    assert_eq!(
+        emitted(&out[0]),
+        [row(&[("id", Value::Int(1))]), row(&[("id", Value::Int(2))])]
+    );
+    let q = quarantined(&out[1]);
+    assert_eq!(
+        (q.transform.as_str(), q.kind, &q.row),
+        (
+            "poison_trap",
+            FailureKind::Trap,
+            &row(&[("id", Value::Int(13))])
+        )
+    );
+}
+
+#[test]
+fn check_reports_bad_params_with_their_name() {
+    let err = check(
+        &config(
+            guests::FILTER,
+            &[("field", "v"), ("op", "bogus"), ("value", "1")],
+        ),
+        &opts(),
+    )
+    .unwrap_err();
+    assert_eq!(err.param(), Some("op"), "{err}");
+    assert!(
+        err.to_string().contains("unknown operator \"bogus\""),
+        "{err}"
+    );
+
+    let err = check(
+        &config(
+            guests::FILTER,
+            &[("field", "v"), ("op", "gt"), ("value", "1"), ("vaule", "2")],
+        ),
+        &opts(),
+    )
+    .unwrap_err();
+    assert_eq!(err.param(), Some("vaule"), "{err}");
+
+    let err = check(&config(guests::MASK, &[("field", "x")]), &opts()).unwrap_err();
+    assert!(
+        matches!(&err, LoadError::InvalidParam { param, reason, .. } if param == "salt" && reason == "is required"),
+        "{err}"
+    );
+
+    check(
+        &config(
+            guests::FILTER,
+            &[("field", "v"), ("op", "gt"), ("value", "1")],
+        ),
+        &opts(),
+    )
+    .unwrap();
+}
+
+#[test]
+fn check_rejects_files_that_are_not_sluice_transforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let missing = dir
+        .path()
+        .join("missing.wasm")
+        .to_string_lossy()
+        .into_owned();
+    assert!(matches!(
+        check(&config(&missing, &[]), &opts()),
+        Err(LoadError::Read { .. })
+    ));
+    let garbage = write("garbage.wasm", b"not wasm at all");
+    assert!(matches!(
+        check(&config(&garbage, &[]), &opts()),
+        Err(LoadError::InvalidComponent { .. })
+    ));
+    let core = write("core.wasm", b"\0asm\x01\0\0\0");
+    let err = check(&config(&core, &[]), &opts()).unwrap_err();
+    assert!(err.to_string().contains("core wasm module"), "{err}");
+    let empty = write("empty.wat", b"(component)");
+    let err = check(&config(&empty, &[]), &opts()).unwrap_err();
+    assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
+    assert!(err.to_string().contains("sluice:transform"), "{err}");
+}
+
+#[test]
+fn compiled_components_are_cached_on_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RuntimeOptions {
+        workers: 1,
+        cache_dir: Some(dir.path().join("wasm")),
+    };
+    check(&config(guests::PASSTHROUGH, &[]), &opts).unwrap();
+    let files = |p: &std::path::Path| walk(p).len();
+    let after_first = files(dir.path());
+    assert!(after_first > 0, "cache directory stays empty");
+    check(&config(guests::PASSTHROUGH, &[]), &opts).unwrap();
+    assert_eq!(
+        files(dir.path()),
+        after_first,
+        "second load reuses the cached artifact"
+    );
+}
+
+fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out
+}

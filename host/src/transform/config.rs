@@ -11,7 +11,8 @@ use crate::config::OnError;
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransformConfig {
-    /// A name for logs and metrics; defaults to the component file's stem.
+    /// A name for logs, metrics and dead letters; defaults to the component file's stem without
+    /// the `transform_` prefix cargo gives `transform-<what>` guest crates.
     #[serde(default)]
     pub name: Option<String>,
     /// Path of the component (`.wasm`), relative to the pipeline file's directory.
@@ -57,15 +58,20 @@ impl TransformConfig {
         }
     }
 
-    /// The name used in logs, metrics and dead letters: `name`, else the component file's stem.
+    /// The name used in logs, metrics and dead letters: `name`, else the component file's stem
+    /// (`transform_filter.wasm` becomes `filter`).
     pub fn display_name(&self) -> String {
         if let Some(name) = &self.name {
             return name.clone();
         }
-        std::path::Path::new(&self.uses)
+        let stem = std::path::Path::new(&self.uses)
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| self.uses.clone())
+            .unwrap_or_else(|| self.uses.clone());
+        match stem.strip_prefix("transform_") {
+            Some(rest) if !rest.is_empty() => rest.to_owned(),
+            _ => stem,
+        }
     }
 }
 

@@ -1,10 +1,255 @@
-//! `passthrough`: emits every row unchanged. The smallest possible transform, and the baseline
-//! for measuring the cost of the WebAssembly boundary.
+//! `enrich`: reshapes rows in place. Every param is optional, but at least one is required;
+//! they apply in this order:
+//!
+//! - `rename`: `old:new[,old:new...]` renames fields;
+//! - `cast`: `field:type[,...]` converts values to `int`, `float`, `string` or `bool`;
+//! - `uppercase`: `field[,field...]` uppercases string fields;
+//! - `compute`: `name=a OP b` appends (or replaces) field `name` computed from two operands,
+//!   each a field name or a number, with `OP` one of `+ - * /` (int when both sides are ints
+//!   and `OP` is not `/`, float otherwise; null when an operand is null).
+//!
+//! A row lacking a named field fails with `missing-field`; an impossible cast with `invalid-value`.
 
-use sluice_guest::{Error, Row};
+use sluice_guest::{Error, Params, Row, Transform, Value};
 
-fn passthrough(row: Row) -> Result<Vec<Row>, Error> {
-    Ok(vec![row])
+#[derive(Clone, Copy)]
+enum Type {
+    Int,
+    Float,
+    String,
+    Bool,
 }
 
-sluice_guest::export_fn!(passthrough);
+enum Operand {
+    Field(String),
+    Number(Value),
+}
+
+struct Compute {
+    name: String,
+    left: Operand,
+    op: char,
+    right: Operand,
+}
+
+struct Enrich {
+    rename: Vec<(String, String)>,
+    cast: Vec<(String, Type)>,
+    uppercase: Vec<String>,
+    compute: Option<Compute>,
+}
+
+fn list(params: &Params, name: &str) -> Vec<String> {
+    params
+        .get(name)
+        .map(|v| {
+            v.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn pairs(params: &Params, name: &str) -> Result<Vec<(String, String)>, Error> {
+    list(params, name)
+        .into_iter()
+        .map(|item| match item.split_once(':') {
+            Some((a, b)) if !a.trim().is_empty() && !b.trim().is_empty() => {
+                Ok((a.trim().to_owned(), b.trim().to_owned()))
+            }
+            _ => Err(Error::invalid_param(name, format!("{item:?} is not `a:b`"))),
+        })
+        .collect()
+}
+
+fn operand(s: &str) -> Operand {
+    if let Ok(i) = s.parse::<i64>() {
+        Operand::Number(Value::Int(i))
+    } else if let Ok(f) = s.parse::<f64>() {
+        Operand::Number(Value::Float(f))
+    } else {
+        Operand::Field(s.to_owned())
+    }
+}
+
+fn parse_compute(spec: &str) -> Result<Compute, Error> {
+    let bad = |why: &str| {
+        Error::invalid_param(
+            "compute",
+            format!("{spec:?}: {why} (expected `name=a OP b`)"),
+        )
+    };
+    let (name, expr) = spec.split_once('=').ok_or_else(|| bad("missing `=`"))?;
+    let expr = expr.trim();
+    // Skip the first character so that a leading minus sign is part of the left operand.
+    let at = expr
+        .char_indices()
+        .skip(1)
+        .find(|(_, c)| matches!(c, '+' | '-' | '*' | '/'))
+        .map(|(i, _)| i)
+        .ok_or_else(|| bad("no operator"))?;
+    let (left, right) = (expr[..at].trim(), expr[at + 1..].trim());
+    if name.trim().is_empty() || left.is_empty() || right.is_empty() {
+        return Err(bad("empty name or operand"));
+    }
+    Ok(Compute {
+        name: name.trim().to_owned(),
+        left: operand(left),
+        op: expr[at..].chars().next().unwrap_or('+'),
+        right: operand(right),
+    })
+}
+
+impl Transform for Enrich {
+    fn init(params: &Params) -> Result<Self, Error> {
+        params.allow_only(&["rename", "cast", "uppercase", "compute"])?;
+        let cast = pairs(params, "cast")?
+            .into_iter()
+            .map(|(field, ty)| {
+                let ty = match ty.as_str() {
+                    "int" => Type::Int,
+                    "float" => Type::Float,
+                    "string" => Type::String,
+                    "bool" => Type::Bool,
+                    other => {
+                        return Err(Error::invalid_param(
+                            "cast",
+                            format!("unknown type {other:?} (expected int, float, string or bool)"),
+                        ));
+                    }
+                };
+                Ok((field, ty))
+            })
+            .collect::<Result<_, _>>()?;
+        let enrich = Enrich {
+            rename: pairs(params, "rename")?,
+            cast,
+            uppercase: list(params, "uppercase"),
+            compute: params.get("compute").map(parse_compute).transpose()?,
+        };
+        if enrich.rename.is_empty()
+            && enrich.cast.is_empty()
+            && enrich.uppercase.is_empty()
+            && enrich.compute.is_none()
+        {
+            return Err(Error::invalid_param(
+                "rename",
+                "give at least one of rename, cast, uppercase, compute",
+            ));
+        }
+        Ok(enrich)
+    }
+
+    fn transform(&mut self, mut row: Row) -> Result<Vec<Row>, Error> {
+        for (from, to) in &self.rename {
+            if !row.rename(from, to) {
+                return Err(Error::MissingField(from.clone()));
+            }
+        }
+        for (field, ty) in &self.cast {
+            let v = row
+                .get_mut(field)
+                .ok_or_else(|| Error::MissingField(field.clone()))?;
+            *v = cast(field, std::mem::replace(v, Value::Null), *ty)?;
+        }
+        for field in &self.uppercase {
+            match row.get_mut(field) {
+                Some(Value::String(s)) => s.make_ascii_uppercase(),
+                Some(Value::Null) => {}
+                Some(other) => {
+                    return Err(Error::invalid_value(
+                        field,
+                        format!("cannot uppercase a {}", other.type_name()),
+                    ));
+                }
+                None => return Err(Error::MissingField(field.clone())),
+            }
+        }
+        if let Some(c) = &self.compute {
+            let value = compute(&row, c)?;
+            row.set(&c.name, value);
+        }
+        Ok(vec![row])
+    }
+}
+
+fn cast(field: &str, v: Value, ty: Type) -> Result<Value, Error> {
+    let fail = |v: &Value| {
+        Error::invalid_value(
+            field,
+            format!(
+                "cannot cast {} {:?} to the requested type",
+                v.type_name(),
+                v.to_text()
+            ),
+        )
+    };
+    Ok(match (ty, v) {
+        (_, Value::Null) => Value::Null,
+        (Type::String, v) => Value::String(v.to_text()),
+        (Type::Int, Value::Int(i)) => Value::Int(i),
+        (Type::Int, Value::Float(f)) if f.is_finite() => Value::Int(f as i64),
+        (Type::Int, Value::Bool(b)) => Value::Int(i64::from(b)),
+        (Type::Int, Value::String(s)) => match s.trim().parse() {
+            Ok(i) => Value::Int(i),
+            Err(_) => return Err(fail(&Value::String(s))),
+        },
+        (Type::Float, Value::Int(i)) => Value::Float(i as f64),
+        (Type::Float, Value::Float(f)) => Value::Float(f),
+        (Type::Float, Value::String(s)) => match s.trim().parse() {
+            Ok(f) => Value::Float(f),
+            Err(_) => return Err(fail(&Value::String(s))),
+        },
+        (Type::Bool, Value::Bool(b)) => Value::Bool(b),
+        (Type::Bool, Value::Int(i)) => Value::Bool(i != 0),
+        (Type::Bool, Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" | "t" | "yes" | "1" => Value::Bool(true),
+            "false" | "f" | "no" | "0" => Value::Bool(false),
+            _ => return Err(fail(&Value::String(s))),
+        },
+        (_, v) => return Err(fail(&v)),
+    })
+}
+
+fn compute(row: &Row, c: &Compute) -> Result<Value, Error> {
+    let get = |o: &Operand| -> Result<Value, Error> {
+        match o {
+            Operand::Number(v) => Ok(v.clone()),
+            Operand::Field(f) => row.require(f).cloned(),
+        }
+    };
+    let (l, r) = (get(&c.left)?, get(&c.right)?);
+    if l == Value::Null || r == Value::Null {
+        return Ok(Value::Null);
+    }
+    if let (Value::Int(a), Value::Int(b), '+' | '-' | '*') = (&l, &r, c.op) {
+        let v = match c.op {
+            '+' => a.checked_add(*b),
+            '-' => a.checked_sub(*b),
+            _ => a.checked_mul(*b),
+        };
+        return v
+            .map(Value::Int)
+            .ok_or_else(|| Error::invalid_value(&c.name, "integer overflow"));
+    }
+    let num = |v: &Value, o: &Operand| {
+        v.as_f64().ok_or_else(|| {
+            let name = match o {
+                Operand::Field(f) => f.as_str(),
+                Operand::Number(_) => c.name.as_str(),
+            };
+            Error::invalid_value(name, format!("{} is not a number", v.type_name()))
+        })
+    };
+    let (a, b) = (num(&l, &c.left)?, num(&r, &c.right)?);
+    Ok(Value::Float(match c.op {
+        '+' => a + b,
+        '-' => a - b,
+        '*' => a * b,
+        _ => a / b,
+    }))
+}
+
+sluice_guest::export!(Enrich);

@@ -43,7 +43,9 @@ impl Transform for Filter {
             other => {
                 return Err(Error::invalid_param(
                     "op",
-                    format!("unknown operator {other:?} (expected eq, ne, gt, ge, lt, le or contains)"),
+                    format!(
+                        "unknown operator {other:?} (expected eq, ne, gt, ge, lt, le or contains)"
+                    ),
                 ));
             }
         };

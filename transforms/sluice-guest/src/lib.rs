@@ -98,17 +98,24 @@ impl Row {
 
     /// The value of field `name`, if the row has it.
     pub fn get(&self, name: &str) -> Option<&Value> {
-        self.fields.iter().find(|(n, _)| &**n == name).map(|(_, v)| v)
+        self.fields
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| v)
     }
 
     /// A mutable reference to the value of field `name`, if the row has it.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
-        self.fields.iter_mut().find(|(n, _)| &**n == name).map(|(_, v)| v)
+        self.fields
+            .iter_mut()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, v)| v)
     }
 
     /// The value of field `name`, or [`Error::MissingField`].
     pub fn require(&self, name: &str) -> Result<&Value, Error> {
-        self.get(name).ok_or_else(|| Error::MissingField(name.to_owned()))
+        self.get(name)
+            .ok_or_else(|| Error::MissingField(name.to_owned()))
     }
 
     /// Sets field `name`: replaces its value if present, appends the field otherwise.
@@ -144,19 +151,27 @@ impl Row {
 
 impl<N: Into<Name>> FromIterator<(N, Value)> for Row {
     fn from_iter<I: IntoIterator<Item = (N, Value)>>(iter: I) -> Row {
-        Row { fields: iter.into_iter().map(|(n, v)| (n.into(), v)).collect() }
+        Row {
+            fields: iter.into_iter().map(|(n, v)| (n.into(), v)).collect(),
+        }
     }
 }
 
 impl Error {
     /// An [`Error::InvalidParam`] for param `name`.
     pub fn invalid_param(name: &str, reason: impl Into<String>) -> Error {
-        Error::InvalidParam(FieldError { name: name.to_owned(), reason: reason.into() })
+        Error::InvalidParam(FieldError {
+            name: name.to_owned(),
+            reason: reason.into(),
+        })
     }
 
     /// An [`Error::InvalidValue`] for field `name`.
     pub fn invalid_value(name: &str, reason: impl Into<String>) -> Error {
-        Error::InvalidValue(FieldError { name: name.to_owned(), reason: reason.into() })
+        Error::InvalidValue(FieldError {
+            name: name.to_owned(),
+            reason: reason.into(),
+        })
     }
 
     /// An [`Error::Other`].
@@ -229,12 +244,16 @@ impl Params {
 
     /// The value of param `name`, if given.
     pub fn get(&self, name: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
     }
 
     /// The value of param `name`, or an [`Error::InvalidParam`] saying it is required.
     pub fn require(&self, name: &str) -> Result<&str, Error> {
-        self.get(name).ok_or_else(|| Error::invalid_param(name, "is required"))
+        self.get(name)
+            .ok_or_else(|| Error::invalid_param(name, "is required"))
     }
 
     /// Param `name` parsed with `FromStr`, if given; an [`Error::InvalidParam`] if it does not parse.
@@ -244,7 +263,10 @@ impl Params {
         T::Err: std::fmt::Display,
     {
         self.get(name)
-            .map(|v| v.parse::<T>().map_err(|e| Error::invalid_param(name, format!("{v:?}: {e}"))))
+            .map(|v| {
+                v.parse::<T>()
+                    .map_err(|e| Error::invalid_param(name, format!("{v:?}: {e}")))
+            })
             .transpose()
     }
 
@@ -359,8 +381,16 @@ pub mod __private {
             let Some(t) = state.as_mut().and_then(|b| b.downcast_mut::<T>()) else {
                 let err = Error::other("transform-batch called before a successful init");
                 return Output {
-                    outcomes: input.shapes.iter().map(|_| Outcome::Error(err.clone())).collect(),
-                    rows: Rows { schemas: Vec::new(), shapes: Vec::new(), values: Vec::new() },
+                    outcomes: input
+                        .shapes
+                        .iter()
+                        .map(|_| Outcome::Error(err.clone()))
+                        .collect(),
+                    rows: Rows {
+                        schemas: Vec::new(),
+                        shapes: Vec::new(),
+                        values: Vec::new(),
+                    },
                 };
             };
             run_batch(t, input)
@@ -378,11 +408,17 @@ pub mod __private {
         let mut out = RowsBuilder::with_capacity(input.shapes.len(), values.len());
         for (i, &shape) in input.shapes.iter().enumerate() {
             let Some(names) = schemas.get(shape as usize) else {
-                outcomes.push(Outcome::Error(Error::other(format!("host sent unknown shape {shape}"))));
+                outcomes.push(Outcome::Error(Error::other(format!(
+                    "host sent unknown shape {shape}"
+                ))));
                 continue;
             };
-            let fields = names.iter().map(|n| (n.clone(), values.next().unwrap_or(Value::Null)));
-            let row = Row { fields: fields.collect() };
+            let fields = names
+                .iter()
+                .map(|n| (n.clone(), values.next().unwrap_or(Value::Null)));
+            let row = Row {
+                fields: fields.collect(),
+            };
             CURRENT_INDEX.set(i as u32);
             match t.transform(row) {
                 Ok(rows) => {
@@ -394,7 +430,10 @@ pub mod __private {
                 Err(e) => outcomes.push(Outcome::Error(e)),
             }
         }
-        Output { outcomes, rows: out.finish() }
+        Output {
+            outcomes,
+            rows: out.finish(),
+        }
     }
 
     /// Flattens rows into the positional batch layout, interning each distinct shape once.
@@ -430,7 +469,8 @@ pub mod __private {
             let i = match self.names.iter().position(|n| same(n)) {
                 Some(i) => i,
                 None => {
-                    self.names.push(row.fields.iter().map(|(n, _)| n.clone()).collect());
+                    self.names
+                        .push(row.fields.iter().map(|(n, _)| n.clone()).collect());
                     self.names.len() - 1
                 }
             };

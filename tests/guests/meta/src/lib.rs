@@ -1,0 +1,43 @@
+//! Test guest: appends the record metadata (topic, partition, offset, key, timestamp, first
+//! header) the host reports for each row, and a `tag` param when given.
+
+use sluice_guest::{Error, Params, Row, Transform, Value};
+
+struct Meta {
+    tag: Option<String>,
+}
+
+impl Transform for Meta {
+    fn init(params: &Params) -> Result<Self, Error> {
+        params.allow_only(&["tag"])?;
+        Ok(Meta {
+            tag: params.get("tag").map(str::to_owned),
+        })
+    }
+
+    fn transform(&mut self, mut row: Row) -> Result<Vec<Row>, Error> {
+        let m = sluice_guest::meta();
+        row.set("topic", Value::String(m.topic));
+        row.set("partition", Value::Int(m.partition.into()));
+        row.set("offset", Value::Int(m.offset));
+        let key = m.key.map_or(Value::Null, |k| {
+            Value::String(String::from_utf8_lossy(&k).into_owned())
+        });
+        row.set("key", key);
+        row.set(
+            "timestamp_ms",
+            m.timestamp_ms.map_or(Value::Null, Value::Int),
+        );
+        let header = m
+            .headers
+            .first()
+            .map_or(Value::Null, |h| Value::String(h.key.clone()));
+        row.set("header", header);
+        if let Some(tag) = &self.tag {
+            row.set("tag", Value::String(tag.clone()));
+        }
+        Ok(vec![row])
+    }
+}
+
+sluice_guest::export!(Meta);
