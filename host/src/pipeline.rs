@@ -253,8 +253,16 @@ fn group_id(cfg: &PipelineConfig) -> String {
         .unwrap_or_else(|| format!("sluice-{}", cfg.name))
 }
 
-fn snowflake(cfg: &PipelineConfig) -> &SnowflakeSinkConfig {
+/// The sink section with `${VAR:-}` references that came out empty treated as unset, so one
+/// pipeline file serves both password and key-pair logins (and the emulator).
+fn snowflake(cfg: &PipelineConfig) -> SnowflakeSinkConfig {
     let SinkConfig::Snowflake(sf) = &cfg.sink;
+    let mut sf = sf.clone();
+    for opt in [&mut sf.password, &mut sf.private_key_path, &mut sf.private_key, &mut sf.private_key_passphrase, &mut sf.role, &mut sf.warehouse] {
+        if opt.as_deref().is_some_and(|s| s.trim().is_empty()) {
+            *opt = None;
+        }
+    }
     sf
 }
 
@@ -307,7 +315,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
     // unreachable warehouse fails the run before anything is produced.
     let consume_parts = if consumes {
         let sink = Arc::new(
-            SnowflakeSink::connect(snowflake(cfg), &cfg.name, services.connect_options())
+            SnowflakeSink::connect(&snowflake(cfg), &cfg.name, services.connect_options())
                 .await
                 .context("cannot connect to Snowflake")?,
         );
@@ -1251,7 +1259,7 @@ pub async fn verify(
             c.rows_loaded + c.sink_dead_lettered == c.rows_to_sink,
         );
 
-        let sink = SnowflakeSink::connect(snowflake(cfg), &cfg.name, services.connect_options())
+        let sink = SnowflakeSink::connect(&snowflake(cfg), &cfg.name, services.connect_options())
             .await
             .context("cannot connect to Snowflake")?;
         let rows_now = sink
