@@ -10,7 +10,6 @@
 //! fakesnow does) and then resubmits. Because a re-login starts a new session, and with it loses an
 //! open transaction, [`Client::session_epoch`] lets a caller notice and redo the whole transaction.
 
-use std::io::Cursor;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -938,41 +937,115 @@ fn float_json(f: f64) -> Json {
         })
 }
 
+/// Makes every field (and struct child) nullable. fakesnow declares TIMESTAMP_NTZ's struct
+/// children `epoch`/`fraction` non-nullable yet sends nulls under a non-null struct for NULL
+/// timestamps, which arrow-rs' validation rejects; relaxing the declared schema keeps the data.
+fn relax(field: &arrow_schema::Field) -> arrow_schema::Field {
+    use arrow_schema::DataType as D;
+    let dt = match field.data_type() {
+        D::Struct(children) => D::Struct(children.iter().map(|c| Arc::new(relax(c))).collect()),
+        other => other.clone(),
+    };
+    field.clone().with_data_type(dt).with_nullable(true)
+}
+
 fn decode_arrow(
     bytes: &[u8],
     columns: &[ColumnMeta],
     rows: &mut Vec<Vec<Json>>,
 ) -> Result<(), SnowflakeError> {
-    let reader = arrow_ipc::reader::StreamReader::try_new(Cursor::new(bytes), None)
-        .map_err(|e| SnowflakeError::Protocol(format!("arrow stream: {e}")))?;
-    for batch in reader {
-        let batch = batch.map_err(|e| SnowflakeError::Protocol(format!("arrow batch: {e}")))?;
-        let schema = batch.schema();
-        let base = rows.len();
-        rows.extend((0..batch.num_rows()).map(|_| Vec::with_capacity(batch.num_columns())));
-        for (ci, col) in batch.columns().iter().enumerate() {
-            let field = schema.field(ci);
-            let md = field.metadata();
-            let logical = md
-                .get("logicalType")
-                .map(|s| s.to_lowercase())
-                .or_else(|| columns.get(ci).map(|c| c.type_name.clone()));
-            let scale = md
-                .get("scale")
-                .and_then(|s| s.parse::<i64>().ok())
-                .or_else(|| columns.get(ci).and_then(|c| c.scale))
-                .unwrap_or(0);
-            for r in 0..batch.num_rows() {
-                rows[base + r].push(arrow_cell(
-                    col.as_ref(),
-                    r,
-                    logical.as_deref().unwrap_or(""),
-                    scale,
-                ));
+    let err = |m: String| SnowflakeError::Protocol(format!("arrow stream: {m}"));
+    let mut schema: Option<Arc<arrow_schema::Schema>> = None;
+    let dictionaries = std::collections::HashMap::new();
+    let mut pos = 0usize;
+    // The IPC stream format: [0xFFFFFFFF] <i32 metadata length> <Message flatbuffer> <body>.
+    while pos + 4 <= bytes.len() {
+        let mut len = i32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap_or_default());
+        pos += 4;
+        if len == -1 {
+            if pos + 4 > bytes.len() {
+                break;
             }
+            len = i32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap_or_default());
+            pos += 4;
+        }
+        if len <= 0 {
+            break; // end-of-stream marker
+        }
+        let len = len as usize;
+        let meta = bytes
+            .get(pos..pos + len)
+            .ok_or_else(|| err("truncated metadata".into()))?;
+        pos += len;
+        let message = arrow_ipc::root_as_message(meta).map_err(|e| err(e.to_string()))?;
+        let body_len = message.bodyLength() as usize;
+        let body = bytes
+            .get(pos..pos + body_len)
+            .ok_or_else(|| err("truncated body".into()))?;
+        pos += body_len;
+        match message.header_type() {
+            arrow_ipc::MessageHeader::Schema => {
+                let fb = message
+                    .header_as_schema()
+                    .ok_or_else(|| err("bad schema message".into()))?;
+                let s = arrow_ipc::convert::fb_to_schema(fb);
+                let fields: Vec<arrow_schema::Field> =
+                    s.fields().iter().map(|f| relax(f)).collect();
+                schema = Some(Arc::new(arrow_schema::Schema::new_with_metadata(
+                    fields,
+                    s.metadata().clone(),
+                )));
+            }
+            arrow_ipc::MessageHeader::RecordBatch => {
+                let fb = message
+                    .header_as_record_batch()
+                    .ok_or_else(|| err("bad batch message".into()))?;
+                let schema = schema
+                    .clone()
+                    .ok_or_else(|| err("record batch before schema".into()))?;
+                let buf = arrow_buffer::Buffer::from(body.to_vec());
+                let batch = arrow_ipc::reader::read_record_batch(
+                    &buf,
+                    fb,
+                    schema,
+                    &dictionaries,
+                    None,
+                    &message.version(),
+                )
+                .map_err(|e| err(e.to_string()))?;
+                push_batch(&batch, columns, rows);
+            }
+            other => return Err(err(format!("unsupported message {other:?}"))),
         }
     }
     Ok(())
+}
+
+fn push_batch(batch: &arrow_array::RecordBatch, columns: &[ColumnMeta], rows: &mut Vec<Vec<Json>>) {
+    let schema = batch.schema();
+    let base = rows.len();
+    rows.extend((0..batch.num_rows()).map(|_| Vec::with_capacity(batch.num_columns())));
+    for (ci, col) in batch.columns().iter().enumerate() {
+        let field = schema.field(ci);
+        let md = field.metadata();
+        let logical = md
+            .get("logicalType")
+            .map(|s| s.to_lowercase())
+            .or_else(|| columns.get(ci).map(|c| c.type_name.clone()));
+        let scale = md
+            .get("scale")
+            .and_then(|s| s.parse::<i64>().ok())
+            .or_else(|| columns.get(ci).and_then(|c| c.scale))
+            .unwrap_or(0);
+        for r in 0..batch.num_rows() {
+            rows[base + r].push(arrow_cell(
+                col.as_ref(),
+                r,
+                logical.as_deref().unwrap_or(""),
+                scale,
+            ));
+        }
+    }
 }
 
 fn scaled_int(v: i64, scale: i64, logical: &str) -> Json {

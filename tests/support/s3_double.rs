@@ -1,0 +1,511 @@
+//! An S3-stage double in front of the fakesnow emulator.
+//!
+//! It proxies the Snowflake REST calls to fakesnow, except that it rewrites the answer to a
+//! `PUT` statement into what an S3-backed account sends: `stageInfo` of type `S3` with
+//! temporary credentials and `encryptionMaterial` with a master key. It then plays S3 for the
+//! upload: every `HEAD`/`PUT` must carry a valid SigV4 signature (checked by an implementation
+//! written here from the AWS spec, not by the signing crate the sink uses) made with those
+//! credentials and the session token; a `PUT` must carry the wrapped file key, IV and `matdesc`
+//! metadata, decrypt under the master key, and match its `sfc-digest`. The plaintext is then
+//! handed to fakesnow's own presigned URL, so `COPY` loads exactly what the sink meant to send.
+//! Anything that fails a check is answered with 403/400 and recorded in `rejections`.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
+use http_body_util::{BodyExt, Full};
+use hyper::body::{Bytes, Incoming};
+use hyper::{Request, Response};
+use serde_json::{Value as Json, json};
+use sha2::{Digest, Sha256};
+
+/// The bucket the double pretends to be.
+pub const BUCKET: &str = "sluice-test-stage";
+/// Temporary credentials it hands out.
+pub const KEY_ID: &str = "ASIASLUICETEST0001";
+/// Their secret.
+pub const SECRET: &str = "sluice/test/secret/key/0123456789abcdef";
+/// Their session token.
+pub const TOKEN: &str = "sluice-session-token-42";
+/// Region of the fake bucket.
+pub const REGION: &str = "us-west-2";
+
+/// What the double saw.
+#[derive(Debug, Default, Clone)]
+pub struct Observed {
+    /// HEAD requests.
+    pub heads: u32,
+    /// HEADs answered 200 (object existed).
+    pub head_hits: u32,
+    /// Accepted PUT uploads.
+    pub puts: u32,
+    /// Plaintext of every accepted upload, by object key.
+    pub objects: HashMap<String, Vec<u8>>,
+    /// Requests refused, with the reason.
+    pub rejections: Vec<String>,
+    /// PUT statements rewritten.
+    pub put_statements: u32,
+}
+
+struct State {
+    fakesnow: String,
+    master_key: Vec<u8>,
+    presigned: HashMap<String, String>,
+    stored: HashSet<String>,
+    observed: Observed,
+    http: reqwest::Client,
+}
+
+/// A running double.
+pub struct S3Double {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for S3Double {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type Resp = Response<Full<Bytes>>;
+
+fn reply(status: u16, body: impl Into<Bytes>) -> Resp {
+    Response::builder()
+        .status(status)
+        .body(Full::new(body.into()))
+        .expect("response")
+}
+
+impl S3Double {
+    /// Starts the double in front of the fakesnow server at `fakesnow_url`, with a master key of
+    /// `key_bytes` (16 or 32).
+    pub async fn start(fakesnow_url: &str, key_bytes: usize) -> S3Double {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let master_key: Vec<u8> = (0..key_bytes)
+            .map(|i| (i as u8).wrapping_mul(37).wrapping_add(11))
+            .collect();
+        let state = Arc::new(Mutex::new(State {
+            fakesnow: fakesnow_url.trim_end_matches('/').to_owned(),
+            master_key,
+            presigned: HashMap::new(),
+            stored: HashSet::new(),
+            observed: Observed::default(),
+            http: reqwest::Client::new(),
+        }));
+        let st = state.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    return;
+                };
+                let st = st.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let st = st.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(st, req).await) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        S3Double { addr, state, task }
+    }
+
+    /// The URL to use as the account URL (Snowflake REST) and as the S3 endpoint (path style).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A copy of what it saw so far.
+    pub fn observed(&self) -> Observed {
+        self.state.lock().expect("state").observed.clone()
+    }
+}
+
+async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
+    let path = req.uri().path().to_owned();
+    if path.starts_with("/session")
+        || path.starts_with("/queries")
+        || path.starts_with("/monitoring")
+    {
+        return proxy(st, req).await;
+    }
+    let result = match req.method().as_str() {
+        "HEAD" => s3_head(&st, req).await,
+        "PUT" => s3_put(&st, req).await,
+        m => Err((405, format!("unexpected {m} {path}"))),
+    };
+    match result {
+        Ok(r) => r,
+        Err((status, reason)) => {
+            st.lock()
+                .expect("state")
+                .observed
+                .rejections
+                .push(reason.clone());
+            reply(status, reason)
+        }
+    }
+}
+
+async fn proxy(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
+    let (http, base) = {
+        let s = st.lock().expect("state");
+        (s.http.clone(), s.fakesnow.clone())
+    };
+    let url = format!(
+        "{base}{}",
+        req.uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/")
+    );
+    let method = req.method().clone();
+    let mut headers = reqwest::header::HeaderMap::new();
+    for name in [
+        "authorization",
+        "content-type",
+        "accept",
+        "content-encoding",
+    ] {
+        if let Some(v) = req.headers().get(name)
+            && let Ok(v) = reqwest::header::HeaderValue::from_bytes(v.as_bytes())
+        {
+            headers.insert(name, v);
+        }
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let is_put = serde_json::from_slice::<Json>(&body)
+        .ok()
+        .and_then(|j| {
+            j.get("sqlText")
+                .and_then(Json::as_str)
+                .map(|s| s.trim_start().to_uppercase().starts_with("PUT "))
+        })
+        .unwrap_or(false);
+    let method = reqwest::Method::from_bytes(method.as_str().as_bytes()).expect("method");
+    let resp = match http
+        .request(method, &url)
+        .headers(headers)
+        .body(body.to_vec())
+        .send()
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return reply(502, e.to_string()),
+    };
+    let status = resp.status().as_u16();
+    let bytes = resp.bytes().await.unwrap_or_default();
+    if !is_put {
+        return reply(status, bytes);
+    }
+    let Ok(mut j) = serde_json::from_slice::<Json>(&bytes) else {
+        return reply(status, bytes);
+    };
+    let Some(presigned) = j
+        .pointer("/data/stageInfo/presignedUrl")
+        .and_then(Json::as_str)
+        .map(str::to_owned)
+    else {
+        return reply(status, bytes);
+    };
+    // fakesnow: http://host/fs_bucket/<DB>/<SCHEMA>/<STAGE>/<dir>/<file>
+    let Some(rest) = presigned.split("/fs_bucket/").nth(1) else {
+        return reply(status, bytes);
+    };
+    let (dir, _file) = rest.rsplit_once('/').unwrap_or(("", rest));
+    let mut s = st.lock().expect("state");
+    s.presigned.insert(rest.to_owned(), presigned.clone());
+    s.observed.put_statements += 1;
+    j["data"]["stageInfo"] = json!({
+        "locationType": "S3",
+        "location": format!("{BUCKET}/{dir}/"),
+        "path": format!("{dir}/"),
+        "region": REGION,
+        "isClientSideEncrypted": true,
+        "useS3RegionalUrl": false,
+        "creds": {"AWS_KEY_ID": KEY_ID, "AWS_SECRET_KEY": SECRET, "AWS_TOKEN": TOKEN},
+    });
+    j["data"]["encryptionMaterial"] = json!({
+        "queryStageMasterKey": B64.encode(&s.master_key),
+        "queryId": "01b0-sluice-test",
+        "smkId": 8675309,
+    });
+    reply(200, j.to_string())
+}
+
+fn object_key(path: &str) -> Result<String, (u16, String)> {
+    let p = path.trim_start_matches('/');
+    match p.split_once('/') {
+        Some((b, key)) if b == BUCKET => Ok(key.to_owned()),
+        _ => Err((404, format!("no such bucket in {path}"))),
+    }
+}
+
+fn hmac(key: &[u8], data: &[u8]) -> Vec<u8> {
+    let mut m = Hmac::<Sha256>::new_from_slice(key).expect("hmac key");
+    m.update(data);
+    m.finalize().into_bytes().to_vec()
+}
+
+/// Verifies a SigV4 header signature (AWS "Signature Version 4 signing process", S3 flavour:
+/// the path is used as sent, no double encoding).
+fn verify_sigv4(req: &Request<Incoming>, expect_unsigned_payload: bool) -> Result<(), String> {
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let auth = h("authorization").ok_or("no authorization header")?;
+    let rest = auth
+        .strip_prefix("AWS4-HMAC-SHA256 ")
+        .ok_or("not AWS4-HMAC-SHA256")?;
+    let mut cred = None;
+    let mut signed = None;
+    let mut sig = None;
+    for part in rest.split(',') {
+        let part = part.trim();
+        if let Some(v) = part.strip_prefix("Credential=") {
+            cred = Some(v.to_owned());
+        } else if let Some(v) = part.strip_prefix("SignedHeaders=") {
+            signed = Some(v.to_owned());
+        } else if let Some(v) = part.strip_prefix("Signature=") {
+            sig = Some(v.to_owned());
+        }
+    }
+    let (cred, signed, sig) = (
+        cred.ok_or("no Credential")?,
+        signed.ok_or("no SignedHeaders")?,
+        sig.ok_or("no Signature")?,
+    );
+    let parts: Vec<&str> = cred.split('/').collect();
+    if parts.len() != 5
+        || parts[0] != KEY_ID
+        || parts[2] != REGION
+        || parts[3] != "s3"
+        || parts[4] != "aws4_request"
+    {
+        return Err(format!("bad credential scope {cred}"));
+    }
+    let date = parts[1];
+    let amz_date = h("x-amz-date").ok_or("no x-amz-date")?;
+    if !amz_date.starts_with(date) {
+        return Err("x-amz-date does not match the credential date".into());
+    }
+    let when = chrono::NaiveDateTime::parse_from_str(&amz_date, "%Y%m%dT%H%M%SZ")
+        .map_err(|e| e.to_string())?;
+    if (chrono::Utc::now().naive_utc() - when).num_minutes().abs() > 15 {
+        return Err("request time too skewed".into());
+    }
+    if h("x-amz-security-token").as_deref() != Some(TOKEN) {
+        return Err("missing or wrong x-amz-security-token".into());
+    }
+    let payload = h("x-amz-content-sha256").ok_or("no x-amz-content-sha256")?;
+    let empty = hex::encode(Sha256::digest(b""));
+    match (expect_unsigned_payload, payload.as_str()) {
+        (true, "UNSIGNED-PAYLOAD") => {}
+        (false, p) if p == empty => {}
+        (_, p) => return Err(format!("unexpected x-amz-content-sha256 {p}")),
+    }
+    let names: Vec<&str> = signed.split(';').collect();
+    for needed in [
+        "host",
+        "x-amz-date",
+        "x-amz-content-sha256",
+        "x-amz-security-token",
+    ] {
+        if !names.contains(&needed) {
+            return Err(format!("{needed} is not signed"));
+        }
+    }
+    for (name, _) in req.headers() {
+        if name.as_str().starts_with("x-amz-meta-") && !names.contains(&name.as_str()) {
+            return Err(format!("{name} is not signed"));
+        }
+    }
+    let mut canonical = format!("{}\n{}\n", req.method(), req.uri().path());
+    let mut q: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|s| !s.is_empty())
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            (k.to_owned(), v.to_owned())
+        })
+        .collect();
+    q.sort();
+    canonical.push_str(
+        &q.iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&"),
+    );
+    canonical.push('\n');
+    for n in &names {
+        let v = h(n).ok_or_else(|| format!("signed header {n} is absent"))?;
+        let v = v.split_whitespace().collect::<Vec<_>>().join(" ");
+        canonical.push_str(&format!("{n}:{v}\n"));
+    }
+    canonical.push('\n');
+    canonical.push_str(&signed);
+    canonical.push('\n');
+    canonical.push_str(&payload);
+    let scope = format!("{date}/{REGION}/s3/aws4_request");
+    let sts = format!(
+        "AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n{}",
+        hex::encode(Sha256::digest(canonical.as_bytes()))
+    );
+    let k = hmac(format!("AWS4{SECRET}").as_bytes(), date.as_bytes());
+    let k = hmac(&k, REGION.as_bytes());
+    let k = hmac(&k, b"s3");
+    let k = hmac(&k, b"aws4_request");
+    let expected = hex::encode(hmac(&k, sts.as_bytes()));
+    if expected != sig {
+        return Err(format!(
+            "signature mismatch; canonical request was:\n{canonical}"
+        ));
+    }
+    Ok(())
+}
+
+async fn s3_head(st: &Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp, (u16, String)> {
+    verify_sigv4(&req, false).map_err(|e| (403, format!("HEAD: {e}")))?;
+    let key = object_key(req.uri().path())?;
+    let mut s = st.lock().expect("state");
+    s.observed.heads += 1;
+    if s.stored.contains(&key) {
+        s.observed.head_hits += 1;
+        Ok(reply(200, Bytes::new()))
+    } else {
+        Ok(reply(404, Bytes::new()))
+    }
+}
+
+fn decrypt(master: &[u8], wrapped: &[u8], iv: &[u8], data: &[u8]) -> Result<Vec<u8>, String> {
+    use aes::cipher::{BlockDecryptMut, KeyInit, KeyIvInit, block_padding::Pkcs7};
+    let file_key = match master.len() {
+        16 => ecb::Decryptor::<aes::Aes128>::new(master.into())
+            .decrypt_padded_vec_mut::<Pkcs7>(wrapped),
+        _ => ecb::Decryptor::<aes::Aes256>::new(master.into())
+            .decrypt_padded_vec_mut::<Pkcs7>(wrapped),
+    }
+    .map_err(|e| format!("unwrap: {e}"))?;
+    if file_key.len() != master.len() {
+        return Err(format!(
+            "file key of {} bytes for a {}-byte master key",
+            file_key.len(),
+            master.len()
+        ));
+    }
+    let iv: &[u8; 16] = iv.try_into().map_err(|_| "iv is not 16 bytes".to_owned())?;
+    match file_key.len() {
+        16 => cbc::Decryptor::<aes::Aes128>::new(file_key[..].into(), iv.into())
+            .decrypt_padded_vec_mut::<Pkcs7>(data),
+        _ => cbc::Decryptor::<aes::Aes256>::new(file_key[..].into(), iv.into())
+            .decrypt_padded_vec_mut::<Pkcs7>(data),
+    }
+    .map_err(|e| format!("decrypt: {e}"))
+}
+
+async fn s3_put(st: &Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp, (u16, String)> {
+    verify_sigv4(&req, true).map_err(|e| (403, format!("PUT: {e}")))?;
+    let key = object_key(req.uri().path())?;
+    let h = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let missing = |n: &str| (400, format!("PUT {key}: missing {n}"));
+    let digest = h("x-amz-meta-sfc-digest").ok_or_else(|| missing("x-amz-meta-sfc-digest"))?;
+    let wrapped = h("x-amz-meta-x-amz-key").ok_or_else(|| missing("x-amz-meta-x-amz-key"))?;
+    let iv = h("x-amz-meta-x-amz-iv").ok_or_else(|| missing("x-amz-meta-x-amz-iv"))?;
+    let matdesc =
+        h("x-amz-meta-x-amz-matdesc").ok_or_else(|| missing("x-amz-meta-x-amz-matdesc"))?;
+    if h("content-type").as_deref() != Some("application/octet-stream") {
+        return Err((400, "content-type is not application/octet-stream".into()));
+    }
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| (400, e.to_string()))?
+        .to_bytes();
+    let (master, http, presigned) = {
+        let s = st.lock().expect("state");
+        (
+            s.master_key.clone(),
+            s.http.clone(),
+            s.presigned.get(&key).cloned(),
+        )
+    };
+    let md: Json = serde_json::from_str(&matdesc).map_err(|e| (400, format!("matdesc: {e}")))?;
+    let key_bits = (master.len() * 8).to_string();
+    if md["smkId"] != "8675309"
+        || md["queryId"] != "01b0-sluice-test"
+        || md["keySize"] != key_bits.as_str()
+    {
+        return Err((
+            400,
+            format!("matdesc {matdesc} does not echo the encryption material"),
+        ));
+    }
+    let b64 = |s: &str| B64.decode(s).map_err(|e| (400, format!("base64: {e}")));
+    let plain = decrypt(&master, &b64(&wrapped)?, &b64(&iv)?, &body)
+        .map_err(|e| (400, format!("PUT {key}: {e}")))?;
+    if B64.encode(Sha256::digest(&plain)) != digest {
+        return Err((
+            400,
+            format!("PUT {key}: sfc-digest does not match the decrypted file"),
+        ));
+    }
+    let presigned = presigned.ok_or_else(|| {
+        (
+            400,
+            format!("PUT {key}: no PUT statement announced this object"),
+        )
+    })?;
+    let r = http
+        .put(&presigned)
+        .body(plain.clone())
+        .send()
+        .await
+        .map_err(|e| (502, e.to_string()))?;
+    if !r.status().is_success() {
+        return Err((
+            502,
+            format!("fakesnow refused the plaintext: {}", r.status()),
+        ));
+    }
+    let mut s = st.lock().expect("state");
+    s.stored.insert(key.clone());
+    s.observed.puts += 1;
+    s.observed.objects.insert(key, plain);
+    Ok(Response::builder()
+        .status(200)
+        .header(
+            "etag",
+            format!("\"{}\"", hex::encode(&Sha256::digest(&body)[..16])),
+        )
+        .body(Full::new(Bytes::new()))
+        .expect("response"))
+}
