@@ -13,6 +13,7 @@ mod error;
 pub mod runtime;
 pub mod stats;
 
+pub use cli::{TransformCommand, run_command};
 pub use config::TransformConfig;
 pub use error::{FailureKind, LoadError, TransformError};
 pub use runtime::{

@@ -1,0 +1,198 @@
+//! Rows per second through wasm transforms against the same logic written natively in Rust.
+//!
+//! Two workloads at batch sizes 1, 64 and 1024 (rows of 3 fields: int, string, float):
+//! `passthrough`, and the `filter` (value > 50) → `enrich` (rename, uppercase, computed field)
+//! chain. The wasm side runs through the real runtime (`TransformChain::process_blocking`, one
+//! worker, so both sides use one core); the native side applies equivalent Rust functions to the
+//! same host rows. After criterion's report a summary prints rows/s, the wasm/native ratio and
+//! the per-row cost of the boundary (passthrough wasm minus native, per row).
+//!
+//! Run: `cargo bench -p sluice --bench transform -- --measurement-time 3`. The example guests
+//! are built first (`cargo build --release` in `transforms/`).
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BatchSize, Criterion, Throughput};
+use sluice::row::{Name, RecordMeta, Row, Value};
+use sluice::transform::{RecordOutcome, RuntimeOptions, TransformChain, TransformConfig};
+
+const BATCH_SIZES: [usize; 3] = [1, 64, 1024];
+
+struct Guests {
+    passthrough: String,
+    filter: String,
+    enrich: String,
+}
+
+fn build_guests() -> Guests {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../transforms");
+    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+        .current_dir(&dir)
+        .args(["build", "--release", "-p", "transform-passthrough", "-p", "transform-filter", "-p", "transform-enrich"])
+        .env_remove("CARGO_TARGET_DIR")
+        .status()
+        .expect("running cargo build in transforms/");
+    assert!(status.success(), "building the example guests failed");
+    let path = |n: &str| dir.join("target/wasm32-wasip2/release").join(format!("transform_{n}.wasm")).display().to_string();
+    Guests { passthrough: path("passthrough"), filter: path("filter"), enrich: path("enrich") }
+}
+
+fn config(path: &str, with: &[(&str, &str)]) -> TransformConfig {
+    let mut c = TransformConfig::new(path);
+    c.with = with.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    c
+}
+
+fn load(configs: &[TransformConfig]) -> TransformChain {
+    TransformChain::load(configs, &RuntimeOptions { workers: 1, cache_dir: None }).expect("chain loads")
+}
+
+fn passthrough_chain(g: &Guests) -> TransformChain {
+    load(&[config(&g.passthrough, &[])])
+}
+
+fn filter_enrich_chain(g: &Guests) -> TransformChain {
+    load(&[
+        config(&g.filter, &[("field", "value"), ("op", "gt"), ("value", "50")]),
+        config(&g.enrich, &[("rename", "name:customer"), ("uppercase", "customer"), ("compute", "double=value*2")]),
+    ])
+}
+
+/// `n` rows `{id: int, name: string, value: float}`; half of them have value > 50.
+fn rows(n: usize) -> Vec<(RecordMeta, Row)> {
+    let names: [Name; 3] = [Arc::from("id"), Arc::from("name"), Arc::from("value")];
+    (0..n)
+        .map(|i| {
+            let mut r = Row::with_capacity(3);
+            r.push(names[0].clone(), Value::Int(i as i64));
+            r.push(names[1].clone(), Value::String(format!("user{:04}", i % 10_000)));
+            r.push(names[2].clone(), Value::Float((i % 100) as f64 + 0.5));
+            let meta = RecordMeta { topic: "bench".into(), partition: 0, offset: i as i64, ..RecordMeta::default() };
+            (meta, r)
+        })
+        .collect()
+}
+
+fn native_passthrough(batch: Vec<(RecordMeta, Row)>) -> Vec<RecordOutcome> {
+    batch.into_iter().map(|(_, r)| RecordOutcome::Emitted(vec![r])).collect()
+}
+
+/// The filter → enrich logic of the guests, natively: numeric compare, rename, uppercase,
+/// computed field.
+fn native_filter_enrich(batch: Vec<(RecordMeta, Row)>) -> Vec<RecordOutcome> {
+    let customer: Name = Arc::from("customer");
+    let double: Name = Arc::from("double");
+    batch
+        .into_iter()
+        .map(|(_, mut row)| {
+            let keep = match row.get("value") {
+                Some(Value::Int(i)) => (*i as f64) > 50.0,
+                Some(Value::Float(f)) => *f > 50.0,
+                _ => false,
+            };
+            if !keep {
+                return RecordOutcome::Emitted(Vec::new());
+            }
+            if let Some(f) = row.fields.iter_mut().find(|f| &*f.name == "name") {
+                f.name = customer.clone();
+            }
+            if let Some(f) = row.fields.iter_mut().find(|f| &*f.name == "customer")
+                && let Value::String(s) = &mut f.value
+            {
+                s.make_ascii_uppercase();
+            }
+            let v = match row.get("value") {
+                Some(Value::Float(f)) => Value::Float(f * 2.0),
+                Some(Value::Int(i)) => Value::Int(i * 2),
+                _ => Value::Null,
+            };
+            row.push(double.clone(), v);
+            RecordOutcome::Emitted(vec![row])
+        })
+        .collect()
+}
+
+fn bench(c: &mut Criterion, g: &Guests) {
+    let pass = passthrough_chain(g);
+    let chain = filter_enrich_chain(g);
+    // Both implementations must agree before their speed means anything.
+    assert_eq!(chain.process_blocking(rows(256)).unwrap(), native_filter_enrich(rows(256)));
+    assert_eq!(pass.process_blocking(rows(256)).unwrap(), native_passthrough(rows(256)));
+    for (workload, wasm, native) in [
+        ("passthrough", &pass, native_passthrough as fn(_) -> _),
+        ("filter_enrich", &chain, native_filter_enrich as fn(_) -> _),
+    ] {
+        let mut group = c.benchmark_group(workload);
+        for n in BATCH_SIZES {
+            group.throughput(Throughput::Elements(n as u64));
+            group.bench_function(format!("wasm/{n}"), |b| {
+                b.iter_batched(|| rows(n), |batch| black_box(wasm.process_blocking(batch).unwrap()), BatchSize::LargeInput)
+            });
+            group.bench_function(format!("native/{n}"), |b| {
+                b.iter_batched(|| rows(n), |batch| black_box(native(batch)), BatchSize::LargeInput)
+            });
+        }
+        group.finish();
+    }
+}
+
+/// Mean time per call of `f` over fresh batches of `n` rows, timing only the call.
+fn time_per_batch(n: usize, budget: Duration, mut f: impl FnMut(Vec<(RecordMeta, Row)>) -> Vec<RecordOutcome>) -> Duration {
+    for _ in 0..20 {
+        black_box(f(rows(n)));
+    }
+    let (mut spent, mut calls) = (Duration::ZERO, 0u32);
+    while spent < budget {
+        let batch = rows(n);
+        let start = Instant::now();
+        black_box(f(batch));
+        spent += start.elapsed();
+        calls += 1;
+    }
+    spent / calls
+}
+
+fn summary(g: &Guests) {
+    let pass = passthrough_chain(g);
+    let chain = filter_enrich_chain(g);
+    let budget = Duration::from_millis(1500);
+    println!("\nsummary (1 worker thread; rows/s = batch rows / mean batch time)");
+    println!("{:<14} {:>6} {:>14} {:>14} {:>12} {:>14}", "workload", "batch", "wasm rows/s", "native rows/s", "wasm/native", "wasm ns/row");
+    for n in BATCH_SIZES {
+        let mut pass_ns = 0.0;
+        let mut native_pass_ns = 0.0;
+        for (workload, wasm, native) in [
+            ("passthrough", &pass, native_passthrough as fn(_) -> _),
+            ("filter_enrich", &chain, native_filter_enrich as fn(_) -> _),
+        ] {
+            let w = time_per_batch(n, budget, |b| wasm.process_blocking(b).unwrap());
+            let nat = time_per_batch(n, budget, native);
+            let w_ns = w.as_nanos() as f64 / n as f64;
+            let n_ns = nat.as_nanos() as f64 / n as f64;
+            if workload == "passthrough" {
+                pass_ns = w_ns;
+                native_pass_ns = n_ns;
+            }
+            println!(
+                "{workload:<14} {n:>6} {:>14.0} {:>14.0} {:>12.3} {:>14.1}",
+                1e9 / w_ns,
+                1e9 / n_ns,
+                n_ns / w_ns,
+                w_ns
+            );
+        }
+        println!("{:<14} {n:>6} boundary cost per row (passthrough wasm - native): {:.1} ns", "", pass_ns - native_pass_ns);
+    }
+}
+
+fn main() {
+    let guests = build_guests();
+    let mut c = Criterion::default().configure_from_args();
+    bench(&mut c, &guests);
+    c.final_summary();
+    summary(&guests);
+}
