@@ -14,7 +14,7 @@ use sluice::sink::snowflake::{
 };
 use sluice_tests::snowflake::s3_double::S3Double;
 use sluice_tests::snowflake::{
-    connect, dead_letter_collector, emulator, python_query, row, sink_config,
+    connect, dead_letter_collector, emulator, python_query, row, shared_db_lock, sink_config,
 };
 
 fn rec(topic: &str, partition: i32, offset: i64, rows: Vec<Row>) -> SinkRecord {
@@ -68,7 +68,7 @@ fn last_durable(ds: &[Durable]) -> HashMap<i32, i64> {
 async fn rows_read_back_with_exact_values_types_and_offsets() {
     let mut cfg = sink_config("events");
     cfg.batch.max_rows = 3;
-    let sink = Arc::new(connect(&cfg, "p1", ":isolated:").await);
+    let sink = Arc::new(connect(&cfg, "p1", Some(":isolated:")).await);
     let records = vec![
         rec(
             "orders",
@@ -268,7 +268,7 @@ async fn rows_read_back_with_exact_values_types_and_offsets() {
 #[tokio::test]
 async fn loading_the_same_batch_again_adds_zero_rows() {
     let cfg = sink_config("events");
-    let sink = Arc::new(connect(&cfg, "p1", ":isolated:").await);
+    let sink = Arc::new(connect(&cfg, "p1", Some(":isolated:")).await);
     let batch = Batch {
         topic: "t".into(),
         partition: 2,
@@ -325,15 +325,16 @@ async fn loading_the_same_batch_again_adds_zero_rows() {
 
 #[tokio::test]
 async fn crash_between_warehouse_commit_and_kafka_commit_loses_and_duplicates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().to_str().unwrap().to_owned();
-    let mut cfg = sink_config("events");
+    // Several sessions must see one warehouse: the server's shared database, with names of its own.
+    let _shared = shared_db_lock().lock().await;
+    let mut cfg = sink_config("crash_events");
+    cfg.offsets_table = "CRASH_OFFSETS".into();
     cfg.batch.max_rows = 10;
     let log: Vec<SinkRecord> = (0..30).map(|o| rec("t", 0, o, vec![event(o)])).collect();
 
     // First life: two batches commit in the warehouse, a third is half built, then the process
     // dies before the consumer acts on any Durable, so Kafka's committed offset stays at 0.
-    let sink = Arc::new(connect(&cfg, "p", &db).await);
+    let sink = Arc::new(connect(&cfg, "p", None).await);
     let (handle, mut durable, task) = sink.clone().spawn(None, 64);
     for r in log[..25].iter().cloned() {
         handle.record(r).await.unwrap();
@@ -343,13 +344,11 @@ async fn crash_between_warehouse_commit_and_kafka_commit_loses_and_duplicates_no
     assert_eq!((d1.next_offset, d2.next_offset), (10, 20));
     task.abort();
     let _ = task.await;
-    // The dead process's session ends (Snowflake expires it; fakesnow must let go of the
-    // database file before another session can open it).
     sink.close().await;
     drop((handle, durable, sink));
 
     // Second life: a new sink (new session) on the same warehouse state.
-    let sink = Arc::new(connect(&cfg, "p", &db).await);
+    let sink = Arc::new(connect(&cfg, "p", None).await);
     assert_eq!(
         sink.committed_offsets("t").await.unwrap(),
         HashMap::from([(0, 20)])
@@ -374,7 +373,7 @@ async fn crash_between_warehouse_commit_and_kafka_commit_loses_and_duplicates_no
     sink.close().await;
 
     // Third life, seeking properly: nothing left to do, nothing changes.
-    let sink = Arc::new(connect(&cfg, "p", &db).await);
+    let sink = Arc::new(connect(&cfg, "p", None).await);
     let from = sink.committed_offsets("t").await.unwrap()[&0];
     let (summary, _) = run_writer(sink.clone(), log[from as usize..].to_vec(), None).await;
     assert_eq!(summary, SinkSummary::default());
@@ -385,9 +384,9 @@ async fn crash_between_warehouse_commit_and_kafka_commit_loses_and_duplicates_no
 #[tokio::test]
 async fn rows_that_do_not_fit_go_to_dead_letters_before_the_offsets_move() {
     let cfg = sink_config("events");
-    let sink = Arc::new(connect(&cfg, "p", ":isolated:").await);
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
     let (dlq, letters) = dead_letter_collector();
-    let records = vec![
+    let records = [
         rec("t", 0, 0, vec![event(1)]),
         rec(
             "t",
@@ -452,7 +451,7 @@ async fn rows_that_do_not_fit_go_to_dead_letters_before_the_offsets_move() {
 async fn new_fields_add_columns_under_add_columns() {
     let mut cfg = sink_config("events");
     cfg.schema_evolution = SchemaEvolution::AddColumns;
-    let sink = Arc::new(connect(&cfg, "p", ":isolated:").await);
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
     let b1 = Batch {
         topic: "t".into(),
         partition: 0,
@@ -508,7 +507,7 @@ async fn new_fields_add_columns_under_add_columns() {
 async fn ndjson_lands_in_one_variant_column() {
     let mut cfg = sink_config("landing");
     cfg.format = sluice::sink::snowflake::config::FileFormat::Ndjson;
-    let sink = Arc::new(connect(&cfg, "p", ":isolated:").await);
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
     let records = vec![
         rec(
             "t",
@@ -617,17 +616,18 @@ async fn key_pair_login_is_accepted() {
         Some(include_str!("../host/src/sink/snowflake/testdata/test_key.pem").to_owned());
     cfg.account = "myorg-acct".into();
     cfg.user = "loader".into();
-    let sink = connect(&cfg, "p", ":isolated:").await;
+    let sink = connect(&cfg, "p", Some(":isolated:")).await;
     assert_eq!(sink.count_rows().await.unwrap(), 0);
 }
 
 #[tokio::test]
 async fn hundred_thousand_rows_exactly_once_read_back_by_the_python_connector() {
-    let dir = tempfile::tempdir().unwrap();
-    let db = dir.path().to_str().unwrap().to_owned();
+    // The Python connector must see the same data: the server's shared database.
+    let _shared = shared_db_lock().lock().await;
     let mut cfg = sink_config("bulk");
+    cfg.offsets_table = "BULK_OFFSETS".into();
     cfg.batch.max_rows = 10_000;
-    let sink = Arc::new(connect(&cfg, "bulk", &db).await);
+    let sink = Arc::new(connect(&cfg, "bulk", None).await);
     let (handle, mut durable, task) = sink.clone().spawn(None, 1024);
     let producer = tokio::spawn(async move {
         for i in 0..100_000i64 {
@@ -662,10 +662,8 @@ async fn hundred_thousand_rows_exactly_once_read_back_by_the_python_connector() 
     sink.close().await;
     drop(sink);
 
-    let db2 = db.clone();
     let rows = tokio::task::spawn_blocking(move || {
         python_query(
-            &db2,
             "SELECT COUNT(*), COUNT(DISTINCT id), SUM(id), MIN(id), MAX(id), SUM(amount) FROM bulk",
         )
     })
@@ -684,8 +682,7 @@ async fn hundred_thousand_rows_exactly_once_read_back_by_the_python_connector() 
     );
     let offsets = tokio::task::spawn_blocking(move || {
         python_query(
-            &db,
-            "SELECT partition, next_offset FROM sluice_offsets WHERE pipeline = 'bulk' ORDER BY 1",
+            "SELECT partition, next_offset FROM bulk_offsets WHERE pipeline = 'bulk' ORDER BY 1",
         )
     })
     .await

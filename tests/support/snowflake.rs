@@ -3,9 +3,10 @@
 //!
 //! The server is started once (on a free loopback port) from the project venv
 //! (`$SLUICE_VENV` or `<workspace>/.venv`, created by `scripts/install-fakesnow.sh`). Each test
-//! logs in with `FAKESNOW_DB_PATH: ":isolated:"` (a fresh database per session) or with its own
-//! temporary directory when a second session or process must see the same data. The server's
-//! watchdog stops it when the test process exits.
+//! logs in with `FAKESNOW_DB_PATH: ":isolated:"` (a fresh database per session), or, when a
+//! second session or another client must see the same data, uses the server's shared in-memory
+//! database (`None`) with table and offsets-table names of its own. The server's watchdog stops it
+//! when the test process exits.
 
 #[path = "s3_double.rs"]
 pub mod s3_double;
@@ -44,6 +45,13 @@ pub fn emulator() -> &'static Emulator {
     })
 }
 
+/// Held by tests that use the server's shared database for their whole run: concurrent DDL from
+/// several sessions on one DuckDB catalog conflicts in fakesnow.
+pub fn shared_db_lock() -> &'static tokio::sync::Mutex<()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    &LOCK
+}
+
 /// A sink config for `table` in `SINKDB.RAW` with no account (the emulator).
 pub fn sink_config(table: &str) -> SnowflakeSinkConfig {
     serde_json::from_value(serde_json::json!({
@@ -54,12 +62,21 @@ pub fn sink_config(table: &str) -> SnowflakeSinkConfig {
     .expect("valid sink config")
 }
 
-/// Connects a sink to the shared emulator; `db_path` is `":isolated:"` or a directory.
-pub async fn connect(cfg: &SnowflakeSinkConfig, pipeline: &str, db_path: &str) -> SnowflakeSink {
+/// Connects a sink to the shared emulator; `db_path` is `Some(":isolated:")` or `None` (the
+/// server's shared database).
+pub async fn connect(
+    cfg: &SnowflakeSinkConfig,
+    pipeline: &str,
+    db_path: Option<&str>,
+) -> SnowflakeSink {
     let url = tokio::task::spawn_blocking(|| emulator().url())
         .await
         .expect("emulator thread");
-    SnowflakeSink::connect(cfg, pipeline, ConnectOptions::emulator(url, db_path))
+    let opts = match db_path {
+        Some(p) => ConnectOptions::emulator(url, p),
+        None => ConnectOptions::emulator_shared(url),
+    };
+    SnowflakeSink::connect(cfg, pipeline, opts)
         .await
         .unwrap_or_else(|e| panic!("connect: {e:#?}"))
 }
@@ -90,25 +107,23 @@ pub fn dead_letter_collector() -> (DeadLetterTx, tokio::task::JoinHandle<Vec<Dea
 const PY_READ: &str = r#"
 import json, sys
 import snowflake.connector
-port, db_path, sql = sys.argv[1], sys.argv[2], sys.argv[3]
+port, sql = sys.argv[1], sys.argv[2]
 conn = snowflake.connector.connect(
     user="reader", password="x", account="fakesnow", host="127.0.0.1", port=int(port),
     protocol="http", database="SINKDB", schema="RAW",
-    session_parameters={"FAKESNOW_DB_PATH": db_path},
 )
 cur = conn.cursor()
 cur.execute(sql)
 print(json.dumps([list(r) for r in cur.fetchall()], default=str))
 "#;
 
-/// Runs `sql` through the official Python connector (an independent client) against the shared
-/// emulator with the same `db_path`, returning the rows as JSON.
-pub fn python_query(db_path: &str, sql: &str) -> Vec<Vec<Json>> {
+/// Runs `sql` through the official Python connector (an independent client) against the
+/// emulator's shared database, returning the rows as JSON.
+pub fn python_query(sql: &str) -> Vec<Vec<Json>> {
     let out = std::process::Command::new(venv().join("bin/python"))
         .arg("-c")
         .arg(PY_READ)
         .arg(emulator().port().to_string())
-        .arg(db_path)
         .arg(sql)
         .output()
         .expect("run the venv python");

@@ -60,6 +60,7 @@ c=$!
 trap 'kill $c 2>/dev/null; exit 0' TERM INT HUP
 while kill -0 "$3" 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.5 & wait $!; done
 kill $c 2>/dev/null
+kill -0 "$3" 2>/dev/null || rm -f "$4"
 "#;
 
 fn free_port() -> std::io::Result<u16> {
@@ -88,6 +89,7 @@ impl Emulator {
                 .arg(&fakesnow)
                 .arg(port.to_string())
                 .arg(std::process::id().to_string())
+                .arg(&log_path)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().map_err(EmulatorError::Spawn)?)
                 .stderr(log)

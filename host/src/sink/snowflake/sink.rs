@@ -154,11 +154,25 @@ pub struct ConnectOptions {
 }
 
 impl ConnectOptions {
-    /// Options for the fakesnow emulator at `url`. `db_path` is `":isolated:"` (a fresh database
-    /// per login) or a directory that keeps the data across logins and processes.
+    /// Options for the fakesnow emulator at `url`, with `db_path` as `FAKESNOW_DB_PATH`:
+    /// `":isolated:"` is a fresh in-memory database per login; a directory keeps the data in
+    /// files across server restarts (one open session per directory at a time: fakesnow cannot
+    /// attach the same file twice, and frees it only once a closed session is garbage collected).
     pub fn emulator(url: String, db_path: &str) -> ConnectOptions {
+        Self::emulator_db(url, Some(db_path))
+    }
+
+    /// Options for the emulator's one shared in-memory database, which every session that names
+    /// no path sees (several sessions and clients of one server, e.g. in tests).
+    pub fn emulator_shared(url: String) -> ConnectOptions {
+        Self::emulator_db(url, None)
+    }
+
+    fn emulator_db(url: String, db_path: Option<&str>) -> ConnectOptions {
         let mut session_parameters = serde_json::Map::new();
-        session_parameters.insert("FAKESNOW_DB_PATH".into(), Json::String(db_path.to_owned()));
+        if let Some(p) = db_path {
+            session_parameters.insert("FAKESNOW_DB_PATH".into(), Json::String(p.to_owned()));
+        }
         ConnectOptions {
             account_url: Some(url),
             session_parameters,
