@@ -643,3 +643,121 @@ fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+/// `sluice transform test --component filter.wasm --input data/data.csv --with field=value
+/// --with op=gt --with value=50` prints exactly the rows with value > 50.
+#[test]
+fn cli_test_prints_exactly_the_filtered_csv_rows() {
+    use sluice::transform::cli;
+    let data = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/data.csv");
+    let mut cfg = TransformConfig::new(guests::FILTER);
+    for kv in ["field=value", "op=gt", "value=50"] {
+        let (k, v) = kv.split_once('=').unwrap();
+        cfg.with.insert(k.into(), v.into());
+    }
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    let rows = cli::read_rows(std::path::Path::new(data)).unwrap();
+    let report = cli::test(&[cfg], rows, 256, &mut out, &mut err).unwrap();
+    assert_eq!(report.failed, 0, "{}", String::from_utf8_lossy(&err));
+
+    // The expectation, computed independently from the raw CSV text.
+    let mut csv = csv::Reader::from_path(data).unwrap();
+    let headers = csv.headers().unwrap().clone();
+    let col = headers.iter().position(|h| h == "value").unwrap();
+    let id = headers.iter().position(|h| h == "id").unwrap();
+    let want: Vec<String> = csv
+        .records()
+        .map(|r| r.unwrap())
+        .filter(|r| r[col].trim().parse::<f64>().is_ok_and(|v| v > 50.0))
+        .map(|r| r[id].to_string())
+        .collect();
+    let printed: Vec<serde_json::Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let got: Vec<String> = printed.iter().map(|r| r["id"].to_string()).collect();
+    assert!(!want.is_empty());
+    assert_eq!(got, want);
+    assert!(printed.iter().all(|r| r["value"].as_f64().unwrap() > 50.0));
+}
+
+#[test]
+fn cli_test_expect_detects_a_mismatch() {
+    use sluice::transform::cli::{TransformCommand, run_command};
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(
+        &input,
+        "{\"id\":1,\"name\":\"ada\"}\n{\"id\":2,\"name\":\"bob\"}\n",
+    )
+    .unwrap();
+    let good = dir.path().join("good.jsonl");
+    std::fs::write(
+        &good,
+        "{\"id\":1,\"name\":\"ADA\"}\n{\"id\":2,\"name\":\"BOB\"}\n",
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"id\":1,\"name\":\"ADA\"}\n").unwrap();
+    let run = |expect: &std::path::Path| {
+        run_command(TransformCommand::Test {
+            components: vec![guests::ENRICH.into()],
+            input: input.clone(),
+            with: vec!["uppercase=name".into()],
+            expect: Some(expect.to_path_buf()),
+            batch_size: 1024,
+            timeout_ms: None,
+            memory_mb: None,
+            fuel: None,
+            debug_stdio: false,
+        })
+        .unwrap()
+    };
+    assert_eq!(run(&good), std::process::ExitCode::SUCCESS);
+    assert_eq!(run(&bad), std::process::ExitCode::from(1));
+}
+
+/// `sluice transform new` scaffolds a crate that builds and passes its own golden test as is.
+#[test]
+fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
+    use sluice::transform::cli;
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path();
+    let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../transforms/sluice-guest");
+    let target = concat!(env!("OUT_DIR"), "/scaffold-target");
+    std::fs::create_dir_all(ws.join(".cargo")).unwrap();
+    std::fs::write(
+        ws.join(".cargo/config.toml"),
+        format!("[build]\ntarget = \"wasm32-wasip2\"\ntarget-dir = {target:?}\n"),
+    )
+    .unwrap();
+    std::fs::write(
+        ws.join("Cargo.toml"),
+        format!(
+            "[workspace]\nresolver = \"3\"\nmembers = [\"*\"]\nexclude = [\".cargo\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\nrust-version = \"1.95\"\nlicense = \"Apache-2.0\"\npublish = false\n\n[workspace.dependencies]\nsluice-guest = {{ path = {sdk:?} }}\n"
+        ),
+    )
+    .unwrap();
+    let crate_dir = cli::scaffold("shout", ws).unwrap();
+    assert!(cli::scaffold("shout", ws).is_err(), "refuses to overwrite");
+    assert!(cli::scaffold("Bad Name", ws).is_err());
+    let built = cli::build(Some("shout"), ws).unwrap();
+    assert_eq!(built.len(), 1, "{built:?}");
+    assert!(
+        built[0].ends_with("wasm32-wasip2/release/transform_shout.wasm"),
+        "{built:?}"
+    );
+    let rows = cli::read_rows(&crate_dir.join("testdata/input.jsonl")).unwrap();
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    cli::test(
+        &[TransformConfig::new(built[0].to_string_lossy())],
+        rows,
+        16,
+        &mut out,
+        &mut err,
+    )
+    .unwrap();
+    let expected = std::fs::read_to_string(crate_dir.join("testdata/expected.jsonl")).unwrap();
+    assert_eq!(String::from_utf8(out).unwrap(), expected);
+}

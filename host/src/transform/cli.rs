@@ -205,10 +205,7 @@ pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !status.success() {
         bail!("cargo build in {} failed ({status})", dir.display());
     }
-    let target_dir = match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(t) => PathBuf::from(t),
-        None => dir.join("target"),
-    };
+    let target_dir = target_dir(dir)?;
     let release = target_dir.join(TARGET).join("release");
     let mut out: Vec<PathBuf> = std::fs::read_dir(&release)
         .with_context(|| format!("reading {}", release.display()))?
@@ -223,6 +220,28 @@ pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// The workspace's target directory as cargo resolves it (`CARGO_TARGET_DIR`, config files).
+fn target_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    let out = Command::new("cargo")
+        .current_dir(dir)
+        .args(["metadata", "--format-version", "1", "--no-deps"])
+        .output()
+        .with_context(|| format!("running cargo metadata in {}", dir.display()))?;
+    if !out.status.success() {
+        bail!(
+            "cargo metadata in {} failed: {}",
+            dir.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let meta: serde_json::Value =
+        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+    meta["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .context("cargo metadata has no target_directory")
 }
 
 fn ensure_wasm_target() {
