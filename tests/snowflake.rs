@@ -609,6 +609,151 @@ async fn s3_stage_with_client_side_encryption_through_the_double() {
 }
 
 #[tokio::test]
+async fn s3_uploads_are_retried_on_503() {
+    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
+        .await
+        .unwrap();
+    let double = S3Double::start(&emu_url, 16).await;
+    let mut opts = ConnectOptions::emulator(double.url(), ":isolated:");
+    opts.s3_endpoint = Some(double.url());
+    opts.retry.base_delay_ms = 10;
+    let sink = Arc::new(
+        SnowflakeSink::connect(&sink_config("events"), "p", opts)
+            .await
+            .unwrap(),
+    );
+    double.fail_next_puts(2);
+    let (summary, _) = run_writer(
+        sink.clone(),
+        (0..3).map(|o| rec("t", 0, o, vec![event(o)])).collect(),
+        None,
+    )
+    .await;
+    assert_eq!(summary.rows_loaded, 3);
+    let seen = double.observed();
+    assert_eq!((seen.failed_on_purpose, seen.puts), (2, 1));
+    assert!(seen.rejections.is_empty(), "{:#?}", seen.rejections);
+    assert_eq!(
+        sink.stats()
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed),
+        2
+    );
+    assert_eq!(sink.count_rows().await.unwrap(), 3);
+}
+
+#[tokio::test]
+async fn batches_flush_on_latency_and_on_bytes_without_being_asked() {
+    let mut cfg = sink_config("events");
+    cfg.batch.max_latency_ms = 200;
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
+    let (handle, mut durable, task) = sink.clone().spawn(None, 8);
+    for o in 0..3 {
+        handle.record(rec("t", 0, o, vec![event(o)])).await.unwrap();
+    }
+    // No flush, no close: only the latency bound can make this arrive.
+    let d = tokio::time::timeout(std::time::Duration::from_secs(60), durable.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.next_offset, 3);
+    assert_eq!(sink.count_rows().await.unwrap(), 3);
+    handle.close();
+    task.await.unwrap().unwrap();
+
+    let mut cfg = sink_config("wide");
+    cfg.batch.max_bytes = 1024;
+    cfg.batch.max_latency_ms = 3_600_000;
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
+    let (handle, mut durable, task) = sink.clone().spawn(None, 8);
+    let wide = |o: i64| {
+        row(&[
+            ("id", Value::Int(o)),
+            ("blob", Value::String("x".repeat(300))),
+        ])
+    };
+    for o in 0..8 {
+        handle.record(rec("t", 0, o, vec![wide(o)])).await.unwrap();
+    }
+    // About 316 bytes a row: the fourth row crosses 1024 bytes, and so does the eighth.
+    let d1 = durable.recv().await.unwrap();
+    let d2 = durable.recv().await.unwrap();
+    assert_eq!((d1.next_offset, d2.next_offset), (4, 8));
+    handle.close();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!((summary.files, summary.rows_loaded), (2, 8));
+}
+
+#[tokio::test]
+async fn revoked_partitions_drop_unflushed_rows_and_order_is_enforced() {
+    let sink = Arc::new(connect(&sink_config("events"), "p", Some(":isolated:")).await);
+    let (handle, durable, task) = sink.clone().spawn(None, 8);
+    for o in 0..3 {
+        handle.record(rec("t", 0, o, vec![event(o)])).await.unwrap();
+    }
+    handle.revoke(vec![("t".into(), 0)]).await.unwrap();
+    // Reassigned later: the consumer replays from the committed offset (none yet).
+    for o in 0..5 {
+        handle.record(rec("t", 0, o, vec![event(o)])).await.unwrap();
+    }
+    handle.close();
+    let summary = task.await.unwrap().unwrap();
+    drop(durable);
+    assert_eq!(summary.rows_loaded, 5);
+    let r = sink
+        .query(&format!(
+            "SELECT COUNT(*), COUNT(DISTINCT \"ID\") FROM {}",
+            sink.table()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.rows, vec![vec![json!(5), json!(5)]]);
+
+    let (handle, _durable, task) = sink.clone().spawn(None, 8);
+    handle
+        .record(rec("t", 0, 10, vec![event(10)]))
+        .await
+        .unwrap();
+    handle
+        .record(rec("t", 0, 10, vec![event(10)]))
+        .await
+        .unwrap(); // a redelivery: ignored
+    handle
+        .record(rec("t", 0, 12, vec![event(12)]))
+        .await
+        .unwrap();
+    let _ = handle.record(rec("t", 0, 11, vec![event(11)])).await;
+    handle.close();
+    match task.await.unwrap() {
+        Err(sluice::sink::snowflake::SinkError::OutOfOrder {
+            offset: 11,
+            last_offset: 12,
+            ..
+        }) => {}
+        other => panic!("expected an order error, got {other:?}"),
+    }
+    assert_eq!(
+        sink.count_rows().await.unwrap(),
+        5,
+        "nothing of the broken batch was loaded"
+    );
+}
+
+#[tokio::test]
+async fn a_lost_session_is_replaced_by_logging_in_again() {
+    let sink = connect(&sink_config("events"), "p", Some(":isolated:")).await;
+    sink.close().await; // the server forgets the token; the next request gets 390104
+    let r = sink.query("SELECT 41 + 1 AS answer").await.unwrap();
+    assert_eq!(r.rows, vec![vec![json!(42)]]);
+    assert_eq!(
+        sink.stats()
+            .session_renewals
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
 async fn key_pair_login_is_accepted() {
     // fakesnow checks no credentials; this pins that the JWT login shape goes through.
     let mut cfg = sink_config("events");

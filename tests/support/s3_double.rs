@@ -49,6 +49,8 @@ pub struct Observed {
     pub rejections: Vec<String>,
     /// PUT statements rewritten.
     pub put_statements: u32,
+    /// Uploads answered 503 on purpose (see [`S3Double::fail_next_puts`]).
+    pub failed_on_purpose: u32,
 }
 
 struct State {
@@ -58,6 +60,7 @@ struct State {
     stored: HashSet<String>,
     observed: Observed,
     http: reqwest::Client,
+    fail_puts: u32,
 }
 
 /// A running double.
@@ -100,6 +103,7 @@ impl S3Double {
             stored: HashSet::new(),
             observed: Observed::default(),
             http: reqwest::Client::new(),
+            fail_puts: 0,
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -125,6 +129,11 @@ impl S3Double {
     /// The URL to use as the account URL (Snowflake REST) and as the S3 endpoint (path style).
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Answers the next `n` uploads with 503 SlowDown, as S3 does under load.
+    pub fn fail_next_puts(&self, n: u32) {
+        self.state.lock().expect("state").fail_puts = n;
     }
 
     /// A copy of what it saw so far.
@@ -428,6 +437,14 @@ fn decrypt(master: &[u8], wrapped: &[u8], iv: &[u8], data: &[u8]) -> Result<Vec<
 
 async fn s3_put(st: &Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp, (u16, String)> {
     verify_sigv4(&req, true).map_err(|e| (403, format!("PUT: {e}")))?;
+    {
+        let mut s = st.lock().expect("state");
+        if s.fail_puts > 0 {
+            s.fail_puts -= 1;
+            s.observed.failed_on_purpose += 1;
+            return Ok(reply(503, "<Error><Code>SlowDown</Code></Error>"));
+        }
+    }
     let key = object_key(req.uri().path())?;
     let h = |n: &str| {
         req.headers()

@@ -134,6 +134,24 @@ pub enum SinkError {
     /// The writer task is gone.
     #[error("the snowflake sink writer stopped")]
     Closed,
+    /// The writer failed while flushing on request; the message is its error.
+    #[error("the snowflake sink writer failed: {0}")]
+    WriterFailed(String),
+    /// A record arrived below the open batch's last offset and is not a redelivery of one it
+    /// holds: the caller broke the per-partition offset order, and loading on could lose rows.
+    #[error(
+        "record {topic}/{partition}@{offset} arrived after offset {last_offset}: records must come in offset order per partition"
+    )]
+    OutOfOrder {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The late record's offset.
+        offset: i64,
+        /// The open batch's last offset.
+        last_offset: i64,
+    },
 }
 
 /// Connection choices that do not belong in pipeline.json.
@@ -266,7 +284,7 @@ impl SinkHandle {
             .map_err(|_| SinkError::Closed)?;
         done.await
             .map_err(|_| SinkError::Closed)?
-            .map_err(SinkError::Config)
+            .map_err(SinkError::WriterFailed)
     }
 
     /// Ends the input; the writer flushes what it holds and its join handle returns the summary.
@@ -1188,7 +1206,19 @@ impl Writer {
         if let Some(b) = &p.batch
             && r.offset <= b.batch.last_offset()
         {
-            return Ok(()); // a redelivery of a record the open batch already holds
+            if b.batch
+                .records
+                .binary_search_by_key(&r.offset, |x| x.0)
+                .is_ok()
+            {
+                return Ok(()); // a redelivery of a record the open batch already holds
+            }
+            return Err(SinkError::OutOfOrder {
+                topic: r.topic,
+                partition: r.partition,
+                offset: r.offset,
+                last_offset: b.batch.last_offset(),
+            });
         }
         let b = p.batch.get_or_insert_with(|| PendingBatch {
             batch: Batch {
