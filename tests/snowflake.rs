@@ -609,6 +609,122 @@ async fn s3_stage_with_client_side_encryption_through_the_double() {
 }
 
 #[tokio::test]
+async fn a_transaction_that_fails_after_copy_is_replayed_exactly_once() {
+    // Both lives must see one warehouse: the server's shared database, with names of its own.
+    let _shared = shared_db_lock().lock().await;
+    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
+        .await
+        .unwrap();
+    let double = S3Double::start(&emu_url, 16).await;
+    let options = || {
+        let mut o = ConnectOptions::emulator_shared(double.url());
+        o.s3_endpoint = Some(double.url());
+        o
+    };
+    let mut cfg = sink_config("txn_events");
+    cfg.offsets_table = "TXN_OFFSETS".into();
+    cfg.batch.max_rows = 5;
+    let log: Vec<SinkRecord> = (0..10).map(|o| rec("t", 0, o, vec![event(o)])).collect();
+
+    // First life: batch [0,4] commits; batch [5,9] is staged and copied, then COMMIT fails.
+    let sink = Arc::new(SnowflakeSink::connect(&cfg, "p", options()).await.unwrap());
+    let (handle, mut durable, task) = sink.clone().spawn(None, 16);
+    for r in log[..5].iter().cloned() {
+        handle.record(r).await.unwrap();
+    }
+    assert_eq!(durable.recv().await.unwrap().next_offset, 5);
+    double.fail_next_statement("COMMIT", "000603");
+    for r in log[5..].iter().cloned() {
+        let _ = handle.record(r).await;
+    }
+    handle.close();
+    let err = task
+        .await
+        .unwrap()
+        .expect_err("the failed commit must fail the writer");
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    assert!(
+        durable.recv().await.is_none(),
+        "nothing after the failure may be reported durable"
+    );
+    assert_eq!(
+        sink.count_rows().await.unwrap(),
+        5,
+        "the copy was rolled back"
+    );
+    assert_eq!(
+        sink.committed_offsets("t").await.unwrap(),
+        HashMap::from([(0, 5)])
+    );
+    sink.close().await;
+
+    // Second life replays from Kafka's offset 0: the staged file already exists (HEAD, no second
+    // upload) and its rolled-back load counts for nothing, so COPY loads it now, once.
+    let sink = Arc::new(SnowflakeSink::connect(&cfg, "p", options()).await.unwrap());
+    let (summary, durable) = run_writer(sink.clone(), log.clone(), None).await;
+    assert_eq!(
+        (summary.records_already_committed, summary.rows_loaded),
+        (5, 5)
+    );
+    assert_eq!(last_durable(&durable), HashMap::from([(0, 10)]));
+    let seen = double.observed();
+    assert_eq!((seen.puts, seen.head_hits), (2, 1));
+    assert!(seen.rejections.is_empty(), "{:#?}", seen.rejections);
+    let r = sink
+        .query(&format!(
+            "SELECT COUNT(*), COUNT(DISTINCT \"ID\"), MIN(\"ID\"), MAX(\"ID\") FROM {}",
+            sink.table()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.rows, vec![vec![json!(10), json!(10), json!(0), json!(9)]]);
+    sink.close().await;
+}
+
+#[tokio::test]
+async fn a_session_lost_inside_the_transaction_redoes_it_on_a_new_session() {
+    let _shared = shared_db_lock().lock().await;
+    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
+        .await
+        .unwrap();
+    let double = S3Double::start(&emu_url, 16).await;
+    let mut opts = ConnectOptions::emulator_shared(double.url());
+    opts.s3_endpoint = Some(double.url());
+    let mut cfg = sink_config("relogin_events");
+    cfg.offsets_table = "RELOGIN_OFFSETS".into();
+    let sink = SnowflakeSink::connect(&cfg, "p", opts).await.unwrap();
+    // After BEGIN and COPY, the server "forgets" the session: re-running DELETE on a new login
+    // would commit the offsets without the rows, so the whole transaction is redone instead.
+    double.fail_next_statement("DELETE", "390104");
+    let batch = Batch {
+        topic: "t".into(),
+        partition: 0,
+        records: (0..4).map(|o| (o, vec![event(o)])).collect(),
+    };
+    let outcome = sink.load_batch(&batch, None).await.unwrap();
+    assert_eq!((outcome.rows_loaded, outcome.next_offset), (4, 4));
+    assert_eq!(
+        sink.stats()
+            .session_renewals
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let r = sink
+        .query(&format!(
+            "SELECT COUNT(*), COUNT(DISTINCT \"ID\") FROM {}",
+            sink.table()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.rows, vec![vec![json!(4), json!(4)]]);
+    assert_eq!(
+        sink.committed_offsets("t").await.unwrap(),
+        HashMap::from([(0, 4)])
+    );
+    sink.close().await;
+}
+
+#[tokio::test]
 async fn s3_uploads_are_retried_on_503() {
     let emu_url = tokio::task::spawn_blocking(|| emulator().url())
         .await

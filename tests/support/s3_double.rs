@@ -61,6 +61,7 @@ struct State {
     observed: Observed,
     http: reqwest::Client,
     fail_puts: u32,
+    fail_statement: Option<(String, &'static str)>,
 }
 
 /// A running double.
@@ -104,6 +105,7 @@ impl S3Double {
             observed: Observed::default(),
             http: reqwest::Client::new(),
             fail_puts: 0,
+            fail_statement: None,
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -134,6 +136,13 @@ impl S3Double {
     /// Answers the next `n` uploads with 503 SlowDown, as S3 does under load.
     pub fn fail_next_puts(&self, n: u32) {
         self.state.lock().expect("state").fail_puts = n;
+    }
+
+    /// Answers the next statement starting with `prefix` with Snowflake error `code` instead of
+    /// passing it on (the server never sees it): e.g. `("COMMIT", "000603")` fails a transaction
+    /// at its end, `("DELETE", "390104")` pretends the session is gone in the middle of one.
+    pub fn fail_next_statement(&self, prefix: &str, code: &'static str) {
+        self.state.lock().expect("state").fail_statement = Some((prefix.to_uppercase(), code));
     }
 
     /// A copy of what it saw so far.
@@ -200,6 +209,26 @@ async fn proxy(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    let sql = serde_json::from_slice::<Json>(&body).ok().and_then(|j| {
+        j.get("sqlText")
+            .and_then(Json::as_str)
+            .map(|s| s.trim_start().to_uppercase())
+    });
+    if let Some(sql) = &sql {
+        let mut s = st.lock().expect("state");
+        if let Some((prefix, code)) = s.fail_statement.clone()
+            && sql.starts_with(prefix.as_str())
+        {
+            s.fail_statement = None;
+            let status = if code.starts_with("3901") { 401 } else { 200 };
+            return reply(
+                status,
+                json!({"data": {"errorCode": code, "sqlState": "XX000", "queryId": "injected"},
+                    "code": code, "message": "injected failure", "success": false})
+                .to_string(),
+            );
+        }
+    }
     let is_put = serde_json::from_slice::<Json>(&body)
         .ok()
         .and_then(|j| {

@@ -72,6 +72,10 @@ pub enum SnowflakeError {
     /// The private key could not be read or used.
     #[error("invalid private key: {0}")]
     Key(String),
+    /// The session expired inside a transaction and had to be replaced by a new login, which
+    /// lost the transaction; the statement was not run on the new session.
+    #[error("the session was replaced by a new login inside a transaction")]
+    SessionReplaced,
 }
 
 impl SnowflakeError {
@@ -341,6 +345,7 @@ pub struct Client {
     cfg: ClientConfig,
     session: RwLock<Session>,
     sequence: AtomicU64,
+    in_transaction: std::sync::atomic::AtomicBool,
     stats: Arc<SinkStats>,
 }
 
@@ -413,6 +418,7 @@ impl Client {
                 epoch: 0,
             }),
             sequence: AtomicU64::new(0),
+            in_transaction: std::sync::atomic::AtomicBool::new(false),
             stats,
         })
     }
@@ -544,6 +550,13 @@ impl Client {
         Ok(())
     }
 
+    /// Marks the session as inside (or outside) an explicit transaction, so that a session
+    /// replaced by a new login fails the statement ([`SnowflakeError::SessionReplaced`]) instead
+    /// of running it outside the transaction.
+    pub fn set_in_transaction(&self, inside: bool) {
+        self.in_transaction.store(inside, Ordering::SeqCst);
+    }
+
     /// Runs one statement and returns the raw `data` object of the response (for PUT, whose
     /// answer is transfer instructions rather than rows).
     pub async fn query_raw(&self, sql: &str, binds: &[Bind]) -> Result<Json, SnowflakeError> {
@@ -591,7 +604,15 @@ impl Client {
                 Ok(resp) => return self.finish_async(resp, &token).await,
                 Err(e) if !renewed && matches!(e.code(), Some("390112" | "390104")) => {
                     renewed = true;
+                    let epoch = self.session_epoch().await;
                     self.renew(&token).await?;
+                    // Resubmitting on a new session would run the rest of a transaction in
+                    // autocommit mode without its first half.
+                    if self.in_transaction.load(Ordering::SeqCst)
+                        && self.session_epoch().await != epoch
+                    {
+                        return Err(SnowflakeError::SessionReplaced);
+                    }
                 }
                 Err(e) => return Err(e),
             }

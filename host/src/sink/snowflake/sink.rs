@@ -753,7 +753,9 @@ impl SnowflakeSink {
                 .load_batch_locked(&mut state, batch, dead_letters)
                 .await
             {
-                Err(SinkError::SessionLost) if attempt == 0 => {
+                Err(
+                    SinkError::SessionLost | SinkError::Snowflake(SnowflakeError::SessionReplaced),
+                ) if attempt == 0 => {
                     attempt += 1;
                     state.columns = None;
                 }
@@ -891,6 +893,7 @@ impl SnowflakeSink {
         let epoch = self.client.session_epoch().await;
         let started = Instant::now();
         self.client.query("BEGIN", &[]).await?;
+        let txn = InTransaction::enter(&self.client);
         let result = self
             .transaction_body(
                 batch,
@@ -922,7 +925,13 @@ impl SnowflakeSink {
                 return Err(e);
             }
         };
-        self.client.query("COMMIT", &[]).await?;
+        if let Err(e) = self.client.query("COMMIT", &[]).await {
+            // Whether it committed or not, leave no transaction open on the session: if it did
+            // commit this is a no-op, and the read-back on restart tells the truth either way.
+            let _ = self.client.query("ROLLBACK", &[]).await;
+            return Err(e.into());
+        }
+        drop(txn);
         if self.client.session_epoch().await != epoch {
             return Err(SinkError::SessionLost);
         }
@@ -1046,6 +1055,22 @@ impl SnowflakeSink {
             )
             .await?;
         Ok(Some(copied))
+    }
+}
+
+/// Marks the client as inside a transaction until dropped (on every exit path).
+struct InTransaction<'a>(&'a Client);
+
+impl<'a> InTransaction<'a> {
+    fn enter(client: &'a Client) -> InTransaction<'a> {
+        client.set_in_transaction(true);
+        InTransaction(client)
+    }
+}
+
+impl Drop for InTransaction<'_> {
+    fn drop(&mut self) {
+        self.0.set_in_transaction(false);
     }
 }
 
