@@ -401,6 +401,7 @@ async fn rows_that_do_not_fit_go_to_dead_letters_before_the_offsets_move() {
             vec![row(&[("id", Value::String("three".into()))])],
         ),
         rec("t", 0, 3, vec![event(4)]),
+        rec("t", 0, 4, vec![Row::default()]),
     ];
     // Flush after the first record so the table exists with (ID, NAME) before the rest arrive.
     let (handle, mut durable, task) = sink.clone().spawn(Some(dlq), 8);
@@ -411,14 +412,15 @@ async fn rows_that_do_not_fit_go_to_dead_letters_before_the_offsets_move() {
     }
     handle.close();
     let summary = task.await.unwrap().unwrap();
-    assert_eq!(summary.rows_dead_lettered, 2);
+    assert_eq!(summary.rows_dead_lettered, 3);
     let mut last = 0;
     while let Ok(d) = durable.try_recv() {
         last = d.next_offset;
     }
-    assert_eq!(last, 4);
+    assert_eq!(last, 5);
     let letters = letters.await.unwrap();
-    assert_eq!(letters.len(), 2);
+    assert_eq!(letters.len(), 3);
+    assert_eq!(letters[2].reason, "row has no fields");
     assert_eq!(letters[0].stage, "sink");
     assert_eq!(letters[0].kind, "schema");
     assert_eq!(

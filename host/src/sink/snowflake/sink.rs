@@ -831,6 +831,13 @@ impl SnowflakeSink {
                     file_rows += 1;
                 }
             }
+        } else {
+            // No table and nothing to create it from: every row of the batch has no fields.
+            for (offset, rows) in &batch.records {
+                for row in rows {
+                    rejects.push((*offset, row, "row has no fields".to_owned()));
+                }
+            }
         }
 
         // Dead letters are durable before the offsets move past their records.
@@ -1091,10 +1098,20 @@ fn find_column(columns: &[String], name: &str) -> Option<usize> {
 
 /// Maps a row's fields to table columns, or says why it cannot be loaded.
 fn map_row(row: &Row, columns: &[Column], names: &[String]) -> Result<Vec<Option<usize>>, String> {
+    if row.fields.is_empty() {
+        return Err("row has no fields".to_owned());
+    }
     let mut slots = Vec::with_capacity(row.fields.len());
     for f in &row.fields {
         let col = encode::normalize_ident(&f.name);
         match find_column(names, &col) {
+            Some(i)
+                if columns[i].kind == ColumnKind::Variant
+                    && matches!(&f.value, Value::Json(t) if serde_json::from_str::<serde::de::IgnoredAny>(t).is_err()) =>
+            {
+                // COPY would fail on it, and fail again on every replay of the batch.
+                return Err(format!("field \"{}\" is not valid JSON", f.name));
+            }
             Some(i) if columns[i].kind.accepts(&f.value) => slots.push(Some(i)),
             Some(i) => {
                 return Err(format!(
