@@ -275,11 +275,19 @@ pub struct ClientConfig {
     pub retry: RetryPolicy,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Session {
     token: String,
     master_token: Option<String>,
     epoch: u64,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("epoch", &self.epoch)
+            .finish_non_exhaustive()
+    }
 }
 
 /// One column of a result.
@@ -1321,5 +1329,15 @@ mod tests {
     fn secrets_do_not_debug_print() {
         let a = Auth::Password(Secret("hunter2".into()));
         assert!(!format!("{a:?}").contains("hunter2"));
+        let s = Session {
+            token: "tok-123".into(),
+            master_token: Some("mt-456".into()),
+            epoch: 1,
+        };
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("tok-123") && !shown.contains("mt-456"),
+            "{shown}"
+        );
     }
 }

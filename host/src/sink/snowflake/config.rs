@@ -42,7 +42,9 @@ pub struct SnowflakeSinkConfig {
     pub database: String,
     /// Schema of the target table.
     pub schema: String,
-    /// Target table.
+    /// Target table. Like every identifier here, a plain name (`[A-Za-z_][A-Za-z0-9_$]*`) is
+    /// uppercased, as Snowflake does with unquoted names, and any other name is used verbatim
+    /// (quoted). Field names become column names the same way.
     pub table: String,
     /// Named internal stage files are PUT to; created if missing.
     #[serde(default = "default_stage")]
@@ -50,7 +52,9 @@ pub struct SnowflakeSinkConfig {
     /// Table holding the committed Kafka offsets per (pipeline, topic, partition).
     #[serde(default = "default_offsets_table")]
     pub offsets_table: String,
-    /// Whether the target table is created from the first batch's schema.
+    /// Whether the target table is created from the first batch's schema, with int →
+    /// NUMBER(38,0), float → FLOAT, bool → BOOLEAN, timestamp → TIMESTAMP_NTZ, string → VARCHAR,
+    /// json → VARIANT (a field seen only as null → VARCHAR).
     #[serde(default)]
     pub create_table: CreateTable,
     /// What a field unknown to the table does: `add_columns` alters the table, `dead_letter`
