@@ -465,18 +465,7 @@ impl Uploader {
                 });
             }
         }
-        let mut headers = vec![
-            (
-                "content-type".to_owned(),
-                "application/octet-stream".to_owned(),
-            ),
-            ("x-amz-meta-sfc-digest".to_owned(), digest.to_owned()),
-        ];
-        if let Some(e) = enc {
-            headers.push(("x-amz-meta-x-amz-key".into(), e.wrapped_key_b64.clone()));
-            headers.push(("x-amz-meta-x-amz-iv".into(), e.iv_b64.clone()));
-            headers.push(("x-amz-meta-x-amz-matdesc".into(), e.matdesc.clone()));
-        }
+        let headers = s3_put_headers(digest, enc);
         send_bytes_with_retry(&self.retry, &self.stats, "s3 put", || {
             // Re-signed per attempt so x-amz-date stays fresh.
             let signed = self.sign_s3(put, "PUT", &url, &headers, true);
@@ -577,6 +566,23 @@ impl Uploader {
     }
 }
 
+/// The headers of an S3 upload before signing, as the official connector sends them.
+fn s3_put_headers(digest: &str, enc: Option<&Encrypted>) -> Vec<(String, String)> {
+    let mut headers = vec![
+        (
+            "content-type".to_owned(),
+            "application/octet-stream".to_owned(),
+        ),
+        ("x-amz-meta-sfc-digest".to_owned(), digest.to_owned()),
+    ];
+    if let Some(e) = enc {
+        headers.push(("x-amz-meta-x-amz-key".into(), e.wrapped_key_b64.clone()));
+        headers.push(("x-amz-meta-x-amz-iv".into(), e.iv_b64.clone()));
+        headers.push(("x-amz-meta-x-amz-matdesc".into(), e.matdesc.clone()));
+    }
+    headers
+}
+
 /// The Azure/GCS `encryptiondata` metadata JSON (the drivers' fixed shape).
 fn encryption_data_json(e: &Encrypted) -> String {
     serde_json::json!({
@@ -672,6 +678,68 @@ mod tests {
                 decrypt(&[9u8; 16][..len.min(16)], &wrapped, &iv, &e.data).is_err() || len == 32
             );
         }
+    }
+
+    /// The S3 requests carry exactly the headers the official Python connector sent (recorded
+    /// in `testdata/official_s3_contract.json`, from PROTOCOL.md), `host` aside, which the HTTP
+    /// client adds.
+    #[test]
+    fn s3_headers_match_the_official_connector() {
+        let contract: Json =
+            serde_json::from_str(include_str!("testdata/official_s3_contract.json")).unwrap();
+        let names_of = |i: usize| -> Vec<String> {
+            let mut v: Vec<String> = contract[i]["headers"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(|k| k.to_lowercase())
+                .filter(|k| k != "host")
+                .collect();
+            v.sort();
+            v
+        };
+        let put = PutInstructions::parse(&s3_put(true)).unwrap();
+        let up = Uploader::new(
+            reqwest::Client::new(),
+            RetryPolicy::default(),
+            Arc::default(),
+            None,
+        );
+        let url = put.s3_url("f.csv.gz", None);
+        let names = |h: Vec<(String, String)>| -> Vec<String> {
+            let mut v: Vec<String> = h.into_iter().map(|(k, _)| k.to_lowercase()).collect();
+            v.sort();
+            v
+        };
+        let enc = encrypt(put.encryption.as_ref().unwrap(), b"x");
+        let signed_put = up
+            .sign_s3(&put, "PUT", &url, &s3_put_headers("d", Some(&enc)), true)
+            .unwrap();
+        assert_eq!(contract[1]["method"], "PUT");
+        assert_eq!(names(signed_put.clone()), names_of(1));
+        let unsigned = signed_put
+            .iter()
+            .find(|(k, _)| k == "x-amz-content-sha256")
+            .unwrap();
+        assert_eq!(unsigned.1, "UNSIGNED-PAYLOAD");
+        let signed_head = up.sign_s3(&put, "HEAD", &url, &[], false).unwrap();
+        assert_eq!(contract[0]["method"], "HEAD");
+        assert_eq!(names(signed_head.clone()), names_of(0));
+        let empty = signed_head
+            .iter()
+            .find(|(k, _)| k == "x-amz-content-sha256")
+            .unwrap();
+        assert_eq!(empty.1, contract[0]["headers"]["x-amz-content-sha256"]);
+        let auth = signed_put
+            .iter()
+            .find(|(k, _)| k == "authorization")
+            .unwrap();
+        assert!(
+            auth.1.starts_with("AWS4-HMAC-SHA256 Credential=AKID/"),
+            "{}",
+            auth.1
+        );
+        assert!(auth.1.contains("/us-west-2/s3/aws4_request"), "{}", auth.1);
     }
 
     #[test]
