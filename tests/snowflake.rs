@@ -727,6 +727,46 @@ async fn a_session_lost_inside_the_transaction_redoes_it_on_a_new_session() {
 }
 
 #[tokio::test]
+async fn an_expired_session_is_renewed_with_the_master_token_keeping_the_transaction() {
+    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
+        .await
+        .unwrap();
+    let double = S3Double::start(&emu_url, 16).await;
+    double.enable_master_tokens();
+    let mut opts = ConnectOptions::emulator(double.url(), ":isolated:");
+    opts.s3_endpoint = Some(double.url());
+    let sink = SnowflakeSink::connect(&sink_config("events"), "p", opts)
+        .await
+        .unwrap();
+    // Code 390112 in the middle of the COPY + offsets transaction: renewing the token keeps the
+    // session (and its open transaction), so the statement is simply resubmitted.
+    double.fail_next_statement("DELETE", "390112");
+    let batch = Batch {
+        topic: "t".into(),
+        partition: 0,
+        records: (0..4).map(|o| (o, vec![event(o)])).collect(),
+    };
+    let outcome = sink.load_batch(&batch, None).await.unwrap();
+    assert_eq!((outcome.rows_loaded, outcome.next_offset), (4, 4));
+    let seen = double.observed();
+    assert_eq!(seen.token_renewals, 1);
+    assert!(seen.rejections.is_empty(), "{:#?}", seen.rejections);
+    // With :isolated:, a new login would have meant a new, empty database: the rows are there, so
+    // the session survived.
+    assert_eq!(sink.count_rows().await.unwrap(), 4);
+    assert_eq!(
+        sink.committed_offsets("t").await.unwrap(),
+        HashMap::from([(0, 4)])
+    );
+    assert_eq!(
+        sink.stats()
+            .session_renewals
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
+
+#[tokio::test]
 async fn s3_uploads_are_retried_on_503() {
     let emu_url = tokio::task::spawn_blocking(|| emulator().url())
         .await

@@ -51,6 +51,8 @@ pub struct Observed {
     pub put_statements: u32,
     /// Uploads answered 503 on purpose (see [`S3Double::fail_next_puts`]).
     pub failed_on_purpose: u32,
+    /// Session tokens renewed through `/session/token-request`.
+    pub token_renewals: u32,
 }
 
 struct State {
@@ -62,6 +64,7 @@ struct State {
     http: reqwest::Client,
     fail_puts: u32,
     fail_statement: Option<(String, &'static str)>,
+    master_tokens: bool,
 }
 
 /// A running double.
@@ -106,6 +109,7 @@ impl S3Double {
             http: reqwest::Client::new(),
             fail_puts: 0,
             fail_statement: None,
+            master_tokens: false,
         }));
         let st = state.clone();
         let task = tokio::spawn(async move {
@@ -145,6 +149,13 @@ impl S3Double {
         self.state.lock().expect("state").fail_statement = Some((prefix.to_uppercase(), code));
     }
 
+    /// From now on, logins answer with a `masterToken` (as real Snowflake does and fakesnow does
+    /// not) and `/session/token-request` renews session tokens: the renewed token is
+    /// `renewed-<n>:<fakesnow token>`, translated back when proxying.
+    pub fn enable_master_tokens(&self) {
+        self.state.lock().expect("state").master_tokens = true;
+    }
+
     /// A copy of what it saw so far.
     pub fn observed(&self) -> Observed {
         self.state.lock().expect("state").observed.clone()
@@ -177,7 +188,54 @@ async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
     }
 }
 
+fn token_of(auth: &str) -> Option<&str> {
+    auth.strip_prefix("Snowflake Token=\"")?.strip_suffix('"')
+}
+
+async fn token_request(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let body: Json = serde_json::from_slice(&body).unwrap_or(Json::Null);
+    let mut s = st.lock().expect("state");
+    let old = body["oldSessionToken"].as_str().unwrap_or("");
+    let original = old.split_once(':').map_or(old, |(_, t)| t).to_owned();
+    if !s.master_tokens
+        || body["requestType"] != "RENEW"
+        || token_of(&auth) != Some(format!("master-{original}").as_str())
+    {
+        s.observed
+            .rejections
+            .push(format!("bad token-request: {auth} {body}"));
+        return reply(
+            401,
+            json!({"success": false, "code": "390104", "message": "bad renew"}).to_string(),
+        );
+    }
+    s.observed.token_renewals += 1;
+    let n = s.observed.token_renewals;
+    reply(
+        200,
+        json!({"data": {"sessionToken": format!("renewed-{n}:{original}"), "validityInSecondsST": 3600,
+            "masterToken": format!("master-{original}"), "validityInSecondsMT": 14400}, "success": true})
+        .to_string(),
+    )
+}
+
 async fn proxy(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
+    if req.uri().path() == "/session/token-request" {
+        return token_request(st, req).await;
+    }
+    let is_login = req.uri().path() == "/session/v1/login-request";
     let (http, base) = {
         let s = st.lock().expect("state");
         (s.http.clone(), s.fakesnow.clone())
@@ -203,6 +261,17 @@ async fn proxy(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
             headers.insert(name, v);
         }
     }
+    // A renewed token stands for the fakesnow token it was made from.
+    if let Some(t) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(token_of)
+        && let Some((_, original)) = t.split_once(':')
+        && let Ok(v) =
+            reqwest::header::HeaderValue::from_str(&format!("Snowflake Token=\"{original}\""))
+    {
+        headers.insert("authorization", v);
+    }
     let body = req
         .into_body()
         .collect()
@@ -220,7 +289,12 @@ async fn proxy(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
             && sql.starts_with(prefix.as_str())
         {
             s.fail_statement = None;
-            let status = if code.starts_with("3901") { 401 } else { 200 };
+            // Snowflake answers an expired session (390112) with 200; fakesnow a gone one with 401.
+            let status = if code.starts_with("3901") && code != "390112" {
+                401
+            } else {
+                200
+            };
             return reply(
                 status,
                 json!({"data": {"errorCode": code, "sqlState": "XX000", "queryId": "injected"},
@@ -250,6 +324,15 @@ async fn proxy(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
     };
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap_or_default();
+    if is_login && st.lock().expect("state").master_tokens {
+        let Ok(mut j) = serde_json::from_slice::<Json>(&bytes) else {
+            return reply(status, bytes);
+        };
+        let token = j["data"]["token"].as_str().unwrap_or("").to_owned();
+        j["data"]["masterToken"] = json!(format!("master-{token}"));
+        j["data"]["validityInSeconds"] = json!(3600);
+        return reply(status, j.to_string());
+    }
     if !is_put {
         return reply(status, bytes);
     }
