@@ -767,6 +767,40 @@ async fn an_expired_session_is_renewed_with_the_master_token_keeping_the_transac
 }
 
 #[tokio::test]
+async fn a_query_answered_503_is_resubmitted_with_the_same_request_id() {
+    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
+        .await
+        .unwrap();
+    let double = S3Double::start(&emu_url, 16).await;
+    let mut opts = ConnectOptions::emulator(double.url(), ":isolated:");
+    opts.retry.base_delay_ms = 10;
+    let sink = SnowflakeSink::connect(&sink_config("events"), "p", opts)
+        .await
+        .unwrap();
+    double.fail_next_statement("SELECT 7", "http503");
+    let r = sink.query("SELECT 7 AS seven").await.unwrap();
+    assert_eq!(r.rows, vec![vec![json!(7)]]);
+    assert_eq!(
+        sink.stats()
+            .retries
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    let seen = double.observed();
+    let tail = &seen.query_requests[seen.query_requests.len() - 2..];
+    let request_id = |pq: &str| {
+        pq.split(['?', '&'])
+            .find(|p| p.starts_with("requestId="))
+            .map(str::to_owned)
+    };
+    assert_eq!(request_id(&tail[0]), request_id(&tail[1]), "{tail:?}");
+    assert!(
+        !tail[0].contains("retryCount") && tail[1].contains("retryCount=1"),
+        "{tail:?}"
+    );
+}
+
+#[tokio::test]
 async fn s3_uploads_are_retried_on_503() {
     let emu_url = tokio::task::spawn_blocking(|| emulator().url())
         .await

@@ -53,6 +53,8 @@ pub struct Observed {
     pub failed_on_purpose: u32,
     /// Session tokens renewed through `/session/token-request`.
     pub token_renewals: u32,
+    /// Path and query of every query-request, in order.
+    pub query_requests: Vec<String>,
 }
 
 struct State {
@@ -142,7 +144,8 @@ impl S3Double {
         self.state.lock().expect("state").fail_puts = n;
     }
 
-    /// Answers the next statement starting with `prefix` with Snowflake error `code` instead of
+    /// Answers the next statement starting with `prefix` with Snowflake error `code` (or, for
+    /// `"http503"`, a bare HTTP 503) instead of
     /// passing it on (the server never sees it): e.g. `("COMMIT", "000603")` fails a transaction
     /// at its end, `("DELETE", "390104")` pretends the session is gone in the middle of one.
     pub fn fail_next_statement(&self, prefix: &str, code: &'static str) {
@@ -236,6 +239,14 @@ async fn proxy(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
         return token_request(st, req).await;
     }
     let is_login = req.uri().path() == "/session/v1/login-request";
+    if req.uri().path() == "/queries/v1/query-request" {
+        let pq = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default();
+        st.lock().expect("state").observed.query_requests.push(pq);
+    }
     let (http, base) = {
         let s = st.lock().expect("state");
         (s.http.clone(), s.fakesnow.clone())
@@ -289,6 +300,9 @@ async fn proxy(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
             && sql.starts_with(prefix.as_str())
         {
             s.fail_statement = None;
+            if code == "http503" {
+                return reply(503, "Service Unavailable");
+            }
             // Snowflake answers an expired session (390112) with 200; fakesnow a gone one with 401.
             let status = if code.starts_with("3901") && code != "390112" {
                 401
