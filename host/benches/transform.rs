@@ -14,6 +14,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
 use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput};
@@ -32,23 +33,51 @@ fn build_guests() -> Guests {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../transforms");
     let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
         .current_dir(&dir)
-        .args(["build", "--release", "-p", "transform-passthrough", "-p", "transform-filter", "-p", "transform-enrich"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "transform-passthrough",
+            "-p",
+            "transform-filter",
+            "-p",
+            "transform-enrich",
+        ])
         .env_remove("CARGO_TARGET_DIR")
         .status()
         .expect("running cargo build in transforms/");
     assert!(status.success(), "building the example guests failed");
-    let path = |n: &str| dir.join("target/wasm32-wasip2/release").join(format!("transform_{n}.wasm")).display().to_string();
-    Guests { passthrough: path("passthrough"), filter: path("filter"), enrich: path("enrich") }
+    let path = |n: &str| {
+        dir.join("target/wasm32-wasip2/release")
+            .join(format!("transform_{n}.wasm"))
+            .display()
+            .to_string()
+    };
+    Guests {
+        passthrough: path("passthrough"),
+        filter: path("filter"),
+        enrich: path("enrich"),
+    }
 }
 
 fn config(path: &str, with: &[(&str, &str)]) -> TransformConfig {
     let mut c = TransformConfig::new(path);
-    c.with = with.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    c.with = with
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     c
 }
 
 fn load(configs: &[TransformConfig]) -> TransformChain {
-    TransformChain::load(configs, &RuntimeOptions { workers: 1, cache_dir: None }).expect("chain loads")
+    TransformChain::load(
+        configs,
+        &RuntimeOptions {
+            workers: 1,
+            cache_dir: None,
+        },
+    )
+    .expect("chain loads")
 }
 
 fn passthrough_chain(g: &Guests) -> TransformChain {
@@ -57,8 +86,18 @@ fn passthrough_chain(g: &Guests) -> TransformChain {
 
 fn filter_enrich_chain(g: &Guests) -> TransformChain {
     load(&[
-        config(&g.filter, &[("field", "value"), ("op", "gt"), ("value", "50")]),
-        config(&g.enrich, &[("rename", "name:customer"), ("uppercase", "customer"), ("compute", "double=value*2")]),
+        config(
+            &g.filter,
+            &[("field", "value"), ("op", "gt"), ("value", "50")],
+        ),
+        config(
+            &g.enrich,
+            &[
+                ("rename", "name:customer"),
+                ("uppercase", "customer"),
+                ("compute", "double=value*2"),
+            ],
+        ),
     ])
 }
 
@@ -69,16 +108,27 @@ fn rows(n: usize) -> Vec<(RecordMeta, Row)> {
         .map(|i| {
             let mut r = Row::with_capacity(3);
             r.push(names[0].clone(), Value::Int(i as i64));
-            r.push(names[1].clone(), Value::String(format!("user{:04}", i % 10_000)));
+            r.push(
+                names[1].clone(),
+                Value::String(format!("user{:04}", i % 10_000)),
+            );
             r.push(names[2].clone(), Value::Float((i % 100) as f64 + 0.5));
-            let meta = RecordMeta { topic: "bench".into(), partition: 0, offset: i as i64, ..RecordMeta::default() };
+            let meta = RecordMeta {
+                topic: "bench".into(),
+                partition: 0,
+                offset: i as i64,
+                ..RecordMeta::default()
+            };
             (meta, r)
         })
         .collect()
 }
 
 fn native_passthrough(batch: Vec<(RecordMeta, Row)>) -> Vec<RecordOutcome> {
-    batch.into_iter().map(|(_, r)| RecordOutcome::Emitted(vec![r])).collect()
+    batch
+        .into_iter()
+        .map(|(_, r)| RecordOutcome::Emitted(vec![r]))
+        .collect()
 }
 
 /// The filter → enrich logic of the guests, natively: numeric compare, rename, uppercase,
@@ -120,8 +170,14 @@ fn bench(c: &mut Criterion, g: &Guests) {
     let pass = passthrough_chain(g);
     let chain = filter_enrich_chain(g);
     // Both implementations must agree before their speed means anything.
-    assert_eq!(chain.process_blocking(rows(256)).unwrap(), native_filter_enrich(rows(256)));
-    assert_eq!(pass.process_blocking(rows(256)).unwrap(), native_passthrough(rows(256)));
+    assert_eq!(
+        chain.process_blocking(rows(256)).unwrap(),
+        native_filter_enrich(rows(256))
+    );
+    assert_eq!(
+        pass.process_blocking(rows(256)).unwrap(),
+        native_passthrough(rows(256))
+    );
     for (workload, wasm, native) in [
         ("passthrough", &pass, native_passthrough as fn(_) -> _),
         ("filter_enrich", &chain, native_filter_enrich as fn(_) -> _),
@@ -130,10 +186,18 @@ fn bench(c: &mut Criterion, g: &Guests) {
         for n in BATCH_SIZES {
             group.throughput(Throughput::Elements(n as u64));
             group.bench_function(format!("wasm/{n}"), |b| {
-                b.iter_batched(|| rows(n), |batch| black_box(wasm.process_blocking(batch).unwrap()), BatchSize::LargeInput)
+                b.iter_batched(
+                    || rows(n),
+                    |batch| black_box(wasm.process_blocking(batch).unwrap()),
+                    BatchSize::LargeInput,
+                )
             });
             group.bench_function(format!("native/{n}"), |b| {
-                b.iter_batched(|| rows(n), |batch| black_box(native(batch)), BatchSize::LargeInput)
+                b.iter_batched(
+                    || rows(n),
+                    |batch| black_box(native(batch)),
+                    BatchSize::LargeInput,
+                )
             });
         }
         group.finish();
@@ -141,7 +205,11 @@ fn bench(c: &mut Criterion, g: &Guests) {
 }
 
 /// Mean time per call of `f` over fresh batches of `n` rows, timing only the call.
-fn time_per_batch(n: usize, budget: Duration, mut f: impl FnMut(Vec<(RecordMeta, Row)>) -> Vec<RecordOutcome>) -> Duration {
+fn time_per_batch(
+    n: usize,
+    budget: Duration,
+    mut f: impl FnMut(Vec<(RecordMeta, Row)>) -> Vec<RecordOutcome>,
+) -> Duration {
     for _ in 0..20 {
         black_box(f(rows(n)));
     }
@@ -156,12 +224,32 @@ fn time_per_batch(n: usize, budget: Duration, mut f: impl FnMut(Vec<(RecordMeta,
     spent / calls
 }
 
+/// Total time spent inside guest calls (all transforms of the chain, from the runtime's own
+/// latency stats) in µs, and rows handed to the first transform.
+fn call_time(chain: &TransformChain) -> (u64, u64) {
+    let stats = chain.stats();
+    let us = stats
+        .iter()
+        .map(|(_, s)| s.latency_sum_us.load(Relaxed))
+        .sum();
+    (us, stats[0].1.rows_in.load(Relaxed))
+}
+
 fn summary(g: &Guests) {
     let pass = passthrough_chain(g);
     let chain = filter_enrich_chain(g);
     let budget = Duration::from_millis(1500);
     println!("\nsummary (1 worker thread; rows/s = batch rows / mean batch time)");
-    println!("{:<14} {:>6} {:>14} {:>14} {:>12} {:>14}", "workload", "batch", "wasm rows/s", "native rows/s", "wasm/native", "wasm ns/row");
+    println!(
+        "{:<14} {:>6} {:>14} {:>14} {:>12} {:>14} {:>14}",
+        "workload",
+        "batch",
+        "wasm rows/s",
+        "native rows/s",
+        "wasm/native",
+        "wasm ns/row",
+        "in-call ns/row"
+    );
     for n in BATCH_SIZES {
         let mut pass_ns = 0.0;
         let mut native_pass_ns = 0.0;
@@ -169,7 +257,10 @@ fn summary(g: &Guests) {
             ("passthrough", &pass, native_passthrough as fn(_) -> _),
             ("filter_enrich", &chain, native_filter_enrich as fn(_) -> _),
         ] {
+            let before = call_time(wasm);
             let w = time_per_batch(n, budget, |b| wasm.process_blocking(b).unwrap());
+            let (call_us, rows_in) = call_time(wasm);
+            let call_ns = (call_us - before.0) as f64 * 1000.0 / (rows_in - before.1) as f64;
             let nat = time_per_batch(n, budget, native);
             let w_ns = w.as_nanos() as f64 / n as f64;
             let n_ns = nat.as_nanos() as f64 / n as f64;
@@ -178,14 +269,19 @@ fn summary(g: &Guests) {
                 native_pass_ns = n_ns;
             }
             println!(
-                "{workload:<14} {n:>6} {:>14.0} {:>14.0} {:>12.3} {:>14.1}",
+                "{workload:<14} {n:>6} {:>14.0} {:>14.0} {:>12.3} {:>14.1} {:>14.1}",
                 1e9 / w_ns,
                 1e9 / n_ns,
                 n_ns / w_ns,
-                w_ns
+                w_ns,
+                call_ns
             );
         }
-        println!("{:<14} {n:>6} boundary cost per row (passthrough wasm - native): {:.1} ns", "", pass_ns - native_pass_ns);
+        println!(
+            "{:<14} {n:>6} boundary cost per row (passthrough wasm - native): {:.1} ns",
+            "",
+            pass_ns - native_pass_ns
+        );
     }
 }
 

@@ -671,9 +671,27 @@ fn worker_main(shared: &Shared, jobs: &Mutex<mpsc::Receiver<Job>>) {
 }
 
 /// One input row's result in one transform.
-enum RowResult {
-    Emitted(Vec<Row>),
+enum Status {
+    /// It became the next this-many rows of [`Decoded::rows`].
+    Emitted(u32),
     Failed(FailureKind, String),
+}
+
+/// A transform's results for a batch: one status per input, and all emitted rows in order (one
+/// flat vector, so the per-row cost stays at the row itself).
+#[derive(Default)]
+struct Decoded {
+    statuses: Vec<Status>,
+    rows: Vec<Row>,
+}
+
+impl Decoded {
+    fn failed(kind: FailureKind, reason: String) -> Decoded {
+        Decoded {
+            statuses: vec![Status::Failed(kind, reason)],
+            rows: Vec::new(),
+        }
+    }
 }
 
 fn run_chain(shared: &Shared, slots: &mut [Option<Slot>], inputs: Vec<(RecordMeta, Row)>) -> Reply {
@@ -767,32 +785,33 @@ fn run_transform(
     let n = rows.len();
     TransformStats::add(&t.stats.rows_in, n as u64);
     let mut batch = WireBatch::new(rows);
-    let results = match call(shared, t, slot, &batch.wire, &batch.origins, metas)? {
+    let decoded = match call(shared, t, slot, &batch.wire, &batch.origins, metas)? {
         Ok(output) => match decode(output, n, t.config.max_rows_per_record) {
-            Ok(results) => results,
-            Err(reason) if n == 1 => vec![RowResult::Failed(FailureKind::Protocol, reason)],
+            Ok(decoded) => decoded,
+            Err(reason) if n == 1 => Decoded::failed(FailureKind::Protocol, reason),
             Err(_) => isolate(shared, t, slot, &batch, metas)?,
         },
-        Err((kind, reason)) if n == 1 => vec![RowResult::Failed(kind, reason)],
+        Err((kind, reason)) if n == 1 => Decoded::failed(kind, reason),
         Err(_) => isolate(shared, t, slot, &batch, metas)?,
     };
-    let mut emitted = Vec::with_capacity(n);
+    let mut emitted = Vec::with_capacity(decoded.rows.len());
     let mut failures = Vec::new();
-    for (j, result) in results.into_iter().enumerate() {
+    let mut rows = decoded.rows.into_iter();
+    let mut filtered = 0u64;
+    for (j, status) in decoded.statuses.into_iter().enumerate() {
         let origin = batch.origins[j];
-        match result {
-            RowResult::Emitted(rows) => {
-                if rows.is_empty() {
-                    TransformStats::add(&t.stats.rows_dropped, 1);
-                }
-                TransformStats::add(&t.stats.rows_out, rows.len() as u64);
-                emitted.extend(rows.into_iter().map(|r| (origin, r)));
+        match status {
+            Status::Emitted(0) => filtered += 1,
+            Status::Emitted(k) => {
+                emitted.extend(rows.by_ref().take(k as usize).map(|r| (origin, r)))
             }
-            RowResult::Failed(kind, reason) => {
+            Status::Failed(kind, reason) => {
                 failures.push((origin, kind, reason, batch.take_row(j)))
             }
         }
     }
+    TransformStats::add(&t.stats.rows_dropped, filtered);
+    TransformStats::add(&t.stats.rows_out, emitted.len() as u64);
     Ok((emitted, failures))
 }
 
@@ -804,23 +823,21 @@ fn isolate(
     slot: &mut Option<Slot>,
     batch: &WireBatch,
     metas: &Arc<Vec<RecordMeta>>,
-) -> Result<Vec<RowResult>, TransformError> {
-    let mut results = Vec::with_capacity(batch.origins.len());
+) -> Result<Decoded, TransformError> {
+    let mut all = Decoded::default();
     for j in 0..batch.origins.len() {
         let single = batch.single(j);
-        let result = match call(shared, t, slot, &single, &batch.origins[j..=j], metas)? {
+        let one = match call(shared, t, slot, &single, &batch.origins[j..=j], metas)? {
             Ok(output) => match decode(output, 1, t.config.max_rows_per_record) {
-                Ok(mut r) => r.pop().unwrap_or(RowResult::Failed(
-                    FailureKind::Protocol,
-                    "no outcome".into(),
-                )),
-                Err(reason) => RowResult::Failed(FailureKind::Protocol, reason),
+                Ok(decoded) => decoded,
+                Err(reason) => Decoded::failed(FailureKind::Protocol, reason),
             },
-            Err((kind, reason)) => RowResult::Failed(kind, reason),
+            Err((kind, reason)) => Decoded::failed(kind, reason),
         };
-        results.push(result);
+        all.statuses.extend(one.statuses);
+        all.rows.extend(one.rows);
     }
-    Ok(results)
+    Ok(all)
 }
 
 /// One batch call on this worker's instance (built on demand). The outer error is fatal (no
@@ -879,7 +896,7 @@ fn call(
 }
 
 /// Checks the output against the batch contract and turns it into host rows.
-fn decode(output: Output, inputs: usize, max_rows: u32) -> Result<Vec<RowResult>, String> {
+fn decode(output: Output, inputs: usize, max_rows: u32) -> Result<Decoded, String> {
     let Output { outcomes, rows } = output;
     if outcomes.len() != inputs {
         return Err(format!(
@@ -923,39 +940,42 @@ fn decode(output: Output, inputs: usize, max_rows: u32) -> Result<Vec<RowResult>
     }
     let mut values = rows.values.into_iter();
     let mut shapes = rows.shapes.into_iter();
-    let mut results = Vec::with_capacity(inputs);
+    let mut decoded = Decoded {
+        statuses: Vec::with_capacity(inputs),
+        rows: Vec::with_capacity(shapes.len()),
+    };
     for outcome in outcomes {
-        results.push(match outcome {
-            Outcome::Error(e) => RowResult::Failed(FailureKind::Guest, bindings::describe(&e)),
+        decoded.statuses.push(match outcome {
+            Outcome::Error(e) => Status::Failed(FailureKind::Guest, bindings::describe(&e)),
             Outcome::Emit(k) => {
-                let mut out = Vec::with_capacity(k.min(max_rows) as usize);
                 for _ in 0..k {
                     let schema = &names[shapes.next().unwrap_or_default() as usize];
+                    if k > max_rows {
+                        values.by_ref().take(schema.len()).for_each(drop);
+                        continue;
+                    }
                     let fields = schema.iter().zip(values.by_ref()).map(|(name, v)| Field {
                         name: Name::clone(name),
                         value: from_wire(v),
                     });
-                    let row = Row {
+                    decoded.rows.push(Row {
                         fields: fields.collect(),
-                    };
-                    if k <= max_rows {
-                        out.push(row);
-                    }
+                    });
                 }
                 if k > max_rows {
-                    RowResult::Failed(
+                    Status::Failed(
                         FailureKind::OutputLimit,
                         format!(
                             "emitted {k} rows for one record (max_rows_per_record is {max_rows})"
                         ),
                     )
                 } else {
-                    RowResult::Emitted(out)
+                    Status::Emitted(k)
                 }
             }
         });
     }
-    Ok(results)
+    Ok(decoded)
 }
 
 /// Host rows in the positional wire layout, plus what is needed to rebuild each input row.
