@@ -1,1 +1,590 @@
-//! Integration tests: kafka.
+//! Integration tests: the CSV replay producer and the group consumer against a real nisshi broker
+//! process (started once per test binary by `sluice_tests::broker`). Every assertion reads back
+//! from the broker: messages, dead letters, committed offsets.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use sluice::config::KafkaConfig;
+use sluice::consume::{
+    self, CommitOutcome, Consumer, ConsumerEvent, ConsumerOptions, ConsumerStats, OffsetsProvider,
+};
+use sluice::row::Value;
+use sluice::source::config::{CsvSourceConfig, SourceConfig};
+use sluice::source::{self, ReplayConfig, ReplayStats, ReplaySummary, SourceError, dlq, wire};
+use sluice_tests::broker::{self, Message};
+use tokio_util::sync::CancellationToken;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("repo root")
+        .to_path_buf()
+}
+
+fn csv_source(v: serde_json::Value) -> CsvSourceConfig {
+    let mut v = v;
+    v["type"] = "csv".into();
+    match serde_json::from_value(v).expect("valid source config") {
+        SourceConfig::Csv(c) => c,
+    }
+}
+
+/// Replays `source` into `kafka.topic`, dead letters into `<topic>.dlq`.
+async fn replay(
+    source: &CsvSourceConfig,
+    kafka: &KafkaConfig,
+) -> Result<ReplaySummary, SourceError> {
+    let bootstrap = broker::bootstrap();
+    let (tx, task) = dlq::spawn(kafka, &bootstrap, &format!("{}.dlq", kafka.topic), 64)
+        .await
+        .expect("dlq producer");
+    let cfg = ReplayConfig {
+        source,
+        base_dir: &repo_root(),
+        kafka,
+        bootstrap: &bootstrap,
+    };
+    let r = source::replay(
+        cfg,
+        tx,
+        Arc::new(ReplayStats::default()),
+        CancellationToken::new(),
+    )
+    .await;
+    task.finish().await;
+    r
+}
+
+fn write_rows(dir: &Path, n: usize) -> PathBuf {
+    use std::io::Write as _;
+    let path = dir.join("rows.csv");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    writeln!(f, "id,name,value,at").unwrap();
+    for i in 0..n {
+        writeln!(
+            f,
+            "{i},\"name {i}, with comma\",{}.25,2024-01-01T00:00:{:02}",
+            i % 1000,
+            i % 60
+        )
+        .unwrap();
+    }
+    f.flush().unwrap();
+    path
+}
+
+/// A test sink in front of one consumer: buffers records per partition, "flushes" a batch by
+/// committing its offsets, and counts a record durable only when its commit succeeded. On
+/// revocation it drops what it buffered, as the real sink does.
+struct Member {
+    consumer: Consumer,
+    durable: Vec<(i32, i64, i64)>,
+    buf: BTreeMap<i32, Vec<(i64, i64)>>,
+    last_offset: HashMap<i32, i64>,
+    /// The first offset received per partition after each assignment.
+    first_offsets: Vec<(i32, i64)>,
+}
+
+impl Member {
+    fn start(kafka: &KafkaConfig, group: &str, offsets: OffsetsProvider) -> Member {
+        let bootstrap = broker::bootstrap();
+        let opts = ConsumerOptions {
+            kafka,
+            bootstrap: &bootstrap,
+            group_id: group,
+            offsets,
+            stats: Arc::new(ConsumerStats::default()),
+        };
+        Member {
+            consumer: Consumer::start(opts).expect("consumer"),
+            durable: Vec::new(),
+            buf: BTreeMap::new(),
+            last_offset: HashMap::new(),
+            first_offsets: Vec::new(),
+        }
+    }
+
+    /// Runs until `total` durable records (across members) reach `target`. Commits only while
+    /// `gate` is open.
+    async fn run(
+        mut self,
+        total: Arc<AtomicUsize>,
+        target: usize,
+        gate: Arc<AtomicBool>,
+        assigned: Arc<AtomicBool>,
+    ) -> Member {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        while total.load(Ordering::SeqCst) < target {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out at {} of {target}",
+                total.load(Ordering::SeqCst)
+            );
+            let ev = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await;
+            let buffered: usize = self.buf.values().map(Vec::len).sum();
+            match ev {
+                Ok(Some(Ok(ConsumerEvent::Assigned { partitions, .. }))) => {
+                    for p in &partitions {
+                        self.last_offset.remove(&p.partition);
+                    }
+                    if !partitions.is_empty() {
+                        assigned.store(true, Ordering::SeqCst);
+                    }
+                }
+                Ok(Some(Ok(ConsumerEvent::Revoked { partitions, .. }))) => {
+                    for p in partitions {
+                        self.buf.remove(&p);
+                    }
+                    if self.consumer.assignment().is_empty() {
+                        assigned.store(false, Ordering::SeqCst);
+                    }
+                }
+                Ok(Some(Ok(ConsumerEvent::Record(r)))) => {
+                    let (p, o) = (r.meta.partition, r.meta.offset);
+                    match self.last_offset.insert(p, o) {
+                        Some(prev) => assert!(o > prev, "partition {p}: offset {o} after {prev}"),
+                        None => self.first_offsets.push((p, o)),
+                    }
+                    let row = r.row.expect("row decodes");
+                    let Some(Value::Int(id)) = row.get("id") else {
+                        panic!("no id in {row:?}")
+                    };
+                    self.buf.entry(p).or_default().push((o, *id));
+                    if buffered < 500 {
+                        continue;
+                    }
+                }
+                Ok(Some(Err(e))) => panic!("consumer failed: {e}"),
+                Ok(None) => panic!("consumer stopped"),
+                Err(_) => {}
+            }
+            if gate.load(Ordering::SeqCst) {
+                self.flush(&total).await;
+            }
+        }
+        self
+    }
+
+    async fn flush(&mut self, total: &AtomicUsize) {
+        let topic = self.consumer.topic().to_owned();
+        for (p, recs) in std::mem::take(&mut self.buf) {
+            let Some(&(last, _)) = recs.last() else {
+                continue;
+            };
+            match self.consumer.commit(&topic, p, last + 1).await {
+                Ok(CommitOutcome::Committed) => {
+                    total.fetch_add(recs.len(), Ordering::SeqCst);
+                    self.durable
+                        .extend(recs.into_iter().map(|(o, id)| (p, o, id)));
+                }
+                Ok(other) => eprintln!("partition {p}: batch dropped, commit said {other:?}"),
+                Err(e) => eprintln!("partition {p}: batch dropped, commit failed: {e}"),
+            }
+        }
+    }
+}
+
+/// The ids of the durable records of several members, sorted.
+fn ids(durable: &[&[(i32, i64, i64)]]) -> Vec<i64> {
+    let mut ids: Vec<i64> = durable.iter().flat_map(|d| d.iter().map(|d| d.2)).collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hundred_thousand_rows_exactly_once_across_two_group_members() {
+    const N: usize = 100_000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_rows(dir.path(), N);
+    let topic = broker::unique("rows");
+    let kafka = broker::kafka_config(
+        &topic,
+        serde_json::json!({ "partitions": 3, "max_in_flight": 5000 }),
+    );
+    let src = csv_source(serde_json::json!({ "path": path, "key_column": "id" }));
+    let summary = replay(&src, &kafka).await.expect("replay");
+    assert_eq!(
+        (
+            summary.rows_read,
+            summary.rows_produced,
+            summary.rows_dead_lettered
+        ),
+        (N as u64, N as u64, 0)
+    );
+
+    let bootstrap = broker::bootstrap();
+    let ends = consume::end_offsets(&kafka, &bootstrap, &topic)
+        .await
+        .unwrap();
+    assert_eq!(ends.len(), 3, "topic created with 3 partitions: {ends:?}");
+    assert_eq!(ends.values().sum::<i64>(), N as i64);
+
+    let group = broker::unique("group");
+    let total = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(AtomicBool::new(false));
+    let (a_assigned, b_assigned) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let a = Member::start(&kafka, &group, consume::group_offsets());
+    let b = Member::start(&kafka, &group, consume::group_offsets());
+    let a = tokio::spawn(a.run(total.clone(), N, gate.clone(), a_assigned.clone()));
+    let b = tokio::spawn(b.run(total.clone(), N, gate.clone(), b_assigned.clone()));
+    // Nothing becomes durable until both members hold partitions, so both must take part.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while !(a_assigned.load(Ordering::SeqCst) && b_assigned.load(Ordering::SeqCst)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both members never held partitions at once"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.store(true, Ordering::SeqCst);
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert!(
+        !a.durable.is_empty() && !b.durable.is_empty(),
+        "a: {}, b: {}",
+        a.durable.len(),
+        b.durable.len()
+    );
+    let got = ids(&[&a.durable, &b.durable]);
+    assert_eq!(got.len(), N, "every row exactly once");
+    assert!(
+        got.iter().copied().eq(0..N as i64),
+        "ids are exactly 0..{N}"
+    );
+    // Each member's partitions are disjoint.
+    let pa: HashSet<i32> = a.durable.iter().map(|d| d.0).collect();
+    let pb: HashSet<i32> = b.durable.iter().map(|d| d.0).collect();
+    assert!(pa.is_disjoint(&pb) || a.durable.len() + b.durable.len() == N);
+    let (ca, cb) = (a.consumer, b.consumer);
+    ca.close().await;
+    cb.close().await;
+    let committed = consume::committed_offsets(&kafka, &bootstrap, &group, &topic)
+        .await
+        .unwrap();
+    assert_eq!(
+        committed, ends,
+        "the group committed exactly the end of every partition"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_consumer_resumes_at_its_committed_offset() {
+    const N: usize = 3000;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_rows(dir.path(), N);
+    let topic = broker::unique("resume");
+    let kafka = broker::kafka_config(&topic, serde_json::json!({ "partitions": 3 }));
+    let src = csv_source(serde_json::json!({ "path": path, "key_column": "id" }));
+    replay(&src, &kafka).await.expect("replay");
+    let bootstrap = broker::bootstrap();
+    let group = broker::unique("group");
+
+    let open = Arc::new(AtomicBool::new(true));
+    let flag = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicUsize::new(0));
+    let first = Member::start(&kafka, &group, consume::group_offsets());
+    let first = first
+        .run(total.clone(), 1000, open.clone(), flag.clone())
+        .await;
+    // Records it received but never committed must come again; committed ones must not.
+    let committed = consume::committed_offsets(&kafka, &bootstrap, &group, &topic)
+        .await
+        .unwrap();
+    assert_eq!(
+        committed.values().sum::<i64>() as usize,
+        first.durable.len()
+    );
+    let first_durable = first.durable;
+    first.consumer.close().await;
+    let committed_after_close = consume::committed_offsets(&kafka, &bootstrap, &group, &topic)
+        .await
+        .unwrap();
+    assert_eq!(
+        committed, committed_after_close,
+        "closing commits nothing by itself"
+    );
+
+    let second = Member::start(&kafka, &group, consume::group_offsets());
+    let second = second.run(total.clone(), N, open, flag).await;
+    for (p, o) in &second.first_offsets {
+        assert_eq!(
+            *o,
+            committed.get(p).copied().unwrap_or(0),
+            "partition {p} resumed at its committed offset"
+        );
+    }
+    let got = ids(&[&first_durable, &second.durable]);
+    assert_eq!(got.len(), N, "no row twice");
+    assert!(got.iter().copied().eq(0..N as i64), "none missed");
+    second.consumer.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsets_provider_decides_where_partitions_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_rows(dir.path(), 60);
+    let topic = broker::unique("provider");
+    let kafka = broker::kafka_config(&topic, serde_json::json!({ "partitions": 1 }));
+    replay(&csv_source(serde_json::json!({ "path": path })), &kafka)
+        .await
+        .expect("replay");
+    let asked = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let provider: OffsetsProvider = {
+        let asked = asked.clone();
+        Arc::new(move |topic, partitions| {
+            asked.lock().unwrap().push((topic, partitions));
+            Box::pin(async { Ok(HashMap::from([(0, 42)])) })
+        })
+    };
+    let mut m = Member::start(&kafka, &broker::unique("group"), provider);
+    let mut starts = None;
+    let mut first = None;
+    while first.is_none() {
+        match tokio::time::timeout(Duration::from_secs(60), m.consumer.recv())
+            .await
+            .expect("event")
+        {
+            Some(Ok(ConsumerEvent::Assigned { partitions, .. })) => starts = Some(partitions),
+            Some(Ok(ConsumerEvent::Record(r))) => first = Some((r.meta.offset, r.row.unwrap())),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(asked.lock().unwrap().as_slice(), [(topic.clone(), vec![0])]);
+    assert_eq!(
+        starts.unwrap(),
+        [consume::PartitionStart {
+            partition: 0,
+            offset: Some(42)
+        }]
+    );
+    let (offset, row) = first.unwrap();
+    assert_eq!(offset, 42);
+    assert_eq!(row.get("id"), Some(&Value::Int(42)));
+    m.consumer.close().await;
+}
+
+fn dead_letters(topic: &str) -> Vec<(u64, String)> {
+    let mut v: Vec<(u64, String)> = broker::read_topic(&format!("{topic}.dlq"))
+        .iter()
+        .map(|m| {
+            let j = m.json();
+            assert_eq!(j["stage"], "source");
+            (
+                j["line"].as_u64().expect("line"),
+                j["kind"].as_str().expect("kind").to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+fn rows_by_line(messages: &[Message]) -> BTreeMap<u64, sluice::row::Row> {
+    messages
+        .iter()
+        .map(|m| {
+            let line = m
+                .header(wire::HEADER_LINE)
+                .expect("line header")
+                .parse()
+                .unwrap();
+            let row = wire::decode(
+                m.value.as_deref(),
+                m.headers.get(wire::HEADER_TYPES).map(Vec::as_slice),
+            )
+            .unwrap();
+            (line, row)
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_corpus_dead_letters_exact_lines() {
+    let topic = broker::unique("hostile");
+    let kafka = broker::kafka_config(&topic, serde_json::json!({ "partitions": 1 }));
+    let src = csv_source(serde_json::json!({
+        "path": "data/hostile/hostile.csv",
+        "schema": { "id": "int", "amount": "float" },
+    }));
+    let summary = replay(&src, &kafka).await.expect("replay");
+    let expected_bad = [
+        (6, "ragged_row"),
+        (7, "invalid_utf8"),
+        (12, "ragged_row"),
+        (13, "parse"),
+        (18, "ragged_row"),
+    ];
+    assert_eq!(
+        dead_letters(&topic),
+        expected_bad.map(|(l, k)| (l, k.to_owned()))
+    );
+    assert_eq!(
+        (
+            summary.rows_read,
+            summary.rows_produced,
+            summary.rows_dead_lettered
+        ),
+        (12, 7, 5)
+    );
+
+    let dlq = broker::read_topic(&format!("{topic}.dlq"));
+    let utf8 = dlq
+        .iter()
+        .map(Message::json)
+        .find(|j| j["line"] == 7)
+        .unwrap();
+    assert_eq!(utf8["file"], "hostile.csv");
+    assert_eq!(utf8["payload_encoding"], "base64");
+
+    let rows = rows_by_line(&broker::read_topic(&topic));
+    assert_eq!(
+        rows.keys().copied().collect::<Vec<_>>(),
+        [2, 3, 4, 8, 10, 14, 17]
+    );
+    let s = |v: &str| Some(Value::String(v.to_owned()));
+    assert_eq!(rows[&3].get("name").cloned(), s("comma, inside"));
+    assert_eq!(rows[&3].get("note").cloned(), s("say \"hi\""));
+    assert_eq!(rows[&4].get("name").cloned(), s("two\nlines"));
+    assert_eq!(rows[&8].get("name").cloned(), s("crlf\r\ninside"));
+    assert_eq!(rows[&10].get("name"), Some(&Value::Null));
+    assert_eq!(rows[&10].get("amount"), Some(&Value::Null));
+    assert_eq!(rows[&14].get("name").cloned(), s("emoji \u{1F600} ünïcödé"));
+    assert_eq!(rows[&14].get("note").cloned(), s("a\nb\nc"));
+    assert_eq!(rows[&17].get("note").cloned(), s("  padded  "));
+    assert_eq!(
+        rows[&2].get("id"),
+        Some(&Value::Int(1)),
+        "the BOM is not part of the first column name"
+    );
+    assert!(matches!(rows[&14].get("when"), Some(Value::Timestamp(_))));
+
+    // Under `on_error: fail` the first bad row stops the run, naming file and line.
+    let mut failing = src.clone();
+    failing.on_error = sluice::config::OnError::Fail;
+    let kafka2 = broker::kafka_config(
+        &broker::unique("hostile-fail"),
+        serde_json::json!({ "partitions": 1 }),
+    );
+    let err = replay(&failing, &kafka2).await.unwrap_err().to_string();
+    assert!(err.contains("hostile.csv:6"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semicolon_crlf_corpus() {
+    let topic = broker::unique("semicolon");
+    let kafka = broker::kafka_config(&topic, serde_json::json!({ "partitions": 1 }));
+    let src =
+        csv_source(serde_json::json!({ "path": "data/hostile/semicolon.csv", "delimiter": ";" }));
+    let summary = replay(&src, &kafka).await.expect("replay");
+    assert_eq!(dead_letters(&topic), [(5, "ragged_row".to_owned())]);
+    assert_eq!(summary.rows_produced, 3);
+    let rows = rows_by_line(&broker::read_topic(&topic));
+    assert_eq!(rows[&2].get("label"), Some(&Value::String("a;b".into())));
+    assert_eq!(rows[&2].get("price"), Some(&Value::String("1,5".into())));
+    assert_eq!(
+        rows[&3].get("label"),
+        Some(&Value::String("line\r\nbreak".into()))
+    );
+    assert_eq!(
+        rows[&6].get("label"),
+        Some(&Value::String("q \"x\"".into()))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_megabyte_field_is_dead_lettered_and_reading_goes_on() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big-field.csv");
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    write!(f, "id,blob,tail\n1,small,a\n2,\"").unwrap();
+    // 16 bytes, so ten lines of it make a 10 MiB field.
+    let chunk = "x, \"\"quoted\"\" y ".repeat(1024 * 1024 / 16);
+    for _ in 0..10 {
+        write!(f, "{chunk}\n").unwrap();
+    }
+    write!(f, "\",b\n3,after,c\n").unwrap();
+    f.flush().unwrap();
+    drop(f);
+    let topic = broker::unique("bigfield");
+    let kafka = broker::kafka_config(&topic, serde_json::json!({ "partitions": 1 }));
+    let summary = replay(&csv_source(serde_json::json!({ "path": path })), &kafka)
+        .await
+        .expect("replay");
+    assert_eq!(
+        (
+            summary.rows_read,
+            summary.rows_produced,
+            summary.rows_dead_lettered
+        ),
+        (3, 2, 1)
+    );
+    let dlq = broker::read_topic(&format!("{topic}.dlq"));
+    assert_eq!(dlq.len(), 1);
+    let j = dlq[0].json();
+    assert_eq!(
+        (j["line"].as_u64(), j["kind"].as_str()),
+        (Some(3), Some("too_large"))
+    );
+    assert_eq!(j["payload_truncated"], true);
+    assert!(j["payload_bytes"].as_u64().unwrap() > 10_000_000);
+    let rows = rows_by_line(&broker::read_topic(&topic));
+    // The field spans ten newlines, so the next record starts on line 14.
+    assert_eq!(rows.keys().copied().collect::<Vec<_>>(), [2, 14]);
+    assert_eq!(rows[&14].get("blob"), Some(&Value::String("after".into())));
+}
+
+/// Message timestamps of a paced replay, in CSV order.
+async fn paced_timestamps(pacing: serde_json::Value, n: usize) -> Vec<i64> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_rows(dir.path(), n);
+    let topic = broker::unique("paced");
+    let kafka = broker::kafka_config(&topic, serde_json::json!({ "partitions": 1 }));
+    replay(
+        &csv_source(serde_json::json!({ "path": path, "pacing": pacing })),
+        &kafka,
+    )
+    .await
+    .expect("replay");
+    let mut msgs = broker::read_topic(&topic);
+    msgs.sort_by_key(|m| m.header(wire::HEADER_LINE).unwrap().parse::<u64>().unwrap());
+    assert_eq!(msgs.len(), n);
+    msgs.iter()
+        .map(|m| m.timestamp_ms.expect("timestamp"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fixed_pacing_spaces_message_timestamps() {
+    let ts = paced_timestamps(serde_json::json!({ "mode": "fixed", "delay_ms": 40 }), 12).await;
+    for w in ts.windows(2) {
+        // 1 ms of slack: timestamps are whole milliseconds.
+        assert!(
+            w[1] - w[0] >= 39,
+            "gap {} ms < 40 ms in {ts:?}",
+            w[1] - w[0]
+        );
+    }
+    let mean = (ts[11] - ts[0]) as f64 / 11.0;
+    assert!(mean < 120.0, "mean gap {mean} ms for a 40 ms delay: {ts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_pacing_holds_the_rate() {
+    let ts = paced_timestamps(
+        serde_json::json!({ "mode": "rate", "rows_per_sec": 50.0 }),
+        26,
+    )
+    .await;
+    let span = ts[25] - ts[0];
+    // 25 intervals of 20 ms.
+    assert!(span >= 495, "26 rows at 50/s took {span} ms: {ts:?}");
+    assert!(span < 1500, "26 rows at 50/s took {span} ms: {ts:?}");
+    assert!(ts.windows(2).all(|w| w[1] >= w[0]));
+}

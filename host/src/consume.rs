@@ -612,6 +612,11 @@ impl Consumer {
         Ok(CommitOutcome::Committed)
     }
 
+    /// The topic this consumer reads.
+    pub fn topic(&self) -> &str {
+        &self.shared.topic
+    }
+
     /// Partitions currently assigned.
     pub fn assignment(&self) -> Vec<i32> {
         let st = self.shared.state.lock().unwrap_or_else(|e| e.into_inner());

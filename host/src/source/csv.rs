@@ -17,8 +17,8 @@ use std::collections::{HashMap, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use csv::ByteRecord;
 
@@ -101,6 +101,7 @@ pub struct CsvReader {
     sample: VecDeque<ByteRecord>,
     record: ByteRecord,
     bytes_read: Arc<AtomicU64>,
+    lines: Arc<Mutex<LineIndex>>,
 }
 
 impl std::fmt::Debug for CsvReader {
@@ -122,6 +123,74 @@ impl<R: Read> Read for Counting<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.counter.fetch_add(n as u64, Ordering::Relaxed);
+        Ok(n)
+    }
+}
+
+/// Where the line breaks are, so a record's byte offset maps to its line.
+///
+/// The `csv` crate's own line count misses newlines inside quoted fields (its fast path copies
+/// them without counting), and its record positions may point at the previous record's
+/// terminator or at skipped blank lines. So lines are counted here from the bytes the parser
+/// reads, as runs of `\r`/`\n` bytes: a record starts after the run its position falls in. Only
+/// the runs between the last looked-up record and the read-ahead are kept, so memory grows with
+/// the line breaks inside one record, not with the file.
+#[derive(Debug, Default)]
+struct LineIndex {
+    /// Runs of line-break bytes not yet passed: start, end (exclusive), newlines in it.
+    runs: VecDeque<(u64, u64, u64)>,
+    /// Newlines in the runs already passed.
+    before: u64,
+    /// Bytes seen.
+    offset: u64,
+}
+
+impl LineIndex {
+    fn feed(&mut self, buf: &[u8]) {
+        for (i, b) in buf.iter().enumerate() {
+            if *b != b'\n' && *b != b'\r' {
+                continue;
+            }
+            let at = self.offset + i as u64;
+            let nl = u64::from(*b == b'\n');
+            match self.runs.back_mut() {
+                Some(run) if run.1 == at => {
+                    run.1 += 1;
+                    run.2 += nl;
+                }
+                _ => self.runs.push_back((at, at + 1, nl)),
+            }
+        }
+        self.offset += buf.len() as u64;
+    }
+
+    /// The 1-based line of the record whose position is `offset`; offsets must be looked up in
+    /// ascending order.
+    fn line_of(&mut self, offset: u64) -> u64 {
+        while let Some(&(start, _, nl)) = self.runs.front() {
+            if start > offset {
+                break;
+            }
+            self.runs.pop_front();
+            self.before += nl;
+        }
+        self.before + 1
+    }
+}
+
+/// Feeds every byte the parser reads into a [`LineIndex`].
+struct Lines<R> {
+    inner: R,
+    index: Arc<Mutex<LineIndex>>,
+}
+
+impl<R: Read> Read for Lines<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.index
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .feed(&buf[..n]);
         Ok(n)
     }
 }
@@ -166,13 +235,17 @@ impl CsvReader {
         bytes_read: Arc<AtomicU64>,
         types: Option<&[ValueType]>,
     ) -> Result<CsvReader, SourceError> {
-        let input = open_without_bom(path, bytes_read.clone())?;
+        let lines = Arc::new(Mutex::new(LineIndex::default()));
+        let input = Lines {
+            inner: open_without_bom(path, bytes_read.clone())?,
+            index: lines.clone(),
+        };
         let mut rdr = csv::ReaderBuilder::new()
             .delimiter(opts.delimiter)
             .has_headers(false)
             .flexible(true)
             .buffer_capacity(64 * 1024)
-            .from_reader(input);
+            .from_reader(Box::new(input) as Box<dyn Read + Send>);
         let mut header = ByteRecord::new();
         let read_err = |line, source| SourceError::Read {
             path: path.to_path_buf(),
@@ -210,6 +283,7 @@ impl CsvReader {
             sample: VecDeque::new(),
             record: ByteRecord::new(),
             bytes_read,
+            lines,
         };
         if let Some(types) = types {
             reader.types = types.to_vec();
@@ -260,6 +334,14 @@ impl CsvReader {
         self.bytes_read.load(Ordering::Relaxed)
     }
 
+    fn line_of(&self, byte: u64) -> u64 {
+        self.lines
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .line_of(byte)
+    }
+
+    /// The approximate line the parser is at (the `csv` crate's count), for read errors only.
     fn next_line(&self) -> u64 {
         self.rdr.position().line()
     }
@@ -284,7 +366,7 @@ impl CsvReader {
                 std::mem::take(&mut self.record)
             }
         };
-        let line = rec.position().map_or(0, |p| p.line());
+        let line = self.line_of(rec.position().map_or(0, |p| p.byte()));
         let item = match self.type_record(&rec) {
             Ok(row) => CsvItem::Row { line, row },
             Err((kind, reason)) => CsvItem::Bad(BadRow {
@@ -562,6 +644,23 @@ mod tests {
         assert!(
             matches!(&items[4], CsvItem::Row { line: 6, row } if row.get("name") == Some(&Value::String("c;d".into())))
         );
+    }
+
+    #[test]
+    fn lines_count_newlines_inside_quotes_and_blank_lines() {
+        let long = "y".repeat(300);
+        let csv = format!("a;b\r\n1;\"x\r\n{long}\r\nz\"\r\n\r\n\n2;q\r\n3\r\n");
+        let mut o = opts();
+        o.delimiter = b';';
+        let (_, items) = read_all(csv.as_bytes(), &o);
+        let lines: Vec<u64> = items
+            .iter()
+            .map(|i| match i {
+                CsvItem::Row { line, .. } => *line,
+                CsvItem::Bad(b) => b.line,
+            })
+            .collect();
+        assert_eq!(lines, [2, 7, 8]);
     }
 
     #[test]

@@ -353,6 +353,7 @@ pub async fn replay(
                 key: wire::HEADER_LINE,
                 value: Some(line_text.as_bytes()),
             });
+        pacer.sent(tokio::time::Instant::now());
         let now_ms = chrono::Utc::now().timestamp_millis();
         let mut record = FutureRecord::to(&kafka.topic)
             .payload(&enc.value)

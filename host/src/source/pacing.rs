@@ -55,16 +55,20 @@ impl Pacer {
         }
     }
 
+    /// Records that a row was actually sent at `at` (after any wait): `fixed` measures its delay
+    /// from here, so a late wake-up never brings two rows closer than the delay.
+    pub fn sent(&mut self, at: Instant) {
+        if let Mode::Fixed(_) = self.mode {
+            self.last = Some(at);
+        }
+    }
+
     /// When the next row may be sent, given `now` and (for `event_time`) the row's event time.
     /// `None` means at once. Rows without an event time go at once and do not move the clock.
     pub fn next_due(&mut self, now: Instant, event_us: Option<i64>) -> Option<Instant> {
         match self.mode {
             Mode::None => None,
-            Mode::Fixed(delay) => {
-                let due = self.last.map(|l| l + delay).filter(|d| *d > now);
-                self.last = Some(due.unwrap_or(now));
-                due
-            }
+            Mode::Fixed(delay) => self.last.map(|l| l + delay).filter(|d| *d > now),
             Mode::Rate(rate) => {
                 let start = *self.start.get_or_insert(now);
                 let due = start + Duration::from_secs_f64(self.count as f64 / rate);
@@ -101,17 +105,15 @@ mod tests {
     fn fixed_spaces_from_previous_release() {
         let mut p = Pacer::new(&Pacing::Fixed { delay_ms: 100 });
         let t0 = Instant::now();
+        let at = |n| t0 + Duration::from_millis(n);
         assert_eq!(ms(p.next_due(t0, None), t0), None);
+        p.sent(t0);
         assert_eq!(ms(p.next_due(t0, None), t0), Some(100));
-        // Sent late at 250 ms: the next one waits the full delay from then.
-        assert_eq!(
-            ms(p.next_due(t0 + Duration::from_millis(250), None), t0),
-            None
-        );
-        assert_eq!(
-            ms(p.next_due(t0 + Duration::from_millis(250), None), t0),
-            Some(350)
-        );
+        // Woke up late, sent at 103 ms: the next one waits the full delay from then.
+        p.sent(at(103));
+        assert_eq!(ms(p.next_due(at(150), None), t0), Some(203));
+        p.sent(at(203));
+        assert_eq!(ms(p.next_due(at(400), None), t0), None);
     }
 
     #[test]
