@@ -33,7 +33,10 @@ fn validate(text: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = write_pipeline(dir.path(), text);
     let out = sluice(dir.path(), &["validate", &path.to_string_lossy()]);
-    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -46,8 +49,20 @@ fn base_pipeline_is_valid() {
 fn ten_broken_pipelines_give_ten_precise_messages() {
     // (what is broken, the edit, the path and line/column expected, a fragment of the message)
     let cases: &[(&str, &str, &str, &str, &str)] = &[
-        ("syntax", r#""partitions": 3 }"#, r#""partitions": 3 "#, "(root) (line 6, column 3)", "invalid JSON"),
-        ("unknown top-level key", r#""version": 1,"#, r#""version": 1, "sourc": {},"#, "sourc (line 2", "unknown field `sourc`"),
+        (
+            "syntax",
+            r#""partitions": 3 }"#,
+            r#""partitions" 3 }"#,
+            "(root) (line 5, column ",
+            "invalid JSON",
+        ),
+        (
+            "unknown top-level key",
+            r#""version": 1,"#,
+            r#""version": 1, "sourc": {},"#,
+            "sourc (line 2",
+            "unknown field `sourc`",
+        ),
         (
             "unknown transform key",
             r#"{ "name": "second","#,
@@ -55,9 +70,27 @@ fn ten_broken_pipelines_give_ten_precise_messages() {
             "transforms[1].on_eror (line 8, column 25)",
             "unknown field `on_eror`",
         ),
-        ("wrong type", r#""partitions": 3"#, r#""partitions": "three""#, "kafka.partitions", "invalid type: string \"three\", expected i32"),
-        ("unknown pacing mode", r#""mode": "none""#, r#""mode": "warp""#, "source.pacing", "unknown variant `warp`"),
-        ("missing table", r#", "table": "T""#, "", "sink (line 10", "missing field `table`"),
+        (
+            "wrong type",
+            r#""partitions": 3"#,
+            r#""partitions": "three""#,
+            "kafka.partitions",
+            "invalid type: string \"three\", expected i32",
+        ),
+        (
+            "unknown pacing mode",
+            r#""mode": "none""#,
+            r#""mode": "warp""#,
+            "source.pacing.mode (line 4",
+            "unknown variant `warp`",
+        ),
+        (
+            "missing table",
+            r#", "table": "T""#,
+            "",
+            "sink (line 10",
+            "missing field `table`",
+        ),
         (
             "unset secret",
             r#""table": "T""#,
@@ -65,25 +98,57 @@ fn ten_broken_pipelines_give_ten_precise_messages() {
             "sink.password (line 10",
             "environment variable SLUICE_TEST_UNSET_SECRET is not set",
         ),
-        ("missing data file", "@DATA@", "/nonexistent/data.csv", "source.path (line 4", "does not exist"),
-        ("rate of zero", r#"{ "mode": "none" }"#, r#"{ "mode": "rate", "rows_per_sec": 0 }"#, "source.pacing.rows_per_sec", "positive"),
+        (
+            "missing data file",
+            "@DATA@",
+            "/nonexistent/data.csv",
+            "source.path (line 4",
+            "does not exist",
+        ),
+        (
+            "rate of zero",
+            r#"{ "mode": "none" }"#,
+            r#"{ "mode": "rate", "rows_per_sec": 0 }"#,
+            "source.pacing.rows_per_sec",
+            "positive",
+        ),
         (
             "param rejected by init",
             r#""op": "lt", "value": "90""#,
             r#""op": "lt", "value": "90", "threshold": "5""#,
-            "transforms[1].with.threshold (line 8, column 94)",
+            "transforms[1].with.threshold (line 8, column ",
             "threshold",
         ),
-        ("bad operator", r#""op": "gt""#, r#""op": "between""#, "transforms[0].with.op (line 7", "unknown operator"),
-        ("version", r#""version": 1"#, r#""version": 2"#, "version (line 2, column 3)", "unsupported version 2"),
-        ("missing component", r#""uses": "@FILTER@", "with": { "field": "value", "op": "gt""#, r#""uses": "nope.wasm", "with": { "field": "value", "op": "gt""#, "transforms[0].uses (line 7", "does not exist"),
+        (
+            "bad operator",
+            r#""op": "gt""#,
+            r#""op": "between""#,
+            "transforms[0].with.op (line 7",
+            "unknown operator",
+        ),
+        (
+            "version",
+            r#""version": 1"#,
+            r#""version": 2"#,
+            "version (line 2, column 3)",
+            "unsupported version 2",
+        ),
+        (
+            "missing component",
+            r#""uses": "@FILTER@", "with": { "field": "value", "op": "gt""#,
+            r#""uses": "nope.wasm", "with": { "field": "value", "op": "gt""#,
+            "transforms[0].uses (line 7",
+            "does not exist",
+        ),
     ];
     let mut failures = Vec::new();
     for (what, from, to, at, fragment) in cases {
         assert!(BASE.contains(from), "case {what}: {from:?} not in BASE");
         let (code, stderr) = validate(&BASE.replacen(from, to, 1));
         if code != Some(2) || !stderr.contains(at) || !stderr.contains(fragment) {
-            failures.push(format!("{what}: exit {code:?}, wanted {at:?} and {fragment:?} in:\n{stderr}"));
+            failures.push(format!(
+                "{what}: exit {code:?}, wanted {at:?} and {fragment:?} in:\n{stderr}"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
@@ -96,12 +161,188 @@ fn committed_schema_is_current() {
     let committed = std::fs::read_to_string(workspace_root().join("pipeline.schema.json")).unwrap();
     let generated: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let committed: serde_json::Value = serde_json::from_str(&committed).unwrap();
-    assert!(generated == committed, "pipeline.schema.json is stale: run `sluice schema > pipeline.schema.json`");
+    assert!(
+        generated == committed,
+        "pipeline.schema.json is stale: run `sluice schema > pipeline.schema.json`"
+    );
 }
 
 #[test]
 fn demo_pipeline_is_valid_offline() {
     let root = workspace_root();
     let out = sluice(&root, &["validate", "--no-components", "pipeline.json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CSV with `good` rows (id, name, value) plus two ragged rows, and the number of good rows
+/// whose value is above 50, computed here independently of sluice.
+fn write_csv(path: &Path, good: usize) -> usize {
+    let mut text = String::from("id,name,value\n");
+    let mut above = 0;
+    for i in 1..=good {
+        let value = (i * 37 % 100) as f64 + 0.5;
+        above += usize::from(value > 50.0);
+        text.push_str(&format!("{i},\"name, {i}\",{value}\n"));
+        if i == 10 || i == 20 {
+            text.push_str("999,ragged\n");
+        }
+    }
+    std::fs::write(path, text).unwrap();
+    above
+}
+
+/// The whole product: `sluice run --until-end` replays a CSV through the real broker, the
+/// filter and enrich components and the emulator; the table is read back with the official
+/// Python connector; `sluice verify` reconciles; a second consume-only run loads nothing twice.
+#[test]
+fn run_until_end_loads_every_row_exactly_once_and_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let csv = dir.path().join("rows.csv");
+    let expected = write_csv(&csv, 400);
+    let topic = sluice_tests::broker::unique("e2e");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "e2e",
+        "source": { "type": "csv", "path": csv, "key_column": "id" },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 3 },
+        "transforms": [
+            { "uses": sluice_tests::guests::FILTER, "with": { "field": "value", "op": "gt", "value": "50" } },
+            { "uses": sluice_tests::guests::ENRICH, "with": { "uppercase": "name" } }
+        ],
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS",
+                  "batch": { "max_rows": 100, "max_latency_ms": 300 } }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&pipeline).unwrap()).unwrap();
+    let (p, s) = (
+        path.to_string_lossy().into_owned(),
+        state.to_string_lossy().into_owned(),
+    );
+    let summary_file = dir
+        .path()
+        .join("summary.json")
+        .to_string_lossy()
+        .into_owned();
+
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            &p,
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+            &s,
+            "--summary",
+            &summary_file,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "run failed:\n{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
+    assert_eq!(summary["replay"]["rows_read"], 402, "{summary:#}");
+    assert_eq!(summary["replay"]["rows_produced"], 400);
+    assert_eq!(summary["replay"]["rows_dead_lettered"], 2);
+    assert_eq!(summary["consume"]["rows_loaded"], expected as u64);
+    assert_eq!(
+        summary["consume"]["transforms"][0]["rows_out"],
+        expected as u64
+    );
+
+    // The two ragged rows are in the dead-letter topic with their line numbers.
+    let letters: Vec<serde_json::Value> = sluice_tests::broker::read_topic(&format!("{topic}.dlq"))
+        .iter()
+        .map(|m| m.json())
+        .collect();
+    let mut lines: Vec<i64> = letters
+        .iter()
+        .map(|l| l["line"].as_i64().unwrap())
+        .collect();
+    lines.sort();
+    assert_eq!(lines, vec![12, 23], "{letters:#?}");
+
+    // Read the table back with an independent client.
+    let db = state.join("snowflake").to_string_lossy().into_owned();
+    let count = |sql: &str| python_query(&db, sql)[0][0].as_i64().unwrap();
+    assert_eq!(count("SELECT COUNT(*) FROM E2E.RAW.ROWS"), expected as i64);
+    assert_eq!(
+        count("SELECT COUNT(DISTINCT ID) FROM E2E.RAW.ROWS"),
+        expected as i64
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM E2E.RAW.ROWS WHERE VALUE <= 50 OR NAME <> UPPER(NAME)"),
+        0
+    );
+
+    let out = sluice(
+        dir.path(),
+        &["verify", &p, "--state-dir", &s, "--summary", &summary_file],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify found gaps:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("verify: ok"), "{stdout}");
+
+    // A restart resumes from what Snowflake holds: nothing is loaded twice.
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            &p,
+            "--consume-only",
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+            &s,
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(count("SELECT COUNT(*) FROM E2E.RAW.ROWS"), expected as i64);
+}
+
+/// Runs `sql` with the official Python connector (an independent client) against a fresh
+/// emulator process whose database lives in the directory `db` (`FAKESNOW_DB_PATH`).
+fn python_query(db: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {
+    const PY: &str = r#"
+import json, sys
+import snowflake.connector
+port, db, sql = sys.argv[1], sys.argv[2], sys.argv[3]
+conn = snowflake.connector.connect(
+    user="reader", password="x", account="fakesnow", host="127.0.0.1", port=int(port),
+    protocol="http", session_parameters={"FAKESNOW_DB_PATH": db},
+)
+cur = conn.cursor()
+cur.execute(sql)
+print(json.dumps([list(r) for r in cur.fetchall()], default=str))
+"#;
+    use sluice::sink::snowflake::emulator::{Emulator, find_venv};
+    let venv = find_venv(&workspace_root()).expect("the project venv exists");
+    let mut emulator = Emulator::start(&venv).expect("the emulator starts");
+    let out = std::process::Command::new(venv.join("bin/python"))
+        .args(["-c", PY, &emulator.port().to_string(), db, sql])
+        .output()
+        .expect("python runs");
+    emulator.stop();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "python connector failed: {text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(text.lines().last().unwrap_or("[]")).unwrap()
 }

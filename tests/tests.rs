@@ -2,6 +2,6 @@
 //! against the real part it talks to.
 
 mod kafka;
-// mod pipeline; (enabled once guests.rs exports paths)
+mod pipeline;
 mod snowflake;
 mod transform;

@@ -275,10 +275,10 @@ pub fn load_str(
     let config: PipelineConfig = serde_path_to_error::deserialize(&tree).map_err(|e| {
         let path = render_path(e.path());
         let message = e.inner().to_string();
-        // For unknown or missing fields, serde's path stops at the enclosing object; the unknown
-        // key's own path is more useful (it is what the user typed).
-        let path = match unknown_field_name(&message) {
-            Some(key) => join_key(&path, &key),
+        // Internally tagged enums (`"type"`, `"mode"`) buffer their content, so serde's path
+        // stops at the enclosing object; point at the offending tag value instead.
+        let path = match unknown_variant_name(&message) {
+            Some(variant) => find_string_value(&tree, &path, &variant).unwrap_or(path),
             None => path,
         };
         invalid(vec![ConfigIssue {
@@ -318,9 +318,34 @@ fn strip_position(msg: &str) -> String {
     }
 }
 
-fn unknown_field_name(message: &str) -> Option<String> {
-    let rest = message.strip_prefix("unknown field `")?;
+fn unknown_variant_name(message: &str) -> Option<String> {
+    let rest = message.strip_prefix("unknown variant `")?;
     Some(rest[..rest.find('`')?].to_owned())
+}
+
+/// The path of the first string equal to `want` inside the value at `path` (depth first).
+fn find_string_value(tree: &serde_json::Value, path: &str, want: &str) -> Option<String> {
+    let mut node = tree;
+    for seg in parse_path(path) {
+        node = match seg {
+            Seg::Key(k) => node.get(&k)?,
+            Seg::Index(i) => node.get(i)?,
+        };
+    }
+    fn search(v: &serde_json::Value, at: String, want: &str) -> Option<String> {
+        match v {
+            serde_json::Value::String(s) if s == want => Some(at),
+            serde_json::Value::Object(m) => m
+                .iter()
+                .find_map(|(k, v)| search(v, join_key(&at, k), want)),
+            serde_json::Value::Array(a) => a
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| search(v, format!("{at}[{i}]"), want)),
+            _ => None,
+        }
+    }
+    search(node, path.to_owned(), want)
 }
 
 fn join_key(path: &str, key: &str) -> String {

@@ -55,6 +55,9 @@ enum Command {
     Run(RunArgs),
     /// Replay the CSV into Kafka only (the producer half).
     Replay(CommonArgs),
+    /// Author tools: scaffold, build and test transform components.
+    #[command(subcommand)]
+    Transform(sluice::transform::cli::TransformCommand),
     /// Check a pipeline file offline; every error names its JSON path and line (exit 2).
     Validate {
         /// The pipeline file.
@@ -175,6 +178,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+        Command::Transform(cmd) => sluice::transform::cli::run_command(cmd),
         Command::Validate {
             pipeline,
             no_components,
