@@ -670,30 +670,6 @@ fn worker_main(shared: &Shared, jobs: &Mutex<mpsc::Receiver<Job>>) {
     }
 }
 
-/// One input row's result in one transform.
-enum Status {
-    /// It became the next this-many rows of [`Decoded::rows`].
-    Emitted(u32),
-    Failed(FailureKind, String),
-}
-
-/// A transform's results for a batch: one status per input, and all emitted rows in order (one
-/// flat vector, so the per-row cost stays at the row itself).
-#[derive(Default)]
-struct Decoded {
-    statuses: Vec<Status>,
-    rows: Vec<Row>,
-}
-
-impl Decoded {
-    fn failed(kind: FailureKind, reason: String) -> Decoded {
-        Decoded {
-            statuses: vec![Status::Failed(kind, reason)],
-            rows: Vec::new(),
-        }
-    }
-}
-
 fn run_chain(shared: &Shared, slots: &mut [Option<Slot>], inputs: Vec<(RecordMeta, Row)>) -> Reply {
     let n = inputs.len();
     let mut metas = Vec::with_capacity(n);
@@ -704,15 +680,18 @@ fn run_chain(shared: &Shared, slots: &mut [Option<Slot>], inputs: Vec<(RecordMet
     }
     let metas = Arc::new(metas);
     let mut failed: Vec<Option<RecordOutcome>> = (0..n).map(|_| None).collect();
+    // Rows stay in the wire layout from the first transform to the last: what transform i
+    // emits is, as is, what transform i+1 receives.
+    let mut batch = WireBatch::from_rows(rows);
     for (t, slot) in shared.transforms.iter().zip(slots.iter_mut()) {
-        if rows.is_empty() {
+        if batch.origins.is_empty() {
             break;
         }
-        let (emitted, failures) = run_transform(shared, t, slot, rows, &metas)?;
+        let (next, failures) = run_transform(shared, t, slot, &batch, &metas)?;
         let any_failed = !failures.is_empty();
-        for (origin, kind, reason, row) in failures {
+        for (j, kind, reason) in failures {
             TransformStats::add(&t.stats.rows_failed, 1);
-            let o = origin as usize;
+            let o = batch.origins[j] as usize;
             if failed[o].is_some() {
                 continue;
             }
@@ -740,22 +719,19 @@ fn run_chain(shared: &Shared, slots: &mut [Option<Slot>], inputs: Vec<(RecordMet
                     transform: t.name.to_string(),
                     kind,
                     reason,
-                    row,
+                    row: batch.row(j),
                 }),
             });
         }
-        rows = if any_failed {
+        batch = if any_failed {
             // A record fails as a whole: drop rows it already emitted from other inputs.
-            emitted
-                .into_iter()
-                .filter(|(o, _)| failed[*o as usize].is_none())
-                .collect()
+            next.retain(|o| failed[o as usize].is_none())
         } else {
-            emitted
+            next
         };
     }
     let mut outcomes = Vec::with_capacity(n);
-    let mut rows = rows.into_iter().peekable();
+    let mut rows = batch.into_rows().into_iter().peekable();
     for (i, f) in failed.into_iter().enumerate() {
         outcomes.push(match f {
             Some(outcome) => outcome,
@@ -771,48 +747,41 @@ fn run_chain(shared: &Shared, slots: &mut [Option<Slot>], inputs: Vec<(RecordMet
     Ok(outcomes)
 }
 
-type Failure = (u32, FailureKind, String, Row);
+/// An input row (by index) that failed in a transform, with the kind and reason.
+type Failure = (usize, FailureKind, String);
 
-/// Runs one transform over rows tagged with their origin record index; returns the emitted rows
-/// (tagged likewise, in order) and the failed inputs.
+/// Origin of output rows to throw away (a record that exceeded `max_rows_per_record`).
+const DISCARD: u32 = u32::MAX;
+
+/// Runs one transform over a batch; returns what it emitted (each row tagged with its input's
+/// origin record) and which inputs failed.
 fn run_transform(
     shared: &Shared,
     t: &Loaded,
     slot: &mut Option<Slot>,
-    rows: Vec<(u32, Row)>,
+    batch: &WireBatch,
     metas: &Arc<Vec<RecordMeta>>,
-) -> Result<(Vec<(u32, Row)>, Vec<Failure>), TransformError> {
-    let n = rows.len();
+) -> Result<(WireBatch, Vec<Failure>), TransformError> {
+    let n = batch.origins.len();
     TransformStats::add(&t.stats.rows_in, n as u64);
-    let mut batch = WireBatch::new(rows);
-    let decoded = match call(shared, t, slot, &batch.wire, &batch.origins, metas)? {
-        Ok(output) => match decode(output, n, t.config.max_rows_per_record) {
-            Ok(decoded) => decoded,
-            Err(reason) if n == 1 => Decoded::failed(FailureKind::Protocol, reason),
-            Err(_) => isolate(shared, t, slot, &batch, metas)?,
-        },
-        Err((kind, reason)) if n == 1 => Decoded::failed(kind, reason),
-        Err(_) => isolate(shared, t, slot, &batch, metas)?,
-    };
-    let mut emitted = Vec::with_capacity(decoded.rows.len());
-    let mut failures = Vec::new();
-    let mut rows = decoded.rows.into_iter();
-    let mut filtered = 0u64;
-    for (j, status) in decoded.statuses.into_iter().enumerate() {
-        let origin = batch.origins[j];
-        match status {
-            Status::Emitted(0) => filtered += 1,
-            Status::Emitted(k) => {
-                emitted.extend(rows.by_ref().take(k as usize).map(|r| (origin, r)))
-            }
-            Status::Failed(kind, reason) => {
-                failures.push((origin, kind, reason, batch.take_row(j)))
-            }
-        }
-    }
+    let max = t.config.max_rows_per_record;
+    let (next, failures, filtered) =
+        match call(shared, t, slot, &batch.wire, &batch.origins, metas)? {
+            Ok(output) => match check_output(&output, n) {
+                Ok(()) => split(output, &batch.origins, max, 0),
+                Err(reason) if n == 1 => (
+                    WireBatch::default(),
+                    vec![(0, FailureKind::Protocol, reason)],
+                    0,
+                ),
+                Err(_) => isolate(shared, t, slot, batch, metas)?,
+            },
+            Err((kind, reason)) if n == 1 => (WireBatch::default(), vec![(0, kind, reason)], 0),
+            Err(_) => isolate(shared, t, slot, batch, metas)?,
+        };
+    TransformStats::add(&t.stats.rows_out, next.origins.len() as u64);
     TransformStats::add(&t.stats.rows_dropped, filtered);
-    TransformStats::add(&t.stats.rows_out, emitted.len() as u64);
-    Ok((emitted, failures))
+    Ok((next, failures))
 }
 
 /// After a batch call trapped or broke the contract: re-runs each row alone on a healthy
@@ -823,21 +792,113 @@ fn isolate(
     slot: &mut Option<Slot>,
     batch: &WireBatch,
     metas: &Arc<Vec<RecordMeta>>,
-) -> Result<Decoded, TransformError> {
-    let mut all = Decoded::default();
+) -> Result<(WireBatch, Vec<Failure>, u64), TransformError> {
+    let mut all = WireBatch::default();
+    let mut failures = Vec::new();
+    let mut filtered = 0u64;
+    let max = t.config.max_rows_per_record;
     for j in 0..batch.origins.len() {
-        let single = batch.single(j);
-        let one = match call(shared, t, slot, &single, &batch.origins[j..=j], metas)? {
-            Ok(output) => match decode(output, 1, t.config.max_rows_per_record) {
-                Ok(decoded) => decoded,
-                Err(reason) => Decoded::failed(FailureKind::Protocol, reason),
+        let origin = &batch.origins[j..=j];
+        match call(shared, t, slot, &batch.single(j), origin, metas)? {
+            Ok(output) => match check_output(&output, 1) {
+                Ok(()) => {
+                    let (one, failed, none) = split(output, origin, max, j);
+                    all.append(one);
+                    failures.extend(failed);
+                    filtered += none;
+                }
+                Err(reason) => failures.push((j, FailureKind::Protocol, reason)),
             },
-            Err((kind, reason)) => Decoded::failed(kind, reason),
-        };
-        all.statuses.extend(one.statuses);
-        all.rows.extend(one.rows);
+            Err((kind, reason)) => failures.push((j, kind, reason)),
+        }
     }
-    Ok(all)
+    Ok((all, failures, filtered))
+}
+
+/// Checks an output against the batch contract: one outcome per input, as many rows as the
+/// outcomes announce, known shapes, and as many values as those shapes need.
+fn check_output(output: &Output, inputs: usize) -> Result<(), String> {
+    let Output { outcomes, rows } = output;
+    if outcomes.len() != inputs {
+        return Err(format!(
+            "returned {} outcomes for {inputs} input rows",
+            outcomes.len()
+        ));
+    }
+    let emitted: u64 = outcomes
+        .iter()
+        .map(|o| {
+            if let Outcome::Emit(k) = o {
+                u64::from(*k)
+            } else {
+                0
+            }
+        })
+        .sum();
+    if emitted != rows.shapes.len() as u64 {
+        return Err(format!(
+            "outcomes announce {emitted} rows but {} were returned",
+            rows.shapes.len()
+        ));
+    }
+    let mut wanted = 0usize;
+    for &shape in &rows.shapes {
+        let schema = rows
+            .schemas
+            .get(shape as usize)
+            .ok_or_else(|| format!("row refers to unknown shape {shape}"))?;
+        wanted += schema.len();
+    }
+    if wanted != rows.values.len() {
+        return Err(format!(
+            "rows need {wanted} values but {} were returned",
+            rows.values.len()
+        ));
+    }
+    Ok(())
+}
+
+/// Turns a checked output into the next batch (rows tagged with their input's origin) and the
+/// failed inputs (indexes offset by `first`). Guest errors fail their input; so does emitting
+/// more than `max_rows` rows, whose rows are then discarded. Also counts inputs filtered out.
+fn split(
+    output: Output,
+    origins: &[u32],
+    max_rows: u32,
+    first: usize,
+) -> (WireBatch, Vec<Failure>, u64) {
+    let Output { outcomes, rows } = output;
+    let mut next_origins = Vec::with_capacity(rows.shapes.len());
+    let mut failures = Vec::new();
+    let mut discard = false;
+    let mut filtered = 0u64;
+    for (j, outcome) in outcomes.into_iter().enumerate() {
+        match outcome {
+            Outcome::Emit(0) => filtered += 1,
+            Outcome::Emit(k) if k <= max_rows => {
+                next_origins.extend(std::iter::repeat_n(origins[j], k as usize));
+            }
+            Outcome::Emit(k) => {
+                discard = true;
+                next_origins.extend(std::iter::repeat_n(DISCARD, k as usize));
+                failures.push((
+                    first + j,
+                    FailureKind::OutputLimit,
+                    format!("emitted {k} rows for one record (max_rows_per_record is {max_rows})"),
+                ));
+            }
+            Outcome::Error(e) => {
+                failures.push((first + j, FailureKind::Guest, bindings::describe(&e)));
+            }
+        }
+    }
+    let next = WireBatch::from_wire(rows, next_origins);
+    let next = if discard {
+        next.retain(|o| o != DISCARD)
+    } else {
+        next
+    };
+    (next, failures, filtered)
 }
 
 /// One batch call on this worker's instance (built on demand). The outer error is fatal (no
@@ -895,99 +956,29 @@ fn call(
     }
 }
 
-/// Checks the output against the batch contract and turns it into host rows.
-fn decode(output: Output, inputs: usize, max_rows: u32) -> Result<Decoded, String> {
-    let Output { outcomes, rows } = output;
-    if outcomes.len() != inputs {
-        return Err(format!(
-            "returned {} outcomes for {inputs} input rows",
-            outcomes.len()
-        ));
-    }
-    let emitted: u64 = outcomes
-        .iter()
-        .map(|o| {
-            if let Outcome::Emit(k) = o {
-                u64::from(*k)
-            } else {
-                0
-            }
-        })
-        .sum();
-    if emitted != rows.shapes.len() as u64 {
-        return Err(format!(
-            "outcomes announce {emitted} rows but {} were returned",
-            rows.shapes.len()
-        ));
-    }
-    let names: Vec<Vec<Name>> = rows
-        .schemas
-        .into_iter()
-        .map(|s| s.into_iter().map(Name::from).collect())
-        .collect();
-    let mut wanted = 0usize;
-    for &shape in &rows.shapes {
-        let schema = names
-            .get(shape as usize)
-            .ok_or_else(|| format!("row refers to unknown shape {shape}"))?;
-        wanted += schema.len();
-    }
-    if wanted != rows.values.len() {
-        return Err(format!(
-            "rows need {wanted} values but {} were returned",
-            rows.values.len()
-        ));
-    }
-    let mut values = rows.values.into_iter();
-    let mut shapes = rows.shapes.into_iter();
-    let mut decoded = Decoded {
-        statuses: Vec::with_capacity(inputs),
-        rows: Vec::with_capacity(shapes.len()),
-    };
-    for outcome in outcomes {
-        decoded.statuses.push(match outcome {
-            Outcome::Error(e) => Status::Failed(FailureKind::Guest, bindings::describe(&e)),
-            Outcome::Emit(k) => {
-                for _ in 0..k {
-                    let schema = &names[shapes.next().unwrap_or_default() as usize];
-                    if k > max_rows {
-                        values.by_ref().take(schema.len()).for_each(drop);
-                        continue;
-                    }
-                    let fields = schema.iter().zip(values.by_ref()).map(|(name, v)| Field {
-                        name: Name::clone(name),
-                        value: from_wire(v),
-                    });
-                    decoded.rows.push(Row {
-                        fields: fields.collect(),
-                    });
-                }
-                if k > max_rows {
-                    Status::Failed(
-                        FailureKind::OutputLimit,
-                        format!(
-                            "emitted {k} rows for one record (max_rows_per_record is {max_rows})"
-                        ),
-                    )
-                } else {
-                    Status::Emitted(k)
-                }
-            }
-        });
-    }
-    Ok(decoded)
-}
-
-/// Host rows in the positional wire layout, plus what is needed to rebuild each input row.
+/// Rows in the positional wire layout, each tagged with the index of the input record it came
+/// from. This is what crosses the boundary, and what flows between the transforms of a chain.
+#[derive(Default)]
 struct WireBatch {
     wire: Rows,
-    names: Vec<Vec<Name>>,
+    /// Where each row's values start in `wire.values`.
     starts: Vec<usize>,
     origins: Vec<u32>,
 }
 
+impl Default for Rows {
+    fn default() -> Rows {
+        Rows {
+            schemas: Vec::new(),
+            shapes: Vec::new(),
+            values: Vec::new(),
+        }
+    }
+}
+
 impl WireBatch {
-    fn new(rows: Vec<(u32, Row)>) -> WireBatch {
+    /// Host rows into the wire layout (values are moved, names interned per shape).
+    fn from_rows(rows: Vec<(u32, Row)>) -> WireBatch {
         let n = rows.len();
         let width = rows.first().map_or(0, |(_, r)| r.fields.len());
         let mut b = WireBatch {
@@ -996,10 +987,10 @@ impl WireBatch {
                 shapes: Vec::with_capacity(n),
                 values: Vec::with_capacity(n * width),
             },
-            names: Vec::new(),
             starts: Vec::with_capacity(n),
             origins: Vec::with_capacity(n),
         };
+        let mut names: Vec<Vec<Name>> = Vec::new();
         let mut last = 0usize;
         for (origin, row) in rows {
             let same = |names: &[Name]| {
@@ -1009,17 +1000,16 @@ impl WireBatch {
                         .zip(&row.fields)
                         .all(|(a, f)| Arc::ptr_eq(a, &f.name) || *a == f.name)
             };
-            let shape = if b.names.get(last).is_some_and(|n| same(n)) {
+            let shape = if names.get(last).is_some_and(|n| same(n)) {
                 last
-            } else if let Some(i) = b.names.iter().position(|n| same(n)) {
+            } else if let Some(i) = names.iter().position(|n| same(n)) {
                 i
             } else {
-                b.names
-                    .push(row.fields.iter().map(|f| Name::clone(&f.name)).collect());
+                names.push(row.fields.iter().map(|f| Name::clone(&f.name)).collect());
                 b.wire
                     .schemas
                     .push(row.fields.iter().map(|f| f.name.to_string()).collect());
-                b.names.len() - 1
+                names.len() - 1
             };
             last = shape;
             b.wire.shapes.push(shape as u32);
@@ -1032,9 +1022,24 @@ impl WireBatch {
         b
     }
 
+    /// A checked guest output as a batch.
+    fn from_wire(wire: Rows, origins: Vec<u32>) -> WireBatch {
+        let mut starts = Vec::with_capacity(wire.shapes.len());
+        let mut at = 0;
+        for &shape in &wire.shapes {
+            starts.push(at);
+            at += wire.schemas[shape as usize].len();
+        }
+        WireBatch {
+            wire,
+            starts,
+            origins,
+        }
+    }
+
     fn range(&self, j: usize) -> std::ops::Range<usize> {
         let start = self.starts[j];
-        start..start + self.names[self.wire.shapes[j] as usize].len()
+        start..start + self.wire.schemas[self.wire.shapes[j] as usize].len()
     }
 
     /// Row `j` alone, as a one-row batch (the slow path after a trap, so copying is fine).
@@ -1047,20 +1052,101 @@ impl WireBatch {
         }
     }
 
-    /// Moves row `j` back out as a host row (each row is taken at most once).
-    fn take_row(&mut self, j: usize) -> Row {
-        let range = self.range(j);
-        let names = &self.names[self.wire.shapes[j] as usize];
+    /// A copy of row `j` as a host row (for dead letters).
+    fn row(&self, j: usize) -> Row {
+        let names = &self.wire.schemas[self.wire.shapes[j] as usize];
         let fields = names
             .iter()
-            .zip(&mut self.wire.values[range])
+            .zip(&self.wire.values[self.range(j)])
             .map(|(name, v)| Field {
-                name: Name::clone(name),
-                value: from_wire(std::mem::replace(v, WireValue::Null)),
+                name: Name::from(name.as_str()),
+                value: from_wire(v.clone()),
             });
         Row {
             fields: fields.collect(),
         }
+    }
+
+    /// The rows whose origin passes `keep` (values moved, shapes kept).
+    fn retain(mut self, keep: impl Fn(u32) -> bool) -> WireBatch {
+        let mut values = std::mem::take(&mut self.wire.values).into_iter();
+        let mut out = WireBatch {
+            wire: Rows {
+                schemas: std::mem::take(&mut self.wire.schemas),
+                shapes: Vec::new(),
+                values: Vec::new(),
+            },
+            starts: Vec::new(),
+            origins: Vec::new(),
+        };
+        for (&shape, &origin) in self.wire.shapes.iter().zip(&self.origins) {
+            let len = out.wire.schemas[shape as usize].len();
+            if keep(origin) {
+                out.wire.shapes.push(shape);
+                out.starts.push(out.wire.values.len());
+                out.origins.push(origin);
+                out.wire.values.extend(values.by_ref().take(len));
+            } else {
+                values.by_ref().take(len).for_each(drop);
+            }
+        }
+        out
+    }
+
+    /// Appends another batch (its shapes merged into this one's).
+    fn append(&mut self, other: WireBatch) {
+        let map: Vec<u32> = other
+            .wire
+            .schemas
+            .into_iter()
+            .map(
+                |schema| match self.wire.schemas.iter().position(|s| *s == schema) {
+                    Some(i) => i as u32,
+                    None => {
+                        self.wire.schemas.push(schema);
+                        (self.wire.schemas.len() - 1) as u32
+                    }
+                },
+            )
+            .collect();
+        let base = self.wire.values.len();
+        self.wire
+            .shapes
+            .extend(other.wire.shapes.iter().map(|&s| map[s as usize]));
+        self.starts.extend(other.starts.iter().map(|s| s + base));
+        self.origins.extend(other.origins);
+        self.wire.values.extend(other.wire.values);
+    }
+
+    /// Back to host rows, each with its origin.
+    fn into_rows(self) -> Vec<(u32, Row)> {
+        let names: Vec<Vec<Name>> = self
+            .wire
+            .schemas
+            .into_iter()
+            .map(|s| s.into_iter().map(Name::from).collect())
+            .collect();
+        let mut values = self.wire.values.into_iter();
+        self.wire
+            .shapes
+            .iter()
+            .zip(self.origins)
+            .map(|(&shape, origin)| {
+                let fields = names[shape as usize]
+                    .iter()
+                    .zip(values.by_ref())
+                    .map(|(name, v)| Field {
+                        name: Name::clone(name),
+                        value: from_wire(v),
+                    });
+                (
+                    origin,
+                    Row {
+                        fields: fields.collect(),
+                    },
+                )
+            })
+            .collect()
     }
 }
 
