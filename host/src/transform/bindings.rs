@@ -7,7 +7,7 @@ wasmtime::component::bindgen!({
 });
 
 pub use sluice::transform::types::{
-    Header, Outcome, Output, RecordMeta, Rows, TransformError as GuestError, Value,
+    Header, Outcome, Output, RecordMeta, Rows, TransformError as GuestError, ValueType, Values,
 };
 
 /// A guest error as a human-readable message (bindgen's own `Display` is `Debug`-like).

@@ -30,7 +30,6 @@
 //! values in one list. That keeps the per-row cost to the values themselves. Between transforms
 //! of a chain, rows stay host [`Row`]s (values are moved, not copied or serialized).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex, mpsc};
@@ -42,7 +41,9 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Cache, CacheConfig, Config, Engine, ResourceLimiter, Store, Trap};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::{self, GuestError, Outcome, Output, Rows, TransformPre, Value as WireValue};
+use super::bindings::{
+    self, GuestError, Outcome, Output, Rows, TransformPre, ValueType as WireType, Values,
+};
 use super::config::TransformConfig;
 use super::error::{FailureKind, LoadError, TransformError};
 use super::stats::TransformStats;
@@ -849,13 +850,13 @@ fn check_output(output: &Output, inputs: usize) -> Result<(), String> {
             .ok_or_else(|| format!("row refers to unknown shape {shape}"))?;
         wanted += schema.len();
     }
-    if wanted != rows.values.len() {
+    if wanted != rows.values.types.len() {
         return Err(format!(
             "rows need {wanted} values but {} were returned",
-            rows.values.len()
+            rows.values.types.len()
         ));
     }
-    Ok(())
+    rows.values.check()
 }
 
 /// Turns a checked output into the next batch (rows tagged with their input's origin) and the
@@ -956,14 +957,25 @@ fn call(
     }
 }
 
-/// Rows in the positional wire layout, each tagged with the index of the input record it came
-/// from. This is what crosses the boundary, and what flows between the transforms of a chain.
-#[derive(Default)]
-struct WireBatch {
-    wire: Rows,
-    /// Where each row's values start in `wire.values`.
-    starts: Vec<usize>,
-    origins: Vec<u32>,
+/// Where one row's values start: its index among all values and in each payload lane.
+#[derive(Debug, Clone, Copy, Default)]
+struct Cursor {
+    value: usize,
+    int: usize,
+    float: usize,
+    text: usize,
+}
+
+impl Default for Values {
+    fn default() -> Values {
+        Values {
+            types: Vec::new(),
+            ints: Vec::new(),
+            floats: Vec::new(),
+            text: String::new(),
+            text_ends: Vec::new(),
+        }
+    }
 }
 
 impl Default for Rows {
@@ -971,13 +983,159 @@ impl Default for Rows {
         Rows {
             schemas: Vec::new(),
             shapes: Vec::new(),
-            values: Vec::new(),
+            values: Values::default(),
         }
     }
 }
 
+impl Values {
+    /// The cursor just past the last value.
+    fn end(&self) -> Cursor {
+        Cursor {
+            value: self.types.len(),
+            int: self.ints.len(),
+            float: self.floats.len(),
+            text: self.text_ends.len(),
+        }
+    }
+
+    /// Appends a host value (strings are copied into `text`).
+    fn push(&mut self, v: &Value) {
+        let ty = match v {
+            Value::Null => WireType::Null,
+            Value::Bool(b) => {
+                self.ints.push(i64::from(*b));
+                WireType::Bool
+            }
+            Value::Int(i) => {
+                self.ints.push(*i);
+                WireType::Int
+            }
+            Value::Timestamp(t) => {
+                self.ints.push(*t);
+                WireType::Timestamp
+            }
+            Value::Float(f) => {
+                self.floats.push(*f);
+                WireType::Float
+            }
+            Value::String(s) => {
+                self.push_text(s);
+                WireType::String
+            }
+            Value::Json(s) => {
+                self.push_text(s);
+                WireType::Json
+            }
+        };
+        self.types.push(ty);
+    }
+
+    fn push_text(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.text_ends.push(self.text.len() as u32);
+    }
+
+    /// Moves `c` past one value of type `ty`.
+    fn step(c: &mut Cursor, ty: WireType) {
+        c.value += 1;
+        match ty {
+            WireType::Null => {}
+            WireType::Bool | WireType::Int | WireType::Timestamp => c.int += 1,
+            WireType::Float => c.float += 1,
+            WireType::String | WireType::Json => c.text += 1,
+        }
+    }
+
+    /// The value at `c` as a host value, moving `c` past it. Only called on checked batches.
+    fn read(&self, c: &mut Cursor) -> Value {
+        let ty = self.types[c.value];
+        let at = *c;
+        Values::step(c, ty);
+        match ty {
+            WireType::Null => Value::Null,
+            WireType::Bool => Value::Bool(self.ints[at.int] != 0),
+            WireType::Int => Value::Int(self.ints[at.int]),
+            WireType::Timestamp => Value::Timestamp(self.ints[at.int]),
+            WireType::Float => Value::Float(self.floats[at.float]),
+            WireType::String => Value::String(self.text_at(at.text).to_owned()),
+            WireType::Json => Value::Json(self.text_at(at.text).to_owned()),
+        }
+    }
+
+    fn text_at(&self, i: usize) -> &str {
+        let start = if i == 0 {
+            0
+        } else {
+            self.text_ends[i - 1] as usize
+        };
+        &self.text[start..self.text_ends[i] as usize]
+    }
+
+    /// Copies `count` values of `src` starting at `c` (moving `c` past them).
+    fn copy_from(&mut self, src: &Values, c: &mut Cursor, count: usize) {
+        for _ in 0..count {
+            let ty = src.types[c.value];
+            let at = *c;
+            Values::step(c, ty);
+            self.types.push(ty);
+            match ty {
+                WireType::Null => {}
+                WireType::Bool | WireType::Int | WireType::Timestamp => {
+                    self.ints.push(src.ints[at.int])
+                }
+                WireType::Float => self.floats.push(src.floats[at.float]),
+                WireType::String | WireType::Json => self.push_text(src.text_at(at.text)),
+            }
+        }
+    }
+
+    /// Checks that the lanes hold exactly the payloads `types` calls for and that every text
+    /// slice is valid.
+    fn check(&self) -> Result<(), String> {
+        let mut end = Cursor::default();
+        for &ty in &self.types {
+            Values::step(&mut end, ty);
+        }
+        if (end.int, end.float, end.text)
+            != (self.ints.len(), self.floats.len(), self.text_ends.len())
+        {
+            return Err(format!(
+                "value payloads do not match their types ({} ints, {} floats, {} texts expected; got {}, {}, {})",
+                end.int,
+                end.float,
+                end.text,
+                self.ints.len(),
+                self.floats.len(),
+                self.text_ends.len()
+            ));
+        }
+        let mut start = 0usize;
+        for &e in &self.text_ends {
+            let e = e as usize;
+            if e < start || e > self.text.len() || !self.text.is_char_boundary(e) {
+                return Err(format!(
+                    "text end {e} is out of order or not on a character boundary"
+                ));
+            }
+            start = e;
+        }
+        Ok(())
+    }
+}
+
+/// Rows in the positional wire layout, each tagged with the index of the input record it came
+/// from. This is what crosses the boundary, and what flows between the transforms of a chain.
+#[derive(Default)]
+struct WireBatch {
+    wire: Rows,
+    /// Where each row's values start.
+    cursors: Vec<Cursor>,
+    origins: Vec<u32>,
+}
+
 impl WireBatch {
-    /// Host rows into the wire layout (values are moved, names interned per shape).
+    /// Host rows into the wire layout (names interned per shape).
     fn from_rows(rows: Vec<(u32, Row)>) -> WireBatch {
         let n = rows.len();
         let width = rows.first().map_or(0, |(_, r)| r.fields.len());
@@ -985,9 +1143,15 @@ impl WireBatch {
             wire: Rows {
                 schemas: Vec::new(),
                 shapes: Vec::with_capacity(n),
-                values: Vec::with_capacity(n * width),
+                values: Values {
+                    types: Vec::with_capacity(n * width),
+                    ints: Vec::with_capacity(n * width),
+                    floats: Vec::with_capacity(n),
+                    text: String::new(),
+                    text_ends: Vec::with_capacity(n),
+                },
             },
-            starts: Vec::with_capacity(n),
+            cursors: Vec::with_capacity(n),
             origins: Vec::with_capacity(n),
         };
         let mut names: Vec<Vec<Name>> = Vec::new();
@@ -1013,81 +1177,87 @@ impl WireBatch {
             };
             last = shape;
             b.wire.shapes.push(shape as u32);
-            b.starts.push(b.wire.values.len());
+            b.cursors.push(b.wire.values.end());
             b.origins.push(origin);
-            b.wire
-                .values
-                .extend(row.fields.into_iter().map(|f| to_wire(f.value)));
+            for f in &row.fields {
+                b.wire.values.push(&f.value);
+            }
         }
         b
     }
 
     /// A checked guest output as a batch.
     fn from_wire(wire: Rows, origins: Vec<u32>) -> WireBatch {
-        let mut starts = Vec::with_capacity(wire.shapes.len());
-        let mut at = 0;
+        let mut cursors = Vec::with_capacity(wire.shapes.len());
+        let mut c = Cursor::default();
         for &shape in &wire.shapes {
-            starts.push(at);
-            at += wire.schemas[shape as usize].len();
+            cursors.push(c);
+            for _ in 0..wire.schemas[shape as usize].len() {
+                let ty = wire.values.types[c.value];
+                Values::step(&mut c, ty);
+            }
         }
         WireBatch {
             wire,
-            starts,
+            cursors,
             origins,
         }
     }
 
-    fn range(&self, j: usize) -> std::ops::Range<usize> {
-        let start = self.starts[j];
-        start..start + self.wire.schemas[self.wire.shapes[j] as usize].len()
+    fn width(&self, j: usize) -> usize {
+        self.wire.schemas[self.wire.shapes[j] as usize].len()
     }
 
     /// Row `j` alone, as a one-row batch (the slow path after a trap, so copying is fine).
     fn single(&self, j: usize) -> Rows {
-        let shape = self.wire.shapes[j] as usize;
+        let mut values = Values::default();
+        values.copy_from(
+            &self.wire.values,
+            &mut self.cursors[j].clone(),
+            self.width(j),
+        );
         Rows {
-            schemas: vec![self.wire.schemas[shape].clone()],
+            schemas: vec![self.wire.schemas[self.wire.shapes[j] as usize].clone()],
             shapes: vec![0],
-            values: self.wire.values[self.range(j)].to_vec(),
+            values,
         }
     }
 
     /// A copy of row `j` as a host row (for dead letters).
     fn row(&self, j: usize) -> Row {
         let names = &self.wire.schemas[self.wire.shapes[j] as usize];
-        let fields = names
-            .iter()
-            .zip(&self.wire.values[self.range(j)])
-            .map(|(name, v)| Field {
-                name: Name::from(name.as_str()),
-                value: from_wire(v.clone()),
-            });
+        let mut c = self.cursors[j];
+        let fields = names.iter().map(|name| Field {
+            name: Name::from(name.as_str()),
+            value: self.wire.values.read(&mut c),
+        });
         Row {
             fields: fields.collect(),
         }
     }
 
-    /// The rows whose origin passes `keep` (values moved, shapes kept).
-    fn retain(mut self, keep: impl Fn(u32) -> bool) -> WireBatch {
-        let mut values = std::mem::take(&mut self.wire.values).into_iter();
+    /// Appends row `j` of `src` under shape `shape` (an index into this batch's schemas).
+    fn push_row_from(&mut self, src: &WireBatch, j: usize, shape: u32) {
+        self.wire.shapes.push(shape);
+        self.cursors.push(self.wire.values.end());
+        self.origins.push(src.origins[j]);
+        self.wire
+            .values
+            .copy_from(&src.wire.values, &mut src.cursors[j].clone(), src.width(j));
+    }
+
+    /// The rows whose origin passes `keep` (a copy: only used when records fail).
+    fn retain(self, keep: impl Fn(u32) -> bool) -> WireBatch {
         let mut out = WireBatch {
             wire: Rows {
-                schemas: std::mem::take(&mut self.wire.schemas),
-                shapes: Vec::new(),
-                values: Vec::new(),
+                schemas: self.wire.schemas.clone(),
+                ..Rows::default()
             },
-            starts: Vec::new(),
-            origins: Vec::new(),
+            ..WireBatch::default()
         };
-        for (&shape, &origin) in self.wire.shapes.iter().zip(&self.origins) {
-            let len = out.wire.schemas[shape as usize].len();
-            if keep(origin) {
-                out.wire.shapes.push(shape);
-                out.starts.push(out.wire.values.len());
-                out.origins.push(origin);
-                out.wire.values.extend(values.by_ref().take(len));
-            } else {
-                values.by_ref().take(len).for_each(drop);
+        for j in 0..self.origins.len() {
+            if keep(self.origins[j]) {
+                out.push_row_from(&self, j, self.wire.shapes[j]);
             }
         }
         out
@@ -1098,24 +1268,20 @@ impl WireBatch {
         let map: Vec<u32> = other
             .wire
             .schemas
-            .into_iter()
+            .iter()
             .map(
-                |schema| match self.wire.schemas.iter().position(|s| *s == schema) {
+                |schema| match self.wire.schemas.iter().position(|s| s == schema) {
                     Some(i) => i as u32,
                     None => {
-                        self.wire.schemas.push(schema);
+                        self.wire.schemas.push(schema.clone());
                         (self.wire.schemas.len() - 1) as u32
                     }
                 },
             )
             .collect();
-        let base = self.wire.values.len();
-        self.wire
-            .shapes
-            .extend(other.wire.shapes.iter().map(|&s| map[s as usize]));
-        self.starts.extend(other.starts.iter().map(|s| s + base));
-        self.origins.extend(other.origins);
-        self.wire.values.extend(other.wire.values);
+        for j in 0..other.origins.len() {
+            self.push_row_from(&other, j, map[other.wire.shapes[j] as usize]);
+        }
     }
 
     /// Back to host rows, each with its origin.
@@ -1123,22 +1289,20 @@ impl WireBatch {
         let names: Vec<Vec<Name>> = self
             .wire
             .schemas
-            .into_iter()
-            .map(|s| s.into_iter().map(Name::from).collect())
+            .iter()
+            .map(|s| s.iter().map(|n| Name::from(n.as_str())).collect())
             .collect();
-        let mut values = self.wire.values.into_iter();
+        let values = &self.wire.values;
+        let mut c = Cursor::default();
         self.wire
             .shapes
             .iter()
-            .zip(self.origins)
-            .map(|(&shape, origin)| {
-                let fields = names[shape as usize]
-                    .iter()
-                    .zip(values.by_ref())
-                    .map(|(name, v)| Field {
-                        name: Name::clone(name),
-                        value: from_wire(v),
-                    });
+            .zip(&self.origins)
+            .map(|(&shape, &origin)| {
+                let fields = names[shape as usize].iter().map(|name| Field {
+                    name: Name::clone(name),
+                    value: values.read(&mut c),
+                });
                 (
                     origin,
                     Row {
@@ -1148,33 +1312,4 @@ impl WireBatch {
             })
             .collect()
     }
-}
-
-fn to_wire(v: Value) -> WireValue {
-    match v {
-        Value::Null => WireValue::Null,
-        Value::Bool(b) => WireValue::Bool(b),
-        Value::Int(i) => WireValue::Int(i),
-        Value::Float(f) => WireValue::Float(f),
-        Value::String(s) => WireValue::String(s),
-        Value::Timestamp(t) => WireValue::Timestamp(t),
-        Value::Json(s) => WireValue::Json(s),
-    }
-}
-
-fn from_wire(v: WireValue) -> Value {
-    match v {
-        WireValue::Null => Value::Null,
-        WireValue::Bool(b) => Value::Bool(b),
-        WireValue::Int(i) => Value::Int(i),
-        WireValue::Float(f) => Value::Float(f),
-        WireValue::String(s) => Value::String(s),
-        WireValue::Timestamp(t) => Value::Timestamp(t),
-        WireValue::Json(s) => Value::Json(s),
-    }
-}
-
-/// `with` params as the sorted key/value pairs `init` receives.
-pub fn params_of(with: &BTreeMap<String, String>) -> Vec<(String, String)> {
-    with.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
 }

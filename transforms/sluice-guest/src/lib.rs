@@ -51,11 +51,26 @@ pub mod bindings {
     });
 }
 
-use bindings::sluice::transform::types::{Outcome, Output, Rows};
+use bindings::sluice::transform::types::{Outcome, Output, Rows, ValueType, Values};
 
-/// A typed value: `Null`, `Bool`, `Int` (i64), `Float` (f64), `String`, `Timestamp`
-/// (microseconds since the Unix epoch, UTC) or `Json` (nested data as JSON text).
-pub use bindings::sluice::transform::types::Value;
+/// One typed value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Value {
+    /// SQL NULL; also an empty CSV field.
+    Null,
+    /// A boolean.
+    Bool(bool),
+    /// A signed 64-bit integer.
+    Int(i64),
+    /// A 64-bit float.
+    Float(f64),
+    /// UTF-8 text.
+    String(String),
+    /// Microseconds since the Unix epoch, UTC.
+    Timestamp(i64),
+    /// Nested data (objects, arrays) as JSON text.
+    Json(String),
+}
 
 /// Why `init` or a row failed: `InvalidParam`, `MissingField`, `InvalidValue` or `Other`.
 pub use bindings::sluice::transform::types::TransformError as Error;
@@ -386,11 +401,7 @@ pub mod __private {
                         .iter()
                         .map(|_| Outcome::Error(err.clone()))
                         .collect(),
-                    rows: Rows {
-                        schemas: Vec::new(),
-                        shapes: Vec::new(),
-                        values: Vec::new(),
-                    },
+                    rows: RowsBuilder::with_capacity(0, 0).finish(),
                 };
             };
             run_batch(t, input)
@@ -403,9 +414,9 @@ pub mod __private {
             .into_iter()
             .map(|s| s.into_iter().map(Name::from).collect())
             .collect();
-        let mut values = input.values.into_iter();
+        let mut values = Reader::new(&input.values);
         let mut outcomes = Vec::with_capacity(input.shapes.len());
-        let mut out = RowsBuilder::with_capacity(input.shapes.len(), values.len());
+        let mut out = RowsBuilder::with_capacity(input.shapes.len(), input.values.types.len());
         for (i, &shape) in input.shapes.iter().enumerate() {
             let Some(names) = schemas.get(shape as usize) else {
                 outcomes.push(Outcome::Error(Error::other(format!(
@@ -415,11 +426,7 @@ pub mod __private {
             };
             // Reuse the field vectors of rows already emitted: one allocation less per row.
             let mut fields = out.spare.pop().unwrap_or_default();
-            fields.extend(
-                names
-                    .iter()
-                    .map(|n| (n.clone(), values.next().unwrap_or(Value::Null))),
-            );
+            fields.extend(names.iter().map(|n| (n.clone(), values.next())));
             let row = Row { fields };
             CURRENT_INDEX.set(i as u32);
             match t.transform(row) {
@@ -442,7 +449,7 @@ pub mod __private {
     struct RowsBuilder {
         names: Vec<Vec<Name>>,
         shapes: Vec<u32>,
-        values: Vec<Value>,
+        values: Values,
         last: usize,
         spare: Vec<Vec<(Name, Value)>>,
     }
@@ -452,7 +459,13 @@ pub mod __private {
             RowsBuilder {
                 names: Vec::new(),
                 shapes: Vec::with_capacity(rows),
-                values: Vec::with_capacity(values),
+                values: Values {
+                    types: Vec::with_capacity(values),
+                    ints: Vec::with_capacity(values),
+                    floats: Vec::new(),
+                    text: String::new(),
+                    text_ends: Vec::new(),
+                },
                 last: 0,
                 spare: Vec::new(),
             }
@@ -485,7 +498,9 @@ pub mod __private {
         fn push(&mut self, mut row: Row) {
             let shape = self.shape_of(&row);
             self.shapes.push(shape);
-            self.values.extend(row.fields.drain(..).map(|(_, v)| v));
+            for (_, v) in row.fields.drain(..) {
+                self.values.push(v);
+            }
             self.spare.push(row.fields);
         }
 
@@ -499,6 +514,108 @@ pub mod __private {
                 shapes: self.shapes,
                 values: self.values,
             }
+        }
+    }
+
+    /// Reads values in order from the typed lanes of a [`Values`].
+    struct Reader<'a> {
+        values: &'a Values,
+        at: usize,
+        int: usize,
+        float: usize,
+        text: usize,
+        text_start: usize,
+    }
+
+    impl<'a> Reader<'a> {
+        fn new(values: &'a Values) -> Reader<'a> {
+            Reader {
+                values,
+                at: 0,
+                int: 0,
+                float: 0,
+                text: 0,
+                text_start: 0,
+            }
+        }
+
+        /// The next value; `Null` past the end or on a malformed batch (the host never sends one).
+        fn next(&mut self) -> Value {
+            let v = self.values;
+            let Some(ty) = v.types.get(self.at) else {
+                return Value::Null;
+            };
+            self.at += 1;
+            let mut int = || {
+                self.int += 1;
+                v.ints.get(self.int - 1).copied().unwrap_or_default()
+            };
+            match ty {
+                ValueType::Null => Value::Null,
+                ValueType::Bool => Value::Bool(int() != 0),
+                ValueType::Int => Value::Int(int()),
+                ValueType::Timestamp => Value::Timestamp(int()),
+                ValueType::Float => {
+                    self.float += 1;
+                    Value::Float(v.floats.get(self.float - 1).copied().unwrap_or(f64::NAN))
+                }
+                ValueType::String | ValueType::Json => {
+                    let end = v
+                        .text_ends
+                        .get(self.text)
+                        .map_or(self.text_start, |&e| e as usize);
+                    let text = v
+                        .text
+                        .get(self.text_start..end)
+                        .unwrap_or_default()
+                        .to_owned();
+                    self.text += 1;
+                    self.text_start = end;
+                    if *ty == ValueType::String {
+                        Value::String(text)
+                    } else {
+                        Value::Json(text)
+                    }
+                }
+            }
+        }
+    }
+
+    impl Values {
+        fn push(&mut self, v: Value) {
+            let ty = match v {
+                Value::Null => ValueType::Null,
+                Value::Bool(b) => {
+                    self.ints.push(i64::from(b));
+                    ValueType::Bool
+                }
+                Value::Int(i) => {
+                    self.ints.push(i);
+                    ValueType::Int
+                }
+                Value::Timestamp(t) => {
+                    self.ints.push(t);
+                    ValueType::Timestamp
+                }
+                Value::Float(f) => {
+                    self.floats.push(f);
+                    ValueType::Float
+                }
+                Value::String(s) => {
+                    self.push_text(&s);
+                    ValueType::String
+                }
+                Value::Json(s) => {
+                    self.push_text(&s);
+                    ValueType::Json
+                }
+            };
+            self.types.push(ty);
+        }
+
+        fn push_text(&mut self, s: &str) {
+            self.text.push_str(s);
+            self.text_ends.push(self.text.len() as u32);
         }
     }
 }

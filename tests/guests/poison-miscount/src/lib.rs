@@ -5,7 +5,7 @@
 wit_bindgen::generate!({ path: "../../../wit", world: "transform" });
 
 use exports::sluice::transform::transformer::Guest;
-use sluice::transform::types::{Outcome, Output, Rows, TransformError, Value};
+use sluice::transform::types::{Outcome, Output, Rows, TransformError, ValueType};
 
 struct Miscount;
 
@@ -19,27 +19,27 @@ impl Guest for Miscount {
 
     fn transform_batch(input: Rows) -> Output {
         let mut outcomes = Vec::new();
-        let mut shapes = Vec::new();
-        let mut values = Vec::new();
-        let mut all = input.values.into_iter();
-        for shape in input.shapes {
+        // Walk the values in order, tracking which `ints` entry each int-lane value uses.
+        let (mut at, mut int) = (0usize, 0usize);
+        for &shape in &input.shapes {
             let schema = &input.schemas[shape as usize];
-            let row: Vec<Value> = all.by_ref().take(schema.len()).collect();
-            let id = schema.iter().position(|n| n == "id").map(|i| &row[i]);
-            if matches!(id, Some(Value::Int(13))) {
+            let mut poison = false;
+            for name in schema {
+                let ty = input.values.types[at];
+                at += 1;
+                if matches!(ty, ValueType::Bool | ValueType::Int | ValueType::Timestamp) {
+                    poison |= name == "id" && ty == ValueType::Int && input.values.ints[int] == 13;
+                    int += 1;
+                }
+            }
+            if poison {
                 outcomes.push(Outcome::Emit(0));
             }
             outcomes.push(Outcome::Emit(1));
-            shapes.push(shape);
-            values.extend(row);
         }
         Output {
             outcomes,
-            rows: Rows {
-                schemas: input.schemas,
-                shapes,
-                values,
-            },
+            rows: input,
         }
     }
 }
