@@ -966,6 +966,8 @@ struct Cursor {
     text: usize,
 }
 
+// Generated types cannot derive it, so clippy's suggestion does not apply.
+#[allow(clippy::derivable_impls)]
 impl Default for Values {
     fn default() -> Values {
         Values {
@@ -978,6 +980,7 @@ impl Default for Values {
     }
 }
 
+#[allow(clippy::derivable_impls)]
 impl Default for Rows {
     fn default() -> Rows {
         Rows {
