@@ -258,7 +258,14 @@ fn group_id(cfg: &PipelineConfig) -> String {
 fn snowflake(cfg: &PipelineConfig) -> SnowflakeSinkConfig {
     let SinkConfig::Snowflake(sf) = &cfg.sink;
     let mut sf = sf.clone();
-    for opt in [&mut sf.password, &mut sf.private_key_path, &mut sf.private_key, &mut sf.private_key_passphrase, &mut sf.role, &mut sf.warehouse] {
+    for opt in [
+        &mut sf.password,
+        &mut sf.private_key_path,
+        &mut sf.private_key,
+        &mut sf.private_key_passphrase,
+        &mut sf.role,
+        &mut sf.warehouse,
+    ] {
         if opt.as_deref().is_some_and(|s| s.trim().is_empty()) {
             *opt = None;
         }
@@ -655,61 +662,54 @@ async fn process_batch(
     part: &mut ConsumePart,
     seen: &mut BTreeMap<i32, i64>,
 ) -> anyhow::Result<()> {
-    let mut metas = Vec::with_capacity(records.len());
+    // Decodable records go through the chain together; every record's outcome then goes to
+    // the sink in the original (per-partition offset) order.
     let mut inputs = Vec::with_capacity(records.len());
-    let mut undecodable = Vec::new();
-    for r in records {
-        match r.row {
-            Ok(row) => {
-                metas.push(r.meta.clone());
-                inputs.push((r.meta, row));
-            }
-            Err(f) => undecodable.push((r.meta, f)),
+    for r in &records {
+        if let Ok(row) = &r.row {
+            inputs.push((r.meta.clone(), row.clone()));
         }
     }
-    for (meta, f) in undecodable {
-        part.records += 1;
-        part.undecodable += 1;
-        ctx.dlq
-            .send(crate::dead_letter::DeadLetter {
-                stage: "consume".into(),
-                kind: "decode".into(),
-                reason: f.error.to_string(),
-                source_file: None,
-                line: None,
-                origin: Some(meta.clone()),
-                payload: f.payload,
-            })
-            .await?;
-        note_seen(seen, &meta);
-        sink.record(SinkRecord {
-            topic: meta.topic,
-            partition: meta.partition,
-            offset: meta.offset,
-            rows: Vec::new(),
-        })
-        .await?;
+    let mut outcomes = if inputs.is_empty() {
+        Vec::new()
+    } else {
+        ctx.chain.process(inputs).await.map_err(|e| {
+            let names = ctx.chain_names.join(", ");
+            anyhow::Error::new(e).context(format!(
+                "a transform failed under on_error: fail (chain: {names})"
+            ))
+        })?
     }
-    if inputs.is_empty() {
-        return Ok(());
-    }
-    let outcomes = ctx.chain.process(inputs).await.map_err(|e| {
-        let names = ctx.chain_names.join(", ");
-        anyhow::Error::new(e).context(format!(
-            "a transform failed under on_error: fail (chain: {names})"
-        ))
-    })?;
-    debug_assert_eq!(outcomes.len(), metas.len());
-    for (meta, outcome) in metas.into_iter().zip(outcomes) {
+    .into_iter();
+    for r in records {
         part.records += 1;
-        let rows = match outcome {
-            RecordOutcome::Emitted(rows) => rows,
-            RecordOutcome::Quarantined(q) => {
-                let payload = q.row.to_json().to_string().into_bytes();
-                ctx.dlq.send(q.dead_letter(meta.clone(), payload)).await?;
+        let meta = r.meta;
+        let rows = match r.row {
+            Err(f) => {
+                part.undecodable += 1;
+                ctx.dlq
+                    .send(crate::dead_letter::DeadLetter {
+                        stage: "consume".into(),
+                        kind: "decode".into(),
+                        reason: f.error.to_string(),
+                        source_file: None,
+                        line: None,
+                        origin: Some(meta.clone()),
+                        payload: f.payload,
+                    })
+                    .await?;
                 Vec::new()
             }
-            RecordOutcome::Dropped { .. } => Vec::new(),
+            Ok(_) => match outcomes.next() {
+                Some(RecordOutcome::Emitted(rows)) => rows,
+                Some(RecordOutcome::Quarantined(q)) => {
+                    let payload = q.row.to_json().to_string().into_bytes();
+                    ctx.dlq.send(q.dead_letter(meta.clone(), payload)).await?;
+                    Vec::new()
+                }
+                Some(RecordOutcome::Dropped { .. }) => Vec::new(),
+                None => anyhow::bail!("the transform chain returned fewer outcomes than records"),
+            },
         };
         part.rows_to_sink += rows.len() as u64;
         note_seen(seen, &meta);
