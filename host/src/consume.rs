@@ -17,13 +17,13 @@
 //! sink therefore slows consumption and memory stays flat. The caller must commit; a caller that
 //! holds more than `max_in_flight` records before committing would wait forever.
 //!
-//! Revocation fences commits: the revoke callback and [`Consumer::commit`] take the same lock, so a
-//! commit is either queued in librdkafka before the partition is given up (and so reaches the
-//! group coordinator before this member rejoins, hence before the partition's next owner reads
-//! the group's offsets) or refused ([`CommitOutcome::NotAssigned`]). The lock is not held while
-//! the commit is in flight: librdkafka may hold a commit back until a rebalance completes, and
-//! the rebalance waits for the callback. Records of a revoked partition still queued in the
-//! channel are discarded by [`Consumer::recv`].
+//! Revocation fences commits: the revoke callback and [`Consumer::commit`] take the same lock,
+//! and a commit holds it until the coordinator has answered. So a commit either completes before
+//! the partition is given up (this member rejoins only after the callback returns, so the
+//! partition's next owner reads the committed offset) or is refused
+//! ([`CommitOutcome::NotAssigned`]). librdkafka sends a commit at once in any join state and
+//! answers it on its own thread, so the callback waits at most one round trip. Records of a
+//! revoked partition still queued in the channel are discarded by [`Consumer::recv`].
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
@@ -41,7 +41,7 @@ use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use rdkafka::statistics::Statistics;
 use rdkafka::topic_partition_list::{Offset, TopicPartitionList};
 use rdkafka::types::RDKafkaRespErr;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::config::KafkaConfig;
 use crate::row::{RecordMeta, Row};
@@ -232,8 +232,6 @@ struct Shared {
     fence: Mutex<HashMap<i32, i64>>,
     stats: Arc<ConsumerStats>,
     stop: AtomicBool,
-    /// Commits sent and not yet answered: partition, offset, who waits.
-    pending_commits: Mutex<Vec<(i32, i64, oneshot::Sender<Result<(), KafkaError>>)>>,
 }
 
 impl Shared {
@@ -399,30 +397,6 @@ impl Ctx {
 }
 
 impl ConsumerContext for Ctx {
-    fn commit_callback(
-        &self,
-        result: rdkafka::error::KafkaResult<()>,
-        offsets: &TopicPartitionList,
-    ) {
-        let mut pending = self
-            .shared
-            .pending_commits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        for e in offsets.elements_for_topic(&self.shared.topic) {
-            let Offset::Offset(o) = e.offset() else {
-                continue;
-            };
-            if let Some(i) = pending
-                .iter()
-                .position(|(p, po, _)| *p == e.partition() && *po == o)
-            {
-                let (_, _, tx) = pending.swap_remove(i);
-                let _ = tx.send(result.clone().and(e.error()));
-            }
-        }
-    }
-
     fn rebalance(&self, c: &BaseConsumer<Self>, err: RDKafkaRespErr, tpl: &mut TopicPartitionList) {
         let incremental = matches!(c.rebalance_protocol(), RebalanceProtocol::Cooperative);
         match err {
@@ -467,7 +441,6 @@ impl Consumer {
             fence: Mutex::new(HashMap::new()),
             stats: opts.stats.clone(),
             stop: AtomicBool::new(false),
-            pending_commits: Mutex::new(Vec::new()),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let ctx = Ctx {
@@ -534,6 +507,7 @@ impl Consumer {
 
     /// Commits `next_offset` (the offset after the last durable record) for a partition of
     /// `topic`, and releases the in-flight records below it. Never moves a committed offset back.
+    /// Returns once the group coordinator has answered.
     pub async fn commit(
         &self,
         topic: &str,
@@ -543,73 +517,42 @@ impl Consumer {
         if topic != self.shared.topic {
             return Ok(CommitOutcome::NotAssigned);
         }
-        let answer = {
-            let fence = self.shared.fence.lock().unwrap_or_else(|e| e.into_inner());
-            let Some(committed) = fence.get(&partition).copied() else {
+        let (shared, consumer, topic) =
+            (self.shared.clone(), self.consumer.clone(), topic.to_owned());
+        tokio::task::spawn_blocking(move || {
+            let mut fence = shared.fence.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(committed) = fence.get_mut(&partition) else {
                 return Ok(CommitOutcome::NotAssigned);
             };
-            if next_offset <= committed {
+            if next_offset <= *committed {
                 drop(fence);
-                self.shared.release(partition, next_offset);
+                shared.release(partition, next_offset);
                 return Ok(CommitOutcome::AlreadyCommitted);
             }
             let mut tpl = TopicPartitionList::new();
-            tpl.add_partition_offset(topic, partition, Offset::Offset(next_offset))
+            tpl.add_partition_offset(&topic, partition, Offset::Offset(next_offset))
                 .map_err(|source| ConsumeError::Kafka {
                     what: "invalid offset".into(),
                     source,
                 })?;
-            let (tx, rx) = oneshot::channel();
-            self.shared
-                .pending_commits
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((partition, next_offset, tx));
-            // Async: only queues the request; the answer comes through `commit_callback`.
-            if let Err(source) = self.consumer.commit(&tpl, CommitMode::Async) {
-                self.shared
-                    .pending_commits
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .retain(|(p, o, _)| (*p, *o) != (partition, next_offset));
-                self.shared
-                    .stats
-                    .commit_errors
-                    .fetch_add(1, Ordering::Relaxed);
+            // Sync, with the fence held: see the module doc.
+            if let Err(source) = consumer.commit(&tpl, CommitMode::Sync) {
+                shared.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
                 return Err(ConsumeError::Kafka {
-                    what: format!("cannot commit {topic} partition {partition}"),
+                    what: format!(
+                        "cannot commit offset {next_offset} of {topic} partition {partition}"
+                    ),
                     source,
                 });
             }
-            rx
-        };
-        let result = answer.await.map_err(|_| {
-            ConsumeError::Thread("consumer closed before the commit was answered".into())
-        })?;
-        if let Err(source) = result {
-            self.shared
-                .stats
-                .commit_errors
-                .fetch_add(1, Ordering::Relaxed);
-            return Err(ConsumeError::Kafka {
-                what: format!(
-                    "cannot commit offset {next_offset} of {topic} partition {partition}"
-                ),
-                source,
-            });
-        }
-        if let Some(c) = self
-            .shared
-            .fence
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_mut(&partition)
-        {
-            *c = (*c).max(next_offset);
-        }
-        self.shared.stats.commits.fetch_add(1, Ordering::Relaxed);
-        self.shared.release(partition, next_offset);
-        Ok(CommitOutcome::Committed)
+            *committed = next_offset;
+            drop(fence);
+            shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+            shared.release(partition, next_offset);
+            Ok(CommitOutcome::Committed)
+        })
+        .await
+        .map_err(|e| ConsumeError::Thread(e.to_string()))?
     }
 
     /// The topic this consumer reads.
