@@ -624,10 +624,10 @@ fn poll_loop(
                 continue;
             }
         };
-        if let Some(ev) = handle_message(&msg, shared) {
-            if tx.send(ev).is_err() {
-                break;
-            }
+        if let Some(ev) = handle_message(&msg, shared)
+            && tx.send(ev).is_err()
+        {
+            break;
         }
     }
     // Leave the group here, serving the revoke callback on this thread, rather than in the

@@ -92,7 +92,7 @@ pub struct CsvOptions {
 /// A streaming reader over one CSV file.
 pub struct CsvReader {
     path: PathBuf,
-    rdr: csv::Reader<Box<dyn Read + Send>>,
+    rdr: csv::Reader<Box<dyn Read + Send + Sync>>,
     delimiter: u8,
     columns: Vec<Name>,
     types: Vec<ValueType>,
@@ -199,7 +199,7 @@ impl<R: Read> Read for Lines<R> {
 fn open_without_bom(
     path: &Path,
     counter: Arc<AtomicU64>,
-) -> Result<Box<dyn Read + Send>, SourceError> {
+) -> Result<Box<dyn Read + Send + Sync>, SourceError> {
     let open_err = |source| SourceError::Open {
         path: path.to_path_buf(),
         source,
@@ -245,7 +245,7 @@ impl CsvReader {
             .has_headers(false)
             .flexible(true)
             .buffer_capacity(64 * 1024)
-            .from_reader(Box::new(input) as Box<dyn Read + Send>);
+            .from_reader(Box::new(input) as Box<dyn Read + Send + Sync>);
         let mut header = ByteRecord::new();
         let read_err = |line, source| SourceError::Read {
             path: path.to_path_buf(),
@@ -404,7 +404,7 @@ impl CsvReader {
                     ),
                 )
             })?;
-            let value = parse_value(text, self.types[i]).map_err(|()| {
+            let value = parse_value(text, self.types[i]).ok_or_else(|| {
                 let how = if self.inferred[i] {
                     " (type inferred from the first rows; set source.schema to override)"
                 } else {
@@ -475,24 +475,25 @@ fn reencode(rec: &ByteRecord, delimiter: u8) -> Vec<u8> {
     out
 }
 
-/// Parses one field under a column type. Empty (after trimming, for non-strings) is null.
-pub fn parse_value(text: &str, ty: ValueType) -> Result<Value, ()> {
+/// Parses one field under a column type; `None` if it does not parse. Empty (after trimming,
+/// for non-strings) is null.
+pub fn parse_value(text: &str, ty: ValueType) -> Option<Value> {
     if text.is_empty() {
-        return Ok(Value::Null);
+        return Some(Value::Null);
     }
     let t = text.trim();
     if t.is_empty() && ty != ValueType::String {
-        return Ok(Value::Null);
+        return Some(Value::Null);
     }
-    Ok(match ty {
-        ValueType::Null => return Err(()),
+    Some(match ty {
+        ValueType::Null => return None,
         ValueType::String => Value::String(text.to_owned()),
-        ValueType::Int => Value::Int(t.parse().map_err(|_| ())?),
-        ValueType::Float => Value::Float(t.parse().map_err(|_| ())?),
-        ValueType::Bool => Value::Bool(parse_bool(t).ok_or(())?),
-        ValueType::Timestamp => Value::Timestamp(parse_timestamp(t).ok_or(())?),
+        ValueType::Int => Value::Int(t.parse().ok()?),
+        ValueType::Float => Value::Float(t.parse().ok()?),
+        ValueType::Bool => Value::Bool(parse_bool(t)?),
+        ValueType::Timestamp => Value::Timestamp(parse_timestamp(t)?),
         ValueType::Json => {
-            serde_json::from_str::<serde::de::IgnoredAny>(t).map_err(|_| ())?;
+            serde_json::from_str::<serde::de::IgnoredAny>(t).ok()?;
             Value::Json(t.to_owned())
         }
     })

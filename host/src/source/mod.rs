@@ -562,3 +562,27 @@ fn read_loops(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pipeline runs the replay next to other tasks; it must be able to move between threads.
+    #[test]
+    fn replay_future_is_send() {
+        fn assert_send<T: Send>(_: &T) {}
+        let (src, kafka): (CsvSourceConfig, KafkaConfig) = (
+            serde_json::from_value(serde_json::json!({ "path": "x.csv" })).unwrap(),
+            serde_json::from_value(serde_json::json!({ "topic": "t" })).unwrap(),
+        );
+        let (tx, _rx) = crate::dead_letter::channel(1);
+        let cfg = ReplayConfig {
+            source: &src,
+            base_dir: Path::new("."),
+            kafka: &kafka,
+            bootstrap: "",
+        };
+        let fut = replay(cfg, tx, Arc::default(), CancellationToken::new());
+        assert_send(&fut);
+    }
+}
