@@ -163,7 +163,8 @@ impl Emulator {
         if let Some(mut child) = self.child.take() {
             // The watchdog leads its own process group; TERM the group, then reap.
             let _ = Command::new("kill")
-                .arg("-TERM")
+                // `--`: without it procps `kill` reads `-PGID` as an option and signals nothing.
+                .args(["-TERM", "--"])
                 .arg(format!("-{}", child.id()))
                 .status();
             let deadline = Instant::now() + Duration::from_secs(5);
@@ -175,7 +176,7 @@ impl Emulator {
                 std::thread::sleep(Duration::from_millis(50));
             }
             let _ = Command::new("kill")
-                .arg("-KILL")
+                .args(["-KILL", "--"])
                 .arg(format!("-{}", child.id()))
                 .status();
             let _ = child.wait();
