@@ -324,7 +324,7 @@ import snowflake.connector
 port, db, sql = sys.argv[1], sys.argv[2], sys.argv[3]
 conn = snowflake.connector.connect(
     user="reader", password="x", account="fakesnow", host="127.0.0.1", port=int(port),
-    protocol="http", session_parameters={"FAKESNOW_DB_PATH": db},
+    protocol="http", database="E2E", schema="RAW", session_parameters={"FAKESNOW_DB_PATH": db},
 )
 cur = conn.cursor()
 cur.execute(sql)
