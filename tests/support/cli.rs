@@ -6,7 +6,10 @@ use std::sync::OnceLock;
 
 /// The workspace root (where pipeline.json and data/ live).
 pub fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
 }
 
 /// Path of the `sluice` binary. Integration tests of another package get no
@@ -22,7 +25,8 @@ pub fn sluice_bin() -> PathBuf {
             .status()
             .expect("cargo runs");
         assert!(status.success(), "building the sluice binary failed");
-        let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+        let target =
+            std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
         target.join("debug").join("sluice")
     })
     .clone()
@@ -30,5 +34,9 @@ pub fn sluice_bin() -> PathBuf {
 
 /// Runs `sluice ARGS` in `dir` and returns its output.
 pub fn sluice(dir: &Path, args: &[&str]) -> Output {
-    Command::new(sluice_bin()).args(args).current_dir(dir).output().expect("sluice runs")
+    Command::new(sluice_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("sluice runs")
 }
