@@ -109,7 +109,7 @@ impl Compression {
 }
 
 /// The dead-letter topic.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeadLetterConfig {
     /// Topic that receives bad CSV rows and quarantined records; defaults to `<topic>.dlq`.
@@ -117,11 +117,6 @@ pub struct DeadLetterConfig {
     pub topic: Option<String>,
 }
 
-impl Default for DeadLetterConfig {
-    fn default() -> Self {
-        DeadLetterConfig { topic: None }
-    }
-}
 
 /// What happens to a record that cannot be processed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
