@@ -507,7 +507,7 @@ async fn ten_megabyte_field_is_dead_lettered_and_reading_goes_on() {
     // 16 bytes, so ten lines of it make a 10 MiB field.
     let chunk = "x, \"\"quoted\"\" y ".repeat(1024 * 1024 / 16);
     for _ in 0..10 {
-        write!(f, "{chunk}\n").unwrap();
+        writeln!(f, "{chunk}").unwrap();
     }
     write!(f, "\",b\n3,after,c\n").unwrap();
     f.flush().unwrap();
