@@ -761,3 +761,22 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     let expected = std::fs::read_to_string(crate_dir.join("testdata/expected.jsonl")).unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), expected);
 }
+
+#[test]
+fn guests_get_no_environment_files_or_network() {
+    for debug_stdio in [false, true] {
+        let mut cfg = config(guests::PROBE, &[]);
+        cfg.debug_stdio = debug_stdio;
+        let c = chain(&[cfg]);
+        let out = c.process_blocking(with_meta(numbered(1))).unwrap();
+        assert_eq!(
+            emitted(&out[0]),
+            [row(&[
+                ("env", Value::Int(0)),
+                ("fs", Value::Bool(false)),
+                ("net", Value::Bool(false))
+            ])],
+            "debug_stdio: {debug_stdio}"
+        );
+    }
+}

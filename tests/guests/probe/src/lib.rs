@@ -1,0 +1,23 @@
+//! Test guest: reports what the sandbox lets it see. For every row it emits one row with the
+//! number of environment variables, whether listing `/` or `.` worked, whether a TCP connect
+//! worked, and the wall-clock year, and prints a line on stdout and stderr (which the host
+//! discards unless `debug_stdio` is set).
+
+use std::io::Write;
+
+use sluice_guest::{Error, Row, Value};
+
+fn probe(_row: Row) -> Result<Vec<Row>, Error> {
+    let env = std::env::vars().count() as i64;
+    let fs = std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok();
+    let net = std::net::TcpStream::connect("127.0.0.1:9").is_ok();
+    let _ = writeln!(std::io::stdout(), "probe stdout");
+    let _ = writeln!(std::io::stderr(), "probe stderr");
+    Ok(vec![
+        [("env", Value::Int(env)), ("fs", Value::Bool(fs)), ("net", Value::Bool(net))]
+            .into_iter()
+            .collect(),
+    ])
+}
+
+sluice_guest::export_fn!(probe);
