@@ -14,9 +14,13 @@ fn probe(_row: Row) -> Result<Vec<Row>, Error> {
     let _ = writeln!(std::io::stdout(), "probe stdout");
     let _ = writeln!(std::io::stderr(), "probe stderr");
     Ok(vec![
-        [("env", Value::Int(env)), ("fs", Value::Bool(fs)), ("net", Value::Bool(net))]
-            .into_iter()
-            .collect(),
+        [
+            ("env", Value::Int(env)),
+            ("fs", Value::Bool(fs)),
+            ("net", Value::Bool(net)),
+        ]
+        .into_iter()
+        .collect(),
     ])
 }
 
