@@ -33,7 +33,9 @@ const WATCHDOG: &str = r#"
 remove="$1"; shift
 "$@" </dev/null &
 child=$!
-trap '' INT
+# Signals sent to the whole process group (Ctrl-C, a supervisor's TERM) reach nisshi directly;
+# the watchdog outlives them so it can still clean up once sluice is gone.
+trap '' INT TERM HUP
 read -r _ || true
 kill -TERM "$child" 2>/dev/null
 ( sleep 5; kill -KILL "$child" 2>/dev/null ) &

@@ -6,6 +6,7 @@
 //! Each test uses its own topics and groups ([`unique`]).
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -22,9 +23,33 @@ static BROKER: OnceLock<ManagedBroker> = OnceLock::new();
 /// installed: run `scripts/install-broker.sh`.
 pub fn shared() -> &'static ManagedBroker {
     BROKER.get_or_init(|| {
+        remove_stale_dirs();
         let dir = std::env::temp_dir().join(format!("sluice-test-nisshi-{}", std::process::id()));
         ManagedBroker::start_ephemeral(&dir).unwrap_or_else(|e| panic!("{e}"))
     })
+}
+
+/// Removes data directories left by test processes that are gone (a `SIGKILL`ed run cannot
+/// clean up after itself).
+fn remove_stale_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("sluice-test-nisshi-"))
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok()
+            && !Path::new("/proc").join(pid).exists()
+            && Path::new("/proc/self").exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// The shared broker's bootstrap servers.
