@@ -18,12 +18,18 @@ fn main() {
         .expect("tests/ has a parent")
         .to_path_buf();
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
-    for dir in [
-        root.join("wit"),
-        root.join("transforms"),
-        manifest.join("guests"),
-    ] {
-        println!("cargo:rerun-if-changed={}", dir.display());
+    println!("cargo:rerun-if-changed={}", root.join("wit").display());
+    for workspace in [root.join("transforms"), manifest.join("guests")] {
+        // Everything but the workspace's own target directory, which builds outside this
+        // script (benchmarks, `sluice transform build`) keep touching.
+        for entry in std::fs::read_dir(&workspace)
+            .expect("reading a guest workspace")
+            .flatten()
+        {
+            if entry.file_name() != "target" {
+                println!("cargo:rerun-if-changed={}", entry.path().display());
+            }
+        }
     }
     ensure_target();
     let mut consts = String::new();
