@@ -588,3 +588,75 @@ async fn rate_pacing_holds_the_rate() {
     assert!(span < 1500, "26 rows at 50/s took {span} ms: {ts:?}");
     assert!(ts.windows(2).all(|w| w[1] >= w[0]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncommitted_records_apply_backpressure() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_rows(dir.path(), 1000);
+    let topic = broker::unique("backpressure");
+    let kafka = broker::kafka_config(
+        &topic,
+        serde_json::json!({ "partitions": 1, "max_in_flight": 100 }),
+    );
+    replay(&csv_source(serde_json::json!({ "path": path })), &kafka)
+        .await
+        .expect("replay");
+    let stats = Arc::new(ConsumerStats::default());
+    let bootstrap = broker::bootstrap();
+    let group = broker::unique("group");
+    let opts = ConsumerOptions {
+        kafka: &kafka,
+        bootstrap: &bootstrap,
+        group_id: &group,
+        offsets: consume::group_offsets(),
+        stats: stats.clone(),
+    };
+    let mut consumer = Consumer::start(opts).expect("consumer");
+    // Receives records until none comes for a while; returns the last offset seen.
+    async fn drain(c: &mut Consumer, got: &mut usize) -> i64 {
+        let mut last = -1;
+        while let Ok(ev) = tokio::time::timeout(Duration::from_secs(2), c.recv()).await {
+            if let Some(Ok(ConsumerEvent::Record(r))) = ev {
+                *got += 1;
+                last = r.meta.offset;
+            }
+        }
+        last
+    }
+    let mut got = 0;
+    let last = drain(&mut consumer, &mut got).await;
+    assert_eq!(
+        got, 100,
+        "consumption stops at max_in_flight without commits"
+    );
+    assert_eq!(stats.in_flight.load(Ordering::Relaxed), 100);
+    assert!(stats.pauses.load(Ordering::Relaxed) >= 1);
+    assert_eq!(
+        consumer.commit(&topic, 0, last + 1).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    assert_eq!(stats.in_flight.load(Ordering::Relaxed), 0);
+    let last = drain(&mut consumer, &mut got).await;
+    assert_eq!(got, 200, "a commit releases exactly the committed records");
+    assert_eq!(last, 199, "consumption resumed where it paused");
+    // librdkafka's statistics (every second) measure lag from the committed offset, 100.
+    let lag = stats.lag.lock().unwrap().get(&0).copied();
+    assert_eq!(lag, Some(900), "lag of partition 0");
+    assert_eq!(
+        consumer.commit(&topic, 0, 50).await.unwrap(),
+        CommitOutcome::AlreadyCommitted
+    );
+    assert_eq!(
+        consumer.commit(&topic, 7, 1).await.unwrap(),
+        CommitOutcome::NotAssigned
+    );
+    consumer.close().await;
+    let committed = consume::committed_offsets(&kafka, &bootstrap, &group, &topic)
+        .await
+        .unwrap();
+    assert_eq!(
+        committed,
+        BTreeMap::from([(0, 100)]),
+        "the commit never moves back"
+    );
+}
