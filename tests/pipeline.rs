@@ -346,3 +346,93 @@ print(json.dumps([list(r) for r in cur.fetchall()], default=str))
     );
     serde_json::from_str(text.lines().last().unwrap_or("[]")).unwrap()
 }
+
+/// `--metrics-addr` serves Prometheus text while a run is in progress: scraped mid-run, the
+/// counters of every stage are there and moving.
+#[test]
+fn metrics_answer_during_a_run() {
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 600);
+    let topic = sluice_tests::broker::unique("metrics");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "metrics",
+        "source": { "type": "csv", "path": csv, "pacing": { "mode": "rate", "rows_per_sec": 200 } },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 2 },
+        "transforms": [ { "uses": sluice_tests::guests::PASSTHROUGH } ],
+        "sink": { "type": "snowflake", "database": "M", "schema": "RAW", "table": "ROWS",
+                  "batch": { "max_rows": 100, "max_latency_ms": 200 } }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let state = dir.path().join("state");
+    let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([
+            "run",
+            &path.to_string_lossy(),
+            "--until-end",
+            "--no-progress",
+            "--metrics-addr",
+            &addr,
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let scrape = || -> Option<String> {
+        let mut s = std::net::TcpStream::connect(&addr).ok()?;
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .ok()?;
+        let mut text = String::new();
+        s.read_to_string(&mut text).ok()?;
+        Some(text)
+    };
+    let value = |text: &str, name: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let mut mid_run = None;
+    while child.try_wait().unwrap().is_none() {
+        if let Some(text) = scrape() {
+            let (read, transformed) = (
+                value(&text, "sluice_source_rows_produced_total"),
+                value(&text, "sluice_transform_rows_in_total"),
+            );
+            // Consumer lag comes from librdkafka statistics, emitted once a second.
+            if read > 0.0
+                && read < 600.0
+                && transformed > 0.0
+                && text.contains("sluice_consumer_lag{")
+            {
+                mid_run = Some(text);
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let status = child.wait().unwrap();
+    assert!(status.success(), "run failed: {status}");
+    let text = mid_run.expect("no scrape caught the run in progress with rows moving");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    for name in [
+        "sluice_transform_batch_seconds_bucket",
+        "sluice_consumer_lag{",
+        "sluice_sink_copy_seconds_count",
+        "sluice_sink_files_total",
+        "sluice_dead_letters_total",
+    ] {
+        assert!(text.contains(name), "{name} missing from:\n{text}");
+    }
+}
