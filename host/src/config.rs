@@ -117,7 +117,6 @@ pub struct DeadLetterConfig {
     pub topic: Option<String>,
 }
 
-
 /// What happens to a record that cannot be processed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
