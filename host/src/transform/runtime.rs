@@ -1031,7 +1031,7 @@ impl Values {
                 WireType::Json
             }
         };
-        self.types.push(ty);
+        self.types.push(ty as u8);
     }
 
     fn push_text(&mut self, s: &str) {
@@ -1052,7 +1052,7 @@ impl Values {
 
     /// The value at `c` as a host value, moving `c` past it. Only called on checked batches.
     fn read(&self, c: &mut Cursor) -> Value {
-        let ty = self.types[c.value];
+        let ty = wire_type(self.types[c.value]);
         let at = *c;
         Values::step(c, ty);
         match ty {
@@ -1078,10 +1078,10 @@ impl Values {
     /// Copies `count` values of `src` starting at `c` (moving `c` past them).
     fn copy_from(&mut self, src: &Values, c: &mut Cursor, count: usize) {
         for _ in 0..count {
-            let ty = src.types[c.value];
+            let ty = wire_type(src.types[c.value]);
             let at = *c;
             Values::step(c, ty);
-            self.types.push(ty);
+            self.types.push(ty as u8);
             match ty {
                 WireType::Null => {}
                 WireType::Bool | WireType::Int | WireType::Timestamp => {
@@ -1097,8 +1097,11 @@ impl Values {
     /// slice is valid.
     fn check(&self) -> Result<(), String> {
         let mut end = Cursor::default();
-        for &ty in &self.types {
-            Values::step(&mut end, ty);
+        for &t in &self.types {
+            if t > WireType::Json as u8 {
+                return Err(format!("unknown value type {t}"));
+            }
+            Values::step(&mut end, wire_type(t));
         }
         if (end.int, end.float, end.text)
             != (self.ints.len(), self.floats.len(), self.text_ends.len())
@@ -1124,6 +1127,19 @@ impl Values {
             start = e;
         }
         Ok(())
+    }
+}
+
+/// The `value-type` whose case index is `t`; only called on checked values.
+fn wire_type(t: u8) -> WireType {
+    match t {
+        1 => WireType::Bool,
+        2 => WireType::Int,
+        3 => WireType::Float,
+        4 => WireType::String,
+        5 => WireType::Timestamp,
+        6 => WireType::Json,
+        _ => WireType::Null,
     }
 }
 
@@ -1196,7 +1212,7 @@ impl WireBatch {
         for &shape in &wire.shapes {
             cursors.push(c);
             for _ in 0..wire.schemas[shape as usize].len() {
-                let ty = wire.values.types[c.value];
+                let ty = wire_type(wire.values.types[c.value]);
                 Values::step(&mut c, ty);
             }
         }

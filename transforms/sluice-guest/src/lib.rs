@@ -542,7 +542,7 @@ pub mod __private {
         /// The next value; `Null` past the end or on a malformed batch (the host never sends one).
         fn next(&mut self) -> Value {
             let v = self.values;
-            let Some(ty) = v.types.get(self.at) else {
+            let Some(ty) = v.types.get(self.at).map(|&t| value_type(t)) else {
                 return Value::Null;
             };
             self.at += 1;
@@ -571,7 +571,7 @@ pub mod __private {
                         .to_owned();
                     self.text += 1;
                     self.text_start = end;
-                    if *ty == ValueType::String {
+                    if ty == ValueType::String {
                         Value::String(text)
                     } else {
                         Value::Json(text)
@@ -610,12 +610,25 @@ pub mod __private {
                     ValueType::Json
                 }
             };
-            self.types.push(ty);
+            self.types.push(ty as u8);
         }
 
         fn push_text(&mut self, s: &str) {
             self.text.push_str(s);
             self.text_ends.push(self.text.len() as u32);
+        }
+    }
+
+    /// The `value-type` whose case index is `t` (unknown ones read as null).
+    fn value_type(t: u8) -> ValueType {
+        match t {
+            1 => ValueType::Bool,
+            2 => ValueType::Int,
+            3 => ValueType::Float,
+            4 => ValueType::String,
+            5 => ValueType::Timestamp,
+            6 => ValueType::Json,
+            _ => ValueType::Null,
         }
     }
 }

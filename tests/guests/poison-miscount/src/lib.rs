@@ -25,7 +25,16 @@ impl Guest for Miscount {
             let schema = &input.schemas[shape as usize];
             let mut poison = false;
             for name in schema {
-                let ty = input.values.types[at];
+                // `types` holds each value's case index in `value-type`.
+                let ty = [
+                    ValueType::Null,
+                    ValueType::Bool,
+                    ValueType::Int,
+                    ValueType::Float,
+                    ValueType::String,
+                    ValueType::Timestamp,
+                    ValueType::Json,
+                ][usize::from(input.values.types[at])];
                 at += 1;
                 if matches!(ty, ValueType::Bool | ValueType::Int | ValueType::Timestamp) {
                     poison |= name == "id" && ty == ValueType::Int && input.values.ints[int] == 13;
