@@ -662,12 +662,17 @@ async fn process_batch(
     part: &mut ConsumePart,
     seen: &mut BTreeMap<i32, i64>,
 ) -> anyhow::Result<()> {
-    // Decodable records go through the chain together; every record's outcome then goes to
-    // the sink in the original (per-partition offset) order.
+    // Decodable records go through the chain together (moved, not cloned); every record's
+    // outcome then goes to the sink in the original (per-partition offset) order.
+    let mut order = Vec::with_capacity(records.len());
     let mut inputs = Vec::with_capacity(records.len());
-    for r in &records {
-        if let Ok(row) = &r.row {
-            inputs.push((r.meta.clone(), row.clone()));
+    for r in records {
+        match r.row {
+            Ok(row) => {
+                order.push((r.meta.clone(), None));
+                inputs.push((r.meta, row));
+            }
+            Err(f) => order.push((r.meta, Some(f))),
         }
     }
     let mut outcomes = if inputs.is_empty() {
@@ -681,11 +686,10 @@ async fn process_batch(
         })?
     }
     .into_iter();
-    for r in records {
+    for (meta, failure) in order {
         part.records += 1;
-        let meta = r.meta;
-        let rows = match r.row {
-            Err(f) => {
+        let rows = match failure {
+            Some(f) => {
                 part.undecodable += 1;
                 ctx.dlq
                     .send(crate::dead_letter::DeadLetter {
@@ -700,7 +704,7 @@ async fn process_batch(
                     .await?;
                 Vec::new()
             }
-            Ok(_) => match outcomes.next() {
+            None => match outcomes.next() {
                 Some(RecordOutcome::Emitted(rows)) => rows,
                 Some(RecordOutcome::Quarantined(q)) => {
                     let payload = q.row.to_json().to_string().into_bytes();

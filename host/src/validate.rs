@@ -245,14 +245,10 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
     issues
 }
 
-/// The name a transform is known by: its `name`, else its component's file stem, else its index.
-pub fn transform_name(t: &crate::transform::config::TransformConfig, index: usize) -> String {
-    t.name.clone().unwrap_or_else(|| {
-        std::path::Path::new(&t.uses)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| format!("transform-{index}"))
-    })
+/// The name a transform is known by in logs, metrics and dead letters: its `name`, else its
+/// component's file stem without `transform_` (see `TransformConfig::display_name`).
+pub fn transform_name(t: &crate::transform::config::TransformConfig, _index: usize) -> String {
+    t.display_name()
 }
 
 /// Loads each component and runs its `init` with its params. A param the guest rejects is
