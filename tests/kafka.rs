@@ -87,19 +87,23 @@ struct Member {
     last_offset: HashMap<i32, i64>,
     /// The first offset received per partition after each assignment.
     first_offsets: Vec<(i32, i64)>,
+    /// The consumer's counters.
+    stats: Arc<ConsumerStats>,
 }
 
 impl Member {
     fn start(kafka: &KafkaConfig, group: &str, offsets: OffsetsProvider) -> Member {
         let bootstrap = broker::bootstrap();
+        let stats = Arc::new(ConsumerStats::default());
         let opts = ConsumerOptions {
             kafka,
             bootstrap: &bootstrap,
             group_id: group,
             offsets,
-            stats: Arc::new(ConsumerStats::default()),
+            stats: stats.clone(),
         };
         Member {
+            stats,
             consumer: Consumer::start(opts).expect("consumer"),
             durable: Vec::new(),
             buf: BTreeMap::new(),
@@ -723,4 +727,66 @@ async fn cancelled_replay_confirms_what_it_sent() {
         summary.rows_produced,
         "every sent row is confirmed"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_paused_for_backpressure_resume_after_a_rebalance() {
+    const N: usize = 400;
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_rows(dir.path(), N);
+    let topic = broker::unique("pause-rebalance");
+    let kafka = broker::kafka_config(
+        &topic,
+        serde_json::json!({ "partitions": 2, "max_in_flight": 50 }),
+    );
+    replay(
+        &csv_source(serde_json::json!({ "path": path, "key_column": "id" })),
+        &kafka,
+    )
+    .await
+    .expect("replay");
+    let group = broker::unique("group");
+    let total = Arc::new(AtomicUsize::new(0));
+    let gate = Arc::new(AtomicBool::new(false));
+    let (a_assigned, b_assigned) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    // The first member fills its in-flight window without committing, so it pauses everything.
+    let a = Member::start(&kafka, &group, consume::group_offsets());
+    let a_stats = a.stats.clone();
+    let a = tokio::spawn(a.run(total.clone(), N, gate.clone(), a_assigned.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while a_stats.pauses.load(Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "first member never paused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A second member joins: the rebalance hands the paused member one partition back.
+    let b = Member::start(&kafka, &group, consume::group_offsets());
+    let b = tokio::spawn(b.run(total.clone(), N, gate.clone(), b_assigned.clone()));
+    while !(a_assigned.load(Ordering::SeqCst) && b_assigned.load(Ordering::SeqCst)) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "both members never held partitions at once"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.store(true, Ordering::SeqCst);
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    assert!(
+        !a.durable.is_empty() && !b.durable.is_empty(),
+        "a: {}, b: {}",
+        a.durable.len(),
+        b.durable.len()
+    );
+    let got = ids(&[&a.durable, &b.durable]);
+    assert!(
+        got.iter().copied().eq(0..N as i64),
+        "every row exactly once"
+    );
+    a.consumer.close().await;
+    b.consumer.close().await;
 }

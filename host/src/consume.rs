@@ -25,7 +25,7 @@
 //! answers it on its own thread, so the callback waits at most one round trip. Records of a
 //! revoked partition still queued in the channel are discarded by [`Consumer::recv`].
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -232,6 +232,8 @@ struct Shared {
     fence: Mutex<HashMap<i32, i64>>,
     stats: Arc<ConsumerStats>,
     stop: AtomicBool,
+    /// Whether the poll loop has paused the assignment for backpressure.
+    paused: AtomicBool,
 }
 
 impl Shared {
@@ -347,6 +349,18 @@ impl Ctx {
         if let Err(e) = r {
             tracing::error!(error = %e, "Partition assignment failed.");
         }
+        // librdkafka keeps a partition's pause across unassign and assign, so a partition paused
+        // for backpressure before a rebalance could otherwise stay paused for good. Newly
+        // assigned partitions follow the poll loop's current state, which it later undoes for
+        // the whole assignment.
+        let r = if self.shared.paused.load(Ordering::SeqCst) {
+            c.pause(tpl)
+        } else {
+            c.resume(tpl)
+        };
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "Cannot set the pause state of newly assigned partitions.");
+        }
         self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%topic, ?starts, "Partitions assigned.");
         let _ = self.events.send((
@@ -441,6 +455,7 @@ impl Consumer {
             fence: Mutex::new(HashMap::new()),
             stats: opts.stats.clone(),
             stop: AtomicBool::new(false),
+            paused: AtomicBool::new(false),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let ctx = Ctx {
@@ -593,25 +608,24 @@ fn poll_loop(
     tx: &mpsc::UnboundedSender<Tagged>,
     max: u64,
 ) {
-    let mut paused: Option<TopicPartitionList> = None;
     while !shared.stop.load(Ordering::SeqCst) {
         let in_flight = shared.stats.in_flight.load(Ordering::Relaxed);
-        if paused.is_none() && in_flight >= max {
-            if let Ok(assigned) = consumer.assignment() {
-                match consumer.pause(&assigned) {
-                    Ok(()) => {
-                        shared.stats.pauses.fetch_add(1, Ordering::Relaxed);
-                        paused = Some(assigned);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "Cannot pause consumption."),
+        let paused = shared.paused.load(Ordering::SeqCst);
+        if !paused && in_flight >= max {
+            let assigned = consumer.assignment().unwrap_or_default();
+            match consumer.pause(&assigned) {
+                Ok(()) => {
+                    shared.stats.pauses.fetch_add(1, Ordering::Relaxed);
+                    shared.paused.store(true, Ordering::SeqCst);
                 }
+                Err(e) => tracing::warn!(error = %e, "Cannot pause consumption."),
             }
-        } else if let Some(p) = &paused {
+        } else if paused && in_flight <= max - max / 4 {
             // Resume with some headroom, so one commit does not flip pause on and off.
-            if in_flight <= max - max / 4 {
-                let current = consumer.assignment().unwrap_or_default();
-                let _ = consumer.resume(&intersect(p, &current));
-                paused = None;
+            let assigned = consumer.assignment().unwrap_or_default();
+            match consumer.resume(&assigned) {
+                Ok(()) => shared.paused.store(false, Ordering::SeqCst),
+                Err(e) => tracing::warn!(error = %e, "Cannot resume consumption."),
             }
         }
         let Some(polled) = consumer.poll(Duration::from_millis(100)) else {
@@ -638,21 +652,6 @@ fn poll_loop(
             let _ = consumer.poll(Duration::from_millis(100));
         }
     }
-}
-
-fn intersect(a: &TopicPartitionList, b: &TopicPartitionList) -> TopicPartitionList {
-    let keep: HashSet<(String, i32)> = b
-        .elements()
-        .iter()
-        .map(|e| (e.topic().to_owned(), e.partition()))
-        .collect();
-    let mut out = TopicPartitionList::new();
-    for e in a.elements() {
-        if keep.contains(&(e.topic().to_owned(), e.partition())) {
-            out.add_partition(e.topic(), e.partition());
-        }
-    }
-    out
 }
 
 fn handle_message(msg: &BorrowedMessage<'_>, shared: &Shared) -> Option<Tagged> {
