@@ -121,12 +121,19 @@ impl Member {
         gate: Arc<AtomicBool>,
         assigned: Arc<AtomicBool>,
     ) -> Member {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         while total.load(Ordering::SeqCst) < target {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "timed out at {} of {target}",
-                total.load(Ordering::SeqCst)
+                "timed out at {} of {target}; this member: partitions {:?}, in flight {}, pauses {}, \
+                 buffered {}, durable {}, consumed {}",
+                total.load(Ordering::SeqCst),
+                self.consumer.assignment(),
+                self.stats.in_flight.load(Ordering::SeqCst),
+                self.stats.pauses.load(Ordering::SeqCst),
+                self.buf.values().map(Vec::len).sum::<usize>(),
+                self.durable.len(),
+                self.stats.records_consumed.load(Ordering::SeqCst),
             );
             let ev = tokio::time::timeout(Duration::from_millis(100), self.consumer.recv()).await;
             let buffered: usize = self.buf.values().map(Vec::len).sum();

@@ -608,9 +608,11 @@ fn poll_loop(
     tx: &mpsc::UnboundedSender<Tagged>,
     max: u64,
 ) {
+    let mut next_check = std::time::Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
         let in_flight = shared.stats.in_flight.load(Ordering::Relaxed);
         let paused = shared.paused.load(Ordering::SeqCst);
+        let now = std::time::Instant::now();
         if !paused && in_flight >= max {
             let assigned = consumer.assignment().unwrap_or_default();
             match consumer.pause(&assigned) {
@@ -619,6 +621,18 @@ fn poll_loop(
                     shared.paused.store(true, Ordering::SeqCst);
                 }
                 Err(e) => tracing::warn!(error = %e, "Cannot pause consumption."),
+            }
+        } else if !paused && now >= next_check {
+            // A pause can outlive a rebalance inside librdkafka (the resume issued during the
+            // assignment may be applied before the assignment is), so while consumption should
+            // run, the whole assignment is resumed again now and then; resuming is a local no-op
+            // for running partitions.
+            next_check = now + Duration::from_millis(500);
+            let assigned = consumer.assignment().unwrap_or_default();
+            if assigned.count() > 0
+                && let Err(e) = consumer.resume(&assigned)
+            {
+                tracing::warn!(error = %e, "Cannot resume consumption.");
             }
         } else if paused && in_flight <= max - max / 4 {
             // Resume with some headroom, so one commit does not flip pause on and off.
