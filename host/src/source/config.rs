@@ -1,4 +1,13 @@
 //! `source` section of pipeline.json: which CSV file to replay, how to type it and how fast.
+//!
+//! ```json
+//! "source": {
+//!   "type": "csv", "path": "data/data.csv", "delimiter": ",",
+//!   "schema": { "created_at": "timestamp" },
+//!   "pacing": { "mode": "rate", "rows_per_sec": 500 },
+//!   "loop": 1, "key_column": "id", "on_error": "dead_letter"
+//! }
+//! ```
 
 use std::collections::BTreeMap;
 
@@ -41,9 +50,10 @@ pub struct CsvSourceConfig {
     /// Column whose value becomes the Kafka message key; without it messages have no key.
     #[serde(default)]
     pub key_column: Option<String>,
-    /// What a bad row (ragged, invalid UTF-8, unparsable under `schema`) does: `dead_letter`
-    /// (default) sends it to the dead-letter topic with file and line; `fail` stops the run;
-    /// `drop` counts it and skips it.
+    /// What a bad row (ragged, invalid UTF-8, unparsable under `schema` or the inferred type,
+    /// or larger than the largest Kafka message) does: `dead_letter` (default) sends it to the
+    /// dead-letter topic with file, line and reason; `fail` stops the run with an error naming
+    /// file and line; `drop` counts it and skips it.
     #[serde(default)]
     pub on_error: OnError,
 }
