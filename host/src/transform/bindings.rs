@@ -6,7 +6,7 @@ wasmtime::component::bindgen!({
     world: "transform",
 });
 
-pub use sluice::transform::types::{
+pub use self::sluice::transform::types::{
     Header, Outcome, Output, RecordMeta, Rows, TransformError as GuestError, ValueType, Values,
 };
 
