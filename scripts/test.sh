@@ -16,4 +16,4 @@ cargo test --locked --workspace 2>&1 | tee target/test-output.txt
 echo "== demo: sluice run pipeline.json --until-end, then sluice verify"
 scripts/demo.sh
 echo "== summary"
-grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6; i+=$8} END {printf "tests: %d passed, %d failed, %d ignored\n", p, f, i}'
+grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6; i+=$8} END {printf "tests: %d passed, %d failed, %d skipped\n", p, f, i}'
