@@ -281,7 +281,6 @@ struct AllStats {
     transforms: Vec<(String, Arc<TransformStats>)>,
     sink: Option<Arc<SinkStats>>,
     dead_letters: Option<Arc<DeadLetterStats>>,
-    loaded_records: Arc<AtomicU64>,
 }
 
 /// Runs the pipeline; `Ok(false)` when the run finished but lost or failed something.
@@ -399,7 +398,6 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
             replay_done: replay_done.clone(),
             cancel: cancel.clone(),
             consumer_stats: consumer_stats.clone(),
-            loaded_records: stats.loaded_records.clone(),
         };
         let r = consume_loop(ctx).await;
         if r.is_err() {
@@ -518,7 +516,6 @@ struct ConsumeCtx {
     replay_done: CancellationToken,
     cancel: CancellationToken,
     consumer_stats: Arc<ConsumerStats>,
-    loaded_records: Arc<AtomicU64>,
 }
 
 /// Records handed to the transform chain per call, at most.
@@ -648,7 +645,6 @@ async fn consume_loop(ctx: ConsumeCtx) -> anyhow::Result<ConsumePart> {
     part.files = sink_summary.files;
     part.sink_dead_lettered = sink_summary.rows_dead_lettered;
     part.committed_offsets = durable;
-    ctx.loaded_records.store(part.records, Ordering::Relaxed);
     Ok(part)
 }
 
