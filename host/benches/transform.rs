@@ -22,6 +22,10 @@ use criterion::{BatchSize, Criterion, Throughput};
 use sluice::row::{Name, RecordMeta, Row, Value};
 use sluice::transform::{RecordOutcome, RuntimeOptions, TransformChain, TransformConfig};
 
+// The allocator of the `sluice` binary, so both sides allocate as they would in production.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const BATCH_SIZES: [usize; 3] = [1, 64, 1024];
 
 struct Guests {
@@ -293,5 +297,8 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench(&mut c, &guests);
     c.final_summary();
-    summary(&guests);
+    // `--profile-time` runs one benchmark under a profiler: keep the profile to it.
+    if !std::env::args().any(|a| a == "--profile-time") {
+        summary(&guests);
+    }
 }

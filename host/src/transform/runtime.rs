@@ -28,8 +28,9 @@
 //! Rows cross the boundary positionally (see `wit/transform.wit`): each distinct row shape's
 //! field names travel once per batch, each row only as a shape index plus its values, all rows'
 //! values in one list. That keeps the per-row cost to the values themselves. Between transforms
-//! of a chain, rows stay host [`Row`]s (values are moved, not copied or serialized).
+//! of a chain, rows stay in that layout: host [`Row`]s are built once, after the last one.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex, mpsc};
@@ -315,6 +316,9 @@ fn build_engine(fuel: bool, cache_dir: Option<&Path>) -> Result<Engine, LoadErro
     cfg.wasm_component_model(true)
         .epoch_interruption(true)
         .consume_fuel(fuel);
+    if std::env::var_os("SLUICE_PERFMAP").is_some() {
+        cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if let Some(dir) = cache_dir {
         let dir = std::path::absolute(dir)
             .map_err(|e| LoadError::Engine(format!("cache directory {}: {e}", dir.display())))?;
@@ -462,7 +466,7 @@ struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: MemoryCap,
-    metas: Arc<Vec<RecordMeta>>,
+    metas: Inputs,
     origins: Vec<u32>,
 }
 
@@ -482,7 +486,8 @@ impl bindings::sluice::transform::context::Host for HostState {
         let meta = self
             .origins
             .get(index as usize)
-            .and_then(|&o| self.metas.get(o as usize));
+            .and_then(|&o| self.metas.get(o as usize))
+            .map(|(meta, _)| meta);
         match meta {
             Some(m) => bindings::RecordMeta {
                 topic: m.topic.clone(),
@@ -673,17 +678,13 @@ fn worker_main(shared: &Shared, jobs: &Mutex<mpsc::Receiver<Job>>) {
 
 fn run_chain(shared: &Shared, slots: &mut [Option<Slot>], inputs: Vec<(RecordMeta, Row)>) -> Reply {
     let n = inputs.len();
-    let mut metas = Vec::with_capacity(n);
-    let mut rows = Vec::with_capacity(n);
-    for (i, (meta, row)) in inputs.into_iter().enumerate() {
-        metas.push(meta);
-        rows.push((i as u32, row));
-    }
-    let metas = Arc::new(metas);
-    let mut failed: Vec<Option<RecordOutcome>> = (0..n).map(|_| None).collect();
     // Rows stay in the wire layout from the first transform to the last: what transform i
-    // emits is, as is, what transform i+1 receives.
-    let mut batch = WireBatch::from_rows(rows);
+    // emits is, as is, what transform i+1 receives. The inputs stay where they are (the
+    // `context.meta` import reads their metadata) and are only read, never moved.
+    let mut batch = WireBatch::from_rows(inputs.iter().map(|(_, row)| row));
+    let metas: Inputs = Arc::new(inputs);
+    // Failures are rare: keyed by input index, so a clean batch allocates nothing for them.
+    let mut failed: BTreeMap<usize, RecordOutcome> = BTreeMap::new();
     for (t, slot) in shared.transforms.iter().zip(slots.iter_mut()) {
         if batch.origins.is_empty() {
             break;
@@ -693,12 +694,12 @@ fn run_chain(shared: &Shared, slots: &mut [Option<Slot>], inputs: Vec<(RecordMet
         for (j, kind, reason) in failures {
             TransformStats::add(&t.stats.rows_failed, 1);
             let o = batch.origins[j] as usize;
-            if failed[o].is_some() {
+            if failed.contains_key(&o) {
                 continue;
             }
-            failed[o] = Some(match t.config.on_error {
+            let outcome = match t.config.on_error {
                 OnError::Fail => {
-                    let m = &metas[o];
+                    let m = &metas[o].0;
                     return Err(TransformError::Failed {
                         transform: t.name.to_string(),
                         kind,
@@ -722,30 +723,21 @@ fn run_chain(shared: &Shared, slots: &mut [Option<Slot>], inputs: Vec<(RecordMet
                     reason,
                     row: batch.row(j),
                 }),
-            });
+            };
+            failed.insert(o, outcome);
         }
         batch = if any_failed {
             // A record fails as a whole: drop rows it already emitted from other inputs.
-            next.retain(|o| failed[o as usize].is_none())
+            next.retain(|o| !failed.contains_key(&(o as usize)))
         } else {
             next
         };
     }
-    let mut outcomes = Vec::with_capacity(n);
-    let mut rows = batch.into_rows().into_iter().peekable();
-    for (i, f) in failed.into_iter().enumerate() {
-        outcomes.push(match f {
-            Some(outcome) => outcome,
-            None => {
-                let mut out = Vec::new();
-                while let Some((_, row)) = rows.next_if(|(o, _)| *o as usize == i) {
-                    out.push(row);
-                }
-                RecordOutcome::Emitted(out)
-            }
-        });
+    // The instances must not keep this batch alive until the next one.
+    for s in slots.iter_mut().flatten() {
+        s.store.data_mut().metas = Inputs::default();
     }
-    Ok(outcomes)
+    Ok(batch.into_outcomes(n, failed))
 }
 
 /// An input row (by index) that failed in a transform, with the kind and reason.
@@ -761,7 +753,7 @@ fn run_transform(
     t: &Loaded,
     slot: &mut Option<Slot>,
     batch: &WireBatch,
-    metas: &Arc<Vec<RecordMeta>>,
+    metas: &Inputs,
 ) -> Result<(WireBatch, Vec<Failure>), TransformError> {
     let n = batch.origins.len();
     TransformStats::add(&t.stats.rows_in, n as u64);
@@ -792,7 +784,7 @@ fn isolate(
     t: &Loaded,
     slot: &mut Option<Slot>,
     batch: &WireBatch,
-    metas: &Arc<Vec<RecordMeta>>,
+    metas: &Inputs,
 ) -> Result<(WireBatch, Vec<Failure>, u64), TransformError> {
     let mut all = WireBatch::default();
     let mut failures = Vec::new();
@@ -910,7 +902,7 @@ fn call(
     slot: &mut Option<Slot>,
     input: &Rows,
     origins: &[u32],
-    metas: &Arc<Vec<RecordMeta>>,
+    metas: &Inputs,
 ) -> Result<Result<Output, (FailureKind, String)>, TransformError> {
     if slot
         .as_ref()
@@ -956,6 +948,9 @@ fn call(
         }
     }
 }
+
+/// The records of the batch being processed, shared with the instances' `context.meta` import.
+type Inputs = Arc<Vec<(RecordMeta, Row)>>;
 
 /// Where one row's values start: its index among all values and in each payload lane.
 #[derive(Debug, Clone, Copy, Default)]
@@ -1154,10 +1149,12 @@ struct WireBatch {
 }
 
 impl WireBatch {
-    /// Host rows into the wire layout (names interned per shape).
-    fn from_rows(rows: Vec<(u32, Row)>) -> WireBatch {
+    /// Host rows into the wire layout (names interned per shape), row `i` tagged with origin
+    /// `i`.
+    fn from_rows<'a>(rows: impl ExactSizeIterator<Item = &'a Row>) -> WireBatch {
         let n = rows.len();
-        let width = rows.first().map_or(0, |(_, r)| r.fields.len());
+        let mut rows = rows.peekable();
+        let width = rows.peek().map_or(0, |r| r.fields.len());
         let mut b = WireBatch {
             wire: Rows {
                 schemas: Vec::new(),
@@ -1175,7 +1172,7 @@ impl WireBatch {
         };
         let mut names: Vec<Vec<Name>> = Vec::new();
         let mut last = 0usize;
-        for (origin, row) in rows {
+        for (origin, row) in rows.enumerate() {
             let same = |names: &[Name]| {
                 names.len() == row.fields.len()
                     && names
@@ -1197,9 +1194,14 @@ impl WireBatch {
             last = shape;
             b.wire.shapes.push(shape as u32);
             b.cursors.push(b.wire.values.end());
-            b.origins.push(origin);
+            b.origins.push(origin as u32);
             for f in &row.fields {
                 b.wire.values.push(&f.value);
+            }
+            if origin == 0 {
+                // Rows of a batch are alike: size the text lane from the first one.
+                let text = b.wire.values.text.len();
+                b.wire.values.text.reserve(text.saturating_mul(n + n / 8));
             }
         }
         b
@@ -1303,8 +1305,13 @@ impl WireBatch {
         }
     }
 
-    /// Back to host rows, each with its origin.
-    fn into_rows(self) -> Vec<(u32, Row)> {
+    /// One outcome per input record (`n` of them): the host rows each one emitted, in order, or
+    /// its entry in `failed` (whose rows are no longer in this batch).
+    fn into_outcomes(
+        self,
+        n: usize,
+        mut failed: BTreeMap<usize, RecordOutcome>,
+    ) -> Vec<RecordOutcome> {
         let names: Vec<Vec<Name>> = self
             .wire
             .schemas
@@ -1313,22 +1320,30 @@ impl WireBatch {
             .collect();
         let values = &self.wire.values;
         let mut c = Cursor::default();
-        self.wire
-            .shapes
-            .iter()
-            .zip(&self.origins)
-            .map(|(&shape, &origin)| {
+        let mut j = 0;
+        let mut outcomes = Vec::with_capacity(n);
+        for i in 0..n {
+            if let Some(f) = failed.remove(&i) {
+                outcomes.push(f);
+                continue;
+            }
+            let k = self.origins[j..]
+                .iter()
+                .take_while(|&&o| o as usize == i)
+                .count();
+            let mut rows = Vec::with_capacity(k);
+            for &shape in &self.wire.shapes[j..j + k] {
                 let fields = names[shape as usize].iter().map(|name| Field {
                     name: Name::clone(name),
                     value: values.read(&mut c),
                 });
-                (
-                    origin,
-                    Row {
-                        fields: fields.collect(),
-                    },
-                )
-            })
-            .collect()
+                rows.push(Row {
+                    fields: fields.collect(),
+                });
+            }
+            j += k;
+            outcomes.push(RecordOutcome::Emitted(rows));
+        }
+        outcomes
     }
 }

@@ -30,6 +30,13 @@
 //! panic traps the whole instance, and the host has to rebuild it and re-run the batch one row at
 //! a time to find the culprit.
 
+#[cfg(all(target_arch = "wasm32", feature = "pool-alloc"))]
+pub mod pool;
+
+#[cfg(all(target_arch = "wasm32", feature = "pool-alloc"))]
+#[global_allocator]
+static ALLOC: pool::Pool = pool::Pool::new();
+
 use std::any::Any;
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
