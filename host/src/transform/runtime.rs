@@ -761,7 +761,7 @@ fn run_transform(
     let (next, failures, filtered) =
         match call(shared, t, slot, &batch.wire, &batch.origins, metas)? {
             Ok(output) => match check_output(&output, n) {
-                Ok(()) => split(output, &batch.origins, max, 0),
+                Ok(()) => split(output, batch, 0, max),
                 Err(reason) if n == 1 => (
                     WireBatch::default(),
                     vec![(0, FailureKind::Protocol, reason)],
@@ -795,7 +795,7 @@ fn isolate(
         match call(shared, t, slot, &batch.single(j), origin, metas)? {
             Ok(output) => match check_output(&output, 1) {
                 Ok(()) => {
-                    let (one, failed, none) = split(output, origin, max, j);
+                    let (one, failed, none) = split(output, batch, j, max);
                     all.append(one);
                     failures.extend(failed);
                     filtered += none;
@@ -851,41 +851,78 @@ fn check_output(output: &Output, inputs: usize) -> Result<(), String> {
     rows.values.check()
 }
 
-/// Turns a checked output into the next batch (rows tagged with their input's origin) and the
-/// failed inputs (indexes offset by `first`). Guest errors fail their input; so does emitting
-/// more than `max_rows` rows, whose rows are then discarded. Also counts inputs filtered out.
+/// Turns a checked output into the next batch and the failed inputs. Outcome `o` answers input
+/// row `first + o` of `input`; emitted rows are tagged with that row's origin, and a `keep`
+/// outcome takes the input row as it is. Guest errors fail their input; so does emitting more
+/// than `max_rows` rows, whose rows are then discarded. Also counts inputs filtered out.
 fn split(
     output: Output,
-    origins: &[u32],
-    max_rows: u32,
+    input: &WireBatch,
     first: usize,
+    max_rows: u32,
 ) -> (WireBatch, Vec<Failure>, u64) {
     let Output { outcomes, rows } = output;
-    let mut next_origins = Vec::with_capacity(rows.shapes.len());
+    let mut emitted_origins = Vec::with_capacity(rows.shapes.len());
     let mut failures = Vec::new();
     let mut discard = false;
     let mut filtered = 0u64;
-    for (j, outcome) in outcomes.into_iter().enumerate() {
+    let mut kept = 0usize;
+    for (o, outcome) in outcomes.iter().enumerate() {
+        let j = first + o;
         match outcome {
             Outcome::Emit(0) => filtered += 1,
-            Outcome::Emit(k) if k <= max_rows => {
-                next_origins.extend(std::iter::repeat_n(origins[j], k as usize));
+            Outcome::Keep => kept += 1,
+            &Outcome::Emit(k) if k <= max_rows => {
+                emitted_origins.extend(std::iter::repeat_n(input.origins[j], k as usize));
             }
-            Outcome::Emit(k) => {
+            &Outcome::Emit(k) => {
                 discard = true;
-                next_origins.extend(std::iter::repeat_n(DISCARD, k as usize));
+                emitted_origins.extend(std::iter::repeat_n(DISCARD, k as usize));
                 failures.push((
-                    first + j,
+                    j,
                     FailureKind::OutputLimit,
                     format!("emitted {k} rows for one record (max_rows_per_record is {max_rows})"),
                 ));
             }
             Outcome::Error(e) => {
-                failures.push((first + j, FailureKind::Guest, bindings::describe(&e)));
+                failures.push((j, FailureKind::Guest, bindings::describe(e)));
             }
         }
     }
-    let next = WireBatch::from_wire(rows, next_origins);
+    let emitted = WireBatch::from_wire(rows, emitted_origins);
+    let next = if kept == 0 {
+        emitted
+    } else if kept == input.origins.len() {
+        // Every row passed through untouched (a passthrough, or a filter that kept all).
+        input.clone()
+    } else {
+        // Interleave kept input rows and emitted rows in outcome order.
+        let mut next = WireBatch {
+            wire: Rows {
+                schemas: input.wire.schemas.clone(),
+                ..Rows::default()
+            },
+            ..WireBatch::default()
+        };
+        let shapes = next.merge_schemas(&emitted.wire.schemas);
+        let mut e = 0;
+        for (o, outcome) in outcomes.iter().enumerate() {
+            match *outcome {
+                Outcome::Keep => {
+                    let j = first + o;
+                    next.push_row_from(input, j, input.wire.shapes[j]);
+                }
+                Outcome::Emit(k) => {
+                    for _ in 0..k {
+                        next.push_row_from(&emitted, e, shapes[emitted.wire.shapes[e] as usize]);
+                        e += 1;
+                    }
+                }
+                Outcome::Error(_) => {}
+            }
+        }
+        next
+    };
     let next = if discard {
         next.retain(|o| o != DISCARD)
     } else {
@@ -1140,7 +1177,7 @@ fn wire_type(t: u8) -> WireType {
 
 /// Rows in the positional wire layout, each tagged with the index of the input record it came
 /// from. This is what crosses the boundary, and what flows between the transforms of a chain.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct WireBatch {
     wire: Rows,
     /// Where each row's values start.
@@ -1284,11 +1321,9 @@ impl WireBatch {
         out
     }
 
-    /// Appends another batch (its shapes merged into this one's).
-    fn append(&mut self, other: WireBatch) {
-        let map: Vec<u32> = other
-            .wire
-            .schemas
+    /// Adds the shapes of `schemas` this batch lacks; returns each one's index here.
+    fn merge_schemas(&mut self, schemas: &[Vec<String>]) -> Vec<u32> {
+        schemas
             .iter()
             .map(
                 |schema| match self.wire.schemas.iter().position(|s| s == schema) {
@@ -1299,7 +1334,12 @@ impl WireBatch {
                     }
                 },
             )
-            .collect();
+            .collect()
+    }
+
+    /// Appends another batch (its shapes merged into this one's).
+    fn append(&mut self, other: WireBatch) {
+        let map = self.merge_schemas(&other.wire.schemas);
         for j in 0..other.origins.len() {
             self.push_row_from(&other, j, map[other.wire.shapes[j] as usize]);
         }
@@ -1345,5 +1385,93 @@ impl WireBatch {
             outcomes.push(RecordOutcome::Emitted(rows));
         }
         outcomes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: i64, name: &str) -> Row {
+        let mut r = Row::with_capacity(2);
+        r.push("id", Value::Int(id));
+        r.push("name", Value::String(name.to_owned()));
+        r
+    }
+
+    /// `keep` outcomes take the input row as it was, interleaved in outcome order with rows
+    /// emitted in another shape; filtered and failed inputs contribute nothing.
+    #[test]
+    fn split_interleaves_kept_and_emitted_rows() {
+        let inputs: Vec<Row> = (1..=5).map(|i| row(i, &format!("r{i}"))).collect();
+        let input = WireBatch::from_rows(inputs.iter());
+        let mut emitted = Values::default();
+        for v in [Value::Float(2.5), Value::Float(3.5)] {
+            emitted.push(&v);
+        }
+        let output = Output {
+            outcomes: vec![
+                Outcome::Keep,
+                Outcome::Emit(2),
+                Outcome::Emit(0),
+                Outcome::Error(GuestError::Other("bad".into())),
+                Outcome::Keep,
+            ],
+            rows: Rows {
+                schemas: vec![vec!["x".into()]],
+                shapes: vec![0, 0],
+                values: emitted,
+            },
+        };
+        check_output(&output, 5).unwrap();
+        let (next, failures, filtered) = split(output, &input, 0, 10);
+        assert_eq!(filtered, 1);
+        assert_eq!(
+            failures,
+            vec![(3, FailureKind::Guest, "bad".to_owned())],
+            "the error outcome fails input 3"
+        );
+        assert_eq!(next.origins, vec![0, 1, 1, 4]);
+        let mut failed = BTreeMap::new();
+        failed.insert(
+            3,
+            RecordOutcome::Dropped {
+                transform: "t".into(),
+                kind: FailureKind::Guest,
+                reason: "bad".into(),
+            },
+        );
+        let x = |f: f64| {
+            let mut r = Row::with_capacity(1);
+            r.push("x", Value::Float(f));
+            r
+        };
+        let outcomes = next.into_outcomes(5, failed);
+        assert_eq!(outcomes[0], RecordOutcome::Emitted(vec![row(1, "r1")]));
+        assert_eq!(outcomes[1], RecordOutcome::Emitted(vec![x(2.5), x(3.5)]));
+        assert_eq!(outcomes[2], RecordOutcome::Emitted(vec![]));
+        assert!(matches!(outcomes[3], RecordOutcome::Dropped { .. }));
+        assert_eq!(outcomes[4], RecordOutcome::Emitted(vec![row(5, "r5")]));
+    }
+
+    /// A batch where every row is kept is the input batch again.
+    #[test]
+    fn split_all_kept_is_the_input() {
+        let inputs: Vec<Row> = (1..=3).map(|i| row(i, "same")).collect();
+        let input = WireBatch::from_rows(inputs.iter());
+        let output = Output {
+            outcomes: vec![Outcome::Keep; 3],
+            rows: Rows::default(),
+        };
+        check_output(&output, 3).unwrap();
+        let (next, failures, filtered) = split(output, &input, 0, 10);
+        assert!(failures.is_empty());
+        assert_eq!(filtered, 0);
+        let outcomes = next.into_outcomes(3, BTreeMap::new());
+        let want: Vec<RecordOutcome> = inputs
+            .into_iter()
+            .map(|r| RecordOutcome::Emitted(vec![r]))
+            .collect();
+        assert_eq!(outcomes, want);
     }
 }

@@ -26,7 +26,9 @@
 //! ```
 //!
 //! Returning `Ok(vec![])` filters the row out, `Ok(vec![a, b])` emits two rows, and `Err(..)`
-//! fails that row alone (the host applies the transform's `on_error` policy). Do not panic: a
+//! fails that row alone. Returning the input row untouched (`Ok(vec![row])` with no `get_mut`,
+//! `set`, `push`, `remove` or `rename` on it) is free: the SDK answers `keep` and the row is not
+//! sent back to the host at all (the host applies the transform's `on_error` policy). Do not panic: a
 //! panic traps the whole instance, and the host has to rebuild it and re-run the batch one row at
 //! a time to find the culprit.
 
@@ -92,9 +94,24 @@ pub use bindings::sluice::transform::types::{Header, RecordMeta};
 pub type Name = Rc<str>;
 
 /// An ordered list of named, typed fields.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Clone, Default)]
 pub struct Row {
     fields: Vec<(Name, Value)>,
+    /// The token of the input row this row still equals, 0 once changed (or if built by the
+    /// transform). Lets the SDK answer `keep` instead of sending an untouched row back.
+    origin: u64,
+}
+
+impl PartialEq for Row {
+    fn eq(&self, other: &Row) -> bool {
+        self.fields == other.fields
+    }
+}
+
+impl std::fmt::Debug for Row {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
 }
 
 impl Row {
@@ -128,6 +145,7 @@ impl Row {
 
     /// A mutable reference to the value of field `name`, if the row has it.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
+        self.origin = 0;
         self.fields
             .iter_mut()
             .find(|(n, _)| &**n == name)
@@ -150,12 +168,14 @@ impl Row {
 
     /// Appends a field without checking for an existing one of the same name.
     pub fn push(&mut self, name: impl Into<Name>, value: Value) {
+        self.origin = 0;
         self.fields.push((name.into(), value));
     }
 
     /// Removes field `name` and returns its value.
     pub fn remove(&mut self, name: &str) -> Option<Value> {
         let i = self.fields.iter().position(|(n, _)| &**n == name)?;
+        self.origin = 0;
         Some(self.fields.remove(i).1)
     }
 
@@ -163,6 +183,7 @@ impl Row {
     pub fn rename(&mut self, from: &str, to: &str) -> bool {
         match self.fields.iter_mut().find(|(n, _)| &**n == from) {
             Some((n, _)) => {
+                self.origin = 0;
                 *n = Name::from(to);
                 true
             }
@@ -175,6 +196,7 @@ impl<N: Into<Name>> FromIterator<(N, Value)> for Row {
     fn from_iter<I: IntoIterator<Item = (N, Value)>>(iter: I) -> Row {
         Row {
             fields: iter.into_iter().map(|(n, v)| (n.into(), v)).collect(),
+            origin: 0,
         }
     }
 }
@@ -383,6 +405,8 @@ thread_local! {
     static STATE: RefCell<Option<Box<dyn Any>>> = const { RefCell::new(None) };
     // Which input row is being transformed, so `meta()` can ask the host for its record.
     static CURRENT_INDEX: Cell<u32> = const { Cell::new(0) };
+    // The token of the last input row handed to the transform (see `Row::origin`); never 0.
+    static LAST_TOKEN: Cell<u64> = const { Cell::new(0) };
 }
 
 #[doc(hidden)]
@@ -434,9 +458,23 @@ pub mod __private {
             // Reuse the field vectors of rows already emitted: one allocation less per row.
             let mut fields = out.spare.pop().unwrap_or_default();
             fields.extend(names.iter().map(|n| (n.clone(), values.next())));
-            let row = Row { fields };
+            // A token unique to this input row, so a row kept from an earlier one never passes
+            // for it.
+            let token = LAST_TOKEN.get() + 1;
+            LAST_TOKEN.set(token);
+            let row = Row {
+                fields,
+                origin: token,
+            };
             CURRENT_INDEX.set(i as u32);
             match t.transform(row) {
+                Ok(mut rows) if rows.len() == 1 && rows[0].origin == token => {
+                    // Returned untouched: the host still has it, so send nothing back.
+                    outcomes.push(Outcome::Keep);
+                    let mut fields = std::mem::take(&mut rows[0].fields);
+                    fields.clear();
+                    out.spare.push(fields);
+                }
                 Ok(rows) => {
                     outcomes.push(Outcome::Emit(rows.len() as u32));
                     for row in rows {
