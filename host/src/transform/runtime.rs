@@ -60,6 +60,31 @@ const RECYCLE_AFTER_ROWS: u64 = 200_000;
 /// Batches smaller than this per worker are not split across workers (splitting costs more
 /// than it saves).
 const MIN_CHUNK_ROWS: usize = 128;
+
+/// How long an idle worker polls for the next job before it parks. Waking a parked thread takes
+/// 10-50 µs on a busy VM, longer than a small batch runs.
+const WORKER_SPIN: Duration = Duration::from_micros(100);
+
+/// How long a [`TransformChain::process_blocking`] caller polls for its reply before it parks.
+/// Short: a spinning caller slows the worker (the two may share a physical core), so it only
+/// pays off for batches that finish within a wake-up's time.
+const CALLER_SPIN: Duration = Duration::from_micros(100);
+
+/// Polls `poll` for up to `limit`; `None` if it never returned a value.
+fn spin<T>(limit: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = poll() {
+            return Some(v);
+        }
+        if start.elapsed() >= limit {
+            return None;
+        }
+        for _ in 0..32 {
+            std::hint::spin_loop();
+        }
+    }
+}
 /// Table growth cap per instance (function references); generous, but bounded.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
@@ -257,8 +282,14 @@ impl TransformChain {
     pub fn process_blocking(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
         let n = batch.len();
         let mut out = Vec::with_capacity(n);
-        for rx in self.dispatch(batch)? {
-            out.extend(rx.blocking_recv().map_err(|_| TransformError::Stopped)??);
+        for mut rx in self.dispatch(batch)? {
+            let reply = spin(CALLER_SPIN, || match rx.try_recv() {
+                Ok(reply) => Some(Ok(reply)),
+                Err(oneshot::error::TryRecvError::Closed) => Some(Err(TransformError::Stopped)),
+                Err(oneshot::error::TryRecvError::Empty) => None,
+            })
+            .unwrap_or_else(|| rx.blocking_recv().map_err(|_| TransformError::Stopped))?;
+            out.extend(reply?);
         }
         Ok(out)
     }
@@ -666,9 +697,14 @@ fn worker_main(shared: &Shared, jobs: &Mutex<mpsc::Receiver<Job>>) {
     loop {
         let job = {
             let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
-            match rx.recv() {
-                Ok(job) => job,
-                Err(_) => return,
+            let polled = spin(WORKER_SPIN, || match rx.try_recv() {
+                Ok(job) => Some(Some(job)),
+                Err(mpsc::TryRecvError::Disconnected) => Some(None),
+                Err(mpsc::TryRecvError::Empty) => None,
+            });
+            match polled.unwrap_or_else(|| rx.recv().ok()) {
+                Some(job) => job,
+                None => return,
             }
         };
         let result = run_chain(shared, &mut slots, job.inputs);
