@@ -963,8 +963,9 @@ fn split(
     let emitted = WireBatch::from_wire(rows, emitted_origins);
     let next = if kept == 0 {
         emitted
-    } else if kept == input.origins.len() {
-        // Every row passed through untouched (a passthrough, or a filter that kept all).
+    } else if first == 0 && kept == input.origins.len() {
+        // Every row of the batch passed through untouched (a passthrough, or a filter that kept
+        // all).
         input.clone()
     } else {
         // Interleave kept input rows and emitted rows in outcome order.
