@@ -82,7 +82,11 @@ pub struct RunOptions {
 /// Sets up tracing on stderr; `RUST_LOG` overrides the default `info` level.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // The consumer leaves its group on its own poll thread, with a deadline (`consume.rs`), so
+    // rdkafka's drop-time close of the already closed queue always fails and logs an ERROR on
+    // every clean shutdown. That module's only other message is a warning about ignored events.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka::consumer::base_consumer=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -546,6 +550,12 @@ async fn consume_loop(ctx: ConsumeCtx) -> anyhow::Result<ConsumePart> {
             })
         })
     };
+    tokio::select! {
+        ready = source::producer::wait_for_topic(&ctx.kafka, &ctx.bootstrap, &topic) => {
+            ready.context("cannot read the topic's metadata")?;
+        }
+        _ = ctx.cancel.cancelled() => return Ok(ConsumePart::default()),
+    }
     let mut consumer = consume::Consumer::start(consume::ConsumerOptions {
         kafka: &ctx.kafka,
         bootstrap: &ctx.bootstrap,

@@ -128,7 +128,9 @@ pub async fn ensure_topic(
             })?;
     for r in results {
         match r {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Ok(_) => tracing::info!(%topic, partitions, "Created topic."),
+            // Created concurrently (e.g. by another sluice process): fine.
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
             Err((_, code)) => {
                 return Err(KafkaSetupError::Topic {
                     topic: topic.to_owned(),
@@ -137,7 +139,6 @@ pub async fn ensure_topic(
             }
         }
     }
-    tracing::info!(%topic, partitions, "Created topic.");
     // The controller may answer before every broker's metadata shows the topic.
     let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
     loop {
@@ -152,6 +153,33 @@ pub async fn ensure_topic(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Waits until the broker knows `topic` (created by the replay half of the same run, or by
+/// whoever feeds it), polling its metadata. Subscribing to a topic that does not exist yet works,
+/// but librdkafka reports it as an error in the log.
+pub async fn wait_for_topic(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+) -> Result<(), KafkaSetupError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, bootstrap)
+        .create()
+        .map_err(|source| KafkaSetupError::Kafka {
+            what: "cannot create Kafka admin client".into(),
+            source,
+        })?;
+    let admin = std::sync::Arc::new(admin);
+    // Said only if the wait is long: in `sluice run` the replay half creates it within moments.
+    let mut polls = 0u32;
+    while partition_count(&admin, topic).await?.is_none() {
+        polls += 1;
+        if polls == 10 {
+            tracing::info!(%topic, "Waiting for the topic to exist.");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(())
 }
 
 /// The topic's partition count, or `None` if the broker does not know it.
