@@ -85,6 +85,7 @@ fn spin<T>(limit: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
         }
     }
 }
+
 /// Table growth cap per instance (function references); generous, but bounded.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
