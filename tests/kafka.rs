@@ -658,6 +658,12 @@ async fn uncommitted_records_apply_backpressure() {
         CommitOutcome::AlreadyCommitted
     );
     assert_eq!(
+        consumer.commit(&topic, 0, 200).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    let lag = stats.lag.lock().unwrap().get(&0).copied();
+    assert_eq!(lag, Some(800), "lag follows the commit at once");
+    assert_eq!(
         consumer.commit(&topic, 7, 1).await.unwrap(),
         CommitOutcome::NotAssigned
     );
@@ -667,7 +673,7 @@ async fn uncommitted_records_apply_backpressure() {
         .unwrap();
     assert_eq!(
         committed,
-        BTreeMap::from([(0, 100)]),
+        BTreeMap::from([(0, 200)]),
         "the commit never moves back"
     );
 }

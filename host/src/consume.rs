@@ -113,9 +113,11 @@ pub struct ConsumerStats {
     pub pauses: AtomicU64,
     /// Rebalances seen (assignments and revocations).
     pub rebalances: AtomicU64,
-    /// Lag per assigned partition (high watermark minus position), from librdkafka's
-    /// statistics, refreshed about every second.
+    /// Lag per assigned partition (end offset minus committed offset), from librdkafka's
+    /// statistics about every second, and refreshed at each commit.
     pub lag: Mutex<BTreeMap<i32, i64>>,
+    /// End offset per assigned partition (last stable offset), from the same statistics.
+    pub end_offsets: Mutex<BTreeMap<i32, i64>>,
 }
 
 impl ConsumerStats {
@@ -271,8 +273,18 @@ impl ClientContext for Ctx {
             .filter(|(p, s)| **p >= 0 && s.consumer_lag >= 0)
             .map(|(p, s)| (*p, s.consumer_lag))
             .collect();
+        // librdkafka's consumer_lag is measured from the last stable offset.
+        let ends: BTreeMap<i32, i64> = topic
+            .partitions
+            .iter()
+            .filter(|(p, s)| **p >= 0 && s.ls_offset >= 0)
+            .map(|(p, s)| (*p, s.ls_offset))
+            .collect();
         if let Ok(mut l) = self.shared.stats.lag.lock() {
             *l = lag;
+        }
+        if let Ok(mut e) = self.shared.stats.end_offsets.lock() {
+            *e = ends;
         }
     }
 }
@@ -563,6 +575,17 @@ impl Consumer {
             *committed = next_offset;
             drop(fence);
             shared.stats.commits.fetch_add(1, Ordering::Relaxed);
+            // Lag follows commits at once, not a statistics interval later (the progress line's
+            // last frame would otherwise show a stale lag).
+            let end = shared
+                .stats
+                .end_offsets
+                .lock()
+                .ok()
+                .and_then(|e| e.get(&partition).copied());
+            if let (Some(end), Ok(mut lag)) = (end, shared.stats.lag.lock()) {
+                lag.insert(partition, (end - next_offset).max(0));
+            }
             shared.release(partition, next_offset);
             Ok(CommitOutcome::Committed)
         })
