@@ -229,6 +229,21 @@ fn time_per_batch(
     spent / calls
 }
 
+/// Per transform of the chain: name, µs inside its calls, rows it received.
+fn per_transform(chain: &TransformChain) -> Vec<(String, u64, u64)> {
+    chain
+        .stats()
+        .into_iter()
+        .map(|(name, s)| {
+            (
+                name,
+                s.latency_sum_us.load(Relaxed),
+                s.rows_in.load(Relaxed),
+            )
+        })
+        .collect()
+}
+
 /// Total time spent inside guest calls (all transforms of the chain, from the runtime's own
 /// latency stats) in µs, and rows handed to the first transform.
 fn call_time(chain: &TransformChain) -> (u64, u64) {
@@ -264,8 +279,17 @@ fn summary(g: &Guests) {
             ("filter_enrich", &chain, native_filter_enrich as fn(_) -> _),
         ] {
             let before = call_time(wasm);
+            let each_before = per_transform(wasm);
             let w = time_per_batch(n, budget, |b| wasm.process_blocking(b).unwrap());
             let (call_us, rows_in) = call_time(wasm);
+            let each: Vec<String> = per_transform(wasm)
+                .into_iter()
+                .zip(each_before)
+                .map(|((name, us, rows), (_, us0, rows0))| {
+                    let ns = (us - us0) as f64 * 1000.0 / (rows - rows0).max(1) as f64;
+                    format!("{name} {ns:.1} ns per row it received")
+                })
+                .collect();
             let call_ns = (call_us - before.0) as f64 * 1000.0 / (rows_in - before.1) as f64;
             let nat = time_per_batch(n, budget, native);
             let w_ns = w.as_nanos() as f64 / n as f64;
@@ -283,6 +307,9 @@ fn summary(g: &Guests) {
                 w_ns,
                 call_ns
             );
+            if each.len() > 1 {
+                println!("{:<14} {n:>6} in-call: {}", "", each.join(", "));
+            }
         }
         println!(
             "{:<14} {n:>6} per-row boundary cost (passthrough, in-call): {pass_call_ns:.1} ns; wall overhead vs native: {:.1} ns",

@@ -139,7 +139,7 @@ impl Row {
     pub fn get(&self, name: &str) -> Option<&Value> {
         self.fields
             .iter()
-            .find(|(n, _)| &**n == name)
+            .find(|(n, _)| same(n, name))
             .map(|(_, v)| v)
     }
 
@@ -148,7 +148,7 @@ impl Row {
         self.origin = 0;
         self.fields
             .iter_mut()
-            .find(|(n, _)| &**n == name)
+            .find(|(n, _)| same(n, name))
             .map(|(_, v)| v)
     }
 
@@ -162,7 +162,7 @@ impl Row {
     pub fn set(&mut self, name: &str, value: Value) {
         match self.get_mut(name) {
             Some(v) => *v = value,
-            None => self.fields.push((Name::from(name), value)),
+            None => self.fields.push((intern(name), value)),
         }
     }
 
@@ -174,22 +174,66 @@ impl Row {
 
     /// Removes field `name` and returns its value.
     pub fn remove(&mut self, name: &str) -> Option<Value> {
-        let i = self.fields.iter().position(|(n, _)| &**n == name)?;
+        let i = self.fields.iter().position(|(n, _)| same(n, name))?;
         self.origin = 0;
         Some(self.fields.remove(i).1)
     }
 
     /// Renames field `from` to `to` in place; returns whether the row had `from`.
     pub fn rename(&mut self, from: &str, to: &str) -> bool {
-        match self.fields.iter_mut().find(|(n, _)| &**n == from) {
+        match self.fields.iter_mut().find(|(n, _)| same(n, from)) {
             Some((n, _)) => {
                 self.origin = 0;
-                *n = Name::from(to);
+                *n = intern(to);
                 true
             }
             None => false,
         }
     }
+}
+
+/// Whether two names are equal. Field names are short, and `==` on `str` calls wasi-libc's
+/// byte-at-a-time `memcmp`, which a transform doing a few lookups per row noticeably waits on.
+fn same(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut a8 = a.chunks_exact(8);
+    let mut b8 = b.chunks_exact(8);
+    for (x, y) in (&mut a8).zip(&mut b8) {
+        if u64::from_ne_bytes(x.try_into().unwrap_or_default())
+            != u64::from_ne_bytes(y.try_into().unwrap_or_default())
+        {
+            return false;
+        }
+    }
+    let (a, b) = (a8.remainder(), b8.remainder());
+    (0..a.len()).all(|i| a[i] == b[i])
+}
+
+/// Names interned by `set` and `rename`, so rows renamed or extended the same way share one
+/// allocation per name and the SDK recognises their shape by pointer. Bounded: a transform that
+/// invents names per row just stops being interned.
+const MAX_INTERNED: usize = 256;
+
+thread_local! {
+    static INTERNED: RefCell<Vec<Name>> = const { RefCell::new(Vec::new()) };
+}
+
+/// The shared [`Name`] for `name`.
+fn intern(name: &str) -> Name {
+    INTERNED.with(|cache| {
+        let mut cache = cache.borrow_mut();
+        if let Some(n) = cache.iter().find(|n| same(n, name)) {
+            return Rc::clone(n);
+        }
+        let n = Name::from(name);
+        if cache.len() < MAX_INTERNED {
+            cache.push(Rc::clone(&n));
+        }
+        n
+    })
 }
 
 impl<N: Into<Name>> FromIterator<(N, Value)> for Row {
@@ -522,7 +566,7 @@ pub mod __private {
                     && names
                         .iter()
                         .zip(&row.fields)
-                        .all(|(a, (b, _))| Rc::ptr_eq(a, b) || a == b)
+                        .all(|(a, (b, _))| Rc::ptr_eq(a, b) || same(a, b))
             };
             // Rows of a batch nearly always share the previous row's shape.
             if self.names.get(self.last).is_some_and(|n| same(n)) {
