@@ -267,19 +267,16 @@ impl ClientContext for Ctx {
         let Some(topic) = statistics.topics.get(&self.shared.topic) else {
             return;
         };
-        let lag: BTreeMap<i32, i64> = topic
-            .partitions
-            .iter()
-            .filter(|(p, s)| **p >= 0 && s.consumer_lag >= 0)
-            .map(|(p, s)| (*p, s.consumer_lag))
-            .collect();
         // librdkafka's consumer_lag is measured from the last stable offset.
-        let ends: BTreeMap<i32, i64> = topic
-            .partitions
-            .iter()
-            .filter(|(p, s)| **p >= 0 && s.ls_offset >= 0)
-            .map(|(p, s)| (*p, s.ls_offset))
-            .collect();
+        let (mut lag, mut ends) = (BTreeMap::new(), BTreeMap::new());
+        for (&p, s) in topic.partitions.iter().filter(|(p, _)| **p >= 0) {
+            if s.consumer_lag >= 0 {
+                lag.insert(p, s.consumer_lag);
+            }
+            if s.ls_offset >= 0 {
+                ends.insert(p, s.ls_offset);
+            }
+        }
         if let Ok(mut l) = self.shared.stats.lag.lock() {
             *l = lag;
         }

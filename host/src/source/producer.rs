@@ -102,13 +102,7 @@ pub async fn ensure_topic(
     partitions: i32,
     replication_factor: i32,
 ) -> Result<i32, KafkaSetupError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka, bootstrap)
-        .create()
-        .map_err(|source| KafkaSetupError::Kafka {
-            what: "cannot create Kafka admin client".into(),
-            source,
-        })?;
-    let admin = std::sync::Arc::new(admin);
+    let admin = admin_client(kafka, bootstrap)?;
     if let Some(n) = partition_count(&admin, topic).await? {
         return Ok(n);
     }
@@ -163,13 +157,7 @@ pub async fn wait_for_topic(
     bootstrap: &str,
     topic: &str,
 ) -> Result<(), KafkaSetupError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka, bootstrap)
-        .create()
-        .map_err(|source| KafkaSetupError::Kafka {
-            what: "cannot create Kafka admin client".into(),
-            source,
-        })?;
-    let admin = std::sync::Arc::new(admin);
+    let admin = admin_client(kafka, bootstrap)?;
     // Said only if the wait is long: in `sluice run` the replay half creates it within moments.
     let mut polls = 0u32;
     while partition_count(&admin, topic).await?.is_none() {
@@ -180,6 +168,21 @@ pub async fn wait_for_topic(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     Ok(())
+}
+
+/// An admin client for topic metadata and creation.
+fn admin_client(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+) -> Result<std::sync::Arc<AdminClient<DefaultClientContext>>, KafkaSetupError> {
+    let admin =
+        client_config(kafka, bootstrap)
+            .create()
+            .map_err(|source| KafkaSetupError::Kafka {
+                what: "cannot create Kafka admin client".into(),
+                source,
+            })?;
+    Ok(std::sync::Arc::new(admin))
 }
 
 /// The topic's partition count, or `None` if the broker does not know it.
