@@ -171,6 +171,9 @@ pub struct TransformChain {
     shared: Arc<Shared>,
     jobs: Option<mpsc::Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
+    /// The instances [`TransformChain::process_blocking`] uses when it runs a batch on its
+    /// caller's thread.
+    inline: Mutex<Vec<Option<Slot>>>,
     _ticker: EpochTicker,
 }
 
@@ -243,6 +246,7 @@ impl TransformChain {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TransformChain {
+            inline: Mutex::new(shared.transforms.iter().map(|_| None).collect()),
             shared,
             jobs: Some(tx),
             workers,
@@ -274,14 +278,24 @@ impl TransformChain {
         let mut out = Vec::with_capacity(batch.len());
         for chunk in self.dispatch(batch)? {
             let done = chunk.rx.await.map_err(|_| TransformError::Stopped)??;
-            out.extend(done.batch.into_outcomes(chunk.len, done.failed));
+            out.extend(done.batch.into_outcomes(chunk.rows, done.failed));
         }
         Ok(out)
     }
 
     /// [`process`](Self::process) for callers outside an async runtime (the CLI, benchmarks).
     /// Must not be called from a tokio worker thread.
+    ///
+    /// A batch too small to split across workers runs right here, on instances of its own:
+    /// handing it to a worker and waiting for the reply costs more than a small batch's calls.
     pub fn process_blocking(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
+        if self.chunks(batch.len()) == 1 {
+            let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = batch.into_iter().unzip();
+            let wire = WireBatch::from_rows(rows.iter());
+            let mut slots = self.inline.lock().unwrap_or_else(|e| e.into_inner());
+            let done = run_chain(&self.shared, &mut slots, wire, Arc::new(metas))?;
+            return Ok(done.batch.into_outcomes(rows, done.failed));
+        }
         let mut out = Vec::with_capacity(batch.len());
         for mut chunk in self.dispatch(batch)? {
             let done = spin(CALLER_SPIN, || match chunk.rx.try_recv() {
@@ -295,9 +309,15 @@ impl TransformChain {
                     .blocking_recv()
                     .map_err(|_| TransformError::Stopped)
             })??;
-            out.extend(done.batch.into_outcomes(chunk.len, done.failed));
+            out.extend(done.batch.into_outcomes(chunk.rows, done.failed));
         }
         Ok(out)
+    }
+
+    /// How many chunks a batch of `rows` rows is split into: one per worker, but none smaller
+    /// than [`MIN_CHUNK_ROWS`].
+    fn chunks(&self, rows: usize) -> usize {
+        self.workers.len().min(rows / MIN_CHUNK_ROWS).max(1)
     }
 
     /// Splits a batch into one chunk per worker and sends each off in the wire layout.
@@ -308,7 +328,7 @@ impl TransformChain {
     /// and freed elsewhere, the same rows cost about three times as much.
     fn dispatch(&self, mut batch: Vec<(RecordMeta, Row)>) -> Result<Vec<Chunk>, TransformError> {
         let jobs = self.jobs.as_ref().ok_or(TransformError::Stopped)?;
-        let chunks = self.workers.len().min(batch.len() / MIN_CHUNK_ROWS).max(1);
+        let chunks = self.chunks(batch.len());
         let chunk_len = batch.len().div_ceil(chunks);
         let mut parts = Vec::with_capacity(chunks);
         while batch.len() > chunk_len {
@@ -320,9 +340,9 @@ impl TransformChain {
             .into_iter()
             .filter(|p| !p.is_empty())
             .map(|inputs| {
-                let len = inputs.len();
-                let batch = WireBatch::from_rows(inputs.iter().map(|(_, row)| row));
-                let metas: Metas = Arc::new(inputs.into_iter().map(|(meta, _)| meta).collect());
+                let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = inputs.into_iter().unzip();
+                let batch = WireBatch::from_rows(rows.iter());
+                let metas: Metas = Arc::new(metas);
                 let (reply, rx) = oneshot::channel();
                 jobs.send(Job {
                     batch,
@@ -332,7 +352,7 @@ impl TransformChain {
                 .map_err(|_| TransformError::Stopped)?;
                 Ok(Chunk {
                     rx,
-                    len,
+                    rows,
                     _metas: metas,
                 })
             })
@@ -343,8 +363,9 @@ impl TransformChain {
 /// One chunk of a batch in flight on a worker.
 struct Chunk {
     rx: oneshot::Receiver<Result<Done, TransformError>>,
-    /// How many input records it holds.
-    len: usize,
+    /// Its input rows: handed back as they are where the chain left them untouched, and
+    /// written over (reusing their allocations) where it emitted one row in their place.
+    rows: Vec<Row>,
     /// Kept so that the records' metadata is freed by the caller, once the worker is done.
     _metas: Metas,
 }
@@ -1180,6 +1201,34 @@ impl Values {
         &self.text[start..self.text_ends[i] as usize]
     }
 
+    /// `row` rewritten to hold the values from `c` under `names`, reusing its field vector,
+    /// the names it already has and its string buffers.
+    fn overwrite(&self, mut row: Row, names: &[Name], mut c: Cursor) -> Row {
+        row.fields.truncate(names.len());
+        for (p, name) in names.iter().enumerate() {
+            let Some(f) = row.fields.get_mut(p) else {
+                row.fields.push(Field {
+                    name: Name::clone(name),
+                    value: self.read(&mut c),
+                });
+                continue;
+            };
+            if !Arc::ptr_eq(&f.name, name) && f.name != *name {
+                f.name = Name::clone(name);
+            }
+            let ty = wire_type(self.types[c.value]);
+            match (&mut f.value, ty) {
+                (Value::String(s), WireType::String) | (Value::Json(s), WireType::Json) => {
+                    s.clear();
+                    s.push_str(self.text_at(c.text));
+                    Values::step(&mut c, ty);
+                }
+                (v, _) => *v = self.read(&mut c),
+            }
+        }
+        row
+    }
+
     /// Copies `count` values of `src` starting at `c` (moving `c` past them).
     fn copy_from(&mut self, src: &Values, c: &mut Cursor, count: usize) {
         for _ in 0..count {
@@ -1256,6 +1305,9 @@ struct WireBatch {
     /// Where each row's values start.
     cursors: Vec<Cursor>,
     origins: Vec<u32>,
+    /// Whether each row is still exactly the input row of its origin (no transform has emitted
+    /// it anew), so the host row can be handed back instead of rebuilt.
+    untouched: Vec<bool>,
 }
 
 impl WireBatch {
@@ -1279,6 +1331,7 @@ impl WireBatch {
             },
             cursors: Vec::with_capacity(n),
             origins: Vec::with_capacity(n),
+            untouched: vec![true; n],
         };
         let mut names: Vec<Vec<Name>> = Vec::new();
         let mut last = 0usize;
@@ -1329,6 +1382,7 @@ impl WireBatch {
             }
         }
         WireBatch {
+            untouched: vec![false; origins.len()],
             wire,
             cursors,
             origins,
@@ -1372,6 +1426,7 @@ impl WireBatch {
         self.wire.shapes.push(shape);
         self.cursors.push(self.wire.values.end());
         self.origins.push(src.origins[j]);
+        self.untouched.push(src.untouched[j]);
         self.wire
             .values
             .copy_from(&src.wire.values, &mut src.cursors[j].clone(), src.width(j));
@@ -1418,24 +1473,38 @@ impl WireBatch {
         }
     }
 
-    /// One outcome per input record (`n` of them): the host rows each one emitted, in order, or
-    /// its entry in `failed` (whose rows are no longer in this batch).
+    /// One outcome per input record (`inputs` are the chunk's input rows, in order): the host
+    /// rows each one emitted, or its entry in `failed` (whose rows are no longer in this batch).
+    /// A record that came out as one row gets its input row back: as it was if no transform
+    /// touched it, else overwritten with the new values.
     fn into_outcomes(
         self,
-        n: usize,
+        inputs: Vec<Row>,
         mut failed: BTreeMap<usize, RecordOutcome>,
     ) -> Vec<RecordOutcome> {
+        // Output names take the input rows' own `Name`s where they match, so that a row
+        // written over its input keeps its names without a refcount change.
+        let known: Vec<&Name> = inputs
+            .first()
+            .map(|r| r.fields.iter().map(|f| &f.name).collect())
+            .unwrap_or_default();
         let names: Vec<Vec<Name>> = self
             .wire
             .schemas
             .iter()
-            .map(|s| s.iter().map(|n| Name::from(n.as_str())).collect())
+            .map(|s| {
+                s.iter()
+                    .map(|n| match known.iter().find(|k| &****k == n.as_str()) {
+                        Some(k) => Name::clone(k),
+                        None => Name::from(n.as_str()),
+                    })
+                    .collect()
+            })
             .collect();
         let values = &self.wire.values;
-        let mut c = Cursor::default();
         let mut j = 0;
-        let mut outcomes = Vec::with_capacity(n);
-        for i in 0..n {
+        let mut outcomes = Vec::with_capacity(inputs.len());
+        for (i, input) in inputs.into_iter().enumerate() {
             if let Some(f) = failed.remove(&i) {
                 outcomes.push(f);
                 continue;
@@ -1444,16 +1513,25 @@ impl WireBatch {
                 .iter()
                 .take_while(|&&o| o as usize == i)
                 .count();
-            let mut rows = Vec::with_capacity(k);
-            for &shape in &self.wire.shapes[j..j + k] {
-                let fields = names[shape as usize].iter().map(|name| Field {
-                    name: Name::clone(name),
-                    value: values.read(&mut c),
-                });
-                rows.push(Row {
-                    fields: fields.collect(),
-                });
-            }
+            let names_of = |j: usize| &names[self.wire.shapes[j] as usize];
+            let rows = if k == 1 && self.untouched[j] {
+                vec![input]
+            } else if k == 1 {
+                vec![values.overwrite(input, names_of(j), self.cursors[j])]
+            } else {
+                (j..j + k)
+                    .map(|j| {
+                        let mut c = self.cursors[j];
+                        let fields = names_of(j).iter().map(|name| Field {
+                            name: Name::clone(name),
+                            value: values.read(&mut c),
+                        });
+                        Row {
+                            fields: fields.collect(),
+                        }
+                    })
+                    .collect()
+            };
             j += k;
             outcomes.push(RecordOutcome::Emitted(rows));
         }
@@ -1519,12 +1597,61 @@ mod tests {
             r.push("x", Value::Float(f));
             r
         };
-        let outcomes = next.into_outcomes(5, failed);
+        assert_eq!(next.untouched, vec![true, false, false, true]);
+        let outcomes = next.into_outcomes(inputs.clone(), failed);
         assert_eq!(outcomes[0], RecordOutcome::Emitted(vec![row(1, "r1")]));
         assert_eq!(outcomes[1], RecordOutcome::Emitted(vec![x(2.5), x(3.5)]));
         assert_eq!(outcomes[2], RecordOutcome::Emitted(vec![]));
         assert!(matches!(outcomes[3], RecordOutcome::Dropped { .. }));
         assert_eq!(outcomes[4], RecordOutcome::Emitted(vec![row(5, "r5")]));
+    }
+
+    /// A record that comes out as one new row gets it written over its input row: names it
+    /// kept stay the same `Name`, fields it gained are added, fields it lost are gone.
+    #[test]
+    fn one_emitted_row_is_written_over_its_input() {
+        let inputs = vec![row(1, "a"), row(2, "b")];
+        let id = Name::clone(&inputs[0].fields[0].name);
+        let input = WireBatch::from_rows(inputs.iter());
+        let mut emitted = Values::default();
+        for v in [
+            Value::Int(10),
+            Value::String("AA".into()),
+            Value::Bool(true),
+            Value::Null,
+        ] {
+            emitted.push(&v);
+        }
+        let output = Output {
+            outcomes: vec![Outcome::Emit(1), Outcome::Emit(1)],
+            rows: Rows {
+                schemas: vec![
+                    vec!["id".into(), "name".into(), "ok".into()],
+                    vec!["gone".into()],
+                ],
+                shapes: vec![0, 1],
+                values: emitted,
+            },
+        };
+        check_output(&output, 2).unwrap();
+        let (next, _, _) = split(output, &input, 0, 10);
+        assert_eq!(next.untouched, vec![false, false]);
+        let outcomes = next.into_outcomes(inputs, BTreeMap::new());
+        let mut first = row(10, "AA");
+        first.push("ok", Value::Bool(true));
+        let mut second = Row::with_capacity(1);
+        second.push("gone", Value::Null);
+        assert_eq!(
+            outcomes,
+            vec![
+                RecordOutcome::Emitted(vec![first]),
+                RecordOutcome::Emitted(vec![second])
+            ]
+        );
+        let RecordOutcome::Emitted(rows) = &outcomes[0] else {
+            unreachable!()
+        };
+        assert!(Arc::ptr_eq(&rows[0].fields[0].name, &id));
     }
 
     /// A batch where every row is kept is the input batch again.
@@ -1540,7 +1667,7 @@ mod tests {
         let (next, failures, filtered) = split(output, &input, 0, 10);
         assert!(failures.is_empty());
         assert_eq!(filtered, 0);
-        let outcomes = next.into_outcomes(3, BTreeMap::new());
+        let outcomes = next.into_outcomes(inputs.clone(), BTreeMap::new());
         let want: Vec<RecordOutcome> = inputs
             .into_iter()
             .map(|r| RecordOutcome::Emitted(vec![r]))
