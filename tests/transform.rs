@@ -122,6 +122,32 @@ fn passthrough_keeps_every_value_type_and_order() {
     assert!(stats.invocations.load(Relaxed) >= 1);
 }
 
+/// A transform that changes one field sends the row back; the fields it never read are copied
+/// from the input batch as they are, and the host writes the row over its input row. Every
+/// value type must survive both.
+#[test]
+fn fields_a_transform_does_not_touch_keep_every_value_type() {
+    let c = chain(&[config(guests::ENRICH, &[("rename", "flag:ok")])]);
+    let values = [
+        ("null", Value::Null),
+        ("flag", Value::Bool(true)),
+        ("n", Value::Int(-42)),
+        ("x", Value::Float(2.5)),
+        ("s", Value::String("héllo, wörld".into())),
+        ("ts", Value::Timestamp(1_700_000_000_123_456)),
+        ("doc", Value::Json(r#"{"a":[1,2]}"#.into())),
+        ("empty", Value::String(String::new())),
+    ];
+    let out = c
+        .process_blocking(vec![(meta(0), row(&values)), (meta(1), row(&values))])
+        .unwrap();
+    let mut want = values.to_vec();
+    want[1].0 = "ok";
+    for o in &out {
+        assert_eq!(emitted(o), [row(&want)]);
+    }
+}
+
 #[test]
 fn passthrough_splits_big_batches_across_workers_in_order() {
     let c = chain(&[config(guests::PASSTHROUGH, &[])]);

@@ -40,7 +40,7 @@ pub mod pool;
 static ALLOC: pool::Pool = pool::Pool::new();
 
 use std::any::Any;
-use std::cell::{Cell, RefCell};
+use std::cell::{Cell, OnceCell, RefCell};
 use std::rc::Rc;
 
 extern crate self as sluice_guest;
@@ -94,17 +94,112 @@ pub use bindings::sluice::transform::types::{Header, RecordMeta};
 pub type Name = Rc<str>;
 
 /// An ordered list of named, typed fields.
+///
+/// A row handed to [`Transform::transform`] still points into the batch it came in: a value is
+/// decoded (text copied out) only when the transform reads it, and a value it never touches is
+/// copied straight from the input batch to the output. A filter that looks at one field pays
+/// for one field.
 #[derive(Clone, Default)]
 pub struct Row {
-    fields: Vec<(Name, Value)>,
+    fields: Vec<Field>,
     /// The token of the input row this row still equals, 0 once changed (or if built by the
     /// transform). Lets the SDK answer `keep` instead of sending an untouched row back.
     origin: u64,
+    /// The input batch the undecoded values are in.
+    src: Option<Rc<Values>>,
+}
+
+/// One field of a [`Row`].
+#[derive(Clone)]
+struct Field {
+    name: Name,
+    /// The value, once read or set.
+    value: OnceCell<Value>,
+    /// Where the value is in the row's input batch, until `value` is set.
+    raw: Raw,
+}
+
+/// Where an undecoded value is: its `value-type` case index and its position in the payload
+/// lane of that type (`ints`, `floats`, or the `text` slices).
+#[derive(Clone, Copy, Default)]
+struct Raw {
+    ty: u8,
+    at: u32,
+}
+
+impl Field {
+    fn new(name: Name, value: Value) -> Field {
+        Field {
+            name,
+            value: OnceCell::from(value),
+            raw: Raw::default(),
+        }
+    }
+
+    /// The value, decoded from `src` on first use.
+    fn get(&self, src: Option<&Values>) -> &Value {
+        self.value.get_or_init(|| decode(src, self.raw))
+    }
+
+    /// The value for writing, decoded from `src` first if need be.
+    fn get_mut(&mut self, src: Option<&Values>) -> &mut Value {
+        if self.value.get().is_none() {
+            let _ = self.value.set(decode(src, self.raw));
+        }
+        self.value.get_mut().unwrap_or_else(|| unreachable!("set above"))
+    }
+
+    fn into_value(self, src: Option<&Values>) -> Value {
+        self.value
+            .into_inner()
+            .unwrap_or_else(|| decode(src, self.raw))
+    }
+}
+
+/// The value `raw` points at in `src` (`Null` if it is not there; the host never sends that).
+fn decode(src: Option<&Values>, raw: Raw) -> Value {
+    let Some(v) = src else {
+        return Value::Null;
+    };
+    let at = raw.at as usize;
+    let int = || v.ints.get(at).copied().unwrap_or_default();
+    match value_type(raw.ty) {
+        ValueType::Null => Value::Null,
+        ValueType::Bool => Value::Bool(int() != 0),
+        ValueType::Int => Value::Int(int()),
+        ValueType::Timestamp => Value::Timestamp(int()),
+        ValueType::Float => Value::Float(v.floats.get(at).copied().unwrap_or(f64::NAN)),
+        ValueType::String => Value::String(text(v, at).to_owned()),
+        ValueType::Json => Value::Json(text(v, at).to_owned()),
+    }
+}
+
+/// Text value `k` of `v` (empty if out of range).
+fn text(v: &Values, k: usize) -> &str {
+    let start = match k {
+        0 => 0,
+        _ => v.text_ends.get(k - 1).map_or(0, |&e| e as usize),
+    };
+    let end = v.text_ends.get(k).map_or(start, |&e| e as usize);
+    v.text.get(start..end).unwrap_or_default()
+}
+
+/// The `value-type` whose case index is `t` (unknown ones read as null).
+fn value_type(t: u8) -> ValueType {
+    match t {
+        1 => ValueType::Bool,
+        2 => ValueType::Int,
+        3 => ValueType::Float,
+        4 => ValueType::String,
+        5 => ValueType::Timestamp,
+        6 => ValueType::Json,
+        _ => ValueType::Null,
+    }
 }
 
 impl PartialEq for Row {
     fn eq(&self, other: &Row) -> bool {
-        self.fields == other.fields
+        self.iter().eq(other.iter())
     }
 }
 
@@ -132,24 +227,27 @@ impl Row {
 
     /// The fields in order.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
-        self.fields.iter().map(|(n, v)| (&**n, v))
+        let src = self.src.as_deref();
+        self.fields.iter().map(move |f| (&*f.name, f.get(src)))
     }
 
     /// The value of field `name`, if the row has it.
     pub fn get(&self, name: &str) -> Option<&Value> {
+        let src = self.src.as_deref();
         self.fields
             .iter()
-            .find(|(n, _)| same(n, name))
-            .map(|(_, v)| v)
+            .find(|f| same(&f.name, name))
+            .map(|f| f.get(src))
     }
 
     /// A mutable reference to the value of field `name`, if the row has it.
     pub fn get_mut(&mut self, name: &str) -> Option<&mut Value> {
         self.origin = 0;
+        let src = self.src.as_deref();
         self.fields
             .iter_mut()
-            .find(|(n, _)| same(n, name))
-            .map(|(_, v)| v)
+            .find(|f| same(&f.name, name))
+            .map(|f| f.get_mut(src))
     }
 
     /// The value of field `name`, or [`Error::MissingField`].
@@ -160,31 +258,32 @@ impl Row {
 
     /// Sets field `name`: replaces its value if present, appends the field otherwise.
     pub fn set(&mut self, name: &str, value: Value) {
-        match self.get_mut(name) {
-            Some(v) => *v = value,
-            None => self.fields.push((intern(name), value)),
+        self.origin = 0;
+        match self.fields.iter_mut().find(|f| same(&f.name, name)) {
+            Some(f) => f.value = OnceCell::from(value),
+            None => self.fields.push(Field::new(intern(name), value)),
         }
     }
 
     /// Appends a field without checking for an existing one of the same name.
     pub fn push(&mut self, name: impl Into<Name>, value: Value) {
         self.origin = 0;
-        self.fields.push((name.into(), value));
+        self.fields.push(Field::new(name.into(), value));
     }
 
     /// Removes field `name` and returns its value.
     pub fn remove(&mut self, name: &str) -> Option<Value> {
-        let i = self.fields.iter().position(|(n, _)| same(n, name))?;
+        let i = self.fields.iter().position(|f| same(&f.name, name))?;
         self.origin = 0;
-        Some(self.fields.remove(i).1)
+        Some(self.fields.remove(i).into_value(self.src.as_deref()))
     }
 
     /// Renames field `from` to `to` in place; returns whether the row had `from`.
     pub fn rename(&mut self, from: &str, to: &str) -> bool {
-        match self.fields.iter_mut().find(|(n, _)| same(n, from)) {
-            Some((n, _)) => {
+        match self.fields.iter_mut().find(|f| same(&f.name, from)) {
+            Some(f) => {
                 self.origin = 0;
-                *n = intern(to);
+                f.name = intern(to);
                 true
             }
             None => false,
@@ -239,8 +338,11 @@ fn intern(name: &str) -> Name {
 impl<N: Into<Name>> FromIterator<(N, Value)> for Row {
     fn from_iter<I: IntoIterator<Item = (N, Value)>>(iter: I) -> Row {
         Row {
-            fields: iter.into_iter().map(|(n, v)| (n.into(), v)).collect(),
-            origin: 0,
+            fields: iter
+                .into_iter()
+                .map(|(n, v)| Field::new(n.into(), v))
+                .collect(),
+            ..Row::default()
         }
     }
 }
@@ -476,7 +578,7 @@ pub mod __private {
                         .iter()
                         .map(|_| Outcome::Error(err.clone()))
                         .collect(),
-                    rows: RowsBuilder::with_capacity(0, 0).finish(),
+                    rows: RowsBuilder::with_capacity(0, &input.values).finish(),
                 };
             };
             run_batch(t, input)
@@ -489,9 +591,10 @@ pub mod __private {
             .into_iter()
             .map(|s| s.into_iter().map(Name::from).collect())
             .collect();
-        let mut values = Reader::new(&input.values);
+        let src = Rc::new(input.values);
+        let mut lanes = Lanes::default();
         let mut outcomes = Vec::with_capacity(input.shapes.len());
-        let mut out = RowsBuilder::with_capacity(input.shapes.len(), input.values.types.len());
+        let mut out = RowsBuilder::with_capacity(input.shapes.len(), &src);
         for (i, &shape) in input.shapes.iter().enumerate() {
             let Some(names) = schemas.get(shape as usize) else {
                 outcomes.push(Outcome::Error(Error::other(format!(
@@ -501,7 +604,11 @@ pub mod __private {
             };
             // Reuse the field vectors of rows already emitted: one allocation less per row.
             let mut fields = out.spare.pop().unwrap_or_default();
-            fields.extend(names.iter().map(|n| (n.clone(), values.next())));
+            fields.extend(names.iter().map(|n| Field {
+                name: Rc::clone(n),
+                value: OnceCell::new(),
+                raw: lanes.next(&src),
+            }));
             // A token unique to this input row, so a row kept from an earlier one never passes
             // for it.
             let token = LAST_TOKEN.get() + 1;
@@ -509,6 +616,7 @@ pub mod __private {
             let row = Row {
                 fields,
                 origin: token,
+                src: Some(Rc::clone(&src)),
             };
             CURRENT_INDEX.set(i as u32);
             match t.transform(row) {
@@ -534,26 +642,55 @@ pub mod __private {
         }
     }
 
+    /// Walks the values of a batch in order, telling where each one's payload is.
+    #[derive(Default)]
+    struct Lanes {
+        at: usize,
+        int: u32,
+        float: u32,
+        text: u32,
+    }
+
+    impl Lanes {
+        /// Where the next value is; a `null` past the end (the host never sends that).
+        fn next(&mut self, v: &Values) -> Raw {
+            let ty = value_type(v.types.get(self.at).copied().unwrap_or(0));
+            self.at += 1;
+            let lane = match ty {
+                ValueType::Null => return Raw::default(),
+                ValueType::Bool | ValueType::Int | ValueType::Timestamp => &mut self.int,
+                ValueType::Float => &mut self.float,
+                ValueType::String | ValueType::Json => &mut self.text,
+            };
+            *lane += 1;
+            Raw {
+                ty: ty as u8,
+                at: *lane - 1,
+            }
+        }
+    }
+
     /// Flattens rows into the positional batch layout, interning each distinct shape once.
     struct RowsBuilder {
         names: Vec<Vec<Name>>,
         shapes: Vec<u32>,
         values: Values,
         last: usize,
-        spare: Vec<Vec<(Name, Value)>>,
+        spare: Vec<Vec<Field>>,
     }
 
     impl RowsBuilder {
-        fn with_capacity(rows: usize, values: usize) -> RowsBuilder {
+        /// A builder sized for `rows` rows like those of `like` (what a map emits).
+        fn with_capacity(rows: usize, like: &Values) -> RowsBuilder {
             RowsBuilder {
                 names: Vec::new(),
                 shapes: Vec::with_capacity(rows),
                 values: Values {
-                    types: Vec::with_capacity(values),
-                    ints: Vec::with_capacity(values),
-                    floats: Vec::new(),
-                    text: String::new(),
-                    text_ends: Vec::new(),
+                    types: Vec::with_capacity(like.types.len()),
+                    ints: Vec::with_capacity(like.ints.len()),
+                    floats: Vec::with_capacity(like.floats.len()),
+                    text: String::with_capacity(like.text.len()),
+                    text_ends: Vec::with_capacity(like.text_ends.len()),
                 },
                 last: 0,
                 spare: Vec::new(),
@@ -566,7 +703,7 @@ pub mod __private {
                     && names
                         .iter()
                         .zip(&row.fields)
-                        .all(|(a, (b, _))| Rc::ptr_eq(a, b) || same(a, b))
+                        .all(|(a, f)| Rc::ptr_eq(a, &f.name) || same(a, &f.name))
             };
             // Rows of a batch nearly always share the previous row's shape.
             if self.names.get(self.last).is_some_and(|n| same(n)) {
@@ -576,7 +713,7 @@ pub mod __private {
                 Some(i) => i,
                 None => {
                     self.names
-                        .push(row.fields.iter().map(|(n, _)| n.clone()).collect());
+                        .push(row.fields.iter().map(|f| f.name.clone()).collect());
                     self.names.len() - 1
                 }
             };
@@ -587,8 +724,14 @@ pub mod __private {
         fn push(&mut self, mut row: Row) {
             let shape = self.shape_of(&row);
             self.shapes.push(shape);
-            for (_, v) in row.fields.drain(..) {
-                self.values.push(v);
+            let src = row.src.as_deref();
+            for f in row.fields.drain(..) {
+                match (f.value.into_inner(), src) {
+                    (Some(v), _) => self.values.push(v),
+                    // Never read nor set: copied from the input as it is.
+                    (None, Some(src)) => self.values.copy(src, f.raw),
+                    (None, None) => self.values.push(Value::Null),
+                }
             }
             self.spare.push(row.fields);
         }
@@ -602,70 +745,6 @@ pub mod __private {
                     .collect(),
                 shapes: self.shapes,
                 values: self.values,
-            }
-        }
-    }
-
-    /// Reads values in order from the typed lanes of a [`Values`].
-    struct Reader<'a> {
-        values: &'a Values,
-        at: usize,
-        int: usize,
-        float: usize,
-        text: usize,
-        text_start: usize,
-    }
-
-    impl<'a> Reader<'a> {
-        fn new(values: &'a Values) -> Reader<'a> {
-            Reader {
-                values,
-                at: 0,
-                int: 0,
-                float: 0,
-                text: 0,
-                text_start: 0,
-            }
-        }
-
-        /// The next value; `Null` past the end or on a malformed batch (the host never sends one).
-        fn next(&mut self) -> Value {
-            let v = self.values;
-            let Some(ty) = v.types.get(self.at).map(|&t| value_type(t)) else {
-                return Value::Null;
-            };
-            self.at += 1;
-            let mut int = || {
-                self.int += 1;
-                v.ints.get(self.int - 1).copied().unwrap_or_default()
-            };
-            match ty {
-                ValueType::Null => Value::Null,
-                ValueType::Bool => Value::Bool(int() != 0),
-                ValueType::Int => Value::Int(int()),
-                ValueType::Timestamp => Value::Timestamp(int()),
-                ValueType::Float => {
-                    self.float += 1;
-                    Value::Float(v.floats.get(self.float - 1).copied().unwrap_or(f64::NAN))
-                }
-                ValueType::String | ValueType::Json => {
-                    let end = v
-                        .text_ends
-                        .get(self.text)
-                        .map_or(self.text_start, |&e| e as usize);
-                    let text = v
-                        .text
-                        .get(self.text_start..end)
-                        .unwrap_or_default()
-                        .to_owned();
-                    self.text += 1;
-                    self.text_start = end;
-                    if ty == ValueType::String {
-                        Value::String(text)
-                    } else {
-                        Value::Json(text)
-                    }
-                }
             }
         }
     }
@@ -706,18 +785,21 @@ pub mod __private {
             self.text.push_str(s);
             self.text_ends.push(self.text.len() as u32);
         }
-    }
 
-    /// The `value-type` whose case index is `t` (unknown ones read as null).
-    fn value_type(t: u8) -> ValueType {
-        match t {
-            1 => ValueType::Bool,
-            2 => ValueType::Int,
-            3 => ValueType::Float,
-            4 => ValueType::String,
-            5 => ValueType::Timestamp,
-            6 => ValueType::Json,
-            _ => ValueType::Null,
+        /// Appends the undecoded value `raw` of `src` as it is.
+        fn copy(&mut self, src: &Values, raw: Raw) {
+            let at = raw.at as usize;
+            match value_type(raw.ty) {
+                ValueType::Null => {}
+                ValueType::Bool | ValueType::Int | ValueType::Timestamp => {
+                    self.ints.push(src.ints.get(at).copied().unwrap_or_default())
+                }
+                ValueType::Float => self
+                    .floats
+                    .push(src.floats.get(at).copied().unwrap_or(f64::NAN)),
+                ValueType::String | ValueType::Json => self.push_text(text(src, at)),
+            }
+            self.types.push(raw.ty);
         }
     }
 }
