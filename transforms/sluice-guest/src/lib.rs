@@ -146,7 +146,9 @@ impl Field {
         if self.value.get().is_none() {
             let _ = self.value.set(decode(src, self.raw));
         }
-        self.value.get_mut().unwrap_or_else(|| unreachable!("set above"))
+        self.value
+            .get_mut()
+            .unwrap_or_else(|| unreachable!("set above"))
     }
 
     fn into_value(self, src: Option<&Values>) -> Value {
@@ -791,9 +793,9 @@ pub mod __private {
             let at = raw.at as usize;
             match value_type(raw.ty) {
                 ValueType::Null => {}
-                ValueType::Bool | ValueType::Int | ValueType::Timestamp => {
-                    self.ints.push(src.ints.get(at).copied().unwrap_or_default())
-                }
+                ValueType::Bool | ValueType::Int | ValueType::Timestamp => self
+                    .ints
+                    .push(src.ints.get(at).copied().unwrap_or_default()),
                 ValueType::Float => self
                     .floats
                     .push(src.floats.get(at).copied().unwrap_or(f64::NAN)),
