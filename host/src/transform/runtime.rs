@@ -999,22 +999,34 @@ fn split(
             ..WireBatch::default()
         };
         let shapes = next.merge_schemas(&emitted.wire.schemas);
+        // Consecutive kept rows, and consecutive emitted rows, are contiguous in their batch:
+        // each run is copied in one go.
+        let mut kept = 0..0;
+        let mut fresh = 0..0;
         let mut e = 0;
         for (o, outcome) in outcomes.iter().enumerate() {
+            let j = first + o;
             match *outcome {
                 Outcome::Keep => {
-                    let j = first + o;
-                    next.push_row_from(input, j, input.wire.shapes[j]);
-                }
-                Outcome::Emit(k) => {
-                    for _ in 0..k {
-                        next.push_row_from(&emitted, e, shapes[emitted.wire.shapes[e] as usize]);
-                        e += 1;
+                    next.push_rows_from(&emitted, std::mem::take(&mut fresh), &shapes);
+                    if kept.end != j {
+                        next.push_rows_from(input, std::mem::replace(&mut kept, j..j), &[]);
                     }
+                    kept.end = j + 1;
                 }
-                Outcome::Error(_) => {}
+                Outcome::Emit(0) | Outcome::Error(_) => {}
+                Outcome::Emit(k) => {
+                    next.push_rows_from(input, std::mem::take(&mut kept), &[]);
+                    if fresh.is_empty() {
+                        fresh = e..e;
+                    }
+                    e += k as usize;
+                    fresh.end = e;
+                }
             }
         }
+        next.push_rows_from(input, kept, &[]);
+        next.push_rows_from(&emitted, fresh, &shapes);
         next
     };
     let next = if discard {
@@ -1421,15 +1433,55 @@ impl WireBatch {
         }
     }
 
-    /// Appends row `j` of `src` under shape `shape` (an index into this batch's schemas).
-    fn push_row_from(&mut self, src: &WireBatch, j: usize, shape: u32) {
-        self.wire.shapes.push(shape);
-        self.cursors.push(self.wire.values.end());
-        self.origins.push(src.origins[j]);
-        self.untouched.push(src.untouched[j]);
-        self.wire
-            .values
-            .copy_from(&src.wire.values, &mut src.cursors[j].clone(), src.width(j));
+    /// Appends rows `rows` of `src`. Their shapes are mapped through `shapes` (an index here
+    /// for each of `src`'s shapes), or kept as they are if `shapes` is empty.
+    fn push_rows_from(&mut self, src: &WireBatch, rows: std::ops::Range<usize>, shapes: &[u32]) {
+        if rows.is_empty() {
+            return;
+        }
+        // A batch's rows are contiguous in every lane, so a run of them is one slice of each.
+        let from = src.cursors[rows.start];
+        let to = src
+            .cursors
+            .get(rows.end)
+            .copied()
+            .unwrap_or_else(|| src.wire.values.end());
+        let base = self.wire.values.end();
+        for j in rows.clone() {
+            let shape = src.wire.shapes[j];
+            self.wire
+                .shapes
+                .push(shapes.get(shape as usize).copied().unwrap_or(shape));
+            let c = src.cursors[j];
+            self.cursors.push(Cursor {
+                value: base.value + c.value - from.value,
+                int: base.int + c.int - from.int,
+                float: base.float + c.float - from.float,
+                text: base.text + c.text - from.text,
+            });
+        }
+        self.origins.extend_from_slice(&src.origins[rows.clone()]);
+        self.untouched.extend_from_slice(&src.untouched[rows]);
+        let (v, out) = (&src.wire.values, &mut self.wire.values);
+        out.types.extend_from_slice(&v.types[from.value..to.value]);
+        out.ints.extend_from_slice(&v.ints[from.int..to.int]);
+        out.floats
+            .extend_from_slice(&v.floats[from.float..to.float]);
+        let text_at = |k: usize| {
+            if k == 0 {
+                0
+            } else {
+                v.text_ends[k - 1] as usize
+            }
+        };
+        let (start, end) = (text_at(from.text), text_at(to.text));
+        let shift = out.text.len() as i64 - start as i64;
+        out.text.push_str(&v.text[start..end]);
+        out.text_ends.extend(
+            v.text_ends[from.text..to.text]
+                .iter()
+                .map(|&e| (i64::from(e) + shift) as u32),
+        );
     }
 
     /// The rows whose origin passes `keep` (a copy: only used when records fail).
@@ -1441,11 +1493,17 @@ impl WireBatch {
             },
             ..WireBatch::default()
         };
+        let mut run = 0..0;
         for j in 0..self.origins.len() {
-            if keep(self.origins[j]) {
-                out.push_row_from(&self, j, self.wire.shapes[j]);
+            if !keep(self.origins[j]) {
+                continue;
             }
+            if run.end != j {
+                out.push_rows_from(&self, std::mem::replace(&mut run, j..j), &[]);
+            }
+            run.end = j + 1;
         }
+        out.push_rows_from(&self, run, &[]);
         out
     }
 
@@ -1468,9 +1526,7 @@ impl WireBatch {
     /// Appends another batch (its shapes merged into this one's).
     fn append(&mut self, other: WireBatch) {
         let map = self.merge_schemas(&other.wire.schemas);
-        for j in 0..other.origins.len() {
-            self.push_row_from(&other, j, map[other.wire.shapes[j] as usize]);
-        }
+        self.push_rows_from(&other, 0..other.origins.len(), &map);
     }
 
     /// One outcome per input record (`inputs` are the chunk's input rows, in order): the host
@@ -1604,6 +1660,72 @@ mod tests {
         assert_eq!(outcomes[2], RecordOutcome::Emitted(vec![]));
         assert!(matches!(outcomes[3], RecordOutcome::Dropped { .. }));
         assert_eq!(outcomes[4], RecordOutcome::Emitted(vec![row(5, "r5")]));
+    }
+
+    /// Runs of kept rows and runs of emitted rows are copied in bulk; text offsets and row
+    /// cursors must come out as if each row had been copied on its own.
+    #[test]
+    fn split_copies_runs_of_kept_and_emitted_rows() {
+        let inputs: Vec<Row> = (1..=8).map(|i| row(i, &"é".repeat(i as usize))).collect();
+        let input = WireBatch::from_rows(inputs.iter());
+        let mut emitted = Values::default();
+        let texts = ["x", "yy", "zzz"];
+        for t in texts {
+            emitted.push(&Value::String(t.into()));
+        }
+        let output = Output {
+            outcomes: vec![
+                Outcome::Keep,
+                Outcome::Keep,
+                Outcome::Emit(1),
+                Outcome::Emit(2),
+                Outcome::Keep,
+                Outcome::Emit(0),
+                Outcome::Keep,
+                Outcome::Keep,
+            ],
+            rows: Rows {
+                schemas: vec![vec!["t".into()]],
+                shapes: vec![0, 0, 0],
+                values: emitted,
+            },
+        };
+        check_output(&output, 8).unwrap();
+        let (next, _, filtered) = split(output, &input, 0, 10);
+        assert_eq!(filtered, 1);
+        assert_eq!(next.origins, vec![0, 1, 2, 3, 3, 4, 6, 7]);
+        next.wire.values.check().unwrap();
+        let recomputed = WireBatch::from_wire(next.wire.clone(), next.origins.clone());
+        let fields = |c: &Cursor| (c.value, c.int, c.float, c.text);
+        assert_eq!(
+            next.cursors.iter().map(fields).collect::<Vec<_>>(),
+            recomputed.cursors.iter().map(fields).collect::<Vec<_>>()
+        );
+        let t = |s: &str| {
+            let mut r = Row::with_capacity(1);
+            r.push("t", Value::String(s.into()));
+            r
+        };
+        // The same rows read back from the wire layout, not handed back from the inputs.
+        let copies: Vec<Row> = (0..next.origins.len()).map(|j| next.row(j)).collect();
+        assert_eq!(copies[5], inputs[4]);
+        assert_eq!(copies[7], inputs[7]);
+        assert_eq!(copies[4], t("zzz"));
+        let outcomes = next.into_outcomes(inputs.clone(), BTreeMap::new());
+        let want = |rows: Vec<Row>| RecordOutcome::Emitted(rows);
+        assert_eq!(
+            outcomes,
+            vec![
+                want(vec![inputs[0].clone()]),
+                want(vec![inputs[1].clone()]),
+                want(vec![t("x")]),
+                want(vec![t("yy"), t("zzz")]),
+                want(vec![inputs[4].clone()]),
+                want(vec![]),
+                want(vec![inputs[6].clone()]),
+                want(vec![inputs[7].clone()]),
+            ]
+        );
     }
 
     /// A record that comes out as one new row gets it written over its input row: names it
