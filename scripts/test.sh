@@ -13,6 +13,10 @@ echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace 2>&1 | tee target/test-output.txt
+echo "== guest SDK tests (native build of transforms/sluice-guest)"
+host_triple="$(rustc -vV | sed -n 's/^host: //p')"
+(cd transforms && cargo test --locked -p sluice-guest --target "$host_triple") 2>&1 |
+    tee -a target/test-output.txt
 echo "== demo: sluice run pipeline.json --until-end, then sluice verify"
 scripts/demo.sh
 echo "== summary"

@@ -8,7 +8,11 @@
 //! other task on that worker. So [`TransformChain`] owns a pool of dedicated OS threads; each owns
 //! one `Store` (one instance) per transform in the chain. [`TransformChain::process`] is async:
 //! it splits a batch into one chunk per worker, sends the chunks over a channel and awaits a
-//! oneshot reply per chunk, so the caller's task yields while the guests run. Loading
+//! oneshot reply per chunk, so the caller's task yields while the guests run.
+//! [`TransformChain::process_blocking`], for callers that are not async at all (the CLI,
+//! benchmarks), runs a batch too small to split on its own thread instead, with one more set of
+//! instances: a hand-off costs more than a small batch (so that thread needs stack to spare for
+//! the guest, up to wasmtime's `max_wasm_stack`, 512 KiB by default). Loading
 //! ([`TransformChain::load`], [`check`]) calls `init` on a short-lived scoped thread for the same
 //! reason, so it is safe (if blocking) to call from async code.
 //!
@@ -288,13 +292,25 @@ impl TransformChain {
     ///
     /// A batch too small to split across workers runs right here, on instances of its own:
     /// handing it to a worker and waiting for the reply costs more than a small batch's calls.
+    /// (If another thread is using those instances, the batch goes to the workers after all.)
     pub fn process_blocking(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
         if self.chunks(batch.len()) == 1 {
-            let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = batch.into_iter().unzip();
-            let wire = WireBatch::from_rows(rows.iter());
-            let mut slots = self.inline.lock().unwrap_or_else(|e| e.into_inner());
-            let done = run_chain(&self.shared, &mut slots, wire, Arc::new(metas))?;
-            return Ok(done.batch.into_outcomes(rows, done.failed));
+            let slots = match self.inline.try_lock() {
+                Ok(slots) => Some(slots),
+                Err(std::sync::TryLockError::Poisoned(e)) => {
+                    // A panic may have left an instance mid-call: start from fresh ones.
+                    let mut slots = e.into_inner();
+                    slots.iter_mut().for_each(|s| *s = None);
+                    Some(slots)
+                }
+                Err(std::sync::TryLockError::WouldBlock) => None,
+            };
+            if let Some(mut slots) = slots {
+                let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = batch.into_iter().unzip();
+                let wire = WireBatch::from_rows(rows.iter());
+                let done = run_chain(&self.shared, &mut slots, wire, Arc::new(metas))?;
+                return Ok(done.batch.into_outcomes(rows, done.failed));
+            }
         }
         let mut out = Vec::with_capacity(batch.len());
         for mut chunk in self.dispatch(batch)? {
@@ -314,8 +330,8 @@ impl TransformChain {
         Ok(out)
     }
 
-    /// How many chunks a batch of `rows` rows is split into: one per worker, but none smaller
-    /// than [`MIN_CHUNK_ROWS`].
+    /// How many chunks a batch of `rows` rows is split into: one per worker, but not so many
+    /// that a chunk has fewer than [`MIN_CHUNK_ROWS`] rows (a smaller batch is one chunk).
     fn chunks(&self, rows: usize) -> usize {
         self.workers.len().min(rows / MIN_CHUNK_ROWS).max(1)
     }
@@ -660,7 +676,8 @@ impl std::fmt::Display for InitFailure {
     }
 }
 
-/// One live instance of one transform, owned by one worker.
+/// One live instance of one transform, owned by one worker (or by the inline lane of
+/// [`TransformChain::process_blocking`]).
 struct Slot {
     store: Store<HostState>,
     guest: bindings::Transform,
@@ -1008,15 +1025,15 @@ fn split(
             let j = first + o;
             match *outcome {
                 Outcome::Keep => {
-                    next.push_rows_from(&emitted, std::mem::take(&mut fresh), &shapes);
+                    next.push_rows_from(&emitted, std::mem::take(&mut fresh), Some(&shapes));
                     if kept.end != j {
-                        next.push_rows_from(input, std::mem::replace(&mut kept, j..j), &[]);
+                        next.push_rows_from(input, std::mem::replace(&mut kept, j..j), None);
                     }
                     kept.end = j + 1;
                 }
                 Outcome::Emit(0) | Outcome::Error(_) => {}
                 Outcome::Emit(k) => {
-                    next.push_rows_from(input, std::mem::take(&mut kept), &[]);
+                    next.push_rows_from(input, std::mem::take(&mut kept), None);
                     if fresh.is_empty() {
                         fresh = e..e;
                     }
@@ -1025,8 +1042,8 @@ fn split(
                 }
             }
         }
-        next.push_rows_from(input, kept, &[]);
-        next.push_rows_from(&emitted, fresh, &shapes);
+        next.push_rows_from(input, kept, None);
+        next.push_rows_from(&emitted, fresh, Some(&shapes));
         next
     };
     let next = if discard {
@@ -1037,7 +1054,7 @@ fn split(
     (next, failures, filtered)
 }
 
-/// One batch call on this worker's instance (built on demand). The outer error is fatal (no
+/// One batch call on the calling thread's instance (built on demand). The outer error is fatal (no
 /// instance could be built); the inner one is a trap or limit, after which the instance is gone.
 fn call(
     shared: &Shared,
@@ -1434,8 +1451,13 @@ impl WireBatch {
     }
 
     /// Appends rows `rows` of `src`. Their shapes are mapped through `shapes` (an index here
-    /// for each of `src`'s shapes), or kept as they are if `shapes` is empty.
-    fn push_rows_from(&mut self, src: &WireBatch, rows: std::ops::Range<usize>, shapes: &[u32]) {
+    /// for each of `src`'s shapes), or kept as they are if `None` (same schemas).
+    fn push_rows_from(
+        &mut self,
+        src: &WireBatch,
+        rows: std::ops::Range<usize>,
+        shapes: Option<&[u32]>,
+    ) {
         if rows.is_empty() {
             return;
         }
@@ -1451,7 +1473,7 @@ impl WireBatch {
             let shape = src.wire.shapes[j];
             self.wire
                 .shapes
-                .push(shapes.get(shape as usize).copied().unwrap_or(shape));
+                .push(shapes.map_or(shape, |map| map[shape as usize]));
             let c = src.cursors[j];
             self.cursors.push(Cursor {
                 value: base.value + c.value - from.value,
@@ -1499,11 +1521,11 @@ impl WireBatch {
                 continue;
             }
             if run.end != j {
-                out.push_rows_from(&self, std::mem::replace(&mut run, j..j), &[]);
+                out.push_rows_from(&self, std::mem::replace(&mut run, j..j), None);
             }
             run.end = j + 1;
         }
-        out.push_rows_from(&self, run, &[]);
+        out.push_rows_from(&self, run, None);
         out
     }
 
@@ -1526,7 +1548,7 @@ impl WireBatch {
     /// Appends another batch (its shapes merged into this one's).
     fn append(&mut self, other: WireBatch) {
         let map = self.merge_schemas(&other.wire.schemas);
-        self.push_rows_from(&other, 0..other.origins.len(), &map);
+        self.push_rows_from(&other, 0..other.origins.len(), Some(&map));
     }
 
     /// One outcome per input record (`inputs` are the chunk's input rows, in order): the host

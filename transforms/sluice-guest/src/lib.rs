@@ -26,11 +26,11 @@
 //! ```
 //!
 //! Returning `Ok(vec![])` filters the row out, `Ok(vec![a, b])` emits two rows, and `Err(..)`
-//! fails that row alone. Returning the input row untouched (`Ok(vec![row])` with no `get_mut`,
-//! `set`, `push`, `remove` or `rename` on it) is free: the SDK answers `keep` and the row is not
-//! sent back to the host at all (the host applies the transform's `on_error` policy). Do not panic: a
-//! panic traps the whole instance, and the host has to rebuild it and re-run the batch one row at
-//! a time to find the culprit.
+//! fails that row alone (the host applies the transform's `on_error` policy to it). Returning the
+//! input row untouched (`Ok(vec![row])` with no `get_mut`, `set`, `push`, `remove` or `rename`
+//! on it) is free: the SDK answers `keep` and the row is not sent back to the host at all. Do not
+//! panic: a panic traps the whole instance, and the host has to rebuild it and re-run the batch
+//! one row at a time to find the culprit.
 
 #[cfg(all(target_arch = "wasm32", feature = "pool-alloc"))]
 pub mod pool;
@@ -98,7 +98,8 @@ pub type Name = Rc<str>;
 /// A row handed to [`Transform::transform`] still points into the batch it came in: a value is
 /// decoded (text copied out) only when the transform reads it, and a value it never touches is
 /// copied straight from the input batch to the output. A filter that looks at one field pays
-/// for one field.
+/// for one field. The flip side: a row keeps its whole input batch alive, so a transform that
+/// holds on to rows across calls should store [`Row::detach`]ed ones.
 #[derive(Clone, Default)]
 pub struct Row {
     fields: Vec<Field>,
@@ -278,6 +279,23 @@ impl Row {
         let i = self.fields.iter().position(|f| same(&f.name, name))?;
         self.origin = 0;
         Some(self.fields.remove(i).into_value(self.src.as_deref()))
+    }
+
+    /// This row with every value decoded and no tie to its input batch. Use it for rows a
+    /// transform keeps across calls (windows, last-row-per-key state): an attached row keeps its
+    /// whole input batch in the instance's memory. The row still counts as untouched.
+    pub fn detach(self) -> Row {
+        let src = self.src.as_deref();
+        let fields = self
+            .fields
+            .into_iter()
+            .map(|f| Field::new(f.name.clone(), f.into_value(src)))
+            .collect();
+        Row {
+            fields,
+            origin: self.origin,
+            src: None,
+        }
     }
 
     /// Renames field `from` to `to` in place; returns whether the row had `from`.
@@ -580,7 +598,7 @@ pub mod __private {
                         .iter()
                         .map(|_| Outcome::Error(err.clone()))
                         .collect(),
-                    rows: RowsBuilder::with_capacity(0, &input.values).finish(),
+                    rows: RowsBuilder::new(0, None).finish(),
                 };
             };
             run_batch(t, input)
@@ -596,7 +614,7 @@ pub mod __private {
         let src = Rc::new(input.values);
         let mut lanes = Lanes::default();
         let mut outcomes = Vec::with_capacity(input.shapes.len());
-        let mut out = RowsBuilder::with_capacity(input.shapes.len(), &src);
+        let mut out = RowsBuilder::new(input.shapes.len(), Some(&src));
         for (i, &shape) in input.shapes.iter().enumerate() {
             let Some(names) = schemas.get(shape as usize) else {
                 outcomes.push(Outcome::Error(Error::other(format!(
@@ -679,24 +697,47 @@ pub mod __private {
         values: Values,
         last: usize,
         spare: Vec<Vec<Field>>,
+        /// The lane sizes of the input, reserved when the first row is emitted (what a map
+        /// emits); a batch of `keep`s and filtered rows reserves nothing.
+        like: [usize; 6],
     }
 
     impl RowsBuilder {
-        /// A builder sized for `rows` rows like those of `like` (what a map emits).
-        fn with_capacity(rows: usize, like: &Values) -> RowsBuilder {
+        fn new(rows: usize, like: Option<&Values>) -> RowsBuilder {
             RowsBuilder {
                 names: Vec::new(),
-                shapes: Vec::with_capacity(rows),
+                shapes: Vec::new(),
                 values: Values {
-                    types: Vec::with_capacity(like.types.len()),
-                    ints: Vec::with_capacity(like.ints.len()),
-                    floats: Vec::with_capacity(like.floats.len()),
-                    text: String::with_capacity(like.text.len()),
-                    text_ends: Vec::with_capacity(like.text_ends.len()),
+                    types: Vec::new(),
+                    ints: Vec::new(),
+                    floats: Vec::new(),
+                    text: String::new(),
+                    text_ends: Vec::new(),
                 },
                 last: 0,
                 spare: Vec::new(),
+                like: like.map_or([0; 6], |v| {
+                    [
+                        rows,
+                        v.types.len(),
+                        v.ints.len(),
+                        v.floats.len(),
+                        v.text.len(),
+                        v.text_ends.len(),
+                    ]
+                }),
             }
+        }
+
+        fn reserve(&mut self) {
+            let [rows, values, ints, floats, text, texts] = std::mem::take(&mut self.like);
+            let v = &mut self.values;
+            self.shapes.reserve(rows);
+            v.types.reserve(values);
+            v.ints.reserve(ints);
+            v.floats.reserve(floats);
+            v.text.reserve(text);
+            v.text_ends.reserve(texts);
         }
 
         fn shape_of(&mut self, row: &Row) -> u32 {
@@ -724,6 +765,9 @@ pub mod __private {
         }
 
         fn push(&mut self, mut row: Row) {
+            if self.shapes.is_empty() {
+                self.reserve();
+            }
             let shape = self.shape_of(&row);
             self.shapes.push(shape);
             let src = row.src.as_deref();
