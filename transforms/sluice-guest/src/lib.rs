@@ -4,7 +4,7 @@
 //! (`wit/transform.wit`). The world's entry point takes a whole batch of rows in a compact
 //! positional layout; this crate hides that layout so an author writes one function per row:
 //!
-//! ```ignore
+//! ```no_run
 //! use sluice_guest::{Error, Params, Row, Transform, Value};
 //!
 //! struct Upper { field: String }
