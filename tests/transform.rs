@@ -362,6 +362,116 @@ fn chain_passes_rows_from_filter_to_enrich() {
     assert_eq!(stats[2].1.rows_out.load(Relaxed), 2);
 }
 
+/// The benchmark's SDK-less reference guest must do exactly what the SDK chain it stands in for
+/// does, or its figures mean nothing.
+#[test]
+fn lanes_guest_matches_the_filter_enrich_chain() {
+    let dead_letter = |path: &str, with: &[(&str, &str)]| {
+        let mut c = config(path, with);
+        c.on_error = OnError::DeadLetter;
+        c
+    };
+    let sdk = chain(&[
+        dead_letter(
+            guests::FILTER,
+            &[("field", "value"), ("op", "gt"), ("value", "50")],
+        ),
+        dead_letter(
+            guests::ENRICH,
+            &[
+                ("rename", "name:customer"),
+                ("uppercase", "customer"),
+                ("compute", "double=value*2"),
+            ],
+        ),
+    ]);
+    let lanes = chain(&[
+        dead_letter(guests::LANES, &[("step", "filter")]),
+        dead_letter(guests::LANES, &[("step", "enrich")]),
+    ]);
+    let s = |t: &str| Value::String(t.into());
+    let input = || {
+        with_meta(vec![
+            row(&[
+                ("id", Value::Int(1)),
+                ("name", s("ann")),
+                ("value", Value::Float(60.5)),
+            ]),
+            row(&[
+                ("id", Value::Int(2)),
+                ("name", s("bob")),
+                ("value", Value::Float(10.0)),
+            ]),
+            row(&[
+                ("id", Value::Int(3)),
+                ("name", s("cé")),
+                ("value", Value::Int(70)),
+            ]),
+            row(&[
+                ("id", Value::Int(4)),
+                ("name", Value::Null),
+                ("value", Value::Timestamp(1_000)),
+            ]),
+            row(&[
+                ("id", Value::Int(5)),
+                ("name", s("x")),
+                ("value", Value::Null),
+            ]),
+            row(&[("id", Value::Int(6)), ("value", Value::Float(99.0))]),
+            row(&[("id", Value::Int(7)), ("name", s("y"))]),
+            row(&[
+                ("value", Value::Float(51.0)),
+                ("double", Value::Int(5)),
+                ("name", s("zed")),
+                ("doc", Value::Json("[1]".into())),
+            ]),
+            row(&[
+                ("id", Value::Int(9)),
+                ("name", Value::Bool(true)),
+                ("value", Value::Float(80.0)),
+            ]),
+        ])
+    };
+    let (want, got) = (
+        sdk.process_blocking(input()).unwrap(),
+        lanes.process_blocking(input()).unwrap(),
+    );
+    assert_eq!(want.len(), got.len());
+    for (i, (w, g)) in want.iter().zip(&got).enumerate() {
+        match (w, g) {
+            (RecordOutcome::Emitted(w), RecordOutcome::Emitted(g)) => {
+                assert_eq!(w, g, "record {i}")
+            }
+            (RecordOutcome::Quarantined(w), RecordOutcome::Quarantined(g)) => {
+                assert_eq!((w.kind, &w.row), (g.kind, &g.row), "record {i}")
+            }
+            _ => panic!("record {i}: {w:?} vs {g:?}"),
+        }
+    }
+    // Not vacuous: rows were kept, filtered, rewritten in place and failed.
+    let kept: Vec<usize> = (0..got.len())
+        .filter(|&i| matches!(&got[i], RecordOutcome::Emitted(r) if r.len() == 1))
+        .collect();
+    assert_eq!(kept, [0, 2, 3, 7]);
+    assert_eq!(
+        emitted(&got[2]),
+        [row(&[
+            ("id", Value::Int(3)),
+            ("customer", s("Cé")),
+            ("value", Value::Int(70)),
+            ("double", Value::Int(140)),
+        ])]
+    );
+    assert_eq!(
+        emitted(&got[7])[0].get("double"),
+        Some(&Value::Float(102.0))
+    );
+    let failed: Vec<usize> = (0..got.len())
+        .filter(|&i| matches!(&got[i], RecordOutcome::Quarantined(_)))
+        .collect();
+    assert_eq!(failed, [5, 6, 8]);
+}
+
 #[test]
 fn guests_see_record_metadata_through_the_chain() {
     let c = chain(&[

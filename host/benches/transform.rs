@@ -8,8 +8,13 @@
 //! and in-call ns per row, and the per-row boundary cost (passthrough's time inside the guest
 //! call per row: lowering, the guest's work, lifting).
 //!
-//! Run: `cargo bench -p sluice --bench transform -- --measurement-time 3`. The example guests
-//! are built first (`cargo build --release` in `transforms/`).
+//! A third variant of the chain, `wasm-no-sdk`, runs the same filter → enrich logic written
+//! straight against the WIT lanes without the guest SDK (`tests/guests/lanes`), so the report
+//! splits the wasm/native gap into the SDK's share and the boundary's and host's share.
+//!
+//! Run: `cargo bench -p sluice --bench transform -- --measurement-time 3`. The guests are built
+//! first (`cargo build --release` in `transforms/` and, for `lanes`, in `tests/guests/` with the
+//! same release settings as `transforms/`).
 
 use std::hint::black_box;
 use std::path::PathBuf;
@@ -32,11 +37,18 @@ struct Guests {
     passthrough: String,
     filter: String,
     enrich: String,
+    lanes: String,
+}
+
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    cmd.env_remove("CARGO_TARGET_DIR");
+    cmd
 }
 
 fn build_guests() -> Guests {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../transforms");
-    let status = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+    let status = cargo()
         .current_dir(&dir)
         .args([
             "build",
@@ -48,10 +60,27 @@ fn build_guests() -> Guests {
             "-p",
             "transform-enrich",
         ])
-        .env_remove("CARGO_TARGET_DIR")
         .status()
         .expect("running cargo build in transforms/");
     assert!(status.success(), "building the example guests failed");
+    // Test guests build with a lighter profile; this one is measured, so it gets the examples'.
+    let tests = dir.join("../tests/guests");
+    let status = cargo()
+        .current_dir(&tests)
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "-p",
+            "lanes",
+        ])
+        .env("CARGO_PROFILE_RELEASE_OPT_LEVEL", "3")
+        .env("CARGO_PROFILE_RELEASE_LTO", "true")
+        .env("CARGO_PROFILE_RELEASE_CODEGEN_UNITS", "1")
+        .status()
+        .expect("running cargo build in tests/guests/");
+    assert!(status.success(), "building the lanes guest failed");
     let path = |n: &str| {
         dir.join("target/wasm32-wasip2/release")
             .join(format!("transform_{n}.wasm"))
@@ -62,6 +91,10 @@ fn build_guests() -> Guests {
         passthrough: path("passthrough"),
         filter: path("filter"),
         enrich: path("enrich"),
+        lanes: tests
+            .join("target/wasm32-wasip2/release/lanes.wasm")
+            .display()
+            .to_string(),
     }
 }
 
@@ -103,6 +136,14 @@ fn filter_enrich_chain(g: &Guests) -> TransformChain {
                 ("compute", "double=value*2"),
             ],
         ),
+    ])
+}
+
+/// filter → enrich without the SDK: the `lanes` guest, once per step.
+fn lanes_chain(g: &Guests) -> TransformChain {
+    load(&[
+        config(&g.lanes, &[("step", "filter")]),
+        config(&g.lanes, &[("step", "enrich")]),
     ])
 }
 
@@ -174,9 +215,14 @@ fn native_filter_enrich(batch: Vec<(RecordMeta, Row)>) -> Vec<RecordOutcome> {
 fn bench(c: &mut Criterion, g: &Guests) {
     let pass = passthrough_chain(g);
     let chain = filter_enrich_chain(g);
-    // Both implementations must agree before their speed means anything.
+    let lanes = lanes_chain(g);
+    // The implementations must agree before their speed means anything.
     assert_eq!(
         chain.process_blocking(rows(256)).unwrap(),
+        native_filter_enrich(rows(256))
+    );
+    assert_eq!(
+        lanes.process_blocking(rows(256)).unwrap(),
         native_filter_enrich(rows(256))
     );
     assert_eq!(
@@ -184,19 +230,29 @@ fn bench(c: &mut Criterion, g: &Guests) {
         native_passthrough(rows(256))
     );
     for (workload, wasm, native) in [
-        ("passthrough", &pass, native_passthrough as fn(_) -> _),
-        ("filter_enrich", &chain, native_filter_enrich as fn(_) -> _),
+        (
+            "passthrough",
+            vec![("wasm", &pass)],
+            native_passthrough as fn(_) -> _,
+        ),
+        (
+            "filter_enrich",
+            vec![("wasm", &chain), ("wasm-no-sdk", &lanes)],
+            native_filter_enrich as fn(_) -> _,
+        ),
     ] {
         let mut group = c.benchmark_group(workload);
         for n in BATCH_SIZES {
             group.throughput(Throughput::Elements(n as u64));
-            group.bench_function(format!("wasm/{n}"), |b| {
-                b.iter_batched(
-                    || rows(n),
-                    |batch| black_box(wasm.process_blocking(batch).unwrap()),
-                    BatchSize::LargeInput,
-                )
-            });
+            for (label, wasm) in &wasm {
+                group.bench_function(format!("{label}/{n}"), |b| {
+                    b.iter_batched(
+                        || rows(n),
+                        |batch| black_box(wasm.process_blocking(batch).unwrap()),
+                        BatchSize::LargeInput,
+                    )
+                });
+            }
             group.bench_function(format!("native/{n}"), |b| {
                 b.iter_batched(
                     || rows(n),
@@ -258,6 +314,7 @@ fn call_time(chain: &TransformChain) -> (u64, u64) {
 fn summary(g: &Guests) {
     let pass = passthrough_chain(g);
     let chain = filter_enrich_chain(g);
+    let lanes = lanes_chain(g);
     let budget = Duration::from_millis(1500);
     println!("\nsummary (1 worker thread; rows/s = batch rows / mean batch time)");
     println!(
@@ -277,6 +334,7 @@ fn summary(g: &Guests) {
         for (workload, wasm, native) in [
             ("passthrough", &pass, native_passthrough as fn(_) -> _),
             ("filter_enrich", &chain, native_filter_enrich as fn(_) -> _),
+            ("lanes (no SDK)", &lanes, native_filter_enrich as fn(_) -> _),
         ] {
             let before = call_time(wasm);
             let each_before = per_transform(wasm);
