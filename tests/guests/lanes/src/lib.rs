@@ -163,11 +163,21 @@ fn enrich(input: &Rows) -> Output {
     for &shape in &input.shapes {
         let s = shape as usize;
         let width = input.schemas[s].len();
+        // One walk over the row finds its end and the two values it needs, so the row can be
+        // checked before any of it is written.
         let row = c;
-        for _ in 0..width {
-            c.step(v.types[c.value]);
+        let (mut value, mut name_ty) = ((NULL, row), NULL);
+        for k in 0..width {
+            let ty = v.types[c.value];
+            if Some(k) == value_at[s] {
+                value = (ty, c);
+            }
+            if Some(k) == name_at[s] {
+                name_ty = ty;
+            }
+            c.step(ty);
         }
-        let (Some(vp), Some(np)) = (value_at[s], name_at[s]) else {
+        let (Some(np), Some(_)) = (name_at[s], value_at[s]) else {
             outcomes.push(missing(if value_at[s].is_none() {
                 "value"
             } else {
@@ -175,22 +185,7 @@ fn enrich(input: &Rows) -> Output {
             }));
             continue;
         };
-        // Check the row before writing any of it.
-        let mut at = row;
-        let (mut value, mut name_ty) = (None, NULL);
-        for k in 0..width {
-            let ty = v.types[at.value];
-            if k == vp {
-                value = Some((ty, at));
-            }
-            if k == np {
-                name_ty = ty;
-            }
-            at.step(ty);
-        }
-        let Some((vty, vat)) = value else {
-            unreachable!("vp < width")
-        };
+        let (vty, vat) = value;
         if !matches!(name_ty, STRING | NULL) {
             outcomes.push(invalid("customer", "cannot uppercase a non-string"));
             continue;
@@ -266,6 +261,21 @@ fn push_double(out: &mut Values, double: Option<(u8, i64, f64)>) {
     }
 }
 
+/// An empty `rows`: what a filter sends back (kept rows are not repeated).
+fn no_rows() -> Rows {
+    Rows {
+        schemas: Vec::new(),
+        shapes: Vec::new(),
+        values: Values {
+            types: Vec::new(),
+            ints: Vec::new(),
+            floats: Vec::new(),
+            text: String::new(),
+            text_ends: Vec::new(),
+        },
+    }
+}
+
 struct Lanes;
 
 impl Guest for Lanes {
@@ -288,17 +298,7 @@ impl Guest for Lanes {
         match STEP.get() {
             Some(Step::Filter) => Output {
                 outcomes: filter(&input),
-                rows: Rows {
-                    schemas: Vec::new(),
-                    shapes: Vec::new(),
-                    values: Values {
-                        types: Vec::new(),
-                        ints: Vec::new(),
-                        floats: Vec::new(),
-                        text: String::new(),
-                        text_ends: Vec::new(),
-                    },
-                },
+                rows: no_rows(),
             },
             Some(Step::Enrich) => enrich(&input),
             None => Output {
@@ -307,17 +307,7 @@ impl Guest for Lanes {
                     .iter()
                     .map(|_| Outcome::Error(TransformError::Other("not initialised".into())))
                     .collect(),
-                rows: Rows {
-                    schemas: Vec::new(),
-                    shapes: Vec::new(),
-                    values: Values {
-                        types: Vec::new(),
-                        ints: Vec::new(),
-                        floats: Vec::new(),
-                        text: String::new(),
-                        text_ends: Vec::new(),
-                    },
-                },
+                rows: no_rows(),
             },
         }
     }
