@@ -139,8 +139,8 @@ impl Field {
 
     /// The value, decoded from `src` on first use.
     // This and the other per-row helpers marked `#[inline(always)]`: LLVM left them out of line,
-    // and every wasm function entry costs a call plus the host's CPU-cap (epoch) check. Inlined,
-    // `filter` spends 74 instead of 85 ns per row in its call.
+    // and every wasm function entry costs a call plus the host's CPU-cap (epoch) check
+    // (docs/BENCHMARKS.md has the figures).
     #[inline(always)]
     fn get(&self, src: Option<&Values>) -> &Value {
         // Not `get_or_init`, whose first-use path is a cold, out-of-line call: here the first
@@ -148,7 +148,9 @@ impl Field {
         if self.value.get().is_none() {
             let _ = self.value.set(decode(src, self.raw));
         }
-        self.value.get().unwrap_or(&Value::Null)
+        self.value
+            .get()
+            .unwrap_or_else(|| unreachable!("set above"))
     }
 
     /// The value for writing, decoded from `src` first if need be.
