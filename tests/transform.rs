@@ -472,6 +472,32 @@ fn lanes_guest_matches_the_filter_enrich_chain() {
     assert_eq!(failed, [5, 6, 8]);
 }
 
+/// The benchmark's floor (two `lanes` transforms with `step=keep`) must hand back every record
+/// exactly as it came, every value type and shape included: the bench compares its speed with
+/// real work, so it must not be skipping any.
+#[test]
+fn lanes_keep_step_returns_every_record_untouched() {
+    let keep = chain(&[
+        config(guests::LANES, &[("step", "keep")]),
+        config(guests::LANES, &[("step", "keep")]),
+    ]);
+    let rows = vec![
+        row(&every_type()),
+        row(&[("only", Value::Int(1))]),
+        row(&every_type()),
+    ];
+    let out = keep.process_blocking(with_meta(rows.clone())).unwrap();
+    let expected: Vec<_> = rows
+        .into_iter()
+        .map(|r| RecordOutcome::Emitted(vec![r]))
+        .collect();
+    assert_eq!(out, expected);
+    for (_, stats) in keep.stats() {
+        assert_eq!(stats.rows_in.load(Relaxed), 3);
+        assert_eq!(stats.rows_out.load(Relaxed), 3);
+    }
+}
+
 #[test]
 fn guests_see_record_metadata_through_the_chain() {
     let c = chain(&[

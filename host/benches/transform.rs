@@ -10,7 +10,9 @@
 //!
 //! A third variant of the chain, `wasm-no-sdk`, runs the same filter → enrich logic written
 //! straight against the WIT lanes without the guest SDK (`tests/guests/lanes`), so the report
-//! splits the wasm/native gap into the SDK's share and the boundary's and host's share.
+//! splits the wasm/native gap into the SDK's share and the boundary's and host's share. The
+//! summary also prints a floor: a chain of two `lanes` transforms that return every row untouched
+//! (`step=keep`), against native filter → enrich. No two-transform chain can beat that ratio.
 //!
 //! Run: `cargo bench -p sluice --bench transform -- --measurement-time 3`. The guests are built
 //! first (`cargo build --release` in `transforms/` and, for `lanes`, in `tests/guests/` with the
@@ -144,6 +146,14 @@ fn lanes_chain(g: &Guests) -> TransformChain {
     load(&[
         config(&g.lanes, &[("step", "filter")]),
         config(&g.lanes, &[("step", "enrich")]),
+    ])
+}
+
+/// Two transforms that do nothing (the `lanes` guest's `step=keep`): the floor of any chain of two.
+fn floor_chain(g: &Guests) -> TransformChain {
+    load(&[
+        config(&g.lanes, &[("step", "keep")]),
+        config(&g.lanes, &[("step", "keep")]),
     ])
 }
 
@@ -315,6 +325,11 @@ fn summary(g: &Guests) {
     let pass = passthrough_chain(g);
     let chain = filter_enrich_chain(g);
     let lanes = lanes_chain(g);
+    let floor = floor_chain(g);
+    assert_eq!(
+        floor.process_blocking(rows(256)).unwrap(),
+        native_passthrough(rows(256))
+    );
     let budget = Duration::from_millis(1500);
     println!("\nsummary (1 worker thread; rows/s = batch rows / mean batch time)");
     println!(
@@ -335,6 +350,8 @@ fn summary(g: &Guests) {
             ("passthrough", &pass, native_passthrough as fn(_) -> _),
             ("filter_enrich", &chain, native_filter_enrich as fn(_) -> _),
             ("lanes (no SDK)", &lanes, native_filter_enrich as fn(_) -> _),
+            // Against the filter → enrich budget on purpose: the cost of two calls that do no work.
+            ("floor, 2 no-op", &floor, native_filter_enrich as fn(_) -> _),
         ] {
             let before = call_time(wasm);
             let each_before = per_transform(wasm);

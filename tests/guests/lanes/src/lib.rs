@@ -9,6 +9,8 @@
 //! - `enrich`: renames `name` to `customer`, ASCII-uppercases it, and sets `double` to twice
 //!   `value` (int stays int, null stays null). Like `enrich` with `rename=name:customer
 //!   uppercase=customer compute=double=value*2`.
+//! - `keep`: returns every row untouched, doing no work at all: the floor of what any transform
+//!   costs the chain.
 //!
 //! A row lacking `value` (or, for `enrich`, `name`) fails with `missing-field`; a `value` that is
 //! not a number, or a `name` that is not a string, with `invalid-value`.
@@ -25,6 +27,7 @@ use sluice::transform::types::{FieldError, Outcome, Output, Rows, TransformError
 enum Step {
     Filter,
     Enrich,
+    Keep,
 }
 
 thread_local! {
@@ -283,10 +286,11 @@ impl Guest for Lanes {
         let step = match params.as_slice() {
             [(k, v)] if k == "step" && v == "filter" => Step::Filter,
             [(k, v)] if k == "step" && v == "enrich" => Step::Enrich,
+            [(k, v)] if k == "step" && v == "keep" => Step::Keep,
             _ => {
                 return Err(TransformError::InvalidParam(FieldError {
                     name: "step".into(),
-                    reason: "expected exactly `step=filter` or `step=enrich`".into(),
+                    reason: "expected exactly `step=filter`, `step=enrich` or `step=keep`".into(),
                 }));
             }
         };
@@ -301,6 +305,10 @@ impl Guest for Lanes {
                 rows: no_rows(),
             },
             Some(Step::Enrich) => enrich(&input),
+            Some(Step::Keep) => Output {
+                outcomes: input.shapes.iter().map(|_| Outcome::Keep).collect(),
+                rows: no_rows(),
+            },
             None => Output {
                 outcomes: input
                     .shapes
