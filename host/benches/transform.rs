@@ -14,6 +14,12 @@
 //! summary also prints a floor: a chain of two `lanes` transforms that return every row untouched
 //! (`step=keep`), against native filter → enrich. No two-transform chain can beat that ratio.
 //!
+//! A fourth variant, `sdk-code-native`, runs the example guests' own code (the `filter` and
+//! `enrich` crates with the guest SDK) compiled natively, through the runtime's host-side batch
+//! handling (`process_native`) with no WebAssembly at all: the speed a chain of these guests would
+//! have if calling into wasm were free. Against the hand-written native logic it bounds what any
+//! engine could reach with this SDK and this host row API.
+//!
 //! Run: `cargo bench -p sluice --bench transform -- --measurement-time 3`. The guests are built
 //! first (`cargo build --release` in `transforms/` and, for `lanes`, in `tests/guests/` with the
 //! same release settings as `transforms/`).
@@ -27,7 +33,10 @@ use std::time::{Duration, Instant};
 
 use criterion::{BatchSize, Criterion, Throughput};
 use sluice::row::{Name, RecordMeta, Row, Value};
+use sluice::transform::runtime::{process_native, wire};
 use sluice::transform::{RecordOutcome, RuntimeOptions, TransformChain, TransformConfig};
+use sluice_guest::bindings::sluice::transform::types as guest;
+use sluice_guest::{Params, Transform};
 
 // The allocator of the `sluice` binary, so both sides allocate as they would in production.
 #[global_allocator]
@@ -124,21 +133,111 @@ fn passthrough_chain(g: &Guests) -> TransformChain {
     load(&[config(&g.passthrough, &[])])
 }
 
+const FILTER_WITH: &[(&str, &str)] = &[("field", "value"), ("op", "gt"), ("value", "50")];
+const ENRICH_WITH: &[(&str, &str)] = &[
+    ("rename", "name:customer"),
+    ("uppercase", "customer"),
+    ("compute", "double=value*2"),
+];
+
 fn filter_enrich_chain(g: &Guests) -> TransformChain {
     load(&[
-        config(
-            &g.filter,
-            &[("field", "value"), ("op", "gt"), ("value", "50")],
-        ),
-        config(
-            &g.enrich,
-            &[
-                ("rename", "name:customer"),
-                ("uppercase", "customer"),
-                ("compute", "double=value*2"),
-            ],
-        ),
+        config(&g.filter, FILTER_WITH),
+        config(&g.enrich, ENRICH_WITH),
     ])
+}
+
+/// The `filter` → `enrich` guests' own code, compiled natively, behind the runtime's host-side
+/// batch handling; also the time spent inside the two steps (the analogue of in-call time).
+struct SdkCodeNative {
+    filter: transform_filter::Filter,
+    enrich: transform_enrich::Enrich,
+    in_steps: Duration,
+    rows_in: u64,
+}
+
+impl SdkCodeNative {
+    fn new() -> SdkCodeNative {
+        fn init<T: Transform>(with: &[(&str, &str)]) -> T {
+            let pairs = with
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            T::init(&Params::new(pairs)).unwrap_or_else(|_| panic!("init fails"))
+        }
+        SdkCodeNative {
+            filter: init(FILTER_WITH),
+            enrich: init(ENRICH_WITH),
+            in_steps: Duration::ZERO,
+            rows_in: 0,
+        }
+    }
+
+    fn process(&mut self, batch: Vec<(RecordMeta, Row)>) -> Vec<RecordOutcome> {
+        self.rows_in += batch.len() as u64;
+        let (filter, enrich) = (&mut self.filter, &mut self.enrich);
+        let spent = std::cell::Cell::new(self.in_steps);
+        let out = process_native(
+            batch,
+            &mut [&mut |rows| native_step(filter, rows, &spent), &mut |rows| {
+                native_step(enrich, rows, &spent)
+            }],
+        );
+        self.in_steps = spent.get();
+        out
+    }
+}
+
+/// One batch through a guest's code natively. The input is copied into the guest's own types
+/// and the output moved back, like lowering and lifting; both count as time in the step.
+fn native_step<T: Transform>(
+    t: &mut T,
+    input: &wire::Rows,
+    spent: &std::cell::Cell<Duration>,
+) -> wire::Output {
+    let start = Instant::now();
+    let v = &input.values;
+    let rows = guest::Rows {
+        schemas: input.schemas.clone(),
+        shapes: input.shapes.clone(),
+        values: guest::Values {
+            types: v.types.clone(),
+            ints: v.ints.clone(),
+            floats: v.floats.clone(),
+            text: v.text.clone(),
+            text_ends: v.text_ends.clone(),
+        },
+    };
+    let out = sluice_guest::__private::run_batch(t, rows);
+    let outcomes = out
+        .outcomes
+        .into_iter()
+        .map(|o| match o {
+            guest::Outcome::Emit(k) => wire::Outcome::Emit(k),
+            guest::Outcome::Keep => wire::Outcome::Keep,
+            guest::Outcome::Error(e) => {
+                wire::Outcome::Error(wire::GuestError::Other(format!("{e:?}")))
+            }
+        })
+        .collect();
+    let r = out.rows;
+    let v = r.values;
+    let output = wire::Output {
+        outcomes,
+        rows: wire::Rows {
+            schemas: r.schemas,
+            shapes: r.shapes,
+            values: wire::Values {
+                types: v.types,
+                ints: v.ints,
+                floats: v.floats,
+                text: v.text,
+                text_ends: v.text_ends,
+            },
+        },
+    };
+    spent.set(spent.get() + start.elapsed());
+    output
 }
 
 /// filter → enrich without the SDK: the `lanes` guest, once per step.
@@ -235,6 +334,11 @@ fn bench(c: &mut Criterion, g: &Guests) {
         lanes.process_blocking(rows(256)).unwrap(),
         native_filter_enrich(rows(256))
     );
+    let mut sdk_native = SdkCodeNative::new();
+    assert_eq!(
+        sdk_native.process(rows(256)),
+        native_filter_enrich(rows(256))
+    );
     assert_eq!(
         pass.process_blocking(rows(256)).unwrap(),
         native_passthrough(rows(256))
@@ -259,6 +363,15 @@ fn bench(c: &mut Criterion, g: &Guests) {
                     b.iter_batched(
                         || rows(n),
                         |batch| black_box(wasm.process_blocking(batch).unwrap()),
+                        BatchSize::LargeInput,
+                    )
+                });
+            }
+            if workload == "filter_enrich" {
+                group.bench_function(format!("sdk-code-native/{n}"), |b| {
+                    b.iter_batched(
+                        || rows(n),
+                        |batch| black_box(sdk_native.process(batch)),
                         BatchSize::LargeInput,
                     )
                 });
@@ -386,6 +499,23 @@ fn summary(g: &Guests) {
                 println!("{:<14} {n:>6} in-call: {}", "", each.join(", "));
             }
         }
+        // The guests' own code with no wasm at all: the best any engine could do with it.
+        let mut sdk = SdkCodeNative::new();
+        let w = time_per_batch(n, budget, |b| sdk.process(b));
+        let nat = time_per_batch(n, budget, native_filter_enrich);
+        let (w_ns, n_ns) = (
+            w.as_nanos() as f64 / n as f64,
+            nat.as_nanos() as f64 / n as f64,
+        );
+        println!(
+            "{:<14} {n:>6} {:>14.0} {:>14.0} {:>12.3} {:>14.1} {:>14.1}",
+            "SDK, no wasm",
+            1e9 / w_ns,
+            1e9 / n_ns,
+            n_ns / w_ns,
+            w_ns,
+            sdk.in_steps.as_nanos() as f64 / sdk.rows_in as f64
+        );
         println!(
             "{:<14} {n:>6} per-row boundary cost (passthrough, in-call): {pass_call_ns:.1} ns; wall overhead vs native: {:.1} ns",
             "",

@@ -376,6 +376,43 @@ impl TransformChain {
     }
 }
 
+/// The batch layout's types, for [`process_native`]'s steps.
+#[doc(hidden)]
+pub mod wire {
+    pub use super::super::bindings::{GuestError, Outcome, Output, Rows, Values};
+}
+
+/// A native stand-in for one transform in [`process_native`]: a batch in, its output back.
+#[doc(hidden)]
+pub type NativeStep<'a> = &'a mut dyn FnMut(&Rows) -> Output;
+
+/// Runs a batch through `steps` as a chain, with exactly the host-side work of
+/// [`TransformChain::process_blocking`] (rows into the batch layout, checking and splitting each
+/// output, rows back) but with each transform a native function instead of a wasm call.
+///
+/// For benchmarks only: with the example guests' own code compiled natively as the steps, it is
+/// how fast a chain would run if calling into WebAssembly cost nothing. Panics on an output that
+/// breaks the batch contract or fails a record; record metadata is not available to the steps.
+#[doc(hidden)]
+pub fn process_native(
+    batch: Vec<(RecordMeta, Row)>,
+    steps: &mut [NativeStep<'_>],
+) -> Vec<RecordOutcome> {
+    let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = batch.into_iter().unzip();
+    let mut wire = WireBatch::from_rows(rows.iter());
+    for step in steps {
+        let output = step(&wire.wire);
+        if let Err(e) = check_output(&output, wire.origins.len()) {
+            panic!("native step broke the batch contract: {e}");
+        }
+        let (next, failures, _) = split(output, &wire, 0, u32::MAX);
+        assert!(failures.is_empty(), "native step failed records");
+        wire = next;
+    }
+    drop(metas);
+    wire.into_outcomes(rows, BTreeMap::new())
+}
+
 /// One chunk of a batch in flight on a worker.
 struct Chunk {
     rx: oneshot::Receiver<Result<Done, TransformError>>,
@@ -1682,6 +1719,57 @@ mod tests {
         assert_eq!(outcomes[2], RecordOutcome::Emitted(vec![]));
         assert!(matches!(outcomes[3], RecordOutcome::Dropped { .. }));
         assert_eq!(outcomes[4], RecordOutcome::Emitted(vec![row(5, "r5")]));
+    }
+
+    /// The benchmarks' native chain: each step sees what the previous one left, and the rows
+    /// come back per input record like `process_blocking`'s.
+    #[test]
+    fn process_native_chains_steps_like_the_runtime() {
+        let batch: Vec<(RecordMeta, Row)> = (1..=4)
+            .map(|i| (RecordMeta::default(), row(i, &format!("r{i}"))))
+            .collect();
+        let mut seen = Vec::new();
+        // Keeps odd ids, filters out even ones.
+        let mut odd = |rows: &Rows| Output {
+            outcomes: rows
+                .values
+                .ints
+                .iter()
+                .map(|id| {
+                    if id % 2 == 1 {
+                        Outcome::Keep
+                    } else {
+                        Outcome::Emit(0)
+                    }
+                })
+                .collect(),
+            rows: Rows::default(),
+        };
+        // Replaces each row by its id doubled, under a new name.
+        let mut double = |rows: &Rows| {
+            seen.extend_from_slice(&rows.values.ints);
+            let mut values = Values::default();
+            for id in &rows.values.ints {
+                values.push(&Value::Int(id * 2));
+            }
+            Output {
+                outcomes: rows.shapes.iter().map(|_| Outcome::Emit(1)).collect(),
+                rows: Rows {
+                    schemas: vec![vec!["twice".into()]],
+                    shapes: vec![0; rows.shapes.len()],
+                    values,
+                },
+            }
+        };
+        let out = process_native(batch, &mut [&mut odd, &mut double]);
+        assert_eq!(seen, vec![1, 3], "the second step gets only the kept rows");
+        let twice = |v: i64| {
+            let mut r = Row::with_capacity(1);
+            r.push("twice", Value::Int(v));
+            RecordOutcome::Emitted(vec![r])
+        };
+        let none = RecordOutcome::Emitted(vec![]);
+        assert_eq!(out, vec![twice(2), none.clone(), twice(6), none]);
     }
 
     /// Runs of kept rows and runs of emitted rows are copied in bulk; text offsets and row

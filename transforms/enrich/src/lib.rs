@@ -32,7 +32,9 @@ struct Compute {
     right: Operand,
 }
 
-struct Enrich {
+/// The transform: the rename, cast, uppercase and compute steps from its params.
+/// Public so that host benchmarks can run this same code natively (see `docs/BENCHMARKS.md`).
+pub struct Enrich {
     rename: Vec<(String, String)>,
     cast: Vec<(String, Type)>,
     uppercase: Vec<String>,

@@ -21,7 +21,9 @@ enum Op {
     Contains,
 }
 
-struct Filter {
+/// The transform: the field, operator and value from its params.
+/// Public so that host benchmarks can run this same code natively (see `docs/BENCHMARKS.md`).
+pub struct Filter {
     field: String,
     op: Op,
     text: String,

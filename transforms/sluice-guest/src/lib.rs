@@ -539,6 +539,7 @@ pub fn meta() -> RecordMeta {
 macro_rules! export {
     ($t:ty) => {
         #[doc(hidden)]
+        #[cfg_attr(not(target_arch = "wasm32"), allow(dead_code))]
         struct __SluiceGuest;
 
         impl $crate::bindings::exports::sluice::transform::transformer::Guest for __SluiceGuest {
@@ -555,6 +556,9 @@ macro_rules! export {
             }
         }
 
+        // The export glue defines fixed symbol names: only in the component, so that guest
+        // crates can also be linked natively (several into one benchmark) as plain libraries.
+        #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_transform_world!(__SluiceGuest with_types_in $crate::bindings);
     };
 }
@@ -624,7 +628,9 @@ pub mod __private {
         })
     }
 
-    fn run_batch<T: Transform>(t: &mut T, input: Rows) -> Output {
+    /// Runs `t` over a batch. Public so that a benchmark can run a guest's code natively, on an
+    /// instance of its own, without the component's export glue.
+    pub fn run_batch<T: Transform>(t: &mut T, input: Rows) -> Output {
         let schemas: Vec<Vec<Name>> = input
             .schemas
             .into_iter()
