@@ -215,18 +215,19 @@ fn cast(field: &str, v: Value, ty: Type) -> Result<Value, Error> {
     })
 }
 
-fn compute(row: &Row, c: &Compute) -> Result<Value, Error> {
-    let get = |o: &Operand| -> Result<Value, Error> {
+fn compute<'a>(row: &'a Row, c: &'a Compute) -> Result<Value, Error> {
+    // Operands are borrowed, not cloned: this runs once per row.
+    let get = |o: &'a Operand| -> Result<&'a Value, Error> {
         match o {
-            Operand::Number(v) => Ok(v.clone()),
-            Operand::Field(f) => row.require(f).cloned(),
+            Operand::Number(v) => Ok(v),
+            Operand::Field(f) => row.require(f),
         }
     };
     let (l, r) = (get(&c.left)?, get(&c.right)?);
-    if l == Value::Null || r == Value::Null {
+    if matches!(l, Value::Null) || matches!(r, Value::Null) {
         return Ok(Value::Null);
     }
-    if let (Value::Int(a), Value::Int(b), '+' | '-' | '*') = (&l, &r, c.op) {
+    if let (Value::Int(a), Value::Int(b), '+' | '-' | '*') = (l, r, c.op) {
         let v = match c.op {
             '+' => a.checked_add(*b),
             '-' => a.checked_sub(*b),
@@ -245,7 +246,7 @@ fn compute(row: &Row, c: &Compute) -> Result<Value, Error> {
             Error::invalid_value(name, format!("{} is not a number", v.type_name()))
         })
     };
-    let (a, b) = (num(&l, &c.left)?, num(&r, &c.right)?);
+    let (a, b) = (num(l, &c.left)?, num(r, &c.right)?);
     Ok(Value::Float(match c.op {
         '+' => a + b,
         '-' => a - b,
