@@ -24,6 +24,7 @@
 //! first (`cargo build --release` in `transforms/` and, for `lanes`, in `tests/guests/` with the
 //! same release settings as `transforms/`).
 
+use std::cell::Cell;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::process::Command;
@@ -152,7 +153,7 @@ fn filter_enrich_chain(g: &Guests) -> TransformChain {
 struct SdkCodeNative {
     filter: transform_filter::Filter,
     enrich: transform_enrich::Enrich,
-    in_steps: Duration,
+    in_steps: Cell<Duration>,
     rows_in: u64,
 }
 
@@ -168,7 +169,7 @@ impl SdkCodeNative {
         SdkCodeNative {
             filter: init(FILTER_WITH),
             enrich: init(ENRICH_WITH),
-            in_steps: Duration::ZERO,
+            in_steps: Cell::new(Duration::ZERO),
             rows_in: 0,
         }
     }
@@ -176,15 +177,13 @@ impl SdkCodeNative {
     fn process(&mut self, batch: Vec<(RecordMeta, Row)>) -> Vec<RecordOutcome> {
         self.rows_in += batch.len() as u64;
         let (filter, enrich) = (&mut self.filter, &mut self.enrich);
-        let spent = std::cell::Cell::new(self.in_steps);
-        let out = process_native(
+        let spent = &self.in_steps;
+        process_native(
             batch,
-            &mut [&mut |rows| native_step(filter, rows, &spent), &mut |rows| {
-                native_step(enrich, rows, &spent)
+            &mut [&mut |rows| native_step(filter, rows, spent), &mut |rows| {
+                native_step(enrich, rows, spent)
             }],
-        );
-        self.in_steps = spent.get();
-        out
+        )
     }
 }
 
@@ -193,7 +192,7 @@ impl SdkCodeNative {
 fn native_step<T: Transform>(
     t: &mut T,
     input: &wire::Rows,
-    spent: &std::cell::Cell<Duration>,
+    spent: &Cell<Duration>,
 ) -> wire::Output {
     let start = Instant::now();
     let v = &input.values;
@@ -514,7 +513,7 @@ fn summary(g: &Guests) {
             1e9 / n_ns,
             n_ns / w_ns,
             w_ns,
-            sdk.in_steps.as_nanos() as f64 / sdk.rows_in as f64
+            sdk.in_steps.get().as_nanos() as f64 / sdk.rows_in as f64
         );
         println!(
             "{:<14} {n:>6} per-row boundary cost (passthrough, in-call): {pass_call_ns:.1} ns; wall overhead vs native: {:.1} ns",
