@@ -887,6 +887,47 @@ fn cli_test_expect_detects_a_mismatch() {
     assert_eq!(run(&bad), std::process::ExitCode::from(1));
 }
 
+/// Mistakes in how `sluice transform test` is called exit 2 with a message naming the mistake,
+/// before any row runs; a run whose output differs from `--expect` exits 1.
+#[test]
+fn cli_test_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"value\":60}\n{\"value\":40}\n").unwrap();
+    let golden = dir.path().join("golden.jsonl");
+    std::fs::write(&golden, "{\"value\":40}\n").unwrap();
+    let input = input.to_str().unwrap();
+    let base = ["transform", "test", "--component", guests::FILTER, "--input"];
+    let run = |extra: &[&str], input: &str| {
+        let mut args = base.to_vec();
+        args.push(input);
+        args.extend(["--with", "field=value", "--with", "op=gt"]);
+        args.extend(extra);
+        sluice_tests::cli::sluice(dir.path(), &args)
+    };
+    for (extra, input, says) in [
+        (&["--with", "value"][..], input, "is not KEY=VALUE"),
+        (&["--with", "value=50", "--with", "value=5"], input, "more than once"),
+        (&["--with", "value=50", "--with", "vaule=5"], input, "`vaule`"),
+        (&["--with", "value=50"], "/no/such/input.csv", "/no/such/input.csv"),
+        (
+            &["--with", "value=50", "--expect", "/no/such/golden.jsonl"],
+            input,
+            "/no/such/golden.jsonl",
+        ),
+    ] {
+        let out = run(extra, input);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{extra:?}: no row runs first");
+    }
+    let golden = golden.to_str().unwrap();
+    let out = run(&["--with", "value=50", "--expect", golden], input);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "{\"value\":60}");
+}
+
 /// `sluice transform new` scaffolds a crate that builds and passes its own golden test as is.
 #[test]
 fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {

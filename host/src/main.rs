@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use sluice::config::{self, ConfigError};
 use sluice::pipeline::{self, LogFormat, RunMode, RunOptions};
+use sluice::transform::cli::UsageError;
 use sluice::validate::{self, Depth};
 
 // Rows are built on one thread and freed on another (consumer, transform workers, sink); mimalloc
@@ -34,7 +35,9 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("error: {err:#}");
-            if err.downcast_ref::<ConfigError>().is_some() {
+            if err.downcast_ref::<ConfigError>().is_some()
+                || err.downcast_ref::<UsageError>().is_some()
+            {
                 ExitCode::from(2)
             } else {
                 ExitCode::from(1)

@@ -13,6 +13,7 @@ use std::process::{Command, ExitCode};
 use anyhow::{Context, bail};
 
 use super::config::TransformConfig;
+use super::error::LoadError;
 use super::runtime::{RecordOutcome, RuntimeOptions, TransformChain, default_cache_dir};
 use crate::config::OnError;
 use crate::row::{Field, Name, RecordMeta, Row, Value, ValueType, parse_timestamp};
@@ -23,6 +24,17 @@ const TEMPLATE_LIB_RS: &str = include_str!("../../../transforms/template/src/lib
 const TEMPLATE_INPUT: &str = include_str!("../../../transforms/template/testdata/input.jsonl");
 const TEMPLATE_EXPECTED: &str =
     include_str!("../../../transforms/template/testdata/expected.jsonl");
+
+/// A mistake in how `sluice transform test` was called rather than a failure while it ran: a
+/// malformed or repeated `--with`, an input, golden or component file that cannot be read or
+/// parsed, params a component rejects. The binary exits 2 for it, as for a bad pipeline file.
+#[derive(Debug, thiserror::Error)]
+#[error("{0:#}")]
+pub struct UsageError(anyhow::Error);
+
+fn usage(e: anyhow::Error) -> anyhow::Error {
+    UsageError(e).into()
+}
 
 /// `sluice transform ...`: write, build and test transforms.
 #[derive(Debug, clap::Subcommand)]
@@ -78,7 +90,7 @@ pub enum TransformCommand {
 }
 
 /// Runs a `sluice transform` subcommand; the exit code is 1 when `test --expect` finds a
-/// difference.
+/// difference. Errors in how it was called are [`UsageError`]s.
 pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TransformCommand::New { name, dir } => {
@@ -116,8 +128,14 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                     cfg
                 })
                 .collect::<Vec<_>>();
-            assign_params(&mut configs, &with)?;
-            let rows = read_rows(&input)?;
+            assign_params(&mut configs, &with).map_err(usage)?;
+            let rows = read_rows(&input).map_err(usage)?;
+            // Read before the run, so that a bad golden path does not cost a whole run first.
+            let expected = expect
+                .as_deref()
+                .map(read_jsonl_values)
+                .transpose()
+                .map_err(usage)?;
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
             let report = test(
@@ -127,10 +145,8 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 &mut stdout.lock(),
                 &mut stderr.lock(),
             )?;
-            match expect {
-                None => Ok(ExitCode::SUCCESS),
-                Some(golden) => {
-                    let expected = read_jsonl_values(&golden)?;
+            match (expect, expected) {
+                (Some(golden), Some(expected)) => {
                     match diff(&expected, &report.output) {
                         None => {
                             eprintln!("ok: {} rows match {}", expected.len(), golden.display());
@@ -142,6 +158,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                         }
                     }
                 }
+                _ => Ok(ExitCode::SUCCESS),
             }
         }
     }
@@ -260,7 +277,8 @@ fn ensure_wasm_target() {
     }
 }
 
-/// Distributes `KEY=VALUE` / `NAME.KEY=VALUE` params over the chain.
+/// Distributes `KEY=VALUE` / `NAME.KEY=VALUE` params over the chain. A param given twice for
+/// one component is an error: silently keeping the last one hides a typo in a long command.
 fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Result<()> {
     for item in with {
         let (key, value) = item
@@ -279,13 +297,9 @@ fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Re
                 })?;
             Some((index, k))
         });
-        match scoped {
-            Some((i, k)) => {
-                configs[i].with.insert(k.to_owned(), value.to_owned());
-            }
-            None if configs.len() == 1 => {
-                configs[0].with.insert(key.to_owned(), value.to_owned());
-            }
+        let (i, k) = match scoped {
+            Some(scoped) => scoped,
+            None if configs.len() == 1 => (0, key),
             None => bail!(
                 "--with {item:?}: with several components, scope params as NAME.KEY=VALUE (NAME: {})",
                 configs
@@ -294,6 +308,12 @@ fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Re
                     .collect::<Vec<_>>()
                     .join(", ")
             ),
+        };
+        if configs[i].with.insert(k.to_owned(), value.to_owned()).is_some() {
+            bail!(
+                "--with {item:?}: param {k:?} of {} is given more than once",
+                configs[i].display_name()
+            );
         }
     }
     Ok(())
@@ -309,7 +329,8 @@ pub struct TestReport {
 }
 
 /// Runs the chain over `rows` in batches, writes output rows as JSONL to `out` and failures
-/// (plus fuel, when metered) to `err`.
+/// (plus fuel, when metered) to `err`. A component that cannot be loaded, or whose `init`
+/// rejects its params, is a [`UsageError`].
 pub fn test(
     configs: &[TransformConfig],
     rows: Vec<Row>,
@@ -321,7 +342,12 @@ pub fn test(
         workers: 1,
         cache_dir: default_cache_dir(),
     };
-    let chain = TransformChain::load(configs, &opts).context("loading the transforms")?;
+    let chain = TransformChain::load(configs, &opts).map_err(|e| {
+        // Only an engine set-up failure is the machine's fault; the rest is the command's.
+        let engine = matches!(e, LoadError::Engine(_));
+        let e = anyhow::Error::new(e).context("loading the transforms");
+        if engine { e } else { usage(e) }
+    })?;
     let mut report = TestReport {
         output: Vec::new(),
         failed: 0,
@@ -565,6 +591,8 @@ mod tests {
         );
         let err = assign_params(&mut configs, &["op=gt".into()]).unwrap_err();
         assert!(err.to_string().contains("NAME.KEY=VALUE"), "{err}");
+        let err = assign_params(&mut configs, &["1.op=lt".into()]).unwrap_err();
+        assert!(err.to_string().contains("more than once"), "{err}");
         let mut one = vec![TransformConfig::new("x.wasm")];
         assign_params(&mut one, &["a.b=c".into()]).unwrap();
         assert_eq!(one[0].with.get("a.b").map(String::as_str), Some("c"));
