@@ -362,6 +362,50 @@ fn chain_passes_rows_from_filter_to_enrich() {
     assert_eq!(stats[2].1.rows_out.load(Relaxed), 2);
 }
 
+/// A record flat-mapped into several rows fails as a whole when one of its rows fails further
+/// down, and the counters agree with what went on: each transform's rows out are the next one's
+/// rows in, and the last one's are the rows that came out (the run's reconciliation checks both).
+#[test]
+fn a_flat_mapped_record_failing_downstream_leaves_consistent_counts() {
+    let mut cast = config(guests::ENRICH, &[("cast", "tag:int")]);
+    cast.on_error = OnError::DeadLetter;
+    let c = chain(&[
+        config(guests::EXPLODE, &[("field", "tag"), ("sep", ",")]),
+        cast,
+        config(guests::PASSTHROUGH, &[]),
+    ]);
+    let tags = ["1,2,3", "4,x,6", "7"];
+    let rows = tags
+        .iter()
+        .map(|t| row(&[("tag", Value::String(t.to_string()))]))
+        .collect();
+    let out = c.process_blocking(with_meta(rows)).unwrap();
+    let ints = |o: &RecordOutcome| -> Vec<Value> {
+        emitted(o)
+            .iter()
+            .map(|r| r.get("tag").unwrap().clone())
+            .collect()
+    };
+    assert_eq!(ints(&out[0]), [1, 2, 3].map(Value::Int));
+    assert_eq!(
+        quarantined(&out[1]).row.get("tag"),
+        Some(&Value::String("x".into()))
+    );
+    assert_eq!(ints(&out[2]), [Value::Int(7)]);
+    let stats: Vec<_> = c.stats().into_iter().map(|(_, s)| s).collect();
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+    assert_eq!(load(&stats[0].rows_out), 7);
+    assert_eq!(load(&stats[1].rows_in), 7);
+    assert_eq!(load(&stats[1].rows_failed), 1);
+    assert_eq!(
+        load(&stats[1].rows_out),
+        4,
+        "the failed record's two good rows are gone"
+    );
+    assert_eq!(load(&stats[2].rows_in), 4);
+    assert_eq!(load(&stats[2].rows_out), 4);
+}
+
 /// The benchmark's SDK-less reference guest must do exactly what the SDK chain it stands in for
 /// does, or its figures mean nothing.
 #[test]
@@ -897,7 +941,13 @@ fn cli_test_usage_errors_exit_2() {
     let golden = dir.path().join("golden.jsonl");
     std::fs::write(&golden, "{\"value\":40}\n").unwrap();
     let input = input.to_str().unwrap();
-    let base = ["transform", "test", "--component", guests::FILTER, "--input"];
+    let base = [
+        "transform",
+        "test",
+        "--component",
+        guests::FILTER,
+        "--input",
+    ];
     let run = |extra: &[&str], input: &str| {
         let mut args = base.to_vec();
         args.push(input);
@@ -907,9 +957,21 @@ fn cli_test_usage_errors_exit_2() {
     };
     for (extra, input, says) in [
         (&["--with", "value"][..], input, "is not KEY=VALUE"),
-        (&["--with", "value=50", "--with", "value=5"], input, "more than once"),
-        (&["--with", "value=50", "--with", "vaule=5"], input, "`vaule`"),
-        (&["--with", "value=50"], "/no/such/input.csv", "/no/such/input.csv"),
+        (
+            &["--with", "value=50", "--with", "value=5"],
+            input,
+            "more than once",
+        ),
+        (
+            &["--with", "value=50", "--with", "vaule=5"],
+            input,
+            "`vaule`",
+        ),
+        (
+            &["--with", "value=50"],
+            "/no/such/input.csv",
+            "/no/such/input.csv",
+        ),
         (
             &["--with", "value=50", "--expect", "/no/such/golden.jsonl"],
             input,
@@ -925,7 +987,10 @@ fn cli_test_usage_errors_exit_2() {
     let golden = golden.to_str().unwrap();
     let out = run(&["--with", "value=50", "--expect", golden], input);
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "{\"value\":60}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "{\"value\":60}"
+    );
 }
 
 /// `sluice transform new` scaffolds a crate that builds and passes its own golden test as is.

@@ -146,18 +146,16 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 &mut stderr.lock(),
             )?;
             match (expect, expected) {
-                (Some(golden), Some(expected)) => {
-                    match diff(&expected, &report.output) {
-                        None => {
-                            eprintln!("ok: {} rows match {}", expected.len(), golden.display());
-                            Ok(ExitCode::SUCCESS)
-                        }
-                        Some(msg) => {
-                            eprintln!("mismatch against {}: {msg}", golden.display());
-                            Ok(ExitCode::from(1))
-                        }
+                (Some(golden), Some(expected)) => match diff(&expected, &report.output) {
+                    None => {
+                        eprintln!("ok: {} rows match {}", expected.len(), golden.display());
+                        Ok(ExitCode::SUCCESS)
                     }
-                }
+                    Some(msg) => {
+                        eprintln!("mismatch against {}: {msg}", golden.display());
+                        Ok(ExitCode::from(1))
+                    }
+                },
                 _ => Ok(ExitCode::SUCCESS),
             }
         }
@@ -309,7 +307,11 @@ fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Re
                     .join(", ")
             ),
         };
-        if configs[i].with.insert(k.to_owned(), value.to_owned()).is_some() {
+        if configs[i]
+            .with
+            .insert(k.to_owned(), value.to_owned())
+            .is_some()
+        {
             bail!(
                 "--with {item:?}: param {k:?} of {} is given more than once",
                 configs[i].display_name()

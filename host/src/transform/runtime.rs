@@ -879,6 +879,9 @@ fn run_chain(
         } else {
             next
         };
+        // Counted after the failed records' rows are gone, so that each transform's rows out are
+        // exactly the next one's rows in, which the run's reconciliation checks.
+        TransformStats::add(&t.stats.rows_out, batch.origins.len() as u64);
     }
     // The caller frees the metadata (see `dispatch`), and not a batch later.
     for s in slots.iter_mut().flatten() {
@@ -919,7 +922,6 @@ fn run_transform(
             Err((kind, reason)) if n == 1 => (WireBatch::default(), vec![(0, kind, reason)], 0),
             Err(_) => isolate(shared, t, slot, batch, metas)?,
         };
-    TransformStats::add(&t.stats.rows_out, next.origins.len() as u64);
     TransformStats::add(&t.stats.rows_dropped, filtered);
     Ok((next, failures))
 }
