@@ -36,8 +36,9 @@ pub struct TransformConfig {
     /// Forward the guest's stdout/stderr to sluice's stderr (discarded by default).
     #[serde(default)]
     pub debug_stdio: bool,
-    /// Most rows one input record may turn into; a record emitting more fails with kind
-    /// `output_limit` (guards against a runaway flat-map).
+    /// Most rows this transform may emit for one row it receives; emitting more fails that
+    /// row's record with kind `output_limit` (guards against a runaway flat-map). Each transform
+    /// applies its own limit, so two flat-maps in a chain can multiply.
     #[serde(default = "default_max_rows_per_record")]
     pub max_rows_per_record: u32,
 }

@@ -34,7 +34,7 @@
 //! values in one list. That keeps the per-row cost to the values themselves. Between transforms
 //! of a chain, rows stay in that layout: host [`Row`]s are built once, after the last one.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Condvar, Mutex, mpsc};
@@ -92,6 +92,9 @@ fn spin<T>(limit: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
 
 /// Table growth cap per instance (function references); generous, but bounded.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// The most text-lane capacity reserved up front for a batch, from its first row's size.
+const MAX_TEXT_RESERVE: usize = 16 << 20;
 
 /// Runtime knobs that are not per transform (command-line flags, not pipeline.json).
 #[derive(Debug, Clone)]
@@ -668,23 +671,31 @@ struct MemoryCapExceeded {
 /// failure is attributed to the memory limit rather than to whatever the guest's allocator does.
 struct MemoryCap {
     limit_bytes: usize,
+    /// Bytes of all the instance's linear memories together: a component can hold several
+    /// (one per core module that defines one), and the cap is for the instance.
+    used_bytes: usize,
     hit: bool,
 }
 
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.limit_bytes {
+        let total = self
+            .used_bytes
+            .saturating_sub(current)
+            .saturating_add(desired);
+        if total > self.limit_bytes {
             self.hit = true;
             return Err(wasmtime::Error::new(MemoryCapExceeded {
                 limit_bytes: self.limit_bytes,
-                desired_bytes: desired,
+                desired_bytes: total,
             }));
         }
+        self.used_bytes = total;
         Ok(true)
     }
 
@@ -738,6 +749,7 @@ impl Slot {
             table: ResourceTable::new(),
             limits: MemoryCap {
                 limit_bytes,
+                used_bytes: 0,
                 hit: false,
             },
             metas: Arc::default(),
@@ -1430,9 +1442,13 @@ impl WireBatch {
                 b.wire.values.push(&f.value);
             }
             if origin == 0 {
-                // Rows of a batch are alike: size the text lane from the first one.
+                // Rows of a batch are alike: size the text lane from the first one, within
+                // reason (one huge first row must not reserve gigabytes for the rest).
                 let text = b.wire.values.text.len();
-                b.wire.values.text.reserve(text.saturating_mul(n + n / 8));
+                b.wire
+                    .values
+                    .text
+                    .reserve(text.saturating_mul(n + n / 8).min(MAX_TEXT_RESERVE));
             }
         }
         b
@@ -1570,18 +1586,40 @@ impl WireBatch {
 
     /// Adds the shapes of `schemas` this batch lacks; returns each one's index here.
     fn merge_schemas(&mut self, schemas: &[Vec<String>]) -> Vec<u32> {
-        schemas
-            .iter()
-            .map(
-                |schema| match self.wire.schemas.iter().position(|s| s == schema) {
+        let mine = &mut self.wire.schemas;
+        // The usual case, a shape or two on each side: a scan beats hashing every name.
+        if schemas.len().saturating_mul(mine.len()) <= 64 {
+            return schemas
+                .iter()
+                .map(|schema| match mine.iter().position(|s| s == schema) {
                     Some(i) => i as u32,
                     None => {
-                        self.wire.schemas.push(schema.clone());
-                        (self.wire.schemas.len() - 1) as u32
+                        mine.push(schema.clone());
+                        (mine.len() - 1) as u32
                     }
-                },
-            )
-            .collect()
+                })
+                .collect();
+        }
+        // Rows of many shapes (JSON with varying keys): linear in the shapes, not quadratic.
+        let base = mine.len();
+        let mut index: HashMap<&[String], u32> = mine
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.as_slice(), i as u32))
+            .collect();
+        let mut added = Vec::new();
+        let map = schemas
+            .iter()
+            .map(|schema| {
+                *index.entry(schema.as_slice()).or_insert_with(|| {
+                    added.push(schema);
+                    (base + added.len() - 1) as u32
+                })
+            })
+            .collect();
+        drop(index);
+        mine.extend(added.into_iter().cloned());
+        map
     }
 
     /// Appends another batch (its shapes merged into this one's).
@@ -1721,6 +1759,35 @@ mod tests {
         assert_eq!(outcomes[2], RecordOutcome::Emitted(vec![]));
         assert!(matches!(outcomes[3], RecordOutcome::Dropped { .. }));
         assert_eq!(outcomes[4], RecordOutcome::Emitted(vec![row(5, "r5")]));
+    }
+
+    /// Merging many shapes (the hashed path) maps each to one index, adding only new ones.
+    #[test]
+    fn merge_schemas_maps_many_shapes_once() {
+        let shape = |i: usize| vec![format!("f{i}"), "common".to_owned()];
+        let mut batch = WireBatch::default();
+        batch.wire.schemas = (0..20).map(shape).collect();
+        let other: Vec<Vec<String>> = [10, 25, 3, 25, 30].into_iter().map(shape).collect();
+        let map = batch.merge_schemas(&other);
+        assert_eq!(map, vec![10, 20, 3, 20, 21]);
+        assert_eq!(batch.wire.schemas.len(), 22);
+        assert_eq!(batch.wire.schemas[20], shape(25));
+        assert_eq!(batch.wire.schemas[21], shape(30));
+    }
+
+    /// The memory cap is for the instance: two memories of 40 MiB do not fit under 64 MiB.
+    #[test]
+    fn memory_cap_counts_every_memory_of_an_instance() {
+        let mib = 1 << 20;
+        let mut cap = MemoryCap {
+            limit_bytes: 64 * mib,
+            used_bytes: 0,
+            hit: false,
+        };
+        assert!(cap.memory_growing(0, 40 * mib, None).unwrap());
+        assert!(cap.memory_growing(40 * mib, 50 * mib, None).unwrap());
+        assert!(cap.memory_growing(0, 20 * mib, None).is_err());
+        assert!(cap.hit);
     }
 
     /// The benchmarks' native chain: each step sees what the previous one left, and the rows
