@@ -647,6 +647,39 @@ fn poison_infinite_loop_times_out_and_only_that_record_is_quarantined() {
     );
 }
 
+/// A transform that times out on many rows of a batch, each run alone, is too slow for its cap:
+/// the batch fails as a whole (its records are not dead-lettered one timeout at a time), with a
+/// message saying what to change. A few such rows are still isolated one by one.
+#[test]
+fn many_rows_timing_out_alone_fail_the_batch() {
+    let mut cfg = config(guests::POISON_LOOP, &[]);
+    cfg.timeout_ms = 20;
+    cfg.on_error = OnError::DeadLetter;
+    let c = chain(&[cfg]);
+    let ids = |poison: usize| -> Vec<(RecordMeta, Row)> {
+        let rows = (0..40).map(|i| {
+            row(&[(
+                "id",
+                Value::Int(if i < poison { 13 } else { 100 + i as i64 }),
+            )])
+        });
+        with_meta(rows.collect())
+    };
+    let out = c.process_blocking(ids(3)).unwrap();
+    assert!(
+        out[..3]
+            .iter()
+            .all(|o| quarantined(o).kind == FailureKind::Timeout)
+    );
+    assert!(out[3..].iter().all(|o| emitted(o).len() == 1));
+    match c.process_blocking(ids(12)) {
+        Err(e @ TransformError::TooSlow { rows: 9, .. }) => {
+            assert!(e.to_string().contains("raise its timeout_ms"), "{e}");
+        }
+        other => panic!("expected TooSlow after 9 timeouts, got {other:?}"),
+    }
+}
+
 #[test]
 fn poison_memory_bomb_hits_the_cap_and_only_that_record_is_quarantined() {
     assert_poison_isolated(guests::POISON_MEMBOMB, FailureKind::Memory, |c| {

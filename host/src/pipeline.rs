@@ -696,9 +696,7 @@ async fn process_batch(
     } else {
         ctx.chain.process(inputs).await.map_err(|e| {
             let names = ctx.chain_names.join(", ");
-            anyhow::Error::new(e).context(format!(
-                "a transform failed under on_error: fail (chain: {names})"
-            ))
+            anyhow::Error::new(e).context(format!("the transform chain ({names}) stopped the run"))
         })?
     }
     .into_iter();

@@ -142,6 +142,20 @@ pub enum TransformError {
         /// What wasmtime or `init` reported.
         reason: String,
     },
+    /// So many rows of one batch exceeded the CPU cap even when run alone that the transform is
+    /// too slow for its `timeout_ms` (or hangs on common input), whatever its `on_error`.
+    #[error(
+        "transform {transform}: {rows} rows of one batch each exceeded the time limit of \
+         {timeout_ms} ms when run alone; raise its timeout_ms or fix it"
+    )]
+    TooSlow {
+        /// The transform's name.
+        transform: String,
+        /// Rows that timed out before it gave up.
+        rows: usize,
+        /// The transform's CPU cap per call.
+        timeout_ms: u64,
+    },
     /// The worker threads are gone (the chain was dropped, or a worker panicked).
     #[error("transform workers are not running")]
     Stopped,

@@ -938,8 +938,15 @@ fn run_transform(
     Ok((next, failures))
 }
 
+/// Most rows of one batch that may time out when run alone. Each costs a whole `timeout_ms`, and
+/// a transform that hangs on common input would otherwise hold a batch of 1024 rows for 1024
+/// timeouts (17 minutes at the default), long after the consumer group gave up on this member.
+const MAX_TIMEOUTS_PER_BATCH: usize = 8;
+
 /// After a batch call trapped or broke the contract: re-runs each row alone on a healthy
-/// instance, so only the poison row fails.
+/// instance, so only the poison row fails. Gives up with [`TransformError::TooSlow`] when more
+/// than [`MAX_TIMEOUTS_PER_BATCH`] rows time out alone: that is a transform too slow for its cap,
+/// not a few poison records, and failing the batch keeps its records for a run with a higher cap.
 fn isolate(
     shared: &Shared,
     t: &Loaded,
@@ -950,6 +957,7 @@ fn isolate(
     let mut all = WireBatch::default();
     let mut failures = Vec::new();
     let mut filtered = 0u64;
+    let mut timeouts = 0usize;
     let max = t.config.max_rows_per_record;
     for j in 0..batch.origins.len() {
         let origin = &batch.origins[j..=j];
@@ -963,7 +971,17 @@ fn isolate(
                 }
                 Err(reason) => failures.push((j, FailureKind::Protocol, reason)),
             },
-            Err((kind, reason)) => failures.push((j, kind, reason)),
+            Err((kind, reason)) => {
+                failures.push((j, kind, reason));
+                timeouts += usize::from(kind == FailureKind::Timeout);
+                if timeouts > MAX_TIMEOUTS_PER_BATCH {
+                    return Err(TransformError::TooSlow {
+                        transform: t.name.to_string(),
+                        rows: timeouts,
+                        timeout_ms: t.config.timeout_ms,
+                    });
+                }
+            }
         }
     }
     Ok((all, failures, filtered))
