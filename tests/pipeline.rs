@@ -334,6 +334,76 @@ fn run_until_end_loads_every_row_exactly_once_and_verifies() {
     assert_eq!(count("SELECT COUNT(*) FROM E2E.RAW.ROWS"), expected as i64);
 }
 
+/// A record that traps in the second transform goes to the dead-letter topic as the message the
+/// source wrote (byte for byte, so it can be replayed through the whole chain), not as the row
+/// the first transform made of it; every other row is loaded and the run reconciles.
+#[test]
+fn a_record_trapping_mid_chain_is_dead_lettered_as_the_original_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 40);
+    let topic = sluice_tests::broker::unique("midchain");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "midchain",
+        "source": { "type": "csv", "path": csv, "key_column": "id" },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 2 },
+        "transforms": [
+            { "uses": sluice_tests::guests::ENRICH, "with": { "uppercase": "name" } },
+            { "uses": sluice_tests::guests::POISON_TRAP, "on_error": "dead_letter" }
+        ],
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let (p, s) = (path.to_string_lossy(), state.to_string_lossy());
+    let out = sluice(
+        dir.path(),
+        &["run", &p, "--until-end", "--no-progress", "--state-dir", &s],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let letters: Vec<serde_json::Value> = sluice_tests::broker::read_topic(&format!("{topic}.dlq"))
+        .iter()
+        .map(|m| m.json())
+        .filter(|l| l["stage"] != "source")
+        .collect();
+    assert_eq!(letters.len(), 1, "{letters:#?}");
+    let letter = &letters[0];
+    assert_eq!(letter["stage"], "transform:poison_trap");
+    assert_eq!(letter["kind"], "trap");
+    let (partition, offset) = (
+        letter["origin"]["partition"].as_i64().unwrap() as i32,
+        letter["origin"]["offset"].as_i64().unwrap(),
+    );
+    let original = sluice_tests::broker::read_topic(&topic)
+        .into_iter()
+        .find(|m| m.partition == partition && m.offset == offset)
+        .expect("the letter's origin is in the source topic");
+    assert_eq!(
+        letter["payload"].as_str().unwrap().as_bytes(),
+        original.value.as_deref().unwrap(),
+        "the payload is the source's message"
+    );
+    assert_eq!(original.json()["id"], 13);
+    assert_eq!(
+        original.json()["name"],
+        "name, 13",
+        "not the uppercased row"
+    );
+
+    let db = state.join("snowflake").to_string_lossy().into_owned();
+    let rows = python_query(&db, "SELECT COUNT(*), COUNT_IF(ID = 13) FROM E2E.RAW.ROWS");
+    assert_eq!(rows[0][0].as_i64(), Some(39));
+    assert_eq!(rows[0][1].as_i64(), Some(0));
+}
+
 /// Runs `sql` with the official Python connector (an independent client) against a fresh
 /// emulator process whose database lives in the directory `db` (`FAKESNOW_DB_PATH`).
 fn python_query(db: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {

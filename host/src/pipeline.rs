@@ -721,7 +721,9 @@ async fn process_batch(
             None => match outcomes.next() {
                 Some(RecordOutcome::Emitted(rows)) => rows,
                 Some(RecordOutcome::Quarantined(q)) => {
-                    let payload = q.row.to_json().to_string().into_bytes();
+                    // The message as the source wrote it (the wire format round-trips), not the
+                    // row the failing transform saw: replaying the letter runs the whole chain.
+                    let payload = crate::source::wire::encode(&q.record).value;
                     ctx.dlq.send(q.dead_letter(meta.clone(), payload)).await?;
                     Vec::new()
                 }

@@ -151,14 +151,18 @@ pub struct Quarantine {
     pub kind: FailureKind,
     /// The guest's error or the trap, for humans.
     pub reason: String,
-    /// The row as that transform received it.
+    /// The row as that transform received it (for a transform after the first, what the
+    /// transforms before it made of the record).
     pub row: Row,
+    /// The record's row as it entered the chain: what the source sent, so that a dead letter
+    /// can be replayed through the whole chain.
+    pub record: Row,
 }
 
 impl Quarantine {
     /// The dead letter for this failure: stage `transform:<name>`, the failure kind and reason,
     /// the record it came from, and `payload` (the original message bytes; pass
-    /// `self.row.to_json().to_string().into_bytes()` when they are not at hand).
+    /// `wire::encode(&self.record).value` when they are not at hand).
     pub fn dead_letter(&self, origin: RecordMeta, payload: Vec<u8>) -> DeadLetter {
         DeadLetter {
             stage: format!("transform:{}", self.transform),
@@ -881,6 +885,8 @@ fn run_chain(
                     kind,
                     reason,
                     row: batch.row(j),
+                    // Filled in by `into_outcomes`, on the thread that owns the input rows.
+                    record: Row::default(),
                 }),
             };
             failed.insert(o, outcome);
@@ -1678,7 +1684,10 @@ impl WireBatch {
         let mut j = 0;
         let mut outcomes = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.into_iter().enumerate() {
-            if let Some(f) = failed.remove(&i) {
+            if let Some(mut f) = failed.remove(&i) {
+                if let RecordOutcome::Quarantined(q) = &mut f {
+                    q.record = input;
+                }
                 outcomes.push(f);
                 continue;
             }
