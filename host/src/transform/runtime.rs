@@ -232,7 +232,7 @@ impl TransformChain {
         let fuel_enabled = configs.iter().any(|c| c.fuel.is_some());
         let engine = build_engine(fuel_enabled, opts.cache_dir.as_deref())?;
         let linker = build_linker(&engine)?;
-        let ticker = EpochTicker::start(engine.clone());
+        let ticker = EpochTicker::start(engine.clone())?;
         let mut transforms = Vec::with_capacity(configs.len());
         for config in configs {
             let loaded = load_one(&engine, &linker, config)?;
@@ -454,7 +454,7 @@ pub fn check(config: &TransformConfig, opts: &RuntimeOptions) -> Result<(), Load
     let fuel_enabled = config.fuel.is_some();
     let engine = build_engine(fuel_enabled, opts.cache_dir.as_deref())?;
     let linker = build_linker(&engine)?;
-    let _ticker = EpochTicker::start(engine.clone());
+    let _ticker = EpochTicker::start(engine.clone())?;
     let loaded = load_one(&engine, &linker, config)?;
     check_init(&engine, fuel_enabled, &loaded)
 }
@@ -576,7 +576,8 @@ struct EpochTicker {
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> EpochTicker {
+    /// Fails when the thread cannot be started: without it no call would ever time out.
+    fn start(engine: Engine) -> Result<EpochTicker, LoadError> {
         let stop = Arc::new((Mutex::new(false), Condvar::new()));
         let flag = Arc::clone(&stop);
         let handle = std::thread::Builder::new()
@@ -592,8 +593,13 @@ impl EpochTicker {
                     engine.increment_epoch();
                 }
             })
-            .ok();
-        EpochTicker { stop, handle }
+            .map_err(|e| {
+                LoadError::Engine(format!("cannot start the CPU-cap timer thread: {e}"))
+            })?;
+        Ok(EpochTicker {
+            stop,
+            handle: Some(handle),
+        })
     }
 }
 
