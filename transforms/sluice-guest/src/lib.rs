@@ -32,10 +32,19 @@
 //! panic: a panic traps the whole instance, and the host has to rebuild it and re-run the batch
 //! one row at a time to find the culprit.
 
-#[cfg(all(target_arch = "wasm32", feature = "pool-alloc"))]
+// Not with wasm threads (`atomics`): the pool's free lists are unsynchronised.
+#[cfg(all(
+    target_arch = "wasm32",
+    not(target_feature = "atomics"),
+    feature = "pool-alloc"
+))]
 pub mod pool;
 
-#[cfg(all(target_arch = "wasm32", feature = "pool-alloc"))]
+#[cfg(all(
+    target_arch = "wasm32",
+    not(target_feature = "atomics"),
+    feature = "pool-alloc"
+))]
 #[global_allocator]
 static ALLOC: pool::Pool = pool::Pool::new();
 
@@ -640,12 +649,14 @@ pub mod __private {
         let mut lanes = Lanes::default();
         let mut outcomes = Vec::with_capacity(input.shapes.len());
         let mut out = RowsBuilder::new(input.shapes.len(), Some(&src));
+        let n = input.shapes.len();
         for (i, &shape) in input.shapes.iter().enumerate() {
             let Some(names) = schemas.get(shape as usize) else {
-                outcomes.push(Outcome::Error(Error::other(format!(
-                    "host sent unknown shape {shape}"
-                ))));
-                continue;
+                // Without the row's width, where any later row's values start is unknown too:
+                // fail them all rather than read them from the wrong place.
+                let err = Error::other(format!("host sent unknown shape {shape}"));
+                outcomes.resize(n, Outcome::Error(err));
+                break;
             };
             // Reuse the field vectors of rows already emitted: one allocation less per row.
             let mut fields = out.spare.pop().unwrap_or_default();

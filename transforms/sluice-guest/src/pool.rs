@@ -7,9 +7,12 @@
 //! goes onto its class's free list and the next allocation of that class pops it, a handful of
 //! instructions each way. Larger blocks go straight to the system allocator.
 //!
-//! Freed small blocks are kept for reuse rather than returned, so an instance holds on to its
-//! peak small-object footprint; the host's memory cap still bounds the total, and the host
-//! recycles instances periodically. A component is single-threaded (no wasm threads), which is
+//! Freed small blocks are kept for reuse rather than returned, and a block never changes class,
+//! so an instance holds on to the sum of each class's own peak (a batch of 16-byte blocks, freed,
+//! then one of 32-byte blocks, keeps both). Rows of a pipeline are alike from batch to batch, so
+//! in practice that is close to the peak small-object footprint; the host's memory cap still
+//! bounds the total, and the host recycles instances periodically. A component is
+//! single-threaded (the SDK uses this allocator only without wasm threads, `atomics`), which is
 //! what makes the unsynchronised free lists sound.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -28,7 +31,8 @@ pub struct Pool {
     heads: UnsafeCell<[*mut u8; CLASSES]>,
 }
 
-// SAFETY: wasm32 components run on one thread, so the free lists are never shared.
+// SAFETY: only compiled for wasm32 without `atomics`, where a component runs on one thread, so
+// the free lists are never shared.
 unsafe impl Sync for Pool {}
 
 impl Pool {

@@ -72,6 +72,25 @@ fn read_rows_are_kept_changed_rows_are_sent_back_with_untouched_values_copied() 
     assert_eq!((v.text.as_str(), v.text_ends.as_slice()), ("Zé", &[3][..]));
 }
 
+/// A shape the batch does not define fails that row and every later one: their values can no
+/// longer be located, and reading them from the wrong place would corrupt them silently.
+#[test]
+fn an_unknown_shape_fails_that_row_and_every_later_one() {
+    sluice_guest::__private::init::<Mixed>(vec![]).unwrap();
+    let mut input = batch(&[(2, "x", 0.5), (4, "y", 1.5), (6, "z", 2.5)]);
+    input.shapes[1] = 7;
+    let out = run::<Mixed>(input);
+    assert_eq!(out.outcomes[0], Outcome::Keep);
+    for o in &out.outcomes[1..] {
+        assert!(
+            matches!(o, Outcome::Error(Error::Other(m)) if m.contains("unknown shape 7")),
+            "{o:?}"
+        );
+    }
+    assert_eq!(out.outcomes.len(), 3);
+    assert!(out.rows.shapes.is_empty());
+}
+
 /// Emits, for each row, the row it stored on the previous call (detached if `DETACH`), and
 /// stores this one.
 struct Lag<const DETACH: bool> {
