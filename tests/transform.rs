@@ -930,6 +930,16 @@ fn cli_test_prints_exactly_the_filtered_csv_rows() {
     let got: Vec<String> = printed.iter().map(|r| r["id"].to_string()).collect();
     assert!(!want.is_empty());
     assert_eq!(got, want);
+    let summary = String::from_utf8(err).unwrap();
+    let total = csv::Reader::from_path(data).unwrap().records().count();
+    assert!(
+        summary.contains(&format!(
+            "transform  filter: {total} in, {} out, {} dropped, 0 failed",
+            want.len(),
+            total - want.len()
+        )),
+        "{summary}"
+    );
     assert!(printed.iter().all(|r| r["value"].as_f64().unwrap() > 50.0));
 }
 

@@ -330,8 +330,8 @@ pub struct TestReport {
     pub failed: usize,
 }
 
-/// Runs the chain over `rows` in batches, writes output rows as JSONL to `out` and failures
-/// (plus fuel, when metered) to `err`. A component that cannot be loaded, or whose `init`
+/// Runs the chain over `rows` in batches, writes output rows as JSONL to `out`, and failures and
+/// a line of counts per transform (plus fuel, when metered) to `err`. A component that cannot be loaded, or whose `init`
 /// rejects its params, is a [`UsageError`].
 pub fn test(
     configs: &[TransformConfig],
@@ -406,13 +406,22 @@ pub fn test(
             }
         }
     }
+    // The same per-transform line as `sluice run`'s summary.
+    let metered = configs.iter().any(|c| c.fuel.is_some());
     for (name, stats) in chain.stats() {
-        let fuel = stats
-            .fuel_consumed
-            .load(std::sync::atomic::Ordering::Relaxed);
-        if configs.iter().any(|c| c.fuel.is_some()) {
-            writeln!(err, "{name}: fuel consumed {fuel}")?;
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+        write!(
+            err,
+            "transform  {name}: {} in, {} out, {} dropped, {} failed",
+            n(&stats.rows_in),
+            n(&stats.rows_out),
+            n(&stats.rows_dropped),
+            n(&stats.rows_failed)
+        )?;
+        if metered {
+            write!(err, ", fuel consumed {}", n(&stats.fuel_consumed))?;
         }
+        writeln!(err)?;
     }
     Ok(report)
 }
