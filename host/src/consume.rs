@@ -145,17 +145,11 @@ pub struct PartitionStart {
 pub struct Record {
     /// Where it came from.
     pub meta: RecordMeta,
-    /// The decoded row, or why it did not decode (with the raw value, for the dead-letter topic).
-    pub row: Result<Row, DecodeFailure>,
-}
-
-/// A record value that is not a row.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DecodeFailure {
-    /// Why.
-    pub error: DecodeError,
-    /// The message value.
-    pub payload: Vec<u8>,
+    /// The message value exactly as it arrived: the payload of its dead letter if it does not
+    /// decode or fails in a transform (a re-encoded row would differ for other producers' JSON).
+    pub value: Vec<u8>,
+    /// The decoded row, or why it did not decode.
+    pub row: Result<Row, DecodeError>,
 }
 
 /// What the consumer tells its caller, in order.
@@ -711,12 +705,8 @@ fn handle_message(msg: &BorrowedMessage<'_>, shared: &Shared) -> Option<Tagged> 
             ));
         }
     }
-    let row = wire::decode(value, types).map_err(|error| {
+    let row = wire::decode(value, types).inspect_err(|_| {
         shared.stats.decode_errors.fetch_add(1, Ordering::Relaxed);
-        DecodeFailure {
-            error,
-            payload: value.unwrap_or_default().to_vec(),
-        }
     });
     shared
         .stats
@@ -734,7 +724,11 @@ fn handle_message(msg: &BorrowedMessage<'_>, shared: &Shared) -> Option<Tagged> 
         timestamp_ms: msg.timestamp().to_millis(),
         headers,
     };
-    Some((generation, Ok(ConsumerEvent::Record(Record { meta, row }))))
+    let value = value.unwrap_or_default().to_vec();
+    Some((
+        generation,
+        Ok(ConsumerEvent::Record(Record { meta, value, row })),
+    ))
 }
 
 fn reader(

@@ -685,10 +685,10 @@ async fn process_batch(
     for r in records {
         match r.row {
             Ok(row) => {
-                order.push((r.meta.clone(), None));
+                order.push((r.meta.clone(), r.value, None));
                 inputs.push((r.meta, row));
             }
-            Err(f) => order.push((r.meta, Some(f))),
+            Err(e) => order.push((r.meta, r.value, Some(e))),
         }
     }
     let mut outcomes = if inputs.is_empty() {
@@ -700,7 +700,7 @@ async fn process_batch(
         })?
     }
     .into_iter();
-    for (meta, failure) in order {
+    for (meta, value, failure) in order {
         part.records += 1;
         let rows = match failure {
             Some(f) => {
@@ -709,11 +709,11 @@ async fn process_batch(
                     .send(crate::dead_letter::DeadLetter {
                         stage: "consume".into(),
                         kind: "decode".into(),
-                        reason: f.error.to_string(),
+                        reason: f.to_string(),
                         source_file: None,
                         line: None,
                         origin: Some(meta.clone()),
-                        payload: f.payload,
+                        payload: value,
                     })
                     .await?;
                 Vec::new()
@@ -721,10 +721,9 @@ async fn process_batch(
             None => match outcomes.next() {
                 Some(RecordOutcome::Emitted(rows)) => rows,
                 Some(RecordOutcome::Quarantined(q)) => {
-                    // The message as the source wrote it (the wire format round-trips), not the
-                    // row the failing transform saw: replaying the letter runs the whole chain.
-                    let payload = crate::source::wire::encode(&q.record).value;
-                    ctx.dlq.send(q.dead_letter(meta.clone(), payload)).await?;
+                    // The message as it arrived, not the row the failing transform saw: replaying
+                    // the letter runs the whole chain.
+                    ctx.dlq.send(q.dead_letter(meta.clone(), value)).await?;
                     Vec::new()
                 }
                 Some(RecordOutcome::Dropped { .. }) => Vec::new(),

@@ -331,8 +331,8 @@ pub struct TestReport {
 }
 
 /// Runs the chain over `rows` in batches, writes output rows as JSONL to `out`, and failures and
-/// a line of counts per transform (plus fuel, when metered) to `err`. A component that cannot be loaded, or whose `init`
-/// rejects its params, is a [`UsageError`].
+/// a line of counts per transform (plus fuel, when metered) to `err`. A component that cannot be
+/// loaded, or whose `init` fails (usually: rejects its params), is a [`UsageError`].
 pub fn test(
     configs: &[TransformConfig],
     rows: Vec<Row>,

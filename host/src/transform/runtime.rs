@@ -154,15 +154,12 @@ pub struct Quarantine {
     /// The row as that transform received it (for a transform after the first, what the
     /// transforms before it made of the record).
     pub row: Row,
-    /// The record's row as it entered the chain: what the source sent, so that a dead letter
-    /// can be replayed through the whole chain.
-    pub record: Row,
 }
 
 impl Quarantine {
     /// The dead letter for this failure: stage `transform:<name>`, the failure kind and reason,
-    /// the record it came from, and `payload` (the original message bytes; pass
-    /// `wire::encode(&self.record).value` when they are not at hand).
+    /// the record it came from, and `payload`: the original message bytes, not `row`, so that
+    /// replaying the letter runs it through the whole chain again.
     pub fn dead_letter(&self, origin: RecordMeta, payload: Vec<u8>) -> DeadLetter {
         DeadLetter {
             stage: format!("transform:{}", self.transform),
@@ -684,6 +681,8 @@ struct MemoryCap {
     /// Bytes of all the instance's linear memories together: a component can hold several
     /// (one per core module that defines one), and the cap is for the instance.
     used_bytes: usize,
+    /// The last growth allowed, as (current, desired), to take back if it then fails.
+    pending: (usize, usize),
     hit: bool,
 }
 
@@ -706,7 +705,19 @@ impl ResourceLimiter for MemoryCap {
             }));
         }
         self.used_bytes = total;
+        self.pending = (current, desired);
         Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // Allowed here but refused later (the memory's own maximum, the OS): those bytes never
+        // arrived, and counting them would refuse later growth that fits.
+        let (current, desired) = std::mem::take(&mut self.pending);
+        self.used_bytes = self
+            .used_bytes
+            .saturating_sub(desired)
+            .saturating_add(current);
+        Ok(())
     }
 
     fn table_growing(
@@ -760,6 +771,7 @@ impl Slot {
             limits: MemoryCap {
                 limit_bytes,
                 used_bytes: 0,
+                pending: (0, 0),
                 hit: false,
             },
             metas: Arc::default(),
@@ -891,8 +903,6 @@ fn run_chain(
                     kind,
                     reason,
                     row: batch.row(j),
-                    // Filled in by `into_outcomes`, on the thread that owns the input rows.
-                    record: Row::default(),
                 }),
             };
             failed.insert(o, outcome);
@@ -1617,8 +1627,8 @@ impl WireBatch {
     /// Adds the shapes of `schemas` this batch lacks; returns each one's index here.
     fn merge_schemas(&mut self, schemas: &[Vec<String>]) -> Vec<u32> {
         let mine = &mut self.wire.schemas;
-        // The usual case, a shape or two on each side: a scan beats hashing every name.
-        if schemas.len().saturating_mul(mine.len()) <= 64 {
+        // The usual case, a shape or two: a scan beats hashing every name.
+        if schemas.len() <= 8 {
             return schemas
                 .iter()
                 .map(|schema| match mine.iter().position(|s| s == schema) {
@@ -1690,10 +1700,7 @@ impl WireBatch {
         let mut j = 0;
         let mut outcomes = Vec::with_capacity(inputs.len());
         for (i, input) in inputs.into_iter().enumerate() {
-            if let Some(mut f) = failed.remove(&i) {
-                if let RecordOutcome::Quarantined(q) = &mut f {
-                    q.record = input;
-                }
+            if let Some(f) = failed.remove(&i) {
                 outcomes.push(f);
                 continue;
             }
@@ -1800,25 +1807,39 @@ mod tests {
         let shape = |i: usize| vec![format!("f{i}"), "common".to_owned()];
         let mut batch = WireBatch::default();
         batch.wire.schemas = (0..20).map(shape).collect();
-        let other: Vec<Vec<String>> = [10, 25, 3, 25, 30].into_iter().map(shape).collect();
+        let other: Vec<Vec<String>> = [10, 25, 3, 25, 30, 0, 1, 2, 40]
+            .into_iter()
+            .map(shape)
+            .collect();
         let map = batch.merge_schemas(&other);
-        assert_eq!(map, vec![10, 20, 3, 20, 21]);
-        assert_eq!(batch.wire.schemas.len(), 22);
+        assert_eq!(map, vec![10, 20, 3, 20, 21, 0, 1, 2, 22]);
+        assert_eq!(batch.wire.schemas.len(), 23);
         assert_eq!(batch.wire.schemas[20], shape(25));
         assert_eq!(batch.wire.schemas[21], shape(30));
+        assert_eq!(batch.wire.schemas[22], shape(40));
+        // The scan path agrees.
+        let mut scanned = WireBatch::default();
+        scanned.wire.schemas = (0..20).map(shape).collect();
+        assert_eq!(scanned.merge_schemas(&other[..5]), map[..5]);
     }
 
-    /// The memory cap is for the instance: two memories of 40 MiB do not fit under 64 MiB.
+    /// The memory cap is for the instance: a memory of 50 MiB and one of 20 MiB do not fit under
+    /// 64 MiB together; a growth that fails after being allowed is not counted.
     #[test]
     fn memory_cap_counts_every_memory_of_an_instance() {
         let mib = 1 << 20;
         let mut cap = MemoryCap {
             limit_bytes: 64 * mib,
             used_bytes: 0,
+            pending: (0, 0),
             hit: false,
         };
         assert!(cap.memory_growing(0, 40 * mib, None).unwrap());
+        assert!(cap.memory_growing(40 * mib, 60 * mib, None).unwrap());
+        cap.memory_grow_failed(wasmtime::Error::msg("refused"))
+            .unwrap();
         assert!(cap.memory_growing(40 * mib, 50 * mib, None).unwrap());
+        assert!(!cap.hit);
         assert!(cap.memory_growing(0, 20 * mib, None).is_err());
         assert!(cap.hit);
     }
