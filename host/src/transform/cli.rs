@@ -408,18 +408,12 @@ pub fn test(
     }
     // The same per-transform line as `sluice run`'s summary.
     let metered = configs.iter().any(|c| c.fuel.is_some());
-    for (name, stats) in chain.stats() {
-        let n = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
-        write!(
-            err,
-            "transform  {name}: {} in, {} out, {} dropped, {} failed",
-            n(&stats.rows_in),
-            n(&stats.rows_out),
-            n(&stats.rows_dropped),
-            n(&stats.rows_failed)
-        )?;
+    let stats = chain.stats();
+    for (part, (_, s)) in crate::pipeline::transform_parts(&stats).iter().zip(&stats) {
+        write!(err, "transform  {part}")?;
         if metered {
-            write!(err, ", fuel consumed {}", n(&stats.fuel_consumed))?;
+            let fuel = s.fuel_consumed.load(std::sync::atomic::Ordering::Relaxed);
+            write!(err, ", fuel consumed {fuel}")?;
         }
         writeln!(err)?;
     }
