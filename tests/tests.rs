@@ -5,3 +5,4 @@ mod kafka;
 mod pipeline;
 mod snowflake;
 mod transform;
+mod transform_random;

@@ -23,7 +23,8 @@ fn opts() -> RuntimeOptions {
     }
 }
 
-fn config(path: &str, with: &[(&str, &str)]) -> TransformConfig {
+/// A transform config for the guest at `path` with params `with`.
+pub(crate) fn config(path: &str, with: &[(&str, &str)]) -> TransformConfig {
     let mut c = TransformConfig::new(path);
     c.with = with
         .iter()
