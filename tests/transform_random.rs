@@ -5,14 +5,20 @@
 //! guests in batches of random sizes, and compares every record's outcome with what the guests'
 //! documented semantics say it must be. This exercises the paths the example-based tests touch
 //! once each: the batch layout with many shapes, kept and emitted rows interleaved, rows written
-//! over their inputs, fields copied untouched, one-to-many rows, failures mid-chain and batches
-//! split across workers. A failure names its seed; `SLUICE_TEST_SEED=N` reruns just that one.
+//! over their inputs, fields copied untouched, one-to-many rows, failures mid-chain, batches
+//! split across workers, one-by-one re-runs after a trap, and each transform's counters. A
+//! failure names its seed; `SLUICE_TEST_SEED=N` reruns just that one.
+
+use std::sync::atomic::Ordering::Relaxed;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use sluice::row::{RecordMeta, Row, Value};
-use sluice::transform::{FailureKind, RecordOutcome, RuntimeOptions, TransformChain};
+
+use sluice::transform::{
+    FailureKind, RecordOutcome, RuntimeOptions, TransformChain, TransformConfig,
+};
 use sluice_tests::guests;
 
 use crate::transform::config;
@@ -23,8 +29,8 @@ const NAMES: [&str; 7] = ["id", "name", "value", "tags", "flag", "note", "ünï"
 
 /// Text with the characters that matter to the guests: the explode separator, whitespace
 /// around it, ASCII letters to uppercase and non-ASCII ones that must stay as they are.
-const CHARS: [char; 14] = [
-    'a', 'u', 'Z', '5', ' ', '|', ',', '"', '\n', 'é', 'ß', '中', '🦀', '\u{a0}',
+const CHARS: [char; 16] = [
+    'a', 'u', 'Z', 't', '1', ' ', '|', ',', '"', '\n', 'é', 'ß', '中', '🦀', '\u{a0}', '|',
 ];
 
 fn seeds() -> Vec<u64> {
@@ -79,6 +85,7 @@ fn value(rng: &mut StdRng, name: &str) -> Value {
     match name {
         "value" if rng.random_bool(0.5) => Value::Int(int(rng)),
         "value" => Value::Float(float(rng)),
+        "id" => Value::Int(int(rng)),
         "name" | "tags" => Value::String(text(rng)),
         "flag" => Value::Bool(rng.random_bool(0.5)),
         _ => any_value(rng),
@@ -152,9 +159,19 @@ fn run(chain: &TransformChain, rng: &mut StdRng, rows: Vec<Row>) -> Vec<RecordOu
     out
 }
 
-/// A record's expected fate: its rows, or the transform it fails in, the start of the reason
-/// and the row that transform received.
-type Expected = Result<Vec<Row>, (&'static str, String, Row)>;
+/// How a record fails: in which transform, of what kind, the start of the reason, and the row
+/// that transform received.
+#[derive(Debug)]
+struct Failure {
+    transform: &'static str,
+    kind: FailureKind,
+    why: String,
+    row: Row,
+}
+
+/// Per transform of a chain of five, the counters the runtime keeps: rows in, out, dropped,
+/// failed.
+type Counts = [[u64; 4]; 5];
 
 fn missing(name: &str) -> String {
     format!("missing field `{name}`")
@@ -267,8 +284,8 @@ fn enrich(mut row: Row) -> Result<Row, String> {
     Ok(row)
 }
 
-/// `explode` with `field=tags`, `sep=|`, `into=tag` (see `transforms/explode`).
-fn explode(row: &Row) -> Result<Vec<Row>, String> {
+/// `explode` with `field=tags`, `sep=|` and `into` (see `transforms/explode`).
+fn explode(row: &Row, into: &str) -> Result<Vec<Row>, String> {
     let text = match row.get("tags").ok_or_else(|| missing("tags"))? {
         Value::String(s) => s.clone(),
         Value::Null => return Ok(Vec::new()),
@@ -282,27 +299,118 @@ fn explode(row: &Row) -> Result<Vec<Row>, String> {
         .filter(|p| !p.is_empty())
         .map(|piece| {
             let mut out = base.clone();
-            set(&mut out, "tag", Value::String(piece.to_owned()));
+            set(&mut out, into, Value::String(piece.to_owned()));
             out
         })
         .collect())
 }
 
-fn expected(row: Row, op: &str, want: &str) -> Expected {
-    let row = match mask(row.clone()) {
-        Err(why) => return Err(("mask", why, row)),
-        Ok(r) => r,
-    };
-    match filter(&row, op, want) {
-        Err(why) => return Err(("filter", why, row)),
-        Ok(false) => return Ok(Vec::new()),
-        Ok(true) => {}
+/// The `poison-trap` test guest: traps on the row whose `id` is the int 13.
+fn trap(row: Row) -> Result<Row, String> {
+    match row.get("id") {
+        Some(Value::Int(13)) => Err(String::new()),
+        _ => Ok(row),
     }
-    let row = match enrich(row.clone()) {
-        Err(why) => return Err(("enrich", why, row)),
-        Ok(r) => r,
-    };
-    explode(&row).map_err(|why| ("explode", why, row))
+}
+
+/// The params that vary between runs: the filter's operator and value, and the field `explode`
+/// writes its pieces to.
+#[derive(Clone, Copy, Debug)]
+struct Params {
+    op: &'static str,
+    want: &'static str,
+    into: &'static str,
+}
+
+/// What transform `name` makes of one row: its rows, or the start of its error.
+fn apply(name: &str, row: &Row, f: Params) -> Result<Vec<Row>, String> {
+    let one = |r: Result<Row, String>| r.map(|r| vec![r]);
+    match name {
+        "mask" => one(mask(row.clone())),
+        "trap" => one(trap(row.clone())),
+        "filter" => {
+            filter(row, f.op, f.want).map(|keep| keep.then(|| row.clone()).into_iter().collect())
+        }
+        "enrich" => one(enrich(row.clone())),
+        "explode" => explode(row, f.into),
+        other => unreachable!("no transform {other}"),
+    }
+}
+
+/// The rows a record comes out as through the chain `order`, or how it fails, counting what
+/// each transform sees. A record that is several rows when it reaches a transform (after
+/// `explode`) fails as a whole if any of them fails, reported with the first failing row; every
+/// one of its rows still counts there as in, dropped or failed, and none as out.
+fn expected(
+    row: Row,
+    order: &[&'static str; 5],
+    f: Params,
+    counts: &mut Counts,
+) -> Result<Vec<Row>, Failure> {
+    let mut rows = vec![row];
+    for (t, &transform) in order.iter().enumerate() {
+        let mut next = Vec::new();
+        let mut failure = None;
+        for row in rows {
+            counts[t][0] += 1;
+            match apply(transform, &row, f) {
+                Ok(out) => {
+                    counts[t][2] += u64::from(out.is_empty());
+                    next.extend(out);
+                }
+                Err(why) => {
+                    counts[t][3] += 1;
+                    let kind = if transform == "trap" {
+                        FailureKind::Trap
+                    } else {
+                        FailureKind::Guest
+                    };
+                    failure.get_or_insert(Failure {
+                        transform,
+                        kind,
+                        why,
+                        row,
+                    });
+                }
+            }
+        }
+        if let Some(failure) = failure {
+            return Err(failure);
+        }
+        counts[t][1] += next.len() as u64;
+        rows = next;
+    }
+    Ok(rows)
+}
+
+/// The config of transform `name` in the chain.
+fn transform_config(name: &str, f: Params) -> TransformConfig {
+    match name {
+        "mask" => config(guests::MASK, &[("field", "note"), ("salt", "pepper")]),
+        "trap" => {
+            let mut c = config(guests::POISON_TRAP, &[]);
+            c.name = Some("trap".to_owned());
+            c
+        }
+        "filter" => config(
+            guests::FILTER,
+            &[("field", "value"), ("op", f.op), ("value", f.want)],
+        ),
+        "enrich" => config(
+            guests::ENRICH,
+            &[
+                ("rename", "name:customer"),
+                ("cast", "id:string,flag:bool"),
+                ("uppercase", "customer"),
+                ("compute", "double=value*2"),
+            ],
+        ),
+        "explode" => config(
+            guests::EXPLODE,
+            &[("field", "tags"), ("sep", "|"), ("into", f.into)],
+        ),
+        other => unreachable!("no transform {other}"),
+    }
 }
 
 /// Rows compared through `Debug`, so that NaN equals NaN and -0.0 differs from 0.0.
@@ -335,40 +443,26 @@ fn random_records_pass_through_unchanged() {
     }
 }
 
-/// mask → filter → enrich → explode on random records: every record's rows, or its failure (which
-/// transform, which error, the row that transform received), match the oracle.
-#[test]
-fn random_records_through_mask_filter_enrich_explode_match_the_oracle() {
+/// Random records through the five transforms in `order`: every record's rows, or its failure
+/// (which transform, which kind and error, the row that transform received), match the oracle,
+/// and so do every transform's counters. `trap` is the `poison-trap` guest, which traps on `id`
+/// 13, so batches are also re-run one record at a time on fresh instances.
+fn check_chain(order: [&'static str; 5], into: &'static str) {
     let ops = ["gt", "ge", "lt", "le", "eq", "ne", "contains"];
-    let wants = ["50", "-0.5", "u", "true", "abc"];
+    let wants = ["50", "0", "-0.5", "50", "u", "true", "abc"];
     let mut checked = [0usize; 3];
+    let mut traps = 0;
+    let trap_at = order.iter().position(|&t| t == "trap").unwrap();
     for seed in seeds() {
         let mut rng = StdRng::seed_from_u64(seed);
-        let (op, want) = (
-            ops[rng.random_range(0..ops.len())],
-            wants[rng.random_range(0..wants.len())],
-        );
+        let f = Params {
+            op: ops[rng.random_range(0..ops.len())],
+            want: wants[rng.random_range(0..wants.len())],
+            into,
+        };
+        let configs: Vec<TransformConfig> = order.iter().map(|t| transform_config(t, f)).collect();
         let chain = TransformChain::load(
-            &[
-                config(guests::MASK, &[("field", "note"), ("salt", "pepper")]),
-                config(
-                    guests::FILTER,
-                    &[("field", "value"), ("op", op), ("value", want)],
-                ),
-                config(
-                    guests::ENRICH,
-                    &[
-                        ("rename", "name:customer"),
-                        ("cast", "id:string,flag:bool"),
-                        ("uppercase", "customer"),
-                        ("compute", "double=value*2"),
-                    ],
-                ),
-                config(
-                    guests::EXPLODE,
-                    &[("field", "tags"), ("sep", "|"), ("into", "tag")],
-                ),
-            ],
+            &configs,
             &RuntimeOptions {
                 workers: 2,
                 cache_dir: None,
@@ -378,31 +472,63 @@ fn random_records_through_mask_filter_enrich_explode_match_the_oracle() {
         let input = records(&mut rng, 3000);
         let out = run(&chain, &mut rng, input.clone());
         assert_eq!(out.len(), input.len(), "seed {seed}");
+        let mut counts = Counts::default();
         for (i, (o, row)) in out.iter().zip(input).enumerate() {
-            match (expected(row.clone(), op, want), o) {
+            match (expected(row.clone(), &order, f, &mut counts), o) {
                 (Ok(want), RecordOutcome::Emitted(got)) if same_rows(&want, got) => {
                     checked[usize::from(!want.is_empty())] += 1;
                 }
-                (Err((transform, why, seen)), RecordOutcome::Quarantined(q))
-                    if q.transform == transform
-                        && q.kind == FailureKind::Guest
-                        && q.reason.starts_with(&why)
-                        && same_rows(std::slice::from_ref(&seen), std::slice::from_ref(&q.row)) =>
+                (Err(e), RecordOutcome::Quarantined(q))
+                    if q.transform == e.transform
+                        && q.kind == e.kind
+                        && q.reason.starts_with(&e.why)
+                        && same_rows(
+                            std::slice::from_ref(&e.row),
+                            std::slice::from_ref(&q.row),
+                        ) =>
                 {
                     checked[2] += 1;
                 }
                 (expected, got) => panic!(
-                    "seed {seed} (value {op} {want:?}), record {i}: {row:?}\n\
+                    "seed {seed} ({f:?}), record {i}: {row:?}\n\
                      expected {expected:?}\ngot {got:?}"
                 ),
             }
         }
+        // Each transform's counters agree with what the oracle says reached it, including
+        // across the one-by-one re-runs after each trap.
+        let stats: Vec<(String, [u64; 4])> = chain
+            .stats()
+            .into_iter()
+            .map(|(name, s)| {
+                let c = [&s.rows_in, &s.rows_out, &s.rows_dropped, &s.rows_failed];
+                (name, c.map(|c| c.load(Relaxed)))
+            })
+            .collect();
+        let want_stats: Vec<(String, [u64; 4])> =
+            order.iter().map(|s| s.to_string()).zip(counts).collect();
+        assert_eq!(stats, want_stats, "seed {seed}: [in, out, dropped, failed]");
+        traps += counts[trap_at][3];
     }
     // The default seeds must reach every kind of outcome, or the comparison above proves little
     // (one seed alone may not: its filter value can fail every numeric row).
     let [dropped, emitted, failed] = checked;
     assert!(
-        std::env::var_os("SLUICE_TEST_SEED").is_some() || dropped > 0 && emitted > 0 && failed > 0,
-        "dropped {dropped}, emitted {emitted}, failed {failed}"
+        std::env::var_os("SLUICE_TEST_SEED").is_some()
+            || dropped > 0 && emitted > 0 && failed > 0 && traps > 0,
+        "dropped {dropped}, emitted {emitted}, failed {failed} ({traps} traps)"
     );
+}
+
+#[test]
+fn random_records_through_mask_trap_filter_enrich_explode_match_the_oracle() {
+    check_chain(["mask", "trap", "filter", "enrich", "explode"], "tag");
+}
+
+/// `explode` early, so that records reach the later transforms as several rows each. Its pieces
+/// go to `flag`, which `enrich` casts to bool: pieces such as `t` or `1` cast and others do not,
+/// so some rows of a record fail where their siblings pass, and the record fails as a whole.
+#[test]
+fn random_records_exploded_first_match_the_oracle() {
+    check_chain(["mask", "explode", "trap", "filter", "enrich"], "flag");
 }
