@@ -903,8 +903,8 @@ fn cli_test_prints_exactly_the_filtered_csv_rows() {
         cfg.with.insert(k.into(), v.into());
     }
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let rows = cli::read_rows(std::path::Path::new(data)).unwrap();
-    let report = cli::test(&[cfg], rows, 256, &mut out, &mut err).unwrap();
+    let records = cli::read_input(std::path::Path::new(data), &Default::default()).unwrap();
+    let report = cli::test(&[cfg], records, 256, &mut out, &mut err).unwrap();
     assert_eq!(report.failed, 0, "{}", String::from_utf8_lossy(&err));
 
     // The expectation, computed independently from the raw CSV text.
@@ -961,6 +961,9 @@ fn cli_test_expect_detects_a_mismatch() {
         run_command(TransformCommand::Test {
             components: vec![guests::ENRICH.into()],
             input: input.clone(),
+            delimiter: ",".into(),
+            schema: Vec::new(),
+            key_column: None,
             with: vec!["uppercase=name".into()],
             expect: Some(expect.to_path_buf()),
             batch_size: 1024,
@@ -984,7 +987,9 @@ fn cli_test_usage_errors_exit_2() {
     std::fs::write(&input, "{\"value\":60}\n{\"value\":40}\n").unwrap();
     let golden = dir.path().join("golden.jsonl");
     std::fs::write(&golden, "{\"value\":40}\n").unwrap();
-    let input = input.to_str().unwrap();
+    let csv = dir.path().join("in.csv");
+    std::fs::write(&csv, "value\n60\n").unwrap();
+    let (input, csv) = (input.to_str().unwrap(), csv.to_str().unwrap());
     let base = [
         "transform",
         "test",
@@ -1021,6 +1026,21 @@ fn cli_test_usage_errors_exit_2() {
             input,
             "/no/such/golden.jsonl",
         ),
+        (
+            &["--with", "value=50", "--delimiter", ";;"],
+            input,
+            "one ASCII character",
+        ),
+        (
+            &["--with", "value=50", "--schema", "value=decimal"],
+            input,
+            "unknown type \"decimal\"",
+        ),
+        (
+            &["--with", "value=50", "--key-column", "nope"],
+            csv,
+            "--key-column \"nope\"",
+        ),
     ] {
         let out = run(extra, input);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1034,6 +1054,67 @@ fn cli_test_usage_errors_exit_2() {
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),
         "{\"value\":60}"
+    );
+}
+
+/// `transform test` reads a CSV the way the pipeline's source does (BOM, delimiter, conservative
+/// inference, renamed duplicate columns, ragged records reported by line rather than run) and
+/// gives each row the metadata `sluice run` would give its message: the `meta` guest echoes it.
+#[test]
+fn cli_test_reads_csv_like_the_source_and_gives_rows_their_metadata() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.csv");
+    std::fs::write(
+        &input,
+        "\u{feff}id;zip;x;name;name\n1;007;NaN;a;b\n2;\"01\n0\";1.5;c;d\n3;010\n4;042;inf;e;f\n",
+    )
+    .unwrap();
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[
+            "transform",
+            "test",
+            "--component",
+            guests::META,
+            "--input",
+            input.to_str().unwrap(),
+            "--delimiter",
+            ";",
+            "--key-column",
+            "id",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let row = |id: i64, zip: &str, x: &str, names: [&str; 2], offset: i64| {
+        serde_json::json!({
+            "id": id, "zip": zip, "x": x, "name": names[0], "name_2": names[1],
+            "topic": "test", "partition": 0, "offset": offset, "key": id.to_string(),
+            "timestamp_ms": null, "header": "sluice.types",
+        })
+    };
+    assert_eq!(
+        rows,
+        [
+            // Leading zeros, NaN and inf keep the column a string, as in the source.
+            row(1, "007", "NaN", ["a", "b"], 0),
+            row(2, "01\n0", "1.5", ["c", "d"], 1),
+            // The ragged record got no offset, as it would get no message.
+            row(4, "042", "inf", ["e", "f"], 2),
+        ]
+    );
+    assert!(
+        stderr.contains("record 3 (line 5): bad row (ragged_row)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("source  1 bad records not run"), "{stderr}");
+    assert!(
+        stderr.contains("transform  meta: 3 in, 3 out, 0 dropped, 0 failed"),
+        "{stderr}"
     );
 }
 
@@ -1067,11 +1148,12 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         built[0].ends_with("wasm32-wasip2/release/transform_shout.wasm"),
         "{built:?}"
     );
-    let rows = cli::read_rows(&crate_dir.join("testdata/input.jsonl")).unwrap();
+    let records =
+        cli::read_input(&crate_dir.join("testdata/input.jsonl"), &Default::default()).unwrap();
     let (mut out, mut err) = (Vec::new(), Vec::new());
     cli::test(
         &[TransformConfig::new(built[0].to_string_lossy())],
-        rows,
+        records,
         16,
         &mut out,
         &mut err,

@@ -91,8 +91,11 @@ pub enum Pacing {
 fn default_delimiter() -> String {
     ",".to_owned()
 }
+/// How many records type inference samples when `infer_rows` is not set.
+pub const DEFAULT_INFER_ROWS: usize = 1000;
+
 fn default_infer_rows() -> usize {
-    1000
+    DEFAULT_INFER_ROWS
 }
 fn default_loop() -> u32 {
     1

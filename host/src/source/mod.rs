@@ -335,10 +335,7 @@ pub async fn replay(
                 _ = tokio::time::sleep_until(due) => {}
             }
         }
-        let key = key_index.and_then(|i| match &row.fields[i].value {
-            Value::Null => None,
-            v => Some(v.to_string()),
-        });
+        let key = key_index.and_then(|i| wire::key_of(&row.fields[i].value));
         let line_text = line.to_string();
         let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {

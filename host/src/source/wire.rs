@@ -86,6 +86,15 @@ pub struct Encoded {
     pub types: String,
 }
 
+/// The message key for a row whose key column holds `value`: its text form (as in CSV output),
+/// none for null.
+pub fn key_of(value: &Value) -> Option<String> {
+    match value {
+        Value::Null => None,
+        v => Some(v.to_string()),
+    }
+}
+
 /// Encodes a row (see the module doc).
 pub fn encode(row: &Row) -> Encoded {
     let mut value = Vec::with_capacity(16 * row.fields.len() + 2);

@@ -5,10 +5,14 @@
 //! - `build [NAME]` builds guests for wasm32-wasip2 in release mode and prints the `.wasm` paths.
 //! - `test` runs a chain of components over a CSV or JSONL file, prints output rows as JSONL on
 //!   stdout and failed records on stderr, and with `--expect` diffs against a golden JSONL file.
+//!   CSV goes through the source's own reader and each record gets the metadata `sluice run` would
+//!   give its message, so a transform sees locally what it will see in a pipeline.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 
@@ -16,7 +20,9 @@ use super::config::TransformConfig;
 use super::error::LoadError;
 use super::runtime::{RecordOutcome, RuntimeOptions, TransformChain, default_cache_dir};
 use crate::config::OnError;
-use crate::row::{Field, Name, RecordMeta, Row, Value, ValueType, parse_timestamp};
+use crate::row::{RecordMeta, Row, ValueType};
+use crate::source::csv::{BadRow, CsvItem, CsvOptions, CsvReader};
+use crate::source::wire;
 
 const TARGET: &str = "wasm32-wasip2";
 const TEMPLATE_CARGO_TOML: &str = include_str!("../../../transforms/template/Cargo.toml.tmpl");
@@ -61,9 +67,19 @@ pub enum TransformCommand {
         /// A component to run; repeat for a chain (run in the order given).
         #[arg(long = "component", required = true)]
         components: Vec<PathBuf>,
-        /// Input rows: `.csv` (header row, column types inferred) or `.jsonl` (one object per line).
+        /// Input rows: `.csv` (a header row, read and typed like the pipeline's CSV source) or
+        /// `.jsonl` (one object per line).
         #[arg(long)]
         input: PathBuf,
+        /// The CSV field delimiter, one ASCII character (the source's `delimiter`).
+        #[arg(long, default_value = ",")]
+        delimiter: String,
+        /// A CSV column's type, `COLUMN=TYPE` (the source's `schema`); other columns are inferred.
+        #[arg(long = "schema", value_name = "COLUMN=TYPE")]
+        schema: Vec<String>,
+        /// The column whose value becomes each record's message key (the source's `key_column`).
+        #[arg(long)]
+        key_column: Option<String>,
         /// A param for `init`, `KEY=VALUE`; with several components scope it as
         /// `NAME.KEY=VALUE` (NAME is the component's name or its 1-based position).
         #[arg(long = "with", value_name = "KEY=VALUE")]
@@ -108,6 +124,9 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
         TransformCommand::Test {
             components,
             input,
+            delimiter,
+            schema,
+            key_column,
             with,
             expect,
             batch_size,
@@ -129,18 +148,19 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect::<Vec<_>>();
             assign_params(&mut configs, &with).map_err(usage)?;
-            let rows = read_rows(&input).map_err(usage)?;
+            let opts = input_options(&delimiter, &schema, key_column).map_err(usage)?;
+            let records = read_input(&input, &opts).map_err(usage)?;
             // Read before the run, so that a bad golden path does not cost a whole run first.
-            let expected = expect
+            let expected: Option<Vec<_>> = expect
                 .as_deref()
-                .map(read_jsonl_values)
+                .map(|p| read_jsonl(p).map(|lines| lines.into_iter().map(|(_, v)| v).collect()))
                 .transpose()
                 .map_err(usage)?;
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
             let report = test(
                 &configs,
-                rows,
+                records,
                 batch_size.max(1),
                 &mut stdout.lock(),
                 &mut stderr.lock(),
@@ -330,12 +350,13 @@ pub struct TestReport {
     pub failed: usize,
 }
 
-/// Runs the chain over `rows` in batches, writes output rows as JSONL to `out`, and failures and
-/// a line of counts per transform (plus fuel, when metered) to `err`. A component that cannot be
-/// loaded, or whose `init` fails (usually: rejects its params), is a [`UsageError`].
+/// Runs the chain over the rows of `records` in batches, writes output rows as JSONL to `out`,
+/// and failures (bad CSV records included) and a line of counts per transform (plus fuel, when
+/// metered) to `err`. A component that cannot be loaded, or whose `init` fails (usually: rejects
+/// its params), is a [`UsageError`].
 pub fn test(
     configs: &[TransformConfig],
-    rows: Vec<Row>,
+    records: Vec<InputRecord>,
     batch_size: usize,
     out: &mut dyn Write,
     err: &mut dyn Write,
@@ -354,25 +375,37 @@ pub fn test(
         output: Vec::new(),
         failed: 0,
     };
-    let mut rows = rows.into_iter().enumerate().peekable();
-    while rows.peek().is_some() {
-        let batch: Vec<(RecordMeta, Row)> = rows
-            .by_ref()
-            .take(batch_size)
-            .map(|(i, r)| {
-                (
-                    RecordMeta {
-                        topic: "test".into(),
-                        offset: i as i64,
-                        ..RecordMeta::default()
-                    },
-                    r,
-                )
-            })
-            .collect();
-        let first = batch.first().map_or(0, |(m, _)| m.offset);
-        for (i, outcome) in chain.process_blocking(batch)?.into_iter().enumerate() {
-            let record = first + i as i64 + 1;
+    let mut bad = 0;
+    let mut records = records.into_iter().enumerate().peekable();
+    while records.peek().is_some() {
+        // Where each row of the batch came from: its 1-based record number and line.
+        let mut origins = Vec::new();
+        let mut batch: Vec<(RecordMeta, Row)> = Vec::new();
+        for (i, record) in records.by_ref() {
+            match record {
+                InputRecord::Row { line, meta, row } => {
+                    origins.push((i + 1, line));
+                    batch.push((meta, row));
+                    if batch.len() == batch_size {
+                        break;
+                    }
+                }
+                InputRecord::Bad(b) => {
+                    bad += 1;
+                    report.failed += 1;
+                    let (n, line, kind) = (i + 1, b.line, b.kind.as_str());
+                    writeln!(
+                        err,
+                        "record {n} (line {line}): bad row ({kind}): {}",
+                        b.reason
+                    )?;
+                }
+            }
+        }
+        if batch.is_empty() {
+            continue;
+        }
+        for ((n, line), outcome) in origins.into_iter().zip(chain.process_blocking(batch)?) {
             match outcome {
                 RecordOutcome::Emitted(rows) => {
                     for row in rows {
@@ -385,7 +418,7 @@ pub fn test(
                     report.failed += 1;
                     writeln!(
                         err,
-                        "record {record}: {} failed ({}): {}; row: {}",
+                        "record {n} (line {line}): {} failed ({}): {}; row: {}",
                         q.transform,
                         q.kind,
                         q.reason,
@@ -400,11 +433,17 @@ pub fn test(
                     report.failed += 1;
                     writeln!(
                         err,
-                        "record {record}: {transform} failed ({kind}): {reason}"
+                        "record {n} (line {line}): {transform} failed ({kind}): {reason}"
                     )?;
                 }
             }
         }
+    }
+    if bad > 0 {
+        writeln!(
+            err,
+            "source  {bad} bad records not run (sluice run sends them to the dead-letter topic)"
+        )?;
     }
     // The same per-transform line as `sluice run`'s summary.
     let metered = configs.iter().any(|c| c.fuel.is_some());
@@ -444,139 +483,170 @@ fn diff(expected: &[serde_json::Value], actual: &[serde_json::Value]) -> Option<
     }
 }
 
-/// Reads `.jsonl` (one JSON object per line) or, otherwise, CSV with a header row.
-pub fn read_rows(path: &Path) -> anyhow::Result<Vec<Row>> {
+/// The topic `transform test` reports to transforms (there is no Kafka here).
+pub const TEST_TOPIC: &str = "test";
+
+/// How `transform test` reads its input: the pipeline source's settings, so that rows are typed
+/// and keyed as `sluice run` would type and key them.
+#[derive(Debug, Clone)]
+pub struct InputOptions {
+    /// The CSV field delimiter.
+    pub delimiter: u8,
+    /// Explicit CSV column types; the other columns are inferred.
+    pub schema: BTreeMap<String, ValueType>,
+    /// How many CSV records type inference samples.
+    pub infer_rows: usize,
+    /// The field whose value becomes the message key.
+    pub key_column: Option<String>,
+}
+
+impl Default for InputOptions {
+    fn default() -> InputOptions {
+        InputOptions {
+            delimiter: b',',
+            schema: BTreeMap::new(),
+            infer_rows: crate::source::config::DEFAULT_INFER_ROWS,
+            key_column: None,
+        }
+    }
+}
+
+/// One record of a `transform test` input file.
+#[derive(Debug, Clone, PartialEq)]
+pub enum InputRecord {
+    /// A row, with the line it starts on and the metadata `sluice run` would give the message the
+    /// source makes of it.
+    Row {
+        /// The 1-based line the record starts on.
+        line: u64,
+        /// Topic [`TEST_TOPIC`], partition 0, offsets from 0 in row order, the key from
+        /// [`InputOptions::key_column`], no timestamp, and the source's headers (`sluice.types`,
+        /// `sluice.file`, `sluice.line`).
+        meta: RecordMeta,
+        /// The row.
+        row: Row,
+    },
+    /// A CSV record the source would not produce but dead-letter.
+    Bad(BadRow),
+}
+
+fn input_options(
+    delimiter: &str,
+    schema: &[String],
+    key_column: Option<String>,
+) -> anyhow::Result<InputOptions> {
+    let delimiter = match delimiter.as_bytes() {
+        [d] if d.is_ascii() => *d,
+        _ => bail!("--delimiter {delimiter:?} is not one ASCII character"),
+    };
+    let mut types = BTreeMap::new();
+    for item in schema {
+        let (column, ty) = item
+            .split_once('=')
+            .with_context(|| format!("--schema {item:?} is not COLUMN=TYPE"))?;
+        let ty: ValueType = serde_json::from_value(serde_json::Value::from(ty)).map_err(|_| {
+            anyhow::anyhow!(
+                "--schema {item:?}: unknown type {ty:?} (expected int, float, bool, string, timestamp or json)"
+            )
+        })?;
+        if types.insert(column.to_owned(), ty).is_some() {
+            bail!("--schema {item:?}: column {column:?} is given more than once");
+        }
+    }
+    Ok(InputOptions {
+        delimiter,
+        schema: types,
+        key_column,
+        ..InputOptions::default()
+    })
+}
+
+/// Reads `.jsonl`/`.ndjson` (one JSON object per line) or, otherwise, CSV with a header row through
+/// the pipeline source's reader (BOM, quoting, inference, bad records by line), and gives every
+/// row the metadata `sluice run` would.
+pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<Vec<InputRecord>> {
+    let file = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut offset = 0;
+    let mut record = |line: u64, row: Row| {
+        let key = opts
+            .key_column
+            .as_deref()
+            .and_then(|k| row.get(k))
+            .and_then(wire::key_of);
+        let meta = RecordMeta {
+            topic: TEST_TOPIC.to_owned(),
+            partition: 0,
+            offset,
+            key: key.map(String::into_bytes),
+            timestamp_ms: None,
+            headers: vec![
+                (
+                    wire::HEADER_TYPES.to_owned(),
+                    wire::encode(&row).types.into_bytes(),
+                ),
+                (wire::HEADER_FILE.to_owned(), file.clone().into_bytes()),
+                (wire::HEADER_LINE.to_owned(), line.to_string().into_bytes()),
+            ],
+        };
+        offset += 1;
+        InputRecord::Row { line, meta, row }
+    };
     if path
         .extension()
         .is_some_and(|e| e == "jsonl" || e == "ndjson")
     {
-        return read_jsonl_values(path)?
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                Row::from_json(v)
-                    .with_context(|| format!("{}:{}: not a JSON object", path.display(), i + 1))
+        return read_jsonl(path)?
+            .into_iter()
+            .map(|(line, v)| {
+                let row = Row::from_json(&v)
+                    .with_context(|| format!("{}:{line}: not a JSON object", path.display()))?;
+                Ok(record(line, row))
             })
             .collect();
     }
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    read_csv(file).with_context(|| format!("reading {}", path.display()))
+    let csv = CsvOptions {
+        delimiter: opts.delimiter,
+        schema: opts.schema.clone(),
+        infer_rows: opts.infer_rows.max(1),
+    };
+    let mut reader = CsvReader::open(path, &csv, Arc::default(), None)?;
+    if let Some(k) = &opts.key_column
+        && !reader.columns().iter().any(|c| &**c == k)
+    {
+        bail!("--key-column {k:?} is not a column of {}", path.display());
+    }
+    let mut records = Vec::new();
+    while let Some(item) = reader.next_item()? {
+        records.push(match item {
+            CsvItem::Row { line, row } => record(line, row),
+            CsvItem::Bad(bad) => InputRecord::Bad(bad),
+        });
+    }
+    Ok(records)
 }
 
-fn read_jsonl_values(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+/// The non-blank lines of a JSONL file, parsed, with their 1-based line numbers.
+fn read_jsonl(path: &Path) -> anyhow::Result<Vec<(u64, serde_json::Value)>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line?;
+        let (n, line) = (i as u64 + 1, line?);
         if line.trim().is_empty() {
             continue;
         }
-        out.push(
-            serde_json::from_str(&line).with_context(|| format!("{}:{}", path.display(), i + 1))?,
-        );
+        let value =
+            serde_json::from_str(&line).with_context(|| format!("{}:{n}", path.display()))?;
+        out.push((n, value));
     }
     Ok(out)
-}
-
-/// Reads CSV with a header row, typing each column by inference over all its values: int,
-/// else float, else bool, else timestamp, else string (empty cells are null and fit any type).
-pub fn read_csv(reader: impl std::io::Read) -> anyhow::Result<Vec<Row>> {
-    let mut csv = csv::ReaderBuilder::new()
-        .has_headers(true)
-        .from_reader(reader);
-    let names: Vec<Name> = csv.headers()?.iter().map(Name::from).collect();
-    let records = csv.records().collect::<Result<Vec<_>, _>>()?;
-    let types: Vec<ValueType> = (0..names.len())
-        .map(|c| infer_type(records.iter().filter_map(|r| r.get(c))))
-        .collect();
-    Ok(records
-        .iter()
-        .map(|r| Row {
-            fields: names
-                .iter()
-                .zip(&types)
-                .enumerate()
-                .map(|(c, (name, ty))| Field {
-                    name: Name::clone(name),
-                    value: parse_cell(r.get(c).unwrap_or(""), *ty),
-                })
-                .collect(),
-        })
-        .collect())
-}
-
-/// The narrowest type that every non-empty cell parses as.
-pub fn infer_type<'a>(cells: impl Iterator<Item = &'a str>) -> ValueType {
-    let (mut int, mut float, mut boolean, mut ts, mut any) = (true, true, true, true, false);
-    for cell in cells.map(str::trim).filter(|c| !c.is_empty()) {
-        any = true;
-        int &= cell.parse::<i64>().is_ok();
-        float &= cell.parse::<f64>().is_ok();
-        boolean &= parse_bool(cell).is_some();
-        ts &= parse_timestamp(cell).is_some();
-        if !(int || float || boolean || ts) {
-            return ValueType::String;
-        }
-    }
-    match () {
-        _ if !any => ValueType::String,
-        _ if int => ValueType::Int,
-        _ if float => ValueType::Float,
-        _ if boolean => ValueType::Bool,
-        _ if ts => ValueType::Timestamp,
-        _ => ValueType::String,
-    }
-}
-
-fn parse_bool(s: &str) -> Option<bool> {
-    match s.to_ascii_lowercase().as_str() {
-        "true" => Some(true),
-        "false" => Some(false),
-        _ => None,
-    }
-}
-
-fn parse_cell(cell: &str, ty: ValueType) -> Value {
-    let t = cell.trim();
-    if t.is_empty() {
-        return Value::Null;
-    }
-    let typed = match ty {
-        ValueType::Int => t.parse().ok().map(Value::Int),
-        ValueType::Float => t.parse().ok().map(Value::Float),
-        ValueType::Bool => parse_bool(t).map(Value::Bool),
-        ValueType::Timestamp => parse_timestamp(t).map(Value::Timestamp),
-        _ => None,
-    };
-    typed.unwrap_or_else(|| Value::String(cell.to_owned()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn csv_columns_get_the_narrowest_type() {
-        let csv = "id,price,ok,at,name,blank\n1,2.5,true,2024-01-02T03:04:05,ann,\n2,3,FALSE,2024-01-03,bob,\n,,,,,\n";
-        let rows = read_csv(csv.as_bytes()).unwrap();
-        assert_eq!(rows.len(), 3);
-        let first = &rows[0];
-        assert_eq!(first.get("id"), Some(&Value::Int(1)));
-        assert_eq!(first.get("price"), Some(&Value::Float(2.5)));
-        assert_eq!(rows[1].get("price"), Some(&Value::Float(3.0)));
-        assert_eq!(first.get("ok"), Some(&Value::Bool(true)));
-        assert_eq!(rows[1].get("ok"), Some(&Value::Bool(false)));
-        assert_eq!(
-            first.get("at"),
-            parse_timestamp("2024-01-02T03:04:05")
-                .map(Value::Timestamp)
-                .as_ref()
-        );
-        assert_eq!(first.get("name"), Some(&Value::String("ann".into())));
-        assert_eq!(first.get("blank"), Some(&Value::Null));
-        assert!(rows[2].fields.iter().all(|f| f.value == Value::Null));
-        assert_eq!(infer_type(["1", "x"].into_iter()), ValueType::String);
-    }
 
     #[test]
     fn params_are_scoped_by_name_or_position() {
