@@ -3,6 +3,6 @@
 
 mod kafka;
 mod pipeline;
+mod random;
 mod snowflake;
 mod transform;
-mod transform_random;

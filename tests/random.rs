@@ -1,4 +1,5 @@
-//! Randomized tests of the transform runtime against an oracle written here in plain Rust.
+//! Randomized tests against oracles written here in plain Rust: the transform runtime, and the
+//! Kafka message format rows travel in.
 //!
 //! Each seed builds records of many shapes (fields missing, reordered, of every value type, with
 //! multi-byte text, NaN, -0.0, extreme integers), sends them through a chain of the example
@@ -15,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use sha2::{Digest, Sha256};
 use sluice::row::{RecordMeta, Row, Value};
+use sluice::source::wire;
 
 use sluice::transform::{
     FailureKind, RecordOutcome, RuntimeOptions, TransformChain, TransformConfig,
@@ -27,10 +29,12 @@ use crate::transform::config;
 /// them: the chain creates those.
 const NAMES: [&str; 7] = ["id", "name", "value", "tags", "flag", "note", "ünï"];
 
-/// Text with the characters that matter to the guests: the explode separator, whitespace
-/// around it, ASCII letters to uppercase and non-ASCII ones that must stay as they are.
-const CHARS: [char; 16] = [
-    'a', 'u', 'Z', 't', '1', ' ', '|', ',', '"', '\n', 'é', 'ß', '中', '🦀', '\u{a0}', '|',
+/// Text with the characters that matter to the guests (the explode separator, whitespace around
+/// it, ASCII letters to uppercase and non-ASCII ones that must stay as they are) and to JSON
+/// (quotes, backslashes, control characters).
+const CHARS: [char; 19] = [
+    'a', 'u', 'Z', 't', '1', ' ', '|', ',', '"', '\n', 'é', 'ß', '中', '🦀', '\u{a0}', '|', '\\',
+    '\t', '\u{1}',
 ];
 
 fn seeds() -> Vec<u64> {
@@ -72,8 +76,21 @@ fn any_value(rng: &mut StdRng) -> Value {
         2 => Value::Int(int(rng)),
         3 => Value::Float(float(rng)),
         4 => Value::String(text(rng)),
+        5 if rng.random_bool(0.1) => Value::Timestamp([i64::MIN, i64::MAX][rng.random_range(0..2)]),
         5 => Value::Timestamp(rng.random_range(-1_000_000..2_000_000_000_000_000)),
-        _ => Value::Json(["{\"a\":[1,2]}", "[]", "\"x|y\"", "null"][rng.random_range(0..4)].into()),
+        _ => {
+            // Valid JSON, and text that is not (bare JSON whitespace around it included).
+            let texts = [
+                "{\"a\":[1,2]}",
+                "[]",
+                "\"x|y\"",
+                "null",
+                " 1 ",
+                "{not json",
+                "{\"k\": \"\\n\"}",
+            ];
+            Value::Json(texts[rng.random_range(0..texts.len())].into())
+        }
     }
 }
 
@@ -531,4 +548,27 @@ fn random_records_through_mask_trap_filter_enrich_explode_match_the_oracle() {
 #[test]
 fn random_records_exploded_first_match_the_oracle() {
     check_chain(["mask", "explode", "trap", "filter", "enrich"], "flag");
+}
+
+/// Random rows, some with a field name twice, come back from the message format exactly: every
+/// type, NaN, -0.0, infinities, timestamps outside the calendar, JSON that is not JSON, escapes.
+#[test]
+fn random_rows_survive_the_message_format() {
+    for seed in seeds() {
+        let mut rng = StdRng::seed_from_u64(seed);
+        for (i, mut row) in records(&mut rng, 3000).into_iter().enumerate() {
+            if rng.random_bool(0.1) {
+                let v = any_value(&mut rng);
+                row.push("id", v);
+            }
+            let message = wire::encode(&row);
+            let back = wire::decode(Some(&message.value), Some(message.types.as_bytes()));
+            assert!(
+                back.as_ref()
+                    .is_ok_and(|b| same_rows(std::slice::from_ref(b), std::slice::from_ref(&row))),
+                "seed {seed}, row {i}: {row:?} came back as {back:?} from {}",
+                String::from_utf8_lossy(&message.value)
+            );
+        }
+    }
 }
