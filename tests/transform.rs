@@ -963,6 +963,7 @@ fn cli_test_expect_detects_a_mismatch() {
             input: input.clone(),
             delimiter: ",".into(),
             schema: Vec::new(),
+            infer_rows: 1000,
             key_column: None,
             with: vec!["uppercase=name".into()],
             expect: Some(expect.to_path_buf()),
@@ -1116,6 +1117,39 @@ fn cli_test_reads_csv_like_the_source_and_gives_rows_their_metadata() {
         stderr.contains("transform  meta: 3 in, 3 out, 0 dropped, 0 failed"),
         "{stderr}"
     );
+
+    // A column typed from too few records, or by `--schema`, makes a later value a bad record,
+    // as in the source; typed from all of them, it is a string column.
+    let input = dir.path().join("late.csv");
+    std::fs::write(&input, "n\n1\nx\n").unwrap();
+    for (extra, out_rows) in [
+        (&["--infer-rows", "1"][..], 1),
+        (&["--schema", "n=int"], 1),
+        (&[], 2),
+    ] {
+        let mut args = vec![
+            "transform",
+            "test",
+            "--component",
+            guests::PASSTHROUGH,
+            "--input",
+            input.to_str().unwrap(),
+        ];
+        args.extend(extra);
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).lines().count(),
+            out_rows,
+            "{extra:?}: {stderr}"
+        );
+        assert_eq!(
+            stderr.contains("record 2 (line 3): bad row (parse)"),
+            out_rows == 1,
+            "{extra:?}: {stderr}"
+        );
+    }
 }
 
 /// `sluice transform new` scaffolds a crate that builds and passes its own golden test as is.

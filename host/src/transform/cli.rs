@@ -77,6 +77,9 @@ pub enum TransformCommand {
         /// A CSV column's type, `COLUMN=TYPE` (the source's `schema`); other columns are inferred.
         #[arg(long = "schema", value_name = "COLUMN=TYPE")]
         schema: Vec<String>,
+        /// How many CSV records type inference samples (the source's `infer_rows`).
+        #[arg(long, default_value_t = crate::source::config::DEFAULT_INFER_ROWS)]
+        infer_rows: usize,
         /// The column whose value becomes each record's message key (the source's `key_column`).
         #[arg(long)]
         key_column: Option<String>,
@@ -126,6 +129,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             input,
             delimiter,
             schema,
+            infer_rows,
             key_column,
             with,
             expect,
@@ -148,7 +152,11 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect::<Vec<_>>();
             assign_params(&mut configs, &with).map_err(usage)?;
-            let opts = input_options(&delimiter, &schema, key_column).map_err(usage)?;
+            let opts = InputOptions {
+                infer_rows,
+                key_column,
+                ..input_options(&delimiter, &schema).map_err(usage)?
+            };
             let records = read_input(&input, &opts).map_err(usage)?;
             // Read before the run, so that a bad golden path does not cost a whole run first.
             let expected: Option<Vec<_>> = expect
@@ -530,11 +538,8 @@ pub enum InputRecord {
     Bad(BadRow),
 }
 
-fn input_options(
-    delimiter: &str,
-    schema: &[String],
-    key_column: Option<String>,
-) -> anyhow::Result<InputOptions> {
+/// Options from `--delimiter` and `--schema`, the rest default.
+fn input_options(delimiter: &str, schema: &[String]) -> anyhow::Result<InputOptions> {
     let delimiter = match delimiter.as_bytes() {
         [d] if d.is_ascii() => *d,
         _ => bail!("--delimiter {delimiter:?} is not one ASCII character"),
@@ -556,7 +561,6 @@ fn input_options(
     Ok(InputOptions {
         delimiter,
         schema: types,
-        key_column,
         ..InputOptions::default()
     })
 }
