@@ -1112,7 +1112,10 @@ fn cli_test_reads_csv_like_the_source_and_gives_rows_their_metadata() {
         stderr.contains("record 3 (line 5): bad row (ragged_row)"),
         "{stderr}"
     );
-    assert!(stderr.contains("source  1 bad records not run"), "{stderr}");
+    assert!(
+        stderr.contains("source  1 bad records, not run"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("transform  meta: 3 in, 3 out, 0 dropped, 0 failed"),
         "{stderr}"

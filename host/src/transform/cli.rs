@@ -385,33 +385,30 @@ pub fn test(
     };
     let mut bad = 0;
     let mut records = records.into_iter().enumerate().peekable();
-    while records.peek().is_some() {
+    let is_bad = |(_, r): &(usize, InputRecord)| matches!(r, InputRecord::Bad(_));
+    loop {
+        // A batch ends at a bad record, so that every failure prints in file order.
+        while let Some((i, InputRecord::Bad(b))) = records.next_if(is_bad) {
+            bad += 1;
+            report.failed += 1;
+            let (n, line, kind) = (i + 1, b.line, b.kind.as_str());
+            writeln!(
+                err,
+                "record {n} (line {line}): bad row ({kind}): {}",
+                b.reason
+            )?;
+        }
         // Where each row of the batch came from: its 1-based record number and line.
         let mut origins = Vec::new();
         let mut batch: Vec<(RecordMeta, Row)> = Vec::new();
-        for (i, record) in records.by_ref() {
-            match record {
-                InputRecord::Row { line, meta, row } => {
-                    origins.push((i + 1, line));
-                    batch.push((meta, row));
-                    if batch.len() == batch_size {
-                        break;
-                    }
-                }
-                InputRecord::Bad(b) => {
-                    bad += 1;
-                    report.failed += 1;
-                    let (n, line, kind) = (i + 1, b.line, b.kind.as_str());
-                    writeln!(
-                        err,
-                        "record {n} (line {line}): bad row ({kind}): {}",
-                        b.reason
-                    )?;
-                }
-            }
+        while batch.len() < batch_size
+            && let Some((i, InputRecord::Row { line, meta, row })) = records.next_if(|r| !is_bad(r))
+        {
+            origins.push((i + 1, line));
+            batch.push((meta, row));
         }
         if batch.is_empty() {
-            continue;
+            break;
         }
         for ((n, line), outcome) in origins.into_iter().zip(chain.process_blocking(batch)?) {
             match outcome {
@@ -450,7 +447,7 @@ pub fn test(
     if bad > 0 {
         writeln!(
             err,
-            "source  {bad} bad records not run (sluice run sends them to the dead-letter topic)"
+            "source  {bad} bad records, not run (sluice run applies source.on_error to them)"
         )?;
     }
     // The same per-transform line as `sluice run`'s summary.
