@@ -961,9 +961,9 @@ fn cli_test_expect_detects_a_mismatch() {
         run_command(TransformCommand::Test {
             components: vec![guests::ENRICH.into()],
             input: input.clone(),
-            delimiter: ",".into(),
+            delimiter: None,
             schema: Vec::new(),
-            infer_rows: 1000,
+            infer_rows: None,
             key_column: None,
             with: vec!["uppercase=name".into()],
             expect: Some(expect.to_path_buf()),
@@ -1029,13 +1029,28 @@ fn cli_test_usage_errors_exit_2() {
         ),
         (
             &["--with", "value=50", "--delimiter", ";;"],
-            input,
+            csv,
             "one ASCII character",
         ),
         (
             &["--with", "value=50", "--schema", "value=decimal"],
-            input,
+            csv,
             "unknown type \"decimal\"",
+        ),
+        (
+            &["--with", "value=50", "--schema", "value=null"],
+            csv,
+            "unknown type \"null\"",
+        ),
+        (
+            &["--with", "value=50", "--delimiter", ";"],
+            input,
+            "apply to CSV input",
+        ),
+        (
+            &["--with", "value=50", "--key-column", "nope"],
+            input,
+            "not a field of any row",
         ),
         (
             &["--with", "value=50", "--key-column", "nope"],
@@ -1118,6 +1133,37 @@ fn cli_test_reads_csv_like_the_source_and_gives_rows_their_metadata() {
     );
     assert!(
         stderr.contains("transform  meta: 3 in, 3 out, 0 dropped, 0 failed"),
+        "{stderr}"
+    );
+
+    // A row too large for a message is a bad record and gets no offset, as in the source.
+    let input = dir.path().join("big.csv");
+    std::fs::write(&input, format!("n\n{}\nb\n", "a".repeat(1_000_001))).unwrap();
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[
+            "transform",
+            "test",
+            "--component",
+            guests::META,
+            "--input",
+            input.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rows.iter()
+            .map(|r| (r["n"].clone(), r["offset"].clone()))
+            .collect::<Vec<_>>(),
+        [(serde_json::json!("b"), serde_json::json!(0))]
+    );
+    assert!(
+        stderr.contains("record 1 (line 2): bad row (too_large)"),
         "{stderr}"
     );
 

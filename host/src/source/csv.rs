@@ -13,7 +13,7 @@
 //! do `NaN`/`inf`. Because an inferred type is then a contract for the whole file (a table column
 //! has one type), a later value that does not parse is a bad row, like one under an explicit schema.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::fs::File;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
@@ -441,21 +441,25 @@ fn shorten(s: &str) -> String {
 
 fn header_names(header: &ByteRecord) -> Result<Vec<Name>, String> {
     let mut names: Vec<Name> = Vec::with_capacity(header.len());
-    let mut seen: HashMap<String, u32> = HashMap::new();
+    // Checked against every name given out so far, renamed ones included: in `id,id_2,id` the
+    // second `id` must not become a second `id_2`.
+    let mut used: HashSet<String> = HashSet::new();
     for (i, raw) in header.iter().enumerate() {
         let name = std::str::from_utf8(raw)
             .map_err(|_| format!("header field {} is not valid UTF-8", i + 1))?
             .trim();
-        let mut name = if name.is_empty() {
+        let base = if name.is_empty() {
             format!("column_{}", i + 1)
         } else {
             name.to_owned()
         };
-        let count = seen.entry(name.clone()).or_insert(0);
-        *count += 1;
-        if *count > 1 {
-            name = format!("{name}_{count}");
+        let mut name = base.clone();
+        let mut n = 1;
+        while used.contains(&name) {
+            n += 1;
+            name = format!("{base}_{n}");
         }
+        used.insert(name.clone());
         names.push(Name::from(name));
     }
     Ok(names)
@@ -680,6 +684,11 @@ mod tests {
         assert_eq!(
             r.columns().iter().map(|c| &**c).collect::<Vec<_>>(),
             ["a", "a_2", "column_3", "b"]
+        );
+        let (r, _) = read_all(b"id,id_2,id,id\n1,2,3,4\n", &opts());
+        assert_eq!(
+            r.columns().iter().map(|c| &**c).collect::<Vec<_>>(),
+            ["id", "id_2", "id_3", "id_4"]
         );
     }
 

@@ -163,6 +163,28 @@ enum ReaderMsg {
     Failed(SourceError),
 }
 
+/// The message a row read from `line` becomes, or the bad row it is when the message would be
+/// larger than `max_bytes` (the broker's `message.max.bytes`, less room for the headers).
+pub fn encode_message(
+    line: u64,
+    row: &crate::row::Row,
+    max_bytes: usize,
+) -> Result<wire::Encoded, BadRow> {
+    let enc = wire::encode(row);
+    if enc.value.len() + enc.types.len() + 256 > max_bytes {
+        return Err(BadRow {
+            line,
+            kind: BadRowKind::TooLarge,
+            reason: format!(
+                "encoded row is {} bytes; the largest message is {max_bytes} bytes (kafka.properties.\"message.max.bytes\")",
+                enc.value.len()
+            ),
+            payload: enc.value,
+        });
+    }
+    Ok(enc)
+}
+
 /// Replays the CSV file into `kafka.topic` (created if missing), paced as configured, `loop`
 /// times. Bad rows go to `dead_letters`, are counted, or stop the run, per `source.on_error`.
 /// Returns once every produced row is confirmed by the broker. On cancellation it stops reading,
@@ -308,23 +330,16 @@ pub async fn replay(
             }
             Some(ReaderMsg::Item(CsvItem::Row { line, row })) => (line, row),
         };
-        let enc = wire::encode(&row);
-        if enc.value.len() + enc.types.len() + 256 > max_bytes {
-            let bad = BadRow {
-                line,
-                kind: BadRowKind::TooLarge,
-                reason: format!(
-                    "encoded row is {} bytes; the largest message is {max_bytes} bytes (kafka.properties.\"message.max.bytes\")",
-                    enc.value.len()
-                ),
-                payload: enc.value,
-            };
-            if let Err(e) = reject(bad, &file_name, src.on_error, &dead_letters, &stats).await {
-                failure = Some(e);
-                break;
+        let enc = match encode_message(line, &row, max_bytes) {
+            Ok(enc) => enc,
+            Err(bad) => {
+                if let Err(e) = reject(bad, &file_name, src.on_error, &dead_letters, &stats).await {
+                    failure = Some(e);
+                    break;
+                }
+                continue;
             }
-            continue;
-        }
+        };
         let event_us = event_index.and_then(|i| match row.fields[i].value {
             Value::Timestamp(us) => Some(us),
             _ => None,

@@ -17,7 +17,8 @@
 //!
 //! Exact round trip (`decode(encode(row)) == row`, types included) is kept by these rules:
 //! - timestamps are written as ISO-8601 text with microseconds (`format_timestamp`), or as the
-//!   raw microsecond count when outside chrono's range;
+//!   raw microsecond count when their year is outside 0000-9999 (ISO text with a signed or
+//!   five-digit year would not parse back);
 //! - floats use the shortest round-tripping form, and are parsed back with Rust's exact float
 //!   parser (not serde_json's fast one); NaN and infinities, which JSON lacks, are written as the
 //!   strings `"NaN"`, `"inf"`, `"-inf"`;
@@ -137,13 +138,14 @@ fn write_value(out: &mut Vec<u8>, v: &Value) -> &'static str {
             let _ = serde_json::to_writer(&mut *out, f);
         }
         Value::String(s) => write_json_string(out, s),
-        Value::Timestamp(us) => {
-            if chrono::DateTime::from_timestamp_micros(*us).is_some() {
-                write_json_string(out, &format_timestamp(*us));
-            } else {
-                out.extend_from_slice(us.to_string().as_bytes());
+        Value::Timestamp(us) => match chrono::DateTime::from_timestamp_micros(*us) {
+            // ISO-8601 text of a year outside 0000-9999 (`+10000-01-01`, `-0001-12-31`) does not
+            // parse back, so such a timestamp travels as its number like one outside chrono's range.
+            Some(dt) if (0..=9999).contains(&chrono::Datelike::year(&dt)) => {
+                write_json_string(out, &format_timestamp(*us))
             }
-        }
+            _ => out.extend_from_slice(us.to_string().as_bytes()),
+        },
         Value::Json(text) => {
             let embeddable = text.trim() == text
                 && !text.is_empty()
@@ -415,6 +417,9 @@ mod tests {
         row.push("at", Value::Timestamp(1_704_164_645_123_456));
         row.push("old", Value::Timestamp(-1));
         row.push("far", Value::Timestamp(i64::MAX));
+        // Year -1 and year 10000: inside chrono's range, outside what ISO-8601 text parses back.
+        row.push("bce", Value::Timestamp(-62_167_219_200_000_001));
+        row.push("y10k", Value::Timestamp(253_402_300_800_000_000));
         row.push("nested", Value::Json(r#"{"x": [1, 2.50, "s"]}"#.into()));
         row.push("jstr", Value::Json(r#""just a string""#.into()));
         row.push("jbad", Value::Json("{not json".into()));

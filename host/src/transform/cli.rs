@@ -21,7 +21,8 @@ use super::error::LoadError;
 use super::runtime::{RecordOutcome, RuntimeOptions, TransformChain, default_cache_dir};
 use crate::config::OnError;
 use crate::row::{RecordMeta, Row, ValueType};
-use crate::source::csv::{BadRow, CsvItem, CsvOptions, CsvReader};
+use crate::source::csv::{BadRow, BadRowKind, CsvItem, CsvOptions, CsvReader};
+use crate::source::producer::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::source::wire;
 
 const TARGET: &str = "wasm32-wasip2";
@@ -71,15 +72,15 @@ pub enum TransformCommand {
         /// `.jsonl` (one object per line).
         #[arg(long)]
         input: PathBuf,
-        /// The CSV field delimiter, one ASCII character (the source's `delimiter`).
-        #[arg(long, default_value = ",")]
-        delimiter: String,
+        /// The CSV field delimiter, one ASCII character (the source's `delimiter`; default `,`).
+        #[arg(long)]
+        delimiter: Option<String>,
         /// A CSV column's type, `COLUMN=TYPE` (the source's `schema`); other columns are inferred.
         #[arg(long = "schema", value_name = "COLUMN=TYPE")]
         schema: Vec<String>,
-        /// How many CSV records type inference samples (the source's `infer_rows`).
-        #[arg(long, default_value_t = crate::source::config::DEFAULT_INFER_ROWS)]
-        infer_rows: usize,
+        /// How many CSV records type inference samples (the source's `infer_rows`; default 1000).
+        #[arg(long)]
+        infer_rows: Option<usize>,
         /// The column whose value becomes each record's message key (the source's `key_column`).
         #[arg(long)]
         key_column: Option<String>,
@@ -152,10 +153,19 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect::<Vec<_>>();
             assign_params(&mut configs, &with).map_err(usage)?;
+            if is_jsonl(&input)
+                && (delimiter.is_some() || !schema.is_empty() || infer_rows.is_some())
+            {
+                return Err(usage(anyhow::anyhow!(
+                    "--delimiter, --schema and --infer-rows apply to CSV input, not to {}",
+                    input.display()
+                )));
+            }
+            let defaults = InputOptions::default();
             let opts = InputOptions {
-                infer_rows,
+                infer_rows: infer_rows.unwrap_or(defaults.infer_rows),
                 key_column,
-                ..input_options(&delimiter, &schema).map_err(usage)?
+                ..input_options(delimiter.as_deref().unwrap_or(","), &schema).map_err(usage)?
             };
             let records = read_input(&input, &opts).map_err(usage)?;
             // Read before the run, so that a bad golden path does not cost a whole run first.
@@ -383,6 +393,7 @@ pub fn test(
         output: Vec::new(),
         failed: 0,
     };
+    let batch_size = batch_size.max(1);
     let mut bad = 0;
     let mut records = records.into_iter().enumerate().peekable();
     let is_bad = |(_, r): &(usize, InputRecord)| matches!(r, InputRecord::Bad(_));
@@ -398,7 +409,7 @@ pub fn test(
                 b.reason
             )?;
         }
-        // Where each row of the batch came from: its 1-based record number and line.
+        // Kept beside the batch because failures are reported by record number and line.
         let mut origins = Vec::new();
         let mut batch: Vec<(RecordMeta, Row)> = Vec::new();
         while batch.len() < batch_size
@@ -546,11 +557,14 @@ fn input_options(delimiter: &str, schema: &[String]) -> anyhow::Result<InputOpti
         let (column, ty) = item
             .split_once('=')
             .with_context(|| format!("--schema {item:?} is not COLUMN=TYPE"))?;
-        let ty: ValueType = serde_json::from_value(serde_json::Value::from(ty)).map_err(|_| {
-            anyhow::anyhow!(
-                "--schema {item:?}: unknown type {ty:?} (expected int, float, bool, string, timestamp or json)"
-            )
-        })?;
+        let ty = serde_json::from_value(serde_json::Value::from(ty))
+            .ok()
+            .filter(|t| *t != ValueType::Null)
+            .with_context(|| {
+                format!(
+                    "--schema {item:?}: unknown type {ty:?} (expected int, float, bool, string, timestamp or json)"
+                )
+            })?;
         if types.insert(column.to_owned(), ty).is_some() {
             bail!("--schema {item:?}: column {column:?} is given more than once");
         }
@@ -571,7 +585,24 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<Vec<InputR
         |n| n.to_string_lossy().into_owned(),
     );
     let mut offset = 0;
+    // What the consumer would hand the chain: the row as the source encodes it and the consumer
+    // decodes it, or the bad row the source makes of it instead.
     let mut record = |line: u64, row: Row| {
+        let enc = match crate::source::encode_message(line, &row, DEFAULT_MAX_MESSAGE_BYTES) {
+            Ok(enc) => enc,
+            Err(bad) => return InputRecord::Bad(bad),
+        };
+        let row = match wire::decode(Some(&enc.value), Some(enc.types.as_bytes())) {
+            Ok(row) => row,
+            Err(e) => {
+                return InputRecord::Bad(BadRow {
+                    line,
+                    kind: BadRowKind::Parse,
+                    reason: format!("the consumer cannot decode its message: {e}"),
+                    payload: enc.value,
+                });
+            }
+        };
         let key = opts
             .key_column
             .as_deref()
@@ -584,10 +615,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<Vec<InputR
             key: key.map(String::into_bytes),
             timestamp_ms: None,
             headers: vec![
-                (
-                    wire::HEADER_TYPES.to_owned(),
-                    wire::encode(&row).types.into_bytes(),
-                ),
+                (wire::HEADER_TYPES.to_owned(), enc.types.into_bytes()),
                 (wire::HEADER_FILE.to_owned(), file.clone().into_bytes()),
                 (wire::HEADER_LINE.to_owned(), line.to_string().into_bytes()),
             ],
@@ -595,18 +623,27 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<Vec<InputR
         offset += 1;
         InputRecord::Row { line, meta, row }
     };
-    if path
-        .extension()
-        .is_some_and(|e| e == "jsonl" || e == "ndjson")
-    {
-        return read_jsonl(path)?
+    if is_jsonl(path) {
+        let rows = read_jsonl(path)?
             .into_iter()
             .map(|(line, v)| {
                 let row = Row::from_json(&v)
                     .with_context(|| format!("{}:{line}: not a JSON object", path.display()))?;
-                Ok(record(line, row))
+                Ok((line, row))
             })
-            .collect();
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if let Some(k) = &opts.key_column
+            && !rows.iter().any(|(_, r)| r.get(k).is_some())
+        {
+            bail!(
+                "--key-column {k:?} is not a field of any row of {}",
+                path.display()
+            );
+        }
+        return Ok(rows
+            .into_iter()
+            .map(|(line, row)| record(line, row))
+            .collect());
     }
     let csv = CsvOptions {
         delimiter: opts.delimiter,
@@ -627,6 +664,12 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<Vec<InputR
         });
     }
     Ok(records)
+}
+
+/// Whether `transform test` reads `path` as JSONL (else as CSV).
+fn is_jsonl(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e == "jsonl" || e == "ndjson")
 }
 
 /// The non-blank lines of a JSONL file, parsed, with their 1-based line numbers.
