@@ -449,6 +449,52 @@ async fn rows_that_do_not_fit_go_to_dead_letters_before_the_offsets_move() {
     assert_eq!(r.rows, vec![vec![json!(1)], vec![json!(4)]]);
 }
 
+/// A timestamp Snowflake cannot take (a year past 9999, or a count of microseconds beyond any
+/// calendar, which a transform can emit) is dead-lettered before the COPY, which would otherwise
+/// fail for the whole file and again on every replay of it; the rows around it load.
+#[tokio::test]
+async fn timestamps_beyond_year_9999_are_dead_lettered_not_copied() {
+    let cfg = sink_config("events");
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
+    let (dlq, letters) = dead_letter_collector();
+    let at = |id: i64, us: i64| row(&[("id", Value::Int(id)), ("at", Value::Timestamp(us))]);
+    let records = [
+        rec("t", 0, 0, vec![at(1, 1_704_164_645_123_456)]),
+        // 10000-01-01T00:00:00, then the largest count of microseconds.
+        rec("t", 0, 1, vec![at(2, 253_402_300_800_000_000)]),
+        rec("t", 0, 2, vec![at(3, i64::MAX)]),
+        rec("t", 0, 3, vec![at(4, 253_402_300_799_999_999)]),
+    ];
+    let (handle, mut durable, task) = sink.clone().spawn(Some(dlq), 8);
+    handle.record(records[0].clone()).await.unwrap();
+    handle.flush().await.unwrap();
+    for r in records[1..].iter().cloned() {
+        handle.record(r).await.unwrap();
+    }
+    handle.close();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!(summary.rows_dead_lettered, 2);
+    let mut last = 0;
+    while let Ok(d) = durable.try_recv() {
+        last = d.next_offset;
+    }
+    assert_eq!(last, 4);
+    let letters = letters.await.unwrap();
+    let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
+    assert_eq!(reasons.len(), 2, "{reasons:?}");
+    assert!(
+        reasons
+            .iter()
+            .all(|r| r.starts_with("field \"at\" is a timestamp outside the years 1 to 9999")),
+        "{reasons:?}"
+    );
+    let r = sink
+        .query(&format!("SELECT \"ID\" FROM {} ORDER BY 1", sink.table()))
+        .await
+        .unwrap();
+    assert_eq!(r.rows, vec![vec![json!(1)], vec![json!(4)]]);
+}
+
 #[tokio::test]
 async fn new_fields_add_columns_under_add_columns() {
     let mut cfg = sink_config("events");

@@ -134,6 +134,14 @@ impl ColumnKind {
     }
 }
 
+/// Whether a timestamp column can take this timestamp: years 1 to 9999, the ones whose ISO-8601
+/// text has four digits and which Snowflake parses. Anything else (a transform can emit any
+/// count of microseconds) would fail the COPY of its whole file, and of every replay of it.
+pub fn loadable_timestamp(us: i64) -> bool {
+    chrono::DateTime::from_timestamp_micros(us)
+        .is_some_and(|t| (1..=9999).contains(&chrono::Datelike::year(&t)))
+}
+
 fn push_quoted(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     for b in s.bytes() {

@@ -1112,6 +1112,15 @@ fn map_row(row: &Row, columns: &[Column], names: &[String]) -> Result<Vec<Option
                 // COPY would fail on it, and fail again on every replay of the batch.
                 return Err(format!("field \"{}\" is not valid JSON", f.name));
             }
+            Some(i)
+                if columns[i].kind == ColumnKind::Timestamp
+                    && matches!(f.value, Value::Timestamp(us) if !encode::loadable_timestamp(us)) =>
+            {
+                return Err(format!(
+                    "field \"{}\" is a timestamp outside the years 1 to 9999 ({})",
+                    f.name, f.value
+                ));
+            }
             Some(i) if columns[i].kind.accepts(&f.value) => slots.push(Some(i)),
             Some(i) => {
                 return Err(format!(
