@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use serde_json::{Value as Json, json};
+use sluice::dead_letter::DeadLetter;
 use sluice::row::{Row, Value, parse_timestamp};
 use sluice::sink::snowflake::config::{SchemaEvolution, SnowflakeSinkConfig};
 use sluice::sink::snowflake::{
@@ -381,11 +382,33 @@ async fn crash_between_warehouse_commit_and_kafka_commit_loses_and_duplicates_no
     sink.close().await;
 }
 
+/// Runs `records` through a writer that dead-letters, flushing after the first record so that the
+/// table exists with that record's columns before the rest arrive. Returns the summary, the last
+/// durable next offset and the dead letters.
+async fn run_with_dead_letters(
+    sink: &Arc<SnowflakeSink>,
+    records: &[SinkRecord],
+) -> (SinkSummary, i64, Vec<DeadLetter>) {
+    let (dlq, letters) = dead_letter_collector();
+    let (handle, mut durable, task) = sink.clone().spawn(Some(dlq), 8);
+    handle.record(records[0].clone()).await.unwrap();
+    handle.flush().await.unwrap();
+    for r in records[1..].iter().cloned() {
+        handle.record(r).await.unwrap();
+    }
+    handle.close();
+    let summary = task.await.unwrap().unwrap();
+    let mut last = 0;
+    while let Ok(d) = durable.try_recv() {
+        last = d.next_offset;
+    }
+    (summary, last, letters.await.unwrap())
+}
+
 #[tokio::test]
 async fn rows_that_do_not_fit_go_to_dead_letters_before_the_offsets_move() {
     let cfg = sink_config("events");
     let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
-    let (dlq, letters) = dead_letter_collector();
     let records = [
         rec("t", 0, 0, vec![event(1)]),
         rec(
@@ -403,22 +426,9 @@ async fn rows_that_do_not_fit_go_to_dead_letters_before_the_offsets_move() {
         rec("t", 0, 3, vec![event(4)]),
         rec("t", 0, 4, vec![Row::default()]),
     ];
-    // Flush after the first record so the table exists with (ID, NAME) before the rest arrive.
-    let (handle, mut durable, task) = sink.clone().spawn(Some(dlq), 8);
-    handle.record(records[0].clone()).await.unwrap();
-    handle.flush().await.unwrap();
-    for r in records[1..].iter().cloned() {
-        handle.record(r).await.unwrap();
-    }
-    handle.close();
-    let summary = task.await.unwrap().unwrap();
+    let (summary, last, letters) = run_with_dead_letters(&sink, &records).await;
     assert_eq!(summary.rows_dead_lettered, 3);
-    let mut last = 0;
-    while let Ok(d) = durable.try_recv() {
-        last = d.next_offset;
-    }
     assert_eq!(last, 5);
-    let letters = letters.await.unwrap();
     assert_eq!(letters.len(), 3);
     assert_eq!(letters[2].reason, "row has no fields");
     assert_eq!(letters[0].stage, "sink");
@@ -454,9 +464,10 @@ async fn rows_that_do_not_fit_go_to_dead_letters_before_the_offsets_move() {
 /// fail for the whole file and again on every replay of it; the rows around it load.
 #[tokio::test]
 async fn timestamps_beyond_year_9999_are_dead_lettered_not_copied() {
-    let cfg = sink_config("events");
+    // Its own table: staged file names are per table, topic, partition and offsets, and the
+    // emulator's stage is shared by every test's database.
+    let cfg = sink_config("stamps");
     let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
-    let (dlq, letters) = dead_letter_collector();
     let at = |id: i64, us: i64| row(&[("id", Value::Int(id)), ("at", Value::Timestamp(us))]);
     let records = [
         rec("t", 0, 0, vec![at(1, 1_704_164_645_123_456)]),
@@ -465,21 +476,9 @@ async fn timestamps_beyond_year_9999_are_dead_lettered_not_copied() {
         rec("t", 0, 2, vec![at(3, i64::MAX)]),
         rec("t", 0, 3, vec![at(4, 253_402_300_799_999_999)]),
     ];
-    let (handle, mut durable, task) = sink.clone().spawn(Some(dlq), 8);
-    handle.record(records[0].clone()).await.unwrap();
-    handle.flush().await.unwrap();
-    for r in records[1..].iter().cloned() {
-        handle.record(r).await.unwrap();
-    }
-    handle.close();
-    let summary = task.await.unwrap().unwrap();
+    let (summary, last, letters) = run_with_dead_letters(&sink, &records).await;
     assert_eq!(summary.rows_dead_lettered, 2);
-    let mut last = 0;
-    while let Ok(d) = durable.try_recv() {
-        last = d.next_offset;
-    }
     assert_eq!(last, 4);
-    let letters = letters.await.unwrap();
     let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
     assert_eq!(reasons.len(), 2, "{reasons:?}");
     assert!(

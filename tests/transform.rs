@@ -1079,33 +1079,36 @@ fn cli_test_usage_errors_exit_2() {
 #[test]
 fn cli_test_reads_csv_like_the_source_and_gives_rows_their_metadata() {
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.csv");
-    std::fs::write(
-        &input,
-        "\u{feff}id;zip;x;name;name\n1;007;NaN;a;b\n2;\"01\n0\";1.5;c;d\n3;010\n4;042;inf;e;f\n",
-    )
-    .unwrap();
-    let out = sluice_tests::cli::sluice(
-        dir.path(),
-        &[
+    // `transform test` on `file` (written with `text`) through `component`: the output rows, and
+    // stderr. Every case here runs to the end, bad records and all.
+    let run = |file: &str, text: &str, component: &str, extra: &[&str]| {
+        let input = dir.path().join(file);
+        std::fs::write(&input, text).unwrap();
+        let input = input.to_str().unwrap();
+        let mut args = vec![
             "transform",
             "test",
             "--component",
-            guests::META,
+            component,
             "--input",
-            input.to_str().unwrap(),
-            "--delimiter",
-            ";",
-            "--key-column",
-            "id",
-        ],
+            input,
+        ];
+        args.extend(extra);
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {stderr}");
+        let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        (rows, stderr)
+    };
+    let (rows, stderr) = run(
+        "in.csv",
+        "\u{feff}id;zip;x;name;name\n1;007;NaN;a;b\n2;\"01\n0\";1.5;c;d\n3;010\n4;042;inf;e;f\n",
+        guests::META,
+        &["--delimiter", ";", "--key-column", "id"],
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let row = |id: i64, zip: &str, x: &str, names: [&str; 2], offset: i64| {
         serde_json::json!({
             "id": id, "zip": zip, "x": x, "name": names[0], "name_2": names[1],
@@ -1123,45 +1126,19 @@ fn cli_test_reads_csv_like_the_source_and_gives_rows_their_metadata() {
             row(4, "042", "inf", ["e", "f"], 2),
         ]
     );
-    assert!(
-        stderr.contains("record 3 (line 5): bad row (ragged_row)"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("source  1 bad records, not run"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("transform  meta: 3 in, 3 out, 0 dropped, 0 failed"),
-        "{stderr}"
-    );
+    for says in [
+        "record 3 (line 5): bad row (ragged_row)",
+        "source  1 bad records, not run",
+        "transform  meta: 3 in, 3 out, 0 dropped, 0 failed",
+    ] {
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
 
     // A row too large for a message is a bad record and gets no offset, as in the source.
-    let input = dir.path().join("big.csv");
-    std::fs::write(&input, format!("n\n{}\nb\n", "a".repeat(1_000_001))).unwrap();
-    let out = sluice_tests::cli::sluice(
-        dir.path(),
-        &[
-            "transform",
-            "test",
-            "--component",
-            guests::META,
-            "--input",
-            input.to_str().unwrap(),
-        ],
-    );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(
-        rows.iter()
-            .map(|r| (r["n"].clone(), r["offset"].clone()))
-            .collect::<Vec<_>>(),
-        [(serde_json::json!("b"), serde_json::json!(0))]
-    );
+    let big = format!("n\n{}\nb\n", "a".repeat(1_000_001));
+    let (rows, stderr) = run("big.csv", &big, guests::META, &[]);
+    let got: Vec<_> = rows.iter().map(|r| (&r["n"], &r["offset"])).collect();
+    assert_eq!(got, [(&serde_json::json!("b"), &serde_json::json!(0))]);
     assert!(
         stderr.contains("record 1 (line 2): bad row (too_large)"),
         "{stderr}"
@@ -1169,30 +1146,13 @@ fn cli_test_reads_csv_like_the_source_and_gives_rows_their_metadata() {
 
     // A column typed from too few records, or by `--schema`, makes a later value a bad record,
     // as in the source; typed from all of them, it is a string column.
-    let input = dir.path().join("late.csv");
-    std::fs::write(&input, "n\n1\nx\n").unwrap();
     for (extra, out_rows) in [
         (&["--infer-rows", "1"][..], 1),
         (&["--schema", "n=int"], 1),
         (&[], 2),
     ] {
-        let mut args = vec![
-            "transform",
-            "test",
-            "--component",
-            guests::PASSTHROUGH,
-            "--input",
-            input.to_str().unwrap(),
-        ];
-        args.extend(extra);
-        let out = sluice_tests::cli::sluice(dir.path(), &args);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{stderr}");
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).lines().count(),
-            out_rows,
-            "{extra:?}: {stderr}"
-        );
+        let (rows, stderr) = run("late.csv", "n\n1\nx\n", guests::PASSTHROUGH, extra);
+        assert_eq!(rows.len(), out_rows, "{extra:?}: {stderr}");
         assert_eq!(
             stderr.contains("record 2 (line 3): bad row (parse)"),
             out_rows == 1,
