@@ -47,7 +47,7 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
             format!("file {} does not exist", path.display()),
         );
     }
-    if src.delimiter.len() != 1 || !src.delimiter.is_ascii() {
+    if crate::source::config::delimiter_byte(&src.delimiter).is_none() {
         bad(
             "source.delimiter",
             format!(

@@ -91,6 +91,14 @@ pub enum Pacing {
 fn default_delimiter() -> String {
     ",".to_owned()
 }
+/// The byte a `delimiter` setting stands for: one ASCII character, else `None`.
+pub fn delimiter_byte(delimiter: &str) -> Option<u8> {
+    match delimiter.as_bytes() {
+        [d] if d.is_ascii() => Some(*d),
+        _ => None,
+    }
+}
+
 /// How many records type inference samples when `infer_rows` is not set.
 pub const DEFAULT_INFER_ROWS: usize = 1000;
 

@@ -196,15 +196,12 @@ pub async fn replay(
     cancel: CancellationToken,
 ) -> Result<ReplaySummary, SourceError> {
     let src = cfg.source;
-    let delimiter = match src.delimiter.as_bytes() {
-        [d] if d.is_ascii() => *d,
-        _ => {
-            return Err(SourceError::Config(format!(
-                "delimiter must be one ASCII character, got {:?}",
-                src.delimiter
-            )));
-        }
-    };
+    let delimiter = config::delimiter_byte(&src.delimiter).ok_or_else(|| {
+        SourceError::Config(format!(
+            "delimiter must be one ASCII character, got {:?}",
+            src.delimiter
+        ))
+    })?;
     let path = {
         let p = Path::new(&src.path);
         if p.is_absolute() {

@@ -153,20 +153,8 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect::<Vec<_>>();
             assign_params(&mut configs, &with).map_err(usage)?;
-            if is_jsonl(&input)
-                && (delimiter.is_some() || !schema.is_empty() || infer_rows.is_some())
-            {
-                return Err(usage(anyhow::anyhow!(
-                    "--delimiter, --schema and --infer-rows apply to CSV input, not to {}",
-                    input.display()
-                )));
-            }
-            let defaults = InputOptions::default();
-            let opts = InputOptions {
-                infer_rows: infer_rows.unwrap_or(defaults.infer_rows),
-                key_column,
-                ..input_options(delimiter.as_deref().unwrap_or(","), &schema).map_err(usage)?
-            };
+            let opts =
+                input_options(&input, delimiter, &schema, infer_rows, key_column).map_err(usage)?;
             let records = read_input(&input, &opts).map_err(usage)?;
             // Read before the run, so that a bad golden path does not cost a whole run first.
             let expected: Option<Vec<_>> = expect
@@ -546,11 +534,25 @@ pub enum InputRecord {
     Bad(BadRow),
 }
 
-/// Options from `--delimiter` and `--schema`, the rest default.
-fn input_options(delimiter: &str, schema: &[String]) -> anyhow::Result<InputOptions> {
-    let delimiter = match delimiter.as_bytes() {
-        [d] if d.is_ascii() => *d,
-        _ => bail!("--delimiter {delimiter:?} is not one ASCII character"),
+/// The input options from the command line; the CSV ones are refused for JSONL `input`.
+fn input_options(
+    input: &Path,
+    delimiter: Option<String>,
+    schema: &[String],
+    infer_rows: Option<usize>,
+    key_column: Option<String>,
+) -> anyhow::Result<InputOptions> {
+    if is_jsonl(input) && (delimiter.is_some() || !schema.is_empty() || infer_rows.is_some()) {
+        bail!(
+            "--delimiter, --schema and --infer-rows apply to CSV input, not to {}",
+            input.display()
+        );
+    }
+    let defaults = InputOptions::default();
+    let delimiter = match delimiter {
+        None => defaults.delimiter,
+        Some(d) => crate::source::config::delimiter_byte(&d)
+            .with_context(|| format!("--delimiter {d:?} is not one ASCII character"))?,
     };
     let mut types = BTreeMap::new();
     for item in schema {
@@ -572,7 +574,8 @@ fn input_options(delimiter: &str, schema: &[String]) -> anyhow::Result<InputOpti
     Ok(InputOptions {
         delimiter,
         schema: types,
-        ..InputOptions::default()
+        infer_rows: infer_rows.unwrap_or(defaults.infer_rows),
+        key_column,
     })
 }
 
