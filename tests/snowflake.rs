@@ -464,8 +464,6 @@ async fn rows_that_do_not_fit_go_to_dead_letters_before_the_offsets_move() {
 /// fail for the whole file and again on every replay of it; the rows around it load.
 #[tokio::test]
 async fn timestamps_beyond_year_9999_are_dead_lettered_not_copied() {
-    // Its own table: staged file names are per table, topic, partition and offsets, and the
-    // emulator's stage is shared by every test's database.
     let cfg = sink_config("stamps");
     let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
     let at = |id: i64, us: i64| row(&[("id", Value::Int(id)), ("at", Value::Timestamp(us))]);
@@ -633,9 +631,11 @@ async fn s3_stage_with_client_side_encryption_through_the_double() {
             (Some(12), Some(66.0))
         );
         // The plaintext the double decrypted is the gzip CSV the sink meant to send.
-        let key =
-            "SINKDB/RAW/SLUICE_STAGE/EVENTS/t/0/00000000000000000000-00000000000000000004.csv.gz";
-        let gz = &seen.objects[key];
+        let key = format!(
+            "SINKDB/RAW/{}/EVENTS/t/0/00000000000000000000-00000000000000000004.csv.gz",
+            cfg.stage
+        );
+        let gz = &seen.objects[&key];
         let mut text = String::new();
         std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&gz[..]), &mut text)
             .unwrap();

@@ -52,12 +52,18 @@ pub fn shared_db_lock() -> &'static tokio::sync::Mutex<()> {
     &LOCK
 }
 
-/// A sink config for `table` in `SINKDB.RAW` with no account (the emulator).
+/// A sink config for `table` in `SINKDB.RAW` with no account (the emulator), with a stage of its
+/// own: fakesnow keeps one stage store for all its databases, and a staged file's name depends
+/// only on table, topic, partition and offsets, so two concurrent tests loading the same table
+/// from the same offsets would otherwise overwrite each other's file between PUT and COPY.
 pub fn sink_config(table: &str) -> SnowflakeSinkConfig {
+    static NEXT_STAGE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let stage = NEXT_STAGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     serde_json::from_value(serde_json::json!({
         "database": "SINKDB",
         "schema": "RAW",
         "table": table,
+        "stage": format!("SLUICE_TEST_STAGE_{stage}"),
     }))
     .expect("valid sink config")
 }
