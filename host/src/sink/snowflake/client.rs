@@ -88,6 +88,16 @@ impl SnowflakeError {
         }
     }
 
+    /// A request that did not complete. The URL is dropped from the error: a stage upload's URL
+    /// can carry its credential (a GCS presigned signature, an Azure SAS token), and reqwest would
+    /// print it in the message of every error that reaches a log.
+    pub(crate) fn transport(endpoint: &str, source: reqwest::Error) -> Self {
+        SnowflakeError::Transport {
+            endpoint: endpoint.into(),
+            source: source.without_url(),
+        }
+    }
+
     fn retryable(&self) -> bool {
         match self {
             SnowflakeError::Transport { .. } => true,
@@ -412,10 +422,7 @@ impl Client {
             .timeout(Duration::from_millis(cfg.retry.request_timeout_ms))
             .connect_timeout(Duration::from_secs(30))
             .build()
-            .map_err(|e| SnowflakeError::Transport {
-                endpoint: "client".into(),
-                source: e,
-            })?;
+            .map_err(|e| SnowflakeError::transport("client", e))?;
         let session = Self::do_login(&http, &cfg, &stats).await?;
         Ok(Client {
             http,
@@ -751,35 +758,65 @@ async fn send_with_retry(
     endpoint: &str,
     build: impl Fn(u32) -> reqwest::RequestBuilder,
 ) -> Result<Json, SnowflakeError> {
+    send_retrying(policy, stats, endpoint, build, |status, bytes| {
+        let parsed: Option<Json> = serde_json::from_slice(&bytes).ok();
+        if let Some(err) = parsed.as_ref().and_then(server_error) {
+            return Err(err);
+        }
+        match parsed {
+            Some(body) if status.is_success() => Ok(body),
+            _ => Err(http_error(status, endpoint_of(endpoint), &bytes)),
+        }
+    })
+    .await
+}
+
+/// Sends a request with retries and returns the raw body of a 2xx response.
+pub(crate) async fn send_bytes_with_retry(
+    policy: &RetryPolicy,
+    stats: &SinkStats,
+    endpoint: &str,
+    build: impl Fn() -> reqwest::RequestBuilder,
+) -> Result<Vec<u8>, SnowflakeError> {
+    send_retrying(
+        policy,
+        stats,
+        endpoint,
+        |_| build(),
+        |status, bytes| {
+            if status.is_success() {
+                Ok(bytes)
+            } else {
+                Err(http_error(status, endpoint.into(), &bytes))
+            }
+        },
+    )
+    .await
+}
+
+/// Sends the request `build` makes for each attempt (numbered from 0) and hands the status and
+/// body of the response to `read`, until it succeeds, fails in a way that retrying cannot help, or
+/// `policy` runs out of attempts.
+async fn send_retrying<T>(
+    policy: &RetryPolicy,
+    stats: &SinkStats,
+    endpoint: &str,
+    build: impl Fn(u32) -> reqwest::RequestBuilder,
+    read: impl Fn(reqwest::StatusCode, Vec<u8>) -> Result<T, SnowflakeError>,
+) -> Result<T, SnowflakeError> {
+    let transport = |source| SnowflakeError::transport(endpoint, source);
     let mut attempt = 0u32;
     loop {
-        let result = async {
-            let resp = build(attempt)
-                .send()
-                .await
-                .map_err(|e| SnowflakeError::Transport {
-                    endpoint: endpoint.into(),
-                    source: e,
-                })?;
-            let status = resp.status();
-            let bytes = resp.bytes().await.map_err(|e| SnowflakeError::Transport {
-                endpoint: endpoint.into(),
-                source: e,
-            })?;
-            let parsed: Option<Json> = serde_json::from_slice(&bytes).ok();
-            if let Some(err) = parsed.as_ref().and_then(server_error) {
-                return Err(err);
+        let result = match build(attempt).send().await {
+            Ok(resp) => {
+                let status = resp.status();
+                match resp.bytes().await {
+                    Ok(bytes) => read(status, bytes.to_vec()),
+                    Err(e) => Err(transport(e)),
+                }
             }
-            match parsed {
-                Some(body) if status.is_success() => Ok(body),
-                _ => Err(SnowflakeError::Http {
-                    status: status.as_u16(),
-                    endpoint: endpoint_of(endpoint),
-                    body: String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned(),
-                }),
-            }
-        }
-        .await;
+            Err(e) => Err(transport(e)),
+        };
         match result {
             Err(e) if e.retryable() => {
                 attempt += 1;
@@ -798,53 +835,12 @@ async fn send_with_retry(
     }
 }
 
-/// Sends a request with retries and returns the raw body of a 2xx response.
-pub(crate) async fn send_bytes_with_retry(
-    policy: &RetryPolicy,
-    stats: &SinkStats,
-    endpoint: &str,
-    build: impl Fn() -> reqwest::RequestBuilder,
-) -> Result<Vec<u8>, SnowflakeError> {
-    let mut attempt = 0u32;
-    loop {
-        let result = async {
-            let resp = build()
-                .send()
-                .await
-                .map_err(|e| SnowflakeError::Transport {
-                    endpoint: endpoint.into(),
-                    source: e,
-                })?;
-            let status = resp.status();
-            let bytes = resp.bytes().await.map_err(|e| SnowflakeError::Transport {
-                endpoint: endpoint.into(),
-                source: e,
-            })?;
-            if status.is_success() {
-                Ok(bytes.to_vec())
-            } else {
-                Err(SnowflakeError::Http {
-                    status: status.as_u16(),
-                    endpoint: endpoint.into(),
-                    body: String::from_utf8_lossy(&bytes[..bytes.len().min(500)]).into_owned(),
-                })
-            }
-        }
-        .await;
-        match result {
-            Err(e) if e.retryable() => {
-                attempt += 1;
-                if attempt >= policy.max_attempts {
-                    return Err(SnowflakeError::RetriesExhausted {
-                        attempts: attempt,
-                        last: Box::new(e),
-                    });
-                }
-                stats.retries.fetch_add(1, Ordering::Relaxed);
-                tokio::time::sleep(policy.backoff(attempt)).await;
-            }
-            other => return other,
-        }
+/// A non-2xx answer, with the start of its body for the message.
+fn http_error(status: reqwest::StatusCode, endpoint: String, body: &[u8]) -> SnowflakeError {
+    SnowflakeError::Http {
+        status: status.as_u16(),
+        endpoint,
+        body: String::from_utf8_lossy(&body[..body.len().min(500)]).into_owned(),
     }
 }
 
@@ -1177,6 +1173,34 @@ fn arrow_cell(col: &dyn arrow_array::Array, r: usize, logical: &str, scale: i64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_failed_request_does_not_show_its_url() {
+        // A port nothing listens on: the connection is refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}/container/f.csv.gz?sv=1&sig=SAS_SECRET");
+        let policy = RetryPolicy {
+            max_attempts: 2,
+            base_delay_ms: 1,
+            ..RetryPolicy::default()
+        };
+        let stats = SinkStats::default();
+        let http = reqwest::Client::new();
+        let err = send_bytes_with_retry(&policy, &stats, "azure put", || http.put(&url))
+            .await
+            .unwrap_err();
+        let shown = format!("{:#}", anyhow::Error::new(err));
+        assert!(
+            shown.starts_with("gave up after 2 attempts: request to azure put failed"),
+            "{shown}"
+        );
+        assert!(!shown.contains("SAS_SECRET"), "{shown}");
+        assert_eq!(stats.retries.load(Ordering::Relaxed), 1);
+    }
 
     const TEST_KEY: &str = include_str!("testdata/test_key.pem");
     const TEST_PUBLIC_KEY: &str = include_str!("testdata/test_key.pub.pem");

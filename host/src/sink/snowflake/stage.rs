@@ -449,10 +449,7 @@ impl Uploader {
             .headers(to_header_map(&head)?)
             .send()
             .await
-            .map_err(|e| SnowflakeError::Transport {
-                endpoint: "s3 head".into(),
-                source: e,
-            })?;
+            .map_err(|e| SnowflakeError::transport("s3 head", e))?;
         match resp.status().as_u16() {
             200 => return Ok(UploadOutcome::Skipped),
             // 403 is what S3 answers for a missing object without ListBucket permission.
