@@ -295,12 +295,7 @@ impl Ctx {
 
     fn assign(&self, c: &BaseConsumer<Self>, tpl: &mut TopicPartitionList) {
         let topic = self.shared.topic.clone();
-        let partitions: Vec<i32> = tpl
-            .elements()
-            .iter()
-            .filter(|e| e.topic() == topic)
-            .map(|e| e.partition())
-            .collect();
+        let partitions = partitions_in(tpl, &topic);
         let offsets = match self.start_offsets(&partitions) {
             Ok(o) => o,
             Err(reason) => {
@@ -377,12 +372,7 @@ impl Ctx {
 
     fn revoke(&self, c: &BaseConsumer<Self>, tpl: &TopicPartitionList, incremental: bool) {
         let topic = self.shared.topic.clone();
-        let partitions: Vec<i32> = tpl
-            .elements()
-            .iter()
-            .filter(|e| e.topic() == topic)
-            .map(|e| e.partition())
-            .collect();
+        let partitions = partitions_in(tpl, &topic);
         {
             // Waits for a commit in progress on these partitions, then refuses later ones.
             let mut fence = self.shared.fence.lock().unwrap_or_else(|e| e.into_inner());
@@ -744,6 +734,15 @@ fn reader(
         what: "cannot create Kafka client".into(),
         source,
     })
+}
+
+/// The partitions of `topic` in a rebalance's list (the group may span other topics).
+fn partitions_in(tpl: &TopicPartitionList, topic: &str) -> Vec<i32> {
+    tpl.elements()
+        .iter()
+        .filter(|e| e.topic() == topic)
+        .map(|e| e.partition())
+        .collect()
 }
 
 fn partitions_of(c: &BaseConsumer, topic: &str) -> Result<Vec<i32>, ConsumeError> {
