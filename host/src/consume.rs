@@ -45,7 +45,7 @@ use tokio::sync::mpsc;
 
 use crate::config::KafkaConfig;
 use crate::row::{RecordMeta, Row};
-use crate::source::producer::client_config;
+use crate::source::producer::{client_config, without_config_value};
 use crate::source::wire::{self, DecodeError};
 
 /// How long metadata, offset and commit requests may take.
@@ -468,7 +468,10 @@ impl Consumer {
         }
         let kafka_err = |what: &str| {
             let what = what.to_owned();
-            move |source| ConsumeError::Kafka { what, source }
+            move |source| ConsumeError::Kafka {
+                what,
+                source: without_config_value(source),
+            }
         };
         let consumer: BaseConsumer<Ctx> = cfg
             .create_with_context(ctx)
@@ -732,7 +735,7 @@ fn reader(
     }
     cfg.create().map_err(|source| ConsumeError::Kafka {
         what: "cannot create Kafka client".into(),
-        source,
+        source: without_config_value(source),
     })
 }
 

@@ -55,6 +55,18 @@ pub fn client_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     cfg
 }
 
+/// A client-creation error without the value of the setting it names. librdkafka's message ends
+/// with the raw value, and for `sasl.password`, `ssl.key.password` or a mistyped key that value is
+/// a secret; the key and librdkafka's description say what is wrong.
+pub fn without_config_value(e: KafkaError) -> KafkaError {
+    match e {
+        KafkaError::ClientConfig(code, desc, key, _) => {
+            KafkaError::ClientConfig(code, desc, key, "<value not shown>".into())
+        }
+        other => other,
+    }
+}
+
 /// Producer settings: idempotent, `acks=all`, the configured compression. The user's
 /// `kafka.properties` still win (they are applied last).
 pub fn producer_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
@@ -89,7 +101,7 @@ pub fn create_producer(
         .create()
         .map_err(|source| KafkaSetupError::Kafka {
             what: "cannot create Kafka producer".into(),
-            source,
+            source: without_config_value(source),
         })
 }
 
@@ -180,7 +192,7 @@ fn admin_client(
             .create()
             .map_err(|source| KafkaSetupError::Kafka {
                 what: "cannot create Kafka admin client".into(),
-                source,
+                source: without_config_value(source),
             })?;
     Ok(std::sync::Arc::new(admin))
 }
@@ -210,4 +222,36 @@ async fn partition_count(
         .find(|t| t.name() == topic)
         .filter(|t| t.error().is_none() && !t.partitions().is_empty())
         .map(|t| t.partitions().len() as i32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rejected_setting_does_not_show_its_value() {
+        // A mistyped key, and a key this build has no TLS support for: librdkafka refuses both
+        // and its message would end with the password.
+        for key in ["sasl.pasword", "ssl.key.password"] {
+            let kafka: KafkaConfig = serde_json::from_value(serde_json::json!({
+                "topic": "t",
+                "properties": { key: "TopSecret-123" },
+            }))
+            .unwrap();
+            let shown = [
+                create_producer(&kafka, "127.0.0.1:9").err(),
+                admin_client(&kafka, "127.0.0.1:9").err(),
+            ]
+            .map(|e| {
+                format!(
+                    "{:#}",
+                    anyhow::Error::new(e.expect("the setting is refused"))
+                )
+            });
+            for shown in shown {
+                assert!(shown.contains(key), "{shown}");
+                assert!(!shown.contains("TopSecret"), "{shown}");
+            }
+        }
+    }
 }
