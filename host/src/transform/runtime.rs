@@ -481,10 +481,26 @@ fn build_engine(fuel: bool, cache_dir: Option<&Path>) -> Result<Engine, LoadErro
     Engine::new(&cfg).map_err(|e| LoadError::Engine(format!("{e:#}")))
 }
 
+/// The WASI interface through which a guest waits (wasmtime-wasi 48 defines `wasi:io` 0.2.12;
+/// guests built against any earlier 0.2 release link to it).
+const WASI_POLL: &str = "wasi:io/poll@0.2.12";
+
 fn build_linker(engine: &Engine) -> Result<Linker<HostState>, LoadError> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
         .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+    // A guest that sleeps or waits on a stream waits inside a host call, where the epoch deadline
+    // is not checked, so it could hold a worker for as long as it liked. Waiting is replaced by a
+    // trap; the record is quarantined like any other trap.
+    linker.allow_shadowing(true);
+    let mut poll = linker
+        .instance(WASI_POLL)
+        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+    for name in ["poll", "[method]pollable.block"] {
+        poll.func_new(name, |_, _, _, _| Err(wasmtime::Error::new(GuestBlocked)))
+            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
+    }
+    linker.allow_shadowing(false);
     bindings::Transform::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
     Ok(linker)
@@ -666,6 +682,13 @@ impl bindings::sluice::transform::context::Host for HostState {
     }
 }
 
+/// The guest tried to wait (sleep, or block on a timer or stream).
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "tried to wait (a sleep, or a blocking wait on a timer or stream): transforms may not block"
+)]
+struct GuestBlocked;
+
 /// The guest hit its memory cap.
 #[derive(Debug, thiserror::Error)]
 #[error("memory limit of {limit_bytes} bytes exceeded (wanted {desired_bytes})")]
@@ -831,7 +854,10 @@ fn classify(
             FailureKind::Fuel,
             format!("ran out of fuel ({} per batch)", config.fuel.unwrap_or(0)),
         ),
-        Some(trap) => (FailureKind::Trap, format!("wasm trap: {trap}")),
+        Some(trap) => (FailureKind::Trap, trap.to_string()),
+        None if err.downcast_ref::<GuestBlocked>().is_some() => {
+            (FailureKind::Trap, GuestBlocked.to_string())
+        }
         None => (FailureKind::Trap, format!("{err:#}")),
     }
 }

@@ -1,13 +1,16 @@
 //! Test guest: reports what the sandbox lets it see. For every row it emits one row with the
-//! number of environment variables, whether listing `/` or `.` worked, whether a TCP connect
-//! worked, and the wall-clock year, and prints a line on stdout and stderr (which the host
-//! discards unless `debug_stdio` is set).
+//! number of environment variables, whether listing `/` or `.` worked and whether a TCP connect
+//! worked, and prints a line on stdout and stderr (which the host discards unless `debug_stdio`
+//! is set). A row with an int field `sleep_ms` makes it sleep that long first.
 
 use std::io::Write;
 
 use sluice_guest::{Error, Row, Value};
 
-fn probe(_row: Row) -> Result<Vec<Row>, Error> {
+fn probe(row: Row) -> Result<Vec<Row>, Error> {
+    if let Some(Value::Int(ms)) = row.get("sleep_ms") {
+        std::thread::sleep(std::time::Duration::from_millis(*ms as u64));
+    }
     let env = std::env::vars().count() as i64;
     let fs = std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok();
     let net = std::net::TcpStream::connect("127.0.0.1:9").is_ok();
