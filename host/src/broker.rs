@@ -78,19 +78,8 @@ pub fn nisshi_binary() -> PathBuf {
     if let Some(p) = std::env::var_os(NISSHI_ENV).filter(|p| !p.is_empty()) {
         return PathBuf::from(p);
     }
-    let cache = std::env::var_os("SLUICE_CACHE_DIR")
-        .filter(|p| !p.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let base = std::env::var_os("XDG_CACHE_HOME")
-                .filter(|p| !p.is_empty())
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache")
-                });
-            base.join("sluice")
-        });
-    cache
+    crate::cache_root()
+        .unwrap_or_else(|| PathBuf::from(".cache/sluice"))
         .join(format!("nisshi-{NISSHI_VERSION}"))
         .join("bin")
         .join("nisshi")

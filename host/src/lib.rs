@@ -15,3 +15,14 @@ pub mod sink;
 pub mod source;
 pub mod transform;
 pub mod validate;
+
+/// The per-user cache sluice keeps built and compiled artifacts in (the managed broker, compiled
+/// transforms): `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`, else `$HOME/.cache/sluice`;
+/// `None` without any of them.
+pub fn cache_root() -> Option<std::path::PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
+    var("SLUICE_CACHE_DIR")
+        .map(std::path::PathBuf::from)
+        .or_else(|| var("XDG_CACHE_HOME").map(|x| std::path::Path::new(&x).join("sluice")))
+        .or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".cache").join("sluice")))
+}

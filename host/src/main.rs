@@ -186,7 +186,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
-        Command::Transform(cmd) => sluice::transform::cli::run_command(cmd),
+        Command::Transform(cmd) => {
+            pipeline::init_logging(cli.log_format);
+            sluice::transform::cli::run_command(cmd)
+        }
         Command::Validate {
             pipeline,
             no_components,

@@ -115,13 +115,9 @@ impl Default for RuntimeOptions {
     }
 }
 
-/// `$XDG_CACHE_HOME/sluice/wasm`, else `$HOME/.cache/sluice/wasm`; `None` without either.
+/// `wasm/` in the per-user cache ([`crate::cache_root`]).
 pub fn default_cache_dir() -> Option<PathBuf> {
-    let base = std::env::var_os("XDG_CACHE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))?;
-    Some(base.join("sluice").join("wasm"))
+    crate::cache_root().map(|root| root.join("wasm"))
 }
 
 /// What became of one input record after the whole chain.
@@ -465,20 +461,28 @@ fn build_engine(fuel: bool, cache_dir: Option<&Path>) -> Result<Engine, LoadErro
         cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
     if let Some(dir) = cache_dir {
-        let dir = std::path::absolute(dir)
-            .map_err(|e| LoadError::Engine(format!("cache directory {}: {e}", dir.display())))?;
-        std::fs::create_dir_all(&dir).map_err(|e| {
-            LoadError::Engine(format!(
-                "cannot create cache directory {}: {e}",
-                dir.display()
-            ))
-        })?;
-        let mut cache = CacheConfig::new();
-        cache.with_directory(dir);
-        let cache = Cache::new(cache).map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-        cfg.cache(Some(cache));
+        // The cache only saves start-up time: without it (a read-only home in a container, say)
+        // every run compiles its components again, which is no reason to refuse to run.
+        match open_cache(dir) {
+            Ok(cache) => {
+                cfg.cache(Some(cache));
+            }
+            Err(reason) => tracing::warn!(
+                dir = %dir.display(),
+                %reason,
+                "cannot use the compiled-transform cache; compiling without it"
+            ),
+        }
     }
     Engine::new(&cfg).map_err(|e| LoadError::Engine(format!("{e:#}")))
+}
+
+fn open_cache(dir: &Path) -> Result<Cache, String> {
+    let dir = std::path::absolute(dir).map_err(|e| e.to_string())?;
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let mut cache = CacheConfig::new();
+    cache.with_directory(dir);
+    Cache::new(cache).map_err(|e| format!("{e:#}"))
 }
 
 /// The WASI interface through which a guest waits (wasmtime-wasi 48 defines `wasi:io` 0.2.12;
@@ -1763,6 +1767,16 @@ impl WireBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cache_directory_that_cannot_be_made_only_costs_the_cache() {
+        let file = std::env::temp_dir().join(format!("sluice-not-a-dir-{}", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        // A directory below a regular file cannot be created.
+        let engine = build_engine(false, Some(&file.join("wasm")));
+        std::fs::remove_file(&file).unwrap();
+        assert!(engine.is_ok(), "{:?}", engine.err());
+    }
 
     fn row(id: i64, name: &str) -> Row {
         let mut r = Row::with_capacity(2);
