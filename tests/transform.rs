@@ -990,7 +990,11 @@ fn cli_test_usage_errors_exit_2() {
     std::fs::write(&golden, "{\"value\":40}\n").unwrap();
     let csv = dir.path().join("in.csv");
     std::fs::write(&csv, "value\n60\n").unwrap();
+    // `.json` is read as JSON Lines, so a pretty-printed document fails on its first line.
+    let pretty = dir.path().join("pretty.json");
+    std::fs::write(&pretty, "{\n  \"value\": 60\n}\n").unwrap();
     let (input, csv) = (input.to_str().unwrap(), csv.to_str().unwrap());
+    let pretty = pretty.to_str().unwrap();
     let base = [
         "transform",
         "test",
@@ -1016,6 +1020,41 @@ fn cli_test_usage_errors_exit_2() {
             &["--with", "value=50", "--with", "vaule=5"],
             input,
             "`vaule`",
+        ),
+        (
+            &["--with", "value=50"],
+            pretty,
+            "pretty.json:1: not JSON (expected one JSON object per line)",
+        ),
+        (
+            &["--with", "value=50", "--timeout-ms", "0"],
+            input,
+            "invalid value '0' for '--timeout-ms",
+        ),
+        (
+            &["--with", "value=50", "--batch-size", "0"],
+            input,
+            "invalid value '0' for '--batch-size",
+        ),
+        (
+            &["--with", "value=50", "--memory-mb", "0"],
+            input,
+            "invalid value '0' for '--memory-mb",
+        ),
+        (
+            &["--with", "value=50", "--memory-mb", "4097"],
+            input,
+            "invalid value '4097' for '--memory-mb",
+        ),
+        (
+            &["--with", "value=50", "--fuel", "0"],
+            input,
+            "invalid value '0' for '--fuel",
+        ),
+        (
+            &["--with", "value=50", "--infer-rows", "0"],
+            csv,
+            "invalid value '0' for '--infer-rows",
         ),
         (
             &["--with", "value=50"],

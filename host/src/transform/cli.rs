@@ -3,7 +3,7 @@
 //! - `new NAME` scaffolds `transforms/NAME/` from the template in `transforms/template/`
 //!   (embedded in the binary), which builds and passes its golden test untouched.
 //! - `build [NAME]` builds guests for wasm32-wasip2 in release mode and prints the `.wasm` paths.
-//! - `test` runs a chain of components over a CSV or JSONL file, prints output rows as JSONL on
+//! - `test` runs a chain of components over a CSV or JSON Lines file, prints output rows as JSONL on
 //!   stdout and failed records on stderr, and with `--expect` diffs against a golden JSONL file.
 //!   CSV goes through the source's own reader and each record gets the metadata `sluice run` would
 //!   give its message, so a transform sees locally what it will see in a pipeline.
@@ -68,8 +68,8 @@ pub enum TransformCommand {
         /// A component to run; repeat for a chain (run in the order given).
         #[arg(long = "component", required = true)]
         components: Vec<PathBuf>,
-        /// Input rows: `.csv` (a header row, read and typed like the pipeline's CSV source) or
-        /// `.jsonl` (one object per line).
+        /// Input rows: `.jsonl`, `.ndjson` or `.json` (JSON Lines: one object per line), else CSV
+        /// (a header row, read and typed like the pipeline's CSV source).
         #[arg(long)]
         input: PathBuf,
         /// The CSV field delimiter, one ASCII character (the source's `delimiter`; default `,`).
@@ -79,7 +79,7 @@ pub enum TransformCommand {
         #[arg(long = "schema", value_name = "COLUMN=TYPE")]
         schema: Vec<String>,
         /// How many CSV records type inference samples (the source's `infer_rows`; default 1000).
-        #[arg(long)]
+        #[arg(long, value_parser = at_least_one_usize())]
         infer_rows: Option<usize>,
         /// The column whose value becomes each record's message key (the source's `key_column`).
         #[arg(long)]
@@ -92,21 +92,27 @@ pub enum TransformCommand {
         #[arg(long)]
         expect: Option<PathBuf>,
         /// Rows per batch call.
-        #[arg(long, default_value_t = 1024)]
+        #[arg(long, default_value_t = 1024, value_parser = at_least_one_usize())]
         batch_size: usize,
-        /// CPU-time cap per batch call, in milliseconds.
-        #[arg(long)]
+        /// CPU-time cap per batch call, in milliseconds (the transform's `timeout_ms`).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         timeout_ms: Option<u64>,
-        /// Memory cap per instance, in MiB.
-        #[arg(long)]
+        /// Memory cap per instance, in MiB, 1 to 4096 (the transform's `memory_mb`).
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
         memory_mb: Option<u64>,
         /// Fuel per batch call (deterministic CPU limit); prints fuel consumed.
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         fuel: Option<u64>,
         /// Show the guests' stdout/stderr (on stderr).
         #[arg(long)]
         debug_stdio: bool,
     },
+}
+
+/// A count flag that 0 would make meaningless (0 rows per batch, type inference from no record),
+/// refused by clap like the pipeline file's `validate` refuses the same values.
+fn at_least_one_usize() -> clap::builder::RangedU64ValueParser<usize> {
+    clap::builder::RangedU64ValueParser::new().range(1..)
 }
 
 /// Runs a `sluice transform` subcommand; the exit code is 1 when `test --expect` finds a
@@ -579,7 +585,7 @@ fn input_options(
     })
 }
 
-/// Reads `.jsonl`/`.ndjson` (one JSON object per line) or, otherwise, CSV with a header row through
+/// Reads `.jsonl`/`.ndjson`/`.json` (one JSON object per line) or, otherwise, CSV with a header row through
 /// the pipeline source's reader (BOM, quoting, inference, bad records by line), and gives every
 /// row the metadata `sluice run` would.
 pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<Vec<InputRecord>> {
@@ -669,10 +675,12 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<Vec<InputR
     Ok(records)
 }
 
-/// Whether `transform test` reads `path` as JSONL (else as CSV).
+/// Whether `transform test` reads `path` as JSON Lines (else as CSV). A `.json` file is read as
+/// JSON Lines too: read as CSV, its rows would silently vanish, while a pretty-printed document
+/// fails on its first line with a parse error naming the file and line.
 fn is_jsonl(path: &Path) -> bool {
     path.extension()
-        .is_some_and(|e| e == "jsonl" || e == "ndjson")
+        .is_some_and(|e| e == "jsonl" || e == "ndjson" || e == "json")
 }
 
 /// The non-blank lines of a JSONL file, parsed, with their 1-based line numbers.
@@ -684,8 +692,12 @@ fn read_jsonl(path: &Path) -> anyhow::Result<Vec<(u64, serde_json::Value)>> {
         if line.trim().is_empty() {
             continue;
         }
-        let value =
-            serde_json::from_str(&line).with_context(|| format!("{}:{n}", path.display()))?;
+        let value = serde_json::from_str(&line).with_context(|| {
+            format!(
+                "{}:{n}: not JSON (expected one JSON object per line)",
+                path.display()
+            )
+        })?;
         out.push((n, value));
     }
     Ok(out)
