@@ -527,6 +527,15 @@ fn load_one(
                 .into(),
         });
     }
+    // The engine also takes WebAssembly text; anything else without the binary magic is some
+    // other file, and the text parser's "expected `(`" would not say so.
+    let text = bytes.trim_ascii_start();
+    if !bytes.starts_with(b"\0asm") && !text.starts_with(b"(") && !text.starts_with(b";;") {
+        return Err(LoadError::InvalidComponent {
+            path,
+            reason: "it does not start with the `\\0asm` header of a WebAssembly file".into(),
+        });
+    }
     let component = Component::new(engine, &bytes).map_err(|e| LoadError::InvalidComponent {
         path: path.clone(),
         reason: format!("{e:#}"),
@@ -574,6 +583,10 @@ fn check_init(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<(), Loa
             transform: t.name.to_string(),
             param: e.name,
             reason: e.reason,
+        }),
+        Ok(Err(InitFailure::Exports(reason))) => Err(LoadError::WrongWorld {
+            path: PathBuf::from(&t.config.uses),
+            reason: format!("its exports do not have the contract's types: {reason}"),
         }),
         Ok(Err(e)) => Err(LoadError::Init {
             transform: t.name.to_string(),
@@ -761,13 +774,16 @@ impl ResourceLimiter for MemoryCap {
 enum InitFailure {
     Guest(GuestError),
     Wasm(String),
+    /// Instantiation failed without a trap or a limit: the exports exist (`TransformPre` checks
+    /// that) but do not have the contract's types.
+    Exports(String),
 }
 
 impl std::fmt::Display for InitFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             InitFailure::Guest(e) => f.write_str(&bindings::describe(e)),
-            InitFailure::Wasm(e) => f.write_str(e),
+            InitFailure::Wasm(e) | InitFailure::Exports(e) => f.write_str(e),
         }
     }
 }
@@ -808,10 +824,14 @@ impl Slot {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         arm(&mut store, &t.config, fuel_enabled);
-        let guest = t
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| InitFailure::Wasm(format!("{e:#}")))?;
+        let guest = t.pre.instantiate(&mut store).map_err(|e| {
+            let (kind, reason) = classify(&e, store.data(), &t.config);
+            if kind == FailureKind::Trap && e.downcast_ref::<Trap>().is_none() {
+                InitFailure::Exports(reason)
+            } else {
+                InitFailure::Wasm(reason)
+            }
+        })?;
         arm(&mut store, &t.config, fuel_enabled);
         match guest
             .sluice_transform_transformer()
