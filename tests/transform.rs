@@ -1019,7 +1019,7 @@ fn cli_test_usage_errors_exit_2() {
         (
             &["--with", "value=50", "--with", "vaule=5"],
             input,
-            "`vaule`",
+            "transform filter rejected param `vaule`",
         ),
         (
             &["--with", "value=50"],
@@ -1110,6 +1110,82 @@ fn cli_test_usage_errors_exit_2() {
         String::from_utf8_lossy(&out.stdout).trim(),
         "{\"value\":60}"
     );
+}
+
+/// In a chain, `--with NAME.KEY=VALUE` picks one component by name (`-` and `_` alike, as `transform
+/// new my-thing` builds `transform_my_thing.wasm`) or by 1-based position; a scope that picks no
+/// component or several exits 2 saying which exist, as does a param one component rejects, named
+/// with that component. A `.json` input is read as JSON Lines.
+#[test]
+fn cli_test_scopes_with_params_in_a_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("rows.json");
+    std::fs::write(
+        &input,
+        "{\"value\":60,\"name\":\"ada\"}\n{\"value\":40,\"name\":\"bob\"}\n",
+    )
+    .unwrap();
+    let my_thing = dir.path().join("transform_my_thing.wasm");
+    std::fs::copy(guests::ENRICH, &my_thing).unwrap();
+    let my_thing = my_thing.to_str().unwrap();
+    let run = |components: &[&str], with: &[&str]| {
+        let mut args = vec!["transform", "test", "--input", input.to_str().unwrap()];
+        for c in components {
+            args.extend(["--component", c]);
+        }
+        for w in with {
+            args.extend(["--with", w]);
+        }
+        sluice_tests::cli::sluice(dir.path(), &args)
+    };
+    let filter = ["filter.field=value", "filter.op=gt", "1.value=50"];
+
+    let mut with = filter.to_vec();
+    with.push("my-thing.uppercase=name");
+    let out = run(&[guests::FILTER, my_thing], &with);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "{\"value\":60,\"name\":\"ADA\"}"
+    );
+    assert!(
+        stderr.contains("transform  my_thing: 1 in, 1 out"),
+        "{stderr}"
+    );
+
+    for (components, scoped, says) in [
+        (
+            [guests::FILTER, guests::ENRICH],
+            "3.uppercase=name",
+            "position 3 is out of range: there are 2 components, at positions 1 to 2 \
+             (1 filter, 2 enrich)",
+        ),
+        (
+            [guests::FILTER, guests::ENRICH],
+            "enrcih.uppercase=name",
+            "no component is named \"enrcih\" (components: 1 filter, 2 enrich)",
+        ),
+        (
+            [guests::FILTER, guests::FILTER],
+            "filter.uppercase=name",
+            "\"filter\" is ambiguous, it names the components at positions 1 and 2; scope the \
+             param by position instead",
+        ),
+        (
+            [guests::FILTER, guests::ENRICH],
+            "1.uppercase=name",
+            "transform filter rejected param `uppercase`",
+        ),
+    ] {
+        let mut with = filter.to_vec();
+        with.push(scoped);
+        let out = run(&components, &with);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{scoped}: {stderr}");
+        assert!(stderr.contains(says), "{scoped}: {stderr}");
+        assert!(out.stdout.is_empty(), "{scoped}: no row runs first");
+    }
 }
 
 /// `transform test` reads a CSV the way the pipeline's source does (BOM, delimiter, conservative

@@ -307,36 +307,55 @@ fn ensure_wasm_target() {
     }
 }
 
-/// Distributes `KEY=VALUE` / `NAME.KEY=VALUE` params over the chain. A param given twice for
-/// one component is an error: silently keeping the last one hides a typo in a long command.
+/// Distributes `KEY=VALUE` / `NAME.KEY=VALUE` params over the chain. NAME is a component's name
+/// (`-` and `_` alike, since `transform new my-thing` builds `transform_my_thing.wasm`) or its
+/// 1-based position. With one component an unknown NAME is part of the key (`a.b=c` is param
+/// `a.b`); with several, every param must be scoped to exactly one component. A param given
+/// twice for one component is an error: silently keeping the last one hides a typo in a long
+/// command.
 fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Result<()> {
+    let names: Vec<String> = configs.iter().map(|c| c.display_name()).collect();
+    let listed = || {
+        names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("{} {n}", i + 1))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     for item in with {
         let (key, value) = item
             .split_once('=')
             .with_context(|| format!("--with {item:?} is not KEY=VALUE"))?;
-        let scoped = key.split_once('.').and_then(|(scope, k)| {
-            let index = configs
-                .iter()
-                .position(|c| c.display_name() == scope)
-                .or_else(|| {
-                    scope
-                        .parse::<usize>()
-                        .ok()
-                        .filter(|i| (1..=configs.len()).contains(i))
-                        .map(|i| i - 1)
-                })?;
-            Some((index, k))
-        });
-        let (i, k) = match scoped {
-            Some(scoped) => scoped,
-            None if configs.len() == 1 => (0, key),
+        let (i, k) = match key.split_once('.') {
+            Some((scope, k)) => match scope_of(&names, scope) {
+                Scope::One(i) => (i, k),
+                Scope::Unknown if names.len() == 1 => (0, key),
+                Scope::Unknown if scope.parse::<usize>().is_ok() => bail!(
+                    "--with {item:?}: position {scope} is out of range: there are {} components, \
+                     at positions 1 to {} ({})",
+                    names.len(),
+                    names.len(),
+                    listed()
+                ),
+                Scope::Unknown => bail!(
+                    "--with {item:?}: no component is named {scope:?} (components: {})",
+                    listed()
+                ),
+                Scope::Ambiguous(at) => bail!(
+                    "--with {item:?}: {scope:?} is ambiguous, it names the components at \
+                     positions {}; scope the param by position instead (POSITION.KEY=VALUE)",
+                    at.iter()
+                        .map(|i| (i + 1).to_string())
+                        .collect::<Vec<_>>()
+                        .join(" and ")
+                ),
+            },
+            None if names.len() == 1 => (0, key),
             None => bail!(
-                "--with {item:?}: with several components, scope params as NAME.KEY=VALUE (NAME: {})",
-                configs
-                    .iter()
-                    .map(|c| c.display_name())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                "--with {item:?}: with several components, scope params as NAME.KEY=VALUE, NAME \
+                 being a component's name or position ({})",
+                listed()
             ),
         };
         if configs[i]
@@ -346,11 +365,34 @@ fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Re
         {
             bail!(
                 "--with {item:?}: param {k:?} of {} is given more than once",
-                configs[i].display_name()
+                names[i]
             );
         }
     }
     Ok(())
+}
+
+/// Which components the NAME of a `--with NAME.KEY=VALUE` picks.
+enum Scope {
+    One(usize),
+    Unknown,
+    Ambiguous(Vec<usize>),
+}
+
+/// Resolves a `--with` scope against the chain's names, then as a 1-based position.
+fn scope_of(names: &[String], scope: &str) -> Scope {
+    let fold = |s: &str| s.replace('-', "_");
+    let by_name: Vec<usize> = (0..names.len())
+        .filter(|&i| fold(&names[i]) == fold(scope))
+        .collect();
+    match by_name[..] {
+        [i] => Scope::One(i),
+        [] => match scope.parse::<usize>() {
+            Ok(p) if (1..=names.len()).contains(&p) => Scope::One(p - 1),
+            _ => Scope::Unknown,
+        },
+        _ => Scope::Ambiguous(by_name),
+    }
 }
 
 /// What `test` saw.
@@ -723,13 +765,55 @@ mod tests {
             configs[1].with.get("uppercase").map(String::as_str),
             Some("name")
         );
-        let err = assign_params(&mut configs, &["op=gt".into()]).unwrap_err();
-        assert!(err.to_string().contains("NAME.KEY=VALUE"), "{err}");
-        let err = assign_params(&mut configs, &["1.op=lt".into()]).unwrap_err();
-        assert!(err.to_string().contains("more than once"), "{err}");
+        let err = |configs: &mut [TransformConfig], item: &str| {
+            assign_params(configs, &[item.into()])
+                .unwrap_err()
+                .to_string()
+        };
+        let says = err(&mut configs, "op=gt");
+        assert!(says.contains("NAME.KEY=VALUE"), "{says}");
+        let says = err(&mut configs, "1.op=lt");
+        assert!(says.contains("more than once"), "{says}");
+        for position in ["3", "0"] {
+            let says = err(&mut configs, &format!("{position}.op=lt"));
+            assert!(
+                says.contains(&format!(
+                    "position {position} is out of range: there are 2 components, at positions 1 to 2 (1 filter, 2 enrich)"
+                )),
+                "{says}"
+            );
+        }
+        let says = err(&mut configs, "filtr.op=lt");
+        assert!(
+            says.contains("no component is named \"filtr\" (components: 1 filter, 2 enrich)"),
+            "{says}"
+        );
+
+        // `transform new my-thing` builds `transform_my_thing.wasm`, named `my_thing`.
+        let mut twice = vec![
+            TransformConfig::new("transform_my_thing.wasm"),
+            TransformConfig::new("b/enrich.wasm"),
+            TransformConfig::new("a/transform_my_thing.wasm"),
+        ];
+        let says = err(&mut twice, "my-thing.k=v");
+        assert!(
+            says.contains(
+                "\"my-thing\" is ambiguous, it names the components at positions 1 and 3"
+            ),
+            "{says}"
+        );
+        assign_params(&mut twice, &["3.k=v".into(), "enrich.k=w".into()]).unwrap();
+        assert_eq!(twice[2].with.get("k").map(String::as_str), Some("v"));
+        assert_eq!(twice[1].with.get("k").map(String::as_str), Some("w"));
+        twice.remove(2);
+        assign_params(&mut twice, &["my-thing.k=v".into()]).unwrap();
+        assert_eq!(twice[0].with.get("k").map(String::as_str), Some("v"));
+
         let mut one = vec![TransformConfig::new("x.wasm")];
-        assign_params(&mut one, &["a.b=c".into()]).unwrap();
+        assign_params(&mut one, &["a.b=c".into(), "2.d=e".into(), "x.f=g".into()]).unwrap();
         assert_eq!(one[0].with.get("a.b").map(String::as_str), Some("c"));
+        assert_eq!(one[0].with.get("2.d").map(String::as_str), Some("e"));
+        assert_eq!(one[0].with.get("f").map(String::as_str), Some("g"));
     }
 
     #[test]

@@ -36,7 +36,7 @@ pub enum LoadError {
         reason: String,
     },
     /// `init` rejected one of the `with` params.
-    #[error("param `{param}`: {reason}")]
+    #[error("transform {transform} rejected param `{param}`: {reason}")]
     InvalidParam {
         /// The transform's name.
         transform: String,
