@@ -787,11 +787,32 @@ pub(crate) async fn send_bytes_with_retry(
             if status.is_success() {
                 Ok(bytes)
             } else {
-                Err(http_error(status, endpoint.into(), &bytes))
+                Err(SnowflakeError::Http {
+                    status: status.as_u16(),
+                    endpoint: endpoint.into(),
+                    body: storage_error(&bytes),
+                })
             }
         },
     )
     .await
+}
+
+/// The code and message of a cloud storage error (S3, GCS and Azure answer in XML), and nothing
+/// else: S3's `SignatureDoesNotMatch` also echoes the access key id and the canonical request,
+/// whose signed headers include the session token.
+fn storage_error(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let element = |name: &str| {
+        let start = text.find(&format!("<{name}>"))? + name.len() + 2;
+        let len = text[start..].find(&format!("</{name}>"))?;
+        Some(text[start..start + len].trim().to_owned())
+    };
+    match (element("Code"), element("Message")) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        (Some(code), None) => code,
+        _ => format!("({} bytes, not a storage error document)", body.len()),
+    }
 }
 
 /// Sends the request `build` makes for each attempt (numbered from 0) and hands the status and
@@ -1173,6 +1194,25 @@ fn arrow_cell(col: &dyn arrow_array::Array, r: usize, logical: &str, scale: i64)
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn storage_errors_keep_only_their_code_and_message() {
+        let s3 = br#"<?xml version="1.0" encoding="UTF-8"?>
+<Error><Code>SignatureDoesNotMatch</Code><Message>The signature does not match.</Message><AWSAccessKeyId>ASIAEXAMPLE</AWSAccessKeyId><CanonicalRequest>PUT
+x-amz-security-token:SESSION_SECRET</CanonicalRequest></Error>"#;
+        assert_eq!(
+            storage_error(s3),
+            "SignatureDoesNotMatch: The signature does not match."
+        );
+        assert_eq!(
+            storage_error(b"<Error><Code>ServiceUnavailable</Code></Error>"),
+            "ServiceUnavailable"
+        );
+        assert_eq!(
+            storage_error(b"upstream token=SECRET"),
+            "(21 bytes, not a storage error document)"
+        );
+    }
 
     #[tokio::test]
     async fn a_failed_request_does_not_show_its_url() {
