@@ -1188,6 +1188,73 @@ fn cli_test_scopes_with_params_in_a_chain() {
     }
 }
 
+/// `transform new` with a bad, reserved or taken name, or outside a transforms workspace, and
+/// `transform build` without a workspace or of an unknown transform, are usage mistakes: exit 2
+/// with a message saying what to do, before anything is created or built.
+#[test]
+fn cli_new_and_build_usage_errors_exit_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let ws = dir.path().join("ws");
+    std::fs::create_dir_all(ws.join("my_thing")).unwrap();
+    std::fs::write(ws.join("Cargo.toml"), "[workspace]\nmembers = [\"*\"]\n").unwrap();
+    let ws = ws.to_str().unwrap();
+    let transforms = concat!(env!("CARGO_MANIFEST_DIR"), "/../transforms");
+    for (args, says) in [
+        (
+            &["new", "9x", "--dir", ws][..],
+            "invalid transform name \"9x\": use lowercase letters",
+        ),
+        (
+            &["new", "target", "--dir", ws],
+            "target is not a transform crate",
+        ),
+        (
+            &["new", "template", "--dir", ws],
+            "template is not a transform crate",
+        ),
+        (
+            &["new", "sluice_guest", "--dir", ws],
+            "sluice-guest is not a transform crate",
+        ),
+        (
+            &["new", "my-thing", "--dir", ws],
+            "my_thing already exists; pick another name",
+        ),
+        (
+            &["new", "shout", "--dir", "nowhere"],
+            "nowhere is not a transforms workspace (no Cargo.toml)",
+        ),
+        (
+            &["build"],
+            "no transforms workspace at transforms (no Cargo.toml there): run this from the \
+             directory that holds transforms/",
+        ),
+        (
+            &["build", "shout", "--dir", transforms],
+            "no transform \"shout\" (crate transform-shout) in",
+        ),
+    ] {
+        let mut all = vec!["transform"];
+        all.extend(args);
+        let out = sluice_tests::cli::sluice(dir.path(), &all);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(out.stdout.is_empty(), "{args:?}");
+    }
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &["transform", "build", "shout", "--dir", transforms],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("its transforms: ") && stderr.contains("filter"),
+        "{stderr}"
+    );
+    let entries = std::fs::read_dir(dir.path().join("ws")).unwrap().count();
+    assert_eq!(entries, 2, "nothing was created");
+}
+
 /// `transform test` reads a CSV the way the pipeline's source does (BOM, delimiter, conservative
 /// inference, renamed duplicate columns, ragged records reported by line rather than run) and
 /// gives each row the metadata `sluice run` would give its message: the `meta` guest echoes it.
@@ -1306,6 +1373,10 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         built[0].ends_with("wasm32-wasip2/release/transform_shout.wasm"),
         "{built:?}"
     );
+    // Building them all lists the workspace's members only, not a deleted crate's leftover.
+    let leftover = built[0].with_file_name("transform_gone.wasm");
+    std::fs::write(&leftover, b"").unwrap();
+    assert_eq!(cli::build(None, ws).unwrap(), built);
     let records =
         cli::read_input(&crate_dir.join("testdata/input.jsonl"), &Default::default()).unwrap();
     let (mut out, mut err) = (Vec::new(), Vec::new());

@@ -194,28 +194,16 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Creates `<dir>/<name>/` from the embedded template and returns its path.
+/// Directories of the transforms workspace that are not transform crates: `target` and
+/// `template` (in `exclude` of `transforms/Cargo.toml`, as is `.cargo`, which is no valid name
+/// anyway) and the guest SDK.
+const RESERVED_NAMES: [&str; 3] = ["target", "template", "sluice-guest"];
+
+/// Creates `<dir>/<name>/` from the embedded template and returns its path. A bad name, a
+/// missing workspace or an existing crate is a [`UsageError`].
 pub fn scaffold(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    let valid = !name.is_empty()
-        && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if !valid {
-        bail!(
-            "invalid transform name {name:?}: use lowercase letters, digits, `-` and `_`, starting with a letter"
-        );
-    }
-    if !dir.join("Cargo.toml").is_file() {
-        bail!(
-            "{} is not a transforms workspace (no Cargo.toml); pass --dir",
-            dir.display()
-        );
-    }
+    check_new(name, dir).map_err(usage)?;
     let crate_dir = dir.join(name);
-    if crate_dir.exists() {
-        bail!("{} already exists", crate_dir.display());
-    }
     let fill = |s: &str| {
         s.replace("{{name}}", name)
             .replace("{{crate}}", &name.replace('-', "_"))
@@ -234,61 +222,176 @@ pub fn scaffold(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     Ok(crate_dir)
 }
 
+/// Why `transform new NAME --dir DIR` cannot scaffold, if it cannot.
+fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
+    let valid = !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid {
+        bail!(
+            "invalid transform name {name:?}: use lowercase letters, digits, `-` and `_`, starting with a letter"
+        );
+    }
+    let fold = |s: &str| s.replace('-', "_");
+    if let Some(reserved) = RESERVED_NAMES.iter().find(|r| fold(r) == fold(name)) {
+        bail!(
+            "invalid transform name {name:?}: {}/{reserved} is not a transform crate but part of the workspace; pick another name",
+            dir.display()
+        );
+    }
+    if !dir.join("Cargo.toml").is_file() {
+        bail!(
+            "{} is not a transforms workspace (no Cargo.toml): run this from the directory that holds transforms/, or pass --dir",
+            dir.display()
+        );
+    }
+    // `my-thing` and `my_thing` would both build `transform_my_thing.wasm`, one over the other.
+    let taken = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .find(|e| fold(&e.file_name().to_string_lossy()) == fold(name));
+    if let Some(existing) = taken {
+        bail!(
+            "{} already exists; pick another name",
+            existing.path().display()
+        );
+    }
+    Ok(())
+}
+
 /// Builds the workspace at `dir` (or only `transform-<name>`) for wasm32-wasip2 in release mode
-/// and returns the built `.wasm` paths.
+/// and returns the `.wasm` paths of the crates built: only the workspace's current members, not
+/// leftovers of deleted crates in the target directory. No workspace at `dir`, or no such
+/// transform in it, is a [`UsageError`].
 pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    if !dir.join("Cargo.toml").is_file() {
+        return Err(usage(anyhow::anyhow!(
+            "no transforms workspace at {} (no Cargo.toml there): run this from the directory \
+             that holds transforms/ (the project root), or pass --dir",
+            dir.display()
+        )));
+    }
+    let workspace = Workspace::read(dir)?;
+    let fold = |s: &str| s.replace('-', "_");
+    let crates: Vec<&Component> = match name {
+        None => workspace.components.iter().collect(),
+        Some(n) => {
+            let package = format!("transform-{n}");
+            let found = workspace
+                .components
+                .iter()
+                .find(|c| fold(&c.package) == fold(&package));
+            match found {
+                Some(c) => vec![c],
+                None => {
+                    return Err(usage(anyhow::anyhow!(
+                        "no transform {n:?} (crate {package}) in {}; its transforms: {}",
+                        dir.display(),
+                        workspace
+                            .components
+                            .iter()
+                            .map(|c| c.package.strip_prefix("transform-").unwrap_or(&c.package))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+        }
+    };
     ensure_wasm_target();
     let mut cmd = Command::new("cargo");
     cmd.current_dir(dir)
         .args(["build", "--release", "--target", TARGET]);
-    if let Some(name) = name {
-        cmd.args(["-p", &format!("transform-{name}")]);
+    if name.is_some() {
+        for c in &crates {
+            cmd.args(["-p", &c.package]);
+        }
     }
     // Keep the build's own messages off stdout, which lists the results.
     cmd.stdout(std::process::Stdio::from(std::io::stderr()));
-    let status = cmd
-        .status()
-        .with_context(|| format!("running cargo in {}", dir.display()))?;
+    let status = cmd.status().with_context(|| {
+        format!(
+            "cannot run cargo in {} (is it installed and on PATH?)",
+            dir.display()
+        )
+    })?;
     if !status.success() {
         bail!("cargo build in {} failed ({status})", dir.display());
     }
-    let target_dir = target_dir(dir)?;
-    let release = target_dir.join(TARGET).join("release");
-    let mut out: Vec<PathBuf> = std::fs::read_dir(&release)
-        .with_context(|| format!("reading {}", release.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "wasm"))
-        .filter(|p| match name {
-            Some(n) => p
-                .file_stem()
-                .is_some_and(|s| *s == *format!("transform_{}", n.replace('-', "_"))),
-            None => true,
-        })
+    let release = workspace.target_dir.join(TARGET).join("release");
+    let mut out: Vec<PathBuf> = crates
+        .iter()
+        .map(|c| release.join(format!("{}.wasm", fold(&c.lib))))
+        .filter(|p| p.is_file())
         .collect();
     out.sort();
     Ok(out)
 }
 
-/// The workspace's target directory as cargo resolves it (`CARGO_TARGET_DIR`, config files).
-fn target_dir(dir: &Path) -> anyhow::Result<PathBuf> {
-    let out = Command::new("cargo")
-        .current_dir(dir)
-        .args(["metadata", "--format-version", "1", "--no-deps"])
-        .output()
-        .with_context(|| format!("running cargo metadata in {}", dir.display()))?;
-    if !out.status.success() {
-        bail!(
-            "cargo metadata in {} failed: {}",
-            dir.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
+/// What `cargo metadata --no-deps` says about a transforms workspace.
+struct Workspace {
+    /// Where it builds to (`CARGO_TARGET_DIR` and config files considered).
+    target_dir: PathBuf,
+    /// Its members that build a component (a `cdylib`), in cargo's order.
+    components: Vec<Component>,
+}
+
+/// A member crate that builds a component.
+struct Component {
+    /// The package name (`transform-filter`).
+    package: String,
+    /// The library target's name, which names the `.wasm` file (`transform_filter`).
+    lib: String,
+}
+
+impl Workspace {
+    fn read(dir: &Path) -> anyhow::Result<Workspace> {
+        let out = Command::new("cargo")
+            .current_dir(dir)
+            .args(["metadata", "--format-version", "1", "--no-deps"])
+            .output()
+            .with_context(|| {
+                format!(
+                    "cannot run cargo in {} (is it installed and on PATH?)",
+                    dir.display()
+                )
+            })?;
+        if !out.status.success() {
+            bail!(
+                "cargo metadata in {} failed: {}",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim_end()
+            );
+        }
+        let meta: serde_json::Value =
+            serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
+        let target_dir = meta["target_directory"]
+            .as_str()
+            .map(PathBuf::from)
+            .context("cargo metadata has no target_directory")?;
+        let components = meta["packages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| {
+                let lib = p["targets"].as_array()?.iter().find(|t| {
+                    t["kind"]
+                        .as_array()
+                        .is_some_and(|k| k.iter().any(|k| k == "cdylib"))
+                })?;
+                Some(Component {
+                    package: p["name"].as_str()?.to_owned(),
+                    lib: lib["name"].as_str()?.to_owned(),
+                })
+            })
+            .collect();
+        Ok(Workspace {
+            target_dir,
+            components,
+        })
     }
-    let meta: serde_json::Value =
-        serde_json::from_slice(&out.stdout).context("parsing cargo metadata")?;
-    meta["target_directory"]
-        .as_str()
-        .map(PathBuf::from)
-        .context("cargo metadata has no target_directory")
 }
 
 fn ensure_wasm_target() {
