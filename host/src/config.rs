@@ -54,8 +54,9 @@ pub enum SinkConfig {
     Snowflake(SnowflakeSinkConfig),
 }
 
-/// Kafka connection, topic and consumer settings.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+/// Kafka connection, topic and consumer settings. `Debug` shows the keys of `properties` but not
+/// their values, which may be passwords.
+#[derive(Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// Bootstrap servers, comma-separated. Empty means "start a managed local broker".
@@ -82,6 +83,21 @@ pub struct KafkaConfig {
     /// producer, consumer and admin clients.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
+}
+
+impl fmt::Debug for KafkaConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaConfig")
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("partitions", &self.partitions)
+            .field("replication_factor", &self.replication_factor)
+            .field("group_id", &self.group_id)
+            .field("compression", &self.compression)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("properties", &self.properties.keys().collect::<Vec<_>>())
+            .finish()
+    }
 }
 
 /// Producer compression codec.
@@ -628,6 +644,24 @@ mod tests {
         assert_eq!(interpolate("${EMPTY}", &env).unwrap(), "");
         assert_eq!(interpolate("$${A} $5", &env).unwrap(), "${A} $5");
         assert!(interpolate("${NOPE}", &env).unwrap_err().contains("NOPE"));
+    }
+
+    #[test]
+    fn debug_output_shows_no_substituted_secret() {
+        let text = r#"{ "version": 1, "name": "p",
+          "source": { "type": "csv", "path": "d.csv" },
+          "kafka": { "topic": "t", "properties": { "sasl.password": "${PW}" } },
+          "transforms": [ { "uses": "m.wasm", "with": { "salt": "${PW}" } } ],
+          "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T",
+                    "password": "${PW}" } }"#;
+        let env = |k: &str| (k == "PW").then(|| "TopSecret-123".to_owned());
+        let loaded = load_str(text, Path::new("p.json"), &env).unwrap();
+        let shown = format!("{loaded:?}");
+        assert!(
+            shown.contains("sasl.password") && shown.contains("salt"),
+            "{shown}"
+        );
+        assert!(!shown.contains("TopSecret"), "{shown}");
     }
 
     #[test]

@@ -7,8 +7,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::OnError;
 
-/// One transform in the chain.
-#[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
+/// One transform in the chain. `Debug` shows the keys of `with` but not their values, which may
+/// be secrets (`mask`'s `salt`).
+#[derive(Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransformConfig {
     /// A name for logs, metrics and dead letters; defaults to the component file's stem without
@@ -41,6 +42,22 @@ pub struct TransformConfig {
     /// applies its own limit, so two flat-maps in a chain can multiply.
     #[serde(default = "default_max_rows_per_record")]
     pub max_rows_per_record: u32,
+}
+
+impl std::fmt::Debug for TransformConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TransformConfig")
+            .field("name", &self.name)
+            .field("uses", &self.uses)
+            .field("with", &self.with.keys().collect::<Vec<_>>())
+            .field("on_error", &self.on_error)
+            .field("memory_mb", &self.memory_mb)
+            .field("timeout_ms", &self.timeout_ms)
+            .field("fuel", &self.fuel)
+            .field("debug_stdio", &self.debug_stdio)
+            .field("max_rows_per_record", &self.max_rows_per_record)
+            .finish()
+    }
 }
 
 impl TransformConfig {
