@@ -154,6 +154,27 @@ fn ten_broken_pipelines_give_ten_precise_messages() {
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
 }
 
+/// librdkafka's own checks of `kafka.properties` run offline: a mistyped key, or TLS in this
+/// build without OpenSSL, exits 2 naming the key, and the value (here a password) is not shown.
+#[test]
+fn kafka_properties_are_checked_offline_without_showing_their_values() {
+    let (code, stderr) = validate(&BASE.replacen(
+        r#""partitions": 3 }"#,
+        r#""partitions": 3, "properties": { "sasl.pasword": "TopSecret-123", "security.protocol": "sasl_ssl" } }"#,
+        1,
+    ));
+    assert_eq!(code, Some(2), "{stderr}");
+    for wanted in [
+        "kafka.properties.sasl.pasword (line 5, column ",
+        "No such configuration property: \"sasl.pasword\"",
+        "kafka.properties.security.protocol (line 5, column ",
+        "OpenSSL not available",
+    ] {
+        assert!(stderr.contains(wanted), "{wanted:?} not in:\n{stderr}");
+    }
+    assert!(!stderr.contains("TopSecret"), "{stderr}");
+}
+
 #[test]
 fn committed_schema_is_current() {
     let out = sluice(&workspace_root(), &["schema"]);

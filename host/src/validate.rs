@@ -126,6 +126,17 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
             "max_in_flight must be at least 1".to_owned(),
         );
     }
+    for (key, value) in &k.properties {
+        // librdkafka checks names and values without connecting. Its description names the key
+        // and, for a value it parses, the value; never a free-form one such as a password.
+        let mut one = rdkafka::ClientConfig::new();
+        one.set(key, value);
+        if let Err(rdkafka::error::KafkaError::ClientConfig(_, desc, _, _)) =
+            one.create_native_config()
+        {
+            bad(&format!("kafka.properties.{key}"), desc);
+        }
+    }
     if let Some(dlq) = &c.dead_letter.topic
         && dlq == &k.topic
     {
