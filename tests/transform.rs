@@ -836,10 +836,9 @@ fn check_rejects_files_that_are_not_sluice_transforms() {
         Err(LoadError::Read { .. })
     ));
     let garbage = write("garbage.wasm", b"not wasm at all");
-    assert!(matches!(
-        check(&config(&garbage, &[]), &opts()),
-        Err(LoadError::InvalidComponent { .. })
-    ));
+    let err = check(&config(&garbage, &[]), &opts()).unwrap_err();
+    assert!(matches!(err, LoadError::InvalidComponent { .. }), "{err}");
+    assert!(err.to_string().contains("`\\0asm` header"), "{err}");
     let core = write("core.wasm", b"\0asm\x01\0\0\0");
     let err = check(&config(&core, &[]), &opts()).unwrap_err();
     assert!(err.to_string().contains("core wasm module"), "{err}");
@@ -847,6 +846,23 @@ fn check_rejects_files_that_are_not_sluice_transforms() {
     let err = check(&config(&empty, &[]), &opts()).unwrap_err();
     assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
     assert!(err.to_string().contains("sluice:transform"), "{err}");
+    // The contract's export names, with other function types.
+    let mistyped = write(
+        "mistyped.wat",
+        br#"(component
+  (core module $m (func (export "a")) (func (export "b")))
+  (core instance $i (instantiate $m))
+  (func $init (canon lift (core func $i "a")))
+  (func $batch (canon lift (core func $i "b")))
+  (instance $t (export "init" (func $init)) (export "transform-batch" (func $batch)))
+  (export "sluice:transform/transformer@0.1.0" (instance $t)))"#,
+    );
+    let err = check(&config(&mistyped, &[]), &opts()).unwrap_err();
+    assert!(matches!(err, LoadError::WrongWorld { .. }), "{err}");
+    assert!(
+        err.to_string().contains("do not have the contract's types"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -1408,5 +1424,29 @@ fn guests_get_no_environment_files_or_network() {
             ])],
             "debug_stdio: {debug_stdio}"
         );
+    }
+}
+
+/// A guest that sleeps waits inside a host call, where the CPU cap is not checked, so it could
+/// hold a worker for as long as it liked: waiting traps instead, and only that record is
+/// quarantined. Run through the async `process`, `sluice run`'s path onto the worker threads.
+#[tokio::test]
+async fn a_guest_that_sleeps_is_stopped_and_only_its_record_is_quarantined() {
+    let mut cfg = config(guests::PROBE, &[]);
+    cfg.timeout_ms = 1000;
+    let c = chain(&[cfg]);
+    let mut rows = numbered(3);
+    rows[1].push("sleep_ms", Value::Int(3_000));
+    let out = c.process(with_meta(rows.clone())).await.unwrap();
+    let q = quarantined(&out[1]);
+    assert_eq!(q.kind, FailureKind::Trap, "{}", q.reason);
+    assert!(
+        q.reason.ends_with("transforms may not block"),
+        "{}",
+        q.reason
+    );
+    assert_eq!(q.row, rows[1]);
+    for i in [0, 2] {
+        assert_eq!(emitted(&out[i]).len(), 1, "record {i}");
     }
 }
