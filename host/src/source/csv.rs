@@ -511,6 +511,36 @@ fn parse_bool(t: &str) -> Option<bool> {
     }
 }
 
+/// Whether `f`, parsed from `text`, is exactly the number written there: a column is inferred as
+/// float only when no value in the sample loses digits, so an ID past `i64` such as
+/// `18446744073709551615` stays text instead of becoming `1.8446744073709552e19`.
+fn same_number(text: &str, f: f64) -> bool {
+    // Shortest round-trip digits, in scientific notation: `1.8446744073709552e19`.
+    decimal_digits(text) == decimal_digits(&format!("{:e}", f.abs()))
+}
+
+/// The significant digits and the exponent of a decimal number, ignoring its sign: `-1.50e2` and
+/// `150` both give `("15", 3)` (0.15 × 10³); zero gives `("", 0)`.
+fn decimal_digits(text: &str) -> Option<(String, i64)> {
+    let t = text.trim_start_matches(['-', '+']);
+    let (mantissa, exp) = match t.find(['e', 'E']) {
+        Some(i) => (&t[..i], t[i + 1..].parse::<i64>().ok()?),
+        None => (t, 0),
+    };
+    let (int, frac) = mantissa.split_once('.').unwrap_or((mantissa, ""));
+    let digits = format!("{int}{frac}");
+    let trimmed = digits.trim_start_matches('0');
+    let leading_zeros = (digits.len() - trimmed.len()) as i64;
+    let significant = trimmed.trim_end_matches('0');
+    if significant.is_empty() {
+        return Some((String::new(), 0));
+    }
+    Some((
+        significant.to_owned(),
+        exp + int.len() as i64 - leading_zeros,
+    ))
+}
+
 #[derive(Clone, Copy)]
 struct Candidates {
     int: bool,
@@ -549,7 +579,8 @@ fn infer(sample: &VecDeque<ByteRecord>, ncols: usize) -> Vec<ValueType> {
                 digits.len() > 1 && digits.starts_with('0') && !digits.starts_with("0.");
             c.int &= !leading_zero && t.parse::<i64>().is_ok();
             c.float &= !leading_zero
-                && t.parse::<f64>().is_ok_and(f64::is_finite)
+                && t.parse::<f64>()
+                    .is_ok_and(|f| f.is_finite() && same_number(t, f))
                 && t.bytes().any(|b| b.is_ascii_digit());
             c.bool_ &= t.eq_ignore_ascii_case("true") || t.eq_ignore_ascii_case("false");
             c.timestamp &= parse_timestamp(t).is_some();
@@ -666,6 +697,41 @@ mod tests {
             })
             .collect();
         assert_eq!(lines, [2, 7, 8]);
+    }
+
+    #[test]
+    fn a_column_is_inferred_as_float_only_when_no_digit_is_lost() {
+        for (exact, text) in [
+            (true, "1.5"),
+            (true, "-0.30000000000000004"),
+            (true, "1e300"),
+            (true, "+.5"),
+            (true, "5."),
+            (true, "-0.0"),
+            (true, "120.50"),
+            (true, "9007199254740992"),
+            (false, "9007199254740993"),
+            (false, "18446744073709551615"),
+            (false, "12345678901234567.89"),
+        ] {
+            let f: f64 = text.parse().unwrap();
+            assert_eq!(same_number(text, f), exact, "{text}");
+        }
+        let (r, items) = read_all(
+            b"id,x
+18446744073709551615,1.5
+2,2.5
+",
+            &opts(),
+        );
+        assert_eq!(r.types(), [ValueType::String, ValueType::Float]);
+        let CsvItem::Row { row, .. } = &items[0] else {
+            panic!("{items:?}")
+        };
+        assert_eq!(
+            row.get("id"),
+            Some(&Value::String("18446744073709551615".into()))
+        );
     }
 
     #[test]
