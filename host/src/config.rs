@@ -54,8 +54,7 @@ pub enum SinkConfig {
     Snowflake(SnowflakeSinkConfig),
 }
 
-/// Kafka connection, topic and consumer settings. `Debug` shows the keys of `properties` but not
-/// their values, which may be passwords.
+/// Kafka connection, topic and consumer settings.
 #[derive(Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
@@ -85,6 +84,7 @@ pub struct KafkaConfig {
     pub properties: std::collections::BTreeMap<String, String>,
 }
 
+// By hand: the values of `properties` may be passwords, so only their keys are shown.
 impl fmt::Debug for KafkaConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("KafkaConfig")

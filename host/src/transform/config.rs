@@ -7,8 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::OnError;
 
-/// One transform in the chain. `Debug` shows the keys of `with` but not their values, which may
-/// be secrets (`mask`'s `salt`).
+/// One transform in the chain.
 #[derive(Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TransformConfig {
@@ -44,6 +43,7 @@ pub struct TransformConfig {
     pub max_rows_per_record: u32,
 }
 
+// By hand: the values of `with` may be secrets (`mask`'s `salt`), so only their keys are shown.
 impl std::fmt::Debug for TransformConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TransformConfig")
