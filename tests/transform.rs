@@ -600,6 +600,7 @@ fn assert_poison_isolated(
 ) -> TransformChain {
     let mut cfg = config(path, &[]);
     tweak(&mut cfg);
+    let memory_mb = cfg.memory_mb;
     let c = TransformChain::load(
         &[cfg],
         &RuntimeOptions {
@@ -614,6 +615,13 @@ fn assert_poison_isolated(
         if i == 13 {
             let q = quarantined(o);
             assert_eq!(q.kind, kind, "{}", q.reason);
+            if kind == FailureKind::Memory {
+                assert!(
+                    q.reason.contains(&format!("{memory_mb} MiB")),
+                    "{}",
+                    q.reason
+                );
+            }
             assert_eq!(q.row, rows[13]);
         } else {
             assert_eq!(emitted(o), std::slice::from_ref(&rows[i]), "row {i}");
@@ -681,10 +689,11 @@ fn many_rows_timing_out_alone_fail_the_batch() {
     }
 }
 
+/// At the default cap (64 MiB), which the failure names.
 #[test]
 fn poison_memory_bomb_hits_the_cap_and_only_that_record_is_quarantined() {
     assert_poison_isolated(guests::POISON_MEMBOMB, FailureKind::Memory, |c| {
-        c.memory_mb = 16
+        assert_eq!(c.memory_mb, 64)
     });
 }
 
@@ -953,6 +962,31 @@ fn cli_test_prints_exactly_the_filtered_csv_rows() {
         "{summary}"
     );
     assert!(printed.iter().all(|r| r["value"].as_f64().unwrap() > 50.0));
+}
+
+/// A guest's stdout and stderr go nowhere unless `--debug-stdio` is given, and then to sluice's
+/// stderr: never into the JSONL rows on stdout.
+#[test]
+fn cli_test_discards_guest_stdio_unless_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "{\"id\":1}\n").unwrap();
+    for debug_stdio in [false, true] {
+        let mut args = vec!["transform", "test", "--component", guests::PROBE];
+        args.extend(["--input", "in.jsonl"]);
+        if debug_stdio {
+            args.push("--debug-stdio");
+        }
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stderr}");
+        assert_eq!(stdout, "{\"env\":0,\"fs\":false,\"net\":false}\n");
+        for line in ["probe stdout", "probe stderr"] {
+            assert_eq!(stderr.contains(line), debug_stdio, "{line:?} in: {stderr}");
+        }
+    }
 }
 
 #[test]
