@@ -1463,7 +1463,8 @@ fn guests_get_no_environment_files_or_network() {
 
 /// A guest that sleeps waits inside a host call, where the CPU cap is not checked, so it could
 /// hold a worker for as long as it liked: waiting traps instead, and only that record is
-/// quarantined. Run through the async `process`, `sluice run`'s path onto the worker threads.
+/// quarantined. Waiting on something already ready (a timer that is due) is no wait and works.
+/// Run through the async `process`, `sluice run`'s path onto the worker threads.
 #[tokio::test]
 async fn a_guest_that_sleeps_is_stopped_and_only_its_record_is_quarantined() {
     let mut cfg = config(guests::PROBE, &[]);
@@ -1471,6 +1472,7 @@ async fn a_guest_that_sleeps_is_stopped_and_only_its_record_is_quarantined() {
     let c = chain(&[cfg]);
     let mut rows = numbered(3);
     rows[1].push("sleep_ms", Value::Int(3_000));
+    rows[2].push("wait_ready", Value::Bool(true));
     let out = c.process(with_meta(rows.clone())).await.unwrap();
     let q = quarantined(&out[1]);
     assert_eq!(q.kind, FailureKind::Trap, "{}", q.reason);

@@ -42,8 +42,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Cache, CacheConfig, Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime_wasi::p2::DynPollable;
+use wasmtime_wasi::p2::bindings::io::poll::HostPollable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{
@@ -494,16 +497,41 @@ fn build_linker(engine: &Engine) -> Result<Linker<HostState>, LoadError> {
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
         .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
     // A guest that sleeps or waits on a stream waits inside a host call, where the epoch deadline
-    // is not checked, so it could hold a worker for as long as it liked. Waiting is replaced by a
-    // trap; the record is quarantined like any other trap.
+    // is not checked, so it could hold a worker for as long as it liked. A wait on something not
+    // ready yet traps instead; the record is quarantined like any other trap. (Every other
+    // blocking WASI call the guest can reach returns at once: stdin is empty, stdout and stderr
+    // always take output, and there are no files or sockets.)
     linker.allow_shadowing(true);
-    let mut poll = linker
-        .instance(WASI_POLL)
-        .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-    for name in ["poll", "[method]pollable.block"] {
-        poll.func_new(name, |_, _, _, _| Err(wasmtime::Error::new(GuestBlocked)))
-            .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
-    }
+    let engine_err = |e: wasmtime::Error| LoadError::Engine(format!("{e:#}"));
+    let mut poll = linker.instance(WASI_POLL).map_err(engine_err)?;
+    poll.func_wrap(
+        "[method]pollable.block",
+        |mut store: StoreContextMut<'_, HostState>, (p,): (Resource<DynPollable>,)| match ready_now(
+            &mut store.data_mut().table,
+            &p,
+        )? {
+            true => Ok(()),
+            false => Err(wasmtime::Error::new(GuestBlocked)),
+        },
+    )
+    .map_err(engine_err)?;
+    poll.func_wrap(
+        "poll",
+        |mut store: StoreContextMut<'_, HostState>, (ps,): (Vec<Resource<DynPollable>>,)| {
+            let table = &mut store.data_mut().table;
+            let mut ready = Vec::new();
+            for (i, p) in ps.iter().enumerate() {
+                if ready_now(table, p)? {
+                    ready.push(u32::try_from(i)?);
+                }
+            }
+            match ready.is_empty() {
+                false => Ok((ready,)),
+                true => Err(wasmtime::Error::new(GuestBlocked)),
+            }
+        },
+    )
+    .map_err(engine_err)?;
     linker.allow_shadowing(false);
     bindings::Transform::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
@@ -699,6 +727,18 @@ impl bindings::sluice::transform::context::Host for HostState {
     }
 }
 
+/// Whether `p` is ready without waiting. A deadline already past answers on its second poll (its
+/// first yields once, so that a busy poll loop cannot starve wasmtime-wasi's I/O driver).
+fn ready_now(table: &mut ResourceTable, p: &Resource<DynPollable>) -> wasmtime::Result<bool> {
+    for _ in 0..2 {
+        let p = Resource::new_borrow(p.rep());
+        if wasmtime_wasi::runtime::in_tokio(HostPollable::ready(table, p))? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// The guest tried to wait (sleep, or block on a timer or stream).
 #[derive(Debug, thiserror::Error)]
 #[error(
@@ -774,8 +814,7 @@ impl ResourceLimiter for MemoryCap {
 enum InitFailure {
     Guest(GuestError),
     Wasm(String),
-    /// Instantiation failed without a trap or a limit: the exports exist (`TransformPre` checks
-    /// that) but do not have the contract's types.
+    /// The exports exist (`TransformPre` checks that) but do not have the contract's types.
     Exports(String),
 }
 
@@ -824,14 +863,14 @@ impl Slot {
         store.limiter(|s| &mut s.limits);
         store.epoch_deadline_trap();
         arm(&mut store, &t.config, fuel_enabled);
-        let guest = t.pre.instantiate(&mut store).map_err(|e| {
-            let (kind, reason) = classify(&e, store.data(), &t.config);
-            if kind == FailureKind::Trap && e.downcast_ref::<Trap>().is_none() {
-                InitFailure::Exports(reason)
-            } else {
-                InitFailure::Wasm(reason)
-            }
-        })?;
+        let instance = t
+            .pre
+            .instance_pre()
+            .instantiate(&mut store)
+            .map_err(|e| InitFailure::Wasm(classify(&e, store.data(), &t.config).1))?;
+        // `TransformPre` found the exports by name; this checks their function types.
+        let guest = bindings::Transform::new(&mut store, &instance)
+            .map_err(|e| InitFailure::Exports(format!("{e:#}")))?;
         arm(&mut store, &t.config, fuel_enabled);
         match guest
             .sluice_transform_transformer()

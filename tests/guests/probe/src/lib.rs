@@ -1,7 +1,8 @@
 //! Test guest: reports what the sandbox lets it see. For every row it emits one row with the
 //! number of environment variables, whether listing `/` or `.` worked and whether a TCP connect
 //! worked, and prints a line on stdout and stderr (which the host discards unless `debug_stdio`
-//! is set). A row with an int field `sleep_ms` makes it sleep that long first.
+//! is set). A row with an int field `sleep_ms` makes it sleep that long first; one with a field
+//! `wait_ready` waits on a timer that is already due, with `pollable.block` and with `poll`.
 
 use std::io::Write;
 
@@ -10,6 +11,12 @@ use sluice_guest::{Error, Row, Value};
 fn probe(row: Row) -> Result<Vec<Row>, Error> {
     if let Some(Value::Int(ms)) = row.get("sleep_ms") {
         std::thread::sleep(std::time::Duration::from_millis(*ms as u64));
+    }
+    if row.get("wait_ready").is_some() {
+        let due = wasip2::clocks::monotonic_clock::subscribe_duration(0);
+        due.block();
+        let ready = wasip2::io::poll::poll(&[&due]);
+        assert_eq!(ready, [0]);
     }
     let env = std::env::vars().count() as i64;
     let fs = std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok();
