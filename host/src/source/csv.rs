@@ -511,12 +511,17 @@ fn parse_bool(t: &str) -> Option<bool> {
     }
 }
 
-/// Whether `f`, parsed from `text`, is exactly the number written there: a column is inferred as
-/// float only when no value in the sample loses digits, so an ID past `i64` such as
-/// `18446744073709551615` stays text instead of becoming `1.8446744073709552e19`.
+/// Whether `f`, parsed from `text`, keeps every digit written there: `f` rounded to as many
+/// significant digits as `text` has gives `text` back. A column is inferred as float only when
+/// no sampled value loses digits, so an ID past `i64` such as `18446744073709551615` stays text
+/// instead of becoming `1.8446744073709552e19`; `0.1`, and a float's 17- or 19-digit forms such
+/// as `0.10000000000000001`, still count as floats.
 fn same_number(text: &str, f: f64) -> bool {
-    // Shortest round-trip digits, in scientific notation: `1.8446744073709552e19`.
-    decimal_digits(text) == decimal_digits(&format!("{:e}", f.abs()))
+    let Some((digits, exp)) = decimal_digits(text) else {
+        return false;
+    };
+    let precision = digits.len().saturating_sub(1);
+    decimal_digits(&format!("{:.*e}", precision, f.abs())) == Some((digits, exp))
 }
 
 /// The significant digits and the exponent of a decimal number, ignoring its sign: `-1.50e2` and
@@ -535,10 +540,10 @@ fn decimal_digits(text: &str) -> Option<(String, i64)> {
     if significant.is_empty() {
         return Some((String::new(), 0));
     }
-    Some((
-        significant.to_owned(),
-        exp + int.len() as i64 - leading_zeros,
-    ))
+    let exp = exp
+        .checked_add(int.len() as i64)?
+        .checked_sub(leading_zeros)?;
+    Some((significant.to_owned(), exp))
 }
 
 #[derive(Clone, Copy)]
@@ -710,6 +715,11 @@ mod tests {
             (true, "-0.0"),
             (true, "120.50"),
             (true, "9007199254740992"),
+            (true, "0.10000000000000001"),
+            (true, "1.000000000000000056e-01"),
+            (true, "5e-324"),
+            (true, "0e5"),
+            (false, "0.01e-9223372036854775808"),
             (false, "9007199254740993"),
             (false, "18446744073709551615"),
             (false, "12345678901234567.89"),
