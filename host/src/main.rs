@@ -194,6 +194,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pipeline,
             no_components,
         } => {
+            pipeline::init_logging(cli.log_format);
             let loaded = config::load(&pipeline)?;
             let depth = if no_components {
                 Depth::Static

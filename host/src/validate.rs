@@ -130,6 +130,10 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
         // librdkafka checks names and values without connecting. Its description names the key
         // and, for a value it parses, the value; never a free-form one such as a password.
         let mut one = rdkafka::ClientConfig::new();
+        // A plugin's own properties exist only once the plugin is loaded.
+        if let Some(plugins) = k.properties.get("plugin.library.paths") {
+            one.set("plugin.library.paths", plugins);
+        }
         one.set(key, value);
         if let Err(rdkafka::error::KafkaError::ClientConfig(_, desc, _, _)) =
             one.create_native_config()
