@@ -234,8 +234,7 @@ fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
             "invalid transform name {name:?}: use lowercase letters, digits, `-` and `_`, starting with a letter"
         );
     }
-    let fold = |s: &str| s.replace('-', "_");
-    if let Some(reserved) = RESERVED_NAMES.iter().find(|r| fold(r) == fold(name)) {
+    if let Some(reserved) = RESERVED_NAMES.iter().find(|r| same_name(r, name)) {
         bail!(
             "invalid transform name {name:?}: {}/{reserved} is not a transform crate but part of the workspace; pick another name",
             dir.display()
@@ -251,7 +250,7 @@ fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
     let taken = std::fs::read_dir(dir)
         .with_context(|| format!("reading {}", dir.display()))?
         .filter_map(|e| e.ok())
-        .find(|e| fold(&e.file_name().to_string_lossy()) == fold(name));
+        .find(|e| same_name(&e.file_name().to_string_lossy(), name));
     if let Some(existing) = taken {
         bail!(
             "{} already exists; pick another name",
@@ -274,7 +273,6 @@ pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         )));
     }
     let workspace = Workspace::read(dir)?;
-    let fold = |s: &str| s.replace('-', "_");
     let crates: Vec<&Component> = match name {
         None => workspace.components.iter().collect(),
         Some(n) => {
@@ -282,7 +280,7 @@ pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             let found = workspace
                 .components
                 .iter()
-                .find(|c| fold(&c.package) == fold(&package));
+                .find(|c| same_name(&c.package, &package));
             match found {
                 Some(c) => vec![c],
                 None => {
@@ -323,7 +321,7 @@ pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let release = workspace.target_dir.join(TARGET).join("release");
     let mut out: Vec<PathBuf> = crates
         .iter()
-        .map(|c| release.join(format!("{}.wasm", fold(&c.lib))))
+        .map(|c| release.join(format!("{}.wasm", c.lib.replace('-', "_"))))
         .filter(|p| p.is_file())
         .collect();
     out.sort();
@@ -475,6 +473,12 @@ fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Re
     Ok(())
 }
 
+/// Whether two transform or crate names are the same with `-` and `_` alike: `transform new
+/// my-thing` builds `transform_my_thing.wasm`, whose component is named `my_thing`.
+fn same_name(a: &str, b: &str) -> bool {
+    a.replace('-', "_") == b.replace('-', "_")
+}
+
 /// Which components the NAME of a `--with NAME.KEY=VALUE` picks.
 enum Scope {
     One(usize),
@@ -484,9 +488,8 @@ enum Scope {
 
 /// Resolves a `--with` scope against the chain's names, then as a 1-based position.
 fn scope_of(names: &[String], scope: &str) -> Scope {
-    let fold = |s: &str| s.replace('-', "_");
     let by_name: Vec<usize> = (0..names.len())
-        .filter(|&i| fold(&names[i]) == fold(scope))
+        .filter(|&i| same_name(&names[i], scope))
         .collect();
     match by_name[..] {
         [i] => Scope::One(i),
