@@ -930,7 +930,12 @@ fn cli_test_prints_exactly_the_filtered_csv_rows() {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let records = cli::read_input(std::path::Path::new(data), &Default::default()).unwrap();
     let report = cli::test(&[cfg], records, 256, &mut out, &mut err).unwrap();
-    assert_eq!(report.failed, 0, "{}", String::from_utf8_lossy(&err));
+    assert_eq!(
+        report.failures.len(),
+        0,
+        "{}",
+        String::from_utf8_lossy(&err)
+    );
 
     // The expectation, computed independently from the raw CSV text.
     let mut csv = csv::Reader::from_path(data).unwrap();
@@ -1017,6 +1022,7 @@ fn cli_test_expect_detects_a_mismatch() {
             key_column: None,
             with: vec!["uppercase=name".into()],
             expect: Some(expect.to_path_buf()),
+            expect_failures: None,
             batch_size: 1024,
             timeout_ms: None,
             memory_mb: None,
@@ -1027,6 +1033,120 @@ fn cli_test_expect_detects_a_mismatch() {
     };
     assert_eq!(run(&good), std::process::ExitCode::SUCCESS);
     assert_eq!(run(&bad), std::process::ExitCode::from(1));
+}
+
+/// Under `--expect`, a record that fails fails the test even when the rows match (a trap in a
+/// record the chain would have dropped anyway must not pass silently), unless an
+/// `--expect-failures` file lists it; that file is matched field by field, `reason` by part.
+#[test]
+fn cli_test_failed_records_fail_expect_unless_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.path().join(name), text).unwrap();
+        name.to_owned()
+    };
+    // The trap guest panics on id 13 and passes the rest; the CSV's line 4 is ragged.
+    let input = write("in.csv", "id,name\n12,a\n13,b\n14,c,extra\n15,d\n");
+    let rows = write(
+        "rows.jsonl",
+        "{\"id\":12,\"name\":\"a\"}\n{\"id\":15,\"name\":\"d\"}\n",
+    );
+    let run = |goldens: &[&str]| {
+        let mut args = vec!["transform", "test", "--component", guests::POISON_TRAP];
+        args.extend(["--input", &input, "--expect", &rows]);
+        for g in goldens {
+            args.extend(["--expect-failures", g]);
+        }
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stderr)
+    };
+
+    let (code, stderr) = run(&[]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("ok: 2 rows match"), "{stderr}");
+    assert!(
+        stderr.contains("mismatch: 2 records failed and no --expect-failures file expects"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("the first: record 2 (line 3), stage transform:poison_trap, kind trap:"),
+        "{stderr}"
+    );
+
+    let both = write(
+        "failures.jsonl",
+        "{\"record\":2,\"line\":3,\"kind\":\"trap\",\"reason\":\"unreachable\"}\n\
+         {\"line\":4,\"stage\":\"source\",\"kind\":\"ragged_row\"}\n",
+    );
+    let (code, stderr) = run(&[&both]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("ok: 2 failed records match"), "{stderr}");
+
+    for (golden, code_wanted, says) in [
+        (
+            "{\"line\":3,\"kind\":\"timeout\"}\n{\"line\":4}\n",
+            1,
+            "failed record 1: expected {\"line\":3,\"kind\":\"timeout\"}, got record 2 (line 3)",
+        ),
+        (
+            "{\"reason\":\"unreachable\"}\n{\"stage\":\"transform:x\"}\n",
+            1,
+            "failed record 2: expected {\"stage\":\"transform:x\"}, got record 3 (line 4), stage source, kind ragged_row",
+        ),
+        (
+            "{\"line\":3}\n",
+            1,
+            "expected 1 failed records, got 2 (first unexpected: record 3 (line 4)",
+        ),
+        (
+            "{\"line\":3}\n{\"line\":4}\n{\"line\":5}\n",
+            1,
+            "expected 3 failed records, got 2 (first missing: {\"line\":5})",
+        ),
+        ("{\"line\":3,\"knd\":\"trap\"}\n", 2, "unknown field `knd`"),
+    ] {
+        let golden = write("golden-failures.jsonl", golden);
+        let (code, stderr) = run(&[&golden]);
+        assert_eq!(code, Some(code_wanted), "{golden}: {stderr}");
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+}
+
+/// JSONL input is typed as the consumer types a plain JSON message: an integer past `int` keeps
+/// its digits as text, as the CSV source keeps such a column, instead of being rounded through a
+/// float; nested JSON keeps its exact text. Floats are read exactly on both sides of `--expect`:
+/// the golden copy of a run's own output matches it, even for a float that a fast, inexact
+/// parser reads one bit off (`1.0715660391465826e-75`).
+#[test]
+fn cli_test_jsonl_keeps_the_digits_of_big_integers() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"id\":18446744073709551615,\"n\":-99999999999999999999,\"o\":{\"u\":18446744073709551615},\
+         \"v\":1.5,\"f\":1.0715660391465826e-75}\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec!["transform", "test", "--component", guests::PASSTHROUGH];
+        args.extend(["--input", "in.jsonl"]);
+        args.extend(extra);
+        sluice_tests::cli::sluice(dir.path(), &args)
+    };
+    let out = run(&[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout,
+        "{\"id\":\"18446744073709551615\",\"n\":\"-99999999999999999999\",\
+         \"o\":{\"u\":18446744073709551615},\"v\":1.5,\"f\":1.0715660391465826e-75}\n"
+    );
+    std::fs::write(dir.path().join("golden.jsonl"), &*stdout).unwrap();
+    let out = run(&["--expect", "golden.jsonl"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("ok: 1 rows match"), "{stderr}");
 }
 
 /// Mistakes in how `sluice transform test` is called exit 2 with a message naming the mistake,
@@ -1074,7 +1194,7 @@ fn cli_test_usage_errors_exit_2() {
         (
             &["--with", "value=50"],
             pretty,
-            "pretty.json:1: not JSON (expected one JSON object per line)",
+            "pretty.json:1: not a JSON object (expected one JSON object per line)",
         ),
         (
             &["--with", "value=50", "--timeout-ms", "0"],

@@ -116,23 +116,6 @@ impl Value {
         }
     }
 
-    /// Converts from JSON without a schema: numbers become int or float, arrays and objects
-    /// become [`Value::Json`], strings stay strings (no timestamp guessing; use
-    /// [`Value::from_json_typed`] when the type is known).
-    pub fn from_json(v: &serde_json::Value) -> Value {
-        use serde_json::Value as J;
-        match v {
-            J::Null => Value::Null,
-            J::Bool(b) => Value::Bool(*b),
-            J::Number(n) => match n.as_i64() {
-                Some(i) => Value::Int(i),
-                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-            },
-            J::String(s) => Value::String(s.clone()),
-            J::Array(_) | J::Object(_) => Value::Json(v.to_string()),
-        }
-    }
-
     /// Converts from JSON into a known type; `None` when the JSON does not fit it.
     pub fn from_json_typed(v: &serde_json::Value, ty: ValueType) -> Option<Value> {
         use serde_json::Value as J;
@@ -214,21 +197,6 @@ impl Row {
                 .map(|f| (f.name.to_string(), f.value.to_json()))
                 .collect(),
         )
-    }
-
-    /// A row from a JSON object, without a schema (see [`Value::from_json`]); `None` if `v` is
-    /// not an object.
-    pub fn from_json(v: &serde_json::Value) -> Option<Row> {
-        let obj = v.as_object()?;
-        Some(Row {
-            fields: obj
-                .iter()
-                .map(|(k, v)| Field {
-                    name: Name::from(k.as_str()),
-                    value: Value::from_json(v),
-                })
-                .collect(),
-        })
     }
 }
 
@@ -338,6 +306,10 @@ mod tests {
             json.to_string(),
             r#"{"id":7,"name":"a,b","v":1.5,"nested":{"x":[1,2]},"gone":null}"#
         );
-        assert_eq!(Row::from_json(&json).unwrap(), row);
+        let text = json.to_string();
+        assert_eq!(
+            crate::source::wire::decode(Some(text.as_bytes()), None).unwrap(),
+            row
+        );
     }
 }

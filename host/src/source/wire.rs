@@ -26,8 +26,8 @@
 //!   back as the exact same text; any other JSON text travels as a JSON string (type `json_text`);
 //! - the object is scanned by hand, so duplicate field names and field order survive.
 //!
-//! A message without `sluice.types` (written by another producer) is decoded without a schema
-//! ([`crate::row::Value::from_json`]), so sluice can consume plain JSON topics too.
+//! A message without `sluice.types` (written by another producer) is typed by its JSON alone
+//! (`untyped_value`), so sluice can consume plain JSON topics too.
 
 use std::fmt::Write as _;
 
@@ -169,9 +169,10 @@ pub fn decode(value: Option<&[u8]>, types: Option<&[u8]>) -> Result<Row, DecodeE
     let Some(types) = types else {
         let mut row = Row::with_capacity(members.len());
         for (name, raw) in members {
-            let v: serde_json::Value =
-                serde_json::from_str(raw).map_err(|e| DecodeError::Syntax(e.to_string()))?;
-            row.push(name, Value::from_json(&v));
+            let value = untyped_value(raw).ok_or_else(|| {
+                DecodeError::Syntax(format!("field {name:?}: invalid value {}", shorten(raw)))
+            })?;
+            row.push(name, value);
         }
         return Ok(row);
     };
@@ -244,6 +245,37 @@ fn decode_value(raw: &str, ty: &str) -> Option<Value> {
         }
         JSON_TEXT if is_string => Value::Json(unescape(raw)?),
         _ => return None,
+    })
+}
+
+/// Types a member of a message without `sluice.types` by its JSON text alone: numbers without a
+/// fraction or exponent are `int`, other numbers `float` (Rust's exact parser), objects and
+/// arrays `json` with their exact text. An integer outside `int`'s range stays its text, a
+/// string, as the CSV source keeps such a column: going through a float would silently change
+/// its digits (an ID of `18446744073709551615` would load as `18446744073709552000`).
+fn untyped_value(raw: &str) -> Option<Value> {
+    Some(match raw.as_bytes().first()? {
+        b'"' => Value::String(serde_json::from_str(raw).ok()?),
+        b'n' | b't' | b'f' => match raw {
+            "null" => Value::Null,
+            "true" => Value::Bool(true),
+            "false" => Value::Bool(false),
+            _ => return None,
+        },
+        b'{' | b'[' => {
+            serde_json::from_str::<serde::de::IgnoredAny>(raw).ok()?;
+            Value::Json(raw.to_owned())
+        }
+        _ => {
+            // serde_json checks the number grammar (no `+1`, `01` or `1.`), then Rust reads it.
+            serde_json::from_str::<serde::de::IgnoredAny>(raw).ok()?;
+            if raw.contains(['.', 'e', 'E']) {
+                Value::Float(raw.parse().ok()?)
+            } else {
+                raw.parse()
+                    .map_or_else(|_| Value::String(raw.to_owned()), Value::Int)
+            }
+        }
     })
 }
 
@@ -459,6 +491,36 @@ mod tests {
         assert_eq!(row.get("b"), Some(&Value::String("x".into())));
         assert_eq!(row.get("c"), Some(&Value::Json("[1]".into())));
         assert_eq!(row.get("d"), Some(&Value::Float(2.5)));
+        // Integers that do not fit `int` keep their digits, as text; nested values their text.
+        let text = br#"{"u64": 18446744073709551615, "big": -123456789012345678901234567890,
+            "min": -9223372036854775808, "f": 1.0e2, "n": null, "t": true,
+            "o": {"id": 18446744073709551615, "x": [1, 2.50]}, "s": "a\"b"}"#;
+        let row = decode(Some(text), None).unwrap();
+        let s = |v: &str| Some(Value::String(v.into()));
+        assert_eq!(row.get("u64").cloned(), s("18446744073709551615"));
+        assert_eq!(
+            row.get("big").cloned(),
+            s("-123456789012345678901234567890")
+        );
+        assert_eq!(row.get("min"), Some(&Value::Int(i64::MIN)));
+        assert_eq!(row.get("f"), Some(&Value::Float(100.0)));
+        assert_eq!(row.get("n"), Some(&Value::Null));
+        assert_eq!(row.get("t"), Some(&Value::Bool(true)));
+        let nested = r#"{"id": 18446744073709551615, "x": [1, 2.50]}"#;
+        assert_eq!(row.get("o"), Some(&Value::Json(nested.into())));
+        assert_eq!(row.get("s").cloned(), s("a\"b"));
+        // Not JSON, though Rust would parse the numbers, or the string holds a raw control byte.
+        for bad in [
+            r#"{"a": 01}"#,
+            r#"{"a": 1.}"#,
+            r#"{"a": +1}"#,
+            r#"{"a": nul}"#,
+            "{\"a\": \"\u{1}\"}",
+            r#"{"a": [1,}"#,
+        ] {
+            let got = decode(Some(bad.as_bytes()), None);
+            assert!(matches!(got, Err(DecodeError::Syntax(_))), "{bad}: {got:?}");
+        }
     }
 
     #[test]

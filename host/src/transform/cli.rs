@@ -4,7 +4,8 @@
 //!   (embedded in the binary), which builds and passes its golden test untouched.
 //! - `build [NAME]` builds guests for wasm32-wasip2 in release mode and prints the `.wasm` paths.
 //! - `test` runs a chain of components over a CSV or JSON Lines file, prints output rows as JSONL on
-//!   stdout and failed records on stderr, and with `--expect` diffs against a golden JSONL file.
+//!   stdout and failed records on stderr. `--expect` diffs the rows against a golden JSONL file,
+//!   and `--expect-failures` the failed records; a record that fails unexpected fails the test.
 //!   CSV goes through the source's own reader and each record gets the metadata `sluice run` would
 //!   give its message, so a transform sees locally what it will see in a pipeline.
 
@@ -44,6 +45,8 @@ fn usage(e: anyhow::Error) -> anyhow::Error {
 }
 
 /// `sluice transform ...`: write, build and test transforms.
+// One value per process, parsed from the command line: boxing `Test` would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, clap::Subcommand)]
 pub enum TransformCommand {
     /// Scaffold a new transform crate (`<dir>/<NAME>/`) that builds and passes its test as is.
@@ -88,9 +91,15 @@ pub enum TransformCommand {
         /// `NAME.KEY=VALUE` (NAME is the component's name or its 1-based position).
         #[arg(long = "with", value_name = "KEY=VALUE")]
         with: Vec<String>,
-        /// A golden JSONL file: exit 1 if the output rows differ from it.
+        /// A golden JSONL file: exit 1 if the output rows differ from it, or if a record fails
+        /// that `--expect-failures` does not expect.
         #[arg(long)]
         expect: Option<PathBuf>,
+        /// A golden JSONL file of the records expected to fail, in order, one object per line
+        /// with any of `record`, `line`, `stage`, `kind` and `reason` (a part of the message):
+        /// exit 1 if the failed records differ from it.
+        #[arg(long, value_name = "FILE")]
+        expect_failures: Option<PathBuf>,
         /// Rows per batch call.
         #[arg(long, default_value_t = 1024, value_parser = at_least_one_usize())]
         batch_size: usize,
@@ -140,6 +149,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             key_column,
             with,
             expect,
+            expect_failures,
             batch_size,
             timeout_ms,
             memory_mb,
@@ -162,10 +172,15 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             let opts =
                 input_options(&input, delimiter, &schema, infer_rows, key_column).map_err(usage)?;
             let records = read_input(&input, &opts).map_err(usage)?;
-            // Read before the run, so that a bad golden path does not cost a whole run first.
-            let expected: Option<Vec<_>> = expect
+            // Read before the run, so that a bad golden file does not cost a whole run first.
+            let expected = expect
                 .as_deref()
-                .map(|p| read_jsonl(p).map(|lines| lines.into_iter().map(|(_, v)| v).collect()))
+                .map(read_golden::<serde_json::Value>)
+                .transpose()
+                .map_err(usage)?;
+            let expected_failures = expect_failures
+                .as_deref()
+                .map(read_golden::<ExpectedFailure>)
                 .transpose()
                 .map_err(usage)?;
             let stdout = std::io::stdout();
@@ -177,19 +192,47 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 &mut stdout.lock(),
                 &mut stderr.lock(),
             )?;
-            match (expect, expected) {
-                (Some(golden), Some(expected)) => match diff(&expected, &report.output) {
-                    None => {
-                        eprintln!("ok: {} rows match {}", expected.len(), golden.display());
-                        Ok(ExitCode::SUCCESS)
-                    }
+            if expected.is_none() && expected_failures.is_none() {
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut matched = true;
+            if let (Some(golden), Some(expected)) = (&expect, &expected) {
+                match diff(expected, &report.output) {
+                    None => eprintln!("ok: {} rows match {}", expected.len(), golden.display()),
                     Some(msg) => {
                         eprintln!("mismatch against {}: {msg}", golden.display());
-                        Ok(ExitCode::from(1))
+                        matched = false;
+                    }
+                }
+            }
+            match (&expect_failures, &expected_failures) {
+                (Some(golden), Some(expected)) => match diff_failures(expected, &report.failures) {
+                    None => eprintln!(
+                        "ok: {} failed records match {}",
+                        expected.len(),
+                        golden.display()
+                    ),
+                    Some(msg) => {
+                        eprintln!("mismatch against {}: {msg}", golden.display());
+                        matched = false;
                     }
                 },
-                _ => Ok(ExitCode::SUCCESS),
+                _ => {
+                    if let Some(first) = report.failures.first() {
+                        eprintln!(
+                            "mismatch: {} records failed and no --expect-failures file \
+                             expects failures; the first: {first}",
+                            report.failures.len()
+                        );
+                        matched = false;
+                    }
+                }
             }
+            Ok(if matched {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            })
         }
     }
 }
@@ -506,8 +549,70 @@ fn scope_of(names: &[String], scope: &str) -> Scope {
 pub struct TestReport {
     /// Every emitted row as JSON, in order.
     pub output: Vec<serde_json::Value>,
-    /// Records that failed.
-    pub failed: usize,
+    /// The records that failed, in input order.
+    pub failures: Vec<Failure>,
+}
+
+/// A record that failed in `transform test`, named as its dead letter would be in `sluice run`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Failure {
+    /// Its 1-based position among the input's data records.
+    pub record: u64,
+    /// The line of the input it starts on.
+    pub line: u64,
+    /// `source` for a record the source would not send, `transform:<name>` for a transform.
+    pub stage: String,
+    /// The dead-letter kind: `ragged_row`, `parse`, `trap`, `guest_error`, `timeout`, ...
+    pub kind: String,
+    /// The reason, for humans.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let Failure {
+            record,
+            line,
+            stage,
+            kind,
+            reason,
+        } = self;
+        write!(
+            f,
+            "record {record} (line {line}), stage {stage}, kind {kind}: {reason}"
+        )
+    }
+}
+
+/// One line of an `--expect-failures` file: what is given must match the failed record in the
+/// same position; `reason` matches any part of the reason, since messages carry details (a trap's
+/// backtrace, a guest's wording) that a test should not pin.
+#[derive(Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct ExpectedFailure {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    record: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stage: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kind: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
+}
+
+impl ExpectedFailure {
+    fn matches(&self, f: &Failure) -> bool {
+        self.record.is_none_or(|r| r == f.record)
+            && self.line.is_none_or(|l| l == f.line)
+            && self.stage.as_ref().is_none_or(|s| *s == f.stage)
+            && self.kind.as_ref().is_none_or(|k| *k == f.kind)
+            && self
+                .reason
+                .as_ref()
+                .is_none_or(|r| f.reason.contains(r.as_str()))
+    }
 }
 
 /// Runs the chain over the rows of `records` in batches, writes output rows as JSONL to `out`,
@@ -533,7 +638,7 @@ pub fn test(
     })?;
     let mut report = TestReport {
         output: Vec::new(),
-        failed: 0,
+        failures: Vec::new(),
     };
     let batch_size = batch_size.max(1);
     let mut bad = 0;
@@ -543,13 +648,19 @@ pub fn test(
         // A batch ends at a bad record, so that every failure prints in file order.
         while let Some((i, InputRecord::Bad(b))) = records.next_if(is_bad) {
             bad += 1;
-            report.failed += 1;
             let (n, line, kind) = (i + 1, b.line, b.kind.as_str());
             writeln!(
                 err,
                 "record {n} (line {line}): bad row ({kind}): {}",
                 b.reason
             )?;
+            report.failures.push(Failure {
+                record: n as u64,
+                line,
+                stage: "source".to_owned(),
+                kind: kind.to_owned(),
+                reason: b.reason,
+            });
         }
         // Kept beside the batch because failures are reported by record number and line.
         let mut origins = Vec::new();
@@ -573,7 +684,6 @@ pub fn test(
                     }
                 }
                 RecordOutcome::Quarantined(q) => {
-                    report.failed += 1;
                     writeln!(
                         err,
                         "record {n} (line {line}): {} failed ({}): {}; row: {}",
@@ -582,17 +692,30 @@ pub fn test(
                         q.reason,
                         q.row.to_json()
                     )?;
+                    report.failures.push(Failure {
+                        record: n as u64,
+                        line,
+                        stage: format!("transform:{}", q.transform),
+                        kind: q.kind.as_str().to_owned(),
+                        reason: q.reason,
+                    });
                 }
                 RecordOutcome::Dropped {
                     transform,
                     kind,
                     reason,
                 } => {
-                    report.failed += 1;
                     writeln!(
                         err,
                         "record {n} (line {line}): {transform} failed ({kind}): {reason}"
                     )?;
+                    report.failures.push(Failure {
+                        record: n as u64,
+                        line,
+                        stage: format!("transform:{transform}"),
+                        kind: kind.as_str().to_owned(),
+                        reason,
+                    });
                 }
             }
         }
@@ -637,6 +760,35 @@ fn diff(expected: &[serde_json::Value], actual: &[serde_json::Value]) -> Option<
             expected.len(),
             actual.len(),
             expected[actual.len()]
+        )),
+    }
+}
+
+/// The first difference between the expected and the actual failed records, if any.
+fn diff_failures(expected: &[ExpectedFailure], actual: &[Failure]) -> Option<String> {
+    let show = |e: &ExpectedFailure| serde_json::to_string(e).unwrap_or_default();
+    for (i, (e, a)) in expected.iter().zip(actual).enumerate() {
+        if !e.matches(a) {
+            return Some(format!(
+                "failed record {}: expected {}, got {a}",
+                i + 1,
+                show(e)
+            ));
+        }
+    }
+    match expected.len().cmp(&actual.len()) {
+        std::cmp::Ordering::Equal => None,
+        std::cmp::Ordering::Less => Some(format!(
+            "expected {} failed records, got {} (first unexpected: {})",
+            expected.len(),
+            actual.len(),
+            actual[expected.len()]
+        )),
+        std::cmp::Ordering::Greater => Some(format!(
+            "expected {} failed records, got {} (first missing: {})",
+            expected.len(),
+            actual.len(),
+            show(&expected[actual.len()])
         )),
     }
 }
@@ -781,11 +933,17 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<Vec<InputR
         InputRecord::Row { line, meta, row }
     };
     if is_jsonl(path) {
-        let rows = read_jsonl(path)?
+        // Typed as the consumer types a message of a plain JSON topic, so big integers keep
+        // their digits and duplicate names and field order survive.
+        let rows = jsonl_lines(path)?
             .into_iter()
-            .map(|(line, v)| {
-                let row = Row::from_json(&v)
-                    .with_context(|| format!("{}:{line}: not a JSON object", path.display()))?;
+            .map(|(line, text)| {
+                let row = wire::decode(Some(text.as_bytes()), None).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{}:{line}: not a JSON object (expected one JSON object per line): {e}",
+                        path.display()
+                    )
+                })?;
                 Ok((line, row))
             })
             .collect::<anyhow::Result<Vec<_>>>()?;
@@ -831,24 +989,32 @@ fn is_jsonl(path: &Path) -> bool {
         .is_some_and(|e| e == "jsonl" || e == "ndjson" || e == "json")
 }
 
-/// The non-blank lines of a JSONL file, parsed, with their 1-based line numbers.
-fn read_jsonl(path: &Path) -> anyhow::Result<Vec<(u64, serde_json::Value)>> {
+/// The non-blank lines of a JSONL file with their 1-based line numbers.
+fn jsonl_lines(path: &Path) -> anyhow::Result<Vec<(u64, String)>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut out = Vec::new();
     for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let (n, line) = (i as u64 + 1, line?);
-        if line.trim().is_empty() {
-            continue;
+        let line = line.with_context(|| format!("reading {}", path.display()))?;
+        if !line.trim().is_empty() {
+            out.push((i as u64 + 1, line));
         }
-        let value = serde_json::from_str(&line).with_context(|| {
-            format!(
-                "{}:{n}: not JSON (expected one JSON object per line)",
-                path.display()
-            )
-        })?;
-        out.push((n, value));
     }
     Ok(out)
+}
+
+/// A golden JSONL file, one `T` per non-blank line.
+fn read_golden<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
+    jsonl_lines(path)?
+        .into_iter()
+        .map(|(n, line)| {
+            serde_json::from_str(&line).with_context(|| {
+                format!(
+                    "{}:{n}: not what a golden file holds (one JSON object per line)",
+                    path.display()
+                )
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
