@@ -5,7 +5,7 @@
 //! - `build [NAME]` builds guests for wasm32-wasip2 in release mode and prints the `.wasm` paths.
 //! - `test` runs a chain of components over a CSV or JSON Lines file, prints output rows as JSONL on
 //!   stdout and failed records on stderr. `--expect` diffs the rows against a golden JSONL file,
-//!   and `--expect-failures` the failed records; a record that fails unexpected fails the test.
+//!   and `--expect-failures` the failed records; a record that fails unexpectedly fails the test.
 //!   CSV goes through the source's own reader and each record gets the metadata `sluice run` would
 //!   give its message, so a transform sees locally what it will see in a pipeline.
 
