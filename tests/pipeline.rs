@@ -154,6 +154,30 @@ fn ten_broken_pipelines_give_ten_precise_messages() {
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
 }
 
+/// One run of `validate` shows every mistake: a transform's params are checked by its `init`
+/// even when another transform's component is missing and the data file is gone.
+#[test]
+fn validate_reports_every_mistake_at_once() {
+    let text = BASE
+        .replacen(
+            r#""uses": "@FILTER@", "with""#,
+            r#""uses": "nope.wasm", "with""#,
+            1,
+        )
+        .replacen(r#""value": "90""#, r#""value": "90", "threshold": "5""#, 1)
+        .replacen("@DATA@", "/nonexistent/data.csv", 1);
+    let (code, stderr) = validate(&text);
+    assert_eq!(code, Some(2), "{stderr}");
+    for wanted in [
+        "source.path (line 4",
+        "transforms[0].uses (line 7",
+        "nope.wasm does not exist (build it with `sluice transform build`)",
+        "transforms[1].with.threshold (line 8, column ",
+    ] {
+        assert!(stderr.contains(wanted), "{wanted:?} not in:\n{stderr}");
+    }
+}
+
 /// librdkafka's own checks of `kafka.properties` run offline: a mistyped key, or TLS in this
 /// build without OpenSSL, exits 2 naming the key, and the value (here a password) is not shown.
 #[test]

@@ -1124,7 +1124,7 @@ fn cli_test_jsonl_keeps_the_digits_of_big_integers() {
     std::fs::write(
         dir.path().join("in.jsonl"),
         "{\"id\":18446744073709551615,\"n\":-99999999999999999999,\"o\":{\"u\":18446744073709551615},\
-         \"v\":1.5,\"f\":1.0715660391465826e-75}\n",
+         \"v\":1.5,\"f\":1.0715660391465826e-75,\"v\":\"x\"}\n",
     )
     .unwrap();
     let run = |extra: &[&str]| {
@@ -1140,13 +1140,62 @@ fn cli_test_jsonl_keeps_the_digits_of_big_integers() {
     assert_eq!(
         stdout,
         "{\"id\":\"18446744073709551615\",\"n\":\"-99999999999999999999\",\
-         \"o\":{\"u\":18446744073709551615},\"v\":1.5,\"f\":1.0715660391465826e-75}\n"
+         \"o\":{\"u\":18446744073709551615},\"v\":1.5,\"f\":1.0715660391465826e-75,\"v\":\"x\"}\n"
     );
-    std::fs::write(dir.path().join("golden.jsonl"), &*stdout).unwrap();
-    let out = run(&["--expect", "golden.jsonl"]);
+    // The run's own output as golden file, then the same members in another order: both match.
+    // Without the second `v`, or with the two `v`s swapped, the row differs.
+    let reordered = "{\"v\":1.5,\"f\":1.0715660391465826e-75,\"id\":\"18446744073709551615\",\
+                     \"n\":\"-99999999999999999999\",\"o\":{\"u\":18446744073709551615},\"v\":\"x\"}";
+    let one_v = stdout.trim().replace(",\"v\":\"x\"", "");
+    let swapped = stdout
+        .trim()
+        .replace("\"v\":1.5", "\"v\":\"@\"")
+        .replace("\"v\":\"x\"", "\"v\":1.5")
+        .replace("\"v\":\"@\"", "\"v\":\"x\"");
+    for (golden, matches) in [
+        (stdout.trim(), true),
+        (reordered, true),
+        (&one_v, false),
+        (&swapped, false),
+    ] {
+        std::fs::write(dir.path().join("golden.jsonl"), golden).unwrap();
+        let out = run(&["--expect", "golden.jsonl"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.success(), matches, "{golden}: {stderr}");
+        if matches {
+            assert!(stderr.contains("ok: 1 rows match"), "{stderr}");
+        }
+    }
+}
+
+/// `transform test | head` stops quietly when its reader has had enough, as Unix filters do.
+#[test]
+fn cli_test_stops_quietly_when_stdout_closes() {
+    use std::io::BufRead;
+    let data = sluice_tests::cli::workspace_root().join("data/data.csv");
+    // 3000 rows print more than a pipe buffer holds, so sluice is still writing when it closes.
+    let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([
+            "transform",
+            "test",
+            "--component",
+            guests::PASSTHROUGH,
+            "--input",
+        ])
+        .arg(&data)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("{\"id\":1,"), "{first}");
+    let out = child.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(stderr.contains("ok: 1 rows match"), "{stderr}");
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("error"), "{stderr}");
 }
 
 /// Mistakes in how `sluice transform test` is called exit 2 with a message naming the mistake,
@@ -1266,6 +1315,11 @@ fn cli_test_usage_errors_exit_2() {
             csv,
             "--key-column \"nope\"",
         ),
+        (
+            &["--with", "value=50", "--with", "2.value=5"],
+            input,
+            "position 2 is out of range: there is one component (1 filter)",
+        ),
     ] {
         let out = run(extra, input);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -1273,6 +1327,16 @@ fn cli_test_usage_errors_exit_2() {
         assert!(stderr.contains(says), "{extra:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{extra:?}: no row runs first");
     }
+    let missing = ["transform", "test", "--component", "/no/such/thing.wasm"];
+    let out = sluice_tests::cli::sluice(dir.path(), &[&missing[..], &["--input", input]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "component /no/such/thing.wasm does not exist (build it with `sluice transform build`)"
+        ),
+        "{stderr}"
+    );
     let golden = golden.to_str().unwrap();
     let out = run(&["--with", "value=50", "--expect", golden], input);
     assert_eq!(out.status.code(), Some(1));

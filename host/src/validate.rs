@@ -254,8 +254,18 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
         );
     }
 
-    if depth == Depth::Components && issues.is_empty() {
-        issues.extend(check_components(loaded));
+    if depth == Depth::Components {
+        // Every transform whose own settings are sound is loaded, even when something else in
+        // the file is wrong, so that one run of `validate` shows every mistake.
+        let unsound: HashSet<usize> = (0..c.transforms.len())
+            .filter(|i| {
+                let at = format!("transforms[{i}]");
+                issues
+                    .iter()
+                    .any(|issue| issue.path == at || issue.path.starts_with(&format!("{at}.")))
+            })
+            .collect();
+        issues.extend(check_components(loaded, &unsound));
     }
     issues
 }
@@ -266,15 +276,18 @@ pub fn transform_name(t: &crate::transform::config::TransformConfig, _index: usi
     t.display_name()
 }
 
-/// Loads each component and runs its `init` with its params. A param the guest rejects is
-/// reported at `transforms[i].with.<param>`.
-fn check_components(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
+/// Loads each component but those in `skip` and runs its `init` with its params. A param the
+/// guest rejects is reported at `transforms[i].with.<param>`.
+fn check_components(loaded: &LoadedConfig, skip: &HashSet<usize>) -> Vec<ConfigIssue> {
     let opts = crate::transform::RuntimeOptions {
         workers: 1,
         ..Default::default()
     };
     let mut issues = Vec::new();
     for (i, t) in loaded.config.transforms.iter().enumerate() {
+        if skip.contains(&i) {
+            continue;
+        }
         let mut resolved = t.clone();
         resolved.uses = loaded.resolve(&t.uses).to_string_lossy().into_owned();
         resolved.name = Some(transform_name(t, i));

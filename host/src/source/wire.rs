@@ -165,7 +165,7 @@ fn write_value(out: &mut Vec<u8>, v: &Value) -> &'static str {
 pub fn decode(value: Option<&[u8]>, types: Option<&[u8]>) -> Result<Row, DecodeError> {
     let value = value.ok_or(DecodeError::Empty)?;
     let text = std::str::from_utf8(value).map_err(|_| DecodeError::NotUtf8)?;
-    let members = scan_object(text).map_err(DecodeError::Syntax)?;
+    let members = members(text).map_err(DecodeError::Syntax)?;
     let Some(types) = types else {
         let mut row = Row::with_capacity(members.len());
         for (name, raw) in members {
@@ -250,9 +250,10 @@ fn decode_value(raw: &str, ty: &str) -> Option<Value> {
 
 /// Types a member of a message without `sluice.types` by its JSON text alone: numbers without a
 /// fraction or exponent are `int`, other numbers `float` (Rust's exact parser), objects and
-/// arrays `json` with their exact text. An integer outside `int`'s range stays its text, a
-/// string, as the CSV source keeps such a column: going through a float would silently change
-/// its digits (an ID of `18446744073709551615` would load as `18446744073709552000`).
+/// arrays `json` with their exact text. A number outside the range of its type stays its text,
+/// a string, as the CSV source keeps such a column: going through a float would silently change
+/// an integer's digits (an ID of `18446744073709551615` would load as `18446744073709552000`),
+/// and `1e400` would become infinity.
 fn untyped_value(raw: &str) -> Option<Value> {
     Some(match raw.as_bytes().first()? {
         b'"' => Value::String(serde_json::from_str(raw).ok()?),
@@ -270,7 +271,12 @@ fn untyped_value(raw: &str) -> Option<Value> {
             // serde_json checks the number grammar (no `+1`, `01` or `1.`), then Rust reads it.
             serde_json::from_str::<serde::de::IgnoredAny>(raw).ok()?;
             if raw.contains(['.', 'e', 'E']) {
-                Value::Float(raw.parse().ok()?)
+                let x: f64 = raw.parse().ok()?;
+                if x.is_finite() {
+                    Value::Float(x)
+                } else {
+                    Value::String(raw.to_owned())
+                }
             } else {
                 raw.parse()
                     .map_or_else(|_| Value::String(raw.to_owned()), Value::Int)
@@ -311,7 +317,7 @@ fn shorten(raw: &str) -> String {
 
 /// Splits a flat JSON object into `(name, raw value text)` pairs, keeping order and duplicates.
 /// Nested values are returned as their exact text; their validity is checked by the caller.
-fn scan_object(text: &str) -> Result<Vec<(Name, &str)>, String> {
+pub fn members(text: &str) -> Result<Vec<(Name, &str)>, String> {
     let b = text.as_bytes();
     let mut i = skip_ws(b, 0);
     if b.get(i) != Some(&b'{') {
@@ -493,7 +499,7 @@ mod tests {
         assert_eq!(row.get("d"), Some(&Value::Float(2.5)));
         // Integers that do not fit `int` keep their digits, as text; nested values their text.
         let text = br#"{"u64": 18446744073709551615, "big": -123456789012345678901234567890,
-            "min": -9223372036854775808, "f": 1.0e2, "n": null, "t": true,
+            "min": -9223372036854775808, "f": 1.0e2, "inf": -1e400, "n": null, "t": true,
             "o": {"id": 18446744073709551615, "x": [1, 2.50]}, "s": "a\"b"}"#;
         let row = decode(Some(text), None).unwrap();
         let s = |v: &str| Some(Value::String(v.into()));
@@ -504,6 +510,7 @@ mod tests {
         );
         assert_eq!(row.get("min"), Some(&Value::Int(i64::MIN)));
         assert_eq!(row.get("f"), Some(&Value::Float(100.0)));
+        assert_eq!(row.get("inf").cloned(), s("-1e400"));
         assert_eq!(row.get("n"), Some(&Value::Null));
         assert_eq!(row.get("t"), Some(&Value::Bool(true)));
         let nested = r#"{"id": 18446744073709551615, "x": [1, 2.50]}"#;

@@ -27,6 +27,8 @@ use crate::source::producer::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::source::wire;
 
 const TARGET: &str = "wasm32-wasip2";
+/// The transforms workspace `new` and `build` use without `--dir`.
+const DEFAULT_DIR: &str = "transforms";
 const TEMPLATE_CARGO_TOML: &str = include_str!("../../../transforms/template/Cargo.toml.tmpl");
 const TEMPLATE_LIB_RS: &str = include_str!("../../../transforms/template/src/lib.rs");
 const TEMPLATE_INPUT: &str = include_str!("../../../transforms/template/testdata/input.jsonl");
@@ -55,7 +57,7 @@ pub enum TransformCommand {
         /// `transform-<NAME>`.
         name: String,
         /// The transforms workspace to create it in.
-        #[arg(long, default_value = "transforms")]
+        #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
     },
     /// Build transforms for wasm32-wasip2 in release mode and print where the `.wasm` files are.
@@ -63,7 +65,7 @@ pub enum TransformCommand {
         /// Build only this transform (crate `transform-<NAME>`); default: all of them.
         name: Option<String>,
         /// The transforms workspace.
-        #[arg(long, default_value = "transforms")]
+        #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
     },
     /// Run a chain of components over a CSV or JSONL file and print the output rows as JSONL.
@@ -131,7 +133,14 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
         TransformCommand::New { name, dir } => {
             let crate_dir = scaffold(&name, &dir)?;
             println!("created {}", crate_dir.display());
-            println!("next: sluice transform build {name}");
+            if dir == Path::new(DEFAULT_DIR) {
+                println!("next: sluice transform build {name}");
+            } else {
+                println!(
+                    "next: sluice transform build {name} --dir {}",
+                    dir.display()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         TransformCommand::Build { name, dir } => {
@@ -175,7 +184,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             // Read before the run, so that a bad golden file does not cost a whole run first.
             let expected = expect
                 .as_deref()
-                .map(read_golden::<serde_json::Value>)
+                .map(read_golden_rows)
                 .transpose()
                 .map_err(usage)?;
             let expected_failures = expect_failures
@@ -185,13 +194,24 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 .map_err(usage)?;
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
-            let report = test(
+            let report = match test(
                 &configs,
                 records,
                 batch_size.max(1),
                 &mut stdout.lock(),
                 &mut stderr.lock(),
-            )?;
+            ) {
+                Ok(report) => report,
+                // Its reader closed stdout (`| head`): it has what it wanted, so stop quietly,
+                // as any Unix filter does.
+                Err(e)
+                    if e.downcast_ref::<std::io::Error>()
+                        .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+                {
+                    return Ok(ExitCode::SUCCESS);
+                }
+                Err(e) => return Err(e),
+            };
             if expected.is_none() && expected_failures.is_none() {
                 return Ok(ExitCode::SUCCESS);
             }
@@ -454,7 +474,8 @@ fn ensure_wasm_target() {
 /// Distributes `KEY=VALUE` / `NAME.KEY=VALUE` params over the chain. NAME is a component's name
 /// (`-` and `_` alike, since `transform new my-thing` builds `transform_my_thing.wasm`) or its
 /// 1-based position. With one component an unknown NAME is part of the key (`a.b=c` is param
-/// `a.b`); with several, every param must be scoped to exactly one component. A param given
+/// `a.b`), but a position other than 1 is still an error; with several, every param must be
+/// scoped to exactly one component. A param given
 /// twice for one component is an error: silently keeping the last one hides a typo in a long
 /// command.
 fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Result<()> {
@@ -474,14 +495,17 @@ fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Re
         let (i, k) = match key.split_once('.') {
             Some((scope, k)) => match scope_of(&names, scope) {
                 Scope::One(i) => (i, k),
-                Scope::Unknown if names.len() == 1 => (0, key),
                 Scope::Unknown if scope.parse::<usize>().is_ok() => bail!(
-                    "--with {item:?}: position {scope} is out of range: there are {} components, \
-                     at positions 1 to {} ({})",
-                    names.len(),
-                    names.len(),
-                    listed()
+                    "--with {item:?}: position {scope} is out of range: {}",
+                    match names.len() {
+                        1 => format!("there is one component ({})", listed()),
+                        n => format!(
+                            "there are {n} components, at positions 1 to {n} ({})",
+                            listed()
+                        ),
+                    }
                 ),
+                Scope::Unknown if names.len() == 1 => (0, key),
                 Scope::Unknown => bail!(
                     "--with {item:?}: no component is named {scope:?} (components: {})",
                     listed()
@@ -547,10 +571,58 @@ fn scope_of(names: &[String], scope: &str) -> Scope {
 /// What `test` saw.
 #[derive(Debug)]
 pub struct TestReport {
-    /// Every emitted row as JSON, in order.
-    pub output: Vec<serde_json::Value>,
+    /// Every emitted row, in order.
+    pub output: Vec<JsonRow>,
     /// The records that failed, in input order.
     pub failures: Vec<Failure>,
+}
+
+/// A row as `transform test` prints it and `--expect` compares it. The text is the JSON object
+/// of the row's Kafka message (fields in order, duplicate names kept, `json` values as their
+/// text, floats exact); rows are equal when their members are, in any order (the Snowflake sink
+/// matches columns by name) but with types (`16` is not `16.0`) and duplicates.
+#[derive(Debug, Clone)]
+pub struct JsonRow {
+    /// The row's JSON text.
+    pub text: String,
+    /// Its members sorted by name (stably, so duplicates keep their order).
+    members: Vec<(String, serde_json::Value)>,
+}
+
+impl JsonRow {
+    /// Reads one JSON object; floats are read exactly, so a golden copy of a printed row matches.
+    pub fn parse(text: &str) -> Result<JsonRow, String> {
+        let mut members = wire::members(text)?
+            .into_iter()
+            .map(|(name, raw)| {
+                let value = serde_json::from_str(raw).map_err(|e| format!("{name:?}: {e}"))?;
+                Ok((name.to_string(), value))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        members.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(JsonRow {
+            text: text.trim().to_owned(),
+            members,
+        })
+    }
+
+    /// A row as printed.
+    pub fn of(row: &Row) -> JsonRow {
+        let text = String::from_utf8(wire::encode(row).value).expect("a message value is JSON");
+        JsonRow::parse(&text).expect("a message value is a JSON object")
+    }
+}
+
+impl PartialEq for JsonRow {
+    fn eq(&self, other: &JsonRow) -> bool {
+        self.members == other.members
+    }
+}
+
+impl std::fmt::Display for JsonRow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.text)
+    }
 }
 
 /// A record that failed in `transform test`, named as its dead letter would be in `sluice run`.
@@ -678,7 +750,7 @@ pub fn test(
             match outcome {
                 RecordOutcome::Emitted(rows) => {
                     for row in rows {
-                        let json = row.to_json();
+                        let json = JsonRow::of(&row);
                         writeln!(out, "{json}")?;
                         report.output.push(json);
                     }
@@ -690,7 +762,7 @@ pub fn test(
                         q.transform,
                         q.kind,
                         q.reason,
-                        q.row.to_json()
+                        JsonRow::of(&q.row)
                     )?;
                     report.failures.push(Failure {
                         record: n as u64,
@@ -741,7 +813,7 @@ pub fn test(
 }
 
 /// The first difference between golden and actual rows, if any.
-fn diff(expected: &[serde_json::Value], actual: &[serde_json::Value]) -> Option<String> {
+fn diff(expected: &[JsonRow], actual: &[JsonRow]) -> Option<String> {
     for (i, (e, a)) in expected.iter().zip(actual).enumerate() {
         if e != a {
             return Some(format!("row {}: expected {e}, got {a}", i + 1));
@@ -1002,6 +1074,21 @@ fn jsonl_lines(path: &Path) -> anyhow::Result<Vec<(u64, String)>> {
     Ok(out)
 }
 
+/// A golden file of rows, one JSON object per non-blank line.
+fn read_golden_rows(path: &Path) -> anyhow::Result<Vec<JsonRow>> {
+    jsonl_lines(path)?
+        .into_iter()
+        .map(|(n, line)| {
+            JsonRow::parse(&line).map_err(|e| {
+                anyhow::anyhow!(
+                    "{}:{n}: not a JSON object (a golden file holds one row per line): {e}",
+                    path.display()
+                )
+            })
+        })
+        .collect()
+}
+
 /// A golden JSONL file, one `T` per non-blank line.
 fn read_golden<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
     jsonl_lines(path)?
@@ -1081,17 +1168,31 @@ mod tests {
         assign_params(&mut twice, &["my-thing.k=v".into()]).unwrap();
         assert_eq!(twice[0].with.get("k").map(String::as_str), Some("v"));
 
+        // With one component a dotted key is a param unless it names the component, but a
+        // position must still be 1.
         let mut one = vec![TransformConfig::new("x.wasm")];
-        assign_params(&mut one, &["a.b=c".into(), "2.d=e".into(), "x.f=g".into()]).unwrap();
+        assign_params(&mut one, &["a.b=c".into(), "1.d=e".into(), "x.f=g".into()]).unwrap();
         assert_eq!(one[0].with.get("a.b").map(String::as_str), Some("c"));
-        assert_eq!(one[0].with.get("2.d").map(String::as_str), Some("e"));
+        assert_eq!(one[0].with.get("d").map(String::as_str), Some("e"));
         assert_eq!(one[0].with.get("f").map(String::as_str), Some("g"));
+        let says = err(&mut one, "2.d=e");
+        assert!(
+            says.contains("position 2 is out of range: there is one component (1 x)"),
+            "{says}"
+        );
     }
 
     #[test]
     fn diff_names_the_first_difference() {
-        let v = |s: &str| serde_json::from_str::<serde_json::Value>(s).unwrap();
+        let v = |s: &str| JsonRow::parse(s).unwrap();
         assert_eq!(diff(&[v("{\"a\":1}")], &[v("{\"a\":1}")]), None);
+        // Members in any order, but with their types and duplicates.
+        let (ab, ba) = (v(r#"{"a":1,"b":[1, 2]}"#), v(r#"{"b":[1,2],"a":1}"#));
+        assert_eq!(diff(&[ab], &[ba]), None);
+        assert!(diff(&[v(r#"{"a":16}"#)], &[v(r#"{"a":16.0}"#)]).is_some());
+        let (dup, one) = (v(r#"{"a":1,"a":"x"}"#), v(r#"{"a":"x"}"#));
+        assert!(diff(std::slice::from_ref(&dup), &[one]).is_some());
+        assert!(diff(&[dup], &[v(r#"{"a":"x","a":1}"#)]).is_some());
         assert!(
             diff(&[v("{\"a\":1}")], &[v("{\"a\":2}")])
                 .unwrap()

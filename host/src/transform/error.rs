@@ -9,6 +9,12 @@ pub enum LoadError {
     /// The wasm engine could not be set up (e.g. the compilation cache directory).
     #[error("cannot set up the wasm engine: {0}")]
     Engine(String),
+    /// There is no component file at that path (usually: not built yet).
+    #[error("component {path} does not exist (build it with `sluice transform build`)")]
+    NotFound {
+        /// The component path.
+        path: PathBuf,
+    },
     /// The component file could not be read.
     #[error("cannot read component {path}")]
     Read {

@@ -544,9 +544,12 @@ fn load_one(
     config: &TransformConfig,
 ) -> Result<Loaded, LoadError> {
     let path = PathBuf::from(&config.uses);
-    let bytes = std::fs::read(&path).map_err(|source| LoadError::Read {
-        path: path.clone(),
-        source,
+    let bytes = std::fs::read(&path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => LoadError::NotFound { path: path.clone() },
+        _ => LoadError::Read {
+            path: path.clone(),
+            source,
+        },
     })?;
     if bytes.get(..8) == Some(b"\0asm\x01\0\0\0") {
         return Err(LoadError::InvalidComponent {

@@ -511,6 +511,10 @@ impl Params {
     /// Rejects any param not in `known`, so that a typo in pipeline.json fails validation.
     pub fn allow_only(&self, known: &[&str]) -> Result<(), Error> {
         match self.0.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+            Some((k, _)) if known.is_empty() => Err(Error::invalid_param(
+                k,
+                "unknown param (this transform takes no params)",
+            )),
             Some((k, _)) => Err(Error::invalid_param(
                 k,
                 format!("unknown param (expected one of: {})", known.join(", ")),

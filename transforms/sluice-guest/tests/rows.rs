@@ -1,6 +1,6 @@
 //! The SDK's batch loop, run natively (`cargo test --target x86_64-unknown-linux-gnu` in
 //! `transforms/`): which outcome each row gets, what goes back in the output lanes, and rows a
-//! transform keeps across batches.
+//! transform keeps across batches; and how params are checked.
 
 use sluice_guest::bindings::sluice::transform::types::{Outcome, Output, Rows, Values};
 use sluice_guest::{Error, Params, Row, Transform, Value};
@@ -152,4 +152,19 @@ fn detach_decodes_every_value_and_keeps_equality() {
     sluice_guest::__private::init::<Check>(vec![]).unwrap();
     let out = run::<Check>(batch(&[(7, "hé", 0.25)]));
     assert_eq!(out.outcomes, vec![Outcome::Keep]);
+}
+
+#[test]
+fn unknown_params_are_rejected_naming_what_is_known() {
+    let params = Params::new(vec![("x".into(), "1".into())]);
+    let reason = |known: &[&str]| match params.allow_only(known) {
+        Err(Error::InvalidParam(e)) => {
+            assert_eq!(e.name, "x");
+            e.reason
+        }
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(reason(&["a", "b"]), "unknown param (expected one of: a, b)");
+    assert_eq!(reason(&[]), "unknown param (this transform takes no params)");
+    assert!(params.allow_only(&["x"]).is_ok());
 }
