@@ -171,7 +171,7 @@ fn validate_reports_every_mistake_at_once() {
     for wanted in [
         "source.path (line 4",
         "transforms[0].uses (line 7",
-        "nope.wasm does not exist (build it with `sluice transform build`)",
+        "nope.wasm does not exist (check the path, or build it with `sluice transform build`)",
         "transforms[1].with.threshold (line 8, column ",
     ] {
         assert!(stderr.contains(wanted), "{wanted:?} not in:\n{stderr}");

@@ -1168,34 +1168,57 @@ fn cli_test_jsonl_keeps_the_digits_of_big_integers() {
     }
 }
 
-/// `transform test | head` stops quietly when its reader has had enough, as Unix filters do.
+/// `transform test | head`: once its reader closes stdout the output goes nowhere, but the run
+/// goes on, so the counts, the `--expect` verdict and the exit code are those of the whole input,
+/// and no "Broken pipe" error shows.
 #[test]
-fn cli_test_stops_quietly_when_stdout_closes() {
+fn cli_test_runs_to_the_end_when_stdout_closes() {
     use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
     let data = sluice_tests::cli::workspace_root().join("data/data.csv");
-    // 3000 rows print more than a pipe buffer holds, so sluice is still writing when it closes.
-    let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
-        .args([
-            "transform",
-            "test",
-            "--component",
-            guests::PASSTHROUGH,
-            "--input",
-        ])
-        .arg(&data)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    assert!(first.starts_with("{\"id\":1,"), "{first}");
-    let out = child.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(!stderr.contains("error"), "{stderr}");
+    let data = data.to_str().unwrap();
+    let args = [
+        "transform",
+        "test",
+        "--component",
+        guests::PASSTHROUGH,
+        "--input",
+        data,
+    ];
+    let full = sluice_tests::cli::sluice(dir.path(), &args);
+    assert!(full.status.success());
+    std::fs::write(dir.path().join("golden.jsonl"), &full.stdout).unwrap();
+    let first = full.stdout.split(|&b| b == b'\n').next().unwrap();
+    std::fs::write(dir.path().join("short.jsonl"), first).unwrap();
+    for (golden, code) in [
+        (None, 0),
+        (Some("golden.jsonl"), 0),
+        (Some("short.jsonl"), 1),
+    ] {
+        // 3000 rows print more than a pipe buffer holds, so sluice is still writing when the
+        // reader goes.
+        let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+            .args(args)
+            .args(golden.map(|g| ["--expect", g]).into_iter().flatten())
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("{\"id\":1,"), "{line}");
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{golden:?}: {stderr}");
+        assert!(stderr.contains(": 3000 in, 3000 out"), "{stderr}");
+        assert!(!stderr.contains("error"), "{stderr}");
+        if code == 1 {
+            assert!(stderr.contains("expected 1 rows, got 3000"), "{stderr}");
+        }
+    }
 }
 
 /// Mistakes in how `sluice transform test` is called exit 2 with a message naming the mistake,
@@ -1333,7 +1356,7 @@ fn cli_test_usage_errors_exit_2() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(
-            "component /no/such/thing.wasm does not exist (build it with `sluice transform build`)"
+            "component /no/such/thing.wasm does not exist (check the path, or build it with `sluice transform build`)"
         ),
         "{stderr}"
     );

@@ -158,7 +158,8 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
             bad(
                 &at("uses"),
                 format!(
-                    "component {} does not exist (build it with `sluice transform build`)",
+                    "component {} does not exist (check the path, or build it with \
+                     `sluice transform build`)",
                     wasm.display()
                 ),
             );

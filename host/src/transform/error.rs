@@ -10,7 +10,9 @@ pub enum LoadError {
     #[error("cannot set up the wasm engine: {0}")]
     Engine(String),
     /// There is no component file at that path (usually: not built yet).
-    #[error("component {path} does not exist (build it with `sluice transform build`)")]
+    #[error(
+        "component {path} does not exist (check the path, or build it with `sluice transform build`)"
+    )]
     NotFound {
         /// The component path.
         path: PathBuf,

@@ -165,6 +165,9 @@ fn unknown_params_are_rejected_naming_what_is_known() {
         other => panic!("{other:?}"),
     };
     assert_eq!(reason(&["a", "b"]), "unknown param (expected one of: a, b)");
-    assert_eq!(reason(&[]), "unknown param (this transform takes no params)");
+    assert_eq!(
+        reason(&[]),
+        "unknown param (this transform takes no params)"
+    );
     assert!(params.allow_only(&["x"]).is_ok());
 }
