@@ -1097,7 +1097,7 @@ fn cli_test_failed_records_fail_expect_unless_expected() {
         (
             "{\"line\":3}\n",
             1,
-            "expected 1 failed records, got 2 (first unexpected: record 3 (line 4)",
+            "expected 1 failed records, got 2 (first extra: record 3 (line 4)",
         ),
         (
             "{\"line\":3}\n{\"line\":4}\n{\"line\":5}\n",

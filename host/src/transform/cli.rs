@@ -849,53 +849,45 @@ pub fn test(
 
 /// The first difference between golden and actual rows, if any.
 fn diff(expected: &[JsonRow], actual: &[JsonRow]) -> Option<String> {
-    for (i, (e, a)) in expected.iter().zip(actual).enumerate() {
-        if e != a {
-            return Some(format!("row {}: expected {e}, got {a}", i + 1));
-        }
-    }
-    match expected.len().cmp(&actual.len()) {
-        std::cmp::Ordering::Equal => None,
-        std::cmp::Ordering::Less => Some(format!(
-            "expected {} rows, got {} (first extra: {})",
-            expected.len(),
-            actual.len(),
-            actual[expected.len()]
-        )),
-        std::cmp::Ordering::Greater => Some(format!(
-            "expected {} rows, got {} (first missing: {})",
-            expected.len(),
-            actual.len(),
-            expected[actual.len()]
-        )),
-    }
+    first_difference(
+        ("row", "rows"),
+        expected,
+        actual,
+        PartialEq::eq,
+        ToString::to_string,
+    )
 }
 
 /// The first difference between the expected and the actual failed records, if any.
 fn diff_failures(expected: &[ExpectedFailure], actual: &[Failure]) -> Option<String> {
     let show = |e: &ExpectedFailure| serde_json::to_string(e).unwrap_or_default();
-    for (i, (e, a)) in expected.iter().zip(actual).enumerate() {
-        if !e.matches(a) {
-            return Some(format!(
-                "failed record {}: expected {}, got {a}",
-                i + 1,
-                show(e)
-            ));
-        }
+    let names = ("failed record", "failed records");
+    first_difference(names, expected, actual, ExpectedFailure::matches, show)
+}
+
+/// The first difference between a golden file's items and the run's, if any: the first pair
+/// that does not match, else an extra or missing item. `one` and `many` name the items.
+fn first_difference<E, A: std::fmt::Display>(
+    (one, many): (&str, &str),
+    expected: &[E],
+    actual: &[A],
+    matches: impl Fn(&E, &A) -> bool,
+    show: impl Fn(&E) -> String,
+) -> Option<String> {
+    let mut pairs = expected.iter().zip(actual).enumerate();
+    if let Some((i, (e, a))) = pairs.find(|(_, (e, a))| !matches(e, a)) {
+        return Some(format!("{one} {}: expected {}, got {a}", i + 1, show(e)));
     }
-    match expected.len().cmp(&actual.len()) {
+    let (n, m) = (expected.len(), actual.len());
+    match n.cmp(&m) {
         std::cmp::Ordering::Equal => None,
         std::cmp::Ordering::Less => Some(format!(
-            "expected {} failed records, got {} (first unexpected: {})",
-            expected.len(),
-            actual.len(),
-            actual[expected.len()]
+            "expected {n} {many}, got {m} (first extra: {})",
+            actual[n]
         )),
         std::cmp::Ordering::Greater => Some(format!(
-            "expected {} failed records, got {} (first missing: {})",
-            expected.len(),
-            actual.len(),
-            show(&expected[actual.len()])
+            "expected {n} {many}, got {m} (first missing: {})",
+            show(&expected[m])
         )),
     }
 }
