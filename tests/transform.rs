@@ -842,6 +842,12 @@ fn check_rejects_files_that_are_not_sluice_transforms() {
         .into_owned();
     assert!(matches!(
         check(&config(&missing, &[]), &opts()),
+        Err(LoadError::NotFound { .. })
+    ));
+    // A path that exists but cannot be read as a file.
+    let here = dir.path().to_string_lossy().into_owned();
+    assert!(matches!(
+        check(&config(&here, &[]), &opts()),
         Err(LoadError::Read { .. })
     ));
     let garbage = write("garbage.wasm", b"not wasm at all");
