@@ -935,9 +935,9 @@ fn cli_test_prints_exactly_the_filtered_csv_rows() {
     }
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let records = cli::read_input(std::path::Path::new(data), &Default::default()).unwrap();
-    let report = cli::test(&[cfg], records, 256, &mut out, &mut err).unwrap();
+    let report = cli::test(&[cfg], records, 256, Default::default(), &mut out, &mut err).unwrap();
     assert_eq!(
-        report.failures.len(),
+        report.failed,
         0,
         "{}",
         String::from_utf8_lossy(&err)
@@ -1225,6 +1225,64 @@ fn cli_test_runs_to_the_end_when_stdout_closes() {
             assert!(stderr.contains("expected 1 rows, got 3000"), "{stderr}");
         }
     }
+}
+
+/// `transform test` runs rows as it reads them, so an input of any size runs in bounded memory:
+/// with its input a pipe that has sent only one row, that row's output comes out while the pipe
+/// is still open, and once the rest is written and the pipe closed, the run ends with them all.
+#[test]
+fn cli_test_streams_its_input() {
+    use std::io::{BufRead, Write};
+    use std::sync::mpsc;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("rows.jsonl");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(["transform", "test", "--component", guests::FILTER, "--input"])
+        .arg(&fifo)
+        .args(["--with", "field=value", "--with", "op=gt", "--with", "value=50"])
+        .args(["--batch-size", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Opening a pipe waits for its reader: open it on a thread, so that a sluice that never
+    // opens it fails the test instead of hanging it.
+    let (opened, writer) = mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = opened.send(std::fs::OpenOptions::new().write(true).open(path));
+    });
+    let mut writer = writer
+        .recv_timeout(Duration::from_secs(120))
+        .expect("sluice opens its input")
+        .unwrap();
+    let (tx, lines) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let _ = tx.send(line.unwrap());
+        }
+    });
+    writeln!(writer, "{{\"n\":1,\"value\":60}}").unwrap();
+    writer.flush().unwrap();
+    let first = lines
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the first row comes out while the input is still open");
+    assert_eq!(first, r#"{"n":1,"value":60}"#);
+    writeln!(writer, "{{\"n\":2,\"value\":40}}\n{{\"n\":3,\"value\":70}}").unwrap();
+    drop(writer);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rest: Vec<String> = lines.iter().collect();
+    assert_eq!(rest, [r#"{"n":3,"value":70}"#]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("filter: 3 in, 2 out, 1 dropped, 0 failed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Mistakes in how `sluice transform test` is called exit 2 with a message naming the mistake,
@@ -1647,6 +1705,7 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         &[TransformConfig::new(built[0].to_string_lossy())],
         records,
         16,
+        Default::default(),
         &mut out,
         &mut err,
     )

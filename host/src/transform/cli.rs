@@ -182,56 +182,44 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 input_options(&input, delimiter, &schema, infer_rows, key_column).map_err(usage)?;
             let records = read_input(&input, &opts).map_err(usage)?;
             // Read before the run, so that a bad golden file does not cost a whole run first.
-            let expected = expect
-                .as_deref()
-                .map(read_golden_rows)
-                .transpose()
-                .map_err(usage)?;
-            let expected_failures = expect_failures
-                .as_deref()
-                .map(read_golden::<ExpectedFailure>)
-                .transpose()
-                .map_err(usage)?;
+            let golden = Golden::read(expect.as_deref(), expect_failures.as_deref()).map_err(usage)?;
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
             let report = test(
                 &configs,
                 records,
                 batch_size.max(1),
+                golden,
                 &mut UntilClosed(Some(stdout.lock())),
                 &mut stderr.lock(),
             )?;
-            if expected.is_none() && expected_failures.is_none() {
+            if expect.is_none() && expect_failures.is_none() {
                 return Ok(ExitCode::SUCCESS);
             }
             let mut matched = true;
-            if let (Some(golden), Some(expected)) = (&expect, &expected) {
-                match diff(expected, &report.output) {
-                    None => eprintln!("ok: {} rows match {}", expected.len(), golden.display()),
-                    Some(msg) => {
+            if let (Some(golden), Some(verdict)) = (&expect, &report.rows_verdict) {
+                match verdict {
+                    Ok(n) => eprintln!("ok: {n} rows match {}", golden.display()),
+                    Err(msg) => {
                         eprintln!("mismatch against {}: {msg}", golden.display());
                         matched = false;
                     }
                 }
             }
-            match (&expect_failures, &expected_failures) {
-                (Some(golden), Some(expected)) => match diff_failures(expected, &report.failures) {
-                    None => eprintln!(
-                        "ok: {} failed records match {}",
-                        expected.len(),
-                        golden.display()
-                    ),
-                    Some(msg) => {
+            match (&expect_failures, &report.failures_verdict) {
+                (Some(golden), Some(verdict)) => match verdict {
+                    Ok(n) => eprintln!("ok: {n} failed records match {}", golden.display()),
+                    Err(msg) => {
                         eprintln!("mismatch against {}: {msg}", golden.display());
                         matched = false;
                     }
                 },
                 _ => {
-                    if let Some(first) = report.failures.first() {
+                    if let Some(first) = &report.first_failure {
                         eprintln!(
                             "mismatch: {} records failed and no --expect-failures file \
                              expects failures; the first: {first}",
-                            report.failures.len()
+                            report.failed
                         );
                         matched = false;
                     }
@@ -587,13 +575,39 @@ fn scope_of(names: &[String], scope: &str) -> Scope {
     }
 }
 
-/// What `test` saw.
+/// What `test` saw. It keeps counts and verdicts, not the rows themselves, so that an input of
+/// any size runs in bounded memory.
 #[derive(Debug)]
 pub struct TestReport {
-    /// Every emitted row, in order.
-    pub output: Vec<JsonRow>,
-    /// The records that failed, in input order.
-    pub failures: Vec<Failure>,
+    /// How many rows the chain emitted.
+    pub rows: u64,
+    /// How many records failed, bad input records included.
+    pub failed: u64,
+    /// The first record that failed, if any.
+    pub first_failure: Option<Failure>,
+    /// Against the golden rows, when there were some: how many matched, or the first difference.
+    pub rows_verdict: Option<Result<usize, String>>,
+    /// Against the golden failed records, when there were some: how many matched, or the first
+    /// difference.
+    pub failures_verdict: Option<Result<usize, String>>,
+}
+
+/// The golden files of `transform test`: the rows expected (`--expect`) and the failed records
+/// expected (`--expect-failures`).
+#[derive(Debug, Default)]
+pub struct Golden {
+    rows: Option<Vec<JsonRow>>,
+    failures: Option<Vec<ExpectedFailure>>,
+}
+
+impl Golden {
+    /// Reads the golden files that are given.
+    pub fn read(rows: Option<&Path>, failures: Option<&Path>) -> anyhow::Result<Golden> {
+        Ok(Golden {
+            rows: rows.map(read_golden_rows).transpose()?,
+            failures: failures.map(read_golden::<ExpectedFailure>).transpose()?,
+        })
+    }
 }
 
 /// A row as `transform test` prints it and `--expect` compares it. The text is the JSON object
@@ -709,7 +723,14 @@ struct ExpectedFailure {
     reason: Option<String>,
 }
 
-impl ExpectedFailure {
+impl Expected for ExpectedFailure {
+    type Actual = Failure;
+    const NAMES: (&str, &str) = ("failed record", "failed records");
+
+    fn show(&self) -> String {
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
     fn matches(&self, f: &Failure) -> bool {
         self.record.is_none_or(|r| r == f.record)
             && self.line.is_none_or(|l| l == f.line)
@@ -722,14 +743,16 @@ impl ExpectedFailure {
     }
 }
 
-/// Runs the chain over the rows of `records` in batches, writes output rows as JSONL to `out`,
-/// and failures (bad CSV records included) and a line of counts per transform (plus fuel, when
-/// metered) to `err`. A component that cannot be loaded, or whose `init` fails (usually: rejects
-/// its params), is a [`UsageError`].
+/// Runs the chain over `records` in batches as they are read, writes output rows as JSONL to
+/// `out`, and failures (bad CSV records included) and a line of counts per transform (plus fuel,
+/// when metered) to `err`, and compares both with `golden` as they come. A component that cannot
+/// be loaded, or whose `init` fails (usually: rejects its params), is a [`UsageError`]; so is an
+/// input that cannot be read, after the records before it have run.
 pub fn test(
     configs: &[TransformConfig],
-    records: Vec<InputRecord>,
+    records: impl IntoIterator<Item = anyhow::Result<InputRecord>>,
     batch_size: usize,
+    golden: Golden,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<TestReport> {
@@ -743,88 +766,111 @@ pub fn test(
         let e = anyhow::Error::new(e).context("loading the transforms");
         if engine { e } else { usage(e) }
     })?;
-    let mut report = TestReport {
-        output: Vec::new(),
-        failures: Vec::new(),
+    let mut rows_check = golden.rows.map(Check::new);
+    let mut failures_check = golden.failures.map(Check::new);
+    let (mut rows, mut failed, mut bad) = (0, 0, 0);
+    let mut first_failure = None;
+    let mut fail = |f: Failure, err: &mut dyn Write, show: &str| -> std::io::Result<()> {
+        let (n, line) = (f.record, f.line);
+        writeln!(err, "record {n} (line {line}): {show}")?;
+        failed += 1;
+        if let Some(check) = &mut failures_check {
+            check.see(&f);
+        }
+        first_failure.get_or_insert(f);
+        Ok(())
     };
     let batch_size = batch_size.max(1);
-    let mut bad = 0;
-    let mut records = records.into_iter().enumerate().peekable();
-    let is_bad = |(_, r): &(usize, InputRecord)| matches!(r, InputRecord::Bad(_));
+    let mut records = records.into_iter().enumerate();
+    let mut unreadable = None;
     loop {
-        // A batch ends at a bad record, so that every failure prints in file order.
-        while let Some((i, InputRecord::Bad(b))) = records.next_if(is_bad) {
-            bad += 1;
-            let (n, line, kind) = (i + 1, b.line, b.kind.as_str());
-            writeln!(
-                err,
-                "record {n} (line {line}): bad row ({kind}): {}",
-                b.reason
-            )?;
-            report.failures.push(Failure {
-                record: n as u64,
-                line,
-                stage: "source".to_owned(),
-                kind: kind.to_owned(),
-                reason: b.reason,
-            });
-        }
         // Kept beside the batch because failures are reported by record number and line.
         let mut origins = Vec::new();
         let mut batch: Vec<(RecordMeta, Row)> = Vec::new();
-        while batch.len() < batch_size
-            && let Some((i, InputRecord::Row { line, meta, row })) = records.next_if(|r| !is_bad(r))
-        {
-            origins.push((i + 1, line));
-            batch.push((meta, row));
-        }
-        if batch.is_empty() {
+        // A batch ends at a bad record, so that every failure prints in file order.
+        let mut bad_after = None;
+        let mut ended = false;
+        while batch.len() < batch_size {
+            match records.next() {
+                None => ended = true,
+                Some((_, Err(e))) => unreadable = Some(e),
+                Some((i, Ok(InputRecord::Bad(b)))) => bad_after = Some((i + 1, b)),
+                Some((i, Ok(InputRecord::Row { line, meta, row }))) => {
+                    origins.push((i + 1, line));
+                    batch.push((meta, row));
+                    continue;
+                }
+            }
             break;
         }
-        for ((n, line), outcome) in origins.into_iter().zip(chain.process_blocking(batch)?) {
+        let outcomes = match batch.is_empty() {
+            true => Vec::new(),
+            false => chain.process_blocking(batch)?,
+        };
+        for ((n, line), outcome) in origins.into_iter().zip(outcomes) {
+            let n = n as u64;
             match outcome {
-                RecordOutcome::Emitted(rows) => {
-                    for row in rows {
-                        let json = JsonRow::of(&row);
-                        writeln!(out, "{json}")?;
-                        report.output.push(json);
+                RecordOutcome::Emitted(emitted) => {
+                    for row in emitted {
+                        let text = row_text(&row);
+                        writeln!(out, "{text}")?;
+                        rows += 1;
+                        if let Some(check) = &mut rows_check {
+                            check.see(&JsonRow::parse(&text).map_err(anyhow::Error::msg)?);
+                        }
                     }
                 }
                 RecordOutcome::Quarantined(q) => {
-                    writeln!(
-                        err,
-                        "record {n} (line {line}): {} failed ({}): {}; row: {}",
+                    let show = format!(
+                        "{} failed ({}): {}; row: {}",
                         q.transform,
                         q.kind,
                         q.reason,
-                        JsonRow::of(&q.row)
-                    )?;
-                    report.failures.push(Failure {
-                        record: n as u64,
+                        row_text(&q.row)
+                    );
+                    let f = Failure {
+                        record: n,
                         line,
                         stage: format!("transform:{}", q.transform),
                         kind: q.kind.as_str().to_owned(),
                         reason: q.reason,
-                    });
+                    };
+                    fail(f, err, &show)?;
                 }
                 RecordOutcome::Dropped {
                     transform,
                     kind,
                     reason,
                 } => {
-                    writeln!(
-                        err,
-                        "record {n} (line {line}): {transform} failed ({kind}): {reason}"
-                    )?;
-                    report.failures.push(Failure {
-                        record: n as u64,
+                    let show = format!("{transform} failed ({kind}): {reason}");
+                    let f = Failure {
+                        record: n,
                         line,
                         stage: format!("transform:{transform}"),
                         kind: kind.as_str().to_owned(),
                         reason,
-                    });
+                    };
+                    fail(f, err, &show)?;
                 }
             }
+        }
+        if let Some((n, b)) = bad_after {
+            bad += 1;
+            let show = format!("bad row ({}): {}", b.kind.as_str(), b.reason);
+            let f = Failure {
+                record: n as u64,
+                line: b.line,
+                stage: "source".to_owned(),
+                kind: b.kind.as_str().to_owned(),
+                reason: b.reason,
+            };
+            fail(f, err, &show)?;
+        }
+        if let Some(e) = unreadable {
+            return Err(usage(e));
+        }
+        if ended {
+            break;
         }
     }
     if bad > 0 {
@@ -844,51 +890,102 @@ pub fn test(
         }
         writeln!(err)?;
     }
-    Ok(report)
+    Ok(TestReport {
+        rows,
+        failed,
+        first_failure,
+        rows_verdict: rows_check.map(Check::verdict),
+        failures_verdict: failures_check.map(Check::verdict),
+    })
 }
 
-/// The first difference between golden and actual rows, if any.
-fn diff(expected: &[JsonRow], actual: &[JsonRow]) -> Option<String> {
-    first_difference(
-        ("row", "rows"),
-        expected,
-        actual,
-        PartialEq::eq,
-        ToString::to_string,
-    )
+/// A row as `transform test` prints it: the JSON text of its Kafka message value.
+fn row_text(row: &Row) -> String {
+    String::from_utf8(wire::encode(row).value).expect("a message value is JSON")
 }
 
-/// The first difference between the expected and the actual failed records, if any.
-fn diff_failures(expected: &[ExpectedFailure], actual: &[Failure]) -> Option<String> {
-    let show = |e: &ExpectedFailure| serde_json::to_string(e).unwrap_or_default();
-    let names = ("failed record", "failed records");
-    first_difference(names, expected, actual, ExpectedFailure::matches, show)
+/// An item of a golden file, compared with what the run produced.
+trait Expected {
+    /// What the run produced.
+    type Actual: std::fmt::Display;
+    /// What the items are called, one and many.
+    const NAMES: (&str, &str);
+    /// The golden item as a message shows it.
+    fn show(&self) -> String;
+    /// Whether `actual` is what this golden item expects.
+    fn matches(&self, actual: &Self::Actual) -> bool;
 }
 
-/// The first difference between a golden file's items and the run's, if any: the first pair
-/// that does not match, else an extra or missing item. `one` and `many` name the items.
-fn first_difference<E, A: std::fmt::Display>(
-    (one, many): (&str, &str),
-    expected: &[E],
-    actual: &[A],
-    matches: impl Fn(&E, &A) -> bool,
-    show: impl Fn(&E) -> String,
-) -> Option<String> {
-    let mut pairs = expected.iter().zip(actual).enumerate();
-    if let Some((i, (e, a))) = pairs.find(|(_, (e, a))| !matches(e, a)) {
-        return Some(format!("{one} {}: expected {}, got {a}", i + 1, show(e)));
+impl Expected for JsonRow {
+    type Actual = JsonRow;
+    const NAMES: (&str, &str) = ("row", "rows");
+
+    fn show(&self) -> String {
+        self.text.clone()
     }
-    let (n, m) = (expected.len(), actual.len());
-    match n.cmp(&m) {
-        std::cmp::Ordering::Equal => None,
-        std::cmp::Ordering::Less => Some(format!(
-            "expected {n} {many}, got {m} (first extra: {})",
-            actual[n]
-        )),
-        std::cmp::Ordering::Greater => Some(format!(
-            "expected {n} {many}, got {m} (first missing: {})",
-            show(&expected[m])
-        )),
+
+    fn matches(&self, actual: &JsonRow) -> bool {
+        self == actual
+    }
+}
+
+/// Compares a run's items with a golden file's one at a time, as the run makes them, keeping
+/// only the first difference, so that the run's output need not fit in memory.
+struct Check<E> {
+    expected: Vec<E>,
+    seen: usize,
+    first: Option<Difference>,
+}
+
+/// The first difference a [`Check`] found.
+enum Difference {
+    /// A message naming the pair that differs.
+    Pair(String),
+    /// The run made more items than expected; the first extra one.
+    Extra(String),
+}
+
+impl<E: Expected> Check<E> {
+    fn new(expected: Vec<E>) -> Check<E> {
+        Check {
+            expected,
+            seen: 0,
+            first: None,
+        }
+    }
+
+    /// Compares the run's next item.
+    fn see(&mut self, actual: &E::Actual) {
+        if self.first.is_none() {
+            self.first = match self.expected.get(self.seen) {
+                Some(e) if !e.matches(actual) => Some(Difference::Pair(format!(
+                    "{} {}: expected {}, got {actual}",
+                    E::NAMES.0,
+                    self.seen + 1,
+                    e.show()
+                ))),
+                Some(_) => None,
+                None => Some(Difference::Extra(actual.to_string())),
+            };
+        }
+        self.seen += 1;
+    }
+
+    /// How many items matched, or the first difference: the first pair that does not match,
+    /// else an extra or missing item.
+    fn verdict(self) -> Result<usize, String> {
+        let (n, m, many) = (self.expected.len(), self.seen, E::NAMES.1);
+        match self.first {
+            Some(Difference::Pair(msg)) => Err(msg),
+            Some(Difference::Extra(first)) => Err(format!(
+                "expected {n} {many}, got {m} (first extra: {first})"
+            )),
+            None if m < n => Err(format!(
+                "expected {n} {many}, got {m} (first missing: {})",
+                self.expected[m].show()
+            )),
+            None => Ok(n),
+        }
     }
 }
 
@@ -984,18 +1081,104 @@ fn input_options(
     })
 }
 
-/// Reads `.jsonl`/`.ndjson`/`.json` (one JSON object per line) or, otherwise, CSV with a header row through
-/// the pipeline source's reader (BOM, quoting, inference, bad records by line), and gives every
-/// row the metadata `sluice run` would.
-pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<Vec<InputRecord>> {
-    let file = path.file_name().map_or_else(
-        || path.display().to_string(),
-        |n| n.to_string_lossy().into_owned(),
-    );
-    let mut offset = 0;
-    // What the consumer would hand the chain: the row as the source encodes it and the consumer
-    // decodes it, or the bad row the source makes of it instead.
-    let mut record = |line: u64, row: Row| {
+/// The records of a `transform test` input, read as the run asks for them, so that a file of any
+/// size (or a pipe) runs in bounded memory. An item is an error when the input cannot be read
+/// further; the run stops there.
+pub type InputRecords = Box<dyn Iterator<Item = anyhow::Result<InputRecord>>>;
+
+/// Opens `.jsonl`/`.ndjson`/`.json` (one JSON object per line) or, otherwise, CSV with a header
+/// row through the pipeline source's reader (BOM, quoting, inference, bad records by line), and
+/// gives every row the metadata `sluice run` would. A missing file, a `key_column` that is not a
+/// column of the CSV (or a field of any of the first `infer_rows` JSONL rows) and the like are
+/// errors here; a JSONL line that is not an object is an error from the iterator (or here, when
+/// it comes before the key column does).
+pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecords> {
+    let mut framer = Framer {
+        file: path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        ),
+        offset: 0,
+        key_column: opts.key_column.clone(),
+    };
+    if is_jsonl(path) {
+        // Typed as the consumer types a message of a plain JSON topic, so big integers keep
+        // their digits and duplicate names and field order survive.
+        let shown = path.display().to_string();
+        let decode = move |item: anyhow::Result<(u64, String)>| {
+            let (line, text) = item?;
+            let row = wire::decode(Some(text.as_bytes()), None).map_err(|e| {
+                anyhow::anyhow!(
+                    "{shown}:{line}: not a JSON object (expected one JSON object per line): {e}"
+                )
+            })?;
+            anyhow::Ok((line, row))
+        };
+        let mut rows = jsonl_lines(path)?.map(decode);
+        // A key column is a field of some row, not of a header: look ahead for the first row that
+        // has it, so that a misspelt one fails before any row runs, as with CSV.
+        let mut ahead = Vec::new();
+        if let Some(k) = &opts.key_column {
+            let limit = opts.infer_rows.max(1);
+            loop {
+                let Some(item) = rows.next() else {
+                    bail!("--key-column {k:?} is not a field of any row of {}", path.display());
+                };
+                let (line, row) = item?;
+                let found = row.get(k).is_some();
+                ahead.push(Ok((line, row)));
+                if found {
+                    break;
+                }
+                if ahead.len() >= limit {
+                    bail!(
+                        "--key-column {k:?} is not a field of any of the first {limit} rows of {}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        let records = ahead
+            .into_iter()
+            .chain(rows)
+            .map(move |item| item.map(|(line, row)| framer.record(line, row)));
+        return Ok(Box::new(records));
+    }
+    let csv = CsvOptions {
+        delimiter: opts.delimiter,
+        schema: opts.schema.clone(),
+        infer_rows: opts.infer_rows.max(1),
+    };
+    let mut reader = CsvReader::open(path, &csv, Arc::default(), None)?;
+    if let Some(k) = &opts.key_column
+        && !reader.columns().iter().any(|c| &**c == k)
+    {
+        bail!("--key-column {k:?} is not a column of {}", path.display());
+    }
+    Ok(Box::new(std::iter::from_fn(move || {
+        match reader.next_item() {
+            Ok(None) => None,
+            Ok(Some(CsvItem::Row { line, row })) => Some(Ok(framer.record(line, row))),
+            Ok(Some(CsvItem::Bad(bad))) => Some(Ok(InputRecord::Bad(bad))),
+            Err(e) => Some(Err(e.into())),
+        }
+    })))
+}
+
+/// Gives each input row what the consumer would hand the chain: the row as the source encodes it
+/// and the consumer decodes it (or the bad row the source makes of it instead), with the
+/// metadata of its message.
+struct Framer {
+    /// The input's file name, for the `sluice.file` header.
+    file: String,
+    /// The next row's offset.
+    offset: i64,
+    /// The field whose value becomes the message key.
+    key_column: Option<String>,
+}
+
+impl Framer {
+    fn record(&mut self, line: u64, row: Row) -> InputRecord {
         let enc = match crate::source::encode_message(line, &row, DEFAULT_MAX_MESSAGE_BYTES) {
             Ok(enc) => enc,
             Err(bad) => return InputRecord::Bad(bad),
@@ -1011,7 +1194,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<Vec<InputR
                 });
             }
         };
-        let key = opts
+        let key = self
             .key_column
             .as_deref()
             .and_then(|k| row.get(k))
@@ -1019,65 +1202,18 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<Vec<InputR
         let meta = RecordMeta {
             topic: TEST_TOPIC.to_owned(),
             partition: 0,
-            offset,
+            offset: self.offset,
             key: key.map(String::into_bytes),
             timestamp_ms: None,
             headers: vec![
                 (wire::HEADER_TYPES.to_owned(), enc.types.into_bytes()),
-                (wire::HEADER_FILE.to_owned(), file.clone().into_bytes()),
+                (wire::HEADER_FILE.to_owned(), self.file.clone().into_bytes()),
                 (wire::HEADER_LINE.to_owned(), line.to_string().into_bytes()),
             ],
         };
-        offset += 1;
+        self.offset += 1;
         InputRecord::Row { line, meta, row }
-    };
-    if is_jsonl(path) {
-        // Typed as the consumer types a message of a plain JSON topic, so big integers keep
-        // their digits and duplicate names and field order survive.
-        let rows = jsonl_lines(path)?
-            .into_iter()
-            .map(|(line, text)| {
-                let row = wire::decode(Some(text.as_bytes()), None).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{}:{line}: not a JSON object (expected one JSON object per line): {e}",
-                        path.display()
-                    )
-                })?;
-                Ok((line, row))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        if let Some(k) = &opts.key_column
-            && !rows.iter().any(|(_, r)| r.get(k).is_some())
-        {
-            bail!(
-                "--key-column {k:?} is not a field of any row of {}",
-                path.display()
-            );
-        }
-        return Ok(rows
-            .into_iter()
-            .map(|(line, row)| record(line, row))
-            .collect());
     }
-    let csv = CsvOptions {
-        delimiter: opts.delimiter,
-        schema: opts.schema.clone(),
-        infer_rows: opts.infer_rows.max(1),
-    };
-    let mut reader = CsvReader::open(path, &csv, Arc::default(), None)?;
-    if let Some(k) = &opts.key_column
-        && !reader.columns().iter().any(|c| &**c == k)
-    {
-        bail!("--key-column {k:?} is not a column of {}", path.display());
-    }
-    let mut records = Vec::new();
-    while let Some(item) = reader.next_item()? {
-        records.push(match item {
-            CsvItem::Row { line, row } => record(line, row),
-            CsvItem::Bad(bad) => InputRecord::Bad(bad),
-        });
-    }
-    Ok(records)
 }
 
 /// Whether `transform test` reads `path` as JSON Lines (else as CSV). A `.json` file is read as
@@ -1088,24 +1224,37 @@ fn is_jsonl(path: &Path) -> bool {
         .is_some_and(|e| e == "jsonl" || e == "ndjson" || e == "json")
 }
 
-/// The non-blank lines of a JSONL file with their 1-based line numbers.
-fn jsonl_lines(path: &Path) -> anyhow::Result<Vec<(u64, String)>> {
+/// The non-blank lines of a JSONL file with their 1-based line numbers, read as they are needed.
+fn jsonl_lines(
+    path: &Path,
+) -> anyhow::Result<impl Iterator<Item = anyhow::Result<(u64, String)>> + use<>> {
     let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let mut out = Vec::new();
-    for (i, line) in std::io::BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("reading {}", path.display()))?;
-        if !line.trim().is_empty() {
-            out.push((i as u64 + 1, line));
+    let shown = path.display().to_string();
+    let mut lines = std::io::BufReader::new(file).lines().enumerate();
+    // Ends after the first read error: `Lines` would go on returning it.
+    let mut failed = false;
+    Ok(std::iter::from_fn(move || {
+        if failed {
+            return None;
         }
-    }
-    Ok(out)
+        loop {
+            match lines.next()? {
+                (_, Ok(line)) if line.trim().is_empty() => continue,
+                (i, Ok(line)) => return Some(Ok((i as u64 + 1, line))),
+                (_, Err(e)) => {
+                    failed = true;
+                    return Some(Err(anyhow::Error::new(e).context(format!("reading {shown}"))));
+                }
+            }
+        }
+    }))
 }
 
 /// A golden file of rows, one JSON object per non-blank line.
 fn read_golden_rows(path: &Path) -> anyhow::Result<Vec<JsonRow>> {
     jsonl_lines(path)?
-        .into_iter()
-        .map(|(n, line)| {
+        .map(|item| {
+            let (n, line) = item?;
             JsonRow::parse(&line).map_err(|e| {
                 anyhow::anyhow!(
                     "{}:{n}: not a JSON object (a golden file holds one row per line): {e}",
@@ -1119,8 +1268,8 @@ fn read_golden_rows(path: &Path) -> anyhow::Result<Vec<JsonRow>> {
 /// A golden JSONL file, one `T` per non-blank line.
 fn read_golden<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
     jsonl_lines(path)?
-        .into_iter()
-        .map(|(n, line)| {
+        .map(|item| {
+            let (n, line) = item?;
             serde_json::from_str(&line).with_context(|| {
                 format!(
                     "{}:{n}: not what a golden file holds (one JSON object per line)",
@@ -1225,6 +1374,11 @@ mod tests {
 
     #[test]
     fn diff_names_the_first_difference() {
+        let diff = |expected: &[JsonRow], actual: &[JsonRow]| {
+            let mut check = Check::new(expected.to_vec());
+            actual.iter().for_each(|a| check.see(a));
+            check.verdict().err()
+        };
         let v = |s: &str| JsonRow::parse(s).unwrap();
         assert_eq!(diff(&[v("{\"a\":1}")], &[v("{\"a\":1}")]), None);
         // Members in any order, but with their types and duplicates.
