@@ -936,12 +936,7 @@ fn cli_test_prints_exactly_the_filtered_csv_rows() {
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let records = cli::read_input(std::path::Path::new(data), &Default::default()).unwrap();
     let report = cli::test(&[cfg], records, 256, Default::default(), &mut out, &mut err).unwrap();
-    assert_eq!(
-        report.failed,
-        0,
-        "{}",
-        String::from_utf8_lossy(&err)
-    );
+    assert_eq!(report.failed, 0, "{}", String::from_utf8_lossy(&err));
 
     // The expectation, computed independently from the raw CSV text.
     let mut csv = csv::Reader::from_path(data).unwrap();
@@ -1237,12 +1232,28 @@ fn cli_test_streams_its_input() {
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
     let fifo = dir.path().join("rows.jsonl");
-    let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
     assert!(made.success(), "mkfifo");
     let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
-        .args(["transform", "test", "--component", guests::FILTER, "--input"])
+        .args([
+            "transform",
+            "test",
+            "--component",
+            guests::FILTER,
+            "--input",
+        ])
         .arg(&fifo)
-        .args(["--with", "field=value", "--with", "op=gt", "--with", "value=50"])
+        .args([
+            "--with",
+            "field=value",
+            "--with",
+            "op=gt",
+            "--with",
+            "value=50",
+        ])
         .args(["--batch-size", "1"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -1275,7 +1286,11 @@ fn cli_test_streams_its_input() {
     writeln!(writer, "{{\"n\":2,\"value\":40}}\n{{\"n\":3,\"value\":70}}").unwrap();
     drop(writer);
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let rest: Vec<String> = lines.iter().collect();
     assert_eq!(rest, [r#"{"n":3,"value":70}"#]);
     assert!(

@@ -182,7 +182,8 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 input_options(&input, delimiter, &schema, infer_rows, key_column).map_err(usage)?;
             let records = read_input(&input, &opts).map_err(usage)?;
             // Read before the run, so that a bad golden file does not cost a whole run first.
-            let golden = Golden::read(expect.as_deref(), expect_failures.as_deref()).map_err(usage)?;
+            let golden =
+                Golden::read(expect.as_deref(), expect_failures.as_deref()).map_err(usage)?;
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
             let report = test(
@@ -1122,7 +1123,10 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
             let limit = opts.infer_rows.max(1);
             loop {
                 let Some(item) = rows.next() else {
-                    bail!("--key-column {k:?} is not a field of any row of {}", path.display());
+                    bail!(
+                        "--key-column {k:?} is not a field of any row of {}",
+                        path.display()
+                    );
                 };
                 let (line, row) = item?;
                 let found = row.get(k).is_some();
@@ -1243,7 +1247,9 @@ fn jsonl_lines(
                 (i, Ok(line)) => return Some(Ok((i as u64 + 1, line))),
                 (_, Err(e)) => {
                     failed = true;
-                    return Some(Err(anyhow::Error::new(e).context(format!("reading {shown}"))));
+                    return Some(Err(
+                        anyhow::Error::new(e).context(format!("reading {shown}"))
+                    ));
                 }
             }
         }
