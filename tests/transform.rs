@@ -1279,9 +1279,14 @@ fn cli_test_streams_its_input() {
     });
     writeln!(writer, "{{\"n\":1,\"value\":60}}").unwrap();
     writer.flush().unwrap();
-    let first = lines
-        .recv_timeout(Duration::from_secs(120))
-        .expect("the first row comes out while the input is still open");
+    let Ok(first) = lines.recv_timeout(Duration::from_secs(120)) else {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the first row did not come out while the input was open: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
     assert_eq!(first, r#"{"n":1,"value":60}"#);
     writeln!(writer, "{{\"n\":2,\"value\":40}}\n{{\"n\":3,\"value\":70}}").unwrap();
     drop(writer);
@@ -1298,6 +1303,68 @@ fn cli_test_streams_its_input() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// A JSON Lines input that goes bad part-way exits 2 after the rows before it have run, printed
+/// and been counted; `--key-column` looks `--infer-rows` rows ahead for a row with its field.
+#[test]
+fn cli_test_jsonl_going_bad_part_way_and_key_look_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"value\":60}\n{\"value\":70}\nnot json\n{\"value\":80}\n",
+    )
+    .unwrap();
+    let keyed = dir.path().join("keyed.jsonl");
+    std::fs::write(&keyed, "{\"value\":60}\n{\"value\":70,\"k\":\"a\"}\n").unwrap();
+    let run = |input: &std::path::Path, extra: &[&str]| {
+        let mut args = vec!["transform", "test", "--component", guests::FILTER];
+        args.extend(["--input", input.to_str().unwrap(), "--batch-size", "1"]);
+        args.extend([
+            "--with",
+            "field=value",
+            "--with",
+            "op=gt",
+            "--with",
+            "value=50",
+        ]);
+        args.extend(extra);
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            stderr,
+        )
+    };
+    let (code, stdout, stderr) = run(&bad, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stdout, "{\"value\":60}\n{\"value\":70}\n");
+    assert!(
+        stderr.contains("bad.jsonl:3: not a JSON object"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("filter: 2 in, 2 out, 0 dropped"),
+        "{stderr}"
+    );
+    // The second row is the first with `k`.
+    let (code, stdout, stderr) = run(&keyed, &["--key-column", "k", "--infer-rows", "1"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--key-column \"k\" is not a field of any of the first 1 rows"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--infer-rows"), "{stderr}");
+    assert!(stdout.is_empty(), "no row runs first");
+    let (code, stdout, stderr) = run(&keyed, &["--key-column", "k", "--infer-rows", "2"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "{\"value\":60}\n{\"value\":70,\"k\":\"a\"}\n");
+    // Without `--key-column`, `--infer-rows` means nothing for JSON Lines.
+    let (code, _, stderr) = run(&keyed, &["--infer-rows", "2"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("apply to CSV input"), "{stderr}");
 }
 
 /// Mistakes in how `sluice transform test` is called exit 2 with a message naming the mistake,

@@ -84,6 +84,7 @@ pub enum TransformCommand {
         #[arg(long = "schema", value_name = "COLUMN=TYPE")]
         schema: Vec<String>,
         /// How many CSV records type inference samples (the source's `infer_rows`; default 1000).
+        /// For JSON Lines, how many rows `--key-column` looks ahead for a row with its field.
         #[arg(long, value_parser = at_least_one_usize())]
         infer_rows: Option<usize>,
         /// The column whose value becomes each record's message key (the source's `key_column`).
@@ -867,10 +868,7 @@ pub fn test(
             };
             fail(f, err, &show)?;
         }
-        if let Some(e) = unreadable {
-            return Err(usage(e));
-        }
-        if ended {
+        if ended || unreadable.is_some() {
             break;
         }
     }
@@ -890,6 +888,10 @@ pub fn test(
             write!(err, ", fuel consumed {fuel}")?;
         }
         writeln!(err)?;
+    }
+    // After the counts, so that what ran before the input went bad is accounted for.
+    if let Some(e) = unreadable {
+        return Err(usage(e));
     }
     Ok(TestReport {
         rows,
@@ -1045,9 +1047,12 @@ fn input_options(
     infer_rows: Option<usize>,
     key_column: Option<String>,
 ) -> anyhow::Result<InputOptions> {
-    if is_jsonl(input) && (delimiter.is_some() || !schema.is_empty() || infer_rows.is_some()) {
+    // For JSON Lines, `--infer-rows` bounds the look-ahead for the `--key-column` field.
+    let infer_rows_unused = infer_rows.is_some() && key_column.is_none();
+    if is_jsonl(input) && (delimiter.is_some() || !schema.is_empty() || infer_rows_unused) {
         bail!(
-            "--delimiter, --schema and --infer-rows apply to CSV input, not to {}",
+            "--delimiter, --schema and --infer-rows apply to CSV input (--infer-rows also to \
+             --key-column on JSON Lines), not to {}",
             input.display()
         );
     }
@@ -1136,7 +1141,8 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
                 }
                 if ahead.len() >= limit {
                     bail!(
-                        "--key-column {k:?} is not a field of any of the first {limit} rows of {}",
+                        "--key-column {k:?} is not a field of any of the first {limit} rows of {} \
+                         (--infer-rows sets how many rows to look at)",
                         path.display()
                     );
                 }
