@@ -11,8 +11,9 @@
 //! A third variant of the chain, `wasm-no-sdk`, runs the same filter → enrich logic written
 //! straight against the WIT lanes without the guest SDK (`tests/guests/lanes`), so the report
 //! splits the wasm/native gap into the SDK's share and the boundary's and host's share. The
-//! summary also prints a floor: a chain of two `lanes` transforms that return every row untouched
-//! (`step=keep`), against native filter → enrich. No two-transform chain can beat that ratio.
+//! bench also measures a floor (`wasm-floor-2-no-op`): a chain of two `lanes` transforms that
+//! return every row untouched (`step=keep`), against native filter → enrich. No two-transform
+//! chain can beat that ratio.
 //!
 //! A fourth variant, `sdk-code-native`, runs the example guests' own code (the `filter` and
 //! `enrich` crates with the guest SDK) compiled natively, through the runtime's host-side batch
@@ -324,6 +325,7 @@ fn bench(c: &mut Criterion, g: &Guests) {
     let pass = passthrough_chain(g);
     let chain = filter_enrich_chain(g);
     let lanes = lanes_chain(g);
+    let floor = floor_chain(g);
     // The implementations must agree before their speed means anything.
     assert_eq!(
         chain.process_blocking(rows(256)).unwrap(),
@@ -350,7 +352,11 @@ fn bench(c: &mut Criterion, g: &Guests) {
         ),
         (
             "filter_enrich",
-            vec![("wasm", &chain), ("wasm-no-sdk", &lanes)],
+            vec![
+                ("wasm", &chain),
+                ("wasm-no-sdk", &lanes),
+                ("wasm-floor-2-no-op", &floor),
+            ],
             native_filter_enrich as fn(_) -> _,
         ),
     ] {
