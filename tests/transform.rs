@@ -1017,6 +1017,7 @@ fn cli_test_expect_detects_a_mismatch() {
         run_command(TransformCommand::Test {
             components: vec![guests::ENRICH.into()],
             input: input.clone(),
+            format: None,
             delimiter: None,
             schema: Vec::new(),
             infer_rows: None,
@@ -1222,12 +1223,12 @@ fn cli_test_runs_to_the_end_when_stdout_closes() {
     }
 }
 
-/// `transform test` runs rows as it reads them, so an input of any size runs in bounded memory:
-/// with its input a pipe that has sent only one row, that row's output comes out while the pipe
-/// is still open, and once the rest is written and the pipe closed, the run ends with them all.
+/// `transform test` runs rows as it reads them, so an input of any size runs in bounded memory,
+/// and a batch runs as soon as a piped input pauses: with a FIFO that has sent two rows, at the
+/// default batch size, the kept row comes out while the pipe is still open; once the rest is
+/// written and the pipe closed, the run ends with them all.
 #[test]
 fn cli_test_streams_its_input() {
-    use std::io::{BufRead, Write};
     use std::sync::mpsc;
     use std::time::Duration;
     let dir = tempfile::tempdir().unwrap();
@@ -1237,15 +1238,68 @@ fn cli_test_streams_its_input() {
         .status()
         .unwrap();
     assert!(made.success(), "mkfifo");
-    let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
-        .args([
-            "transform",
-            "test",
-            "--component",
-            guests::FILTER,
-            "--input",
-        ])
-        .arg(&fifo)
+    let child = filter_over(fifo.as_os_str(), &[]);
+    // Opening a pipe waits for its reader: open it on a thread, so that a sluice that never
+    // opens it fails the test instead of hanging it.
+    let (opened, writer) = mpsc::channel();
+    let path = fifo.clone();
+    std::thread::spawn(move || {
+        let _ = opened.send(std::fs::OpenOptions::new().write(true).open(path));
+    });
+    let writer = writer
+        .recv_timeout(Duration::from_secs(120))
+        .expect("sluice opens its input")
+        .unwrap();
+    let (rest, stderr) = feed_while_open(
+        child,
+        writer,
+        "{\"n\":1,\"value\":60}\n{\"n\":2,\"value\":40}\n",
+        &[r#"{"n":1,"value":60}"#],
+        "{\"n\":3,\"value\":10}\n{\"n\":4,\"value\":70}\n",
+    );
+    assert_eq!(rest, [r#"{"n":4,"value":70}"#]);
+    assert!(
+        stderr.contains("filter: 4 in, 2 out, 2 dropped, 0 failed"),
+        "{stderr}"
+    );
+}
+
+/// `--input -` reads stdin, as CSV unless `--format jsonl` says otherwise, and runs each batch as
+/// soon as the writer pauses (here after the header and two rows, with inference on the first).
+#[test]
+fn cli_test_reads_stdin_as_it_is_written() {
+    let mut child = filter_over("-".as_ref(), &["--infer-rows", "1"]);
+    let stdin = child.stdin.take().unwrap();
+    let (rest, stderr) = feed_while_open(
+        child,
+        stdin,
+        "n,value\n1,60\n2,40\n",
+        &[r#"{"n":1,"value":60}"#],
+        "3,70\n",
+    );
+    assert_eq!(rest, [r#"{"n":3,"value":70}"#]);
+    assert!(
+        stderr.contains("filter: 3 in, 2 out, 1 dropped, 0 failed"),
+        "{stderr}"
+    );
+    let mut child = filter_over("-".as_ref(), &["--format", "jsonl"]);
+    let stdin = child.stdin.take().unwrap();
+    let (rest, stderr) = feed_while_open(
+        child,
+        stdin,
+        "{\"value\":70}\n",
+        &[r#"{"value":70}"#],
+        "{\"value\":80}\n",
+    );
+    assert_eq!(rest, [r#"{"value":80}"#]);
+    assert!(stderr.contains("filter: 2 in, 2 out"), "{stderr}");
+}
+
+/// `transform test` of the `filter` guest (`value gt 50`) over `input`, stdin and stdout piped.
+fn filter_over(input: &std::ffi::OsStr, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(["transform", "test", "--component", guests::FILTER, "--input"])
+        .arg(input)
         .args([
             "--with",
             "field=value",
@@ -1254,22 +1308,27 @@ fn cli_test_streams_its_input() {
             "--with",
             "value=50",
         ])
-        .args(["--batch-size", "1"])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .unwrap();
-    // Opening a pipe waits for its reader: open it on a thread, so that a sluice that never
-    // opens it fails the test instead of hanging it.
-    let (opened, writer) = mpsc::channel();
-    let path = fifo.clone();
-    std::thread::spawn(move || {
-        let _ = opened.send(std::fs::OpenOptions::new().write(true).open(path));
-    });
-    let mut writer = writer
-        .recv_timeout(Duration::from_secs(120))
-        .expect("sluice opens its input")
-        .unwrap();
+        .unwrap()
+}
+
+/// Writes `first` to a running `transform test`, checks that `expect_first` comes out while the
+/// input is still open, then writes `rest` and closes the input. Returns the remaining output
+/// lines and stderr, after checking that the run succeeded.
+fn feed_while_open(
+    mut child: std::process::Child,
+    mut writer: impl std::io::Write,
+    first: &str,
+    expect_first: &[&str],
+    rest: &str,
+) -> (Vec<String>, String) {
+    use std::io::BufRead;
+    use std::sync::mpsc;
+    use std::time::Duration;
     let (tx, lines) = mpsc::channel();
     let stdout = child.stdout.take().unwrap();
     std::thread::spawn(move || {
@@ -1277,32 +1336,25 @@ fn cli_test_streams_its_input() {
             let _ = tx.send(line.unwrap());
         }
     });
-    writeln!(writer, "{{\"n\":1,\"value\":60}}").unwrap();
+    writer.write_all(first.as_bytes()).unwrap();
     writer.flush().unwrap();
-    let Ok(first) = lines.recv_timeout(Duration::from_secs(120)) else {
-        let _ = child.kill();
-        let out = child.wait_with_output().unwrap();
-        panic!(
-            "the first row did not come out while the input was open: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    assert_eq!(first, r#"{"n":1,"value":60}"#);
-    writeln!(writer, "{{\"n\":2,\"value\":40}}\n{{\"n\":3,\"value\":70}}").unwrap();
+    for want in expect_first {
+        let Ok(got) = lines.recv_timeout(Duration::from_secs(120)) else {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{want} did not come out while the input was open: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        assert_eq!(got, *want);
+    }
+    writer.write_all(rest.as_bytes()).unwrap();
     drop(writer);
     let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let rest: Vec<String> = lines.iter().collect();
-    assert_eq!(rest, [r#"{"n":3,"value":70}"#]);
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("filter: 3 in, 2 out, 1 dropped, 0 failed"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{stderr}");
+    (lines.iter().collect(), stderr)
 }
 
 /// A JSON Lines input that goes bad part-way exits 2 after the rows before it have run, printed

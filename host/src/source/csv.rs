@@ -164,6 +164,12 @@ impl LineIndex {
         self.offset += buf.len() as u64;
     }
 
+    /// Whether a line break lies past `offset`, in bytes already read: a line after the one at
+    /// `offset` is complete in the buffer.
+    fn break_after(&self, offset: u64) -> bool {
+        self.runs.iter().any(|&(start, _, _)| start > offset)
+    }
+
     /// The 1-based line of the record whose position is `offset`; offsets must be looked up in
     /// ascending order.
     fn line_of(&mut self, offset: u64) -> u64 {
@@ -339,6 +345,19 @@ impl CsvReader {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .line_of(byte)
+    }
+
+    /// Whether the next record is (most likely) already read from the file, so that
+    /// [`next_item`](CsvReader::next_item) returns without waiting on it: an inference sample
+    /// left, or a line break after the parser's position. A quoted field with a line break in it
+    /// can make this say yes for a record whose end has not arrived yet.
+    pub fn has_buffered_record(&self) -> bool {
+        !self.sample.is_empty()
+            || self
+                .lines
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .break_after(self.rdr.position().byte())
     }
 
     /// The approximate line the parser is at (the `csv` crate's count), for read errors only.

@@ -74,9 +74,14 @@ pub enum TransformCommand {
         #[arg(long = "component", required = true)]
         components: Vec<PathBuf>,
         /// Input rows: `.jsonl`, `.ndjson` or `.json` (JSON Lines: one object per line), else CSV
-        /// (a header row, read and typed like the pipeline's CSV source).
+        /// (a header row, read and typed like the pipeline's CSV source); `-` reads stdin. A pipe
+        /// is read as it is written: each batch runs as soon as the writer pauses.
         #[arg(long)]
         input: PathBuf,
+        /// Read the input as this format instead of going by its extension (`-` is CSV unless
+        /// this says `jsonl`).
+        #[arg(long, value_enum)]
+        format: Option<InputFormat>,
         /// The CSV field delimiter, one ASCII character (the source's `delimiter`; default `,`).
         #[arg(long)]
         delimiter: Option<String>,
@@ -153,6 +158,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
         TransformCommand::Test {
             components,
             input,
+            format,
             delimiter,
             schema,
             infer_rows,
@@ -179,8 +185,15 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect::<Vec<_>>();
             assign_params(&mut configs, &with).map_err(usage)?;
-            let opts =
-                input_options(&input, delimiter, &schema, infer_rows, key_column).map_err(usage)?;
+            // Through the file system rather than the process's stdin handle, so that both
+            // readers and the pause check treat it like any other path.
+            let input = if input == Path::new("-") {
+                PathBuf::from("/dev/stdin")
+            } else {
+                input
+            };
+            let opts = input_options(&input, format, delimiter, &schema, infer_rows, key_column)
+                .map_err(usage)?;
             let records = read_input(&input, &opts).map_err(usage)?;
             // Read before the run, so that a bad golden file does not cost a whole run first.
             let golden =
@@ -745,7 +758,7 @@ impl Expected for ExpectedFailure {
 /// input that cannot be read, after the records before it have run.
 pub fn test(
     configs: &[TransformConfig],
-    records: impl IntoIterator<Item = anyhow::Result<InputRecord>>,
+    mut records: InputRecords,
     batch_size: usize,
     golden: Golden,
     out: &mut dyn Write,
@@ -776,7 +789,7 @@ pub fn test(
         Ok(())
     };
     let batch_size = batch_size.max(1);
-    let mut records = records.into_iter().enumerate();
+    let mut number = 0usize;
     let mut unreadable = None;
     loop {
         // Kept beside the batch because failures are reported by record number and line.
@@ -786,12 +799,18 @@ pub fn test(
         let mut bad_after = None;
         let mut ended = false;
         while batch.len() < batch_size {
-            match records.next() {
+            // Rows in hand run now rather than wait on a pipe whose writer has paused.
+            if !batch.is_empty() && !records.next_is_ready() {
+                break;
+            }
+            let next = records.next();
+            number += 1;
+            match next {
                 None => ended = true,
-                Some((_, Err(e))) => unreadable = Some(e),
-                Some((i, Ok(InputRecord::Bad(b)))) => bad_after = Some((i + 1, b)),
-                Some((i, Ok(InputRecord::Row { line, meta, row }))) => {
-                    origins.push((i + 1, line));
+                Some(Err(e)) => unreadable = Some(e),
+                Some(Ok(InputRecord::Bad(b))) => bad_after = Some((number, b)),
+                Some(Ok(InputRecord::Row { line, meta, row })) => {
+                    origins.push((number, line));
                     batch.push((meta, row));
                     continue;
                 }
@@ -1002,6 +1021,9 @@ pub struct InputOptions {
     pub infer_rows: usize,
     /// The field whose value becomes the message key.
     pub key_column: Option<String>,
+    /// How to read the input; `None`: by its extension (`.jsonl`, `.ndjson`, `.json`: JSON Lines,
+    /// else CSV).
+    pub format: Option<InputFormat>,
 }
 
 impl Default for InputOptions {
@@ -1011,6 +1033,7 @@ impl Default for InputOptions {
             schema: BTreeMap::new(),
             infer_rows: crate::source::config::DEFAULT_INFER_ROWS,
             key_column: None,
+            format: None,
         }
     }
 }
@@ -1037,6 +1060,7 @@ pub enum InputRecord {
 /// The input options from the command line; the CSV ones are refused for JSONL `input`.
 fn input_options(
     input: &Path,
+    format: Option<InputFormat>,
     delimiter: Option<String>,
     schema: &[String],
     infer_rows: Option<usize>,
@@ -1044,7 +1068,8 @@ fn input_options(
 ) -> anyhow::Result<InputOptions> {
     // For JSON Lines, `--infer-rows` bounds the look-ahead for the `--key-column` field.
     let infer_rows_unused = infer_rows.is_some() && key_column.is_none();
-    if is_jsonl(input) && (delimiter.is_some() || !schema.is_empty() || infer_rows_unused) {
+    let jsonl = format.map_or_else(|| is_jsonl(input), |f| f == InputFormat::Jsonl);
+    if jsonl && (delimiter.is_some() || !schema.is_empty() || infer_rows_unused) {
         bail!(
             "--delimiter, --schema and --infer-rows apply to CSV input (--infer-rows also to \
              --key-column on JSON Lines), not to {}",
@@ -1079,22 +1104,110 @@ fn input_options(
         schema: types,
         infer_rows: infer_rows.unwrap_or(defaults.infer_rows),
         key_column,
+        format,
     })
+}
+
+/// How `transform test` reads its input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputFormat {
+    /// CSV with a header row, read and typed like the pipeline's CSV source.
+    Csv,
+    /// JSON Lines: one JSON object per line.
+    Jsonl,
 }
 
 /// The records of a `transform test` input, read as the run asks for them, so that a file of any
 /// size (or a pipe) runs in bounded memory. An item is an error when the input cannot be read
 /// further; the run stops there.
-pub type InputRecords = Box<dyn Iterator<Item = anyhow::Result<InputRecord>>>;
+pub struct InputRecords {
+    reader: Reader,
+    /// JSON Lines rows read while looking for the `--key-column` field, not yet handed out.
+    ahead: std::collections::VecDeque<anyhow::Result<(u64, Row)>>,
+    framer: Framer,
+    /// The input, when it can pause (a pipe or a terminal), to ask whether it has data.
+    pipe: Option<Pipe>,
+}
+
+enum Reader {
+    Csv(Box<CsvReader>),
+    Jsonl(JsonLines),
+}
+
+impl Iterator for InputRecords {
+    type Item = anyhow::Result<InputRecord>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        match &mut self.reader {
+            Reader::Csv(reader) => match reader.next_item() {
+                Ok(None) => None,
+                Ok(Some(CsvItem::Row { line, row })) => Some(Ok(self.framer.record(line, row))),
+                Ok(Some(CsvItem::Bad(bad))) => Some(Ok(InputRecord::Bad(bad))),
+                Err(e) => Some(Err(e.into())),
+            },
+            Reader::Jsonl(lines) => {
+                let item = self.ahead.pop_front().or_else(|| lines.next_row())?;
+                Some(item.map(|(line, row)| self.framer.record(line, row)))
+            }
+        }
+    }
+}
+
+impl InputRecords {
+    /// Whether the next record can be had without waiting for the input: it is already read, or
+    /// the input has data (or its end) to give. Always true for a regular file. A pipe whose
+    /// writer pauses says no, so that the rows read so far can run instead of waiting for a
+    /// full batch.
+    pub fn next_is_ready(&self) -> bool {
+        let Some(pipe) = &self.pipe else {
+            return true;
+        };
+        let read = match &self.reader {
+            Reader::Csv(reader) => reader.has_buffered_record(),
+            Reader::Jsonl(lines) => !self.ahead.is_empty() || lines.has_buffered_line(),
+        };
+        read || pipe.has_data()
+    }
+}
+
+/// A descriptor of its own on an input that can pause, only ever polled, never read: so the
+/// readers keep their plain blocking reads and their buffers.
+struct Pipe(std::os::fd::OwnedFd);
+
+impl Pipe {
+    /// `None` for a regular file (it never pauses) or an input that cannot be opened again (it
+    /// is then read in full batches, as a file is).
+    fn open(path: &Path) -> Option<Pipe> {
+        use rustix::fs::{Mode, OFlags};
+        if std::fs::metadata(path).ok()?.is_file() {
+            return None;
+        }
+        // Non-blocking: opening a FIFO for reading otherwise waits for a writer. This opens a
+        // description of its own, so the reader's descriptor stays blocking.
+        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
+        rustix::fs::open(path, flags, Mode::empty()).ok().map(Pipe)
+    }
+
+    /// Whether a read would return at once: data, the end of the input, or an error to report.
+    fn has_data(&self) -> bool {
+        use rustix::event::{PollFd, PollFlags, Timespec, poll};
+        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        poll(&mut fds, Some(&now)).map_or(true, |n| n > 0)
+    }
+}
 
 /// Opens `.jsonl`/`.ndjson`/`.json` (one JSON object per line) or, otherwise, CSV with a header
 /// row through the pipeline source's reader (BOM, quoting, inference, bad records by line), and
-/// gives every row the metadata `sluice run` would. A missing file, a `key_column` that is not a
-/// column of the CSV (or a field of any of the first `infer_rows` JSONL rows) and the like are
-/// errors here; a JSONL line that is not an object is an error from the iterator (or here, when
-/// it comes before the key column does).
+/// gives every row the metadata `sluice run` would; [`InputOptions::format`] overrides the
+/// extension. A missing file, a `key_column` that is not a column of the CSV (or a field of any
+/// of the first `infer_rows` JSONL rows) and the like are errors here; a JSONL line that is not
+/// an object is an error from the iterator (or here, when it comes before the key column does).
 pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecords> {
-    let mut framer = Framer {
+    let framer = Framer {
         file: path.file_name().map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
@@ -1102,27 +1215,18 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
         offset: 0,
         key_column: opts.key_column.clone(),
     };
-    if is_jsonl(path) {
-        // Typed as the consumer types a message of a plain JSON topic, so big integers keep
-        // their digits and duplicate names and field order survive.
-        let shown = path.display().to_string();
-        let decode = move |item: anyhow::Result<(u64, String)>| {
-            let (line, text) = item?;
-            let row = wire::decode(Some(text.as_bytes()), None).map_err(|e| {
-                anyhow::anyhow!(
-                    "{shown}:{line}: not a JSON object (expected one JSON object per line): {e}"
-                )
-            })?;
-            anyhow::Ok((line, row))
-        };
-        let mut rows = jsonl_lines(path)?.map(decode);
+    let jsonl = opts
+        .format
+        .map_or_else(|| is_jsonl(path), |f| f == InputFormat::Jsonl);
+    let (reader, ahead) = if jsonl {
+        let mut lines = JsonLines::open(path)?;
         // A key column is a field of some row, not of a header: look ahead for the first row that
         // has it, so that a misspelt one fails before any row runs, as with CSV.
-        let mut ahead = Vec::new();
+        let mut ahead = std::collections::VecDeque::new();
         if let Some(k) = &opts.key_column {
             let limit = opts.infer_rows.max(1);
             loop {
-                let Some(item) = rows.next() else {
+                let Some(item) = lines.next_row() else {
                     bail!(
                         "--key-column {k:?} is not a field of any row of {}",
                         path.display()
@@ -1130,7 +1234,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
                 };
                 let (line, row) = item?;
                 let found = row.get(k).is_some();
-                ahead.push(Ok((line, row)));
+                ahead.push_back(Ok((line, row)));
                 if found {
                     break;
                 }
@@ -1143,31 +1247,28 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
                 }
             }
         }
-        let records = ahead
-            .into_iter()
-            .chain(rows)
-            .map(move |item| item.map(|(line, row)| framer.record(line, row)));
-        return Ok(Box::new(records));
-    }
-    let csv = CsvOptions {
-        delimiter: opts.delimiter,
-        schema: opts.schema.clone(),
-        infer_rows: opts.infer_rows.max(1),
-    };
-    let mut reader = CsvReader::open(path, &csv, Arc::default(), None)?;
-    if let Some(k) = &opts.key_column
-        && !reader.columns().iter().any(|c| &**c == k)
-    {
-        bail!("--key-column {k:?} is not a column of {}", path.display());
-    }
-    Ok(Box::new(std::iter::from_fn(move || {
-        match reader.next_item() {
-            Ok(None) => None,
-            Ok(Some(CsvItem::Row { line, row })) => Some(Ok(framer.record(line, row))),
-            Ok(Some(CsvItem::Bad(bad))) => Some(Ok(InputRecord::Bad(bad))),
-            Err(e) => Some(Err(e.into())),
+        (Reader::Jsonl(lines), ahead)
+    } else {
+        let csv = CsvOptions {
+            delimiter: opts.delimiter,
+            schema: opts.schema.clone(),
+            infer_rows: opts.infer_rows.max(1),
+        };
+        let reader = CsvReader::open(path, &csv, Arc::default(), None)?;
+        if let Some(k) = &opts.key_column
+            && !reader.columns().iter().any(|c| &**c == k)
+        {
+            bail!("--key-column {k:?} is not a column of {}", path.display());
         }
-    })))
+        (Reader::Csv(Box::new(reader)), Default::default())
+    };
+    Ok(InputRecords {
+        reader,
+        ahead,
+        framer,
+        // Opened once the input is open: before that, a FIFO may have no writer yet.
+        pipe: Pipe::open(path),
+    })
 }
 
 /// Gives each input row what the consumer would hand the chain: the row as the source encodes it
@@ -1229,37 +1330,81 @@ fn is_jsonl(path: &Path) -> bool {
         .is_some_and(|e| e == "jsonl" || e == "ndjson" || e == "json")
 }
 
-/// The non-blank lines of a JSONL file with their 1-based line numbers, read as they are needed.
-fn jsonl_lines(
-    path: &Path,
-) -> anyhow::Result<impl Iterator<Item = anyhow::Result<(u64, String)>> + use<>> {
-    let file = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let shown = path.display().to_string();
-    let mut lines = std::io::BufReader::new(file).lines().enumerate();
-    // Ends after the first read error: `Lines` would go on returning it.
-    let mut failed = false;
-    Ok(std::iter::from_fn(move || {
-        if failed {
+/// The rows of a JSON Lines file, one JSON object per non-blank line, read as they are needed.
+struct JsonLines {
+    reader: std::io::BufReader<std::fs::File>,
+    /// The input as error messages name it.
+    shown: String,
+    /// Lines read so far.
+    line: u64,
+    /// Set after a read error, which ends the rows.
+    failed: bool,
+}
+
+impl JsonLines {
+    fn open(path: &Path) -> anyhow::Result<JsonLines> {
+        let file =
+            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+        Ok(JsonLines {
+            reader: std::io::BufReader::new(file),
+            shown: path.display().to_string(),
+            line: 0,
+            failed: false,
+        })
+    }
+
+    /// The next non-blank line (without its line break) and its 1-based number.
+    fn next_line(&mut self) -> Option<anyhow::Result<(u64, String)>> {
+        if self.failed {
             return None;
         }
+        let mut text = String::new();
         loop {
-            match lines.next()? {
-                (_, Ok(line)) if line.trim().is_empty() => continue,
-                (i, Ok(line)) => return Some(Ok((i as u64 + 1, line))),
-                (_, Err(e)) => {
-                    failed = true;
-                    return Some(Err(
-                        anyhow::Error::new(e).context(format!("reading {shown}"))
-                    ));
+            text.clear();
+            match self.reader.read_line(&mut text) {
+                Ok(0) => return None,
+                Ok(_) => self.line += 1,
+                Err(e) => {
+                    // Ends the lines: the reader would go on returning the error.
+                    self.failed = true;
+                    let e = anyhow::Error::new(e).context(format!("reading {}", self.shown));
+                    return Some(Err(e));
                 }
             }
+            if !text.trim().is_empty() {
+                let end = text.trim_end_matches(['\n', '\r']).len();
+                text.truncate(end);
+                return Some(Ok((self.line, text)));
+            }
         }
-    }))
+    }
+
+    /// The next row and its 1-based line, typed as the consumer types a message of a plain JSON
+    /// topic, so big integers keep their digits and duplicate names and field order survive.
+    fn next_row(&mut self) -> Option<anyhow::Result<(u64, Row)>> {
+        let (line, text) = match self.next_line()? {
+            Ok(item) => item,
+            Err(e) => return Some(Err(e)),
+        };
+        let row = wire::decode(Some(text.as_bytes()), None).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{line}: not a JSON object (expected one JSON object per line): {e}",
+                self.shown
+            )
+        });
+        Some(row.map(|row| (line, row)))
+    }
+
+    /// Whether a whole line is already read into the buffer.
+    fn has_buffered_line(&self) -> bool {
+        self.reader.buffer().contains(&b'\n')
+    }
 }
 
 /// A golden file of rows, one JSON object per non-blank line.
 fn read_golden_rows(path: &Path) -> anyhow::Result<Vec<JsonRow>> {
-    jsonl_lines(path)?
+    let mut lines = JsonLines::open(path)?;
+    std::iter::from_fn(|| lines.next_line())
         .map(|item| {
             let (n, line) = item?;
             JsonRow::parse(&line).map_err(|e| {
@@ -1274,7 +1419,8 @@ fn read_golden_rows(path: &Path) -> anyhow::Result<Vec<JsonRow>> {
 
 /// A golden JSONL file, one `T` per non-blank line.
 fn read_golden<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
-    jsonl_lines(path)?
+    let mut lines = JsonLines::open(path)?;
+    std::iter::from_fn(|| lines.next_line())
         .map(|item| {
             let (n, line) = item?;
             serde_json::from_str(&line).with_context(|| {
