@@ -1298,7 +1298,13 @@ fn cli_test_reads_stdin_as_it_is_written() {
 /// `transform test` of the `filter` guest (`value gt 50`) over `input`, stdin and stdout piped.
 fn filter_over(input: &std::ffi::OsStr, args: &[&str]) -> std::process::Child {
     std::process::Command::new(sluice_tests::cli::sluice_bin())
-        .args(["transform", "test", "--component", guests::FILTER, "--input"])
+        .args([
+            "transform",
+            "test",
+            "--component",
+            guests::FILTER,
+            "--input",
+        ])
         .arg(input)
         .args([
             "--with",
