@@ -651,6 +651,27 @@ mod tests {
         }
     }
 
+    /// A record counts as read once its line break is: not when only part of its line is, and
+    /// not by the previous record's line break (CRLF and blank lines included).
+    #[test]
+    fn knows_whether_the_next_record_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.csv");
+        std::fs::write(&path, b"a,b\r\n1,2\r\n\r\n3,4\r\n5,6").unwrap();
+        let one = CsvOptions {
+            infer_rows: 1,
+            ..opts()
+        };
+        let mut r = CsvReader::open(&path, &one, Arc::default(), None).unwrap();
+        let mut seen = vec![r.has_buffered_record()];
+        while let Some(item) = r.next_item().unwrap() {
+            assert!(matches!(item, CsvItem::Row { .. }));
+            seen.push(r.has_buffered_record());
+        }
+        // Before 1,2 (the inference sample), before 3,4, before the partial 5,6, at the end.
+        assert_eq!(seen, [true, true, false, false]);
+    }
+
     #[test]
     fn infers_types_and_keeps_lines() {
         let csv = b"\xEF\xBB\xBFid,name,score,ok,at,zip\n1,\"a,b\",1.5,true,2024-01-02T03:04:05,007\n2,\"multi\nline \"\"q\"\"\",2,FALSE,2024-01-02,01234\n3,,,,,\n";
