@@ -195,7 +195,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             let opts = input_options(&input, format, delimiter, &schema, infer_rows, key_column)
                 .map_err(usage)?;
             let records = read_input(&input, &opts).map_err(usage)?;
-            // Read before the run, so that a bad golden file does not cost a whole run first.
+            // Checked before the run, so that a bad golden file does not cost a whole run first.
             let golden =
                 Golden::read(expect.as_deref(), expect_failures.as_deref()).map_err(usage)?;
             let stdout = std::io::stdout();
@@ -611,17 +611,86 @@ pub struct TestReport {
 /// expected (`--expect-failures`).
 #[derive(Debug, Default)]
 pub struct Golden {
-    rows: Option<Vec<JsonRow>>,
-    failures: Option<Vec<ExpectedFailure>>,
+    rows: Option<GoldenFile<JsonRow>>,
+    failures: Option<GoldenFile<ExpectedFailure>>,
 }
 
 impl Golden {
-    /// Reads the golden files that are given.
+    /// Checks the golden files that are given, every line, so that a bad one fails before the
+    /// run rather than after it. They are read again as the run compares with them.
     pub fn read(rows: Option<&Path>, failures: Option<&Path>) -> anyhow::Result<Golden> {
         Ok(Golden {
-            rows: rows.map(read_golden_rows).transpose()?,
-            failures: failures.map(read_golden::<ExpectedFailure>).transpose()?,
+            rows: rows.map(GoldenFile::open).transpose()?,
+            failures: failures.map(GoldenFile::open).transpose()?,
         })
+    }
+}
+
+/// A golden file's items, handed out in order: read through once up front (every line checked
+/// and counted, nothing kept), then read again item by item as the run compares with them, so
+/// that a golden file of any size fits in memory. A file that cannot be read twice (a pipe) is
+/// held in memory instead.
+#[derive(Debug)]
+struct GoldenFile<E> {
+    path: PathBuf,
+    /// How many items it has.
+    count: usize,
+    /// The items not yet handed out, when held in memory.
+    held: Option<std::collections::VecDeque<E>>,
+    /// The second reading, once started.
+    lines: Option<JsonLines>,
+}
+
+impl<E: Expected> GoldenFile<E> {
+    fn open(path: &Path) -> anyhow::Result<GoldenFile<E>> {
+        let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+        let mut lines = JsonLines::open(path)?;
+        let mut held = std::collections::VecDeque::new();
+        let mut count = 0;
+        while let Some(item) = lines.next_line() {
+            let (n, text) = item?;
+            let e = E::parse(path, n, &text)?;
+            if !regular {
+                held.push_back(e);
+            }
+            count += 1;
+        }
+        Ok(GoldenFile {
+            path: path.to_path_buf(),
+            count,
+            held: (!regular).then_some(held),
+            lines: None,
+        })
+    }
+
+    /// The next item; an error if the file changed since it was checked.
+    fn next(&mut self) -> anyhow::Result<Option<E>> {
+        if let Some(held) = &mut self.held {
+            return Ok(held.pop_front());
+        }
+        let lines = match &mut self.lines {
+            Some(lines) => lines,
+            None => self.lines.insert(JsonLines::open(&self.path)?),
+        };
+        match lines.next_line() {
+            None => Ok(None),
+            Some(item) => {
+                let (n, text) = item?;
+                E::parse(&self.path, n, &text).map(Some)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl<E> From<Vec<E>> for GoldenFile<E> {
+    fn from(items: Vec<E>) -> GoldenFile<E> {
+        GoldenFile {
+            path: PathBuf::new(),
+            count: items.len(),
+            held: Some(items.into()),
+            lines: None,
+        }
     }
 }
 
@@ -734,6 +803,15 @@ struct ExpectedFailure {
 impl Expected for ExpectedFailure {
     type Actual = Failure;
     const NAMES: (&str, &str) = ("failed record", "failed records");
+
+    fn parse(path: &Path, line: u64, text: &str) -> anyhow::Result<ExpectedFailure> {
+        serde_json::from_str(text).with_context(|| {
+            format!(
+                "{}:{line}: not what a golden file holds (one JSON object per line)",
+                path.display()
+            )
+        })
+    }
 
     fn show(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -931,11 +1009,24 @@ trait Expected {
     fn show(&self) -> String;
     /// Whether `actual` is what this golden item expects.
     fn matches(&self, actual: &Self::Actual) -> bool;
+    /// The item on line `line` of golden file `path`.
+    fn parse(path: &Path, line: u64, text: &str) -> anyhow::Result<Self>
+    where
+        Self: Sized;
 }
 
 impl Expected for JsonRow {
     type Actual = JsonRow;
     const NAMES: (&str, &str) = ("row", "rows");
+
+    fn parse(path: &Path, line: u64, text: &str) -> anyhow::Result<JsonRow> {
+        JsonRow::parse(text).map_err(|e| {
+            anyhow::anyhow!(
+                "{}:{line}: not a JSON object (a golden file holds one row per line): {e}",
+                path.display()
+            )
+        })
+    }
 
     fn show(&self) -> String {
         self.text.clone()
@@ -949,7 +1040,7 @@ impl Expected for JsonRow {
 /// Compares a run's items with a golden file's one at a time, as the run makes them, keeping
 /// only the first difference, so that the run's output need not fit in memory.
 struct Check<E> {
-    expected: Vec<E>,
+    expected: GoldenFile<E>,
     seen: usize,
     first: Option<Difference>,
 }
@@ -960,10 +1051,12 @@ enum Difference {
     Pair(String),
     /// The run made more items than expected; the first extra one.
     Extra(String),
+    /// The golden file could not be read again.
+    Unreadable(String),
 }
 
 impl<E: Expected> Check<E> {
-    fn new(expected: Vec<E>) -> Check<E> {
+    fn new(expected: GoldenFile<E>) -> Check<E> {
         Check {
             expected,
             seen: 0,
@@ -974,15 +1067,16 @@ impl<E: Expected> Check<E> {
     /// Compares the run's next item.
     fn see(&mut self, actual: &E::Actual) {
         if self.first.is_none() {
-            self.first = match self.expected.get(self.seen) {
-                Some(e) if !e.matches(actual) => Some(Difference::Pair(format!(
+            self.first = match self.expected.next() {
+                Ok(Some(e)) if !e.matches(actual) => Some(Difference::Pair(format!(
                     "{} {}: expected {}, got {actual}",
                     E::NAMES.0,
                     self.seen + 1,
                     e.show()
                 ))),
-                Some(_) => None,
-                None => Some(Difference::Extra(actual.to_string())),
+                Ok(Some(_)) => None,
+                Ok(None) => Some(Difference::Extra(actual.to_string())),
+                Err(e) => Some(Difference::Unreadable(format!("{e:#}"))),
             };
         }
         self.seen += 1;
@@ -990,17 +1084,25 @@ impl<E: Expected> Check<E> {
 
     /// How many items matched, or the first difference: the first pair that does not match,
     /// else an extra or missing item.
-    fn verdict(self) -> Result<usize, String> {
-        let (n, m, many) = (self.expected.len(), self.seen, E::NAMES.1);
+    fn verdict(mut self) -> Result<usize, String> {
+        let (n, m, many) = (self.expected.count, self.seen, E::NAMES.1);
         match self.first {
             Some(Difference::Pair(msg)) => Err(msg),
             Some(Difference::Extra(first)) => Err(format!(
                 "expected {n} {many}, got {m} (first extra: {first})"
             )),
-            None if m < n => Err(format!(
-                "expected {n} {many}, got {m} (first missing: {})",
-                self.expected[m].show()
-            )),
+            Some(Difference::Unreadable(why)) => Err(format!("the golden file changed: {why}")),
+            // The run saw `m` items, so the next one is item `m + 1`.
+            None if m < n => match self.expected.next() {
+                Ok(Some(e)) => Err(format!(
+                    "expected {n} {many}, got {m} (first missing: {})",
+                    e.show()
+                )),
+                Ok(None) => Err(format!(
+                    "the golden file changed: it had {n} {many}, now fewer"
+                )),
+                Err(e) => Err(format!("the golden file changed: {e:#}")),
+            },
             None => Ok(n),
         }
     }
@@ -1331,6 +1433,7 @@ fn is_jsonl(path: &Path) -> bool {
 }
 
 /// The rows of a JSON Lines file, one JSON object per non-blank line, read as they are needed.
+#[derive(Debug)]
 struct JsonLines {
     reader: std::io::BufReader<std::fs::File>,
     /// The input as error messages name it.
@@ -1399,38 +1502,6 @@ impl JsonLines {
     fn has_buffered_line(&self) -> bool {
         self.reader.buffer().contains(&b'\n')
     }
-}
-
-/// A golden file of rows, one JSON object per non-blank line.
-fn read_golden_rows(path: &Path) -> anyhow::Result<Vec<JsonRow>> {
-    let mut lines = JsonLines::open(path)?;
-    std::iter::from_fn(|| lines.next_line())
-        .map(|item| {
-            let (n, line) = item?;
-            JsonRow::parse(&line).map_err(|e| {
-                anyhow::anyhow!(
-                    "{}:{n}: not a JSON object (a golden file holds one row per line): {e}",
-                    path.display()
-                )
-            })
-        })
-        .collect()
-}
-
-/// A golden JSONL file, one `T` per non-blank line.
-fn read_golden<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<Vec<T>> {
-    let mut lines = JsonLines::open(path)?;
-    std::iter::from_fn(|| lines.next_line())
-        .map(|item| {
-            let (n, line) = item?;
-            serde_json::from_str(&line).with_context(|| {
-                format!(
-                    "{}:{n}: not what a golden file holds (one JSON object per line)",
-                    path.display()
-                )
-            })
-        })
-        .collect()
 }
 
 #[cfg(test)]
@@ -1525,10 +1596,33 @@ mod tests {
         assert!(JsonRow::parse(r#"{"a":01}"#).is_err());
     }
 
+    /// A golden file is checked whole up front, kept out of memory, and read again as the run
+    /// compares with it.
+    #[test]
+    fn golden_files_are_checked_then_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("g.jsonl");
+        std::fs::write(&path, "{\"a\":1}\n\n{\"a\":2}\n").unwrap();
+        let golden = GoldenFile::<JsonRow>::open(&path).unwrap();
+        assert_eq!((golden.count, golden.held.is_none()), (2, true));
+        let mut check = Check::new(golden);
+        check.see(&JsonRow::parse("{\"a\":1}").unwrap());
+        assert_eq!(
+            check.verdict(),
+            Err("expected 2 rows, got 1 (first missing: {\"a\":2})".to_owned())
+        );
+        std::fs::write(&path, "{\"a\":1}\n\nnot json\n").unwrap();
+        let err = GoldenFile::<JsonRow>::open(&path).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("g.jsonl:3: not a JSON object"),
+            "{err:#}"
+        );
+    }
+
     #[test]
     fn diff_names_the_first_difference() {
         let diff = |expected: &[JsonRow], actual: &[JsonRow]| {
-            let mut check = Check::new(expected.to_vec());
+            let mut check = Check::new(expected.to_vec().into());
             actual.iter().for_each(|a| check.see(a));
             check.verdict().err()
         };
