@@ -1265,34 +1265,96 @@ fn cli_test_streams_its_input() {
 }
 
 /// `--input -` reads stdin, as CSV unless `--format jsonl` says otherwise, and runs each batch as
-/// soon as the writer pauses (here after the header and two rows, with inference on the first).
+/// soon as the writer pauses: after the header and two rows with inference on the first, after
+/// two rows when `--schema` types every column (no inference, so no read-ahead), and after JSON
+/// Lines rows followed by a blank line.
 #[test]
 fn cli_test_reads_stdin_as_it_is_written() {
-    let mut child = filter_over("-".as_ref(), &["--infer-rows", "1"]);
-    let stdin = child.stdin.take().unwrap();
-    let (rest, stderr) = feed_while_open(
-        child,
-        stdin,
-        "n,value\n1,60\n2,40\n",
-        &[r#"{"n":1,"value":60}"#],
-        "3,70\n",
+    // Args, what is written first and must come out while stdin is open, the rest and what it
+    // gives, and the counts.
+    type Case<'a> = (
+        &'a [&'a str],
+        &'a str,
+        &'a [&'a str],
+        &'a str,
+        &'a [&'a str],
+        &'a str,
     );
-    assert_eq!(rest, [r#"{"n":3,"value":70}"#]);
-    assert!(
-        stderr.contains("filter: 3 in, 2 out, 1 dropped, 0 failed"),
-        "{stderr}"
+    let cases: [Case; 3] = [
+        (
+            &["--infer-rows", "1"],
+            "n,value\n1,60\n2,40\n",
+            &[r#"{"n":1,"value":60}"#],
+            "3,70\n",
+            &[r#"{"n":3,"value":70}"#],
+            "filter: 3 in, 2 out, 1 dropped, 0 failed",
+        ),
+        (
+            &["--schema", "n=int", "--schema", "value=float"],
+            "n,value\n1,60\n2,40\n",
+            &[r#"{"n":1,"value":60.0}"#],
+            "3,70\n",
+            &[r#"{"n":3,"value":70.0}"#],
+            "filter: 3 in, 2 out, 1 dropped, 0 failed",
+        ),
+        (
+            &["--format", "jsonl"],
+            "{\"value\":70}\n{\"value\":71}\n\n",
+            &[r#"{"value":70}"#, r#"{"value":71}"#],
+            "{\"value\":80}\n",
+            &[r#"{"value":80}"#],
+            "filter: 3 in, 3 out",
+        ),
+    ];
+    for (args, first, expect_first, rest, expect_rest, counts) in cases {
+        let mut child = filter_over("-".as_ref(), args);
+        let stdin = child.stdin.take().unwrap();
+        let (out, stderr) = feed_while_open(child, stdin, first, expect_first, rest);
+        assert_eq!(out, expect_rest, "{args:?}");
+        assert!(stderr.contains(counts), "{args:?}: {stderr}");
+    }
+}
+
+/// `--input -` reads the stdin it was given, not `/dev/stdin` opened again: a socket works, and a
+/// redirected file is read from where its offset stands.
+#[test]
+fn cli_test_reads_stdin_from_a_socket_or_a_redirect_midway() {
+    use std::io::{Read, Write};
+    let run = |stdin: std::process::Stdio| {
+        std::process::Command::new(sluice_tests::cli::sluice_bin())
+            .args(["transform", "test", "--component", guests::FILTER])
+            .args(["--input", "-", "--with", "field=value"])
+            .args(["--with", "op=gt", "--with", "value=50"])
+            .stdin(stdin)
+            .output()
+            .unwrap()
+    };
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let writer = std::thread::spawn(move || {
+        ours.write_all(b"n,value\n1,60\n2,40\n").unwrap();
+    });
+    let out = run(std::os::fd::OwnedFd::from(theirs).into());
+    writer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"n\":1,\"value\":60}\n"
     );
-    let mut child = filter_over("-".as_ref(), &["--format", "jsonl"]);
-    let stdin = child.stdin.take().unwrap();
-    let (rest, stderr) = feed_while_open(
-        child,
-        stdin,
-        "{\"value\":70}\n",
-        &[r#"{"value":70}"#],
-        "{\"value\":80}\n",
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("in.csv");
+    std::fs::write(&path, "a line to skip\nn,value\n1,60\n2,40\n").unwrap();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let mut skipped = [0u8; 15];
+    file.read_exact(&mut skipped).unwrap();
+    let out = run(file.into());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"n\":1,\"value\":60}\n"
     );
-    assert_eq!(rest, [r#"{"value":80}"#]);
-    assert!(stderr.contains("filter: 2 in, 2 out"), "{stderr}");
 }
 
 /// `transform test` of the `filter` guest (`value gt 50`) over `input`, stdin and stdout piped.

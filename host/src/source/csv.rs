@@ -201,9 +201,10 @@ impl<R: Read> Read for Lines<R> {
     }
 }
 
-/// Opens `path` and skips a UTF-8 byte-order mark (Excel writes one).
-fn open_without_bom(
+/// `input` (read from `path`) past a UTF-8 byte-order mark (Excel writes one).
+fn skip_bom(
     path: &Path,
+    input: impl Read + Send + Sync + 'static,
     counter: Arc<AtomicU64>,
 ) -> Result<Box<dyn Read + Send + Sync>, SourceError> {
     let open_err = |source| SourceError::Open {
@@ -211,7 +212,7 @@ fn open_without_bom(
         source,
     };
     let mut file = Counting {
-        inner: File::open(path).map_err(open_err)?,
+        inner: input,
         counter,
     };
     let mut head = [0u8; 3];
@@ -241,9 +242,25 @@ impl CsvReader {
         bytes_read: Arc<AtomicU64>,
         types: Option<&[ValueType]>,
     ) -> Result<CsvReader, SourceError> {
+        let file = File::open(path).map_err(|source| SourceError::Open {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        CsvReader::from_reader(path, file, opts, bytes_read, types)
+    }
+
+    /// [`open`](CsvReader::open) on an input that is already open (stdin, say); `path` names it
+    /// in errors.
+    pub fn from_reader(
+        path: &Path,
+        input: impl Read + Send + Sync + 'static,
+        opts: &CsvOptions,
+        bytes_read: Arc<AtomicU64>,
+        types: Option<&[ValueType]>,
+    ) -> Result<CsvReader, SourceError> {
         let lines = Arc::new(Mutex::new(LineIndex::default()));
         let input = Lines {
-            inner: open_without_bom(path, bytes_read.clone())?,
+            inner: skip_bom(path, input, bytes_read.clone())?,
             index: lines.clone(),
         };
         let mut rdr = csv::ReaderBuilder::new()
@@ -300,7 +317,13 @@ impl CsvReader {
                 .collect();
             return Ok(reader);
         }
-        while reader.sample.len() < opts.infer_rows {
+        // Nothing to infer when the schema types every column: do not read ahead for it (on a
+        // pipe, that would hold the first rows until `infer_rows` more had arrived).
+        let typed = reader
+            .columns
+            .iter()
+            .all(|c| opts.schema.contains_key(&**c));
+        while !typed && reader.sample.len() < opts.infer_rows {
             let mut rec = ByteRecord::new();
             let line = reader.next_line();
             if !reader

@@ -14,6 +14,7 @@ use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
@@ -185,13 +186,6 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect::<Vec<_>>();
             assign_params(&mut configs, &with).map_err(usage)?;
-            // Through the file system rather than the process's stdin handle, so that both
-            // readers and the pause check treat it like any other path.
-            let input = if input == Path::new("-") {
-                PathBuf::from("/dev/stdin")
-            } else {
-                input
-            };
             let opts = input_options(&input, format, delimiter, &schema, infer_rows, key_column)
                 .map_err(usage)?;
             let records = read_input(&input, &opts).map_err(usage)?;
@@ -876,10 +870,16 @@ pub fn test(
         // A batch ends at a bad record, so that every failure prints in file order.
         let mut bad_after = None;
         let mut ended = false;
+        // When this batch's rows stop waiting for more.
+        let mut deadline = None;
         while batch.len() < batch_size {
-            // Rows in hand run now rather than wait on a pipe whose writer has paused.
-            if !batch.is_empty() && !records.next_is_ready() {
-                break;
+            // Rows in hand run soon rather than wait on a pipe whose writer has paused; the
+            // short linger lets a writer that trickles rows still fill batches.
+            if !batch.is_empty() {
+                let until = *deadline.get_or_insert_with(|| Instant::now() + LINGER);
+                if !records.next_is_ready(until.saturating_duration_since(Instant::now())) {
+                    break;
+                }
             }
             let next = records.next();
             number += 1;
@@ -1108,6 +1108,10 @@ impl<E: Expected> Check<E> {
     }
 }
 
+/// How long a batch of a piped input waits for more rows once it has one: short enough to go
+/// unnoticed, long enough for a writer that sends rows one by one to fill batches.
+const LINGER: Duration = Duration::from_millis(5);
+
 /// The topic `transform test` reports to transforms (there is no Kafka here).
 pub const TEST_TOPIC: &str = "test";
 
@@ -1256,11 +1260,11 @@ impl Iterator for InputRecords {
 }
 
 impl InputRecords {
-    /// Whether the next record can be had without waiting for the input: it is already read, or
-    /// the input has data (or its end) to give. Always true for a regular file. A pipe whose
-    /// writer pauses says no, so that the rows read so far can run instead of waiting for a
-    /// full batch.
-    pub fn next_is_ready(&self) -> bool {
+    /// Whether the next record can be had without waiting for the input longer than `wait`: it
+    /// is already read, or the input has data (or its end) to give within `wait`. Always true
+    /// for a regular file. A pipe whose writer pauses says no, so that the rows read so far can
+    /// run instead of waiting for a full batch.
+    pub fn next_is_ready(&self, wait: Duration) -> bool {
         let Some(pipe) = &self.pipe else {
             return true;
         };
@@ -1268,38 +1272,70 @@ impl InputRecords {
             Reader::Csv(reader) => reader.has_buffered_record(),
             Reader::Jsonl(lines) => !self.ahead.is_empty() || lines.has_buffered_line(),
         };
-        read || pipe.has_data()
+        read || wait_for_data(&pipe.0, Some(wait))
     }
 }
 
-/// A descriptor of its own on an input that can pause, only ever polled, never read: so the
-/// readers keep their plain blocking reads and their buffers.
-struct Pipe(std::os::fd::OwnedFd);
+/// An input that can pause (a pipe, FIFO, terminal or socket): a duplicate of the reader's own
+/// descriptor, only ever polled, so the reader keeps its plain blocking reads and its buffer.
+struct Pipe(std::fs::File);
 
 impl Pipe {
-    /// `None` for a regular file (it never pauses) or an input that cannot be opened again (it
-    /// is then read in full batches, as a file is).
-    fn open(path: &Path) -> Option<Pipe> {
-        use rustix::fs::{Mode, OFlags};
-        if std::fs::metadata(path).ok()?.is_file() {
+    /// `None` for a regular file, which never pauses (nor does an input that cannot be
+    /// duplicated: it is then read in full batches, as a file is).
+    fn of(file: &std::fs::File) -> Option<Pipe> {
+        if file.metadata().ok()?.is_file() {
             return None;
         }
-        // Non-blocking: opening a FIFO for reading otherwise waits for a writer. This opens a
-        // description of its own, so the reader's descriptor stays blocking.
-        let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::CLOEXEC;
-        rustix::fs::open(path, flags, Mode::empty()).ok().map(Pipe)
+        file.try_clone().ok().map(Pipe)
     }
+}
 
-    /// Whether a read would return at once: data, the end of the input, or an error to report.
-    fn has_data(&self) -> bool {
-        use rustix::event::{PollFd, PollFlags, Timespec, poll};
-        let mut fds = [PollFd::new(&self.0, PollFlags::IN)];
-        let now = Timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        poll(&mut fds, Some(&now)).map_or(true, |n| n > 0)
+/// Whether `file` has data, its end or an error to give within `wait` (`None`: however long it
+/// takes). A failed poll says yes, so that the read that follows reports the error.
+fn wait_for_data(file: &std::fs::File, wait: Option<Duration>) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(file, PollFlags::IN)];
+    let timeout = wait.map(|w| Timespec {
+        tv_sec: w.as_secs() as i64,
+        tv_nsec: i64::from(w.subsec_nanos()),
+    });
+    poll(&mut fds, timeout.as_ref()).map_or(true, |n| n > 0)
+}
+
+/// A `transform test` input, opened: a file, or a duplicate of stdin's descriptor.
+struct Input(std::fs::File);
+
+impl std::io::Read for Input {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            match self.0.read(buf) {
+                // A descriptor inherited in non-blocking mode (stdin, from some parents): wait
+                // for data rather than fail.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    wait_for_data(&self.0, None);
+                }
+                r => return r,
+            }
+        }
     }
+}
+
+/// Opens `path`, or stdin for `-`; returns the name messages and the `sluice.file` header use.
+fn open_input(path: &Path) -> anyhow::Result<(PathBuf, Input)> {
+    if path == Path::new("-") {
+        // A duplicate of descriptor 0 rather than /dev/stdin: opening that again fails for a
+        // socket or another user's pipe, and starts a redirected file over from its first byte.
+        use std::os::fd::AsFd;
+        let fd = std::io::stdin()
+            .as_fd()
+            .try_clone_to_owned()
+            .context("reading stdin")?;
+        return Ok((PathBuf::from("<stdin>"), Input(fd.into())));
+    }
+    let file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((path.to_path_buf(), Input(file)))
 }
 
 /// Opens `.jsonl`/`.ndjson`/`.json` (one JSON object per line) or, otherwise, CSV with a header
@@ -1309,6 +1345,9 @@ impl Pipe {
 /// of the first `infer_rows` JSONL rows) and the like are errors here; a JSONL line that is not
 /// an object is an error from the iterator (or here, when it comes before the key column does).
 pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecords> {
+    let (shown, input) = open_input(path)?;
+    let pipe = Pipe::of(&input.0);
+    let path = shown.as_path();
     let framer = Framer {
         file: path.file_name().map_or_else(
             || path.display().to_string(),
@@ -1321,7 +1360,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
         .format
         .map_or_else(|| is_jsonl(path), |f| f == InputFormat::Jsonl);
     let (reader, ahead) = if jsonl {
-        let mut lines = JsonLines::open(path)?;
+        let mut lines = JsonLines::new(path, input);
         // A key column is a field of some row, not of a header: look ahead for the first row that
         // has it, so that a misspelt one fails before any row runs, as with CSV.
         let mut ahead = std::collections::VecDeque::new();
@@ -1356,7 +1395,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
             schema: opts.schema.clone(),
             infer_rows: opts.infer_rows.max(1),
         };
-        let reader = CsvReader::open(path, &csv, Arc::default(), None)?;
+        let reader = CsvReader::from_reader(path, input, &csv, Arc::default(), None)?;
         if let Some(k) = &opts.key_column
             && !reader.columns().iter().any(|c| &**c == k)
         {
@@ -1368,8 +1407,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
         reader,
         ahead,
         framer,
-        // Opened once the input is open: before that, a FIFO may have no writer yet.
-        pipe: Pipe::open(path),
+        pipe,
     })
 }
 
@@ -1433,9 +1471,8 @@ fn is_jsonl(path: &Path) -> bool {
 }
 
 /// The rows of a JSON Lines file, one JSON object per non-blank line, read as they are needed.
-#[derive(Debug)]
 struct JsonLines {
-    reader: std::io::BufReader<std::fs::File>,
+    reader: std::io::BufReader<Input>,
     /// The input as error messages name it.
     shown: String,
     /// Lines read so far.
@@ -1444,16 +1481,28 @@ struct JsonLines {
     failed: bool,
 }
 
+impl std::fmt::Debug for JsonLines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonLines")
+            .field("shown", &self.shown)
+            .field("line", &self.line)
+            .finish()
+    }
+}
+
 impl JsonLines {
     fn open(path: &Path) -> anyhow::Result<JsonLines> {
-        let file =
-            std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-        Ok(JsonLines {
-            reader: std::io::BufReader::new(file),
+        let (shown, input) = open_input(path)?;
+        Ok(JsonLines::new(&shown, input))
+    }
+
+    fn new(path: &Path, input: Input) -> JsonLines {
+        JsonLines {
+            reader: std::io::BufReader::new(input),
             shown: path.display().to_string(),
             line: 0,
             failed: false,
-        })
+        }
     }
 
     /// The next non-blank line (without its line break) and its 1-based number.
@@ -1498,9 +1547,17 @@ impl JsonLines {
         Some(row.map(|row| (line, row)))
     }
 
-    /// Whether a whole line is already read into the buffer.
+    /// Whether a whole line that is not blank (blank ones are skipped) is already read into the
+    /// buffer: then the next row needs no more input.
     fn has_buffered_line(&self) -> bool {
-        self.reader.buffer().contains(&b'\n')
+        let buf = self.reader.buffer();
+        // Only up to the last line break: what follows it may still be arriving.
+        let Some(end) = buf.iter().rposition(|&b| b == b'\n') else {
+            return false;
+        };
+        buf[..end]
+            .split(|&b| b == b'\n')
+            .any(|line| std::str::from_utf8(line).map_or(true, |t| !t.trim().is_empty()))
     }
 }
 
