@@ -1519,7 +1519,8 @@ impl JsonLines {
                 Err(e) => {
                     // Ends the lines: the reader would go on returning the error.
                     self.failed = true;
-                    let e = anyhow::Error::new(e).context(format!("reading {}", self.shown));
+                    let at = format!("reading {} at line {}", self.shown, self.line + 1);
+                    let e = anyhow::Error::new(e).context(at);
                     return Some(Err(e));
                 }
             }
