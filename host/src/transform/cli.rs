@@ -1304,6 +1304,7 @@ fn wait_for_data(file: &std::fs::File, wait: Option<Duration>) -> bool {
 }
 
 /// A `transform test` input, opened: a file, or a duplicate of stdin's descriptor.
+#[derive(Debug)]
 struct Input(std::fs::File);
 
 impl std::io::Read for Input {
@@ -1471,6 +1472,7 @@ fn is_jsonl(path: &Path) -> bool {
 }
 
 /// The rows of a JSON Lines file, one JSON object per non-blank line, read as they are needed.
+#[derive(Debug)]
 struct JsonLines {
     reader: std::io::BufReader<Input>,
     /// The input as error messages name it.
@@ -1479,15 +1481,6 @@ struct JsonLines {
     line: u64,
     /// Set after a read error, which ends the rows.
     failed: bool,
-}
-
-impl std::fmt::Debug for JsonLines {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("JsonLines")
-            .field("shown", &self.shown)
-            .field("line", &self.line)
-            .finish()
-    }
 }
 
 impl JsonLines {
