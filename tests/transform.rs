@@ -1266,8 +1266,9 @@ fn cli_test_streams_its_input() {
 
 /// `--input -` reads stdin, as CSV unless `--format jsonl` says otherwise, and runs each batch as
 /// soon as the writer pauses: after the header and two rows with inference on the first, after
-/// two rows when `--schema` types every column (no inference, so no read-ahead), and after JSON
-/// Lines rows followed by a blank line.
+/// two rows when `--schema` types every column (no inference, so no read-ahead), after a row
+/// followed by part of a record with a line break in a quoted field, and after JSON Lines rows
+/// followed by a blank line.
 #[test]
 fn cli_test_reads_stdin_as_it_is_written() {
     // Args, what is written first and must come out while stdin is open, the rest and what it
@@ -1280,7 +1281,7 @@ fn cli_test_reads_stdin_as_it_is_written() {
         &'a [&'a str],
         &'a str,
     );
-    let cases: [Case; 3] = [
+    let cases: [Case; 4] = [
         (
             &["--infer-rows", "1"],
             "n,value\n1,60\n2,40\n",
@@ -1296,6 +1297,26 @@ fn cli_test_reads_stdin_as_it_is_written() {
             "3,70\n",
             &[r#"{"n":3,"value":70.0}"#],
             "filter: 3 in, 2 out, 1 dropped, 0 failed",
+        ),
+        // A record whose quoted field has a line break, only part of it written, does not hold
+        // the row before it.
+        (
+            &[
+                "--schema",
+                "n=int",
+                "--schema",
+                "value=float",
+                "--schema",
+                "note=string",
+            ],
+            "n,value,note\n1,60,a\n2,70,\"two\n",
+            &[r#"{"n":1,"value":60.0,"note":"a"}"#],
+            "lines\"\n3,80,c\n",
+            &[
+                r#"{"n":2,"value":70.0,"note":"two\nlines"}"#,
+                r#"{"n":3,"value":80.0,"note":"c"}"#,
+            ],
+            "filter: 3 in, 3 out",
         ),
         (
             &["--format", "jsonl"],

@@ -135,45 +135,88 @@ impl<R: Read> Read for Counting<R> {
 /// reads, as runs of `\r`/`\n` bytes: a record starts after the run its position falls in. Only
 /// the runs between the last looked-up record and the read-ahead are kept, so memory grows with
 /// the line breaks inside one record, not with the file.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct LineIndex {
-    /// Runs of line-break bytes not yet passed: start, end (exclusive), newlines in it.
-    runs: VecDeque<(u64, u64, u64)>,
+    /// Runs of line-break bytes not yet passed: start, end (exclusive), newlines in it, and
+    /// whether it ends a record (false when it is inside a quoted field).
+    runs: VecDeque<(u64, u64, u64, bool)>,
     /// Newlines in the runs already passed.
     before: u64,
     /// Bytes seen.
     offset: u64,
+    /// The field delimiter, for [`Quoting`].
+    delimiter: u8,
+    /// Where the last byte seen left the quoting.
+    quoting: Quoting,
+}
+
+/// Where a byte falls in a CSV field, as the `csv` crate reads it (RFC 4180 quotes, non-strict):
+/// a quote opens a quoted field only at the start of a field, and inside one `""` is a quote.
+/// Kept only to tell a line break that ends a record from one inside a quoted field.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Quoting {
+    /// At the start of a field.
+    Start,
+    /// In a field that did not start with a quote: a quote here is text.
+    Unquoted,
+    /// In a quoted field.
+    Quoted,
+    /// Just after a quote in a quoted field: either its end or the first of `""`.
+    QuoteInQuoted,
 }
 
 impl LineIndex {
+    fn new(delimiter: u8) -> LineIndex {
+        LineIndex {
+            runs: VecDeque::new(),
+            before: 0,
+            offset: 0,
+            delimiter,
+            quoting: Quoting::Start,
+        }
+    }
+
     fn feed(&mut self, buf: &[u8]) {
-        for (i, b) in buf.iter().enumerate() {
-            if *b != b'\n' && *b != b'\r' {
+        for (i, &b) in buf.iter().enumerate() {
+            let brk = b == b'\n' || b == b'\r';
+            let was = self.quoting;
+            self.quoting = match (was, b) {
+                (Quoting::Quoted, b'"') => Quoting::QuoteInQuoted,
+                (Quoting::Quoted, _) => Quoting::Quoted,
+                (Quoting::QuoteInQuoted, b'"') | (Quoting::Start, b'"') => Quoting::Quoted,
+                (_, b) if b == self.delimiter || brk => Quoting::Start,
+                _ => Quoting::Unquoted,
+            };
+            if !brk {
                 continue;
             }
             let at = self.offset + i as u64;
-            let nl = u64::from(*b == b'\n');
+            let nl = u64::from(b == b'\n');
             match self.runs.back_mut() {
                 Some(run) if run.1 == at => {
                     run.1 += 1;
                     run.2 += nl;
                 }
-                _ => self.runs.push_back((at, at + 1, nl)),
+                _ => self
+                    .runs
+                    .push_back((at, at + 1, nl, was != Quoting::Quoted)),
             }
         }
         self.offset += buf.len() as u64;
     }
 
-    /// Whether a line break lies past `offset`, in bytes already read: a line after the one at
-    /// `offset` is complete in the buffer.
+    /// Whether a record ends past `offset`, in bytes already read: a line break after the one at
+    /// `offset` that is not inside a quoted field.
     fn break_after(&self, offset: u64) -> bool {
-        self.runs.iter().any(|&(start, _, _)| start > offset)
+        self.runs
+            .iter()
+            .any(|&(start, _, _, ends)| ends && start > offset)
     }
 
     /// The 1-based line of the record whose position is `offset`; offsets must be looked up in
     /// ascending order.
     fn line_of(&mut self, offset: u64) -> u64 {
-        while let Some(&(start, _, nl)) = self.runs.front() {
+        while let Some(&(start, _, nl, _)) = self.runs.front() {
             if start > offset {
                 break;
             }
@@ -258,7 +301,7 @@ impl CsvReader {
         bytes_read: Arc<AtomicU64>,
         types: Option<&[ValueType]>,
     ) -> Result<CsvReader, SourceError> {
-        let lines = Arc::new(Mutex::new(LineIndex::default()));
+        let lines = Arc::new(Mutex::new(LineIndex::new(opts.delimiter)));
         let input = Lines {
             inner: skip_bom(path, input, bytes_read.clone())?,
             index: lines.clone(),
@@ -372,8 +415,7 @@ impl CsvReader {
 
     /// Whether the next record is (most likely) already read from the file, so that
     /// [`next_item`](CsvReader::next_item) returns without waiting on it: an inference sample
-    /// left, or a line break after the parser's position. A quoted field with a line break in it
-    /// can make this say yes for a record whose end has not arrived yet.
+    /// left, or a line break after the parser's position that is not inside a quoted field.
     pub fn has_buffered_record(&self) -> bool {
         !self.sample.is_empty()
             || self
@@ -693,6 +735,28 @@ mod tests {
         }
         // Before 1,2 (the inference sample), before 3,4, before the partial 5,6, at the end.
         assert_eq!(seen, [true, true, false, false]);
+
+        // A line break inside a quoted field does not end a record; `""` and a quote that does
+        // not open a field leave the quoting as it was.
+        std::fs::write(
+            &path,
+            b"a,b\nk,2\n\"x\ny\"\"\",3\nz\"w,4\n\"p\r\nq\",5\nm,\"6\n7",
+        )
+        .unwrap();
+        let mut r = CsvReader::open(&path, &one, Arc::default(), None).unwrap();
+        let mut seen = vec![r.has_buffered_record()];
+        let mut lines = vec![];
+        while let Some(item) = r.next_item().unwrap() {
+            lines.push(match item {
+                CsvItem::Row { line, .. } => line,
+                // The partial last record does not parse as the int column it is in.
+                CsvItem::Bad(bad) => bad.line,
+            });
+            seen.push(r.has_buffered_record());
+        }
+        assert_eq!(lines, [2, 3, 5, 6, 8]);
+        // Before k,2 (the sample), before "x..", z"w, "p.., before the partial m,"6.., at the end.
+        assert_eq!(seen, [true, true, true, true, false, false]);
     }
 
     #[test]
