@@ -20,6 +20,7 @@ use anyhow::{Context, bail};
 
 use super::config::TransformConfig;
 use super::error::LoadError;
+use super::exact_json;
 use super::runtime::{RecordOutcome, RuntimeOptions, TransformChain, default_cache_dir};
 use crate::config::OnError;
 use crate::row::{RecordMeta, Row, ValueType};
@@ -700,11 +701,11 @@ pub struct JsonRow {
     members: Vec<(String, Member)>,
 }
 
-/// A member's value as compared: parsed, or its exact text when it is JSON that serde_json's
-/// `Value` cannot hold (`1e400`, nesting deeper than 128, a lone surrogate escape).
+/// A member's value as compared: parsed (integers by every digit), or its exact text when it
+/// nests deeper than [`exact_json`] reads.
 #[derive(Debug, Clone, PartialEq)]
 enum Member {
-    Parsed(serde_json::Value),
+    Parsed(exact_json::Json),
     Text(String),
 }
 
@@ -714,13 +715,12 @@ impl JsonRow {
         let mut members = wire::members(text)?
             .into_iter()
             .map(|(name, raw)| {
-                let value = match serde_json::from_str(raw) {
-                    Ok(v) => Member::Parsed(v),
-                    Err(e) => {
-                        serde_json::from_str::<serde::de::IgnoredAny>(raw)
-                            .map_err(|_| format!("{name:?}: {e}"))?;
-                        Member::Text(raw.to_owned())
-                    }
+                // serde_json checks the syntax (without a nesting limit) and words the error.
+                serde_json::from_str::<serde::de::IgnoredAny>(raw)
+                    .map_err(|e| format!("{name:?}: {e}"))?;
+                let value = match exact_json::parse(raw) {
+                    Some(v) => Member::Parsed(v),
+                    None => Member::Text(raw.to_owned()),
                 };
                 Ok((name.to_string(), value))
             })
@@ -1633,8 +1633,8 @@ mod tests {
         );
     }
 
-    /// JSON that serde_json's `Value` cannot hold is still a row, compared by its text; what is
-    /// not JSON is refused.
+    /// JSON that serde_json's `Value` cannot hold is still a row, compared exactly (integers past
+    /// `u64` by every digit, at any depth); what is not JSON is refused.
     #[test]
     fn rows_hold_any_json() {
         let mut row = Row::default();
@@ -1645,6 +1645,10 @@ mod tests {
         assert_eq!(JsonRow::parse(&printed.text), Ok(printed.clone()));
         assert_ne!(JsonRow::parse(r#"{"o":[1e401],"s":"\ud800"}"#), Ok(printed));
         assert!(JsonRow::parse(r#"{"a":01}"#).is_err());
+        let id = |n: &str| JsonRow::parse(&format!(r#"{{"o":{{"ids":[{n}]}}}}"#)).unwrap();
+        assert_ne!(id("18446744073709551617"), id("18446744073709551616"));
+        assert_ne!(id("18446744073709551616"), id("1.8446744073709552e19"));
+        assert_eq!(id("18446744073709551617"), id(" 18446744073709551617 "));
     }
 
     /// A golden file is checked whole up front, kept out of memory, and read again as the run

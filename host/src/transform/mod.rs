@@ -10,6 +10,7 @@ mod bindings;
 pub mod cli;
 pub mod config;
 mod error;
+mod exact_json;
 pub mod runtime;
 pub mod stats;
 
