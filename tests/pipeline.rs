@@ -134,6 +134,13 @@ fn ten_broken_pipelines_give_ten_precise_messages() {
             "unsupported version 2",
         ),
         (
+            "line break as the delimiter",
+            r#""path": "@DATA@","#,
+            r#""path": "@DATA@", "delimiter": "\n","#,
+            "source.delimiter (line 4",
+            "other than a quote or a line break",
+        ),
+        (
             "missing component",
             r#""uses": "@FILTER@", "with": { "field": "value", "op": "gt""#,
             r#""uses": "nope.wasm", "with": { "field": "value", "op": "gt""#,

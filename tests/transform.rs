@@ -1601,6 +1601,16 @@ fn cli_test_usage_errors_exit_2() {
             "one ASCII character",
         ),
         (
+            &["--with", "value=50", "--delimiter", "\n"],
+            csv,
+            "--delimiter \"\\n\" is not one ASCII character other than a quote or a line break",
+        ),
+        (
+            &["--with", "value=50", "--delimiter", "\""],
+            csv,
+            "other than a quote",
+        ),
+        (
             &["--with", "value=50", "--schema", "value=decimal"],
             csv,
             "unknown type \"decimal\"",

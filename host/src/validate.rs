@@ -51,7 +51,8 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
         bad(
             "source.delimiter",
             format!(
-                "delimiter must be one ASCII character, got {:?}",
+                "delimiter must be {}, got {:?}",
+                crate::source::config::DELIMITER_RULE,
                 src.delimiter
             ),
         );

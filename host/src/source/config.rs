@@ -31,7 +31,7 @@ pub enum SourceConfig {
 pub struct CsvSourceConfig {
     /// Path of the CSV file, relative to the pipeline file's directory.
     pub path: String,
-    /// Field delimiter, a single ASCII character.
+    /// Field delimiter, a single ASCII character other than a quote or a line break.
     #[serde(default = "default_delimiter")]
     pub delimiter: String,
     /// Explicit column types (column name to type). Columns not listed are inferred from the
@@ -91,10 +91,14 @@ pub enum Pacing {
 fn default_delimiter() -> String {
     ",".to_owned()
 }
-/// The byte a `delimiter` setting stands for: one ASCII character, else `None`.
+/// What a delimiter may be, for messages.
+pub const DELIMITER_RULE: &str = "one ASCII character other than a quote or a line break";
+
+/// The byte a `delimiter` setting stands for, else `None` (see [`DELIMITER_RULE`]). A quote or a
+/// line break as the delimiter would make every record one mangled field, or no record at all.
 pub fn delimiter_byte(delimiter: &str) -> Option<u8> {
     match delimiter.as_bytes() {
-        [d] if d.is_ascii() => Some(*d),
+        [d] if d.is_ascii() && !matches!(d, b'"' | b'\n' | b'\r') => Some(*d),
         _ => None,
     }
 }

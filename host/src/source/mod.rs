@@ -198,7 +198,8 @@ pub async fn replay(
     let src = cfg.source;
     let delimiter = config::delimiter_byte(&src.delimiter).ok_or_else(|| {
         SourceError::Config(format!(
-            "delimiter must be one ASCII character, got {:?}",
+            "delimiter must be {}, got {:?}",
+            config::DELIMITER_RULE,
             src.delimiter
         ))
     })?;

@@ -1185,8 +1185,12 @@ fn input_options(
     let defaults = InputOptions::default();
     let delimiter = match delimiter {
         None => defaults.delimiter,
-        Some(d) => crate::source::config::delimiter_byte(&d)
-            .with_context(|| format!("--delimiter {d:?} is not one ASCII character"))?,
+        Some(d) => crate::source::config::delimiter_byte(&d).with_context(|| {
+            format!(
+                "--delimiter {d:?} is not {}",
+                crate::source::config::DELIMITER_RULE
+            )
+        })?,
     };
     let mut types = BTreeMap::new();
     for item in schema {
