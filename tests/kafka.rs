@@ -429,7 +429,7 @@ async fn hostile_corpus_dead_letters_exact_lines() {
         (7, "invalid_utf8"),
         (12, "ragged_row"),
         (13, "parse"),
-        (18, "ragged_row"),
+        (18, "unclosed_quote"),
     ];
     assert_eq!(
         dead_letters(&topic),

@@ -36,6 +36,9 @@ pub enum BadRowKind {
     Parse,
     /// The encoded row is larger than the largest message the broker takes.
     TooLarge,
+    /// A quoted field is still open at the end of the file: the record took in every line after
+    /// it, so they are its payload, not rows.
+    UnclosedQuote,
 }
 
 impl BadRowKind {
@@ -46,6 +49,7 @@ impl BadRowKind {
             BadRowKind::InvalidUtf8 => "invalid_utf8",
             BadRowKind::Parse => "parse",
             BadRowKind::TooLarge => "too_large",
+            BadRowKind::UnclosedQuote => "unclosed_quote",
         }
     }
 }
@@ -102,6 +106,9 @@ pub struct CsvReader {
     record: ByteRecord,
     bytes_read: Arc<AtomicU64>,
     lines: Arc<Mutex<LineIndex>>,
+    /// The position of the last record, when a quoted field in it is still open at the end of
+    /// the file.
+    unclosed: Option<u64>,
 }
 
 impl std::fmt::Debug for CsvReader {
@@ -148,6 +155,8 @@ struct LineIndex {
     delimiter: u8,
     /// Where the last byte seen left the quoting.
     quoting: Quoting,
+    /// Whether the input has ended.
+    eof: bool,
 }
 
 /// Where a byte falls in a CSV field, as the `csv` crate reads it (RFC 4180 quotes, non-strict):
@@ -173,10 +182,12 @@ impl LineIndex {
             offset: 0,
             delimiter,
             quoting: Quoting::Start,
+            eof: false,
         }
     }
 
     fn feed(&mut self, buf: &[u8]) {
+        self.eof |= buf.is_empty();
         for (i, &b) in buf.iter().enumerate() {
             let brk = b == b'\n' || b == b'\r';
             let was = self.quoting;
@@ -236,10 +247,12 @@ struct Lines<R> {
 impl<R: Read> Read for Lines<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         let n = self.inner.read(buf)?;
-        self.index
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .feed(&buf[..n]);
+        if n > 0 || !buf.is_empty() {
+            self.index
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .feed(&buf[..n]);
+        }
         Ok(n)
     }
 }
@@ -350,6 +363,7 @@ impl CsvReader {
             record: ByteRecord::new(),
             bytes_read,
             lines,
+            unclosed: None,
         };
         if let Some(types) = types {
             reader.types = types.to_vec();
@@ -368,17 +382,13 @@ impl CsvReader {
             .all(|c| opts.schema.contains_key(&**c));
         while !typed && reader.sample.len() < opts.infer_rows {
             let mut rec = ByteRecord::new();
-            let line = reader.next_line();
-            if !reader
-                .rdr
-                .read_byte_record(&mut rec)
-                .map_err(|e| read_err(line, e))?
-            {
+            if !reader.read_record(&mut rec)? {
                 break;
             }
             reader.sample.push_back(rec);
         }
-        let inferred = infer(&reader.sample, reader.columns.len());
+        let sample = reader.sample.iter().filter(|rec| !reader.is_unclosed(rec));
+        let inferred = infer(sample, reader.columns.len());
         for (i, name) in reader.columns.iter().enumerate() {
             match opts.schema.get(&**name) {
                 Some(ty) => reader.types[i] = *ty,
@@ -430,28 +440,55 @@ impl CsvReader {
         self.rdr.position().line()
     }
 
+    /// Reads the next record from the file into `rec`; false at the end.
+    fn read_record(&mut self, rec: &mut ByteRecord) -> Result<bool, SourceError> {
+        let line = self.next_line();
+        let got = self
+            .rdr
+            .read_byte_record(rec)
+            .map_err(|source| SourceError::Read {
+                path: self.path.clone(),
+                line,
+                source,
+            })?;
+        // The parser reads past the end only inside the last record, so a quote open there is
+        // open in that record.
+        let lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+        if got && lines.eof && lines.quoting == Quoting::Quoted {
+            self.unclosed = Some(position(rec));
+        }
+        Ok(got)
+    }
+
+    fn is_unclosed(&self, rec: &ByteRecord) -> bool {
+        self.unclosed == Some(position(rec))
+    }
+
     /// The next record, or `None` at the end of the file.
     pub fn next_item(&mut self) -> Result<Option<CsvItem>, SourceError> {
         let rec = match self.sample.pop_front() {
             Some(rec) => rec,
             None => {
-                let line = self.next_line();
-                let got = self
-                    .rdr
-                    .read_byte_record(&mut self.record)
-                    .map_err(|source| SourceError::Read {
-                        path: self.path.clone(),
-                        line,
-                        source,
-                    })?;
-                if !got {
+                let mut rec = std::mem::take(&mut self.record);
+                if !self.read_record(&mut rec)? {
+                    self.record = rec;
                     return Ok(None);
                 }
-                std::mem::take(&mut self.record)
+                rec
             }
         };
-        let line = self.line_of(rec.position().map_or(0, |p| p.byte()));
-        let item = match self.type_record(&rec) {
+        let line = self.line_of(position(&rec));
+        let typed = if self.is_unclosed(&rec) {
+            Err((
+                BadRowKind::UnclosedQuote,
+                "a quoted field is not closed before the end of the file, so this record takes in \
+                 every line after it"
+                    .to_owned(),
+            ))
+        } else {
+            self.type_record(&rec)
+        };
+        let item = match typed {
             Ok(row) => CsvItem::Row { line, row },
             Err((kind, reason)) => CsvItem::Bad(BadRow {
                 line,
@@ -510,6 +547,11 @@ impl CsvReader {
         }
         Ok(row)
     }
+}
+
+/// A record's byte offset in the file (see [`LineIndex`] for what it points at).
+fn position(rec: &ByteRecord) -> u64 {
+    rec.position().map_or(0, |p| p.byte())
 }
 
 fn shorten(s: &str) -> String {
@@ -639,7 +681,7 @@ struct Candidates {
     seen: bool,
 }
 
-fn infer(sample: &VecDeque<ByteRecord>, ncols: usize) -> Vec<ValueType> {
+fn infer<'a>(sample: impl Iterator<Item = &'a ByteRecord>, ncols: usize) -> Vec<ValueType> {
     let mut cands = vec![
         Candidates {
             int: true,
@@ -706,6 +748,45 @@ mod tests {
         }
         assert_eq!(counter.load(Ordering::Relaxed), content.len() as u64);
         (r, items)
+    }
+
+    /// A quote still open at the end of the file makes its record a bad row holding every line
+    /// after it, whatever its field count, and that record takes no part in type inference.
+    #[test]
+    fn an_unclosed_quote_is_a_bad_row() {
+        let bad = |items: &[CsvItem]| -> Vec<(u64, BadRowKind, Vec<u8>)> {
+            items
+                .iter()
+                .filter_map(|i| match i {
+                    CsvItem::Bad(b) => Some((b.line, b.kind, b.payload.clone())),
+                    CsvItem::Row { .. } => None,
+                })
+                .collect()
+        };
+        let (_, items) = read_all(b"id,note\n1,\"oops\n2,fine\n3,fine\n", &opts());
+        assert_eq!(items.len(), 1);
+        let [(line, kind, payload)] = &bad(&items)[..] else {
+            panic!("{items:?}")
+        };
+        assert_eq!((*line, *kind), (2, BadRowKind::UnclosedQuote));
+        assert!(
+            payload.ends_with(b"oops\n2,fine\n3,fine\n\""),
+            "{payload:?}"
+        );
+
+        let (r, items) = read_all(b"a,b,c\n1,2,x\n3,\"4,y\n5,6,z", &opts());
+        assert_eq!(r.types()[..2], [ValueType::Int, ValueType::Int]);
+        assert_eq!(items.len(), 2);
+        assert_eq!(bad(&items)[0].0, 3);
+        assert_eq!(bad(&items)[0].1, BadRowKind::UnclosedQuote);
+
+        // Closed quotes at the very end, with or without an escaped quote, are fine.
+        for end in [&b"\"a\"\"b\""[..], b"\"a\"", b"\"a\nb\"\n"] {
+            let csv = [&b"n,s\n1,"[..], end].concat();
+            let (_, items) = read_all(&csv, &opts());
+            assert!(bad(&items).is_empty(), "{items:?}");
+            assert_eq!(items.len(), 1);
+        }
     }
 
     fn opts() -> CsvOptions {
