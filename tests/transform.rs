@@ -1107,6 +1107,13 @@ fn cli_test_failed_records_fail_expect_unless_expected() {
             "expected 3 failed records, got 2 (first missing: {\"line\":5})",
         ),
         ("{\"line\":3,\"knd\":\"trap\"}\n", 2, "unknown field `knd`"),
+        // serde would read a struct from an array by position; a golden file holds objects.
+        (
+            "[2,3,\"transform:poison_trap\",\"trap\",\"unreachable\"]\n",
+            2,
+            "golden-failures.jsonl:1: not what a golden file holds (one JSON object per line): \
+             invalid type: sequence, expected a map",
+        ),
     ] {
         let golden = write("golden-failures.jsonl", golden);
         let (code, stderr) = run(&[&golden]);
@@ -1172,7 +1179,7 @@ fn cli_test_jsonl_keeps_the_digits_of_big_integers() {
 
 /// `transform test | head`: once its reader closes stdout the output goes nowhere, but the run
 /// goes on, so the counts, the `--expect` verdict and the exit code are those of the whole input,
-/// and no "Broken pipe" error shows.
+/// and no "Broken pipe" error shows. A closed stderr is borne the same way.
 #[test]
 fn cli_test_runs_to_the_end_when_stdout_closes() {
     use std::io::BufRead;
@@ -1220,6 +1227,19 @@ fn cli_test_runs_to_the_end_when_stdout_closes() {
         if code == 1 {
             assert!(stderr.contains("expected 1 rows, got 3000"), "{stderr}");
         }
+
+        // The same with stderr closed from the start (`2>&1 | head -0`): no panic, same code.
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+            .args(args)
+            .args(golden.map(|g| ["--expect", g]).into_iter().flatten())
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(writer)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(code), "{golden:?}, stderr closed");
     }
 }
 
@@ -1593,7 +1613,12 @@ fn cli_test_usage_errors_exit_2() {
         (
             &["--with", "value=50", "--expect", "/no/such/golden.jsonl"],
             input,
-            "/no/such/golden.jsonl",
+            "--expect: cannot open /no/such/golden.jsonl",
+        ),
+        (
+            &["--with", "value=50", "--expect-failures", "-"],
+            "-",
+            "stdin (`-`) can be only one of --input, --expect and --expect-failures",
         ),
         (
             &["--with", "value=50", "--delimiter", ";;"],
@@ -1657,6 +1682,25 @@ fn cli_test_usage_errors_exit_2() {
         ),
         "{stderr}"
     );
+
+    // A golden file that is also where the output goes (`--expect g.jsonl > g.jsonl`) would be
+    // compared with the run's own rows.
+    let same = dir.path().join("same.jsonl");
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(&base[..4])
+        .args(["--input", input, "--with", "field=value", "--with", "op=gt"])
+        .args(["--with", "value=50", "--expect", same.to_str().unwrap()])
+        .stdout(std::fs::File::create(&same).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("same.jsonl is also where this run writes its output rows (stdout)"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&same).unwrap(), b"");
+
     let golden = golden.to_str().unwrap();
     let out = run(&["--with", "value=50", "--expect", golden], input);
     assert_eq!(out.status.code(), Some(1));

@@ -3,6 +3,7 @@
 //! Exit codes: 0 ok, 1 runtime failure (or a gap found by `verify` / `--until-end`), 2 bad
 //! configuration or usage. Errors print their whole chain (`{:#}`), as ripgrep does.
 
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,7 +35,8 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            eprintln!("error: {err:#}");
+            // Not `eprintln!`, which panics when stderr's reader has gone (`2>&1 | head`).
+            let _ = writeln!(std::io::stderr(), "error: {err:#}");
             if err.downcast_ref::<ConfigError>().is_some()
                 || err.downcast_ref::<UsageError>().is_some()
             {

@@ -187,6 +187,17 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect::<Vec<_>>();
             assign_params(&mut configs, &with).map_err(usage)?;
+            let dash = Path::new("-");
+            if [Some(&input), expect.as_ref(), expect_failures.as_ref()]
+                .iter()
+                .filter(|p| p.is_some_and(|p| p == dash))
+                .count()
+                > 1
+            {
+                return Err(usage(anyhow::anyhow!(
+                    "stdin (`-`) can be only one of --input, --expect and --expect-failures"
+                )));
+            }
             let opts = input_options(&input, format, delimiter, &schema, infer_rows, key_column)
                 .map_err(usage)?;
             let records = read_input(&input, &opts).map_err(usage)?;
@@ -201,7 +212,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 batch_size.max(1),
                 golden,
                 &mut UntilClosed(Some(stdout.lock())),
-                &mut stderr.lock(),
+                &mut UntilClosed(Some(stderr.lock())),
             )?;
             if expect.is_none() && expect_failures.is_none() {
                 return Ok(ExitCode::SUCCESS);
@@ -209,28 +220,31 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             let mut matched = true;
             if let (Some(golden), Some(verdict)) = (&expect, &report.rows_verdict) {
                 match verdict {
-                    Ok(n) => eprintln!("ok: {n} rows match {}", golden.display()),
+                    Ok(n) => say(format_args!("ok: {n} rows match {}", golden.display())),
                     Err(msg) => {
-                        eprintln!("mismatch against {}: {msg}", golden.display());
+                        say(format_args!("mismatch against {}: {msg}", golden.display()));
                         matched = false;
                     }
                 }
             }
             match (&expect_failures, &report.failures_verdict) {
                 (Some(golden), Some(verdict)) => match verdict {
-                    Ok(n) => eprintln!("ok: {n} failed records match {}", golden.display()),
+                    Ok(n) => say(format_args!(
+                        "ok: {n} failed records match {}",
+                        golden.display()
+                    )),
                     Err(msg) => {
-                        eprintln!("mismatch against {}: {msg}", golden.display());
+                        say(format_args!("mismatch against {}: {msg}", golden.display()));
                         matched = false;
                     }
                 },
                 _ => {
                     if let Some(first) = &report.first_failure {
-                        eprintln!(
+                        say(format_args!(
                             "mismatch: {} records failed and no --expect-failures file \
                              expects failures; the first: {first}",
                             report.failed
-                        );
+                        ));
                         matched = false;
                     }
                 }
@@ -244,9 +258,14 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Stdout that its reader may close (`| head`): once it has, output goes nowhere and the run
-/// goes on, so the counts and the `--expect` verdict and exit code are still those of the whole
-/// input.
+/// A line on stderr, or nothing once its reader has closed it (`eprintln!` would panic).
+fn say(line: std::fmt::Arguments<'_>) {
+    let _ = writeln!(std::io::stderr(), "{line}");
+}
+
+/// Stdout or stderr that its reader may close (`| head`): once it has, output goes nowhere and
+/// the run goes on, so the counts and the `--expect` verdict and exit code are still those of
+/// the whole input.
 struct UntilClosed<W>(Option<W>);
 
 impl<W: Write> Write for UntilClosed<W> {
@@ -615,8 +634,12 @@ impl Golden {
     /// run rather than after it. They are read again as the run compares with them.
     pub fn read(rows: Option<&Path>, failures: Option<&Path>) -> anyhow::Result<Golden> {
         Ok(Golden {
-            rows: rows.map(GoldenFile::open).transpose()?,
-            failures: failures.map(GoldenFile::open).transpose()?,
+            rows: rows
+                .map(|p| GoldenFile::open(p).context("--expect"))
+                .transpose()?,
+            failures: failures
+                .map(|p| GoldenFile::open(p).context("--expect-failures"))
+                .transpose()?,
         })
     }
 }
@@ -634,11 +657,26 @@ struct GoldenFile<E> {
     held: Option<std::collections::VecDeque<E>>,
     /// The second reading, once started.
     lines: Option<JsonLines>,
+    /// How many items the second reading has handed out: it stops at `count`, so that lines
+    /// written to the file during the run (by a `tee` of the output, say) are not compared.
+    handed: usize,
 }
 
 impl<E: Expected> GoldenFile<E> {
     fn open(path: &Path) -> anyhow::Result<GoldenFile<E>> {
-        let regular = std::fs::metadata(path).is_ok_and(|m| m.is_file());
+        let meta = std::fs::metadata(path).ok();
+        let regular = meta.as_ref().is_some_and(|m| m.is_file());
+        if let Some(stream) = meta
+            .as_ref()
+            .filter(|m| m.is_file())
+            .and_then(output_stream)
+        {
+            bail!(
+                "{} is also where this run writes its {stream}; the run would be compared with \
+                 itself. Write the output elsewhere",
+                path.display()
+            );
+        }
         let mut lines = JsonLines::open(path)?;
         let mut held = std::collections::VecDeque::new();
         let mut count = 0;
@@ -655,6 +693,7 @@ impl<E: Expected> GoldenFile<E> {
             count,
             held: (!regular).then_some(held),
             lines: None,
+            handed: 0,
         })
     }
 
@@ -662,6 +701,9 @@ impl<E: Expected> GoldenFile<E> {
     fn next(&mut self) -> anyhow::Result<Option<E>> {
         if let Some(held) = &mut self.held {
             return Ok(held.pop_front());
+        }
+        if self.handed == self.count {
+            return Ok(None);
         }
         let lines = match &mut self.lines {
             Some(lines) => lines,
@@ -671,9 +713,26 @@ impl<E: Expected> GoldenFile<E> {
             None => Ok(None),
             Some(item) => {
                 let (n, text) = item?;
+                self.handed += 1;
                 E::parse(&self.path, n, &text).map(Some)
             }
         }
+    }
+}
+
+/// Which of this process's output streams, if any, is the file `meta` describes.
+fn output_stream(meta: &std::fs::Metadata) -> Option<&'static str> {
+    use std::os::unix::fs::MetadataExt;
+    let same = |fd: std::os::fd::BorrowedFd<'_>| {
+        rustix::fs::fstat(fd).is_ok_and(|st| st.st_dev == meta.dev() && st.st_ino == meta.ino())
+    };
+    use std::os::fd::AsFd;
+    if same(std::io::stdout().as_fd()) {
+        Some("output rows (stdout)")
+    } else if same(std::io::stderr().as_fd()) {
+        Some("failed records and counts (stderr)")
+    } else {
+        None
     }
 }
 
@@ -685,6 +744,7 @@ impl<E> From<Vec<E>> for GoldenFile<E> {
             count: items.len(),
             held: Some(items.into()),
             lines: None,
+            handed: 0,
         }
     }
 }
@@ -799,12 +859,15 @@ impl Expected for ExpectedFailure {
     const NAMES: (&str, &str) = ("failed record", "failed records");
 
     fn parse(path: &Path, line: u64, text: &str) -> anyhow::Result<ExpectedFailure> {
-        serde_json::from_str(text).with_context(|| {
-            format!(
-                "{}:{line}: not what a golden file holds (one JSON object per line)",
-                path.display()
-            )
-        })
+        // Through a map first: serde would also take a struct from a JSON array, by position.
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
+            .and_then(|object| serde::Deserialize::deserialize(serde_json::Value::Object(object)))
+            .with_context(|| {
+                format!(
+                    "{}:{line}: not what a golden file holds (one JSON object per line)",
+                    path.display()
+                )
+            })
     }
 
     fn show(&self) -> String {
@@ -1670,6 +1733,20 @@ mod tests {
             check.verdict(),
             Err("expected 2 rows, got 1 (first missing: {\"a\":2})".to_owned())
         );
+
+        // Lines added after the check (a `tee` of the output into the golden file) are not
+        // compared: the run must match what the file held when it started.
+        let golden = GoldenFile::<JsonRow>::open(&path).unwrap();
+        let mut check = Check::new(golden);
+        std::fs::write(&path, "{\"a\":1}\n\n{\"a\":2}\n{\"a\":3}\n").unwrap();
+        for a in 1..=3 {
+            check.see(&JsonRow::parse(&format!("{{\"a\":{a}}}")).unwrap());
+        }
+        assert_eq!(
+            check.verdict(),
+            Err("expected 2 rows, got 3 (first extra: {\"a\":3})".to_owned())
+        );
+
         std::fs::write(&path, "{\"a\":1}\n\nnot json\n").unwrap();
         let err = GoldenFile::<JsonRow>::open(&path).unwrap_err();
         assert!(
