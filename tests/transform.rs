@@ -365,7 +365,8 @@ fn chain_passes_rows_from_filter_to_enrich() {
 
 /// A record flat-mapped into several rows fails as a whole when one of its rows fails further
 /// down, and the counters agree with what went on: each transform's rows out are the next one's
-/// rows in, and the last one's are the rows that came out (the run's reconciliation checks both).
+/// rows in, and the last one's are the rows that came out (the run's reconciliation checks both);
+/// the good rows thrown away with the failed record are counted as discarded.
 #[test]
 fn a_flat_mapped_record_failing_downstream_leaves_consistent_counts() {
     let mut cast = config(guests::ENRICH, &[("cast", "tag:int")]);
@@ -403,6 +404,9 @@ fn a_flat_mapped_record_failing_downstream_leaves_consistent_counts() {
         4,
         "the failed record's two good rows are gone"
     );
+    // ... and counted: 7 in = 4 out + 1 failed + 2 discarded with their record.
+    assert_eq!(load(&stats[1].rows_discarded), 2);
+    assert_eq!(load(&stats[0].rows_discarded), 0);
     assert_eq!(load(&stats[2].rows_in), 4);
     assert_eq!(load(&stats[2].rows_out), 4);
 }

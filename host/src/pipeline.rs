@@ -179,18 +179,26 @@ pub struct TransformPart {
     pub rows_out: u64,
     /// Rows filtered out or dropped by policy.
     pub rows_dropped: u64,
-    /// Records that failed (quarantined or dropped by policy).
+    /// Rows that failed (their records quarantined or dropped by policy).
     pub rows_failed: u64,
+    /// Rows it emitted that were thrown away with their record, which failed on another row.
+    #[serde(default)]
+    pub rows_discarded: u64,
 }
 
 impl std::fmt::Display for TransformPart {
-    /// The summary's line for it: `filter: 3000 in, 884 out, 2116 dropped, 0 failed`.
+    /// The summary's line for it: `filter: 3000 in, 884 out, 2116 dropped, 0 failed`, and
+    /// `, N discarded with their record` when there were such rows.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
             "{}: {} in, {} out, {} dropped, {} failed",
             self.name, self.rows_in, self.rows_out, self.rows_dropped, self.rows_failed
-        )
+        )?;
+        if self.rows_discarded > 0 {
+            write!(f, ", {} discarded with their record", self.rows_discarded)?;
+        }
+        Ok(())
     }
 }
 
@@ -517,6 +525,7 @@ pub(crate) fn transform_parts(stats: &[(String, Arc<TransformStats>)]) -> Vec<Tr
             rows_out: s.rows_out.load(Ordering::Relaxed),
             rows_dropped: s.rows_dropped.load(Ordering::Relaxed),
             rows_failed: s.rows_failed.load(Ordering::Relaxed),
+            rows_discarded: s.rows_discarded.load(Ordering::Relaxed),
         })
         .collect()
 }
@@ -1045,9 +1054,15 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
             );
             e.counter(
                 "sluice_transform_rows_failed_total",
-                "Records the transform failed.",
+                "Rows the transform failed.",
                 &l,
                 t.rows_failed.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_transform_rows_discarded_total",
+                "Rows the transform emitted, thrown away with their record, which failed.",
+                &l,
+                t.rows_discarded.load(Ordering::Relaxed),
             );
             e.counter(
                 "sluice_transform_instance_restarts_total",

@@ -1001,7 +1001,13 @@ fn run_chain(
         }
         batch = if any_failed {
             // A record fails as a whole: drop rows it already emitted from other inputs.
-            next.retain(|o| !failed.contains_key(&(o as usize)))
+            let emitted = next.origins.len();
+            let kept = next.retain(|o| !failed.contains_key(&(o as usize)));
+            TransformStats::add(
+                &t.stats.rows_discarded,
+                (emitted - kept.origins.len()) as u64,
+            );
+            kept
         } else {
             next
         };

@@ -19,6 +19,9 @@ pub struct TransformStats {
     pub rows_dropped: AtomicU64,
     /// Input rows that failed (guest error, trap, timeout, memory, fuel, protocol, output limit).
     pub rows_failed: AtomicU64,
+    /// Rows the transform emitted that were thrown away because their record failed on another
+    /// of its rows (one a flat-map upstream split it into): a record fails as a whole.
+    pub rows_discarded: AtomicU64,
     /// Times an instance was thrown away and rebuilt after a trap or limit.
     pub instance_restarts: AtomicU64,
     /// Fuel consumed by the guest, when the transform sets `fuel`.
