@@ -275,6 +275,15 @@ fn run_until_end_loads_every_row_exactly_once_and_verifies() {
     let state = dir.path().join("state");
     let csv = dir.path().join("rows.csv");
     let expected = write_csv(&csv, 400);
+    // One row past the largest message: a `too_large` dead letter, which verify must count as a
+    // bad row of the file as the source did.
+    let mut big = std::fs::OpenOptions::new().append(true).open(&csv).unwrap();
+    std::io::Write::write_all(
+        &mut big,
+        format!("401,\"{}\",60.5\n", "x".repeat(1_100_000)).as_bytes(),
+    )
+    .unwrap();
+    drop(big);
     let topic = sluice_tests::broker::unique("e2e");
     let pipeline = serde_json::json!({
         "version": 1,
@@ -317,16 +326,16 @@ fn run_until_end_loads_every_row_exactly_once_and_verifies() {
     assert_eq!(out.status.code(), Some(0), "run failed:\n{stderr}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
-    assert_eq!(summary["replay"]["rows_read"], 402, "{summary:#}");
+    assert_eq!(summary["replay"]["rows_read"], 403, "{summary:#}");
     assert_eq!(summary["replay"]["rows_produced"], 400);
-    assert_eq!(summary["replay"]["rows_dead_lettered"], 2);
+    assert_eq!(summary["replay"]["rows_dead_lettered"], 3);
     assert_eq!(summary["consume"]["rows_loaded"], expected as u64);
     assert_eq!(
         summary["consume"]["transforms"][0]["rows_out"],
         expected as u64
     );
 
-    // The two ragged rows are in the dead-letter topic with their line numbers.
+    // The two ragged rows and the large one are in the dead-letter topic with their lines.
     let letters: Vec<serde_json::Value> = sluice_tests::broker::read_topic(&format!("{topic}.dlq"))
         .iter()
         .map(|m| m.json())
@@ -336,7 +345,7 @@ fn run_until_end_loads_every_row_exactly_once_and_verifies() {
         .map(|l| l["line"].as_i64().unwrap())
         .collect();
     lines.sort();
-    assert_eq!(lines, vec![12, 23], "{letters:#?}");
+    assert_eq!(lines, vec![12, 23, 404], "{letters:#?}");
 
     // Read the table back with an independent client.
     let db = state.join("snowflake").to_string_lossy().into_owned();

@@ -1196,7 +1196,8 @@ pub async fn verify(
         let path = loaded.resolve(&csv.path);
         let (good, bad) = tokio::task::spawn_blocking({
             let (path, csv) = (path.clone(), csv.clone());
-            move || count_csv(&path, &csv)
+            let max_bytes = crate::source::producer::max_message_bytes(&cfg.kafka);
+            move || count_csv(&path, &csv, max_bytes)
         })
         .await??;
         let loops = u64::from(csv.loop_count.max(1));
@@ -1360,6 +1361,7 @@ pub async fn verify(
 fn count_csv(
     path: &Path,
     csv: &crate::source::config::CsvSourceConfig,
+    max_bytes: usize,
 ) -> anyhow::Result<(u64, u64)> {
     use crate::source::csv::{CsvItem, CsvOptions, CsvReader};
     let delimiter = *csv.delimiter.as_bytes().first().unwrap_or(&b',');
@@ -1367,12 +1369,19 @@ fn count_csv(
         delimiter,
         schema: csv.schema.clone(),
         infer_rows: csv.infer_rows.max(1),
+        max_record_bytes: max_bytes,
     };
     let mut reader = CsvReader::open(path, &opts, Arc::new(AtomicU64::new(0)), None)?;
     let (mut good, mut bad) = (0, 0);
     while let Some(item) = reader.next_item()? {
         match item {
-            CsvItem::Row { .. } => good += 1,
+            // As the source does: a row too large for one message is a bad row too.
+            CsvItem::Row { line, row } => {
+                match crate::source::encode_message(line, &row, max_bytes) {
+                    Ok(_) => good += 1,
+                    Err(_) => bad += 1,
+                }
+            }
             CsvItem::Bad(_) => bad += 1,
         }
     }

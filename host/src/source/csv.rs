@@ -91,6 +91,10 @@ pub struct CsvOptions {
     pub schema: std::collections::BTreeMap<String, ValueType>,
     /// How many records inference samples.
     pub infer_rows: usize,
+    /// The largest message the records become (`usize::MAX`: no limit). A record whose fields
+    /// alone are larger is a `too_large` bad row, and takes no part in type inference: one
+    /// oversized record must not change a column's type for all the others.
+    pub max_record_bytes: usize,
 }
 
 /// A streaming reader over one CSV file.
@@ -109,6 +113,8 @@ pub struct CsvReader {
     /// The position of the last record, when a quoted field in it is still open at the end of
     /// the file.
     unclosed: Option<u64>,
+    /// [`CsvOptions::max_record_bytes`].
+    max_record_bytes: usize,
 }
 
 impl std::fmt::Debug for CsvReader {
@@ -364,6 +370,7 @@ impl CsvReader {
             bytes_read,
             lines,
             unclosed: None,
+            max_record_bytes: opts.max_record_bytes,
         };
         if let Some(types) = types {
             reader.types = types.to_vec();
@@ -387,7 +394,9 @@ impl CsvReader {
             }
             reader.sample.push_back(rec);
         }
-        let sample = reader.sample.iter().filter(|rec| !reader.is_unclosed(rec));
+        let sample = reader.sample.iter().filter(|rec| {
+            !reader.is_unclosed(rec) && rec.as_slice().len() <= reader.max_record_bytes
+        });
         let inferred = infer(sample, reader.columns.len());
         for (i, name) in reader.columns.iter().enumerate() {
             match opts.schema.get(&**name) {
@@ -484,6 +493,16 @@ impl CsvReader {
                 "a quoted field is not closed before the end of the file, so this record takes in \
                  every line after it"
                     .to_owned(),
+            ))
+        } else if rec.as_slice().len() > self.max_record_bytes {
+            Err((
+                BadRowKind::TooLarge,
+                format!(
+                    "the record's fields are {} bytes; the largest message is {} bytes \
+                     (kafka.properties.\"message.max.bytes\")",
+                    rec.as_slice().len(),
+                    self.max_record_bytes
+                ),
             ))
         } else {
             self.type_record(&rec)
@@ -789,11 +808,31 @@ mod tests {
         }
     }
 
+    /// A record that will be `too_large` takes no part in inference, so it does not turn a
+    /// column of ints into text for every other row.
+    #[test]
+    fn an_oversized_record_does_not_change_the_inferred_types() {
+        let csv = format!("a,b\n1,2\n2,{}\n3,4\n", "y".repeat(2000));
+        let limited = CsvOptions {
+            max_record_bytes: 1000,
+            ..opts()
+        };
+        let (r, items) = read_all(csv.as_bytes(), &limited);
+        assert_eq!(r.types(), [ValueType::Int, ValueType::Int]);
+        assert!(
+            matches!(&items[2], CsvItem::Row { row, .. } if row.get("b") == Some(&Value::Int(4)))
+        );
+        assert!(matches!(&items[1], CsvItem::Bad(b) if b.kind == BadRowKind::TooLarge));
+        let (r, _) = read_all(csv.as_bytes(), &opts());
+        assert_eq!(r.types(), [ValueType::Int, ValueType::String]);
+    }
+
     fn opts() -> CsvOptions {
         CsvOptions {
             delimiter: b',',
             schema: Default::default(),
             infer_rows: 100,
+            max_record_bytes: usize::MAX,
         }
     }
 

@@ -218,6 +218,7 @@ pub async fn replay(
         delimiter,
         schema: src.schema.clone(),
         infer_rows: src.infer_rows.max(1),
+        max_record_bytes: producer::max_message_bytes(cfg.kafka),
     };
 
     let size = std::fs::metadata(&path)

@@ -1462,6 +1462,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
             delimiter: opts.delimiter,
             schema: opts.schema.clone(),
             infer_rows: opts.infer_rows.max(1),
+            max_record_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         };
         let reader = CsvReader::from_reader(path, input, &csv, Arc::default(), None)?;
         if let Some(k) = &opts.key_column
