@@ -238,16 +238,29 @@ fn as_f64(v: &Value) -> Option<f64> {
     }
 }
 
+/// A value as the guest SDK's `Value::to_text` writes it: timestamps as they print, floats as
+/// JSON writes them past 1e21 and below 1e-6.
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::Null => String::new(),
+        Value::Bool(b) => b.to_string(),
+        Value::Int(i) => i.to_string(),
+        Value::Timestamp(us) => sluice::row::format_timestamp(*us),
+        Value::Float(f) if f.is_finite() && *f != 0.0 && !(1e-6..1e21).contains(&f.abs()) => {
+            format!("{f:e}")
+        }
+        Value::Float(f) => f.to_string(),
+        Value::String(s) | Value::Json(s) => s.clone(),
+    }
+}
+
 /// `mask` with `field=note` and `salt=pepper` (see `transforms/mask`).
 fn mask(mut row: Row) -> Result<Row, String> {
     let at = position(&row, "note").ok_or_else(|| missing("note"))?;
     let v = &mut row.fields[at].value;
     let text = match &*v {
         Value::Null => return Ok(row),
-        Value::Bool(b) => b.to_string(),
-        Value::Int(i) | Value::Timestamp(i) => i.to_string(),
-        Value::Float(f) => f.to_string(),
-        Value::String(s) | Value::Json(s) => s.clone(),
+        v => text_of(v),
     };
     *v = Value::String(hex::encode(Sha256::digest(format!("pepper{text}"))));
     Ok(row)
@@ -262,6 +275,7 @@ fn filter(row: &Row, op: &str, want: &str) -> Result<bool, String> {
         Value::String(s) | Value::Json(s) if op == "contains" => return Ok(s.contains(want)),
         Value::String(s) | Value::Json(s) => s.as_str().cmp(want),
         Value::Bool(b) => b.cmp(&want.trim().parse().map_err(|_| invalid("value"))?),
+        Value::Timestamp(t) if let Some(want) = sluice::row::parse_timestamp(want) => t.cmp(&want),
         _ => {
             let want: f64 = want.trim().parse().map_err(|_| invalid("value"))?;
             match as_f64(v).unwrap().partial_cmp(&want) {
@@ -291,10 +305,7 @@ fn enrich(mut row: Row) -> Result<Row, String> {
         let v = &mut row.fields[at].value;
         *v = match (to_bool, &*v) {
             (_, Value::Null) => Value::Null,
-            (false, Value::Bool(b)) => Value::String(b.to_string()),
-            (false, Value::Int(i) | Value::Timestamp(i)) => Value::String(i.to_string()),
-            (false, Value::Float(f)) => Value::String(f.to_string()),
-            (false, Value::String(s) | Value::Json(s)) => Value::String(s.clone()),
+            (false, v) => Value::String(text_of(v)),
             (true, Value::Bool(b)) => Value::Bool(*b),
             (true, Value::Int(i)) => Value::Bool(*i != 0),
             (true, Value::String(s)) => match s.trim().to_ascii_lowercase().as_str() {
@@ -490,7 +501,16 @@ fn random_records_pass_through_unchanged() {
 /// 13, so batches are also re-run one record at a time on fresh instances.
 fn check_chain(order: [&'static str; 5], into: &'static str) {
     let ops = ["gt", "ge", "lt", "le", "eq", "ne", "contains"];
-    let wants = ["50", "0", "-0.5", "50", "u", "true", "abc"];
+    let wants = [
+        "50",
+        "0",
+        "-0.5",
+        "50",
+        "u",
+        "true",
+        "abc",
+        "2000-01-01T00:00:00.5",
+    ];
     let mut checked = [0usize; 3];
     let mut traps = 0;
     let mut guest_failures = 0;

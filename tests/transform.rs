@@ -261,6 +261,90 @@ fn enrich_renames_casts_uppercases_and_computes() {
     assert_eq!(quarantined(&bad[0]).reason, "missing field `name`");
 }
 
+/// Casts do not saturate or truncate silently: a float becomes the nearest int (half away from
+/// zero, as Snowflake's `CAST`), one past the int range fails; timestamps and large floats cast
+/// to text as they print; `compute` reads a number with an exponent as one operand.
+#[test]
+fn enrich_casts_exactly_and_computes_with_exponents() {
+    let ts = 1_704_164_645_500_000; // 2024-01-02T03:04:05.5
+    let input = row(&[
+        ("a", Value::Float(2.5)),
+        ("b", Value::Float(-2.5)),
+        ("c", Value::Float(2.7)),
+        ("t", Value::Bool(true)),
+        ("at", Value::Timestamp(ts)),
+        ("big", Value::Float(1e308)),
+    ]);
+    let c = chain(&[config(
+        guests::ENRICH,
+        &[
+            ("cast", "a:int,b:int,c:int,t:float,at:string,big:string"),
+            ("compute", "z=2e-1*c"),
+        ],
+    )]);
+    let out = c.process_blocking(vec![(meta(0), input.clone())]).unwrap();
+    assert_eq!(
+        emitted(&out[0]),
+        [row(&[
+            ("a", Value::Int(3)),
+            ("b", Value::Int(-3)),
+            ("c", Value::Int(3)),
+            ("t", Value::Float(1.0)),
+            ("at", Value::String("2024-01-02T03:04:05.500000".into())),
+            ("big", Value::String("1e308".into())),
+            ("z", Value::Float(0.6000000000000001)),
+        ])]
+    );
+    let c = chain(&[config(guests::ENRICH, &[("cast", "big:int")])]);
+    let out = c.process_blocking(vec![(meta(0), input)]).unwrap();
+    let q = quarantined(&out[0]);
+    assert_eq!(q.kind, FailureKind::Guest);
+    assert!(
+        q.reason
+            .contains("invalid value in field `big`: cannot cast float \"1e308\""),
+        "{}",
+        q.reason
+    );
+}
+
+/// A timestamp field compares with a timestamp `value` (any form the CSV source reads), or else
+/// with a number of microseconds.
+#[test]
+fn filter_compares_timestamps_with_timestamp_text() {
+    let at = |us: i64| row(&[("at", Value::Timestamp(us))]);
+    let day = 86_400_000_000;
+    let rows = [day - 1, day, day + 1].map(at);
+    let kept = |value: &str, op: &str| -> Vec<Row> {
+        let c = chain(&[config(
+            guests::FILTER,
+            &[("field", "at"), ("op", op), ("value", value)],
+        )]);
+        let input = rows
+            .iter()
+            .cloned()
+            .enumerate()
+            .map(|(i, r)| (meta(i as i64), r));
+        let out = c.process_blocking(input.collect()).unwrap();
+        out.iter().flat_map(|o| emitted(o).to_vec()).collect()
+    };
+    assert_eq!(kept("1970-01-02", "ge"), rows[1..]);
+    assert_eq!(kept("1970-01-02T00:00:00Z", "lt"), rows[..1]);
+    assert_eq!(kept("1970-01-02 01:00:00+01:00", "eq"), rows[1..2]);
+    assert_eq!(kept(&day.to_string(), "gt"), rows[2..]);
+    let c = chain(&[config(
+        guests::FILTER,
+        &[("field", "at"), ("op", "gt"), ("value", "tomorrow")],
+    )]);
+    let out = c.process_blocking(vec![(meta(0), at(day))]).unwrap();
+    assert!(
+        quarantined(&out[0])
+            .reason
+            .contains("is neither a timestamp"),
+        "{}",
+        quarantined(&out[0]).reason
+    );
+}
+
 #[test]
 fn explode_emits_one_row_per_piece() {
     let c = chain(&[config(

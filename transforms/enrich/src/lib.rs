@@ -2,10 +2,12 @@
 //! they apply in this order:
 //!
 //! - `rename`: `old:new[,old:new...]` renames fields;
-//! - `cast`: `field:type[,...]` converts values to `int`, `float`, `string` or `bool`;
+//! - `cast`: `field:type[,...]` converts values to `int`, `float`, `string` or `bool` (a float
+//!   becomes an int rounded half away from zero, as Snowflake's `CAST` does; one past the int
+//!   range, infinite or NaN fails; bools are 1 and 0 as numbers);
 //! - `uppercase`: `field[,field...]` uppercases string fields;
 //! - `compute`: `name=a OP b` appends (or replaces) field `name` computed from two operands,
-//!   each a field name or a number, with `OP` one of `+ - * /` (int when both sides are ints
+//!   each a field name or a number (`2`, `-1.5`, `2e-1`), with `OP` one of `+ - * /` (int when both sides are ints
 //!   and `OP` is not `/`, float otherwise; null when an operand is null).
 //!
 //! A row lacking a named field fails with `missing-field`; an impossible cast with `invalid-value`.
@@ -85,11 +87,28 @@ fn parse_compute(spec: &str) -> Result<Compute, Error> {
     };
     let (name, expr) = spec.split_once('=').ok_or_else(|| bad("missing `=`"))?;
     let expr = expr.trim();
-    // Skip the first character so that a leading minus sign is part of the left operand.
+    // Skip the first character so that a leading minus sign is part of the left operand, and
+    // the sign of a number's exponent (`2e-1`).
+    let exponent_sign = |i: usize| {
+        let Some(mantissa) = expr[..i].strip_suffix(['e', 'E']) else {
+            return false;
+        };
+        let mantissa = mantissa.trim();
+        // Digits, not `inf`: a field may be named `infe`.
+        mantissa.bytes().any(|b| b.is_ascii_digit())
+            && mantissa
+                .bytes()
+                .all(|b| b.is_ascii_digit() || b"+-.".contains(&b))
+            && mantissa.parse::<f64>().is_ok()
+    };
     let at = expr
         .char_indices()
         .skip(1)
-        .find(|(_, c)| matches!(c, '+' | '-' | '*' | '/'))
+        .find(|&(i, c)| match c {
+            '*' | '/' => true,
+            '+' | '-' => !exponent_sign(i),
+            _ => false,
+        })
         .map(|(i, _)| i)
         .ok_or_else(|| bad("no operator"))?;
     let (left, right) = (expr[..at].trim(), expr[at + 1..].trim());
@@ -192,7 +211,13 @@ fn cast(field: &str, v: Value, ty: Type) -> Result<Value, Error> {
         (_, Value::Null) => Value::Null,
         (Type::String, v) => Value::String(v.to_text()),
         (Type::Int, Value::Int(i)) => Value::Int(i),
-        (Type::Int, Value::Float(f)) if f.is_finite() => Value::Int(f as i64),
+        // `as` would saturate (1e308 becoming i64::MAX) and truncate (2.7 becoming 2).
+        (Type::Int, Value::Float(f)) => match f.round() {
+            r if (-9.223_372_036_854_776e18..9.223_372_036_854_776e18).contains(&r) => {
+                Value::Int(r as i64)
+            }
+            _ => return Err(fail(&Value::Float(f))),
+        },
         (Type::Int, Value::Bool(b)) => Value::Int(i64::from(b)),
         (Type::Int, Value::String(s)) => match s.trim().parse() {
             Ok(i) => Value::Int(i),
@@ -200,6 +225,7 @@ fn cast(field: &str, v: Value, ty: Type) -> Result<Value, Error> {
         },
         (Type::Float, Value::Int(i)) => Value::Float(i as f64),
         (Type::Float, Value::Float(f)) => Value::Float(f),
+        (Type::Float, Value::Bool(b)) => Value::Float(f64::from(u8::from(b))),
         (Type::Float, Value::String(s)) => match s.trim().parse() {
             Ok(f) => Value::Float(f),
             Err(_) => return Err(fail(&Value::String(s))),

@@ -1,8 +1,10 @@
 //! `filter`: keeps the rows whose field compares true to a value.
 //!
 //! Params: `field` (the column), `op` (`eq`, `ne`, `gt`, `ge`, `lt`, `le`, `contains`, or
-//! `==`, `!=`, `>`, `>=`, `<`, `<=`) and `value`. Numbers (int, float, timestamp) compare
-//! numerically with `value` parsed as a number; strings compare as text; bools with `true`/`false`.
+//! `==`, `!=`, `>`, `>=`, `<`, `<=`) and `value`. Numbers (int, float) compare numerically with
+//! `value` parsed as a number; timestamps with `value` parsed as a timestamp (`2024-01-02`,
+//! `2024-01-02T03:04:05.5Z`, ...; see [`sluice_guest::parse_timestamp`]) or else as a number of
+//! microseconds since the epoch; strings compare as text; bools with `true`/`false`.
 //! A null field never matches (except with `ne`). A row without the field fails with
 //! `missing-field`.
 
@@ -29,6 +31,7 @@ pub struct Filter {
     text: String,
     number: Option<f64>,
     boolean: Option<bool>,
+    timestamp: Option<i64>,
 }
 
 impl Transform for Filter {
@@ -57,6 +60,7 @@ impl Transform for Filter {
             op,
             number: text.trim().parse().ok(),
             boolean: text.trim().parse().ok(),
+            timestamp: sluice_guest::parse_timestamp(&text),
             text,
         })
     }
@@ -75,6 +79,17 @@ impl Filter {
                 return Ok(s.contains(&self.text));
             }
             Value::String(s) | Value::Json(s) => s.as_str().cmp(self.text.as_str()),
+            Value::Timestamp(t) if let Some(want) = self.timestamp => t.cmp(&want),
+            Value::Timestamp(_) if self.number.is_none() => {
+                return Err(Error::invalid_value(
+                    &self.field,
+                    format!(
+                        "is a timestamp but value {:?} is neither a timestamp (2024-01-02T03:04:05) \
+                         nor a number",
+                        self.text
+                    ),
+                ));
+            }
             Value::Int(_) | Value::Float(_) | Value::Timestamp(_) => {
                 let Some(want) = self.number else {
                     return Err(Error::invalid_value(

@@ -463,11 +463,66 @@ impl Value {
         match self {
             Value::Null => String::new(),
             Value::Bool(b) => b.to_string(),
-            Value::Int(i) | Value::Timestamp(i) => i.to_string(),
+            Value::Int(i) => i.to_string(),
+            Value::Timestamp(us) => format_timestamp(*us),
+            // As JSON and Snowflake write them: `1e308`, not 309 digits.
+            Value::Float(f) if f.is_finite() && *f != 0.0 && !(1e-6..1e21).contains(&f.abs()) => {
+                format!("{f:e}")
+            }
             Value::Float(f) => f.to_string(),
             Value::String(s) | Value::Json(s) => s.clone(),
         }
     }
+}
+
+/// A timestamp as text, as `sluice transform test` prints it: `2024-01-02T03:04:05`, with six
+/// fractional digits only when there is a fraction (`...05.656000`). UTC, no zone written.
+pub fn format_timestamp(micros: i64) -> String {
+    match chrono::DateTime::from_timestamp_micros(micros) {
+        Some(dt) if micros.rem_euclid(1_000_000) == 0 => dt.format("%Y-%m-%dT%H:%M:%S").to_string(),
+        Some(dt) => dt.format("%Y-%m-%dT%H:%M:%S%.6f").to_string(),
+        None => micros.to_string(),
+    }
+}
+
+/// Microseconds since the Unix epoch (UTC) of an ISO-8601 timestamp, in the forms the CSV source
+/// types as `timestamp`: a date alone (`2024-01-02`, midnight), or a date and a time with `T` or
+/// a space between, optional seconds and fraction, and an optional `Z` or `+hh:mm` offset
+/// (converted to UTC). `None` for anything else.
+///
+/// ```
+/// use sluice_guest::parse_timestamp;
+/// assert_eq!(parse_timestamp("1970-01-02"), Some(86_400_000_000));
+/// assert_eq!(parse_timestamp("1970-01-01 00:00:01.5+01:00"), Some(-3_598_500_000));
+/// assert_eq!(parse_timestamp("yesterday"), None);
+/// ```
+pub fn parse_timestamp(s: &str) -> Option<i64> {
+    use chrono::{DateTime, NaiveDate, NaiveDateTime};
+    let s = s.trim();
+    let b = s.as_bytes();
+    if b.len() < 10 || !b[0].is_ascii_digit() || b[4] != b'-' || b[7] != b'-' {
+        return None;
+    }
+    if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
+        return Some(dt.timestamp_micros());
+    }
+    for fmt in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
+            return Some(dt.and_utc().timestamp_micros());
+        }
+    }
+    if let Ok(dt) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%:z") {
+        return Some(dt.timestamp_micros());
+    }
+    NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|dt| dt.and_utc().timestamp_micros())
 }
 
 /// The `with` params of the transform, as given in pipeline.json or `--with k=v`.
