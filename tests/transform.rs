@@ -777,6 +777,54 @@ fn many_rows_timing_out_alone_fail_the_batch() {
     }
 }
 
+/// In `transform test`, a chain failure (not a record's) names the batch's records and the flag
+/// that sets the limit, after the rows before it have printed and after the counts; a JSON Lines
+/// input is known by its extension in any case and may start with a byte-order mark.
+#[test]
+fn cli_test_names_the_batch_a_chain_failure_stopped_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::from("\u{feff}{\"id\":1}\n");
+    for _ in 0..12 {
+        text.push_str("{\"id\":13}\n");
+    }
+    std::fs::write(dir.path().join("in.JSONL"), text).unwrap();
+    let run = |batch: &str| {
+        let args = ["transform", "test", "--component", guests::POISON_LOOP];
+        let more = [
+            "--input",
+            "in.JSONL",
+            "--timeout-ms",
+            "20",
+            "--batch-size",
+            batch,
+        ];
+        sluice_tests::cli::sluice(dir.path(), &[&args[..], &more].concat())
+    };
+    let out = run("1024");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("transform  poison_loop: 13 in,"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "error: running records 1 to 13 (lines 1 to 13); --timeout-ms sets the limit here: \
+             transform poison_loop: 9 rows of one batch each exceeded the time limit of 20 ms"
+        ),
+        "{stderr}"
+    );
+    // One record a batch: the first row is out before the others time out, one by one.
+    let out = run("1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"id\":1}\n");
+    assert!(
+        stderr.contains("poison_loop: 13 in, 1 out, 0 dropped, 12 failed"),
+        "{stderr}"
+    );
+}
+
 /// At the default cap (64 MiB), which the failure names.
 #[test]
 fn poison_memory_bomb_hits_the_cap_and_only_that_record_is_quarantined() {
@@ -1648,6 +1696,11 @@ fn cli_test_usage_errors_exit_2() {
     };
     for (extra, input, says) in [
         (&["--with", "value"][..], input, "is not KEY=VALUE"),
+        (
+            &["--with", "=50"][..],
+            input,
+            "--with \"=50\" is not KEY=VALUE",
+        ),
         (
             &["--with", "value=50", "--with", "value=5"],
             input,

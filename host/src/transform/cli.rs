@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::config::TransformConfig;
-use super::error::LoadError;
+use super::error::{LoadError, TransformError};
 use super::exact_json;
 use super::runtime::{RecordOutcome, RuntimeOptions, TransformChain, default_cache_dir};
 use crate::config::OnError;
@@ -527,6 +527,7 @@ fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Re
     for item in with {
         let (key, value) = item
             .split_once('=')
+            .filter(|(key, _)| !key.trim().is_empty())
             .with_context(|| format!("--with {item:?} is not KEY=VALUE"))?;
         let (i, k) = match key.split_once('.') {
             Some((scope, k)) => match scope_of(&names, scope) {
@@ -926,6 +927,8 @@ pub fn test(
     let batch_size = batch_size.max(1);
     let mut number = 0usize;
     let mut unreadable = None;
+    // A failure of the chain itself (not of a record): the run stops, after the counts.
+    let mut fatal = None;
     loop {
         // Kept beside the batch because failures are reported by record number and line.
         let mut origins = Vec::new();
@@ -958,9 +961,23 @@ pub fn test(
             }
             break;
         }
+        let span = match (origins.first(), origins.last()) {
+            (Some((a, la)), Some((b, lb))) => format!("records {a} to {b} (lines {la} to {lb})"),
+            _ => String::new(),
+        };
         let outcomes = match batch.is_empty() {
             true => Vec::new(),
-            false => chain.process_blocking(batch)?,
+            false => match chain.process_blocking(batch) {
+                Ok(outcomes) => outcomes,
+                Err(e) => {
+                    let hint = match e {
+                        TransformError::TooSlow { .. } => "; --timeout-ms sets the limit here",
+                        _ => "",
+                    };
+                    fatal = Some(anyhow::Error::new(e).context(format!("running {span}{hint}")));
+                    break;
+                }
+            },
         };
         for ((n, line), outcome) in origins.into_iter().zip(outcomes) {
             let n = n as u64;
@@ -981,7 +998,7 @@ pub fn test(
                         q.transform,
                         q.kind,
                         q.reason,
-                        row_text(&q.row)
+                        clip(row_text(&q.row))
                     );
                     let f = Failure {
                         record: n,
@@ -1042,7 +1059,11 @@ pub fn test(
         }
         writeln!(err)?;
     }
-    // After the counts, so that what ran before the input went bad is accounted for.
+    // After the counts, so that what ran before the input or the chain went bad is accounted
+    // for.
+    if let Some(e) = fatal {
+        return Err(e);
+    }
     if let Some(e) = unreadable {
         return Err(usage(e));
     }
@@ -1053,6 +1074,25 @@ pub fn test(
         rows_verdict: rows_check.map(Check::verdict),
         failures_verdict: failures_check.map(Check::verdict),
     })
+}
+
+/// The longest failed row a failure line shows whole: a row of 20,000 columns would otherwise
+/// bury the other failures (the dead letter in `sluice run` keeps it whole).
+const MAX_SHOWN_ROW: usize = 4096;
+
+/// `text`, cut at [`MAX_SHOWN_ROW`] bytes with a note of its length.
+fn clip(mut text: String) -> String {
+    if text.len() <= MAX_SHOWN_ROW {
+        return text;
+    }
+    let len = text.len();
+    let mut end = MAX_SHOWN_ROW;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    text.push_str(&format!("... ({len} bytes in all)"));
+    text
 }
 
 /// A row as `transform test` prints it: the JSON text of its Kafka message value. Every member
@@ -1535,8 +1575,11 @@ impl Framer {
 /// JSON Lines too: read as CSV, its rows would silently vanish, while a pretty-printed document
 /// fails on its first line with a parse error naming the file and line.
 fn is_jsonl(path: &Path) -> bool {
-    path.extension()
-        .is_some_and(|e| e == "jsonl" || e == "ndjson" || e == "json")
+    path.extension().is_some_and(|e| {
+        ["jsonl", "ndjson", "json"]
+            .iter()
+            .any(|j| e.eq_ignore_ascii_case(j))
+    })
 }
 
 /// The rows of a JSON Lines file, one JSON object per non-blank line, read as they are needed.
@@ -1584,6 +1627,10 @@ impl JsonLines {
                     let e = anyhow::Error::new(e).context(at);
                     return Some(Err(e));
                 }
+            }
+            if self.line == 1 && text.starts_with('\u{feff}') {
+                // A byte-order mark, as some editors write at the start of a UTF-8 file.
+                text.drain(..'\u{feff}'.len_utf8());
             }
             if !text.trim().is_empty() {
                 let end = text.trim_end_matches(['\n', '\r']).len();
