@@ -825,6 +825,26 @@ fn cli_test_names_the_batch_a_chain_failure_stopped_at() {
     );
 }
 
+/// A CSV value that does not parse as its inferred type is a bad row whose reason names the
+/// flag that overrides the type here, not pipeline.json's key.
+#[test]
+fn cli_test_bad_rows_name_the_schema_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.csv"), "n,v\n1,2\n2,x\n").unwrap();
+    let args = ["transform", "test", "--component", guests::PASSTHROUGH];
+    let more = ["--input", "in.csv", "--infer-rows", "1"];
+    let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], &more].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "record 2 (line 3): bad row (parse): field \"v\": \"x\" is not a valid int (type \
+             inferred from the first rows; give --schema COLUMN=TYPE to override)"
+        ),
+        "{stderr}"
+    );
+}
+
 /// At the default cap (64 MiB), which the failure names.
 #[test]
 fn poison_memory_bomb_hits_the_cap_and_only_that_record_is_quarantined() {

@@ -54,6 +54,10 @@ impl BadRowKind {
     }
 }
 
+/// How a parse error's reason tells the user to fix an inferred type, in pipeline.json's terms
+/// (`transform test` words it with its own flag).
+pub const SCHEMA_HINT: &str = " (type inferred from the first rows; set source.schema to override)";
+
 /// A rejected CSV record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BadRow {
@@ -545,11 +549,7 @@ impl CsvReader {
                 )
             })?;
             let value = parse_value(text, self.types[i]).ok_or_else(|| {
-                let how = if self.inferred[i] {
-                    " (type inferred from the first rows; set source.schema to override)"
-                } else {
-                    ""
-                };
+                let how = if self.inferred[i] { SCHEMA_HINT } else { "" };
                 (
                     BadRowKind::Parse,
                     format!(

@@ -1026,8 +1026,12 @@ pub fn test(
                 }
             }
         }
-        if let Some((n, b)) = bad_after {
+        if let Some((n, mut b)) = bad_after {
             bad += 1;
+            b.reason = b.reason.replace(
+                crate::source::csv::SCHEMA_HINT,
+                " (type inferred from the first rows; give --schema COLUMN=TYPE to override)",
+            );
             let show = format!("bad row ({}): {}", b.kind.as_str(), b.reason);
             let f = Failure {
                 record: n as u64,
