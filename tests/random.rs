@@ -238,8 +238,8 @@ fn as_f64(v: &Value) -> Option<f64> {
     }
 }
 
-/// A value as the guest SDK's `Value::to_text` writes it: timestamps as they print, floats as
-/// JSON writes them past 1e21 and below 1e-6.
+/// A value as the guest SDK's `Value::to_text` writes it: timestamps as they print, floats with
+/// an exponent past 1e21 and below 1e-6.
 fn text_of(v: &Value) -> String {
     match v {
         Value::Null => String::new(),
@@ -258,8 +258,11 @@ fn text_of(v: &Value) -> String {
 fn mask(mut row: Row) -> Result<Row, String> {
     let at = position(&row, "note").ok_or_else(|| missing("note"))?;
     let v = &mut row.fields[at].value;
+    // The hash keeps the text of the first version for timestamps and floats (see the guest).
     let text = match &*v {
         Value::Null => return Ok(row),
+        Value::Timestamp(us) => us.to_string(),
+        Value::Float(f) => f.to_string(),
         v => text_of(v),
     };
     *v = Value::String(hex::encode(Sha256::digest(format!("pepper{text}"))));

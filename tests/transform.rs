@@ -794,7 +794,7 @@ fn cli_test_names_the_batch_a_chain_failure_stopped_at() {
             "--input",
             "in.JSONL",
             "--timeout-ms",
-            "20",
+            "100",
             "--batch-size",
             batch,
         ];
@@ -810,7 +810,7 @@ fn cli_test_names_the_batch_a_chain_failure_stopped_at() {
     assert!(
         stderr.contains(
             "error: running records 1 to 13 (lines 1 to 13); --timeout-ms sets the limit here: \
-             transform poison_loop: 9 rows of one batch each exceeded the time limit of 20 ms"
+             transform poison_loop: 9 rows of one batch each exceeded the time limit of 100 ms"
         ),
         "{stderr}"
     );
@@ -1268,7 +1268,12 @@ fn cli_test_failed_records_fail_expect_unless_expected() {
             "[2,3,\"transform:poison_trap\",\"trap\",\"unreachable\"]\n",
             2,
             "golden-failures.jsonl:1: not what a golden file holds (one JSON object per line): \
-             invalid type: sequence, expected a map",
+             it is not a JSON object",
+        ),
+        (
+            "{\"kind\":\"trap\",\"kind\":\"parse\"}\n",
+            2,
+            "duplicate field `kind`",
         ),
     ] {
         let golden = write("golden-failures.jsonl", golden);
@@ -1720,6 +1725,11 @@ fn cli_test_usage_errors_exit_2() {
             &["--with", "=50"][..],
             input,
             "--with \"=50\" is not KEY=VALUE",
+        ),
+        (
+            &["--with", "value=50", "--with", "filter.=5"],
+            input,
+            "--with \"filter.=5\" is not NAME.KEY=VALUE: the key is empty",
         ),
         (
             &["--with", "value=50", "--with", "value=5"],

@@ -96,8 +96,10 @@ pub struct CsvOptions {
     /// How many records inference samples.
     pub infer_rows: usize,
     /// The largest message the records become (`usize::MAX`: no limit). A record whose fields
-    /// alone are larger is a `too_large` bad row, and takes no part in type inference: one
-    /// oversized record must not change a column's type for all the others.
+    /// alone are larger is a `too_large` bad row, and takes no part in type inference, so that
+    /// it does not change a column's type for all the others. (A record under the limit may
+    /// still encode past it, JSON escapes being longer than the bytes they stand for; the source
+    /// finds that one when it encodes the row, after inference.)
     pub max_record_bytes: usize,
 }
 
@@ -349,6 +351,15 @@ impl CsvReader {
                 path: path.to_path_buf(),
                 reason: "the file is empty".into(),
             });
+        }
+        {
+            let index = lines.lock().unwrap_or_else(|e| e.into_inner());
+            if index.eof && index.quoting == Quoting::Quoted {
+                return Err(SourceError::Header {
+                    path: path.to_path_buf(),
+                    reason: "a quoted name is not closed before the end of the file".into(),
+                });
+            }
         }
         let columns = header_names(&header).map_err(|reason| SourceError::Header {
             path: path.to_path_buf(),
@@ -798,6 +809,19 @@ mod tests {
         assert_eq!(items.len(), 2);
         assert_eq!(bad(&items)[0].0, 3);
         assert_eq!(bad(&items)[0].1, BadRowKind::UnclosedQuote);
+        // With as many fields as the header, it would count in inference but for its quote.
+        let (r, _) = read_all(b"a,b\n1,2\n3,\"x", &opts());
+        assert_eq!(r.types(), [ValueType::Int, ValueType::Int]);
+
+        // In the header, it is an error about the header.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.csv");
+        std::fs::write(&path, "id,\"name\n1,a\n").unwrap();
+        let err = CsvReader::open(&path, &opts(), Arc::default(), None).unwrap_err();
+        assert!(
+            err.to_string().contains("a quoted name is not closed"),
+            "{err}"
+        );
 
         // Closed quotes at the very end, with or without an escaped quote, are fine.
         for end in [&b"\"a\"\"b\""[..], b"\"a\"", b"\"a\nb\"\n"] {
@@ -869,8 +893,9 @@ mod tests {
         while let Some(item) = r.next_item().unwrap() {
             lines.push(match item {
                 CsvItem::Row { line, .. } => line,
-                // The partial last record does not parse as the int column it is in.
-                CsvItem::Bad(bad) => bad.line,
+                // The partial last record: its quote never closes.
+                CsvItem::Bad(bad) if bad.kind == BadRowKind::UnclosedQuote => bad.line,
+                CsvItem::Bad(bad) => panic!("{bad:?}"),
             });
             seen.push(r.has_buffered_record());
         }

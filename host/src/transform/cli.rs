@@ -530,6 +530,7 @@ fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Re
             .filter(|(key, _)| !key.trim().is_empty())
             .with_context(|| format!("--with {item:?} is not KEY=VALUE"))?;
         let (i, k) = match key.split_once('.') {
+            Some((_, "")) => bail!("--with {item:?} is not NAME.KEY=VALUE: the key is empty"),
             Some((scope, k)) => match scope_of(&names, scope) {
                 Scope::One(i) => (i, k),
                 Scope::Unknown if scope.parse::<usize>().is_ok() => bail!(
@@ -659,8 +660,11 @@ struct GoldenFile<E> {
     /// The second reading, once started.
     lines: Option<JsonLines>,
     /// How many items the second reading has handed out: it stops at `count`, so that lines
-    /// written to the file during the run (by a `tee` of the output, say) are not compared.
+    /// appended to the file during the run (by a `tee -a` of the output, say) are not compared.
     handed: usize,
+    /// Length and modification time at the first reading: the second one refuses a file that
+    /// was rewritten since (`| tee golden.jsonl` truncates it and writes the run's own rows).
+    stamp: Option<(u64, Option<std::time::SystemTime>)>,
 }
 
 impl<E: Expected> GoldenFile<E> {
@@ -695,6 +699,7 @@ impl<E: Expected> GoldenFile<E> {
             held: (!regular).then_some(held),
             lines: None,
             handed: 0,
+            stamp: meta.filter(|m| m.is_file()).map(|m| stamp(&m)),
         })
     }
 
@@ -708,7 +713,13 @@ impl<E: Expected> GoldenFile<E> {
         }
         let lines = match &mut self.lines {
             Some(lines) => lines,
-            None => self.lines.insert(JsonLines::open(&self.path)?),
+            None => {
+                let now = std::fs::metadata(&self.path).map(|m| stamp(&m)).ok();
+                if now != self.stamp {
+                    bail!("it was written to since the run started")
+                }
+                self.lines.insert(JsonLines::open(&self.path)?)
+            }
         };
         match lines.next_line() {
             None => Ok(None),
@@ -719,6 +730,11 @@ impl<E: Expected> GoldenFile<E> {
             }
         }
     }
+}
+
+/// What tells a rewritten file from the one first read.
+fn stamp(meta: &std::fs::Metadata) -> (u64, Option<std::time::SystemTime>) {
+    (meta.len(), meta.modified().ok())
 }
 
 /// Which of this process's output streams, if any, is the file `meta` describes.
@@ -746,6 +762,7 @@ impl<E> From<Vec<E>> for GoldenFile<E> {
             held: Some(items.into()),
             lines: None,
             handed: 0,
+            stamp: None,
         }
     }
 }
@@ -860,15 +877,17 @@ impl Expected for ExpectedFailure {
     const NAMES: (&str, &str) = ("failed record", "failed records");
 
     fn parse(path: &Path, line: u64, text: &str) -> anyhow::Result<ExpectedFailure> {
-        // Through a map first: serde would also take a struct from a JSON array, by position.
-        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(text)
-            .and_then(|object| serde::Deserialize::deserialize(serde_json::Value::Object(object)))
-            .with_context(|| {
-                format!(
-                    "{}:{line}: not what a golden file holds (one JSON object per line)",
-                    path.display()
-                )
-            })
+        // serde would also take the struct from a JSON array, by position.
+        let parsed = match text.trim_start().starts_with('{') {
+            true => serde_json::from_str(text).map_err(anyhow::Error::from),
+            false => Err(anyhow::anyhow!("it is not a JSON object")),
+        };
+        parsed.with_context(|| {
+            format!(
+                "{}:{line}: not what a golden file holds (one JSON object per line)",
+                path.display()
+            )
+        })
     }
 
     fn show(&self) -> String {
@@ -975,7 +994,7 @@ pub fn test(
                         _ => "",
                     };
                     fatal = Some(anyhow::Error::new(e).context(format!("running {span}{hint}")));
-                    break;
+                    Vec::new()
                 }
             },
         };
@@ -1042,7 +1061,7 @@ pub fn test(
             };
             fail(f, err, &show)?;
         }
-        if ended || unreadable.is_some() {
+        if ended || unreadable.is_some() || fatal.is_some() {
             break;
         }
     }
@@ -1786,8 +1805,8 @@ mod tests {
             Err("expected 2 rows, got 1 (first missing: {\"a\":2})".to_owned())
         );
 
-        // Lines added after the check (a `tee` of the output into the golden file) are not
-        // compared: the run must match what the file held when it started.
+        // A file written to after the check (`| tee golden.jsonl`) is not compared: the run
+        // must match what the file held when it started.
         let golden = GoldenFile::<JsonRow>::open(&path).unwrap();
         let mut check = Check::new(golden);
         std::fs::write(&path, "{\"a\":1}\n\n{\"a\":2}\n{\"a\":3}\n").unwrap();
@@ -1796,7 +1815,23 @@ mod tests {
         }
         assert_eq!(
             check.verdict(),
-            Err("expected 2 rows, got 3 (first extra: {\"a\":3})".to_owned())
+            Err("the golden file changed: it was written to since the run started".to_owned())
+        );
+        // Lines appended during the second reading are not read.
+        let golden = GoldenFile::<JsonRow>::open(&path).unwrap();
+        let mut check = Check::new(golden);
+        check.see(&JsonRow::parse("{\"a\":1}").unwrap());
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        std::io::Write::write_all(&mut file, b"{\"a\":4}\n").unwrap();
+        for a in 2..=4 {
+            check.see(&JsonRow::parse(&format!("{{\"a\":{a}}}")).unwrap());
+        }
+        assert_eq!(
+            check.verdict(),
+            Err("expected 3 rows, got 4 (first extra: {\"a\":4})".to_owned())
         );
 
         std::fs::write(&path, "{\"a\":1}\n\nnot json\n").unwrap();

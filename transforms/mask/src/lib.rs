@@ -40,7 +40,15 @@ impl Transform for Mask {
             if *v != Value::Null {
                 let mut hash = Sha256::new();
                 hash.update(self.salt.as_bytes());
-                hash.update(v.to_text().as_bytes());
+                // A timestamp's microseconds and a float as Rust writes it, as since the first
+                // version, not `to_text` (which now writes `2024-01-02T03:04:05`, `1e308`): a
+                // hash that changed between versions would no longer join with older output.
+                let text = match &*v {
+                    Value::Timestamp(us) => us.to_string(),
+                    Value::Float(f) => f.to_string(),
+                    v => v.to_text(),
+                };
+                hash.update(text.as_bytes());
                 *v = Value::String(hex::encode(hash.finalize()));
             }
         }

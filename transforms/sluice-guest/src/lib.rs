@@ -465,7 +465,8 @@ impl Value {
             Value::Bool(b) => b.to_string(),
             Value::Int(i) => i.to_string(),
             Value::Timestamp(us) => format_timestamp(*us),
-            // As JSON and Snowflake write them: `1e308`, not 309 digits.
+            // With an exponent past 1e21 and below 1e-6, as JavaScript writes numbers (but
+            // `1e308`, not `1e+308`), rather than in hundreds of digits.
             Value::Float(f) if f.is_finite() && *f != 0.0 && !(1e-6..1e21).contains(&f.abs()) => {
                 format!("{f:e}")
             }
