@@ -8,7 +8,9 @@
 /// A JSON value as compared.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Json {
+    /// `null`.
     Null,
+    /// `true` or `false`.
     Bool(bool),
     /// An integer: whether it is negative, and its digits (`-0` is `0`).
     Int(bool, String),
@@ -16,9 +18,11 @@ pub(crate) enum Json {
     Float(f64),
     /// A number with a fraction or an exponent past `f64`'s range (`1e400`), by its text.
     Huge(String),
+    /// A string, unescaped.
     String(String),
     /// A string holding a lone surrogate escape, which Rust's `String` cannot: its JSON text.
     Unpaired(String),
+    /// An array, in order.
     Array(Vec<Json>),
     /// Members sorted by name, stably, so duplicate names keep their order and count.
     Object(Vec<(String, Json)>),
