@@ -219,6 +219,26 @@ fn committed_schema_is_current() {
     );
 }
 
+/// Output into a pipe whose reader has gone (`sluice schema | true`) is dropped, not a panic
+/// (exit 101); the command keeps its own exit code, for errors on stderr too.
+#[test]
+fn closed_output_pipes_are_not_a_panic() {
+    let run = |args: &[&str], stdout: bool| {
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let mut cmd = std::process::Command::new(sluice_tests::cli::sluice_bin());
+        cmd.args(args).stdin(std::process::Stdio::null());
+        if stdout {
+            cmd.stdout(writer).stderr(std::process::Stdio::null());
+        } else {
+            cmd.stdout(std::process::Stdio::null()).stderr(writer);
+        }
+        cmd.status().unwrap().code()
+    };
+    assert_eq!(run(&["schema"], true), Some(0));
+    assert_eq!(run(&["validate", "/no/such/pipeline.json"], false), Some(2));
+}
+
 /// The demo pipeline passes every offline check, components included: its transforms' params
 /// are accepted by their `init`. Its `uses` paths point at `sluice transform build` output, which
 /// a clean clone lacks, so this checks a copy that uses the same guests as built for the tests.

@@ -4,6 +4,25 @@
 //!
 //! One module per pipeline stage; [`pipeline`] wires them together with bounded channels.
 
+/// `println!` that does not panic when stdout's reader has gone (`sluice schema | head -1`): the
+/// line goes nowhere and the command goes on to its own exit code.
+#[macro_export]
+macro_rules! outln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `eprintln!` that does not panic when stderr's reader has gone (`2>&1 | head -1`).
+#[macro_export]
+macro_rules! errln {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod broker;
 pub mod config;
 pub mod consume;

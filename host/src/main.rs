@@ -3,7 +3,6 @@
 //! Exit codes: 0 ok, 1 runtime failure (or a gap found by `verify` / `--until-end`), 2 bad
 //! configuration or usage. Errors print their whole chain (`{:#}`), as ripgrep does.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,8 +34,7 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            // Not `eprintln!`, which panics when stderr's reader has gone (`2>&1 | head`).
-            let _ = writeln!(std::io::stderr(), "error: {err:#}");
+            sluice::errln!("error: {err:#}");
             if err.downcast_ref::<ConfigError>().is_some()
                 || err.downcast_ref::<UsageError>().is_some()
             {
@@ -207,11 +205,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             if !issues.is_empty() {
                 return Err(loaded.invalid(issues).into());
             }
-            println!("{}: ok", pipeline.display());
+            sluice::outln!("{}: ok", pipeline.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {
-            println!("{}", serde_json::to_string_pretty(&config::json_schema())?);
+            sluice::outln!("{}", serde_json::to_string_pretty(&config::json_schema())?);
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {

@@ -1187,7 +1187,7 @@ pub async fn verify(
         summary.ok,
     );
     for p in &summary.problems {
-        eprintln!("  reported problem: {p}");
+        crate::errln!("  reported problem: {p}");
     }
 
     // 1. The CSV file itself, read again from disk.
@@ -1339,14 +1339,16 @@ pub async fn verify(
     drop(services);
 
     let ok = checks.iter().all(|(_, ok)| *ok);
-    println!(
+    crate::outln!(
         "sluice verify {} (run {}, {})",
-        cfg.name, summary.run_id, summary.started_at
+        cfg.name,
+        summary.run_id,
+        summary.started_at
     );
     for (what, good) in &checks {
-        println!("  [{}] {what}", if *good { " ok " } else { "FAIL" });
+        crate::outln!("  [{}] {what}", if *good { " ok " } else { "FAIL" });
     }
-    println!(
+    crate::outln!(
         "{}",
         if ok {
             "verify: ok, every row accounted for"

@@ -140,11 +140,11 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TransformCommand::New { name, dir } => {
             let crate_dir = scaffold(&name, &dir)?;
-            println!("created {}", crate_dir.display());
+            crate::outln!("created {}", crate_dir.display());
             if dir == Path::new(DEFAULT_DIR) {
-                println!("next: sluice transform build {name}");
+                crate::outln!("next: sluice transform build {name}");
             } else {
-                println!(
+                crate::outln!(
                     "next: sluice transform build {name} --dir {}",
                     dir.display()
                 );
@@ -153,7 +153,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
         }
         TransformCommand::Build { name, dir } => {
             for path in build(name.as_deref(), &dir)? {
-                println!("{}", path.display());
+                crate::outln!("{}", path.display());
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -220,31 +220,28 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             let mut matched = true;
             if let (Some(golden), Some(verdict)) = (&expect, &report.rows_verdict) {
                 match verdict {
-                    Ok(n) => say(format_args!("ok: {n} rows match {}", golden.display())),
+                    Ok(n) => crate::errln!("ok: {n} rows match {}", golden.display()),
                     Err(msg) => {
-                        say(format_args!("mismatch against {}: {msg}", golden.display()));
+                        crate::errln!("mismatch against {}: {msg}", golden.display());
                         matched = false;
                     }
                 }
             }
             match (&expect_failures, &report.failures_verdict) {
                 (Some(golden), Some(verdict)) => match verdict {
-                    Ok(n) => say(format_args!(
-                        "ok: {n} failed records match {}",
-                        golden.display()
-                    )),
+                    Ok(n) => crate::errln!("ok: {n} failed records match {}", golden.display()),
                     Err(msg) => {
-                        say(format_args!("mismatch against {}: {msg}", golden.display()));
+                        crate::errln!("mismatch against {}: {msg}", golden.display());
                         matched = false;
                     }
                 },
                 _ => {
                     if let Some(first) = &report.first_failure {
-                        say(format_args!(
+                        crate::errln!(
                             "mismatch: {} records failed and no --expect-failures file \
                              expects failures; the first: {first}",
                             report.failed
-                        ));
+                        );
                         matched = false;
                     }
                 }
@@ -256,11 +253,6 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             })
         }
     }
-}
-
-/// A line on stderr, or nothing once its reader has closed it (`eprintln!` would panic).
-fn say(line: std::fmt::Arguments<'_>) {
-    let _ = writeln!(std::io::stderr(), "{line}");
 }
 
 /// Stdout or stderr that its reader may close (`| head`): once it has, output goes nowhere and
