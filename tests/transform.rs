@@ -814,6 +814,26 @@ fn cli_test_names_the_batch_a_chain_failure_stopped_at() {
         ),
         "{stderr}"
     );
+    // A bad CSV record that ends the failing batch is still reported, and counted.
+    let mut csv = String::from("id\n1\n");
+    csv.push_str(&"13\n".repeat(12));
+    csv.push_str("1,2\n");
+    std::fs::write(dir.path().join("in.csv"), csv).unwrap();
+    let args = ["transform", "test", "--component", guests::POISON_LOOP];
+    let more = ["--input", "in.csv", "--timeout-ms", "100"];
+    let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], &more].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("record 14 (line 15): bad row (ragged_row)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("source  1 bad records"), "{stderr}");
+    assert!(
+        stderr.contains("error: running records 1 to 13 (lines 2 to 14)"),
+        "{stderr}"
+    );
+
     // One record a batch: the first row is out before the others time out, one by one.
     let out = run("1");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -823,6 +843,25 @@ fn cli_test_names_the_batch_a_chain_failure_stopped_at() {
         stderr.contains("poison_loop: 13 in, 1 out, 0 dropped, 12 failed"),
         "{stderr}"
     );
+}
+
+/// `--expect -` reads stdin, even beside a file named `-` in the working directory.
+#[test]
+fn cli_test_expect_dash_is_stdin() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "{\"a\":1}\n").unwrap();
+    std::fs::write(dir.path().join("-"), "{\"a\":2}\n").unwrap();
+    std::fs::write(dir.path().join("golden.jsonl"), "{\"a\":1}\n").unwrap();
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(["transform", "test", "--component", guests::PASSTHROUGH])
+        .args(["--input", "in.jsonl", "--expect", "-"])
+        .current_dir(dir.path())
+        .stdin(std::fs::File::open(dir.path().join("golden.jsonl")).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("ok: 1 rows match -"), "{stderr}");
 }
 
 /// A CSV value that does not parse as its inferred type is a bad row whose reason names the

@@ -90,7 +90,10 @@ pub fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // Its own report of a failed write is an `eprintln!`, which panics when stderr's reader
+        // has gone (`2>&1 | head`): a log line that cannot be written is dropped instead.
+        .log_internal_errors(false);
     let _ = match format {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -883,7 +886,8 @@ fn print_summary(s: &RunSummary) {
             out.push_str(&format!("  problem: {p}\n"));
         }
     }
-    eprint!("{out}");
+    // Not `eprint!`: the summary files are written after this, even when stderr is gone.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), out.as_bytes());
 }
 
 /// The live progress line: rows read, produced, transformed, loaded, rows/s and consumer lag.
