@@ -1190,46 +1190,70 @@ fn cli_test_discards_guest_stdio_unless_asked() {
     }
 }
 
+/// A mismatch names the output row, its line in the golden file and the input record that made
+/// it, so that an author can find all three.
 #[test]
 fn cli_test_expect_detects_a_mismatch() {
-    use sluice::transform::cli::{TransformCommand, run_command};
     let dir = tempfile::tempdir().unwrap();
-    let input = dir.path().join("in.jsonl");
-    std::fs::write(
-        &input,
-        "{\"id\":1,\"name\":\"ada\"}\n{\"id\":2,\"name\":\"bob\"}\n",
-    )
-    .unwrap();
-    let good = dir.path().join("good.jsonl");
-    std::fs::write(
-        &good,
-        "{\"id\":1,\"name\":\"ADA\"}\n{\"id\":2,\"name\":\"BOB\"}\n",
-    )
-    .unwrap();
-    let bad = dir.path().join("bad.jsonl");
-    std::fs::write(&bad, "{\"id\":1,\"name\":\"ADA\"}\n").unwrap();
-    let run = |expect: &std::path::Path| {
-        run_command(TransformCommand::Test {
-            components: vec![guests::ENRICH.into()],
-            input: input.clone(),
-            format: None,
-            delimiter: None,
-            schema: Vec::new(),
-            infer_rows: None,
-            key_column: None,
-            with: vec!["uppercase=name".into()],
-            expect: Some(expect.to_path_buf()),
-            expect_failures: None,
-            batch_size: 1024,
-            timeout_ms: None,
-            memory_mb: None,
-            fuel: None,
-            debug_stdio: false,
-        })
-        .unwrap()
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
     };
-    assert_eq!(run(&good), std::process::ExitCode::SUCCESS);
-    assert_eq!(run(&bad), std::process::ExitCode::from(1));
+    let input = write(
+        "in.jsonl",
+        "{\"id\":1,\"name\":\"ada\"}\n\n{\"id\":2,\"name\":\"bob\"}\n",
+    );
+    let good = write(
+        "good.jsonl",
+        "{\"id\":1,\"name\":\"ADA\"}\n{\"id\":2,\"name\":\"BOB\"}\n",
+    );
+    // A blank line first, so that the golden line is not the row number.
+    let bad = write(
+        "bad.jsonl",
+        "\n{\"id\":1,\"name\":\"ADA\"}\n{\"id\":2,\"name\":\"Bob\"}\n",
+    );
+    let short = write("short.jsonl", "{\"id\":1,\"name\":\"ADA\"}\n");
+    let run = |expect: &str| {
+        let args = [
+            "transform",
+            "test",
+            "--component",
+            guests::ENRICH,
+            "--input",
+            &input,
+            "--with",
+            "uppercase=name",
+            "--expect",
+            expect,
+        ];
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run(&good);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("ok: 2 rows match"), "{stderr}");
+    let (code, stderr) = run(&bad);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "row 2 (golden line 3; from record 2, input line 3): expected \
+             {\"id\":2,\"name\":\"Bob\"}, got {\"id\":2,\"name\":\"BOB\"}"
+        ),
+        "{stderr}"
+    );
+    let (code, stderr) = run(&short);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "expected 1 rows, got 2 (first extra: {\"id\":2,\"name\":\"BOB\"}; from record 2, \
+             input line 3)"
+        ),
+        "{stderr}"
+    );
 }
 
 /// Under `--expect`, a record that fails fails the test even when the rows match (a trap in a
@@ -1284,12 +1308,12 @@ fn cli_test_failed_records_fail_expect_unless_expected() {
         (
             "{\"line\":3,\"kind\":\"timeout\"}\n{\"line\":4}\n",
             1,
-            "failed record 1: expected {\"line\":3,\"kind\":\"timeout\"}, got record 2 (line 3)",
+            "failed record 1 (golden line 1): expected {\"line\":3,\"kind\":\"timeout\"}, got record 2 (line 3)",
         ),
         (
             "{\"reason\":\"unreachable\"}\n{\"stage\":\"transform:x\"}\n",
             1,
-            "failed record 2: expected {\"stage\":\"transform:x\"}, got record 3 (line 4), stage source, kind ragged_row",
+            "failed record 2 (golden line 2): expected {\"stage\":\"transform:x\"}, got record 3 (line 4), stage source, kind ragged_row",
         ),
         (
             "{\"line\":3}\n",
@@ -1299,7 +1323,7 @@ fn cli_test_failed_records_fail_expect_unless_expected() {
         (
             "{\"line\":3}\n{\"line\":4}\n{\"line\":5}\n",
             1,
-            "expected 3 failed records, got 2 (first missing: {\"line\":5})",
+            "expected 3 failed records, got 2 (first missing, golden line 3: {\"line\":5})",
         ),
         ("{\"line\":3,\"knd\":\"trap\"}\n", 2, "unknown field `knd`"),
         // serde would read a struct from an array by position; a golden file holds objects.

@@ -649,8 +649,8 @@ struct GoldenFile<E> {
     path: PathBuf,
     /// How many items it has.
     count: usize,
-    /// The items not yet handed out, when held in memory.
-    held: Option<std::collections::VecDeque<E>>,
+    /// The items not yet handed out and their lines, when held in memory.
+    held: Option<std::collections::VecDeque<(u64, E)>>,
     /// The second reading, once started.
     lines: Option<JsonLines>,
     /// How many items the second reading has handed out: it stops at `count`, so that lines
@@ -691,7 +691,7 @@ impl<E: Expected> GoldenFile<E> {
             std::hash::Hash::hash(&(n, &text), &mut checked);
             let e = E::parse(path, n, &text)?;
             if !regular {
-                held.push_back(e);
+                held.push_back((n, e));
             }
             count += 1;
         }
@@ -706,8 +706,8 @@ impl<E: Expected> GoldenFile<E> {
         })
     }
 
-    /// The next item; an error if the file changed since it was checked.
-    fn next(&mut self) -> anyhow::Result<Option<E>> {
+    /// The next item and its line; an error if the file changed since it was checked.
+    fn next(&mut self) -> anyhow::Result<Option<(u64, E)>> {
         if let Some(held) = &mut self.held {
             return Ok(held.pop_front());
         }
@@ -729,7 +729,7 @@ impl<E: Expected> GoldenFile<E> {
                 {
                     bail!("it was written to since the run started");
                 }
-                E::parse(&self.path, n, &text).map(Some)
+                E::parse(&self.path, n, &text).map(|e| Some((n, e)))
             }
         }
     }
@@ -757,7 +757,7 @@ impl<E> From<Vec<E>> for GoldenFile<E> {
         GoldenFile {
             path: PathBuf::new(),
             count: items.len(),
-            held: Some(items.into()),
+            held: Some((1..).zip(items).collect()),
             lines: None,
             handed: 0,
             checked: 0,
@@ -937,7 +937,7 @@ pub fn test(
         writeln!(err, "record {n} (line {line}): {show}")?;
         failed += 1;
         if let Some(check) = &mut failures_check {
-            check.see(&f);
+            check.see(&f, String::new);
         }
         first_failure.get_or_insert(f);
         Ok(())
@@ -1006,7 +1006,8 @@ pub fn test(
                         writeln!(out, "{text}")?;
                         rows += 1;
                         if let Some(check) = &mut rows_check {
-                            check.see(&JsonRow::parse(&text).map_err(anyhow::Error::msg)?);
+                            let actual = JsonRow::parse(&text).map_err(anyhow::Error::msg)?;
+                            check.see(&actual, || format!("; from record {n}, input line {line}"));
                         }
                     }
                 }
@@ -1189,18 +1190,21 @@ impl<E: Expected> Check<E> {
         }
     }
 
-    /// Compares the run's next item.
-    fn see(&mut self, actual: &E::Actual) {
+    /// Compares the run's next item. `from` says where it came from, when the item does not say
+    /// it itself (an output row: the input record that made it); it is called only for a
+    /// difference.
+    fn see(&mut self, actual: &E::Actual, from: impl FnOnce() -> String) {
         if self.first.is_none() {
             self.first = match self.expected.next() {
-                Ok(Some(e)) if !e.matches(actual) => Some(Difference::Pair(format!(
-                    "{} {}: expected {}, got {actual}",
+                Ok(Some((line, e))) if !e.matches(actual) => Some(Difference::Pair(format!(
+                    "{} {} (golden line {line}{}): expected {}, got {actual}",
                     E::NAMES.0,
                     self.seen + 1,
+                    from(),
                     e.show()
                 ))),
                 Ok(Some(_)) => None,
-                Ok(None) => Some(Difference::Extra(actual.to_string())),
+                Ok(None) => Some(Difference::Extra(format!("{actual}{}", from()))),
                 Err(e) => Some(Difference::Unreadable(format!("{e:#}"))),
             };
         }
@@ -1219,8 +1223,8 @@ impl<E: Expected> Check<E> {
             Some(Difference::Unreadable(why)) => Err(format!("the golden file changed: {why}")),
             // The run saw `m` items, so the next one is item `m + 1`.
             None if m < n => match self.expected.next() {
-                Ok(Some(e)) => Err(format!(
-                    "expected {n} {many}, got {m} (first missing: {})",
+                Ok(Some((line, e))) => Err(format!(
+                    "expected {n} {many}, got {m} (first missing, golden line {line}: {})",
                     e.show()
                 )),
                 Ok(None) => Err(format!(
@@ -1798,10 +1802,10 @@ mod tests {
         let golden = GoldenFile::<JsonRow>::open(&path).unwrap();
         assert_eq!((golden.count, golden.held.is_none()), (2, true));
         let mut check = Check::new(golden);
-        check.see(&JsonRow::parse("{\"a\":1}").unwrap());
+        check.see(&JsonRow::parse("{\"a\":1}").unwrap(), String::new);
         assert_eq!(
             check.verdict(),
-            Err("expected 2 rows, got 1 (first missing: {\"a\":2})".to_owned())
+            Err("expected 2 rows, got 1 (first missing, golden line 3: {\"a\":2})".to_owned())
         );
 
         // A file rewritten after the check (`| tee golden.jsonl` writing the run's own rows)
@@ -1810,7 +1814,10 @@ mod tests {
         let mut check = Check::new(golden);
         std::fs::write(&path, "{\"a\":1}\n{\"a\":3}\n").unwrap();
         for a in [1, 3] {
-            check.see(&JsonRow::parse(&format!("{{\"a\":{a}}}")).unwrap());
+            check.see(
+                &JsonRow::parse(&format!("{{\"a\":{a}}}")).unwrap(),
+                String::new,
+            );
         }
         assert_eq!(
             check.verdict(),
@@ -1829,9 +1836,9 @@ mod tests {
             std::io::Write::write_all(&mut file, line).unwrap();
         };
         append(b"{\"a\":1}\n");
-        check.see(&JsonRow::parse("{\"a\":1}").unwrap());
+        check.see(&JsonRow::parse("{\"a\":1}").unwrap(), String::new);
         append(b"{\"a\":2}\n");
-        check.see(&JsonRow::parse("{\"a\":2}").unwrap());
+        check.see(&JsonRow::parse("{\"a\":2}").unwrap(), String::new);
         assert_eq!(check.verdict(), Ok(2));
 
         std::fs::write(&path, "{\"a\":1}\n\nnot json\n").unwrap();
@@ -1846,7 +1853,7 @@ mod tests {
     fn diff_names_the_first_difference() {
         let diff = |expected: &[JsonRow], actual: &[JsonRow]| {
             let mut check = Check::new(expected.to_vec().into());
-            actual.iter().for_each(|a| check.see(a));
+            actual.iter().for_each(|a| check.see(a, String::new));
             check.verdict().err()
         };
         let v = |s: &str| JsonRow::parse(s).unwrap();
@@ -1858,10 +1865,12 @@ mod tests {
         let (dup, one) = (v(r#"{"a":1,"a":"x"}"#), v(r#"{"a":"x"}"#));
         assert!(diff(std::slice::from_ref(&dup), &[one]).is_some());
         assert!(diff(&[dup], &[v(r#"{"a":"x","a":1}"#)]).is_some());
-        assert!(
-            diff(&[v("{\"a\":1}")], &[v("{\"a\":2}")])
-                .unwrap()
-                .starts_with("row 1")
+        assert_eq!(
+            diff(
+                &[v("{\"a\":1}"), v("{\"a\":1}")],
+                &[v("{\"a\":1}"), v("{\"a\":2}")]
+            ),
+            Some("row 2 (golden line 2): expected {\"a\":1}, got {\"a\":2}".to_owned())
         );
         assert!(
             diff(&[], &[v("{\"a\":2}")])
