@@ -466,6 +466,9 @@ fn a_record_trapping_mid_chain_is_dead_lettered_as_the_original_message() {
     let letter = &letters[0];
     assert_eq!(letter["stage"], "transform:poison_trap");
     assert_eq!(letter["kind"], "trap");
+    // Id 13 is on line 15 (the header, ids 1 to 10, a ragged row, ids 11 and 12).
+    assert_eq!(letter["line"], 15, "{letter:#}");
+    assert_eq!(letter["file"], "rows.csv", "{letter:#}");
     let (partition, offset) = (
         letter["origin"]["partition"].as_i64().unwrap() as i32,
         letter["origin"]["offset"].as_i64().unwrap(),

@@ -748,7 +748,15 @@ async fn process_batch(
                 Some(RecordOutcome::Quarantined(q)) => {
                     // The message as it arrived, not the row the failing transform saw: replaying
                     // the letter runs the whole chain.
-                    ctx.dlq.send(q.dead_letter(meta.clone(), value)).await?;
+                    let letter = q.dead_letter(meta.clone(), value);
+                    let line = letter.line.map(|l| format!(" (line {l})")).unwrap_or_default();
+                    ctx.dlq.send(letter).await.with_context(|| {
+                        format!(
+                            "setting aside record {}/{}@{}{line}, which failed in transform {} \
+                             ({})",
+                            meta.topic, meta.partition, meta.offset, q.transform, q.kind
+                        )
+                    })?;
                     Vec::new()
                 }
                 Some(RecordOutcome::Dropped { .. }) => Vec::new(),

@@ -11,9 +11,12 @@
 //!
 //! `origin` is the Kafka record (`topic`, `partition`, `offset`, `timestamp_ms`, `key`,
 //! `headers`) for records rejected after consumption. `payload` is the original bytes as text
-//! when they are UTF-8, else base64 (`payload_encoding`). Payloads longer than
-//! [`MAX_PAYLOAD_BYTES`] are cut (a dead letter must itself fit in a message); `payload_bytes`
-//! keeps the original length. The message also carries headers `sluice.stage` and `sluice.kind`.
+//! when they are UTF-8, else base64 (`payload_encoding`). A dead letter must itself fit in a
+//! message, whatever it carries, or the record could be neither processed nor set aside: payloads
+//! longer than [`MAX_PAYLOAD_BYTES`] are cut (`payload_bytes` keeps the original length), reasons
+//! longer than [`MAX_REASON_BYTES`] too (a guest's error text may quote a whole field), and a
+//! letter whose JSON escapes still take it past [`MAX_LETTER_BYTES`] keeps less of its payload.
+//! The message also carries headers `sluice.stage` and `sluice.kind`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,6 +33,13 @@ use crate::row::RecordMeta;
 
 /// The longest payload kept in a dead letter, in bytes.
 pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
+
+/// The longest reason kept in a dead letter, in bytes.
+pub const MAX_REASON_BYTES: usize = 8 * 1024;
+
+/// The largest encoded dead letter, in bytes: half of the smallest default message limit (Kafka's
+/// `message.max.bytes` of 1,000,000), leaving room for the headers and the record batch.
+pub const MAX_LETTER_BYTES: usize = 500_000;
 
 /// Dead-letter producer counters.
 #[derive(Debug, Default)]
@@ -130,10 +140,39 @@ fn count(stats: &DeadLetterStats, r: &Result<(), String>) {
     };
 }
 
-/// Encodes a letter as the JSON object described in the module doc.
+/// Encodes a letter as the JSON object described in the module doc, in at most
+/// [`MAX_LETTER_BYTES`].
 pub fn encode(letter: &DeadLetter) -> Vec<u8> {
+    let mut cut = letter.payload.len().min(MAX_PAYLOAD_BYTES);
+    let mut origin_cut = usize::MAX;
+    loop {
+        let value = encode_cut(letter, cut, origin_cut);
+        if value.len() <= MAX_LETTER_BYTES {
+            return value;
+        }
+        // Escapes can make JSON text six times its bytes (`\u0001`): keep less payload, and then
+        // less of the origin's key and headers, which came from a message of any size.
+        if cut > 0 {
+            cut /= 2;
+        } else if origin_cut > 0 {
+            origin_cut = if origin_cut == usize::MAX { 4096 } else { 0 };
+        } else {
+            return value;
+        }
+    }
+}
+
+/// `text`, or its first `max` bytes (at a character boundary) and how long it was.
+fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let end = text.floor_char_boundary(max);
+    format!("{}... (cut; {} bytes in all)", &text[..end], text.len()).into()
+}
+
+fn encode_cut(letter: &DeadLetter, cut: usize, origin_cut: usize) -> Vec<u8> {
     use serde_json::json;
-    let cut = letter.payload.len().min(MAX_PAYLOAD_BYTES);
     let (payload, encoding) = match std::str::from_utf8(&letter.payload[..cut]) {
         Ok(s) => (s.to_owned(), "utf8"),
         // A cut in the middle of a character is still text up to the cut.
@@ -149,10 +188,10 @@ pub fn encode(letter: &DeadLetter) -> Vec<u8> {
     let v = json!({
         "stage": letter.stage,
         "kind": letter.kind,
-        "reason": letter.reason,
+        "reason": clip(&letter.reason, MAX_REASON_BYTES),
         "file": letter.source_file,
         "line": letter.line,
-        "origin": letter.origin.as_ref().map(origin_json),
+        "origin": letter.origin.as_ref().map(|o| origin_json(o, origin_cut)),
         "payload": payload,
         "payload_encoding": encoding,
         "payload_bytes": letter.payload.len(),
@@ -161,7 +200,11 @@ pub fn encode(letter: &DeadLetter) -> Vec<u8> {
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
-fn bytes_json(b: &[u8]) -> serde_json::Value {
+fn bytes_json(b: &[u8], max: usize) -> serde_json::Value {
+    if b.len() > max {
+        let head = bytes_json(&b[..max], usize::MAX);
+        return serde_json::json!({ "cut": head, "bytes": b.len() });
+    }
     match std::str::from_utf8(b) {
         Ok(s) => serde_json::Value::String(s.to_owned()),
         Err(_) => {
@@ -170,14 +213,14 @@ fn bytes_json(b: &[u8]) -> serde_json::Value {
     }
 }
 
-fn origin_json(m: &RecordMeta) -> serde_json::Value {
+fn origin_json(m: &RecordMeta, max: usize) -> serde_json::Value {
     serde_json::json!({
         "topic": m.topic,
         "partition": m.partition,
         "offset": m.offset,
         "timestamp_ms": m.timestamp_ms,
-        "key": m.key.as_deref().map(bytes_json),
-        "headers": m.headers.iter().map(|(k, v)| serde_json::json!([k, bytes_json(v)])).collect::<Vec<_>>(),
+        "key": m.key.as_deref().map(|k| bytes_json(k, max)),
+        "headers": m.headers.iter().map(|(k, v)| serde_json::json!([clip(k, max), bytes_json(v, max)])).collect::<Vec<_>>(),
     })
 }
 
@@ -215,5 +258,32 @@ mod tests {
         assert_eq!(v["payload_truncated"], true);
         assert_eq!(v["payload_bytes"], MAX_PAYLOAD_BYTES + 10);
         assert_eq!(v["payload"].as_str().unwrap().len(), MAX_PAYLOAD_BYTES);
+
+        // A guest's error quoting a whole field, a payload all escapes and a huge key: the letter
+        // still fits in a message, with the lengths kept.
+        let huge = DeadLetter {
+            reason: "x".repeat(900_000),
+            payload: vec![1u8; 900_000],
+            origin: Some(RecordMeta {
+                topic: "t".into(),
+                partition: 0,
+                offset: 7,
+                timestamp_ms: None,
+                key: Some(vec![b'k'; 900_000]),
+                headers: vec![("h".into(), vec![b'v'; 10])],
+            }),
+            ..big
+        };
+        let bytes = encode(&huge);
+        assert!(bytes.len() <= MAX_LETTER_BYTES, "{}", bytes.len());
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        let reason = v["reason"].as_str().unwrap();
+        assert!(reason.ends_with("... (cut; 900000 bytes in all)"), "{reason:.40}");
+        assert!(reason.len() < MAX_REASON_BYTES + 100);
+        assert_eq!(v["payload_bytes"], 900_000);
+        assert_eq!(v["payload_truncated"], true);
+        assert_eq!(v["origin"]["key"]["bytes"], 900_000);
+        assert_eq!(v["origin"]["offset"], 7);
+        assert_eq!(v["origin"]["headers"][0], serde_json::json!(["h", "vvvvvvvvvv"]));
     }
 }

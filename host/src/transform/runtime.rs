@@ -160,12 +160,18 @@ impl Quarantine {
     /// the record it came from, and `payload`: the original message bytes, not `row`, so that
     /// replaying the letter runs it through the whole chain again.
     pub fn dead_letter(&self, origin: RecordMeta, payload: Vec<u8>) -> DeadLetter {
+        // The CSV file and line travel as headers of the source's messages; a letter names them
+        // as a source letter does, so that both kinds lead back to the file the same way.
+        let header = |name: &str| {
+            let (_, value) = origin.headers.iter().find(|(k, _)| k == name)?;
+            String::from_utf8(value.clone()).ok()
+        };
         DeadLetter {
             stage: format!("transform:{}", self.transform),
             kind: self.kind.as_str().to_owned(),
             reason: self.reason.clone(),
-            source_file: None,
-            line: None,
+            source_file: header(crate::source::wire::HEADER_FILE),
+            line: header(crate::source::wire::HEADER_LINE).and_then(|l| l.parse().ok()),
             origin: Some(origin),
             payload,
         }
