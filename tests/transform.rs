@@ -935,7 +935,19 @@ fn on_error_drop_and_fail_policies() {
             .count(),
         19
     );
-    assert_eq!(c.stats()[0].1.rows_dropped.load(Relaxed), 1);
+    // The failed row counts as failed, not as dropped too: 20 in = 19 out + 0 dropped + 1 failed.
+    let stats = &c.stats()[0].1;
+    let count = |n: &std::sync::atomic::AtomicU64| n.load(Relaxed);
+    assert_eq!(
+        [
+            &stats.rows_in,
+            &stats.rows_out,
+            &stats.rows_dropped,
+            &stats.rows_failed
+        ]
+        .map(count),
+        [20, 19, 0, 1]
+    );
 
     cfg.on_error = OnError::Fail;
     let c = chain(&[cfg]);

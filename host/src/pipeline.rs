@@ -749,7 +749,10 @@ async fn process_batch(
                     // The message as it arrived, not the row the failing transform saw: replaying
                     // the letter runs the whole chain.
                     let letter = q.dead_letter(meta.clone(), value);
-                    let line = letter.line.map(|l| format!(" (line {l})")).unwrap_or_default();
+                    let line = letter
+                        .line
+                        .map(|l| format!(" (line {l})"))
+                        .unwrap_or_default();
                     ctx.dlq.send(letter).await.with_context(|| {
                         format!(
                             "setting aside record {}/{}@{}{line}, which failed in transform {} \
@@ -1060,7 +1063,7 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
             );
             e.counter(
                 "sluice_transform_rows_dropped_total",
-                "Rows filtered out or dropped by policy.",
+                "Rows the transform filtered out (failed rows count as failed only).",
                 &l,
                 t.rows_dropped.load(Ordering::Relaxed),
             );

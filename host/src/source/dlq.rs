@@ -278,12 +278,18 @@ mod tests {
         assert!(bytes.len() <= MAX_LETTER_BYTES, "{}", bytes.len());
         let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
         let reason = v["reason"].as_str().unwrap();
-        assert!(reason.ends_with("... (cut; 900000 bytes in all)"), "{reason:.40}");
+        assert!(
+            reason.ends_with("... (cut; 900000 bytes in all)"),
+            "{reason:.40}"
+        );
         assert!(reason.len() < MAX_REASON_BYTES + 100);
         assert_eq!(v["payload_bytes"], 900_000);
         assert_eq!(v["payload_truncated"], true);
         assert_eq!(v["origin"]["key"]["bytes"], 900_000);
         assert_eq!(v["origin"]["offset"], 7);
-        assert_eq!(v["origin"]["headers"][0], serde_json::json!(["h", "vvvvvvvvvv"]));
+        assert_eq!(
+            v["origin"]["headers"][0],
+            serde_json::json!(["h", "vvvvvvvvvv"])
+        );
     }
 }

@@ -988,14 +988,13 @@ fn run_chain(
                         offset: m.offset,
                     });
                 }
-                OnError::Drop => {
-                    TransformStats::add(&t.stats.rows_dropped, 1);
-                    RecordOutcome::Dropped {
-                        transform: t.name.to_string(),
-                        kind,
-                        reason,
-                    }
-                }
+                // Counted as failed above, and only there: `dropped` is for rows the transform
+                // itself filtered out, so that in = out + dropped + failed + discarded.
+                OnError::Drop => RecordOutcome::Dropped {
+                    transform: t.name.to_string(),
+                    kind,
+                    reason,
+                },
                 OnError::DeadLetter => RecordOutcome::Quarantined(Quarantine {
                     transform: t.name.to_string(),
                     kind,

@@ -15,7 +15,8 @@ pub struct TransformStats {
     pub rows_in: AtomicU64,
     /// Rows the transform emitted that went on down the chain.
     pub rows_out: AtomicU64,
-    /// Input rows that produced nothing: filtered to zero rows, or failed under `on_error: drop`.
+    /// Input rows the transform filtered out (it emitted zero rows for them). A row that failed
+    /// counts in `rows_failed` only, whatever the `on_error` policy did with its record.
     pub rows_dropped: AtomicU64,
     /// Input rows that failed (guest error, trap, timeout, memory, fuel, protocol, output limit).
     pub rows_failed: AtomicU64,
