@@ -180,7 +180,7 @@ pub struct TransformPart {
     pub rows_in: u64,
     /// Rows out.
     pub rows_out: u64,
-    /// Rows filtered out or dropped by policy.
+    /// Rows the transform filtered out (a failed row counts as failed only).
     pub rows_dropped: u64,
     /// Rows that failed (their records quarantined or dropped by policy).
     pub rows_failed: u64,
