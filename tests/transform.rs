@@ -710,6 +710,10 @@ fn assert_poison_isolated(
                     q.reason
                 );
             }
+            if path == guests::POISON_TRAP {
+                // The panic message, which the guest wrote to its (unshown) stderr, says why.
+                assert!(q.reason.ends_with(": poison row)"), "{}", q.reason);
+            }
             assert_eq!(q.row, rows[13]);
         } else {
             assert_eq!(emitted(o), std::slice::from_ref(&rows[i]), "row {i}");
@@ -1196,9 +1200,49 @@ fn cli_test_discards_guest_stdio_unless_asked() {
         );
         assert!(out.status.success(), "{stderr}");
         assert_eq!(stdout, "{\"env\":0,\"fs\":false,\"net\":false}\n");
-        for line in ["probe stdout", "probe stderr"] {
+        for line in ["[probe] probe stdout", "[probe] probe stderr"] {
             assert_eq!(stderr.contains(line), debug_stdio, "{line:?} in: {stderr}");
         }
+    }
+}
+
+/// A guest that writes during `init` under `--debug-stdio` is shown (it used to wait forever for
+/// the stderr lock `transform test` held), and a guest that panics says why, with or without it:
+/// the panic message is in the failure's reason.
+#[test]
+fn cli_test_shows_what_a_guest_wrote_and_why_it_panicked() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "{\"id\":1}\n").unwrap();
+    let run = |with: &str, debug_stdio: bool| {
+        let mut args = vec!["transform", "test", "--component", guests::PROBE];
+        args.extend(["--input", "in.jsonl", "--with", with]);
+        if debug_stdio {
+            args.push("--debug-stdio");
+        }
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = run("say=hello from init", true);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("[probe] hello from init\n"), "{stderr}");
+    assert_eq!(stdout, "{\"env\":0,\"fs\":false,\"net\":false}\n");
+    let (_, _, stderr) = run("say=hello from init", false);
+    assert!(!stderr.contains("hello from init"), "{stderr}");
+    for debug_stdio in [false, true] {
+        let (code, _, stderr) = run("panic=no config for you", debug_stdio);
+        assert_eq!(code, Some(2), "{stderr}");
+        assert!(
+            stderr.contains(
+                "init of transform probe failed: wasm trap: wasm `unreachable` \
+                 instruction executed (the guest wrote: panicked at"
+            ),
+            "{stderr}"
+        );
+        assert!(stderr.contains(": no config for you)"), "{stderr}");
     }
 }
 

@@ -27,13 +27,16 @@ pub struct TransformConfig {
     /// Linear-memory cap per instance, in MiB.
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u64,
-    /// CPU-time cap per batch call, in milliseconds (epoch interruption).
+    /// CPU-time cap per batch call, in milliseconds: CPU time the call used, so time the
+    /// machine spends on other work is not counted. Building an instance and its `init` get this
+    /// or 1000, whichever is more.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
     /// Fuel per batch call, for deterministic CI runs; unset means no fuel metering.
     #[serde(default)]
     pub fuel: Option<u64>,
-    /// Forward the guest's stdout/stderr to sluice's stderr (discarded by default).
+    /// Show the guest's stdout/stderr on sluice's stderr, each line prefixed `[name] ` (not shown
+    /// by default; a trap's reason still quotes what the guest wrote in that call).
     #[serde(default)]
     pub debug_stdio: bool,
     /// Most rows this transform may emit for one row it receives; emitting more fails that

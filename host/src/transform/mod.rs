@@ -4,6 +4,8 @@
 //! - [`runtime`]: loading components ([`TransformChain::load`], [`check`]) and running a chain
 //!   on dedicated worker threads ([`TransformChain::process`]).
 //! - [`stats`]: per-transform counters for metrics.
+//! - `output`: what guests write to stdout and stderr (kept to explain a trap, shown with
+//!   `debug_stdio`).
 //! - [`cli`]: `sluice transform new|build|test`.
 
 mod bindings;
@@ -11,6 +13,7 @@ pub mod cli;
 pub mod config;
 mod error;
 mod exact_json;
+mod output;
 pub mod runtime;
 pub mod stats;
 

@@ -20,10 +20,10 @@
 //!
 //! Guests get no capabilities: WASI is linked (Rust guests import it even when unused) with an
 //! empty context, so no directories, environment, network or stdin, and stdout/stderr are
-//! discarded unless `debug_stdio` is set. Each instance has a memory cap (a `ResourceLimiter`
-//! that traps on growth past `memory_mb`), each batch call a CPU-time cap (epoch interruption;
-//! a ticker thread bumps the epoch every few ms and is joined on drop) and optionally a fuel
-//! budget. A trap or a limit poisons only that instance: the worker drops it, builds a fresh one,
+//! not shown unless `debug_stdio` is set (their last bytes explain a trap). Each instance has a
+//! memory cap (a `ResourceLimiter` that traps on growth past `memory_mb`), each call a CPU-time
+//! cap (a ticker thread bumps the epoch every few ms, and at the deadline the store reads its
+//! thread's CPU clock, so time spent descheduled is not charged) and optionally a fuel budget. A trap or a limit poisons only that instance: the worker drops it, builds a fresh one,
 //! re-runs that transform's batch one record at a time to find the poison record, applies the
 //! transform's `on_error` policy to that record alone and carries on with the rest.
 //!
@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Cache, CacheConfig, Config, Engine, ResourceLimiter, Store, Trap};
+use wasmtime::{Cache, CacheConfig, Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::bindings::io::poll::HostPollable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -54,6 +54,7 @@ use super::bindings::{
 };
 use super::config::TransformConfig;
 use super::error::{FailureKind, LoadError, TransformError};
+use super::output::GuestOutput;
 use super::stats::TransformStats;
 use crate::config::OnError;
 use crate::dead_letter::DeadLetter;
@@ -689,6 +690,11 @@ struct HostState {
     limits: MemoryCap,
     metas: Metas,
     origins: Vec<u32>,
+    /// What the guest writes to stdout and stderr.
+    output: GuestOutput,
+    /// The CPU time a call may use, and the calling thread's CPU clock when it started.
+    cpu_limit: Duration,
+    cpu_start: Duration,
 }
 
 impl WasiView for HostState {
@@ -847,13 +853,12 @@ struct Slot {
 impl Slot {
     fn new(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<Slot, InitFailure> {
         let mut wasi = WasiCtxBuilder::new();
+        let output = GuestOutput::new(&t.name, t.config.debug_stdio);
         wasi.allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false);
-        if t.config.debug_stdio {
-            wasi.stdout(wasmtime_wasi::cli::stderr())
-                .stderr(wasmtime_wasi::cli::stderr());
-        }
+            .allow_ip_name_lookup(false)
+            .stdout(output.clone())
+            .stderr(output.clone());
         let limit_bytes =
             usize::try_from(t.config.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
         let state = HostState {
@@ -867,11 +872,24 @@ impl Slot {
             },
             metas: Arc::default(),
             origins: Vec::new(),
+            output,
+            cpu_limit: Duration::ZERO,
+            cpu_start: Duration::ZERO,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
-        store.epoch_deadline_trap();
-        arm(&mut store, &t.config, fuel_enabled);
+        // The epoch only says when to look: the cap is on the CPU time the call has used, so a
+        // guest descheduled on a busy machine is not charged for the wait.
+        store.epoch_deadline_callback(|ctx| {
+            let s = ctx.data();
+            let used = thread_cpu_time().saturating_sub(s.cpu_start);
+            Ok(match s.cpu_limit.checked_sub(used) {
+                Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
+                _ => UpdateDeadline::Interrupt,
+            })
+        });
+        let init_ms = init_limit_ms(&t.config);
+        arm_for(&mut store, &t.config, fuel_enabled, init_ms);
         let instance = t
             .pre
             .instance_pre()
@@ -880,7 +898,7 @@ impl Slot {
         // `TransformPre` found the exports by name; this checks their function types.
         let guest = bindings::Transform::new(&mut store, &instance)
             .map_err(|e| InitFailure::Exports(format!("{e:#}")))?;
-        arm(&mut store, &t.config, fuel_enabled);
+        arm_for(&mut store, &t.config, fuel_enabled, init_ms);
         match guest
             .sluice_transform_transformer()
             .call_init(&mut store, &t.params)
@@ -898,11 +916,45 @@ impl Slot {
 
 /// Sets the CPU deadline (and fuel) for the next call into the guest.
 fn arm(store: &mut Store<HostState>, config: &TransformConfig, fuel_enabled: bool) {
-    store.set_epoch_deadline(config.timeout_ms.div_ceil(TICK_MS).max(1) + 1);
+    arm_for(store, config, fuel_enabled, config.timeout_ms);
+}
+
+/// The CPU time building an instance and running `init` may take: `timeout_ms`, but at least a
+/// second. A fresh instance's first steps cost a few ms of CPU of the host's own (mapping its
+/// memory image), which a tight per-batch cap must not count against the guest.
+fn init_limit_ms(config: &TransformConfig) -> u64 {
+    config.timeout_ms.max(1000)
+}
+
+/// [`arm`] with a limit of `limit_ms` of CPU time.
+fn arm_for(
+    store: &mut Store<HostState>,
+    config: &TransformConfig,
+    fuel_enabled: bool,
+    limit_ms: u64,
+) {
+    let state = store.data_mut();
+    state.cpu_limit = Duration::from_millis(limit_ms);
+    state.cpu_start = thread_cpu_time();
+    state.output.start_call();
+    store.set_epoch_deadline(ticks(Duration::from_millis(limit_ms)));
     if fuel_enabled {
         // A fuel-metered engine needs fuel in every store; unmetered transforms get "infinite".
         let _ = store.set_fuel(config.fuel.unwrap_or(u64::MAX));
     }
+}
+
+/// The epoch ticks until `left` of CPU time could be used up: at least one.
+fn ticks(left: Duration) -> u64 {
+    u64::try_from(left.as_millis().div_ceil(u128::from(TICK_MS)))
+        .unwrap_or(u64::MAX)
+        .max(1)
+}
+
+/// The CPU time the calling thread has used.
+fn thread_cpu_time() -> Duration {
+    let t = rustix::time::clock_gettime(rustix::time::ClockId::ThreadCPUTime);
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
 /// Names the limit or trap behind a failed call.
@@ -920,17 +972,29 @@ fn classify(
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => (
             FailureKind::Timeout,
-            format!("exceeded the time limit of {} ms", config.timeout_ms),
+            format!(
+                "exceeded the time limit of {} ms",
+                state.cpu_limit.as_millis()
+            ),
         ),
         Some(Trap::OutOfFuel) => (
             FailureKind::Fuel,
             format!("ran out of fuel ({} per batch)", config.fuel.unwrap_or(0)),
         ),
-        Some(trap) => (FailureKind::Trap, trap.to_string()),
+        Some(trap) => (FailureKind::Trap, explained(trap.to_string(), state)),
         None if err.downcast_ref::<GuestBlocked>().is_some() => {
             (FailureKind::Trap, GuestBlocked.to_string())
         }
-        None => (FailureKind::Trap, format!("{err:#}")),
+        None => (FailureKind::Trap, explained(format!("{err:#}"), state)),
+    }
+}
+
+/// A trap's reason and, when the guest wrote something in the call (a Rust guest's panic message
+/// is all there is to say why it trapped), what it wrote.
+fn explained(reason: String, state: &HostState) -> String {
+    match state.output.explain() {
+        Some(said) => format!("{reason} (the guest wrote: {said})"),
+        None => reason,
     }
 }
 

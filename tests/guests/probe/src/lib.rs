@@ -3,10 +3,30 @@
 //! worked, and prints a line on stdout and stderr (which the host discards unless `debug_stdio`
 //! is set). A row with an int field `sleep_ms` makes it sleep that long first; one with a field
 //! `wait_ready` waits on a timer that is already due, with `pollable.block` and with `poll`.
+//! Param `say` makes `init` print its value on stderr; param `panic`, panic with it.
 
 use std::io::Write;
 
-use sluice_guest::{Error, Row, Value};
+use sluice_guest::{Error, Params, Row, Transform, Value};
+
+struct Probe;
+
+impl Transform for Probe {
+    fn init(params: &Params) -> Result<Probe, Error> {
+        params.allow_only(&["say", "panic"])?;
+        if let Some(text) = params.get("say") {
+            let _ = writeln!(std::io::stderr(), "{text}");
+        }
+        if let Some(text) = params.get("panic") {
+            panic!("{text}");
+        }
+        Ok(Probe)
+    }
+
+    fn transform(&mut self, row: Row) -> Result<Vec<Row>, Error> {
+        probe(row)
+    }
+}
 
 fn probe(row: Row) -> Result<Vec<Row>, Error> {
     if let Some(Value::Int(ms)) = row.get("sleep_ms") {
@@ -34,4 +54,4 @@ fn probe(row: Row) -> Result<Vec<Row>, Error> {
     ])
 }
 
-sluice_guest::export_fn!(probe);
+sluice_guest::export!(Probe);

@@ -1,0 +1,203 @@
+//! What a guest writes to its stdout and stderr.
+//!
+//! A guest has no stdio of its own: what it writes is never shown unless its transform sets
+//! `debug_stdio`. It is still kept, the last [`TAIL_BYTES`] of each call, because a Rust guest
+//! that panics says why only there: the trap itself is a bare `unreachable`, so a failure's
+//! reason quotes the tail ([`GuestOutput::explain`]). With `debug_stdio` each line also goes to
+//! sluice's stderr, prefixed with the transform's name, written straight to the file descriptor:
+//! the guest may run while the thread that started it holds the stderr lock (`transform test`
+//! writes its report through one), and one `write` per line keeps lines whole beside the logs.
+
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+
+/// How much of a call's output a failure's reason may quote, in bytes.
+pub const TAIL_BYTES: usize = 1024;
+
+/// The guest's stdout and stderr (one sink for both), shared by the streams WASI hands out.
+#[derive(Clone)]
+pub struct GuestOutput(Arc<Mutex<Output>>);
+
+struct Output {
+    /// `[name] `, when the output is also shown.
+    echo: Option<Vec<u8>>,
+    /// The last bytes written since the current call started.
+    tail: Vec<u8>,
+    /// A line being written, not yet shown.
+    line: Vec<u8>,
+}
+
+impl GuestOutput {
+    /// Output that is kept for failures and, when `echo` is set, shown under `name`.
+    pub fn new(name: &str, echo: bool) -> GuestOutput {
+        let out = Output {
+            echo: echo.then(|| format!("[{name}] ").into_bytes()),
+            tail: Vec::new(),
+            line: Vec::new(),
+        };
+        GuestOutput(Arc::new(Mutex::new(out)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Output> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Forgets the previous call's output.
+    pub fn start_call(&self) {
+        self.lock().tail.clear();
+    }
+
+    /// What the guest wrote in this call that tells why it failed, on one line: from the last
+    /// Rust panic message if there is one, else its last lines; `None` if it wrote nothing.
+    pub fn explain(&self) -> Option<String> {
+        let mut out = self.lock();
+        out.flush_line();
+        let text = String::from_utf8_lossy(&out.tail).into_owned();
+        let from = text.rfind("panicked at ").unwrap_or(0);
+        let said: Vec<&str> = text[from..]
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
+            .collect();
+        let mut joined = String::new();
+        for line in said {
+            if !joined.is_empty() {
+                // A panic's location line ends with a colon and its message follows.
+                joined.push_str(if joined.ends_with(':') { " " } else { " / " });
+            }
+            joined.push_str(line);
+        }
+        (!joined.is_empty()).then_some(joined)
+    }
+
+    fn write(&self, bytes: &[u8]) {
+        let mut out = self.lock();
+        out.tail.extend_from_slice(bytes);
+        if out.tail.len() > TAIL_BYTES {
+            let cut = out.tail.len() - TAIL_BYTES;
+            out.tail.drain(..cut);
+        }
+        if out.echo.is_some() {
+            for piece in bytes.split_inclusive(|&b| b == b'\n') {
+                out.line.extend_from_slice(piece);
+                if piece.ends_with(b"\n") {
+                    out.flush_line();
+                }
+            }
+        }
+    }
+}
+
+impl Output {
+    /// Shows the pending line, if output is shown.
+    fn flush_line(&mut self) {
+        let Some(prefix) = &self.echo else { return };
+        if self.line.is_empty() {
+            return;
+        }
+        let mut text = Vec::with_capacity(prefix.len() + self.line.len() + 1);
+        text.extend_from_slice(prefix);
+        text.append(&mut self.line);
+        if !text.ends_with(b"\n") {
+            text.push(b'\n');
+        }
+        // A closed or full stderr loses the guest's debug output, never the guest's record.
+        let _ = rustix::io::write(rustix::stdio::stderr(), &text);
+    }
+}
+
+impl Drop for Output {
+    fn drop(&mut self) {
+        self.flush_line();
+    }
+}
+
+impl IsTerminal for GuestOutput {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for GuestOutput {
+    // Always ready: output is taken at once, so a guest never waits on it.
+    async fn ready(&mut self) {}
+}
+
+impl OutputStream for GuestOutput {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        GuestOutput::write(self, &bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(64 * 1024)
+    }
+}
+
+impl tokio::io::AsyncWrite for GuestOutput {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        GuestOutput::write(&self, buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panic_message_is_what_explains_a_failure() {
+        let out = GuestOutput::new("t", false);
+        assert_eq!(out.explain(), None);
+        out.write(b"starting\n");
+        out.write(b"thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom at ");
+        out.write(b"155.05\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n");
+        assert_eq!(
+            out.explain().as_deref(),
+            Some("panicked at src/lib.rs:9:5: boom at 155.05")
+        );
+        out.start_call();
+        assert_eq!(out.explain(), None);
+        out.write(b"a\n\nb");
+        assert_eq!(out.explain().as_deref(), Some("a / b"));
+        // Only the tail is kept, however much the guest writes.
+        out.write(&vec![b'x'; 10 * TAIL_BYTES]);
+        assert_eq!(out.explain().map(|s| s.len()), Some(TAIL_BYTES));
+    }
+}
