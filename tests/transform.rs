@@ -1099,24 +1099,61 @@ fn compiled_components_are_cached_on_disk() {
         cache_dir: Some(dir.path().join("wasm")),
     };
     check(&config(guests::PASSTHROUGH, &[]), &opts).unwrap();
-    // Only compiled artifacts: wasmtime's cache worker writes usage `.stats` files (and
-    // temporaries) in the background, at its own pace.
-    let files = |p: &std::path::Path| {
-        walk(p)
-            .into_iter()
-            .filter(|f| {
-                let name = f.file_name().unwrap_or_default().to_string_lossy();
-                !name.ends_with(".stats") && !name.starts_with('.') && !name.contains("wip")
-            })
-            .count()
+    let entries = || walk(dir.path());
+    let first = entries();
+    assert_eq!(first.len(), 1, "one entry per component: {first:?}");
+    let stored = std::fs::read(&first[0]).unwrap();
+    check(&config(guests::PASSTHROUGH, &[]), &opts).unwrap();
+    assert_eq!(entries(), first, "second load reuses the cached artifact");
+    assert_eq!(std::fs::read(&first[0]).unwrap(), stored);
+}
+
+/// A damaged cache entry is compiled again and replaced, never run (wasmtime runs what it loads:
+/// a flipped bit used to crash every later run), and so is an entry filed under another
+/// component's name.
+#[test]
+fn a_damaged_or_misfiled_cache_entry_is_compiled_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let opts = RuntimeOptions {
+        workers: 1,
+        cache_dir: Some(dir.path().join("wasm")),
     };
-    let after_first = files(dir.path());
-    assert!(after_first > 0, "cache directory stays empty");
+    check(&config(guests::PASSTHROUGH, &[]), &opts).unwrap();
+    let entry = walk(dir.path()).remove(0);
+    let stored = std::fs::read(&entry).unwrap();
+    for offset in [20_000, stored.len() / 2, stored.len() - 1] {
+        let mut damaged = stored.clone();
+        damaged[offset] ^= 0x10;
+        std::fs::write(&entry, &damaged).unwrap();
+        check(&config(guests::PASSTHROUGH, &[]), &opts).unwrap();
+        assert_eq!(
+            std::fs::read(&entry).unwrap(),
+            stored,
+            "flip at {offset} replaced"
+        );
+    }
+    std::fs::write(&entry, &stored[..stored.len() / 3]).unwrap();
     check(&config(guests::PASSTHROUGH, &[]), &opts).unwrap();
     assert_eq!(
-        files(dir.path()),
-        after_first,
-        "second load reuses the cached artifact"
+        std::fs::read(&entry).unwrap(),
+        stored,
+        "truncated entry replaced"
+    );
+
+    // filter's code under passthrough's name: passthrough must still be what runs (filter's
+    // `init` would refuse the missing params).
+    let filter = config(
+        guests::FILTER,
+        &[("field", "id"), ("op", "gt"), ("value", "1")],
+    );
+    check(&filter, &opts).unwrap();
+    let filter_entry = walk(dir.path()).into_iter().find(|p| *p != entry).unwrap();
+    std::fs::copy(&filter_entry, &entry).unwrap();
+    check(&config(guests::PASSTHROUGH, &[]), &opts).unwrap();
+    assert_eq!(
+        std::fs::read(&entry).unwrap(),
+        stored,
+        "misfiled entry replaced"
     );
 }
 
@@ -1130,6 +1167,7 @@ fn walk(p: &std::path::Path) -> Vec<std::path::PathBuf> {
             out.push(path);
         }
     }
+    out.sort();
     out
 }
 

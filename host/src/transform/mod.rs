@@ -3,12 +3,14 @@
 //! - [`config`]: the `transforms[]` entries of pipeline.json.
 //! - [`runtime`]: loading components ([`TransformChain::load`], [`check`]) and running a chain
 //!   on dedicated worker threads ([`TransformChain::process`]).
+//! - `cache`: compiled components on disk, checked before use.
 //! - [`stats`]: per-transform counters for metrics.
 //! - `output`: what guests write to stdout and stderr (kept to explain a trap, shown with
 //!   `debug_stdio`).
 //! - [`cli`]: `sluice transform new|build|test`.
 
 mod bindings;
+mod cache;
 pub mod cli;
 pub mod config;
 mod error;

@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Cache, CacheConfig, Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, Trap, UpdateDeadline};
 use wasmtime_wasi::p2::DynPollable;
 use wasmtime_wasi::p2::bindings::io::poll::HostPollable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -52,6 +52,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::bindings::{
     self, GuestError, Outcome, Output, Rows, TransformPre, ValueType as WireType, Values,
 };
+use super::cache::CompileCache;
 use super::config::TransformConfig;
 use super::error::{FailureKind, LoadError, TransformError};
 use super::output::GuestOutput;
@@ -233,12 +234,13 @@ impl TransformChain {
         opts: &RuntimeOptions,
     ) -> Result<TransformChain, LoadError> {
         let fuel_enabled = configs.iter().any(|c| c.fuel.is_some());
-        let engine = build_engine(fuel_enabled, opts.cache_dir.as_deref())?;
+        let engine = build_engine(fuel_enabled)?;
+        let cache = open_cache(opts.cache_dir.as_deref());
         let linker = build_linker(&engine)?;
         let ticker = EpochTicker::start(engine.clone())?;
         let mut transforms = Vec::with_capacity(configs.len());
         for config in configs {
-            let loaded = load_one(&engine, &linker, config)?;
+            let loaded = load_one(&engine, cache.as_ref(), &linker, config)?;
             check_init(&engine, fuel_enabled, &loaded)?;
             transforms.push(loaded);
         }
@@ -455,14 +457,15 @@ impl Drop for TransformChain {
 /// rejected by `init` (with the param's name, see [`LoadError::param`]).
 pub fn check(config: &TransformConfig, opts: &RuntimeOptions) -> Result<(), LoadError> {
     let fuel_enabled = config.fuel.is_some();
-    let engine = build_engine(fuel_enabled, opts.cache_dir.as_deref())?;
+    let engine = build_engine(fuel_enabled)?;
+    let cache = open_cache(opts.cache_dir.as_deref());
     let linker = build_linker(&engine)?;
     let _ticker = EpochTicker::start(engine.clone())?;
-    let loaded = load_one(&engine, &linker, config)?;
+    let loaded = load_one(&engine, cache.as_ref(), &linker, config)?;
     check_init(&engine, fuel_enabled, &loaded)
 }
 
-fn build_engine(fuel: bool, cache_dir: Option<&Path>) -> Result<Engine, LoadError> {
+fn build_engine(fuel: bool) -> Result<Engine, LoadError> {
     let mut cfg = Config::new();
     cfg.wasm_component_model(true)
         .epoch_interruption(true)
@@ -470,29 +473,23 @@ fn build_engine(fuel: bool, cache_dir: Option<&Path>) -> Result<Engine, LoadErro
     if std::env::var_os("SLUICE_PERFMAP").is_some() {
         cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
-    if let Some(dir) = cache_dir {
-        // The cache only saves start-up time: without it (a read-only home in a container, say)
-        // every run compiles its components again, which is no reason to refuse to run.
-        match open_cache(dir) {
-            Ok(cache) => {
-                cfg.cache(Some(cache));
-            }
-            Err(reason) => tracing::warn!(
-                dir = %dir.display(),
-                %reason,
-                "cannot use the compiled-transform cache; compiling without it"
-            ),
-        }
-    }
     Engine::new(&cfg).map_err(|e| LoadError::Engine(format!("{e:#}")))
 }
 
-fn open_cache(dir: &Path) -> Result<Cache, String> {
-    let dir = std::path::absolute(dir).map_err(|e| e.to_string())?;
-    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
-    let mut cache = CacheConfig::new();
-    cache.with_directory(dir);
-    Cache::new(cache).map_err(|e| format!("{e:#}"))
+/// The compiled-component cache in `dir`, if it can be used. The cache only saves start-up time:
+/// without it (a read-only home in a container, say) every run compiles its components again,
+/// which is no reason to refuse to run.
+fn open_cache(dir: Option<&Path>) -> Option<CompileCache> {
+    let dir = dir?;
+    CompileCache::open(dir)
+        .inspect_err(|reason| {
+            tracing::warn!(
+                dir = %dir.display(),
+                %reason,
+                "cannot use the compiled-transform cache; compiling without it"
+            )
+        })
+        .ok()
 }
 
 /// The WASI interface through which a guest waits (wasmtime-wasi 48 defines `wasi:io` 0.2.12;
@@ -547,6 +544,7 @@ fn build_linker(engine: &Engine) -> Result<Linker<HostState>, LoadError> {
 
 fn load_one(
     engine: &Engine,
+    cache: Option<&CompileCache>,
     linker: &Linker<HostState>,
     config: &TransformConfig,
 ) -> Result<Loaded, LoadError> {
@@ -574,7 +572,11 @@ fn load_one(
             reason: "it does not start with the `\\0asm` header of a WebAssembly file".into(),
         });
     }
-    let component = Component::new(engine, &bytes).map_err(|e| LoadError::InvalidComponent {
+    let component = match cache {
+        Some(cache) => cache.component(engine, &bytes),
+        None => Component::new(engine, &bytes),
+    };
+    let component = component.map_err(|e| LoadError::InvalidComponent {
         path: path.clone(),
         reason: format!("{e:#}"),
     })?;
@@ -1910,9 +1912,19 @@ mod tests {
         let file = std::env::temp_dir().join(format!("sluice-not-a-dir-{}", std::process::id()));
         std::fs::write(&file, b"").unwrap();
         // A directory below a regular file cannot be created.
-        let engine = build_engine(false, Some(&file.join("wasm")));
+        let cache = open_cache(Some(&file.join("wasm")));
         std::fs::remove_file(&file).unwrap();
-        assert!(engine.is_ok(), "{:?}", engine.err());
+        assert!(cache.is_none());
+        let config = TransformConfig::new("tests/no-such.wasm");
+        let opts = RuntimeOptions {
+            workers: 1,
+            cache_dir: Some(file.join("wasm")),
+        };
+        // Loading goes on without the cache (and fails here only because there is no file).
+        assert!(matches!(
+            check(&config, &opts),
+            Err(LoadError::NotFound { .. })
+        ));
     }
 
     fn row(id: i64, name: &str) -> Row {
