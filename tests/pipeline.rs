@@ -141,6 +141,13 @@ fn ten_broken_pipelines_give_ten_precise_messages() {
             "other than a quote or a line break",
         ),
         (
+            "fuel too small for init",
+            r#"{ "name": "second","#,
+            r#"{ "name": "second", "fuel": 1,"#,
+            "transforms[1].fuel (line 8",
+            "ran out of fuel",
+        ),
+        (
             "missing component",
             r#""uses": "@FILTER@", "with": { "field": "value", "op": "gt""#,
             r#""uses": "nope.wasm", "with": { "field": "value", "op": "gt""#,
@@ -159,6 +166,35 @@ fn ten_broken_pipelines_give_ten_precise_messages() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n---\n"));
+}
+
+/// `sluice run` checks the components before it starts anything: a param that `init` refuses
+/// is a configuration mistake (exit 2, naming the key), and no broker or emulator was started
+/// for it (the state directory, where they would keep their data, was never made).
+#[test]
+fn run_refuses_a_rejected_param_before_starting_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_pipeline(
+        dir.path(),
+        &BASE.replacen(r#""op": "gt""#, r#""op": "zz""#, 1),
+    );
+    let state = dir.path().join("state");
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            &path.to_string_lossy(),
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+            &state.to_string_lossy(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("transforms[0].with.op (line 7"), "{stderr}");
+    assert!(stderr.contains("unknown operator \"zz\""), "{stderr}");
+    assert!(!state.exists(), "{stderr}");
 }
 
 /// One run of `validate` shows every mistake: a transform's params are checked by its `init`

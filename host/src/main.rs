@@ -124,9 +124,13 @@ struct RunArgs {
     consume_only: bool,
 }
 
-fn load(pipeline: &std::path::Path) -> anyhow::Result<config::LoadedConfig> {
+/// Loads and checks the pipeline file before anything starts. `depth` is
+/// [`Depth::Components`] when the run uses the transforms: a component that will not load, or
+/// whose `init` refuses its params or runs out of a limit, is a configuration mistake (exit 2,
+/// naming the key) found before a broker or an emulator is started, not a runtime failure.
+fn load(pipeline: &std::path::Path, depth: Depth) -> anyhow::Result<config::LoadedConfig> {
     let loaded = config::load(pipeline)?;
-    let issues = validate::validate(&loaded, Depth::Static);
+    let issues = validate::validate(&loaded, depth);
     if !issues.is_empty() {
         return Err(loaded.invalid(issues).into());
     }
@@ -154,7 +158,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             pipeline::init_logging(cli.log_format);
-            let loaded = load(&args.common.pipeline)?;
+            let depth = match args.replay_only {
+                true => Depth::Static,
+                false => Depth::Components,
+            };
+            let loaded = load(&args.common.pipeline, depth)?;
             let mode = if args.replay_only {
                 RunMode::ReplayOnly
             } else if args.consume_only {
@@ -177,7 +185,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Replay(common) => {
             pipeline::init_logging(cli.log_format);
-            let loaded = load(&common.pipeline)?;
+            let loaded = load(&common.pipeline, Depth::Static)?;
             let opts = options(common, RunMode::ReplayOnly, true, cli.log_format);
             let ok = runtime()?.block_on(pipeline::run(loaded, opts))?;
             Ok(if ok {
@@ -218,7 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
         } => {
             pipeline::init_logging(cli.log_format);
-            let loaded = load(&pipeline)?;
+            let loaded = load(&pipeline, Depth::Static)?;
             let summary = summary.unwrap_or_else(|| state_dir.join("last-run.json"));
             let ok = runtime()?.block_on(pipeline::verify(loaded, &summary, &state_dir))?;
             Ok(if ok {

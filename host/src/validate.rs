@@ -294,12 +294,13 @@ fn check_components(loaded: &LoadedConfig, skip: &HashSet<usize>) -> Vec<ConfigI
         resolved.uses = loaded.resolve(&t.uses).to_string_lossy().into_owned();
         resolved.name = Some(transform_name(t, i));
         if let Err(e) = crate::transform::check(&resolved, &opts) {
-            let path = match e.param() {
-                Some(param) => format!("transforms[{i}].with.{param}"),
-                None if matches!(e, crate::transform::LoadError::Init { .. }) => {
+            let path = match (e.param(), e.setting()) {
+                (Some(param), _) => format!("transforms[{i}].with.{param}"),
+                (None, Some(setting)) => format!("transforms[{i}].{setting}"),
+                (None, None) if matches!(e, crate::transform::LoadError::Init { .. }) => {
                     format!("transforms[{i}].with")
                 }
-                None => format!("transforms[{i}].uses"),
+                (None, None) => format!("transforms[{i}].uses"),
             };
             issues.push(loaded.issue(&path, e.to_string()));
         }

@@ -60,6 +60,8 @@ pub enum LoadError {
         transform: String,
         /// The guest's error or the trap.
         reason: String,
+        /// The limit `init` ran into, if that was why.
+        limit: Option<FailureKind>,
     },
 }
 
@@ -68,6 +70,26 @@ impl LoadError {
     pub fn param(&self) -> Option<&str> {
         match self {
             LoadError::InvalidParam { param, .. } => Some(param),
+            _ => None,
+        }
+    }
+
+    /// The transform setting behind this error, if it is one of its limits (`memory_mb`,
+    /// `timeout_ms`, `fuel`) that `init` ran into.
+    pub fn setting(&self) -> Option<&'static str> {
+        match self {
+            LoadError::Init {
+                limit: Some(FailureKind::Memory),
+                ..
+            } => Some("memory_mb"),
+            LoadError::Init {
+                limit: Some(FailureKind::Timeout),
+                ..
+            } => Some("timeout_ms"),
+            LoadError::Init {
+                limit: Some(FailureKind::Fuel),
+                ..
+            } => Some("fuel"),
             _ => None,
         }
     }

@@ -631,10 +631,21 @@ fn check_init(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<(), Loa
         Ok(Err(e)) => Err(LoadError::Init {
             transform: t.name.to_string(),
             reason: e.to_string(),
+            limit: match e {
+                InitFailure::Wasm(kind, _) => Some(kind),
+                _ => None,
+            }
+            .filter(|k| {
+                matches!(
+                    k,
+                    FailureKind::Memory | FailureKind::Timeout | FailureKind::Fuel
+                )
+            }),
         }),
         Err(_) => Err(LoadError::Init {
             transform: t.name.to_string(),
             reason: "init panicked the host".into(),
+            limit: None,
         }),
     }
 }
@@ -830,7 +841,7 @@ impl ResourceLimiter for MemoryCap {
 /// Why an instance could not be built.
 enum InitFailure {
     Guest(GuestError),
-    Wasm(String),
+    Wasm(FailureKind, String),
     /// The exports exist (`TransformPre` checks that) but do not have the contract's types.
     Exports(String),
 }
@@ -839,7 +850,7 @@ impl std::fmt::Display for InitFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             InitFailure::Guest(e) => f.write_str(&bindings::describe(e)),
-            InitFailure::Wasm(e) | InitFailure::Exports(e) => f.write_str(e),
+            InitFailure::Wasm(_, e) | InitFailure::Exports(e) => f.write_str(e),
         }
     }
 }
@@ -892,11 +903,10 @@ impl Slot {
         });
         let init_ms = init_limit_ms(&t.config);
         arm_for(&mut store, &t.config, fuel_enabled, init_ms);
-        let instance = t
-            .pre
-            .instance_pre()
-            .instantiate(&mut store)
-            .map_err(|e| InitFailure::Wasm(classify(&e, store.data(), &t.config).1))?;
+        let instance = t.pre.instance_pre().instantiate(&mut store).map_err(|e| {
+            let (kind, reason) = classify(&e, store.data(), &t.config);
+            InitFailure::Wasm(kind, reason)
+        })?;
         // `TransformPre` found the exports by name; this checks their function types.
         let guest = bindings::Transform::new(&mut store, &instance)
             .map_err(|e| InitFailure::Exports(format!("{e:#}")))?;
@@ -911,7 +921,10 @@ impl Slot {
                 rows_seen: 0,
             }),
             Ok(Err(e)) => Err(InitFailure::Guest(e)),
-            Err(e) => Err(InitFailure::Wasm(classify(&e, store.data(), &t.config).1)),
+            Err(e) => {
+                let (kind, reason) = classify(&e, store.data(), &t.config);
+                Err(InitFailure::Wasm(kind, reason))
+            }
         }
     }
 }
