@@ -148,6 +148,20 @@ fn ten_broken_pipelines_give_ten_precise_messages() {
             "ran out of fuel",
         ),
         (
+            "no rows allowed per record",
+            r#"{ "name": "second","#,
+            r#"{ "name": "second", "max_rows_per_record": 0,"#,
+            "transforms[1].max_rows_per_record (line 8",
+            "at least 1",
+        ),
+        (
+            "blank transform name",
+            r#"{ "name": "second","#,
+            r#"{ "name": " ","#,
+            "transforms[1].name (line 8",
+            "must not be blank",
+        ),
+        (
             "missing component",
             r#""uses": "@FILTER@", "with": { "field": "value", "op": "gt""#,
             r#""uses": "nope.wasm", "with": { "field": "value", "op": "gt""#,

@@ -189,6 +189,23 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
         if t.fuel == Some(0) {
             bad(&at("fuel"), "fuel must be at least 1 when set".to_owned());
         }
+        if t.max_rows_per_record == 0 {
+            bad(
+                &at("max_rows_per_record"),
+                "max_rows_per_record must be at least 1 (0 would fail every row the transform \
+                 emits)"
+                    .to_owned(),
+            );
+        }
+        // The name labels metrics, summary lines and dead letters' `transform:<name>` stage.
+        if let Some(name) = &t.name
+            && (name.trim().is_empty() || name.chars().any(char::is_control))
+        {
+            bad(
+                &at("name"),
+                format!("transform name {name:?} must not be blank or hold control characters"),
+            );
+        }
     }
 
     let SinkConfig::Snowflake(sf) = &c.sink;
