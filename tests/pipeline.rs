@@ -545,6 +545,87 @@ fn a_record_trapping_mid_chain_is_dead_lettered_as_the_original_message() {
     assert_eq!(rows[0][1].as_i64(), Some(0));
 }
 
+/// A transform with `on_error: fail` stops the run (exit 1) with a summary that still has the
+/// consume counts and says how to resume; after the fix, `--consume-only` loads every other row
+/// exactly once.
+#[test]
+fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 40);
+    let topic = sluice_tests::broker::unique("failstop");
+    let pipeline = |on_error: &str| {
+        let p = serde_json::json!({
+            "version": 1,
+            "name": "failstop",
+            "source": { "type": "csv", "path": csv, "key_column": "id" },
+            "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 2 },
+            "transforms": [{ "uses": sluice_tests::guests::POISON_TRAP, "on_error": on_error }],
+            "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+        });
+        let path = dir.path().join(format!("{on_error}.json"));
+        std::fs::write(&path, p.to_string()).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let summary_file = dir.path().join("summary.json");
+    let (fail, drop) = (pipeline("fail"), pipeline("drop"));
+    let s = state.to_string_lossy().into_owned();
+    let sf = summary_file.to_string_lossy().into_owned();
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            &fail,
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+            &s,
+            "--summary",
+            &sf,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
+    let transform = &summary["consume"]["transforms"][0];
+    assert_eq!(transform["rows_failed"], 1, "{summary:#}");
+    assert!(transform["rows_in"].as_u64().unwrap() >= 1, "{summary:#}");
+    let problems = summary["problems"].to_string();
+    assert!(problems.contains("transform poison_trap"), "{problems}");
+    assert!(
+        problems.contains("`sluice run --consume-only` resumes"),
+        "{problems}"
+    );
+    assert!(stderr.contains("--consume-only"), "{stderr}");
+
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            &drop,
+            "--consume-only",
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+            &s,
+        ],
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let db = state.join("snowflake").to_string_lossy().into_owned();
+    let rows = python_query(
+        &db,
+        "SELECT COUNT(*), COUNT(DISTINCT ID), COUNT_IF(ID = 13) FROM E2E.RAW.ROWS",
+    );
+    assert_eq!(rows[0], [39, 39, 0].map(serde_json::Value::from).to_vec());
+}
+
 /// Runs `sql` with the official Python connector (an independent client) against a fresh
 /// emulator process whose database lives in the directory `db` (`FAKESNOW_DB_PATH`).
 fn python_query(db: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {

@@ -426,19 +426,20 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
             cancel: cancel.clone(),
             consumer_stats: consumer_stats.clone(),
         };
-        let r = consume_loop(ctx).await;
+        let (part, r) = consume_loop(ctx).await;
         if r.is_err() {
             cancel.cancel();
         }
         let rows_after = sink.count_rows().await.unwrap_or(0);
         sink.close().await;
-        Some(r.map(|part| ConsumePart {
+        let part = ConsumePart {
             table: sink.table().to_owned(),
             table_rows_before: rows_before,
             table_rows_after: rows_after,
             transforms: transform_parts(&stats.transforms),
             ..part
-        }))
+        };
+        Some((part, r))
     };
     let (replay_result, consume_result) = tokio::join!(replay_half, consume_half);
 
@@ -465,11 +466,22 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
         }
         None => None,
     };
+    // A consume half that stopped on an error still reports what it did before it stopped.
+    let mut stopped = false;
     let consume_part = match consume_result {
-        Some(Ok(part)) => Some(part),
-        Some(Err(e)) => {
-            problems.push(format!("{e:#}"));
-            None
+        Some((part, Ok(()))) => Some(part),
+        Some((part, Err(e))) => {
+            stopped = true;
+            let hint = match e.downcast_ref::<crate::transform::TransformError>() {
+                Some(crate::transform::TransformError::Failed { .. }) => {
+                    " (fix the transform, or set its on_error to drop or dead_letter; then \
+                     `sluice run --consume-only` resumes from what the warehouse holds, while a \
+                     full run would replay the whole file again and load its rows twice)"
+                }
+                _ => "",
+            };
+            problems.push(format!("{e:#}{hint}"));
+            Some(part)
         }
         None => None,
     };
@@ -505,7 +517,10 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
         ok: false,
         problems,
     };
-    summary.problems.extend(reconcile(&summary));
+    // The counts of a run that stopped part-way need not add up, and its problem says why.
+    if !stopped {
+        summary.problems.extend(reconcile(&summary));
+    }
     summary.ok = summary.problems.is_empty();
     print_summary(&summary);
     let text = serde_json::to_string_pretty(&summary)?;
@@ -555,7 +570,15 @@ const TRANSFORM_LINGER: Duration = Duration::from_millis(20);
 /// The consume half: group consumer → transform chain → sink, with durable offsets flowing back
 /// to the consumer's commits. Returns when cancelled, or with `until_end` once every partition's
 /// durable offset reaches the topic's end offset (taken when the replay finished, or at start).
-async fn consume_loop(ctx: ConsumeCtx) -> anyhow::Result<ConsumePart> {
+async fn consume_loop(ctx: ConsumeCtx) -> (ConsumePart, anyhow::Result<()>) {
+    let mut part = ConsumePart::default();
+    let result = consume_into(ctx, &mut part).await;
+    (part, result)
+}
+
+/// [`consume_loop`], counting into `part` as it goes, so that a run that stops on an error still
+/// reports what it consumed, transformed and loaded before it stopped.
+async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result<()> {
     let topic = ctx.kafka.topic.clone();
     let mut durable: BTreeMap<i32, i64> = ctx
         .sink
@@ -579,7 +602,7 @@ async fn consume_loop(ctx: ConsumeCtx) -> anyhow::Result<ConsumePart> {
         ready = source::producer::wait_for_topic(&ctx.kafka, &ctx.bootstrap, &topic) => {
             ready.context("cannot read the topic's metadata")?;
         }
-        _ = ctx.cancel.cancelled() => return Ok(ConsumePart::default()),
+        _ = ctx.cancel.cancelled() => return Ok(()),
     }
     let mut consumer = consume::Consumer::start(consume::ConsumerOptions {
         kafka: &ctx.kafka,
@@ -591,7 +614,6 @@ async fn consume_loop(ctx: ConsumeCtx) -> anyhow::Result<ConsumePart> {
     .context("cannot start the Kafka consumer")?;
     let (sink_tx, mut durable_rx, sink_task) = ctx.sink.clone().spawn(Some(ctx.dlq.clone()), 4096);
 
-    let mut part = ConsumePart::default();
     // The end offsets to reach with --until-end; known once the replay is done.
     let mut target: Option<BTreeMap<i32, i64>> = None;
     let mut seen: BTreeMap<i32, i64> = BTreeMap::new();
@@ -621,7 +643,7 @@ async fn consume_loop(ctx: ConsumeCtx) -> anyhow::Result<ConsumePart> {
                             // tick (up to 20 ms per batch, and at most ~51 K records/s).
                             if batch.len() >= TRANSFORM_BATCH {
                                 let full = std::mem::replace(&mut batch, Vec::with_capacity(TRANSFORM_BATCH));
-                                process_batch(&ctx, full, &sink_tx, &mut part, &mut seen).await?;
+                                process_batch(&ctx, full, &sink_tx, part, &mut seen).await?;
                                 linger.reset();
                             }
                         }
@@ -638,7 +660,7 @@ async fn consume_loop(ctx: ConsumeCtx) -> anyhow::Result<ConsumePart> {
                 _ = linger.tick() => {
                     if !batch.is_empty() {
                         let due = std::mem::replace(&mut batch, Vec::with_capacity(TRANSFORM_BATCH));
-                        process_batch(&ctx, due, &sink_tx, &mut part, &mut seen).await?;
+                        process_batch(&ctx, due, &sink_tx, part, &mut seen).await?;
                     }
                 }
                 _ = poll_end.tick(), if ctx.until_end => {
@@ -663,16 +685,12 @@ async fn consume_loop(ctx: ConsumeCtx) -> anyhow::Result<ConsumePart> {
         Ok(())
     }
     .await;
-    if result.is_ok() && !batch.is_empty() && !ctx.cancel.is_cancelled() {
-        process_batch(
-            &ctx,
-            std::mem::take(&mut batch),
-            &sink_tx,
-            &mut part,
-            &mut seen,
-        )
-        .await?;
-    }
+    let result = match result {
+        Ok(()) if !batch.is_empty() && !ctx.cancel.is_cancelled() => {
+            process_batch(&ctx, std::mem::take(&mut batch), &sink_tx, part, &mut seen).await
+        }
+        r => r,
+    };
     // Closing the input makes the writer flush what it holds and end.
     drop(sink_tx);
     let sink_summary = sink_task.await?;
@@ -684,13 +702,15 @@ async fn consume_loop(ctx: ConsumeCtx) -> anyhow::Result<ConsumePart> {
         }
     }
     consumer.close().await;
-    result?;
-    let sink_summary = sink_summary.context("the Snowflake sink failed")?;
-    part.rows_loaded = sink_summary.rows_loaded;
-    part.files = sink_summary.files;
-    part.sink_dead_lettered = sink_summary.rows_dead_lettered;
     part.committed_offsets = durable;
-    Ok(part)
+    if let Ok(s) = &sink_summary {
+        part.rows_loaded = s.rows_loaded;
+        part.files = s.files.clone();
+        part.sink_dead_lettered = s.rows_dead_lettered;
+    }
+    result?;
+    sink_summary.context("the Snowflake sink failed")?;
+    Ok(())
 }
 
 /// Runs one batch of consumed records through the chain and hands every record's outcome, in
