@@ -705,7 +705,7 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
     part.committed_offsets = durable;
     if let Ok(s) = &sink_summary {
         part.rows_loaded = s.rows_loaded;
-        part.files = s.files.clone();
+        part.files = s.files;
         part.sink_dead_lettered = s.rows_dead_lettered;
     }
     result?;
