@@ -211,6 +211,27 @@ fn run_refuses_a_rejected_param_before_starting_anything() {
     assert!(!state.exists(), "{stderr}");
 }
 
+/// A param from the environment may be a secret: when the guest's error quotes it, the message
+/// shows `***` instead (the README promises secrets are never logged).
+#[test]
+fn a_secret_param_quoted_by_a_guest_error_is_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_pipeline(
+        dir.path(),
+        &BASE.replacen(r#""op": "gt""#, r#""op": "${SLUICE_TEST_OP_SECRET}""#, 1),
+    );
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(["validate", &path.to_string_lossy()])
+        .env("SLUICE_TEST_OP_SECRET", "hunter2secret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("transforms[0].with.op (line 7"), "{stderr}");
+    assert!(stderr.contains("unknown operator \"***\""), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
 /// One run of `validate` shows every mistake: a transform's params are checked by its `init`
 /// even when another transform's component is missing and the data file is gone.
 #[test]

@@ -275,14 +275,15 @@ pub fn load_str(
         }])
     })?;
     let mut issues = Vec::new();
-    interpolate_tree(&mut tree, String::new(), env, &mut issues);
+    let mut from_env = Vec::new();
+    interpolate_tree(&mut tree, String::new(), env, &mut issues, &mut from_env);
     if !issues.is_empty() {
         for i in &mut issues {
             i.position = locate(text, &i.path);
         }
         return Err(invalid(issues));
     }
-    let config: PipelineConfig = serde_path_to_error::deserialize(&tree).map_err(|e| {
+    let mut config: PipelineConfig = serde_path_to_error::deserialize(&tree).map_err(|e| {
         let path = render_path(e.path());
         let message = e.inner().to_string();
         // Internally tagged enums (`"type"`, `"mode"`) buffer their content, so serde's path
@@ -297,6 +298,15 @@ pub fn load_str(
             message,
         }])
     })?;
+    // A transform's params may carry secrets (a salt, a key); its messages must not show them.
+    for (i, t) in config.transforms.iter_mut().enumerate() {
+        let prefix = format!("transforms[{i}].with.");
+        t.secrets = from_env
+            .iter()
+            .filter(|(path, _)| path.starts_with(&prefix))
+            .map(|(_, value)| value.clone())
+            .collect();
+    }
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
     let base_dir = if base_dir.as_os_str().is_empty() {
         PathBuf::from(".")
@@ -387,14 +397,18 @@ fn render_path(path: &serde_path_to_error::Path) -> String {
 
 /// Replaces `${VAR}` and `${VAR:-default}` in every string of the tree. A reference to an unset
 /// variable without a default is an issue at that string's path. `$${` escapes a literal `${`.
+/// Each value taken from the environment is added to `from_env` with the path it went to.
 fn interpolate_tree(
     v: &mut serde_json::Value,
     path: String,
     env: &dyn Fn(&str) -> Option<String>,
     issues: &mut Vec<ConfigIssue>,
+    from_env: &mut Vec<(String, String)>,
 ) {
     match v {
-        serde_json::Value::String(s) => match interpolate(s, env) {
+        serde_json::Value::String(s) => match interpolate_noting(s, env, &mut |value| {
+            from_env.push((path.clone(), value.to_owned()))
+        }) {
             Ok(new) => *s = new,
             Err(message) => issues.push(ConfigIssue {
                 path,
@@ -404,12 +418,12 @@ fn interpolate_tree(
         },
         serde_json::Value::Array(items) => {
             for (i, item) in items.iter_mut().enumerate() {
-                interpolate_tree(item, format!("{path}[{i}]"), env, issues);
+                interpolate_tree(item, format!("{path}[{i}]"), env, issues, from_env);
             }
         }
         serde_json::Value::Object(map) => {
             for (k, item) in map.iter_mut() {
-                interpolate_tree(item, join_key(&path, k), env, issues);
+                interpolate_tree(item, join_key(&path, k), env, issues, from_env);
             }
         }
         _ => {}
@@ -418,6 +432,15 @@ fn interpolate_tree(
 
 /// Interpolates one string (see [`interpolate_tree`]).
 pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    interpolate_noting(s, env, &mut |_| {})
+}
+
+/// [`interpolate`], calling `noted` with each value taken from the environment.
+fn interpolate_noting(
+    s: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    noted: &mut dyn FnMut(&str),
+) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
     while let Some(i) = rest.find('$') {
@@ -440,7 +463,10 @@ pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Stri
             }
             match (env(name), default) {
                 (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
-                (Some(v), _) => out.push_str(&v),
+                (Some(v), _) => {
+                    noted(&v);
+                    out.push_str(&v);
+                }
                 (None, Some(d)) => out.push_str(d),
                 (None, None) => {
                     return Err(format!(
@@ -662,6 +688,13 @@ mod tests {
             "{shown}"
         );
         assert!(!shown.contains("TopSecret"), "{shown}");
+        // The transform's params from the environment are known, to keep them out of messages.
+        let t = &loaded.config.transforms[0];
+        assert_eq!(t.secrets, ["TopSecret-123"]);
+        assert_eq!(
+            t.redact("bad salt \"TopSecret-123\"".to_owned()),
+            "bad salt \"***\""
+        );
     }
 
     #[test]

@@ -44,7 +44,17 @@ pub struct TransformConfig {
     /// applies its own limit, so two flat-maps in a chain can multiply.
     #[serde(default = "default_max_rows_per_record")]
     pub max_rows_per_record: u32,
+    /// The values of `with` taken from the environment (`${VAR}`): they may be secrets, and a
+    /// guest's error may quote its params, so [`redact`](Self::redact) keeps them out of every
+    /// message and dead letter. Set when the pipeline file is loaded; not part of it.
+    #[serde(skip)]
+    #[schemars(skip)]
+    pub secrets: Vec<String>,
 }
+
+/// Secret values shorter than this are not redacted: they cannot hide much, and replacing every
+/// `1` of a message would garble it.
+const MIN_REDACTED: usize = 4;
 
 // By hand: the values of `with` may be secrets (`mask`'s `salt`), so only their keys are shown.
 impl std::fmt::Debug for TransformConfig {
@@ -76,7 +86,19 @@ impl TransformConfig {
             fuel: None,
             debug_stdio: false,
             max_rows_per_record: default_max_rows_per_record(),
+            secrets: Vec::new(),
         }
+    }
+
+    /// `text` with each of [`secrets`](Self::secrets) in it (of at least 4 bytes) shown as `***`.
+    pub fn redact(&self, text: String) -> String {
+        self.secrets
+            .iter()
+            .filter(|s| s.len() >= MIN_REDACTED)
+            .fold(text, |text, secret| match text.contains(secret.as_str()) {
+                true => text.replace(secret.as_str(), "***"),
+                false => text,
+            })
     }
 
     /// The name used in logs, metrics and dead letters: `name`, else the component file's stem

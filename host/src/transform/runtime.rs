@@ -622,7 +622,7 @@ fn check_init(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<(), Loa
         Ok(Err(InitFailure::Guest(GuestError::InvalidParam(e)))) => Err(LoadError::InvalidParam {
             transform: t.name.to_string(),
             param: e.name,
-            reason: e.reason,
+            reason: t.config.redact(e.reason),
         }),
         Ok(Err(InitFailure::Exports(reason))) => Err(LoadError::WrongWorld {
             path: PathBuf::from(&t.config.uses),
@@ -630,7 +630,7 @@ fn check_init(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<(), Loa
         }),
         Ok(Err(e)) => Err(LoadError::Init {
             transform: t.name.to_string(),
-            reason: e.to_string(),
+            reason: t.config.redact(e.to_string()),
             limit: match e {
                 InitFailure::Wasm(kind, _) => Some(kind),
                 _ => None,
@@ -1050,6 +1050,7 @@ fn run_chain(
         let (next, failures) = run_transform(shared, t, slot, &batch, &metas)?;
         let any_failed = !failures.is_empty();
         for (j, kind, reason) in failures {
+            let reason = t.config.redact(reason);
             TransformStats::add(&t.stats.rows_failed, 1);
             let o = batch.origins[j] as usize;
             if failed.contains_key(&o) {
