@@ -633,12 +633,15 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
             &s,
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    // The failed record under `drop` is logged once at WARN, with its reason.
+    let warned: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("A transform failed a record"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{stderr}");
+    assert!(warned[0].contains("poison row"), "{stderr}");
     let db = state.join("snowflake").to_string_lossy().into_owned();
     let rows = python_query(
         &db,

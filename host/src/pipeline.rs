@@ -36,7 +36,9 @@ use crate::sink::snowflake::stats::SinkStats;
 use crate::source::config::SourceConfig;
 use crate::source::dlq::DeadLetterStats;
 use crate::source::{self, ReplayStats};
-use crate::transform::{RecordOutcome, RuntimeOptions, TransformChain, TransformStats};
+use crate::transform::{
+    FailureKind, RecordOutcome, RuntimeOptions, TransformChain, TransformStats,
+};
 use crate::validate::transform_name;
 
 /// Which halves of the pipeline run.
@@ -425,6 +427,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
             replay_done: replay_done.clone(),
             cancel: cancel.clone(),
             consumer_stats: consumer_stats.clone(),
+            warned: Default::default(),
         };
         let (part, r) = consume_loop(ctx).await;
         if r.is_err() {
@@ -560,6 +563,28 @@ struct ConsumeCtx {
     replay_done: CancellationToken,
     cancel: CancellationToken,
     consumer_stats: Arc<ConsumerStats>,
+    /// The transform and failure kinds already logged at WARN: each is logged once, with its
+    /// first record, and the rest at DEBUG (the counts and the dead letters have them all).
+    warned: std::sync::Mutex<std::collections::HashSet<(String, &'static str)>>,
+}
+
+impl ConsumeCtx {
+    /// Logs a record a transform failed: the first of each transform and kind at WARN.
+    fn log_failure(&self, transform: &str, kind: FailureKind, reason: &str, meta: &RecordMeta) {
+        let first = self
+            .warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert((transform.to_owned(), kind.as_str()));
+        let (topic, partition, offset) = (&meta.topic, meta.partition, meta.offset);
+        let kind = kind.as_str();
+        if first {
+            warn!(transform, kind, reason, %topic, partition, offset,
+                "A transform failed a record (the first of this transform and kind; the rest are counted in the summary and logged at debug).");
+        } else {
+            tracing::debug!(transform, kind, reason, %topic, partition, offset, "A transform failed a record.");
+        }
+    }
 }
 
 /// Records handed to the transform chain per call, at most.
@@ -766,6 +791,7 @@ async fn process_batch(
             None => match outcomes.next() {
                 Some(RecordOutcome::Emitted(rows)) => rows,
                 Some(RecordOutcome::Quarantined(q)) => {
+                    ctx.log_failure(&q.transform, q.kind, &q.reason, &meta);
                     // The message as it arrived, not the row the failing transform saw: replaying
                     // the letter runs the whole chain.
                     let letter = q.dead_letter(meta.clone(), value);
@@ -782,7 +808,14 @@ async fn process_batch(
                     })?;
                     Vec::new()
                 }
-                Some(RecordOutcome::Dropped { .. }) => Vec::new(),
+                Some(RecordOutcome::Dropped {
+                    transform,
+                    kind,
+                    reason,
+                }) => {
+                    ctx.log_failure(&transform, kind, &reason, &meta);
+                    Vec::new()
+                }
                 None => anyhow::bail!("the transform chain returned fewer outcomes than records"),
             },
         };
@@ -875,6 +908,12 @@ fn reconcile(s: &RunSummary) -> Vec<String> {
 }
 
 fn print_summary(s: &RunSummary) {
+    // Not `eprint!`: the summary files are written after this, even when stderr is gone.
+    let _ = std::io::Write::write_all(&mut std::io::stderr(), summary_text(s).as_bytes());
+}
+
+/// The summary as printed at the end of a run.
+fn summary_text(s: &RunSummary) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "\nsluice run {} ({}) finished in {:.1} s\n",
@@ -910,6 +949,17 @@ fn print_summary(s: &RunSummary) {
         "  dead letters: {} in {}\n",
         s.dead_letters, s.dead_letter_topic
     ));
+    // Nothing lost can still be nothing loaded: a transform failing most of its rows is far more
+    // likely a wrong param (a misspelt field name) than bad data.
+    for t in s.consume.iter().flat_map(|c| &c.transforms) {
+        if t.rows_failed > 0 && t.rows_failed * 2 >= t.rows_in {
+            out.push_str(&format!(
+                "  warning: transform {} failed {} of the {} rows it received; check its params \
+                 (the failures' reasons are in the dead letters and the log)\n",
+                t.name, t.rows_failed, t.rows_in
+            ));
+        }
+    }
     if s.ok {
         out.push_str("  result: ok, nothing lost\n");
     } else {
@@ -917,8 +967,7 @@ fn print_summary(s: &RunSummary) {
             out.push_str(&format!("  problem: {p}\n"));
         }
     }
-    // Not `eprint!`: the summary files are written after this, even when stderr is gone.
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), out.as_bytes());
+    out
 }
 
 /// The live progress line: rows read, produced, transformed, loaded, rows/s and consumer lag.
@@ -1423,4 +1472,40 @@ fn count_csv(
         }
     }
     Ok((good, bad))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A run that lost nothing but whose transform failed most rows says so: a misspelt field
+    /// name dead-letters every record and still reconciles.
+    #[test]
+    fn a_transform_failing_most_rows_is_a_warning_in_the_summary() {
+        let part = |failed| TransformPart {
+            name: "filter".into(),
+            rows_in: 200,
+            rows_out: 200 - failed,
+            rows_failed: failed,
+            ..TransformPart::default()
+        };
+        let summary = |failed| RunSummary {
+            consume: Some(ConsumePart {
+                transforms: vec![part(failed)],
+                ..ConsumePart::default()
+            }),
+            ok: true,
+            ..RunSummary::default()
+        };
+        let text = summary_text(&summary(200));
+        assert!(
+            text.contains(
+                "  warning: transform filter failed 200 of the 200 rows it received; check its params"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("result: ok, nothing lost"), "{text}");
+        assert!(!summary_text(&summary(3)).contains("warning"));
+        assert!(!summary_text(&summary(0)).contains("warning"));
+    }
 }
