@@ -615,6 +615,11 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
     assert!(transform["rows_in"].as_u64().unwrap() >= 1, "{summary:#}");
     let problems = summary["problems"].to_string();
     assert!(problems.contains("transform poison_trap"), "{problems}");
+    // Id 13, the poison row, is on line 15 of the file.
+    assert!(
+        problems.contains("(line 15 of the CSV) (trap)"),
+        "{problems}"
+    );
     assert!(
         problems.contains("`sluice run --consume-only` resumes"),
         "{problems}"

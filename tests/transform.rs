@@ -1343,7 +1343,7 @@ fn cli_test_expect_detects_a_mismatch() {
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains(
-            "expected 1 rows, got 2 (first extra: {\"id\":2,\"name\":\"BOB\"}; from record 2, \
+            "expected 1 row, got 2 (first extra: {\"id\":2,\"name\":\"BOB\"}; from record 2, \
              input line 3)"
         ),
         "{stderr}"
@@ -1391,7 +1391,8 @@ fn cli_test_failed_records_fail_expect_unless_expected() {
 
     let both = write(
         "failures.jsonl",
-        "{\"record\":2,\"line\":3,\"kind\":\"trap\",\"reason\":\"unreachable\"}\n\
+        "{\"record\":2,\"line\":3,\"kind\":\"trap\",\"reason\":\"unreachable\",\
+         \"stage\":\"transform:poison-trap\"}\n\
          {\"line\":4,\"stage\":\"source\",\"kind\":\"ragged_row\"}\n",
     );
     let (code, stderr) = run(&[&both]);
@@ -1412,7 +1413,7 @@ fn cli_test_failed_records_fail_expect_unless_expected() {
         (
             "{\"line\":3}\n",
             1,
-            "expected 1 failed records, got 2 (first extra: record 3 (line 4)",
+            "expected 1 failed record, got 2 (first extra: record 3 (line 4)",
         ),
         (
             "{\"line\":3}\n{\"line\":4}\n{\"line\":5}\n",
@@ -1543,7 +1544,7 @@ fn cli_test_runs_to_the_end_when_stdout_closes() {
         assert!(stderr.contains(": 3000 in, 3000 out"), "{stderr}");
         assert!(!stderr.contains("error"), "{stderr}");
         if code == 1 {
-            assert!(stderr.contains("expected 1 rows, got 3000"), "{stderr}");
+            assert!(stderr.contains("expected 1 row, got 3000"), "{stderr}");
         }
 
         // The same with stderr closed from the start (`2>&1 | head -0`): no panic, same code.

@@ -217,6 +217,21 @@ pub struct RecordMeta {
     pub headers: Vec<(String, Vec<u8>)>,
 }
 
+impl RecordMeta {
+    /// The value of header `name`, as text.
+    pub fn header_text(&self, name: &str) -> Option<&str> {
+        let (_, value) = self.headers.iter().find(|(k, _)| k == name)?;
+        std::str::from_utf8(value).ok()
+    }
+
+    /// The CSV line the record's row starts on, when the source wrote it (`sluice.line`).
+    pub fn csv_line(&self) -> Option<u64> {
+        self.header_text(crate::source::wire::HEADER_LINE)?
+            .parse()
+            .ok()
+    }
+}
+
 /// Formats microseconds since the epoch as ISO-8601 without a zone
 /// (`2024-01-02T03:04:05` or `...05.123456` when there is a fraction).
 pub fn format_timestamp(us: i64) -> String {

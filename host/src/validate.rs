@@ -155,7 +155,15 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
     for (i, t) in c.transforms.iter().enumerate() {
         let at = |key: &str| format!("transforms[{i}].{key}");
         let wasm = loaded.resolve(&t.uses);
-        if !wasm.is_file() {
+        if wasm.is_dir() {
+            bad(
+                &at("uses"),
+                format!(
+                    "{} is a directory; `uses` names a component file (`.wasm`)",
+                    wasm.display()
+                ),
+            );
+        } else if !wasm.is_file() {
             bad(
                 &at("uses"),
                 format!(

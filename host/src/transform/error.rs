@@ -148,7 +148,8 @@ impl fmt::Display for FailureKind {
 pub enum TransformError {
     /// A record failed in a transform whose `on_error` is `fail`.
     #[error(
-        "transform {transform} failed on record {topic}/{partition}@{offset} ({kind}): {reason}"
+        "transform {transform} failed on record {topic}/{partition}@{offset}{} ({kind}): {reason}",
+        line.map(|l| format!(" (line {l} of the CSV)")).unwrap_or_default()
     )]
     Failed {
         /// The transform's name.
@@ -163,6 +164,8 @@ pub enum TransformError {
         partition: i32,
         /// The record's offset.
         offset: i64,
+        /// The CSV line the record came from, when its message says (`sluice.line`).
+        line: Option<u64>,
     },
     /// A fresh instance could not be built or initialized (it worked at load time).
     #[error("transform {transform} could not be instantiated: {reason}")]

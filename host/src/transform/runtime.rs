@@ -164,16 +164,14 @@ impl Quarantine {
     pub fn dead_letter(&self, origin: RecordMeta, payload: Vec<u8>) -> DeadLetter {
         // The CSV file and line travel as headers of the source's messages; a letter names them
         // as a source letter does, so that both kinds lead back to the file the same way.
-        let header = |name: &str| {
-            let (_, value) = origin.headers.iter().find(|(k, _)| k == name)?;
-            String::from_utf8(value.clone()).ok()
-        };
         DeadLetter {
             stage: format!("transform:{}", self.transform),
             kind: self.kind.as_str().to_owned(),
             reason: self.reason.clone(),
-            source_file: header(crate::source::wire::HEADER_FILE),
-            line: header(crate::source::wire::HEADER_LINE).and_then(|l| l.parse().ok()),
+            source_file: origin
+                .header_text(crate::source::wire::HEADER_FILE)
+                .map(str::to_owned),
+            line: origin.csv_line(),
             origin: Some(origin),
             payload,
         }
@@ -594,7 +592,10 @@ fn load_one(
             .collect();
         LoadError::WrongWorld {
             path: path.clone(),
-            reason: format!("{e:#} (it exports: {})", exports.join(", ")),
+            reason: match exports.is_empty() {
+                true => format!("{e:#} (it exports nothing)"),
+                false => format!("{e:#} (it exports: {})", exports.join(", ")),
+            },
         }
     })?;
     Ok(Loaded {
@@ -1066,6 +1067,7 @@ fn run_chain(
                         topic: m.topic.clone(),
                         partition: m.partition,
                         offset: m.offset,
+                        line: m.csv_line(),
                     });
                 }
                 // Counted as failed above, and only there: `dropped` is for rows the transform

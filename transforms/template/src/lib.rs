@@ -32,7 +32,7 @@ impl Transform for Main {
                 Ok(vec![row])
             }
             Some(other) => {
-                Err(Error::invalid_value(&self.field, format!("is a {}, not a string", other.type_name())))
+                Err(Error::invalid_value(&self.field, format!("is of type {}, not string", other.type_name())))
             }
             None => Err(Error::MissingField(self.field.clone())),
         }
