@@ -761,12 +761,25 @@ async fn process_batch(
             Err(e) => order.push((r.meta, r.value, Some(e))),
         }
     }
+    // Per partition, the offsets of the batch: a chain failure names them.
+    let mut span: BTreeMap<i32, (i64, i64)> = BTreeMap::new();
+    for (m, _) in &inputs {
+        let e = span.entry(m.partition).or_insert((m.offset, m.offset));
+        *e = (e.0.min(m.offset), e.1.max(m.offset));
+    }
     let mut outcomes = if inputs.is_empty() {
         Vec::new()
     } else {
         ctx.chain.process(inputs).await.map_err(|e| {
             let names = ctx.chain_names.join(", ");
-            anyhow::Error::new(e).context(format!("the transform chain ({names}) stopped the run"))
+            let records: Vec<String> = span
+                .iter()
+                .map(|(p, (a, b))| format!("{}/{p}@{a}..={b}", ctx.kafka.topic))
+                .collect();
+            anyhow::Error::new(e).context(format!(
+                "the transform chain ({names}) stopped the run in the batch of records {}",
+                records.join(", ")
+            ))
         })?
     }
     .into_iter();
