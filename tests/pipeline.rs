@@ -615,7 +615,10 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
     assert!(transform["rows_in"].as_u64().unwrap() >= 1, "{summary:#}");
     let problems = summary["problems"].to_string();
     assert!(problems.contains("transform poison_trap"), "{problems}");
-    assert!(problems.contains("stopped the run in the batch of records"), "{problems}");
+    assert!(
+        problems.contains("stopped the run in the batch of records"),
+        "{problems}"
+    );
     // Id 13, the poison row, is on line 15 of the file.
     assert!(
         problems.contains("(line 15 of the CSV) (trap)"),

@@ -706,9 +706,10 @@ struct HostState {
     origins: Vec<u32>,
     /// What the guest writes to stdout and stderr.
     output: GuestOutput,
-    /// The CPU time a call may use, and the calling thread's CPU clock when it started.
+    /// The CPU time a call may use, and the calling thread's CPU clock at the call's first epoch
+    /// tick (`None` before it: most calls end sooner and never read the clock, a system call).
     cpu_limit: Duration,
-    cpu_start: Duration,
+    cpu_start: Option<Duration>,
 }
 
 impl WasiView for HostState {
@@ -888,16 +889,21 @@ impl Slot {
             origins: Vec::new(),
             output,
             cpu_limit: Duration::ZERO,
-            cpu_start: Duration::ZERO,
+            cpu_start: None,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
         // The epoch only says when to look: the cap is on the CPU time the call has used, so a
-        // guest descheduled on a busy machine is not charged for the wait.
-        store.epoch_deadline_callback(|ctx| {
-            let s = ctx.data();
-            let used = thread_cpu_time().saturating_sub(s.cpu_start);
-            Ok(match s.cpu_limit.checked_sub(used) {
+        // guest descheduled on a busy machine is not charged for the wait. The clock is first
+        // read at the call's first tick, which undercounts by at most one tick (`TICK_MS`).
+        store.epoch_deadline_callback(|mut ctx| {
+            let s = ctx.data_mut();
+            let now = thread_cpu_time();
+            let Some(start) = s.cpu_start else {
+                s.cpu_start = Some(now);
+                return Ok(UpdateDeadline::Continue(ticks(s.cpu_limit)));
+            };
+            Ok(match s.cpu_limit.checked_sub(now.saturating_sub(start)) {
                 Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
                 _ => UpdateDeadline::Interrupt,
             })
@@ -951,9 +957,10 @@ fn arm_for(
 ) {
     let state = store.data_mut();
     state.cpu_limit = Duration::from_millis(limit_ms);
-    state.cpu_start = thread_cpu_time();
+    state.cpu_start = None;
     state.output.start_call();
-    store.set_epoch_deadline(ticks(Duration::from_millis(limit_ms)));
+    // The next tick starts the count (see the deadline callback in `Slot::new`).
+    store.set_epoch_deadline(1);
     if fuel_enabled {
         // A fuel-metered engine needs fuel in every store; unmetered transforms get "infinite".
         let _ = store.set_fuel(config.fuel.unwrap_or(u64::MAX));
