@@ -695,6 +695,12 @@ mod tests {
             t.redact("bad salt \"TopSecret-123\"".to_owned()),
             "bad salt \"***\""
         );
+        let mut t = t.clone();
+        t.secrets = vec!["pass".into(), "my\"pass\"word".into()];
+        assert_eq!(
+            t.redact(format!("{:?} and {:?}", "my\"pass\"word", "pass")),
+            "\"***\" and \"***\""
+        );
     }
 
     #[test]

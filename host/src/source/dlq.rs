@@ -202,7 +202,12 @@ fn encode_cut(letter: &DeadLetter, cut: usize, origin_cut: usize) -> Vec<u8> {
 
 fn bytes_json(b: &[u8], max: usize) -> serde_json::Value {
     if b.len() > max {
-        let head = bytes_json(&b[..max], usize::MAX);
+        // Text cut in the middle of a character stays text, up to the cut.
+        let head = match std::str::from_utf8(&b[..max]) {
+            Err(e) if e.error_len().is_none() => &b[..e.valid_up_to()],
+            _ => &b[..max],
+        };
+        let head = bytes_json(head, usize::MAX);
         return serde_json::json!({ "cut": head, "bytes": b.len() });
     }
     match std::str::from_utf8(b) {

@@ -5,8 +5,11 @@
 //! compatibility hash (wasmtime's version and every setting that changes the code), and holds
 //! that key, a BLAKE3 hash of the code, and the code. Loading machine code runs it, so an entry is
 //! used only when both hashes check out: a damaged entry (a bad disk, a half-written copy) or one
-//! filed under another component's name is compiled again and replaced, never executed. Every
-//! cache failure costs only time: the component is compiled as if there were no cache.
+//! filed under another component's name is compiled again and replaced, never executed. (This
+//! guards against accidents, not against someone who can write the directory: they could write a
+//! sound entry, as they could replace the `.wasm`.) Every cache failure costs only time: the
+//! component is compiled as if there were no cache. Entries are never removed: one per component
+//! and wasmtime version, a few MB each.
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
@@ -108,16 +111,16 @@ fn code_of<'a>(entry: &'a [u8], key: &[u8; 32]) -> Option<&'a [u8]> {
 /// Writes an entry whole or not at all: to a temporary file first, renamed into place, so that a
 /// run that stops halfway or a concurrent run never leaves a partial entry under the name.
 fn store(path: &Path, key: &[u8; 32], code: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    // A temporary file of its own (removed if anything fails): two writers never share one.
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     let mut entry = Vec::with_capacity(HEADER + code.len());
     entry.extend_from_slice(MAGIC);
     entry.extend_from_slice(key);
     entry.extend_from_slice(blake3::hash(code).as_bytes());
     entry.extend_from_slice(code);
-    std::fs::write(&tmp, &entry)?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
+    std::io::Write::write_all(&mut tmp, &entry)?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 #[cfg(test)]

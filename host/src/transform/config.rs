@@ -90,13 +90,21 @@ impl TransformConfig {
         }
     }
 
-    /// `text` with each of [`secrets`](Self::secrets) in it (of at least 4 bytes) shown as `***`.
+    /// `text` with each of [`secrets`](Self::secrets) in it (of at least 4 bytes) shown as `***`,
+    /// as written or as Rust's `{:?}` quotes it (a guest's error often does).
     pub fn redact(&self, text: String) -> String {
-        self.secrets
+        let mut forms: Vec<String> = self
+            .secrets
             .iter()
             .filter(|s| s.len() >= MIN_REDACTED)
-            .fold(text, |text, secret| match text.contains(secret.as_str()) {
-                true => text.replace(secret.as_str(), "***"),
+            .flat_map(|s| [s.clone(), s.escape_debug().to_string()])
+            .collect();
+        // Longest first, so that a secret inside another does not leave the rest of it showing.
+        forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
+        forms
+            .into_iter()
+            .fold(text, |text, secret| match text.contains(&secret) {
+                true => text.replace(&secret, "***"),
                 false => text,
             })
     }

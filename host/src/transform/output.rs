@@ -17,6 +17,10 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 /// How much of a call's output a failure's reason may quote, in bytes.
 pub const TAIL_BYTES: usize = 1024;
 
+/// The longest line shown with `debug_stdio`: a longer one is shown in pieces, so that a guest
+/// writing without line breaks cannot grow the host's memory (its own is capped, this is not).
+const MAX_LINE: usize = 16 * 1024;
+
 /// The guest's stdout and stderr (one sink for both), shared by the streams WASI hands out.
 #[derive(Clone)]
 pub struct GuestOutput(Arc<Mutex<Output>>);
@@ -57,7 +61,15 @@ impl GuestOutput {
         out.flush_line();
         let text = String::from_utf8_lossy(&out.tail).into_owned();
         let from = text.rfind("panicked at ").unwrap_or(0);
-        let said: Vec<&str> = text[from..]
+        // Guest bytes end up in logs and dead letters: no terminal escapes or other controls.
+        let text: String = text[from..]
+            .chars()
+            .map(|c| match c.is_control() && c != '\n' {
+                true => ' ',
+                false => c,
+            })
+            .collect();
+        let said: Vec<&str> = text
             .lines()
             .map(str::trim)
             .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE"))
@@ -83,7 +95,7 @@ impl GuestOutput {
         if out.echo.is_some() {
             for piece in bytes.split_inclusive(|&b| b == b'\n') {
                 out.line.extend_from_slice(piece);
-                if piece.ends_with(b"\n") {
+                if piece.ends_with(b"\n") || out.line.len() >= MAX_LINE {
                     out.flush_line();
                 }
             }
@@ -105,7 +117,15 @@ impl Output {
             text.push(b'\n');
         }
         // A closed or full stderr loses the guest's debug output, never the guest's record.
-        let _ = rustix::io::write(rustix::stdio::stderr(), &text);
+        let mut rest = &text[..];
+        while !rest.is_empty() {
+            match rustix::io::write(rustix::stdio::stderr(), rest) {
+                Ok(0) => break,
+                Ok(n) => rest = &rest[n..],
+                Err(rustix::io::Errno::INTR) => {}
+                Err(_) => break,
+            }
+        }
     }
 }
 
@@ -196,8 +216,11 @@ mod tests {
         assert_eq!(out.explain(), None);
         out.write(b"a\n\nb");
         assert_eq!(out.explain().as_deref(), Some("a / b"));
-        // Only the tail is kept, however much the guest writes.
+        // Only the tail is kept, however much the guest writes, and without control characters.
         out.write(&vec![b'x'; 10 * TAIL_BYTES]);
         assert_eq!(out.explain().map(|s| s.len()), Some(TAIL_BYTES));
+        out.start_call();
+        out.write(b"red \x1b[31malert\x07\n");
+        assert_eq!(out.explain().as_deref(), Some("red  [31malert"));
     }
 }
