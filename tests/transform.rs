@@ -924,6 +924,20 @@ fn fuel_runs_out_deterministically_and_is_counted() {
     assert!(c.stats()[0].1.fuel_consumed.load(Relaxed) > 5_000_000);
 }
 
+/// A guest error quoting a whole field is cut to the dead-letter limit (8 KiB), with the length
+/// kept, so that no message or letter grows with the input.
+#[test]
+fn a_huge_failure_reason_is_cut() {
+    let c = chain(&[config(guests::ENRICH, &[("cast", "tags:int")])]);
+    let mut row = Row::with_capacity(1);
+    row.push("tags", Value::String("x".repeat(900_000)));
+    let out = c.process_blocking(with_meta(vec![row])).unwrap();
+    let q = quarantined(&out[0]);
+    assert_eq!(q.kind, FailureKind::Guest);
+    assert!(q.reason.len() < 8 * 1024 + 100, "{}", q.reason.len());
+    assert!(q.reason.ends_with(" bytes in all)"), "{:.80}", q.reason);
+}
+
 #[test]
 fn on_error_drop_and_fail_policies() {
     let mut cfg = config(guests::POISON_TRAP, &[]);

@@ -29,6 +29,16 @@ pub struct DeadLetter {
     pub payload: Vec<u8>,
 }
 
+/// `text`, or its first `max` bytes (at a character boundary) and how long it was: for reasons,
+/// which may quote a whole field, in letters, logs and messages.
+pub fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return text.into();
+    }
+    let end = text.floor_char_boundary(max);
+    format!("{}... (cut; {} bytes in all)", &text[..end], text.len()).into()
+}
+
 type Ack = oneshot::Sender<Result<(), String>>;
 
 /// The sending half: cheap to clone, one per stage.

@@ -575,6 +575,8 @@ impl ConsumeCtx {
             .insert((transform.to_owned(), kind.as_str()));
         let (topic, partition, offset) = (&meta.topic, meta.partition, meta.offset);
         let kind = kind.as_str();
+        // The dead letter has the reason whole (up to its own limit); a log line gets a glimpse.
+        let reason = &*crate::dead_letter::clip(reason, 1024);
         if first {
             warn!(transform, kind, reason, %topic, partition, offset,
                 "A transform failed a record (the first of this transform and kind; the rest are counted in the summary and logged at debug).");

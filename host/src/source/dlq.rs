@@ -28,7 +28,7 @@ use tokio::task::JoinHandle;
 
 use super::producer::{KafkaSetupError, create_producer, ensure_topic};
 use crate::config::KafkaConfig;
-use crate::dead_letter::{self, DeadLetter, DeadLetterRx, DeadLetterTx};
+use crate::dead_letter::{self, DeadLetter, DeadLetterRx, DeadLetterTx, clip};
 use crate::row::RecordMeta;
 
 /// The longest payload kept in a dead letter, in bytes.
@@ -160,15 +160,6 @@ pub fn encode(letter: &DeadLetter) -> Vec<u8> {
             return value;
         }
     }
-}
-
-/// `text`, or its first `max` bytes (at a character boundary) and how long it was.
-fn clip(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
-    if text.len() <= max {
-        return text.into();
-    }
-    let end = text.floor_char_boundary(max);
-    format!("{}... (cut; {} bytes in all)", &text[..end], text.len()).into()
 }
 
 fn encode_cut(letter: &DeadLetter, cut: usize, origin_cut: usize) -> Vec<u8> {

@@ -63,6 +63,9 @@ use crate::row::{Field, Name, RecordMeta, Row, Value};
 
 /// How often the epoch ticker bumps the engine's epoch; the resolution of `timeout_ms`.
 const TICK_MS: u64 = 5;
+
+/// The longest failure reason kept, in bytes (the dead-letter limit).
+const MAX_REASON: usize = crate::source::dlq::MAX_REASON_BYTES;
 /// A worker drops and rebuilds an instance after this many input rows: a `Store` never gives
 /// memory back, so a long-lived instance would keep its high-water mark forever.
 const RECYCLE_AFTER_ROWS: u64 = 200_000;
@@ -1065,7 +1068,9 @@ fn run_chain(
         let (next, failures) = run_transform(shared, t, slot, &batch, &metas)?;
         let any_failed = !failures.is_empty();
         for (j, kind, reason) in failures {
-            let reason = t.config.redact(reason);
+            // A guest's error may quote a field of any size; messages and letters need not.
+            let reason =
+                crate::dead_letter::clip(&t.config.redact(reason), MAX_REASON).into_owned();
             TransformStats::add(&t.stats.rows_failed, 1);
             let o = batch.origins[j] as usize;
             if failed.contains_key(&o) {
