@@ -310,6 +310,37 @@ fn closed_output_pipes_are_not_a_panic() {
     assert_eq!(run(&["validate", "/no/such/pipeline.json"], false), Some(2));
 }
 
+/// With `--log-format json` every stderr line is a JSON object, the final error too: a log
+/// collector sees why the command ended, with its exit code, like any other event.
+#[test]
+fn json_logs_end_with_a_json_error_line() {
+    let (code, stderr) = {
+        let dir = tempfile::tempdir().unwrap();
+        let path = write_pipeline(
+            dir.path(),
+            &BASE.replacen(r#""partitions": 3"#, r#""partitions": "3""#, 1),
+        );
+        let out = sluice(
+            dir.path(),
+            &["--log-format", "json", "validate", &path.to_string_lossy()],
+        );
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(code, Some(2), "{stderr}");
+    let lines: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let last = lines.last().expect("an error line");
+    assert_eq!(last["level"], "ERROR", "{last}");
+    assert_eq!(last["fields"]["exit_code"], 2, "{last}");
+    let message = last["fields"]["message"].as_str().unwrap();
+    assert!(message.contains("kafka.partitions"), "{message}");
+}
+
 /// The demo pipeline passes every offline check, components included: its transforms' params
 /// are accepted by their `init`. Its `uses` paths point at `sluice transform build` output, which
 /// a clean clone lacks, so this checks a copy that uses the same guests as built for the tests.

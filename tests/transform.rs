@@ -924,6 +924,47 @@ fn fuel_runs_out_deterministically_and_is_counted() {
     assert!(c.stats()[0].1.fuel_consumed.load(Relaxed) > 5_000_000);
 }
 
+/// A `fuel` budget that fits one row but not a batch loses nothing (every batch is re-run a row
+/// at a time), and the run says so once, since it is otherwise only slow.
+#[test]
+fn cli_test_warns_once_when_fuel_fits_rows_but_not_batches() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = sluice_tests::cli::workspace_root().join("data/data.csv");
+    let run = |fuel: &str, batch: &str| {
+        let mut args = vec!["transform", "test", "--component", guests::FILTER];
+        args.extend(["--input", data.to_str().unwrap(), "--batch-size", batch]);
+        args.extend(["--with", "field=value", "--with", "op=gt"]);
+        args.extend(["--with", "value=50", "--fuel", fuel]);
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        (String::from_utf8(out.stdout).unwrap(), stderr)
+    };
+    // What one row's call costs, on average, measured rather than assumed.
+    let (expected, stderr) = run("1000000000", "1");
+    let consumed: u64 = stderr
+        .rsplit("fuel consumed ")
+        .next()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no fuel figure: {stderr}"));
+    let rows = expected.lines().count();
+    assert!(rows > 100, "{rows}");
+    assert!(!stderr.contains("ran out of fuel"), "{stderr}");
+    let records = std::fs::read_to_string(&data).unwrap().lines().count() as u64 - 1;
+    let per_call = consumed / records;
+    let (stdout, stderr) = run(&(3 * per_call).to_string(), "64");
+    assert_eq!(stdout, expected, "every row comes out, in order");
+    assert_eq!(
+        stderr
+            .matches("ran out of fuel on a batch of 64 rows")
+            .count(),
+        1,
+        "{stderr}"
+    );
+    assert!(stderr.contains("Raise `fuel`"), "{stderr}");
+    assert!(stderr.contains(" 0 failed"), "{stderr}");
+}
+
 /// A guest error quoting a whole field is cut to the dead-letter limit (8 KiB), with the length
 /// kept, so that no message or letter grows with the input.
 #[test]

@@ -31,19 +31,37 @@ fn main() -> ExitCode {
             };
         }
     };
+    let log_format = cli.log_format;
     match run(cli) {
         Ok(code) => code,
         Err(err) => {
-            sluice::errln!("error: {err:#}");
-            if err.downcast_ref::<ConfigError>().is_some()
+            let code = if err.downcast_ref::<ConfigError>().is_some()
                 || err.downcast_ref::<UsageError>().is_some()
             {
-                ExitCode::from(2)
+                2
             } else {
-                ExitCode::from(1)
+                1
+            };
+            match log_format {
+                LogFormat::Human => sluice::errln!("error: {err:#}"),
+                LogFormat::Json => sluice::errln!("{}", json_error_line(&err, code)),
             }
+            ExitCode::from(code)
         }
     }
+}
+
+/// The final error as one line in the shape of the JSON log lines before it, so that a log
+/// collector reading `--log-format json` gets the reason a run ended like any other event. Written
+/// directly rather than through `tracing`, so that `RUST_LOG` cannot filter it out.
+fn json_error_line(err: &anyhow::Error, exit_code: u8) -> String {
+    serde_json::json!({
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "level": "ERROR",
+        "fields": { "message": format!("error: {err:#}"), "exit_code": exit_code },
+        "target": "sluice",
+    })
+    .to_string()
 }
 
 /// sluice: replay a CSV into Kafka, transform it with WebAssembly, load it into Snowflake exactly once.

@@ -8,11 +8,16 @@
 //! filed under another component's name is compiled again and replaced, never executed. (This
 //! guards against accidents, not against someone who can write the directory: they could write a
 //! sound entry, as they could replace the `.wasm`.) Every cache failure costs only time: the
-//! component is compiled as if there were no cache. Entries are never removed: one per component
-//! and wasmtime version, a few MB each.
+//! component is compiled as if there were no cache.
+//!
+//! An entry's modification time says when it was last used (refreshed at most once a day).
+//! Whenever a component is compiled and stored, entries unused for [`MAX_IDLE`] are removed, so
+//! the directory does not grow with every rebuilt transform and wasmtime upgrade; an entry in
+//! daily use stays.
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use wasmtime::Engine;
 use wasmtime::component::Component;
@@ -22,6 +27,13 @@ const MAGIC: &[u8; 8] = b"SLUICECW";
 
 /// An entry's header: the magic, its key and the hash of its code.
 const HEADER: usize = MAGIC.len() + 32 + 32;
+
+/// How long an entry may go unused before the next store removes it.
+const MAX_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// How stale an entry's use time may get before a hit refreshes it: often enough for
+/// [`MAX_IDLE`], rarely enough that a run does not write metadata for every component.
+const TOUCH_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// A directory of compiled components.
 #[derive(Debug, Clone)]
@@ -67,7 +79,10 @@ impl CompileCache {
                 // was filed by `store` under this component's and this engine's key and that
                 // the code is, byte for byte, what was stored.
                 Some(code) => match unsafe { Component::deserialize(engine, code) } {
-                    Ok(component) => return Ok(component),
+                    Ok(component) => {
+                        touch(&path);
+                        return Ok(component);
+                    }
                     Err(e) => tracing::warn!(
                         entry = %path.display(), error = %format!("{e:#}"),
                         "cannot load a compiled-transform cache entry; compiling again"
@@ -95,7 +110,63 @@ impl CompileCache {
                 "cannot store a compiled transform in the cache; the next run compiles it again"
             );
         }
+        prune(&self.dir, SystemTime::now());
         Ok(component)
+    }
+}
+
+/// Marks the entry at `path` as used now, unless it already was within [`TOUCH_AFTER`]. Failing
+/// to (a read-only cache) only makes the entry look older than it is.
+fn touch(path: &Path) {
+    let now = SystemTime::now();
+    let Ok(file) = std::fs::File::options().write(true).open(path) else {
+        return;
+    };
+    let stale = file
+        .metadata()
+        .and_then(|m| m.modified())
+        .map_or(true, |t| {
+            now.duration_since(t).unwrap_or_default() > TOUCH_AFTER
+        });
+    if stale {
+        let _ = file.set_modified(now);
+    }
+}
+
+/// Removes the entries of `dir` unused for [`MAX_IDLE`] by `now`, and temporary files that a
+/// stopped writer left behind a day ago. Only files this cache names are touched: a directory
+/// someone shares with other files keeps them.
+fn prune(dir: &Path, now: SystemTime) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let max_idle = if name.len() == 64 + ".cwasm".len()
+            && name.ends_with(".cwasm")
+            && name[..64].bytes().all(|b| b.is_ascii_hexdigit())
+        {
+            MAX_IDLE
+        } else if name.starts_with(".tmp") {
+            TOUCH_AFTER
+        } else {
+            continue;
+        };
+        let idle = entry
+            .metadata()
+            .and_then(|m| m.modified())
+            .map(|t| now.duration_since(t).unwrap_or_default());
+        if idle.is_ok_and(|idle| idle > max_idle) {
+            match std::fs::remove_file(entry.path()) {
+                Ok(()) => {
+                    tracing::debug!(entry = %entry.path().display(), "removed an unused compiled-transform cache entry")
+                }
+                Err(e) => {
+                    tracing::debug!(entry = %entry.path().display(), error = %e, "cannot remove an unused compiled-transform cache entry")
+                }
+            }
+        }
     }
 }
 
@@ -142,5 +213,57 @@ mod tests {
         assert_eq!(code_of(&entry[..entry.len() - 1], &key), None, "truncated");
         assert_eq!(code_of(&entry[..10], &key), None, "no header");
         assert_eq!(code_of(b"", &key), None);
+    }
+
+    #[test]
+    fn prune_removes_only_entries_unused_for_long() {
+        let dir = tempfile::tempdir().unwrap();
+        let hex = |c: char| c.to_string().repeat(64);
+        let now = SystemTime::now();
+        let set_age = |name: &str, age: Duration| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, b"x").unwrap();
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(now - age).unwrap();
+        };
+        let day = Duration::from_secs(24 * 3600);
+        set_age(&format!("{}.cwasm", hex('a')), MAX_IDLE + day);
+        set_age(&format!("{}.cwasm", hex('b')), MAX_IDLE - day);
+        set_age(".tmpAbC123", 2 * day);
+        set_age(".tmpNew", Duration::ZERO);
+        set_age("notes.txt", MAX_IDLE * 3);
+        set_age("short.cwasm", MAX_IDLE * 3);
+        prune(dir.path(), now);
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut want = vec![
+            format!("{}.cwasm", hex('b')),
+            ".tmpNew".to_string(),
+            "notes.txt".to_string(),
+            "short.cwasm".to_string(),
+        ];
+        want.sort();
+        assert_eq!(left, want);
+    }
+
+    #[test]
+    fn a_hit_refreshes_a_stale_use_time_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.cwasm");
+        std::fs::write(&path, b"x").unwrap();
+        let old = SystemTime::now() - 2 * TOUCH_AFTER;
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        file.set_modified(old).unwrap();
+        touch(&path);
+        let used = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert!(used > old + TOUCH_AFTER, "a stale entry is refreshed");
+        let recent = SystemTime::now() - Duration::from_secs(3600);
+        file.set_modified(recent).unwrap();
+        touch(&path);
+        let used = std::fs::metadata(&path).unwrap().modified().unwrap();
+        assert_eq!(used, recent, "a recently used entry is left alone");
     }
 }

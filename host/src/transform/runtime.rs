@@ -216,6 +216,8 @@ struct Loaded {
     params: Vec<(String, String)>,
     pre: TransformPre<HostState>,
     stats: Arc<TransformStats>,
+    /// Whether the run was told that `fuel` fits single rows but not whole batches.
+    fuel_warned: std::sync::atomic::AtomicBool,
 }
 
 type Reply = Result<Vec<RecordOutcome>, TransformError>;
@@ -611,6 +613,7 @@ fn load_one(
             .collect(),
         pre,
         stats: Arc::default(),
+        fuel_warned: Default::default(),
     })
 }
 
@@ -1158,10 +1161,39 @@ fn run_transform(
                 Err(_) => isolate(shared, t, slot, batch, metas)?,
             },
             Err((kind, reason)) if n == 1 => (WireBatch::default(), vec![(0, kind, reason)], 0),
-            Err(_) => isolate(shared, t, slot, batch, metas)?,
+            Err((kind, _)) => {
+                let isolated = isolate(shared, t, slot, batch, metas)?;
+                if kind == FailureKind::Fuel {
+                    warn_fuel_per_batch(t, n, &isolated.1);
+                }
+                isolated
+            }
         };
     TransformStats::add(&t.stats.rows_dropped, filtered);
     Ok((next, failures))
+}
+
+/// Warns once per run when a batch of `n` rows ran out of fuel but none of its rows did alone:
+/// `fuel` is a per-batch budget, and one that fits only single rows makes every batch run twice,
+/// the second time a row at a time, which is slow but loses nothing, so easy to miss.
+fn warn_fuel_per_batch(t: &Loaded, n: usize, failures: &[Failure]) {
+    if failures
+        .iter()
+        .any(|(_, kind, _)| *kind == FailureKind::Fuel)
+    {
+        return;
+    }
+    if !t.fuel_warned.swap(true, Relaxed) {
+        tracing::warn!(
+            transform = %t.name,
+            fuel = t.config.fuel.unwrap_or(0),
+            rows = n,
+            "transform {} ran out of fuel on a batch of {n} rows that each run within it alone; \
+             `fuel` is a budget per batch call, so every such batch is run again a row at a \
+             time: slow, though nothing is lost. Raise `fuel`.",
+            t.name
+        );
+    }
 }
 
 /// Most rows of one batch that may time out when run alone. Each costs a whole `timeout_ms`, and
