@@ -242,9 +242,12 @@ impl TransformChain {
         let linker = build_linker(&engine)?;
         let ticker = EpochTicker::start(engine.clone())?;
         let mut transforms = Vec::with_capacity(configs.len());
+        // The instances that passed the check serve the caller's own batches: building them again
+        // would run each `init` twice, and show its output twice under `debug_stdio`.
+        let mut checked = Vec::with_capacity(configs.len());
         for config in configs {
             let loaded = load_one(&engine, cache.as_ref(), &linker, config)?;
-            check_init(&engine, fuel_enabled, &loaded)?;
+            checked.push(Some(check_init(&engine, fuel_enabled, &loaded)?));
             transforms.push(loaded);
         }
         let shared = Arc::new(Shared {
@@ -265,7 +268,7 @@ impl TransformChain {
             })
             .collect::<Result<Vec<_>, _>>()?;
         Ok(TransformChain {
-            inline: Mutex::new(shared.transforms.iter().map(|_| None).collect()),
+            inline: Mutex::new(checked),
             shared,
             jobs: Some(tx),
             workers,
@@ -465,7 +468,7 @@ pub fn check(config: &TransformConfig, opts: &RuntimeOptions) -> Result<(), Load
     let linker = build_linker(&engine)?;
     let _ticker = EpochTicker::start(engine.clone())?;
     let loaded = load_one(&engine, cache.as_ref(), &linker, config)?;
-    check_init(&engine, fuel_enabled, &loaded)
+    check_init(&engine, fuel_enabled, &loaded).map(drop)
 }
 
 fn build_engine(fuel: bool) -> Result<Engine, LoadError> {
@@ -618,14 +621,11 @@ fn load_one(
 }
 
 /// Builds one instance and runs `init` on a scoped thread (never on the caller's, which may be
-/// a tokio worker).
-fn check_init(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<(), LoadError> {
-    let result = std::thread::scope(|s| {
-        s.spawn(|| Slot::new(engine, fuel_enabled, t).map(drop))
-            .join()
-    });
+/// a tokio worker); returns the instance, ready for batches.
+fn check_init(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<Slot, LoadError> {
+    let result = std::thread::scope(|s| s.spawn(|| Slot::new(engine, fuel_enabled, t)).join());
     match result {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(slot)) => Ok(slot),
         Ok(Err(InitFailure::Guest(GuestError::InvalidParam(e)))) => Err(LoadError::InvalidParam {
             transform: t.name.to_string(),
             param: e.name,
