@@ -717,7 +717,12 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
     };
     // Closing the input makes the writer flush what it holds and end.
     drop(sink_tx);
-    let sink_summary = sink_task.await?;
+    // A panic in the sink is reported like its errors, after the durable offsets it left are
+    // committed and alongside the chain's own error, which it must not hide.
+    let sink_summary = sink_task
+        .await
+        .map_err(|e| anyhow::anyhow!("the sink task ended abnormally: {e}"))
+        .and_then(|s| s.map_err(anyhow::Error::from));
     while let Some(d) = durable_rx.recv().await {
         let e = durable.entry(d.partition).or_default();
         *e = (*e).max(d.next_offset);
@@ -732,9 +737,15 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         part.files = s.files;
         part.sink_dead_lettered = s.rows_dead_lettered;
     }
-    result?;
-    sink_summary.context("the Snowflake sink failed")?;
-    Ok(())
+    match (result, sink_summary) {
+        (Err(chain), Err(sink)) => {
+            tracing::error!(error = %format!("{sink:#}"), "The Snowflake sink failed too.");
+            Err(chain)
+        }
+        (Err(chain), Ok(_)) => Err(chain),
+        (Ok(()), Err(sink)) => Err(sink.context("the Snowflake sink failed")),
+        (Ok(()), Ok(_)) => Ok(()),
+    }
 }
 
 /// Runs one batch of consumed records through the chain and hands every record's outcome, in
