@@ -1004,7 +1004,8 @@ fn summary_text(s: &RunSummary) -> String {
     out
 }
 
-/// The live progress line: rows read, produced, transformed, loaded, rows/s and consumer lag.
+/// The live progress line: rows read, produced, consumed, out of the chain, loaded, rows/s,
+/// consumer lag, and the replay's ETA.
 fn spawn_progress(stats: Arc<AllStats>) -> indicatif::ProgressBar {
     let bar =
         indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
@@ -1014,45 +1015,100 @@ fn spawn_progress(stats: Arc<AllStats>) -> indicatif::ProgressBar {
     );
     let b = bar.clone();
     tokio::spawn(async move {
-        let mut last = (Instant::now(), 0u64);
+        let mut last: Option<(Instant, Progress)> = None;
         while !b.is_finished() {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            let read = stats.replay.rows_read.load(Ordering::Relaxed);
-            let produced = stats.replay.rows_produced.load(Ordering::Relaxed);
-            let transformed = stats
-                .transforms
-                .last()
-                .map_or(0, |(_, t)| t.rows_in.load(Ordering::Relaxed));
-            let loaded = stats
-                .sink
-                .as_ref()
-                .map_or(0, |s| s.rows_loaded.load(Ordering::Relaxed));
-            let lag = stats.consumer.as_ref().map_or(0, |c| c.total_lag());
-            let moving = if stats.consumer.is_some() {
-                transformed
-            } else {
-                produced
-            };
             let now = Instant::now();
-            let rate = (moving.saturating_sub(last.1)) as f64
-                / now.duration_since(last.0).as_secs_f64().max(1e-3);
-            last = (now, moving);
-            let (done, total) = (
-                stats.replay.input_bytes_read.load(Ordering::Relaxed),
-                stats.replay.input_bytes_total.load(Ordering::Relaxed),
-            );
-            let pct = if total > 0 {
-                format!(" ({:.0}%)", 100.0 * done as f64 / total as f64)
-            } else {
-                String::new()
+            let p = Progress::of(&stats);
+            let (rate, eta) = match &last {
+                Some((then, before)) => p.rates(before, now.duration_since(*then)),
+                None => (0.0, None),
             };
-            b.set_message(format!(
-                "read {read}{pct} | produced {produced} | transformed {transformed} | loaded {loaded} | {rate:.0} rows/s | lag {lag}"
-            ));
+            b.set_message(p.line(rate, eta));
             b.tick();
+            last = Some((now, p));
         }
     });
     bar
+}
+
+/// One reading of the counters the progress line shows.
+#[derive(Debug, Clone, Default)]
+struct Progress {
+    read: u64,
+    produced: u64,
+    bytes_read: u64,
+    bytes_total: u64,
+    /// Records consumed; `None` when the run does not consume.
+    consumed: Option<u64>,
+    /// Rows the last transform passed on to the sink; `None` without transforms.
+    transformed: Option<u64>,
+    loaded: u64,
+    lag: i64,
+}
+
+impl Progress {
+    fn of(stats: &AllStats) -> Progress {
+        let r = &stats.replay;
+        Progress {
+            read: r.rows_read.load(Ordering::Relaxed),
+            produced: r.rows_produced.load(Ordering::Relaxed),
+            bytes_read: r.input_bytes_read.load(Ordering::Relaxed),
+            bytes_total: r.input_bytes_total.load(Ordering::Relaxed),
+            consumed: (stats.consumer.as_ref()).map(|c| c.records_consumed.load(Ordering::Relaxed)),
+            transformed: (stats.consumer.is_some())
+                .then(|| stats.transforms.last())
+                .flatten()
+                .map(|(_, t)| t.rows_out.load(Ordering::Relaxed)),
+            loaded: (stats.sink.as_ref()).map_or(0, |s| s.rows_loaded.load(Ordering::Relaxed)),
+            lag: stats.consumer.as_ref().map_or(0, |c| c.total_lag()),
+        }
+    }
+
+    /// Rows/s of the run's moving part (records consumed, else rows produced) since `before`,
+    /// and the time the replay still needs at its byte rate, while it runs.
+    fn rates(&self, before: &Progress, elapsed: Duration) -> (f64, Option<Duration>) {
+        let secs = elapsed.as_secs_f64().max(1e-3);
+        let moving = |p: &Progress| p.consumed.unwrap_or(p.produced);
+        let rate = moving(self).saturating_sub(moving(before)) as f64 / secs;
+        let bytes_rate = self.bytes_read.saturating_sub(before.bytes_read) as f64 / secs;
+        let left = self.bytes_total.saturating_sub(self.bytes_read);
+        let eta = (self.bytes_total > 0 && left > 0 && bytes_rate > 0.0)
+            .then(|| Duration::from_secs_f64((left as f64 / bytes_rate).min(1e9)));
+        (rate, eta)
+    }
+
+    fn line(&self, rate: f64, eta: Option<Duration>) -> String {
+        use std::fmt::Write as _;
+        let mut line = format!("read {}", self.read);
+        if self.bytes_total > 0 {
+            let pct = 100.0 * self.bytes_read as f64 / self.bytes_total as f64;
+            let _ = write!(line, " ({pct:.0}%)");
+        }
+        let _ = write!(line, " | produced {}", self.produced);
+        if let Some(consumed) = self.consumed {
+            let _ = write!(line, " | consumed {consumed}");
+            if let Some(transformed) = self.transformed {
+                let _ = write!(line, " | transformed {transformed}");
+            }
+            let _ = write!(line, " | loaded {}", self.loaded);
+        }
+        let _ = write!(line, " | {rate:.0} rows/s");
+        if self.consumed.is_some() {
+            let _ = write!(line, " | lag {}", self.lag);
+        }
+        if let Some(eta) = eta {
+            let s = eta.as_secs();
+            let _ = write!(
+                line,
+                " | replay ETA {}:{:02}:{:02}",
+                s / 3600,
+                s / 60 % 60,
+                s % 60
+            );
+        }
+        line
+    }
 }
 
 /// Renders every stage's counters as Prometheus text.
@@ -1511,6 +1567,63 @@ fn count_csv(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_progress_line_shows_each_stage_and_the_replay_eta() {
+        let before = Progress {
+            read: 1000,
+            produced: 990,
+            bytes_read: 10_000,
+            bytes_total: 100_000,
+            consumed: Some(800),
+            transformed: Some(400),
+            loaded: 300,
+            lag: 190,
+        };
+        let now = Progress {
+            read: 2000,
+            produced: 1990,
+            bytes_read: 20_000,
+            consumed: Some(1800),
+            transformed: Some(900),
+            loaded: 700,
+            lag: 150,
+            ..before
+        };
+        // 1000 records consumed and 10 kB read in 2 s; 80 kB left at 5 kB/s is 16 s.
+        let (rate, eta) = now.rates(&before, Duration::from_secs(2));
+        assert_eq!(rate, 500.0);
+        assert_eq!(eta, Some(Duration::from_secs(16)));
+        assert_eq!(
+            now.line(rate, eta),
+            "read 2000 (20%) | produced 1990 | consumed 1800 | transformed 900 | loaded 700 \
+             | 500 rows/s | lag 150 | replay ETA 0:00:16"
+        );
+        // Replay only: no consumer columns, the rate is rows produced; no ETA once it is read.
+        let replay = |produced, bytes_read| Progress {
+            read: produced,
+            produced,
+            bytes_read,
+            bytes_total: 100_000,
+            ..Progress::default()
+        };
+        let (rate, eta) =
+            replay(5000, 100_000).rates(&replay(4000, 90_000), Duration::from_secs(1));
+        assert_eq!((rate, eta), (1000.0, None));
+        assert_eq!(
+            replay(5000, 100_000).line(rate, eta),
+            "read 5000 (100%) | produced 5000 | 1000 rows/s"
+        );
+        // No transforms: nothing to call transformed.
+        let plain = Progress {
+            consumed: Some(5),
+            ..Progress::default()
+        };
+        assert_eq!(
+            plain.line(0.0, None),
+            "read 0 | produced 0 | consumed 5 | loaded 0 | 0 rows/s | lag 0"
+        );
+    }
 
     /// A run that lost nothing but whose transform failed most rows says so: a misspelt field
     /// name dead-letters every record and still reconciles.
