@@ -1015,18 +1015,23 @@ fn spawn_progress(stats: Arc<AllStats>) -> indicatif::ProgressBar {
     );
     let b = bar.clone();
     tokio::spawn(async move {
-        let mut last: Option<(Instant, Progress)> = None;
+        // Rates over the last 2 s: deliveries and loads come in bursts, so a 250 ms window
+        // would make them jump between 0 and several times the real rate.
+        let mut window: std::collections::VecDeque<(Instant, Progress)> = Default::default();
         while !b.is_finished() {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let now = Instant::now();
             let p = Progress::of(&stats);
-            let (rate, eta) = match &last {
+            let (rate, eta) = match window.front() {
                 Some((then, before)) => p.rates(before, now.duration_since(*then)),
                 None => (0.0, None),
             };
             b.set_message(p.line(rate, eta));
             b.tick();
-            last = Some((now, p));
+            if window.len() == 8 {
+                window.pop_front();
+            }
+            window.push_back((now, p));
         }
     });
     bar
@@ -1035,8 +1040,11 @@ fn spawn_progress(stats: Arc<AllStats>) -> indicatif::ProgressBar {
 /// One reading of the counters the progress line shows.
 #[derive(Debug, Clone, Default)]
 struct Progress {
+    /// CSV records the reader has read (it runs a little ahead of the paced producer).
     read: u64,
     produced: u64,
+    /// CSV records the replay is done with: produced, dead-lettered or dropped.
+    handled: u64,
     bytes_read: u64,
     bytes_total: u64,
     /// Records consumed; `None` when the run does not consume.
@@ -1050,9 +1058,13 @@ struct Progress {
 impl Progress {
     fn of(stats: &AllStats) -> Progress {
         let r = &stats.replay;
+        let produced = r.rows_produced.load(Ordering::Relaxed);
         Progress {
             read: r.rows_read.load(Ordering::Relaxed),
-            produced: r.rows_produced.load(Ordering::Relaxed),
+            produced,
+            handled: produced
+                + r.rows_dead_lettered.load(Ordering::Relaxed)
+                + r.rows_dropped.load(Ordering::Relaxed),
             bytes_read: r.input_bytes_read.load(Ordering::Relaxed),
             bytes_total: r.input_bytes_total.load(Ordering::Relaxed),
             consumed: (stats.consumer.as_ref()).map(|c| c.records_consumed.load(Ordering::Relaxed)),
@@ -1065,27 +1077,41 @@ impl Progress {
         }
     }
 
+    /// How many records the replay has in all: exact once the reader is through the input,
+    /// before that estimated from the bytes it has read.
+    fn records_total(&self) -> Option<u64> {
+        if self.bytes_total == 0 || self.bytes_read == 0 {
+            return None;
+        }
+        if self.bytes_read >= self.bytes_total {
+            return Some(self.read);
+        }
+        Some((self.read as f64 * self.bytes_total as f64 / self.bytes_read as f64) as u64)
+    }
+
     /// Rows/s of the run's moving part (records consumed, else rows produced) since `before`,
-    /// and the time the replay still needs at its byte rate, while it runs.
+    /// and the time the replay still needs at the rate it is getting through records, while it
+    /// runs.
     fn rates(&self, before: &Progress, elapsed: Duration) -> (f64, Option<Duration>) {
         let secs = elapsed.as_secs_f64().max(1e-3);
         let moving = |p: &Progress| p.consumed.unwrap_or(p.produced);
         let rate = moving(self).saturating_sub(moving(before)) as f64 / secs;
-        let bytes_rate = self.bytes_read.saturating_sub(before.bytes_read) as f64 / secs;
-        let left = self.bytes_total.saturating_sub(self.bytes_read);
-        let eta = (self.bytes_total > 0 && left > 0 && bytes_rate > 0.0)
-            .then(|| Duration::from_secs_f64((left as f64 / bytes_rate).min(1e9)));
+        let replay_rate = self.handled.saturating_sub(before.handled) as f64 / secs;
+        let left = self
+            .records_total()
+            .map_or(0, |t| t.saturating_sub(self.handled));
+        let eta = (left > 0 && replay_rate > 0.0)
+            .then(|| Duration::from_secs_f64((left as f64 / replay_rate).min(1e9)));
         (rate, eta)
     }
 
     fn line(&self, rate: f64, eta: Option<Duration>) -> String {
         use std::fmt::Write as _;
-        let mut line = format!("read {}", self.read);
-        if self.bytes_total > 0 {
-            let pct = 100.0 * self.bytes_read as f64 / self.bytes_total as f64;
+        let mut line = format!("read {} | produced {}", self.read, self.produced);
+        if let Some(total) = self.records_total().filter(|t| *t > 0) {
+            let pct = (100.0 * self.handled as f64 / total as f64).min(100.0);
             let _ = write!(line, " ({pct:.0}%)");
         }
-        let _ = write!(line, " | produced {}", self.produced);
         if let Some(consumed) = self.consumed {
             let _ = write!(line, " | consumed {consumed}");
             if let Some(transformed) = self.transformed {
@@ -1570,51 +1596,60 @@ mod tests {
 
     #[test]
     fn the_progress_line_shows_each_stage_and_the_replay_eta() {
+        // The reader is a fifth into the file at 1000 records (so ~5000 in all) and ahead of
+        // the producer, as it is under pacing.
         let before = Progress {
             read: 1000,
-            produced: 990,
-            bytes_read: 10_000,
+            produced: 300,
+            handled: 300,
+            bytes_read: 20_000,
             bytes_total: 100_000,
-            consumed: Some(800),
-            transformed: Some(400),
-            loaded: 300,
-            lag: 190,
+            consumed: Some(200),
+            transformed: Some(100),
+            loaded: 50,
+            lag: 100,
         };
         let now = Progress {
-            read: 2000,
-            produced: 1990,
-            bytes_read: 20_000,
-            consumed: Some(1800),
-            transformed: Some(900),
-            loaded: 700,
-            lag: 150,
+            read: 1500,
+            produced: 790,
+            handled: 800,
+            bytes_read: 30_000,
+            consumed: Some(700),
+            transformed: Some(350),
+            loaded: 300,
+            lag: 90,
             ..before
         };
-        // 1000 records consumed and 10 kB read in 2 s; 80 kB left at 5 kB/s is 16 s.
+        // 500 records consumed and 500 replayed in 2 s; 4200 of ~5000 left at 250/s is 16.8 s.
         let (rate, eta) = now.rates(&before, Duration::from_secs(2));
-        assert_eq!(rate, 500.0);
-        assert_eq!(eta, Some(Duration::from_secs(16)));
+        assert_eq!(rate, 250.0);
+        assert_eq!(eta.map(|d| d.as_secs()), Some(16));
         assert_eq!(
             now.line(rate, eta),
-            "read 2000 (20%) | produced 1990 | consumed 1800 | transformed 900 | loaded 700 \
-             | 500 rows/s | lag 150 | replay ETA 0:00:16"
+            "read 1500 | produced 790 (16%) | consumed 700 | transformed 350 | loaded 300 \
+             | 250 rows/s | lag 90 | replay ETA 0:00:16"
         );
-        // Replay only: no consumer columns, the rate is rows produced; no ETA once it is read.
+        // Replay only: no consumer columns, the rate is rows produced; once the reader is through
+        // the file, the count is exact, and nothing is left when every record is handled.
         let replay = |produced, bytes_read| Progress {
-            read: produced,
+            read: 5000,
             produced,
+            handled: produced,
             bytes_read,
             bytes_total: 100_000,
             ..Progress::default()
         };
         let (rate, eta) =
-            replay(5000, 100_000).rates(&replay(4000, 90_000), Duration::from_secs(1));
-        assert_eq!((rate, eta), (1000.0, None));
+            replay(4500, 100_000).rates(&replay(4000, 100_000), Duration::from_secs(1));
+        assert_eq!(rate, 500.0);
+        assert_eq!(eta, Some(Duration::from_secs(1)));
         assert_eq!(
-            replay(5000, 100_000).line(rate, eta),
-            "read 5000 (100%) | produced 5000 | 1000 rows/s"
+            replay(4500, 100_000).line(rate, eta),
+            "read 5000 | produced 4500 (90%) | 500 rows/s | replay ETA 0:00:01"
         );
-        // No transforms: nothing to call transformed.
+        let (_, eta) = replay(5000, 100_000).rates(&replay(4500, 100_000), Duration::from_secs(1));
+        assert_eq!(eta, None);
+        // No transforms: nothing to call transformed; nothing read yet: no percentage.
         let plain = Progress {
             consumed: Some(5),
             ..Progress::default()
