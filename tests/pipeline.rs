@@ -661,9 +661,12 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
     );
     assert!(stderr.contains("--consume-only"), "{stderr}");
 
+    // The resumed run logs JSON: every stderr line is an event, the summary the last one.
     let out = sluice(
         dir.path(),
         &[
+            "--log-format",
+            "json",
             "run",
             &drop,
             "--consume-only",
@@ -675,6 +678,17 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let events: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let finished = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "Run finished.")
+        .unwrap_or_else(|| panic!("no summary event: {stderr}"));
+    assert_eq!(finished["fields"]["ok"], true, "{finished:#}");
+    let resumed = &finished["fields"]["summary"]["consume"];
+    assert_eq!(resumed["transforms"][0]["rows_failed"], 1, "{finished:#}");
     // The failed record under `drop` is logged once at WARN, with its reason.
     let warned: Vec<&str> = stderr
         .lines()

@@ -52,16 +52,13 @@ fn main() -> ExitCode {
 }
 
 /// The final error as one line in the shape of the JSON log lines before it, so that a log
-/// collector reading `--log-format json` gets the reason a run ended like any other event. Written
-/// directly rather than through `tracing`, so that `RUST_LOG` cannot filter it out.
+/// collector reading `--log-format json` gets the reason a command ended like any other event.
 fn json_error_line(err: &anyhow::Error, exit_code: u8) -> String {
-    serde_json::json!({
-        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
-        "level": "ERROR",
-        "fields": { "message": format!("error: {err:#}"), "exit_code": exit_code },
-        "target": "sluice",
-    })
-    .to_string()
+    pipeline::json_event(
+        "ERROR",
+        &format!("error: {err:#}"),
+        serde_json::json!({ "exit_code": exit_code }),
+    )
 }
 
 /// sluice: replay a CSV into Kafka, transform it with WebAssembly, load it into Snowflake exactly once.

@@ -81,6 +81,25 @@ pub struct RunOptions {
     pub log_format: LogFormat,
 }
 
+/// One line in the shape of `--log-format json`'s log lines (timestamp, level, fields with the
+/// message, target), for what sluice reports on stderr outside of `tracing`: the summary and the
+/// final error, which `RUST_LOG` must not filter out, and which carry whole JSON objects rather
+/// than text. `extra` (an object) goes into `fields` next to the message.
+pub fn json_event(level: &str, message: &str, extra: serde_json::Value) -> String {
+    let mut fields = serde_json::Map::new();
+    fields.insert("message".into(), message.into());
+    if let serde_json::Value::Object(extra) = extra {
+        fields.extend(extra);
+    }
+    serde_json::json!({
+        "timestamp": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+        "level": level,
+        "fields": fields,
+        "target": "sluice",
+    })
+    .to_string()
+}
+
 /// Sets up tracing on stderr; `RUST_LOG` overrides the default `info` level.
 pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
@@ -522,7 +541,18 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
     };
     summary.problems.extend(reconcile(&summary, stopped));
     summary.ok = summary.problems.is_empty();
-    print_summary(&summary);
+    match opts.log_format {
+        LogFormat::Human => print_summary(&summary),
+        // One event like every other line on stderr, the whole summary in its fields.
+        LogFormat::Json => crate::errln!(
+            "{}",
+            json_event(
+                "INFO",
+                "Run finished.",
+                serde_json::json!({ "ok": summary.ok, "summary": &summary }),
+            )
+        ),
+    }
     let text = serde_json::to_string_pretty(&summary)?;
     std::fs::write(opts.state_dir.join("last-run.json"), &text)?;
     if let Some(path) = &opts.summary {
