@@ -232,6 +232,37 @@ fn a_secret_param_quoted_by_a_guest_error_is_not_shown() {
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
+/// A guest that names the param it rejects by its value, or fills its message with terminal
+/// escapes, shows neither the secret nor the escapes: the name is redacted like the reason, and
+/// control characters become spaces.
+#[test]
+fn a_secret_echoed_as_a_param_name_is_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = BASE.replacen(
+        r#"{ "uses": "@FILTER@", "with": { "field": "value", "op": "gt", "value": "50" } }"#,
+        &format!(
+            r#"{{ "uses": {:?}, "with": {{ "reject": "${{SLUICE_TEST_REJECT_SECRET}}" }} }}"#,
+            sluice_tests::guests::PROBE
+        ),
+        1,
+    );
+    assert_ne!(text, BASE);
+    let path = write_pipeline(dir.path(), &text);
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(["validate", &path.to_string_lossy()])
+        .env("SLUICE_TEST_REJECT_SECRET", "hunter2\u{1b}[2Jsecret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("rejected param `***`: bad value ***"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+}
+
 /// One run of `validate` shows every mistake: a transform's params are checked by its `init`
 /// even when another transform's component is missing and the data file is gone.
 #[test]

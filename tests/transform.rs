@@ -781,6 +781,68 @@ fn many_rows_timing_out_alone_fail_the_batch() {
     }
 }
 
+/// Rows that fail alone only after using most of the time limit (a panic late in a slow call)
+/// cost as much as timeouts: once those failures have used nine limits of CPU time, the batch
+/// fails as too slow instead of taking a limit per record for the whole batch. A few such rows
+/// are still isolated one by one.
+#[test]
+fn rows_failing_late_alone_fail_the_batch_like_timeouts() {
+    let mut cfg = config(guests::POISON_TRAP, &[]);
+    cfg.timeout_ms = 50;
+    cfg.on_error = OnError::DeadLetter;
+    let c = chain(&[cfg]);
+    let rows = |slow: usize| -> Vec<(RecordMeta, Row)> {
+        let rows = (0..60).map(|i| {
+            let mut r = row(&[("id", Value::Int(100 + i as i64))]);
+            if i < slow {
+                r.push("burn_ms", Value::Int(40));
+            }
+            r
+        });
+        with_meta(rows.collect())
+    };
+    let out = c.process_blocking(rows(3)).unwrap();
+    for o in &out[..3] {
+        let q = quarantined(o);
+        assert_eq!(q.kind, FailureKind::Trap);
+        assert!(q.reason.contains("burned 40 ms"), "{}", q.reason);
+    }
+    assert!(out[3..].iter().all(|o| emitted(o).len() == 1));
+    match c.process_blocking(rows(60)) {
+        Err(
+            e @ TransformError::TooSlow {
+                timeouts: 0, rows, ..
+            },
+        ) => {
+            // 450 ms of failing calls, at up to 40 ms each; fewer if the calls were descheduled
+            // for part of their 40 ms, which costs no CPU time.
+            assert!((12..60).contains(&rows), "{e}");
+            let text = e.to_string();
+            assert!(text.contains("failed when run alone"), "{text}");
+            assert!(text.contains("raise its timeout_ms"), "{text}");
+        }
+        other => panic!("expected TooSlow, got {other:?}"),
+    }
+}
+
+/// Isolating a batch a row at a time keeps each row's own shape, also when every row has a
+/// different one (JSON with varying keys): each comes out with its own fields, in order.
+#[test]
+fn isolating_rows_of_many_shapes_keeps_each_shape() {
+    let c = chain(&[config(guests::POISON_TRAP, &[])]);
+    let rows: Vec<Row> = (0..300)
+        .map(|i| row(&[("id", Value::Int(i)), (&format!("f{i}"), Value::Int(i * 2))]))
+        .collect();
+    let out = c.process_blocking(with_meta(rows.clone())).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        if i == 13 {
+            assert_eq!(quarantined(o).kind, FailureKind::Trap);
+        } else {
+            assert_eq!(emitted(o), std::slice::from_ref(&rows[i]), "row {i}");
+        }
+    }
+}
+
 /// In `transform test`, a chain failure (not a record's) names the batch's records and the flag
 /// that sets the limit, after the rows before it have printed and after the counts; a JSON Lines
 /// input is known by its extension in any case and may start with a byte-order mark.

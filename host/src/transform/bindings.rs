@@ -10,12 +10,45 @@ pub use self::sluice::transform::types::{
     Header, Outcome, Output, RecordMeta, Rows, TransformError as GuestError, ValueType, Values,
 };
 
-/// A guest error as a human-readable message (bindgen's own `Display` is `Debug`-like).
+/// A guest error as a human-readable message on one line (bindgen's own `Display` is
+/// `Debug`-like). The guest's text has its control characters replaced, as [`one_line`] does.
 pub fn describe(e: &GuestError) -> String {
-    match e {
+    let text = match e {
         GuestError::InvalidParam(e) => format!("invalid param `{}`: {}", e.name, e.reason),
         GuestError::MissingField(name) => format!("missing field `{name}`"),
         GuestError::InvalidValue(e) => format!("invalid value in field `{}`: {}", e.name, e.reason),
         GuestError::Other(s) => s.clone(),
+    };
+    one_line(text)
+}
+
+/// `text` with every control character (line breaks, terminal escapes, bells) replaced by a
+/// space. Text from a guest ends up on terminals, in log lines and in dead letters: one failure
+/// is one line, and a guest cannot clear a screen or fake the lines around it.
+pub fn one_line(text: String) -> String {
+    if !text.chars().any(char::is_control) {
+        return text;
+    }
+    text.chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sluice::transform::types::FieldError;
+    use super::*;
+
+    #[test]
+    fn guest_text_is_shown_on_one_line_without_escapes() {
+        let e = GuestError::InvalidValue(FieldError {
+            name: "na\u{1b}[31mme".into(),
+            reason: "bad\r\nrecord 4: ok\u{7}".into(),
+        });
+        assert_eq!(
+            describe(&e),
+            "invalid value in field `na [31mme`: bad  record 4: ok "
+        );
+        assert_eq!(one_line("plain text".into()), "plain text");
     }
 }

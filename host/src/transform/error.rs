@@ -175,21 +175,42 @@ pub enum TransformError {
         /// What wasmtime or `init` reported.
         reason: String,
     },
-    /// So many rows of one batch exceeded the CPU cap even when run alone that the transform is
-    /// too slow for its `timeout_ms` (or hangs on common input), whatever its `on_error`.
+    /// Rows of one batch that failed even when run alone took so much CPU time (more than
+    /// eight exceeding the CPU cap, or failing after using as much time between them) that the
+    /// transform is too slow for its `timeout_ms`, or hangs or fails late on common input,
+    /// whatever its `on_error`.
     #[error(
-        "transform {transform}: {rows} rows of one batch each exceeded the time limit of \
-         {timeout_ms} ms when run alone; raise its timeout_ms or fix it"
+        "transform {transform}: {}; raise its timeout_ms or fix it",
+        slow_reason(*rows, *timeouts, *cpu_ms, *timeout_ms)
     )]
     TooSlow {
         /// The transform's name.
         transform: String,
-        /// Rows that timed out before it gave up.
+        /// Rows that failed when run alone before it gave up.
         rows: usize,
+        /// How many of them exceeded the time limit.
+        timeouts: usize,
+        /// CPU time those rows used, in milliseconds.
+        cpu_ms: u64,
         /// The transform's CPU cap per call.
         timeout_ms: u64,
     },
     /// The worker threads are gone (the chain was dropped, or a worker panicked).
     #[error("transform workers are not running")]
     Stopped,
+}
+
+/// What [`TransformError::TooSlow`] found.
+fn slow_reason(rows: usize, timeouts: usize, cpu_ms: u64, timeout_ms: u64) -> String {
+    if timeouts == rows {
+        format!(
+            "{rows} rows of one batch each exceeded the time limit of {timeout_ms} ms when run \
+             alone"
+        )
+    } else {
+        format!(
+            "{rows} rows of one batch failed when run alone, {timeouts} of them at the time \
+             limit of {timeout_ms} ms, after using {cpu_ms} ms of CPU time between them"
+        )
+    }
 }

@@ -216,8 +216,8 @@ struct Loaded {
     params: Vec<(String, String)>,
     pre: TransformPre<HostState>,
     stats: Arc<TransformStats>,
-    /// Whether the run was told that `fuel` fits single rows but not whole batches.
-    fuel_warned: std::sync::atomic::AtomicBool,
+    /// Whether the run was told that a limit fits single rows but not whole batches.
+    limit_warned: std::sync::atomic::AtomicBool,
 }
 
 type Reply = Result<Vec<RecordOutcome>, TransformError>;
@@ -616,7 +616,7 @@ fn load_one(
             .collect(),
         pre,
         stats: Arc::default(),
-        fuel_warned: Default::default(),
+        limit_warned: Default::default(),
     })
 }
 
@@ -628,8 +628,9 @@ fn check_init(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<Slot, L
         Ok(Ok(slot)) => Ok(slot),
         Ok(Err(InitFailure::Guest(GuestError::InvalidParam(e)))) => Err(LoadError::InvalidParam {
             transform: t.name.to_string(),
-            param: e.name,
-            reason: t.config.redact(e.reason),
+            // A careless guest may name a param by its value, as readily as quote it.
+            param: clip(&t.config.redact(bindings::one_line(e.name)), 256),
+            reason: clip(&t.config.redact(bindings::one_line(e.reason)), MAX_REASON),
         }),
         Ok(Err(InitFailure::Exports(reason))) => Err(LoadError::WrongWorld {
             path: PathBuf::from(&t.config.uses),
@@ -641,9 +642,9 @@ fn check_init(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<Slot, L
                 InitFailure::Wasm(FailureKind::Timeout, _) => format!(
                     "{} (building an instance and init get timeout_ms or 1000 ms, whichever is \
                      more)",
-                    t.config.redact(e.to_string())
+                    clip(&t.config.redact(e.to_string()), MAX_REASON)
                 ),
-                _ => t.config.redact(e.to_string()),
+                _ => clip(&t.config.redact(e.to_string()), MAX_REASON),
             },
             limit: match e {
                 InitFailure::Wasm(kind, _) => Some(kind),
@@ -1021,7 +1022,33 @@ fn classify(
         None if err.downcast_ref::<GuestBlocked>().is_some() => {
             (FailureKind::Trap, GuestBlocked.to_string())
         }
-        None => (FailureKind::Trap, explained(format!("{err:#}"), state)),
+        None => match err.downcast_ref::<wasmtime_wasi::I32Exit>() {
+            Some(exit) => (
+                FailureKind::Trap,
+                explained(format!("the guest exited (status {})", exit.0), state),
+            ),
+            None => (FailureKind::Trap, explained(error_line(err), state)),
+        },
+    }
+}
+
+/// `text` cut to `max` bytes (see [`crate::dead_letter::clip`]).
+fn clip(text: &str, max: usize) -> String {
+    crate::dead_letter::clip(text, max).into_owned()
+}
+
+/// An error's chain on one line, without the wasm backtrace wasmtime attaches (a dozen lines of
+/// guest function names, where a reason must fit a log line).
+fn error_line(err: &wasmtime::Error) -> String {
+    // The backtrace is a context whose type the chain does not expose: known by its text.
+    let parts: Vec<String> = err
+        .chain()
+        .map(|e| e.to_string())
+        .filter(|e| !e.starts_with("error while executing at wasm backtrace"))
+        .collect();
+    match parts.is_empty() {
+        true => bindings::one_line(format!("{err:#}")),
+        false => bindings::one_line(parts.join(": ")),
     }
 }
 
@@ -1072,8 +1099,7 @@ fn run_chain(
         let any_failed = !failures.is_empty();
         for (j, kind, reason) in failures {
             // A guest's error may quote a field of any size; messages and letters need not.
-            let reason =
-                crate::dead_letter::clip(&t.config.redact(reason), MAX_REASON).into_owned();
+            let reason = clip(&t.config.redact(reason), MAX_REASON);
             TransformStats::add(&t.stats.rows_failed, 1);
             let o = batch.origins[j] as usize;
             if failed.contains_key(&o) {
@@ -1163,9 +1189,7 @@ fn run_transform(
             Err((kind, reason)) if n == 1 => (WireBatch::default(), vec![(0, kind, reason)], 0),
             Err((kind, _)) => {
                 let isolated = isolate(shared, t, slot, batch, metas)?;
-                if kind == FailureKind::Fuel {
-                    warn_fuel_per_batch(t, n, &isolated.1);
-                }
+                warn_limit_per_batch(t, kind, n, &isolated.1);
                 isolated
             }
         };
@@ -1173,38 +1197,42 @@ fn run_transform(
     Ok((next, failures))
 }
 
-/// Warns once per run when a batch of `n` rows ran out of fuel but none of its rows did alone:
-/// `fuel` is a per-batch budget, and one that fits only single rows makes every batch run twice,
-/// the second time a row at a time, which is slow but loses nothing, so easy to miss.
-fn warn_fuel_per_batch(t: &Loaded, n: usize, failures: &[Failure]) {
-    if failures
-        .iter()
-        .any(|(_, kind, _)| *kind == FailureKind::Fuel)
-    {
+/// Warns once per run when a batch of `n` rows hit a limit (`fuel`, `timeout_ms`, `memory_mb`)
+/// that none of its rows hit alone: the limits hold per batch call, and one that fits single rows
+/// but not whole batches makes every batch run twice, the second time a row at a time. That is
+/// slow but loses nothing, so easy to miss.
+fn warn_limit_per_batch(t: &Loaded, kind: FailureKind, n: usize, failures: &[Failure]) {
+    let (setting, what) = match kind {
+        FailureKind::Fuel => ("fuel", "ran out of fuel"),
+        FailureKind::Timeout => ("timeout_ms", "exceeded its time limit"),
+        FailureKind::Memory => ("memory_mb", "exceeded its memory limit"),
+        _ => return,
+    };
+    if failures.iter().any(|(_, k, _)| *k == kind) || t.limit_warned.swap(true, Relaxed) {
         return;
     }
-    if !t.fuel_warned.swap(true, Relaxed) {
-        tracing::warn!(
-            transform = %t.name,
-            fuel = t.config.fuel.unwrap_or(0),
-            rows = n,
-            "transform {} ran out of fuel on a batch of {n} rows that each run within it alone; \
-             `fuel` is a budget per batch call, so every such batch is run again a row at a \
-             time: slow, though nothing is lost. Raise `fuel`.",
-            t.name
-        );
-    }
+    tracing::warn!(
+        transform = %t.name,
+        rows = n,
+        "transform {} {what} on a batch of {n} rows that each run within it alone; `{setting}` \
+         holds per batch call, so every such batch is run again a row at a time: slow, though \
+         nothing is lost. Raise `{setting}`.",
+        t.name
+    );
 }
 
 /// Most rows of one batch that may time out when run alone. Each costs a whole `timeout_ms`, and
 /// a transform that hangs on common input would otherwise hold a batch of 1024 rows for 1024
 /// timeouts (17 minutes at the default), long after the consumer group gave up on this member.
+/// Rows that fail another way after using most of the limit cost as much, so the CPU time of
+/// the rows failing that way is capped too, at one limit more.
 const MAX_TIMEOUTS_PER_BATCH: usize = 8;
 
 /// After a batch call trapped or broke the contract: re-runs each row alone on a healthy
 /// instance, so only the poison row fails. Gives up with [`TransformError::TooSlow`] when more
-/// than [`MAX_TIMEOUTS_PER_BATCH`] rows time out alone: that is a transform too slow for its cap,
-/// not a few poison records, and failing the batch keeps its records for a run with a higher cap.
+/// than [`MAX_TIMEOUTS_PER_BATCH`] rows time out alone, or rows failing alone use more CPU time
+/// than that many limits: that is a transform too slow for its cap, not a few poison records,
+/// and failing the batch keeps its records for a run with a higher cap.
 fn isolate(
     shared: &Shared,
     t: &Loaded,
@@ -1213,17 +1241,20 @@ fn isolate(
     metas: &Metas,
 ) -> Result<(WireBatch, Vec<Failure>, u64), TransformError> {
     let mut all = WireBatch::default();
+    let mut shapes = HashMap::new();
     let mut failures = Vec::new();
     let mut filtered = 0u64;
-    let mut timeouts = 0usize;
+    let (mut timeouts, mut failing_cpu) = (0usize, Duration::ZERO);
+    let cpu_cap = Duration::from_millis(t.config.timeout_ms) * (MAX_TIMEOUTS_PER_BATCH as u32 + 1);
     let max = t.config.max_rows_per_record;
     for j in 0..batch.origins.len() {
         let origin = &batch.origins[j..=j];
+        let (cpu, failed_before, timeouts_before) = (thread_cpu_time(), failures.len(), timeouts);
         match call(shared, t, slot, &batch.single(j), origin, metas)? {
             Ok(output) => match check_output(&output, 1) {
                 Ok(()) => {
                     let (one, failed, none) = split(output, batch, j, max);
-                    all.append(one);
+                    all.append_indexed(one, &mut shapes);
                     failures.extend(failed);
                     filtered += none;
                 }
@@ -1232,14 +1263,20 @@ fn isolate(
             Err((kind, reason)) => {
                 failures.push((j, kind, reason));
                 timeouts += usize::from(kind == FailureKind::Timeout);
-                if timeouts > MAX_TIMEOUTS_PER_BATCH {
-                    return Err(TransformError::TooSlow {
-                        transform: t.name.to_string(),
-                        rows: timeouts,
-                        timeout_ms: t.config.timeout_ms,
-                    });
-                }
             }
+        }
+        // Timeouts are counted above (each costs one limit, and a little more, a tick at most).
+        if failures.len() > failed_before && timeouts == timeouts_before {
+            failing_cpu += thread_cpu_time().saturating_sub(cpu);
+        }
+        if timeouts > MAX_TIMEOUTS_PER_BATCH || failing_cpu > cpu_cap {
+            return Err(TransformError::TooSlow {
+                transform: t.name.to_string(),
+                rows: failures.len(),
+                timeouts,
+                cpu_ms: failing_cpu.as_millis() as u64,
+                timeout_ms: t.config.timeout_ms,
+            });
         }
     }
     Ok((all, failures, filtered))
@@ -1271,6 +1308,9 @@ fn check_output(output: &Output, inputs: usize) -> Result<(), String> {
             rows.shapes.len()
         ));
     }
+    for schema in &rows.schemas {
+        check_schema(schema)?;
+    }
     let mut wanted = 0usize;
     for &shape in &rows.shapes {
         let schema = rows
@@ -1286,6 +1326,27 @@ fn check_output(output: &Output, inputs: usize) -> Result<(), String> {
         ));
     }
     rows.values.check()
+}
+
+/// A row shape's field names must be usable as column names: none empty, none twice (a table
+/// cannot hold both, and which one a reader would see is anyone's guess).
+fn check_schema(schema: &[String]) -> Result<(), String> {
+    if schema.iter().any(String::is_empty) {
+        return Err("a row has a field with an empty name".into());
+    }
+    let twice = if schema.len() <= 16 {
+        (1..schema.len()).find_map(|i| schema[..i].iter().find(|n| **n == schema[i]))
+    } else {
+        let mut seen = std::collections::HashSet::with_capacity(schema.len());
+        schema.iter().find(|n| !seen.insert(n.as_str()))
+    };
+    match twice {
+        Some(name) => Err(format!(
+            "a row has two fields named {:?}",
+            crate::dead_letter::clip(name, 256)
+        )),
+        None => Ok(()),
+    }
 }
 
 /// Turns a checked output into the next batch and the failed inputs. Outcome `o` answers input
@@ -1329,6 +1390,9 @@ fn split(
     let emitted = WireBatch::from_wire(rows, emitted_origins);
     let next = if kept == 0 {
         emitted
+    } else if outcomes.len() == 1 {
+        // One row of a batch being isolated, kept: that row alone, not the batch's every shape.
+        input.one_row(first)
     } else if first == 0 && kept == input.origins.len() {
         // Every row of the batch passed through untouched (a passthrough, or a filter that kept
         // all).
@@ -1352,15 +1416,17 @@ fn split(
             let j = first + o;
             match *outcome {
                 Outcome::Keep => {
-                    next.push_rows_from(&emitted, std::mem::take(&mut fresh), Some(&shapes));
+                    next.push_rows_from(&emitted, std::mem::take(&mut fresh), |k| {
+                        shapes[k as usize]
+                    });
                     if kept.end != j {
-                        next.push_rows_from(input, std::mem::replace(&mut kept, j..j), None);
+                        next.push_rows_from(input, std::mem::replace(&mut kept, j..j), same_shape);
                     }
                     kept.end = j + 1;
                 }
                 Outcome::Emit(0) | Outcome::Error(_) => {}
                 Outcome::Emit(k) => {
-                    next.push_rows_from(input, std::mem::take(&mut kept), None);
+                    next.push_rows_from(input, std::mem::take(&mut kept), same_shape);
                     if fresh.is_empty() {
                         fresh = e..e;
                     }
@@ -1369,8 +1435,8 @@ fn split(
                 }
             }
         }
-        next.push_rows_from(input, kept, None);
-        next.push_rows_from(&emitted, fresh, Some(&shapes));
+        next.push_rows_from(input, kept, same_shape);
+        next.push_rows_from(&emitted, fresh, |k| shapes[k as usize]);
         next
     };
     let next = if discard {
@@ -1403,7 +1469,7 @@ fn call(
             None => slot.insert(Slot::new(&shared.engine, shared.fuel_enabled, t).map_err(
                 |e| TransformError::Instantiate {
                     transform: t.name.to_string(),
-                    reason: t.config.redact(e.to_string()),
+                    reason: clip(&t.config.redact(e.to_string()), MAX_REASON),
                 },
             )?),
         };
@@ -1611,6 +1677,13 @@ impl Values {
             if t > WireType::Json as u8 {
                 return Err(format!("unknown value type {t}"));
             }
+            if t == WireType::Bool as u8
+                && let Some(&b) = self.ints.get(end.int)
+                && b != 0
+                && b != 1
+            {
+                return Err(format!("a bool value is {b}, not 0 or 1"));
+            }
             Values::step(&mut end, wire_type(t));
         }
         if (end.int, end.float, end.text)
@@ -1638,6 +1711,11 @@ impl Values {
         }
         Ok(())
     }
+}
+
+/// The shape mapping of rows copied between batches with the same schemas.
+fn same_shape(k: u32) -> u32 {
+    k
 }
 
 /// The `value-type` whose case index is `t`; only called on checked values.
@@ -1781,13 +1859,13 @@ impl WireBatch {
         }
     }
 
-    /// Appends rows `rows` of `src`. Their shapes are mapped through `shapes` (an index here
-    /// for each of `src`'s shapes), or kept as they are if `None` (same schemas).
+    /// Appends rows `rows` of `src`, each with its shape mapped through `shape` (from an index
+    /// in `src`'s schemas to one in this batch's).
     fn push_rows_from(
         &mut self,
         src: &WireBatch,
         rows: std::ops::Range<usize>,
-        shapes: Option<&[u32]>,
+        shape: impl Fn(u32) -> u32,
     ) {
         if rows.is_empty() {
             return;
@@ -1801,10 +1879,7 @@ impl WireBatch {
             .unwrap_or_else(|| src.wire.values.end());
         let base = self.wire.values.end();
         for j in rows.clone() {
-            let shape = src.wire.shapes[j];
-            self.wire
-                .shapes
-                .push(shapes.map_or(shape, |map| map[shape as usize]));
+            self.wire.shapes.push(shape(src.wire.shapes[j]));
             let c = src.cursors[j];
             self.cursors.push(Cursor {
                 value: base.value + c.value - from.value,
@@ -1852,11 +1927,11 @@ impl WireBatch {
                 continue;
             }
             if run.end != j {
-                out.push_rows_from(&self, std::mem::replace(&mut run, j..j), None);
+                out.push_rows_from(&self, std::mem::replace(&mut run, j..j), same_shape);
             }
             run.end = j + 1;
         }
-        out.push_rows_from(&self, run, None);
+        out.push_rows_from(&self, run, same_shape);
         out
     }
 
@@ -1898,10 +1973,35 @@ impl WireBatch {
         map
     }
 
-    /// Appends another batch (its shapes merged into this one's).
-    fn append(&mut self, other: WireBatch) {
-        let map = self.merge_schemas(&other.wire.schemas);
-        self.push_rows_from(&other, 0..other.origins.len(), Some(&map));
+    /// Appends another batch, its shapes merged into this one's through `index` (every schema
+    /// of this batch and its position), which is kept up to date: appending many small batches
+    /// (isolating a batch a row at a time) costs time in their rows, not in the shapes so far.
+    fn append_indexed(&mut self, other: WireBatch, index: &mut HashMap<Vec<String>, u32>) {
+        let map: Vec<u32> = (other.wire.schemas.iter())
+            .map(|schema| match index.get(schema) {
+                Some(&i) => i,
+                None => {
+                    let i = self.wire.schemas.len() as u32;
+                    self.wire.schemas.push(schema.clone());
+                    index.insert(schema.clone(), i);
+                    i
+                }
+            })
+            .collect();
+        self.push_rows_from(&other, 0..other.origins.len(), |k| map[k as usize]);
+    }
+
+    /// Row `j` alone, with only its own shape.
+    fn one_row(&self, j: usize) -> WireBatch {
+        let mut one = WireBatch {
+            wire: Rows {
+                schemas: vec![self.wire.schemas[self.wire.shapes[j] as usize].clone()],
+                ..Rows::default()
+            },
+            ..WireBatch::default()
+        };
+        one.push_rows_from(self, j..j + 1, |_| 0);
+        one
     }
 
     /// One outcome per input record (`inputs` are the chunk's input rows, in order): the host
@@ -2046,6 +2146,41 @@ mod tests {
         assert_eq!(outcomes[2], RecordOutcome::Emitted(vec![]));
         assert!(matches!(outcomes[3], RecordOutcome::Dropped { .. }));
         assert_eq!(outcomes[4], RecordOutcome::Emitted(vec![row(5, "r5")]));
+    }
+
+    /// A guest's output may not name a field twice or leave a name empty, in small and large
+    /// shapes alike, nor send a bool that is neither 0 nor 1.
+    #[test]
+    fn outputs_with_unusable_names_or_bools_are_refused() {
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(check_schema(&names(&["a", "b"])), Ok(()));
+        assert_eq!(check_schema(&[]), Ok(()));
+        assert!(
+            check_schema(&names(&["a", "b", "a"]))
+                .unwrap_err()
+                .contains("\"a\"")
+        );
+        assert!(
+            check_schema(&names(&["a", ""]))
+                .unwrap_err()
+                .contains("empty")
+        );
+        let mut wide: Vec<String> = (0..100).map(|i| format!("f{i}")).collect();
+        assert_eq!(check_schema(&wide), Ok(()));
+        wide.push("f42".into());
+        assert!(check_schema(&wide).unwrap_err().contains("\"f42\""));
+        let bools = |ints: Vec<i64>| Values {
+            types: vec![WireType::Int as u8, WireType::Bool as u8],
+            ints,
+            ..Values::default()
+        };
+        assert_eq!(bools(vec![7, 1]).check(), Ok(()));
+        assert!(
+            bools(vec![7, 2])
+                .check()
+                .unwrap_err()
+                .contains("bool value is 2")
+        );
     }
 
     /// Merging many shapes (the hashed path) maps each to one index, adding only new ones.

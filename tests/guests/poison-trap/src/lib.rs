@@ -1,11 +1,19 @@
 //! Poison guest: panics (an `unreachable` trap) on the row whose `id` is 13, passes every other
-//! row through.
+//! row through. A row with an int field `burn_ms` makes it spin that long first, then panic: a
+//! record that fails late, after using most of the time limit.
 
 use sluice_guest::{Error, Row, Value};
 
 fn transform(row: Row) -> Result<Vec<Row>, Error> {
     if row.get("id") == Some(&Value::Int(13)) {
         panic!("poison row");
+    }
+    if let Some(&Value::Int(ms)) = row.get("burn_ms") {
+        let start = std::time::Instant::now();
+        while start.elapsed().as_millis() < ms as u128 {
+            std::hint::black_box(());
+        }
+        panic!("burned {ms} ms");
     }
     Ok(vec![row])
 }

@@ -3,7 +3,9 @@
 //! worked, and prints a line on stdout and stderr (which the host discards unless `debug_stdio`
 //! is set). A row with an int field `sleep_ms` makes it sleep that long first; one with a field
 //! `wait_ready` waits on a timer that is already due, with `pollable.block` and with `poll`.
-//! Param `say` makes `init` print its value on stderr; param `panic`, panic with it.
+//! Param `say` makes `init` print its value on stderr; param `panic`, panic with it; param
+//! `reject`, fail with an `invalid-param` error named by its value (a careless guest echoing a
+//! secret).
 
 use std::io::Write;
 
@@ -13,7 +15,10 @@ struct Probe;
 
 impl Transform for Probe {
     fn init(params: &Params) -> Result<Probe, Error> {
-        params.allow_only(&["say", "panic"])?;
+        params.allow_only(&["say", "panic", "reject"])?;
+        if let Some(value) = params.get("reject") {
+            return Err(Error::invalid_param(value, format!("bad value {value}")));
+        }
         if let Some(text) = params.get("say") {
             let _ = writeln!(std::io::stderr(), "{text}");
         }
