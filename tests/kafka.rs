@@ -803,3 +803,157 @@ async fn partitions_paused_for_backpressure_resume_after_a_rebalance() {
     a.consumer.close().await;
     b.consumer.close().await;
 }
+
+/// A bounded consume-only run stopped by Ctrl-C before it reached the end offsets is not "ok":
+/// its summary says it stopped early and how to resume, it exits 1, and the resumed run then
+/// loads the rest, each row once.
+#[test]
+fn an_interrupted_bounded_consume_only_run_is_not_ok_and_resumes() {
+    use std::io::BufRead as _;
+    let dir = tempfile::tempdir().unwrap();
+    let rows = 30_000;
+    let csv = write_rows(dir.path(), rows);
+    let topic = broker::unique("interrupted");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "interrupted",
+        "source": { "type": "csv", "path": csv, "key_column": "id" },
+        "kafka": { "brokers": broker::bootstrap(), "topic": topic, "partitions": 2 },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let (p, state) = (path.to_string_lossy(), dir.path().join("state"));
+    let s = state.to_string_lossy();
+    let summary_file = dir.path().join("summary.json");
+    let sf = summary_file.to_string_lossy();
+    let replay = sluice_tests::cli::sluice(
+        dir.path(),
+        &[
+            "run",
+            &p,
+            "--replay-only",
+            "--no-progress",
+            "--state-dir",
+            &s,
+        ],
+    );
+    assert!(
+        replay.status.success(),
+        "{}",
+        String::from_utf8_lossy(&replay.stderr)
+    );
+
+    let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(["run", &p, "--consume-only", "--until-end", "--no-progress"])
+        .args(["--state-dir", &s, "--summary", &sf])
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupt as soon as the consumer has its partitions: far from the 30,000th row.
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while stderr.read_line(&mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("Partitions assigned") {
+            break;
+        }
+        line.clear();
+    }
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(interrupted.success());
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    seen.push_str(&rest);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{seen}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
+    assert_eq!(summary["ok"], false, "{summary:#}");
+    let problems = summary["problems"].to_string();
+    assert!(
+        problems.contains("stopped before it loaded up to the end offsets"),
+        "{problems}"
+    );
+    let first = summary["consume"]["rows_loaded"].as_u64().unwrap();
+    assert!(first < rows as u64, "{summary:#}");
+
+    let resumed = sluice_tests::cli::sluice(
+        dir.path(),
+        &[
+            "run",
+            &p,
+            "--consume-only",
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+            &s,
+            "--summary",
+            &sf,
+        ],
+    );
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
+    let consume = &summary["consume"];
+    assert_eq!(
+        consume["rows_loaded"].as_u64().unwrap() + first,
+        rows as u64,
+        "{summary:#}"
+    );
+    assert_eq!(
+        consume["table_rows_after"].as_u64(),
+        Some(rows as u64),
+        "{summary:#}"
+    );
+}
+
+/// `sluice verify` checks a run of the pipeline it is given: another pipeline's summary (the
+/// last run in a shared state directory, say) is refused, exit 2, rather than checked against
+/// the wrong topic and table.
+#[test]
+fn verify_refuses_another_pipelines_summary() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "mine",
+        "source": { "type": "csv", "path": write_rows(dir.path(), 3) },
+        "kafka": { "topic": "t" },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let summary = serde_json::json!({
+        "pipeline": "theirs", "run_id": "r", "mode": "full", "started_at": "2026-12-03T00:00:00Z",
+        "duration_ms": 1, "replay": null, "consume": null, "dead_letters": 0,
+        "dead_letter_topic": "t.dlq", "ok": true, "problems": []
+    });
+    let summary_file = dir.path().join("summary.json");
+    std::fs::write(&summary_file, summary.to_string()).unwrap();
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[
+            "verify",
+            &path.to_string_lossy(),
+            "--summary",
+            &summary_file.to_string_lossy(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is the summary of pipeline \"theirs\", not of \"mine\""),
+        "{stderr}"
+    );
+}

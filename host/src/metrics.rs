@@ -18,35 +18,48 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-/// Builds one scrape's text.
+/// Builds one scrape's text. Samples are grouped by metric family, whatever order they are
+/// written in: the text format requires each family's samples to be contiguous, after its
+/// `# HELP` and `# TYPE` (a scraper may otherwise see the same family twice, untyped).
 #[derive(Debug, Default)]
 pub struct Exposition {
-    out: String,
-    declared: std::collections::HashSet<String>,
+    /// Each family's header and samples, in the order the families were first written.
+    families: Vec<String>,
+    index: std::collections::HashMap<String, usize>,
 }
 
 /// Label pairs of one sample.
 pub type Labels<'a> = &'a [(&'a str, &'a str)];
 
 impl Exposition {
-    /// Writes `# HELP` and `# TYPE` once per metric family.
-    fn declare(&mut self, name: &str, kind: &str, help: &str) {
-        if self.declared.insert(name.to_owned()) {
-            let _ = writeln!(self.out, "# HELP {name} {help}");
-            let _ = writeln!(self.out, "# TYPE {name} {kind}");
-        }
+    /// The text of family `name`, begun with `# HELP` and `# TYPE` the first time.
+    fn family(&mut self, name: &str, kind: &str, help: &str) -> &mut String {
+        let i = match self.index.get(name) {
+            Some(&i) => i,
+            None => {
+                self.families
+                    .push(format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+                self.index.insert(name.to_owned(), self.families.len() - 1);
+                self.families.len() - 1
+            }
+        };
+        &mut self.families[i]
     }
 
     /// A counter sample (`name` should end in `_total`).
     pub fn counter(&mut self, name: &str, help: &str, labels: Labels<'_>, value: u64) {
-        self.declare(name, "counter", help);
-        self.sample(name, labels, None, value as f64);
+        sample(
+            self.family(name, "counter", help),
+            name,
+            labels,
+            None,
+            value as f64,
+        );
     }
 
     /// A gauge sample.
     pub fn gauge(&mut self, name: &str, help: &str, labels: Labels<'_>, value: f64) {
-        self.declare(name, "gauge", help);
-        self.sample(name, labels, None, value);
+        sample(self.family(name, "gauge", help), name, labels, None, value);
     }
 
     /// A histogram: `buckets` are `(upper bound in the metric's unit, cumulative count)` in
@@ -60,41 +73,42 @@ impl Exposition {
         sum: f64,
         count: u64,
     ) {
-        self.declare(name, "histogram", help);
+        let out = self.family(name, "histogram", help);
         let bucket = format!("{name}_bucket");
         for (le, n) in buckets {
-            self.sample(&bucket, labels, Some(&le.to_string()), *n as f64);
+            sample(out, &bucket, labels, Some(&le.to_string()), *n as f64);
         }
-        self.sample(&bucket, labels, Some("+Inf"), count as f64);
-        self.sample(&format!("{name}_sum"), labels, None, sum);
-        self.sample(&format!("{name}_count"), labels, None, count as f64);
-    }
-
-    fn sample(&mut self, name: &str, labels: Labels<'_>, le: Option<&str>, value: f64) {
-        self.out.push_str(name);
-        if !labels.is_empty() || le.is_some() {
-            self.out.push('{');
-            let mut first = true;
-            for (k, v) in labels.iter().copied().chain(le.map(|le| ("le", le))) {
-                if !first {
-                    self.out.push(',');
-                }
-                first = false;
-                let v = v
-                    .replace('\\', "\\\\")
-                    .replace('"', "\\\"")
-                    .replace('\n', "\\n");
-                let _ = write!(self.out, "{k}=\"{v}\"");
-            }
-            self.out.push('}');
-        }
-        let _ = writeln!(self.out, " {value}");
+        sample(out, &bucket, labels, Some("+Inf"), count as f64);
+        sample(out, &format!("{name}_sum"), labels, None, sum);
+        sample(out, &format!("{name}_count"), labels, None, count as f64);
     }
 
     /// The finished text.
     pub fn finish(self) -> String {
-        self.out
+        self.families.concat()
     }
+}
+
+/// Writes one sample line to `out`.
+fn sample(out: &mut String, name: &str, labels: Labels<'_>, le: Option<&str>, value: f64) {
+    out.push_str(name);
+    if !labels.is_empty() || le.is_some() {
+        out.push('{');
+        let mut first = true;
+        for (k, v) in labels.iter().copied().chain(le.map(|le| ("le", le))) {
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            let v = v
+                .replace('\\', "\\\\")
+                .replace('"', "\\\"")
+                .replace('\n', "\\n");
+            let _ = write!(out, "{k}=\"{v}\"");
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
 }
 
 /// Something that can write the current metrics.
@@ -160,5 +174,34 @@ mod tests {
         assert!(text.contains("lat_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("lat_seconds_bucket{le=\"0.1\"} 1\n"));
         assert!(text.contains("lat_seconds_count 3\n"));
+    }
+
+    /// Samples of one family written apart (per transform, say) come out together, after the
+    /// family's one header.
+    #[test]
+    fn families_are_contiguous() {
+        let mut e = Exposition::default();
+        for stage in ["a", "b"] {
+            e.counter("in_total", "rows in", &[("t", stage)], 1);
+            e.histogram("lat_seconds", "latency", &[("t", stage)], &[], 0.0, 0);
+        }
+        let text = e.finish();
+        let lines: Vec<&str> = text.lines().collect();
+        let family = |l: &str| {
+            let name = l
+                .trim_start_matches("# HELP ")
+                .trim_start_matches("# TYPE ");
+            name.split(['{', ' '])
+                .next()
+                .unwrap()
+                .trim_end_matches("_bucket")
+                .trim_end_matches("_sum")
+                .trim_end_matches("_count")
+                .to_owned()
+        };
+        let order: Vec<String> = lines.iter().map(|l| family(l)).collect();
+        let mut runs = order.clone();
+        runs.dedup();
+        assert_eq!(runs, ["in_total", "lat_seconds"], "{text}");
     }
 }

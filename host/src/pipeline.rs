@@ -429,6 +429,10 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
             bootstrap: &bootstrap,
         };
         let r = source::replay(rc, dlq_tx.clone(), stats.replay.clone(), cancel.clone()).await;
+        // A replay that failed may never have made the topic the consume half waits for.
+        if r.is_err() {
+            cancel.cancel();
+        }
         replay_done.cancel();
         Some(r)
     };
@@ -596,6 +600,19 @@ struct ConsumeCtx {
 }
 
 impl ConsumeCtx {
+    /// The consume half was stopped (Ctrl-C, or the other half failing) before it finished: a
+    /// bounded run (`--until-end`) that ends here did not load everything it set out to, which
+    /// its summary must say; an unbounded one ends this way normally.
+    fn stopped_early(&self) -> anyhow::Result<()> {
+        match self.until_end {
+            true => Err(anyhow::anyhow!(
+                "the run was stopped before it loaded up to the end offsets; `sluice run \
+                 --consume-only --until-end` resumes from what the warehouse holds"
+            )),
+            false => Ok(()),
+        }
+    }
+
     /// Logs a record a transform failed: the first of each transform and kind at WARN.
     fn log_failure(&self, transform: &str, kind: FailureKind, reason: &str, meta: &RecordMeta) {
         let first = self
@@ -656,7 +673,7 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         ready = source::producer::wait_for_topic(&ctx.kafka, &ctx.bootstrap, &topic) => {
             ready.context("cannot read the topic's metadata")?;
         }
-        _ = ctx.cancel.cancelled() => return Ok(()),
+        _ = ctx.cancel.cancelled() => return ctx.stopped_early(),
     }
     let mut consumer = consume::Consumer::start(consume::ConsumerOptions {
         kafka: &ctx.kafka,
@@ -680,7 +697,7 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         loop {
             tokio::select! {
                 biased;
-                _ = ctx.cancel.cancelled() => break,
+                _ = ctx.cancel.cancelled() => return ctx.stopped_early(),
                 Some(d) = durable_rx.recv() => {
                     let e = durable.entry(d.partition).or_default();
                     *e = (*e).max(d.next_offset);
@@ -1407,6 +1424,18 @@ pub async fn verify(
     })?;
     let summary: RunSummary = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a run summary", summary_path.display()))?;
+    if summary.pipeline != cfg.name {
+        // Checking one pipeline's topic and table against another's counts proves nothing.
+        return Err(crate::transform::cli::UsageError(anyhow::anyhow!(
+            "{} is the summary of pipeline {:?}, not of {:?} (the name in {}); pass this \
+             pipeline's --summary, or the --state-dir it ran with",
+            summary_path.display(),
+            summary.pipeline,
+            cfg.name,
+            loaded.file.display()
+        ))
+        .into());
+    }
     let mut checks: Vec<(String, bool)> = Vec::new();
     let mut check = |what: String, ok: bool| checks.push((what, ok));
     check(

@@ -42,7 +42,7 @@ const TEMPLATE_EXPECTED: &str =
 /// parsed, params a component rejects. The binary exits 2 for it, as for a bad pipeline file.
 #[derive(Debug, thiserror::Error)]
 #[error("{0:#}")]
-pub struct UsageError(anyhow::Error);
+pub struct UsageError(pub anyhow::Error);
 
 fn usage(e: anyhow::Error) -> anyhow::Error {
     UsageError(e).into()
