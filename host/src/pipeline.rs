@@ -411,7 +411,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
         info!(addr = %bound, "Serving Prometheus metrics at http://{bound}/metrics.");
     }
     let progress = (opts.progress && opts.log_format == LogFormat::Human)
-        .then(|| spawn_progress(stats.clone()));
+        .then(|| spawn_progress(stats.clone(), replays));
 
     // The two halves run concurrently in this task (the replay future is not `Send`); a failing
     // consume half cancels the replay.
@@ -1053,7 +1053,7 @@ fn summary_text(s: &RunSummary) -> String {
 
 /// The live progress line: rows read, produced, consumed, out of the chain, loaded, rows/s,
 /// consumer lag, and the replay's ETA.
-fn spawn_progress(stats: Arc<AllStats>) -> indicatif::ProgressBar {
+fn spawn_progress(stats: Arc<AllStats>, replays: bool) -> indicatif::ProgressBar {
     let bar =
         indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     bar.set_style(
@@ -1068,7 +1068,7 @@ fn spawn_progress(stats: Arc<AllStats>) -> indicatif::ProgressBar {
         while !b.is_finished() {
             tokio::time::sleep(Duration::from_millis(250)).await;
             let now = Instant::now();
-            let p = Progress::of(&stats);
+            let p = Progress::of(&stats, replays);
             let (rate, eta) = match window.front() {
                 Some((then, before)) => p.rates(before, now.duration_since(*then)),
                 None => (0.0, None),
@@ -1087,6 +1087,8 @@ fn spawn_progress(stats: Arc<AllStats>) -> indicatif::ProgressBar {
 /// One reading of the counters the progress line shows.
 #[derive(Debug, Clone, Default)]
 struct Progress {
+    /// Whether the run replays the CSV (not `--consume-only`).
+    replays: bool,
     /// CSV records the reader has read (it runs a little ahead of the paced producer).
     read: u64,
     produced: u64,
@@ -1103,10 +1105,11 @@ struct Progress {
 }
 
 impl Progress {
-    fn of(stats: &AllStats) -> Progress {
+    fn of(stats: &AllStats, replays: bool) -> Progress {
         let r = &stats.replay;
         let produced = r.rows_produced.load(Ordering::Relaxed);
         Progress {
+            replays,
             read: r.rows_read.load(Ordering::Relaxed),
             produced,
             handled: produced
@@ -1153,34 +1156,42 @@ impl Progress {
     }
 
     fn line(&self, rate: f64, eta: Option<Duration>) -> String {
-        use std::fmt::Write as _;
-        let mut line = format!("read {} | produced {}", self.read, self.produced);
-        if let Some(total) = self.records_total().filter(|t| *t > 0) {
-            let pct = (100.0 * self.handled as f64 / total as f64).min(100.0);
-            let _ = write!(line, " ({pct:.0}%)");
+        let mut parts = Vec::new();
+        if self.replays {
+            parts.push(format!("read {}", self.read));
+            let pct = self.records_total().filter(|t| *t > 0).map(|total| {
+                format!(
+                    " ({:.0}%)",
+                    (100.0 * self.handled as f64 / total as f64).min(100.0)
+                )
+            });
+            parts.push(format!(
+                "produced {}{}",
+                self.produced,
+                pct.unwrap_or_default()
+            ));
         }
         if let Some(consumed) = self.consumed {
-            let _ = write!(line, " | consumed {consumed}");
+            parts.push(format!("consumed {consumed}"));
             if let Some(transformed) = self.transformed {
-                let _ = write!(line, " | transformed {transformed}");
+                parts.push(format!("transformed {transformed}"));
             }
-            let _ = write!(line, " | loaded {}", self.loaded);
+            parts.push(format!("loaded {}", self.loaded));
         }
-        let _ = write!(line, " | {rate:.0} rows/s");
+        parts.push(format!("{rate:.0} rows/s"));
         if self.consumed.is_some() {
-            let _ = write!(line, " | lag {}", self.lag);
+            parts.push(format!("lag {}", self.lag));
         }
         if let Some(eta) = eta {
             let s = eta.as_secs();
-            let _ = write!(
-                line,
-                " | replay ETA {}:{:02}:{:02}",
+            parts.push(format!(
+                "replay ETA {}:{:02}:{:02}",
                 s / 3600,
                 s / 60 % 60,
                 s % 60
-            );
+            ));
         }
-        line
+        parts.join(" | ")
     }
 }
 
@@ -1658,6 +1669,7 @@ mod tests {
         // The reader is a fifth into the file at 1000 records (so ~5000 in all) and ahead of
         // the producer, as it is under pacing.
         let before = Progress {
+            replays: true,
             read: 1000,
             produced: 300,
             handled: 300,
@@ -1691,6 +1703,7 @@ mod tests {
         // Replay only: no consumer columns, the rate is rows produced; once the reader is through
         // the file, the count is exact, and nothing is left when every record is handled.
         let replay = |produced, bytes_read| Progress {
+            replays: true,
             read: 5000,
             produced,
             handled: produced,
@@ -1710,12 +1723,22 @@ mod tests {
         assert_eq!(eta, None);
         // No transforms: nothing to call transformed; nothing read yet: no percentage.
         let plain = Progress {
+            replays: true,
             consumed: Some(5),
             ..Progress::default()
         };
         assert_eq!(
             plain.line(0.0, None),
             "read 0 | produced 0 | consumed 5 | loaded 0 | 0 rows/s | lag 0"
+        );
+        // Consume only: no replay columns.
+        let consume_only = Progress {
+            replays: false,
+            ..plain
+        };
+        assert_eq!(
+            consume_only.line(0.0, None),
+            "consumed 5 | loaded 0 | 0 rows/s | lag 0"
         );
     }
 
