@@ -856,3 +856,196 @@ fn metrics_answer_during_a_run() {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }
 }
+
+// --- Duplicate keys, sink rules checked at connect time, and the CSV header (validate) ---
+
+/// Asserts that `validate` exits 2 and that its stderr holds every fragment.
+fn assert_invalid(text: &str, wanted: &[&str]) {
+    let (code, stderr) = validate(text);
+    assert_eq!(code, Some(2), "{stderr}");
+    for w in wanted {
+        assert!(stderr.contains(w), "{w:?} not in:\n{stderr}");
+    }
+}
+
+/// A key given twice anywhere is an error at the second one, naming the first: serde_json would
+/// keep the last, so a second `"transforms": []` would silently drop the whole chain.
+#[test]
+fn a_duplicate_key_anywhere_is_an_error_at_its_second_occurrence() {
+    assert_invalid(
+        &BASE.replacen(r#"  "sink": {"#, "  \"transforms\": [],\n  \"sink\": {", 1),
+        &["transforms (line 10, column 3): duplicate key `transforms` (first at line 6, column 3)"],
+    );
+    assert_invalid(
+        &BASE.replacen(r#""op": "gt","#, r#""op": "zz", "op": "gt","#, 1),
+        &[
+            "transforms[0].with.op (line 7, column ",
+            "duplicate key `op` (first at line 7, column ",
+        ],
+    );
+    assert_invalid(
+        &BASE.replacen(
+            r#"{ "name": "second","#,
+            r#"{ "name": "second", "name": "third","#,
+            1,
+        ),
+        &[
+            "transforms[1].name (line 8, column 25): duplicate key `name` (first at line 8, column 7)",
+        ],
+    );
+    assert_invalid(
+        &BASE.replacen(
+            r#""partitions": 3 }"#,
+            r#""partitions": 3, "properties": { "acks": "all", "acks": "1" } }"#,
+            1,
+        ),
+        &[
+            "kafka.properties.acks (line 5, column 77): duplicate key `acks` (first at line 5, column 62)",
+        ],
+    );
+}
+
+/// Rules the sink checks only when it connects are `validate` errors too, at their keys, so
+/// `run` fails with exit 2 before starting anything instead of with exit 1 late.
+#[test]
+fn sink_rules_checked_at_connect_are_validate_errors() {
+    assert_invalid(
+        &BASE.replacen(
+            r#""table": "T" }"#,
+            r#""table": "T", "format": "ndjson", "schema_evolution": "add_columns" }"#,
+            1,
+        ),
+        &["sink.schema_evolution (line 10, column 100): add_columns needs format csv"],
+    );
+    assert_invalid(
+        &BASE.replacen(
+            r#""table": "T" }"#,
+            r#""table": "T", "batch": { "max_latency_ms": 0 } }"#,
+            1,
+        ),
+        &["sink.batch.max_latency_ms (line 10, column 91): must be at least 1"],
+    );
+    assert_invalid(
+        &BASE.replacen(
+            r#""table": "T" }"#,
+            r#""table": "T", "account_url": "https://x.snowflakecomputing.com", "user": "u", "password": "p", "private_key": "k" }"#,
+            1,
+        ),
+        &[
+            "sink.account (line 10, column 11): is required with account_url",
+            "sink.password (line 10, column 144): give only one of password",
+        ],
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_pipeline(
+        dir.path(),
+        &BASE.replacen(
+            r#""table": "T" }"#,
+            r#""table": "T", "format": "ndjson", "schema_evolution": "add_columns" }"#,
+            1,
+        ),
+    );
+    let state = dir.path().join("state");
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            &path.to_string_lossy(),
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+            &state.to_string_lossy(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("sink.schema_evolution (line 10"),
+        "{stderr}"
+    );
+    assert!(!state.exists(), "{stderr}");
+}
+
+/// Columns the source names are checked against the CSV's header row, read the way the source
+/// reads it: a missing `key_column`, `schema` entry or event-time column is an error at its key.
+#[test]
+fn source_columns_are_checked_against_the_csv_header() {
+    let source = r#""source": { "type": "csv", "path": "@DATA@", "pacing": { "mode": "none" } },"#;
+    let with = |fields: &str| {
+        BASE.replacen(
+            source,
+            // The fields go before the path, whose length varies, so their columns are fixed.
+            &format!(r#""source": {{ "type": "csv", {fields}, "path": "@DATA@" }},"#),
+            1,
+        )
+    };
+    assert_invalid(
+        &with(r#""key_column": "nope""#),
+        &[
+            r#"source.key_column (line 4, column 30): key_column "nope" is not a column of"#,
+            "the header has id, name, value, category, created_at",
+        ],
+    );
+    assert_invalid(
+        &with(r#""schema": { "id": "int", "nope": "int" }"#),
+        &[r#"source.schema.nope (line 4, column 55): schema names column "nope", which"#],
+    );
+    assert_invalid(
+        &with(r#""pacing": { "mode": "event_time", "column": "nope" }"#),
+        &[r#"source.pacing.column (line 4, column 64): pacing column "nope" is not a column of"#],
+    );
+    assert_invalid(
+        &with(
+            r#""schema": { "created_at": "string" }, "pacing": { "mode": "event_time", "column": "created_at" }"#,
+        ),
+        &[
+            r#"source.pacing.column (line 4, column 102): pacing column "created_at" is string, not a timestamp"#,
+        ],
+    );
+    let (code, stderr) = validate(&with(
+        r#""key_column": "id", "schema": { "created_at": "timestamp" }, "pacing": { "mode": "event_time", "column": "created_at" }"#,
+    ));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// The header is read by the source's own reader: a BOM, the configured delimiter and quoted
+/// names are understood, and an empty file is an error at `source.path`.
+#[test]
+fn the_csv_header_is_read_like_the_source_reads_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("semi.csv");
+    std::fs::write(
+        &csv,
+        "\u{feff}\"user;id\";\"when\"\n\"a;1\";2026-01-01T00:00:00\n",
+    )
+    .unwrap();
+    let with = |fields: &str| {
+        BASE.replacen(
+            r#""path": "@DATA@", "pacing": { "mode": "none" } },"#,
+            &format!(
+                r#""path": "{}", "delimiter": ";", {fields} }},"#,
+                csv.display()
+            ),
+            1,
+        )
+    };
+    let (code, stderr) = validate(&with(
+        r#""key_column": "user;id", "pacing": { "mode": "event_time", "column": "when" }"#,
+    ));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_invalid(
+        &with(r#""key_column": "user""#),
+        &[
+            r#"source.key_column (line 4"#,
+            "the header has user;id, when",
+        ],
+    );
+
+    let empty = dir.path().join("empty.csv");
+    std::fs::write(&empty, "").unwrap();
+    assert_invalid(
+        &BASE.replacen("@DATA@", &empty.to_string_lossy(), 1),
+        &["source.path (line 4, column 30):", "the file is empty"],
+    );
+}

@@ -274,6 +274,12 @@ pub fn load_str(
             message: format!("invalid JSON: {}", strip_position(&e.to_string())),
         }])
     })?;
+    // serde_json keeps the last of two equal keys, silently: a second `"transforms": []` would
+    // drop the whole chain (a `mask` with it). The text is valid JSON here, so the walk is safe.
+    let duplicates = duplicate_keys(text);
+    if !duplicates.is_empty() {
+        return Err(invalid(duplicates));
+    }
     let mut issues = Vec::new();
     let mut from_env = Vec::new();
     interpolate_tree(&mut tree, String::new(), env, &mut issues, &mut from_env);
@@ -493,10 +499,45 @@ pub fn locate(text: &str, path: &str) -> Option<(usize, usize)> {
         i: 0,
     };
     let offset = loc.find(&segments)?;
-    let before = &text[..offset];
-    let line = before.matches('\n').count() + 1;
-    let col = before.rfind('\n').map_or(offset, |n| offset - n - 1) + 1;
-    Some((line, col))
+    Some(line_column(text, offset))
+}
+
+/// The 1-based line and column of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text.as_bytes()[..offset];
+    let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+    let col = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(offset, |n| offset - n - 1)
+        + 1;
+    (line, col)
+}
+
+/// Every key that appears twice in one object of `text` (valid JSON), as an issue at its JSON
+/// path, placed at the second occurrence and naming the line of the first.
+fn duplicate_keys(text: &str) -> Vec<ConfigIssue> {
+    let mut found = Vec::new();
+    let mut walker = Locator {
+        b: text.as_bytes(),
+        i: 0,
+    };
+    // `None` only for text that is not JSON, which the parser has already rejected.
+    let _ = walker.duplicates(String::new(), &mut found);
+    found
+        .into_iter()
+        .map(|(path, key, first, second)| {
+            let (line, column) = line_column(text, first);
+            ConfigIssue {
+                position: Some(line_column(text, second)),
+                message: format!(
+                    "duplicate key `{key}` (first at line {line}, column {column}); \
+                     only one may be given"
+                ),
+                path,
+            }
+        })
+        .collect()
 }
 
 enum Seg {
@@ -592,6 +633,63 @@ impl Locator<'_> {
                 }
             }
             _ => Some(start),
+        }
+    }
+
+    /// Walks the value at the current position and adds every key given twice in one object as
+    /// (path, key, offset of the first, offset of the second).
+    fn duplicates(
+        &mut self,
+        path: String,
+        found: &mut Vec<(String, String, usize, usize)>,
+    ) -> Option<()> {
+        self.ws();
+        match *self.b.get(self.i)? {
+            b'{' => {
+                self.i += 1;
+                let mut seen = std::collections::HashMap::new();
+                loop {
+                    self.ws();
+                    if *self.b.get(self.i)? == b'}' {
+                        self.i += 1;
+                        return Some(());
+                    }
+                    let key_at = self.i;
+                    let key = self.string()?;
+                    let at = join_key(&path, &key);
+                    match seen.get(&key) {
+                        Some(&first) => found.push((at.clone(), key, first, key_at)),
+                        None => {
+                            seen.insert(key, key_at);
+                        }
+                    }
+                    self.ws();
+                    self.i += 1; // ':'
+                    self.duplicates(at, found)?;
+                    self.ws();
+                    if *self.b.get(self.i)? == b',' {
+                        self.i += 1;
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                let mut n = 0;
+                loop {
+                    self.ws();
+                    if *self.b.get(self.i)? == b']' {
+                        self.i += 1;
+                        return Some(());
+                    }
+                    self.duplicates(format!("{path}[{n}]"), found)?;
+                    self.ws();
+                    if *self.b.get(self.i)? == b',' {
+                        self.i += 1;
+                    }
+                    n += 1;
+                }
+            }
+            _ => self.skip(),
         }
     }
 
@@ -701,6 +799,25 @@ mod tests {
             t.redact(format!("{:?} and {:?}", "my\"pass\"word", "pass")),
             "\"***\" and \"***\""
         );
+    }
+
+    #[test]
+    fn duplicate_keys_are_found_at_any_depth() {
+        let text = "{\n  \"a\": [{\"x\": 1, \"y\": {\"z\": [1, {}]}, \"x\": 2}],\n  \"b\": \"{\\\"a\\\"\",\n  \"\\u0061\": 3\n}";
+        let found = duplicate_keys(text);
+        let shown: Vec<String> = found.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            shown,
+            [
+                "a[0].x (line 2, column 39): duplicate key `x` (first at line 2, column 10); \
+                 only one may be given",
+                "a (line 4, column 3): duplicate key `a` (first at line 2, column 3); \
+                 only one may be given",
+            ]
+        );
+        let err = load_str(text, Path::new("p.json"), &|_| None).unwrap_err();
+        assert!(err.to_string().contains("duplicate key `x`"), "{err}");
+        assert!(duplicate_keys(r#"{"a": {"a": {"a": 1}}, "b": [{"a": 1}, {"a": 2}]}"#).is_empty());
     }
 
     #[test]

@@ -360,7 +360,7 @@ impl Ctx {
             tracing::warn!(error = %e, "Cannot set the pause state of newly assigned partitions.");
         }
         self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(%topic, ?starts, "Partitions assigned.");
+        tracing::debug!(%topic, ?starts, "Partitions assigned.");
         let _ = self.events.send((
             generation,
             Ok(ConsumerEvent::Assigned {
@@ -462,7 +462,11 @@ impl Consumer {
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
-            .set("statistics.interval.ms", "1000");
+            .set("statistics.interval.ms", "1000")
+            // librdkafka heartbeats from its own thread, so a busy pipeline does not miss its
+            // session; 10 s (not 45) is how long a restart after a crash (`kill -9`) waits for
+            // the dead member's partitions. `kafka.properties` may set it back.
+            .set("session.timeout.ms", "10000");
         for (k, v) in &opts.kafka.properties {
             cfg.set(k, v);
         }

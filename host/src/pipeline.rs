@@ -303,7 +303,7 @@ fn group_id(cfg: &PipelineConfig) -> String {
 
 /// The sink section with `${VAR:-}` references that came out empty treated as unset, so one
 /// pipeline file serves both password and key-pair logins (and the emulator).
-fn snowflake(cfg: &PipelineConfig) -> SnowflakeSinkConfig {
+pub(crate) fn snowflake(cfg: &PipelineConfig) -> SnowflakeSinkConfig {
     let SinkConfig::Snowflake(sf) = &cfg.sink;
     let mut sf = sf.clone();
     for opt in [
@@ -719,7 +719,11 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                             }
                         }
                         Some(Ok(consume::ConsumerEvent::Assigned { topic, partitions })) => {
-                            info!(%topic, partitions = ?partitions.iter().map(|p| (p.partition, p.offset)).collect::<Vec<_>>(), "Partitions assigned.");
+                            let starts: Vec<String> = partitions.iter().map(|p| match p.offset {
+                                Some(o) => format!("{}@{o}", p.partition),
+                                None => format!("{}@committed", p.partition),
+                            }).collect();
+                            info!(%topic, partitions = %starts.join(","), "Partitions assigned.");
                         }
                         Some(Ok(consume::ConsumerEvent::Revoked { topic, partitions })) => {
                             info!(%topic, ?partitions, "Partitions revoked; dropping their in-flight records.");

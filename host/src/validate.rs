@@ -1,13 +1,19 @@
 //! Offline validation of a loaded pipeline file: everything that can be checked without a broker
-//! or a warehouse (values in range, files exist, components load and accept their params).
+//! or a warehouse (values in range, files exist, the CSV header has the columns the source
+//! names, components load and accept their params).
 //!
 //! Parsing already rejected unknown keys and wrong types (see `config`); this adds the checks
 //! types cannot express, each reported with its JSON path and line/column.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use crate::config::{ConfigIssue, LoadedConfig, SinkConfig};
-use crate::source::config::{Pacing, SourceConfig};
+use crate::row::ValueType;
+use crate::source::config::{CsvSourceConfig, Pacing, SourceConfig};
+use crate::source::csv::{CsvOptions, CsvReader};
 
 /// How deep validation goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +53,8 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
             format!("file {} does not exist", path.display()),
         );
     }
-    if crate::source::config::delimiter_byte(&src.delimiter).is_none() {
+    let delimiter = crate::source::config::delimiter_byte(&src.delimiter);
+    if delimiter.is_none() {
         bad(
             "source.delimiter",
             format!(
@@ -88,6 +95,13 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
             }
         }
         _ => {}
+    }
+    if let Some(delimiter) = delimiter
+        && path.is_file()
+    {
+        for (at, message) in header_issues(src, &path, delimiter) {
+            bad(&at, message);
+        }
     }
 
     let k = &c.kafka;
@@ -281,6 +295,18 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
         );
     }
 
+    // The sink checks its config again when it connects, after the source has started; every
+    // rule it has must fail here first, at its key, so that `validate` passes only what `run`
+    // accepts. A rule checked above with a fuller message keeps that message.
+    if let Err(problems) = crate::pipeline::snowflake(c).validate() {
+        for problem in problems {
+            let at = format!("sink.{}", problem.field);
+            if !issues.iter().any(|issue| issue.path == at) {
+                issues.push(loaded.issue(&at, problem.message));
+            }
+        }
+    }
+
     if depth == Depth::Components {
         // Every transform whose own settings are sound is loaded, even when something else in
         // the file is wrong, so that one run of `validate` shows every mistake.
@@ -295,6 +321,89 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
         issues.extend(check_components(loaded, &unsound));
     }
     issues
+}
+
+/// What the source would refuse once it has read the CSV's header row: a `schema` entry, the
+/// `key_column` or the event-time `pacing.column` naming no column, or a pacing column typed as
+/// something other than a timestamp. Each is (JSON path, message). Only the header is read,
+/// through the source's own reader (BOM, delimiter, quoting, blank and repeated names), so the
+/// names are the ones a run sees however large the file is.
+fn header_issues(src: &CsvSourceConfig, path: &Path, delimiter: u8) -> Vec<(String, String)> {
+    let opts = CsvOptions {
+        delimiter,
+        // Empty: the reader would stop at the first unknown name; each is reported here instead.
+        schema: BTreeMap::new(),
+        infer_rows: 1,
+        max_record_bytes: usize::MAX,
+    };
+    // Given types, the reader skips inference and reads no row past the header.
+    let reader = match CsvReader::open(path, &opts, Arc::new(AtomicU64::new(0)), Some(&[])) {
+        Ok(reader) => reader,
+        Err(e) => return vec![("source.path".to_owned(), error_chain(&e))],
+    };
+    let columns = reader.columns();
+    let has = |name: &str| columns.iter().any(|c| &**c == name);
+    let listed = {
+        let names: Vec<&str> = columns.iter().take(20).map(|c| &**c).collect();
+        let more = if columns.len() > 20 { ", ..." } else { "" };
+        format!("the header has {}{more}", names.join(", "))
+    };
+    let mut issues = Vec::new();
+    for name in src.schema.keys().filter(|name| !has(name)) {
+        issues.push((
+            format!("source.schema.{name}"),
+            format!(
+                "schema names column {name:?}, which {} does not have ({listed})",
+                path.display()
+            ),
+        ));
+    }
+    if let Some(key) = src.key_column.as_deref().filter(|key| !has(key)) {
+        issues.push((
+            "source.key_column".to_owned(),
+            format!(
+                "key_column {key:?} is not a column of {} ({listed})",
+                path.display()
+            ),
+        ));
+    }
+    if let Pacing::EventTime { column, .. } = &src.pacing
+        && !column.is_empty()
+    {
+        if !has(column) {
+            issues.push((
+                "source.pacing.column".to_owned(),
+                format!(
+                    "pacing column {column:?} is not a column of {} ({listed})",
+                    path.display()
+                ),
+            ));
+        } else if let Some(ty) = src.schema.get(column)
+            && *ty != ValueType::Timestamp
+        {
+            // A column left out of `schema` gets its type from the rows, which are not read
+            // here; the source checks that one when it starts.
+            issues.push((
+                "source.pacing.column".to_owned(),
+                format!(
+                    "pacing column {column:?} is {ty}, not a timestamp (set \
+                     source.schema.{column} to \"timestamp\")"
+                ),
+            ));
+        }
+    }
+    issues
+}
+
+/// An error with its causes, `: `-separated (a CSV read error keeps the parser's reason).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        text.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    text
 }
 
 /// The name a transform is known by in logs, metrics and dead letters: its `name`, else its
