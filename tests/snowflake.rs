@@ -1155,3 +1155,295 @@ mod live {
             .await;
     }
 }
+
+/// Two fields of one row that map to one column (`Name` and `NAME` both become `NAME`) must not
+/// load with one value silently dropped: the row is dead-lettered with both names and the column,
+/// while rows holding only one of them load into that column. The same holds for two fields that
+/// both match one existing column of the table only by case.
+#[tokio::test]
+async fn fields_that_map_to_one_column_are_dead_lettered_not_merged() {
+    let cfg = sink_config("case_collide");
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
+    let both = |id: i64| {
+        row(&[
+            ("id", Value::Int(id)),
+            ("Name", Value::String(format!("a{id}"))),
+            ("NAME", Value::String(format!("b{id}"))),
+        ])
+    };
+    let records = [
+        rec(
+            "t",
+            0,
+            0,
+            vec![row(&[
+                ("id", Value::Int(1)),
+                ("Name", Value::String("a1".into())),
+            ])],
+        ),
+        rec("t", 0, 1, vec![both(2)]),
+        rec(
+            "t",
+            0,
+            2,
+            vec![row(&[
+                ("id", Value::Int(3)),
+                ("NAME", Value::String("b3".into())),
+            ])],
+        ),
+        // Even with one of them null: which one the column would hold is a guess.
+        rec(
+            "t",
+            0,
+            3,
+            vec![row(&[
+                ("id", Value::Int(4)),
+                ("name", Value::Null),
+                ("NAME", Value::String("b4".into())),
+            ])],
+        ),
+    ];
+    let (summary, last, letters) = run_with_dead_letters(&sink, &records).await;
+    assert_eq!(summary.rows_loaded, 2);
+    assert_eq!(summary.rows_dead_lettered, 2);
+    assert_eq!(last, 4);
+    assert_eq!(letters.len(), 2);
+    assert_eq!(
+        (letters[0].stage.as_str(), letters[0].kind.as_str()),
+        ("sink", "schema")
+    );
+    assert!(
+        letters[0]
+            .reason
+            .starts_with("fields \"Name\" and \"NAME\" both map to column \"NAME\""),
+        "{}",
+        letters[0].reason
+    );
+    assert!(
+        letters[1]
+            .reason
+            .starts_with("fields \"name\" and \"NAME\" both map to column \"NAME\""),
+        "{}",
+        letters[1].reason
+    );
+    assert_eq!(
+        serde_json::from_slice::<Json>(&letters[0].payload).unwrap(),
+        json!({"id": 2, "Name": "a2", "NAME": "b2"})
+    );
+    assert_eq!(letters[0].origin.as_ref().map(|m| m.offset), Some(1));
+    let r = sink
+        .query(&format!("SELECT * FROM {} ORDER BY 1", sink.table()))
+        .await
+        .unwrap();
+    let names: Vec<&str> = r.columns.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["ID", "NAME"]);
+    assert_eq!(
+        r.rows,
+        vec![vec![json!(1), json!("a1")], vec![json!(3), json!("b3")]]
+    );
+
+    // An existing column that two fields match only by case.
+    let cfg = sink_config("case_existing");
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
+    sink.query(&format!(
+        "CREATE TABLE {} (\"ID\" NUMBER(38,0), \"Mixed Case\" VARCHAR)",
+        sink.table()
+    ))
+    .await
+    .unwrap();
+    let records = [
+        rec(
+            "t",
+            0,
+            0,
+            vec![row(&[
+                ("id", Value::Int(1)),
+                ("MIXED CASE", Value::String("x1".into())),
+            ])],
+        ),
+        rec(
+            "t",
+            0,
+            1,
+            vec![row(&[
+                ("id", Value::Int(2)),
+                ("mixed case", Value::String("y2".into())),
+                ("MIXED CASE", Value::String("x2".into())),
+            ])],
+        ),
+    ];
+    let (summary, _, letters) = run_with_dead_letters(&sink, &records).await;
+    assert_eq!((summary.rows_loaded, summary.rows_dead_lettered), (1, 1));
+    assert!(
+        letters[0].reason.starts_with(
+            "fields \"mixed case\" and \"MIXED CASE\" both map to column \"Mixed Case\""
+        ),
+        "{}",
+        letters[0].reason
+    );
+    let r = sink
+        .query(&format!("SELECT * FROM {} ORDER BY 1", sink.table()))
+        .await
+        .unwrap();
+    assert_eq!(r.rows, vec![vec![json!(1), json!("x1")]]);
+}
+
+/// A COPY that fails after earlier batches loaded ends the writer; every later call on the
+/// handle (a record, a flush) reports the COPY's own error, not only that the writer is gone.
+#[tokio::test]
+async fn a_copy_failure_on_a_later_batch_is_reported_with_its_cause() {
+    let mut cfg = sink_config("copy_fails");
+    cfg.batch.max_rows = 1;
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
+    // A DATE column takes strings (the sink cannot tell a date from other text), so COPY is what
+    // refuses a string that is not a date.
+    sink.query(&format!(
+        "CREATE TABLE {} (\"ID\" NUMBER(38,0), \"D\" DATE)",
+        sink.table()
+    ))
+    .await
+    .unwrap();
+    let dated = |id: i64, d: &str| row(&[("id", Value::Int(id)), ("d", Value::String(d.into()))]);
+    let (handle, _durable, task) = sink.clone().spawn(None, 1);
+    handle
+        .record(rec("t", 0, 0, vec![dated(1, "2024-01-02")]))
+        .await
+        .unwrap();
+    handle.flush().await.unwrap();
+    handle
+        .record(rec("t", 0, 1, vec![dated(2, "not a date")]))
+        .await
+        .unwrap();
+    let mut failed = None;
+    for o in 2..10_000 {
+        if let Err(e) = handle
+            .record(rec("t", 0, o, vec![dated(o, "2024-01-03")]))
+            .await
+        {
+            failed = Some(e);
+            break;
+        }
+    }
+    let failed = failed.expect("the writer stops on the failed COPY");
+    let text = failed.to_string();
+    assert!(
+        matches!(failed, sluice::sink::snowflake::SinkError::WriterFailed(_)),
+        "{text}"
+    );
+    assert!(text.contains("snowflake error"), "{text}");
+    assert!(text.to_lowercase().contains("date"), "{text}");
+    let flushed = handle.flush().await.unwrap_err().to_string();
+    assert_eq!(flushed, text);
+    let ended = task.await.unwrap().unwrap_err().to_string();
+    assert!(text.contains(&ended), "{ended} vs {text}");
+    assert_eq!(sink.count_rows().await.unwrap(), 1);
+}
+
+/// Rows a table cannot take are dead-lettered with the Kafka message they came from (key,
+/// timestamp, headers) and the CSV file and line the source put in its headers.
+#[tokio::test]
+async fn sink_dead_letters_carry_the_message_origin_file_and_line() {
+    let cfg = sink_config("origins");
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
+    let meta = |offset: i64, line: u64| sluice::row::RecordMeta {
+        topic: "t".into(),
+        partition: 2,
+        offset,
+        key: Some(format!("k{offset}").into_bytes()),
+        timestamp_ms: Some(1_700_000_000_000 + offset),
+        headers: vec![
+            ("sluice.types".into(), b"{}".to_vec()),
+            ("sluice.file".into(), b"/data/in.csv".to_vec()),
+            ("sluice.line".into(), line.to_string().into_bytes()),
+        ],
+    };
+    let (dlq, letters) = dead_letter_collector();
+    let (handle, _durable, task) = sink.clone().spawn(Some(dlq), 8);
+    handle
+        .record_from(meta(0, 2), vec![event(1)])
+        .await
+        .unwrap();
+    handle.flush().await.unwrap();
+    handle
+        .record_from(
+            meta(1, 3),
+            vec![row(&[("id", Value::Int(2)), ("extra", Value::Bool(true))])],
+        )
+        .await
+        .unwrap();
+    handle
+        .record_from(meta(2, 5), vec![event(3)])
+        .await
+        .unwrap();
+    // Without the message's metadata the letter still names topic, partition and offset.
+    handle
+        .record(rec(
+            "t",
+            2,
+            3,
+            vec![row(&[("id", Value::String("four".into()))])],
+        ))
+        .await
+        .unwrap();
+    handle.close();
+    let summary = task.await.unwrap().unwrap();
+    assert_eq!((summary.rows_loaded, summary.rows_dead_lettered), (2, 2));
+    let letters = letters.await.unwrap();
+    assert_eq!(letters.len(), 2);
+    assert_eq!(letters[0].kind, "schema");
+    assert_eq!(letters[0].source_file.as_deref(), Some("/data/in.csv"));
+    assert_eq!(letters[0].line, Some(3));
+    assert_eq!(letters[0].origin, Some(meta(1, 3)));
+    assert_eq!(
+        (letters[1].source_file.as_deref(), letters[1].line),
+        (None, None)
+    );
+    assert_eq!(
+        letters[1].origin.as_ref().map(|m| (
+            m.topic.as_str(),
+            m.partition,
+            m.offset,
+            m.key.is_none()
+        )),
+        Some(("t", 2, 3, true))
+    );
+    let r = sink
+        .query(&format!("SELECT \"ID\" FROM {} ORDER BY 1", sink.table()))
+        .await
+        .unwrap();
+    assert_eq!(r.rows, vec![vec![json!(1)], vec![json!(3)]]);
+}
+
+/// More than 10 columns load on the emulator, read back value for value (fakesnow names the
+/// columns of a wide CSV `column00...`, which a COPY with a column list does not find).
+#[tokio::test]
+async fn a_row_of_twelve_columns_loads_on_the_emulator() {
+    let mut cfg = sink_config("wide");
+    cfg.batch.max_rows = 2;
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
+    let wide = |id: i64| {
+        let mut r = Row::default();
+        r.push("id", Value::Int(id));
+        for c in 1..12 {
+            r.push(format!("c{c}"), Value::String(format!("{id}-{c}")));
+        }
+        r
+    };
+    let records: Vec<SinkRecord> = (0..5).map(|o| rec("t", 0, o, vec![wide(o)])).collect();
+    let (summary, durable) = run_writer(sink.clone(), records, None).await;
+    assert_eq!(summary.rows_loaded, 5);
+    assert_eq!(last_durable(&durable), HashMap::from([(0, 5)]));
+    let r = sink
+        .query(&format!("SELECT * FROM {} ORDER BY 1", sink.table()))
+        .await
+        .unwrap();
+    assert_eq!(r.columns.len(), 12);
+    let expected: Vec<Vec<Json>> = (0..5)
+        .map(|id| {
+            std::iter::once(json!(id))
+                .chain((1..12).map(|c| json!(format!("{id}-{c}"))))
+                .collect()
+        })
+        .collect();
+    assert_eq!(r.rows, expected);
+}

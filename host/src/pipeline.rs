@@ -31,7 +31,7 @@ use crate::metrics::{Exposition, Render};
 use crate::row::RecordMeta;
 use crate::sink::snowflake::config::SnowflakeSinkConfig;
 use crate::sink::snowflake::emulator::{self, Emulator};
-use crate::sink::snowflake::sink::{ConnectOptions, SinkRecord, SnowflakeSink};
+use crate::sink::snowflake::sink::{ConnectOptions, SnowflakeSink};
 use crate::sink::snowflake::stats::SinkStats;
 use crate::source::config::SourceConfig;
 use crate::source::dlq::DeadLetterStats;
@@ -895,13 +895,9 @@ async fn process_batch(
         };
         part.rows_to_sink += rows.len() as u64;
         note_seen(seen, &meta);
-        sink.record(SinkRecord {
-            topic: meta.topic,
-            partition: meta.partition,
-            offset: meta.offset,
-            rows,
-        })
-        .await?;
+        // With its metadata: a row the table cannot take is dead-lettered with the message's
+        // key, headers, file and line.
+        sink.record_from(meta, rows).await?;
     }
     Ok(())
 }

@@ -4,6 +4,8 @@
 //! uppercased, which is what Snowflake does with it unquoted, so `SELECT id FROM events` finds the
 //! column a field `id` became. Any other name (spaces, dots, non-ASCII) is kept verbatim. Every
 //! identifier is then emitted quoted, with embedded `"` doubled, so no name can break the SQL.
+//! Names that become the same identifier, or differ only in case (`Name` and `NAME`), share one
+//! column: a row holding two of them is dead-lettered rather than loaded with one value lost.
 //!
 //! **Type mapping** (`create_table: if_missing` and `schema_evolution: add_columns`):
 //!

@@ -19,13 +19,21 @@
 //! stage path); the writer refuses to guess and fails with
 //! [`SinkError::LoadedWithoutOffsets`].
 //!
-//! **Rows that do not fit** (a field with no column under `schema_evolution: dead_letter`, or a
-//! value the column type cannot take) are sent to the dead-letter channel, and the send is
-//! awaited, before the transaction that moves the offsets past them.
+//! **Rows that do not fit** (a field with no column under `schema_evolution: dead_letter`, a
+//! value the column type cannot take, or two fields that map to one column, such as `Name` and
+//! `NAME`) are sent to the dead-letter channel, and the send is awaited, before the transaction
+//! that moves the offsets past them. A letter carries the Kafka message the row came from (key,
+//! timestamp, headers, and the CSV file and line) when the record was handed over with
+//! [`SinkHandle::record_from`]. The first letter of each kind is logged at WARN, the rest at
+//! debug.
+//!
+//! **Errors.** When the writer stops on an error, every later call on its [`SinkHandle`] returns
+//! [`SinkError::WriterFailed`] with that error's text (COPY's message, code and query id), not
+//! only [`SinkError::Closed`].
 
-use std::collections::HashMap;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use serde_json::Value as Json;
@@ -219,6 +227,10 @@ pub struct SinkRecord {
 pub enum SinkInput {
     /// A consumed record.
     Record(SinkRecord),
+    /// A consumed record with everything known about the Kafka message it came from (key,
+    /// timestamp, headers such as `sluice.file` / `sluice.line`), which the dead letters of its
+    /// rows then carry.
+    RecordFrom(RecordMeta, Vec<Row>),
     /// Partitions were revoked: drop their unflushed batches (the next owner reloads them from
     /// the committed offsets).
     Revoke(Vec<(String, i32)>),
@@ -256,15 +268,53 @@ pub struct SinkSummary {
 #[derive(Debug, Clone)]
 pub struct SinkHandle {
     tx: mpsc::Sender<SinkInput>,
+    /// The error the writer stopped with, set before its input closes, so that a send that
+    /// finds the writer gone reports why rather than only that it is gone.
+    failure: Arc<OnceLock<String>>,
+}
+
+/// An error and its sources, `outer: inner: ...` (as anyhow's `{:#}` shows them), skipping a
+/// source whose text the outer one already contains.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
 }
 
 impl SinkHandle {
+    /// Why the writer cannot take input: the error it stopped with, or [`SinkError::Closed`]
+    /// when it ended without one (its task was aborted or panicked).
+    fn gone(&self) -> SinkError {
+        match self.failure.get() {
+            Some(cause) => SinkError::WriterFailed(cause.clone()),
+            None => SinkError::Closed,
+        }
+    }
+
     /// Sends one record (waits while the writer's queue is full).
     pub async fn record(&self, record: SinkRecord) -> Result<(), SinkError> {
         self.tx
             .send(SinkInput::Record(record))
             .await
-            .map_err(|_| SinkError::Closed)
+            .map_err(|_| self.gone())
+    }
+
+    /// Sends one record with the metadata of the Kafka message it came from (topic, partition
+    /// and offset are taken from `meta`): rows the table cannot take are dead-lettered with its
+    /// key, timestamp and headers, and with the CSV file and line the source recorded.
+    pub async fn record_from(&self, meta: RecordMeta, rows: Vec<Row>) -> Result<(), SinkError> {
+        self.tx
+            .send(SinkInput::RecordFrom(meta, rows))
+            .await
+            .map_err(|_| self.gone())
     }
 
     /// Drops unflushed state of revoked partitions.
@@ -272,7 +322,7 @@ impl SinkHandle {
         self.tx
             .send(SinkInput::Revoke(partitions))
             .await
-            .map_err(|_| SinkError::Closed)
+            .map_err(|_| self.gone())
     }
 
     /// Flushes everything and waits until it is durable (or failed).
@@ -281,9 +331,9 @@ impl SinkHandle {
         self.tx
             .send(SinkInput::Flush(ack))
             .await
-            .map_err(|_| SinkError::Closed)?;
+            .map_err(|_| self.gone())?;
         done.await
-            .map_err(|_| SinkError::Closed)?
+            .map_err(|_| self.gone())?
             .map_err(SinkError::WriterFailed)
     }
 
@@ -366,6 +416,10 @@ pub struct SnowflakeSink {
     /// Serialises use of the one session: statements of other callers must not land inside the
     /// writer's transaction. Also guards the cached table description.
     session: Mutex<TableState>,
+    /// The dead-letter kinds already logged at WARN (each is logged once).
+    warned: std::sync::Mutex<HashSet<String>>,
+    /// Talking to the local fakesnow emulator (no `account_url`), not to Snowflake.
+    emulated: bool,
 }
 
 fn auth_from(cfg: &SnowflakeSinkConfig, emulated: bool) -> Result<Auth, SinkError> {
@@ -499,7 +553,30 @@ impl SnowflakeSink {
             batch: cfg.batch.clone(),
             stats,
             session: Mutex::new(TableState::default()),
+            warned: std::sync::Mutex::new(HashSet::new()),
+            emulated: opts.account_url.is_some() && cfg.is_emulated(),
         })
+    }
+
+    /// Logs a row the sink sets aside: the first of each kind at WARN, the rest at DEBUG (the
+    /// summary counts them and the dead letters have them all), as the transform path does.
+    fn log_dead_letter(&self, kind: &str, reason: &str, origin: &RecordMeta) {
+        let first = self
+            .warned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kind.to_owned());
+        let (topic, partition, offset) = (&origin.topic, origin.partition, origin.offset);
+        let table = &self.names.table;
+        let reason = &*crate::dead_letter::clip(reason, 1024);
+        let line = origin.csv_line();
+        if first {
+            tracing::warn!(kind, reason, %table, %topic, partition, offset, line,
+                "The Snowflake sink dead-lettered a row the table cannot take (the first of this kind; the rest are counted in the summary and logged at debug).");
+        } else {
+            tracing::debug!(kind, reason, %table, %topic, partition, offset, line,
+                "The Snowflake sink dead-lettered a row.");
+        }
     }
 
     /// The sink's statistics.
@@ -592,10 +669,23 @@ impl SnowflakeSink {
         mpsc::UnboundedReceiver<Durable>,
         JoinHandle<Result<SinkSummary, SinkError>>,
     ) {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let (tx, mut rx) = mpsc::channel(capacity.max(1));
         let (durable_tx, durable_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(Writer::new(self, dead_letters, durable_tx).run(rx));
-        (SinkHandle { tx }, durable_rx, task)
+        let failure = Arc::new(OnceLock::new());
+        let writer = Writer::new(self, dead_letters, durable_tx);
+        let task = tokio::spawn({
+            let failure = failure.clone();
+            async move {
+                let result = writer.run(&mut rx).await;
+                if let Err(e) = &result {
+                    // Before the input closes: a sender that then finds it closed reads this.
+                    let _ = failure.set(error_chain(e));
+                }
+                drop(rx);
+                result
+            }
+        });
+        (SinkHandle { tx, failure }, durable_rx, task)
     }
 
     async fn describe(&self, state: &mut TableState) -> Result<Option<Vec<Column>>, SinkError> {
@@ -624,21 +714,31 @@ impl SnowflakeSink {
         Ok(cols)
     }
 
-    /// Field name → (column name, merged type), in first-seen order.
+    /// Field name → (column name, merged type), in first-seen order. Fields whose column names
+    /// differ at most in case (`name` in one row, `NAME` in another) share one entry and one
+    /// merged type: they become one column (the emulator, like DuckDB, cannot tell such names
+    /// apart), and a row holding both is a reject (see [`map_row`]).
     fn batch_schema(batch: &Batch) -> Vec<(String, String, ValueType)> {
         let mut out: Vec<(String, String, ValueType)> = Vec::new();
-        let mut index: HashMap<&str, usize> = HashMap::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        let mut by_field: HashMap<&str, usize> = HashMap::new();
         for (_, rows) in &batch.records {
             for row in rows {
                 for f in &row.fields {
                     let t = f.value.value_type();
-                    match index.get(&*f.name) {
-                        Some(&i) => out[i].2 = encode::merge_types(out[i].2, t),
+                    let i = match by_field.get(&*f.name) {
+                        Some(&i) => i,
                         None => {
-                            index.insert(&f.name, out.len());
-                            out.push((f.name.to_string(), encode::normalize_ident(&f.name), t));
+                            let col = encode::normalize_ident(&f.name);
+                            let i = *index.entry(col.to_uppercase()).or_insert_with(|| {
+                                out.push((f.name.to_string(), col, ValueType::Null));
+                                out.len() - 1
+                            });
+                            by_field.insert(&f.name, i);
+                            i
                         }
-                    }
+                    };
+                    out[i].2 = encode::merge_types(out[i].2, t);
                 }
             }
         }
@@ -685,10 +785,8 @@ impl SnowflakeSink {
                     table: self.names.table.clone(),
                 });
             }
-            let mut seen = std::collections::HashSet::new();
             let cols: Vec<String> = schema
                 .iter()
-                .filter(|(_, col, _)| seen.insert(col.to_uppercase()))
                 .map(|(_, col, t)| {
                     format!(
                         "{} {}",
@@ -746,11 +844,23 @@ impl SnowflakeSink {
         batch: &Batch,
         dead_letters: Option<&DeadLetterTx>,
     ) -> Result<LoadOutcome, SinkError> {
+        self.load_batch_from(batch, &[], dead_letters).await
+    }
+
+    /// [`load_batch`](Self::load_batch), with the Kafka message each record came from
+    /// (`origins[i]` for `batch.records[i]`; missing or `None` when unknown), for the dead
+    /// letters of rows the table cannot take.
+    async fn load_batch_from(
+        &self,
+        batch: &Batch,
+        origins: &[Option<RecordMeta>],
+        dead_letters: Option<&DeadLetterTx>,
+    ) -> Result<LoadOutcome, SinkError> {
         let mut state = self.session.lock().await;
         let mut attempt = 0;
         loop {
             match self
-                .load_batch_locked(&mut state, batch, dead_letters)
+                .load_batch_locked(&mut state, batch, origins, dead_letters)
                 .await
             {
                 Err(
@@ -768,6 +878,7 @@ impl SnowflakeSink {
         &self,
         state: &mut TableState,
         batch: &Batch,
+        origins: &[Option<RecordMeta>],
         dead_letters: Option<&DeadLetterTx>,
     ) -> Result<LoadOutcome, SinkError> {
         let (first, last) = (batch.first_offset(), batch.last_offset());
@@ -781,7 +892,8 @@ impl SnowflakeSink {
         let ndjson = self.format == FileFormat::Ndjson;
         let mut plain = Vec::new();
         let mut file_rows = 0usize;
-        let mut rejects: Vec<(i64, &Row, String)> = Vec::new();
+        // (record index in the batch, row, reason)
+        let mut rejects: Vec<(usize, &Row, String)> = Vec::new();
         let mut file_columns: Vec<usize> = Vec::new();
         if let Some(columns) = &columns {
             if ndjson {
@@ -795,7 +907,7 @@ impl SnowflakeSink {
                 let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
                 let mut used = vec![false; columns.len()];
                 let mut accepted: Vec<(Vec<Option<usize>>, &Row)> = Vec::new();
-                for (offset, rows) in &batch.records {
+                for (index, (_, rows)) in batch.records.iter().enumerate() {
                     for row in rows {
                         match map_row(row, columns, &names) {
                             Ok(slots) => {
@@ -804,7 +916,7 @@ impl SnowflakeSink {
                                 }
                                 accepted.push((slots, row));
                             }
-                            Err(reason) => rejects.push((*offset, row, reason)),
+                            Err(reason) => rejects.push((index, row, reason)),
                         }
                     }
                 }
@@ -833,9 +945,9 @@ impl SnowflakeSink {
             }
         } else {
             // No table and nothing to create it from: every row of the batch has no fields.
-            for (offset, rows) in &batch.records {
+            for (index, (_, rows)) in batch.records.iter().enumerate() {
                 for row in rows {
-                    rejects.push((*offset, row, "row has no fields".to_owned()));
+                    rejects.push((index, row, "row has no fields".to_owned()));
                 }
             }
         }
@@ -849,19 +961,29 @@ impl SnowflakeSink {
                     first: rejects[0].2.clone(),
                 });
             };
-            for (offset, row, reason) in &rejects {
-                dlq.send(DeadLetter {
-                    stage: "sink".into(),
-                    kind: "schema".into(),
-                    reason: reason.clone(),
-                    source_file: None,
-                    line: None,
-                    origin: Some(RecordMeta {
+            for (index, row, reason) in &rejects {
+                let origin = match origins.get(*index) {
+                    Some(Some(meta)) => meta.clone(),
+                    _ => RecordMeta {
                         topic: batch.topic.clone(),
                         partition: batch.partition,
-                        offset: *offset,
+                        offset: batch.records[*index].0,
                         ..RecordMeta::default()
-                    }),
+                    },
+                };
+                let kind = "schema";
+                self.log_dead_letter(kind, reason, &origin);
+                dlq.send(DeadLetter {
+                    stage: "sink".into(),
+                    kind: kind.into(),
+                    reason: reason.clone(),
+                    // As a transform's letters do: the file and line travel as headers of the
+                    // source's messages.
+                    source_file: origin
+                        .header_text(crate::source::wire::HEADER_FILE)
+                        .map(str::to_owned),
+                    line: origin.csv_line(),
+                    origin: Some(origin),
                     payload: row.to_json().to_string().into_bytes(),
                 })
                 .await?;
@@ -985,15 +1107,28 @@ impl SnowflakeSink {
                 )
             } else {
                 let cols = columns.unwrap_or_default();
-                let list: Vec<String> = file_columns
-                    .iter()
-                    .map(|i| encode::quote_ident(&cols[*i].name))
-                    .collect();
+                // fakesnow (0.12.1, its newest release) turns a COPY with a column list into an
+                // INSERT that reads the file's columns as `column0`, `column1`, ..., but DuckDB
+                // names them `column00`, `column01`, ... once a file has more than 10, so such a
+                // COPY fails. A file holding every column of the table in table order loads the
+                // same without the list (positionally; fakesnow then reads `SELECT *`). Only on
+                // the emulator: on Snowflake the list also keeps a load working when a column
+                // was added to the table after sluice described it.
+                let whole_table = self.emulated
+                    && file_columns.len() == cols.len()
+                    && file_columns.iter().enumerate().all(|(p, c)| p == *c);
+                let list = if whole_table {
+                    String::new()
+                } else {
+                    let names: Vec<String> = file_columns
+                        .iter()
+                        .map(|i| encode::quote_ident(&cols[*i].name))
+                        .collect();
+                    format!(" ({})", names.join(", "))
+                };
                 format!(
-                    "COPY INTO {} ({}) FROM @{}/{path} FILE_FORMAT=(TYPE=CSV FIELD_OPTIONALLY_ENCLOSED_BY='\"' COMPRESSION=GZIP EMPTY_FIELD_AS_NULL=TRUE NULL_IF=()) ON_ERROR=ABORT_STATEMENT",
-                    self.names.table,
-                    list.join(", "),
-                    self.names.stage
+                    "COPY INTO {}{list} FROM @{}/{path} FILE_FORMAT=(TYPE=CSV FIELD_OPTIONALLY_ENCLOSED_BY='\"' COMPRESSION=GZIP EMPTY_FIELD_AS_NULL=TRUE NULL_IF=()) ON_ERROR=ABORT_STATEMENT",
+                    self.names.table, self.names.stage
                 )
             };
             let r = self.client.query(&sql, &[]).await?;
@@ -1097,14 +1232,34 @@ fn find_column(columns: &[String], name: &str) -> Option<usize> {
 }
 
 /// Maps a row's fields to table columns, or says why it cannot be loaded.
+///
+/// Two fields of one row that map to the same column (`Name` and `NAME` both become `NAME`; or
+/// two names that differ only in case both match one existing column) make the row a reject,
+/// whatever their values: a column holds one value, so loading the row would drop the other
+/// field's value without a trace. Keeping the fields apart instead would need a column name that
+/// depends on which fields a batch happens to hold, and Snowflake's `name` / `NAME` / unquoted
+/// `Name` all mean the one column `NAME`; renaming one of the fields in a transform is the fix.
 fn map_row(row: &Row, columns: &[Column], names: &[String]) -> Result<Vec<Option<usize>>, String> {
     if row.fields.is_empty() {
         return Err("row has no fields".to_owned());
     }
-    let mut slots = Vec::with_capacity(row.fields.len());
+    // `slots[j]` is the column of `row.fields[j]`.
+    let mut slots: Vec<Option<usize>> = Vec::with_capacity(row.fields.len());
     for f in &row.fields {
         let col = encode::normalize_ident(&f.name);
-        match find_column(names, &col) {
+        let found = find_column(names, &col);
+        if let Some(i) = found
+            && let Some(j) = slots.iter().position(|s| *s == Some(i))
+        {
+            return Err(format!(
+                "fields \"{}\" and \"{}\" both map to column {}: a column takes one value, so \
+                 the row is set aside rather than one of them dropped (rename one in a transform)",
+                row.fields[j].name,
+                f.name,
+                encode::quote_ident(&columns[i].name)
+            ));
+        }
+        match found {
             Some(i)
                 if columns[i].kind == ColumnKind::Variant
                     && matches!(&f.value, Value::Json(t) if serde_json::from_str::<serde::de::IgnoredAny>(t).is_err()) =>
@@ -1147,6 +1302,9 @@ struct Partition {
 
 struct PendingBatch {
     batch: Batch,
+    /// Per record of `batch`, the Kafka message it came from, when the caller gave it and the
+    /// record has rows (only a row can become a sink dead letter).
+    origins: Vec<Option<RecordMeta>>,
     rows: usize,
     bytes: usize,
     opened: Instant,
@@ -1196,7 +1354,7 @@ impl Writer {
             .min()
     }
 
-    async fn run(mut self, mut rx: mpsc::Receiver<SinkInput>) -> Result<SinkSummary, SinkError> {
+    async fn run(mut self, rx: &mut mpsc::Receiver<SinkInput>) -> Result<SinkSummary, SinkError> {
         loop {
             let deadline = self.next_deadline();
             let msg = tokio::select! {
@@ -1211,7 +1369,16 @@ impl Writer {
                     self.flush_all().await?;
                     return Ok(self.summary);
                 }
-                Some(SinkInput::Record(r)) => self.record(r).await?,
+                Some(SinkInput::Record(r)) => self.record(r, None).await?,
+                Some(SinkInput::RecordFrom(meta, rows)) => {
+                    let r = SinkRecord {
+                        topic: meta.topic.clone(),
+                        partition: meta.partition,
+                        offset: meta.offset,
+                        rows,
+                    };
+                    self.record(r, Some(meta)).await?;
+                }
                 Some(SinkInput::Revoke(parts)) => {
                     for p in parts {
                         self.partitions.remove(&p);
@@ -1219,14 +1386,14 @@ impl Writer {
                 }
                 Some(SinkInput::Flush(ack)) => {
                     let result = self.flush_all().await;
-                    let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                    let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| error_chain(e)));
                     result?;
                 }
             }
         }
     }
 
-    async fn record(&mut self, r: SinkRecord) -> Result<(), SinkError> {
+    async fn record(&mut self, r: SinkRecord, origin: Option<RecordMeta>) -> Result<(), SinkError> {
         let key = (r.topic.clone(), r.partition);
         if !self.partitions.contains_key(&key) || self.partitions[&key].committed.is_none() {
             let committed = self.sink.committed_offsets(&r.topic).await?;
@@ -1277,12 +1444,20 @@ impl Writer {
                 partition: r.partition,
                 records: Vec::new(),
             },
+            origins: Vec::new(),
             rows: 0,
             bytes: 0,
             opened: Instant::now(),
         });
         b.rows += r.rows.len();
         b.bytes += r.rows.iter().map(approx_bytes).sum::<usize>();
+        b.origins
+            .push(origin.filter(|_| !r.rows.is_empty()).map(|mut m| {
+                m.topic = r.topic.clone();
+                m.partition = r.partition;
+                m.offset = r.offset;
+                m
+            }));
         b.batch.records.push((r.offset, r.rows));
         if b.rows >= limits.0 || b.bytes >= limits.1 {
             self.flush(&key).await?;
@@ -1296,7 +1471,7 @@ impl Writer {
         };
         let outcome = self
             .sink
-            .load_batch(&pending.batch, self.dead_letters.as_ref())
+            .load_batch_from(&pending.batch, &pending.origins, self.dead_letters.as_ref())
             .await?;
         self.summary.files += u64::from(outcome.file.is_some() && !outcome.already_loaded);
         self.summary.rows_loaded += outcome.rows_loaded;
