@@ -112,11 +112,11 @@ struct CommonArgs {
     /// Directory for embedded-mode state (managed broker and emulator data, last run summary).
     #[arg(long, default_value = ".sluice")]
     state_dir: PathBuf,
-    /// Serve Prometheus metrics at http://HOST:PORT/metrics.
-    #[arg(long)]
+    /// Serve Prometheus metrics at http://HOST:PORT/metrics (HOST a name or an address).
+    #[arg(long, value_parser = socket_addr)]
     metrics_addr: Option<SocketAddr>,
-    /// Write the final summary as JSON to this file.
-    #[arg(long)]
+    /// Write the final summary as JSON to this file (its directory must exist).
+    #[arg(long, value_parser = summary_path)]
     summary: Option<PathBuf>,
     /// Never draw the live progress line (it is drawn only on a TTY anyway).
     #[arg(long)]
@@ -251,6 +251,33 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             })
         }
     }
+}
+
+/// `HOST:PORT`, the host a name (`localhost`) or an address: its first address.
+fn socket_addr(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs as _;
+    let mut addrs = text
+        .to_socket_addrs()
+        .map_err(|e| format!("{e} (expected HOST:PORT, e.g. 127.0.0.1:9898)"))?;
+    addrs
+        .next()
+        .ok_or_else(|| format!("{text} resolves to no address"))
+}
+
+/// A summary file whose directory exists: found at the start, not after a whole run.
+fn summary_path(text: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(text);
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => std::path::Path::new("."),
+    };
+    if path.is_dir() {
+        return Err(format!("{text} is a directory"));
+    }
+    if !dir.is_dir() {
+        return Err(format!("directory {} does not exist", dir.display()));
+    }
+    Ok(path)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -208,6 +208,9 @@ pub struct TransformPart {
     /// Rows it emitted that were thrown away with their record, which failed on another row.
     #[serde(default)]
     pub rows_discarded: u64,
+    /// Fuel its calls consumed, when it has a `fuel` budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel_consumed: Option<u64>,
 }
 
 impl std::fmt::Display for TransformPart {
@@ -221,6 +224,9 @@ impl std::fmt::Display for TransformPart {
         )?;
         if self.rows_discarded > 0 {
             write!(f, ", {} discarded with their record", self.rows_discarded)?;
+        }
+        if let Some(fuel) = self.fuel_consumed {
+            write!(f, ", fuel consumed {fuel}")?;
         }
         Ok(())
     }
@@ -578,6 +584,7 @@ pub(crate) fn transform_parts(stats: &[(String, Arc<TransformStats>)]) -> Vec<Tr
             rows_dropped: s.rows_dropped.load(Ordering::Relaxed),
             rows_failed: s.rows_failed.load(Ordering::Relaxed),
             rows_discarded: s.rows_discarded.load(Ordering::Relaxed),
+            fuel_consumed: Some(s.fuel_consumed.load(Ordering::Relaxed)).filter(|f| *f > 0),
         })
         .collect()
 }
@@ -1219,6 +1226,12 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
             r.rows_dead_lettered.load(Ordering::Relaxed),
         );
         e.counter(
+            "sluice_source_rows_dropped_total",
+            "Bad CSV rows dropped (source.on_error: drop).",
+            &p,
+            r.rows_dropped.load(Ordering::Relaxed),
+        );
+        e.counter(
             "sluice_source_bytes_total",
             "Message bytes confirmed by the broker.",
             &p,
@@ -1744,6 +1757,25 @@ mod tests {
 
     /// A run that lost nothing but whose transform failed most rows says so: a misspelt field
     /// name dead-letters every record and still reconciles.
+    #[test]
+    fn a_transform_line_shows_its_fuel_when_metered() {
+        let part = TransformPart {
+            name: "mask".into(),
+            rows_in: 2,
+            rows_out: 2,
+            ..TransformPart::default()
+        };
+        assert_eq!(part.to_string(), "mask: 2 in, 2 out, 0 dropped, 0 failed");
+        let metered = TransformPart {
+            fuel_consumed: Some(1234),
+            ..part
+        };
+        assert_eq!(
+            metered.to_string(),
+            "mask: 2 in, 2 out, 0 dropped, 0 failed, fuel consumed 1234"
+        );
+    }
+
     #[test]
     fn a_transform_failing_most_rows_is_a_warning_in_the_summary() {
         let part = |failed| TransformPart {
