@@ -168,6 +168,13 @@ fn ten_broken_pipelines_give_ten_precise_messages() {
             "transforms[0].uses (line 7",
             "does not exist",
         ),
+        (
+            "empty component path",
+            r#""uses": "@FILTER@", "with": { "field": "value", "op": "gt""#,
+            r#""uses": "", "with": { "field": "value", "op": "gt""#,
+            "transforms[0].uses (line 7",
+            "uses is empty",
+        ),
     ];
     let mut failures = Vec::new();
     for (what, from, to, at, fragment) in cases {

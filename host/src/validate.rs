@@ -169,7 +169,12 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
     for (i, t) in c.transforms.iter().enumerate() {
         let at = |key: &str| format!("transforms[{i}].{key}");
         let wasm = loaded.resolve(&t.uses);
-        if wasm.is_dir() {
+        if t.uses.trim().is_empty() {
+            bad(
+                &at("uses"),
+                "uses is empty; it names a component file (`.wasm`)".to_owned(),
+            );
+        } else if wasm.is_dir() {
             bad(
                 &at("uses"),
                 format!(
