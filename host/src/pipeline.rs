@@ -356,6 +356,18 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
     }
     let replays = opts.mode != RunMode::ConsumeOnly;
     let consumes = opts.mode != RunMode::ReplayOnly;
+    let sink_batch = snowflake(cfg).batch;
+    if consumes && cfg.kafka.max_in_flight < sink_batch.max_rows {
+        // Records are committed only once loaded, so no more than this many are ever waiting
+        // in a sink batch: it never fills, and every file waits out `max_latency_ms`.
+        warn!(
+            max_in_flight = cfg.kafka.max_in_flight,
+            max_rows = sink_batch.max_rows,
+            max_latency_ms = sink_batch.max_latency_ms,
+            "kafka.max_in_flight is below sink.batch.max_rows: a sink batch can never fill, so \
+             each load waits sink.batch.max_latency_ms. Raise max_in_flight or lower max_rows."
+        );
+    }
     let services = Services::start(cfg, &opts.state_dir, consumes).await?;
     let bootstrap = services.bootstrap.clone();
     let dlq_topic = dead_letter_topic(cfg);
