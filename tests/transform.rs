@@ -259,6 +259,22 @@ fn enrich_renames_casts_uppercases_and_computes() {
         .process_blocking(vec![(meta(0), row(&[("id", Value::Int(1))]))])
         .unwrap();
     assert_eq!(quarantined(&bad[0]).reason, "missing field `name`");
+    // Renaming onto an existing field fails the row rather than giving it two `customer`s.
+    let taken = c
+        .process_blocking(vec![(
+            meta(0),
+            row(&[
+                ("name", Value::String("n".into())),
+                ("customer", Value::String("c".into())),
+            ]),
+        )])
+        .unwrap();
+    let q = quarantined(&taken[0]);
+    assert_eq!(q.kind, FailureKind::Guest);
+    assert_eq!(
+        q.reason,
+        "cannot rename `name` to `customer`: the row already has a field `customer`"
+    );
 }
 
 /// Casts do not saturate or truncate silently: a float becomes the nearest int (half away from

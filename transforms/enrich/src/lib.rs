@@ -165,6 +165,13 @@ impl Transform for Enrich {
 
     fn transform(&mut self, mut row: Row) -> Result<Vec<Row>, Error> {
         for (from, to) in &self.rename {
+            // Renaming onto a field the row has would give it two fields of one name: a table
+            // could keep only one of their values.
+            if from != to && row.get(to).is_some() {
+                return Err(Error::other(format!(
+                    "cannot rename `{from}` to `{to}`: the row already has a field `{to}`"
+                )));
+            }
             if !row.rename(from, to) {
                 return Err(Error::MissingField(from.clone()));
             }
