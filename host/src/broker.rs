@@ -14,6 +14,7 @@
 use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
+use std::os::unix::process::CommandExt as _;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -33,8 +34,9 @@ const WATCHDOG: &str = r#"
 remove="$1"; shift
 "$@" </dev/null &
 child=$!
-# Signals sent to the whole process group (Ctrl-C, a supervisor's TERM) reach nisshi directly;
-# the watchdog outlives them so it can still clean up once sluice is gone.
+# It runs in a process group of its own, so a Ctrl-C meant for sluice does not stop the broker
+# under the draining run; it ignores stray signals too, so that it still cleans up once sluice
+# is gone (its end of stdin closes, even on kill -9).
 trap '' INT TERM HUP
 read -r _ || true
 kill -TERM "$child" 2>/dev/null
@@ -183,6 +185,9 @@ impl ManagedBroker {
             .stdin(Stdio::piped())
             .stdout(log)
             .stderr(log2)
+            // Out of the terminal's process group: Ctrl-C is sluice's to handle (it drains,
+            // commits and then stops the broker), and would otherwise kill the broker under it.
+            .process_group(0)
             .spawn()
             .map_err(spawn_err)?;
         let stop = watchdog.stdin.take();
