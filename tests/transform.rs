@@ -830,9 +830,10 @@ fn rows_failing_late_alone_fail_the_batch_like_timeouts() {
                 timeouts: 0, rows, ..
             },
         ) => {
-            // 450 ms of failing calls, at up to 40 ms each; fewer if the calls were descheduled
-            // for part of their 40 ms, which costs no CPU time.
-            assert!((12..60).contains(&rows), "{e}");
+            // 450 ms of CPU in failing calls: each spins up to 40 ms (less CPU time if it was
+            // descheduled) after rebuilding the instance the previous one trapped (more in a
+            // debug build): so some rows, but not all 60.
+            assert!((2..60).contains(&rows), "{e}");
             let text = e.to_string();
             assert!(text.contains("failed when run alone"), "{text}");
             assert!(text.contains("raise its timeout_ms"), "{text}");

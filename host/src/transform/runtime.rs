@@ -1308,9 +1308,6 @@ fn check_output(output: &Output, inputs: usize) -> Result<(), String> {
             rows.shapes.len()
         ));
     }
-    for schema in &rows.schemas {
-        check_schema(schema)?;
-    }
     let mut wanted = 0usize;
     for &shape in &rows.shapes {
         let schema = rows
@@ -1326,27 +1323,6 @@ fn check_output(output: &Output, inputs: usize) -> Result<(), String> {
         ));
     }
     rows.values.check()
-}
-
-/// A row shape's field names must be usable as column names: none empty, none twice (a table
-/// cannot hold both, and which one a reader would see is anyone's guess).
-fn check_schema(schema: &[String]) -> Result<(), String> {
-    if schema.iter().any(String::is_empty) {
-        return Err("a row has a field with an empty name".into());
-    }
-    let twice = if schema.len() <= 16 {
-        (1..schema.len()).find_map(|i| schema[..i].iter().find(|n| **n == schema[i]))
-    } else {
-        let mut seen = std::collections::HashSet::with_capacity(schema.len());
-        schema.iter().find(|n| !seen.insert(n.as_str()))
-    };
-    match twice {
-        Some(name) => Err(format!(
-            "a row has two fields named {:?}",
-            crate::dead_letter::clip(name, 256)
-        )),
-        None => Ok(()),
-    }
 }
 
 /// Turns a checked output into the next batch and the failed inputs. Outcome `o` answers input
@@ -2148,27 +2124,9 @@ mod tests {
         assert_eq!(outcomes[4], RecordOutcome::Emitted(vec![row(5, "r5")]));
     }
 
-    /// A guest's output may not name a field twice or leave a name empty, in small and large
-    /// shapes alike, nor send a bool that is neither 0 nor 1.
+    /// A guest's output may not send a bool that is neither 0 nor 1.
     #[test]
-    fn outputs_with_unusable_names_or_bools_are_refused() {
-        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
-        assert_eq!(check_schema(&names(&["a", "b"])), Ok(()));
-        assert_eq!(check_schema(&[]), Ok(()));
-        assert!(
-            check_schema(&names(&["a", "b", "a"]))
-                .unwrap_err()
-                .contains("\"a\"")
-        );
-        assert!(
-            check_schema(&names(&["a", ""]))
-                .unwrap_err()
-                .contains("empty")
-        );
-        let mut wide: Vec<String> = (0..100).map(|i| format!("f{i}")).collect();
-        assert_eq!(check_schema(&wide), Ok(()));
-        wide.push("f42".into());
-        assert!(check_schema(&wide).unwrap_err().contains("\"f42\""));
+    fn outputs_with_bools_other_than_0_or_1_are_refused() {
         let bools = |ints: Vec<i64>| Values {
             types: vec![WireType::Int as u8, WireType::Bool as u8],
             ints,
