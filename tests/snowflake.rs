@@ -1202,12 +1202,25 @@ async fn fields_that_map_to_one_column_are_dead_lettered_not_merged() {
                 ("NAME", Value::String("b4".into())),
             ])],
         ),
+        // A field without a name (a JSON message's key "") cannot be a column either; it must
+        // not stop the table being made from the other rows.
+        rec(
+            "t",
+            0,
+            4,
+            vec![row(&[("id", Value::Int(5)), ("", Value::Int(0))])],
+        ),
     ];
     let (summary, last, letters) = run_with_dead_letters(&sink, &records).await;
     assert_eq!(summary.rows_loaded, 2);
-    assert_eq!(summary.rows_dead_lettered, 2);
-    assert_eq!(last, 4);
-    assert_eq!(letters.len(), 2);
+    assert_eq!(summary.rows_dead_lettered, 3);
+    assert_eq!(last, 5);
+    assert_eq!(letters.len(), 3);
+    assert!(
+        letters[2].reason.contains("empty name"),
+        "{}",
+        letters[2].reason
+    );
     assert_eq!(
         (letters[0].stage.as_str(), letters[0].kind.as_str()),
         ("sink", "schema")

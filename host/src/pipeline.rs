@@ -345,11 +345,14 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
     let started = chrono::Utc::now();
     let t0 = Instant::now();
     let cancel = CancellationToken::new();
+    // Set on Ctrl-C, as opposed to a stop because the other half failed.
+    let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
-        let cancel = cancel.clone();
+        let (cancel, interrupted) = (cancel.clone(), interrupted.clone());
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
                 warn!("Interrupted; stopping after in-flight work.");
+                interrupted.store(true, Ordering::Relaxed);
                 cancel.cancel();
             }
         });
@@ -469,6 +472,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
             cancel: cancel.clone(),
             consumer_stats: consumer_stats.clone(),
             warned: Default::default(),
+            interrupted: interrupted.clone(),
         };
         let (part, r) = consume_loop(ctx).await;
         if r.is_err() {
@@ -616,6 +620,8 @@ struct ConsumeCtx {
     /// The transform and failure kinds already logged at WARN: each is logged once, with its
     /// first record, and the rest at DEBUG (the counts and the dead letters have them all).
     warned: std::sync::Mutex<std::collections::HashSet<(String, &'static str)>>,
+    /// Whether the run was stopped by Ctrl-C (rather than by the replay failing).
+    interrupted: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl ConsumeCtx {
@@ -623,12 +629,18 @@ impl ConsumeCtx {
     /// bounded run (`--until-end`) that ends here did not load everything it set out to, which
     /// its summary must say; an unbounded one ends this way normally.
     fn stopped_early(&self) -> anyhow::Result<()> {
-        match self.until_end {
-            true => Err(anyhow::anyhow!(
+        match (self.until_end, self.interrupted.load(Ordering::Relaxed)) {
+            (false, _) => Ok(()),
+            (true, true) => Err(anyhow::anyhow!(
                 "the run was stopped before it loaded up to the end offsets; `sluice run \
                  --consume-only --until-end` resumes from what the warehouse holds"
             )),
-            false => Ok(()),
+            // The replay failed (its own problem line says why): what it produced is loaded by
+            // the next run, but the rest of the file is not in the topic to resume from.
+            (true, false) => Err(anyhow::anyhow!(
+                "consuming stopped before it loaded up to the end offsets, because the replay \
+                 failed"
+            )),
         }
     }
 
@@ -808,6 +820,15 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         part.sink_dead_lettered = s.rows_dead_lettered;
     }
     match (result, sink_summary) {
+        // The loop stopped because the sink did (a send found the writer gone): one error.
+        (Err(chain), Err(sink))
+            if chain.chain().any(|e| {
+                e.downcast_ref::<crate::sink::snowflake::SinkError>()
+                    .is_some()
+            }) =>
+        {
+            Err(sink.context("the Snowflake sink failed"))
+        }
         (Err(chain), Err(sink)) => {
             tracing::error!(error = %format!("{sink:#}"), "The Snowflake sink failed too.");
             Err(chain)
@@ -1767,8 +1788,6 @@ mod tests {
         );
     }
 
-    /// A run that lost nothing but whose transform failed most rows says so: a misspelt field
-    /// name dead-letters every record and still reconciles.
     #[test]
     fn a_transform_line_shows_its_fuel_when_metered() {
         let part = TransformPart {
@@ -1788,6 +1807,8 @@ mod tests {
         );
     }
 
+    /// A run that lost nothing but whose transform failed most rows says so: a misspelt field
+    /// name dead-letters every record and still reconciles.
     #[test]
     fn a_transform_failing_most_rows_is_a_warning_in_the_summary() {
         let part = |failed| TransformPart {

@@ -1081,16 +1081,9 @@ pub fn test(
             "source  {bad} bad records, not run (sluice run applies source.on_error to them)"
         )?;
     }
-    // The same per-transform line as `sluice run`'s summary.
-    let metered = configs.iter().any(|c| c.fuel.is_some());
-    let stats = chain.stats();
-    for (part, (_, s)) in crate::pipeline::transform_parts(&stats).iter().zip(&stats) {
-        write!(err, "transform  {part}")?;
-        if metered {
-            let fuel = s.fuel_consumed.load(std::sync::atomic::Ordering::Relaxed);
-            write!(err, ", fuel consumed {fuel}")?;
-        }
-        writeln!(err)?;
+    // The same per-transform line as `sluice run`'s summary (with the fuel when metered).
+    for part in crate::pipeline::transform_parts(&chain.stats()) {
+        writeln!(err, "transform  {part}")?;
     }
     // After the counts, so that what ran before the input or the chain went bad is accounted
     // for.

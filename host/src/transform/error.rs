@@ -209,8 +209,8 @@ fn slow_reason(rows: usize, timeouts: usize, cpu_ms: u64, timeout_ms: u64) -> St
         )
     } else {
         format!(
-            "{rows} rows of one batch failed when run alone, {timeouts} of them at the time \
-             limit of {timeout_ms} ms, after using {cpu_ms} ms of CPU time between them"
+            "{rows} rows of one batch failed when run alone: {timeouts} at the time limit of \
+             {timeout_ms} ms, the others after using {cpu_ms} ms of CPU time between them"
         )
     }
 }

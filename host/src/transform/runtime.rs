@@ -297,6 +297,13 @@ impl TransformChain {
     /// Runs a batch through the whole chain on the worker threads: exactly one outcome per
     /// input, in input order. A failure in a transform with `on_error: fail` fails the call.
     pub async fn process(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
+        // Batches go to the workers here: the instances checked at load, kept for the caller's
+        // own batches (`process_blocking`), would only hold memory.
+        if let Ok(mut inline) = self.inline.try_lock()
+            && inline.iter().any(Option::is_some)
+        {
+            inline.iter_mut().for_each(|s| *s = None);
+        }
         let mut out = Vec::with_capacity(batch.len());
         for chunk in self.dispatch(batch)? {
             let done = chunk.rx.await.map_err(|_| TransformError::Stopped)??;
@@ -1249,6 +1256,9 @@ fn isolate(
     let max = t.config.max_rows_per_record;
     for j in 0..batch.origins.len() {
         let origin = &batch.origins[j..=j];
+        // A fresh instance (the previous row trapped) is built first: building it and its
+        // `init` are the host's cost, not this row's.
+        ready(shared, t, slot)?;
         let (cpu, failed_before, timeouts_before) = (thread_cpu_time(), failures.len(), timeouts);
         match call(shared, t, slot, &batch.single(j), origin, metas)? {
             Ok(output) => match check_output(&output, 1) {
@@ -1423,6 +1433,34 @@ fn split(
     (next, failures, filtered)
 }
 
+/// The calling thread's instance of `t`, built now if there is none (after a trap) or if the
+/// one there has served [`RECYCLE_AFTER_ROWS`] rows.
+fn ready<'a>(
+    shared: &Shared,
+    t: &Loaded,
+    slot: &'a mut Option<Slot>,
+) -> Result<&'a mut Slot, TransformError> {
+    if slot
+        .as_ref()
+        .is_some_and(|s| s.rows_seen >= RECYCLE_AFTER_ROWS)
+    {
+        *slot = None;
+    }
+    match slot {
+        Some(s) => Ok(s),
+        None => {
+            Ok(slot.insert(
+                Slot::new(&shared.engine, shared.fuel_enabled, t).map_err(|e| {
+                    TransformError::Instantiate {
+                        transform: t.name.to_string(),
+                        reason: clip(&t.config.redact(e.to_string()), MAX_REASON),
+                    }
+                })?,
+            ))
+        }
+    }
+}
+
 /// One batch call on the calling thread's instance (built on demand). The outer error is fatal (no
 /// instance could be built); the inner one is a trap or limit, after which the instance is gone.
 fn call(
@@ -1433,22 +1471,7 @@ fn call(
     origins: &[u32],
     metas: &Metas,
 ) -> Result<Result<Output, (FailureKind, String)>, TransformError> {
-    if slot
-        .as_ref()
-        .is_some_and(|s| s.rows_seen >= RECYCLE_AFTER_ROWS)
-    {
-        *slot = None;
-    }
-    let s =
-        match slot {
-            Some(s) => s,
-            None => slot.insert(Slot::new(&shared.engine, shared.fuel_enabled, t).map_err(
-                |e| TransformError::Instantiate {
-                    transform: t.name.to_string(),
-                    reason: clip(&t.config.redact(e.to_string()), MAX_REASON),
-                },
-            )?),
-        };
+    let s = ready(shared, t, slot)?;
     s.rows_seen += origins.len() as u64;
     let state = s.store.data_mut();
     state.metas = Arc::clone(metas);

@@ -724,7 +724,8 @@ impl SnowflakeSink {
         let mut by_field: HashMap<&str, usize> = HashMap::new();
         for (_, rows) in &batch.records {
             for row in rows {
-                for f in &row.fields {
+                // A nameless field cannot be a column; `map_row` sets its row aside.
+                for f in row.fields.iter().filter(|f| !f.name.is_empty()) {
                     let t = f.value.value_type();
                     let i = match by_field.get(&*f.name) {
                         Some(&i) => i,
@@ -1253,6 +1254,10 @@ fn map_row(row: &Row, columns: &[Column], names: &[String]) -> Result<Vec<Option
     // `slots[j]` is the column of `row.fields[j]`.
     let mut slots: Vec<Option<usize>> = Vec::with_capacity(row.fields.len());
     for f in &row.fields {
+        if f.name.is_empty() {
+            // No table can have a column without a name (a JSON message may have the key "").
+            return Err("a field has an empty name, which cannot be a column".to_owned());
+        }
         let col = encode::normalize_ident(&f.name);
         let found = find_column(names, &col);
         if let Some(i) = found
