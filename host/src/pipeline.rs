@@ -342,6 +342,12 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
     let cfg = &loaded.config;
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("cannot create state directory {}", opts.state_dir.display()))?;
+    if let Some(dir) = opts.summary.as_deref().and_then(Path::parent)
+        && !dir.as_os_str().is_empty()
+    {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the --summary directory {}", dir.display()))?;
+    }
     let started = chrono::Utc::now();
     let t0 = Instant::now();
     let cancel = CancellationToken::new();
