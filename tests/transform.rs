@@ -995,6 +995,39 @@ fn poison_wrong_outcome_count_is_a_protocol_failure_of_that_record() {
     );
 }
 
+/// WASI handles live in host memory, outside `memory_mb`: a record whose call leaks more than
+/// the per-instance cap is quarantined alone, and the rows around it (which also hold a few
+/// handles each) come out right.
+#[test]
+fn a_guest_leaking_wasi_handles_is_stopped_at_the_cap() {
+    let c = chain(&[config(guests::PROBE, &[])]);
+    let leaks = [10, 10, 50_000, 10, 10];
+    let rows: Vec<Row> = leaks
+        .iter()
+        .map(|n| row(&[("leak_handles", Value::Int(*n))]))
+        .collect();
+    let out = c.process_blocking(with_meta(rows.clone())).unwrap();
+    let seen = row(&[
+        ("env", Value::Int(0)),
+        ("fs", Value::Bool(false)),
+        ("net", Value::Bool(false)),
+    ]);
+    for (i, o) in out.iter().enumerate() {
+        if i == 2 {
+            let q = quarantined(o);
+            assert_eq!(q.kind, FailureKind::Trap, "{}", q.reason);
+            assert!(
+                q.reason.contains("held more than 10000 WASI handles"),
+                "{}",
+                q.reason
+            );
+            assert_eq!(q.row, rows[2]);
+        } else {
+            assert_eq!(emitted(o), std::slice::from_ref(&seen), "row {i}");
+        }
+    }
+}
+
 #[test]
 fn poison_huge_output_hits_the_row_limit() {
     assert_poison_isolated(guests::POISON_HUGE, FailureKind::OutputLimit, |_| {});

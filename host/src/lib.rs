@@ -23,6 +23,23 @@ macro_rules! errln {
     }};
 }
 
+/// An error and its sources, `outer: inner: ...` (as anyhow's `{:#}` shows them), skipping a
+/// source whose text the outer one already contains (a CSV read error keeps the parser's reason
+/// once).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    text
+}
+
 pub mod broker;
 pub mod config;
 pub mod consume;

@@ -111,7 +111,7 @@ pub fn init_logging(format: LogFormat) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
+        .with_writer(|| LogWriter)
         // Its own report of a failed write is an `eprintln!`, which panics when stderr's reader
         // has gone (`2>&1 | head`): a log line that cannot be written is dropped instead.
         .log_internal_errors(false);
@@ -119,6 +119,41 @@ pub fn init_logging(format: LogFormat) {
         LogFormat::Human => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
     };
+}
+
+/// The progress line while it is drawn, so that log lines can be written around it.
+static PROGRESS_BAR: std::sync::Mutex<Option<indicatif::ProgressBar>> = std::sync::Mutex::new(None);
+
+/// stderr for log lines. While the progress line is drawn, a line written straight to stderr
+/// would land in the middle of it (and be overwritten at the next redraw): it is written with
+/// the progress line cleared, then the progress line is drawn again under it.
+struct LogWriter;
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let bar = PROGRESS_BAR
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        write_under(bar.as_ref(), &mut std::io::stderr(), buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::Write::flush(&mut std::io::stderr())
+    }
+}
+
+/// Writes `buf` to `out` with `bar`, if any, hidden meanwhile.
+fn write_under(
+    bar: Option<&indicatif::ProgressBar>,
+    out: &mut impl std::io::Write,
+    buf: &[u8],
+) -> std::io::Result<()> {
+    match bar {
+        Some(bar) => bar.suspend(|| out.write_all(buf)),
+        None => out.write_all(buf),
+    }
 }
 
 /// The final account of a run, printed at the end and written as JSON.
@@ -551,6 +586,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
     metrics_stop.cancel();
     if let Some(p) = progress {
         p.finish();
+        *PROGRESS_BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 
     let mut summary = RunSummary {
@@ -1106,6 +1142,7 @@ fn spawn_progress(stats: Arc<AllStats>, replays: bool) -> indicatif::ProgressBar
         indicatif::ProgressStyle::with_template("{spinner} {elapsed} {msg}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
     );
+    *PROGRESS_BAR.lock().unwrap_or_else(|e| e.into_inner()) = Some(bar.clone());
     let b = bar.clone();
     tokio::spawn(async move {
         // Rates over the last 2 s: deliveries and loads come in bursts, so a 250 ms window
@@ -1715,6 +1752,84 @@ fn count_csv(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A terminal that records what is drawn on it, and a log stream writing into the same record.
+    #[derive(Debug, Clone, Default)]
+    struct Screen(Arc<std::sync::Mutex<Vec<String>>>);
+
+    impl Screen {
+        fn push(&self, what: String) {
+            self.0.lock().unwrap().push(what);
+        }
+    }
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            100
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.push(format!("draw {s}"));
+            Ok(())
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.push(format!("draw {s}"));
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            self.push("clear".into());
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl std::io::Write for Screen {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.push(format!("log {}", String::from_utf8_lossy(buf)));
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// A log line written while the progress line is drawn goes on a cleared line, and the
+    /// progress line is drawn again after it, not left half overwritten.
+    #[test]
+    fn log_lines_are_written_around_the_progress_line() {
+        let screen = Screen::default();
+        let bar = indicatif::ProgressBar::with_draw_target(
+            None,
+            indicatif::ProgressDrawTarget::term_like(Box::new(screen.clone())),
+        );
+        bar.set_style(indicatif::ProgressStyle::with_template("{msg}").unwrap());
+        bar.set_message("consumed 10");
+        bar.tick();
+        write_under(Some(&bar), &mut screen.clone(), b"WARN slow\n").unwrap();
+        let seen = screen.0.lock().unwrap().clone();
+        let log = seen.iter().position(|s| s == "log WARN slow\n").unwrap();
+        let drawn = |s: &String| s.starts_with("draw ") && s.contains("consumed 10");
+        assert!(seen[..log].iter().any(drawn), "{seen:?}");
+        let last_draw = seen[..log].iter().rposition(drawn).unwrap();
+        assert!(
+            seen[last_draw..log].contains(&"clear".to_owned()),
+            "{seen:?}"
+        );
+        assert!(seen[log..].iter().any(drawn), "{seen:?}");
+    }
 
     #[test]
     fn the_progress_line_shows_each_stage_and_the_replay_eta() {

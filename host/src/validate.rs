@@ -344,7 +344,7 @@ fn header_issues(src: &CsvSourceConfig, path: &Path, delimiter: u8) -> Vec<(Stri
     // Given types, the reader skips inference and reads no row past the header.
     let reader = match CsvReader::open(path, &opts, Arc::new(AtomicU64::new(0)), Some(&[])) {
         Ok(reader) => reader,
-        Err(e) => return vec![("source.path".to_owned(), error_chain(&e))],
+        Err(e) => return vec![("source.path".to_owned(), crate::error_chain(&e))],
     };
     let columns = reader.columns();
     let has = |name: &str| columns.iter().any(|c| &**c == name);
@@ -398,17 +398,6 @@ fn header_issues(src: &CsvSourceConfig, path: &Path, delimiter: u8) -> Vec<(Stri
         }
     }
     issues
-}
-
-/// An error with its causes, `: `-separated (a CSV read error keeps the parser's reason).
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        text.push_str(&format!(": {c}"));
-        cause = c.source();
-    }
-    text
 }
 
 /// The name a transform is known by in logs, metrics and dead letters: its `name`, else its

@@ -101,6 +101,11 @@ fn spin<T>(limit: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
 /// Table growth cap per instance (function references); generous, but bounded.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
 
+/// Host resources (WASI streams, pollables, ...) one instance may hold at once. They live in host
+/// memory, outside `memory_mb` (about 0.9 KiB each), and wasmtime's own limit is a million, so a
+/// guest leaking handles could hold ~1 GB per instance; a guest needs a handful.
+const MAX_HANDLES: usize = 10_000;
+
 /// The most text-lane capacity reserved up front for a batch, from its first row's size.
 const MAX_TEXT_RESERVE: usize = 16 << 20;
 
@@ -897,9 +902,11 @@ impl Slot {
             .stderr(output.clone());
         let limit_bytes =
             usize::try_from(t.config.memory_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_HANDLES);
         let state = HostState {
             wasi: wasi.build(),
-            table: ResourceTable::new(),
+            table,
             limits: MemoryCap {
                 limit_bytes,
                 used_bytes: 0,
@@ -1028,6 +1035,17 @@ fn classify(
         Some(trap) => (FailureKind::Trap, explained(trap.to_string(), state)),
         None if err.downcast_ref::<GuestBlocked>().is_some() => {
             (FailureKind::Trap, GuestBlocked.to_string())
+        }
+        None if matches!(
+            err.downcast_ref::<wasmtime::component::ResourceTableError>(),
+            Some(wasmtime::component::ResourceTableError::Full)
+        ) =>
+        {
+            // A trap, not `Memory`: raising `memory_mb` would not help.
+            (
+                FailureKind::Trap,
+                format!("held more than {MAX_HANDLES} WASI handles at once (it leaks them)"),
+            )
         }
         None => match err.downcast_ref::<wasmtime_wasi::I32Exit>() {
             Some(exit) => (

@@ -273,22 +273,6 @@ pub struct SinkHandle {
     failure: Arc<OnceLock<String>>,
 }
 
-/// An error and its sources, `outer: inner: ...` (as anyhow's `{:#}` shows them), skipping a
-/// source whose text the outer one already contains.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let part = s.to_string();
-        if !text.contains(&part) {
-            text.push_str(": ");
-            text.push_str(&part);
-        }
-        source = s.source();
-    }
-    text
-}
-
 impl SinkHandle {
     /// Why the writer cannot take input: the error it stopped with, or [`SinkError::Closed`]
     /// when it ended without one (its task was aborted or panicked).
@@ -679,7 +663,7 @@ impl SnowflakeSink {
                 let result = writer.run(&mut rx).await;
                 if let Err(e) = &result {
                     // Before the input closes: a sender that then finds it closed reads this.
-                    let _ = failure.set(error_chain(e));
+                    let _ = failure.set(crate::error_chain(e));
                 }
                 drop(rx);
                 result
@@ -1398,7 +1382,12 @@ impl Writer {
                 }
                 Some(SinkInput::Flush(ack)) => {
                     let result = self.flush_all().await;
-                    let _ = ack.send(result.as_ref().map(|_| ()).map_err(|e| error_chain(e)));
+                    let _ = ack.send(
+                        result
+                            .as_ref()
+                            .map(|_| ())
+                            .map_err(|e| crate::error_chain(e)),
+                    );
                     result?;
                 }
             }

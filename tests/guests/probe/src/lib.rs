@@ -2,7 +2,8 @@
 //! number of environment variables, whether listing `/` or `.` worked and whether a TCP connect
 //! worked, and prints a line on stdout and stderr (which the host discards unless `debug_stdio`
 //! is set). A row with an int field `sleep_ms` makes it sleep that long first; one with a field
-//! `wait_ready` waits on a timer that is already due, with `pollable.block` and with `poll`.
+//! `wait_ready` waits on a timer that is already due, with `pollable.block` and with `poll`;
+//! one with an int field `leak_handles` creates that many pollables and never drops them.
 //! Param `say` makes `init` print its value on stderr; param `panic`, panic with it; param
 //! `reject`, fail with an `invalid-param` error named by its value (a careless guest echoing a
 //! secret).
@@ -42,6 +43,11 @@ fn probe(row: Row) -> Result<Vec<Row>, Error> {
         due.block();
         let ready = wasip2::io::poll::poll(&[&due]);
         assert_eq!(ready, [0]);
+    }
+    if let Some(Value::Int(n)) = row.get("leak_handles") {
+        for _ in 0..*n {
+            std::mem::forget(wasip2::clocks::monotonic_clock::subscribe_duration(1 << 60));
+        }
     }
     let env = std::env::vars().count() as i64;
     let fs = std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok();
