@@ -3,7 +3,9 @@
 //! Every stage that rejects a record (a bad CSV row, a failing or trapping transform, a row the
 //! table cannot take) builds a [`DeadLetter`] and hands it to a [`DeadLetterTx`]. `send` returns
 //! only once the letter is durable in the dead-letter topic, so a stage can safely move its
-//! offsets past the record afterwards.
+//! offsets past the record afterwards. A stage with many letters at once `enqueue`s them all and
+//! then waits for each: one at a time, every letter would cost a broker round trip (~5 ms), and a
+//! transform failing every record would crawl at ~200 records/s.
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -66,28 +68,45 @@ pub enum DeadLetterError {
     Store(String),
 }
 
+/// A letter handed to the producer that may not be durable yet.
+#[derive(Debug)]
+#[must_use = "a letter is only safe once `stored` says so"]
+pub struct PendingLetter(oneshot::Receiver<Result<(), String>>);
+
+impl PendingLetter {
+    /// Waits until the letter is durable, or could not be stored.
+    pub async fn stored(self) -> Result<(), DeadLetterError> {
+        self.0
+            .await
+            .map_err(|_| DeadLetterError::Closed)?
+            .map_err(DeadLetterError::Store)
+    }
+
+    /// The outcome if it is known already, else the letter back.
+    pub fn try_stored(mut self) -> Result<Result<(), DeadLetterError>, PendingLetter> {
+        match self.0.try_recv() {
+            Ok(r) => Ok(r.map_err(DeadLetterError::Store)),
+            Err(oneshot::error::TryRecvError::Empty) => Err(self),
+            Err(oneshot::error::TryRecvError::Closed) => Ok(Err(DeadLetterError::Closed)),
+        }
+    }
+}
+
 impl DeadLetterTx {
     /// Sends a letter and waits until it is durable.
     pub async fn send(&self, letter: DeadLetter) -> Result<(), DeadLetterError> {
+        self.enqueue(letter).await?.stored().await
+    }
+
+    /// Hands a letter to the producer (waiting while its queue is full) without waiting for it
+    /// to be durable.
+    pub async fn enqueue(&self, letter: DeadLetter) -> Result<PendingLetter, DeadLetterError> {
         let (ack, done) = oneshot::channel();
         self.0
             .send((letter, ack))
             .await
             .map_err(|_| DeadLetterError::Closed)?;
-        done.await
-            .map_err(|_| DeadLetterError::Closed)?
-            .map_err(DeadLetterError::Store)
-    }
-
-    /// [`send`](Self::send) from a thread that is not a tokio worker (e.g. a wasm worker).
-    pub fn blocking_send(&self, letter: DeadLetter) -> Result<(), DeadLetterError> {
-        let (ack, done) = oneshot::channel();
-        self.0
-            .blocking_send((letter, ack))
-            .map_err(|_| DeadLetterError::Closed)?;
-        done.blocking_recv()
-            .map_err(|_| DeadLetterError::Closed)?
-            .map_err(DeadLetterError::Store)
+        Ok(PendingLetter(done))
     }
 }
 

@@ -584,10 +584,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
         .map(|(p, end)| end - dlq_start.get(p).copied().unwrap_or(0))
         .sum();
     metrics_stop.cancel();
-    if let Some(p) = progress {
-        p.finish();
-        *PROGRESS_BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
-    }
+    drop(progress);
 
     let mut summary = RunSummary {
         pipeline: cfg.name.clone(),
@@ -926,22 +923,29 @@ async fn process_batch(
         })?
     }
     .into_iter();
+    // Letters first, all of them at once, and only then the records to the sink: a record's
+    // offset can move once the sink has it, so every letter of the batch must be durable by then.
+    let mut letters = Vec::new();
+    let mut to_sink = Vec::with_capacity(order.len());
     for (meta, value, failure) in order {
         part.records += 1;
         let rows = match failure {
             Some(f) => {
                 part.undecodable += 1;
-                ctx.dlq
-                    .send(crate::dead_letter::DeadLetter {
-                        stage: "consume".into(),
-                        kind: "decode".into(),
-                        reason: f.to_string(),
-                        source_file: None,
-                        line: None,
-                        origin: Some(meta.clone()),
-                        payload: value,
-                    })
-                    .await?;
+                let letter = crate::dead_letter::DeadLetter {
+                    stage: "consume".into(),
+                    kind: "decode".into(),
+                    reason: f.to_string(),
+                    source_file: None,
+                    line: None,
+                    origin: Some(meta.clone()),
+                    payload: value,
+                };
+                let about = format!(
+                    "setting aside record {}/{}@{}, which could not be decoded",
+                    meta.topic, meta.partition, meta.offset
+                );
+                letters.push((ctx.dlq.enqueue(letter).await, about));
                 Vec::new()
             }
             None => match outcomes.next() {
@@ -955,13 +959,11 @@ async fn process_batch(
                         .line
                         .map(|l| format!(" (line {l})"))
                         .unwrap_or_default();
-                    ctx.dlq.send(letter).await.with_context(|| {
-                        format!(
-                            "setting aside record {}/{}@{}{line}, which failed in transform {} \
-                             ({})",
-                            meta.topic, meta.partition, meta.offset, q.transform, q.kind
-                        )
-                    })?;
+                    let about = format!(
+                        "setting aside record {}/{}@{}{line}, which failed in transform {} ({})",
+                        meta.topic, meta.partition, meta.offset, q.transform, q.kind
+                    );
+                    letters.push((ctx.dlq.enqueue(letter).await, about));
                     Vec::new()
                 }
                 Some(RecordOutcome::Dropped {
@@ -975,6 +977,16 @@ async fn process_batch(
                 None => anyhow::bail!("the transform chain returned fewer outcomes than records"),
             },
         };
+        to_sink.push((meta, rows));
+    }
+    for (pending, about) in letters {
+        let stored = match pending {
+            Ok(p) => p.stored().await,
+            Err(e) => Err(e),
+        };
+        stored.context(about)?;
+    }
+    for (meta, rows) in to_sink {
         part.rows_to_sink += rows.len() as u64;
         note_seen(seen, &meta);
         // With its metadata: a row the table cannot take is dead-lettered with the message's
@@ -1135,7 +1147,7 @@ fn summary_text(s: &RunSummary) -> String {
 
 /// The live progress line: rows read, produced, consumed, out of the chain, loaded, rows/s,
 /// consumer lag, and the replay's ETA.
-fn spawn_progress(stats: Arc<AllStats>, replays: bool) -> indicatif::ProgressBar {
+fn spawn_progress(stats: Arc<AllStats>, replays: bool) -> ProgressLine {
     let bar =
         indicatif::ProgressBar::with_draw_target(None, indicatif::ProgressDrawTarget::stderr());
     bar.set_style(
@@ -1148,8 +1160,12 @@ fn spawn_progress(stats: Arc<AllStats>, replays: bool) -> indicatif::ProgressBar
         // Rates over the last 2 s: deliveries and loads come in bursts, so a 250 ms window
         // would make them jump between 0 and several times the real rate.
         let mut window: std::collections::VecDeque<(Instant, Progress)> = Default::default();
-        while !b.is_finished() {
+        loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
+            // Checked after the wait: a message set on a finished bar draws it again.
+            if b.is_finished() {
+                break;
+            }
             let now = Instant::now();
             let p = Progress::of(&stats, replays);
             let (rate, eta) = match window.front() {
@@ -1164,7 +1180,18 @@ fn spawn_progress(stats: Arc<AllStats>, replays: bool) -> indicatif::ProgressBar
             window.push_back((now, p));
         }
     });
-    bar
+    ProgressLine(bar)
+}
+
+/// The drawn progress line; dropping it (at the end of a run, or on an early error) takes it off
+/// the screen, so that the summary or the error is not drawn over.
+struct ProgressLine(indicatif::ProgressBar);
+
+impl Drop for ProgressLine {
+    fn drop(&mut self) {
+        *PROGRESS_BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        self.0.finish_and_clear();
+    }
 }
 
 /// One reading of the counters the progress line shows.

@@ -300,6 +300,7 @@ pub async fn replay(
 
     let mut pacer = pacing::Pacer::new(&src.pacing);
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
+    let mut letters: FuturesUnordered<LetterWait> = FuturesUnordered::new();
     let mut failure: Option<SourceError> = None;
     let mut cancelled = false;
     let start = StdInstant::now();
@@ -312,6 +313,10 @@ pub async fn replay(
                 if let Err(e) = confirm(done, &file_name, &stats) { failure = Some(e); break 'main; }
                 continue;
             }
+            Some(done) = letters.next(), if !letters.is_empty() => {
+                if let Err(e) = letter_stored(done, &file_name, &stats) { failure = Some(e); break 'main; }
+                continue;
+            }
             msg = rx.recv() => msg,
         };
         let (line, row) = match msg {
@@ -321,9 +326,12 @@ pub async fn replay(
                 break;
             }
             Some(ReaderMsg::Item(CsvItem::Bad(bad))) => {
-                if let Err(e) = reject(bad, &file_name, src.on_error, &dead_letters, &stats).await {
-                    failure = Some(e);
-                    break;
+                match reject(bad, &file_name, src.on_error, &dead_letters, &stats).await {
+                    Ok(letter) => letters.extend(letter),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
                 continue;
             }
@@ -332,9 +340,12 @@ pub async fn replay(
         let enc = match encode_message(line, &row, max_bytes) {
             Ok(enc) => enc,
             Err(bad) => {
-                if let Err(e) = reject(bad, &file_name, src.on_error, &dead_letters, &stats).await {
-                    failure = Some(e);
-                    break;
+                match reject(bad, &file_name, src.on_error, &dead_letters, &stats).await {
+                    Ok(letter) => letters.extend(letter),
+                    Err(e) => {
+                        failure = Some(e);
+                        break;
+                    }
                 }
                 continue;
             }
@@ -414,6 +425,11 @@ pub async fn replay(
             failure.get_or_insert(e);
         }
     }
+    while let Some(done) = letters.next().await {
+        if let Err(e) = letter_stored(done, &file_name, &stats) {
+            failure.get_or_insert(e);
+        }
+    }
     let _ = reader_thread.join();
     if let Some(e) = failure {
         return Err(e);
@@ -478,13 +494,18 @@ fn confirm(
     Ok(())
 }
 
+/// A bad row's letter on its way to the dead-letter topic, with the row's line.
+type LetterWait = futures::future::BoxFuture<'static, (u64, Result<(), DeadLetterError>)>;
+
+/// Applies `on_error` to a bad row; a dead letter is handed over and returned, to be waited for
+/// alongside the rows' deliveries (one at a time, each would cost a broker round trip).
 async fn reject(
     bad: BadRow,
     file: &str,
     on_error: OnError,
     dead_letters: &DeadLetterTx,
     stats: &ReplayStats,
-) -> Result<(), SourceError> {
+) -> Result<Option<LetterWait>, SourceError> {
     match on_error {
         OnError::Fail => Err(SourceError::BadRow {
             file: file.to_owned(),
@@ -495,7 +516,7 @@ async fn reject(
         OnError::Drop => {
             tracing::debug!(%file, line = bad.line, kind = bad.kind.as_str(), reason = %bad.reason, "Dropped bad row.");
             stats.rows_dropped.fetch_add(1, Ordering::Relaxed);
-            Ok(())
+            Ok(None)
         }
         OnError::DeadLetter => {
             let line = bad.line;
@@ -508,18 +529,35 @@ async fn reject(
                 origin: None,
                 payload: bad.payload,
             };
-            dead_letters
-                .send(letter)
-                .await
-                .map_err(|source| SourceError::DeadLetter {
-                    file: file.to_owned(),
-                    line,
-                    source,
-                })?;
-            stats.rows_dead_lettered.fetch_add(1, Ordering::Relaxed);
-            Ok(())
+            let pending =
+                dead_letters
+                    .enqueue(letter)
+                    .await
+                    .map_err(|source| SourceError::DeadLetter {
+                        file: file.to_owned(),
+                        line,
+                        source,
+                    })?;
+            Ok(Some(Box::pin(
+                async move { (line, pending.stored().await) },
+            )))
         }
     }
+}
+
+/// Counts a bad row's letter once it is durable.
+fn letter_stored(
+    (line, r): (u64, Result<(), DeadLetterError>),
+    file: &str,
+    stats: &ReplayStats,
+) -> Result<(), SourceError> {
+    r.map_err(|source| SourceError::DeadLetter {
+        file: file.to_owned(),
+        line,
+        source,
+    })?;
+    stats.rows_dead_lettered.fetch_add(1, Ordering::Relaxed);
+    Ok(())
 }
 
 /// The reader thread: every loop over the file, items into `tx` until the consumer side hangs up.

@@ -953,6 +953,8 @@ impl SnowflakeSink {
                     first: rejects[0].2.clone(),
                 });
             };
+            // All handed over before waiting for any: one broker round trip each adds up.
+            let mut pending = Vec::with_capacity(rejects.len());
             for (index, row, reason) in &rejects {
                 let origin = match origins.get(*index) {
                     Some(Some(meta)) => meta.clone(),
@@ -965,20 +967,25 @@ impl SnowflakeSink {
                 };
                 let kind = "schema";
                 self.log_dead_letter(kind, reason, &origin);
-                dlq.send(DeadLetter {
-                    stage: "sink".into(),
-                    kind: kind.into(),
-                    reason: reason.clone(),
-                    // As a transform's letters do: the file and line travel as headers of the
-                    // source's messages.
-                    source_file: origin
-                        .header_text(crate::source::wire::HEADER_FILE)
-                        .map(str::to_owned),
-                    line: origin.csv_line(),
-                    origin: Some(origin),
-                    payload: row.to_json().to_string().into_bytes(),
-                })
-                .await?;
+                pending.push(
+                    dlq.enqueue(DeadLetter {
+                        stage: "sink".into(),
+                        kind: kind.into(),
+                        reason: reason.clone(),
+                        // As a transform's letters do: the file and line travel as headers of the
+                        // source's messages.
+                        source_file: origin
+                            .header_text(crate::source::wire::HEADER_FILE)
+                            .map(str::to_owned),
+                        line: origin.csv_line(),
+                        origin: Some(origin),
+                        payload: row.to_json().to_string().into_bytes(),
+                    })
+                    .await?,
+                );
+            }
+            for p in pending {
+                p.stored().await?;
             }
             self.stats
                 .rows_dead_lettered
