@@ -726,6 +726,15 @@ fn assert_poison_isolated(
                     q.reason
                 );
             }
+            if path == guests::POISON_MISCOUNT {
+                // What the row did alone, and what the batch did: the batch's count is the one an
+                // author recognises.
+                assert_eq!(
+                    q.reason,
+                    "returned 2 outcomes for 1 input row (run in a batch of 30 rows, it returned \
+                     31 outcomes for 30 input rows)"
+                );
+            }
             if path == guests::POISON_TRAP {
                 // The panic message, which the guest wrote to its (unshown) stderr, says why.
                 assert!(q.reason.ends_with(": poison row)"), "{}", q.reason);
@@ -2330,6 +2339,11 @@ fn cli_new_and_build_usage_errors_exit_2() {
             "nowhere is not a transforms workspace (no Cargo.toml)",
         ),
         (
+            &["new", "shout", "--dir", ws],
+            "ws is not a sluice transforms workspace: its Cargo.toml needs [workspace.package] \
+             and sluice-guest in [workspace.dependencies]",
+        ),
+        (
             &["build"],
             "no transforms workspace at transforms (no Cargo.toml there): run this from the \
              directory that holds transforms/",
@@ -2471,6 +2485,17 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     .unwrap();
     let crate_dir = cli::scaffold("shout", ws).unwrap();
     assert!(cli::scaffold("shout", ws).is_err(), "refuses to overwrite");
+    // Untouched, it passes the format check CI runs on transforms/.
+    let fmt = std::process::Command::new("rustfmt")
+        .args(["--edition", "2024", "--check"])
+        .arg(crate_dir.join("src/lib.rs"))
+        .output()
+        .unwrap();
+    assert!(
+        fmt.status.success(),
+        "{}",
+        String::from_utf8_lossy(&fmt.stdout)
+    );
     assert!(cli::scaffold("Bad Name", ws).is_err());
     let built = cli::build(Some("shout"), ws).unwrap();
     assert_eq!(built.len(), 1, "{built:?}");

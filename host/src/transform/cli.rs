@@ -122,6 +122,9 @@ pub enum TransformCommand {
         /// Fuel per batch call (deterministic CPU limit); prints fuel consumed.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         fuel: Option<u64>,
+        /// Most rows one record may emit (the transform's `max_rows_per_record`).
+        #[arg(long, value_name = "ROWS", value_parser = at_least_one_u32())]
+        max_rows_per_record: Option<u32>,
         /// Show the guests' stdout/stderr (on stderr).
         #[arg(long)]
         debug_stdio: bool,
@@ -132,6 +135,11 @@ pub enum TransformCommand {
 /// refused by clap like the pipeline file's `validate` refuses the same values.
 fn at_least_one_usize() -> clap::builder::RangedU64ValueParser<usize> {
     clap::builder::RangedU64ValueParser::new().range(1..)
+}
+
+/// [`at_least_one_usize`] for a `u32` setting.
+fn at_least_one_u32() -> clap::builder::RangedU64ValueParser<u32> {
+    clap::builder::RangedU64ValueParser::new().range(1..=u64::from(u32::MAX))
 }
 
 /// Runs a `sluice transform` subcommand; the exit code is 1 when `test --expect` finds a
@@ -172,6 +180,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             timeout_ms,
             memory_mb,
             fuel,
+            max_rows_per_record,
             debug_stdio,
         } => {
             let mut configs = components
@@ -182,6 +191,8 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                     cfg.timeout_ms = timeout_ms.unwrap_or(cfg.timeout_ms);
                     cfg.memory_mb = memory_mb.unwrap_or(cfg.memory_mb);
                     cfg.fuel = fuel;
+                    cfg.max_rows_per_record =
+                        max_rows_per_record.unwrap_or(cfg.max_rows_per_record);
                     cfg.debug_stdio = debug_stdio;
                     cfg
                 })
@@ -238,9 +249,12 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 _ => {
                     if let Some(first) = &report.first_failure {
                         crate::errln!(
-                            "mismatch: {} records failed and no --expect-failures file \
+                            "mismatch: {} failed and no --expect-failures file \
                              expects failures; the first: {first}",
-                            report.failed
+                            match report.failed {
+                                1 => "1 record".to_owned(),
+                                n => format!("{n} records"),
+                            }
                         );
                         matched = false;
                     }
@@ -348,7 +362,36 @@ fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
             existing.path().display()
         );
     }
+    // The scaffold inherits its version, edition and SDK from the workspace: elsewhere it would
+    // be created, then fail to build with cargo's words, not ours.
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))
+        .with_context(|| format!("reading {}", dir.join("Cargo.toml").display()))?;
+    if !is_sluice_workspace(&manifest) {
+        bail!(
+            "{} is not a sluice transforms workspace: its Cargo.toml needs [workspace.package] and \
+             sluice-guest in [workspace.dependencies], which the new crate inherits (sluice's own \
+             is transforms/; for a crate elsewhere see \"A transform crate outside transforms/\" in \
+             docs/TRANSFORMS.md)",
+            dir.display()
+        );
+    }
     Ok(())
+}
+
+/// Whether a workspace manifest has what the template inherits: `[workspace.package]` and
+/// `sluice-guest` in `[workspace.dependencies]` (read line by line, as cargo writes them).
+fn is_sluice_workspace(manifest: &str) -> bool {
+    let (mut section, mut package, mut sdk) = ("", false, false);
+    for line in manifest.lines().map(str::trim) {
+        if line.starts_with('[') {
+            section = line;
+            package |= line == "[workspace.package]";
+        } else if section == "[workspace.dependencies]" {
+            let key = line.split(['=', '.']).next().unwrap_or("").trim();
+            sdk |= key == "sluice-guest" || key == "\"sluice-guest\"";
+        }
+    }
+    package && sdk
 }
 
 /// Builds the workspace at `dir` (or only `transform-<name>`) for wasm32-wasip2 in release mode

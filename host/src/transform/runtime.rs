@@ -1030,7 +1030,10 @@ fn classify(
         ),
         Some(Trap::OutOfFuel) => (
             FailureKind::Fuel,
-            format!("ran out of fuel ({} per batch)", config.fuel.unwrap_or(0)),
+            format!(
+                "ran out of fuel ({} per call: each batch, and `init`)",
+                config.fuel.unwrap_or(0)
+            ),
         ),
         Some(trap) => (FailureKind::Trap, explained(trap.to_string(), state)),
         None if err.downcast_ref::<GuestBlocked>().is_some() => {
@@ -1209,11 +1212,11 @@ fn run_transform(
                     vec![(0, FailureKind::Protocol, reason)],
                     0,
                 ),
-                Err(_) => isolate(shared, t, slot, batch, metas)?,
+                Err(reason) => isolate(shared, t, slot, batch, metas, Some(&reason))?,
             },
             Err((kind, reason)) if n == 1 => (WireBatch::default(), vec![(0, kind, reason)], 0),
             Err((kind, _)) => {
-                let isolated = isolate(shared, t, slot, batch, metas)?;
+                let isolated = isolate(shared, t, slot, batch, metas, None)?;
                 warn_limit_per_batch(t, kind, n, &isolated.1);
                 isolated
             }
@@ -1257,13 +1260,16 @@ const MAX_TIMEOUTS_PER_BATCH: usize = 8;
 /// instance, so only the poison row fails. Gives up with [`TransformError::TooSlow`] when more
 /// than [`MAX_TIMEOUTS_PER_BATCH`] rows time out alone, or rows failing alone use more CPU time
 /// than that many limits: that is a transform too slow for its cap, not a few poison records,
-/// and failing the batch keeps its records for a run with a higher cap.
+/// and failing the batch keeps its records for a run with a higher cap. `broken`: how the whole
+/// batch's output broke the contract, if it did, told with each row that breaks it alone too
+/// (a guest that always returns one outcome too few would otherwise show only `0 for 1`).
 fn isolate(
     shared: &Shared,
     t: &Loaded,
     slot: &mut Option<Slot>,
     batch: &WireBatch,
     metas: &Metas,
+    broken: Option<&str>,
 ) -> Result<(WireBatch, Vec<Failure>, u64), TransformError> {
     let mut all = WireBatch::default();
     let mut shapes = HashMap::new();
@@ -1286,7 +1292,16 @@ fn isolate(
                     failures.extend(failed);
                     filtered += none;
                 }
-                Err(reason) => failures.push((j, FailureKind::Protocol, reason)),
+                Err(reason) => {
+                    let reason = match broken {
+                        Some(b) => format!(
+                            "{reason} (run in a batch of {}, it {b})",
+                            counted(batch.origins.len(), "row")
+                        ),
+                        None => reason,
+                    };
+                    failures.push((j, FailureKind::Protocol, reason));
+                }
             },
             Err((kind, reason)) => {
                 failures.push((j, kind, reason));
@@ -1310,14 +1325,24 @@ fn isolate(
     Ok((all, failures, filtered))
 }
 
+/// `1 row`, `2 rows`.
+fn counted(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
 /// Checks an output against the batch contract: one outcome per input, as many rows as the
 /// outcomes announce, known shapes, and as many values as those shapes need.
 fn check_output(output: &Output, inputs: usize) -> Result<(), String> {
     let Output { outcomes, rows } = output;
     if outcomes.len() != inputs {
         return Err(format!(
-            "returned {} outcomes for {inputs} input rows",
-            outcomes.len()
+            "returned {} for {}",
+            counted(outcomes.len(), "outcome"),
+            counted(inputs, "input row")
         ));
     }
     let emitted: u64 = outcomes
@@ -1332,8 +1357,12 @@ fn check_output(output: &Output, inputs: usize) -> Result<(), String> {
         .sum();
     if emitted != rows.shapes.len() as u64 {
         return Err(format!(
-            "outcomes announce {emitted} rows but {} were returned",
-            rows.shapes.len()
+            "outcomes announce {} but {} returned",
+            counted(emitted as usize, "row"),
+            match rows.shapes.len() {
+                1 => "1 was".to_owned(),
+                n => format!("{n} were"),
+            }
         ));
     }
     let mut wanted = 0usize;

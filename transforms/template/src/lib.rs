@@ -19,7 +19,9 @@ impl Transform for Main {
     /// Runs once per instance with the `with` params from pipeline.json (or `--with k=v`).
     fn init(params: &Params) -> Result<Self, Error> {
         params.allow_only(&["field"])?;
-        Ok(Main { field: params.get("field").unwrap_or("name").to_owned() })
+        Ok(Main {
+            field: params.get("field").unwrap_or("name").to_owned(),
+        })
     }
 
     /// Runs once per row: return no rows to drop it, one to keep it, several to split it, or an
@@ -31,9 +33,10 @@ impl Transform for Main {
                 *s = s.to_uppercase();
                 Ok(vec![row])
             }
-            Some(other) => {
-                Err(Error::invalid_value(&self.field, format!("is of type {}, not string", other.type_name())))
-            }
+            Some(other) => Err(Error::invalid_value(
+                &self.field,
+                format!("is of type {}, not string", other.type_name()),
+            )),
             None => Err(Error::MissingField(self.field.clone())),
         }
     }
