@@ -38,7 +38,7 @@
     not(target_feature = "atomics"),
     feature = "pool-alloc"
 ))]
-pub mod pool;
+mod pool;
 
 #[cfg(all(
     target_arch = "wasm32",
