@@ -548,6 +548,57 @@ async fn new_fields_add_columns_under_add_columns() {
     );
 }
 
+/// A field the first batch has only nulls for gets the type `source.schema` declares, not
+/// VARCHAR, so the numbers of later batches land as numbers; without a declared type it is
+/// VARCHAR, and a field with values keeps the type of its values whatever is declared.
+#[tokio::test]
+async fn a_declared_type_creates_a_column_the_first_batch_has_only_nulls_for() {
+    let cfg = sink_config("events");
+    let sink = connect(&cfg, "p", Some(":isolated:"))
+        .await
+        .with_type_hints([
+            ("discount".to_owned(), sluice::row::ValueType::Float),
+            ("id".to_owned(), sluice::row::ValueType::String),
+        ]);
+    let sink = Arc::new(sink);
+    let batch = |offset: i64, discount: Value| Batch {
+        topic: "t".into(),
+        partition: 0,
+        records: vec![(
+            offset,
+            vec![row(&[
+                ("id", Value::Int(offset)),
+                ("discount", discount),
+                ("note", Value::Null),
+            ])],
+        )],
+    };
+    sink.load_batch(&batch(0, Value::Null), None).await.unwrap();
+    sink.load_batch(&batch(1, Value::Float(2.5)), None)
+        .await
+        .unwrap();
+    let r = sink
+        .query(&format!("SELECT * FROM {} ORDER BY \"ID\"", sink.table()))
+        .await
+        .unwrap();
+    let cols: Vec<(&str, &str)> = r
+        .columns
+        .iter()
+        .map(|c| (c.name.as_str(), c.type_name.as_str()))
+        .collect();
+    assert_eq!(
+        cols,
+        [("ID", "fixed"), ("DISCOUNT", "real"), ("NOTE", "text")]
+    );
+    assert_eq!(
+        r.rows,
+        vec![
+            vec![json!(0), Json::Null, Json::Null],
+            vec![json!(1), json!(2.5), Json::Null]
+        ]
+    );
+}
+
 #[tokio::test]
 async fn ndjson_lands_in_one_variant_column() {
     let mut cfg = sink_config("landing");

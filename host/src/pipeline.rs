@@ -430,10 +430,12 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
     // The consume half's parts are built before the replay starts so that a bad component or an
     // unreachable warehouse fails the run before anything is produced.
     let consume_parts = if consumes {
+        let SourceConfig::Csv(csv) = &cfg.source;
         let sink = Arc::new(
             SnowflakeSink::connect(&snowflake(cfg), &cfg.name, services.connect_options())
                 .await
-                .context("cannot connect to Snowflake")?,
+                .context("cannot connect to Snowflake")?
+                .with_type_hints(csv.schema.clone()),
         );
         let rows_before = sink.count_rows().await.unwrap_or(0);
         let configs: Vec<_> = cfg

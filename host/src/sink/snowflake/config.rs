@@ -54,7 +54,7 @@ pub struct SnowflakeSinkConfig {
     pub offsets_table: String,
     /// Whether the target table is created from the first batch's schema, with int →
     /// NUMBER(38,0), float → FLOAT, bool → BOOLEAN, timestamp → TIMESTAMP_NTZ, string → VARCHAR,
-    /// json → VARIANT (a field seen only as null → VARCHAR).
+    /// json → VARIANT (a field seen only as null → its `source.schema` type, else VARCHAR).
     #[serde(default)]
     pub create_table: CreateTable,
     /// What a field unknown to the table does: `add_columns` alters the table, `dead_letter`

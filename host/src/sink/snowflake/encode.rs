@@ -17,7 +17,7 @@
 //! | timestamp | `TIMESTAMP_NTZ` (UTC, microseconds) |
 //! | string | `VARCHAR` |
 //! | json | `VARIANT` |
-//! | only nulls so far | `VARCHAR` |
+//! | only nulls so far | its `source.schema` type, else `VARCHAR` |
 //!
 //! A column whose values mix int and float becomes `FLOAT`; any other mix becomes `VARCHAR`.
 //!

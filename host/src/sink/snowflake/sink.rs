@@ -404,6 +404,8 @@ pub struct SnowflakeSink {
     warned: std::sync::Mutex<HashSet<String>>,
     /// Talking to the local fakesnow emulator (no `account_url`), not to Snowflake.
     emulated: bool,
+    /// Column types declared upstream (`source.schema`), for fields a batch has only nulls for.
+    type_hints: HashMap<String, ValueType>,
 }
 
 fn auth_from(cfg: &SnowflakeSinkConfig, emulated: bool) -> Result<Auth, SinkError> {
@@ -539,6 +541,7 @@ impl SnowflakeSink {
             session: Mutex::new(TableState::default()),
             warned: std::sync::Mutex::new(HashSet::new()),
             emulated: opts.account_url.is_some() && cfg.is_emulated(),
+            type_hints: HashMap::new(),
         })
     }
 
@@ -698,11 +701,22 @@ impl SnowflakeSink {
         Ok(cols)
     }
 
+    /// The types to create a column with when every value a batch has for its field is null
+    /// (`source.schema`): without one such a column is VARCHAR, and the numbers that come later
+    /// land in it as text. A field that has values keeps the type of its values.
+    pub fn with_type_hints(
+        mut self,
+        hints: impl IntoIterator<Item = (String, ValueType)>,
+    ) -> SnowflakeSink {
+        self.type_hints = hints.into_iter().collect();
+        self
+    }
+
     /// Field name → (column name, merged type), in first-seen order. Fields whose column names
     /// differ at most in case (`name` in one row, `NAME` in another) share one entry and one
     /// merged type: they become one column (the emulator, like DuckDB, cannot tell such names
     /// apart), and a row holding both is a reject (see [`map_row`]).
-    fn batch_schema(batch: &Batch) -> Vec<(String, String, ValueType)> {
+    fn batch_schema(&self, batch: &Batch) -> Vec<(String, String, ValueType)> {
         let mut out: Vec<(String, String, ValueType)> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         let mut by_field: HashMap<&str, usize> = HashMap::new();
@@ -725,6 +739,15 @@ impl SnowflakeSink {
                     };
                     out[i].2 = encode::merge_types(out[i].2, t);
                 }
+            }
+        }
+        for (field, _, t) in &mut out {
+            if *t == ValueType::Null {
+                *t = self
+                    .type_hints
+                    .get(field)
+                    .copied()
+                    .unwrap_or(ValueType::Null);
             }
         }
         out
@@ -760,7 +783,7 @@ impl SnowflakeSink {
             state.columns = None;
             return self.describe(state).await;
         }
-        let schema = Self::batch_schema(batch);
+        let schema = self.batch_schema(batch);
         let Some(existing) = existing else {
             if schema.is_empty() {
                 return Ok(None);
