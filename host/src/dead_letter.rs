@@ -81,15 +81,6 @@ impl PendingLetter {
             .map_err(|_| DeadLetterError::Closed)?
             .map_err(DeadLetterError::Store)
     }
-
-    /// The outcome if it is known already, else the letter back.
-    pub fn try_stored(mut self) -> Result<Result<(), DeadLetterError>, PendingLetter> {
-        match self.0.try_recv() {
-            Ok(r) => Ok(r.map_err(DeadLetterError::Store)),
-            Err(oneshot::error::TryRecvError::Empty) => Err(self),
-            Err(oneshot::error::TryRecvError::Closed) => Ok(Err(DeadLetterError::Closed)),
-        }
-    }
 }
 
 impl DeadLetterTx {

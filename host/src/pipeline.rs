@@ -1164,7 +1164,7 @@ fn spawn_progress(stats: Arc<AllStats>, replays: bool) -> ProgressLine {
         let mut window: std::collections::VecDeque<(Instant, Progress)> = Default::default();
         loop {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            // Checked after the wait: a message set on a finished bar draws it again.
+            // Checked after the wait, so that a bar finished meanwhile is not updated.
             if b.is_finished() {
                 break;
             }
@@ -1191,8 +1191,10 @@ struct ProgressLine(indicatif::ProgressBar);
 
 impl Drop for ProgressLine {
     fn drop(&mut self) {
-        *PROGRESS_BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        // Cleared first: a line logged meanwhile still goes around it, and suspending a cleared
+        // bar draws nothing.
         self.0.finish_and_clear();
+        *PROGRESS_BAR.lock().unwrap_or_else(|e| e.into_inner()) = None;
     }
 }
 

@@ -119,7 +119,7 @@ pub enum TransformCommand {
         /// Memory cap per instance, in MiB, 1 to 4096 (the transform's `memory_mb`).
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
         memory_mb: Option<u64>,
-        /// Fuel per batch call (deterministic CPU limit); prints fuel consumed.
+        /// Fuel per call, each batch and `init` (deterministic CPU limit); prints fuel consumed.
         #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
         fuel: Option<u64>,
         /// Most rows one record may emit (the transform's `max_rows_per_record`).
@@ -378,20 +378,40 @@ fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether a workspace manifest has what the template inherits: `[workspace.package]` and
-/// `sluice-guest` in `[workspace.dependencies]` (read line by line, as cargo writes them).
+/// Whether a workspace manifest has what the template inherits: `version`, `edition`,
+/// `rust-version`, `license` and `publish` in `[workspace.package]`, and `sluice-guest` in
+/// `[workspace.dependencies]`, in any of TOML's ways of writing them (a table per dependency,
+/// dotted keys, quoted keys, comments).
 fn is_sluice_workspace(manifest: &str) -> bool {
-    let (mut section, mut package, mut sdk) = ("", false, false);
-    for line in manifest.lines().map(str::trim) {
-        if line.starts_with('[') {
-            section = line;
-            package |= line == "[workspace.package]";
-        } else if section == "[workspace.dependencies]" {
-            let key = line.split(['=', '.']).next().unwrap_or("").trim();
-            sdk |= key == "sluice-guest" || key == "\"sluice-guest\"";
+    const INHERITED: [&str; 5] = ["version", "edition", "rust-version", "license", "publish"];
+    // A header or key with its spaces and quotes taken out: `[ "workspace".package ]` is
+    // `workspace.package`.
+    let bare = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'')
+            .collect()
+    };
+    let (mut section, mut keys, mut sdk) = (String::new(), Vec::new(), false);
+    for line in manifest.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if let Some(header) = line.strip_prefix('[') {
+            section = bare(header.trim_start_matches('[').trim_end_matches(']'));
+            sdk |= section == "workspace.dependencies.sluice-guest";
+            continue;
         }
+        let Some((key, _)) = line.split_once('=') else {
+            continue;
+        };
+        // The key as seen from the top of the file: `[workspace] package.version = ...` and
+        // `[workspace.package] version = ...` are the same key.
+        let full = format!("{section}.{}", bare(key));
+        if let Some(k) = full.strip_prefix("workspace.package.") {
+            keys.push(k.split('.').next().unwrap_or_default().to_owned());
+        }
+        sdk |= full == "workspace.dependencies.sluice-guest"
+            || full.starts_with("workspace.dependencies.sluice-guest.");
     }
-    package && sdk
+    sdk && INHERITED.iter().all(|k| keys.iter().any(|have| have == k))
 }
 
 /// Builds the workspace at `dir` (or only `transform-<name>`) for wasm32-wasip2 in release mode
@@ -1749,6 +1769,57 @@ impl JsonLines {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sluice_workspace_is_recognised_however_its_toml_is_written() {
+        let package = "[workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\n\
+                       rust-version = \"1.95\"\nlicense = \"Apache-2.0\"\npublish = false\n";
+        for (sdk, want) in [
+            (
+                "[workspace.dependencies]\nsluice-guest = { path = \"g\" }\n",
+                true,
+            ),
+            (
+                "[workspace.dependencies] # shared\n\"sluice-guest\" = { path = \"g\" }\n",
+                true,
+            ),
+            (
+                "[workspace.dependencies]\nsluice-guest.path = \"g\"\n",
+                true,
+            ),
+            (
+                "[workspace.dependencies.sluice-guest]\npath = \"g\"\n",
+                true,
+            ),
+            (
+                "[ workspace.dependencies ]\n'sluice-guest' = { path = \"g\" }\n",
+                true,
+            ),
+            (
+                "[workspace]\ndependencies.sluice-guest.path = \"g\"\n",
+                true,
+            ),
+            ("[workspace.dependencies]\nserde = \"1\"\n", false),
+            ("[dependencies]\nsluice-guest = { path = \"g\" }\n", false),
+            (
+                "[workspace.dependencies]\n# sluice-guest = { path = \"g\" }\n",
+                false,
+            ),
+            ("", false),
+        ] {
+            let manifest = format!("[workspace]\nmembers = [\"*\"]\n{package}{sdk}");
+            assert_eq!(is_sluice_workspace(&manifest), want, "{sdk}");
+        }
+        let sdk = "[workspace.dependencies]\nsluice-guest = { path = \"g\" }\n";
+        let partial = "[workspace.package]\nversion = \"0.1.0\"\n";
+        assert!(!is_sluice_workspace(&format!("{partial}{sdk}")));
+        let dotted = "[workspace]\npackage.version = \"0.1.0\"\npackage.edition = \"2024\"\n\
+                      package.rust-version = \"1.95\"\npackage.license = \"x\"\npackage.publish = false\n";
+        assert!(is_sluice_workspace(&format!("{dotted}{sdk}")));
+        assert!(is_sluice_workspace(include_str!(
+            "../../../transforms/Cargo.toml"
+        )));
+    }
 
     #[test]
     fn params_are_scoped_by_name_or_position() {

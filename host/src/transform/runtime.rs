@@ -23,7 +23,9 @@
 //! not shown unless `debug_stdio` is set (their last bytes explain a trap). Each instance has a
 //! memory cap (a `ResourceLimiter` that traps on growth past `memory_mb`), each call a CPU-time
 //! cap (a ticker thread bumps the epoch every few ms, and at the deadline the store reads its
-//! thread's CPU clock, so time spent descheduled is not charged) and optionally a fuel budget. A trap or a limit poisons only that instance: the worker drops it, builds a fresh one,
+//! thread's CPU clock, so time spent descheduled is not charged) and optionally a fuel budget.
+//! An instance may hold at most [`MAX_HANDLES`] WASI resources (streams, pollables): they live in
+//! host memory, outside `memory_mb`. A trap or a limit poisons only that instance: the worker drops it, builds a fresh one,
 //! re-runs that transform's batch one record at a time to find the poison record, applies the
 //! transform's `on_error` policy to that record alone and carries on with the rest.
 //!
@@ -1039,11 +1041,7 @@ fn classify(
         None if err.downcast_ref::<GuestBlocked>().is_some() => {
             (FailureKind::Trap, GuestBlocked.to_string())
         }
-        None if matches!(
-            err.downcast_ref::<wasmtime::component::ResourceTableError>(),
-            Some(wasmtime::component::ResourceTableError::Full)
-        ) =>
-        {
+        None if is_handles_full(err) => {
             // A trap, not `Memory`: raising `memory_mb` would not help.
             (
                 FailureKind::Trap,
@@ -1058,6 +1056,14 @@ fn classify(
             None => (FailureKind::Trap, explained(error_line(err), state)),
         },
     }
+}
+
+/// Whether a call failed because its instance holds [`MAX_HANDLES`] host resources.
+fn is_handles_full(err: &wasmtime::Error) -> bool {
+    matches!(
+        err.downcast_ref::<wasmtime::component::ResourceTableError>(),
+        Some(wasmtime::component::ResourceTableError::Full)
+    )
 }
 
 /// `text` cut to `max` bytes (see [`crate::dead_letter::clip`]).
@@ -1295,7 +1301,7 @@ fn isolate(
                 Err(reason) => {
                     let reason = match broken {
                         Some(b) => format!(
-                            "{reason} (run in a batch of {}, it {b})",
+                            "{reason} (in the batch of {} it came in: {b})",
                             counted(batch.origins.len(), "row")
                         ),
                         None => reason,
@@ -1375,8 +1381,12 @@ fn check_output(output: &Output, inputs: usize) -> Result<(), String> {
     }
     if wanted != rows.values.types.len() {
         return Err(format!(
-            "rows need {wanted} values but {} were returned",
-            rows.values.types.len()
+            "rows need {} but {} returned",
+            counted(wanted, "value"),
+            match rows.values.types.len() {
+                1 => "1 was".to_owned(),
+                n => format!("{n} were"),
+            }
         ));
     }
     rows.values.check()
@@ -1519,6 +1529,7 @@ fn call(
     metas: &Metas,
 ) -> Result<Result<Output, (FailureKind, String)>, TransformError> {
     let s = ready(shared, t, slot)?;
+    let fresh = s.rows_seen == 0;
     s.rows_seen += origins.len() as u64;
     let state = s.store.data_mut();
     state.metas = Arc::clone(metas);
@@ -1543,6 +1554,11 @@ fn call(
             // The instance may be mid-update and is poisoned after a trap: never reuse it.
             *slot = None;
             t.stats.instance_restarts.fetch_add(1, Relaxed);
+            // Handles leaked by the instance's earlier calls fill its table too: a call that
+            // finds it full is only to blame if it does so on a fresh instance.
+            if !fresh && is_handles_full(&e) {
+                return call(shared, t, slot, input, origins, metas);
+            }
             Ok(Err(failure))
         }
     }
