@@ -698,6 +698,68 @@ async fn loop_replays_the_file_again() {
     assert_eq!(lines, ["2", "3", "4", "5", "6"].repeat(3));
 }
 
+/// Bad rows' letters do not fall behind the rows: with 64 letters not yet stored the replay
+/// waits, so no row after them is produced; once they are stored it goes on to the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_replay_waits_for_its_letters_rather_than_run_ahead_of_them() {
+    use std::io::Write as _;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.csv");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "id,name").unwrap();
+    for i in 0..200 {
+        writeln!(f, "{i}").unwrap(); // ragged
+    }
+    writeln!(f, "200,last").unwrap();
+    drop(f);
+    let topic = broker::unique("letters-bound");
+    let kafka = broker::kafka_config(&topic, serde_json::json!({ "partitions": 1 }));
+    let src = csv_source(serde_json::json!({ "path": path, "on_error": "dead_letter" }));
+    let bootstrap = broker::bootstrap();
+    let (tx, mut rx) = sluice::dead_letter::channel(1024);
+    let stats = Arc::new(ReplayStats::default());
+    let cfg = ReplayConfig {
+        source: &src,
+        base_dir: &repo_root(),
+        kafka: &kafka,
+        bootstrap: &bootstrap,
+    };
+    let run = source::replay(cfg, tx, stats.clone(), CancellationToken::new());
+    let store = async {
+        // Take letters without storing them: 64 outstanding, and the one that finds the bound.
+        let mut held = Vec::new();
+        for _ in 0..65 {
+            held.push(rx.recv().await.expect("a letter").1);
+        }
+        // No more come while none is stored (a replay running ahead sends the next at once).
+        let more = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await;
+        let waiting = held.len() + usize::from(more.is_ok());
+        let produced = stats.rows_produced.load(Ordering::Relaxed);
+        for ack in held {
+            ack(Ok(()));
+        }
+        if let Ok(Some((_, ack))) = more {
+            ack(Ok(()));
+        }
+        while let Some((_, ack)) = rx.recv().await {
+            ack(Ok(()));
+        }
+        (waiting, produced)
+    };
+    let (summary, (waiting, produced)) = tokio::join!(run, store);
+    let summary = summary.expect("replay");
+    assert_eq!(
+        waiting, 65,
+        "64 outstanding, and the one that found the bound"
+    );
+    assert_eq!(produced, 0, "the good row after them waited");
+    assert_eq!(
+        (summary.rows_dead_lettered, summary.rows_produced),
+        (200, 1)
+    );
+    assert_eq!(broker::read_topic(&topic).len(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cancelled_replay_confirms_what_it_sent() {
     let dir = tempfile::tempdir().unwrap();

@@ -776,6 +776,25 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                     consumer.commit(&d.topic, d.partition, d.next_offset).await
                         .with_context(|| format!("cannot commit offset {} of {} partition {}", d.next_offset, d.topic, d.partition))?;
                 }
+                // Before the records: under a steady flow `recv` is always ready, and a biased
+                // select would not see the replay end until the flow paused.
+                _ = poll_end.tick(), if ctx.until_end => {
+                    if target.is_none() && ctx.replay_done.is_cancelled() {
+                        let end = consume::end_offsets(&ctx.kafka, &ctx.bootstrap, &topic).await?;
+                        info!(end_offsets = ?end, "Replay done; draining up to these end offsets.");
+                        target = Some(end);
+                    }
+                    if let Some(end) = &target {
+                        let sent_all = end.iter().all(|(p, e)| *e <= 0 || seen.get(p).is_some_and(|s| s + 1 >= *e) || durable.get(p).is_some_and(|d| d >= e));
+                        if sent_all && batch.is_empty() && !flushed_for_target {
+                            sink_tx.flush().await?;
+                            flushed_for_target = true;
+                        }
+                        if end.iter().all(|(p, e)| *e <= 0 || durable.get(p).is_some_and(|d| d >= e)) {
+                            break;
+                        }
+                    }
+                }
                 ev = consumer.recv() => {
                     match ev {
                         None => break,
@@ -808,23 +827,6 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                     if !batch.is_empty() {
                         let due = std::mem::replace(&mut batch, Vec::with_capacity(TRANSFORM_BATCH));
                         process_batch(&ctx, due, &sink_tx, part, &mut seen).await?;
-                    }
-                }
-                _ = poll_end.tick(), if ctx.until_end => {
-                    if target.is_none() && ctx.replay_done.is_cancelled() {
-                        let end = consume::end_offsets(&ctx.kafka, &ctx.bootstrap, &topic).await?;
-                        info!(end_offsets = ?end, "Replay done; draining up to these end offsets.");
-                        target = Some(end);
-                    }
-                    if let Some(end) = &target {
-                        let sent_all = end.iter().all(|(p, e)| *e <= 0 || seen.get(p).is_some_and(|s| s + 1 >= *e) || durable.get(p).is_some_and(|d| d >= e));
-                        if sent_all && batch.is_empty() && !flushed_for_target {
-                            sink_tx.flush().await?;
-                            flushed_for_target = true;
-                        }
-                        if end.iter().all(|(p, e)| *e <= 0 || durable.get(p).is_some_and(|d| d >= e)) {
-                            break;
-                        }
                     }
                 }
             }

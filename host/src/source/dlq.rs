@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use base64::Engine as _;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use tokio::task::JoinHandle;
@@ -106,10 +107,16 @@ pub async fn run(
             .headers(headers);
         let delivery = match producer.send_result(record) {
             Ok(d) => d,
-            Err((e, record)) => {
-                // Queue full: wait for the queue to drain through the normal, retrying path.
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
+                // Wait for the queue to drain through the normal, retrying path.
                 let r = producer.send(record, rdkafka::util::Timeout::Never).await;
-                let r = r.map(|_| ()).map_err(|(e2, _)| format!("{e}; then {e2}"));
+                let r = r.map(|_| ()).map_err(|(e, _)| e.to_string());
+                count(&stats, &r);
+                ack(r);
+                continue;
+            }
+            Err((e, _)) => {
+                let r = Err(e.to_string());
                 count(&stats, &r);
                 ack(r);
                 continue;
