@@ -219,10 +219,13 @@ pub struct ConsumePart {
     pub files: u64,
     /// The target table.
     pub table: String,
-    /// Rows in the table before the run.
-    pub table_rows_before: u64,
-    /// Rows in the table after the run.
-    pub table_rows_after: u64,
+    /// Rows in the table before the run (`None`: they could not be counted).
+    #[serde(default)]
+    pub table_rows_before: Option<u64>,
+    /// Rows in the table after the run (`None`: they could not be counted, as when the warehouse
+    /// failed during the run).
+    #[serde(default)]
+    pub table_rows_after: Option<u64>,
     /// The durable (warehouse-committed) next offsets at the end, per partition.
     pub committed_offsets: BTreeMap<i32, i64>,
 }
@@ -437,7 +440,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
                 .context("cannot connect to Snowflake")?
                 .with_type_hints(csv.schema.clone()),
         );
-        let rows_before = sink.count_rows().await.unwrap_or(0);
+        let rows_before = count_table(&sink, "before the run").await;
         let configs: Vec<_> = cfg
             .transforms
             .iter()
@@ -521,7 +524,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
         if r.is_err() {
             cancel.cancel();
         }
-        let rows_after = sink.count_rows().await.unwrap_or(0);
+        let rows_after = count_table(&sink, "after the run").await;
         sink.close().await;
         let part = ConsumePart {
             table: sink.table().to_owned(),
@@ -1070,6 +1073,25 @@ fn reconcile(s: &RunSummary, stopped: bool) -> Vec<String> {
     gaps
 }
 
+/// Rows in the sink's table, or `None` (with a warning saying why) when they cannot be counted: a
+/// summary that showed 0 then would report rows vanishing from the table.
+async fn count_table(sink: &SnowflakeSink, when: &str) -> Option<u64> {
+    sink.count_rows()
+        .await
+        .inspect_err(|e| {
+            warn!(
+                table = sink.table(),
+                error = %crate::error_chain(e),
+                "Cannot count the table's rows {when}."
+            )
+        })
+        .ok()
+}
+
+fn rows_or_unknown(n: Option<u64>) -> String {
+    n.map_or_else(|| "(not counted)".to_owned(), |n| n.to_string())
+}
+
 /// The gaps between the rows that reached the sink and what the warehouse holds.
 fn sink_gaps(c: &ConsumePart, gaps: &mut Vec<String>) {
     if c.rows_loaded + c.sink_dead_lettered < c.rows_to_sink {
@@ -1078,10 +1100,12 @@ fn sink_gaps(c: &ConsumePart, gaps: &mut Vec<String>) {
             c.rows_to_sink, c.rows_loaded, c.sink_dead_lettered
         ));
     }
-    if c.table_rows_after < c.table_rows_before + c.rows_loaded {
+    if let (Some(before), Some(after)) = (c.table_rows_before, c.table_rows_after)
+        && after < before + c.rows_loaded
+    {
         gaps.push(format!(
-            "warehouse: {} rows loaded but the table grew from {} to {}",
-            c.rows_loaded, c.table_rows_before, c.table_rows_after
+            "warehouse: {} rows loaded but the table grew from {before} to {after}",
+            c.rows_loaded
         ));
     }
 }
@@ -1120,8 +1144,8 @@ fn summary_text(s: &RunSummary) -> String {
             c.rows_loaded,
             c.files,
             c.sink_dead_lettered,
-            c.table_rows_before,
-            c.table_rows_after
+            rows_or_unknown(c.table_rows_before),
+            rows_or_unknown(c.table_rows_after)
         ));
     }
     out.push_str(&format!(
@@ -1706,9 +1730,12 @@ pub async fn verify(
         check(
             format!(
                 "warehouse {}: {rows_now} rows now, {} before the run + {} loaded",
-                c.table, c.table_rows_before, c.rows_loaded
+                c.table,
+                rows_or_unknown(c.table_rows_before),
+                c.rows_loaded
             ),
-            rows_now == c.table_rows_before + c.rows_loaded,
+            c.table_rows_before
+                .is_some_and(|before| rows_now == before + c.rows_loaded),
         );
         let offsets = sink
             .committed_offsets(&cfg.kafka.topic)
@@ -1990,5 +2017,34 @@ mod tests {
         assert!(text.contains("result: ok, nothing lost"), "{text}");
         assert!(!summary_text(&summary(3)).contains("warning"));
         assert!(!summary_text(&summary(0)).contains("warning"));
+    }
+
+    /// A table that could not be counted (the warehouse failed during the run) is shown as not
+    /// counted, not as 0 rows, and is not reported as rows gone missing from the table.
+    #[test]
+    fn a_table_that_could_not_be_counted_is_not_shown_as_empty() {
+        let part = |after| ConsumePart {
+            table: "MY_TABLE".into(),
+            rows_to_sink: 5,
+            rows_loaded: 5,
+            table_rows_before: Some(5),
+            table_rows_after: after,
+            ..ConsumePart::default()
+        };
+        let mut gaps = Vec::new();
+        sink_gaps(&part(None), &mut gaps);
+        assert_eq!(gaps, Vec::<String>::new());
+        let summary = RunSummary {
+            consume: Some(part(None)),
+            ..RunSummary::default()
+        };
+        let text = summary_text(&summary);
+        assert!(text.contains("table 5 -> (not counted) rows"), "{text}");
+        // A count that did come back still shows a table that lost rows.
+        sink_gaps(&part(Some(4)), &mut gaps);
+        assert_eq!(
+            gaps,
+            ["warehouse: 5 rows loaded but the table grew from 5 to 4"]
+        );
     }
 }
