@@ -484,6 +484,8 @@ fn run_until_end_loads_every_row_exactly_once_and_verifies() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "run failed:\n{stderr}");
+    const SECOND_REPLAY: &str = "The table already holds rows this pipeline loaded";
+    assert!(!stderr.contains(SECOND_REPLAY), "{stderr}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
     assert_eq!(summary["replay"]["rows_read"], 403, "{summary:#}");
@@ -546,13 +548,32 @@ fn run_until_end_loads_every_row_exactly_once_and_verifies() {
             &s,
         ],
     );
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains(SECOND_REPLAY), "{stderr}");
     assert_eq!(count("SELECT COUNT(*) FROM E2E.RAW.ROWS"), expected as i64);
+
+    // A second full run replays the file into the topic again, and its rows are loaded again:
+    // it says so before it starts, and names the resume that would not.
+    let out = sluice(
+        dir.path(),
+        &["run", &p, "--until-end", "--no-progress", "--state-dir", &s],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let warning = stderr
+        .lines()
+        .find(|l| l.contains(SECOND_REPLAY))
+        .unwrap_or_else(|| panic!("no warning of a second replay:\n{stderr}"));
+    assert!(warning.contains("--consume-only"), "{warning}");
+    assert!(
+        stderr.find(SECOND_REPLAY) < stderr.find("Replaying."),
+        "warned only after the replay started:\n{stderr}"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM E2E.RAW.ROWS"),
+        2 * expected as i64
+    );
 }
 
 /// A record that traps in the second transform goes to the dead-letter topic as the message the

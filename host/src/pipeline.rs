@@ -441,6 +441,9 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
                 .with_type_hints(csv.schema.clone()),
         );
         let rows_before = count_table(&sink, "before the run").await;
+        if replays {
+            warn_of_a_second_replay(&sink, &cfg.kafka.topic, &csv.path).await;
+        }
         let configs: Vec<_> = cfg
             .transforms
             .iter()
@@ -1071,6 +1074,32 @@ fn reconcile(s: &RunSummary, stopped: bool) -> Vec<String> {
         sink_gaps(c, &mut gaps);
     }
     gaps
+}
+
+/// Warns when this pipeline has already loaded rows from `topic`: replaying the file again adds
+/// its rows to the topic a second time, and they are loaded a second time too. That is what a
+/// live feed replayed twice means, but after a stopped run it is seldom what the operator wanted.
+async fn warn_of_a_second_replay(sink: &SnowflakeSink, topic: &str, file: &str) {
+    let Ok(offsets) = sink.committed_offsets(topic).await else {
+        return;
+    };
+    if offsets.values().all(|&next| next <= 0) {
+        return;
+    }
+    let loaded: BTreeMap<_, _> = offsets.into_iter().collect();
+    let loaded = loaded
+        .iter()
+        .map(|(p, next)| format!("{p}:{next}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    warn!(
+        table = sink.table(),
+        %topic,
+        next_offsets = %loaded,
+        "The table already holds rows this pipeline loaded from the topic. This run replays \
+         {file} into the topic again, so those rows will be loaded again. To resume a stopped \
+         run without replaying, use `sluice run --consume-only`."
+    );
 }
 
 /// Rows in the sink's table, or `None` (with a warning saying why) when they cannot be counted: a
