@@ -866,9 +866,10 @@ async fn partitions_paused_for_backpressure_resume_after_a_rebalance() {
     b.consumer.close().await;
 }
 
-/// A bounded consume-only run stopped by Ctrl-C before it reached the end offsets is not "ok":
-/// its summary says it stopped early and how to resume, it exits 1, and the resumed run then
-/// loads the rest, each row once.
+/// A bounded consume-only run stopped by SIGTERM (what a service manager sends; Ctrl-C takes the
+/// same path) before it reached the end offsets is not "ok": it drains, its summary says it
+/// stopped early and how to resume, it exits 1, and the resumed run then loads the rest, each row
+/// once.
 #[test]
 fn an_interrupted_bounded_consume_only_run_is_not_ok_and_resumes() {
     use std::io::BufRead as _;
@@ -927,7 +928,7 @@ fn an_interrupted_bounded_consume_only_run_is_not_ok_and_resumes() {
         line.clear();
     }
     let interrupted = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args(["-TERM", &child.id().to_string()])
         .status()
         .unwrap();
     assert!(interrupted.success());
@@ -936,6 +937,10 @@ fn an_interrupted_bounded_consume_only_run_is_not_ok_and_resumes() {
     seen.push_str(&rest);
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(1), "{seen}");
+    assert!(
+        seen.contains("Terminated (SIGTERM); stopping after in-flight work"),
+        "{seen}"
+    );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
     assert_eq!(summary["ok"], false, "{summary:#}");

@@ -686,6 +686,8 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
     let out = sluice(
         dir.path(),
         &[
+            "--log-format",
+            "json",
             "run",
             &fail,
             "--until-end",
@@ -698,6 +700,16 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // With JSON logs a failed run ends like any failed command: an ERROR event with the reason.
+    let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("last line not JSON ({e}):\n{stderr}"));
+    assert_eq!(last["level"], "ERROR", "{last:#}");
+    assert_eq!(last["fields"]["exit_code"], 1, "{last:#}");
+    let message = last["fields"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("did not finish cleanly") && message.contains("transform poison_trap"),
+        "{message}"
+    );
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
     let transform = &summary["consume"]["transforms"][0];

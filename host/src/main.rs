@@ -51,6 +51,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// A run's exit code. A run that failed or lost something has said so in its summary; with JSON
+/// logs it also ends with an `ERROR` event like any other failed command, so that a collector
+/// alerting on `ERROR` sees it.
+fn run_ended(problems: &[String], format: LogFormat) -> ExitCode {
+    if problems.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+    if format == LogFormat::Json {
+        let err = anyhow::anyhow!("the run did not finish cleanly: {}", problems.join("; "));
+        sluice::errln!("{}", json_error_line(&err, 1));
+    }
+    ExitCode::from(1)
+}
+
 /// The final error as one line in the shape of the JSON log lines before it, so that a log
 /// collector reading `--log-format json` gets the reason a command ended like any other event.
 fn json_error_line(err: &anyhow::Error, exit_code: u8) -> String {
@@ -191,23 +205,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.until_end || mode == RunMode::ReplayOnly,
                 cli.log_format,
             );
-            let ok = runtime()?.block_on(pipeline::run(loaded, opts))?;
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            let problems = runtime()?.block_on(pipeline::run(loaded, opts))?;
+            Ok(run_ended(&problems, cli.log_format))
         }
         Command::Replay(common) => {
             pipeline::init_logging(cli.log_format);
             let loaded = load(&common.pipeline, Depth::Static)?;
             let opts = options(common, RunMode::ReplayOnly, true, cli.log_format);
-            let ok = runtime()?.block_on(pipeline::run(loaded, opts))?;
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            let problems = runtime()?.block_on(pipeline::run(loaded, opts))?;
+            Ok(run_ended(&problems, cli.log_format))
         }
         Command::Transform(cmd) => {
             pipeline::init_logging(cli.log_format);

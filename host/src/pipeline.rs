@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::broker::ManagedBroker;
 use crate::config::{KafkaConfig, LoadedConfig, PipelineConfig, SinkConfig};
@@ -270,6 +270,28 @@ impl std::fmt::Display for TransformPart {
     }
 }
 
+/// Ctrl-C (SIGINT) and SIGTERM, the signal a service manager or Kubernetes stops a process with:
+/// both stop a run the same way.
+struct StopSignals {
+    term: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    fn install() -> anyhow::Result<StopSignals> {
+        let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("cannot handle SIGTERM")?;
+        Ok(StopSignals { term })
+    }
+
+    /// The next stop signal's description, `None` if signals can no longer be received.
+    async fn next(&mut self) -> Option<&'static str> {
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r.ok().map(|()| "Interrupted"),
+            r = self.term.recv() => r.map(|()| "Terminated (SIGTERM)"),
+        }
+    }
+}
+
 /// Kafka and Snowflake endpoints, external or started here.
 struct Services {
     bootstrap: String,
@@ -375,8 +397,9 @@ struct AllStats {
     dead_letters: Option<Arc<DeadLetterStats>>,
 }
 
-/// Runs the pipeline; `Ok(false)` when the run finished but lost or failed something.
-pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool> {
+/// Runs the pipeline. Returns the summary's problems: empty when the run finished without losing
+/// or failing anything.
+pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<String>> {
     let cfg = &loaded.config;
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("cannot create state directory {}", opts.state_dir.display()))?;
@@ -393,11 +416,22 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let (cancel, interrupted) = (cancel.clone(), interrupted.clone());
+        let mut signals = StopSignals::install()?;
         tokio::spawn(async move {
-            if tokio::signal::ctrl_c().await.is_ok() {
-                warn!("Interrupted; stopping after in-flight work.");
-                interrupted.store(true, Ordering::Relaxed);
-                cancel.cancel();
+            let Some(name) = signals.next().await else {
+                return;
+            };
+            warn!("{name}; stopping after in-flight work (again to exit at once).");
+            interrupted.store(true, Ordering::Relaxed);
+            cancel.cancel();
+            // A stop that hangs (a warehouse that no longer answers, say) must not leave the
+            // operator with `kill -9` as the only way out.
+            if let Some(name) = signals.next().await {
+                error!(
+                    "{name} again; exiting now without waiting for in-flight work. What the \
+                     warehouse committed is kept: `sluice run --consume-only` resumes from it."
+                );
+                std::process::exit(130);
             }
         });
     }
@@ -633,7 +667,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<bool>
             .with_context(|| format!("cannot write summary {}", path.display()))?;
     }
     drop(services);
-    Ok(summary.ok)
+    Ok(summary.problems)
 }
 
 /// Each transform's counters as they stand now.
@@ -863,10 +897,20 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
     }
     consumer.close().await;
     part.committed_offsets = durable;
-    if let Ok(s) = &sink_summary {
-        part.rows_loaded = s.rows_loaded;
-        part.files = s.files;
-        part.sink_dead_lettered = s.rows_dead_lettered;
+    match &sink_summary {
+        Ok(s) => {
+            part.rows_loaded = s.rows_loaded;
+            part.files = s.files;
+            part.sink_dead_lettered = s.rows_dead_lettered;
+        }
+        // A sink that failed still committed what it loaded before: count that, or the summary
+        // (and `verify` after it) reports rows in the table that no run loaded.
+        Err(_) => {
+            let s = ctx.sink.stats();
+            part.rows_loaded = s.rows_loaded.load(Ordering::Relaxed);
+            part.files = s.files.load(Ordering::Relaxed);
+            part.sink_dead_lettered = s.rows_dead_lettered.load(Ordering::Relaxed);
+        }
     }
     match (result, sink_summary) {
         // The loop stopped because the sink did (a send found the writer gone): one error.
