@@ -833,6 +833,49 @@ fn a_sink_failing_part_way_still_counts_what_it_loaded() {
     );
 }
 
+/// A second sluice on a state directory that a live one is using (its managed broker's SQLite
+/// files, its emulator's database) is refused with a message saying what to do, before it
+/// starts anything there.
+#[test]
+fn a_state_directory_in_use_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    std::fs::create_dir_all(&state).unwrap();
+    let lock = std::fs::File::create(state.join("lock")).unwrap();
+    lock.lock().unwrap();
+    let path = dir.path().join("pipeline.json");
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 3);
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "locked",
+        "source": { "type": "csv", "path": csv },
+        "kafka": { "topic": "locked" },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            &path.to_string_lossy(),
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+            &state.to_string_lossy(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("another sluice process is using the state directory")
+            && stderr.contains("--state-dir"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Started managed"), "{stderr}");
+    assert!(!state.join("broker").exists(), "{stderr}");
+}
+
 /// Runs `sql` with the official Python connector (an independent client) against a fresh
 /// emulator process whose database lives in the directory `db` (`FAKESNOW_DB_PATH`).
 fn python_query(db: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {
@@ -940,8 +983,16 @@ fn metrics_answer_during_a_run() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
+    // The live run holds its state directory (its emulator's database): a second process is
+    // kept out of it.
+    let lock = std::fs::File::open(state.join("lock")).unwrap();
+    let second = lock.try_lock();
     let status = child.wait().unwrap();
     assert!(status.success(), "run failed: {status}");
+    assert!(
+        matches!(second, Err(std::fs::TryLockError::WouldBlock)),
+        "the state directory was not locked during the run: {second:?}"
+    );
     let text = mid_run.expect("no scrape caught the run in progress with rows moving");
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     for name in [

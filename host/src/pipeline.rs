@@ -298,6 +298,35 @@ struct Services {
     _broker: Option<ManagedBroker>,
     emulator: Option<Emulator>,
     emulator_db: Option<PathBuf>,
+    /// Held while the managed broker or emulator runs on the state directory's data.
+    _lock: Option<std::fs::File>,
+}
+
+/// Locks `state_dir` for this process. A second run on the same directory would start a second
+/// broker on the same SQLite files and a second emulator on the same database, and both runs
+/// would fail in confusing ways; it is refused instead. The lock goes with the process, however
+/// it ends.
+fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
+    std::fs::create_dir_all(state_dir)
+        .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+    let path = state_dir.join("lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another sluice process is using the state directory {} (its managed broker or \
+             emulator); wait for it to end, or give this one its own --state-dir",
+            state_dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("cannot lock {}", path.display()))
+        }
+    }
 }
 
 impl Services {
@@ -306,7 +335,15 @@ impl Services {
         state_dir: &Path,
         need_sink: bool,
     ) -> anyhow::Result<Services> {
-        let (bootstrap, broker) = if cfg.kafka.brokers.trim().is_empty() {
+        let SinkConfig::Snowflake(sf) = &cfg.sink;
+        let managed_broker = cfg.kafka.brokers.trim().is_empty();
+        let managed_emulator = need_sink && sf.account_url.trim().is_empty();
+        let lock = if managed_broker || managed_emulator {
+            Some(lock_state_dir(state_dir)?)
+        } else {
+            None
+        };
+        let (bootstrap, broker) = if managed_broker {
             let dir = state_dir.join("broker");
             let broker = tokio::task::spawn_blocking(move || ManagedBroker::start(&dir))
                 .await?
@@ -316,8 +353,7 @@ impl Services {
         } else {
             (cfg.kafka.brokers.clone(), None)
         };
-        let SinkConfig::Snowflake(sf) = &cfg.sink;
-        let (emulator, emulator_db) = if need_sink && sf.account_url.trim().is_empty() {
+        let (emulator, emulator_db) = if managed_emulator {
             let db = std::path::absolute(state_dir.join("snowflake"))?;
             std::fs::create_dir_all(&db)?;
             let venv = emulator::find_venv(
@@ -341,6 +377,7 @@ impl Services {
             _broker: broker,
             emulator,
             emulator_db,
+            _lock: lock,
         })
     }
 
