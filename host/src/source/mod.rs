@@ -319,6 +319,11 @@ pub async fn replay(
             }
             msg = rx.recv() => msg,
         };
+        // Counted here, not by the reader: rows it read ahead into the channel are not handled
+        // when the replay is stopped, and a summary counting them would show them as lost.
+        if let Some(ReaderMsg::Item(_)) = &msg {
+            stats.rows_read.fetch_add(1, Ordering::Relaxed);
+        }
         let (line, row) = match msg {
             None => break,
             Some(ReaderMsg::Failed(e)) => {
@@ -364,7 +369,12 @@ pub async fn replay(
         });
         if let Some(due) = pacer.next_due(tokio::time::Instant::now(), event_us) {
             tokio::select! {
-                _ = cancel.cancelled() => { cancelled = true; break 'main; }
+                _ = cancel.cancelled() => {
+                    // Stopped while this row waited for its time: it was never sent.
+                    stats.rows_read.fetch_sub(1, Ordering::Relaxed);
+                    cancelled = true;
+                    break 'main;
+                }
                 _ = tokio::time::sleep_until(due) => {}
             }
         }
@@ -625,10 +635,7 @@ fn read_loops(
                 .input_bytes_read
                 .fetch_add(reader.bytes_read() - before, Ordering::Relaxed);
             let msg = match item {
-                Ok(Some(item)) => {
-                    stats.rows_read.fetch_add(1, Ordering::Relaxed);
-                    ReaderMsg::Item(item)
-                }
+                Ok(Some(item)) => ReaderMsg::Item(item),
                 Ok(None) => break,
                 Err(e) => ReaderMsg::Failed(e),
             };
