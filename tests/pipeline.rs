@@ -876,6 +876,52 @@ fn a_state_directory_in_use_is_refused() {
     assert!(!state.join("broker").exists(), "{stderr}");
 }
 
+/// A value from a secret-named variable is masked as `${VAR}` wherever sluice's own output would
+/// show it: here it is (oddly) part of the topic name, which the replay logs and the summary
+/// holds.
+#[test]
+fn a_secret_from_the_environment_is_masked_in_logs_and_summaries() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 5);
+    let secret = "Hunter2-never-shown";
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "masked",
+        "source": { "type": "csv", "path": csv },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(),
+                   "topic": format!("{}-${{SLUICE_TEST_TOKEN}}", sluice_tests::broker::unique("masked")) },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let summary_file = dir.path().join("summary.json");
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([
+            "replay",
+            &path.to_string_lossy(),
+            "--no-progress",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .arg("--summary")
+        .arg(&summary_file)
+        .env("SLUICE_TEST_TOKEN", secret)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("-${SLUICE_TEST_TOKEN}"), "{stderr}");
+    let summary = std::fs::read_to_string(&summary_file).unwrap();
+    for (what, text) in [("stderr", &*stderr), ("summary", &summary)] {
+        assert!(
+            !text.contains("Hunter2"),
+            "{what} shows the secret:\n{text}"
+        );
+    }
+}
+
 /// Runs `sql` with the official Python connector (an independent client) against a fresh
 /// emulator process whose database lives in the directory `db` (`FAKESNOW_DB_PATH`).
 fn python_query(db: &str, sql: &str) -> Vec<Vec<serde_json::Value>> {

@@ -2,19 +2,22 @@
 //!
 //! Loading goes in three steps: the text is parsed as JSON (syntax errors carry line and column);
 //! every string is interpolated from the environment (`${VAR}`, `${VAR:-default}`; the only way
-//! secrets enter); then the tree is deserialized into [`PipelineConfig`] with
+//! secrets enter, and the secret values are shown as `${VAR}` in every message, see
+//! [`LoadedConfig::redact`]); then the tree is deserialized into [`PipelineConfig`] with
 //! `deny_unknown_fields` everywhere, and type errors carry their JSON path
-//! (`transforms[1].with.threshold`), which [`locate`] maps back to a line and column of the
-//! original text. Offline checks that need more than types live in `validate`.
+//! (`transforms[1].with.threshold`, also inside the tagged `source`, `sink` and `pacing`), which
+//! [`locate`] maps back to a line and column of the original text. Offline checks that need more
+//! than types live in `validate`.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 use schemars::JsonSchema;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use crate::sink::snowflake::config::SnowflakeSinkConfig;
-use crate::source::config::SourceConfig;
+use crate::source::config::{CsvSourceConfig, SourceConfig};
 use crate::transform::config::TransformConfig;
 
 /// The only pipeline file version this build reads.
@@ -209,7 +212,10 @@ fn render_issues(issues: &[ConfigIssue]) -> String {
 }
 
 /// A parsed pipeline file together with where it came from.
-#[derive(Debug, Clone)]
+///
+/// `Debug` shows every secret substituted from the environment as `${VAR}` (see
+/// [`redact`](Self::redact)).
+#[derive(Clone)]
 pub struct LoadedConfig {
     /// The parsed, interpolated configuration.
     pub config: PipelineConfig,
@@ -219,6 +225,27 @@ pub struct LoadedConfig {
     pub base_dir: PathBuf,
     /// The original text, for mapping JSON paths to lines.
     pub text: String,
+    /// The secret values substituted from the environment, kept only to mask them.
+    secrets: EnvSecrets,
+}
+
+// By hand: a variable named like a secret may have gone into any field (`role`, a topic), which
+// the config's own `Debug` would show; so all of it goes through `redact`.
+impl fmt::Debug for LoadedConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let config = if f.alternate() {
+            format!("{:#?}", self.config)
+        } else {
+            format!("{:?}", self.config)
+        };
+        f.debug_struct("LoadedConfig")
+            .field("config", &format_args!("{}", self.redact(&config)))
+            .field("file", &self.file)
+            .field("base_dir", &self.base_dir)
+            .field("text", &self.text)
+            .field("secrets", &self.secrets)
+            .finish()
+    }
 }
 
 impl LoadedConfig {
@@ -232,21 +259,190 @@ impl LoadedConfig {
         }
     }
 
-    /// Builds a [`ConfigIssue`] at `path`, locating it in the original text.
+    /// Builds a [`ConfigIssue`] at `path`, locating it in the original text. Secrets in
+    /// `message` are masked (see [`redact`](Self::redact)).
     pub fn issue(&self, path: &str, message: impl Into<String>) -> ConfigIssue {
         ConfigIssue {
             path: path.to_owned(),
             position: locate(&self.text, path),
-            message: message.into(),
+            message: self.redact(&message.into()),
         }
     }
 
-    /// Wraps issues into a [`ConfigError`] for this file.
-    pub fn invalid(&self, issues: Vec<ConfigIssue>) -> ConfigError {
+    /// Wraps issues into a [`ConfigError`] for this file, masking secrets in their messages
+    /// (see [`redact`](Self::redact)).
+    pub fn invalid(&self, mut issues: Vec<ConfigIssue>) -> ConfigError {
+        for issue in &mut issues {
+            issue.message = self.redact(&issue.message);
+        }
         ConfigError::Invalid {
             file: self.file.clone(),
             issues,
         }
+    }
+
+    /// `text` with every secret substituted from the environment shown as the `${VAR}` it came
+    /// from, so that a message still says which setting was wrong. A value counts as secret when
+    /// its variable's name contains PASSWORD, PASSPHRASE, SECRET, TOKEN, KEY, SALT or CREDENTIAL
+    /// (any case), or when it went into a credential: `sink.password`, `sink.private_key`,
+    /// `sink.private_key_passphrase`, a `kafka.properties` entry named like one
+    /// (`sasl.password`), or any `transforms[i].with` param. Values shorter than 4 bytes are left
+    /// alone. Each value is found as written, as Rust's `{:?}` escapes it, and with control
+    /// characters shown as spaces. Redacting twice changes nothing.
+    pub fn redact(&self, text: &str) -> String {
+        self.secrets.redact(text)
+    }
+
+    /// Makes [`redact_output`] mask this pipeline's secrets: everything sluice itself writes
+    /// (log lines, the final error, the summary) goes through it, so a secret that reached an
+    /// error message deep in a stage (a broker's or the warehouse's echo of a bad value, say) is
+    /// still not shown. The first pipeline loaded by the process is the one that counts.
+    pub fn mask_secrets_in_output(&self) {
+        let _ = OUTPUT_SECRETS.set(self.secrets.clone());
+    }
+}
+
+static OUTPUT_SECRETS: std::sync::OnceLock<EnvSecrets> = std::sync::OnceLock::new();
+
+/// `text` with the secrets of [`LoadedConfig::mask_secrets_in_output`] masked as `${VAR}`.
+pub fn redact_output(text: &str) -> std::borrow::Cow<'_, str> {
+    match OUTPUT_SECRETS.get() {
+        Some(secrets) if !secrets.values.is_empty() => secrets.redact(text).into(),
+        _ => text.into(),
+    }
+}
+
+/// Substituted secret values shorter than this are not masked: masking a 1 to 3 character value
+/// would replace every `1` or `abc` in a message, garbling it, and so short a value is not what
+/// protects an account. (`TransformConfig::redact` uses the same bound.)
+const MIN_MASKED: usize = 4;
+
+/// Words that make a variable's name, or a `kafka.properties` key, a secret's (case-insensitive).
+const SECRET_WORDS: [&str; 7] = [
+    "PASSWORD",
+    "PASSPHRASE",
+    "SECRET",
+    "TOKEN",
+    "KEY",
+    "SALT",
+    "CREDENTIAL",
+];
+
+/// One `${VAR}` substitution made while loading.
+struct Substitution {
+    /// JSON path of the string it went into.
+    path: String,
+    /// The variable's name.
+    var: String,
+    /// The value substituted.
+    value: String,
+}
+
+impl Substitution {
+    /// Whether the value must be kept out of messages: its variable is named like a secret, or
+    /// it went into a field that holds credentials whatever the variable is called.
+    fn is_secret(&self) -> bool {
+        let in_params = self
+            .path
+            .strip_prefix("transforms[")
+            .and_then(|rest| rest.split_once(']'))
+            .is_some_and(|(index, rest)| {
+                index.parse::<usize>().is_ok() && rest.starts_with(".with.")
+            });
+        names_secret(&self.var)
+            || in_params
+            || matches!(
+                self.path.as_str(),
+                "sink.password" | "sink.private_key" | "sink.private_key_passphrase"
+            )
+            || self
+                .path
+                .strip_prefix("kafka.properties.")
+                .is_some_and(names_secret)
+    }
+}
+
+fn names_secret(name: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    SECRET_WORDS.iter().any(|word| name.contains(word))
+}
+
+/// The secret values substituted from the environment, each with its variable's name.
+#[derive(Clone, Default)]
+struct EnvSecrets {
+    /// (variable, value), one entry per distinct value of at least [`MIN_MASKED`] bytes.
+    values: Vec<(String, String)>,
+}
+
+// By hand: only the variables' names may be shown.
+impl fmt::Debug for EnvSecrets {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.values.iter().map(|(var, _)| var))
+            .finish()
+    }
+}
+
+impl EnvSecrets {
+    fn new(substitutions: &[Substitution]) -> EnvSecrets {
+        let mut values: Vec<(String, String)> = Vec::new();
+        for s in substitutions.iter().filter(|s| s.is_secret()) {
+            if s.value.len() >= MIN_MASKED && !values.iter().any(|(_, v)| *v == s.value) {
+                values.push((s.var.clone(), s.value.clone()));
+            }
+        }
+        EnvSecrets { values }
+    }
+
+    /// See [`LoadedConfig::redact`].
+    fn redact(&self, text: &str) -> String {
+        if self.values.is_empty() {
+            return text.to_owned();
+        }
+        let masks: Vec<String> = self
+            .values
+            .iter()
+            .map(|(var, _)| format!("${{{var}}}"))
+            .collect();
+        // Every form each value may be quoted in, with the mask for it.
+        let mut forms: Vec<(String, &str)> = Vec::new();
+        for ((_, value), mask) in self.values.iter().zip(&masks) {
+            let spaced: String = value
+                .chars()
+                .map(|c| if c.is_control() { ' ' } else { c })
+                .collect();
+            for form in [value.clone(), value.escape_debug().to_string(), spaced] {
+                if !forms.iter().any(|(f, _)| *f == form) {
+                    forms.push((form, mask));
+                }
+            }
+        }
+        // Longest first, so that a secret containing another is masked whole, not around it.
+        forms.sort_by_key(|(form, _)| std::cmp::Reverse(form.len()));
+        // One scan, left to right: a mask written is never searched again, so a value that
+        // happens to occur in a variable's name cannot garble the mask standing for another.
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        'scan: while let Some(c) = rest.chars().next() {
+            // A mask from an earlier pass stays as it is: redacting twice changes nothing.
+            for mask in &masks {
+                if rest.starts_with(mask.as_str()) {
+                    out.push_str(mask);
+                    rest = &rest[mask.len()..];
+                    continue 'scan;
+                }
+            }
+            for (form, mask) in &forms {
+                if rest.starts_with(form.as_str()) {
+                    out.push_str(mask);
+                    rest = &rest[form.len()..];
+                    continue 'scan;
+                }
+            }
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+        }
+        out
     }
 }
 
@@ -283,25 +479,22 @@ pub fn load_str(
     let mut issues = Vec::new();
     let mut from_env = Vec::new();
     interpolate_tree(&mut tree, String::new(), env, &mut issues, &mut from_env);
+    // Noted before any message is made: serde quotes the values it rejects.
+    let secrets = EnvSecrets::new(&from_env);
     if !issues.is_empty() {
         for i in &mut issues {
             i.position = locate(text, &i.path);
+            i.message = secrets.redact(&i.message);
         }
         return Err(invalid(issues));
     }
     let mut config: PipelineConfig = serde_path_to_error::deserialize(&tree).map_err(|e| {
-        let path = render_path(e.path());
         let message = e.inner().to_string();
-        // Internally tagged enums (`"type"`, `"mode"`) buffer their content, so serde's path
-        // stops at the enclosing object; point at the offending tag value instead.
-        let path = match unknown_variant_name(&message) {
-            Some(variant) => find_string_value(&tree, &path, &variant).unwrap_or(path),
-            None => path,
-        };
+        let path = precise_path(&tree, render_path(e.path()), &message);
         invalid(vec![ConfigIssue {
             position: locate(text, &path),
             path,
-            message,
+            message: secrets.redact(&message),
         }])
     })?;
     // A transform's params may carry secrets (a salt, a key); its messages must not show them.
@@ -309,8 +502,8 @@ pub fn load_str(
         let prefix = format!("transforms[{i}].with.");
         t.secrets = from_env
             .iter()
-            .filter(|(path, _)| path.starts_with(&prefix))
-            .map(|(_, value)| value.clone())
+            .filter(|s| s.path.starts_with(&prefix))
+            .map(|s| s.value.clone())
             .collect();
     }
     let base_dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
@@ -324,6 +517,7 @@ pub fn load_str(
         file: file.to_path_buf(),
         base_dir,
         text: text.to_owned(),
+        secrets,
     };
     if loaded.config.version != VERSION {
         return Err(loaded.invalid(vec![loaded.issue(
@@ -349,29 +543,127 @@ fn unknown_variant_name(message: &str) -> Option<String> {
     Some(rest[..rest.find('`')?].to_owned())
 }
 
-/// The path of the first string equal to `want` inside the value at `path` (depth first).
-fn find_string_value(tree: &serde_json::Value, path: &str, want: &str) -> Option<String> {
-    let mut node = tree;
-    for seg in parse_path(path) {
-        node = match seg {
-            Seg::Key(k) => node.get(&k)?,
-            Seg::Index(i) => node.get(i)?,
-        };
-    }
-    fn search(v: &serde_json::Value, at: String, want: &str) -> Option<String> {
-        match v {
-            serde_json::Value::String(s) if s == want => Some(at),
-            serde_json::Value::Object(m) => m
-                .iter()
-                .find_map(|(k, v)| search(v, join_key(&at, k), want)),
-            serde_json::Value::Array(a) => a
-                .iter()
-                .enumerate()
-                .find_map(|(i, v)| search(v, format!("{at}[{i}]"), want)),
-            _ => None,
+/// The value at a JSON `path` (`a.b[2].c`) of `tree`, if there is one.
+fn value_at<'a>(tree: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    parse_path(path)
+        .into_iter()
+        .try_fold(tree, |node, seg| match seg {
+            Seg::Key(k) => node.get(&k),
+            Seg::Index(i) => node.get(i),
+        })
+}
+
+/// The path of the key a deserialization error is about, given the `path` serde_path_to_error
+/// found and the error's `message`.
+///
+/// `source`, `sink` and `source.pacing` are internally tagged (`"type"`, `"mode"`): serde buffers
+/// their content before it knows the variant, so the path it reports stops at the tagged object.
+/// This deserializes that object again, without its tag, as the tag's variant alone, and takes
+/// the path of the same error from there (again for `pacing` inside `source`). A tag that names
+/// no variant is the error itself, at `<object>.type`. Where the second attempt does not fail
+/// the same way, the object is the most precise place known, and is kept.
+fn precise_path(tree: &serde_json::Value, path: String, message: &str) -> String {
+    let tag = match path.as_str() {
+        "source" | "sink" => "type",
+        "source.pacing" => "mode",
+        _ => return path,
+    };
+    let Some(serde_json::Value::Object(object)) = value_at(tree, &path) else {
+        return path;
+    };
+    // Without a tag, serde says `missing field` about the object itself.
+    let Some(variant) = object.get(tag) else {
+        return path;
+    };
+    // Filtered, not removed: the fields keep their order, so the first error is the same one.
+    let content = serde_json::Value::Object(
+        object
+            .iter()
+            .filter(|(k, _)| k.as_str() != tag)
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    );
+    let again = match (path.as_str(), variant.as_str()) {
+        ("source", Some("csv")) => first_error::<CsvSourceConfig>(&content),
+        ("sink", Some("snowflake")) => first_error::<SnowflakeSinkConfig>(&content),
+        ("source.pacing", Some("none")) => first_error::<pacing_fields::None>(&content),
+        ("source.pacing", Some("fixed")) => first_error::<pacing_fields::Fixed>(&content),
+        ("source.pacing", Some("rate")) => first_error::<pacing_fields::Rate>(&content),
+        ("source.pacing", Some("event_time")) => first_error::<pacing_fields::EventTime>(&content),
+        // serde reads the tag as soon as it meets it and rejects one that is not a string or
+        // names no variant; a variant added to the enums but not above falls through to here
+        // with some other error, about its content, and stays at the object.
+        (_, tag_value) => {
+            let tag_rejected = match tag_value {
+                Some(name) => unknown_variant_name(message).as_deref() == Some(name),
+                None => true,
+            };
+            return if tag_rejected {
+                join_key(&path, tag)
+            } else {
+                path
+            };
         }
+    };
+    match again {
+        Some((inner, again_message)) if again_message == message && !inner.is_empty() => {
+            let joined = if inner.starts_with('[') {
+                format!("{path}{inner}")
+            } else {
+                join_key(&path, &inner)
+            };
+            precise_path(tree, joined, message)
+        }
+        _ => path,
     }
-    search(node, path.to_owned(), want)
+}
+
+/// The path and message of the error deserializing `value` as `T` gives, if it fails.
+fn first_error<T: DeserializeOwned>(value: &serde_json::Value) -> Option<(String, String)> {
+    serde_path_to_error::deserialize::<_, T>(value)
+        .err()
+        .map(|e| (render_path(e.path()), e.inner().to_string()))
+}
+
+/// The fields of each [`Pacing`](crate::source::config::Pacing) variant as a type of its own.
+/// Its variants are struct variants, which cannot be deserialized apart from the enum, and only
+/// a type of its own lets serde_path_to_error see inside `pacing`. Used only to find where an
+/// error is (see [`precise_path`]), never for values; a test keeps them in step with `Pacing`.
+mod pacing_fields {
+    #![allow(dead_code, reason = "deserialized only to find where an error is")]
+
+    use schemars::JsonSchema;
+    use serde::Deserialize;
+
+    /// `"mode": "none"`.
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct None {}
+
+    /// `"mode": "fixed"`.
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Fixed {
+        delay_ms: u64,
+    }
+
+    /// `"mode": "rate"`.
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct Rate {
+        rows_per_sec: f64,
+    }
+
+    /// `"mode": "event_time"`.
+    #[derive(Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    pub struct EventTime {
+        column: String,
+        #[serde(default)]
+        speed: f64,
+        #[serde(default)]
+        max_gap_ms: u64,
+    }
 }
 
 fn join_key(path: &str, key: &str) -> String {
@@ -403,17 +695,21 @@ fn render_path(path: &serde_path_to_error::Path) -> String {
 
 /// Replaces `${VAR}` and `${VAR:-default}` in every string of the tree. A reference to an unset
 /// variable without a default is an issue at that string's path. `$${` escapes a literal `${`.
-/// Each value taken from the environment is added to `from_env` with the path it went to.
+/// Each value taken from the environment is added to `from_env`.
 fn interpolate_tree(
     v: &mut serde_json::Value,
     path: String,
     env: &dyn Fn(&str) -> Option<String>,
     issues: &mut Vec<ConfigIssue>,
-    from_env: &mut Vec<(String, String)>,
+    from_env: &mut Vec<Substitution>,
 ) {
     match v {
-        serde_json::Value::String(s) => match interpolate_noting(s, env, &mut |value| {
-            from_env.push((path.clone(), value.to_owned()))
+        serde_json::Value::String(s) => match interpolate_noting(s, env, &mut |var, value| {
+            from_env.push(Substitution {
+                path: path.clone(),
+                var: var.to_owned(),
+                value: value.to_owned(),
+            })
         }) {
             Ok(new) => *s = new,
             Err(message) => issues.push(ConfigIssue {
@@ -438,14 +734,14 @@ fn interpolate_tree(
 
 /// Interpolates one string (see [`interpolate_tree`]).
 pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
-    interpolate_noting(s, env, &mut |_| {})
+    interpolate_noting(s, env, &mut |_, _| {})
 }
 
-/// [`interpolate`], calling `noted` with each value taken from the environment.
+/// [`interpolate`], calling `noted` with each variable's name and the value taken from it.
 fn interpolate_noting(
     s: &str,
     env: &dyn Fn(&str) -> Option<String>,
-    noted: &mut dyn FnMut(&str),
+    noted: &mut dyn FnMut(&str, &str),
 ) -> Result<String, String> {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -470,7 +766,7 @@ fn interpolate_noting(
             match (env(name), default) {
                 (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
                 (Some(v), _) => {
-                    noted(&v);
+                    noted(name, &v);
                     out.push_str(&v);
                 }
                 (None, Some(d)) => out.push_str(d),
@@ -818,6 +1114,281 @@ mod tests {
         let err = load_str(text, Path::new("p.json"), &|_| None).unwrap_err();
         assert!(err.to_string().contains("duplicate key `x`"), "{err}");
         assert!(duplicate_keys(r#"{"a": {"a": {"a": 1}}, "b": [{"a": 1}, {"a": 2}]}"#).is_empty());
+    }
+
+    /// A valid pipeline with `source`, `sink` and `kafka` fields spliced in.
+    fn pipeline(source: &str, kafka: &str, sink: &str) -> String {
+        format!(
+            "{{\n  \"version\": 1,\n  \"source\": {{\n    \"type\": \"csv\",\n    \"path\": \"d.csv\"{source}\n  }},\n  \"kafka\": {{\n    \"topic\": \"t\"{kafka}\n  }},\n  \"sink\": {{\n    \"type\": \"snowflake\",\n    \"database\": \"D\",\n    \"schema\": \"S\",\n    \"table\": \"T\"{sink}\n  }}\n}}"
+        )
+    }
+
+    /// The one issue loading `text` gives, with `env` as the environment.
+    fn only_issue(text: &str, env: &[(&str, &str)]) -> ConfigIssue {
+        let lookup = |name: &str| {
+            env.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| (*v).to_owned())
+        };
+        match load_str(text, Path::new("p.json"), &lookup) {
+            Err(ConfigError::Invalid { mut issues, .. }) if issues.len() == 1 => issues.remove(0),
+            other => panic!("expected one issue, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_inside_tagged_objects_name_the_exact_key() {
+        let cases = [
+            // The bad variant equals another field's value: the key is the one serde rejected.
+            (
+                pipeline(
+                    "",
+                    "",
+                    ",\n    \"role\": \"parquet\",\n    \"format\": \"parquet\"",
+                ),
+                "sink.format",
+                "unknown variant `parquet`, expected `csv` or `ndjson`",
+            ),
+            (
+                pipeline(",\n    \"key_colum\": \"id\"", "", ""),
+                "source.key_colum",
+                "unknown field `key_colum`",
+            ),
+            (
+                pipeline("", "", ",\n    \"batch\": { \"max_latency_ms\": -1 }"),
+                "sink.batch.max_latency_ms",
+                "invalid value: integer `-1`, expected u64",
+            ),
+            (
+                pipeline(
+                    ",\n    \"pacing\": { \"mode\": \"rate\", \"rows_per_sec\": \"fast\" }",
+                    "",
+                    "",
+                ),
+                "source.pacing.rows_per_sec",
+                "invalid type: string \"fast\", expected f64",
+            ),
+            (
+                pipeline("", "", "").replace("\"D\"", "5"),
+                "sink.database",
+                "invalid type: integer `5`, expected a string",
+            ),
+            (
+                pipeline(
+                    ",\n    \"pacing\": { \"mode\": \"event_time\", \"column\": \"at\", \"sped\": 2 }",
+                    "",
+                    "",
+                ),
+                "source.pacing.sped",
+                "unknown field `sped`",
+            ),
+            // A tag naming no variant, or not a string, is the error itself.
+            (
+                pipeline("", "", "").replace("\"snowflake\"", "\"bigquery\""),
+                "sink.type",
+                "unknown variant `bigquery`, expected `snowflake`",
+            ),
+            (
+                pipeline("", "", "").replace("\"csv\"", "5"),
+                "source.type",
+                "invalid type: integer `5`, expected variant identifier",
+            ),
+            (
+                pipeline(",\n    \"pacing\": { \"mode\": \"warp\" }", "", ""),
+                "source.pacing.mode",
+                "unknown variant `warp`",
+            ),
+            // What belongs to the object itself stays there.
+            (
+                pipeline("", "", "").replace("\"database\": \"D\",", ""),
+                "sink",
+                "missing field `database`",
+            ),
+            (
+                pipeline(",\n    \"pacing\": { \"rows_per_sec\": 5 }", "", ""),
+                "source.pacing",
+                "missing field `mode`",
+            ),
+        ];
+        for (text, path, message) in cases {
+            let issue = only_issue(&text, &[]);
+            assert_eq!(issue.path, path, "{issue}\n{text}");
+            assert!(issue.message.starts_with(message), "{issue}");
+            assert_eq!(issue.position, locate(&text, path), "{issue}");
+        }
+        // The position is the key's own line, not the object's.
+        let text = pipeline(
+            "",
+            "",
+            ",\n    \"batch\": {\n      \"max_latency_ms\": -1\n    }",
+        );
+        let issue = only_issue(&text, &[]);
+        assert_eq!(issue.position, Some((16, 7)), "{issue}");
+    }
+
+    #[test]
+    fn pacing_fields_match_pacing() {
+        // Each variant's fields as the schema of `Pacing` has them: names, types, required.
+        fn shape(schema: &serde_json::Value) -> (Vec<(String, String)>, Vec<String>) {
+            let mut fields: Vec<(String, String)> = schema["properties"]
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(name, _)| *name != "mode")
+                .map(|(name, p)| (name.clone(), format!("{} {}", p["type"], p["format"])))
+                .collect();
+            fields.sort();
+            let mut required: Vec<String> = schema["required"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|r| r.as_str())
+                .filter(|r| *r != "mode")
+                .map(str::to_owned)
+                .collect();
+            required.sort();
+            (fields, required)
+        }
+        let pacing =
+            serde_json::to_value(schemars::schema_for!(crate::source::config::Pacing)).unwrap();
+        let variants = pacing["oneOf"].as_array().unwrap();
+        let mirrors = [
+            ("none", schemars::schema_for!(pacing_fields::None)),
+            ("fixed", schemars::schema_for!(pacing_fields::Fixed)),
+            ("rate", schemars::schema_for!(pacing_fields::Rate)),
+            (
+                "event_time",
+                schemars::schema_for!(pacing_fields::EventTime),
+            ),
+        ];
+        assert_eq!(variants.len(), mirrors.len(), "{pacing:#}");
+        for (mode, mirror) in mirrors {
+            let variant = variants
+                .iter()
+                .find(|v| v["properties"]["mode"]["const"] == mode)
+                .unwrap_or_else(|| panic!("no variant {mode} in {pacing:#}"));
+            assert_eq!(
+                shape(variant),
+                shape(&serde_json::to_value(mirror).unwrap()),
+                "{mode}"
+            );
+        }
+    }
+
+    #[test]
+    fn substituted_secrets_do_not_reach_messages() {
+        let env = [("SNOWFLAKE_PASSWORD", "Hunter2SecretPW")];
+        let text = pipeline("", "", ",\n    \"format\": \"${SNOWFLAKE_PASSWORD}\"");
+        let issue = only_issue(&text, &env);
+        assert_eq!(issue.path, "sink.format");
+        assert!(
+            issue
+                .message
+                .starts_with("unknown variant `${SNOWFLAKE_PASSWORD}`, expected"),
+            "{issue}"
+        );
+        assert!(!issue.message.contains("Hunter2"), "{issue}");
+
+        let text = pipeline("", ",\n    \"compression\": \"${SNOWFLAKE_PASSWORD}\"", "");
+        let issue = only_issue(&text, &env);
+        assert_eq!(issue.path, "kafka.compression");
+        assert!(issue.message.contains("`${SNOWFLAKE_PASSWORD}`"), "{issue}");
+        assert!(!issue.message.contains("Hunter2"), "{issue}");
+
+        // Also a value that failed part-way through a string, in `{:?}` quotes.
+        let text = pipeline(",\n    \"infer_rows\": \"x${API_TOKEN}\"", "", "");
+        let issue = only_issue(&text, &[("API_TOKEN", "tok\"en\n42")]);
+        assert_eq!(
+            issue.message,
+            "invalid type: string \"x${API_TOKEN}\", expected usize"
+        );
+    }
+
+    #[test]
+    fn values_from_plain_variables_are_shown() {
+        let env = [("KAFKA_TOPIC", "orders-topic")];
+        let text = pipeline("", ",\n    \"compression\": \"${KAFKA_TOPIC}\"", "");
+        let issue = only_issue(&text, &env);
+        assert!(issue.message.contains("`orders-topic`"), "{issue}");
+    }
+
+    #[test]
+    fn secret_values_are_known_by_variable_name_or_by_field() {
+        let text = pipeline(
+            ",\n    \"key_column\": \"${ID_COLUMN}\"",
+            ",\n    \"brokers\": \"${BROKERS}\",\n    \"properties\": { \"sasl.password\": \"${KAFKA_PW}\", \"sasl.username\": \"${KAFKA_USER}\" }",
+            ",\n    \"password\": \"${SF_PW}\",\n    \"role\": \"${role_token}\",\n    \"warehouse\": \"${WH}\"",
+        )
+        .replace(
+            "\"sink\"",
+            "\"transforms\": [{ \"uses\": \"m.wasm\", \"with\": { \"seed\": \"${MASK_SEED}\" } }],\n  \"sink\"",
+        );
+        let env = |name: &str| {
+            Some(
+                match name {
+                    "ID_COLUMN" => "customer_id",
+                    "BROKERS" => "kafka:9092",
+                    "KAFKA_PW" => "kafka-pass",
+                    "KAFKA_USER" => "alice",
+                    "SF_PW" => "sf-pass",
+                    "role_token" => "loader-role",
+                    "WH" => "abc",
+                    "MASK_SEED" => "seed-value",
+                    _ => return None,
+                }
+                .to_owned(),
+            )
+        };
+        let loaded = load_str(&text, Path::new("p.json"), &env).unwrap();
+        assert_eq!(
+            loaded.redact(
+                "customer_id kafka:9092 kafka-pass alice sf-pass loader-role abc seed-value"
+            ),
+            "customer_id kafka:9092 ${KAFKA_PW} alice ${SF_PW} ${role_token} abc ${MASK_SEED}"
+        );
+        let shown = format!("{loaded:?} {loaded:#?}");
+        assert!(shown.contains("${role_token}"), "{shown}");
+        for secret in ["kafka-pass", "sf-pass", "loader-role", "seed-value"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        // The transform keeps its own list, for its own messages.
+        assert_eq!(loaded.config.transforms[0].secrets, ["seed-value"]);
+    }
+
+    #[test]
+    fn redaction_masks_every_form_once() {
+        let secrets = EnvSecrets::new(&[
+            Substitution {
+                path: "kafka.topic".into(),
+                var: "OUTER_SECRET".into(),
+                value: "ab\"cd\nef".into(),
+            },
+            Substitution {
+                path: "kafka.topic".into(),
+                var: "INNER_SECRET".into(),
+                value: "cd\nef".into(),
+            },
+            // A value that occurs in a variable's name must not garble that name's mask.
+            Substitution {
+                path: "kafka.topic".into(),
+                var: "SECR_TOKEN".into(),
+                value: "SECR".into(),
+            },
+        ]);
+        let text = format!(
+            "{} {:?} {} cd\nef SECR",
+            "ab\"cd\nef", "ab\"cd\nef", "ab\"cd ef"
+        );
+        let once = secrets.redact(&text);
+        assert_eq!(
+            once,
+            "${OUTER_SECRET} \"${OUTER_SECRET}\" ${OUTER_SECRET} ${INNER_SECRET} ${SECR_TOKEN}"
+        );
+        assert_eq!(secrets.redact(&once), once);
+        assert_eq!(
+            format!("{secrets:?}"),
+            "[\"OUTER_SECRET\", \"INNER_SECRET\", \"SECR_TOKEN\"]"
+        );
     }
 
     #[test]

@@ -159,6 +159,7 @@ struct RunArgs {
 /// naming the key) found before a broker or an emulator is started, not a runtime failure.
 fn load(pipeline: &std::path::Path, depth: Depth) -> anyhow::Result<config::LoadedConfig> {
     let loaded = config::load(pipeline)?;
+    loaded.mask_secrets_in_output();
     let issues = validate::validate(&loaded, depth);
     if !issues.is_empty() {
         return Err(loaded.invalid(issues).into());
@@ -225,6 +226,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             pipeline::init_logging(cli.log_format);
             let loaded = config::load(&pipeline)?;
+            loaded.mask_secrets_in_output();
             let depth = if no_components {
                 Depth::Static
             } else {

@@ -135,7 +135,9 @@ impl std::io::Write for LogWriter {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        write_under(bar.as_ref(), &mut std::io::stderr(), buf)?;
+        let text = String::from_utf8_lossy(buf);
+        let shown = crate::config::redact_output(&text);
+        write_under(bar.as_ref(), &mut std::io::stderr(), shown.as_bytes())?;
         Ok(buf.len())
     }
 
@@ -698,9 +700,10 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
         ),
     }
     let text = serde_json::to_string_pretty(&summary)?;
-    std::fs::write(opts.state_dir.join("last-run.json"), &text)?;
+    let text = crate::config::redact_output(&text);
+    std::fs::write(opts.state_dir.join("last-run.json"), text.as_bytes())?;
     if let Some(path) = &opts.summary {
-        std::fs::write(path, &text)
+        std::fs::write(path, text.as_bytes())
             .with_context(|| format!("cannot write summary {}", path.display()))?;
     }
     drop(services);
@@ -1222,7 +1225,11 @@ fn sink_gaps(c: &ConsumePart, gaps: &mut Vec<String>) {
 
 fn print_summary(s: &RunSummary) {
     // Not `eprint!`: the summary files are written after this, even when stderr is gone.
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), summary_text(s).as_bytes());
+    let text = summary_text(s);
+    let _ = std::io::Write::write_all(
+        &mut std::io::stderr(),
+        crate::config::redact_output(&text).as_bytes(),
+    );
 }
 
 /// The summary as printed at the end of a run.

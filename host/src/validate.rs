@@ -435,3 +435,44 @@ fn check_components(loaded: &LoadedConfig, skip: &HashSet<usize>) -> Vec<ConfigI
     }
     issues
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn substituted_secrets_do_not_reach_issues() {
+        let text = r#"{ "version": 1,
+          "source": { "type": "csv", "path": "missing-${KAFKA_TOPIC}.csv" },
+          "kafka": { "topic": "${KAFKA_TOPIC}" },
+          "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T",
+                    "account_url": "${SNOWFLAKE_PASSWORD}", "account": "A", "user": "U",
+                    "password": "${SNOWFLAKE_PASSWORD}" } }"#;
+        let env = |name: &str| match name {
+            "SNOWFLAKE_PASSWORD" => Some("Hunter2SecretPW".to_owned()),
+            "KAFKA_TOPIC" => Some("orders-topic".to_owned()),
+            _ => None,
+        };
+        let loaded = crate::config::load_str(text, Path::new("p.json"), &env).unwrap();
+        let issues = validate(&loaded, Depth::Static);
+        let shown: Vec<String> = issues.iter().map(ToString::to_string).collect();
+        let url = issues
+            .iter()
+            .find(|i| i.path == "sink.account_url")
+            .unwrap_or_else(|| panic!("no account_url issue in {shown:#?}"));
+        assert_eq!(
+            url.message,
+            "\"${SNOWFLAKE_PASSWORD}\" must start with https:// (or http:// for an emulator)"
+        );
+        assert!(shown.iter().all(|s| !s.contains("Hunter2")), "{shown:#?}");
+        // A value from a variable that is no secret stays readable.
+        let path = issues
+            .iter()
+            .find(|i| i.path == "source.path")
+            .unwrap_or_else(|| panic!("no source.path issue in {shown:#?}"));
+        assert!(
+            path.message.contains("missing-orders-topic.csv"),
+            "{path:?}"
+        );
+    }
+}
