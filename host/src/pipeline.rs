@@ -590,6 +590,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
             chain_names: stats.transforms.iter().map(|(n, _)| n.clone()).collect(),
             dlq: dlq_tx.clone(),
             until_end: opts.until_end,
+            replays,
             replay_done: replay_done.clone(),
             cancel: cancel.clone(),
             consumer_stats: consumer_stats.clone(),
@@ -735,6 +736,8 @@ struct ConsumeCtx {
     chain_names: Vec<String>,
     dlq: DeadLetterTx,
     until_end: bool,
+    /// Whether this run replays too (else the end offsets are the topic's as it stands).
+    replays: bool,
     replay_done: CancellationToken,
     cancel: CancellationToken,
     consumer_stats: Arc<ConsumerStats>,
@@ -861,7 +864,11 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                 _ = poll_end.tick(), if ctx.until_end => {
                     if target.is_none() && ctx.replay_done.is_cancelled() {
                         let end = consume::end_offsets(&ctx.kafka, &ctx.bootstrap, &topic).await?;
-                        info!(end_offsets = ?end, "Replay done; draining up to these end offsets.");
+                        if ctx.replays {
+                            info!(end_offsets = ?end, "Replay done; draining up to these end offsets.");
+                        } else {
+                            info!(end_offsets = ?end, "Draining up to the topic's end offsets as they are now.");
+                        }
                         target = Some(end);
                     }
                     if let Some(end) = &target {
@@ -1279,6 +1286,18 @@ fn summary_text(s: &RunSummary) -> String {
                 t.name, t.rows_failed, t.rows_in
             ));
         }
+    }
+    // The same for the table: rows it cannot take (a header with `Value` and `value`, which
+    // become one column) are dead-lettered, not lost, and the run still reconciles.
+    if let Some(c) = &s.consume
+        && c.sink_dead_lettered > 0
+        && c.sink_dead_lettered * 2 >= c.rows_to_sink
+    {
+        out.push_str(&format!(
+            "  warning: the sink dead-lettered {} of the {} rows it received; the table cannot \
+             take them (the reasons are in the dead letters and the log)\n",
+            c.sink_dead_lettered, c.rows_to_sink
+        ));
     }
     if s.ok {
         out.push_str("  result: ok, nothing lost\n");
@@ -2163,5 +2182,27 @@ mod tests {
             gaps,
             ["warehouse: 5 rows loaded but the table grew from 5 to 4"]
         );
+    }
+
+    /// A sink that dead-letters most rows says so too, even though nothing was lost.
+    #[test]
+    fn a_sink_dead_lettering_most_rows_is_a_warning_in_the_summary() {
+        let summary = |dead| RunSummary {
+            consume: Some(ConsumePart {
+                rows_to_sink: 10,
+                rows_loaded: 10 - dead,
+                sink_dead_lettered: dead,
+                ..ConsumePart::default()
+            }),
+            ok: true,
+            ..RunSummary::default()
+        };
+        let text = summary_text(&summary(10));
+        assert!(
+            text.contains("  warning: the sink dead-lettered 10 of the 10 rows it received"),
+            "{text}"
+        );
+        assert!(!summary_text(&summary(4)).contains("warning"));
+        assert!(!summary_text(&summary(0)).contains("warning"));
     }
 }
