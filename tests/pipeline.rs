@@ -1237,6 +1237,37 @@ fn the_csv_header_is_read_like_the_source_reads_it() {
         ],
     );
 
+    // A column left out of `schema` has the type the source infers from the rows.
+    assert_invalid(
+        &with(r#""pacing": { "mode": "event_time", "column": "user;id" }"#),
+        &[
+            r#"source.pacing.column (line 4"#,
+            r#"pacing column "user;id" is string, not a timestamp"#,
+        ],
+    );
+
+    // Header names that become one Snowflake column: every row would be dead-lettered, unless
+    // a transform renames one of them first.
+    let case = dir.path().join("case.csv");
+    std::fs::write(&case, "id,Value,value\n1,2,3\n").unwrap();
+    let colliding = BASE.replacen("@DATA@", &case.to_string_lossy(), 1);
+    let (code, stderr) = validate(&colliding);
+    assert_eq!(code, Some(0), "{stderr}");
+    let no_chain = serde_json::json!({
+        "version": 1,
+        "source": { "type": "csv", "path": case },
+        "kafka": { "topic": "t1" },
+        "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T" }
+    })
+    .to_string();
+    assert_invalid(
+        &no_chain,
+        &[
+            r#"columns "Value" and "value" of"#,
+            "become the same Snowflake column",
+        ],
+    );
+
     let empty = dir.path().join("empty.csv");
     std::fs::write(&empty, "").unwrap();
     assert_invalid(

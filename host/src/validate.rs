@@ -99,7 +99,12 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
     if let Some(delimiter) = delimiter
         && path.is_file()
     {
-        for (at, message) in header_issues(src, &path, delimiter) {
+        let SinkConfig::Snowflake(sf) = &c.sink;
+        // Only rows the source sends straight to CSV columns are sure to meet the table as the
+        // header names them; a transform may rename a column first.
+        let columns_reach_table =
+            c.transforms.is_empty() && sf.format == crate::sink::snowflake::config::FileFormat::Csv;
+        for (at, message) in header_issues(src, &path, delimiter, columns_reach_table) {
             bad(&at, message);
         }
     }
@@ -333,7 +338,12 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
 /// something other than a timestamp. Each is (JSON path, message). Only the header is read,
 /// through the source's own reader (BOM, delimiter, quoting, blank and repeated names), so the
 /// names are the ones a run sees however large the file is.
-fn header_issues(src: &CsvSourceConfig, path: &Path, delimiter: u8) -> Vec<(String, String)> {
+fn header_issues(
+    src: &CsvSourceConfig,
+    path: &Path,
+    delimiter: u8,
+    columns_reach_table: bool,
+) -> Vec<(String, String)> {
     let opts = CsvOptions {
         delimiter,
         // Empty: the reader would stop at the first unknown name; each is reported here instead.
@@ -383,11 +393,13 @@ fn header_issues(src: &CsvSourceConfig, path: &Path, delimiter: u8) -> Vec<(Stri
                     path.display()
                 ),
             ));
-        } else if let Some(ty) = src.schema.get(column)
-            && *ty != ValueType::Timestamp
+        } else if let Some(ty) = src
+            .schema
+            .get(column)
+            .copied()
+            .or_else(|| inferred_type(src, path, delimiter, column))
+            && ty != ValueType::Timestamp
         {
-            // A column left out of `schema` gets its type from the rows, which are not read
-            // here; the source checks that one when it starts.
             issues.push((
                 "source.pacing.column".to_owned(),
                 format!(
@@ -397,7 +409,51 @@ fn header_issues(src: &CsvSourceConfig, path: &Path, delimiter: u8) -> Vec<(Stri
             ));
         }
     }
+    if columns_reach_table {
+        // The table's columns are the header's names as Snowflake identifiers: `Value` and
+        // `value` become one column, and every row holding both would be dead-lettered.
+        let mut seen: BTreeMap<String, &str> = BTreeMap::new();
+        for name in columns {
+            let ident = crate::sink::snowflake::encode::normalize_ident(name).to_uppercase();
+            match seen.get(&ident) {
+                Some(first) => issues.push((
+                    "source.path".to_owned(),
+                    format!(
+                        "columns {first:?} and {:?} of {} become the same Snowflake column, so \
+                         every row would be dead-lettered; rename one in the header (or in a \
+                         transform)",
+                        &**name,
+                        path.display()
+                    ),
+                )),
+                None => {
+                    seen.insert(ident, name);
+                }
+            }
+        }
+    }
     issues
+}
+
+/// The type the source would infer for `column` from the file's first `infer_rows` rows, as it
+/// does when it starts; `None` if the file cannot be read that far.
+fn inferred_type(
+    src: &CsvSourceConfig,
+    path: &Path,
+    delimiter: u8,
+    column: &str,
+) -> Option<ValueType> {
+    let opts = CsvOptions {
+        delimiter,
+        // Declared types shape inference of nothing else, and a name the header lacks would stop
+        // the reader (reported above).
+        schema: BTreeMap::new(),
+        infer_rows: src.infer_rows.max(1),
+        max_record_bytes: usize::MAX,
+    };
+    let reader = CsvReader::open(path, &opts, Arc::new(AtomicU64::new(0)), None).ok()?;
+    let i = reader.columns().iter().position(|c| &**c == column)?;
+    reader.types().get(i).copied()
 }
 
 /// The name a transform is known by in logs, metrics and dead letters: its `name`, else its
