@@ -929,6 +929,16 @@ impl SnowflakeSink {
                     }
                 }
                 file_columns = (0..columns.len()).filter(|i| used[*i]).collect();
+                // fakesnow's COPY (DuckDB's CSV sniffer) cannot read a file whose first row
+                // holds a carriage return inside a quoted string, and would fail this batch on
+                // every retry. Only on the emulator, a row without one goes first: a table's rows
+                // have no order.
+                if self.emulated
+                    && accepted.first().is_some_and(|(_, row)| holds_cr(row))
+                    && let Some(i) = accepted.iter().position(|(_, row)| !holds_cr(row))
+                {
+                    accepted.swap(0, i);
+                }
                 // The emulator cannot COPY more than 10 listed CSV columns (see the COPY below):
                 // there a file that needs more holds every column of the table, NULL where a row
                 // has no value, and is copied without a list. Only on the emulator: a column
@@ -1548,4 +1558,11 @@ impl Writer {
         }
         Ok(())
     }
+}
+
+/// Whether a string or JSON value of `row` holds a carriage return.
+fn holds_cr(row: &Row) -> bool {
+    row.fields
+        .iter()
+        .any(|f| matches!(&f.value, Value::String(s) | Value::Json(s) if s.contains('\r')))
 }
