@@ -1226,6 +1226,21 @@ fn check_reports_bad_params_with_their_name() {
     .unwrap_err();
     assert_eq!(err.param(), Some("vaule"), "{err}");
 
+    // An expression with two operators is refused at init, not failed on every row.
+    for spec in ["cents=value ** 100", "x=a * b / c", "x=a - -b"] {
+        let err = check(&config(guests::ENRICH, &[("compute", spec)]), &opts()).unwrap_err();
+        assert_eq!(err.param(), Some("compute"), "{spec}: {err}");
+        assert!(
+            err.to_string().contains("one operator only"),
+            "{spec}: {err}"
+        );
+    }
+    check(
+        &config(guests::ENRICH, &[("compute", "x=a - -1.5")]),
+        &opts(),
+    )
+    .unwrap();
+
     let err = check(&config(guests::MASK, &[("field", "x")]), &opts()).unwrap_err();
     assert!(
         matches!(&err, LoadError::InvalidParam { param, reason, .. } if param == "salt" && reason == "is required"),

@@ -115,6 +115,12 @@ fn parse_compute(spec: &str) -> Result<Compute, Error> {
     if name.trim().is_empty() || left.is_empty() || right.is_empty() {
         return Err(bad("empty name or operand"));
     }
+    // `value ** 100` would otherwise read a field named `* 100` and fail every row.
+    if right.parse::<f64>().is_err()
+        && (right.starts_with(['+', '-']) || right.contains(['*', '/']))
+    {
+        return Err(bad("one operator only"));
+    }
     Ok(Compute {
         name: name.trim().to_owned(),
         left: operand(left),
