@@ -920,6 +920,35 @@ fn a_secret_from_the_environment_is_masked_in_logs_and_summaries() {
             "{what} shows the secret:\n{text}"
         );
     }
+    // A secret with both quotes and a control character, in JSON output, where each is escaped
+    // (and the message may quote it with `{:?}` first): no topic may hold these, so the run
+    // fails and its error, which names the topic, is the JSON log's last event.
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([
+            "replay",
+            &path.to_string_lossy(),
+            "--no-progress",
+            "--log-format",
+            "json",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .arg("--summary")
+        .arg(&summary_file)
+        .env("SLUICE_TEST_TOKEN", "Hunter2 it's \"quoted\"\u{1}")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("${SLUICE_TEST_TOKEN}"), "{stderr}");
+    for (what, text) in [("stderr", &*stderr), ("stdout", &*stdout)] {
+        assert!(
+            !text.contains("Hunter2") && !text.contains("quoted"),
+            "{what} shows the secret:\n{text}"
+        );
+    }
 }
 
 /// A carriage return inside a string loads as written, also on the emulator, whose COPY cannot

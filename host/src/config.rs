@@ -287,8 +287,8 @@ impl LoadedConfig {
     /// (any case), or when it went into a credential: `sink.password`, `sink.private_key`,
     /// `sink.private_key_passphrase`, a `kafka.properties` entry named like one
     /// (`sasl.password`), or any `transforms[i].with` param. Values shorter than 4 bytes are left
-    /// alone. Each value is found as written, as Rust's `{:?}` escapes it, and with control
-    /// characters shown as spaces. Redacting twice changes nothing.
+    /// alone. Each value is found in every form of [`shown_forms`]. Redacting twice changes
+    /// nothing.
     pub fn redact(&self, text: &str) -> String {
         self.secrets.redact(text)
     }
@@ -407,11 +407,7 @@ impl EnvSecrets {
         // Every form each value may be quoted in, with the mask for it.
         let mut forms: Vec<(String, &str)> = Vec::new();
         for ((_, value), mask) in self.values.iter().zip(&masks) {
-            let spaced: String = value
-                .chars()
-                .map(|c| if c.is_control() { ' ' } else { c })
-                .collect();
-            for form in [value.clone(), value.escape_debug().to_string(), spaced] {
+            for form in shown_forms(value) {
                 if !forms.iter().any(|(f, _)| *f == form) {
                     forms.push((form, mask));
                 }
@@ -444,6 +440,34 @@ impl EnvSecrets {
         }
         out
     }
+}
+
+/// Every form `value` may take in what sluice writes: as written; as Rust's `{:?}` quotes it (an
+/// error message often does) and as `char::escape_debug` does, which differ in `'`; with control
+/// characters shown as spaces (as guest text is shown); and each of those as JSON escapes it,
+/// for JSON log events, the JSON summary and `last-run.json`, which are masked after encoding.
+pub(crate) fn shown_forms(value: &str) -> Vec<String> {
+    let debug = format!("{value:?}");
+    let spaced: String = value
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    let plain = [
+        value.to_owned(),
+        debug[1..debug.len() - 1].to_owned(),
+        value.escape_debug().to_string(),
+        spaced,
+    ];
+    let mut forms: Vec<String> = Vec::with_capacity(plain.len() * 2);
+    for form in plain {
+        let json = serde_json::to_string(&form).unwrap_or_default();
+        for form in [json[1..json.len() - 1].to_owned(), form] {
+            if !form.is_empty() && !forms.contains(&form) {
+                forms.push(form);
+            }
+        }
+    }
+    forms
 }
 
 /// Reads, interpolates and deserializes a pipeline file.
@@ -1385,6 +1409,35 @@ mod tests {
             "${OUTER_SECRET} \"${OUTER_SECRET}\" ${OUTER_SECRET} ${INNER_SECRET} ${SECR_TOKEN}"
         );
         assert_eq!(secrets.redact(&once), once);
+        // Both quotes, a control character, a backslash: every form sluice may write it in.
+        let quoted = "it's \"x\"\u{1}\\y";
+        let quoted_secrets = EnvSecrets::new(&[Substitution {
+            path: "kafka.topic".into(),
+            var: "QUOTED_SECRET".into(),
+            value: quoted.into(),
+        }]);
+        let debug = format!("{quoted:?}");
+        let json = serde_json::to_string(quoted).unwrap();
+        let json_of_debug =
+            serde_json::json!({ "message": format!("bad: {quoted:?}") }).to_string();
+        let pretty = serde_json::to_string_pretty(&serde_json::json!({ "error": quoted })).unwrap();
+        for text in [
+            debug,
+            json,
+            json_of_debug,
+            pretty,
+            quoted.escape_debug().to_string(),
+        ] {
+            let masked = quoted_secrets.redact(&text);
+            assert!(
+                masked.contains("${QUOTED_SECRET}"),
+                "{text} became {masked}"
+            );
+            assert!(
+                !masked.contains("it's") && !masked.contains("it\\'s"),
+                "{masked}"
+            );
+        }
         assert_eq!(
             format!("{secrets:?}"),
             "[\"OUTER_SECRET\", \"INNER_SECRET\", \"SECR_TOKEN\"]"

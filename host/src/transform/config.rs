@@ -91,20 +91,14 @@ impl TransformConfig {
     }
 
     /// `text` with each of [`secrets`](Self::secrets) in it (of at least 4 bytes) shown as `***`,
-    /// as written, as Rust's `{:?}` quotes it (a guest's error often does), or with its control
-    /// characters made spaces (as guest text is shown).
+    /// in any of the forms of [`crate::config::shown_forms`] (as written, as `{:?}` quotes it,
+    /// with control characters made spaces, JSON-escaped).
     pub fn redact(&self, text: String) -> String {
         let mut forms: Vec<String> = self
             .secrets
             .iter()
             .filter(|s| s.len() >= MIN_REDACTED)
-            .flat_map(|s| {
-                [
-                    s.clone(),
-                    s.escape_debug().to_string(),
-                    super::bindings::one_line(s.clone()),
-                ]
-            })
+            .flat_map(|s| crate::config::shown_forms(s))
             .collect();
         forms.dedup();
         // Longest first, so that a secret inside another does not leave the rest of it showing.
