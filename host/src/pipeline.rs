@@ -183,6 +183,10 @@ pub struct RunSummary {
     pub ok: bool,
     /// What went wrong, if anything.
     pub problems: Vec<String>,
+    /// What looks wrong though nothing was lost: a transform or the sink failing most of its
+    /// rows (see [`warnings`]).
+    #[serde(default)]
+    pub warnings: Vec<String>,
 }
 
 /// The replay half's numbers.
@@ -685,9 +689,11 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
         dead_letter_topic: dlq_topic,
         ok: false,
         problems,
+        warnings: Vec::new(),
     };
     summary.problems.extend(reconcile(&summary, stopped));
     summary.ok = summary.problems.is_empty();
+    summary.warnings = warnings(&summary);
     match opts.log_format {
         LogFormat::Human => print_summary(&summary),
         // One event like every other line on stderr, the whole summary in its fields.
@@ -1276,28 +1282,8 @@ fn summary_text(s: &RunSummary) -> String {
         "  dead letters: {} in {}\n",
         s.dead_letters, s.dead_letter_topic
     ));
-    // Nothing lost can still be nothing loaded: a transform failing most of its rows is far more
-    // likely a wrong param (a misspelt field name) than bad data.
-    for t in s.consume.iter().flat_map(|c| &c.transforms) {
-        if t.rows_failed > 0 && t.rows_failed * 2 >= t.rows_in {
-            out.push_str(&format!(
-                "  warning: transform {} failed {} of the {} rows it received; check its params \
-                 (the failures' reasons are in the dead letters and the log)\n",
-                t.name, t.rows_failed, t.rows_in
-            ));
-        }
-    }
-    // The same for the table: rows it cannot take (a header with `Value` and `value`, which
-    // become one column) are dead-lettered, not lost, and the run still reconciles.
-    if let Some(c) = &s.consume
-        && c.sink_dead_lettered > 0
-        && c.sink_dead_lettered * 2 >= c.rows_to_sink
-    {
-        out.push_str(&format!(
-            "  warning: the sink dead-lettered {} of the {} rows it received; the table cannot \
-             take them (the reasons are in the dead letters and the log)\n",
-            c.sink_dead_lettered, c.rows_to_sink
-        ));
+    for w in warnings(s) {
+        out.push_str(&format!("  warning: {w}\n"));
     }
     if s.ok {
         out.push_str("  result: ok, nothing lost\n");
@@ -1305,6 +1291,34 @@ fn summary_text(s: &RunSummary) -> String {
         for p in &s.problems {
             out.push_str(&format!("  problem: {p}\n"));
         }
+    }
+    out
+}
+
+/// What looks wrong in a run though nothing was lost. Nothing lost can still be nothing loaded:
+/// a transform failing most of its rows is far more likely a wrong param (a misspelt field name)
+/// than bad data. The same for the table: rows it cannot take (a header with `Value` and
+/// `value`, which become one column) are dead-lettered, not lost, and the run still reconciles.
+fn warnings(s: &RunSummary) -> Vec<String> {
+    let mut out = Vec::new();
+    for t in s.consume.iter().flat_map(|c| &c.transforms) {
+        if t.rows_failed > 0 && t.rows_failed * 2 >= t.rows_in {
+            out.push(format!(
+                "transform {} failed {} of the {} rows it received; check its params \
+                 (the failures' reasons are in the dead letters and the log)",
+                t.name, t.rows_failed, t.rows_in
+            ));
+        }
+    }
+    if let Some(c) = &s.consume
+        && c.sink_dead_lettered > 0
+        && c.sink_dead_lettered * 2 >= c.rows_to_sink
+    {
+        out.push(format!(
+            "the sink dead-lettered {} of the {} rows it received; the table cannot take them \
+             (the reasons are in the dead letters and the log)",
+            c.sink_dead_lettered, c.rows_to_sink
+        ));
     }
     out
 }
@@ -2177,6 +2191,21 @@ mod tests {
         assert!(text.contains("result: ok, nothing lost"), "{text}");
         assert!(!summary_text(&summary(3)).contains("warning"));
         assert!(!summary_text(&summary(0)).contains("warning"));
+        // The JSON summary carries the same warnings; one written before they existed still
+        // reads (verify reads last-run.json).
+        let mut warned = summary(200);
+        warned.warnings = warnings(&warned);
+        let json = serde_json::to_value(&warned).unwrap();
+        assert!(
+            json["warnings"][0]
+                .as_str()
+                .is_some_and(|w| w.starts_with("transform filter failed 200 of the 200 rows")),
+            "{json:#}"
+        );
+        let mut old = json.clone();
+        old.as_object_mut().unwrap().remove("warnings");
+        let read: RunSummary = serde_json::from_value(old).unwrap();
+        assert!(read.warnings.is_empty());
     }
 
     /// A table that could not be counted (the warehouse failed during the run) is shown as not
