@@ -1076,13 +1076,33 @@ fn verify_of_a_consume_only_run_fails_when_the_replay_stopped_part_way() {
 
     let verified = sluice_tests::cli::sluice(
         dir.path(),
-        &["verify", &p, "--state-dir", &s, "--summary", &sf],
+        &[
+            "--log-format",
+            "json",
+            "verify",
+            &p,
+            "--state-dir",
+            &s,
+            "--summary",
+            &sf,
+        ],
     );
     let stdout = String::from_utf8_lossy(&verified.stdout);
     assert_eq!(verified.status.code(), Some(1), "{stdout}");
     assert!(
         stdout.contains(&format!("{loaded} messages, at least the 2000 good rows")),
         "{stdout}"
+    );
+    // With JSON logs the gaps also end the log, as an ERROR event naming them.
+    let stderr = String::from_utf8_lossy(&verified.stderr);
+    let last: serde_json::Value = serde_json::from_str(stderr.lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("last line not JSON ({e}):\n{stderr}"));
+    assert_eq!(last["level"], "ERROR", "{last:#}");
+    assert_eq!(last["fields"]["exit_code"], 1, "{last:#}");
+    let message = last["fields"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("verify found gaps") && message.contains("at least the 2000 good rows"),
+        "{message}"
     );
 }
 

@@ -951,6 +951,79 @@ fn a_secret_from_the_environment_is_masked_in_logs_and_summaries() {
     }
 }
 
+/// A stop against a warehouse that no longer answers does not wait out HTTP timeouts and
+/// retries (minutes): after `--drain-timeout` the process exits 1 and says what is kept. The
+/// "warehouse" here accepts connections and never answers.
+#[test]
+fn a_stop_against_a_hung_warehouse_ends_after_the_drain_timeout() {
+    let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = hole.local_addr().unwrap().port();
+    let (accepted, connected) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in hole.incoming().flatten() {
+            held.push(conn);
+            let _ = accepted.send(());
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 5);
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "hung",
+        "source": { "type": "csv", "path": csv },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(),
+                   "topic": sluice_tests::broker::unique("hung") },
+        "sink": { "type": "snowflake", "account_url": format!("http://127.0.0.1:{port}"),
+                  "account": "A", "user": "U", "password": "${SLUICE_TEST_PASSWORD}",
+                  "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([
+            "run",
+            &path.to_string_lossy(),
+            "--until-end",
+            "--no-progress",
+        ])
+        .args(["--drain-timeout", "2", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .env("SLUICE_TEST_PASSWORD", "never-answered")
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The sink's login is in flight, and will not be answered.
+    connected
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the sink connects to the warehouse");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let stopped = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    // Far below the request timeout (300 s) and its retries; the drain timeout is 2 s.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("in-flight work did not finish within 2s (--drain-timeout)")
+            && stderr.contains("`sluice run --consume-only` resumes"),
+        "{stderr}"
+    );
+}
+
 /// A carriage return inside a string loads as written, also on the emulator, whose COPY cannot
 /// read a file that starts with such a row: the sink puts a row without one first there.
 #[test]

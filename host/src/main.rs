@@ -55,11 +55,17 @@ fn main() -> ExitCode {
 /// logs it also ends with an `ERROR` event like any other failed command, so that a collector
 /// alerting on `ERROR` sees it.
 fn run_ended(problems: &[String], format: LogFormat) -> ExitCode {
+    ended("the run did not finish cleanly", problems, format)
+}
+
+/// A command's exit code from the problems it has already reported: 1 if there are any, with
+/// (under JSON logs) a last `ERROR` event saying `what` and listing them.
+fn ended(what: &str, problems: &[String], format: LogFormat) -> ExitCode {
     if problems.is_empty() {
         return ExitCode::SUCCESS;
     }
     if format == LogFormat::Json {
-        let err = anyhow::anyhow!("the run did not finish cleanly: {}", problems.join("; "));
+        let err = anyhow::anyhow!("{what}: {}", problems.join("; "));
         sluice::errln!("{}", json_error_line(&err, 1));
     }
     ExitCode::from(1)
@@ -135,6 +141,10 @@ struct CommonArgs {
     /// Never draw the live progress line (it is drawn only on a TTY anyway).
     #[arg(long)]
     no_progress: bool,
+    /// After Ctrl-C or SIGTERM, how long to wait for in-flight work (a load the warehouse has
+    /// not answered, say) before exiting without it. What the warehouse committed is kept.
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    drain_timeout: u64,
 }
 
 #[derive(clap::Args, Debug)]
@@ -181,6 +191,7 @@ fn options(
         summary: common.summary,
         progress: !common.no_progress,
         log_format,
+        drain_timeout: std::time::Duration::from_secs(common.drain_timeout),
     }
 }
 
@@ -251,12 +262,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pipeline::init_logging(cli.log_format);
             let loaded = load(&pipeline, Depth::Static)?;
             let summary = summary.unwrap_or_else(|| state_dir.join("last-run.json"));
-            let ok = runtime()?.block_on(pipeline::verify(loaded, &summary, &state_dir))?;
-            Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            })
+            let gaps = runtime()?.block_on(pipeline::verify(loaded, &summary, &state_dir))?;
+            Ok(ended("verify found gaps", &gaps, cli.log_format))
         }
     }
 }

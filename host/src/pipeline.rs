@@ -79,6 +79,9 @@ pub struct RunOptions {
     pub progress: bool,
     /// Log format, to keep the progress line off JSON logs.
     pub log_format: LogFormat,
+    /// How long a stop (Ctrl-C, SIGTERM) may take before the process exits without waiting
+    /// for in-flight work.
+    pub drain_timeout: std::time::Duration,
 }
 
 /// One line in the shape of `--log-format json`'s log lines (timestamp, level, fields with the
@@ -459,6 +462,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
     {
         let (cancel, interrupted) = (cancel.clone(), interrupted.clone());
+        let drain_timeout = opts.drain_timeout;
         let mut signals = StopSignals::install()?;
         tokio::spawn(async move {
             let Some(name) = signals.next().await else {
@@ -468,13 +472,28 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
             interrupted.store(true, Ordering::Relaxed);
             cancel.cancel();
             // A stop that hangs (a warehouse that no longer answers, say) must not leave the
-            // operator with `kill -9` as the only way out.
-            if let Some(name) = signals.next().await {
-                error!(
-                    "{name} again; exiting now without waiting for in-flight work. What the \
-                     warehouse committed is kept: `sluice run --consume-only` resumes from it."
-                );
-                std::process::exit(130);
+            // operator with `kill -9` as the only way out, nor wait out HTTP timeouts and
+            // retries (minutes): it is bounded, and a second signal ends it at once.
+            tokio::select! {
+                Some(again) = signals.next() => {
+                    error!(
+                        exit_code = 130,
+                        "{again} again; exiting now without waiting for in-flight work. What \
+                         the warehouse committed is kept: `sluice run --consume-only` resumes \
+                         from it."
+                    );
+                    std::process::exit(130);
+                }
+                () = tokio::time::sleep(drain_timeout) => {
+                    error!(
+                        exit_code = 1,
+                        "{name}, and in-flight work did not finish within {}s \
+                         (--drain-timeout); exiting without it. What the warehouse committed is \
+                         kept: `sluice run --consume-only` resumes from it.",
+                        drain_timeout.as_secs_f64()
+                    );
+                    std::process::exit(1);
+                }
             }
         });
     }
@@ -1714,14 +1733,14 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
     })
 }
 
-/// Reconciles a finished run against the CSV, the broker and the warehouse; `Ok(false)` on any
-/// gap. Restarts the embedded broker and emulator (their data persists in the state directory)
+/// Reconciles a finished run against the CSV, the broker and the warehouse, prints the report on
+/// stdout and returns the checks that failed (none when every row is accounted for). Restarts the embedded broker and emulator (their data persists in the state directory)
 /// when the pipeline uses them.
 pub async fn verify(
     loaded: LoadedConfig,
     summary_path: &Path,
     state_dir: &Path,
-) -> anyhow::Result<bool> {
+) -> anyhow::Result<Vec<String>> {
     let cfg = &loaded.config;
     let text = std::fs::read_to_string(summary_path).with_context(|| {
         format!(
@@ -1949,7 +1968,11 @@ pub async fn verify(
             "verify: GAPS FOUND"
         }
     );
-    Ok(ok)
+    Ok(checks
+        .into_iter()
+        .filter(|(_, good)| !good)
+        .map(|(what, _)| what)
+        .collect())
 }
 
 /// Counts the good and bad records of a CSV file with the source's own reader.
