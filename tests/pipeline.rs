@@ -951,6 +951,98 @@ fn a_secret_from_the_environment_is_masked_in_logs_and_summaries() {
     }
 }
 
+/// A full run also loads messages an earlier run left in the topic without loading them (here a
+/// `--replay-only` run): each replay is a new feed. `verify` accounts for them from the offsets
+/// the run started at, rather than failing a run that lost nothing.
+#[test]
+fn verify_accounts_for_messages_an_earlier_run_left_in_the_topic() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 30);
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "leftover",
+        "source": { "type": "csv", "path": csv },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(),
+                   "topic": sluice_tests::broker::unique("leftover"), "partitions": 2 },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let state = dir.path().join("state");
+    let (p, s) = (path.to_string_lossy(), state.to_string_lossy());
+    let summary_file = dir.path().join("summary.json");
+    let sf = summary_file.to_string_lossy();
+    let replayed = sluice(
+        dir.path(),
+        &[
+            "run",
+            &p,
+            "--replay-only",
+            "--no-progress",
+            "--state-dir",
+            &s,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&replayed.stderr);
+    assert!(replayed.status.success(), "{stderr}");
+    assert!(!stderr.contains("already holds"), "{stderr}");
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            &p,
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+            &s,
+            "--summary",
+            &sf,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("The topic already holds messages no run has loaded")
+            && stderr.contains("messages=30"),
+        "{stderr}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
+    assert_eq!(summary["replay"]["rows_produced"], 30, "{summary:#}");
+    assert_eq!(summary["consume"]["records"], 60, "{summary:#}");
+    let db = state.join("snowflake").to_string_lossy().into_owned();
+    let rows = python_query(&db, "SELECT COUNT(*), COUNT(DISTINCT ID) FROM E2E.RAW.ROWS");
+    assert_eq!(
+        rows[0],
+        [serde_json::json!(60), serde_json::json!(30)],
+        "{stderr}"
+    );
+
+    let verified = sluice(
+        dir.path(),
+        &["verify", &p, "--state-dir", &s, "--summary", &sf],
+    );
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert_eq!(verified.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("consumed 60 records = 30 produced + 30 left in the topic"),
+        "{stdout}"
+    );
+
+    // A replay alone cannot tell what was loaded, but it says the topic is not empty.
+    let replayed = sluice(
+        dir.path(),
+        &["replay", &p, "--no-progress", "--state-dir", &s],
+    );
+    let stderr = String::from_utf8_lossy(&replayed.stderr);
+    assert!(replayed.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("The topic already holds messages") && stderr.contains("messages=60"),
+        "{stderr}"
+    );
+}
+
 /// A stop against a warehouse that no longer answers does not wait out HTTP timeouts and
 /// retries (minutes): after `--drain-timeout` the process exits 1 and says what is kept. The
 /// "warehouse" here accepts connections and never answers.

@@ -1,7 +1,7 @@
 //! The `sluice` command line: `run`, `replay`, `transform`, `validate`, `schema`, `verify`.
 //!
 //! Exit codes: 0 ok, 1 runtime failure (or a gap found by `verify` / `--until-end`), 2 bad
-//! configuration or usage. Errors print their whole chain (`{:#}`), as ripgrep does.
+//! configuration or usage, 130 a second stop signal. Errors print their whole chain (`{:#}`), as ripgrep does.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -207,6 +207,9 @@ pub struct ReplayPart {
     pub rows_dropped: u64,
     /// The topic's end offsets after the replay (partition to offset).
     pub end_offsets: BTreeMap<i32, i64>,
+    /// The topic's end offsets before the replay: messages below them are earlier runs'.
+    #[serde(default)]
+    pub start_offsets: BTreeMap<i32, i64>,
 }
 
 /// The consume half's numbers.
@@ -237,6 +240,10 @@ pub struct ConsumePart {
     pub table_rows_after: Option<u64>,
     /// The durable (warehouse-committed) next offsets at the end, per partition.
     pub committed_offsets: BTreeMap<i32, i64>,
+    /// The durable next offsets when the run began, where consuming resumed (a partition the
+    /// warehouse had no offset for is left out: it was read from its start).
+    #[serde(default)]
+    pub start_offsets: BTreeMap<i32, i64>,
 }
 
 /// One transform's numbers.
@@ -525,6 +532,14 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
         dead_letters: Some(dlq_task.stats.clone()),
         ..AllStats::default()
     };
+    // What the topic held before this replay: a consume half also reads earlier runs' messages
+    // that no run loaded, and `verify` must tell those from this replay's.
+    let topic_start = match replays {
+        true => consume::end_offsets(&cfg.kafka, &bootstrap, &cfg.kafka.topic)
+            .await
+            .unwrap_or_default(),
+        false => BTreeMap::new(),
+    };
 
     // The consume half's parts are built before the replay starts so that a bad component or an
     // unreachable warehouse fails the run before anything is produced.
@@ -538,7 +553,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
         );
         let rows_before = count_table(&sink, "before the run").await;
         if replays {
-            warn_of_a_second_replay(&sink, &cfg.kafka.topic, &csv.path).await;
+            warn_of_a_second_replay(Some(&sink), cfg, &topic_start).await;
         }
         let configs: Vec<_> = cfg
             .transforms
@@ -562,6 +577,9 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
     } else {
         None
     };
+    if replays && !consumes {
+        warn_of_a_second_replay(None, cfg, &topic_start).await;
+    }
     let consumer_stats = Arc::new(ConsumerStats::default());
     if consumes {
         stats.consumer = Some(consumer_stats.clone());
@@ -641,7 +659,13 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
     let replay_part = match replay_result {
         Some(Ok(s)) => {
             if s.cancelled {
-                problems.push("the replay was interrupted before the end of the file".to_owned());
+                problems.push(match interrupted.load(Ordering::Relaxed) {
+                    true => "the replay was interrupted before the end of the file".to_owned(),
+                    // The consume half failed, and took the replay down with it.
+                    false => "the replay stopped before the end of the file because the consume \
+                              half failed"
+                        .to_owned(),
+                });
             }
             Some(ReplayPart {
                 file: csv.path.clone(),
@@ -652,6 +676,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
                 end_offsets: consume::end_offsets(&cfg.kafka, &bootstrap, &cfg.kafka.topic)
                     .await
                     .unwrap_or_default(),
+                start_offsets: topic_start,
             })
         }
         Some(Err(e)) => {
@@ -838,6 +863,7 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         .context("cannot read committed offsets from Snowflake")?
         .into_iter()
         .collect();
+    part.start_offsets = durable.clone();
     let offsets: consume::OffsetsProvider = {
         let sink = ctx.sink.clone();
         Arc::new(move |topic: String, _partitions: Vec<i32>| {
@@ -1192,30 +1218,63 @@ fn reconcile(s: &RunSummary, stopped: bool) -> Vec<String> {
     gaps
 }
 
-/// Warns when this pipeline has already loaded rows from `topic`: replaying the file again adds
-/// its rows to the topic a second time, and they are loaded a second time too. That is what a
-/// live feed replayed twice means, but after a stopped run it is seldom what the operator wanted.
-async fn warn_of_a_second_replay(sink: &SnowflakeSink, topic: &str, file: &str) {
+/// Warns when the topic already holds messages before a replay: replaying the file adds its
+/// rows a second time, and they are loaded a second time too. That is what a live feed replayed
+/// twice means, but after a stopped run it is seldom what the operator wanted. With the `sink`
+/// (a full run), the warning says whether those messages were loaded already or are still
+/// waiting, which this run will load as well.
+async fn warn_of_a_second_replay(
+    sink: Option<&SnowflakeSink>,
+    cfg: &PipelineConfig,
+    topic_end: &BTreeMap<i32, i64>,
+) {
+    let SourceConfig::Csv(csv) = &cfg.source;
+    let (topic, file) = (&cfg.kafka.topic, &csv.path);
+    let on_topic: i64 = topic_end.values().sum();
+    let Some(sink) = sink else {
+        if on_topic > 0 {
+            warn!(
+                %topic,
+                messages = on_topic,
+                "The topic already holds messages, from an earlier replay of {file} or another \
+                 producer. This replay adds the file's rows again, and a consume loads both. To \
+                 load what the topic holds without replaying, use `sluice run --consume-only`."
+            );
+        }
+        return;
+    };
     let Ok(offsets) = sink.committed_offsets(topic).await else {
         return;
     };
-    if offsets.values().all(|&next| next <= 0) {
-        return;
-    }
-    let loaded: BTreeMap<_, _> = offsets.into_iter().collect();
-    let loaded = loaded
+    let loaded: BTreeMap<i32, i64> = offsets.into_iter().collect();
+    let waiting: i64 = topic_end
         .iter()
-        .map(|(p, next)| format!("{p}:{next}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-    warn!(
-        table = sink.table(),
-        %topic,
-        next_offsets = %loaded,
-        "The table already holds rows this pipeline loaded from the topic. This run replays \
-         {file} into the topic again, so those rows will be loaded again. To resume a stopped \
-         run without replaying, use `sluice run --consume-only`."
-    );
+        .map(|(p, end)| (end - loaded.get(p).copied().unwrap_or(0)).max(0))
+        .sum();
+    if loaded.values().any(|&next| next > 0) {
+        let shown = loaded
+            .iter()
+            .map(|(p, next)| format!("{p}:{next}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        warn!(
+            table = sink.table(),
+            %topic,
+            next_offsets = %shown,
+            "The table already holds rows this pipeline loaded from the topic. This run replays \
+             {file} into the topic again, so those rows will be loaded again. To resume a stopped \
+             run without replaying, use `sluice run --consume-only`."
+        );
+    } else if waiting > 0 {
+        warn!(
+            table = sink.table(),
+            %topic,
+            messages = waiting,
+            "The topic already holds messages no run has loaded (an earlier replay's). This run \
+             loads them and replays {file} again, so its rows will be loaded twice. To load only \
+             what the topic holds, use `sluice run --consume-only`."
+        );
+    }
 }
 
 /// Rows in the sink's table, or `None` (with a warning saying why) when they cannot be counted: a
@@ -1879,12 +1938,20 @@ pub async fn verify(
             summary.dead_letters >= expected_dl && summary.dead_letters <= expected_dl + failed,
         );
         if let Some(r) = &summary.replay {
+            let leftover = leftover(r, c);
             check(
-                format!(
-                    "consumed {} records = {} produced",
-                    c.records, r.rows_produced
-                ),
-                c.records == r.rows_produced,
+                match leftover {
+                    0 => format!(
+                        "consumed {} records = {} produced",
+                        c.records, r.rows_produced
+                    ),
+                    n => format!(
+                        "consumed {} records = {} produced + {n} left in the topic, unloaded, \
+                         by earlier runs",
+                        c.records, r.rows_produced
+                    ),
+                },
+                c.records == r.rows_produced + leftover,
             );
         }
         let mut flow = c.records - c.undecodable;
@@ -1973,6 +2040,15 @@ pub async fn verify(
         .filter(|(_, good)| !good)
         .map(|(what, _)| what)
         .collect())
+}
+
+/// Messages that were in the topic before a full run's replay and that no run had loaded yet
+/// (a run killed after its replay, say): that run's consume half reads them too.
+fn leftover(r: &ReplayPart, c: &ConsumePart) -> u64 {
+    r.start_offsets
+        .iter()
+        .map(|(p, end)| (end - c.start_offsets.get(p).copied().unwrap_or(0)).max(0) as u64)
+        .sum()
 }
 
 /// Counts the good and bad records of a CSV file with the source's own reader.
