@@ -75,7 +75,7 @@ fn ten_broken_pipelines_give_ten_precise_messages() {
             r#""partitions": 3"#,
             r#""partitions": "three""#,
             "kafka.partitions",
-            "invalid type: string \"three\", expected i32",
+            "invalid type: string \"three\", expected a whole number",
         ),
         (
             "unknown pacing mode",

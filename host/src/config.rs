@@ -512,15 +512,34 @@ pub fn load_str(
         }
         return Err(invalid(issues));
     }
-    let mut config: PipelineConfig = serde_path_to_error::deserialize(&tree).map_err(|e| {
+    let mut config: PipelineConfig = loop {
+        let e = match serde_path_to_error::deserialize(&tree) {
+            Ok(config) => break config,
+            Err(e) => e,
+        };
         let message = e.inner().to_string();
         let path = precise_path(&tree, render_path(e.path()), &message);
-        invalid(vec![ConfigIssue {
+        // JSON text has no way to put a variable in a number's place: a `${VAR}` standing alone
+        // where a number or a flag goes (`"rows_per_sec": "${RATE}"`) is read as one. Each pass
+        // turns one string into a number for good, so this ends.
+        if message.starts_with("invalid type: string")
+            && let Some(node) = value_at_mut(&mut tree, &path)
+            && let serde_json::Value::String(string) = &*node
+            && from_env
+                .iter()
+                .any(|s| s.path == path && s.value == *string)
+            && let Ok(scalar @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) =
+                serde_json::from_str(string.trim())
+        {
+            *node = scalar;
+            continue;
+        }
+        return Err(invalid(vec![ConfigIssue {
             position: locate(text, &path),
             path,
-            message: secrets.redact(&message),
-        }])
-    })?;
+            message: secrets.redact(&plain_types(&message)),
+        }]));
+    };
     // A transform's params may carry secrets (a salt, a key); its messages must not show them.
     for (i, t) in config.transforms.iter_mut().enumerate() {
         let prefix = format!("transforms[{i}].with.");
@@ -575,6 +594,42 @@ fn value_at<'a>(tree: &'a serde_json::Value, path: &str) -> Option<&'a serde_jso
             Seg::Key(k) => node.get(&k),
             Seg::Index(i) => node.get(i),
         })
+}
+
+/// [`value_at`], to change it.
+fn value_at_mut<'a>(
+    tree: &'a mut serde_json::Value,
+    path: &str,
+) -> Option<&'a mut serde_json::Value> {
+    parse_path(path)
+        .into_iter()
+        .try_fold(tree, |node, seg| match seg {
+            Seg::Key(k) => node.get_mut(&k),
+            Seg::Index(i) => node.get_mut(i),
+        })
+}
+
+/// serde's message with the Rust type it expected said in words (`expected usize` means nothing
+/// to someone writing JSON).
+fn plain_types(message: &str) -> String {
+    const PLAIN: [(&str, &str); 10] = [
+        ("f64", "a number"),
+        ("f32", "a number"),
+        ("usize", "a whole number, 0 or more"),
+        ("u64", "a whole number, 0 or more"),
+        ("u32", "a whole number, 0 or more"),
+        ("u16", "a whole number, 0 or more"),
+        ("u8", "a whole number, 0 or more"),
+        ("i64", "a whole number"),
+        ("i32", "a whole number"),
+        ("a boolean", "true or false"),
+    ];
+    for (rust, plain) in PLAIN {
+        if let Some(head) = message.strip_suffix(&format!("expected {rust}")) {
+            return format!("{head}expected {plain}");
+        }
+    }
+    message.to_owned()
 }
 
 /// The path of the key a deserialization error is about, given the `path` serde_path_to_error
@@ -1181,7 +1236,7 @@ mod tests {
             (
                 pipeline("", "", ",\n    \"batch\": { \"max_latency_ms\": -1 }"),
                 "sink.batch.max_latency_ms",
-                "invalid value: integer `-1`, expected u64",
+                "invalid value: integer `-1`, expected a whole number, 0 or more",
             ),
             (
                 pipeline(
@@ -1190,7 +1245,7 @@ mod tests {
                     "",
                 ),
                 "source.pacing.rows_per_sec",
-                "invalid type: string \"fast\", expected f64",
+                "invalid type: string \"fast\", expected a number",
             ),
             (
                 pipeline("", "", "").replace("\"D\"", "5"),
@@ -1324,8 +1379,48 @@ mod tests {
         let issue = only_issue(&text, &[("API_TOKEN", "tok\"en\n42")]);
         assert_eq!(
             issue.message,
-            "invalid type: string \"x${API_TOKEN}\", expected usize"
+            "invalid type: string \"x${API_TOKEN}\", expected a whole number, 0 or more"
         );
+    }
+
+    /// A `${VAR}` alone where a number or a flag goes is read as one; anything else in its
+    /// place is still refused, in words rather than Rust's type names.
+    #[test]
+    fn a_variable_alone_fills_a_number_or_a_flag() {
+        let text = pipeline(
+            ",\n    \"pacing\": { \"mode\": \"rate\", \"rows_per_sec\": \"${RATE}\" }",
+            ",\n    \"partitions\": \"${PARTS}\"",
+            ",\n    \"batch\": { \"max_rows\": \"${ROWS}\" }",
+        );
+        let env = |name: &str| match name {
+            "RATE" => Some("12.5".to_owned()),
+            "PARTS" => Some(" 6".to_owned()),
+            "ROWS" => Some("5000".to_owned()),
+            _ => None,
+        };
+        let loaded = load_str(&text, Path::new("p.json"), &env).unwrap();
+        assert_eq!(loaded.config.kafka.partitions, 6);
+        let SourceConfig::Csv(csv) = &loaded.config.source;
+        assert_eq!(format!("{:?}", csv.pacing), "Rate { rows_per_sec: 12.5 }");
+        let SinkConfig::Snowflake(sf) = &loaded.config.sink;
+        assert_eq!(sf.batch.max_rows, 5000);
+
+        let issue = only_issue(&text, &[("RATE", "fast"), ("PARTS", "6"), ("ROWS", "1")]);
+        assert_eq!(issue.path, "source.pacing.rows_per_sec", "{issue}");
+        assert_eq!(
+            issue.message,
+            "invalid type: string \"fast\", expected a number"
+        );
+        let issue = only_issue(&text, &[("RATE", "1"), ("PARTS", "6"), ("ROWS", "-1")]);
+        assert_eq!(issue.path, "sink.batch.max_rows", "{issue}");
+        assert_eq!(
+            issue.message,
+            "invalid value: integer `-1`, expected a whole number, 0 or more"
+        );
+        // Only a variable standing alone: text around it keeps the string a string.
+        let text = text.replace("\"${PARTS}\"", "\"${PARTS}0\"");
+        let issue = only_issue(&text, &[("RATE", "1"), ("PARTS", "6"), ("ROWS", "1")]);
+        assert_eq!(issue.path, "kafka.partitions", "{issue}");
     }
 
     #[test]
