@@ -421,9 +421,11 @@ fn group_id(cfg: &PipelineConfig) -> String {
 }
 
 /// The sink section with `${VAR:-}` references that came out empty treated as unset, so one
-/// pipeline file serves both password and key-pair logins (and the emulator).
-pub(crate) fn snowflake(cfg: &PipelineConfig) -> SnowflakeSinkConfig {
-    let SinkConfig::Snowflake(sf) = &cfg.sink;
+/// pipeline file serves both password and key-pair logins (and the emulator), and with
+/// `private_key_path` relative to the pipeline file, as `validate` checks it, not to the current
+/// directory.
+pub(crate) fn snowflake(loaded: &LoadedConfig) -> SnowflakeSinkConfig {
+    let SinkConfig::Snowflake(sf) = &loaded.config.sink;
     let mut sf = sf.clone();
     for opt in [
         &mut sf.password,
@@ -436,6 +438,9 @@ pub(crate) fn snowflake(cfg: &PipelineConfig) -> SnowflakeSinkConfig {
         if opt.as_deref().is_some_and(|s| s.trim().is_empty()) {
             *opt = None;
         }
+    }
+    if let Some(path) = &mut sf.private_key_path {
+        *path = loaded.resolve(path).to_string_lossy().into_owned();
     }
     sf
 }
@@ -506,7 +511,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
     }
     let replays = opts.mode != RunMode::ConsumeOnly;
     let consumes = opts.mode != RunMode::ReplayOnly;
-    let sink_batch = snowflake(cfg).batch;
+    let sink_batch = snowflake(&loaded).batch;
     if consumes && cfg.kafka.max_in_flight < sink_batch.max_rows {
         // Records are committed only once loaded, so no more than this many are ever waiting
         // in a sink batch: it never fills, and every file waits out `max_latency_ms`.
@@ -546,7 +551,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
     let consume_parts = if consumes {
         let SourceConfig::Csv(csv) = &cfg.source;
         let sink = Arc::new(
-            SnowflakeSink::connect(&snowflake(cfg), &cfg.name, services.connect_options())
+            SnowflakeSink::connect(&snowflake(&loaded), &cfg.name, services.connect_options())
                 .await
                 .context("cannot connect to Snowflake")?
                 .with_type_hints(csv.schema.clone()),
@@ -1980,9 +1985,10 @@ pub async fn verify(
             c.rows_loaded + c.sink_dead_lettered == c.rows_to_sink,
         );
 
-        let sink = SnowflakeSink::connect(&snowflake(cfg), &cfg.name, services.connect_options())
-            .await
-            .context("cannot connect to Snowflake")?;
+        let sink =
+            SnowflakeSink::connect(&snowflake(&loaded), &cfg.name, services.connect_options())
+                .await
+                .context("cannot connect to Snowflake")?;
         let rows_now = sink
             .count_rows()
             .await
@@ -2085,6 +2091,32 @@ fn count_csv(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The sink reads `private_key_path` relative to the pipeline file, where `validate` looked
+    /// for it, whatever the current directory; and an empty `${VAR:-}` is no key at all.
+    #[test]
+    fn the_private_key_path_is_relative_to_the_pipeline_file() {
+        let text = |key: &str| {
+            format!(
+                r#"{{"version": 1, "source": {{"type": "csv", "path": "d.csv"}},
+                "kafka": {{"topic": "t"}},
+                "sink": {{"type": "snowflake", "database": "D", "schema": "S", "table": "T",
+                         "account_url": "https://a.snowflakecomputing.com", "account": "A",
+                         "user": "U", "private_key_path": "{key}"}}}}"#
+            )
+        };
+        let load = |key: &str| {
+            crate::config::load_str(&text(key), Path::new("/etc/sluice/p.json"), &|_| None).unwrap()
+        };
+        let sf = snowflake(&load("keys/rsa.p8"));
+        assert_eq!(
+            sf.private_key_path.as_deref(),
+            Some("/etc/sluice/keys/rsa.p8")
+        );
+        let sf = snowflake(&load("/abs/rsa.p8"));
+        assert_eq!(sf.private_key_path.as_deref(), Some("/abs/rsa.p8"));
+        assert_eq!(snowflake(&load(" ")).private_key_path, None);
+    }
 
     /// A terminal that records what is drawn on it, and a log stream writing into the same record.
     #[derive(Debug, Clone, Default)]

@@ -308,7 +308,7 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
     // The sink checks its config again when it connects, after the source has started; every
     // rule it has must fail here first, at its key, so that `validate` passes only what `run`
     // accepts. A rule checked above with a fuller message keeps that message.
-    if let Err(problems) = crate::pipeline::snowflake(c).validate() {
+    if let Err(problems) = crate::pipeline::snowflake(loaded).validate() {
         for problem in problems {
             let at = format!("sink.{}", problem.field);
             if !issues.iter().any(|issue| issue.path == at) {
