@@ -1143,4 +1143,22 @@ fn verify_refuses_another_pipelines_summary() {
         stderr.contains("is the summary of pipeline \"theirs\", not of \"mine\""),
         "{stderr}"
     );
+    // No run yet in this state directory: say what writes a summary and where.
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[
+            "verify",
+            &path.to_string_lossy(),
+            "--state-dir",
+            "never-run",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "no run summary at never-run/last-run.json: run `sluice run --until-end` first"
+        ),
+        "{stderr}"
+    );
 }

@@ -1808,7 +1808,9 @@ pub async fn verify(
     let cfg = &loaded.config;
     let text = std::fs::read_to_string(summary_path).with_context(|| {
         format!(
-            "no run summary at {} (run `sluice run --until-end --summary FILE` first)",
+            "no run summary at {}: run `sluice run --until-end` first (every run writes \
+             last-run.json in its --state-dir), or pass the --state-dir or --summary FILE of the \
+             run to check",
             summary_path.display()
         )
     })?;
