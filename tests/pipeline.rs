@@ -1427,8 +1427,15 @@ fn source_columns_are_checked_against_the_csv_header() {
             r#""schema": { "created_at": "string" }, "pacing": { "mode": "event_time", "column": "created_at" }"#,
         ),
         &[
-            r#"source.pacing.column (line 4, column 102): pacing column "created_at" is string, not a timestamp"#,
+            r#"source.pacing.column (line 4, column 102): pacing column "created_at" is declared string in source.schema; event_time pacing reads ISO-8601 times"#,
         ],
+    );
+    // Numbers are not times however the column is declared: every row would fail to parse.
+    assert_invalid(
+        &with(
+            r#""schema": { "id": "timestamp" }, "pacing": { "mode": "event_time", "column": "id" }"#,
+        ),
+        &[r#"pacing column "id" holds numbers; event_time pacing reads ISO-8601 times"#],
     );
     let (code, stderr) = validate(&with(
         r#""key_column": "id", "schema": { "created_at": "timestamp" }, "pacing": { "mode": "event_time", "column": "created_at" }"#,
@@ -1474,7 +1481,7 @@ fn the_csv_header_is_read_like_the_source_reads_it() {
         &with(r#""pacing": { "mode": "event_time", "column": "user;id" }"#),
         &[
             r#"source.pacing.column (line 4"#,
-            r#"pacing column "user;id" is string, not a timestamp"#,
+            r#"pacing column "user;id" holds string values that are not ISO-8601 times"#,
         ],
     );
 

@@ -393,20 +393,12 @@ fn header_issues(
                     path.display()
                 ),
             ));
-        } else if let Some(ty) = src
-            .schema
-            .get(column)
-            .copied()
-            .or_else(|| inferred_type(src, path, delimiter, column))
-            && ty != ValueType::Timestamp
-        {
-            issues.push((
-                "source.pacing.column".to_owned(),
-                format!(
-                    "pacing column {column:?} is {ty}, not a timestamp (set \
-                     source.schema.{column} to \"timestamp\")"
-                ),
-            ));
+        } else if let Some(problem) = crate::source::pacing_column_problem(
+            column,
+            src.schema.get(column).copied(),
+            inferred_type(src, path, delimiter, column),
+        ) {
+            issues.push(("source.pacing.column".to_owned(), problem));
         }
     }
     if columns_reach_table {

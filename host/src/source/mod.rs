@@ -263,11 +263,10 @@ pub async fn replay(
     let event_index = match &src.pacing {
         Pacing::EventTime { column, .. } => {
             let i = column_index(column, "pacing column")?;
-            if reader.types()[i] != ValueType::Timestamp {
-                return Err(SourceError::Config(format!(
-                    "pacing column {column:?} is {}, not a timestamp (set source.schema.{column} to \"timestamp\")",
-                    reader.types()[i]
-                )));
+            let declared = src.schema.get(column).copied();
+            if let Some(problem) = pacing_column_problem(column, declared, Some(reader.types()[i]))
+            {
+                return Err(SourceError::Config(problem));
             }
             Some(i)
         }
@@ -644,6 +643,34 @@ fn read_loops(
                 return;
             }
         }
+    }
+}
+
+/// Why `column` cannot pace a replay by event time, given its type in `source.schema` and the
+/// type its first rows have. Only a declared type can be fixed by declaring another; values the
+/// reader does not take for ISO-8601 times (epoch numbers, other formats) stay unreadable as
+/// times however the column is declared, and every row would be dead-lettered.
+pub(crate) fn pacing_column_problem(
+    column: &str,
+    declared: Option<ValueType>,
+    inferred: Option<ValueType>,
+) -> Option<String> {
+    const WANTED: &str = "event_time pacing reads ISO-8601 times such as 2024-01-01T12:00:00Z";
+    match (declared, inferred) {
+        (Some(declared), _) if declared != ValueType::Timestamp => Some(format!(
+            "pacing column {column:?} is declared {declared} in source.schema; {WANTED} (set \
+             source.schema.{column} to \"timestamp\")"
+        )),
+        // Nothing to go by (an empty column so far), or already times.
+        (_, None | Some(ValueType::Null | ValueType::Timestamp)) => None,
+        (_, Some(ValueType::Int | ValueType::Float)) => Some(format!(
+            "pacing column {column:?} holds numbers; {WANTED}, not epoch numbers (convert the \
+             column, or use `mode: rate`)"
+        )),
+        (_, Some(inferred)) => Some(format!(
+            "pacing column {column:?} holds {inferred} values that are not ISO-8601 times in its \
+             first rows; {WANTED}"
+        )),
     }
 }
 
