@@ -1143,6 +1143,27 @@ fn verify_refuses_another_pipelines_summary() {
         stderr.contains("is the summary of pipeline \"theirs\", not of \"mine\""),
         "{stderr}"
     );
+    // The same name with another topic is another feed: refused too, naming what differs.
+    let mut moved = summary.clone();
+    moved["pipeline"] = "mine".into();
+    moved["topic"] = "elsewhere".into();
+    std::fs::write(&summary_file, moved.to_string()).unwrap();
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[
+            "verify",
+            &path.to_string_lossy(),
+            "--summary",
+            &summary_file.to_string_lossy(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(r#"of a run of "mine" with topic "elsewhere" (the file says "t"): "#),
+        "{stderr}"
+    );
+
     // No run yet in this state directory: say what writes a summary and where.
     let out = sluice_tests::cli::sluice(
         dir.path(),

@@ -168,6 +168,9 @@ pub struct RunSummary {
     pub pipeline: String,
     /// Unique id of this run.
     pub run_id: String,
+    /// The Kafka topic it replayed into or consumed (empty in summaries older than this field).
+    #[serde(default)]
+    pub topic: String,
     /// `full`, `replay_only` or `consume_only`.
     pub mode: String,
     /// Start time, RFC 3339.
@@ -724,6 +727,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
     let mut summary = RunSummary {
         pipeline: cfg.name.clone(),
         run_id: uuid::Uuid::new_v4().to_string(),
+        topic: cfg.kafka.topic.clone(),
         mode: match opts.mode {
             RunMode::Full => "full",
             RunMode::ReplayOnly => "replay_only",
@@ -1828,6 +1832,39 @@ pub async fn verify(
         ))
         .into());
     }
+    // The same name is not the same pipeline: a file whose topic or CSV changed since the run
+    // would be checked against another feed's numbers.
+    let SourceConfig::Csv(csv) = &cfg.source;
+    let mut differs = Vec::new();
+    if !summary.topic.is_empty() && summary.topic != cfg.kafka.topic {
+        differs.push(format!(
+            "topic {:?} (the file says {:?})",
+            summary.topic, cfg.kafka.topic
+        ));
+    }
+    if summary.dead_letter_topic != dead_letter_topic(cfg) {
+        differs.push(format!(
+            "dead-letter topic {:?} (the file says {:?})",
+            summary.dead_letter_topic,
+            dead_letter_topic(cfg)
+        ));
+    }
+    if let Some(r) = &summary.replay
+        && r.file != csv.path
+    {
+        differs.push(format!("CSV {:?} (the file says {:?})", r.file, csv.path));
+    }
+    if !differs.is_empty() {
+        return Err(crate::transform::cli::UsageError(anyhow::anyhow!(
+            "{} is the summary of a run of {:?} with {}: {} has changed since that run; verify \
+             it after a run of the pipeline as it is now",
+            summary_path.display(),
+            cfg.name,
+            differs.join(", "),
+            loaded.file.display()
+        ))
+        .into());
+    }
     let mut checks: Vec<(String, bool)> = Vec::new();
     let mut check = |what: String, ok: bool| checks.push((what, ok));
     check(
@@ -1842,7 +1879,6 @@ pub async fn verify(
     }
 
     // 1. The CSV file itself, read again from disk.
-    let SourceConfig::Csv(csv) = &cfg.source;
     if let Some(r) = &summary.replay {
         let path = loaded.resolve(&csv.path);
         let (good, bad) = tokio::task::spawn_blocking({
