@@ -502,6 +502,7 @@ pub fn load_str(
     }
     let mut issues = Vec::new();
     let mut from_env = Vec::new();
+    let written = tree.clone();
     interpolate_tree(&mut tree, String::new(), env, &mut issues, &mut from_env);
     // Noted before any message is made: serde quotes the values it rejects.
     let secrets = EnvSecrets::new(&from_env);
@@ -519,25 +520,29 @@ pub fn load_str(
         };
         let message = e.inner().to_string();
         let path = precise_path(&tree, render_path(e.path()), &message);
-        // JSON text has no way to put a variable in a number's place: a `${VAR}` standing alone
-        // where a number or a flag goes (`"rows_per_sec": "${RATE}"`) is read as one. Each pass
-        // turns one string into a number for good, so this ends.
+        // JSON text has no way to put a variable in a number's place: a `${VAR}` (or
+        // `${VAR:-default}`) standing alone where a number or a flag goes
+        // (`"rows_per_sec": "${RATE}"`) is read as one. Each pass turns one string into a number
+        // for good, so this ends.
+        let lone = value_at(&written, &path)
+            .and_then(serde_json::Value::as_str)
+            .filter(|w| is_lone_variable(w));
         if message.starts_with("invalid type: string")
+            && lone.is_some()
             && let Some(node) = value_at_mut(&mut tree, &path)
-            && let serde_json::Value::String(string) = &*node
-            && from_env
-                .iter()
-                .any(|s| s.path == path && s.value == *string)
-            && let Ok(scalar @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) =
-                serde_json::from_str(string.trim())
+            && let Some(scalar) = node.as_str().and_then(as_scalar)
         {
             *node = scalar;
             continue;
         }
+        let mut message = plain_types(&message);
+        if let Some(written) = lone {
+            message.push_str(&format!(" (from {written:?})"));
+        }
         return Err(invalid(vec![ConfigIssue {
             position: locate(text, &path),
             path,
-            message: secrets.redact(&plain_types(&message)),
+            message: secrets.redact(&message),
         }]));
     };
     // A transform's params may carry secrets (a salt, a key); its messages must not show them.
@@ -607,6 +612,35 @@ fn value_at_mut<'a>(
             Seg::Key(k) => node.get_mut(&k),
             Seg::Index(i) => node.get_mut(i),
         })
+}
+
+/// Whether `written` is one `${...}` reference and nothing else.
+fn is_lone_variable(written: &str) -> bool {
+    written
+        .strip_prefix("${")
+        .and_then(|rest| rest.strip_suffix('}'))
+        .is_some_and(|expr| !expr.contains('}'))
+}
+
+/// `text` as a JSON number or flag, read the way a person writes one: `03` is 3, `1e2` is 100
+/// (a whole number, so that it fits a count), surrounding spaces do not count.
+fn as_scalar(text: &str) -> Option<serde_json::Value> {
+    let text = text.trim();
+    if let Ok(flag) = text.parse::<bool>() {
+        return Some(flag.into());
+    }
+    if let Ok(n) = text.parse::<i64>() {
+        return Some(n.into());
+    }
+    if let Ok(n) = text.parse::<u64>() {
+        return Some(n.into());
+    }
+    let f = text.parse::<f64>().ok().filter(|f| f.is_finite())?;
+    // Beyond 2^53 a float no longer holds every whole number: left a float, and refused as one.
+    if f.fract() == 0.0 && f.abs() < 9.0e15 {
+        return Some((f as i64).into());
+    }
+    serde_json::Number::from_f64(f).map(serde_json::Value::Number)
 }
 
 /// serde's message with the Rust type it expected said in words (`expected usize` means nothing
@@ -1409,13 +1443,34 @@ mod tests {
         assert_eq!(issue.path, "source.pacing.rows_per_sec", "{issue}");
         assert_eq!(
             issue.message,
-            "invalid type: string \"fast\", expected a number"
+            "invalid type: string \"fast\", expected a number (from \"${RATE}\")"
         );
         let issue = only_issue(&text, &[("RATE", "1"), ("PARTS", "6"), ("ROWS", "-1")]);
         assert_eq!(issue.path, "sink.batch.max_rows", "{issue}");
         assert_eq!(
             issue.message,
-            "invalid value: integer `-1`, expected a whole number, 0 or more"
+            "invalid value: integer `-1`, expected a whole number, 0 or more (from \"${ROWS}\")"
+        );
+        // A default fills a number too, and numbers are read as people write them.
+        let text_d = text
+            .replace("${ROWS}", "${ROWS:-1e3}")
+            .replace("${PARTS}", "${PARTS:-03}");
+        let loaded = load_str(&text_d, Path::new("p.json"), &|name: &str| {
+            (name == "RATE").then(|| "7".to_owned())
+        })
+        .unwrap();
+        assert_eq!(loaded.config.kafka.partitions, 3);
+        let SinkConfig::Snowflake(sf) = &loaded.config.sink;
+        assert_eq!(sf.batch.max_rows, 1000);
+        // What is still refused says which variable it came from, a secret's value unshown.
+        let text_s = text.replace("${RATE}", "${RATE_TOKEN}");
+        let issue = only_issue(
+            &text_s,
+            &[("RATE_TOKEN", "fast1"), ("PARTS", "6"), ("ROWS", "1")],
+        );
+        assert_eq!(
+            issue.message,
+            "invalid type: string \"${RATE_TOKEN}\", expected a number (from \"${RATE_TOKEN}\")"
         );
         // Only a variable standing alone: text around it keeps the string a string.
         let text = text.replace("\"${PARTS}\"", "\"${PARTS}0\"");
