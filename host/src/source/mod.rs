@@ -298,6 +298,7 @@ pub async fn replay(
     };
 
     let mut pacer = pacing::Pacer::new(&src.pacing);
+    let mut prev_line = None;
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
     let mut letters: FuturesUnordered<LetterWait> = FuturesUnordered::new();
     let mut failure: Option<SourceError> = None;
@@ -366,6 +367,11 @@ pub async fn replay(
             Value::Timestamp(us) => Some(us),
             _ => None,
         });
+        // Lines count up within a loop of the file; going back means the next loop began.
+        if prev_line.is_some_and(|prev| line <= prev) {
+            pacer.restart();
+        }
+        prev_line = Some(line);
         if let Some(due) = pacer.next_due(tokio::time::Instant::now(), event_us) {
             tokio::select! {
                 _ = cancel.cancelled() => {

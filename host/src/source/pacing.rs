@@ -17,7 +17,7 @@ pub struct Pacer {
     mode: Mode,
     /// When the previous row was due (or released, for `fixed`).
     last: Option<Instant>,
-    /// The previous row's event time, microseconds.
+    /// The latest event time seen so far, microseconds: the replayed feed's clock.
     last_event_us: Option<i64>,
     /// Rows scheduled so far, for `rate`.
     count: u64,
@@ -63,8 +63,16 @@ impl Pacer {
         }
     }
 
+    /// Starts the feed's clock again: the file begins another loop, whose first row goes at
+    /// once rather than waiting out the gap back to the previous loop's times.
+    pub fn restart(&mut self) {
+        self.last_event_us = None;
+    }
+
     /// When the next row may be sent, given `now` and (for `event_time`) the row's event time.
-    /// `None` means at once. Rows without an event time go at once and do not move the clock.
+    /// `None` means at once. Rows without an event time go at once and do not move the clock;
+    /// nor do rows earlier than the latest event time seen (a late arrival in the feed): the
+    /// row after one waits only the gap from the latest time, not from the late row's.
     pub fn next_due(&mut self, now: Instant, event_us: Option<i64>) -> Option<Instant> {
         match self.mode {
             Mode::None => None,
@@ -78,15 +86,16 @@ impl Pacer {
             Mode::EventTime { speed, max_gap } => {
                 let event_us = event_us?;
                 let due = match (self.last, self.last_event_us) {
-                    (Some(last), Some(prev)) => {
-                        // Out-of-order or repeated timestamps (and a loop restart) go at once.
-                        let gap_us = event_us.saturating_sub(prev).max(0) as f64 / speed;
+                    // Late or repeated: goes with the row before it, the clock stays.
+                    (Some(last), Some(latest)) if event_us <= latest => last,
+                    (Some(last), Some(latest)) => {
+                        let gap_us = event_us.saturating_sub(latest) as f64 / speed;
                         last + Duration::from_secs_f64(gap_us / 1e6).min(max_gap)
                     }
                     _ => now,
                 };
                 self.last = Some(due);
-                self.last_event_us = Some(event_us);
+                self.last_event_us = Some(self.last_event_us.map_or(event_us, |l| l.max(event_us)));
                 (due > now).then_some(due)
             }
         }
@@ -143,5 +152,11 @@ mod tests {
         assert_eq!(ms(p.next_due(t0, Some(100 * s)), t0), Some(1500));
         assert_eq!(ms(p.next_due(t0, Some(50 * s)), t0), Some(1500));
         assert_eq!(ms(p.next_due(t0, None), t0), None);
+        // After the late row, the next waits its gap from the latest time (100 s), not from 50 s.
+        assert_eq!(ms(p.next_due(t0, Some(101 * s)), t0), Some(2000));
+        // A new loop starts the clock again: its first row goes at once.
+        p.restart();
+        assert_eq!(ms(p.next_due(t0, Some(10 * s)), t0), None);
+        assert_eq!(ms(p.next_due(t0, Some(11 * s)), t0), Some(500));
     }
 }
