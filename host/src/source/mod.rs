@@ -653,9 +653,9 @@ fn read_loops(
 }
 
 /// Why `column` cannot pace a replay by event time, given its type in `source.schema` and the
-/// type its first rows have. Only a declared type can be fixed by declaring another; values the
-/// reader does not take for ISO-8601 times (epoch numbers, other formats) stay unreadable as
-/// times however the column is declared, and every row would be dead-lettered.
+/// type its first rows have. A declared type other than timestamp can be fixed by declaring one.
+/// A column of numbers (epoch times) cannot: the reader never takes them for times, so every row
+/// would be dead-lettered. A declared timestamp column with some other values is read row by row.
 pub(crate) fn pacing_column_problem(
     column: &str,
     declared: Option<ValueType>,
@@ -667,15 +667,19 @@ pub(crate) fn pacing_column_problem(
             "pacing column {column:?} is declared {declared} in source.schema; {WANTED} (set \
              source.schema.{column} to \"timestamp\")"
         )),
-        // Nothing to go by (an empty column so far), or already times.
-        (_, None | Some(ValueType::Null | ValueType::Timestamp)) => None,
         (_, Some(ValueType::Int | ValueType::Float)) => Some(format!(
             "pacing column {column:?} holds numbers; {WANTED}, not epoch numbers (convert the \
              column, or use `mode: rate`)"
         )),
-        (_, Some(inferred)) => Some(format!(
+        // Declared a timestamp: a value that is not one (a blank, an `N/A`) is a bad row,
+        // dead-lettered with its line, not a bad pipeline.
+        (Some(_), _) => None,
+        // Nothing to go by, or already times.
+        (None, None | Some(ValueType::Null | ValueType::Timestamp)) => None,
+        (None, Some(inferred)) => Some(format!(
             "pacing column {column:?} holds {inferred} values that are not ISO-8601 times in its \
-             first rows; {WANTED}"
+             first rows; {WANTED} (declare it in source.schema as \"timestamp\" to dead-letter \
+             the rows that are not)"
         )),
     }
 }
@@ -683,6 +687,39 @@ pub(crate) fn pacing_column_problem(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Which pacing columns are refused: only what declaring a timestamp cannot fix, or what a
+    /// declaration would fix, is.
+    #[test]
+    fn pacing_columns_are_refused_only_when_no_row_could_pace() {
+        use ValueType::*;
+        let problem = |declared, inferred| pacing_column_problem("at", declared, inferred);
+        assert!(
+            problem(Some(String), Some(Timestamp))
+                .unwrap()
+                .contains("set source.schema.at")
+        );
+        assert!(
+            problem(Some(Timestamp), Some(Int))
+                .unwrap()
+                .contains("not epoch numbers")
+        );
+        assert!(
+            problem(None, Some(Float))
+                .unwrap()
+                .contains("not epoch numbers")
+        );
+        assert!(
+            problem(None, Some(String))
+                .unwrap()
+                .contains("declare it in source.schema")
+        );
+        // A blank or an `N/A` among times, declared: those rows are dead-lettered, not the file.
+        assert_eq!(problem(Some(Timestamp), Some(String)), None);
+        assert_eq!(problem(Some(Timestamp), None), None);
+        assert_eq!(problem(None, Some(Timestamp)), None);
+        assert_eq!(problem(None, Some(Null)), None);
+    }
 
     /// The pipeline runs the replay next to other tasks; it must be able to move between threads.
     #[test]
