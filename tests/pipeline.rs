@@ -920,6 +920,24 @@ fn a_secret_from_the_environment_is_masked_in_logs_and_summaries() {
             "{what} shows the secret:\n{text}"
         );
     }
+    // The summary holds the topic masked; verify still knows it for this pipeline's.
+    let verified = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(["verify", &path.to_string_lossy(), "--summary"])
+        .arg(&summary_file)
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .env("SLUICE_TEST_TOKEN", secret)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&verified.stdout);
+    assert_eq!(
+        verified.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&verified.stderr)
+    );
+    assert!(!stdout.contains("Hunter2"), "{stdout}");
     // A secret with both quotes and a control character, in JSON output, where each is escaped
     // (and the message may quote it with `{:?}` first): no topic may hold these, so the run
     // fails and its error, which names the topic, is the JSON log's last event.

@@ -475,8 +475,10 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
     let cancel = CancellationToken::new();
     // Set on Ctrl-C, as opposed to a stop because the other half failed.
     let interrupted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Cancelled once both halves have ended: the drain timeout no longer applies.
+    let drained = CancellationToken::new();
     {
-        let (cancel, interrupted) = (cancel.clone(), interrupted.clone());
+        let (cancel, interrupted, drained) = (cancel.clone(), interrupted.clone(), drained.clone());
         let drain_timeout = opts.drain_timeout;
         let mut signals = StopSignals::install()?;
         tokio::spawn(async move {
@@ -486,18 +488,25 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
             warn!("{name}; stopping after in-flight work (again to exit at once).");
             interrupted.store(true, Ordering::Relaxed);
             cancel.cancel();
+            let exit_now = |again: &str| -> ! {
+                error!(
+                    exit_code = 130,
+                    "{again} again; exiting now without waiting for in-flight work. What the \
+                     warehouse committed is kept: `sluice run --consume-only` resumes from it."
+                );
+                std::process::exit(130);
+            };
             // A stop that hangs (a warehouse that no longer answers, say) must not leave the
             // operator with `kill -9` as the only way out, nor wait out HTTP timeouts and
             // retries (minutes): it is bounded, and a second signal ends it at once.
             tokio::select! {
-                Some(again) = signals.next() => {
-                    error!(
-                        exit_code = 130,
-                        "{again} again; exiting now without waiting for in-flight work. What \
-                         the warehouse committed is kept: `sluice run --consume-only` resumes \
-                         from it."
-                    );
-                    std::process::exit(130);
+                Some(again) = signals.next() => exit_now(again),
+                // The work is done: what is left (the summary, stopping the services) is not
+                // cut off by the timeout, though a second signal still ends it.
+                () = drained.cancelled() => {
+                    if let Some(again) = signals.next().await {
+                        exit_now(again);
+                    }
                 }
                 () = tokio::time::sleep(drain_timeout) => {
                     error!(
@@ -662,6 +671,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
         Some((part, r))
     };
     let (replay_result, consume_result) = tokio::join!(replay_half, consume_half);
+    drained.cancel();
 
     let mut problems = Vec::new();
     let replay_part = match replay_result {
@@ -1834,25 +1844,25 @@ pub async fn verify(
     }
     // The same name is not the same pipeline: a file whose topic or CSV changed since the run
     // would be checked against another feed's numbers.
+    // The summary was written with secrets masked: compare the file's values masked the same way.
     let SourceConfig::Csv(csv) = &cfg.source;
     let mut differs = Vec::new();
-    if !summary.topic.is_empty() && summary.topic != cfg.kafka.topic {
-        differs.push(format!(
-            "topic {:?} (the file says {:?})",
-            summary.topic, cfg.kafka.topic
-        ));
+    let mut compare = |what: &str, in_summary: &str, in_file: &str| {
+        let in_file = loaded.redact(in_file);
+        if in_summary != in_file {
+            differs.push(format!("{what} {in_summary:?} (the file says {in_file:?})"));
+        }
+    };
+    if !summary.topic.is_empty() {
+        compare("topic", &summary.topic, &cfg.kafka.topic);
     }
-    if summary.dead_letter_topic != dead_letter_topic(cfg) {
-        differs.push(format!(
-            "dead-letter topic {:?} (the file says {:?})",
-            summary.dead_letter_topic,
-            dead_letter_topic(cfg)
-        ));
-    }
-    if let Some(r) = &summary.replay
-        && r.file != csv.path
-    {
-        differs.push(format!("CSV {:?} (the file says {:?})", r.file, csv.path));
+    compare(
+        "dead-letter topic",
+        &summary.dead_letter_topic,
+        &dead_letter_topic(cfg),
+    );
+    if let Some(r) = &summary.replay {
+        compare("CSV", &r.file, &csv.path);
     }
     if !differs.is_empty() {
         return Err(crate::transform::cli::UsageError(anyhow::anyhow!(
