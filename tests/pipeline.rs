@@ -967,6 +967,11 @@ fn a_secret_from_the_environment_is_masked_in_logs_and_summaries() {
             "{what} shows the secret:\n{text}"
         );
     }
+    // Masked inside its strings, each event is still JSON.
+    for line in stderr.lines().filter(|l| !l.is_empty()) {
+        serde_json::from_str::<serde_json::Value>(line)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+    }
 }
 
 /// A full run also loads messages an earlier run left in the topic without loading them (here a

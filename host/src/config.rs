@@ -304,11 +304,31 @@ impl LoadedConfig {
 
 static OUTPUT_SECRETS: std::sync::OnceLock<EnvSecrets> = std::sync::OnceLock::new();
 
-/// `text` with the secrets of [`LoadedConfig::mask_secrets_in_output`] masked as `${VAR}`.
+/// `text` with the secrets of [`LoadedConfig::mask_secrets_in_output`] masked as `${VAR}`. A
+/// line of JSON (a `--log-format json` event) is masked inside its strings only, so that it
+/// stays valid JSON.
 pub fn redact_output(text: &str) -> std::borrow::Cow<'_, str> {
-    match OUTPUT_SECRETS.get() {
-        Some(secrets) if !secrets.values.is_empty() => secrets.redact(text).into(),
-        _ => text.into(),
+    let Some(secrets) = OUTPUT_SECRETS.get().filter(|s| !s.values.is_empty()) else {
+        return text.into();
+    };
+    let line = text.trim_end_matches('\n');
+    if line.starts_with('{')
+        && !line.contains('\n')
+        && let Ok(mut event) = serde_json::from_str::<serde_json::Value>(line)
+    {
+        if !secrets.redact_json(&mut event) {
+            return text.into();
+        }
+        return format!("{event}{}", &text[line.len()..]).into();
+    }
+    secrets.redact(text).into()
+}
+
+/// `value` with the secrets of [`LoadedConfig::mask_secrets_in_output`] masked inside its
+/// strings (for JSON sluice writes whole: the summary files).
+pub fn redact_output_json(value: &mut serde_json::Value) {
+    if let Some(secrets) = OUTPUT_SECRETS.get() {
+        secrets.redact_json(value);
     }
 }
 
@@ -392,6 +412,38 @@ impl EnvSecrets {
             }
         }
         EnvSecrets { values }
+    }
+
+    /// Masks the strings (and keys) inside `value`; whether any changed.
+    fn redact_json(&self, value: &mut serde_json::Value) -> bool {
+        use serde_json::Value;
+        match value {
+            Value::String(text) => {
+                let masked = self.redact(text);
+                let changed = masked != *text;
+                *text = masked;
+                changed
+            }
+            Value::Array(items) => {
+                let mut changed = false;
+                for item in items {
+                    changed |= self.redact_json(item);
+                }
+                changed
+            }
+            Value::Object(map) => {
+                let mut changed = false;
+                let entries = std::mem::take(map);
+                for (key, mut item) in entries {
+                    changed |= self.redact_json(&mut item);
+                    let masked = self.redact(&key);
+                    changed |= masked != key;
+                    map.insert(masked, item);
+                }
+                changed
+            }
+            _ => false,
+        }
     }
 
     /// See [`LoadedConfig::redact`].
@@ -505,7 +557,7 @@ pub fn load_str(
     let written = tree.clone();
     interpolate_tree(&mut tree, String::new(), env, &mut issues, &mut from_env);
     // Noted before any message is made: serde quotes the values it rejects.
-    let secrets = EnvSecrets::new(&from_env);
+    let mut secrets = EnvSecrets::new(&from_env);
     if !issues.is_empty() {
         for i in &mut issues {
             i.position = locate(text, &i.path);
@@ -533,6 +585,10 @@ pub fn load_str(
             && let Some(scalar) = node.as_str().and_then(as_scalar)
         {
             *node = scalar;
+            // A count or a flag is no credential, and masking it would garble every equal
+            // number in sluice's output (and break its JSON).
+            from_env.retain(|s| s.path != path);
+            secrets = EnvSecrets::new(&from_env);
             continue;
         }
         let mut message = plain_types(&message);
@@ -1476,6 +1532,40 @@ mod tests {
         let text = text.replace("\"${PARTS}\"", "\"${PARTS}0\"");
         let issue = only_issue(&text, &[("RATE", "1"), ("PARTS", "6"), ("ROWS", "1")]);
         assert_eq!(issue.path, "kafka.partitions", "{issue}");
+    }
+
+    /// JSON output is masked inside its strings only, and stays JSON; a secret-named variable
+    /// that filled a number is no secret.
+    #[test]
+    fn json_is_masked_inside_strings_and_numbers_are_not_secrets() {
+        let secrets = EnvSecrets::new(&[Substitution {
+            path: "sink.password".into(),
+            var: "PW".into(),
+            value: "n5000".into(),
+        }]);
+        let mut event = serde_json::json!({
+            "rows": 5000,
+            "message": "login as u/n5000 failed\n",
+            "n5000": ["n5000", true],
+        });
+        assert!(secrets.redact_json(&mut event));
+        assert_eq!(
+            event,
+            serde_json::json!({
+                "rows": 5000,
+                "message": "login as u/${PW} failed\n",
+                "${PW}": ["${PW}", true],
+            })
+        );
+        assert!(!secrets.redact_json(&mut event));
+
+        let text = pipeline(
+            "",
+            "",
+            ",\n    \"batch\": { \"max_rows\": \"${TOKEN_BUDGET}\" }",
+        );
+        let loaded = load_str(&text, Path::new("p.json"), &|_| Some("5000".to_owned())).unwrap();
+        assert_eq!(loaded.redact("5000 rows loaded"), "5000 rows loaded");
     }
 
     #[test]

@@ -769,8 +769,9 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
             )
         ),
     }
-    let text = serde_json::to_string_pretty(&summary)?;
-    let text = crate::config::redact_output(&text);
+    let mut json = serde_json::to_value(&summary)?;
+    crate::config::redact_output_json(&mut json);
+    let text = serde_json::to_string_pretty(&json)?;
     std::fs::write(opts.state_dir.join("last-run.json"), text.as_bytes())?;
     if let Some(path) = &opts.summary {
         std::fs::write(path, text.as_bytes())
