@@ -377,6 +377,8 @@ fn json_logs_end_with_a_json_error_line() {
     assert_eq!(last["fields"]["exit_code"], 2, "{last}");
     let message = last["fields"]["message"].as_str().unwrap();
     assert!(message.contains("kafka.partitions"), "{message}");
+    // The level says it is an error; the message is the error alone.
+    assert!(!message.starts_with("error:"), "{message}");
 }
 
 /// The demo pipeline passes every offline check, components included: its transforms' params
@@ -1034,6 +1036,12 @@ fn verify_accounts_for_messages_an_earlier_run_left_in_the_topic() {
         serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
     assert_eq!(summary["replay"]["rows_produced"], 30, "{summary:#}");
     assert_eq!(summary["consume"]["records"], 60, "{summary:#}");
+    assert!(
+        summary["warnings"][0]
+            .as_str()
+            .is_some_and(|w| w.starts_with("the topic already held 30 messages before this replay")),
+        "{summary:#}"
+    );
     let db = state.join("snowflake").to_string_lossy().into_owned();
     let rows = python_query(&db, "SELECT COUNT(*), COUNT(DISTINCT ID) FROM E2E.RAW.ROWS");
     assert_eq!(
@@ -1137,6 +1145,59 @@ fn a_stop_against_a_hung_warehouse_ends_after_the_drain_timeout() {
             && stderr.contains("`sluice run --consume-only` resumes"),
         "{stderr}"
     );
+}
+
+/// A warehouse that cannot be reached is named in the error, with the cause, in the retries'
+/// warnings too.
+#[test]
+fn an_unreachable_warehouse_is_named_with_its_cause() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 3);
+    let url = format!("http://127.0.0.1:{port}");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "unreachable",
+        "source": { "type": "csv", "path": csv },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(),
+                   "topic": sluice_tests::broker::unique("unreachable") },
+        "sink": { "type": "snowflake", "account_url": url, "account": "A", "user": "U",
+                  "password": "${SLUICE_TEST_PASSWORD}",
+                  "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([
+            "run",
+            &path.to_string_lossy(),
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .env("SLUICE_TEST_PASSWORD", "never-sent")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with(&format!("error: cannot connect to Snowflake at {url}: "))
+            && last.contains("Connection refused"),
+        "{stderr}"
+    );
+    let retry = stderr
+        .lines()
+        .find(|l| l.contains("retrying snowflake request"))
+        .unwrap_or_else(|| panic!("no retry warning:\n{stderr}"));
+    assert!(retry.contains("Connection refused"), "{retry}");
 }
 
 /// A carriage return inside a string loads as written, also on the emulator, whose COPY cannot

@@ -76,7 +76,7 @@ fn ended(what: &str, problems: &[String], format: LogFormat) -> ExitCode {
 fn json_error_line(err: &anyhow::Error, exit_code: u8) -> String {
     pipeline::json_event(
         "ERROR",
-        &format!("error: {err:#}"),
+        &format!("{err:#}"),
         serde_json::json!({ "exit_code": exit_code }),
     )
 }

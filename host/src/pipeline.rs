@@ -243,8 +243,8 @@ pub struct ConsumePart {
     pub table_rows_after: Option<u64>,
     /// The durable (warehouse-committed) next offsets at the end, per partition.
     pub committed_offsets: BTreeMap<i32, i64>,
-    /// The durable next offsets when the run began, where consuming resumed (a partition the
-    /// warehouse had no offset for is left out: it was read from its start).
+    /// The offset of the first record this run consumed, per partition it consumed from: where
+    /// it resumed (from the warehouse's offsets, else the group's, else the earliest kept).
     #[serde(default)]
     pub start_offsets: BTreeMap<i32, i64>,
 }
@@ -448,6 +448,16 @@ pub(crate) fn snowflake(loaded: &LoadedConfig) -> SnowflakeSinkConfig {
     sf
 }
 
+/// "cannot connect to Snowflake at URL", naming the account the operator configured (or the
+/// local emulator).
+fn snowflake_at(loaded: &LoadedConfig) -> String {
+    let sf = snowflake(loaded);
+    match sf.account_url.trim() {
+        "" => "cannot connect to the local Snowflake emulator".to_owned(),
+        url => format!("cannot connect to Snowflake at {url}"),
+    }
+}
+
 /// Every stage's counters, for metrics, the progress line and the summary.
 #[derive(Default)]
 struct AllStats {
@@ -565,12 +575,12 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
         let sink = Arc::new(
             SnowflakeSink::connect(&snowflake(&loaded), &cfg.name, services.connect_options())
                 .await
-                .context("cannot connect to Snowflake")?
+                .with_context(|| snowflake_at(&loaded))?
                 .with_type_hints(csv.schema.clone()),
         );
         let rows_before = count_table(&sink, "before the run").await;
         if replays {
-            warn_of_a_second_replay(Some(&sink), cfg, &topic_start).await;
+            warn_of_a_second_replay(Some(&sink), cfg, &bootstrap, &topic_start).await;
         }
         let configs: Vec<_> = cfg
             .transforms
@@ -595,7 +605,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
         None
     };
     if replays && !consumes {
-        warn_of_a_second_replay(None, cfg, &topic_start).await;
+        warn_of_a_second_replay(None, cfg, &bootstrap, &topic_start).await;
     }
     let consumer_stats = Arc::new(ConsumerStats::default());
     if consumes {
@@ -754,7 +764,11 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
         problems,
         warnings: Vec::new(),
     };
-    summary.problems.extend(reconcile(&summary, stopped));
+    summary.problems.extend(reconcile(
+        &summary,
+        stopped,
+        interrupted.load(Ordering::Relaxed),
+    ));
     summary.ok = summary.problems.is_empty();
     summary.warnings = warnings(&summary);
     match opts.log_format {
@@ -883,7 +897,6 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         .context("cannot read committed offsets from Snowflake")?
         .into_iter()
         .collect();
-    part.start_offsets = durable.clone();
     let offsets: consume::OffsetsProvider = {
         let sink = ctx.sink.clone();
         Arc::new(move |topic: String, _partitions: Vec<i32>| {
@@ -1101,6 +1114,11 @@ async fn process_batch(
     let mut to_sink = Vec::with_capacity(order.len());
     for (meta, value, failure) in order {
         part.records += 1;
+        let first = part
+            .start_offsets
+            .entry(meta.partition)
+            .or_insert(meta.offset);
+        *first = (*first).min(meta.offset);
         let rows = match failure {
             Some(f) => {
                 part.undecodable += 1;
@@ -1175,7 +1193,7 @@ fn note_seen(seen: &mut BTreeMap<i32, i64>, meta: &RecordMeta) {
 
 /// Cross-checks the numbers of a run: every CSV record is produced or dead-lettered or dropped,
 /// every consumed record is accounted for by the chain, every emitted row is loaded.
-fn reconcile(s: &RunSummary, stopped: bool) -> Vec<String> {
+fn reconcile(s: &RunSummary, stopped: bool, interrupted: bool) -> Vec<String> {
     let mut gaps = Vec::new();
     if let Some(r) = &s.replay {
         let accounted = r.rows_produced + r.rows_dead_lettered + r.rows_dropped;
@@ -1202,10 +1220,19 @@ fn reconcile(s: &RunSummary, stopped: bool) -> Vec<String> {
         if let (Some(r), "full") = (&s.replay, s.mode.as_str())
             && c.records < r.rows_produced
         {
-            gaps.push(format!(
-                "consume: {} records consumed but {} produced",
-                c.records, r.rows_produced
-            ));
+            gaps.push(match interrupted {
+                // Not lost: the stop came before the consumer reached them.
+                true => format!(
+                    "consume: {} of the {} records produced were not consumed before the stop; \
+                     they wait in the topic, and `sluice run --consume-only` loads them",
+                    r.rows_produced - c.records,
+                    r.rows_produced
+                ),
+                false => format!(
+                    "consume: {} records consumed but {} produced",
+                    c.records, r.rows_produced
+                ),
+            });
         }
         if let Some(first) = c.transforms.first()
             && first.rows_in + c.undecodable != c.records
@@ -1246,6 +1273,7 @@ fn reconcile(s: &RunSummary, stopped: bool) -> Vec<String> {
 async fn warn_of_a_second_replay(
     sink: Option<&SnowflakeSink>,
     cfg: &PipelineConfig,
+    bootstrap: &str,
     topic_end: &BTreeMap<i32, i64>,
 ) {
     let SourceConfig::Csv(csv) = &cfg.source;
@@ -1257,8 +1285,9 @@ async fn warn_of_a_second_replay(
                 %topic,
                 messages = on_topic,
                 "The topic already holds messages, from an earlier replay of {file} or another \
-                 producer. This replay adds the file's rows again, and a consume loads both. To \
-                 load what the topic holds without replaying, use `sluice run --consume-only`."
+                 producer. This replay adds the file's rows after them; a consume loads whatever \
+                 of them is not loaded yet as well. To load what the topic holds without \
+                 replaying, use `sluice run --consume-only`."
             );
         }
         return;
@@ -1267,9 +1296,16 @@ async fn warn_of_a_second_replay(
         return;
     };
     let loaded: BTreeMap<i32, i64> = offsets.into_iter().collect();
+    // Where the consumer will start where the warehouse has no offset: the group's commit.
+    let group = consume::committed_offsets(&cfg.kafka, bootstrap, &group_id(cfg), topic)
+        .await
+        .unwrap_or_default();
     let waiting: i64 = topic_end
         .iter()
-        .map(|(p, end)| (end - loaded.get(p).copied().unwrap_or(0)).max(0))
+        .map(|(p, end)| {
+            let from = loaded.get(p).or(group.get(p)).copied().unwrap_or(0);
+            (end - from).max(0)
+        })
         .sum();
     if loaded.values().any(|&next| next > 0) {
         let shown = loaded
@@ -1393,7 +1429,8 @@ fn summary_text(s: &RunSummary) -> String {
     out
 }
 
-/// What looks wrong in a run though nothing was lost. Nothing lost can still be nothing loaded:
+/// What looks wrong in a run though nothing was lost. A replay into a topic that already held
+/// messages feeds the file in again. Nothing lost can still be nothing loaded:
 /// a transform failing most of its rows is far more likely a wrong param (a misspelt field name)
 /// than bad data. The same for the table: rows it cannot take (a header with `Value` and
 /// `value`, which become one column) are dead-lettered, not lost, and the run still reconciles.
@@ -1405,6 +1442,16 @@ fn warnings(s: &RunSummary) -> Vec<String> {
                 "transform {} failed {} of the {} rows it received; check its params \
                  (the failures' reasons are in the dead letters and the log)",
                 t.name, t.rows_failed, t.rows_in
+            ));
+        }
+    }
+    if let Some(r) = &s.replay {
+        let before: i64 = r.start_offsets.values().sum();
+        if before > 0 {
+            out.push(format!(
+                "the topic already held {before} messages before this replay, which added the \
+                 file's rows after them: rows of the file loaded from both are in the table \
+                 twice (`sluice run --consume-only` resumes a stopped run without replaying)"
             ));
         }
     }
@@ -2037,7 +2084,7 @@ pub async fn verify(
         let sink =
             SnowflakeSink::connect(&snowflake(&loaded), &cfg.name, services.connect_options())
                 .await
-                .context("cannot connect to Snowflake")?;
+                .with_context(|| snowflake_at(&loaded))?;
         let rows_now = sink
             .count_rows()
             .await
@@ -2098,11 +2145,12 @@ pub async fn verify(
 }
 
 /// Messages that were in the topic before a full run's replay and that no run had loaded yet
-/// (a run killed after its replay, say): that run's consume half reads them too.
+/// (a run killed after its replay, say): that run's consume half reads them too, from the first
+/// offset it consumed up to where the replay began.
 fn leftover(r: &ReplayPart, c: &ConsumePart) -> u64 {
-    r.start_offsets
+    c.start_offsets
         .iter()
-        .map(|(p, end)| (end - c.start_offsets.get(p).copied().unwrap_or(0)).max(0) as u64)
+        .map(|(p, first)| (r.start_offsets.get(p).copied().unwrap_or(0) - first).max(0) as u64)
         .sum()
 }
 
@@ -2386,6 +2434,39 @@ mod tests {
         old.as_object_mut().unwrap().remove("warnings");
         let read: RunSummary = serde_json::from_value(old).unwrap();
         assert!(read.warnings.is_empty());
+    }
+
+    /// Records a stop left unconsumed in the topic are said to wait there, not reported as if
+    /// lost; without a stop, the same numbers are a gap.
+    #[test]
+    fn records_a_stop_left_in_the_topic_are_not_reported_as_lost() {
+        let summary = RunSummary {
+            mode: "full".into(),
+            replay: Some(ReplayPart {
+                rows_read: 107,
+                rows_produced: 107,
+                ..ReplayPart::default()
+            }),
+            consume: Some(ConsumePart {
+                records: 103,
+                rows_to_sink: 103,
+                rows_loaded: 103,
+                ..ConsumePart::default()
+            }),
+            ..RunSummary::default()
+        };
+        let stopped = reconcile(&summary, false, true);
+        assert_eq!(
+            stopped,
+            [
+                "consume: 4 of the 107 records produced were not consumed before the stop; they \
+              wait in the topic, and `sluice run --consume-only` loads them"
+            ]
+        );
+        assert_eq!(
+            reconcile(&summary, false, false),
+            ["consume: 103 records consumed but 107 produced"]
+        );
     }
 
     /// A table that could not be counted (the warehouse failed during the run) is shown as not

@@ -848,7 +848,16 @@ async fn send_retrying<T>(
                     });
                 }
                 stats.retries.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(endpoint, attempt, error = %e, "retrying snowflake request");
+                // The whole chain: the transport error's source names the URL and the cause
+                // (connection refused, timed out), which is what the operator needs.
+                let error =
+                    std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                        e.source()
+                    })
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(": ");
+                tracing::warn!(endpoint, attempt, %error, "retrying snowflake request");
                 tokio::time::sleep(policy.backoff(attempt)).await;
             }
             other => return other,
