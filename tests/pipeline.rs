@@ -75,7 +75,7 @@ fn ten_broken_pipelines_give_ten_precise_messages() {
             r#""partitions": 3"#,
             r#""partitions": "three""#,
             "kafka.partitions",
-            "invalid type: string \"three\", expected a whole number",
+            "invalid type: string \"three\", expected a whole number from -2147483648 to 2147483647",
         ),
         (
             "unknown pacing mode",

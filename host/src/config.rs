@@ -702,16 +702,18 @@ fn as_scalar(text: &str) -> Option<serde_json::Value> {
 /// serde's message with the Rust type it expected said in words (`expected usize` means nothing
 /// to someone writing JSON).
 fn plain_types(message: &str) -> String {
+    // With the bounds where a JSON number could pass them: "a whole number" alone would be
+    // untrue of 3000000000 for an i32.
     const PLAIN: [(&str, &str); 10] = [
         ("f64", "a number"),
         ("f32", "a number"),
         ("usize", "a whole number, 0 or more"),
         ("u64", "a whole number, 0 or more"),
-        ("u32", "a whole number, 0 or more"),
-        ("u16", "a whole number, 0 or more"),
-        ("u8", "a whole number, 0 or more"),
+        ("u32", "a whole number from 0 to 4294967295"),
+        ("u16", "a whole number from 0 to 65535"),
+        ("u8", "a whole number from 0 to 255"),
         ("i64", "a whole number"),
-        ("i32", "a whole number"),
+        ("i32", "a whole number from -2147483648 to 2147483647"),
         ("a boolean", "true or false"),
     ];
     for (rust, plain) in PLAIN {
