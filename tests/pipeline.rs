@@ -1113,6 +1113,8 @@ fn a_stop_against_a_hung_warehouse_ends_after_the_drain_timeout() {
         ])
         .args(["--drain-timeout", "2", "--state-dir"])
         .arg(dir.path().join("state"))
+        .arg("--summary")
+        .arg(dir.path().join("summary.json"))
         .env("SLUICE_TEST_PASSWORD", "never-answered")
         .current_dir(dir.path())
         .stdin(std::process::Stdio::null())
@@ -1145,6 +1147,21 @@ fn a_stop_against_a_hung_warehouse_ends_after_the_drain_timeout() {
             && stderr.contains("`sluice run --consume-only` resumes"),
         "{stderr}"
     );
+    // The summary files say the run did not finish, rather than holding an earlier run's.
+    for file in [
+        dir.path().join("summary.json"),
+        dir.path().join("state/last-run.json"),
+    ] {
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+        assert_eq!(summary["ok"], false, "{summary:#}");
+        assert!(
+            summary["problems"][0]
+                .as_str()
+                .is_some_and(|p| p.starts_with("the run did not finish")),
+            "{summary:#}"
+        );
+    }
 }
 
 /// A warehouse that cannot be reached is named in the error, with the cause, in the retries'

@@ -448,6 +448,31 @@ pub(crate) fn snowflake(loaded: &LoadedConfig) -> SnowflakeSinkConfig {
     sf
 }
 
+/// The summary's name for a mode.
+fn mode_name(mode: RunMode) -> &'static str {
+    match mode {
+        RunMode::Full => "full",
+        RunMode::ReplayOnly => "replay_only",
+        RunMode::ConsumeOnly => "consume_only",
+    }
+}
+
+/// Writes `summary`, secrets masked, to `last-run.json` in the state directory and to
+/// `--summary`.
+fn write_summary(opts: &RunOptions, summary: &RunSummary) -> anyhow::Result<()> {
+    let mut json = serde_json::to_value(summary)?;
+    crate::config::redact_output_json(&mut json);
+    let text = serde_json::to_string_pretty(&json)?;
+    let last = opts.state_dir.join("last-run.json");
+    std::fs::write(&last, text.as_bytes())
+        .with_context(|| format!("cannot write summary {}", last.display()))?;
+    if let Some(path) = &opts.summary {
+        std::fs::write(path, text.as_bytes())
+            .with_context(|| format!("cannot write summary {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// "cannot connect to Snowflake at URL", naming the account the operator configured (or the
 /// local emulator).
 fn snowflake_at(loaded: &LoadedConfig) -> String {
@@ -546,6 +571,28 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
         );
     }
     let services = Services::start(cfg, &opts.state_dir, consumes).await?;
+    // Until the run writes its own, the summary files say that it has not finished: a run cut
+    // off (killed, or out of --drain-timeout) must not leave the previous run's summary for
+    // `verify` to pass.
+    let run_id = uuid::Uuid::new_v4().to_string();
+    write_summary(
+        &opts,
+        &RunSummary {
+            pipeline: cfg.name.clone(),
+            run_id: run_id.clone(),
+            mode: mode_name(opts.mode).to_owned(),
+            started_at: started.to_rfc3339(),
+            topic: cfg.kafka.topic.clone(),
+            dead_letter_topic: dead_letter_topic(cfg),
+            problems: vec![
+                "the run did not finish: it was killed, or exited at --drain-timeout, before it \
+                 wrote its summary; `sluice run --consume-only` resumes from what the warehouse \
+                 holds"
+                    .to_owned(),
+            ],
+            ..RunSummary::default()
+        },
+    )?;
     let bootstrap = services.bootstrap.clone();
     let dlq_topic = dead_letter_topic(cfg);
     let (dlq_tx, dlq_task) = source::dlq::spawn(&cfg.kafka, &bootstrap, &dlq_topic, 1024)
@@ -746,14 +793,9 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
 
     let mut summary = RunSummary {
         pipeline: cfg.name.clone(),
-        run_id: uuid::Uuid::new_v4().to_string(),
+        run_id,
         topic: cfg.kafka.topic.clone(),
-        mode: match opts.mode {
-            RunMode::Full => "full",
-            RunMode::ReplayOnly => "replay_only",
-            RunMode::ConsumeOnly => "consume_only",
-        }
-        .to_owned(),
+        mode: mode_name(opts.mode).to_owned(),
         started_at: started.to_rfc3339(),
         duration_ms: t0.elapsed().as_millis() as u64,
         replay: replay_part,
@@ -783,14 +825,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
             )
         ),
     }
-    let mut json = serde_json::to_value(&summary)?;
-    crate::config::redact_output_json(&mut json);
-    let text = serde_json::to_string_pretty(&json)?;
-    std::fs::write(opts.state_dir.join("last-run.json"), text.as_bytes())?;
-    if let Some(path) = &opts.summary {
-        std::fs::write(path, text.as_bytes())
-            .with_context(|| format!("cannot write summary {}", path.display()))?;
-    }
+    write_summary(&opts, &summary)?;
     drop(services);
     Ok(summary.problems)
 }
