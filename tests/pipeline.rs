@@ -940,6 +940,10 @@ fn a_secret_from_the_environment_is_masked_in_logs_and_summaries() {
         String::from_utf8_lossy(&verified.stderr)
     );
     assert!(!stdout.contains("Hunter2"), "{stdout}");
+    assert!(
+        stdout.contains("verify: ok, every row of the file accounted for in the topic (a replay-only run loads nothing"),
+        "{stdout}"
+    );
     // A secret with both quotes and a control character, in JSON output, where each is escaped
     // (and the message may quote it with `{:?}` first): no topic may hold these, so the run
     // fails and its error, which names the topic, is the JSON log's last event.

@@ -2166,7 +2166,10 @@ pub async fn verify(
     }
     crate::outln!(
         "{}",
-        if ok {
+        if ok && summary.consume.is_none() {
+            "verify: ok, every row of the file accounted for in the topic (a replay-only run \
+             loads nothing; `sluice run --consume-only --until-end` loads it)"
+        } else if ok {
             "verify: ok, every row accounted for"
         } else {
             "verify: GAPS FOUND"
