@@ -276,6 +276,17 @@ fn filter(row: &Row, op: &str, want: &str) -> Result<bool, String> {
     let ord = match v {
         Value::Null => return Ok(op == "ne"),
         Value::String(s) | Value::Json(s) if op == "contains" => return Ok(s.contains(want)),
+        // A string holding a number compares as one with a numeric value.
+        Value::String(s) if let Ok(number) = want.trim().parse::<f64>() => {
+            match s.trim().parse::<f64>() {
+                Ok(have) => match have.partial_cmp(&number) {
+                    Some(o) => o,
+                    None => return Ok(op == "ne"),
+                },
+                Err(_) if matches!(op, "eq" | "ne") => s.as_str().cmp(want),
+                Err(_) => return Err(invalid("value")),
+            }
+        }
         Value::String(s) | Value::Json(s) => s.as_str().cmp(want),
         Value::Bool(b) => b.cmp(&want.trim().parse().map_err(|_| invalid("value"))?),
         Value::Timestamp(t) if let Some(want) = sluice::row::parse_timestamp(want) => t.cmp(&want),

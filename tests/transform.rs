@@ -208,6 +208,44 @@ fn filter_keeps_rows_matching_the_comparison() {
     assert_eq!(kept, [3, 13, 23, 30, 31, 32, 33, 34, 35, 36, 37, 38, 39]);
 }
 
+/// A string holding a number compares as a number with a numeric `value` (a CSV column with one
+/// cell that is not a number is typed string); under an ordering, one holding none fails its
+/// record instead of comparing as text ("abc" > "5").
+#[test]
+fn filter_compares_numbers_held_in_strings_as_numbers() {
+    let c = chain(&[config(
+        guests::FILTER,
+        &[("field", "price"), ("op", "gt"), ("value", "5")],
+    )]);
+    let rows: Vec<Row> = ["10", "4.5", " 100 ", "abc", "9"]
+        .iter()
+        .map(|p| row(&[("price", Value::String((*p).into()))]))
+        .collect();
+    let out = c.process_blocking(with_meta(rows.clone())).unwrap();
+    let kept: Vec<usize> = [0, 1, 2, 4]
+        .into_iter()
+        .filter(|&i| !emitted(&out[i]).is_empty())
+        .collect();
+    assert_eq!(kept, [0, 2, 4]);
+    let q = quarantined(&out[3]);
+    assert_eq!(
+        (q.kind, q.reason.as_str()),
+        (
+            FailureKind::Guest,
+            "invalid value in field `price`: is \"abc\", not a number to compare with 5"
+        )
+    );
+
+    // Equality: a string that holds no number is simply not equal.
+    let c = chain(&[config(
+        guests::FILTER,
+        &[("field", "price"), ("op", "ne"), ("value", "10")],
+    )]);
+    let out = c.process_blocking(with_meta(rows)).unwrap();
+    let kept: Vec<usize> = (0..5).filter(|&i| !emitted(&out[i]).is_empty()).collect();
+    assert_eq!(kept, [1, 2, 3, 4]);
+}
+
 #[test]
 fn filter_fails_a_row_without_the_field_as_a_guest_error() {
     let c = chain(&[config(

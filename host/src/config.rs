@@ -311,7 +311,7 @@ pub fn redact_output(text: &str) -> std::borrow::Cow<'_, str> {
     let Some(secrets) = OUTPUT_SECRETS.get().filter(|s| !s.values.is_empty()) else {
         return text.into();
     };
-    let line = text.trim_end_matches('\n');
+    let line = text.trim_end();
     if line.starts_with('{')
         && !line.contains('\n')
         && let Ok(mut event) = serde_json::from_str::<serde_json::Value>(line)
@@ -565,9 +565,16 @@ pub fn load_str(
         }
         return Err(invalid(issues));
     }
+    // serde stops at the first mistake. To report more of them at once, each mistake's key is
+    // taken out and the rest read again, as long as that is safe: an object's key, not an
+    // array's item (which would renumber the paths after it), at most 20 times. A required key
+    // taken out is then missing; that is no new mistake, and nothing past it can be read.
+    let mut found: Vec<ConfigIssue> = Vec::new();
+    let mut taken_out: Vec<String> = Vec::new();
     let mut config: PipelineConfig = loop {
         let e = match serde_path_to_error::deserialize(&tree) {
-            Ok(config) => break config,
+            Ok(config) if found.is_empty() => break config,
+            Ok(_) => return Err(invalid(found)),
             Err(e) => e,
         };
         let message = e.inner().to_string();
@@ -591,15 +598,26 @@ pub fn load_str(
             secrets = EnvSecrets::new(&from_env);
             continue;
         }
-        let mut message = plain_types(&message);
-        if let Some(written) = lone {
-            message.push_str(&format!(" (from {written:?})"));
+        if !found.is_empty() && message.starts_with("missing field") {
+            return Err(invalid(found));
         }
-        return Err(invalid(vec![ConfigIssue {
+        let mut shown = plain_types(&message);
+        if let Some(written) = lone {
+            shown.push_str(&format!(" (from {written:?})"));
+        }
+        found.push(ConfigIssue {
             position: locate(text, &path),
-            path,
-            message: secrets.redact(&message),
-        }]));
+            path: path.clone(),
+            message: secrets.redact(&shown),
+        });
+        if found.len() >= 20
+            || message.starts_with("missing field")
+            || taken_out.contains(&path)
+            || !take_out(&mut tree, &path)
+        {
+            return Err(invalid(found));
+        }
+        taken_out.push(path);
     };
     // A transform's params may carry secrets (a salt, a key); its messages must not show them.
     for (i, t) in config.transforms.iter_mut().enumerate() {
@@ -655,6 +673,22 @@ fn value_at<'a>(tree: &'a serde_json::Value, path: &str) -> Option<&'a serde_jso
             Seg::Key(k) => node.get(&k),
             Seg::Index(i) => node.get(i),
         })
+}
+
+/// Removes the object key at `path` from `tree`; whether there was one (an array's item is not
+/// removed).
+fn take_out(tree: &mut serde_json::Value, path: &str) -> bool {
+    let mut segs = parse_path(path);
+    let Some(Seg::Key(key)) = segs.pop() else {
+        return false;
+    };
+    segs.into_iter()
+        .try_fold(tree, |node, seg| match seg {
+            Seg::Key(k) => node.get_mut(&k),
+            Seg::Index(i) => node.get_mut(i),
+        })
+        .and_then(serde_json::Value::as_object_mut)
+        .is_some_and(|object| object.shift_remove(&key).is_some())
 }
 
 /// [`value_at`], to change it.
@@ -1568,6 +1602,43 @@ mod tests {
         );
         let loaded = load_str(&text, Path::new("p.json"), &|_| Some("5000".to_owned())).unwrap();
         assert_eq!(loaded.redact("5000 rows loaded"), "5000 rows loaded");
+    }
+
+    /// Several mistakes are reported at once, each at its key, as long as reading past one is
+    /// safe; a required key that is wrong ends the list there (it would then be missing).
+    #[test]
+    fn several_mistakes_are_reported_together() {
+        let text = pipeline(
+            ",\n    \"key_colum\": \"id\"",
+            ",\n    \"partitions\": \"three\"",
+            ",\n    \"batch\": { \"max_rows\": -5 }",
+        );
+        let issues = match load_str(&text, Path::new("p.json"), &|_| None) {
+            Err(ConfigError::Invalid { issues, .. }) => issues,
+            other => panic!("expected issues, got {other:?}"),
+        };
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "source.key_colum",
+                "kafka.partitions",
+                "sink.batch.max_rows"
+            ],
+            "{issues:#?}"
+        );
+        for issue in &issues {
+            assert_eq!(issue.position, locate(&text, &issue.path), "{issue}");
+        }
+        // A wrong required key: reported, and no "missing field" after it.
+        let text = pipeline("", ",\n    \"partitions\": \"three\"", "")
+            .replace("\"database\": \"D\"", "\"database\": 5");
+        let issues = match load_str(&text, Path::new("p.json"), &|_| None) {
+            Err(ConfigError::Invalid { issues, .. }) => issues,
+            other => panic!("expected issues, got {other:?}"),
+        };
+        let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
+        assert_eq!(paths, ["kafka.partitions", "sink.database"], "{issues:#?}");
     }
 
     #[test]

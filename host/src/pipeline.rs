@@ -585,9 +585,9 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
             topic: cfg.kafka.topic.clone(),
             dead_letter_topic: dead_letter_topic(cfg),
             problems: vec![
-                "the run did not finish: it was killed, or exited at --drain-timeout, before it \
-                 wrote its summary; `sluice run --consume-only` resumes from what the warehouse \
-                 holds"
+                "the run did not finish: it failed before it could write its summary (its \
+                 error said why), was killed, or exited at --drain-timeout; `sluice run \
+                 --consume-only` resumes from what the warehouse holds"
                     .to_owned(),
             ],
             ..RunSummary::default()
@@ -813,6 +813,9 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
     ));
     summary.ok = summary.problems.is_empty();
     summary.warnings = warnings(&summary);
+    if interrupted.load(Ordering::Relaxed) {
+        summary.warnings.extend(waiting_after_stop(&summary));
+    }
     match opts.log_format {
         LogFormat::Human => print_summary(&summary),
         // One event like every other line on stderr, the whole summary in its fields.
@@ -1252,22 +1255,15 @@ fn reconcile(s: &RunSummary, stopped: bool, interrupted: bool) -> Vec<String> {
             sink_gaps(c, &mut gaps);
             return gaps;
         }
-        if let (Some(r), "full") = (&s.replay, s.mode.as_str())
+        // After a stop, records the consumer had not reached wait in the topic: not lost, and
+        // said in the warnings (`waiting_after_stop`).
+        if let (Some(r), "full", false) = (&s.replay, s.mode.as_str(), interrupted)
             && c.records < r.rows_produced
         {
-            gaps.push(match interrupted {
-                // Not lost: the stop came before the consumer reached them.
-                true => format!(
-                    "consume: {} of the {} records produced were not consumed before the stop; \
-                     they wait in the topic, and `sluice run --consume-only` loads them",
-                    r.rows_produced - c.records,
-                    r.rows_produced
-                ),
-                false => format!(
-                    "consume: {} records consumed but {} produced",
-                    c.records, r.rows_produced
-                ),
-            });
+            gaps.push(format!(
+                "consume: {} records consumed but {} produced",
+                c.records, r.rows_produced
+            ));
         }
         if let Some(first) = c.transforms.first()
             && first.rows_in + c.undecodable != c.records
@@ -1464,6 +1460,26 @@ fn summary_text(s: &RunSummary) -> String {
     out
 }
 
+/// After a stop: how many of the topic's records (up to its end after the replay) the warehouse
+/// does not hold yet, counted per partition from its committed offset.
+fn waiting_after_stop(s: &RunSummary) -> Option<String> {
+    let (r, c) = (s.replay.as_ref()?, s.consume.as_ref()?);
+    let waiting: i64 = r
+        .end_offsets
+        .iter()
+        .map(|(p, end)| {
+            let from = c.committed_offsets.get(p).or(c.start_offsets.get(p));
+            (end - from.copied().unwrap_or(0)).max(0)
+        })
+        .sum();
+    (waiting > 0).then(|| {
+        format!(
+            "{waiting} records wait in the topic past what the warehouse holds (the stop came \
+             before they were loaded); `sluice run --consume-only` loads them"
+        )
+    })
+}
+
 /// What looks wrong in a run though nothing was lost. A replay into a topic that already held
 /// messages feeds the file in again. Nothing lost can still be nothing loaded:
 /// a transform failing most of its rows is far more likely a wrong param (a misspelt field name)
@@ -1484,9 +1500,10 @@ fn warnings(s: &RunSummary) -> Vec<String> {
         let before: i64 = r.start_offsets.values().sum();
         if before > 0 {
             out.push(format!(
-                "the topic already held {before} messages before this replay, which added the \
-                 file's rows after them: rows of the file loaded from both are in the table \
-                 twice (`sluice run --consume-only` resumes a stopped run without replaying)"
+                "the topic's offsets were already at {before} before this replay (an earlier \
+                 replay's messages, or another producer's), and this replay added the file's \
+                 rows after them: rows of the file loaded from both are in the table twice \
+                 (`sluice run --consume-only` resumes a stopped run without replaying)"
             ));
         }
     }
@@ -2046,7 +2063,8 @@ pub async fn verify(
             on_topic >= at_replay && at_replay >= r.rows_produced as i64,
         );
     }
-    let dlq_end = consume::end_offsets(&cfg.kafka, &services.bootstrap, &summary.dead_letter_topic)
+    // The pipeline's own name: the summary's is masked where it holds a secret.
+    let dlq_end = consume::end_offsets(&cfg.kafka, &services.bootstrap, &dead_letter_topic(cfg))
         .await
         .unwrap_or_default();
     let in_dlq: i64 = dlq_end.values().sum();
@@ -2474,8 +2492,8 @@ mod tests {
         assert!(read.warnings.is_empty());
     }
 
-    /// Records a stop left unconsumed in the topic are said to wait there, not reported as if
-    /// lost; without a stop, the same numbers are a gap.
+    /// Records a stop left unconsumed in the topic are said to wait there, counted from what the
+    /// warehouse holds, not reported as if lost; without a stop, the same numbers are a gap.
     #[test]
     fn records_a_stop_left_in_the_topic_are_not_reported_as_lost() {
         let summary = RunSummary {
@@ -2483,23 +2501,27 @@ mod tests {
             replay: Some(ReplayPart {
                 rows_read: 107,
                 rows_produced: 107,
+                end_offsets: BTreeMap::from([(0, 60), (1, 57)]),
+                start_offsets: BTreeMap::from([(0, 10)]),
                 ..ReplayPart::default()
             }),
             consume: Some(ConsumePart {
                 records: 103,
                 rows_to_sink: 103,
                 rows_loaded: 103,
+                committed_offsets: BTreeMap::from([(0, 58), (1, 50)]),
+                start_offsets: BTreeMap::from([(0, 5), (1, 0)]),
                 ..ConsumePart::default()
             }),
             ..RunSummary::default()
         };
-        let stopped = reconcile(&summary, false, true);
+        assert_eq!(reconcile(&summary, false, true), Vec::<String>::new());
         assert_eq!(
-            stopped,
-            [
-                "consume: 4 of the 107 records produced were not consumed before the stop; they \
-              wait in the topic, and `sluice run --consume-only` loads them"
-            ]
+            waiting_after_stop(&summary).as_deref(),
+            Some(
+                "9 records wait in the topic past what the warehouse holds (the stop came before \
+                 they were loaded); `sluice run --consume-only` loads them"
+            )
         );
         assert_eq!(
             reconcile(&summary, false, false),

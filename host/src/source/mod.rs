@@ -671,8 +671,9 @@ pub(crate) fn pacing_column_problem(
             "pacing column {column:?} holds numbers; {WANTED}, not epoch numbers (convert the \
              column, or use `mode: rate`)"
         )),
-        // Declared a timestamp: a value that is not one (a blank, an `N/A`) is a bad row,
-        // dead-lettered with its line, not a bad pipeline.
+        // Declared a timestamp: a blank is a null (sent at once, the clock unmoved) and any
+        // other value that is not a time (`N/A`) a bad row, dead-lettered with its line; neither
+        // makes the pipeline bad.
         (Some(_), _) => None,
         // Nothing to go by, or already times.
         (None, None | Some(ValueType::Null | ValueType::Timestamp)) => None,
@@ -714,7 +715,7 @@ mod tests {
                 .unwrap()
                 .contains("declare it in source.schema")
         );
-        // A blank or an `N/A` among times, declared: those rows are dead-lettered, not the file.
+        // A blank (a null) or an `N/A` (a bad row) among declared times: not the file's fault.
         assert_eq!(problem(Some(Timestamp), Some(String)), None);
         assert_eq!(problem(Some(Timestamp), None), None);
         assert_eq!(problem(None, Some(Timestamp)), None);

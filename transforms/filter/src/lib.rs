@@ -4,7 +4,11 @@
 //! `==`, `!=`, `>`, `>=`, `<`, `<=`) and `value`. Numbers (int, float) compare numerically with
 //! `value` parsed as a number; timestamps with `value` parsed as a timestamp (`2024-01-02`,
 //! `2024-01-02T03:04:05.5Z`, ...; see [`sluice_guest::parse_timestamp`]) or else as a number of
-//! microseconds since the epoch; strings compare as text; bools with `true`/`false`.
+//! microseconds since the epoch; strings compare as text, except that a string holding a number
+//! compares numerically with a numeric `value` (a CSV column with one cell that is not a number
+//! is typed string, and `"10" > "5"` must not depend on that), and one that holds no number fails
+//! its record under `gt`/`ge`/`lt`/`le` with a numeric `value` rather than compare as text;
+//! bools with `true`/`false`.
 //! A null field never matches (except with `ne`). A row without the field fails with
 //! `missing-field`.
 
@@ -78,6 +82,22 @@ impl Filter {
             Value::String(s) | Value::Json(s) if self.op == Op::Contains => {
                 return Ok(s.contains(&self.text));
             }
+            Value::String(s) if let Some(want) = self.number => match s.trim().parse::<f64>() {
+                Ok(have) => match have.partial_cmp(&want) {
+                    Some(o) => o,
+                    None => return Ok(self.op == Op::Ne),
+                },
+                Err(_) if matches!(self.op, Op::Eq | Op::Ne) => s.as_str().cmp(self.text.as_str()),
+                Err(_) => {
+                    return Err(Error::invalid_value(
+                        &self.field,
+                        format!(
+                            "is {s:?}, not a number to compare with {}",
+                            self.text.trim()
+                        ),
+                    ));
+                }
+            },
             Value::String(s) | Value::Json(s) => s.as_str().cmp(self.text.as_str()),
             Value::Timestamp(t) if let Some(want) = self.timestamp => t.cmp(&want),
             Value::Timestamp(_) if self.number.is_none() => {

@@ -848,15 +848,10 @@ async fn send_retrying<T>(
                     });
                 }
                 stats.retries.fetch_add(1, Ordering::Relaxed);
-                // The whole chain: the transport error's source names the URL and the cause
-                // (connection refused, timed out), which is what the operator needs.
-                let error =
-                    std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
-                        e.source()
-                    })
-                    .map(ToString::to_string)
-                    .collect::<Vec<_>>()
-                    .join(": ");
+                // The whole chain: the transport error's sources say why (connection refused,
+                // timed out), which is what the operator needs. (No URL: `transport` drops it,
+                // as a presigned one carries a token.)
+                let error = crate::error_chain(&e);
                 tracing::warn!(endpoint, attempt, %error, "retrying snowflake request");
                 tokio::time::sleep(policy.backoff(attempt)).await;
             }
