@@ -2558,7 +2558,28 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         ),
     )
     .unwrap();
-    let crate_dir = cli::scaffold("shout", ws).unwrap();
+    let out = sluice_tests::cli::sluice(
+        ws,
+        &["transform", "new", "shout", "--dir", &ws.to_string_lossy()],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let crate_dir = ws.join("shout");
+    // It says how to build, then how to run the scaffold's own test.
+    let data = crate_dir.join("testdata");
+    assert!(
+        stdout.contains(&format!(
+            "then: sluice transform test --component <the .wasm file build prints> --input {} \
+             --expect {}",
+            data.join("input.jsonl").display(),
+            data.join("expected.jsonl").display()
+        )),
+        "{stdout}"
+    );
     assert!(cli::scaffold("shout", ws).is_err(), "refuses to overwrite");
     // Untouched, it passes the format check CI runs on transforms/.
     let fmt = std::process::Command::new("rustfmt")

@@ -149,14 +149,27 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
         TransformCommand::New { name, dir } => {
             let crate_dir = scaffold(&name, &dir)?;
             crate::outln!("created {}", crate_dir.display());
-            if dir == Path::new(DEFAULT_DIR) {
+            // The whole loop, so that an author need not look it up: build, then the scaffold's
+            // own golden test (which passes untouched).
+            let wasm = if dir == Path::new(DEFAULT_DIR) {
                 crate::outln!("next: sluice transform build {name}");
+                format!(
+                    "{DEFAULT_DIR}/target/wasm32-wasip2/release/transform_{}.wasm",
+                    name.replace('-', "_")
+                )
             } else {
                 crate::outln!(
                     "next: sluice transform build {name} --dir {}",
                     dir.display()
                 );
-            }
+                "<the .wasm file build prints>".to_owned()
+            };
+            let data = crate_dir.join("testdata");
+            crate::outln!(
+                "then: sluice transform test --component {wasm} --input {} --expect {}",
+                data.join("input.jsonl").display(),
+                data.join("expected.jsonl").display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         TransformCommand::Build { name, dir } => {
