@@ -1414,7 +1414,7 @@ fn print_summary(s: &RunSummary) {
 fn summary_text(s: &RunSummary) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "\nsluice run {} ({}) finished in {:.1} s\n",
+        "\nsluice: pipeline {} ({}) finished in {:.1} s\n",
         s.pipeline,
         s.mode,
         s.duration_ms as f64 / 1000.0
