@@ -1501,6 +1501,45 @@ fn cli_test_discards_guest_stdio_unless_asked() {
     }
 }
 
+/// When a batch fails and its records are run again one at a time to find the one to blame, what
+/// the guest writes in that re-run is marked as such: the record whose output shows twice was
+/// not processed twice.
+#[test]
+fn cli_test_marks_debug_output_of_a_rerun_record() {
+    let dir = tempfile::tempdir().unwrap();
+    // The second record blocks on a sleep, which fails its batch and then it alone.
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"id\":1}\n{\"sleep_ms\":1}\n",
+    )
+    .unwrap();
+    let args = ["transform", "test", "--component", guests::PROBE];
+    let args = [&args[..], &["--input", "in.jsonl", "--debug-stdio"]].concat();
+    let out = sluice_tests::cli::sluice(dir.path(), &args);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(
+        stdout, "{\"env\":0,\"fs\":false,\"net\":false}\n",
+        "{stderr}"
+    );
+    assert!(stderr.contains("record 2 (line 2)"), "{stderr}");
+    assert!(stderr.contains("tried to wait"), "{stderr}");
+    assert_eq!(
+        stderr.matches("[probe] probe stdout\n").count(),
+        1,
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr
+            .matches("[probe, re-run alone] probe stdout\n")
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
+
 /// A guest that writes during `init` under `--debug-stdio` is shown (it used to wait forever for
 /// the stderr lock `transform test` held), and a guest that panics says why, with or without it:
 /// the panic message is in the failure's reason.
@@ -1597,7 +1636,8 @@ fn cli_test_expect_detects_a_mismatch() {
     assert!(
         stderr.contains(
             "row 2 (golden line 3; from record 2, input line 3): expected \
-             {\"id\":2,\"name\":\"Bob\"}, got {\"id\":2,\"name\":\"BOB\"}"
+             {\"id\":2,\"name\":\"Bob\"}, got {\"id\":2,\"name\":\"BOB\"}\n  \
+             differs in \"name\": expected \"Bob\", got \"BOB\"\n"
         ),
         "{stderr}"
     );

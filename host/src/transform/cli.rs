@@ -886,6 +886,63 @@ impl JsonRow {
     }
 }
 
+impl JsonRow {
+    /// What differs between this expected row and `actual`, member by member, so that a wide
+    /// row's one wrong value is named rather than left to be spotted in two long lines:
+    /// `value: expected 50, got 51; missing: id; unexpected: total`.
+    fn differences(&self, actual: &JsonRow) -> String {
+        // Raw texts are read again only here, for a mismatch; both rows parsed already.
+        fn raw(row: &JsonRow) -> Vec<(crate::row::Name, &str)> {
+            let mut members = wire::members(&row.text).unwrap_or_default();
+            members.sort_by(|a, b| a.0.cmp(&b.0));
+            members
+        }
+        let (want, got) = (raw(self), raw(actual));
+        let values = |members: &[(crate::row::Name, &str)], name: &str| -> Vec<String> {
+            members
+                .iter()
+                .filter(|(n, _)| &**n == name)
+                .map(|(_, v)| v.trim().to_owned())
+                .collect()
+        };
+        let mut names: Vec<&str> = want.iter().chain(&got).map(|(n, _)| &**n).collect();
+        names.sort_unstable();
+        names.dedup();
+        let (mut changed, mut missing, mut unexpected) = (Vec::new(), Vec::new(), Vec::new());
+        for name in names {
+            fn named<'a>(row: &'a JsonRow, name: &str) -> Vec<&'a Member> {
+                let named = row.members.iter().filter(|(n, _)| n == name);
+                named.map(|(_, m)| m).collect()
+            }
+            if named(self, name) == named(actual, name) {
+                continue;
+            }
+            let (w, g) = (values(&want, name), values(&got, name));
+            let shown = |v: &[String]| match v {
+                [one] => one.clone(),
+                many => format!("[{}] (the name {} times)", many.join(", "), many.len()),
+            };
+            match (w.is_empty(), g.is_empty()) {
+                (false, true) => missing.push(format!("{name:?}")),
+                (true, false) => unexpected.push(format!("{name:?}")),
+                _ => changed.push(format!(
+                    "{name:?}: expected {}, got {}",
+                    shown(&w),
+                    shown(&g)
+                )),
+            }
+        }
+        let mut parts = changed;
+        if !missing.is_empty() {
+            parts.push(format!("missing: {}", missing.join(", ")));
+        }
+        if !unexpected.is_empty() {
+            parts.push(format!("unexpected: {}", unexpected.join(", ")));
+        }
+        parts.join("; ")
+    }
+}
+
 impl PartialEq for JsonRow {
     fn eq(&self, other: &JsonRow) -> bool {
         self.members == other.members
@@ -1214,6 +1271,10 @@ trait Expected {
     fn show(&self) -> String;
     /// Whether `actual` is what this golden item expects.
     fn matches(&self, actual: &Self::Actual) -> bool;
+    /// What differs in `actual`, in detail, when the two items are too long to compare by eye.
+    fn differences(&self, _actual: &Self::Actual) -> Option<String> {
+        None
+    }
     /// The item on line `line` of golden file `path`.
     fn parse(path: &Path, line: u64, text: &str) -> anyhow::Result<Self>
     where
@@ -1239,6 +1300,10 @@ impl Expected for JsonRow {
 
     fn matches(&self, actual: &JsonRow) -> bool {
         self == actual
+    }
+
+    fn differences(&self, actual: &JsonRow) -> Option<String> {
+        Some(JsonRow::differences(self, actual)).filter(|d| !d.is_empty())
     }
 }
 
@@ -1276,11 +1341,14 @@ impl<E: Expected> Check<E> {
         if self.first.is_none() {
             self.first = match self.expected.next() {
                 Ok(Some((line, e))) if !e.matches(actual) => Some(Difference::Pair(format!(
-                    "{} {} (golden line {line}{}): expected {}, got {actual}",
+                    "{} {} (golden line {line}{}): expected {}, got {actual}{}",
                     E::NAMES.0,
                     self.seen + 1,
                     from(),
-                    e.show()
+                    e.show(),
+                    e.differences(actual)
+                        .map(|d| format!("\n  differs in {d}"))
+                        .unwrap_or_default()
                 ))),
                 Ok(Some(_)) => None,
                 Ok(None) => Some(Difference::Extra(format!("{actual}{}", from()))),
@@ -2004,7 +2072,28 @@ mod tests {
                 &[v("{\"a\":1}"), v("{\"a\":1}")],
                 &[v("{\"a\":1}"), v("{\"a\":2}")]
             ),
-            Some("row 2 (golden line 2): expected {\"a\":1}, got {\"a\":2}".to_owned())
+            Some(
+                "row 2 (golden line 2): expected {\"a\":1}, got {\"a\":2}\n  \
+                 differs in \"a\": expected 1, got 2"
+                    .to_owned()
+            )
+        );
+        // A wide row's difference is named member by member.
+        let wide = diff(
+            &[v(r#"{"id":1,"name":"x","value":16,"gone":true}"#)],
+            &[v(r#"{"value":16.0,"name":"x","id":1,"new":null}"#)],
+        )
+        .unwrap();
+        assert!(
+            wide.ends_with(
+                "differs in \"value\": expected 16, got 16.0; missing: \"gone\"; unexpected: \"new\""
+            ),
+            "{wide}"
+        );
+        let dups = diff(&[v(r#"{"a":1,"a":2}"#)], &[v(r#"{"a":1}"#)]).unwrap();
+        assert!(
+            dups.ends_with("differs in \"a\": expected [1, 2] (the name 2 times), got 1"),
+            "{dups}"
         );
         assert!(
             diff(&[], &[v("{\"a\":2}")])

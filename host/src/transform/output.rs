@@ -28,6 +28,11 @@ pub struct GuestOutput(Arc<Mutex<Output>>);
 struct Output {
     /// `[name] `, when the output is also shown.
     echo: Option<Vec<u8>>,
+    /// `[name, re-run alone] `, shown instead while a failed batch is run again a record at a
+    /// time: that run repeats the batch's output, which would read as the guest doing it twice.
+    rerun_echo: Option<Vec<u8>>,
+    /// Whether the current call is such a re-run.
+    rerun: bool,
     /// The last bytes written since the current call started.
     tail: Vec<u8>,
     /// A line being written, not yet shown.
@@ -39,6 +44,8 @@ impl GuestOutput {
     pub fn new(name: &str, echo: bool) -> GuestOutput {
         let out = Output {
             echo: echo.then(|| format!("[{name}] ").into_bytes()),
+            rerun_echo: echo.then(|| format!("[{name}, re-run alone] ").into_bytes()),
+            rerun: false,
             tail: Vec::new(),
             line: Vec::new(),
         };
@@ -49,9 +56,13 @@ impl GuestOutput {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forgets the previous call's output.
-    pub fn start_call(&self) {
-        self.lock().tail.clear();
+    /// Forgets the previous call's output; `rerun`: the call runs one record of a failed batch
+    /// again, alone.
+    pub fn start_call(&self, rerun: bool) {
+        let mut out = self.lock();
+        out.flush_line();
+        out.tail.clear();
+        out.rerun = rerun;
     }
 
     /// What the guest wrote in this call that tells why it failed, on one line: from the last
@@ -106,7 +117,11 @@ impl GuestOutput {
 impl Output {
     /// Shows the pending line, if output is shown.
     fn flush_line(&mut self) {
-        let Some(prefix) = &self.echo else { return };
+        let prefix = match self.rerun {
+            true => &self.rerun_echo,
+            false => &self.echo,
+        };
+        let Some(prefix) = prefix else { return };
         if self.line.is_empty() {
             return;
         }
@@ -212,14 +227,14 @@ mod tests {
             out.explain().as_deref(),
             Some("panicked at src/lib.rs:9:5: boom at 155.05")
         );
-        out.start_call();
+        out.start_call(false);
         assert_eq!(out.explain(), None);
         out.write(b"a\n\nb");
         assert_eq!(out.explain().as_deref(), Some("a / b"));
         // Only the tail is kept, however much the guest writes, and without control characters.
         out.write(&vec![b'x'; 10 * TAIL_BYTES]);
         assert_eq!(out.explain().map(|s| s.len()), Some(TAIL_BYTES));
-        out.start_call();
+        out.start_call(false);
         out.write(b"red \x1b[31malert\x07\n");
         assert_eq!(out.explain().as_deref(), Some("red  [31malert"));
     }

@@ -939,7 +939,7 @@ impl Slot {
             })
         });
         let init_ms = init_limit_ms(&t.config);
-        arm_for(&mut store, &t.config, fuel_enabled, init_ms);
+        arm_for(&mut store, &t.config, fuel_enabled, init_ms, false);
         let instance = t.pre.instance_pre().instantiate(&mut store).map_err(|e| {
             let (kind, reason) = classify(&e, store.data(), &t.config);
             InitFailure::Wasm(kind, reason)
@@ -947,7 +947,7 @@ impl Slot {
         // `TransformPre` found the exports by name; this checks their function types.
         let guest = bindings::Transform::new(&mut store, &instance)
             .map_err(|e| InitFailure::Exports(format!("{e:#}")))?;
-        arm_for(&mut store, &t.config, fuel_enabled, init_ms);
+        arm_for(&mut store, &t.config, fuel_enabled, init_ms, false);
         match guest
             .sluice_transform_transformer()
             .call_init(&mut store, &t.params)
@@ -966,9 +966,10 @@ impl Slot {
     }
 }
 
-/// Sets the CPU deadline (and fuel) for the next call into the guest.
-fn arm(store: &mut Store<HostState>, config: &TransformConfig, fuel_enabled: bool) {
-    arm_for(store, config, fuel_enabled, config.timeout_ms);
+/// Sets the CPU deadline (and fuel) for the next call into the guest; `rerun`: the call runs
+/// one record of a failed batch again, alone.
+fn arm(store: &mut Store<HostState>, config: &TransformConfig, fuel_enabled: bool, rerun: bool) {
+    arm_for(store, config, fuel_enabled, config.timeout_ms, rerun);
 }
 
 /// The CPU time building an instance and running `init` may take: `timeout_ms`, but at least a
@@ -984,11 +985,12 @@ fn arm_for(
     config: &TransformConfig,
     fuel_enabled: bool,
     limit_ms: u64,
+    rerun: bool,
 ) {
     let state = store.data_mut();
     state.cpu_limit = Duration::from_millis(limit_ms);
     state.cpu_start = None;
-    state.output.start_call();
+    state.output.start_call(rerun);
     // The next tick starts the count (see the deadline callback in `Slot::new`).
     store.set_epoch_deadline(1);
     if fuel_enabled {
@@ -1210,7 +1212,7 @@ fn run_transform(
     TransformStats::add(&t.stats.rows_in, n as u64);
     let max = t.config.max_rows_per_record;
     let (next, failures, filtered) =
-        match call(shared, t, slot, &batch.wire, &batch.origins, metas)? {
+        match call(shared, t, slot, &batch.wire, &batch.origins, metas, false)? {
             Ok(output) => match check_output(&output, n) {
                 Ok(()) => split(output, batch, 0, max),
                 Err(reason) if n == 1 => (
@@ -1290,7 +1292,7 @@ fn isolate(
         // `init` are the host's cost, not this row's.
         ready(shared, t, slot)?;
         let (cpu, failed_before, timeouts_before) = (thread_cpu_time(), failures.len(), timeouts);
-        match call(shared, t, slot, &batch.single(j), origin, metas)? {
+        match call(shared, t, slot, &batch.single(j), origin, metas, true)? {
             Ok(output) => match check_output(&output, 1) {
                 Ok(()) => {
                     let (one, failed, none) = split(output, batch, j, max);
@@ -1520,6 +1522,7 @@ fn ready<'a>(
 
 /// One batch call on the calling thread's instance (built on demand). The outer error is fatal (no
 /// instance could be built); the inner one is a trap or limit, after which the instance is gone.
+/// `rerun`: the call runs one record of a failed batch again, alone (its debug output says so).
 fn call(
     shared: &Shared,
     t: &Loaded,
@@ -1527,6 +1530,7 @@ fn call(
     input: &Rows,
     origins: &[u32],
     metas: &Metas,
+    rerun: bool,
 ) -> Result<Result<Output, (FailureKind, String)>, TransformError> {
     let s = ready(shared, t, slot)?;
     let fresh = s.rows_seen == 0;
@@ -1535,7 +1539,7 @@ fn call(
     state.metas = Arc::clone(metas);
     state.origins.clear();
     state.origins.extend_from_slice(origins);
-    arm(&mut s.store, &t.config, shared.fuel_enabled);
+    arm(&mut s.store, &t.config, shared.fuel_enabled, rerun);
     let start = Instant::now();
     let result = s
         .guest
@@ -1557,7 +1561,7 @@ fn call(
             // Handles leaked by the instance's earlier calls fill its table too: a call that
             // finds it full is only to blame if it does so on a fresh instance.
             if !fresh && is_handles_full(&e) {
-                return call(shared, t, slot, input, origins, metas);
+                return call(shared, t, slot, input, origins, metas, rerun);
             }
             Ok(Err(failure))
         }
