@@ -568,9 +568,20 @@ pub fn load_str(
     // serde stops at the first mistake. To report more of them at once, each mistake's key is
     // taken out and the rest read again, as long as that is safe: an object's key, not an
     // array's item (which would renumber the paths after it), at most 20 times. A required key
-    // taken out is then missing; that is no new mistake, and nothing past it can be read.
+    // that is missing (or was taken out, which is no new mistake) gets a stand-in value of each
+    // JSON type in turn until one reads, so that what comes after it is read too; where none
+    // does, the report ends there.
     let mut found: Vec<ConfigIssue> = Vec::new();
     let mut taken_out: Vec<String> = Vec::new();
+    let stand_ins = [
+        serde_json::json!(""),
+        serde_json::json!(0),
+        serde_json::json!(false),
+        serde_json::json!([]),
+        serde_json::json!({}),
+    ];
+    // The key holding a stand-in, and the index of the next one to try there.
+    let mut standing_in: Option<(String, usize)> = None;
     let mut config: PipelineConfig = loop {
         let e = match serde_path_to_error::deserialize(&tree) {
             Ok(config) if found.is_empty() => break config,
@@ -579,6 +590,46 @@ pub fn load_str(
         };
         let message = e.inner().to_string();
         let path = precise_path(&tree, render_path(e.path()), &message);
+        if let Some((at, next)) = &mut standing_in
+            && (path == *at
+                || path.starts_with(&format!("{at}."))
+                || path.starts_with(&format!("{at}[")))
+        {
+            // The stand-in's type is wrong: the next one, if the mistake is only its type.
+            match (message.starts_with("invalid type"), stand_ins.get(*next)) {
+                (true, Some(value)) => {
+                    if let Some(node) = value_at_mut(&mut tree, at) {
+                        *node = value.clone();
+                    }
+                    *next += 1;
+                    continue;
+                }
+                _ => return Err(invalid(found)),
+            }
+        }
+        if let Some(key) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.strip_suffix('`'))
+        {
+            let at = join_key(&path, key);
+            let reported = taken_out.contains(&at);
+            if !reported {
+                found.push(ConfigIssue {
+                    position: locate(text, &path),
+                    path: path.clone(),
+                    message: secrets.redact(&message),
+                });
+            }
+            let object = value_at_mut(&mut tree, &path).and_then(serde_json::Value::as_object_mut);
+            match object {
+                Some(object) if found.len() < 20 && !object.contains_key(key) => {
+                    object.insert(key.to_owned(), stand_ins[0].clone());
+                    standing_in = Some((at, 1));
+                    continue;
+                }
+                _ => return Err(invalid(found)),
+            }
+        }
         // JSON text has no way to put a variable in a number's place: a `${VAR}` (or
         // `${VAR:-default}`) standing alone where a number or a flag goes
         // (`"rows_per_sec": "${RATE}"`) is read as one. Each pass turns one string into a number
@@ -598,9 +649,6 @@ pub fn load_str(
             secrets = EnvSecrets::new(&from_env);
             continue;
         }
-        if !found.is_empty() && message.starts_with("missing field") {
-            return Err(invalid(found));
-        }
         let mut shown = plain_types(&message);
         if let Some(written) = lone {
             shown.push_str(&format!(" (from {written:?})"));
@@ -610,11 +658,7 @@ pub fn load_str(
             path: path.clone(),
             message: secrets.redact(&shown),
         });
-        if found.len() >= 20
-            || message.starts_with("missing field")
-            || taken_out.contains(&path)
-            || !take_out(&mut tree, &path)
-        {
+        if found.len() >= 20 || taken_out.contains(&path) || !take_out(&mut tree, &path) {
             return Err(invalid(found));
         }
         taken_out.push(path);
@@ -1639,6 +1683,31 @@ mod tests {
         };
         let paths: Vec<&str> = issues.iter().map(|i| i.path.as_str()).collect();
         assert_eq!(paths, ["kafka.partitions", "sink.database"], "{issues:#?}");
+        // Missing required keys are reported, and the mistakes after them too: each gets a
+        // stand-in of the type that reads (a string, a number, an object).
+        let text = pipeline("", ",\n    \"partitions\": \"three\"", "")
+            .replace("\"path\": \"d.csv\"", "\"delimiter\": \";\"")
+            .replace("\"topic\": \"t\",", "")
+            .replace("\"table\": \"T\"", "\"batch\": { \"max_rows\": -5 }");
+        let issues = match load_str(&text, Path::new("p.json"), &|_| None) {
+            Err(ConfigError::Invalid { issues, .. }) => issues,
+            other => panic!("expected issues, got {other:?}"),
+        };
+        let shown: Vec<String> = issues
+            .iter()
+            .map(|i| format!("{}: {}", i.path, i.message))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                "source: missing field `path`",
+                "kafka.partitions: invalid type: string \"three\", expected a whole number from -2147483648 to 2147483647",
+                "kafka: missing field `topic`",
+                "sink.batch.max_rows: invalid value: integer `-5`, expected a whole number, 0 or more",
+                "sink: missing field `table`",
+            ],
+            "{issues:#?}"
+        );
     }
 
     #[test]
