@@ -842,6 +842,9 @@ fn many_rows_timing_out_alone_fail_the_batch() {
         }
         other => panic!("expected TooSlow after 9 timeouts, got {other:?}"),
     }
+    let stats = &c.stats()[0].1;
+    assert_eq!(stats.rows_in.load(Relaxed), 80);
+    assert_eq!(stats.rows_unfinished.load(Relaxed), 40);
 }
 
 /// Rows that fail alone only after using most of the time limit (a panic late in a slow call)
@@ -938,8 +941,12 @@ fn cli_test_names_the_batch_a_chain_failure_stopped_at() {
     let out = run("1024");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // The batch's rows are accounted for: neither out, dropped nor failed, but unfinished.
     assert!(
-        stderr.contains("transform  poison_loop: 13 in,"),
+        stderr.contains(
+            "transform  poison_loop: 13 in, 0 out, 0 dropped, 0 failed, 13 unfinished \
+             (their batch failed as a whole)"
+        ),
         "{stderr}"
     );
     assert!(

@@ -265,6 +265,9 @@ pub struct TransformPart {
     /// Rows it emitted that were thrown away with their record, which failed on another row.
     #[serde(default)]
     pub rows_discarded: u64,
+    /// Rows of a batch that failed as a whole in it, left unprocessed (their records are kept).
+    #[serde(default)]
+    pub rows_unfinished: u64,
     /// Fuel its calls consumed, when it has a `fuel` budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel_consumed: Option<u64>,
@@ -281,6 +284,13 @@ impl std::fmt::Display for TransformPart {
         )?;
         if self.rows_discarded > 0 {
             write!(f, ", {} discarded with their record", self.rows_discarded)?;
+        }
+        if self.rows_unfinished > 0 {
+            write!(
+                f,
+                ", {} unfinished (their batch failed as a whole)",
+                self.rows_unfinished
+            )?;
         }
         if let Some(fuel) = self.fuel_consumed {
             write!(f, ", fuel consumed {fuel}")?;
@@ -844,6 +854,7 @@ pub(crate) fn transform_parts(stats: &[(String, Arc<TransformStats>)]) -> Vec<Tr
             rows_dropped: s.rows_dropped.load(Ordering::Relaxed),
             rows_failed: s.rows_failed.load(Ordering::Relaxed),
             rows_discarded: s.rows_discarded.load(Ordering::Relaxed),
+            rows_unfinished: s.rows_unfinished.load(Ordering::Relaxed),
             fuel_consumed: Some(s.fuel_consumed.load(Ordering::Relaxed)).filter(|f| *f > 0),
         })
         .collect()
@@ -1814,6 +1825,12 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
                 "Rows the transform emitted, thrown away with their record, which failed.",
                 &l,
                 t.rows_discarded.load(Ordering::Relaxed),
+            );
+            e.counter(
+                "sluice_transform_rows_unfinished_total",
+                "Rows of batches that failed as a whole in the transform, left unprocessed.",
+                &l,
+                t.rows_unfinished.load(Ordering::Relaxed),
             );
             e.counter(
                 "sluice_transform_instance_restarts_total",

@@ -1131,7 +1131,10 @@ fn run_chain(
         if batch.origins.is_empty() {
             break;
         }
-        let (next, failures) = run_transform(shared, t, slot, &batch, &metas)?;
+        let (next, failures) =
+            run_transform(shared, t, slot, &batch, &metas).inspect_err(|_| {
+                TransformStats::add(&t.stats.rows_unfinished, batch.origins.len() as u64);
+            })?;
         let any_failed = !failures.is_empty();
         for (j, kind, reason) in failures {
             // A guest's error may quote a field of any size; messages and letters need not.

@@ -23,6 +23,10 @@ pub struct TransformStats {
     /// Rows the transform emitted that were thrown away because their record failed on another
     /// of its rows (one a flat-map upstream split it into): a record fails as a whole.
     pub rows_discarded: AtomicU64,
+    /// Rows in a batch that failed as a whole in this transform (too many of its rows timed out,
+    /// or no instance could be built): not out, dropped or failed, but left unprocessed, their
+    /// records kept for a later run.
+    pub rows_unfinished: AtomicU64,
     /// Times an instance was thrown away and rebuilt after a trap or limit.
     pub instance_restarts: AtomicU64,
     /// Fuel consumed by the guest, when the transform sets `fuel`.
