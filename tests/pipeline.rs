@@ -856,17 +856,18 @@ fn a_state_directory_in_use_is_refused() {
         "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
     });
     std::fs::write(&path, pipeline.to_string()).unwrap();
-    let out = sluice(
-        dir.path(),
-        &[
-            "run",
-            &path.to_string_lossy(),
-            "--until-end",
-            "--no-progress",
-            "--state-dir",
-            &state.to_string_lossy(),
-        ],
-    );
+    // The summary of the run holding the lock is its own to write.
+    let last = state.join("last-run.json");
+    std::fs::write(&last, "the live run's").unwrap();
+    let args = [
+        "run",
+        &path.to_string_lossy(),
+        "--until-end",
+        "--no-progress",
+        "--state-dir",
+        &state.to_string_lossy(),
+    ];
+    let out = sluice(dir.path(), &args);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -876,6 +877,35 @@ fn a_state_directory_in_use_is_refused() {
     );
     assert!(!stderr.contains("Started managed"), "{stderr}");
     assert!(!state.join("broker").exists(), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&last).unwrap(), "the live run's");
+    // Once the lock is free, a run that cannot even start its broker leaves a summary saying it
+    // did not finish, not the earlier run's for `verify` to pass.
+    drop(lock);
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(args)
+        .current_dir(dir.path())
+        .env("SLUICE_NISSHI", dir.path().join("no-such-nisshi"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&last).unwrap()).unwrap();
+    assert_eq!(summary["ok"], false, "{summary}");
+    assert!(
+        summary["problems"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("the run did not finish"),
+        "{summary}"
+    );
+    // No temporary file is left beside it.
+    let names: Vec<_> = std::fs::read_dir(&state)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.contains("last-run"))
+        .collect();
+    assert_eq!(names, ["last-run.json"]);
 }
 
 /// A value from a secret-named variable is masked as `${VAR}` wherever sluice's own output would

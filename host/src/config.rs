@@ -570,7 +570,7 @@ pub fn load_str(
     // array's item (which would renumber the paths after it), at most 20 times. A required key
     // that is missing (or was taken out, which is no new mistake) gets a stand-in value of each
     // JSON type in turn until one reads, so that what comes after it is read too; where none
-    // does, the report ends there.
+    // does (a missing section: `[]` is refused by length, not by type), the report ends there.
     let mut found: Vec<ConfigIssue> = Vec::new();
     let mut taken_out: Vec<String> = Vec::new();
     let stand_ins = [
@@ -582,9 +582,18 @@ pub fn load_str(
     ];
     // The key holding a stand-in, and the index of the next one to try there.
     let mut standing_in: Option<(String, usize)> = None;
+    // Paths where a lone variable was read as a number or a flag.
+    let mut scalars: Vec<String> = Vec::new();
     let mut config: PipelineConfig = loop {
         let e = match serde_path_to_error::deserialize(&tree) {
-            Ok(config) if found.is_empty() => break config,
+            Ok(config) if found.is_empty() => {
+                // A count or a flag is no credential, and masking it would garble every equal
+                // number in sluice's output (and break its JSON). Only once it is read: until
+                // then a value refused (out of range) is quoted, and still a secret.
+                from_env.retain(|s| !scalars.contains(&s.path));
+                secrets = EnvSecrets::new(&from_env);
+                break config;
+            }
             Ok(_) => return Err(invalid(found)),
             Err(e) => e,
         };
@@ -643,10 +652,7 @@ pub fn load_str(
             && let Some(scalar) = node.as_str().and_then(as_scalar)
         {
             *node = scalar;
-            // A count or a flag is no credential, and masking it would garble every equal
-            // number in sluice's output (and break its JSON).
-            from_env.retain(|s| s.path != path);
-            secrets = EnvSecrets::new(&from_env);
+            scalars.push(path);
             continue;
         }
         let mut shown = plain_types(&message);
@@ -1608,6 +1614,19 @@ mod tests {
             issue.message,
             "invalid type: string \"${RATE_TOKEN}\", expected a number (from \"${RATE_TOKEN}\")"
         );
+        // A secret read as a number but out of range is still a secret in the message.
+        let text_p = text.replace("${PARTS}", "${KAFKA_PASSWORD}");
+        let issue = only_issue(
+            &text_p,
+            &[
+                ("RATE", "1"),
+                ("KAFKA_PASSWORD", "98765432109"),
+                ("ROWS", "1"),
+            ],
+        );
+        assert_eq!(issue.path, "kafka.partitions", "{issue}");
+        assert!(!issue.message.contains("98765432109"), "{issue}");
+        assert!(issue.message.contains("${KAFKA_PASSWORD}"), "{issue}");
         // Only a variable standing alone: text around it keeps the string a string.
         let text = text.replace("\"${PARTS}\"", "\"${PARTS}0\"");
         let issue = only_issue(&text, &[("RATE", "1"), ("PARTS", "6"), ("ROWS", "1")]);

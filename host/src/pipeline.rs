@@ -359,10 +359,15 @@ fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
 }
 
 impl Services {
+    /// Starts what the pipeline needs (a managed broker, a managed emulator), locking the state
+    /// directory while they use it. `locked` runs once the lock is held (or at once, when no
+    /// service is managed), before anything starts: a run writes its placeholder summary there,
+    /// where no other run can be writing its own and before a slow or failing start.
     async fn start(
         cfg: &PipelineConfig,
         state_dir: &Path,
         need_sink: bool,
+        locked: impl FnOnce() -> anyhow::Result<()>,
     ) -> anyhow::Result<Services> {
         let SinkConfig::Snowflake(sf) = &cfg.sink;
         let managed_broker = cfg.kafka.brokers.trim().is_empty();
@@ -372,6 +377,7 @@ impl Services {
         } else {
             None
         };
+        locked()?;
         let (bootstrap, broker) = if managed_broker {
             let dir = state_dir.join("broker");
             let broker = tokio::task::spawn_blocking(move || ManagedBroker::start(&dir))
@@ -474,13 +480,29 @@ fn write_summary(opts: &RunOptions, summary: &RunSummary) -> anyhow::Result<()> 
     crate::config::redact_output_json(&mut json);
     let text = serde_json::to_string_pretty(&json)?;
     let last = opts.state_dir.join("last-run.json");
-    std::fs::write(&last, text.as_bytes())
-        .with_context(|| format!("cannot write summary {}", last.display()))?;
-    if let Some(path) = &opts.summary {
-        std::fs::write(path, text.as_bytes())
+    for path in std::iter::once(&last).chain(&opts.summary) {
+        write_whole(path, text.as_bytes())
             .with_context(|| format!("cannot write summary {}", path.display()))?;
     }
     Ok(())
+}
+
+/// Writes `bytes` to a file beside `path`, then renames it over `path`: a run killed (or a
+/// second Ctrl-C) mid-write leaves the old file or the new one, never half of one, which
+/// `verify` would take for a file that is no summary at all.
+fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    // A pipe, a device (`/dev/stdout`) or a symlink is written through, not replaced.
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if !meta.is_file() => return std::fs::write(path, bytes),
+        _ => {}
+    }
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{}.tmp", std::process::id()));
+    let temp = path.with_file_name(name);
+    std::fs::write(&temp, bytes)?;
+    std::fs::rename(&temp, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temp);
+    })
 }
 
 /// "cannot connect to Snowflake at URL", naming the account the operator configured (or the
@@ -580,29 +602,29 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
              each load waits sink.batch.max_latency_ms. Raise max_in_flight or lower max_rows."
         );
     }
-    let services = Services::start(cfg, &opts.state_dir, consumes).await?;
     // Until the run writes its own, the summary files say that it has not finished: a run cut
-    // off (killed, or out of --drain-timeout) must not leave the previous run's summary for
-    // `verify` to pass.
+    // off (killed, failing to start its services, or out of --drain-timeout) must not leave the
+    // previous run's summary for `verify` to pass.
     let run_id = uuid::Uuid::new_v4().to_string();
-    write_summary(
-        &opts,
-        &RunSummary {
-            pipeline: cfg.name.clone(),
-            run_id: run_id.clone(),
-            mode: mode_name(opts.mode).to_owned(),
-            started_at: started.to_rfc3339(),
-            topic: cfg.kafka.topic.clone(),
-            dead_letter_topic: dead_letter_topic(cfg),
-            problems: vec![
-                "the run did not finish: it failed before it could write its summary (its \
+    let placeholder = RunSummary {
+        pipeline: cfg.name.clone(),
+        run_id: run_id.clone(),
+        mode: mode_name(opts.mode).to_owned(),
+        started_at: started.to_rfc3339(),
+        topic: cfg.kafka.topic.clone(),
+        dead_letter_topic: dead_letter_topic(cfg),
+        problems: vec![
+            "the run did not finish: it failed before it could write its summary (its \
                  error said why), was killed, or exited at --drain-timeout; `sluice run \
                  --consume-only` resumes from what the warehouse holds"
-                    .to_owned(),
-            ],
-            ..RunSummary::default()
-        },
-    )?;
+                .to_owned(),
+        ],
+        ..RunSummary::default()
+    };
+    let services = Services::start(cfg, &opts.state_dir, consumes, || {
+        write_summary(&opts, &placeholder)
+    })
+    .await?;
     let bootstrap = services.bootstrap.clone();
     let dlq_topic = dead_letter_topic(cfg);
     let (dlq_tx, dlq_task) = source::dlq::spawn(&cfg.kafka, &bootstrap, &dlq_topic, 1024)
@@ -1458,7 +1480,11 @@ fn summary_text(s: &RunSummary) -> String {
         "  dead letters: {} in {}\n",
         s.dead_letters, s.dead_letter_topic
     ));
-    for w in warnings(s) {
+    // The summary's own warnings (some, like records waiting after a stop, are known only when
+    // it is made), and any its counts imply that it does not hold.
+    let implied = warnings(s);
+    let missing = implied.iter().filter(|w| !s.warnings.contains(w));
+    for w in s.warnings.iter().chain(missing) {
         out.push_str(&format!("  warning: {w}\n"));
     }
     if s.ok {
@@ -2041,7 +2067,7 @@ pub async fn verify(
     }
 
     let consumes = summary.consume.is_some();
-    let services = Services::start(cfg, state_dir, consumes).await?;
+    let services = Services::start(cfg, state_dir, consumes, || Ok(())).await?;
     let topic_end = consume::end_offsets(&cfg.kafka, &services.bootstrap, &cfg.kafka.topic)
         .await
         .context("cannot read the topic's end offsets")?;
@@ -2543,6 +2569,21 @@ mod tests {
         assert_eq!(
             reconcile(&summary, false, false),
             ["consume: 103 records consumed but 107 produced"]
+        );
+        // The printed summary says so too, beside the warnings its counts imply, each once.
+        let mut summary = summary;
+        summary.ok = true;
+        summary.warnings = warnings(&summary);
+        summary.warnings.extend(waiting_after_stop(&summary));
+        let text = summary_text(&summary);
+        assert!(
+            text.contains("  warning: 9 records wait in the topic"),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("offsets were already at 10").count(),
+            1,
+            "{text}"
         );
     }
 

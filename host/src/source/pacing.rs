@@ -11,6 +11,14 @@ use tokio::time::Instant;
 
 use super::config::Pacing;
 
+/// A wait longer than any replay: where a schedule would overflow (a rate of 1e-300 rows/s).
+const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// `seconds` as a duration; `None` where none can hold it (too large, or not a number).
+fn secs(seconds: f64) -> Option<Duration> {
+    Duration::try_from_secs_f64(seconds).ok()
+}
+
 /// Computes each row's release instant.
 #[derive(Debug)]
 pub struct Pacer {
@@ -72,30 +80,44 @@ impl Pacer {
     /// When the next row may be sent, given `now` and (for `event_time`) the row's event time.
     /// `None` means at once. Rows without an event time go at once and do not move the clock;
     /// nor do rows earlier than the latest event time seen (a late arrival in the feed): the
-    /// row after one waits only the gap from the latest time, not from the late row's.
+    /// row after one waits only the gap from the latest time, not from the late row's. A row
+    /// further back than `max_gap` of replay is a jump, not a late arrival: the clock moves back
+    /// to it, so that one outlier far ahead does not leave the rest of the file unpaced.
     pub fn next_due(&mut self, now: Instant, event_us: Option<i64>) -> Option<Instant> {
         match self.mode {
             Mode::None => None,
             Mode::Fixed(delay) => self.last.map(|l| l + delay).filter(|d| *d > now),
             Mode::Rate(rate) => {
                 let start = *self.start.get_or_insert(now);
-                let due = start + Duration::from_secs_f64(self.count as f64 / rate);
+                let due = secs(self.count as f64 / rate)
+                    .and_then(|d| start.checked_add(d))
+                    .unwrap_or(now + FAR);
                 self.count += 1;
                 (due > now).then_some(due)
             }
             Mode::EventTime { speed, max_gap } => {
                 let event_us = event_us?;
-                let due = match (self.last, self.last_event_us) {
-                    // Late or repeated: goes with the row before it, the clock stays.
-                    (Some(last), Some(latest)) if event_us <= latest => last,
-                    (Some(last), Some(latest)) => {
-                        let gap_us = event_us.saturating_sub(latest) as f64 / speed;
-                        last + Duration::from_secs_f64(gap_us / 1e6).min(max_gap)
+                // How long the gap from `a` to `b` takes to replay, at most `max_gap`.
+                let replayed = |a: i64, b: i64| {
+                    let gap_us = b.saturating_sub(a) as f64 / speed;
+                    secs(gap_us / 1e6).map_or(max_gap, |d| d.min(max_gap))
+                };
+                let (due, latest) = match (self.last, self.last_event_us) {
+                    // Further back than `max_gap` of replay: not a late arrival but a jump (after
+                    // an outlier far in the future, or where two files were joined end to end).
+                    // The clock follows it, so the rows after it are paced again.
+                    (Some(last), Some(latest))
+                        if event_us < latest && replayed(event_us, latest) >= max_gap =>
+                    {
+                        (last, event_us)
                     }
-                    _ => now,
+                    // Late or repeated: goes with the row before it, the clock stays.
+                    (Some(last), Some(latest)) if event_us <= latest => (last, latest),
+                    (Some(last), Some(latest)) => (last + replayed(latest, event_us), event_us),
+                    _ => (now, event_us),
                 };
                 self.last = Some(due);
-                self.last_event_us = Some(self.last_event_us.map_or(event_us, |l| l.max(event_us)));
+                self.last_event_us = Some(latest);
                 (due > now).then_some(due)
             }
         }
@@ -150,10 +172,29 @@ mod tests {
         assert_eq!(ms(p.next_due(t0, Some(10 * s)), t0), None);
         assert_eq!(ms(p.next_due(t0, Some(11 * s)), t0), Some(500));
         assert_eq!(ms(p.next_due(t0, Some(100 * s)), t0), Some(1500));
-        assert_eq!(ms(p.next_due(t0, Some(50 * s)), t0), Some(1500));
+        // Late by less than max_gap of replay (1.5 s of feed time is 0.75 s at speed 2).
+        assert_eq!(ms(p.next_due(t0, Some(98_500_000)), t0), Some(1500));
         assert_eq!(ms(p.next_due(t0, None), t0), None);
-        // After the late row, the next waits its gap from the latest time (100 s), not from 50 s.
+        // After the late row, the next waits its gap from the latest time (100 s), not 98.5 s.
         assert_eq!(ms(p.next_due(t0, Some(101 * s)), t0), Some(2000));
+        // An outlier far ahead costs one max_gap; the rows after it, far behind it, are a jump
+        // back, not late rows: the clock follows them and they are paced again.
+        assert_eq!(ms(p.next_due(t0, Some(1_000_000 * s)), t0), Some(3000));
+        assert_eq!(ms(p.next_due(t0, Some(102 * s)), t0), Some(3000));
+        assert_eq!(ms(p.next_due(t0, Some(103 * s)), t0), Some(3500));
+        // A gap too long for any duration at a tiny speed is clamped, not a panic.
+        let mut slow = Pacer::new(&Pacing::EventTime {
+            column: "at".into(),
+            speed: 1e-300,
+            max_gap_ms: 1000,
+        });
+        assert_eq!(ms(slow.next_due(t0, Some(0)), t0), None);
+        assert_eq!(ms(slow.next_due(t0, Some(i64::MAX)), t0), Some(1000));
+        let mut rare = Pacer::new(&Pacing::Rate {
+            rows_per_sec: 1e-300,
+        });
+        assert_eq!(ms(rare.next_due(t0, None), t0), None);
+        assert!(rare.next_due(t0, None).unwrap() > t0 + Duration::from_secs(1 << 30));
         // A new loop starts the clock again: its first row goes at once.
         p.restart();
         assert_eq!(ms(p.next_due(t0, Some(10 * s)), t0), None);
