@@ -2225,6 +2225,11 @@ pub async fn verify(
     for (what, good) in &checks {
         crate::outln!("  [{}] {what}", if *good { " ok " } else { "FAIL" });
     }
+    // What the run itself warned of (rows loaded twice after a second replay, records waiting
+    // after a stop) holds with every count matching, so is said here too.
+    for w in &summary.warnings {
+        crate::outln!("  warning (from the run): {w}");
+    }
     crate::outln!(
         "{}",
         if ok && summary.consume.is_none() {
