@@ -643,7 +643,14 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
     let topic_start = match replays {
         true => consume::end_offsets(&cfg.kafka, &bootstrap, &cfg.kafka.topic)
             .await
-            .unwrap_or_default(),
+            .unwrap_or_else(|e| {
+                warn!(
+                    topic = %cfg.kafka.topic,
+                    "cannot read where the topic ends before the replay ({}); messages it                      already holds will read as this replay's, and `verify` may report them                      as a gap",
+                    crate::error_chain(&e)
+                );
+                BTreeMap::new()
+            }),
         false => BTreeMap::new(),
     };
 
