@@ -499,10 +499,15 @@ fn write_whole(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let mut name = path.file_name().unwrap_or_default().to_os_string();
     name.push(format!(".{}.tmp", std::process::id()));
     let temp = path.with_file_name(name);
-    std::fs::write(&temp, bytes)?;
-    std::fs::rename(&temp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&temp);
-    })
+    match std::fs::write(&temp, bytes).and_then(|()| std::fs::rename(&temp, path)) {
+        Ok(()) => Ok(()),
+        // A directory the run may not write in, or a file mounted on its own (a container's
+        // bind mount cannot be renamed over): written in place, as it can be.
+        Err(_) => {
+            let _ = std::fs::remove_file(&temp);
+            std::fs::write(path, bytes)
+        }
+    }
 }
 
 /// "cannot connect to Snowflake at URL", naming the account the operator configured (or the
@@ -646,7 +651,9 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
             .unwrap_or_else(|e| {
                 warn!(
                     topic = %cfg.kafka.topic,
-                    "cannot read where the topic ends before the replay ({}); messages it                      already holds will read as this replay's, and `verify` may report them                      as a gap",
+                    "cannot read where the topic ends before the replay ({}); messages it \
+                     already holds will read as this replay's, and `verify` may report them \
+                     as a gap",
                     crate::error_chain(&e)
                 );
                 BTreeMap::new()

@@ -27,6 +27,10 @@ pub struct Pacer {
     last: Option<Instant>,
     /// The latest event time seen so far, microseconds: the replayed feed's clock.
     last_event_us: Option<i64>,
+    /// The event time of the previous row, when it was further behind the clock than
+    /// `max_gap` of replay: a lone late row if the next row is back on the clock, else where
+    /// the feed stepped back to.
+    back: Option<i64>,
     /// Rows scheduled so far, for `rate`.
     count: u64,
     start: Option<Instant>,
@@ -58,6 +62,7 @@ impl Pacer {
             mode,
             last: None,
             last_event_us: None,
+            back: None,
             count: 0,
             start: None,
         }
@@ -75,14 +80,16 @@ impl Pacer {
     /// once rather than waiting out the gap back to the previous loop's times.
     pub fn restart(&mut self) {
         self.last_event_us = None;
+        self.back = None;
     }
 
     /// When the next row may be sent, given `now` and (for `event_time`) the row's event time.
     /// `None` means at once. Rows without an event time go at once and do not move the clock;
     /// nor do rows earlier than the latest event time seen (a late arrival in the feed): the
-    /// row after one waits only the gap from the latest time, not from the late row's. A row
-    /// further back than `max_gap` of replay is a jump, not a late arrival: the clock moves back
-    /// to it, so that one outlier far ahead does not leave the rest of the file unpaced.
+    /// row after one waits only the gap from the latest time, not from the late row's. Two rows
+    /// in a row further back than `max_gap` of replay are a step back, not late arrivals: the
+    /// clock moves back to the first, so that one outlier far ahead (or two files joined end to
+    /// end) does not leave the rest of the file unpaced.
     pub fn next_due(&mut self, now: Instant, event_us: Option<i64>) -> Option<Instant> {
         match self.mode {
             Mode::None => None,
@@ -102,18 +109,27 @@ impl Pacer {
                     let gap_us = b.saturating_sub(a) as f64 / speed;
                     secs(gap_us / 1e6).map_or(max_gap, |d| d.min(max_gap))
                 };
+                let back = self.back.take();
                 let (due, latest) = match (self.last, self.last_event_us) {
-                    // Further back than `max_gap` of replay: not a late arrival but a jump (after
-                    // an outlier far in the future, or where two files were joined end to end).
-                    // The clock follows it, so the rows after it are paced again.
-                    (Some(last), Some(latest))
-                        if event_us < latest && replayed(event_us, latest) >= max_gap =>
-                    {
-                        (last, event_us)
+                    (Some(last), Some(latest)) => {
+                        // The row before was far behind the clock, and this one is behind it
+                        // too: the feed stepped back there, and the clock follows.
+                        let latest = match back {
+                            Some(back) if event_us < latest => back,
+                            _ => latest,
+                        };
+                        if event_us < latest && replayed(event_us, latest) >= max_gap {
+                            // Far behind: goes at once; the next row tells a lone late row
+                            // from a step back.
+                            self.back = Some(event_us);
+                            (last, latest)
+                        } else if event_us <= latest {
+                            // Late or repeated: goes with the row before it, the clock stays.
+                            (last, latest)
+                        } else {
+                            (last + replayed(latest, event_us), event_us)
+                        }
                     }
-                    // Late or repeated: goes with the row before it, the clock stays.
-                    (Some(last), Some(latest)) if event_us <= latest => (last, latest),
-                    (Some(last), Some(latest)) => (last + replayed(latest, event_us), event_us),
                     _ => (now, event_us),
                 };
                 self.last = Some(due);
@@ -177,11 +193,16 @@ mod tests {
         assert_eq!(ms(p.next_due(t0, None), t0), None);
         // After the late row, the next waits its gap from the latest time (100 s), not 98.5 s.
         assert_eq!(ms(p.next_due(t0, Some(101 * s)), t0), Some(2000));
-        // An outlier far ahead costs one max_gap; the rows after it, far behind it, are a jump
+        // One row far behind (more than max_gap of replay) and the next back on the clock: a
+        // lone late row, which costs no wait.
+        assert_eq!(ms(p.next_due(t0, Some(50 * s)), t0), Some(2000));
+        assert_eq!(ms(p.next_due(t0, Some(102 * s)), t0), Some(2500));
+        // An outlier far ahead costs one max_gap; the rows after it, far behind it, are a step
         // back, not late rows: the clock follows them and they are paced again.
-        assert_eq!(ms(p.next_due(t0, Some(1_000_000 * s)), t0), Some(3000));
-        assert_eq!(ms(p.next_due(t0, Some(102 * s)), t0), Some(3000));
+        assert_eq!(ms(p.next_due(t0, Some(1_000_000 * s)), t0), Some(3500));
         assert_eq!(ms(p.next_due(t0, Some(103 * s)), t0), Some(3500));
+        assert_eq!(ms(p.next_due(t0, Some(104 * s)), t0), Some(4000));
+        assert_eq!(ms(p.next_due(t0, Some(105 * s)), t0), Some(4500));
         // A gap too long for any duration at a tiny speed is clamped, not a panic.
         let mut slow = Pacer::new(&Pacing::EventTime {
             column: "at".into(),
