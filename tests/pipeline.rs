@@ -270,6 +270,35 @@ fn a_secret_echoed_as_a_param_name_is_not_shown() {
     assert!(!stderr.contains('\u{1b}'), "{stderr}");
 }
 
+/// A guest that prints a param given from the environment under `debug_stdio` shows `***` in its
+/// place, and its control characters as spaces: its output goes to sluice's stderr, which is a
+/// log, and the operator's terminal.
+#[test]
+fn a_secret_printed_by_a_guest_under_debug_stdio_is_not_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = BASE.replacen(
+        r#"{ "uses": "@FILTER@", "with": { "field": "value", "op": "gt", "value": "50" } }"#,
+        &format!(
+            r#"{{ "uses": {:?}, "debug_stdio": true,
+                 "with": {{ "say": "salt is ${{SLUICE_TEST_SAY_SECRET}} \u001b[2J" }} }}"#,
+            sluice_tests::guests::PROBE
+        ),
+        1,
+    );
+    assert_ne!(text, BASE);
+    let path = write_pipeline(dir.path(), &text);
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(["validate", &path.to_string_lossy()])
+        .env("SLUICE_TEST_SAY_SECRET", "hunter2secret")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("[probe] salt is ***  [2J\n"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+}
+
 /// One run of `validate` shows every mistake: a transform's params are checked by its `init`
 /// even when another transform's component is missing and the data file is gone.
 #[test]

@@ -7,6 +7,9 @@
 //! sluice's stderr, prefixed with the transform's name, written straight to the file descriptor:
 //! the guest may run while the thread that started it holds the stderr lock (`transform test`
 //! writes its report through one), and one `write` per line keeps lines whole beside the logs.
+//! A shown line goes through the transform's redaction first: a guest that prints a param it was
+//! given from the environment (a salt, a token) must not put the secret in sluice's logs, and
+//! its control characters become spaces, so that it cannot rewrite the operator's terminal.
 
 use std::sync::{Arc, Mutex};
 
@@ -25,7 +28,12 @@ const MAX_LINE: usize = 16 * 1024;
 #[derive(Clone)]
 pub struct GuestOutput(Arc<Mutex<Output>>);
 
+/// What a shown line goes through before it is written: the transform's secret masking.
+pub type Redact = Box<dyn Fn(String) -> String + Send>;
+
 struct Output {
+    /// Masks secrets in a shown line.
+    redact: Redact,
     /// `[name] `, when the output is also shown.
     echo: Option<Vec<u8>>,
     /// `[name, re-run alone] `, shown instead while a failed batch is run again a record at a
@@ -40,9 +48,11 @@ struct Output {
 }
 
 impl GuestOutput {
-    /// Output that is kept for failures and, when `echo` is set, shown under `name`.
-    pub fn new(name: &str, echo: bool) -> GuestOutput {
+    /// Output that is kept for failures and, when `echo` is set, shown under `name`, each line
+    /// through `redact`.
+    pub fn new(name: &str, echo: bool, redact: Redact) -> GuestOutput {
         let out = Output {
+            redact,
             echo: echo.then(|| format!("[{name}] ").into_bytes()),
             rerun_echo: echo.then(|| format!("[{name}, re-run alone] ").into_bytes()),
             rerun: false,
@@ -125,12 +135,20 @@ impl Output {
         if self.line.is_empty() {
             return;
         }
-        let mut text = Vec::with_capacity(prefix.len() + self.line.len() + 1);
+        let line: String = String::from_utf8_lossy(&self.line)
+            .trim_end_matches('\n')
+            .chars()
+            .map(|c| match c.is_control() && c != '\t' {
+                true => ' ',
+                false => c,
+            })
+            .collect();
+        self.line.clear();
+        let line = (self.redact)(line);
+        let mut text = Vec::with_capacity(prefix.len() + line.len() + 1);
         text.extend_from_slice(prefix);
-        text.append(&mut self.line);
-        if !text.ends_with(b"\n") {
-            text.push(b'\n');
-        }
+        text.extend_from_slice(line.as_bytes());
+        text.push(b'\n');
         // A closed or full stderr loses the guest's debug output, never the guest's record.
         let mut rest = &text[..];
         while !rest.is_empty() {
@@ -218,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_panic_message_is_what_explains_a_failure() {
-        let out = GuestOutput::new("t", false);
+        let out = GuestOutput::new("t", false, Box::new(|s| s));
         assert_eq!(out.explain(), None);
         out.write(b"starting\n");
         out.write(b"thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom at ");

@@ -896,7 +896,12 @@ struct Slot {
 impl Slot {
     fn new(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<Slot, InitFailure> {
         let mut wasi = WasiCtxBuilder::new();
-        let output = GuestOutput::new(&t.name, t.config.debug_stdio);
+        let config = t.config.clone();
+        let output = GuestOutput::new(
+            &t.name,
+            t.config.debug_stdio,
+            Box::new(move |line| config.redact(line)),
+        );
         wasi.allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
