@@ -1045,8 +1045,25 @@ fn poison_wrong_outcome_count_is_a_protocol_failure_of_that_record() {
     assert_eq!(
         c.stats()[0].1.instance_restarts.load(Relaxed),
         0,
-        "no trap, instance kept"
+        "no trap: a broken output is not counted as a restart"
     );
+}
+
+/// A batch whose output breaks the contract is run again a row at a time on a fresh instance: one
+/// that keeps state (a dedupe) and has already seen the whole batch would take every row for a
+/// repeat and filter it out.
+#[test]
+fn a_stateful_guest_does_not_see_a_broken_batch_twice() {
+    let c = chain(&[config(guests::POISON_MISCOUNT, &[("dedupe", "")])]);
+    let rows = numbered(20);
+    let out = c.process_blocking(with_meta(rows.clone())).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        match i {
+            13 => assert_eq!(quarantined(o).kind, FailureKind::Protocol),
+            _ => assert_eq!(emitted(o), std::slice::from_ref(&rows[i]), "row {i}"),
+        }
+    }
+    assert_eq!(c.stats()[0].1.rows_dropped.load(Relaxed), 0);
 }
 
 /// WASI handles live in host memory, outside `memory_mb`: a record whose call leaks more than
@@ -1102,6 +1119,36 @@ fn handles_leaked_by_earlier_calls_do_not_fail_a_later_record() {
         stats.instance_restarts.load(Relaxed) >= 1,
         "the table filled"
     );
+}
+
+/// Memory grown by earlier calls counts against `memory_mb` too (a wasm memory never shrinks):
+/// the call that crosses the cap on an instance that served others is run again on a fresh one,
+/// not blamed for what the others left. On a fresh instance the cap still holds.
+#[test]
+fn memory_left_by_earlier_calls_does_not_fail_a_later_record() {
+    let mut cfg = config(guests::PROBE, &[]);
+    cfg.memory_mb = 8;
+    let c = chain(&[cfg]);
+    for i in 0..12 {
+        let rows = vec![row(&[("leak_kb", Value::Int(1024))])];
+        let out = c.process_blocking(with_meta(rows)).unwrap();
+        assert!(
+            matches!(&out[0], RecordOutcome::Emitted(_)),
+            "call {i}: {:?}",
+            out[0]
+        );
+    }
+    let stats = &c.stats()[0].1;
+    assert_eq!(stats.rows_failed.load(Relaxed), 0);
+    assert!(
+        stats.instance_restarts.load(Relaxed) >= 1,
+        "the cap was reached"
+    );
+    let rows = vec![row(&[("leak_kb", Value::Int(16 * 1024))])];
+    let out = c.process_blocking(with_meta(rows.clone())).unwrap();
+    let q = quarantined(&out[0]);
+    assert_eq!(q.kind, FailureKind::Memory, "{}", q.reason);
+    assert_eq!(q.row, rows[0]);
 }
 
 #[test]
@@ -1213,6 +1260,19 @@ fn on_error_drop_and_fail_policies() {
         }) => assert_eq!(transform, "poison_trap"),
         other => panic!("expected a fatal failure, got {other:?}"),
     }
+    // The batch's other rows went through, but the run stops there: they are unfinished, not out.
+    let stats = &c.stats()[0].1;
+    assert_eq!(
+        [
+            &stats.rows_in,
+            &stats.rows_out,
+            &stats.rows_dropped,
+            &stats.rows_failed,
+            &stats.rows_unfinished
+        ]
+        .map(count),
+        [20, 0, 0, 1, 19]
+    );
     // The chain is still usable afterwards.
     assert_eq!(c.process_blocking(with_meta(numbered(3))).unwrap().len(), 3);
 }

@@ -1136,18 +1136,27 @@ fn run_chain(
         if batch.origins.is_empty() {
             break;
         }
-        let (next, failures) =
-            run_transform(shared, t, slot, &batch, &metas).inspect_err(|_| {
+        let (next, failures, filtered) = run_transform(shared, t, slot, &batch, &metas)
+            .inspect_err(|_| {
                 TransformStats::add(&t.stats.rows_unfinished, batch.origins.len() as u64);
             })?;
+        if t.config.on_error == OnError::Fail && !failures.is_empty() {
+            // The run stops at the first failure below: what the rest of the batch did goes no
+            // further, so rows that neither failed nor were filtered out are unfinished.
+            let unfinished = batch.origins.len() as u64 - failures.len() as u64 - filtered;
+            TransformStats::add(&t.stats.rows_failed, failures.len() as u64);
+            TransformStats::add(&t.stats.rows_unfinished, unfinished);
+        }
         let any_failed = !failures.is_empty();
         for (j, kind, reason) in failures {
             // A guest's error may quote a field of any size; messages and letters need not.
             let reason = clip(&t.config.redact(reason), MAX_REASON);
-            TransformStats::add(&t.stats.rows_failed, 1);
             let o = batch.origins[j] as usize;
             if failed.contains_key(&o) {
                 continue;
+            }
+            if t.config.on_error != OnError::Fail {
+                TransformStats::add(&t.stats.rows_failed, 1);
             }
             let outcome = match t.config.on_error {
                 OnError::Fail => {
@@ -1208,14 +1217,14 @@ type Failure = (usize, FailureKind, String);
 const DISCARD: u32 = u32::MAX;
 
 /// Runs one transform over a batch; returns what it emitted (each row tagged with its input's
-/// origin record) and which inputs failed.
+/// origin record), which inputs failed, and how many it filtered out (counted as dropped here).
 fn run_transform(
     shared: &Shared,
     t: &Loaded,
     slot: &mut Option<Slot>,
     batch: &WireBatch,
     metas: &Metas,
-) -> Result<(WireBatch, Vec<Failure>), TransformError> {
+) -> Result<(WireBatch, Vec<Failure>, u64), TransformError> {
     let n = batch.origins.len();
     TransformStats::add(&t.stats.rows_in, n as u64);
     let max = t.config.max_rows_per_record;
@@ -1228,7 +1237,12 @@ fn run_transform(
                     vec![(0, FailureKind::Protocol, reason)],
                     0,
                 ),
-                Err(reason) => isolate(shared, t, slot, batch, metas, Some(&reason))?,
+                Err(reason) => {
+                    // The instance is not poisoned, but it has seen the whole batch: a guest
+                    // that keeps state (a dedupe) would take each row it sees again for a repeat.
+                    *slot = None;
+                    isolate(shared, t, slot, batch, metas, Some(&reason))?
+                }
             },
             Err((kind, reason)) if n == 1 => (WireBatch::default(), vec![(0, kind, reason)], 0),
             Err((kind, _)) => {
@@ -1238,7 +1252,7 @@ fn run_transform(
             }
         };
     TransformStats::add(&t.stats.rows_dropped, filtered);
-    Ok((next, failures))
+    Ok((next, failures, filtered))
 }
 
 /// Warns once per run when a batch of `n` rows hit a limit (`fuel`, `timeout_ms`, `memory_mb`)
@@ -1309,6 +1323,9 @@ fn isolate(
                     filtered += none;
                 }
                 Err(reason) => {
+                    // As for the whole batch: the next row gets an instance that never saw this
+                    // one.
+                    *slot = None;
                     let reason = match broken {
                         Some(b) => format!(
                             "{reason} (in the batch of {} it came in: {b})",
@@ -1566,9 +1583,10 @@ fn call(
             // The instance may be mid-update and is poisoned after a trap: never reuse it.
             *slot = None;
             t.stats.instance_restarts.fetch_add(1, Relaxed);
-            // Handles leaked by the instance's earlier calls fill its table too: a call that
-            // finds it full is only to blame if it does so on a fresh instance.
-            if !fresh && is_handles_full(&e) {
+            // Handles leaked by the instance's earlier calls fill its table too, and memory
+            // its earlier calls grew (a wasm memory never shrinks) counts against the cap: a call
+            // that finds either full is only to blame if it does so on a fresh instance.
+            if !fresh && (is_handles_full(&e) || failure.0 == FailureKind::Memory) {
                 return call(shared, t, slot, input, origins, metas, rerun);
             }
             Ok(Err(failure))

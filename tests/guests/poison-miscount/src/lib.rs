@@ -1,17 +1,30 @@
 //! Poison guest written against `wit/` alone with plain wit-bindgen (no SDK), as an outside
-//! author would: echoes every row, but answers the row whose `id` is 13 with two outcomes, which
-//! breaks the one-outcome-per-input contract.
+//! author would: keeps every row, but answers the row whose `id` is 13 with two outcomes, which
+//! breaks the one-outcome-per-input contract. With param `dedupe` it also keeps state, as a
+//! dedupe does: a row whose `id` this instance has seen before is filtered out.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "transform" });
 
 use exports::sluice::transform::transformer::Guest;
-use sluice::transform::types::{Outcome, Output, Rows, TransformError, ValueType};
+use sluice::transform::types::{Outcome, Output, Rows, TransformError, ValueType, Values};
+
+use std::cell::RefCell;
+use std::collections::HashSet;
+
+thread_local! {
+    /// The ids seen so far, when deduplicating.
+    static SEEN: RefCell<Option<HashSet<i64>>> = const { RefCell::new(None) };
+}
 
 struct Miscount;
 
 impl Guest for Miscount {
     fn init(params: Vec<(String, String)>) -> Result<(), TransformError> {
         match params.first() {
+            Some((k, _)) if k == "dedupe" => {
+                SEEN.with(|s| *s.borrow_mut() = Some(HashSet::new()));
+                Ok(())
+            }
             Some((k, _)) => Err(TransformError::Other(format!("unexpected param {k}"))),
             None => Ok(()),
         }
@@ -23,7 +36,7 @@ impl Guest for Miscount {
         let (mut at, mut int) = (0usize, 0usize);
         for &shape in &input.shapes {
             let schema = &input.schemas[shape as usize];
-            let mut poison = false;
+            let (mut poison, mut seen) = (false, false);
             for name in schema {
                 // `types` holds each value's case index in `value-type`.
                 let ty = [
@@ -37,18 +50,39 @@ impl Guest for Miscount {
                 ][usize::from(input.values.types[at])];
                 at += 1;
                 if matches!(ty, ValueType::Bool | ValueType::Int | ValueType::Timestamp) {
-                    poison |= name == "id" && ty == ValueType::Int && input.values.ints[int] == 13;
+                    if name == "id" && ty == ValueType::Int {
+                        let id = input.values.ints[int];
+                        poison |= id == 13;
+                        seen |=
+                            SEEN.with(|s| s.borrow_mut().as_mut().is_some_and(|s| !s.insert(id)));
+                    }
                     int += 1;
                 }
             }
             if poison {
                 outcomes.push(Outcome::Emit(0));
             }
-            outcomes.push(Outcome::Emit(1));
+            outcomes.push(if seen {
+                Outcome::Emit(0)
+            } else {
+                Outcome::Keep
+            });
         }
+        // Every row kept is kept as it came: none is sent back.
+        let values = Values {
+            types: Vec::new(),
+            ints: Vec::new(),
+            floats: Vec::new(),
+            text: String::new(),
+            text_ends: Vec::new(),
+        };
         Output {
             outcomes,
-            rows: input,
+            rows: Rows {
+                schemas: Vec::new(),
+                shapes: Vec::new(),
+                values,
+            },
         }
     }
 }

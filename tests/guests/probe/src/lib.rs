@@ -3,7 +3,8 @@
 //! worked, and prints a line on stdout and stderr (which the host discards unless `debug_stdio`
 //! is set). A row with an int field `sleep_ms` makes it sleep that long first; one with a field
 //! `wait_ready` waits on a timer that is already due, with `pollable.block` and with `poll`;
-//! one with an int field `leak_handles` creates that many pollables and never drops them.
+//! one with an int field `leak_handles` creates that many pollables and never drops them; one
+//! with an int field `leak_kb` allocates that many KiB and never frees them.
 //! Param `say` makes `init` print its value on stderr; param `panic`, panic with it; param
 //! `reject`, fail with an `invalid-param` error named by its value (a careless guest echoing a
 //! secret).
@@ -48,6 +49,10 @@ fn probe(row: Row) -> Result<Vec<Row>, Error> {
         for _ in 0..*n {
             std::mem::forget(wasip2::clocks::monotonic_clock::subscribe_duration(1 << 60));
         }
+    }
+    if let Some(Value::Int(kb)) = row.get("leak_kb") {
+        // Touched, so that the pages are really in use, and leaked, so that memory only grows.
+        Vec::leak(vec![1u8; *kb as usize * 1024]);
     }
     let env = std::env::vars().count() as i64;
     let fs = std::fs::read_dir("/").is_ok() || std::fs::read_dir(".").is_ok();
