@@ -111,6 +111,18 @@ impl TransformConfig {
             })
     }
 
+    /// The length of the longest text [`redact`](Self::redact) masks (0 when there is none): a
+    /// text cut within that many bytes of a secret may hold part of it, which masking misses.
+    pub fn longest_secret(&self) -> usize {
+        self.secrets
+            .iter()
+            .filter(|s| s.len() >= MIN_REDACTED)
+            .flat_map(|s| crate::config::shown_forms(s))
+            .map(|f| f.len())
+            .max()
+            .unwrap_or(0)
+    }
+
     /// The name used in logs, metrics and dead letters: `name`, else the component file's stem
     /// (`transform_filter.wasm` becomes `filter`).
     pub fn display_name(&self) -> String {

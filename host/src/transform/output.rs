@@ -34,6 +34,13 @@ pub type Redact = Box<dyn Fn(String) -> String + Send>;
 struct Output {
     /// Masks secrets in a shown line.
     redact: Redact,
+    /// The longest text `redact` masks: a line shown in pieces, or a tail cut at its start,
+    /// loses this much more, so that no piece starts or ends inside a secret it cannot match.
+    hold: usize,
+    /// Whether the tail lost its start (the call wrote more than it keeps).
+    cut: bool,
+    /// Where shown lines go: sluice's stderr.
+    show: fn(&[u8]),
     /// `[name] `, when the output is also shown.
     echo: Option<Vec<u8>>,
     /// `[name, re-run alone] `, shown instead while a failed batch is run again a record at a
@@ -49,10 +56,13 @@ struct Output {
 
 impl GuestOutput {
     /// Output that is kept for failures and, when `echo` is set, shown under `name`, each line
-    /// through `redact`.
-    pub fn new(name: &str, echo: bool, redact: Redact) -> GuestOutput {
+    /// through `redact`, which masks texts of at most `hold` bytes.
+    pub fn new(name: &str, echo: bool, redact: Redact, hold: usize) -> GuestOutput {
         let out = Output {
             redact,
+            hold,
+            cut: false,
+            show: to_stderr,
             echo: echo.then(|| format!("[{name}] ").into_bytes()),
             rerun_echo: echo.then(|| format!("[{name}, re-run alone] ").into_bytes()),
             rerun: false,
@@ -72,6 +82,7 @@ impl GuestOutput {
         let mut out = self.lock();
         out.flush_line();
         out.tail.clear();
+        out.cut = false;
         out.rerun = rerun;
     }
 
@@ -80,7 +91,9 @@ impl GuestOutput {
     pub fn explain(&self) -> Option<String> {
         let mut out = self.lock();
         out.flush_line();
-        let text = String::from_utf8_lossy(&out.tail).into_owned();
+        // A tail cut at its start may start inside a secret, where masking cannot find it.
+        let skip = if out.cut { out.hold } else { 0 };
+        let text = String::from_utf8_lossy(&out.tail[skip.min(out.tail.len())..]).into_owned();
         let from = text.rfind("panicked at ").unwrap_or(0);
         // Guest bytes end up in logs and dead letters: no terminal escapes or other controls.
         let text: String = text[from..]
@@ -107,17 +120,27 @@ impl GuestOutput {
     }
 
     fn write(&self, bytes: &[u8]) {
-        let mut out = self.lock();
+        let mut guard = self.lock();
+        let out = &mut *guard;
         out.tail.extend_from_slice(bytes);
-        if out.tail.len() > TAIL_BYTES {
-            let cut = out.tail.len() - TAIL_BYTES;
+        let keep = TAIL_BYTES + out.hold;
+        if out.tail.len() > keep {
+            let cut = out.tail.len() - keep;
             out.tail.drain(..cut);
+            out.cut = true;
         }
         if out.echo.is_some() {
             for piece in bytes.split_inclusive(|&b| b == b'\n') {
                 out.line.extend_from_slice(piece);
-                if piece.ends_with(b"\n") || out.line.len() >= MAX_LINE {
+                if piece.ends_with(b"\n") {
                     out.flush_line();
+                } else if out.line.len() >= MAX_LINE {
+                    // Its last bytes wait for the next piece: a secret across the break would
+                    // otherwise show in two halves, neither of which masking finds.
+                    let at = out.line.len() - out.hold.min(out.line.len());
+                    let rest = out.line.split_off(at);
+                    out.flush_line();
+                    out.line = rest;
                 }
             }
         }
@@ -149,15 +172,20 @@ impl Output {
         text.extend_from_slice(prefix);
         text.extend_from_slice(line.as_bytes());
         text.push(b'\n');
-        // A closed or full stderr loses the guest's debug output, never the guest's record.
-        let mut rest = &text[..];
-        while !rest.is_empty() {
-            match rustix::io::write(rustix::stdio::stderr(), rest) {
-                Ok(0) => break,
-                Ok(n) => rest = &rest[n..],
-                Err(rustix::io::Errno::INTR) => {}
-                Err(_) => break,
-            }
+        (self.show)(&text);
+    }
+}
+
+/// Writes a shown line to sluice's stderr, in one `write` where it can.
+fn to_stderr(text: &[u8]) {
+    // A closed or full stderr loses the guest's debug output, never the guest's record.
+    let mut rest = text;
+    while !rest.is_empty() {
+        match rustix::io::write(rustix::stdio::stderr(), rest) {
+            Ok(0) => break,
+            Ok(n) => rest = &rest[n..],
+            Err(rustix::io::Errno::INTR) => {}
+            Err(_) => break,
         }
     }
 }
@@ -236,7 +264,7 @@ mod tests {
 
     #[test]
     fn a_panic_message_is_what_explains_a_failure() {
-        let out = GuestOutput::new("t", false, Box::new(|s| s));
+        let out = GuestOutput::new("t", false, Box::new(|s| s), 0);
         assert_eq!(out.explain(), None);
         out.write(b"starting\n");
         out.write(b"thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom at ");
@@ -255,5 +283,33 @@ mod tests {
         out.start_call(false);
         out.write(b"red \x1b[31malert\x07\n");
         assert_eq!(out.explain().as_deref(), Some("red  [31malert"));
+    }
+
+    /// A secret is never cut in two where masking could not find it: at the start of the tail a
+    /// failure quotes, or at a break in a line too long to show whole.
+    #[test]
+    fn a_secret_is_never_shown_in_part() {
+        let out = GuestOutput::new("t", false, Box::new(|s| s.replace("SECRET12", "***")), 8);
+        // Short enough to keep whole: there, masking finds it.
+        out.write(b"SECRET12");
+        out.write(&vec![b'y'; TAIL_BYTES - 4]);
+        let said = out.explain().unwrap();
+        assert!(said.starts_with("SECRET12y"), "{said}");
+        // Longer: the start of the tail, where the rest of the secret is, is not quoted.
+        out.write(&[b'y'; 8]);
+        let said = out.explain().unwrap();
+        assert_eq!(said, "y".repeat(TAIL_BYTES), "{said}");
+        // A line shown in pieces: the bytes at each break wait for the next piece.
+        thread_local!(static SHOWN: std::cell::RefCell<Vec<u8>> = Default::default());
+        let out = GuestOutput::new("t", true, Box::new(|s| s.replace("SECRET12", "***")), 8);
+        out.lock().show = |text| SHOWN.with(|s| s.borrow_mut().extend_from_slice(text));
+        out.write(&vec![b'z'; MAX_LINE - 4]);
+        out.write(b"SECR");
+        out.write(b"ET12 and more\n");
+        let shown = SHOWN.with(|s| String::from_utf8(s.take()).unwrap());
+        let tail = &shown[shown.len() - 40..];
+        assert!(!shown.contains("SECR") && !shown.contains("ET12"), "{tail}");
+        assert!(shown.ends_with("zzzz\n[t] zzzz*** and more\n"), "{tail}");
+        assert_eq!(shown.matches("[t] ").count(), 2, "{tail}");
     }
 }
