@@ -1003,7 +1003,7 @@ fn cli_test_expect_dash_is_stdin() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("ok: 1 rows match -"), "{stderr}");
+    assert!(stderr.contains("ok: 1 row match -"), "{stderr}");
 }
 
 /// A CSV value that does not parse as its inferred type is a bad row whose reason names the
@@ -1860,7 +1860,7 @@ fn cli_test_jsonl_keeps_the_digits_of_big_integers() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.success(), matches, "{golden}: {stderr}");
         if matches {
-            assert!(stderr.contains("ok: 1 rows match"), "{stderr}");
+            assert!(stderr.contains("ok: 1 row match"), "{stderr}");
         }
     }
 }
@@ -1970,6 +1970,32 @@ fn cli_test_streams_its_input() {
         stderr.contains("filter: 4 in, 2 out, 2 dropped, 0 failed"),
         "{stderr}"
     );
+}
+
+/// JSON Lines read as CSV (stdin without `--format jsonl`, or a `.txt` file) would give rows of
+/// garbage and no error: a first line that looks like JSON is warned about, with what to pass.
+#[test]
+fn cli_test_warns_when_json_lines_are_read_as_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rows.txt"), "{\"id\":1}\n{\"id\":2}\n").unwrap();
+    let args = ["transform", "test", "--component", guests::PASSTHROUGH];
+    for (extra, warned) in [
+        (&["--input", "rows.txt"][..], true),
+        (&["--input", "rows.txt", "--format", "csv"], false),
+        (&["--input", "rows.txt", "--format", "jsonl"], false),
+    ] {
+        let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {stderr}");
+        assert_eq!(
+            stderr.contains(
+                "warning: rows.txt is read as CSV, but its first line looks like JSON: pass \
+                 --format jsonl"
+            ),
+            warned,
+            "{extra:?}: {stderr}"
+        );
+    }
 }
 
 /// `--input -` reads stdin, as CSV unless `--format jsonl` says otherwise, and runs each batch as
@@ -2398,6 +2424,27 @@ fn cli_test_usage_errors_exit_2() {
         "{stderr}"
     );
     assert_eq!(std::fs::read(&same).unwrap(), b"");
+    // Nor can the input be (`--input rows.jsonl >> rows.jsonl`): the run would read its own rows
+    // back and never end.
+    std::fs::write(&same, "{\"value\":60}\n").unwrap();
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(&base[..4])
+        .args(["--input", same.to_str().unwrap()])
+        .stdout(
+            std::fs::OpenOptions::new()
+                .append(true)
+                .open(&same)
+                .unwrap(),
+        )
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("same.jsonl is also where this run writes its output rows (stdout)"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&same).unwrap(), b"{\"value\":60}\n");
 
     let golden = golden.to_str().unwrap();
     let out = run(&["--with", "value=50", "--expect", golden], input);
@@ -2518,7 +2565,12 @@ fn cli_new_and_build_usage_errors_exit_2() {
         ),
         (
             &["new", "shout", "--dir", "nowhere"],
-            "nowhere is not a transforms workspace (no Cargo.toml)",
+            "nowhere is not a transforms workspace (no Cargo.toml): --dir names the transforms \
+             workspace itself",
+        ),
+        (
+            &["new", &"a".repeat(65), "--dir", ws],
+            "invalid transform name: 65 characters, at most 64",
         ),
         (
             &["new", "shout", "--dir", ws],
@@ -2688,6 +2740,19 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         "{stdout}"
     );
     assert!(cli::scaffold("shout", ws).is_err(), "refuses to overwrite");
+    // A workspace that names its members leaves a new crate out of its builds: refused, and
+    // nothing is left behind.
+    let manifest = std::fs::read_to_string(ws.join("Cargo.toml")).unwrap();
+    let named = manifest.replace(r#"members = ["*"]"#, r#"members = ["shout"]"#);
+    assert_ne!(named, manifest);
+    std::fs::write(ws.join("Cargo.toml"), named).unwrap();
+    let refused = cli::scaffold("other", ws).unwrap_err().to_string();
+    assert!(
+        refused.contains(r#"[workspace] members do not include "other""#),
+        "{refused}"
+    );
+    assert!(!ws.join("other").exists());
+    std::fs::write(ws.join("Cargo.toml"), manifest).unwrap();
     // Untouched, it passes the format check CI runs on transforms/.
     let fmt = std::process::Command::new("rustfmt")
         .args(["--edition", "2024", "--check"])

@@ -244,7 +244,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             let mut matched = true;
             if let (Some(golden), Some(verdict)) = (&expect, &report.rows_verdict) {
                 match verdict {
-                    Ok(n) => crate::errln!("ok: {n} rows match {}", golden.display()),
+                    Ok(n) => crate::errln!("ok: {} match {}", counted(*n, "row"), golden.display()),
                     Err(msg) => {
                         crate::errln!("mismatch against {}: {msg}", golden.display());
                         matched = false;
@@ -253,7 +253,11 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             }
             match (&expect_failures, &report.failures_verdict) {
                 (Some(golden), Some(verdict)) => match verdict {
-                    Ok(n) => crate::errln!("ok: {n} failed records match {}", golden.display()),
+                    Ok(n) => crate::errln!(
+                        "ok: {} match {}",
+                        counted(*n, "failed record"),
+                        golden.display()
+                    ),
                     Err(msg) => {
                         crate::errln!("mismatch against {}: {msg}", golden.display());
                         matched = false;
@@ -264,10 +268,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                         crate::errln!(
                             "mismatch: {} failed and no --expect-failures file \
                              expects failures; the first: {first}",
-                            match report.failed {
-                                1 => "1 record".to_owned(),
-                                n => format!("{n} records"),
-                            }
+                            counted(report.failed as usize, "record")
                         );
                         matched = false;
                     }
@@ -279,6 +280,14 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 ExitCode::from(1)
             })
         }
+    }
+}
+
+/// `1 row`, `2 rows`.
+fn counted(n: usize, what: &str) -> String {
+    match n {
+        1 => format!("1 {what}"),
+        n => format!("{n} {what}s"),
     }
 }
 
@@ -337,11 +346,31 @@ pub fn scaffold(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
         let file = crate_dir.join(path);
         std::fs::write(&file, fill(text)).with_context(|| format!("writing {}", file.display()))?;
     }
+    // A workspace that lists its members by name would leave the crate out of every build, so
+    // that `transform build NAME`, the next step, fails. (Cargo's own failures show there.)
+    let package = format!("transform-{name}");
+    if let Ok(ws) = Workspace::read(dir)
+        && !ws.components.iter().any(|c| c.package == package)
+    {
+        let _ = std::fs::remove_dir_all(&crate_dir);
+        return Err(usage(anyhow::anyhow!(
+            "{}'s [workspace] members do not include {name:?}, so it would never build: add \
+             \"{name}\" (or \"*\") to members, then run this again",
+            dir.join("Cargo.toml").display()
+        )));
+    }
     Ok(crate_dir)
 }
 
 /// Why `transform new NAME --dir DIR` cannot scaffold, if it cannot.
 fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
+    // crates.io's limit, and far below a file name's.
+    if name.len() > 64 {
+        bail!(
+            "invalid transform name: {} characters, at most 64",
+            name.len()
+        );
+    }
     let valid = !name.is_empty()
         && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
@@ -360,8 +389,9 @@ fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
     }
     if !dir.join("Cargo.toml").is_file() {
         bail!(
-            "{} is not a transforms workspace (no Cargo.toml): run this from the directory that holds transforms/, or pass --dir",
-            dir.display()
+            "{} is not a transforms workspace (no Cargo.toml): {}",
+            dir.display(),
+            where_workspace(dir)
         );
     }
     // `my-thing` and `my_thing` would both build `transform_my_thing.wasm`, one over the other.
@@ -389,6 +419,19 @@ fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What to do when `dir` holds no workspace: the default is relative to the project root, and
+/// `--dir` names the workspace itself, not the directory above it.
+fn where_workspace(dir: &Path) -> String {
+    if dir == Path::new(DEFAULT_DIR) {
+        "run this from the directory that holds transforms/ (the project root), or pass --dir"
+            .to_owned()
+    } else {
+        "--dir names the transforms workspace itself, the directory whose Cargo.toml has \
+         [workspace]"
+            .to_owned()
+    }
 }
 
 /// Whether a workspace manifest has what the template inherits: `version`, `edition`,
@@ -434,9 +477,9 @@ fn is_sluice_workspace(manifest: &str) -> bool {
 pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     if !dir.join("Cargo.toml").is_file() {
         return Err(usage(anyhow::anyhow!(
-            "no transforms workspace at {} (no Cargo.toml there): run this from the directory \
-             that holds transforms/ (the project root), or pass --dir",
-            dir.display()
+            "no transforms workspace at {} (no Cargo.toml there): {}",
+            dir.display(),
+            where_workspace(dir)
         )));
     }
     let workspace = Workspace::read(dir)?;
@@ -1631,6 +1674,20 @@ fn open_input(path: &Path) -> anyhow::Result<(PathBuf, Input)> {
 /// an object is an error from the iterator (or here, when it comes before the key column does).
 pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecords> {
     let (shown, input) = open_input(path)?;
+    if let Some(stream) = input
+        .0
+        .metadata()
+        .ok()
+        .filter(|m| m.is_file())
+        .as_ref()
+        .and_then(output_stream)
+    {
+        // The run would read its own output back as input, and never end.
+        bail!(
+            "{} is also where this run writes its {stream}; write the output elsewhere",
+            path.display()
+        );
+    }
     let pipe = Pipe::of(&input.0);
     let path = shown.as_path();
     let framer = Framer {
@@ -1686,6 +1743,14 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
             && !reader.columns().iter().any(|c| &**c == k)
         {
             bail!("--key-column {k:?} is not a column of {}", path.display());
+        }
+        // JSON Lines read as CSV give rows of garbage and no error: say what to do instead.
+        if opts.format.is_none() && reader.columns().first().is_some_and(|c| c.starts_with('{')) {
+            crate::errln!(
+                "warning: {} is read as CSV, but its first line looks like JSON: pass --format \
+                 jsonl to read it as JSON Lines",
+                path.display()
+            );
         }
         (Reader::Csv(Box::new(reader)), Default::default())
     };
