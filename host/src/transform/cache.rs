@@ -7,8 +7,9 @@
 //! used only when both hashes check out: a damaged entry (a bad disk, a half-written copy) or one
 //! filed under another component's name is compiled again and replaced, never executed. (This
 //! guards against accidents, not against someone who can write the directory: they could write a
-//! sound entry, as they could replace the `.wasm`.) Every cache failure costs only time: the
-//! component is compiled as if there were no cache.
+//! sound entry. So a directory that another user could write, one owned by someone other than
+//! this user or root or writable by its group or by all, such as `/tmp`, is not used.) Every
+//! cache failure costs only time: the component is compiled as if there were no cache.
 //!
 //! An entry's modification time says when it was last used (refreshed at most once a day).
 //! Whenever a component is compiled and stored, entries unused for [`MAX_IDLE`] are removed, so
@@ -55,10 +56,32 @@ impl Hasher for Blake3Hasher {
 }
 
 impl CompileCache {
-    /// Uses `dir`, creating it if needed; why not, when it cannot be created.
+    /// Uses `dir`, creating it (readable by this user only) if needed; why not, when it cannot
+    /// be created or another user could write in it.
     pub fn open(dir: &Path) -> Result<CompileCache, String> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
         let dir = std::path::absolute(dir).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| e.to_string())?;
+        let meta = std::fs::metadata(&dir).map_err(|e| e.to_string())?;
+        let me = rustix::process::geteuid().as_raw();
+        if meta.uid() != me && meta.uid() != 0 {
+            return Err(format!(
+                "it belongs to another user (uid {}), who could put code in it that sluice would \
+                 run; use a directory of your own",
+                meta.uid()
+            ));
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(format!(
+                "other users can write in it (mode {:o}) and put code in it that sluice would \
+                 run; `chmod go-w` it, or use a directory of your own",
+                meta.mode() & 0o7777
+            ));
+        }
         Ok(CompileCache { dir })
     }
 
@@ -197,6 +220,24 @@ fn store(path: &Path, key: &[u8; 32], code: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entries are run as machine code: a directory another user could write is not used.
+    #[test]
+    fn a_directory_others_can_write_is_not_used() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let mine = dir.path().join("a/b");
+        CompileCache::open(&mine).unwrap();
+        let mode = std::fs::metadata(&mine).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+        for (shared, says) in [(0o777, "mode 777"), (0o1777, "mode 1777"), (0o770, "mode 770")] {
+            std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(shared)).unwrap();
+            let refused = CompileCache::open(&mine).unwrap_err();
+            assert!(refused.contains(says), "{refused}");
+        }
+        std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o755)).unwrap();
+        CompileCache::open(&mine).unwrap();
+    }
 
     #[test]
     fn only_a_sound_entry_filed_under_its_key_gives_code() {
