@@ -66,8 +66,12 @@ pub enum DecodeError {
         /// Members in the object.
         fields: usize,
     },
-    /// A value does not fit the type the header gives it (without a header: is not JSON).
-    #[error("field {field:?} is not a valid {ty}: {raw}")]
+    /// A value does not fit the type the header gives it (without a header: is not JSON, or is
+    /// a string no Rust string can hold, with a lone surrogate escape such as `"\ud800"`).
+    #[error(
+        "field {field:?} is not a valid {ty}: {raw}{}",
+        why.as_ref().map(|w| format!(" ({w})")).unwrap_or_default()
+    )]
     Value {
         /// The field name.
         field: String,
@@ -75,6 +79,8 @@ pub enum DecodeError {
         ty: String,
         /// The raw JSON of the value (shortened).
         raw: String,
+        /// Why, when the type alone does not say.
+        why: Option<String>,
     },
 }
 
@@ -173,6 +179,14 @@ pub fn decode(value: Option<&[u8]>, types: Option<&[u8]>) -> Result<Row, DecodeE
                 field: name.to_string(),
                 ty: "JSON value".to_owned(),
                 raw: shorten(raw),
+                // JSON syntax allows an unpaired surrogate escape; a Rust string cannot hold it.
+                why: (raw.starts_with('"')
+                    && serde_json::from_str::<serde::de::IgnoredAny>(raw).is_ok())
+                .then(|| {
+                    "it escapes half of a UTF-16 surrogate pair (\\uD800 to \\uDFFF) without \
+                     the other half, which is no Unicode character"
+                        .to_owned()
+                }),
             })?;
             row.push(name, value);
         }
@@ -200,6 +214,7 @@ pub fn decode(value: Option<&[u8]>, types: Option<&[u8]>) -> Result<Row, DecodeE
                     field: name.to_string(),
                     ty: ty.to_owned(),
                     raw: shorten(raw),
+                    why: None,
                 }
             }
         })?;
@@ -537,6 +552,22 @@ mod tests {
 
     #[test]
     fn bad_messages_are_errors() {
+        // Valid JSON, but no Rust string can hold it: the message says why.
+        let lone = decode(Some(br#"{"lone":"\ud800"}"#), None).unwrap_err();
+        assert!(
+            lone.to_string()
+                .ends_with("(it escapes half of a UTF-16 surrogate pair (\\uD800 to \\uDFFF) without the other half, which is no Unicode character)"),
+            "{lone}"
+        );
+        assert!(
+            matches!(&lone, DecodeError::Value { field, .. } if field == "lone"),
+            "{lone:?}"
+        );
+        let tru = decode(Some(br#"{"b":tru}"#), None).unwrap_err();
+        assert_eq!(
+            tru.to_string(),
+            "field \"b\" is not a valid JSON value: tru"
+        );
         assert_eq!(decode(None, None), Err(DecodeError::Empty));
         assert_eq!(decode(Some(b"\xff"), None), Err(DecodeError::NotUtf8));
         assert!(matches!(

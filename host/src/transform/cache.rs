@@ -230,7 +230,11 @@ mod tests {
         CompileCache::open(&mine).unwrap();
         let mode = std::fs::metadata(&mine).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700, "{mode:o}");
-        for (shared, says) in [(0o777, "mode 777"), (0o1777, "mode 1777"), (0o770, "mode 770")] {
+        for (shared, says) in [
+            (0o777, "mode 777"),
+            (0o1777, "mode 1777"),
+            (0o770, "mode 770"),
+        ] {
             std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(shared)).unwrap();
             let refused = CompileCache::open(&mine).unwrap_err();
             assert!(refused.contains(says), "{refused}");

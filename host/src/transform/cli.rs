@@ -1889,11 +1889,12 @@ impl JsonLines {
             Ok(item) => item,
             Err(e) => return Some(Err(e)),
         };
-        let row = wire::decode(Some(text.as_bytes()), None).map_err(|e| {
-            anyhow::anyhow!(
+        let row = wire::decode(Some(text.as_bytes()), None).map_err(|e| match e {
+            wire::DecodeError::Syntax(_) => anyhow::anyhow!(
                 "{}:{line}: not a JSON object (expected one JSON object per line): {e}",
                 self.shown
-            )
+            ),
+            e => anyhow::anyhow!("{}:{line}: {e}", self.shown),
         });
         Some(row.map(|row| (line, row)))
     }
