@@ -2497,6 +2497,27 @@ fn cli_test_scopes_with_params_in_a_chain() {
         "{stderr}"
     );
 
+    // The same component twice is told apart by position in counts and failures.
+    let twice = [
+        "1.field=value",
+        "1.op=gt",
+        "1.value=50",
+        "2.field=name",
+        "2.op=gt",
+        "2.value=10",
+    ];
+    let out = run(&[guests::FILTER, guests::FILTER], &twice);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("transform  filter#1: 2 in, 1 out, 1 dropped, 0 failed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("record 1 (line 1): filter#2 failed (guest_error)"),
+        "{stderr}"
+    );
+
     for (components, scoped, says) in [
         (
             [guests::FILTER, guests::ENRICH],

@@ -211,6 +211,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 })
                 .collect::<Vec<_>>();
             assign_params(&mut configs, &with).map_err(usage)?;
+            name_apart(&mut configs);
             let dash = Path::new("-");
             if [Some(&input), expect.as_ref(), expect_failures.as_ref()]
                 .iter()
@@ -279,6 +280,18 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             } else {
                 ExitCode::from(1)
             })
+        }
+    }
+}
+
+/// Gives components that share a name (the same `.wasm` twice in a chain) their position too,
+/// `filter#1` and `filter#2`, so that counts, failures and `--expect-failures` stages tell them
+/// apart. Done after `--with` is assigned, which scopes such components by position.
+fn name_apart(configs: &mut [TransformConfig]) {
+    let names: Vec<String> = configs.iter().map(|c| c.display_name()).collect();
+    for (i, cfg) in configs.iter_mut().enumerate() {
+        if names.iter().filter(|n| same_name(n, &names[i])).count() > 1 {
+            cfg.name = Some(format!("{}#{}", names[i], i + 1));
         }
     }
 }
