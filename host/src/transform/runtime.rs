@@ -1152,12 +1152,13 @@ fn run_chain(
         for (j, kind, reason) in failures {
             // A guest's error may quote a field of any size; messages and letters need not.
             let reason = clip(&t.config.redact(reason), MAX_REASON);
+            // (Under `fail` they were all counted above.)
+            if t.config.on_error != OnError::Fail {
+                TransformStats::add(&t.stats.rows_failed, 1);
+            }
             let o = batch.origins[j] as usize;
             if failed.contains_key(&o) {
                 continue;
-            }
-            if t.config.on_error != OnError::Fail {
-                TransformStats::add(&t.stats.rows_failed, 1);
             }
             let outcome = match t.config.on_error {
                 OnError::Fail => {
