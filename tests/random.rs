@@ -30,8 +30,8 @@ use crate::transform::config;
 const NAMES: [&str; 7] = ["id", "name", "value", "tags", "flag", "note", "ünï"];
 
 /// Text with the characters that matter to the guests (the explode separator, whitespace around
-/// it, ASCII letters to uppercase and non-ASCII ones that must stay as they are) and to JSON
-/// (quotes, backslashes, control characters).
+/// it, ASCII letters to uppercase and non-ASCII ones, some of which uppercase to more letters)
+/// and to JSON (quotes, backslashes, control characters).
 const CHARS: [char; 19] = [
     'a', 'u', 'Z', 't', '1', ' ', '|', ',', '"', '\n', 'é', 'ß', '中', '🦀', '\u{a0}', '|', '\\',
     '\t', '\u{1}',
@@ -254,45 +254,90 @@ fn text_of(v: &Value) -> String {
     }
 }
 
-/// `mask` with `field=note` and `salt=pepper` (see `transforms/mask`).
+/// `mask` with `field=note` and `salt=pepper` (see `transforms/mask`): every field of that name.
 fn mask(mut row: Row) -> Result<Row, String> {
-    let at = position(&row, "note").ok_or_else(|| missing("note"))?;
-    let v = &mut row.fields[at].value;
-    // The hash keeps the text of the first version for timestamps and floats (see the guest).
-    let text = match &*v {
-        Value::Null => return Ok(row),
-        Value::Timestamp(us) => us.to_string(),
-        Value::Float(f) => f.to_string(),
-        v => text_of(v),
-    };
-    *v = Value::String(hex::encode(Sha256::digest(format!("pepper{text}"))));
+    position(&row, "note").ok_or_else(|| missing("note"))?;
+    for f in row.fields.iter_mut().filter(|f| &*f.name == "note") {
+        let v = &mut f.value;
+        // The hash keeps the text of the first version for timestamps and floats (see the guest).
+        let text = match &*v {
+            Value::Null => continue,
+            Value::Timestamp(us) => us.to_string(),
+            Value::Float(f) => f.to_string(),
+            v => text_of(v),
+        };
+        *v = Value::String(hex::encode(Sha256::digest(format!("pepper{text}"))));
+    }
     Ok(row)
+}
+
+/// A number as the guests read one from text: written in decimal, not `NaN` or `inf`.
+fn number(s: &str) -> Option<f64> {
+    let t = s.trim();
+    match t
+        .bytes()
+        .any(|b| b.is_ascii_alphabetic() && !matches!(b, b'e' | b'E'))
+    {
+        true => None,
+        false => t.parse().ok(),
+    }
+}
+
+/// An int against a float without rounding the int (exact past 2^53).
+fn int_vs_float(a: i64, b: f64) -> Option<std::cmp::Ordering> {
+    if b.is_nan() {
+        None
+    } else if b >= 9_223_372_036_854_775_808.0 {
+        Some(std::cmp::Ordering::Less)
+    } else if b < -9_223_372_036_854_775_808.0 {
+        Some(std::cmp::Ordering::Greater)
+    } else {
+        // Through i128, where both the int and the float's integer part are exact.
+        let whole = b.trunc();
+        Some((i128::from(a)).cmp(&(whole as i128)).then_with(|| {
+            0.0f64
+                .partial_cmp(&(b - whole))
+                .unwrap_or(std::cmp::Ordering::Equal)
+        }))
+    }
 }
 
 /// `filter` with `field=value`, `op` and `value` (see `transforms/filter`): `Ok(keep)`.
 fn filter(row: &Row, op: &str, want: &str) -> Result<bool, String> {
     use std::cmp::Ordering::*;
     let v = row.get("value").ok_or_else(|| missing("value"))?;
+    // Numbers compare as integers when both sides are integers, else exactly.
+    let integer = want.trim().parse::<i64>().ok();
+    let compare = |int: Option<i64>, have: f64, number: f64| match (int, integer) {
+        (Some(a), Some(b)) => Some(a.cmp(&b)),
+        (Some(a), None) => int_vs_float(a, number),
+        (None, _) => have.partial_cmp(&number),
+    };
     let ord = match v {
         Value::Null => return Ok(op == "ne"),
-        Value::String(s) | Value::Json(s) if op == "contains" => return Ok(s.contains(want)),
-        // A string holding a number compares as one with a numeric value.
-        Value::String(s) if let Ok(number) = want.trim().parse::<f64>() => {
-            match s.trim().parse::<f64>() {
-                Ok(have) => match have.partial_cmp(&number) {
+        // `contains` looks in the text of any value.
+        v if op == "contains" => return Ok(text_of(v).contains(want)),
+        // A string (or JSON text) holding a number compares as one with a numeric value.
+        Value::String(s) | Value::Json(s) if let Some(number) = number(want) => {
+            match self::number(s) {
+                Some(have) => match compare(s.trim().parse().ok(), have, number) {
                     Some(o) => o,
                     None => return Ok(op == "ne"),
                 },
-                Err(_) if matches!(op, "eq" | "ne") => s.as_str().cmp(want),
-                Err(_) => return Err(invalid("value")),
+                None if matches!(op, "eq" | "ne") => s.as_str().cmp(want),
+                None => return Err(invalid("value")),
             }
         }
         Value::String(s) | Value::Json(s) => s.as_str().cmp(want),
         Value::Bool(b) => b.cmp(&want.trim().parse().map_err(|_| invalid("value"))?),
         Value::Timestamp(t) if let Some(want) = sluice::row::parse_timestamp(want) => t.cmp(&want),
         _ => {
-            let want: f64 = want.trim().parse().map_err(|_| invalid("value"))?;
-            match as_f64(v).unwrap().partial_cmp(&want) {
+            let number = number(want).ok_or_else(|| invalid("value"))?;
+            let int = match v {
+                Value::Int(i) | Value::Timestamp(i) => Some(*i),
+                _ => None,
+            };
+            match compare(int, as_f64(v).unwrap(), number) {
                 Some(o) => o,
                 None => return Ok(op == "ne"),
             }
@@ -332,7 +377,7 @@ fn enrich(mut row: Row) -> Result<Row, String> {
     }
     match row.fields.iter_mut().find(|f| &*f.name == "customer") {
         Some(f) => match &mut f.value {
-            Value::String(s) => s.make_ascii_uppercase(),
+            Value::String(s) => *s = s.to_uppercase(),
             Value::Null => {}
             _ => return Err(invalid("customer")),
         },
@@ -341,7 +386,19 @@ fn enrich(mut row: Row) -> Result<Row, String> {
     let doubled = match row.get("value").ok_or_else(|| missing("value"))? {
         Value::Null => Value::Null,
         Value::Int(i) => Value::Int(i.checked_mul(2).ok_or_else(|| invalid("double"))?),
-        v => Value::Float(as_f64(v).ok_or_else(|| invalid("value"))? * 2.0),
+        v => {
+            // A string holding a number counts as one; a finite number doubled past the float
+            // range fails.
+            let n = match v {
+                Value::String(s) => number(s),
+                v => as_f64(v),
+            };
+            let n = n.ok_or_else(|| invalid("value"))?;
+            if n.is_finite() && !(n * 2.0).is_finite() {
+                return Err(invalid("double"));
+            }
+            Value::Float(n * 2.0)
+        }
     };
     set(&mut row, "double", doubled);
     Ok(row)

@@ -246,6 +246,59 @@ fn filter_compares_numbers_held_in_strings_as_numbers() {
     assert_eq!(kept, [1, 2, 3, 4]);
 }
 
+/// Ints compare exactly, past 2^53 where a float cannot hold every one (ids); `contains` looks in
+/// the text of any value; `NaN` and `inf` are text, not numbers.
+#[test]
+fn filter_compares_large_ints_exactly_and_finds_text_in_any_value() {
+    let kept = |field_values: Vec<Value>, op: &str, value: &str| -> Vec<usize> {
+        let c = chain(&[config(
+            guests::FILTER,
+            &[("field", "v"), ("op", op), ("value", value)],
+        )]);
+        let rows = field_values.into_iter().map(|v| row(&[("v", v)])).collect();
+        let out = c.process_blocking(with_meta(rows)).unwrap();
+        (0..out.len())
+            .filter(|&i| matches!(&out[i], RecordOutcome::Emitted(r) if !r.is_empty()))
+            .collect()
+    };
+    let ids = || {
+        vec![
+            Value::Int(9_007_199_254_740_993),
+            Value::Int(1_234_567_890_123_456_789),
+            Value::String("9007199254740993".into()),
+            Value::Int(i64::MAX),
+        ]
+    };
+    assert_eq!(kept(ids(), "eq", "9007199254740992"), Vec::<usize>::new());
+    assert_eq!(kept(ids(), "eq", "9007199254740993"), [0, 2]);
+    assert_eq!(kept(ids(), "lt", "1234567890123456800"), [0, 1, 2]);
+    // Against a float: no rounding of the int either.
+    assert_eq!(kept(ids(), "gt", "9007199254740992.5"), [0, 1, 2, 3]);
+    assert_eq!(kept(ids(), "ge", "9.3e18"), Vec::<usize>::new());
+    let any = || {
+        vec![
+            Value::Int(210),
+            Value::Float(10.5),
+            Value::Bool(true),
+            Value::Timestamp(1_793_521_800_000_000), // 2026-11-01T08:30:00
+            Value::String("x10".into()),
+            Value::Null,
+        ]
+    };
+    assert_eq!(kept(any(), "contains", "10"), [0, 1, 4]);
+    assert_eq!(kept(any(), "contains", "2026-11"), [3]);
+    assert_eq!(kept(any(), "contains", "ru"), [2]);
+    // `NaN` is no number, so a numeric comparison with it fails the record.
+    let c = chain(&[config(
+        guests::FILTER,
+        &[("field", "v"), ("op", "gt"), ("value", "1")],
+    )]);
+    let out = c
+        .process_blocking(with_meta(vec![row(&[("v", Value::String("NaN".into()))])]))
+        .unwrap();
+    assert_eq!(quarantined(&out[0]).kind, FailureKind::Guest);
+}
+
 #[test]
 fn filter_fails_a_row_without_the_field_as_a_guest_error() {
     let c = chain(&[config(
@@ -361,6 +414,73 @@ fn enrich_casts_exactly_and_computes_with_exponents() {
     );
 }
 
+/// `compute` takes one operator: an expression it would misread (`a+b+c` as `a` plus a field
+/// `b+c`) is refused at init, not by failing every record. A division by zero or a result past
+/// the float range fails its record; a string holding a number counts as one; `uppercase` covers
+/// all of Unicode; a string holding a float casts to int as the float does.
+#[test]
+fn enrich_refuses_misread_expressions_and_fails_impossible_results() {
+    for spec in [
+        "r=a+b+c",
+        "r=a*b,q=a+b",
+        "r==a*b",
+        "r=a*b=c",
+        "r=-a*2",
+        "r=a**2",
+    ] {
+        let c = TransformChain::load(&[config(guests::ENRICH, &[("compute", spec)])], &opts());
+        let Err(e) = c else {
+            panic!("{spec} was taken")
+        };
+        assert!(
+            e.to_string()
+                .contains("transform enrich rejected param `compute`"),
+            "{spec}: {e}"
+        );
+    }
+    let c = chain(&[config(
+        guests::ENRICH,
+        &[("compute", "r=a/b"), ("uppercase", "s"), ("cast", "f:int")],
+    )]);
+    let input = |a: Value, b: Value| {
+        row(&[
+            ("a", a),
+            ("b", b),
+            ("s", Value::String("straße".into())),
+            ("f", Value::String("4.5".into())),
+        ])
+    };
+    let out = c
+        .process_blocking(with_meta(vec![
+            input(Value::Int(4), Value::Int(0)),
+            input(Value::Float(1e300), Value::Float(1e-300)),
+            input(Value::String(" 9 ".into()), Value::Int(2)),
+            input(Value::Float(f64::INFINITY), Value::Int(2)),
+        ]))
+        .unwrap();
+    let reason = |i: usize| quarantined(&out[i]).reason.clone();
+    assert_eq!(reason(0), "invalid value in field `r`: division by zero");
+    assert_eq!(
+        reason(1),
+        "invalid value in field `r`: the result is past the float range"
+    );
+    assert_eq!(
+        emitted(&out[2]),
+        [row(&[
+            ("a", Value::String(" 9 ".into())),
+            ("b", Value::Int(2)),
+            ("s", Value::String("STRASSE".into())),
+            ("f", Value::Int(5)),
+            ("r", Value::Float(4.5)),
+        ])]
+    );
+    // An infinite operand gives what it gives.
+    assert_eq!(
+        emitted(&out[3])[0].get("r"),
+        Some(&Value::Float(f64::INFINITY))
+    );
+}
+
 /// A timestamp field compares with a timestamp `value` (any form the CSV source reads), or else
 /// with a number of microseconds.
 #[test]
@@ -464,6 +584,33 @@ fn mask_replaces_fields_by_a_salted_sha256() {
             ("gone", Value::Null),
         ])]
     );
+    // A name twice (a JSON message may have that): both are masked, or the second would go on
+    // in clear.
+    let twice = row(&[
+        ("name", Value::String("alice".into())),
+        ("id", Value::Int(7)),
+        ("name", Value::String("bob".into())),
+    ]);
+    let out = c.process_blocking(vec![(meta(0), twice)]).unwrap();
+    assert_eq!(
+        emitted(&out[0]),
+        [row(&[
+            ("name", Value::String(hash("alice"))),
+            ("id", Value::String(hash("7"))),
+            ("name", Value::String(hash("bob"))),
+        ])]
+    );
+    let repeated = TransformChain::load(
+        &[config(
+            guests::MASK,
+            &[("field", "name,name"), ("salt", "pepper")],
+        )],
+        &opts(),
+    );
+    let Err(e) = repeated else {
+        panic!("a field named twice was taken")
+    };
+    assert!(e.to_string().contains("names `name` twice"), "{e}");
 }
 
 #[test]
@@ -591,7 +738,7 @@ fn lanes_guest_matches_the_filter_enrich_chain() {
             ]),
             row(&[
                 ("id", Value::Int(3)),
-                ("name", s("cé")),
+                ("name", s("cé ß")),
                 ("value", Value::Int(70)),
             ]),
             row(&[
@@ -644,7 +791,8 @@ fn lanes_guest_matches_the_filter_enrich_chain() {
         emitted(&got[2]),
         [row(&[
             ("id", Value::Int(3)),
-            ("customer", s("Cé")),
+            // All of Unicode, where uppercase may be longer.
+            ("customer", s("CÉ SS")),
             ("value", Value::Int(70)),
             ("double", Value::Int(140)),
         ])]

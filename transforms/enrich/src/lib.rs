@@ -1,16 +1,22 @@
 //! `enrich`: reshapes rows in place. Every param is optional, but at least one is required;
 //! they apply in this order:
 //!
-//! - `rename`: `old:new[,old:new...]` renames fields;
-//! - `cast`: `field:type[,...]` converts values to `int`, `float`, `string` or `bool` (a float
-//!   becomes an int rounded half away from zero, as Snowflake's `CAST` does; one past the int
-//!   range, infinite or NaN fails; bools are 1 and 0 as numbers);
-//! - `uppercase`: `field[,field...]` uppercases string fields;
+//! - `rename`: `old:new[,old:new...]` renames fields (a row that already has `new` fails);
+//! - `cast`: `field:type[,...]` converts values to `int`, `float`, `string` or `bool` (a float,
+//!   or a string holding one, becomes an int rounded half away from zero, as Snowflake's `CAST`
+//!   does; one past the int range, infinite or NaN fails; bools are 1 and 0 as numbers);
+//! - `uppercase`: `field[,field...]` uppercases string fields (all of Unicode: `straße` becomes
+//!   `STRASSE`);
 //! - `compute`: `name=a OP b` appends (or replaces) field `name` computed from two operands,
-//!   each a field name or a number (`2`, `-1.5`, `2e-1`), with `OP` one of `+ - * /` (int when both sides are ints
-//!   and `OP` is not `/`, float otherwise; null when an operand is null).
+//!   each a field name or a number written in decimal (`2`, `-1.5`, `2e-1`), with `OP` one of
+//!   `+ - * /` (int when both sides are ints and `OP` is not `/`, float otherwise; null when an
+//!   operand is null; a string holding a number counts as that number, a float). One operator
+//!   only, so a field name in it cannot hold `+ - * / = ,` (rename such a field first). An int
+//!   result that overflows, or a float result that is infinite or NaN from finite operands (a
+//!   division by zero), fails the record.
 //!
-//! A row lacking a named field fails with `missing-field`; an impossible cast with `invalid-value`.
+//! A row lacking a named field fails with `missing-field`; an impossible cast or computation
+//! with `invalid-value`.
 
 use sluice_guest::{Error, Params, Row, Transform, Value};
 
@@ -60,7 +66,7 @@ fn pairs(params: &Params, name: &str) -> Result<Vec<(String, String)>, Error> {
     list(params, name)
         .into_iter()
         .map(|item| match item.split_once(':') {
-            Some((a, b)) if !a.trim().is_empty() && !b.trim().is_empty() => {
+            Some((a, b)) if !a.trim().is_empty() && !b.trim().is_empty() && !b.contains(':') => {
                 Ok((a.trim().to_owned(), b.trim().to_owned()))
             }
             _ => Err(Error::invalid_param(name, format!("{item:?} is not `a:b`"))),
@@ -68,14 +74,34 @@ fn pairs(params: &Params, name: &str) -> Result<Vec<(String, String)>, Error> {
         .collect()
 }
 
-fn operand(s: &str) -> Operand {
+/// An operand: a number written in decimal, else a field name, which cannot hold an operator,
+/// `=` or `,` (`a+b+c` or `r=a*b,q=a+b` would otherwise read a field `b+c` or `b,q=a+b`, and fail
+/// every record instead of the params).
+fn operand(s: &str) -> Result<Operand, String> {
     if let Ok(i) = s.parse::<i64>() {
-        Operand::Number(Value::Int(i))
-    } else if let Ok(f) = s.parse::<f64>() {
-        Operand::Number(Value::Float(f))
+        Ok(Operand::Number(Value::Int(i)))
+    } else if let Some(f) = number(s) {
+        Ok(Operand::Number(Value::Float(f)))
+    } else if s.contains(['+', '-', '*', '/', '=', ',']) {
+        Err(format!(
+            "`{s}` is neither a number nor a field name (one operator only; a field named with \
+             + - * / = or , needs a rename first)"
+        ))
     } else {
-        Operand::Field(s.to_owned())
+        Ok(Operand::Field(s.to_owned()))
     }
+}
+
+/// `s` as a float if it is a number written in decimal (`-1.5`, `2e3`, with spaces around), not
+/// a word Rust also reads as a float (`NaN`, `inf`): those are field names here.
+fn number(s: &str) -> Option<f64> {
+    let t = s.trim();
+    if t.bytes()
+        .any(|b| b.is_ascii_alphabetic() && !matches!(b, b'e' | b'E'))
+    {
+        return None;
+    }
+    t.parse().ok()
 }
 
 fn parse_compute(spec: &str) -> Result<Compute, Error> {
@@ -99,7 +125,7 @@ fn parse_compute(spec: &str) -> Result<Compute, Error> {
             && mantissa
                 .bytes()
                 .all(|b| b.is_ascii_digit() || b"+-.".contains(&b))
-            && mantissa.parse::<f64>().is_ok()
+            && number(mantissa).is_some()
     };
     let at = expr
         .char_indices()
@@ -115,17 +141,17 @@ fn parse_compute(spec: &str) -> Result<Compute, Error> {
     if name.trim().is_empty() || left.is_empty() || right.is_empty() {
         return Err(bad("empty name or operand"));
     }
-    // `value ** 100` would otherwise read a field named `* 100` and fail every row.
-    if right.parse::<f64>().is_err()
-        && (right.starts_with(['+', '-']) || right.contains(['*', '/']))
-    {
-        return Err(bad("one operator only"));
+    let name = name.trim();
+    if name.contains(['+', '-', '*', '/', '=', ',']) {
+        return Err(bad(&format!(
+            "the name `{name}` holds an operator, `=` or `,`"
+        )));
     }
     Ok(Compute {
-        name: name.trim().to_owned(),
-        left: operand(left),
+        name: name.to_owned(),
+        left: operand(left).map_err(|why| bad(&why))?,
         op: expr[at..].chars().next().unwrap_or('+'),
-        right: operand(right),
+        right: operand(right).map_err(|why| bad(&why))?,
     })
 }
 
@@ -190,7 +216,9 @@ impl Transform for Enrich {
         }
         for field in &self.uppercase {
             match row.get_mut(field) {
-                Some(Value::String(s)) => s.make_ascii_uppercase(),
+                // In place when it can be: most text is ASCII, and then the length cannot change.
+                Some(Value::String(s)) if s.is_ascii() => s.make_ascii_uppercase(),
+                Some(Value::String(s)) => *s = s.to_uppercase(),
                 Some(Value::Null) => {}
                 Some(other) => {
                     return Err(Error::invalid_value(
@@ -211,13 +239,15 @@ impl Transform for Enrich {
 
 fn cast(field: &str, v: Value, ty: Type) -> Result<Value, Error> {
     let fail = |v: &Value| {
+        let to = match ty {
+            Type::Int => "int",
+            Type::Float => "float",
+            Type::String => "string",
+            Type::Bool => "bool",
+        };
         Error::invalid_value(
             field,
-            format!(
-                "cannot cast {} {:?} to the requested type",
-                v.type_name(),
-                v.to_text()
-            ),
+            format!("cannot cast {} {:?} to {to}", v.type_name(), v.to_text()),
         )
     };
     Ok(match (ty, v) {
@@ -232,9 +262,11 @@ fn cast(field: &str, v: Value, ty: Type) -> Result<Value, Error> {
             _ => return Err(fail(&Value::Float(f))),
         },
         (Type::Int, Value::Bool(b)) => Value::Int(i64::from(b)),
-        (Type::Int, Value::String(s)) => match s.trim().parse() {
-            Ok(i) => Value::Int(i),
-            Err(_) => return Err(fail(&Value::String(s))),
+        (Type::Int, Value::String(s)) => match (s.trim().parse(), number(&s)) {
+            (Ok(i), _) => Value::Int(i),
+            // `4.0` or `1e3`: as the float it holds.
+            (Err(_), Some(f)) => return cast(field, Value::Float(f), ty),
+            (Err(_), None) => return Err(fail(&Value::String(s))),
         },
         (Type::Float, Value::Int(i)) => Value::Float(i as f64),
         (Type::Float, Value::Float(f)) => Value::Float(f),
@@ -277,7 +309,11 @@ fn compute<'a>(row: &'a Row, c: &'a Compute) -> Result<Value, Error> {
             .ok_or_else(|| Error::invalid_value(&c.name, "integer overflow"));
     }
     let num = |v: &Value, o: &Operand| {
-        v.as_f64().ok_or_else(|| {
+        let held = match v {
+            Value::String(s) => number(s),
+            v => v.as_f64(),
+        };
+        held.ok_or_else(|| {
             let name = match o {
                 Operand::Field(f) => f.as_str(),
                 Operand::Number(_) => c.name.as_str(),
@@ -286,12 +322,22 @@ fn compute<'a>(row: &'a Row, c: &'a Compute) -> Result<Value, Error> {
         })
     };
     let (a, b) = (num(l, &c.left)?, num(r, &c.right)?);
-    Ok(Value::Float(match c.op {
+    let v = match c.op {
         '+' => a + b,
         '-' => a - b,
         '*' => a * b,
         _ => a / b,
-    }))
+    };
+    // Infinite or NaN operands give what they give; finite ones that do not give a number went
+    // past the float range, or divided by zero.
+    if !v.is_finite() && a.is_finite() && b.is_finite() {
+        let why = match (c.op, b) {
+            ('/', 0.0) => "division by zero",
+            _ => "the result is past the float range",
+        };
+        return Err(Error::invalid_value(&c.name, why));
+    }
+    Ok(Value::Float(v))
 }
 
 sluice_guest::export!(Enrich);

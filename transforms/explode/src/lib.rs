@@ -1,9 +1,12 @@
 //! `explode`: turns one row into one row per piece of a delimited string field.
 //!
 //! Params: `field` (the string column), `sep` (the delimiter, default `,`), `into` (the field
-//! that receives each piece, default `field` itself). Pieces are trimmed and empty pieces
-//! skipped, so an empty or null field yields no rows. A non-string field fails with
-//! `invalid-value`.
+//! that receives each piece, default `field` itself; `field` is then removed, and a row that
+//! already has `into` gets the piece in its place, as `set` does). Pieces are trimmed and empty
+//! pieces skipped, so an empty or null field yields no rows. A non-string field fails with
+//! `invalid-value`. Each piece is a whole row, so a field of very many pieces can exceed the
+//! transform's `max_rows_per_record` (the record fails with `output_limit`) or, before that, its
+//! `memory_mb`.
 
 use sluice_guest::{Error, Params, Row, Transform, Value};
 
@@ -17,6 +20,9 @@ impl Transform for Explode {
     fn init(params: &Params) -> Result<Self, Error> {
         params.allow_only(&["field", "sep", "into"])?;
         let field = params.require("field")?.to_owned();
+        if field.is_empty() {
+            return Err(Error::invalid_param("field", "names no field"));
+        }
         let sep = params.get("sep").unwrap_or(",").to_owned();
         if sep.is_empty() {
             return Err(Error::invalid_param("sep", "must not be empty"));
@@ -24,6 +30,9 @@ impl Transform for Explode {
         let into = params
             .get("into")
             .map_or_else(|| field.clone(), str::to_owned);
+        if into.is_empty() {
+            return Err(Error::invalid_param("into", "names no field"));
+        }
         Ok(Explode { field, sep, into })
     }
 

@@ -2,13 +2,16 @@
 //!
 //! Params: `field` (the column), `op` (`eq`, `ne`, `gt`, `ge`, `lt`, `le`, `contains`, or
 //! `==`, `!=`, `>`, `>=`, `<`, `<=`) and `value`. Numbers (int, float) compare numerically with
-//! `value` parsed as a number; timestamps with `value` parsed as a timestamp (`2024-01-02`,
-//! `2024-01-02T03:04:05.5Z`, ...; see [`sluice_guest::parse_timestamp`]) or else as a number of
-//! microseconds since the epoch; strings compare as text, except that a string holding a number
-//! compares numerically with a numeric `value` (a CSV column with one cell that is not a number
-//! is typed string, and `"10" > "5"` must not depend on that), and one that holds no number fails
-//! its record under `gt`/`ge`/`lt`/`le` with a numeric `value` rather than compare as text;
-//! bools with `true`/`false`.
+//! `value` parsed as a number, exactly: an int with an integer `value` as integers, so ids past
+//! 2^53 do not match their neighbours; timestamps with `value` parsed as a timestamp
+//! (`2024-01-02`, `2024-01-02T03:04:05.5Z`, ...; see [`sluice_guest::parse_timestamp`]) or else
+//! as a number of microseconds since the epoch; strings (and JSON values, by their text) compare
+//! as text, except that one holding a number compares numerically with a numeric `value` (a CSV
+//! column with one cell that is not a number is typed string, and `"10" > "5"` must not depend on
+//! that), and one that holds no number fails its record under `gt`/`ge`/`lt`/`le` with a numeric
+//! `value` rather than compare as text; bools with `true`/`false`. A number is written in
+//! decimal (`-1.5`, `2e3`): `NaN` and `inf` are text. `contains` looks for `value` in the text of
+//! any value, as `sluice transform test` prints it (`2024-11` in a timestamp, `10` in `210`).
 //! A null field never matches (except with `ne`). A row without the field fails with
 //! `missing-field`.
 
@@ -34,6 +37,7 @@ pub struct Filter {
     op: Op,
     text: String,
     number: Option<f64>,
+    integer: Option<i64>,
     boolean: Option<bool>,
     timestamp: Option<i64>,
 }
@@ -59,10 +63,15 @@ impl Transform for Filter {
             }
         };
         let text = params.require("value")?.to_owned();
+        let field = params.require("field")?;
+        if field.is_empty() {
+            return Err(Error::invalid_param("field", "names no field"));
+        }
         Ok(Filter {
-            field: params.require("field")?.to_owned(),
+            field: field.to_owned(),
             op,
-            number: text.trim().parse().ok(),
+            number: number(&text),
+            integer: text.trim().parse().ok(),
             boolean: text.trim().parse().ok(),
             timestamp: sluice_guest::parse_timestamp(&text),
             text,
@@ -76,19 +85,31 @@ impl Transform for Filter {
 }
 
 impl Filter {
+    /// A number against the numeric `value` (`want`): as integers when both are (`int` being the
+    /// number as an integer, if it is one), so that no digit is lost to a float; else exactly, as
+    /// an integer against a float or as floats. `None` when one side is NaN.
+    fn compare(&self, int: Option<i64>, have: f64, want: f64) -> Option<Ordering> {
+        match (int, self.integer) {
+            (Some(a), Some(b)) => Some(a.cmp(&b)),
+            (Some(a), None) => int_vs_float(a, want),
+            (None, _) => have.partial_cmp(&want),
+        }
+    }
+
     fn matches(&self, v: &Value) -> Result<bool, Error> {
         let ord = match v {
             Value::Null => return Ok(self.op == Op::Ne),
             Value::String(s) | Value::Json(s) if self.op == Op::Contains => {
                 return Ok(s.contains(&self.text));
             }
-            Value::String(s) if let Some(want) = self.number => match s.trim().parse::<f64>() {
-                Ok(have) => match have.partial_cmp(&want) {
+            v if self.op == Op::Contains => return Ok(v.to_text().contains(&self.text)),
+            Value::String(s) | Value::Json(s) if let Some(want) = self.number => match number(s) {
+                Some(have) => match self.compare(s.trim().parse().ok(), have, want) {
                     Some(o) => o,
                     None => return Ok(self.op == Op::Ne),
                 },
-                Err(_) if matches!(self.op, Op::Eq | Op::Ne) => s.as_str().cmp(self.text.as_str()),
-                Err(_) => {
+                None if matches!(self.op, Op::Eq | Op::Ne) => s.as_str().cmp(self.text.as_str()),
+                None => {
                     return Err(Error::invalid_value(
                         &self.field,
                         format!(
@@ -117,8 +138,11 @@ impl Filter {
                         format!("is a number but value {:?} is not", self.text),
                     ));
                 };
-                let have = v.as_f64().unwrap_or(f64::NAN);
-                match have.partial_cmp(&want) {
+                let int = match v {
+                    Value::Int(i) | Value::Timestamp(i) => Some(*i),
+                    _ => None,
+                };
+                match self.compare(int, v.as_f64().unwrap_or(f64::NAN), want) {
                     Some(o) => o,
                     None => return Ok(self.op == Op::Ne),
                 }
@@ -143,6 +167,39 @@ impl Filter {
             Op::Contains => false,
         })
     }
+}
+
+/// `a` against `b` without rounding `a` to a float (past 2^53 a float cannot hold every integer).
+fn int_vs_float(a: i64, b: f64) -> Option<Ordering> {
+    if b.is_nan() {
+        return None;
+    }
+    // 2^63 as a float: every i64 is below it, and at or above -2^63.
+    const TWO_63: f64 = 9_223_372_036_854_775_808.0;
+    if b >= TWO_63 {
+        return Some(Ordering::Less);
+    }
+    if b < -TWO_63 {
+        return Some(Ordering::Greater);
+    }
+    let whole = b.trunc();
+    // In range: the integer part is an i64 exactly.
+    Some(
+        a.cmp(&(whole as i64))
+            .then_with(|| 0.0.partial_cmp(&(b - whole)).unwrap_or(Ordering::Equal)),
+    )
+}
+
+/// `s` as a number if it is one written in decimal (`-1.5`, `2e3`, with spaces around), not the
+/// words Rust also reads as floats (`NaN`, `inf`, `infinity`).
+fn number(s: &str) -> Option<f64> {
+    let t = s.trim();
+    if t.bytes()
+        .any(|b| b.is_ascii_alphabetic() && !matches!(b, b'e' | b'E'))
+    {
+        return None;
+    }
+    t.parse().ok()
 }
 
 sluice_guest::export!(Filter);

@@ -2,7 +2,14 @@
 //! equal values still join but cannot be read back.
 //!
 //! Params: `field` (one column, or several separated by commas) and `salt` (required; keep it
-//! secret and stable). Null stays null; a row lacking a field fails with `missing-field`.
+//! secret and stable). Null stays null; a row lacking a field fails with `missing-field`; a row
+//! with a field name twice (a JSON message may have that) has every one of them masked.
+//!
+//! The text hashed is the salt, then the value as `sluice transform test` prints it, except for
+//! two types, whose text stays what the first version hashed so that masked columns keep joining
+//! across versions: a timestamp is its microseconds since the epoch (`1704164645000000`, so a
+//! timestamp and a string of the same instant hash apart), and a float is written as Rust writes
+//! it (`2` for `2.0`, all the digits of `1e300`).
 
 use sha2::{Digest, Sha256};
 use sluice_guest::{Error, Params, Row, Transform, Value};
@@ -25,6 +32,16 @@ impl Transform for Mask {
         if fields.is_empty() {
             return Err(Error::invalid_param("field", "names no field"));
         }
+        if let Some(twice) = fields
+            .iter()
+            .enumerate()
+            .find_map(|(i, f)| fields[..i].contains(f).then_some(f))
+        {
+            return Err(Error::invalid_param(
+                "field",
+                format!("names `{twice}` twice (it would be hashed twice)"),
+            ));
+        }
         let salt = params.require("salt")?.to_owned();
         if salt.is_empty() {
             return Err(Error::invalid_param("salt", "must not be empty"));
@@ -33,26 +50,54 @@ impl Transform for Mask {
     }
 
     fn transform(&mut self, mut row: Row) -> Result<Vec<Row>, Error> {
-        for field in &self.fields {
-            let v = row
-                .get_mut(field)
-                .ok_or_else(|| Error::MissingField(field.clone()))?;
-            if *v != Value::Null {
-                let mut hash = Sha256::new();
-                hash.update(self.salt.as_bytes());
-                // A timestamp's microseconds and a float as Rust writes it, as since the first
-                // version, not `to_text` (which now writes `2024-01-02T03:04:05`, `1e308`): a
-                // hash that changed between versions would no longer join with older output.
-                let text = match &*v {
-                    Value::Timestamp(us) => us.to_string(),
-                    Value::Float(f) => f.to_string(),
-                    v => v.to_text(),
-                };
-                hash.update(text.as_bytes());
-                *v = Value::String(hex::encode(hash.finalize()));
-            }
+        if let Some(missing) = self.fields.iter().find(|f| row.get(f).is_none()) {
+            return Err(Error::MissingField(missing.clone()));
         }
-        Ok(vec![row])
+        let twice = row
+            .iter()
+            .enumerate()
+            .any(|(i, (n, _))| row.iter().take(i).any(|(m, _)| m == n));
+        if !twice {
+            for field in &self.fields {
+                if let Some(v) = row.get_mut(field) {
+                    self.mask(v);
+                }
+            }
+            return Ok(vec![row]);
+        }
+        // `get_mut` reaches only the first field of a name: a copy of the row masks them all, or
+        // a second one would go on, to a table or a dead letter, in clear.
+        let masked: Row = row
+            .iter()
+            .map(|(name, v)| {
+                let mut v = v.clone();
+                if self.fields.iter().any(|f| f == name) {
+                    self.mask(&mut v);
+                }
+                (name.to_owned(), v)
+            })
+            .collect();
+        Ok(vec![masked])
+    }
+}
+
+impl Mask {
+    /// `v` replaced by its hash (see the module's doc for the text hashed); null stays null.
+    fn mask(&self, v: &mut Value) {
+        if *v == Value::Null {
+            return;
+        }
+        let mut hash = Sha256::new();
+        hash.update(self.salt.as_bytes());
+        // Not `to_text` for these two (which writes `2024-01-02T03:04:05`, `1e308`): a hash that
+        // changed between versions would no longer join with older output.
+        let text = match &*v {
+            Value::Timestamp(us) => us.to_string(),
+            Value::Float(f) => f.to_string(),
+            v => v.to_text(),
+        };
+        hash.update(text.as_bytes());
+        *v = Value::String(hex::encode(hash.finalize()));
     }
 }
 

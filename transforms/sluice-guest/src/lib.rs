@@ -325,7 +325,9 @@ impl Row {
         }
     }
 
-    /// Renames field `from` to `to` in place; returns whether the row had `from`.
+    /// Renames field `from` to `to` in place; returns whether the row had `from`. A row that
+    /// already has a field `to` then has two, and `get(to)` finds the old one: check first, as
+    /// the `enrich` example does, if that must not happen.
     pub fn rename(&mut self, from: &str, to: &str) -> bool {
         match self.fields.iter_mut().find(|f| same(&f.name, from)) {
             Some(f) => {
@@ -488,8 +490,9 @@ pub fn format_timestamp(micros: i64) -> String {
 
 /// Microseconds since the Unix epoch (UTC) of an ISO-8601 timestamp, in the forms the CSV source
 /// types as `timestamp`: a date alone (`2024-01-02`, midnight), or a date and a time with `T` or
-/// a space between, optional seconds and fraction, and an optional `Z` or `+hh:mm` offset
-/// (converted to UTC). `None` for anything else.
+/// a space between, optional seconds and fraction, and after the seconds an optional `Z` or
+/// `+hh:mm` offset (converted to UTC; a time without seconds takes none, and `+hhmm` is not
+/// read). `None` for anything else. A leap second (`23:59:60`) is the next day's midnight.
 ///
 /// ```
 /// use sluice_guest::parse_timestamp;

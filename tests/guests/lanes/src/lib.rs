@@ -6,7 +6,7 @@
 //! Param `step`:
 //! - `filter`: keeps the rows whose `value` (int, float or timestamp) is greater than 50; a
 //!   null `value` is filtered out. Like `filter` with `field=value op=gt value=50`.
-//! - `enrich`: renames `name` to `customer`, ASCII-uppercases it, and sets `double` to twice
+//! - `enrich`: renames `name` to `customer`, uppercases it, and sets `double` to twice
 //!   `value` (int stays int, null stays null). Like `enrich` with `rename=name:customer
 //!   uppercase=customer compute=double=value*2`.
 //! - `keep`: returns every row untouched, doing no work at all: the floor of what any transform
@@ -221,7 +221,12 @@ fn enrich(input: &Rows) -> Output {
                     FLOAT => out.floats.push(v.floats[at.float]),
                     STRING | JSON => {
                         let start = out.text.len();
-                        out.text.push_str(text(v, at.text));
+                        let t = text(v, at.text);
+                        match k == np && !t.is_ascii() {
+                            // Unicode's uppercase may be longer (`ß` becomes `SS`).
+                            true => out.text.push_str(&t.to_uppercase()),
+                            false => out.text.push_str(t),
+                        }
                         if k == np
                             && let Some(t) = out.text.get_mut(start..)
                         {
