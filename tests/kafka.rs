@@ -623,13 +623,17 @@ async fn uncommitted_records_apply_backpressure() {
         stats: stats.clone(),
     };
     let mut consumer = Consumer::start(opts).expect("consumer");
-    // Receives records until none comes for a while; returns the last offset seen.
+    // Receives records until none comes for 2 s; returns the last offset seen. The first may
+    // take longer: after an assignment or a resume, the next fetch is up to the client's backoff
+    // away, and more on a loaded machine (CI compiles beside the tests).
     async fn drain(c: &mut Consumer, got: &mut usize) -> i64 {
         let mut last = -1;
-        while let Ok(ev) = tokio::time::timeout(Duration::from_secs(2), c.recv()).await {
+        let mut wait = Duration::from_secs(20);
+        while let Ok(ev) = tokio::time::timeout(wait, c.recv()).await {
             if let Some(Ok(ConsumerEvent::Record(r))) = ev {
                 *got += 1;
                 last = r.meta.offset;
+                wait = Duration::from_secs(2);
             }
         }
         last

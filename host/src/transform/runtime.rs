@@ -1144,7 +1144,9 @@ fn run_chain(
         if t.config.on_error == OnError::Fail && !failures.is_empty() {
             // The run stops at the first failure below: what the rest of the batch did goes no
             // further, so rows that neither failed nor were filtered out are unfinished.
-            let unfinished = batch.origins.len() as u64 - failures.len() as u64 - filtered;
+            let unfinished = (batch.origins.len() as u64)
+                .saturating_sub(failures.len() as u64)
+                .saturating_sub(filtered);
             TransformStats::add(&t.stats.rows_failed, failures.len() as u64);
             TransformStats::add(&t.stats.rows_unfinished, unfinished);
         }
