@@ -311,7 +311,8 @@ fn filter(row: &Row, op: &str, want: &str) -> Result<bool, String> {
     let compare = |int: Option<i64>, have: f64, number: f64| match (int, integer) {
         (Some(a), Some(b)) => Some(a.cmp(&b)),
         (Some(a), None) => int_vs_float(a, number),
-        (None, _) => have.partial_cmp(&number),
+        (None, Some(b)) => int_vs_float(b, have).map(std::cmp::Ordering::reverse),
+        (None, None) => have.partial_cmp(&number),
     };
     let ord = match v {
         Value::Null => return Ok(op == "ne"),

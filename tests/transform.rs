@@ -275,6 +275,13 @@ fn filter_compares_large_ints_exactly_and_finds_text_in_any_value() {
     // Against a float: no rounding of the int either.
     assert_eq!(kept(ids(), "gt", "9007199254740992.5"), [0, 1, 2, 3]);
     assert_eq!(kept(ids(), "ge", "9.3e18"), Vec::<usize>::new());
+    // A float field against an integer value: no rounding of the value.
+    let floats = || vec![Value::Float(9_007_199_254_740_992.0), Value::Float(2.5)];
+    assert_eq!(
+        kept(floats(), "eq", "9007199254740993"),
+        Vec::<usize>::new()
+    );
+    assert_eq!(kept(floats(), "lt", "9007199254740993"), [0, 1]);
     let any = || {
         vec![
             Value::Int(210),

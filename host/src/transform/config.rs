@@ -94,13 +94,7 @@ impl TransformConfig {
     /// in any of the forms of [`crate::config::shown_forms`] (as written, as `{:?}` quotes it,
     /// with control characters made spaces, JSON-escaped).
     pub fn redact(&self, text: String) -> String {
-        let mut forms: Vec<String> = self
-            .secrets
-            .iter()
-            .filter(|s| s.len() >= MIN_REDACTED)
-            .flat_map(|s| crate::config::shown_forms(s))
-            .collect();
-        forms.dedup();
+        let mut forms = self.secret_forms();
         // Longest first, so that a secret inside another does not leave the rest of it showing.
         forms.sort_by_key(|f| std::cmp::Reverse(f.len()));
         forms
@@ -111,16 +105,18 @@ impl TransformConfig {
             })
     }
 
-    /// The length of the longest text [`redact`](Self::redact) masks (0 when there is none): a
-    /// text cut within that many bytes of a secret may hold part of it, which masking misses.
-    pub fn longest_secret(&self) -> usize {
-        self.secrets
+    /// The texts [`redact`](Self::redact) masks: a text cut inside one of them would show part
+    /// of a secret that masking then misses.
+    pub fn secret_forms(&self) -> Vec<String> {
+        let mut forms: Vec<String> = self
+            .secrets
             .iter()
             .filter(|s| s.len() >= MIN_REDACTED)
             .flat_map(|s| crate::config::shown_forms(s))
-            .map(|f| f.len())
-            .max()
-            .unwrap_or(0)
+            .collect();
+        forms.sort();
+        forms.dedup();
+        forms
     }
 
     /// The name used in logs, metrics and dead letters: `name`, else the component file's stem

@@ -34,11 +34,11 @@ pub type Redact = Box<dyn Fn(String) -> String + Send>;
 struct Output {
     /// Masks secrets in a shown line.
     redact: Redact,
-    /// The longest text `redact` masks: a line shown in pieces, or a tail cut at its start,
-    /// loses this much more, so that no piece starts or ends inside a secret it cannot match.
+    /// The texts `redact` masks: a line shown in pieces, or a tail cut at its start, is never
+    /// cut inside one of them, where masking could not find either half.
+    secrets: Vec<Vec<u8>>,
+    /// The longest of `secrets`: how much of a line shown in pieces waits for the next piece.
     hold: usize,
-    /// Whether the tail lost its start (the call wrote more than it keeps).
-    cut: bool,
     /// Where shown lines go: sluice's stderr.
     show: fn(&[u8]),
     /// `[name] `, when the output is also shown.
@@ -56,12 +56,12 @@ struct Output {
 
 impl GuestOutput {
     /// Output that is kept for failures and, when `echo` is set, shown under `name`, each line
-    /// through `redact`, which masks texts of at most `hold` bytes.
-    pub fn new(name: &str, echo: bool, redact: Redact, hold: usize) -> GuestOutput {
+    /// through `redact`, which masks `secrets`.
+    pub fn new(name: &str, echo: bool, redact: Redact, secrets: Vec<String>) -> GuestOutput {
         let out = Output {
             redact,
-            hold,
-            cut: false,
+            hold: secrets.iter().map(String::len).max().unwrap_or(0),
+            secrets: secrets.into_iter().map(String::into_bytes).collect(),
             show: to_stderr,
             echo: echo.then(|| format!("[{name}] ").into_bytes()),
             rerun_echo: echo.then(|| format!("[{name}, re-run alone] ").into_bytes()),
@@ -82,7 +82,6 @@ impl GuestOutput {
         let mut out = self.lock();
         out.flush_line();
         out.tail.clear();
-        out.cut = false;
         out.rerun = rerun;
     }
 
@@ -91,9 +90,7 @@ impl GuestOutput {
     pub fn explain(&self) -> Option<String> {
         let mut out = self.lock();
         out.flush_line();
-        // A tail cut at its start may start inside a secret, where masking cannot find it.
-        let skip = if out.cut { out.hold } else { 0 };
-        let text = String::from_utf8_lossy(&out.tail[skip.min(out.tail.len())..]).into_owned();
+        let text = String::from_utf8_lossy(&out.tail).into_owned();
         let from = text.rfind("panicked at ").unwrap_or(0);
         // Guest bytes end up in logs and dead letters: no terminal escapes or other controls.
         let text: String = text[from..]
@@ -123,11 +120,9 @@ impl GuestOutput {
         let mut guard = self.lock();
         let out = &mut *guard;
         out.tail.extend_from_slice(bytes);
-        let keep = TAIL_BYTES + out.hold;
-        if out.tail.len() > keep {
-            let cut = out.tail.len() - keep;
+        if out.tail.len() > TAIL_BYTES {
+            let cut = safe_cut(&out.tail, out.tail.len() - TAIL_BYTES, &out.secrets);
             out.tail.drain(..cut);
-            out.cut = true;
         }
         if out.echo.is_some() {
             for piece in bytes.split_inclusive(|&b| b == b'\n') {
@@ -135,9 +130,10 @@ impl GuestOutput {
                 if piece.ends_with(b"\n") {
                     out.flush_line();
                 } else if out.line.len() >= MAX_LINE {
-                    // Its last bytes wait for the next piece: a secret across the break would
-                    // otherwise show in two halves, neither of which masking finds.
+                    // Its last bytes wait for the next piece: a secret they start would otherwise
+                    // show in two halves, neither of which masking finds.
                     let at = out.line.len() - out.hold.min(out.line.len());
+                    let at = safe_cut(&out.line, at, &out.secrets);
                     let rest = out.line.split_off(at);
                     out.flush_line();
                     out.line = rest;
@@ -173,6 +169,30 @@ impl Output {
         text.extend_from_slice(line.as_bytes());
         text.push(b'\n');
         (self.show)(&text);
+    }
+}
+
+/// The first place at or after `at` where `text` can be cut: not inside a character, and not
+/// inside any of `secrets` that `text` holds whole (which then stays on the left of the cut).
+fn safe_cut(text: &[u8], at: usize, secrets: &[Vec<u8>]) -> usize {
+    let mut cut = at.min(text.len());
+    loop {
+        let before = cut;
+        while cut < text.len() && text[cut] & 0xC0 == 0x80 {
+            cut += 1;
+        }
+        for s in secrets.iter().filter(|s| !s.is_empty()) {
+            // An occurrence that starts before the cut and ends after it.
+            let from = cut.saturating_sub(s.len() - 1);
+            if let Some(start) =
+                (from..cut).find(|&i| i + s.len() > cut && text[i..].starts_with(s))
+            {
+                cut = start + s.len();
+            }
+        }
+        if cut == before {
+            return cut;
+        }
     }
 }
 
@@ -264,7 +284,7 @@ mod tests {
 
     #[test]
     fn a_panic_message_is_what_explains_a_failure() {
-        let out = GuestOutput::new("t", false, Box::new(|s| s), 0);
+        let out = GuestOutput::new("t", false, Box::new(|s| s), Vec::new());
         assert_eq!(out.explain(), None);
         out.write(b"starting\n");
         out.write(b"thread '<unnamed>' panicked at src/lib.rs:9:5:\nboom at ");
@@ -286,30 +306,73 @@ mod tests {
     }
 
     /// A secret is never cut in two where masking could not find it: at the start of the tail a
-    /// failure quotes, or at a break in a line too long to show whole.
+    /// failure quotes (it goes whole), or at a break in a line too long to show whole (it waits
+    /// for the next piece, or stays whole in this one). Nor is a character cut in two.
     #[test]
     fn a_secret_is_never_shown_in_part() {
-        let out = GuestOutput::new("t", false, Box::new(|s| s.replace("SECRET12", "***")), 8);
-        // Short enough to keep whole: there, masking finds it.
-        out.write(b"SECRET12");
-        out.write(&vec![b'y'; TAIL_BYTES - 4]);
-        let said = out.explain().unwrap();
-        assert!(said.starts_with("SECRET12y"), "{said}");
-        // Longer: the start of the tail, where the rest of the secret is, is not quoted.
-        out.write(&[b'y'; 8]);
-        let said = out.explain().unwrap();
-        assert_eq!(said, "y".repeat(TAIL_BYTES), "{said}");
-        // A line shown in pieces: the bytes at each break wait for the next piece.
+        let secret = || vec!["SECRET12".to_owned()];
+        let mask = || -> Redact { Box::new(|s: String| s.replace("SECRET12", "***")) };
+        for lead in [0, 3, 10] {
+            let out = GuestOutput::new("t", false, mask(), secret());
+            out.write(&vec![b'a'; lead]);
+            out.write(b"SECRET12");
+            out.write(&vec![b'y'; TAIL_BYTES - 4]);
+            let said = out.explain().unwrap();
+            assert!(
+                !said.contains("ET12") && !said.contains("SECR"),
+                "{lead}: {said}"
+            );
+            assert_eq!(said, "y".repeat(TAIL_BYTES - 4), "{lead}");
+        }
+        // A tail cut inside a character drops the whole character.
+        let out = GuestOutput::new("t", false, mask(), Vec::new());
+        out.write("中".as_bytes());
+        out.write(&vec![b'y'; TAIL_BYTES - 1]);
+        assert_eq!(out.explain().unwrap(), "y".repeat(TAIL_BYTES - 1));
+
+        // A line shown in pieces.
         thread_local!(static SHOWN: std::cell::RefCell<Vec<u8>> = Default::default());
-        let out = GuestOutput::new("t", true, Box::new(|s| s.replace("SECRET12", "***")), 8);
-        out.lock().show = |text| SHOWN.with(|s| s.borrow_mut().extend_from_slice(text));
-        out.write(&vec![b'z'; MAX_LINE - 4]);
-        out.write(b"SECR");
-        out.write(b"ET12 and more\n");
-        let shown = SHOWN.with(|s| String::from_utf8(s.take()).unwrap());
-        let tail = &shown[shown.len() - 40..];
-        assert!(!shown.contains("SECR") && !shown.contains("ET12"), "{tail}");
-        assert!(shown.ends_with("zzzz\n[t] zzzz*** and more\n"), "{tail}");
-        assert_eq!(shown.matches("[t] ").count(), 2, "{tail}");
+        let shown_after = |writes: &[&[u8]]| {
+            let out = GuestOutput::new("t", true, mask(), secret());
+            out.lock().show = |text| SHOWN.with(|s| s.borrow_mut().extend_from_slice(text));
+            for w in writes {
+                out.write(w);
+            }
+            drop(out);
+            SHOWN.with(|s| String::from_utf8(s.take()).unwrap())
+        };
+        let z = |n: usize| vec![b'z'; n];
+        for writes in [
+            // The secret's start ends the first piece; its rest comes later.
+            vec![
+                z(MAX_LINE - 4),
+                b"SECR".to_vec(),
+                b"ET12 and more\n".to_vec(),
+            ],
+            // It lies across the point where the held-back bytes start.
+            vec![
+                [z(MAX_LINE - 12), b"SECRET12zzzz".to_vec()].concat(),
+                b" and more\n".to_vec(),
+            ],
+        ] {
+            let writes: Vec<&[u8]> = writes.iter().map(Vec::as_slice).collect();
+            let shown = shown_after(&writes);
+            let tail = &shown[shown.len() - 40..];
+            assert!(!shown.contains("SECR") && !shown.contains("ET12"), "{tail}");
+            assert!(shown.contains("***"), "{tail}");
+            assert!(shown.ends_with(" and more\n"), "{tail}");
+            assert_eq!(shown.matches("[t] ").count(), 2, "{tail}");
+        }
+        // A multi-byte character at the break is shown whole, in one piece.
+        let shown = shown_after(&[
+            &[z(MAX_LINE - 5), "中中中".as_bytes().to_vec()].concat(),
+            b"\n",
+        ]);
+        assert!(
+            !shown.contains('\u{fffd}'),
+            "{}",
+            &shown[shown.len() - 40..]
+        );
+        assert_eq!(shown.matches('中').count(), 3);
     }
 }

@@ -901,7 +901,7 @@ impl Slot {
             &t.name,
             t.config.debug_stdio,
             Box::new(move |line| config.redact(line)),
-            t.config.longest_secret(),
+            t.config.secret_forms(),
         );
         wasi.allow_tcp(false)
             .allow_udp(false)

@@ -92,7 +92,8 @@ impl Filter {
         match (int, self.integer) {
             (Some(a), Some(b)) => Some(a.cmp(&b)),
             (Some(a), None) => int_vs_float(a, want),
-            (None, _) => have.partial_cmp(&want),
+            (None, Some(b)) => int_vs_float(b, have).map(Ordering::reverse),
+            (None, None) => have.partial_cmp(&want),
         }
     }
 
