@@ -1311,6 +1311,40 @@ fn poison_huge_output_hits_the_row_limit() {
     assert_poison_isolated(guests::POISON_HUGE, FailureKind::OutputLimit, |_| {});
 }
 
+/// A guest whose output points many times at the same memory cannot make the host copy more than
+/// a bound tied to `memory_mb` out of one call: the record is quarantined as `memory` and the
+/// host goes on (the guest's 4096 names of 1 MiB each would have cost 4 GiB).
+#[test]
+fn poison_aliased_output_is_bounded_by_the_memory_cap() {
+    let c = assert_poison_isolated(guests::POISON_ALIAS, FailureKind::Memory, |_| {});
+    let again = c.process_blocking(with_meta(numbered(30))).unwrap();
+    let q = quarantined(&again[13]);
+    assert!(q.reason.contains("256 MiB"), "{}", q.reason);
+}
+
+/// The bound on what the host copies out of a call grows with `memory_mb`: an honest 140 MiB
+/// output, past wasmtime's default bound of 128 MiB, comes out whole.
+#[test]
+fn an_honest_output_bigger_than_wasmtimes_default_copy_bound_comes_out() {
+    let mut cfg = config(guests::ENRICH, &[("rename", "name:who")]);
+    cfg.memory_mb = 1024;
+    // Copying 140 MiB in and out is slow in a debug build on a busy machine.
+    cfg.timeout_ms = 30_000;
+    let c = chain(&[cfg]);
+    let len = 140 << 20;
+    let rows = vec![row(&[("name", Value::String("a".repeat(len)))])];
+    let out = c.process_blocking(with_meta(rows)).unwrap();
+    let rows = emitted(&out[0]);
+    assert_eq!(rows.len(), 1);
+    match rows[0].get("who") {
+        Some(Value::String(s)) => {
+            assert_eq!(s.len(), len);
+            assert!(s.bytes().all(|b| b == b'a'));
+        }
+        other => panic!("{:?}", other.map(|v| format!("{v:.40?}"))),
+    }
+}
+
 #[test]
 fn fuel_runs_out_deterministically_and_is_counted() {
     let c = assert_poison_isolated(guests::POISON_LOOP, FailureKind::Fuel, |c| {

@@ -25,9 +25,11 @@
 //! cap (a ticker thread bumps the epoch every few ms, and at the deadline the store reads its
 //! thread's CPU clock, so time spent descheduled is not charged) and optionally a fuel budget.
 //! An instance may hold at most [`MAX_HANDLES`] WASI resources (streams, pollables): they live in
-//! host memory, outside `memory_mb`. A trap or a limit poisons only that instance: the worker drops it, builds a fresh one,
-//! re-runs that transform's batch one record at a time to find the poison record, applies the
-//! transform's `on_error` policy to that record alone and carries on with the rest.
+//! host memory, outside `memory_mb`, and the host copies at most four times `memory_mb` out of
+//! one call ([`OUTPUT_COPY_PER_MEMORY_BYTE`]). A trap or a limit poisons only that instance: the
+//! worker drops it, builds a fresh one, re-runs that transform's batch one record at a time to
+//! find the poison record, applies the transform's `on_error` policy to that record alone and
+//! carries on with the rest.
 //!
 //! # The batch layout
 //!
@@ -107,6 +109,21 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// memory, outside `memory_mb` (about 0.9 KiB each), and wasmtime's own limit is a million, so a
 /// guest leaking handles could hold ~1 GB per instance; a guest needs a handful.
 const MAX_HANDLES: usize = 10_000;
+
+/// What the host may copy out of one call (wasmtime's "hostcall fuel": the output's strings and
+/// lists, each charged at its host size), per byte of `memory_mb`. An honest output fits in the
+/// guest's memory and costs at most about three times its size here (a `string` is 8 bytes in
+/// the guest and 24 in the host), so four never refuses one. A hostile guest can point many
+/// strings at the same bytes, though, and without this bound make the host copy terabytes.
+const OUTPUT_COPY_PER_MEMORY_BYTE: u64 = 4;
+
+/// The most the host copies out of one call of a transform with `config` (see
+/// [`OUTPUT_COPY_PER_MEMORY_BYTE`]).
+fn output_copy_limit(config: &TransformConfig) -> u64 {
+    config
+        .memory_mb
+        .saturating_mul(OUTPUT_COPY_PER_MEMORY_BYTE << 20)
+}
 
 /// The most text-lane capacity reserved up front for a batch, from its first row's size.
 const MAX_TEXT_RESERVE: usize = 16 << 20;
@@ -929,6 +946,8 @@ impl Slot {
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
+        store
+            .set_hostcall_fuel(usize::try_from(output_copy_limit(&t.config)).unwrap_or(usize::MAX));
         // The epoch only says when to look: the cap is on the CPU time the call has used, so a
         // guest descheduled on a busy machine is not charged for the wait. The clock is first
         // read at the call's first tick, which undercounts by at most one tick (`TICK_MS`).
@@ -1028,6 +1047,21 @@ fn classify(
         return (
             FailureKind::Memory,
             format!("exceeded the memory limit of {} MiB", config.memory_mb),
+        );
+    }
+    // wasmtime's error type for this is private: known by its text, which a test pins.
+    if err.chain().any(|e| {
+        e.to_string()
+            .contains("fuel allocated for hostcalls has been exhausted")
+    }) {
+        return (
+            FailureKind::Memory,
+            format!(
+                "returned more output than the host copies out of one call ({} MiB, \
+                 {OUTPUT_COPY_PER_MEMORY_BYTE} times the memory limit of {} MiB)",
+                output_copy_limit(config) >> 20,
+                config.memory_mb
+            ),
         );
     }
     match err.downcast_ref::<Trap>() {
