@@ -287,7 +287,7 @@ impl LoadedConfig {
     /// (any case), or when it went into a credential: `sink.password`, `sink.private_key`,
     /// `sink.private_key_passphrase`, a `kafka.properties` entry named like one
     /// (`sasl.password`), or any `transforms[i].with` param. Values shorter than 4 bytes are left
-    /// alone. Each value is found in every form of [`shown_forms`]. Redacting twice changes
+    /// alone. Each value is found in every form of `shown_forms`. Redacting twice changes
     /// nothing.
     pub fn redact(&self, text: &str) -> String {
         self.secrets.redact(text)
@@ -987,7 +987,7 @@ fn interpolate_tree(
     }
 }
 
-/// Interpolates one string (see [`interpolate_tree`]).
+/// Interpolates one string (see `interpolate_tree`).
 pub fn interpolate(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     interpolate_noting(s, env, &mut |_, _| {})
 }

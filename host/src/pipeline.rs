@@ -190,7 +190,7 @@ pub struct RunSummary {
     /// What went wrong, if anything.
     pub problems: Vec<String>,
     /// What looks wrong though nothing was lost: a transform or the sink failing most of its
-    /// rows (see [`warnings`]).
+    /// rows (see `warnings`).
     #[serde(default)]
     pub warnings: Vec<String>,
 }

@@ -91,7 +91,7 @@ impl TransformConfig {
     }
 
     /// `text` with each of [`secrets`](Self::secrets) in it (of at least 4 bytes) shown as `***`,
-    /// in any of the forms of [`crate::config::shown_forms`] (as written, as `{:?}` quotes it,
+    /// in any of the forms of `crate::config::shown_forms` (as written, as `{:?}` quotes it,
     /// with control characters made spaces, JSON-escaped).
     pub fn redact(&self, text: String) -> String {
         let mut forms = self.secret_forms();

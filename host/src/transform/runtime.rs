@@ -24,9 +24,9 @@
 //! memory cap (a `ResourceLimiter` that traps on growth past `memory_mb`), each call a CPU-time
 //! cap (a ticker thread bumps the epoch every few ms, and at the deadline the store reads its
 //! thread's CPU clock, so time spent descheduled is not charged) and optionally a fuel budget.
-//! An instance may hold at most [`MAX_HANDLES`] WASI resources (streams, pollables): they live in
+//! An instance may hold at most `MAX_HANDLES` WASI resources (streams, pollables): they live in
 //! host memory, outside `memory_mb`, and the host copies at most four times `memory_mb` out of
-//! one call ([`OUTPUT_COPY_PER_MEMORY_BYTE`]). A trap or a limit poisons only that instance: the
+//! one call (`OUTPUT_COPY_PER_MEMORY_BYTE`). A trap or a limit poisons only that instance: the
 //! worker drops it, builds a fresh one, re-runs that transform's batch one record at a time to
 //! find the poison record, applies the transform's `on_error` policy to that record alone and
 //! carries on with the rest.
