@@ -1345,6 +1345,35 @@ fn an_honest_output_bigger_than_wasmtimes_default_copy_bound_comes_out() {
     }
 }
 
+/// A batch of wide rows that would not fit a guest's memory in one call goes down the chain in
+/// parts that do: no call fails its memory limit, so nothing runs twice.
+#[test]
+fn a_batch_too_wide_for_memory_mb_is_sent_in_parts() {
+    let mut cfg = config(guests::ENRICH, &[("rename", "name:who")]);
+    cfg.memory_mb = 8;
+    let c = chain(&[cfg]);
+    let rows: Vec<Row> = (0..80)
+        .map(|i| {
+            row(&[
+                ("id", Value::Int(i)),
+                ("name", Value::String(format!("{i}{}", "x".repeat(100_000)))),
+            ])
+        })
+        .collect();
+    let out = c.process_blocking(with_meta(rows.clone())).unwrap();
+    assert_eq!(out.len(), rows.len());
+    for (o, r) in out.iter().zip(&rows) {
+        let expected = row(&[
+            ("id", r.get("id").unwrap().clone()),
+            ("who", r.get("name").unwrap().clone()),
+        ]);
+        assert_eq!(emitted(o), [expected]);
+    }
+    let stats = &c.stats()[0].1;
+    assert_eq!(stats.instance_restarts.load(Relaxed), 0);
+    assert_eq!(stats.rows_out.load(Relaxed), 80);
+}
+
 #[test]
 fn fuel_runs_out_deterministically_and_is_counted() {
     let c = assert_poison_isolated(guests::POISON_LOOP, FailureKind::Fuel, |c| {

@@ -125,6 +125,52 @@ fn output_copy_limit(config: &TransformConfig) -> u64 {
         .saturating_mul(OUTPUT_COPY_PER_MEMORY_BYTE << 20)
 }
 
+/// A batch is sent down a chain in consecutive parts whose text (string and JSON values) is at
+/// most this fraction of the smallest `memory_mb` in the chain. A guest holds a batch's text
+/// several times over (as it came in, decoded, and in its output), so a batch of wide rows that
+/// does not fit would fail its memory limit on every call, then run again a row at a time.
+const PART_TEXT_PER_MEMORY: u64 = 4;
+
+/// The most text of one part, whatever `memory_mb`: the batch layout's text offsets are `u32`.
+const MAX_PART_TEXT: usize = 1 << 30;
+
+/// `batch` cut into consecutive parts, in order, whose text fits in `max` bytes (a row bigger
+/// than that is a part of its own). Most batches are one part.
+fn parts_by_text(batch: Vec<(RecordMeta, Row)>, max: usize) -> Vec<Vec<(RecordMeta, Row)>> {
+    let text = |row: &Row| -> usize {
+        row.fields
+            .iter()
+            .map(|f| match &f.value {
+                Value::String(s) | Value::Json(s) => s.len(),
+                _ => 0,
+            })
+            .sum()
+    };
+    if batch.iter().map(|(_, row)| text(row)).sum::<usize>() <= max {
+        return vec![batch];
+    }
+    let (mut parts, mut part, mut size) = (Vec::new(), Vec::new(), 0);
+    for (meta, row) in batch {
+        let t = text(&row);
+        if !part.is_empty() && size + t > max {
+            parts.push(std::mem::take(&mut part));
+            size = 0;
+        }
+        size += t;
+        part.push((meta, row));
+    }
+    parts.push(part);
+    parts
+}
+
+/// A text offset of the batch layout. Input parts are kept far below `u32::MAX`
+/// ([`MAX_PART_TEXT`]); only outputs totalling over 4 GiB in one batch (possible only with
+/// `memory_mb` near its maximum) get here, and stopping beats cutting the offset short, which
+/// would garble rows.
+fn text_offset(at: usize) -> u32 {
+    u32::try_from(at).expect("a batch holds more than 4 GiB of text: lower the batch size")
+}
+
 /// The most text-lane capacity reserved up front for a batch, from its first row's size.
 const MAX_TEXT_RESERVE: usize = 16 << 20;
 
@@ -329,9 +375,11 @@ impl TransformChain {
             inline.iter_mut().for_each(|s| *s = None);
         }
         let mut out = Vec::with_capacity(batch.len());
-        for chunk in self.dispatch(batch)? {
-            let done = chunk.rx.await.map_err(|_| TransformError::Stopped)??;
-            out.extend(done.batch.into_outcomes(chunk.rows, done.failed));
+        for part in parts_by_text(batch, self.max_part_text()) {
+            for chunk in self.dispatch(part)? {
+                let done = chunk.rx.await.map_err(|_| TransformError::Stopped)??;
+                out.extend(done.batch.into_outcomes(chunk.rows, done.failed));
+            }
         }
         Ok(out)
     }
@@ -343,6 +391,33 @@ impl TransformChain {
     /// handing it to a worker and waiting for the reply costs more than a small batch's calls.
     /// (If another thread is using those instances, the batch goes to the workers after all.)
     pub fn process_blocking(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
+        let mut parts = parts_by_text(batch, self.max_part_text());
+        if parts.len() == 1 {
+            return self.process_part_blocking(parts.pop().unwrap_or_default());
+        }
+        let mut out = Vec::new();
+        for part in parts {
+            out.extend(self.process_part_blocking(part)?);
+        }
+        Ok(out)
+    }
+
+    /// Most text (string and JSON values) of input rows sent down the chain in one go: a
+    /// [`PART_TEXT_PER_MEMORY`]th of the smallest `memory_mb` in the chain.
+    fn max_part_text(&self) -> usize {
+        let mb = self
+            .shared
+            .transforms
+            .iter()
+            .map(|t| t.config.memory_mb)
+            .min();
+        usize::try_from(mb.unwrap_or(u64::MAX).saturating_mul(1 << 20) / PART_TEXT_PER_MEMORY)
+            .unwrap_or(usize::MAX)
+            .min(MAX_PART_TEXT)
+    }
+
+    /// One part of a batch (see [`parts_by_text`]) through the chain.
+    fn process_part_blocking(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
         if self.chunks(batch.len()) == 1 {
             let slots = match self.inline.try_lock() {
                 Ok(slots) => Some(slots),
@@ -1714,7 +1789,7 @@ impl Values {
 
     fn push_text(&mut self, s: &str) {
         self.text.push_str(s);
-        self.text_ends.push(self.text.len() as u32);
+        self.text_ends.push(text_offset(self.text.len()));
     }
 
     /// Moves `c` past one value of type `ty`.
@@ -2038,7 +2113,7 @@ impl WireBatch {
         out.text_ends.extend(
             v.text_ends[from.text..to.text]
                 .iter()
-                .map(|&e| (i64::from(e) + shift) as u32),
+                .map(|&e| text_offset((i64::from(e) + shift) as usize)),
         );
     }
 
