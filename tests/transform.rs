@@ -275,6 +275,15 @@ fn filter_compares_large_ints_exactly_and_finds_text_in_any_value() {
     // Against a float: no rounding of the int either.
     assert_eq!(kept(ids(), "gt", "9007199254740992.5"), [0, 1, 2, 3]);
     assert_eq!(kept(ids(), "ge", "9.3e18"), Vec::<usize>::new());
+    // A decimal value is not rounded to a float either (which would make both of these
+    // 9007199254740992).
+    assert_eq!(kept(ids(), "eq", "9007199254740993.0"), [0, 2]);
+    assert_eq!(kept(ids(), "le", " 9007199254740992.5 "), Vec::<usize>::new());
+    assert_eq!(kept(ids(), "gt", "+9007199254740992.5"), [0, 1, 2, 3]);
+    let negative = || vec![Value::Int(-3), Value::Int(-2), Value::Int(i64::MIN)];
+    assert_eq!(kept(negative(), "lt", "-2.5"), [0, 2]);
+    assert_eq!(kept(negative(), "eq", "-9223372036854775808.000"), [2]);
+    assert_eq!(kept(negative(), "gt", "-.5"), Vec::<usize>::new());
     // A float field against an integer value: no rounding of the value.
     let floats = || vec![Value::Float(9_007_199_254_740_992.0), Value::Float(2.5)];
     assert_eq!(

@@ -2,10 +2,10 @@
 //!
 //! Params: `field` (the column), `op` (`eq`, `ne`, `gt`, `ge`, `lt`, `le`, `contains`, or
 //! `==`, `!=`, `>`, `>=`, `<`, `<=`) and `value`. Numbers (int, float) compare numerically with
-//! `value` parsed as a number, exactly: an int with an integer `value` as integers, so ids past
-//! 2^53 do not match their neighbours; timestamps with `value` parsed as a timestamp
-//! (`2024-01-02`, `2024-01-02T03:04:05.5Z`, ...; see [`sluice_guest::parse_timestamp`]) or else
-//! as a number of microseconds since the epoch; strings (and JSON values, by their text) compare
+//! `value` parsed as a number, exactly: an int with a `value` written in decimal (`5`, `5.0`,
+//! `4.5`) without rounding either, so ids past 2^53 do not match their neighbours; timestamps
+//! with `value` parsed as a timestamp (`2024-01-02`, `2024-01-02T03:04:05.5Z`, ...; see
+//! [`sluice_guest::parse_timestamp`]) or else as a number of microseconds since the epoch; strings (and JSON values, by their text) compare
 //! as text, except that one holding a number compares numerically with a numeric `value` (a CSV
 //! column with one cell that is not a number is typed string, and `"10" > "5"` must not depend on
 //! that), and one that holds no number fails its record under `gt`/`ge`/`lt`/`le` with a numeric
@@ -37,6 +37,9 @@ pub struct Filter {
     op: Op,
     text: String,
     number: Option<f64>,
+    /// `value` as an exact decimal, when it is one in the `i64` range (see [`decimal`]).
+    decimal: Option<Decimal>,
+    /// `value` as an integer, when it is one (`5`, `5.0`).
     integer: Option<i64>,
     boolean: Option<bool>,
     timestamp: Option<i64>,
@@ -67,11 +70,13 @@ impl Transform for Filter {
         if field.is_empty() {
             return Err(Error::invalid_param("field", "names no field"));
         }
+        let decimal = decimal(&text);
         Ok(Filter {
             field: field.to_owned(),
             op,
             number: number(&text),
-            integer: text.trim().parse().ok(),
+            decimal,
+            integer: decimal.and_then(|d| (!d.fraction).then_some(d.floor)),
             boolean: text.trim().parse().ok(),
             timestamp: sluice_guest::parse_timestamp(&text),
             text,
@@ -85,12 +90,18 @@ impl Transform for Filter {
 }
 
 impl Filter {
-    /// A number against the numeric `value` (`want`): as integers when both are (`int` being the
-    /// number as an integer, if it is one), so that no digit is lost to a float; else exactly, as
-    /// an integer against a float or as floats. `None` when one side is NaN.
+    /// A number against the numeric `value` (`want`): an integer (`int` being the number as an
+    /// integer, if it is one) against `value` written in decimal exactly, so that no digit is lost
+    /// to a float; else exactly, as an integer against a float or as floats. `None` when one side
+    /// is NaN.
     fn compare(&self, int: Option<i64>, have: f64, want: f64) -> Option<Ordering> {
         match (int, self.integer) {
             (Some(a), Some(b)) => Some(a.cmp(&b)),
+            // `value` is `floor` plus a fraction between 0 and 1.
+            (Some(a), None) if let Some(d) = self.decimal => Some(match a.cmp(&d.floor) {
+                Ordering::Greater => Ordering::Greater,
+                _ => Ordering::Less,
+            }),
             (Some(a), None) => int_vs_float(a, want),
             (None, Some(b)) => int_vs_float(b, have).map(Ordering::reverse),
             (None, None) => have.partial_cmp(&want),
@@ -189,6 +200,44 @@ fn int_vs_float(a: i64, b: f64) -> Option<Ordering> {
         a.cmp(&(whole as i64))
             .then_with(|| 0.0.partial_cmp(&(b - whole)).unwrap_or(Ordering::Equal)),
     )
+}
+
+/// A number written in decimal without an exponent: `floor`, plus a fraction strictly between 0
+/// and 1 when `fraction` is set (`-2.5` is floor -3 with a fraction).
+#[derive(Clone, Copy)]
+struct Decimal {
+    floor: i64,
+    fraction: bool,
+}
+
+/// `s` as a [`Decimal`] (`-12`, `12.50`, `.5`, `+3.`, spaces around), when its floor fits an
+/// `i64`.
+fn decimal(s: &str) -> Option<Decimal> {
+    let t = s.trim();
+    let (negative, t) = match t.as_bytes().first()? {
+        b'-' => (true, &t[1..]),
+        b'+' => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if whole.len() + frac.len() == 0 || !digits(whole) || !digits(frac) {
+        return None;
+    }
+    let fraction = frac.bytes().any(|b| b != b'0');
+    // Accumulated negatively, so that the floor of -9223372036854775808 fits.
+    let mut magnitude: i64 = 0;
+    for b in whole.bytes() {
+        magnitude = magnitude
+            .checked_mul(10)?
+            .checked_sub(i64::from(b - b'0'))?;
+    }
+    let floor = match (negative, fraction) {
+        (true, true) => magnitude.checked_sub(1)?,
+        (true, false) => magnitude,
+        (false, _) => magnitude.checked_neg()?,
+    };
+    Some(Decimal { floor, fraction })
 }
 
 /// `s` as a number if it is one written in decimal (`-1.5`, `2e3`, with spaces around), not the
