@@ -299,6 +299,40 @@ fn a_secret_printed_by_a_guest_under_debug_stdio_is_not_shown() {
     assert!(!stderr.contains('\u{1b}'), "{stderr}");
 }
 
+/// A secret of several lines (a PEM key) is masked line by line where a guest's output is shown
+/// a line at a time (`debug_stdio`) or its lines joined (a panic's message in a trap's reason).
+#[test]
+fn a_secret_of_several_lines_is_not_shown_in_guest_output() {
+    let secret = "hunter2-line-one\nhunter2-line-two";
+    for (param, debug) in [("say", true), ("panic", false)] {
+        let dir = tempfile::tempdir().unwrap();
+        let text = BASE.replacen(
+            r#"{ "uses": "@FILTER@", "with": { "field": "value", "op": "gt", "value": "50" } }"#,
+            &format!(
+                r#"{{ "uses": {:?}, "debug_stdio": {debug},
+                     "with": {{ "{param}": "${{SLUICE_TEST_PEM_SECRET}}" }} }}"#,
+                sluice_tests::guests::PROBE
+            ),
+            1,
+        );
+        assert_ne!(text, BASE);
+        let path = write_pipeline(dir.path(), &text);
+        let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+            .args(["validate", &path.to_string_lossy()])
+            .env("SLUICE_TEST_PEM_SECRET", secret)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let (code, shown) = match param {
+            "say" => (0, "[probe] ***\n[probe] ***\n"),
+            _ => (2, "panicked at probe/src/lib.rs:28:13: *** / ***"),
+        };
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        assert!(stderr.contains(shown), "{stderr}");
+        assert!(!stderr.contains("line-"), "{stderr}");
+    }
+}
+
 /// One run of `validate` shows every mistake: a transform's params are checked by its `init`
 /// even when another transform's component is missing and the data file is gone.
 #[test]

@@ -278,7 +278,10 @@ fn filter_compares_large_ints_exactly_and_finds_text_in_any_value() {
     // A decimal value is not rounded to a float either (which would make both of these
     // 9007199254740992).
     assert_eq!(kept(ids(), "eq", "9007199254740993.0"), [0, 2]);
-    assert_eq!(kept(ids(), "le", " 9007199254740992.5 "), Vec::<usize>::new());
+    assert_eq!(
+        kept(ids(), "le", " 9007199254740992.5 "),
+        Vec::<usize>::new()
+    );
     assert_eq!(kept(ids(), "gt", "+9007199254740992.5"), [0, 1, 2, 3]);
     let negative = || vec![Value::Int(-3), Value::Int(-2), Value::Int(i64::MIN)];
     assert_eq!(kept(negative(), "lt", "-2.5"), [0, 2]);

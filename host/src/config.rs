@@ -498,7 +498,25 @@ impl EnvSecrets {
 /// error message often does) and as `char::escape_debug` does, which differ in `'`; with control
 /// characters shown as spaces (as guest text is shown); and each of those as JSON escapes it,
 /// for JSON log events, the JSON summary and `last-run.json`, which are masked after encoding.
+/// A value of several lines (a PEM key) is also found line by line, in each of those forms:
+/// guest output is shown a line at a time, or its lines joined with ` / `, so the value whole
+/// may never appear. (A line shorter than 4 bytes is not masked alone: it would mask too much.)
 pub(crate) fn shown_forms(value: &str) -> Vec<String> {
+    let mut forms = whole_forms(value);
+    if value.contains(['\n', '\r']) {
+        for line in value.lines().map(str::trim).filter(|l| l.len() >= 4) {
+            for form in whole_forms(line) {
+                if !forms.contains(&form) {
+                    forms.push(form);
+                }
+            }
+        }
+    }
+    forms
+}
+
+/// The forms of [`shown_forms`] for `value` as one piece.
+fn whole_forms(value: &str) -> Vec<String> {
     let debug = format!("{value:?}");
     let spaced: String = value
         .chars()
