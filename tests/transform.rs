@@ -1386,6 +1386,37 @@ fn a_batch_too_wide_for_memory_mb_is_sent_in_parts() {
     assert_eq!(stats.rows_out.load(Relaxed), 80);
 }
 
+/// A guest whose state goes bad (here: it panics once an instance has seen a row) does not get
+/// innocent rows quarantined: a row run alone that traps on an instance earlier rows used is
+/// run again on a fresh one, and only blamed if it fails there too.
+#[test]
+fn a_row_is_not_blamed_for_a_trap_caused_by_earlier_rows() {
+    let c = TransformChain::load(
+        &[config(guests::PROBE, &[])],
+        &RuntimeOptions {
+            workers: 1,
+            cache_dir: None,
+        },
+    )
+    .unwrap();
+    let rows: Vec<Row> = (0..10)
+        .map(|i| row(&[("id", Value::Int(i)), ("fail_after", Value::Int(1))]))
+        .collect();
+    let out = c.process_blocking(with_meta(rows)).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        assert!(
+            matches!(o, RecordOutcome::Emitted(r) if r.len() == 1),
+            "row {i}: {o:?}"
+        );
+    }
+    assert_eq!(c.stats()[0].1.rows_failed.load(Relaxed), 0);
+    // A row that fails on a fresh instance is still blamed.
+    let rows = vec![row(&[("fail_after", Value::Int(0))])];
+    let q = quarantined(&c.process_blocking(with_meta(rows)).unwrap()[0]).clone();
+    assert_eq!(q.kind, FailureKind::Trap, "{}", q.reason);
+    assert!(q.reason.contains("has seen 0 rows"), "{}", q.reason);
+}
+
 #[test]
 fn fuel_runs_out_deterministically_and_is_counted() {
     let c = assert_poison_isolated(guests::POISON_LOOP, FailureKind::Fuel, |c| {

@@ -1698,8 +1698,16 @@ fn call(
             t.stats.instance_restarts.fetch_add(1, Relaxed);
             // Handles leaked by the instance's earlier calls fill its table too, and memory
             // its earlier calls grew (a wasm memory never shrinks) counts against the cap: a call
-            // that finds either full is only to blame if it does so on a fresh instance.
-            if !fresh && (is_handles_full(&e) || failure.0 == FailureKind::Memory) {
+            // that finds either full is only to blame if it does so on a fresh instance. So is
+            // a row run alone that traps (or runs out of fuel) after others on the same instance:
+            // the state they left may be what failed. (A batch of more rows is run again a row
+            // at a time anyway.)
+            let stale = match failure.0 {
+                FailureKind::Memory => true,
+                FailureKind::Trap | FailureKind::Fuel => origins.len() == 1,
+                _ => is_handles_full(&e),
+            };
+            if !fresh && stale {
                 return call(shared, t, slot, input, origins, metas, rerun);
             }
             Ok(Err(failure))

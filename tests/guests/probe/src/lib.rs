@@ -4,7 +4,8 @@
 //! is set). A row with an int field `sleep_ms` makes it sleep that long first; one with a field
 //! `wait_ready` waits on a timer that is already due, with `pollable.block` and with `poll`;
 //! one with an int field `leak_handles` creates that many pollables and never drops them; one
-//! with an int field `leak_kb` allocates that many KiB and never frees them.
+//! with an int field `leak_kb` allocates that many KiB and never frees them; one with an int field
+//! `fail_after` panics if this instance has already seen that many rows (state gone bad).
 //! Param `say` makes `init` print its value on stderr; param `panic`, panic with it; param
 //! `reject`, fail with an `invalid-param` error named by its value (a careless guest echoing a
 //! secret).
@@ -13,7 +14,10 @@ use std::io::Write;
 
 use sluice_guest::{Error, Params, Row, Transform, Value};
 
-struct Probe;
+struct Probe {
+    /// Rows this instance has seen.
+    seen: i64,
+}
 
 impl Transform for Probe {
     fn init(params: &Params) -> Result<Probe, Error> {
@@ -27,10 +31,16 @@ impl Transform for Probe {
         if let Some(text) = params.get("panic") {
             panic!("{text}");
         }
-        Ok(Probe)
+        Ok(Probe { seen: 0 })
     }
 
     fn transform(&mut self, row: Row) -> Result<Vec<Row>, Error> {
+        self.seen += 1;
+        if let Some(Value::Int(n)) = row.get("fail_after")
+            && self.seen > *n
+        {
+            panic!("this instance has seen {} rows", self.seen - 1);
+        }
         probe(row)
     }
 }
