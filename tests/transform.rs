@@ -1064,6 +1064,45 @@ fn rows_failing_late_alone_fail_the_batch_like_timeouts() {
     }
 }
 
+/// Running a failed batch again a row at a time is bounded in all, not only by its failures:
+/// rows that each succeed slowly alone give up after `ISOLATION_LIMITS` (60) time limits of CPU
+/// time, instead of holding the worker for a limit per row.
+#[test]
+fn rows_succeeding_slowly_alone_cannot_hold_a_worker_for_long() {
+    let mut cfg = config(guests::POISON_TRAP, &[]);
+    cfg.timeout_ms = 50;
+    let c = TransformChain::load(
+        &[cfg],
+        &RuntimeOptions {
+            workers: 1,
+            cache_dir: None,
+        },
+    )
+    .unwrap();
+    // The poison row first, so the batch call traps at once; then 1000 rows of 5 ms each: 5 s
+    // of work alone, against 3 s (60 limits of 50 ms).
+    let rows = (0..1001).map(|i| match i {
+        0 => row(&[("id", Value::Int(13))]),
+        _ => row(&[("id", Value::Int(100 + i)), ("spin_ms", Value::Int(5))]),
+    });
+    match c.process_blocking(with_meta(rows.collect())) {
+        Err(
+            e @ TransformError::TooSlow {
+                total_ms: Some(ms), ..
+            },
+        ) => {
+            assert!((3000..4000).contains(&ms), "{e}");
+            let text = e.to_string();
+            assert!(text.contains("a batch run again a row at a time"), "{text}");
+            assert!(
+                text.contains("more than 60 times the time limit of 50 ms"),
+                "{text}"
+            );
+        }
+        other => panic!("expected TooSlow, got {other:?}"),
+    }
+}
+
 /// Isolating a batch a row at a time keeps each row's own shape, also when every row has a
 /// different one (JSON with varying keys): each comes out with its own fields, in order.
 #[test]

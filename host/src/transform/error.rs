@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::PathBuf;
 
+use super::runtime::ISOLATION_LIMITS;
+
 /// Why a transform could not be loaded (bad file, wrong world, params rejected by `init`).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -181,7 +183,7 @@ pub enum TransformError {
     /// whatever its `on_error`.
     #[error(
         "transform {transform}: {}; raise its timeout_ms or fix it",
-        slow_reason(*rows, *timeouts, *cpu_ms, *timeout_ms)
+        slow_reason(*rows, *timeouts, *cpu_ms, *timeout_ms, *total_ms)
     )]
     TooSlow {
         /// The transform's name.
@@ -194,6 +196,10 @@ pub enum TransformError {
         cpu_ms: u64,
         /// The transform's CPU cap per call.
         timeout_ms: u64,
+        /// Set when it gave up because running the batch a row at a time, successes and
+        /// rebuilt instances included, used this much CPU time (more than
+        /// `ISOLATION_LIMITS` limits).
+        total_ms: Option<u64>,
     },
     /// The worker threads are gone (the chain was dropped, or a worker panicked).
     #[error("transform workers are not running")]
@@ -201,8 +207,19 @@ pub enum TransformError {
 }
 
 /// What [`TransformError::TooSlow`] found.
-fn slow_reason(rows: usize, timeouts: usize, cpu_ms: u64, timeout_ms: u64) -> String {
-    if timeouts == rows {
+fn slow_reason(
+    rows: usize,
+    timeouts: usize,
+    cpu_ms: u64,
+    timeout_ms: u64,
+    total_ms: Option<u64>,
+) -> String {
+    if let Some(total) = total_ms {
+        format!(
+            "a batch run again a row at a time (after it failed as a whole) used {total} ms of \
+             CPU time, more than {ISOLATION_LIMITS} times the time limit of {timeout_ms} ms"
+        )
+    } else if timeouts == rows {
         format!(
             "{rows} rows of one batch each exceeded the time limit of {timeout_ms} ms when run \
              alone"

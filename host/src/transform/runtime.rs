@@ -1399,11 +1399,18 @@ fn warn_limit_per_batch(t: &Loaded, kind: FailureKind, n: usize, failures: &[Fai
 /// the rows failing that way is capped too, at one limit more.
 const MAX_TIMEOUTS_PER_BATCH: usize = 8;
 
+/// Most CPU time, in time limits, that running one batch again a row at a time may use in all:
+/// rows that succeed and instances rebuilt after failures included. Rows that each take nearly
+/// the limit, or an `init` that does, would otherwise hold a worker for a limit per row (17
+/// minutes for 1024 rows at the defaults) with few failures to count.
+pub(crate) const ISOLATION_LIMITS: u32 = 60;
+
 /// After a batch call trapped or broke the contract: re-runs each row alone on a healthy
 /// instance, so only the poison row fails. Gives up with [`TransformError::TooSlow`] when more
 /// than [`MAX_TIMEOUTS_PER_BATCH`] rows time out alone, or rows failing alone use more CPU time
-/// than that many limits: that is a transform too slow for its cap, not a few poison records,
-/// and failing the batch keeps its records for a run with a higher cap. `broken`: how the whole
+/// than that many limits, or the whole re-run uses more than [`ISOLATION_LIMITS`]: that is a
+/// transform too slow for its cap, not a few poison records, and failing the batch keeps its
+/// records for a run with a higher cap. `broken`: how the whole
 /// batch's output broke the contract, if it did, told with each row that breaks it alone too
 /// (a guest that always returns one outcome too few would otherwise show only `0 for 1`).
 fn isolate(
@@ -1419,12 +1426,14 @@ fn isolate(
     let mut failures = Vec::new();
     let mut filtered = 0u64;
     let (mut timeouts, mut failing_cpu) = (0usize, Duration::ZERO);
-    let cpu_cap = Duration::from_millis(t.config.timeout_ms) * (MAX_TIMEOUTS_PER_BATCH as u32 + 1);
+    let limit = Duration::from_millis(t.config.timeout_ms);
+    let cpu_cap = limit * (MAX_TIMEOUTS_PER_BATCH as u32 + 1);
+    let (total_cap, started) = (limit * ISOLATION_LIMITS, thread_cpu_time());
     let max = t.config.max_rows_per_record;
     for j in 0..batch.origins.len() {
         let origin = &batch.origins[j..=j];
         // A fresh instance (the previous row trapped) is built first: building it and its
-        // `init` are the host's cost, not this row's.
+        // `init` are the host's cost, not this row's (but they count in `total_cap`).
         ready(shared, t, slot)?;
         let (cpu, failed_before, timeouts_before) = (thread_cpu_time(), failures.len(), timeouts);
         match call(shared, t, slot, &batch.single(j), origin, metas, true)? {
@@ -1458,13 +1467,16 @@ fn isolate(
         if failures.len() > failed_before && timeouts == timeouts_before {
             failing_cpu += thread_cpu_time().saturating_sub(cpu);
         }
-        if timeouts > MAX_TIMEOUTS_PER_BATCH || failing_cpu > cpu_cap {
+        let total = thread_cpu_time().saturating_sub(started);
+        if timeouts > MAX_TIMEOUTS_PER_BATCH || failing_cpu > cpu_cap || total > total_cap {
             return Err(TransformError::TooSlow {
                 transform: t.name.to_string(),
                 rows: failures.len(),
                 timeouts,
                 cpu_ms: failing_cpu.as_millis() as u64,
                 timeout_ms: t.config.timeout_ms,
+                total_ms: (timeouts <= MAX_TIMEOUTS_PER_BATCH && failing_cpu <= cpu_cap)
+                    .then_some(total.as_millis() as u64),
             });
         }
     }
