@@ -18,7 +18,7 @@
 //! A row lacking a named field fails with `missing-field`; an impossible cast or computation
 //! with `invalid-value`.
 
-use sluice_guest::{Error, Params, Row, Transform, Value};
+use sluice_guest::{Error, Params, Row, Transform, Value, parse_number};
 
 #[derive(Clone, Copy)]
 enum Type {
@@ -80,7 +80,7 @@ fn pairs(params: &Params, name: &str) -> Result<Vec<(String, String)>, Error> {
 fn operand(s: &str) -> Result<Operand, String> {
     if let Ok(i) = s.parse::<i64>() {
         Ok(Operand::Number(Value::Int(i)))
-    } else if let Some(f) = number(s) {
+    } else if let Some(f) = parse_number(s) {
         Ok(Operand::Number(Value::Float(f)))
     } else if s.contains(['+', '-', '*', '/', '=', ',']) {
         Err(format!(
@@ -90,18 +90,6 @@ fn operand(s: &str) -> Result<Operand, String> {
     } else {
         Ok(Operand::Field(s.to_owned()))
     }
-}
-
-/// `s` as a float if it is a number written in decimal (`-1.5`, `2e3`, with spaces around), not
-/// a word Rust also reads as a float (`NaN`, `inf`): those are field names here.
-fn number(s: &str) -> Option<f64> {
-    let t = s.trim();
-    if t.bytes()
-        .any(|b| b.is_ascii_alphabetic() && !matches!(b, b'e' | b'E'))
-    {
-        return None;
-    }
-    t.parse().ok()
 }
 
 fn parse_compute(spec: &str) -> Result<Compute, Error> {
@@ -125,7 +113,7 @@ fn parse_compute(spec: &str) -> Result<Compute, Error> {
             && mantissa
                 .bytes()
                 .all(|b| b.is_ascii_digit() || b"+-.".contains(&b))
-            && number(mantissa).is_some()
+            && parse_number(mantissa).is_some()
     };
     let at = expr
         .char_indices()
@@ -262,7 +250,7 @@ fn cast(field: &str, v: Value, ty: Type) -> Result<Value, Error> {
             _ => return Err(fail(&Value::Float(f))),
         },
         (Type::Int, Value::Bool(b)) => Value::Int(i64::from(b)),
-        (Type::Int, Value::String(s)) => match (s.trim().parse(), number(&s)) {
+        (Type::Int, Value::String(s)) => match (s.trim().parse(), parse_number(&s)) {
             (Ok(i), _) => Value::Int(i),
             // `4.0` or `1e3`: as the float it holds.
             (Err(_), Some(f)) => return cast(field, Value::Float(f), ty),
@@ -310,7 +298,7 @@ fn compute<'a>(row: &'a Row, c: &'a Compute) -> Result<Value, Error> {
     }
     let num = |v: &Value, o: &Operand| {
         let held = match v {
-            Value::String(s) => number(s),
+            Value::String(s) => parse_number(s),
             v => v.as_f64(),
         };
         held.ok_or_else(|| {

@@ -17,7 +17,7 @@
 
 use std::cmp::Ordering;
 
-use sluice_guest::{Error, Params, Row, Transform, Value};
+use sluice_guest::{Error, Params, Row, Transform, Value, parse_number};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Op {
@@ -74,7 +74,7 @@ impl Transform for Filter {
         Ok(Filter {
             field: field.to_owned(),
             op,
-            number: number(&text),
+            number: parse_number(&text),
             decimal,
             integer: decimal.and_then(|d| (!d.fraction).then_some(d.floor)),
             boolean: text.trim().parse().ok(),
@@ -115,22 +115,26 @@ impl Filter {
                 return Ok(s.contains(&self.text));
             }
             v if self.op == Op::Contains => return Ok(v.to_text().contains(&self.text)),
-            Value::String(s) | Value::Json(s) if let Some(want) = self.number => match number(s) {
-                Some(have) => match self.compare(s.trim().parse().ok(), have, want) {
-                    Some(o) => o,
-                    None => return Ok(self.op == Op::Ne),
-                },
-                None if matches!(self.op, Op::Eq | Op::Ne) => s.as_str().cmp(self.text.as_str()),
-                None => {
-                    return Err(Error::invalid_value(
-                        &self.field,
-                        format!(
-                            "is {s:?}, not a number to compare with {}",
-                            self.text.trim()
-                        ),
-                    ));
+            Value::String(s) | Value::Json(s) if let Some(want) = self.number => {
+                match parse_number(s) {
+                    Some(have) => match self.compare(s.trim().parse().ok(), have, want) {
+                        Some(o) => o,
+                        None => return Ok(self.op == Op::Ne),
+                    },
+                    None if matches!(self.op, Op::Eq | Op::Ne) => {
+                        s.as_str().cmp(self.text.as_str())
+                    }
+                    None => {
+                        return Err(Error::invalid_value(
+                            &self.field,
+                            format!(
+                                "is {s:?}, not a number to compare with {}",
+                                self.text.trim()
+                            ),
+                        ));
+                    }
                 }
-            },
+            }
             Value::String(s) | Value::Json(s) => s.as_str().cmp(self.text.as_str()),
             Value::Timestamp(t) if let Some(want) = self.timestamp => t.cmp(&want),
             Value::Timestamp(_) if self.number.is_none() => {
@@ -238,18 +242,6 @@ fn decimal(s: &str) -> Option<Decimal> {
         (false, _) => magnitude.checked_neg()?,
     };
     Some(Decimal { floor, fraction })
-}
-
-/// `s` as a number if it is one written in decimal (`-1.5`, `2e3`, with spaces around), not the
-/// words Rust also reads as floats (`NaN`, `inf`, `infinity`).
-fn number(s: &str) -> Option<f64> {
-    let t = s.trim();
-    if t.bytes()
-        .any(|b| b.is_ascii_alphabetic() && !matches!(b, b'e' | b'E'))
-    {
-        return None;
-    }
-    t.parse().ok()
 }
 
 sluice_guest::export!(Filter);

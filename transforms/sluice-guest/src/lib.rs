@@ -529,6 +529,26 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         .map(|dt| dt.and_utc().timestamp_micros())
 }
 
+/// `s` as a float if it is a number written in decimal (`-1.5`, `2e3`, spaces around allowed),
+/// not one of the words Rust also reads as floats (`NaN`, `inf`, `infinity`): in a CSV cell or a
+/// param, those are text.
+///
+/// ```
+/// use sluice_guest::parse_number;
+/// assert_eq!(parse_number(" -1.5 "), Some(-1.5));
+/// assert_eq!(parse_number("2e3"), Some(2000.0));
+/// assert_eq!(parse_number("NaN"), None);
+/// ```
+pub fn parse_number(s: &str) -> Option<f64> {
+    let t = s.trim();
+    if t.bytes()
+        .any(|b| b.is_ascii_alphabetic() && !matches!(b, b'e' | b'E'))
+    {
+        return None;
+    }
+    t.parse().ok()
+}
+
 /// The `with` params of the transform, as given in pipeline.json or `--with k=v`.
 #[derive(Debug, Clone, Default)]
 pub struct Params(Vec<(String, String)>);
