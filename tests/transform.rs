@@ -1373,6 +1373,47 @@ fn poison_aliased_output_is_bounded_by_the_memory_cap() {
     assert!(q.reason.contains("256 MiB"), "{}", q.reason);
 }
 
+/// A value costs a guest a byte and the host a whole field: a record answered with 10,000 rows of
+/// 1,000 nulls (10 MB of the guest's memory, 480 MB of host rows) is quarantined as `memory`,
+/// and nothing else is.
+#[test]
+fn an_output_of_many_nulls_is_bounded_by_the_memory_cap_as_host_rows() {
+    let c = assert_poison_isolated(guests::POISON_ALIAS, FailureKind::Memory, |cfg| {
+        cfg.with = [("wide".to_string(), "10000x1000".to_string())].into();
+    });
+    let again = c.process_blocking(with_meta(numbered(30))).unwrap();
+    let q = quarantined(&again[13]);
+    assert!(q.reason.contains("as host rows"), "{}", q.reason);
+}
+
+/// Rows run again one at a time add their outputs up: together they may return no more than the
+/// batch call could have. Every row here answers with 1,000 rows of 1,000 nulls (48 MB of host
+/// rows each), so the batch call is refused, and so is the batch run a row at a time, six rows
+/// in, instead of holding 1.4 GB.
+#[test]
+fn rows_run_alone_cannot_return_more_than_the_batch_could() {
+    let mut cfg = config(
+        guests::POISON_ALIAS,
+        &[("wide", "1000x1000"), ("every", "true")],
+    );
+    cfg.timeout_ms = 30_000;
+    let c = chain(&[cfg]);
+    match c.process_blocking(with_meta(numbered(30))) {
+        Err(e @ TransformError::OutputTooBig { rows: 6, .. }) => {
+            let msg = e.to_string();
+            assert!(
+                msg.contains("more than 4 times its memory_mb of 64"),
+                "{msg}"
+            );
+            assert!(
+                msg.contains("raise memory_mb or lower the batch size"),
+                "{msg}"
+            );
+        }
+        other => panic!("expected OutputTooBig after 6 rows, got {other:?}"),
+    }
+}
+
 /// The bound on what the host copies out of a call grows with `memory_mb`: an honest 140 MiB
 /// output, past wasmtime's default bound of 128 MiB, comes out whole.
 #[test]

@@ -110,12 +110,15 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// guest leaking handles could hold ~1 GB per instance; a guest needs a handful.
 const MAX_HANDLES: usize = 10_000;
 
-/// What the host may copy out of one call (wasmtime's "hostcall fuel": the output's strings and
-/// lists, each charged at its host size), per byte of `memory_mb`. An honest output fits in the
-/// guest's memory and costs at most about three times its size here (a `string` is 8 bytes in
-/// the guest and 24 in the host), so four never refuses one. A hostile guest can point many
-/// strings at the same bytes, though, and without this bound make the host copy terabytes.
-const OUTPUT_COPY_PER_MEMORY_BYTE: u64 = 4;
+/// What the host may copy out of one call, per byte of `memory_mb`, counted twice over.
+/// Lifting: wasmtime's "hostcall fuel" charges the output's strings and lists at their host
+/// size; a hostile guest can point many strings at the same bytes, and without this bound make
+/// the host copy terabytes. Then what the output becomes ([`host_size`]): a value that costs a
+/// guest one byte (a null) becomes a 48-byte host field, so a guest emitting millions of nulls
+/// could make one call cost the host 40 times its `memory_mb`. An honest output fits in the
+/// guest's memory, where the guest SDK holds it as rows first, at about the host's size per
+/// value; four is far above that.
+pub(crate) const OUTPUT_COPY_PER_MEMORY_BYTE: u64 = 4;
 
 /// The most the host copies out of one call of a transform with `config` (see
 /// [`OUTPUT_COPY_PER_MEMORY_BYTE`]).
@@ -123,6 +126,23 @@ fn output_copy_limit(config: &TransformConfig) -> u64 {
     config
         .memory_mb
         .saturating_mul(OUTPUT_COPY_PER_MEMORY_BYTE << 20)
+}
+
+/// What `rows` cost the host, in bytes, once they are host rows (only the last transform's
+/// output becomes [`Row`]s; between transforms they stay in the batch layout, which costs less).
+fn host_size(rows: &Rows) -> u64 {
+    let names: usize = rows
+        .schemas
+        .iter()
+        .flatten()
+        .map(|n| size_of::<String>() + n.len())
+        .sum();
+    // Its place in the batch (cursor, origin, shape, untouched), then the row itself.
+    let per_row = size_of::<Cursor>() + 2 * size_of::<u32>() + 1 + size_of::<Row>();
+    (rows.values.types.len() * size_of::<Field>()
+        + rows.shapes.len() * per_row
+        + rows.values.text.len()
+        + names) as u64
 }
 
 /// A batch is sent down a chain in consecutive parts whose text (string and JSON values) is at
@@ -1129,15 +1149,7 @@ fn classify(
         e.to_string()
             .contains("fuel allocated for hostcalls has been exhausted")
     }) {
-        return (
-            FailureKind::Memory,
-            format!(
-                "returned more output than the host copies out of one call ({} MiB, \
-                 {OUTPUT_COPY_PER_MEMORY_BYTE} times the memory limit of {} MiB)",
-                output_copy_limit(config) >> 20,
-                config.memory_mb
-            ),
-        );
+        return (FailureKind::Memory, too_much_output(config, 0));
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => (
@@ -1173,6 +1185,21 @@ fn classify(
             None => (FailureKind::Trap, explained(error_line(err), state)),
         },
     }
+}
+
+/// Why a call's output was refused: it would cost the host `size` bytes (0: unknown, lifting
+/// stopped first), more than [`output_copy_limit`].
+fn too_much_output(config: &TransformConfig, size: u64) -> String {
+    let size = match size {
+        0 => String::new(),
+        n => format!("{} MiB as host rows; ", n >> 20),
+    };
+    format!(
+        "returned more output than the host takes from one call ({size}at most {} MiB, \
+         {OUTPUT_COPY_PER_MEMORY_BYTE} times the memory limit of {} MiB)",
+        output_copy_limit(config) >> 20,
+        config.memory_mb
+    )
 }
 
 /// Whether a call failed because its instance holds [`MAX_HANDLES`] host resources.
@@ -1406,7 +1433,9 @@ const MAX_TIMEOUTS_PER_BATCH: usize = 8;
 pub(crate) const ISOLATION_LIMITS: u32 = 60;
 
 /// After a batch call trapped or broke the contract: re-runs each row alone on a healthy
-/// instance, so only the poison row fails. Gives up with [`TransformError::TooSlow`] when more
+/// instance, so only the poison row fails. Gives up with [`TransformError::OutputTooBig`] when
+/// the rows' outputs add up to more than one call may return, and with
+/// [`TransformError::TooSlow`] when more
 /// than [`MAX_TIMEOUTS_PER_BATCH`] rows time out alone, or rows failing alone use more CPU time
 /// than that many limits, or the whole re-run uses more than [`ISOLATION_LIMITS`]: that is a
 /// transform too slow for its cap, not a few poison records, and failing the batch keeps its
@@ -1430,6 +1459,7 @@ fn isolate(
     let cpu_cap = limit * (MAX_TIMEOUTS_PER_BATCH as u32 + 1);
     let (total_cap, started) = (limit * ISOLATION_LIMITS, thread_cpu_time());
     let max = t.config.max_rows_per_record;
+    let (mut out_size, out_cap) = (0u64, output_copy_limit(&t.config));
     for j in 0..batch.origins.len() {
         let origin = &batch.origins[j..=j];
         // A fresh instance (the previous row trapped) is built first: building it and its
@@ -1439,6 +1469,17 @@ fn isolate(
         match call(shared, t, slot, &batch.single(j), origin, metas, true)? {
             Ok(output) => match check_output(&output, 1) {
                 Ok(()) => {
+                    // Each row's output is within the bound of one call, but together they could
+                    // be the batch's times over: no more than the batch call could have returned.
+                    out_size += host_size(&output.rows);
+                    if out_size > out_cap {
+                        return Err(TransformError::OutputTooBig {
+                            transform: t.name.to_string(),
+                            rows: j + 1,
+                            mib: out_size >> 20,
+                            memory_mb: t.config.memory_mb,
+                        });
+                    }
                     let (one, failed, none) = split(output, batch, j, max);
                     all.append_indexed(one, &mut shapes);
                     failures.extend(failed);
@@ -1702,7 +1743,15 @@ fn call(
         TransformStats::add(&t.stats.fuel_consumed, budget.saturating_sub(left));
     }
     match result {
-        Ok(output) => Ok(Ok(output)),
+        Ok(output) => {
+            let size = host_size(&output.rows);
+            if size > output_copy_limit(&t.config) {
+                // Not a trap, but the instance has seen the batch (see `run_transform`).
+                *slot = None;
+                return Ok(Err((FailureKind::Memory, too_much_output(&t.config, size))));
+            }
+            Ok(Ok(output))
+        }
         Err(e) => {
             let failure = classify(&e, s.store.data(), &t.config);
             // The instance may be mid-update and is poisoned after a trap: never reuse it.

@@ -2,6 +2,10 @@
 //! row whose `id` is 13 with one row whose schema names 4096 fields, every name pointing at the
 //! same 1 MiB of its memory. The guest spends 1 MiB; lifting that output as written would make the
 //! host allocate 4 GiB. (Only a guest that means harm shares memory this way: safe Rust cannot.)
+//!
+//! With param `wide=RxF` it answers instead with `R` rows of `F` null fields each: a byte of its
+//! memory per value, but a host row's field per value on the host's side. `every=true` answers
+//! every row that way, not only row 13.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "transform" });
 
@@ -15,14 +19,47 @@ const NAME_BYTES: usize = 1 << 20;
 
 struct Alias;
 
+/// `wide`: rows and fields per answer; `every`: whether every row is answered that way.
+static MODE: std::sync::Mutex<(Option<(u32, usize)>, bool)> = std::sync::Mutex::new((None, false));
+
 impl Guest for Alias {
-    fn init(_params: Vec<(String, String)>) -> Result<(), TransformError> {
+    fn init(params: Vec<(String, String)>) -> Result<(), TransformError> {
+        let mut mode = MODE.lock().unwrap();
+        for (k, v) in params {
+            match k.as_str() {
+                "wide" => {
+                    let (r, f) = v.split_once('x').expect("wide=RxF");
+                    mode.0 = Some((r.parse().unwrap(), f.parse().unwrap()));
+                }
+                "every" => mode.1 = v == "true",
+                _ => {}
+            }
+        }
         Ok(())
     }
 
     fn transform_batch(input: Rows) -> Output {
+        let (wide, every) = *MODE.lock().unwrap();
         // The tests' rows hold one int each, their `id`, so `ints[i]` is row i's id.
-        let poison = input.values.ints.iter().position(|&id| id == 13);
+        let hit = |i: usize| every || input.values.ints[i] == 13;
+        let mut rows = empty();
+        if let Some((r, f)) = wide {
+            rows.schemas.push((0..f).map(|i| format!("f{i}")).collect());
+            let hits = (0..input.shapes.len()).filter(|&i| hit(i)).count();
+            rows.shapes = vec![0; hits * r as usize];
+            rows.values.types = vec![0; hits * r as usize * f];
+            let outcomes = (0..input.shapes.len())
+                .map(|i| {
+                    if hit(i) {
+                        Outcome::Emit(r)
+                    } else {
+                        Outcome::Keep
+                    }
+                })
+                .collect();
+            return Output { outcomes, rows };
+        }
+        let poison = (0..input.shapes.len()).find(|&i| hit(i));
         let outcomes = (0..input.shapes.len())
             .map(|i| {
                 if Some(i) == poison {
@@ -32,17 +69,6 @@ impl Guest for Alias {
                 }
             })
             .collect();
-        let mut rows = Rows {
-            schemas: Vec::new(),
-            shapes: Vec::new(),
-            values: Values {
-                types: Vec::new(),
-                ints: Vec::new(),
-                floats: Vec::new(),
-                text: String::new(),
-                text_ends: Vec::new(),
-            },
-        };
         if poison.is_some() {
             let name = "n".repeat(NAME_BYTES).leak();
             let schema = (0..NAMES)
@@ -57,6 +83,21 @@ impl Guest for Alias {
             rows.values.types = vec![0; NAMES];
         }
         Output { outcomes, rows }
+    }
+}
+
+/// No rows.
+fn empty() -> Rows {
+    Rows {
+        schemas: Vec::new(),
+        shapes: Vec::new(),
+        values: Values {
+            types: Vec::new(),
+            ints: Vec::new(),
+            floats: Vec::new(),
+            text: String::new(),
+            text_ends: Vec::new(),
+        },
     }
 }
 
