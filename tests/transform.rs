@@ -287,6 +287,29 @@ fn filter_compares_large_ints_exactly_and_finds_text_in_any_value() {
     assert_eq!(kept(negative(), "lt", "-2.5"), [0, 2]);
     assert_eq!(kept(negative(), "eq", "-9223372036854775808.000"), [2]);
     assert_eq!(kept(negative(), "gt", "-.5"), Vec::<usize>::new());
+    // A value past the int range on either side, exactly too.
+    assert_eq!(
+        kept(negative(), "eq", "-9223372036854775809"),
+        Vec::<usize>::new()
+    );
+    assert_eq!(kept(negative(), "gt", "-9223372036854775808.5"), [0, 1, 2]);
+    assert_eq!(kept(ids(), "lt", "9223372036854775808"), [0, 1, 2, 3]);
+    // Integers too big for an int arrive as strings: compared digit by digit, not as floats
+    // (as floats, all three are 18446744073709551616).
+    let huge = || {
+        vec![
+            Value::String("18446744073709551614".into()),
+            Value::String("18446744073709551615".into()),
+            Value::String(" 18446744073709551616.000 ".into()),
+        ]
+    };
+    assert_eq!(kept(huge(), "eq", "18446744073709551615"), [1]);
+    assert_eq!(kept(huge(), "gt", "18446744073709551614.5"), [1, 2]);
+    assert_eq!(kept(huge(), "le", "18446744073709551616"), [0, 1, 2]);
+    // A bool value as sluice reads a CSV cell as one.
+    let bools = || vec![Value::Bool(true), Value::Bool(false)];
+    assert_eq!(kept(bools(), "eq", "TRUE"), [0]);
+    assert_eq!(kept(bools(), "ne", " True "), [1]);
     // A float field against an integer value: no rounding of the value.
     let floats = || vec![Value::Float(9_007_199_254_740_992.0), Value::Float(2.5)];
     assert_eq!(
@@ -385,6 +408,14 @@ fn enrich_renames_casts_uppercases_and_computes() {
         q.reason,
         "cannot rename `name` to `customer`: the row already has a field `customer`"
     );
+    // A row that lacks the field to rename lacks a field, whatever else it has.
+    let lacking = c
+        .process_blocking(vec![(
+            meta(0),
+            row(&[("customer", Value::String("c".into()))]),
+        )])
+        .unwrap();
+    assert_eq!(quarantined(&lacking[0]).reason, "missing field `name`");
 }
 
 /// Casts do not saturate or truncate silently: a float becomes the nearest int (half away from
@@ -431,6 +462,34 @@ fn enrich_casts_exactly_and_computes_with_exponents() {
         "{}",
         q.reason
     );
+    // Strings written in decimal become ints digit by digit, rounded half away from zero (as a
+    // float, 9007199254740993.0 would lose its last digit); other numbers as the float they hold.
+    let cast = |value: &str, ty: &str| -> Result<Value, String> {
+        let c = chain(&[config(guests::ENRICH, &[("cast", &format!("v:{ty}"))])]);
+        let input = row(&[("v", Value::String(value.into()))]);
+        let out = c.process_blocking(vec![(meta(0), input)]).unwrap();
+        match &out[0] {
+            RecordOutcome::Emitted(rows) => Ok(rows[0].get("v").unwrap().clone()),
+            other => Err(quarantined(other).reason.clone()),
+        }
+    };
+    assert_eq!(
+        cast("9007199254740993.0", "int"),
+        Ok(Value::Int(9_007_199_254_740_993))
+    );
+    assert_eq!(
+        cast(" 9223372036854775807.4 ", "int"),
+        Ok(Value::Int(i64::MAX))
+    );
+    assert_eq!(cast("-2.5", "int"), Ok(Value::Int(-3)));
+    assert_eq!(cast("1e3", "int"), Ok(Value::Int(1000)));
+    assert!(cast("9223372036854775807.5", "int").is_err());
+    // A float cast refuses what is text in a CSV cell, and what no float holds.
+    assert_eq!(cast("2.5e-1", "float"), Ok(Value::Float(0.25)));
+    for text in ["NaN", "inf", "1e400"] {
+        let reason = cast(text, "float").unwrap_err();
+        assert!(reason.contains("cannot cast string"), "{text}: {reason}");
+    }
 }
 
 /// `compute` takes one operator: an expression it would misread (`a+b+c` as `a` plus a field

@@ -4,7 +4,9 @@
 //! - `rename`: `old:new[,old:new...]` renames fields (a row that already has `new` fails);
 //! - `cast`: `field:type[,...]` converts values to `int`, `float`, `string` or `bool` (a float,
 //!   or a string holding one, becomes an int rounded half away from zero, as Snowflake's `CAST`
-//!   does; one past the int range, infinite or NaN fails; bools are 1 and 0 as numbers);
+//!   does, a string written in decimal digit by digit, so `9007199254740993.0` loses nothing to a
+//!   float; one past the int range, infinite or NaN fails; a string becomes a float only if it
+//!   holds a finite number, not `NaN`, `inf` or `1e400`; bools are 1 and 0 as numbers);
 //! - `uppercase`: `field[,field...]` uppercases string fields (all of Unicode: `straße` becomes
 //!   `STRASSE`);
 //! - `compute`: `name=a OP b` appends (or replaces) field `name` computed from two operands,
@@ -18,7 +20,7 @@
 //! A row lacking a named field fails with `missing-field`; an impossible cast or computation
 //! with `invalid-value`.
 
-use sluice_guest::{Error, Params, Row, Transform, Value, parse_number};
+use sluice_guest::{Error, Params, Row, Transform, Value, parse_decimal, parse_number};
 
 #[derive(Clone, Copy)]
 enum Type {
@@ -188,6 +190,9 @@ impl Transform for Enrich {
             // Renaming onto a field the row has would give it two fields of one name: a table
             // could keep only one of their values.
             if from != to && row.get(to).is_some() {
+                if row.get(from).is_none() {
+                    return Err(Error::MissingField(from.clone()));
+                }
                 return Err(Error::other(format!(
                     "cannot rename `{from}` to `{to}`: the row already has a field `{to}`"
                 )));
@@ -250,18 +255,23 @@ fn cast(field: &str, v: Value, ty: Type) -> Result<Value, Error> {
             _ => return Err(fail(&Value::Float(f))),
         },
         (Type::Int, Value::Bool(b)) => Value::Int(i64::from(b)),
-        (Type::Int, Value::String(s)) => match (s.trim().parse(), parse_number(&s)) {
-            (Ok(i), _) => Value::Int(i),
-            // `4.0` or `1e3`: as the float it holds.
-            (Err(_), Some(f)) => return cast(field, Value::Float(f), ty),
-            (Err(_), None) => return Err(fail(&Value::String(s))),
+        // Digit by digit when written in decimal: as a float, `9007199254740993.0` would lose one.
+        (Type::Int, Value::String(s)) => match (parse_decimal(&s), parse_number(&s)) {
+            (Some(d), _) => match d.round() {
+                Some(i) => Value::Int(i),
+                None => return Err(fail(&Value::String(s))),
+            },
+            // `1e3`: as the float it holds.
+            (None, Some(f)) => return cast(field, Value::Float(f), ty),
+            (None, None) => return Err(fail(&Value::String(s))),
         },
         (Type::Float, Value::Int(i)) => Value::Float(i as f64),
         (Type::Float, Value::Float(f)) => Value::Float(f),
         (Type::Float, Value::Bool(b)) => Value::Float(f64::from(u8::from(b))),
-        (Type::Float, Value::String(s)) => match s.trim().parse() {
-            Ok(f) => Value::Float(f),
-            Err(_) => return Err(fail(&Value::String(s))),
+        // Not `NaN` or `inf` (text, as in a CSV cell), nor past the float range (`1e400`).
+        (Type::Float, Value::String(s)) => match parse_number(&s) {
+            Some(f) if f.is_finite() => Value::Float(f),
+            _ => return Err(fail(&Value::String(s))),
         },
         (Type::Bool, Value::Bool(b)) => Value::Bool(b),
         (Type::Bool, Value::Int(i)) => Value::Bool(i != 0),

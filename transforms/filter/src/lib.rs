@@ -3,13 +3,16 @@
 //! Params: `field` (the column), `op` (`eq`, `ne`, `gt`, `ge`, `lt`, `le`, `contains`, or
 //! `==`, `!=`, `>`, `>=`, `<`, `<=`) and `value`. Numbers (int, float) compare numerically with
 //! `value` parsed as a number, exactly: an int with a `value` written in decimal (`5`, `5.0`,
-//! `4.5`) without rounding either, so ids past 2^53 do not match their neighbours; timestamps
+//! `4.5`) without rounding either, so ids past 2^53 do not match their neighbours, and a string
+//! and a `value` both written in decimal digit by digit, whatever their size (an integer too big
+//! for an int arrives as a string); timestamps
 //! with `value` parsed as a timestamp (`2024-01-02`, `2024-01-02T03:04:05.5Z`, ...; see
 //! [`sluice_guest::parse_timestamp`]) or else as a number of microseconds since the epoch; strings (and JSON values, by their text) compare
 //! as text, except that one holding a number compares numerically with a numeric `value` (a CSV
 //! column with one cell that is not a number is typed string, and `"10" > "5"` must not depend on
 //! that), and one that holds no number fails its record under `gt`/`ge`/`lt`/`le` with a numeric
-//! `value` rather than compare as text; bools with `true`/`false`. A number is written in
+//! `value` rather than compare as text; bools with a `value` that sluice would read as a bool in a
+//! CSV cell (`true`, `TRUE`, `t`, `yes`, `1`; `false`, `f`, `no`, `0`). A number is written in
 //! decimal (`-1.5`, `2e3`): `NaN` and `inf` are text. `contains` looks for `value` in the text of
 //! any value, as `sluice transform test` prints it (`2024-11` in a timestamp, `10` in `210`).
 //! A null field never matches (except with `ne`). A row without the field fails with
@@ -17,7 +20,7 @@
 
 use std::cmp::Ordering;
 
-use sluice_guest::{Error, Params, Row, Transform, Value, parse_number};
+use sluice_guest::{Error, Params, Row, Transform, Value, parse_decimal, parse_number};
 
 #[derive(Clone, Copy, PartialEq)]
 enum Op {
@@ -37,8 +40,9 @@ pub struct Filter {
     op: Op,
     text: String,
     number: Option<f64>,
-    /// `value` as an exact decimal, when it is one in the `i64` range (see [`decimal`]).
-    decimal: Option<Decimal>,
+    /// The floor of `value` when it is written in decimal and that is an `i64`, and whether it
+    /// has a fraction besides (`-2.5` is floor -3 with a fraction).
+    floor: Option<(i64, bool)>,
     /// `value` as an integer, when it is one (`5`, `5.0`).
     integer: Option<i64>,
     boolean: Option<bool>,
@@ -48,7 +52,7 @@ pub struct Filter {
 impl Transform for Filter {
     fn init(params: &Params) -> Result<Self, Error> {
         params.allow_only(&["field", "op", "value"])?;
-        let op = match params.require("op")? {
+        let op = match params.require("op")?.trim() {
             "eq" | "==" | "=" => Op::Eq,
             "ne" | "!=" => Op::Ne,
             "gt" | ">" => Op::Gt,
@@ -66,18 +70,19 @@ impl Transform for Filter {
             }
         };
         let text = params.require("value")?.to_owned();
-        let field = params.require("field")?;
+        let field = params.require("field")?.trim();
         if field.is_empty() {
             return Err(Error::invalid_param("field", "names no field"));
         }
-        let decimal = decimal(&text);
+        let decimal = parse_decimal(&text);
+        let floor = decimal.and_then(|d| Some((d.floor()?, !d.frac.is_empty())));
         Ok(Filter {
             field: field.to_owned(),
             op,
             number: parse_number(&text),
-            decimal,
-            integer: decimal.and_then(|d| (!d.fraction).then_some(d.floor)),
-            boolean: text.trim().parse().ok(),
+            floor,
+            integer: floor.and_then(|(f, fraction)| (!fraction).then_some(f)),
+            boolean: boolean(&text),
             timestamp: sluice_guest::parse_timestamp(&text),
             text,
         })
@@ -98,9 +103,14 @@ impl Filter {
         match (int, self.integer) {
             (Some(a), Some(b)) => Some(a.cmp(&b)),
             // `value` is `floor` plus a fraction between 0 and 1.
-            (Some(a), None) if let Some(d) = self.decimal => Some(match a.cmp(&d.floor) {
+            (Some(a), None) if let Some((floor, _)) = self.floor => Some(match a.cmp(&floor) {
                 Ordering::Greater => Ordering::Greater,
                 _ => Ordering::Less,
+            }),
+            // `value` is written in decimal, past the `i64` range on one side.
+            (Some(_), None) if let Some(d) = parse_decimal(&self.text) => Some(match d.negative {
+                true => Ordering::Greater,
+                false => Ordering::Less,
             }),
             (Some(a), None) => int_vs_float(a, want),
             (None, Some(b)) => int_vs_float(b, have).map(Ordering::reverse),
@@ -116,22 +126,28 @@ impl Filter {
             }
             v if self.op == Op::Contains => return Ok(v.to_text().contains(&self.text)),
             Value::String(s) | Value::Json(s) if let Some(want) = self.number => {
-                match parse_number(s) {
-                    Some(have) => match self.compare(s.trim().parse().ok(), have, want) {
-                        Some(o) => o,
-                        None => return Ok(self.op == Op::Ne),
-                    },
-                    None if matches!(self.op, Op::Eq | Op::Ne) => {
-                        s.as_str().cmp(self.text.as_str())
-                    }
-                    None => {
-                        return Err(Error::invalid_value(
-                            &self.field,
-                            format!(
-                                "is {s:?}, not a number to compare with {}",
-                                self.text.trim()
-                            ),
-                        ));
+                // Both written in decimal: digit by digit, whatever their size (an integer too
+                // big for an int arrives as a string, and as a float would equal its neighbours).
+                if let (Some(a), Some(b)) = (parse_decimal(s), parse_decimal(&self.text)) {
+                    a.cmp(&b)
+                } else {
+                    match parse_number(s) {
+                        Some(have) => match self.compare(s.trim().parse().ok(), have, want) {
+                            Some(o) => o,
+                            None => return Ok(self.op == Op::Ne),
+                        },
+                        None if matches!(self.op, Op::Eq | Op::Ne) => {
+                            s.as_str().cmp(self.text.as_str())
+                        }
+                        None => {
+                            return Err(Error::invalid_value(
+                                &self.field,
+                                format!(
+                                    "is {s:?}, not a number to compare with {}",
+                                    self.text.trim()
+                                ),
+                            ));
+                        }
                     }
                 }
             }
@@ -185,6 +201,16 @@ impl Filter {
     }
 }
 
+/// `s` as a bool, written as sluice reads a CSV cell as one (`true`, `TRUE`, `t`, `yes`, `1`;
+/// `false`, `f`, `no`, `0`), so that any `value` that reads as a bool compares with bool fields.
+fn boolean(s: &str) -> Option<bool> {
+    match s.trim().to_ascii_lowercase().as_str() {
+        "true" | "t" | "yes" | "y" | "1" => Some(true),
+        "false" | "f" | "no" | "n" | "0" => Some(false),
+        _ => None,
+    }
+}
+
 /// `a` against `b` without rounding `a` to a float (past 2^53 a float cannot hold every integer).
 fn int_vs_float(a: i64, b: f64) -> Option<Ordering> {
     if b.is_nan() {
@@ -204,44 +230,6 @@ fn int_vs_float(a: i64, b: f64) -> Option<Ordering> {
         a.cmp(&(whole as i64))
             .then_with(|| 0.0.partial_cmp(&(b - whole)).unwrap_or(Ordering::Equal)),
     )
-}
-
-/// A number written in decimal without an exponent: `floor`, plus a fraction strictly between 0
-/// and 1 when `fraction` is set (`-2.5` is floor -3 with a fraction).
-#[derive(Clone, Copy)]
-struct Decimal {
-    floor: i64,
-    fraction: bool,
-}
-
-/// `s` as a [`Decimal`] (`-12`, `12.50`, `.5`, `+3.`, spaces around), when its floor fits an
-/// `i64`.
-fn decimal(s: &str) -> Option<Decimal> {
-    let t = s.trim();
-    let (negative, t) = match t.as_bytes().first()? {
-        b'-' => (true, &t[1..]),
-        b'+' => (false, &t[1..]),
-        _ => (false, t),
-    };
-    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
-    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
-    if whole.len() + frac.len() == 0 || !digits(whole) || !digits(frac) {
-        return None;
-    }
-    let fraction = frac.bytes().any(|b| b != b'0');
-    // Accumulated negatively, so that the floor of -9223372036854775808 fits.
-    let mut magnitude: i64 = 0;
-    for b in whole.bytes() {
-        magnitude = magnitude
-            .checked_mul(10)?
-            .checked_sub(i64::from(b - b'0'))?;
-    }
-    let floor = match (negative, fraction) {
-        (true, true) => magnitude.checked_sub(1)?,
-        (true, false) => magnitude,
-        (false, _) => magnitude.checked_neg()?,
-    };
-    Some(Decimal { floor, fraction })
 }
 
 sluice_guest::export!(Filter);

@@ -549,6 +549,110 @@ pub fn parse_number(s: &str) -> Option<f64> {
     t.parse().ok()
 }
 
+/// A number written in decimal without an exponent, of any size, as its digits: what
+/// [`parse_decimal`] reads. Two compare exactly, digit by digit, where as floats numbers past
+/// 2^53 would equal their neighbours (an integer too big for an int arrives as a string).
+///
+/// ```
+/// use sluice_guest::parse_decimal;
+/// let big = parse_decimal("18446744073709551615").unwrap();
+/// assert!(big > parse_decimal(" 18446744073709551614.5 ").unwrap());
+/// assert!(parse_decimal("-0.0").unwrap() == parse_decimal("0").unwrap());
+/// assert_eq!(parse_decimal("-2.5").unwrap().floor(), Some(-3));
+/// assert_eq!(parse_decimal("-2.5").unwrap().round(), Some(-3));
+/// assert_eq!(big.round(), None);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decimal<'a> {
+    /// Below zero (`-0` is not).
+    pub negative: bool,
+    /// The whole part's digits, without leading zeros (empty for zero).
+    pub whole: &'a str,
+    /// The fraction's digits, without trailing zeros (empty for an integer).
+    pub frac: &'a str,
+}
+
+impl Decimal<'_> {
+    /// The greatest integer not above it, if that is an `i64`.
+    pub fn floor(&self) -> Option<i64> {
+        self.int(self.negative && !self.frac.is_empty())
+    }
+
+    /// It rounded to an integer, half away from zero (as `f64::round`), if that is an `i64`.
+    pub fn round(&self) -> Option<i64> {
+        self.int(self.frac.as_bytes().first().is_some_and(|&b| b >= b'5'))
+    }
+
+    /// The whole part, one further from zero if `away`, if that is an `i64`.
+    fn int(&self, away: bool) -> Option<i64> {
+        // Accumulated negatively, so that -9223372036854775808 fits.
+        let mut magnitude: i64 = 0;
+        for b in self.whole.bytes() {
+            magnitude = magnitude
+                .checked_mul(10)?
+                .checked_sub(i64::from(b - b'0'))?;
+        }
+        let magnitude = magnitude.checked_sub(i64::from(away))?;
+        if self.negative {
+            Some(magnitude)
+        } else {
+            magnitude.checked_neg()
+        }
+    }
+}
+
+impl Ord for Decimal<'_> {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let magnitude = (self.whole.len().cmp(&other.whole.len()))
+            .then_with(|| self.whole.cmp(other.whole))
+            .then_with(|| self.frac.cmp(other.frac));
+        match (self.negative, other.negative) {
+            (false, false) => magnitude,
+            (true, true) => magnitude.reverse(),
+            (negative, _) => match negative {
+                true => std::cmp::Ordering::Less,
+                false => std::cmp::Ordering::Greater,
+            },
+        }
+    }
+}
+
+impl PartialOrd for Decimal<'_> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// `s` as a [`Decimal`] if it is a number written in decimal without an exponent (`-12`,
+/// `12.50`, `.5`, `+3.`, spaces around).
+///
+/// ```
+/// use sluice_guest::parse_decimal;
+/// let d = parse_decimal(" +0012.50 ").unwrap();
+/// assert_eq!((d.negative, d.whole, d.frac), (false, "12", "5"));
+/// assert_eq!(parse_decimal("1e3"), None);
+/// assert_eq!(parse_decimal("."), None);
+/// ```
+pub fn parse_decimal(s: &str) -> Option<Decimal<'_>> {
+    let t = s.trim();
+    let (negative, t) = match t.as_bytes().first()? {
+        b'-' => (true, &t[1..]),
+        b'+' => (false, &t[1..]),
+        _ => (false, t),
+    };
+    let (whole, frac) = t.split_once('.').unwrap_or((t, ""));
+    let digits = |d: &str| d.bytes().all(|b| b.is_ascii_digit());
+    if whole.len() + frac.len() == 0 || !digits(whole) || !digits(frac) {
+        return None;
+    }
+    let (whole, frac) = (whole.trim_start_matches('0'), frac.trim_end_matches('0'));
+    Some(Decimal {
+        negative: negative && !(whole.is_empty() && frac.is_empty()),
+        whole,
+        frac,
+    })
+}
+
 /// The `with` params of the transform, as given in pipeline.json or `--with k=v`.
 #[derive(Debug, Clone, Default)]
 pub struct Params(Vec<(String, String)>);
@@ -742,7 +846,7 @@ pub mod __private {
                 break;
             };
             // Reuse the field vectors of rows already emitted: one allocation less per row.
-            let mut fields = out.spare.pop().unwrap_or_default();
+            let mut fields = out.spare.take().unwrap_or_default();
             fields.extend(names.iter().map(|n| Field {
                 name: Rc::clone(n),
                 value: OnceCell::new(),
@@ -764,7 +868,7 @@ pub mod __private {
                     outcomes.push(Outcome::Keep);
                     let mut fields = std::mem::take(&mut rows[0].fields);
                     fields.clear();
-                    out.spare.push(fields);
+                    out.recycle(fields);
                 }
                 Ok(rows) => {
                     outcomes.push(Outcome::Emit(rows.len() as u32));
@@ -816,7 +920,7 @@ pub mod __private {
         shapes: Vec<u32>,
         values: Values,
         last: usize,
-        spare: Vec<Vec<Field>>,
+        spare: Option<Vec<Field>>,
         /// The lane sizes of the input, reserved when the first row is emitted (what a map
         /// emits); a batch of `keep`s and filtered rows reserves nothing.
         like: [usize; 6],
@@ -835,7 +939,7 @@ pub mod __private {
                     text_ends: Vec::new(),
                 },
                 last: 0,
-                spare: Vec::new(),
+                spare: None,
                 like: like.map_or([0; 6], |v| {
                     [
                         rows,
@@ -899,7 +1003,14 @@ pub mod __private {
                     (None, None) => self.values.push(Value::Null),
                 }
             }
-            self.spare.push(row.fields);
+            self.recycle(row.fields);
+        }
+
+        /// Keeps an emptied field vector for the next input row. One is enough, as each input
+        /// row takes one: a flat-map's every emitted row would keep its own until the batch ends,
+        /// several times the memory its output needs.
+        fn recycle(&mut self, fields: Vec<Field>) {
+            self.spare.get_or_insert(fields);
         }
 
         fn finish(self) -> Rows {
