@@ -2995,8 +2995,9 @@ fn cli_new_and_build_usage_errors_exit_2() {
         ),
         (
             &["new", "shout", "--dir", ws],
-            "ws is not a sluice transforms workspace: its Cargo.toml needs [workspace.package] \
-             and sluice-guest in [workspace.dependencies]",
+            "ws is not a sluice transforms workspace: its Cargo.toml lacks `version`, \
+             `edition`, `rust-version`, `license`, `publish` in [workspace.package] and \
+             sluice-guest in [workspace.dependencies], which the new crate inherits",
         ),
         (
             &["build"],

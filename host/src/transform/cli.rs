@@ -151,12 +151,17 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             crate::outln!("created {}", crate_dir.display());
             // The whole loop, so that an author need not look it up: build, then the scaffold's
             // own golden test (which passes untouched).
+            // (`CARGO_TARGET_DIR` moves the build elsewhere, which `build` then prints.)
+            let moved = std::env::var_os("CARGO_TARGET_DIR").is_some_and(|d| !d.is_empty());
             let wasm = if dir == Path::new(DEFAULT_DIR) {
                 crate::outln!("next: sluice transform build {name}");
-                format!(
-                    "{DEFAULT_DIR}/target/wasm32-wasip2/release/transform_{}.wasm",
-                    name.replace('-', "_")
-                )
+                match moved {
+                    false => format!(
+                        "{DEFAULT_DIR}/target/wasm32-wasip2/release/transform_{}.wasm",
+                        name.replace('-', "_")
+                    ),
+                    true => "<the .wasm file build prints>".to_owned(),
+                }
             } else {
                 crate::outln!(
                     "next: sluice transform build {name} --dir {}",
@@ -368,7 +373,7 @@ pub fn scaffold(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
         let _ = std::fs::remove_dir_all(&crate_dir);
         return Err(usage(anyhow::anyhow!(
             "{}'s [workspace] members do not include {name:?}, so it would never build: add \
-             \"{name}\" (or \"*\") to members, then run this again",
+             \"{name}\" (or \"*\", with \"target\" in exclude) to members, then run this again",
             dir.join("Cargo.toml").display()
         )));
     }
@@ -422,13 +427,14 @@ fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
     // be created, then fail to build with cargo's words, not ours.
     let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))
         .with_context(|| format!("reading {}", dir.join("Cargo.toml").display()))?;
-    if !is_sluice_workspace(&manifest) {
+    let lacks = workspace_lacks(&manifest);
+    if !lacks.is_empty() {
         bail!(
-            "{} is not a sluice transforms workspace: its Cargo.toml needs [workspace.package] and \
-             sluice-guest in [workspace.dependencies], which the new crate inherits (sluice's own \
-             is transforms/; for a crate elsewhere see \"A transform crate outside transforms/\" in \
-             docs/TRANSFORMS.md)",
-            dir.display()
+            "{} is not a sluice transforms workspace: its Cargo.toml lacks {}, which the new crate \
+             inherits (sluice's own is transforms/; for a crate elsewhere see \"A transform crate \
+             outside transforms/\" in docs/TRANSFORMS.md)",
+            dir.display(),
+            lacks.join(" and ")
         );
     }
     Ok(())
@@ -447,11 +453,11 @@ fn where_workspace(dir: &Path) -> String {
     }
 }
 
-/// Whether a workspace manifest has what the template inherits: `version`, `edition`,
+/// What a workspace manifest lacks of what the template inherits: `version`, `edition`,
 /// `rust-version`, `license` and `publish` in `[workspace.package]`, and `sluice-guest` in
 /// `[workspace.dependencies]`, in any of TOML's ways of writing them (a table per dependency,
-/// dotted keys, quoted keys, comments).
-fn is_sluice_workspace(manifest: &str) -> bool {
+/// dotted keys, quoted keys, comments). Empty when it has it all.
+fn workspace_lacks(manifest: &str) -> Vec<String> {
     const INHERITED: [&str; 5] = ["version", "edition", "rust-version", "license", "publish"];
     // A header or key with its spaces and quotes taken out: `[ "workspace".package ]` is
     // `workspace.package`.
@@ -480,7 +486,19 @@ fn is_sluice_workspace(manifest: &str) -> bool {
         sdk |= full == "workspace.dependencies.sluice-guest"
             || full.starts_with("workspace.dependencies.sluice-guest.");
     }
-    sdk && INHERITED.iter().all(|k| keys.iter().any(|have| have == k))
+    let package: Vec<String> = INHERITED
+        .iter()
+        .filter(|k| !keys.iter().any(|have| have == *k))
+        .map(|k| format!("`{k}`"))
+        .collect();
+    let mut lacks = Vec::new();
+    if !package.is_empty() {
+        lacks.push(format!("{} in [workspace.package]", package.join(", ")));
+    }
+    if !sdk {
+        lacks.push("sluice-guest in [workspace.dependencies]".to_owned());
+    }
+    lacks
 }
 
 /// Builds the workspace at `dir` (or only `transform-<name>`) for wasm32-wasip2 in release mode
@@ -1971,17 +1989,22 @@ mod tests {
             ("", false),
         ] {
             let manifest = format!("[workspace]\nmembers = [\"*\"]\n{package}{sdk}");
-            assert_eq!(is_sluice_workspace(&manifest), want, "{sdk}");
+            assert_eq!(workspace_lacks(&manifest).is_empty(), want, "{sdk}");
         }
         let sdk = "[workspace.dependencies]\nsluice-guest = { path = \"g\" }\n";
-        let partial = "[workspace.package]\nversion = \"0.1.0\"\n";
-        assert!(!is_sluice_workspace(&format!("{partial}{sdk}")));
+        let partial = "[workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\n";
+        assert_eq!(
+            workspace_lacks(&format!("{partial}{sdk}")),
+            ["`rust-version`, `license`, `publish` in [workspace.package]"]
+        );
+        assert_eq!(
+            workspace_lacks(partial).last().map(String::as_str),
+            Some("sluice-guest in [workspace.dependencies]")
+        );
         let dotted = "[workspace]\npackage.version = \"0.1.0\"\npackage.edition = \"2024\"\n\
                       package.rust-version = \"1.95\"\npackage.license = \"x\"\npackage.publish = false\n";
-        assert!(is_sluice_workspace(&format!("{dotted}{sdk}")));
-        assert!(is_sluice_workspace(include_str!(
-            "../../../transforms/Cargo.toml"
-        )));
+        assert!(workspace_lacks(&format!("{dotted}{sdk}")).is_empty());
+        assert!(workspace_lacks(include_str!("../../../transforms/Cargo.toml")).is_empty());
     }
 
     #[test]
