@@ -14,7 +14,8 @@
 //! `value` rather than compare as text; bools with a `value` that sluice would read as a bool in a
 //! CSV cell (`true`, `TRUE`, `t`, `yes`, `1`; `false`, `f`, `no`, `0`). A number is written in
 //! decimal (`-1.5`, `2e3`): `NaN` and `inf` are text. `contains` looks for `value` in the text of
-//! any value, as `sluice transform test` prints it (`2024-11` in a timestamp, `10` in `210`).
+//! any value, written as `Value::to_text` writes it (`2024-11` in a timestamp, `10` in `210`;
+//! the float 5.0 is `5`, as Snowflake casts it to text).
 //! A null field never matches (except with `ne`). A row without the field fails with
 //! `missing-field`.
 
