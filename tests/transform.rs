@@ -1433,12 +1433,12 @@ fn poison_aliased_output_is_bounded_by_the_memory_cap() {
 }
 
 /// A value costs a guest a byte and the host a whole field: a record answered with 10,000 rows of
-/// 1,000 nulls (10 MB of the guest's memory, 480 MB of host rows) is quarantined as `memory`,
-/// and nothing else is.
+/// 3,000 nulls (30 MB of the guest's memory, 1.4 GB of host rows, more than 16 times
+/// `memory_mb`) is quarantined as `memory`, and nothing else is.
 #[test]
 fn an_output_of_many_nulls_is_bounded_by_the_memory_cap_as_host_rows() {
     let c = assert_poison_isolated(guests::POISON_ALIAS, FailureKind::Memory, |cfg| {
-        cfg.with = [("wide".to_string(), "10000x1000".to_string())].into();
+        cfg.with = [("wide".to_string(), "10000x3000".to_string())].into();
     });
     let again = c.process_blocking(with_meta(numbered(30))).unwrap();
     let q = quarantined(&again[13]);
@@ -1447,8 +1447,8 @@ fn an_output_of_many_nulls_is_bounded_by_the_memory_cap_as_host_rows() {
 
 /// Rows run again one at a time add their outputs up: together they may return no more than the
 /// batch call could have. Every row here answers with 1,000 rows of 1,000 nulls (48 MB of host
-/// rows each), so the batch call is refused, and so is the batch run a row at a time, six rows
-/// in, instead of holding 1.4 GB.
+/// rows each), so the batch call is refused, and so is the batch run a row at a time, 23 rows
+/// in (past 1 GiB, 16 times `memory_mb`), instead of holding 1.4 GB.
 #[test]
 fn rows_run_alone_cannot_return_more_than_the_batch_could() {
     let mut cfg = config(
@@ -1458,10 +1458,10 @@ fn rows_run_alone_cannot_return_more_than_the_batch_could() {
     cfg.timeout_ms = 30_000;
     let c = chain(&[cfg]);
     match c.process_blocking(with_meta(numbered(30))) {
-        Err(e @ TransformError::OutputTooBig { rows: 6, .. }) => {
+        Err(e @ TransformError::OutputTooBig { rows: 23, .. }) => {
             let msg = e.to_string();
             assert!(
-                msg.contains("more than 4 times its memory_mb of 64"),
+                msg.contains("more than 16 times its memory_mb of 64"),
                 "{msg}"
             );
             assert!(
@@ -1469,8 +1469,46 @@ fn rows_run_alone_cannot_return_more_than_the_batch_could() {
                 "{msg}"
             );
         }
-        other => panic!("expected OutputTooBig after 6 rows, got {other:?}"),
+        other => panic!("expected OutputTooBig after 23 rows, got {other:?}"),
     }
+}
+
+/// An honest flat-map's output costs the host several times what it costs the guest (an int is 9
+/// bytes there and a 48-byte field here): 1024 rows exploded into 2.9 million values, over 4 times
+/// `memory_mb` as host rows, come out whole (here the batch call runs out of guest memory, and the
+/// rows run again one at a time return that much in all).
+#[test]
+fn an_honest_flat_map_output_several_times_memory_mb_as_host_rows_comes_out() {
+    let mut cfg = config(guests::EXPLODE, &[("field", "t")]);
+    cfg.memory_mb = 48;
+    cfg.timeout_ms = 30_000;
+    let c = TransformChain::load(
+        &[cfg],
+        &RuntimeOptions {
+            workers: 1,
+            cache_dir: None,
+        },
+    )
+    .unwrap();
+    let pieces = 1400;
+    let text = (0..pieces)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(",");
+    let rows: Vec<Row> = (0..1024)
+        .map(|i| row(&[("id", Value::Int(i)), ("t", Value::String(text.clone()))]))
+        .collect();
+    let out = c.process_blocking(with_meta(rows)).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        let rows = emitted(o);
+        assert_eq!(rows.len(), pieces, "record {i}");
+        assert_eq!(
+            rows[pieces - 1].get("t"),
+            Some(&Value::String("1399".into()))
+        );
+        assert_eq!(rows[0].get("id"), Some(&Value::Int(i as i64)));
+    }
+    assert_eq!(c.stats()[0].1.rows_out.load(Relaxed), 1024 * pieces as u64);
 }
 
 /// The bound on what the host copies out of a call grows with `memory_mb`: an honest 140 MiB

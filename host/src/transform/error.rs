@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::runtime::{ISOLATION_LIMITS, OUTPUT_COPY_PER_MEMORY_BYTE};
+use super::runtime::{ISOLATION_LIMITS, OUTPUT_ROWS_PER_MEMORY_BYTE};
 
 /// Why a transform could not be loaded (bad file, wrong world, params rejected by `init`).
 #[derive(Debug, thiserror::Error)]
@@ -202,14 +202,14 @@ pub enum TransformError {
         total_ms: Option<u64>,
     },
     /// The rows of one batch, run again one at a time after the batch failed as a whole,
-    /// returned more output in all than one call may (`OUTPUT_COPY_PER_MEMORY_BYTE` times
+    /// returned more output in all than one call may (`OUTPUT_ROWS_PER_MEMORY_BYTE` times
     /// `memory_mb`): the batch call itself failed for being too big (an honest transform whose
     /// output grows with its input), or the guest means harm. Failing the batch keeps its
     /// records for a run with a higher `memory_mb` or smaller batches.
     #[error(
         "transform {transform}: the first {rows} rows of one batch, run again one at a time after \
          the batch failed as a whole, returned {mib} MiB of output, more than \
-         {OUTPUT_COPY_PER_MEMORY_BYTE} times its memory_mb of {memory_mb}; raise memory_mb or \
+         {OUTPUT_ROWS_PER_MEMORY_BYTE} times its memory_mb of {memory_mb}; raise memory_mb or \
          lower the batch size"
     )]
     OutputTooBig {

@@ -26,7 +26,8 @@
 //! thread's CPU clock, so time spent descheduled is not charged) and optionally a fuel budget.
 //! An instance may hold at most `MAX_HANDLES` WASI resources (streams, pollables): they live in
 //! host memory, outside `memory_mb`, and the host copies at most four times `memory_mb` out of
-//! one call (`OUTPUT_COPY_PER_MEMORY_BYTE`). A trap or a limit poisons only that instance: the
+//! one call (`OUTPUT_COPY_PER_MEMORY_BYTE`), and takes at most sixteen times as host rows
+//! (`OUTPUT_ROWS_PER_MEMORY_BYTE`). A trap or a limit poisons only that instance: the
 //! worker drops it, builds a fresh one, re-runs that transform's batch one record at a time to
 //! find the poison record, applies the transform's `on_error` policy to that record alone and
 //! carries on with the rest.
@@ -110,15 +111,12 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// guest leaking handles could hold ~1 GB per instance; a guest needs a handful.
 const MAX_HANDLES: usize = 10_000;
 
-/// What the host may copy out of one call, per byte of `memory_mb`, counted twice over.
-/// Lifting: wasmtime's "hostcall fuel" charges the output's strings and lists at their host
-/// size; a hostile guest can point many strings at the same bytes, and without this bound make
-/// the host copy terabytes. Then what the output becomes ([`host_size`]): a value that costs a
-/// guest one byte (a null) becomes a 48-byte host field, so a guest emitting millions of nulls
-/// could make one call cost the host 40 times its `memory_mb`. An honest output fits in the
-/// guest's memory, where the guest SDK holds it as rows first, at about the host's size per
-/// value; four is far above that.
-pub(crate) const OUTPUT_COPY_PER_MEMORY_BYTE: u64 = 4;
+/// What the host may copy out of one call (wasmtime's "hostcall fuel": the output's strings and
+/// lists, each charged at its host size), per byte of `memory_mb`. An honest output fits in the
+/// guest's memory and costs at most about three times its size here (a `string` is 8 bytes in
+/// the guest and 24 in the host), so four never refuses one. A hostile guest can point many
+/// strings at the same bytes, though, and without this bound make the host copy terabytes.
+const OUTPUT_COPY_PER_MEMORY_BYTE: u64 = 4;
 
 /// The most the host copies out of one call of a transform with `config` (see
 /// [`OUTPUT_COPY_PER_MEMORY_BYTE`]).
@@ -126,6 +124,22 @@ fn output_copy_limit(config: &TransformConfig) -> u64 {
     config
         .memory_mb
         .saturating_mul(OUTPUT_COPY_PER_MEMORY_BYTE << 20)
+}
+
+/// What one call's output may cost the host once it is host rows ([`host_size`]), per byte of
+/// `memory_mb`; also what a batch run again a row at a time may cost in all. A value costs the
+/// guest 1 to 9 bytes (plus its text) and the host a 48-byte field, so an honest output that
+/// fits in the guest's memory costs the host about 5 times its size when its values are ints, and
+/// more only when most are nulls; 16 refuses only outputs of tens of millions of values per
+/// 64 MiB. Without a bound, rows run alone could each return that much and add up without end.
+pub(crate) const OUTPUT_ROWS_PER_MEMORY_BYTE: u64 = 16;
+
+/// The most one call's output of a transform with `config` may cost as host rows (see
+/// [`OUTPUT_ROWS_PER_MEMORY_BYTE`]).
+fn output_rows_limit(config: &TransformConfig) -> u64 {
+    config
+        .memory_mb
+        .saturating_mul(OUTPUT_ROWS_PER_MEMORY_BYTE << 20)
 }
 
 /// What `rows` cost the host, in bytes, once they are host rows (only the last transform's
@@ -1149,7 +1163,15 @@ fn classify(
         e.to_string()
             .contains("fuel allocated for hostcalls has been exhausted")
     }) {
-        return (FailureKind::Memory, too_much_output(config, 0));
+        return (
+            FailureKind::Memory,
+            format!(
+                "returned more output than the host copies out of one call ({} MiB, \
+                 {OUTPUT_COPY_PER_MEMORY_BYTE} times the memory limit of {} MiB)",
+                output_copy_limit(config) >> 20,
+                config.memory_mb
+            ),
+        );
     }
     match err.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => (
@@ -1187,17 +1209,13 @@ fn classify(
     }
 }
 
-/// Why a call's output was refused: it would cost the host `size` bytes (0: unknown, lifting
-/// stopped first), more than [`output_copy_limit`].
+/// Why a call's output, which would cost the host `size` bytes as host rows, was refused.
 fn too_much_output(config: &TransformConfig, size: u64) -> String {
-    let size = match size {
-        0 => String::new(),
-        n => format!("{} MiB as host rows; ", n >> 20),
-    };
     format!(
-        "returned more output than the host takes from one call ({size}at most {} MiB, \
-         {OUTPUT_COPY_PER_MEMORY_BYTE} times the memory limit of {} MiB)",
-        output_copy_limit(config) >> 20,
+        "returned more output than the host takes from one call ({} MiB as host rows, more than \
+         {} MiB, {OUTPUT_ROWS_PER_MEMORY_BYTE} times the memory limit of {} MiB)",
+        size >> 20,
+        output_rows_limit(config) >> 20,
         config.memory_mb
     )
 }
@@ -1459,7 +1477,7 @@ fn isolate(
     let cpu_cap = limit * (MAX_TIMEOUTS_PER_BATCH as u32 + 1);
     let (total_cap, started) = (limit * ISOLATION_LIMITS, thread_cpu_time());
     let max = t.config.max_rows_per_record;
-    let (mut out_size, out_cap) = (0u64, output_copy_limit(&t.config));
+    let (mut out_size, out_cap) = (0u64, output_rows_limit(&t.config));
     for j in 0..batch.origins.len() {
         let origin = &batch.origins[j..=j];
         // A fresh instance (the previous row trapped) is built first: building it and its
@@ -1745,7 +1763,7 @@ fn call(
     match result {
         Ok(output) => {
             let size = host_size(&output.rows);
-            if size > output_copy_limit(&t.config) {
+            if size > output_rows_limit(&t.config) {
                 // Not a trap, but the instance has seen the batch (see `run_transform`).
                 *slot = None;
                 return Ok(Err((FailureKind::Memory, too_much_output(&t.config, size))));
