@@ -1789,6 +1789,11 @@ fn check_reports_bad_params_with_their_name() {
         matches!(&err, LoadError::InvalidParam { param, reason, .. } if param == "salt" && reason == "is required"),
         "{err}"
     );
+    // Nothing to do: the param given is the one named (`transforms[i].with.uppercase`).
+    let err = check(&config(guests::ENRICH, &[("uppercase", " , ")]), &opts()).unwrap_err();
+    assert_eq!(err.param(), Some("uppercase"), "{err}");
+    let err = check(&config(guests::ENRICH, &[]), &opts()).unwrap_err();
+    assert_eq!(err.param(), Some("rename"), "{err}");
 
     check(
         &config(

@@ -177,9 +177,14 @@ impl Transform for Enrich {
             && enrich.uppercase.is_empty()
             && enrich.compute.is_none()
         {
+            // Named after a param given empty (`uppercase: " , "`), if there is one.
+            let given = ["rename", "cast", "uppercase", "compute"]
+                .into_iter()
+                .find(|k| params.get(k).is_some())
+                .unwrap_or("rename");
             return Err(Error::invalid_param(
-                "rename",
-                "give at least one of rename, cast, uppercase, compute",
+                given,
+                "names nothing to do: give at least one of rename, cast, uppercase, compute",
             ));
         }
         Ok(enrich)
