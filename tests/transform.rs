@@ -1445,42 +1445,15 @@ fn an_output_of_many_nulls_is_bounded_by_the_memory_cap_as_host_rows() {
     assert!(q.reason.contains("as host rows"), "{}", q.reason);
 }
 
-/// Rows run again one at a time add their outputs up: together they may return no more than the
-/// batch call could have. Every row here answers with 1,000 rows of 1,000 nulls (48 MB of host
-/// rows each), so the batch call is refused, and so is the batch run a row at a time, 23 rows
-/// in (past 1 GiB, 16 times `memory_mb`), instead of holding 1.4 GB.
-#[test]
-fn rows_run_alone_cannot_return_more_than_the_batch_could() {
-    let mut cfg = config(
-        guests::POISON_ALIAS,
-        &[("wide", "1000x1000"), ("every", "true")],
-    );
-    cfg.timeout_ms = 30_000;
-    let c = chain(&[cfg]);
-    match c.process_blocking(with_meta(numbered(30))) {
-        Err(e @ TransformError::OutputTooBig { rows: 23, .. }) => {
-            let msg = e.to_string();
-            assert!(
-                msg.contains("more than 16 times its memory_mb of 64"),
-                "{msg}"
-            );
-            assert!(
-                msg.contains("raise memory_mb or lower the batch size"),
-                "{msg}"
-            );
-        }
-        other => panic!("expected OutputTooBig after 23 rows, got {other:?}"),
-    }
-}
-
 /// An honest flat-map's output costs the host several times what it costs the guest (an int is 9
-/// bytes there and a 48-byte field here): 1024 rows exploded into 2.9 million values, over 4 times
-/// `memory_mb` as host rows, come out whole (here the batch call runs out of guest memory, and the
-/// rows run again one at a time return that much in all).
+/// bytes there and a 48-byte field here): 1024 rows exploded into 2.9 million values, 28 times
+/// `memory_mb` as host rows, come out whole. The batch call runs out of guest memory, and the
+/// rows run again one at a time each return little, but together far more than one call may:
+/// that is the batch's own size, which is not refused.
 #[test]
-fn an_honest_flat_map_output_several_times_memory_mb_as_host_rows_comes_out() {
+fn an_honest_flat_map_output_many_times_memory_mb_as_host_rows_comes_out() {
     let mut cfg = config(guests::EXPLODE, &[("field", "t")]);
-    cfg.memory_mb = 48;
+    cfg.memory_mb = 8;
     cfg.timeout_ms = 30_000;
     let c = TransformChain::load(
         &[cfg],

@@ -1207,9 +1207,6 @@ pub fn test(
                 Err(e) => {
                     let hint = match e {
                         TransformError::TooSlow { .. } => "; --timeout-ms sets the limit here",
-                        TransformError::OutputTooBig { .. } => {
-                            "; --memory-mb sets the limit here, --batch-size the batch size"
-                        }
                         _ => "",
                     };
                     fatal = Some(anyhow::Error::new(e).context(format!("running {span}{hint}")));

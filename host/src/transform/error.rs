@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::runtime::{ISOLATION_LIMITS, OUTPUT_ROWS_PER_MEMORY_BYTE};
+use super::runtime::ISOLATION_LIMITS;
 
 /// Why a transform could not be loaded (bad file, wrong world, params rejected by `init`).
 #[derive(Debug, thiserror::Error)]
@@ -200,27 +200,6 @@ pub enum TransformError {
         /// rebuilt instances included, used this much CPU time (more than
         /// `ISOLATION_LIMITS` limits).
         total_ms: Option<u64>,
-    },
-    /// The rows of one batch, run again one at a time after the batch failed as a whole,
-    /// returned more output in all than one call may (`OUTPUT_ROWS_PER_MEMORY_BYTE` times
-    /// `memory_mb`): the batch call itself failed for being too big (an honest transform whose
-    /// output grows with its input), or the guest means harm. Failing the batch keeps its
-    /// records for a run with a higher `memory_mb` or smaller batches.
-    #[error(
-        "transform {transform}: the first {rows} rows of one batch, run again one at a time after \
-         the batch failed as a whole, returned {mib} MiB of output, more than \
-         {OUTPUT_ROWS_PER_MEMORY_BYTE} times its memory_mb of {memory_mb}; raise memory_mb or \
-         lower the batch size"
-    )]
-    OutputTooBig {
-        /// The transform's name.
-        transform: String,
-        /// Rows run when it gave up.
-        rows: usize,
-        /// Their output, as host rows, in MiB.
-        mib: u64,
-        /// The transform's memory limit.
-        memory_mb: u64,
     },
     /// The worker threads are gone (the chain was dropped, or a worker panicked).
     #[error("transform workers are not running")]

@@ -127,12 +127,12 @@ fn output_copy_limit(config: &TransformConfig) -> u64 {
 }
 
 /// What one call's output may cost the host once it is host rows ([`host_size`]), per byte of
-/// `memory_mb`; also what a batch run again a row at a time may cost in all. A value costs the
-/// guest 1 to 9 bytes (plus its text) and the host a 48-byte field, so an honest output that
-/// fits in the guest's memory costs the host about 5 times its size when its values are ints, and
-/// more only when most are nulls; 16 refuses only outputs of tens of millions of values per
-/// 64 MiB. Without a bound, rows run alone could each return that much and add up without end.
-pub(crate) const OUTPUT_ROWS_PER_MEMORY_BYTE: u64 = 16;
+/// `memory_mb`. A value costs the guest 1 to 9 bytes (plus its text) and the host a 48-byte
+/// field, so an output that fits in the guest's memory costs the host about 5 to 7 times its size
+/// when its values are ints, floats and strings; only one mostly of nulls (a byte each in the
+/// guest) costs more than 16 times. Such a call fails as `memory`, and its batch runs again a row
+/// at a time, as after a guest ran out of memory: each row's output is bounded the same way.
+const OUTPUT_ROWS_PER_MEMORY_BYTE: u64 = 16;
 
 /// The most one call's output of a transform with `config` may cost as host rows (see
 /// [`OUTPUT_ROWS_PER_MEMORY_BYTE`]).
@@ -1451,9 +1451,7 @@ const MAX_TIMEOUTS_PER_BATCH: usize = 8;
 pub(crate) const ISOLATION_LIMITS: u32 = 60;
 
 /// After a batch call trapped or broke the contract: re-runs each row alone on a healthy
-/// instance, so only the poison row fails. Gives up with [`TransformError::OutputTooBig`] when
-/// the rows' outputs add up to more than one call may return, and with
-/// [`TransformError::TooSlow`] when more
+/// instance, so only the poison row fails. Gives up with [`TransformError::TooSlow`] when more
 /// than [`MAX_TIMEOUTS_PER_BATCH`] rows time out alone, or rows failing alone use more CPU time
 /// than that many limits, or the whole re-run uses more than [`ISOLATION_LIMITS`]: that is a
 /// transform too slow for its cap, not a few poison records, and failing the batch keeps its
@@ -1477,7 +1475,6 @@ fn isolate(
     let cpu_cap = limit * (MAX_TIMEOUTS_PER_BATCH as u32 + 1);
     let (total_cap, started) = (limit * ISOLATION_LIMITS, thread_cpu_time());
     let max = t.config.max_rows_per_record;
-    let (mut out_size, out_cap) = (0u64, output_rows_limit(&t.config));
     for j in 0..batch.origins.len() {
         let origin = &batch.origins[j..=j];
         // A fresh instance (the previous row trapped) is built first: building it and its
@@ -1487,17 +1484,6 @@ fn isolate(
         match call(shared, t, slot, &batch.single(j), origin, metas, true)? {
             Ok(output) => match check_output(&output, 1) {
                 Ok(()) => {
-                    // Each row's output is within the bound of one call, but together they could
-                    // be the batch's times over: no more than the batch call could have returned.
-                    out_size += host_size(&output.rows);
-                    if out_size > out_cap {
-                        return Err(TransformError::OutputTooBig {
-                            transform: t.name.to_string(),
-                            rows: j + 1,
-                            mib: out_size >> 20,
-                            memory_mb: t.config.memory_mb,
-                        });
-                    }
                     let (one, failed, none) = split(output, batch, j, max);
                     all.append_indexed(one, &mut shapes);
                     failures.extend(failed);

@@ -76,7 +76,7 @@ impl Transform for Filter {
             return Err(Error::invalid_param("field", "names no field"));
         }
         let decimal = parse_decimal(&text);
-        let floor = decimal.and_then(|d| Some((d.floor()?, !d.frac.is_empty())));
+        let floor = decimal.and_then(|d| Some((d.floor()?, !d.frac().is_empty())));
         Ok(Filter {
             field: field.to_owned(),
             op,
@@ -109,10 +109,12 @@ impl Filter {
                 _ => Ordering::Less,
             }),
             // `value` is written in decimal, past the `i64` range on one side.
-            (Some(_), None) if let Some(d) = parse_decimal(&self.text) => Some(match d.negative {
-                true => Ordering::Greater,
-                false => Ordering::Less,
-            }),
+            (Some(_), None) if let Some(d) = parse_decimal(&self.text) => {
+                Some(match d.is_negative() {
+                    true => Ordering::Greater,
+                    false => Ordering::Less,
+                })
+            }
             (Some(a), None) => int_vs_float(a, want),
             (None, Some(b)) => int_vs_float(b, have).map(Ordering::reverse),
             (None, None) => have.partial_cmp(&want),

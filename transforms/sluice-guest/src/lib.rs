@@ -564,15 +564,27 @@ pub fn parse_number(s: &str) -> Option<f64> {
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decimal<'a> {
-    /// Below zero (`-0` is not).
-    pub negative: bool,
-    /// The whole part's digits, without leading zeros (empty for zero).
-    pub whole: &'a str,
-    /// The fraction's digits, without trailing zeros (empty for an integer).
-    pub frac: &'a str,
+    negative: bool,
+    whole: &'a str,
+    frac: &'a str,
 }
 
-impl Decimal<'_> {
+impl<'a> Decimal<'a> {
+    /// Whether it is below zero (`-0` is not).
+    pub fn is_negative(&self) -> bool {
+        self.negative
+    }
+
+    /// The whole part's digits, without leading zeros (empty for zero).
+    pub fn whole(&self) -> &'a str {
+        self.whole
+    }
+
+    /// The fraction's digits, without trailing zeros (empty for an integer).
+    pub fn frac(&self) -> &'a str {
+        self.frac
+    }
+
     /// The greatest integer not above it, if that is an `i64`.
     pub fn floor(&self) -> Option<i64> {
         self.int(self.negative && !self.frac.is_empty())
@@ -629,7 +641,7 @@ impl PartialOrd for Decimal<'_> {
 /// ```
 /// use sluice_guest::parse_decimal;
 /// let d = parse_decimal(" +0012.50 ").unwrap();
-/// assert_eq!((d.negative, d.whole, d.frac), (false, "12", "5"));
+/// assert_eq!((d.is_negative(), d.whole(), d.frac()), (false, "12", "5"));
 /// assert_eq!(parse_decimal("1e3"), None);
 /// assert_eq!(parse_decimal("."), None);
 /// ```

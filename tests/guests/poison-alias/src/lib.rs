@@ -3,9 +3,8 @@
 //! same 1 MiB of its memory. The guest spends 1 MiB; lifting that output as written would make the
 //! host allocate 4 GiB. (Only a guest that means harm shares memory this way: safe Rust cannot.)
 //!
-//! With param `wide=RxF` it answers instead with `R` rows of `F` null fields each: a byte of its
-//! memory per value, but a host row's field per value on the host's side. `every=true` answers
-//! every row that way, not only row 13.
+//! With param `wide=RxF` it answers row 13 instead with `R` rows of `F` null fields each: a byte
+//! of its memory per value, but a host row's field per value on the host's side.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "transform" });
 
@@ -19,29 +18,22 @@ const NAME_BYTES: usize = 1 << 20;
 
 struct Alias;
 
-/// `wide`: rows and fields per answer; `every`: whether every row is answered that way.
-static MODE: std::sync::Mutex<(Option<(u32, usize)>, bool)> = std::sync::Mutex::new((None, false));
+/// `wide`: rows and fields of the answer.
+static WIDE: std::sync::Mutex<Option<(u32, usize)>> = std::sync::Mutex::new(None);
 
 impl Guest for Alias {
     fn init(params: Vec<(String, String)>) -> Result<(), TransformError> {
-        let mut mode = MODE.lock().unwrap();
-        for (k, v) in params {
-            match k.as_str() {
-                "wide" => {
-                    let (r, f) = v.split_once('x').expect("wide=RxF");
-                    mode.0 = Some((r.parse().unwrap(), f.parse().unwrap()));
-                }
-                "every" => mode.1 = v == "true",
-                _ => {}
-            }
+        if let Some((_, v)) = params.iter().find(|(k, _)| k == "wide") {
+            let (r, f) = v.split_once('x').expect("wide=RxF");
+            *WIDE.lock().unwrap() = Some((r.parse().unwrap(), f.parse().unwrap()));
         }
         Ok(())
     }
 
     fn transform_batch(input: Rows) -> Output {
-        let (wide, every) = *MODE.lock().unwrap();
+        let wide = *WIDE.lock().unwrap();
         // The tests' rows hold one int each, their `id`, so `ints[i]` is row i's id.
-        let hit = |i: usize| every || input.values.ints[i] == 13;
+        let hit = |i: usize| input.values.ints[i] == 13;
         let mut rows = empty();
         if let Some((r, f)) = wide {
             rows.schemas.push((0..f).map(|i| format!("f{i}")).collect());
