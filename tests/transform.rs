@@ -37,6 +37,15 @@ fn chain(configs: &[TransformConfig]) -> TransformChain {
     TransformChain::load(configs, &opts()).expect("chain loads")
 }
 
+/// [`chain`] on one worker thread: a batch goes through one instance per transform, in order.
+fn one_worker(configs: &[TransformConfig]) -> TransformChain {
+    let one = RuntimeOptions {
+        workers: 1,
+        cache_dir: None,
+    };
+    TransformChain::load(configs, &one).expect("chain loads")
+}
+
 fn row(fields: &[(&str, Value)]) -> Row {
     let mut r = Row::default();
     for (name, value) in fields {
@@ -969,14 +978,7 @@ fn assert_poison_isolated(
     let mut cfg = config(path, &[]);
     tweak(&mut cfg);
     let memory_mb = cfg.memory_mb;
-    let c = TransformChain::load(
-        &[cfg],
-        &RuntimeOptions {
-            workers: 1,
-            cache_dir: None,
-        },
-    )
-    .unwrap();
+    let c = one_worker(&[cfg]);
     let rows = numbered(30);
     let out = c.process_blocking(with_meta(rows.clone())).unwrap();
     for (i, o) in out.iter().enumerate() {
@@ -1130,14 +1132,7 @@ fn rows_failing_late_alone_fail_the_batch_like_timeouts() {
 fn rows_succeeding_slowly_alone_cannot_hold_a_worker_for_long() {
     let mut cfg = config(guests::POISON_TRAP, &[]);
     cfg.timeout_ms = 50;
-    let c = TransformChain::load(
-        &[cfg],
-        &RuntimeOptions {
-            workers: 1,
-            cache_dir: None,
-        },
-    )
-    .unwrap();
+    let c = one_worker(&[cfg]);
     // The poison row first, so the batch call traps at once; then 1000 rows of 5 ms each: 5 s
     // of work alone, against 3 s (60 limits of 50 ms).
     let rows = (0..1001).map(|i| match i {
@@ -1455,14 +1450,7 @@ fn an_honest_flat_map_output_many_times_memory_mb_as_host_rows_comes_out() {
     let mut cfg = config(guests::EXPLODE, &[("field", "t")]);
     cfg.memory_mb = 8;
     cfg.timeout_ms = 30_000;
-    let c = TransformChain::load(
-        &[cfg],
-        &RuntimeOptions {
-            workers: 1,
-            cache_dir: None,
-        },
-    )
-    .unwrap();
+    let c = one_worker(&[cfg]);
     let pieces = 1400;
     let text = (0..pieces)
         .map(|i| i.to_string())
@@ -1541,14 +1529,7 @@ fn a_batch_too_wide_for_memory_mb_is_sent_in_parts() {
 /// run again on a fresh one, and only blamed if it fails there too.
 #[test]
 fn a_row_is_not_blamed_for_a_trap_caused_by_earlier_rows() {
-    let c = TransformChain::load(
-        &[config(guests::PROBE, &[])],
-        &RuntimeOptions {
-            workers: 1,
-            cache_dir: None,
-        },
-    )
-    .unwrap();
+    let c = one_worker(&[config(guests::PROBE, &[])]);
     let rows: Vec<Row> = (0..10)
         .map(|i| row(&[("id", Value::Int(i)), ("fail_after", Value::Int(1))]))
         .collect();
