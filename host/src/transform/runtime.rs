@@ -145,12 +145,15 @@ fn output_rows_limit(config: &TransformConfig) -> u64 {
 /// What `rows` cost the host, in bytes, once they are host rows (only the last transform's
 /// output becomes [`Row`]s; between transforms they stay in the batch layout, which costs less).
 fn host_size(rows: &Rows) -> u64 {
+    // Each name as lifted, then as a host row's shared name (an `Arc`: two counts and the text);
+    // each schema twice, as lifted and as its names.
     let names: usize = rows
         .schemas
         .iter()
         .flatten()
-        .map(|n| size_of::<String>() + n.len())
-        .sum();
+        .map(|n| size_of::<String>() + size_of::<Name>() + 16 + 2 * n.len())
+        .sum::<usize>()
+        + rows.schemas.len() * 2 * size_of::<Vec<Name>>();
     // Its place in the batch (cursor, origin, shape, untouched), then the row itself.
     let per_row = size_of::<Cursor>() + 2 * size_of::<u32>() + 1 + size_of::<Row>();
     (rows.values.types.len() * size_of::<Field>()
