@@ -721,6 +721,77 @@ fn a_record_trapping_mid_chain_is_dead_lettered_as_the_original_message() {
     assert_eq!(rows[0][1].as_i64(), Some(0));
 }
 
+/// `sluice run` compiles each component once: the chain it checks before it starts anything is
+/// the chain it runs. One transform sets `fuel` and the other does not, so the run's engine
+/// meters fuel for both, as a check of the second alone would not. From an empty cache the run
+/// compiles two components and leaves two cache entries, and `sluice validate` afterwards finds
+/// both in the cache.
+#[test]
+fn a_run_compiles_each_component_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (state, cache) = (dir.path().join("state"), dir.path().join("cache"));
+    let csv = dir.path().join("rows.csv");
+    let expected = write_csv(&csv, 40);
+    let topic = sluice_tests::broker::unique("once");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "once",
+        "source": { "type": "csv", "path": csv, "key_column": "id" },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 2 },
+        "transforms": [
+            { "uses": sluice_tests::guests::FILTER, "fuel": 1_000_000_000u64,
+              "with": { "field": "value", "op": "gt", "value": "50" } },
+            { "uses": sluice_tests::guests::ENRICH, "with": { "uppercase": "name" } }
+        ],
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let (p, s) = (path.to_string_lossy(), state.to_string_lossy());
+    let summary = dir.path().join("summary.json");
+    let sluice_logged = |args: &[&str]| {
+        let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+            .args(args)
+            .current_dir(dir.path())
+            .env("SLUICE_CACHE_DIR", &cache)
+            .env("RUST_LOG", "warn,sluice::transform::runtime=debug")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{args:?} failed:\n{stderr}");
+        let said = |what: &str| stderr.lines().filter(|l| l.contains(what)).count();
+        (
+            said("compiled a transform"),
+            said("loaded a compiled transform from the cache"),
+        )
+    };
+
+    let (compiled, from_cache) = sluice_logged(&[
+        "run",
+        &p,
+        "--until-end",
+        "--no-progress",
+        "--state-dir",
+        &s,
+        "--summary",
+        &summary.to_string_lossy(),
+    ]);
+    assert_eq!((compiled, from_cache), (2, 0));
+    let entries = std::fs::read_dir(cache.join("wasm"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension() == Some("cwasm".as_ref()))
+        .count();
+    assert_eq!(entries, 2);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    assert_eq!(
+        summary["consume"]["rows_loaded"], expected as u64,
+        "{summary:#}"
+    );
+
+    assert_eq!(sluice_logged(&["validate", &p]), (0, 2));
+}
+
 /// A transform with `on_error: fail` stops the run (exit 1) with a summary that still has the
 /// consume counts and says how to resume; after the fix, `--consume-only` loads every other row
 /// exactly once.

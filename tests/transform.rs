@@ -12,7 +12,7 @@ use sluice::config::OnError;
 use sluice::row::{RecordMeta, Row, Value};
 use sluice::transform::{
     FailureKind, LoadError, Quarantine, RecordOutcome, RuntimeOptions, TransformChain,
-    TransformConfig, TransformError, check,
+    TransformConfig, TransformError,
 };
 use sluice_tests::guests;
 
@@ -21,6 +21,11 @@ fn opts() -> RuntimeOptions {
         workers: 2,
         cache_dir: None,
     }
+}
+
+/// Loads one transform alone, as `sluice validate` checks it: its error, if it has one.
+fn check(config: &TransformConfig, opts: &RuntimeOptions) -> Result<(), LoadError> {
+    TransformChain::load(std::slice::from_ref(config), opts).map(drop)
 }
 
 /// A transform config for the guest at `path` with params `with`.
@@ -1757,6 +1762,26 @@ fn check_reports_bad_params_with_their_name() {
         &opts(),
     )
     .unwrap();
+}
+
+/// `load_each` goes on past a transform that fails, and names each one that does by position.
+#[test]
+fn load_each_reports_every_failing_transform() {
+    let Err(errors) = TransformChain::load_each(
+        &[
+            config(
+                guests::FILTER,
+                &[("field", "v"), ("op", "bogus"), ("value", "1")],
+            ),
+            config(guests::PASSTHROUGH, &[]),
+            config(guests::MASK, &[("field", "x")]),
+        ],
+        &opts(),
+    ) else {
+        panic!("two of the transforms fail")
+    };
+    let got: Vec<(usize, Option<&str>)> = errors.iter().map(|(i, e)| (*i, e.param())).collect();
+    assert_eq!(got, [(0, Some("op")), (2, Some("salt"))]);
 }
 
 #[test]

@@ -12,6 +12,7 @@ use clap::Parser;
 use sluice::config::{self, ConfigError};
 use sluice::pipeline::{self, LogFormat, RunMode, RunOptions};
 use sluice::transform::cli::UsageError;
+use sluice::transform::{RuntimeOptions, TransformChain};
 use sluice::validate::{self, Depth};
 
 // Rows are built on one thread and freed on another (consumer, transform workers, sink); mimalloc
@@ -163,18 +164,28 @@ struct RunArgs {
     consume_only: bool,
 }
 
-/// Loads and checks the pipeline file before anything starts. `depth` is
-/// [`Depth::Components`] when the run uses the transforms: a component that will not load, or
-/// whose `init` refuses its params or runs out of a limit, is a configuration mistake (exit 2,
-/// naming the key) found before a broker or an emulator is started, not a runtime failure.
-fn load(pipeline: &std::path::Path, depth: Depth) -> anyhow::Result<config::LoadedConfig> {
+/// Loads and checks the pipeline file before anything starts. With `transforms` (a run that uses
+/// them), also loads the chain: a component that will not load, or whose `init` refuses its
+/// params or runs out of a limit, is a configuration mistake (exit 2, naming the key) found
+/// before a broker or an emulator is started, not a runtime failure. The run then uses the chain
+/// loaded here, so each component is compiled once per run.
+fn load(
+    pipeline: &std::path::Path,
+    transforms: bool,
+) -> anyhow::Result<(config::LoadedConfig, Option<TransformChain>)> {
     let loaded = config::load(pipeline)?;
     loaded.mask_secrets_in_output();
-    let issues = validate::validate(&loaded, depth);
-    if !issues.is_empty() {
-        return Err(loaded.invalid(issues).into());
+    let checked = match transforms {
+        true => validate::validate_and_load(&loaded, &RuntimeOptions::default()).map(Some),
+        false => match validate::validate(&loaded, Depth::Static) {
+            issues if issues.is_empty() => Ok(None),
+            issues => Err(issues),
+        },
+    };
+    match checked {
+        Ok(chain) => Ok((loaded, chain)),
+        Err(issues) => Err(loaded.invalid(issues).into()),
     }
-    Ok(loaded)
 }
 
 fn options(
@@ -199,11 +210,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Run(args) => {
             pipeline::init_logging(cli.log_format);
-            let depth = match args.replay_only {
-                true => Depth::Static,
-                false => Depth::Components,
-            };
-            let loaded = load(&args.common.pipeline, depth)?;
+            let (loaded, chain) = load(&args.common.pipeline, !args.replay_only)?;
             let mode = if args.replay_only {
                 RunMode::ReplayOnly
             } else if args.consume_only {
@@ -217,14 +224,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.until_end || mode == RunMode::ReplayOnly,
                 cli.log_format,
             );
-            let problems = runtime()?.block_on(pipeline::run(loaded, opts))?;
+            let problems = runtime()?.block_on(pipeline::run(loaded, chain, opts))?;
             Ok(run_ended(&problems, cli.log_format))
         }
         Command::Replay(common) => {
             pipeline::init_logging(cli.log_format);
-            let loaded = load(&common.pipeline, Depth::Static)?;
+            let (loaded, _) = load(&common.pipeline, false)?;
             let opts = options(common, RunMode::ReplayOnly, true, cli.log_format);
-            let problems = runtime()?.block_on(pipeline::run(loaded, opts))?;
+            let problems = runtime()?.block_on(pipeline::run(loaded, None, opts))?;
             Ok(run_ended(&problems, cli.log_format))
         }
         Command::Transform(cmd) => {
@@ -260,7 +267,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
         } => {
             pipeline::init_logging(cli.log_format);
-            let loaded = load(&pipeline, Depth::Static)?;
+            let (loaded, _) = load(&pipeline, false)?;
             let summary = summary.unwrap_or_else(|| state_dir.join("last-run.json"));
             let gaps = runtime()?.block_on(pipeline::verify(loaded, &summary, &state_dir))?;
             Ok(ended("verify found gaps", &gaps, cli.log_format))

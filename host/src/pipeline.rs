@@ -36,10 +36,7 @@ use crate::sink::snowflake::stats::SinkStats;
 use crate::source::config::SourceConfig;
 use crate::source::dlq::DeadLetterStats;
 use crate::source::{self, ReplayStats};
-use crate::transform::{
-    FailureKind, RecordOutcome, RuntimeOptions, TransformChain, TransformStats,
-};
-use crate::validate::transform_name;
+use crate::transform::{FailureKind, RecordOutcome, TransformChain, TransformStats};
 
 /// Which halves of the pipeline run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -530,9 +527,14 @@ struct AllStats {
     dead_letters: Option<Arc<DeadLetterStats>>,
 }
 
-/// Runs the pipeline. Returns the summary's problems: empty when the run finished without losing
-/// or failing anything.
-pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<String>> {
+/// Runs the pipeline. `chain`: the transforms, loaded by [`crate::validate::validate_and_load`]
+/// (a run that only replays has none). Returns the summary's problems: empty when the run
+/// finished without losing or failing anything.
+pub async fn run(
+    loaded: LoadedConfig,
+    chain: Option<TransformChain>,
+    opts: RunOptions,
+) -> anyhow::Result<Vec<String>> {
     let cfg = &loaded.config;
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("cannot create state directory {}", opts.state_dir.display()))?;
@@ -675,22 +677,7 @@ pub async fn run(loaded: LoadedConfig, opts: RunOptions) -> anyhow::Result<Vec<S
         if replays {
             warn_of_a_second_replay(Some(&sink), cfg, &bootstrap, &topic_start).await;
         }
-        let configs: Vec<_> = cfg
-            .transforms
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let mut t = t.clone();
-                t.name = Some(transform_name(&t, i));
-                t.uses = loaded.resolve(&t.uses).to_string_lossy().into_owned();
-                t
-            })
-            .collect();
-        let chain = tokio::task::spawn_blocking(move || {
-            TransformChain::load(&configs, &RuntimeOptions::default())
-        })
-        .await?
-        .context("cannot load the transform chain")?;
+        let chain = chain.context("the transform chain was not loaded for a run that consumes")?;
         stats.transforms = chain.stats();
         stats.sink = Some(sink.stats());
         Some((sink, Arc::new(chain), rows_before))

@@ -14,6 +14,8 @@ use crate::config::{ConfigIssue, LoadedConfig, SinkConfig};
 use crate::row::ValueType;
 use crate::source::config::{CsvSourceConfig, Pacing, SourceConfig};
 use crate::source::csv::{CsvOptions, CsvReader};
+use crate::transform::config::TransformConfig;
+use crate::transform::{LoadError, RuntimeOptions, TransformChain};
 
 /// How deep validation goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +28,79 @@ pub enum Depth {
 
 /// Every issue found in `loaded`; empty means valid.
 pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
+    match depth {
+        Depth::Static => static_issues(loaded),
+        Depth::Components => {
+            let opts = RuntimeOptions {
+                workers: 1,
+                ..RuntimeOptions::default()
+            };
+            validate_and_load(loaded, &opts).err().unwrap_or_default()
+        }
+    }
+}
+
+/// For a run that uses the transforms: the chain, loaded for the run with `opts`, or every issue
+/// that [`validate`] finds at [`Depth::Components`]. The run then uses the components compiled,
+/// and the instances checked, here: each is compiled once, and its `init` runs once, per run.
+pub fn validate_and_load(
+    loaded: &LoadedConfig,
+    opts: &RuntimeOptions,
+) -> Result<TransformChain, Vec<ConfigIssue>> {
+    let mut issues = static_issues(loaded);
+    // Every transform whose own settings are sound is loaded, even when something else in the
+    // file is wrong, so that one run of `validate` shows every mistake.
+    let (sound, configs): (Vec<usize>, Vec<TransformConfig>) = chain_configs(loaded)
+        .into_iter()
+        .enumerate()
+        .filter(|(i, _)| {
+            let at = format!("transforms[{i}]");
+            !issues
+                .iter()
+                .any(|issue| issue.path == at || issue.path.starts_with(&format!("{at}.")))
+        })
+        .unzip();
+    match TransformChain::load_each(&configs, opts) {
+        Ok(chain) if issues.is_empty() => return Ok(chain),
+        Ok(_) => {}
+        Err(errors) => issues.extend(errors.into_iter().map(|(k, e)| {
+            let i = sound.get(k).copied().unwrap_or(0);
+            loaded.issue(&component_issue_path(i, &e), e.to_string())
+        })),
+    }
+    Err(issues)
+}
+
+/// The pipeline's transforms as the runtime takes them: each named, its component's path
+/// resolved against the pipeline file's directory.
+pub fn chain_configs(loaded: &LoadedConfig) -> Vec<TransformConfig> {
+    loaded
+        .config
+        .transforms
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut t = t.clone();
+            t.name = Some(transform_name(&t, i));
+            t.uses = loaded.resolve(&t.uses).to_string_lossy().into_owned();
+            t
+        })
+        .collect()
+}
+
+/// Where a transform's load error is reported: the param `init` refused, the setting it ran out
+/// of, its `with` as a whole, or else its component.
+fn component_issue_path(i: usize, e: &LoadError) -> String {
+    match (e.param(), e.setting()) {
+        (Some(param), _) => format!("transforms[{i}].with.{param}"),
+        (None, Some(setting)) => format!("transforms[{i}].{setting}"),
+        (None, None) if matches!(e, LoadError::Init { .. }) => format!("transforms[{i}].with"),
+        (None, None) => format!("transforms[{i}].uses"),
+    }
+}
+
+/// What can be checked without loading a component.
+fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
     let c = &loaded.config;
     let mut bad = |path: &str, msg: String| issues.push(loaded.issue(path, msg));
@@ -317,19 +392,6 @@ pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
         }
     }
 
-    if depth == Depth::Components {
-        // Every transform whose own settings are sound is loaded, even when something else in
-        // the file is wrong, so that one run of `validate` shows every mistake.
-        let unsound: HashSet<usize> = (0..c.transforms.len())
-            .filter(|i| {
-                let at = format!("transforms[{i}]");
-                issues
-                    .iter()
-                    .any(|issue| issue.path == at || issue.path.starts_with(&format!("{at}.")))
-            })
-            .collect();
-        issues.extend(check_components(loaded, &unsound));
-    }
     issues
 }
 
@@ -452,36 +514,6 @@ fn inferred_type(
 /// component's file stem without `transform_` (see `TransformConfig::display_name`).
 pub fn transform_name(t: &crate::transform::config::TransformConfig, _index: usize) -> String {
     t.display_name()
-}
-
-/// Loads each component but those in `skip` and runs its `init` with its params. A param the
-/// guest rejects is reported at `transforms[i].with.<param>`.
-fn check_components(loaded: &LoadedConfig, skip: &HashSet<usize>) -> Vec<ConfigIssue> {
-    let opts = crate::transform::RuntimeOptions {
-        workers: 1,
-        ..Default::default()
-    };
-    let mut issues = Vec::new();
-    for (i, t) in loaded.config.transforms.iter().enumerate() {
-        if skip.contains(&i) {
-            continue;
-        }
-        let mut resolved = t.clone();
-        resolved.uses = loaded.resolve(&t.uses).to_string_lossy().into_owned();
-        resolved.name = Some(transform_name(t, i));
-        if let Err(e) = crate::transform::check(&resolved, &opts) {
-            let path = match (e.param(), e.setting()) {
-                (Some(param), _) => format!("transforms[{i}].with.{param}"),
-                (None, Some(setting)) => format!("transforms[{i}].{setting}"),
-                (None, None) if matches!(e, crate::transform::LoadError::Init { .. }) => {
-                    format!("transforms[{i}].with")
-                }
-                (None, None) => format!("transforms[{i}].uses"),
-            };
-            issues.push(loaded.issue(&path, e.to_string()));
-        }
-    }
-    issues
 }
 
 #[cfg(test)]

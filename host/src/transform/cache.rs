@@ -86,10 +86,10 @@ impl CompileCache {
     }
 
     /// The component `bytes` compiled for `engine`: a sound cache entry's code, else compiled now
-    /// (and stored, when the directory takes it).
+    /// (and stored, when the directory takes it); and whether it came from the cache.
     // The one `unsafe` in sluice: loading machine code is what a compile cache is for.
     #[allow(unsafe_code)]
-    pub fn component(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
+    pub fn component(&self, engine: &Engine, bytes: &[u8]) -> wasmtime::Result<(Component, bool)> {
         let mut hasher = Blake3Hasher(blake3::Hasher::new());
         std::hash::Hash::hash(&engine.precompile_compatibility_hash(), &mut hasher);
         hasher.0.update(bytes);
@@ -104,7 +104,7 @@ impl CompileCache {
                 Some(code) => match unsafe { Component::deserialize(engine, code) } {
                     Ok(component) => {
                         touch(&path);
-                        return Ok(component);
+                        return Ok((component, true));
                     }
                     Err(e) => tracing::warn!(
                         entry = %path.display(), error = %format!("{e:#}"),
@@ -134,7 +134,7 @@ impl CompileCache {
             );
         }
         prune(&self.dir, SystemTime::now());
-        Ok(component)
+        Ok((component, false))
     }
 }
 

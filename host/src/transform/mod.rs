@@ -1,8 +1,8 @@
 //! The WebAssembly transform runtime: runs `sluice:transform` components over batches of rows.
 //!
 //! - [`config`]: the `transforms[]` entries of pipeline.json.
-//! - [`runtime`]: loading components ([`TransformChain::load`], [`check`]) and running a chain
-//!   on dedicated worker threads ([`TransformChain::process`]).
+//! - [`runtime`]: loading components ([`TransformChain::load`], [`TransformChain::load_each`])
+//!   and running a chain on dedicated worker threads ([`TransformChain::process`]).
 //! - `cache`: compiled components on disk, checked before use.
 //! - [`stats`]: per-transform counters for metrics.
 //! - `output`: what guests write to stdout and stderr (kept to explain a trap, shown with
@@ -22,7 +22,5 @@ pub mod stats;
 pub use cli::{TransformCommand, run_command};
 pub use config::TransformConfig;
 pub use error::{FailureKind, LoadError, TransformError};
-pub use runtime::{
-    Quarantine, RecordOutcome, RuntimeOptions, TransformChain, check, default_cache_dir,
-};
+pub use runtime::{Quarantine, RecordOutcome, RuntimeOptions, TransformChain, default_cache_dir};
 pub use stats::TransformStats;

@@ -13,8 +13,8 @@
 //! benchmarks), runs a batch too small to split on its own thread instead, with one more set of
 //! instances: a hand-off costs more than a small batch (so that thread needs stack to spare for
 //! the guest, up to wasmtime's `max_wasm_stack`, 512 KiB by default). Loading
-//! ([`TransformChain::load`], [`check`]) calls `init` on a short-lived scoped thread for the same
-//! reason, so it is safe (if blocking) to call from async code.
+//! ([`TransformChain::load`], [`TransformChain::load_each`]) calls `init` on a short-lived scoped
+//! thread for the same reason, so it is safe (if blocking) to call from async code.
 //!
 //! # Safety limits
 //!
@@ -338,24 +338,49 @@ struct Job {
 impl TransformChain {
     /// Compiles (or loads from the cache) every component, pre-instantiates it, checks its
     /// params with one `init` call, and starts the workers. `configs[i].uses` must already be
-    /// resolved (relative to the current directory).
+    /// resolved (relative to the current directory). On failure, the first transform's error:
+    /// [`load_each`](Self::load_each) reports every one.
     pub fn load(
         configs: &[TransformConfig],
         opts: &RuntimeOptions,
     ) -> Result<TransformChain, LoadError> {
+        Self::load_each(configs, opts).map_err(|mut errors| errors.swap_remove(0).1)
+    }
+
+    /// [`load`](Self::load), going on to the next transform when one fails, so that one pass
+    /// finds every mistake in a pipeline (`sluice validate`, and `sluice run` before it starts
+    /// anything). On failure, each failing transform's index in `configs` and its error, in
+    /// chain order; a failure of the engine itself is told as the first transform's.
+    pub fn load_each(
+        configs: &[TransformConfig],
+        opts: &RuntimeOptions,
+    ) -> Result<TransformChain, Vec<(usize, LoadError)>> {
+        let whole = |e| vec![(0, e)];
         let fuel_enabled = configs.iter().any(|c| c.fuel.is_some());
-        let engine = build_engine(fuel_enabled)?;
+        let engine = build_engine(fuel_enabled).map_err(whole)?;
         let cache = open_cache(opts.cache_dir.as_deref());
-        let linker = build_linker(&engine)?;
-        let ticker = EpochTicker::start(engine.clone())?;
+        let linker = build_linker(&engine).map_err(whole)?;
+        let ticker = EpochTicker::start(engine.clone()).map_err(whole)?;
         let mut transforms = Vec::with_capacity(configs.len());
         // The instances that passed the check serve the caller's own batches: building them again
         // would run each `init` twice, and show its output twice under `debug_stdio`.
         let mut checked = Vec::with_capacity(configs.len());
-        for config in configs {
-            let loaded = load_one(&engine, cache.as_ref(), &linker, config)?;
-            checked.push(Some(check_init(&engine, fuel_enabled, &loaded)?));
-            transforms.push(loaded);
+        let mut errors = Vec::new();
+        for (i, config) in configs.iter().enumerate() {
+            let loaded = load_one(&engine, cache.as_ref(), &linker, config).and_then(|loaded| {
+                let instance = check_init(&engine, fuel_enabled, &loaded)?;
+                Ok((loaded, instance))
+            });
+            match loaded {
+                Ok((loaded, instance)) => {
+                    checked.push(Some(instance));
+                    transforms.push(loaded);
+                }
+                Err(e) => errors.push((i, e)),
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
         }
         let shared = Arc::new(Shared {
             engine,
@@ -373,7 +398,8 @@ impl TransformChain {
                     .spawn(move || worker_main(&shared, &rx))
                     .map_err(|e| LoadError::Engine(format!("cannot start worker thread: {e}")))
             })
-            .collect::<Result<Vec<_>, _>>()?;
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(whole)?;
         Ok(TransformChain {
             inline: Mutex::new(checked),
             shared,
@@ -601,19 +627,6 @@ impl Drop for TransformChain {
     }
 }
 
-/// Loads one component with its `with` params and runs `init` once, for `sluice validate`:
-/// reports a missing or invalid file, a component of the wrong world or WIT version, or params
-/// rejected by `init` (with the param's name, see [`LoadError::param`]).
-pub fn check(config: &TransformConfig, opts: &RuntimeOptions) -> Result<(), LoadError> {
-    let fuel_enabled = config.fuel.is_some();
-    let engine = build_engine(fuel_enabled)?;
-    let cache = open_cache(opts.cache_dir.as_deref());
-    let linker = build_linker(&engine)?;
-    let _ticker = EpochTicker::start(engine.clone())?;
-    let loaded = load_one(&engine, cache.as_ref(), &linker, config)?;
-    check_init(&engine, fuel_enabled, &loaded).map(drop)
-}
-
 fn build_engine(fuel: bool) -> Result<Engine, LoadError> {
     let mut cfg = Config::new();
     cfg.wasm_component_model(true)
@@ -629,7 +642,10 @@ fn build_engine(fuel: bool) -> Result<Engine, LoadError> {
 /// without it (a read-only home in a container, say) every run compiles its components again,
 /// which is no reason to refuse to run.
 fn open_cache(dir: Option<&Path>) -> Option<CompileCache> {
-    let dir = dir?;
+    let Some(dir) = dir else {
+        tracing::debug!("no compiled-transform cache: compiling every transform");
+        return None;
+    };
     CompileCache::open(dir)
         .inspect_err(|reason| {
             tracing::warn!(
@@ -721,14 +737,25 @@ fn load_one(
             reason: "it does not start with the `\\0asm` header of a WebAssembly file".into(),
         });
     }
+    let start = Instant::now();
     let component = match cache {
         Some(cache) => cache.component(engine, &bytes),
-        None => Component::new(engine, &bytes),
+        None => Component::new(engine, &bytes).map(|c| (c, false)),
     };
-    let component = component.map_err(|e| LoadError::InvalidComponent {
+    let (component, cached) = component.map_err(|e| LoadError::InvalidComponent {
         path: path.clone(),
         reason: format!("{e:#}"),
     })?;
+    tracing::debug!(
+        transform = config.display_name(),
+        path = %path.display(),
+        ms = start.elapsed().as_millis() as u64,
+        "{}",
+        match cached {
+            true => "loaded a compiled transform from the cache",
+            false => "compiled a transform",
+        }
+    );
     let instance_pre = linker
         .instantiate_pre(&component)
         .map_err(|e| LoadError::WrongWorld {
