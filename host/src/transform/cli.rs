@@ -671,7 +671,15 @@ fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Re
             .split_once('=')
             .filter(|(key, _)| !key.trim().is_empty())
             .with_context(|| format!("--with {item:?} is not KEY=VALUE"))?;
-        let (i, k) = match key.split_once('.') {
+        // A component's name may hold dots itself (`filter.v2.wasm` is `filter.v2`): the longest
+        // prefix that names one is the scope.
+        let split = key
+            .match_indices('.')
+            .rev()
+            .map(|(at, _)| (&key[..at], &key[at + 1..]))
+            .find(|(scope, _)| !matches!(scope_of(&names, scope), Scope::Unknown))
+            .or_else(|| key.split_once('.'));
+        let (i, k) = match split {
             Some((_, k)) if k.trim().is_empty() => {
                 bail!("--with {item:?} is not NAME.KEY=VALUE: the key is empty")
             }
@@ -1160,6 +1168,9 @@ pub fn test(
         Ok(())
     };
     let batch_size = batch_size.max(1);
+    // A batch's rows, written in one go (not a write per row) before the next failure line, so
+    // that rows and failures still come out in record order on a terminal.
+    let mut pending = String::new();
     let mut number = 0usize;
     let mut unreadable = None;
     // A failure of the chain itself (not of a record): the run stops, after the counts.
@@ -1220,15 +1231,17 @@ pub fn test(
                 RecordOutcome::Emitted(emitted) => {
                     for row in emitted {
                         let text = row_text(&row);
-                        writeln!(out, "{text}")?;
                         rows += 1;
                         if let Some(check) = &mut rows_check {
                             let actual = JsonRow::parse(&text).map_err(anyhow::Error::msg)?;
                             check.see(&actual, || format!("; from record {n}, input line {line}"));
                         }
+                        pending.push_str(&text);
+                        pending.push('\n');
                     }
                 }
                 RecordOutcome::Quarantined(q) => {
+                    write_rows(&mut pending, out)?;
                     let show = format!(
                         "{} failed ({}): {}; row: {}",
                         q.transform,
@@ -1250,6 +1263,7 @@ pub fn test(
                     kind,
                     reason,
                 } => {
+                    write_rows(&mut pending, out)?;
                     let show = format!("{transform} failed ({kind}): {reason}");
                     let f = Failure {
                         record: n,
@@ -1262,6 +1276,7 @@ pub fn test(
                 }
             }
         }
+        write_rows(&mut pending, out)?;
         if let Some((n, mut b)) = bad_after {
             bad += 1;
             b.reason = b.reason.replace(
@@ -1307,6 +1322,15 @@ pub fn test(
         rows_verdict: rows_check.map(Check::verdict),
         failures_verdict: failures_check.map(Check::verdict),
     })
+}
+
+/// Writes out the rows in `pending` and empties it.
+fn write_rows(pending: &mut String, out: &mut dyn Write) -> std::io::Result<()> {
+    if !pending.is_empty() {
+        out.write_all(pending.as_bytes())?;
+        pending.clear();
+    }
+    Ok(())
 }
 
 /// The longest failed row a failure line shows whole: a row of 20,000 columns would otherwise
@@ -1382,10 +1406,14 @@ impl Expected for JsonRow {
 }
 
 /// Compares a run's items with a golden file's one at a time, as the run makes them, keeping
-/// only the first difference, so that the run's output need not fit in memory.
+/// only the first difference and a count of the others, so that the run's output need not fit
+/// in memory.
 struct Check<E> {
     expected: GoldenFile<E>,
     seen: usize,
+    /// Pairs compared, and how many of them differ.
+    compared: usize,
+    differing: usize,
     first: Option<Difference>,
 }
 
@@ -1404,32 +1432,51 @@ impl<E: Expected> Check<E> {
         Check {
             expected,
             seen: 0,
+            compared: 0,
+            differing: 0,
             first: None,
         }
     }
 
     /// Compares the run's next item. `from` says where it came from, when the item does not say
     /// it itself (an output row: the input record that made it); it is called only for a
-    /// difference.
+    /// difference. After the first difference, items are still compared, to count the pairs
+    /// that differ.
     fn see(&mut self, actual: &E::Actual, from: impl FnOnce() -> String) {
-        if self.first.is_none() {
-            self.first = match self.expected.next() {
-                Ok(Some((line, e))) if !e.matches(actual) => Some(Difference::Pair(format!(
-                    "{} {} (golden line {line}{}): expected {}, got {actual}{}",
-                    E::NAMES.0,
-                    self.seen + 1,
-                    from(),
-                    e.show(),
-                    e.differences(actual)
-                        .map(|d| format!("\n  differs in {d}"))
-                        .unwrap_or_default()
-                ))),
-                Ok(Some(_)) => None,
-                Ok(None) => Some(Difference::Extra(format!("{actual}{}", from()))),
-                Err(e) => Some(Difference::Unreadable(format!("{e:#}"))),
-            };
-        }
         self.seen += 1;
+        if matches!(
+            self.first,
+            Some(Difference::Extra(_) | Difference::Unreadable(_))
+        ) {
+            return;
+        }
+        let difference = match self.expected.next() {
+            Ok(Some((line, e))) => {
+                self.compared += 1;
+                if e.matches(actual) {
+                    return;
+                }
+                self.differing += 1;
+                if self.first.is_some() {
+                    return;
+                }
+                // Both clipped: a row of 20,000 columns would bury what differs in it.
+                Difference::Pair(format!(
+                    "{} {} (golden line {line}{}): expected {}, got {}{}",
+                    E::NAMES.0,
+                    self.seen,
+                    from(),
+                    clip(e.show()),
+                    clip(actual.to_string()),
+                    e.differences(actual)
+                        .map(|d| format!("\n  differs in {}", clip(d)))
+                        .unwrap_or_default()
+                ))
+            }
+            Ok(None) => Difference::Extra(format!("{actual}{}", from())),
+            Err(e) => Difference::Unreadable(format!("{e:#}")),
+        };
+        self.first.get_or_insert(difference);
     }
 
     /// How many items matched, or the first difference: the first pair that does not match,
@@ -1441,7 +1488,25 @@ impl<E: Expected> Check<E> {
             n => format!("expected {n} {many}"),
         };
         match self.first {
-            Some(Difference::Pair(msg)) => Err(msg),
+            Some(Difference::Pair(msg)) => {
+                let mut all = format!(
+                    "{} of {} {} compared {}",
+                    self.differing,
+                    self.compared,
+                    match self.compared {
+                        1 => E::NAMES.0,
+                        _ => many,
+                    },
+                    match self.differing {
+                        1 => "differs",
+                        _ => "differ",
+                    }
+                );
+                if m != n {
+                    all.push_str(&format!("; {expected}, got {m}"));
+                }
+                Err(format!("{msg}\n  in all: {all}"))
+            }
             Some(Difference::Extra(first)) => {
                 Err(format!("{expected}, got {m} (first extra: {first})"))
             }
@@ -2076,6 +2141,22 @@ mod tests {
             says.contains("position 2 is out of range: there is one component (1 x)"),
             "{says}"
         );
+
+        // A name with dots in it scopes by its longest prefix that names a component.
+        let mut dotted = vec![
+            TransformConfig::new("filter.v2.wasm"),
+            TransformConfig::new("enrich.wasm"),
+        ];
+        assign_params(
+            &mut dotted,
+            &["filter.v2.field=v".into(), "enrich.a.b=c".into()],
+        )
+        .unwrap();
+        assert_eq!(dotted[0].with.get("field").map(String::as_str), Some("v"));
+        assert_eq!(dotted[1].with.get("a.b").map(String::as_str), Some("c"));
+        dotted.pop();
+        assign_params(&mut dotted, &["filter.v2.op=gt".into()]).unwrap();
+        assert_eq!(dotted[0].with.get("op").map(String::as_str), Some("gt"));
     }
 
     /// JSON that serde_json's `Value` cannot hold is still a row, compared exactly (integers past
@@ -2176,9 +2257,33 @@ mod tests {
             ),
             Some(
                 "row 2 (golden line 2): expected {\"a\":1}, got {\"a\":2}\n  \
-                 differs in \"a\": expected 1, got 2"
+                 differs in \"a\": expected 1, got 2\n  \
+                 in all: 1 of 2 rows compared differs"
                     .to_owned()
             )
+        );
+        // Every pair is compared, to count those that differ; a wide row is clipped in the
+        // message, not what differs in it.
+        let wide = |last: u32| {
+            let members: Vec<String> = (0..2000)
+                .map(|i| format!("\"c{i}\":{}", if i == 1999 { last } else { 0 }))
+                .collect();
+            v(&format!("{{{}}}", members.join(",")))
+        };
+        let said = diff(
+            &[wide(0), v("{\"a\":1}"), wide(0), v("{\"a\":1}")],
+            &[wide(1999), v("{\"a\":1}"), wide(1998)],
+        )
+        .unwrap();
+        assert!(said.len() < 2 * MAX_SHOWN_ROW + 300, "{} bytes", said.len());
+        assert!(said.contains("bytes in all)"), "{said}");
+        assert!(
+            said.contains("differs in \"c1999\": expected 0, got 1999"),
+            "{said}"
+        );
+        assert!(
+            said.ends_with("in all: 2 of 3 rows compared differ; expected 4 rows, got 3"),
+            "{said}"
         );
         // A wide row's difference is named member by member.
         let wide = diff(
@@ -2187,14 +2292,14 @@ mod tests {
         )
         .unwrap();
         assert!(
-            wide.ends_with(
+            wide.contains(
                 "differs in \"value\": expected 16, got 16.0; missing: \"gone\"; unexpected: \"new\""
             ),
             "{wide}"
         );
         let dups = diff(&[v(r#"{"a":1,"a":2}"#)], &[v(r#"{"a":1}"#)]).unwrap();
         assert!(
-            dups.ends_with("differs in \"a\": expected [1, 2] (the name 2 times), got 1"),
+            dups.contains("differs in \"a\": expected [1, 2] (the name 2 times), got 1"),
             "{dups}"
         );
         assert!(
