@@ -722,10 +722,10 @@ fn a_record_trapping_mid_chain_is_dead_lettered_as_the_original_message() {
 }
 
 /// `sluice run` compiles each component once: the chain it checks before it starts anything is
-/// the chain it runs. One transform sets `fuel` and the other does not, so the run's engine
-/// meters fuel for both, as a check of the second alone would not. From an empty cache the run
-/// compiles two components and leaves two cache entries, and `sluice validate` afterwards finds
-/// both in the cache.
+/// the chain it runs. One transform sets `fuel` and the others do not, so the run's engine
+/// meters fuel for all, as a check of the others alone would not. The last transform uses the
+/// second's component again. From an empty cache the run compiles two components and leaves two
+/// cache entries, and `sluice validate` afterwards finds both in the cache.
 #[test]
 fn a_run_compiles_each_component_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -741,7 +741,8 @@ fn a_run_compiles_each_component_once() {
         "transforms": [
             { "uses": sluice_tests::guests::FILTER, "fuel": 1_000_000_000u64,
               "with": { "field": "value", "op": "gt", "value": "50" } },
-            { "uses": sluice_tests::guests::ENRICH, "with": { "uppercase": "name" } }
+            { "uses": sluice_tests::guests::ENRICH, "with": { "uppercase": "name" } },
+            { "name": "again", "uses": sluice_tests::guests::ENRICH, "with": { "uppercase": "name" } }
         ],
         "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
     });
@@ -763,10 +764,11 @@ fn a_run_compiles_each_component_once() {
         (
             said("compiled a transform"),
             said("loaded a compiled transform from the cache"),
+            said("used a component compiled for an earlier transform"),
         )
     };
 
-    let (compiled, from_cache) = sluice_logged(&[
+    let (compiled, from_cache, reused) = sluice_logged(&[
         "run",
         &p,
         "--until-end",
@@ -776,7 +778,7 @@ fn a_run_compiles_each_component_once() {
         "--summary",
         &summary.to_string_lossy(),
     ]);
-    assert_eq!((compiled, from_cache), (2, 0));
+    assert_eq!((compiled, from_cache, reused), (2, 0, 1));
     let entries = std::fs::read_dir(cache.join("wasm"))
         .unwrap()
         .filter(|e| e.as_ref().unwrap().path().extension() == Some("cwasm".as_ref()))
@@ -789,7 +791,7 @@ fn a_run_compiles_each_component_once() {
         "{summary:#}"
     );
 
-    assert_eq!(sluice_logged(&["validate", &p]), (0, 2));
+    assert_eq!(sluice_logged(&["validate", &p]), (0, 2, 1));
 }
 
 /// A transform with `on_error: fail` stops the run (exit 1) with a summary that still has the

@@ -1782,6 +1782,26 @@ fn load_each_reports_every_failing_transform() {
     };
     let got: Vec<(usize, Option<&str>)> = errors.iter().map(|(i, e)| (*i, e.param())).collect();
     assert_eq!(got, [(0, Some("op")), (2, Some("salt"))]);
+
+    // `load` stops at the first: the component after it is not even compiled (nothing of it is
+    // in the cache), while `load_each` compiles both.
+    let entries = |dir: &std::path::Path| std::fs::read_dir(dir).map_or(0, |d| d.count());
+    let broken = [
+        config(guests::FILTER, &[("op", "bogus")]),
+        config(guests::PASSTHROUGH, &[]),
+    ];
+    let (first, each) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let cached = |dir: &tempfile::TempDir| RuntimeOptions {
+        workers: 1,
+        cache_dir: Some(dir.path().to_owned()),
+    };
+    let err = TransformChain::load(&broken, &cached(&first))
+        .err()
+        .unwrap();
+    assert_eq!(err.param(), Some("op"), "{err}");
+    assert_eq!(entries(first.path()), 1);
+    assert!(TransformChain::load_each(&broken, &cached(&each)).is_err());
+    assert_eq!(entries(each.path()), 2);
 }
 
 #[test]

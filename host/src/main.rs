@@ -13,7 +13,7 @@ use sluice::config::{self, ConfigError};
 use sluice::pipeline::{self, LogFormat, RunMode, RunOptions};
 use sluice::transform::cli::UsageError;
 use sluice::transform::{RuntimeOptions, TransformChain};
-use sluice::validate::{self, Depth};
+use sluice::validate;
 
 // Rows are built on one thread and freed on another (consumer, transform workers, sink); mimalloc
 // handles that far better than glibc's malloc (the transform bench shows 30-40% on row handling).
@@ -176,8 +176,8 @@ fn load(
     let loaded = config::load(pipeline)?;
     loaded.mask_secrets_in_output();
     let checked = match transforms {
-        true => validate::validate_and_load(&loaded, &RuntimeOptions::default()).map(Some),
-        false => match validate::validate(&loaded, Depth::Static) {
+        true => validate::validate_and_load(&loaded, &RuntimeOptions::default())?.map(Some),
+        false => match validate::validate(&loaded) {
             issues if issues.is_empty() => Ok(None),
             issues => Err(issues),
         },
@@ -245,12 +245,18 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             pipeline::init_logging(cli.log_format);
             let loaded = config::load(&pipeline)?;
             loaded.mask_secrets_in_output();
-            let depth = if no_components {
-                Depth::Static
-            } else {
-                Depth::Components
+            let issues = match no_components {
+                true => validate::validate(&loaded),
+                false => {
+                    let opts = RuntimeOptions {
+                        workers: 1,
+                        ..RuntimeOptions::default()
+                    };
+                    validate::validate_and_load(&loaded, &opts)?
+                        .err()
+                        .unwrap_or_default()
+                }
             };
-            let issues = validate::validate(&loaded, depth);
             if !issues.is_empty() {
                 return Err(loaded.invalid(issues).into());
             }

@@ -663,8 +663,9 @@ pub async fn run(
         false => BTreeMap::new(),
     };
 
-    // The consume half's parts are built before the replay starts so that a bad component or an
-    // unreachable warehouse fails the run before anything is produced.
+    // The consume half's parts are built before the replay starts so that an unreachable
+    // warehouse fails the run before anything is produced (the components were checked before
+    // anything started).
     let consume_parts = if consumes {
         let SourceConfig::Csv(csv) = &cfg.source;
         let sink = Arc::new(

@@ -17,36 +17,20 @@ use crate::source::csv::{CsvOptions, CsvReader};
 use crate::transform::config::TransformConfig;
 use crate::transform::{LoadError, RuntimeOptions, TransformChain};
 
-/// How deep validation goes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Depth {
-    /// Values and files only.
-    Static,
-    /// Also compile each component and run its `init` with its params.
-    Components,
+/// Every issue found in `loaded` without loading its components; empty means valid.
+pub fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
+    static_issues(loaded)
 }
 
-/// Every issue found in `loaded`; empty means valid.
-pub fn validate(loaded: &LoadedConfig, depth: Depth) -> Vec<ConfigIssue> {
-    match depth {
-        Depth::Static => static_issues(loaded),
-        Depth::Components => {
-            let opts = RuntimeOptions {
-                workers: 1,
-                ..RuntimeOptions::default()
-            };
-            validate_and_load(loaded, &opts).err().unwrap_or_default()
-        }
-    }
-}
-
-/// For a run that uses the transforms: the chain, loaded for the run with `opts`, or every issue
-/// that [`validate`] finds at [`Depth::Components`]. The run then uses the components compiled,
-/// and the instances checked, here: each is compiled once, and its `init` runs once, per run.
+/// Every issue [`validate`] finds, and every transform that will not load or whose `init`
+/// refuses its params or runs out of a limit (each at its key: `transforms[1].with.threshold`);
+/// or, when there are none, the chain, loaded with `opts` for the run to use as it is: each
+/// component is compiled once, and its `init` runs once, per run. The outer error is the
+/// machine's, not the file's: the engine could not be set up.
 pub fn validate_and_load(
     loaded: &LoadedConfig,
     opts: &RuntimeOptions,
-) -> Result<TransformChain, Vec<ConfigIssue>> {
+) -> anyhow::Result<Result<TransformChain, Vec<ConfigIssue>>> {
     let mut issues = static_issues(loaded);
     // Every transform whose own settings are sound is loaded, even when something else in the
     // file is wrong, so that one run of `validate` shows every mistake.
@@ -60,15 +44,22 @@ pub fn validate_and_load(
                 .any(|issue| issue.path == at || issue.path.starts_with(&format!("{at}.")))
         })
         .unzip();
-    match TransformChain::load_each(&configs, opts) {
-        Ok(chain) if issues.is_empty() => return Ok(chain),
-        Ok(_) => {}
-        Err(errors) => issues.extend(errors.into_iter().map(|(k, e)| {
-            let i = sound.get(k).copied().unwrap_or(0);
-            loaded.issue(&component_issue_path(i, &e), e.to_string())
-        })),
+    if configs.is_empty() && !issues.is_empty() {
+        return Ok(Err(issues));
     }
-    Err(issues)
+    match TransformChain::load_each(&configs, opts) {
+        Ok(chain) if issues.is_empty() => return Ok(Ok(chain)),
+        Ok(_) => {}
+        Err(errors) => {
+            for (k, e) in errors {
+                if let LoadError::Engine(_) = e {
+                    return Err(anyhow::Error::new(e).context("cannot load the transform chain"));
+                }
+                issues.push(loaded.issue(&component_issue_path(sound[k], &e), e.to_string()));
+            }
+        }
+    }
+    Ok(Err(issues))
 }
 
 /// The pipeline's transforms as the runtime takes them: each named, its component's path
@@ -534,7 +525,7 @@ mod tests {
             _ => None,
         };
         let loaded = crate::config::load_str(text, Path::new("p.json"), &env).unwrap();
-        let issues = validate(&loaded, Depth::Static);
+        let issues = validate(&loaded);
         let shown: Vec<String> = issues.iter().map(ToString::to_string).collect();
         let url = issues
             .iter()

@@ -338,22 +338,31 @@ struct Job {
 impl TransformChain {
     /// Compiles (or loads from the cache) every component, pre-instantiates it, checks its
     /// params with one `init` call, and starts the workers. `configs[i].uses` must already be
-    /// resolved (relative to the current directory). On failure, the first transform's error:
+    /// resolved (relative to the current directory). Stops at the first transform that fails:
     /// [`load_each`](Self::load_each) reports every one.
     pub fn load(
         configs: &[TransformConfig],
         opts: &RuntimeOptions,
     ) -> Result<TransformChain, LoadError> {
-        Self::load_each(configs, opts).map_err(|mut errors| errors.swap_remove(0).1)
+        Self::load_inner(configs, opts, false).map_err(|mut errors| errors.swap_remove(0).1)
     }
 
     /// [`load`](Self::load), going on to the next transform when one fails, so that one pass
     /// finds every mistake in a pipeline (`sluice validate`, and `sluice run` before it starts
     /// anything). On failure, each failing transform's index in `configs` and its error, in
-    /// chain order; a failure of the engine itself is told as the first transform's.
+    /// chain order; or, when the engine itself could not be set up, that [`LoadError::Engine`]
+    /// alone (its index means nothing: the machine failed, not a transform).
     pub fn load_each(
         configs: &[TransformConfig],
         opts: &RuntimeOptions,
+    ) -> Result<TransformChain, Vec<(usize, LoadError)>> {
+        Self::load_inner(configs, opts, true)
+    }
+
+    fn load_inner(
+        configs: &[TransformConfig],
+        opts: &RuntimeOptions,
+        keep_going: bool,
     ) -> Result<TransformChain, Vec<(usize, LoadError)>> {
         let whole = |e| vec![(0, e)];
         let fuel_enabled = configs.iter().any(|c| c.fuel.is_some());
@@ -366,17 +375,25 @@ impl TransformChain {
         // would run each `init` twice, and show its output twice under `debug_stdio`.
         let mut checked = Vec::with_capacity(configs.len());
         let mut errors = Vec::new();
+        // A component used twice in the chain is compiled once.
+        let mut compiled = HashMap::new();
         for (i, config) in configs.iter().enumerate() {
-            let loaded = load_one(&engine, cache.as_ref(), &linker, config).and_then(|loaded| {
-                let instance = check_init(&engine, fuel_enabled, &loaded)?;
-                Ok((loaded, instance))
-            });
+            let loaded = load_one(&engine, cache.as_ref(), &mut compiled, &linker, config)
+                .and_then(|loaded| {
+                    let instance = check_init(&engine, fuel_enabled, &loaded)?;
+                    Ok((loaded, instance))
+                });
             match loaded {
                 Ok((loaded, instance)) => {
                     checked.push(Some(instance));
                     transforms.push(loaded);
                 }
-                Err(e) => errors.push((i, e)),
+                Err(e) => {
+                    errors.push((i, e));
+                    if !keep_going {
+                        break;
+                    }
+                }
             }
         }
         if !errors.is_empty() {
@@ -707,9 +724,12 @@ fn build_linker(engine: &Engine) -> Result<Linker<HostState>, LoadError> {
     Ok(linker)
 }
 
+/// Loads one transform. `compiled`: the components compiled so far for this chain, by the hash
+/// of their bytes.
 fn load_one(
     engine: &Engine,
     cache: Option<&CompileCache>,
+    compiled: &mut HashMap<blake3::Hash, Component>,
     linker: &Linker<HostState>,
     config: &TransformConfig,
 ) -> Result<Loaded, LoadError> {
@@ -738,23 +758,34 @@ fn load_one(
         });
     }
     let start = Instant::now();
-    let component = match cache {
-        Some(cache) => cache.component(engine, &bytes),
-        None => Component::new(engine, &bytes).map(|c| (c, false)),
+    let hash = blake3::hash(&bytes);
+    let (component, how) = match compiled.get(&hash) {
+        Some(component) => (
+            component.clone(),
+            "used a component compiled for an earlier transform",
+        ),
+        None => {
+            let component = match cache {
+                Some(cache) => cache.component(engine, &bytes),
+                None => Component::new(engine, &bytes).map(|c| (c, false)),
+            };
+            let (component, cached) = component.map_err(|e| LoadError::InvalidComponent {
+                path: path.clone(),
+                reason: format!("{e:#}"),
+            })?;
+            compiled.insert(hash, component.clone());
+            let how = match cached {
+                true => "loaded a compiled transform from the cache",
+                false => "compiled a transform",
+            };
+            (component, how)
+        }
     };
-    let (component, cached) = component.map_err(|e| LoadError::InvalidComponent {
-        path: path.clone(),
-        reason: format!("{e:#}"),
-    })?;
     tracing::debug!(
         transform = config.display_name(),
         path = %path.display(),
         ms = start.elapsed().as_millis() as u64,
-        "{}",
-        match cached {
-            true => "loaded a compiled transform from the cache",
-            false => "compiled a transform",
-        }
+        "{how}"
     );
     let instance_pre = linker
         .instantiate_pre(&component)
