@@ -1950,7 +1950,8 @@ fn cli_test_prints_exactly_the_filtered_csv_rows() {
     }
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let records = cli::read_input(std::path::Path::new(data), &Default::default()).unwrap();
-    let report = cli::test(&[cfg], records, 256, Default::default(), &mut out, &mut err).unwrap();
+    let chain = cli::load(&[cfg]).unwrap();
+    let report = cli::test(&chain, records, 256, Default::default(), &mut out, &mut err).unwrap();
     assert_eq!(report.failed, 0, "{}", String::from_utf8_lossy(&err));
 
     // The expectation, computed independently from the raw CSV text.
@@ -1983,6 +1984,103 @@ fn cli_test_prints_exactly_the_filtered_csv_rows() {
         "{summary}"
     );
     assert!(printed.iter().all(|r| r["value"].as_f64().unwrap() > 50.0));
+}
+
+/// `transform test --pipeline FILE` runs the file's chain, with its params (one from the
+/// environment) and its source's settings, on its source file: the same rows as the chain given
+/// with `--component` and `--with`. A `--with` overrides the file's param, a mistake elsewhere
+/// in the file (its sink) does not stop the test, and a param its transform refuses exits 2
+/// naming its key.
+#[test]
+fn cli_test_runs_a_pipeline_files_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("id;name;value\n");
+    for i in 1..=300 {
+        csv.push_str(&format!("{i};name {i};{}\n", (i * 37 % 100) as f64 + 0.5));
+    }
+    std::fs::write(dir.path().join("rows.csv"), &csv).unwrap();
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "local",
+        "source": { "type": "csv", "path": "rows.csv", "delimiter": ";", "key_column": "id",
+                    "schema": { "value": "float" } },
+        "kafka": { "topic": "t" },
+        "transforms": [
+            { "uses": guests::FILTER,
+              "with": { "field": "value", "op": "${SLUICE_TEST_PIPE_OP:-gt}", "value": "50" } },
+            { "uses": guests::ENRICH, "with": { "uppercase": "name" } }
+        ],
+        "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T",
+                  "batch": { "max_rows": 0 } }
+    });
+    let file = dir.path().join("pipeline.json");
+    std::fs::write(&file, pipeline.to_string()).unwrap();
+    let run = |args: &[&str], op: &str| {
+        let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+            .args(["transform", "test"])
+            .args(args)
+            .env("SLUICE_TEST_PIPE_OP", op)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            stderr,
+        )
+    };
+    let p = file.to_string_lossy();
+    let (code, from_file, stderr) = run(&["--pipeline", &p], "gt");
+    assert_eq!(code, Some(0), "{stderr}");
+    let input = dir.path().join("rows.csv");
+    let (code, given, stderr) = run(
+        &[
+            "--component",
+            guests::FILTER,
+            "--component",
+            guests::ENRICH,
+            "--input",
+            &input.to_string_lossy(),
+            "--delimiter",
+            ";",
+            "--key-column",
+            "id",
+            "--schema",
+            "value=float",
+            "--with",
+            "filter.field=value",
+            "--with",
+            "filter.op=gt",
+            "--with",
+            "filter.value=50",
+            "--with",
+            "enrich.uppercase=name",
+        ],
+        "",
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(from_file, given);
+    let above = |limit: f64| {
+        (1..=300)
+            .filter(|i| (i * 37 % 100) as f64 + 0.5 > limit)
+            .count()
+    };
+    assert_eq!(from_file.lines().count(), above(50.0));
+    assert!(from_file.contains(r#""name":"NAME 2""#), "{from_file}");
+
+    let (code, out, stderr) = run(&["--pipeline", &p, "--with", "filter.value=90"], "gt");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(out.lines().count(), above(90.0));
+
+    let (code, _, stderr) = run(&["--pipeline", &p], "zz");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("transforms[0].with.op (line "), "{stderr}");
+    assert!(stderr.contains("unknown operator \"zz\""), "{stderr}");
+    // Given on the command line, the param is the command's mistake, not the file's.
+    let (code, _, stderr) = run(&["--pipeline", &p, "--with", "filter.op=yy"], "gt");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("unknown operator \"yy\""), "{stderr}");
+    assert!(!stderr.contains("transforms[0]"), "{stderr}");
 }
 
 /// A guest's stdout and stderr go nowhere unless `--debug-stdio` is given, and then to sluice's
@@ -3243,7 +3341,7 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         cli::read_input(&crate_dir.join("testdata/input.jsonl"), &Default::default()).unwrap();
     let (mut out, mut err) = (Vec::new(), Vec::new());
     cli::test(
-        &[TransformConfig::new(built[0].to_string_lossy())],
+        &cli::load(&[TransformConfig::new(built[0].to_string_lossy())]).unwrap(),
         records,
         16,
         Default::default(),

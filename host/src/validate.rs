@@ -81,7 +81,7 @@ pub fn chain_configs(loaded: &LoadedConfig) -> Vec<TransformConfig> {
 
 /// Where a transform's load error is reported: the param `init` refused, the setting it ran out
 /// of, its `with` as a whole, or else its component.
-fn component_issue_path(i: usize, e: &LoadError) -> String {
+pub(crate) fn component_issue_path(i: usize, e: &LoadError) -> String {
     match (e.param(), e.setting()) {
         (Some(param), _) => format!("transforms[{i}].with.{param}"),
         (None, Some(setting)) => format!("transforms[{i}].{setting}"),

@@ -73,13 +73,19 @@ pub enum TransformCommand {
     /// Run a chain of components over a CSV or JSONL file and print the output rows as JSONL.
     Test {
         /// A component to run; repeat for a chain (run in the order given).
-        #[arg(long = "component", required = true)]
+        #[arg(long = "component", required_unless_present = "pipeline")]
         components: Vec<PathBuf>,
+        /// Run this pipeline file's chain instead of `--component`s: its transforms with their
+        /// params (environment variables substituted) and limits, on input read with its CSV
+        /// source's settings; `--input` defaults to its source file. Flags given as well override
+        /// the file. Nothing else in the file is used (no broker, no warehouse).
+        #[arg(long, value_name = "FILE", conflicts_with = "components")]
+        pipeline: Option<PathBuf>,
         /// Input rows: `.jsonl`, `.ndjson` or `.json` (JSON Lines: one object per line), else CSV
         /// (a header row, read and typed like the pipeline's CSV source); `-` reads stdin. A pipe
         /// is read as it is written: each batch runs as soon as the writer pauses.
-        #[arg(long)]
-        input: PathBuf,
+        #[arg(long, required_unless_present = "pipeline")]
+        input: Option<PathBuf>,
         /// Read the input as this format instead of going by its extension (`-` is CSV unless
         /// this says `jsonl`).
         #[arg(long, value_enum)]
@@ -185,6 +191,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
         }
         TransformCommand::Test {
             components,
+            pipeline,
             input,
             format,
             delimiter,
@@ -201,22 +208,33 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             max_rows_per_record,
             debug_stdio,
         } => {
-            let mut configs = components
-                .iter()
-                .map(|c| {
-                    let mut cfg = TransformConfig::new(c.to_string_lossy());
-                    cfg.on_error = OnError::DeadLetter;
-                    cfg.timeout_ms = timeout_ms.unwrap_or(cfg.timeout_ms);
-                    cfg.memory_mb = memory_mb.unwrap_or(cfg.memory_mb);
-                    cfg.fuel = fuel;
-                    cfg.max_rows_per_record =
-                        max_rows_per_record.unwrap_or(cfg.max_rows_per_record);
-                    cfg.debug_stdio = debug_stdio;
-                    cfg
-                })
-                .collect::<Vec<_>>();
-            assign_params(&mut configs, &with).map_err(usage)?;
+            let file = pipeline
+                .as_deref()
+                .map(|p| PipelineChain::load(p, input.is_none()))
+                .transpose()?;
+            let mut configs = match &file {
+                Some(file) => file.configs.clone(),
+                None => components
+                    .iter()
+                    .map(|c| TransformConfig::new(c.to_string_lossy()))
+                    .collect(),
+            };
+            for cfg in &mut configs {
+                // Every failure is reported, whatever the pipeline would do with it.
+                cfg.on_error = OnError::DeadLetter;
+                cfg.timeout_ms = timeout_ms.unwrap_or(cfg.timeout_ms);
+                cfg.memory_mb = memory_mb.unwrap_or(cfg.memory_mb);
+                cfg.fuel = fuel.or(cfg.fuel);
+                cfg.max_rows_per_record = max_rows_per_record.unwrap_or(cfg.max_rows_per_record);
+                cfg.debug_stdio |= debug_stdio;
+            }
+            override_params(&mut configs, &with).map_err(usage)?;
             name_apart(&mut configs);
+            let input = match (input, &file) {
+                (Some(input), _) => input,
+                (None, Some(file)) => file.input.clone(),
+                (None, None) => return Err(usage(anyhow::anyhow!("--input is required"))),
+            };
             let dash = Path::new("-");
             if [Some(&input), expect.as_ref(), expect_failures.as_ref()]
                 .iter()
@@ -228,16 +246,44 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                     "stdin (`-`) can be only one of --input, --expect and --expect-failures"
                 )));
             }
-            let opts = input_options(&input, format, delimiter, &schema, infer_rows, key_column)
-                .map_err(usage)?;
+            let mut opts = input_options(
+                &input,
+                format,
+                delimiter.clone(),
+                &schema,
+                infer_rows,
+                key_column.clone(),
+            )
+            .map_err(usage)?;
+            if let Some(file) = &file {
+                let jsonl = format.map_or_else(|| is_jsonl(&input), |f| f == InputFormat::Jsonl);
+                let src = &file.source;
+                if !jsonl {
+                    if delimiter.is_none() {
+                        opts.delimiter = crate::source::config::delimiter_byte(&src.delimiter)
+                            .unwrap_or(opts.delimiter);
+                    }
+                    for (column, ty) in &src.schema {
+                        opts.schema.entry(column.clone()).or_insert(*ty);
+                    }
+                    opts.infer_rows = infer_rows.unwrap_or(src.infer_rows);
+                }
+                if key_column.is_none() {
+                    opts.key_column.clone_from(&src.key_column);
+                }
+            }
             let records = read_input(&input, &opts).map_err(usage)?;
             // Checked before the run, so that a bad golden file does not cost a whole run first.
             let golden =
                 Golden::read(expect.as_deref(), expect_failures.as_deref()).map_err(usage)?;
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
+            let chain = match &file {
+                Some(file) => file.load_chain(&configs)?,
+                None => load(&configs)?,
+            };
             let report = test(
-                &configs,
+                &chain,
                 records,
                 batch_size.max(1),
                 golden,
@@ -647,6 +693,98 @@ fn ensure_wasm_target() {
             .args(["target", "add", TARGET])
             .status();
     }
+}
+
+/// A pipeline file's chain and source, for `transform test --pipeline`.
+struct PipelineChain {
+    /// Its transforms, named and with their components' paths resolved.
+    configs: Vec<TransformConfig>,
+    /// Its CSV source's settings.
+    source: crate::source::config::CsvSourceConfig,
+    /// Its source file, resolved.
+    input: PathBuf,
+    /// The file itself, to name the key of a param a transform refuses.
+    loaded: crate::config::LoadedConfig,
+}
+
+impl PipelineChain {
+    /// Reads `file` as `sluice run` does (environment variables substituted, their values masked
+    /// in sluice's output). Only mistakes in its transforms and its source refuse it (a test
+    /// uses no broker and no warehouse), and of the source's, only its delimiter's unless
+    /// `its_input`: the test reads the source file.
+    fn load(file: &Path, its_input: bool) -> anyhow::Result<PipelineChain> {
+        let loaded = crate::config::load(file)?;
+        loaded.mask_secrets_in_output();
+        let issues: Vec<_> = crate::validate::validate(&loaded)
+            .into_iter()
+            .filter(|i| {
+                let source = match its_input {
+                    true => i.path.starts_with("source"),
+                    false => i.path == "source.delimiter",
+                };
+                source || i.path.starts_with("transforms")
+            })
+            .collect();
+        if !issues.is_empty() {
+            return Err(loaded.invalid(issues).into());
+        }
+        let crate::source::config::SourceConfig::Csv(source) = &loaded.config.source;
+        Ok(PipelineChain {
+            configs: crate::validate::chain_configs(&loaded),
+            input: loaded.resolve(&source.path),
+            source: source.clone(),
+            loaded,
+        })
+    }
+
+    /// Loads `configs` (this file's chain with the command line's flags) for [`test`]. A
+    /// transform that refuses a param the file gave is a mistake in the file (exit 2 naming its
+    /// key, as `sluice run` does); one given by `--with` is the command's, as without a file.
+    fn load_chain(&self, configs: &[TransformConfig]) -> anyhow::Result<TransformChain> {
+        let errors = match TransformChain::load_each(configs, &test_options()) {
+            Ok(chain) => return Ok(chain),
+            Err(errors) => errors,
+        };
+        let mut issues = Vec::new();
+        for (i, e) in errors {
+            let from_file = |p: &str| {
+                let file = self.configs[i].with.get(p);
+                file.is_some() && file == configs[i].with.get(p)
+            };
+            let engine = matches!(e, LoadError::Engine(_));
+            match e.param() {
+                Some(p) if !from_file(p) => {
+                    return Err(usage(
+                        anyhow::Error::new(e).context("loading the transforms"),
+                    ));
+                }
+                _ if engine => return Err(anyhow::Error::new(e).context("loading the transforms")),
+                _ => issues.push(
+                    self.loaded
+                        .issue(&crate::validate::component_issue_path(i, &e), e.to_string()),
+                ),
+            }
+        }
+        Err(self.loaded.invalid(issues).into())
+    }
+}
+
+/// [`assign_params`] over params the chain may have already (a pipeline file's): a `--with`
+/// replaces the param it names. A param given twice in `with` is still an error.
+fn override_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Result<()> {
+    let mut given: Vec<TransformConfig> = configs
+        .iter()
+        .map(|c| {
+            let mut c = c.clone();
+            c.with.clear();
+            c
+        })
+        .collect();
+    assign_params(&mut given, with)?;
+    for (cfg, given) in configs.iter_mut().zip(given) {
+        cfg.with.extend(given.with);
+    }
+    Ok(())
 }
 
 /// Distributes `KEY=VALUE` / `NAME.KEY=VALUE` params over the chain. NAME is a component's name
@@ -1130,36 +1268,47 @@ impl Expected for ExpectedFailure {
     }
 }
 
+/// How `transform test` loads its chain: one worker (its batches run on the calling thread
+/// anyway), and the compile cache.
+fn test_options() -> RuntimeOptions {
+    RuntimeOptions {
+        workers: 1,
+        cache_dir: default_cache_dir(),
+    }
+}
+
+/// Loads `configs` for [`test`]. A component that cannot be loaded, or whose `init` fails
+/// (usually: rejects its params), is a [`UsageError`].
+pub fn load(configs: &[TransformConfig]) -> anyhow::Result<TransformChain> {
+    TransformChain::load(configs, &test_options()).map_err(|e| {
+        // Only an engine set-up failure is the machine's fault; the rest is the command's.
+        let engine = matches!(e, LoadError::Engine(_));
+        let e = anyhow::Error::new(e).context("loading the transforms");
+        if engine { e } else { usage(e) }
+    })
+}
+
 /// Runs the chain over `records` in batches as they are read, writes output rows as JSONL to
 /// `out`, and failures (bad CSV records included) and a line of counts per transform (plus fuel,
-/// when metered) to `err`, and compares both with `golden` as they come. A component that cannot
-/// be loaded, or whose `init` fails (usually: rejects its params), is a [`UsageError`]; so is an
-/// input that cannot be read, after the records before it have run.
+/// when metered) to `err`, and compares both with `golden` as they come. An input that cannot be
+/// read is a [`UsageError`], after the records before it have run.
 pub fn test(
-    configs: &[TransformConfig],
+    chain: &TransformChain,
     mut records: InputRecords,
     batch_size: usize,
     golden: Golden,
     out: &mut dyn Write,
     err: &mut dyn Write,
 ) -> anyhow::Result<TestReport> {
-    let opts = RuntimeOptions {
-        workers: 1,
-        cache_dir: default_cache_dir(),
-    };
-    let chain = TransformChain::load(configs, &opts).map_err(|e| {
-        // Only an engine set-up failure is the machine's fault; the rest is the command's.
-        let engine = matches!(e, LoadError::Engine(_));
-        let e = anyhow::Error::new(e).context("loading the transforms");
-        if engine { e } else { usage(e) }
-    })?;
     let mut rows_check = golden.rows.map(Check::new);
     let mut failures_check = golden.failures.map(Check::new);
     let (mut rows, mut failed, mut bad) = (0, 0, 0);
     let mut first_failure = None;
     let mut fail = |f: Failure, err: &mut dyn Write, show: &str| -> std::io::Result<()> {
         let (n, line) = (f.record, f.line);
-        writeln!(err, "record {n} (line {line}): {show}")?;
+        // A reason may quote a param, which a pipeline file may take from a secret.
+        let text = format!("record {n} (line {line}): {show}");
+        writeln!(err, "{}", crate::config::redact_output(&text))?;
         failed += 1;
         if let Some(check) = &mut failures_check {
             check.see(&f, String::new);
