@@ -737,7 +737,7 @@ impl PipelineChain {
         })
     }
 
-    /// Loads `configs` (this file's chain with the command line's flags) for [`test`]. A
+    /// Loads `configs` (this file's chain with the command line's flags) for [`test()`]. A
     /// transform that refuses a param the file gave is a mistake in the file (exit 2 naming its
     /// key, as `sluice run` does); one given by `--with` is the command's, as without a file.
     fn load_chain(&self, configs: &[TransformConfig]) -> anyhow::Result<TransformChain> {
@@ -1277,7 +1277,7 @@ fn test_options() -> RuntimeOptions {
     }
 }
 
-/// Loads `configs` for [`test`]. A component that cannot be loaded, or whose `init` fails
+/// Loads `configs` for [`test()`]. A component that cannot be loaded, or whose `init` fails
 /// (usually: rejects its params), is a [`UsageError`].
 pub fn load(configs: &[TransformConfig]) -> anyhow::Result<TransformChain> {
     TransformChain::load(configs, &test_options()).map_err(|e| {
