@@ -95,7 +95,7 @@ impl CompileCache {
         hasher.0.update(bytes);
         let key = hasher.0.finalize();
         let path = self.dir.join(format!("{}.cwasm", key.to_hex()));
-        match std::fs::read(&path) {
+        match read_entry(&path) {
             Ok(entry) => match code_of(&entry, key.as_bytes()) {
                 // SAFETY: `deserialize` runs the code it is given, so it must be what
                 // `Component::serialize` wrote for this engine. `code_of` checked that the entry
@@ -136,6 +136,27 @@ impl CompileCache {
         prune(&self.dir, SystemTime::now());
         Ok((component, false))
     }
+}
+
+/// The bytes of the entry at `path`, if no other user could have written it. The directory was
+/// checked when the cache was opened, but a run may compile for seconds before it reads an
+/// entry; the file it opens is checked too (its owner and mode, on the open file).
+fn read_entry(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::MetadataExt;
+    let mut file = std::fs::File::open(path)?;
+    let meta = file.metadata()?;
+    let me = rustix::process::geteuid().as_raw();
+    if (meta.uid() != me && meta.uid() != 0) || meta.mode() & 0o022 != 0 {
+        return Err(std::io::Error::other(format!(
+            "another user could have written it (owner uid {}, mode {:o}), so it is not run",
+            meta.uid(),
+            meta.mode() & 0o7777
+        )));
+    }
+    let mut entry = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.read_to_end(&mut entry)?;
+    Ok(entry)
 }
 
 /// Marks the entry at `path` as used now, unless it already was within [`TOUCH_AFTER`]. Failing
@@ -241,6 +262,32 @@ mod tests {
         }
         std::fs::set_permissions(&mine, std::fs::Permissions::from_mode(0o755)).unwrap();
         CompileCache::open(&mine).unwrap();
+    }
+
+    /// An entry that another user could have written since the directory was checked is not
+    /// run: the component is compiled again and the entry replaced by one of this user's own.
+    #[test]
+    fn an_entry_others_could_write_is_compiled_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let cache = CompileCache::open(dir.path()).unwrap();
+        let engine = Engine::new(wasmtime::Config::new().wasm_component_model(true)).unwrap();
+        let from_cache = || cache.component(&engine, b"(component)").unwrap().1;
+        assert!(!from_cache(), "compiled");
+        assert!(from_cache(), "from the cache");
+        let entry = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension() == Some("cwasm".as_ref()))
+            .unwrap();
+        std::fs::set_permissions(&entry, std::fs::Permissions::from_mode(0o666)).unwrap();
+        assert!(
+            !from_cache(),
+            "an entry anyone could write is compiled again"
+        );
+        let mode = std::fs::metadata(&entry).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "{mode:o}");
+        assert!(from_cache(), "the replacement is used");
     }
 
     #[test]
