@@ -2076,11 +2076,27 @@ fn cli_test_runs_a_pipeline_files_chain() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("transforms[0].with.op (line "), "{stderr}");
     assert!(stderr.contains("unknown operator \"zz\""), "{stderr}");
-    // Given on the command line, the param is the command's mistake, not the file's.
+    // Given on the command line, the param or the limit is the command's mistake, not the
+    // file's.
     let (code, _, stderr) = run(&["--pipeline", &p, "--with", "filter.op=yy"], "gt");
     assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("unknown operator \"yy\""), "{stderr}");
     assert!(!stderr.contains("transforms[0]"), "{stderr}");
+    let (code, _, stderr) = run(&["--pipeline", &p, "--fuel", "5000"], "gt");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("ran out of fuel"), "{stderr}");
+    assert!(!stderr.contains("transforms[0]"), "{stderr}");
+
+    // The sink and Kafka sections are not read: their variables need not be set, nor their
+    // values be right.
+    let mut unread = pipeline.clone();
+    unread["sink"]["password"] = "${SLUICE_TEST_UNSET_PASSWORD}".into();
+    unread["sink"]["batch"]["max_rows"] = "lots".into();
+    unread["kafka"]["brokers"] = "${SLUICE_TEST_UNSET_BROKERS}".into();
+    std::fs::write(&file, unread.to_string()).unwrap();
+    let (code, out, stderr) = run(&["--pipeline", &p], "gt");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(out, from_file);
 }
 
 /// A guest's stdout and stderr go nowhere unless `--debug-stdio` is given, and then to sluice's

@@ -272,14 +272,35 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                     opts.key_column.clone_from(&src.key_column);
                 }
             }
-            let records = read_input(&input, &opts).map_err(usage)?;
+            let records = read_input(&input, &opts)
+                .map_err(|e| match (&pipeline, &key_column, &opts.key_column) {
+                    // The key column came from the file, not from a flag: say so.
+                    (Some(file), None, Some(k)) => anyhow::anyhow!(
+                        "{}",
+                        format!("{e:#}").replacen(
+                            &format!("--key-column {k:?}"),
+                            &format!("the source's key_column {k:?} (in {})", file.display()),
+                            1
+                        )
+                    ),
+                    _ => e,
+                })
+                .map_err(usage)?;
             // Checked before the run, so that a bad golden file does not cost a whole run first.
             let golden =
                 Golden::read(expect.as_deref(), expect_failures.as_deref()).map_err(usage)?;
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
             let chain = match &file {
-                Some(file) => file.load_chain(&configs)?,
+                Some(file) => {
+                    let flagged = [
+                        ("timeout_ms", timeout_ms.is_some()),
+                        ("memory_mb", memory_mb.is_some()),
+                        ("fuel", fuel.is_some()),
+                    ];
+                    let flagged: Vec<&str> = flagged.iter().filter(|f| f.1).map(|f| f.0).collect();
+                    file.load_chain(&configs, &flagged)?
+                }
                 None => load(&configs)?,
             };
             let report = test(
@@ -713,7 +734,7 @@ impl PipelineChain {
     /// uses no broker and no warehouse), and of the source's, only its delimiter's unless
     /// `its_input`: the test reads the source file.
     fn load(file: &Path, its_input: bool) -> anyhow::Result<PipelineChain> {
-        let loaded = crate::config::load(file)?;
+        let loaded = crate::config::load_for_transforms(file)?;
         loaded.mask_secrets_in_output();
         let issues: Vec<_> = crate::validate::validate(&loaded)
             .into_iter()
@@ -738,9 +759,14 @@ impl PipelineChain {
     }
 
     /// Loads `configs` (this file's chain with the command line's flags) for [`test()`]. A
-    /// transform that refuses a param the file gave is a mistake in the file (exit 2 naming its
-    /// key, as `sluice run` does); one given by `--with` is the command's, as without a file.
-    fn load_chain(&self, configs: &[TransformConfig]) -> anyhow::Result<TransformChain> {
+    /// transform that refuses a param the file gave, or runs out of a limit it set, is a mistake
+    /// in the file (exit 2 naming its key, as `sluice run` does); a param given by `--with`, or
+    /// a limit in `flagged` (the settings given by flags), is the command's, as without a file.
+    fn load_chain(
+        &self,
+        configs: &[TransformConfig],
+        flagged: &[&str],
+    ) -> anyhow::Result<TransformChain> {
         let errors = match TransformChain::load_each(configs, &test_options()) {
             Ok(chain) => return Ok(chain),
             Err(errors) => errors,
@@ -752,8 +778,13 @@ impl PipelineChain {
                 file.is_some() && file == configs[i].with.get(p)
             };
             let engine = matches!(e, LoadError::Engine(_));
+            let by_flag = e.setting().is_some_and(|s| flagged.contains(&s));
+            let by_command = match e.param() {
+                Some(p) => !from_file(p),
+                None => by_flag,
+            };
             match e.param() {
-                Some(p) if !from_file(p) => {
+                _ if by_command => {
                     return Err(usage(
                         anyhow::Error::new(e).context("loading the transforms"),
                     ));
@@ -804,6 +835,9 @@ fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Re
             .collect::<Vec<_>>()
             .join(", ")
     };
+    if names.is_empty() && !with.is_empty() {
+        bail!("--with: the chain has no transforms to give params to");
+    }
     for item in with {
         let (key, value) = item
             .split_once('=')
@@ -883,6 +917,12 @@ enum Scope {
 
 /// Resolves a `--with` scope against the chain's names, then as a 1-based position.
 fn scope_of(names: &[String], scope: &str) -> Scope {
+    // A name given exactly wins over names that match it only with `-` for `_` (a pipeline
+    // file's `my-step` and `my_step` are two names).
+    let exact: Vec<usize> = (0..names.len()).filter(|&i| names[i] == scope).collect();
+    if let [i] = exact[..] {
+        return Scope::One(i);
+    }
     let by_name: Vec<usize> = (0..names.len())
         .filter(|&i| same_name(&names[i], scope))
         .collect();
@@ -2306,6 +2346,22 @@ mod tests {
         dotted.pop();
         assign_params(&mut dotted, &["filter.v2.op=gt".into()]).unwrap();
         assert_eq!(dotted[0].with.get("op").map(String::as_str), Some("gt"));
+
+        // A name given exactly wins over one that matches it only with `-` for `_`.
+        let mut close: Vec<TransformConfig> = ["my-step", "my_step"]
+            .iter()
+            .map(|n| {
+                let mut c = TransformConfig::new("x.wasm");
+                c.name = Some((*n).to_owned());
+                c
+            })
+            .collect();
+        assign_params(&mut close, &["my_step.k=v".into()]).unwrap();
+        assert_eq!(close[1].with.get("k").map(String::as_str), Some("v"));
+        assert!(close[0].with.is_empty());
+
+        let says = err(&mut [], "k=v");
+        assert!(says.contains("the chain has no transforms"), "{says}");
     }
 
     /// JSON that serde_json's `Value` cannot hold is still a row, compared exactly (integers past
