@@ -2161,6 +2161,33 @@ fn cli_test_marks_debug_output_of_a_rerun_record() {
         1,
         "{stderr}"
     );
+
+    // The second record fails only on an instance that has seen a row before it: run alone
+    // after the first, it fails again, and then passes on a fresh instance, which its output
+    // says.
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"id\":1}\n{\"fail_after\":1}\n",
+    )
+    .unwrap();
+    let out = sluice_tests::cli::sluice(dir.path(), &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).lines().count(),
+        2,
+        "{stderr}"
+    );
+    for (said, times) in [
+        ("[probe] probe stdout\n", 1),
+        ("[probe, re-run alone] probe stdout\n", 1),
+        ("[probe, again on a fresh instance] probe stdout\n", 1),
+    ] {
+        assert_eq!(
+            stderr.matches(said).count(),
+            times,
+            "{said:?} in:\n{stderr}"
+        );
+    }
 }
 
 /// A guest that writes during `init` under `--debug-stdio` is shown (it used to wait forever for

@@ -31,6 +31,18 @@ pub struct GuestOutput(Arc<Mutex<Output>>);
 /// What a shown line goes through before it is written: the transform's secret masking.
 pub type Redact = Box<dyn Fn(String) -> String + Send>;
 
+/// Why a call into the guest runs, which its shown output says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// The first time: a batch, or `init`.
+    First,
+    /// One record of a failed batch, run again alone to find the one to blame.
+    Alone,
+    /// A call run again on a fresh instance: what the previous instance's earlier calls left
+    /// (memory grown, handles leaked) may be what failed it.
+    Fresh,
+}
+
 struct Output {
     /// Masks secrets in a shown line.
     redact: Redact,
@@ -41,13 +53,12 @@ struct Output {
     hold: usize,
     /// Where shown lines go: sluice's stderr.
     show: fn(&[u8]),
-    /// `[name] `, when the output is also shown.
-    echo: Option<Vec<u8>>,
-    /// `[name, re-run alone] `, shown instead while a failed batch is run again a record at a
-    /// time: that run repeats the batch's output, which would read as the guest doing it twice.
-    rerun_echo: Option<Vec<u8>>,
-    /// Whether the current call is such a re-run.
-    rerun: bool,
+    /// When the output is also shown, what each line of it starts with, by [`Pass`]: `[name] `,
+    /// `[name, re-run alone] `, `[name, again on a fresh instance] `. A call run again repeats
+    /// output, which would otherwise read as the guest doing it twice.
+    echo: Option<[Vec<u8>; 3]>,
+    /// The current call's pass.
+    pass: Pass,
     /// The last bytes written since the current call started.
     tail: Vec<u8>,
     /// A line being written, not yet shown.
@@ -63,9 +74,11 @@ impl GuestOutput {
             hold: secrets.iter().map(String::len).max().unwrap_or(0),
             secrets: secrets.into_iter().map(String::into_bytes).collect(),
             show: to_stderr,
-            echo: echo.then(|| format!("[{name}] ").into_bytes()),
-            rerun_echo: echo.then(|| format!("[{name}, re-run alone] ").into_bytes()),
-            rerun: false,
+            echo: echo.then(|| {
+                ["", ", re-run alone", ", again on a fresh instance"]
+                    .map(|said| format!("[{name}{said}] ").into_bytes())
+            }),
+            pass: Pass::First,
             tail: Vec::new(),
             line: Vec::new(),
         };
@@ -76,13 +89,12 @@ impl GuestOutput {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Forgets the previous call's output; `rerun`: the call runs one record of a failed batch
-    /// again, alone.
-    pub fn start_call(&self, rerun: bool) {
+    /// Forgets the previous call's output; `pass`: why the call runs.
+    pub fn start_call(&self, pass: Pass) {
         let mut out = self.lock();
         out.flush_line();
         out.tail.clear();
-        out.rerun = rerun;
+        out.pass = pass;
     }
 
     /// What the guest wrote in this call that tells why it failed, on one line: from the last
@@ -146,11 +158,8 @@ impl GuestOutput {
 impl Output {
     /// Shows the pending line, if output is shown.
     fn flush_line(&mut self) {
-        let prefix = match self.rerun {
-            true => &self.rerun_echo,
-            false => &self.echo,
-        };
-        let Some(prefix) = prefix else { return };
+        let Some(echo) = &self.echo else { return };
+        let prefix = &echo[self.pass as usize];
         if self.line.is_empty() {
             return;
         }
@@ -293,14 +302,14 @@ mod tests {
             out.explain().as_deref(),
             Some("panicked at src/lib.rs:9:5: boom at 155.05")
         );
-        out.start_call(false);
+        out.start_call(Pass::First);
         assert_eq!(out.explain(), None);
         out.write(b"a\n\nb");
         assert_eq!(out.explain().as_deref(), Some("a / b"));
         // Only the tail is kept, however much the guest writes, and without control characters.
         out.write(&vec![b'x'; 10 * TAIL_BYTES]);
         assert_eq!(out.explain().map(|s| s.len()), Some(TAIL_BYTES));
-        out.start_call(false);
+        out.start_call(Pass::First);
         out.write(b"red \x1b[31malert\x07\n");
         assert_eq!(out.explain().as_deref(), Some("red  [31malert"));
     }

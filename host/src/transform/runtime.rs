@@ -60,7 +60,7 @@ use super::bindings::{
 use super::cache::CompileCache;
 use super::config::TransformConfig;
 use super::error::{FailureKind, LoadError, TransformError};
-use super::output::GuestOutput;
+use super::output::{GuestOutput, Pass};
 use super::stats::TransformStats;
 use crate::config::OnError;
 use crate::dead_letter::DeadLetter;
@@ -1134,7 +1134,7 @@ impl Slot {
             })
         });
         let init_ms = init_limit_ms(&t.config);
-        arm_for(&mut store, &t.config, fuel_enabled, init_ms, false);
+        arm_for(&mut store, &t.config, fuel_enabled, init_ms, Pass::First);
         let instance = t.pre.instance_pre().instantiate(&mut store).map_err(|e| {
             let (kind, reason) = classify(&e, store.data(), &t.config);
             InitFailure::Wasm(kind, reason)
@@ -1142,7 +1142,7 @@ impl Slot {
         // `TransformPre` found the exports by name; this checks their function types.
         let guest = bindings::Transform::new(&mut store, &instance)
             .map_err(|e| InitFailure::Exports(format!("{e:#}")))?;
-        arm_for(&mut store, &t.config, fuel_enabled, init_ms, false);
+        arm_for(&mut store, &t.config, fuel_enabled, init_ms, Pass::First);
         match guest
             .sluice_transform_transformer()
             .call_init(&mut store, &t.params)
@@ -1161,10 +1161,9 @@ impl Slot {
     }
 }
 
-/// Sets the CPU deadline (and fuel) for the next call into the guest; `rerun`: the call runs
-/// one record of a failed batch again, alone.
-fn arm(store: &mut Store<HostState>, config: &TransformConfig, fuel_enabled: bool, rerun: bool) {
-    arm_for(store, config, fuel_enabled, config.timeout_ms, rerun);
+/// Sets the CPU deadline (and fuel) for the next call into the guest; `pass`: why it runs.
+fn arm(store: &mut Store<HostState>, config: &TransformConfig, fuel_enabled: bool, pass: Pass) {
+    arm_for(store, config, fuel_enabled, config.timeout_ms, pass);
 }
 
 /// The CPU time building an instance and running `init` may take: `timeout_ms`, but at least a
@@ -1180,12 +1179,12 @@ fn arm_for(
     config: &TransformConfig,
     fuel_enabled: bool,
     limit_ms: u64,
-    rerun: bool,
+    pass: Pass,
 ) {
     let state = store.data_mut();
     state.cpu_limit = Duration::from_millis(limit_ms);
     state.cpu_start = None;
-    state.output.start_call(rerun);
+    state.output.start_call(pass);
     // The next tick starts the count (see the deadline callback in `Slot::new`).
     store.set_epoch_deadline(1);
     if fuel_enabled {
@@ -1447,29 +1446,36 @@ fn run_transform(
     let n = batch.origins.len();
     TransformStats::add(&t.stats.rows_in, n as u64);
     let max = t.config.max_rows_per_record;
-    let (next, failures, filtered) =
-        match call(shared, t, slot, &batch.wire, &batch.origins, metas, false)? {
-            Ok(output) => match check_output(&output, n) {
-                Ok(()) => split(output, batch, 0, max),
-                Err(reason) if n == 1 => (
-                    WireBatch::default(),
-                    vec![(0, FailureKind::Protocol, reason)],
-                    0,
-                ),
-                Err(reason) => {
-                    // The instance is not poisoned, but it has seen the whole batch: a guest
-                    // that keeps state (a dedupe) would take each row it sees again for a repeat.
-                    *slot = None;
-                    isolate(shared, t, slot, batch, metas, Some(&reason))?
-                }
-            },
-            Err((kind, reason)) if n == 1 => (WireBatch::default(), vec![(0, kind, reason)], 0),
-            Err((kind, _)) => {
-                let isolated = isolate(shared, t, slot, batch, metas, None)?;
-                warn_limit_per_batch(t, kind, n, &isolated.1);
-                isolated
+    let (next, failures, filtered) = match call(
+        shared,
+        t,
+        slot,
+        &batch.wire,
+        &batch.origins,
+        metas,
+        Pass::First,
+    )? {
+        Ok(output) => match check_output(&output, n) {
+            Ok(()) => split(output, batch, 0, max),
+            Err(reason) if n == 1 => (
+                WireBatch::default(),
+                vec![(0, FailureKind::Protocol, reason)],
+                0,
+            ),
+            Err(reason) => {
+                // The instance is not poisoned, but it has seen the whole batch: a guest
+                // that keeps state (a dedupe) would take each row it sees again for a repeat.
+                *slot = None;
+                isolate(shared, t, slot, batch, metas, Some(&reason))?
             }
-        };
+        },
+        Err((kind, reason)) if n == 1 => (WireBatch::default(), vec![(0, kind, reason)], 0),
+        Err((kind, _)) => {
+            let isolated = isolate(shared, t, slot, batch, metas, None)?;
+            warn_limit_per_batch(t, kind, n, &isolated.1);
+            isolated
+        }
+    };
     TransformStats::add(&t.stats.rows_dropped, filtered);
     Ok((next, failures, filtered))
 }
@@ -1542,7 +1548,15 @@ fn isolate(
         // `init` are the host's cost, not this row's (but they count in `total_cap`).
         ready(shared, t, slot)?;
         let (cpu, failed_before, timeouts_before) = (thread_cpu_time(), failures.len(), timeouts);
-        match call(shared, t, slot, &batch.single(j), origin, metas, true)? {
+        match call(
+            shared,
+            t,
+            slot,
+            &batch.single(j),
+            origin,
+            metas,
+            Pass::Alone,
+        )? {
             Ok(output) => match check_output(&output, 1) {
                 Ok(()) => {
                     let (one, failed, none) = split(output, batch, j, max);
@@ -1778,7 +1792,7 @@ fn ready<'a>(
 
 /// One batch call on the calling thread's instance (built on demand). The outer error is fatal (no
 /// instance could be built); the inner one is a trap or limit, after which the instance is gone.
-/// `rerun`: the call runs one record of a failed batch again, alone (its debug output says so).
+/// `pass`: why the call runs (its debug output says so).
 fn call(
     shared: &Shared,
     t: &Loaded,
@@ -1786,7 +1800,7 @@ fn call(
     input: &Rows,
     origins: &[u32],
     metas: &Metas,
-    rerun: bool,
+    pass: Pass,
 ) -> Result<Result<Output, (FailureKind, String)>, TransformError> {
     let s = ready(shared, t, slot)?;
     let fresh = s.rows_seen == 0;
@@ -1795,7 +1809,7 @@ fn call(
     state.metas = Arc::clone(metas);
     state.origins.clear();
     state.origins.extend_from_slice(origins);
-    arm(&mut s.store, &t.config, shared.fuel_enabled, rerun);
+    arm(&mut s.store, &t.config, shared.fuel_enabled, pass);
     let start = Instant::now();
     let result = s
         .guest
@@ -1834,7 +1848,7 @@ fn call(
                 _ => is_handles_full(&e),
             };
             if !fresh && stale {
-                return call(shared, t, slot, input, origins, metas, rerun);
+                return call(shared, t, slot, input, origins, metas, Pass::Fresh);
             }
             Ok(Err(failure))
         }
