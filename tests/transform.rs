@@ -1674,6 +1674,46 @@ fn on_error_drop_and_fail_policies() {
     assert_eq!(c.process_blocking(with_meta(numbered(3))).unwrap().len(), 3);
 }
 
+/// A batch split across workers that fails in one chunk goes no further as a whole, so the
+/// rows the other chunk got through the chain are unfinished, not out of its last transform:
+/// before, they counted as out though nothing of the batch came out.
+#[test]
+fn a_batch_failing_in_one_chunk_counts_the_others_rows_unfinished() {
+    let mut trap = config(guests::POISON_TRAP, &[]);
+    trap.on_error = OnError::Fail;
+    let counts = |c: &TransformChain| -> Vec<[u64; 4]> {
+        c.stats()
+            .iter()
+            .map(|(_, s)| {
+                [&s.rows_in, &s.rows_out, &s.rows_failed, &s.rows_unfinished]
+                    .map(|n| n.load(Relaxed))
+            })
+            .collect()
+    };
+    // Two workers, two chunks of 200: record 13 fails the first; the second goes through both.
+    let want = [[400, 200, 1, 199], [200, 0, 0, 200]];
+    let c = chain(&[trap.clone(), config(guests::PASSTHROUGH, &[])]);
+    assert!(matches!(
+        c.process_blocking(with_meta(numbered(400))),
+        Err(TransformError::Failed { offset: 13, .. })
+    ));
+    assert_eq!(counts(&c), want);
+    let c = chain(&[trap, config(guests::PASSTHROUGH, &[])]);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    assert!(matches!(
+        rt.block_on(c.process(with_meta(numbered(400)))),
+        Err(TransformError::Failed { offset: 13, .. })
+    ));
+    assert_eq!(counts(&c), want, "the same from async code");
+    // A batch that goes through counts its rows out.
+    let kept: Vec<_> = numbered(400)
+        .into_iter()
+        .filter(|r| r.get("id") != Some(&Value::Int(13)))
+        .collect();
+    assert_eq!(c.process_blocking(with_meta(kept)).unwrap().len(), 399);
+    assert_eq!(counts(&c), [[799, 599, 1, 199], [599, 399, 0, 200]]);
+}
+
 #[test]
 fn a_failure_later_in_the_chain_quarantines_the_whole_record() {
     // explode turns record 1 into ids 13 and 14; the trap on 13 fails record 1 as a whole.

@@ -455,13 +455,53 @@ impl TransformChain {
             inline.iter_mut().for_each(|s| *s = None);
         }
         let mut out = Vec::with_capacity(batch.len());
+        let mut emitted = 0;
+        let mut result = Ok(());
         for part in parts_by_text(batch, self.max_part_text()) {
-            for chunk in self.dispatch(part)? {
-                let done = chunk.rx.await.map_err(|_| TransformError::Stopped)??;
-                out.extend(done.batch.into_outcomes(chunk.rows, done.failed));
+            let chunks = match self.dispatch(part) {
+                Ok(chunks) => chunks,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            };
+            for chunk in chunks {
+                match chunk.rx.await.map_err(|_| TransformError::Stopped) {
+                    Ok(Ok(done)) => {
+                        emitted += done.emitted;
+                        if result.is_ok() {
+                            out.extend(done.batch.into_outcomes(chunk.rows, done.failed));
+                        }
+                    }
+                    // The part's other chunks are awaited all the same: what they emitted is
+                    // unfinished now, and counted so.
+                    Ok(Err(e)) | Err(e) => {
+                        if result.is_ok() {
+                            result = Err(e);
+                        }
+                    }
+                }
+            }
+            if result.is_err() {
+                break;
             }
         }
-        Ok(out)
+        self.settle(emitted, result.is_ok());
+        result.map(|()| out)
+    }
+
+    /// Counts the rows a batch's chain emitted as out of its last transform once the whole
+    /// batch is through; when a part of it failed, nothing of it goes on, so they are unfinished
+    /// instead, as the rows of a batch that fails in one piece are.
+    fn settle(&self, emitted: u64, ok: bool) {
+        if let Some(last) = self.shared.transforms.last() {
+            let counter = if ok {
+                &last.stats.rows_out
+            } else {
+                &last.stats.rows_unfinished
+            };
+            TransformStats::add(counter, emitted);
+        }
     }
 
     /// [`process`](Self::process) for callers outside an async runtime (the CLI, benchmarks).
@@ -472,14 +512,21 @@ impl TransformChain {
     /// (If another thread is using those instances, the batch goes to the workers after all.)
     pub fn process_blocking(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
         let mut parts = parts_by_text(batch, self.max_part_text());
-        if parts.len() == 1 {
-            return self.process_part_blocking(parts.pop().unwrap_or_default());
-        }
-        let mut out = Vec::new();
-        for part in parts {
-            out.extend(self.process_part_blocking(part)?);
-        }
-        Ok(out)
+        let mut emitted = 0;
+        let result = if parts.len() == 1 {
+            self.process_part_blocking(parts.pop().unwrap_or_default(), &mut emitted)
+        } else {
+            let mut out = Vec::new();
+            parts
+                .into_iter()
+                .try_for_each(|part| {
+                    out.extend(self.process_part_blocking(part, &mut emitted)?);
+                    Ok(())
+                })
+                .map(|()| out)
+        };
+        self.settle(emitted, result.is_ok());
+        result
     }
 
     /// Most text (string and JSON values) of input rows sent down the chain in one go: a
@@ -496,8 +543,9 @@ impl TransformChain {
             .min(MAX_PART_TEXT)
     }
 
-    /// One part of a batch (see [`parts_by_text`]) through the chain.
-    fn process_part_blocking(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
+    /// One part of a batch (see [`parts_by_text`]) through the chain, adding the rows the chain
+    /// emitted to `emitted` (see [`settle`](Self::settle)).
+    fn process_part_blocking(&self, batch: Vec<(RecordMeta, Row)>, emitted: &mut u64) -> Reply {
         if self.chunks(batch.len()) == 1 {
             let slots = match self.inline.try_lock() {
                 Ok(slots) => Some(slots),
@@ -513,10 +561,12 @@ impl TransformChain {
                 let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = batch.into_iter().unzip();
                 let wire = WireBatch::from_rows(rows.iter());
                 let done = run_chain(&self.shared, &mut slots, wire, Arc::new(metas))?;
+                *emitted += done.emitted;
                 return Ok(done.batch.into_outcomes(rows, done.failed));
             }
         }
         let mut out = Vec::with_capacity(batch.len());
+        let mut result = Ok(());
         for mut chunk in self.dispatch(batch)? {
             let done = spin(CALLER_SPIN, || match chunk.rx.try_recv() {
                 Ok(done) => Some(Ok(done)),
@@ -528,10 +578,23 @@ impl TransformChain {
                     .rx
                     .blocking_recv()
                     .map_err(|_| TransformError::Stopped)
-            })??;
-            out.extend(done.batch.into_outcomes(chunk.rows, done.failed));
+            });
+            // As in `process`, chunks after a failed one are awaited for their count.
+            match done {
+                Ok(Ok(done)) => {
+                    *emitted += done.emitted;
+                    if result.is_ok() {
+                        out.extend(done.batch.into_outcomes(chunk.rows, done.failed));
+                    }
+                }
+                Ok(Err(e)) | Err(e) => {
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                }
+            }
         }
-        Ok(out)
+        result.map(|()| out)
     }
 
     /// How many chunks a batch of `rows` rows is split into: one per worker, but not so many
@@ -632,6 +695,9 @@ struct Chunk {
 struct Done {
     batch: WireBatch,
     failed: BTreeMap<usize, RecordOutcome>,
+    /// How many rows came out of the last transform: counted by the caller, once it knows
+    /// whether the rest of the batch went through ([`TransformChain::settle`]).
+    emitted: u64,
 }
 
 impl Drop for TransformChain {
@@ -1347,7 +1413,7 @@ fn run_chain(
 ) -> Result<Done, TransformError> {
     // Failures are rare: keyed by input index, so a clean batch allocates nothing for them.
     let mut failed: BTreeMap<usize, RecordOutcome> = BTreeMap::new();
-    for (t, slot) in shared.transforms.iter().zip(slots.iter_mut()) {
+    for (i, (t, slot)) in shared.transforms.iter().zip(slots.iter_mut()).enumerate() {
         if batch.origins.is_empty() {
             break;
         }
@@ -1418,14 +1484,22 @@ fn run_chain(
             next
         };
         // Counted after the failed records' rows are gone, so that each transform's rows out are
-        // exactly the next one's rows in, which the run's reconciliation checks.
-        TransformStats::add(&t.stats.rows_out, batch.origins.len() as u64);
+        // exactly the next one's rows in, which the run's reconciliation checks. The last
+        // transform's are counted by the caller.
+        if i + 1 < shared.transforms.len() {
+            TransformStats::add(&t.stats.rows_out, batch.origins.len() as u64);
+        }
     }
     // The caller frees the metadata (see `dispatch`), and not a batch later.
     for s in slots.iter_mut().flatten() {
         s.store.data_mut().metas = Metas::default();
     }
-    Ok(Done { batch, failed })
+    let emitted = batch.origins.len() as u64;
+    Ok(Done {
+        batch,
+        failed,
+        emitted,
+    })
 }
 
 /// An input row (by index) that failed in a transform, with the kind and reason.

@@ -25,7 +25,8 @@ pub struct TransformStats {
     pub rows_discarded: AtomicU64,
     /// Rows in a batch that failed as a whole in this transform (too many of its rows timed out,
     /// or no instance could be built): not out, dropped or failed, but left unprocessed, their
-    /// records kept for a later run.
+    /// records kept for a later run. For the last transform, also the rows it emitted from a
+    /// batch that failed in another worker's part: nothing of that batch comes out.
     pub rows_unfinished: AtomicU64,
     /// Times an instance was thrown away and rebuilt after a trap or limit.
     pub instance_restarts: AtomicU64,
