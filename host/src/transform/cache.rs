@@ -14,7 +14,8 @@
 //! An entry's modification time says when it was last used (refreshed at most once a day).
 //! Whenever a component is compiled and stored, entries unused for [`MAX_IDLE`] are removed, so
 //! the directory does not grow with every rebuilt transform and wasmtime upgrade; an entry in
-//! daily use stays.
+//! daily use stays. Past [`MAX_TOTAL`] bytes in all (an author rebuilding a transform many
+//! times a day), the least recently used entries go too, as in wasmtime's own cache.
 
 use std::hash::Hasher;
 use std::path::{Path, PathBuf};
@@ -31,6 +32,10 @@ const HEADER: usize = MAGIC.len() + 32 + 32;
 
 /// How long an entry may go unused before the next store removes it.
 const MAX_IDLE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// The most bytes the entries may take in all before the next store removes the least recently
+/// used: wasmtime's own cache's default limit. An entry is a few MiB.
+const MAX_TOTAL: u64 = 1 << 30;
 
 /// How stale an entry's use time may get before a hit refreshes it: often enough for
 /// [`MAX_IDLE`], rarely enough that a run does not write metadata for every component.
@@ -133,7 +138,7 @@ impl CompileCache {
                 "cannot store a compiled transform in the cache; the next run compiles it again"
             );
         }
-        prune(&self.dir, SystemTime::now());
+        prune(&self.dir, SystemTime::now(), MAX_TOTAL);
         Ok((component, false))
     }
 }
@@ -177,40 +182,58 @@ fn touch(path: &Path) {
     }
 }
 
-/// Removes the entries of `dir` unused for [`MAX_IDLE`] by `now`, and temporary files that a
-/// stopped writer left behind a day ago. Only files this cache names are touched: a directory
-/// someone shares with other files keeps them.
-fn prune(dir: &Path, now: SystemTime) {
+/// Removes the entries of `dir` unused for [`MAX_IDLE`] by `now`, then, while the rest take more
+/// than `max_total` bytes, the least recently used; and temporary files that a stopped writer
+/// left behind a day ago. Only files this cache names are touched: a directory someone shares
+/// with other files keeps them.
+fn prune(dir: &Path, now: SystemTime, max_total: u64) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
+    let remove = |path: &Path| match std::fs::remove_file(path) {
+        Ok(()) => {
+            tracing::debug!(entry = %path.display(), "removed an unused compiled-transform cache entry")
+        }
+        Err(e) => {
+            tracing::debug!(entry = %path.display(), error = %e, "cannot remove an unused compiled-transform cache entry")
+        }
+    };
+    // The entries kept: (last used, size, path).
+    let mut kept = Vec::new();
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        let max_idle = if name.len() == 64 + ".cwasm".len()
+        let is_entry = name.len() == 64 + ".cwasm".len()
             && name.ends_with(".cwasm")
-            && name[..64].bytes().all(|b| b.is_ascii_hexdigit())
-        {
+            && name[..64].bytes().all(|b| b.is_ascii_hexdigit());
+        let max_idle = if is_entry {
             MAX_IDLE
         } else if name.starts_with(".tmp") {
             TOUCH_AFTER
         } else {
             continue;
         };
-        let idle = entry
-            .metadata()
-            .and_then(|m| m.modified())
-            .map(|t| now.duration_since(t).unwrap_or_default());
-        if idle.is_ok_and(|idle| idle > max_idle) {
-            match std::fs::remove_file(entry.path()) {
-                Ok(()) => {
-                    tracing::debug!(entry = %entry.path().display(), "removed an unused compiled-transform cache entry")
-                }
-                Err(e) => {
-                    tracing::debug!(entry = %entry.path().display(), error = %e, "cannot remove an unused compiled-transform cache entry")
-                }
-            }
+        let Ok(meta) = entry.metadata() else {
+            continue;
+        };
+        let Ok(used) = meta.modified() else {
+            continue;
+        };
+        if now.duration_since(used).unwrap_or_default() > max_idle {
+            remove(&entry.path());
+        } else if is_entry {
+            kept.push((used, meta.len(), entry.path()));
         }
+    }
+    let mut total: u64 = kept.iter().map(|(_, size, _)| size).sum();
+    // Oldest first; the entry just stored is the newest, so it stays unless it alone is too big.
+    kept.sort();
+    for (_, size, path) in kept {
+        if total <= max_total {
+            break;
+        }
+        remove(&path);
+        total -= size;
     }
 }
 
@@ -325,7 +348,7 @@ mod tests {
         set_age(".tmpNew", Duration::ZERO);
         set_age("notes.txt", MAX_IDLE * 3);
         set_age("short.cwasm", MAX_IDLE * 3);
-        prune(dir.path(), now);
+        prune(dir.path(), now, MAX_TOTAL);
         let mut left: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -339,6 +362,44 @@ mod tests {
         ];
         want.sort();
         assert_eq!(left, want);
+    }
+
+    #[test]
+    fn prune_removes_the_least_recently_used_entries_past_the_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        // Entries of 100 bytes, used 1 to 5 hours ago, and a file that is not an entry.
+        for (c, hours) in [('a', 3), ('b', 1), ('c', 5), ('d', 2), ('e', 4)] {
+            let path = dir
+                .path()
+                .join(format!("{}.cwasm", c.to_string().repeat(64)));
+            std::fs::write(&path, [0u8; 100]).unwrap();
+            let file = std::fs::File::options().write(true).open(&path).unwrap();
+            file.set_modified(now - hours * hour).unwrap();
+        }
+        std::fs::write(dir.path().join("notes.txt"), [0u8; 1000]).unwrap();
+        let left = || {
+            let mut left: Vec<char> = std::fs::read_dir(dir.path())
+                .unwrap()
+                .map(|e| {
+                    e.unwrap()
+                        .file_name()
+                        .to_string_lossy()
+                        .chars()
+                        .next()
+                        .unwrap()
+                })
+                .collect();
+            left.sort();
+            left
+        };
+        prune(dir.path(), now, 500);
+        assert_eq!(left(), ['a', 'b', 'c', 'd', 'e', 'n'], "500 bytes fit");
+        prune(dir.path(), now, 250);
+        assert_eq!(left(), ['b', 'd', 'n'], "the two used last stay");
+        prune(dir.path(), now, 50);
+        assert_eq!(left(), ['n'], "none fits: none stays");
     }
 
     #[test]
