@@ -1477,6 +1477,55 @@ fn an_honest_flat_map_output_many_times_memory_mb_as_host_rows_comes_out() {
     assert_eq!(c.stats()[0].1.rows_out.load(Relaxed), 1024 * pieces as u64);
 }
 
+/// One batch holds at most 4 GiB of text (its offsets are 32-bit). A flat-map whose rows, run
+/// one at a time after the batch call ran out of memory, emit more than that in all fails the
+/// batch with an error that says so, leaving its rows unfinished. Before, the host panicked.
+/// (This test makes the host hold over 4 GiB.)
+#[test]
+fn a_batch_whose_rows_emit_over_4_gib_of_text_fails_with_an_error() {
+    let mut cfg = config(guests::EXPLODE, &[("field", "tag")]);
+    cfg.memory_mb = 1024;
+    cfg.timeout_ms = 30_000;
+    let c = one_worker(&[cfg]);
+    // Each row explodes into 200 rows carrying its 1 MiB blob: 200 MiB of text each, 20 rows
+    // 3.9 GiB, 21 rows 4.1 GiB.
+    let blob = Value::String("x".repeat(1 << 20));
+    let tag = Value::String(vec!["a"; 200].join(","));
+    let rows: Vec<Row> = (0..24)
+        .map(|i| {
+            row(&[
+                ("id", Value::Int(i)),
+                ("blob", blob.clone()),
+                ("tag", tag.clone()),
+            ])
+        })
+        .collect();
+    match c.process_blocking(with_meta(rows)) {
+        Err(
+            e @ TransformError::TooMuchText {
+                rows: 21, of: 24, ..
+            },
+        ) => {
+            assert!(e.to_string().contains("more than 4 GiB of text"), "{e}");
+        }
+        other => panic!(
+            "expected TooMuchText at row 21 of 24, got {:?}",
+            other.map(|o| o.len())
+        ),
+    }
+    let stats = &c.stats()[0].1;
+    assert_eq!(stats.rows_unfinished.load(Relaxed), 24);
+    assert_eq!(stats.rows_out.load(Relaxed), 0);
+    // The chain goes on.
+    let out = c
+        .process_blocking(with_meta(vec![row(&[(
+            "tag",
+            Value::String("p,q".into()),
+        )])]))
+        .unwrap();
+    assert_eq!(emitted(&out[0]).len(), 2);
+}
+
 /// The bound on what the host copies out of a call grows with `memory_mb`: an honest 140 MiB
 /// output, past wasmtime's default bound of 128 MiB, comes out whole.
 #[test]

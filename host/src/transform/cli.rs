@@ -1407,6 +1407,9 @@ pub fn test(
                 Err(e) => {
                     let hint = match e {
                         TransformError::TooSlow { .. } => "; --timeout-ms sets the limit here",
+                        TransformError::TooMuchText { .. } => {
+                            "; --batch-size sets the rows per batch here"
+                        }
                         _ => "",
                     };
                     fatal = Some(anyhow::Error::new(e).context(format!("running {span}{hint}")));

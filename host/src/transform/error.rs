@@ -201,6 +201,20 @@ pub enum TransformError {
         /// `ISOLATION_LIMITS` limits).
         total_ms: Option<u64>,
     },
+    /// The rows of one batch, run one at a time (after a failure, or because the batch's output
+    /// did not fit), emitted more text (string and JSON values) in all than one batch holds.
+    #[error(
+        "transform {transform}: the first {rows} of the {of} rows of a batch, each run alone, \
+         emitted more than 4 GiB of text in all, the most one batch holds; emit less per row"
+    )]
+    TooMuchText {
+        /// The transform's name.
+        transform: String,
+        /// The rows run when the text went past the bound.
+        rows: usize,
+        /// The rows of the batch.
+        of: usize,
+    },
     /// The worker threads are gone (the chain was dropped, or a worker panicked).
     #[error("transform workers are not running")]
     Stopped,

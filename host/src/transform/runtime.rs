@@ -200,12 +200,15 @@ fn parts_by_text(batch: Vec<(RecordMeta, Row)>, max: usize) -> Vec<Vec<(RecordMe
     parts
 }
 
-/// A text offset of the batch layout. Input parts are kept far below `u32::MAX`
-/// ([`MAX_PART_TEXT`]); only outputs totalling over 4 GiB in one batch (possible only with
-/// `memory_mb` near its maximum) get here, and stopping beats cutting the offset short, which
-/// would garble rows.
+/// The most text one batch layout holds: its text offsets are `u32`.
+const MAX_LAYOUT_TEXT: usize = u32::MAX as usize;
+
+/// A text offset of the batch layout. Input parts are kept far below it ([`MAX_PART_TEXT`]),
+/// and a transform's output is checked against [`MAX_LAYOUT_TEXT`] before it is laid out
+/// (`run_transform`, `isolate`), so this cannot fail; stopping beats cutting the offset short,
+/// which would garble rows.
 fn text_offset(at: usize) -> u32 {
-    u32::try_from(at).expect("a batch holds more than 4 GiB of text: lower the batch size")
+    u32::try_from(at).expect("a batch's text was checked against MAX_LAYOUT_TEXT")
 }
 
 /// The most text-lane capacity reserved up front for a batch, from its first row's size.
@@ -1530,6 +1533,16 @@ fn run_transform(
         Pass::First,
     )? {
         Ok(output) => match check_output(&output, n) {
+            // What comes out is at most the input rows kept and the rows emitted. Past what one
+            // batch holds, the rows run again one at a time, where the text is counted exactly.
+            Ok(())
+                if n > 1
+                    && batch.wire.values.text.len() + output.rows.values.text.len()
+                        > MAX_LAYOUT_TEXT =>
+            {
+                *slot = None;
+                isolate(shared, t, slot, batch, metas, None)?
+            }
             Ok(()) => split(output, batch, 0, max),
             Err(reason) if n == 1 => (
                 WireBatch::default(),
@@ -1634,6 +1647,13 @@ fn isolate(
             Ok(output) => match check_output(&output, 1) {
                 Ok(()) => {
                     let (one, failed, none) = split(output, batch, j, max);
+                    if all.wire.values.text.len() + one.wire.values.text.len() > MAX_LAYOUT_TEXT {
+                        return Err(TransformError::TooMuchText {
+                            transform: t.name.to_string(),
+                            rows: j + 1,
+                            of: batch.origins.len(),
+                        });
+                    }
                     all.append_indexed(one, &mut shapes);
                     failures.extend(failed);
                     filtered += none;
