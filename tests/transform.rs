@@ -1763,6 +1763,50 @@ fn a_batch_failing_in_one_chunk_counts_the_others_rows_unfinished() {
     assert_eq!(counts(&c), [[799, 599, 1, 199], [599, 399, 0, 200]]);
 }
 
+/// A caller that gives up on a batch (drops `process`'s future) gets nothing of it, so the rows
+/// the chain emitted for it are unfinished, including those of chunks still running then.
+#[tokio::test]
+async fn a_batch_given_up_on_counts_its_rows_unfinished() {
+    let mut cfg = config(guests::POISON_LOOP, &[]);
+    cfg.timeout_ms = 200;
+    cfg.on_error = OnError::DeadLetter;
+    let c = chain(&[cfg]);
+    // Record 13 loops, so the first chunk takes two time limits at least: the future is pending.
+    let given_up = tokio::time::timeout(
+        std::time::Duration::ZERO,
+        c.process(with_meta(numbered(400))),
+    )
+    .await;
+    assert!(given_up.is_err(), "still running");
+    let stats = &c.stats()[0].1;
+    let count = |n: &std::sync::atomic::AtomicU64| n.load(Relaxed);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while count(&stats.rows_failed) + count(&stats.rows_unfinished) < 400 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "rows lost: {:?}",
+            [
+                &stats.rows_in,
+                &stats.rows_out,
+                &stats.rows_failed,
+                &stats.rows_unfinished
+            ]
+            .map(count)
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        [
+            &stats.rows_in,
+            &stats.rows_out,
+            &stats.rows_failed,
+            &stats.rows_unfinished
+        ]
+        .map(count),
+        [400, 0, 1, 399]
+    );
+}
+
 #[test]
 fn a_failure_later_in_the_chain_quarantines_the_whole_record() {
     // explode turns record 1 into ids 13 and 14; the trap on 13 fails record 1 as a whole.

@@ -262,7 +262,8 @@ pub struct TransformPart {
     /// Rows it emitted that were thrown away with their record, which failed on another row.
     #[serde(default)]
     pub rows_discarded: u64,
-    /// Rows of a batch that failed as a whole in it, left unprocessed (their records are kept).
+    /// Rows of a batch that failed as a whole, left unprocessed (their records are kept): in
+    /// this transform, or, for the last one, rows it emitted for a batch that failed elsewhere.
     #[serde(default)]
     pub rows_unfinished: u64,
     /// Fuel its calls consumed, when it has a `fuel` budget.
@@ -1856,7 +1857,8 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
             );
             e.counter(
                 "sluice_transform_rows_unfinished_total",
-                "Rows of batches that failed as a whole in the transform, left unprocessed.",
+                "Rows of batches that failed as a whole, left unprocessed in the transform (or \
+                 emitted by the last one for a batch that failed elsewhere).",
                 &l,
                 t.rows_unfinished.load(Ordering::Relaxed),
             );

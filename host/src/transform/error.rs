@@ -204,15 +204,16 @@ pub enum TransformError {
     /// The rows of one batch, run one at a time (after a failure, or because the batch's output
     /// did not fit), emitted more text (string and JSON values) in all than one batch holds.
     #[error(
-        "transform {transform}: the first {rows} of the {of} rows of a batch, each run alone, \
-         emitted more than 4 GiB of text in all, the most one batch holds; emit less per row"
+        "transform {transform}: run one at a time, the first {rows} of the {of} rows of one \
+         call emitted more than 4 GiB of text in all, the most one batch holds; emit less per \
+         row"
     )]
     TooMuchText {
         /// The transform's name.
         transform: String,
         /// The rows run when the text went past the bound.
         rows: usize,
-        /// The rows of the batch.
+        /// The rows of the call (a worker's share of the batch).
         of: usize,
     },
     /// The worker threads are gone (the chain was dropped, or a worker panicked).

@@ -458,7 +458,12 @@ impl TransformChain {
             inline.iter_mut().for_each(|s| *s = None);
         }
         let mut out = Vec::with_capacity(batch.len());
-        let mut emitted = 0;
+        // Settled when this returns, or as unfinished if the caller drops it part-way.
+        let mut settle = Settle {
+            chain: self,
+            emitted: 0,
+            ok: false,
+        };
         let mut result = Ok(());
         for part in parts_by_text(batch, self.max_part_text()) {
             let chunks = match self.dispatch(part) {
@@ -471,9 +476,10 @@ impl TransformChain {
             for chunk in chunks {
                 match chunk.rx.await.map_err(|_| TransformError::Stopped) {
                     Ok(Ok(done)) => {
-                        emitted += done.emitted;
+                        let (batch, failed, emitted) = done.take();
+                        settle.emitted += emitted;
                         if result.is_ok() {
-                            out.extend(done.batch.into_outcomes(chunk.rows, done.failed));
+                            out.extend(batch.into_outcomes(chunk.rows, failed));
                         }
                     }
                     // The part's other chunks are awaited all the same: what they emitted is
@@ -489,22 +495,8 @@ impl TransformChain {
                 break;
             }
         }
-        self.settle(emitted, result.is_ok());
+        settle.ok = result.is_ok();
         result.map(|()| out)
-    }
-
-    /// Counts the rows a batch's chain emitted as out of its last transform once the whole
-    /// batch is through; when a part of it failed, nothing of it goes on, so they are unfinished
-    /// instead, as the rows of a batch that fails in one piece are.
-    fn settle(&self, emitted: u64, ok: bool) {
-        if let Some(last) = self.shared.transforms.last() {
-            let counter = if ok {
-                &last.stats.rows_out
-            } else {
-                &last.stats.rows_unfinished
-            };
-            TransformStats::add(counter, emitted);
-        }
     }
 
     /// [`process`](Self::process) for callers outside an async runtime (the CLI, benchmarks).
@@ -515,20 +507,24 @@ impl TransformChain {
     /// (If another thread is using those instances, the batch goes to the workers after all.)
     pub fn process_blocking(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
         let mut parts = parts_by_text(batch, self.max_part_text());
-        let mut emitted = 0;
+        let mut settle = Settle {
+            chain: self,
+            emitted: 0,
+            ok: false,
+        };
         let result = if parts.len() == 1 {
-            self.process_part_blocking(parts.pop().unwrap_or_default(), &mut emitted)
+            self.process_part_blocking(parts.pop().unwrap_or_default(), &mut settle.emitted)
         } else {
             let mut out = Vec::new();
             parts
                 .into_iter()
                 .try_for_each(|part| {
-                    out.extend(self.process_part_blocking(part, &mut emitted)?);
+                    out.extend(self.process_part_blocking(part, &mut settle.emitted)?);
                     Ok(())
                 })
                 .map(|()| out)
         };
-        self.settle(emitted, result.is_ok());
+        settle.ok = result.is_ok();
         result
     }
 
@@ -547,7 +543,7 @@ impl TransformChain {
     }
 
     /// One part of a batch (see [`parts_by_text`]) through the chain, adding the rows the chain
-    /// emitted to `emitted` (see [`settle`](Self::settle)).
+    /// emitted to `emitted` (see [`Settle`]).
     fn process_part_blocking(&self, batch: Vec<(RecordMeta, Row)>, emitted: &mut u64) -> Reply {
         if self.chunks(batch.len()) == 1 {
             let slots = match self.inline.try_lock() {
@@ -564,8 +560,9 @@ impl TransformChain {
                 let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = batch.into_iter().unzip();
                 let wire = WireBatch::from_rows(rows.iter());
                 let done = run_chain(&self.shared, &mut slots, wire, Arc::new(metas))?;
-                *emitted += done.emitted;
-                return Ok(done.batch.into_outcomes(rows, done.failed));
+                let (batch, failed, n) = done.take();
+                *emitted += n;
+                return Ok(batch.into_outcomes(rows, failed));
             }
         }
         let mut out = Vec::with_capacity(batch.len());
@@ -585,9 +582,10 @@ impl TransformChain {
             // As in `process`, chunks after a failed one are awaited for their count.
             match done {
                 Ok(Ok(done)) => {
-                    *emitted += done.emitted;
+                    let (batch, failed, n) = done.take();
+                    *emitted += n;
                     if result.is_ok() {
-                        out.extend(done.batch.into_outcomes(chunk.rows, done.failed));
+                        out.extend(batch.into_outcomes(chunk.rows, failed));
                     }
                 }
                 Ok(Err(e)) | Err(e) => {
@@ -683,6 +681,29 @@ pub fn process_native(
     wire.into_outcomes(rows, BTreeMap::new())
 }
 
+/// Counts the rows a batch's chain emitted as out of its last transform once the whole batch is
+/// through (`ok`); when a part of it failed, or the caller gave up on it, nothing of it goes on,
+/// so they are unfinished instead, as the rows of a batch that fails in one piece are. (Chunks
+/// the caller never took count themselves: see [`Done`].)
+struct Settle<'a> {
+    chain: &'a TransformChain,
+    emitted: u64,
+    ok: bool,
+}
+
+impl Drop for Settle<'_> {
+    fn drop(&mut self) {
+        if let Some(last) = self.chain.shared.transforms.last() {
+            let counter = if self.ok {
+                &last.stats.rows_out
+            } else {
+                &last.stats.rows_unfinished
+            };
+            TransformStats::add(counter, self.emitted);
+        }
+    }
+}
+
 /// One chunk of a batch in flight on a worker.
 struct Chunk {
     rx: oneshot::Receiver<Result<Done, TransformError>>,
@@ -699,8 +720,31 @@ struct Done {
     batch: WireBatch,
     failed: BTreeMap<usize, RecordOutcome>,
     /// How many rows came out of the last transform: counted by the caller, once it knows
-    /// whether the rest of the batch went through ([`TransformChain::settle`]).
+    /// whether the rest of the batch went through ([`Settle`]), or as unfinished if it never
+    /// takes them (it gave up on the batch before this chunk was through).
     emitted: u64,
+    /// The last transform's counters.
+    last: Option<Arc<TransformStats>>,
+}
+
+impl Done {
+    /// The rows, the failed records and how many rows the last transform emitted, which the
+    /// caller now counts.
+    fn take(mut self) -> (WireBatch, BTreeMap<usize, RecordOutcome>, u64) {
+        (
+            std::mem::take(&mut self.batch),
+            std::mem::take(&mut self.failed),
+            std::mem::take(&mut self.emitted),
+        )
+    }
+}
+
+impl Drop for Done {
+    fn drop(&mut self) {
+        if let Some(last) = &self.last {
+            TransformStats::add(&last.rows_unfinished, self.emitted);
+        }
+    }
 }
 
 impl Drop for TransformChain {
@@ -1502,6 +1546,7 @@ fn run_chain(
         batch,
         failed,
         emitted,
+        last: shared.transforms.last().map(|t| Arc::clone(&t.stats)),
     })
 }
 
@@ -1540,6 +1585,8 @@ fn run_transform(
                     && batch.wire.values.text.len() + output.rows.values.text.len()
                         > MAX_LAYOUT_TEXT =>
             {
+                // Gigabytes of it: gone before the rows run again.
+                drop(output);
                 *slot = None;
                 isolate(shared, t, slot, batch, metas, None)?
             }
