@@ -2506,6 +2506,13 @@ fn cli_test_failed_records_fail_expect_unless_expected() {
             "expected 3 failed records, got 2 (first missing, golden line 3: {\"line\":5})",
         ),
         ("{\"line\":3,\"knd\":\"trap\"}\n", 2, "unknown field `knd`"),
+        (
+            "{\"line\":3,\"kind\":\"guest_eror\"}\n",
+            2,
+            "golden-failures.jsonl:1: kind \"guest_eror\" is not a failure kind (one of: \
+             guest_error, trap, timeout, memory, fuel, protocol, output_limit, ragged_row, \
+             invalid_utf8, parse, too_large, unclosed_quote)",
+        ),
         // serde would read a struct from an array by position; a golden file holds objects.
         (
             "[2,3,\"transform:poison_trap\",\"trap\",\"unreachable\"]\n",
@@ -3119,6 +3126,22 @@ fn cli_test_usage_errors_exit_2() {
     assert!(
         stderr.contains(
             "component /no/such/thing.wasm does not exist (check the path, or build it with `sluice transform build`)"
+        ),
+        "{stderr}"
+    );
+    // Builds moved elsewhere are where the docs' and pipeline files' paths do not look.
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(missing)
+        .args(["--input", input])
+        .env("CARGO_TARGET_DIR", "/elsewhere/target")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "`sluice transform build`); CARGO_TARGET_DIR is set, so builds go to \
+             /elsewhere/target, not transforms/target"
         ),
         "{stderr}"
     );

@@ -257,9 +257,9 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
             bad(
                 &at("uses"),
                 format!(
-                    "component {} does not exist (check the path, or build it with \
-                     `sluice transform build`)",
-                    wasm.display()
+                    "component {} does not exist {}",
+                    wasm.display(),
+                    crate::transform::not_found_hint()
                 ),
             );
         }

@@ -42,6 +42,15 @@ pub enum BadRowKind {
 }
 
 impl BadRowKind {
+    /// Every kind.
+    pub const ALL: [BadRowKind; 5] = [
+        BadRowKind::Ragged,
+        BadRowKind::InvalidUtf8,
+        BadRowKind::Parse,
+        BadRowKind::TooLarge,
+        BadRowKind::UnclosedQuote,
+    ];
+
     /// The dead-letter `kind` string.
     pub fn as_str(self) -> &'static str {
         match self {

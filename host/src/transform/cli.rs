@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use super::config::TransformConfig;
-use super::error::{LoadError, TransformError};
+use super::error::{FailureKind, LoadError, TransformError};
 use super::exact_json;
 use super::runtime::{RecordOutcome, RuntimeOptions, TransformChain, default_cache_dir};
 use crate::config::OnError;
@@ -1284,12 +1284,26 @@ impl Expected for ExpectedFailure {
             true => serde_json::from_str(text).map_err(anyhow::Error::from),
             false => Err(anyhow::anyhow!("it is not a JSON object")),
         };
-        parsed.with_context(|| {
+        let parsed: ExpectedFailure = parsed.with_context(|| {
             format!(
                 "{}:{line}: not what a golden file holds (one JSON object per line)",
                 path.display()
             )
-        })
+        })?;
+        // A misspelt kind would only ever show up as a mismatch.
+        if let Some(kind) = &parsed.kind {
+            let kinds: Vec<&str> = (FailureKind::ALL.iter().map(|k| k.as_str()))
+                .chain(BadRowKind::ALL.iter().map(|k| k.as_str()))
+                .collect();
+            if !kinds.contains(&kind.as_str()) {
+                anyhow::bail!(
+                    "{}:{line}: kind {kind:?} is not a failure kind (one of: {})",
+                    path.display(),
+                    kinds.join(", ")
+                );
+            }
+        }
+        Ok(parsed)
     }
 
     fn show(&self) -> String {

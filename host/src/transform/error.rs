@@ -5,6 +5,20 @@ use std::path::PathBuf;
 
 use super::runtime::ISOLATION_LIMITS;
 
+/// What to do about a component file that does not exist: build it. Paths in the docs and in
+/// `pipeline.json` assume builds in `transforms/target`, so when `CARGO_TARGET_DIR` moves them,
+/// building again would not help without saying where they went.
+pub(crate) fn not_found_hint() -> String {
+    let mut hint = "(check the path, or build it with `sluice transform build`)".to_owned();
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        hint.push_str(&format!(
+            "; CARGO_TARGET_DIR is set, so builds go to {}, not transforms/target",
+            std::path::Path::new(&dir).display()
+        ));
+    }
+    hint
+}
+
 /// Why a transform could not be loaded (bad file, wrong world, params rejected by `init`).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
@@ -12,9 +26,7 @@ pub enum LoadError {
     #[error("cannot set up the wasm engine: {0}")]
     Engine(String),
     /// There is no component file at that path (usually: not built yet).
-    #[error(
-        "component {path} does not exist (check the path, or build it with `sluice transform build`)"
-    )]
+    #[error("component {path} does not exist {}", not_found_hint())]
     NotFound {
         /// The component path.
         path: PathBuf,
@@ -117,6 +129,17 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind.
+    pub const ALL: [FailureKind; 7] = [
+        FailureKind::Guest,
+        FailureKind::Trap,
+        FailureKind::Timeout,
+        FailureKind::Memory,
+        FailureKind::Fuel,
+        FailureKind::Protocol,
+        FailureKind::OutputLimit,
+    ];
+
     /// The machine-readable kind used in dead letters and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

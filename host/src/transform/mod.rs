@@ -21,6 +21,7 @@ pub mod stats;
 
 pub use cli::{TransformCommand, run_command};
 pub use config::TransformConfig;
+pub(crate) use error::not_found_hint;
 pub use error::{FailureKind, LoadError, TransformError};
 pub use runtime::{Quarantine, RecordOutcome, RuntimeOptions, TransformChain, default_cache_dir};
 pub use stats::TransformStats;
