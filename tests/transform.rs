@@ -2435,6 +2435,82 @@ fn cli_test_expect_detects_a_mismatch() {
     );
 }
 
+/// One row missing from a golden file, or one extra in it, makes every later row differ; the
+/// report says which it looks like, from the pair after the first difference.
+#[test]
+fn cli_test_expect_says_when_rows_look_shifted_by_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path.display().to_string()
+    };
+    let names = ["ada", "bob", "cy", "dee"];
+    let line = |id: usize, name: &str| format!("{{\"id\":{id},\"name\":\"{name}\"}}\n");
+    let input: String = (names.iter().enumerate())
+        .map(|(i, n)| line(i + 1, n))
+        .collect();
+    let input = write("in.jsonl", &input);
+    let golden = |rows: &[(usize, &str)]| -> String {
+        rows.iter()
+            .map(|(id, n)| line(*id, &n.to_uppercase()))
+            .collect()
+    };
+    let run = |expect: &str| {
+        let args = [
+            "transform",
+            "test",
+            "--component",
+            guests::ENRICH,
+            "--input",
+            &input,
+        ];
+        let args = [&args[..], &["--with", "uppercase=name", "--expect", expect]].concat();
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The golden file has a row the run does not make.
+    let more = write(
+        "more.jsonl",
+        &golden(&[(1, "ada"), (9, "xavier"), (2, "bob"), (3, "cy"), (4, "dee")]),
+    );
+    let (code, stderr) = run(&more);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "in all: 3 of 4 rows compared differ; expected 5 rows, got 4\n  golden line 2 looks \
+             missing from the output: row 2 is the golden file's next row"
+        ),
+        "{stderr}"
+    );
+    // The golden file lacks a row the run makes.
+    let fewer = write("fewer.jsonl", &golden(&[(1, "ada"), (3, "cy"), (4, "dee")]));
+    let (code, stderr) = run(&fewer);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(
+            "in all: 2 of 3 rows compared differ; expected 3 rows, got 4\n  row 2 looks extra: \
+             the next row the run made is golden line 2"
+        ),
+        "{stderr}"
+    );
+    // A row that only differs says nothing of the kind.
+    let other = write(
+        "other.jsonl",
+        &golden(&[(1, "ada"), (2, "bobby"), (3, "cy"), (4, "dee")]),
+    );
+    let (code, stderr) = run(&other);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("in all: 1 of 4 rows compared differs"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("looks"), "{stderr}");
+}
+
 /// Under `--expect`, a record that fails fails the test even when the rows match (a trap in a
 /// record the chain would have dropped anyway must not pass silently), unless an
 /// `--expect-failures` file lists it; that file is matched field by field, `reason` by part.

@@ -1568,7 +1568,7 @@ fn row_text(row: &Row) -> String {
 /// An item of a golden file, compared with what the run produced.
 trait Expected {
     /// What the run produced.
-    type Actual: std::fmt::Display;
+    type Actual: std::fmt::Display + Clone;
     /// What the items are called, one and many.
     const NAMES: (&str, &str);
     /// The golden item as a message shows it.
@@ -1614,13 +1614,18 @@ impl Expected for JsonRow {
 /// Compares a run's items with a golden file's one at a time, as the run makes them, keeping
 /// only the first difference and a count of the others, so that the run's output need not fit
 /// in memory.
-struct Check<E> {
+struct Check<E: Expected> {
     expected: GoldenFile<E>,
     seen: usize,
     /// Pairs compared, and how many of them differ.
     compared: usize,
     differing: usize,
     first: Option<Difference>,
+    /// The first pair that differs (its golden line, both items), until the next pair says
+    /// whether the two sides are out of step by one item.
+    first_pair: Option<(u64, E, E::Actual)>,
+    /// What the next pair said: one item missing from the run, or one extra in it.
+    shift: Option<String>,
 }
 
 /// The first difference a [`Check`] found.
@@ -1641,6 +1646,8 @@ impl<E: Expected> Check<E> {
             compared: 0,
             differing: 0,
             first: None,
+            first_pair: None,
+            shift: None,
         }
     }
 
@@ -1659,6 +1666,26 @@ impl<E: Expected> Check<E> {
         let difference = match self.expected.next() {
             Ok(Some((line, e))) => {
                 self.compared += 1;
+                // After one missing or extra item, every later pair differs; the pair after the
+                // first difference tells which, by matching across.
+                if let Some((first_line, first_e, first_actual)) = self.first_pair.take() {
+                    let n = self.seen - 1;
+                    if e.matches(&first_actual) {
+                        self.shift = Some(format!(
+                            "golden line {first_line} looks missing from the output: {} {n} is \
+                             the golden file's next {}",
+                            E::NAMES.0,
+                            E::NAMES.0
+                        ));
+                    } else if first_e.matches(actual) {
+                        self.shift = Some(format!(
+                            "{} {n} looks extra: the next {} the run made is golden line \
+                             {first_line}",
+                            E::NAMES.0,
+                            E::NAMES.0
+                        ));
+                    }
+                }
                 if e.matches(actual) {
                     return;
                 }
@@ -1667,7 +1694,7 @@ impl<E: Expected> Check<E> {
                     return;
                 }
                 // Both clipped: a row of 20,000 columns would bury what differs in it.
-                Difference::Pair(format!(
+                let msg = Difference::Pair(format!(
                     "{} {} (golden line {line}{}): expected {}, got {}{}",
                     E::NAMES.0,
                     self.seen,
@@ -1677,7 +1704,9 @@ impl<E: Expected> Check<E> {
                     e.differences(actual)
                         .map(|d| format!("\n  differs in {}", clip(d)))
                         .unwrap_or_default()
-                ))
+                ));
+                self.first_pair = Some((line, e, actual.clone()));
+                msg
             }
             Ok(None) => Difference::Extra(format!("{actual}{}", from())),
             Err(e) => Difference::Unreadable(format!("{e:#}")),
@@ -1710,6 +1739,9 @@ impl<E: Expected> Check<E> {
                 );
                 if m != n {
                     all.push_str(&format!("; {expected}, got {m}"));
+                }
+                if let Some(shift) = self.shift {
+                    all.push_str(&format!("\n  {shift}"));
                 }
                 Err(format!("{msg}\n  in all: {all}"))
             }
