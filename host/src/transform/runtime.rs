@@ -474,22 +474,14 @@ impl TransformChain {
                 }
             };
             for chunk in chunks {
-                match chunk.rx.await.map_err(|_| TransformError::Stopped) {
-                    Ok(Ok(done)) => {
-                        let (batch, failed, emitted) = done.take();
-                        settle.emitted += emitted;
-                        if result.is_ok() {
-                            out.extend(batch.into_outcomes(chunk.rows, failed));
-                        }
-                    }
-                    // The part's other chunks are awaited all the same: what they emitted is
-                    // unfinished now, and counted so.
-                    Ok(Err(e)) | Err(e) => {
-                        if result.is_ok() {
-                            result = Err(e);
-                        }
-                    }
-                }
+                let reply = chunk.rx.await.unwrap_or(Err(TransformError::Stopped));
+                take_reply(
+                    reply,
+                    chunk.rows,
+                    &mut out,
+                    &mut result,
+                    &mut settle.emitted,
+                );
             }
             if result.is_err() {
                 break;
@@ -579,21 +571,8 @@ impl TransformChain {
                     .blocking_recv()
                     .map_err(|_| TransformError::Stopped)
             });
-            // As in `process`, chunks after a failed one are awaited for their count.
-            match done {
-                Ok(Ok(done)) => {
-                    let (batch, failed, n) = done.take();
-                    *emitted += n;
-                    if result.is_ok() {
-                        out.extend(batch.into_outcomes(chunk.rows, failed));
-                    }
-                }
-                Ok(Err(e)) | Err(e) => {
-                    if result.is_ok() {
-                        result = Err(e);
-                    }
-                }
-            }
+            let reply = done.unwrap_or_else(Err);
+            take_reply(reply, chunk.rows, &mut out, &mut result, emitted);
         }
         result.map(|()| out)
     }
@@ -679,6 +658,33 @@ pub fn process_native(
     }
     drop(metas);
     wire.into_outcomes(rows, BTreeMap::new())
+}
+
+/// Takes a chunk's reply: its outcomes into `out` (made from its input `rows`) while the batch has
+/// not failed, the rows its chain emitted into `emitted`, and its error into `result` if that is
+/// the first. A chunk after a failed one is still awaited and counted: what it emitted is
+/// unfinished now.
+fn take_reply(
+    reply: Result<Done, TransformError>,
+    rows: Vec<Row>,
+    out: &mut Vec<RecordOutcome>,
+    result: &mut Result<(), TransformError>,
+    emitted: &mut u64,
+) {
+    match reply {
+        Ok(done) => {
+            let (batch, failed, n) = done.take();
+            *emitted += n;
+            if result.is_ok() {
+                out.extend(batch.into_outcomes(rows, failed));
+            }
+        }
+        Err(e) => {
+            if result.is_ok() {
+                *result = Err(e);
+            }
+        }
+    }
 }
 
 /// Counts the rows a batch's chain emitted as out of its last transform once the whole batch is
