@@ -1449,7 +1449,8 @@ fn an_output_of_many_nulls_is_bounded_by_the_memory_cap_as_host_rows() {
 /// bytes there and a 48-byte field here): 1024 rows exploded into 2.9 million values, 28 times
 /// `memory_mb` as host rows, come out whole. The batch call runs out of guest memory, and the
 /// rows run again one at a time each return little, but together far more than one call may:
-/// that is the batch's own size, which is not refused.
+/// that is the batch's own size, which is refused only past 64 times `memory_mb` (see
+/// `a_batch_whose_rows_run_alone_emit_too_much_in_all_fails_with_an_error`).
 #[test]
 fn an_honest_flat_map_output_many_times_memory_mb_as_host_rows_comes_out() {
     let mut cfg = config(guests::EXPLODE, &[("field", "t")]);
@@ -1524,6 +1525,51 @@ fn a_batch_whose_rows_emit_over_4_gib_of_text_fails_with_an_error() {
         )])]))
         .unwrap();
     assert_eq!(emitted(&out[0]).len(), 2);
+}
+
+/// Each row run alone is bounded as one call, but a batch's rows together could make the host
+/// hold a thousand times that (1024 rows of 1000 × 2000 nulls: 96 GB of host rows). Their sum is
+/// bounded too, at 64 times `memory_mb` as host rows: past it, the batch fails as a whole with an
+/// error that says so, its rows unfinished, and the chain goes on.
+#[test]
+fn a_batch_whose_rows_run_alone_emit_too_much_in_all_fails_with_an_error() {
+    let mut cfg = config(
+        guests::POISON_ALIAS,
+        &[("wide", "1000x2000"), ("every", "true")],
+    );
+    // 2 MB of the guest's memory per row, about 92 MiB of host rows: within the 128 MiB one
+    // call may emit, but 6 rows pass the 512 MiB the rows of one batch may emit in all. The
+    // batch call (60 MB for 30 rows) runs out of memory first, so the rows run one at a time.
+    cfg.memory_mb = 8;
+    let c = one_worker(&[cfg]);
+    match c.process_blocking(with_meta(numbered(30))) {
+        Err(
+            e @ TransformError::TooMuchOutput {
+                rows: 6,
+                of: 30,
+                memory_mb: 8,
+                ..
+            },
+        ) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("more than 512 MiB in all as host rows"),
+                "{text}"
+            );
+            assert!(text.contains("raise memory_mb"), "{text}");
+        }
+        other => panic!(
+            "expected TooMuchOutput at row 6 of 30, got {:?}",
+            other.map(|o| o.len())
+        ),
+    }
+    let stats = &c.stats()[0].1;
+    assert_eq!(stats.rows_unfinished.load(Relaxed), 30);
+    assert_eq!(stats.rows_out.load(Relaxed), 0);
+    // The chain goes on: one row's answer is within both bounds.
+    let out = c.process_blocking(with_meta(numbered(1))).unwrap();
+    assert_eq!(emitted(&out[0]).len(), 1000);
+    assert_eq!(emitted(&out[0])[999].fields.len(), 2000);
 }
 
 /// The bound on what the host copies out of a call grows with `memory_mb`: an honest 140 MiB

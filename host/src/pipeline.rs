@@ -801,15 +801,7 @@ pub async fn run(
         Some((part, Ok(()))) => Some(part),
         Some((part, Err(e))) => {
             stopped = true;
-            let hint = match e.downcast_ref::<crate::transform::TransformError>() {
-                Some(crate::transform::TransformError::Failed { .. }) => {
-                    " (fix the transform, or set its on_error to drop or dead_letter; then \
-                     `sluice run --consume-only` resumes from what the warehouse holds, while a \
-                     full run would replay the whole file again and load its rows twice)"
-                }
-                _ => "",
-            };
-            problems.push(format!("{e:#}{hint}"));
+            problems.push(format!("{e:#}{}", resume_hint(&e)));
             Some(part)
         }
         None => None,
@@ -2293,9 +2285,50 @@ fn count_csv(
     Ok((good, bad))
 }
 
+/// What the problem line of a consume half that `e` stopped adds: how to carry on. A transform
+/// that fails a batch, however it does, leaves that batch's offsets uncommitted, so the records
+/// are still in the topic for the next run.
+fn resume_hint(e: &anyhow::Error) -> &'static str {
+    match e.downcast_ref::<crate::transform::TransformError>() {
+        Some(crate::transform::TransformError::Failed { .. }) => {
+            " (fix the transform, or set its on_error to drop or dead_letter; then `sluice run \
+             --consume-only` resumes from what the warehouse holds, while a full run would \
+             replay the whole file again and load its rows twice)"
+        }
+        Some(_) => {
+            " (fix the transform or its settings; then `sluice run --consume-only` resumes from \
+             what the warehouse holds, while a full run would replay the whole file again and \
+             load its rows twice)"
+        }
+        None => "",
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every transform error that stops a run says how to resume it, through the context the
+    /// consume half adds; other errors carry their own advice.
+    #[test]
+    fn a_run_stopped_by_a_transform_says_how_to_resume() {
+        use crate::transform::TransformError;
+        let stopped_by = |e: TransformError| resume_hint(&anyhow::Error::new(e).context("batch"));
+        let too_much = stopped_by(TransformError::TooMuchOutput {
+            transform: "t".into(),
+            rows: 6,
+            of: 30,
+            memory_mb: 8,
+        });
+        assert!(
+            too_much.contains("`sluice run --consume-only` resumes"),
+            "{too_much}"
+        );
+        assert!(!too_much.contains("on_error"), "{too_much}");
+        let stopped = stopped_by(TransformError::Stopped);
+        assert!(stopped.contains("--consume-only"), "{stopped}");
+        assert_eq!(resume_hint(&anyhow::anyhow!("the sink failed")), "");
+    }
 
     /// The sink reads `private_key_path` relative to the pipeline file, where `validate` looked
     /// for it, whatever the current directory; and an empty `${VAR:-}` is no key at all.

@@ -1424,6 +1424,9 @@ pub fn test(
                         TransformError::TooMuchText { .. } => {
                             "; --batch-size sets the rows per batch here"
                         }
+                        TransformError::TooMuchOutput { .. } => {
+                            "; --memory-mb sets the memory limit here, --batch-size the rows per batch"
+                        }
                         _ => "",
                     };
                     fatal = Some(anyhow::Error::new(e).context(format!("running {span}{hint}")));

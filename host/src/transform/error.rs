@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::runtime::ISOLATION_LIMITS;
+use super::runtime::{ISOLATED_OUTPUT_PER_MEMORY_BYTE, ISOLATION_LIMITS};
 
 /// What to do about a component file that does not exist: build it. Paths in the docs and in
 /// `pipeline.json` assume builds in `transforms/target`, so when `CARGO_TARGET_DIR` moves them,
@@ -238,6 +238,27 @@ pub enum TransformError {
         rows: usize,
         /// The rows of the call (a worker's share of the batch).
         of: usize,
+    },
+    /// The rows of one batch, run one at a time (after a failure, or because the batch's output
+    /// did not fit), emitted more in all, as host rows, than the host takes from a batch run that
+    /// way (`ISOLATED_OUTPUT_PER_MEMORY_BYTE` times `memory_mb`), though each row's output was
+    /// within what one call may emit.
+    #[error(
+        "transform {transform}: run one at a time, the first {rows} of the {of} rows of one \
+         call emitted more than {} MiB in all as host rows ({ISOLATED_OUTPUT_PER_MEMORY_BYTE} \
+         times the memory limit of {memory_mb} MiB), the most the host takes from a batch run \
+         that way; raise memory_mb or emit less per row",
+        memory_mb.saturating_mul(ISOLATED_OUTPUT_PER_MEMORY_BYTE)
+    )]
+    TooMuchOutput {
+        /// The transform's name.
+        transform: String,
+        /// The rows run when the output went past the bound.
+        rows: usize,
+        /// The rows of the call (a worker's share of the batch).
+        of: usize,
+        /// The transform's memory cap, in MiB, which the bound is a multiple of.
+        memory_mb: u64,
     },
     /// The worker threads are gone (the chain was dropped, or a worker panicked).
     #[error("transform workers are not running")]

@@ -30,7 +30,8 @@
 //! (`OUTPUT_ROWS_PER_MEMORY_BYTE`). A trap or a limit poisons only that instance: the
 //! worker drops it, builds a fresh one, re-runs that transform's batch one record at a time to
 //! find the poison record, applies the transform's `on_error` policy to that record alone and
-//! carries on with the rest.
+//! carries on with the rest. What the records of a batch run that way emit in all is bounded too
+//! (`ISOLATED_OUTPUT_PER_MEMORY_BYTE`).
 //!
 //! # The batch layout
 //!
@@ -161,6 +162,13 @@ fn host_size(rows: &Rows) -> u64 {
         + rows.values.text.len()
         + names) as u64
 }
+
+/// What the rows of one call, run again one at a time, may emit in all as host rows, per byte of
+/// `memory_mb`: four calls' worth ([`OUTPUT_ROWS_PER_MEMORY_BYTE`]), 4 GiB at the default 64 MiB.
+/// Each row's output is bounded as a call's, but a batch of 1024 rows that each emit just under
+/// that would otherwise make the host hold a thousand times it, and be killed for memory. An
+/// honest flat-map whose batch ran out of guest memory comes out whole well within it.
+pub(crate) const ISOLATED_OUTPUT_PER_MEMORY_BYTE: u64 = 4 * OUTPUT_ROWS_PER_MEMORY_BYTE;
 
 /// A batch is sent down a chain in consecutive parts whose text (string and JSON values) is at
 /// most this fraction of the smallest `memory_mb` in the chain. A guest holds a batch's text
@@ -1682,6 +1690,10 @@ fn isolate(
     let cpu_cap = limit * (MAX_TIMEOUTS_PER_BATCH as u32 + 1);
     let (total_cap, started) = (limit * ISOLATION_LIMITS, thread_cpu_time());
     let max = t.config.max_rows_per_record;
+    let (mut size, size_cap) = (
+        0u64,
+        (t.config.memory_mb).saturating_mul(ISOLATED_OUTPUT_PER_MEMORY_BYTE << 20),
+    );
     for j in 0..batch.origins.len() {
         let origin = &batch.origins[j..=j];
         // A fresh instance (the previous row trapped) is built first: building it and its
@@ -1700,6 +1712,15 @@ fn isolate(
             Ok(output) => match check_output(&output, 1) {
                 Ok(()) => {
                     let (one, failed, none) = split(output, batch, j, max);
+                    size += host_size(&one.wire);
+                    if size > size_cap {
+                        return Err(TransformError::TooMuchOutput {
+                            transform: t.name.to_string(),
+                            rows: j + 1,
+                            of: batch.origins.len(),
+                            memory_mb: t.config.memory_mb,
+                        });
+                    }
                     if all.wire.values.text.len() + one.wire.values.text.len() > MAX_LAYOUT_TEXT {
                         return Err(TransformError::TooMuchText {
                             transform: t.name.to_string(),

@@ -4,7 +4,8 @@
 //! host allocate 4 GiB. (Only a guest that means harm shares memory this way: safe Rust cannot.)
 //!
 //! With param `wide=RxF` it answers row 13 instead with `R` rows of `F` null fields each: a byte
-//! of its memory per value, but a host row's field per value on the host's side.
+//! of its memory per value, but a host row's field per value on the host's side. With `every=true`
+//! as well, it answers every row that way.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "transform" });
 
@@ -20,6 +21,8 @@ struct Alias;
 
 /// `wide`: rows and fields of the answer.
 static WIDE: std::sync::Mutex<Option<(u32, usize)>> = std::sync::Mutex::new(None);
+/// `every`: answer every row, not only row 13.
+static EVERY: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 impl Guest for Alias {
     fn init(params: Vec<(String, String)>) -> Result<(), TransformError> {
@@ -27,13 +30,16 @@ impl Guest for Alias {
             let (r, f) = v.split_once('x').expect("wide=RxF");
             *WIDE.lock().unwrap() = Some((r.parse().unwrap(), f.parse().unwrap()));
         }
+        let every = params.iter().any(|(k, v)| k == "every" && v == "true");
+        EVERY.store(every, std::sync::atomic::Ordering::Relaxed);
         Ok(())
     }
 
     fn transform_batch(input: Rows) -> Output {
         let wide = *WIDE.lock().unwrap();
         // The tests' rows hold one int each, their `id`, so `ints[i]` is row i's id.
-        let hit = |i: usize| input.values.ints[i] == 13;
+        let every = EVERY.load(std::sync::atomic::Ordering::Relaxed);
+        let hit = |i: usize| every || input.values.ints[i] == 13;
         let mut rows = empty();
         if let Some((r, f)) = wide {
             rows.schemas.push((0..f).map(|i| format!("f{i}")).collect());
