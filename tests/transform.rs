@@ -3672,6 +3672,29 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     .unwrap();
     let expected = std::fs::read_to_string(crate_dir.join("testdata/expected.jsonl")).unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), expected);
+    // Its unit tests pass natively, run as `new` says.
+    assert!(
+        stdout.contains("unit tests: (cd ") && stdout.contains("cargo test -p transform-shout"),
+        "{stdout}"
+    );
+    let rustc = std::process::Command::new("rustc")
+        .arg("-vV")
+        .output()
+        .unwrap();
+    let host = String::from_utf8(rustc.stdout).unwrap();
+    let host = host.lines().find_map(|l| l.strip_prefix("host: ")).unwrap();
+    let unit = std::process::Command::new(env!("CARGO"))
+        .args(["test", "-p", "transform-shout", "--target", host])
+        .current_dir(ws)
+        .env_remove("CARGO_TARGET_DIR")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&unit.stdout);
+    assert!(
+        unit.status.success() && text.contains("test result: ok. 2 passed"),
+        "{text}{}",
+        String::from_utf8_lossy(&unit.stderr)
+    );
 }
 
 #[test]

@@ -181,6 +181,11 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 data.join("input.jsonl").display(),
                 data.join("expected.jsonl").display()
             );
+            crate::outln!(
+                "unit tests: (cd {} && cargo test -p transform-{name} --target \"$(rustc -vV | \
+                 sed -n 's/^host: //p')\")",
+                dir.display()
+            );
             Ok(ExitCode::SUCCESS)
         }
         TransformCommand::Build { name, dir } => {

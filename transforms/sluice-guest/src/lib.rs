@@ -738,8 +738,37 @@ pub trait Transform: 'static {
 /// The metadata (topic, partition, offset, key, timestamp, headers) of the Kafka record the row
 /// being transformed came from. Only meaningful inside [`Transform::transform`]; costs one call
 /// to the host, so fetch it only when needed.
+///
+/// In a native unit test there is no host: it returns what [`testing::set_meta`] set, and
+/// panics if nothing was set.
 pub fn meta() -> RecordMeta {
-    bindings::sluice::transform::context::meta(CURRENT_INDEX.get())
+    #[cfg(target_arch = "wasm32")]
+    return bindings::sluice::transform::context::meta(CURRENT_INDEX.get());
+    #[cfg(not(target_arch = "wasm32"))]
+    return testing::META.with_borrow(|m| {
+        m.clone().expect(
+            "sluice_guest::meta() in a native test: set the record's metadata first with \
+             sluice_guest::testing::set_meta",
+        )
+    });
+}
+
+/// Helpers for a transform's own unit tests, which run natively (`cargo test --target` the
+/// host's triple), where there is no host to ask. In a component they do nothing.
+pub mod testing {
+    use super::RecordMeta;
+    use std::cell::RefCell;
+
+    thread_local! {
+        #[cfg_attr(target_arch = "wasm32", allow(dead_code))]
+        pub(crate) static META: RefCell<Option<RecordMeta>> = const { RefCell::new(None) };
+    }
+
+    /// Sets what [`meta()`](super::meta) returns on this thread from now on (each test runs on a
+    /// thread of its own, so tests do not see each other's).
+    pub fn set_meta(meta: RecordMeta) {
+        META.set(Some(meta));
+    }
 }
 
 /// Exports a [`Transform`] type as the component's `transformer` interface.

@@ -8,6 +8,12 @@
 //! sluice transform test --component transforms/target/wasm32-wasip2/release/transform_{{crate}}.wasm \
 //!     --input transforms/{{name}}/testdata/input.jsonl --expect transforms/{{name}}/testdata/expected.jsonl
 //! ```
+//!
+//! Its unit tests (below) run natively, with no host: from `transforms/`,
+//!
+//! ```text
+//! cargo test -p transform-{{name}} --target "$(rustc -vV | sed -n 's/^host: //p')"
+//! ```
 
 use sluice_guest::{Error, Params, Row, Transform, Value};
 
@@ -43,3 +49,32 @@ impl Transform for Main {
 }
 
 sluice_guest::export!(Main);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(value: Value) -> Row {
+        [("name", value)].into_iter().collect()
+    }
+
+    #[test]
+    fn uppercases_the_field_and_drops_rows_where_it_is_empty() {
+        let mut t = Main::init(&Params::new(vec![])).unwrap();
+        let out = t.transform(row(Value::String("ada".into()))).unwrap();
+        assert_eq!(out, [row(Value::String("ADA".into()))]);
+        assert!(
+            t.transform(row(Value::String(String::new())))
+                .unwrap()
+                .is_empty()
+        );
+        assert!(t.transform(row(Value::Int(1))).is_err());
+        // `sluice_guest::meta()` needs `sluice_guest::testing::set_meta(...)` first here.
+    }
+
+    #[test]
+    fn refuses_unknown_params() {
+        let params = Params::new(vec![("feild".into(), "name".into())]);
+        assert!(Main::init(&params).is_err());
+    }
+}

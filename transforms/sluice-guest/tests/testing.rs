@@ -1,0 +1,56 @@
+//! A transform's own unit tests run natively, where there is no host: `meta()` answers what the
+//! test set with `testing::set_meta`, and says what to do when nothing was set.
+
+use sluice_guest::{Error, Header, Params, RecordMeta, Row, Transform, Value};
+
+/// Adds the record's partition and `sluice.line` header to each row.
+struct Stamp;
+
+impl Transform for Stamp {
+    fn init(_: &Params) -> Result<Self, Error> {
+        Ok(Stamp)
+    }
+
+    fn transform(&mut self, mut row: Row) -> Result<Vec<Row>, Error> {
+        let meta = sluice_guest::meta();
+        row.push("partition", Value::Int(meta.partition.into()));
+        let line = meta.headers.iter().find(|h| h.key == "sluice.line");
+        let line = line.map(|h| String::from_utf8_lossy(&h.value).into_owned());
+        row.push("line", line.map_or(Value::Null, Value::String));
+        Ok(vec![row])
+    }
+}
+
+#[test]
+fn meta_answers_what_the_test_set() {
+    sluice_guest::testing::set_meta(RecordMeta {
+        topic: "t".into(),
+        partition: 3,
+        offset: 41,
+        key: None,
+        timestamp_ms: None,
+        headers: vec![Header {
+            key: "sluice.line".into(),
+            value: b"17".to_vec(),
+        }],
+    });
+    let mut t = Stamp::init(&Params::new(vec![])).unwrap();
+    let out = t
+        .transform([("id", Value::Int(1))].into_iter().collect())
+        .unwrap();
+    let got: Vec<(&str, &Value)> = out[0].iter().collect();
+    assert_eq!(
+        got,
+        [
+            ("id", &Value::Int(1)),
+            ("partition", &Value::Int(3)),
+            ("line", &Value::String("17".into()))
+        ]
+    );
+}
+
+#[test]
+#[should_panic(expected = "set the record's metadata first with sluice_guest::testing::set_meta")]
+fn meta_unset_in_a_native_test_says_how_to_set_it() {
+    sluice_guest::meta();
+}
