@@ -452,10 +452,25 @@ impl Value {
         }
     }
 
-    /// An `Int` or `Timestamp` as i64.
+    /// An `Int` or `Timestamp` (its microseconds) as i64; match on the value to tell them apart.
     pub fn as_i64(&self) -> Option<i64> {
         match *self {
             Value::Int(i) | Value::Timestamp(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    /// A `Bool` as bool (no other type qualifies: the CSV source already types a column of
+    /// `true`/`false` as bool).
+    ///
+    /// ```
+    /// use sluice_guest::Value;
+    /// assert_eq!(Value::Bool(true).as_bool(), Some(true));
+    /// assert_eq!(Value::Int(1).as_bool(), None);
+    /// ```
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            Value::Bool(b) => Some(b),
             _ => None,
         }
     }
