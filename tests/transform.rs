@@ -2036,6 +2036,95 @@ fn check_rejects_files_that_are_not_sluice_transforms() {
     );
 }
 
+/// `component` with a core module of `globals` globals appended, instantiated `instances`
+/// times (never called). Component sections may come in any order, and each extends its index
+/// space, so the new module's index is the number of modules before it.
+fn bloated(component: &[u8], globals: u32, instances: u32) -> Vec<u8> {
+    fn leb(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let b = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                return out.push(b);
+            }
+            out.push(b | 0x80);
+        }
+    }
+    fn section(id: u8, body: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb(body.len(), out);
+        out.extend_from_slice(body);
+    }
+    assert_eq!(&component[..8], b"\0asm\x0d\x00\x01\x00", "a component");
+    let (mut at, mut modules) = (8, 0);
+    while at < component.len() {
+        let (id, mut size, mut shift) = (component[at], 0usize, 0);
+        at += 1;
+        loop {
+            let b = component[at];
+            at += 1;
+            size |= usize::from(b & 0x7f) << shift;
+            shift += 7;
+            if b < 0x80 {
+                break;
+            }
+        }
+        modules += usize::from(id == 1);
+        at += size;
+    }
+    // (global i64 (i64.const 0)), `globals` times.
+    let mut body = Vec::new();
+    leb(globals as usize, &mut body);
+    for _ in 0..globals {
+        body.extend_from_slice(&[0x7e, 0x00, 0x42, 0x00, 0x0b]);
+    }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    section(6, &body, &mut module);
+    let mut out = component.to_vec();
+    section(1, &module, &mut out);
+    // (core instance (instantiate $module)), `instances` times.
+    let mut body = Vec::new();
+    leb(instances as usize, &mut body);
+    for _ in 0..instances {
+        body.push(0x00);
+        leb(modules, &mut body);
+        body.push(0x00);
+    }
+    section(2, &body, &mut out);
+    out
+}
+
+/// What a component's core modules hold per instance (globals, function references, tables) is
+/// host memory outside `memory_mb`, built by host code the CPU cap does not interrupt, so a
+/// component could make every instance cost gigabytes. A core module with more than 10,000
+/// globals is refused when it loads, and more than 100 core instances fail the instance; within
+/// both, the same bytes load and run.
+#[test]
+fn components_whose_instances_would_cost_the_host_unbounded_memory_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let passthrough = std::fs::read(guests::PASSTHROUGH).unwrap();
+    let write = |name: &str, bytes: Vec<u8>| {
+        let p = dir.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let within = write("within.wasm", bloated(&passthrough, 100, 10));
+    let c = chain(&[config(&within, &[])]);
+    let out = c.process_blocking(with_meta(numbered(3))).unwrap();
+    assert_eq!(emitted(&out[2]), &numbered(3)[2..]);
+    let globals = write("globals.wasm", bloated(&passthrough, 20_000, 1));
+    let err = check(&config(&globals, &[]), &opts()).unwrap_err();
+    assert!(matches!(err, LoadError::InvalidComponent { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("defines 20000 globals, more than the 10000 sluice allows"),
+        "{err}"
+    );
+    let instances = write("instances.wasm", bloated(&passthrough, 1, 200));
+    let err = check(&config(&instances, &[]), &opts()).unwrap_err();
+    assert!(err.to_string().contains("instance count too high"), "{err}");
+}
+
 #[test]
 fn compiled_components_are_cached_on_disk() {
     let dir = tempfile::tempdir().unwrap();

@@ -24,10 +24,11 @@
 //! memory cap (a `ResourceLimiter` that traps on growth past `memory_mb`), each call a CPU-time
 //! cap (a ticker thread bumps the epoch every few ms, and at the deadline the store reads its
 //! thread's CPU clock, so time spent descheduled is not charged) and optionally a fuel budget.
-//! An instance may hold at most `MAX_HANDLES` WASI resources (streams, pollables): they live in
-//! host memory, outside `memory_mb`, and the host copies at most four times `memory_mb` out of
-//! one call (`OUTPUT_COPY_PER_MEMORY_BYTE`), and takes at most sixteen times as host rows
-//! (`OUTPUT_ROWS_PER_MEMORY_BYTE`). A trap or a limit poisons only that instance: the
+//! An instance may hold at most `MAX_HANDLES` WASI resources (streams, pollables) and
+//! `MAX_CORE_INSTANCES` core instances (whose modules may define at most
+//! `MAX_GLOBALS_PER_MODULE` globals): they live in host memory, outside `memory_mb`. The host
+//! copies at most four times `memory_mb` out of one call (`OUTPUT_COPY_PER_MEMORY_BYTE`), and
+//! takes at most sixteen times as host rows (`OUTPUT_ROWS_PER_MEMORY_BYTE`). A trap or a limit poisons only that instance: the
 //! worker drops it, builds a fresh one, re-runs that transform's batch one record at a time to
 //! find the poison record, applies the transform's `on_error` policy to that record alone and
 //! carries on with the rest. What the records of a batch run that way emit in all is bounded too
@@ -104,8 +105,50 @@ fn spin<T>(limit: Duration, mut poll: impl FnMut() -> Option<T>) -> Option<T> {
     }
 }
 
-/// Table growth cap per instance (function references); generous, but bounded.
+/// Table growth cap per table (function references); generous, but bounded.
 const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+/// Most core module instances, tables and linear memories one instance of a component may hold.
+/// Each costs host memory outside `memory_mb` (its globals and function references, a table's
+/// elements, a memory's address-space reservation), built by host code the CPU cap does not
+/// interrupt, and wasmtime's own limits are 10,000 of each. A Rust guest holds a handful.
+const MAX_CORE_INSTANCES: usize = 100;
+/// See [`MAX_CORE_INSTANCES`].
+const MAX_TABLES: usize = 16;
+/// See [`MAX_CORE_INSTANCES`].
+const MAX_MEMORIES: usize = 16;
+
+/// Most globals one core module of a component may define. Every instance of the module holds
+/// them in host memory (16 bytes each), set up by host code when the instance is built, and the
+/// format allows a million per module, instantiated up to [`MAX_CORE_INSTANCES`] times: 1.6 GB
+/// built outside both `memory_mb` and the CPU cap. Guests compiled from Rust or C define a few.
+const MAX_GLOBALS_PER_MODULE: u32 = 10_000;
+
+/// Refuses a component whose core modules define more than [`MAX_GLOBALS_PER_MODULE`] globals.
+/// Anything it cannot parse is left for wasmtime to report.
+fn check_globals(bytes: &[u8]) -> Result<(), String> {
+    let bytes = match wat::parse_bytes(bytes) {
+        Ok(bytes) => bytes,
+        Err(_) => return Ok(()),
+    };
+    for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
+        match payload {
+            Ok(wasmparser::Payload::GlobalSection(globals))
+                if globals.count() > MAX_GLOBALS_PER_MODULE =>
+            {
+                return Err(format!(
+                    "one of its core modules defines {} globals, more than the \
+                     {MAX_GLOBALS_PER_MODULE} sluice allows (each instance of the module holds \
+                     them in the host's memory)",
+                    globals.count()
+                ));
+            }
+            Ok(_) => {}
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
 
 /// Host resources (WASI streams, pollables, ...) one instance may hold at once. They live in host
 /// memory, outside `memory_mb` (about 0.9 KiB each), and wasmtime's own limit is a million, so a
@@ -884,6 +927,10 @@ fn load_one(
             reason: "it does not start with the `\\0asm` header of a WebAssembly file".into(),
         });
     }
+    check_globals(&bytes).map_err(|reason| LoadError::InvalidComponent {
+        path: path.clone(),
+        reason,
+    })?;
     let start = Instant::now();
     let hash = blake3::hash(&bytes);
     let (component, how) = match compiled.get(&hash) {
@@ -1179,6 +1226,18 @@ impl ResourceLimiter for MemoryCap {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+
+    fn instances(&self) -> usize {
+        MAX_CORE_INSTANCES
+    }
+
+    fn tables(&self) -> usize {
+        MAX_TABLES
+    }
+
+    fn memories(&self) -> usize {
+        MAX_MEMORIES
     }
 }
 
