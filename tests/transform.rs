@@ -1572,6 +1572,65 @@ fn a_batch_whose_rows_run_alone_emit_too_much_in_all_fails_with_an_error() {
     assert_eq!(emitted(&out[0])[999].fields.len(), 2000);
 }
 
+/// Each call's output is bounded, but a batch runs as several calls (a part per 2 MiB of text at
+/// `memory_mb` 8, and a chunk per worker) whose outputs are all held until the batch is loaded.
+/// Their sum is bounded too, at 64 times the largest `memory_mb` in the chain plus 16 times the
+/// batch's own size: past it the batch fails as a whole, and what it emitted is unfinished.
+#[test]
+fn a_batch_whose_parts_emit_too_much_in_all_fails_with_an_error() {
+    let mut cfg = config(
+        guests::POISON_ALIAS,
+        &[("wide", "1000x2000"), ("every", "true")],
+    );
+    cfg.memory_mb = 8;
+    // 32 rows of 512 KiB: 8 parts of 4 rows. Each row, run alone once its part's call runs out
+    // of memory, answers about 92 MiB of host rows, so a part emits 368 MiB: within the 512 MiB
+    // one call may emit run a row at a time. Two parts pass the batch's 512 + 2 x 32 MiB.
+    let pad = Value::String("p".repeat(512 << 10));
+    let rows: Vec<Row> = (0..32)
+        .map(|i| row(&[("id", Value::Int(i)), ("pad", pad.clone())]))
+        .collect();
+    // Through the CLI's path (the caller's own instances) and `sluice run`'s (the workers).
+    for on_workers in [false, true] {
+        let c = one_worker(&[cfg.clone()]);
+        let batch = with_meta(rows.clone());
+        let result = match on_workers {
+            false => c.process_blocking(batch),
+            true => tokio::runtime::Runtime::new()
+                .unwrap()
+                .block_on(c.process(batch)),
+        };
+        assert_batch_output_too_big(result, &c);
+    }
+}
+
+fn assert_batch_output_too_big(
+    result: Result<Vec<RecordOutcome>, TransformError>,
+    c: &TransformChain,
+) {
+    match result {
+        Err(
+            e @ TransformError::BatchOutputTooBig {
+                rows: 32,
+                memory_mb: 8,
+                ..
+            },
+        ) => {
+            let text = e.to_string();
+            assert!(text.contains("for one batch of 32 rows passed"), "{text}");
+            assert!(text.contains("lower the batch size"), "{text}");
+        }
+        other => panic!(
+            "expected BatchOutputTooBig, got {:?}",
+            other.map(|o| o.len())
+        ),
+    }
+    let stats = &c.stats()[0].1;
+    assert_eq!(stats.rows_in.load(Relaxed), 8);
+    assert_eq!(stats.rows_out.load(Relaxed), 0);
+    assert_eq!(stats.rows_unfinished.load(Relaxed), 8000);
+}
+
 /// The bound on what the host copies out of a call grows with `memory_mb`: an honest 140 MiB
 /// output, past wasmtime's default bound of 128 MiB, comes out whole.
 #[test]

@@ -1429,7 +1429,8 @@ pub fn test(
                         TransformError::TooMuchText { .. } => {
                             "; --batch-size sets the rows per batch here"
                         }
-                        TransformError::TooMuchOutput { .. } => {
+                        TransformError::TooMuchOutput { .. }
+                        | TransformError::BatchOutputTooBig { .. } => {
                             "; --memory-mb sets the memory limit here, --batch-size the rows per batch"
                         }
                         _ => "",

@@ -213,6 +213,17 @@ fn host_size(rows: &Rows) -> u64 {
 /// honest flat-map whose batch ran out of guest memory comes out whole well within it.
 pub(crate) const ISOLATED_OUTPUT_PER_MEMORY_BYTE: u64 = 4 * OUTPUT_ROWS_PER_MEMORY_BYTE;
 
+/// What the chain's output for one batch may cost as host rows, per byte of the largest
+/// `memory_mb` in the chain, besides [`BATCH_OUTPUT_PER_INPUT_BYTE`]. Each call's output is
+/// bounded, but a batch runs as several calls (one per worker, and one per part of a batch with
+/// much text) whose outputs are all held until the batch is loaded.
+const BATCH_OUTPUT_PER_MEMORY_BYTE: u64 = ISOLATED_OUTPUT_PER_MEMORY_BYTE;
+
+/// What the chain's output for one batch may cost as host rows, per byte of its input as host
+/// rows, besides [`BATCH_OUTPUT_PER_MEMORY_BYTE`]: a batch of wide rows may come out at several
+/// times its size.
+const BATCH_OUTPUT_PER_INPUT_BYTE: u64 = 16;
+
 /// A batch is sent down a chain in consecutive parts whose text (string and JSON values) is at
 /// most this fraction of the smallest `memory_mb` in the chain. A guest holds a batch's text
 /// several times over (as it came in, decoded, and in its output), so a batch of wide rows that
@@ -512,7 +523,7 @@ impl TransformChain {
         // Settled when this returns, or as unfinished if the caller drops it part-way.
         let mut settle = Settle {
             chain: self,
-            emitted: 0,
+            tally: self.tally(batch.len()),
             ok: false,
         };
         let mut result = Ok(());
@@ -529,9 +540,10 @@ impl TransformChain {
                 take_reply(
                     reply,
                     chunk.rows,
+                    chunk.input_size,
                     &mut out,
                     &mut result,
-                    &mut settle.emitted,
+                    &mut settle.tally,
                 );
             }
             if result.is_err() {
@@ -549,26 +561,41 @@ impl TransformChain {
     /// handing it to a worker and waiting for the reply costs more than a small batch's calls.
     /// (If another thread is using those instances, the batch goes to the workers after all.)
     pub fn process_blocking(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
-        let mut parts = parts_by_text(batch, self.max_part_text());
         let mut settle = Settle {
             chain: self,
-            emitted: 0,
+            tally: self.tally(batch.len()),
             ok: false,
         };
+        let mut parts = parts_by_text(batch, self.max_part_text());
         let result = if parts.len() == 1 {
-            self.process_part_blocking(parts.pop().unwrap_or_default(), &mut settle.emitted)
+            self.process_part_blocking(parts.pop().unwrap_or_default(), &mut settle.tally)
         } else {
             let mut out = Vec::new();
             parts
                 .into_iter()
                 .try_for_each(|part| {
-                    out.extend(self.process_part_blocking(part, &mut settle.emitted)?);
+                    out.extend(self.process_part_blocking(part, &mut settle.tally)?);
                     Ok(())
                 })
                 .map(|()| out)
         };
         settle.ok = result.is_ok();
         result
+    }
+
+    /// A batch of `rows` rows' [`Tally`], before any of it has run.
+    fn tally(&self, rows: usize) -> Tally {
+        let memory_mb = (self.shared.transforms.iter())
+            .map(|t| t.config.memory_mb)
+            .max()
+            .unwrap_or(0);
+        Tally {
+            emitted: 0,
+            size: 0,
+            limit: memory_mb.saturating_mul(BATCH_OUTPUT_PER_MEMORY_BYTE << 20),
+            rows,
+            memory_mb,
+        }
     }
 
     /// Most text (string and JSON values) of input rows sent down the chain in one go: a
@@ -586,8 +613,8 @@ impl TransformChain {
     }
 
     /// One part of a batch (see [`parts_by_text`]) through the chain, adding the rows the chain
-    /// emitted to `emitted` (see [`Settle`]).
-    fn process_part_blocking(&self, batch: Vec<(RecordMeta, Row)>, emitted: &mut u64) -> Reply {
+    /// emitted to `tally` (see [`Settle`]).
+    fn process_part_blocking(&self, batch: Vec<(RecordMeta, Row)>, tally: &mut Tally) -> Reply {
         if self.chunks(batch.len()) == 1 {
             let slots = match self.inline.try_lock() {
                 Ok(slots) => Some(slots),
@@ -602,10 +629,9 @@ impl TransformChain {
             if let Some(mut slots) = slots {
                 let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = batch.into_iter().unzip();
                 let wire = WireBatch::from_rows(rows.iter());
+                let input_size = host_size(&wire.wire);
                 let done = run_chain(&self.shared, &mut slots, wire, Arc::new(metas))?;
-                let (batch, failed, n) = done.take();
-                *emitted += n;
-                return Ok(batch.into_outcomes(rows, failed));
+                return tally.take(done, rows, input_size);
             }
         }
         let mut out = Vec::with_capacity(batch.len());
@@ -623,7 +649,14 @@ impl TransformChain {
                     .map_err(|_| TransformError::Stopped)
             });
             let reply = done.unwrap_or_else(Err);
-            take_reply(reply, chunk.rows, &mut out, &mut result, emitted);
+            take_reply(
+                reply,
+                chunk.rows,
+                chunk.input_size,
+                &mut out,
+                &mut result,
+                tally,
+            );
         }
         result.map(|()| out)
     }
@@ -656,6 +689,7 @@ impl TransformChain {
             .map(|inputs| {
                 let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = inputs.into_iter().unzip();
                 let batch = WireBatch::from_rows(rows.iter());
+                let input_size = host_size(&batch.wire);
                 let metas: Metas = Arc::new(metas);
                 let (reply, rx) = oneshot::channel();
                 jobs.send(Job {
@@ -667,6 +701,7 @@ impl TransformChain {
                 Ok(Chunk {
                     rx,
                     rows,
+                    input_size,
                     _metas: metas,
                 })
             })
@@ -711,30 +746,73 @@ pub fn process_native(
     wire.into_outcomes(rows, BTreeMap::new())
 }
 
-/// Takes a chunk's reply: its outcomes into `out` (made from its input `rows`) while the batch has
-/// not failed, the rows its chain emitted into `emitted`, and its error into `result` if that is
-/// the first. A chunk after a failed one is still awaited and counted: what it emitted is
-/// unfinished now.
+/// Takes a chunk's reply: its outcomes into `out` (made from its input `rows`, which cost
+/// `input_size`) while the batch has not failed, the rows its chain emitted into `tally`, and its
+/// error, or the batch's output passing its bound, into `result` if that is the first. A chunk
+/// after a failed one is still awaited and counted: what it emitted is unfinished now.
 fn take_reply(
     reply: Result<Done, TransformError>,
     rows: Vec<Row>,
+    input_size: u64,
     out: &mut Vec<RecordOutcome>,
     result: &mut Result<(), TransformError>,
-    emitted: &mut u64,
+    tally: &mut Tally,
 ) {
-    match reply {
-        Ok(done) => {
-            let (batch, failed, n) = done.take();
-            *emitted += n;
-            if result.is_ok() {
-                out.extend(batch.into_outcomes(rows, failed));
-            }
+    let taken = reply.and_then(|done| {
+        if result.is_ok() {
+            tally.take(done, rows, input_size)
+        } else {
+            tally.emitted += done.take().2;
+            Ok(Vec::new())
         }
+    });
+    match taken {
+        Ok(outcomes) => out.extend(outcomes),
         Err(e) => {
             if result.is_ok() {
                 *result = Err(e);
             }
         }
+    }
+}
+
+/// What the chain has emitted for one batch so far, across its parts and chunks.
+struct Tally {
+    /// Rows out of the last transform (see [`Settle`]).
+    emitted: u64,
+    /// What the rows taken so far cost as host rows ([`host_size`]).
+    size: u64,
+    /// The most they may cost: [`BATCH_OUTPUT_PER_MEMORY_BYTE`] times the largest `memory_mb`
+    /// in the chain, plus [`BATCH_OUTPUT_PER_INPUT_BYTE`] times the input taken so far.
+    limit: u64,
+    /// The batch's rows, for the error.
+    rows: usize,
+    /// The largest `memory_mb` in the chain, for the error.
+    memory_mb: u64,
+}
+
+impl Tally {
+    /// A chunk's outcomes (made from its input `rows`, which cost `input_size` as host rows in
+    /// the batch layout), unless they take the batch's output past its limit.
+    fn take(
+        &mut self,
+        done: Done,
+        rows: Vec<Row>,
+        input_size: u64,
+    ) -> Result<Vec<RecordOutcome>, TransformError> {
+        let (batch, failed, n) = done.take();
+        self.emitted += n;
+        self.size = self.size.saturating_add(host_size(&batch.wire));
+        self.limit =
+            (self.limit).saturating_add(input_size.saturating_mul(BATCH_OUTPUT_PER_INPUT_BYTE));
+        if self.size > self.limit {
+            return Err(TransformError::BatchOutputTooBig {
+                rows: self.rows,
+                limit_mib: self.limit >> 20,
+                memory_mb: self.memory_mb,
+            });
+        }
+        Ok(batch.into_outcomes(rows, failed))
     }
 }
 
@@ -744,7 +822,7 @@ fn take_reply(
 /// the caller never took count themselves: see [`Done`].)
 struct Settle<'a> {
     chain: &'a TransformChain,
-    emitted: u64,
+    tally: Tally,
     ok: bool,
 }
 
@@ -756,7 +834,7 @@ impl Drop for Settle<'_> {
             } else {
                 &last.stats.rows_unfinished
             };
-            TransformStats::add(counter, self.emitted);
+            TransformStats::add(counter, self.tally.emitted);
         }
     }
 }
@@ -767,6 +845,8 @@ struct Chunk {
     /// Its input rows: handed back as they are where the chain left them untouched, and
     /// written over (reusing their allocations) where it emitted one row in their place.
     rows: Vec<Row>,
+    /// What those rows cost as host rows in the batch layout ([`host_size`]).
+    input_size: u64,
     /// Kept so that the records' metadata is freed by the caller, once the worker is done.
     _metas: Metas,
 }
