@@ -2155,7 +2155,7 @@ fn bloated(component: &[u8], globals: u32, instances: u32) -> Vec<u8> {
 
 /// What a component's core modules hold per instance (globals, function references, tables) is
 /// host memory outside `memory_mb`, built by host code the CPU cap does not interrupt, so a
-/// component could make every instance cost gigabytes. A core module with more than 10,000
+/// component could make every instance cost gigabytes. A core module with more than 100,000
 /// globals is refused when it loads, and more than 100 core instances fail the instance; within
 /// both, the same bytes load and run.
 #[test]
@@ -2171,12 +2171,12 @@ fn components_whose_instances_would_cost_the_host_unbounded_memory_are_refused()
     let c = chain(&[config(&within, &[])]);
     let out = c.process_blocking(with_meta(numbered(3))).unwrap();
     assert_eq!(emitted(&out[2]), &numbered(3)[2..]);
-    let globals = write("globals.wasm", bloated(&passthrough, 20_000, 1));
+    let globals = write("globals.wasm", bloated(&passthrough, 200_000, 1));
     let err = check(&config(&globals, &[]), &opts()).unwrap_err();
     assert!(matches!(err, LoadError::InvalidComponent { .. }), "{err}");
     assert!(
         err.to_string()
-            .contains("defines 20000 globals, more than the 10000 sluice allows"),
+            .contains("defines 200000 globals, more than the 100000 sluice allows"),
         "{err}"
     );
     let instances = write("instances.wasm", bloated(&passthrough, 1, 200));

@@ -121,8 +121,10 @@ const MAX_MEMORIES: usize = 16;
 /// Most globals one core module of a component may define. Every instance of the module holds
 /// them in host memory (16 bytes each), set up by host code when the instance is built, and the
 /// format allows a million per module, instantiated up to [`MAX_CORE_INSTANCES`] times: 1.6 GB
-/// built outside both `memory_mb` and the CPU cap. Guests compiled from Rust or C define a few.
-const MAX_GLOBALS_PER_MODULE: u32 = 10_000;
+/// built outside both `memory_mb` and the CPU cap. Guests compiled from Rust or C define a few;
+/// a dynamically linked one (CPython in a component) has a global per symbol it links, so the
+/// bound is generous: 100 instances of such a module hold 160 MB.
+const MAX_GLOBALS_PER_MODULE: u32 = 100_000;
 
 /// Refuses a component whose core modules define more than [`MAX_GLOBALS_PER_MODULE`] globals.
 /// Anything it cannot parse is left for wasmtime to report.
