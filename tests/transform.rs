@@ -1574,7 +1574,7 @@ fn a_batch_whose_rows_run_alone_emit_too_much_in_all_fails_with_an_error() {
 
 /// Each call's output is bounded, but a batch runs as several calls (a part per 2 MiB of text at
 /// `memory_mb` 8, and a chunk per worker) whose outputs are all held until the batch is loaded.
-/// Their sum is bounded too, at 64 times the largest `memory_mb` in the chain plus 16 times the
+/// Their sum is bounded too, at 64 times the last transform's `memory_mb` plus 16 times the
 /// batch's own size: past it the batch fails as a whole, and what it emitted is unfinished.
 #[test]
 fn a_batch_whose_parts_emit_too_much_in_all_fails_with_an_error() {
@@ -1585,7 +1585,7 @@ fn a_batch_whose_parts_emit_too_much_in_all_fails_with_an_error() {
     cfg.memory_mb = 8;
     // 32 rows of 512 KiB: 8 parts of 4 rows. Each row, run alone once its part's call runs out
     // of memory, answers about 92 MiB of host rows, so a part emits 368 MiB: within the 512 MiB
-    // one call may emit run a row at a time. Two parts pass the batch's 512 + 2 x 32 MiB.
+    // one call may emit run a row at a time. Three parts pass the batch's 512 + 16 x 16 MiB.
     let pad = Value::String("p".repeat(512 << 10));
     let rows: Vec<Row> = (0..32)
         .map(|i| row(&[("id", Value::Int(i)), ("pad", pad.clone())]))
@@ -1617,7 +1617,10 @@ fn assert_batch_output_too_big(
             },
         ) => {
             let text = e.to_string();
-            assert!(text.contains("for one batch of 32 rows passed"), "{text}");
+            assert!(
+                text.contains("for one batch of 32 rows passed 768 MiB"),
+                "{text}"
+            );
             assert!(text.contains("lower the batch size"), "{text}");
         }
         other => panic!(
@@ -1626,9 +1629,9 @@ fn assert_batch_output_too_big(
         ),
     }
     let stats = &c.stats()[0].1;
-    assert_eq!(stats.rows_in.load(Relaxed), 8);
+    assert_eq!(stats.rows_in.load(Relaxed), 12);
     assert_eq!(stats.rows_out.load(Relaxed), 0);
-    assert_eq!(stats.rows_unfinished.load(Relaxed), 8000);
+    assert_eq!(stats.rows_unfinished.load(Relaxed), 12000);
 }
 
 /// The bound on what the host copies out of a call grows with `memory_mb`: an honest 140 MiB
@@ -2095,10 +2098,11 @@ fn check_rejects_files_that_are_not_sluice_transforms() {
     );
 }
 
-/// `component` with a core module of `globals` globals appended, instantiated `instances`
-/// times (never called). Component sections may come in any order, and each extends its index
-/// space, so the new module's index is the number of modules before it.
-fn bloated(component: &[u8], globals: u32, instances: u32) -> Vec<u8> {
+/// `component` with a core module of `imports` function imports and `globals` globals appended,
+/// instantiated `instances` times (never called; a module with imports is never instantiated).
+/// Component sections may come in any order, and each extends its index space, so the new
+/// module's index is the number of modules before it.
+fn bloated(component: &[u8], imports: u32, globals: u32, instances: u32) -> Vec<u8> {
     fn leb(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let b = (n & 0x7f) as u8;
@@ -2131,16 +2135,30 @@ fn bloated(component: &[u8], globals: u32, instances: u32) -> Vec<u8> {
         modules += usize::from(id == 1);
         at += size;
     }
+    let mut module = b"\0asm\x01\0\0\0".to_vec();
+    // (type (func)), then (import "m" "I" (func (type 0))) for each I below `imports`.
+    section(1, &[0x01, 0x60, 0x00, 0x00], &mut module);
+    let mut body = Vec::new();
+    leb(imports as usize, &mut body);
+    for i in 0..imports {
+        let name = i.to_string();
+        body.extend_from_slice(&[0x01, b'm', name.len() as u8]);
+        body.extend_from_slice(name.as_bytes());
+        body.extend_from_slice(&[0x00, 0x00]);
+    }
+    section(2, &body, &mut module);
     // (global i64 (i64.const 0)), `globals` times.
     let mut body = Vec::new();
     leb(globals as usize, &mut body);
     for _ in 0..globals {
         body.extend_from_slice(&[0x7e, 0x00, 0x42, 0x00, 0x0b]);
     }
-    let mut module = b"\0asm\x01\0\0\0".to_vec();
     section(6, &body, &mut module);
     let mut out = component.to_vec();
     section(1, &module, &mut out);
+    if instances == 0 {
+        return out;
+    }
     // (core instance (instantiate $module)), `instances` times.
     let mut body = Vec::new();
     leb(instances as usize, &mut body);
@@ -2155,9 +2173,9 @@ fn bloated(component: &[u8], globals: u32, instances: u32) -> Vec<u8> {
 
 /// What a component's core modules hold per instance (globals, function references, tables) is
 /// host memory outside `memory_mb`, built by host code the CPU cap does not interrupt, so a
-/// component could make every instance cost gigabytes. A core module with more than 100,000
-/// globals is refused when it loads, and more than 100 core instances fail the instance; within
-/// both, the same bytes load and run.
+/// component could make every instance cost gigabytes. A core module that declares more than
+/// 100,000 imports, functions and globals is refused when it loads, and more than 200 core
+/// instances fail the instance; within both, the same bytes load and run.
 #[test]
 fn components_whose_instances_would_cost_the_host_unbounded_memory_are_refused() {
     let dir = tempfile::tempdir().unwrap();
@@ -2167,19 +2185,22 @@ fn components_whose_instances_would_cost_the_host_unbounded_memory_are_refused()
         std::fs::write(&p, bytes).unwrap();
         p.to_string_lossy().into_owned()
     };
-    let within = write("within.wasm", bloated(&passthrough, 100, 10));
+    let within = write("within.wasm", bloated(&passthrough, 0, 100, 10));
     let c = chain(&[config(&within, &[])]);
     let out = c.process_blocking(with_meta(numbered(3))).unwrap();
     assert_eq!(emitted(&out[2]), &numbered(3)[2..]);
-    let globals = write("globals.wasm", bloated(&passthrough, 200_000, 1));
-    let err = check(&config(&globals, &[]), &opts()).unwrap_err();
-    assert!(matches!(err, LoadError::InvalidComponent { .. }), "{err}");
-    assert!(
-        err.to_string()
-            .contains("defines 200000 globals, more than the 100000 sluice allows"),
-        "{err}"
-    );
-    let instances = write("instances.wasm", bloated(&passthrough, 1, 200));
+    for (imports, globals) in [(0, 200_000), (200_000, 0), (60_000, 60_000)] {
+        let big = write("big.wasm", bloated(&passthrough, imports, globals, 0));
+        let err = check(&config(&big, &[]), &opts()).unwrap_err();
+        assert!(matches!(err, LoadError::InvalidComponent { .. }), "{err}");
+        assert!(
+            err.to_string().contains(
+                "declares more than 100000 imports, functions and globals, the most sluice allows"
+            ),
+            "{err}"
+        );
+    }
+    let instances = write("instances.wasm", bloated(&passthrough, 0, 1, 300));
     let err = check(&config(&instances, &[]), &opts()).unwrap_err();
     assert!(err.to_string().contains("instance count too high"), "{err}");
 }

@@ -261,20 +261,21 @@ pub enum TransformError {
         memory_mb: u64,
     },
     /// The chain's output for one batch, held until the batch is loaded, cost more as host rows
-    /// than a batch may (`ISOLATED_OUTPUT_PER_MEMORY_BYTE` times the largest `memory_mb` in the
-    /// chain, plus 16 times the batch's own size), though each call's output was within bounds.
+    /// than a batch may (`ISOLATED_OUTPUT_PER_MEMORY_BYTE` times the last transform's
+    /// `memory_mb`, plus 16 times the batch's own size), though each call's output was within
+    /// bounds.
     #[error(
         "the chain's output for one batch of {rows} rows passed {limit_mib} MiB as host rows \
-         ({ISOLATED_OUTPUT_PER_MEMORY_BYTE} times the largest memory_mb in the chain, \
-         {memory_mb} MiB, plus 16 times the batch's own size), the most the host holds for one \
-         batch; lower the batch size, raise memory_mb, or emit less per row"
+         ({ISOLATED_OUTPUT_PER_MEMORY_BYTE} times the last transform's memory_mb of {memory_mb} \
+         MiB, plus 16 times the batch's own size), the most the host holds for one batch; lower \
+         the batch size, raise memory_mb, or emit less per row"
     )]
     BatchOutputTooBig {
         /// The batch's rows.
         rows: usize,
         /// The bound, in MiB.
         limit_mib: u64,
-        /// The largest `memory_mb` in the chain.
+        /// The last transform's `memory_mb`.
         memory_mb: u64,
     },
     /// The worker threads are gone (the chain was dropped, or a worker panicked).

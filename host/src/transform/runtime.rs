@@ -25,8 +25,8 @@
 //! cap (a ticker thread bumps the epoch every few ms, and at the deadline the store reads its
 //! thread's CPU clock, so time spent descheduled is not charged) and optionally a fuel budget.
 //! An instance may hold at most `MAX_HANDLES` WASI resources (streams, pollables) and
-//! `MAX_CORE_INSTANCES` core instances (whose modules may define at most
-//! `MAX_GLOBALS_PER_MODULE` globals): they live in host memory, outside `memory_mb`. The host
+//! `MAX_CORE_INSTANCES` core instances (whose modules may declare at most
+//! `MAX_ENTITIES_PER_MODULE` imports, functions and globals): they live in host memory, outside `memory_mb`. The host
 //! copies at most four times `memory_mb` out of one call (`OUTPUT_COPY_PER_MEMORY_BYTE`), and
 //! takes at most sixteen times as host rows (`OUTPUT_ROWS_PER_MEMORY_BYTE`). A trap or a limit poisons only that instance: the
 //! worker drops it, builds a fresh one, re-runs that transform's batch one record at a time to
@@ -111,42 +111,52 @@ const MAX_TABLE_ELEMENTS: usize = 100_000;
 /// Most core module instances, tables and linear memories one instance of a component may hold.
 /// Each costs host memory outside `memory_mb` (its globals and function references, a table's
 /// elements, a memory's address-space reservation), built by host code the CPU cap does not
-/// interrupt, and wasmtime's own limits are 10,000 of each. A Rust guest holds a handful.
-const MAX_CORE_INSTANCES: usize = 100;
+/// interrupt, and wasmtime's own limits are 10,000 of each. A Rust guest holds a handful of
+/// instances, a componentize-py one about 14, one with NumPy's native extensions 34.
+const MAX_CORE_INSTANCES: usize = 200;
 /// See [`MAX_CORE_INSTANCES`].
 const MAX_TABLES: usize = 16;
 /// See [`MAX_CORE_INSTANCES`].
 const MAX_MEMORIES: usize = 16;
 
-/// Most globals one core module of a component may define. Every instance of the module holds
-/// them in host memory (16 bytes each), set up by host code when the instance is built, and the
-/// format allows a million per module, instantiated up to [`MAX_CORE_INSTANCES`] times: 1.6 GB
-/// built outside both `memory_mb` and the CPU cap. Guests compiled from Rust or C define a few;
-/// a dynamically linked one (CPython in a component) has a global per symbol it links, so the
-/// bound is generous: 100 instances of such a module hold 160 MB.
-const MAX_GLOBALS_PER_MODULE: u32 = 100_000;
+/// Most imports, functions and globals, together, one core module of a component may declare.
+/// Every instance of the module gets a host-side slot for each (16 to 32 bytes), written by host
+/// code when the instance is built, and the format allows millions per module, instantiated up
+/// to [`MAX_CORE_INSTANCES`] times: gigabytes built outside both `memory_mb` and the CPU cap.
+/// A Rust guest declares a few thousand; CPython, linked dynamically into a component, tens of
+/// thousands. At this bound the slots of 200 instances take at most 640 MB.
+const MAX_ENTITIES_PER_MODULE: u32 = 100_000;
 
-/// Refuses a component whose core modules define more than [`MAX_GLOBALS_PER_MODULE`] globals.
-/// Anything it cannot parse is left for wasmtime to report.
-fn check_globals(bytes: &[u8]) -> Result<(), String> {
+/// Refuses a component one of whose core modules declares more than [`MAX_ENTITIES_PER_MODULE`]
+/// imports, functions and globals. Anything it cannot parse is left for wasmtime to report.
+fn check_module_sizes(bytes: &[u8]) -> Result<(), String> {
+    use wasmparser::Payload;
     let bytes = match wat::parse_bytes(bytes) {
         Ok(bytes) => bytes,
         Err(_) => return Ok(()),
     };
+    // Modules do not nest in modules, so a module's sections are those up to the next one's
+    // header.
+    let mut declared = 0u32;
     for payload in wasmparser::Parser::new(0).parse_all(&bytes) {
-        match payload {
-            Ok(wasmparser::Payload::GlobalSection(globals))
-                if globals.count() > MAX_GLOBALS_PER_MODULE =>
-            {
-                return Err(format!(
-                    "one of its core modules defines {} globals, more than the \
-                     {MAX_GLOBALS_PER_MODULE} sluice allows (each instance of the module holds \
-                     them in the host's memory)",
-                    globals.count()
-                ));
+        let count = match payload {
+            Ok(Payload::Version { .. }) => {
+                declared = 0;
+                continue;
             }
-            Ok(_) => {}
+            Ok(Payload::ImportSection(s)) => s.count(),
+            Ok(Payload::FunctionSection(s)) => s.count(),
+            Ok(Payload::GlobalSection(s)) => s.count(),
+            Ok(_) => continue,
             Err(_) => return Ok(()),
+        };
+        declared = declared.saturating_add(count);
+        if declared > MAX_ENTITIES_PER_MODULE {
+            return Err(format!(
+                "one of its core modules declares more than {MAX_ENTITIES_PER_MODULE} imports, \
+                 functions and globals, the most sluice allows (each instance of the module \
+                 holds a slot for each in the host's memory)"
+            ));
         }
     }
     Ok(())
@@ -215,8 +225,8 @@ fn host_size(rows: &Rows) -> u64 {
 /// honest flat-map whose batch ran out of guest memory comes out whole well within it.
 pub(crate) const ISOLATED_OUTPUT_PER_MEMORY_BYTE: u64 = 4 * OUTPUT_ROWS_PER_MEMORY_BYTE;
 
-/// What the chain's output for one batch may cost as host rows, per byte of the largest
-/// `memory_mb` in the chain, besides [`BATCH_OUTPUT_PER_INPUT_BYTE`]. Each call's output is
+/// What the chain's output for one batch may cost as host rows, per byte of the last transform's
+/// `memory_mb`, besides [`BATCH_OUTPUT_PER_INPUT_BYTE`]. Each call's output is
 /// bounded, but a batch runs as several calls (one per worker, and one per part of a batch with
 /// much text) whose outputs are all held until the batch is loaded.
 const BATCH_OUTPUT_PER_MEMORY_BYTE: u64 = ISOLATED_OUTPUT_PER_MEMORY_BYTE;
@@ -236,8 +246,9 @@ const PART_TEXT_PER_MEMORY: u64 = 4;
 const MAX_PART_TEXT: usize = 1 << 30;
 
 /// `batch` cut into consecutive parts, in order, whose text fits in `max` bytes (a row bigger
-/// than that is a part of its own). Most batches are one part.
-fn parts_by_text(batch: Vec<(RecordMeta, Row)>, max: usize) -> Vec<Vec<(RecordMeta, Row)>> {
+/// than that is a part of its own), and what the batch costs as host rows (its rows, fields and
+/// text). Most batches are one part.
+fn parts_by_text(batch: Vec<(RecordMeta, Row)>, max: usize) -> (Vec<Part>, u64) {
     let text = |row: &Row| -> usize {
         row.fields
             .iter()
@@ -247,8 +258,12 @@ fn parts_by_text(batch: Vec<(RecordMeta, Row)>, max: usize) -> Vec<Vec<(RecordMe
             })
             .sum()
     };
-    if batch.iter().map(|(_, row)| text(row)).sum::<usize>() <= max {
-        return vec![batch];
+    let (all_text, fields) = (batch.iter()).fold((0, 0), |(t, f), (_, row)| {
+        (t + text(row), f + row.fields.len())
+    });
+    let cost = (all_text + fields * size_of::<Field>() + batch.len() * size_of::<Row>()) as u64;
+    if all_text <= max {
+        return (vec![batch], cost);
     }
     let (mut parts, mut part, mut size) = (Vec::new(), Vec::new(), 0);
     for (meta, row) in batch {
@@ -261,8 +276,11 @@ fn parts_by_text(batch: Vec<(RecordMeta, Row)>, max: usize) -> Vec<Vec<(RecordMe
         part.push((meta, row));
     }
     parts.push(part);
-    parts
+    (parts, cost)
 }
+
+/// Consecutive rows of a batch.
+type Part = Vec<(RecordMeta, Row)>;
 
 /// The most text one batch layout holds: its text offsets are `u32`.
 const MAX_LAYOUT_TEXT: usize = u32::MAX as usize;
@@ -523,13 +541,15 @@ impl TransformChain {
         }
         let mut out = Vec::with_capacity(batch.len());
         // Settled when this returns, or as unfinished if the caller drops it part-way.
+        let rows = batch.len();
+        let (parts, size) = parts_by_text(batch, self.max_part_text());
         let mut settle = Settle {
             chain: self,
-            tally: self.tally(batch.len()),
+            tally: self.tally(rows, size),
             ok: false,
         };
         let mut result = Ok(());
-        for part in parts_by_text(batch, self.max_part_text()) {
+        for part in parts {
             let chunks = match self.dispatch(part) {
                 Ok(chunks) => chunks,
                 Err(e) => {
@@ -539,14 +559,7 @@ impl TransformChain {
             };
             for chunk in chunks {
                 let reply = chunk.rx.await.unwrap_or(Err(TransformError::Stopped));
-                take_reply(
-                    reply,
-                    chunk.rows,
-                    chunk.input_size,
-                    &mut out,
-                    &mut result,
-                    &mut settle.tally,
-                );
+                take_reply(reply, chunk.rows, &mut out, &mut result, &mut settle.tally);
             }
             if result.is_err() {
                 break;
@@ -563,12 +576,13 @@ impl TransformChain {
     /// handing it to a worker and waiting for the reply costs more than a small batch's calls.
     /// (If another thread is using those instances, the batch goes to the workers after all.)
     pub fn process_blocking(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
+        let rows = batch.len();
+        let (mut parts, size) = parts_by_text(batch, self.max_part_text());
         let mut settle = Settle {
             chain: self,
-            tally: self.tally(batch.len()),
+            tally: self.tally(rows, size),
             ok: false,
         };
-        let mut parts = parts_by_text(batch, self.max_part_text());
         let result = if parts.len() == 1 {
             self.process_part_blocking(parts.pop().unwrap_or_default(), &mut settle.tally)
         } else {
@@ -585,16 +599,17 @@ impl TransformChain {
         result
     }
 
-    /// A batch of `rows` rows' [`Tally`], before any of it has run.
-    fn tally(&self, rows: usize) -> Tally {
-        let memory_mb = (self.shared.transforms.iter())
-            .map(|t| t.config.memory_mb)
-            .max()
-            .unwrap_or(0);
+    /// The [`Tally`] of a batch of `rows` rows that cost `size` as host rows, before any of it
+    /// has run. The bound follows the last transform, whose output is what is held: the others'
+    /// are freed call by call.
+    fn tally(&self, rows: usize, size: u64) -> Tally {
+        let memory_mb = (self.shared.transforms.last()).map_or(0, |t| t.config.memory_mb);
         Tally {
             emitted: 0,
             size: 0,
-            limit: memory_mb.saturating_mul(BATCH_OUTPUT_PER_MEMORY_BYTE << 20),
+            limit: memory_mb
+                .saturating_mul(BATCH_OUTPUT_PER_MEMORY_BYTE << 20)
+                .saturating_add(size.saturating_mul(BATCH_OUTPUT_PER_INPUT_BYTE)),
             rows,
             memory_mb,
         }
@@ -631,9 +646,8 @@ impl TransformChain {
             if let Some(mut slots) = slots {
                 let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = batch.into_iter().unzip();
                 let wire = WireBatch::from_rows(rows.iter());
-                let input_size = host_size(&wire.wire);
                 let done = run_chain(&self.shared, &mut slots, wire, Arc::new(metas))?;
-                return tally.take(done, rows, input_size);
+                return tally.take(done, rows);
             }
         }
         let mut out = Vec::with_capacity(batch.len());
@@ -651,14 +665,7 @@ impl TransformChain {
                     .map_err(|_| TransformError::Stopped)
             });
             let reply = done.unwrap_or_else(Err);
-            take_reply(
-                reply,
-                chunk.rows,
-                chunk.input_size,
-                &mut out,
-                &mut result,
-                tally,
-            );
+            take_reply(reply, chunk.rows, &mut out, &mut result, tally);
         }
         result.map(|()| out)
     }
@@ -691,7 +698,6 @@ impl TransformChain {
             .map(|inputs| {
                 let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = inputs.into_iter().unzip();
                 let batch = WireBatch::from_rows(rows.iter());
-                let input_size = host_size(&batch.wire);
                 let metas: Metas = Arc::new(metas);
                 let (reply, rx) = oneshot::channel();
                 jobs.send(Job {
@@ -703,7 +709,6 @@ impl TransformChain {
                 Ok(Chunk {
                     rx,
                     rows,
-                    input_size,
                     _metas: metas,
                 })
             })
@@ -748,21 +753,20 @@ pub fn process_native(
     wire.into_outcomes(rows, BTreeMap::new())
 }
 
-/// Takes a chunk's reply: its outcomes into `out` (made from its input `rows`, which cost
-/// `input_size`) while the batch has not failed, the rows its chain emitted into `tally`, and its
+/// Takes a chunk's reply: its outcomes into `out` (made from its input `rows`) while the batch
+/// has not failed, the rows its chain emitted into `tally`, and its
 /// error, or the batch's output passing its bound, into `result` if that is the first. A chunk
 /// after a failed one is still awaited and counted: what it emitted is unfinished now.
 fn take_reply(
     reply: Result<Done, TransformError>,
     rows: Vec<Row>,
-    input_size: u64,
     out: &mut Vec<RecordOutcome>,
     result: &mut Result<(), TransformError>,
     tally: &mut Tally,
 ) {
     let taken = reply.and_then(|done| {
         if result.is_ok() {
-            tally.take(done, rows, input_size)
+            tally.take(done, rows)
         } else {
             tally.emitted += done.take().2;
             Ok(Vec::new())
@@ -784,29 +788,22 @@ struct Tally {
     emitted: u64,
     /// What the rows taken so far cost as host rows ([`host_size`]).
     size: u64,
-    /// The most they may cost: [`BATCH_OUTPUT_PER_MEMORY_BYTE`] times the largest `memory_mb`
-    /// in the chain, plus [`BATCH_OUTPUT_PER_INPUT_BYTE`] times the input taken so far.
+    /// The most they may cost: [`BATCH_OUTPUT_PER_MEMORY_BYTE`] times the last transform's
+    /// `memory_mb`, plus [`BATCH_OUTPUT_PER_INPUT_BYTE`] times what the batch's input costs.
     limit: u64,
     /// The batch's rows, for the error.
     rows: usize,
-    /// The largest `memory_mb` in the chain, for the error.
+    /// The last transform's `memory_mb`, for the error.
     memory_mb: u64,
 }
 
 impl Tally {
-    /// A chunk's outcomes (made from its input `rows`, which cost `input_size` as host rows in
-    /// the batch layout), unless they take the batch's output past its limit.
-    fn take(
-        &mut self,
-        done: Done,
-        rows: Vec<Row>,
-        input_size: u64,
-    ) -> Result<Vec<RecordOutcome>, TransformError> {
+    /// A chunk's outcomes (made from its input `rows`), unless they take the batch's output past
+    /// its limit.
+    fn take(&mut self, done: Done, rows: Vec<Row>) -> Result<Vec<RecordOutcome>, TransformError> {
         let (batch, failed, n) = done.take();
         self.emitted += n;
         self.size = self.size.saturating_add(host_size(&batch.wire));
-        self.limit =
-            (self.limit).saturating_add(input_size.saturating_mul(BATCH_OUTPUT_PER_INPUT_BYTE));
         if self.size > self.limit {
             return Err(TransformError::BatchOutputTooBig {
                 rows: self.rows,
@@ -847,8 +844,6 @@ struct Chunk {
     /// Its input rows: handed back as they are where the chain left them untouched, and
     /// written over (reusing their allocations) where it emitted one row in their place.
     rows: Vec<Row>,
-    /// What those rows cost as host rows in the batch layout ([`host_size`]).
-    input_size: u64,
     /// Kept so that the records' metadata is freed by the caller, once the worker is done.
     _metas: Metas,
 }
@@ -1009,7 +1004,7 @@ fn load_one(
             reason: "it does not start with the `\\0asm` header of a WebAssembly file".into(),
         });
     }
-    check_globals(&bytes).map_err(|reason| LoadError::InvalidComponent {
+    check_module_sizes(&bytes).map_err(|reason| LoadError::InvalidComponent {
         path: path.clone(),
         reason,
     })?;
