@@ -26,10 +26,11 @@
 //! thread's CPU clock, so time spent descheduled is not charged) and optionally a fuel budget.
 //! An instance may hold at most `MAX_HANDLES` WASI resources (streams, pollables) and
 //! `MAX_CORE_INSTANCES` core instances (whose modules may declare at most
-//! `MAX_ENTITIES_PER_MODULE` imports, functions and globals): they live in host memory, outside `memory_mb`. The host
-//! copies at most four times `memory_mb` out of one call (`OUTPUT_COPY_PER_MEMORY_BYTE`), and
-//! takes at most sixteen times as host rows (`OUTPUT_ROWS_PER_MEMORY_BYTE`). A trap or a limit poisons only that instance: the
-//! worker drops it, builds a fresh one, re-runs that transform's batch one record at a time to
+//! `MAX_ENTITIES_PER_MODULE` imports, functions and globals): they live in host memory, outside
+//! `memory_mb`. The host copies at most four times `memory_mb` out of one call
+//! (`OUTPUT_COPY_PER_MEMORY_BYTE`), and takes at most sixteen times as host rows
+//! (`OUTPUT_ROWS_PER_MEMORY_BYTE`). A trap or a limit poisons only that instance: the worker
+//! drops it, builds a fresh one, re-runs that transform's batch one record at a time to
 //! find the poison record, applies the transform's `on_error` policy to that record alone and
 //! carries on with the rest. What the records of a batch run that way emit in all is bounded too
 //! (`ISOLATED_OUTPUT_PER_MEMORY_BYTE`).
@@ -226,9 +227,9 @@ fn host_size(rows: &Rows) -> u64 {
 pub(crate) const ISOLATED_OUTPUT_PER_MEMORY_BYTE: u64 = 4 * OUTPUT_ROWS_PER_MEMORY_BYTE;
 
 /// What the chain's output for one batch may cost as host rows, per byte of the last transform's
-/// `memory_mb`, besides [`BATCH_OUTPUT_PER_INPUT_BYTE`]. Each call's output is
-/// bounded, but a batch runs as several calls (one per worker, and one per part of a batch with
-/// much text) whose outputs are all held until the batch is loaded.
+/// `memory_mb`, besides [`BATCH_OUTPUT_PER_INPUT_BYTE`]. Each call's output is bounded, but a
+/// batch runs as several calls (one per worker, and one per part of a batch with much text)
+/// whose outputs are all held until the batch is loaded.
 const BATCH_OUTPUT_PER_MEMORY_BYTE: u64 = ISOLATED_OUTPUT_PER_MEMORY_BYTE;
 
 /// What the chain's output for one batch may cost as host rows, per byte of its input as host
@@ -540,9 +541,9 @@ impl TransformChain {
             inline.iter_mut().for_each(|s| *s = None);
         }
         let mut out = Vec::with_capacity(batch.len());
-        // Settled when this returns, or as unfinished if the caller drops it part-way.
         let rows = batch.len();
         let (parts, size) = parts_by_text(batch, self.max_part_text());
+        // Settled when this returns, or as unfinished if the caller drops it part-way.
         let mut settle = Settle {
             chain: self,
             tally: self.tally(rows, size),
@@ -601,15 +602,19 @@ impl TransformChain {
 
     /// The [`Tally`] of a batch of `rows` rows that cost `size` as host rows, before any of it
     /// has run. The bound follows the last transform, whose output is what is held: the others'
-    /// are freed call by call.
+    /// are freed call by call. An empty chain hands its input back, and is not bounded.
     fn tally(&self, rows: usize, size: u64) -> Tally {
         let memory_mb = (self.shared.transforms.last()).map_or(0, |t| t.config.memory_mb);
+        let limit = match self.shared.transforms.is_empty() {
+            true => u64::MAX,
+            false => memory_mb
+                .saturating_mul(BATCH_OUTPUT_PER_MEMORY_BYTE << 20)
+                .saturating_add(size.saturating_mul(BATCH_OUTPUT_PER_INPUT_BYTE)),
+        };
         Tally {
             emitted: 0,
             size: 0,
-            limit: memory_mb
-                .saturating_mul(BATCH_OUTPUT_PER_MEMORY_BYTE << 20)
-                .saturating_add(size.saturating_mul(BATCH_OUTPUT_PER_INPUT_BYTE)),
+            limit,
             rows,
             memory_mb,
         }
@@ -754,9 +759,9 @@ pub fn process_native(
 }
 
 /// Takes a chunk's reply: its outcomes into `out` (made from its input `rows`) while the batch
-/// has not failed, the rows its chain emitted into `tally`, and its
-/// error, or the batch's output passing its bound, into `result` if that is the first. A chunk
-/// after a failed one is still awaited and counted: what it emitted is unfinished now.
+/// has not failed, the rows its chain emitted into `tally`, and its error, or the batch's output
+/// passing its bound, into `result` if that is the first. A chunk after a failed one is still
+/// awaited and counted: what it emitted is unfinished now.
 fn take_reply(
     reply: Result<Done, TransformError>,
     rows: Vec<Row>,
