@@ -3748,6 +3748,92 @@ fn cli_test_reads_csv_like_the_source_and_gives_rows_their_metadata() {
     }
 }
 
+/// `--topic`, `--partition` and `--timestamp-ms` set what every record reports to transforms
+/// (a transform that reads its record's time can be tested with a fixed one); with `--pipeline`
+/// the topic is the file's `kafka.topic`, unless its variable is not set.
+#[test]
+fn cli_test_sets_the_metadata_it_is_told() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.csv"), "id\n7\n8\n").unwrap();
+    let meta = |args: &[&str]| {
+        let mut all = vec!["transform", "test", "--input", "in.csv"];
+        all.extend(args);
+        let out = sluice_tests::cli::sluice(dir.path(), &all);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| {
+                let row: serde_json::Value = serde_json::from_str(l).unwrap();
+                (
+                    row["topic"].clone(),
+                    row["partition"].clone(),
+                    row["offset"].clone(),
+                    row["timestamp_ms"].clone(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    use serde_json::json;
+    assert_eq!(
+        meta(&["--component", guests::META]),
+        [
+            (json!("test"), json!(0), json!(0), json!(null)),
+            (json!("test"), json!(0), json!(1), json!(null)),
+        ]
+    );
+    let flags = [
+        "--component",
+        guests::META,
+        "--topic",
+        "orders",
+        "--partition",
+        "3",
+        "--timestamp-ms",
+        "1700000000123",
+    ];
+    assert_eq!(
+        meta(&flags),
+        [
+            (
+                json!("orders"),
+                json!(3),
+                json!(0),
+                json!(1_700_000_000_123_i64)
+            ),
+            (
+                json!("orders"),
+                json!(3),
+                json!(1),
+                json!(1_700_000_000_123_i64)
+            ),
+        ]
+    );
+
+    let pipeline = |topic: &str| {
+        let file = serde_json::json!({
+            "version": 1,
+            "name": "local",
+            "source": { "type": "csv", "path": "in.csv" },
+            "kafka": { "topic": topic },
+            "transforms": [ { "uses": guests::META } ],
+            "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T" }
+        });
+        std::fs::write(dir.path().join("p.json"), file.to_string()).unwrap();
+    };
+    pipeline("events");
+    let topics =
+        |args: &[&str]| -> Vec<serde_json::Value> { meta(args).into_iter().map(|m| m.0).collect() };
+    assert_eq!(topics(&["--pipeline", "p.json"]), ["events"; 2]);
+    assert_eq!(
+        topics(&["--pipeline", "p.json", "--topic", "other"]),
+        ["other"; 2]
+    );
+    // Kafka's variables need not be set for a test: then the topic is `test`.
+    pipeline("${SLUICE_TEST_UNSET_TOPIC}");
+    assert_eq!(topics(&["--pipeline", "p.json"]), ["test"; 2]);
+}
+
 /// `sluice transform new` scaffolds a crate that builds and passes its own golden test as is.
 #[test]
 fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {

@@ -550,7 +550,9 @@ pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
 /// [`load`] for `sluice transform test --pipeline`, which uses only the file's `source` and
 /// `transforms`: its `kafka`, `sink` and `dead_letter` sections are not read at all (stand-ins
 /// take their place), so their variables need not be set nor their values be right. Someone
-/// testing a production pipeline's chain needs no warehouse credentials.
+/// testing a production pipeline's chain needs no warehouse credentials. The one exception is
+/// `kafka.topic`, which transforms see as their records' topic: it is kept when it is a string
+/// whose variables are set, and is `test` otherwise.
 pub fn load_for_transforms(file: &Path) -> Result<LoadedConfig, ConfigError> {
     let text =
         std::fs::read_to_string(file).map_err(|e| ConfigError::Read(file.to_path_buf(), e))?;
@@ -592,7 +594,13 @@ fn load_text(
         return Err(invalid(duplicates));
     }
     if transforms_only && let Some(sections) = tree.as_object_mut() {
-        sections.insert("kafka".into(), serde_json::json!({ "topic": "unused" }));
+        let topic = sections
+            .get("kafka")
+            .and_then(|k| k.get("topic"))
+            .filter(|t| t.as_str().is_some_and(|t| interpolate(t, env).is_ok()))
+            .cloned()
+            .unwrap_or_else(|| "test".into());
+        sections.insert("kafka".into(), serde_json::json!({ "topic": topic }));
         sections.insert(
             "sink".into(),
             serde_json::json!({

@@ -101,7 +101,7 @@ enum Command {
     Replay(CommonArgs),
     /// Author tools: scaffold, build and test transform components.
     #[command(subcommand)]
-    Transform(sluice::transform::cli::TransformCommand),
+    Transform(Box<sluice::transform::cli::TransformCommand>),
     /// Check a pipeline file offline; every error names its JSON path and line (exit 2).
     Validate {
         /// The pipeline file.
@@ -236,7 +236,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Transform(cmd) => {
             pipeline::init_logging(cli.log_format);
-            sluice::transform::cli::run_command(cmd)
+            sluice::transform::cli::run_command(*cmd)
         }
         Command::Validate {
             pipeline,

@@ -103,6 +103,17 @@ pub enum TransformCommand {
         /// The column whose value becomes each record's message key (the source's `key_column`).
         #[arg(long)]
         key_column: Option<String>,
+        /// The topic every record reports to transforms (default: the pipeline file's
+        /// `kafka.topic` with `--pipeline`, else `test`).
+        #[arg(long)]
+        topic: Option<String>,
+        /// The partition every record reports (default 0); offsets still count from 0.
+        #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+        partition: Option<i32>,
+        /// The timestamp every record reports, in milliseconds since the Unix epoch (default
+        /// none; `sluice run` stamps each message with the time it was sent).
+        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(i64).range(0..))]
+        timestamp_ms: Option<i64>,
         /// A param for `init`, `KEY=VALUE`; with several components scope it as
         /// `NAME.KEY=VALUE` (NAME is the component's name or its 1-based position).
         #[arg(long = "with", value_name = "KEY=VALUE")]
@@ -203,6 +214,9 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             schema,
             infer_rows,
             key_column,
+            topic,
+            partition,
+            timestamp_ms,
             with,
             expect,
             expect_failures,
@@ -276,7 +290,13 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 if key_column.is_none() {
                     opts.key_column.clone_from(&src.key_column);
                 }
+                opts.topic.clone_from(&file.topic);
             }
+            if let Some(topic) = topic {
+                opts.topic = topic;
+            }
+            opts.partition = partition.unwrap_or(opts.partition);
+            opts.timestamp_ms = timestamp_ms;
             let records = read_input(&input, &opts)
                 .map_err(|e| match (&pipeline, &key_column, &opts.key_column) {
                     // The key column came from the file, not from a flag: say so.
@@ -729,6 +749,8 @@ struct PipelineChain {
     source: crate::source::config::CsvSourceConfig,
     /// Its source file, resolved.
     input: PathBuf,
+    /// Its `kafka.topic`, which transforms see as their records' topic.
+    topic: String,
     /// The file itself, to name the key of a param a transform refuses.
     loaded: crate::config::LoadedConfig,
 }
@@ -758,6 +780,7 @@ impl PipelineChain {
         Ok(PipelineChain {
             configs: crate::validate::chain_configs(&loaded),
             input: loaded.resolve(&source.path),
+            topic: loaded.config.kafka.topic.clone(),
             source: source.clone(),
             loaded,
         })
@@ -1793,6 +1816,12 @@ pub struct InputOptions {
     pub infer_rows: usize,
     /// The field whose value becomes the message key.
     pub key_column: Option<String>,
+    /// The topic every record reports.
+    pub topic: String,
+    /// The partition every record reports.
+    pub partition: i32,
+    /// The timestamp every record reports, in milliseconds since the epoch.
+    pub timestamp_ms: Option<i64>,
     /// How to read the input; `None`: by its extension (`.jsonl`, `.ndjson`, `.json`: JSON Lines,
     /// else CSV).
     pub format: Option<InputFormat>,
@@ -1805,6 +1834,9 @@ impl Default for InputOptions {
             schema: BTreeMap::new(),
             infer_rows: crate::source::config::DEFAULT_INFER_ROWS,
             key_column: None,
+            topic: TEST_TOPIC.to_owned(),
+            partition: 0,
+            timestamp_ms: None,
             format: None,
         }
     }
@@ -1818,8 +1850,8 @@ pub enum InputRecord {
     Row {
         /// The 1-based line the record starts on.
         line: u64,
-        /// Topic [`TEST_TOPIC`], partition 0, offsets from 0 in row order, the key from
-        /// [`InputOptions::key_column`], no timestamp, and the source's headers (`sluice.types`,
+        /// The topic, partition and timestamp of [`InputOptions`], offsets from 0 in row order,
+        /// the key from [`InputOptions::key_column`], and the source's headers (`sluice.types`,
         /// `sluice.file`, `sluice.line`).
         meta: RecordMeta,
         /// The row.
@@ -1881,6 +1913,7 @@ fn input_options(
         infer_rows: infer_rows.unwrap_or(defaults.infer_rows),
         key_column,
         format,
+        ..defaults
     })
 }
 
@@ -2040,6 +2073,9 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
         ),
         offset: 0,
         key_column: opts.key_column.clone(),
+        topic: opts.topic.clone(),
+        partition: opts.partition,
+        timestamp_ms: opts.timestamp_ms,
     };
     let jsonl = opts
         .format
@@ -2115,6 +2151,10 @@ struct Framer {
     offset: i64,
     /// The field whose value becomes the message key.
     key_column: Option<String>,
+    /// The topic, partition and timestamp every record reports.
+    topic: String,
+    partition: i32,
+    timestamp_ms: Option<i64>,
 }
 
 impl Framer {
@@ -2140,11 +2180,11 @@ impl Framer {
             .and_then(|k| row.get(k))
             .and_then(wire::key_of);
         let meta = RecordMeta {
-            topic: TEST_TOPIC.to_owned(),
-            partition: 0,
+            topic: self.topic.clone(),
+            partition: self.partition,
             offset: self.offset,
             key: key.map(String::into_bytes),
-            timestamp_ms: None,
+            timestamp_ms: self.timestamp_ms,
             headers: vec![
                 (wire::HEADER_TYPES.to_owned(), enc.types.into_bytes()),
                 (wire::HEADER_FILE.to_owned(), self.file.clone().into_bytes()),
