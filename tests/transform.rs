@@ -3832,6 +3832,29 @@ fn cli_test_sets_the_metadata_it_is_told() {
     // Kafka's variables need not be set for a test: then the topic is `test`.
     pipeline("${SLUICE_TEST_UNSET_TOPIC}");
     assert_eq!(topics(&["--pipeline", "p.json"]), ["test"; 2]);
+
+    // `meta()` called from `init` has no record to answer for: an empty one, as the WIT says.
+    let args = ["--component", guests::META, "--with", "at_init=true"];
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[&["transform", "test", "--input", "in.csv"][..], &args].concat(),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let first: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (
+            &first["init_topic"],
+            &first["init_partition"],
+            &first["init_offset"]
+        ),
+        (&json!(""), &json!(-1), &json!(-1)),
+        "{first}"
+    );
 }
 
 /// `sluice transform new` scaffolds a crate that builds and passes its own golden test as is.

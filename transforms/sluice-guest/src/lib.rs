@@ -751,8 +751,9 @@ pub trait Transform: 'static {
 }
 
 /// The metadata (topic, partition, offset, key, timestamp, headers) of the Kafka record the row
-/// being transformed came from. Only meaningful inside [`Transform::transform`]; costs one call
-/// to the host, so fetch it only when needed.
+/// being transformed came from. Only meaningful inside [`Transform::transform`] (from
+/// [`Transform::init`] it is an empty record: topic `""`, partition and offset -1); costs one
+/// call to the host, so fetch it only when needed.
 ///
 /// In a native unit test there is no host: it returns what [`testing::set_meta`] set, and
 /// panics if nothing was set.

@@ -1,17 +1,20 @@
 //! Test guest: appends the record metadata (topic, partition, offset, key, timestamp, first
-//! header) the host reports for each row, and a `tag` param when given.
+//! header) the host reports for each row, and a `tag` param when given. With `at_init=true` it
+//! also appends what `meta()` answered in `init` (`init_topic`, `init_partition`, `init_offset`).
 
 use sluice_guest::{Error, Params, Row, Transform, Value};
 
 struct Meta {
     tag: Option<String>,
+    at_init: Option<sluice_guest::RecordMeta>,
 }
 
 impl Transform for Meta {
     fn init(params: &Params) -> Result<Self, Error> {
-        params.allow_only(&["tag"])?;
+        params.allow_only(&["tag", "at_init"])?;
         Ok(Meta {
             tag: params.get("tag").map(str::to_owned),
+            at_init: (params.get("at_init") == Some("true")).then(sluice_guest::meta),
         })
     }
 
@@ -35,6 +38,11 @@ impl Transform for Meta {
         row.set("header", header);
         if let Some(tag) = &self.tag {
             row.set("tag", Value::String(tag.clone()));
+        }
+        if let Some(m) = &self.at_init {
+            row.set("init_topic", Value::String(m.topic.clone()));
+            row.set("init_partition", Value::Int(m.partition.into()));
+            row.set("init_offset", Value::Int(m.offset));
         }
         Ok(vec![row])
     }
