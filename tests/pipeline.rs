@@ -796,19 +796,22 @@ fn a_run_compiles_each_component_once() {
 
 /// A transform with `on_error: fail` stops the run (exit 1) with a summary that still has the
 /// consume counts and says how to resume; after the fix, `--consume-only` loads every other row
-/// exactly once.
+/// exactly once. The replay, paced to be still running when the transform fails, goes on to the
+/// end of the file: cut short, the rest of the file would be in no topic for the resume to load.
 #[test]
 fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("state");
     let csv = dir.path().join("rows.csv");
-    write_csv(&csv, 40);
+    const ROWS: u64 = 400;
+    write_csv(&csv, ROWS as usize);
     let topic = sluice_tests::broker::unique("failstop");
     let pipeline = |on_error: &str| {
         let p = serde_json::json!({
             "version": 1,
             "name": "failstop",
-            "source": { "type": "csv", "path": csv, "key_column": "id" },
+            "source": { "type": "csv", "path": csv, "key_column": "id",
+                        "pacing": { "mode": "rate", "rows_per_sec": 100.0 } },
             "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 2 },
             "transforms": [{ "uses": sluice_tests::guests::POISON_TRAP, "on_error": on_error }],
             "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
@@ -853,6 +856,29 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
     let transform = &summary["consume"]["transforms"][0];
     assert_eq!(transform["rows_failed"], 1, "{summary:#}");
     assert!(transform["rows_in"].as_u64().unwrap() >= 1, "{summary:#}");
+    // The transform failed on the 13th row, seconds before the replay was done.
+    assert_eq!(summary["replay"]["rows_produced"], ROWS, "{summary:#}");
+    // The records of the batch it stopped on entered the chain, and are counted as such.
+    let count = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("{summary:#}"));
+    let consume = &summary["consume"];
+    assert!(count(&consume["records_unfinished"]) >= 13, "{summary:#}");
+    assert_eq!(
+        count(&consume["records"]) + count(&consume["records_unfinished"]),
+        count(&transform["rows_in"]) + count(&consume["undecodable"]),
+        "{summary:#}"
+    );
+    // `verify` fails the run, but its flow through the chain adds up.
+    let out = sluice(
+        dir.path(),
+        &["verify", &fail, "--state-dir", &s, "--summary", &sf],
+    );
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{report}");
+    assert!(report.contains("[ ok ] transform poison_trap:"), "{report}");
+    assert!(
+        stderr.contains("The replay goes on to the end of"),
+        "{stderr}"
+    );
     let problems = summary["problems"].to_string();
     assert!(problems.contains("transform poison_trap"), "{problems}");
     assert!(
@@ -910,7 +936,12 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
         &db,
         "SELECT COUNT(*), COUNT(DISTINCT ID), COUNT_IF(ID = 13) FROM E2E.RAW.ROWS",
     );
-    assert_eq!(rows[0], [39, 39, 0].map(serde_json::Value::from).to_vec());
+    assert_eq!(
+        rows[0],
+        [ROWS - 1, ROWS - 1, 0]
+            .map(serde_json::Value::from)
+            .to_vec()
+    );
 }
 
 /// A sink that fails part-way still committed the files it loaded before: the summary counts

@@ -337,15 +337,20 @@ pub fn redact_output_json(value: &mut serde_json::Value) {
 /// protects an account. (`TransformConfig::redact` uses the same bound.)
 const MIN_MASKED: usize = 4;
 
-/// Words that make a variable's name, or a `kafka.properties` key, a secret's (case-insensitive).
-const SECRET_WORDS: [&str; 7] = [
+/// Words that make a variable's name, a transform param's name or a `kafka.properties` key a
+/// secret's (case-insensitive).
+const SECRET_WORDS: [&str; 11] = [
     "PASSWORD",
     "PASSPHRASE",
     "SECRET",
     "TOKEN",
     "KEY",
     "SALT",
+    "PEPPER",
+    "SEED",
     "CREDENTIAL",
+    "PRIVATE",
+    "AUTH",
 ];
 
 /// One `${VAR}` substitution made while loading.
@@ -360,17 +365,18 @@ struct Substitution {
 
 impl Substitution {
     /// Whether the value must be kept out of messages: its variable is named like a secret, or
-    /// it went into a field that holds credentials whatever the variable is called.
+    /// it went into a field that holds credentials whatever the variable is called (a transform
+    /// param or a `kafka.properties` entry named like a secret). A param is not masked for being
+    /// a param: masking every one from the environment garbles what quotes its value, such as
+    /// a threshold of `1000` in `21000.5 is over 1000`, in messages and dead letters.
     fn is_secret(&self) -> bool {
-        let in_params = self
+        let param_named_secret = self
             .path
             .strip_prefix("transforms[")
-            .and_then(|rest| rest.split_once(']'))
-            .is_some_and(|(index, rest)| {
-                index.parse::<usize>().is_ok() && rest.starts_with(".with.")
-            });
+            .and_then(|rest| rest.split_once("].with."))
+            .is_some_and(|(index, param)| index.parse::<usize>().is_ok() && names_secret(param));
         names_secret(&self.var)
-            || in_params
+            || param_named_secret
             || matches!(
                 self.path.as_str(),
                 "sink.password" | "sink.private_key" | "sink.private_key_passphrase"
@@ -731,7 +737,7 @@ fn load_text(
         let prefix = format!("transforms[{i}].with.");
         t.secrets = from_env
             .iter()
-            .filter(|s| s.path.starts_with(&prefix))
+            .filter(|s| s.path.starts_with(&prefix) && s.is_secret())
             .map(|s| s.value.clone())
             .collect();
     }
@@ -1803,7 +1809,8 @@ mod tests {
         )
         .replace(
             "\"sink\"",
-            "\"transforms\": [{ \"uses\": \"m.wasm\", \"with\": { \"seed\": \"${MASK_SEED}\" } }],\n  \"sink\"",
+            "\"transforms\": [{ \"uses\": \"m.wasm\", \"with\": { \"seed\": \"${MASK_SEED}\", \
+             \"api_key\": \"${VENDOR}\", \"max\": \"${MAX_AMOUNT}\" } }],\n  \"sink\"",
         );
         let env = |name: &str| {
             Some(
@@ -1816,17 +1823,23 @@ mod tests {
                     "role_token" => "loader-role",
                     "WH" => "abc",
                     "MASK_SEED" => "seed-value",
+                    "VENDOR" => "vendor-key",
+                    "MAX_AMOUNT" => "1000",
                     _ => return None,
                 }
                 .to_owned(),
             )
         };
         let loaded = load_str(&text, Path::new("p.json"), &env).unwrap();
+        // A param is a secret by its variable's name or its own, not for being a param: a
+        // threshold stays readable wherever it is quoted.
         assert_eq!(
             loaded.redact(
-                "customer_id kafka:9092 kafka-pass alice sf-pass loader-role abc seed-value"
+                "customer_id kafka:9092 kafka-pass alice sf-pass loader-role abc seed-value \
+                 vendor-key 21000.5"
             ),
-            "customer_id kafka:9092 ${KAFKA_PW} alice ${SF_PW} ${role_token} abc ${MASK_SEED}"
+            "customer_id kafka:9092 ${KAFKA_PW} alice ${SF_PW} ${role_token} abc ${MASK_SEED} \
+             ${VENDOR} 21000.5"
         );
         let shown = format!("{loaded:?} {loaded:#?}");
         assert!(shown.contains("${role_token}"), "{shown}");
@@ -1834,7 +1847,9 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         // The transform keeps its own list, for its own messages.
-        assert_eq!(loaded.config.transforms[0].secrets, ["seed-value"]);
+        let mut secrets = loaded.config.transforms[0].secrets.clone();
+        secrets.sort();
+        assert_eq!(secrets, ["seed-value", "vendor-key"]);
     }
 
     #[test]

@@ -219,6 +219,10 @@ pub struct ConsumePart {
     pub records: u64,
     /// Records whose message could not be decoded (dead-lettered).
     pub undecodable: u64,
+    /// Records of the batch the transform chain stopped the run on: they entered the chain (its
+    /// counters count them, as unfinished) but are not accounted for here, and wait in the topic.
+    #[serde(default)]
+    pub records_unfinished: u64,
     /// Per transform, in chain order.
     pub transforms: Vec<TransformPart>,
     /// Rows that reached the sink.
@@ -706,8 +710,10 @@ pub async fn run(
     let progress = (opts.progress && opts.log_format == LogFormat::Human)
         .then(|| spawn_progress(stats.clone(), replays));
 
-    // The two halves run concurrently in this task (the replay future is not `Send`); a failing
-    // consume half cancels the replay.
+    // The two halves run concurrently in this task (the replay future is not `Send`). A failing
+    // consume half does not stop the replay: the feed goes on, as a live one would, so that every
+    // row of the file is in the topic for `--consume-only` to load once the cause is fixed. Cut
+    // short, the rest of the file would be in no topic, and no resume could load it.
     let SourceConfig::Csv(csv) = &cfg.source;
     let replay_done = CancellationToken::new();
     let replay_half = async {
@@ -748,8 +754,17 @@ pub async fn run(
             interrupted: interrupted.clone(),
         };
         let (part, r) = consume_loop(ctx).await;
-        if r.is_err() {
-            cancel.cancel();
+        if let Err(e) = &r
+            && replays
+            && !replay_done.is_cancelled()
+            && !cancel.is_cancelled()
+        {
+            error!(
+                "The consume half stopped: {e:#}. The replay goes on to the end of {}, so that \
+                 `sluice run --consume-only` can load every row once the cause is fixed; a stop \
+                 now (Ctrl-C) leaves the rest of the file out of the topic.",
+                csv.path
+            );
         }
         let rows_after = count_table(&sink, "after the run").await;
         sink.close().await;
@@ -770,11 +785,15 @@ pub async fn run(
         Some(Ok(s)) => {
             if s.cancelled {
                 problems.push(match interrupted.load(Ordering::Relaxed) {
-                    true => "the replay was interrupted before the end of the file".to_owned(),
-                    // The consume half failed, and took the replay down with it.
-                    false => "the replay stopped before the end of the file because the consume \
-                              half failed"
-                        .to_owned(),
+                    true => format!(
+                        "the replay was interrupted before the end of the file, after {} rows: \
+                         the rest of the file is not in the topic, so `--consume-only` cannot \
+                         load it",
+                        s.rows_read
+                    ),
+                    // Only a stop ends the replay early (a consume half that fails lets it go
+                    // on); anything else is sluice's own fault.
+                    false => "the replay stopped before the end of the file".to_owned(),
                 });
             }
             Some(ReplayPart {
@@ -1161,7 +1180,9 @@ async fn process_batch(
     let mut outcomes = if inputs.is_empty() {
         Vec::new()
     } else {
+        let taken = inputs.len() as u64;
         ctx.chain.process(inputs).await.map_err(|e| {
+            part.records_unfinished += taken;
             let names = ctx.chain_names.join(", ");
             let records: Vec<String> = span
                 .iter()
@@ -1294,11 +1315,14 @@ fn reconcile(s: &RunSummary, stopped: bool, interrupted: bool) -> Vec<String> {
             ));
         }
         if let Some(first) = c.transforms.first()
-            && first.rows_in + c.undecodable != c.records
+            && first.rows_in + c.undecodable != c.records + c.records_unfinished
         {
             gaps.push(format!(
                 "transforms: {} records consumed but {} entered {} (+{} undecodable)",
-                c.records, first.rows_in, first.name, c.undecodable
+                c.records + c.records_unfinished,
+                first.rows_in,
+                first.name,
+                c.undecodable
             ));
         }
         for pair in c.transforms.windows(2) {
@@ -1455,9 +1479,16 @@ fn summary_text(s: &RunSummary) -> String {
     }
     if let Some(c) = &s.consume {
         out.push_str(&format!(
-            "  consume    {} records ({} undecodable)\n",
+            "  consume    {} records ({} undecodable)",
             c.records, c.undecodable
         ));
+        if c.records_unfinished > 0 {
+            out.push_str(&format!(
+                ", and {} in the batch the transform chain stopped on (they wait in the topic)",
+                c.records_unfinished
+            ));
+        }
+        out.push('\n');
         for t in &c.transforms {
             out.push_str(&format!("  transform  {t}\n"));
         }
@@ -2147,7 +2178,8 @@ pub async fn verify(
                 c.records == r.rows_produced + leftover,
             );
         }
-        let mut flow = c.records - c.undecodable;
+        // The records of a batch the chain stopped on entered it: the transforms count them.
+        let mut flow = c.records - c.undecodable + c.records_unfinished;
         for t in &c.transforms {
             check(
                 format!(
