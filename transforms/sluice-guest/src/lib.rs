@@ -326,8 +326,8 @@ impl Row {
     }
 
     /// Renames field `from` to `to` in place; returns whether the row had `from`. A row that
-    /// already has a field `to` then has two, and `get(to)` finds the old one: check first, as
-    /// the `enrich` example does, if that must not happen.
+    /// already has a field `to` then has two, and `get(to)` finds whichever comes first in the
+    /// row: check first, as the `enrich` example does, if that must not happen.
     pub fn rename(&mut self, from: &str, to: &str) -> bool {
         match self.fields.iter_mut().find(|f| same(&f.name, from)) {
             Some(f) => {
@@ -546,13 +546,15 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
 
 /// `s` as a float if it is a number written in decimal (`-1.5`, `2e3`, spaces around allowed),
 /// not one of the words Rust also reads as floats (`NaN`, `inf`, `infinity`): in a CSV cell or a
-/// param, those are text.
+/// param, those are text. An exponent past f64's range gives infinity (`1e400`), which the CSV
+/// source would have kept as text: check `is_finite()` where that matters.
 ///
 /// ```
 /// use sluice_guest::parse_number;
 /// assert_eq!(parse_number(" -1.5 "), Some(-1.5));
 /// assert_eq!(parse_number("2e3"), Some(2000.0));
 /// assert_eq!(parse_number("NaN"), None);
+/// assert_eq!(parse_number("1e400"), Some(f64::INFINITY));
 /// ```
 pub fn parse_number(s: &str) -> Option<f64> {
     let t = s.trim();
