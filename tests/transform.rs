@@ -3833,6 +3833,27 @@ fn cli_test_sets_the_metadata_it_is_told() {
     pipeline("${SLUICE_TEST_UNSET_TOPIC}");
     assert_eq!(topics(&["--pipeline", "p.json"]), ["test"; 2]);
 
+    // What Kafka could not hold is refused, naming the flag.
+    for (flag, value, says) in [
+        ("--topic", "", "not a valid Kafka topic name"),
+        ("--topic", "a b", "not a valid Kafka topic name"),
+        ("--partition", "-1", "-1 is not in 0.."),
+        ("--timestamp-ms", "-5", "-5 is not in 0.."),
+    ] {
+        let args = [
+            "transform",
+            "test",
+            "--input",
+            "in.csv",
+            "--component",
+            guests::META,
+        ];
+        let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], &[flag, value]].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flag} {value}: {stderr}");
+        assert!(stderr.contains(says) && stderr.contains(flag), "{stderr}");
+    }
+
     // `meta()` called from `init` has no record to answer for: an empty one, as the WIT says.
     let args = ["--component", guests::META, "--with", "at_init=true"];
     let out = sluice_tests::cli::sluice(

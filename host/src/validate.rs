@@ -176,20 +176,8 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
     }
 
     let k = &c.kafka;
-    if k.topic.is_empty()
-        || !k
-            .topic
-            .chars()
-            .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
-        || k.topic.len() > 249
-    {
-        bad(
-            "kafka.topic",
-            format!(
-                "{:?} is not a valid Kafka topic name (ASCII letters, digits, '.', '_', '-'; 1 to 249 characters)",
-                k.topic
-            ),
-        );
+    if let Some(problem) = topic_name_problem(&k.topic) {
+        bad("kafka.topic", problem);
     }
     if k.partitions < 1 {
         bad(
@@ -505,6 +493,17 @@ fn inferred_type(
 /// component's file stem without `transform_` (see `TransformConfig::display_name`).
 pub fn transform_name(t: &crate::transform::config::TransformConfig, _index: usize) -> String {
     t.display_name()
+}
+
+/// Why `topic` cannot be a Kafka topic's name, if it cannot.
+pub fn topic_name_problem(topic: &str) -> Option<String> {
+    let legal = |ch: char| ch.is_ascii_alphanumeric() || "._-".contains(ch);
+    (topic.is_empty() || topic.len() > 249 || !topic.chars().all(legal)).then(|| {
+        format!(
+            "{topic:?} is not a valid Kafka topic name (ASCII letters, digits, '.', '_', '-'; 1 to \
+             249 characters)"
+        )
+    })
 }
 
 #[cfg(test)]

@@ -108,11 +108,17 @@ pub enum TransformCommand {
         #[arg(long)]
         topic: Option<String>,
         /// The partition every record reports (default 0); offsets still count from 0.
-        #[arg(long, value_parser = clap::value_parser!(i32).range(0..))]
+        #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(0..))]
         partition: Option<i32>,
         /// The timestamp every record reports, in milliseconds since the Unix epoch (default
-        /// none; `sluice run` stamps each message with the time it was sent).
-        #[arg(long, value_name = "MS", value_parser = clap::value_parser!(i64).range(0..))]
+        /// none; `sluice run` stamps each message with the time it was sent). At most what a
+        /// timestamp value holds in microseconds.
+        #[arg(
+            long,
+            value_name = "MS",
+            allow_negative_numbers = true,
+            value_parser = clap::value_parser!(i64).range(0..=i64::MAX / 1000)
+        )]
         timestamp_ms: Option<i64>,
         /// A param for `init`, `KEY=VALUE`; with several components scope it as
         /// `NAME.KEY=VALUE` (NAME is the component's name or its 1-based position).
@@ -293,6 +299,9 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 opts.topic.clone_from(&file.topic);
             }
             if let Some(topic) = topic {
+                if let Some(problem) = crate::validate::topic_name_problem(&topic) {
+                    return Err(usage(anyhow::anyhow!("--topic {problem}")));
+                }
                 opts.topic = topic;
             }
             opts.partition = partition.unwrap_or(opts.partition);

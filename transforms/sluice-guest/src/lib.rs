@@ -414,9 +414,37 @@ impl Error {
         })
     }
 
+    /// An [`Error::MissingField`] for field `name` (what [`Row::require`] returns).
+    pub fn missing_field(name: &str) -> Error {
+        Error::MissingField(name.to_owned())
+    }
+
     /// An [`Error::Other`].
     pub fn other(reason: impl Into<String>) -> Error {
         Error::Other(reason.into())
+    }
+}
+
+impl RecordMeta {
+    /// The record's timestamp as a row value: [`Value::Timestamp`] (microseconds, where
+    /// `timestamp_ms` is milliseconds), or [`Value::Null`] when the broker kept none.
+    ///
+    /// ```
+    /// use sluice_guest::{RecordMeta, Value};
+    /// let meta = RecordMeta {
+    ///     topic: "t".into(),
+    ///     partition: 0,
+    ///     offset: 0,
+    ///     key: None,
+    ///     timestamp_ms: Some(1_700_000_000_123),
+    ///     headers: vec![],
+    /// };
+    /// assert_eq!(meta.timestamp(), Value::Timestamp(1_700_000_000_123_000));
+    /// ```
+    pub fn timestamp(&self) -> Value {
+        self.timestamp_ms
+            .and_then(|ms| ms.checked_mul(1000))
+            .map_or(Value::Null, Value::Timestamp)
     }
 }
 
