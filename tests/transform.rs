@@ -747,7 +747,7 @@ fn chain_passes_rows_from_filter_to_enrich() {
 #[test]
 fn a_flat_mapped_record_failing_downstream_leaves_consistent_counts() {
     let mut cast = config(guests::ENRICH, &[("cast", "tag:int")]);
-    cast.on_error = OnError::DeadLetter;
+    cast.on_error = OnError::DeadLetter.into();
     let c = chain(&[
         config(guests::EXPLODE, &[("field", "tag"), ("sep", ",")]),
         cast,
@@ -794,7 +794,7 @@ fn a_flat_mapped_record_failing_downstream_leaves_consistent_counts() {
 fn lanes_guest_matches_the_filter_enrich_chain() {
     let dead_letter = |path: &str, with: &[(&str, &str)]| {
         let mut c = config(path, with);
-        c.on_error = OnError::DeadLetter;
+        c.on_error = OnError::DeadLetter.into();
         c
     };
     let sdk = chain(&[
@@ -1051,7 +1051,7 @@ fn poison_infinite_loop_times_out_and_only_that_record_is_quarantined() {
 fn many_rows_timing_out_alone_fail_the_batch() {
     let mut cfg = config(guests::POISON_LOOP, &[]);
     cfg.timeout_ms = 20;
-    cfg.on_error = OnError::DeadLetter;
+    cfg.on_error = OnError::DeadLetter.into();
     let c = chain(&[cfg]);
     let ids = |poison: usize| -> Vec<(RecordMeta, Row)> {
         let rows = (0..40).map(|i| {
@@ -1088,7 +1088,7 @@ fn many_rows_timing_out_alone_fail_the_batch() {
 fn rows_failing_late_alone_fail_the_batch_like_timeouts() {
     let mut cfg = config(guests::POISON_TRAP, &[]);
     cfg.timeout_ms = 50;
-    cfg.on_error = OnError::DeadLetter;
+    cfg.on_error = OnError::DeadLetter.into();
     let c = chain(&[cfg]);
     let rows_burning = |slow: usize, ms: i64| -> Vec<(RecordMeta, Row)> {
         let rows = (0..200).map(|i| {
@@ -1777,7 +1777,7 @@ fn a_huge_failure_reason_is_cut() {
 #[test]
 fn on_error_drop_and_fail_policies() {
     let mut cfg = config(guests::POISON_TRAP, &[]);
-    cfg.on_error = OnError::Drop;
+    cfg.on_error = OnError::Drop.into();
     let c = chain(&[cfg.clone()]);
     let out = c.process_blocking(with_meta(numbered(20))).unwrap();
     assert!(
@@ -1803,7 +1803,7 @@ fn on_error_drop_and_fail_policies() {
         [20, 19, 0, 1]
     );
 
-    cfg.on_error = OnError::Fail;
+    cfg.on_error = OnError::Fail.into();
     let c = chain(&[cfg]);
     match c.process_blocking(with_meta(numbered(20))) {
         Err(TransformError::Failed {
@@ -1831,13 +1831,80 @@ fn on_error_drop_and_fail_policies() {
     assert_eq!(c.process_blocking(with_meta(numbered(3))).unwrap().len(), 3);
 }
 
+/// `on_error` by kind of failure: a validator can set aside the rows it rejects
+/// (`guest_error`) and still stop the run when it crashes (`default: fail`), or the other way
+/// round; every kind it does not name gets `default`.
+#[test]
+fn on_error_by_kind_treats_rejected_and_crashed_records_apart() {
+    use sluice::transform::config::{ErrorPolicy, OnErrorByKind};
+    // Ids 3 and 7 are rejected by the guest; id 13 (when sent) crashes it.
+    let rows = |n: i64| -> Vec<Row> {
+        let mut rows = numbered(n);
+        for id in [3, 7] {
+            rows[id].push("reject", Value::Bool(true));
+        }
+        rows
+    };
+    let kinds = |out: &[RecordOutcome]| -> Vec<(usize, String)> {
+        (out.iter().enumerate())
+            .filter_map(|(i, o)| match o {
+                RecordOutcome::Emitted(_) => None,
+                RecordOutcome::Quarantined(q) => Some((i, format!("dead_letter {}", q.kind))),
+                RecordOutcome::Dropped { kind, .. } => Some((i, format!("drop {kind}"))),
+            })
+            .collect()
+    };
+    let mut cfg = config(guests::POISON_TRAP, &[]);
+    cfg.on_error = ErrorPolicy::ByKind(OnErrorByKind {
+        guest_error: Some(OnError::DeadLetter),
+        default: Some(OnError::Fail),
+        ..OnErrorByKind::default()
+    });
+    let c = chain(&[cfg.clone()]);
+    let out = c.process_blocking(with_meta(rows(12))).unwrap();
+    assert_eq!(
+        kinds(&out),
+        [
+            (3, "dead_letter guest_error".into()),
+            (7, "dead_letter guest_error".into())
+        ]
+    );
+    match c.process_blocking(with_meta(rows(20))) {
+        Err(TransformError::Failed {
+            kind: FailureKind::Trap,
+            offset: 13,
+            ..
+        }) => {}
+        other => panic!("expected the trap to stop the run, got {other:?}"),
+    }
+
+    // The other way round: crashes dropped, rejections fatal; timeouts, unnamed, dead-lettered.
+    cfg.on_error = ErrorPolicy::ByKind(OnErrorByKind {
+        trap: Some(OnError::Drop),
+        guest_error: Some(OnError::Fail),
+        ..OnErrorByKind::default()
+    });
+    let c = chain(&[cfg]);
+    let crashes: Vec<Row> = numbered(20);
+    let out = c.process_blocking(with_meta(crashes)).unwrap();
+    assert_eq!(kinds(&out), [(13, "drop trap".into())]);
+    match c.process_blocking(with_meta(rows(12))) {
+        Err(TransformError::Failed {
+            kind: FailureKind::Guest,
+            offset: 3,
+            ..
+        }) => {}
+        other => panic!("expected the rejection to stop the run, got {other:?}"),
+    }
+}
+
 /// A batch split across workers that fails in one chunk goes no further as a whole, so the
 /// rows the other chunk got through the chain are unfinished, not out of its last transform:
 /// before, they counted as out though nothing of the batch came out.
 #[test]
 fn a_batch_failing_in_one_chunk_counts_the_others_rows_unfinished() {
     let mut trap = config(guests::POISON_TRAP, &[]);
-    trap.on_error = OnError::Fail;
+    trap.on_error = OnError::Fail.into();
     let counts = |c: &TransformChain| -> Vec<[u64; 4]> {
         c.stats()
             .iter()
@@ -1877,7 +1944,7 @@ fn a_batch_failing_in_one_chunk_counts_the_others_rows_unfinished() {
 async fn a_batch_given_up_on_counts_its_rows_unfinished() {
     let mut cfg = config(guests::POISON_LOOP, &[]);
     cfg.timeout_ms = 200;
-    cfg.on_error = OnError::DeadLetter;
+    cfg.on_error = OnError::DeadLetter.into();
     let c = chain(&[cfg]);
     // Record 13 loops, so the first chunk takes two time limits at least: the future is pending.
     let given_up = tokio::time::timeout(

@@ -1852,6 +1852,57 @@ mod tests {
         assert_eq!(secrets, ["seed-value", "vendor-key"]);
     }
 
+    /// `on_error` is one policy or an object of them by failure kind; a misspelt kind or policy
+    /// is named at its key.
+    #[test]
+    fn on_error_is_a_policy_or_one_per_kind() {
+        use crate::transform::FailureKind;
+        let with = |on_error: &str| {
+            pipeline("", "", "").replace(
+                "\"sink\"",
+                &format!(
+                    "\"transforms\": [{{ \"uses\": \"m.wasm\", \"on_error\": {on_error} }}],\n  \"sink\""
+                ),
+            )
+        };
+        let policy = |on_error: &str| {
+            let loaded = load_str(&with(on_error), Path::new("p.json"), &|_| None).unwrap();
+            let p = loaded.config.transforms[0].on_error;
+            [FailureKind::Guest, FailureKind::Trap, FailureKind::Timeout].map(|k| p.of(k))
+        };
+        use OnError::{DeadLetter, Drop, Fail};
+        assert_eq!(policy("\"drop\""), [Drop, Drop, Drop]);
+        assert_eq!(
+            policy(r#"{ "guest_error": "dead_letter", "default": "fail" }"#),
+            [DeadLetter, Fail, Fail]
+        );
+        assert_eq!(
+            policy(r#"{ "trap": "fail" }"#),
+            [DeadLetter, Fail, DeadLetter]
+        );
+        for (on_error, path, says) in [
+            (
+                r#"{ "trapp": "fail" }"#,
+                "transforms[0].on_error.trapp",
+                "unknown field `trapp`",
+            ),
+            (
+                r#"{ "trap": "stop" }"#,
+                "transforms[0].on_error.trap",
+                "unknown variant `stop`",
+            ),
+            (
+                "3",
+                "transforms[0].on_error",
+                "expected `fail`, `drop`, `dead_letter`, or an",
+            ),
+        ] {
+            let issue = only_issue(&with(on_error), &[]);
+            assert_eq!(issue.path, path, "{on_error}: {issue}");
+            assert!(issue.message.contains(says), "{on_error}: {issue}");
+        }
+    }
+
     #[test]
     fn redaction_masks_every_form_once() {
         let secrets = EnvSecrets::new(&[

@@ -246,7 +246,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             };
             for cfg in &mut configs {
                 // Every failure is reported, whatever the pipeline would do with it.
-                cfg.on_error = OnError::DeadLetter;
+                cfg.on_error = OnError::DeadLetter.into();
                 cfg.timeout_ms = timeout_ms.unwrap_or(cfg.timeout_ms);
                 cfg.memory_mb = memory_mb.unwrap_or(cfg.memory_mb);
                 cfg.fuel = fuel.or(cfg.fuel);

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::error::FailureKind;
 use crate::config::OnError;
 
 /// One transform in the chain.
@@ -21,9 +22,13 @@ pub struct TransformConfig {
     #[serde(default)]
     pub with: BTreeMap<String, String>,
     /// What a record the transform fails (or traps on) does: `fail` stops the run, `drop`
-    /// counts and skips it, `dead_letter` (default) sends it to the dead-letter topic.
+    /// counts and skips it, `dead_letter` (default) sends it to the dead-letter topic. Either one
+    /// policy for every failure, or an object with one per kind of failure (`guest_error`,
+    /// `trap`, `timeout`, `memory`, `fuel`, `protocol`, `output_limit`) and `default` for the
+    /// rest: `{"guest_error": "dead_letter", "default": "fail"}` sets aside the records the
+    /// transform rejects and stops the run when it crashes.
     #[serde(default)]
-    pub on_error: OnError,
+    pub on_error: ErrorPolicy,
     /// Linear-memory cap per instance, in MiB.
     #[serde(default = "default_memory_mb")]
     pub memory_mb: u64,
@@ -51,6 +56,104 @@ pub struct TransformConfig {
     #[serde(skip)]
     #[schemars(skip)]
     pub secrets: Vec<String>,
+}
+
+/// What a transform's failed records do: one policy for all, or one per kind of failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(untagged)]
+pub enum ErrorPolicy {
+    /// The same policy for every failure.
+    All(OnError),
+    /// A policy per kind of failure.
+    ByKind(OnErrorByKind),
+}
+
+/// `on_error` per kind of failure (the dead-letter `kind`s); a kind not named gets `default`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OnErrorByKind {
+    /// The guest returned an error for the record (it rejected it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest_error: Option<OnError>,
+    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trap: Option<OnError>,
+    /// The record ran past `timeout_ms` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<OnError>,
+    /// The record needed more memory than `memory_mb` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<OnError>,
+    /// The record ran out of `fuel` alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fuel: Option<OnError>,
+    /// The guest broke the batch contract on the record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol: Option<OnError>,
+    /// The record emitted more than `max_rows_per_record` rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_limit: Option<OnError>,
+    /// Every kind not named above (`dead_letter` if this is not given either).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<OnError>,
+}
+
+impl Default for ErrorPolicy {
+    fn default() -> ErrorPolicy {
+        ErrorPolicy::All(OnError::default())
+    }
+}
+
+impl From<OnError> for ErrorPolicy {
+    fn from(policy: OnError) -> ErrorPolicy {
+        ErrorPolicy::All(policy)
+    }
+}
+
+impl ErrorPolicy {
+    /// The policy for a failure of `kind`.
+    pub fn of(&self, kind: FailureKind) -> OnError {
+        let by = match self {
+            ErrorPolicy::All(policy) => return *policy,
+            ErrorPolicy::ByKind(by) => by,
+        };
+        let named = match kind {
+            FailureKind::Guest => by.guest_error,
+            FailureKind::Trap => by.trap,
+            FailureKind::Timeout => by.timeout,
+            FailureKind::Memory => by.memory,
+            FailureKind::Fuel => by.fuel,
+            FailureKind::Protocol => by.protocol,
+            FailureKind::OutputLimit => by.output_limit,
+        };
+        named.or(by.default).unwrap_or_default()
+    }
+}
+
+// By hand, not `untagged`: serde's untagged errors say only that nothing matched, where an
+// operator needs the misspelt kind or policy named.
+impl<'de> Deserialize<'de> for ErrorPolicy {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<ErrorPolicy, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = ErrorPolicy;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`fail`, `drop`, `dead_letter`, or an object of them by failure kind")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ErrorPolicy, E> {
+                use serde::de::IntoDeserializer;
+                OnError::deserialize(v.into_deserializer()).map(ErrorPolicy::All)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ErrorPolicy, A::Error> {
+                OnErrorByKind::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ErrorPolicy::ByKind)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 /// Secret values shorter than this are not redacted: they cannot hide much, and replacing every
@@ -81,7 +184,7 @@ impl TransformConfig {
             name: None,
             uses: uses.into(),
             with: BTreeMap::new(),
-            on_error: OnError::default(),
+            on_error: ErrorPolicy::default(),
             memory_mb: default_memory_mb(),
             timeout_ms: default_timeout_ms(),
             fuel: None,

@@ -1619,44 +1619,43 @@ fn run_chain(
         if batch.origins.is_empty() {
             break;
         }
-        let (next, failures, filtered) = run_transform(shared, t, slot, &batch, &metas)
+        let (next, mut failures, filtered) = run_transform(shared, t, slot, &batch, &metas)
             .inspect_err(|_| {
                 TransformStats::add(&t.stats.rows_unfinished, batch.origins.len() as u64);
             })?;
-        if t.config.on_error == OnError::Fail && !failures.is_empty() {
-            // The run stops at the first failure below: what the rest of the batch did goes no
-            // further, so rows that neither failed nor were filtered out are unfinished.
+        // The run stops at the first failure of the batch that its policy says to stop on.
+        let fatal = (failures.iter()).position(|f| t.config.on_error.of(f.1) == OnError::Fail);
+        if let Some(at) = fatal {
+            // What the rest of the batch did goes no further, so rows that neither failed nor
+            // were filtered out are unfinished.
             let unfinished = (batch.origins.len() as u64)
                 .saturating_sub(failures.len() as u64)
                 .saturating_sub(filtered);
             TransformStats::add(&t.stats.rows_failed, failures.len() as u64);
             TransformStats::add(&t.stats.rows_unfinished, unfinished);
+            let (j, kind, reason) = failures.swap_remove(at);
+            let m = &metas[batch.origins[j] as usize];
+            return Err(TransformError::Failed {
+                transform: t.name.to_string(),
+                kind,
+                // A guest's error may quote a field of any size; messages need not.
+                reason: clip(&t.config.redact(reason), MAX_REASON),
+                topic: m.topic.clone(),
+                partition: m.partition,
+                offset: m.offset,
+                line: m.csv_line(),
+            });
         }
         let any_failed = !failures.is_empty();
         for (j, kind, reason) in failures {
             // A guest's error may quote a field of any size; messages and letters need not.
             let reason = clip(&t.config.redact(reason), MAX_REASON);
-            // (Under `fail` they were all counted above.)
-            if t.config.on_error != OnError::Fail {
-                TransformStats::add(&t.stats.rows_failed, 1);
-            }
+            TransformStats::add(&t.stats.rows_failed, 1);
             let o = batch.origins[j] as usize;
             if failed.contains_key(&o) {
                 continue;
             }
-            let outcome = match t.config.on_error {
-                OnError::Fail => {
-                    let m = &metas[o];
-                    return Err(TransformError::Failed {
-                        transform: t.name.to_string(),
-                        kind,
-                        reason,
-                        topic: m.topic.clone(),
-                        partition: m.partition,
-                        offset: m.offset,
-                        line: m.csv_line(),
-                    });
-                }
+            let outcome = match t.config.on_error.of(kind) {
                 // Counted as failed above, and only there: `dropped` is for rows the transform
                 // itself filtered out, so that in = out + dropped + failed + discarded.
                 OnError::Drop => RecordOutcome::Dropped {
@@ -1664,7 +1663,8 @@ fn run_chain(
                     kind,
                     reason,
                 },
-                OnError::DeadLetter => RecordOutcome::Quarantined(Quarantine {
+                // (`fail` stopped the run above.)
+                OnError::DeadLetter | OnError::Fail => RecordOutcome::Quarantined(Quarantine {
                     transform: t.name.to_string(),
                     kind,
                     reason,
