@@ -683,13 +683,15 @@ fn a_record_trapping_mid_chain_is_dead_lettered_as_the_original_message() {
         "the run failed; its stderr was closed on purpose, run it with one to see why"
     );
 
-    let letters: Vec<serde_json::Value> = sluice_tests::broker::read_topic(&format!("{topic}.dlq"))
-        .iter()
-        .map(|m| m.json())
-        .filter(|l| l["stage"] != "source")
+    let messages: Vec<_> = sluice_tests::broker::read_topic(&format!("{topic}.dlq"))
+        .into_iter()
+        .filter(|m| m.json()["stage"] != "source")
         .collect();
+    let letters: Vec<serde_json::Value> = messages.iter().map(|m| m.json()).collect();
     assert_eq!(letters.len(), 1, "{letters:#?}");
     let letter = &letters[0];
+    // Keyed as its record was.
+    assert_eq!(messages[0].key.as_deref(), Some(&b"13"[..]), "{letter:#}");
     assert_eq!(letter["stage"], "transform:poison_trap");
     assert_eq!(letter["kind"], "trap");
     // Id 13 is on line 15 (the header, ids 1 to 10, a ragged row, ids 11 and 12).

@@ -16,7 +16,8 @@
 //! longer than [`MAX_PAYLOAD_BYTES`] are cut (`payload_bytes` keeps the original length), reasons
 //! longer than [`MAX_REASON_BYTES`] too (a guest's error text may quote a whole field), and a
 //! letter whose JSON escapes still take it past [`MAX_LETTER_BYTES`] keeps less of its payload.
-//! The message also carries headers `sluice.stage` and `sluice.kind`.
+//! The message also carries headers `sluice.stage` and `sluice.kind`, and the key of the record it
+//! came from, when it had one.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -102,9 +103,15 @@ pub async fn run(
                 key: "sluice.kind",
                 value: Some(letter.kind.as_bytes()),
             });
-        let record = FutureRecord::<(), _>::to(&topic)
+        // Keyed as the record it came from, so that a keyed consumer of the letters (or a
+        // replay of them) sees them under the same key and in the same partition order.
+        let key = letter.origin.as_ref().and_then(|o| o.key.as_deref());
+        let mut record = FutureRecord::<[u8], _>::to(&topic)
             .payload(&value)
             .headers(headers);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
         let delivery = match producer.send_result(record) {
             Ok(d) => d,
             Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), record)) => {
