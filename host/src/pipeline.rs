@@ -1783,7 +1783,7 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
         if let Some(c) = &stats.consumer {
             e.counter(
                 "sluice_consumer_records_total",
-                "Records consumed.",
+                "Records read from the topic (a run that stops may have read some it never loaded).",
                 &p,
                 c.records_consumed.load(Ordering::Relaxed),
             );
