@@ -1896,6 +1896,34 @@ fn on_error_by_kind_treats_rejected_and_crashed_records_apart() {
         }) => {}
         other => panic!("expected the rejection to stop the run, got {other:?}"),
     }
+
+    // A record split into two rows, one that crashes the guest (id 13, dropped) and one that it
+    // rejects (dead-lettered), is dead-lettered whichever row comes first: the strictest policy
+    // of its failures wins.
+    let mut by_kind = config(guests::POISON_TRAP, &[]);
+    by_kind.on_error = ErrorPolicy::ByKind(OnErrorByKind {
+        trap: Some(OnError::Drop),
+        guest_error: Some(OnError::DeadLetter),
+        ..OnErrorByKind::default()
+    });
+    let c = chain(&[
+        config(guests::EXPLODE, &[("field", "ids"), ("into", "id")]),
+        config(guests::ENRICH, &[("cast", "id:int")]),
+        by_kind,
+    ]);
+    for ids in ["13,5", "5,13"] {
+        let one = row(&[
+            ("id", Value::Int(1)),
+            ("ids", Value::String(ids.into())),
+            ("reject", Value::Bool(true)),
+        ]);
+        let out = c.process_blocking(with_meta(vec![one])).unwrap();
+        assert_eq!(
+            kinds(&out),
+            [(0, "dead_letter guest_error".into())],
+            "{ids}: {out:?}"
+        );
+    }
 }
 
 /// A batch split across workers that fails in one chunk goes no further as a whole, so the

@@ -339,15 +339,17 @@ const MIN_MASKED: usize = 4;
 
 /// Words that make a variable's name, a transform param's name or a `kafka.properties` key a
 /// secret's (case-insensitive).
-const SECRET_WORDS: [&str; 11] = [
-    "PASSWORD",
-    "PASSPHRASE",
+const SECRET_WORDS: [&str; 13] = [
+    "PASS",
     "SECRET",
     "TOKEN",
     "KEY",
     "SALT",
     "PEPPER",
     "SEED",
+    "HMAC",
+    "CIPHER",
+    "CERT",
     "CREDENTIAL",
     "PRIVATE",
     "AUTH",
@@ -365,18 +367,22 @@ struct Substitution {
 
 impl Substitution {
     /// Whether the value must be kept out of messages: its variable is named like a secret, or
-    /// it went into a field that holds credentials whatever the variable is called (a transform
-    /// param or a `kafka.properties` entry named like a secret). A param is not masked for being
-    /// a param: masking every one from the environment garbles what quotes its value, such as
-    /// a threshold of `1000` in `21000.5 is over 1000`, in messages and dead letters.
+    /// it went into a field that holds credentials whatever the variable is called (a secret-named
+    /// `kafka.properties` entry), or into a transform param: a guest may take any param as key
+    /// material. A param's short number or flag (`"threshold": "${MAX_AMOUNT}"`) is no secret,
+    /// unless the param or the variable is named like one: masking `1000` garbled every value
+    /// quoted with it (`21000.5` as `2***.5`) in messages and dead letters.
     fn is_secret(&self) -> bool {
-        let param_named_secret = self
+        let param = self
             .path
             .strip_prefix("transforms[")
             .and_then(|rest| rest.split_once("].with."))
-            .is_some_and(|(index, param)| index.parse::<usize>().is_ok() && names_secret(param));
+            .filter(|(index, _)| index.parse::<usize>().is_ok())
+            .map(|(_, param)| param);
+        let param_secret =
+            param.is_some_and(|p| names_secret(p) || !is_number_or_flag(&self.value));
         names_secret(&self.var)
-            || param_named_secret
+            || param_secret
             || matches!(
                 self.path.as_str(),
                 "sink.password" | "sink.private_key" | "sink.private_key_passphrase"
@@ -386,6 +392,17 @@ impl Substitution {
                 .strip_prefix("kafka.properties.")
                 .is_some_and(names_secret)
     }
+}
+
+/// Whether `value` is a number of at most 12 characters written in decimal (`1000`, `-0.5`,
+/// `1e6`) or a flag (`true`, `false`): a threshold or a switch, not key material.
+fn is_number_or_flag(value: &str) -> bool {
+    let v = value.trim();
+    matches!(v, "true" | "false")
+        || (v.len() <= 12
+            && v.bytes()
+                .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+            && v.parse::<f64>().is_ok())
 }
 
 fn names_secret(name: &str) -> bool {
@@ -558,7 +575,7 @@ pub fn load(file: &Path) -> Result<LoadedConfig, ConfigError> {
 /// take their place), so their variables need not be set nor their values be right. Someone
 /// testing a production pipeline's chain needs no warehouse credentials. The one exception is
 /// `kafka.topic`, which transforms see as their records' topic: it is kept when it is a string
-/// whose variables are set, and is `test` otherwise.
+/// whose variables are set and that names a topic Kafka could hold, and is `test` otherwise.
 pub fn load_for_transforms(file: &Path) -> Result<LoadedConfig, ConfigError> {
     let text =
         std::fs::read_to_string(file).map_err(|e| ConfigError::Read(file.to_path_buf(), e))?;
@@ -603,7 +620,12 @@ fn load_text(
         let topic = sections
             .get("kafka")
             .and_then(|k| k.get("topic"))
-            .filter(|t| t.as_str().is_some_and(|t| interpolate(t, env).is_ok()))
+            .filter(|t| {
+                let topic = t.as_str().map(|t| interpolate(t, env));
+                topic.is_some_and(|t| {
+                    t.is_ok_and(|t| crate::validate::topic_name_problem(&t).is_none())
+                })
+            })
             .cloned()
             .unwrap_or_else(|| "test".into());
         sections.insert("kafka".into(), serde_json::json!({ "topic": topic }));
@@ -1810,7 +1832,8 @@ mod tests {
         .replace(
             "\"sink\"",
             "\"transforms\": [{ \"uses\": \"m.wasm\", \"with\": { \"seed\": \"${MASK_SEED}\", \
-             \"api_key\": \"${VENDOR}\", \"max\": \"${MAX_AMOUNT}\" } }],\n  \"sink\"",
+             \"api_key\": \"${VENDOR}\", \"max\": \"${MAX_AMOUNT}\", \"mac\": \"${MAC}\", \
+             \"pin\": \"${PIN}\" } }],\n  \"sink\"",
         );
         let env = |name: &str| {
             Some(
@@ -1825,21 +1848,23 @@ mod tests {
                     "MASK_SEED" => "seed-value",
                     "VENDOR" => "vendor-key",
                     "MAX_AMOUNT" => "1000",
+                    "MAC" => "ab12cd34ef",
+                    "PIN" => "12345678901234",
                     _ => return None,
                 }
                 .to_owned(),
             )
         };
         let loaded = load_str(&text, Path::new("p.json"), &env).unwrap();
-        // A param is a secret by its variable's name or its own, not for being a param: a
-        // threshold stays readable wherever it is quoted.
+        // Any param may be key material, but a short number is a threshold: it stays readable
+        // wherever it is quoted.
         assert_eq!(
             loaded.redact(
                 "customer_id kafka:9092 kafka-pass alice sf-pass loader-role abc seed-value \
-                 vendor-key 21000.5"
+                 vendor-key 21000.5 ab12cd34ef 12345678901234"
             ),
             "customer_id kafka:9092 ${KAFKA_PW} alice ${SF_PW} ${role_token} abc ${MASK_SEED} \
-             ${VENDOR} 21000.5"
+             ${VENDOR} 21000.5 ${MAC} ${PIN}"
         );
         let shown = format!("{loaded:?} {loaded:#?}");
         assert!(shown.contains("${role_token}"), "{shown}");
@@ -1849,7 +1874,10 @@ mod tests {
         // The transform keeps its own list, for its own messages.
         let mut secrets = loaded.config.transforms[0].secrets.clone();
         secrets.sort();
-        assert_eq!(secrets, ["seed-value", "vendor-key"]);
+        assert_eq!(
+            secrets,
+            ["12345678901234", "ab12cd34ef", "seed-value", "vendor-key"]
+        );
     }
 
     /// `on_error` is one policy or an object of them by failure kind; a misspelt kind or policy
@@ -1868,18 +1896,21 @@ mod tests {
         let policy = |on_error: &str| {
             let loaded = load_str(&with(on_error), Path::new("p.json"), &|_| None).unwrap();
             let p = loaded.config.transforms[0].on_error;
-            [FailureKind::Guest, FailureKind::Trap, FailureKind::Timeout].map(|k| p.of(k))
+            FailureKind::ALL.map(|k| p.of(k))
         };
         use OnError::{DeadLetter, Drop, Fail};
-        assert_eq!(policy("\"drop\""), [Drop, Drop, Drop]);
+        assert_eq!(policy("\"drop\""), [Drop; 7]);
         assert_eq!(
             policy(r#"{ "guest_error": "dead_letter", "default": "fail" }"#),
-            [DeadLetter, Fail, Fail]
+            [DeadLetter, Fail, Fail, Fail, Fail, Fail, Fail]
         );
-        assert_eq!(
-            policy(r#"{ "trap": "fail" }"#),
-            [DeadLetter, Fail, DeadLetter]
-        );
+        // Each kind by its own name, in `FailureKind::ALL`'s order.
+        for (i, kind) in FailureKind::ALL.iter().enumerate() {
+            let mut want = [Drop; 7];
+            want[i] = Fail;
+            let one = format!(r#"{{ "{kind}": "fail", "default": "drop" }}"#);
+            assert_eq!(policy(&one), want, "{one}");
+        }
         for (on_error, path, says) in [
             (
                 r#"{ "trapp": "fail" }"#,
@@ -1901,6 +1932,14 @@ mod tests {
             assert_eq!(issue.path, path, "{on_error}: {issue}");
             assert!(issue.message.contains(says), "{on_error}: {issue}");
         }
+        // An empty object reads, as the default would, and `validate` refuses it.
+        let loaded = load_str(&with("{}"), Path::new("p.json"), &|_| None).unwrap();
+        let issues = crate::validate::validate(&loaded);
+        let issue = issues.iter().find(|i| i.path == "transforms[0].on_error");
+        assert!(
+            issue.is_some_and(|i| i.message.starts_with("names no kind of failure")),
+            "{issues:?}"
+        );
     }
 
     #[test]

@@ -219,8 +219,8 @@ pub struct ConsumePart {
     pub records: u64,
     /// Records whose message could not be decoded (dead-lettered).
     pub undecodable: u64,
-    /// Records of the batch the transform chain stopped the run on: they entered the chain (its
-    /// counters count them, as unfinished) but are not accounted for here, and wait in the topic.
+    /// Records of the batch the transform chain stopped the run on that entered the chain (its
+    /// counters count them, as unfinished): not accounted for here, they wait in the topic.
     #[serde(default)]
     pub records_unfinished: u64,
     /// Per transform, in chain order.
@@ -1180,9 +1180,17 @@ async fn process_batch(
     let mut outcomes = if inputs.is_empty() {
         Vec::new()
     } else {
-        let taken = inputs.len() as u64;
+        // What entered the chain, read off its first transform: a batch of much text goes in
+        // parts, and those after a failing one never do (they wait in the topic all the same).
+        let first = ctx.chain.stats().into_iter().next().map(|(_, s)| s);
+        let entered = || {
+            first
+                .as_ref()
+                .map_or(0, |s| s.rows_in.load(Ordering::Relaxed))
+        };
+        let before = entered();
         ctx.chain.process(inputs).await.map_err(|e| {
-            part.records_unfinished += taken;
+            part.records_unfinished += entered() - before;
             let names = ctx.chain_names.join(", ");
             let records: Vec<String> = span
                 .iter()
@@ -2323,8 +2331,8 @@ fn count_csv(
 fn resume_hint(e: &anyhow::Error) -> &'static str {
     match e.downcast_ref::<crate::transform::TransformError>() {
         Some(crate::transform::TransformError::Failed { .. }) => {
-            " (fix the transform, or set its on_error to drop or dead_letter; then `sluice run \
-             --consume-only` resumes from what the warehouse holds, while a full run would \
+            " (fix the transform, or set its on_error to drop or dead_letter for this kind of \
+             failure; then `sluice run --consume-only` resumes from what the warehouse holds, while a full run would \
              replay the whole file again and load its rows twice)"
         }
         // The workers being gone is sluice's own fault, not the transform's.

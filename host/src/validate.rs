@@ -14,7 +14,7 @@ use crate::config::{ConfigIssue, LoadedConfig, SinkConfig};
 use crate::row::ValueType;
 use crate::source::config::{CsvSourceConfig, Pacing, SourceConfig};
 use crate::source::csv::{CsvOptions, CsvReader};
-use crate::transform::config::TransformConfig;
+use crate::transform::config::{ErrorPolicy, OnErrorByKind, TransformConfig};
 use crate::transform::{LoadError, RuntimeOptions, TransformChain};
 
 /// Every issue found in `loaded` without loading its components; empty means valid.
@@ -258,6 +258,16 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
                 format!(
                     "transform name {name:?} is used twice; names key metrics and must be unique"
                 ),
+            );
+        }
+        // `{}` (or only nulls) would read as the default, silently: a mistake.
+        if t.on_error == ErrorPolicy::ByKind(OnErrorByKind::default()) {
+            bad(
+                &at("on_error"),
+                "names no kind of failure: give at least one of guest_error, trap, timeout, \
+                 memory, fuel, protocol, output_limit or default, or one policy for all as a \
+                 string"
+                    .to_owned(),
             );
         }
         if t.memory_mb == 0 || t.memory_mb > 4096 {

@@ -17,7 +17,7 @@
 //! longer than [`MAX_REASON_BYTES`] too (a guest's error text may quote a whole field), and a
 //! letter whose JSON escapes still take it past [`MAX_LETTER_BYTES`] keeps less of its payload.
 //! The message also carries headers `sluice.stage` and `sluice.kind`, and the key of the record it
-//! came from, when it had one.
+//! came from, when it had one of at most [`MAX_KEY_BYTES`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -42,6 +42,10 @@ pub const MAX_REASON_BYTES: usize = 8 * 1024;
 /// The largest encoded dead letter, in bytes: half of the smallest default message limit (Kafka's
 /// `message.max.bytes` of 1,000,000), leaving room for the headers and the record batch.
 pub const MAX_LETTER_BYTES: usize = 500_000;
+
+/// The longest record key a dead letter carries as its own key, in bytes: with
+/// [`MAX_LETTER_BYTES`] and the headers, well within the smallest default message limit.
+pub const MAX_KEY_BYTES: usize = 64 * 1024;
 
 /// Dead-letter producer counters.
 #[derive(Debug, Default)]
@@ -103,9 +107,13 @@ pub async fn run(
                 key: "sluice.kind",
                 value: Some(letter.kind.as_bytes()),
             });
-        // Keyed as the record it came from, so that a keyed consumer of the letters (or a
-        // replay of them) sees them under the same key and in the same partition order.
-        let key = letter.origin.as_ref().and_then(|o| o.key.as_deref());
+        // Keyed as the record it came from, so that whoever reads the letters can group them
+        // by key. Not a key past MAX_KEY_BYTES: it comes on top of the letter, which is sized
+        // to fit a message, and a letter that cannot be stored stops the run at that record
+        // every time. (`origin.key` in the letter has it, cut if need be.)
+        let key = (letter.origin.as_ref())
+            .and_then(|o| o.key.as_deref())
+            .filter(|k| k.len() <= MAX_KEY_BYTES);
         let mut record = FutureRecord::<[u8], _>::to(&topic)
             .payload(&value)
             .headers(headers);

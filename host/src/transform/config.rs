@@ -49,10 +49,10 @@ pub struct TransformConfig {
     /// applies its own limit, so two flat-maps in a chain can multiply.
     #[serde(default = "default_max_rows_per_record")]
     pub max_rows_per_record: u32,
-    /// The secrets among the values of `with` taken from the environment (`${VAR}`): those whose
-    /// param or variable is named like a secret (see the README). A guest's error may quote its
-    /// params, so [`redact`](Self::redact) keeps them out of every message and dead letter. Set
-    /// when the pipeline file is loaded; not part of it.
+    /// The secrets among the values of `with` taken from the environment (`${VAR}`): all but
+    /// short numbers and flags whose param and variable are not named like secrets (see the
+    /// README). A guest's error may quote its params, so [`redact`](Self::redact) keeps them out
+    /// of every message and dead letter. Set when the pipeline file is loaded; not part of it.
     #[serde(skip)]
     #[schemars(skip)]
     pub secrets: Vec<String>,

@@ -171,7 +171,7 @@ impl fmt::Display for FailureKind {
 /// A failure that stops a whole `process` call.
 #[derive(Debug, thiserror::Error)]
 pub enum TransformError {
-    /// A record failed in a transform whose `on_error` is `fail`.
+    /// A record failed in a transform whose `on_error` is `fail` for its kind of failure.
     #[error(
         "transform {transform} failed on record {topic}/{partition}@{offset}{} ({kind}): {reason}",
         line.map(|l| format!(" (line {l} of the CSV)")).unwrap_or_default()

@@ -326,9 +326,9 @@ pub fn default_cache_dir() -> Option<PathBuf> {
 pub enum RecordOutcome {
     /// The chain emitted these rows for it (none: it was filtered out).
     Emitted(Vec<Row>),
-    /// It failed in a transform whose `on_error` is `dead_letter`.
+    /// It failed in a transform whose `on_error` is `dead_letter` for its kind of failure.
     Quarantined(Quarantine),
-    /// It failed in a transform whose `on_error` is `drop`.
+    /// It failed in a transform whose `on_error` is `drop` for its kind of failure.
     Dropped {
         /// The transform it failed in.
         transform: String,
@@ -531,7 +531,8 @@ impl TransformChain {
     }
 
     /// Runs a batch through the whole chain on the worker threads: exactly one outcome per
-    /// input, in input order. A failure in a transform with `on_error: fail` fails the call.
+    /// input, in input order. A failure whose transform's `on_error` says `fail` for its kind
+    /// fails the call.
     pub async fn process(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
         // Batches go to the workers here: the instances checked at load, kept for the caller's
         // own batches (`process_blocking`), would only hold memory.
@@ -1652,10 +1653,15 @@ fn run_chain(
             let reason = clip(&t.config.redact(reason), MAX_REASON);
             TransformStats::add(&t.stats.rows_failed, 1);
             let o = batch.origins[j] as usize;
-            if failed.contains_key(&o) {
+            let policy = t.config.on_error.of(kind);
+            // A record whose rows failed in several ways gets the strictest of their policies,
+            // whatever their order: a row's failure dropped must not hide another's that asks
+            // for a dead letter.
+            let set_aside = matches!(failed.get(&o), Some(RecordOutcome::Quarantined(_)));
+            if set_aside || (failed.contains_key(&o) && policy == OnError::Drop) {
                 continue;
             }
-            let outcome = match t.config.on_error.of(kind) {
+            let outcome = match policy {
                 // Counted as failed above, and only there: `dropped` is for rows the transform
                 // itself filtered out, so that in = out + dropped + failed + discarded.
                 OnError::Drop => RecordOutcome::Dropped {
