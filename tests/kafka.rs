@@ -47,6 +47,7 @@ async fn replay(
         base_dir: &repo_root(),
         kafka,
         bootstrap: &bootstrap,
+        unpaced: None,
     };
     let r = source::replay(
         cfg,
@@ -727,6 +728,7 @@ async fn the_replay_waits_for_its_letters_rather_than_run_ahead_of_them() {
         base_dir: &repo_root(),
         kafka: &kafka,
         bootstrap: &bootstrap,
+        unpaced: None,
     };
     let run = source::replay(cfg, tx, stats.clone(), CancellationToken::new());
     let store = async {
@@ -784,6 +786,7 @@ async fn cancelled_replay_confirms_what_it_sent() {
         base_dir: &repo_root(),
         kafka: &kafka,
         bootstrap: &bootstrap,
+        unpaced: None,
     };
     let run = source::replay(cfg, tx, stats.clone(), cancel.clone());
     let stop = async {

@@ -711,11 +711,13 @@ pub async fn run(
         .then(|| spawn_progress(stats.clone(), replays));
 
     // The two halves run concurrently in this task (the replay future is not `Send`). A failing
-    // consume half does not stop the replay: the feed goes on, as a live one would, so that every
-    // row of the file is in the topic for `--consume-only` to load once the cause is fixed. Cut
-    // short, the rest of the file would be in no topic, and no resume could load it.
+    // consume half does not stop the replay: it finishes the file, unpaced (waiting out hours of
+    // pacing would keep a failed run from exiting), so that every row is in the topic for
+    // `--consume-only` to load once the cause is fixed. Cut short, the rest of the file would be
+    // in no topic, and no resume could load it.
     let SourceConfig::Csv(csv) = &cfg.source;
     let replay_done = CancellationToken::new();
+    let consume_failed = CancellationToken::new();
     let replay_half = async {
         if !replays {
             replay_done.cancel();
@@ -726,6 +728,7 @@ pub async fn run(
             base_dir: &loaded.base_dir,
             kafka: &cfg.kafka,
             bootstrap: &bootstrap,
+            unpaced: Some(consume_failed.clone()),
         };
         let r = source::replay(rc, dlq_tx.clone(), stats.replay.clone(), cancel.clone()).await;
         // A replay that failed may never have made the topic the consume half waits for.
@@ -760,11 +763,12 @@ pub async fn run(
             && !cancel.is_cancelled()
         {
             error!(
-                "The consume half stopped: {e:#}. The replay goes on to the end of {}, so that \
-                 `sluice run --consume-only` can load every row once the cause is fixed; a stop \
-                 now (Ctrl-C) leaves the rest of the file out of the topic.",
+                "The consume half stopped: {e:#}. The replay goes on to the end of {}, unpaced, \
+                 so that `sluice run --consume-only` can load every row once the cause is fixed; \
+                 a stop now (Ctrl-C) leaves the rest of the file out of the topic.",
                 csv.path
             );
+            consume_failed.cancel();
         }
         let rows_after = count_table(&sink, "after the run").await;
         sink.close().await;

@@ -156,6 +156,10 @@ pub struct ReplayConfig<'a> {
     pub kafka: &'a KafkaConfig,
     /// Resolved bootstrap servers (from `kafka.brokers` or the managed broker).
     pub bootstrap: &'a str,
+    /// Once cancelled, the rest of the file goes unpaced: `sluice run` finishes the replay at
+    /// full speed when its consume half has failed, so that `--consume-only` has every row
+    /// without the failed run waiting out hours of pacing.
+    pub unpaced: Option<CancellationToken>,
 }
 
 enum ReaderMsg {
@@ -304,6 +308,7 @@ pub async fn replay(
     let mut failure: Option<SourceError> = None;
     let mut cancelled = false;
     let start = StdInstant::now();
+    let hurry = cfg.unpaced.clone().unwrap_or_default();
 
     'main: loop {
         let msg = tokio::select! {
@@ -372,7 +377,11 @@ pub async fn replay(
             pacer.restart();
         }
         prev_line = Some(line);
-        if let Some(due) = pacer.next_due(tokio::time::Instant::now(), event_us) {
+        let due = match hurry.is_cancelled() {
+            true => None,
+            false => pacer.next_due(tokio::time::Instant::now(), event_us),
+        };
+        if let Some(due) = due {
             tokio::select! {
                 _ = cancel.cancelled() => {
                     // Stopped while this row waited for its time: it was never sent.
@@ -381,6 +390,7 @@ pub async fn replay(
                     break 'main;
                 }
                 _ = tokio::time::sleep_until(due) => {}
+                () = hurry.cancelled() => {}
             }
         }
         let key = key_index.and_then(|i| wire::key_of(&row.fields[i].value));
@@ -736,6 +746,7 @@ mod tests {
             base_dir: Path::new("."),
             kafka: &kafka,
             bootstrap: "",
+            unpaced: None,
         };
         let fut = replay(cfg, tx, Arc::default(), CancellationToken::new());
         assert_send(&fut);
