@@ -339,8 +339,10 @@ const MIN_MASKED: usize = 4;
 
 /// Words that make a variable's name, a transform param's name or a `kafka.properties` key a
 /// secret's (case-insensitive).
-const SECRET_WORDS: [&str; 13] = [
-    "PASS",
+const SECRET_WORDS: [&str; 11] = [
+    "PASSWORD",
+    "PASSPHRASE",
+    "PASSWD",
     "SECRET",
     "TOKEN",
     "KEY",
@@ -348,11 +350,7 @@ const SECRET_WORDS: [&str; 13] = [
     "PEPPER",
     "SEED",
     "HMAC",
-    "CIPHER",
-    "CERT",
     "CREDENTIAL",
-    "PRIVATE",
-    "AUTH",
 ];
 
 /// One `${VAR}` substitution made while loading.
@@ -363,30 +361,38 @@ struct Substitution {
     var: String,
     /// The value substituted.
     value: String,
+    /// Whether the variable is the whole string (`"${VAR}"`), not a part of one.
+    lone: bool,
 }
 
 impl Substitution {
-    /// Whether the value must be kept out of messages: its variable is named like a secret, or
-    /// it went into a field that holds credentials whatever the variable is called (a secret-named
-    /// `kafka.properties` entry), or into a transform param: a guest may take any param as key
-    /// material. A param's short number or flag (`"threshold": "${MAX_AMOUNT}"`) is no secret,
-    /// unless the param or the variable is named like one: masking `1000` garbled every value
-    /// quoted with it (`21000.5` as `2***.5`) in messages and dead letters.
+    /// Whether the value must be kept out of messages: it fills a credential field, or its
+    /// variable is named like a secret, or it went into a secret-named `kafka.properties` entry
+    /// or into a transform param (a guest may take any param as key material). A flag
+    /// (`true`, `false`) is no secret outside the credential fields, and neither is a param's
+    /// short number given by a variable alone (`"threshold": "${MAX_AMOUNT}"`) unless the param
+    /// or the variable is named like a secret: masking `1000` or `false` garbles every value
+    /// and message that contains it (`21000.5` as `2***.5`).
     fn is_secret(&self) -> bool {
+        let credential = matches!(
+            self.path.as_str(),
+            "sink.password" | "sink.private_key" | "sink.private_key_passphrase"
+        );
+        if credential {
+            return true;
+        }
+        if matches!(self.value.trim(), "true" | "false") {
+            return false;
+        }
         let param = self
             .path
             .strip_prefix("transforms[")
             .and_then(|rest| rest.split_once("].with."))
             .filter(|(index, _)| index.parse::<usize>().is_ok())
             .map(|(_, param)| param);
-        let param_secret =
-            param.is_some_and(|p| names_secret(p) || !is_number_or_flag(&self.value));
+        let threshold = self.lone && is_short_number(&self.value);
         names_secret(&self.var)
-            || param_secret
-            || matches!(
-                self.path.as_str(),
-                "sink.password" | "sink.private_key" | "sink.private_key_passphrase"
-            )
+            || param.is_some_and(|p| names_secret(p) || !threshold)
             || self
                 .path
                 .strip_prefix("kafka.properties.")
@@ -395,14 +401,13 @@ impl Substitution {
 }
 
 /// Whether `value` is a number of at most 12 characters written in decimal (`1000`, `-0.5`,
-/// `1e6`) or a flag (`true`, `false`): a threshold or a switch, not key material.
-fn is_number_or_flag(value: &str) -> bool {
+/// `1e6`): a threshold, not key material.
+fn is_short_number(value: &str) -> bool {
     let v = value.trim();
-    matches!(v, "true" | "false")
-        || (v.len() <= 12
-            && v.bytes()
-                .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
-            && v.parse::<f64>().is_ok())
+    v.len() <= 12
+        && v.bytes()
+            .all(|b| b.is_ascii_digit() || b"+-.eE".contains(&b))
+        && v.parse::<f64>().is_ok()
 }
 
 fn names_secret(name: &str) -> bool {
@@ -1049,6 +1054,7 @@ fn interpolate_tree(
                 path: path.clone(),
                 var: var.to_owned(),
                 value: value.to_owned(),
+                lone: is_lone_variable(s),
             })
         }) {
             Ok(new) => *s = new,
@@ -1726,6 +1732,7 @@ mod tests {
             path: "sink.password".into(),
             var: "PW".into(),
             value: "n5000".into(),
+            lone: true,
         }]);
         let mut event = serde_json::json!({
             "rows": 5000,
@@ -1833,7 +1840,7 @@ mod tests {
             "\"sink\"",
             "\"transforms\": [{ \"uses\": \"m.wasm\", \"with\": { \"seed\": \"${MASK_SEED}\", \
              \"api_key\": \"${VENDOR}\", \"max\": \"${MAX_AMOUNT}\", \"mac\": \"${MAC}\", \
-             \"pin\": \"${PIN}\" } }],\n  \"sink\"",
+             \"pin\": \"${PIN}\", \"conn\": \"${HI}${LO}\", \"strict\": \"${SECRET_MODE}\" } }],\n  \"sink\"",
         );
         let env = |name: &str| {
             Some(
@@ -1850,21 +1857,25 @@ mod tests {
                     "MAX_AMOUNT" => "1000",
                     "MAC" => "ab12cd34ef",
                     "PIN" => "12345678901234",
+                    "HI" => "111122223333",
+                    "LO" => "444455556666",
+                    "SECRET_MODE" => "false",
                     _ => return None,
                 }
                 .to_owned(),
             )
         };
         let loaded = load_str(&text, Path::new("p.json"), &env).unwrap();
-        // Any param may be key material, but a short number is a threshold: it stays readable
-        // wherever it is quoted.
+        // Any param may be key material, but a short number alone is a threshold and a flag is
+        // no secret: they stay readable wherever they are quoted. Numbers that make up a longer
+        // value are its parts, and are masked.
         assert_eq!(
             loaded.redact(
                 "customer_id kafka:9092 kafka-pass alice sf-pass loader-role abc seed-value \
-                 vendor-key 21000.5 ab12cd34ef 12345678901234"
+                 vendor-key 21000.5 ab12cd34ef 12345678901234 111122223333444455556666 false"
             ),
             "customer_id kafka:9092 ${KAFKA_PW} alice ${SF_PW} ${role_token} abc ${MASK_SEED} \
-             ${VENDOR} 21000.5 ${MAC} ${PIN}"
+             ${VENDOR} 21000.5 ${MAC} ${PIN} ${HI}${LO} false"
         );
         let shown = format!("{loaded:?} {loaded:#?}");
         assert!(shown.contains("${role_token}"), "{shown}");
@@ -1876,7 +1887,14 @@ mod tests {
         secrets.sort();
         assert_eq!(
             secrets,
-            ["12345678901234", "ab12cd34ef", "seed-value", "vendor-key"]
+            [
+                "111122223333",
+                "12345678901234",
+                "444455556666",
+                "ab12cd34ef",
+                "seed-value",
+                "vendor-key"
+            ]
         );
     }
 
@@ -1949,17 +1967,20 @@ mod tests {
                 path: "kafka.topic".into(),
                 var: "OUTER_SECRET".into(),
                 value: "ab\"cd\nef".into(),
+                lone: true,
             },
             Substitution {
                 path: "kafka.topic".into(),
                 var: "INNER_SECRET".into(),
                 value: "cd\nef".into(),
+                lone: true,
             },
             // A value that occurs in a variable's name must not garble that name's mask.
             Substitution {
                 path: "kafka.topic".into(),
                 var: "SECR_TOKEN".into(),
                 value: "SECR".into(),
+                lone: true,
             },
         ]);
         let text = format!(
@@ -1978,6 +1999,7 @@ mod tests {
             path: "kafka.topic".into(),
             var: "QUOTED_SECRET".into(),
             value: quoted.into(),
+            lone: true,
         }]);
         let debug = format!("{quoted:?}");
         let json = serde_json::to_string(quoted).unwrap();
