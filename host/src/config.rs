@@ -632,7 +632,7 @@ fn load_text(
                 })
             })
             .cloned()
-            .unwrap_or_else(|| "test".into());
+            .unwrap_or_else(|| crate::transform::cli::TEST_TOPIC.into());
         sections.insert("kafka".into(), serde_json::json!({ "topic": topic }));
         sections.insert(
             "sink".into(),

@@ -1186,15 +1186,9 @@ async fn process_batch(
     } else {
         // What entered the chain, read off its first transform: a batch of much text goes in
         // parts, and those after a failing one never do (they wait in the topic all the same).
-        let first = ctx.chain.stats().into_iter().next().map(|(_, s)| s);
-        let entered = || {
-            first
-                .as_ref()
-                .map_or(0, |s| s.rows_in.load(Ordering::Relaxed))
-        };
-        let before = entered();
+        let before = ctx.chain.rows_entered();
         ctx.chain.process(inputs).await.map_err(|e| {
-            part.records_unfinished += entered() - before;
+            part.records_unfinished += ctx.chain.rows_entered() - before;
             let names = ctx.chain_names.join(", ");
             let records: Vec<String> = span
                 .iter()

@@ -296,7 +296,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 if key_column.is_none() {
                     opts.key_column.clone_from(&src.key_column);
                 }
-                opts.topic.clone_from(&file.topic);
+                opts.topic.clone_from(&file.loaded.config.kafka.topic);
             }
             if let Some(topic) = topic {
                 if let Some(problem) = crate::validate::topic_name_problem(&topic) {
@@ -758,8 +758,6 @@ struct PipelineChain {
     source: crate::source::config::CsvSourceConfig,
     /// Its source file, resolved.
     input: PathBuf,
-    /// Its `kafka.topic`, which transforms see as their records' topic.
-    topic: String,
     /// The file itself, to name the key of a param a transform refuses.
     loaded: crate::config::LoadedConfig,
 }
@@ -789,7 +787,6 @@ impl PipelineChain {
         Ok(PipelineChain {
             configs: crate::validate::chain_configs(&loaded),
             input: loaded.resolve(&source.path),
-            topic: loaded.config.kafka.topic.clone(),
             source: source.clone(),
             loaded,
         })

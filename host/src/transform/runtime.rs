@@ -521,6 +521,11 @@ impl TransformChain {
             .collect()
     }
 
+    /// Rows that have entered the chain (its first transform's rows in; 0 for an empty chain).
+    pub fn rows_entered(&self) -> u64 {
+        (self.shared.transforms.first()).map_or(0, |t| t.stats.rows_in.load(Relaxed))
+    }
+
     /// Each transform's name and counters, in chain order.
     pub fn stats(&self) -> Vec<(String, Arc<TransformStats>)> {
         self.shared
