@@ -406,6 +406,13 @@ fn enrich_renames_casts_uppercases_and_computes() {
         .process_blocking(vec![(meta(0), row(&[("id", Value::Int(1))]))])
         .unwrap();
     assert_eq!(quarantined(&bad[0]).reason, "missing field `name`");
+    assert_eq!(
+        quarantined(&bad[0]).error,
+        Some(sluice::dead_letter::GuestFault {
+            case: "missing-field",
+            field: Some("name".into())
+        })
+    );
     // Renaming onto an existing field fails the row rather than giving it two `customer`s.
     let taken = c
         .process_blocking(vec![(
@@ -990,6 +997,8 @@ fn assert_poison_isolated(
         if i == 13 {
             let q = quarantined(o);
             assert_eq!(q.kind, kind, "{}", q.reason);
+            // The host's failures carry no guest error.
+            assert_eq!(q.error, None, "{}", q.reason);
             if kind == FailureKind::Memory {
                 assert!(
                     q.reason.contains(&format!("{memory_mb} MiB")),
@@ -1268,7 +1277,7 @@ fn cli_test_expect_dash_is_stdin() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    assert!(stderr.contains("ok: 1 row match -"), "{stderr}");
+    assert!(stderr.contains("ok: 1 row matches -"), "{stderr}");
 }
 
 /// A CSV value that does not parse as its inferred type is a bad row whose reason names the
@@ -1868,6 +1877,20 @@ fn on_error_by_kind_treats_rejected_and_crashed_records_apart() {
             (3, "dead_letter guest_error".into()),
             (7, "dead_letter guest_error".into())
         ]
+    );
+    // The guest's typed error travels apart from its text, into the dead letter.
+    let q = quarantined(&out[3]);
+    let fault = sluice::dead_letter::GuestFault {
+        case: "invalid-value",
+        field: Some("reject".into()),
+    };
+    assert_eq!(q.error.as_ref(), Some(&fault));
+    let letter = sluice::source::dlq::encode(&q.dead_letter(Default::default(), b"{}".to_vec()));
+    let letter: serde_json::Value = serde_json::from_slice(&letter).unwrap();
+    assert_eq!(
+        letter["error"],
+        serde_json::json!({"case": "invalid-value", "field": "reject"}),
+        "{letter:#}"
     );
     match c.process_blocking(with_meta(rows(20))) {
         Err(TransformError::Failed {
@@ -2919,6 +2942,63 @@ fn cli_test_failed_records_fail_expect_unless_expected() {
     }
 }
 
+/// `--expect-failures` matches a guest's typed error by its WIT `case` and the `field` it names,
+/// as the dead letter's `error` holds them; a mismatch shows both, and a misspelt case is a usage
+/// error rather than a mismatch.
+#[test]
+fn cli_test_matches_a_guest_error_by_case_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.path().join(name), text).unwrap();
+        name.to_owned()
+    };
+    // The trap guest rejects a row with a `reject` field (`invalid-value`, naming it).
+    let input = write(
+        "in.jsonl",
+        "{\"id\":1}\n{\"id\":2,\"reject\":true}\n{\"id\":3}\n",
+    );
+    for (golden, code_wanted, says) in [
+        (
+            "{\"record\":2,\"kind\":\"guest_error\",\"case\":\"invalid-value\",\"field\":\"reject\"}\n",
+            0,
+            "ok: 1 failed record matches",
+        ),
+        (
+            "{\"case\":\"missing-field\"}\n",
+            1,
+            "expected {\"case\":\"missing-field\"}, got record 2 (line 2), stage \
+             transform:poison_trap, kind guest_error, case invalid-value, field reject: ",
+        ),
+        (
+            "{\"case\":\"invalid-value\",\"field\":\"id\"}\n",
+            1,
+            "expected {",
+        ),
+        (
+            "{\"case\":\"invalid_value\"}\n",
+            2,
+            "golden-failures.jsonl:1: case \"invalid_value\" is not a case of the WIT's \
+             transform-error (one of: invalid-param, missing-field, invalid-value, other)",
+        ),
+    ] {
+        let golden = write("golden-failures.jsonl", golden);
+        let args = [
+            "transform",
+            "test",
+            "--component",
+            guests::POISON_TRAP,
+            "--input",
+            &input,
+            "--expect-failures",
+            &golden,
+        ];
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code_wanted), "{golden}: {stderr}");
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+}
+
 /// JSONL input is typed as the consumer types a plain JSON message: an integer past `int` keeps
 /// its digits as text, as the CSV source keeps such a column, instead of being rounded through a
 /// float; nested JSON keeps its exact text. Floats are read exactly on both sides of `--expect`:
@@ -2969,7 +3049,7 @@ fn cli_test_jsonl_keeps_the_digits_of_big_integers() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.success(), matches, "{golden}: {stderr}");
         if matches {
-            assert!(stderr.contains("ok: 1 row match"), "{stderr}");
+            assert!(stderr.contains("ok: 1 row matches"), "{stderr}");
         }
     }
 }

@@ -29,6 +29,23 @@ pub struct DeadLetter {
     pub origin: Option<RecordMeta>,
     /// The original bytes (raw CSV record, or the Kafka message value).
     pub payload: Vec<u8>,
+    /// The typed error, when a guest returned one (kind `guest_error`).
+    pub error: Option<GuestFault>,
+}
+
+/// A guest's typed `transform-error`, kept apart from the reason text so that whoever reads the
+/// letters can route them by case and field without parsing prose.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GuestFault {
+    /// The WIT case: `invalid-param`, `missing-field`, `invalid-value` or `other`.
+    pub case: &'static str,
+    /// The field (or param) it names, for every case but `other`.
+    pub field: Option<String>,
+}
+
+impl GuestFault {
+    /// Every case of the WIT's `transform-error`.
+    pub const CASES: [&str; 4] = ["invalid-param", "missing-field", "invalid-value", "other"];
 }
 
 /// `text`, or its first `max` bytes (at a character boundary) and how long it was: for reasons,

@@ -1223,6 +1223,7 @@ async fn process_batch(
                     line: None,
                     origin: Some(meta.clone()),
                     payload: value,
+                    error: None,
                 };
                 let about = format!(
                     "setting aside record {}/{}@{}, which could not be decoded",

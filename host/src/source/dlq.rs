@@ -4,12 +4,14 @@
 //! Each letter is one message whose value is a JSON object:
 //!
 //! ```json
-//! {"stage":"source","kind":"ragged_row","reason":"expected 3 fields, found 2",
+//! {"stage":"source","kind":"ragged_row","reason":"expected 3 fields, found 2","error":null,
 //!  "file":"data.csv","line":17,"origin":null,
 //!  "payload":"1,abc","payload_encoding":"utf8","payload_bytes":5,"payload_truncated":false}
 //! ```
 //!
-//! `origin` is the Kafka record (`topic`, `partition`, `offset`, `timestamp_ms`, `key`,
+//! `error` is the typed error a guest returned (kind `guest_error`): its WIT `case`
+//! (`invalid-param`, `missing-field`, `invalid-value`, `other`) and the `field` it names (null for
+//! `other`); null for every other kind. `origin` is the Kafka record (`topic`, `partition`, `offset`, `timestamp_ms`, `key`,
 //! `headers`) for records rejected after consumption. `payload` is the original bytes as text
 //! when they are UTF-8, else base64 (`payload_encoding`). A dead letter must itself fit in a
 //! message, whatever it carries, or the record could be neither processed nor set aside: payloads
@@ -202,6 +204,7 @@ fn encode_cut(letter: &DeadLetter, cut: usize, origin_cut: usize) -> Vec<u8> {
         "stage": letter.stage,
         "kind": letter.kind,
         "reason": clip(&letter.reason, MAX_REASON_BYTES),
+        "error": letter.error.as_ref().map(|e| json!({"case": e.case, "field": e.field})),
         "file": letter.source_file,
         "line": letter.line,
         "origin": letter.origin.as_ref().map(|o| origin_json(o, origin_cut)),
@@ -256,10 +259,24 @@ mod tests {
             line: Some(4),
             origin: None,
             payload: b"3,\xff".to_vec(),
+            error: None,
         };
         let v: serde_json::Value = serde_json::from_slice(&encode(&letter)).unwrap();
         assert_eq!(v["line"], 4);
         assert_eq!(v["file"], "x.csv");
+        assert_eq!(v["error"], serde_json::Value::Null);
+        let rejected = DeadLetter {
+            error: Some(dead_letter::GuestFault {
+                case: "missing-field",
+                field: Some("amount".into()),
+            }),
+            ..letter.clone()
+        };
+        let v: serde_json::Value = serde_json::from_slice(&encode(&rejected)).unwrap();
+        assert_eq!(
+            v["error"],
+            serde_json::json!({"case": "missing-field", "field": "amount"})
+        );
         assert_eq!(v["payload_encoding"], "base64");
         assert_eq!(
             base64::engine::general_purpose::STANDARD

@@ -561,6 +561,7 @@ async fn reject(
                 line: Some(line),
                 origin: None,
                 payload: bad.payload,
+                error: None,
             };
             let pending =
                 dead_letters

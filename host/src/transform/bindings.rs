@@ -22,6 +22,21 @@ pub fn describe(e: &GuestError) -> String {
     one_line(text)
 }
 
+/// The case of a guest error and the field it names, for dead letters; the field name goes
+/// through [`one_line`], like the rest of the guest's text.
+pub fn fault(e: &GuestError) -> crate::dead_letter::GuestFault {
+    let (case, field) = match e {
+        GuestError::InvalidParam(e) => ("invalid-param", Some(&e.name)),
+        GuestError::MissingField(name) => ("missing-field", Some(name)),
+        GuestError::InvalidValue(e) => ("invalid-value", Some(&e.name)),
+        GuestError::Other(_) => ("other", None),
+    };
+    crate::dead_letter::GuestFault {
+        case,
+        field: field.map(|f| one_line(f.clone())),
+    }
+}
+
 /// `text` with every control character (line breaks, terminal escapes, bells) replaced by a
 /// space. Text from a guest ends up on terminals, in log lines and in dead letters: one failure
 /// is one line, and a guest cannot clear a screen or fake the lines around it.

@@ -23,6 +23,7 @@ use super::error::{FailureKind, LoadError, TransformError};
 use super::exact_json;
 use super::runtime::{RecordOutcome, RuntimeOptions, TransformChain, default_cache_dir};
 use crate::config::OnError;
+use crate::dead_letter::GuestFault;
 use crate::row::{RecordMeta, Row, ValueType};
 use crate::source::csv::{BadRow, BadRowKind, CsvItem, CsvOptions, CsvReader};
 use crate::source::producer::DEFAULT_MAX_MESSAGE_BYTES;
@@ -351,7 +352,12 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             let mut matched = true;
             if let (Some(golden), Some(verdict)) = (&expect, &report.rows_verdict) {
                 match verdict {
-                    Ok(n) => crate::errln!("ok: {} match {}", counted(*n, "row"), golden.display()),
+                    Ok(n) => crate::errln!(
+                        "ok: {} {} {}",
+                        counted(*n, "row"),
+                        agree(*n),
+                        golden.display()
+                    ),
                     Err(msg) => {
                         crate::errln!("mismatch against {}: {msg}", golden.display());
                         matched = false;
@@ -361,8 +367,9 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             match (&expect_failures, &report.failures_verdict) {
                 (Some(golden), Some(verdict)) => match verdict {
                     Ok(n) => crate::errln!(
-                        "ok: {} match {}",
+                        "ok: {} {} {}",
                         counted(*n, "failed record"),
+                        agree(*n),
                         golden.display()
                     ),
                     Err(msg) => {
@@ -403,6 +410,11 @@ fn name_apart(configs: &mut [TransformConfig]) {
 }
 
 /// `1 row`, `2 rows`.
+/// "matches" or "match", to go with [`counted`].
+fn agree(n: usize) -> &'static str {
+    if n == 1 { "matches" } else { "match" }
+}
+
 fn counted(n: usize, what: &str) -> String {
     match n {
         1 => format!("1 {what}"),
@@ -1262,6 +1274,8 @@ pub struct Failure {
     pub kind: String,
     /// The reason, for humans.
     pub reason: String,
+    /// The guest's typed error, when it returned one.
+    pub error: Option<GuestFault>,
 }
 
 impl std::fmt::Display for Failure {
@@ -1272,17 +1286,26 @@ impl std::fmt::Display for Failure {
             stage,
             kind,
             reason,
+            error,
         } = self;
         write!(
             f,
-            "record {record} (line {line}), stage {stage}, kind {kind}: {reason}"
-        )
+            "record {record} (line {line}), stage {stage}, kind {kind}"
+        )?;
+        if let Some(GuestFault { case, field }) = error {
+            write!(f, ", case {case}")?;
+            if let Some(field) = field {
+                write!(f, ", field {field}")?;
+            }
+        }
+        write!(f, ": {reason}")
     }
 }
 
 /// One line of an `--expect-failures` file: what is given must match the failed record in the
 /// same position; `reason` matches any part of the reason, since messages carry details (a trap's
-/// backtrace, a guest's wording) that a test should not pin.
+/// backtrace, a guest's wording) that a test should not pin. `case` and `field` match a guest's
+/// typed error, as its dead letter's `error` holds it.
 #[derive(Debug, serde::Deserialize, serde::Serialize)]
 #[serde(deny_unknown_fields)]
 struct ExpectedFailure {
@@ -1296,6 +1319,10 @@ struct ExpectedFailure {
     kind: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    case: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
 }
 
 /// Whether two stages are the same, `-` and `_` in a transform's name matching alike as they do
@@ -1337,6 +1364,15 @@ impl Expected for ExpectedFailure {
                 );
             }
         }
+        if let Some(case) = &parsed.case
+            && !GuestFault::CASES.contains(&case.as_str())
+        {
+            anyhow::bail!(
+                "{}:{line}: case {case:?} is not a case of the WIT's transform-error (one of: {})",
+                path.display(),
+                GuestFault::CASES.join(", ")
+            );
+        }
         Ok(parsed)
     }
 
@@ -1353,6 +1389,10 @@ impl Expected for ExpectedFailure {
                 .reason
                 .as_ref()
                 .is_none_or(|r| f.reason.contains(r.as_str()))
+            && (self.case.as_ref()).is_none_or(|c| f.error.as_ref().is_some_and(|e| e.case == c))
+            && (self.field.as_ref()).is_none_or(|n| {
+                (f.error.as_ref()).is_some_and(|e| e.field.as_deref() == Some(n.as_str()))
+            })
     }
 }
 
@@ -1499,6 +1539,7 @@ pub fn test(
                         stage: format!("transform:{}", q.transform),
                         kind: q.kind.as_str().to_owned(),
                         reason: q.reason,
+                        error: q.error,
                     };
                     fail(f, err, &show)?;
                 }
@@ -1515,6 +1556,7 @@ pub fn test(
                         stage: format!("transform:{transform}"),
                         kind: kind.as_str().to_owned(),
                         reason,
+                        error: None,
                     };
                     fail(f, err, &show)?;
                 }
@@ -1534,6 +1576,7 @@ pub fn test(
                 stage: "source".to_owned(),
                 kind: b.kind.as_str().to_owned(),
                 reason: b.reason,
+                error: None,
             };
             fail(f, err, &show)?;
         }

@@ -66,7 +66,7 @@ use super::error::{FailureKind, LoadError, TransformError};
 use super::output::{GuestOutput, Pass};
 use super::stats::TransformStats;
 use crate::config::OnError;
-use crate::dead_letter::DeadLetter;
+use crate::dead_letter::{DeadLetter, GuestFault};
 use crate::row::{Field, Name, RecordMeta, Row, Value};
 
 /// How often the epoch ticker bumps the engine's epoch; the resolution of `timeout_ms`.
@@ -348,6 +348,8 @@ pub struct Quarantine {
     pub kind: FailureKind,
     /// The guest's error or the trap, for humans.
     pub reason: String,
+    /// The guest's typed error, when it returned one.
+    pub error: Option<GuestFault>,
     /// The row as that transform received it (for a transform after the first, what the
     /// transforms before it made of the record).
     pub row: Row,
@@ -370,6 +372,7 @@ impl Quarantine {
             line: origin.csv_line(),
             origin: Some(origin),
             payload,
+            error: self.error.clone(),
         }
     }
 }
@@ -1630,7 +1633,7 @@ fn run_chain(
                 TransformStats::add(&t.stats.rows_unfinished, batch.origins.len() as u64);
             })?;
         // The run stops at the first failure of the batch that its policy says to stop on.
-        let fatal = (failures.iter()).position(|f| t.config.on_error.of(f.1) == OnError::Fail);
+        let fatal = (failures.iter()).position(|f| t.config.on_error.of(f.kind) == OnError::Fail);
         if let Some(at) = fatal {
             // What the rest of the batch did goes no further, so rows that neither failed nor
             // were filtered out are unfinished.
@@ -1639,7 +1642,12 @@ fn run_chain(
                 .saturating_sub(filtered);
             TransformStats::add(&t.stats.rows_failed, failures.len() as u64);
             TransformStats::add(&t.stats.rows_unfinished, unfinished);
-            let (j, kind, reason) = failures.swap_remove(at);
+            let Failure {
+                row: j,
+                kind,
+                reason,
+                ..
+            } = failures.swap_remove(at);
             let m = &metas[batch.origins[j] as usize];
             return Err(TransformError::Failed {
                 transform: t.name.to_string(),
@@ -1653,7 +1661,13 @@ fn run_chain(
             });
         }
         let any_failed = !failures.is_empty();
-        for (j, kind, reason) in failures {
+        for Failure {
+            row: j,
+            kind,
+            reason,
+            error,
+        } in failures
+        {
             // A guest's error may quote a field of any size; messages and letters need not.
             let reason = clip(&t.config.redact(reason), MAX_REASON);
             TransformStats::add(&t.stats.rows_failed, 1);
@@ -1679,6 +1693,10 @@ fn run_chain(
                     transform: t.name.to_string(),
                     kind,
                     reason,
+                    error: error.map(|e| GuestFault {
+                        field: e.field.map(|f| clip(&t.config.redact(f), 256)),
+                        ..e
+                    }),
                     row: batch.row(j),
                 }),
             };
@@ -1716,8 +1734,29 @@ fn run_chain(
     })
 }
 
-/// An input row (by index) that failed in a transform, with the kind and reason.
-type Failure = (usize, FailureKind, String);
+/// An input row (by index) that failed in a transform.
+#[derive(Debug, PartialEq)]
+struct Failure {
+    /// The input row's index in the batch.
+    row: usize,
+    kind: FailureKind,
+    /// The guest's error or the trap, unredacted and uncut.
+    reason: String,
+    /// The guest's typed error, for `FailureKind::Guest`.
+    error: Option<GuestFault>,
+}
+
+impl Failure {
+    /// A failure the host found (a trap, a limit, a broken contract): no typed error.
+    fn host(row: usize, kind: FailureKind, reason: String) -> Failure {
+        Failure {
+            row,
+            kind,
+            reason,
+            error: None,
+        }
+    }
+}
 
 /// Origin of output rows to throw away (a record that exceeded `max_rows_per_record`).
 const DISCARD: u32 = u32::MAX;
@@ -1759,7 +1798,7 @@ fn run_transform(
             Ok(()) => split(output, batch, 0, max),
             Err(reason) if n == 1 => (
                 WireBatch::default(),
-                vec![(0, FailureKind::Protocol, reason)],
+                vec![Failure::host(0, FailureKind::Protocol, reason)],
                 0,
             ),
             Err(reason) => {
@@ -1769,7 +1808,11 @@ fn run_transform(
                 isolate(shared, t, slot, batch, metas, Some(&reason))?
             }
         },
-        Err((kind, reason)) if n == 1 => (WireBatch::default(), vec![(0, kind, reason)], 0),
+        Err((kind, reason)) if n == 1 => (
+            WireBatch::default(),
+            vec![Failure::host(0, kind, reason)],
+            0,
+        ),
         Err((kind, _)) => {
             let isolated = isolate(shared, t, slot, batch, metas, None)?;
             warn_limit_per_batch(t, kind, n, &isolated.1);
@@ -1791,7 +1834,7 @@ fn warn_limit_per_batch(t: &Loaded, kind: FailureKind, n: usize, failures: &[Fai
         FailureKind::Memory => ("memory_mb", "exceeded its memory limit"),
         _ => return,
     };
-    if failures.iter().any(|(_, k, _)| *k == kind) || t.limit_warned.swap(true, Relaxed) {
+    if failures.iter().any(|f| f.kind == kind) || t.limit_warned.swap(true, Relaxed) {
         return;
     }
     tracing::warn!(
@@ -1895,11 +1938,11 @@ fn isolate(
                         ),
                         None => reason,
                     };
-                    failures.push((j, FailureKind::Protocol, reason));
+                    failures.push(Failure::host(j, FailureKind::Protocol, reason));
                 }
             },
             Err((kind, reason)) => {
-                failures.push((j, kind, reason));
+                failures.push(Failure::host(j, kind, reason));
                 timeouts += usize::from(kind == FailureKind::Timeout);
             }
         }
@@ -2011,14 +2054,19 @@ fn split(
             &Outcome::Emit(k) => {
                 discard = true;
                 emitted_origins.extend(std::iter::repeat_n(DISCARD, k as usize));
-                failures.push((
+                failures.push(Failure::host(
                     j,
                     FailureKind::OutputLimit,
                     format!("emitted {k} rows for one record (max_rows_per_record is {max_rows})"),
                 ));
             }
             Outcome::Error(e) => {
-                failures.push((j, FailureKind::Guest, bindings::describe(e)));
+                failures.push(Failure {
+                    row: j,
+                    kind: FailureKind::Guest,
+                    reason: bindings::describe(e),
+                    error: Some(bindings::fault(e)),
+                });
             }
         }
     }
@@ -2794,7 +2842,15 @@ mod tests {
         assert_eq!(filtered, 1);
         assert_eq!(
             failures,
-            vec![(3, FailureKind::Guest, "bad".to_owned())],
+            vec![Failure {
+                row: 3,
+                kind: FailureKind::Guest,
+                reason: "bad".to_owned(),
+                error: Some(GuestFault {
+                    case: "other",
+                    field: None
+                }),
+            }],
             "the error outcome fails input 3"
         );
         assert_eq!(next.origins, vec![0, 1, 1, 4]);

@@ -1013,6 +1013,7 @@ impl SnowflakeSink {
                         line: origin.csv_line(),
                         origin: Some(origin),
                         payload: row.to_json().to_string().into_bytes(),
+                        error: None,
                     })
                     .await?,
                 );
