@@ -723,6 +723,120 @@ fn a_record_trapping_mid_chain_is_dead_lettered_as_the_original_message() {
     assert_eq!(rows[0][1].as_i64(), Some(0));
 }
 
+/// A run on embedded defaults (managed broker and emulator) leaves its dead letters in the
+/// broker's data in the state directory; `sluice dead-letters` starts that broker again and
+/// prints each letter as it is stored, oldest first, with the counts by stage and kind on
+/// stderr: a ragged CSV row, a value the filter cannot compare (the guest's typed error apart
+/// from its text) and a trap.
+#[test]
+fn dead_letters_outlive_an_embedded_run_and_print_as_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let mut csv = String::from("id,name,value\n");
+    for i in 1..=20 {
+        let value = match i {
+            5 => "abc".to_owned(),
+            i => format!("{}.5", i * 37 % 100),
+        };
+        csv.push_str(&format!("{i},n{i},{value}\n"));
+        if i == 10 {
+            csv.push_str("999,ragged\n");
+        }
+    }
+    std::fs::write(dir.path().join("rows.csv"), csv).unwrap();
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "letters",
+        "source": { "type": "csv", "path": "rows.csv", "key_column": "id" },
+        "kafka": { "topic": "rows" },
+        "transforms": [
+            { "uses": sluice_tests::guests::FILTER,
+              "with": { "field": "value", "op": "gt", "value": "50" } },
+            { "uses": sluice_tests::guests::POISON_TRAP }
+        ],
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let (p, s) = (path.to_string_lossy(), state.to_string_lossy());
+    let out = sluice(
+        dir.path(),
+        &["run", &p, "--until-end", "--no-progress", "--state-dir", &s],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("dead letters: 3 in rows.dlq (`sluice dead-letters` prints them)"),
+        "{stderr}"
+    );
+
+    let out = sluice(dir.path(), &["dead-letters", &p, "--state-dir", &s]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let letters: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    // The source's letter is sent during the replay, the transforms' after the records came
+    // back from the topic.
+    let seen: Vec<_> = letters
+        .iter()
+        .map(|l| {
+            (
+                l["stage"].as_str().unwrap(),
+                l["kind"].as_str().unwrap(),
+                l["line"].as_u64(),
+                l["error"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(seen.len(), 3, "{letters:#?}");
+    assert_eq!(
+        seen[0],
+        ("source", "ragged_row", Some(12), serde_json::Value::Null)
+    );
+    let mut rest = seen[1..].to_vec();
+    rest.sort_by_key(|l| l.0);
+    assert_eq!(
+        rest,
+        [
+            (
+                "transform:filter",
+                "guest_error",
+                Some(6),
+                serde_json::json!({"case": "invalid-value", "field": "value"})
+            ),
+            (
+                "transform:poison_trap",
+                "trap",
+                Some(15),
+                serde_json::Value::Null
+            ),
+        ],
+        "{letters:#?}"
+    );
+    assert_eq!(letters[0]["payload"], "999,ragged");
+    for (says, why) in [
+        ("3 dead letters in rows.dlq:", "the count"),
+        ("  source ragged_row: 1", "the source's"),
+        ("  transform:filter guest_error: 1", "the filter's"),
+        ("  transform:poison_trap trap: 1", "the trap's"),
+    ] {
+        assert!(stderr.contains(says), "{why}: {stderr}");
+    }
+
+    // A pipeline whose dead-letter topic was never written says so.
+    let mut other = pipeline.clone();
+    other["dead_letter"] = serde_json::json!({ "topic": "none.dlq" });
+    std::fs::write(&path, other.to_string()).unwrap();
+    let out = sluice(dir.path(), &["dead-letters", &p, "--state-dir", &s]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(stderr.contains("no dead letters in none.dlq"), "{stderr}");
+}
+
 /// `sluice run` compiles each component once: the chain it checks before it starts anything is
 /// the chain it runs. One transform sets `fuel` and the others do not, so the run's engine
 /// meters fuel for all, as a check of the others alone would not. The last transform uses the

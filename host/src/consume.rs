@@ -92,6 +92,18 @@ pub enum ConsumeError {
     /// The consumer thread could not be started or died.
     #[error("consumer thread failed: {0}")]
     Thread(String),
+    /// A read to the end of a topic got no message for a while, short of that end.
+    #[error(
+        "reading {topic}: no message for {} s, short of the end offsets {ends:?} (partition: \
+         offset)",
+        REQUEST_TIMEOUT.as_secs()
+    )]
+    Stalled {
+        /// The topic.
+        topic: String,
+        /// The partitions not read to their end, and their end offsets.
+        ends: BTreeMap<i32, i64>,
+    },
 }
 
 /// Consumer counters (rendered by the metrics module).
@@ -791,6 +803,81 @@ pub async fn end_offsets(
     })
     .await
     .map_err(|e| ConsumeError::Thread(e.to_string()))?
+}
+
+/// Reads every message of `topic` from the earliest offset up to the end offsets it has when
+/// called, each partition in offset order, and hands `each` its partition, offset and value;
+/// `each` returning `false` stops the read. A topic that does not exist reads as empty. It joins
+/// no group and commits nothing. Blocking: run it off the async workers.
+pub fn read_to_end(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+    mut each: impl FnMut(i32, i64, Option<&[u8]>) -> bool,
+) -> Result<(), ConsumeError> {
+    // librdkafka wants a group id to fetch at all, though nothing joins it or is committed.
+    let c = reader(kafka, bootstrap, Some("sluice-reader"))?;
+    let kafka_err = |what: String| move |source| ConsumeError::Kafka { what, source };
+    let mut ends = BTreeMap::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions_of(&c, topic)? {
+        let (low, high) = c
+            .fetch_watermarks(topic, p, REQUEST_TIMEOUT)
+            .map_err(kafka_err(format!(
+                "cannot read end offset of {topic} partition {p}"
+            )))?;
+        if high > low {
+            ends.insert(p, high);
+            (tpl.add_partition_offset(topic, p, Offset::Beginning))
+                .map_err(kafka_err(format!("cannot assign {topic} partition {p}")))?;
+        }
+    }
+    if ends.is_empty() {
+        return Ok(());
+    }
+    c.assign(&tpl)
+        .map_err(kafka_err(format!("cannot assign {topic}")))?;
+    let mut idle = Duration::ZERO;
+    while !ends.is_empty() {
+        let Some(m) = c.poll(Duration::from_millis(200)) else {
+            // The last offsets may be ones no message holds (a transaction's markers): the
+            // position then moves past them without a message.
+            let position = c
+                .position()
+                .map_err(kafka_err(format!("cannot read {topic}")))?;
+            for e in position.elements_for_topic(topic) {
+                if let Offset::Offset(at) = e.offset()
+                    && ends.get(&e.partition()).is_some_and(|&end| at >= end)
+                {
+                    ends.remove(&e.partition());
+                }
+            }
+            idle += Duration::from_millis(200);
+            if idle > REQUEST_TIMEOUT && !ends.is_empty() {
+                return Err(ConsumeError::Stalled {
+                    topic: topic.to_owned(),
+                    ends,
+                });
+            }
+            continue;
+        };
+        idle = Duration::ZERO;
+        let m = m.map_err(kafka_err(format!("cannot read {topic}")))?;
+        let Some(&end) = ends.get(&m.partition()) else {
+            continue;
+        };
+        if m.offset() >= end {
+            ends.remove(&m.partition());
+            continue;
+        }
+        if !each(m.partition(), m.offset(), m.payload()) {
+            return Ok(());
+        }
+        if m.offset() + 1 >= end {
+            ends.remove(&m.partition());
+        }
+    }
+    Ok(())
 }
 
 /// The offsets `group` has committed for `topic`, per partition (partitions without a commit

@@ -112,6 +112,15 @@ enum Command {
     },
     /// Print the JSON Schema of pipeline.json.
     Schema,
+    /// Print the dead letters in the pipeline's dead-letter topic, one JSON object per line,
+    /// and how many of each stage and kind (to stderr).
+    DeadLetters {
+        /// The pipeline file.
+        pipeline: PathBuf,
+        /// Directory for embedded-mode state (the managed broker's data).
+        #[arg(long, default_value = ".sluice")]
+        state_dir: PathBuf,
+    },
     /// Reconcile a finished run: CSV rows, produced, per-transform counts, dead letters and rows
     /// in the warehouse; exit 1 on any gap.
     Verify {
@@ -265,6 +274,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Schema => {
             sluice::outln!("{}", serde_json::to_string_pretty(&config::json_schema())?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::DeadLetters {
+            pipeline,
+            state_dir,
+        } => {
+            pipeline::init_logging(cli.log_format);
+            let (loaded, _) = load(&pipeline, false)?;
+            runtime()?.block_on(pipeline::dead_letters(&loaded.config, &state_dir))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {

@@ -1510,8 +1510,13 @@ fn summary_text(s: &RunSummary) -> String {
         ));
     }
     out.push_str(&format!(
-        "  dead letters: {} in {}\n",
-        s.dead_letters, s.dead_letter_topic
+        "  dead letters: {} in {}{}\n",
+        s.dead_letters,
+        s.dead_letter_topic,
+        match s.dead_letters {
+            0 => "",
+            _ => " (`sluice dead-letters` prints them)",
+        }
     ));
     // The summary's own warnings (some, like records waiting after a stop, are known only when
     // it is made), and any its counts imply that it does not hold.
@@ -2281,6 +2286,57 @@ pub async fn verify(
         .filter(|(_, good)| !good)
         .map(|(what, _)| what)
         .collect())
+}
+
+/// `sluice dead-letters`: writes every letter in the pipeline's dead-letter topic to stdout as
+/// it is stored (one JSON object per line, the format `source::dlq` documents), oldest first, then
+/// how many of each stage and kind to stderr. With no `kafka.brokers` it starts the managed broker
+/// on `state_dir`'s data, which outlives the runs that wrote there. A message that is not a JSON
+/// object (something else wrote to the topic) is counted and skipped. Stops early, without error,
+/// when stdout's reader goes (`| head`).
+pub async fn dead_letters(cfg: &PipelineConfig, state_dir: &Path) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let services = Services::start(cfg, state_dir, false, || Ok(())).await?;
+    let topic = dead_letter_topic(cfg);
+    let (kafka, bootstrap, t) = (cfg.kafka.clone(), services.bootstrap.clone(), topic.clone());
+    let (tally, skipped) = tokio::task::spawn_blocking(move || {
+        let mut tally: BTreeMap<(String, String), u64> = BTreeMap::new();
+        let mut skipped = 0u64;
+        let mut stdout = std::io::stdout().lock();
+        consume::read_to_end(&kafka, &bootstrap, &t, |_, _, value| {
+            let letter = value.and_then(|v| {
+                let text = std::str::from_utf8(v).ok()?;
+                let json: serde_json::Value = serde_json::from_str(text).ok()?;
+                json.is_object().then_some((text, json))
+            });
+            let Some((text, json)) = letter else {
+                skipped += 1;
+                return true;
+            };
+            let name = |key: &str| json[key].as_str().unwrap_or("?").to_owned();
+            *tally.entry((name("stage"), name("kind"))).or_default() += 1;
+            // The letters were masked as they were made; this masks what this run's environment
+            // knows as secret too, as every line sluice prints is.
+            writeln!(stdout, "{}", crate::config::redact_output(text)).is_ok()
+        })
+        .map(|()| (tally, skipped))
+    })
+    .await?
+    .with_context(|| format!("cannot read the dead-letter topic {topic}"))?;
+    drop(services);
+    let letters: u64 = tally.values().sum();
+    match letters {
+        0 => crate::errln!("no dead letters in {topic}"),
+        1 => crate::errln!("1 dead letter in {topic}:"),
+        n => crate::errln!("{n} dead letters in {topic}:"),
+    }
+    for ((stage, kind), n) in &tally {
+        crate::errln!("  {stage} {kind}: {n}");
+    }
+    if skipped > 0 {
+        crate::errln!("  ({skipped} messages that are not dead letters skipped)");
+    }
+    Ok(())
 }
 
 /// Messages that were in the topic before a full run's replay and that no run had loaded yet
