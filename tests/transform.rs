@@ -1748,7 +1748,7 @@ fn cli_test_warns_once_when_fuel_fits_rows_but_not_batches() {
     let consumed: u64 = stderr
         .rsplit("fuel consumed ")
         .next()
-        .and_then(|s| s.trim().parse().ok())
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
         .unwrap_or_else(|| panic!("no fuel figure: {stderr}"));
     assert_eq!(stderr.matches("fuel consumed").count(), 1, "{stderr}");
     let rows = expected.lines().count();
