@@ -48,6 +48,14 @@ pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// `1 row`, `2 rows`: `n` and `what`, plural unless `n` is 1.
+pub(crate) fn counted(n: impl std::fmt::Display, what: &str) -> String {
+    match n.to_string() {
+        n if n == "1" => format!("1 {what}"),
+        n => format!("{n} {what}s"),
+    }
+}
+
 pub mod broker;
 pub mod config;
 pub mod consume;

@@ -26,6 +26,7 @@ use tracing::{error, info, warn};
 use crate::broker::ManagedBroker;
 use crate::config::{KafkaConfig, LoadedConfig, PipelineConfig, SinkConfig};
 use crate::consume::{self, ConsumerStats};
+use crate::counted;
 use crate::dead_letter::DeadLetterTx;
 use crate::metrics::{Exposition, Render};
 use crate::row::RecordMeta;
@@ -1516,14 +1517,19 @@ fn summary_text(s: &RunSummary) -> String {
     ));
     if let Some(r) = &s.replay {
         out.push_str(&format!(
-            "  replay     {}: {} rows read, {} produced, {} dead-lettered, {} dropped\n",
-            r.file, r.rows_read, r.rows_produced, r.rows_dead_lettered, r.rows_dropped
+            "  replay     {}: {} read, {} produced, {} dead-lettered, {} dropped\n",
+            r.file,
+            counted(r.rows_read, "row"),
+            r.rows_produced,
+            r.rows_dead_lettered,
+            r.rows_dropped
         ));
     }
     if let Some(c) = &s.consume {
         out.push_str(&format!(
-            "  consume    {} records ({} undecodable)",
-            c.records, c.undecodable
+            "  consume    {} ({} undecodable)",
+            counted(c.records, "record"),
+            c.undecodable
         ));
         if c.records_unfinished > 0 {
             out.push_str(&format!(
@@ -1536,13 +1542,13 @@ fn summary_text(s: &RunSummary) -> String {
             out.push_str(&format!("  transform  {t}\n"));
         }
         out.push_str(&format!(
-            "  sink       {}: {} rows loaded in {} files, {} dead-lettered; table {} -> {} rows\n",
+            "  sink       {}: {} loaded in {}, {} dead-lettered; table {} -> {}\n",
             c.table,
-            c.rows_loaded,
-            c.files,
+            counted(c.rows_loaded, "row"),
+            counted(c.files, "file"),
             c.sink_dead_lettered,
             rows_or_unknown(c.table_rows_before),
-            rows_or_unknown(c.table_rows_after)
+            (c.table_rows_after).map_or_else(|| "(not counted)".to_owned(), |n| counted(n, "row"))
         ));
     }
     out.push_str(&format!(
@@ -2792,7 +2798,7 @@ mod tests {
             ..RunSummary::default()
         };
         let text = summary_text(&summary);
-        assert!(text.contains("table 5 -> (not counted) rows"), "{text}");
+        assert!(text.contains("table 5 -> (not counted)"), "{text}");
         // A count that did come back still shows a table that lost rows.
         sink_gaps(&part(Some(4)), &mut gaps);
         assert_eq!(

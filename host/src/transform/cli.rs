@@ -23,6 +23,7 @@ use super::error::{FailureKind, LoadError, TransformError};
 use super::exact_json;
 use super::runtime::{RecordOutcome, RuntimeOptions, TransformChain, default_cache_dir};
 use crate::config::OnError;
+use crate::counted;
 use crate::dead_letter::GuestFault;
 use crate::row::{RecordMeta, Row, ValueType};
 use crate::source::csv::{BadRow, BadRowKind, CsvItem, CsvOptions, CsvReader};
@@ -409,17 +410,9 @@ fn name_apart(configs: &mut [TransformConfig]) {
     }
 }
 
-/// `1 row`, `2 rows`.
 /// "matches" or "match", to go with [`counted`].
 fn agree(n: usize) -> &'static str {
     if n == 1 { "matches" } else { "match" }
-}
-
-fn counted(n: usize, what: &str) -> String {
-    match n {
-        1 => format!("1 {what}"),
-        n => format!("{n} {what}s"),
-    }
 }
 
 /// Stdout or stderr that its reader may close (`| head`): once it has, output goes nowhere and

@@ -66,6 +66,7 @@ use super::error::{FailureKind, LoadError, TransformError};
 use super::output::{GuestOutput, Pass};
 use super::stats::TransformStats;
 use crate::config::OnError;
+use crate::counted;
 use crate::dead_letter::{DeadLetter, GuestFault};
 use crate::row::{Field, Name, RecordMeta, Row, Value};
 
@@ -1964,15 +1965,6 @@ fn isolate(
         }
     }
     Ok((all, failures, filtered))
-}
-
-/// `1 row`, `2 rows`.
-fn counted(n: usize, what: &str) -> String {
-    if n == 1 {
-        format!("1 {what}")
-    } else {
-        format!("{n} {what}s")
-    }
 }
 
 /// Checks an output against the batch contract: one outcome per input, as many rows as the
