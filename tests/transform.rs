@@ -249,6 +249,29 @@ fn filter_compares_numbers_held_in_strings_as_numbers() {
             "invalid value in field `price`: is \"abc\", not a number to compare with 5"
         )
     );
+    assert_eq!(
+        q.error,
+        Some(sluice::dead_letter::GuestFault {
+            case: "invalid-value",
+            field: Some("price".into())
+        })
+    );
+    // A field named by a param that came from a secret is masked in the typed error as in the
+    // reason.
+    let mut secret = config(
+        guests::FILTER,
+        &[("field", "hunter2col"), ("op", "gt"), ("value", "5")],
+    );
+    secret.secrets = vec!["hunter2col".into()];
+    let out = chain(&[secret])
+        .process_blocking(with_meta(vec![row(&[(
+            "hunter2col",
+            Value::String("abc".into()),
+        )])]))
+        .unwrap();
+    let q = quarantined(&out[0]);
+    assert_eq!(q.error.as_ref().unwrap().field.as_deref(), Some("***"));
+    assert!(!q.reason.contains("hunter2"), "{}", q.reason);
 
     // Equality: a string that holds no number is simply not equal.
     let c = chain(&[config(
@@ -2973,6 +2996,12 @@ fn cli_test_matches_a_guest_error_by_case_and_field() {
             "{\"case\":\"invalid-value\",\"field\":\"id\"}\n",
             1,
             "expected {",
+        ),
+        (
+            "{\"kind\":\"trap\",\"field\":\"reject\"}\n",
+            2,
+            "golden-failures.jsonl:1: `field` is a guest's typed error, which only kind \
+             \"guest_error\" has, not \"trap\"",
         ),
         (
             "{\"case\":\"invalid_value\"}\n",

@@ -1,5 +1,6 @@
 //! The Kafka consumer half: a consumer group that hands records to the pipeline and commits
-//! offsets only for records the sink reports durable.
+//! offsets only for records the sink reports durable. Also the plain reads around it: end and
+//! committed offsets, and [`read_to_end`] (no group) for `sluice dead-letters`.
 //!
 //! Threading: librdkafka runs rebalance callbacks inside `poll`, so one dedicated thread (not a
 //! tokio worker) owns the poll loop. That thread may block: when partitions are assigned it waits
@@ -815,8 +816,17 @@ pub fn read_to_end(
     topic: &str,
     mut each: impl FnMut(i32, i64, Option<&[u8]>) -> bool,
 ) -> Result<(), ConsumeError> {
-    // librdkafka wants a group id to fetch at all, though nothing joins it or is committed.
-    let c = reader(kafka, bootstrap, Some("sluice-reader"))?;
+    let c: BaseConsumer = client_config(kafka, bootstrap)
+        // librdkafka wants a group id to fetch at all, though nothing joins it or is committed.
+        .set("group.id", "sluice-reader")
+        .set("enable.auto.commit", "false")
+        // Records deleted under the read (retention) move it to the new start, not to the end.
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|source| ConsumeError::Kafka {
+            what: "cannot create Kafka client".into(),
+            source: without_config_value(source),
+        })?;
     let kafka_err = |what: String| move |source| ConsumeError::Kafka { what, source };
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
@@ -837,44 +847,58 @@ pub fn read_to_end(
     }
     c.assign(&tpl)
         .map_err(kafka_err(format!("cannot assign {topic}")))?;
+    // A partition read to its end is paused: what a live run adds to it after the end must not
+    // keep the read busy (or look like progress) while another partition is still behind.
+    let done = |ends: &mut BTreeMap<i32, i64>, p: i32| {
+        ends.remove(&p);
+        let mut one = TopicPartitionList::new();
+        one.add_partition(topic, p);
+        let _ = c.pause(&one);
+    };
     let mut idle = Duration::ZERO;
     while !ends.is_empty() {
-        let Some(m) = c.poll(Duration::from_millis(200)) else {
-            // The last offsets may be ones no message holds (a transaction's markers): the
-            // position then moves past them without a message.
-            let position = c
-                .position()
-                .map_err(kafka_err(format!("cannot read {topic}")))?;
-            for e in position.elements_for_topic(topic) {
-                if let Offset::Offset(at) = e.offset()
-                    && ends.get(&e.partition()).is_some_and(|&end| at >= end)
-                {
-                    ends.remove(&e.partition());
+        let m = match c.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => m,
+            Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
+                return Err(kafka_err(format!("cannot read {topic}"))(e));
+            }
+            // A broker that is briefly away (just started, say): librdkafka retries, and a read
+            // that gets nothing for long ends below.
+            other => {
+                if let Some(Err(e)) = other {
+                    tracing::debug!(error = %e, topic, "Reading the topic: a transient error.");
                 }
+                // The last offsets may be ones no message holds (a transaction's markers): the
+                // position then moves past them without a message.
+                let position = c
+                    .position()
+                    .map_err(kafka_err(format!("cannot read {topic}")))?;
+                for e in position.elements_for_topic(topic) {
+                    if let Offset::Offset(at) = e.offset()
+                        && ends.get(&e.partition()).is_some_and(|&end| at >= end)
+                    {
+                        done(&mut ends, e.partition());
+                    }
+                }
+                idle += Duration::from_millis(200);
+                if idle > REQUEST_TIMEOUT && !ends.is_empty() {
+                    return Err(ConsumeError::Stalled {
+                        topic: topic.to_owned(),
+                        ends,
+                    });
+                }
+                continue;
             }
-            idle += Duration::from_millis(200);
-            if idle > REQUEST_TIMEOUT && !ends.is_empty() {
-                return Err(ConsumeError::Stalled {
-                    topic: topic.to_owned(),
-                    ends,
-                });
-            }
-            continue;
         };
-        idle = Duration::ZERO;
-        let m = m.map_err(kafka_err(format!("cannot read {topic}")))?;
         let Some(&end) = ends.get(&m.partition()) else {
             continue;
         };
-        if m.offset() >= end {
-            ends.remove(&m.partition());
-            continue;
-        }
-        if !each(m.partition(), m.offset(), m.payload()) {
+        idle = Duration::ZERO;
+        if m.offset() < end && !each(m.partition(), m.offset(), m.payload()) {
             return Ok(());
         }
         if m.offset() + 1 >= end {
-            ends.remove(&m.partition());
+            done(&mut ends, m.partition());
         }
     }
     Ok(())

@@ -281,7 +281,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
         } => {
             pipeline::init_logging(cli.log_format);
-            let (loaded, _) = load(&pipeline, false)?;
+            // Not validated: reading the letters needs only the kafka and dead_letter sections,
+            // not the CSV or the components, which may be long gone.
+            let loaded = config::load(&pipeline)?;
+            loaded.mask_secrets_in_output();
             runtime()?.block_on(pipeline::dead_letters(&loaded.config, &state_dir))?;
             Ok(ExitCode::SUCCESS)
         }

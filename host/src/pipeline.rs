@@ -2330,20 +2330,30 @@ pub async fn verify(
         .collect())
 }
 
-/// `sluice dead-letters`: writes every letter in the pipeline's dead-letter topic to stdout as
-/// it is stored (one JSON object per line, the format `source::dlq` documents), oldest first, then
-/// how many of each stage and kind to stderr. With no `kafka.brokers` it starts the managed broker
-/// on `state_dir`'s data, which outlives the runs that wrote there. A message that is not a JSON
-/// object (something else wrote to the topic) is counted and skipped. Stops early, without error,
-/// when stdout's reader goes (`| head`).
+/// `sluice dead-letters`: writes every letter in the pipeline's dead-letter topic to stdout (one
+/// JSON object per line, the format `source::dlq` documents, every run's letters, in offset order),
+/// then how many of each stage and kind to stderr. With no `kafka.brokers` it starts the managed
+/// broker on `state_dir`'s data, which outlives the runs that wrote there. A message that is not
+/// a JSON object (something else wrote to the topic) is counted and skipped. Stops early, without
+/// error, when stdout's reader goes (`| head`).
 pub async fn dead_letters(cfg: &PipelineConfig, state_dir: &Path) -> anyhow::Result<()> {
     use std::io::Write as _;
+    let data = state_dir.join("broker");
+    if cfg.kafka.brokers.trim().is_empty() && !data.is_dir() {
+        // Starting a broker there would make an empty one, and "no dead letters" would be a lie.
+        return Err(crate::transform::cli::UsageError(anyhow::anyhow!(
+            "no managed broker's data in {}: no run used that state directory; pass the \
+             --state-dir of the run (it is relative to where that run started)",
+            data.display()
+        ))
+        .into());
+    }
     let services = Services::start(cfg, state_dir, false, || Ok(())).await?;
     let topic = dead_letter_topic(cfg);
     let (kafka, bootstrap, t) = (cfg.kafka.clone(), services.bootstrap.clone(), topic.clone());
-    let (tally, skipped) = tokio::task::spawn_blocking(move || {
+    let (tally, skipped, unwritten) = tokio::task::spawn_blocking(move || {
         let mut tally: BTreeMap<(String, String), u64> = BTreeMap::new();
-        let mut skipped = 0u64;
+        let (mut skipped, mut unwritten) = (0u64, None);
         let mut stdout = std::io::stdout().lock();
         consume::read_to_end(&kafka, &bootstrap, &t, |_, _, value| {
             let letter = value.and_then(|v| {
@@ -2355,28 +2365,45 @@ pub async fn dead_letters(cfg: &PipelineConfig, state_dir: &Path) -> anyhow::Res
                 skipped += 1;
                 return true;
             };
+            // The letters were masked as they were made; this masks what this environment knows
+            // as secret too, as every line sluice prints is.
+            let written = writeln!(stdout, "{}", crate::config::redact_output(text));
+            if let Err(e) = written {
+                unwritten = Some(e);
+                return false;
+            }
             let name = |key: &str| json[key].as_str().unwrap_or("?").to_owned();
             *tally.entry((name("stage"), name("kind"))).or_default() += 1;
-            // The letters were masked as they were made; this masks what this run's environment
-            // knows as secret too, as every line sluice prints is.
-            writeln!(stdout, "{}", crate::config::redact_output(text)).is_ok()
+            true
         })
-        .map(|()| (tally, skipped))
+        .map(|()| (tally, skipped, unwritten))
     })
     .await?
     .with_context(|| format!("cannot read the dead-letter topic {topic}"))?;
     drop(services);
+    match unwritten {
+        Some(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(anyhow::Error::new(e).context("cannot write the dead letters to stdout"));
+        }
+        _ => {}
+    }
     let letters: u64 = tally.values().sum();
+    let partial = match unwritten {
+        Some(_) => " printed before stdout closed",
+        None => "",
+    };
     match letters {
-        0 => crate::errln!("no dead letters in {topic}"),
-        1 => crate::errln!("1 dead letter in {topic}:"),
-        n => crate::errln!("{n} dead letters in {topic}:"),
+        0 => crate::errln!("no dead letters in {topic}{partial}"),
+        n => crate::errln!("{} in {topic}{partial}:", counted(n, "dead letter")),
     }
     for ((stage, kind), n) in &tally {
         crate::errln!("  {stage} {kind}: {n}");
     }
     if skipped > 0 {
-        crate::errln!("  ({skipped} messages that are not dead letters skipped)");
+        crate::errln!(
+            "  ({} skipped: not a dead letter)",
+            counted(skipped, "message")
+        );
     }
     Ok(())
 }

@@ -131,8 +131,9 @@ pub enum TransformCommand {
         #[arg(long)]
         expect: Option<PathBuf>,
         /// A golden JSONL file of the records expected to fail, in order, one object per line
-        /// with any of `record`, `line`, `stage`, `kind` and `reason` (a part of the message):
-        /// exit 1 if the failed records differ from it.
+        /// with any of `record`, `line`, `stage`, `kind`, `reason` (a part of the message), and
+        /// for a guest's own error `case` and `field`: exit 1 if the failed records differ from
+        /// it.
         #[arg(long, value_name = "FILE")]
         expect_failures: Option<PathBuf>,
         /// Rows per batch call.
@@ -1356,6 +1357,20 @@ impl Expected for ExpectedFailure {
                     kinds.join(", ")
                 );
             }
+        }
+        // A guest's typed error comes only with kind `guest_error`: any other kind with it
+        // would never match.
+        if let (Some(kind), Some(key)) = (
+            &parsed.kind,
+            (parsed.case.as_ref().map(|_| "case")).or(parsed.field.as_ref().map(|_| "field")),
+        ) && kind != FailureKind::Guest.as_str()
+        {
+            anyhow::bail!(
+                "{}:{line}: `{key}` is a guest's typed error, which only kind \"{}\" has, not \
+                 {kind:?}",
+                path.display(),
+                FailureKind::Guest.as_str()
+            );
         }
         if let Some(case) = &parsed.case
             && !GuestFault::CASES.contains(&case.as_str())

@@ -75,6 +75,10 @@ const TICK_MS: u64 = 5;
 
 /// The longest failure reason kept, in bytes (the dead-letter limit).
 const MAX_REASON: usize = crate::source::dlq::MAX_REASON_BYTES;
+/// The longest field or param name a guest's error keeps, in bytes: names are short, and one
+/// that is not (a guest naming a field by its value) must not crowd out the reason or the
+/// payload of a letter sized to fit a message.
+const MAX_FIELD: usize = 256;
 /// A worker drops and rebuilds an instance after this many input rows: a `Store` never gives
 /// memory back, so a long-lived instance would keep its high-water mark forever.
 const RECYCLE_AFTER_ROWS: u64 = 200_000;
@@ -1096,7 +1100,7 @@ fn check_init(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<Slot, L
         Ok(Err(InitFailure::Guest(GuestError::InvalidParam(e)))) => Err(LoadError::InvalidParam {
             transform: t.name.to_string(),
             // A careless guest may name a param by its value, as readily as quote it.
-            param: clip(&t.config.redact(bindings::one_line(e.name)), 256),
+            param: clip(&t.config.redact(bindings::one_line(e.name)), MAX_FIELD),
             reason: clip(&t.config.redact(bindings::one_line(e.reason)), MAX_REASON),
         }),
         Ok(Err(InitFailure::Exports(reason))) => Err(LoadError::WrongWorld {
@@ -1695,7 +1699,7 @@ fn run_chain(
                     kind,
                     reason,
                     error: error.map(|e| GuestFault {
-                        field: e.field.map(|f| clip(&t.config.redact(f), 256)),
+                        field: e.field.map(|f| clip(&t.config.redact(f), MAX_FIELD)),
                         ..e
                     }),
                     row: batch.row(j),
