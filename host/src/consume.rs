@@ -807,14 +807,14 @@ pub async fn end_offsets(
 }
 
 /// Reads every message of `topic` from the earliest offset up to the end offsets it has when
-/// called, each partition in offset order, and hands `each` its partition, offset and value;
-/// `each` returning `false` stops the read. A topic that does not exist reads as empty. It joins
+/// called, each partition in offset order, and hands `each` every message's value; `each`
+/// returning `false` stops the read. A topic that does not exist reads as empty. It joins
 /// no group and commits nothing. Blocking: run it off the async workers.
 pub fn read_to_end(
     kafka: &KafkaConfig,
     bootstrap: &str,
     topic: &str,
-    mut each: impl FnMut(i32, i64, Option<&[u8]>) -> bool,
+    mut each: impl FnMut(Option<&[u8]>) -> bool,
 ) -> Result<(), ConsumeError> {
     let c: BaseConsumer = client_config(kafka, bootstrap)
         // librdkafka wants a group id to fetch at all, though nothing joins it or is committed.
@@ -894,7 +894,7 @@ pub fn read_to_end(
             continue;
         };
         idle = Duration::ZERO;
-        if m.offset() < end && !each(m.partition(), m.offset(), m.payload()) {
+        if m.offset() < end && !each(m.payload()) {
             return Ok(());
         }
         if m.offset() + 1 >= end {

@@ -2355,7 +2355,7 @@ pub async fn dead_letters(cfg: &PipelineConfig, state_dir: &Path) -> anyhow::Res
         let mut tally: BTreeMap<(String, String), u64> = BTreeMap::new();
         let (mut skipped, mut unwritten) = (0u64, None);
         let mut stdout = std::io::stdout().lock();
-        consume::read_to_end(&kafka, &bootstrap, &t, |_, _, value| {
+        consume::read_to_end(&kafka, &bootstrap, &t, |value| {
             let letter = value.and_then(|v| {
                 let text = std::str::from_utf8(v).ok()?;
                 let json: serde_json::Value = serde_json::from_str(text).ok()?;
