@@ -1097,7 +1097,9 @@ fn verify_of_a_consume_only_run_fails_when_the_replay_stopped_part_way() {
     let stdout = String::from_utf8_lossy(&verified.stdout);
     assert_eq!(verified.status.code(), Some(1), "{stdout}");
     assert!(
-        stdout.contains(&format!("{loaded} messages, at least the 2000 good rows")),
+        stdout.contains(&format!(
+            "{loaded} messages, expected at least the 2000 good rows"
+        )),
         "{stdout}"
     );
     // With JSON logs the gaps also end the log, as an ERROR event naming them.

@@ -766,7 +766,9 @@ fn dead_letters_outlive_an_embedded_run_and_print_as_stored() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("dead letters: 3 in rows.dlq (`sluice dead-letters` prints them)"),
+        stderr.contains(
+            "dead letters: 3 from this run in rows.dlq (`sluice dead-letters` prints every run's)"
+        ),
         "{stderr}"
     );
 
@@ -917,6 +919,26 @@ fn dead_letters_print_as_stored_and_skip_what_is_not_one() {
     ] {
         assert!(stderr.contains(says), "{says}: {stderr}");
     }
+
+    // Under --log-format json, stderr is JSON events throughout, the counts one of them.
+    let out = sluice(dir.path(), &["--log-format", "json", "dead-letters", &p]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(out.stdout, expected);
+    let events: Vec<serde_json::Value> = String::from_utf8(out.stderr)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let read = &events.last().unwrap()["fields"];
+    assert_eq!(read["message"], "Dead letters read.", "{events:#?}");
+    assert_eq!(
+        (&read["letters"], &read["skipped"], &read["by_kind"][0]),
+        (
+            &serde_json::json!(2),
+            &serde_json::json!(1),
+            &serde_json::json!({"stage": "source", "kind": "ragged_row", "letters": 1})
+        )
+    );
 
     // Its reader gone after nothing at all: the command stops quietly and says so.
     let (reader, writer) = std::io::pipe().unwrap();

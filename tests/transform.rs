@@ -2997,6 +2997,18 @@ fn cli_test_matches_a_guest_error_by_case_and_field() {
             1,
             "expected {",
         ),
+        // `null` is a value to match (no field named in the error), not "any".
+        (
+            "{\"record\":2,\"field\":null}\n",
+            1,
+            "expected {\"record\":2,\"field\":null}, got record 2",
+        ),
+        (
+            "{\"line\":null,\"kind\":\"guest_error\"}\n",
+            2,
+            "golden-failures.jsonl:1: `line` is null; give the value it must have, or leave the \
+             key out to match any",
+        ),
         (
             "{\"kind\":\"trap\",\"field\":\"reject\"}\n",
             2,
@@ -3919,7 +3931,7 @@ fn cli_test_reads_csv_like_the_source_and_gives_rows_their_metadata() {
     );
     for says in [
         "record 3 (line 5): bad row (ragged_row)",
-        "source  1 bad records, not run",
+        "source  1 bad record, not run",
         "transform  meta: 3 in, 3 out, 0 dropped, 0 failed",
     ] {
         assert!(stderr.contains(says), "{says}: {stderr}");

@@ -285,7 +285,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             // not the CSV or the components, which may be long gone.
             let loaded = config::load(&pipeline)?;
             loaded.mask_secrets_in_output();
-            runtime()?.block_on(pipeline::dead_letters(&loaded.config, &state_dir))?;
+            let read = pipeline::dead_letters(&loaded.config, &state_dir, cli.log_format);
+            runtime()?.block_on(read)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Verify {

@@ -1552,12 +1552,12 @@ fn summary_text(s: &RunSummary) -> String {
         ));
     }
     out.push_str(&format!(
-        "  dead letters: {} in {}{}\n",
+        "  dead letters: {} from this run in {}{}\n",
         s.dead_letters,
         s.dead_letter_topic,
         match s.dead_letters {
             0 => "",
-            _ => " (`sluice dead-letters` prints them)",
+            _ => " (`sluice dead-letters` prints every run's)",
         }
     ));
     // The summary's own warnings (some, like records waiting after a stop, are known only when
@@ -1630,7 +1630,8 @@ fn warnings(s: &RunSummary) -> Vec<String> {
     {
         out.push(format!(
             "the sink dead-lettered {} of the {} rows it received; the table cannot take them \
-             (the reasons are in the dead letters and the log)",
+             (`sluice dead-letters` shows why; a field the table has no column for loads with \
+             `sink.schema_evolution: add_columns`)",
             c.sink_dead_lettered, c.rows_to_sink
         ));
     }
@@ -2124,24 +2125,28 @@ pub async fn verify(
         let loops = u64::from(csv.loop_count.max(1));
         check(
             format!(
-                "CSV {}: {} records x {loops} loop(s) = {} read",
+                "CSV {}: {} x {} = {} read",
                 path.display(),
-                good + bad,
+                counted(good + bad, "record"),
+                counted(loops, "loop"),
                 r.rows_read
             ),
             (good + bad) * loops == r.rows_read,
         );
         check(
             format!(
-                "CSV: {} good rows x {loops} = {} produced",
-                good, r.rows_produced
+                "CSV: {} x {loops} = {} produced",
+                counted(good, "good row"),
+                r.rows_produced
             ),
             good * loops == r.rows_produced,
         );
         check(
             format!(
-                "CSV: {} bad rows x {loops} = {} dead-lettered + {} dropped",
-                bad, r.rows_dead_lettered, r.rows_dropped
+                "CSV: {} x {loops} = {} dead-lettered + {} dropped",
+                counted(bad, "bad row"),
+                r.rows_dead_lettered,
+                r.rows_dropped
             ),
             bad * loops == r.rows_dead_lettered + r.rows_dropped,
         );
@@ -2168,7 +2173,7 @@ pub async fn verify(
             let wanted = good * u64::from(csv.loop_count.max(1));
             check(
                 format!(
-                    "topic {}: {on_topic} messages, at least the {wanted} good rows of {} (a \
+                    "topic {}: {on_topic} messages, expected at least the {wanted} good rows of {} (a \
                      replay stopped part-way leaves fewer; a full run replays the whole file again)",
                     cfg.kafka.topic,
                     path.display()
@@ -2335,8 +2340,13 @@ pub async fn verify(
 /// then how many of each stage and kind to stderr. With no `kafka.brokers` it starts the managed
 /// broker on `state_dir`'s data, which outlives the runs that wrote there. A message that is not
 /// a JSON object (something else wrote to the topic) is counted and skipped. Stops early, without
-/// error, when stdout's reader goes (`| head`).
-pub async fn dead_letters(cfg: &PipelineConfig, state_dir: &Path) -> anyhow::Result<()> {
+/// error, when stdout's reader goes (`| head`). Under `--log-format json` the counts are one
+/// event, `"Dead letters read."`, like the rest of stderr.
+pub async fn dead_letters(
+    cfg: &PipelineConfig,
+    state_dir: &Path,
+    log_format: LogFormat,
+) -> anyhow::Result<()> {
     use std::io::Write as _;
     let data = state_dir.join("broker");
     if cfg.kafka.brokers.trim().is_empty() && !data.is_dir() {
@@ -2388,6 +2398,20 @@ pub async fn dead_letters(cfg: &PipelineConfig, state_dir: &Path) -> anyhow::Res
         _ => {}
     }
     let letters: u64 = tally.values().sum();
+    if log_format == LogFormat::Json {
+        let by_kind: Vec<_> = (tally.iter())
+            .map(|((stage, kind), n)| serde_json::json!({"stage": stage, "kind": kind, "letters": n}))
+            .collect();
+        let fields = serde_json::json!({
+            "topic": topic,
+            "letters": letters,
+            "by_kind": by_kind,
+            "skipped": skipped,
+            "stdout_closed": unwritten.is_some(),
+        });
+        crate::errln!("{}", json_event("INFO", "Dead letters read.", fields));
+        return Ok(());
+    }
     let partial = match unwritten {
         Some(_) => " printed before stdout closed",
         None => "",

@@ -1189,7 +1189,7 @@ impl JsonRow {
 impl JsonRow {
     /// What differs between this expected row and `actual`, member by member, so that a wide
     /// row's one wrong value is named rather than left to be spotted in two long lines:
-    /// `value: expected 50, got 51; missing: id; unexpected: total`.
+    /// `differs in "value": expected 50, got 51; missing: "id"; unexpected: "total"`.
     fn differences(&self, actual: &JsonRow) -> String {
         // Raw texts are read again only here, for a mismatch; both rows parsed already.
         fn raw(row: &JsonRow) -> Vec<(crate::row::Name, &str)> {
@@ -1232,7 +1232,10 @@ impl JsonRow {
                 )),
             }
         }
-        let mut parts = changed;
+        let mut parts = Vec::new();
+        if !changed.is_empty() {
+            parts.push(format!("differs in {}", changed.join("; ")));
+        }
         if !missing.is_empty() {
             parts.push(format!("missing: {}", missing.join(", ")));
         }
@@ -1315,8 +1318,18 @@ struct ExpectedFailure {
     reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     case: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<String>,
+    /// `Some(None)` for `"field": null`: a typed error that names no field (`other`).
+    #[serde(
+        default,
+        deserialize_with = "given",
+        skip_serializing_if = "Option::is_none"
+    )]
+    field: Option<Option<String>>,
+}
+
+/// A member that is there, even as `null` (which serde's `Option` would read as absent).
+fn given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    <Option<String> as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// Whether two stages are the same, `-` and `_` in a transform's name matching alike as they do
@@ -1345,6 +1358,17 @@ impl Expected for ExpectedFailure {
                 path.display()
             )
         })?;
+        // serde reads `"line": null` as no `line`, which would match any line: a golden file
+        // that means something by it would pass whatever failed.
+        if let Ok(serde_json::Value::Object(members)) = serde_json::from_str(text)
+            && let Some((key, _)) = (members.iter()).find(|(k, v)| v.is_null() && *k != "field")
+        {
+            anyhow::bail!(
+                "{}:{line}: `{key}` is null; give the value it must have, or leave the key out to \
+                 match any",
+                path.display()
+            );
+        }
         // A misspelt kind would only ever show up as a mismatch.
         if let Some(kind) = &parsed.kind {
             let kinds: Vec<&str> = (FailureKind::ALL.iter().map(|k| k.as_str()))
@@ -1398,9 +1422,8 @@ impl Expected for ExpectedFailure {
                 .as_ref()
                 .is_none_or(|r| f.reason.contains(r.as_str()))
             && (self.case.as_ref()).is_none_or(|c| f.error.as_ref().is_some_and(|e| e.case == c))
-            && (self.field.as_ref()).is_none_or(|n| {
-                (f.error.as_ref()).is_some_and(|e| e.field.as_deref() == Some(n.as_str()))
-            })
+            && (self.field.as_ref())
+                .is_none_or(|n| (f.error.as_ref()).is_some_and(|e| e.field == *n))
     }
 }
 
@@ -1595,7 +1618,8 @@ pub fn test(
     if bad > 0 {
         writeln!(
             err,
-            "source  {bad} bad records, not run (sluice run applies source.on_error to them)"
+            "source  {}, not run (sluice run applies source.on_error to them)",
+            counted(bad, "bad record")
         )?;
     }
     // The same per-transform line as `sluice run`'s summary (with the fuel when metered).
@@ -1791,7 +1815,7 @@ impl<E: Expected> Check<E> {
                     clip(e.show()),
                     clip(actual.to_string()),
                     e.differences(actual)
-                        .map(|d| format!("\n  differs in {}", clip(d)))
+                        .map(|d| format!("\n  {}", clip(d)))
                         .unwrap_or_default()
                 ));
                 self.first_pair = Some((line, e, actual.clone()));
@@ -2656,6 +2680,12 @@ mod tests {
                 "differs in \"value\": expected 16, got 16.0; missing: \"gone\"; unexpected: \"new\""
             ),
             "{wide}"
+        );
+        // A member only added is named as such, not as a difference "in" something.
+        let added = diff(&[v(r#"{"id":1}"#)], &[v(r#"{"id":1,"large":true}"#)]).unwrap();
+        assert!(
+            added.contains("got {\"id\":1,\"large\":true}\n  unexpected: \"large\""),
+            "{added}"
         );
         let dups = diff(&[v(r#"{"a":1,"a":2}"#)], &[v(r#"{"a":1}"#)]).unwrap();
         assert!(
