@@ -252,7 +252,8 @@ impl LoadedConfig {
     /// Resolves a path from the file against its directory.
     pub fn resolve(&self, p: &str) -> PathBuf {
         let p = Path::new(p);
-        if p.is_absolute() {
+        // A file beside the working directory's pipeline is named as written, not `./../x`.
+        if p.is_absolute() || (self.base_dir == Path::new(".") && !p.as_os_str().is_empty()) {
             p.to_path_buf()
         } else {
             self.base_dir.join(p)
