@@ -322,19 +322,20 @@ impl std::fmt::Display for TransformPart {
 /// A duration with three significant digits at most, in the largest unit below it: `840 ns`,
 /// `12.3 µs`, `4.56 ms`, `7.89 s`.
 fn short_duration(d: Duration) -> String {
+    let digits = |v: f64| match v {
+        v if v < 10.0 => format!("{v:.2}"),
+        v if v < 100.0 => format!("{v:.1}"),
+        v => format!("{v:.0}"),
+    };
     let ns = d.as_nanos() as f64;
-    let (value, unit) = match ns {
-        n if n < 1e3 => (n, "ns"),
-        n if n < 1e6 => (n / 1e3, "µs"),
-        n if n < 1e9 => (n / 1e6, "ms"),
-        n => (n / 1e9, "s"),
-    };
-    let digits = match value {
-        v if v < 10.0 => 2,
-        v if v < 100.0 => 1,
-        _ => 0,
-    };
-    format!("{value:.digits$} {unit}")
+    for (scale, unit) in [(1.0, "ns"), (1e3, "µs"), (1e6, "ms")] {
+        // Rounded, 999.96 µs is 1000 µs: that is 1.00 ms.
+        let text = digits(ns / scale);
+        if text.parse::<f64>().is_ok_and(|v| v < 1000.0) {
+            return format!("{text} {unit}");
+        }
+    }
+    format!("{} s", digits(ns / 1e9))
 }
 
 /// Ctrl-C (SIGINT) and SIGTERM, the signal a service manager or Kubernetes stops a process with:
@@ -2729,6 +2730,8 @@ mod tests {
         assert_eq!(short_duration(Duration::from_nanos(840)), "840 ns");
         assert_eq!(short_duration(Duration::from_micros(12_345)), "12.3 ms");
         assert_eq!(short_duration(Duration::from_secs(125)), "125 s");
+        assert_eq!(short_duration(Duration::from_nanos(999_960)), "1.00 ms");
+        assert_eq!(short_duration(Duration::from_nanos(999)), "999 ns");
     }
 
     /// A run that lost nothing but whose transform failed most rows says so: a misspelt field
