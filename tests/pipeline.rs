@@ -28,6 +28,33 @@ fn write_pipeline(dir: &Path, text: &str) -> std::path::PathBuf {
     path
 }
 
+/// A path in a pipeline file in the working directory is named as it is written there, not
+/// `./../x`; the CSV is read from beside the file all the same.
+#[test]
+fn paths_in_a_pipeline_file_here_are_named_as_written() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("rows.csv"), "id,name\n1,a\n").unwrap();
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "here",
+        "source": { "type": "csv", "path": "rows.csv", "key_column": "nope" },
+        "kafka": { "topic": "here" },
+        "transforms": [{ "uses": "../nowhere/x.wasm" }],
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    std::fs::write(dir.path().join("pipeline.json"), pipeline.to_string()).unwrap();
+    let out = sluice(dir.path(), &["validate", "pipeline.json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("component ../nowhere/x.wasm does not exist"),
+        "{stderr}"
+    );
+    // The header was read: the key column is checked against it, by the file's name.
+    assert!(stderr.contains("rows.csv"), "{stderr}");
+    assert!(!stderr.contains("./.."), "{stderr}");
+}
+
 /// Runs `sluice validate` on `text` and returns (exit code, stderr).
 fn validate(text: &str) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();

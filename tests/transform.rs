@@ -3038,6 +3038,28 @@ fn cli_test_matches_a_guest_error_by_case_and_field() {
         assert_eq!(out.status.code(), Some(code_wanted), "{golden}: {stderr}");
         assert!(stderr.contains(says), "{says}: {stderr}");
     }
+    // An error that names no field (`other`) is what `"field": null` matches.
+    let renamed = write("renamed.jsonl", "{\"name\":\"a\",\"customer\":\"b\"}\n");
+    let golden = write(
+        "other.jsonl",
+        "{\"record\":1,\"case\":\"other\",\"field\":null}\n",
+    );
+    let args = [
+        "transform",
+        "test",
+        "--component",
+        guests::ENRICH,
+        "--with",
+        "rename=name:customer",
+        "--input",
+        &renamed,
+        "--expect-failures",
+        &golden,
+    ];
+    let out = sluice_tests::cli::sluice(dir.path(), &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("ok: 1 failed record matches"), "{stderr}");
 }
 
 /// JSONL input is typed as the consumer types a plain JSON message: an integer past `int` keeps

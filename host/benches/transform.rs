@@ -413,7 +413,7 @@ fn time_per_batch(
     spent / calls
 }
 
-/// Per transform of the chain: name, µs inside its calls, rows it received.
+/// Per transform of the chain: name, ns inside its calls, rows it received.
 fn per_transform(chain: &TransformChain) -> Vec<(String, u64, u64)> {
     chain
         .stats()
@@ -421,7 +421,7 @@ fn per_transform(chain: &TransformChain) -> Vec<(String, u64, u64)> {
         .map(|(name, s)| {
             (
                 name,
-                s.latency_sum_us.load(Relaxed),
+                s.latency_sum_ns.load(Relaxed),
                 s.rows_in.load(Relaxed),
             )
         })
@@ -429,14 +429,14 @@ fn per_transform(chain: &TransformChain) -> Vec<(String, u64, u64)> {
 }
 
 /// Total time spent inside guest calls (all transforms of the chain, from the runtime's own
-/// latency stats) in µs, and rows handed to the first transform.
+/// latency stats) in ns, and rows handed to the first transform.
 fn call_time(chain: &TransformChain) -> (u64, u64) {
     let stats = chain.stats();
-    let us = stats
+    let ns = stats
         .iter()
-        .map(|(_, s)| s.latency_sum_us.load(Relaxed))
+        .map(|(_, s)| s.latency_sum_ns.load(Relaxed))
         .sum();
-    (us, stats[0].1.rows_in.load(Relaxed))
+    (ns, stats[0].1.rows_in.load(Relaxed))
 }
 
 fn summary(g: &Guests) {
@@ -474,16 +474,16 @@ fn summary(g: &Guests) {
             let before = call_time(wasm);
             let each_before = per_transform(wasm);
             let w = time_per_batch(n, budget, |b| wasm.process_blocking(b).unwrap());
-            let (call_us, rows_in) = call_time(wasm);
+            let (call, rows_in) = call_time(wasm);
             let each: Vec<String> = per_transform(wasm)
                 .into_iter()
                 .zip(each_before)
-                .map(|((name, us, rows), (_, us0, rows0))| {
-                    let ns = (us - us0) as f64 * 1000.0 / (rows - rows0).max(1) as f64;
+                .map(|((name, t, rows), (_, t0, rows0))| {
+                    let ns = (t - t0) as f64 / (rows - rows0).max(1) as f64;
                     format!("{name} {ns:.1} ns per row it received")
                 })
                 .collect();
-            let call_ns = (call_us - before.0) as f64 * 1000.0 / (rows_in - before.1) as f64;
+            let call_ns = (call - before.0) as f64 / (rows_in - before.1) as f64;
             let nat = time_per_batch(n, budget, native);
             let w_ns = w.as_nanos() as f64 / n as f64;
             let n_ns = nat.as_nanos() as f64 / n as f64;

@@ -248,16 +248,22 @@ impl fmt::Debug for LoadedConfig {
     }
 }
 
+/// `p` from a pipeline file in directory `base`, as a path from the working directory. A path
+/// in a file in the working directory is named as written (`../x`, not `./../x`), except `-`,
+/// which would read as stdin where a file name may be `-`.
+pub fn resolve_in(base: &Path, p: &str) -> PathBuf {
+    let path = Path::new(p);
+    if path.is_absolute() || (base == Path::new(".") && !p.is_empty() && p != "-") {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
+
 impl LoadedConfig {
     /// Resolves a path from the file against its directory.
     pub fn resolve(&self, p: &str) -> PathBuf {
-        let p = Path::new(p);
-        // A file beside the working directory's pipeline is named as written, not `./../x`.
-        if p.is_absolute() || (self.base_dir == Path::new(".") && !p.as_os_str().is_empty()) {
-            p.to_path_buf()
-        } else {
-            self.base_dir.join(p)
-        }
+        resolve_in(&self.base_dir, p)
     }
 
     /// Builds a [`ConfigIssue`] at `path`, locating it in the original text. Secrets in

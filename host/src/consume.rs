@@ -96,14 +96,17 @@ pub enum ConsumeError {
     /// A read to the end of a topic got no message for a while, short of that end.
     #[error(
         "reading {topic}: no message for {} s, short of the end offsets {ends:?} (partition: \
-         offset)",
-        REQUEST_TIMEOUT.as_secs()
+         offset){}",
+        REQUEST_TIMEOUT.as_secs(),
+        last_error.as_ref().map(|e| format!("; the last error: {e}")).unwrap_or_default()
     )]
     Stalled {
         /// The topic.
         topic: String,
         /// The partitions not read to their end, and their end offsets.
         ends: BTreeMap<i32, i64>,
+        /// The last transient error the client reported meanwhile (usually the cause).
+        last_error: Option<String>,
     },
 }
 
@@ -855,7 +858,7 @@ pub fn read_to_end(
         one.add_partition(topic, p);
         let _ = c.pause(&one);
     };
-    let mut idle = Duration::ZERO;
+    let (mut progress, mut last_error) = (std::time::Instant::now(), None);
     while !ends.is_empty() {
         let m = match c.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => m,
@@ -867,6 +870,7 @@ pub fn read_to_end(
             other => {
                 if let Some(Err(e)) = other {
                     tracing::debug!(error = %e, topic, "Reading the topic: a transient error.");
+                    last_error = Some(e.to_string());
                 }
                 // The last offsets may be ones no message holds (a transaction's markers): the
                 // position then moves past them without a message.
@@ -880,11 +884,11 @@ pub fn read_to_end(
                         done(&mut ends, e.partition());
                     }
                 }
-                idle += Duration::from_millis(200);
-                if idle > REQUEST_TIMEOUT && !ends.is_empty() {
+                if progress.elapsed() > REQUEST_TIMEOUT && !ends.is_empty() {
                     return Err(ConsumeError::Stalled {
                         topic: topic.to_owned(),
                         ends,
+                        last_error,
                     });
                 }
                 continue;
@@ -893,7 +897,7 @@ pub fn read_to_end(
         let Some(&end) = ends.get(&m.partition()) else {
             continue;
         };
-        idle = Duration::ZERO;
+        progress = std::time::Instant::now();
         if m.offset() < end && !each(m.payload()) {
             return Ok(());
         }

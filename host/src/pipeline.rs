@@ -275,9 +275,9 @@ pub struct TransformPart {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel_consumed: Option<u64>,
     /// Wall time spent in its batch calls (lowering, the guest's work, lifting; the row-by-row
-    /// calls that isolate a failure included), in microseconds.
+    /// calls that isolate a failure included), in nanoseconds.
     #[serde(default)]
-    pub call_time_us: u64,
+    pub call_time_ns: u64,
 }
 
 impl std::fmt::Display for TransformPart {
@@ -303,8 +303,8 @@ impl std::fmt::Display for TransformPart {
             write!(f, ", fuel consumed {fuel}")?;
         }
         // Which transform of a chain is the slow one, without a metrics scrape or a profiler.
-        if self.call_time_us > 0 {
-            let total = Duration::from_micros(self.call_time_us);
+        if self.call_time_ns > 0 {
+            let total = Duration::from_nanos(self.call_time_ns);
             write!(f, "; {} in its calls", short_duration(total))?;
             if self.rows_in > 0 {
                 let per_row = total.as_nanos() / u128::from(self.rows_in);
@@ -322,13 +322,16 @@ impl std::fmt::Display for TransformPart {
 /// A duration with three significant digits at most, in the largest unit below it: `840 ns`,
 /// `12.3 µs`, `4.56 ms`, `7.89 s`.
 fn short_duration(d: Duration) -> String {
+    if d.as_nanos() < 1000 {
+        return format!("{} ns", d.as_nanos());
+    }
     let digits = |v: f64| match v {
         v if v < 10.0 => format!("{v:.2}"),
         v if v < 100.0 => format!("{v:.1}"),
         v => format!("{v:.0}"),
     };
     let ns = d.as_nanos() as f64;
-    for (scale, unit) in [(1.0, "ns"), (1e3, "µs"), (1e6, "ms")] {
+    for (scale, unit) in [(1e3, "µs"), (1e6, "ms")] {
         // Rounded, 999.96 µs is 1000 µs: that is 1.00 ms.
         let text = digits(ns / scale);
         if text.parse::<f64>().is_ok_and(|v| v < 1000.0) {
@@ -933,7 +936,7 @@ pub(crate) fn transform_parts(stats: &[(String, Arc<TransformStats>)]) -> Vec<Tr
             rows_discarded: s.rows_discarded.load(Ordering::Relaxed),
             rows_unfinished: s.rows_unfinished.load(Ordering::Relaxed),
             fuel_consumed: Some(s.fuel_consumed.load(Ordering::Relaxed)).filter(|f| *f > 0),
-            call_time_us: s.latency_sum_us.load(Ordering::Relaxed),
+            call_time_ns: s.latency_sum_ns.load(Ordering::Relaxed),
         })
         .collect()
 }
@@ -1631,8 +1634,7 @@ fn warnings(s: &RunSummary) -> Vec<String> {
     {
         out.push(format!(
             "the sink dead-lettered {} of the {} rows it received; the table cannot take them \
-             (`sluice dead-letters` shows why; a field the table has no column for loads with \
-             `sink.schema_evolution: add_columns`)",
+             (`sluice dead-letters` shows why)",
             c.sink_dead_lettered, c.rows_to_sink
         ));
     }
@@ -1963,7 +1965,7 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
                 "Latency of one batch call.",
                 &l,
                 &buckets,
-                t.latency_sum_us.load(Ordering::Relaxed) as f64 / 1e6,
+                t.latency_sum_ns.load(Ordering::Relaxed) as f64 / 1e9,
                 t.latency_count.load(Ordering::Relaxed),
             );
         }
@@ -2719,7 +2721,7 @@ mod tests {
             "mask: 2 in, 2 out, 0 dropped, 0 failed, fuel consumed 1234"
         );
         let timed = TransformPart {
-            call_time_us: 4_567,
+            call_time_ns: 4_567_000,
             rows_in: 3_000,
             ..part
         };
@@ -2732,6 +2734,8 @@ mod tests {
         assert_eq!(short_duration(Duration::from_secs(125)), "125 s");
         assert_eq!(short_duration(Duration::from_nanos(999_960)), "1.00 ms");
         assert_eq!(short_duration(Duration::from_nanos(999)), "999 ns");
+        assert_eq!(short_duration(Duration::from_nanos(5)), "5 ns");
+        assert_eq!(short_duration(Duration::from_nanos(999_999_500)), "1.00 s");
     }
 
     /// A run that lost nothing but whose transform failed most rows says so: a misspelt field

@@ -207,14 +207,7 @@ pub async fn replay(
             src.delimiter
         ))
     })?;
-    let path = {
-        let p = Path::new(&src.path);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            cfg.base_dir.join(p)
-        }
-    };
+    let path = crate::config::resolve_in(cfg.base_dir, &src.path);
     let file_name = path
         .file_name()
         .map_or_else(|| src.path.clone(), |n| n.to_string_lossy().into_owned());

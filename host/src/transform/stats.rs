@@ -35,8 +35,9 @@ pub struct TransformStats {
     /// Batch-call latency histogram: `latency_buckets[i]` counts calls that took at most
     /// `LATENCY_BUCKETS_MS[i]` (cumulative, Prometheus style).
     pub latency_buckets: [AtomicU64; LATENCY_BUCKETS_MS.len()],
-    /// Sum of all batch-call latencies, in microseconds.
-    pub latency_sum_us: AtomicU64,
+    /// Sum of all batch-call latencies, in nanoseconds (a call of a few rows can take less than a
+    /// microsecond).
+    pub latency_sum_ns: AtomicU64,
     /// Number of observations in the latency histogram.
     pub latency_count: AtomicU64,
 }
@@ -50,8 +51,8 @@ impl TransformStats {
                 bucket.fetch_add(1, Relaxed);
             }
         }
-        self.latency_sum_us
-            .fetch_add(elapsed.as_micros() as u64, Relaxed);
+        self.latency_sum_ns
+            .fetch_add(elapsed.as_nanos() as u64, Relaxed);
         self.latency_count.fetch_add(1, Relaxed);
     }
 
@@ -74,6 +75,6 @@ mod tests {
         let counts: Vec<u64> = s.latency_buckets.iter().map(|b| b.load(Relaxed)).collect();
         assert_eq!(counts, [0, 1, 1, 1, 1, 2, 2, 2, 2]);
         assert_eq!(s.latency_count.load(Relaxed), 2);
-        assert_eq!(s.latency_sum_us.load(Relaxed), 20_300);
+        assert_eq!(s.latency_sum_ns.load(Relaxed), 20_300_000);
     }
 }
