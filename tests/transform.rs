@@ -1267,7 +1267,7 @@ fn cli_test_names_the_batch_a_chain_failure_stopped_at() {
         stderr.contains("record 14 (line 15): bad row (ragged_row)"),
         "{stderr}"
     );
-    assert!(stderr.contains("source  1 bad records"), "{stderr}");
+    assert!(stderr.contains("source  1 bad record,"), "{stderr}");
     assert!(
         stderr.contains("error: running records 1 to 13 (lines 2 to 14)"),
         "{stderr}"
