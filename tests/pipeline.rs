@@ -853,6 +853,81 @@ fn dead_letters_outlive_an_embedded_run_and_print_as_stored() {
         assert!(stderr.contains(says), "{why}: {stderr}");
     }
 
+    // The author's loop: the printed letters rerun through the pipeline's own chain fail again
+    // the same way, each record with the metadata it had in the topic.
+    let text: String = letters.iter().map(|l| format!("{l}\n")).collect();
+    std::fs::write(dir.path().join("letters.jsonl"), text).unwrap();
+    let expected: String = (letters.iter())
+        .filter(|l| l["stage"] != "source")
+        .map(|l| {
+            let mut e = serde_json::json!({ "stage": l["stage"], "kind": l["kind"] });
+            if !l["error"].is_null() {
+                e["case"] = l["error"]["case"].clone();
+                e["field"] = l["error"]["field"].clone();
+            }
+            format!("{e}\n")
+        })
+        .collect();
+    std::fs::write(dir.path().join("failures.jsonl"), expected).unwrap();
+    let rerun = |extra: &[&str]| {
+        let mut args = vec![
+            "transform",
+            "test",
+            "--format",
+            "dead-letters",
+            "--input",
+            "letters.jsonl",
+        ];
+        args.extend(extra);
+        let out = sluice(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {stderr}");
+        assert!(
+            stderr.contains("input  1 dead letter skipped: from bad CSV rows"),
+            "{stderr}"
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let rows = rerun(&["--pipeline", &p, "--expect-failures", "failures.jsonl"]);
+    assert_eq!(rows, "");
+    let rows: Vec<serde_json::Value> = (rerun(&["--component", sluice_tests::guests::META])
+        .lines())
+    .map(|l| serde_json::from_str(l).unwrap())
+    .collect();
+    let got: Vec<_> = (rows.iter())
+        .map(|r| {
+            (
+                r["id"].clone(),
+                r["topic"].clone(),
+                r["key"].clone(),
+                r["offset"].clone(),
+            )
+        })
+        .collect();
+    let want: Vec<_> = (letters.iter())
+        .filter(|l| l["stage"] != "source")
+        .map(|l| {
+            let o = &l["origin"];
+            let id: serde_json::Value =
+                serde_json::from_str::<serde_json::Value>(l["payload"].as_str().unwrap()).unwrap()
+                    ["id"]
+                    .clone();
+            (
+                id,
+                o["topic"].clone(),
+                o["key"].clone(),
+                o["offset"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want);
+    // The filter's letter (id 5, value `abc`) and the trap's (id 13, on line 15).
+    let ids: Vec<_> = got.iter().map(|g| g.0.clone()).collect();
+    assert!(
+        ids.contains(&5.into()) && ids.contains(&13.into()) && got.iter().all(|g| g.1 == "rows"),
+        "{got:?}"
+    );
+
     // A pipeline whose dead-letter topic was never written says so.
     let mut other = pipeline.clone();
     other["dead_letter"] = serde_json::json!({ "topic": "none.dlq" });

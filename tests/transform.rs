@@ -4116,6 +4116,190 @@ fn cli_test_sets_the_metadata_it_is_told() {
     );
 }
 
+/// `--format dead-letters` reruns what `sluice dead-letters` printed: each letter of a record
+/// that reached the chain runs as the message it was, with its own topic, partition, offset, key,
+/// timestamp and headers (the `meta` guest echoes them). Letters of bad CSV rows, of the sink and
+/// cut ones are skipped and counted; a message that did not decode fails again as `consume`
+/// `decode`. Flags that would set the metadata are refused.
+#[test]
+fn cli_test_reruns_dead_letters_with_their_own_metadata() {
+    use sluice::dead_letter::{DeadLetter, GuestFault};
+    use sluice::source::{dlq, wire};
+    let dir = tempfile::tempdir().unwrap();
+    let message = |fields: &[(&str, Value)]| wire::encode(&row(fields));
+    let first = message(&[("id", Value::Int(7)), ("amount", Value::String("x".into()))]);
+    let rejected = DeadLetter {
+        stage: "transform:check".into(),
+        kind: "guest_error".into(),
+        reason: "amount: not a number".into(),
+        source_file: Some("orders.csv".into()),
+        line: Some(8),
+        origin: Some(RecordMeta {
+            topic: "orders".into(),
+            partition: 2,
+            offset: 41,
+            key: Some(b"k7".to_vec()),
+            timestamp_ms: Some(1_700_000_000_000),
+            headers: vec![
+                ("sluice.types".into(), first.types.clone().into_bytes()),
+                ("sluice.line".into(), b"8".to_vec()),
+            ],
+        }),
+        payload: first.value,
+        error: Some(GuestFault {
+            case: "invalid-value",
+            field: Some("amount".into()),
+        }),
+    };
+    let ragged = DeadLetter {
+        stage: "source".into(),
+        kind: "ragged_row".into(),
+        origin: None,
+        payload: b"9,only".to_vec(),
+        error: None,
+        ..rejected.clone()
+    };
+    let refused = DeadLetter {
+        stage: "sink".into(),
+        kind: "schema".into(),
+        error: None,
+        ..rejected.clone()
+    };
+    let undecodable = DeadLetter {
+        stage: "consume".into(),
+        kind: "decode".into(),
+        payload: b"not json".to_vec(),
+        error: None,
+        ..rejected.clone()
+    };
+    let second = message(&[("id", Value::Int(9)), ("amount", Value::Float(2.5))]);
+    let trapped = DeadLetter {
+        stage: "transform:poison_trap".into(),
+        kind: "trap".into(),
+        origin: Some(RecordMeta {
+            offset: 44,
+            key: Some(vec![0xff, 1]),
+            timestamp_ms: None,
+            headers: vec![
+                ("h0".into(), vec![0, 159]),
+                ("sluice.types".into(), second.types.into_bytes()),
+            ],
+            ..rejected.origin.clone().unwrap()
+        }),
+        payload: second.value,
+        error: None,
+        ..rejected.clone()
+    };
+    let cut = DeadLetter {
+        payload: vec![b'a'; dlq::MAX_PAYLOAD_BYTES + 1],
+        ..rejected.clone()
+    };
+    let mut text = Vec::new();
+    for letter in [&rejected, &ragged, &refused, &undecodable, &trapped, &cut] {
+        text.extend(dlq::encode(letter));
+        text.push(b'\n');
+    }
+    std::fs::write(dir.path().join("letters.jsonl"), &text).unwrap();
+    std::fs::write(
+        dir.path().join("failures.jsonl"),
+        r#"{"record": 2, "line": 4, "stage": "consume", "kind": "decode"}"#,
+    )
+    .unwrap();
+    let test = |extra: &[&str]| {
+        let mut args = vec!["transform", "test", "--input", "letters.jsonl"];
+        args.extend(extra);
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), out.stdout, stderr)
+    };
+    let (code, stdout, stderr) = test(&[
+        "--format",
+        "dead-letters",
+        "--component",
+        guests::META,
+        "--expect-failures",
+        "failures.jsonl",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let rows: Vec<serde_json::Value> = String::from_utf8(stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            serde_json::json!({
+                "id": 7, "amount": "x", "topic": "orders", "partition": 2, "offset": 41,
+                "key": "k7", "timestamp_ms": 1_700_000_000_000_i64, "header": "sluice.types",
+            }),
+            serde_json::json!({
+                "id": 9, "amount": 2.5, "topic": "orders", "partition": 2, "offset": 44,
+                "key": "\u{fffd}\u{1}", "timestamp_ms": null, "header": "h0",
+            }),
+        ]
+    );
+    for says in [
+        "record 2 (line 4): the consumer cannot decode its message (decode)",
+        "input  1 dead letter skipped: from bad CSV rows (stage source), which never reached",
+        "input  1 dead letter skipped: from the sink, whose payload is the chain's output",
+        "input  1 dead letter skipped: cut to fit the dead-letter topic",
+        "transform  meta: 2 in, 2 out, 0 dropped, 0 failed",
+        "ok: 1 failed record matches failures.jsonl",
+    ] {
+        assert!(stderr.contains(says), "{says}: {stderr}");
+    }
+    assert!(!stderr.contains("looks like dead letters"), "{stderr}");
+
+    // Read as plain JSON Lines, the letters are rows: a warning says what was meant.
+    let (code, _, stderr) = test(&["--component", guests::PASSTHROUGH]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "letters.jsonl looks like dead letters: pass --format dead-letters to run the \
+             records they hold"
+        ),
+        "{stderr}"
+    );
+
+    // Each letter's record has its own metadata and types: flags that would set them are
+    // refused, before anything runs.
+    for flag in [
+        &["--topic", "t"][..],
+        &["--partition", "1"],
+        &["--timestamp-ms", "5"],
+        &["--key-column", "id"],
+        &["--schema", "id=int"],
+        &["--delimiter", ";"],
+    ] {
+        let mut args = vec!["--format", "dead-letters", "--component", guests::META];
+        args.extend(flag);
+        let (code, stdout, stderr) = test(&args);
+        assert_eq!(code, Some(2), "{flag:?}: {stderr}");
+        assert!(stdout.is_empty(), "{flag:?}");
+        assert!(
+            stderr.contains(flag[0]) && stderr.contains("does not apply to --format dead-letters"),
+            "{flag:?}: {stderr}"
+        );
+    }
+
+    // A line that is not a letter stops the run there, naming it, after what came before.
+    let mut text = dlq::encode(&rejected);
+    text.extend(b"\n{\"id\": 1}\n");
+    std::fs::write(dir.path().join("letters.jsonl"), &text).unwrap();
+    let (code, stdout, stderr) = test(&["--format", "dead-letters", "--component", guests::META]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&stdout).lines().count(),
+        1,
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("letters.jsonl:2: not a dead letter as `sluice dead-letters` prints them"),
+        "{stderr}"
+    );
+}
+
 /// `sluice transform new` scaffolds a crate that builds and passes its own golden test as is.
 #[test]
 fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {

@@ -12,8 +12,9 @@
 //! `error` is the typed error a guest returned (kind `guest_error`): its WIT `case`
 //! (`invalid-param`, `missing-field`, `invalid-value`, `other`) and the `field` it names (null for
 //! `other`); null for every other kind. `origin` is the Kafka record (`topic`, `partition`, `offset`, `timestamp_ms`, `key`,
-//! `headers`) for records rejected after consumption. `payload` is the original bytes as text
-//! when they are UTF-8, else base64 (`payload_encoding`). A dead letter must itself fit in a
+//! `headers`) for records rejected after consumption. `payload` is the original bytes (the CSV
+//! record, or the message the chain was given; the sink's letters hold the row the chain made) as
+//! text when they are UTF-8, else base64 (`payload_encoding`). [`decode`] reads a letter back. A dead letter must itself fit in a
 //! message, whatever it carries, or the record could be neither processed nor set aside: payloads
 //! longer than [`MAX_PAYLOAD_BYTES`] are cut (`payload_bytes` keeps the original length), reasons
 //! longer than [`MAX_REASON_BYTES`] too (a guest's error text may quote a whole field), and a
@@ -245,6 +246,158 @@ fn origin_json(m: &RecordMeta, max: usize) -> serde_json::Value {
     })
 }
 
+/// A letter read back from the JSON [`encode`] wrote (what `sluice dead-letters` prints).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReadLetter {
+    /// The letter: `payload` and `origin` as stored, so possibly cut (see `whole`); a `reason`
+    /// that was cut keeps its note of how long it was.
+    pub letter: DeadLetter,
+    /// Whether the payload and the origin's key and headers are the record's own, not cut to fit
+    /// the letter in a message.
+    pub whole: bool,
+}
+
+/// The members of an encoded letter that [`decode`] reads; any others are left alone, so that a
+/// letter of a later version still reads.
+#[derive(serde::Deserialize)]
+struct Encoded {
+    stage: String,
+    kind: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    error: Option<EncodedFault>,
+    #[serde(default)]
+    file: Option<String>,
+    #[serde(default)]
+    line: Option<u64>,
+    #[serde(default)]
+    origin: Option<EncodedOrigin>,
+    payload: String,
+    #[serde(default)]
+    payload_encoding: Option<String>,
+    #[serde(default)]
+    payload_truncated: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct EncodedFault {
+    case: String,
+    #[serde(default)]
+    field: Option<String>,
+}
+
+#[derive(serde::Deserialize)]
+struct EncodedOrigin {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    #[serde(default)]
+    timestamp_ms: Option<i64>,
+    #[serde(default)]
+    key: Option<EncodedBytes>,
+    #[serde(default)]
+    headers: Vec<(String, EncodedBytes)>,
+}
+
+/// Bytes as `bytes_json` writes them.
+#[derive(serde::Deserialize)]
+#[serde(untagged)]
+enum EncodedBytes {
+    Text(String),
+    Base64 { base64: String },
+    Cut { cut: serde_json::Value },
+}
+
+impl EncodedBytes {
+    /// The bytes, and whether they are whole.
+    fn bytes(self) -> Result<(Vec<u8>, bool), String> {
+        match self {
+            EncodedBytes::Text(s) => Ok((s.into_bytes(), true)),
+            EncodedBytes::Base64 { base64 } => base64::engine::general_purpose::STANDARD
+                .decode(base64)
+                .map(|b| (b, true))
+                .map_err(|e| format!("bad base64: {e}")),
+            EncodedBytes::Cut { cut } => {
+                let head: EncodedBytes = serde_json::from_value(cut).map_err(|e| e.to_string())?;
+                Ok((head.bytes()?.0, false))
+            }
+        }
+    }
+}
+
+/// Reads back a letter that [`encode`] wrote: the inverse of `encode` for every letter that fit
+/// whole ([`ReadLetter::whole`] says whether it did). An error says what is not as `encode`
+/// writes it.
+pub fn decode(text: &[u8]) -> Result<ReadLetter, String> {
+    let e: Encoded = serde_json::from_slice(text).map_err(|e| e.to_string())?;
+    let payload = match e.payload_encoding.as_deref() {
+        None | Some("utf8") => e.payload.into_bytes(),
+        Some("base64") => base64::engine::general_purpose::STANDARD
+            .decode(&e.payload)
+            .map_err(|err| format!("payload: bad base64: {err}"))?,
+        Some(other) => return Err(format!("payload_encoding {other:?} is not utf8 or base64")),
+    };
+    let mut whole = !e.payload_truncated;
+    let origin = match e.origin {
+        None => None,
+        Some(o) => {
+            let key = match o.key {
+                None => None,
+                Some(k) => {
+                    let (k, all) = k.bytes().map_err(|err| format!("origin.key: {err}"))?;
+                    whole &= all;
+                    Some(k)
+                }
+            };
+            let mut headers = Vec::with_capacity(o.headers.len());
+            for (name, value) in o.headers {
+                let (value, all) = value
+                    .bytes()
+                    .map_err(|err| format!("origin header {name:?}: {err}"))?;
+                // A name past the cut ends with the note `clip` adds.
+                whole &= all && !name.ends_with(" bytes in all)");
+                headers.push((name, value));
+            }
+            Some(RecordMeta {
+                topic: o.topic,
+                partition: o.partition,
+                offset: o.offset,
+                key,
+                timestamp_ms: o.timestamp_ms,
+                headers,
+            })
+        }
+    };
+    let error = match e.error {
+        None => None,
+        Some(f) => {
+            let case = (dead_letter::GuestFault::CASES.iter())
+                .find(|c| **c == f.case)
+                .ok_or_else(|| {
+                    format!("error.case {:?} is not a case of transform-error", f.case)
+                })?;
+            Some(dead_letter::GuestFault {
+                case,
+                field: f.field,
+            })
+        }
+    };
+    Ok(ReadLetter {
+        letter: DeadLetter {
+            stage: e.stage,
+            kind: e.kind,
+            reason: e.reason,
+            source_file: e.file,
+            line: e.line,
+            origin,
+            payload,
+            error,
+        },
+        whole,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,5 +479,72 @@ mod tests {
             v["origin"]["headers"][0],
             serde_json::json!(["h", "vvvvvvvvvv"])
         );
+    }
+
+    #[test]
+    fn letters_read_back_as_they_were_written() {
+        let letter = DeadLetter {
+            stage: "transform:filter".into(),
+            kind: "guest_error".into(),
+            reason: "value: not a number".into(),
+            source_file: Some("x.csv".into()),
+            line: Some(9),
+            origin: Some(RecordMeta {
+                topic: "rows".into(),
+                partition: 2,
+                offset: 41,
+                timestamp_ms: Some(1_700_000_000_000),
+                key: Some(b"k\xff".to_vec()),
+                headers: vec![
+                    ("sluice.types".into(), br#"{"value":"float"}"#.to_vec()),
+                    ("bin".into(), vec![0, 159]),
+                ],
+            }),
+            payload: br#"{"value":"x"}"#.to_vec(),
+            error: Some(dead_letter::GuestFault {
+                case: "invalid-value",
+                field: Some("value".into()),
+            }),
+        };
+        let read = decode(&encode(&letter)).unwrap();
+        assert_eq!(read.letter, letter);
+        assert!(read.whole);
+
+        let binary = DeadLetter {
+            payload: vec![0, 1, 255],
+            origin: None,
+            error: None,
+            ..letter.clone()
+        };
+        assert_eq!(decode(&encode(&binary)).unwrap().letter, binary);
+
+        // Cut to fit a message: read, but not whole.
+        let big = DeadLetter {
+            payload: vec![b'a'; MAX_PAYLOAD_BYTES + 1],
+            ..letter.clone()
+        };
+        let read = decode(&encode(&big)).unwrap();
+        assert!(!read.whole);
+        assert_eq!(read.letter.payload.len(), MAX_PAYLOAD_BYTES);
+        let long_key = DeadLetter {
+            payload: Vec::new(),
+            origin: Some(RecordMeta {
+                key: Some(vec![1u8; 900_000]),
+                ..letter.origin.clone().unwrap()
+            }),
+            ..letter
+        };
+        let read = decode(&encode(&long_key)).unwrap();
+        assert!(!read.whole);
+        assert_eq!(read.letter.origin.unwrap().key.unwrap().len(), 4096);
+
+        for bad in [
+            &br#"{"stage":"sink"}"#[..],
+            br#"[1,2]"#,
+            br#"{"stage":"s","kind":"k","payload":"x","payload_encoding":"hex"}"#,
+            br#"{"stage":"s","kind":"k","payload":"x","error":{"case":"nope"}}"#,
+        ] {
+            assert!(decode(bad).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 }

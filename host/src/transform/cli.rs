@@ -7,7 +7,9 @@
 //!   stdout and failed records on stderr. `--expect` diffs the rows against a golden JSONL file,
 //!   and `--expect-failures` the failed records; a record that fails unexpectedly fails the test.
 //!   CSV goes through the source's own reader and each record gets the metadata `sluice run` would
-//!   give its message, so a transform sees locally what it will see in a pipeline.
+//!   give its message, so a transform sees locally what it will see in a pipeline. With `--format
+//!   dead-letters` it reruns the records a pipeline set aside (`sluice dead-letters` prints them),
+//!   each as the message it was, with its own topic, offset, key and headers.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
@@ -89,7 +91,7 @@ pub enum TransformCommand {
         #[arg(long, required_unless_present = "pipeline")]
         input: Option<PathBuf>,
         /// Read the input as this format instead of going by its extension (`-` is CSV unless
-        /// this says `jsonl`).
+        /// this says otherwise).
         #[arg(long, value_enum)]
         format: Option<InputFormat>,
         /// The CSV field delimiter, one ASCII character (the source's `delimiter`; default `,`).
@@ -236,6 +238,13 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             max_rows_per_record,
             debug_stdio,
         } => {
+            if format == Some(InputFormat::DeadLetters) && input.is_none() {
+                // Not the pipeline's CSV, which holds rows, not letters.
+                return Err(usage(anyhow::anyhow!(
+                    "--format dead-letters needs --input: a file of the letters `sluice \
+                     dead-letters` prints, or `-` to read them from a pipe"
+                )));
+            }
             let file = pipeline
                 .as_deref()
                 .map(|p| PipelineChain::load(p, input.is_none()))
@@ -258,6 +267,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             }
             override_params(&mut configs, &with).map_err(usage)?;
             name_apart(&mut configs);
+            let letters = format == Some(InputFormat::DeadLetters);
             let input = match (input, &file) {
                 (Some(input), _) => input,
                 (None, Some(file)) => file.input.clone(),
@@ -274,6 +284,23 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                     "stdin (`-`) can be only one of --input, --expect and --expect-failures"
                 )));
             }
+            if letters {
+                let given = [
+                    ("--delimiter", delimiter.is_some()),
+                    ("--schema", !schema.is_empty()),
+                    ("--infer-rows", infer_rows.is_some()),
+                    ("--key-column", key_column.is_some()),
+                    ("--topic", topic.is_some()),
+                    ("--partition", partition.is_some()),
+                    ("--timestamp-ms", timestamp_ms.is_some()),
+                ];
+                if let Some((flag, _)) = given.iter().find(|f| f.1) {
+                    return Err(usage(anyhow::anyhow!(
+                        "{flag} does not apply to --format dead-letters: each letter's record \
+                         runs as the message it was, with its own metadata and types"
+                    )));
+                }
+            }
             let mut opts = input_options(
                 &input,
                 format,
@@ -283,10 +310,9 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 key_column.clone(),
             )
             .map_err(usage)?;
-            if let Some(file) = &file {
-                let jsonl = format.map_or_else(|| is_jsonl(&input), |f| f == InputFormat::Jsonl);
+            if let Some(file) = file.as_ref().filter(|_| !letters) {
                 let src = &file.source;
-                if !jsonl {
+                if format_of(&input, format) == InputFormat::Csv {
                     if delimiter.is_none() {
                         opts.delimiter = crate::source::config::delimiter_byte(&src.delimiter)
                             .unwrap_or(opts.delimiter);
@@ -1373,6 +1399,7 @@ impl Expected for ExpectedFailure {
         if let Some(kind) = &parsed.kind {
             let kinds: Vec<&str> = (FailureKind::ALL.iter().map(|k| k.as_str()))
                 .chain(BadRowKind::ALL.iter().map(|k| k.as_str()))
+                .chain(["decode"])
                 .collect();
             if !kinds.contains(&kind.as_str()) {
                 anyhow::bail!(
@@ -1489,6 +1516,7 @@ pub fn test(
         let mut batch: Vec<(RecordMeta, Row)> = Vec::new();
         // A batch ends at a bad record, so that every failure prints in file order.
         let mut bad_after = None;
+        let mut undecodable_after = None;
         let mut ended = false;
         // When this batch's rows stop waiting for more.
         let mut deadline = None;
@@ -1507,6 +1535,9 @@ pub fn test(
                 None => ended = true,
                 Some(Err(e)) => unreadable = Some(e),
                 Some(Ok(InputRecord::Bad(b))) => bad_after = Some((number, b)),
+                Some(Ok(InputRecord::Undecodable { line, reason })) => {
+                    undecodable_after = Some((number, line, reason));
+                }
                 Some(Ok(InputRecord::Row { line, meta, row })) => {
                     origins.push((number, line));
                     batch.push((meta, row));
@@ -1611,6 +1642,18 @@ pub fn test(
             };
             fail(f, err, &show)?;
         }
+        if let Some((n, line, reason)) = undecodable_after {
+            let show = format!("the consumer cannot decode its message (decode): {reason}");
+            let f = Failure {
+                record: n as u64,
+                line,
+                stage: "consume".to_owned(),
+                kind: "decode".to_owned(),
+                reason,
+                error: None,
+            };
+            fail(f, err, &show)?;
+        }
         if ended || unreadable.is_some() || fatal.is_some() {
             break;
         }
@@ -1621,6 +1664,9 @@ pub fn test(
             "source  {}, not run (sluice run applies source.on_error to them)",
             counted(bad, "bad record")
         )?;
+    }
+    for (why, n) in &records.skipped {
+        writeln!(err, "input  {} skipped: {why}", counted(*n, "dead letter"))?;
     }
     // The same per-transform line as `sluice run`'s summary (with the fuel when metered).
     for part in crate::pipeline::transform_parts(&chain.stats()) {
@@ -1940,6 +1986,14 @@ pub enum InputRecord {
     },
     /// A CSV record the source would not produce but dead-letter.
     Bad(BadRow),
+    /// A dead letter's message that the consumer cannot decode into a row, as `sluice run`'s
+    /// could not (stage `consume`, kind `decode`).
+    Undecodable {
+        /// The 1-based line of the letter.
+        line: u64,
+        /// Why it does not decode.
+        reason: String,
+    },
 }
 
 /// The input options from the command line; the CSV ones are refused for JSONL `input`.
@@ -1953,7 +2007,7 @@ fn input_options(
 ) -> anyhow::Result<InputOptions> {
     // For JSON Lines, `--infer-rows` bounds the look-ahead for the `--key-column` field.
     let infer_rows_unused = infer_rows.is_some() && key_column.is_none();
-    let jsonl = format.map_or_else(|| is_jsonl(input), |f| f == InputFormat::Jsonl);
+    let jsonl = format_of(input, format) == InputFormat::Jsonl;
     if jsonl && (delimiter.is_some() || !schema.is_empty() || infer_rows_unused) {
         bail!(
             "--delimiter, --schema and --infer-rows apply to CSV input (--infer-rows also to \
@@ -2005,6 +2059,17 @@ pub enum InputFormat {
     Csv,
     /// JSON Lines: one JSON object per line.
     Jsonl,
+    /// What `sluice dead-letters` prints: each letter's record runs again as the message it
+    /// was, with its own metadata (letters of bad CSV rows and of the sink are skipped, counted).
+    DeadLetters,
+}
+
+/// How `input` is read: as `format` says, else by its extension.
+fn format_of(input: &Path, format: Option<InputFormat>) -> InputFormat {
+    format.unwrap_or(match is_jsonl(input) {
+        true => InputFormat::Jsonl,
+        false => InputFormat::Csv,
+    })
 }
 
 /// The records of a `transform test` input, read as the run asks for them, so that a file of any
@@ -2017,11 +2082,17 @@ pub struct InputRecords {
     framer: Framer,
     /// The input, when it can pause (a pipe or a terminal), to ask whether it has data.
     pipe: Option<Pipe>,
+    /// Dead letters not run, by why.
+    skipped: BTreeMap<&'static str, u64>,
+    /// Whether to look at the first JSON Lines row for the look of a dead letter: set when the
+    /// format came from the extension.
+    letters_hint: bool,
 }
 
 enum Reader {
     Csv(Box<CsvReader>),
     Jsonl(JsonLines),
+    Letters(JsonLines),
 }
 
 impl Iterator for InputRecords {
@@ -2037,10 +2108,76 @@ impl Iterator for InputRecords {
             },
             Reader::Jsonl(lines) => {
                 let item = self.ahead.pop_front().or_else(|| lines.next_row())?;
+                if let Ok((_, row)) = &item
+                    && std::mem::take(&mut self.letters_hint)
+                    && ["stage", "kind", "origin", "payload"]
+                        .iter()
+                        .all(|k| row.get(k).is_some())
+                {
+                    // Run as rows, letters only test what the transform does to letters.
+                    crate::errln!(
+                        "warning: {} looks like dead letters: pass --format dead-letters to run \
+                         the records they hold",
+                        lines.shown
+                    );
+                }
                 Some(item.map(|(line, row)| self.framer.record(line, row)))
             }
+            Reader::Letters(lines) => loop {
+                let (line, text) = match lines.next_line()? {
+                    Ok(item) => item,
+                    Err(e) => return Some(Err(e)),
+                };
+                match letter_record(line, &text) {
+                    Ok(Ok(record)) => return Some(Ok(record)),
+                    Ok(Err(why)) => *self.skipped.entry(why).or_default() += 1,
+                    Err(e) => {
+                        let e = anyhow::anyhow!(
+                            "{}:{line}: not a dead letter as `sluice dead-letters` prints them: {e}",
+                            lines.shown
+                        );
+                        return Some(Err(e));
+                    }
+                }
+            },
         }
     }
+}
+
+/// Why a dead letter is not run, for the count of them.
+const SKIPPED_SOURCE: &str = "from bad CSV rows (stage source), which never reached a transform";
+const SKIPPED_SINK: &str = "from the sink, whose payload is the chain's output, not its input";
+const SKIPPED_CUT: &str =
+    "cut to fit the dead-letter topic (payload_truncated, or a key or header cut)";
+
+/// The record a dead letter (line `line` of the input) holds, as the consumer handed it to the
+/// chain: `Ok(Err(why))` for a letter there is nothing to rerun of, an error for a line that is
+/// not a letter.
+fn letter_record(line: u64, text: &str) -> Result<Result<InputRecord, &'static str>, String> {
+    let read = crate::source::dlq::decode(text.as_bytes())?;
+    let letter = read.letter;
+    let origin = match (letter.stage.as_str(), letter.origin) {
+        ("source", _) => return Ok(Err(SKIPPED_SOURCE)),
+        ("sink", _) => return Ok(Err(SKIPPED_SINK)),
+        (_, None) => return Err(format!("stage {:?} with no origin", letter.stage)),
+        (_, Some(_)) if !read.whole => return Ok(Err(SKIPPED_CUT)),
+        (_, Some(origin)) => origin,
+    };
+    // The consumer takes the last `sluice.types` header, as it comes.
+    let types = (origin.headers.iter().rev())
+        .find(|(k, _)| k == wire::HEADER_TYPES)
+        .map(|(_, v)| v.as_slice());
+    Ok(Ok(match wire::decode(Some(&letter.payload), types) {
+        Ok(row) => InputRecord::Row {
+            line,
+            meta: origin,
+            row,
+        },
+        Err(e) => InputRecord::Undecodable {
+            line,
+            reason: e.to_string(),
+        },
+    }))
 }
 
 impl InputRecords {
@@ -2055,6 +2192,7 @@ impl InputRecords {
         let read = match &self.reader {
             Reader::Csv(reader) => reader.has_buffered_record(),
             Reader::Jsonl(lines) => !self.ahead.is_empty() || lines.has_buffered_line(),
+            Reader::Letters(lines) => lines.has_buffered_line(),
         };
         read || wait_for_data(&pipe.0, Some(wait))
     }
@@ -2158,10 +2296,13 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
         partition: opts.partition,
         timestamp_ms: opts.timestamp_ms,
     };
-    let jsonl = opts
-        .format
-        .map_or_else(|| is_jsonl(path), |f| f == InputFormat::Jsonl);
-    let (reader, ahead) = if jsonl {
+    let format = format_of(path, opts.format);
+    let (reader, ahead) = if format == InputFormat::DeadLetters {
+        (
+            Reader::Letters(JsonLines::new(path, input)),
+            Default::default(),
+        )
+    } else if format == InputFormat::Jsonl {
         let mut lines = JsonLines::new(path, input);
         // A key column is a field of some row, not of a header: look ahead for the first row that
         // has it, so that a misspelt one fails before any row runs, as with CSV.
@@ -2219,6 +2360,8 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
         ahead,
         framer,
         pipe,
+        skipped: BTreeMap::new(),
+        letters_hint: opts.format.is_none(),
     })
 }
 
