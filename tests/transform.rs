@@ -2943,7 +2943,7 @@ fn cli_test_failed_records_fail_expect_unless_expected() {
             2,
             "golden-failures.jsonl:1: kind \"guest_eror\" is not a failure kind (one of: \
              guest_error, trap, timeout, memory, fuel, protocol, output_limit, ragged_row, \
-             invalid_utf8, parse, too_large, unclosed_quote)",
+             invalid_utf8, parse, too_large, unclosed_quote, decode)",
         ),
         // serde would read a struct from an array by position; a golden file holds objects.
         (
@@ -3248,15 +3248,47 @@ fn cli_test_warns_when_json_lines_are_read_as_csv() {
             "{extra:?}: {stderr}"
         );
     }
+    // Dead letters read as CSV: the warning names the format they need.
+    std::fs::write(dir.path().join("letters.txt"), "{\"stage\":\"source\"}\n").unwrap();
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[&args[..], &["--input", "letters.txt"]].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("its first line looks like JSON: pass --format dead-letters to run"),
+        "{stderr}"
+    );
 }
 
 /// `--input -` reads stdin, as CSV unless `--format jsonl` says otherwise, and runs each batch as
 /// soon as the writer pauses: after the header and two rows with inference on the first, after
 /// two rows when `--schema` types every column (no inference, so no read-ahead), after a row
-/// followed by part of a record with a line break in a quoted field, and after JSON Lines rows
-/// followed by a blank line.
+/// followed by part of a record with a line break in a quoted field, after JSON Lines rows
+/// followed by a blank line, and after a dead letter followed by one it skips.
 #[test]
 fn cli_test_reads_stdin_as_it_is_written() {
+    // A transform's dead letter for a row whose `value` is `v`, and a bad CSV row's.
+    let letter = |v: i64, stage: &str| {
+        let message = sluice::source::wire::encode(&row(&[("value", Value::Int(v))]));
+        let letter = sluice::dead_letter::DeadLetter {
+            stage: stage.into(),
+            kind: "trap".into(),
+            reason: String::new(),
+            source_file: None,
+            line: None,
+            origin: Some(RecordMeta {
+                headers: vec![("sluice.types".into(), message.types.into_bytes())],
+                ..meta(v)
+            }),
+            payload: message.value,
+            error: None,
+        };
+        let text = sluice::source::dlq::encode(&letter);
+        String::from_utf8(text).unwrap() + "\n"
+    };
+    let letters_first = letter(70, "transform:f") + &letter(71, "source");
+    let letters_rest = letter(80, "transform:f");
     // Args, what is written first and must come out while stdin is open, the rest and what it
     // gives, and the counts.
     type Case<'a> = (
@@ -3267,7 +3299,7 @@ fn cli_test_reads_stdin_as_it_is_written() {
         &'a [&'a str],
         &'a str,
     );
-    let cases: [Case; 4] = [
+    let cases: [Case; 5] = [
         (
             &["--infer-rows", "1"],
             "n,value\n1,60\n2,40\n",
@@ -3311,6 +3343,14 @@ fn cli_test_reads_stdin_as_it_is_written() {
             "{\"value\":80}\n",
             &[r#"{"value":80}"#],
             "filter: 3 in, 3 out",
+        ),
+        (
+            &["--format", "dead-letters"],
+            &letters_first,
+            &[r#"{"value":70}"#],
+            &letters_rest,
+            &[r#"{"value":80}"#],
+            "filter: 2 in, 2 out",
         ),
     ];
     for (args, first, expect_first, rest, expect_rest, counts) in cases {
@@ -4118,9 +4158,10 @@ fn cli_test_sets_the_metadata_it_is_told() {
 
 /// `--format dead-letters` reruns what `sluice dead-letters` printed: each letter of a record
 /// that reached the chain runs as the message it was, with its own topic, partition, offset, key,
-/// timestamp and headers (the `meta` guest echoes them). Letters of bad CSV rows, of the sink and
-/// cut ones are skipped and counted; a message that did not decode fails again as `consume`
-/// `decode`. Flags that would set the metadata are refused.
+/// timestamp and headers (the `meta` guest echoes them), its fields typed by its last
+/// `sluice.types` header. Letters of bad CSV rows, of the sink, cut ones and ones changed since
+/// (a masked secret) are skipped and counted; a message that did not decode fails again as
+/// `consume` `decode`. Flags that would set the metadata are refused.
 #[test]
 fn cli_test_reruns_dead_letters_with_their_own_metadata() {
     use sluice::dead_letter::{DeadLetter, GuestFault};
@@ -4194,15 +4235,49 @@ fn cli_test_reruns_dead_letters_with_their_own_metadata() {
         payload: vec![b'a'; dlq::MAX_PAYLOAD_BYTES + 1],
         ..rejected.clone()
     };
+    // Typed as the types header says: `x` is no float, so the message does not decode ...
+    let mut mistyped = rejected.clone();
+    let origin = mistyped.origin.as_mut().unwrap();
+    origin.headers[0].1 = b"int,float".to_vec();
+    // ... and of two types headers the last counts: `2` is a string here, not an int.
+    let third = message(&[("id", Value::Int(3)), ("code", Value::String("2".into()))]);
+    let retyped = DeadLetter {
+        origin: Some(RecordMeta {
+            offset: 46,
+            headers: vec![
+                ("sluice.types".into(), b"bool,bool".to_vec()),
+                ("sluice.types".into(), third.types.into_bytes()),
+            ],
+            ..rejected.origin.clone().unwrap()
+        }),
+        payload: third.value,
+        ..rejected.clone()
+    };
     let mut text = Vec::new();
-    for letter in [&rejected, &ragged, &refused, &undecodable, &trapped, &cut] {
+    for letter in [
+        &rejected,
+        &ragged,
+        &refused,
+        &undecodable,
+        &trapped,
+        &cut,
+        &mistyped,
+        &retyped,
+    ] {
         text.extend(dlq::encode(letter));
         text.push(b'\n');
     }
+    // Printed with a secret's text masked: no longer the record it was.
+    let masked = String::from_utf8(dlq::encode(&rejected))
+        .unwrap()
+        .replace(r#"\"x\""#, r#"\"${CODE}\""#);
+    text.extend(masked.as_bytes());
+    text.push(b'\n');
     std::fs::write(dir.path().join("letters.jsonl"), &text).unwrap();
     std::fs::write(
         dir.path().join("failures.jsonl"),
-        r#"{"record": 2, "line": 4, "stage": "consume", "kind": "decode"}"#,
+        "{\"record\": 4, \"line\": 4, \"stage\": \"consume\", \"kind\": \"decode\"}\n\
+         {\"record\": 7, \"stage\": \"consume\", \"kind\": \"decode\"}\n",
     )
     .unwrap();
     let test = |extra: &[&str]| {
@@ -4217,6 +4292,8 @@ fn cli_test_reruns_dead_letters_with_their_own_metadata() {
         "dead-letters",
         "--component",
         guests::META,
+        "--with",
+        "headers=true",
         "--expect-failures",
         "failures.jsonl",
     ]);
@@ -4232,20 +4309,29 @@ fn cli_test_reruns_dead_letters_with_their_own_metadata() {
             serde_json::json!({
                 "id": 7, "amount": "x", "topic": "orders", "partition": 2, "offset": 41,
                 "key": "k7", "timestamp_ms": 1_700_000_000_000_i64, "header": "sluice.types",
+                "headers": "sluice.types=int,string;sluice.line=8",
             }),
             serde_json::json!({
                 "id": 9, "amount": 2.5, "topic": "orders", "partition": 2, "offset": 44,
                 "key": "\u{fffd}\u{1}", "timestamp_ms": null, "header": "h0",
+                "headers": "h0=\u{0}\u{fffd};sluice.types=int,float",
+            }),
+            serde_json::json!({
+                "id": 3, "code": "2", "topic": "orders", "partition": 2, "offset": 46,
+                "key": "k7", "timestamp_ms": 1_700_000_000_000_i64, "header": "sluice.types",
+                "headers": "sluice.types=bool,bool;sluice.types=int,string",
             }),
         ]
     );
     for says in [
-        "record 2 (line 4): the consumer cannot decode its message (decode)",
+        "record 4 (line 4): the consumer cannot decode its message (decode)",
+        "record 7 (line 7): the consumer cannot decode its message (decode)",
+        "input  1 dead letter skipped: changed since they were written",
         "input  1 dead letter skipped: from bad CSV rows (stage source), which never reached",
         "input  1 dead letter skipped: from the sink, whose payload is the chain's output",
         "input  1 dead letter skipped: cut to fit the dead-letter topic",
-        "transform  meta: 2 in, 2 out, 0 dropped, 0 failed",
-        "ok: 1 failed record matches failures.jsonl",
+        "transform  meta: 3 in, 3 out, 0 dropped, 0 failed",
+        "ok: 2 failed records match failures.jsonl",
     ] {
         assert!(stderr.contains(says), "{says}: {stderr}");
     }
@@ -4271,6 +4357,7 @@ fn cli_test_reruns_dead_letters_with_their_own_metadata() {
         &["--key-column", "id"],
         &["--schema", "id=int"],
         &["--delimiter", ";"],
+        &["--infer-rows", "5"],
     ] {
         let mut args = vec!["--format", "dead-letters", "--component", guests::META];
         args.extend(flag);
@@ -4283,7 +4370,27 @@ fn cli_test_reruns_dead_letters_with_their_own_metadata() {
         );
     }
 
-    // A line that is not a letter stops the run there, naming it, after what came before.
+    // Letters are not the pipeline's CSV: --input is needed.
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[
+            "transform",
+            "test",
+            "--pipeline",
+            "none.json",
+            "--format",
+            "dead-letters",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--format dead-letters needs --input"),
+        "{stderr}"
+    );
+
+    // A line that is not a letter stops the run there, naming it, after what came before; on
+    // the first line, before the chain is even loaded.
     let mut text = dlq::encode(&rejected);
     text.extend(b"\n{\"id\": 1}\n");
     std::fs::write(dir.path().join("letters.jsonl"), &text).unwrap();
@@ -4296,6 +4403,19 @@ fn cli_test_reruns_dead_letters_with_their_own_metadata() {
     );
     assert!(
         stderr.contains("letters.jsonl:2: not a dead letter as `sluice dead-letters` prints them"),
+        "{stderr}"
+    );
+    let orphan = DeadLetter {
+        origin: None,
+        ..rejected.clone()
+    };
+    std::fs::write(dir.path().join("letters.jsonl"), dlq::encode(&orphan)).unwrap();
+    let (code, _, stderr) = test(&["--format", "dead-letters", "--component", "missing.wasm"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("letters.jsonl:1: not a dead letter")
+            && stderr.contains("stage \"transform:check\" with no origin")
+            && !stderr.contains("missing.wasm"),
         "{stderr}"
     );
 }

@@ -14,7 +14,8 @@ use crate::row::RecordMeta;
 /// One rejected record and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetter {
-    /// The stage that rejected it: `source`, `transform:<name>` or `sink`.
+    /// The stage that rejected it: `source`, `consume` ([`CONSUME_STAGE`]), `transform:<name>`
+    /// or `sink`.
     pub stage: String,
     /// A short machine-readable kind (`ragged_row`, `invalid_utf8`, `parse`, `trap`, `timeout`,
     /// `memory`, `guest_error`, `schema`, ...).
@@ -32,6 +33,12 @@ pub struct DeadLetter {
     /// The typed error, when a guest returned one (kind `guest_error`).
     pub error: Option<GuestFault>,
 }
+
+/// The stage of a letter for a message the consumer could not decode into a row.
+pub const CONSUME_STAGE: &str = "consume";
+
+/// The kind of a letter for a message the consumer could not decode into a row.
+pub const DECODE_KIND: &str = "decode";
 
 /// A guest's typed `transform-error`, kept apart from the reason text so that whoever reads the
 /// letters can route them by case and field without parsing prose.

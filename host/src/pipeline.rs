@@ -1257,8 +1257,8 @@ async fn process_batch(
             Some(f) => {
                 part.undecodable += 1;
                 let letter = crate::dead_letter::DeadLetter {
-                    stage: "consume".into(),
-                    kind: "decode".into(),
+                    stage: crate::dead_letter::CONSUME_STAGE.into(),
+                    kind: crate::dead_letter::DECODE_KIND.into(),
                     reason: f.to_string(),
                     source_file: None,
                     line: None,

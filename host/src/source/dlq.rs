@@ -13,7 +13,7 @@
 //! (`invalid-param`, `missing-field`, `invalid-value`, `other`) and the `field` it names (null for
 //! `other`); null for every other kind. `origin` is the Kafka record (`topic`, `partition`, `offset`, `timestamp_ms`, `key`,
 //! `headers`) for records rejected after consumption. `payload` is the original bytes (the CSV
-//! record, or the message the chain was given; the sink's letters hold the row the chain made) as
+//! record, or the message as the consumer read it; the sink's letters hold the row the chain made) as
 //! text when they are UTF-8, else base64 (`payload_encoding`). [`decode`] reads a letter back. A dead letter must itself fit in a
 //! message, whatever it carries, or the record could be neither processed nor set aside: payloads
 //! longer than [`MAX_PAYLOAD_BYTES`] are cut (`payload_bytes` keeps the original length), reasons
@@ -255,6 +255,10 @@ pub struct ReadLetter {
     /// Whether the payload and the origin's key and headers are the record's own, not cut to fit
     /// the letter in a message.
     pub whole: bool,
+    /// Whether the payload is no longer as long as `payload_bytes` says it was (and was not cut):
+    /// the text was changed after it was written, as `sluice dead-letters` does when it masks
+    /// the text of a secret.
+    pub altered: bool,
 }
 
 /// The members of an encoded letter that [`decode`] reads; any others are left alone, so that a
@@ -276,6 +280,8 @@ struct Encoded {
     payload: String,
     #[serde(default)]
     payload_encoding: Option<String>,
+    #[serde(default)]
+    payload_bytes: Option<usize>,
     #[serde(default)]
     payload_truncated: bool,
 }
@@ -309,15 +315,28 @@ enum EncodedBytes {
     Cut { cut: serde_json::Value },
 }
 
+fn from_base64(text: &str) -> Result<Vec<u8>, String> {
+    (base64::engine::general_purpose::STANDARD.decode(text)).map_err(|e| format!("bad base64: {e}"))
+}
+
+/// Whether `name` ends with the note [`clip`] puts after what it kept (`... (cut; 5000 bytes
+/// in all)`), so was cut: a name that merely ends like it is not longer than it says.
+fn clipped(name: &str) -> bool {
+    let Some((kept, note)) = name.rsplit_once("... (cut; ") else {
+        return false;
+    };
+    let all = note
+        .strip_suffix(" bytes in all)")
+        .and_then(|n| n.parse::<usize>().ok());
+    all.is_some_and(|all| all > kept.len())
+}
+
 impl EncodedBytes {
     /// The bytes, and whether they are whole.
     fn bytes(self) -> Result<(Vec<u8>, bool), String> {
         match self {
             EncodedBytes::Text(s) => Ok((s.into_bytes(), true)),
-            EncodedBytes::Base64 { base64 } => base64::engine::general_purpose::STANDARD
-                .decode(base64)
-                .map(|b| (b, true))
-                .map_err(|e| format!("bad base64: {e}")),
+            EncodedBytes::Base64 { base64 } => from_base64(&base64).map(|b| (b, true)),
             EncodedBytes::Cut { cut } => {
                 let head: EncodedBytes = serde_json::from_value(cut).map_err(|e| e.to_string())?;
                 Ok((head.bytes()?.0, false))
@@ -327,18 +346,17 @@ impl EncodedBytes {
 }
 
 /// Reads back a letter that [`encode`] wrote: the inverse of `encode` for every letter that fit
-/// whole ([`ReadLetter::whole`] says whether it did). An error says what is not as `encode`
-/// writes it.
+/// whole ([`ReadLetter::whole`] says whether it did), but for a reason past
+/// [`MAX_REASON_BYTES`], which stays cut. An error says what is not as `encode` writes it.
 pub fn decode(text: &[u8]) -> Result<ReadLetter, String> {
     let e: Encoded = serde_json::from_slice(text).map_err(|e| e.to_string())?;
     let payload = match e.payload_encoding.as_deref() {
         None | Some("utf8") => e.payload.into_bytes(),
-        Some("base64") => base64::engine::general_purpose::STANDARD
-            .decode(&e.payload)
-            .map_err(|err| format!("payload: bad base64: {err}"))?,
+        Some("base64") => from_base64(&e.payload).map_err(|err| format!("payload: {err}"))?,
         Some(other) => return Err(format!("payload_encoding {other:?} is not utf8 or base64")),
     };
     let mut whole = !e.payload_truncated;
+    let altered = whole && e.payload_bytes.is_some_and(|n| n != payload.len());
     let origin = match e.origin {
         None => None,
         Some(o) => {
@@ -355,8 +373,7 @@ pub fn decode(text: &[u8]) -> Result<ReadLetter, String> {
                 let (value, all) = value
                     .bytes()
                     .map_err(|err| format!("origin header {name:?}: {err}"))?;
-                // A name past the cut ends with the note `clip` adds.
-                whole &= all && !name.ends_with(" bytes in all)");
+                whole &= all && !clipped(&name);
                 headers.push((name, value));
             }
             Some(RecordMeta {
@@ -395,6 +412,7 @@ pub fn decode(text: &[u8]) -> Result<ReadLetter, String> {
             error,
         },
         whole,
+        altered,
     })
 }
 
@@ -508,7 +526,33 @@ mod tests {
         };
         let read = decode(&encode(&letter)).unwrap();
         assert_eq!(read.letter, letter);
-        assert!(read.whole);
+        assert!(read.whole && !read.altered);
+
+        // Changed after it was written (a secret's text masked on printing): read, but altered.
+        let text = String::from_utf8(encode(&letter)).unwrap();
+        let masked = text.replace(r#"\"x\""#, r#"\"${SECRET}\""#);
+        assert_ne!(masked, text);
+        let read = decode(masked.as_bytes()).unwrap();
+        assert!(read.whole && read.altered);
+
+        // A header named like a cut one is still whole; one that was cut is not.
+        for (name, whole) in [
+            ("header... (cut; 3 bytes in all)".to_owned(), true),
+            (clip(&"n".repeat(5000), 4096).into_owned(), false),
+        ] {
+            assert_eq!(clipped(&name), !whole, "{name:.20}");
+        }
+        let header_cut = DeadLetter {
+            payload: Vec::new(),
+            origin: Some(RecordMeta {
+                headers: vec![("h".into(), vec![2u8; 900_000])],
+                ..letter.origin.clone().unwrap()
+            }),
+            ..letter.clone()
+        };
+        let read = decode(&encode(&header_cut)).unwrap();
+        assert!(!read.whole);
+        assert_eq!(read.letter.origin.unwrap().headers[0].1.len(), 4096);
 
         let binary = DeadLetter {
             payload: vec![0, 1, 255],

@@ -26,7 +26,7 @@ use super::exact_json;
 use super::runtime::{RecordOutcome, RuntimeOptions, TransformChain, default_cache_dir};
 use crate::config::OnError;
 use crate::counted;
-use crate::dead_letter::GuestFault;
+use crate::dead_letter::{self, GuestFault};
 use crate::row::{RecordMeta, Row, ValueType};
 use crate::source::csv::{BadRow, BadRowKind, CsvItem, CsvOptions, CsvReader};
 use crate::source::producer::DEFAULT_MAX_MESSAGE_BYTES;
@@ -86,8 +86,9 @@ pub enum TransformCommand {
         #[arg(long, value_name = "FILE", conflicts_with = "components")]
         pipeline: Option<PathBuf>,
         /// Input rows: `.jsonl`, `.ndjson` or `.json` (JSON Lines: one object per line), else CSV
-        /// (a header row, read and typed like the pipeline's CSV source); `-` reads stdin. A pipe
-        /// is read as it is written: each batch runs as soon as the writer pauses.
+        /// (a header row, read and typed like the pipeline's CSV source), or dead letters with
+        /// `--format dead-letters`; `-` reads stdin. A pipe is read as it is written: each batch
+        /// runs as soon as the writer pauses.
         #[arg(long, required_unless_present = "pipeline")]
         input: Option<PathBuf>,
         /// Read the input as this format instead of going by its extension (`-` is CSV unless
@@ -238,12 +239,30 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             max_rows_per_record,
             debug_stdio,
         } => {
-            if format == Some(InputFormat::DeadLetters) && input.is_none() {
-                // Not the pipeline's CSV, which holds rows, not letters.
-                return Err(usage(anyhow::anyhow!(
-                    "--format dead-letters needs --input: a file of the letters `sluice \
-                     dead-letters` prints, or `-` to read them from a pipe"
-                )));
+            let letters = format == Some(InputFormat::DeadLetters);
+            if letters {
+                let given = [
+                    ("--delimiter", delimiter.is_some()),
+                    ("--schema", !schema.is_empty()),
+                    ("--infer-rows", infer_rows.is_some()),
+                    ("--key-column", key_column.is_some()),
+                    ("--topic", topic.is_some()),
+                    ("--partition", partition.is_some()),
+                    ("--timestamp-ms", timestamp_ms.is_some()),
+                ];
+                if let Some((flag, _)) = given.iter().find(|f| f.1) {
+                    return Err(usage(anyhow::anyhow!(
+                        "{flag} does not apply to --format dead-letters: each letter's record \
+                         runs as the message it was, with its own metadata and types"
+                    )));
+                }
+                if input.is_none() {
+                    // Not the pipeline's CSV, which holds rows, not letters.
+                    return Err(usage(anyhow::anyhow!(
+                        "--format dead-letters needs --input: a file of the letters `sluice \
+                         dead-letters` prints, or `-` to read them from a pipe"
+                    )));
+                }
             }
             let file = pipeline
                 .as_deref()
@@ -267,7 +286,6 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             }
             override_params(&mut configs, &with).map_err(usage)?;
             name_apart(&mut configs);
-            let letters = format == Some(InputFormat::DeadLetters);
             let input = match (input, &file) {
                 (Some(input), _) => input,
                 (None, Some(file)) => file.input.clone(),
@@ -283,23 +301,6 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 return Err(usage(anyhow::anyhow!(
                     "stdin (`-`) can be only one of --input, --expect and --expect-failures"
                 )));
-            }
-            if letters {
-                let given = [
-                    ("--delimiter", delimiter.is_some()),
-                    ("--schema", !schema.is_empty()),
-                    ("--infer-rows", infer_rows.is_some()),
-                    ("--key-column", key_column.is_some()),
-                    ("--topic", topic.is_some()),
-                    ("--partition", partition.is_some()),
-                    ("--timestamp-ms", timestamp_ms.is_some()),
-                ];
-                if let Some((flag, _)) = given.iter().find(|f| f.1) {
-                    return Err(usage(anyhow::anyhow!(
-                        "{flag} does not apply to --format dead-letters: each letter's record \
-                         runs as the message it was, with its own metadata and types"
-                    )));
-                }
             }
             let mut opts = input_options(
                 &input,
@@ -1399,7 +1400,7 @@ impl Expected for ExpectedFailure {
         if let Some(kind) = &parsed.kind {
             let kinds: Vec<&str> = (FailureKind::ALL.iter().map(|k| k.as_str()))
                 .chain(BadRowKind::ALL.iter().map(|k| k.as_str()))
-                .chain(["decode"])
+                .chain([dead_letter::DECODE_KIND])
                 .collect();
             if !kinds.contains(&kind.as_str()) {
                 anyhow::bail!(
@@ -1475,8 +1476,8 @@ pub fn load(configs: &[TransformConfig]) -> anyhow::Result<TransformChain> {
 }
 
 /// Runs the chain over `records` in batches as they are read, writes output rows as JSONL to
-/// `out`, and failures (bad CSV records included) and a line of counts per transform (plus fuel,
-/// when metered) to `err`, and compares both with `golden` as they come. An input that cannot be
+/// `out`, and failures (bad CSV records and undecodable letters included), the dead letters
+/// skipped, and a line of counts per transform (plus fuel, when metered) to `err`, and compares both with `golden` as they come. An input that cannot be
 /// read is a [`UsageError`], after the records before it have run.
 pub fn test(
     chain: &TransformChain,
@@ -1508,6 +1509,7 @@ pub fn test(
     let mut pending = String::new();
     let mut number = 0usize;
     let mut unreadable = None;
+    let mut skipped: BTreeMap<Skip, u64> = BTreeMap::new();
     // A failure of the chain itself (not of a record): the run stops, after the counts.
     let mut fatal = None;
     loop {
@@ -1537,6 +1539,10 @@ pub fn test(
                 Some(Ok(InputRecord::Bad(b))) => bad_after = Some((number, b)),
                 Some(Ok(InputRecord::Undecodable { line, reason })) => {
                     undecodable_after = Some((number, line, reason));
+                }
+                Some(Ok(InputRecord::Skipped(why))) => {
+                    *skipped.entry(why).or_default() += 1;
+                    continue;
                 }
                 Some(Ok(InputRecord::Row { line, meta, row })) => {
                     origins.push((number, line));
@@ -1647,8 +1653,8 @@ pub fn test(
             let f = Failure {
                 record: n as u64,
                 line,
-                stage: "consume".to_owned(),
-                kind: "decode".to_owned(),
+                stage: dead_letter::CONSUME_STAGE.to_owned(),
+                kind: dead_letter::DECODE_KIND.to_owned(),
                 reason,
                 error: None,
             };
@@ -1665,8 +1671,13 @@ pub fn test(
             counted(bad, "bad record")
         )?;
     }
-    for (why, n) in &records.skipped {
-        writeln!(err, "input  {} skipped: {why}", counted(*n, "dead letter"))?;
+    for (why, n) in skipped {
+        writeln!(
+            err,
+            "input  {} skipped: {}",
+            counted(n, "dead letter"),
+            why.why()
+        )?;
     }
     // The same per-transform line as `sluice run`'s summary (with the fuel when metered).
     for part in crate::pipeline::transform_parts(&chain.stats()) {
@@ -1979,7 +1990,7 @@ pub enum InputRecord {
         line: u64,
         /// The topic, partition and timestamp of [`InputOptions`], offsets from 0 in row order,
         /// the key from [`InputOptions::key_column`], and the source's headers (`sluice.types`,
-        /// `sluice.file`, `sluice.line`).
+        /// `sluice.file`, `sluice.line`); for a dead letter, its origin's.
         meta: RecordMeta,
         /// The row.
         row: Row,
@@ -1994,6 +2005,38 @@ pub enum InputRecord {
         /// Why it does not decode.
         reason: String,
     },
+    /// A dead letter with no record to run again.
+    Skipped(Skip),
+}
+
+/// Why `transform test` does not run a dead letter's record again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Skip {
+    /// A bad CSV row (stage `source`): it never reached a transform.
+    Source,
+    /// The sink's: its payload is the row the chain made, not the message it was given.
+    Sink,
+    /// Cut to fit the dead-letter topic: payload, key or a header.
+    Cut,
+    /// Changed after it was written: its payload is no longer `payload_bytes` long.
+    Altered,
+}
+
+impl Skip {
+    /// What the count of them says.
+    fn why(self) -> &'static str {
+        match self {
+            Skip::Source => "from bad CSV rows (stage source), which never reached a transform",
+            Skip::Sink => "from the sink, whose payload is the chain's output, not its input",
+            Skip::Cut => {
+                "cut to fit the dead-letter topic (payload_truncated, or a key or header cut)"
+            }
+            Skip::Altered => {
+                "changed since they were written (payload_bytes differs: `sluice dead-letters` \
+                 masks the text of secrets)"
+            }
+        }
+    }
 }
 
 /// The input options from the command line; the CSV ones are refused for JSONL `input`.
@@ -2060,7 +2103,8 @@ pub enum InputFormat {
     /// JSON Lines: one JSON object per line.
     Jsonl,
     /// What `sluice dead-letters` prints: each letter's record runs again as the message it
-    /// was, with its own metadata (letters of bad CSV rows and of the sink are skipped, counted).
+    /// was, with its own metadata (letters of bad CSV rows, of the sink, and cut or changed ones
+    /// are skipped and counted).
     DeadLetters,
 }
 
@@ -2082,8 +2126,8 @@ pub struct InputRecords {
     framer: Framer,
     /// The input, when it can pause (a pipe or a terminal), to ask whether it has data.
     pipe: Option<Pipe>,
-    /// Dead letters not run, by why.
-    skipped: BTreeMap<&'static str, u64>,
+    /// The first dead letter's record, read before the run to check that the input is letters.
+    first: Option<InputRecord>,
     /// Whether to look at the first JSON Lines row for the look of a dead letter: set when the
     /// format came from the extension.
     letters_hint: bool,
@@ -2123,51 +2167,54 @@ impl Iterator for InputRecords {
                 }
                 Some(item.map(|(line, row)| self.framer.record(line, row)))
             }
-            Reader::Letters(lines) => loop {
-                let (line, text) = match lines.next_line()? {
-                    Ok(item) => item,
-                    Err(e) => return Some(Err(e)),
-                };
-                match letter_record(line, &text) {
-                    Ok(Ok(record)) => return Some(Ok(record)),
-                    Ok(Err(why)) => *self.skipped.entry(why).or_default() += 1,
-                    Err(e) => {
-                        let e = anyhow::anyhow!(
-                            "{}:{line}: not a dead letter as `sluice dead-letters` prints them: {e}",
-                            lines.shown
-                        );
-                        return Some(Err(e));
-                    }
-                }
+            Reader::Letters(lines) => match self.first.take() {
+                Some(record) => Some(Ok(record)),
+                None => next_letter(lines),
             },
         }
     }
 }
 
-/// Why a dead letter is not run, for the count of them.
-const SKIPPED_SOURCE: &str = "from bad CSV rows (stage source), which never reached a transform";
-const SKIPPED_SINK: &str = "from the sink, whose payload is the chain's output, not its input";
-const SKIPPED_CUT: &str =
-    "cut to fit the dead-letter topic (payload_truncated, or a key or header cut)";
+/// The record of the next dead letter of `lines` (one item per letter, so that a pipe's pause
+/// is noticed after any of them); an error for a line that is not a letter.
+fn next_letter(lines: &mut JsonLines) -> Option<anyhow::Result<InputRecord>> {
+    let (line, text) = match lines.next_line()? {
+        Ok(item) => item,
+        Err(e) => return Some(Err(e)),
+    };
+    Some(letter_record(line, &text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}:{line}: not a dead letter as `sluice dead-letters` prints them: {e}",
+            lines.shown
+        )
+    }))
+}
 
 /// The record a dead letter (line `line` of the input) holds, as the consumer handed it to the
 /// chain: `Ok(Err(why))` for a letter there is nothing to rerun of, an error for a line that is
 /// not a letter.
-fn letter_record(line: u64, text: &str) -> Result<Result<InputRecord, &'static str>, String> {
+fn letter_record(line: u64, text: &str) -> Result<InputRecord, String> {
     let read = crate::source::dlq::decode(text.as_bytes())?;
     let letter = read.letter;
+    let skip = |why| Ok(InputRecord::Skipped(why));
     let origin = match (letter.stage.as_str(), letter.origin) {
-        ("source", _) => return Ok(Err(SKIPPED_SOURCE)),
-        ("sink", _) => return Ok(Err(SKIPPED_SINK)),
+        ("source", _) => return skip(Skip::Source),
+        ("sink", _) => return skip(Skip::Sink),
         (_, None) => return Err(format!("stage {:?} with no origin", letter.stage)),
-        (_, Some(_)) if !read.whole => return Ok(Err(SKIPPED_CUT)),
+        (_, Some(_)) if !read.whole => return skip(Skip::Cut),
+        (_, Some(_)) if read.altered => return skip(Skip::Altered),
         (_, Some(origin)) => origin,
     };
-    // The consumer takes the last `sluice.types` header, as it comes.
+    // As the consumer does: the last `sluice.types` header counts. The consumer keeps a header
+    // without a value as an empty one, and reads it as no types.
     let types = (origin.headers.iter().rev())
         .find(|(k, _)| k == wire::HEADER_TYPES)
-        .map(|(_, v)| v.as_slice());
-    Ok(Ok(match wire::decode(Some(&letter.payload), types) {
+        .map(|(_, v)| v.as_slice())
+        .filter(|v| !v.is_empty());
+    // An empty payload was most likely a message with no value (a tombstone), which the
+    // consumer decodes as one.
+    let payload = Some(letter.payload.as_slice()).filter(|p| !p.is_empty());
+    Ok(match wire::decode(payload, types) {
         Ok(row) => InputRecord::Row {
             line,
             meta: origin,
@@ -2177,7 +2224,7 @@ fn letter_record(line: u64, text: &str) -> Result<Result<InputRecord, &'static s
             line,
             reason: e.to_string(),
         },
-    }))
+    })
 }
 
 impl InputRecords {
@@ -2192,7 +2239,7 @@ impl InputRecords {
         let read = match &self.reader {
             Reader::Csv(reader) => reader.has_buffered_record(),
             Reader::Jsonl(lines) => !self.ahead.is_empty() || lines.has_buffered_line(),
-            Reader::Letters(lines) => lines.has_buffered_line(),
+            Reader::Letters(lines) => self.first.is_some() || lines.has_buffered_line(),
         };
         read || wait_for_data(&pipe.0, Some(wait))
     }
@@ -2264,9 +2311,11 @@ fn open_input(path: &Path) -> anyhow::Result<(PathBuf, Input)> {
 /// Opens `.jsonl`/`.ndjson`/`.json` (one JSON object per line) or, otherwise, CSV with a header
 /// row through the pipeline source's reader (BOM, quoting, inference, bad records by line), and
 /// gives every row the metadata `sluice run` would; [`InputOptions::format`] overrides the
-/// extension. A missing file, a `key_column` that is not a column of the CSV (or a field of any
-/// of the first `infer_rows` JSONL rows) and the like are errors here; a JSONL line that is not
-/// an object is an error from the iterator (or here, when it comes before the key column does).
+/// extension. With [`InputFormat::DeadLetters`], each letter gives its record as the message it
+/// was, with the letter's origin as its metadata (or a [`Skip`]). A missing file, a `key_column`
+/// that is not a column of the CSV (or a field of any of the first `infer_rows` JSONL rows) and
+/// the like are errors here; a JSONL line that is not an object, or a line that is not a letter,
+/// is an error from the iterator (or here, when it comes first or before the key column does).
 pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecords> {
     let (shown, input) = open_input(path)?;
     if let Some(stream) = input
@@ -2297,11 +2346,12 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
         timestamp_ms: opts.timestamp_ms,
     };
     let format = format_of(path, opts.format);
+    let mut first = None;
     let (reader, ahead) = if format == InputFormat::DeadLetters {
-        (
-            Reader::Letters(JsonLines::new(path, input)),
-            Default::default(),
-        )
+        let mut lines = JsonLines::new(path, input);
+        // Read now, so that a file that is not letters fails before the chain is compiled.
+        first = next_letter(&mut lines).transpose()?;
+        (Reader::Letters(lines), Default::default())
     } else if format == InputFormat::Jsonl {
         let mut lines = JsonLines::new(path, input);
         // A key column is a field of some row, not of a header: look ahead for the first row that
@@ -2346,10 +2396,15 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
             bail!("--key-column {k:?} is not a column of {}", path.display());
         }
         // JSON Lines read as CSV give rows of garbage and no error: say what to do instead.
-        if opts.format.is_none() && reader.columns().first().is_some_and(|c| c.starts_with('{')) {
+        let first_column = reader.columns().first().map(|c| &**c).unwrap_or_default();
+        if opts.format.is_none() && first_column.starts_with('{') {
+            let (format, what) = match first_column.starts_with(r#"{"stage":"#) {
+                true => ("dead-letters", "run the records of dead letters"),
+                false => ("jsonl", "read it as JSON Lines"),
+            };
             crate::errln!(
                 "warning: {} is read as CSV, but its first line looks like JSON: pass --format \
-                 jsonl to read it as JSON Lines",
+                 {format} to {what}",
                 path.display()
             );
         }
@@ -2360,7 +2415,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
         ahead,
         framer,
         pipe,
-        skipped: BTreeMap::new(),
+        first,
         letters_hint: opts.format.is_none(),
     })
 }

@@ -1,19 +1,22 @@
 //! Test guest: appends the record metadata (topic, partition, offset, key, timestamp, first
 //! header) the host reports for each row, and a `tag` param when given. With `at_init=true` it
-//! also appends what `meta()` answered in `init` (`init_topic`, `init_partition`, `init_offset`).
+//! also appends what `meta()` answered in `init` (`init_topic`, `init_partition`, `init_offset`),
+//! and with `headers=true` every header as `headers`, `name=value` pairs joined by `;`.
 
 use sluice_guest::{Error, Params, Row, Transform, Value};
 
 struct Meta {
     tag: Option<String>,
+    headers: bool,
     at_init: Option<sluice_guest::RecordMeta>,
 }
 
 impl Transform for Meta {
     fn init(params: &Params) -> Result<Self, Error> {
-        params.allow_only(&["tag", "at_init"])?;
+        params.allow_only(&["tag", "at_init", "headers"])?;
         Ok(Meta {
             tag: params.get("tag").map(str::to_owned),
+            headers: params.get("headers") == Some("true"),
             at_init: (params.get("at_init") == Some("true")).then(sluice_guest::meta),
         })
     }
@@ -36,6 +39,12 @@ impl Transform for Meta {
             .first()
             .map_or(Value::Null, |h| Value::String(h.key.clone()));
         row.set("header", header);
+        if self.headers {
+            let all: Vec<String> = (m.headers.iter())
+                .map(|h| format!("{}={}", h.key, String::from_utf8_lossy(&h.value)))
+                .collect();
+            row.set("headers", Value::String(all.join(";")));
+        }
         if let Some(tag) = &self.tag {
             row.set("tag", Value::String(tag.clone()));
         }
