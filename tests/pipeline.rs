@@ -937,7 +937,8 @@ fn dead_letters_outlive_an_embedded_run_and_print_as_stored() {
 /// dead-letter producer stored it and skips, counted, a message that is not a letter. It needs
 /// only the pipeline's `kafka` and `dead_letter` sections (the CSV here is long gone). With
 /// stdout closed early it stops and says how many it printed. On embedded defaults, a state
-/// directory no run used is an error, not "no dead letters".
+/// directory no run used is an error, not "no dead letters". The variables of the file's other
+/// sections (a transform's salt, the warehouse) need not be set.
 #[test]
 fn dead_letters_print_as_stored_and_skip_what_is_not_one() {
     use sluice::dead_letter::{DeadLetter, GuestFault};
@@ -984,12 +985,14 @@ fn dead_letters_print_as_stored_and_skip_what_is_not_one() {
         drop(tx);
         task.finish().await;
     });
+    // Variables of the other sections need not be set where the letters are read.
     let pipeline = serde_json::json!({
         "version": 1,
         "name": "letters",
-        "source": { "type": "csv", "path": "archived.csv" },
+        "source": { "type": "csv", "path": "${SLUICE_TEST_UNSET_CSV}" },
         "kafka": { "brokers": bootstrap, "topic": topic },
-        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+        "transforms": [ { "uses": "gone.wasm", "with": { "salt": "${SLUICE_TEST_UNSET_SALT}" } } ],
+        "sink": { "type": "snowflake", "database": "${SLUICE_TEST_UNSET_DB}", "schema": "RAW", "table": "ROWS" }
     });
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, pipeline.to_string()).unwrap();

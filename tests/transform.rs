@@ -3350,7 +3350,7 @@ fn cli_test_reads_stdin_as_it_is_written() {
             &[r#"{"value":70}"#],
             &letters_rest,
             &[r#"{"value":80}"#],
-            "filter: 2 in, 2 out",
+            "input  1 dead letter skipped: from bad CSV rows",
         ),
     ];
     for (args, first, expect_first, rest, expect_rest, counts) in cases {
@@ -4369,6 +4369,52 @@ fn cli_test_reruns_dead_letters_with_their_own_metadata() {
             "{flag:?}: {stderr}"
         );
     }
+
+    // Without --format, a pipeline's key column is looked for in the letters: the error says
+    // what they are.
+    let file = serde_json::json!({
+        "version": 1,
+        "source": { "type": "csv", "path": "in.csv", "key_column": "id" },
+        "kafka": { "topic": "t" },
+        "transforms": [ { "uses": guests::META } ],
+        "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T" }
+    });
+    std::fs::write(dir.path().join("p.json"), file.to_string()).unwrap();
+    let (code, _, stderr) = test(&["--pipeline", "p.json"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "letters.jsonl looks like dead letters, whose rows have no \"id\" field: pass \
+             --format dead-letters"
+        ),
+        "{stderr}"
+    );
+    // jq without -c spreads a letter over lines.
+    let pretty = serde_json::to_string_pretty(
+        &serde_json::from_slice::<serde_json::Value>(&dlq::encode(&rejected)).unwrap(),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("pretty.jsonl"), pretty).unwrap();
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[
+            "transform",
+            "test",
+            "--component",
+            guests::META,
+            "--format",
+            "dead-letters",
+            "--input",
+            "pretty.jsonl",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("pretty.jsonl:1: not a dead letter")
+            && stderr.contains("(one letter per line: `jq -c` prints them so)"),
+        "{stderr}"
+    );
 
     // Letters are not the pipeline's CSV: --input is needed.
     let out = sluice_tests::cli::sluice(

@@ -592,7 +592,36 @@ pub fn load_for_transforms(file: &Path) -> Result<LoadedConfig, ConfigError> {
     let text =
         std::fs::read_to_string(file).map_err(|e| ConfigError::Read(file.to_path_buf(), e))?;
     let env = |name: &str| std::env::var(name).ok();
-    load_text(&text, file, &env, true)
+    load_text(&text, file, &env, Scope::Transforms)
+}
+
+/// [`load`] for `sluice dead-letters`, which uses only the file's `kafka` and `dead_letter`
+/// sections: the others are not read at all (stand-ins take their place), so that whoever reads
+/// the letters needs neither the warehouse's credentials nor a transform's params (a `mask`
+/// salt). Nor are those params then masked in what it prints, where they would garble the
+/// payloads that hold the same text.
+pub fn load_for_letters(file: &Path) -> Result<LoadedConfig, ConfigError> {
+    let text =
+        std::fs::read_to_string(file).map_err(|e| ConfigError::Read(file.to_path_buf(), e))?;
+    let env = |name: &str| std::env::var(name).ok();
+    load_text(&text, file, &env, Scope::Letters)
+}
+
+/// Which sections of a pipeline file a command reads; stand-ins take the others' place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    All,
+    /// [`load_for_transforms`].
+    Transforms,
+    /// [`load_for_letters`].
+    Letters,
+}
+
+/// A sink section that is never used.
+fn unused_sink() -> serde_json::Value {
+    serde_json::json!({
+        "type": "snowflake", "database": "UNUSED", "schema": "UNUSED", "table": "UNUSED"
+    })
 }
 
 /// [`load`] from text, with an injectable environment (tests).
@@ -601,15 +630,15 @@ pub fn load_str(
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<LoadedConfig, ConfigError> {
-    load_text(text, file, env, false)
+    load_text(text, file, env, Scope::All)
 }
 
-/// [`load_str`]; `transforms_only`: see [`load_for_transforms`].
+/// [`load_str`], reading only the sections of `scope`.
 fn load_text(
     text: &str,
     file: &Path,
     env: &dyn Fn(&str) -> Option<String>,
-    transforms_only: bool,
+    scope: Scope,
 ) -> Result<LoadedConfig, ConfigError> {
     let invalid = |issues| ConfigError::Invalid {
         file: file.to_path_buf(),
@@ -628,7 +657,19 @@ fn load_text(
     if !duplicates.is_empty() {
         return Err(invalid(duplicates));
     }
-    if transforms_only && let Some(sections) = tree.as_object_mut() {
+    if scope == Scope::Letters
+        && let Some(sections) = tree.as_object_mut()
+    {
+        sections.insert(
+            "source".into(),
+            serde_json::json!({ "type": "csv", "path": "UNUSED" }),
+        );
+        sections.insert("transforms".into(), serde_json::json!([]));
+        sections.insert("sink".into(), unused_sink());
+    }
+    if scope == Scope::Transforms
+        && let Some(sections) = tree.as_object_mut()
+    {
         let topic = sections
             .get("kafka")
             .and_then(|k| k.get("topic"))
@@ -641,12 +682,7 @@ fn load_text(
             .cloned()
             .unwrap_or_else(|| crate::transform::cli::TEST_TOPIC.into());
         sections.insert("kafka".into(), serde_json::json!({ "topic": topic }));
-        sections.insert(
-            "sink".into(),
-            serde_json::json!({
-                "type": "snowflake", "database": "UNUSED", "schema": "UNUSED", "table": "UNUSED"
-            }),
-        );
+        sections.insert("sink".into(), unused_sink());
         sections.remove("dead_letter");
     }
     let mut issues = Vec::new();

@@ -281,9 +281,10 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
         } => {
             pipeline::init_logging(cli.log_format);
-            // Not validated: reading the letters needs only the kafka and dead_letter sections,
-            // not the CSV or the components, which may be long gone.
-            let loaded = config::load(&pipeline)?;
+            // Not validated, and only the kafka and dead_letter sections read: the CSV and the
+            // components may be long gone, and the transforms' params (a salt) or the
+            // warehouse's credentials unset where the letters are read.
+            let loaded = config::load_for_letters(&pipeline)?;
             loaded.mask_secrets_in_output();
             let read = pipeline::dead_letters(&loaded.config, &state_dir, cli.log_format);
             runtime()?.block_on(read)?;

@@ -1477,8 +1477,9 @@ pub fn load(configs: &[TransformConfig]) -> anyhow::Result<TransformChain> {
 
 /// Runs the chain over `records` in batches as they are read, writes output rows as JSONL to
 /// `out`, and failures (bad CSV records and undecodable letters included), the dead letters
-/// skipped, and a line of counts per transform (plus fuel, when metered) to `err`, and compares both with `golden` as they come. An input that cannot be
-/// read is a [`UsageError`], after the records before it have run.
+/// skipped, and a line of counts per transform (plus fuel, when metered) to `err`, and compares
+/// both with `golden` as they come. An input that cannot be read is a [`UsageError`], after the
+/// records before it have run.
 pub fn test(
     chain: &TransformChain,
     mut records: InputRecords,
@@ -2126,8 +2127,9 @@ pub struct InputRecords {
     framer: Framer,
     /// The input, when it can pause (a pipe or a terminal), to ask whether it has data.
     pipe: Option<Pipe>,
-    /// The first dead letter's record, read before the run to check that the input is letters.
-    first: Option<InputRecord>,
+    /// The first dead letter's record (`Some(None)`: there was none), read before the run to
+    /// check that the input is letters.
+    first: Option<Option<InputRecord>>,
     /// Whether to look at the first JSON Lines row for the look of a dead letter: set when the
     /// format came from the extension.
     letters_hint: bool,
@@ -2154,9 +2156,7 @@ impl Iterator for InputRecords {
                 let item = self.ahead.pop_front().or_else(|| lines.next_row())?;
                 if let Ok((_, row)) = &item
                     && std::mem::take(&mut self.letters_hint)
-                    && ["stage", "kind", "origin", "payload"]
-                        .iter()
-                        .all(|k| row.get(k).is_some())
+                    && looks_like_letter(row)
                 {
                     // Run as rows, letters only test what the transform does to letters.
                     crate::errln!(
@@ -2168,11 +2168,19 @@ impl Iterator for InputRecords {
                 Some(item.map(|(line, row)| self.framer.record(line, row)))
             }
             Reader::Letters(lines) => match self.first.take() {
-                Some(record) => Some(Ok(record)),
+                // Not read again at the end: on a terminal that would take a second Ctrl-D.
+                Some(first) => first.map(Ok),
                 None => next_letter(lines),
             },
         }
     }
+}
+
+/// Whether a JSON Lines row has the members every dead letter has.
+fn looks_like_letter(row: &Row) -> bool {
+    ["stage", "kind", "origin", "payload"]
+        .iter()
+        .all(|k| row.get(k).is_some())
 }
 
 /// The record of the next dead letter of `lines` (one item per letter, so that a pipe's pause
@@ -2183,16 +2191,21 @@ fn next_letter(lines: &mut JsonLines) -> Option<anyhow::Result<InputRecord>> {
         Err(e) => return Some(Err(e)),
     };
     Some(letter_record(line, &text).map_err(|e| {
+        // A letter pretty-printed over many lines (`jq` without `-c`) ends at its first line.
+        let hint = match e.starts_with("EOF while parsing") {
+            true => " (one letter per line: `jq -c` prints them so)",
+            false => "",
+        };
         anyhow::anyhow!(
-            "{}:{line}: not a dead letter as `sluice dead-letters` prints them: {e}",
+            "{}:{line}: not a dead letter as `sluice dead-letters` prints them: {e}{hint}",
             lines.shown
         )
     }))
 }
 
 /// The record a dead letter (line `line` of the input) holds, as the consumer handed it to the
-/// chain: `Ok(Err(why))` for a letter there is nothing to rerun of, an error for a line that is
-/// not a letter.
+/// chain: [`InputRecord::Skipped`] for a letter there is nothing to rerun of, the consumer's
+/// failure for a message it could not decode, an error for a line that is not a letter.
 fn letter_record(line: u64, text: &str) -> Result<InputRecord, String> {
     let read = crate::source::dlq::decode(text.as_bytes())?;
     let letter = read.letter;
@@ -2203,18 +2216,25 @@ fn letter_record(line: u64, text: &str) -> Result<InputRecord, String> {
         (_, None) => return Err(format!("stage {:?} with no origin", letter.stage)),
         (_, Some(_)) if !read.whole => return skip(Skip::Cut),
         (_, Some(_)) if read.altered => return skip(Skip::Altered),
+        // It did not decode then; decoding it again could only guess at what the letter cannot
+        // tell (a message with no value or an empty one, a header with no value or an empty
+        // one), so its failure is the one the consumer had.
+        (dead_letter::CONSUME_STAGE, Some(_)) => {
+            return Ok(InputRecord::Undecodable {
+                line,
+                reason: letter.reason,
+            });
+        }
         (_, Some(origin)) => origin,
     };
-    // As the consumer does: the last `sluice.types` header counts. The consumer keeps a header
-    // without a value as an empty one, and reads it as no types.
+    // As the consumer does: the last `sluice.types` header counts. The consumer decoded this
+    // message, so an empty one was a header with no value, which means no types (an empty value
+    // would have failed but for an empty object, which reads the same either way).
     let types = (origin.headers.iter().rev())
         .find(|(k, _)| k == wire::HEADER_TYPES)
         .map(|(_, v)| v.as_slice())
         .filter(|v| !v.is_empty());
-    // An empty payload was most likely a message with no value (a tombstone), which the
-    // consumer decodes as one.
-    let payload = Some(letter.payload.as_slice()).filter(|p| !p.is_empty());
-    Ok(match wire::decode(payload, types) {
+    Ok(match wire::decode(Some(&letter.payload), types) {
         Ok(row) => InputRecord::Row {
             line,
             meta: origin,
@@ -2350,7 +2370,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
     let (reader, ahead) = if format == InputFormat::DeadLetters {
         let mut lines = JsonLines::new(path, input);
         // Read now, so that a file that is not letters fails before the chain is compiled.
-        first = next_letter(&mut lines).transpose()?;
+        first = Some(next_letter(&mut lines).transpose()?);
         (Reader::Letters(lines), Default::default())
     } else if format == InputFormat::Jsonl {
         let mut lines = JsonLines::new(path, input);
@@ -2367,6 +2387,13 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
                     );
                 };
                 let (line, row) = item?;
+                if ahead.is_empty() && opts.format.is_none() && looks_like_letter(&row) {
+                    bail!(
+                        "{} looks like dead letters, whose rows have no {k:?} field: pass \
+                         --format dead-letters to run the records they hold",
+                        path.display()
+                    );
+                }
                 let found = row.get(k).is_some();
                 ahead.push_back(Ok((line, row)));
                 if found {
@@ -2390,11 +2417,6 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
             max_record_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         };
         let reader = CsvReader::from_reader(path, input, &csv, Arc::default(), None)?;
-        if let Some(k) = &opts.key_column
-            && !reader.columns().iter().any(|c| &**c == k)
-        {
-            bail!("--key-column {k:?} is not a column of {}", path.display());
-        }
         // JSON Lines read as CSV give rows of garbage and no error: say what to do instead.
         let first_column = reader.columns().first().map(|c| &**c).unwrap_or_default();
         if opts.format.is_none() && first_column.starts_with('{') {
@@ -2407,6 +2429,11 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
                  {format} to {what}",
                 path.display()
             );
+        }
+        if let Some(k) = &opts.key_column
+            && !reader.columns().iter().any(|c| &**c == k)
+        {
+            bail!("--key-column {k:?} is not a column of {}", path.display());
         }
         (Reader::Csv(Box::new(reader)), Default::default())
     };
