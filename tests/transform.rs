@@ -3869,6 +3869,9 @@ fn cli_new_and_build_usage_errors_exit_2() {
     let ws = dir.path().join("ws");
     std::fs::create_dir_all(ws.join("my_thing")).unwrap();
     std::fs::write(ws.join("Cargo.toml"), "[workspace]\nmembers = [\"*\"]\n").unwrap();
+    // Files but no workspace (an empty or missing directory would become one).
+    std::fs::create_dir_all(dir.path().join("nowhere")).unwrap();
+    std::fs::write(dir.path().join("nowhere/notes.txt"), "").unwrap();
     let ws = ws.to_str().unwrap();
     let transforms = concat!(env!("CARGO_MANIFEST_DIR"), "/../transforms");
     for (args, says) in [
@@ -4466,29 +4469,36 @@ fn cli_test_reruns_dead_letters_with_their_own_metadata() {
     );
 }
 
-/// `sluice transform new` scaffolds a crate that builds and passes its own golden test as is.
+/// `sluice transform new` scaffolds a crate that builds and passes its own golden test as is, in
+/// a workspace it starts itself when `--dir` names a directory that is not there yet.
 #[test]
 fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     use sluice::transform::cli;
     let dir = tempfile::tempdir().unwrap();
-    let ws = dir.path();
-    let sdk = concat!(env!("CARGO_MANIFEST_DIR"), "/../transforms/sluice-guest");
-    let target = concat!(env!("OUT_DIR"), "/scaffold-target");
-    std::fs::create_dir_all(ws.join(".cargo")).unwrap();
-    std::fs::write(
-        ws.join(".cargo/config.toml"),
-        format!("[build]\ntarget = \"wasm32-wasip2\"\ntarget-dir = {target:?}\n"),
-    )
-    .unwrap();
-    std::fs::write(
-        ws.join("Cargo.toml"),
-        format!(
-            "[workspace]\nresolver = \"3\"\nmembers = [\"*\"]\nexclude = [\".cargo\"]\n\n[workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\nrust-version = \"1.95\"\nlicense = \"Apache-2.0\"\npublish = false\n\n[workspace.dependencies]\nsluice-guest = {{ path = {sdk:?} }}\n"
-        ),
-    )
-    .unwrap();
+    // A directory with files in it but no workspace is refused, and left as it was.
+    let occupied = dir.path().join("occupied");
+    std::fs::create_dir(&occupied).unwrap();
+    std::fs::write(occupied.join("notes.txt"), "mine").unwrap();
     let out = sluice_tests::cli::sluice(
-        ws,
+        dir.path(),
+        &["transform", "new", "shout", "--dir", "occupied"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is not a transforms workspace"), "{stderr}");
+    assert_eq!(std::fs::read_dir(&occupied).unwrap().count(), 1);
+    // A bad name in a new directory leaves no workspace behind.
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &["transform", "new", "Bad Name", "--dir", "fresh"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!dir.path().join("fresh/Cargo.toml").exists());
+    // A directory that is not there yet becomes a workspace of its own, with the SDK of this
+    // checkout: what an author keeping transforms in a repository of their own starts from.
+    let ws = &dir.path().join("fresh");
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
         &["transform", "new", "shout", "--dir", &ws.to_string_lossy()],
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -4497,6 +4507,35 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        stdout.contains(&format!(
+            "created the transforms workspace {}",
+            ws.display()
+        )),
+        "{stdout}"
+    );
+    let sdk = std::fs::canonicalize(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../transforms/sluice-guest"
+    ))
+    .unwrap();
+    let manifest = std::fs::read_to_string(ws.join("Cargo.toml")).unwrap();
+    assert!(
+        manifest.contains(&format!(
+            "sluice-guest = {{ path = {:?} }}",
+            sdk.to_string_lossy()
+        )),
+        "{manifest}"
+    );
+    // Built where earlier runs of this test built, to keep it quick.
+    let target = concat!(env!("OUT_DIR"), "/scaffold-target");
+    let mut config = std::fs::read_to_string(ws.join(".cargo/config.toml")).unwrap();
+    assert!(
+        config.ends_with("[build]\ntarget = \"wasm32-wasip2\"\n"),
+        "{config}"
+    );
+    config.push_str(&format!("target-dir = {target:?}\n"));
+    std::fs::write(ws.join(".cargo/config.toml"), config).unwrap();
     let crate_dir = ws.join("shout");
     // It says how to build, then how to run the scaffold's own test.
     let data = crate_dir.join("testdata");

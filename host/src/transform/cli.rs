@@ -478,10 +478,26 @@ impl<W: Write> Write for UntilClosed<W> {
 /// anyway) and the guest SDK.
 const RESERVED_NAMES: [&str; 3] = ["target", "template", "sluice-guest"];
 
-/// Creates `<dir>/<name>/` from the embedded template and returns its path. A bad name, a
+/// Creates `<dir>/<name>/` from the embedded template and returns its path; a `--dir` that does
+/// not exist yet, or is empty, becomes a workspace first (see [`start_workspace`]). A bad name, a
 /// missing workspace or an existing crate is a [`UsageError`].
 pub fn scaffold(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    check_new(name, dir).map_err(usage)?;
+    let started = start_workspace(dir)?;
+    if let Err(e) = check_new(name, dir) {
+        if started {
+            // As it was: a bad name leaves no workspace behind.
+            let _ = std::fs::remove_file(dir.join("Cargo.toml"));
+            let _ = std::fs::remove_dir_all(dir.join(".cargo"));
+        }
+        return Err(usage(e));
+    }
+    if started {
+        crate::outln!(
+            "created the transforms workspace {} (its Cargo.toml takes the guest SDK from this \
+             sluice's checkout; a git URL works too)",
+            dir.display()
+        );
+    }
     let crate_dir = dir.join(name);
     let fill = |s: &str| {
         s.replace("{{name}}", name)
@@ -512,6 +528,61 @@ pub fn scaffold(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
         )));
     }
     Ok(crate_dir)
+}
+
+/// The guest SDK of the sluice checkout this binary was built from, while it is there.
+fn own_sdk() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let sdk = root.join("transforms").join("sluice-guest");
+    sdk.join("Cargo.toml")
+        .is_file()
+        .then(|| sdk.canonicalize().ok())?
+}
+
+/// Makes `dir`, named by `--dir`, a transforms workspace of its own, with what the template's
+/// crate inherits, when it does not exist or is empty and this sluice's SDK is at hand: an
+/// author keeping transforms in a repository of their own then needs no manifest written by
+/// hand. Whether it did. Anything else (the default `transforms/`, a directory with files in
+/// it) is left to [`check_new`] to report.
+fn start_workspace(dir: &Path) -> anyhow::Result<bool> {
+    if dir == Path::new(DEFAULT_DIR) || dir.join("Cargo.toml").exists() {
+        return Ok(false);
+    }
+    let empty = match std::fs::read_dir(dir) {
+        Ok(mut entries) => entries.next().is_none(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
+        Err(_) => false,
+    };
+    let Some(sdk) = own_sdk().filter(|_| empty) else {
+        return Ok(false);
+    };
+    let manifest = format!(
+        "# A sluice transforms workspace: `sluice transform new NAME --dir .` adds a crate, \
+         `sluice\n# transform build --dir .` builds them all for wasm32-wasip2 \
+         (.cargo/config.toml).\n\
+         [workspace]\nresolver = \"3\"\nmembers = [\"*\"]\nexclude = [\".cargo\", \"target\"]\n\n\
+         # What each crate inherits; the license is yours to choose.\n\
+         [workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\nrust-version = \"1.95\"\n\
+         license = \"Apache-2.0\"\npublish = false\n\n\
+         [workspace.dependencies]\n\
+         # The guest SDK, in the sluice checkout that made this file (or `git = \"<its URL>\"`).\n\
+         sluice-guest = {{ path = {sdk:?} }}\n\n\
+         # Smaller, faster guests, as sluice's own transforms/ builds them.\n\
+         [profile.release]\nopt-level = 3\nlto = true\ncodegen-units = 1\nstrip = true\n\
+         panic = \"abort\"\n",
+        sdk = sdk.to_string_lossy()
+    );
+    let config = "# Guests are components for WASI 0.2.\n[build]\ntarget = \"wasm32-wasip2\"\n";
+    std::fs::create_dir_all(dir.join(".cargo"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    for (file, text) in [
+        ("Cargo.toml", manifest.as_str()),
+        (".cargo/config.toml", config),
+    ] {
+        let path = dir.join(file);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(true)
 }
 
 /// Why `transform new NAME --dir DIR` cannot scaffold, if it cannot.
