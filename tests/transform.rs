@@ -4548,6 +4548,18 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         )),
         "{stdout}"
     );
+    // Its doc comment says how to build and test it where it is.
+    let lib = std::fs::read_to_string(crate_dir.join("src/lib.rs")).unwrap();
+    assert!(
+        lib.contains(&format!(
+            "sluice transform build shout --dir {}\n",
+            ws.display()
+        )) && lib.contains(&format!(
+            "--input {}/shout/testdata/input.jsonl",
+            ws.display()
+        )),
+        "{lib}"
+    );
     assert!(cli::scaffold("shout", ws).is_err(), "refuses to overwrite");
     // A workspace that names its members leaves a new crate out of its builds: refused, and
     // nothing is left behind.

@@ -499,9 +499,17 @@ pub fn scaffold(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
         );
     }
     let crate_dir = dir.join(name);
+    // The paths in its doc comment, as the author gave the workspace.
+    let shown = dir.display().to_string();
+    let dir_flag = match dir == Path::new(DEFAULT_DIR) {
+        true => String::new(),
+        false => format!(" --dir {shown}"),
+    };
     let fill = |s: &str| {
         s.replace("{{name}}", name)
             .replace("{{crate}}", &name.replace('-', "_"))
+            .replace("{{dir_flag}}", &dir_flag)
+            .replace("{{dir}}", &shown)
     };
     std::fs::create_dir_all(crate_dir.join("src"))?;
     std::fs::create_dir_all(crate_dir.join("testdata"))?;

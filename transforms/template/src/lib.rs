@@ -4,12 +4,12 @@
 //! whose field is empty. Build and test it with:
 //!
 //! ```text
-//! sluice transform build {{name}}
-//! sluice transform test --component transforms/target/wasm32-wasip2/release/transform_{{crate}}.wasm \
-//!     --input transforms/{{name}}/testdata/input.jsonl --expect transforms/{{name}}/testdata/expected.jsonl
+//! sluice transform build {{name}}{{dir_flag}}
+//! sluice transform test --component {{dir}}/target/wasm32-wasip2/release/transform_{{crate}}.wasm \
+//!     --input {{dir}}/{{name}}/testdata/input.jsonl --expect {{dir}}/{{name}}/testdata/expected.jsonl
 //! ```
 //!
-//! Its unit tests (below) run natively, with no host: from `transforms/`,
+//! Its unit tests (below) run natively, with no host: from `{{dir}}/`,
 //!
 //! ```text
 //! cargo test -p transform-{{name}} --target "$(rustc -vV | sed -n 's/^host: //p')"
