@@ -3350,7 +3350,7 @@ fn cli_test_reads_stdin_as_it_is_written() {
             &[r#"{"value":70}"#],
             &letters_rest,
             &[r#"{"value":80}"#],
-            "input  1 dead letter skipped: from bad CSV rows",
+            "filter: 2 in, 2 out\ninput  1 dead letter skipped: from bad CSV rows",
         ),
     ];
     for (args, first, expect_first, rest, expect_rest, counts) in cases {
@@ -3358,7 +3358,9 @@ fn cli_test_reads_stdin_as_it_is_written() {
         let stdin = child.stdin.take().unwrap();
         let (out, stderr) = feed_while_open(child, stdin, first, expect_first, rest);
         assert_eq!(out, expect_rest, "{args:?}");
-        assert!(stderr.contains(counts), "{args:?}: {stderr}");
+        for says in counts.lines() {
+            assert!(stderr.contains(says), "{args:?}: {says}: {stderr}");
+        }
     }
 }
 
@@ -4327,7 +4329,8 @@ fn cli_test_reruns_dead_letters_with_their_own_metadata() {
         ]
     );
     for says in [
-        "record 4 (line 4): the consumer cannot decode its message (decode)",
+        // Its own reason: the consumer's failure, not a new one.
+        "record 4 (line 4): the consumer cannot decode its message (decode): amount: not a number",
         "record 7 (line 7): the consumer cannot decode its message (decode)",
         "input  1 dead letter skipped: changed since they were written",
         "input  1 dead letter skipped: from bad CSV rows (stage source), which never reached",
@@ -4487,16 +4490,16 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("is not a transforms workspace"), "{stderr}");
     assert_eq!(std::fs::read_dir(&occupied).unwrap().count(), 1);
-    // A bad name in a new directory leaves no workspace behind.
+    // A bad name in a new directory leaves nothing behind.
     let out = sluice_tests::cli::sluice(
         dir.path(),
-        &["transform", "new", "Bad Name", "--dir", "fresh"],
+        &["transform", "new", "Bad Name", "--dir", "fresh/ws"],
     );
     assert_eq!(out.status.code(), Some(2));
-    assert!(!dir.path().join("fresh/Cargo.toml").exists());
+    assert!(!dir.path().join("fresh").exists());
     // A directory that is not there yet becomes a workspace of its own, with the SDK of this
     // checkout: what an author keeping transforms in a repository of their own starts from.
-    let ws = &dir.path().join("fresh");
+    let ws = &dir.path().join("fresh/ws");
     let out = sluice_tests::cli::sluice(
         dir.path(),
         &["transform", "new", "shout", "--dir", &ws.to_string_lossy()],
@@ -4527,6 +4530,12 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         )),
         "{manifest}"
     );
+    assert_eq!(
+        std::fs::read_to_string(ws.join(".gitignore")).unwrap(),
+        "/target/\n"
+    );
+    // A repository's own directories are no crates to cargo.
+    std::fs::create_dir_all(ws.join(".git")).unwrap();
     // Built where earlier runs of this test built, to keep it quick.
     let target = concat!(env!("OUT_DIR"), "/scaffold-target");
     let mut config = std::fs::read_to_string(ws.join(".cargo/config.toml")).unwrap();

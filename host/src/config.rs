@@ -666,6 +666,8 @@ fn load_text(
         );
         sections.insert("transforms".into(), serde_json::json!([]));
         sections.insert("sink".into(), unused_sink());
+        // Its variables need not be set either: the default stands in.
+        sections.remove("name");
     }
     if scope == Scope::Transforms
         && let Some(sections) = tree.as_object_mut()

@@ -482,15 +482,9 @@ const RESERVED_NAMES: [&str; 3] = ["target", "template", "sluice-guest"];
 /// not exist yet, or is empty, becomes a workspace first (see [`start_workspace`]). A bad name, a
 /// missing workspace or an existing crate is a [`UsageError`].
 pub fn scaffold(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
-    let started = start_workspace(dir)?;
-    if let Err(e) = check_new(name, dir) {
-        if started {
-            // As it was: a bad name leaves no workspace behind.
-            let _ = std::fs::remove_file(dir.join("Cargo.toml"));
-            let _ = std::fs::remove_dir_all(dir.join(".cargo"));
-        }
-        return Err(usage(e));
-    }
+    check_name(name, dir).map_err(usage)?;
+    let started = start_workspace(dir).map_err(usage)?;
+    check_new(name, dir).map_err(usage)?;
     if started {
         crate::outln!(
             "created the transforms workspace {} (its Cargo.toml takes the guest SDK from this \
@@ -547,38 +541,83 @@ fn own_sdk() -> Option<PathBuf> {
         .then(|| sdk.canonicalize().ok())?
 }
 
-/// Makes `dir`, named by `--dir`, a transforms workspace of its own, with what the template's
-/// crate inherits, when it does not exist or is empty and this sluice's SDK is at hand: an
-/// author keeping transforms in a repository of their own then needs no manifest written by
-/// hand. Whether it did. Anything else (the default `transforms/`, a directory with files in
-/// it) is left to [`check_new`] to report.
+/// Directories a repository keeps beside its crates, which `members = ["*"]` would otherwise
+/// take for crates (cargo fails on a member without a manifest).
+const NOT_CRATES: [&str; 6] = [".cargo", ".git", ".github", ".vscode", ".idea", "target"];
+
+/// Whether `dir` can become a workspace: it does not exist, or holds nothing but dot-entries
+/// (`.git` of a fresh repository, `.gitignore`) that a workspace leaves alone.
+fn fresh_dir(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .all(|e| e.file_name().to_string_lossy().starts_with('.')),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// `text` as a TOML basic string: `"` and `\` escaped, control characters as `\uXXXX`.
+fn toml_string(text: &str) -> String {
+    let mut out = String::from('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Makes `dir`, named by `--dir`, a transforms workspace of its own when [`fresh_dir`]: a
+/// `Cargo.toml` with what the template's crate inherits and this sluice's SDK, a
+/// `.cargo/config.toml` for the wasm target and a `.gitignore` for `target/`, so that an author
+/// keeping transforms in a repository of their own writes no manifest by hand. Whether it did.
+/// Nothing is overwritten. The default `transforms/` and a directory with files in it are left
+/// to [`check_new`] to report.
 fn start_workspace(dir: &Path) -> anyhow::Result<bool> {
-    if dir == Path::new(DEFAULT_DIR) || dir.join("Cargo.toml").exists() {
+    if dir == Path::new(DEFAULT_DIR) || dir.join("Cargo.toml").exists() || !fresh_dir(dir) {
         return Ok(false);
     }
-    let empty = match std::fs::read_dir(dir) {
-        Ok(mut entries) => entries.next().is_none(),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => true,
-        Err(_) => false,
+    let Some(sdk) = own_sdk() else {
+        bail!(
+            "{} has no workspace, and `new` cannot start one there: the guest SDK of the sluice \
+             checkout this binary was built from ({}) is not there any more. Write the \
+             workspace's Cargo.toml by hand (see \"A transform crate outside transforms/\" in \
+             docs/TRANSFORMS.md)",
+            dir.display(),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .with_file_name("transforms")
+                .join("sluice-guest")
+                .display()
+        );
     };
-    let Some(sdk) = own_sdk().filter(|_| empty) else {
-        return Ok(false);
-    };
+    let sdk = sdk
+        .to_str()
+        .with_context(|| format!("the guest SDK's path {} is not UTF-8", sdk.display()))?;
+    let exclude: Vec<String> = NOT_CRATES.iter().map(|d| toml_string(d)).collect();
     let manifest = format!(
         "# A sluice transforms workspace: `sluice transform new NAME --dir .` adds a crate, \
          `sluice\n# transform build --dir .` builds them all for wasm32-wasip2 \
          (.cargo/config.toml).\n\
-         [workspace]\nresolver = \"3\"\nmembers = [\"*\"]\nexclude = [\".cargo\", \"target\"]\n\n\
+         [workspace]\nresolver = \"3\"\n\
+         # Every directory here is a crate, but those excluded: add any other (docs, tests).\n\
+         members = [\"*\"]\nexclude = [{}]\n\n\
          # What each crate inherits; the license is yours to choose.\n\
          [workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\nrust-version = \"1.95\"\n\
          license = \"Apache-2.0\"\npublish = false\n\n\
          [workspace.dependencies]\n\
          # The guest SDK, in the sluice checkout that made this file (or `git = \"<its URL>\"`).\n\
-         sluice-guest = {{ path = {sdk:?} }}\n\n\
+         sluice-guest = {{ path = {} }}\n\n\
          # Smaller, faster guests, as sluice's own transforms/ builds them.\n\
          [profile.release]\nopt-level = 3\nlto = true\ncodegen-units = 1\nstrip = true\n\
          panic = \"abort\"\n",
-        sdk = sdk.to_string_lossy()
+        exclude.join(", "),
+        toml_string(sdk)
     );
     let config = "# Guests are components for WASI 0.2.\n[build]\ntarget = \"wasm32-wasip2\"\n";
     std::fs::create_dir_all(dir.join(".cargo"))
@@ -586,15 +625,29 @@ fn start_workspace(dir: &Path) -> anyhow::Result<bool> {
     for (file, text) in [
         ("Cargo.toml", manifest.as_str()),
         (".cargo/config.toml", config),
+        (".gitignore", "/target/\n"),
     ] {
         let path = dir.join(file);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => f.write_all(text.as_bytes()),
+            // A repository's own `.gitignore` is kept as it is.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && file == ".gitignore" => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+        .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(true)
 }
 
-/// Why `transform new NAME --dir DIR` cannot scaffold, if it cannot.
-fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
+/// Why `NAME` cannot be a new transform's name in `dir`, if it cannot; nothing on disk is looked
+/// at, so that a bad name is refused before a workspace is started.
+fn check_name(name: &str, dir: &Path) -> anyhow::Result<()> {
     // crates.io's limit, and far below a file name's.
     if name.len() > 64 {
         bail!(
@@ -618,6 +671,11 @@ fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
             dir.display()
         );
     }
+    Ok(())
+}
+
+/// Why `transform new NAME --dir DIR` cannot scaffold, if it cannot.
+fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
     if !dir.join("Cargo.toml").is_file() {
         bail!(
             "{} is not a transforms workspace (no Cargo.toml): {}",
@@ -661,7 +719,7 @@ fn where_workspace(dir: &Path) -> String {
             .to_owned()
     } else {
         "--dir names the transforms workspace itself, the directory whose Cargo.toml has \
-         [workspace]"
+         [workspace] (`new` starts one only in a directory that does not exist yet or is empty)"
             .to_owned()
     }
 }
@@ -2466,14 +2524,15 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
                     );
                 };
                 let (line, row) = item?;
-                if ahead.is_empty() && opts.format.is_none() && looks_like_letter(&row) {
+                let found = row.get(k).is_some();
+                if !found && ahead.is_empty() && opts.format.is_none() && looks_like_letter(&row) {
                     bail!(
                         "{} looks like dead letters, whose rows have no {k:?} field: pass \
-                         --format dead-letters to run the records they hold",
+                         --format dead-letters to run the records they hold (or --format jsonl \
+                         to run the letters themselves)",
                         path.display()
                     );
                 }
-                let found = row.get(k).is_some();
                 ahead.push_back(Ok((line, row)));
                 if found {
                     break;
