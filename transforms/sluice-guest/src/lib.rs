@@ -735,6 +735,8 @@ impl Params {
     }
 
     /// Param `name` parsed with `FromStr`, if given; an [`Error::InvalidParam`] if it does not parse.
+    /// For a float, [`Params::number`] is usually what is meant: `f64`'s `FromStr` takes `NaN`,
+    /// `inf` and `1e400` (infinity) too.
     pub fn parse<T>(&self, name: &str) -> Result<Option<T>, Error>
     where
         T: std::str::FromStr,
@@ -744,6 +746,18 @@ impl Params {
             .map(|v| {
                 v.parse::<T>()
                     .map_err(|e| Error::invalid_param(name, format!("{v:?}: {e}")))
+            })
+            .transpose()
+    }
+
+    /// Param `name` as a finite number, if given: an [`Error::InvalidParam`] for anything
+    /// [`parse_number`] does not read (`NaN`, `inf`, words) or that overflows (`1e400`).
+    pub fn number(&self, name: &str) -> Result<Option<f64>, Error> {
+        self.get(name)
+            .map(|v| {
+                parse_number(v)
+                    .filter(|n| n.is_finite())
+                    .ok_or_else(|| Error::invalid_param(name, format!("{v:?} is not a number")))
             })
             .transpose()
     }

@@ -54,3 +54,32 @@ fn meta_answers_what_the_test_set() {
 fn meta_unset_in_a_native_test_says_how_to_set_it() {
     sluice_guest::meta();
 }
+
+/// `Params::number` reads finite numbers only; `parse::<f64>` would take `NaN` and `inf`.
+#[test]
+fn number_params_are_finite() {
+    let params = Params::new(
+        [
+            ("a", " 2.5 "),
+            ("b", "-3e2"),
+            ("c", "NaN"),
+            ("d", "inf"),
+            ("e", "1e400"),
+            ("f", "x"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    );
+    assert_eq!(params.number("a").unwrap(), Some(2.5));
+    assert_eq!(params.number("b").unwrap(), Some(-300.0));
+    assert_eq!(params.number("none").unwrap(), None);
+    for bad in ["c", "d", "e", "f"] {
+        let err = params.number(bad).unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidParam(f) if f.name == bad),
+            "{bad}: {err:?}"
+        );
+    }
+    assert!(params.parse::<f64>("c").unwrap().unwrap().is_nan());
+}
