@@ -742,10 +742,13 @@ impl Params {
         T: std::str::FromStr,
         T::Err: std::fmt::Display,
     {
+        // The type, so that `invalid digit found in string` says what was expected (a `usize`).
+        let ty = std::any::type_name::<T>();
+        let ty = ty.rsplit("::").next().unwrap_or(ty);
         self.get(name)
             .map(|v| {
                 v.parse::<T>()
-                    .map_err(|e| Error::invalid_param(name, format!("{v:?}: {e}")))
+                    .map_err(|e| Error::invalid_param(name, format!("{v:?} is not a {ty}: {e}")))
             })
             .transpose()
     }

@@ -82,4 +82,10 @@ fn number_params_are_finite() {
         );
     }
     assert!(params.parse::<f64>("c").unwrap().unwrap().is_nan());
+    // What `parse` expected, in its error.
+    let err = params.parse::<usize>("b").unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidParam(f) if f.reason.starts_with("\"-3e2\" is not a usize: ")),
+        "{err:?}"
+    );
 }
