@@ -3895,7 +3895,8 @@ fn cli_new_and_build_usage_errors_exit_2() {
         ),
         (
             &["new", "my-thing", "--dir", ws],
-            "my_thing already exists; pick another name",
+            "my_thing already exists (`-` and `_` name the same transform: both build \
+             transform_my_thing.wasm); pick another name",
         ),
         (
             &["new", "shout", "--dir", "nowhere"],

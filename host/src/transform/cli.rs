@@ -689,8 +689,16 @@ fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
         .filter_map(|e| e.ok())
         .find(|e| same_name(&e.file_name().to_string_lossy(), name));
     if let Some(existing) = taken {
+        let why = match existing.file_name().to_string_lossy() == name {
+            true => String::new(),
+            // Not the name given: say why it counts as the same.
+            false => format!(
+                " (`-` and `_` name the same transform: both build transform_{}.wasm)",
+                name.replace('-', "_")
+            ),
+        };
         bail!(
-            "{} already exists; pick another name",
+            "{} already exists{why}; pick another name",
             existing.path().display()
         );
     }
