@@ -2923,9 +2923,22 @@ fn cli_test_failed_records_fail_expect_unless_expected() {
             "failed record 1 (golden line 1): expected {\"line\":3,\"kind\":\"timeout\"}, got record 2 (line 3)",
         ),
         (
-            "{\"reason\":\"unreachable\"}\n{\"stage\":\"transform:x\"}\n",
+            "{\"reason\":\"unreachable\"}\n{\"stage\":\"transform:poison-trap\"}\n",
             1,
-            "failed record 2 (golden line 2): expected {\"stage\":\"transform:x\"}, got record 3 (line 4), stage source, kind ragged_row",
+            "failed record 2 (golden line 2): expected {\"stage\":\"transform:poison-trap\"}, got record 3 (line 4), stage source, kind ragged_row",
+        ),
+        // A stage the run does not have would only ever be a mismatch.
+        (
+            "{\"line\":3}\n{\"stage\":\"transform:poison-trp\"}\n",
+            2,
+            "golden-failures.jsonl:2: stage \"transform:poison-trp\" is not a stage of this run; \
+             it has: source, consume, transform:poison_trap",
+        ),
+        (
+            "{\"stage\":\"poison_trap\"}\n",
+            2,
+            "golden-failures.jsonl:1: stage \"poison_trap\" is not a stage of this run (did you \
+             mean \"transform:poison_trap\"?)",
         ),
         (
             "{\"line\":3}\n",

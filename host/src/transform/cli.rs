@@ -351,8 +351,17 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 })
                 .map_err(usage)?;
             // Checked before the run, so that a bad golden file does not cost a whole run first.
-            let golden =
-                Golden::read(expect.as_deref(), expect_failures.as_deref()).map_err(usage)?;
+            let stages: Vec<String> = ["source", dead_letter::CONSUME_STAGE]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(
+                    configs
+                        .iter()
+                        .map(|c| format!("transform:{}", c.display_name())),
+                )
+                .collect();
+            let golden = Golden::read(expect.as_deref(), expect_failures.as_deref(), &stages)
+                .map_err(usage)?;
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
             let chain = match &file {
@@ -1175,14 +1184,23 @@ pub struct Golden {
 
 impl Golden {
     /// Checks the golden files that are given, every line, so that a bad one fails before the
-    /// run rather than after it. They are read again as the run compares with them.
-    pub fn read(rows: Option<&Path>, failures: Option<&Path>) -> anyhow::Result<Golden> {
+    /// run rather than after it. They are read again as the run compares with them. A failure's
+    /// `stage` must be one of `stages`, the stages this run has: a misspelt one would only ever
+    /// show up as a mismatch.
+    pub fn read(
+        rows: Option<&Path>,
+        failures: Option<&Path>,
+        stages: &[String],
+    ) -> anyhow::Result<Golden> {
         Ok(Golden {
             rows: rows
-                .map(|p| GoldenFile::open(p).context("--expect"))
+                .map(|p| GoldenFile::open(p, |_| Ok(())).context("--expect"))
                 .transpose()?,
             failures: failures
-                .map(|p| GoldenFile::open(p).context("--expect-failures"))
+                .map(|p| {
+                    GoldenFile::open(p, |f: &ExpectedFailure| f.check_stage(stages))
+                        .context("--expect-failures")
+                })
                 .transpose()?,
         })
     }
@@ -1213,7 +1231,11 @@ struct GoldenFile<E> {
 }
 
 impl<E: Expected> GoldenFile<E> {
-    fn open(path: &Path) -> anyhow::Result<GoldenFile<E>> {
+    /// Opens and checks the golden file at `path`: every item must parse and pass `check`.
+    fn open(
+        path: &Path,
+        check: impl Fn(&E) -> Result<(), String>,
+    ) -> anyhow::Result<GoldenFile<E>> {
         // `-` is stdin, whatever a file of that name in the working directory is.
         let meta = (path != Path::new("-"))
             .then(|| std::fs::metadata(path).ok())
@@ -1238,6 +1260,9 @@ impl<E: Expected> GoldenFile<E> {
             let (n, text) = item?;
             std::hash::Hash::hash(&(n, &text), &mut checked);
             let e = E::parse(path, n, &text)?;
+            if let Err(problem) = check(&e) {
+                bail!("{}:{n}: {problem}", path.display());
+            }
             if !regular {
                 held.push_back((n, e));
             }
@@ -1497,6 +1522,27 @@ struct ExpectedFailure {
         skip_serializing_if = "Option::is_none"
     )]
     field: Option<Option<String>>,
+}
+
+impl ExpectedFailure {
+    /// Whether the `stage` given, if any, is one of `stages`.
+    fn check_stage(&self, stages: &[String]) -> Result<(), String> {
+        let Some(stage) = &self.stage else {
+            return Ok(());
+        };
+        if stages.iter().any(|s| same_stage(stage, s)) {
+            return Ok(());
+        }
+        let meant = format!("transform:{stage}");
+        let hint = match stages.iter().find(|s| same_stage(&meant, s)) {
+            Some(s) => format!(" (did you mean {s:?}?)"),
+            None => String::new(),
+        };
+        Err(format!(
+            "stage {stage:?} is not a stage of this run{hint}; it has: {}",
+            stages.join(", ")
+        ))
+    }
 }
 
 /// A member that is there, even as `null` (which serde's `Option` would read as absent).
@@ -2939,7 +2985,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.jsonl");
         std::fs::write(&path, "{\"a\":1}\n\n{\"a\":2}\n").unwrap();
-        let golden = GoldenFile::<JsonRow>::open(&path).unwrap();
+        let golden = GoldenFile::<JsonRow>::open(&path, |_| Ok(())).unwrap();
         assert_eq!((golden.count, golden.held.is_none()), (2, true));
         let mut check = Check::new(golden);
         check.see(&JsonRow::parse("{\"a\":1}").unwrap(), String::new);
@@ -2950,7 +2996,7 @@ mod tests {
 
         // A file rewritten after the check (`| tee golden.jsonl` writing the run's own rows)
         // does not pass: the run must match what the file held when it started.
-        let golden = GoldenFile::<JsonRow>::open(&path).unwrap();
+        let golden = GoldenFile::<JsonRow>::open(&path, |_| Ok(())).unwrap();
         let mut check = Check::new(golden);
         std::fs::write(&path, "{\"a\":1}\n{\"a\":3}\n").unwrap();
         for a in [1, 3] {
@@ -2966,7 +3012,7 @@ mod tests {
         // Lines appended (`| tee -a golden.jsonl`), before or during the second reading, are
         // not read.
         std::fs::write(&path, "{\"a\":1}\n\n{\"a\":2}\n").unwrap();
-        let golden = GoldenFile::<JsonRow>::open(&path).unwrap();
+        let golden = GoldenFile::<JsonRow>::open(&path, |_| Ok(())).unwrap();
         let mut check = Check::new(golden);
         let append = |line: &[u8]| {
             let mut file = std::fs::OpenOptions::new()
@@ -2982,7 +3028,7 @@ mod tests {
         assert_eq!(check.verdict(), Ok(2));
 
         std::fs::write(&path, "{\"a\":1}\n\nnot json\n").unwrap();
-        let err = GoldenFile::<JsonRow>::open(&path).unwrap_err();
+        let err = GoldenFile::<JsonRow>::open(&path, |_| Ok(())).unwrap_err();
         assert!(
             format!("{err:#}").contains("g.jsonl:3: not a JSON object"),
             "{err:#}"
