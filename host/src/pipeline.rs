@@ -271,6 +271,10 @@ pub struct TransformPart {
     /// this transform, or, for the last one, rows it emitted for a batch that failed elsewhere.
     #[serde(default)]
     pub rows_unfinished: u64,
+    /// Batch calls that trapped or broke the contract while none of their rows did so alone:
+    /// the transform breaks only on batches (each row ran again alone and came out right).
+    #[serde(default)]
+    pub batch_only_failures: u64,
     /// Fuel its calls consumed, when it has a `fuel` budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel_consumed: Option<u64>,
@@ -297,6 +301,21 @@ impl std::fmt::Display for TransformPart {
                 f,
                 ", {} unfinished (their batch failed as a whole)",
                 self.rows_unfinished
+            )?;
+        }
+        if self.batch_only_failures > 0 {
+            write!(
+                f,
+                ", {} failed as a whole but in none of {} rows alone",
+                match self.batch_only_failures {
+                    1 => "1 batch".to_owned(),
+                    n => format!("{n} batches"),
+                },
+                if self.batch_only_failures == 1 {
+                    "its"
+                } else {
+                    "their"
+                }
             )?;
         }
         if let Some(fuel) = self.fuel_consumed {
@@ -935,6 +954,7 @@ pub(crate) fn transform_parts(stats: &[(String, Arc<TransformStats>)]) -> Vec<Tr
             rows_failed: s.rows_failed.load(Ordering::Relaxed),
             rows_discarded: s.rows_discarded.load(Ordering::Relaxed),
             rows_unfinished: s.rows_unfinished.load(Ordering::Relaxed),
+            batch_only_failures: s.batch_only_failures.load(Ordering::Relaxed),
             fuel_consumed: Some(s.fuel_consumed.load(Ordering::Relaxed)).filter(|f| *f > 0),
             call_time_ns: s.latency_sum_ns.load(Ordering::Relaxed),
         })
@@ -1944,6 +1964,13 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
                 t.rows_unfinished.load(Ordering::Relaxed),
             );
             e.counter(
+                "sluice_transform_batch_only_failures_total",
+                "Batch calls that trapped or broke the contract while none of their rows did so \
+                 run alone (each row ran again alone): a transform that breaks only on batches.",
+                &l,
+                t.batch_only_failures.load(Ordering::Relaxed),
+            );
+            e.counter(
                 "sluice_transform_instance_restarts_total",
                 "Instances rebuilt after a trap or limit.",
                 &l,
@@ -2719,6 +2746,20 @@ mod tests {
         assert_eq!(
             metered.to_string(),
             "mask: 2 in, 2 out, 0 dropped, 0 failed, fuel consumed 1234"
+        );
+        let batch_only = |n| TransformPart {
+            batch_only_failures: n,
+            ..part.clone()
+        };
+        assert_eq!(
+            batch_only(1).to_string(),
+            "mask: 2 in, 2 out, 0 dropped, 0 failed, 1 batch failed as a whole but in none of its \
+             rows alone"
+        );
+        assert_eq!(
+            batch_only(3).to_string(),
+            "mask: 2 in, 2 out, 0 dropped, 0 failed, 3 batches failed as a whole but in none of \
+             their rows alone"
         );
         let timed = TransformPart {
             call_time_ns: 4_567_000,

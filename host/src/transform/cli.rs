@@ -426,6 +426,20 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
+            // Every row came out right, but only because each ran again alone: the transform is
+            // broken on batches, which is what `sluice run` gives it.
+            for (name, n) in &report.batch_only {
+                crate::errln!(
+                    "mismatch: transform {name} failed on {} as a whole but on none of {} rows \
+                     alone; the rows match only because each ran again alone",
+                    match n {
+                        1 => "1 batch".to_owned(),
+                        n => format!("{n} batches"),
+                    },
+                    if *n == 1 { "its" } else { "their" }
+                );
+                matched = false;
+            }
             Ok(if matched {
                 ExitCode::SUCCESS
             } else {
@@ -1172,6 +1186,8 @@ pub struct TestReport {
     /// Against the golden failed records, when there were some: how many matched, or the first
     /// difference.
     pub failures_verdict: Option<Result<usize, String>>,
+    /// The transforms that failed on a batch but on none of its rows alone, and how many times.
+    pub batch_only: Vec<(String, u64)>,
 }
 
 /// The golden files of `transform test`: the rows expected (`--expect`) and the failed records
@@ -1872,8 +1888,12 @@ pub fn test(
         )?;
     }
     // The same per-transform line as `sluice run`'s summary (with the fuel when metered).
+    let mut batch_only = Vec::new();
     for part in crate::pipeline::transform_parts(&chain.stats()) {
         writeln!(err, "transform  {part}")?;
+        if part.batch_only_failures > 0 {
+            batch_only.push((part.name, part.batch_only_failures));
+        }
     }
     // After the counts, so that what ran before the input or the chain went bad is accounted
     // for.
@@ -1889,6 +1909,7 @@ pub fn test(
         first_failure,
         rows_verdict: rows_check.map(Check::verdict),
         failures_verdict: failures_check.map(Check::verdict),
+        batch_only,
     })
 }
 

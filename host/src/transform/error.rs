@@ -3,7 +3,7 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::runtime::{ISOLATED_OUTPUT_PER_MEMORY_BYTE, ISOLATION_LIMITS};
+use super::runtime::{ISOLATED_OUTPUT_PER_MEMORY_BYTE, ISOLATION_LIMITS, ISOLATION_ROW_MS};
 
 /// What to do about a component file that does not exist: build it. Paths in the docs and in
 /// `pipeline.json` assume builds in `transforms/target`, so when `CARGO_TARGET_DIR` moves them,
@@ -206,7 +206,7 @@ pub enum TransformError {
     /// whatever its `on_error`.
     #[error(
         "transform {transform}: {}; raise its timeout_ms or fix it",
-        slow_reason(*rows, *timeouts, *cpu_ms, *timeout_ms, *total_ms)
+        slow_reason(*rows, *timeouts, *cpu_ms, *timeout_ms, *total_ms, *of)
     )]
     TooSlow {
         /// The transform's name.
@@ -221,8 +221,10 @@ pub enum TransformError {
         timeout_ms: u64,
         /// Set when it gave up because running the batch a row at a time, successes and
         /// rebuilt instances included, used this much CPU time (more than
-        /// `ISOLATION_LIMITS` limits).
+        /// `ISOLATION_LIMITS` limits and `ISOLATION_ROW_MS` a row).
         total_ms: Option<u64>,
+        /// The rows of the batch (a worker's share of it).
+        of: usize,
     },
     /// The rows of one batch, run one at a time (after a failure, or because the batch's output
     /// did not fit), emitted more text (string and JSON values) in all than one batch holds.
@@ -290,11 +292,13 @@ fn slow_reason(
     cpu_ms: u64,
     timeout_ms: u64,
     total_ms: Option<u64>,
+    of: usize,
 ) -> String {
     if let Some(total) = total_ms {
         format!(
-            "a batch run again a row at a time (after it failed as a whole) used {total} ms of \
-             CPU time, more than {ISOLATION_LIMITS} times the time limit of {timeout_ms} ms"
+            "a batch of {of} rows run again a row at a time (after it failed as a whole) used \
+             {total} ms of CPU time, more than {ISOLATION_LIMITS} times the time limit of \
+             {timeout_ms} ms and {ISOLATION_ROW_MS} ms a row"
         )
     } else if timeouts == rows {
         format!(

@@ -419,6 +419,8 @@ struct Loaded {
     stats: Arc<TransformStats>,
     /// Whether the run was told that a limit fits single rows but not whole batches.
     limit_warned: std::sync::atomic::AtomicBool,
+    /// Whether the run was told that the transform fails on batches but not on their rows.
+    batch_only_warned: std::sync::atomic::AtomicBool,
 }
 
 type Reply = Result<Vec<RecordOutcome>, TransformError>;
@@ -902,7 +904,8 @@ impl Drop for Done {
 
 impl Drop for TransformChain {
     fn drop(&mut self) {
-        // Closing the channel ends each worker's loop after its current job.
+        // Closing the channel ends each worker's loop once the jobs queued before are done (those
+        // whose caller gave up are skipped).
         self.jobs = None;
         for w in self.workers.drain(..) {
             let _ = w.join();
@@ -1088,6 +1091,7 @@ fn load_one(
         pre,
         stats: Arc::default(),
         limit_warned: Default::default(),
+        batch_only_warned: Default::default(),
     })
 }
 
@@ -1614,6 +1618,17 @@ fn worker_main(shared: &Shared, jobs: &Mutex<mpsc::Receiver<Job>>) {
                 None => return,
             }
         };
+        // A caller that gave up (its `process` future dropped, by a timeout say) wants no
+        // answer: running its batch would only hold this worker, and `Drop` waiting on it. Its
+        // rows are unfinished in the first transform, so that every row is accounted for.
+        if job.reply.is_closed() {
+            if let Some(first) = shared.transforms.first() {
+                let rows = job.batch.origins.len() as u64;
+                TransformStats::add(&first.stats.rows_in, rows);
+                TransformStats::add(&first.stats.rows_unfinished, rows);
+            }
+            continue;
+        }
         let result = run_chain(shared, &mut slots, job.batch, job.metas);
         let _ = job.reply.send(result);
     }
@@ -1810,7 +1825,9 @@ fn run_transform(
                 // The instance is not poisoned, but it has seen the whole batch: a guest
                 // that keeps state (a dedupe) would take each row it sees again for a repeat.
                 *slot = None;
-                isolate(shared, t, slot, batch, metas, Some(&reason))?
+                let isolated = isolate(shared, t, slot, batch, metas, Some(&reason))?;
+                note_batch_only(t, FailureKind::Protocol, &reason, n, &isolated.1);
+                isolated
             }
         },
         Err((kind, reason)) if n == 1 => (
@@ -1818,9 +1835,10 @@ fn run_transform(
             vec![Failure::host(0, kind, reason)],
             0,
         ),
-        Err((kind, _)) => {
+        Err((kind, reason)) => {
             let isolated = isolate(shared, t, slot, batch, metas, None)?;
             warn_limit_per_batch(t, kind, n, &isolated.1);
+            note_batch_only(t, kind, &reason, n, &isolated.1);
             isolated
         }
     };
@@ -1852,6 +1870,37 @@ fn warn_limit_per_batch(t: &Loaded, kind: FailureKind, n: usize, failures: &[Fai
     );
 }
 
+/// Counts, and warns of once per run, a batch of `n` rows whose call trapped or broke the
+/// contract (`kind`, `reason`) when none of its rows did so run alone: the transform fails only
+/// on batches of several rows (a bug in its batch loop, or state carried from row to row). Every
+/// record still comes out right, since each row ran again alone, so without this nothing would
+/// show that every such batch runs twice, nor would `transform test` fail on it. Limits that fit
+/// single rows but not whole batches are [`warn_limit_per_batch`]'s.
+fn note_batch_only(t: &Loaded, kind: FailureKind, reason: &str, n: usize, failures: &[Failure]) {
+    if !matches!(kind, FailureKind::Trap | FailureKind::Protocol)
+        || failures.iter().any(|f| f.kind == kind)
+    {
+        return;
+    }
+    TransformStats::add(&t.stats.batch_only_failures, 1);
+    if t.batch_only_warned.swap(true, Relaxed) {
+        return;
+    }
+    let reason = t
+        .config
+        .redact(reason.lines().next().unwrap_or_default().to_owned());
+    tracing::warn!(
+        transform = %t.name,
+        rows = n,
+        "transform {} failed on a batch of {n} rows ({}: {reason}), but on none of them run \
+         alone: it breaks only on batches of several rows (its batch loop, or state carried from \
+         row to row). Each row was run again alone and came out right, but every such batch runs \
+         twice; test it with `transform test --batch-size` 1 and larger.",
+        t.name,
+        kind.as_str()
+    );
+}
+
 /// Most rows of one batch that may time out when run alone. Each costs a whole `timeout_ms`, and
 /// a transform that hangs on common input would otherwise hold a batch of 1024 rows for 1024
 /// timeouts (17 minutes at the default), long after the consumer group gave up on this member.
@@ -1864,6 +1913,13 @@ const MAX_TIMEOUTS_PER_BATCH: usize = 8;
 /// the limit, or an `init` that does, would otherwise hold a worker for a limit per row (17
 /// minutes for 1024 rows at the defaults) with few failures to count.
 pub(crate) const ISOLATION_LIMITS: u32 = 60;
+
+/// CPU time, in milliseconds, that running one batch again a row at a time may use per row on top
+/// of [`ISOLATION_LIMITS`]: each row alone costs the host a call of its own (a one-row batch,
+/// the call's set-up, its output checked), and a batch of many rows (a flat-map's, or any under a
+/// small `timeout_ms`) would otherwise fail as a whole over one poison row on that cost alone.
+/// Far above that cost, so it does not let rows that each take nearly the limit through.
+pub(crate) const ISOLATION_ROW_MS: u64 = 1;
 
 /// After a batch call trapped or broke the contract: re-runs each row alone on a healthy
 /// instance, so only the poison row fails. Gives up with [`TransformError::TooSlow`] when more
@@ -1888,7 +1944,9 @@ fn isolate(
     let (mut timeouts, mut failing_cpu) = (0usize, Duration::ZERO);
     let limit = Duration::from_millis(t.config.timeout_ms);
     let cpu_cap = limit * (MAX_TIMEOUTS_PER_BATCH as u32 + 1);
-    let (total_cap, started) = (limit * ISOLATION_LIMITS, thread_cpu_time());
+    let total_cap = limit * ISOLATION_LIMITS
+        + Duration::from_millis(ISOLATION_ROW_MS.saturating_mul(batch.origins.len() as u64));
+    let started = thread_cpu_time();
     let max = t.config.max_rows_per_record;
     let (mut size, size_cap) = (
         0u64,
@@ -1899,7 +1957,8 @@ fn isolate(
         // A fresh instance (the previous row trapped) is built first: building it and its
         // `init` are the host's cost, not this row's (but they count in `total_cap`).
         ready(shared, t, slot)?;
-        let (cpu, failed_before, timeouts_before) = (thread_cpu_time(), failures.len(), timeouts);
+        let (cpu, built, failed_before, timeouts_before) =
+            (thread_cpu_time(), BUILD_CPU.get(), failures.len(), timeouts);
         match call(
             shared,
             t,
@@ -1952,8 +2011,11 @@ fn isolate(
             }
         }
         // Timeouts are counted above (each costs one limit, and a little more, a tick at most).
+        // Less any instance built meanwhile (`call` builds one to run a row that failed after
+        // others again on a fresh instance): a slow `init` is not the row's doing.
         if failures.len() > failed_before && timeouts == timeouts_before {
-            failing_cpu += thread_cpu_time().saturating_sub(cpu);
+            failing_cpu += (thread_cpu_time().saturating_sub(cpu))
+                .saturating_sub(BUILD_CPU.get().saturating_sub(built));
         }
         let total = thread_cpu_time().saturating_sub(started);
         if timeouts > MAX_TIMEOUTS_PER_BATCH || failing_cpu > cpu_cap || total > total_cap {
@@ -1965,6 +2027,7 @@ fn isolate(
                 timeout_ms: t.config.timeout_ms,
                 total_ms: (timeouts <= MAX_TIMEOUTS_PER_BATCH && failing_cpu <= cpu_cap)
                     .then_some(total.as_millis() as u64),
+                of: batch.origins.len(),
             });
         }
     }
@@ -2142,16 +2205,21 @@ fn ready<'a>(
     match slot {
         Some(s) => Ok(s),
         None => {
-            Ok(slot.insert(
-                Slot::new(&shared.engine, shared.fuel_enabled, t).map_err(|e| {
-                    TransformError::Instantiate {
-                        transform: t.name.to_string(),
-                        reason: clip(&t.config.redact(e.to_string()), MAX_REASON),
-                    }
-                })?,
-            ))
+            let before = thread_cpu_time();
+            let built = Slot::new(&shared.engine, shared.fuel_enabled, t);
+            BUILD_CPU.set(BUILD_CPU.get() + thread_cpu_time().saturating_sub(before));
+            Ok(slot.insert(built.map_err(|e| TransformError::Instantiate {
+                transform: t.name.to_string(),
+                reason: clip(&t.config.redact(e.to_string()), MAX_REASON),
+            })?))
         }
     }
+}
+
+thread_local! {
+    /// CPU time this thread has spent building instances and running their `init`: the host's
+    /// cost, which [`isolate`] does not charge to a row whose failure made a rebuild necessary.
+    static BUILD_CPU: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
 }
 
 /// One batch call on the calling thread's instance (built on demand). The outer error is fatal (no

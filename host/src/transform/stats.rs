@@ -28,6 +28,9 @@ pub struct TransformStats {
     /// records kept for a later run. For the last transform, also the rows it emitted from a
     /// batch that failed in another worker's part: nothing of that batch comes out.
     pub rows_unfinished: AtomicU64,
+    /// Batch calls that trapped or broke the contract while none of their rows did so run alone
+    /// (each row ran again alone, and came out right): a transform that breaks only on batches.
+    pub batch_only_failures: AtomicU64,
     /// Times an instance was thrown away and rebuilt after a trap or limit.
     pub instance_restarts: AtomicU64,
     /// Fuel consumed by the guest, when the transform sets `fuel`.

@@ -1,7 +1,10 @@
 //! Poison guest written against `wit/` alone with plain wit-bindgen (no SDK), as an outside
 //! author would: keeps every row, but answers the row whose `id` is 13 with two outcomes, which
 //! breaks the one-outcome-per-input contract. With param `dedupe` it also keeps state, as a
-//! dedupe does: a row whose `id` this instance has seen before is filtered out.
+//! dedupe does: a row whose `id` this instance has seen before is filtered out. With param
+//! `batches=trap` it panics, and with `batches=miscount` it returns one outcome too few, on any
+//! batch of more than one row: a transform broken only on batches, whose every row runs right
+//! alone.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "transform" });
 
@@ -14,6 +17,8 @@ use std::collections::HashSet;
 thread_local! {
     /// The ids seen so far, when deduplicating.
     static SEEN: RefCell<Option<HashSet<i64>>> = const { RefCell::new(None) };
+    /// How a batch of several rows breaks, if it does (`batches`).
+    static BATCHES: RefCell<Option<String>> = const { RefCell::new(None) };
 }
 
 struct Miscount;
@@ -25,12 +30,22 @@ impl Guest for Miscount {
                 SEEN.with(|s| *s.borrow_mut() = Some(HashSet::new()));
                 Ok(())
             }
+            Some((k, v)) if k == "batches" && (v == "trap" || v == "miscount") => {
+                BATCHES.with(|b| *b.borrow_mut() = Some(v.clone()));
+                Ok(())
+            }
             Some((k, _)) => Err(TransformError::Other(format!("unexpected param {k}"))),
             None => Ok(()),
         }
     }
 
     fn transform_batch(input: Rows) -> Output {
+        let batches = BATCHES
+            .with(|b| b.borrow().clone())
+            .filter(|_| input.shapes.len() > 1);
+        if batches.as_deref() == Some("trap") {
+            panic!("a batch of {} rows", input.shapes.len());
+        }
         let mut outcomes = Vec::new();
         // Walk the values in order, tracking which `ints` entry each int-lane value uses.
         let (mut at, mut int) = (0usize, 0usize);
@@ -67,6 +82,9 @@ impl Guest for Miscount {
             } else {
                 Outcome::Keep
             });
+        }
+        if batches.is_some() {
+            outcomes.pop();
         }
         // Every row kept is kept as it came: none is sent back.
         let values = Values {
