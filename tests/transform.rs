@@ -1197,6 +1197,40 @@ fn rows_succeeding_slowly_alone_cannot_hold_a_worker_for_long() {
     }
 }
 
+/// A `json` value a transform emits must be JSON text: the host fails the record that has one
+/// that is not (`protocol`), rather than let the sink find it at load time.
+#[test]
+fn a_json_value_that_is_not_json_fails_its_record() {
+    let c = one_worker(&[config(guests::POISON_TRAP, &[])]);
+    let texts = ["{\"ok\":true}", "{\"OK\":TRUE}", "[1, 2.5, null]", ""];
+    let rows = (texts.iter().enumerate()).map(|(i, t)| {
+        row(&[
+            ("id", Value::Int(i as i64)),
+            ("json", Value::String(t.to_string())),
+        ])
+    });
+    let out = c.process_blocking(with_meta(rows.collect())).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        match i {
+            0 | 2 => assert_eq!(
+                emitted(o)[0].get("json"),
+                Some(&Value::Json(texts[i].to_owned()))
+            ),
+            _ => {
+                let q = quarantined(o);
+                assert_eq!(q.kind, FailureKind::Protocol, "{i}");
+                assert!(
+                    q.reason
+                        .starts_with("field \"json\" is of type json but not JSON text ("),
+                    "{i}: {}",
+                    q.reason
+                );
+            }
+        }
+    }
+    assert!(quarantined(&out[1]).reason.contains("): {\"OK\":TRUE}"));
+}
+
 /// What running each row of a big batch alone costs the host (a call of its own for each) is
 /// not the rows' doing: under a small time limit one cheap poison row among thousands is still
 /// isolated, not taken for a transform too slow for its limit.
@@ -3388,37 +3422,113 @@ fn cli_test_streams_its_input() {
     );
 }
 
-/// JSON Lines read as CSV (stdin without `--format jsonl`, or a `.txt` file) would give rows of
-/// garbage and no error: a first line that looks like JSON is warned about, with what to pass.
+/// A JSON Lines line past the first that is not a JSON object is a message the consumer could
+/// not decode: its record fails (stage `consume`, kind `decode`) and the rest run, as a bad CSV
+/// row does. A first line that is not one says the input is not JSON Lines at all (exit 2).
 #[test]
-fn cli_test_warns_when_json_lines_are_read_as_csv() {
+fn cli_test_a_bad_json_lines_line_fails_its_record_alone() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("rows.txt"), "{\"id\":1}\n{\"id\":2}\n").unwrap();
+    let write = |name: &str, text: &str| {
+        std::fs::write(dir.path().join(name), text).unwrap();
+        name.to_owned()
+    };
+    let input = write("odd.jsonl", "{\"id\":1}\n{\"id\":2}\n[1]\n{\"id\":4}\n");
+    let rows = write("rows.jsonl", "{\"id\":1}\n{\"id\":2}\n{\"id\":4}\n");
+    let failures = write(
+        "failures.jsonl",
+        "{\"record\":3,\"line\":3,\"stage\":\"consume\",\"kind\":\"decode\"}\n",
+    );
     let args = ["transform", "test", "--component", guests::PASSTHROUGH];
-    for (extra, warned) in [
-        (&["--input", "rows.txt"][..], true),
-        (&["--input", "rows.txt", "--format", "csv"], false),
-        (&["--input", "rows.txt", "--format", "jsonl"], false),
+    let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], &["--input", &input]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"id\":1}\n{\"id\":2}\n{\"id\":4}\n"
+    );
+    assert!(
+        stderr.contains(
+            "record 3 (line 3): the consumer cannot decode its message (decode): message value \
+             is not a JSON object"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("consume  1 record not decoded, not run (sluice run dead-letters them)"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("passthrough: 3 in, 3 out"), "{stderr}");
+    let golden = [
+        "--input",
+        &input,
+        "--expect",
+        &rows,
+        "--expect-failures",
+        &failures,
+    ];
+    let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], &golden].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("ok: 1 failed record matches"), "{stderr}");
+    let first = write("first.jsonl", "[1]\n{\"id\":2}\n");
+    let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], &["--input", &first]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("first.jsonl:1: not a JSON object (expected one JSON object per line)"),
+        "{stderr}"
+    );
+    assert_eq!(out.stdout, b"");
+}
+
+/// JSON Lines read as CSV (stdin without `--format jsonl`, or a `.txt` file) would give a bad row
+/// for every line: without `--format`, a first line that looks like JSON is refused, with what to
+/// pass.
+#[test]
+fn cli_test_refuses_json_lines_read_as_csv() {
+    let dir = tempfile::tempdir().unwrap();
+    let rows = "{\"id\":1}\n{\"id\":2}\n";
+    std::fs::write(dir.path().join("rows.txt"), rows).unwrap();
+    let args = ["transform", "test", "--component", guests::PASSTHROUGH];
+    let refused = "rows.txt would be read as CSV, but its first line looks like JSON: pass \
+                   --format jsonl to read it as JSON Lines (or --format csv if it is CSV)";
+    for (extra, code, stdout) in [
+        (&["--input", "rows.txt"][..], 2, ""),
+        // Said to be CSV, it is: a row of two columns named by the first line's halves.
+        (
+            &["--input", "rows.txt", "--format", "csv"],
+            0,
+            "{\"{\\\"id\\\":1}\":\"{\\\"id\\\":2}\"}\n",
+        ),
+        (&["--input", "rows.txt", "--format", "jsonl"], 0, rows),
     ] {
         let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], extra].concat());
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(0), "{extra:?}: {stderr}");
-        assert_eq!(
-            stderr.contains(
-                "warning: rows.txt is read as CSV, but its first line looks like JSON: pass \
-                 --format jsonl"
-            ),
-            warned,
-            "{extra:?}: {stderr}"
-        );
+        assert_eq!(out.status.code(), Some(code), "{extra:?}: {stderr}");
+        assert_eq!(stderr.contains(refused), code == 2, "{extra:?}: {stderr}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), stdout, "{extra:?}");
     }
-    // Dead letters read as CSV: the warning names the format they need.
+    // Piped in, the same.
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([&args[..], &["--input", "-"]].concat())
+        .current_dir(dir.path())
+        .stdin(std::fs::File::open(dir.path().join("rows.txt")).unwrap())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("<stdin> would be read as CSV, but its first line looks like JSON"),
+        "{stderr}"
+    );
+    // Dead letters read as CSV: the message names the format they need.
     std::fs::write(dir.path().join("letters.txt"), "{\"stage\":\"source\"}\n").unwrap();
     let out = sluice_tests::cli::sluice(
         dir.path(),
         &[&args[..], &["--input", "letters.txt"]].concat(),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains("its first line looks like JSON: pass --format dead-letters to run"),
         "{stderr}"
@@ -3765,7 +3875,7 @@ fn cli_test_usage_errors_exit_2() {
         (
             &["--with", "value=50", "--batch-size", "0"],
             input,
-            "invalid value '0' for '--batch-size",
+            "invalid value '0' for '--batch-size <BATCH_SIZE>': must be at least 1",
         ),
         (
             &["--with", "value=50", "--memory-mb", "0"],
@@ -3775,7 +3885,7 @@ fn cli_test_usage_errors_exit_2() {
         (
             &["--with", "value=50", "--memory-mb", "4097"],
             input,
-            "invalid value '4097' for '--memory-mb",
+            "invalid value '4097' for '--memory-mb <MEMORY_MB>': must be at most 4096 (MiB)",
         ),
         (
             &["--with", "value=50", "--fuel", "0"],

@@ -103,7 +103,7 @@ pub enum TransformCommand {
         schema: Vec<String>,
         /// How many CSV records type inference samples (the source's `infer_rows`; default 1000).
         /// For JSON Lines, how many rows `--key-column` looks ahead for a row with its field.
-        #[arg(long, value_parser = at_least_one_usize())]
+        #[arg(long, value_parser = at_least_one::<usize>)]
         infer_rows: Option<usize>,
         /// The column whose value becomes each record's message key (the source's `key_column`).
         #[arg(long)]
@@ -140,19 +140,19 @@ pub enum TransformCommand {
         #[arg(long, value_name = "FILE")]
         expect_failures: Option<PathBuf>,
         /// Rows per batch call.
-        #[arg(long, default_value_t = 1024, value_parser = at_least_one_usize())]
+        #[arg(long, default_value_t = 1024, value_parser = at_least_one::<usize>)]
         batch_size: usize,
         /// CPU-time cap per batch call, in milliseconds (the transform's `timeout_ms`).
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_parser = at_least_one::<u64>)]
         timeout_ms: Option<u64>,
         /// Memory cap per instance, in MiB, 1 to 4096 (the transform's `memory_mb`).
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        #[arg(long, value_parser = memory_mb)]
         memory_mb: Option<u64>,
         /// Fuel per call, each batch and `init` (deterministic CPU limit); prints fuel consumed.
-        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        #[arg(long, value_parser = at_least_one::<u64>)]
         fuel: Option<u64>,
         /// Most rows one record may emit (the transform's `max_rows_per_record`).
-        #[arg(long, value_name = "ROWS", value_parser = at_least_one_u32())]
+        #[arg(long, value_name = "ROWS", value_parser = at_least_one::<u32>)]
         max_rows_per_record: Option<u32>,
         /// Show the guests' stdout/stderr (on stderr).
         #[arg(long)]
@@ -160,15 +160,25 @@ pub enum TransformCommand {
     },
 }
 
-/// A count flag that 0 would make meaningless (0 rows per batch, type inference from no record),
-/// refused by clap like the pipeline file's `validate` refuses the same values.
-fn at_least_one_usize() -> clap::builder::RangedU64ValueParser<usize> {
-    clap::builder::RangedU64ValueParser::new().range(1..)
+/// A count or limit flag that 0 would make meaningless (0 rows per batch, type inference from no
+/// record, a time limit of nothing), refused like the pipeline file's `validate` refuses the same
+/// values; clap's own range parser would say `0 is not in 1..18446744073709551615`.
+fn at_least_one<T: TryFrom<u64>>(text: &str) -> Result<T, String> {
+    let n: u64 = text
+        .parse()
+        .map_err(|_| "expected a whole number, at least 1".to_owned())?;
+    if n == 0 {
+        return Err("must be at least 1".into());
+    }
+    T::try_from(n).map_err(|_| "is too large".into())
 }
 
-/// [`at_least_one_usize`] for a `u32` setting.
-fn at_least_one_u32() -> clap::builder::RangedU64ValueParser<u32> {
-    clap::builder::RangedU64ValueParser::new().range(1..=u64::from(u32::MAX))
+/// `--memory-mb`: 1 to 4096, as in the pipeline file.
+fn memory_mb(text: &str) -> Result<u64, String> {
+    match at_least_one::<u64>(text)? {
+        mb @ 1..=4096 => Ok(mb),
+        _ => Err("must be at most 4096 (MiB)".into()),
+    }
 }
 
 /// Runs a `sluice transform` subcommand; the exit code is 1 when `test --expect` finds a
@@ -1697,7 +1707,7 @@ pub fn test(
 ) -> anyhow::Result<TestReport> {
     let mut rows_check = golden.rows.map(Check::new);
     let mut failures_check = golden.failures.map(Check::new);
-    let (mut rows, mut failed, mut bad) = (0, 0, 0);
+    let (mut rows, mut failed, mut bad, mut undecoded) = (0, 0, 0, 0);
     let mut first_failure = None;
     let mut fail = |f: Failure, err: &mut dyn Write, show: &str| -> std::io::Result<()> {
         let (n, line) = (f.record, f.line);
@@ -1857,6 +1867,7 @@ pub fn test(
             fail(f, err, &show)?;
         }
         if let Some((n, line, reason)) = undecodable_after {
+            undecoded += 1;
             let show = format!("the consumer cannot decode its message (decode): {reason}");
             let f = Failure {
                 record: n as u64,
@@ -1877,6 +1888,13 @@ pub fn test(
             err,
             "source  {}, not run (sluice run applies source.on_error to them)",
             counted(bad, "bad record")
+        )?;
+    }
+    if undecoded > 0 {
+        writeln!(
+            err,
+            "consume  {} not decoded, not run (sluice run dead-letters them)",
+            counted(undecoded, "record")
         )?;
     }
     for (why, n) in skipped {
@@ -2335,7 +2353,11 @@ fn format_of(input: &Path, format: Option<InputFormat>) -> InputFormat {
 pub struct InputRecords {
     reader: Reader,
     /// JSON Lines rows read while looking for the `--key-column` field, not yet handed out.
-    ahead: std::collections::VecDeque<anyhow::Result<(u64, Row)>>,
+    ahead: std::collections::VecDeque<(u64, Row)>,
+    /// Whether a JSON Lines row has been handed out: a first line that is not a JSON object
+    /// says the input is not JSON Lines at all (a pretty-printed document, say), a later one is
+    /// a bad record.
+    rows_read: bool,
     framer: Framer,
     /// The input, when it can pause (a pipe or a terminal), to ask whether it has data.
     pipe: Option<Pipe>,
@@ -2365,11 +2387,21 @@ impl Iterator for InputRecords {
                 Err(e) => Some(Err(e.into())),
             },
             Reader::Jsonl(lines) => {
-                let item = self.ahead.pop_front().or_else(|| lines.next_row())?;
-                if let Ok((_, row)) = &item
-                    && std::mem::take(&mut self.letters_hint)
-                    && looks_like_letter(row)
-                {
+                let (line, row) = match self.ahead.pop_front() {
+                    Some(item) => item,
+                    None => match lines.next_row()? {
+                        Ok((line, Ok(row))) => (line, row),
+                        // As the consumer takes a message that is not a JSON object.
+                        Ok((line, Err(why))) if self.rows_read => {
+                            let reason = why.to_string();
+                            return Some(Ok(InputRecord::Undecodable { line, reason }));
+                        }
+                        Ok((line, Err(why))) => return Some(Err(lines.not_a_row(line, why))),
+                        Err(e) => return Some(Err(e)),
+                    },
+                };
+                self.rows_read = true;
+                if std::mem::take(&mut self.letters_hint) && looks_like_letter(&row) {
                     // Run as rows, letters only test what the transform does to letters.
                     crate::errln!(
                         "warning: {} looks like dead letters: pass --format dead-letters to run \
@@ -2377,7 +2409,7 @@ impl Iterator for InputRecords {
                         lines.shown
                     );
                 }
-                Some(item.map(|(line, row)| self.framer.record(line, row)))
+                Some(Ok(self.framer.record(line, row)))
             }
             Reader::Letters(lines) => match self.first.take() {
                 // Not read again at the end: on a terminal that would take a second Ctrl-D.
@@ -2599,6 +2631,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
                     );
                 };
                 let (line, row) = item?;
+                let row = row.map_err(|why| lines.not_a_row(line, why))?;
                 let found = row.get(k).is_some();
                 if !found && ahead.is_empty() && opts.format.is_none() && looks_like_letter(&row) {
                     bail!(
@@ -2608,7 +2641,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
                         path.display()
                     );
                 }
-                ahead.push_back(Ok((line, row)));
+                ahead.push_back((line, row));
                 if found {
                     break;
                 }
@@ -2630,16 +2663,17 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
             max_record_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         };
         let reader = CsvReader::from_reader(path, input, &csv, Arc::default(), None)?;
-        // JSON Lines read as CSV give rows of garbage and no error: say what to do instead.
+        // JSON Lines read as CSV give a bad row for every line, which a run would take for the
+        // input's fault: unless --format says CSV, stop and say what to do instead.
         let first_column = reader.columns().first().map(|c| &**c).unwrap_or_default();
         if opts.format.is_none() && first_column.starts_with('{') {
             let (format, what) = match first_column.starts_with(r#"{"stage":"#) {
                 true => ("dead-letters", "run the records of dead letters"),
                 false => ("jsonl", "read it as JSON Lines"),
             };
-            crate::errln!(
-                "warning: {} is read as CSV, but its first line looks like JSON: pass --format \
-                 {format} to {what}",
+            bail!(
+                "{} would be read as CSV, but its first line looks like JSON: pass --format \
+                 {format} to {what} (or --format csv if it is CSV)",
                 path.display()
             );
         }
@@ -2653,6 +2687,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
     Ok(InputRecords {
         reader,
         ahead,
+        rows_read: false,
         framer,
         pipe,
         first,
@@ -2785,20 +2820,25 @@ impl JsonLines {
     }
 
     /// The next row and its 1-based line, typed as the consumer types a message of a plain JSON
-    /// topic, so big integers keep their digits and duplicate names and field order survive.
-    fn next_row(&mut self) -> Option<anyhow::Result<(u64, Row)>> {
+    /// topic, so big integers keep their digits and duplicate names and field order survive; or
+    /// why the line is not one (inside), as the consumer would fail its message.
+    fn next_row(&mut self) -> Option<anyhow::Result<(u64, Result<Row, wire::DecodeError>)>> {
         let (line, text) = match self.next_line()? {
             Ok(item) => item,
             Err(e) => return Some(Err(e)),
         };
-        let row = wire::decode(Some(text.as_bytes()), None).map_err(|e| match e {
+        Some(Ok((line, wire::decode(Some(text.as_bytes()), None))))
+    }
+
+    /// Line `line` is not a row, for `why`: an error naming the input and the line.
+    fn not_a_row(&self, line: u64, why: wire::DecodeError) -> anyhow::Error {
+        match why {
             wire::DecodeError::Syntax(_) => anyhow::anyhow!(
-                "{}:{line}: not a JSON object (expected one JSON object per line): {e}",
+                "{}:{line}: not a JSON object (expected one JSON object per line): {why}",
                 self.shown
             ),
-            e => anyhow::anyhow!("{}:{line}: {e}", self.shown),
-        });
-        Some(row.map(|row| (line, row)))
+            why => anyhow::anyhow!("{}:{line}: {why}", self.shown),
+        }
     }
 
     /// Whether a whole line that is not blank (blank ones are skipped) is already read into the

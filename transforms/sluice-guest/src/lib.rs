@@ -86,7 +86,8 @@ pub enum Value {
     String(String),
     /// Microseconds since the Unix epoch, UTC.
     Timestamp(i64),
-    /// Nested data (objects, arrays) as JSON text.
+    /// Nested data (objects, arrays) as JSON text. The host fails a record whose output holds
+    /// one that is not JSON (`protocol`).
     Json(String),
 }
 

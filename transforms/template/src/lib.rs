@@ -1,7 +1,7 @@
 //! `{{name}}`: a sluice transform. Replace this logic with yours.
 //!
 //! As scaffolded it uppercases one string field (param `field`, default `name`) and drops rows
-//! whose field is empty. Build and test it with:
+//! whose field is empty or null (a blank CSV cell is null). Build and test it with:
 //!
 //! ```text
 //! sluice transform build {{name}}{{dir_flag}}
@@ -34,6 +34,7 @@ impl Transform for Main {
     /// error to send it to the dead-letter topic.
     fn transform(&mut self, mut row: Row) -> Result<Vec<Row>, Error> {
         match row.get_mut(&self.field) {
+            Some(Value::Null) => Ok(vec![]),
             Some(Value::String(s)) if s.is_empty() => Ok(vec![]),
             Some(Value::String(s)) => {
                 *s = s.to_uppercase();
@@ -59,7 +60,7 @@ mod tests {
     }
 
     #[test]
-    fn uppercases_the_field_and_drops_rows_where_it_is_empty() {
+    fn uppercases_the_field_and_drops_rows_where_it_is_empty_or_null() {
         let mut t = Main::init(&Params::new(vec![])).unwrap();
         let out = t.transform(row(Value::String("ada".into()))).unwrap();
         assert_eq!(out, [row(Value::String("ADA".into()))]);
@@ -68,6 +69,7 @@ mod tests {
                 .unwrap()
                 .is_empty()
         );
+        assert!(t.transform(row(Value::Null)).unwrap().is_empty());
         assert!(t.transform(row(Value::Int(1))).is_err());
         // `sluice_guest::meta()` needs `sluice_guest::testing::set_meta(...)` first here.
     }

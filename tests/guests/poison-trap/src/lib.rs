@@ -2,7 +2,8 @@
 //! row through. A row with an int field `burn_ms` makes it spin that long first, then panic: a
 //! record that fails late, after using most of the time limit. One with an int field `spin_ms`
 //! spins that long, then passes through: a slow row that succeeds. One with a field `reject`
-//! fails with an `invalid-value` error (the guest rejecting bad data, not crashing). Param
+//! fails with an `invalid-value` error (the guest rejecting bad data, not crashing). One with a
+//! string field `json` has it made a `json` value of the same text, JSON or not. Param
 //! `init_spin_ms` makes `init` spin that long: an instance slow to build.
 
 use sluice_guest::{Error, Params, Row, Transform, Value};
@@ -42,6 +43,11 @@ fn transform(row: Row) -> Result<Vec<Row>, Error> {
     }
     if let Some(&Value::Int(ms)) = row.get("spin_ms") {
         spin(ms as u64);
+    }
+    let mut row = row;
+    if let Some(Value::String(text)) = row.get("json") {
+        let json = Value::Json(text.clone());
+        row.set("json", json);
     }
     Ok(vec![row])
 }
