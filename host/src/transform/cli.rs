@@ -386,13 +386,18 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 }
                 None => load(&configs)?,
             };
+            // With nothing to compare, a reader that has seen enough (`| head`) ends the run,
+            // as it would end `cat`; with a golden file the whole input still counts.
+            let closed = std::sync::atomic::AtomicBool::new(false);
+            let compares = expect.is_some() || expect_failures.is_some();
             let report = test(
                 &chain,
                 records,
                 batch_size.max(1),
                 golden,
-                &mut UntilClosed(Some(stdout.lock())),
-                &mut UntilClosed(Some(stderr.lock())),
+                &mut UntilClosed(Some(stdout.lock()), Some(&closed)),
+                &mut UntilClosed(Some(stderr.lock()), None),
+                (!compares).then_some(&closed),
             )?;
             if expect.is_none() && expect_failures.is_none() {
                 return Ok(ExitCode::SUCCESS);
@@ -476,19 +481,28 @@ fn agree(n: usize) -> &'static str {
     if n == 1 { "matches" } else { "match" }
 }
 
-/// Stdout or stderr that its reader may close (`| head`): once it has, output goes nowhere and
-/// the run goes on, so the counts and the `--expect` verdict and exit code are still those of
-/// the whole input.
-struct UntilClosed<W>(Option<W>);
+/// Stdout or stderr that its reader may close (`| head`): once it has, output goes nowhere (and
+/// the flag, if any, is set), so that the counts and the `--expect` verdict and exit code are
+/// still those of the whole input.
+struct UntilClosed<'a, W>(Option<W>, Option<&'a std::sync::atomic::AtomicBool>);
 
-impl<W: Write> Write for UntilClosed<W> {
+impl<W: Write> UntilClosed<'_, W> {
+    fn close(&mut self) {
+        self.0 = None;
+        if let Some(closed) = self.1 {
+            closed.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl<W: Write> Write for UntilClosed<'_, W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let Some(w) = &mut self.0 else {
             return Ok(buf.len());
         };
         match w.write(buf) {
             Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                self.0 = None;
+                self.close();
                 Ok(buf.len())
             }
             other => other,
@@ -498,7 +512,7 @@ impl<W: Write> Write for UntilClosed<W> {
     fn flush(&mut self) -> std::io::Result<()> {
         match self.0.as_mut().map(Write::flush) {
             Some(Err(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => {
-                self.0 = None;
+                self.close();
                 Ok(())
             }
             other => other.unwrap_or(Ok(())),
@@ -1696,7 +1710,7 @@ pub fn load(configs: &[TransformConfig]) -> anyhow::Result<TransformChain> {
 /// `out`, and failures (bad CSV records and undecodable letters included), the dead letters
 /// skipped, and a line of counts per transform (plus fuel, when metered) to `err`, and compares
 /// both with `golden` as they come. An input that cannot be read is a [`UsageError`], after the
-/// records before it have run.
+/// records before it have run. Reading stops, between batches, once `stop` is set.
 pub fn test(
     chain: &TransformChain,
     mut records: InputRecords,
@@ -1704,6 +1718,7 @@ pub fn test(
     golden: Golden,
     out: &mut dyn Write,
     err: &mut dyn Write,
+    stop: Option<&std::sync::atomic::AtomicBool>,
 ) -> anyhow::Result<TestReport> {
     let mut rows_check = golden.rows.map(Check::new);
     let mut failures_check = golden.failures.map(Check::new);
@@ -1730,7 +1745,12 @@ pub fn test(
     let mut skipped: BTreeMap<Skip, u64> = BTreeMap::new();
     // A failure of the chain itself (not of a record): the run stops, after the counts.
     let mut fatal = None;
+    let mut stopped = false;
     loop {
+        if stop.is_some_and(|s| s.load(std::sync::atomic::Ordering::Relaxed)) {
+            stopped = true;
+            break;
+        }
         // Kept beside the batch because failures are reported by record number and line.
         let mut origins = Vec::new();
         let mut batch: Vec<(RecordMeta, Row)> = Vec::new();
@@ -1882,6 +1902,12 @@ pub fn test(
         if ended || unreadable.is_some() || fatal.is_some() {
             break;
         }
+    }
+    if stopped {
+        writeln!(
+            err,
+            "input  stopped after record {number}: the output was closed"
+        )?;
     }
     if bad > 0 {
         writeln!(

@@ -1421,7 +1421,9 @@ impl Slot {
         });
         let init_ms = init_limit_ms(&t.config);
         arm_for(&mut store, &t.config, fuel_enabled, init_ms, Pass::First);
-        let instance = t.pre.instance_pre().instantiate(&mut store).map_err(|e| {
+        let instance = t.pre.instance_pre().instantiate(&mut store);
+        count_fuel(&store, t);
+        let instance = instance.map_err(|e| {
             let (kind, reason) = classify(&e, store.data(), &t.config);
             InitFailure::Wasm(kind, reason)
         })?;
@@ -1429,10 +1431,11 @@ impl Slot {
         let guest = bindings::Transform::new(&mut store, &instance)
             .map_err(|e| InitFailure::Exports(format!("{e:#}")))?;
         arm_for(&mut store, &t.config, fuel_enabled, init_ms, Pass::First);
-        match guest
+        let init = guest
             .sluice_transform_transformer()
-            .call_init(&mut store, &t.params)
-        {
+            .call_init(&mut store, &t.params);
+        count_fuel(&store, t);
+        match init {
             Ok(Ok(())) => Ok(Slot {
                 store,
                 guest,
@@ -1444,6 +1447,15 @@ impl Slot {
                 Err(InitFailure::Wasm(kind, reason))
             }
         }
+    }
+}
+
+/// Adds the fuel the last call into the guest (a batch, `init`, or building the instance) used
+/// to the transform's count, when it has a `fuel` budget (each call starts with all of it).
+fn count_fuel(store: &Store<HostState>, t: &Loaded) {
+    if let Some(budget) = t.config.fuel {
+        let left = store.get_fuel().unwrap_or(0);
+        TransformStats::add(&t.stats.fuel_consumed, budget.saturating_sub(left));
     }
 }
 
@@ -1816,11 +1828,15 @@ fn run_transform(
                 isolate(shared, t, slot, batch, metas, None)?
             }
             Ok(()) => split(output, batch, 0, max),
-            Err(reason) if n == 1 => (
-                WireBatch::default(),
-                vec![Failure::host(0, FailureKind::Protocol, reason)],
-                0,
-            ),
+            Err(reason) if n == 1 => {
+                // As below: the next batch gets an instance that never saw this row.
+                *slot = None;
+                (
+                    WireBatch::default(),
+                    vec![Failure::host(0, FailureKind::Protocol, reason)],
+                    0,
+                )
+            }
             Err(reason) => {
                 // The instance is not poisoned, but it has seen the whole batch: a guest
                 // that keeps state (a dedupe) would take each row it sees again for a repeat.
@@ -2282,10 +2298,7 @@ fn call(
         .call_transform_batch(&mut s.store, input);
     t.stats.observe_latency(start.elapsed());
     TransformStats::add(&t.stats.invocations, 1);
-    if let Some(budget) = t.config.fuel {
-        let left = s.store.get_fuel().unwrap_or(0);
-        TransformStats::add(&t.stats.fuel_consumed, budget.saturating_sub(left));
-    }
+    count_fuel(&s.store, t);
     match result {
         Ok(output) => {
             let size = host_size(&output.rows);
