@@ -1197,40 +1197,6 @@ fn rows_succeeding_slowly_alone_cannot_hold_a_worker_for_long() {
     }
 }
 
-/// A `json` value a transform emits must be JSON text: the host fails the record that has one
-/// that is not (`protocol`), rather than let the sink find it at load time.
-#[test]
-fn a_json_value_that_is_not_json_fails_its_record() {
-    let c = one_worker(&[config(guests::POISON_TRAP, &[])]);
-    let texts = ["{\"ok\":true}", "{\"OK\":TRUE}", "[1, 2.5, null]", ""];
-    let rows = (texts.iter().enumerate()).map(|(i, t)| {
-        row(&[
-            ("id", Value::Int(i as i64)),
-            ("json", Value::String(t.to_string())),
-        ])
-    });
-    let out = c.process_blocking(with_meta(rows.collect())).unwrap();
-    for (i, o) in out.iter().enumerate() {
-        match i {
-            0 | 2 => assert_eq!(
-                emitted(o)[0].get("json"),
-                Some(&Value::Json(texts[i].to_owned()))
-            ),
-            _ => {
-                let q = quarantined(o);
-                assert_eq!(q.kind, FailureKind::Protocol, "{i}");
-                assert!(
-                    q.reason
-                        .starts_with("field \"json\" is of type json but not JSON text ("),
-                    "{i}: {}",
-                    q.reason
-                );
-            }
-        }
-    }
-    assert!(quarantined(&out[1]).reason.contains("): {\"OK\":TRUE}"));
-}
-
 /// What running each row of a big batch alone costs the host (a call of its own for each) is
 /// not the rows' doing: under a small time limit one cheap poison row among thousands is still
 /// isolated, not taken for a transform too slow for its limit.
@@ -3449,6 +3415,33 @@ fn cli_test_streams_its_input() {
     );
 }
 
+/// A `json` value whose text is not JSON prints as a string, and a VARIANT column would not take
+/// it: `transform test` warns of it at its record, without failing the run.
+#[test]
+fn cli_test_warns_of_a_json_value_that_is_not_json() {
+    let dir = tempfile::tempdir().unwrap();
+    // The trap guest makes a string field `json` a json value of the same text.
+    let input = "{\"id\":1,\"json\":\"[1, 2]\"}\n{\"id\":2,\"json\":\"{\\\"OK\\\":TRUE}\"}\n";
+    std::fs::write(dir.path().join("in.jsonl"), input).unwrap();
+    let args = ["transform", "test", "--component", guests::POISON_TRAP];
+    let out =
+        sluice_tests::cli::sluice(dir.path(), &[&args[..], &["--input", "in.jsonl"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"id\":1,\"json\":[1, 2]}\n{\"id\":2,\"json\":\"{\\\"OK\\\":TRUE}\"}\n"
+    );
+    assert!(
+        stderr.contains(
+            "record 2 (line 2): warning: field \"json\" is of type json but its text is not JSON \
+             (expected value at line 1 column 7), so it prints as a string"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
+}
+
 /// A JSON Lines line past the first that is not a JSON object is a message the consumer could
 /// not decode: its record fails (stage `consume`, kind `decode`) and the rest run, as a bad CSV
 /// row does. A first line that is not one says the input is not JSON Lines at all (exit 2).
@@ -3775,14 +3768,21 @@ fn feed_while_open(
     (lines.iter().collect(), stderr)
 }
 
-/// A JSON Lines input that goes bad part-way exits 2 after the rows before it have run, printed
-/// and been counted; `--key-column` looks `--infer-rows` rows ahead for a row with its field.
+/// A JSON Lines input that goes bad part-way (invalid UTF-8) exits 2 after the rows before it
+/// have run, printed and been counted, while a line that is not JSON fails its record alone;
+/// `--key-column` looks `--infer-rows` rows ahead for a row with its field.
 #[test]
 fn cli_test_jsonl_going_bad_part_way_and_key_look_ahead() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.jsonl");
     std::fs::write(
         &bad,
+        b"{\"value\":60}\n{\"value\":70}\n{\"value\":\"\xff\"}\n{\"value\":80}\n",
+    )
+    .unwrap();
+    let odd = dir.path().join("odd.jsonl");
+    std::fs::write(
+        &odd,
         "{\"value\":60}\n{\"value\":70}\nnot json\n{\"value\":80}\n",
     )
     .unwrap();
@@ -3812,11 +3812,22 @@ fn cli_test_jsonl_going_bad_part_way_and_key_look_ahead() {
     assert_eq!(code, Some(2), "{stderr}");
     assert_eq!(stdout, "{\"value\":60}\n{\"value\":70}\n");
     assert!(
-        stderr.contains("bad.jsonl:3: not a JSON object"),
+        stderr.contains("bad.jsonl at line 3: stream did not contain valid UTF-8"),
         "{stderr}"
     );
     assert!(
         stderr.contains("filter: 2 in, 2 out, 0 dropped"),
+        "{stderr}"
+    );
+    let (code, stdout, stderr) = run(&odd, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "{\"value\":60}\n{\"value\":70}\n{\"value\":80}\n");
+    assert!(
+        stderr.contains("record 3 (line 3): the consumer cannot decode its message (decode)"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("filter: 3 in, 3 out, 0 dropped"),
         "{stderr}"
     );
     // The second row is the first with `k`.

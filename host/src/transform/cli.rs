@@ -1820,6 +1820,11 @@ pub fn test(
             match outcome {
                 RecordOutcome::Emitted(emitted) => {
                     for row in emitted {
+                        if let Some(problem) = not_json(&row) {
+                            write_rows(&mut pending, out)?;
+                            let text = format!("record {n} (line {line}): warning: {problem}");
+                            writeln!(err, "{}", crate::config::redact_output(&text))?;
+                        }
                         let text = row_text(&row);
                         rows += 1;
                         if let Some(check) = &mut rows_check {
@@ -1954,6 +1959,25 @@ pub fn test(
         rows_verdict: rows_check.map(Check::verdict),
         failures_verdict: failures_check.map(Check::verdict),
         batch_only,
+    })
+}
+
+/// What is wrong with the first `json` value of `row` whose text is not JSON, if one is: it
+/// prints as a string, and the sink would set the row aside, far from the transform that made
+/// it. (Not a failure of the transform here: an input row may hold such a value already.)
+fn not_json(row: &Row) -> Option<String> {
+    row.fields.iter().find_map(|f| match &f.value {
+        crate::row::Value::Json(text) => serde_json::from_str::<serde::de::IgnoredAny>(text)
+            .err()
+            .map(|e| {
+                format!(
+                    "field {:?} is of type json but its text is not JSON ({e}), so it prints as a \
+                     string; a Snowflake VARIANT column does not take it, and the sink sets the \
+                     row aside",
+                    f.name
+                )
+            }),
+        _ => None,
     })
 }
 

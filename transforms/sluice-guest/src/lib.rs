@@ -86,8 +86,8 @@ pub enum Value {
     String(String),
     /// Microseconds since the Unix epoch, UTC.
     Timestamp(i64),
-    /// Nested data (objects, arrays) as JSON text. The host fails a record whose output holds
-    /// one that is not JSON (`protocol`).
+    /// Nested data (objects, arrays) as JSON text: it must be JSON, which `sluice transform
+    /// test` checks; a Snowflake VARIANT column does not take anything else.
     Json(String),
 }
 
