@@ -306,10 +306,10 @@ impl std::fmt::Display for TransformPart {
         if self.batch_only_failures > 0 {
             write!(
                 f,
-                ", {} failed as a whole but in none of {} rows alone",
+                ", {} failed though {} rows alone did not",
                 match self.batch_only_failures {
-                    1 => "1 batch".to_owned(),
-                    n => format!("{n} batches"),
+                    1 => "1 batch call".to_owned(),
+                    n => format!("{n} batch calls"),
                 },
                 if self.batch_only_failures == 1 {
                     "its"
@@ -2753,13 +2753,13 @@ mod tests {
         };
         assert_eq!(
             batch_only(1).to_string(),
-            "mask: 2 in, 2 out, 0 dropped, 0 failed, 1 batch failed as a whole but in none of its \
-             rows alone"
+            "mask: 2 in, 2 out, 0 dropped, 0 failed, 1 batch call failed though its rows alone did \
+             not"
         );
         assert_eq!(
             batch_only(3).to_string(),
-            "mask: 2 in, 2 out, 0 dropped, 0 failed, 3 batches failed as a whole but in none of \
-             their rows alone"
+            "mask: 2 in, 2 out, 0 dropped, 0 failed, 3 batch calls failed though their rows alone \
+             did not"
         );
         let timed = TransformPart {
             call_time_ns: 4_567_000,

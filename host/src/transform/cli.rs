@@ -445,11 +445,11 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             // broken on batches, which is what `sluice run` gives it.
             for (name, n) in &report.batch_only {
                 crate::errln!(
-                    "mismatch: transform {name} failed on {} as a whole but on none of {} rows \
-                     alone; the rows match only because each ran again alone",
+                    "mismatch: transform {name} failed on {} though {} rows alone did not; \
+                     the rows match only because each ran again alone",
                     match n {
-                        1 => "1 batch".to_owned(),
-                        n => format!("{n} batches"),
+                        1 => "1 batch call".to_owned(),
+                        n => format!("{n} batch calls"),
                     },
                     if *n == 1 { "its" } else { "their" }
                 );
@@ -2402,8 +2402,9 @@ fn format_of(input: &Path, format: Option<InputFormat>) -> InputFormat {
 /// further; the run stops there.
 pub struct InputRecords {
     reader: Reader,
-    /// JSON Lines rows read while looking for the `--key-column` field, not yet handed out.
-    ahead: std::collections::VecDeque<(u64, Row)>,
+    /// JSON Lines lines read while looking for the `--key-column` field, not yet handed out:
+    /// rows, and lines that are not one.
+    ahead: std::collections::VecDeque<(u64, Result<Row, wire::DecodeError>)>,
     /// Whether a JSON Lines row has been handed out: a first line that is not a JSON object
     /// says the input is not JSON Lines at all (a pretty-printed document, say), a later one is
     /// a bad record.
@@ -2437,18 +2438,21 @@ impl Iterator for InputRecords {
                 Err(e) => Some(Err(e.into())),
             },
             Reader::Jsonl(lines) => {
-                let (line, row) = match self.ahead.pop_front() {
+                let item = match self.ahead.pop_front() {
                     Some(item) => item,
                     None => match lines.next_row()? {
-                        Ok((line, Ok(row))) => (line, row),
-                        // As the consumer takes a message that is not a JSON object.
-                        Ok((line, Err(why))) if self.rows_read => {
-                            let reason = why.to_string();
-                            return Some(Ok(InputRecord::Undecodable { line, reason }));
-                        }
-                        Ok((line, Err(why))) => return Some(Err(lines.not_a_row(line, why))),
+                        Ok(item) => item,
                         Err(e) => return Some(Err(e)),
                     },
+                };
+                let (line, row) = match item {
+                    (line, Ok(row)) => (line, row),
+                    // As the consumer takes a message that is not a JSON object.
+                    (line, Err(why)) if self.rows_read => {
+                        let reason = why.to_string();
+                        return Some(Ok(InputRecord::Undecodable { line, reason }));
+                    }
+                    (line, Err(why)) => return Some(Err(lines.not_a_row(line, why))),
                 };
                 self.rows_read = true;
                 if std::mem::take(&mut self.letters_hint) && looks_like_letter(&row) {
@@ -2681,17 +2685,31 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
                     );
                 };
                 let (line, row) = item?;
-                let row = row.map_err(|why| lines.not_a_row(line, why))?;
-                let found = row.get(k).is_some();
-                if !found && ahead.is_empty() && opts.format.is_none() && looks_like_letter(&row) {
-                    bail!(
-                        "{} looks like dead letters, whose rows have no {k:?} field: pass \
-                         --format dead-letters to run the records they hold (or --format jsonl \
-                         to run the letters themselves)",
-                        path.display()
-                    );
-                }
-                ahead.push_back((line, row));
+                let found = match row {
+                    Ok(row) => {
+                        let found = row.get(k).is_some();
+                        if !found
+                            && ahead.is_empty()
+                            && opts.format.is_none()
+                            && looks_like_letter(&row)
+                        {
+                            bail!(
+                                "{} looks like dead letters, whose rows have no {k:?} field: \
+                                 pass --format dead-letters to run the records they hold (or \
+                                 --format jsonl to run the letters themselves)",
+                                path.display()
+                            );
+                        }
+                        ahead.push_back((line, Ok(row)));
+                        found
+                    }
+                    Err(why) if ahead.is_empty() => return Err(lines.not_a_row(line, why)),
+                    // After a row, a bad record (as when it is read in turn).
+                    Err(why) => {
+                        ahead.push_back((line, Err(why)));
+                        false
+                    }
+                };
                 if found {
                     break;
                 }

@@ -206,7 +206,7 @@ pub enum TransformError {
     /// whatever its `on_error`.
     #[error(
         "transform {transform}: {}; raise its timeout_ms or fix it",
-        slow_reason(*rows, *timeouts, *cpu_ms, *timeout_ms, *total_ms, *of)
+        slow_reason(*rows, *timeouts, *cpu_ms, *timeout_ms, *total_ms, *of, *rebuild_ms)
     )]
     TooSlow {
         /// The transform's name.
@@ -225,6 +225,9 @@ pub enum TransformError {
         total_ms: Option<u64>,
         /// The rows of the batch (a worker's share of it).
         of: usize,
+        /// How much of `total_ms` went to building instances again after failures (their `init`
+        /// included).
+        rebuild_ms: u64,
     },
     /// The rows of one batch, run one at a time (after a failure, or because the batch's output
     /// did not fit), emitted more text (string and JSON values) in all than one batch holds.
@@ -293,12 +296,19 @@ fn slow_reason(
     timeout_ms: u64,
     total_ms: Option<u64>,
     of: usize,
+    rebuild_ms: u64,
 ) -> String {
     if let Some(total) = total_ms {
+        let rebuilds = match rebuild_ms {
+            0 => String::new(),
+            ms => format!(
+                " ({ms} ms of it building instances again after failures, their init included)"
+            ),
+        };
         format!(
             "a batch of {of} rows run again a row at a time (after it failed as a whole) used \
-             {total} ms of CPU time, more than {ISOLATION_LIMITS} times the time limit of \
-             {timeout_ms} ms and {ISOLATION_ROW_MS} ms a row"
+             {total} ms of CPU time{rebuilds}, more than {ISOLATION_LIMITS} times the time limit \
+             of {timeout_ms} ms and {ISOLATION_ROW_MS} ms a row"
         )
     } else if timeouts == rows {
         format!(

@@ -1842,7 +1842,10 @@ fn run_transform(
                 // that keeps state (a dedupe) would take each row it sees again for a repeat.
                 *slot = None;
                 let isolated = isolate(shared, t, slot, batch, metas, Some(&reason))?;
-                note_batch_only(t, FailureKind::Protocol, &reason, n, &isolated.1);
+                let kind = FailureKind::Protocol;
+                if breaks_only_batches(shared, t, slot, batch, metas, kind, &isolated.1)? {
+                    note_batch_only(t, kind, &reason, n);
+                }
                 isolated
             }
         },
@@ -1854,7 +1857,9 @@ fn run_transform(
         Err((kind, reason)) => {
             let isolated = isolate(shared, t, slot, batch, metas, None)?;
             warn_limit_per_batch(t, kind, n, &isolated.1);
-            note_batch_only(t, kind, &reason, n, &isolated.1);
+            if breaks_only_batches(shared, t, slot, batch, metas, kind, &isolated.1)? {
+                note_batch_only(t, kind, &reason, n);
+            }
             isolated
         }
     };
@@ -1886,18 +1891,60 @@ fn warn_limit_per_batch(t: &Loaded, kind: FailureKind, n: usize, failures: &[Fai
     );
 }
 
-/// Counts, and warns of once per run, a batch of `n` rows whose call trapped or broke the
-/// contract (`kind`, `reason`) when none of its rows did so run alone: the transform fails only
-/// on batches of several rows (a bug in its batch loop, or state carried from row to row). Every
-/// record still comes out right, since each row ran again alone, so without this nothing would
-/// show that every such batch runs twice, nor would `transform test` fail on it. Limits that fit
-/// single rows but not whole batches are [`warn_limit_per_batch`]'s.
-fn note_batch_only(t: &Loaded, kind: FailureKind, reason: &str, n: usize, failures: &[Failure]) {
-    if !matches!(kind, FailureKind::Trap | FailureKind::Protocol)
-        || failures.iter().any(|f| f.kind == kind)
-    {
-        return;
+/// Whether a batch whose call trapped or broke the contract (`kind`), and whose rows then ran
+/// alone (with `failures`), shows a transform that breaks only on batches of several rows (a bug
+/// in its batch loop, or state carried from row to row): none of its rows failed alone that way,
+/// or, if some did, the rows that did not still fail that way together, on a fresh instance (one
+/// more call, so that a poison row in the batch does not hide the bug). Limits that fit single
+/// rows but not whole batches are [`warn_limit_per_batch`]'s.
+fn breaks_only_batches(
+    shared: &Shared,
+    t: &Loaded,
+    slot: &mut Option<Slot>,
+    batch: &WireBatch,
+    metas: &Metas,
+    kind: FailureKind,
+    failures: &[Failure],
+) -> Result<bool, TransformError> {
+    if !matches!(kind, FailureKind::Trap | FailureKind::Protocol) {
+        return Ok(false);
     }
+    if !failures.iter().any(|f| f.kind == kind) {
+        return Ok(true);
+    }
+    let failed: std::collections::HashSet<usize> = failures.iter().map(|f| f.row).collect();
+    let (mut rest, mut shapes) = (WireBatch::default(), HashMap::new());
+    for j in (0..batch.origins.len()).filter(|j| !failed.contains(j)) {
+        rest.append_indexed(batch.one_row(j), &mut shapes);
+    }
+    if rest.origins.len() < 2 {
+        return Ok(false);
+    }
+    // Fresh instances before and after: this one's state has seen the rows again.
+    *slot = None;
+    let again = call(
+        shared,
+        t,
+        slot,
+        &rest.wire,
+        &rest.origins,
+        metas,
+        Pass::Alone,
+    )?;
+    *slot = None;
+    Ok(match again {
+        Ok(output) => {
+            kind == FailureKind::Protocol && check_output(&output, rest.origins.len()).is_err()
+        }
+        Err((k, _)) => k == kind,
+    })
+}
+
+/// Counts, and warns of once per run, a batch call of `n` rows that trapped or broke the
+/// contract (`kind`, `reason`) on a transform that [`breaks_only_batches`]. Every record still
+/// comes out right, since each row ran again alone, so without this nothing would show that
+/// every such batch runs twice, nor would `transform test` fail on it.
+fn note_batch_only(t: &Loaded, kind: FailureKind, reason: &str, n: usize) {
     TransformStats::add(&t.stats.batch_only_failures, 1);
     if t.batch_only_warned.swap(true, Relaxed) {
         return;
@@ -1908,10 +1955,11 @@ fn note_batch_only(t: &Loaded, kind: FailureKind, reason: &str, n: usize, failur
     tracing::warn!(
         transform = %t.name,
         rows = n,
-        "transform {} failed on a batch of {n} rows ({}: {reason}), but on none of them run \
-         alone: it breaks only on batches of several rows (its batch loop, or state carried from \
-         row to row). Each row was run again alone and came out right, but every such batch runs \
-         twice; test it with `transform test --batch-size` 1 and larger.",
+        "transform {} failed on a batch of {n} rows ({}: {reason}), though its rows run alone \
+         do not fail that way, but for any that fail alone: it breaks on batches of several \
+         rows (its batch loop, or state carried from row to row). Each row was run again alone \
+         and came out right, but every such batch runs twice; test it with `transform test \
+         --batch-size` 1 and larger.",
         t.name,
         kind.as_str()
     );
@@ -1962,7 +2010,7 @@ fn isolate(
     let cpu_cap = limit * (MAX_TIMEOUTS_PER_BATCH as u32 + 1);
     let total_cap = limit * ISOLATION_LIMITS
         + Duration::from_millis(ISOLATION_ROW_MS.saturating_mul(batch.origins.len() as u64));
-    let started = thread_cpu_time();
+    let (started, built_before) = (thread_cpu_time(), BUILD_CPU.get());
     let max = t.config.max_rows_per_record;
     let (mut size, size_cap) = (
         0u64,
@@ -2044,6 +2092,7 @@ fn isolate(
                 total_ms: (timeouts <= MAX_TIMEOUTS_PER_BATCH && failing_cpu <= cpu_cap)
                     .then_some(total.as_millis() as u64),
                 of: batch.origins.len(),
+                rebuild_ms: BUILD_CPU.get().saturating_sub(built_before).as_millis() as u64,
             });
         }
     }

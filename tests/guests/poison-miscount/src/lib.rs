@@ -2,9 +2,9 @@
 //! author would: keeps every row, but answers the row whose `id` is 13 with two outcomes, which
 //! breaks the one-outcome-per-input contract. With param `dedupe` it also keeps state, as a
 //! dedupe does: a row whose `id` this instance has seen before is filtered out. With param
-//! `batches=trap` it panics, and with `batches=miscount` it returns one outcome too few, on any
+//! `batches=trap` it panics, and with `batches=miscount` it returns no outcome at all, on any
 //! batch of more than one row: a transform broken only on batches, whose every row runs right
-//! alone.
+//! alone but the poison row, which with `batches=trap` panics alone too (a trap, as the batch's).
 
 wit_bindgen::generate!({ path: "../../../wit", world: "transform" });
 
@@ -74,6 +74,9 @@ impl Guest for Miscount {
                     int += 1;
                 }
             }
+            if poison && BATCHES.with(|b| b.borrow().as_deref() == Some("trap")) {
+                panic!("poison row");
+            }
             if poison {
                 outcomes.push(Outcome::Emit(0));
             }
@@ -84,7 +87,7 @@ impl Guest for Miscount {
             });
         }
         if batches.is_some() {
-            outcomes.pop();
+            outcomes.clear();
         }
         // Every row kept is kept as it came: none is sent back.
         let values = Values {
