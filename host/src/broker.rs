@@ -182,6 +182,9 @@ impl ManagedBroker {
                 "0s",
             ])
             .current_dir(data_dir)
+            // sluice's `RUST_LOG` is for sluice: nisshi would take it too, and at `info` writes
+            // gigabytes of log in a run, enough to slow the broker past the consumer's session.
+            .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(log)
             .stderr(log2)
