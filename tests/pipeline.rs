@@ -1288,6 +1288,8 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
     assert_eq!(finished["fields"]["ok"], true, "{finished:#}");
     let resumed = &finished["fields"]["summary"]["consume"];
     assert_eq!(resumed["transforms"][0]["rows_failed"], 1, "{finished:#}");
+    // Dropped on purpose: counted as such, not "nothing lost".
+    assert_eq!(resumed["records_dropped"], 1, "{finished:#}");
     // The failed record under `drop` is logged once at WARN, with its reason.
     let warned: Vec<&str> = stderr
         .lines()

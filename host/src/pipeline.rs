@@ -224,6 +224,10 @@ pub struct ConsumePart {
     /// counters count them, as unfinished): not accounted for here, they wait in the topic.
     #[serde(default)]
     pub records_unfinished: u64,
+    /// Records a transform's failure dropped under `on_error: drop`: thrown away on purpose, in
+    /// neither the table nor the dead letters.
+    #[serde(default)]
+    pub records_dropped: u64,
     /// Per transform, in chain order.
     pub transforms: Vec<TransformPart>,
     /// Rows that reached the sink.
@@ -1316,6 +1320,7 @@ async fn process_batch(
                     kind,
                     reason,
                 }) => {
+                    part.records_dropped += 1;
                     ctx.log_failure(&transform, kind, &reason, &meta);
                     Vec::new()
                 }
@@ -1551,10 +1556,17 @@ fn summary_text(s: &RunSummary) -> String {
     }
     if let Some(c) = &s.consume {
         out.push_str(&format!(
-            "  consume    {} ({} undecodable)",
+            "  consume    {} ({} undecodable",
             counted(c.records, "record"),
             c.undecodable
         ));
+        if c.records_dropped > 0 {
+            out.push_str(&format!(
+                ", {} dropped by a transform's on_error: drop",
+                c.records_dropped
+            ));
+        }
+        out.push(')');
         if c.records_unfinished > 0 {
             out.push_str(&format!(
                 ", and {} in the batch the transform chain stopped on (they wait in the topic)",
@@ -1591,7 +1603,13 @@ fn summary_text(s: &RunSummary) -> String {
     for w in s.warnings.iter().chain(missing) {
         out.push_str(&format!("  warning: {w}\n"));
     }
-    if s.ok {
+    let dropped = s.consume.as_ref().map_or(0, |c| c.records_dropped);
+    if s.ok && dropped > 0 {
+        out.push_str(&format!(
+            "  result: ok, nothing lost but the {} that on_error: drop threw away\n",
+            counted(dropped, "record")
+        ));
+    } else if s.ok {
         out.push_str("  result: ok, nothing lost\n");
     } else {
         for p in &s.problems {
@@ -1632,8 +1650,28 @@ fn warnings(s: &RunSummary) -> Vec<String> {
         if t.rows_failed > 0 && t.rows_failed * 2 >= t.rows_in {
             out.push(format!(
                 "transform {} failed {} of the {} rows it received; check its params \
-                 (the failures' reasons are in the dead letters and the log)",
+                 (the failures' reasons are in the log, and in the dead letters unless its \
+                 on_error drops them)",
                 t.name, t.rows_failed, t.rows_in
+            ));
+        }
+        // Every record came out right, so nothing else would say so.
+        if t.batch_only_failures > 0 {
+            out.push(format!(
+                "transform {} failed on {} though {} rows alone did not, so each such batch ran \
+                 again a row at a time: slow, though every record came out right. It breaks on \
+                 batches of several rows (its batch loop, or state carried from row to row); \
+                 `sluice transform test --batch-size 1`, and with larger batches, tells",
+                t.name,
+                match t.batch_only_failures {
+                    1 => "1 batch call".to_owned(),
+                    n => format!("{n} batch calls"),
+                },
+                if t.batch_only_failures == 1 {
+                    "its"
+                } else {
+                    "their"
+                }
             ));
         }
     }
@@ -2270,9 +2308,18 @@ pub async fn verify(
         // The records of a batch the chain stopped on entered it: the transforms count them.
         let mut flow = c.records - c.undecodable + c.records_unfinished;
         for t in &c.transforms {
+            // Every count of the transform's line, so that its rows add up when it maps one to
+            // one (a flat-map's out is more than its in).
+            let mut more = String::new();
+            if t.rows_discarded > 0 {
+                more += &format!(", {} discarded with their record", t.rows_discarded);
+            }
+            if t.rows_unfinished > 0 {
+                more += &format!(", {} unfinished", t.rows_unfinished);
+            }
             check(
                 format!(
-                    "transform {}: {} in = {} upstream; {} out, {} dropped, {} failed",
+                    "transform {}: {} in = {} upstream; {} out, {} dropped, {} failed{more}",
                     t.name, t.rows_in, flow, t.rows_out, t.rows_dropped, t.rows_failed
                 ),
                 t.rows_in == flow,
@@ -2823,6 +2870,32 @@ mod tests {
         old.as_object_mut().unwrap().remove("warnings");
         let read: RunSummary = serde_json::from_value(old).unwrap();
         assert!(read.warnings.is_empty());
+        // Records dropped under `on_error: drop` are said to be, beside "nothing lost".
+        let mut dropped = summary(3);
+        dropped.consume.as_mut().unwrap().records_dropped = 3;
+        let text = summary_text(&dropped);
+        assert!(
+            text.contains("(0 undecodable, 3 dropped by a transform's on_error: drop)"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "result: ok, nothing lost but the 3 records that on_error: drop threw away"
+            ),
+            "{text}"
+        );
+        // A transform broken on batches gets every record right, slowly: a warning too.
+        let mut batch_only = summary(0);
+        batch_only.consume.as_mut().unwrap().transforms[0].batch_only_failures = 23;
+        assert_eq!(
+            warnings(&batch_only),
+            [
+                "transform filter failed on 23 batch calls though their rows alone did not, so each \
+              such batch ran again a row at a time: slow, though every record came out right. It \
+              breaks on batches of several rows (its batch loop, or state carried from row to \
+              row); `sluice transform test --batch-size 1`, and with larger batches, tells"
+            ]
+        );
     }
 
     /// Records a stop left unconsumed in the topic are said to wait there, counted from what the

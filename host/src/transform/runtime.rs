@@ -1958,8 +1958,8 @@ fn note_batch_only(t: &Loaded, kind: FailureKind, reason: &str, n: usize) {
         "transform {} failed on a batch of {n} rows ({}: {reason}), though its rows run alone \
          do not fail that way, but for any that fail alone: it breaks on batches of several \
          rows (its batch loop, or state carried from row to row). Each row was run again alone \
-         and came out right, but every such batch runs twice; test it with `transform test \
-         --batch-size` 1 and larger.",
+         and came out right, but every such batch runs twice; `sluice transform test \
+         --batch-size 1`, and with larger batches, tells.",
         t.name,
         kind.as_str()
     );
