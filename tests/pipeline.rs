@@ -1231,6 +1231,25 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
         count(&transform["rows_in"]) + count(&consume["undecodable"]),
         "{summary:#}"
     );
+    // While a run holds the state directory, its summary is a placeholder: `verify` says so
+    // rather than report a run that died.
+    let lock = std::fs::File::options()
+        .write(true)
+        .open(state.join("lock"))
+        .unwrap();
+    lock.lock().unwrap();
+    let out = sluice(
+        dir.path(),
+        &["verify", &fail, "--state-dir", &s, "--summary", &sf],
+    );
+    let stderr_verify = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr_verify}");
+    assert!(
+        stderr_verify.contains("a sluice run is still going on the state directory"),
+        "{stderr_verify}"
+    );
+    assert!(!stderr_verify.contains("did not finish"), "{stderr_verify}");
+    std::mem::drop(lock);
     // `verify` fails the run, but its flow through the chain adds up.
     let out = sluice(
         dir.path(),

@@ -423,6 +423,14 @@ fn lock_state_dir(state_dir: &Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// Whether another process holds `state_dir`'s lock: a run on it is still going.
+fn state_dir_in_use(state_dir: &Path) -> bool {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(state_dir.join("lock"))
+        .is_ok_and(|f| matches!(f.try_lock(), Err(std::fs::TryLockError::WouldBlock)))
+}
+
 impl Services {
     /// Starts what the pipeline needs (a managed broker, a managed emulator), locking the state
     /// directory while they use it. `locked` runs once the lock is held (or at once, when no
@@ -2113,6 +2121,13 @@ pub async fn verify(
     state_dir: &Path,
 ) -> anyhow::Result<Vec<String>> {
     let cfg = &loaded.config;
+    // Its summary is a placeholder until it ends, which would read as a run that died.
+    if state_dir_in_use(state_dir) {
+        anyhow::bail!(
+            "a sluice run is still going on the state directory {}; verify it once it has ended",
+            state_dir.display()
+        );
+    }
     let text = std::fs::read_to_string(summary_path).with_context(|| {
         format!(
             "no run summary at {}: run `sluice run --until-end` first (every run writes \
