@@ -806,6 +806,28 @@ fn dead_letters_outlive_an_embedded_run_and_print_as_stored() {
         .unwrap()
         .len();
     assert!(broker_log < 4096, "the broker logged {broker_log} bytes");
+    // Resumed from a state directory no run used, there is no broker holding the topic: said
+    // at once, rather than waiting for the topic forever.
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            &p,
+            "--consume-only",
+            "--until-end",
+            "--state-dir",
+            "elsewhere",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "no managed broker's data in elsewhere/broker: no run used that state directory, so \
+             the topic rows is in no broker this run can start; pass the --state-dir of the run"
+        ),
+        "{stderr}"
+    );
 
     let out = sluice(dir.path(), &["dead-letters", &p, "--state-dir", &s]);
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -673,6 +673,18 @@ pub async fn run(
     }
     let replays = opts.mode != RunMode::ConsumeOnly;
     let consumes = opts.mode != RunMode::ReplayOnly;
+    let broker_data = opts.state_dir.join("broker");
+    if !replays && cfg.kafka.brokers.trim().is_empty() && !broker_data.is_dir() {
+        // A broker started there would be empty: the wait for the topic would never end.
+        return Err(crate::transform::cli::UsageError(anyhow::anyhow!(
+            "no managed broker's data in {}: no run used that state directory, so the topic {} \
+             is in no broker this run can start; pass the --state-dir of the run that replayed \
+             it (it is relative to where that run started)",
+            broker_data.display(),
+            cfg.kafka.topic
+        ))
+        .into());
+    }
     let sink_batch = snowflake(&loaded).batch;
     if consumes && cfg.kafka.max_in_flight < sink_batch.max_rows {
         // Records are committed only once loaded, so no more than this many are ever waiting
