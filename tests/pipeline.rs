@@ -786,8 +786,9 @@ fn dead_letters_outlive_an_embedded_run_and_print_as_stored() {
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, pipeline.to_string()).unwrap();
     let (p, s) = (path.to_string_lossy(), state.to_string_lossy());
-    // `RUST_LOG` is sluice's: the managed broker does not take it (at `info` it would write
-    // gigabytes of log in a long run).
+    // `RUST_LOG` is sluice's: the managed broker does not take it, nor one from a `.env` above
+    // its directory (at `info` it would write gigabytes of log in a long run).
+    std::fs::write(dir.path().join(".env"), "RUST_LOG=info\n").unwrap();
     let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
         .args(["run", &p, "--until-end", "--no-progress", "--state-dir", &s])
         .current_dir(dir.path())
@@ -821,6 +822,7 @@ fn dead_letters_outlive_an_embedded_run_and_print_as_stored() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(!dir.path().join("elsewhere").exists(), "nothing made there");
     assert!(
         stderr.contains(
             "no managed broker's data in elsewhere/broker: no run used that state directory, so \
@@ -1253,16 +1255,21 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
         count(&transform["rows_in"]) + count(&consume["undecodable"]),
         "{summary:#}"
     );
-    // While a run holds the state directory, its summary is a placeholder: `verify` says so
-    // rather than report a run that died.
+    // While a run holds the state directory, its summary is the placeholder it wrote as it
+    // started: `verify` says so rather than report a run that died.
+    let mut placeholder = summary.clone();
+    placeholder["unfinished"] = true.into();
+    let pf = dir.path().join("placeholder.json");
+    std::fs::write(&pf, placeholder.to_string()).unwrap();
     let lock = std::fs::File::options()
         .write(true)
         .open(state.join("lock"))
         .unwrap();
     lock.lock().unwrap();
+    let pf = pf.to_string_lossy();
     let out = sluice(
         dir.path(),
-        &["verify", &fail, "--state-dir", &s, "--summary", &sf],
+        &["verify", &fail, "--state-dir", &s, "--summary", &pf],
     );
     let stderr_verify = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr_verify}");

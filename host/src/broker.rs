@@ -182,9 +182,10 @@ impl ManagedBroker {
                 "0s",
             ])
             .current_dir(data_dir)
-            // sluice's `RUST_LOG` is for sluice: nisshi would take it too, and at `info` writes
-            // gigabytes of log in a run, enough to slow the broker past the consumer's session.
-            .env_remove("RUST_LOG")
+            // sluice's `RUST_LOG` is for sluice: nisshi would take it too (or, unset, from a
+            // `.env` above its directory), and at `info` writes gigabytes of log in a run, enough
+            // to slow the broker past the consumer's session.
+            .env("RUST_LOG", "warn")
             .stdin(Stdio::piped())
             .stdout(log)
             .stderr(log2)

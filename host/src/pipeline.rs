@@ -191,6 +191,10 @@ pub struct RunSummary {
     /// rows (see `warnings`).
     #[serde(default)]
     pub warnings: Vec<String>,
+    /// Set in the summary a run writes as it starts, until its own replaces it: the run is still
+    /// going, or died.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unfinished: bool,
 }
 
 /// The replay half's numbers.
@@ -310,15 +314,10 @@ impl std::fmt::Display for TransformPart {
         if self.batch_only_failures > 0 {
             write!(
                 f,
-                ", {} failed though {} rows alone did not",
+                ", {} broke only as a batch",
                 match self.batch_only_failures {
                     1 => "1 batch call".to_owned(),
                     n => format!("{n} batch calls"),
-                },
-                if self.batch_only_failures == 1 {
-                    "its"
-                } else {
-                    "their"
                 }
             )?;
         }
@@ -612,6 +611,21 @@ pub async fn run(
     opts: RunOptions,
 ) -> anyhow::Result<Vec<String>> {
     let cfg = &loaded.config;
+    let broker_data = opts.state_dir.join("broker");
+    if opts.mode == RunMode::ConsumeOnly
+        && cfg.kafka.brokers.trim().is_empty()
+        && !broker_data.is_dir()
+    {
+        // A broker started there would be empty: the wait for the topic would never end.
+        return Err(crate::transform::cli::UsageError(anyhow::anyhow!(
+            "no managed broker's data in {}: no run used that state directory, so the topic {} \
+             is in no broker this run can start; pass the --state-dir of the run that replayed \
+             it (it is relative to where that run started)",
+            broker_data.display(),
+            cfg.kafka.topic
+        ))
+        .into());
+    }
     std::fs::create_dir_all(&opts.state_dir)
         .with_context(|| format!("cannot create state directory {}", opts.state_dir.display()))?;
     if let Some(dir) = opts.summary.as_deref().and_then(Path::parent)
@@ -673,18 +687,6 @@ pub async fn run(
     }
     let replays = opts.mode != RunMode::ConsumeOnly;
     let consumes = opts.mode != RunMode::ReplayOnly;
-    let broker_data = opts.state_dir.join("broker");
-    if !replays && cfg.kafka.brokers.trim().is_empty() && !broker_data.is_dir() {
-        // A broker started there would be empty: the wait for the topic would never end.
-        return Err(crate::transform::cli::UsageError(anyhow::anyhow!(
-            "no managed broker's data in {}: no run used that state directory, so the topic {} \
-             is in no broker this run can start; pass the --state-dir of the run that replayed \
-             it (it is relative to where that run started)",
-            broker_data.display(),
-            cfg.kafka.topic
-        ))
-        .into());
-    }
     let sink_batch = snowflake(&loaded).batch;
     if consumes && cfg.kafka.max_in_flight < sink_batch.max_rows {
         // Records are committed only once loaded, so no more than this many are ever waiting
@@ -714,6 +716,7 @@ pub async fn run(
                  --consume-only` resumes from what the warehouse holds"
                 .to_owned(),
         ],
+        unfinished: true,
         ..RunSummary::default()
     };
     let services = Services::start(cfg, &opts.state_dir, consumes, || {
@@ -938,6 +941,7 @@ pub async fn run(
         ok: false,
         problems,
         warnings: Vec::new(),
+        unfinished: false,
     };
     summary.problems.extend(reconcile(
         &summary,
@@ -1678,19 +1682,15 @@ fn warnings(s: &RunSummary) -> Vec<String> {
         // Every record came out right, so nothing else would say so.
         if t.batch_only_failures > 0 {
             out.push(format!(
-                "transform {} failed on {} though {} rows alone did not, so each such batch ran \
-                 again a row at a time: slow, though every record came out right. It breaks on \
-                 batches of several rows (its batch loop, or state carried from row to row); \
-                 `sluice transform test --batch-size 1`, and with larger batches, tells",
+                "transform {} broke on {} only as a batch: its rows, run alone, did not fail so \
+                 (but for any that fail alone too). Each such batch ran again a row at a time, \
+                 so slowly, each record coming out as it does alone. It breaks on batches of \
+                 several rows (its batch loop, or state carried from row to row); `sluice \
+                 transform test --batch-size 1`, and with larger batches, tells",
                 t.name,
                 match t.batch_only_failures {
                     1 => "1 batch call".to_owned(),
                     n => format!("{n} batch calls"),
-                },
-                if t.batch_only_failures == 1 {
-                    "its"
-                } else {
-                    "their"
                 }
             ));
         }
@@ -2133,13 +2133,6 @@ pub async fn verify(
     state_dir: &Path,
 ) -> anyhow::Result<Vec<String>> {
     let cfg = &loaded.config;
-    // Its summary is a placeholder until it ends, which would read as a run that died.
-    if state_dir_in_use(state_dir) {
-        anyhow::bail!(
-            "a sluice run is still going on the state directory {}; verify it once it has ended",
-            state_dir.display()
-        );
-    }
     let text = std::fs::read_to_string(summary_path).with_context(|| {
         format!(
             "no run summary at {}: run `sluice run --until-end` first (every run writes \
@@ -2150,6 +2143,14 @@ pub async fn verify(
     })?;
     let summary: RunSummary = serde_json::from_str(&text)
         .with_context(|| format!("{} is not a run summary", summary_path.display()))?;
+    // A run that has not ended yet, rather than one that died, when its state directory is
+    // still held.
+    if summary.unfinished && state_dir_in_use(state_dir) {
+        anyhow::bail!(
+            "a sluice run is still going on the state directory {}; verify it once it has ended",
+            state_dir.display()
+        );
+    }
     if summary.pipeline != cfg.name {
         // Checking one pipeline's topic and table against another's counts proves nothing.
         return Err(crate::transform::cli::UsageError(anyhow::anyhow!(
@@ -2827,13 +2828,11 @@ mod tests {
         };
         assert_eq!(
             batch_only(1).to_string(),
-            "mask: 2 in, 2 out, 0 dropped, 0 failed, 1 batch call failed though its rows alone did \
-             not"
+            "mask: 2 in, 2 out, 0 dropped, 0 failed, 1 batch call broke only as a batch"
         );
         assert_eq!(
             batch_only(3).to_string(),
-            "mask: 2 in, 2 out, 0 dropped, 0 failed, 3 batch calls failed though their rows alone \
-             did not"
+            "mask: 2 in, 2 out, 0 dropped, 0 failed, 3 batch calls broke only as a batch"
         );
         let timed = TransformPart {
             call_time_ns: 4_567_000,
@@ -2917,10 +2916,11 @@ mod tests {
         assert_eq!(
             warnings(&batch_only),
             [
-                "transform filter failed on 23 batch calls though their rows alone did not, so each \
-              such batch ran again a row at a time: slow, though every record came out right. It \
-              breaks on batches of several rows (its batch loop, or state carried from row to \
-              row); `sluice transform test --batch-size 1`, and with larger batches, tells"
+                "transform filter broke on 23 batch calls only as a batch: its rows, run alone, did \
+                 not fail so (but for any that fail alone too). Each such batch ran again a row at \
+                 a time, so slowly, each record coming out as it does alone. It breaks on batches \
+                 of several rows (its batch loop, or state carried from row to row); `sluice \
+                 transform test --batch-size 1`, and with larger batches, tells"
             ]
         );
     }

@@ -445,13 +445,12 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             // broken on batches, which is what `sluice run` gives it.
             for (name, n) in &report.batch_only {
                 crate::errln!(
-                    "mismatch: transform {name} failed on {} though {} rows alone did not; \
-                     the rows match only because each ran again alone",
+                    "mismatch: transform {name} broke on {} only as a batch; the rows match \
+                     only because each ran again alone",
                     match n {
                         1 => "1 batch call".to_owned(),
                         n => format!("{n} batch calls"),
-                    },
-                    if *n == 1 { "its" } else { "their" }
+                    }
                 );
                 matched = false;
             }

@@ -1843,7 +1843,7 @@ fn run_transform(
                 *slot = None;
                 let isolated = isolate(shared, t, slot, batch, metas, Some(&reason))?;
                 let kind = FailureKind::Protocol;
-                if breaks_only_batches(shared, t, slot, batch, metas, kind, &isolated.1)? {
+                if breaks_only_batches(shared, t, slot, batch, metas, kind, &isolated.1) {
                     note_batch_only(t, kind, &reason, n);
                 }
                 isolated
@@ -1857,7 +1857,7 @@ fn run_transform(
         Err((kind, reason)) => {
             let isolated = isolate(shared, t, slot, batch, metas, None)?;
             warn_limit_per_batch(t, kind, n, &isolated.1);
-            if breaks_only_batches(shared, t, slot, batch, metas, kind, &isolated.1)? {
+            if breaks_only_batches(shared, t, slot, batch, metas, kind, &isolated.1) {
                 note_batch_only(t, kind, &reason, n);
             }
             isolated
@@ -1895,8 +1895,9 @@ fn warn_limit_per_batch(t: &Loaded, kind: FailureKind, n: usize, failures: &[Fai
 /// alone (with `failures`), shows a transform that breaks only on batches of several rows (a bug
 /// in its batch loop, or state carried from row to row): none of its rows failed alone that way,
 /// or, if some did, the rows that did not still fail that way together, on a fresh instance (one
-/// more call, so that a poison row in the batch does not hide the bug). Limits that fit single
-/// rows but not whole batches are [`warn_limit_per_batch`]'s.
+/// more call, so that a poison row in the batch does not hide the bug; not made when a failure
+/// stops the run anyway, and one that cannot be made tells nothing). Limits that fit single rows
+/// but not whole batches are [`warn_limit_per_batch`]'s.
 fn breaks_only_batches(
     shared: &Shared,
     t: &Loaded,
@@ -1905,12 +1906,15 @@ fn breaks_only_batches(
     metas: &Metas,
     kind: FailureKind,
     failures: &[Failure],
-) -> Result<bool, TransformError> {
+) -> bool {
     if !matches!(kind, FailureKind::Trap | FailureKind::Protocol) {
-        return Ok(false);
+        return false;
     }
     if !failures.iter().any(|f| f.kind == kind) {
-        return Ok(true);
+        return true;
+    }
+    if (failures.iter()).any(|f| t.config.on_error.of(f.kind) == OnError::Fail) {
+        return false;
     }
     let failed: std::collections::HashSet<usize> = failures.iter().map(|f| f.row).collect();
     let (mut rest, mut shapes) = (WireBatch::default(), HashMap::new());
@@ -1918,26 +1922,27 @@ fn breaks_only_batches(
         rest.append_indexed(batch.one_row(j), &mut shapes);
     }
     if rest.origins.len() < 2 {
-        return Ok(false);
+        return false;
     }
-    // Fresh instances before and after: this one's state has seen the rows again.
+    // On a fresh instance, as the batch's first call was (this one has seen the rows alone).
     *slot = None;
-    let again = call(
+    let Ok(again) = call(
         shared,
         t,
         slot,
         &rest.wire,
         &rest.origins,
         metas,
-        Pass::Alone,
-    )?;
-    *slot = None;
-    Ok(match again {
+        Pass::Fresh,
+    ) else {
+        return false;
+    };
+    match again {
         Ok(output) => {
             kind == FailureKind::Protocol && check_output(&output, rest.origins.len()).is_err()
         }
         Err((k, _)) => k == kind,
-    })
+    }
 }
 
 /// Counts, and warns of once per run, a batch call of `n` rows that trapped or broke the
