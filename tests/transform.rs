@@ -1104,6 +1104,14 @@ fn many_rows_timing_out_alone_fail_the_batch() {
     match c.process_blocking(ids(12)) {
         Err(e @ TransformError::TooSlow { rows: 9, .. }) => {
             assert!(e.to_string().contains("raise its timeout_ms"), "{e}");
+            // No dead letter names them: the message does.
+            assert!(
+                e.to_string().contains(
+                    "(records orders/1@0, orders/1@1, orders/1@2, orders/1@3, orders/1@4 and 4 \
+                     more)"
+                ),
+                "{e}"
+            );
         }
         other => panic!("expected TooSlow after 9 timeouts, got {other:?}"),
     }

@@ -205,8 +205,9 @@ pub enum TransformError {
     /// transform is too slow for its `timeout_ms`, or hangs or fails late on common input,
     /// whatever its `on_error`.
     #[error(
-        "transform {transform}: {}; raise its timeout_ms or fix it",
-        slow_reason(*rows, *timeouts, *cpu_ms, *timeout_ms, *total_ms, *of, *rebuild_ms)
+        "transform {transform}: {}{}; raise its timeout_ms or fix it",
+        slow_reason(*rows, *timeouts, *cpu_ms, *timeout_ms, *total_ms, *of, *rebuild_ms),
+        failed_alone(failing, *rows)
     )]
     TooSlow {
         /// The transform's name.
@@ -228,6 +229,9 @@ pub enum TransformError {
         /// How much of `total_ms` went to building instances again after failures (their `init`
         /// included).
         rebuild_ms: u64,
+        /// The first few of the records that failed alone, as `topic/partition@offset`: the ones
+        /// to look at, since no dead letter is written for them.
+        failing: Vec<String>,
     },
     /// The rows of one batch, run one at a time (after a failure, or because the batch's output
     /// did not fit), emitted more text (string and JSON values) in all than one batch holds.
@@ -286,6 +290,15 @@ pub enum TransformError {
     /// The worker threads are gone (the chain was dropped, or a worker panicked).
     #[error("transform workers are not running")]
     Stopped,
+}
+
+/// Which records failed alone (`failing`, the first of `rows`), for [`TransformError::TooSlow`].
+fn failed_alone(failing: &[String], rows: usize) -> String {
+    match (failing, rows.saturating_sub(failing.len())) {
+        ([], _) => String::new(),
+        (some, 0) => format!(" (records {})", some.join(", ")),
+        (some, more) => format!(" (records {} and {more} more)", some.join(", ")),
+    }
 }
 
 /// What [`TransformError::TooSlow`] found.

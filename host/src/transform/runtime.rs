@@ -2098,6 +2098,10 @@ fn isolate(
                     .then_some(total.as_millis() as u64),
                 of: batch.origins.len(),
                 rebuild_ms: BUILD_CPU.get().saturating_sub(built_before).as_millis() as u64,
+                failing: (failures.iter().take(5))
+                    .filter_map(|f| metas.get(batch.origins[f.row] as usize))
+                    .map(|m| format!("{}/{}@{}", m.topic, m.partition, m.offset))
+                    .collect(),
             });
         }
     }
