@@ -3850,9 +3850,9 @@ fn feed_while_open(
     (lines.iter().collect(), stderr)
 }
 
-/// A JSON Lines input that goes bad part-way (invalid UTF-8) exits 2 after the rows before it
-/// have run, printed and been counted, while a line that is not JSON fails its record alone;
-/// `--key-column` looks `--infer-rows` rows ahead for a row with its field.
+/// A JSON Lines line part-way that is not UTF-8, or not JSON, fails its record alone, as the
+/// consumer fails such a message, and the rows after it run; `--key-column` looks `--infer-rows`
+/// rows ahead for a row with its field.
 #[test]
 fn cli_test_jsonl_going_bad_part_way_and_key_look_ahead() {
     let dir = tempfile::tempdir().unwrap();
@@ -3891,14 +3891,17 @@ fn cli_test_jsonl_going_bad_part_way_and_key_look_ahead() {
         )
     };
     let (code, stdout, stderr) = run(&bad, &[]);
-    assert_eq!(code, Some(2), "{stderr}");
-    assert_eq!(stdout, "{\"value\":60}\n{\"value\":70}\n");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(stdout, "{\"value\":60}\n{\"value\":70}\n{\"value\":80}\n");
     assert!(
-        stderr.contains("bad.jsonl at line 3: stream did not contain valid UTF-8"),
+        stderr.contains(
+            "record 3 (line 3): the consumer cannot decode its message (decode): message value \
+             is not valid UTF-8"
+        ),
         "{stderr}"
     );
     assert!(
-        stderr.contains("filter: 2 in, 2 out, 0 dropped"),
+        stderr.contains("filter: 3 in, 3 out, 0 dropped"),
         "{stderr}"
     );
     let (code, stdout, stderr) = run(&odd, &[]);

@@ -2855,15 +2855,16 @@ impl JsonLines {
         }
     }
 
-    /// The next non-blank line (without its line break) and its 1-based number.
-    fn next_line(&mut self) -> Option<anyhow::Result<(u64, String)>> {
+    /// The next non-blank line (without its line break) and its 1-based number, as bytes: a
+    /// row's line that is not UTF-8 is a message the consumer cannot decode, not the end.
+    fn next_bytes(&mut self) -> Option<anyhow::Result<(u64, Vec<u8>)>> {
         if self.failed {
             return None;
         }
-        let mut text = String::new();
+        let mut bytes = Vec::new();
         loop {
-            text.clear();
-            match self.reader.read_line(&mut text) {
+            bytes.clear();
+            match self.reader.read_until(b'\n', &mut bytes) {
                 Ok(0) => return None,
                 Ok(_) => self.line += 1,
                 Err(e) => {
@@ -2874,27 +2875,41 @@ impl JsonLines {
                     return Some(Err(e));
                 }
             }
-            if self.line == 1 && text.starts_with('\u{feff}') {
-                // A byte-order mark, as some editors write at the start of a UTF-8 file.
-                text.drain(..'\u{feff}'.len_utf8());
+            // A byte-order mark, as some editors write at the start of a UTF-8 file.
+            if self.line == 1 && bytes.starts_with("\u{feff}".as_bytes()) {
+                bytes.drain(.."\u{feff}".len());
             }
-            if !text.trim().is_empty() {
-                let end = text.trim_end_matches(['\n', '\r']).len();
-                text.truncate(end);
-                return Some(Ok((self.line, text)));
+            if !bytes.trim_ascii().is_empty() {
+                while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+                    bytes.pop();
+                }
+                return Some(Ok((self.line, bytes)));
             }
         }
+    }
+
+    /// [`next_bytes`](Self::next_bytes) as text; a line that is not UTF-8 is an error.
+    fn next_line(&mut self) -> Option<anyhow::Result<(u64, String)>> {
+        Some(self.next_bytes()?.and_then(|(line, bytes)| {
+            let text = String::from_utf8(bytes).map_err(|_| {
+                anyhow::anyhow!(
+                    "reading {} at line {line}: stream did not contain valid UTF-8",
+                    self.shown
+                )
+            })?;
+            Ok((line, text))
+        }))
     }
 
     /// The next row and its 1-based line, typed as the consumer types a message of a plain JSON
     /// topic, so big integers keep their digits and duplicate names and field order survive; or
     /// why the line is not one (inside), as the consumer would fail its message.
     fn next_row(&mut self) -> Option<anyhow::Result<(u64, Result<Row, wire::DecodeError>)>> {
-        let (line, text) = match self.next_line()? {
+        let (line, bytes) = match self.next_bytes()? {
             Ok(item) => item,
             Err(e) => return Some(Err(e)),
         };
-        Some(Ok((line, wire::decode(Some(text.as_bytes()), None))))
+        Some(Ok((line, wire::decode(Some(&bytes), None))))
     }
 
     /// Line `line` is not a row, for `why`: an error naming the input and the line.
