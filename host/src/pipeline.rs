@@ -315,10 +315,7 @@ impl std::fmt::Display for TransformPart {
             write!(
                 f,
                 ", {} broke only as a batch",
-                match self.batch_only_failures {
-                    1 => "1 batch call".to_owned(),
-                    n => format!("{n} batch calls"),
-                }
+                counted(self.batch_only_failures, "batch call")
             )?;
         }
         if let Some(fuel) = self.fuel_consumed {
@@ -1688,10 +1685,7 @@ fn warnings(s: &RunSummary) -> Vec<String> {
                  several rows (its batch loop, or state carried from row to row); `sluice \
                  transform test --batch-size 1`, and with larger batches, tells",
                 t.name,
-                match t.batch_only_failures {
-                    1 => "1 batch call".to_owned(),
-                    n => format!("{n} batch calls"),
-                }
+                counted(t.batch_only_failures, "batch call")
             ));
         }
     }

@@ -447,10 +447,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 crate::errln!(
                     "mismatch: transform {name} broke on {} only as a batch; the rows match \
                      only because each ran again alone",
-                    match n {
-                        1 => "1 batch call".to_owned(),
-                        n => format!("{n} batch calls"),
-                    }
+                    counted(n, "batch call")
                 );
                 matched = false;
             }
