@@ -1238,6 +1238,11 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
         serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
     let transform = &summary["consume"]["transforms"][0];
     assert_eq!(transform["rows_failed"], 1, "{summary:#}");
+    assert_eq!(
+        transform["rows_failed_by_kind"],
+        serde_json::json!({ "trap": 1 }),
+        "{summary:#}"
+    );
     assert!(transform["rows_in"].as_u64().unwrap() >= 1, "{summary:#}");
     let count = |v: &serde_json::Value| v.as_u64().unwrap_or_else(|| panic!("{summary:#}"));
     // The transform failed on the 13th row, long before the replay was done: the replay went on
@@ -1998,6 +2003,9 @@ fn metrics_answer_during_a_run() {
         "sluice_sink_copy_seconds_count",
         "sluice_sink_files_total",
         "sluice_dead_letters_total",
+        // Failed rows by kind, every kind there before any row fails.
+        "sluice_transform_rows_failed_total{pipeline=\"metrics\",transform=\"passthrough\",kind=\"trap\"} 0\n",
+        "sluice_transform_rows_failed_total{pipeline=\"metrics\",transform=\"passthrough\",kind=\"guest_error\"} 0\n",
     ] {
         assert!(text.contains(name), "{name} missing from:\n{text}");
     }

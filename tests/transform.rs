@@ -1334,7 +1334,7 @@ fn cli_test_names_the_batch_a_chain_failure_stopped_at() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"id\":1}\n");
     assert!(
-        stderr.contains("poison_loop: 13 in, 1 out, 0 dropped, 12 failed"),
+        stderr.contains("poison_loop: 13 in, 1 out, 0 dropped, 12 failed (12 timeout)"),
         "{stderr}"
     );
 }

@@ -272,6 +272,10 @@ pub struct TransformPart {
     pub rows_dropped: u64,
     /// Rows that failed (their records quarantined or dropped by policy).
     pub rows_failed: u64,
+    /// `rows_failed` by kind (`trap`, `timeout`, `guest_error`, ... as in dead letters), only the
+    /// kinds that happened.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub rows_failed_by_kind: BTreeMap<String, u64>,
     /// Rows it emitted that were thrown away with their record, which failed on another row.
     #[serde(default)]
     pub rows_discarded: u64,
@@ -292,6 +296,19 @@ pub struct TransformPart {
     pub call_time_ns: u64,
 }
 
+impl TransformPart {
+    /// ` (2 guest_error, 1 trap)` when rows failed, to follow the failed count.
+    fn failed_kinds(&self) -> String {
+        if self.rows_failed_by_kind.is_empty() {
+            return String::new();
+        }
+        let kinds: Vec<String> = (self.rows_failed_by_kind.iter())
+            .map(|(kind, n)| format!("{n} {kind}"))
+            .collect();
+        format!(" ({})", kinds.join(", "))
+    }
+}
+
 impl std::fmt::Display for TransformPart {
     /// The summary's line for it: `filter: 3000 in, 884 out, 2116 dropped, 0 failed`, and
     /// `, N discarded with their record` when there were such rows.
@@ -301,6 +318,7 @@ impl std::fmt::Display for TransformPart {
             "{}: {} in, {} out, {} dropped, {} failed",
             self.name, self.rows_in, self.rows_out, self.rows_dropped, self.rows_failed
         )?;
+        f.write_str(&self.failed_kinds())?;
         if self.rows_discarded > 0 {
             write!(f, ", {} discarded with their record", self.rows_discarded)?;
         }
@@ -977,6 +995,9 @@ pub(crate) fn transform_parts(stats: &[(String, Arc<TransformStats>)]) -> Vec<Tr
             rows_out: s.rows_out.load(Ordering::Relaxed),
             rows_dropped: s.rows_dropped.load(Ordering::Relaxed),
             rows_failed: s.rows_failed.load(Ordering::Relaxed),
+            rows_failed_by_kind: (s.failed_by_kind())
+                .map(|(kind, n)| (kind.as_str().to_string(), n))
+                .collect(),
             rows_discarded: s.rows_discarded.load(Ordering::Relaxed),
             rows_unfinished: s.rows_unfinished.load(Ordering::Relaxed),
             batch_only_failures: s.batch_only_failures.load(Ordering::Relaxed),
@@ -1996,12 +2017,16 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
                 &l,
                 t.rows_dropped.load(Ordering::Relaxed),
             );
-            e.counter(
-                "sluice_transform_rows_failed_total",
-                "Rows the transform failed.",
-                &l,
-                t.rows_failed.load(Ordering::Relaxed),
-            );
+            // One series per kind, zeros included, so that a rate over a kind that has not
+            // happened yet is 0 rather than absent; summed, they are the transform's failed rows.
+            for (kind, n) in FailureKind::ALL.iter().zip(&t.rows_failed_by_kind) {
+                e.counter(
+                    "sluice_transform_rows_failed_total",
+                    "Rows the transform failed, by kind (as in dead letters).",
+                    &[l[0], l[1], ("kind", kind.as_str())],
+                    n.load(Ordering::Relaxed),
+                );
+            }
             e.counter(
                 "sluice_transform_rows_discarded_total",
                 "Rows the transform emitted, thrown away with their record, which failed.",
@@ -2332,7 +2357,7 @@ pub async fn verify(
         for t in &c.transforms {
             // Every count of the transform's line, so that its rows add up when it maps one to
             // one (a flat-map's out is more than its in).
-            let mut more = String::new();
+            let mut more = t.failed_kinds();
             if t.rows_discarded > 0 {
                 more += &format!(", {} discarded with their record", t.rows_discarded);
             }
@@ -2844,6 +2869,21 @@ mod tests {
         assert_eq!(short_duration(Duration::from_nanos(999)), "999 ns");
         assert_eq!(short_duration(Duration::from_nanos(5)), "5 ns");
         assert_eq!(short_duration(Duration::from_nanos(999_999_500)), "1.00 s");
+    }
+
+    #[test]
+    fn a_transform_line_says_how_its_rows_failed() {
+        let part = TransformPart {
+            name: "mask".into(),
+            rows_in: 3,
+            rows_failed: 3,
+            rows_failed_by_kind: [("trap".into(), 1), ("guest_error".into(), 2)].into(),
+            ..TransformPart::default()
+        };
+        assert_eq!(
+            part.to_string(),
+            "mask: 3 in, 0 out, 0 dropped, 3 failed (2 guest_error, 1 trap)"
+        );
     }
 
     /// A run that lost nothing but whose transform failed most rows says so: a misspelt field

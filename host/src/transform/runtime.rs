@@ -1672,7 +1672,9 @@ fn run_chain(
             let unfinished = (batch.origins.len() as u64)
                 .saturating_sub(failures.len() as u64)
                 .saturating_sub(filtered);
-            TransformStats::add(&t.stats.rows_failed, failures.len() as u64);
+            for f in &failures {
+                t.stats.note_failed(f.kind);
+            }
             TransformStats::add(&t.stats.rows_unfinished, unfinished);
             let Failure {
                 row: j,
@@ -1702,7 +1704,7 @@ fn run_chain(
         {
             // A guest's error may quote a field of any size; messages and letters need not.
             let reason = clip(&t.config.redact(reason), MAX_REASON);
-            TransformStats::add(&t.stats.rows_failed, 1);
+            t.stats.note_failed(kind);
             let o = batch.origins[j] as usize;
             let policy = t.config.on_error.of(kind);
             // A record whose rows failed in several ways gets the strictest of their policies,

@@ -3,6 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::Duration;
 
+use super::error::FailureKind;
+
 /// Upper bounds (inclusive, milliseconds) of the batch-latency histogram buckets.
 pub const LATENCY_BUCKETS_MS: [f64; 9] = [0.1, 0.5, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0];
 
@@ -20,6 +22,9 @@ pub struct TransformStats {
     pub rows_dropped: AtomicU64,
     /// Input rows that failed (guest error, trap, timeout, memory, fuel, protocol, output limit).
     pub rows_failed: AtomicU64,
+    /// `rows_failed` by how each row failed, indexed like [`FailureKind::ALL`]: a run that
+    /// quarantines a few guest errors and one that quarantines timeouts call for different fixes.
+    pub rows_failed_by_kind: [AtomicU64; FailureKind::ALL.len()],
     /// Rows the transform emitted that were thrown away because their record failed on another
     /// of its rows (one a flat-map upstream split it into): a record fails as a whole.
     pub rows_discarded: AtomicU64,
@@ -59,6 +64,19 @@ impl TransformStats {
         self.latency_count.fetch_add(1, Relaxed);
     }
 
+    /// Counts one input row that failed as `kind`.
+    pub(crate) fn note_failed(&self, kind: FailureKind) {
+        self.rows_failed.fetch_add(1, Relaxed);
+        self.rows_failed_by_kind[kind as usize].fetch_add(1, Relaxed);
+    }
+
+    /// The kinds rows failed as, with how many rows each, in [`FailureKind::ALL`] order.
+    pub fn failed_by_kind(&self) -> impl Iterator<Item = (FailureKind, u64)> + '_ {
+        (FailureKind::ALL.iter().zip(&self.rows_failed_by_kind))
+            .map(|(kind, n)| (*kind, n.load(Relaxed)))
+            .filter(|(_, n)| *n > 0)
+    }
+
     pub(crate) fn add(counter: &AtomicU64, n: u64) {
         if n > 0 {
             counter.fetch_add(n, Relaxed);
@@ -79,5 +97,27 @@ mod tests {
         assert_eq!(counts, [0, 1, 1, 1, 1, 2, 2, 2, 2]);
         assert_eq!(s.latency_count.load(Relaxed), 2);
         assert_eq!(s.latency_sum_ns.load(Relaxed), 20_300_000);
+    }
+
+    #[test]
+    fn failed_rows_are_counted_by_kind() {
+        // `note_failed` indexes by discriminant, so `ALL` must list the kinds in that order.
+        for (i, kind) in FailureKind::ALL.iter().enumerate() {
+            assert_eq!(*kind as usize, i, "{kind:?}");
+        }
+        let s = TransformStats::default();
+        for kind in [
+            FailureKind::Timeout,
+            FailureKind::Guest,
+            FailureKind::Timeout,
+        ] {
+            s.note_failed(kind);
+        }
+        assert_eq!(s.rows_failed.load(Relaxed), 3);
+        let by_kind: Vec<_> = s.failed_by_kind().collect();
+        assert_eq!(
+            by_kind,
+            [(FailureKind::Guest, 1), (FailureKind::Timeout, 2)]
+        );
     }
 }
