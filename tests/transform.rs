@@ -2565,6 +2565,7 @@ fn cli_test_prints_exactly_the_filtered_csv_rows() {
     let got: Vec<String> = printed.iter().map(|r| r["id"].to_string()).collect();
     assert!(!want.is_empty());
     assert_eq!(got, want);
+    assert_eq!(report.rows, want.len() as u64);
     let summary = String::from_utf8(err).unwrap();
     let total = csv::Reader::from_path(data).unwrap().records().count();
     assert!(

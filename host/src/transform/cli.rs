@@ -399,37 +399,17 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 &mut UntilClosed(Some(stderr.lock()), None),
                 (!compares).then_some(&closed),
             )?;
-            if expect.is_none() && expect_failures.is_none() {
+            if !compares {
                 return Ok(ExitCode::SUCCESS);
             }
             let mut matched = true;
             if let (Some(golden), Some(verdict)) = (&expect, &report.rows_verdict) {
-                match verdict {
-                    Ok(n) => crate::errln!(
-                        "ok: {} {} {}",
-                        counted(*n, "row"),
-                        agree(*n),
-                        golden.display()
-                    ),
-                    Err(msg) => {
-                        crate::errln!("mismatch against {}: {msg}", golden.display());
-                        matched = false;
-                    }
-                }
+                matched &= print_verdict(golden, verdict, "row");
             }
             match (&expect_failures, &report.failures_verdict) {
-                (Some(golden), Some(verdict)) => match verdict {
-                    Ok(n) => crate::errln!(
-                        "ok: {} {} {}",
-                        counted(*n, "failed record"),
-                        agree(*n),
-                        golden.display()
-                    ),
-                    Err(msg) => {
-                        crate::errln!("mismatch against {}: {msg}", golden.display());
-                        matched = false;
-                    }
-                },
+                (Some(golden), Some(verdict)) => {
+                    matched &= print_verdict(golden, verdict, "failed record");
+                }
                 _ => {
                     if let Some(first) = &report.first_failure {
                         crate::errln!(
@@ -1328,7 +1308,8 @@ impl<E: Expected> GoldenFile<E> {
             None => self.lines.insert(JsonLines::open(&self.path)?),
         };
         match lines.next_line() {
-            None => Ok(None),
+            // It had `count` items when it was checked; fewer now is a change, not extra rows.
+            None => bail!("it ended after {} of its {} items", self.handed, self.count),
             Some(item) => {
                 let (n, text) = item?;
                 self.handed += 1;
@@ -1589,16 +1570,15 @@ fn given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>
 /// Whether two stages are the same, `-` and `_` in a transform's name matching alike as they do
 /// in `--with NAME.key=value` (a crate `split-tags` builds `transform_split_tags.wasm`).
 fn same_stage(a: &str, b: &str) -> bool {
-    let norm = |s: &str| s.replace('-', "_");
     match (a.strip_prefix("transform:"), b.strip_prefix("transform:")) {
-        (Some(a), Some(b)) => norm(a) == norm(b),
+        (Some(a), Some(b)) => same_name(a, b),
         _ => a == b,
     }
 }
 
 impl Expected for ExpectedFailure {
     type Actual = Failure;
-    const NAMES: (&str, &str) = ("failed record", "failed records");
+    const NAME: &str = "failed record";
 
     fn parse(path: &Path, line: u64, text: &str) -> anyhow::Result<ExpectedFailure> {
         // serde would also take the struct from a JSON array, by position.
@@ -1990,19 +1970,29 @@ fn write_rows(pending: &mut String, out: &mut dyn Write) -> std::io::Result<()> 
 /// bury the other failures (the dead letter in `sluice run` keeps it whole).
 const MAX_SHOWN_ROW: usize = 4096;
 
+/// Prints a golden file's verdict (`ok: 3 rows agree with FILE`, or the mismatch), and whether
+/// it matched.
+fn print_verdict(golden: &Path, verdict: &Result<usize, String>, noun: &str) -> bool {
+    match verdict {
+        Ok(n) => {
+            crate::errln!(
+                "ok: {} {} {}",
+                counted(*n, noun),
+                agree(*n),
+                golden.display()
+            );
+            true
+        }
+        Err(msg) => {
+            crate::errln!("mismatch against {}: {msg}", golden.display());
+            false
+        }
+    }
+}
+
 /// `text`, cut at [`MAX_SHOWN_ROW`] bytes with a note of its length.
-fn clip(mut text: String) -> String {
-    if text.len() <= MAX_SHOWN_ROW {
-        return text;
-    }
-    let len = text.len();
-    let mut end = MAX_SHOWN_ROW;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text.truncate(end);
-    text.push_str(&format!("... ({len} bytes in all)"));
-    text
+fn clip(text: String) -> String {
+    crate::dead_letter::clip(&text, MAX_SHOWN_ROW).into_owned()
 }
 
 /// A row as `transform test` prints it: the JSON text of its Kafka message value. Every member
@@ -2016,8 +2006,8 @@ fn row_text(row: &Row) -> String {
 trait Expected {
     /// What the run produced.
     type Actual: std::fmt::Display + Clone;
-    /// What the items are called, one and many.
-    const NAMES: (&str, &str);
+    /// What one item is called (`counted` makes the plural).
+    const NAME: &str;
     /// The golden item as a message shows it.
     fn show(&self) -> String;
     /// Whether `actual` is what this golden item expects.
@@ -2034,7 +2024,7 @@ trait Expected {
 
 impl Expected for JsonRow {
     type Actual = JsonRow;
-    const NAMES: (&str, &str) = ("row", "rows");
+    const NAME: &str = "row";
 
     fn parse(path: &Path, line: u64, text: &str) -> anyhow::Result<JsonRow> {
         JsonRow::parse(text).map_err(|e| {
@@ -2121,15 +2111,15 @@ impl<E: Expected> Check<E> {
                         self.shift = Some(format!(
                             "golden line {first_line} looks missing from the output: {} {n} is \
                              the golden file's next {}",
-                            E::NAMES.0,
-                            E::NAMES.0
+                            E::NAME,
+                            E::NAME
                         ));
                     } else if first_e.matches(actual) {
                         self.shift = Some(format!(
                             "{} {n} looks extra: the next {} the run made is golden line \
                              {first_line}",
-                            E::NAMES.0,
-                            E::NAMES.0
+                            E::NAME,
+                            E::NAME
                         ));
                     }
                 }
@@ -2143,7 +2133,7 @@ impl<E: Expected> Check<E> {
                 // Both clipped: a row of 20,000 columns would bury what differs in it.
                 let msg = Difference::Pair(format!(
                     "{} {} (golden line {line}{}): expected {}, got {}{}",
-                    E::NAMES.0,
+                    E::NAME,
                     self.seen,
                     from(),
                     clip(e.show()),
@@ -2164,21 +2154,14 @@ impl<E: Expected> Check<E> {
     /// How many items matched, or the first difference: the first pair that does not match,
     /// else an extra or missing item.
     fn verdict(mut self) -> Result<usize, String> {
-        let (n, m, many) = (self.expected.count, self.seen, E::NAMES.1);
-        let expected = match n {
-            1 => format!("expected 1 {}", E::NAMES.0),
-            n => format!("expected {n} {many}"),
-        };
+        let (n, m) = (self.expected.count, self.seen);
+        let expected = format!("expected {}", counted(n, E::NAME));
         match self.first {
             Some(Difference::Pair(msg)) => {
                 let mut all = format!(
-                    "{} of {} {} compared {}",
+                    "{} of {} compared {}",
                     self.differing,
-                    self.compared,
-                    match self.compared {
-                        1 => E::NAMES.0,
-                        _ => many,
-                    },
+                    counted(self.compared, E::NAME),
                     match self.differing {
                         1 => "differs",
                         _ => "differ",
@@ -2202,9 +2185,8 @@ impl<E: Expected> Check<E> {
                     "{expected}, got {m} (first missing, golden line {line}: {})",
                     e.show()
                 )),
-                Ok(None) => Err(format!(
-                    "the golden file changed: it had {n} {many}, now fewer"
-                )),
+                // Not reached: `next` fails when the file ends before its checked count.
+                Ok(None) => Err(format!("{expected}, got {m}")),
                 Err(e) => Err(format!("the golden file changed: {e:#}")),
             },
             None => Ok(n),
@@ -3148,6 +3130,21 @@ mod tests {
         assert_eq!(
             check.verdict(),
             Err("the golden file changed: it was written to since the run started".to_owned())
+        );
+        // Cut short after the check, it is not read as the run making extra rows.
+        std::fs::write(&path, "{\"a\":1}\n{\"a\":2}\n{\"a\":3}\n").unwrap();
+        let golden = GoldenFile::<JsonRow>::open(&path, |_| Ok(())).unwrap();
+        let mut check = Check::new(golden);
+        std::fs::write(&path, "{\"a\":1}\n").unwrap();
+        for a in [1, 2, 3] {
+            check.see(
+                &JsonRow::parse(&format!("{{\"a\":{a}}}")).unwrap(),
+                String::new,
+            );
+        }
+        assert_eq!(
+            check.verdict(),
+            Err("the golden file changed: it ended after 1 of its 3 items".to_owned())
         );
         // Lines appended (`| tee -a golden.jsonl`), before or during the second reading, are
         // not read.

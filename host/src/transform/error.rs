@@ -22,7 +22,9 @@ pub(crate) fn not_found_hint() -> String {
 /// Why a transform could not be loaded (bad file, wrong world, params rejected by `init`).
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    /// The wasm engine could not be set up (e.g. the compilation cache directory).
+    /// The wasm engine or its linker could not be set up, or a worker thread not started: the
+    /// machine's fault, not the component's (a compilation cache that cannot be used is only
+    /// warned of).
     #[error("cannot set up the wasm engine: {0}")]
     Engine(String),
     /// There is no component file at that path (usually: not built yet).
@@ -93,17 +95,8 @@ impl LoadError {
     pub fn setting(&self) -> Option<&'static str> {
         match self {
             LoadError::Init {
-                limit: Some(FailureKind::Memory),
-                ..
-            } => Some("memory_mb"),
-            LoadError::Init {
-                limit: Some(FailureKind::Timeout),
-                ..
-            } => Some("timeout_ms"),
-            LoadError::Init {
-                limit: Some(FailureKind::Fuel),
-                ..
-            } => Some("fuel"),
+                limit: Some(kind), ..
+            } => kind.setting(),
             _ => None,
         }
     }
@@ -139,6 +132,17 @@ impl FailureKind {
         FailureKind::Protocol,
         FailureKind::OutputLimit,
     ];
+
+    /// The transform setting that sets this limit (`memory_mb`, `timeout_ms`, `fuel`), if the
+    /// kind is a limit.
+    pub fn setting(self) -> Option<&'static str> {
+        match self {
+            FailureKind::Memory => Some("memory_mb"),
+            FailureKind::Timeout => Some("timeout_ms"),
+            FailureKind::Fuel => Some("fuel"),
+            _ => None,
+        }
+    }
 
     /// The machine-readable kind used in dead letters and metrics.
     pub fn as_str(self) -> &'static str {

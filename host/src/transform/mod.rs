@@ -7,7 +7,10 @@
 //! - [`stats`]: per-transform counters for metrics.
 //! - `output`: what guests write to stdout and stderr (kept to explain a trap, shown with
 //!   `debug_stdio`).
-//! - [`cli`]: `sluice transform new|build|test`.
+//! - [`cli`]: `sluice transform new|build|test`; `exact_json` compares its golden rows.
+//! - `bindings`: the host side of the WIT, generated, and how a guest's typed error is shown.
+//! - `error`: why a component does not load ([`LoadError`]), why a batch or a record fails
+//!   ([`TransformError`], [`FailureKind`]).
 
 mod bindings;
 mod cache;

@@ -423,6 +423,14 @@ struct Loaded {
     batch_only_warned: std::sync::atomic::AtomicBool,
 }
 
+impl Loaded {
+    /// A text from the guest (or quoting its params) as it may be shown: its secrets masked, then
+    /// cut to `max` bytes. In that order, so that a cut cannot leave part of a secret unmasked.
+    fn shown(&self, text: String, max: usize) -> String {
+        clip(&self.config.redact(text), max)
+    }
+}
+
 type Reply = Result<Vec<RecordOutcome>, TransformError>;
 
 struct Job {
@@ -1104,8 +1112,8 @@ fn check_init(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<Slot, L
         Ok(Err(InitFailure::Guest(GuestError::InvalidParam(e)))) => Err(LoadError::InvalidParam {
             transform: t.name.to_string(),
             // A careless guest may name a param by its value, as readily as quote it.
-            param: clip(&t.config.redact(bindings::one_line(e.name)), MAX_FIELD),
-            reason: clip(&t.config.redact(bindings::one_line(e.reason)), MAX_REASON),
+            param: t.shown(bindings::one_line(e.name), MAX_FIELD),
+            reason: t.shown(bindings::one_line(e.reason), MAX_REASON),
         }),
         Ok(Err(InitFailure::Exports(reason))) => Err(LoadError::WrongWorld {
             path: PathBuf::from(&t.config.uses),
@@ -1117,20 +1125,15 @@ fn check_init(engine: &Engine, fuel_enabled: bool, t: &Loaded) -> Result<Slot, L
                 InitFailure::Wasm(FailureKind::Timeout, _) => format!(
                     "{} (building an instance and init get timeout_ms or 1000 ms, whichever is \
                      more)",
-                    clip(&t.config.redact(e.to_string()), MAX_REASON)
+                    t.shown(e.to_string(), MAX_REASON)
                 ),
-                _ => clip(&t.config.redact(e.to_string()), MAX_REASON),
+                _ => t.shown(e.to_string(), MAX_REASON),
             },
             limit: match e {
                 InitFailure::Wasm(kind, _) => Some(kind),
                 _ => None,
             }
-            .filter(|k| {
-                matches!(
-                    k,
-                    FailureKind::Memory | FailureKind::Timeout | FailureKind::Fuel
-                )
-            }),
+            .filter(|k| k.setting().is_some()),
         }),
         Err(_) => Err(LoadError::Init {
             transform: t.name.to_string(),
@@ -1687,7 +1690,7 @@ fn run_chain(
                 transform: t.name.to_string(),
                 kind,
                 // A guest's error may quote a field of any size; messages need not.
-                reason: clip(&t.config.redact(reason), MAX_REASON),
+                reason: t.shown(reason, MAX_REASON),
                 topic: m.topic.clone(),
                 partition: m.partition,
                 offset: m.offset,
@@ -1703,7 +1706,7 @@ fn run_chain(
         } in failures
         {
             // A guest's error may quote a field of any size; messages and letters need not.
-            let reason = clip(&t.config.redact(reason), MAX_REASON);
+            let reason = t.shown(reason, MAX_REASON);
             t.stats.note_failed(kind);
             let o = batch.origins[j] as usize;
             let policy = t.config.on_error.of(kind);
@@ -1728,7 +1731,7 @@ fn run_chain(
                     kind,
                     reason,
                     error: error.map(|e| GuestFault {
-                        field: e.field.map(|f| clip(&t.config.redact(f), MAX_FIELD)),
+                        field: e.field.map(|f| t.shown(f, MAX_FIELD)),
                         ..e
                     }),
                     row: batch.row(j),
@@ -1754,10 +1757,6 @@ fn run_chain(
         if i + 1 < shared.transforms.len() {
             TransformStats::add(&t.stats.rows_out, batch.origins.len() as u64);
         }
-    }
-    // The caller frees the metadata (see `dispatch`), and not a batch later.
-    for s in slots.iter_mut().flatten() {
-        s.store.data_mut().metas = Metas::default();
     }
     let emitted = batch.origins.len() as u64;
     Ok(Done {
@@ -1874,12 +1873,13 @@ fn run_transform(
 /// but not whole batches makes every batch run twice, the second time a row at a time. That is
 /// slow but loses nothing, so easy to miss.
 fn warn_limit_per_batch(t: &Loaded, kind: FailureKind, n: usize, failures: &[Failure]) {
-    let (setting, what) = match kind {
-        FailureKind::Fuel => ("fuel", "ran out of fuel"),
-        FailureKind::Timeout => ("timeout_ms", "exceeded its time limit"),
-        FailureKind::Memory => ("memory_mb", "exceeded its memory limit"),
+    let what = match kind {
+        FailureKind::Fuel => "ran out of fuel",
+        FailureKind::Timeout => "exceeded its time limit",
+        FailureKind::Memory => "exceeded its memory limit",
         _ => return,
     };
+    let setting = kind.setting().unwrap_or_default();
     if failures.iter().any(|f| f.kind == kind) || t.limit_warned.swap(true, Relaxed) {
         return;
     }
@@ -2024,7 +2024,7 @@ fn isolate(
         (t.config.memory_mb).saturating_mul(ISOLATED_OUTPUT_PER_MEMORY_BYTE << 20),
     );
     for j in 0..batch.origins.len() {
-        let origin = &batch.origins[j..=j];
+        let alone = batch.one_row(j);
         // A fresh instance (the previous row trapped) is built first: building it and its
         // `init` are the host's cost, not this row's (but they count in `total_cap`).
         ready(shared, t, slot)?;
@@ -2034,8 +2034,8 @@ fn isolate(
             shared,
             t,
             slot,
-            &batch.single(j),
-            origin,
+            &alone.wire,
+            &alone.origins,
             metas,
             Pass::Alone,
         )? {
@@ -2286,7 +2286,7 @@ fn ready<'a>(
             BUILD_CPU.set(BUILD_CPU.get() + thread_cpu_time().saturating_sub(before));
             Ok(slot.insert(built.map_err(|e| TransformError::Instantiate {
                 transform: t.name.to_string(),
-                reason: clip(&t.config.redact(e.to_string()), MAX_REASON),
+                reason: t.shown(e.to_string(), MAX_REASON),
             })?))
         }
     }
@@ -2324,6 +2324,11 @@ fn call(
         .sluice_transform_transformer()
         .call_transform_batch(&mut s.store, input);
     t.stats.observe_latency(start.elapsed());
+    // `meta` answers only during the call (the WIT says so), and the caller frees the metadata
+    // (see `dispatch`) whether or not the batch fails, not a batch later.
+    let state = s.store.data_mut();
+    state.metas = Metas::default();
+    state.origins.clear();
     TransformStats::add(&t.stats.invocations, 1);
     count_fuel(&s.store, t);
     match result {
@@ -2509,24 +2514,6 @@ impl Values {
         row
     }
 
-    /// Copies `count` values of `src` starting at `c` (moving `c` past them).
-    fn copy_from(&mut self, src: &Values, c: &mut Cursor, count: usize) {
-        for _ in 0..count {
-            let ty = wire_type(src.types[c.value]);
-            let at = *c;
-            Values::step(c, ty);
-            self.types.push(ty as u8);
-            match ty {
-                WireType::Null => {}
-                WireType::Bool | WireType::Int | WireType::Timestamp => {
-                    self.ints.push(src.ints[at.int])
-                }
-                WireType::Float => self.floats.push(src.floats[at.float]),
-                WireType::String | WireType::Json => self.push_text(src.text_at(at.text)),
-            }
-        }
-    }
-
     /// Checks that the lanes hold exactly the payloads `types` calls for and that every text
     /// slice is valid.
     fn check(&self) -> Result<(), String> {
@@ -2682,25 +2669,6 @@ impl WireBatch {
             wire,
             cursors,
             origins,
-        }
-    }
-
-    fn width(&self, j: usize) -> usize {
-        self.wire.schemas[self.wire.shapes[j] as usize].len()
-    }
-
-    /// Row `j` alone, as a one-row batch (the slow path after a trap, so copying is fine).
-    fn single(&self, j: usize) -> Rows {
-        let mut values = Values::default();
-        values.copy_from(
-            &self.wire.values,
-            &mut self.cursors[j].clone(),
-            self.width(j),
-        );
-        Rows {
-            schemas: vec![self.wire.schemas[self.wire.shapes[j] as usize].clone()],
-            shapes: vec![0],
-            values,
         }
     }
 
