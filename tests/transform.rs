@@ -3511,6 +3511,38 @@ fn cli_test_warns_of_a_json_value_that_is_not_json() {
     assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
 }
 
+/// A field whose type changes from row to row in a way a Snowflake column made for the first
+/// would refuse (`20` then `9.99`) gets one warning, at the first value that does not fit;
+/// values a column takes (an int in a FLOAT column, nulls) get none.
+#[test]
+fn cli_test_warns_of_a_field_whose_type_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = [
+        r#"{"id":1,"price":20,"ratio":0.5,"note":null}"#,
+        r#"{"id":2,"price":9.99,"ratio":2,"note":"x"}"#,
+        r#"{"id":3,"price":1.5,"ratio":3,"note":"y"}"#,
+        r#"{"id":4,"price":7,"ratio":1.5,"note":5}"#,
+    ]
+    .join("\n");
+    std::fs::write(dir.path().join("in.jsonl"), input + "\n").unwrap();
+    let args = ["transform", "test", "--component", guests::PASSTHROUGH];
+    let out =
+        sluice_tests::cli::sluice(dir.path(), &[&args[..], &["--input", "in.jsonl"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+    assert!(
+        stderr.contains(
+            "record 2 (line 2): warning: field \"price\" is float here but was int in record 1: \
+             a Snowflake table created from rows like that one (NUMBER(38,0) column) refuses \
+             this value"
+        ),
+        "{stderr}"
+    );
+    // `5` goes into the VARCHAR column that "x" made, as its text.
+    assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
+}
+
 /// A JSON Lines line past the first that is not a JSON object is a message the consumer could
 /// not decode: its record fails (stage `consume`, kind `decode`) and the rest run, as a bad CSV
 /// row does. A first line that is not one says the input is not JSON Lines at all (exit 2).

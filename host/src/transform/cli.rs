@@ -1719,6 +1719,7 @@ pub fn test(
     let mut number = 0usize;
     let mut unreadable = None;
     let mut skipped: BTreeMap<Skip, u64> = BTreeMap::new();
+    let mut types = FieldTypes::default();
     // A failure of the chain itself (not of a record): the run stops, after the counts.
     let mut fatal = None;
     let mut stopped = false;
@@ -1796,7 +1797,10 @@ pub fn test(
             match outcome {
                 RecordOutcome::Emitted(emitted) => {
                     for row in emitted {
-                        if let Some(problem) = not_json(&row) {
+                        let problems = (not_json(&row).into_iter())
+                            .chain(unloadable_timestamp(&row))
+                            .chain(types.see(&row, n));
+                        for problem in problems {
                             write_rows(&mut pending, out)?;
                             let text = format!("record {n} (line {line}): warning: {problem}");
                             writeln!(err, "{}", crate::config::redact_output(&text))?;
@@ -1955,6 +1959,69 @@ fn not_json(row: &Row) -> Option<String> {
             }),
         _ => None,
     })
+}
+
+/// What is wrong with the first timestamp of `row` outside years 1 to 9999, if one is: it prints
+/// as its count of microseconds (no ISO-8601 text has five digits of year), and the sink sets
+/// the row aside.
+fn unloadable_timestamp(row: &Row) -> Option<String> {
+    row.fields.iter().find_map(|f| match f.value {
+        crate::row::Value::Timestamp(us)
+            if !crate::sink::snowflake::encode::loadable_timestamp(us) =>
+        {
+            Some(format!(
+                "field {:?} is a timestamp outside years 1 to 9999 ({us} µs since the epoch), \
+                 so it prints as that number; a Snowflake TIMESTAMP_NTZ column does not take \
+                 it, and the sink sets the row aside",
+                &*f.name
+            ))
+        }
+        _ => None,
+    })
+}
+
+/// The type each output field first had, to warn of one whose later values a Snowflake table
+/// created from the first would refuse (`9.99` after `20` made the column `NUMBER(38,0)`). In a
+/// run, which rows create the table depends on how records fall into partitions and batches, so
+/// such a transform loads in one run what it dead-letters in the next.
+#[derive(Default)]
+struct FieldTypes {
+    /// A field's first non-null type and the record it came from.
+    first: std::collections::HashMap<String, (crate::row::ValueType, u64)>,
+    /// Fields already warned of: once each.
+    warned: std::collections::HashSet<String>,
+}
+
+impl FieldTypes {
+    /// Notes `row`'s types (record `n` emitted it) and says what a field's value does not fit.
+    fn see(&mut self, row: &Row, n: u64) -> Vec<String> {
+        use crate::sink::snowflake::encode::ColumnKind;
+        let mut problems = Vec::new();
+        for f in &row.fields {
+            let ty = f.value.value_type();
+            if ty == crate::row::ValueType::Null || self.warned.contains(&*f.name) {
+                continue;
+            }
+            let Some(&(first, from)) = self.first.get(&*f.name) else {
+                self.first.insert(f.name.to_string(), (ty, n));
+                continue;
+            };
+            if !ColumnKind::created_for(first).accepts(&f.value) {
+                self.warned.insert(f.name.to_string());
+                problems.push(format!(
+                    "field {:?} is {} here but was {} in record {from}: a Snowflake table \
+                     created from rows like that one ({} column) refuses this value, so a run \
+                     would load it or set it aside depending on which rows came first. Emit \
+                     one type for a field (an int as a float, say)",
+                    &*f.name,
+                    ty.as_str(),
+                    first.as_str(),
+                    crate::sink::snowflake::encode::column_type_for(first),
+                ));
+            }
+        }
+        problems
+    }
 }
 
 /// Writes out the rows in `pending` and empties it.
@@ -3084,6 +3151,28 @@ mod tests {
 
     /// JSON that serde_json's `Value` cannot hold is still a row, compared exactly (integers past
     /// `u64` by every digit, at any depth); what is not JSON is refused.
+    #[test]
+    fn timestamps_past_four_digit_years_are_warned_of() {
+        use crate::row::Value;
+        let row = |us| {
+            let mut row = Row::with_capacity(2);
+            row.push("id", Value::Int(1));
+            row.push("at", Value::Timestamp(us));
+            row
+        };
+        // 9999-12-31T23:59:59.999999 loads; a microsecond later does not, nor does year 0.
+        assert_eq!(unloadable_timestamp(&row(253_402_300_799_999_999)), None);
+        for us in [253_402_300_800_000_000, -62_167_219_200_000_000, i64::MAX] {
+            let warning = unloadable_timestamp(&row(us)).unwrap();
+            assert!(
+                warning.starts_with(&format!(
+                    "field \"at\" is a timestamp outside years 1 to 9999 ({us} µs"
+                )),
+                "{warning}"
+            );
+        }
+    }
+
     #[test]
     fn rows_hold_any_json() {
         let mut row = Row::default();

@@ -100,6 +100,18 @@ pub enum ColumnKind {
 }
 
 impl ColumnKind {
+    /// The kind of the column that `create_table` makes for a field of type `t`.
+    pub fn created_for(t: ValueType) -> ColumnKind {
+        match t {
+            ValueType::Int => ColumnKind::Integer,
+            ValueType::Float => ColumnKind::Float,
+            ValueType::Bool => ColumnKind::Boolean,
+            ValueType::Timestamp => ColumnKind::Timestamp,
+            ValueType::Json => ColumnKind::Variant,
+            ValueType::String | ValueType::Null => ColumnKind::Text,
+        }
+    }
+
     /// From a result-set type name and scale.
     pub fn from_rowtype(type_name: &str, scale: Option<i64>) -> ColumnKind {
         match type_name {
