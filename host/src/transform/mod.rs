@@ -5,6 +5,7 @@
 //!   and running a chain on dedicated worker threads ([`TransformChain::process`]).
 //! - `cache`: compiled components on disk, checked before use.
 //! - [`stats`]: per-transform counters for metrics.
+//! - `stale`: warns of a component that is a debug build or older than its crate's sources.
 //! - `output`: what guests write to stdout and stderr (kept to explain a trap, shown with
 //!   `debug_stdio`).
 //! - [`cli`]: `sluice transform new|build|test`; `exact_json` compares its golden rows.
@@ -20,6 +21,7 @@ mod error;
 mod exact_json;
 mod output;
 pub mod runtime;
+mod stale;
 pub mod stats;
 
 pub use cli::{TransformCommand, run_command};

@@ -1038,6 +1038,9 @@ fn load_one(
         path: path.clone(),
         reason,
     })?;
+    if let Some(warning) = super::stale::check(&path) {
+        tracing::warn!(transform = config.display_name(), "{warning}");
+    }
     let start = Instant::now();
     let hash = blake3::hash(&bytes);
     let (component, how) = match compiled.get(&hash) {
