@@ -12,4 +12,7 @@ if [ ! -x "$bin" ]; then
   cargo install nisshi --version "$NISSHI_VERSION" --locked --ignore-rust-version \
     --no-default-features --features libsql --root "$root" >&2
 fi
+# sluice runs the broker only from directories no other user can write (a umask of 002 leaves
+# them group-writable); fixed here rather than refused later.
+chmod go-w "$(dirname "$root")" "$root" "$root/bin" "$bin" 2>/dev/null || true
 echo "$bin"

@@ -2717,6 +2717,60 @@ fn cli_test_discards_guest_stdio_unless_asked() {
     }
 }
 
+/// What a guest's host calls cost is bounded and charged: one `wasi:random` call may ask for at
+/// most 64 KiB (wasmtime's default, 64 MiB, is host memory outside `memory_mb`), one write to
+/// stderr may not pass what `check-write` grants, and the CPU a host call spends counts toward
+/// `timeout_ms` even when the call spans the batch call's first epoch tick (60,000 lines written
+/// under `--debug-stdio` in one call take far more than 5 ms).
+#[test]
+fn cli_test_host_calls_are_bounded_and_charged() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        [
+            r#"{"random_bytes":16}"#,
+            r#"{"random_bytes":1048576}"#,
+            r#"{"write_newlines":100000}"#,
+            r#"{"write_newlines":10}"#,
+            "",
+        ]
+        .join("\n"),
+    )
+    .unwrap();
+    let args = ["transform", "test", "--component", guests::PROBE];
+    let out =
+        sluice_tests::cli::sluice(dir.path(), &[&args[..], &["--input", "in.jsonl"]].concat());
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout.lines().count(), 2, "{stdout}");
+    assert!(
+        stderr.contains("record 2 (line 2): probe failed (trap): ")
+            && stderr.contains("requested len 1048576 exceeds limit 65536"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("record 3 (line 3): probe failed (trap): ")
+            && stderr.contains("wrote 100000 bytes at once to stdout or stderr"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("2 failed (2 trap)"), "{stderr}");
+
+    std::fs::write(dir.path().join("in.jsonl"), "{\"write_newlines\":60000}\n").unwrap();
+    let more = ["--input", "in.jsonl", "--debug-stdio", "--timeout-ms", "5"];
+    let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], &more].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr:.2000}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+    assert!(
+        stderr.contains("record 1 (line 1): probe failed (timeout)"),
+        "{}",
+        stderr.trim()
+    );
+}
+
 /// When a batch fails and its records are run again one at a time to find the one to blame, what
 /// the guest writes in that re-run is marked as such: the record whose output shows twice was
 /// not processed twice.

@@ -56,6 +56,24 @@ pub enum BrokerError {
         .0.display()
     )]
     NotInstalled(PathBuf),
+    /// There is no per-user cache to look in (no `HOME`).
+    #[error(
+        "no cache directory to find the nisshi broker in: set HOME, SLUICE_CACHE_DIR or \
+         {NISSHI_ENV}"
+    )]
+    NoCache,
+    /// The installed binary, or a directory above it in the cache, is not this user's alone.
+    #[error(
+        "will not run the nisshi broker installed in {}: {why}, so another user could have put \
+         code there (`chmod go-w` it if it is yours, or set {NISSHI_ENV})",
+        .path.display()
+    )]
+    Untrusted {
+        /// The file or directory.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
     /// The data directory could not be created, or the process not started.
     #[error("cannot start nisshi in {}", .dir.display())]
     Spawn {
@@ -75,16 +93,37 @@ pub enum BrokerError {
     },
 }
 
-/// The nisshi binary: `SLUICE_NISSHI`, else the per-user cache.
-pub fn nisshi_binary() -> PathBuf {
+/// The nisshi binary: `SLUICE_NISSHI` (the user's own choice), else the one installed in the
+/// per-user cache, if it is there and no other user could have put it there.
+pub fn nisshi_binary() -> Result<PathBuf, BrokerError> {
     if let Some(p) = std::env::var_os(NISSHI_ENV).filter(|p| !p.is_empty()) {
-        return PathBuf::from(p);
+        return Ok(PathBuf::from(p));
     }
-    crate::cache_root()
-        .unwrap_or_else(|| PathBuf::from(".cache/sluice"))
-        .join(format!("nisshi-{NISSHI_VERSION}"))
+    // Never a path relative to the working directory, which may be anyone's.
+    installed_in(&crate::cache_root().ok_or(BrokerError::NoCache)?)
+}
+
+/// The nisshi binary installed in the cache at `root`, if no other user could have put it there.
+fn installed_in(root: &Path) -> Result<PathBuf, BrokerError> {
+    let bin = (root.join(format!("nisshi-{NISSHI_VERSION}")))
         .join("bin")
-        .join("nisshi")
+        .join("nisshi");
+    if !bin.is_file() {
+        return Err(BrokerError::NotInstalled(bin));
+    }
+    for path in bin.ancestors().take_while(|p| p.starts_with(root)) {
+        let why = match std::fs::metadata(path) {
+            Ok(meta) => crate::writable_by_others(&meta),
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(why) = why {
+            return Err(BrokerError::Untrusted {
+                path: path.to_path_buf(),
+                why,
+            });
+        }
+    }
+    Ok(bin)
 }
 
 /// A running nisshi child process; stopped when dropped.
@@ -111,10 +150,7 @@ impl ManagedBroker {
     }
 
     fn start_with(data_dir: &Path, remove: bool) -> Result<ManagedBroker, BrokerError> {
-        let bin = nisshi_binary();
-        if !bin.is_file() {
-            return Err(BrokerError::NotInstalled(bin));
-        }
+        let bin = nisshi_binary()?;
         let spawn_err = |source| BrokerError::Spawn {
             dir: data_dir.to_path_buf(),
             source,
@@ -266,4 +302,50 @@ fn log_tail(path: &Path, from: u64) -> String {
         }
     }
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// The broker runs only from a cache no other user could have written, binary and the
+    /// directories above it alike.
+    #[test]
+    fn the_cached_broker_runs_only_if_no_one_else_could_have_put_it_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("sluice");
+        let bin_dir = root.join(format!("nisshi-{NISSHI_VERSION}/bin"));
+        let mode = |p: &Path, m: u32| {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        assert!(matches!(
+            installed_in(&root),
+            Err(BrokerError::NotInstalled(_))
+        ));
+        std::fs::create_dir_all(&bin_dir).unwrap();
+        let bin = bin_dir.join("nisshi");
+        std::fs::write(&bin, "#!/bin/sh\n").unwrap();
+        for p in [&root, &bin_dir, bin_dir.parent().unwrap()] {
+            mode(p, 0o755);
+        }
+        mode(&bin, 0o755);
+        assert_eq!(installed_in(&root).unwrap(), bin);
+        for (path, writable) in [(&root, 0o777), (&bin, 0o775)] {
+            mode(path, writable);
+            let err = installed_in(&root).unwrap_err();
+            assert!(
+                matches!(&err, BrokerError::Untrusted { path: p, .. } if p == path),
+                "{err}"
+            );
+            assert!(
+                err.to_string().contains("other users can write in it"),
+                "{err}"
+            );
+            mode(path, 0o755);
+        }
+        // Above the cache root is not the cache's to judge (a shared /tmp, say).
+        mode(dir.path(), 0o777);
+        assert_eq!(installed_in(&root).unwrap(), bin);
+    }
 }

@@ -68,6 +68,23 @@ pub mod source;
 pub mod transform;
 pub mod validate;
 
+/// Why another user could have written the file or directory `meta` describes, if one could:
+/// it belongs to someone other than this user or root, or its mode lets group or others write.
+/// Code sluice runs from its cache (the managed broker, compiled transforms) must pass this.
+pub(crate) fn writable_by_others(meta: &std::fs::Metadata) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let me = rustix::process::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        return Some(format!("it belongs to another user (uid {})", meta.uid()));
+    }
+    (meta.mode() & 0o022 != 0).then(|| {
+        format!(
+            "other users can write in it (mode {:o})",
+            meta.mode() & 0o7777
+        )
+    })
+}
+
 /// The per-user cache sluice keeps built and compiled artifacts in (the managed broker, compiled
 /// transforms): `$SLUICE_CACHE_DIR`, else `$XDG_CACHE_HOME/sluice`, else `$HOME/.cache/sluice`;
 /// `None` without any of them.

@@ -64,7 +64,7 @@ impl CompileCache {
     /// Uses `dir`, creating it (readable by this user only) if needed; why not, when it cannot
     /// be created or another user could write in it.
     pub fn open(dir: &Path) -> Result<CompileCache, String> {
-        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        use std::os::unix::fs::DirBuilderExt;
         let dir = std::path::absolute(dir).map_err(|e| e.to_string())?;
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -72,19 +72,10 @@ impl CompileCache {
             .create(&dir)
             .map_err(|e| e.to_string())?;
         let meta = std::fs::metadata(&dir).map_err(|e| e.to_string())?;
-        let me = rustix::process::geteuid().as_raw();
-        if meta.uid() != me && meta.uid() != 0 {
+        if let Some(why) = crate::writable_by_others(&meta) {
             return Err(format!(
-                "it belongs to another user (uid {}), who could put code in it that sluice would \
-                 run; use a directory of your own",
-                meta.uid()
-            ));
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(format!(
-                "other users can write in it (mode {:o}) and put code in it that sluice would \
-                 run; `chmod go-w` it, or use a directory of your own",
-                meta.mode() & 0o7777
+                "{why}, so another user could put code in it that sluice would run; `chmod go-w` \
+                 it, or use a directory of your own"
             ));
         }
         Ok(CompileCache { dir })
@@ -148,15 +139,19 @@ impl CompileCache {
 /// entry; the file it opens is checked too (its owner and mode, on the open file).
 fn read_entry(path: &Path) -> std::io::Result<Vec<u8>> {
     use std::io::Read as _;
-    use std::os::unix::fs::MetadataExt;
-    let mut file = std::fs::File::open(path)?;
+    use std::os::unix::fs::OpenOptionsExt;
+    // Not blocking: opening a FIFO put in the entry's place would wait for a writer forever.
+    let mut file = std::fs::File::options()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
     let meta = file.metadata()?;
-    let me = rustix::process::geteuid().as_raw();
-    if (meta.uid() != me && meta.uid() != 0) || meta.mode() & 0o022 != 0 {
+    if !meta.is_file() {
+        return Err(std::io::Error::other("it is not a regular file"));
+    }
+    if let Some(why) = crate::writable_by_others(&meta) {
         return Err(std::io::Error::other(format!(
-            "another user could have written it (owner uid {}, mode {:o}), so it is not run",
-            meta.uid(),
-            meta.mode() & 0o7777
+            "{why}, so another user could have written it, and it is not run"
         )));
     }
     let mut entry = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
@@ -167,8 +162,13 @@ fn read_entry(path: &Path) -> std::io::Result<Vec<u8>> {
 /// Marks the entry at `path` as used now, unless it already was within [`TOUCH_AFTER`]. Failing
 /// to (a read-only cache) only makes the entry look older than it is.
 fn touch(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
     let now = SystemTime::now();
-    let Ok(file) = std::fs::File::options().write(true).open(path) else {
+    let file = std::fs::File::options()
+        .write(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path);
+    let Ok(file) = file else {
         return;
     };
     let stale = file
@@ -311,6 +311,18 @@ mod tests {
         let mode = std::fs::metadata(&entry).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600, "{mode:o}");
         assert!(from_cache(), "the replacement is used");
+
+        // A FIFO in the entry's place, which a blocking open would wait on forever.
+        std::fs::remove_file(&entry).unwrap();
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &entry,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        assert!(!from_cache(), "a FIFO is no entry");
+        assert!(std::fs::metadata(&entry).unwrap().is_file(), "replaced");
+        assert!(from_cache());
     }
 
     #[test]

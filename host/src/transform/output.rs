@@ -15,7 +15,10 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamError, StreamResult};
+
+/// The most a guest may write to stdout or stderr in one call (what `check-write` grants).
+const MAX_WRITE: usize = 64 * 1024;
 
 /// How much of a call's output a failure's reason may quote, in bytes.
 pub const TAIL_BYTES: usize = 1024;
@@ -249,6 +252,15 @@ impl Pollable for GuestOutput {
 
 impl OutputStream for GuestOutput {
     fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        // More than `check_write` allowed breaks the WASI contract, and one huge write would
+        // keep the host busy where the CPU limit cannot interrupt it.
+        if bytes.len() > MAX_WRITE {
+            return Err(StreamError::Trap(wasmtime::format_err!(
+                "wrote {} bytes at once to stdout or stderr, past the {MAX_WRITE} that \
+                 check-write allows",
+                bytes.len()
+            )));
+        }
         GuestOutput::write(self, &bytes);
         Ok(())
     }
@@ -258,7 +270,7 @@ impl OutputStream for GuestOutput {
     }
 
     fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
+        Ok(MAX_WRITE)
     }
 }
 

@@ -82,6 +82,8 @@ const MAX_FIELD: usize = 256;
 /// A worker drops and rebuilds an instance after this many input rows: a `Store` never gives
 /// memory back, so a long-lived instance would keep its high-water mark forever.
 const RECYCLE_AFTER_ROWS: u64 = 200_000;
+/// The most random bytes one `wasi:random` call may ask for.
+const MAX_RANDOM_BYTES: u64 = 64 * 1024;
 /// Batches smaller than this per worker are not split across workers (splitting costs more
 /// than it saves).
 const MIN_CHUNK_ROWS: usize = 128;
@@ -1385,6 +1387,9 @@ impl Slot {
         wasi.allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            // wasmtime's default (64 MiB a call) is host memory outside `memory_mb`, and host
+            // time the CPU limit sees only once the call returns; a hash seed or a UUID needs 16.
+            .max_random_size(MAX_RANDOM_BYTES)
             .stdout(output.clone())
             .stderr(output.clone());
         let limit_bytes =
@@ -1411,15 +1416,13 @@ impl Slot {
         store
             .set_hostcall_fuel(usize::try_from(output_copy_limit(&t.config)).unwrap_or(usize::MAX));
         // The epoch only says when to look: the cap is on the CPU time the call has used, so a
-        // guest descheduled on a busy machine is not charged for the wait. The clock is first
-        // read at the call's first tick, which undercounts by at most one tick (`TICK_MS`).
+        // guest descheduled on a busy machine is not charged for the wait. The count starts
+        // when the call is armed, not at its first tick: a host call (WASI's random, a write)
+        // that spans that tick is the guest's CPU time too.
         store.epoch_deadline_callback(|mut ctx| {
             let s = ctx.data_mut();
             let now = thread_cpu_time();
-            let Some(start) = s.cpu_start else {
-                s.cpu_start = Some(now);
-                return Ok(UpdateDeadline::Continue(ticks(s.cpu_limit)));
-            };
+            let start = *s.cpu_start.get_or_insert(now);
             Ok(match s.cpu_limit.checked_sub(now.saturating_sub(start)) {
                 Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
                 _ => UpdateDeadline::Interrupt,
@@ -1487,9 +1490,9 @@ fn arm_for(
 ) {
     let state = store.data_mut();
     state.cpu_limit = Duration::from_millis(limit_ms);
-    state.cpu_start = None;
+    state.cpu_start = Some(thread_cpu_time());
     state.output.start_call(pass);
-    // The next tick starts the count (see the deadline callback in `Slot::new`).
+    // The next tick looks at the count (see the deadline callback in `Slot::new`).
     store.set_epoch_deadline(1);
     if fuel_enabled {
         // A fuel-metered engine needs fuel in every store; unmetered transforms get "infinite".

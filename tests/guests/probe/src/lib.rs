@@ -5,7 +5,9 @@
 //! `wait_ready` waits on a timer that is already due, with `pollable.block` and with `poll`;
 //! one with an int field `leak_handles` creates that many pollables and never drops them; one
 //! with an int field `leak_kb` allocates that many KiB and never frees them; one with an int field
-//! `fail_after` panics if this instance has already seen that many rows (state gone bad).
+//! `fail_after` panics if this instance has already seen that many rows (state gone bad); one
+//! with an int field `random_bytes` asks `wasi:random` for that many bytes in one call; one with
+//! an int field `write_newlines` writes that many newlines to stderr in one `write` call.
 //! Param `say` makes `init` print its value on stderr; param `panic`, panic with it; param
 //! `reject`, fail with an `invalid-param` error named by its value (a careless guest echoing a
 //! secret).
@@ -59,6 +61,16 @@ fn probe(row: Row) -> Result<Vec<Row>, Error> {
         for _ in 0..*n {
             std::mem::forget(wasip2::clocks::monotonic_clock::subscribe_duration(1 << 60));
         }
+    }
+    if let Some(Value::Int(n)) = row.get("random_bytes") {
+        // One call, however large: the host must bound what it allocates for it.
+        let bytes = wasip2::random::random::get_random_bytes(*n as u64);
+        assert_eq!(bytes.len() as i64, *n);
+    }
+    if let Some(Value::Int(n)) = row.get("write_newlines") {
+        // One `write` of that many newlines to stderr, past what `check-write` allows if large.
+        let stderr = wasip2::cli::stderr::get_stderr();
+        let _ = stderr.write(&vec![b'\n'; *n as usize]);
     }
     if let Some(Value::Int(kb)) = row.get("leak_kb") {
         // Touched, so that the pages are really in use, and leaked, so that memory only grows.
