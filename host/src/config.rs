@@ -1457,6 +1457,47 @@ mod tests {
         assert!(interpolate("${NOPE}", &env).unwrap_err().contains("NOPE"));
     }
 
+    /// `with` takes a bare number or flag as its JSON text; anything else that is not a string is
+    /// an error at its key.
+    #[test]
+    fn a_param_may_be_written_as_a_number_or_a_flag() {
+        let text = |with: &str| {
+            format!(
+                r#"{{ "version": 1, "name": "p",
+                  "source": {{ "type": "csv", "path": "d.csv" }}, "kafka": {{ "topic": "t" }},
+                  "transforms": [ {{ "uses": "m.wasm", "with": {with} }} ],
+                  "sink": {{ "type": "snowflake", "database": "D", "schema": "S", "table": "T" }} }}"#
+            )
+        };
+        let no_env = |_: &str| None;
+        let with = r#"{ "window": 100, "min": -3, "ratio": 2.5, "one": 1.0, "strict": true,
+                        "field": "id" }"#;
+        let loaded = load_str(&text(with), Path::new("p.json"), &no_env).unwrap();
+        let params: Vec<(&str, &str)> = (loaded.config.transforms[0].with.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            params,
+            [
+                ("field", "id"),
+                ("min", "-3"),
+                ("one", "1.0"),
+                ("ratio", "2.5"),
+                ("strict", "true"),
+                ("window", "100"),
+            ]
+        );
+        for bad in [r#"{ "x": null }"#, r#"{ "x": [1] }"#] {
+            let err = load_str(&text(bad), Path::new("p.json"), &no_env).unwrap_err();
+            let err = err.to_string();
+            assert!(
+                err.contains("transforms[0].with.x")
+                    && err.contains("expected a string, a number or true/false"),
+                "{err}"
+            );
+        }
+    }
+
     #[test]
     fn debug_output_shows_no_substituted_secret() {
         let text = r#"{ "version": 1, "name": "p",

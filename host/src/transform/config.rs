@@ -8,6 +8,60 @@ use serde::{Deserialize, Serialize};
 use super::error::FailureKind;
 use crate::config::OnError;
 
+/// A param's value: text, or a number or a flag, which `init` gets as its JSON text.
+// Only the JSON Schema uses this type; `params_as_text` reads the values.
+#[derive(JsonSchema)]
+#[serde(untagged)]
+#[allow(dead_code)]
+enum ParamValue {
+    Text(String),
+    Number(f64),
+    Flag(bool),
+}
+
+/// Reads `with`, taking a bare number or flag as its JSON text: params reach `init` as strings,
+/// and `"window": 100` is what anyone writes first.
+fn params_as_text<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Text;
+    impl serde::de::Visitor<'_> for Text {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a string, a number or true/false")
+        }
+        fn visit_str<E>(self, v: &str) -> Result<String, E> {
+            Ok(v.to_owned())
+        }
+        fn visit_string<E>(self, v: String) -> Result<String, E> {
+            Ok(v)
+        }
+        fn visit_bool<E>(self, v: bool) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_i64<E>(self, v: i64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_u64<E>(self, v: u64) -> Result<String, E> {
+            Ok(v.to_string())
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+            // As JSON writes it (`2.5`, `1.0`): a float written in the file stays one.
+            serde_json::Number::from_f64(v)
+                .map(|n| n.to_string())
+                .ok_or_else(|| E::custom("a number JSON cannot hold"))
+        }
+    }
+    struct Param(String);
+    impl<'de> Deserialize<'de> for Param {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Param, D::Error> {
+            d.deserialize_any(Text).map(Param)
+        }
+    }
+    let params = BTreeMap::<String, Param>::deserialize(d)?;
+    Ok(params.into_iter().map(|(k, Param(v))| (k, v)).collect())
+}
+
 /// One transform in the chain.
 #[derive(Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -18,8 +72,11 @@ pub struct TransformConfig {
     pub name: Option<String>,
     /// Path of the component (`.wasm`), relative to the pipeline file's directory.
     pub uses: String,
-    /// Parameters handed to the component's `init` as string pairs.
-    #[serde(default)]
+    /// Parameters handed to the component's `init` as string pairs. A number or a flag written
+    /// bare (`"window": 100`, `"strict": true`) is handed over as its JSON text (`100`,
+    /// `true`).
+    #[serde(default, deserialize_with = "params_as_text")]
+    #[schemars(with = "BTreeMap<String, ParamValue>")]
     pub with: BTreeMap<String, String>,
     /// What a record the transform fails (or traps on) does: `fail` stops the run, `drop`
     /// counts and skips it, `dead_letter` (default) sends it to the dead-letter topic. Either one
