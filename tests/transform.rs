@@ -1451,6 +1451,27 @@ fn a_guest_leaking_wasi_handles_is_stopped_at_the_cap() {
     }
 }
 
+/// An instance that nothing went wrong in serves the whole run: what a guest keeps between
+/// batches lasts (it used to be rebuilt every 200,000 rows, losing it).
+#[test]
+fn an_instance_keeps_its_state_for_the_whole_run() {
+    let c = one_worker(&[config(guests::PROBE, &[])]);
+    let batch: Vec<Row> = vec![row(&[("seen", Value::Null)]); 4096];
+    let mut last = 0;
+    for _ in 0..60 {
+        let out = c.process_blocking(with_meta(batch.clone())).unwrap();
+        last = match emitted(out.last().unwrap()) {
+            [r] => match r.get("seen") {
+                Some(Value::Int(n)) => *n,
+                other => panic!("{other:?}"),
+            },
+            rows => panic!("{rows:?}"),
+        };
+    }
+    assert_eq!(last, 60 * 4096);
+    assert_eq!(c.stats()[0].1.instance_restarts.load(Relaxed), 0);
+}
+
 /// Handles leaked a few at a time by many calls fill an instance's table too; the call that
 /// finds it full is run again on a fresh instance, not blamed for the others' leaks.
 #[test]

@@ -79,9 +79,6 @@ const MAX_REASON: usize = crate::source::dlq::MAX_REASON_BYTES;
 /// that is not (a guest naming a field by its value) must not crowd out the reason or the
 /// payload of a letter sized to fit a message.
 const MAX_FIELD: usize = 256;
-/// A worker drops and rebuilds an instance after this many input rows: a `Store` never gives
-/// memory back, so a long-lived instance would keep its high-water mark forever.
-const RECYCLE_AFTER_ROWS: u64 = 200_000;
 /// The most random bytes one `wasi:random` call may ask for.
 const MAX_RANDOM_BYTES: u64 = 64 * 1024;
 /// Batches smaller than this per worker are not split across workers (splitting costs more
@@ -2271,19 +2268,16 @@ fn split(
     (next, failures, filtered)
 }
 
-/// The calling thread's instance of `t`, built now if there is none (after a trap) or if the
-/// one there has served [`RECYCLE_AFTER_ROWS`] rows.
+/// The calling thread's instance of `t`, built now if there is none (after a trap). An instance
+/// is otherwise kept for the whole run, so that what a guest keeps between batches (a cache, a
+/// window of recent keys) lasts as long as it can: the memory it holds, which a wasm memory
+/// never gives back, is bounded by `memory_mb`, and one that reaches it is rebuilt then (see
+/// `run_transform`).
 fn ready<'a>(
     shared: &Shared,
     t: &Loaded,
     slot: &'a mut Option<Slot>,
 ) -> Result<&'a mut Slot, TransformError> {
-    if slot
-        .as_ref()
-        .is_some_and(|s| s.rows_seen >= RECYCLE_AFTER_ROWS)
-    {
-        *slot = None;
-    }
     match slot {
         Some(s) => Ok(s),
         None => {
