@@ -3586,6 +3586,73 @@ fn cli_test_warns_of_a_json_value_that_is_not_json() {
     assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
 }
 
+/// `--write-failures` writes the failed records as an `--expect-failures` file (no reasons), which
+/// the next run then matches; it may not be the file the run compares with.
+#[test]
+fn cli_test_writes_the_failures_it_expects_next_time() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"value\":60}\n{\"other\":1}\n[1]\n{\"value\":\"abc\"}\n",
+    )
+    .unwrap();
+    let args = [
+        "transform",
+        "test",
+        "--component",
+        guests::FILTER,
+        "--input",
+        "in.jsonl",
+        "--with",
+        "field=value",
+        "--with",
+        "op=gt",
+        "--with",
+        "value=50",
+    ];
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[&args[..], &["--write-failures", "failures.jsonl"]].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "{\"value\":60}\n");
+    let written = std::fs::read_to_string(dir.path().join("failures.jsonl")).unwrap();
+    assert_eq!(
+        written,
+        "{\"record\":2,\"line\":2,\"stage\":\"transform:filter\",\"kind\":\"guest_error\",\
+         \"case\":\"missing-field\",\"field\":\"value\"}\n\
+         {\"record\":3,\"line\":3,\"stage\":\"consume\",\"kind\":\"decode\"}\n\
+         {\"record\":4,\"line\":4,\"stage\":\"transform:filter\",\"kind\":\"guest_error\",\
+         \"case\":\"invalid-value\",\"field\":\"value\"}\n"
+    );
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[&args[..], &["--expect-failures", "failures.jsonl"]].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("ok: 3 failed records match failures.jsonl"),
+        "{stderr}"
+    );
+    let same = [
+        "--expect-failures",
+        "failures.jsonl",
+        "--write-failures",
+        "./failures.jsonl",
+    ];
+    let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], &same].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("is the --expect-failures file"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("failures.jsonl")).unwrap(),
+        written,
+        "left as it was"
+    );
+}
+
 /// A field whose type changes from row to row in a way a Snowflake column made for the first
 /// would refuse (`20` then `9.99`) gets one warning, at the first value that does not fit;
 /// values a column takes (an int in a FLOAT column, nulls) get none.

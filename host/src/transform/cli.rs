@@ -139,6 +139,12 @@ pub enum TransformCommand {
         /// it.
         #[arg(long, value_name = "FILE")]
         expect_failures: Option<PathBuf>,
+        /// Write each failed record to FILE as a line of an `--expect-failures` file (`record`,
+        /// `line`, `stage`, `kind`, and a guest error's `case` and `field`; not the `reason`,
+        /// whose wording a test should not pin): run once, read it, then pass it to
+        /// `--expect-failures`. The rows are on stdout, for `--expect`.
+        #[arg(long, value_name = "FILE")]
+        write_failures: Option<PathBuf>,
         /// Rows per batch call.
         #[arg(long, default_value_t = 1024, value_parser = at_least_one::<usize>)]
         batch_size: usize,
@@ -242,6 +248,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             with,
             expect,
             expect_failures,
+            write_failures,
             batch_size,
             timeout_ms,
             memory_mb,
@@ -370,8 +377,11 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                         .map(|c| format!("transform:{}", c.display_name())),
                 )
                 .collect();
-            let golden = Golden::read(expect.as_deref(), expect_failures.as_deref(), &stages)
+            let mut golden = Golden::read(expect.as_deref(), expect_failures.as_deref(), &stages)
                 .map_err(usage)?;
+            if let Some(path) = &write_failures {
+                golden.failures_out = Some(open_failures_out(path, expect_failures.as_deref())?);
+            }
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
             let chain = match &file {
@@ -1196,6 +1206,8 @@ pub struct TestReport {
 pub struct Golden {
     rows: Option<GoldenFile<JsonRow>>,
     failures: Option<GoldenFile<ExpectedFailure>>,
+    /// Where `--write-failures` writes the failed records, as the lines of a failures file.
+    pub failures_out: Option<std::io::BufWriter<std::fs::File>>,
 }
 
 impl Golden {
@@ -1218,8 +1230,30 @@ impl Golden {
                         .context("--expect-failures")
                 })
                 .transpose()?,
+            failures_out: None,
         })
     }
+}
+
+/// Creates the `--write-failures` file, refusing the `--expect-failures` file it would erase.
+fn open_failures_out(
+    path: &Path,
+    expected: Option<&Path>,
+) -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
+    if expected.is_some_and(|e| same(e, path)) {
+        return Err(usage(anyhow::anyhow!(
+            "--write-failures {} is the --expect-failures file: writing it would erase what the \
+             run is compared with. Write it elsewhere",
+            path.display()
+        )));
+    }
+    let file = std::fs::File::create(path)
+        .with_context(|| format!("cannot write --write-failures {}", path.display()))?;
+    Ok(std::io::BufWriter::new(file))
 }
 
 /// A golden file's items, handed out in order: read through once up front (every line checked
@@ -1542,6 +1576,19 @@ struct ExpectedFailure {
 }
 
 impl ExpectedFailure {
+    /// What `--write-failures` writes for `f`: everything but its reason.
+    fn of(f: &Failure) -> ExpectedFailure {
+        ExpectedFailure {
+            record: Some(f.record),
+            line: Some(f.line),
+            stage: Some(f.stage.clone()),
+            kind: Some(f.kind.clone()),
+            reason: None,
+            case: f.error.as_ref().map(|e| e.case.to_owned()),
+            field: f.error.as_ref().map(|e| e.field.clone()),
+        }
+    }
+
     /// Whether the `stage` given, if any, is one of `stages`.
     fn check_stage(&self, stages: &[String]) -> Result<(), String> {
         let Some(stage) = &self.stage else {
@@ -1698,6 +1745,7 @@ pub fn test(
 ) -> anyhow::Result<TestReport> {
     let mut rows_check = golden.rows.map(Check::new);
     let mut failures_check = golden.failures.map(Check::new);
+    let mut failures_out = golden.failures_out;
     let (mut rows, mut failed, mut bad, mut undecoded) = (0, 0, 0, 0);
     let mut first_failure = None;
     let mut fail = |f: Failure, err: &mut dyn Write, show: &str| -> std::io::Result<()> {
@@ -1708,6 +1756,10 @@ pub fn test(
         failed += 1;
         if let Some(check) = &mut failures_check {
             check.see(&f, String::new);
+        }
+        if let Some(out) = &mut failures_out {
+            let expected = serde_json::to_string(&ExpectedFailure::of(&f))?;
+            writeln!(out, "{}", crate::config::redact_output(&expected))?;
         }
         first_failure.get_or_insert(f);
         Ok(())
@@ -1917,6 +1969,9 @@ pub fn test(
         )?;
     }
     // The same per-transform line as `sluice run`'s summary (with the fuel when metered).
+    if let Some(out) = &mut failures_out {
+        out.flush().context("cannot write --write-failures")?;
+    }
     let mut batch_only = Vec::new();
     for part in crate::pipeline::transform_parts(&chain.stats()) {
         writeln!(err, "transform  {part}")?;
