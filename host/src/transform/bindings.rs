@@ -37,16 +37,28 @@ pub fn fault(e: &GuestError) -> crate::dead_letter::GuestFault {
     }
 }
 
-/// `text` with every control character (line breaks, terminal escapes, bells) replaced by a
-/// space. Text from a guest ends up on terminals, in log lines and in dead letters: one failure
-/// is one line, and a guest cannot clear a screen or fake the lines around it.
+/// `text` with every character that [`garbles`] a line replaced by a space. Text from a guest
+/// ends up on terminals, in log lines and in dead letters: one failure is one line, and a guest
+/// cannot clear a screen or fake the lines around it.
 pub fn one_line(text: String) -> String {
-    if !text.chars().any(char::is_control) {
+    if !text.chars().any(garbles) {
         return text;
     }
     text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
+        .map(|c| if garbles(c) { ' ' } else { c })
         .collect()
+}
+
+/// Whether `c`, from a guest, could change how the text around it shows: a control character
+/// (a line break, a terminal escape, a bell), a Unicode line or paragraph separator, or a
+/// bidirectional override or isolate, which can make a line read backwards.
+pub(crate) fn garbles(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{2028}' | '\u{2029}' | '\u{200E}' | '\u{200F}' | '\u{061C}'
+                | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+        )
 }
 
 #[cfg(test)]
@@ -65,5 +77,9 @@ mod tests {
             "invalid value in field `na [31mme`: bad  record 4: ok "
         );
         assert_eq!(one_line("plain text".into()), "plain text");
+        assert_eq!(
+            one_line("a\u{202E}cba\u{2066}x\u{2028}y é".into()),
+            "a cba x y é"
+        );
     }
 }

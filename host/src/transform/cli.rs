@@ -825,6 +825,19 @@ pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
             where_workspace(dir)
         )));
     }
+    // The SDK generates its bindings from the WIT beside the workspace (`../../wit` from its
+    // crate): a workspace copied out of the repository without it fails in cargo, six errors
+    // deep.
+    let wit = dir.join("..").join("wit");
+    if dir.join("sluice-guest/Cargo.toml").is_file() && !wit.is_dir() {
+        return Err(usage(anyhow::anyhow!(
+            "{} holds the guest SDK (sluice-guest), which reads the WIT package from {}, and \
+             there is none: copy the repository's wit/ there, or depend on the SDK where it is \
+             (`sluice-guest = {{ path = \".../transforms/sluice-guest\" }}`) instead of copying it",
+            dir.display(),
+            wit.display()
+        )));
+    }
     let workspace = Workspace::read(dir)?;
     let crates: Vec<&Component> = match name {
         None => workspace.components.iter().collect(),
@@ -3206,6 +3219,32 @@ mod tests {
 
     /// JSON that serde_json's `Value` cannot hold is still a row, compared exactly (integers past
     /// `u64` by every digit, at any depth); what is not JSON is refused.
+    /// A copy of `transforms/` without the WIT beside it is refused before cargo runs, saying
+    /// what is missing.
+    #[test]
+    fn a_workspace_whose_sdk_has_no_wit_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        std::fs::create_dir_all(ws.join("sluice-guest/src")).unwrap();
+        std::fs::write(ws.join("sluice-guest/src/lib.rs"), "").unwrap();
+        std::fs::write(
+            ws.join("Cargo.toml"),
+            "[workspace]\nresolver = \"3\"\nmembers = [\"*\"]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            ws.join("sluice-guest/Cargo.toml"),
+            "[package]\nname = \"sluice-guest\"\n",
+        )
+        .unwrap();
+        let err = build(None, &ws).unwrap_err().to_string();
+        assert!(
+            err.contains("reads the WIT package from")
+                && err.contains("copy the repository's wit/"),
+            "{err}"
+        );
+    }
+
     #[test]
     fn timestamps_past_four_digit_years_are_warned_of() {
         use crate::row::Value;

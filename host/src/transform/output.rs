@@ -110,7 +110,7 @@ impl GuestOutput {
         // Guest bytes end up in logs and dead letters: no terminal escapes or other controls.
         let text: String = text[from..]
             .chars()
-            .map(|c| match c.is_control() && c != '\n' {
+            .map(|c| match super::bindings::garbles(c) && c != '\n' {
                 true => ' ',
                 false => c,
             })
@@ -169,7 +169,7 @@ impl Output {
         let line: String = String::from_utf8_lossy(&self.line)
             .trim_end_matches('\n')
             .chars()
-            .map(|c| match c.is_control() && c != '\t' {
+            .map(|c| match super::bindings::garbles(c) && c != '\t' {
                 true => ' ',
                 false => c,
             })
