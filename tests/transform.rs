@@ -3636,21 +3636,54 @@ fn cli_test_writes_the_failures_it_expects_next_time() {
         stderr.contains("ok: 3 failed records match failures.jsonl"),
         "{stderr}"
     );
-    let same = [
-        "--expect-failures",
-        "failures.jsonl",
-        "--write-failures",
-        "./failures.jsonl",
-    ];
-    let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], &same].concat());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("is the --expect-failures file"), "{stderr}");
-    assert_eq!(
-        std::fs::read_to_string(dir.path().join("failures.jsonl")).unwrap(),
-        written,
-        "left as it was"
-    );
+    // Never a file the run reads, however it is named (a hard link too); and a run that does
+    // not get through its input leaves an older file as it was.
+    std::fs::write(dir.path().join("rows.jsonl"), "{\"value\":60}\n").unwrap();
+    std::fs::hard_link(
+        dir.path().join("failures.jsonl"),
+        dir.path().join("linked.jsonl"),
+    )
+    .unwrap();
+    let input = std::fs::read_to_string(dir.path().join("in.jsonl")).unwrap();
+    let rows = "{\"value\":60}\n".to_owned();
+    for (flags, refused) in [
+        (
+            &[
+                "--expect-failures",
+                "failures.jsonl",
+                "--write-failures",
+                "./linked.jsonl",
+            ][..],
+            Some("is the --expect-failures file"),
+        ),
+        (
+            &["--expect", "rows.jsonl", "--write-failures", "rows.jsonl"],
+            Some("is the --expect file"),
+        ),
+        (
+            &["--write-failures", "in.jsonl"],
+            Some("is the --input file"),
+        ),
+        (
+            &["--write-failures", "linked.jsonl", "--with", "op=bad"],
+            None,
+        ),
+    ] {
+        let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], flags].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{flags:?}: {stderr}");
+        if let Some(refused) = refused {
+            assert!(stderr.contains(refused), "{flags:?}: {stderr}");
+        }
+        for (file, was) in [
+            ("failures.jsonl", &written),
+            ("rows.jsonl", &rows),
+            ("in.jsonl", &input),
+        ] {
+            let now = std::fs::read_to_string(dir.path().join(file)).unwrap();
+            assert_eq!(&now, was, "{flags:?} changed {file}");
+        }
+    }
 }
 
 /// A field whose type changes from row to row in a way a Snowflake column made for the first

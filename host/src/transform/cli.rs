@@ -380,7 +380,12 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             let mut golden = Golden::read(expect.as_deref(), expect_failures.as_deref(), &stages)
                 .map_err(usage)?;
             if let Some(path) = &write_failures {
-                golden.failures_out = Some(open_failures_out(path, expect_failures.as_deref())?);
+                let read = [
+                    ("--input", Some(&input)),
+                    ("--expect", expect.as_ref()),
+                    ("--expect-failures", expect_failures.as_ref()),
+                ];
+                golden.failures_out = Some(FailuresOut::create(path, &read).map_err(usage)?);
             }
             let stdout = std::io::stdout();
             let stderr = std::io::stderr();
@@ -400,6 +405,8 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             // as it would end `cat`; with a golden file the whole input still counts.
             let closed = std::sync::atomic::AtomicBool::new(false);
             let compares = expect.is_some() || expect_failures.is_some();
+            // So does `--write-failures`: its file would miss the failures past the cut.
+            let whole = compares || write_failures.is_some();
             let report = test(
                 &chain,
                 records,
@@ -407,7 +414,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 golden,
                 &mut UntilClosed(Some(stdout.lock()), Some(&closed)),
                 &mut UntilClosed(Some(stderr.lock()), None),
-                (!compares).then_some(&closed),
+                (!whole).then_some(&closed),
             )?;
             if !compares {
                 return Ok(ExitCode::SUCCESS);
@@ -1220,7 +1227,7 @@ pub struct Golden {
     rows: Option<GoldenFile<JsonRow>>,
     failures: Option<GoldenFile<ExpectedFailure>>,
     /// Where `--write-failures` writes the failed records, as the lines of a failures file.
-    pub failures_out: Option<std::io::BufWriter<std::fs::File>>,
+    pub failures_out: Option<FailuresOut>,
 }
 
 impl Golden {
@@ -1248,25 +1255,72 @@ impl Golden {
     }
 }
 
-/// Creates the `--write-failures` file, refusing the `--expect-failures` file it would erase.
-fn open_failures_out(
-    path: &Path,
-    expected: Option<&Path>,
-) -> anyhow::Result<std::io::BufWriter<std::fs::File>> {
-    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
-        (Ok(a), Ok(b)) => a == b,
-        _ => false,
-    };
-    if expected.is_some_and(|e| same(e, path)) {
-        return Err(usage(anyhow::anyhow!(
-            "--write-failures {} is the --expect-failures file: writing it would erase what the \
-             run is compared with. Write it elsewhere",
-            path.display()
-        )));
+/// The `--write-failures` file as the run writes it: a temporary file beside it, put in its place
+/// when the run has gone through the whole input, so that a run that cannot start or stops on an
+/// error leaves an older file as it was.
+#[derive(Debug)]
+pub struct FailuresOut {
+    path: PathBuf,
+    file: std::io::BufWriter<tempfile::NamedTempFile>,
+}
+
+impl FailuresOut {
+    /// Starts writing `path`, which may be none of the files the run reads (`read`: each flag
+    /// and its file, if given) nor where its output goes: writing it would destroy them.
+    fn create(path: &Path, read: &[(&str, Option<&PathBuf>)]) -> anyhow::Result<FailuresOut> {
+        use std::os::unix::fs::MetadataExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            let same = |p: &Path| {
+                p != Path::new("-")
+                    && std::fs::metadata(p)
+                        .is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
+            };
+            if let Some((flag, _)) = read.iter().find(|(_, p)| p.is_some_and(|p| same(p))) {
+                bail!(
+                    "--write-failures {} is the {flag} file, which the run reads: writing it \
+                     would destroy it. Write the failures elsewhere",
+                    path.display()
+                );
+            }
+            if let Some(stream) = output_stream(&meta) {
+                bail!(
+                    "--write-failures {} is also where this run writes its {stream}. Write the \
+                     failures elsewhere",
+                    path.display()
+                );
+            }
+        }
+        let dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir,
+            _ => Path::new("."),
+        };
+        let file = tempfile::NamedTempFile::new_in(dir)
+            .with_context(|| format!("cannot write --write-failures {}", path.display()))?;
+        Ok(FailuresOut {
+            path: path.to_owned(),
+            file: std::io::BufWriter::new(file),
+        })
     }
-    let file = std::fs::File::create(path)
-        .with_context(|| format!("cannot write --write-failures {}", path.display()))?;
-    Ok(std::io::BufWriter::new(file))
+
+    /// Writes one failed record.
+    fn write(&mut self, f: &Failure) -> std::io::Result<()> {
+        let expected = serde_json::to_string(&ExpectedFailure::of(f))?;
+        writeln!(self.file, "{}", crate::config::redact_output(&expected))
+    }
+
+    /// Puts the file in its place.
+    fn finish(self) -> anyhow::Result<()> {
+        let what = || format!("cannot write --write-failures {}", self.path.display());
+        let file = self
+            .file
+            .into_inner()
+            .map_err(|e| e.into_error())
+            .with_context(what)?;
+        file.persist(&self.path)
+            .map_err(|e| e.error)
+            .with_context(what)?;
+        Ok(())
+    }
 }
 
 /// A golden file's items, handed out in order: read through once up front (every line checked
@@ -1771,8 +1825,7 @@ pub fn test(
             check.see(&f, String::new);
         }
         if let Some(out) = &mut failures_out {
-            let expected = serde_json::to_string(&ExpectedFailure::of(&f))?;
-            writeln!(out, "{}", crate::config::redact_output(&expected))?;
+            out.write(&f)?;
         }
         first_failure.get_or_insert(f);
         Ok(())
@@ -1982,9 +2035,6 @@ pub fn test(
         )?;
     }
     // The same per-transform line as `sluice run`'s summary (with the fuel when metered).
-    if let Some(out) = &mut failures_out {
-        out.flush().context("cannot write --write-failures")?;
-    }
     let mut batch_only = Vec::new();
     for part in crate::pipeline::transform_parts(&chain.stats()) {
         writeln!(err, "transform  {part}")?;
@@ -1999,6 +2049,9 @@ pub fn test(
     }
     if let Some(e) = unreadable {
         return Err(usage(e));
+    }
+    if let Some(out) = failures_out {
+        out.finish()?;
     }
     Ok(TestReport {
         rows,
@@ -3217,8 +3270,6 @@ mod tests {
         assert!(says.contains("the chain has no transforms"), "{says}");
     }
 
-    /// JSON that serde_json's `Value` cannot hold is still a row, compared exactly (integers past
-    /// `u64` by every digit, at any depth); what is not JSON is refused.
     /// A copy of `transforms/` without the WIT beside it is refused before cargo runs, saying
     /// what is missing.
     #[test]
@@ -3267,6 +3318,8 @@ mod tests {
         }
     }
 
+    /// JSON that serde_json's `Value` cannot hold is still a row, compared exactly (integers past
+    /// `u64` by every digit, at any depth); what is not JSON is refused.
     #[test]
     fn rows_hold_any_json() {
         let mut row = Row::default();
