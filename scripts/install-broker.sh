@@ -14,5 +14,5 @@ if [ ! -x "$bin" ]; then
 fi
 # sluice runs the broker only from directories no other user can write (a umask of 002 leaves
 # them group-writable); fixed here rather than refused later.
-chmod go-w "$(dirname "$root")" "$root" "$root/bin" "$bin" 2>/dev/null || true
+chmod go-w "$root" "$root/bin" "$bin" 2>/dev/null || true
 echo "$bin"

@@ -65,7 +65,8 @@ pub enum BrokerError {
     /// The installed binary, or a directory above it in the cache, is not this user's alone.
     #[error(
         "will not run the nisshi broker installed in {}: {why}, so another user could have put \
-         code there (`chmod go-w` it if it is yours, or set {NISSHI_ENV})",
+         code there. If it is yours, `chmod go-w` it; else remove the install and run \
+         scripts/install-broker.sh as this user, or set {NISSHI_ENV}",
         .path.display()
     )]
     Untrusted {
@@ -96,22 +97,27 @@ pub enum BrokerError {
 /// The nisshi binary: `SLUICE_NISSHI` (the user's own choice), else the one installed in the
 /// per-user cache, if it is there and no other user could have put it there.
 pub fn nisshi_binary() -> Result<PathBuf, BrokerError> {
+    // Absolute: the broker is started from its data directory, where a relative path would name
+    // another file than the one found (and checked) here.
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     if let Some(p) = std::env::var_os(NISSHI_ENV).filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
+        return Ok(absolute(PathBuf::from(p)));
     }
-    // Never a path relative to the working directory, which may be anyone's.
-    installed_in(&crate::cache_root().ok_or(BrokerError::NoCache)?)
+    // Never a path relative to the working directory alone, which may be anyone's.
+    installed_in(&absolute(crate::cache_root().ok_or(BrokerError::NoCache)?))
 }
 
-/// The nisshi binary installed in the cache at `root`, if no other user could have put it there.
+/// The nisshi binary installed in the cache at `root`, if no other user could have put it there:
+/// the binary and its directories up to the install's own (`nisshi-<version>`) must be this
+/// user's (or root's) and not writable by others. The cache root above may be shared: another
+/// user who put their own install in its place would own it.
 fn installed_in(root: &Path) -> Result<PathBuf, BrokerError> {
-    let bin = (root.join(format!("nisshi-{NISSHI_VERSION}")))
-        .join("bin")
-        .join("nisshi");
+    let install = root.join(format!("nisshi-{NISSHI_VERSION}"));
+    let bin = install.join("bin").join("nisshi");
     if !bin.is_file() {
         return Err(BrokerError::NotInstalled(bin));
     }
-    for path in bin.ancestors().take_while(|p| p.starts_with(root)) {
+    for path in bin.ancestors().take_while(|p| p.starts_with(&install)) {
         let why = match std::fs::metadata(path) {
             Ok(meta) => crate::writable_by_others(&meta),
             Err(e) => Some(e.to_string()),
@@ -331,7 +337,8 @@ mod tests {
         }
         mode(&bin, 0o755);
         assert_eq!(installed_in(&root).unwrap(), bin);
-        for (path, writable) in [(&root, 0o777), (&bin, 0o775)] {
+        let install = bin_dir.parent().unwrap().to_path_buf();
+        for (path, writable) in [(&install, 0o777), (&bin, 0o775)] {
             mode(path, writable);
             let err = installed_in(&root).unwrap_err();
             assert!(
@@ -344,7 +351,8 @@ mod tests {
             );
             mode(path, 0o755);
         }
-        // Above the cache root is not the cache's to judge (a shared /tmp, say).
+        // Above the install is not its to judge (a shared cache root, a /tmp).
+        mode(&root, 0o777);
         mode(dir.path(), 0o777);
         assert_eq!(installed_in(&root).unwrap(), bin);
     }

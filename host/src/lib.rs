@@ -92,6 +92,11 @@ pub fn cache_root() -> Option<std::path::PathBuf> {
     let var = |name| std::env::var_os(name).filter(|v| !v.is_empty());
     var("SLUICE_CACHE_DIR")
         .map(std::path::PathBuf::from)
-        .or_else(|| var("XDG_CACHE_HOME").map(|x| std::path::Path::new(&x).join("sluice")))
+        // The XDG spec says to ignore a relative one.
+        .or_else(|| {
+            var("XDG_CACHE_HOME")
+                .filter(|x| std::path::Path::new(x).is_absolute())
+                .map(|x| std::path::Path::new(&x).join("sluice"))
+        })
         .or_else(|| var("HOME").map(|h| std::path::Path::new(&h).join(".cache").join("sluice")))
 }
