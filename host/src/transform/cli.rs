@@ -2101,45 +2101,57 @@ fn unloadable_timestamp(row: &Row) -> Option<String> {
     })
 }
 
-/// The type each output field first had, to warn of one whose later values a Snowflake table
-/// created from the first would refuse (`9.99` after `20` made the column `NUMBER(38,0)`). In a
-/// run, which rows create the table depends on how records fall into partitions and batches, so
-/// such a transform loads in one run what it dead-letters in the next.
+/// The first value of each output field, to warn of a field whose later values do not go into
+/// the same Snowflake column as it: with `create_table: if_missing` the table's columns come
+/// from whichever rows are loaded first, and in a run that depends on how records fall into
+/// partitions and batches. So `20` then `9.99`, or `9.99` then `20`, load in one run and are set
+/// aside in the next (a column made from `20` alone is `NUMBER(38,0)`).
 #[derive(Default)]
 struct FieldTypes {
-    /// A field's first non-null type and the record it came from.
-    first: std::collections::HashMap<String, (crate::row::ValueType, u64)>,
+    /// A field's first non-null value and the record it came from.
+    first: std::collections::HashMap<String, (crate::row::Value, u64)>,
     /// Fields already warned of: once each.
     warned: std::collections::HashSet<String>,
 }
 
 impl FieldTypes {
-    /// Notes `row`'s types (record `n` emitted it) and says what a field's value does not fit.
+    /// Notes `row`'s values (record `n` emitted it) and says which of its fields a column made
+    /// from either that field's first value or this one would refuse the other of.
     fn see(&mut self, row: &Row, n: u64) -> Vec<String> {
-        use crate::sink::snowflake::encode::ColumnKind;
+        use crate::sink::snowflake::encode::{ColumnKind, column_type_for};
         let mut problems = Vec::new();
         for f in &row.fields {
             let ty = f.value.value_type();
             if ty == crate::row::ValueType::Null || self.warned.contains(&*f.name) {
                 continue;
             }
-            let Some(&(first, from)) = self.first.get(&*f.name) else {
-                self.first.insert(f.name.to_string(), (ty, n));
+            let Some((first, from)) = self.first.get(&*f.name) else {
+                self.first.insert(f.name.to_string(), (f.value.clone(), n));
                 continue;
             };
-            if !ColumnKind::created_for(first).accepts(&f.value) {
-                self.warned.insert(f.name.to_string());
-                problems.push(format!(
-                    "field {:?} is {} here but was {} in record {from}: a Snowflake table \
-                     created from rows like that one ({} column) refuses this value, so a run \
-                     would load it or set it aside depending on which rows came first. Emit \
-                     one type for a field (an int as a float, say)",
-                    &*f.name,
-                    ty.as_str(),
-                    first.as_str(),
-                    crate::sink::snowflake::encode::column_type_for(first),
-                ));
-            }
+            let was = first.value_type();
+            let (refused, column) = if !ColumnKind::created_for(was).accepts(&f.value) {
+                ("this value", column_type_for(was))
+            } else if !ColumnKind::created_for(ty).accepts(first) {
+                ("that one", column_type_for(ty))
+            } else {
+                continue;
+            };
+            problems.push(format!(
+                "field {:?} is {} here but was {} in record {from}: a Snowflake table whose \
+                 column is made from rows like {} ({column}) refuses {refused}, so a run would \
+                 load it or set it aside depending on which rows came first. Emit one type for a \
+                 field (an int as a float, say)",
+                &*f.name,
+                ty.as_str(),
+                was.as_str(),
+                if refused == "this value" {
+                    "that one"
+                } else {
+                    "this one"
+                },
+            ));
+            self.warned.insert(f.name.to_string());
         }
         problems
     }
