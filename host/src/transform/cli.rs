@@ -34,7 +34,7 @@ use crate::source::wire;
 
 const TARGET: &str = "wasm32-wasip2";
 /// The transforms workspace `new` and `build` use without `--dir`.
-const DEFAULT_DIR: &str = "transforms";
+pub(crate) const DEFAULT_DIR: &str = "transforms";
 const TEMPLATE_CARGO_TOML: &str = include_str!("../../../transforms/template/Cargo.toml.tmpl");
 const TEMPLATE_LIB_RS: &str = include_str!("../../../transforms/template/src/lib.rs");
 const TEMPLATE_INPUT: &str = include_str!("../../../transforms/template/testdata/input.jsonl");

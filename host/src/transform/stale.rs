@@ -1,7 +1,8 @@
 //! Warnings about a component file that is likely not the one its author means to run: a debug
-//! build, or a build older than its crate's sources (edited, then not built again). Either still
-//! runs, so these are warnings; they only look at cargo's own layout,
-//! `<workspace>/target/<target>/<profile>/<lib name>.wasm`, and say nothing about a file elsewhere.
+//! build, or a build older than a file it was built from (edited, then not built again). Either
+//! still runs, so these are warnings; they only look at cargo's own layout,
+//! `<workspace>/target/<target>/<profile>/<lib name>.wasm` with its dep-info `<lib name>.d`, and
+//! say nothing about a file elsewhere.
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -9,6 +10,10 @@ use std::time::SystemTime;
 /// What looks wrong with the component at `path`, if anything.
 pub(crate) fn check(path: &Path) -> Option<String> {
     let profile_dir = path.parent()?;
+    let target_dir = profile_dir.parent()?.parent()?;
+    if target_dir.file_name()? != "target" {
+        return None;
+    }
     if profile_dir.file_name()? == "debug" {
         return Some(format!(
             "{} is a debug build: it runs several times slower than a release build, closer to \
@@ -16,76 +21,69 @@ pub(crate) fn check(path: &Path) -> Option<String> {
             path.display()
         ));
     }
-    let workspace = profile_dir.parent()?.parent()?.parent()?;
-    if profile_dir.parent()?.parent()?.file_name()? != "target" {
-        return None;
-    }
-    let built = std::fs::metadata(path).ok()?.modified().ok()?;
+    // Cargo's dep-info beside the artifact lists exactly the files it was built from (the
+    // crate's modules, the SDK's, the WIT), and a build that finds none of them changed leaves
+    // the artifact as it is: so a newer one means a build is due, and nothing else does.
+    let built = modified(path)?;
+    let dep_info = std::fs::read_to_string(path.with_extension("d")).ok()?;
+    let changed = sources(&dep_info).find(|p| modified(p).is_some_and(|t| t > built))?;
     let lib = path.file_stem()?.to_str()?;
-    let krate = crate_dir(workspace, lib)?;
-    let (changed, when) = newest_source(&krate)?;
-    if when <= built {
-        return None;
-    }
     // `build NAME` builds crate `transform-NAME`; any other crate is built with the rest.
     let mut build = match lib.strip_prefix("transform_") {
         Some(name) => format!("sluice transform build {name}"),
         None => "sluice transform build".to_owned(),
     };
-    if workspace.file_name()? != "transforms" {
+    let workspace = target_dir.parent()?;
+    let default = Path::new(super::cli::DEFAULT_DIR).canonicalize().ok();
+    if default.is_none() || workspace.canonicalize().ok() != default {
         build.push_str(&format!(" --dir {}", workspace.display()));
     }
     Some(format!(
-        "{} is older than its crate's sources ({} changed after it was built): it runs the code \
-         as it was then. Build it again with `{build}`",
+        "{} is older than a file it was built from ({} changed since): it runs the code as it \
+         was then. Build it again with `{build}`",
         path.display(),
         changed.display()
     ))
 }
 
-/// The member directory of `workspace` whose crate's library is `lib` (`transform-geo` builds
-/// `transform_geo.wasm`).
-fn crate_dir(workspace: &Path, lib: &str) -> Option<PathBuf> {
-    std::fs::read_dir(workspace)
-        .ok()?
-        .flatten()
-        .find_map(|entry| {
-            let toml = std::fs::read_to_string(entry.path().join("Cargo.toml")).ok()?;
-            let name = toml
-                .lines()
-                .skip_while(|l| l.trim() != "[package]")
-                .find_map(|l| {
-                    let (key, value) = l.split_once('=')?;
-                    (key.trim() == "name").then(|| value.trim().trim_matches('"').replace('-', "_"))
-                })?;
-            (name == lib).then(|| entry.path())
-        })
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).ok()?.modified().ok()
 }
 
-/// The most recently modified of the crate's `Cargo.toml` and the files under its `src/`, and
-/// when it was modified.
-fn newest_source(krate: &Path) -> Option<(PathBuf, SystemTime)> {
-    let mut newest: Option<(PathBuf, SystemTime)> = None;
-    let mut dirs = vec![krate.join("src")];
-    let mut files = vec![krate.join("Cargo.toml")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            match entry.file_type() {
-                Ok(t) if t.is_dir() => dirs.push(entry.path()),
-                Ok(_) => files.push(entry.path()),
-                Err(_) => {}
+/// The files a dep-info file (`out: dep dep ...`, Makefile style, `\ ` for a space in a path)
+/// says its artifact was built from.
+fn sources(dep_info: &str) -> impl Iterator<Item = PathBuf> + '_ {
+    let deps = dep_info
+        .lines()
+        .next()
+        .and_then(|l| l.split_once(": "))
+        .map(|(_, d)| d);
+    let mut rest = deps.unwrap_or_default();
+    std::iter::from_fn(move || {
+        rest = rest.trim_start();
+        if rest.is_empty() {
+            return None;
+        }
+        let mut path = String::new();
+        let mut chars = rest.char_indices();
+        let mut end = rest.len();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\\' => {
+                    if let Some((_, next)) = chars.next() {
+                        path.push(next);
+                    }
+                }
+                c if c.is_whitespace() => {
+                    end = i;
+                    break;
+                }
+                c => path.push(c),
             }
         }
-    }
-    for file in files {
-        let Ok(modified) = std::fs::metadata(&file).and_then(|m| m.modified()) else {
-            continue;
-        };
-        if newest.as_ref().is_none_or(|(_, t)| modified > *t) {
-            newest = Some((file, modified));
-        }
-    }
-    newest
+        rest = &rest[end..];
+        Some(PathBuf::from(path))
+    })
 }
 
 #[cfg(test)]
@@ -102,30 +100,38 @@ mod tests {
     }
 
     #[test]
-    fn a_debug_build_or_one_older_than_its_sources_is_named() {
+    fn a_debug_build_or_one_older_than_what_it_was_built_from_is_named() {
         let dir = tempfile::tempdir().unwrap();
-        let ws = &dir.path().join("transforms");
+        let ws = &dir.path().join("my ws");
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let built = t0 + Duration::from_secs(60);
-        // A dependency's `name` is not the package's.
-        let toml = "[package]\nname = \"transform-geo\"\n\n[dependencies]\nname = \"x\"\n";
-        write(&ws.join("geo/Cargo.toml"), toml, t0);
-        write(&ws.join("geo/src/lib.rs"), "", t0);
-        write(&ws.join("geo/src/more/deep.rs"), "", t0);
+        let lib = ws.join("geo/src/lib.rs");
+        let deep = ws.join("geo/src/more/deep.rs");
+        write(&lib, "", t0);
+        write(&deep, "", t0);
+        // Not a source: cargo rebuilds nothing for it.
+        write(&ws.join("geo/NOTES.md"), "", built + Duration::from_secs(9));
         let release = ws.join("target/wasm32-wasip2/release/transform_geo.wasm");
         write(&release, "", built);
+        let escaped = |p: &Path| p.display().to_string().replace(' ', "\\ ");
+        let dep_info = format!(
+            "{}: {} {}\n",
+            escaped(&release),
+            escaped(&lib),
+            escaped(&deep)
+        );
+        write(&release.with_extension("d"), &dep_info, built);
         assert_eq!(check(&release), None);
 
-        // An edit after the build, however deep in `src/`.
-        write(
-            &ws.join("geo/src/more/deep.rs"),
-            "",
-            built + Duration::from_secs(1),
-        );
+        // An edit after the build, in any module of the crate.
+        write(&deep, "", built + Duration::from_secs(1));
         let warning = check(&release).unwrap();
         assert!(
-            warning.contains("deep.rs changed after it was built")
-                && warning.ends_with("`sluice transform build geo`"),
+            warning.contains("deep.rs changed since")
+                && warning.ends_with(&format!(
+                    "`sluice transform build geo --dir {}`",
+                    ws.display()
+                )),
             "{warning}"
         );
 
@@ -133,10 +139,12 @@ mod tests {
         write(&debug, "", built);
         assert!(check(&debug).unwrap().contains("is a debug build"));
 
-        // Outside cargo's layout, or no crate's library: nothing to say.
-        let elsewhere = ws.join("out/transform_geo.wasm");
-        write(&elsewhere, "", t0);
-        assert_eq!(check(&elsewhere), None);
+        // Outside cargo's layout (a `debug` directory too), or with no dep-info: nothing to say.
+        for elsewhere in ["out/transform_geo.wasm", "out/debug/transform_geo.wasm"] {
+            let elsewhere = ws.join(elsewhere);
+            write(&elsewhere, "", t0);
+            assert_eq!(check(&elsewhere), None);
+        }
         let other = ws.join("target/wasm32-wasip2/release/transform_other.wasm");
         write(&other, "", t0);
         assert_eq!(check(&other), None);
