@@ -2738,6 +2738,38 @@ fn cli_test_discards_guest_stdio_unless_asked() {
     }
 }
 
+/// An instance rebuilt because its memory reached `memory_mb` (the one way one that did nothing
+/// wrong is lost mid-run, and its state with it) is logged, once: the records still come out.
+#[test]
+fn cli_test_says_when_an_instance_is_rebuilt_at_its_memory_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"leak_kb\":1024}\n".repeat(20),
+    )
+    .unwrap();
+    let args = [
+        "transform",
+        "test",
+        "--component",
+        guests::PROBE,
+        "--input",
+        "in.jsonl",
+    ];
+    let more = ["--memory-mb", "8", "--batch-size", "1"];
+    let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], &more].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 20);
+    assert_eq!(
+        stderr
+            .matches("transform probe's instance reached its memory limit (8 MiB) after ")
+            .count(),
+        1,
+        "{stderr}"
+    );
+}
+
 /// What a guest's host calls cost is bounded and charged: one `wasi:random` call may ask for at
 /// most 64 KiB (wasmtime's default, 64 MiB, is host memory outside `memory_mb`), one write to
 /// stderr may not pass what `check-write` grants, and the CPU a host call spends counts toward

@@ -420,6 +420,8 @@ struct Loaded {
     limit_warned: std::sync::atomic::AtomicBool,
     /// Whether the run was told that the transform fails on batches but not on their rows.
     batch_only_warned: std::sync::atomic::AtomicBool,
+    /// Whether the run was told that an instance was rebuilt at the memory limit.
+    memory_rebuild_noted: std::sync::atomic::AtomicBool,
 }
 
 impl Loaded {
@@ -1102,6 +1104,7 @@ fn load_one(
         stats: Arc::default(),
         limit_warned: Default::default(),
         batch_only_warned: Default::default(),
+        memory_rebuild_noted: Default::default(),
     })
 }
 
@@ -2311,7 +2314,7 @@ fn call(
     pass: Pass,
 ) -> Result<Result<Output, (FailureKind, String)>, TransformError> {
     let s = ready(shared, t, slot)?;
-    let fresh = s.rows_seen == 0;
+    let (fresh, rows_seen) = (s.rows_seen == 0, s.rows_seen);
     s.rows_seen += origins.len() as u64;
     let state = s.store.data_mut();
     state.metas = Arc::clone(metas);
@@ -2358,6 +2361,20 @@ fn call(
                 _ => is_handles_full(&e),
             };
             if !fresh && stale {
+                // The one way an instance that did nothing wrong is lost mid-run: say so once, as
+                // what it kept between batches goes with it.
+                if failure.0 == FailureKind::Memory && !t.memory_rebuild_noted.swap(true, Relaxed) {
+                    tracing::info!(
+                        transform = %t.name,
+                        "transform {}'s instance reached its memory limit ({} MiB) after {} rows \
+                         and was rebuilt, and the call run again on the new one; what the old \
+                         one kept between batches is gone (a wasm memory never shrinks: raise \
+                         memory_mb to keep instances longer)",
+                        t.name,
+                        t.config.memory_mb,
+                        rows_seen
+                    );
+                }
                 return call(shared, t, slot, input, origins, metas, Pass::Fresh);
             }
             Ok(Err(failure))

@@ -11,9 +11,9 @@
 //! so an instance holds on to the sum of each class's own peak (a batch of 16-byte blocks, freed,
 //! then one of 32-byte blocks, keeps both). Rows of a pipeline are alike from batch to batch, so
 //! in practice that is close to the peak small-object footprint; the host's memory cap still
-//! bounds the total, and the host recycles instances periodically. A component is
-//! single-threaded (the SDK uses this allocator only without wasm threads, `atomics`), which is
-//! what makes the unsynchronised free lists sound.
+//! bounds the total (an instance that reaches it is rebuilt, and its call run again). A
+//! component is single-threaded (the SDK uses this allocator only without wasm threads,
+//! `atomics`), which is what makes the unsynchronised free lists sound.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::UnsafeCell;
