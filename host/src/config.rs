@@ -1487,6 +1487,13 @@ mod tests {
                 ("window", "100"),
             ]
         );
+        let big = r#"{ "x": 123456789012345678901234567890 }"#;
+        let err = load_str(&text(big), Path::new("p.json"), &no_env).unwrap_err();
+        assert!(
+            err.to_string().contains("transforms[0].with.x")
+                && err.to_string().contains("too big to pass exactly"),
+            "{err}"
+        );
         for bad in [r#"{ "x": null }"#, r#"{ "x": [1] }"#] {
             let err = load_str(&text(bad), Path::new("p.json"), &no_env).unwrap_err();
             let err = err.to_string();

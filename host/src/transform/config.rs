@@ -46,6 +46,12 @@ fn params_as_text<'de, D: serde::Deserializer<'de>>(
             Ok(v.to_string())
         }
         fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<String, E> {
+            // An integer past 2^53 arrives here rounded (one past `u64` too): its digits are lost.
+            if v.fract() == 0.0 && v.abs() >= 9_007_199_254_740_992.0 {
+                return Err(E::custom(format!(
+                    "a number too big to pass exactly ({v:e}); quote it to pass it as written"
+                )));
+            }
             // As JSON writes it (`2.5`, `1.0`): a float written in the file stays one.
             serde_json::Number::from_f64(v)
                 .map(|n| n.to_string())

@@ -1203,10 +1203,11 @@ struct HostState {
     origins: Vec<u32>,
     /// What the guest writes to stdout and stderr.
     output: GuestOutput,
-    /// The CPU time a call may use, and the calling thread's CPU clock at the call's first epoch
-    /// tick (`None` before it: most calls end sooner and never read the clock, a system call).
+    /// The CPU time a call may use, and the calling thread's CPU clock when the call was armed.
+    /// Read then, one system call a call (about 0.6 µs here), rather than at the call's first
+    /// epoch tick: a host call spanning that tick (WASI's random, a write) is the guest's time.
     cpu_limit: Duration,
-    cpu_start: Option<Duration>,
+    cpu_start: Duration,
 }
 
 impl WasiView for HostState {
@@ -1409,7 +1410,7 @@ impl Slot {
             origins: Vec::new(),
             output,
             cpu_limit: Duration::ZERO,
-            cpu_start: None,
+            cpu_start: Duration::ZERO,
         };
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limits);
@@ -1422,11 +1423,12 @@ impl Slot {
         store.epoch_deadline_callback(|mut ctx| {
             let s = ctx.data_mut();
             let now = thread_cpu_time();
-            let start = *s.cpu_start.get_or_insert(now);
-            Ok(match s.cpu_limit.checked_sub(now.saturating_sub(start)) {
-                Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
-                _ => UpdateDeadline::Interrupt,
-            })
+            Ok(
+                match s.cpu_limit.checked_sub(now.saturating_sub(s.cpu_start)) {
+                    Some(left) if !left.is_zero() => UpdateDeadline::Continue(ticks(left)),
+                    _ => UpdateDeadline::Interrupt,
+                },
+            )
         });
         let init_ms = init_limit_ms(&t.config);
         arm_for(&mut store, &t.config, fuel_enabled, init_ms, Pass::First);
@@ -1490,7 +1492,7 @@ fn arm_for(
 ) {
     let state = store.data_mut();
     state.cpu_limit = Duration::from_millis(limit_ms);
-    state.cpu_start = Some(thread_cpu_time());
+    state.cpu_start = thread_cpu_time();
     state.output.start_call(pass);
     // The next tick looks at the count (see the deadline callback in `Slot::new`).
     store.set_epoch_deadline(1);
