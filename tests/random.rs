@@ -168,8 +168,9 @@ fn records(rng: &mut StdRng, n: usize) -> Vec<Row> {
         .collect()
 }
 
-/// Splits `rows` into batches of random sizes, from single records to batches the runtime
-/// splits across its workers, and runs each through `chain`.
+/// Splits `rows` into batches of random sizes, from single records to batches of 1,500, in
+/// random partitions (which the runtime splits across its workers by), and runs each through
+/// `chain`.
 fn run(chain: &TransformChain, rng: &mut StdRng, rows: Vec<Row>) -> Vec<RecordOutcome> {
     let mut out = Vec::with_capacity(rows.len());
     let mut rows = rows.into_iter().enumerate().peekable();
@@ -186,6 +187,7 @@ fn run(chain: &TransformChain, rng: &mut StdRng, rows: Vec<Row>) -> Vec<RecordOu
             .map(|(i, r)| {
                 let meta = RecordMeta {
                     topic: "random".into(),
+                    partition: rng.random_range(0..4),
                     offset: i as i64,
                     ..RecordMeta::default()
                 };
@@ -595,10 +597,11 @@ fn check_chain(order: [&'static str; 5], into: &'static str) {
             into,
         };
         let configs: Vec<TransformConfig> = order.iter().map(|t| transform_config(t, f)).collect();
+        // One worker runs batches on the caller's thread; two split them by partition.
         let chain = TransformChain::load(
             &configs,
             &RuntimeOptions {
-                workers: 2,
+                workers: 1 + (seed % 2) as usize,
                 cache_dir: None,
             },
         )

@@ -88,6 +88,15 @@ fn with_meta(rows: Vec<Row>) -> Vec<(RecordMeta, Row)> {
         .collect()
 }
 
+/// [`with_meta`], record `i` in partition `i % partitions`.
+fn across(rows: Vec<Row>, partitions: i32) -> Vec<(RecordMeta, Row)> {
+    let mut batch = with_meta(rows);
+    for (i, (meta, _)) in batch.iter_mut().enumerate() {
+        meta.partition = i as i32 % partitions;
+    }
+    batch
+}
+
 fn emitted(outcome: &RecordOutcome) -> &[Row] {
     match outcome {
         RecordOutcome::Emitted(rows) => rows,
@@ -160,11 +169,13 @@ fn fields_a_transform_does_not_touch_keep_every_value_type() {
     }
 }
 
+/// A batch's records go to the workers by partition, interleaved as they are, and come back in
+/// batch order.
 #[test]
-fn passthrough_splits_big_batches_across_workers_in_order() {
+fn passthrough_splits_batches_across_workers_by_partition_in_order() {
     let c = chain(&[config(guests::PASSTHROUGH, &[])]);
     let rows = numbered(1000);
-    let out = c.process_blocking(with_meta(rows.clone())).unwrap();
+    let out = c.process_blocking(across(rows.clone(), 3)).unwrap();
     assert_eq!(out.len(), 1000);
     for (o, r) in out.iter().zip(&rows) {
         assert_eq!(emitted(o), std::slice::from_ref(r));
@@ -174,6 +185,44 @@ fn passthrough_splits_big_batches_across_workers_in_order() {
         2,
         "two workers, one chunk each"
     );
+    // One partition, however big the batch, is one worker's.
+    c.process_blocking(with_meta(rows)).unwrap();
+    assert_eq!(c.stats()[0].1.invocations.load(Relaxed), 3);
+}
+
+/// Every record of a partition meets the same instance, so what a guest keeps is per partition
+/// whichever worker is free: the probe guest numbers the rows each instance has seen, and the
+/// rows of the partitions one worker serves are numbered 1, 2, 3... with no gap and no repeat.
+/// (Before, records went to whichever worker took the chunk, and a partition's state was
+/// spread over both instances.)
+#[tokio::test]
+async fn each_partition_meets_one_instance() {
+    let c = chain(&[config(guests::PROBE, &[])]);
+    let mut seen: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for size in [1, 7, 300, 1000, 2, 600] {
+        let batch = across(vec![row(&[("seen", Value::Null)]); size], 5);
+        let partitions: Vec<i32> = batch.iter().map(|(m, _)| m.partition).collect();
+        let out = c.process(batch).await.unwrap();
+        for (p, o) in partitions.iter().zip(&out) {
+            let n = match emitted(o) {
+                [r] => match r.get("seen") {
+                    Some(Value::Int(n)) => *n,
+                    other => panic!("{other:?}"),
+                },
+                rows => panic!("{rows:?}"),
+            };
+            seen.entry(p % 2).or_default().push(n);
+        }
+    }
+    assert_eq!(seen.len(), 2, "both workers served");
+    for (worker, numbers) in seen {
+        let wrong = numbers.iter().zip(1..).position(|(&n, want)| n != want);
+        assert_eq!(
+            wrong.map(|i| &numbers[i.saturating_sub(2)..(i + 3).min(numbers.len())]),
+            None,
+            "worker {worker}: the rows around the first one numbered out of turn"
+        );
+    }
 }
 
 #[tokio::test]
@@ -2070,18 +2119,19 @@ fn a_batch_failing_in_one_chunk_counts_the_others_rows_unfinished() {
             })
             .collect()
     };
-    // Two workers, two chunks of 200: record 13 fails the first; the second goes through both.
+    // Two workers, two chunks of 200 (by partition): record 13 fails the odd one; the even one
+    // goes through both.
     let want = [[400, 200, 1, 199], [200, 0, 0, 200]];
     let c = chain(&[trap.clone(), config(guests::PASSTHROUGH, &[])]);
     assert!(matches!(
-        c.process_blocking(with_meta(numbered(400))),
+        c.process_blocking(across(numbered(400), 2)),
         Err(TransformError::Failed { offset: 13, .. })
     ));
     assert_eq!(counts(&c), want);
     let c = chain(&[trap, config(guests::PASSTHROUGH, &[])]);
     let rt = tokio::runtime::Runtime::new().unwrap();
     assert!(matches!(
-        rt.block_on(c.process(with_meta(numbered(400)))),
+        rt.block_on(c.process(across(numbered(400), 2))),
         Err(TransformError::Failed { offset: 13, .. })
     ));
     assert_eq!(counts(&c), want, "the same from async code");
@@ -2102,10 +2152,11 @@ async fn a_batch_given_up_on_counts_its_rows_unfinished() {
     cfg.timeout_ms = 200;
     cfg.on_error = OnError::DeadLetter.into();
     let c = chain(&[cfg]);
-    // Record 13 loops, so the first chunk takes two time limits at least: the future is pending.
+    // Two chunks (by partition); record 13 loops, so the odd one takes two time limits at least:
+    // the future is pending.
     let given_up = tokio::time::timeout(
         std::time::Duration::ZERO,
-        c.process(with_meta(numbered(400))),
+        c.process(across(numbered(400), 2)),
     )
     .await;
     assert!(given_up.is_err(), "still running");

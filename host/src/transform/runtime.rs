@@ -7,12 +7,15 @@
 //! #8799), and a guest may legitimately compute for up to `timeout_ms`, which would stall every
 //! other task on that worker. So [`TransformChain`] owns a pool of dedicated OS threads; each owns
 //! one `Store` (one instance) per transform in the chain. [`TransformChain::process`] is async:
-//! it splits a batch into one chunk per worker, sends the chunks over a channel and awaits a
-//! oneshot reply per chunk, so the caller's task yields while the guests run.
-//! [`TransformChain::process_blocking`], for callers that are not async at all (the CLI,
-//! benchmarks), runs a batch too small to split on its own thread instead, with one more set of
-//! instances: a hand-off costs more than a small batch (so that thread needs stack to spare for
-//! the guest, up to wasmtime's `max_wasm_stack`, 512 KiB by default). Loading
+//! it splits a batch into one chunk per worker that any of its records map to, sends each chunk
+//! down that worker's channel and awaits a oneshot reply per chunk, so the caller's task yields
+//! while the guests run. A record's worker is its Kafka partition modulo the number of workers:
+//! every record of a partition meets the same instances, in the order it is delivered, so what
+//! a guest keeps by partition or by key (a dedupe window) does not depend on which worker was
+//! free. [`TransformChain::process_blocking`], for callers that are not async at all (the CLI,
+//! benchmarks), runs a batch on its own thread instead when there is one worker, with one more
+//! set of instances: a hand-off costs more than a small batch (so that thread needs stack to
+//! spare for the guest, up to wasmtime's `max_wasm_stack`, 512 KiB by default). Loading
 //! ([`TransformChain::load`], [`TransformChain::load_each`]) calls `init` on a short-lived scoped
 //! thread for the same reason, so it is safe (if blocking) to call from async code.
 //!
@@ -81,10 +84,6 @@ const MAX_REASON: usize = crate::source::dlq::MAX_REASON_BYTES;
 const MAX_FIELD: usize = 256;
 /// The most random bytes one `wasi:random` call may ask for.
 const MAX_RANDOM_BYTES: u64 = 64 * 1024;
-/// Batches smaller than this per worker are not split across workers (splitting costs more
-/// than it saves).
-const MIN_CHUNK_ROWS: usize = 128;
-
 /// How long an idle worker polls for the next job before it parks. Waking a parked thread takes
 /// 10-50 µs on a busy VM, longer than a small batch runs.
 const WORKER_SPIN: Duration = Duration::from_micros(100);
@@ -385,10 +384,11 @@ impl Quarantine {
 /// joins the workers and the epoch ticker.
 pub struct TransformChain {
     shared: Arc<Shared>,
-    jobs: Option<mpsc::Sender<Job>>,
+    /// Each worker's queue; a record goes to the one its partition maps to ([`worker_of`]).
+    jobs: Vec<mpsc::Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
     /// The instances [`TransformChain::process_blocking`] uses when it runs a batch on its
-    /// caller's thread.
+    /// caller's thread, which it does only with one worker (none are kept with more).
     inline: Mutex<Vec<Option<Slot>>>,
     _ticker: EpochTicker,
 }
@@ -509,12 +509,12 @@ impl TransformChain {
             fuel_enabled,
             transforms,
         });
-        let (tx, rx) = mpsc::channel::<Job>();
-        let rx = Arc::new(Mutex::new(rx));
+        let mut jobs = Vec::with_capacity(opts.workers.max(1));
         let workers = (0..opts.workers.max(1))
             .map(|i| {
                 let shared = Arc::clone(&shared);
-                let rx = Arc::clone(&rx);
+                let (tx, rx) = mpsc::channel::<Job>();
+                jobs.push(tx);
                 std::thread::Builder::new()
                     .name(format!("sluice-wasm-{i}"))
                     .spawn(move || worker_main(&shared, &rx))
@@ -522,10 +522,13 @@ impl TransformChain {
             })
             .collect::<Result<Vec<_>, _>>()
             .map_err(whole)?;
+        if jobs.len() > 1 {
+            checked.iter_mut().for_each(|s| *s = None);
+        }
         Ok(TransformChain {
             inline: Mutex::new(checked),
             shared,
-            jobs: Some(tx),
+            jobs,
             workers,
             _ticker: ticker,
         })
@@ -576,20 +579,27 @@ impl TransformChain {
         };
         let mut result = Ok(());
         for part in parts {
-            let chunks = match self.dispatch(part) {
-                Ok(chunks) => chunks,
+            let sent = match self.dispatch(part) {
+                Ok(sent) => sent,
                 Err(e) => {
                     result = Err(e);
                     break;
                 }
             };
-            for chunk in chunks {
+            let mut outs = Vec::with_capacity(sent.chunks.len());
+            for chunk in sent.chunks {
                 let reply = chunk.rx.await.unwrap_or(Err(TransformError::Stopped));
-                take_reply(reply, chunk.rows, &mut out, &mut result, &mut settle.tally);
+                outs.push(take_reply(
+                    reply,
+                    chunk.rows,
+                    &mut result,
+                    &mut settle.tally,
+                ));
             }
             if result.is_err() {
                 break;
             }
+            in_input_order(&sent.route, outs, &mut out);
         }
         settle.ok = result.is_ok();
         result.map(|()| out)
@@ -598,9 +608,10 @@ impl TransformChain {
     /// [`process`](Self::process) for callers outside an async runtime (the CLI, benchmarks).
     /// Must not be called from a tokio worker thread.
     ///
-    /// A batch too small to split across workers runs right here, on instances of its own:
-    /// handing it to a worker and waiting for the reply costs more than a small batch's calls.
-    /// (If another thread is using those instances, the batch goes to the workers after all.)
+    /// With one worker, a batch runs right here, on instances of its own: handing it to the
+    /// worker and waiting for the reply costs more than a small batch's calls. (A caller that
+    /// finds another thread using them waits.) Mixing this with [`process`](Self::process) on
+    /// one chain gives a partition two sets of instances: `process` uses the worker's.
     pub fn process_blocking(&self, batch: Vec<(RecordMeta, Row)>) -> Reply {
         let rows = batch.len();
         let (mut parts, size) = parts_by_text(batch, self.max_part_text());
@@ -662,27 +673,24 @@ impl TransformChain {
     /// One part of a batch (see [`parts_by_text`]) through the chain, adding the rows the chain
     /// emitted to `tally` (see [`Settle`]).
     fn process_part_blocking(&self, batch: Vec<(RecordMeta, Row)>, tally: &mut Tally) -> Reply {
-        if self.chunks(batch.len()) == 1 {
-            let slots = match self.inline.try_lock() {
-                Ok(slots) => Some(slots),
-                Err(std::sync::TryLockError::Poisoned(e)) => {
-                    // A panic may have left an instance mid-call: start from fresh ones.
-                    let mut slots = e.into_inner();
-                    slots.iter_mut().for_each(|s| *s = None);
-                    Some(slots)
-                }
-                Err(std::sync::TryLockError::WouldBlock) => None,
-            };
-            if let Some(mut slots) = slots {
-                let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = batch.into_iter().unzip();
-                let wire = WireBatch::from_rows(rows.iter());
-                let done = run_chain(&self.shared, &mut slots, wire, Arc::new(metas))?;
-                return tally.take(done, rows);
-            }
+        if self.jobs.len() == 1 {
+            // Waiting for another caller's batch, not handing this one to the worker: the
+            // worker's instances hold other state.
+            let mut slots = self.inline.lock().unwrap_or_else(|e| {
+                // A panic may have left an instance mid-call: start from fresh ones.
+                let mut slots = e.into_inner();
+                slots.iter_mut().for_each(|s| *s = None);
+                slots
+            });
+            let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = batch.into_iter().unzip();
+            let wire = WireBatch::from_rows(rows.iter());
+            let done = run_chain(&self.shared, &mut slots, wire, Arc::new(metas))?;
+            return tally.take(done, rows);
         }
-        let mut out = Vec::with_capacity(batch.len());
         let mut result = Ok(());
-        for mut chunk in self.dispatch(batch)? {
+        let sent = self.dispatch(batch)?;
+        let mut outs = Vec::with_capacity(sent.chunks.len());
+        for mut chunk in sent.chunks {
             let done = spin(CALLER_SPIN, || match chunk.rx.try_recv() {
                 Ok(done) => Some(Ok(done)),
                 Err(oneshot::error::TryRecvError::Closed) => Some(Err(TransformError::Stopped)),
@@ -695,41 +703,53 @@ impl TransformChain {
                     .map_err(|_| TransformError::Stopped)
             });
             let reply = done.unwrap_or_else(Err);
-            take_reply(reply, chunk.rows, &mut out, &mut result, tally);
+            outs.push(take_reply(reply, chunk.rows, &mut result, tally));
         }
-        result.map(|()| out)
+        let mut out = Vec::new();
+        result.map(|()| {
+            in_input_order(&sent.route, outs, &mut out);
+            out
+        })
     }
 
-    /// How many chunks a batch of `rows` rows is split into: one per worker, but not so many
-    /// that a chunk has fewer than [`MIN_CHUNK_ROWS`] rows (a smaller batch is one chunk).
-    fn chunks(&self, rows: usize) -> usize {
-        self.workers.len().min(rows / MIN_CHUNK_ROWS).max(1)
-    }
-
-    /// Splits a batch into one chunk per worker and sends each off in the wire layout.
+    /// Splits a batch into one chunk per worker that its records map to ([`worker_of`]),
+    /// keeping each chunk's records in batch order, and sends each off in the wire layout.
     ///
     /// Host rows are converted to and from the wire layout here, on the caller's thread, not on
     /// the workers: that thread built the input rows and will consume the output rows, so their
     /// memory stays in its cache and its allocator's thread-local free lists. Built on a worker
     /// and freed elsewhere, the same rows cost about three times as much.
-    fn dispatch(&self, mut batch: Vec<(RecordMeta, Row)>) -> Result<Vec<Chunk>, TransformError> {
-        let jobs = self.jobs.as_ref().ok_or(TransformError::Stopped)?;
-        let chunks = self.chunks(batch.len());
-        let chunk_len = batch.len().div_ceil(chunks);
-        let mut parts = Vec::with_capacity(chunks);
-        while batch.len() > chunk_len {
-            parts.push(batch.split_off(batch.len() - chunk_len));
-        }
-        parts.push(batch);
-        parts.reverse();
-        parts
+    fn dispatch(&self, batch: Vec<(RecordMeta, Row)>) -> Result<Sent, TransformError> {
+        let workers = self.jobs.len();
+        let first = batch.first().map_or(0, |(m, _)| worker_of(m, workers));
+        let mut route = Vec::new();
+        let groups = if batch.iter().all(|(m, _)| worker_of(m, workers) == first) {
+            vec![(first, batch)]
+        } else {
+            // Which chunk each worker's records go in, in order of first appearance.
+            let mut chunk_of = vec![None; workers];
+            let mut groups: Vec<(usize, Part)> = Vec::new();
+            route.reserve_exact(batch.len());
+            for (meta, row) in batch {
+                let w = worker_of(&meta, workers);
+                let c = *chunk_of[w].get_or_insert_with(|| {
+                    groups.push((w, Vec::new()));
+                    groups.len() - 1
+                });
+                route.push(c);
+                groups[c].1.push((meta, row));
+            }
+            groups
+        };
+        let chunks = groups
             .into_iter()
-            .filter(|p| !p.is_empty())
-            .map(|inputs| {
+            .filter(|(_, p)| !p.is_empty())
+            .map(|(w, inputs)| {
                 let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = inputs.into_iter().unzip();
                 let batch = WireBatch::from_rows(rows.iter());
                 let metas: Metas = Arc::new(metas);
                 let (reply, rx) = oneshot::channel();
+                let jobs = self.jobs.get(w).ok_or(TransformError::Stopped)?;
                 jobs.send(Job {
                     batch,
                     metas: Arc::clone(&metas),
@@ -742,8 +762,40 @@ impl TransformChain {
                     _metas: metas,
                 })
             })
-            .collect()
+            .collect::<Result<_, _>>()?;
+        Ok(Sent { chunks, route })
     }
+}
+
+/// The worker, of `workers`, that runs a record: its partition's, so that each partition meets
+/// one set of instances.
+fn worker_of(meta: &RecordMeta, workers: usize) -> usize {
+    let n = i32::try_from(workers).unwrap_or(i32::MAX).max(1);
+    usize::try_from(meta.partition.rem_euclid(n)).unwrap_or(0)
+}
+
+/// A batch part handed to the workers.
+struct Sent {
+    /// One chunk per worker that got any of its records.
+    chunks: Vec<Chunk>,
+    /// For each record, in batch order, the index in `chunks` of the chunk it went in; empty
+    /// when there is one chunk.
+    route: Vec<usize>,
+}
+
+/// Appends the chunks' outcomes (each in its records' order) to `out` in batch order, as
+/// `route` ([`Sent::route`]) says.
+fn in_input_order(route: &[usize], outs: Vec<Vec<RecordOutcome>>, out: &mut Vec<RecordOutcome>) {
+    if route.is_empty() {
+        out.extend(outs.into_iter().flatten());
+        return;
+    }
+    let mut outs: Vec<_> = outs.into_iter().map(Vec::into_iter).collect();
+    out.extend(route.iter().map(|&c| {
+        outs[c]
+            .next()
+            .expect("a chunk has one outcome per record it was sent")
+    }));
 }
 
 /// The batch layout's types, for [`process_native`]'s steps.
@@ -783,17 +835,16 @@ pub fn process_native(
     wire.into_outcomes(rows, BTreeMap::new())
 }
 
-/// Takes a chunk's reply: its outcomes into `out` (made from its input `rows`) while the batch
+/// Takes a chunk's reply: its outcomes (made from its input `rows`), returned while the batch
 /// has not failed, the rows its chain emitted into `tally`, and its error, or the batch's output
 /// passing its bound, into `result` if that is the first. A chunk after a failed one is still
 /// awaited and counted: what it emitted is unfinished now.
 fn take_reply(
     reply: Result<Done, TransformError>,
     rows: Vec<Row>,
-    out: &mut Vec<RecordOutcome>,
     result: &mut Result<(), TransformError>,
     tally: &mut Tally,
-) {
+) -> Vec<RecordOutcome> {
     let taken = reply.and_then(|done| {
         if result.is_ok() {
             tally.take(done, rows)
@@ -802,14 +853,12 @@ fn take_reply(
             Ok(Vec::new())
         }
     });
-    match taken {
-        Ok(outcomes) => out.extend(outcomes),
-        Err(e) => {
-            if result.is_ok() {
-                *result = Err(e);
-            }
+    taken.unwrap_or_else(|e| {
+        if result.is_ok() {
+            *result = Err(e);
         }
-    }
+        Vec::new()
+    })
 }
 
 /// What the chain has emitted for one batch so far, across its parts and chunks.
@@ -915,7 +964,7 @@ impl Drop for TransformChain {
     fn drop(&mut self) {
         // Closing the channel ends each worker's loop once the jobs queued before are done (those
         // whose caller gave up are skipped).
-        self.jobs = None;
+        self.jobs.clear();
         for w in self.workers.drain(..) {
             let _ = w.join();
         }
@@ -1626,11 +1675,10 @@ fn explained(reason: String, state: &HostState) -> String {
     }
 }
 
-fn worker_main(shared: &Shared, jobs: &Mutex<mpsc::Receiver<Job>>) {
+fn worker_main(shared: &Shared, rx: &mpsc::Receiver<Job>) {
     let mut slots: Vec<Option<Slot>> = shared.transforms.iter().map(|_| None).collect();
     loop {
         let job = {
-            let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
             let polled = spin(WORKER_SPIN, || match rx.try_recv() {
                 Ok(job) => Some(Some(job)),
                 Err(mpsc::TryRecvError::Disconnected) => Some(None),
