@@ -186,13 +186,21 @@ fn passthrough_splits_batches_across_workers_by_partition_in_order() {
         "two workers, one chunk each"
     );
     // One partition, however big the batch, is one worker's.
-    c.process_blocking(with_meta(rows)).unwrap();
+    c.process_blocking(with_meta(rows.clone())).unwrap();
     assert_eq!(c.stats()[0].1.invocations.load(Relaxed), 3);
+    // Partitions are dealt to the workers, not mapped by number: a consumer given only the even
+    // partitions (one member of a group of two) still uses both workers.
+    let c = chain(&[config(guests::PASSTHROUGH, &[])]);
+    let mut even = across(rows, 3);
+    even.iter_mut().for_each(|(m, _)| m.partition *= 2);
+    assert_eq!(c.process_blocking(even).unwrap().len(), 1000);
+    assert_eq!(c.stats()[0].1.invocations.load(Relaxed), 2);
 }
 
 /// Every record of a partition meets the same instance, so what a guest keeps is per partition
 /// whichever worker is free: the probe guest numbers the rows each instance has seen, and the
 /// rows of the partitions one worker serves are numbered 1, 2, 3... with no gap and no repeat.
+/// (Partitions 0 to 4 first appear in order, so they are dealt to workers 0, 1, 0, 1, 0.)
 /// (Before, records went to whichever worker took the chunk, and a partition's state was
 /// spread over both instances.)
 #[tokio::test]

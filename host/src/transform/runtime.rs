@@ -9,8 +9,8 @@
 //! one `Store` (one instance) per transform in the chain. [`TransformChain::process`] is async:
 //! it splits a batch into one chunk per worker that any of its records map to, sends each chunk
 //! down that worker's channel and awaits a oneshot reply per chunk, so the caller's task yields
-//! while the guests run. A record's worker is its Kafka partition modulo the number of workers:
-//! every record of a partition meets the same instances, in the order it is delivered, so what
+//! while the guests run. Each partition has one worker, dealt to it when it first appears
+//! ([`Routes`]): every record of a partition meets the same instances, in the order it is delivered, so what
 //! a guest keeps by partition or by key (a dedupe window) does not depend on which worker was
 //! free. [`TransformChain::process_blocking`], for callers that are not async at all (the CLI,
 //! benchmarks), runs a batch on its own thread instead when there is one worker, with one more
@@ -384,8 +384,9 @@ impl Quarantine {
 /// joins the workers and the epoch ticker.
 pub struct TransformChain {
     shared: Arc<Shared>,
-    /// Each worker's queue; a record goes to the one its partition maps to ([`worker_of`]).
+    /// Each worker's queue; a record goes to its partition's worker ([`Routes`]).
     jobs: Vec<mpsc::Sender<Job>>,
+    routes: Mutex<Routes>,
     workers: Vec<JoinHandle<()>>,
     /// The instances [`TransformChain::process_blocking`] uses when it runs a batch on its
     /// caller's thread, which it does only with one worker (none are kept with more).
@@ -528,6 +529,7 @@ impl TransformChain {
         Ok(TransformChain {
             inline: Mutex::new(checked),
             shared,
+            routes: Mutex::new(Routes::new(jobs.len())),
             jobs,
             workers,
             _ticker: ticker,
@@ -712,7 +714,7 @@ impl TransformChain {
         })
     }
 
-    /// Splits a batch into one chunk per worker that its records map to ([`worker_of`]),
+    /// Splits a batch into one chunk per worker that its records go to ([`Routes`]),
     /// keeping each chunk's records in batch order, and sends each off in the wire layout.
     ///
     /// Host rows are converted to and from the wire layout here, on the caller's thread, not on
@@ -720,18 +722,21 @@ impl TransformChain {
     /// memory stays in its cache and its allocator's thread-local free lists. Built on a worker
     /// and freed elsewhere, the same rows cost about three times as much.
     fn dispatch(&self, batch: Vec<(RecordMeta, Row)>) -> Result<Sent, TransformError> {
-        let workers = self.jobs.len();
-        let first = batch.first().map_or(0, |(m, _)| worker_of(m, workers));
         let mut route = Vec::new();
-        let groups = if batch.iter().all(|(m, _)| worker_of(m, workers) == first) {
+        let mut routes = self.routes.lock().unwrap_or_else(|e| e.into_inner());
+        let first = batch.first().map_or(0, |(m, _)| routes.worker(m.partition));
+        let groups = if batch
+            .iter()
+            .all(|(m, _)| routes.worker(m.partition) == first)
+        {
             vec![(first, batch)]
         } else {
             // Which chunk each worker's records go in, in order of first appearance.
-            let mut chunk_of = vec![None; workers];
+            let mut chunk_of = vec![None; self.jobs.len()];
             let mut groups: Vec<(usize, Part)> = Vec::new();
             route.reserve_exact(batch.len());
             for (meta, row) in batch {
-                let w = worker_of(&meta, workers);
+                let w = routes.worker(meta.partition);
                 let c = *chunk_of[w].get_or_insert_with(|| {
                     groups.push((w, Vec::new()));
                     groups.len() - 1
@@ -741,6 +746,7 @@ impl TransformChain {
             }
             groups
         };
+        drop(routes);
         let chunks = groups
             .into_iter()
             .filter(|(_, p)| !p.is_empty())
@@ -767,11 +773,38 @@ impl TransformChain {
     }
 }
 
-/// The worker, of `workers`, that runs a record: its partition's, so that each partition meets
-/// one set of instances.
-fn worker_of(meta: &RecordMeta, workers: usize) -> usize {
-    let n = i32::try_from(workers).unwrap_or(i32::MAX).max(1);
-    usize::try_from(meta.partition.rem_euclid(n)).unwrap_or(0)
+/// Which worker runs each partition's records, so that a partition meets one set of instances.
+/// Partitions are dealt to the workers in the order they first appear, and keep theirs for the
+/// chain's life. Dealt, not mapped by number: a consumer given every other partition of a topic
+/// (one member of a group of two) would otherwise leave half the workers idle.
+struct Routes {
+    workers: usize,
+    of: HashMap<i32, usize>,
+    /// The last partition looked up and its worker: a batch holds runs of one partition.
+    last: Option<(i32, usize)>,
+}
+
+impl Routes {
+    fn new(workers: usize) -> Routes {
+        Routes {
+            workers: workers.max(1),
+            of: HashMap::new(),
+            last: None,
+        }
+    }
+
+    /// The worker of `partition`'s records.
+    fn worker(&mut self, partition: i32) -> usize {
+        if let Some((p, w)) = self.last
+            && p == partition
+        {
+            return w;
+        }
+        let next = self.of.len() % self.workers;
+        let w = *self.of.entry(partition).or_insert(next);
+        self.last = Some((partition, w));
+        w
+    }
 }
 
 /// A batch part handed to the workers.
