@@ -1,0 +1,387 @@
+//! `sluice transform new`: a transform crate from the template embedded in the binary, in a
+//! workspace that has what the crate inherits (started first in a new or empty `--dir`).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use super::build::{DEFAULT_DIR, Workspace};
+use super::params::same_name;
+use super::usage;
+
+const TEMPLATE_CARGO_TOML: &str = include_str!("../../../../transforms/template/Cargo.toml.tmpl");
+const TEMPLATE_LIB_RS: &str = include_str!("../../../../transforms/template/src/lib.rs");
+const TEMPLATE_INPUT: &str = include_str!("../../../../transforms/template/testdata/input.jsonl");
+const TEMPLATE_EXPECTED: &str =
+    include_str!("../../../../transforms/template/testdata/expected.jsonl");
+
+/// Directories of the transforms workspace that are not transform crates: `target` and
+/// `template` (in `exclude` of `transforms/Cargo.toml`, as is `.cargo`, which is no valid name
+/// anyway) and the guest SDK.
+const RESERVED_NAMES: [&str; 3] = ["target", "template", "sluice-guest"];
+
+/// Creates `<dir>/<name>/` from the embedded template and returns its path; a `--dir` that does
+/// not exist yet, or is empty, becomes a workspace first (see [`start_workspace`]). A bad name, a
+/// missing workspace or an existing crate is a [`UsageError`].
+///
+/// [`UsageError`]: super::UsageError
+pub fn scaffold(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+    check_name(name, dir).map_err(usage)?;
+    let started = start_workspace(dir).map_err(usage)?;
+    check_new(name, dir).map_err(usage)?;
+    if started {
+        crate::outln!(
+            "created the transforms workspace {} (its Cargo.toml takes the guest SDK from this \
+             sluice's checkout; a git URL works too)",
+            dir.display()
+        );
+    }
+    let crate_dir = dir.join(name);
+    // The paths in its doc comment, as the author gave the workspace.
+    let shown = dir.display().to_string();
+    let dir_flag = match dir == Path::new(DEFAULT_DIR) {
+        true => String::new(),
+        false => format!(" --dir {shown}"),
+    };
+    let fill = |s: &str| {
+        s.replace("{{name}}", name)
+            .replace("{{crate}}", &name.replace('-', "_"))
+            .replace("{{dir_flag}}", &dir_flag)
+            .replace("{{dir}}", &shown)
+    };
+    std::fs::create_dir_all(crate_dir.join("src"))?;
+    std::fs::create_dir_all(crate_dir.join("testdata"))?;
+    for (path, text) in [
+        ("Cargo.toml", TEMPLATE_CARGO_TOML),
+        ("src/lib.rs", TEMPLATE_LIB_RS),
+        ("testdata/input.jsonl", TEMPLATE_INPUT),
+        ("testdata/expected.jsonl", TEMPLATE_EXPECTED),
+    ] {
+        let file = crate_dir.join(path);
+        std::fs::write(&file, fill(text)).with_context(|| format!("writing {}", file.display()))?;
+    }
+    // A workspace that lists its members by name would leave the crate out of every build, so
+    // that `transform build NAME`, the next step, fails. (Cargo's own failures show there.)
+    let package = format!("transform-{name}");
+    if let Ok(ws) = Workspace::read(dir)
+        && !ws.components.iter().any(|c| c.package == package)
+    {
+        let _ = std::fs::remove_dir_all(&crate_dir);
+        return Err(usage(anyhow::anyhow!(
+            "{}'s [workspace] members do not include {name:?}, so it would never build: add \
+             \"{name}\" (or \"*\", with \"target\" in exclude) to members, then run this again",
+            dir.join("Cargo.toml").display()
+        )));
+    }
+    Ok(crate_dir)
+}
+
+/// The guest SDK of the sluice checkout this binary was built from, while it is there.
+fn own_sdk() -> Option<PathBuf> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let sdk = root.join("transforms").join("sluice-guest");
+    sdk.join("Cargo.toml")
+        .is_file()
+        .then(|| sdk.canonicalize().ok())?
+}
+
+/// Directories a repository keeps beside its crates, which `members = ["*"]` would otherwise
+/// take for crates (cargo fails on a member without a manifest).
+const NOT_CRATES: [&str; 6] = [".cargo", ".git", ".github", ".vscode", ".idea", "target"];
+
+/// Whether `dir` can become a workspace: it does not exist, or holds nothing but dot-entries
+/// (`.git` of a fresh repository, `.gitignore`) that a workspace leaves alone.
+fn fresh_dir(dir: &Path) -> bool {
+    match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok())
+            .all(|e| e.file_name().to_string_lossy().starts_with('.')),
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+    }
+}
+
+/// `text` as a TOML basic string: `"` and `\` escaped, control characters as `\uXXXX`.
+fn toml_string(text: &str) -> String {
+    let mut out = String::from('"');
+    for c in text.chars() {
+        match c {
+            '"' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{:04X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// Makes `dir`, named by `--dir`, a transforms workspace of its own when [`fresh_dir`]: a
+/// `Cargo.toml` with what the template's crate inherits and this sluice's SDK, a
+/// `.cargo/config.toml` for the wasm target and a `.gitignore` for `target/`, so that an author
+/// keeping transforms in a repository of their own writes no manifest by hand. Whether it did.
+/// Nothing is overwritten. The default `transforms/` and a directory with files in it are left
+/// to [`check_new`] to report.
+fn start_workspace(dir: &Path) -> anyhow::Result<bool> {
+    if dir == Path::new(DEFAULT_DIR) || dir.join("Cargo.toml").exists() || !fresh_dir(dir) {
+        return Ok(false);
+    }
+    let Some(sdk) = own_sdk() else {
+        bail!(
+            "{} has no workspace, and `new` cannot start one there: the guest SDK of the sluice \
+             checkout this binary was built from ({}) is not there any more. Write the \
+             workspace's Cargo.toml by hand (see \"A transform crate outside transforms/\" in \
+             docs/TRANSFORMS.md)",
+            dir.display(),
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .with_file_name("transforms")
+                .join("sluice-guest")
+                .display()
+        );
+    };
+    let sdk = sdk
+        .to_str()
+        .with_context(|| format!("the guest SDK's path {} is not UTF-8", sdk.display()))?;
+    let exclude: Vec<String> = NOT_CRATES.iter().map(|d| toml_string(d)).collect();
+    let manifest = format!(
+        "# A sluice transforms workspace: `sluice transform new NAME --dir .` adds a crate, \
+         `sluice\n# transform build --dir .` builds them all for wasm32-wasip2 \
+         (.cargo/config.toml).\n\
+         [workspace]\nresolver = \"3\"\n\
+         # Every directory here is a crate, but those excluded: add any other (docs, tests).\n\
+         members = [\"*\"]\nexclude = [{}]\n\n\
+         # What each crate inherits; the license is yours to choose.\n\
+         [workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\nrust-version = \"1.95\"\n\
+         license = \"Apache-2.0\"\npublish = false\n\n\
+         [workspace.dependencies]\n\
+         # The guest SDK, in the sluice checkout that made this file (or `git = \"<its URL>\"`).\n\
+         sluice-guest = {{ path = {} }}\n\n\
+         # Smaller, faster guests, as sluice's own transforms/ builds them.\n\
+         [profile.release]\nopt-level = 3\nlto = true\ncodegen-units = 1\nstrip = true\n\
+         panic = \"abort\"\n",
+        exclude.join(", "),
+        toml_string(sdk)
+    );
+    let config = "# Guests are components for WASI 0.2.\n[build]\ntarget = \"wasm32-wasip2\"\n";
+    std::fs::create_dir_all(dir.join(".cargo"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    for (file, text) in [
+        ("Cargo.toml", manifest.as_str()),
+        (".cargo/config.toml", config),
+        (".gitignore", "/target/\n"),
+    ] {
+        let path = dir.join(file);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => f.write_all(text.as_bytes()),
+            // A repository's own `.gitignore` is kept as it is.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && file == ".gitignore" => {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+        .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(true)
+}
+
+/// Why `NAME` cannot be a new transform's name in `dir`, if it cannot; nothing on disk is looked
+/// at, so that a bad name is refused before a workspace is started.
+fn check_name(name: &str, dir: &Path) -> anyhow::Result<()> {
+    // crates.io's limit, and far below a file name's.
+    if name.len() > 64 {
+        bail!(
+            "invalid transform name: {} characters, at most 64",
+            name.len()
+        );
+    }
+    let valid = !name.is_empty()
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if !valid {
+        bail!(
+            "invalid transform name {name:?}: use lowercase letters, digits, `-` and `_`, starting with a letter"
+        );
+    }
+    if let Some(reserved) = RESERVED_NAMES.iter().find(|r| same_name(r, name)) {
+        bail!(
+            "invalid transform name {name:?}: {}/{reserved} is not a transform crate but part of the workspace; pick another name",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// Why `transform new NAME --dir DIR` cannot scaffold, if it cannot.
+fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
+    if !dir.join("Cargo.toml").is_file() {
+        bail!(
+            "{} is not a transforms workspace (no Cargo.toml): {}",
+            dir.display(),
+            where_workspace(dir)
+        );
+    }
+    // `my-thing` and `my_thing` would both build `transform_my_thing.wasm`, one over the other.
+    let taken = std::fs::read_dir(dir)
+        .with_context(|| format!("reading {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .find(|e| same_name(&e.file_name().to_string_lossy(), name));
+    if let Some(existing) = taken {
+        let why = match existing.file_name().to_string_lossy() == name {
+            true => String::new(),
+            // Not the name given: say why it counts as the same.
+            false => format!(
+                " (`-` and `_` name the same transform: both build transform_{}.wasm)",
+                name.replace('-', "_")
+            ),
+        };
+        bail!(
+            "{} already exists{why}; pick another name",
+            existing.path().display()
+        );
+    }
+    // The scaffold inherits its version, edition and SDK from the workspace: elsewhere it would
+    // be created, then fail to build with cargo's words, not ours.
+    let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))
+        .with_context(|| format!("reading {}", dir.join("Cargo.toml").display()))?;
+    let lacks = workspace_lacks(&manifest);
+    if !lacks.is_empty() {
+        bail!(
+            "{} is not a sluice transforms workspace: its Cargo.toml lacks {}, which the new crate \
+             inherits (sluice's own is transforms/; for a crate elsewhere see \"A transform crate \
+             outside transforms/\" in docs/TRANSFORMS.md)",
+            dir.display(),
+            lacks.join(" and ")
+        );
+    }
+    Ok(())
+}
+
+/// What to do when `dir` holds no workspace: the default is relative to the project root, and
+/// `--dir` names the workspace itself, not the directory above it.
+pub(super) fn where_workspace(dir: &Path) -> String {
+    if dir == Path::new(DEFAULT_DIR) {
+        "run this from the directory that holds transforms/ (the project root), or pass --dir"
+            .to_owned()
+    } else {
+        "--dir names the transforms workspace itself, the directory whose Cargo.toml has \
+         [workspace] (`new` starts one only in a directory that does not exist yet or is empty)"
+            .to_owned()
+    }
+}
+
+/// What a workspace manifest lacks of what the template inherits: `version`, `edition`,
+/// `rust-version`, `license` and `publish` in `[workspace.package]`, and `sluice-guest` in
+/// `[workspace.dependencies]`, in any of TOML's ways of writing them (a table per dependency,
+/// dotted keys, quoted keys, comments). Empty when it has it all.
+fn workspace_lacks(manifest: &str) -> Vec<String> {
+    const INHERITED: [&str; 5] = ["version", "edition", "rust-version", "license", "publish"];
+    // A header or key with its spaces and quotes taken out: `[ "workspace".package ]` is
+    // `workspace.package`.
+    let bare = |s: &str| -> String {
+        s.chars()
+            .filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'')
+            .collect()
+    };
+    let (mut section, mut keys, mut sdk) = (String::new(), Vec::new(), false);
+    for line in manifest.lines() {
+        let line = line.split('#').next().unwrap_or_default().trim();
+        if let Some(header) = line.strip_prefix('[') {
+            section = bare(header.trim_start_matches('[').trim_end_matches(']'));
+            sdk |= section == "workspace.dependencies.sluice-guest";
+            continue;
+        }
+        let Some((key, _)) = line.split_once('=') else {
+            continue;
+        };
+        // The key as seen from the top of the file: `[workspace] package.version = ...` and
+        // `[workspace.package] version = ...` are the same key.
+        let full = format!("{section}.{}", bare(key));
+        if let Some(k) = full.strip_prefix("workspace.package.") {
+            keys.push(k.split('.').next().unwrap_or_default().to_owned());
+        }
+        sdk |= full == "workspace.dependencies.sluice-guest"
+            || full.starts_with("workspace.dependencies.sluice-guest.");
+    }
+    let package: Vec<String> = INHERITED
+        .iter()
+        .filter(|k| !keys.iter().any(|have| have == *k))
+        .map(|k| format!("`{k}`"))
+        .collect();
+    let mut lacks = Vec::new();
+    if !package.is_empty() {
+        lacks.push(format!("{} in [workspace.package]", package.join(", ")));
+    }
+    if !sdk {
+        lacks.push("sluice-guest in [workspace.dependencies]".to_owned());
+    }
+    lacks
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sluice_workspace_is_recognised_however_its_toml_is_written() {
+        let package = "[workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\n\
+                       rust-version = \"1.95\"\nlicense = \"Apache-2.0\"\npublish = false\n";
+        for (sdk, want) in [
+            (
+                "[workspace.dependencies]\nsluice-guest = { path = \"g\" }\n",
+                true,
+            ),
+            (
+                "[workspace.dependencies] # shared\n\"sluice-guest\" = { path = \"g\" }\n",
+                true,
+            ),
+            (
+                "[workspace.dependencies]\nsluice-guest.path = \"g\"\n",
+                true,
+            ),
+            (
+                "[workspace.dependencies.sluice-guest]\npath = \"g\"\n",
+                true,
+            ),
+            (
+                "[ workspace.dependencies ]\n'sluice-guest' = { path = \"g\" }\n",
+                true,
+            ),
+            (
+                "[workspace]\ndependencies.sluice-guest.path = \"g\"\n",
+                true,
+            ),
+            ("[workspace.dependencies]\nserde = \"1\"\n", false),
+            ("[dependencies]\nsluice-guest = { path = \"g\" }\n", false),
+            (
+                "[workspace.dependencies]\n# sluice-guest = { path = \"g\" }\n",
+                false,
+            ),
+            ("", false),
+        ] {
+            let manifest = format!("[workspace]\nmembers = [\"*\"]\n{package}{sdk}");
+            assert_eq!(workspace_lacks(&manifest).is_empty(), want, "{sdk}");
+        }
+        let sdk = "[workspace.dependencies]\nsluice-guest = { path = \"g\" }\n";
+        let partial = "[workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\n";
+        assert_eq!(
+            workspace_lacks(&format!("{partial}{sdk}")),
+            ["`rust-version`, `license`, `publish` in [workspace.package]"]
+        );
+        assert_eq!(
+            workspace_lacks(partial).last().map(String::as_str),
+            Some("sluice-guest in [workspace.dependencies]")
+        );
+        let dotted = "[workspace]\npackage.version = \"0.1.0\"\npackage.edition = \"2024\"\n\
+                      package.rust-version = \"1.95\"\npackage.license = \"x\"\npackage.publish = false\n";
+        assert!(workspace_lacks(&format!("{dotted}{sdk}")).is_empty());
+        assert!(workspace_lacks(include_str!("../../../../transforms/Cargo.toml")).is_empty());
+    }
+}
