@@ -5248,13 +5248,10 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     std::fs::write(ws.join(".cargo/config.toml"), config).unwrap();
     let crate_dir = ws.join("shout");
     // It says how to build, then how to run the scaffold's own test.
-    let data = crate_dir.join("testdata");
     assert!(
         stdout.contains(&format!(
-            "then: sluice transform test --component <the .wasm file build prints> --input {} \
-             --expect {}",
-            data.join("input.jsonl").display(),
-            data.join("expected.jsonl").display()
+            "then: sluice transform test shout --dir {}\n",
+            ws.display()
         )),
         "{stdout}"
     );
@@ -5265,7 +5262,7 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
             "sluice transform build shout --dir {}\n",
             ws.display()
         )) && lib.contains(&format!(
-            "--input {}/shout/testdata/input.jsonl",
+            "sluice transform test shout --dir {}\n",
             ws.display()
         )),
         "{lib}"
@@ -5321,6 +5318,50 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     .unwrap();
     let expected = std::fs::read_to_string(crate_dir.join("testdata/expected.jsonl")).unwrap();
     assert_eq!(String::from_utf8(out).unwrap(), expected);
+    // `test NAME` builds it and runs it on its own test data, as `new` says.
+    let ws_arg = ws.to_string_lossy().into_owned();
+    let own = |extra: &[&str]| {
+        let args = [&["transform", "test", "shout", "--dir", &ws_arg][..], extra].concat();
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        (
+            out.status.code(),
+            stdout,
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, rows, err) = own(&[]);
+    assert_eq!((code, rows.as_str()), (Some(0), expected.as_str()), "{err}");
+    assert!(err.contains("ok: 2 rows match"), "{err}");
+    // With the params in testdata/params.json, which flags override.
+    let params = crate_dir.join("testdata/params.json");
+    std::fs::write(&params, r#"{"field": "nick"}"#).unwrap();
+    let (code, _, err) = own(&[]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("missing field `nick`"), "{err}");
+    let (code, _, err) = own(&["--with", "field=name"]);
+    assert_eq!(code, Some(0), "{err}");
+    std::fs::write(&params, r#"{"field": nick}"#).unwrap();
+    let (code, _, err) = own(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("params.json: expected ident at line 1"),
+        "{err}"
+    );
+    std::fs::remove_file(&params).unwrap();
+    // A golden file the run writes is made, not checked: stdout into expected.jsonl remakes it.
+    let golden = std::fs::File::create(crate_dir.join("testdata/expected.jsonl")).unwrap();
+    let remade = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(["transform", "test", "shout", "--dir", &ws_arg])
+        .current_dir(dir.path())
+        .stdout(golden)
+        .output()
+        .unwrap();
+    assert!(remade.status.success(), "{remade:?}");
+    assert_eq!(
+        std::fs::read_to_string(crate_dir.join("testdata/expected.jsonl")).unwrap(),
+        expected
+    );
     // Its unit tests pass natively, run as `new` says.
     assert!(
         stdout.contains("unit tests: (cd ") && stdout.contains("cargo test -p transform-shout"),

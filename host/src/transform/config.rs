@@ -19,6 +19,15 @@ enum ParamValue {
     Flag(bool),
 }
 
+/// Params from a JSON object of them, read as `with` is (`transform test NAME`'s
+/// `testdata/params.json`).
+pub(crate) fn params_from_json(text: &str) -> serde_json::Result<BTreeMap<String, String>> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let params = params_as_text(&mut de)?;
+    de.end()?;
+    Ok(params)
+}
+
 /// Reads `with`, taking a bare number or flag as its JSON text: params reach `init` as strings,
 /// and `"window": 100` is what anyone writes first.
 fn params_as_text<'de, D: serde::Deserializer<'de>>(

@@ -1,12 +1,14 @@
 //! `{{name}}`: a sluice transform. Replace this logic with yours.
 //!
 //! As scaffolded it uppercases one string field (param `field`, default `name`) and drops rows
-//! whose field is empty or null (a blank CSV cell is null). Build and test it with:
+//! whose field is empty or null (a blank CSV cell is null). Build it, then run it on its test
+//! data: `testdata/input.jsonl`, compared with `testdata/expected.jsonl` (and with
+//! `testdata/expected-failures.jsonl`, if you add one), with the params in `testdata/params.json`
+//! if you add one (a JSON object, as its `with` in pipeline.json):
 //!
 //! ```text
 //! sluice transform build {{name}}{{dir_flag}}
-//! sluice transform test --component {{dir}}/target/wasm32-wasip2/release/transform_{{crate}}.wasm \
-//!     --input {{dir}}/{{name}}/testdata/input.jsonl --expect {{dir}}/{{name}}/testdata/expected.jsonl
+//! sluice transform test {{name}}{{dir_flag}}
 //! ```
 //!
 //! Its unit tests (below) run natively, with no host: from `{{dir}}/`,

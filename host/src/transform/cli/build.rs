@@ -21,6 +21,14 @@ pub(crate) const DEFAULT_DIR: &str = "transforms";
 ///
 /// [`UsageError`]: super::UsageError
 pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    Ok(built(name, dir)?
+        .into_iter()
+        .map(|(wasm, _)| wasm)
+        .collect())
+}
+
+/// [`build`], each `.wasm` path with the directory of the crate it was built from.
+pub(super) fn built(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
     if !dir.join("Cargo.toml").is_file() {
         return Err(usage(anyhow::anyhow!(
             "no transforms workspace at {} (no Cargo.toml there): {}",
@@ -88,10 +96,13 @@ pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
         bail!("cargo build in {} failed ({status})", dir.display());
     }
     let release = workspace.target_dir.join(TARGET).join("release");
-    let mut out: Vec<PathBuf> = crates
+    let mut out: Vec<(PathBuf, PathBuf)> = crates
         .iter()
-        .map(|c| release.join(format!("{}.wasm", c.lib.replace('-', "_"))))
-        .filter(|p| p.is_file())
+        .map(|c| {
+            let wasm = release.join(format!("{}.wasm", c.lib.replace('-', "_")));
+            (wasm, c.dir.clone())
+        })
+        .filter(|(wasm, _)| wasm.is_file())
         .collect();
     out.sort();
     Ok(out)
@@ -111,6 +122,8 @@ pub(super) struct Component {
     pub(super) package: String,
     /// The library target's name, which names the `.wasm` file (`transform_filter`).
     lib: String,
+    /// The crate's directory (its manifest's).
+    dir: PathBuf,
 }
 
 impl Workspace {
@@ -151,6 +164,7 @@ impl Workspace {
                 Some(Component {
                     package: p["name"].as_str()?.to_owned(),
                     lib: lib["name"].as_str()?.to_owned(),
+                    dir: Path::new(p["manifest_path"].as_str()?).parent()?.to_owned(),
                 })
             })
             .collect();

@@ -16,6 +16,56 @@ use crate::source::wire;
 use crate::transform::error::FailureKind;
 use crate::transform::exact_json;
 
+/// A transform crate's own test (`transform test NAME`): its component, built, and what its
+/// `testdata/` holds.
+#[derive(Debug)]
+pub(super) struct OwnTest {
+    pub(super) component: PathBuf,
+    /// `input.jsonl`, else `input.csv`.
+    pub(super) input: Option<PathBuf>,
+    /// `expected.jsonl`.
+    pub(super) expect: Option<PathBuf>,
+    /// `expected-failures.jsonl`.
+    pub(super) expect_failures: Option<PathBuf>,
+    /// `params.json`: a JSON object of params, as the transform's `with` in pipeline.json.
+    pub(super) params: std::collections::BTreeMap<String, String>,
+}
+
+impl OwnTest {
+    /// Builds transform `name` of the workspace at `dir` and finds its test data.
+    pub(super) fn find(name: &str, dir: &Path) -> anyhow::Result<OwnTest> {
+        let Some((component, crate_dir)) = super::build::built(Some(name), dir)?.pop() else {
+            bail!(
+                "cargo built no component for transform {name:?} in {}",
+                dir.display()
+            );
+        };
+        let data = crate_dir.join("testdata");
+        let file = |name: &str| Some(data.join(name)).filter(|p| p.is_file());
+        let params = match file("params.json") {
+            None => Default::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                crate::transform::config::params_from_json(&text).map_err(|e| {
+                    super::usage(anyhow::anyhow!(
+                        "{}: {e} (it holds the transform's params as a JSON object, as its `with` in \
+                         pipeline.json: {{\"field\": \"name\"}})",
+                        path.display()
+                    ))
+                })?
+            }
+        };
+        Ok(OwnTest {
+            component,
+            input: file("input.jsonl").or_else(|| file("input.csv")),
+            expect: file("expected.jsonl"),
+            expect_failures: file("expected-failures.jsonl"),
+            params,
+        })
+    }
+}
+
 /// The golden files of `transform test`: the rows expected (`--expect`) and the failed records
 /// expected (`--expect-failures`).
 #[derive(Debug, Default)]

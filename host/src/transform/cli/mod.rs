@@ -39,7 +39,7 @@ use super::config::TransformConfig;
 use crate::config::OnError;
 use crate::counted;
 use crate::dead_letter;
-use golden::print_verdict;
+use golden::{OwnTest, print_verdict};
 use input::{format_of, input_options};
 use params::{PipelineChain, name_apart, override_params};
 
@@ -78,8 +78,19 @@ pub enum TransformCommand {
     },
     /// Run a chain of components over a CSV or JSONL file and print the output rows as JSONL.
     Test {
+        /// A transform of the workspace at `--dir`, to build and run on its own test data: its
+        /// component (built first, as `build NAME` does) on `<crate>/testdata/input.jsonl` (or
+        /// `input.csv`), compared with `testdata/expected.jsonl` and
+        /// `testdata/expected-failures.jsonl` where they exist, with the params in
+        /// `testdata/params.json` (a JSON object, as the transform's `with` in pipeline.json).
+        /// Flags given as well override these.
+        #[arg(conflicts_with_all = ["components", "pipeline"])]
+        name: Option<String>,
+        /// The transforms workspace `NAME` is in (default `transforms`).
+        #[arg(long, requires = "name")]
+        dir: Option<PathBuf>,
         /// A component to run; repeat for a chain (run in the order given).
-        #[arg(long = "component", required_unless_present = "pipeline")]
+        #[arg(long = "component", required_unless_present_any = ["pipeline", "name"])]
         components: Vec<PathBuf>,
         /// Run this pipeline file's chain instead of `--component`s: its transforms with their
         /// params (environment variables substituted) and limits, on input read with its CSV
@@ -91,7 +102,7 @@ pub enum TransformCommand {
         /// (a header row, read and typed like the pipeline's CSV source), or dead letters with
         /// `--format dead-letters`; `-` reads stdin. A pipe is read as it is written: each batch
         /// runs as soon as the writer pauses.
-        #[arg(long, required_unless_present = "pipeline")]
+        #[arg(long, required_unless_present_any = ["pipeline", "name"])]
         input: Option<PathBuf>,
         /// Read the input as this format instead of going by its extension (`-` is CSV unless
         /// this says otherwise).
@@ -198,30 +209,12 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             crate::outln!("created {}", crate_dir.display());
             // The whole loop, so that an author need not look it up: build, then the scaffold's
             // own golden test (which passes untouched).
-            // (`CARGO_TARGET_DIR` moves the build elsewhere, which `build` then prints.)
-            let moved = std::env::var_os("CARGO_TARGET_DIR").is_some_and(|d| !d.is_empty());
-            let wasm = if dir == Path::new(DEFAULT_DIR) {
-                crate::outln!("next: sluice transform build {name}");
-                match moved {
-                    false => format!(
-                        "{DEFAULT_DIR}/target/wasm32-wasip2/release/transform_{}.wasm",
-                        name.replace('-', "_")
-                    ),
-                    true => "<the .wasm file build prints>".to_owned(),
-                }
-            } else {
-                crate::outln!(
-                    "next: sluice transform build {name} --dir {}",
-                    dir.display()
-                );
-                "<the .wasm file build prints>".to_owned()
+            let dir_flag = match dir == Path::new(DEFAULT_DIR) {
+                true => String::new(),
+                false => format!(" --dir {}", dir.display()),
             };
-            let data = crate_dir.join("testdata");
-            crate::outln!(
-                "then: sluice transform test --component {wasm} --input {} --expect {}",
-                data.join("input.jsonl").display(),
-                data.join("expected.jsonl").display()
-            );
+            crate::outln!("next: sluice transform build {name}{dir_flag}");
+            crate::outln!("then: sluice transform test {name}{dir_flag}");
             crate::outln!(
                 "unit tests: (cd {} && cargo test -p transform-{name} --target \"$(rustc -vV | \
                  sed -n 's/^host: //p')\")",
@@ -236,6 +229,8 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         TransformCommand::Test {
+            name,
+            dir,
             components,
             pipeline,
             input,
@@ -287,9 +282,28 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 .as_deref()
                 .map(|p| PipelineChain::load(p, input.is_none()))
                 .transpose()?;
-            let mut configs = match &file {
-                Some(file) => file.configs.clone(),
-                None => components
+            let own = name
+                .as_deref()
+                .map(|n| OwnTest::find(n, dir.as_deref().unwrap_or(Path::new(DEFAULT_DIR))))
+                .transpose()?;
+            // A golden file of its own that this run writes (`> testdata/expected.jsonl`,
+            // `--write-failures`) is being made, not checked.
+            let written = |p: &PathBuf| {
+                std::fs::metadata(p).is_ok_and(|m| golden::output_stream(&m).is_some())
+            };
+            let expect = expect.or_else(|| own.as_ref()?.expect.clone().filter(|p| !written(p)));
+            let expect_failures = expect_failures.or_else(|| {
+                let own = own.as_ref()?.expect_failures.clone();
+                own.filter(|_| write_failures.is_none())
+            });
+            let mut configs = match (&file, &own) {
+                (Some(file), _) => file.configs.clone(),
+                (None, Some(own)) => {
+                    let mut config = TransformConfig::new(own.component.to_string_lossy());
+                    config.with.clone_from(&own.params);
+                    vec![config]
+                }
+                (None, None) => components
                     .iter()
                     .map(|c| TransformConfig::new(c.to_string_lossy()))
                     .collect(),
@@ -305,10 +319,17 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             }
             override_params(&mut configs, &with).map_err(usage)?;
             name_apart(&mut configs);
-            let input = match (input, &file) {
-                (Some(input), _) => input,
-                (None, Some(file)) => file.input.clone(),
-                (None, None) => return Err(usage(anyhow::anyhow!("--input is required"))),
+            let input = match (input, &file, &own) {
+                (Some(input), _, _) => input,
+                (None, Some(file), _) => file.input.clone(),
+                (None, None, Some(own)) => own.input.clone().ok_or_else(|| {
+                    usage(anyhow::anyhow!(
+                        "no --input, and transform {:?} has no testdata/input.jsonl or \
+                         testdata/input.csv",
+                        name.as_deref().unwrap_or_default()
+                    ))
+                })?,
+                (None, None, None) => return Err(usage(anyhow::anyhow!("--input is required"))),
             };
             let dash = Path::new("-");
             if [Some(&input), expect.as_ref(), expect_failures.as_ref()]

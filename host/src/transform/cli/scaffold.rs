@@ -46,7 +46,6 @@ pub fn scaffold(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
     };
     let fill = |s: &str| {
         s.replace("{{name}}", name)
-            .replace("{{crate}}", &name.replace('-', "_"))
             .replace("{{dir_flag}}", &dir_flag)
             .replace("{{dir}}", &shown)
     };
