@@ -5348,6 +5348,17 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         err.contains("params.json: expected ident at line 1"),
         "{err}"
     );
+    std::fs::write(&params, r#"{"field": "name", "field": "id"}"#).unwrap();
+    let (code, _, err) = own(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("duplicate key `field`"), "{err}");
+    std::fs::write(&params, r#"{"window": 100}"#).unwrap();
+    let (code, _, err) = own(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("with the params in ") && err.contains("`window`"),
+        "{err}"
+    );
     std::fs::remove_file(&params).unwrap();
     // A golden file the run writes is made, not checked: stdout into expected.jsonl remakes it.
     let golden = std::fs::File::create(crate_dir.join("testdata/expected.jsonl")).unwrap();
@@ -5362,6 +5373,43 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         std::fs::read_to_string(crate_dir.join("testdata/expected.jsonl")).unwrap(),
         expected
     );
+    // Its failures too, with `--write-failures`: then they are not unexpected, and the next run
+    // checks them. Stderr is no golden file's maker: into expected.jsonl, it is refused.
+    let input = crate_dir.join("testdata/input.jsonl");
+    let mut rows = std::fs::read_to_string(&input).unwrap();
+    rows.push_str("{\"id\":5,\"name\":7}\n");
+    std::fs::write(&input, rows).unwrap();
+    let failures = crate_dir.join("testdata/expected-failures.jsonl");
+    let (code, _, err) = own(&["--write-failures", &failures.to_string_lossy()]);
+    assert_eq!(code, Some(0), "{err}");
+    let written = std::fs::read_to_string(&failures).unwrap();
+    assert!(written.contains(r#""record":5,"#), "{written}");
+    let (code, _, err) = own(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.contains("ok: 1 failed record matches"), "{err}");
+    let golden = std::fs::OpenOptions::new()
+        .append(true)
+        .open(crate_dir.join("testdata/expected.jsonl"))
+        .unwrap();
+    let refused = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(["transform", "test", "shout", "--dir", &ws_arg])
+        .current_dir(dir.path())
+        .stderr(golden)
+        .output()
+        .unwrap();
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    let kept = std::fs::read_to_string(crate_dir.join("testdata/expected.jsonl")).unwrap();
+    assert!(
+        kept.starts_with(&expected) && kept.contains("the run would be compared with itself"),
+        "{kept}"
+    );
+    std::fs::write(crate_dir.join("testdata/expected.jsonl"), &expected).unwrap();
+    // One input only.
+    std::fs::write(crate_dir.join("testdata/input.csv"), "id,name\n1,ada\n").unwrap();
+    let (code, _, err) = own(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("has both input.jsonl and input.csv"), "{err}");
+    std::fs::remove_file(crate_dir.join("testdata/input.csv")).unwrap();
     // Its unit tests pass natively, run as `new` says.
     assert!(
         stdout.contains("unit tests: (cd ") && stdout.contains("cargo test -p transform-shout"),
@@ -5385,6 +5433,41 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         "{text}{}",
         String::from_utf8_lossy(&unit.stderr)
     );
+}
+
+/// Each example transform passes its own test data as an author runs it, `transform test NAME`:
+/// built in place (a no-op here: build.rs built them into the same target directory), run on
+/// `testdata/input.jsonl` with its `params.json`, against its golden rows and failures.
+#[test]
+fn cli_test_name_runs_each_example_on_its_own_test_data() {
+    let root = sluice_tests::cli::workspace_root();
+    let target = std::path::Path::new(guests::PASSTHROUGH)
+        .ancestors()
+        .nth(3)
+        .unwrap();
+    for name in ["passthrough", "filter", "enrich", "explode", "mask"] {
+        let mut cmd = std::process::Command::new(sluice_tests::cli::sluice_bin());
+        cmd.args(["transform", "test", name, "--dir"])
+            .arg(root.join("transforms"))
+            .current_dir(&root);
+        // As build.rs built them: this test's own cargo settings would make cargo build again.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            if key.starts_with("CARGO_") && key != "CARGO_HOME" || key.starts_with("RUSTFLAGS") {
+                cmd.env_remove(&*key);
+            }
+        }
+        let out = cmd.env("CARGO_TARGET_DIR", target).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{name}: {stderr}");
+        let data = root.join("transforms").join(name).join("testdata");
+        let golden = std::fs::read_to_string(data.join("expected.jsonl")).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out.stdout), golden, "{name}");
+        let verdicts = stderr.lines().filter(|l| l.starts_with("ok: ")).count();
+        let checks = 1 + usize::from(data.join("expected-failures.jsonl").is_file());
+        assert_eq!(verdicts, checks, "{name}: {stderr}");
+        assert!(!stderr.contains("warning"), "{name}: {stderr}");
+    }
 }
 
 #[test]

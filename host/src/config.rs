@@ -1203,7 +1203,7 @@ fn line_column(text: &str, offset: usize) -> (usize, usize) {
 
 /// Every key that appears twice in one object of `text` (valid JSON), as an issue at its JSON
 /// path, placed at the second occurrence and naming the line of the first.
-fn duplicate_keys(text: &str) -> Vec<ConfigIssue> {
+pub(crate) fn duplicate_keys(text: &str) -> Vec<ConfigIssue> {
     let mut found = Vec::new();
     let mut walker = Locator {
         b: text.as_bytes(),

@@ -21,60 +21,7 @@ pub(crate) const DEFAULT_DIR: &str = "transforms";
 ///
 /// [`UsageError`]: super::UsageError
 pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
-    Ok(built(name, dir)?
-        .into_iter()
-        .map(|(wasm, _)| wasm)
-        .collect())
-}
-
-/// [`build`], each `.wasm` path with the directory of the crate it was built from.
-pub(super) fn built(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<(PathBuf, PathBuf)>> {
-    if !dir.join("Cargo.toml").is_file() {
-        return Err(usage(anyhow::anyhow!(
-            "no transforms workspace at {} (no Cargo.toml there): {}",
-            dir.display(),
-            where_workspace(dir)
-        )));
-    }
-    // The SDK generates its bindings from the WIT beside the workspace (`../../wit` from its
-    // crate): a workspace copied out of the repository without it fails in cargo, six errors
-    // deep.
-    let wit = dir.join("..").join("wit");
-    if dir.join("sluice-guest/Cargo.toml").is_file() && !wit.is_dir() {
-        return Err(usage(anyhow::anyhow!(
-            "{} holds the guest SDK (sluice-guest), which reads the WIT package from {}, and \
-             there is none: copy the repository's wit/ there, or depend on the SDK where it is \
-             (`sluice-guest = {{ path = \".../transforms/sluice-guest\" }}`) instead of copying it",
-            dir.display(),
-            wit.display()
-        )));
-    }
-    let workspace = Workspace::read(dir)?;
-    let crates: Vec<&Component> = match name {
-        None => workspace.components.iter().collect(),
-        Some(n) => {
-            let package = format!("transform-{n}");
-            let found = workspace
-                .components
-                .iter()
-                .find(|c| same_name(&c.package, &package));
-            match found {
-                Some(c) => vec![c],
-                None => {
-                    return Err(usage(anyhow::anyhow!(
-                        "no transform {n:?} (crate {package}) in {}; its transforms: {}",
-                        dir.display(),
-                        workspace
-                            .components
-                            .iter()
-                            .map(|c| c.package.strip_prefix("transform-").unwrap_or(&c.package))
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )));
-                }
-            }
-        }
-    };
+    let (workspace, crates) = members(name, dir)?;
     ensure_wasm_target();
     let mut cmd = Command::new("cargo");
     cmd.current_dir(dir)
@@ -95,17 +42,72 @@ pub(super) fn built(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<(PathB
     if !status.success() {
         bail!("cargo build in {} failed ({status})", dir.display());
     }
-    let release = workspace.target_dir.join(TARGET).join("release");
-    let mut out: Vec<(PathBuf, PathBuf)> = crates
+    let mut out: Vec<PathBuf> = crates
         .iter()
-        .map(|c| {
-            let wasm = release.join(format!("{}.wasm", c.lib.replace('-', "_")));
-            (wasm, c.dir.clone())
-        })
-        .filter(|(wasm, _)| wasm.is_file())
+        .map(|c| workspace.wasm(c))
+        .filter(|p| p.is_file())
         .collect();
     out.sort();
     Ok(out)
+}
+
+/// Where transform `name` of the workspace at `dir` builds its `.wasm` file to, and its crate's
+/// directory, without building it; errors as [`build`]'s.
+pub(super) fn locate(name: &str, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let (workspace, crates) = members(Some(name), dir)?;
+    let c = crates.first().context("no such transform")?;
+    Ok((workspace.wasm(c), c.dir.clone()))
+}
+
+/// The workspace at `dir` and its members that [`build`] builds: all, or transform `name`.
+fn members(name: Option<&str>, dir: &Path) -> anyhow::Result<(Workspace, Vec<Component>)> {
+    if !dir.join("Cargo.toml").is_file() {
+        return Err(usage(anyhow::anyhow!(
+            "no transforms workspace at {} (no Cargo.toml there): {}",
+            dir.display(),
+            where_workspace(dir)
+        )));
+    }
+    // The SDK generates its bindings from the WIT beside the workspace (`../../wit` from its
+    // crate): a workspace copied out of the repository without it fails in cargo, six errors
+    // deep.
+    let wit = dir.join("..").join("wit");
+    if dir.join("sluice-guest/Cargo.toml").is_file() && !wit.is_dir() {
+        return Err(usage(anyhow::anyhow!(
+            "{} holds the guest SDK (sluice-guest), which reads the WIT package from {}, and \
+             there is none: copy the repository's wit/ there, or depend on the SDK where it is \
+             (`sluice-guest = {{ path = \".../transforms/sluice-guest\" }}`) instead of copying it",
+            dir.display(),
+            wit.display()
+        )));
+    }
+    let mut workspace = Workspace::read(dir)?;
+    let crates: Vec<Component> = match name {
+        None => std::mem::take(&mut workspace.components),
+        Some(n) => {
+            let package = format!("transform-{n}");
+            let found = workspace
+                .components
+                .iter()
+                .find(|c| same_name(&c.package, &package));
+            match found {
+                Some(c) => vec![c.clone()],
+                None => {
+                    return Err(usage(anyhow::anyhow!(
+                        "no transform {n:?} (crate {package}) in {}; its transforms: {}",
+                        dir.display(),
+                        workspace
+                            .components
+                            .iter()
+                            .map(|c| c.package.strip_prefix("transform-").unwrap_or(&c.package))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )));
+                }
+            }
+        }
+    };
+    Ok((workspace, crates))
 }
 
 /// What `cargo metadata --no-deps` says about a transforms workspace.
@@ -117,6 +119,7 @@ pub(super) struct Workspace {
 }
 
 /// A member crate that builds a component.
+#[derive(Clone)]
 pub(super) struct Component {
     /// The package name (`transform-filter`).
     pub(super) package: String,
@@ -127,6 +130,12 @@ pub(super) struct Component {
 }
 
 impl Workspace {
+    /// Where `c`'s `.wasm` file is built to.
+    fn wasm(&self, c: &Component) -> PathBuf {
+        let file = format!("{}.wasm", c.lib.replace('-', "_"));
+        self.target_dir.join(TARGET).join("release").join(file)
+    }
+
     pub(super) fn read(dir: &Path) -> anyhow::Result<Workspace> {
         let out = Command::new("cargo")
             .current_dir(dir)

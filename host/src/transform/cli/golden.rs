@@ -16,54 +16,85 @@ use crate::source::wire;
 use crate::transform::error::FailureKind;
 use crate::transform::exact_json;
 
-/// A transform crate's own test (`transform test NAME`): its component, built, and what its
-/// `testdata/` holds.
+/// A transform crate's own test (`transform test NAME`): where its component builds to, and
+/// what its `testdata/` holds.
 #[derive(Debug)]
 pub(super) struct OwnTest {
+    /// The transform's name and workspace, to build it once the rest is checked.
+    name: String,
+    dir: PathBuf,
     pub(super) component: PathBuf,
-    /// `input.jsonl`, else `input.csv`.
+    /// `input.jsonl` or `input.csv`.
     pub(super) input: Option<PathBuf>,
     /// `expected.jsonl`.
     pub(super) expect: Option<PathBuf>,
     /// `expected-failures.jsonl`.
     pub(super) expect_failures: Option<PathBuf>,
-    /// `params.json`: a JSON object of params, as the transform's `with` in pipeline.json.
+    /// `params.json`, and the params it holds: a JSON object, as the transform's `with` in
+    /// pipeline.json.
+    pub(super) params_file: Option<PathBuf>,
     pub(super) params: std::collections::BTreeMap<String, String>,
 }
 
 impl OwnTest {
-    /// Builds transform `name` of the workspace at `dir` and finds its test data.
+    /// Finds transform `name` of the workspace at `dir` and its test data, without building it.
     pub(super) fn find(name: &str, dir: &Path) -> anyhow::Result<OwnTest> {
-        let Some((component, crate_dir)) = super::build::built(Some(name), dir)?.pop() else {
-            bail!(
-                "cargo built no component for transform {name:?} in {}",
-                dir.display()
-            );
-        };
+        let (component, crate_dir) = super::build::locate(name, dir)?;
         let data = crate_dir.join("testdata");
         let file = |name: &str| Some(data.join(name)).filter(|p| p.is_file());
-        let params = match file("params.json") {
-            None => Default::default(),
-            Some(path) => {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
-                crate::transform::config::params_from_json(&text).map_err(|e| {
-                    super::usage(anyhow::anyhow!(
-                        "{}: {e} (it holds the transform's params as a JSON object, as its `with` in \
-                         pipeline.json: {{\"field\": \"name\"}})",
-                        path.display()
-                    ))
-                })?
+        let input = match (file("input.jsonl"), file("input.csv")) {
+            (Some(_), Some(_)) => {
+                return Err(super::usage(anyhow::anyhow!(
+                    "{} has both input.jsonl and input.csv: keep one, or pick one with --input",
+                    data.display()
+                )));
             }
+            (jsonl, csv) => jsonl.or(csv),
+        };
+        let params_file = file("params.json");
+        let params = match &params_file {
+            None => Default::default(),
+            Some(path) => read_params(path).map_err(super::usage)?,
         };
         Ok(OwnTest {
+            name: name.to_owned(),
+            dir: dir.to_owned(),
             component,
-            input: file("input.jsonl").or_else(|| file("input.csv")),
+            input,
             expect: file("expected.jsonl"),
             expect_failures: file("expected-failures.jsonl"),
+            params_file,
             params,
         })
     }
+
+    /// Builds the transform, as `transform build NAME` does. A build that fails is a
+    /// [`UsageError`]: the test did not run, which a mismatch (exit 1) would not say.
+    ///
+    /// [`UsageError`]: super::UsageError
+    pub(super) fn build(&self) -> anyhow::Result<()> {
+        super::build::build(Some(&self.name), &self.dir)
+            .map(drop)
+            .map_err(super::usage)
+    }
+}
+
+/// The params in `path`, read as pipeline.json's `with` is: a JSON object of strings, numbers
+/// and flags, each key once. Not a pipeline file, so no `${VAR}` is replaced.
+fn read_params(path: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let params = crate::transform::config::params_from_json(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (it holds the transform's params as a JSON object, as its `with` in \
+             pipeline.json: {{\"field\": \"name\"}})",
+            path.display()
+        )
+    })?;
+    if let Some(issue) = crate::config::duplicate_keys(&text).first() {
+        bail!("{}: {issue}", path.display());
+    }
+    Ok(params)
 }
 
 /// The golden files of `transform test`: the rows expected (`--expect`) and the failed records
@@ -277,18 +308,20 @@ impl<E: Expected> GoldenFile<E> {
 
 /// Which of this process's output streams, if any, is the file `meta` describes.
 pub(super) fn output_stream(meta: &std::fs::Metadata) -> Option<&'static str> {
-    use std::os::unix::fs::MetadataExt;
-    let same = |fd: std::os::fd::BorrowedFd<'_>| {
-        rustix::fs::fstat(fd).is_ok_and(|st| st.st_dev == meta.dev() && st.st_ino == meta.ino())
-    };
     use std::os::fd::AsFd;
-    if same(std::io::stdout().as_fd()) {
+    if same_file(std::io::stdout().as_fd(), meta) {
         Some("output rows (stdout)")
-    } else if same(std::io::stderr().as_fd()) {
+    } else if same_file(std::io::stderr().as_fd(), meta) {
         Some("failed records and counts (stderr)")
     } else {
         None
     }
+}
+
+/// Whether `fd` is open on the file `meta` describes.
+pub(super) fn same_file(fd: std::os::fd::BorrowedFd<'_>, meta: &std::fs::Metadata) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    rustix::fs::fstat(fd).is_ok_and(|st| st.st_dev == meta.dev() && st.st_ino == meta.ino())
 }
 
 #[cfg(test)]

@@ -26,6 +26,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::Context;
+
 pub(crate) use build::DEFAULT_DIR;
 pub use build::build;
 pub use golden::{Failure, FailuresOut, Golden, JsonRow};
@@ -76,7 +78,9 @@ pub enum TransformCommand {
         #[arg(long, default_value = DEFAULT_DIR)]
         dir: PathBuf,
     },
-    /// Run a chain of components over a CSV or JSONL file and print the output rows as JSONL.
+    /// Run a transform on its own test data, or a chain of components over a CSV or JSONL file,
+    /// and print the output rows as JSONL.
+    #[command(group(clap::ArgGroup::new("chain").required(true).args(["name", "components", "pipeline"])))]
     Test {
         /// A transform of the workspace at `--dir`, to build and run on its own test data: its
         /// component (built first, as `build NAME` does) on `<crate>/testdata/input.jsonl` (or
@@ -89,8 +93,8 @@ pub enum TransformCommand {
         /// The transforms workspace `NAME` is in (default `transforms`).
         #[arg(long, requires = "name")]
         dir: Option<PathBuf>,
-        /// A component to run; repeat for a chain (run in the order given).
-        #[arg(long = "component", required_unless_present_any = ["pipeline", "name"])]
+        /// A component to run; repeat for a chain (run in the order given). Needs `--input`.
+        #[arg(long = "component")]
         components: Vec<PathBuf>,
         /// Run this pipeline file's chain instead of `--component`s: its transforms with their
         /// params (environment variables substituted) and limits, on input read with its CSV
@@ -101,7 +105,8 @@ pub enum TransformCommand {
         /// Input rows: `.jsonl`, `.ndjson` or `.json` (JSON Lines: one object per line), else CSV
         /// (a header row, read and typed like the pipeline's CSV source), or dead letters with
         /// `--format dead-letters`; `-` reads stdin. A pipe is read as it is written: each batch
-        /// runs as soon as the writer pauses.
+        /// runs as soon as the writer pauses. With NAME or `--pipeline`, it defaults to their
+        /// input.
         #[arg(long, required_unless_present_any = ["pipeline", "name"])]
         input: Option<PathBuf>,
         /// Read the input as this format instead of going by its extension (`-` is CSV unless
@@ -287,14 +292,24 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 .map(|n| OwnTest::find(n, dir.as_deref().unwrap_or(Path::new(DEFAULT_DIR))))
                 .transpose()?;
             // A golden file of its own that this run writes (`> testdata/expected.jsonl`,
-            // `--write-failures`) is being made, not checked.
-            let written = |p: &PathBuf| {
-                std::fs::metadata(p).is_ok_and(|m| golden::output_stream(&m).is_some())
+            // `--write-failures testdata/expected-failures.jsonl`) is being made, not checked.
+            let same = |a: &Path, b: &Path| {
+                use std::os::unix::fs::MetadataExt;
+                match (std::fs::metadata(a), std::fs::metadata(b)) {
+                    (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+                    _ => false,
+                }
             };
-            let expect = expect.or_else(|| own.as_ref()?.expect.clone().filter(|p| !written(p)));
+            let stdout_is = |p: &PathBuf| {
+                std::fs::metadata(p).is_ok_and(|m| {
+                    golden::same_file(std::os::fd::AsFd::as_fd(&std::io::stdout()), &m)
+                })
+            };
+            let expect = expect.or_else(|| own.as_ref()?.expect.clone().filter(|p| !stdout_is(p)));
             let expect_failures = expect_failures.or_else(|| {
-                let own = own.as_ref()?.expect_failures.clone();
-                own.filter(|_| write_failures.is_none())
+                let own = own.as_ref()?.expect_failures.clone()?;
+                let written = write_failures.as_ref().is_some_and(|w| same(&own, w));
+                (!written).then_some(own)
             });
             let mut configs = match (&file, &own) {
                 (Some(file), _) => file.configs.clone(),
@@ -422,7 +437,17 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                     let flagged: Vec<&str> = flagged.iter().filter(|f| f.1).map(|f| f.0).collect();
                     file.load_chain(&configs, &flagged)?
                 }
-                None => load(&configs)?,
+                None => {
+                    if let Some(own) = &own {
+                        own.build()?;
+                    }
+                    let loaded = load(&configs);
+                    match own.as_ref().and_then(|o| o.params_file.as_ref()) {
+                        Some(params) => loaded
+                            .with_context(|| format!("with the params in {}", params.display()))?,
+                        None => loaded?,
+                    }
+                }
             };
             // With nothing to compare, a reader that has seen enough (`| head`) ends the run,
             // as it would end `cat`; with a golden file the whole input still counts.
@@ -450,6 +475,8 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 (Some(golden), Some(verdict)) => {
                     matched &= print_verdict(golden, verdict, "failed record");
                 }
+                // Failures being written down are not unexpected.
+                _ if write_failures.is_some() => {}
                 _ => {
                     if let Some(first) = &report.first_failure {
                         crate::errln!(
