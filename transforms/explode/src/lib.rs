@@ -43,7 +43,7 @@ impl Transform for Explode {
             other => {
                 return Err(Error::invalid_value(
                     &self.field,
-                    format!("is a {}, not a string", other.type_name()),
+                    format!("is of type {}, not string", other.type_name()),
                 ));
             }
         };
