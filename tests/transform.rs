@@ -1529,6 +1529,55 @@ fn an_instance_keeps_its_state_for_the_whole_run() {
     assert_eq!(c.stats()[0].1.instance_restarts.load(Relaxed), 0);
 }
 
+/// Forgetting state (partitions revoked) rebuilds every instance before its next batch: their
+/// records past the warehouse's offsets come again and must not meet an instance that saw them.
+/// The probe numbers the rows each instance has seen.
+#[tokio::test]
+async fn forgetting_state_rebuilds_every_instance() {
+    let numbers = |out: Vec<RecordOutcome>| -> Vec<i64> {
+        out.iter()
+            .map(|o| match emitted(o) {
+                [r] => match r.get("seen") {
+                    Some(Value::Int(n)) => *n,
+                    other => panic!("{other:?}"),
+                },
+                rows => panic!("{rows:?}"),
+            })
+            .collect()
+    };
+    let batch = || across(vec![row(&[("seen", Value::Null)]); 6], 2);
+    let c = chain(&[config(guests::PROBE, &[])]);
+    assert_eq!(
+        numbers(c.process(batch()).await.unwrap()),
+        [1, 1, 2, 2, 3, 3]
+    );
+    assert_eq!(
+        numbers(c.process(batch()).await.unwrap()),
+        [4, 4, 5, 5, 6, 6]
+    );
+    c.forget_state();
+    assert_eq!(
+        numbers(c.process(batch()).await.unwrap()),
+        [1, 1, 2, 2, 3, 3]
+    );
+    // The caller's own instances too (one worker, `process_blocking`).
+    let c = one_worker(&[config(guests::PROBE, &[])]);
+    assert_eq!(
+        numbers(c.process_blocking(batch()).unwrap()),
+        [1, 2, 3, 4, 5, 6]
+    );
+    c.forget_state();
+    assert_eq!(
+        numbers(c.process_blocking(batch()).unwrap()),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(
+        c.stats()[0].1.instance_restarts.load(Relaxed),
+        0,
+        "no failure"
+    );
+}
+
 /// Handles leaked a few at a time by many calls fill an instance's table too; the call that
 /// finds it full is run again on a fresh instance, not blamed for the others' leaks.
 #[test]

@@ -1186,6 +1186,8 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                         Some(Ok(consume::ConsumerEvent::Revoked { topic, partitions })) => {
                             info!(%topic, ?partitions, "Partitions revoked; dropping their in-flight records.");
                             batch.retain(|r| !partitions.contains(&r.meta.partition));
+                            // Their records past the warehouse's offsets come again.
+                            ctx.chain.forget_state();
                             sink_tx.revoke(partitions.iter().map(|p| (topic.clone(), *p)).collect()).await?;
                         }
                     }

@@ -408,6 +408,9 @@ struct Shared {
     engine: Engine,
     fuel_enabled: bool,
     transforms: Vec<Loaded>,
+    /// Bumped by [`TransformChain::forget_state`]: a worker that sees it change drops its
+    /// instances before its next batch.
+    generation: std::sync::atomic::AtomicU64,
 }
 
 /// One transform, compiled and pre-instantiated once, shared by all workers.
@@ -509,6 +512,7 @@ impl TransformChain {
             engine,
             fuel_enabled,
             transforms,
+            generation: Default::default(),
         });
         let mut jobs = Vec::with_capacity(opts.workers.max(1));
         let workers = (0..opts.workers.max(1))
@@ -548,6 +552,18 @@ impl TransformChain {
     /// Rows that have entered the chain (its first transform's rows in; 0 for an empty chain).
     pub fn rows_entered(&self) -> u64 {
         (self.shared.transforms.first()).map_or(0, |t| t.stats.rows_in.load(Relaxed))
+    }
+
+    /// Drops every instance's state: each worker builds its instances again (with a fresh
+    /// `init`) before its next batch, and partitions are dealt to the workers afresh. For when
+    /// partitions are revoked: their records after the warehouse's offsets will be delivered
+    /// again, and an instance that kept what it made of them would see them twice (a dedupe
+    /// would drop the very records that are to be loaded). Must not race a batch in flight.
+    pub fn forget_state(&self) {
+        self.shared.generation.fetch_add(1, Relaxed);
+        *self.routes.lock().unwrap_or_else(|e| e.into_inner()) = Routes::new(self.jobs.len());
+        let mut inline = self.inline.lock().unwrap_or_else(|e| e.into_inner());
+        inline.iter_mut().for_each(|s| *s = None);
     }
 
     /// Each transform's name and counters, in chain order.
@@ -1710,6 +1726,7 @@ fn explained(reason: String, state: &HostState) -> String {
 
 fn worker_main(shared: &Shared, rx: &mpsc::Receiver<Job>) {
     let mut slots: Vec<Option<Slot>> = shared.transforms.iter().map(|_| None).collect();
+    let mut generation = shared.generation.load(Relaxed);
     loop {
         let job = {
             let polled = spin(WORKER_SPIN, || match rx.try_recv() {
@@ -1732,6 +1749,12 @@ fn worker_main(shared: &Shared, rx: &mpsc::Receiver<Job>) {
                 TransformStats::add(&first.stats.rows_unfinished, rows);
             }
             continue;
+        }
+        // The caller bumped it before it sent this job, so the channel's ordering suffices.
+        let now = shared.generation.load(Relaxed);
+        if now != generation {
+            slots.iter_mut().for_each(|s| *s = None);
+            generation = now;
         }
         let result = run_chain(shared, &mut slots, job.batch, job.metas);
         let _ = job.reply.send(result);
