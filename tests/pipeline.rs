@@ -2011,6 +2011,129 @@ fn metrics_answer_during_a_run() {
     }
 }
 
+/// Partitions revoked mid-run (a second member joins the group, then leaves) drop the transforms'
+/// state: their records past the warehouse's offsets come again, and must not meet an instance
+/// that saw them. The `probe` guest numbers the rows its instance has seen (`seen`) and `meta`
+/// adds each row's partition and offset: read back in offset order, a partition's numbers only
+/// go up while one instance serves it, and start again where the rebalance rebuilt it.
+#[test]
+fn revoked_partitions_drop_the_transforms_state() {
+    use rdkafka::consumer::{BaseConsumer, Consumer as _};
+    use std::io::{Read as _, Write as _};
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    let rows: String = (0..100).map(|i| format!("{i},\n")).collect();
+    std::fs::write(&csv, format!("id,seen\n{rows}")).unwrap();
+    let topic = sluice_tests::broker::unique("revoke-state");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "revoke",
+        "source": { "type": "csv", "path": csv, "key_column": "id",
+                    "pacing": { "mode": "rate", "rows_per_sec": 20 } },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 2 },
+        "transforms": [ { "uses": sluice_tests::guests::PROBE },
+                        { "uses": sluice_tests::guests::META } ],
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS",
+                  "batch": { "max_rows": 5, "max_latency_ms": 100 } }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let state = dir.path().join("state");
+    let log = std::fs::File::create(dir.path().join("run.log")).unwrap();
+    let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([
+            "run",
+            &path.to_string_lossy(),
+            "--until-end",
+            "--no-progress",
+        ])
+        .args(["--metrics-addr", &addr])
+        .arg("--state-dir")
+        .arg(&state)
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let rows_in = || -> f64 {
+        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
+            return 0.0;
+        };
+        let mut text = String::new();
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let _ = s.read_to_string(&mut text);
+        (text.lines())
+            .find(|l| l.starts_with("sluice_transform_rows_in_total"))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while rows_in() < 10.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never got going"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "the run ended early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Another member of the run's group: once it holds a partition, it leaves (committing
+    // nothing), and the run gets every partition back.
+    let member: BaseConsumer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", sluice_tests::broker::bootstrap())
+        .set("group.id", "sluice-revoke")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    member.subscribe(&[&topic]).unwrap();
+    while member.assignment().map_or(0, |a| a.count()) == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the member never got a partition"
+        );
+        let _ = member.poll(std::time::Duration::from_millis(100));
+    }
+    member.unsubscribe();
+    drop(member);
+    let status = child.wait().unwrap();
+    let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
+    assert!(status.success(), "{status}: {log}");
+    assert!(log.contains("Partitions revoked"), "{log}");
+    // Rows dropped unloaded at the revocation came again: the run accounts for every one.
+    let verify = sluice(
+        dir.path(),
+        &[
+            "verify",
+            &path.to_string_lossy(),
+            "--state-dir",
+            &state.to_string_lossy(),
+        ],
+    );
+    let text = String::from_utf8_lossy(&verify.stdout);
+    assert!(
+        verify.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+    let db = state.join("snowflake").to_string_lossy().into_owned();
+    let rows = python_query(
+        &db,
+        r#"SELECT "PARTITION", "OFFSET", "SEEN" FROM E2E.RAW.ROWS ORDER BY 1, 2"#,
+    );
+    assert_eq!(rows.len(), 100, "every row once");
+    let restarts = rows
+        .windows(2)
+        .filter(|w| w[0][0] == w[1][0] && w[1][2].as_i64() <= w[0][2].as_i64())
+        .count();
+    assert!(
+        restarts >= 1,
+        "no partition's numbering started again: {rows:?}"
+    );
+}
+
 // --- Duplicate keys, sink rules checked at connect time, and the CSV header (validate) ---
 
 /// Asserts that `validate` exits 2 and that its stderr holds every fragment.

@@ -222,6 +222,10 @@ pub struct ReplayPart {
 pub struct ConsumePart {
     /// Records consumed (and accounted for) by this run.
     pub records: u64,
+    /// Of those, records this run had consumed before: a partition revoked before they were
+    /// loaded starts again from the warehouse's offset.
+    #[serde(default)]
+    pub records_redelivered: u64,
     /// Records whose message could not be decoded (dead-lettered).
     pub undecodable: u64,
     /// Records of the batch the transform chain stopped the run on that entered the chain (its
@@ -240,6 +244,10 @@ pub struct ConsumePart {
     pub rows_loaded: u64,
     /// Rows the sink dead-lettered (table could not take them).
     pub sink_dead_lettered: u64,
+    /// Rows the sink did not load because another delivery of their record is, or was (a
+    /// partition revoked before they were loaded comes again).
+    #[serde(default)]
+    pub rows_redelivered: u64,
     /// Files staged.
     pub files: u64,
     /// The target table.
@@ -1231,6 +1239,7 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
             part.rows_loaded = s.rows_loaded;
             part.files = s.files;
             part.sink_dead_lettered = s.rows_dead_lettered;
+            part.rows_redelivered = s.rows_redelivered;
         }
         // A sink that failed still committed what it loaded before: count that, or the summary
         // (and `verify` after it) reports rows in the table that no run loaded.
@@ -1239,6 +1248,7 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
             part.rows_loaded = s.rows_loaded.load(Ordering::Relaxed);
             part.files = s.files.load(Ordering::Relaxed);
             part.sink_dead_lettered = s.rows_dead_lettered.load(Ordering::Relaxed);
+            part.rows_redelivered = s.rows_redelivered.load(Ordering::Relaxed);
         }
     }
     match (result, sink_summary) {
@@ -1273,6 +1283,13 @@ async fn process_batch(
 ) -> anyhow::Result<()> {
     // Decodable records go through the chain together (moved, not cloned); every record's
     // outcome then goes to the sink in the original (per-partition offset) order.
+    part.records_redelivered += records
+        .iter()
+        .filter(|r| {
+            seen.get(&r.meta.partition)
+                .is_some_and(|&s| r.meta.offset <= s)
+        })
+        .count() as u64;
     let mut order = Vec::with_capacity(records.len());
     let mut inputs = Vec::with_capacity(records.len());
     for r in records {
@@ -1554,10 +1571,11 @@ fn rows_or_unknown(n: Option<u64>) -> String {
 
 /// The gaps between the rows that reached the sink and what the warehouse holds.
 fn sink_gaps(c: &ConsumePart, gaps: &mut Vec<String>) {
-    if c.rows_loaded + c.sink_dead_lettered < c.rows_to_sink {
+    if c.rows_loaded + c.sink_dead_lettered + c.rows_redelivered < c.rows_to_sink {
         gaps.push(format!(
-            "sink: {} rows reached the sink but only {} were loaded and {} dead-lettered",
-            c.rows_to_sink, c.rows_loaded, c.sink_dead_lettered
+            "sink: {} rows reached the sink but only {} were loaded, {} dead-lettered and {} \
+             left to another delivery",
+            c.rows_to_sink, c.rows_loaded, c.sink_dead_lettered, c.rows_redelivered
         ));
     }
     if let (Some(before), Some(after)) = (c.table_rows_before, c.table_rows_after)
@@ -1610,6 +1628,12 @@ fn summary_text(s: &RunSummary) -> String {
                 c.records_dropped
             ));
         }
+        if c.records_redelivered > 0 {
+            out.push_str(&format!(
+                ", {} delivered again after a rebalance",
+                c.records_redelivered
+            ));
+        }
         out.push(')');
         if c.records_unfinished > 0 {
             out.push_str(&format!(
@@ -1621,8 +1645,13 @@ fn summary_text(s: &RunSummary) -> String {
         for t in &c.transforms {
             out.push_str(&format!("  transform  {t}\n"));
         }
+        // Rows of records delivered twice (a rebalance), loaded once.
+        let again = match c.rows_redelivered {
+            0 => String::new(),
+            n => format!(", {n} left to another delivery"),
+        };
         out.push_str(&format!(
-            "  sink       {}: {} loaded in {}, {} dead-lettered; table {} -> {}\n",
+            "  sink       {}: {} loaded in {}, {} dead-lettered{again}; table {} -> {}\n",
             c.table,
             counted(c.rows_loaded, "row"),
             counted(c.files, "file"),
@@ -2340,18 +2369,22 @@ pub async fn verify(
         if let Some(r) = &summary.replay {
             let leftover = leftover(r, c);
             check(
-                match leftover {
-                    0 => format!(
+                match (leftover, c.records_redelivered) {
+                    (0, 0) => format!(
                         "consumed {} records = {} produced",
                         c.records, r.rows_produced
                     ),
-                    n => format!(
+                    (0, again) => format!(
+                        "consumed {} records = {} produced + {again} delivered again",
+                        c.records, r.rows_produced
+                    ),
+                    (n, again) => format!(
                         "consumed {} records = {} produced + {n} left in the topic, unloaded, \
-                         by earlier runs",
+                         by earlier runs + {again} delivered again",
                         c.records, r.rows_produced
                     ),
                 },
-                c.records == r.rows_produced + leftover,
+                c.records == r.rows_produced + leftover + c.records_redelivered,
             );
         }
         // The records of a batch the chain stopped on entered it: the transforms count them.
@@ -2384,10 +2417,10 @@ pub async fn verify(
         );
         check(
             format!(
-                "sink: {} loaded + {} dead-lettered = {} received",
-                c.rows_loaded, c.sink_dead_lettered, c.rows_to_sink
+                "sink: {} loaded + {} dead-lettered + {} left to another delivery = {} received",
+                c.rows_loaded, c.sink_dead_lettered, c.rows_redelivered, c.rows_to_sink
             ),
-            c.rows_loaded + c.sink_dead_lettered == c.rows_to_sink,
+            c.rows_loaded + c.sink_dead_lettered + c.rows_redelivered == c.rows_to_sink,
         );
 
         let sink =

@@ -262,6 +262,10 @@ pub struct SinkSummary {
     pub rows_dead_lettered: u64,
     /// Records dropped because their offset was already committed.
     pub records_already_committed: u64,
+    /// Rows not loaded because another delivery of their record is, or was: those of a partition
+    /// revoked before they were loaded (its records come again), and those of records the
+    /// warehouse already held.
+    pub rows_redelivered: u64,
 }
 
 /// The sending side of a running writer.
@@ -1418,7 +1422,8 @@ impl Writer {
                 }
                 Some(SinkInput::Revoke(parts)) => {
                     for p in parts {
-                        self.partitions.remove(&p);
+                        let pending = self.partitions.remove(&p).and_then(|p| p.batch);
+                        self.redelivered(pending.map_or(0, |b| b.rows));
                     }
                 }
                 Some(SinkInput::Flush(ack)) => {
@@ -1433,6 +1438,12 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// Counts `rows` as not loaded, because another delivery of their records is (or was).
+    fn redelivered(&mut self, rows: usize) {
+        self.summary.rows_redelivered += rows as u64;
+        (self.sink.stats().rows_redelivered).fetch_add(rows as u64, Ordering::Relaxed);
     }
 
     async fn record(&mut self, r: SinkRecord, origin: Option<RecordMeta>) -> Result<(), SinkError> {
@@ -1452,7 +1463,6 @@ impl Writer {
         if r.offset < committed {
             // Already durable in the warehouse: a consumer that restarted from an older Kafka
             // commit replays it. Tell it once where the warehouse stands.
-            self.summary.records_already_committed += 1;
             if !p.announced {
                 p.announced = true;
                 let _ = self.durable.send(Durable {
@@ -1461,6 +1471,8 @@ impl Writer {
                     next_offset: committed,
                 });
             }
+            self.summary.records_already_committed += 1;
+            self.redelivered(r.rows.len());
             return Ok(());
         }
         if let Some(b) = &p.batch
@@ -1519,6 +1531,9 @@ impl Writer {
         self.summary.rows_loaded += outcome.rows_loaded;
         self.summary.commits += u64::from(!outcome.already_loaded);
         self.summary.rows_dead_lettered += outcome.rows_dead_lettered;
+        if outcome.already_loaded {
+            self.redelivered(pending.rows);
+        }
         if let Some(p) = self.partitions.get_mut(key) {
             p.committed = Some(outcome.next_offset);
         }

@@ -72,6 +72,9 @@ pub struct SinkStats {
     pub rows_loaded: AtomicU64,
     /// Rows sent to the dead-letter channel by the sink.
     pub rows_dead_lettered: AtomicU64,
+    /// Rows not loaded because another delivery of their record is, or was (see
+    /// [`SinkSummary::rows_redelivered`](super::sink::SinkSummary::rows_redelivered)).
+    pub rows_redelivered: AtomicU64,
     /// Warehouse transactions committed (each moves one partition's offsets row).
     pub commits: AtomicU64,
     /// HTTP requests retried (query-request, login, stage uploads).

@@ -6,7 +6,7 @@
 //! one with an int field `leak_handles` creates that many pollables and never drops them; one
 //! with an int field `leak_kb` allocates that many KiB and never frees them; one with an int field
 //! `fail_after` panics if this instance has already seen that many rows (state gone bad); one
-//! with a field `seen` gets only how many rows this instance has seen, itself included; one
+//! with a field `seen` gets it set to how many rows this instance has seen, itself included; one
 //! with an int field `random_bytes` asks `wasi:random` for that many bytes in one call; one with
 //! an int field `write_newlines` writes that many newlines to stderr in one `write` call.
 //! Param `say` makes `init` print its value on stderr; param `panic`, panic with it; param
@@ -45,9 +45,9 @@ impl Transform for Probe {
             panic!("this instance has seen {} rows", self.seen - 1);
         }
         if row.get("seen").is_some() {
-            return Ok(vec![
-                [("seen", Value::Int(self.seen))].into_iter().collect(),
-            ]);
+            let mut row = row;
+            row.set("seen", Value::Int(self.seen));
+            return Ok(vec![row]);
         }
         probe(row)
     }
