@@ -2022,19 +2022,24 @@ fn revoked_partitions_drop_the_transforms_state() {
     use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("rows.csv");
-    let rows: String = (0..100).map(|i| format!("{i},\n")).collect();
+    let rows: String = (0..200).map(|i| format!("{i},\n")).collect();
     std::fs::write(&csv, format!("id,seen\n{rows}")).unwrap();
     let topic = sluice_tests::broker::unique("revoke-state");
+    let group = sluice_tests::broker::unique("revoke-group");
+    // Rows reach the sink for 10 s and are loaded every 2 s, so the revocation finds some
+    // loaded and some pending; heartbeats every 500 ms bring it soon after the member joins.
     let pipeline = serde_json::json!({
         "version": 1,
         "name": "revoke",
         "source": { "type": "csv", "path": csv, "key_column": "id",
                     "pacing": { "mode": "rate", "rows_per_sec": 20 } },
-        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 2 },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 2,
+                   "group_id": group,
+                   "properties": { "heartbeat.interval.ms": "500" } },
         "transforms": [ { "uses": sluice_tests::guests::PROBE },
                         { "uses": sluice_tests::guests::META } ],
         "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS",
-                  "batch": { "max_rows": 5, "max_latency_ms": 100 } }
+                  "batch": { "max_rows": 1000, "max_latency_ms": 2000 } }
     });
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, pipeline.to_string()).unwrap();
@@ -2054,6 +2059,8 @@ fn revoked_partitions_drop_the_transforms_state() {
             "--no-progress",
         ])
         .args(["--metrics-addr", &addr])
+        .arg("--summary")
+        .arg(dir.path().join("summary.json"))
         .arg("--state-dir")
         .arg(&state)
         .stderr(log)
@@ -2072,7 +2079,7 @@ fn revoked_partitions_drop_the_transforms_state() {
             .unwrap_or(0.0)
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while rows_in() < 10.0 {
+    while rows_in() < 60.0 {
         assert!(
             std::time::Instant::now() < deadline,
             "the run never got going"
@@ -2084,7 +2091,7 @@ fn revoked_partitions_drop_the_transforms_state() {
     // nothing), and the run gets every partition back.
     let member: BaseConsumer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", sluice_tests::broker::bootstrap())
-        .set("group.id", "sluice-revoke")
+        .set("group.id", &group)
         .set("enable.auto.commit", "false")
         .create()
         .unwrap();
@@ -2101,7 +2108,19 @@ fn revoked_partitions_drop_the_transforms_state() {
     let status = child.wait().unwrap();
     let log = std::fs::read_to_string(dir.path().join("run.log")).unwrap();
     assert!(status.success(), "{status}: {log}");
-    assert!(log.contains("Partitions revoked"), "{log}");
+    assert!(log.contains("Partitions revoked; dropping"), "{log}");
+    // Rows pending at the revocation were dropped, and their records came again.
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("summary.json")).unwrap()).unwrap();
+    let consume = &summary["consume"];
+    assert!(
+        consume["records_redelivered"].as_u64() > Some(0),
+        "{summary:#}"
+    );
+    assert!(
+        consume["rows_redelivered"].as_u64() > Some(0),
+        "{summary:#}"
+    );
     // Rows dropped unloaded at the revocation came again: the run accounts for every one.
     let verify = sluice(
         dir.path(),
@@ -2123,7 +2142,7 @@ fn revoked_partitions_drop_the_transforms_state() {
         &db,
         r#"SELECT "PARTITION", "OFFSET", "SEEN" FROM E2E.RAW.ROWS ORDER BY 1, 2"#,
     );
-    assert_eq!(rows.len(), 100, "every row once");
+    assert_eq!(rows.len(), 200, "every row once");
     let restarts = rows
         .windows(2)
         .filter(|w| w[0][0] == w[1][0] && w[1][2].as_i64() <= w[0][2].as_i64())

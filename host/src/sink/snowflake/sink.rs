@@ -263,8 +263,8 @@ pub struct SinkSummary {
     /// Records dropped because their offset was already committed.
     pub records_already_committed: u64,
     /// Rows not loaded because another delivery of their record is, or was: those of a partition
-    /// revoked before they were loaded (its records come again), and those of records the
-    /// warehouse already held.
+    /// revoked before they were loaded (its records come again, to this run or to another
+    /// member of its group), and those of records the warehouse already held.
     pub rows_redelivered: u64,
 }
 
@@ -1531,9 +1531,6 @@ impl Writer {
         self.summary.rows_loaded += outcome.rows_loaded;
         self.summary.commits += u64::from(!outcome.already_loaded);
         self.summary.rows_dead_lettered += outcome.rows_dead_lettered;
-        if outcome.already_loaded {
-            self.redelivered(pending.rows);
-        }
         if let Some(p) = self.partitions.get_mut(key) {
             p.committed = Some(outcome.next_offset);
         }
