@@ -1910,11 +1910,36 @@ print(json.dumps([list(r) for r in cur.fetchall()], default=str))
     serde_json::from_str(text.lines().last().unwrap_or("[]")).unwrap()
 }
 
+/// A free local address for `--metrics-addr`.
+fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    format!("127.0.0.1:{}", listener.local_addr().unwrap().port())
+}
+
+/// The Prometheus text `--metrics-addr` serves at `addr`, once it answers.
+fn scrape(addr: &str) -> Option<String> {
+    use std::io::{Read as _, Write as _};
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// The first sample of metric `name` in `text`, 0 if there is none.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 /// `--metrics-addr` serves Prometheus text while a run is in progress: scraped mid-run, the
 /// counters of every stage are there and moving.
 #[test]
 fn metrics_answer_during_a_run() {
-    use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("rows.csv");
     write_csv(&csv, 600);
@@ -1930,12 +1955,7 @@ fn metrics_answer_during_a_run() {
     });
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, pipeline.to_string()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let state = dir.path().join("state");
     let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
         .args([
@@ -1951,27 +1971,12 @@ fn metrics_answer_during_a_run() {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let scrape = || -> Option<String> {
-        let mut s = std::net::TcpStream::connect(&addr).ok()?;
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .ok()?;
-        let mut text = String::new();
-        s.read_to_string(&mut text).ok()?;
-        Some(text)
-    };
-    let value = |text: &str, name: &str| -> f64 {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0.0)
-    };
     let mut mid_run = None;
     while child.try_wait().unwrap().is_none() {
-        if let Some(text) = scrape() {
+        if let Some(text) = scrape(&addr) {
             let (read, transformed) = (
-                value(&text, "sluice_source_rows_produced_total"),
-                value(&text, "sluice_transform_rows_in_total"),
+                sample(&text, "sluice_source_rows_produced_total"),
+                sample(&text, "sluice_transform_rows_in_total"),
             );
             // Consumer lag comes from librdkafka statistics, emitted once a second.
             if read > 0.0
@@ -2019,7 +2024,6 @@ fn metrics_answer_during_a_run() {
 #[test]
 fn revoked_partitions_drop_the_transforms_state() {
     use rdkafka::consumer::{BaseConsumer, Consumer as _};
-    use std::io::{Read as _, Write as _};
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("rows.csv");
     let rows: String = (0..200).map(|i| format!("{i},\n")).collect();
@@ -2043,12 +2047,7 @@ fn revoked_partitions_drop_the_transforms_state() {
     });
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, pipeline.to_string()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = free_addr();
     let state = dir.path().join("state");
     let log = std::fs::File::create(dir.path().join("run.log")).unwrap();
     let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
@@ -2066,18 +2065,7 @@ fn revoked_partitions_drop_the_transforms_state() {
         .stderr(log)
         .spawn()
         .unwrap();
-    let rows_in = || -> f64 {
-        let Ok(mut s) = std::net::TcpStream::connect(&addr) else {
-            return 0.0;
-        };
-        let mut text = String::new();
-        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        let _ = s.read_to_string(&mut text);
-        (text.lines())
-            .find(|l| l.starts_with("sluice_transform_rows_in_total"))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0.0)
-    };
+    let rows_in = || scrape(&addr).map_or(0.0, |t| sample(&t, "sluice_transform_rows_in_total"));
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     while rows_in() < 60.0 {
         assert!(
