@@ -2135,9 +2135,11 @@ fn revoked_partitions_drop_the_transforms_state() {
         .windows(2)
         .filter(|w| w[0][0] == w[1][0] && w[1][2].as_i64() <= w[0][2].as_i64())
         .count();
+    // Once per revocation that found a partition served: more would mean instances rebuilt
+    // for no reason, which would make state no better than per batch.
     assert!(
-        restarts >= 1,
-        "no partition's numbering started again: {rows:?}"
+        (1..=4).contains(&restarts),
+        "{restarts} restarts of a partition's numbering: {rows:?}"
     );
 }
 

@@ -201,8 +201,6 @@ fn passthrough_splits_batches_across_workers_by_partition_in_order() {
 /// whichever worker is free: the probe guest numbers the rows each instance has seen, and the
 /// rows of the partitions one worker serves are numbered 1, 2, 3... with no gap and no repeat.
 /// (Partitions 0 to 4 first appear in order, so they are dealt to workers 0, 1, 0, 1, 0.)
-/// (Before, records went to whichever worker took the chunk, and a partition's state was
-/// spread over both instances.)
 #[tokio::test]
 async fn each_partition_meets_one_instance() {
     let c = chain(&[config(guests::PROBE, &[])]);

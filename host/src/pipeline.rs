@@ -1439,8 +1439,12 @@ fn reconcile(s: &RunSummary, stopped: bool, interrupted: bool) -> Vec<String> {
         if let (Some(r), "full", false) = (&s.replay, s.mode.as_str(), interrupted)
             && c.records.saturating_sub(c.records_redelivered) < r.rows_produced
         {
+            let again = match c.records_redelivered {
+                0 => String::new(),
+                n => format!(" ({n} of them again)"),
+            };
             gaps.push(format!(
-                "consume: {} records consumed but {} produced",
+                "consume: {} records consumed{again} but {} produced",
                 c.records, r.rows_produced
             ));
         }
@@ -2372,6 +2376,11 @@ pub async fn verify(
                     ),
                     (0, again) => format!(
                         "consumed {} records = {} produced + {again} delivered again",
+                        c.records, r.rows_produced
+                    ),
+                    (n, 0) => format!(
+                        "consumed {} records = {} produced + {n} left in the topic, unloaded, \
+                         by earlier runs",
                         c.records, r.rows_produced
                     ),
                     (n, again) => format!(

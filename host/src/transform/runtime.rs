@@ -790,8 +790,8 @@ impl TransformChain {
 }
 
 /// Which worker runs each partition's records, so that a partition meets one set of instances.
-/// Partitions are dealt to the workers in the order they first appear, and keep theirs for the
-/// chain's life. Dealt, not mapped by number: a consumer given every other partition of a topic
+/// Partitions are dealt to the workers in the order they first appear, and keep theirs until
+/// [`TransformChain::forget_state`]. Dealt, not mapped by number: a consumer given every other partition of a topic
 /// (one member of a group of two) would otherwise leave half the workers idle.
 struct Routes {
     workers: usize,
@@ -1011,7 +1011,7 @@ impl Drop for Done {
 
 impl Drop for TransformChain {
     fn drop(&mut self) {
-        // Closing the channel ends each worker's loop once the jobs queued before are done (those
+        // Closing the channels ends each worker's loop once the jobs queued before are done (those
         // whose caller gave up are skipped).
         self.jobs.clear();
         for w in self.workers.drain(..) {

@@ -1483,7 +1483,9 @@ impl Writer {
                 .binary_search_by_key(&r.offset, |x| x.0)
                 .is_ok()
             {
-                return Ok(()); // a redelivery of a record the open batch already holds
+                // A redelivery of a record the open batch already holds.
+                self.redelivered(r.rows.len());
+                return Ok(());
             }
             return Err(SinkError::OutOfOrder {
                 topic: r.topic,

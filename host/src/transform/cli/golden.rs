@@ -23,6 +23,7 @@ pub(super) struct OwnTest {
     /// The transform's name and workspace, to build it once the rest is checked.
     name: String,
     dir: PathBuf,
+    /// Where its `.wasm` file is built to.
     pub(super) component: PathBuf,
     /// `input.jsonl` or `input.csv`.
     pub(super) input: Option<PathBuf>,
@@ -30,9 +31,9 @@ pub(super) struct OwnTest {
     pub(super) expect: Option<PathBuf>,
     /// `expected-failures.jsonl`.
     pub(super) expect_failures: Option<PathBuf>,
-    /// `params.json`, and the params it holds: a JSON object, as the transform's `with` in
-    /// pipeline.json.
+    /// `params.json`: a JSON object of params, as the transform's `with` in pipeline.json.
     pub(super) params_file: Option<PathBuf>,
+    /// The params it holds (none without it).
     pub(super) params: std::collections::BTreeMap<String, String>,
 }
 
@@ -54,7 +55,7 @@ impl OwnTest {
         let params_file = file("params.json");
         let params = match &params_file {
             None => Default::default(),
-            Some(path) => read_params(path).map_err(super::usage)?,
+            Some(path) => super::params::read_params(path).map_err(super::usage)?,
         };
         Ok(OwnTest {
             name: name.to_owned(),
@@ -77,24 +78,6 @@ impl OwnTest {
             .map(drop)
             .map_err(super::usage)
     }
-}
-
-/// The params in `path`, read as pipeline.json's `with` is: a JSON object of strings, numbers
-/// and flags, each key once. Not a pipeline file, so no `${VAR}` is replaced.
-fn read_params(path: &Path) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let params = crate::transform::config::params_from_json(&text).map_err(|e| {
-        anyhow::anyhow!(
-            "{}: {e} (it holds the transform's params as a JSON object, as its `with` in \
-             pipeline.json: {{\"field\": \"name\"}})",
-            path.display()
-        )
-    })?;
-    if let Some(issue) = crate::config::duplicate_keys(&text).first() {
-        bail!("{}: {issue}", path.display());
-    }
-    Ok(params)
 }
 
 /// The golden files of `transform test`: the rows expected (`--expect`) and the failed records
@@ -148,13 +131,8 @@ impl FailuresOut {
         path: &Path,
         read: &[(&str, Option<&PathBuf>)],
     ) -> anyhow::Result<FailuresOut> {
-        use std::os::unix::fs::MetadataExt;
         if let Ok(meta) = std::fs::metadata(path) {
-            let same = |p: &Path| {
-                p != Path::new("-")
-                    && std::fs::metadata(p)
-                        .is_ok_and(|m| (m.dev(), m.ino()) == (meta.dev(), meta.ino()))
-            };
+            let same = |p: &Path| p != Path::new("-") && same_path(p, path);
             if let Some((flag, _)) = read.iter().find(|(_, p)| p.is_some_and(|p| same(p))) {
                 bail!(
                     "--write-failures {} is the {flag} file, which the run reads: writing it \
@@ -315,6 +293,15 @@ pub(super) fn output_stream(meta: &std::fs::Metadata) -> Option<&'static str> {
         Some("failed records and counts (stderr)")
     } else {
         None
+    }
+}
+
+/// Whether paths `a` and `b` are the same file (hard links too); false if either is missing.
+pub(super) fn same_path(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
     }
 }
 

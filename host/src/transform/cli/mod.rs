@@ -3,6 +3,8 @@
 //! - `new NAME` scaffolds `transforms/NAME/` from the template in `transforms/template/`
 //!   (embedded in the binary), which builds and passes its golden test untouched.
 //! - `build [NAME]` builds guests for wasm32-wasip2 in release mode and prints the `.wasm` paths.
+//! - `test NAME` builds a transform and runs it on its own `testdata/` (input, params, golden
+//!   files); `test` with `--component`s or `--pipeline` runs any chain on any input.
 //! - `test` runs a chain of components over a CSV or JSON Lines file, prints output rows as JSONL on
 //!   stdout and failed records on stderr. `--expect` diffs the rows against a golden JSONL file,
 //!   and `--expect-failures` the failed records; a record that fails unexpectedly fails the test.
@@ -12,8 +14,9 @@
 //!   each as the message it was, with its own topic, offset, key and headers.
 //!
 //! `scaffold` makes `new`'s crate (and its workspace, when it starts one), `build` runs cargo,
-//! `params` reads `--pipeline`'s chain and assigns `--with`, `input` reads the records, `golden`
-//! holds the golden files and compares the run with them, and `run` is the test run itself.
+//! `params` reads `--pipeline`'s chain, `params.json` and `--with`, `input` reads the records,
+//! `golden` finds a transform's own test data and holds the golden files and compares the run
+//! with them, and `run` is the test run itself.
 
 mod build;
 mod golden;
@@ -160,7 +163,8 @@ pub enum TransformCommand {
         /// Write each failed record to FILE as a line of an `--expect-failures` file (`record`,
         /// `line`, `stage`, `kind`, and a guest error's `case` and `field`; not the `reason`,
         /// whose wording a test should not pin): run once, read it, then pass it to
-        /// `--expect-failures`. The rows are on stdout, for `--expect`.
+        /// `--expect-failures`. The rows are on stdout, for `--expect`. Failures written down do
+        /// not count as unexpected under `--expect`.
         #[arg(long, value_name = "FILE")]
         write_failures: Option<PathBuf>,
         /// Rows per batch call.
@@ -293,13 +297,6 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 .transpose()?;
             // A golden file of its own that this run writes (`> testdata/expected.jsonl`,
             // `--write-failures testdata/expected-failures.jsonl`) is being made, not checked.
-            let same = |a: &Path, b: &Path| {
-                use std::os::unix::fs::MetadataExt;
-                match (std::fs::metadata(a), std::fs::metadata(b)) {
-                    (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
-                    _ => false,
-                }
-            };
             let stdout_is = |p: &PathBuf| {
                 std::fs::metadata(p).is_ok_and(|m| {
                     golden::same_file(std::os::fd::AsFd::as_fd(&std::io::stdout()), &m)
@@ -308,7 +305,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             let expect = expect.or_else(|| own.as_ref()?.expect.clone().filter(|p| !stdout_is(p)));
             let expect_failures = expect_failures.or_else(|| {
                 let own = own.as_ref()?.expect_failures.clone()?;
-                let written = write_failures.as_ref().is_some_and(|w| same(&own, w));
+                let written = (write_failures.as_ref()).is_some_and(|w| golden::same_path(&own, w));
                 (!written).then_some(own)
             });
             let mut configs = match (&file, &own) {

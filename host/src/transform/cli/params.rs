@@ -248,6 +248,26 @@ fn scope_of(names: &[String], scope: &str) -> Scope {
     }
 }
 
+/// The params in `path`, read as pipeline.json's `with` is: a JSON object of strings, numbers
+/// and flags, each key once. Not a pipeline file, so no `${VAR}` is replaced.
+pub(super) fn read_params(
+    path: &Path,
+) -> anyhow::Result<std::collections::BTreeMap<String, String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let params = crate::transform::config::params_from_json(&text).map_err(|e| {
+        anyhow::anyhow!(
+            "{}: {e} (it holds the transform's params as a JSON object, as its `with` in \
+             pipeline.json: {{\"field\": \"name\"}})",
+            path.display()
+        )
+    })?;
+    if let Some(issue) = crate::config::duplicate_keys(&text).first() {
+        bail!("{}: {issue}", path.display());
+    }
+    Ok(params)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
