@@ -315,7 +315,8 @@ fn a_secret_printed_by_a_guest_under_debug_stdio_is_not_shown() {
     assert_ne!(text, BASE);
     let path = write_pipeline(dir.path(), &text);
     let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
-        .args(["validate", &path.to_string_lossy()])
+        // Only `init` prints: the chain is not one to run rows through.
+        .args(["validate", "--sample-rows", "0", &path.to_string_lossy()])
         .env("SLUICE_TEST_SAY_SECRET", "hunter2secret")
         .output()
         .unwrap();
@@ -345,7 +346,8 @@ fn a_secret_of_several_lines_is_not_shown_in_guest_output() {
         assert_ne!(text, BASE);
         let path = write_pipeline(dir.path(), &text);
         let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
-            .args(["validate", &path.to_string_lossy()])
+            // Only `init` prints: the chain is not one to run rows through.
+            .args(["validate", "--sample-rows", "0", &path.to_string_lossy()])
             .env("SLUICE_TEST_PEM_SECRET", secret)
             .output()
             .unwrap();
@@ -499,6 +501,62 @@ fn demo_pipeline_is_valid() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `validate` runs the CSV's first records through the chain, as the source reads them: the
+/// counts it prints are what the guest did to them, a filter whose field the CSV lacks fails
+/// every row (an error at the transform's key, with the guest's reason), and
+/// `--sample-rows 0` skips the run.
+#[test]
+fn validate_runs_the_first_rows_through_the_chain() {
+    let dir = tempfile::tempdir().unwrap();
+    write_csv(&dir.path().join("rows.csv"), 30);
+    let pipeline = |field: &str| {
+        let text = serde_json::json!({
+            "version": 1,
+            "name": "sampled",
+            "source": { "type": "csv", "path": "rows.csv" },
+            "kafka": { "topic": "t1" },
+            "transforms": [{
+                "uses": sluice_tests::guests::FILTER,
+                "with": { "field": field, "op": "gt", "value": "50" }
+            }],
+            "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T" }
+        });
+        std::fs::write(dir.path().join("pipeline.json"), text.to_string()).unwrap();
+    };
+    let validate = |args: &[&str]| {
+        let out = sluice(dir.path(), &[&["validate", "pipeline.json"], args].concat());
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The first 12 records: rows 1 to 10, a ragged row, row 11 (see `write_csv`).
+    let above = (1..=11)
+        .filter(|i| (i * 37 % 100) as f64 + 0.5 > 50.0)
+        .count();
+    pipeline("value");
+    let (code, stderr) = validate(&["--sample-rows", "12"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let counts = format!(
+        "the first 11 rows of rows.csv through the transforms: {above} rows out, {} filtered \
+         out, 0 failed (1 bad CSV records not run)",
+        11 - above
+    );
+    assert!(stderr.contains(&counts), "{counts}\n{stderr}");
+
+    pipeline("valeu");
+    let (code, stderr) = validate(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("transforms[0] (line 1, column ")
+            && stderr.contains("failed all 30 rows that reached it of the first 30 rows of rows.csv; the first: guest_error: missing field `valeu`"),
+        "{stderr}"
+    );
+    let (code, stderr) = validate(&["--sample-rows", "0"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("through the transforms"), "{stderr}");
 }
 
 /// A CSV with `good` rows (id, name, value) plus two ragged rows, and the number of good rows
@@ -2310,7 +2368,7 @@ fn the_csv_header_is_read_like_the_source_reads_it() {
     let csv = dir.path().join("semi.csv");
     std::fs::write(
         &csv,
-        "\u{feff}\"user;id\";\"when\"\n\"a;1\";2026-01-01T00:00:00\n",
+        "\u{feff}\"user;id\";\"when\";value\n\"a;1\";2026-01-01T00:00:00;60\n",
     )
     .unwrap();
     let with = |fields: &str| {
@@ -2331,7 +2389,7 @@ fn the_csv_header_is_read_like_the_source_reads_it() {
         &with(r#""key_column": "user""#),
         &[
             r#"source.key_column (line 4"#,
-            "the header has user;id, when",
+            "the header has user;id, when, value",
         ],
     );
 

@@ -106,9 +106,13 @@ enum Command {
     Validate {
         /// The pipeline file.
         pipeline: PathBuf,
-        /// Skip loading components and running their `init`.
+        /// Skip loading components and running their `init` (and so the sample run).
         #[arg(long)]
         no_components: bool,
+        /// How many of the CSV's first records to run through the transforms: a transform that
+        /// fails every row that reaches it is an error. 0 skips the sample run.
+        #[arg(long, value_name = "N", default_value_t = validate::SAMPLE_ROWS)]
+        sample_rows: usize,
     },
     /// Print the JSON Schema of pipeline.json.
     Schema,
@@ -250,6 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Validate {
             pipeline,
             no_components,
+            sample_rows,
         } => {
             pipeline::init_logging(cli.log_format);
             let loaded = config::load(&pipeline)?;
@@ -261,9 +266,15 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         workers: 1,
                         ..RuntimeOptions::default()
                     };
-                    validate::validate_and_load(&loaded, &opts)?
-                        .err()
-                        .unwrap_or_default()
+                    match validate::validate_and_load_for_sample(&loaded, &opts)? {
+                        Err(issues) => issues,
+                        Ok(chain) if sample_rows > 0 && !chain.names().is_empty() => {
+                            let (sample, issues) = validate::sample(&loaded, &chain, sample_rows)?;
+                            sluice::errln!("{}: {sample}", pipeline.display());
+                            issues
+                        }
+                        Ok(_) => Vec::new(),
+                    }
                 }
             };
             if !issues.is_empty() {

@@ -10,6 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
+use anyhow::Context;
+
 use crate::config::{ConfigIssue, LoadedConfig, SinkConfig};
 use crate::row::ValueType;
 use crate::source::config::{CsvSourceConfig, Pacing, SourceConfig};
@@ -31,10 +33,31 @@ pub fn validate_and_load(
     loaded: &LoadedConfig,
     opts: &RuntimeOptions,
 ) -> anyhow::Result<Result<TransformChain, Vec<ConfigIssue>>> {
+    check_and_load(loaded, opts, chain_configs(loaded))
+}
+
+/// [`validate_and_load`] for [`sample`]: every transform's `on_error` is read as `dead_letter`,
+/// so that each failure comes back with its record, whatever the run would do with it.
+pub fn validate_and_load_for_sample(
+    loaded: &LoadedConfig,
+    opts: &RuntimeOptions,
+) -> anyhow::Result<Result<TransformChain, Vec<ConfigIssue>>> {
+    let mut configs = chain_configs(loaded);
+    for c in &mut configs {
+        c.on_error = crate::config::OnError::DeadLetter.into();
+    }
+    check_and_load(loaded, opts, configs)
+}
+
+fn check_and_load(
+    loaded: &LoadedConfig,
+    opts: &RuntimeOptions,
+    configs: Vec<TransformConfig>,
+) -> anyhow::Result<Result<TransformChain, Vec<ConfigIssue>>> {
     let mut issues = static_issues(loaded);
     // Every transform whose own settings are sound is loaded, even when something else in the
     // file is wrong, so that one run of `validate` shows every mistake.
-    let (sound, configs): (Vec<usize>, Vec<TransformConfig>) = chain_configs(loaded)
+    let (sound, configs): (Vec<usize>, Vec<TransformConfig>) = configs
         .into_iter()
         .enumerate()
         .filter(|(i, _)| {
@@ -77,6 +100,131 @@ pub fn chain_configs(loaded: &LoadedConfig) -> Vec<TransformConfig> {
             t
         })
         .collect()
+}
+
+/// How many of the source's first records `sluice validate` runs through the chain unless told.
+pub const SAMPLE_ROWS: usize = 100;
+
+/// What the source's first records did in the chain (see [`sample`]).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// The CSV file, as the pipeline names it.
+    pub file: String,
+    /// The rows run through the chain.
+    pub rows: u64,
+    /// Bad CSV records among the first records: the source dead-letters them, so they were not
+    /// run.
+    pub bad: u64,
+    /// Rows the chain emitted.
+    pub out: u64,
+    /// Records the chain filtered out (they emitted no row).
+    pub filtered: u64,
+    /// Records that failed in a transform.
+    pub failed: u64,
+}
+
+impl std::fmt::Display for Sample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the first {} rows of {} through the transforms: {} rows out, {} filtered out, {} \
+             failed",
+            self.rows, self.file, self.out, self.filtered, self.failed
+        )?;
+        if self.bad > 0 {
+            write!(f, " ({} bad CSV records not run)", self.bad)?;
+        }
+        Ok(())
+    }
+}
+
+/// Runs the first `records` records of the pipeline's CSV through `chain`, read as the source
+/// reads them, and reports each transform that failed every row that reached it, at
+/// `transforms[i]`, with the first failure's reason. A filter with a misspelt field, a param
+/// the guest reads only per row, or a transform built for other columns fails every record of
+/// a run: this finds it before the run dead-letters a whole file. Load `chain` with
+/// [`validate_and_load_for_sample`], so that every failure comes back, and use it for nothing
+/// else after: its instances have seen these rows.
+pub fn sample(
+    loaded: &LoadedConfig,
+    chain: &TransformChain,
+    records: usize,
+) -> anyhow::Result<(Sample, Vec<ConfigIssue>)> {
+    use crate::transform::cli::{InputOptions, InputRecord, read_input};
+    use crate::transform::runtime::RecordOutcome;
+    use std::sync::atomic::Ordering::Relaxed;
+
+    let SourceConfig::Csv(src) = &loaded.config.source;
+    let path = loaded.resolve(&src.path);
+    let mut sample = Sample {
+        file: src.path.clone(),
+        ..Sample::default()
+    };
+    let opts = InputOptions::of_source(src, &loaded.config.kafka.topic);
+    let mut batch = Vec::new();
+    let read = read_input(&path, &opts)
+        .with_context(|| format!("reading the first rows of {}", src.path))?;
+    for record in read.take(records) {
+        match record.with_context(|| format!("reading the first rows of {}", src.path))? {
+            InputRecord::Row { meta, row, .. } => batch.push((meta, row)),
+            _ => sample.bad += 1,
+        }
+    }
+    sample.rows = batch.len() as u64;
+    let counts = |chain: &TransformChain| -> Vec<(u64, u64)> {
+        (chain.stats().iter())
+            .map(|(_, s)| (s.rows_in.load(Relaxed), s.rows_failed.load(Relaxed)))
+            .collect()
+    };
+    let before = counts(chain);
+    let outcomes = match chain.process_blocking(batch) {
+        Ok(outcomes) => outcomes,
+        Err(e) => {
+            let why = format!("the first rows of {} stopped the transforms: {e}", src.path);
+            return Ok((sample, vec![loaded.issue("transforms", why)]));
+        }
+    };
+    let mut first_failure = BTreeMap::new();
+    for outcome in outcomes {
+        match outcome {
+            RecordOutcome::Emitted(rows) if rows.is_empty() => sample.filtered += 1,
+            RecordOutcome::Emitted(rows) => sample.out += rows.len() as u64,
+            RecordOutcome::Quarantined(q) => {
+                sample.failed += 1;
+                let reason = format!("{}: {}", q.kind.as_str(), q.reason);
+                first_failure.entry(q.transform).or_insert(reason);
+            }
+            RecordOutcome::Dropped {
+                transform,
+                kind,
+                reason,
+            } => {
+                sample.failed += 1;
+                let reason = format!("{}: {reason}", kind.as_str());
+                first_failure.entry(transform).or_insert(reason);
+            }
+        }
+    }
+    let mut issues = Vec::new();
+    let names = chain.names();
+    for (i, ((in0, failed0), (in1, failed1))) in before.into_iter().zip(counts(chain)).enumerate() {
+        let (reached, failed) = (in1 - in0, failed1 - failed0);
+        if reached == 0 || failed < reached {
+            continue;
+        }
+        let first = names.get(i).and_then(|n| first_failure.get(n));
+        issues.push(loaded.issue(
+            &format!("transforms[{i}]"),
+            format!(
+                "failed all {reached} rows that reached it of the first {} rows of {}{} \
+                 (`--sample-rows 0` skips this check)",
+                sample.rows,
+                src.path,
+                first.map_or_else(String::new, |f| format!("; the first: {f}"))
+            ),
+        ));
+    }
+    Ok((sample, issues))
 }
 
 /// Where a transform's load error is reported: the param `init` refused, the setting it ran out

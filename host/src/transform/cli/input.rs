@@ -61,6 +61,24 @@ impl Default for InputOptions {
     }
 }
 
+impl InputOptions {
+    /// The options that read `source`'s CSV as `sluice run` reads it, each record reporting
+    /// `topic` (the run's) and partition 0.
+    pub fn of_source(source: &crate::source::config::CsvSourceConfig, topic: &str) -> InputOptions {
+        let defaults = InputOptions::default();
+        InputOptions {
+            delimiter: crate::source::config::delimiter_byte(&source.delimiter)
+                .unwrap_or(defaults.delimiter),
+            schema: source.schema.clone(),
+            infer_rows: source.infer_rows,
+            key_column: source.key_column.clone(),
+            topic: topic.to_owned(),
+            format: Some(InputFormat::Csv),
+            ..defaults
+        }
+    }
+}
+
 /// One record of a `transform test` input file.
 #[derive(Debug, Clone, PartialEq)]
 pub enum InputRecord {
