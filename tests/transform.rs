@@ -1529,9 +1529,11 @@ fn an_instance_keeps_its_state_for_the_whole_run() {
 
 /// Forgetting state (partitions revoked) rebuilds every instance before its next batch: their
 /// records past the warehouse's offsets come again and must not meet an instance that saw them.
-/// The probe numbers the rows each instance has seen.
+/// The probe numbers the rows each instance has seen. The instances are dropped at once, not at
+/// the next batch: a worker that gets none would hold their memory until the run ends.
 #[tokio::test]
 async fn forgetting_state_rebuilds_every_instance() {
+    let alive = |c: &TransformChain| c.stats()[0].1.instances.load(Relaxed);
     let numbers = |out: Vec<RecordOutcome>| -> Vec<i64> {
         out.iter()
             .map(|o| match emitted(o) {
@@ -1553,11 +1555,22 @@ async fn forgetting_state_rebuilds_every_instance() {
         numbers(c.process(batch()).await.unwrap()),
         [4, 4, 5, 5, 6, 6]
     );
+    assert_eq!(
+        alive(&c),
+        2,
+        "one instance on each of the two partitions' workers"
+    );
     c.forget_state();
+    let since = std::time::Instant::now();
+    while alive(&c) > 0 && since.elapsed() < std::time::Duration::from_secs(10) {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert_eq!(alive(&c), 0, "no batch followed, and no instance is left");
     assert_eq!(
         numbers(c.process(batch()).await.unwrap()),
         [1, 1, 2, 2, 3, 3]
     );
+    assert_eq!(alive(&c), 2);
     // The caller's own instances too (one worker, `process_blocking`).
     let c = one_worker(&[config(guests::PROBE, &[])]);
     assert_eq!(
@@ -1565,10 +1578,12 @@ async fn forgetting_state_rebuilds_every_instance() {
         [1, 2, 3, 4, 5, 6]
     );
     c.forget_state();
+    assert_eq!(alive(&c), 0);
     assert_eq!(
         numbers(c.process_blocking(batch()).unwrap()),
         [1, 2, 3, 4, 5, 6]
     );
+    assert_eq!(alive(&c), 1);
     assert_eq!(
         c.stats()[0].1.instance_restarts.load(Relaxed),
         0,

@@ -2084,6 +2084,12 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
                 &l,
                 t.instance_restarts.load(Ordering::Relaxed),
             );
+            e.gauge(
+                "sluice_transform_instances",
+                "Instances alive now, across the workers (each holds up to memory_mb).",
+                &l,
+                t.instances.load(Ordering::Relaxed) as f64,
+            );
             e.counter(
                 "sluice_transform_fuel_consumed_total",
                 "Fuel consumed (when fuel metering is on).",

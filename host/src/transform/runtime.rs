@@ -385,7 +385,7 @@ impl Quarantine {
 pub struct TransformChain {
     shared: Arc<Shared>,
     /// Each worker's queue; a record goes to its partition's worker ([`Routes`]).
-    jobs: Vec<mpsc::Sender<Job>>,
+    jobs: Vec<mpsc::Sender<Task>>,
     routes: Mutex<Routes>,
     workers: Vec<JoinHandle<()>>,
     /// The instances [`TransformChain::process_blocking`] uses when it runs a batch on its
@@ -408,9 +408,6 @@ struct Shared {
     engine: Engine,
     fuel_enabled: bool,
     transforms: Vec<Loaded>,
-    /// Bumped by [`TransformChain::forget_state`]: a worker that sees it change drops its
-    /// instances before its next batch.
-    generation: std::sync::atomic::AtomicU64,
 }
 
 /// One transform, compiled and pre-instantiated once, shared by all workers.
@@ -442,6 +439,15 @@ struct Job {
     batch: WireBatch,
     metas: Metas,
     reply: oneshot::Sender<Result<Done, TransformError>>,
+}
+
+/// What a worker is sent.
+enum Task {
+    /// Run a batch.
+    Run(Box<Job>),
+    /// Drop every instance now, not at the next batch: a worker that gets no further batch
+    /// (its partitions went to another member) would hold their memory until the run ends.
+    Forget,
 }
 
 impl TransformChain {
@@ -512,13 +518,12 @@ impl TransformChain {
             engine,
             fuel_enabled,
             transforms,
-            generation: Default::default(),
         });
         let mut jobs = Vec::with_capacity(opts.workers.max(1));
         let workers = (0..opts.workers.max(1))
             .map(|i| {
                 let shared = Arc::clone(&shared);
-                let (tx, rx) = mpsc::channel::<Job>();
+                let (tx, rx) = mpsc::channel::<Task>();
                 jobs.push(tx);
                 std::thread::Builder::new()
                     .name(format!("sluice-wasm-{i}"))
@@ -554,13 +559,16 @@ impl TransformChain {
         (self.shared.transforms.first()).map_or(0, |t| t.stats.rows_in.load(Relaxed))
     }
 
-    /// Drops every instance's state: each worker builds its instances again (with a fresh
-    /// `init`) before its next batch, and partitions are dealt to the workers afresh. For when
+    /// Drops every instance's state: each worker drops its instances now, and builds them again
+    /// (with a fresh `init`) for its next batch, and partitions are dealt to the workers afresh. For when
     /// partitions are revoked: their records after the warehouse's offsets will be delivered
     /// again, and an instance that kept what it made of them would see them twice (a dedupe
     /// would drop the very records that are to be loaded). Must not race a batch in flight.
     pub fn forget_state(&self) {
-        self.shared.generation.fetch_add(1, Relaxed);
+        for jobs in &self.jobs {
+            // A worker that has stopped holds no instances.
+            let _ = jobs.send(Task::Forget);
+        }
         *self.routes.lock().unwrap_or_else(|e| e.into_inner()) = Routes::new(self.jobs.len());
         let mut inline = self.inline.lock().unwrap_or_else(|e| e.into_inner());
         inline.iter_mut().for_each(|s| *s = None);
@@ -772,11 +780,11 @@ impl TransformChain {
                 let metas: Metas = Arc::new(metas);
                 let (reply, rx) = oneshot::channel();
                 let jobs = self.jobs.get(w).ok_or(TransformError::Stopped)?;
-                jobs.send(Job {
+                jobs.send(Task::Run(Box::new(Job {
                     batch,
                     metas: Arc::clone(&metas),
                     reply,
-                })
+                })))
                 .map_err(|_| TransformError::Stopped)?;
                 Ok(Chunk {
                     rx,
@@ -1471,6 +1479,14 @@ struct Slot {
     store: Store<HostState>,
     guest: bindings::Transform,
     rows_seen: u64,
+    /// Its transform's counters, whose `instances` it is one of.
+    stats: Arc<TransformStats>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.stats.instances.fetch_sub(1, Relaxed);
+    }
 }
 
 impl Slot {
@@ -1545,11 +1561,15 @@ impl Slot {
             .call_init(&mut store, &t.params);
         count_fuel(&store, t);
         match init {
-            Ok(Ok(())) => Ok(Slot {
-                store,
-                guest,
-                rows_seen: 0,
-            }),
+            Ok(Ok(())) => {
+                t.stats.instances.fetch_add(1, Relaxed);
+                Ok(Slot {
+                    store,
+                    guest,
+                    rows_seen: 0,
+                    stats: Arc::clone(&t.stats),
+                })
+            }
             Ok(Err(e)) => Err(InitFailure::Guest(e)),
             Err(e) => {
                 let (kind, reason) = classify(&e, store.data(), &t.config);
@@ -1724,19 +1744,25 @@ fn explained(reason: String, state: &HostState) -> String {
     }
 }
 
-fn worker_main(shared: &Shared, rx: &mpsc::Receiver<Job>) {
+fn worker_main(shared: &Shared, rx: &mpsc::Receiver<Task>) {
     let mut slots: Vec<Option<Slot>> = shared.transforms.iter().map(|_| None).collect();
-    let mut generation = shared.generation.load(Relaxed);
     loop {
-        let job = {
+        let task = {
             let polled = spin(WORKER_SPIN, || match rx.try_recv() {
-                Ok(job) => Some(Some(job)),
+                Ok(task) => Some(Some(task)),
                 Err(mpsc::TryRecvError::Disconnected) => Some(None),
                 Err(mpsc::TryRecvError::Empty) => None,
             });
             match polled.unwrap_or_else(|| rx.recv().ok()) {
-                Some(job) => job,
+                Some(task) => task,
                 None => return,
+            }
+        };
+        let job = match task {
+            Task::Run(job) => job,
+            Task::Forget => {
+                slots.iter_mut().for_each(|s| *s = None);
+                continue;
             }
         };
         // A caller that gave up (its `process` future dropped, by a timeout say) wants no
@@ -1749,12 +1775,6 @@ fn worker_main(shared: &Shared, rx: &mpsc::Receiver<Job>) {
                 TransformStats::add(&first.stats.rows_unfinished, rows);
             }
             continue;
-        }
-        // The caller bumped it before it sent this job, so the channel's ordering suffices.
-        let now = shared.generation.load(Relaxed);
-        if now != generation {
-            slots.iter_mut().for_each(|s| *s = None);
-            generation = now;
         }
         let result = run_chain(shared, &mut slots, job.batch, job.metas);
         let _ = job.reply.send(result);

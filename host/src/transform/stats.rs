@@ -8,7 +8,7 @@ use super::error::FailureKind;
 /// Upper bounds (inclusive, milliseconds) of the batch-latency histogram buckets.
 pub const LATENCY_BUCKETS_MS: [f64; 9] = [0.1, 0.5, 1.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0];
 
-/// Counters for one transform in the chain. All fields only ever grow.
+/// Counters for one transform in the chain. All fields but `instances` only ever grow.
 #[derive(Debug, Default)]
 pub struct TransformStats {
     /// Calls into the guest's `transform-batch` (including one-by-one re-runs after a trap).
@@ -38,6 +38,9 @@ pub struct TransformStats {
     pub batch_only_failures: AtomicU64,
     /// Times an instance was thrown away and rebuilt after a trap or limit.
     pub instance_restarts: AtomicU64,
+    /// Instances alive now, across the workers: a gauge, not a count (each holds up to
+    /// `memory_mb`).
+    pub instances: AtomicU64,
     /// Fuel consumed by the guest, when the transform sets `fuel`.
     pub fuel_consumed: AtomicU64,
     /// Batch-call latency histogram: `latency_buckets[i]` counts calls that took at most
