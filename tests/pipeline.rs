@@ -557,6 +557,41 @@ fn validate_runs_the_first_rows_through_the_chain() {
     let (code, stderr) = validate(&["--sample-rows", "0"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("through the transforms"), "{stderr}");
+
+    // A failure that `on_error: fail` stops a run on, in the source or in a transform, is
+    // certain: each is reported at its `on_error`, with its line.
+    std::fs::write(
+        dir.path().join("strict.csv"),
+        "id,value\n1,60\n2,n/a\n3,70\n4,80,extra\n",
+    )
+    .unwrap();
+    let strict = serde_json::json!({
+        "version": 1,
+        "name": "strict",
+        "source": { "type": "csv", "path": "strict.csv", "on_error": "fail" },
+        "kafka": { "topic": "t1" },
+        "transforms": [{
+            "uses": sluice_tests::guests::FILTER,
+            "with": { "field": "value", "op": "gt", "value": "50" },
+            "on_error": { "guest_error": "fail", "default": "dead_letter" }
+        }],
+        "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T" }
+    });
+    std::fs::write(dir.path().join("pipeline.json"), strict.to_string()).unwrap();
+    let (code, stderr) = validate(&[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    for wanted in [
+        "the first 3 rows of strict.csv through the transforms: 2 rows out, 0 filtered out, 1 \
+         failed (1 bad CSV records not run)",
+        "source.on_error (line 1, column ",
+        "line 5 of strict.csv is a bad row (expected 2 fields, found 3): with on_error fail, a \
+         run stops there",
+        "transforms[0].on_error (line 1, column ",
+        "the transform fails line 3 of strict.csv (guest_error: invalid value in field `value`",
+        "with on_error fail for guest_error, a run stops there",
+    ] {
+        assert!(stderr.contains(wanted), "{wanted:?} not in:\n{stderr}");
+    }
 }
 
 /// A CSV with `good` rows (id, name, value) plus two ragged rows, and the number of good rows

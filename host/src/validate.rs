@@ -105,6 +105,9 @@ pub fn chain_configs(loaded: &LoadedConfig) -> Vec<TransformConfig> {
 /// How many of the source's first records `sluice validate` runs through the chain unless told.
 pub const SAMPLE_ROWS: usize = 100;
 
+/// Ends each issue the sample run finds: how to do without it.
+const STOP_HINT: &str = " (`--sample-rows 0` skips this check)";
+
 /// What the source's first records did in the chain (see [`sample`]).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Sample {
@@ -142,7 +145,9 @@ impl std::fmt::Display for Sample {
 /// reads them, and reports each transform that failed every row that reached it, at
 /// `transforms[i]`, with the first failure's reason. A filter with a misspelt field, a param
 /// the guest reads only per row, or a transform built for other columns fails every record of
-/// a run: this finds it before the run dead-letters a whole file. Load `chain` with
+/// a run: this finds it before the run dead-letters a whole file. Also reported, as certain to
+/// stop a run: a bad CSV record under the source's `on_error: fail` (at `source.on_error`), and
+/// a failure whose transform's `on_error` is `fail` for its kind (at `transforms[i].on_error`). Load `chain` with
 /// [`validate_and_load_for_sample`], so that every failure comes back, and use it for nothing
 /// else after: its instances have seen these rows.
 pub fn sample(
@@ -164,13 +169,28 @@ pub fn sample(
     let mut batch = Vec::new();
     let read = read_input(&path, &opts)
         .with_context(|| format!("reading the first rows of {}", src.path))?;
+    let mut issues = Vec::new();
     for record in read.take(records) {
         match record.with_context(|| format!("reading the first rows of {}", src.path))? {
             InputRecord::Row { meta, row, .. } => batch.push((meta, row)),
+            InputRecord::Bad(bad) => {
+                sample.bad += 1;
+                if src.on_error == crate::config::OnError::Fail && sample.bad == 1 {
+                    issues.push(loaded.issue(
+                        "source.on_error",
+                        format!(
+                            "line {} of {} is a bad row ({}): with on_error fail, a run stops \
+                             there{STOP_HINT}",
+                            bad.line, src.path, bad.reason
+                        ),
+                    ));
+                }
+            }
             _ => sample.bad += 1,
         }
     }
     sample.rows = batch.len() as u64;
+    let lines: Vec<Option<u64>> = batch.iter().map(|(meta, _)| meta.csv_line()).collect();
     let counts = |chain: &TransformChain| -> Vec<(u64, u64)> {
         (chain.stats().iter())
             .map(|(_, s)| (s.rows_in.load(Relaxed), s.rows_failed.load(Relaxed)))
@@ -184,45 +204,62 @@ pub fn sample(
             return Ok((sample, vec![loaded.issue("transforms", why)]));
         }
     };
+    // Each transform's first failure: the record's line, and how and why it failed.
     let mut first_failure = BTreeMap::new();
-    for outcome in outcomes {
-        match outcome {
-            RecordOutcome::Emitted(rows) if rows.is_empty() => sample.filtered += 1,
-            RecordOutcome::Emitted(rows) => sample.out += rows.len() as u64,
-            RecordOutcome::Quarantined(q) => {
-                sample.failed += 1;
-                let reason = format!("{}: {}", q.kind.as_str(), q.reason);
-                first_failure.entry(q.transform).or_insert(reason);
+    for (outcome, line) in outcomes.into_iter().zip(lines) {
+        let (transform, kind, reason) = match outcome {
+            RecordOutcome::Emitted(rows) if rows.is_empty() => {
+                sample.filtered += 1;
+                continue;
             }
+            RecordOutcome::Emitted(rows) => {
+                sample.out += rows.len() as u64;
+                continue;
+            }
+            RecordOutcome::Quarantined(q) => (q.transform, q.kind, q.reason),
             RecordOutcome::Dropped {
                 transform,
                 kind,
                 reason,
-            } => {
-                sample.failed += 1;
-                let reason = format!("{}: {reason}", kind.as_str());
-                first_failure.entry(transform).or_insert(reason);
-            }
-        }
+            } => (transform, kind, reason),
+        };
+        sample.failed += 1;
+        first_failure
+            .entry(transform)
+            .or_insert((line, kind, reason));
     }
-    let mut issues = Vec::new();
     let names = chain.names();
     for (i, ((in0, failed0), (in1, failed1))) in before.into_iter().zip(counts(chain)).enumerate() {
         let (reached, failed) = (in1 - in0, failed1 - failed0);
-        if reached == 0 || failed < reached {
+        let Some((line, kind, reason)) = names.get(i).and_then(|n| first_failure.get(n)) else {
             continue;
+        };
+        let at = line.map_or_else(String::new, |l| format!(" (line {l})"));
+        let row = line.map_or_else(|| "a row".to_owned(), |l| format!("line {l}"));
+        let policy = (loaded.config.transforms.get(i)).map(|t| t.on_error.of(*kind));
+        if failed == reached {
+            issues.push(loaded.issue(
+                &format!("transforms[{i}]"),
+                format!(
+                    "failed all {reached} rows that reached it of the first {} rows of {}; the \
+                     first: {}: {reason}{at}{STOP_HINT}",
+                    sample.rows,
+                    src.path,
+                    kind.as_str()
+                ),
+            ));
+        } else if policy == Some(crate::config::OnError::Fail) {
+            issues.push(loaded.issue(
+                &format!("transforms[{i}].on_error"),
+                format!(
+                    "the transform fails {row} of {} ({}: {reason}): with on_error fail for \
+                     {}, a run stops there{STOP_HINT}",
+                    src.path,
+                    kind.as_str(),
+                    kind.as_str()
+                ),
+            ));
         }
-        let first = names.get(i).and_then(|n| first_failure.get(n));
-        issues.push(loaded.issue(
-            &format!("transforms[{i}]"),
-            format!(
-                "failed all {reached} rows that reached it of the first {} rows of {}{} \
-                 (`--sample-rows 0` skips this check)",
-                sample.rows,
-                src.path,
-                first.map_or_else(String::new, |f| format!("; the first: {f}"))
-            ),
-        ));
     }
     Ok((sample, issues))
 }
