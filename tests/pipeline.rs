@@ -315,7 +315,7 @@ fn a_secret_printed_by_a_guest_under_debug_stdio_is_not_shown() {
     assert_ne!(text, BASE);
     let path = write_pipeline(dir.path(), &text);
     let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
-        // Only `init` prints: the chain is not one to run rows through.
+        // The probe's rows lack the field the filter after it compares: this is about `init`.
         .args(["validate", "--sample-rows", "0", &path.to_string_lossy()])
         .env("SLUICE_TEST_SAY_SECRET", "hunter2secret")
         .output()
@@ -346,7 +346,7 @@ fn a_secret_of_several_lines_is_not_shown_in_guest_output() {
         assert_ne!(text, BASE);
         let path = write_pipeline(dir.path(), &text);
         let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
-            // Only `init` prints: the chain is not one to run rows through.
+            // The probe's rows lack the field the filter after it compares: this is about `init`.
             .args(["validate", "--sample-rows", "0", &path.to_string_lossy()])
             .env("SLUICE_TEST_PEM_SECRET", secret)
             .output()
@@ -551,12 +551,69 @@ fn validate_runs_the_first_rows_through_the_chain() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains("transforms[0] (line 1, column ")
-            && stderr.contains("failed all 30 rows that reached it of the first 30 rows of rows.csv; the first: guest_error: missing field `valeu`"),
+            && stderr.contains("failed all 30 rows that reached it from the first 30 rows of rows.csv; the first: guest_error: missing field `valeu` (line 2)"),
         "{stderr}"
     );
     let (code, stderr) = validate(&["--sample-rows", "0"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("through the transforms"), "{stderr}");
+    // Under `--log-format json`, every line on stderr is a JSON object, the counts too.
+    let out = sluice(
+        dir.path(),
+        &["--log-format", "json", "validate", "pipeline.json"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    for line in stderr.lines() {
+        let event: serde_json::Value = serde_json::from_str(line).expect(line);
+        assert!(event["fields"]["message"].is_string(), "{line}");
+    }
+    assert!(
+        stderr.contains("through the transforms: 0 rows out"),
+        "{stderr}"
+    );
+
+    // A transform no row reaches is named as not checked, not passed over in silence.
+    let text = serde_json::json!({
+        "version": 1,
+        "name": "sampled",
+        "source": { "type": "csv", "path": "rows.csv" },
+        "kafka": { "topic": "t1" },
+        "transforms": [
+            { "uses": sluice_tests::guests::FILTER, "with": { "field": "value", "op": "gt", "value": "1000" } },
+            { "name": "second", "uses": sluice_tests::guests::FILTER, "with": { "field": "valeu", "op": "gt", "value": "5" } }
+        ],
+        "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T" }
+    });
+    std::fs::write(dir.path().join("pipeline.json"), text.to_string()).unwrap();
+    let (code, stderr) = validate(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("0 rows out, 30 filtered out, 0 failed (2 bad CSV records not run); no row reached transforms[1], so the sample did not check it"),
+        "{stderr}"
+    );
+
+    // Records larger than the topic's messages are bad rows here as in a run, not rows.
+    let text = serde_json::json!({
+        "version": 1,
+        "name": "sampled",
+        "source": { "type": "csv", "path": "rows.csv" },
+        "kafka": { "topic": "t1", "properties": { "message.max.bytes": "1000" } },
+        "transforms": [{ "uses": sluice_tests::guests::FILTER, "with": { "field": "valeu", "op": "gt", "value": "5" } }],
+        "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T" }
+    });
+    std::fs::write(dir.path().join("pipeline.json"), text.to_string()).unwrap();
+    let mut big = String::from("id,value\n");
+    for i in 0..3 {
+        big.push_str(&format!("{i},{}\n", "9".repeat(1500)));
+    }
+    std::fs::write(dir.path().join("rows.csv"), big).unwrap();
+    let (code, stderr) = validate(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("the first 0 rows of rows.csv through the transforms: 0 rows out, 0 filtered out, 0 failed (3 bad CSV records not run); no row reached transforms[0]"),
+        "{stderr}"
+    );
 
     // A failure that `on_error: fail` stops a run on, in the source or in a transform, is
     // certain: each is reported at its `on_error`, with its line.

@@ -266,15 +266,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         workers: 1,
                         ..RuntimeOptions::default()
                     };
-                    match validate::validate_and_load_for_sample(&loaded, &opts)? {
-                        Err(issues) => issues,
-                        Ok(chain) if sample_rows > 0 && !chain.names().is_empty() => {
-                            let (sample, issues) = validate::sample(&loaded, &chain, sample_rows)?;
-                            sluice::errln!("{}: {sample}", pipeline.display());
-                            issues
+                    let (sample, issues) =
+                        validate::validate_with_sample(&loaded, &opts, sample_rows)?;
+                    if let Some(sample) = sample {
+                        let text = format!("{}: {sample}", pipeline.display());
+                        match cli.log_format {
+                            LogFormat::Json => sluice::errln!(
+                                "{}",
+                                pipeline::json_event("INFO", &text, serde_json::json!({}))
+                            ),
+                            LogFormat::Human => sluice::errln!("{text}"),
                         }
-                        Ok(_) => Vec::new(),
                     }
+                    issues
                 }
             };
             if !issues.is_empty() {

@@ -10,8 +10,6 @@ use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 
-use anyhow::Context;
-
 use crate::config::{ConfigIssue, LoadedConfig, SinkConfig};
 use crate::row::ValueType;
 use crate::source::config::{CsvSourceConfig, Pacing, SourceConfig};
@@ -33,28 +31,48 @@ pub fn validate_and_load(
     loaded: &LoadedConfig,
     opts: &RuntimeOptions,
 ) -> anyhow::Result<Result<TransformChain, Vec<ConfigIssue>>> {
-    check_and_load(loaded, opts, chain_configs(loaded))
+    Ok(match check_and_load(loaded, opts, chain_configs(loaded))? {
+        (Some(chain), issues) if issues.is_empty() => Ok(chain),
+        (_, issues) => Err(issues),
+    })
 }
 
-/// [`validate_and_load`] for [`sample`]: every transform's `on_error` is read as `dead_letter`,
-/// so that each failure comes back with its record, whatever the run would do with it.
-pub fn validate_and_load_for_sample(
+/// What `sluice validate` checks: every issue [`validate_and_load`] finds and, when every
+/// transform loads and the source is sound (whatever else in the file is wrong, so that one run
+/// shows every mistake), what the [`sample`] of `records` records finds, with its counts (`None`
+/// when it did not run or the chain stopped on it). For the sample, every transform's
+/// `on_error` is read as `dead_letter`, so that each failure comes back with its record.
+pub fn validate_with_sample(
     loaded: &LoadedConfig,
     opts: &RuntimeOptions,
-) -> anyhow::Result<Result<TransformChain, Vec<ConfigIssue>>> {
+    records: usize,
+) -> anyhow::Result<(Option<Sample>, Vec<ConfigIssue>)> {
     let mut configs = chain_configs(loaded);
     for c in &mut configs {
         c.on_error = crate::config::OnError::DeadLetter.into();
     }
-    check_and_load(loaded, opts, configs)
+    let (chain, mut issues) = check_and_load(loaded, opts, configs)?;
+    let source_sound =
+        !(issues.iter()).any(|i| i.path == "source" || i.path.starts_with("source."));
+    match chain {
+        Some(chain) if records > 0 && source_sound && !chain.names().is_empty() => {
+            let (counts, found) = sample(loaded, &chain, records)?;
+            issues.extend(found);
+            Ok((counts, issues))
+        }
+        _ => Ok((None, issues)),
+    }
 }
 
+/// Every issue [`validate`] finds and every transform that will not load, and the chain when
+/// every transform loaded (whether or not the rest of the file is sound).
 fn check_and_load(
     loaded: &LoadedConfig,
     opts: &RuntimeOptions,
     configs: Vec<TransformConfig>,
-) -> anyhow::Result<Result<TransformChain, Vec<ConfigIssue>>> {
+) -> anyhow::Result<(Option<TransformChain>, Vec<ConfigIssue>)> {
     let mut issues = static_issues(loaded);
+    let total = configs.len();
     // Every transform whose own settings are sound is loaded, even when something else in the
     // file is wrong, so that one run of `validate` shows every mistake.
     let (sound, configs): (Vec<usize>, Vec<TransformConfig>) = configs
@@ -68,11 +86,13 @@ fn check_and_load(
         })
         .unzip();
     if configs.is_empty() && !issues.is_empty() {
-        return Ok(Err(issues));
+        return Ok((None, issues));
     }
     match TransformChain::load_each(&configs, opts) {
-        Ok(chain) if issues.is_empty() => return Ok(Ok(chain)),
-        Ok(_) => {}
+        Ok(chain) => {
+            let whole = sound.len() == total && !issues.iter().any(|i| i.path == "transforms");
+            Ok((whole.then_some(chain), issues))
+        }
         Err(errors) => {
             for (k, e) in errors {
                 if let LoadError::Engine(_) = e {
@@ -80,9 +100,9 @@ fn check_and_load(
                 }
                 issues.push(loaded.issue(&component_issue_path(sound[k], &e), e.to_string()));
             }
+            Ok((None, issues))
         }
     }
-    Ok(Err(issues))
 }
 
 /// The pipeline's transforms as the runtime takes them: each named, its component's path
@@ -115,8 +135,8 @@ pub struct Sample {
     pub file: String,
     /// The rows run through the chain.
     pub rows: u64,
-    /// Bad CSV records among the first records: the source dead-letters them, so they were not
-    /// run.
+    /// Bad CSV records among the first records: not run (the source dead-letters, drops or
+    /// stops on them, as its `on_error` says).
     pub bad: u64,
     /// Rows the chain emitted.
     pub out: u64,
@@ -124,6 +144,9 @@ pub struct Sample {
     pub filtered: u64,
     /// Records that failed in a transform.
     pub failed: u64,
+    /// The transforms no row reached (`transforms[1]`: the ones before filtered every row out),
+    /// which the sample did not check.
+    pub unchecked: Vec<String>,
 }
 
 impl std::fmt::Display for Sample {
@@ -137,6 +160,13 @@ impl std::fmt::Display for Sample {
         if self.bad > 0 {
             write!(f, " ({} bad CSV records not run)", self.bad)?;
         }
+        if !self.unchecked.is_empty() {
+            let these = self.unchecked.join(", ");
+            write!(
+                f,
+                "; no row reached {these}, so the sample did not check it"
+            )?;
+        }
         Ok(())
     }
 }
@@ -146,15 +176,15 @@ impl std::fmt::Display for Sample {
 /// `transforms[i]`, with the first failure's reason. A filter with a misspelt field, a param
 /// the guest reads only per row, or a transform built for other columns fails every record of
 /// a run: this finds it before the run dead-letters a whole file. Also reported, as certain to
-/// stop a run: a bad CSV record under the source's `on_error: fail` (at `source.on_error`), and
-/// a failure whose transform's `on_error` is `fail` for its kind (at `transforms[i].on_error`). Load `chain` with
-/// [`validate_and_load_for_sample`], so that every failure comes back, and use it for nothing
-/// else after: its instances have seen these rows.
-pub fn sample(
+/// stop a run: a bad CSV record under the source's `on_error: fail` (at `source.on_error`), a
+/// failure whose transform's `on_error` is `fail` for its kind (at `transforms[i].on_error`),
+/// and the chain stopping on the sample (too many timeouts, say). `chain` must send every
+/// failure back (see [`validate_with_sample`]); its instances have seen the sample after.
+fn sample(
     loaded: &LoadedConfig,
     chain: &TransformChain,
     records: usize,
-) -> anyhow::Result<(Sample, Vec<ConfigIssue>)> {
+) -> anyhow::Result<(Option<Sample>, Vec<ConfigIssue>)> {
     use crate::transform::cli::{InputOptions, InputRecord, read_input};
     use crate::transform::runtime::RecordOutcome;
     use std::sync::atomic::Ordering::Relaxed;
@@ -165,15 +195,21 @@ pub fn sample(
         file: src.path.clone(),
         ..Sample::default()
     };
-    let opts = InputOptions::of_source(src, &loaded.config.kafka.topic);
-    let mut batch = Vec::new();
-    let read = read_input(&path, &opts)
-        .with_context(|| format!("reading the first rows of {}", src.path))?;
     let mut issues = Vec::new();
+    let opts = InputOptions::of_source(src, &loaded.config.kafka);
+    let mut batch = Vec::new();
+    let unreadable = |e: anyhow::Error| {
+        let why = format!("cannot read the first records of {}: {e:#}", src.path);
+        (None, vec![loaded.issue("source.path", why)])
+    };
+    let read = match read_input(&path, &opts) {
+        Ok(read) => read,
+        Err(e) => return Ok(unreadable(e)),
+    };
     for record in read.take(records) {
-        match record.with_context(|| format!("reading the first rows of {}", src.path))? {
-            InputRecord::Row { meta, row, .. } => batch.push((meta, row)),
-            InputRecord::Bad(bad) => {
+        match record {
+            Ok(InputRecord::Row { meta, row, .. }) => batch.push((meta, row)),
+            Ok(InputRecord::Bad(bad)) => {
                 sample.bad += 1;
                 if src.on_error == crate::config::OnError::Fail && sample.bad == 1 {
                     issues.push(loaded.issue(
@@ -186,7 +222,8 @@ pub fn sample(
                     ));
                 }
             }
-            _ => sample.bad += 1,
+            Ok(_) => sample.bad += 1,
+            Err(e) => return Ok(unreadable(e)),
         }
     }
     sample.rows = batch.len() as u64;
@@ -196,12 +233,21 @@ pub fn sample(
             .map(|(_, s)| (s.rows_in.load(Relaxed), s.rows_failed.load(Relaxed)))
             .collect()
     };
+    let names = chain.names();
     let before = counts(chain);
     let outcomes = match chain.process_blocking(batch) {
         Ok(outcomes) => outcomes,
         Err(e) => {
-            let why = format!("the first rows of {} stopped the transforms: {e}", src.path);
-            return Ok((sample, vec![loaded.issue("transforms", why)]));
+            let at = (e.transform())
+                .and_then(|t| names.iter().position(|n| n == t))
+                .map_or_else(|| "transforms".to_owned(), |i| format!("transforms[{i}]"));
+            let why = format!(
+                "the first {} rows of {} stopped the transforms, as they would a run: \
+                 {e}{STOP_HINT}",
+                sample.rows, src.path
+            );
+            issues.push(loaded.issue(&at, why));
+            return Ok((None, issues));
         }
     };
     // Each transform's first failure: the record's line, and how and why it failed.
@@ -228,9 +274,11 @@ pub fn sample(
             .entry(transform)
             .or_insert((line, kind, reason));
     }
-    let names = chain.names();
     for (i, ((in0, failed0), (in1, failed1))) in before.into_iter().zip(counts(chain)).enumerate() {
         let (reached, failed) = (in1 - in0, failed1 - failed0);
+        if reached == 0 {
+            sample.unchecked.push(format!("transforms[{i}]"));
+        }
         let Some((line, kind, reason)) = names.get(i).and_then(|n| first_failure.get(n)) else {
             continue;
         };
@@ -241,8 +289,8 @@ pub fn sample(
             issues.push(loaded.issue(
                 &format!("transforms[{i}]"),
                 format!(
-                    "failed all {reached} rows that reached it of the first {} rows of {}; the \
-                     first: {}: {reason}{at}{STOP_HINT}",
+                    "failed all {reached} rows that reached it from the first {} rows of {}; \
+                     the first: {}: {reason}{at}{STOP_HINT}",
                     sample.rows,
                     src.path,
                     kind.as_str()
@@ -261,7 +309,7 @@ pub fn sample(
             ));
         }
     }
-    Ok((sample, issues))
+    Ok((Some(sample), issues))
 }
 
 /// Where a transform's load error is reported: the param `init` refused, the setting it ran out

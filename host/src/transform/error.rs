@@ -296,6 +296,20 @@ pub enum TransformError {
     Stopped,
 }
 
+impl TransformError {
+    /// The name of the transform it happened in, when it happened in one.
+    pub fn transform(&self) -> Option<&str> {
+        match self {
+            TransformError::Failed { transform, .. }
+            | TransformError::Instantiate { transform, .. }
+            | TransformError::TooSlow { transform, .. }
+            | TransformError::TooMuchText { transform, .. }
+            | TransformError::TooMuchOutput { transform, .. } => Some(transform),
+            TransformError::BatchOutputTooBig { .. } | TransformError::Stopped => None,
+        }
+    }
+}
+
 /// Which records failed alone (`failing`, the first of `rows`), for [`TransformError::TooSlow`].
 fn failed_alone(failing: &[String], rows: usize) -> String {
     match (failing, rows.saturating_sub(failing.len())) {

@@ -560,10 +560,11 @@ impl TransformChain {
     }
 
     /// Drops every instance's state: each worker drops its instances now, and builds them again
-    /// (with a fresh `init`) for its next batch, and partitions are dealt to the workers afresh. For when
-    /// partitions are revoked: their records after the warehouse's offsets will be delivered
-    /// again, and an instance that kept what it made of them would see them twice (a dedupe
-    /// would drop the very records that are to be loaded). Must not race a batch in flight.
+    /// (with a fresh `init`) for its next batch, and partitions are dealt to the workers afresh.
+    /// For when partitions are revoked: their records after the warehouse's offsets will be
+    /// delivered again, and an instance that kept what it made of them would see them twice (a dedupe
+    /// would drop the very records that are to be loaded). Must not race a batch in flight: a
+    /// batch already queued to a worker runs on its old instances.
     pub fn forget_state(&self) {
         for jobs in &self.jobs {
             // A worker that has stopped holds no instances.
@@ -799,8 +800,9 @@ impl TransformChain {
 
 /// Which worker runs each partition's records, so that a partition meets one set of instances.
 /// Partitions are dealt to the workers in the order they first appear, and keep theirs until
-/// [`TransformChain::forget_state`]. Dealt, not mapped by number: a consumer given every other partition of a topic
-/// (one member of a group of two) would otherwise leave half the workers idle.
+/// [`TransformChain::forget_state`]. Dealt, not mapped by number: a consumer given every other
+/// partition of a topic (one member of a group of two) would otherwise leave half the workers
+/// idle.
 struct Routes {
     workers: usize,
     of: HashMap<i32, usize>,

@@ -44,6 +44,9 @@ pub struct InputOptions {
     /// How to read the input; `None`: by its extension (`.jsonl`, `.ndjson`, `.json`: JSON Lines,
     /// else CSV).
     pub format: Option<InputFormat>,
+    /// The largest CSV record the source would produce (its message's limit): a larger one is a
+    /// bad row.
+    pub max_record_bytes: usize,
 }
 
 impl Default for InputOptions {
@@ -57,14 +60,19 @@ impl Default for InputOptions {
             partition: 0,
             timestamp_ms: None,
             format: None,
+            max_record_bytes: DEFAULT_MAX_MESSAGE_BYTES,
         }
     }
 }
 
 impl InputOptions {
-    /// The options that read `source`'s CSV as `sluice run` reads it, each record reporting
-    /// `topic` (the run's) and partition 0.
-    pub fn of_source(source: &crate::source::config::CsvSourceConfig, topic: &str) -> InputOptions {
+    /// The options that read `source`'s CSV as `sluice run` reads it, with `kafka`'s topic and
+    /// message size limit. Unlike a run's records, every record reports partition 0, offsets
+    /// from 0 in row order, and no timestamp.
+    pub fn of_source(
+        source: &crate::source::config::CsvSourceConfig,
+        kafka: &crate::config::KafkaConfig,
+    ) -> InputOptions {
         let defaults = InputOptions::default();
         InputOptions {
             delimiter: crate::source::config::delimiter_byte(&source.delimiter)
@@ -72,8 +80,9 @@ impl InputOptions {
             schema: source.schema.clone(),
             infer_rows: source.infer_rows,
             key_column: source.key_column.clone(),
-            topic: topic.to_owned(),
+            topic: kafka.topic.clone(),
             format: Some(InputFormat::Csv),
+            max_record_bytes: crate::source::producer::max_message_bytes(kafka),
             ..defaults
         }
     }
@@ -480,6 +489,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
         topic: opts.topic.clone(),
         partition: opts.partition,
         timestamp_ms: opts.timestamp_ms,
+        max_record_bytes: opts.max_record_bytes,
     };
     let format = format_of(path, opts.format);
     let mut first = None;
@@ -546,7 +556,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
             delimiter: opts.delimiter,
             schema: opts.schema.clone(),
             infer_rows: opts.infer_rows.max(1),
-            max_record_bytes: DEFAULT_MAX_MESSAGE_BYTES,
+            max_record_bytes: opts.max_record_bytes,
         };
         let reader = CsvReader::from_reader(path, input, &csv, Arc::default(), None)?;
         // JSON Lines read as CSV give a bad row for every line, which a run would take for the
@@ -595,11 +605,13 @@ struct Framer {
     topic: String,
     partition: i32,
     timestamp_ms: Option<i64>,
+    /// The largest message the source would produce.
+    max_record_bytes: usize,
 }
 
 impl Framer {
     fn record(&mut self, line: u64, row: Row) -> InputRecord {
-        let enc = match crate::source::encode_message(line, &row, DEFAULT_MAX_MESSAGE_BYTES) {
+        let enc = match crate::source::encode_message(line, &row, self.max_record_bytes) {
             Ok(enc) => enc,
             Err(bad) => return InputRecord::Bad(bad),
         };

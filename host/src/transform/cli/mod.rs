@@ -379,6 +379,8 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                     opts.key_column.clone_from(&src.key_column);
                 }
                 opts.topic.clone_from(&file.loaded.config.kafka.topic);
+                opts.max_record_bytes =
+                    crate::source::producer::max_message_bytes(&file.loaded.config.kafka);
             }
             if let Some(topic) = topic {
                 if let Some(problem) = crate::validate::topic_name_problem(&topic) {
