@@ -593,6 +593,33 @@ fn validate_runs_the_first_rows_through_the_chain() {
         "{stderr}"
     );
 
+    // Output rows the sink would set aside are warned of, at their record and line (the trap
+    // guest makes a string field `json` a json value of the same text).
+    std::fs::write(
+        dir.path().join("rows.csv"),
+        "id,json\n1,[1]\n2,\"{\"\"OK\"\":TRUE}\"\n",
+    )
+    .unwrap();
+    let text = serde_json::json!({
+        "version": 1,
+        "name": "sampled",
+        "source": { "type": "csv", "path": "rows.csv" },
+        "kafka": { "topic": "t1" },
+        "transforms": [{ "uses": sluice_tests::guests::POISON_TRAP }],
+        "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T" }
+    });
+    std::fs::write(dir.path().join("pipeline.json"), text.to_string()).unwrap();
+    let (code, stderr) = validate(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: transforms' output: record 2 (line 3): field \"json\" is of type json but \
+             its text is not JSON"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
+
     // Records larger than the topic's messages are bad rows here as in a run, not rows.
     let text = serde_json::json!({
         "version": 1,

@@ -269,13 +269,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let (sample, issues) =
                         validate::validate_with_sample(&loaded, &opts, sample_rows)?;
                     if let Some(sample) = sample {
-                        let text = format!("{}: {sample}", pipeline.display());
-                        match cli.log_format {
+                        let say = |level: &str, text: String| match cli.log_format {
                             LogFormat::Json => sluice::errln!(
                                 "{}",
-                                pipeline::json_event("INFO", &text, serde_json::json!({}))
+                                pipeline::json_event(level, &text, serde_json::json!({}))
                             ),
                             LogFormat::Human => sluice::errln!("{text}"),
+                        };
+                        say("INFO", format!("{}: {sample}", pipeline.display()));
+                        for warning in &sample.warnings {
+                            say("WARN", format!("warning: transforms' output: {warning}"));
                         }
                     }
                     issues

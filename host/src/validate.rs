@@ -147,7 +147,14 @@ pub struct Sample {
     /// The transforms no row reached (`transforms[1]`: the ones before filtered every row out),
     /// which the sample did not check.
     pub unchecked: Vec<String>,
+    /// Rows the chain emitted that the sink would set aside, or load or not depending on the
+    /// rows before them (as `transform test` warns of them), each with its record: at most
+    /// [`MAX_SAMPLE_WARNINGS`].
+    pub warnings: Vec<String>,
 }
+
+/// The most warnings of output rows the sample keeps: the first few say what to fix.
+pub const MAX_SAMPLE_WARNINGS: usize = 5;
 
 impl std::fmt::Display for Sample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -252,7 +259,8 @@ fn sample(
     };
     // Each transform's first failure: the record's line, and how and why it failed.
     let mut first_failure = BTreeMap::new();
-    for (outcome, line) in outcomes.into_iter().zip(lines) {
+    let mut types = crate::transform::cli::FieldTypes::default();
+    for (n, (outcome, line)) in outcomes.into_iter().zip(lines).enumerate() {
         let (transform, kind, reason) = match outcome {
             RecordOutcome::Emitted(rows) if rows.is_empty() => {
                 sample.filtered += 1;
@@ -260,6 +268,19 @@ fn sample(
             }
             RecordOutcome::Emitted(rows) => {
                 sample.out += rows.len() as u64;
+                for row in &rows {
+                    let problems = (crate::transform::cli::not_json(row).into_iter())
+                        .chain(crate::transform::cli::unloadable_timestamp(row))
+                        .chain(types.see(row, n as u64 + 1));
+                    for problem in problems {
+                        if sample.warnings.len() < MAX_SAMPLE_WARNINGS {
+                            let at = line.map_or_else(String::new, |l| format!(" (line {l})"));
+                            sample
+                                .warnings
+                                .push(format!("record {}{at}: {problem}", n + 1));
+                        }
+                    }
+                }
                 continue;
             }
             RecordOutcome::Quarantined(q) => (q.transform, q.kind, q.reason),

@@ -329,7 +329,7 @@ pub fn test(
 /// What is wrong with the first `json` value of `row` whose text is not JSON, if one is: it
 /// prints as a string, and the sink would set the row aside, far from the transform that made
 /// it. (Not a failure of the transform here: an input row may hold such a value already.)
-fn not_json(row: &Row) -> Option<String> {
+pub(crate) fn not_json(row: &Row) -> Option<String> {
     row.fields.iter().find_map(|f| match &f.value {
         crate::row::Value::Json(text) => serde_json::from_str::<serde::de::IgnoredAny>(text)
             .err()
@@ -348,7 +348,7 @@ fn not_json(row: &Row) -> Option<String> {
 /// What is wrong with the first timestamp of `row` outside years 1 to 9999, if one is: it prints
 /// as its count of microseconds (no ISO-8601 text has five digits of year), and the sink sets
 /// the row aside.
-fn unloadable_timestamp(row: &Row) -> Option<String> {
+pub(crate) fn unloadable_timestamp(row: &Row) -> Option<String> {
     row.fields.iter().find_map(|f| match f.value {
         crate::row::Value::Timestamp(us)
             if !crate::sink::snowflake::encode::loadable_timestamp(us) =>
@@ -370,7 +370,7 @@ fn unloadable_timestamp(row: &Row) -> Option<String> {
 /// partitions and batches. So `20` then `9.99`, or `9.99` then `20`, load in one run and are set
 /// aside in the next (a column made from `20` alone is `NUMBER(38,0)`).
 #[derive(Default)]
-struct FieldTypes {
+pub(crate) struct FieldTypes {
     /// A field's first non-null value and the record it came from.
     first: std::collections::HashMap<String, (crate::row::Value, u64)>,
     /// Fields already warned of: once each.
@@ -380,7 +380,7 @@ struct FieldTypes {
 impl FieldTypes {
     /// Notes `row`'s values (record `n` emitted it) and says which of its fields a column made
     /// from either that field's first value or this one would refuse the other of.
-    fn see(&mut self, row: &Row, n: u64) -> Vec<String> {
+    pub(crate) fn see(&mut self, row: &Row, n: u64) -> Vec<String> {
         use crate::sink::snowflake::encode::{ColumnKind, column_type_for};
         let mut problems = Vec::new();
         for f in &row.fields {
