@@ -1159,6 +1159,7 @@ fn many_rows_timing_out_alone_fail_the_batch() {
     match c.process_blocking(ids(12)) {
         Err(e @ TransformError::TooSlow { rows: 9, .. }) => {
             assert!(e.to_string().contains("raise its timeout_ms"), "{e}");
+            assert!(!e.to_string().contains("did not time out"), "{e}");
             // No dead letter names them: the message does.
             assert!(
                 e.to_string().contains(
@@ -1220,6 +1221,12 @@ fn rows_failing_late_alone_fail_the_batch_like_timeouts() {
             let text = e.to_string();
             assert!(text.contains("failed when run alone"), "{text}");
             assert!(text.contains("raise its timeout_ms"), "{text}");
+            // What failed them, when it was not the time limit: here what the guest said.
+            assert!(
+                text.contains("; the first that did not time out: trap: ")
+                    && text.contains("burned 40 ms"),
+                "{text}"
+            );
         }
         other => panic!("expected TooSlow, got {other:?}"),
     }

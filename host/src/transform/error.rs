@@ -209,9 +209,10 @@ pub enum TransformError {
     /// transform is too slow for its `timeout_ms`, or hangs or fails late on common input,
     /// whatever its `on_error`.
     #[error(
-        "transform {transform}: {}{}; raise its timeout_ms or fix it",
+        "transform {transform}: {}{}{}; raise its timeout_ms or fix it",
         slow_reason(*rows, *timeouts, *cpu_ms, *timeout_ms, *total_ms, *of, *rebuild_ms),
-        failed_alone(failing, *rows)
+        failed_alone(failing, *rows),
+        first.as_ref().map(|f| format!("; the first that did not time out: {f}")).unwrap_or_default()
     )]
     TooSlow {
         /// The transform's name.
@@ -236,6 +237,9 @@ pub enum TransformError {
         /// The first few of the records that failed alone, as `topic/partition@offset`: the ones
         /// to look at, since no dead letter is written for them.
         failing: Vec<String>,
+        /// The first of those failures that was not a timeout, as `kind: reason` (masked and
+        /// cut): what to fix when the time limit is not the cause (rows that each emit too much).
+        first: Option<String>,
     },
     /// The rows of one batch, run one at a time (after a failure, or because the batch's output
     /// did not fit), emitted more text (string and JSON values) in all than one batch holds.
