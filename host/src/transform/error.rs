@@ -236,10 +236,10 @@ pub enum TransformError {
         rebuild_ms: u64,
         /// The first few of the records that failed alone, as `topic/partition@offset`: the ones
         /// to look at, since no dead letter is written for them.
-        failing: Vec<String>,
+        failing: Box<[String]>,
         /// The first of those failures that was not a timeout, as `kind: reason` (masked and
         /// cut): what to fix when the time limit is not the cause (rows that each emit too much).
-        first: Option<String>,
+        first: Option<Box<str>>,
     },
     /// The rows of one batch, run one at a time (after a failure, or because the batch's output
     /// did not fit), emitted more text (string and JSON values) in all than one batch holds.

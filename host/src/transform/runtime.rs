@@ -2238,8 +2238,10 @@ fn isolate(
                     .filter_map(|f| metas.get(batch.origins[f.row] as usize))
                     .map(|m| format!("{}/{}@{}", m.topic, m.partition, m.offset))
                     .collect(),
-                first: (failures.iter().find(|f| f.kind != FailureKind::Timeout))
-                    .map(|f| t.shown(format!("{}: {}", f.kind.as_str(), f.reason), 300)),
+                first: (failures.iter().find(|f| f.kind != FailureKind::Timeout)).map(|f| {
+                    t.shown(format!("{}: {}", f.kind.as_str(), f.reason), 300)
+                        .into()
+                }),
             });
         }
     }
