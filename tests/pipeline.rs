@@ -613,8 +613,8 @@ fn validate_runs_the_first_rows_through_the_chain() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(
-            "warning: transforms' output: record 2 (line 3): field \"json\" is of type json but \
-             its text is not JSON"
+            "warning: the transforms' output for record 2 (line 3): field \"json\" is of type json \
+             but its text is not JSON"
         ),
         "{stderr}"
     );
@@ -675,6 +675,44 @@ fn validate_runs_the_first_rows_through_the_chain() {
         "with on_error fail for guest_error, a run stops there",
     ] {
         assert!(stderr.contains(wanted), "{wanted:?} not in:\n{stderr}");
+    }
+
+    // Under dead_letter, rows failing are bad data, not a mistake in the file: a warning with
+    // the first, whether some of the rows that reached the transform failed or all of a few.
+    std::fs::write(
+        dir.path().join("strict.csv"),
+        "id,value\n1,60\n2,n/a\n3,70\n4,80\n",
+    )
+    .unwrap();
+    let filter = |field: &str, op: &str, value: &str| {
+        serde_json::json!({
+            "name": format!("{field}-{op}-{value}"),
+            "uses": sluice_tests::guests::FILTER,
+            "with": { "field": field, "op": op, "value": value }
+        })
+    };
+    let value = || filter("value", "gt", "50");
+    for (chain, reached) in [
+        (vec![value()], "1 of the 4 rows"),
+        (vec![filter("id", "gt", "1"), value()], "1 of the 3 rows"),
+        (
+            vec![filter("id", "gt", "1"), filter("id", "lt", "3"), value()],
+            "1 of the 1 row",
+        ),
+    ] {
+        let mut text = strict.clone();
+        text["source"]["on_error"] = "dead_letter".into();
+        text["transforms"] = chain.into();
+        std::fs::write(dir.path().join("pipeline.json"), text.to_string()).unwrap();
+        let (code, stderr) = validate(&[]);
+        assert_eq!(code, Some(0), "{stderr}");
+        let wanted = format!(
+            "warning: transforms[{}] (value-gt-50) failed {reached} that reached it from the \
+             first 4 rows of strict.csv; the first: guest_error: invalid value in field `value`: \
+             is \"n/a\", not a number to compare with 50 (line 3)",
+            text["transforms"].as_array().unwrap().len() - 1
+        );
+        assert!(stderr.contains(&wanted), "{wanted}\n{stderr}");
     }
 }
 

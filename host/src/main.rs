@@ -278,7 +278,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                         };
                         say("INFO", format!("{}: {sample}", pipeline.display()));
                         for warning in &sample.warnings {
-                            say("WARN", format!("warning: transforms' output: {warning}"));
+                            say("WARN", format!("warning: {warning}"));
                         }
                     }
                     issues

@@ -147,14 +147,19 @@ pub struct Sample {
     /// The transforms no row reached (`transforms[1]`: the ones before filtered every row out),
     /// which the sample did not check.
     pub unchecked: Vec<String>,
-    /// Rows the chain emitted that the sink would set aside, or load or not depending on the
-    /// rows before them (as `transform test` warns of them), each with its record: at most
-    /// [`MAX_SAMPLE_WARNINGS`].
+    /// Each transform that failed rows of the sample without it being an issue (some of them,
+    /// or all of a few), with the first; then the rows the chain emitted that the sink would set
+    /// aside, or load or not depending on the rows before them (as `transform test` warns of
+    /// them), each with its record, at most [`MAX_SAMPLE_WARNINGS`] of these.
     pub warnings: Vec<String>,
 }
 
 /// The most warnings of output rows the sample keeps: the first few say what to fix.
 pub const MAX_SAMPLE_WARNINGS: usize = 5;
+
+/// How many rows must reach a transform, all failing, for the sample to call it a mistake in the
+/// file (unless every row of the sample reached it): fewer may be bad data.
+const MIN_ALL_FAILED: u64 = 10;
 
 impl std::fmt::Display for Sample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -275,9 +280,10 @@ fn sample(
                     for problem in problems {
                         if sample.warnings.len() < MAX_SAMPLE_WARNINGS {
                             let at = line.map_or_else(String::new, |l| format!(" (line {l})"));
-                            sample
-                                .warnings
-                                .push(format!("record {}{at}: {problem}", n + 1));
+                            sample.warnings.push(format!(
+                                "the transforms' output for record {}{at}: {problem}",
+                                n + 1
+                            ));
                         }
                     }
                 }
@@ -295,6 +301,7 @@ fn sample(
             .entry(transform)
             .or_insert((line, kind, reason));
     }
+    let mut failing = Vec::new();
     for (i, ((in0, failed0), (in1, failed1))) in before.into_iter().zip(counts(chain)).enumerate() {
         let (reached, failed) = (in1 - in0, failed1 - failed0);
         if reached == 0 {
@@ -306,18 +313,10 @@ fn sample(
         let at = line.map_or_else(String::new, |l| format!(" (line {l})"));
         let row = line.map_or_else(|| "a row".to_owned(), |l| format!("line {l}"));
         let policy = (loaded.config.transforms.get(i)).map(|t| t.on_error.of(*kind));
-        if failed == reached {
-            issues.push(loaded.issue(
-                &format!("transforms[{i}]"),
-                format!(
-                    "failed all {reached} rows that reached it from the first {} rows of {}; \
-                     the first: {}: {reason}{at}{STOP_HINT}",
-                    sample.rows,
-                    src.path,
-                    kind.as_str()
-                ),
-            ));
-        } else if policy == Some(crate::config::OnError::Fail) {
+        // A few rows failing, even all that reached it, may be bad data rather than a mistake
+        // in the file: an error takes enough of them, or every row of the sample.
+        let certain = reached >= MIN_ALL_FAILED || reached == sample.rows;
+        if policy == Some(crate::config::OnError::Fail) {
             issues.push(loaded.issue(
                 &format!("transforms[{i}].on_error"),
                 format!(
@@ -328,8 +327,30 @@ fn sample(
                     kind.as_str()
                 ),
             ));
+        } else if failed == reached && certain {
+            issues.push(loaded.issue(
+                &format!("transforms[{i}]"),
+                format!(
+                    "failed all {reached} rows that reached it from the first {} rows of {}; \
+                     the first: {}: {reason}{at}{STOP_HINT}",
+                    sample.rows,
+                    src.path,
+                    kind.as_str()
+                ),
+            ));
+        } else {
+            let name = names.get(i).map_or("", String::as_str);
+            failing.push(format!(
+                "transforms[{i}] ({name}) failed {failed} of the {} that reached it from the \
+                 first {} of {}; the first: {}: {reason}{at}",
+                crate::counted(reached as usize, "row"),
+                crate::counted(sample.rows as usize, "row"),
+                src.path,
+                kind.as_str()
+            ));
         }
     }
+    sample.warnings.splice(0..0, failing);
     Ok((Some(sample), issues))
 }
 
