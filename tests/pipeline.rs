@@ -619,6 +619,22 @@ fn validate_runs_the_first_rows_through_the_chain() {
         "{stderr}"
     );
     assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
+    // Fields that become one column keep every row out of a csv sink's table: warned of once.
+    let mut renamed = text.clone();
+    renamed["transforms"] = serde_json::json!([{
+        "uses": sluice_tests::guests::ENRICH, "with": { "rename": "json:ID" }
+    }]);
+    std::fs::write(dir.path().join("pipeline.json"), renamed.to_string()).unwrap();
+    let (code, stderr) = validate(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: the transforms' output for record 1 (line 2): fields \"id\" and \"ID\" \
+             become the same Snowflake column"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
 
     // Records larger than the topic's messages are bad rows here as in a run, not rows.
     let text = serde_json::json!({

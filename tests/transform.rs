@@ -3846,6 +3846,49 @@ fn cli_test_writes_the_failures_it_expects_next_time() {
     }
 }
 
+/// Two fields that become one Snowflake column (`Value` beside `value`) keep every row that has
+/// both out of the table: `transform test` warns of it once, at the first such row.
+#[test]
+fn cli_test_warns_once_of_fields_that_become_one_column() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.csv"),
+        "id,name,value\n1,a,2.5\n2,b,3.5\n",
+    )
+    .unwrap();
+    let args = [
+        "transform",
+        "test",
+        "--component",
+        guests::ENRICH,
+        "--input",
+        "in.csv",
+    ];
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[&args[..], &["--with", "rename=name:Value"]].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert!(
+        stderr.contains(
+            "record 1 (line 2): warning: fields \"Value\" and \"value\" become the same \
+             Snowflake column, so the sink sets aside each row that has both (rename one)"
+        ),
+        "{stderr}"
+    );
+    assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
+    // Names that stay apart as columns (a quoted name keeps its case) are not warned of.
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[&args[..], &["--with", "rename=name:the Value"]].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
 /// A field whose values would not all go into one Snowflake column, whichever of them made it
 /// (`20` then `9.99`, or `0.5` then `2`: a column made from ints alone is `NUMBER(38,0)`), gets
 /// one warning, at the first value that shows it; values that fit either way (an integral float

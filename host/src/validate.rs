@@ -265,6 +265,9 @@ fn sample(
     // Each transform's first failure: the record's line, and how and why it failed.
     let mut first_failure = BTreeMap::new();
     let mut types = crate::transform::cli::FieldTypes::default();
+    let SinkConfig::Snowflake(sf) = &loaded.config.sink;
+    let csv_sink = sf.format == crate::sink::snowflake::config::FileFormat::Csv;
+    let mut names_warned = std::collections::HashSet::new();
     for (n, (outcome, line)) in outcomes.into_iter().zip(lines).enumerate() {
         let (transform, kind, reason) = match outcome {
             RecordOutcome::Emitted(rows) if rows.is_empty() => {
@@ -274,7 +277,11 @@ fn sample(
             RecordOutcome::Emitted(rows) => {
                 sample.out += rows.len() as u64;
                 for row in &rows {
-                    let problems = (crate::transform::cli::not_json(row).into_iter())
+                    let names = (csv_sink.then(|| crate::transform::cli::unloadable_names(row)))
+                        .flatten()
+                        .filter(|p| names_warned.insert(p.clone()));
+                    let problems = (names.into_iter())
+                        .chain(crate::transform::cli::not_json(row))
                         .chain(crate::transform::cli::unloadable_timestamp(row))
                         .chain(types.see(row, n as u64 + 1));
                     for problem in problems {

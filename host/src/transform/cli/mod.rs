@@ -37,7 +37,7 @@ pub use golden::{Failure, FailuresOut, Golden, JsonRow};
 pub use input::{
     InputFormat, InputOptions, InputRecord, InputRecords, Skip, TEST_TOPIC, read_input,
 };
-pub(crate) use run::{FieldTypes, not_json, unloadable_timestamp};
+pub(crate) use run::{FieldTypes, not_json, unloadable_names, unloadable_timestamp};
 pub use run::{TestReport, load, test};
 pub use scaffold::scaffold;
 

@@ -101,6 +101,8 @@ pub fn test(
     let mut unreadable = None;
     let mut skipped: BTreeMap<Skip, u64> = BTreeMap::new();
     let mut types = FieldTypes::default();
+    // Each problem of field names once: every row of a transform that makes one has it.
+    let mut names_warned = std::collections::HashSet::new();
     // A failure of the chain itself (not of a record): the run stops, after the counts.
     let mut fatal = None;
     let mut stopped = false;
@@ -178,7 +180,10 @@ pub fn test(
             match outcome {
                 RecordOutcome::Emitted(emitted) => {
                     for row in emitted {
-                        let problems = (not_json(&row).into_iter())
+                        let names =
+                            unloadable_names(&row).filter(|p| names_warned.insert(p.clone()));
+                        let problems = (names.into_iter())
+                            .chain(not_json(&row))
                             .chain(unloadable_timestamp(&row))
                             .chain(types.see(&row, n));
                         for problem in problems {
@@ -343,6 +348,35 @@ pub(crate) fn not_json(row: &Row) -> Option<String> {
             }),
         _ => None,
     })
+}
+
+/// What keeps `row` out of any Snowflake table under the sink's `csv` format (the default),
+/// whatever its values, if something does: no fields, a field with an empty name, or two fields
+/// that become one column (`Value` and `value`: the table's columns are the fields' names as
+/// identifiers). The sink sets such a row aside.
+pub(crate) fn unloadable_names(row: &Row) -> Option<String> {
+    if row.fields.is_empty() {
+        return Some("a row has no fields, so the sink sets it aside".to_owned());
+    }
+    let mut seen = std::collections::HashMap::new();
+    for f in &row.fields {
+        if f.name.is_empty() {
+            return Some(
+                "a field has an empty name, which cannot be a Snowflake column, so the sink sets \
+                 aside each row that has one"
+                    .to_owned(),
+            );
+        }
+        let column = crate::sink::snowflake::encode::normalize_ident(&f.name);
+        if let Some(first) = seen.insert(column, &*f.name) {
+            return Some(format!(
+                "fields {first:?} and {:?} become the same Snowflake column, so the sink sets \
+                 aside each row that has both (rename one)",
+                &*f.name
+            ));
+        }
+    }
+    None
 }
 
 /// What is wrong with the first timestamp of `row` outside years 1 to 9999, if one is: it prints
