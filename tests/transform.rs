@@ -5471,6 +5471,14 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         err.contains("with the params in ") && err.contains("`window`"),
         "{err}"
     );
+    // A param refused that came from `--with` is not blamed on the file.
+    std::fs::write(&params, r#"{"field": "name"}"#).unwrap();
+    let (code, _, err) = own(&["--with", "window=100"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("`window`") && !err.contains("params.json"),
+        "{err}"
+    );
     std::fs::remove_file(&params).unwrap();
     // A golden file the run writes is made, not checked: stdout into expected.jsonl remakes it.
     let golden = std::fs::File::create(crate_dir.join("testdata/expected.jsonl")).unwrap();

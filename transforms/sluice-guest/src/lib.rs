@@ -746,10 +746,14 @@ impl Params {
         // The type, so that `invalid digit found in string` says what was expected (a `usize`).
         let ty = std::any::type_name::<T>();
         let ty = ty.rsplit("::").next().unwrap_or(ty);
+        let ty = match ty.starts_with(['a', 'e', 'f', 'i', 'o']) {
+            true => format!("an {ty}"),
+            false => format!("a {ty}"),
+        };
         self.get(name)
             .map(|v| {
                 v.parse::<T>()
-                    .map_err(|e| Error::invalid_param(name, format!("{v:?} is not a {ty}: {e}")))
+                    .map_err(|e| Error::invalid_param(name, format!("{v:?} is not {ty}: {e}")))
             })
             .transpose()
     }
@@ -861,6 +865,13 @@ macro_rules! export {
         // crates can also be linked natively (several into one benchmark) as plain libraries.
         #[cfg(target_arch = "wasm32")]
         $crate::bindings::__export_transform_world!(__SluiceGuest with_types_in $crate::bindings);
+
+        // Natively nothing calls the glue, so the author's own type would read as dead code in
+        // their `cargo test` (`struct Main is never constructed`).
+        #[cfg(not(target_arch = "wasm32"))]
+        const _: () = {
+            let _ = <$t as $crate::Transform>::init;
+        };
     };
 }
 

@@ -88,4 +88,9 @@ fn number_params_are_finite() {
         matches!(&err, Error::InvalidParam(f) if f.reason.starts_with("\"-3e2\" is not a usize: ")),
         "{err:?}"
     );
+    let err = params.parse::<i64>("b").unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidParam(f) if f.reason.starts_with("\"-3e2\" is not an i64: ")),
+        "{err:?}"
+    );
 }

@@ -29,7 +29,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::Context;
+use crate::transform::LoadError;
 
 pub(crate) use build::DEFAULT_DIR;
 pub use build::build;
@@ -442,9 +442,21 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                         own.build()?;
                     }
                     let loaded = load(&configs);
-                    match own.as_ref().and_then(|o| o.params_file.as_ref()) {
-                        Some(params) => loaded
-                            .with_context(|| format!("with the params in {}", params.display()))?,
+                    match own
+                        .as_ref()
+                        .and_then(|o| Some((o, o.params_file.as_ref()?)))
+                    {
+                        // Named only when the param refused is the file's, not a `--with`'s.
+                        Some((own, params)) => loaded.map_err(|e| {
+                            let inner = e.downcast_ref::<UsageError>().map_or(&e, |u| &u.0);
+                            let refused = (inner.chain())
+                                .find_map(|c| c.downcast_ref::<LoadError>()?.param());
+                            let file = |p: &str| own.params.get(p) == configs[0].with.get(p);
+                            match refused {
+                                Some(p) if !file(p) => e,
+                                _ => e.context(format!("with the params in {}", params.display())),
+                            }
+                        })?,
                         None => loaded?,
                     }
                 }
