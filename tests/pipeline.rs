@@ -573,6 +573,39 @@ fn validate_runs_the_first_rows_through_the_chain() {
         "{stderr}"
     );
 
+    // Enough rows failing, though not every row of the sample reached the transform, is an
+    // error too; and under on_error fail it is the same error, not only the policy's.
+    let above_all = (1..=30)
+        .filter(|i| (i * 37 % 100) as f64 + 0.5 > 50.0)
+        .count();
+    assert!(above_all >= 10, "{above_all}");
+    for policy in ["dead_letter", "fail"] {
+        let text = serde_json::json!({
+            "version": 1,
+            "name": "sampled",
+            "source": { "type": "csv", "path": "rows.csv" },
+            "kafka": { "topic": "t1" },
+            "transforms": [
+                { "uses": sluice_tests::guests::FILTER, "with": { "field": "value", "op": "gt", "value": "50" } },
+                { "name": "second", "uses": sluice_tests::guests::FILTER, "on_error": policy, "with": { "field": "valeu", "op": "gt", "value": "5" } }
+            ],
+            "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T" }
+        });
+        std::fs::write(dir.path().join("pipeline.json"), text.to_string()).unwrap();
+        let (code, stderr) = validate(&[]);
+        assert_eq!(code, Some(2), "{stderr}");
+        let wanted = format!(
+            "failed all {above_all} rows that reached it from the first 30 rows of rows.csv; the \
+             first: guest_error: missing field `valeu`"
+        );
+        assert!(
+            stderr.contains("transforms[1] (line 1, column "),
+            "{stderr}"
+        );
+        assert!(stderr.contains(&wanted), "{wanted}\n{stderr}");
+        assert!(!stderr.contains("transforms[1].on_error"), "{stderr}");
+    }
+
     // A transform no row reaches is named as not checked, not passed over in silence.
     let text = serde_json::json!({
         "version": 1,
@@ -619,6 +652,13 @@ fn validate_runs_the_first_rows_through_the_chain() {
         "{stderr}"
     );
     assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
+    // The ndjson format loads each row whole into a VARIANT: nothing to warn of.
+    let mut ndjson = text.clone();
+    ndjson["sink"]["format"] = "ndjson".into();
+    std::fs::write(dir.path().join("pipeline.json"), ndjson.to_string()).unwrap();
+    let (code, stderr) = validate(&[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
     // Fields that become one column keep every row out of a csv sink's table: warned of once.
     let mut renamed = text.clone();
     renamed["transforms"] = serde_json::json!([{

@@ -148,10 +148,13 @@ pub struct Sample {
     /// which the sample did not check.
     pub unchecked: Vec<String>,
     /// Each transform that failed rows of the sample without it being an issue (some of them,
-    /// or all of a few), with the first; then the rows the chain emitted that the sink would set
-    /// aside, or load or not depending on the rows before them (as `transform test` warns of
-    /// them), each with its record, at most [`MAX_SAMPLE_WARNINGS`] of these.
+    /// or all of a few), with the first; then the rows the chain emitted that a `csv` sink
+    /// would set aside, or load or not depending on the rows before them (as `transform test`
+    /// warns of them), each with its record, each once, at most [`MAX_SAMPLE_WARNINGS`] of
+    /// these.
     pub warnings: Vec<String>,
+    /// The warnings of output rows past [`MAX_SAMPLE_WARNINGS`].
+    pub more_warnings: u64,
 }
 
 /// The most warnings of output rows the sample keeps: the first few say what to fix.
@@ -171,6 +174,13 @@ impl std::fmt::Display for Sample {
         )?;
         if self.bad > 0 {
             write!(f, " ({} bad CSV records not run)", self.bad)?;
+        }
+        if self.more_warnings > 0 {
+            let more = crate::counted(self.more_warnings, "more warning");
+            write!(
+                f,
+                "; {more} of its output (`sluice transform test --pipeline` shows each)"
+            )?;
         }
         if !self.unchecked.is_empty() {
             let these = self.unchecked.join(", ");
@@ -218,9 +228,14 @@ fn sample(
         Ok(read) => read,
         Err(e) => return Ok(unreadable(e)),
     };
-    for record in read.take(records) {
+    // Each row's position among the records read, as `transform test` numbers them.
+    let mut records_at = Vec::new();
+    for (at, record) in read.take(records).enumerate() {
         match record {
-            Ok(InputRecord::Row { meta, row, .. }) => batch.push((meta, row)),
+            Ok(InputRecord::Row { meta, row, .. }) => {
+                batch.push((meta, row));
+                records_at.push(at as u64 + 1);
+            }
             Ok(InputRecord::Bad(bad)) => {
                 sample.bad += 1;
                 if src.on_error == crate::config::OnError::Fail && sample.bad == 1 {
@@ -240,9 +255,17 @@ fn sample(
     }
     sample.rows = batch.len() as u64;
     let lines: Vec<Option<u64>> = batch.iter().map(|(meta, _)| meta.csv_line()).collect();
-    let counts = |chain: &TransformChain| -> Vec<(u64, u64)> {
+    // (rows in, failed, filtered out) of each transform.
+    let counts = |chain: &TransformChain| -> Vec<(u64, u64, u64)> {
         (chain.stats().iter())
-            .map(|(_, s)| (s.rows_in.load(Relaxed), s.rows_failed.load(Relaxed)))
+            .map(|(_, s)| {
+                let load = |c: &AtomicU64| c.load(Relaxed);
+                (
+                    load(&s.rows_in),
+                    load(&s.rows_failed),
+                    load(&s.rows_dropped),
+                )
+            })
             .collect()
     };
     let names = chain.names();
@@ -266,9 +289,11 @@ fn sample(
     let mut first_failure = BTreeMap::new();
     let mut types = crate::transform::cli::FieldTypes::default();
     let SinkConfig::Snowflake(sf) = &loaded.config.sink;
+    // The checks of output rows are the `csv` format's: `ndjson` loads each row whole into one
+    // VARIANT, with any text, time or type.
     let csv_sink = sf.format == crate::sink::snowflake::config::FileFormat::Csv;
-    let mut names_warned = std::collections::HashSet::new();
-    for (n, (outcome, line)) in outcomes.into_iter().zip(lines).enumerate() {
+    let mut warned = std::collections::HashSet::new();
+    for ((outcome, line), record) in outcomes.into_iter().zip(lines).zip(records_at) {
         let (transform, kind, reason) = match outcome {
             RecordOutcome::Emitted(rows) if rows.is_empty() => {
                 sample.filtered += 1;
@@ -276,21 +301,20 @@ fn sample(
             }
             RecordOutcome::Emitted(rows) => {
                 sample.out += rows.len() as u64;
-                for row in &rows {
-                    let names = (csv_sink.then(|| crate::transform::cli::unloadable_names(row)))
-                        .flatten()
-                        .filter(|p| names_warned.insert(p.clone()));
-                    let problems = (names.into_iter())
+                for row in rows.iter().filter(|_| csv_sink) {
+                    let problems = (crate::transform::cli::unloadable_names(row).into_iter())
                         .chain(crate::transform::cli::not_json(row))
                         .chain(crate::transform::cli::unloadable_timestamp(row))
-                        .chain(types.see(row, n as u64 + 1));
-                    for problem in problems {
-                        if sample.warnings.len() < MAX_SAMPLE_WARNINGS {
-                            let at = line.map_or_else(String::new, |l| format!(" (line {l})"));
-                            sample.warnings.push(format!(
-                                "the transforms' output for record {}{at}: {problem}",
-                                n + 1
-                            ));
+                        .chain(types.see(row, record));
+                    for problem in problems.filter(|p| warned.insert(p.clone())) {
+                        match sample.warnings.len() < MAX_SAMPLE_WARNINGS {
+                            true => {
+                                let at = line.map_or_else(String::new, |l| format!(" (line {l})"));
+                                sample.warnings.push(format!(
+                                    "the transforms' output for record {record}{at}: {problem}"
+                                ));
+                            }
+                            false => sample.more_warnings += 1,
                         }
                     }
                 }
@@ -309,8 +333,15 @@ fn sample(
             .or_insert((line, kind, reason));
     }
     let mut failing = Vec::new();
-    for (i, ((in0, failed0), (in1, failed1))) in before.into_iter().zip(counts(chain)).enumerate() {
+    // Whether every row of the sample reached the transform: none was filtered out or failed
+    // before it.
+    let mut whole = true;
+    for (i, ((in0, failed0, dropped0), (in1, failed1, dropped1))) in
+        before.into_iter().zip(counts(chain)).enumerate()
+    {
         let (reached, failed) = (in1 - in0, failed1 - failed0);
+        let all_reached = whole;
+        whole &= failed == 0 && dropped1 == dropped0;
         if reached == 0 {
             sample.unchecked.push(format!("transforms[{i}]"));
         }
@@ -322,19 +353,8 @@ fn sample(
         let policy = (loaded.config.transforms.get(i)).map(|t| t.on_error.of(*kind));
         // A few rows failing, even all that reached it, may be bad data rather than a mistake
         // in the file: an error takes enough of them, or every row of the sample.
-        let certain = reached >= MIN_ALL_FAILED || reached == sample.rows;
-        if policy == Some(crate::config::OnError::Fail) {
-            issues.push(loaded.issue(
-                &format!("transforms[{i}].on_error"),
-                format!(
-                    "the transform fails {row} of {} ({}: {reason}): with on_error fail for \
-                     {}, a run stops there{STOP_HINT}",
-                    src.path,
-                    kind.as_str(),
-                    kind.as_str()
-                ),
-            ));
-        } else if failed == reached && certain {
+        let certain = reached >= MIN_ALL_FAILED || all_reached;
+        if failed == reached && certain {
             issues.push(loaded.issue(
                 &format!("transforms[{i}]"),
                 format!(
@@ -342,6 +362,17 @@ fn sample(
                      the first: {}: {reason}{at}{STOP_HINT}",
                     sample.rows,
                     src.path,
+                    kind.as_str()
+                ),
+            ));
+        } else if policy == Some(crate::config::OnError::Fail) {
+            issues.push(loaded.issue(
+                &format!("transforms[{i}].on_error"),
+                format!(
+                    "the transform fails {row} of {} ({}: {reason}): with on_error fail for \
+                     {}, a run stops there{STOP_HINT}",
+                    src.path,
+                    kind.as_str(),
                     kind.as_str()
                 ),
             ));

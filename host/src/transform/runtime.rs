@@ -2003,7 +2003,7 @@ fn run_transform(
 }
 
 /// Warns once per run when a batch of `n` rows hit a limit (`fuel`, `timeout_ms`, `memory_mb`)
-/// that none of its rows hit alone: the limits hold per batch call, and one that fits single rows
+/// while each of its rows ran alone without trapping or hitting a limit: the limits hold per batch call, and one that fits single rows
 /// but not whole batches makes every batch run twice, the second time a row at a time. That is
 /// slow but loses nothing, so easy to miss.
 fn warn_limit_per_batch(t: &Loaded, kind: FailureKind, n: usize, failures: &[Failure]) {
@@ -2014,7 +2014,11 @@ fn warn_limit_per_batch(t: &Loaded, kind: FailureKind, n: usize, failures: &[Fai
         _ => return,
     };
     let setting = kind.setting().unwrap_or_default();
-    if failures.iter().any(|f| f.kind == kind) || t.limit_warned.swap(true, Relaxed) {
+    // A row that trapped or hit a limit alone (emitting past `max_rows_per_record`, say) may be
+    // what the batch ran out of: then raising the batch's limit is not the fix. A guest's error
+    // costs next to nothing, and says nothing either way.
+    let failed_alone = failures.iter().any(|f| f.kind != FailureKind::Guest);
+    if failed_alone || t.limit_warned.swap(true, Relaxed) {
         return;
     }
     tracing::warn!(

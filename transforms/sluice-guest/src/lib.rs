@@ -745,11 +745,17 @@ impl Params {
     {
         // The type, so that `invalid digit found in string` says what was expected (a `usize`).
         let ty = std::any::type_name::<T>();
-        let ty = ty.rsplit("::").next().unwrap_or(ty);
-        let ty = match ty.starts_with(['a', 'e', 'f', 'i', 'o']) {
-            true => format!("an {ty}"),
-            false => format!("a {ty}"),
+        // The last segment of its path, its parameters shortened (`Wrapper<alloc::string::String>`
+        // is `Wrapper<…>`).
+        let (path, params) = ty.split_at(ty.find('<').unwrap_or(ty.len()));
+        let short = path.rsplit("::").next().unwrap_or(path);
+        let params = if params.is_empty() { "" } else { "<…>" };
+        // `f` for `f32`/`f64` ("an f64"); a capital F starts a word ("a Foo").
+        let article = match short.starts_with(['a', 'e', 'i', 'o', 'A', 'E', 'I', 'O', 'f']) {
+            true => "an",
+            false => "a",
         };
+        let ty = format!("{article} {short}{params}");
         self.get(name)
             .map(|v| {
                 v.parse::<T>()

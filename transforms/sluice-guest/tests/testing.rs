@@ -93,4 +93,9 @@ fn number_params_are_finite() {
         matches!(&err, Error::InvalidParam(f) if f.reason.starts_with("\"-3e2\" is not an i64: ")),
         "{err:?}"
     );
+    let err = params.parse::<std::net::Ipv4Addr>("b").unwrap_err();
+    assert!(
+        matches!(&err, Error::InvalidParam(f) if f.name == "b" && f.reason.starts_with("\"-3e2\" is not an Ipv4Addr: ")),
+        "{err:?}"
+    );
 }

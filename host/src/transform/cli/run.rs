@@ -367,7 +367,8 @@ pub(crate) fn unloadable_names(row: &Row) -> Option<String> {
                     .to_owned(),
             );
         }
-        let column = crate::sink::snowflake::encode::normalize_ident(&f.name);
+        // As the sink matches them: a quoted name too meets a column of another case.
+        let column = crate::sink::snowflake::encode::normalize_ident(&f.name).to_ascii_uppercase();
         if let Some(first) = seen.insert(column, &*f.name) {
             return Some(format!(
                 "fields {first:?} and {:?} become the same Snowflake column, so the sink sets \
