@@ -659,14 +659,24 @@ fn validate_runs_the_first_rows_through_the_chain() {
     let (code, stderr) = validate(&[]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("warning"), "{stderr}");
-    // Fields that become one column keep every row out of a csv sink's table: warned of once.
+    // Fields that become one column keep every row out of a csv sink's table: warned of once,
+    // and, as every row out has them, an error (a run would load nothing).
     let mut renamed = text.clone();
     renamed["transforms"] = serde_json::json!([{
         "uses": sluice_tests::guests::ENRICH, "with": { "rename": "json:ID" }
     }]);
     std::fs::write(dir.path().join("pipeline.json"), renamed.to_string()).unwrap();
     let (code, stderr) = validate(&[]);
-    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains(
+            "transforms (line 1, column 96): every one of the 2 rows the transforms emitted \
+             from the first 2 rows of rows.csv has field names no table takes, so a run would \
+             load none of them; the first, for record 1 (line 2): fields \"id\" and \"ID\" \
+             become the same Snowflake column"
+        ),
+        "{stderr}"
+    );
     assert!(
         stderr.contains(
             "warning: the transforms' output for record 1 (line 2): fields \"id\" and \"ID\" \

@@ -293,6 +293,8 @@ fn sample(
     // VARIANT, with any text, time or type.
     let csv_sink = sf.format == crate::sink::snowflake::config::FileFormat::Csv;
     let mut warned = std::collections::HashSet::new();
+    // Output rows whose field names keep them out of any table, and the first of them.
+    let (mut unloadable, mut first_unloadable) = (0u64, None);
     for ((outcome, line), record) in outcomes.into_iter().zip(lines).zip(records_at) {
         let (transform, kind, reason) = match outcome {
             RecordOutcome::Emitted(rows) if rows.is_empty() => {
@@ -302,7 +304,12 @@ fn sample(
             RecordOutcome::Emitted(rows) => {
                 sample.out += rows.len() as u64;
                 for row in rows.iter().filter(|_| csv_sink) {
-                    let problems = (crate::transform::cli::unloadable_names(row).into_iter())
+                    let names = crate::transform::cli::unloadable_names(row);
+                    if let Some(problem) = &names {
+                        unloadable += 1;
+                        first_unloadable.get_or_insert_with(|| (record, line, problem.clone()));
+                    }
+                    let problems = (names.into_iter())
                         .chain(crate::transform::cli::not_json(row))
                         .chain(crate::transform::cli::unloadable_timestamp(row))
                         .chain(types.see(row, record));
@@ -389,6 +396,23 @@ fn sample(
         }
     }
     sample.warnings.splice(0..0, failing);
+    // Every row out set aside by the sink, for its names whatever its values, is a chain that
+    // loads nothing: as certain a mistake as a transform failing every row.
+    if let Some((record, line, problem)) = first_unloadable
+        && unloadable == sample.out
+        && (unloadable >= MIN_ALL_FAILED || sample.failed + sample.filtered == 0)
+    {
+        let at = line.map_or_else(String::new, |l| format!(" (line {l})"));
+        issues.push(loaded.issue(
+            "transforms",
+            format!(
+                "every one of the {unloadable} rows the transforms emitted from the first {} rows \
+                 of {} has field names no table takes, so a run would load none of them; the \
+                 first, for record {record}{at}: {problem}{STOP_HINT}",
+                sample.rows, src.path
+            ),
+        ));
+    }
     Ok((Some(sample), issues))
 }
 
