@@ -220,13 +220,14 @@ fn sample(
     let mut issues = Vec::new();
     let opts = InputOptions::of_source(src, &loaded.config.kafka);
     let mut batch = Vec::new();
-    let unreadable = |e: anyhow::Error| {
+    let unreadable = |e: anyhow::Error, mut issues: Vec<ConfigIssue>| {
         let why = format!("cannot read the first records of {}: {e:#}", src.path);
-        (None, vec![loaded.issue("source.path", why)])
+        issues.push(loaded.issue("source.path", why));
+        (None, issues)
     };
     let read = match read_input(&path, &opts) {
         Ok(read) => read,
-        Err(e) => return Ok(unreadable(e)),
+        Err(e) => return Ok(unreadable(e, issues)),
     };
     // Each row's position among the records read, as `transform test` numbers them.
     let mut records_at = Vec::new();
@@ -250,7 +251,7 @@ fn sample(
                 }
             }
             Ok(_) => sample.bad += 1,
-            Err(e) => return Ok(unreadable(e)),
+            Err(e) => return Ok(unreadable(e, issues)),
         }
     }
     sample.rows = batch.len() as u64;
