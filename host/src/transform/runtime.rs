@@ -562,9 +562,9 @@ impl TransformChain {
     /// Drops every instance's state: each worker drops its instances now, and builds them again
     /// (with a fresh `init`) for its next batch, and partitions are dealt to the workers afresh.
     /// For when partitions are revoked: their records after the warehouse's offsets will be
-    /// delivered again, and an instance that kept what it made of them would see them twice (a dedupe
-    /// would drop the very records that are to be loaded). Must not race a batch in flight: a
-    /// batch already queued to a worker runs on its old instances.
+    /// delivered again, and an instance that kept what it made of them would see them twice (a
+    /// dedupe would drop the very records that are to be loaded). Must not race a batch in
+    /// flight: a batch already queued to a worker runs on its old instances.
     pub fn forget_state(&self) {
         for jobs in &self.jobs {
             // A worker that has stopped holds no instances.
@@ -2003,9 +2003,9 @@ fn run_transform(
 }
 
 /// Warns once per run when a batch of `n` rows hit a limit (`fuel`, `timeout_ms`, `memory_mb`)
-/// while each of its rows ran alone without trapping or hitting a limit: the limits hold per batch call, and one that fits single rows
-/// but not whole batches makes every batch run twice, the second time a row at a time. That is
-/// slow but loses nothing, so easy to miss.
+/// while each of its rows ran alone without trapping or hitting a limit: the limits hold per
+/// batch call, and one that fits single rows but not whole batches makes every batch run twice,
+/// the second time a row at a time. That is slow but loses nothing, so easy to miss.
 fn warn_limit_per_batch(t: &Loaded, kind: FailureKind, n: usize, failures: &[Failure]) {
     let what = match kind {
         FailureKind::Fuel => "ran out of fuel",
