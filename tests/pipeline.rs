@@ -642,6 +642,25 @@ fn validate_tells_bad_rows_from_a_mistake_in_the_file() {
         );
         assert!(stderr.contains(&wanted), "{wanted}\n{stderr}");
     }
+
+    // Bad CSV records: a few are bad data (a warning with the first); all of them are a
+    // mistake in the file, here a declared type the values do not have, named at its key.
+    let (code, stderr) = validate_in(dir.path(), &sampled("rows.csv", vec![value()].into()), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let wanted = "warning: 2 of the first 32 records of rows.csv are bad rows, which a run would \
+                  dead-letter; the first: line 12: ragged_row: ";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
+    let mut typed = sampled("rows.csv", serde_json::json!([value()]));
+    typed["source"]["schema"] = serde_json::json!({ "value": "int" });
+    typed["source"]["on_error"] = "drop".into();
+    let (code, stderr) = validate_in(dir.path(), &typed, &["--sample-rows", "20"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let wanted = "source.schema.value (line 1, column ";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
+    let wanted = "all of the first 20 records of rows.csv are bad rows, so a run would drop every \
+                  one and load nothing; the first: line 2: parse: field \"value\": \"37.5\" is not \
+                  a valid int";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
 }
 
 /// What the sample could not check is said: a transform no row reached, and records the source
@@ -669,7 +688,8 @@ fn validate_says_what_its_sample_did_not_check() {
     let mut small = sampled("big.csv", serde_json::json!([filter("valeu", "gt", "5")]));
     small["kafka"]["properties"] = serde_json::json!({ "message.max.bytes": "1000" });
     let (code, stderr) = validate_in(dir.path(), &small, &[]);
-    assert_eq!(code, Some(0), "{stderr}");
+    // Every record of the file is too large: a run would load nothing.
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(
             "the first 0 rows of big.csv through the transforms: 0 rows out, 0 filtered out, 0 \
@@ -677,6 +697,11 @@ fn validate_says_what_its_sample_did_not_check() {
         ),
         "{stderr}"
     );
+    let wanted = "kafka.properties.message.max.bytes (line 1, column ";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
+    let wanted = "all of the first 3 records of big.csv are bad rows, so a run would dead-letter \
+                  every one and load nothing; the first: line 2: too_large: ";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
 }
 
 /// Output rows a `csv` sink would set aside are warned of, once, at their record and line; if

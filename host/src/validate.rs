@@ -184,9 +184,14 @@ impl std::fmt::Display for Sample {
         }
         if !self.unchecked.is_empty() {
             let these = self.unchecked.join(", ");
+            let it = if self.unchecked.len() == 1 {
+                "it"
+            } else {
+                "them"
+            };
             write!(
                 f,
-                "; no row reached {these}, so the sample did not check it"
+                "; no row reached {these}, so the sample did not check {it}"
             )?;
         }
         Ok(())
@@ -231,7 +236,10 @@ fn sample(
     };
     // Each row's position among the records read, as `transform test` numbers them.
     let mut records_at = Vec::new();
+    let mut first_bad = None;
+    let mut read_all = 0;
     for (at, record) in read.take(records).enumerate() {
+        read_all = at + 1;
         match record {
             Ok(InputRecord::Row { meta, row, .. }) => {
                 batch.push((meta, row));
@@ -239,22 +247,22 @@ fn sample(
             }
             Ok(InputRecord::Bad(bad)) => {
                 sample.bad += 1;
-                if src.on_error == crate::config::OnError::Fail && sample.bad == 1 {
-                    issues.push(loaded.issue(
-                        "source.on_error",
-                        format!(
-                            "line {} of {} is a bad row ({}): with on_error fail, a run stops \
-                             there{STOP_HINT}",
-                            bad.line, src.path, bad.reason
-                        ),
-                    ));
-                }
+                first_bad.get_or_insert(bad);
             }
             Ok(_) => sample.bad += 1,
             Err(e) => return Ok(unreadable(e, issues)),
         }
     }
     sample.rows = batch.len() as u64;
+    let bad_warning = match first_bad.map(|bad| bad_rows(loaded, &sample, &bad, read_all < records))
+    {
+        Some(Err(issue)) => {
+            issues.push(issue);
+            None
+        }
+        Some(Ok(warning)) => Some(warning),
+        None => None,
+    };
     let lines: Vec<Option<u64>> = batch.iter().map(|(meta, _)| meta.csv_line()).collect();
     // (rows in, failed, filtered out) of each transform.
     let counts = |chain: &TransformChain| -> Vec<(u64, u64, u64)> {
@@ -396,7 +404,9 @@ fn sample(
             ));
         }
     }
-    sample.warnings.splice(0..0, failing);
+    sample
+        .warnings
+        .splice(0..0, bad_warning.into_iter().chain(failing));
     // Every row out set aside by the sink, for its names whatever its values, is a chain that
     // loads nothing: as certain a mistake as a transform failing every row.
     if let Some((record, line, problem)) = first_unloadable
@@ -415,6 +425,69 @@ fn sample(
         ));
     }
     Ok((Some(sample), issues))
+}
+
+/// What the sample's bad CSV records say, `bad` the first of them; `ended` when the sample read
+/// the whole file. Under `on_error: fail` the first stops a run (an issue at `source.on_error`).
+/// Otherwise every record read being bad, enough of them or the whole file, is a mistake in the
+/// file rather than in the data, since a run would load nothing: an issue at the declared type
+/// the first one's value does not parse as (`source.schema.value`), else at `source.path`. Fewer
+/// are a warning, with the first.
+fn bad_rows(
+    loaded: &LoadedConfig,
+    sample: &Sample,
+    bad: &crate::source::csv::BadRow,
+    ended: bool,
+) -> Result<String, ConfigIssue> {
+    use crate::config::OnError;
+    let SourceConfig::Csv(src) = &loaded.config.source;
+    let first = format!("line {}: {}: {}", bad.line, bad.kind.as_str(), bad.reason);
+    if src.on_error == OnError::Fail {
+        return Err(loaded.issue(
+            "source.on_error",
+            format!(
+                "line {} of {} is a bad row ({}): with on_error fail, a run stops \
+                 there{STOP_HINT}",
+                bad.line, src.path, bad.reason
+            ),
+        ));
+    }
+    let fate = match src.on_error {
+        OnError::Drop => "drop",
+        _ => "dead-letter",
+    };
+    if sample.rows == 0 && (sample.bad >= MIN_ALL_FAILED || ended) {
+        use crate::source::csv::BadRowKind;
+        // The reason names its field first: `field "value": "14.52" is not a valid int`.
+        let declared = (src.schema.keys())
+            .find(|c| bad.reason.starts_with(&format!("field {c:?}:")))
+            .filter(|_| bad.kind == BadRowKind::Parse);
+        let limit = "message.max.bytes";
+        let at = match declared {
+            Some(c) => format!("source.schema.{c}"),
+            None if bad.kind == BadRowKind::TooLarge
+                && loaded.config.kafka.properties.contains_key(limit) =>
+            {
+                format!("kafka.properties.{limit}")
+            }
+            None => "source.path".to_owned(),
+        };
+        return Err(loaded.issue(
+            &at,
+            format!(
+                "all of the first {} of {} are bad rows, so a run would {fate} every one and load \
+                 nothing; the first: {first}{STOP_HINT}",
+                crate::counted(sample.bad as usize, "record"),
+                src.path,
+            ),
+        ));
+    }
+    Ok(format!(
+        "{} of the first {} of {} are bad rows, which a run would {fate}; the first: {first}",
+        sample.bad,
+        crate::counted((sample.bad + sample.rows) as usize, "record"),
+        src.path,
+    ))
 }
 
 /// Where a transform's load error is reported: the param `init` refused, the setting it ran out
