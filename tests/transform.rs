@@ -5303,6 +5303,30 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("is not a transforms workspace"), "{stderr}");
     assert_eq!(std::fs::read_dir(&occupied).unwrap().count(), 1);
+    // `transforms` named by --dir is started like any other directory; left to the default,
+    // it must be a workspace already (`new` run outside the project root says so).
+    let root = dir.path().join("root");
+    std::fs::create_dir(&root).unwrap();
+    let out = sluice_tests::cli::sluice(&root, &["transform", "new", "shout"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("transforms is not a transforms workspace"),
+        "{stderr}"
+    );
+    assert!(!root.join("transforms").exists());
+    let out =
+        sluice_tests::cli::sluice(&root, &["transform", "new", "shout", "--dir", "transforms"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for file in [
+        "Cargo.toml",
+        ".cargo/config.toml",
+        "shout/Cargo.toml",
+        "shout/src/lib.rs",
+    ] {
+        assert!(root.join("transforms").join(file).is_file(), "{file}");
+    }
     // A bad name in a new directory leaves nothing behind.
     let out = sluice_tests::cli::sluice(
         dir.path(),
@@ -5379,14 +5403,17 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         )),
         "{lib}"
     );
-    assert!(cli::scaffold("shout", ws).is_err(), "refuses to overwrite");
+    assert!(
+        cli::scaffold("shout", ws, true).is_err(),
+        "refuses to overwrite"
+    );
     // A workspace that names its members leaves a new crate out of its builds: refused, and
     // nothing is left behind.
     let manifest = std::fs::read_to_string(ws.join("Cargo.toml")).unwrap();
     let named = manifest.replace(r#"members = ["*"]"#, r#"members = ["shout"]"#);
     assert_ne!(named, manifest);
     std::fs::write(ws.join("Cargo.toml"), named).unwrap();
-    let refused = cli::scaffold("other", ws).unwrap_err().to_string();
+    let refused = cli::scaffold("other", ws, true).unwrap_err().to_string();
     assert!(
         refused.contains(r#"[workspace] members do not include "other""#),
         "{refused}"
@@ -5404,7 +5431,7 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         "{}",
         String::from_utf8_lossy(&fmt.stdout)
     );
-    assert!(cli::scaffold("Bad Name", ws).is_err());
+    assert!(cli::scaffold("Bad Name", ws, true).is_err());
     let built = cli::build(Some("shout"), ws).unwrap();
     assert_eq!(built.len(), 1, "{built:?}");
     assert!(

@@ -70,9 +70,10 @@ pub enum TransformCommand {
         /// The transform's name (lowercase letters, digits, `-` and `_`); the crate is
         /// `transform-<NAME>`.
         name: String,
-        /// The transforms workspace to create it in.
-        #[arg(long, default_value = DEFAULT_DIR)]
-        dir: PathBuf,
+        /// The transforms workspace to create it in (default: `transforms`, which must be one
+        /// already). A directory named here that is not there yet, or is empty, becomes one.
+        #[arg(long)]
+        dir: Option<PathBuf>,
     },
     /// Build transforms for wasm32-wasip2 in release mode and print where the `.wasm` files are.
     Build {
@@ -215,7 +216,9 @@ fn memory_mb(text: &str) -> Result<u64, String> {
 pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TransformCommand::New { name, dir } => {
-            let crate_dir = scaffold(&name, &dir)?;
+            let dir_given = dir.is_some();
+            let dir = dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+            let crate_dir = scaffold(&name, &dir, dir_given)?;
             crate::outln!("created {}", crate_dir.display());
             // The whole loop, so that an author need not look it up: build, then the scaffold's
             // own golden test (which passes untouched).

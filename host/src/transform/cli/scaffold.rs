@@ -21,14 +21,15 @@ const TEMPLATE_EXPECTED: &str =
 /// anyway) and the guest SDK.
 const RESERVED_NAMES: [&str; 3] = ["target", "template", "sluice-guest"];
 
-/// Creates `<dir>/<name>/` from the embedded template and returns its path; a `--dir` that does
-/// not exist yet, or is empty, becomes a workspace first (see [`start_workspace`]). A bad name, a
+/// Creates `<dir>/<name>/` from the embedded template and returns its path; a `dir` given by
+/// `--dir` (`dir_given`) that does not exist yet, or is empty, becomes a workspace first (see
+/// [`start_workspace`]). A bad name, a
 /// missing workspace or an existing crate is a [`UsageError`].
 ///
 /// [`UsageError`]: super::UsageError
-pub fn scaffold(name: &str, dir: &Path) -> anyhow::Result<PathBuf> {
+pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathBuf> {
     check_name(name, dir).map_err(usage)?;
-    let started = start_workspace(dir).map_err(usage)?;
+    let started = start_workspace(dir, dir_given).map_err(usage)?;
     check_new(name, dir).map_err(usage)?;
     if started {
         crate::outln!(
@@ -121,10 +122,11 @@ fn toml_string(text: &str) -> String {
 /// `Cargo.toml` with what the template's crate inherits and this sluice's SDK, a
 /// `.cargo/config.toml` for the wasm target and a `.gitignore` for `target/`, so that an author
 /// keeping transforms in a repository of their own writes no manifest by hand. Whether it did.
-/// Nothing is overwritten. The default `transforms/` and a directory with files in it are left
-/// to [`check_new`] to report.
-fn start_workspace(dir: &Path) -> anyhow::Result<bool> {
-    if dir == Path::new(DEFAULT_DIR) || dir.join("Cargo.toml").exists() || !fresh_dir(dir) {
+/// Nothing is overwritten. A directory with files in it, and the default `transforms/` when no
+/// `--dir` named it (`dir_given`), are left to [`check_new`] to report: `new` run outside the
+/// project root should say so, not start a workspace there.
+fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
+    if !dir_given || dir.join("Cargo.toml").exists() || !fresh_dir(dir) {
         return Ok(false);
     }
     let Some(sdk) = own_sdk() else {
