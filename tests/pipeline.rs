@@ -420,6 +420,65 @@ fn committed_schema_is_current() {
     );
 }
 
+/// The bounds `pipeline.schema.json` gives an editor are the ones `validate` holds a file to:
+/// each value just past one is refused at its key, and the schema's `null`-free column types.
+#[test]
+fn schema_bounds_are_the_ones_validate_enforces() {
+    let out = sluice(&workspace_root(), &["schema"]);
+    assert!(out.status.success());
+    let schema: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    /// The first property called `name` anywhere in `node`.
+    fn property<'a>(node: &'a serde_json::Value, name: &str) -> Option<&'a serde_json::Value> {
+        match node {
+            serde_json::Value::Object(map) => (map.get("properties"))
+                .and_then(|p| p.get(name))
+                .or_else(|| map.values().find_map(|v| property(v, name))),
+            serde_json::Value::Array(items) => items.iter().find_map(|v| property(v, name)),
+            _ => None,
+        }
+    }
+    let mut file: serde_json::Value = serde_json::from_str(BASE).unwrap();
+    // (where in the file, the property's name, the value set there, the schema's bound it is past)
+    let cases = [
+        ("/source", "loop", 0, "minimum"),
+        ("/source", "infer_rows", 0, "minimum"),
+        ("/kafka", "partitions", 0, "minimum"),
+        ("/kafka", "replication_factor", 0, "minimum"),
+        ("/kafka", "max_in_flight", 0, "minimum"),
+        ("/transforms/0", "memory_mb", 0, "minimum"),
+        ("/transforms/1", "memory_mb", 4097, "maximum"),
+        ("/transforms/0", "timeout_ms", 0, "minimum"),
+        ("/transforms/0", "fuel", 0, "minimum"),
+        ("/transforms/0", "max_rows_per_record", 0, "minimum"),
+        ("/sink/batch", "max_rows", 0, "minimum"),
+        ("/sink/batch", "max_bytes", 1023, "minimum"),
+        ("/sink/batch", "max_latency_ms", 0, "minimum"),
+    ];
+    file["sink"]["batch"] = serde_json::json!({});
+    for (at, name, value, bound) in cases {
+        let limit = property(&schema, name).and_then(|p| p.get(bound));
+        let step = if bound == "minimum" { 1 } else { -1 };
+        assert_eq!(limit, Some(&(value + step).into()), "{name} {bound}");
+        file.pointer_mut(at).unwrap()[name] = value.into();
+    }
+    file["source"]["schema"] = serde_json::json!({ "name": "null" });
+    let (code, stderr) = validate(&file.to_string());
+    assert_eq!(code, Some(2), "{stderr}");
+    for (at, name, _, _) in cases {
+        let key = at[1..]
+            .replace("/0", "[0]")
+            .replace("/1", "[1]")
+            .replace('/', ".");
+        let wanted = format!("{key}.{name} (line ");
+        assert!(stderr.contains(&wanted), "{wanted}\n{stderr}");
+    }
+    let wanted = "source.schema.name (line 1, column ";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
+    assert!(stderr.contains("null is no column type"), "{stderr}");
+    let types = schema.pointer("/$defs/DeclaredType/oneOf").unwrap();
+    assert!(!types.to_string().contains("\"null\""), "{types}");
+}
+
 /// Output into a pipe whose reader has gone (`sluice schema | true`) is dropped, not a panic
 /// (exit 101); the command keeps its own exit code, for errors on stderr too.
 #[test]

@@ -68,9 +68,11 @@ pub struct KafkaConfig {
     pub topic: String,
     /// Partition count used when the topic is created.
     #[serde(default = "default_partitions")]
+    #[schemars(range(min = 1))]
     pub partitions: i32,
     /// Replication factor used when the topic is created.
     #[serde(default = "default_replication")]
+    #[schemars(range(min = 1))]
     pub replication_factor: i32,
     /// Consumer group id; defaults to `sluice-<pipeline name>`.
     #[serde(default)]
@@ -80,6 +82,7 @@ pub struct KafkaConfig {
     pub compression: Compression,
     /// Records consumed but not yet durable in the sink, at most; backpressure beyond it.
     #[serde(default = "default_max_in_flight")]
+    #[schemars(range(min = 1))]
     pub max_in_flight: usize,
     /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.mechanism`), applied to
     /// producer, consumer and admin clients.

@@ -550,6 +550,14 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
             "infer_rows must be at least 1".to_owned(),
         );
     }
+    for (column, _) in (src.schema.iter()).filter(|(_, t)| **t == crate::row::ValueType::Null) {
+        bad(
+            &format!("source.schema.{column}"),
+            "null is no column type (every value but an empty one would be a bad row): use int, \
+             float, bool, string, timestamp or json"
+                .to_owned(),
+        );
+    }
     match &src.pacing {
         Pacing::Rate { rows_per_sec } if !(rows_per_sec.is_finite() && *rows_per_sec > 0.0) => {
             bad(

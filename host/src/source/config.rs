@@ -37,15 +37,18 @@ pub struct CsvSourceConfig {
     /// Explicit column types (column name to type). Columns not listed are inferred from the
     /// data: int, float, bool, ISO-8601 timestamp, else string.
     #[serde(default)]
+    #[schemars(with = "BTreeMap<String, DeclaredType>")]
     pub schema: BTreeMap<String, ValueType>,
     /// How many leading rows type inference samples.
     #[serde(default = "default_infer_rows")]
+    #[schemars(range(min = 1))]
     pub infer_rows: usize,
     /// How fast rows are replayed.
     #[serde(default)]
     pub pacing: Pacing,
     /// How many times the file is replayed (1 = once).
     #[serde(default = "default_loop", rename = "loop")]
+    #[schemars(range(min = 1))]
     pub loop_count: u32,
     /// Column whose value becomes the Kafka message key; without it messages have no key.
     #[serde(default)]
@@ -86,6 +89,27 @@ pub enum Pacing {
         #[serde(default = "default_max_gap_ms")]
         max_gap_ms: u64,
     },
+}
+
+/// A column type `schema` can declare.
+// [`ValueType`] but `null`, which no value but an empty one parses as. Only the JSON Schema uses
+// it: `sluice validate` refuses `null` with a message of its own.
+#[derive(JsonSchema)]
+#[serde(rename_all = "snake_case")]
+#[allow(dead_code)]
+enum DeclaredType {
+    /// `true`/`false`.
+    Bool,
+    /// A 64-bit signed integer.
+    Int,
+    /// A 64-bit float.
+    Float,
+    /// Text as it is.
+    String,
+    /// An ISO-8601 date and time.
+    Timestamp,
+    /// JSON text, loaded as a VARIANT.
+    Json,
 }
 
 fn default_delimiter() -> String {

@@ -103,14 +103,17 @@ pub struct TransformConfig {
     pub on_error: ErrorPolicy,
     /// Linear-memory cap per instance, in MiB.
     #[serde(default = "default_memory_mb")]
+    #[schemars(range(min = 1, max = 4096))]
     pub memory_mb: u64,
     /// CPU-time cap per batch call, in milliseconds: CPU time the call used, so time the
     /// machine spends on other work is not counted. Building an instance and its `init` get this
     /// or 1000, whichever is more.
     #[serde(default = "default_timeout_ms")]
+    #[schemars(range(min = 1))]
     pub timeout_ms: u64,
     /// Fuel per batch call, for deterministic CI runs; unset means no fuel metering.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub fuel: Option<u64>,
     /// Show the guest's stdout/stderr on sluice's stderr, each line prefixed `[name] ` (not shown
     /// by default; a trap's reason still quotes what the guest wrote in that call).
@@ -120,6 +123,7 @@ pub struct TransformConfig {
     /// row's record with kind `output_limit` (guards against a runaway flat-map). Each transform
     /// applies its own limit, so two flat-maps in a chain can multiply.
     #[serde(default = "default_max_rows_per_record")]
+    #[schemars(range(min = 1))]
     pub max_rows_per_record: u32,
     /// The secrets among the values of `with` taken from the environment (`${VAR}`): all but
     /// short numbers and flags whose param and variable are not named like secrets (see the

@@ -108,12 +108,15 @@ pub enum FileFormat {
 pub struct BatchConfig {
     /// Rows per file.
     #[serde(default = "default_max_rows")]
+    #[schemars(range(min = 1))]
     pub max_rows: usize,
     /// Uncompressed bytes per file.
     #[serde(default = "default_max_bytes")]
+    #[schemars(range(min = 1024))]
     pub max_bytes: usize,
     /// Longest a row waits before its batch is flushed, in milliseconds.
     #[serde(default = "default_max_latency_ms")]
+    #[schemars(range(min = 1))]
     pub max_latency_ms: u64,
 }
 
