@@ -1420,6 +1420,42 @@ fn cli_test_expect_dash_is_stdin() {
     assert!(stderr.contains("ok: 1 row matches -"), "{stderr}");
 }
 
+/// An input with no records (a header alone, blank lines) runs nothing: a warning, and a
+/// golden file checked against it is a failed test, not one that passes on nothing. A record
+/// that only fails still counts as tested.
+#[test]
+fn cli_test_says_an_input_without_records_checks_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("header.csv"), "id,value\n").unwrap();
+    std::fs::write(dir.path().join("blank.jsonl"), "\n\n").unwrap();
+    std::fs::write(dir.path().join("ragged.csv"), "id,value\n1,2,3\n").unwrap();
+    std::fs::write(dir.path().join("none.jsonl"), "").unwrap();
+    let run = |input: &str, expect: bool| {
+        let mut args = vec!["transform", "test", "--component", guests::PASSTHROUGH];
+        args.extend(["--input", input]);
+        if expect {
+            args.extend(["--expect", "none.jsonl"]);
+        }
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        (out.status.code(), stderr)
+    };
+    for input in ["header.csv", "blank.jsonl"] {
+        let (code, stderr) = run(input, false);
+        assert_eq!(code, Some(0), "{stderr}");
+        let wanted = format!("warning: {input} has no records: nothing ran through the transforms");
+        assert!(stderr.contains(&wanted), "{wanted}\n{stderr}");
+        let (code, stderr) = run(input, true);
+        assert_eq!(code, Some(1), "{stderr}");
+        let wanted = format!("mismatch: {input} has no records, so the test checked nothing");
+        assert!(stderr.contains(&wanted), "{wanted}\n{stderr}");
+        assert!(!stderr.contains("ok:"), "{stderr}");
+    }
+    let (code, stderr) = run("ragged.csv", false);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(!stderr.contains("no records"), "{stderr}");
+}
+
 /// A CSV value that does not parse as its inferred type is a bad row whose reason names the
 /// flag that overrides the type here, not pipeline.json's key.
 #[test]

@@ -479,8 +479,27 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 &mut UntilClosed(Some(stderr.lock()), None),
                 (!whole).then_some(&closed),
             )?;
+            // An input with nothing in it (a header, blank lines) runs nothing, and a golden
+            // file checked against it would pass on nothing.
+            let empty = report.records == 0 && !closed.load(std::sync::atomic::Ordering::Relaxed);
+            let named = match input.as_path() == Path::new("-") {
+                true => "the input (stdin)".to_owned(),
+                false => input.display().to_string(),
+            };
+            if empty && !compares {
+                crate::errln!(
+                    "warning: {named} has no records: nothing ran through the transforms"
+                );
+            }
             if !compares {
                 return Ok(ExitCode::SUCCESS);
+            }
+            if empty {
+                crate::errln!(
+                    "mismatch: {named} has no records, so the test checked nothing; give it \
+                     records (an empty expected file then says every one is filtered out)"
+                );
+                return Ok(ExitCode::from(1));
             }
             let mut matched = true;
             if let (Some(golden), Some(verdict)) = (&expect, &report.rows_verdict) {

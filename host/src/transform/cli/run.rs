@@ -20,6 +20,8 @@ use crate::transform::runtime::{RecordOutcome, RuntimeOptions, TransformChain, d
 /// any size runs in bounded memory.
 #[derive(Debug)]
 pub struct TestReport {
+    /// How many records ran: rows through the chain, bad ones and undecodable letters failed.
+    pub records: u64,
     /// How many rows the chain emitted.
     pub rows: u64,
     /// How many records failed, bad input records included.
@@ -98,6 +100,8 @@ pub fn test(
     // that rows and failures still come out in record order on a terminal.
     let mut pending = String::new();
     let mut number = 0usize;
+    // Rows handed to the chain.
+    let mut sent = 0u64;
     let mut unreadable = None;
     let mut skipped: BTreeMap<Skip, u64> = BTreeMap::new();
     let mut types = FieldTypes::default();
@@ -143,6 +147,7 @@ pub fn test(
                     continue;
                 }
                 Some(Ok(InputRecord::Row { line, meta, row })) => {
+                    sent += 1;
                     origins.push((number, line));
                     batch.push((meta, row));
                     continue;
@@ -322,6 +327,7 @@ pub fn test(
         out.finish()?;
     }
     Ok(TestReport {
+        records: sent + bad as u64 + undecoded as u64,
         rows,
         failed,
         first_failure,
