@@ -530,6 +530,41 @@ fn json_logs_end_with_a_json_error_line() {
     assert!(message.contains("kafka.partitions"), "{message}");
     // The level says it is an error; the message is the error alone.
     assert!(!message.starts_with("error:"), "{message}");
+
+    // A command line clap refuses ends the same way, wherever the flag is; asked for after
+    // `--`, it is a value, not the log format.
+    let dir = tempfile::tempdir().unwrap();
+    for (args, json) in [
+        (&["--log-format", "json", "validate"][..], true),
+        (
+            &["validate", "--log-format=json", "p.json", "--bogus"],
+            true,
+        ),
+        (&["validate", "--bogus"], false),
+        (
+            &[
+                "transform",
+                "test",
+                "--input",
+                "x",
+                "--",
+                "--log-format=json",
+            ],
+            false,
+        ),
+    ] {
+        let out = sluice(dir.path(), args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        let event = serde_json::from_str::<serde_json::Value>(stderr.trim());
+        assert_eq!(event.is_ok(), json, "{args:?}: {stderr}");
+        if let Ok(event) = event {
+            assert_eq!(event["level"], "ERROR", "{event}");
+            assert_eq!(event["fields"]["exit_code"], 2, "{event}");
+            let message = event["fields"]["message"].as_str().unwrap();
+            assert!(message.contains("Usage: sluice validate"), "{message}");
+        }
+    }
 }
 
 /// The demo pipeline passes every offline check, components included: its transforms' params

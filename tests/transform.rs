@@ -4538,6 +4538,23 @@ fn cli_test_usage_errors_exit_2() {
         assert!(stderr.contains(says), "{extra:?}: {stderr}");
         assert!(out.stdout.is_empty(), "{extra:?}: no row runs first");
     }
+    // Without --input, a chain of components has nothing to run; the usage line does not
+    // show --input as required, since NAME and --pipeline bring their own.
+    let out = sluice_tests::cli::sluice(dir.path(), &base[..4]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--input is required with --component (NAME and --pipeline have one)"),
+        "{stderr}"
+    );
+    let out = sluice_tests::cli::sluice(dir.path(), &base[..2]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("Usage: sluice transform test <NAME|"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("--input <INPUT>"), "{stderr}");
     let missing = ["transform", "test", "--component", "/no/such/thing.wasm"];
     let out = sluice_tests::cli::sluice(dir.path(), &[&missing[..], &["--input", input]].concat());
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -23,6 +23,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
+        Err(e) if e.use_stderr() && json_asked() => {
+            let text = e.render().to_string();
+            let text = text.trim().strip_prefix("error: ").unwrap_or(text.trim());
+            let event = serde_json::json!({ "exit_code": 2 });
+            sluice::errln!("{}", pipeline::json_event("ERROR", text, event));
+            return ExitCode::from(2);
+        }
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() {
@@ -74,6 +81,21 @@ fn ended(what: &str, problems: &[String], format: LogFormat) -> ExitCode {
 
 /// The final error as one line in the shape of the JSON log lines before it, so that a log
 /// collector reading `--log-format json` gets the reason a command ended like any other event.
+/// Whether the command line asks for JSON logs, read without clap, which refused it: a
+/// collector parsing stderr as JSON events should get the usage error as one too.
+fn json_asked() -> bool {
+    let args: Vec<String> = std::env::args_os()
+        .skip(1)
+        .map(|a| a.to_string_lossy().into_owned())
+        .take_while(|a| a != "--")
+        .collect();
+    let given = (args.iter().enumerate()).filter_map(|(i, a)| match a.as_str() {
+        "--log-format" => args.get(i + 1).map(String::as_str),
+        a => a.strip_prefix("--log-format="),
+    });
+    given.last() == Some("json")
+}
+
 fn json_error_line(err: &anyhow::Error, exit_code: u8) -> String {
     pipeline::json_event(
         "ERROR",

@@ -112,7 +112,9 @@ pub enum TransformCommand {
         /// `--format dead-letters`; `-` reads stdin. A pipe is read as it is written: each batch
         /// runs as soon as the writer pauses. With NAME or `--pipeline`, it defaults to their
         /// input.
-        #[arg(long, required_unless_present_any = ["pipeline", "name"])]
+        // Checked by hand, not by clap (`required_unless_present_any`), whose usage line would
+        // show `--input` as always required.
+        #[arg(long)]
         input: Option<PathBuf>,
         /// Read the input as this format instead of going by its extension (`-` is CSV unless
         /// this says otherwise).
@@ -345,7 +347,11 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                         name.as_deref().unwrap_or_default()
                     ))
                 })?,
-                (None, None, None) => return Err(usage(anyhow::anyhow!("--input is required"))),
+                (None, None, None) => {
+                    return Err(usage(anyhow::anyhow!(
+                        "--input is required with --component (NAME and --pipeline have one)"
+                    )));
+                }
             };
             let dash = Path::new("-");
             if [Some(&input), expect.as_ref(), expect_failures.as_ref()]
