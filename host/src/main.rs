@@ -89,11 +89,11 @@ fn json_asked() -> bool {
         .map(|a| a.to_string_lossy().into_owned())
         .take_while(|a| a != "--")
         .collect();
-    let given = (args.iter().enumerate()).filter_map(|(i, a)| match a.as_str() {
+    let mut given = (args.iter().enumerate()).filter_map(|(i, a)| match a.as_str() {
         "--log-format" => args.get(i + 1).map(String::as_str),
         a => a.strip_prefix("--log-format="),
     });
-    given.last() == Some("json")
+    given.next_back() == Some("json")
 }
 
 fn json_error_line(err: &anyhow::Error, exit_code: u8) -> String {
