@@ -105,6 +105,7 @@ pub fn test(
     let mut unreadable = None;
     let mut skipped: BTreeMap<Skip, u64> = BTreeMap::new();
     let mut types = FieldTypes::default();
+    let mut input_types = FieldTypes::default();
     // Each problem of field names once: every row of a transform that makes one has it.
     let mut names_warned = std::collections::HashSet::new();
     // A failure of the chain itself (not of a record): the run stops, after the counts.
@@ -147,6 +148,10 @@ pub fn test(
                     continue;
                 }
                 Some(Ok(InputRecord::Row { line, meta, row })) => {
+                    for problem in input_types.see_input(&row, number as u64, &mut types) {
+                        let text = format!("record {number} (line {line}): warning: {problem}");
+                        writeln!(err, "{}", crate::config::redact_output(&text))?;
+                    }
                     sent += 1;
                     origins.push((number, line));
                     batch.push((meta, row));
@@ -414,7 +419,7 @@ pub(crate) fn unloadable_timestamp(row: &Row) -> Option<String> {
 pub(crate) struct FieldTypes {
     /// A field's first non-null value and the record it came from.
     first: std::collections::HashMap<String, (crate::row::Value, u64)>,
-    /// Fields already warned of: once each.
+    /// Fields already warned of (once each), or not to be.
     warned: std::collections::HashSet<String>,
 }
 
@@ -422,6 +427,33 @@ impl FieldTypes {
     /// Notes `row`'s values (record `n` emitted it) and says which of its fields a column made
     /// from either that field's first value or this one would refuse the other of.
     pub(crate) fn see(&mut self, row: &Row, n: u64) -> Vec<String> {
+        self.changes(row, n).into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Notes the values of `row`, record `n` of the input, and warns of each field whose type
+    /// changes as [`see`](Self::see) would, as the input's own doing; `output` will not warn of
+    /// them again. A pipeline's CSV source gives each column one type, so only an input of JSON
+    /// Lines can do this, and a transform that passes such a field on is not at fault.
+    pub(crate) fn see_input(&mut self, row: &Row, n: u64, output: &mut FieldTypes) -> Vec<String> {
+        let changes = self.changes(row, n);
+        (changes.into_iter())
+            .map(|(name, _)| {
+                let (first, from) = &self.first[&name];
+                let now = row.get(&name).map_or("null", |v| v.value_type().as_str());
+                let problem = format!(
+                    "the input's field {name:?} is {now} here but was {} in record {from}; a \
+                     pipeline's CSV source gives a column one type, so a run never sends rows \
+                     like these (the output is not warned of for this field)",
+                    first.value_type().as_str()
+                );
+                output.warned.insert(name);
+                problem
+            })
+            .collect()
+    }
+
+    /// [`see`](Self::see)'s problems, each with its field's name.
+    fn changes(&mut self, row: &Row, n: u64) -> Vec<(String, String)> {
         use crate::sink::snowflake::encode::{ColumnKind, column_type_for};
         let mut problems = Vec::new();
         for f in &row.fields {
@@ -441,19 +473,22 @@ impl FieldTypes {
             } else {
                 continue;
             };
-            problems.push(format!(
-                "field {:?} is {} here but was {} in record {from}: a Snowflake table whose \
+            problems.push((
+                f.name.to_string(),
+                format!(
+                    "field {:?} is {} here but was {} in record {from}: a Snowflake table whose \
                  column is made from rows like {} ({column}) refuses {refused}, so a run would \
                  load it or set it aside depending on which rows came first. Emit one type for a \
                  field (an int as a float, say)",
-                &*f.name,
-                ty.as_str(),
-                was.as_str(),
-                if refused == "this value" {
-                    "that one"
-                } else {
-                    "this one"
-                },
+                    &*f.name,
+                    ty.as_str(),
+                    was.as_str(),
+                    if refused == "this value" {
+                        "that one"
+                    } else {
+                        "this one"
+                    },
+                ),
             ));
             self.warned.insert(f.name.to_string());
         }
