@@ -647,7 +647,7 @@ fn validate_runs_the_first_rows_through_the_chain() {
     assert_eq!(code, Some(0), "{stderr}");
     let counts = format!(
         "the first 11 rows of rows.csv through the transforms: {above} rows out, {} filtered \
-         out, 0 failed (1 bad CSV records not run)",
+         out, 0 failed (1 bad CSV record not run)",
         11 - above
     );
     assert!(stderr.contains(&counts), "{counts}\n{stderr}");
@@ -871,7 +871,7 @@ fn validate_reports_what_would_stop_a_run() {
     assert_eq!(code, Some(2), "{stderr}");
     for wanted in [
         "the first 3 rows of strict.csv through the transforms: 2 rows out, 0 filtered out, 1 \
-         failed (1 bad CSV records not run)",
+         failed (1 bad CSV record not run)",
         "source.on_error (line 1, column ",
         "line 5 of strict.csv is a bad row (expected 2 fields, found 3): with on_error fail, a \
          run stops there",

@@ -173,7 +173,8 @@ impl std::fmt::Display for Sample {
             self.rows, self.file, self.out, self.filtered, self.failed
         )?;
         if self.bad > 0 {
-            write!(f, " ({} bad CSV records not run)", self.bad)?;
+            let bad = crate::counted(self.bad as usize, "bad CSV record");
+            write!(f, " ({bad} not run)")?;
         }
         if self.more_warnings > 0 {
             let more = crate::counted(self.more_warnings, "more warning");
@@ -472,14 +473,19 @@ fn bad_rows(
             }
             None => "source.path".to_owned(),
         };
+        let all = match sample.bad {
+            1 => format!(
+                "the only record of {} is a bad row, so a run would {fate} it",
+                src.path
+            ),
+            n => format!(
+                "all of the first {n} records of {} are bad rows, so a run would {fate} every one",
+                src.path
+            ),
+        };
         return Err(loaded.issue(
             &at,
-            format!(
-                "all of the first {} of {} are bad rows, so a run would {fate} every one and load \
-                 nothing; the first: {first}{STOP_HINT}",
-                crate::counted(sample.bad as usize, "record"),
-                src.path,
-            ),
+            format!("{all} and load nothing; the first: {first}{STOP_HINT}"),
         ));
     }
     Ok(format!(
