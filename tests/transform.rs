@@ -3947,20 +3947,8 @@ fn cli_test_warns_of_a_field_whose_type_changes() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
     // The types change in the input itself, which a pipeline's CSV source never does: the
-    // warnings say so, and the transform passing the fields on is not warned of.
-    for warning in [
-        "record 2 (line 2): warning: the input's field \"price\" is float here but was int in \
-         record 1; a pipeline's CSV source gives a column one type",
-        "record 2 (line 2): warning: the input's field \"ratio\" is int here but was float in \
-         record 1",
-        "record 4 (line 4): warning: the input's field \"note\" is int here but was string in \
-         record 2",
-        "record 4 (line 4): warning: the input's field \"whole\" is float here but was int in \
-         record 1",
-    ] {
-        assert!(stderr.contains(warning), "{warning}\nnot in:\n{stderr}");
-    }
-    assert_eq!(stderr.matches("warning").count(), 4, "{stderr}");
+    // transform passing the fields on is not warned of.
+    assert!(!stderr.contains("warning"), "{stderr}");
 
     // A field the transform makes is checked as it comes out: int from two ints, then float.
     let input = "{\"a\":2,\"b\":3}\n{\"a\":2,\"b\":0.25}\n";
@@ -3974,15 +3962,11 @@ fn cli_test_warns_of_a_field_whose_type_changes() {
     let out = sluice_tests::cli::sluice(dir.path(), &run);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
-    for warning in [
-        "record 2 (line 2): warning: the input's field \"b\" is float here but was int in record 1",
-        "record 2 (line 2): warning: field \"x\" is float here but was int in record 1: a \
-         Snowflake table whose column is made from rows like that one (NUMBER(38,0)) refuses \
-         this value",
-    ] {
-        assert!(stderr.contains(warning), "{warning}\nnot in:\n{stderr}");
-    }
-    assert_eq!(stderr.matches("warning").count(), 2, "{stderr}");
+    let warning = "record 2 (line 2): warning: field \"x\" is float here but was int in record 1: \
+                   a Snowflake table whose column is made from rows like that one (NUMBER(38,0)) \
+                   refuses this value";
+    assert!(stderr.contains(warning), "{warning}\nnot in:\n{stderr}");
+    assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
 }
 
 /// A JSON Lines line past the first that is not a JSON object is a message the consumer could

@@ -173,7 +173,7 @@ impl std::fmt::Display for Sample {
             self.rows, self.file, self.out, self.filtered, self.failed
         )?;
         if self.bad > 0 {
-            let bad = crate::counted(self.bad as usize, "bad CSV record");
+            let bad = crate::counted(self.bad, "bad CSV record");
             write!(f, " ({bad} not run)")?;
         }
         if self.more_warnings > 0 {
@@ -491,7 +491,7 @@ fn bad_rows(
     Ok(format!(
         "{} of the first {} of {} are bad rows, which a run would {fate}; the first: {first}",
         sample.bad,
-        crate::counted((sample.bad + sample.rows) as usize, "record"),
+        crate::counted(sample.bad + sample.rows, "record"),
         src.path,
     ))
 }

@@ -12,10 +12,11 @@
 //! - `compute`: `name=a OP b` appends (or replaces) field `name` computed from two operands,
 //!   each a field name or a number written in decimal (`2`, `-1.5`, `2e-1`), with `OP` one of
 //!   `+ - * /` (int when both sides are ints and `OP` is not `/`, float otherwise; null when an
-//!   operand is null; a string holding a number counts as that number, a float). One operator
-//!   only, so a field name in it cannot hold `+ - * / = ,` (rename such a field first). An int
-//!   result that overflows, or a float result that is infinite or NaN from finite operands (a
-//!   division by zero), fails the record.
+//!   operand is null; a string holding a number counts as that number, a float, and one past the
+//!   float range such as `1e999` fails the record). One operator only, so a field name in it
+//!   cannot hold `+ - * / = ,` (rename such a field first). An int result that overflows, or a
+//!   float result that is infinite or NaN from finite operands (a division by zero), fails the
+//!   record.
 //!
 //! A row lacking a named field fails with `missing-field`; an impossible cast or computation
 //! with `invalid-value`.
@@ -312,17 +313,25 @@ fn compute<'a>(row: &'a Row, c: &'a Compute) -> Result<Value, Error> {
             .ok_or_else(|| Error::invalid_value(&c.name, "integer overflow"));
     }
     let num = |v: &Value, o: &Operand| {
+        let name = match o {
+            Operand::Field(f) => f.as_str(),
+            Operand::Number(_) => c.name.as_str(),
+        };
         let held = match v {
-            Value::String(s) => parse_number(s),
+            // Text past the float range (`1e999`, which the CSV source keeps as a string) would
+            // otherwise compute an infinity, which no Snowflake column takes.
+            Value::String(s) => match parse_number(s) {
+                Some(f) if !f.is_finite() => {
+                    return Err(Error::invalid_value(
+                        name,
+                        "the number is past the float range",
+                    ));
+                }
+                n => n,
+            },
             v => v.as_f64(),
         };
-        held.ok_or_else(|| {
-            let name = match o {
-                Operand::Field(f) => f.as_str(),
-                Operand::Number(_) => c.name.as_str(),
-            };
-            Error::invalid_value(name, format!("{} is not a number", v.type_name()))
-        })
+        held.ok_or_else(|| Error::invalid_value(name, format!("{} is not a number", v.type_name())))
     };
     let (a, b) = (num(l, &c.left)?, num(r, &c.right)?);
     let v = match c.op {

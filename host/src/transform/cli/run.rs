@@ -148,10 +148,7 @@ pub fn test(
                     continue;
                 }
                 Some(Ok(InputRecord::Row { line, meta, row })) => {
-                    for problem in input_types.see_input(&row, number as u64, &mut types) {
-                        let text = format!("record {number} (line {line}): warning: {problem}");
-                        writeln!(err, "{}", crate::config::redact_output(&text))?;
-                    }
+                    input_types.see_input(&row, number as u64, &mut types);
                     sent += 1;
                     origins.push((number, line));
                     batch.push((meta, row));
@@ -430,26 +427,14 @@ impl FieldTypes {
         self.changes(row, n).into_iter().map(|(_, p)| p).collect()
     }
 
-    /// Notes the values of `row`, record `n` of the input, and warns of each field whose type
-    /// changes as [`see`](Self::see) would, as the input's own doing; `output` will not warn of
-    /// them again. A pipeline's CSV source gives each column one type, so only an input of JSON
-    /// Lines can do this, and a transform that passes such a field on is not at fault.
-    pub(crate) fn see_input(&mut self, row: &Row, n: u64, output: &mut FieldTypes) -> Vec<String> {
-        let changes = self.changes(row, n);
-        (changes.into_iter())
-            .map(|(name, _)| {
-                let (first, from) = &self.first[&name];
-                let now = row.get(&name).map_or("null", |v| v.value_type().as_str());
-                let problem = format!(
-                    "the input's field {name:?} is {now} here but was {} in record {from}; a \
-                     pipeline's CSV source gives a column one type, so a run never sends rows \
-                     like these (the output is not warned of for this field)",
-                    first.value_type().as_str()
-                );
-                output.warned.insert(name);
-                problem
-            })
-            .collect()
+    /// Notes the values of `row`, record `n` of the input: a field whose type changes there as
+    /// [`see`](Self::see) would warn of is not warned of in `output`. A pipeline's CSV source
+    /// gives each column one type, so only a JSON Lines input does this, on purpose as a rule
+    /// (a test's bad value), and a transform passing the field on is not at fault.
+    pub(crate) fn see_input(&mut self, row: &Row, n: u64, output: &mut FieldTypes) {
+        output
+            .warned
+            .extend(self.changes(row, n).into_iter().map(|(name, _)| name));
     }
 
     /// [`see`](Self::see)'s problems, each with its field's name.
@@ -524,6 +509,61 @@ pub(super) fn row_text(row: &Row) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A field is warned of once, at the first value that a column made from it or from the
+    /// field's first value would refuse; values that fit either way are not; nor is a field
+    /// whose type already changes in the input.
+    #[test]
+    fn field_types_warn_of_values_one_column_would_refuse() {
+        use crate::row::Value::{Float, Int, Null, String as Text};
+        let rows = [
+            [Int(20), Float(0.5), Null, Int(3), Int(20)],
+            [Float(9.99), Int(2), Text("x".into()), Int(4), Float(3.0)],
+            [Float(1.5), Int(3), Text("y".into()), Int(5), Int(7)],
+            [Int(7), Float(1.5), Int(5), Null, Float(1.5)],
+        ];
+        let names = ["price", "ratio", "note", "count", "whole"];
+        let row = |values: &[crate::row::Value; 5]| {
+            let mut row = Row::with_capacity(5);
+            for (name, value) in names.iter().zip(values) {
+                row.push(*name, value.clone());
+            }
+            row
+        };
+        let mut types = FieldTypes::default();
+        let warned: Vec<(u64, String)> = (1..)
+            .zip(&rows)
+            .flat_map(|(n, values)| types.see(&row(values), n).into_iter().map(move |p| (n, p)))
+            .collect();
+        let starts: Vec<(u64, &str)> = (warned.iter())
+            .map(|(n, p)| (*n, &p[..p.find(" in record").unwrap()]))
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                (2, "field \"price\" is float here but was int"),
+                (2, "field \"ratio\" is int here but was float"),
+                (4, "field \"note\" is int here but was string"),
+                (4, "field \"whole\" is float here but was int"),
+            ],
+            "{warned:#?}"
+        );
+        assert!(
+            warned[0].1.contains("(NUMBER(38,0)) refuses this value"),
+            "{warned:#?}"
+        );
+        assert!(
+            warned[1].1.contains("(NUMBER(38,0)) refuses that one"),
+            "{warned:#?}"
+        );
+
+        // The same rows as the input and the output: nothing to warn of.
+        let (mut input, mut output) = (FieldTypes::default(), FieldTypes::default());
+        for (n, values) in (1..).zip(&rows) {
+            input.see_input(&row(values), n, &mut output);
+            assert_eq!(output.see(&row(values), n), Vec::<String>::new());
+        }
+    }
 
     #[test]
     fn timestamps_past_four_digit_years_are_warned_of() {
