@@ -852,6 +852,47 @@ fn validate_warns_of_rows_the_sink_would_set_aside() {
     assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
 }
 
+/// A transform failing rows in more than one way is reported with how many of each kind and the
+/// first of each: a trap or a timeout is a bug, not to be hidden behind a row of bad data. An
+/// `on_error` of `fail` for one kind only is found whichever kind failed first.
+#[test]
+fn validate_names_each_kind_of_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    // Row 5 spins past the time limit; row 13 panics (see the poison guest).
+    let mut csv = String::from("id,burn_ms\n");
+    for id in 1..=20 {
+        let burn = if id == 5 { "5000" } else { "" };
+        csv.push_str(&format!("{id},{burn}\n"));
+    }
+    std::fs::write(dir.path().join("rows.csv"), csv).unwrap();
+    let poison = serde_json::json!({
+        "name": "poison",
+        "uses": sluice_tests::guests::POISON_TRAP,
+        "timeout_ms": 200
+    });
+    let (code, stderr) = validate_in(
+        dir.path(),
+        &sampled("rows.csv", vec![poison.clone()].into()),
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let wanted = "warning: transforms[0] (poison) failed 2 of the 20 rows that reached it from the \
+                  first 20 rows of rows.csv (1 timeout, 1 trap); the first: timeout: ";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
+    let wanted = "(line 6); the first trap: ";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
+    assert!(stderr.contains("poison row"), "{stderr}");
+
+    let mut strict = poison;
+    strict["on_error"] = serde_json::json!({ "trap": "fail", "default": "dead_letter" });
+    let (code, stderr) = validate_in(dir.path(), &sampled("rows.csv", vec![strict].into()), &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let wanted = "transforms[0].on_error (line 1, column ";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
+    let wanted = "the transform fails line 14 of rows.csv (trap: ";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
+}
+
 /// A failure that `on_error: fail` stops a run on, in the source or in a transform, is certain:
 /// each is reported at its `on_error`, with its line.
 #[test]

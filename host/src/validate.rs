@@ -296,7 +296,7 @@ fn sample(
         }
     };
     // Each transform's first failure: the record's line, and how and why it failed.
-    let mut first_failure = BTreeMap::new();
+    let mut failures: BTreeMap<String, Vec<KindFailed>> = BTreeMap::new();
     let mut types = crate::transform::cli::FieldTypes::default();
     let SinkConfig::Snowflake(sf) = &loaded.config.sink;
     // The checks of output rows are the `csv` format's: `ndjson` loads each row whole into one
@@ -345,9 +345,16 @@ fn sample(
             } => (transform, kind, reason),
         };
         sample.failed += 1;
-        first_failure
-            .entry(transform)
-            .or_insert((line, kind, reason));
+        let kinds: &mut Vec<KindFailed> = failures.entry(transform).or_default();
+        match kinds.iter_mut().find(|k| k.kind == kind) {
+            Some(k) => k.count += 1,
+            None => kinds.push(KindFailed {
+                kind,
+                count: 1,
+                line,
+                reason,
+            }),
+        }
     }
     let mut failing = Vec::new();
     // Whether every row of the sample reached the transform: none was filtered out or failed
@@ -362,12 +369,13 @@ fn sample(
         if reached == 0 {
             sample.unchecked.push(format!("transforms[{i}]"));
         }
-        let Some((line, kind, reason)) = names.get(i).and_then(|n| first_failure.get(n)) else {
+        let Some(kinds) = names.get(i).and_then(|n| failures.get(n)) else {
             continue;
         };
-        let at = line.map_or_else(String::new, |l| format!(" (line {l})"));
-        let row = line.map_or_else(|| "a row".to_owned(), |l| format!("line {l}"));
-        let policy = (loaded.config.transforms.get(i)).map(|t| t.on_error.of(*kind));
+        let firsts = KindFailed::firsts(kinds);
+        let stops = (loaded.config.transforms.get(i)).and_then(|t| {
+            (kinds.iter()).find(|k| t.on_error.of(k.kind) == crate::config::OnError::Fail)
+        });
         // A few rows failing, even all that reached it, may be bad data rather than a mistake
         // in the file: an error takes enough of them, or every row of the sample.
         let certain = reached >= MIN_ALL_FAILED || all_reached;
@@ -375,33 +383,34 @@ fn sample(
             issues.push(loaded.issue(
                 &format!("transforms[{i}]"),
                 format!(
-                    "failed all {reached} rows that reached it from the first {} rows of {}; \
-                     the first: {}: {reason}{at}{STOP_HINT}",
-                    sample.rows,
-                    src.path,
-                    kind.as_str()
+                    "failed all {reached} rows that reached it from the first {} rows of \
+                     {}{firsts}{STOP_HINT}",
+                    sample.rows, src.path,
                 ),
             ));
-        } else if policy == Some(crate::config::OnError::Fail) {
+        } else if let Some(k) = stops {
+            let row = k
+                .line
+                .map_or_else(|| "a row".to_owned(), |l| format!("line {l}"));
             issues.push(loaded.issue(
                 &format!("transforms[{i}].on_error"),
                 format!(
-                    "the transform fails {row} of {} ({}: {reason}): with on_error fail for \
-                     {}, a run stops there{STOP_HINT}",
+                    "the transform fails {row} of {} ({}: {}): with on_error fail for {}, a run \
+                     stops there{STOP_HINT}",
                     src.path,
-                    kind.as_str(),
-                    kind.as_str()
+                    k.kind.as_str(),
+                    k.reason,
+                    k.kind.as_str()
                 ),
             ));
         } else {
             let name = names.get(i).map_or("", String::as_str);
             failing.push(format!(
                 "transforms[{i}] ({name}) failed {failed} of the {} that reached it from the \
-                 first {} of {}; the first: {}: {reason}{at}",
-                crate::counted(reached as usize, "row"),
-                crate::counted(sample.rows as usize, "row"),
+                 first {} of {}{firsts}",
+                crate::counted(reached, "row"),
+                crate::counted(sample.rows, "row"),
                 src.path,
-                kind.as_str()
             ));
         }
     }
@@ -426,6 +435,41 @@ fn sample(
         ));
     }
     Ok((Some(sample), issues))
+}
+
+/// The sample's failures of one kind in one transform: how many, and the first.
+struct KindFailed {
+    kind: crate::transform::FailureKind,
+    count: u64,
+    /// The first one's CSV line.
+    line: Option<u64>,
+    /// The first one's reason.
+    reason: String,
+}
+
+impl KindFailed {
+    /// `kinds` (in the order each first failed) as the end of a warning or an error: with more
+    /// than one kind, how many of each, then the first failure and the first of each other kind
+    /// (`(7 guest_error, 6 trap); the first: guest_error: ... (line 51); the first trap: ...`). A
+    /// trap or a timeout is a bug in the transform rather than bad data: it is not left unsaid
+    /// behind a row with a bad value.
+    fn firsts(kinds: &[KindFailed]) -> String {
+        let at = |k: &KindFailed| k.line.map_or_else(String::new, |l| format!(" (line {l})"));
+        let mut text = String::new();
+        if kinds.len() > 1 {
+            let counts: Vec<String> = (kinds.iter())
+                .map(|k| format!("{} {}", k.count, k.kind.as_str()))
+                .collect();
+            text.push_str(&format!(" ({})", counts.join(", ")));
+        }
+        for (n, k) in kinds.iter().enumerate() {
+            text.push_str(&match n {
+                0 => format!("; the first: {}: {}{}", k.kind.as_str(), k.reason, at(k)),
+                _ => format!("; the first {}: {}{}", k.kind.as_str(), k.reason, at(k)),
+            });
+        }
+        text
+    }
 }
 
 /// What the sample's bad CSV records say, `bad` the first of them; `ended` when the sample read
