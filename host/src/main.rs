@@ -188,7 +188,8 @@ struct RunArgs {
     #[command(flatten)]
     common: CommonArgs,
     /// Bounded run: wait for the replay to finish, drain, flush, wait for warehouse commits, print
-    /// the summary and exit (1 if anything was lost or failed).
+    /// the summary and exit (1 if anything was lost or failed; records set aside as dead
+    /// letters are neither, and the summary counts them).
     #[arg(long)]
     until_end: bool,
     /// Only replay the CSV into Kafka.

@@ -1677,13 +1677,19 @@ fn summary_text(s: &RunSummary) -> String {
         out.push_str(&format!("  warning: {w}\n"));
     }
     let dropped = s.consume.as_ref().map_or(0, |c| c.records_dropped);
+    // A dead letter is not lost, but not loaded either: an "ok" alone would read as every
+    // record in the table.
+    let aside = match s.dead_letters {
+        0 => String::new(),
+        n => format!(" ({} set aside as dead letters)", counted(n, "record")),
+    };
     if s.ok && dropped > 0 {
         out.push_str(&format!(
-            "  result: ok, nothing lost but the {} that on_error: drop threw away\n",
+            "  result: ok, nothing lost but the {} that on_error: drop threw away{aside}\n",
             counted(dropped, "record")
         ));
     } else if s.ok {
-        out.push_str("  result: ok, nothing lost\n");
+        out.push_str(&format!("  result: ok, nothing lost{aside}\n"));
     } else {
         for p in &s.problems {
             out.push_str(&format!("  problem: {p}\n"));
@@ -2990,6 +2996,12 @@ mod tests {
             ),
             "{text}"
         );
+        // Dead letters are not lost, but not in the table either: the result says how many.
+        let mut aside = summary(0);
+        aside.dead_letters = 17;
+        let text = summary_text(&aside);
+        let wanted = "result: ok, nothing lost (17 records set aside as dead letters)\n";
+        assert!(text.contains(wanted), "{text}");
         // A transform broken on batches gets every record right, slowly: a warning too.
         let mut batch_only = summary(0);
         batch_only.consume.as_mut().unwrap().transforms[0].batch_only_failures = 23;
