@@ -461,7 +461,6 @@ fn schema_bounds_are_the_ones_validate_enforces() {
         assert_eq!(limit, Some(&(value + step).into()), "{name} {bound}");
         file.pointer_mut(at).unwrap()[name] = value.into();
     }
-    file["source"]["schema"] = serde_json::json!({ "name": "null" });
     let (code, stderr) = validate(&file.to_string());
     assert_eq!(code, Some(2), "{stderr}");
     for (at, name, _, _) in cases {
@@ -472,9 +471,34 @@ fn schema_bounds_are_the_ones_validate_enforces() {
         let wanted = format!("{key}.{name} (line ");
         assert!(stderr.contains(&wanted), "{wanted}\n{stderr}");
     }
+    // Rates are floats above 0.
+    for (name, pacing) in [
+        (
+            "rows_per_sec",
+            serde_json::json!({ "mode": "rate", "rows_per_sec": 0 }),
+        ),
+        (
+            "speed",
+            serde_json::json!({ "mode": "event_time", "column": "id", "speed": 0 }),
+        ),
+    ] {
+        let bound = property(&schema, name).and_then(|p| p.get("exclusiveMinimum"));
+        assert_eq!(bound, Some(&0.into()), "{name}");
+        let mut paced: serde_json::Value = serde_json::from_str(BASE).unwrap();
+        paced["source"]["pacing"] = pacing;
+        let (code, stderr) = validate(&paced.to_string());
+        assert_eq!(code, Some(2), "{stderr}");
+        let wanted = format!("{name} must be a positive number");
+        assert!(stderr.contains(&wanted), "{wanted}\n{stderr}");
+    }
+    // `null` is no type to declare: every value but an empty one would be a bad row.
+    file["source"]["schema"] = serde_json::json!({ "name": "null" });
+    let (code, stderr) = validate(&file.to_string());
+    assert_eq!(code, Some(2), "{stderr}");
     let wanted = "source.schema.name (line 1, column ";
     assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
-    assert!(stderr.contains("null is no column type"), "{stderr}");
+    let wanted = "unknown variant `null`, expected one of `bool`, `int`, `float`";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
     let types = schema.pointer("/$defs/DeclaredType/oneOf").unwrap();
     assert!(!types.to_string().contains("\"null\""), "{types}");
 }
@@ -541,17 +565,7 @@ fn json_logs_end_with_a_json_error_line() {
             true,
         ),
         (&["validate", "--bogus"], false),
-        (
-            &[
-                "transform",
-                "test",
-                "--input",
-                "x",
-                "--",
-                "--log-format=json",
-            ],
-            false,
-        ),
+        (&["validate", "--bogus", "--", "--log-format=json"], false),
     ] {
         let out = sluice(dir.path(), args);
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -752,8 +766,24 @@ fn validate_tells_bad_rows_from_a_mistake_in_the_file() {
     let wanted = "source.schema.value (line 1, column ";
     assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
     let wanted = "all of the first 20 records of rows.csv are bad rows, so a run would drop every \
-                  one and load nothing; the first: line 2: parse: field \"value\": \"37.5\" is not \
-                  a valid int";
+                  one of them, and likely the rest; the first: line 2: parse: field \"value\": \
+                  \"37.5\" is not a valid int";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
+    // A sample as long as the file has read it whole; a pipeline without transforms still has
+    // its CSV read.
+    typed["transforms"] = serde_json::json!([]);
+    let (code, stderr) = validate_in(dir.path(), &typed, &["--sample-rows", "32"]);
+    assert_eq!(code, Some(2), "{stderr}");
+    let wanted = "the first 32 records of rows.csv: 0 rows, 32 bad CSV records (no transforms)";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
+    let wanted = "all 32 records of rows.csv are bad rows, so a run would drop every one and load \
+                  nothing";
+    assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
+    std::fs::write(dir.path().join("one.csv"), "id,value\n1,2\n2,3,4\n3,4\n").unwrap();
+    let (code, stderr) = validate_in(dir.path(), &sampled("one.csv", vec![value()].into()), &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let wanted = "warning: 1 of the first 3 records of one.csv is a bad row, which a run would \
+                  dead-letter; the first: line 3: ragged_row: ";
     assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
 }
 
@@ -793,8 +823,8 @@ fn validate_says_what_its_sample_did_not_check() {
     );
     let wanted = "kafka.properties.message.max.bytes (line 1, column ";
     assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
-    let wanted = "all of the first 3 records of big.csv are bad rows, so a run would dead-letter \
-                  every one and load nothing; the first: line 2: too_large: ";
+    let wanted = "all 3 records of big.csv are bad rows, so a run would dead-letter every one and \
+                  load nothing; the first: line 2: too_large: ";
     assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
 }
 

@@ -1443,11 +1443,13 @@ fn cli_test_says_an_input_without_records_checks_nothing() {
     for input in ["header.csv", "blank.jsonl"] {
         let (code, stderr) = run(input, false);
         assert_eq!(code, Some(0), "{stderr}");
-        let wanted = format!("warning: {input} has no records: nothing ran through the transforms");
+        let wanted =
+            format!("warning: {input} has no records to run: nothing ran through the transforms");
         assert!(stderr.contains(&wanted), "{wanted}\n{stderr}");
         let (code, stderr) = run(input, true);
         assert_eq!(code, Some(1), "{stderr}");
-        let wanted = format!("mismatch: {input} has no records, so the test checked nothing");
+        let wanted =
+            format!("mismatch: {input} has no records to run, so the test checked nothing");
         assert!(stderr.contains(&wanted), "{wanted}\n{stderr}");
         assert!(!stderr.contains("ok:"), "{stderr}");
     }

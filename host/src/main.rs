@@ -79,8 +79,6 @@ fn ended(what: &str, problems: &[String], format: LogFormat) -> ExitCode {
     ExitCode::from(1)
 }
 
-/// The final error as one line in the shape of the JSON log lines before it, so that a log
-/// collector reading `--log-format json` gets the reason a command ended like any other event.
 /// Whether the command line asks for JSON logs, read without clap, which refused it: a
 /// collector parsing stderr as JSON events should get the usage error as one too.
 fn json_asked() -> bool {
@@ -96,6 +94,8 @@ fn json_asked() -> bool {
     given.next_back() == Some("json")
 }
 
+/// The final error as one line in the shape of the JSON log lines before it, so that a log
+/// collector reading `--log-format json` gets the reason a command ended like any other event.
 fn json_error_line(err: &anyhow::Error, exit_code: u8) -> String {
     pipeline::json_event(
         "ERROR",
@@ -189,7 +189,7 @@ struct RunArgs {
     common: CommonArgs,
     /// Bounded run: wait for the replay to finish, drain, flush, wait for warehouse commits, print
     /// the summary and exit (1 if anything was lost or failed; records set aside as dead
-    /// letters are neither, and the summary counts them).
+    /// letters are neither, and the summary counts the letters).
     #[arg(long)]
     until_end: bool,
     /// Only replay the CSV into Kafka.

@@ -1681,7 +1681,7 @@ fn summary_text(s: &RunSummary) -> String {
     // record in the table.
     let aside = match s.dead_letters {
         0 => String::new(),
-        n => format!(" ({} set aside as dead letters)", counted(n, "record")),
+        n => format!(" ({} set aside)", counted(n, "dead letter")),
     };
     if s.ok && dropped > 0 {
         out.push_str(&format!(
@@ -3000,7 +3000,7 @@ mod tests {
         let mut aside = summary(0);
         aside.dead_letters = 17;
         let text = summary_text(&aside);
-        let wanted = "result: ok, nothing lost (17 records set aside as dead letters)\n";
+        let wanted = "result: ok, nothing lost (17 dead letters set aside)\n";
         assert!(text.contains(wanted), "{text}");
         // A transform broken on batches gets every record right, slowly: a warning too.
         let mut batch_only = summary(0);

@@ -55,7 +55,7 @@ pub fn validate_with_sample(
     let source_sound =
         !(issues.iter()).any(|i| i.path == "source" || i.path.starts_with("source."));
     match chain {
-        Some(chain) if records > 0 && source_sound && !chain.names().is_empty() => {
+        Some(chain) if records > 0 && source_sound => {
             let (counts, found) = sample(loaded, &chain, records)?;
             issues.extend(found);
             Ok((counts, issues))
@@ -133,6 +133,8 @@ const STOP_HINT: &str = " (`--sample-rows 0` skips this check)";
 pub struct Sample {
     /// The CSV file, as the pipeline names it.
     pub file: String,
+    /// Whether the pipeline has no transforms: the sample only read the CSV.
+    pub untransformed: bool,
     /// The rows run through the chain.
     pub rows: u64,
     /// Bad CSV records among the first records: not run (the source dead-letters, drops or
@@ -147,11 +149,12 @@ pub struct Sample {
     /// The transforms no row reached (`transforms[1]`: the ones before filtered every row out),
     /// which the sample did not check.
     pub unchecked: Vec<String>,
-    /// Each transform that failed rows of the sample without it being an issue (some of them,
-    /// or all of a few), with the first; then the rows the chain emitted that a `csv` sink
-    /// would set aside, or load or not depending on the rows before them (as `transform test`
-    /// warns of them), each with its record, each once, at most [`MAX_SAMPLE_WARNINGS`] of
-    /// these.
+    /// The bad CSV records, when they are not an issue (some of them), with the first; each
+    /// transform that failed rows of the sample without it being an issue (some of them, or all
+    /// of a few), with the first of each kind; then the rows the chain emitted that a `csv`
+    /// sink would set aside, or load or not depending on the rows before them (as `transform
+    /// test` warns of them), each with its record, each once, at most [`MAX_SAMPLE_WARNINGS`]
+    /// of these.
     pub warnings: Vec<String>,
     /// The warnings of output rows past [`MAX_SAMPLE_WARNINGS`].
     pub more_warnings: u64,
@@ -161,11 +164,22 @@ pub struct Sample {
 pub const MAX_SAMPLE_WARNINGS: usize = 5;
 
 /// How many rows must reach a transform, all failing, for the sample to call it a mistake in the
-/// file (unless every row of the sample reached it): fewer may be bad data.
+/// file (unless every row of the sample reached it), and how many records must all be bad CSV
+/// rows (unless they are the whole file): fewer may be bad data.
 const MIN_ALL_FAILED: u64 = 10;
 
 impl std::fmt::Display for Sample {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.untransformed {
+            let bad = crate::counted(self.bad, "bad CSV record");
+            return write!(
+                f,
+                "the first {} of {}: {}, {bad} (no transforms)",
+                crate::counted(self.rows + self.bad, "record"),
+                self.file,
+                crate::counted(self.rows, "row"),
+            );
+        }
         write!(
             f,
             "the first {} rows of {} through the transforms: {} rows out, {} filtered out, {} \
@@ -206,8 +220,10 @@ impl std::fmt::Display for Sample {
 /// a run: this finds it before the run dead-letters a whole file. Also reported, as certain to
 /// stop a run: a bad CSV record under the source's `on_error: fail` (at `source.on_error`), a
 /// failure whose transform's `on_error` is `fail` for its kind (at `transforms[i].on_error`),
-/// and the chain stopping on the sample (too many timeouts, say). `chain` must send every
-/// failure back (see [`validate_with_sample`]); its instances have seen the sample after.
+/// and the chain stopping on the sample (too many timeouts, say); and, as certain to load
+/// nothing, every record read being a bad CSV row (see [`bad_rows`]). With no transforms only
+/// the CSV is read. `chain` must send every failure back (see [`validate_with_sample`]); its
+/// instances have seen the sample after.
 fn sample(
     loaded: &LoadedConfig,
     chain: &TransformChain,
@@ -231,7 +247,7 @@ fn sample(
         issues.push(loaded.issue("source.path", why));
         (None, issues)
     };
-    let read = match read_input(&path, &opts) {
+    let mut read = match read_input(&path, &opts) {
         Ok(read) => read,
         Err(e) => return Ok(unreadable(e, issues)),
     };
@@ -239,7 +255,7 @@ fn sample(
     let mut records_at = Vec::new();
     let mut first_bad = None;
     let mut read_all = 0;
-    for (at, record) in read.take(records).enumerate() {
+    for (at, record) in read.by_ref().take(records).enumerate() {
         read_all = at + 1;
         match record {
             Ok(InputRecord::Row { meta, row, .. }) => {
@@ -255,8 +271,9 @@ fn sample(
         }
     }
     sample.rows = batch.len() as u64;
-    let bad_warning = match first_bad.map(|bad| bad_rows(loaded, &sample, &bad, read_all < records))
-    {
+    // Read whole when no record is left past the sample's.
+    let ended = read_all < records || read.next().is_none();
+    let bad_warning = match first_bad.map(|bad| bad_rows(loaded, &sample, &bad, ended)) {
         Some(Err(issue)) => {
             issues.push(issue);
             None
@@ -264,6 +281,13 @@ fn sample(
         Some(Ok(warning)) => Some(warning),
         None => None,
     };
+    if chain.names().is_empty() {
+        // Nothing to run the rows through: the sample only checks what the source reads.
+        sample.untransformed = true;
+        sample.out = sample.rows;
+        sample.warnings.extend(bad_warning);
+        return Ok((Some(sample), issues));
+    }
     let lines: Vec<Option<u64>> = batch.iter().map(|(meta, _)| meta.csv_line()).collect();
     // (rows in, failed, filtered out) of each transform.
     let counts = |chain: &TransformChain| -> Vec<(u64, u64, u64)> {
@@ -476,8 +500,9 @@ impl KindFailed {
 /// the whole file. Under `on_error: fail` the first stops a run (an issue at `source.on_error`).
 /// Otherwise every record read being bad, enough of them or the whole file, is a mistake in the
 /// file rather than in the data, since a run would load nothing: an issue at the declared type
-/// the first one's value does not parse as (`source.schema.value`), else at `source.path`. Fewer
-/// are a warning, with the first.
+/// the first one's value does not parse as (`source.schema.value`), at the message size limit
+/// when it was set and the first is too large (`kafka.properties.message.max.bytes`), else at
+/// `source.path`. Fewer are a warning, with the first.
 fn bad_rows(
     loaded: &LoadedConfig,
     sample: &Sample,
@@ -517,23 +542,29 @@ fn bad_rows(
             }
             None => "source.path".to_owned(),
         };
-        let all = match sample.bad {
-            1 => format!(
-                "the only record of {} is a bad row, so a run would {fate} it",
-                src.path
+        let file = &src.path;
+        let all = match (sample.bad, ended) {
+            (1, _) => format!(
+                "the only record of {file} is a bad row, so a run would {fate} it and load nothing"
             ),
-            n => format!(
-                "all of the first {n} records of {} are bad rows, so a run would {fate} every one",
-                src.path
+            (n, true) => format!(
+                "all {n} records of {file} are bad rows, so a run would {fate} every one and load \
+                 nothing"
+            ),
+            // The rest of the file may hold good rows: most likely not, but it was not read.
+            (n, false) => format!(
+                "all of the first {n} records of {file} are bad rows, so a run would {fate} every \
+                 one of them, and likely the rest"
             ),
         };
-        return Err(loaded.issue(
-            &at,
-            format!("{all} and load nothing; the first: {first}{STOP_HINT}"),
-        ));
+        return Err(loaded.issue(&at, format!("{all}; the first: {first}{STOP_HINT}")));
     }
+    let (are, rows) = match sample.bad {
+        1 => ("is", "a bad row"),
+        _ => ("are", "bad rows"),
+    };
     Ok(format!(
-        "{} of the first {} of {} are bad rows, which a run would {fate}; the first: {first}",
+        "{} of the first {} of {} {are} {rows}, which a run would {fate}; the first: {first}",
         sample.bad,
         crate::counted(sample.bad + sample.rows, "record"),
         src.path,
@@ -598,14 +629,6 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         bad(
             "source.infer_rows",
             "infer_rows must be at least 1".to_owned(),
-        );
-    }
-    for (column, _) in (src.schema.iter()).filter(|(_, t)| **t == crate::row::ValueType::Null) {
-        bad(
-            &format!("source.schema.{column}"),
-            "null is no column type (every value but an empty one would be a bad row): use int, \
-             float, bool, string, timestamp or json"
-                .to_owned(),
         );
     }
     match &src.pacing {

@@ -36,7 +36,7 @@ pub struct CsvSourceConfig {
     pub delimiter: String,
     /// Explicit column types (column name to type). Columns not listed are inferred from the
     /// data: int, float, bool, ISO-8601 timestamp, else string.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "declared_types")]
     #[schemars(with = "BTreeMap<String, DeclaredType>")]
     pub schema: BTreeMap<String, ValueType>,
     /// How many leading rows type inference samples.
@@ -76,6 +76,7 @@ pub enum Pacing {
     /// A steady rate.
     Rate {
         /// Rows per second.
+        #[schemars(extend("exclusiveMinimum" = 0))]
         rows_per_sec: f64,
     },
     /// Replays the gaps between rows' event timestamps, sped up by `speed`.
@@ -84,6 +85,7 @@ pub enum Pacing {
         column: String,
         /// Speed-up factor: 2.0 replays an hour of events in 30 minutes.
         #[serde(default = "default_speed")]
+        #[schemars(extend("exclusiveMinimum" = 0))]
         speed: f64,
         /// Longest wait between two rows, in milliseconds, however far apart their timestamps.
         #[serde(default = "default_max_gap_ms")]
@@ -92,11 +94,10 @@ pub enum Pacing {
 }
 
 /// A column type `schema` can declare.
-// [`ValueType`] but `null`, which no value but an empty one parses as. Only the JSON Schema uses
-// it: `sluice validate` refuses `null` with a message of its own.
-#[derive(JsonSchema)]
+// [`ValueType`] but `null`, which no value but an empty one parses as: declared, it would make
+// every other value a bad row.
+#[derive(Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]
-#[allow(dead_code)]
 enum DeclaredType {
     /// `true`/`false`.
     Bool,
@@ -110,6 +111,25 @@ enum DeclaredType {
     Timestamp,
     /// JSON text, loaded as a VARIANT.
     Json,
+}
+
+/// Reads `schema` as [`DeclaredType`]s, so that `null` is refused with the types it may be.
+fn declared_types<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, ValueType>, D::Error> {
+    let declared = BTreeMap::<String, DeclaredType>::deserialize(d)?;
+    let types = declared.into_iter().map(|(column, t)| {
+        let t = match t {
+            DeclaredType::Bool => ValueType::Bool,
+            DeclaredType::Int => ValueType::Int,
+            DeclaredType::Float => ValueType::Float,
+            DeclaredType::String => ValueType::String,
+            DeclaredType::Timestamp => ValueType::Timestamp,
+            DeclaredType::Json => ValueType::Json,
+        };
+        (column, t)
+    });
+    Ok(types.collect())
 }
 
 fn default_delimiter() -> String {

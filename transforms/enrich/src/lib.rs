@@ -318,8 +318,10 @@ fn compute<'a>(row: &'a Row, c: &'a Compute) -> Result<Value, Error> {
             Operand::Number(_) => c.name.as_str(),
         };
         let held = match v {
-            // Text past the float range (`1e999`, which the CSV source keeps as a string) would
-            // otherwise compute an infinity, which no Snowflake column takes.
+            // Text past the float range (`1e999`, which an inferred CSV column keeps as text)
+            // would otherwise compute an infinity out of what reads as a finite number, where a
+            // finite result past the range fails. A float operand that is infinite already (a
+            // column declared `float`) is the data's own, and gives what it gives.
             Value::String(s) => match parse_number(s) {
                 Some(f) if !f.is_finite() => {
                     return Err(Error::invalid_value(

@@ -65,7 +65,7 @@ fn members(name: Option<&str>, dir: &Path) -> anyhow::Result<(Workspace, Vec<Com
         return Err(usage(anyhow::anyhow!(
             "no transforms workspace at {} (no Cargo.toml there): {}",
             dir.display(),
-            where_workspace(dir)
+            where_workspace(dir != Path::new(DEFAULT_DIR))
         )));
     }
     // The SDK generates its bindings from the WIT beside the workspace (`../../wit` from its

@@ -494,7 +494,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             };
             if empty && !compares {
                 crate::errln!(
-                    "warning: {named} has no records: nothing ran through the transforms"
+                    "warning: {named} has no records to run: nothing ran through the transforms"
                 );
             }
             if !compares {
@@ -502,7 +502,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             }
             if empty {
                 crate::errln!(
-                    "mismatch: {named} has no records, so the test checked nothing; give it \
+                    "mismatch: {named} has no records to run, so the test checked nothing; give it \
                      records (an empty expected file then says every one is filtered out)"
                 );
                 return Ok(ExitCode::from(1));

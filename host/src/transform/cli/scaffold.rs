@@ -30,7 +30,7 @@ const RESERVED_NAMES: [&str; 3] = ["target", "template", "sluice-guest"];
 pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathBuf> {
     check_name(name, dir).map_err(usage)?;
     let started = start_workspace(dir, dir_given).map_err(usage)?;
-    check_new(name, dir).map_err(usage)?;
+    check_new(name, dir, dir_given).map_err(usage)?;
     if started {
         crate::outln!(
             "created the transforms workspace {} (its Cargo.toml takes the guest SDK from this \
@@ -221,12 +221,12 @@ fn check_name(name: &str, dir: &Path) -> anyhow::Result<()> {
 }
 
 /// Why `transform new NAME --dir DIR` cannot scaffold, if it cannot.
-fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
+fn check_new(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<()> {
     if !dir.join("Cargo.toml").is_file() {
         bail!(
             "{} is not a transforms workspace (no Cargo.toml): {}",
             dir.display(),
-            where_workspace(dir)
+            where_workspace(dir_given)
         );
     }
     // `my-thing` and `my_thing` would both build `transform_my_thing.wasm`, one over the other.
@@ -265,10 +265,11 @@ fn check_new(name: &str, dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What to do when `dir` holds no workspace: the default is relative to the project root, and
-/// `--dir` names the workspace itself, not the directory above it.
-pub(super) fn where_workspace(dir: &Path) -> String {
-    if dir == Path::new(DEFAULT_DIR) {
+/// What to do when the workspace directory holds no workspace: the default (no `--dir`,
+/// `dir_given` false) is relative to the project root, and `--dir` names the workspace itself,
+/// not the directory above it.
+pub(super) fn where_workspace(dir_given: bool) -> String {
+    if !dir_given {
         "run this from the directory that holds transforms/ (the project root), or pass --dir"
             .to_owned()
     } else {
