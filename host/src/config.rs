@@ -1281,20 +1281,46 @@ impl Locator<'_> {
         match (seg, self.b.get(self.i)?) {
             (Seg::Key(want), b'{') => {
                 self.i += 1;
+                // The key matching the most segments: (segments after `want`, where the key is,
+                // where its value is).
+                let mut best: Option<(usize, usize, usize)> = None;
                 loop {
                     self.ws();
                     if self.b.get(self.i)? == &b'}' {
-                        return Some(start);
+                        let Some((taken, key_at, value_at)) = best else {
+                            return Some(start);
+                        };
+                        let rest = &rest[taken..];
+                        if rest.is_empty() {
+                            return Some(key_at);
+                        }
+                        self.i = value_at;
+                        return self.find(rest).or(Some(key_at));
                     }
                     let key_at = self.i;
                     let key = self.string()?;
                     self.ws();
                     self.i += 1; // ':'
-                    if &key == want {
-                        if rest.is_empty() {
-                            return Some(key_at);
+                    // A key holding dots (`kafka.properties.message.max.bytes`) is that many
+                    // segments of the path.
+                    let mut joined = want.clone();
+                    let mut taken = 0;
+                    let matched = loop {
+                        if key == joined {
+                            break Some(taken);
                         }
-                        return self.find(rest).or(Some(key_at));
+                        match rest.get(taken) {
+                            Some(Seg::Key(next)) if key.len() > joined.len() => {
+                                joined = format!("{joined}.{next}");
+                                taken += 1;
+                            }
+                            _ => break None,
+                        }
+                    };
+                    if let Some(taken) = matched
+                        && best.is_none_or(|(most, _, _)| taken > most)
+                    {
+                        best = Some((taken, key_at, self.i));
                     }
                     self.skip()?;
                     self.ws();
@@ -2131,5 +2157,9 @@ mod tests {
         assert_eq!(locate(text, "t[1].with.threshold"), Some((5, 15)));
         assert_eq!(locate(text, "a"), Some((2, 3)));
         assert_eq!(locate(text, "t[0]"), Some((4, 5)));
+        // A key with dots in it, past a key that starts like it.
+        let text = "{\"p\": {\n \"message\": 1,\n \"message.max.bytes\": 2}}";
+        assert_eq!(locate(text, "p.message.max.bytes"), Some((3, 2)));
+        assert_eq!(locate(text, "p.message"), Some((2, 2)));
     }
 }
