@@ -5397,8 +5397,8 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     );
     assert_eq!(out.status.code(), Some(2));
     assert!(!dir.path().join("fresh").exists());
-    // A directory that is not there yet becomes a workspace of its own, with the SDK of this
-    // checkout: what an author keeping transforms in a repository of their own starts from.
+    // A directory that is not there yet becomes a workspace of its own, with a copy of the SDK:
+    // what an author keeping transforms in a repository of their own starts from.
     let ws = &dir.path().join("fresh/ws");
     let out = sluice_tests::cli::sluice(
         dir.path(),
@@ -5417,19 +5417,40 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         )),
         "{stdout}"
     );
-    let sdk = std::fs::canonicalize(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../transforms/sluice-guest"
-    ))
-    .unwrap();
+    // The SDK is copied in, with the WIT in the copy, and nothing points outside the workspace:
+    // it builds wherever it is moved, committed or cloned (there is no `wit/` beside it here,
+    // so the build below uses the copy's), with the dependencies sluice's transforms lock.
     let manifest = std::fs::read_to_string(ws.join("Cargo.toml")).unwrap();
     assert!(
-        manifest.contains(&format!(
-            "sluice-guest = {{ path = {:?} }}",
-            sdk.to_string_lossy()
-        )),
+        manifest.contains("sluice-guest = { path = \"sluice-guest\" }\nwit-bindgen = \"="),
         "{manifest}"
     );
+    assert!(
+        !manifest.contains(&*dir.path().to_string_lossy()) && !manifest.contains("../"),
+        "{manifest}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "with a copy of this sluice's guest SDK in {}",
+            ws.join("sluice-guest").display()
+        )),
+        "{stdout}"
+    );
+    let repo = |path: &str| {
+        std::fs::read_to_string(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    let copied = |path: &str| std::fs::read_to_string(ws.join(path)).unwrap();
+    assert_eq!(
+        copied("sluice-guest/wit/transform.wit"),
+        repo("wit/transform.wit")
+    );
+    assert_eq!(
+        copied("sluice-guest/src/pool.rs"),
+        repo("transforms/sluice-guest/src/pool.rs")
+    );
+    assert!(copied("sluice-guest/src/lib.rs").contains(r#"path: "wit","#));
+    assert!(!dir.path().join("fresh/wit").exists());
+    assert_eq!(copied("Cargo.lock"), repo("transforms/Cargo.lock"));
     assert_eq!(
         std::fs::read_to_string(ws.join(".gitignore")).unwrap(),
         "/target/\n"

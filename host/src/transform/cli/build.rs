@@ -68,11 +68,12 @@ fn members(name: Option<&str>, dir: &Path) -> anyhow::Result<(Workspace, Vec<Com
             where_workspace(dir != Path::new(DEFAULT_DIR))
         )));
     }
-    // The SDK generates its bindings from the WIT beside the workspace (`../../wit` from its
-    // crate): a workspace copied out of the repository without it fails in cargo, six errors
-    // deep.
+    // sluice's own SDK generates its bindings from the WIT beside the workspace (`../../wit`
+    // from its crate; the copy `new` makes, from its own `wit/`): a workspace copied out of the
+    // repository without it fails in cargo, six errors deep.
     let wit = dir.join("..").join("wit");
-    if dir.join("sluice-guest/Cargo.toml").is_file() && !wit.is_dir() {
+    let sdk = dir.join("sluice-guest");
+    if sdk.join("Cargo.toml").is_file() && !sdk.join("wit").is_dir() && !wit.is_dir() {
         return Err(usage(anyhow::anyhow!(
             "{} holds the guest SDK (sluice-guest), which reads the WIT package from {}, and \
              there is none: copy the repository's wit/ there, or depend on the SDK where it is \
@@ -205,7 +206,7 @@ mod tests {
     use super::*;
 
     /// A copy of `transforms/` without the WIT beside it is refused before cargo runs, saying
-    /// what is missing.
+    /// what is missing; an SDK with a `wit/` of its own is not.
     #[test]
     fn a_workspace_whose_sdk_has_no_wit_is_named() {
         let dir = tempfile::tempdir().unwrap();
@@ -227,6 +228,13 @@ mod tests {
             err.contains("reads the WIT package from")
                 && err.contains("copy the repository's wit/"),
             "{err}"
+        );
+        // The SDK's copy that `new` makes carries the WIT in it.
+        std::fs::create_dir(ws.join("sluice-guest/wit")).unwrap();
+        let err = build(None, &ws).err().map(|e| e.to_string());
+        assert!(
+            !err.as_deref().unwrap_or_default().contains("reads the WIT"),
+            "{err:?}"
         );
     }
 }

@@ -16,6 +16,37 @@ const TEMPLATE_INPUT: &str = include_str!("../../../../transforms/template/testd
 const TEMPLATE_EXPECTED: &str =
     include_str!("../../../../transforms/template/testdata/expected.jsonl");
 
+/// The guest SDK as this binary was built with it, copied into a workspace that `new` starts:
+/// the path of each file in the copy (under `sluice-guest/`) and its text. The WIT goes inside
+/// the copy, so that it builds wherever the workspace is moved, committed or cloned.
+const SDK_FILES: [(&str, &str); 4] = [
+    (
+        "Cargo.toml",
+        include_str!("../../../../transforms/sluice-guest/Cargo.toml"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../../../transforms/sluice-guest/src/lib.rs"),
+    ),
+    (
+        "src/pool.rs",
+        include_str!("../../../../transforms/sluice-guest/src/pool.rs"),
+    ),
+    (
+        "wit/transform.wit",
+        include_str!("../../../../wit/transform.wit"),
+    ),
+];
+
+/// Where the SDK in sluice's repository reads the WIT (`wit/` at the top, two levels up from
+/// its crate), and where its copy does (its own `wit/`).
+const SDK_WIT_PATH: (&str, &str) = (r#"path: "../../wit""#, r#"path: "wit""#);
+
+/// sluice's own transforms workspace manifest, for the versions of the SDK's dependencies, and
+/// its lock file, so that a new workspace builds with the versions sluice is tested with.
+const TRANSFORMS_CARGO_TOML: &str = include_str!("../../../../transforms/Cargo.toml");
+const TRANSFORMS_CARGO_LOCK: &str = include_str!("../../../../transforms/Cargo.lock");
+
 /// Directories of the transforms workspace that are not transform crates: `target` and
 /// `template` (in `exclude` of `transforms/Cargo.toml`, as is `.cargo`, which is no valid name
 /// anyway) and the guest SDK.
@@ -33,9 +64,10 @@ pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathB
     check_new(name, dir, dir_given).map_err(usage)?;
     if started {
         crate::outln!(
-            "created the transforms workspace {} (its Cargo.toml takes the guest SDK from this \
-             sluice's checkout; a git URL works too)",
-            dir.display()
+            "created the transforms workspace {}, with a copy of this sluice's guest SDK in {} \
+             (the workspace builds on its own, wherever it is)",
+            dir.display(),
+            dir.join("sluice-guest").display()
         );
     }
     let crate_dir = dir.join(name);
@@ -77,15 +109,6 @@ pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathB
     Ok(crate_dir)
 }
 
-/// The guest SDK of the sluice checkout this binary was built from, while it is there.
-fn own_sdk() -> Option<PathBuf> {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
-    let sdk = root.join("transforms").join("sluice-guest");
-    sdk.join("Cargo.toml")
-        .is_file()
-        .then(|| sdk.canonicalize().ok())?
-}
-
 /// Directories a repository keeps beside its crates, which `members = ["*"]` would otherwise
 /// take for crates (cargo fails on a member without a manifest).
 const NOT_CRATES: [&str; 6] = [".cargo", ".git", ".github", ".vscode", ".idea", "target"];
@@ -119,9 +142,10 @@ fn toml_string(text: &str) -> String {
 }
 
 /// Makes `dir`, named by `--dir`, a transforms workspace of its own when [`fresh_dir`]: a
-/// `Cargo.toml` with what the template's crate inherits and this sluice's SDK, a
-/// `.cargo/config.toml` for the wasm target and a `.gitignore` for `target/`, so that an author
-/// keeping transforms in a repository of their own writes no manifest by hand. Whether it did.
+/// `Cargo.toml` with what the template's crate inherits, sluice's transforms' `Cargo.lock`, a
+/// `.cargo/config.toml` for the wasm target, a `.gitignore` for `target/` and a copy of this
+/// sluice's SDK ([`SDK_FILES`]), so that an author keeping transforms in a repository of their
+/// own writes no manifest by hand, and the workspace needs no checkout of sluice. Whether it did.
 /// Nothing is overwritten. A directory with files in it, and the default `transforms/` when no
 /// `--dir` named it (`dir_given`), are left to [`check_new`] to report: `new` run outside the
 /// project root should say so, not start a workspace there.
@@ -129,22 +153,6 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
     if !dir_given || dir.join("Cargo.toml").exists() || !fresh_dir(dir) {
         return Ok(false);
     }
-    let Some(sdk) = own_sdk() else {
-        bail!(
-            "{} has no workspace, and `new` cannot start one there: the guest SDK of the sluice \
-             checkout this binary was built from ({}) is not there any more. Write the \
-             workspace's Cargo.toml by hand (see \"A transform crate outside transforms/\" in \
-             docs/TRANSFORMS.md)",
-            dir.display(),
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .with_file_name("transforms")
-                .join("sluice-guest")
-                .display()
-        );
-    };
-    let sdk = sdk
-        .to_str()
-        .with_context(|| format!("the guest SDK's path {} is not UTF-8", sdk.display()))?;
     let exclude: Vec<String> = NOT_CRATES.iter().map(|d| toml_string(d)).collect();
     let manifest = format!(
         "# A sluice transforms workspace: `sluice transform new NAME --dir .` adds a crate, \
@@ -157,22 +165,40 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
          [workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\nrust-version = \"1.95\"\n\
          license = \"Apache-2.0\"\npublish = false\n\n\
          [workspace.dependencies]\n\
-         # The guest SDK, in the sluice checkout that made this file (or `git = \"<its URL>\"`).\n\
-         sluice-guest = {{ path = {} }}\n\n\
+         # The guest SDK of the sluice that made this workspace, with the WIT it was built \
+         against\n# in sluice-guest/wit/; then what the SDK itself depends on.\n\
+         sluice-guest = {{ path = \"sluice-guest\" }}\n{}\n\
          # Smaller, faster guests, as sluice's own transforms/ builds them.\n\
          [profile.release]\nopt-level = 3\nlto = true\ncodegen-units = 1\nstrip = true\n\
          panic = \"abort\"\n",
         exclude.join(", "),
-        toml_string(sdk)
+        sdk_dependencies().concat()
     );
     let config = "# Guests are components for WASI 0.2.\n[build]\ntarget = \"wasm32-wasip2\"\n";
-    std::fs::create_dir_all(dir.join(".cargo"))
-        .with_context(|| format!("creating {}", dir.display()))?;
-    for (file, text) in [
+    let sdk: Vec<(String, String)> = SDK_FILES
+        .iter()
+        .map(|(file, text)| {
+            let text = match *file {
+                "src/lib.rs" => text.replace(SDK_WIT_PATH.0, SDK_WIT_PATH.1),
+                _ => text.to_string(),
+            };
+            (format!("sluice-guest/{file}"), text)
+        })
+        .collect();
+    for sub in [".cargo", "sluice-guest/src", "sluice-guest/wit"] {
+        std::fs::create_dir_all(dir.join(sub))
+            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
+    }
+    let files = [
         ("Cargo.toml", manifest.as_str()),
+        ("Cargo.lock", TRANSFORMS_CARGO_LOCK),
         (".cargo/config.toml", config),
         (".gitignore", "/target/\n"),
-    ] {
+    ];
+    let sdk = sdk
+        .iter()
+        .map(|(file, text)| (file.as_str(), text.as_str()));
+    for (file, text) in files.into_iter().chain(sdk) {
         let path = dir.join(file);
         match std::fs::OpenOptions::new()
             .write(true)
@@ -189,6 +215,28 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
         .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(true)
+}
+
+/// The lines of sluice's transforms workspace manifest that give the SDK's dependencies (each
+/// taken with `.workspace = true`), as a new workspace needs them.
+fn sdk_dependencies() -> Vec<String> {
+    let needed: Vec<&str> = section(SDK_FILES[0].1, "dependencies")
+        .filter_map(|l| l.trim().strip_suffix(".workspace = true"))
+        .collect();
+    section(TRANSFORMS_CARGO_TOML, "workspace.dependencies")
+        .filter(|l| needed.contains(&l.split('=').next().unwrap_or_default().trim()))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+/// The lines of `[header]` in a manifest written as sluice's are (one header per table).
+fn section<'a>(manifest: &'a str, header: &str) -> impl Iterator<Item = &'a str> {
+    let header = format!("[{header}]");
+    manifest
+        .lines()
+        .skip_while(move |l| l.trim() != header)
+        .skip(1)
+        .take_while(|l| !l.starts_with('['))
 }
 
 /// Why `NAME` cannot be a new transform's name in `dir`, if it cannot; nothing on disk is looked
@@ -330,6 +378,35 @@ fn workspace_lacks(manifest: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The SDK copied into a new workspace is the whole SDK, reads the WIT from its own `wit/`,
+    /// and has each of its dependencies pinned as sluice's transforms pin them.
+    #[test]
+    fn the_sdk_copy_is_whole_and_builds_on_its_own() {
+        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../transforms/sluice-guest");
+        let mut sources: Vec<String> = std::fs::read_dir(sdk.join("src"))
+            .unwrap()
+            .map(|e| format!("src/{}", e.unwrap().file_name().to_string_lossy()))
+            .collect();
+        sources.sort();
+        let copied: Vec<&str> = SDK_FILES.iter().map(|(f, _)| *f).collect();
+        assert_eq!(
+            copied[1..3],
+            sources,
+            "a new source file of the SDK is not copied"
+        );
+        assert!(
+            !sdk.join("build.rs").exists(),
+            "a build script is not copied"
+        );
+        let wit: Vec<_> = std::fs::read_dir(sdk.join("../../wit")).unwrap().collect();
+        assert_eq!(wit.len(), 1, "a new file of the WIT package is not copied");
+        assert_eq!(SDK_FILES[1].1.matches(SDK_WIT_PATH.0).count(), 1);
+        let deps = sdk_dependencies();
+        assert_eq!(deps.len(), 2, "{deps:?}");
+        assert!(deps[0].starts_with("wit-bindgen = \"="), "{deps:?}");
+        assert!(deps[1].starts_with("chrono = {"), "{deps:?}");
+    }
 
     #[test]
     fn a_sluice_workspace_is_recognised_however_its_toml_is_written() {
