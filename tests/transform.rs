@@ -5450,7 +5450,48 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     );
     assert!(copied("sluice-guest/src/lib.rs").contains(r#"path: "wit","#));
     assert!(!dir.path().join("fresh/wit").exists());
-    assert_eq!(copied("Cargo.lock"), repo("transforms/Cargo.lock"));
+    // The SDK keeps sluice's license, whatever the workspace's crates choose.
+    assert_eq!(copied("sluice-guest/LICENSE"), repo("LICENSE"));
+    assert!(copied("sluice-guest/Cargo.toml").contains("\nlicense = \"Apache-2.0\"\n"));
+    // The lock is this workspace's, with sluice's versions: the new crate in it, sluice's own
+    // examples not, so that it can be committed as it is (the build below leaves it as it is).
+    let lock = copied("Cargo.lock");
+    assert!(
+        lock.contains("name = \"transform-shout\"") && !lock.contains("transform-enrich"),
+        "{lock}"
+    );
+    let pinned = |lock: &str| {
+        let at = lock.find("name = \"wit-bindgen\"\nversion = ").unwrap();
+        lock[at..].lines().nth(1).unwrap().to_owned()
+    };
+    assert_eq!(pinned(&lock), pinned(&repo("transforms/Cargo.lock")));
+    // Run in the workspace itself without --dir, `build` says to pass `--dir .`.
+    let out = sluice_tests::cli::sluice(ws, &["transform", "build"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("this directory is a transforms workspace itself: pass --dir ."),
+        "{stderr}"
+    );
+    // A repository's own dot-files are kept as they are, with a word on what they lack.
+    let dots = dir.path().join("dots");
+    std::fs::create_dir_all(dots.join(".cargo")).unwrap();
+    std::fs::write(dots.join(".gitignore"), "*.log\n").unwrap();
+    std::fs::write(dots.join(".cargo/config.toml"), "[build]\njobs = 2\n").unwrap();
+    let out =
+        sluice_tests::cli::sluice(dir.path(), &["transform", "new", "shout", "--dir", "dots"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("kept dots/.gitignore as it was; add `/target/`")
+            && stderr.contains("kept dots/.cargo/config.toml as it was; add `[build]`"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dots.join(".gitignore")).unwrap(),
+        "*.log\n"
+    );
+    assert!(dots.join("Cargo.toml").is_file() && dots.join("shout/src/lib.rs").is_file());
     assert_eq!(
         std::fs::read_to_string(ws.join(".gitignore")).unwrap(),
         "/target/\n"
@@ -5475,16 +5516,14 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         )),
         "{stdout}"
     );
-    // Its doc comment says how to build and test it where it is.
+    // Its doc comment says how to build and test it, from the workspace's directory: the
+    // absolute path given here would be wrong in any other clone.
     let lib = std::fs::read_to_string(crate_dir.join("src/lib.rs")).unwrap();
     assert!(
-        lib.contains(&format!(
-            "sluice transform build shout --dir {}\n",
-            ws.display()
-        )) && lib.contains(&format!(
-            "sluice transform test shout --dir {}\n",
-            ws.display()
-        )),
+        lib.contains("pipeline.json), from the workspace's directory:\n")
+            && lib.contains("sluice transform build shout --dir .\n")
+            && lib.contains("sluice transform test shout --dir .\n")
+            && !lib.contains(&*dir.path().to_string_lossy()),
         "{lib}"
     );
     assert!(
@@ -5517,6 +5556,11 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     );
     assert!(cli::scaffold("Bad Name", ws, true).is_err());
     let built = cli::build(Some("shout"), ws).unwrap();
+    assert_eq!(
+        copied("Cargo.lock"),
+        lock,
+        "the build changed the lock `new` wrote"
+    );
     assert_eq!(built.len(), 1, "{built:?}");
     assert!(
         built[0].ends_with("wasm32-wasip2/release/transform_shout.wasm"),

@@ -33,17 +33,28 @@ pub(crate) fn check(path: &Path) -> Option<String> {
         Some(name) => format!("sluice transform build {name}"),
         None => "sluice transform build".to_owned(),
     };
-    let workspace = target_dir.parent()?;
-    let default = Path::new(super::cli::DEFAULT_DIR).canonicalize().ok();
-    if default.is_none() || workspace.canonicalize().ok() != default {
-        build.push_str(&format!(" --dir {}", workspace.display()));
-    }
+    build.push_str(&dir_flag(target_dir.parent()?));
     Some(format!(
         "{} is older than a file it was built from ({} changed since): it runs the code as it \
          was then. Build it again with `{build}`",
         path.display(),
         changed.display()
     ))
+}
+
+/// The `--dir` that `sluice transform build`, run where sluice runs now, needs to find
+/// `workspace`: none for the default `transforms`, and `.` for the current directory (a
+/// component named from the workspace's own root, `target/...`, has an empty one).
+fn dir_flag(workspace: &Path) -> String {
+    let workspace = match workspace.as_os_str().is_empty() {
+        true => Path::new("."),
+        false => workspace,
+    };
+    let default = Path::new(super::cli::DEFAULT_DIR).canonicalize().ok();
+    match default.is_some() && workspace.canonicalize().ok() == default {
+        true => String::new(),
+        false => format!(" --dir {}", workspace.display()),
+    }
 }
 
 fn modified(path: &Path) -> Option<SystemTime> {
@@ -148,5 +159,7 @@ mod tests {
         let other = ws.join("target/wasm32-wasip2/release/transform_other.wasm");
         write(&other, "", t0);
         assert_eq!(check(&other), None);
+        // Named from the workspace's root (`target/...`): the workspace is `.`, not nothing.
+        assert_eq!(dir_flag(Path::new("")), " --dir .");
     }
 }

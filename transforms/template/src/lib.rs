@@ -4,7 +4,7 @@
 //! whose field is empty or null (a blank CSV cell is null). Build it, then run it on its test
 //! data: `testdata/input.jsonl`, compared with `testdata/expected.jsonl` (and with
 //! `testdata/expected-failures.jsonl`, if you add one), with the params in `testdata/params.json`
-//! if you add one (a JSON object, as its `with` in pipeline.json):
+//! if you add one (a JSON object, as its `with` in pipeline.json){{from}}:
 //!
 //! ```text
 //! sluice transform build {{name}}{{dir_flag}}

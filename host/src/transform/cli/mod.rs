@@ -71,8 +71,9 @@ pub enum TransformCommand {
         /// `transform-<NAME>`.
         name: String,
         /// The transforms workspace to create it in (default: `transforms`, which must be one
-        /// already). A directory named here that is not there yet, or is empty, becomes one,
-        /// with a copy of the guest SDK and the WIT, so that it builds without sluice's checkout.
+        /// already). A directory named here that is not there yet, or holds nothing but
+        /// dot-entries (`.git`), becomes one, with a copy of the guest SDK and the WIT, so that
+        /// it builds without sluice's checkout.
         #[arg(long)]
         dir: Option<PathBuf>,
     },

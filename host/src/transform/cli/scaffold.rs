@@ -19,7 +19,7 @@ const TEMPLATE_EXPECTED: &str =
 /// The guest SDK as this binary was built with it, copied into a workspace that `new` starts:
 /// the path of each file in the copy (under `sluice-guest/`) and its text. The WIT goes inside
 /// the copy, so that it builds wherever the workspace is moved, committed or cloned.
-const SDK_FILES: [(&str, &str); 4] = [
+const SDK_FILES: [(&str, &str); 5] = [
     (
         "Cargo.toml",
         include_str!("../../../../transforms/sluice-guest/Cargo.toml"),
@@ -36,11 +36,17 @@ const SDK_FILES: [(&str, &str); 4] = [
         "wit/transform.wit",
         include_str!("../../../../wit/transform.wit"),
     ),
+    // The copy keeps sluice's license, whatever the workspace's crates choose.
+    ("LICENSE", include_str!("../../../../LICENSE")),
 ];
 
 /// Where the SDK in sluice's repository reads the WIT (`wit/` at the top, two levels up from
 /// its crate), and where its copy does (its own `wit/`).
 const SDK_WIT_PATH: (&str, &str) = (r#"path: "../../wit""#, r#"path: "wit""#);
+
+/// The SDK's license in sluice's workspace, and in its copy (where the workspace's `license`
+/// is the author's).
+const SDK_LICENSE: (&str, &str) = ("license.workspace = true", "license = \"Apache-2.0\"");
 
 /// sluice's own transforms workspace manifest, for the versions of the SDK's dependencies, and
 /// its lock file, so that a new workspace builds with the versions sluice is tested with.
@@ -53,9 +59,9 @@ const TRANSFORMS_CARGO_LOCK: &str = include_str!("../../../../transforms/Cargo.l
 const RESERVED_NAMES: [&str; 3] = ["target", "template", "sluice-guest"];
 
 /// Creates `<dir>/<name>/` from the embedded template and returns its path; a `dir` given by
-/// `--dir` (`dir_given`) that does not exist yet, or is empty, becomes a workspace first (see
-/// [`start_workspace`]). A bad name, a
-/// missing workspace or an existing crate is a [`UsageError`].
+/// `--dir` (`dir_given`) that does not exist yet, or holds nothing but dot-entries, becomes a
+/// workspace first (see [`start_workspace`]). A bad name, a missing workspace or an existing
+/// crate is a [`UsageError`].
 ///
 /// [`UsageError`]: super::UsageError
 pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathBuf> {
@@ -71,8 +77,12 @@ pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathB
         );
     }
     let crate_dir = dir.join(name);
-    // The paths in its doc comment, as the author gave the workspace.
-    let shown = dir.display().to_string();
+    // The paths in its doc comment, as the author gave the workspace; an absolute one as `.`
+    // (from the workspace's own directory), as it would be wrong in every other clone.
+    let (shown, from) = match dir.is_absolute() {
+        true => (".".to_owned(), ", from the workspace's directory"),
+        false => (dir.display().to_string(), ""),
+    };
     let dir_flag = match dir == Path::new(DEFAULT_DIR) {
         true => String::new(),
         false => format!(" --dir {shown}"),
@@ -81,6 +91,7 @@ pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathB
         s.replace("{{name}}", name)
             .replace("{{dir_flag}}", &dir_flag)
             .replace("{{dir}}", &shown)
+            .replace("{{from}}", from)
     };
     std::fs::create_dir_all(crate_dir.join("src"))?;
     std::fs::create_dir_all(crate_dir.join("testdata"))?;
@@ -105,6 +116,9 @@ pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathB
              \"{name}\" (or \"*\", with \"target\" in exclude) to members, then run this again",
             dir.join("Cargo.toml").display()
         )));
+    }
+    if started {
+        settle_lock(dir);
     }
     Ok(crate_dir)
 }
@@ -180,6 +194,7 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
         .map(|(file, text)| {
             let text = match *file {
                 "src/lib.rs" => text.replace(SDK_WIT_PATH.0, SDK_WIT_PATH.1),
+                "Cargo.toml" => text.replace(SDK_LICENSE.0, SDK_LICENSE.1),
                 _ => text.to_string(),
             };
             (format!("sluice-guest/{file}"), text)
@@ -189,16 +204,17 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
         std::fs::create_dir_all(dir.join(sub))
             .with_context(|| format!("creating {}", dir.join(sub).display()))?;
     }
+    // The manifest last: until it is there, the directory is no workspace, so a `new` that
+    // failed half-way is not taken for one that finished.
+    let sdk = sdk
+        .iter()
+        .map(|(file, text)| (file.as_str(), text.as_str()));
     let files = [
-        ("Cargo.toml", manifest.as_str()),
         ("Cargo.lock", TRANSFORMS_CARGO_LOCK),
         (".cargo/config.toml", config),
         (".gitignore", "/target/\n"),
     ];
-    let sdk = sdk
-        .iter()
-        .map(|(file, text)| (file.as_str(), text.as_str()));
-    for (file, text) in files.into_iter().chain(sdk) {
+    for (file, text) in sdk.chain(files).chain([("Cargo.toml", manifest.as_str())]) {
         let path = dir.join(file);
         match std::fs::OpenOptions::new()
             .write(true)
@@ -206,8 +222,10 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
             .open(&path)
         {
             Ok(mut f) => f.write_all(text.as_bytes()),
-            // A repository's own `.gitignore` is kept as it is.
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && file == ".gitignore" => {
+            // The dot-entries a repository may have already are kept as they are (nothing else
+            // is there, see `fresh_dir`); said when they lack what this one would give.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && file.starts_with('.') => {
+                kept(&path, file);
                 Ok(())
             }
             Err(e) => Err(e),
@@ -215,6 +233,46 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
         .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(true)
+}
+
+/// Warns that the repository's own `file` (at `path`), kept as it is, lacks what the new
+/// workspace's would have said: `target/` ignored, the wasm target set.
+fn kept(path: &Path, file: &str) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let (lacks, add) = match file {
+        ".gitignore" => (
+            !text.contains("target"),
+            "`/target/`, so that builds stay out of git",
+        ),
+        _ => (
+            !text.contains("wasm32-wasip2"),
+            "`[build]` `target = \"wasm32-wasip2\"` for plain `cargo build`s \
+             (`sluice transform build` passes the target itself)",
+        ),
+    };
+    if lacks {
+        tracing::warn!("kept {} as it was; add {add}", path.display());
+    }
+}
+
+/// Brings the `Cargo.lock` of a workspace [`start_workspace`] began, sluice's transforms' own,
+/// to this workspace's crates (cargo keeps the versions it has and drops the rest), so that it
+/// can be committed as it is and `cargo build --locked` works from the start. Offline first: the
+/// versions are the ones sluice's own transforms were built with. A failure is left for the
+/// build to report.
+fn settle_lock(dir: &Path) {
+    let resolve = |offline: bool| {
+        let mut cmd = std::process::Command::new("cargo");
+        cmd.current_dir(dir)
+            .args(["metadata", "--format-version", "1"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        if offline {
+            cmd.arg("--offline");
+        }
+        cmd.status().is_ok_and(|s| s.success())
+    };
+    let _ = resolve(true) || resolve(false);
 }
 
 /// The lines of sluice's transforms workspace manifest that give the SDK's dependencies (each
@@ -317,12 +375,16 @@ fn check_new(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<()> {
 /// `dir_given` false) is relative to the project root, and `--dir` names the workspace itself,
 /// not the directory above it.
 pub(super) fn where_workspace(dir_given: bool) -> String {
-    if !dir_given {
+    let here = std::fs::read_to_string("Cargo.toml").unwrap_or_default();
+    if !dir_given && here.contains("[workspace") && workspace_lacks(&here).is_empty() {
+        "this directory is a transforms workspace itself: pass --dir .".to_owned()
+    } else if !dir_given {
         "run this from the directory that holds transforms/ (the project root), or pass --dir"
             .to_owned()
     } else {
         "--dir names the transforms workspace itself, the directory whose Cargo.toml has \
-         [workspace] (`new` starts one only in a directory that does not exist yet or is empty)"
+         [workspace] (`new` starts one only in a directory that does not exist yet, or holds \
+         nothing but dot-entries such as .git)"
             .to_owned()
     }
 }
@@ -402,6 +464,7 @@ mod tests {
         let wit: Vec<_> = std::fs::read_dir(sdk.join("../../wit")).unwrap().collect();
         assert_eq!(wit.len(), 1, "a new file of the WIT package is not copied");
         assert_eq!(SDK_FILES[1].1.matches(SDK_WIT_PATH.0).count(), 1);
+        assert_eq!(SDK_FILES[0].1.matches(SDK_LICENSE.0).count(), 1);
         let deps = sdk_dependencies();
         assert_eq!(deps.len(), 2, "{deps:?}");
         assert!(deps[0].starts_with("wit-bindgen = \"="), "{deps:?}");
