@@ -5473,9 +5473,11 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         stderr.contains("this directory is a transforms workspace itself: pass --dir ."),
         "{stderr}"
     );
-    // A repository's own dot-files are kept as they are, with a word on what they lack.
+    // A repository's own dot-files are kept as they are, with a word on what they lack, and its
+    // dot-directories are no crates.
     let dots = dir.path().join("dots");
     std::fs::create_dir_all(dots.join(".cargo")).unwrap();
+    std::fs::create_dir_all(dots.join(".devcontainer")).unwrap();
     std::fs::write(dots.join(".gitignore"), "*.log\n").unwrap();
     std::fs::write(dots.join(".cargo/config.toml"), "[build]\njobs = 2\n").unwrap();
     let out =
@@ -5492,6 +5494,24 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         "*.log\n"
     );
     assert!(dots.join("Cargo.toml").is_file() && dots.join("shout/src/lib.rs").is_file());
+    let lock = std::fs::read_to_string(dots.join("Cargo.lock")).unwrap();
+    assert!(
+        lock.contains("name = \"transform-shout\"") && !lock.contains("transform-enrich"),
+        "cargo metadata failed on the workspace: {lock}"
+    );
+    // A `new` that fails half-way (here `.cargo` is a file) takes back all it wrote.
+    let broken = dir.path().join("broken");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join(".cargo"), "").unwrap();
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &["transform", "new", "shout", "--dir", "broken"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("creating broken/.cargo"), "{stderr}");
+    let left: Vec<_> = std::fs::read_dir(&broken).unwrap().collect();
+    assert_eq!(left.len(), 1, "{left:?}");
     assert_eq!(
         std::fs::read_to_string(ws.join(".gitignore")).unwrap(),
         "/target/\n"

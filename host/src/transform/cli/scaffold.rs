@@ -1,5 +1,6 @@
 //! `sluice transform new`: a transform crate from the template embedded in the binary, in a
-//! workspace that has what the crate inherits (started first in a new or empty `--dir`).
+//! workspace that has what the crate inherits (started first, with a copy of the guest SDK, in a
+//! `--dir` that does not exist yet or holds nothing but dot-entries).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -48,9 +49,11 @@ const SDK_WIT_PATH: (&str, &str) = (r#"path: "../../wit""#, r#"path: "wit""#);
 /// is the author's).
 const SDK_LICENSE: (&str, &str) = ("license.workspace = true", "license = \"Apache-2.0\"");
 
-/// sluice's own transforms workspace manifest, for the versions of the SDK's dependencies, and
-/// its lock file, so that a new workspace builds with the versions sluice is tested with.
+/// sluice's own transforms workspace manifest, for the versions of the SDK's dependencies.
 const TRANSFORMS_CARGO_TOML: &str = include_str!("../../../../transforms/Cargo.toml");
+
+/// sluice's own transforms lock file, which a new workspace starts from (see [`settle_lock`]),
+/// so that it builds with the versions sluice is tested with.
 const TRANSFORMS_CARGO_LOCK: &str = include_str!("../../../../transforms/Cargo.lock");
 
 /// Directories of the transforms workspace that are not transform crates: `target` and
@@ -77,9 +80,10 @@ pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathB
         );
     }
     let crate_dir = dir.join(name);
-    // The paths in its doc comment, as the author gave the workspace; an absolute one as `.`
-    // (from the workspace's own directory), as it would be wrong in every other clone.
-    let (shown, from) = match dir.is_absolute() {
+    // The paths in its doc comment, as the author gave the workspace; an absolute one, or a
+    // workspace of its own just started (a repository's root, most likely), as `.` from the
+    // workspace's own directory: a path from elsewhere would be wrong in every other clone.
+    let (shown, from) = match dir.is_absolute() || started {
         true => (".".to_owned(), ", from the workspace's directory"),
         false => (dir.display().to_string(), ""),
     };
@@ -167,7 +171,19 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
     if !dir_given || dir.join("Cargo.toml").exists() || !fresh_dir(dir) {
         return Ok(false);
     }
-    let exclude: Vec<String> = NOT_CRATES.iter().map(|d| toml_string(d)).collect();
+    // A repository's other dot-directories (`.devcontainer`, `.husky`) are no crates either.
+    let mut exclude: Vec<String> = NOT_CRATES.iter().map(|d| d.to_string()).collect();
+    let dot_dirs = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok());
+    for e in dot_dirs.filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if !exclude.contains(&name) {
+            exclude.push(name);
+        }
+    }
+    let exclude: Vec<String> = exclude.iter().map(|d| toml_string(d)).collect();
     let manifest = format!(
         "# A sluice transforms workspace: `sluice transform new NAME --dir .` adds a crate, \
          `sluice\n# transform build --dir .` builds them all for wasm32-wasip2 \
@@ -200,12 +216,7 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
             (format!("sluice-guest/{file}"), text)
         })
         .collect();
-    for sub in [".cargo", "sluice-guest/src", "sluice-guest/wit"] {
-        std::fs::create_dir_all(dir.join(sub))
-            .with_context(|| format!("creating {}", dir.join(sub).display()))?;
-    }
-    // The manifest last: until it is there, the directory is no workspace, so a `new` that
-    // failed half-way is not taken for one that finished.
+    // The manifest last: until it is there, the directory is no workspace.
     let sdk = sdk
         .iter()
         .map(|(file, text)| (file.as_str(), text.as_str()));
@@ -214,16 +225,50 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
         (".cargo/config.toml", config),
         (".gitignore", "/target/\n"),
     ];
-    for (file, text) in sdk.chain(files).chain([("Cargo.toml", manifest.as_str())]) {
+    let files = sdk.chain(files).chain([("Cargo.toml", manifest.as_str())]);
+    let (existed, had_cargo) = (dir.exists(), dir.join(".cargo").exists());
+    let mut created = Vec::new();
+    if let Err(e) = write_new(dir, files, &mut created) {
+        // Nothing half-made is left behind, to be taken for a workspace or to stand in the way
+        // of another try; the repository's own dot-entries stay.
+        for path in created.iter().rev() {
+            let _ = std::fs::remove_file(path);
+        }
+        let _ = std::fs::remove_dir_all(dir.join("sluice-guest"));
+        if !had_cargo {
+            let _ = std::fs::remove_dir_all(dir.join(".cargo"));
+        }
+        if !existed {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        return Err(e);
+    }
+    Ok(true)
+}
+
+/// Writes each `(file, text)` under `dir` (making directories as needed) without overwriting,
+/// noting in `created` each file it made. The dot-entries a repository may have already are kept
+/// as they are (nothing else is there, see [`fresh_dir`]); [`kept`] says what they lack.
+fn write_new<'a>(
+    dir: &Path,
+    files: impl Iterator<Item = (&'a str, &'a str)>,
+    created: &mut Vec<PathBuf>,
+) -> anyhow::Result<()> {
+    for (file, text) in files {
         let path = dir.join(file);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .open(&path)
         {
-            Ok(mut f) => f.write_all(text.as_bytes()),
-            // The dot-entries a repository may have already are kept as they are (nothing else
-            // is there, see `fresh_dir`); said when they lack what this one would give.
+            Ok(mut f) => {
+                created.push(path.clone());
+                f.write_all(text.as_bytes())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && file.starts_with('.') => {
                 kept(&path, file);
                 Ok(())
@@ -232,7 +277,7 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
         }
         .with_context(|| format!("writing {}", path.display()))?;
     }
-    Ok(true)
+    Ok(())
 }
 
 /// Warns that the repository's own `file` (at `path`), kept as it is, lacks what the new
@@ -241,7 +286,7 @@ fn kept(path: &Path, file: &str) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let (lacks, add) = match file {
         ".gitignore" => (
-            !text.contains("target"),
+            !(text.lines()).any(|l| l.trim().trim_matches('/') == "target"),
             "`/target/`, so that builds stay out of git",
         ),
         _ => (
@@ -258,21 +303,32 @@ fn kept(path: &Path, file: &str) {
 /// Brings the `Cargo.lock` of a workspace [`start_workspace`] began, sluice's transforms' own,
 /// to this workspace's crates (cargo keeps the versions it has and drops the rest), so that it
 /// can be committed as it is and `cargo build --locked` works from the start. Offline first: the
-/// versions are the ones sluice's own transforms were built with. A failure is left for the
-/// build to report.
+/// versions are the ones sluice's own transforms were built with. When cargo cannot (no cached
+/// crates and no network), the workspace is still right; the warning says the lock is not yet.
 fn settle_lock(dir: &Path) {
     let resolve = |offline: bool| {
         let mut cmd = std::process::Command::new("cargo");
         cmd.current_dir(dir)
             .args(["metadata", "--format-version", "1"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
+            .stdout(std::process::Stdio::null());
         if offline {
             cmd.arg("--offline");
         }
-        cmd.status().is_ok_and(|s| s.success())
+        match cmd.output() {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
     };
-    let _ = resolve(true) || resolve(false);
+    if let Err(why) = resolve(true).or_else(|_| resolve(false)) {
+        let why = why.lines().find(|l| l.contains("error")).unwrap_or(&why);
+        tracing::warn!(
+            "{} is still sluice's own lock file, not yet this workspace's: `cargo metadata` \
+             failed ({why}). The first build trims it; until then `cargo build --locked` fails, \
+             so build once before committing it",
+            dir.join("Cargo.lock").display()
+        );
+    }
 }
 
 /// The lines of sluice's transforms workspace manifest that give the SDK's dependencies (each
@@ -465,7 +521,27 @@ mod tests {
         assert_eq!(wit.len(), 1, "a new file of the WIT package is not copied");
         assert_eq!(SDK_FILES[1].1.matches(SDK_WIT_PATH.0).count(), 1);
         assert_eq!(SDK_FILES[0].1.matches(SDK_LICENSE.0).count(), 1);
+        // What the copy inherits, it inherits in the tables `sdk_dependencies` reads...
+        let mut table = "";
+        for line in SDK_FILES[0].1.lines() {
+            if line.starts_with('[') {
+                table = line;
+            } else if line.contains("workspace = true") {
+                assert!(
+                    ["[package]", "[dependencies]"].contains(&table),
+                    "{table} {line}"
+                );
+            }
+        }
+        // ...and each dependency's line is whole (one line in transforms/Cargo.toml).
         let deps = sdk_dependencies();
+        for dep in &deps {
+            let count = |c: char| dep.matches(c).count();
+            assert!(
+                count('{') == count('}') && count('[') == count(']'),
+                "{dep}"
+            );
+        }
         assert_eq!(deps.len(), 2, "{deps:?}");
         assert!(deps[0].starts_with("wit-bindgen = \"="), "{deps:?}");
         assert!(deps[1].starts_with("chrono = {"), "{deps:?}");
