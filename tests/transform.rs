@@ -5512,6 +5512,23 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     assert!(stderr.contains("creating broken/.cargo"), "{stderr}");
     let left: Vec<_> = std::fs::read_dir(&broken).unwrap().collect();
     assert_eq!(left.len(), 1, "{left:?}");
+    // With no crates cached and no network, the lock cannot be trimmed yet: said, not hidden.
+    let home = dir.path().join("empty-cargo-home");
+    std::fs::create_dir(&home).unwrap();
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(["transform", "new", "shout", "--dir", "nonet"])
+        .current_dir(dir.path())
+        .env("CARGO_HOME", &home)
+        .env("CARGO_NET_OFFLINE", "true")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("nonet/Cargo.lock is still sluice's own lock file")
+            && stderr.contains("build once before committing it"),
+        "{stderr}"
+    );
     assert_eq!(
         std::fs::read_to_string(ws.join(".gitignore")).unwrap(),
         "/target/\n"
