@@ -5473,6 +5473,13 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         stderr.contains("this directory is a transforms workspace itself: pass --dir ."),
         "{stderr}"
     );
+    let out = sluice_tests::cli::sluice(&ws.join("shout"), &["transform", "test", "shout"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("workspace above it: pass --dir .."),
+        "{stderr}"
+    );
     // A repository's own dot-files are kept as they are, with a word on what they lack, and its
     // dot-directories are no crates.
     let dots = dir.path().join("dots");

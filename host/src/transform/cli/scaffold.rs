@@ -431,9 +431,15 @@ fn check_new(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<()> {
 /// `dir_given` false) is relative to the project root, and `--dir` names the workspace itself,
 /// not the directory above it.
 pub(super) fn where_workspace(dir_given: bool) -> String {
-    let here = std::fs::read_to_string("Cargo.toml").unwrap_or_default();
-    if !dir_given && here.contains("[workspace") && workspace_lacks(&here).is_empty() {
+    // Run in the workspace, or in one of its crates, an author means that one.
+    let is_workspace = |manifest: &str| {
+        let text = std::fs::read_to_string(manifest).unwrap_or_default();
+        text.contains("[workspace") && workspace_lacks(&text).is_empty()
+    };
+    if !dir_given && is_workspace("Cargo.toml") {
         "this directory is a transforms workspace itself: pass --dir .".to_owned()
+    } else if !dir_given && is_workspace("../Cargo.toml") {
+        "this directory is a crate of the transforms workspace above it: pass --dir ..".to_owned()
     } else if !dir_given {
         "run this from the directory that holds transforms/ (the project root), or pass --dir"
             .to_owned()
