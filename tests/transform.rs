@@ -5390,6 +5390,24 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     ] {
         assert!(root.join("transforms").join(file).is_file(), "{file}");
     }
+    // The workspace is its own: its crate says to build from there, with `--dir .`.
+    let lib = std::fs::read_to_string(root.join("transforms/shout/src/lib.rs")).unwrap();
+    assert!(
+        lib.contains("from the workspace's directory:\n")
+            && lib.contains("sluice transform build shout --dir .\n"),
+        "{lib}"
+    );
+    // A path through a directory that is not there (`gone/..`) names, once that is made, a
+    // directory with files in it: refused, and what was there stays.
+    std::fs::create_dir_all(root.join("owned/.git")).unwrap();
+    std::fs::write(root.join("owned/NOTES"), "mine").unwrap();
+    let out = sluice_tests::cli::sluice(
+        &root,
+        &["transform", "new", "shout", "--dir", "gone/../owned"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(!root.join("gone").exists());
+    assert_eq!(std::fs::read_dir(root.join("owned")).unwrap().count(), 2);
     // A bad name in a new directory leaves nothing behind.
     let out = sluice_tests::cli::sluice(
         dir.path(),
@@ -5516,7 +5534,10 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("creating broken/.cargo"), "{stderr}");
+    assert!(
+        stderr.contains("writing broken/.cargo/config.toml: Not a directory"),
+        "{stderr}"
+    );
     let left: Vec<_> = std::fs::read_dir(&broken).unwrap().collect();
     assert_eq!(left.len(), 1, "{left:?}");
     // With no crates cached and no network, the lock cannot be trimmed yet: said, not hidden.

@@ -82,12 +82,14 @@ pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathB
     let crate_dir = dir.join(name);
     // The paths in its doc comment, as the author gave the workspace; an absolute one, or a
     // workspace of its own just started (a repository's root, most likely), as `.` from the
-    // workspace's own directory: a path from elsewhere would be wrong in every other clone.
-    let (shown, from) = match dir.is_absolute() || started {
+    // workspace's own directory: an absolute path is wrong in every other clone, and where a
+    // relative one starts from is not written down anywhere.
+    let own = dir.is_absolute() || started;
+    let (shown, from) = match own {
         true => (".".to_owned(), ", from the workspace's directory"),
         false => (dir.display().to_string(), ""),
     };
-    let dir_flag = match dir == Path::new(DEFAULT_DIR) {
+    let dir_flag = match !own && dir == Path::new(DEFAULT_DIR) {
         true => String::new(),
         false => format!(" --dir {shown}"),
     };
@@ -131,14 +133,15 @@ pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathB
 /// take for crates (cargo fails on a member without a manifest).
 const NOT_CRATES: [&str; 6] = [".cargo", ".git", ".github", ".vscode", ".idea", "target"];
 
-/// Whether `dir` can become a workspace: it does not exist, or holds nothing but dot-entries
-/// (`.git` of a fresh repository, `.gitignore`) that a workspace leaves alone.
+/// Whether `dir` can become a workspace: it does not exist (nor does a link by its name), or
+/// holds nothing but dot-entries (`.git` of a fresh repository, `.gitignore`) that a workspace
+/// leaves alone.
 fn fresh_dir(dir: &Path) -> bool {
     match std::fs::read_dir(dir) {
         Ok(entries) => entries
             .filter_map(|e| e.ok())
             .all(|e| e.file_name().to_string_lossy().starts_with('.')),
-        Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+        Err(e) => e.kind() == std::io::ErrorKind::NotFound && dir.symlink_metadata().is_err(),
     }
 }
 
@@ -171,19 +174,29 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
     if !dir_given || dir.join("Cargo.toml").exists() || !fresh_dir(dir) {
         return Ok(false);
     }
-    // A repository's other dot-directories (`.devcontainer`, `.husky`) are no crates either.
-    let mut exclude: Vec<String> = NOT_CRATES.iter().map(|d| d.to_string()).collect();
-    let dot_dirs = std::fs::read_dir(dir)
+    // Made first, and looked at again: a path that did not resolve before (`gone/../repo`, with
+    // `gone` missing) may name a directory with files in it once it does.
+    let mut made = Made::default();
+    made.dirs(dir)?;
+    if !fresh_dir(dir) {
+        made.undo();
+        return Ok(false);
+    }
+    // A repository's other dot-directories (`.devcontainer`, `.husky`, links to directories
+    // included) are no crates either.
+    let mut dot_dirs: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
-        .filter_map(|e| e.ok());
-    for e in dot_dirs.filter(|e| e.file_type().is_ok_and(|t| t.is_dir())) {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if !exclude.contains(&name) {
-            exclude.push(name);
-        }
-    }
-    let exclude: Vec<String> = exclude.iter().map(|d| toml_string(d)).collect();
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|name| !NOT_CRATES.contains(&name.as_str()))
+        .collect();
+    dot_dirs.sort();
+    let exclude: Vec<String> = (NOT_CRATES.iter().map(|d| d.to_string()))
+        .chain(dot_dirs)
+        .map(|d| toml_string(&d))
+        .collect();
     let manifest = format!(
         "# A sluice transforms workspace: `sluice transform new NAME --dir .` adds a crate, \
          `sluice\n# transform build --dir .` builds them all for wasm32-wasip2 \
@@ -226,39 +239,64 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
         (".gitignore", "/target/\n"),
     ];
     let files = sdk.chain(files).chain([("Cargo.toml", manifest.as_str())]);
-    let (existed, had_cargo) = (dir.exists(), dir.join(".cargo").exists());
-    let mut created = Vec::new();
-    if let Err(e) = write_new(dir, files, &mut created) {
+    if let Err(e) = write_new(dir, files, &mut made) {
         // Nothing half-made is left behind, to be taken for a workspace or to stand in the way
-        // of another try; the repository's own dot-entries stay.
-        for path in created.iter().rev() {
-            let _ = std::fs::remove_file(path);
-        }
-        let _ = std::fs::remove_dir_all(dir.join("sluice-guest"));
-        if !had_cargo {
-            let _ = std::fs::remove_dir_all(dir.join(".cargo"));
-        }
-        if !existed {
-            let _ = std::fs::remove_dir_all(dir);
-        }
+        // of another try.
+        made.undo();
         return Err(e);
     }
     Ok(true)
 }
 
+/// What `new` made in starting a workspace, so that a failure takes back exactly that: files,
+/// then directories, each only if empty by then. Whatever was there before stays.
+#[derive(Default)]
+struct Made {
+    files: Vec<PathBuf>,
+    dirs: Vec<PathBuf>,
+}
+
+impl Made {
+    /// Makes `path` and the directories above it that are not there, noting each.
+    fn dirs(&mut self, path: &Path) -> anyhow::Result<()> {
+        let missing: Vec<&Path> = (path.ancestors())
+            .filter(|p| !p.as_os_str().is_empty())
+            .take_while(|p| p.symlink_metadata().is_err())
+            .collect();
+        for p in missing.into_iter().rev() {
+            match std::fs::create_dir(p) {
+                Ok(()) => self.dirs.push(p.to_owned()),
+                // `gone/..`, there once `gone` is.
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && p.is_dir() => {}
+                Err(e) => return Err(e).with_context(|| format!("creating {}", p.display())),
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes what was made, newest first.
+    fn undo(&self) {
+        for f in self.files.iter().rev() {
+            let _ = std::fs::remove_file(f);
+        }
+        for d in self.dirs.iter().rev() {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
 /// Writes each `(file, text)` under `dir` (making directories as needed) without overwriting,
-/// noting in `created` each file it made. The dot-entries a repository may have already are kept
-/// as they are (nothing else is there, see [`fresh_dir`]); [`kept`] says what they lack.
+/// noting in `made` what it made. The dot-entries a repository may have already are kept as they
+/// are (nothing else is there, see [`fresh_dir`]); [`kept`] says what they lack.
 fn write_new<'a>(
     dir: &Path,
     files: impl Iterator<Item = (&'a str, &'a str)>,
-    created: &mut Vec<PathBuf>,
+    made: &mut Made,
 ) -> anyhow::Result<()> {
     for (file, text) in files {
         let path = dir.join(file);
         if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+            made.dirs(parent)?;
         }
         match std::fs::OpenOptions::new()
             .write(true)
@@ -266,7 +304,7 @@ fn write_new<'a>(
             .open(&path)
         {
             Ok(mut f) => {
-                created.push(path.clone());
+                made.files.push(path.clone());
                 f.write_all(text.as_bytes())
             }
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && file.starts_with('.') => {
@@ -286,7 +324,7 @@ fn kept(path: &Path, file: &str) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let (lacks, add) = match file {
         ".gitignore" => (
-            !(text.lines()).any(|l| l.trim().trim_matches('/') == "target"),
+            !ignores_target(&text),
             "`/target/`, so that builds stay out of git",
         ),
         _ => (
@@ -298,6 +336,14 @@ fn kept(path: &Path, file: &str) {
     if lacks {
         tracing::warn!("kept {} as it was; add {add}", path.display());
     }
+}
+
+/// Whether a `.gitignore` has a pattern naming `target` (`/target/`, `**/target`, `target/*`)
+/// that is not a comment or a negation.
+fn ignores_target(gitignore: &str) -> bool {
+    (gitignore.lines())
+        .filter(|l| !l.starts_with('#') && !l.starts_with('!'))
+        .any(|l| l.trim_end().split('/').any(|part| part == "target"))
 }
 
 /// Brings the `Cargo.lock` of a workspace [`start_workspace`] began, sluice's transforms' own,
@@ -324,8 +370,9 @@ fn settle_lock(dir: &Path) {
         let why = why.lines().find(|l| l.contains("error")).unwrap_or(&why);
         tracing::warn!(
             "{} is still sluice's own lock file, not yet this workspace's: `cargo metadata` \
-             failed ({why}). The first build trims it; until then `cargo build --locked` fails, \
-             so build once before committing it",
+             failed ({why}). Once that works (with the crates fetched, or a network), the first \
+             build trims it; until then `cargo build --locked` fails, so build once before \
+             committing it",
             dir.join("Cargo.lock").display()
         );
     }
@@ -502,6 +549,23 @@ fn workspace_lacks(manifest: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_gitignore_ignores_target_by_any_pattern_naming_it() {
+        for (text, want) in [
+            ("/target/\n", true),
+            ("*.log\n**/target\n", true),
+            ("/target/**", true),
+            ("target/*\n", true),
+            ("target", true),
+            ("# target\n", false),
+            ("!target\n", false),
+            ("targets/\n", false),
+            ("*.log\n", false),
+        ] {
+            assert_eq!(ignores_target(text), want, "{text:?}");
+        }
+    }
 
     /// The SDK copied into a new workspace is the whole SDK, reads the WIT from its own `wit/`,
     /// and has each of its dependencies pinned as sluice's transforms pin them.
