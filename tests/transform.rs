@@ -5775,6 +5775,155 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     );
 }
 
+/// A workspace whose copy of the guest SDK another sluice made is warned of when it builds,
+/// listed by `update-sdk --check` (exit 1, nothing changed), and brought to this sluice's SDK by
+/// `update-sdk`: the copy's files as `new` writes them, a file this SDK lacks removed, the SDK's
+/// dependencies pinned again with the author's comments kept, the lock still good for
+/// `--locked`; then it builds without the warning and passes its test. A workspace from before
+/// `new` copied the SDK (a path into a sluice checkout) gets a copy. sluice's own `transforms/`
+/// is refused.
+#[test]
+fn cli_update_sdk_brings_an_older_copy_to_this_sdk() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |args: &[&str]| {
+        let out = sluice_tests::cli::sluice(dir.path(), args);
+        (
+            out.status.code(),
+            String::from_utf8(out.stdout).unwrap(),
+            String::from_utf8(out.stderr).unwrap(),
+        )
+    };
+    let (code, _, err) = run(&["transform", "new", "shout", "--dir", "ws"]);
+    assert_eq!(code, Some(0), "{err}");
+    let ws = dir.path().join("ws");
+    // Built where the `new` test builds, to keep it quick.
+    let target = concat!(env!("OUT_DIR"), "/scaffold-target");
+    let mut config = std::fs::read_to_string(ws.join(".cargo/config.toml")).unwrap();
+    config.push_str(&format!("target-dir = {target:?}\n"));
+    std::fs::write(ws.join(".cargo/config.toml"), config).unwrap();
+    let check = ["transform", "update-sdk", "--dir", "ws", "--check"];
+    let (code, out, err) = run(&check);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("ws/sluice-guest is this sluice's guest SDK (sluice 0.1.0, sluice:transform@0.1.0): nothing to update"),
+        "{out}"
+    );
+
+    // As an older sluice would have left it: another allocator, a looser pin.
+    let copied = |path: &str| std::fs::read_to_string(ws.join(path)).unwrap();
+    let repo = |path: &str| {
+        std::fs::read_to_string(format!("{}/../{path}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+    };
+    let pool = ws.join("sluice-guest/src/pool.rs");
+    std::fs::write(
+        &pool,
+        format!("{}// an older pool\n", copied("sluice-guest/src/pool.rs")),
+    )
+    .unwrap();
+    let manifest = copied("Cargo.toml");
+    let pin = manifest
+        .lines()
+        .find(|l| l.starts_with("wit-bindgen = "))
+        .unwrap()
+        .to_owned();
+    let loose = "wit-bindgen = \"0.61\" # ours";
+    std::fs::write(ws.join("Cargo.toml"), manifest.replace(&pin, loose)).unwrap();
+    let (code, out, err) = run(&["transform", "build", "shout", "--dir", "ws"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.ends_with("transform_shout.wasm\n"), "{out}");
+    assert!(
+        err.contains("ws/sluice-guest is not the guest SDK this sluice carries (src/pool.rs, wit-bindgen differ): `sluice transform update-sdk --dir ws` brings it to this one"),
+        "{err}"
+    );
+    // A WIT file the older SDK had and this one has not.
+    std::fs::write(
+        ws.join("sluice-guest/wit/old.wit"),
+        "package sluice:old@0.0.1;\n",
+    )
+    .unwrap();
+    let (code, out, err) = run(&check);
+    assert_eq!(code, Some(1), "{out}{err}");
+    let was = pin.trim_start_matches("wit-bindgen = ");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "sluice-guest/src/pool.rs (updated)",
+            "sluice-guest/wit/old.wit (removed: not in this SDK)",
+            &format!("wit-bindgen in [workspace.dependencies]: \"0.61\" -> {was}"),
+            "ws/sluice-guest is not this sluice's guest SDK (sluice 0.1.0, sluice:transform@0.1.0); `sluice transform update-sdk --dir ws` makes it so",
+        ]
+    );
+    assert!(copied("sluice-guest/src/pool.rs").ends_with("// an older pool\n"));
+    assert!(ws.join("sluice-guest/wit/old.wit").exists());
+
+    let (code, out, err) = run(&["transform", "update-sdk", "--dir", "ws"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.ends_with("ws/sluice-guest is now this sluice's guest SDK (sluice 0.1.0, sluice:transform@0.1.0); build again: sluice transform build --dir ws\n"),
+        "{out}"
+    );
+    assert_eq!(
+        copied("sluice-guest/src/pool.rs"),
+        repo("transforms/sluice-guest/src/pool.rs")
+    );
+    assert!(!ws.join("sluice-guest/wit/old.wit").exists());
+    assert_eq!(
+        copied("Cargo.toml"),
+        manifest.replace(&pin, &format!("{pin} # ours"))
+    );
+    assert_eq!(run(&check).0, Some(0));
+    // The lock still fits the manifest, as `cargo build --locked` needs.
+    let locked = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
+        .current_dir(&ws)
+        .output()
+        .unwrap();
+    assert!(
+        locked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&locked.stderr)
+    );
+    let (code, out, err) = run(&["transform", "test", "shout", "--dir", "ws"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        err.contains("ok: 2 rows match") && !err.contains("is not the guest SDK"),
+        "{err}"
+    );
+
+    // A workspace from before `new` copied the SDK: it depended on a sluice checkout by path.
+    let sdk = format!("{}/../transforms/sluice-guest", env!("CARGO_MANIFEST_DIR"));
+    let before = copied("Cargo.toml").replace(
+        "sluice-guest = { path = \"sluice-guest\" }",
+        &format!("sluice-guest = {{ path = {sdk:?} }}"),
+    );
+    std::fs::write(ws.join("Cargo.toml"), &before).unwrap();
+    std::fs::remove_dir_all(ws.join("sluice-guest")).unwrap();
+    let (code, out, err) = run(&["transform", "update-sdk", "--dir", "ws"]);
+    assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.contains("sluice-guest/wit/transform.wit (added)"),
+        "{out}"
+    );
+    assert_eq!(
+        copied("sluice-guest/wit/transform.wit"),
+        repo("wit/transform.wit")
+    );
+    assert!(copied("Cargo.toml").contains("sluice-guest = { path = \"sluice-guest\" }"));
+    assert_eq!(run(&check).0, Some(0));
+
+    // sluice's own transforms/ is the SDK's source, not a copy.
+    let out = sluice_tests::cli::sluice(
+        &sluice_tests::cli::workspace_root(),
+        &["transform", "update-sdk", "--check"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("transforms is sluice's own transforms workspace"),
+        "{err}"
+    );
+}
+
 /// Each example transform passes its own test data as an author runs it, `transform test NAME`:
 /// built in place (a no-op here: build.rs built them into the same target directory), run on
 /// `testdata/input.jsonl` with its `params.json`, against its golden rows and failures.

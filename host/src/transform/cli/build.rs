@@ -8,6 +8,7 @@ use anyhow::{Context, bail};
 
 use super::params::same_name;
 use super::scaffold::where_workspace;
+use super::sdk::{Plan, SDK_DIR};
 use super::usage;
 
 const TARGET: &str = "wasm32-wasip2";
@@ -22,6 +23,7 @@ pub(crate) const DEFAULT_DIR: &str = "transforms";
 /// [`UsageError`]: super::UsageError
 pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let (workspace, crates) = members(name, dir)?;
+    warn_other_sdk(dir);
     ensure_wasm_target();
     let mut cmd = Command::new("cargo");
     cmd.current_dir(dir)
@@ -51,6 +53,27 @@ pub fn build(name: Option<&str>, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// Warns when the workspace at `dir` has a copy of the guest SDK (`new --dir` made it) that is
+/// not the one this sluice carries: another sluice made the workspace, or this one is newer or
+/// older. A component built against another WIT version does not load here, and one built with
+/// another SDK may act otherwise than this sluice's docs say.
+fn warn_other_sdk(dir: &Path) {
+    if !dir.join(SDK_DIR).join("wit").is_dir() {
+        return;
+    }
+    if let Ok(plan) = Plan::read(dir, true)
+        && !plan.is_empty()
+    {
+        tracing::warn!(
+            "{} is not the guest SDK this sluice carries ({} differ): `sluice transform \
+             update-sdk --dir {}` brings it to this one (`--check` lists the differences)",
+            dir.join(SDK_DIR).display(),
+            plan.short(),
+            dir.display()
+        );
+    }
+}
+
 /// Where transform `name` of the workspace at `dir` builds its `.wasm` file to, and its crate's
 /// directory, without building it; errors as [`build`]'s.
 pub(super) fn locate(name: &str, dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
@@ -76,10 +99,12 @@ fn members(name: Option<&str>, dir: &Path) -> anyhow::Result<(Workspace, Vec<Com
     if sdk.join("Cargo.toml").is_file() && !sdk.join("wit").is_dir() && !wit.is_dir() {
         return Err(usage(anyhow::anyhow!(
             "{} holds the guest SDK (sluice-guest), which reads the WIT package from {}, and \
-             there is none: copy the repository's wit/ there, or depend on the SDK where it is \
+             there is none: `sluice transform update-sdk --dir {}` makes it a copy that reads its \
+             own, or depend on the SDK where it is \
              (`sluice-guest = {{ path = \".../transforms/sluice-guest\" }}`) instead of copying it",
             dir.display(),
-            wit.display()
+            wit.display(),
+            dir.display()
         )));
     }
     let mut workspace = Workspace::read(dir)?;
@@ -225,8 +250,7 @@ mod tests {
         .unwrap();
         let err = build(None, &ws).unwrap_err().to_string();
         assert!(
-            err.contains("reads the WIT package from")
-                && err.contains("copy the repository's wit/"),
+            err.contains("reads the WIT package from") && err.contains("update-sdk --dir"),
             "{err}"
         );
         // The SDK's copy that `new` makes carries the WIT in it.

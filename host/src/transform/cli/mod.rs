@@ -1,4 +1,4 @@
-//! `sluice transform new|build|test`: tools for transform authors.
+//! `sluice transform new|build|test|update-sdk`: tools for transform authors.
 //!
 //! - `new NAME` scaffolds `transforms/NAME/` from the template in `transforms/template/`
 //!   (embedded in the binary), which builds and passes its golden test untouched.
@@ -12,8 +12,11 @@
 //!   give its message, so a transform sees locally what it will see in a pipeline. With `--format
 //!   dead-letters` it reruns the records a pipeline set aside (`sluice dead-letters` prints them),
 //!   each as the message it was, with its own topic, offset, key and headers.
+//! - `update-sdk` brings a workspace's copy of the guest SDK (which `new --dir` made) to the one
+//!   this sluice carries; `--check` lists what differs and exits 1.
 //!
-//! `scaffold` makes `new`'s crate (and its workspace, when it starts one), `build` runs cargo,
+//! `scaffold` makes `new`'s crate (and its workspace, when it starts one), `sdk` is the guest SDK
+//! a workspace keeps a copy of, `build` runs cargo,
 //! `params` reads `--pipeline`'s chain, `params.json` and `--with`, `input` reads the records,
 //! `golden` finds a transform's own test data and holds the golden files and compares the run
 //! with them, and `run` is the test run itself.
@@ -24,6 +27,7 @@ mod input;
 mod params;
 mod run;
 mod scaffold;
+mod sdk;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -40,6 +44,7 @@ pub use input::{
 pub(crate) use run::{FieldTypes, not_json, unloadable_names, unloadable_timestamp};
 pub use run::{TestReport, load, test};
 pub use scaffold::scaffold;
+pub use sdk::update_sdk;
 
 use super::config::TransformConfig;
 use crate::config::OnError;
@@ -76,6 +81,17 @@ pub enum TransformCommand {
         /// it builds without sluice's checkout.
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Bring a transforms workspace's copy of the guest SDK (`sluice-guest/`, with its WIT, and
+    /// the SDK's entries in `[workspace.dependencies]`) to the one this sluice carries, printing
+    /// each change (build again afterwards).
+    UpdateSdk {
+        /// The transforms workspace, one that `new --dir` started (default: `transforms`).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Change nothing: print what differs, and exit 1 if anything does (for CI).
+        #[arg(long)]
+        check: bool,
     },
     /// Build transforms for wasm32-wasip2 in release mode and print where the `.wasm` files are.
     Build {
@@ -238,6 +254,15 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 dir.display()
             );
             Ok(ExitCode::SUCCESS)
+        }
+        TransformCommand::UpdateSdk { dir, check } => {
+            let dir_given = dir.is_some();
+            let dir = dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
+            let current = update_sdk(&dir, dir_given, check)?;
+            Ok(match check && !current {
+                true => ExitCode::from(1),
+                false => ExitCode::SUCCESS,
+            })
         }
         TransformCommand::Build { name, dir } => {
             for path in build(name.as_deref(), &dir)? {

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 
 use super::build::{DEFAULT_DIR, Workspace};
 use super::params::same_name;
+use super::sdk::{self, SDK_DIR};
 use super::usage;
 
 const TEMPLATE_CARGO_TOML: &str = include_str!("../../../../transforms/template/Cargo.toml.tmpl");
@@ -17,41 +18,6 @@ const TEMPLATE_INPUT: &str = include_str!("../../../../transforms/template/testd
 const TEMPLATE_EXPECTED: &str =
     include_str!("../../../../transforms/template/testdata/expected.jsonl");
 
-/// The guest SDK as this binary was built with it, copied into a workspace that `new` starts:
-/// the path of each file in the copy (under `sluice-guest/`) and its text. The WIT goes inside
-/// the copy, so that it builds wherever the workspace is moved, committed or cloned.
-const SDK_FILES: [(&str, &str); 5] = [
-    (
-        "Cargo.toml",
-        include_str!("../../../../transforms/sluice-guest/Cargo.toml"),
-    ),
-    (
-        "src/lib.rs",
-        include_str!("../../../../transforms/sluice-guest/src/lib.rs"),
-    ),
-    (
-        "src/pool.rs",
-        include_str!("../../../../transforms/sluice-guest/src/pool.rs"),
-    ),
-    (
-        "wit/transform.wit",
-        include_str!("../../../../wit/transform.wit"),
-    ),
-    // The copy keeps sluice's license, whatever the workspace's crates choose.
-    ("LICENSE", include_str!("../../../../LICENSE")),
-];
-
-/// Where the SDK in sluice's repository reads the WIT (`wit/` at the top, two levels up from
-/// its crate), and where its copy does (its own `wit/`).
-const SDK_WIT_PATH: (&str, &str) = (r#"path: "../../wit""#, r#"path: "wit""#);
-
-/// The SDK's license in sluice's workspace, and in its copy (where the workspace's `license`
-/// is the author's).
-const SDK_LICENSE: (&str, &str) = ("license.workspace = true", "license = \"Apache-2.0\"");
-
-/// sluice's own transforms workspace manifest, for the versions of the SDK's dependencies.
-const TRANSFORMS_CARGO_TOML: &str = include_str!("../../../../transforms/Cargo.toml");
-
 /// sluice's own transforms lock file, which a new workspace starts from (see [`settle_lock`]),
 /// so that it builds with the versions sluice is tested with.
 const TRANSFORMS_CARGO_LOCK: &str = include_str!("../../../../transforms/Cargo.lock");
@@ -59,7 +25,7 @@ const TRANSFORMS_CARGO_LOCK: &str = include_str!("../../../../transforms/Cargo.l
 /// Directories of the transforms workspace that are not transform crates: `target` and
 /// `template` (in `exclude` of `transforms/Cargo.toml`, as is `.cargo`, which is no valid name
 /// anyway) and the guest SDK.
-const RESERVED_NAMES: [&str; 3] = ["target", "template", "sluice-guest"];
+const RESERVED_NAMES: [&str; 3] = ["target", "template", SDK_DIR];
 
 /// Creates `<dir>/<name>/` from the embedded template and returns its path; a `dir` given by
 /// `--dir` (`dir_given`) that does not exist yet, or holds nothing but dot-entries, becomes a
@@ -76,7 +42,7 @@ pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathB
             "created the transforms workspace {}, with a copy of this sluice's guest SDK in {} \
              (the workspace builds on its own, wherever it is)",
             dir.display(),
-            dir.join("sluice-guest").display()
+            dir.join(SDK_DIR).display()
         );
     }
     let crate_dir = dir.join(name);
@@ -209,26 +175,19 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
          license = \"Apache-2.0\"\npublish = false\n\n\
          [workspace.dependencies]\n\
          # The guest SDK of the sluice that made this workspace, with the WIT it was built \
-         against\n# in sluice-guest/wit/; then what the SDK itself depends on.\n\
+         against\n# in sluice-guest/wit/; then what the SDK itself depends on. `sluice transform \
+         update-sdk --dir .`\n# brings these to another sluice's SDK.\n\
          sluice-guest = {{ path = \"sluice-guest\" }}\n{}\n\
          # Smaller, faster guests, as sluice's own transforms/ builds them.\n\
          [profile.release]\nopt-level = 3\nlto = true\ncodegen-units = 1\nstrip = true\n\
          panic = \"abort\"\n",
         exclude.join(", "),
-        sdk_dependencies().concat()
+        (sdk::dependencies().iter())
+            .map(|(name, value)| format!("{name} = {value}\n"))
+            .collect::<String>()
     );
     let config = "# Guests are components for WASI 0.2.\n[build]\ntarget = \"wasm32-wasip2\"\n";
-    let sdk: Vec<(String, String)> = SDK_FILES
-        .iter()
-        .map(|(file, text)| {
-            let text = match *file {
-                "src/lib.rs" => text.replace(SDK_WIT_PATH.0, SDK_WIT_PATH.1),
-                "Cargo.toml" => text.replace(SDK_LICENSE.0, SDK_LICENSE.1),
-                _ => text.to_string(),
-            };
-            (format!("sluice-guest/{file}"), text)
-        })
-        .collect();
+    let sdk = sdk::files();
     // The manifest last: until it is there, the directory is no workspace.
     let sdk = sdk
         .iter()
@@ -347,27 +306,12 @@ fn ignores_target(gitignore: &str) -> bool {
 }
 
 /// Brings the `Cargo.lock` of a workspace [`start_workspace`] began, sluice's transforms' own,
-/// to this workspace's crates (cargo keeps the versions it has and drops the rest), so that it
-/// can be committed as it is and `cargo build --locked` works from the start. Offline first: the
-/// versions are the ones sluice's own transforms were built with. When cargo cannot (no cached
-/// crates and no network), the workspace is still right; the warning says the lock is not yet.
+/// to this workspace's crates (see [`sdk::settle_lock`]), so that it can be committed as it is
+/// and `cargo build --locked` works from the start, with the versions sluice's own transforms
+/// were built with. When cargo cannot (no cached crates and no network), the workspace is still
+/// right; the warning says the lock is not yet.
 fn settle_lock(dir: &Path) {
-    let resolve = |offline: bool| {
-        let mut cmd = std::process::Command::new("cargo");
-        cmd.current_dir(dir)
-            .args(["metadata", "--format-version", "1"])
-            .stdout(std::process::Stdio::null());
-        if offline {
-            cmd.arg("--offline");
-        }
-        match cmd.output() {
-            Ok(out) if out.status.success() => Ok(()),
-            Ok(out) => Err(String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-            Err(e) => Err(e.to_string()),
-        }
-    };
-    if let Err(why) = resolve(true).or_else(|_| resolve(false)) {
-        let why = why.lines().find(|l| l.contains("error")).unwrap_or(&why);
+    if let Err(why) = sdk::settle_lock(dir) {
         tracing::warn!(
             "{} is still sluice's own lock file, not yet this workspace's: `cargo metadata` \
              failed ({why}). Once that works (with the crates fetched, or a network), the first \
@@ -376,28 +320,6 @@ fn settle_lock(dir: &Path) {
             dir.join("Cargo.lock").display()
         );
     }
-}
-
-/// The lines of sluice's transforms workspace manifest that give the SDK's dependencies (each
-/// taken with `.workspace = true`), as a new workspace needs them.
-fn sdk_dependencies() -> Vec<String> {
-    let needed: Vec<&str> = section(SDK_FILES[0].1, "dependencies")
-        .filter_map(|l| l.trim().strip_suffix(".workspace = true"))
-        .collect();
-    section(TRANSFORMS_CARGO_TOML, "workspace.dependencies")
-        .filter(|l| needed.contains(&l.split('=').next().unwrap_or_default().trim()))
-        .map(|l| format!("{l}\n"))
-        .collect()
-}
-
-/// The lines of `[header]` in a manifest written as sluice's are (one header per table).
-fn section<'a>(manifest: &'a str, header: &str) -> impl Iterator<Item = &'a str> {
-    let header = format!("[{header}]");
-    manifest
-        .lines()
-        .skip_while(move |l| l.trim() != header)
-        .skip(1)
-        .take_while(|l| !l.starts_with('['))
 }
 
 /// Why `NAME` cannot be a new transform's name in `dir`, if it cannot; nothing on disk is looked
@@ -500,48 +422,27 @@ pub(super) fn where_workspace(dir_given: bool) -> String {
 
 /// What a workspace manifest lacks of what the template inherits: `version`, `edition`,
 /// `rust-version`, `license` and `publish` in `[workspace.package]`, and `sluice-guest` in
-/// `[workspace.dependencies]`, in any of TOML's ways of writing them (a table per dependency,
-/// dotted keys, quoted keys, comments). Empty when it has it all.
-fn workspace_lacks(manifest: &str) -> Vec<String> {
+/// `[workspace.dependencies]`, in any of TOML's ways of writing them. Empty when it has it all.
+pub(super) fn workspace_lacks(manifest: &str) -> Vec<String> {
     const INHERITED: [&str; 5] = ["version", "edition", "rust-version", "license", "publish"];
-    // A header or key with its spaces and quotes taken out: `[ "workspace".package ]` is
-    // `workspace.package`.
-    let bare = |s: &str| -> String {
-        s.chars()
-            .filter(|c| !c.is_whitespace() && *c != '"' && *c != '\'')
-            .collect()
+    let manifest = match manifest.parse::<toml_edit::DocumentMut>() {
+        Ok(m) => m,
+        Err(e) => return vec![format!("valid TOML ({})", e.message().trim())],
     };
-    let (mut section, mut keys, mut sdk) = (String::new(), Vec::new(), false);
-    for line in manifest.lines() {
-        let line = line.split('#').next().unwrap_or_default().trim();
-        if let Some(header) = line.strip_prefix('[') {
-            section = bare(header.trim_start_matches('[').trim_end_matches(']'));
-            sdk |= section == "workspace.dependencies.sluice-guest";
-            continue;
-        }
-        let Some((key, _)) = line.split_once('=') else {
-            continue;
-        };
-        // The key as seen from the top of the file: `[workspace] package.version = ...` and
-        // `[workspace.package] version = ...` are the same key.
-        let full = format!("{section}.{}", bare(key));
-        if let Some(k) = full.strip_prefix("workspace.package.") {
-            keys.push(k.split('.').next().unwrap_or_default().to_owned());
-        }
-        sdk |= full == "workspace.dependencies.sluice-guest"
-            || full.starts_with("workspace.dependencies.sluice-guest.");
-    }
+    let workspace = manifest.get("workspace");
+    let package = workspace.and_then(|w| w.get("package"));
     let package: Vec<String> = INHERITED
         .iter()
-        .filter(|k| !keys.iter().any(|have| have == *k))
+        .filter(|k| package.and_then(|p| p.get(k)).is_none())
         .map(|k| format!("`{k}`"))
         .collect();
     let mut lacks = Vec::new();
     if !package.is_empty() {
         lacks.push(format!("{} in [workspace.package]", package.join(", ")));
     }
-    if !sdk {
-        lacks.push("sluice-guest in [workspace.dependencies]".to_owned());
+    let deps = workspace.and_then(|w| w.get("dependencies"));
+    if deps.and_then(|d| d.get(SDK_DIR)).is_none() {
+        lacks.push(format!("{SDK_DIR} in [workspace.dependencies]"));
     }
     lacks
 }
@@ -565,56 +466,6 @@ mod tests {
         ] {
             assert_eq!(ignores_target(text), want, "{text:?}");
         }
-    }
-
-    /// The SDK copied into a new workspace is the whole SDK, reads the WIT from its own `wit/`,
-    /// and has each of its dependencies pinned as sluice's transforms pin them.
-    #[test]
-    fn the_sdk_copy_is_whole_and_builds_on_its_own() {
-        let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../transforms/sluice-guest");
-        let mut sources: Vec<String> = std::fs::read_dir(sdk.join("src"))
-            .unwrap()
-            .map(|e| format!("src/{}", e.unwrap().file_name().to_string_lossy()))
-            .collect();
-        sources.sort();
-        let copied: Vec<&str> = SDK_FILES.iter().map(|(f, _)| *f).collect();
-        assert_eq!(
-            copied[1..3],
-            sources,
-            "a new source file of the SDK is not copied"
-        );
-        assert!(
-            !sdk.join("build.rs").exists(),
-            "a build script is not copied"
-        );
-        let wit: Vec<_> = std::fs::read_dir(sdk.join("../../wit")).unwrap().collect();
-        assert_eq!(wit.len(), 1, "a new file of the WIT package is not copied");
-        assert_eq!(SDK_FILES[1].1.matches(SDK_WIT_PATH.0).count(), 1);
-        assert_eq!(SDK_FILES[0].1.matches(SDK_LICENSE.0).count(), 1);
-        // What the copy inherits, it inherits in the tables `sdk_dependencies` reads...
-        let mut table = "";
-        for line in SDK_FILES[0].1.lines() {
-            if line.starts_with('[') {
-                table = line;
-            } else if line.contains("workspace = true") {
-                assert!(
-                    ["[package]", "[dependencies]"].contains(&table),
-                    "{table} {line}"
-                );
-            }
-        }
-        // ...and each dependency's line is whole (one line in transforms/Cargo.toml).
-        let deps = sdk_dependencies();
-        for dep in &deps {
-            let count = |c: char| dep.matches(c).count();
-            assert!(
-                count('{') == count('}') && count('[') == count(']'),
-                "{dep}"
-            );
-        }
-        assert_eq!(deps.len(), 2, "{deps:?}");
-        assert!(deps[0].starts_with("wit-bindgen = \"="), "{deps:?}");
-        assert!(deps[1].starts_with("chrono = {"), "{deps:?}");
     }
 
     #[test]
@@ -642,9 +493,10 @@ mod tests {
                 "[ workspace.dependencies ]\n'sluice-guest' = { path = \"g\" }\n",
                 true,
             ),
+            // Cargo's own reading: a table defined twice is no manifest.
             (
-                "[workspace]\ndependencies.sluice-guest.path = \"g\"\n",
-                true,
+                "[workspace.dependencies]\nsluice-guest = { path = \"g\" }\n[workspace.dependencies]\n",
+                false,
             ),
             ("[workspace.dependencies]\nserde = \"1\"\n", false),
             ("[dependencies]\nsluice-guest = { path = \"g\" }\n", false),
