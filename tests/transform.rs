@@ -5397,15 +5397,22 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
             && lib.contains("sluice transform build shout --dir .\n"),
         "{lib}"
     );
-    // A path through a directory that is not there (`gone/..`) names, once that is made, a
-    // directory with files in it: refused, and what was there stays.
+    // A path through a directory that is not there (`gone/..`) is taken as meant: a directory
+    // with files in it there is refused, by its name, and what was there stays; `gone` is not
+    // made.
     std::fs::create_dir_all(root.join("owned/.git")).unwrap();
     std::fs::write(root.join("owned/NOTES"), "mine").unwrap();
     let out = sluice_tests::cli::sluice(
         &root,
         &["transform", "new", "shout", "--dir", "gone/../owned"],
     );
-    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("owned is not a transforms workspace (no Cargo.toml)")
+            && !stderr.contains("gone"),
+        "{stderr}"
+    );
     assert!(!root.join("gone").exists());
     assert_eq!(std::fs::read_dir(root.join("owned")).unwrap().count(), 2);
     // A bad name in a new directory leaves nothing behind.

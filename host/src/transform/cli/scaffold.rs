@@ -3,7 +3,7 @@
 //! `--dir` that does not exist yet or holds nothing but dot-entries).
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::{Component, Path, PathBuf};
 
 use anyhow::{Context, bail};
 
@@ -34,6 +34,7 @@ const RESERVED_NAMES: [&str; 3] = ["target", "template", SDK_DIR];
 ///
 /// [`UsageError`]: super::UsageError
 pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathBuf> {
+    let dir = &through_missing(dir);
     check_name(name, dir).map_err(usage)?;
     let started = start_workspace(dir, dir_given).map_err(usage)?;
     check_new(name, dir, dir_given).map_err(usage)?;
@@ -95,6 +96,27 @@ pub fn scaffold(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<PathB
     Ok(crate_dir)
 }
 
+/// `dir` with each `missing/..` taken out, where `missing` is not there: the system resolves no
+/// such path, and `new` would have to make `missing` to reach what the author meant (which is
+/// exact, as what is not there is no link). Other `..` stay, to be resolved as they are.
+fn through_missing(dir: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for part in dir.components() {
+        let missing = matches!(out.components().next_back(), Some(Component::Normal(_)))
+            && out.symlink_metadata().is_err();
+        match part {
+            Component::ParentDir if missing => {
+                out.pop();
+            }
+            part => out.push(part),
+        }
+    }
+    match out.as_os_str().is_empty() {
+        true => PathBuf::from("."),
+        false => out,
+    }
+}
+
 /// Directories a repository keeps beside its crates, which `members = ["*"]` would otherwise
 /// take for crates (cargo fails on a member without a manifest).
 const NOT_CRATES: [&str; 6] = [".cargo", ".git", ".github", ".vscode", ".idea", "target"];
@@ -140,8 +162,9 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
     if !dir_given || dir.join("Cargo.toml").exists() || !fresh_dir(dir) {
         return Ok(false);
     }
-    // Made first, and looked at again: a path that did not resolve before (`gone/../repo`, with
-    // `gone` missing) may name a directory with files in it once it does.
+    // Made first, and looked at again: a path that did not resolve before may name a directory
+    // with files in it once it does (`through_missing` takes out the `gone/..` an author types;
+    // this is for what it cannot see, such as another process making a directory meanwhile).
     let mut made = Made::default();
     made.dirs(dir)?;
     if !fresh_dir(dir) {
@@ -450,6 +473,25 @@ pub(super) fn workspace_lacks(manifest: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_path_through_a_missing_directory_is_taken_as_meant() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        std::fs::create_dir(base.join("here")).unwrap();
+        for (path, want) in [
+            ("gone/../ws", "ws"),
+            ("gone/deeper/../../ws", "ws"),
+            ("here/../ws", "here/../ws"),
+            ("here/gone/../ws", "here/ws"),
+            ("gone/..", "."),
+            ("../gone-sluice-9f3/../ws", "../ws"),
+        ] {
+            let got = through_missing(&base.join(path));
+            assert_eq!(got, base.join(want), "{path}");
+        }
+        assert_eq!(through_missing(Path::new("gone-xyz/..")), Path::new("."));
+    }
 
     #[test]
     fn a_gitignore_ignores_target_by_any_pattern_naming_it() {
