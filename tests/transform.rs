@@ -5839,7 +5839,7 @@ fn cli_update_sdk_brings_an_older_copy_to_this_sdk() {
     assert_eq!(code, Some(0), "{err}");
     assert!(out.ends_with("transform_shout.wasm\n"), "{out}");
     assert!(
-        err.contains("ws/sluice-guest is not the guest SDK this sluice carries (src/pool.rs, wit-bindgen differ): `sluice transform update-sdk --dir ws` brings it to this one"),
+        err.contains("ws/sluice-guest is not the guest SDK this sluice carries (src/pool.rs, wit-bindgen in [workspace.dependencies] differ): `sluice transform update-sdk --dir ws` brings it to this one"),
         "{err}"
     );
     // A WIT file the older SDK had and this one has not.
@@ -5854,9 +5854,9 @@ fn cli_update_sdk_brings_an_older_copy_to_this_sdk() {
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         [
-            "sluice-guest/src/pool.rs (updated)",
-            "sluice-guest/wit/old.wit (removed: not in this SDK)",
-            &format!("wit-bindgen in [workspace.dependencies]: \"0.61\" -> {was}"),
+            "sluice-guest/src/pool.rs (differs)",
+            "sluice-guest/wit/old.wit (not in this SDK)",
+            &format!("wit-bindgen in [workspace.dependencies]: \"0.61\", this SDK's: {was}"),
             "ws/sluice-guest is not this sluice's guest SDK (sluice 0.1.0, sluice:transform@0.1.0); `sluice transform update-sdk --dir ws` makes it so",
         ]
     );
@@ -5865,6 +5865,10 @@ fn cli_update_sdk_brings_an_older_copy_to_this_sdk() {
 
     let (code, out, err) = run(&["transform", "update-sdk", "--dir", "ws"]);
     assert_eq!(code, Some(0), "{out}{err}");
+    assert!(
+        out.starts_with("sluice-guest/src/pool.rs (updated)\nsluice-guest/wit/old.wit (removed: not in this SDK)\n"),
+        "{out}"
+    );
     assert!(
         out.ends_with("ws/sluice-guest is now this sluice's guest SDK (sluice 0.1.0, sluice:transform@0.1.0); build again: sluice transform build --dir ws\n"),
         "{out}"

@@ -98,7 +98,7 @@ pub(super) fn dependencies() -> Vec<(String, Value)> {
 }
 
 /// `value` with no spaces or comments around it, and an inline table laid out as TOML's own
-/// `{ k = v, ... }`, so that two ways of writing one value compare equal.
+/// `{ k = v, ... }`, as a line of output shows it.
 fn bare(mut value: Value) -> Value {
     value.decor_mut().clear();
     if let Value::InlineTable(t) = &mut value {
@@ -107,29 +107,137 @@ fn bare(mut value: Value) -> Value {
     value
 }
 
-/// How one file of the copy, or one dependency, differs from this sluice's SDK.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// A dependency's value as cargo reads it, whatever way of writing it TOML allows: `"1"` as
+/// `{ version = "1" }`, keys in order, features as a set, strings by their value (not their
+/// quotes), so that two spellings of one dependency compare equal.
+fn canonical_dep(value: &Value) -> String {
+    fn canonical(value: &Value) -> String {
+        match value {
+            Value::String(s) => format!("{:?}", s.value()),
+            Value::Array(items) => {
+                let mut items: Vec<String> = items.iter().map(canonical).collect();
+                items.sort();
+                items.dedup();
+                format!("[{}]", items.join(","))
+            }
+            Value::InlineTable(t) => {
+                let mut keys: Vec<String> = (t.iter())
+                    .map(|(k, v)| format!("{k:?}={}", canonical(v)))
+                    .collect();
+                keys.sort();
+                format!("{{{}}}", keys.join(","))
+            }
+            other => bare(other.clone()).to_string(),
+        }
+    }
+    match value {
+        Value::String(_) => format!("{{\"version\"={}}}", canonical(value)),
+        other => canonical(other),
+    }
+}
+
+/// The keys of a dependency that say where its crate comes from: this SDK's replace the
+/// author's (and one the SDK does not give is dropped, as `git` beside its `path` would clash).
+const SOURCE_KEYS: [&str; 6] = ["path", "git", "branch", "tag", "rev", "registry"];
+
+/// Brings the workspace's entry of one of the SDK's dependencies (`item`) to what the SDK needs
+/// (`want`), in place, keeping whatever of the author's does not contradict it: the entry's way
+/// of being written (a string, an inline table, a table of its own), its comments, features added
+/// to the SDK's, `default-features` or `optional` the author set (`default-features = false` on
+/// `sluice-guest` turns the SDK's allocator off). The SDK's source keys and `version` replace
+/// the author's; its features are added to theirs.
+fn merge_dep(item: &mut Item, want: &Value) {
+    let decor = |v: &Value| v.decor().clone();
+    // Only what differs, so that the author's spelling of the rest stays.
+    let replace = |old: &mut Value, new: &Value| {
+        if canonical_dep(old) == canonical_dep(new) {
+            return;
+        }
+        let kept = decor(old);
+        *old = new.clone();
+        *old.decor_mut() = kept;
+    };
+    // A version alone stays a string.
+    if let (Some(old @ Value::String(_)), Value::String(_)) = (item.as_value_mut(), want) {
+        return replace(old, want);
+    }
+    if let Some(old @ Value::String(_)) = item.as_value_mut() {
+        let mut table = toml_edit::InlineTable::new();
+        table.insert("version", bare(old.clone()));
+        let mut table = Value::InlineTable(table);
+        *table.decor_mut() = decor(old);
+        *old = table;
+    }
+    let Some(table) = item.as_table_like_mut() else {
+        // Not a dependency cargo reads (a number, an array): the SDK's in its place.
+        let mut value = want.clone();
+        *value.decor_mut() = toml_edit::Decor::new(" ", "");
+        *item = Item::Value(value);
+        return;
+    };
+    let want: Vec<(&str, Value)> = match want {
+        Value::InlineTable(t) => t.iter().map(|(k, v)| (k, bare(v.clone()))).collect(),
+        version => vec![("version", version.clone())],
+    };
+    for key in SOURCE_KEYS {
+        if !want.iter().any(|(k, _)| *k == key) {
+            table.remove(key);
+        }
+    }
+    for (key, value) in want {
+        let set = SOURCE_KEYS.contains(&key) || key == "version";
+        match table.get_mut(key) {
+            Some(Item::Value(old)) if key == "features" => {
+                if let (Value::Array(have), Value::Array(need)) = (old, &value) {
+                    for name in need.iter().filter_map(Value::as_str) {
+                        if !have.iter().any(|f| f.as_str() == Some(name)) {
+                            let prefix = if have.is_empty() { "" } else { " " };
+                            have.push_formatted(Value::from(name).decorated(prefix, ""));
+                        }
+                    }
+                }
+            }
+            Some(Item::Value(old)) if set => replace(old, &value),
+            Some(_) => {}
+            None => {
+                table.insert(key, Item::Value(value));
+            }
+        }
+    }
+}
+
+/// How one file or directory of the copy differs from this sluice's SDK.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Change {
-    Added,
-    Updated,
+    /// Not there: written.
+    Added(String),
+    /// Other text: written over.
+    Updated(String),
+    /// A file (or link) this SDK does not have: removed.
     Removed,
+    /// A directory this SDK has nothing in: removed, with what it holds.
+    RemovedDir,
 }
 
 /// How a workspace's copy of the SDK differs from the one this sluice carries, and the
 /// workspace's manifest as it would be with this one's.
 pub(super) struct Plan {
     dir: PathBuf,
-    /// Each file that differs, its path under the workspace, and its text (none when removed).
-    files: Vec<(String, Change, Option<String>)>,
-    /// Each `[workspace.dependencies]` entry that differs: its name, as it was, and as it will be.
+    /// Each file or directory that differs, by its path under the workspace.
+    files: Vec<(String, Change)>,
+    /// Each `[workspace.dependencies]` entry that differs: its name, as it was (none when
+    /// missing), and as it will be.
     deps: Vec<(String, Option<String>, String)>,
-    manifest: DocumentMut,
+    /// The manifest as it will be, in the text it will be written as (its own line endings).
+    manifest: String,
+    /// A copy elsewhere in the workspace that the `sluice-guest` entry named before.
+    old_copy: Option<String>,
 }
 
 impl Plan {
     /// Compares the copy in the workspace at `dir` with this sluice's SDK. A directory that is no
     /// transforms workspace of an author's own (none, an unreadable manifest, sluice's own
-    /// `transforms/`, a `sluice-guest/` that is not the SDK) is a [`UsageError`].
+    /// `transforms/`, a `sluice-guest/` that is not the SDK, or a link) is a [`UsageError`].
     ///
     /// [`UsageError`]: super::UsageError
     pub(super) fn read(dir: &Path, dir_given: bool) -> anyhow::Result<Plan> {
@@ -143,74 +251,98 @@ impl Plan {
         }
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
+        let mut manifest: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+            usage(anyhow::anyhow!(
+                "{} is not valid TOML: {}",
+                path.display(),
+                e.message().trim()
+            ))
+        })?;
         let lacks = workspace_lacks(&text);
         if !lacks.is_empty() {
+            let crate_of = manifest.get("package").is_some() && manifest.get("workspace").is_none();
             return Err(usage(anyhow::anyhow!(
-                "{} is not a sluice transforms workspace: its Cargo.toml lacks {}",
+                "{} is not a sluice transforms workspace: its Cargo.toml lacks {}{}",
                 dir.display(),
-                lacks.join(" and ")
+                lacks.join(" and "),
+                match crate_of {
+                    true =>
+                        " (it is a crate: --dir names the workspace, most likely the \
+                             directory above)",
+                    false => "",
+                }
             )));
         }
-        let mut manifest: DocumentMut = text.parse().expect("workspace_lacks parsed it");
         let sdk = dir.join(SDK_DIR);
         check_copy(dir, &sdk).map_err(usage)?;
         let mut files = Vec::new();
         let want = self::files();
         for (file, text) in &want {
             let change = match std::fs::read(dir.join(file)) {
-                Ok(have) if have == text.as_bytes() => continue,
-                Ok(_) => Change::Updated,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Change::Added,
-                Err(e) => return Err(e).with_context(|| format!("reading {}", file)),
+                // A checkout that turned `\n` into `\r\n` (Git's `autocrlf`) has the SDK as it is.
+                Ok(have) if String::from_utf8_lossy(&have).replace("\r\n", "\n") == *text => {
+                    continue;
+                }
+                Ok(_) => Change::Updated(text.clone()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Change::Added(text.clone()),
+                Err(e) => return Err(e).with_context(|| format!("reading {file}")),
             };
-            files.push((file.clone(), change, Some(text.clone())));
+            files.push((file.clone(), change));
         }
         for owned in SDK_OWNED {
-            for file in files_under(&sdk.join(owned))? {
-                let rel = file.strip_prefix(dir).unwrap_or(&file);
-                let rel = rel.to_string_lossy().replace('\\', "/");
-                if !want.iter().any(|(f, _)| *f == rel) {
-                    files.push((rel, Change::Removed, None));
-                }
+            let owned = format!("{SDK_DIR}/{owned}");
+            for (rel, is_dir) in not_wanted(dir, &owned, &want)? {
+                let change = match is_dir {
+                    true => Change::RemovedDir,
+                    false => Change::Removed,
+                };
+                files.push((rel, change));
             }
         }
+        let table = (manifest.get_mut("workspace"))
+            .and_then(|w| w.get_mut("dependencies"))
+            .and_then(Item::as_table_like_mut)
+            .context("workspace_lacks found the SDK in [workspace.dependencies]")?;
+        let old_path = (table.get(SDK_DIR))
+            .and_then(|e| e.get("path"))
+            .and_then(Item::as_str)
+            .map(str::to_owned);
         let mut deps = Vec::new();
-        let table = manifest["workspace"]["dependencies"]
-            .as_table_like_mut()
-            .expect("workspace_lacks found the SDK in it");
-        for (name, value) in [(SDK_DIR.to_owned(), own_entry())]
+        for (name, want) in [(SDK_DIR.to_owned(), own_entry())]
             .into_iter()
             .chain(dependencies())
         {
-            let now = value.to_string();
-            let was = match table.get_mut(&name) {
-                Some(item) => {
-                    let was = item.clone().into_value().ok().map(bare);
-                    if was.as_ref().map(Value::to_string).as_deref() == Some(now.as_str()) {
-                        continue;
-                    }
-                    // The entry's place and the comments around it stay; a table of its own
-                    // (`[workspace.dependencies.chrono]`) becomes an inline one.
-                    let decor = item.as_value().map(|v| v.decor().clone());
-                    let mut value = value.clone();
-                    *value.decor_mut() = decor.unwrap_or_else(|| toml_edit::Decor::new(" ", ""));
-                    *item = Item::Value(value);
-                    Some(was.map_or_else(|| "(not a value)".to_owned(), |v| v.to_string()))
-                }
-                None => {
-                    let mut value = value.clone();
-                    *value.decor_mut() = toml_edit::Decor::new(" ", "");
-                    table.insert(&name, Item::Value(value));
-                    None
-                }
+            let Some(item) = table.get_mut(&name) else {
+                let mut value = want.clone();
+                *value.decor_mut() = toml_edit::Decor::new(" ", "");
+                deps.push((name.clone(), None, value.to_string().trim().to_owned()));
+                table.insert(&name, Item::Value(value));
+                continue;
             };
-            deps.push((name, was, now));
+            let shown = |item: &Item| match item.clone().into_value() {
+                Ok(v) => (canonical_dep(&v), bare(v).to_string()),
+                Err(_) => (String::new(), "(not a value)".to_owned()),
+            };
+            let (before, was) = shown(item);
+            merge_dep(item, &want);
+            let (after, now) = shown(item);
+            if before != after {
+                deps.push((name, Some(was), now));
+            }
+        }
+        let old_copy = old_path.filter(|p| {
+            Path::new(p) != Path::new(SDK_DIR) && Path::new(p).is_relative() && dir.join(p).is_dir()
+        });
+        let mut manifest = manifest.to_string();
+        if text.contains("\r\n") {
+            manifest = manifest.replace("\r\n", "\n").replace('\n', "\r\n");
         }
         Ok(Plan {
             dir: dir.to_owned(),
             files,
             deps,
             manifest,
+            old_copy,
         })
     }
 
@@ -219,29 +351,50 @@ impl Plan {
         self.files.is_empty() && self.deps.is_empty()
     }
 
-    /// One line per difference: `sluice-guest/src/pool.rs (updated)`, `wit-bindgen in
-    /// [workspace.dependencies]: "0.60" -> "=0.61.1"`.
-    pub(super) fn lines(&self) -> Vec<String> {
-        let files = self.files.iter().map(|(file, change, _)| {
-            let change = match change {
-                Change::Added => "added",
-                Change::Updated => "updated",
-                Change::Removed => "removed: not in this SDK",
+    /// What differs, one line each: as it will be done (`sluice-guest/src/pool.rs (updated)`,
+    /// `wit-bindgen in [workspace.dependencies]: "0.60" -> "=0.61.1"`), or with `check` as it is
+    /// (`(differs)`, `"0.60", this SDK's: "=0.61.1"`).
+    fn lines(&self, check: bool) -> Vec<String> {
+        let files = self.files.iter().map(|(file, change)| {
+            let (done, is) = match change {
+                Change::Added(_) => ("added", "missing"),
+                Change::Updated(_) => ("updated", "differs"),
+                Change::Removed => ("removed: not in this SDK", "not in this SDK"),
+                Change::RemovedDir => (
+                    "removed, with what it holds: not in this SDK",
+                    "not in this SDK",
+                ),
             };
-            format!("{file} ({change})")
+            let slash = if *change == Change::RemovedDir {
+                "/"
+            } else {
+                ""
+            };
+            format!("{file}{slash} ({})", if check { is } else { done })
         });
-        let deps = self.deps.iter().map(|(name, was, now)| match was {
-            Some(was) => format!("{name} in [workspace.dependencies]: {was} -> {now}"),
-            None => format!("{name} in [workspace.dependencies]: (none) -> {now}"),
+        let deps = self.deps.iter().map(|(name, was, now)| {
+            let was = was.as_deref().unwrap_or("(none)");
+            match check {
+                true => format!("{name} in [workspace.dependencies]: {was}, this SDK's: {now}"),
+                false => format!("{name} in [workspace.dependencies]: {was} -> {now}"),
+            }
         });
         files.chain(deps).collect()
     }
 
-    /// The paths of the copy's files that differ, for a one-line warning.
+    /// What differs, for a one-line warning: the copy's files, and the manifest's entries.
     pub(super) fn short(&self) -> String {
-        let mut names: Vec<&str> = (self.files.iter())
-            .map(|(f, _, _)| f.strip_prefix(&format!("{SDK_DIR}/")).unwrap_or(f))
-            .chain(self.deps.iter().map(|(name, _, _)| name.as_str()))
+        let mut names: Vec<String> = (self.files.iter())
+            .map(|(f, _)| {
+                f.strip_prefix(&format!("{SDK_DIR}/"))
+                    .unwrap_or(f)
+                    .to_owned()
+            })
+            .chain(
+                self.deps
+                    .iter()
+                    .map(|(n, _, _)| format!("{n} in [workspace.dependencies]")),
+            )
             .collect();
         let more = names.len().saturating_sub(3);
         names.truncate(3);
@@ -251,22 +404,28 @@ impl Plan {
         }
     }
 
-    /// Writes the differences: each file whole (through a temporary file, so that none is left
-    /// half-written), the files this SDK lacks removed, and the manifest last. Then brings
-    /// `Cargo.lock` to the new requirements (see [`settle_lock`]); a failure there is returned
-    /// as the reason, the copy being right.
-    pub(super) fn apply(&self) -> anyhow::Result<Result<(), String>> {
-        for (file, _, text) in &self.files {
+    /// Writes the differences, printing each line of [`Plan::lines`] once it is done: each file
+    /// whole (through a temporary file, so that none is left half-written), what this SDK lacks
+    /// removed, and the manifest last. Then brings `Cargo.lock` to the new requirements (see
+    /// [`settle_lock`]); a failure there is returned as the reason, the copy being right.
+    fn apply(&self) -> anyhow::Result<Result<(), String>> {
+        let lines = self.lines(false);
+        for ((file, change), line) in self.files.iter().zip(&lines) {
             let path = self.dir.join(file);
-            match text {
-                Some(text) => write_whole(&path, text.as_bytes())?,
-                None => std::fs::remove_file(&path)
+            match change {
+                Change::Added(text) | Change::Updated(text) => write_whole(&path, text.as_bytes())?,
+                Change::Removed => std::fs::remove_file(&path)
+                    .with_context(|| format!("removing {}", path.display()))?,
+                Change::RemovedDir => std::fs::remove_dir_all(&path)
                     .with_context(|| format!("removing {}", path.display()))?,
             }
+            crate::outln!("{line}");
         }
         if !self.deps.is_empty() {
-            let path = self.dir.join("Cargo.toml");
-            write_whole(&path, self.manifest.to_string().as_bytes())?;
+            write_whole(&self.dir.join("Cargo.toml"), self.manifest.as_bytes())?;
+            for line in &lines[self.files.len()..] {
+                crate::outln!("{line}");
+            }
         }
         Ok(settle_lock(&self.dir))
     }
@@ -274,18 +433,34 @@ impl Plan {
 
 /// Why `sdk`, the workspace's `sluice-guest/`, is not a copy `update-sdk` may write, if it is
 /// not. Absent, it is made: a workspace from before `new` copied the SDK (depending on a sluice
-/// checkout by path) gets one.
+/// checkout by path) gets one; one with no manifest, or one without a name, is made whole.
 fn check_copy(dir: &Path, sdk: &Path) -> anyhow::Result<()> {
-    if sdk.symlink_metadata().is_err() {
-        return Ok(());
+    // Written through, a link would change whatever it leads to: a sluice checkout, another
+    // workspace's copy.
+    for path in [sdk.to_owned()]
+        .into_iter()
+        .chain(SDK_OWNED.iter().map(|owned| sdk.join(owned)))
+    {
+        match path.symlink_metadata() {
+            Ok(m) if m.file_type().is_symlink() => bail!(
+                "{} is a link, and update-sdk writes the SDK's copy only inside the workspace: \
+                 put a directory in its place (or nothing: update-sdk makes it), and run this again",
+                path.display()
+            ),
+            Ok(m) if !m.is_dir() => bail!(
+                "{} is not a directory, where the SDK's copy goes: move it away, and run this again",
+                path.display()
+            ),
+            _ => {}
+        }
     }
     let manifest = std::fs::read_to_string(sdk.join("Cargo.toml")).unwrap_or_default();
     let name = (manifest.parse::<DocumentMut>().ok())
-        .and_then(|m| m["package"]["name"].as_str().map(str::to_owned));
-    if name.as_deref() != Some(SDK_DIR) {
+        .and_then(|m| Some(m.get("package")?.get("name")?.as_str()?.to_owned()));
+    if let Some(name) = name.filter(|n| n != SDK_DIR) {
         bail!(
-            "{} is not the guest SDK (its Cargo.toml does not name the crate {SDK_DIR}), so \
-             update-sdk leaves it alone: move it away, and run this again to write the SDK there",
+            "{} is not the guest SDK but the crate {name}, so update-sdk leaves it alone: move it \
+             away, and run this again to write the SDK there",
             sdk.display()
         );
     }
@@ -302,35 +477,55 @@ fn check_copy(dir: &Path, sdk: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Every file under `dir` (none when it is not there), however deep.
-fn files_under(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// What is under `owned` (a directory of the copy, as a path under the workspace `dir`) that no
+/// file of the SDK (`want`) is in: each such file or link, and each such directory whole (with
+/// `true`), by its path under the workspace. Links are not followed.
+fn not_wanted(
+    dir: &Path,
+    owned: &str,
+    want: &[(String, String)],
+) -> anyhow::Result<Vec<(String, bool)>> {
     let mut out = Vec::new();
-    let entries = match std::fs::read_dir(dir) {
+    let entries = match std::fs::read_dir(dir.join(owned)) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.display())),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", dir.join(owned).display())),
     };
     for entry in entries {
-        let path = entry?.path();
-        match path.is_dir() {
-            true => out.extend(files_under(&path)?),
-            false => out.push(path),
+        let entry = entry?;
+        let rel = format!("{owned}/{}", entry.file_name().to_string_lossy());
+        let is_dir = entry.file_type()?.is_dir();
+        let holds = |(f, _): &(String, String)| match is_dir {
+            true => f.starts_with(&format!("{rel}/")),
+            false => *f == rel,
+        };
+        match (is_dir, want.iter().any(holds)) {
+            (_, false) => out.push((rel, is_dir)),
+            (true, true) => out.extend(not_wanted(dir, &rel, want)?),
+            (false, true) => {}
         }
     }
     out.sort();
     Ok(out)
 }
 
-/// Writes `bytes` to `path` through a temporary file beside it, renamed over it.
+/// Writes `bytes` to `path` through a temporary file beside it, renamed over it (over a link
+/// there, not through it), with the permissions the file had.
 fn write_whole(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
-    let mut name = path.file_name().unwrap_or_default().to_owned();
-    name.push(".sluice-new");
-    let tmp = parent.join(name);
-    std::fs::write(&tmp, bytes)
-        .and_then(|()| std::fs::rename(&tmp, path))
-        .with_context(|| format!("writing {}", path.display()))
+    let write = || -> std::io::Result<()> {
+        let mut tmp = tempfile::NamedTempFile::new_in(parent)?;
+        std::io::Write::write_all(&mut tmp, bytes)?;
+        if let Ok(m) = path.symlink_metadata()
+            && m.is_file()
+        {
+            tmp.as_file().set_permissions(m.permissions())?;
+        }
+        tmp.persist(path).map_err(|e| e.error)?;
+        Ok(())
+    };
+    write().with_context(|| format!("writing {}", path.display()))
 }
 
 /// Brings the `Cargo.lock` of the workspace at `dir` to its manifest and crates (cargo keeps the
@@ -371,22 +566,23 @@ fn wit_package() -> &'static str {
 pub fn update_sdk(dir: &Path, dir_given: bool, check: bool) -> anyhow::Result<bool> {
     let plan = Plan::read(dir, dir_given)?;
     let version = format!("sluice {}, {}", env!("CARGO_PKG_VERSION"), wit_package());
+    let sdk = dir.join(SDK_DIR);
     if plan.is_empty() {
         crate::outln!(
-            "{}/{SDK_DIR} is this sluice's guest SDK ({version}): nothing to update",
-            dir.display()
+            "{} is this sluice's guest SDK ({version}): nothing to update",
+            sdk.display()
         );
         return Ok(true);
     }
-    for line in plan.lines() {
-        crate::outln!("{line}");
-    }
     let dir_flag = format!("--dir {}", dir.display());
     if check {
+        for line in plan.lines(true) {
+            crate::outln!("{line}");
+        }
         crate::outln!(
-            "{}/{SDK_DIR} is not this sluice's guest SDK ({version}); `sluice transform \
-             update-sdk {dir_flag}` makes it so",
-            dir.display()
+            "{} is not this sluice's guest SDK ({version}); `sluice transform update-sdk \
+             {dir_flag}` makes it so",
+            sdk.display()
         );
         return Ok(false);
     }
@@ -397,10 +593,16 @@ pub fn update_sdk(dir: &Path, dir_given: bool, check: bool) -> anyhow::Result<bo
             dir.join("Cargo.lock").display()
         );
     }
+    if let Some(old) = &plan.old_copy {
+        crate::outln!(
+            "{} is no longer used ({SDK_DIR} in [workspace.dependencies] named it): remove it",
+            dir.join(old).display()
+        );
+    }
     crate::outln!(
-        "{}/{SDK_DIR} is now this sluice's guest SDK ({version}); build again: sluice transform \
-         build {dir_flag}",
-        dir.display()
+        "{} is now this sluice's guest SDK ({version}); build again: sluice transform build \
+         {dir_flag}",
+        sdk.display()
     );
     Ok(false)
 }
@@ -458,9 +660,10 @@ mod tests {
     }
 
     /// A workspace made before `new` copied the SDK (depending on a sluice checkout by path), and
-    /// an older copy, are brought to this SDK: files added, changed and removed, dependencies
-    /// rewritten in place with the author's comments and other entries kept. Then nothing
-    /// differs. sluice's own `transforms/` is refused.
+    /// an older copy, are brought to this SDK: files added, changed and removed (a directory this
+    /// SDK has nothing in, whole), dependencies rewritten in place with the author's comments,
+    /// other entries and way of writing kept. Then nothing differs. sluice's own `transforms/`,
+    /// and a link where the copy goes, are refused.
     #[test]
     fn a_copy_is_brought_to_this_sdk_and_the_rest_is_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -472,10 +675,10 @@ mod tests {
             [workspace.dependencies]\n# ours\n\
             sluice-guest = { path = \"/old/sluice/transforms/sluice-guest\" } # from before\n\
             wit-bindgen = \"0.60\"\nserde = \"1\"\n\n\
-            [workspace.dependencies.chrono]\nversion = \"0.4\"\n";
+            # chrono, with the clock\n[workspace.dependencies.chrono]\nversion = \"0.4\" # pin\n";
         std::fs::write(ws.join("Cargo.toml"), manifest).unwrap();
         let plan = Plan::read(&ws, true).unwrap();
-        let lines = plan.lines();
+        let lines = plan.lines(false);
         assert_eq!(lines.len(), SDK_FILES.len() + 3, "{lines:#?}");
         assert!(lines.contains(&"sluice-guest/wit/transform.wit (added)".to_owned()));
         assert!(
@@ -498,16 +701,18 @@ mod tests {
         );
         plan.apply().unwrap().ok();
         let text = std::fs::read_to_string(ws.join("Cargo.toml")).unwrap();
+        // The table stays a table, with its comments.
         for kept in [
             "# ours\n",
             "# from before\n",
             "serde = \"1\"\n",
             "license = \"MIT\"",
+            "# chrono, with the clock\n[workspace.dependencies.chrono]\nversion = \"0.4\" # pin\n",
         ] {
             assert!(text.contains(kept), "{kept} in {text}");
         }
         assert!(
-            text.contains("sluice-guest = { path = \"sluice-guest\" }"),
+            text.contains("sluice-guest = { path = \"sluice-guest\" } # from before\n"),
             "{text}"
         );
         for (file, want) in files() {
@@ -515,25 +720,104 @@ mod tests {
         }
         assert!(Plan::read(&ws, true).unwrap().is_empty());
 
-        // An older copy: a file changed, and one this SDK does not have.
+        // An older copy: a file changed, and what this SDK does not have (a directory whole).
         let pool = ws.join("sluice-guest/src/pool.rs");
         std::fs::write(&pool, "// an older pool\n").unwrap();
         std::fs::write(ws.join("sluice-guest/wit/old.wit"), "package a:b@0.0.1;\n").unwrap();
+        std::fs::create_dir_all(ws.join("sluice-guest/wit/deps/x")).unwrap();
+        std::fs::write(ws.join("sluice-guest/wit/deps/x/x.wit"), "package x:x;\n").unwrap();
         let plan = Plan::read(&ws, true).unwrap();
         assert_eq!(
-            plan.lines(),
+            plan.lines(true),
             [
-                "sluice-guest/src/pool.rs (updated)",
-                "sluice-guest/wit/old.wit (removed: not in this SDK)"
+                "sluice-guest/src/pool.rs (differs)",
+                "sluice-guest/wit/deps/ (not in this SDK)",
+                "sluice-guest/wit/old.wit (not in this SDK)",
             ]
         );
-        assert_eq!(plan.short(), "src/pool.rs, wit/old.wit");
+        assert_eq!(plan.short(), "src/pool.rs, wit/deps, wit/old.wit");
         plan.apply().unwrap().ok();
         assert!(!ws.join("sluice-guest/wit/old.wit").exists());
+        assert!(!ws.join("sluice-guest/wit/deps").exists());
         assert!(Plan::read(&ws, true).unwrap().is_empty());
+
+        // A copy checked out with `\r\n` line endings is this SDK.
+        let lib = ws.join("sluice-guest/src/lib.rs");
+        let crlf = std::fs::read_to_string(&lib).unwrap().replace('\n', "\r\n");
+        std::fs::write(&lib, crlf).unwrap();
+        assert!(Plan::read(&ws, true).unwrap().is_empty());
+
+        // Written through, a link would change what it leads to.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::rename(ws.join("sluice-guest/wit"), &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, ws.join("sluice-guest/wit")).unwrap();
+        let err = Plan::read(&ws, true).err().unwrap().to_string();
+        assert!(err.contains("sluice-guest/wit is a link"), "{err}");
 
         let own = Path::new(env!("CARGO_MANIFEST_DIR")).join("../transforms");
         let err = Plan::read(&own, true).err().unwrap().to_string();
         assert!(err.contains("sluice's own transforms workspace"), "{err}");
+    }
+
+    /// An entry that has what the SDK needs is left as it is, however it is written, with what
+    /// the author added; one that lacks it gets it, and keeps the rest.
+    #[test]
+    fn an_entry_keeps_what_the_author_added_and_gets_what_the_sdk_needs() {
+        let merged = |entry: &str, want: &str| -> (bool, String) {
+            let mut doc: DocumentMut = format!("[d]\n{entry}\n").parse().unwrap();
+            let want: DocumentMut = format!("x = {want}\n").parse().unwrap();
+            let want = bare(want["x"].as_value().unwrap().clone());
+            let item = &mut doc["d"]["x"];
+            let before = canonical_dep(&item.clone().into_value().unwrap());
+            merge_dep(item, &want);
+            let after = canonical_dep(&item.clone().into_value().unwrap());
+            let text = doc.to_string();
+            (before != after, text.trim_start_matches("[d]\n").to_owned())
+        };
+        let chrono = r#"{ version = "0.4", default-features = false, features = ["std"] }"#;
+        for same in [
+            r#"x = { version = "0.4", default-features = false, features = ["std"] }"#,
+            r#"x = { features = ['std',], default-features = false, version = '0.4' }"#,
+            r#"x = { version = "0.4", default-features = false, features = ["std", "now"] }"#,
+            "x.version = \"0.4\"\nx.default-features = false\nx.features = [\"std\"]",
+        ] {
+            assert_eq!(merged(same, chrono), (false, format!("{same}\n")), "{same}");
+        }
+        assert_eq!(
+            merged(
+                r#"x = { path = "sluice-guest", default-features = false }"#,
+                r#"{ path = "sluice-guest" }"#
+            ),
+            (
+                false,
+                "x = { path = \"sluice-guest\", default-features = false }\n".to_owned()
+            )
+        );
+        assert!(!merged("x = '=0.61.1' # ours", r#""=0.61.1""#).0);
+        assert_eq!(
+            merged(r#"x = "0.60" # ours"#, r#""=0.61.1""#),
+            (true, "x = \"=0.61.1\" # ours\n".to_owned())
+        );
+        // The author's features stay, the SDK's are added; the author's default-features stays.
+        assert_eq!(
+            merged(r#"x = { version = "0.3", features = ["now"], default-features = true }"#, chrono),
+            (
+                true,
+                "x = { version = \"0.4\", features = [\"now\", \"std\"], default-features = true }\n"
+                    .to_owned()
+            )
+        );
+        assert_eq!(
+            merged(r#"x = "0.4""#, chrono),
+            (true, format!("x = {chrono}\n"))
+        );
+        // A source the SDK does not give is dropped with the author's.
+        assert_eq!(
+            merged(
+                r#"x = { git = "https://example.com/s", branch = "main" }"#,
+                r#"{ path = "sluice-guest" }"#
+            ),
+            (true, "x = { path = \"sluice-guest\" }\n".to_owned())
+        );
     }
 }
