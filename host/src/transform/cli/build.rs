@@ -65,7 +65,7 @@ fn warn_other_sdk(dir: &Path) {
         && !plan.is_empty()
     {
         tracing::warn!(
-            "{} is not the guest SDK this sluice carries ({} differ): `sluice transform \
+            "{} is not the guest SDK this sluice carries ({}): `sluice transform \
              update-sdk --dir {}` brings it to this one (`--check` lists the differences)",
             dir.join(SDK_DIR).display(),
             plan.short(),

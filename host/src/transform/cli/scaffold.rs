@@ -404,8 +404,12 @@ fn check_new(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<()> {
     }
     // The scaffold inherits its version, edition and SDK from the workspace: elsewhere it would
     // be created, then fail to build with cargo's words, not ours.
-    let manifest = std::fs::read_to_string(dir.join("Cargo.toml"))
-        .with_context(|| format!("reading {}", dir.join("Cargo.toml").display()))?;
+    let path = dir.join("Cargo.toml");
+    let manifest =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let manifest = manifest
+        .parse()
+        .map_err(|e| anyhow::anyhow!("{} is not valid TOML: {e}", path.display()))?;
     let lacks = workspace_lacks(&manifest);
     if !lacks.is_empty() {
         bail!(
@@ -426,7 +430,9 @@ pub(super) fn where_workspace(dir_given: bool) -> String {
     // Run in the workspace, or in one of its crates, an author means that one.
     let is_workspace = |manifest: &str| {
         let text = std::fs::read_to_string(manifest).unwrap_or_default();
-        text.contains("[workspace") && workspace_lacks(&text).is_empty()
+        (text.parse().ok()).is_some_and(|m: toml_edit::DocumentMut| {
+            m.get("workspace").is_some() && workspace_lacks(&m).is_empty()
+        })
     };
     if !dir_given && is_workspace("Cargo.toml") {
         "this directory is a transforms workspace itself: pass --dir .".to_owned()
@@ -446,12 +452,8 @@ pub(super) fn where_workspace(dir_given: bool) -> String {
 /// What a workspace manifest lacks of what the template inherits: `version`, `edition`,
 /// `rust-version`, `license` and `publish` in `[workspace.package]`, and `sluice-guest` in
 /// `[workspace.dependencies]`, in any of TOML's ways of writing them. Empty when it has it all.
-pub(super) fn workspace_lacks(manifest: &str) -> Vec<String> {
+pub(super) fn workspace_lacks(manifest: &toml_edit::DocumentMut) -> Vec<String> {
     const INHERITED: [&str; 5] = ["version", "edition", "rust-version", "license", "publish"];
-    let manifest = match manifest.parse::<toml_edit::DocumentMut>() {
-        Ok(m) => m,
-        Err(e) => return vec![format!("valid TOML ({})", e.message().trim())],
-    };
     let workspace = manifest.get("workspace");
     let package = workspace.and_then(|w| w.get("package"));
     let package: Vec<String> = INHERITED
@@ -512,6 +514,7 @@ mod tests {
 
     #[test]
     fn a_sluice_workspace_is_recognised_however_its_toml_is_written() {
+        let lacks = |text: &str| workspace_lacks(&text.parse().unwrap());
         let package = "[workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\n\
                        rust-version = \"1.95\"\nlicense = \"Apache-2.0\"\npublish = false\n";
         for (sdk, want) in [
@@ -535,11 +538,6 @@ mod tests {
                 "[ workspace.dependencies ]\n'sluice-guest' = { path = \"g\" }\n",
                 true,
             ),
-            // Cargo's own reading: a table defined twice is no manifest.
-            (
-                "[workspace.dependencies]\nsluice-guest = { path = \"g\" }\n[workspace.dependencies]\n",
-                false,
-            ),
             ("[workspace.dependencies]\nserde = \"1\"\n", false),
             ("[dependencies]\nsluice-guest = { path = \"g\" }\n", false),
             (
@@ -549,21 +547,23 @@ mod tests {
             ("", false),
         ] {
             let manifest = format!("[workspace]\nmembers = [\"*\"]\n{package}{sdk}");
-            assert_eq!(workspace_lacks(&manifest).is_empty(), want, "{sdk}");
+            assert_eq!(lacks(&manifest).is_empty(), want, "{sdk}");
         }
         let sdk = "[workspace.dependencies]\nsluice-guest = { path = \"g\" }\n";
         let partial = "[workspace.package]\nversion = \"0.1.0\"\nedition = \"2024\"\n";
         assert_eq!(
-            workspace_lacks(&format!("{partial}{sdk}")),
+            lacks(&format!("{partial}{sdk}")),
             ["`rust-version`, `license`, `publish` in [workspace.package]"]
         );
         assert_eq!(
-            workspace_lacks(partial).last().map(String::as_str),
+            lacks(partial).last().map(String::as_str),
             Some("sluice-guest in [workspace.dependencies]")
         );
         let dotted = "[workspace]\npackage.version = \"0.1.0\"\npackage.edition = \"2024\"\n\
                       package.rust-version = \"1.95\"\npackage.license = \"x\"\npackage.publish = false\n";
-        assert!(workspace_lacks(&format!("{dotted}{sdk}")).is_empty());
-        assert!(workspace_lacks(include_str!("../../../../transforms/Cargo.toml")).is_empty());
+        assert!(lacks(&format!("{dotted}{sdk}")).is_empty());
+        let dotted = format!("[workspace]\ndependencies.sluice-guest.path = \"g\"\n{package}");
+        assert!(lacks(&dotted).is_empty(), "{dotted}");
+        assert!(lacks(include_str!("../../../../transforms/Cargo.toml")).is_empty());
     }
 }

@@ -258,7 +258,7 @@ impl Plan {
                 e.message().trim()
             ))
         })?;
-        let lacks = workspace_lacks(&text);
+        let lacks = workspace_lacks(&manifest);
         if !lacks.is_empty() {
             let crate_of = manifest.get("package").is_some() && manifest.get("workspace").is_none();
             return Err(usage(anyhow::anyhow!(
@@ -285,7 +285,9 @@ impl Plan {
                 }
                 Ok(_) => Change::Updated(text.clone()),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Change::Added(text.clone()),
-                Err(e) => return Err(e).with_context(|| format!("reading {file}")),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading {}", dir.join(file).display()));
+                }
             };
             files.push((file.clone(), change));
         }
@@ -396,19 +398,21 @@ impl Plan {
                     .map(|(n, _, _)| format!("{n} in [workspace.dependencies]")),
             )
             .collect();
-        let more = names.len().saturating_sub(3);
+        let (verb, more) = match names.len() {
+            1 => ("differs", 0),
+            n => ("differ", n.saturating_sub(3)),
+        };
         names.truncate(3);
         match more {
-            0 => names.join(", "),
-            n => format!("{}, and {n} more", names.join(", ")),
+            0 => format!("{} {verb}", names.join(", ")),
+            n => format!("{}, and {n} more {verb}", names.join(", ")),
         }
     }
 
     /// Writes the differences, printing each line of [`Plan::lines`] once it is done: each file
     /// whole (through a temporary file, so that none is left half-written), what this SDK lacks
-    /// removed, and the manifest last. Then brings `Cargo.lock` to the new requirements (see
-    /// [`settle_lock`]); a failure there is returned as the reason, the copy being right.
-    fn apply(&self) -> anyhow::Result<Result<(), String>> {
+    /// removed, and the manifest last. `Cargo.lock` is left to [`settle_lock`].
+    fn apply(&self) -> anyhow::Result<()> {
         let lines = self.lines(false);
         for ((file, change), line) in self.files.iter().zip(&lines) {
             let path = self.dir.join(file);
@@ -427,7 +431,7 @@ impl Plan {
                 crate::outln!("{line}");
             }
         }
-        Ok(settle_lock(&self.dir))
+        Ok(())
     }
 }
 
@@ -493,7 +497,12 @@ fn not_wanted(
     };
     for entry in entries {
         let entry = entry?;
-        let rel = format!("{owned}/{}", entry.file_name().to_string_lossy());
+        let name = entry.file_name().to_string_lossy().into_owned();
+        // An editor's or a file manager's (`.DS_Store`, `.lib.rs.swp`): no part of the build.
+        if name.starts_with('.') {
+            continue;
+        }
+        let rel = format!("{owned}/{name}");
         let is_dir = entry.file_type()?.is_dir();
         let holds = |(f, _): &(String, String)| match is_dir {
             true => f.starts_with(&format!("{rel}/")),
@@ -586,7 +595,8 @@ pub fn update_sdk(dir: &Path, dir_given: bool, check: bool) -> anyhow::Result<bo
         );
         return Ok(false);
     }
-    if let Err(why) = plan.apply()? {
+    plan.apply()?;
+    if let Err(why) = settle_lock(dir) {
         tracing::warn!(
             "{} is not yet brought to the new SDK's dependencies: `cargo metadata` failed \
              ({why}); the next build does it, so build once before committing it",
@@ -699,7 +709,7 @@ mod tests {
             lines.contains(&"chrono in [workspace.dependencies]: { version = \"0.4\" } -> { version = \"0.4\", default-features = false, features = [\"std\"] }".to_owned()),
             "{lines:#?}"
         );
-        plan.apply().unwrap().ok();
+        plan.apply().unwrap();
         let text = std::fs::read_to_string(ws.join("Cargo.toml")).unwrap();
         // The table stays a table, with its comments.
         for kept in [
@@ -726,6 +736,7 @@ mod tests {
         std::fs::write(ws.join("sluice-guest/wit/old.wit"), "package a:b@0.0.1;\n").unwrap();
         std::fs::create_dir_all(ws.join("sluice-guest/wit/deps/x")).unwrap();
         std::fs::write(ws.join("sluice-guest/wit/deps/x/x.wit"), "package x:x;\n").unwrap();
+        std::fs::write(ws.join("sluice-guest/src/.DS_Store"), "").unwrap();
         let plan = Plan::read(&ws, true).unwrap();
         assert_eq!(
             plan.lines(true),
@@ -735,8 +746,8 @@ mod tests {
                 "sluice-guest/wit/old.wit (not in this SDK)",
             ]
         );
-        assert_eq!(plan.short(), "src/pool.rs, wit/deps, wit/old.wit");
-        plan.apply().unwrap().ok();
+        assert_eq!(plan.short(), "src/pool.rs, wit/deps, wit/old.wit differ");
+        plan.apply().unwrap();
         assert!(!ws.join("sluice-guest/wit/old.wit").exists());
         assert!(!ws.join("sluice-guest/wit/deps").exists());
         assert!(Plan::read(&ws, true).unwrap().is_empty());
