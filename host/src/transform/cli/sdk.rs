@@ -111,28 +111,47 @@ fn bare(mut value: Value) -> Value {
 /// `{ version = "1" }`, keys in order, features as a set, strings by their value (not their
 /// quotes), so that two spellings of one dependency compare equal.
 fn canonical_dep(value: &Value) -> String {
-    fn canonical(value: &Value) -> String {
-        match value {
-            Value::String(s) => format!("{:?}", s.value()),
-            Value::Array(items) => {
-                let mut items: Vec<String> = items.iter().map(canonical).collect();
-                items.sort();
-                items.dedup();
-                format!("[{}]", items.join(","))
-            }
-            Value::InlineTable(t) => {
-                let mut keys: Vec<String> = (t.iter())
-                    .map(|(k, v)| format!("{k:?}={}", canonical(v)))
-                    .collect();
-                keys.sort();
-                format!("{{{}}}", keys.join(","))
-            }
-            other => bare(other.clone()).to_string(),
-        }
-    }
     match value {
-        Value::String(_) => format!("{{\"version\"={}}}", canonical(value)),
-        other => canonical(other),
+        Value::String(_) => format!("{{\"version\"={}}}", canonical(Some("version"), value)),
+        other => canonical(None, other),
+    }
+}
+
+/// A value of a dependency's `key` as cargo reads it (see [`canonical_dep`]): a version
+/// requirement without spaces or a leading `^` (`"^0.4"` is `"0.4"`), a path by its parts
+/// (`"./x/"` is `"x"`).
+fn canonical(key: Option<&str>, value: &Value) -> String {
+    match value {
+        Value::String(s) => {
+            let s = s.value();
+            let s = match key {
+                Some("version") => {
+                    let s: String = s.chars().filter(|c| !c.is_whitespace()).collect();
+                    s.strip_prefix('^').map(str::to_owned).unwrap_or(s)
+                }
+                Some("path") => (Path::new(s).components())
+                    .filter(|c| *c != std::path::Component::CurDir)
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+                _ => s.to_owned(),
+            };
+            format!("{s:?}")
+        }
+        Value::Array(items) => {
+            let mut items: Vec<String> = items.iter().map(|v| canonical(None, v)).collect();
+            items.sort();
+            items.dedup();
+            format!("[{}]", items.join(","))
+        }
+        Value::InlineTable(t) => {
+            let mut keys: Vec<String> = (t.iter())
+                .map(|(k, v)| format!("{k:?}={}", canonical(Some(k), v)))
+                .collect();
+            keys.sort();
+            format!("{{{}}}", keys.join(","))
+        }
+        other => bare(other.clone()).to_string(),
     }
 }
 
@@ -147,10 +166,23 @@ const SOURCE_KEYS: [&str; 6] = ["path", "git", "branch", "tag", "rev", "registry
 /// `sluice-guest` turns the SDK's allocator off). The SDK's source keys and `version` replace
 /// the author's; its features are added to theirs.
 fn merge_dep(item: &mut Item, want: &Value) {
+    let before = item.clone().into_value().ok().map(|v| canonical_dep(&v));
+    merge_keys(item, want);
+    // Laid out anew where it changed (a key taken out leaves its spaces behind).
+    let after = item.clone().into_value().ok().map(|v| canonical_dep(&v));
+    if before != after
+        && let Some(t) = item.as_inline_table_mut()
+    {
+        t.fmt();
+    }
+}
+
+/// What [`merge_dep`] does, but the layout.
+fn merge_keys(item: &mut Item, want: &Value) {
     let decor = |v: &Value| v.decor().clone();
     // Only what differs, so that the author's spelling of the rest stays.
-    let replace = |old: &mut Value, new: &Value| {
-        if canonical_dep(old) == canonical_dep(new) {
+    let replace = |old: &mut Value, new: &Value, key: &str| {
+        if canonical(Some(key), old) == canonical(Some(key), new) {
             return;
         }
         let kept = decor(old);
@@ -159,7 +191,7 @@ fn merge_dep(item: &mut Item, want: &Value) {
     };
     // A version alone stays a string.
     if let (Some(old @ Value::String(_)), Value::String(_)) = (item.as_value_mut(), want) {
-        return replace(old, want);
+        return replace(old, want, "version");
     }
     if let Some(old @ Value::String(_)) = item.as_value_mut() {
         let mut table = toml_edit::InlineTable::new();
@@ -197,7 +229,7 @@ fn merge_dep(item: &mut Item, want: &Value) {
                     }
                 }
             }
-            Some(Item::Value(old)) if set => replace(old, &value),
+            Some(Item::Value(old)) if set => replace(old, &value, key),
             Some(_) => {}
             None => {
                 table.insert(key, Item::Value(value));
@@ -213,10 +245,10 @@ enum Change {
     Added(String),
     /// Other text: written over.
     Updated(String),
-    /// A file (or link) this SDK does not have: removed.
-    Removed,
-    /// A directory this SDK has nothing in: removed, with what it holds.
-    RemovedDir,
+    /// A file (or link) this SDK does not have, at this path: removed.
+    Removed(PathBuf),
+    /// A directory this SDK has nothing in, at this path: removed, with what it holds.
+    RemovedDir(PathBuf),
 }
 
 /// How a workspace's copy of the SDK differs from the one this sluice carries, and the
@@ -255,7 +287,7 @@ impl Plan {
             usage(anyhow::anyhow!(
                 "{} is not valid TOML: {}",
                 path.display(),
-                e.message().trim()
+                e.to_string().trim()
             ))
         })?;
         let lacks = workspace_lacks(&manifest);
@@ -293,10 +325,10 @@ impl Plan {
         }
         for owned in SDK_OWNED {
             let owned = format!("{SDK_DIR}/{owned}");
-            for (rel, is_dir) in not_wanted(dir, &owned, &want)? {
+            for (rel, path, is_dir) in not_wanted(dir, &owned, &want)? {
                 let change = match is_dir {
-                    true => Change::RemovedDir,
-                    false => Change::Removed,
+                    true => Change::RemovedDir(path),
+                    false => Change::Removed(path),
                 };
                 files.push((rel, change));
             }
@@ -332,11 +364,16 @@ impl Plan {
                 deps.push((name, Some(was), now));
             }
         }
-        let old_copy = old_path.filter(|p| {
-            Path::new(p) != Path::new(SDK_DIR) && Path::new(p).is_relative() && dir.join(p).is_dir()
+        // Named only inside the workspace: a path out of it is a sluice checkout's, or another
+        // workspace's.
+        let real = |p: &Path| p.canonicalize().ok();
+        let old_copy = old_path.filter(|p| match (real(&dir.join(p)), real(dir)) {
+            (Some(old), Some(ws)) => old.starts_with(ws) && Some(&old) != real(&sdk).as_ref(),
+            _ => false,
         });
         let mut manifest = manifest.to_string();
-        if text.contains("\r\n") {
+        // Each line as the file had them, when they were all alike.
+        if text.contains("\r\n") && text.matches("\r\n").count() == text.matches('\n').count() {
             manifest = manifest.replace("\r\n", "\n").replace('\n', "\r\n");
         }
         Ok(Plan {
@@ -361,16 +398,15 @@ impl Plan {
             let (done, is) = match change {
                 Change::Added(_) => ("added", "missing"),
                 Change::Updated(_) => ("updated", "differs"),
-                Change::Removed => ("removed: not in this SDK", "not in this SDK"),
-                Change::RemovedDir => (
+                Change::Removed(_) => ("removed: not in this SDK", "not in this SDK"),
+                Change::RemovedDir(_) => (
                     "removed, with what it holds: not in this SDK",
                     "not in this SDK",
                 ),
             };
-            let slash = if *change == Change::RemovedDir {
-                "/"
-            } else {
-                ""
+            let slash = match change {
+                Change::RemovedDir(_) => "/",
+                _ => "",
             };
             format!("{file}{slash} ({})", if check { is } else { done })
         });
@@ -418,9 +454,9 @@ impl Plan {
             let path = self.dir.join(file);
             match change {
                 Change::Added(text) | Change::Updated(text) => write_whole(&path, text.as_bytes())?,
-                Change::Removed => std::fs::remove_file(&path)
+                Change::Removed(path) => std::fs::remove_file(path)
                     .with_context(|| format!("removing {}", path.display()))?,
-                Change::RemovedDir => std::fs::remove_dir_all(&path)
+                Change::RemovedDir(path) => std::fs::remove_dir_all(path)
                     .with_context(|| format!("removing {}", path.display()))?,
             }
             crate::outln!("{line}");
@@ -458,15 +494,25 @@ fn check_copy(dir: &Path, sdk: &Path) -> anyhow::Result<()> {
             _ => {}
         }
     }
+    // A manifest that names another crate, or is a workspace (a checkout or a submodule of
+    // sluice's, say), is someone's; one with no name is a copy left half-made.
     let manifest = std::fs::read_to_string(sdk.join("Cargo.toml")).unwrap_or_default();
-    let name = (manifest.parse::<DocumentMut>().ok())
-        .and_then(|m| Some(m.get("package")?.get("name")?.as_str()?.to_owned()));
-    if let Some(name) = name.filter(|n| n != SDK_DIR) {
-        bail!(
-            "{} is not the guest SDK but the crate {name}, so update-sdk leaves it alone: move it \
-             away, and run this again to write the SDK there",
-            sdk.display()
-        );
+    if let Ok(manifest) = manifest.parse::<DocumentMut>() {
+        let name = (manifest.get("package"))
+            .and_then(|p| p.get("name")?.as_str())
+            .filter(|name| *name != SDK_DIR);
+        let what = match (name, manifest.get("workspace")) {
+            (Some(name), _) => format!("the crate {name}"),
+            (None, Some(_)) => "a workspace".to_owned(),
+            (None, None) => String::new(),
+        };
+        if !what.is_empty() {
+            bail!(
+                "{} is not the guest SDK but {what}, so update-sdk leaves it alone: move it away, \
+                 and run this again to write the SDK there",
+                sdk.display()
+            );
+        }
     }
     // sluice's own `transforms/`, whose SDK reads the top-level WIT: it is the source of every
     // copy, and changes with the checkout, not with this command.
@@ -483,12 +529,12 @@ fn check_copy(dir: &Path, sdk: &Path) -> anyhow::Result<()> {
 
 /// What is under `owned` (a directory of the copy, as a path under the workspace `dir`) that no
 /// file of the SDK (`want`) is in: each such file or link, and each such directory whole (with
-/// `true`), by its path under the workspace. Links are not followed.
+/// `true`), by its path under the workspace as shown and as it is. Links are not followed.
 fn not_wanted(
     dir: &Path,
     owned: &str,
     want: &[(String, String)],
-) -> anyhow::Result<Vec<(String, bool)>> {
+) -> anyhow::Result<Vec<(String, PathBuf, bool)>> {
     let mut out = Vec::new();
     let entries = match std::fs::read_dir(dir.join(owned)) {
         Ok(entries) => entries,
@@ -498,8 +544,9 @@ fn not_wanted(
     for entry in entries {
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
-        // An editor's or a file manager's (`.DS_Store`, `.lib.rs.swp`): no part of the build.
-        if name.starts_with('.') {
+        // An editor's or a file manager's (`.DS_Store`, `.lib.rs.swp`) is no part of the build;
+        // but WIT is read from every `.wit` file (macOS's `._transform.wit` too).
+        if name.starts_with('.') && !name.ends_with(".wit") {
             continue;
         }
         let rel = format!("{owned}/{name}");
@@ -509,7 +556,7 @@ fn not_wanted(
             false => *f == rel,
         };
         match (is_dir, want.iter().any(holds)) {
-            (_, false) => out.push((rel, is_dir)),
+            (_, false) => out.push((rel, entry.path(), is_dir)),
             (true, true) => out.extend(not_wanted(dir, &rel, want)?),
             (false, true) => {}
         }
@@ -524,7 +571,11 @@ fn write_whole(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     let parent = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
     let write = || -> std::io::Result<()> {
-        let mut tmp = tempfile::NamedTempFile::new_in(parent)?;
+        // A new file as `new` makes one (0666 less the umask), not a temporary file's 0600.
+        let mode = std::os::unix::fs::PermissionsExt::from_mode(0o666);
+        let mut tmp = tempfile::Builder::new()
+            .permissions(mode)
+            .tempfile_in(parent)?;
         std::io::Write::write_all(&mut tmp, bytes)?;
         if let Ok(m) = path.symlink_metadata()
             && m.is_file()
@@ -676,6 +727,8 @@ mod tests {
     /// and a link where the copy goes, are refused.
     #[test]
     fn a_copy_is_brought_to_this_sdk_and_the_rest_is_kept() {
+        use std::os::unix::ffi::OsStrExt;
+        use std::os::unix::fs::PermissionsExt;
         let dir = tempfile::tempdir().unwrap();
         let ws = dir.path().join("ws");
         std::fs::create_dir(&ws).unwrap();
@@ -737,19 +790,30 @@ mod tests {
         std::fs::create_dir_all(ws.join("sluice-guest/wit/deps/x")).unwrap();
         std::fs::write(ws.join("sluice-guest/wit/deps/x/x.wit"), "package x:x;\n").unwrap();
         std::fs::write(ws.join("sluice-guest/src/.DS_Store"), "").unwrap();
+        // macOS's shadow of a file, which WIT's parser reads as any other `.wit` file.
+        std::fs::write(ws.join("sluice-guest/wit/._transform.wit"), "\0").unwrap();
+        let odd = std::ffi::OsStr::from_bytes(b"\xffold.rs");
+        std::fs::write(ws.join("sluice-guest/src").join(odd), "").unwrap();
         let plan = Plan::read(&ws, true).unwrap();
         assert_eq!(
             plan.lines(true),
             [
                 "sluice-guest/src/pool.rs (differs)",
+                "sluice-guest/src/\u{FFFD}old.rs (not in this SDK)",
+                "sluice-guest/wit/._transform.wit (not in this SDK)",
                 "sluice-guest/wit/deps/ (not in this SDK)",
                 "sluice-guest/wit/old.wit (not in this SDK)",
             ]
         );
-        assert_eq!(plan.short(), "src/pool.rs, wit/deps, wit/old.wit differ");
+        assert_eq!(
+            plan.short(),
+            "src/pool.rs, src/\u{FFFD}old.rs, wit/._transform.wit, and 2 more differ"
+        );
         plan.apply().unwrap();
         assert!(!ws.join("sluice-guest/wit/old.wit").exists());
         assert!(!ws.join("sluice-guest/wit/deps").exists());
+        assert!(!ws.join("sluice-guest/src").join(odd).exists());
+        assert!(ws.join("sluice-guest/src/.DS_Store").exists());
         assert!(Plan::read(&ws, true).unwrap().is_empty());
 
         // A copy checked out with `\r\n` line endings is this SDK.
@@ -757,6 +821,48 @@ mod tests {
         let crlf = std::fs::read_to_string(&lib).unwrap().replace('\n', "\r\n");
         std::fs::write(&lib, crlf).unwrap();
         assert!(Plan::read(&ws, true).unwrap().is_empty());
+
+        // A file added gets the mode any new file gets, not a temporary file's.
+        std::fs::remove_file(ws.join("sluice-guest/LICENSE")).unwrap();
+        Plan::read(&ws, true).unwrap().apply().unwrap();
+        std::fs::write(ws.join("plain"), "").unwrap();
+        let mode = |f: &str| ws.join(f).metadata().unwrap().permissions().mode();
+        assert_eq!(mode("sluice-guest/LICENSE"), mode("plain"));
+
+        // A copy the entry named elsewhere in the workspace is named; the copy itself, or one
+        // outside the workspace, is not.
+        std::fs::create_dir_all(ws.join("vendor/sluice-guest")).unwrap();
+        let text = std::fs::read_to_string(ws.join("Cargo.toml")).unwrap();
+        for (path, named) in [
+            ("./sluice-guest/", None),
+            ("vendor/sluice-guest", Some("vendor/sluice-guest")),
+            ("../elsewhere", None),
+        ] {
+            let entry = format!("sluice-guest = {{ path = {path:?} }}");
+            let moved = text.replace("sluice-guest = { path = \"sluice-guest\" }", &entry);
+            std::fs::write(ws.join("Cargo.toml"), moved).unwrap();
+            std::fs::create_dir_all(dir.path().join("elsewhere")).unwrap();
+            let plan = Plan::read(&ws, true).unwrap();
+            assert_eq!(plan.old_copy.as_deref(), named, "{path}");
+            assert_eq!(plan.is_empty(), path.starts_with("./"), "{path}");
+        }
+        std::fs::write(ws.join("Cargo.toml"), &text).unwrap();
+
+        // A workspace there (a checkout of sluice's, a submodule) is someone's.
+        let sdk_manifest = ws.join("sluice-guest/Cargo.toml");
+        let copy = std::fs::read_to_string(&sdk_manifest).unwrap();
+        std::fs::write(&sdk_manifest, "[workspace]\nmembers = [\"host\"]\n").unwrap();
+        let err = Plan::read(&ws, true).err().unwrap().to_string();
+        assert!(
+            err.contains("is not the guest SDK but a workspace"),
+            "{err}"
+        );
+        std::fs::write(&sdk_manifest, "").unwrap();
+        assert_eq!(
+            Plan::read(&ws, true).unwrap().lines(true),
+            ["sluice-guest/Cargo.toml (differs)"]
+        );
+        std::fs::write(&sdk_manifest, copy).unwrap();
 
         // Written through, a link would change what it leads to.
         let elsewhere = dir.path().join("elsewhere");
@@ -805,6 +911,15 @@ mod tests {
             )
         );
         assert!(!merged("x = '=0.61.1' # ours", r#""=0.61.1""#).0);
+        assert!(!merged(r#"x = "= 0.61.1""#, r#""=0.61.1""#).0);
+        assert!(!merged(r#"x = { version = "^0.4" }"#, r#""0.4""#).0);
+        assert!(
+            !merged(
+                r#"x = { path = "./sluice-guest/" }"#,
+                r#"{ path = "sluice-guest" }"#
+            )
+            .0
+        );
         assert_eq!(
             merged(r#"x = "0.60" # ours"#, r#""=0.61.1""#),
             (true, "x = \"=0.61.1\" # ours\n".to_owned())
