@@ -4786,7 +4786,7 @@ fn cli_new_and_build_usage_errors_exit_2() {
             &["new", "shout", "--dir", ws],
             "ws is not a sluice transforms workspace: its Cargo.toml lacks `version`, \
              `edition`, `rust-version`, `license`, `publish` in [workspace.package] and \
-             sluice-guest in [workspace.dependencies], which the new crate inherits",
+             sluice-guest in [workspace.dependencies], which a transform crate inherits",
         ),
         (
             &["build"],
@@ -5842,21 +5842,46 @@ fn cli_update_sdk_brings_an_older_copy_to_this_sdk() {
         err.contains("ws/sluice-guest is not the guest SDK this sluice carries (src/pool.rs, wit-bindgen in [workspace.dependencies] differ): `sluice transform update-sdk --dir ws` brings it to this one"),
         "{err}"
     );
-    // A WIT file the older SDK had and this one has not.
+    // A WIT file the older SDK had and this one has not, and a dependency this one has and the
+    // older did not (so that the lock has a crate to gain).
     std::fs::write(
         ws.join("sluice-guest/wit/old.wit"),
         "package sluice:old@0.0.1;\n",
     )
     .unwrap();
+    let chrono = (manifest.lines())
+        .find(|l| l.starts_with("chrono = "))
+        .unwrap()
+        .to_owned();
+    let aged = copied("Cargo.toml").replace(&format!("{chrono}\n"), "");
+    std::fs::write(ws.join("Cargo.toml"), aged).unwrap();
+    let sdk_manifest = copied("sluice-guest/Cargo.toml");
+    let aged = sdk_manifest.replace("chrono.workspace = true\n", "");
+    assert_ne!(aged, sdk_manifest);
+    std::fs::write(ws.join("sluice-guest/Cargo.toml"), aged).unwrap();
+    let trim = std::process::Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--offline"])
+        .current_dir(&ws)
+        .output()
+        .unwrap();
+    assert!(
+        trim.status.success(),
+        "{}",
+        String::from_utf8_lossy(&trim.stderr)
+    );
+    assert!(!copied("Cargo.lock").contains("name = \"chrono\""));
     let (code, out, err) = run(&check);
     assert_eq!(code, Some(1), "{out}{err}");
     let was = pin.trim_start_matches("wit-bindgen = ");
+    let needed = chrono.trim_start_matches("chrono = ");
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
         [
-            "sluice-guest/src/pool.rs (differs)",
             "sluice-guest/wit/old.wit (not in this SDK)",
-            &format!("wit-bindgen in [workspace.dependencies]: \"0.61\", this SDK's: {was}"),
+            "sluice-guest/Cargo.toml (differs)",
+            "sluice-guest/src/pool.rs (differs)",
+            &format!("wit-bindgen in [workspace.dependencies]: \"0.61\", would be: {was}"),
+            &format!("chrono in [workspace.dependencies]: (none), would be: {needed}"),
             "ws/sluice-guest is not this sluice's guest SDK (sluice 0.1.0, sluice:transform@0.1.0); `sluice transform update-sdk --dir ws` makes it so",
         ]
     );
@@ -5866,7 +5891,7 @@ fn cli_update_sdk_brings_an_older_copy_to_this_sdk() {
     let (code, out, err) = run(&["transform", "update-sdk", "--dir", "ws"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
-        out.starts_with("sluice-guest/src/pool.rs (updated)\nsluice-guest/wit/old.wit (removed: not in this SDK)\n"),
+        out.starts_with("sluice-guest/wit/old.wit (removed: not in this SDK)\nsluice-guest/Cargo.toml (updated)\nsluice-guest/src/pool.rs (updated)\n"),
         "{out}"
     );
     assert!(
@@ -5883,7 +5908,8 @@ fn cli_update_sdk_brings_an_older_copy_to_this_sdk() {
         manifest.replace(&pin, &format!("{pin} # ours"))
     );
     assert_eq!(run(&check).0, Some(0));
-    // The lock still fits the manifest, as `cargo build --locked` needs.
+    // The lock has what the SDK now needs, as `cargo build --locked` does.
+    assert!(copied("Cargo.lock").contains("name = \"chrono\""));
     let locked = std::process::Command::new(env!("CARGO"))
         .args(["metadata", "--format-version", "1", "--locked", "--offline"])
         .current_dir(&ws)

@@ -95,7 +95,7 @@ fn members(name: Option<&str>, dir: &Path) -> anyhow::Result<(Workspace, Vec<Com
     // from its crate; the copy `new` makes, from its own `wit/`): a workspace copied out of the
     // repository without it fails in cargo, six errors deep.
     let wit = dir.join("..").join("wit");
-    let sdk = dir.join("sluice-guest");
+    let sdk = dir.join(SDK_DIR);
     if sdk.join("Cargo.toml").is_file() && !sdk.join("wit").is_dir() && !wit.is_dir() {
         return Err(usage(anyhow::anyhow!(
             "{} holds the guest SDK (sluice-guest), which reads the WIT package from {}, and \

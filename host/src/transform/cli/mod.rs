@@ -16,10 +16,10 @@
 //!   this sluice carries; `--check` lists what differs and exits 1.
 //!
 //! `scaffold` makes `new`'s crate (and its workspace, when it starts one), `sdk` is the guest SDK
-//! a workspace keeps a copy of, `build` runs cargo,
-//! `params` reads `--pipeline`'s chain, `params.json` and `--with`, `input` reads the records,
-//! `golden` finds a transform's own test data and holds the golden files and compares the run
-//! with them, and `run` is the test run itself.
+//! a workspace keeps a copy of, `build` runs cargo, `params` reads `--pipeline`'s chain,
+//! `params.json` and `--with`, `input` reads the records, `golden` finds a transform's own test
+//! data and holds the golden files and compares the run with them, and `run` is the test run
+//! itself.
 
 mod build;
 mod golden;

@@ -200,11 +200,12 @@ fn start_workspace(dir: &Path, dir_given: bool) -> anyhow::Result<bool> {
          # The guest SDK of the sluice that made this workspace, with the WIT it was built \
          against\n# in sluice-guest/wit/; then what the SDK itself depends on. `sluice transform \
          update-sdk --dir .`\n# brings these to another sluice's SDK.\n\
-         sluice-guest = {{ path = \"sluice-guest\" }}\n{}\n\
+         {SDK_DIR} = {}\n{}\n\
          # Smaller, faster guests, as sluice's own transforms/ builds them.\n\
          [profile.release]\nopt-level = 3\nlto = true\ncodegen-units = 1\nstrip = true\n\
          panic = \"abort\"\n",
         exclude.join(", "),
+        sdk::own_entry(),
         (sdk::dependencies().iter())
             .map(|(name, value)| format!("{name} = {value}\n"))
             .collect::<String>()
@@ -404,23 +405,40 @@ fn check_new(name: &str, dir: &Path, dir_given: bool) -> anyhow::Result<()> {
     }
     // The scaffold inherits its version, edition and SDK from the workspace: elsewhere it would
     // be created, then fail to build with cargo's words, not ours.
+    read_workspace(dir)?;
+    Ok(())
+}
+
+/// The manifest of the workspace at `dir`, as its text and parsed, when it is a sluice transforms
+/// workspace (see [`workspace_lacks`]); why not, if not.
+pub(super) fn read_workspace(dir: &Path) -> anyhow::Result<(String, toml_edit::DocumentMut)> {
     let path = dir.join("Cargo.toml");
-    let manifest =
+    let text =
         std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-    let manifest = manifest
-        .parse()
-        .map_err(|e| anyhow::anyhow!("{} is not valid TOML: {e}", path.display()))?;
+    let manifest: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
+        anyhow::anyhow!(
+            "{} is not valid TOML: {}",
+            path.display(),
+            e.to_string().trim()
+        )
+    })?;
     let lacks = workspace_lacks(&manifest);
     if !lacks.is_empty() {
+        // `--dir .` in a crate of the workspace, most likely.
+        let crate_of = manifest.get("package").is_some() && manifest.get("workspace").is_none();
         bail!(
-            "{} is not a sluice transforms workspace: its Cargo.toml lacks {}, which the new crate \
-             inherits (sluice's own is transforms/; for a crate elsewhere see \"A transform crate \
-             outside transforms/\" in docs/TRANSFORMS.md)",
+            "{} is not a sluice transforms workspace: its Cargo.toml lacks {}, which a transform \
+             crate inherits{} (sluice's own is transforms/; for a crate elsewhere see \"A \
+             transform crate outside transforms/\" in docs/TRANSFORMS.md)",
             dir.display(),
-            lacks.join(" and ")
+            lacks.join(" and "),
+            match crate_of {
+                true => "; it is a crate, and --dir names the workspace: the directory above?",
+                false => "",
+            }
         );
     }
-    Ok(())
+    Ok((text, manifest))
 }
 
 /// What to do when the workspace directory holds no workspace: the default (no `--dir`,
@@ -430,9 +448,7 @@ pub(super) fn where_workspace(dir_given: bool) -> String {
     // Run in the workspace, or in one of its crates, an author means that one.
     let is_workspace = |manifest: &str| {
         let text = std::fs::read_to_string(manifest).unwrap_or_default();
-        (text.parse().ok()).is_some_and(|m: toml_edit::DocumentMut| {
-            m.get("workspace").is_some() && workspace_lacks(&m).is_empty()
-        })
+        (text.parse().ok()).is_some_and(|m: toml_edit::DocumentMut| workspace_lacks(&m).is_empty())
     };
     if !dir_given && is_workspace("Cargo.toml") {
         "this directory is a transforms workspace itself: pass --dir .".to_owned()

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use toml_edit::{DocumentMut, Item, Value};
 
-use super::scaffold::{where_workspace, workspace_lacks};
+use super::scaffold::{read_workspace, where_workspace};
 use super::usage;
 
 /// The guest SDK as this binary was built with it: the path of each file in the copy (under
@@ -69,7 +69,7 @@ pub(super) fn files() -> Vec<(String, String)> {
 }
 
 /// What the copy's `[workspace.dependencies]` entry is, in a workspace of its own.
-fn own_entry() -> Value {
+pub(super) fn own_entry() -> Value {
     let mut table = toml_edit::InlineTable::new();
     table.insert("path", SDK_DIR.into());
     table.into()
@@ -155,16 +155,16 @@ fn canonical(key: Option<&str>, value: &Value) -> String {
     }
 }
 
-/// The keys of a dependency that say where its crate comes from: this SDK's replace the
-/// author's (and one the SDK does not give is dropped, as `git` beside its `path` would clash).
-const SOURCE_KEYS: [&str; 6] = ["path", "git", "branch", "tag", "rev", "registry"];
+/// The keys of a dependency that are the author's to set beside what the SDK gives: more
+/// features, and whether the crate's default features are on (`default-features = false` on
+/// `sluice-guest` turns the SDK's allocator off). Every other key is the SDK's: a `version`,
+/// `package` or `git` of the author's could name another crate than the one the SDK needs.
+const AUTHORS_KEYS: [&str; 2] = ["features", "default-features"];
 
 /// Brings the workspace's entry of one of the SDK's dependencies (`item`) to what the SDK needs
-/// (`want`), in place, keeping whatever of the author's does not contradict it: the entry's way
-/// of being written (a string, an inline table, a table of its own), its comments, features added
-/// to the SDK's, `default-features` or `optional` the author set (`default-features = false` on
-/// `sluice-guest` turns the SDK's allocator off). The SDK's source keys and `version` replace
-/// the author's; its features are added to theirs.
+/// (`want`), in place: the SDK's keys set, its features added to the author's, the author's
+/// `default-features` kept, any other key dropped. The entry's way of being written (a string, an
+/// inline table, a table of its own) and its comments stay.
 fn merge_dep(item: &mut Item, want: &Value) {
     let before = item.clone().into_value().ok().map(|v| canonical_dep(&v));
     merge_keys(item, want);
@@ -189,7 +189,6 @@ fn merge_keys(item: &mut Item, want: &Value) {
         *old = new.clone();
         *old.decor_mut() = kept;
     };
-    // A version alone stays a string.
     if let (Some(old @ Value::String(_)), Value::String(_)) = (item.as_value_mut(), want) {
         return replace(old, want, "version");
     }
@@ -202,40 +201,63 @@ fn merge_keys(item: &mut Item, want: &Value) {
     }
     let Some(table) = item.as_table_like_mut() else {
         // Not a dependency cargo reads (a number, an array): the SDK's in its place.
-        let mut value = want.clone();
-        *value.decor_mut() = toml_edit::Decor::new(" ", "");
-        *item = Item::Value(value);
+        *item = Item::Value(spaced(want));
         return;
     };
+    // Cargo's older spelling (refused in edition 2024) says what the author meant.
+    if let Some(old) = table.remove("default_features")
+        && !table.contains_key("default-features")
+    {
+        table.insert("default-features", old);
+    }
     let want: Vec<(&str, Value)> = match want {
         Value::InlineTable(t) => t.iter().map(|(k, v)| (k, bare(v.clone()))).collect(),
         version => vec![("version", version.clone())],
     };
-    for key in SOURCE_KEYS {
-        if !want.iter().any(|(k, _)| *k == key) {
-            table.remove(key);
-        }
+    let others: Vec<String> = (table.iter())
+        .map(|(k, _)| k.to_owned())
+        .filter(|k| !AUTHORS_KEYS.contains(&k.as_str()) && !want.iter().any(|(w, _)| w == k))
+        .collect();
+    for key in others {
+        table.remove(&key);
     }
     for (key, value) in want {
-        let set = SOURCE_KEYS.contains(&key) || key == "version";
         match table.get_mut(key) {
             Some(Item::Value(old)) if key == "features" => {
-                if let (Value::Array(have), Value::Array(need)) = (old, &value) {
-                    for name in need.iter().filter_map(Value::as_str) {
-                        if !have.iter().any(|f| f.as_str() == Some(name)) {
-                            let prefix = if have.is_empty() { "" } else { " " };
-                            have.push_formatted(Value::from(name).decorated(prefix, ""));
+                // One feature as a string is no list cargo reads, but is what the author meant.
+                if let Value::String(one) = old {
+                    let list = toml_edit::Array::from_iter([one.value().clone()]);
+                    let kept = decor(old);
+                    *old = Value::Array(list);
+                    *old.decor_mut() = kept;
+                }
+                match (old, &value) {
+                    (Value::Array(have), Value::Array(need)) => {
+                        for name in need.iter().filter_map(Value::as_str) {
+                            if !have.iter().any(|f| f.as_str() == Some(name)) {
+                                let prefix = if have.is_empty() { "" } else { " " };
+                                have.push_formatted(Value::from(name).decorated(prefix, ""));
+                            }
                         }
                     }
+                    (old, _) => replace(old, &value, key),
                 }
             }
-            Some(Item::Value(old)) if set => replace(old, &value, key),
-            Some(_) => {}
+            Some(Item::Value(Value::Boolean(_))) if key == "default-features" => {}
+            Some(Item::Value(old)) => replace(old, &value, key),
+            Some(other) => *other = Item::Value(spaced(&value)),
             None => {
                 table.insert(key, Item::Value(value));
             }
         }
     }
+}
+
+/// `value` as the value of a new `key = value` line.
+fn spaced(value: &Value) -> Value {
+    let mut value = value.clone();
+    *value.decor_mut() = toml_edit::Decor::new(" ", "");
+    value
 }
 
 /// How one file or directory of the copy differs from this sluice's SDK.
@@ -281,34 +303,23 @@ impl Plan {
                 where_workspace(dir_given)
             )));
         }
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let mut manifest: DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| {
-            usage(anyhow::anyhow!(
-                "{} is not valid TOML: {}",
-                path.display(),
-                e.to_string().trim()
-            ))
-        })?;
-        let lacks = workspace_lacks(&manifest);
-        if !lacks.is_empty() {
-            let crate_of = manifest.get("package").is_some() && manifest.get("workspace").is_none();
-            return Err(usage(anyhow::anyhow!(
-                "{} is not a sluice transforms workspace: its Cargo.toml lacks {}{}",
-                dir.display(),
-                lacks.join(" and "),
-                match crate_of {
-                    true =>
-                        " (it is a crate: --dir names the workspace, most likely the \
-                             directory above)",
-                    false => "",
-                }
-            )));
-        }
+        let (text, mut manifest) = read_workspace(dir).map_err(usage)?;
         let sdk = dir.join(SDK_DIR);
         check_copy(dir, &sdk).map_err(usage)?;
-        let mut files = Vec::new();
         let want = self::files();
+        // What goes first, so that on a file system that ignores case, a file of this SDK named
+        // as an older one's but for case is not removed once written.
+        let mut files = Vec::new();
+        for owned in SDK_OWNED {
+            let owned = format!("{SDK_DIR}/{owned}");
+            for (rel, path, is_dir) in not_wanted(dir, &owned, &want)? {
+                let change = match is_dir {
+                    true => Change::RemovedDir(path),
+                    false => Change::Removed(path),
+                };
+                files.push((rel, change));
+            }
+        }
         for (file, text) in &want {
             let change = match std::fs::read(dir.join(file)) {
                 // A checkout that turned `\n` into `\r\n` (Git's `autocrlf`) has the SDK as it is.
@@ -322,16 +333,6 @@ impl Plan {
                 }
             };
             files.push((file.clone(), change));
-        }
-        for owned in SDK_OWNED {
-            let owned = format!("{SDK_DIR}/{owned}");
-            for (rel, path, is_dir) in not_wanted(dir, &owned, &want)? {
-                let change = match is_dir {
-                    true => Change::RemovedDir(path),
-                    false => Change::Removed(path),
-                };
-                files.push((rel, change));
-            }
         }
         let table = (manifest.get_mut("workspace"))
             .and_then(|w| w.get_mut("dependencies"))
@@ -347,8 +348,7 @@ impl Plan {
             .chain(dependencies())
         {
             let Some(item) = table.get_mut(&name) else {
-                let mut value = want.clone();
-                *value.decor_mut() = toml_edit::Decor::new(" ", "");
+                let value = spaced(&want);
                 deps.push((name.clone(), None, value.to_string().trim().to_owned()));
                 table.insert(&name, Item::Value(value));
                 continue;
@@ -364,11 +364,16 @@ impl Plan {
                 deps.push((name, Some(was), now));
             }
         }
-        // Named only inside the workspace: a path out of it is a sluice checkout's, or another
-        // workspace's.
+        // Named only when it is a copy (reading its own WIT) inside the workspace: a path out of
+        // it, or to a checkout of sluice's kept in it, is not the author's to remove.
         let real = |p: &Path| p.canonicalize().ok();
         let old_copy = old_path.filter(|p| match (real(&dir.join(p)), real(dir)) {
-            (Some(old), Some(ws)) => old.starts_with(ws) && Some(&old) != real(&sdk).as_ref(),
+            (Some(old), Some(ws)) => {
+                let lib = std::fs::read_to_string(old.join("src/lib.rs")).unwrap_or_default();
+                old.starts_with(ws)
+                    && Some(&old) != real(&sdk).as_ref()
+                    && lib.contains(SDK_WIT_PATH.1)
+            }
             _ => false,
         });
         let mut manifest = manifest.to_string();
@@ -392,7 +397,7 @@ impl Plan {
 
     /// What differs, one line each: as it will be done (`sluice-guest/src/pool.rs (updated)`,
     /// `wit-bindgen in [workspace.dependencies]: "0.60" -> "=0.61.1"`), or with `check` as it is
-    /// (`(differs)`, `"0.60", this SDK's: "=0.61.1"`).
+    /// (`(differs)`, `"0.60", would be: "=0.61.1"`).
     fn lines(&self, check: bool) -> Vec<String> {
         let files = self.files.iter().map(|(file, change)| {
             let (done, is) = match change {
@@ -413,7 +418,7 @@ impl Plan {
         let deps = self.deps.iter().map(|(name, was, now)| {
             let was = was.as_deref().unwrap_or("(none)");
             match check {
-                true => format!("{name} in [workspace.dependencies]: {was}, this SDK's: {now}"),
+                true => format!("{name} in [workspace.dependencies]: {was}, would be: {now}"),
                 false => format!("{name} in [workspace.dependencies]: {was} -> {now}"),
             }
         });
@@ -647,17 +652,19 @@ pub fn update_sdk(dir: &Path, dir_given: bool, check: bool) -> anyhow::Result<bo
         return Ok(false);
     }
     plan.apply()?;
-    if let Err(why) = settle_lock(dir) {
+    if let Some(old) = &plan.old_copy {
+        // Left a member of the workspace, it is a second crate of the SDK's name, and cargo
+        // builds nothing: the lock waits for it to go.
+        crate::outln!(
+            "{} is no longer used ({SDK_DIR} in [workspace.dependencies] named it): remove it, \
+             then build once to bring Cargo.lock to the new SDK",
+            dir.join(old).display()
+        );
+    } else if let Err(why) = settle_lock(dir) {
         tracing::warn!(
             "{} is not yet brought to the new SDK's dependencies: `cargo metadata` failed \
              ({why}); the next build does it, so build once before committing it",
             dir.join("Cargo.lock").display()
-        );
-    }
-    if let Some(old) = &plan.old_copy {
-        crate::outln!(
-            "{} is no longer used ({SDK_DIR} in [workspace.dependencies] named it): remove it",
-            dir.join(old).display()
         );
     }
     crate::outln!(
@@ -675,7 +682,7 @@ mod tests {
     /// The SDK copied into a new workspace is the whole SDK, reads the WIT from its own `wit/`,
     /// and has each of its dependencies pinned as sluice's transforms pin them.
     #[test]
-    fn the_sdk_copy_is_whole_and_builds_on_its_own() {
+    fn the_sdk_copy_is_whole_and_reads_its_own_wit() {
         let sdk = Path::new(env!("CARGO_MANIFEST_DIR")).join("../transforms/sluice-guest");
         let mut sources: Vec<String> = std::fs::read_dir(sdk.join("src"))
             .unwrap()
@@ -724,7 +731,7 @@ mod tests {
     /// an older copy, are brought to this SDK: files added, changed and removed (a directory this
     /// SDK has nothing in, whole), dependencies rewritten in place with the author's comments,
     /// other entries and way of writing kept. Then nothing differs. sluice's own `transforms/`,
-    /// and a link where the copy goes, are refused.
+    /// a workspace where the copy goes, and a link at its `wit/`, are refused.
     #[test]
     fn a_copy_is_brought_to_this_sdk_and_the_rest_is_kept() {
         use std::os::unix::ffi::OsStrExt;
@@ -798,16 +805,16 @@ mod tests {
         assert_eq!(
             plan.lines(true),
             [
-                "sluice-guest/src/pool.rs (differs)",
                 "sluice-guest/src/\u{FFFD}old.rs (not in this SDK)",
                 "sluice-guest/wit/._transform.wit (not in this SDK)",
                 "sluice-guest/wit/deps/ (not in this SDK)",
                 "sluice-guest/wit/old.wit (not in this SDK)",
+                "sluice-guest/src/pool.rs (differs)",
             ]
         );
         assert_eq!(
             plan.short(),
-            "src/pool.rs, src/\u{FFFD}old.rs, wit/._transform.wit, and 2 more differ"
+            "src/\u{FFFD}old.rs, wit/._transform.wit, wit/deps, and 2 more differ"
         );
         plan.apply().unwrap();
         assert!(!ws.join("sluice-guest/wit/old.wit").exists());
@@ -831,11 +838,20 @@ mod tests {
 
         // A copy the entry named elsewhere in the workspace is named; the copy itself, or one
         // outside the workspace, is not.
-        std::fs::create_dir_all(ws.join("vendor/sluice-guest")).unwrap();
+        std::fs::create_dir_all(ws.join("vendor/sluice-guest/src")).unwrap();
+        std::fs::create_dir_all(ws.join("vendor/sluice/transforms/sluice-guest/src")).unwrap();
+        let lib = std::fs::read_to_string(ws.join("sluice-guest/src/lib.rs")).unwrap();
+        std::fs::write(ws.join("vendor/sluice-guest/src/lib.rs"), &lib).unwrap();
+        std::fs::write(
+            ws.join("vendor/sluice/transforms/sluice-guest/src/lib.rs"),
+            lib.replace(SDK_WIT_PATH.1, SDK_WIT_PATH.0),
+        )
+        .unwrap();
         let text = std::fs::read_to_string(ws.join("Cargo.toml")).unwrap();
         for (path, named) in [
             ("./sluice-guest/", None),
             ("vendor/sluice-guest", Some("vendor/sluice-guest")),
+            ("vendor/sluice/transforms/sluice-guest", None),
             ("../elsewhere", None),
         ] {
             let entry = format!("sluice-guest = {{ path = {path:?} }}");
@@ -936,6 +952,24 @@ mod tests {
         assert_eq!(
             merged(r#"x = "0.4""#, chrono),
             (true, format!("x = {chrono}\n"))
+        );
+        // What would name another crate than the SDK's is dropped: a version the copy does not
+        // have, a package renamed, a registry.
+        assert_eq!(
+            merged(
+                r#"x = { path = "/old/sluice-guest", version = "0.1", package = "fork" }"#,
+                r#"{ path = "sluice-guest" }"#
+            ),
+            (true, "x = { path = \"sluice-guest\" }\n".to_owned())
+        );
+        // One feature as a string, and the old spelling of default-features, as meant.
+        assert_eq!(
+            merged(r#"x = { version = "0.4", features = "now", default_features = true }"#, chrono),
+            (
+                true,
+                "x = { version = \"0.4\", features = [\"now\", \"std\"], default-features = true }\n"
+                    .to_owned()
+            )
         );
         // A source the SDK does not give is dropped with the author's.
         assert_eq!(
