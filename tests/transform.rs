@@ -5859,16 +5859,22 @@ fn cli_update_sdk_brings_an_older_copy_to_this_sdk() {
     let aged = sdk_manifest.replace("chrono.workspace = true\n", "");
     assert_ne!(aged, sdk_manifest);
     std::fs::write(ws.join("sluice-guest/Cargo.toml"), aged).unwrap();
-    let trim = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--offline"])
-        .current_dir(&ws)
-        .output()
-        .unwrap();
-    assert!(
-        trim.status.success(),
-        "{}",
-        String::from_utf8_lossy(&trim.stderr)
-    );
+    // Cargo's own view of the workspace and its lock, which `--locked` keeps as it is.
+    let metadata = |locked: bool| {
+        let mut cmd = std::process::Command::new(env!("CARGO"));
+        cmd.args(["metadata", "--format-version", "1", "--offline"])
+            .current_dir(&ws);
+        if locked {
+            cmd.arg("--locked");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    metadata(false);
     assert!(!copied("Cargo.lock").contains("name = \"chrono\""));
     let (code, out, err) = run(&check);
     assert_eq!(code, Some(1), "{out}{err}");
@@ -5910,16 +5916,7 @@ fn cli_update_sdk_brings_an_older_copy_to_this_sdk() {
     assert_eq!(run(&check).0, Some(0));
     // The lock has what the SDK now needs, as `cargo build --locked` does.
     assert!(copied("Cargo.lock").contains("name = \"chrono\""));
-    let locked = std::process::Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--locked", "--offline"])
-        .current_dir(&ws)
-        .output()
-        .unwrap();
-    assert!(
-        locked.status.success(),
-        "{}",
-        String::from_utf8_lossy(&locked.stderr)
-    );
+    metadata(true);
     let (code, out, err) = run(&["transform", "test", "shout", "--dir", "ws"]);
     assert_eq!(code, Some(0), "{out}{err}");
     assert!(
