@@ -401,8 +401,11 @@ pub async fn replay(
                 key: wire::HEADER_LINE,
                 value: Some(line_text.as_bytes()),
             });
-        pacer.sent(tokio::time::Instant::now());
+        // The wall clock first: a pause between the two reads then lengthens the next gap, where
+        // the other way round it shortened it, and two messages' timestamps came closer than a
+        // `fixed` delay (46 ms, then 36, for 40).
         let now_ms = chrono::Utc::now().timestamp_millis();
+        pacer.sent(tokio::time::Instant::now());
         let mut record = FutureRecord::to(&kafka.topic)
             .payload(&enc.value)
             .headers(headers)
