@@ -569,7 +569,15 @@ impl CsvReader {
                 )
             })?;
             let value = parse_value(text, self.types[i]).ok_or_else(|| {
-                let how = if self.inferred[i] { SCHEMA_HINT } else { "" };
+                let how = if self.types[i] == ValueType::Float
+                    && text.trim().parse::<f64>().is_ok_and(f64::is_infinite)
+                {
+                    " (it is past the float range)"
+                } else if self.inferred[i] {
+                    SCHEMA_HINT
+                } else {
+                    ""
+                };
                 (
                     BadRowKind::Parse,
                     format!(
@@ -658,7 +666,7 @@ pub fn parse_value(text: &str, ty: ValueType) -> Option<Value> {
         ValueType::Null => return None,
         ValueType::String => Value::String(text.to_owned()),
         ValueType::Int => Value::Int(t.parse().ok()?),
-        ValueType::Float => Value::Float(t.parse().ok()?),
+        ValueType::Float => Value::Float(parse_float(t)?),
         ValueType::Bool => Value::Bool(parse_bool(t)?),
         ValueType::Timestamp => Value::Timestamp(parse_timestamp(t)?),
         ValueType::Json => {
@@ -666,6 +674,15 @@ pub fn parse_value(text: &str, ty: ValueType) -> Option<Value> {
             Value::Json(t.to_owned())
         }
     })
+}
+
+/// A float, `inf` and `NaN` as written (Snowflake's FLOAT holds them), but not a number past
+/// the float range: `1e999` would be loaded as `inf`, a value the file never held.
+fn parse_float(t: &str) -> Option<f64> {
+    let f: f64 = t.parse().ok()?;
+    let word = t.trim_start_matches(['-', '+']);
+    (!f.is_infinite() || word.eq_ignore_ascii_case("inf") || word.eq_ignore_ascii_case("infinity"))
+        .then_some(f)
 }
 
 fn parse_bool(t: &str) -> Option<bool> {
@@ -1023,6 +1040,34 @@ mod tests {
             row.get("id"),
             Some(&Value::String("18446744073709551615".into()))
         );
+    }
+
+    #[test]
+    fn a_float_past_the_range_is_a_bad_row_but_inf_as_written_is_kept() {
+        let mut o = opts();
+        o.schema.insert("f".into(), ValueType::Float);
+        let (_, items) = read_all(b"f\n1e999\n-1E400\ninf\n-Infinity\nNaN\n1.5e308\n", &o);
+        let bad: Vec<_> = (items.iter())
+            .filter_map(|i| match i {
+                CsvItem::Bad(b) => Some((b.line, b.kind, b.reason.clone())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(bad.len(), 2, "{bad:?}");
+        assert_eq!((bad[0].0, bad[0].1, bad[1].0), (2, BadRowKind::Parse, 3));
+        assert!(bad[0].2.contains("past the float range"), "{}", bad[0].2);
+        let kept: Vec<f64> = (items.iter())
+            .filter_map(|i| match i {
+                CsvItem::Row { row, .. } => match row.get("f") {
+                    Some(Value::Float(f)) => Some(*f),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kept.len(), 4, "{kept:?}");
+        assert_eq!(kept[0..2], [f64::INFINITY, f64::NEG_INFINITY]);
+        assert!(kept[2].is_nan() && kept[3] == 1.5e308);
     }
 
     #[test]
