@@ -325,6 +325,80 @@ async fn loading_the_same_batch_again_adds_zero_rows() {
 }
 
 #[tokio::test]
+async fn a_writer_overtaken_by_another_loads_only_what_the_other_did_not() {
+    // Two members of one pipeline after a rebalance, each with its own session on one warehouse:
+    // the old owner still holds records of the partition when the new owner loads them.
+    let _shared = shared_db_lock().lock().await;
+    let mut cfg = sink_config("overtaken_events");
+    cfg.offsets_table = "OVERTAKEN_OFFSETS".into();
+    cfg.batch.max_rows = 1000;
+    let old = Arc::new(connect(&cfg, "p", None).await);
+    let new = Arc::new(connect(&cfg, "p", None).await);
+    let batch = |offsets: std::ops::Range<i64>| Batch {
+        topic: "t".into(),
+        partition: 0,
+        records: offsets.map(|o| (o, vec![event(o)])).collect(),
+    };
+
+    // The old owner loads [0, 3), then holds [3, 8) while the new owner loads [3, 13).
+    let (handle, mut durable, task) = old.clone().spawn(None, 64);
+    for o in 0..3 {
+        handle.record(rec("t", 0, o, vec![event(o)])).await.unwrap();
+    }
+    handle.flush().await.unwrap();
+    for o in 3..8 {
+        handle.record(rec("t", 0, o, vec![event(o)])).await.unwrap();
+    }
+    let took = new.load_batch(&batch(3..13), None).await.unwrap();
+    assert_eq!((took.rows_loaded, took.next_offset), (10, 13));
+    handle.close();
+    let summary = task.await.unwrap().expect("the old writer");
+    assert_eq!((summary.rows_loaded, summary.rows_redelivered), (3, 5));
+    let mut reported = Vec::new();
+    while let Ok(d) = durable.try_recv() {
+        reported.push(d.next_offset);
+    }
+    assert_eq!(
+        reported,
+        [3, 13],
+        "durable as the warehouse holds it, never back to 8"
+    );
+
+    // A batch the other loaded only the start of: the rest is loaded, in a file of its own.
+    let rest = old.load_batch(&batch(10..18), None).await.unwrap();
+    assert_eq!(
+        (
+            rest.rows_loaded,
+            rest.next_offset,
+            rest.rows_loaded_elsewhere
+        ),
+        (5, 18, 3)
+    );
+    assert!(
+        (rest.file.as_deref()).is_some_and(|f| f.ends_with("00013-00000000000000000017.csv.gz")),
+        "{:?}",
+        rest.file
+    );
+    let r = old
+        .query(&format!(
+            "SELECT COUNT(*), COUNT(DISTINCT \"ID\"), MIN(\"ID\"), MAX(\"ID\") FROM {}",
+            old.table()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.rows,
+        vec![vec![json!(18), json!(18), json!(0), json!(17)]]
+    );
+    assert_eq!(
+        new.committed_offsets("t").await.unwrap(),
+        HashMap::from([(0, 18)])
+    );
+    old.close().await;
+    new.close().await;
+}
+
+#[tokio::test]
 async fn crash_between_warehouse_commit_and_kafka_commit_loses_and_duplicates_nothing() {
     // Several sessions must see one warehouse: the server's shared database, with names of its own.
     let _shared = shared_db_lock().lock().await;
@@ -791,9 +865,9 @@ async fn a_session_lost_inside_the_transaction_redoes_it_on_a_new_session() {
     let mut cfg = sink_config("relogin_events");
     cfg.offsets_table = "RELOGIN_OFFSETS".into();
     let sink = SnowflakeSink::connect(&cfg, "p", opts).await.unwrap();
-    // After BEGIN and COPY, the server "forgets" the session: re-running DELETE on a new login
+    // After BEGIN and COPY, the server "forgets" the session: re-running UPDATE on a new login
     // would commit the offsets without the rows, so the whole transaction is redone instead.
-    double.fail_next_statement("DELETE", "390104");
+    double.fail_next_statement("UPDATE", "390104");
     let batch = Batch {
         topic: "t".into(),
         partition: 0,
@@ -836,7 +910,7 @@ async fn an_expired_session_is_renewed_with_the_master_token_keeping_the_transac
         .unwrap();
     // Code 390112 in the middle of the COPY + offsets transaction: renewing the token keeps the
     // session (and its open transaction), so the statement is simply resubmitted.
-    double.fail_next_statement("DELETE", "390112");
+    double.fail_next_statement("UPDATE", "390112");
     let batch = Batch {
         topic: "t".into(),
         partition: 0,

@@ -10,6 +10,16 @@
 //! committed offset it reads for a partition, so a consumer that restarts from an older Kafka
 //! offset cannot load anything twice.
 //!
+//! **Another writer.** The offsets row moves only from at or below the batch's first offset
+//! (`UPDATE ... WHERE NEXT_OFFSET <= first`, in the same transaction). A writer that read the
+//! partition's offset before another wrote past it (the member that held the partition before a
+//! rebalance, still flushing what it held when the new owner read the warehouse) finds the row
+//! moved: its transaction is rolled back, and it loads only the records the other writer has not
+//! (none when the row is past the batch). So each record is loaded once whoever loads it, and the
+//! offsets never move backwards. On Snowflake the `UPDATE` waits for the other transaction's
+//! lock on the row and then sees its commit. The one case this cannot tell apart is two writers
+//! making a partition's first offsets row at once (no row to update yet).
+//!
 //! **LOAD_SKIPPED.** COPY skips a file whose name it loaded into the table before. Since a file's
 //! load and its offsets row commit together, a skipped file normally means the offsets row
 //! already covers it (the same batch was loaded again, e.g. by [`SnowflakeSink::load_batch`] in
@@ -112,6 +122,21 @@ pub enum SinkError {
     /// The session was replaced (re-login) in the middle of a transaction.
     #[error("the session was replaced during a transaction")]
     SessionLost,
+    /// Another writer moved a partition's offsets past the start of the batch, again each time
+    /// the rest of the batch was loaded (see "Another writer" in the module doc).
+    #[error(
+        "another writer kept loading {topic}/{partition} first (its offsets row is at {stored}, past this batch's first offset {first}): is a second pipeline with the same name running?"
+    )]
+    Overtaken {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+        /// The stored next offset.
+        stored: i64,
+        /// The first offset of the batch left to load.
+        first: i64,
+    },
     /// After COMMIT the offsets row does not read back as written.
     #[error("offsets row of {topic}/{partition} reads {found:?} after commit, expected {expected}")]
     CommitNotVisible {
@@ -365,6 +390,18 @@ pub struct LoadOutcome {
     pub already_loaded: bool,
     /// Rows sent to the dead-letter channel.
     pub rows_dead_lettered: u64,
+    /// Rows not loaded because another writer had loaded their records (after a rebalance).
+    pub rows_loaded_elsewhere: u64,
+}
+
+/// What the COPY + offsets transaction found, before its COMMIT or ROLLBACK.
+enum Body {
+    /// COPY loaded this many rows and the offsets row moved to the batch's `last + 1`.
+    Loaded(u64),
+    /// COPY skipped the file, and the offsets row already covers the batch.
+    AlreadyLoaded,
+    /// Another writer had moved the offsets row past the batch's first offset.
+    Overtaken,
 }
 
 /// Fully qualified, quoted names.
@@ -869,8 +906,11 @@ impl SnowflakeSink {
         dead_letters: Option<&DeadLetterTx>,
     ) -> Result<LoadOutcome, SinkError> {
         let mut state = self.session.lock().await;
-        let mut attempt = 0;
+        let (mut attempt, mut overtaken) = (0, 0);
+        let mut rest: Option<(Batch, Vec<Option<RecordMeta>>)> = None;
+        let mut elsewhere = 0;
         loop {
+            let (batch, origins) = rest.as_ref().map_or((batch, origins), |(b, o)| (b, &o[..]));
             match self
                 .load_batch_locked(&mut state, batch, origins, dead_letters)
                 .await
@@ -881,7 +921,39 @@ impl SnowflakeSink {
                     attempt += 1;
                     state.columns = None;
                 }
-                other => return other,
+                // Bounded: a writer that keeps losing the race to another is not alone on the
+                // partition by design (two pipelines of one name), and stops.
+                Err(SinkError::Overtaken { stored, .. }) if overtaken < 3 => {
+                    overtaken += 1;
+                    let keep = batch.records.partition_point(|r| r.0 < stored);
+                    elsewhere += batch.records[..keep]
+                        .iter()
+                        .map(|r| r.1.len() as u64)
+                        .sum::<u64>();
+                    tracing::warn!(
+                        topic = %batch.topic,
+                        partition = batch.partition,
+                        "another writer loaded {}/{} up to offset {stored} (a rebalance moved the \
+                         partition while this one held records of it): loading only the records \
+                         from {stored} on",
+                        batch.topic,
+                        batch.partition
+                    );
+                    rest = Some((
+                        Batch {
+                            topic: batch.topic.clone(),
+                            partition: batch.partition,
+                            records: batch.records[keep..].to_vec(),
+                        },
+                        origins.get(keep..).unwrap_or_default().to_vec(),
+                    ));
+                }
+                other => {
+                    return other.map(|mut o| {
+                        o.rows_loaded_elsewhere += elsewhere;
+                        o
+                    });
+                }
             }
         }
     }
@@ -1070,20 +1142,35 @@ impl SnowflakeSink {
             )
             .await;
         let copied = match result {
-            Ok(Some(copied)) => copied,
-            Ok(None) => {
-                // Already loaded and covered by the offsets row.
+            Ok(Body::Loaded(copied)) => copied,
+            Ok(found @ (Body::AlreadyLoaded | Body::Overtaken)) => {
                 let _ = self.client.query("ROLLBACK", &[]).await;
                 let next = self
                     .stored_offset(&batch.topic, batch.partition)
                     .await?
                     .unwrap_or(last + 1);
+                let elsewhere = match found {
+                    // Another writer loaded the batch's first records but not all: the rest are
+                    // loaded again from `next` (`load_batch_from`).
+                    Body::Overtaken if next <= last => {
+                        return Err(SinkError::Overtaken {
+                            topic: batch.topic.clone(),
+                            partition: batch.partition,
+                            stored: next,
+                            first,
+                        });
+                    }
+                    Body::Overtaken => batch.row_count() as u64,
+                    // Already loaded by this writer (a lost COMMIT acknowledgement) or a replay.
+                    _ => 0,
+                };
                 return Ok(LoadOutcome {
                     next_offset: next,
                     rows_loaded: 0,
                     file: staged,
                     already_loaded: true,
                     rows_dead_lettered: rejects.len() as u64,
+                    rows_loaded_elsewhere: elsewhere,
                 });
             }
             Err(e) => {
@@ -1121,11 +1208,12 @@ impl SnowflakeSink {
             file: staged,
             already_loaded: false,
             rows_dead_lettered: rejects.len() as u64,
+            rows_loaded_elsewhere: 0,
         })
     }
 
-    /// Inside BEGIN: COPY (if there is a file), then DELETE + INSERT of the offsets row.
-    /// `Ok(None)` means COPY skipped the file and the offsets row already covers the batch.
+    /// Inside BEGIN: COPY (if there is a file), then the offsets row moved to `last + 1` from at
+    /// or below `first` (made, for the partition's first batch).
     async fn transaction_body(
         &self,
         batch: &Batch,
@@ -1133,8 +1221,8 @@ impl SnowflakeSink {
         file_rows: usize,
         file_columns: &[usize],
         columns: Option<&[Column]>,
-    ) -> Result<Option<u64>, SinkError> {
-        let last = batch.last_offset();
+    ) -> Result<Body, SinkError> {
+        let (first, last) = (batch.first_offset(), batch.last_offset());
         let mut copied = 0;
         if let Some(path) = staged {
             let sql = if self.format == FileFormat::Ndjson {
@@ -1185,7 +1273,7 @@ impl SnowflakeSink {
             if skipped {
                 let committed = self.stored_offset(&batch.topic, batch.partition).await?;
                 if committed.is_some_and(|c| c > last) {
-                    return Ok(None);
+                    return Ok(Body::AlreadyLoaded);
                 }
                 return Err(SinkError::LoadedWithoutOffsets {
                     file: path.to_owned(),
@@ -1213,27 +1301,44 @@ impl SnowflakeSink {
             Bind::Text(Some(batch.topic.clone())),
             Bind::Int(batch.partition as i64),
         ];
-        self.client
+        let mut values = vec![Bind::Int(last + 1)];
+        values.extend(key.iter().cloned());
+        values.push(Bind::Int(first));
+        let r = self
+            .client
             .query(
                 &format!(
-                    "DELETE FROM {} WHERE \"PIPELINE\" = ? AND \"TOPIC\" = ? AND \"PARTITION\" = ?",
-                    self.names.offsets
-                ),
-                &key,
-            )
-            .await?;
-        let mut values = key.to_vec();
-        values.push(Bind::Int(last + 1));
-        self.client
-            .query(
-                &format!(
-                    "INSERT INTO {} (\"PIPELINE\", \"TOPIC\", \"PARTITION\", \"NEXT_OFFSET\") VALUES (?, ?, ?, ?)",
+                    "UPDATE {} SET \"NEXT_OFFSET\" = ? WHERE \"PIPELINE\" = ? AND \"TOPIC\" = ? AND \"PARTITION\" = ? AND \"NEXT_OFFSET\" <= ?",
                     self.names.offsets
                 ),
                 &values,
             )
             .await?;
-        Ok(Some(copied))
+        let updated = (r.column("number of rows updated"))
+            .and_then(|i| r.rows.first()?.get(i)?.as_i64())
+            .ok_or_else(|| {
+                SnowflakeError::Protocol(format!(
+                    "UPDATE of the offsets row answered no row count: {:?}",
+                    r.rows
+                ))
+            })?;
+        if updated == 0 {
+            if (self.stored_offset(&batch.topic, batch.partition).await?).is_some() {
+                return Ok(Body::Overtaken);
+            }
+            let mut values = key.to_vec();
+            values.push(Bind::Int(last + 1));
+            self.client
+                .query(
+                    &format!(
+                        "INSERT INTO {} (\"PIPELINE\", \"TOPIC\", \"PARTITION\", \"NEXT_OFFSET\") VALUES (?, ?, ?, ?)",
+                        self.names.offsets
+                    ),
+                    &values,
+                )
+                .await?;
+        }
+        Ok(Body::Loaded(copied))
     }
 }
 
@@ -1533,6 +1638,7 @@ impl Writer {
         self.summary.rows_loaded += outcome.rows_loaded;
         self.summary.commits += u64::from(!outcome.already_loaded);
         self.summary.rows_dead_lettered += outcome.rows_dead_lettered;
+        self.redelivered(outcome.rows_loaded_elsewhere as usize);
         if let Some(p) = self.partitions.get_mut(key) {
             p.committed = Some(outcome.next_offset);
         }
