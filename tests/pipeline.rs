@@ -2667,7 +2667,7 @@ fn sink_rules_checked_at_connect_are_validate_errors() {
     assert_invalid(
         &BASE.replacen(
             r#""table": "T" }"#,
-            r#""table": "T", "account_url": "https://x.snowflakecomputing.com", "user": "u", "password": "p", "private_key": "k" }"#,
+            r#""table": "T", "account_url": "https://x.snowflakecomputing.com", "user": "u", "password": "${PATH}", "private_key": "${PATH}" }"#,
             1,
         ),
         &[
@@ -2675,6 +2675,21 @@ fn sink_rules_checked_at_connect_are_validate_errors() {
             "sink.password (line 10, column 144): give only one of password",
         ],
     );
+    // A credential comes from the environment, never from the file (nor a variable's default).
+    let written = BASE.replacen(
+        r#""table": "T" }"#,
+        r#""table": "T", "account": "A", "user": "u", "password": "Hunter2LiteralPW", "private_key_passphrase": "${PW:-Hunter2Default}" }"#,
+        1,
+    );
+    assert_invalid(
+        &written,
+        &[
+            "sink.password (line 10, column 109): is a credential written into the file: give it \
+             from the environment, as \"${SNOWFLAKE_PASSWORD}\"",
+            "sink.private_key_passphrase (line 10, column ",
+        ],
+    );
+    assert!(!validate(&written).1.contains("Hunter2"));
 
     let dir = tempfile::tempdir().unwrap();
     let path = write_pipeline(

@@ -410,6 +410,47 @@ impl Substitution {
     }
 }
 
+/// The credentials `written` holds as text of its own rather than from the environment (a
+/// value, or a variable's non-empty `:-` default), each with the variable it could come from:
+/// the sink's password and private key, and Kafka properties named like a secret.
+fn written_secrets(written: &serde_json::Value) -> Vec<(String, String)> {
+    let mut found = Vec::new();
+    let mut check = |path: String, var: String, value: Option<&serde_json::Value>| {
+        let Some(text) = value.and_then(serde_json::Value::as_str) else {
+            return;
+        };
+        let default = (text.strip_prefix("${"))
+            .and_then(|rest| rest.strip_suffix('}'))
+            .filter(|_| is_lone_variable(text))
+            .map(|expr| expr.split_once(":-").map_or("", |(_, d)| d));
+        if !default.unwrap_or(text).trim().is_empty() {
+            found.push((path, var));
+        }
+    };
+    if let Some(props) = (written.get("kafka"))
+        .and_then(|k| k.get("properties"))
+        .and_then(serde_json::Value::as_object)
+    {
+        for (key, value) in props.iter().filter(|(k, _)| names_secret(k)) {
+            let var = format!(
+                "KAFKA_{}",
+                key.to_ascii_uppercase().replace(['.', '-'], "_")
+            );
+            check(format!("kafka.properties.{key}"), var, Some(value));
+        }
+    }
+    let sink = [
+        ("password", "SNOWFLAKE_PASSWORD"),
+        ("private_key", "SNOWFLAKE_PRIVATE_KEY"),
+        ("private_key_passphrase", "SNOWFLAKE_PRIVATE_KEY_PASSPHRASE"),
+    ];
+    for (key, var) in sink {
+        let value = written.get("sink").and_then(|s| s.get(key));
+        check(format!("sink.{key}"), var.to_owned(), value);
+    }
+    found
+}
+
 /// Whether `value` is a number of at most 12 characters written in decimal (`1000`, `-0.5`,
 /// `1e6`): a threshold, not key material.
 fn is_short_number(value: &str) -> bool {
@@ -807,6 +848,21 @@ fn load_text(
         }
         taken_out.push(path);
     };
+    let literal = written_secrets(&written);
+    if !literal.is_empty() {
+        return Err(invalid(
+            (literal.into_iter())
+                .map(|(path, var)| ConfigIssue {
+                    position: locate(text, &path),
+                    message: format!(
+                        "is a credential written into the file: give it from the environment, as \
+                         \"${{{var}}}\""
+                    ),
+                    path,
+                })
+                .collect(),
+        ));
+    }
     // A transform's params may carry secrets (a salt, a key); its messages must not show them.
     for (i, t) in config.transforms.iter_mut().enumerate() {
         let prefix = format!("transforms[{i}].with.");
