@@ -295,6 +295,11 @@ pub struct TransformPart {
     /// the transform breaks only on batches (each row ran again alone and came out right).
     #[serde(default)]
     pub batch_only_failures: u64,
+    /// Instances thrown away and rebuilt after a trap or a limit (each poison record's, and one
+    /// whose memory, grown by earlier calls, reached `memory_mb`): what each kept between batches
+    /// (a dedupe's seen keys) went with it.
+    #[serde(default)]
+    pub instance_restarts: u64,
     /// Fuel its calls consumed, when it has a `fuel` budget.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fuel_consumed: Option<u64>,
@@ -342,6 +347,13 @@ impl std::fmt::Display for TransformPart {
                 f,
                 ", {} broke only as a batch",
                 counted(self.batch_only_failures, "batch call")
+            )?;
+        }
+        if self.instance_restarts > 0 {
+            write!(
+                f,
+                ", {} rebuilt (state kept between batches lost)",
+                counted(self.instance_restarts, "instance")
             )?;
         }
         if let Some(fuel) = self.fuel_consumed {
@@ -1009,6 +1021,7 @@ pub(crate) fn transform_parts(stats: &[(String, Arc<TransformStats>)]) -> Vec<Tr
             rows_discarded: s.rows_discarded.load(Ordering::Relaxed),
             rows_unfinished: s.rows_unfinished.load(Ordering::Relaxed),
             batch_only_failures: s.batch_only_failures.load(Ordering::Relaxed),
+            instance_restarts: s.instance_restarts.load(Ordering::Relaxed),
             fuel_consumed: Some(s.fuel_consumed.load(Ordering::Relaxed)).filter(|f| *f > 0),
             call_time_ns: s.latency_sum_ns.load(Ordering::Relaxed),
         })
@@ -2904,6 +2917,16 @@ mod tests {
         assert_eq!(
             batch_only(3).to_string(),
             "mask: 2 in, 2 out, 0 dropped, 0 failed, 3 batch calls broke only as a batch"
+        );
+        let rebuilt = TransformPart {
+            instance_restarts: 2,
+            fuel_consumed: Some(7),
+            ..batch_only(1)
+        };
+        assert_eq!(
+            rebuilt.to_string(),
+            "mask: 2 in, 2 out, 0 dropped, 0 failed, 1 batch call broke only as a batch, 2 \
+             instances rebuilt (state kept between batches lost), fuel consumed 7"
         );
         let timed = TransformPart {
             call_time_ns: 4_567_000,
