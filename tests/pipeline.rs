@@ -2690,6 +2690,16 @@ fn sink_rules_checked_at_connect_are_validate_errors() {
         ],
     );
     assert!(!validate(&written).1.contains("Hunter2"));
+    let in_url = BASE.replacen(
+        r#""table": "T" }"#,
+        r#""table": "T", "account_url": "https://u:Hunter2UrlPW@x.snowflakecomputing.com", "account": "A", "user": "u", "password": "${PATH}" }"#,
+        1,
+    );
+    assert_invalid(
+        &in_url,
+        &["sink.account_url (line 10, column 80): holds a user or password"],
+    );
+    assert!(!validate(&in_url).1.contains("Hunter2"));
 
     let dir = tempfile::tempdir().unwrap();
     let path = write_pipeline(

@@ -216,6 +216,17 @@ impl SnowflakeSinkConfig {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 bad("account_url", "must start with https://");
             }
+            // A URL is printed where a password is not (logs, errors, `Debug`).
+            let authority = (url.split_once("://")).map_or("", |(_, rest)| {
+                rest.split(['/', '?', '#']).next().unwrap_or_default()
+            });
+            if authority.contains('@') {
+                bad(
+                    "account_url",
+                    "holds a user or password (`user:password@`): give them as user and password, \
+                     from the environment",
+                );
+            }
             if self.account.trim().is_empty() {
                 bad("account", "is required with account_url");
             }

@@ -1102,7 +1102,6 @@ impl SnowflakeSink {
                 .fetch_add(rejects.len() as u64, Ordering::Relaxed);
         }
 
-        // Stage the file.
         let dir = encode::stage_dir(&self.names.table_plain, &batch.topic, batch.partition);
         let name = encode::file_name(first, last, ndjson);
         let staged = if file_rows > 0 {

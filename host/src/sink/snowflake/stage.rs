@@ -29,7 +29,7 @@ use super::client::{RetryPolicy, SnowflakeError, send_bytes_with_retry};
 use super::stats::SinkStats;
 
 /// Transfer instructions from a `PUT` response.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Clone, PartialEq)]
 pub struct PutInstructions {
     /// `S3`, `AZURE`, `GCS` or `LOCAL_FS`.
     pub location_type: String,
@@ -41,7 +41,8 @@ pub struct PutInstructions {
     pub end_point: Option<String>,
     /// Azure storage account.
     pub storage_account: Option<String>,
-    /// Presigned upload URL (GCS / fakesnow).
+    /// Presigned upload URL (GCS / fakesnow); its query, which carries the signature, is
+    /// redacted in `Debug`.
     pub presigned_url: Option<String>,
     /// Whether to use the regional S3 host.
     pub use_regional_url: bool,
@@ -64,6 +65,27 @@ pub struct StageCreds {
     pub azure_sas_token: Option<String>,
     /// `GCS_ACCESS_TOKEN`.
     pub gcs_access_token: Option<String>,
+}
+
+// By hand: a presigned URL's query is a credential, as the `creds` are.
+impl std::fmt::Debug for PutInstructions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let url = (self.presigned_url.as_deref()).map(|u| match u.split_once('?') {
+            Some((path, _)) => format!("{path}?<redacted>"),
+            None => u.to_owned(),
+        });
+        f.debug_struct("PutInstructions")
+            .field("location_type", &self.location_type)
+            .field("location", &self.location)
+            .field("region", &self.region)
+            .field("end_point", &self.end_point)
+            .field("storage_account", &self.storage_account)
+            .field("presigned_url", &url)
+            .field("use_regional_url", &self.use_regional_url)
+            .field("creds", &self.creds)
+            .field("encryption", &self.encryption)
+            .finish()
+    }
 }
 
 impl std::fmt::Debug for StageCreds {
@@ -751,5 +773,18 @@ mod tests {
             p.presigned_url.as_deref(),
             Some("http://127.0.0.1:8085/fs_bucket/SINKDB/RAW/SINK_STAGE/kafka/f.csv.gz")
         );
+        // A real presigned URL's query is its signature: never shown.
+        let signed = PutInstructions {
+            presigned_url: Some(
+                "https://storage.example/b/f.csv.gz?X-Goog-Signature=abc123".into(),
+            ),
+            ..p
+        };
+        let shown = format!("{signed:?}");
+        assert!(
+            shown.contains("https://storage.example/b/f.csv.gz?<redacted>"),
+            "{shown}"
+        );
+        assert!(!shown.contains("abc123"), "{shown}");
     }
 }
