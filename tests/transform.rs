@@ -4758,15 +4758,15 @@ fn cli_new_and_build_usage_errors_exit_2() {
         ),
         (
             &["new", "target", "--dir", ws],
-            "target is not a transform crate",
+            "/target is cargo's build directory, not a transform crate; pick another name",
         ),
         (
-            &["new", "template", "--dir", ws],
-            "template is not a transform crate",
+            &["new", "template", "--dir", transforms],
+            "template already exists",
         ),
         (
             &["new", "sluice_guest", "--dir", ws],
-            "sluice-guest is not a transform crate",
+            "/sluice-guest is the guest SDK's crate, not a transform crate; pick another name",
         ),
         (
             &["new", "my-thing", "--dir", ws],
@@ -5749,6 +5749,26 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     assert!(
         kept.starts_with(&expected) && kept.contains("the run would be compared with itself"),
         "{kept}"
+    );
+    // `--expect g.jsonl > g.jsonl` empties the golden file before sluice starts: the message
+    // says so. (Without `--expect`, `> testdata/expected.jsonl` remakes the crate's own.)
+    let golden = crate_dir.join("testdata/expected.jsonl");
+    let emptied = std::fs::File::create(&golden).unwrap();
+    let refused = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args(["transform", "test", "shout", "--dir", &ws_arg, "--expect"])
+        .arg(&golden)
+        .current_dir(dir.path())
+        .stdout(emptied)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains(
+            "compared with itself. Write the output elsewhere, and restore the golden file: the \
+             redirection has emptied it"
+        ),
+        "{err}"
     );
     std::fs::write(crate_dir.join("testdata/expected.jsonl"), &expected).unwrap();
     // One input only.

@@ -223,8 +223,14 @@ impl<E: Expected> GoldenFile<E> {
         {
             bail!(
                 "{} is also where this run writes its {stream}; the run would be compared with \
-                 itself. Write the output elsewhere",
-                path.display()
+                 itself. Write the output elsewhere{}",
+                path.display(),
+                // The shell truncated it before sluice started (`--expect g.jsonl > g.jsonl`).
+                if meta.as_ref().is_some_and(|m| m.len() == 0) {
+                    ", and restore the golden file: the redirection has emptied it"
+                } else {
+                    ""
+                }
             );
         }
         let mut lines = JsonLines::open(path)?;

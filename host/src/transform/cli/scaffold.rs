@@ -22,10 +22,13 @@ const TEMPLATE_EXPECTED: &str =
 /// so that it builds with the versions sluice is tested with.
 const TRANSFORMS_CARGO_LOCK: &str = include_str!("../../../../transforms/Cargo.lock");
 
-/// Directories of the transforms workspace that are not transform crates: `target` and
-/// `template` (in `exclude` of `transforms/Cargo.toml`, as is `.cargo`, which is no valid name
-/// anyway) and the guest SDK.
-const RESERVED_NAMES: [&str; 3] = ["target", "template", SDK_DIR];
+/// Directories of every transforms workspace that are not transform crates, with what each is
+/// (`.cargo` is no valid name anyway). sluice's own `transforms/template`, the scaffold, exists:
+/// a name that is taken is refused as such, and an author's workspace has none.
+const RESERVED_NAMES: [(&str, &str); 2] = [
+    ("target", "cargo's build directory"),
+    (SDK_DIR, "the guest SDK's crate"),
+];
 
 /// Creates `<dir>/<name>/` from the embedded template and returns its path; a `dir` given by
 /// `--dir` (`dir_given`) that does not exist yet, or holds nothing but dot-entries, becomes a
@@ -366,9 +369,9 @@ fn check_name(name: &str, dir: &Path) -> anyhow::Result<()> {
             "invalid transform name {name:?}: use lowercase letters, digits, `-` and `_`, starting with a letter"
         );
     }
-    if let Some(reserved) = RESERVED_NAMES.iter().find(|r| same_name(r, name)) {
+    if let Some((reserved, what)) = RESERVED_NAMES.iter().find(|(r, _)| same_name(r, name)) {
         bail!(
-            "invalid transform name {name:?}: {}/{reserved} is not a transform crate but part of the workspace; pick another name",
+            "invalid transform name {name:?}: {}/{reserved} is {what}, not a transform crate; pick another name",
             dir.display()
         );
     }
