@@ -5777,6 +5777,37 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("has both input.jsonl and input.csv"), "{err}");
     std::fs::remove_file(crate_dir.join("testdata/input.csv")).unwrap();
+    // testdata/source.json reads the input as the flags of the same names would, and a flag
+    // given as well wins. (The rows still differ from expected.jsonl: exit 1.)
+    let source = crate_dir.join("testdata/source.json");
+    let semi = dir.path().join("semi.csv");
+    std::fs::write(&semi, "id;name\n1;ada\n").unwrap();
+    std::fs::write(&source, r#"{"delimiter": ";", "topic": "orders"}"#).unwrap();
+    let semi = semi.to_string_lossy().into_owned();
+    let (code, rows, err) = own(&["--input", &semi]);
+    assert_eq!(
+        (code, rows.as_str()),
+        (Some(1), "{\"id\":1,\"name\":\"ADA\"}\n"),
+        "{err}"
+    );
+    let (code, rows, err) = own(&["--input", &semi, "--delimiter", ","]);
+    assert_eq!((code, rows.as_str()), (Some(1), ""), "{err}");
+    assert!(err.contains("missing field `name`"), "{err}");
+    std::fs::write(&source, r#"{"key_column": "nope"}"#).unwrap();
+    let (code, _, err) = own(&["--input", &semi]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("testdata/source.json's key_column \"nope\" is not a column"),
+        "{err}"
+    );
+    std::fs::write(&source, r#"{"key_colum": "id"}"#).unwrap();
+    let (code, _, err) = own(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("source.json at key_colum: unknown field `key_colum`, expected one of"),
+        "{err}"
+    );
+    std::fs::remove_file(&source).unwrap();
     // Its unit tests pass natively, run as `new` says.
     assert!(
         stdout.contains("unit tests: (cd ") && stdout.contains("cargo test -p transform-shout"),

@@ -114,7 +114,7 @@ enum DeclaredType {
 }
 
 /// Reads `schema` as [`DeclaredType`]s, so that `null` is refused with the types it may be.
-fn declared_types<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn declared_types<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<BTreeMap<String, ValueType>, D::Error> {
     let declared = BTreeMap::<String, DeclaredType>::deserialize(d)?;

@@ -35,6 +35,83 @@ pub(super) struct OwnTest {
     pub(super) params_file: Option<PathBuf>,
     /// The params it holds (none without it).
     pub(super) params: std::collections::BTreeMap<String, String>,
+    /// `source.json`: how the input is read and what its records report (defaults without it).
+    pub(super) source: OwnSource,
+}
+
+/// A transform crate's `testdata/source.json`: what the flags of the same names would say, so
+/// that a transform reading its records' metadata (`meta()`) or a typed CSV column passes its
+/// own test with no flags. A flag given as well wins.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct OwnSource {
+    /// `--delimiter`.
+    pub(super) delimiter: Option<String>,
+    /// `--schema`, as the source's `schema` in pipeline.json (`{"created_at": "timestamp"}`).
+    #[serde(default, deserialize_with = "crate::source::config::declared_types")]
+    pub(super) schema: std::collections::BTreeMap<String, crate::row::ValueType>,
+    /// `--infer-rows`.
+    pub(super) infer_rows: Option<usize>,
+    /// `--key-column`.
+    pub(super) key_column: Option<String>,
+    /// `--topic`.
+    pub(super) topic: Option<String>,
+    /// `--partition`.
+    pub(super) partition: Option<i32>,
+    /// `--timestamp-ms`.
+    pub(super) timestamp_ms: Option<i64>,
+}
+
+impl OwnSource {
+    /// Reads and checks `path`, as the flags are checked.
+    fn read(path: &Path) -> anyhow::Result<OwnSource> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let de = &mut serde_json::Deserializer::from_str(&text);
+        let source: OwnSource = serde_path_to_error::deserialize(de).map_err(|e| {
+            let at = e.path().to_string();
+            let at = if at == "." {
+                String::new()
+            } else {
+                format!(" at {at}")
+            };
+            anyhow::anyhow!(
+                "{}{at}: {} (it holds what --delimiter, --schema, --infer-rows, --key-column, \
+                 --topic, --partition and --timestamp-ms would say: {{\"key_column\": \"id\", \
+                 \"timestamp_ms\": 0}})",
+                path.display(),
+                e.inner()
+            )
+        })?;
+        if let Some(issue) = crate::config::duplicate_keys(&text).first() {
+            bail!("{}: {issue}", path.display());
+        }
+        let problem = match &source {
+            OwnSource {
+                infer_rows: Some(0),
+                ..
+            } => Some("infer_rows: must be at least 1"),
+            OwnSource {
+                partition: Some(p), ..
+            } if *p < 0 => Some("partition: must be 0 or more"),
+            OwnSource {
+                timestamp_ms: Some(t),
+                ..
+            } if !(0..=i64::MAX / 1000).contains(t) => {
+                Some("timestamp_ms: must be 0 to 9223372036854775 (what a timestamp holds)")
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            bail!("{}: {problem}", path.display());
+        }
+        if let Some(problem) =
+            (source.topic.as_deref()).and_then(crate::validate::topic_name_problem)
+        {
+            bail!("{}: topic {problem}", path.display());
+        }
+        Ok(source)
+    }
 }
 
 impl OwnTest {
@@ -57,6 +134,10 @@ impl OwnTest {
             None => Default::default(),
             Some(path) => super::params::read_params(path).map_err(super::usage)?,
         };
+        let source = match file("source.json") {
+            None => OwnSource::default(),
+            Some(path) => OwnSource::read(&path).map_err(super::usage)?,
+        };
         Ok(OwnTest {
             name: name.to_owned(),
             dir: dir.to_owned(),
@@ -66,6 +147,7 @@ impl OwnTest {
             expect_failures: file("expected-failures.jsonl"),
             params_file,
             params,
+            source,
         })
     }
 

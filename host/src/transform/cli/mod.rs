@@ -109,8 +109,10 @@ pub enum TransformCommand {
         /// component (built first, as `build NAME` does) on `<crate>/testdata/input.jsonl` (or
         /// `input.csv`), compared with `testdata/expected.jsonl` and
         /// `testdata/expected-failures.jsonl` where they exist, with the params in
-        /// `testdata/params.json` (a JSON object, as the transform's `with` in pipeline.json).
-        /// Flags given as well override these.
+        /// `testdata/params.json` (a JSON object, as the transform's `with` in pipeline.json) and
+        /// the input settings in `testdata/source.json` (`{"key_column": "id"}`: `delimiter`,
+        /// `schema`, `infer_rows`, `key_column`, `topic`, `partition`, `timestamp_ms`, as the
+        /// flags). Flags given as well override these.
         #[arg(conflicts_with_all = ["components", "pipeline"])]
         name: Option<String>,
         /// The transforms workspace `NAME` is in (default `transforms`).
@@ -324,10 +326,34 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 .as_deref()
                 .map(|p| PipelineChain::load(p, input.is_none()))
                 .transpose()?;
-            let own = name
+            let mut own = name
                 .as_deref()
                 .map(|n| OwnTest::find(n, dir.as_deref().unwrap_or(Path::new(DEFAULT_DIR))))
                 .transpose()?;
+            // What the crate's `testdata/source.json` says, where no flag says otherwise.
+            let key_flag = key_column.is_some();
+            let own_source =
+                (own.as_mut().filter(|_| !letters)).map(|o| std::mem::take(&mut o.source));
+            let own_schema = own_source.as_ref().map(|s| s.schema.clone());
+            let (delimiter, infer_rows, key_column, topic, partition, timestamp_ms) =
+                match own_source {
+                    Some(s) => (
+                        delimiter.or(s.delimiter),
+                        infer_rows.or(s.infer_rows),
+                        key_column.or(s.key_column),
+                        topic.or(s.topic),
+                        partition.or(s.partition),
+                        timestamp_ms.or(s.timestamp_ms),
+                    ),
+                    None => (
+                        delimiter,
+                        infer_rows,
+                        key_column,
+                        topic,
+                        partition,
+                        timestamp_ms,
+                    ),
+                };
             // A golden file of its own that this run writes (`> testdata/expected.jsonl`,
             // `--write-failures testdata/expected-failures.jsonl`) is being made, not checked.
             let stdout_is = |p: &PathBuf| {
@@ -400,6 +426,9 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 key_column.clone(),
             )
             .map_err(usage)?;
+            for (column, ty) in own_schema.into_iter().flatten() {
+                opts.schema.entry(column).or_insert(ty);
+            }
             if let Some(file) = file.as_ref().filter(|_| !letters) {
                 let src = &file.source;
                 if format_of(&input, format) == InputFormat::Csv {
@@ -428,13 +457,21 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             opts.partition = partition.unwrap_or(opts.partition);
             opts.timestamp_ms = timestamp_ms;
             let records = read_input(&input, &opts)
-                .map_err(|e| match (&pipeline, &key_column, &opts.key_column) {
+                .map_err(|e| match (&pipeline, key_flag, &opts.key_column) {
                     // The key column came from the file, not from a flag: say so.
-                    (Some(file), None, Some(k)) => anyhow::anyhow!(
+                    (Some(file), false, Some(k)) => anyhow::anyhow!(
                         "{}",
                         format!("{e:#}").replacen(
                             &format!("--key-column {k:?}"),
                             &format!("the source's key_column {k:?} (in {})", file.display()),
+                            1
+                        )
+                    ),
+                    (None, false, Some(k)) => anyhow::anyhow!(
+                        "{}",
+                        format!("{e:#}").replacen(
+                            &format!("--key-column {k:?}"),
+                            &format!("testdata/source.json's key_column {k:?}"),
                             1
                         )
                     ),
