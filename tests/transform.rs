@@ -5965,6 +5965,15 @@ fn cli_update_sdk_brings_an_older_copy_to_this_sdk() {
         manifest.replace(&pin, &format!("{pin} # ours"))
     );
     assert_eq!(run(&check).0, Some(0));
+    // A copy that cannot be read is no copy that differs: 2, not 1.
+    let wit = ws.join("sluice-guest/wit/transform.wit");
+    let text = std::fs::read(&wit).unwrap();
+    std::fs::remove_file(&wit).unwrap();
+    std::fs::create_dir(&wit).unwrap();
+    let (code, out, err) = run(&check);
+    assert_eq!(code, Some(2), "{out}{err}");
+    std::fs::remove_dir(&wit).unwrap();
+    std::fs::write(&wit, text).unwrap();
     // The lock has what the SDK now needs, as `cargo build --locked` does.
     assert!(copied("Cargo.lock").contains("name = \"chrono\""));
     metadata(true);

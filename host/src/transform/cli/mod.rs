@@ -89,7 +89,8 @@ pub enum TransformCommand {
         /// The transforms workspace, one that `new --dir` started (default: `transforms`).
         #[arg(long)]
         dir: Option<PathBuf>,
-        /// Change nothing: print what differs, and exit 1 if anything does (for CI).
+        /// Change nothing: print what differs, and exit 1 if anything does (for CI); 2 if it
+        /// cannot tell (a file that cannot be read).
         #[arg(long)]
         check: bool,
     },
@@ -260,7 +261,9 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
         TransformCommand::UpdateSdk { dir, check } => {
             let dir_given = dir.is_some();
             let dir = dir.unwrap_or_else(|| PathBuf::from(DEFAULT_DIR));
-            let current = update_sdk(&dir, dir_given, check)?;
+            // Under --check, 1 says the copy differs: one that could not be read is told apart.
+            let current =
+                update_sdk(&dir, dir_given, check).map_err(|e| if check { usage(e) } else { e })?;
             Ok(match check && !current {
                 true => ExitCode::from(1),
                 false => ExitCode::SUCCESS,
