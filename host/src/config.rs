@@ -416,14 +416,12 @@ impl Substitution {
 fn written_secrets(written: &serde_json::Value) -> Vec<(String, String)> {
     let mut found = Vec::new();
     let mut check = |path: String, var: String, value: Option<&serde_json::Value>| {
-        let Some(text) = value.and_then(serde_json::Value::as_str) else {
-            return;
+        let text = match value {
+            Some(serde_json::Value::String(text)) => text.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => return,
         };
-        let default = (text.strip_prefix("${"))
-            .and_then(|rest| rest.strip_suffix('}'))
-            .filter(|_| is_lone_variable(text))
-            .map(|expr| expr.split_once(":-").map_or("", |(_, d)| d));
-        if !default.unwrap_or(text).trim().is_empty() {
+        if !written_text(&text).trim().is_empty() {
             found.push((path, var));
         }
     };
@@ -431,7 +429,14 @@ fn written_secrets(written: &serde_json::Value) -> Vec<(String, String)> {
         .and_then(|k| k.get("properties"))
         .and_then(serde_json::Value::as_object)
     {
-        for (key, value) in props.iter().filter(|(k, _)| names_secret(k)) {
+        // Named like a secret but naming where one is (`ssl.key.location`,
+        // `sasl.kerberos.keytab`, `sasl.oauthbearer.token.endpoint.url`).
+        let names_a_place = |k: &str| {
+            [".location", ".keytab", ".url", ".file"]
+                .iter()
+                .any(|end| k.ends_with(end))
+        };
+        for (key, value) in (props.iter()).filter(|(k, _)| names_secret(k) && !names_a_place(k)) {
             let var = format!(
                 "KAFKA_{}",
                 key.to_ascii_uppercase().replace(['.', '-'], "_")
@@ -449,6 +454,23 @@ fn written_secrets(written: &serde_json::Value) -> Vec<(String, String)> {
         check(format!("sink.{key}"), var.to_owned(), value);
     }
     found
+}
+
+/// The text of `value` that is written in the file rather than taken from the environment:
+/// what is outside its `${VAR}`s, and their `:-` defaults.
+fn written_text(value: &str) -> String {
+    let (mut written, mut rest) = (String::new(), value);
+    while let Some(start) = rest.find("${") {
+        written.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find('}') else {
+            break;
+        };
+        let expr = &rest[start + 2..start + len];
+        written.push_str(expr.split_once(":-").map_or("", |(_, default)| default));
+        rest = &rest[start + len + 1..];
+    }
+    written.push_str(rest);
+    written
 }
 
 /// Whether `value` is a number of at most 12 characters written in decimal (`1000`, `-0.5`,
@@ -744,6 +766,23 @@ fn load_text(
         }
         return Err(invalid(issues));
     }
+    // Before serde, whose messages quote a value of the wrong type (a password written as a
+    // number).
+    let literal = written_secrets(&written);
+    if !literal.is_empty() {
+        return Err(invalid(
+            (literal.into_iter())
+                .map(|(path, var)| ConfigIssue {
+                    position: locate(text, &path),
+                    message: format!(
+                        "is a credential written into the file: give it from the environment, as \
+                         \"${{{var}}}\""
+                    ),
+                    path,
+                })
+                .collect(),
+        ));
+    }
     // serde stops at the first mistake. To report more of them at once, each mistake's key is
     // taken out and the rest read again, as long as that is safe: an object's key, not an
     // array's item (which would renumber the paths after it), at most 20 times. A required key
@@ -848,21 +887,6 @@ fn load_text(
         }
         taken_out.push(path);
     };
-    let literal = written_secrets(&written);
-    if !literal.is_empty() {
-        return Err(invalid(
-            (literal.into_iter())
-                .map(|(path, var)| ConfigIssue {
-                    position: locate(text, &path),
-                    message: format!(
-                        "is a credential written into the file: give it from the environment, as \
-                         \"${{{var}}}\""
-                    ),
-                    path,
-                })
-                .collect(),
-        ));
-    }
     // A transform's params may carry secrets (a salt, a key); its messages must not show them.
     for (i, t) in config.transforms.iter_mut().enumerate() {
         let prefix = format!("transforms[{i}].with.");
@@ -1797,6 +1821,41 @@ mod tests {
                 "{mode}"
             );
         }
+    }
+
+    #[test]
+    fn credentials_must_come_from_the_environment() {
+        let written = serde_json::json!({
+            "kafka": { "properties": {
+                "sasl.password": 55554444,
+                "ssl.key.password": "${KEY_PW}",
+                "ssl.keystore.password": "${A}${B:-}",
+                "sasl.oauthbearer.client.secret": "pre-${S}",
+                "ssl.key.location": "/etc/kafka/client.key",
+                "sasl.kerberos.keytab": "/etc/krb5.keytab",
+                "sasl.oauthbearer.token.endpoint.url": "https://idp.example/token",
+                "sasl.username": "me",
+            } },
+            "sink": {
+                "password": "${SNOWFLAKE_PASSWORD:-hunter2}",
+                "private_key": "",
+                "private_key_passphrase": "${PASSPHRASE:-}",
+                "private_key_path": "/keys/rsa.p8",
+            },
+        });
+        let found: Vec<String> = written_secrets(&written)
+            .into_iter()
+            .map(|(path, var)| format!("{path} {var}"))
+            .collect();
+        assert_eq!(
+            found,
+            [
+                "kafka.properties.sasl.password KAFKA_SASL_PASSWORD",
+                "kafka.properties.sasl.oauthbearer.client.secret KAFKA_SASL_OAUTHBEARER_CLIENT_SECRET",
+                "sink.password SNOWFLAKE_PASSWORD",
+            ]
+        );
+        assert_eq!(written_text("a${X:-b}c${Y}d${Z:-}"), "abcd");
     }
 
     #[test]
