@@ -332,8 +332,24 @@ async fn a_writer_overtaken_by_another_loads_only_what_the_other_did_not() {
     let mut cfg = sink_config("overtaken_events");
     cfg.offsets_table = "OVERTAKEN_OFFSETS".into();
     cfg.batch.max_rows = 1000;
-    let old = Arc::new(connect(&cfg, "p", None).await);
+    // The old owner's statements go through the double, to fail one.
+    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
+        .await
+        .unwrap();
+    let double = S3Double::start(&emu_url, 16).await;
+    let mut opts = ConnectOptions::emulator_shared(double.url());
+    opts.s3_endpoint = Some(double.url());
+    let old = Arc::new(SnowflakeSink::connect(&cfg, "p", opts).await.unwrap());
     let new = Arc::new(connect(&cfg, "p", None).await);
+    // Both made the partition's row before its first load, as two writers starting at once may.
+    for _ in 0..2 {
+        new.query(&format!(
+            "INSERT INTO {} VALUES ('p', 't', 0, -1)",
+            new.offsets_table()
+        ))
+        .await
+        .unwrap();
+    }
     let batch = |offsets: std::ops::Range<i64>| Batch {
         topic: "t".into(),
         partition: 0,
@@ -390,9 +406,34 @@ async fn a_writer_overtaken_by_another_loads_only_what_the_other_did_not() {
         r.rows,
         vec![vec![json!(18), json!(18), json!(0), json!(17)]]
     );
+
+    // Overtaken again, and the ROLLBACK of its COPY fails: the load fails rather than go on
+    // in a transaction that still holds that COPY.
+    new.load_batch(&batch(18..25), None).await.unwrap();
+    double.fail_next_statement("ROLLBACK", "000603");
+    let err = old.load_batch(&batch(18..22), None).await.unwrap_err();
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    old.query("ROLLBACK").await.unwrap();
+    let r = old
+        .query(&format!(
+            "SELECT COUNT(*), COUNT(DISTINCT \"ID\") FROM {}",
+            old.table()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.rows, vec![vec![json!(25), json!(25)]]);
+    // Both rows moved together; the offset is theirs.
+    let r = old
+        .query(&format!(
+            "SELECT \"NEXT_OFFSET\" FROM {}",
+            old.offsets_table()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(r.rows, vec![vec![json!(25)], vec![json!(25)]]);
     assert_eq!(
         new.committed_offsets("t").await.unwrap(),
-        HashMap::from([(0, 18)])
+        HashMap::from([(0, 25)])
     );
     old.close().await;
     new.close().await;

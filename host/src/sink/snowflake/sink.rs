@@ -17,8 +17,9 @@
 //! moved: its transaction is rolled back, and it loads only the records the other writer has not
 //! (none when the row is past the batch). So each record is loaded once whoever loads it, and the
 //! offsets never move backwards. On Snowflake the `UPDATE` waits for the other transaction's
-//! lock on the row and then sees its commit. The one case this cannot tell apart is two writers
-//! making a partition's first offsets row at once (no row to update yet).
+//! lock on the row and then sees its commit. So that there is always a row to update (two
+//! writers that each found none would each insert one), a partition's row is made before its
+//! first load, outside the transaction, with `NEXT_OFFSET` -1: nothing loaded yet.
 //!
 //! **LOAD_SKIPPED.** COPY skips a file whose name it loaded into the table before. Since a file's
 //! load and its offsets row commit together, a skipped file normally means the offsets row
@@ -122,6 +123,17 @@ pub enum SinkError {
     /// The session was replaced (re-login) in the middle of a transaction.
     #[error("the session was replaced during a transaction")]
     SessionLost,
+    /// A partition's offsets row, made before its first load, was gone when a load moved it
+    /// (deleted by hand during the run).
+    #[error(
+        "the offsets row of {topic}/{partition} was deleted during the load: nothing was loaded; run again to load from what the warehouse holds"
+    )]
+    OffsetsRowGone {
+        /// Topic.
+        topic: String,
+        /// Partition.
+        partition: i32,
+    },
     /// Another writer moved a partition's offsets past the start of the batch, again each time
     /// the rest of the batch was loaded (see "Another writer" in the module doc).
     #[error(
@@ -395,6 +407,7 @@ pub struct LoadOutcome {
 }
 
 /// What the COPY + offsets transaction found, before its COMMIT or ROLLBACK.
+#[derive(Debug, PartialEq, Eq)]
 enum Body {
     /// COPY loaded this many rows and the offsets row moved to the batch's `last + 1`.
     Loaded(u64),
@@ -424,6 +437,8 @@ struct Column {
 #[derive(Debug, Default)]
 struct TableState {
     columns: Option<Option<Vec<Column>>>,
+    /// The partitions whose offsets row this sink has made sure of (see "Another writer").
+    offsets_rows: HashSet<(String, i32)>,
 }
 
 /// A connected sink. Share it as `Arc<SnowflakeSink>`; [`SnowflakeSink::spawn`] starts the writer.
@@ -665,10 +680,35 @@ impl SnowflakeSink {
                 &[Bind::Text(Some(self.pipeline.clone())), Bind::Text(Some(topic.to_owned()))],
             )
             .await?;
-        Ok(r.rows
-            .iter()
+        // -1: a row made before the partition's first load; two writers may each have made one.
+        let mut offsets = HashMap::new();
+        for (partition, next) in (r.rows.iter())
             .filter_map(|row| Some((row.first()?.as_i64()? as i32, row.get(1)?.as_i64()?)))
-            .collect())
+            .filter(|(_, next)| *next >= 0)
+        {
+            let at = offsets.entry(partition).or_insert(next);
+            *at = (*at).max(next);
+        }
+        Ok(offsets)
+    }
+
+    /// Makes the partition's offsets row, at -1, unless it has one (see "Another writer").
+    async fn make_offsets_row(&self, topic: &str, partition: i32) -> Result<(), SinkError> {
+        let key = [
+            Bind::Text(Some(self.pipeline.clone())),
+            Bind::Text(Some(topic.to_owned())),
+            Bind::Int(partition as i64),
+        ];
+        self.client
+            .query(
+                &format!(
+                    "INSERT INTO {0} (\"PIPELINE\", \"TOPIC\", \"PARTITION\", \"NEXT_OFFSET\") SELECT ?, ?, ?, -1 WHERE NOT EXISTS (SELECT 1 FROM {0} WHERE \"PIPELINE\" = ? AND \"TOPIC\" = ? AND \"PARTITION\" = ?)",
+                    self.names.offsets
+                ),
+                &[key.clone(), key].concat(),
+            )
+            .await?;
+        Ok(())
     }
 
     async fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, SinkError> {
@@ -912,7 +952,7 @@ impl SnowflakeSink {
         loop {
             let (batch, origins) = rest.as_ref().map_or((batch, origins), |(b, o)| (b, &o[..]));
             match self
-                .load_batch_locked(&mut state, batch, origins, dead_letters)
+                .load_batch_locked(&mut state, batch, origins, dead_letters, overtaken > 0)
                 .await
             {
                 Err(
@@ -958,12 +998,15 @@ impl SnowflakeSink {
         }
     }
 
+    /// `letters_sent`: the batch's rows the table cannot take were dead-lettered already (by the
+    /// attempt another writer overtook), so they are only left out of the file.
     async fn load_batch_locked(
         &self,
         state: &mut TableState,
         batch: &Batch,
         origins: &[Option<RecordMeta>],
         dead_letters: Option<&DeadLetterTx>,
+        letters_sent: bool,
     ) -> Result<LoadOutcome, SinkError> {
         let (first, last) = (batch.first_offset(), batch.last_offset());
         let columns = if batch.row_count() > 0 {
@@ -1054,7 +1097,7 @@ impl SnowflakeSink {
         }
 
         // Dead letters are durable before the offsets move past their records.
-        if !rejects.is_empty() {
+        if !rejects.is_empty() && !letters_sent {
             let Some(dlq) = dead_letters else {
                 return Err(SinkError::NoDeadLetterChannel {
                     count: rejects.len(),
@@ -1126,6 +1169,12 @@ impl SnowflakeSink {
             None
         };
 
+        let partition = (batch.topic.clone(), batch.partition);
+        if !state.offsets_rows.contains(&partition) {
+            self.make_offsets_row(&batch.topic, batch.partition).await?;
+            state.offsets_rows.insert(partition);
+        }
+
         // COPY + offsets, one transaction.
         let epoch = self.client.session_epoch().await;
         let started = Instant::now();
@@ -1143,7 +1192,12 @@ impl SnowflakeSink {
         let copied = match result {
             Ok(Body::Loaded(copied)) => copied,
             Ok(found @ (Body::AlreadyLoaded | Body::Overtaken)) => {
-                let _ = self.client.query("ROLLBACK", &[]).await;
+                let rolled_back = self.client.query("ROLLBACK", &[]).await;
+                // The COPY loaded this batch in the transaction: left open, the next BEGIN (on
+                // a retry) would not start a new one, and its COMMIT would keep those rows.
+                if found == Body::Overtaken {
+                    rolled_back?;
+                }
                 let next = self
                     .stored_offset(&batch.topic, batch.partition)
                     .await?
@@ -1159,7 +1213,7 @@ impl SnowflakeSink {
                             first,
                         });
                     }
-                    Body::Overtaken => batch.row_count() as u64,
+                    Body::Overtaken => (batch.row_count() - rejects.len()) as u64,
                     // Already loaded by this writer (a lost COMMIT acknowledgement) or a replay.
                     _ => 0,
                 };
@@ -1190,7 +1244,9 @@ impl SnowflakeSink {
         // Read the commit back: fakesnow acknowledges a COMMIT of an aborted transaction, and a
         // lost acknowledgement must not count as durable either.
         let found = self.stored_offset(&batch.topic, batch.partition).await?;
-        if found != Some(last + 1) {
+        // Past it: another writer loaded the partition's next records since (see "Another
+        // writer").
+        if found.is_none_or(|f| f <= last) {
             return Err(SinkError::CommitNotVisible {
                 topic: batch.topic.clone(),
                 partition: batch.partition,
@@ -1212,7 +1268,7 @@ impl SnowflakeSink {
     }
 
     /// Inside BEGIN: COPY (if there is a file), then the offsets row moved to `last + 1` from at
-    /// or below `first` (made, for the partition's first batch).
+    /// or below `first`.
     async fn transaction_body(
         &self,
         batch: &Batch,
@@ -1321,23 +1377,16 @@ impl SnowflakeSink {
                     r.rows
                 ))
             })?;
-        if updated == 0 {
-            if (self.stored_offset(&batch.topic, batch.partition).await?).is_some() {
-                return Ok(Body::Overtaken);
-            }
-            let mut values = key.to_vec();
-            values.push(Bind::Int(last + 1));
-            self.client
-                .query(
-                    &format!(
-                        "INSERT INTO {} (\"PIPELINE\", \"TOPIC\", \"PARTITION\", \"NEXT_OFFSET\") VALUES (?, ?, ?, ?)",
-                        self.names.offsets
-                    ),
-                    &values,
-                )
-                .await?;
+        if updated > 0 {
+            return Ok(Body::Loaded(copied));
         }
-        Ok(Body::Loaded(copied))
+        match self.stored_offset(&batch.topic, batch.partition).await? {
+            Some(_) => Ok(Body::Overtaken),
+            None => Err(SinkError::OffsetsRowGone {
+                topic: batch.topic.clone(),
+                partition: batch.partition,
+            }),
+        }
     }
 }
 
