@@ -148,6 +148,8 @@ impl S3Double {
     /// `"http503"`, a bare HTTP 503) instead of
     /// passing it on (the server never sees it): e.g. `("COMMIT", "000603")` fails a transaction
     /// at its end, `("DELETE", "390104")` pretends the session is gone in the middle of one.
+    /// A code written `after:390104` fails it only after passing it on: the server ran it, and
+    /// its answer is lost.
     pub fn fail_next_statement(&self, prefix: &str, code: &'static str) {
         self.state.lock().expect("state").fail_statement = Some((prefix.to_uppercase(), code));
     }
@@ -163,6 +165,25 @@ impl S3Double {
     pub fn observed(&self) -> Observed {
         self.state.lock().expect("state").observed.clone()
     }
+}
+
+/// The answer to a statement failed on purpose with Snowflake error `code` (or HTTP 503).
+fn injected(code: &str) -> Resp {
+    if code == "http503" {
+        return reply(503, "Service Unavailable");
+    }
+    // Snowflake answers an expired session (390112) with 200; fakesnow a gone one with 401.
+    let status = if code.starts_with("3901") && code != "390112" {
+        401
+    } else {
+        200
+    };
+    reply(
+        status,
+        json!({"data": {"errorCode": code, "sqlState": "XX000", "queryId": "injected"},
+            "code": code, "message": "injected failure", "success": false})
+        .to_string(),
+    )
 }
 
 async fn handle(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
@@ -294,27 +315,17 @@ async fn proxy(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
             .and_then(Json::as_str)
             .map(|s| s.trim_start().to_uppercase())
     });
+    let mut fail_after = None;
     if let Some(sql) = &sql {
         let mut s = st.lock().expect("state");
         if let Some((prefix, code)) = s.fail_statement.clone()
             && sql.starts_with(prefix.as_str())
         {
             s.fail_statement = None;
-            if code == "http503" {
-                return reply(503, "Service Unavailable");
+            match code.strip_prefix("after:") {
+                Some(code) => fail_after = Some(code),
+                None => return injected(code),
             }
-            // Snowflake answers an expired session (390112) with 200; fakesnow a gone one with 401.
-            let status = if code.starts_with("3901") && code != "390112" {
-                401
-            } else {
-                200
-            };
-            return reply(
-                status,
-                json!({"data": {"errorCode": code, "sqlState": "XX000", "queryId": "injected"},
-                    "code": code, "message": "injected failure", "success": false})
-                .to_string(),
-            );
         }
     }
     let is_put = serde_json::from_slice::<Json>(&body)
@@ -338,6 +349,9 @@ async fn proxy(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
     };
     let status = resp.status().as_u16();
     let bytes = resp.bytes().await.unwrap_or_default();
+    if let Some(code) = fail_after {
+        return injected(code);
+    }
     if is_login && st.lock().expect("state").master_tokens {
         let Ok(mut j) = serde_json::from_slice::<Json>(&bytes) else {
             return reply(status, bytes);

@@ -394,7 +394,9 @@ impl Batch {
 pub struct LoadOutcome {
     /// The partition's committed next offset afterwards.
     pub next_offset: i64,
-    /// Rows COPY loaded (0 when the file was already loaded or the batch had no rows).
+    /// Rows COPY loaded (0 when the file was already loaded or the batch had no rows), or, when
+    /// a load run again after a lost session finds its file loaded, the rows the first attempt
+    /// loaded.
     pub rows_loaded: u64,
     /// The staged file's path under the stage, if there was one.
     pub file: Option<String>,
@@ -990,6 +992,11 @@ impl SnowflakeSink {
                 }
                 other => {
                     return other.map(|mut o| {
+                        // Found loaded when run again after a lost session: most likely by the
+                        // first attempt, whose COMMIT went through unacknowledged.
+                        if attempt > 0 && o.already_loaded {
+                            o.rows_loaded += std::mem::take(&mut o.rows_loaded_elsewhere);
+                        }
                         o.rows_loaded_elsewhere += elsewhere;
                         o
                     });
@@ -1213,9 +1220,9 @@ impl SnowflakeSink {
                             first,
                         });
                     }
-                    Body::Overtaken => (batch.row_count() - rejects.len()) as u64,
-                    // Already loaded by this writer (a lost COMMIT acknowledgement) or a replay.
-                    _ => 0,
+                    // COPY skipped the file: another writer loaded the same records (or this one,
+                    // whose COMMIT acknowledgement a lost session took: `load_batch_from`).
+                    _ => (batch.row_count() - rejects.len()) as u64,
                 };
                 return Ok(LoadOutcome {
                     next_offset: next,
