@@ -569,8 +569,7 @@ impl CsvReader {
                 )
             })?;
             let value = parse_value(text, self.types[i]).ok_or_else(|| {
-                let how = if self.types[i] == ValueType::Float
-                    && text.trim().parse::<f64>().is_ok_and(f64::is_infinite)
+                let how = if self.types[i] == ValueType::Float && text.trim().parse::<f64>().is_ok()
                 {
                     " (it is past the float range)"
                 } else if self.inferred[i] {
@@ -677,12 +676,15 @@ pub fn parse_value(text: &str, ty: ValueType) -> Option<Value> {
 }
 
 /// A float, `inf` and `NaN` as written (Snowflake's FLOAT holds them), but not a number past
-/// the float range: `1e999` would be loaded as `inf`, a value the file never held.
+/// the float range: `1e999` would be loaded as `inf`, and `1e-999` as 0, values the file never
+/// held.
 fn parse_float(t: &str) -> Option<f64> {
     let f: f64 = t.parse().ok()?;
     let word = t.trim_start_matches(['-', '+']);
-    (!f.is_infinite() || word.eq_ignore_ascii_case("inf") || word.eq_ignore_ascii_case("infinity"))
-        .then_some(f)
+    let inf = word.eq_ignore_ascii_case("inf") || word.eq_ignore_ascii_case("infinity");
+    let lost = (f.is_infinite() && !inf)
+        || (f == 0.0 && decimal_digits(t).is_some_and(|(digits, _)| !digits.is_empty()));
+    (!lost).then_some(f)
 }
 
 fn parse_bool(t: &str) -> Option<bool> {
@@ -1046,15 +1048,22 @@ mod tests {
     fn a_float_past_the_range_is_a_bad_row_but_inf_as_written_is_kept() {
         let mut o = opts();
         o.schema.insert("f".into(), ValueType::Float);
-        let (_, items) = read_all(b"f\n1e999\n-1E400\ninf\n-Infinity\nNaN\n1.5e308\n", &o);
+        let (_, items) = read_all(
+            b"f\n1e999\n-1E400\ninf\n-Infinity\nNaN\n1.5e308\n1e-999\n0e-999\n5e-324\n",
+            &o,
+        );
         let bad: Vec<_> = (items.iter())
             .filter_map(|i| match i {
                 CsvItem::Bad(b) => Some((b.line, b.kind, b.reason.clone())),
                 _ => None,
             })
             .collect();
-        assert_eq!(bad.len(), 2, "{bad:?}");
-        assert_eq!((bad[0].0, bad[0].1, bad[1].0), (2, BadRowKind::Parse, 3));
+        assert_eq!(bad.len(), 3, "{bad:?}");
+        assert_eq!(
+            (bad[0].0, bad[0].1, bad[1].0, bad[2].0),
+            (2, BadRowKind::Parse, 3, 8)
+        );
+        assert!(bad[2].2.contains("past the float range"), "{}", bad[2].2);
         assert!(bad[0].2.contains("past the float range"), "{}", bad[0].2);
         let kept: Vec<f64> = (items.iter())
             .filter_map(|i| match i {
@@ -1065,9 +1074,10 @@ mod tests {
                 _ => None,
             })
             .collect();
-        assert_eq!(kept.len(), 4, "{kept:?}");
+        assert_eq!(kept.len(), 6, "{kept:?}");
         assert_eq!(kept[0..2], [f64::INFINITY, f64::NEG_INFINITY]);
-        assert!(kept[2].is_nan() && kept[3] == 1.5e308);
+        assert!(kept[2].is_nan());
+        assert_eq!(kept[3..], [1.5e308, 0.0, 5e-324]);
     }
 
     #[test]
