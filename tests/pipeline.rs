@@ -2157,6 +2157,68 @@ fn verify_accounts_for_messages_an_earlier_run_left_in_the_topic() {
 /// A stop against a warehouse that no longer answers does not wait out HTTP timeouts and
 /// retries (minutes): after `--drain-timeout` the process exits 1 and says what is kept. The
 /// "warehouse" here accepts connections and never answers.
+/// Two members of one consumer group, each `--consume-only --until-end`, on one warehouse: each
+/// ends once the warehouse holds every partition's end offset, whoever loaded it (a member waiting
+/// for its own loads of partitions the other held never ended), and every row is loaded once.
+#[test]
+fn two_members_until_end_both_end_with_every_row_loaded_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 3000);
+    let topic = sluice_tests::broker::unique("members");
+    let table = topic.to_uppercase().replace(['-', '.'], "_");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": topic,
+        "source": { "type": "csv", "path": csv, "key_column": "id" },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 4 },
+        "sink": { "type": "snowflake", "account_url": sluice_tests::snowflake::emulator().url(),
+                  "account": "A", "user": "U", "password": "${SLUICE_TEST_PASSWORD}",
+                  "database": "MEMBERS", "schema": "RAW", "table": table,
+                  "batch": { "max_rows": 100, "max_latency_ms": 200 } }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let start = |state: &str, how: &[&str]| {
+        std::process::Command::new(sluice_tests::cli::sluice_bin())
+            .args(["run", &path.to_string_lossy(), "--no-progress"])
+            .args(how)
+            .arg("--state-dir")
+            .arg(dir.path().join(state))
+            .env("SLUICE_TEST_PASSWORD", "pw")
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let finish = |mut child: std::process::Child| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        let mut stderr = String::new();
+        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+        (status.code(), stderr)
+    };
+    let (code, stderr) = finish(start("replay", &["--replay-only"]));
+    assert_eq!(code, Some(0), "{stderr}");
+    let members = ["a", "b"].map(|m| start(m, &["--consume-only", "--until-end"]));
+    for (member, (code, stderr)) in members.into_iter().map(finish).enumerate() {
+        assert_eq!(code, Some(0), "member {member} (killed if None):\n{stderr}");
+    }
+    let rows = sluice_tests::snowflake::python_query(&format!(
+        "SELECT COUNT(*), COUNT(DISTINCT ID) FROM MEMBERS.RAW.{table}"
+    ));
+    assert_eq!(
+        rows,
+        vec![vec![serde_json::json!(3000), serde_json::json!(3000)]]
+    );
+}
+
 #[test]
 fn a_stop_against_a_hung_warehouse_ends_after_the_drain_timeout() {
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -1149,6 +1149,15 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
     let mut linger = tokio::time::interval(TRANSFORM_LINGER);
     linger.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut poll_end = tokio::time::interval(Duration::from_millis(200));
+    // With other members in the group, the partitions they hold reach their end offsets by
+    // their loads, which this run sees only in the warehouse: read it every few seconds, off
+    // the loop (the read waits for the writer's session).
+    let mut warehouse: BTreeMap<i32, i64> = BTreeMap::new();
+    type Reading = tokio::task::JoinHandle<
+        Result<std::collections::HashMap<i32, i64>, crate::sink::snowflake::SinkError>,
+    >;
+    let mut reading: Option<Reading> = None;
+    let mut last_read = Instant::now();
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
@@ -1173,12 +1182,26 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                         target = Some(end);
                     }
                     if let Some(end) = &target {
-                        let sent_all = end.iter().all(|(p, e)| *e <= 0 || seen.get(p).is_some_and(|s| s + 1 >= *e) || durable.get(p).is_some_and(|d| d >= e));
+                        if reading.as_ref().is_some_and(|r| r.is_finished())
+                            && let Some(done) = reading.take()
+                            && let Ok(Ok(offsets)) = done.await
+                        {
+                            warehouse = offsets.into_iter().collect();
+                        }
+                        if reading.is_none() && last_read.elapsed() >= WAREHOUSE_POLL {
+                            let (sink, topic) = (ctx.sink.clone(), topic.clone());
+                            reading = Some(tokio::spawn(async move { sink.committed_offsets(&topic).await }));
+                            last_read = Instant::now();
+                        }
+                        let loaded = |p: &i32, e: &i64| *e <= 0
+                            || durable.get(p).is_some_and(|d| d >= e)
+                            || warehouse.get(p).is_some_and(|w| w >= e);
+                        let sent_all = end.iter().all(|(p, e)| loaded(p, e) || seen.get(p).is_some_and(|s| s + 1 >= *e));
                         if sent_all && batch.is_empty() && !flushed_for_target {
                             sink_tx.flush().await?;
                             flushed_for_target = true;
                         }
-                        if end.iter().all(|(p, e)| *e <= 0 || durable.get(p).is_some_and(|d| d >= e)) {
+                        if end.iter().all(|(p, e)| loaded(p, e)) {
                             break;
                         }
                     }
@@ -1283,6 +1306,9 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         (Ok(()), Ok(_)) => Ok(()),
     }
 }
+
+/// How often `--until-end` reads the warehouse's offsets, for partitions other members load.
+const WAREHOUSE_POLL: Duration = Duration::from_secs(2);
 
 /// Runs one batch of consumed records through the chain and hands every record's outcome, in
 /// order, to the sink; failures go to the dead-letter topic first, so their offsets only move

@@ -466,6 +466,26 @@ pub struct SnowflakeSink {
     type_hints: HashMap<String, ValueType>,
 }
 
+/// How many times a statement the emulator failed on a conflict ([`emulator_conflict`]) is run
+/// again.
+const EMULATOR_RETRIES: u32 = 3;
+
+/// Whether `e` is how the emulator fails a statement that another session's open transaction
+/// conflicts with: DuckDB, under fakesnow, aborts it (fakesnow answers `Unhandled exception`),
+/// where Snowflake would wait for the other's lock. Run again once that one has ended, it goes
+/// through; a statement that fails so for another reason fails again. Snowflake itself answers
+/// no such error, so it is told by its answer, not by `emulated` (an `account_url` may name a
+/// fakesnow server).
+fn emulator_conflict(e: &SnowflakeError) -> bool {
+    match e {
+        SnowflakeError::Server { code, message, .. } => {
+            code == "261000" && message.contains("Unhandled exception")
+        }
+        SnowflakeError::RetriesExhausted { last, .. } => emulator_conflict(last),
+        _ => false,
+    }
+}
+
 fn auth_from(cfg: &SnowflakeSinkConfig, emulated: bool) -> Result<Auth, SinkError> {
     let pass = cfg.private_key_passphrase.as_deref();
     if let Some(pem) = &cfg.private_key {
@@ -554,32 +574,36 @@ impl SnowflakeSink {
             retry: opts.retry.clone(),
         };
         let client = Client::login(client_cfg, stats.clone()).await?;
+        let emulated = opts.account_url.is_some() && cfg.is_emulated();
+        let mut ddl = Vec::new();
         if opts.create_database_and_schema {
-            client
-                .query(
-                    &format!(
-                        "CREATE DATABASE IF NOT EXISTS {}",
-                        encode::quote_ident(&database)
-                    ),
-                    &[],
-                )
-                .await?;
-            client
-                .query(&format!("CREATE SCHEMA IF NOT EXISTS {prefix}"), &[])
-                .await?;
+            ddl.push(format!(
+                "CREATE DATABASE IF NOT EXISTS {}",
+                encode::quote_ident(&database)
+            ));
+            ddl.push(format!("CREATE SCHEMA IF NOT EXISTS {prefix}"));
         }
-        client
-            .query(&format!("CREATE STAGE IF NOT EXISTS {}", names.stage), &[])
-            .await?;
-        client
-            .query(
-                &format!(
-                    "CREATE TABLE IF NOT EXISTS {} (\"PIPELINE\" VARCHAR, \"TOPIC\" VARCHAR, \"PARTITION\" NUMBER(38,0), \"NEXT_OFFSET\" NUMBER(38,0))",
-                    names.offsets
-                ),
-                &[],
-            )
-            .await?;
+        ddl.push(format!("CREATE STAGE IF NOT EXISTS {}", names.stage));
+        ddl.push(format!(
+            "CREATE TABLE IF NOT EXISTS {} (\"PIPELINE\" VARCHAR, \"TOPIC\" VARCHAR, \"PARTITION\" NUMBER(38,0), \"NEXT_OFFSET\" NUMBER(38,0))",
+            names.offsets
+        ));
+        for sql in ddl {
+            // Members of one pipeline starting at once make the same objects.
+            let mut conflicts = 0;
+            loop {
+                match client.query(&sql, &[]).await {
+                    Err(e) if conflicts < EMULATOR_RETRIES && emulator_conflict(&e) => {
+                        conflicts += 1;
+                        tokio::time::sleep(Duration::from_millis(100 * u64::from(conflicts))).await;
+                    }
+                    other => {
+                        other?;
+                        break;
+                    }
+                }
+            }
+        }
         let uploader = Uploader::new(
             client.http().clone(),
             opts.retry.clone(),
@@ -598,7 +622,7 @@ impl SnowflakeSink {
             stats,
             session: Mutex::new(TableState::default()),
             warned: std::sync::Mutex::new(HashSet::new()),
-            emulated: opts.account_url.is_some() && cfg.is_emulated(),
+            emulated,
             type_hints: HashMap::new(),
         })
     }
@@ -948,7 +972,7 @@ impl SnowflakeSink {
         dead_letters: Option<&DeadLetterTx>,
     ) -> Result<LoadOutcome, SinkError> {
         let mut state = self.session.lock().await;
-        let (mut attempt, mut overtaken) = (0, 0);
+        let (mut attempt, mut overtaken, mut conflicts) = (0, 0, 0);
         let mut rest: Option<(Batch, Vec<Option<RecordMeta>>)> = None;
         let mut elsewhere = 0;
         loop {
@@ -962,6 +986,14 @@ impl SnowflakeSink {
                 ) if attempt == 0 => {
                     attempt += 1;
                     state.columns = None;
+                }
+                // Rolled back (`load_batch_locked` returns the ROLLBACK's error when it fails).
+                Err(SinkError::Snowflake(e))
+                    if conflicts < EMULATOR_RETRIES && emulator_conflict(&e) =>
+                {
+                    conflicts += 1;
+                    state.columns = None;
+                    tokio::time::sleep(Duration::from_millis(100 * u64::from(conflicts))).await;
                 }
                 // Bounded: a writer that keeps losing the race to another is not alone on the
                 // partition by design (two pipelines of one name), and stops.
@@ -1234,7 +1266,13 @@ impl SnowflakeSink {
                 });
             }
             Err(e) => {
-                let _ = self.client.query("ROLLBACK", &[]).await;
+                let rolled_back = self.client.query("ROLLBACK", &[]).await;
+                // A conflict is run again (`load_batch_from`): never inside this transaction.
+                if let (Err(r), SinkError::Snowflake(c)) = (rolled_back, &e)
+                    && emulator_conflict(c)
+                {
+                    return Err(r.into());
+                }
                 return Err(e);
             }
         };
