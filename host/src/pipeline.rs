@@ -1247,6 +1247,10 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         Ok(())
     }
     .await;
+    // Not to run on a session the sink is about to close.
+    if let Some(r) = reading.take() {
+        r.abort();
+    }
     let result = match result {
         Ok(()) if !batch.is_empty() && !ctx.cancel.is_cancelled() => {
             process_batch(&ctx, std::mem::take(&mut batch), &sink_tx, part, &mut seen).await
