@@ -2157,6 +2157,20 @@ fn verify_accounts_for_messages_an_earlier_run_left_in_the_topic() {
 /// A stop against a warehouse that no longer answers does not wait out HTTP timeouts and
 /// retries (minutes): after `--drain-timeout` the process exits 1 and says what is kept. The
 /// "warehouse" here accepts connections and never answers.
+/// Waits up to `secs` for `child` to exit (killing it then: its code is `None`) and returns its
+/// exit code and its piped stderr.
+fn finish_within(mut child: std::process::Child, secs: u64) -> (Option<i32>, String) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
 /// Two members of one consumer group, each `--consume-only --until-end`, on one warehouse: each
 /// ends once the warehouse holds every partition's end offset, whoever loaded it (a member waiting
 /// for its own loads of partitions the other held never ended), and every row is loaded once.
@@ -2193,17 +2207,7 @@ fn two_members_until_end_both_end_with_every_row_loaded_once() {
             .spawn()
             .unwrap()
     };
-    let finish = |mut child: std::process::Child| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        let _ = child.kill();
-        let status = child.wait().unwrap();
-        let mut stderr = String::new();
-        std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-        (status.code(), stderr)
-    };
+    let finish = |child| finish_within(child, 120);
     let (code, stderr) = finish(start("replay", &["--replay-only"]));
     assert_eq!(code, Some(0), "{stderr}");
     let members = ["a", "b"].map(|m| start(m, &["--consume-only", "--until-end"]));
@@ -2246,7 +2250,7 @@ fn a_stop_against_a_hung_warehouse_ends_after_the_drain_timeout() {
     });
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, pipeline.to_string()).unwrap();
-    let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+    let child = std::process::Command::new(sluice_tests::cli::sluice_bin())
         .args([
             "run",
             &path.to_string_lossy(),
@@ -2275,15 +2279,8 @@ fn a_stop_against_a_hung_warehouse_ends_after_the_drain_timeout() {
         .unwrap();
     assert!(stopped.success());
     // Far below the request timeout (300 s) and its retries; the drain timeout is 2 s.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let status = child.wait().unwrap();
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let (code, stderr) = finish_within(child, 60);
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("in-flight work did not finish within 2s (--drain-timeout)")
             && stderr.contains("`sluice run --consume-only` resumes"),
