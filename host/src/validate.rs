@@ -17,6 +17,15 @@ use crate::source::csv::{CsvOptions, CsvReader};
 use crate::transform::config::{ErrorPolicy, OnErrorByKind, TransformConfig};
 use crate::transform::{LoadError, RuntimeOptions, TransformChain};
 
+/// Why validation could not run at all: the machine's fault, not the pipeline file's, so it is
+/// no [`ConfigIssue`].
+#[derive(Debug, thiserror::Error)]
+pub enum ValidateError {
+    /// The WebAssembly engine, its linker or a worker thread could not be set up.
+    #[error("cannot load the transform chain")]
+    Engine(#[source] LoadError),
+}
+
 /// Every issue found in `loaded` without loading its components; empty means valid.
 pub fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
     static_issues(loaded)
@@ -30,7 +39,7 @@ pub fn validate(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
 pub fn validate_and_load(
     loaded: &LoadedConfig,
     opts: &RuntimeOptions,
-) -> anyhow::Result<Result<TransformChain, Vec<ConfigIssue>>> {
+) -> Result<Result<TransformChain, Vec<ConfigIssue>>, ValidateError> {
     Ok(match check_and_load(loaded, opts, chain_configs(loaded))? {
         (Some(chain), issues) if issues.is_empty() => Ok(chain),
         (_, issues) => Err(issues),
@@ -46,7 +55,7 @@ pub fn validate_with_sample(
     loaded: &LoadedConfig,
     opts: &RuntimeOptions,
     records: usize,
-) -> anyhow::Result<(Option<Sample>, Vec<ConfigIssue>)> {
+) -> Result<(Option<Sample>, Vec<ConfigIssue>), ValidateError> {
     let mut configs = chain_configs(loaded);
     for c in &mut configs {
         c.on_error = crate::config::OnError::DeadLetter.into();
@@ -56,7 +65,7 @@ pub fn validate_with_sample(
         !(issues.iter()).any(|i| i.path == "source" || i.path.starts_with("source."));
     match chain {
         Some(chain) if records > 0 && source_sound => {
-            let (counts, found) = sample(loaded, &chain, records)?;
+            let (counts, found) = sample(loaded, &chain, records);
             issues.extend(found);
             Ok((counts, issues))
         }
@@ -70,7 +79,7 @@ fn check_and_load(
     loaded: &LoadedConfig,
     opts: &RuntimeOptions,
     configs: Vec<TransformConfig>,
-) -> anyhow::Result<(Option<TransformChain>, Vec<ConfigIssue>)> {
+) -> Result<(Option<TransformChain>, Vec<ConfigIssue>), ValidateError> {
     let mut issues = static_issues(loaded);
     let total = configs.len();
     // Every transform whose own settings are sound is loaded, even when something else in the
@@ -96,7 +105,7 @@ fn check_and_load(
         Err(errors) => {
             for (k, e) in errors {
                 if let LoadError::Engine(_) = e {
-                    return Err(anyhow::Error::new(e).context("cannot load the transform chain"));
+                    return Err(ValidateError::Engine(e));
                 }
                 issues.push(loaded.issue(&component_issue_path(sound[k], &e), e.to_string()));
             }
@@ -228,7 +237,7 @@ fn sample(
     loaded: &LoadedConfig,
     chain: &TransformChain,
     records: usize,
-) -> anyhow::Result<(Option<Sample>, Vec<ConfigIssue>)> {
+) -> (Option<Sample>, Vec<ConfigIssue>) {
     use crate::transform::cli::{InputOptions, InputRecord, read_input};
     use crate::transform::runtime::RecordOutcome;
     use std::sync::atomic::Ordering::Relaxed;
@@ -249,7 +258,7 @@ fn sample(
     };
     let mut read = match read_input(&path, &opts) {
         Ok(read) => read,
-        Err(e) => return Ok(unreadable(e, issues)),
+        Err(e) => return unreadable(e, issues),
     };
     // Each row's position among the records read, as `transform test` numbers them.
     let mut records_at = Vec::new();
@@ -267,7 +276,7 @@ fn sample(
                 first_bad.get_or_insert(bad);
             }
             Ok(_) => sample.bad += 1,
-            Err(e) => return Ok(unreadable(e, issues)),
+            Err(e) => return unreadable(e, issues),
         }
     }
     sample.rows = batch.len() as u64;
@@ -286,7 +295,7 @@ fn sample(
         sample.untransformed = true;
         sample.out = sample.rows;
         sample.warnings.extend(bad_warning);
-        return Ok((Some(sample), issues));
+        return (Some(sample), issues);
     }
     let lines: Vec<Option<u64>> = batch.iter().map(|(meta, _)| meta.csv_line()).collect();
     // (rows in, failed, filtered out) of each transform.
@@ -316,7 +325,7 @@ fn sample(
                 sample.rows, src.path
             );
             issues.push(loaded.issue(&at, why));
-            return Ok((None, issues));
+            return (None, issues);
         }
     };
     // Each transform's first failure: the record's line, and how and why it failed.
@@ -458,7 +467,7 @@ fn sample(
             ),
         ));
     }
-    Ok((Some(sample), issues))
+    (Some(sample), issues)
 }
 
 /// The sample's failures of one kind in one transform: how many, and the first.
