@@ -8,7 +8,7 @@
 //! assigns each partition at exactly that offset before any record is fetched; partitions the
 //! provider does not know start at the group's committed offset, else at the earliest.
 //!
-//! Records, assignments and revocations reach the caller in order through one channel
+//! Records, assignments and revocations reach the caller in order through one bounded channel
 //! ([`Consumer::recv`]); each partition's records arrive in offset order.
 //!
 //! Backpressure: a record is *in flight* from the moment it is handed out until [`Consumer::commit`]
@@ -53,6 +53,9 @@ use crate::source::wire::{self, DecodeError};
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the offsets provider may take for one assignment.
 const PROVIDER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Room in the event channel beyond `max_in_flight`, for events that are not records in flight.
+const EVENT_SLACK: usize = 1024;
 
 /// The future an [`OffsetsProvider`] returns: next offset per partition, or why it failed.
 pub type OffsetsFuture = Pin<Box<dyn Future<Output = Result<HashMap<i32, i64>, String>> + Send>>;
@@ -267,7 +270,7 @@ type Tagged = (u64, Result<ConsumerEvent, ConsumeError>);
 
 struct Ctx {
     shared: Arc<Shared>,
-    events: mpsc::UnboundedSender<Tagged>,
+    events: mpsc::Sender<Tagged>,
     offsets: OffsetsProvider,
     runtime: tokio::runtime::Handle,
 }
@@ -316,14 +319,12 @@ impl Ctx {
             Ok(o) => o,
             Err(reason) => {
                 self.shared.stop.store(true, Ordering::SeqCst);
-                let _ = self.events.send((
-                    0,
-                    Err(ConsumeError::Offsets {
-                        topic,
-                        partitions,
-                        reason,
-                    }),
-                ));
+                let error = ConsumeError::Offsets {
+                    topic,
+                    partitions,
+                    reason,
+                };
+                send_event(&self.events, (0, Err(error)));
                 return;
             }
         };
@@ -377,13 +378,11 @@ impl Ctx {
         }
         self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(%topic, ?starts, "Partitions assigned.");
-        let _ = self.events.send((
-            generation,
-            Ok(ConsumerEvent::Assigned {
-                topic,
-                partitions: starts,
-            }),
-        ));
+        let assigned = ConsumerEvent::Assigned {
+            topic,
+            partitions: starts,
+        };
+        send_event(&self.events, (generation, Ok(assigned)));
     }
 
     fn revoke(&self, c: &BaseConsumer<Self>, tpl: &TopicPartitionList, incremental: bool) {
@@ -413,9 +412,8 @@ impl Ctx {
         }
         self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
         tracing::info!(%topic, ?partitions, lost = c.assignment_lost(), "Partitions revoked.");
-        let _ = self
-            .events
-            .send((0, Ok(ConsumerEvent::Revoked { topic, partitions })));
+        let revoked = ConsumerEvent::Revoked { topic, partitions };
+        send_event(&self.events, (0, Ok(revoked)));
     }
 }
 
@@ -438,7 +436,7 @@ impl ConsumerContext for Ctx {
 
 /// A group consumer of one topic. Dropping it leaves the group.
 pub struct Consumer {
-    events: mpsc::UnboundedReceiver<Tagged>,
+    events: mpsc::Receiver<Tagged>,
     shared: Arc<Shared>,
     consumer: Arc<BaseConsumer<Ctx>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -466,7 +464,12 @@ impl Consumer {
             stop: AtomicBool::new(false),
             paused: AtomicBool::new(false),
         });
-        let (tx, rx) = mpsc::unbounded_channel();
+        let max_in_flight = opts.kafka.max_in_flight.max(1) as u64;
+        // The pause at `max_in_flight` is what holds records back; this bound only caps what a
+        // revoke leaves queued (its records stop counting as in flight before `recv` skips them)
+        // and the assignment events, so the poll thread rarely waits on it, and never for long.
+        let capacity = usize::try_from(max_in_flight).unwrap_or(usize::MAX) + EVENT_SLACK;
+        let (tx, rx) = mpsc::channel(capacity);
         let ctx = Ctx {
             shared: shared.clone(),
             events: tx.clone(),
@@ -500,7 +503,6 @@ impl Consumer {
             .subscribe(&[&topic])
             .map_err(kafka_err("cannot subscribe"))?;
         let consumer = Arc::new(consumer);
-        let max_in_flight = opts.kafka.max_in_flight.max(1) as u64;
         let thread = {
             let (consumer, shared) = (consumer.clone(), shared.clone());
             std::thread::Builder::new()
@@ -612,6 +614,8 @@ impl Consumer {
 
     /// Leaves the group and waits for the poll thread to end.
     pub async fn close(mut self) {
+        // Wakes a poll thread waiting for room in the channel, which then finds it closed.
+        self.events.close();
         let thread = self.thread.take();
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(t) = thread {
@@ -622,6 +626,7 @@ impl Consumer {
 
 impl Drop for Consumer {
     fn drop(&mut self) {
+        self.events.close();
         self.shared.stop.store(true, Ordering::SeqCst);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -632,7 +637,7 @@ impl Drop for Consumer {
 fn poll_loop(
     consumer: &Arc<BaseConsumer<Ctx>>,
     shared: &Shared,
-    tx: &mpsc::UnboundedSender<Tagged>,
+    tx: &mpsc::Sender<Tagged>,
     max: u64,
 ) {
     let mut next_check = std::time::Instant::now();
@@ -680,7 +685,7 @@ fn poll_loop(
             }
         };
         if let Some(ev) = handle_message(&msg, shared)
-            && tx.send(ev).is_err()
+            && !send_event(tx, ev)
         {
             break;
         }
@@ -691,6 +696,19 @@ fn poll_loop(
         let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
         while !consumer.closed() && std::time::Instant::now() < deadline {
             let _ = consumer.poll(Duration::from_millis(100));
+        }
+    }
+}
+
+/// Sends `ev`, waiting for room if need be; false once the receiver is gone. Never waits inside a
+/// tokio runtime, where waiting is not allowed: a rebalance callback can run there only while the
+/// consumer is dropped, after [`Consumer`] closed the channel, so nothing is lost by not waiting.
+fn send_event(tx: &mpsc::Sender<Tagged>, ev: Tagged) -> bool {
+    match tx.try_send(ev) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+        Err(mpsc::error::TrySendError::Full(ev)) => {
+            tokio::runtime::Handle::try_current().is_err() && tx.blocking_send(ev).is_ok()
         }
     }
 }
