@@ -13,7 +13,7 @@ use sluice::consume::{
     self, CommitOutcome, Consumer, ConsumerEvent, ConsumerOptions, ConsumerStats, OffsetsProvider,
 };
 use sluice::row::Value;
-use sluice::source::config::{CsvSourceConfig, SourceConfig};
+use sluice::source::config::{CsvSource, SourceConfig};
 use sluice::source::{self, ReplayConfig, ReplayStats, ReplaySummary, SourceError, dlq, wire};
 use sluice_tests::broker::{self, Message};
 use tokio_util::sync::CancellationToken;
@@ -25,19 +25,17 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-fn csv_source(v: serde_json::Value) -> CsvSourceConfig {
+/// A source section as `validate` passes it to the replay.
+fn csv_source(v: serde_json::Value) -> CsvSource {
     let mut v = v;
     v["type"] = "csv".into();
     match serde_json::from_value(v).expect("valid source config") {
-        SourceConfig::Csv(c) => c,
+        SourceConfig::Csv(c) => c.validate().expect("a sound source section"),
     }
 }
 
 /// Replays `source` into `kafka.topic`, dead letters into `<topic>.dlq`.
-async fn replay(
-    source: &CsvSourceConfig,
-    kafka: &KafkaConfig,
-) -> Result<ReplaySummary, SourceError> {
+async fn replay(source: &CsvSource, kafka: &KafkaConfig) -> Result<ReplaySummary, SourceError> {
     let bootstrap = broker::bootstrap();
     let (tx, task) = dlq::spawn(kafka, &bootstrap, &format!("{}.dlq", kafka.topic), 64)
         .await

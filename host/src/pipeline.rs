@@ -34,7 +34,7 @@ use crate::sink::snowflake::config::SnowflakeSinkConfig;
 use crate::sink::snowflake::emulator::{self, Emulator};
 use crate::sink::snowflake::sink::{ConnectOptions, SnowflakeSink};
 use crate::sink::snowflake::stats::SinkStats;
-use crate::source::config::SourceConfig;
+use crate::source::config::{CsvSource, SourceConfig};
 use crate::source::dlq::DeadLetterStats;
 use crate::source::{self, ReplayStats};
 use crate::transform::{FailureKind, RecordOutcome, TransformChain, TransformStats};
@@ -836,7 +836,7 @@ pub async fn run(
     // pacing would keep a failed run from exiting), so that every row is in the topic for
     // `--consume-only` to load once the cause is fixed. Cut short, the rest of the file would be
     // in no topic, and no resume could load it.
-    let SourceConfig::Csv(csv) = &cfg.source;
+    let csv = csv_source(cfg)?;
     let replay_done = CancellationToken::new();
     let consume_failed = CancellationToken::new();
     let replay_half = async {
@@ -845,7 +845,7 @@ pub async fn run(
             return None;
         }
         let rc = source::ReplayConfig {
-            source: csv,
+            source: &csv,
             base_dir: &loaded.base_dir,
             kafka: &cfg.kafka,
             bootstrap: &bootstrap,
@@ -2271,7 +2271,7 @@ pub async fn verify(
     // The same name is not the same pipeline: a file whose topic or CSV changed since the run
     // would be checked against another feed's numbers.
     // The summary was written with secrets masked: compare the file's values masked the same way.
-    let SourceConfig::Csv(csv) = &cfg.source;
+    let csv = csv_source(cfg)?;
     let mut differs = Vec::new();
     let mut compare = |what: &str, in_summary: &str, in_file: &str| {
         let in_file = loaded.redact(in_file);
@@ -2323,7 +2323,7 @@ pub async fn verify(
             move || count_csv(&path, &csv, max_bytes)
         })
         .await??;
-        let loops = u64::from(csv.loop_count.max(1));
+        let loops = u64::from(csv.loops.get());
         check(
             format!(
                 "CSV {}: {} x {} = {} read",
@@ -2371,7 +2371,7 @@ pub async fn verify(
         })
         .await?;
         if let Ok((good, _)) = counted {
-            let wanted = good * u64::from(csv.loop_count.max(1));
+            let wanted = good * u64::from(csv.loops.get());
             check(
                 format!(
                     "topic {}: {on_topic} messages, expected at least the {wanted} good rows of {} (a \
@@ -2661,18 +2661,26 @@ fn leftover(r: &ReplayPart, c: &ConsumePart) -> u64 {
         .sum()
 }
 
+/// The pipeline's source as the replay takes it. `run` and `verify` are given files that passed
+/// `validate`, which checks the same rules at their keys, so this fails only for a caller that
+/// skipped it.
+fn csv_source(cfg: &PipelineConfig) -> anyhow::Result<CsvSource> {
+    let SourceConfig::Csv(csv) = &cfg.source;
+    csv.validate().map_err(|problems| {
+        let shown: Vec<String> = (problems.iter())
+            .map(|p| format!("source.{}: {}", p.field, p.message))
+            .collect();
+        anyhow::anyhow!("invalid source: {}", shown.join("; "))
+    })
+}
+
 /// Counts the good and bad records of a CSV file with the source's own reader.
-fn count_csv(
-    path: &Path,
-    csv: &crate::source::config::CsvSourceConfig,
-    max_bytes: usize,
-) -> anyhow::Result<(u64, u64)> {
+fn count_csv(path: &Path, csv: &CsvSource, max_bytes: usize) -> anyhow::Result<(u64, u64)> {
     use crate::source::csv::{CsvItem, CsvOptions, CsvReader};
-    let delimiter = *csv.delimiter.as_bytes().first().unwrap_or(&b',');
     let opts = CsvOptions {
-        delimiter,
+        delimiter: csv.delimiter,
         schema: csv.schema.clone(),
-        infer_rows: csv.infer_rows.max(1),
+        infer_rows: csv.infer_rows.get(),
         max_record_bytes: max_bytes,
     };
     let mut reader = CsvReader::open(path, &opts, Arc::new(AtomicU64::new(0)), None)?;

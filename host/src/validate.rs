@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::config::{ConfigIssue, LoadedConfig, SinkConfig};
 use crate::row::ValueType;
-use crate::source::config::{CsvSourceConfig, Pacing, SourceConfig};
+use crate::source::config::{CsvSource, Pacing, SourceConfig};
 use crate::source::csv::{CsvOptions, CsvReader};
 use crate::transform::config::{ErrorPolicy, OnErrorByKind, TransformConfig};
 use crate::transform::{LoadError, RuntimeOptions, TransformChain};
@@ -63,9 +63,10 @@ pub fn validate_with_sample(
     let (chain, mut issues) = check_and_load(loaded, opts, configs)?;
     let source_sound =
         !(issues.iter()).any(|i| i.path == "source" || i.path.starts_with("source."));
-    match chain {
-        Some(chain) if records > 0 && source_sound => {
-            let (counts, found) = sample(loaded, &chain, records);
+    let SourceConfig::Csv(src) = &loaded.config.source;
+    match (chain, src.validate()) {
+        (Some(chain), Ok(source)) if records > 0 && source_sound => {
+            let (counts, found) = sample(loaded, &source, &chain, records);
             issues.extend(found);
             Ok((counts, issues))
         }
@@ -235,6 +236,7 @@ impl std::fmt::Display for Sample {
 /// instances have seen the sample after.
 fn sample(
     loaded: &LoadedConfig,
+    src: &CsvSource,
     chain: &TransformChain,
     records: usize,
 ) -> (Option<Sample>, Vec<ConfigIssue>) {
@@ -242,7 +244,6 @@ fn sample(
     use crate::transform::runtime::RecordOutcome;
     use std::sync::atomic::Ordering::Relaxed;
 
-    let SourceConfig::Csv(src) = &loaded.config.source;
     let path = loaded.resolve(&src.path);
     let mut sample = Sample {
         file: src.path.clone(),
@@ -620,50 +621,14 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
             format!("file {} does not exist", path.display()),
         );
     }
-    let delimiter = crate::source::config::delimiter_byte(&src.delimiter);
-    if delimiter.is_none() {
+    let source = src.validate();
+    for problem in source.as_ref().err().into_iter().flatten() {
         bad(
-            "source.delimiter",
-            format!(
-                "delimiter must be {}, got {:?}",
-                crate::source::config::DELIMITER_RULE,
-                src.delimiter
-            ),
+            &format!("source.{}", problem.field),
+            problem.message.clone(),
         );
     }
-    if src.loop_count == 0 {
-        bad("source.loop", "loop must be at least 1".to_owned());
-    }
-    if src.infer_rows == 0 {
-        bad(
-            "source.infer_rows",
-            "infer_rows must be at least 1".to_owned(),
-        );
-    }
-    match &src.pacing {
-        Pacing::Rate { rows_per_sec } if !(rows_per_sec.is_finite() && *rows_per_sec > 0.0) => {
-            bad(
-                "source.pacing.rows_per_sec",
-                format!("rows_per_sec must be a positive number, got {rows_per_sec}"),
-            );
-        }
-        Pacing::EventTime { speed, column, .. } => {
-            if !(speed.is_finite() && *speed > 0.0) {
-                bad(
-                    "source.pacing.speed",
-                    format!("speed must be a positive number, got {speed}"),
-                );
-            }
-            if column.is_empty() {
-                bad(
-                    "source.pacing.column",
-                    "column must name the timestamp column".to_owned(),
-                );
-            }
-        }
-        _ => {}
-    }
-    if let Some(delimiter) = delimiter
+    if let Ok(source) = &source
         && path.is_file()
     {
         let SinkConfig::Snowflake(sf) = &c.sink;
@@ -671,7 +636,7 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         // header names them; a transform may rename a column first.
         let columns_reach_table =
             c.transforms.is_empty() && sf.format == crate::sink::snowflake::config::FileFormat::Csv;
-        for (at, message) in header_issues(src, &path, delimiter, columns_reach_table) {
+        for (at, message) in header_issues(source, &path, columns_reach_table) {
             bad(&at, message);
         }
     }
@@ -890,14 +855,9 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
 /// something other than a timestamp. Each is (JSON path, message). Only the header is read,
 /// through the source's own reader (BOM, delimiter, quoting, blank and repeated names), so the
 /// names are the ones a run sees however large the file is.
-fn header_issues(
-    src: &CsvSourceConfig,
-    path: &Path,
-    delimiter: u8,
-    columns_reach_table: bool,
-) -> Vec<(String, String)> {
+fn header_issues(src: &CsvSource, path: &Path, columns_reach_table: bool) -> Vec<(String, String)> {
     let opts = CsvOptions {
-        delimiter,
+        delimiter: src.delimiter,
         // Empty: the reader would stop at the first unknown name; each is reported here instead.
         schema: BTreeMap::new(),
         infer_rows: 1,
@@ -948,7 +908,7 @@ fn header_issues(
         } else if let Some(problem) = crate::source::pacing_column_problem(
             column,
             src.schema.get(column).copied(),
-            inferred_type(src, path, delimiter, column),
+            inferred_type(src, path, column),
         ) {
             issues.push(("source.pacing.column".to_owned(), problem));
         }
@@ -981,18 +941,13 @@ fn header_issues(
 
 /// The type the source would infer for `column` from the file's first `infer_rows` rows, as it
 /// does when it starts; `None` if the file cannot be read that far.
-fn inferred_type(
-    src: &CsvSourceConfig,
-    path: &Path,
-    delimiter: u8,
-    column: &str,
-) -> Option<ValueType> {
+fn inferred_type(src: &CsvSource, path: &Path, column: &str) -> Option<ValueType> {
     let opts = CsvOptions {
-        delimiter,
+        delimiter: src.delimiter,
         // Declared types shape inference of nothing else, and a name the header lacks would stop
         // the reader (reported above).
         schema: BTreeMap::new(),
-        infer_rows: src.infer_rows.max(1),
+        infer_rows: src.infer_rows.get(),
         max_record_bytes: usize::MAX,
     };
     let reader = CsvReader::open(path, &opts, Arc::new(AtomicU64::new(0)), None).ok()?;

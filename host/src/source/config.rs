@@ -10,6 +10,7 @@
 //! ```
 
 use std::collections::BTreeMap;
+use std::num::{NonZeroU32, NonZeroUsize};
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -147,6 +148,105 @@ pub fn delimiter_byte(delimiter: &str) -> Option<u8> {
     }
 }
 
+/// One problem found by [`CsvSourceConfig::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceConfigProblem {
+    /// The key under `source`, e.g. `pacing.speed`.
+    pub field: &'static str,
+    /// What is wrong, lowercase, no trailing period.
+    pub message: String,
+}
+
+/// A [`CsvSourceConfig`] that passed [`CsvSourceConfig::validate`]: what the replay and the
+/// readers of its file take, with each setting in the form it is used in.
+#[derive(Debug, Clone)]
+pub struct CsvSource {
+    /// Path of the CSV file as written, relative to the pipeline file's directory.
+    pub path: String,
+    /// The field delimiter (see [`DELIMITER_RULE`]).
+    pub delimiter: u8,
+    /// Declared column types.
+    pub schema: BTreeMap<String, ValueType>,
+    /// How many leading rows type inference samples.
+    pub infer_rows: NonZeroUsize,
+    /// How fast rows are replayed; rates and speeds are finite and positive.
+    pub pacing: Pacing,
+    /// How many times the file is replayed.
+    pub loops: NonZeroU32,
+    /// Column whose value becomes the Kafka message key.
+    pub key_column: Option<String>,
+    /// What a bad row does.
+    pub on_error: OnError,
+}
+
+impl CsvSourceConfig {
+    /// Checks what types cannot express, without I/O (whether the file exists and what its
+    /// header holds are `validate`'s), and returns the settings as the source uses them, or
+    /// every problem found.
+    pub fn validate(&self) -> Result<CsvSource, Vec<SourceConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut bad = |field: &'static str, message: String| {
+            problems.push(SourceConfigProblem { field, message });
+        };
+        let delimiter = delimiter_byte(&self.delimiter);
+        if delimiter.is_none() {
+            bad(
+                "delimiter",
+                format!(
+                    "delimiter must be {DELIMITER_RULE}, got {:?}",
+                    self.delimiter
+                ),
+            );
+        }
+        let loops = NonZeroU32::new(self.loop_count);
+        if loops.is_none() {
+            bad("loop", "loop must be at least 1".to_owned());
+        }
+        let infer_rows = NonZeroUsize::new(self.infer_rows);
+        if infer_rows.is_none() {
+            bad("infer_rows", "infer_rows must be at least 1".to_owned());
+        }
+        match &self.pacing {
+            Pacing::Rate { rows_per_sec } if !(rows_per_sec.is_finite() && *rows_per_sec > 0.0) => {
+                bad(
+                    "pacing.rows_per_sec",
+                    format!("rows_per_sec must be a positive number, got {rows_per_sec}"),
+                );
+            }
+            Pacing::EventTime { speed, column, .. } => {
+                if !(speed.is_finite() && *speed > 0.0) {
+                    bad(
+                        "pacing.speed",
+                        format!("speed must be a positive number, got {speed}"),
+                    );
+                }
+                if column.is_empty() {
+                    bad(
+                        "pacing.column",
+                        "column must name the timestamp column".to_owned(),
+                    );
+                }
+            }
+            _ => {}
+        }
+        match (delimiter, infer_rows, loops) {
+            (Some(delimiter), Some(infer_rows), Some(loops)) if problems.is_empty() => {
+                Ok(CsvSource {
+                    path: self.path.clone(),
+                    delimiter,
+                    schema: self.schema.clone(),
+                    infer_rows,
+                    pacing: self.pacing.clone(),
+                    loops,
+                    key_column: self.key_column.clone(),
+                    on_error: self.on_error,
+                })
+            }
+            _ => Err(problems),
+        }
+    }
+}
+
 /// How many records type inference samples when `infer_rows` is not set.
 pub const DEFAULT_INFER_ROWS: usize = 1000;
 
@@ -161,4 +261,46 @@ fn default_speed() -> f64 {
 }
 fn default_max_gap_ms() -> u64 {
     10_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(v: serde_json::Value) -> CsvSourceConfig {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn validate_gives_the_settings_as_used_or_every_problem() {
+        let ok = source(serde_json::json!({ "path": "a.csv", "delimiter": ";", "loop": 3 }))
+            .validate()
+            .unwrap();
+        assert_eq!(
+            (ok.delimiter, ok.loops.get(), ok.infer_rows.get()),
+            (b';', 3, DEFAULT_INFER_ROWS)
+        );
+
+        let problems = source(serde_json::json!({
+            "path": "a.csv", "delimiter": "\n", "loop": 0, "infer_rows": 0,
+            "pacing": { "mode": "event_time", "column": "", "speed": -1.0 }
+        }))
+        .validate()
+        .unwrap_err();
+        let fields: Vec<&str> = problems.iter().map(|p| p.field).collect();
+        assert_eq!(
+            fields,
+            [
+                "delimiter",
+                "loop",
+                "infer_rows",
+                "pacing.speed",
+                "pacing.column"
+            ]
+        );
+        let rate = source(serde_json::json!({
+            "path": "a.csv", "pacing": { "mode": "rate", "rows_per_sec": 0 }
+        }));
+        assert_eq!(rate.validate().unwrap_err()[0].field, "pacing.rows_per_sec");
+    }
 }

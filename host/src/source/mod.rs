@@ -26,7 +26,7 @@ use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureRecord};
 use tokio_util::sync::CancellationToken;
 
-use self::config::{CsvSourceConfig, Pacing};
+use self::config::{CsvSource, Pacing};
 use self::csv::{BadRow, BadRowKind, CsvItem, CsvOptions, CsvReader};
 use self::producer::KafkaSetupError;
 use crate::config::{KafkaConfig, OnError};
@@ -148,8 +148,8 @@ pub struct ReplaySummary {
 /// Everything [`replay`] needs.
 #[derive(Debug, Clone)]
 pub struct ReplayConfig<'a> {
-    /// The CSV source section.
-    pub source: &'a CsvSourceConfig,
+    /// The CSV source section, validated.
+    pub source: &'a CsvSource,
     /// The directory `source.path` is relative to.
     pub base_dir: &'a Path,
     /// Kafka settings (topic, partitions, compression, properties).
@@ -200,21 +200,14 @@ pub async fn replay(
     cancel: CancellationToken,
 ) -> Result<ReplaySummary, SourceError> {
     let src = cfg.source;
-    let delimiter = config::delimiter_byte(&src.delimiter).ok_or_else(|| {
-        SourceError::Config(format!(
-            "delimiter must be {}, got {:?}",
-            config::DELIMITER_RULE,
-            src.delimiter
-        ))
-    })?;
     let path = crate::config::resolve_in(cfg.base_dir, &src.path);
     let file_name = path
         .file_name()
         .map_or_else(|| src.path.clone(), |n| n.to_string_lossy().into_owned());
     let opts = CsvOptions {
-        delimiter,
+        delimiter: src.delimiter,
         schema: src.schema.clone(),
-        infer_rows: src.infer_rows.max(1),
+        infer_rows: src.infer_rows.get(),
         max_record_bytes: producer::max_message_bytes(cfg.kafka),
     };
 
@@ -226,7 +219,7 @@ pub async fn replay(
         .len();
     stats
         .input_bytes_total
-        .store(size * u64::from(src.loop_count.max(1)), Ordering::Relaxed);
+        .store(size * u64::from(src.loops.get()), Ordering::Relaxed);
     let reader = {
         let (path, opts, counter) = (path.clone(), opts.clone(), Arc::new(AtomicU64::new(0)));
         let stats = stats.clone();
@@ -286,7 +279,7 @@ pub async fn replay(
     // The reader thread: bounded channel, so it runs at most this far ahead of the producer.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<ReaderMsg>(1024);
     let reader_thread = {
-        let (stats, cancel, loops) = (stats.clone(), cancel.clone(), src.loop_count.max(1));
+        let (stats, cancel, loops) = (stats.clone(), cancel.clone(), src.loops.get());
         let path = path.clone();
         std::thread::Builder::new()
             .name("sluice-csv".into())
@@ -733,11 +726,12 @@ mod tests {
     #[test]
     fn replay_future_is_send() {
         fn assert_send<T: Send>(_: &T) {}
-        let (src, kafka): (CsvSourceConfig, KafkaConfig) = (
+        let (src, kafka): (config::CsvSourceConfig, KafkaConfig) = (
             serde_json::from_value(serde_json::json!({ "path": "x.csv" })).unwrap(),
             serde_json::from_value(serde_json::json!({ "topic": "t" })).unwrap(),
         );
         let (tx, _rx) = crate::dead_letter::channel(1);
+        let src = src.validate().unwrap();
         let cfg = ReplayConfig {
             source: &src,
             base_dir: Path::new("."),

@@ -70,15 +70,14 @@ impl InputOptions {
     /// message size limit. Unlike a run's records, every record reports partition 0, offsets
     /// from 0 in row order, and no timestamp.
     pub fn of_source(
-        source: &crate::source::config::CsvSourceConfig,
+        source: &crate::source::config::CsvSource,
         kafka: &crate::config::KafkaConfig,
     ) -> InputOptions {
         let defaults = InputOptions::default();
         InputOptions {
-            delimiter: crate::source::config::delimiter_byte(&source.delimiter)
-                .unwrap_or(defaults.delimiter),
+            delimiter: source.delimiter,
             schema: source.schema.clone(),
-            infer_rows: source.infer_rows,
+            infer_rows: source.infer_rows.get(),
             key_column: source.key_column.clone(),
             topic: kafka.topic.clone(),
             format: Some(InputFormat::Csv),
