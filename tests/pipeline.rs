@@ -2647,11 +2647,14 @@ fn revoked_partitions_drop_the_transforms_state() {
         .windows(2)
         .filter(|w| w[0][0] == w[1][0] && w[1][2].as_i64() <= w[0][2].as_i64())
         .count();
-    // Once per revocation that found a partition served: more would mean instances rebuilt
-    // for no reason, which would make state no better than per batch.
+    // At most once per partition per revocation the run logged (each drops every instance):
+    // more would mean instances rebuilt for no reason, which would make state no better than
+    // per batch. Usually two revocations (the member joins, then leaves); a loaded machine can
+    // add a rebalance, so the bound counts them rather than assuming two.
+    let revocations = log.matches("Partitions revoked; dropping").count();
     assert!(
-        (1..=4).contains(&restarts),
-        "{restarts} restarts of a partition's numbering: {rows:?}"
+        (1..=revocations * 2).contains(&restarts),
+        "{restarts} restarts of a partition's numbering after {revocations} revocations: {rows:?}"
     );
 }
 
