@@ -906,22 +906,35 @@ async fn a_session_lost_inside_the_transaction_redoes_it_on_a_new_session() {
         HashMap::from([(0, 4)])
     );
     // The server commits, and the session is gone before it answers: run again on a new one,
-    // the load finds its file loaded, and counts its rows as the loaded rows they are.
+    // the load finds its file loaded, and counts its rows as the loaded rows they are. The
+    // batch's row the table cannot take was dead-lettered by the first attempt, and only then.
     double.fail_next_statement("COMMIT", "after:390104");
+    let mut records: Vec<(i64, Vec<Row>)> = (4..8).map(|o| (o, vec![event(o)])).collect();
+    records.push((8, vec![Row::default()]));
     let batch = Batch {
         topic: "t".into(),
         partition: 0,
-        records: (4..8).map(|o| (o, vec![event(o)])).collect(),
+        records,
     };
-    let outcome = sink.load_batch(&batch, None).await.unwrap();
+    let (dlq, letters) = dead_letter_collector();
+    let outcome = sink.load_batch(&batch, Some(&dlq)).await.unwrap();
+    drop(dlq);
     assert_eq!(
         (
             outcome.rows_loaded,
             outcome.rows_loaded_elsewhere,
             outcome.next_offset,
-            outcome.already_loaded
+            outcome.already_loaded,
+            outcome.rows_dead_lettered,
         ),
-        (4, 0, 8, true)
+        (4, 0, 9, true, 1)
+    );
+    assert_eq!(letters.await.unwrap().len(), 1, "dead-lettered once");
+    assert_eq!(
+        sink.stats()
+            .rows_dead_lettered
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
     );
     assert_eq!(id_stats(&sink).await[..2], [8, 8]);
     sink.close().await;

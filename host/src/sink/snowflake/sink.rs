@@ -974,11 +974,11 @@ impl SnowflakeSink {
         let mut state = self.session.lock().await;
         let (mut attempt, mut overtaken, mut conflicts) = (0, 0, 0);
         let mut rest: Option<(Batch, Vec<Option<RecordMeta>>)> = None;
-        let mut elsewhere = 0;
+        let (mut elsewhere, mut letters_sent) = (0, false);
         loop {
             let (batch, origins) = rest.as_ref().map_or((batch, origins), |(b, o)| (b, &o[..]));
             match self
-                .load_batch_locked(&mut state, batch, origins, dead_letters, overtaken > 0)
+                .load_batch_locked(&mut state, batch, origins, dead_letters, &mut letters_sent)
                 .await
             {
                 Err(
@@ -1037,15 +1037,16 @@ impl SnowflakeSink {
         }
     }
 
-    /// `letters_sent`: the batch's rows the table cannot take were dead-lettered already (by the
-    /// attempt another writer overtook), so they are only left out of the file.
+    /// `letters_sent`: the batch's rows the table cannot take were dead-lettered already, by an
+    /// earlier attempt at it (rolled back after a lost session, an emulator conflict, or another
+    /// writer overtaking it), so they are only left out of the file; set once they are.
     async fn load_batch_locked(
         &self,
         state: &mut TableState,
         batch: &Batch,
         origins: &[Option<RecordMeta>],
         dead_letters: Option<&DeadLetterTx>,
-        letters_sent: bool,
+        letters_sent: &mut bool,
     ) -> Result<LoadOutcome, SinkError> {
         let (first, last) = (batch.first_offset(), batch.last_offset());
         let columns = if batch.row_count() > 0 {
@@ -1136,7 +1137,7 @@ impl SnowflakeSink {
         }
 
         // Dead letters are durable before the offsets move past their records.
-        if !rejects.is_empty() && !letters_sent {
+        if !rejects.is_empty() && !*letters_sent {
             let Some(dlq) = dead_letters else {
                 return Err(SinkError::NoDeadLetterChannel {
                     count: rejects.len(),
@@ -1179,6 +1180,7 @@ impl SnowflakeSink {
             for p in pending {
                 p.stored().await?;
             }
+            *letters_sent = true;
             self.stats
                 .rows_dead_lettered
                 .fetch_add(rejects.len() as u64, Ordering::Relaxed);
