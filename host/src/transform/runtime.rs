@@ -523,6 +523,9 @@ impl TransformChain {
         let workers = (0..opts.workers.max(1))
             .map(|i| {
                 let shared = Arc::clone(&shared);
+                // Unbounded, so that `process` never blocks the async task that sends: each
+                // caller awaits its chunk's reply before it sends again, so a worker's queue
+                // holds at most one chunk per caller (the pipeline has one).
                 let (tx, rx) = mpsc::channel::<Task>();
                 jobs.push(tx);
                 std::thread::Builder::new()

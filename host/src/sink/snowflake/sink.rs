@@ -764,6 +764,10 @@ impl SnowflakeSink {
         JoinHandle<Result<SinkSummary, SinkError>>,
     ) {
         let (tx, mut rx) = mpsc::channel(capacity.max(1));
+        // Unbounded on purpose: the pipeline sends to the writer's (bounded) input and takes these
+        // in one loop, so a writer that waited for room here could wait on a pipeline waiting
+        // for room in its input. What it holds is one message per batch committed since the
+        // loop last looked, a few at most.
         let (durable_tx, durable_rx) = mpsc::unbounded_channel();
         let failure = Arc::new(OnceLock::new());
         let writer = Writer::new(self, dead_letters, durable_tx);
