@@ -14,7 +14,7 @@ use crate::config::{ConfigIssue, LoadedConfig, SinkConfig};
 use crate::row::ValueType;
 use crate::source::config::{CsvSource, Pacing, SourceConfig};
 use crate::source::csv::{CsvOptions, CsvReader};
-use crate::transform::config::{ErrorPolicy, OnErrorByKind, TransformConfig};
+use crate::transform::config::TransformConfig;
 use crate::transform::{LoadError, RuntimeOptions, TransformChain};
 
 /// Why validation could not run at all: the machine's fault, not the pipeline file's, so it is
@@ -726,47 +726,8 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
                 ),
             );
         }
-        // `{}` (or only nulls) would read as the default, silently: a mistake.
-        if t.on_error == ErrorPolicy::ByKind(OnErrorByKind::default()) {
-            bad(
-                &at("on_error"),
-                "names no kind of failure: give at least one of guest_error, trap, timeout, \
-                 memory, fuel, protocol, output_limit or default, or one policy for all as a \
-                 string"
-                    .to_owned(),
-            );
-        }
-        if t.memory_mb == 0 || t.memory_mb > 4096 {
-            bad(
-                &at("memory_mb"),
-                format!("memory_mb must be between 1 and 4096, got {}", t.memory_mb),
-            );
-        }
-        if t.timeout_ms == 0 {
-            bad(
-                &at("timeout_ms"),
-                "timeout_ms must be at least 1".to_owned(),
-            );
-        }
-        if t.fuel == Some(0) {
-            bad(&at("fuel"), "fuel must be at least 1 when set".to_owned());
-        }
-        if t.max_rows_per_record == 0 {
-            bad(
-                &at("max_rows_per_record"),
-                "max_rows_per_record must be at least 1 (0 would fail every row the transform \
-                 emits)"
-                    .to_owned(),
-            );
-        }
-        // The name labels metrics, summary lines and dead letters' `transform:<name>` stage.
-        if let Some(name) = &t.name
-            && (name.trim().is_empty() || name.chars().any(char::is_control))
-        {
-            bad(
-                &at("name"),
-                format!("transform name {name:?} must not be blank or hold control characters"),
-            );
+        for problem in t.validate().err().into_iter().flatten() {
+            bad(&at(problem.field), problem.message);
         }
     }
 

@@ -253,7 +253,73 @@ impl std::fmt::Debug for TransformConfig {
     }
 }
 
+/// One problem found by [`TransformConfig::validate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransformConfigProblem {
+    /// The key under the transform's entry, e.g. `memory_mb`.
+    pub field: &'static str,
+    /// What is wrong, lowercase, no trailing period.
+    pub message: String,
+}
+
 impl TransformConfig {
+    /// Checks what types cannot express, without I/O (whether `uses` names a file is for the
+    /// loader, and names unique in the chain for `validate`), and returns every problem found.
+    /// The runtime refuses a transform that fails it, however it was made.
+    pub fn validate(&self) -> Result<(), Vec<TransformConfigProblem>> {
+        let mut problems = Vec::new();
+        let mut bad = |field: &'static str, message: String| {
+            problems.push(TransformConfigProblem { field, message });
+        };
+        // `{}` (or only nulls) would read as the default, silently: a mistake.
+        if self.on_error == ErrorPolicy::ByKind(OnErrorByKind::default()) {
+            bad(
+                "on_error",
+                "names no kind of failure: give at least one of guest_error, trap, timeout, \
+                 memory, fuel, protocol, output_limit or default, or one policy for all as a \
+                 string"
+                    .to_owned(),
+            );
+        }
+        if self.memory_mb == 0 || self.memory_mb > 4096 {
+            bad(
+                "memory_mb",
+                format!(
+                    "memory_mb must be between 1 and 4096, got {}",
+                    self.memory_mb
+                ),
+            );
+        }
+        if self.timeout_ms == 0 {
+            bad("timeout_ms", "timeout_ms must be at least 1".to_owned());
+        }
+        if self.fuel == Some(0) {
+            bad("fuel", "fuel must be at least 1 when set".to_owned());
+        }
+        if self.max_rows_per_record == 0 {
+            bad(
+                "max_rows_per_record",
+                "max_rows_per_record must be at least 1 (0 would fail every row the transform \
+                 emits)"
+                    .to_owned(),
+            );
+        }
+        // The name labels metrics, summary lines and dead letters' `transform:<name>` stage.
+        if let Some(name) = &self.name
+            && (name.trim().is_empty() || name.chars().any(char::is_control))
+        {
+            bad(
+                "name",
+                format!("transform name {name:?} must not be blank or hold control characters"),
+            );
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(problems)
+        }
+    }
+
     /// A config for the component at `uses` with every other field at its default.
     pub fn new(uses: impl Into<String>) -> TransformConfig {
         TransformConfig {

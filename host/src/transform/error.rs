@@ -27,6 +27,17 @@ pub enum LoadError {
     /// warned of).
     #[error("cannot set up the wasm engine: {0}")]
     Engine(String),
+    /// A setting of the transform is out of range (see
+    /// [`TransformConfig::validate`](crate::transform::config::TransformConfig::validate)).
+    #[error("transform {transform}: {message}")]
+    Config {
+        /// The transform's name.
+        transform: String,
+        /// The setting, e.g. `memory_mb`.
+        field: &'static str,
+        /// What is wrong with it.
+        message: String,
+    },
     /// There is no component file at that path (usually: not built yet).
     #[error("component {path} does not exist {}", not_found_hint())]
     NotFound {
@@ -90,13 +101,14 @@ impl LoadError {
         }
     }
 
-    /// The transform setting behind this error, if it is one of its limits (`memory_mb`,
-    /// `timeout_ms`, `fuel`) that `init` ran into.
+    /// The transform setting behind this error: the one out of range, or the limit
+    /// (`memory_mb`, `timeout_ms`, `fuel`) that `init` ran into.
     pub fn setting(&self) -> Option<&'static str> {
         match self {
             LoadError::Init {
                 limit: Some(kind), ..
             } => kind.setting(),
+            LoadError::Config { field, .. } => Some(field),
             _ => None,
         }
     }

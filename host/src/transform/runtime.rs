@@ -493,7 +493,8 @@ impl TransformChain {
         // A component used twice in the chain is compiled once.
         let mut compiled = HashMap::new();
         for (i, config) in configs.iter().enumerate() {
-            let loaded = load_one(&engine, cache.as_ref(), &mut compiled, &linker, config)
+            let loaded = check_config(config)
+                .and_then(|()| load_one(&engine, cache.as_ref(), &mut compiled, &linker, config))
                 .and_then(|loaded| {
                     let instance = check_init(&engine, fuel_enabled, &loaded)?;
                     Ok((loaded, instance))
@@ -1111,6 +1112,23 @@ fn build_linker(engine: &Engine) -> Result<Linker<HostState>, LoadError> {
     bindings::Transform::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
         .map_err(|e| LoadError::Engine(format!("{e:#}")))?;
     Ok(linker)
+}
+
+/// Refuses a transform whose settings are out of range, with the first problem: `validate`
+/// reports every one at its key, but the runtime is also given configs no file held.
+fn check_config(config: &TransformConfig) -> Result<(), LoadError> {
+    match config.validate() {
+        Ok(()) => Ok(()),
+        Err(problems) => {
+            let first = problems.into_iter().next();
+            let (field, message) = first.map_or(("", String::new()), |p| (p.field, p.message));
+            Err(LoadError::Config {
+                transform: config.display_name(),
+                field,
+                message,
+            })
+        }
+    }
 }
 
 /// Loads one transform. `compiled`: the components compiled so far for this chain, by the hash
@@ -3175,6 +3193,30 @@ mod tests {
         let mut scanned = WireBatch::default();
         scanned.wire.schemas = (0..20).map(shape).collect();
         assert_eq!(scanned.merge_schemas(&other[..5]), map[..5]);
+    }
+
+    /// A transform whose settings are out of range is refused before its component is read, at
+    /// its setting, however the config was made (here: not from a pipeline file).
+    #[test]
+    fn a_config_out_of_range_is_refused_before_loading() {
+        let mut config = TransformConfig::new("not-built.wasm");
+        config.memory_mb = 0;
+        config.timeout_ms = 0;
+        let problems = config.validate().unwrap_err();
+        assert_eq!(
+            problems.iter().map(|p| p.field).collect::<Vec<_>>(),
+            ["memory_mb", "timeout_ms"]
+        );
+        match TransformChain::load(&[config], &RuntimeOptions::default()) {
+            Err(e @ LoadError::Config { .. }) => {
+                assert_eq!(e.setting(), Some("memory_mb"));
+                assert_eq!(
+                    e.to_string(),
+                    "transform not-built: memory_mb must be between 1 and 4096, got 0"
+                );
+            }
+            other => panic!("expected a config error, got {:?}", other.err()),
+        }
     }
 
     /// The memory cap is for the instance: a memory of 50 MiB and one of 20 MiB do not fit under
