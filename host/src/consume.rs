@@ -465,9 +465,8 @@ impl Consumer {
             paused: AtomicBool::new(false),
         });
         let max_in_flight = opts.kafka.max_in_flight.max(1) as u64;
-        // The pause at `max_in_flight` is what holds records back; this bound only caps what a
-        // revoke leaves queued (its records stop counting as in flight before `recv` skips them)
-        // and the assignment events, so the poll thread rarely waits on it, and never for long.
+        // The pause at `max_in_flight` (records in flight or waiting here) holds records back, so
+        // records leave `EVENT_SLACK` free for the assignment events the callbacks send.
         let capacity = usize::try_from(max_in_flight).unwrap_or(usize::MAX) + EVENT_SLACK;
         let (tx, rx) = mpsc::channel(capacity);
         let ctx = Ctx {
@@ -642,7 +641,11 @@ fn poll_loop(
 ) {
     let mut next_check = std::time::Instant::now();
     while !shared.stop.load(Ordering::SeqCst) {
-        let in_flight = shared.stats.in_flight.load(Ordering::Relaxed);
+        // Records of a revoked partition stop counting as in flight while they wait in the
+        // channel for `recv` to skip them, so what waits there counts too: records never take
+        // the room kept for events, and this thread does not wait on a pipeline that is busy.
+        let queued = (tx.max_capacity() - tx.capacity()) as u64;
+        let in_flight = shared.stats.in_flight.load(Ordering::Relaxed).max(queued);
         let paused = shared.paused.load(Ordering::SeqCst);
         let now = std::time::Instant::now();
         if !paused && in_flight >= max {
