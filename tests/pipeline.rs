@@ -2813,6 +2813,14 @@ fn source_columns_are_checked_against_the_csv_header() {
             "the header has id, name, value, category, created_at",
         ],
     );
+    // Another mistake in the section does not hide the header's.
+    assert_invalid(
+        &with(r#""loop": 0, "key_column": "nope""#),
+        &[
+            "source.loop (line 4, column 30): loop must be at least 1",
+            r#"source.key_column (line 4, column 41): key_column "nope" is not a column of"#,
+        ],
+    );
     assert_invalid(
         &with(r#""schema": { "id": "int", "nope": "int" }"#),
         &[r#"source.schema.nope (line 4, column 55): schema names column "nope", which"#],

@@ -12,7 +12,7 @@ use std::sync::atomic::AtomicU64;
 
 use crate::config::{ConfigIssue, LoadedConfig, SinkConfig};
 use crate::row::ValueType;
-use crate::source::config::{CsvSource, Pacing, SourceConfig};
+use crate::source::config::{CsvSource, CsvSourceConfig, Pacing, SourceConfig};
 use crate::source::csv::{CsvOptions, CsvReader};
 use crate::transform::config::TransformConfig;
 use crate::transform::{LoadError, RuntimeOptions, TransformChain};
@@ -621,14 +621,11 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
             format!("file {} does not exist", path.display()),
         );
     }
-    let source = src.validate();
-    for problem in source.as_ref().err().into_iter().flatten() {
-        bad(
-            &format!("source.{}", problem.field),
-            problem.message.clone(),
-        );
+    for problem in src.validate().err().into_iter().flatten() {
+        bad(&format!("source.{}", problem.field), problem.message);
     }
-    if let Ok(source) = &source
+    // Read whenever the delimiter is sound, so that one run also shows the header's mistakes.
+    if let Some(delimiter) = crate::source::config::delimiter_byte(&src.delimiter)
         && path.is_file()
     {
         let SinkConfig::Snowflake(sf) = &c.sink;
@@ -636,7 +633,7 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         // header names them; a transform may rename a column first.
         let columns_reach_table =
             c.transforms.is_empty() && sf.format == crate::sink::snowflake::config::FileFormat::Csv;
-        for (at, message) in header_issues(source, &path, columns_reach_table) {
+        for (at, message) in header_issues(src, &path, delimiter, columns_reach_table) {
             bad(&at, message);
         }
     }
@@ -816,9 +813,14 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
 /// something other than a timestamp. Each is (JSON path, message). Only the header is read,
 /// through the source's own reader (BOM, delimiter, quoting, blank and repeated names), so the
 /// names are the ones a run sees however large the file is.
-fn header_issues(src: &CsvSource, path: &Path, columns_reach_table: bool) -> Vec<(String, String)> {
+fn header_issues(
+    src: &CsvSourceConfig,
+    path: &Path,
+    delimiter: u8,
+    columns_reach_table: bool,
+) -> Vec<(String, String)> {
     let opts = CsvOptions {
-        delimiter: src.delimiter,
+        delimiter,
         // Empty: the reader would stop at the first unknown name; each is reported here instead.
         schema: BTreeMap::new(),
         infer_rows: 1,
@@ -869,7 +871,7 @@ fn header_issues(src: &CsvSource, path: &Path, columns_reach_table: bool) -> Vec
         } else if let Some(problem) = crate::source::pacing_column_problem(
             column,
             src.schema.get(column).copied(),
-            inferred_type(src, path, column),
+            inferred_type(src, path, delimiter, column),
         ) {
             issues.push(("source.pacing.column".to_owned(), problem));
         }
@@ -902,13 +904,19 @@ fn header_issues(src: &CsvSource, path: &Path, columns_reach_table: bool) -> Vec
 
 /// The type the source would infer for `column` from the file's first `infer_rows` rows, as it
 /// does when it starts; `None` if the file cannot be read that far.
-fn inferred_type(src: &CsvSource, path: &Path, column: &str) -> Option<ValueType> {
+fn inferred_type(
+    src: &CsvSourceConfig,
+    path: &Path,
+    delimiter: u8,
+    column: &str,
+) -> Option<ValueType> {
     let opts = CsvOptions {
-        delimiter: src.delimiter,
+        delimiter,
         // Declared types shape inference of nothing else, and a name the header lacks would stop
         // the reader (reported above).
         schema: BTreeMap::new(),
-        infer_rows: src.infer_rows.get(),
+        // Not validated yet: a 0 is reported at its key, and this still reads one row.
+        infer_rows: src.infer_rows.max(1),
         max_record_bytes: usize::MAX,
     };
     let reader = CsvReader::open(path, &opts, Arc::new(AtomicU64::new(0)), None).ok()?;
