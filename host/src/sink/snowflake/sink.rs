@@ -978,7 +978,7 @@ impl SnowflakeSink {
         let mut state = self.session.lock().await;
         let (mut attempt, mut overtaken, mut conflicts) = (0, 0, 0);
         let mut rest: Option<(Batch, Vec<Option<RecordMeta>>)> = None;
-        let (mut elsewhere, mut letters_sent) = (0, false);
+        let (mut elsewhere, mut letters_sent) = (0, HashSet::new());
         loop {
             let (batch, origins) = rest.as_ref().map_or((batch, origins), |(b, o)| (b, &o[..]));
             match self
@@ -1041,16 +1041,17 @@ impl SnowflakeSink {
         }
     }
 
-    /// `letters_sent`: the batch's rows the table cannot take were dead-lettered already, by an
-    /// earlier attempt at it (rolled back after a lost session, an emulator conflict, or another
-    /// writer overtaking it), so they are only left out of the file; set once they are.
+    /// `letters_sent`: the rows (record offset, place in the record) an earlier attempt at this
+    /// batch dead-lettered (one rolled back after a lost session, an emulator conflict, or
+    /// another writer overtaking it). Those are only left out of the file; the rest of the
+    /// rejects, which a table changed since can make, are sent and added.
     async fn load_batch_locked(
         &self,
         state: &mut TableState,
         batch: &Batch,
         origins: &[Option<RecordMeta>],
         dead_letters: Option<&DeadLetterTx>,
-        letters_sent: &mut bool,
+        letters_sent: &mut HashSet<(i64, usize)>,
     ) -> Result<LoadOutcome, SinkError> {
         let (first, last) = (batch.first_offset(), batch.last_offset());
         let columns = if batch.row_count() > 0 {
@@ -1141,17 +1142,25 @@ impl SnowflakeSink {
         }
 
         // Dead letters are durable before the offsets move past their records.
-        if !rejects.is_empty() && !*letters_sent {
+        let sent_key = |index: usize, row: &Row| {
+            let (offset, rows) = &batch.records[index];
+            let place = rows.iter().position(|r| std::ptr::eq(r, row));
+            (*offset, place.unwrap_or_default())
+        };
+        let unsent: Vec<&(usize, &Row, String)> = (rejects.iter())
+            .filter(|(index, row, _)| !letters_sent.contains(&sent_key(*index, row)))
+            .collect();
+        if !unsent.is_empty() {
             let Some(dlq) = dead_letters else {
                 return Err(SinkError::NoDeadLetterChannel {
-                    count: rejects.len(),
+                    count: unsent.len(),
                     table: self.names.table.clone(),
-                    first: rejects[0].2.clone(),
+                    first: unsent[0].2.clone(),
                 });
             };
             // All handed over before waiting for any: one broker round trip each adds up.
-            let mut pending = Vec::with_capacity(rejects.len());
-            for (index, row, reason) in &rejects {
+            let mut pending = Vec::with_capacity(unsent.len());
+            for (index, row, reason) in unsent.iter().copied() {
                 let origin = match origins.get(*index) {
                     Some(Some(meta)) => meta.clone(),
                     _ => RecordMeta {
@@ -1184,10 +1193,10 @@ impl SnowflakeSink {
             for p in pending {
                 p.stored().await?;
             }
-            *letters_sent = true;
+            letters_sent.extend(unsent.iter().map(|(index, row, _)| sent_key(*index, row)));
             self.stats
                 .rows_dead_lettered
-                .fetch_add(rejects.len() as u64, Ordering::Relaxed);
+                .fetch_add(unsent.len() as u64, Ordering::Relaxed);
         }
 
         let dir = encode::stage_dir(&self.names.table_plain, &batch.topic, batch.partition);
