@@ -158,8 +158,10 @@ pub struct SourceConfigProblem {
 }
 
 /// A [`CsvSourceConfig`] that passed [`CsvSourceConfig::validate`]: what the replay and the
-/// readers of its file take, with each setting in the form it is used in.
+/// readers of its file take, with each setting in the form it is used in. Only `validate` makes
+/// one outside this crate.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CsvSource {
     /// Path of the CSV file as written, relative to the pipeline file's directory.
     pub path: String,
