@@ -726,6 +726,15 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         for problem in t.validate().err().into_iter().flatten() {
             bad(&at(problem.field), problem.message);
         }
+        // The name labels metrics, summary lines and dead letters' `transform:<name>` stage.
+        if let Some(name) = &t.name
+            && (name.trim().is_empty() || name.chars().any(char::is_control))
+        {
+            bad(
+                &at("name"),
+                format!("transform name {name:?} must not be blank or hold control characters"),
+            );
+        }
     }
 
     let SinkConfig::Snowflake(sf) = &c.sink;

@@ -263,9 +263,9 @@ pub struct TransformConfigProblem {
 }
 
 impl TransformConfig {
-    /// Checks what types cannot express, without I/O (whether `uses` names a file is for the
-    /// loader, and names unique in the chain for `validate`), and returns every problem found.
-    /// The runtime refuses a transform that fails it, however it was made.
+    /// Checks the settings' ranges, without I/O (whether `uses` names a file is for the loader,
+    /// and the name as written in a pipeline file for `validate`), and returns every problem
+    /// found. The runtime refuses a transform that fails it, however it was made.
     pub fn validate(&self) -> Result<(), Vec<TransformConfigProblem>> {
         let mut problems = Vec::new();
         let mut bad = |field: &'static str, message: String| {
@@ -302,15 +302,6 @@ impl TransformConfig {
                 "max_rows_per_record must be at least 1 (0 would fail every row the transform \
                  emits)"
                     .to_owned(),
-            );
-        }
-        // The name labels metrics, summary lines and dead letters' `transform:<name>` stage.
-        if let Some(name) = &self.name
-            && (name.trim().is_empty() || name.chars().any(char::is_control))
-        {
-            bad(
-                "name",
-                format!("transform name {name:?} must not be blank or hold control characters"),
             );
         }
         if problems.is_empty() {
