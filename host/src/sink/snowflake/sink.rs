@@ -1064,32 +1064,44 @@ impl SnowflakeSink {
         let ndjson = self.format == FileFormat::Ndjson;
         let mut plain = Vec::new();
         let mut file_rows = 0usize;
-        // (record index in the batch, row, reason)
-        let mut rejects: Vec<(usize, &Row, String)> = Vec::new();
+        // (record index in the batch, place of the row in its record, row, reason)
+        let mut rejects: Vec<(usize, usize, &Row, String)> = Vec::new();
+        // A row an earlier attempt dead-lettered stays a reject, though the table may take it
+        // now: it must not be both loaded and in the dead-letter topic.
+        let sent_before: &HashSet<(i64, usize)> = letters_sent;
+        let rows = (batch.records.iter().enumerate()).flat_map(|(index, (offset, rows))| {
+            let sent = move |place: usize| sent_before.contains(&(*offset, place));
+            (rows.iter().enumerate()).map(move |(place, row)| (index, place, row, sent(place)))
+        });
+        const SENT_BEFORE: &str = "dead-lettered by an earlier attempt at this batch";
         let mut file_columns: Vec<usize> = Vec::new();
         if let Some(columns) = &columns {
             if ndjson {
-                for (_, rows) in &batch.records {
-                    for row in rows {
-                        encode::write_ndjson_line(&mut plain, row);
-                        file_rows += 1;
+                for (index, place, row, sent) in rows {
+                    if sent {
+                        rejects.push((index, place, row, SENT_BEFORE.to_owned()));
+                        continue;
                     }
+                    encode::write_ndjson_line(&mut plain, row);
+                    file_rows += 1;
                 }
             } else {
                 let names: Vec<String> = columns.iter().map(|c| c.name.clone()).collect();
                 let mut used = vec![false; columns.len()];
                 let mut accepted: Vec<(Vec<Option<usize>>, &Row)> = Vec::new();
-                for (index, (_, rows)) in batch.records.iter().enumerate() {
-                    for row in rows {
-                        match map_row(row, columns, &names) {
-                            Ok(slots) => {
-                                for s in slots.iter().flatten() {
-                                    used[*s] = true;
-                                }
-                                accepted.push((slots, row));
+                for (index, place, row, sent) in rows {
+                    if sent {
+                        rejects.push((index, place, row, SENT_BEFORE.to_owned()));
+                        continue;
+                    }
+                    match map_row(row, columns, &names) {
+                        Ok(slots) => {
+                            for s in slots.iter().flatten() {
+                                used[*s] = true;
                             }
-                            Err(reason) => rejects.push((index, row, reason)),
+                            accepted.push((slots, row));
                         }
+                        Err(reason) => rejects.push((index, place, row, reason)),
                     }
                 }
                 file_columns = (0..columns.len()).filter(|i| used[*i]).collect();
@@ -1134,33 +1146,27 @@ impl SnowflakeSink {
             }
         } else {
             // No table and nothing to create it from: every row of the batch has no fields.
-            for (index, (_, rows)) in batch.records.iter().enumerate() {
-                for row in rows {
-                    rejects.push((index, row, "row has no fields".to_owned()));
-                }
+            for (index, place, row, _) in rows {
+                rejects.push((index, place, row, "row has no fields".to_owned()));
             }
         }
 
         // Dead letters are durable before the offsets move past their records.
-        let sent_key = |index: usize, row: &Row| {
-            let (offset, rows) = &batch.records[index];
-            let place = rows.iter().position(|r| std::ptr::eq(r, row));
-            (*offset, place.unwrap_or_default())
-        };
-        let unsent: Vec<&(usize, &Row, String)> = (rejects.iter())
-            .filter(|(index, row, _)| !letters_sent.contains(&sent_key(*index, row)))
+        let sent_key = |index: usize, place: usize| (batch.records[index].0, place);
+        let unsent: Vec<&(usize, usize, &Row, String)> = (rejects.iter())
+            .filter(|(index, place, ..)| !letters_sent.contains(&sent_key(*index, *place)))
             .collect();
         if !unsent.is_empty() {
             let Some(dlq) = dead_letters else {
                 return Err(SinkError::NoDeadLetterChannel {
                     count: unsent.len(),
                     table: self.names.table.clone(),
-                    first: unsent[0].2.clone(),
+                    first: unsent[0].3.clone(),
                 });
             };
             // All handed over before waiting for any: one broker round trip each adds up.
             let mut pending = Vec::with_capacity(unsent.len());
-            for (index, row, reason) in unsent.iter().copied() {
+            for (index, _, row, reason) in unsent.iter().copied() {
                 let origin = match origins.get(*index) {
                     Some(Some(meta)) => meta.clone(),
                     _ => RecordMeta {
@@ -1193,7 +1199,11 @@ impl SnowflakeSink {
             for p in pending {
                 p.stored().await?;
             }
-            letters_sent.extend(unsent.iter().map(|(index, row, _)| sent_key(*index, row)));
+            letters_sent.extend(
+                unsent
+                    .iter()
+                    .map(|(index, place, ..)| sent_key(*index, *place)),
+            );
             self.stats
                 .rows_dead_lettered
                 .fetch_add(unsent.len() as u64, Ordering::Relaxed);
