@@ -165,6 +165,16 @@ fn default_max_in_flight() -> usize {
     100_000
 }
 
+/// One problem a section's own `validate` found (the source's, a transform's, the sink's): the
+/// key under that section, without where the file has it, which [`ConfigIssue`] adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldProblem {
+    /// The key under the section, e.g. `pacing.speed` under `source`.
+    pub field: &'static str,
+    /// What is wrong, lowercase, no trailing period.
+    pub message: String,
+}
+
 /// One problem in a pipeline file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigIssue {

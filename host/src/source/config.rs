@@ -15,7 +15,7 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use crate::config::OnError;
+use crate::config::{FieldProblem, OnError};
 use crate::row::ValueType;
 
 /// The replay source. Only CSV files today; the `type` tag leaves room for more.
@@ -148,15 +148,6 @@ pub fn delimiter_byte(delimiter: &str) -> Option<u8> {
     }
 }
 
-/// One problem found by [`CsvSourceConfig::validate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SourceConfigProblem {
-    /// The key under `source`, e.g. `pacing.speed`.
-    pub field: &'static str,
-    /// What is wrong, lowercase, no trailing period.
-    pub message: String,
-}
-
 /// A [`CsvSourceConfig`] that passed [`CsvSourceConfig::validate`]: what the replay and the
 /// readers of its file take, with each setting in the form it is used in. Only `validate` makes
 /// one outside this crate.
@@ -185,10 +176,10 @@ impl CsvSourceConfig {
     /// Checks what types cannot express, without I/O (whether the file exists and what its
     /// header holds are `validate`'s), and returns the settings as the source uses them, or
     /// every problem found.
-    pub fn validate(&self) -> Result<CsvSource, Vec<SourceConfigProblem>> {
+    pub fn validate(&self) -> Result<CsvSource, Vec<FieldProblem>> {
         let mut problems = Vec::new();
         let mut bad = |field: &'static str, message: String| {
-            problems.push(SourceConfigProblem { field, message });
+            problems.push(FieldProblem { field, message });
         };
         let delimiter = delimiter_byte(&self.delimiter);
         if delimiter.is_none() {

@@ -6,7 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::error::FailureKind;
-use crate::config::OnError;
+use crate::config::{FieldProblem, OnError};
 
 /// A param's value: text, or a number or a flag, which `init` gets as its JSON text.
 // Only the JSON Schema uses this type; `params_as_text` reads the values.
@@ -253,23 +253,14 @@ impl std::fmt::Debug for TransformConfig {
     }
 }
 
-/// One problem found by [`TransformConfig::validate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransformConfigProblem {
-    /// The key under the transform's entry, e.g. `memory_mb`.
-    pub field: &'static str,
-    /// What is wrong, lowercase, no trailing period.
-    pub message: String,
-}
-
 impl TransformConfig {
     /// Checks the settings' ranges, without I/O (whether `uses` names a file is for the loader,
     /// and the name as written in a pipeline file for `validate`), and returns every problem
     /// found. The runtime refuses a transform that fails it, however it was made.
-    pub fn validate(&self) -> Result<(), Vec<TransformConfigProblem>> {
+    pub fn validate(&self) -> Result<(), Vec<FieldProblem>> {
         let mut problems = Vec::new();
         let mut bad = |field: &'static str, message: String| {
-            problems.push(TransformConfigProblem { field, message });
+            problems.push(FieldProblem { field, message });
         };
         // `{}` (or only nulls) would read as the default, silently: a mistake.
         if self.on_error == ErrorPolicy::ByKind(OnErrorByKind::default()) {

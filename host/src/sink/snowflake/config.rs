@@ -6,6 +6,8 @@ use std::fmt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::config::FieldProblem;
+
 /// The Snowflake sink. `Debug` redacts the password, key and passphrase.
 #[derive(Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -175,15 +177,6 @@ impl fmt::Debug for SnowflakeSinkConfig {
     }
 }
 
-/// One problem found by [`SnowflakeSinkConfig::validate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SinkConfigProblem {
-    /// The key under `sink`, e.g. `batch.max_rows`.
-    pub field: &'static str,
-    /// What is wrong, lowercase, no trailing period.
-    pub message: String,
-}
-
 impl SnowflakeSinkConfig {
     /// Whether this config targets the local emulator (no `account_url`).
     pub fn is_emulated(&self) -> bool {
@@ -192,10 +185,10 @@ impl SnowflakeSinkConfig {
 
     /// Checks the config without I/O: names present, one credential for a real account, sane
     /// batch limits. Returns every problem, not just the first.
-    pub fn validate(&self) -> Result<(), Vec<SinkConfigProblem>> {
+    pub fn validate(&self) -> Result<(), Vec<FieldProblem>> {
         let mut p = Vec::new();
         let mut bad = |field: &'static str, message: &str| {
-            p.push(SinkConfigProblem {
+            p.push(FieldProblem {
                 field,
                 message: message.to_owned(),
             })
