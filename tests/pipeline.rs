@@ -660,8 +660,8 @@ fn validate_runs_the_first_rows_through_the_chain() {
     let (code, stderr) = validate_in(dir.path(), &good, &["--sample-rows", "12"]);
     assert_eq!(code, Some(0), "{stderr}");
     let counts = format!(
-        "the first 11 rows of rows.csv through the transforms: {above} rows out, {} filtered \
-         out, 0 failed (1 bad CSV record not run)",
+        "the first 12 records of rows.csv: 1 bad CSV record (not run); the other 11 rows \
+         through the transforms: {above} rows out, {} filtered out, 0 failed",
         11 - above
     );
     assert!(stderr.contains(&counts), "{counts}\n{stderr}");
@@ -798,7 +798,8 @@ fn validate_says_what_its_sample_did_not_check() {
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
         stderr.contains(
-            "0 rows out, 30 filtered out, 0 failed (2 bad CSV records not run); no row reached \
+            "the first 32 records of rows.csv: 2 bad CSV records (not run); the other 30 rows \
+             through the transforms: 0 rows out, 30 filtered out, 0 failed; no row reached \
              transforms[1], so the sample did not check it"
         ),
         "{stderr}"
@@ -816,8 +817,9 @@ fn validate_says_what_its_sample_did_not_check() {
     assert_eq!(code, Some(2), "{stderr}");
     assert!(
         stderr.contains(
-            "the first 0 rows of big.csv through the transforms: 0 rows out, 0 filtered out, 0 \
-             failed (3 bad CSV records not run); no row reached transforms[0]"
+            "the first 3 records of big.csv: 3 bad CSV records (not run); the other 0 rows \
+             through the transforms: 0 rows out, 0 filtered out, 0 failed; no row reached \
+             transforms[0]"
         ),
         "{stderr}"
     );
@@ -941,8 +943,8 @@ fn validate_reports_what_would_stop_a_run() {
     let (code, stderr) = validate_in(dir.path(), &strict, &[]);
     assert_eq!(code, Some(2), "{stderr}");
     for wanted in [
-        "the first 3 rows of strict.csv through the transforms: 2 rows out, 0 filtered out, 1 \
-         failed (1 bad CSV record not run)",
+        "the first 4 records of strict.csv: 1 bad CSV record (not run); the other 3 rows \
+         through the transforms: 2 rows out, 0 filtered out, 1 failed",
         "source.on_error (line 1, column ",
         "line 5 of strict.csv is a bad row (expected 2 fields, found 3): with on_error fail, a \
          run stops there",

@@ -190,16 +190,28 @@ impl std::fmt::Display for Sample {
                 crate::counted(self.rows, "row"),
             );
         }
+        // Bad CSV records are said apart from the transforms' failures, which they are not.
+        let rows = crate::counted(self.rows, "row");
+        if self.bad > 0 {
+            write!(
+                f,
+                "the first {} of {}: {} (not run); the other {rows} through the transforms: ",
+                crate::counted(self.rows + self.bad, "record"),
+                self.file,
+                crate::counted(self.bad, "bad CSV record"),
+            )?;
+        } else {
+            write!(
+                f,
+                "the first {rows} of {} through the transforms: ",
+                self.file
+            )?;
+        }
         write!(
             f,
-            "the first {} rows of {} through the transforms: {} rows out, {} filtered out, {} \
-             failed",
-            self.rows, self.file, self.out, self.filtered, self.failed
+            "{} rows out, {} filtered out, {} failed",
+            self.out, self.filtered, self.failed
         )?;
-        if self.bad > 0 {
-            let bad = crate::counted(self.bad, "bad CSV record");
-            write!(f, " ({bad} not run)")?;
-        }
         if self.more_warnings > 0 {
             let more = crate::counted(self.more_warnings, "more warning");
             write!(

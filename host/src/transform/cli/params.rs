@@ -133,8 +133,9 @@ pub(super) fn override_params(
 /// Distributes `KEY=VALUE` / `NAME.KEY=VALUE` params over the chain. NAME is a component's name
 /// (`-` and `_` alike, since `transform new my-thing` builds `transform_my_thing.wasm`) or its
 /// 1-based position. With one component an unknown NAME is part of the key (`a.b=c` is param
-/// `a.b`), but a position other than 1 is still an error; with several, every param must be
-/// scoped to exactly one component. A param given
+/// `a.b`), unless it is one or two letters off the component's name (a misspelt scope, which
+/// would otherwise reach `init` as a param no guest reads), and a position other than 1 is still
+/// an error; with several, every param must be scoped to exactly one component. A param given
 /// twice for one component is an error: silently keeping the last one hides a typo in a long
 /// command.
 fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Result<()> {
@@ -179,9 +180,18 @@ fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Re
                         ),
                     }
                 ),
-                Scope::Unknown if names.len() == 1 => (0, key),
+                Scope::Unknown if names.len() == 1 && !near(&names[0], scope) => (0, key),
+                Scope::Unknown if names.len() == 1 => bail!(
+                    "--with {item:?}: no component is named {scope:?}; did you mean {:?}? To \
+                     pass a param named {key:?}, scope it by position: 1.{key}={value}",
+                    names[0]
+                ),
                 Scope::Unknown => bail!(
-                    "--with {item:?}: no component is named {scope:?} (components: {})",
+                    "--with {item:?}: no component is named {scope:?}{} (components: {})",
+                    match names.iter().find(|n| near(n, scope)) {
+                        Some(n) => format!("; did you mean {n:?}?"),
+                        None => String::new(),
+                    },
                     listed()
                 ),
                 Scope::Ambiguous(at) => bail!(
@@ -218,6 +228,28 @@ fn assign_params(configs: &mut [TransformConfig], with: &[String]) -> anyhow::Re
 /// my-thing` builds `transform_my_thing.wasm`, whose component is named `my_thing`.
 pub(super) fn same_name(a: &str, b: &str) -> bool {
     a.replace('-', "_") == b.replace('-', "_")
+}
+
+/// Whether `scope` is one or two edits (a letter added, dropped or changed) off the name `name`,
+/// with `-` and `_` alike and case ignored: a misspelling of it rather than another word.
+fn near(name: &str, scope: &str) -> bool {
+    let fold = |s: &str| -> Vec<char> { s.to_lowercase().replace('-', "_").chars().collect() };
+    let (a, b) = (fold(name), fold(scope));
+    if b.len() < 3 || a.len().abs_diff(b.len()) > 2 {
+        return false;
+    }
+    // Levenshtein distance, one row at a time.
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.iter().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substituted = diagonal + usize::from(ca != cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substituted.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()] <= 2
 }
 
 /// Which components the NAME of a `--with NAME.KEY=VALUE` picks.
@@ -308,7 +340,10 @@ mod tests {
         }
         let says = err(&mut configs, "filtr.op=lt");
         assert!(
-            says.contains("no component is named \"filtr\" (components: 1 filter, 2 enrich)"),
+            says.contains(
+                "no component is named \"filtr\"; did you mean \"filter\"? (components: 1 \
+                 filter, 2 enrich)"
+            ),
             "{says}"
         );
 
@@ -339,6 +374,24 @@ mod tests {
         assert_eq!(one[0].with.get("a.b").map(String::as_str), Some("c"));
         assert_eq!(one[0].with.get("d").map(String::as_str), Some("e"));
         assert_eq!(one[0].with.get("f").map(String::as_str), Some("g"));
+        // ... but a near miss of its name is a misspelt scope, not a param.
+        let mut named = vec![TransformConfig::new("transform_currency_norm.wasm")];
+        let says = err(&mut named, "curency-norm.rates=x");
+        assert!(
+            says.contains(
+                "no component is named \"curency-norm\"; did you mean \"currency_norm\"? To \
+                 pass a param named \"curency-norm.rates\", scope it by position: \
+                 1.curency-norm.rates=x"
+            ),
+            "{says}"
+        );
+        assign_params(
+            &mut named,
+            &["1.curency-norm.rates=x".into(), "rates.eur=1".into()],
+        )
+        .unwrap();
+        assert_eq!(named[0].with.len(), 2);
+        assert!(!near("x", "a") && near("filter", "filtr") && !near("filter", "enrich"));
         let says = err(&mut one, "2.d=e");
         assert!(
             says.contains("position 2 is out of range: there is one component (1 x)"),
