@@ -550,7 +550,7 @@ async fn rows_that_do_not_fit_go_to_dead_letters_before_the_offsets_move() {
     );
     assert_eq!(
         letters[1].reason,
-        "field \"id\" is string but column \"ID\" is FIXED"
+        "field \"id\" is string but column \"ID\" is NUMBER(38,0)"
     );
     let r = sink
         .query(&format!("SELECT \"ID\" FROM {} ORDER BY 1", sink.table()))
@@ -590,6 +590,83 @@ async fn timestamps_beyond_year_9999_are_dead_lettered_not_copied() {
         .await
         .unwrap();
     assert_eq!(r.rows, vec![vec![json!(1)], vec![json!(4)]]);
+}
+
+/// A number that an existing NUMBER(p,s) column cannot hold (too many digits before the point,
+/// once rounded to its scale, or NaN and infinities, which a CSV's float column reads) is
+/// dead-lettered before the COPY, which would otherwise fail the whole file and every replay of
+/// it, so the partition would never move on; the rows around it load.
+#[tokio::test]
+async fn numbers_past_a_number_columns_precision_are_dead_lettered_not_copied() {
+    let cfg = sink_config("priced");
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
+    sink.query(&format!(
+        "CREATE TABLE {} (\"ID\" NUMBER(38,0), \"PRICE\" NUMBER(6,2), \"QTY\" NUMBER(3,0))",
+        sink.table()
+    ))
+    .await
+    .unwrap();
+    let item = |id: i64, price: f64, qty: i64| {
+        let fields = [
+            ("id", Value::Int(id)),
+            ("price", Value::Float(price)),
+            ("qty", Value::Int(qty)),
+        ];
+        row(&fields)
+    };
+    let items = [
+        item(1, 12.5, 3),
+        item(2, f64::NAN, 1),
+        item(3, 9999.994, 999),
+        item(4, f64::INFINITY, 1),
+        item(5, 9999.996, 1),
+        item(6, -1e300, 1),
+        item(7, 0.25, 1000),
+        item(8, -9999.99, -999),
+    ];
+    let records: Vec<SinkRecord> = (items.into_iter().enumerate())
+        .map(|(i, r)| rec("t", 0, i as i64, vec![r]))
+        .collect();
+    let (summary, last, letters) = run_with_dead_letters(&sink, &records).await;
+    assert_eq!((summary.rows_loaded, summary.rows_dead_lettered), (3, 5));
+    assert_eq!(last, 8);
+    let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
+    assert_eq!(
+        reasons,
+        [
+            "field \"price\" is NaN, which column \"PRICE\" (NUMBER(6,2)) cannot hold",
+            "field \"price\" is inf, which column \"PRICE\" (NUMBER(6,2)) cannot hold",
+            "field \"price\" is 9999.996, which column \"PRICE\" (NUMBER(6,2)) cannot hold",
+            "field \"price\" is -1e300, which column \"PRICE\" (NUMBER(6,2)) cannot hold",
+            "field \"qty\" is 1000, which column \"QTY\" (NUMBER(3,0)) cannot hold",
+        ]
+    );
+    let r = sink
+        .query(&format!(
+            "SELECT \"ID\", \"PRICE\", \"QTY\" FROM {} ORDER BY 1",
+            sink.table()
+        ))
+        .await
+        .unwrap();
+    let loaded: Vec<(i64, String, i64)> = (r.rows.iter())
+        .map(|r| {
+            (
+                r[0].as_i64().unwrap(),
+                r[1].to_string(),
+                r[2].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        loaded,
+        [
+            (1, "\"12.50\"".to_owned(), 3),
+            (3, "\"9999.99\"".to_owned(), 999),
+            (8, "\"-9999.99\"".to_owned(), -999)
+        ],
+        "{:?}",
+        r.rows
+    );
 }
 
 #[tokio::test]

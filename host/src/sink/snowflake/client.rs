@@ -309,6 +309,8 @@ pub struct ColumnMeta {
     pub type_name: String,
     /// Scale of `fixed` (and fractional digits of timestamps).
     pub scale: Option<i64>,
+    /// Precision of `fixed`: how many digits it holds.
+    pub precision: Option<i64>,
 }
 
 /// A decoded query result. Values are normalised to JSON: NUMBER(p,0) as integers, FLOAT as
@@ -888,6 +890,7 @@ pub fn decode_result(data: &Json) -> Result<QueryResult, SnowflakeError> {
                         .unwrap_or_default()
                         .to_lowercase(),
                     scale: c.get("scale").and_then(Json::as_i64),
+                    precision: c.get("precision").and_then(Json::as_i64),
                 })
                 .collect()
         })

@@ -81,10 +81,18 @@ pub fn merge_types(a: ValueType, b: ValueType) -> ValueType {
 /// The kind of an existing column, from the result `rowtype` of `SELECT * ... LIMIT 0`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ColumnKind {
-    /// `fixed` with scale 0.
-    Integer,
-    /// `fixed` with a scale.
-    Decimal,
+    /// `fixed` with scale 0: NUMBER(`digits`, 0).
+    Integer {
+        /// Its precision: how many digits it holds.
+        digits: u8,
+    },
+    /// `fixed` with a scale: NUMBER(`digits` + `scale`, `scale`).
+    Decimal {
+        /// How many digits it holds before the point (precision minus scale).
+        digits: u8,
+        /// How many after the point; a value with more is rounded to them.
+        scale: u8,
+    },
     /// `real`.
     Float,
     /// `text`.
@@ -103,7 +111,7 @@ impl ColumnKind {
     /// The kind of the column that `create_table` makes for a field of type `t`.
     pub fn created_for(t: ValueType) -> ColumnKind {
         match t {
-            ValueType::Int => ColumnKind::Integer,
+            ValueType::Int => ColumnKind::Integer { digits: 38 },
             ValueType::Float => ColumnKind::Float,
             ValueType::Bool => ColumnKind::Boolean,
             ValueType::Timestamp => ColumnKind::Timestamp,
@@ -112,11 +120,14 @@ impl ColumnKind {
         }
     }
 
-    /// From a result-set type name and scale.
-    pub fn from_rowtype(type_name: &str, scale: Option<i64>) -> ColumnKind {
+    /// From a result-set type name, precision and scale (NUMBER's default 38 when not given).
+    pub fn from_rowtype(type_name: &str, precision: Option<i64>, scale: Option<i64>) -> ColumnKind {
+        let (precision, scale) = (precision.unwrap_or(38), scale.unwrap_or(0));
+        let (digits, scale) = (precision.saturating_sub(scale), scale);
+        let [digits, scale] = [digits, scale].map(|n| n.clamp(0, 38) as u8);
         match type_name {
-            "fixed" if scale.unwrap_or(0) == 0 => ColumnKind::Integer,
-            "fixed" => ColumnKind::Decimal,
+            "fixed" if scale == 0 => ColumnKind::Integer { digits },
+            "fixed" => ColumnKind::Decimal { digits, scale },
             "real" => ColumnKind::Float,
             "text" => ColumnKind::Text,
             "boolean" => ColumnKind::Boolean,
@@ -127,19 +138,40 @@ impl ColumnKind {
     }
 
     /// Whether `v` can be loaded into a column of this kind without COPY failing or silently
-    /// changing it.
+    /// changing it. A number must fit a NUMBER column's digits (rounded to its scale), and be
+    /// finite: COPY fails the whole file on one that does not, and again on every replay of it,
+    /// so the partition would never move on.
     pub fn accepts(self, v: &Value) -> bool {
+        use ColumnKind as K;
+        match (self, v) {
+            (_, Value::Null) => true,
+            (K::Integer { digits } | K::Decimal { digits, .. }, Value::Int(i)) => {
+                i.unsigned_abs().checked_ilog10().map_or(1, |d| d + 1) <= u32::from(digits)
+            }
+            (K::Decimal { digits, scale }, Value::Float(f)) => {
+                let shifted = (f.abs() * 10f64.powi(scale.into())).round();
+                f.is_finite() && shifted < 10f64.powi(i32::from(digits) + i32::from(scale))
+            }
+            (K::Integer { digits }, Value::Float(f)) => {
+                // Past 1e18 a float no longer says which integer it is.
+                f.is_finite()
+                    && f.fract() == 0.0
+                    && f.abs() < 1e18
+                    && f.abs() < 10f64.powi(digits.into())
+            }
+            (_, v) => self.takes_type(v),
+        }
+    }
+
+    /// Whether a column of this kind takes values of `v`'s type at all, whatever the value.
+    pub fn takes_type(self, v: &Value) -> bool {
         use ColumnKind as K;
         match v {
             Value::Null => true,
-            Value::Int(_) => matches!(
+            Value::Int(_) | Value::Float(_) => matches!(
                 self,
-                K::Integer | K::Decimal | K::Float | K::Text | K::Variant
+                K::Integer { .. } | K::Decimal { .. } | K::Float | K::Text | K::Variant
             ),
-            Value::Float(f) => {
-                matches!(self, K::Float | K::Decimal | K::Text | K::Variant)
-                    || (self == K::Integer && f.is_finite() && f.fract() == 0.0 && f.abs() < 1e18)
-            }
             Value::Bool(_) => matches!(self, K::Boolean | K::Text | K::Variant),
             Value::String(_) => matches!(self, K::Text | K::Other),
             Value::Timestamp(_) => matches!(self, K::Timestamp | K::Text),
@@ -306,9 +338,39 @@ mod tests {
             merge_types(ValueType::Bool, ValueType::Int),
             ValueType::String
         );
-        assert!(ColumnKind::Integer.accepts(&Value::Float(3.0)));
-        assert!(!ColumnKind::Integer.accepts(&Value::Float(3.5)));
-        assert!(!ColumnKind::Integer.accepts(&Value::String("3".into())));
+        let integer = ColumnKind::created_for(ValueType::Int);
+        assert!(integer.accepts(&Value::Float(3.0)));
+        assert!(integer.accepts(&Value::Int(i64::MIN)));
+        assert!(!integer.accepts(&Value::Float(3.5)));
+        assert!(!integer.accepts(&Value::Float(f64::NAN)));
+        assert!(!integer.accepts(&Value::String("3".into())));
+        // NUMBER(6,2): four digits before the point, a value rounded to two after it.
+        let price = ColumnKind::from_rowtype("fixed", Some(6), Some(2));
+        assert_eq!(
+            price,
+            ColumnKind::Decimal {
+                digits: 4,
+                scale: 2
+            }
+        );
+        for fits in [0.0, -9999.994, 12.5, 1e-9] {
+            assert!(price.accepts(&Value::Float(fits)), "{fits}");
+        }
+        for past in [
+            9999.996,
+            -10000.0,
+            1e300,
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+        ] {
+            assert!(!price.accepts(&Value::Float(past)), "{past}");
+        }
+        assert!(price.accepts(&Value::Int(-9999)) && !price.accepts(&Value::Int(10000)));
+        let qty = ColumnKind::from_rowtype("fixed", Some(3), Some(0));
+        assert!(qty.accepts(&Value::Int(999)) && qty.accepts(&Value::Int(0)));
+        assert!(!qty.accepts(&Value::Int(-1000)) && !qty.accepts(&Value::Float(1000.0)));
+        assert!(qty.takes_type(&Value::Int(1000)) && !qty.takes_type(&Value::Bool(true)));
         assert!(ColumnKind::Text.accepts(&Value::Json("{}".into())));
         assert!(!ColumnKind::Variant.accepts(&Value::String("x".into())));
     }

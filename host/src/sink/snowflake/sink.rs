@@ -798,10 +798,20 @@ impl SnowflakeSink {
             Ok(r) => Some(
                 r.columns
                     .iter()
-                    .map(|c| Column {
-                        name: c.name.clone(),
-                        kind: ColumnKind::from_rowtype(&c.type_name, c.scale),
-                        type_label: c.type_name.to_uppercase(),
+                    .map(|c| {
+                        let kind = ColumnKind::from_rowtype(&c.type_name, c.precision, c.scale);
+                        let type_label = match kind {
+                            ColumnKind::Integer { digits } => format!("NUMBER({digits},0)"),
+                            ColumnKind::Decimal { digits, scale } => {
+                                format!("NUMBER({},{scale})", digits + scale)
+                            }
+                            _ => c.type_name.to_uppercase(),
+                        };
+                        Column {
+                            name: c.name.clone(),
+                            kind,
+                            type_label,
+                        }
                     })
                     .collect(),
             ),
@@ -1541,6 +1551,19 @@ fn map_row(row: &Row, columns: &[Column], names: &[String]) -> Result<Vec<Option
                 ));
             }
             Some(i) if columns[i].kind.accepts(&f.value) => slots.push(Some(i)),
+            Some(i) if columns[i].kind.takes_type(&f.value) => {
+                // `1e300` rather than its 301 digits.
+                let value = match f.value {
+                    Value::Float(x) if x.abs() >= 1e15 => format!("{x:e}"),
+                    ref v => v.to_string(),
+                };
+                return Err(format!(
+                    "field \"{}\" is {value}, which column {} ({}) cannot hold",
+                    f.name,
+                    encode::quote_ident(&columns[i].name),
+                    columns[i].type_label
+                ));
+            }
             Some(i) => {
                 return Err(format!(
                     "field \"{}\" is {} but column {} is {}",
