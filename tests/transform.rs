@@ -4713,7 +4713,8 @@ fn cli_test_scopes_with_params_in_a_chain() {
         (
             [guests::FILTER, guests::ENRICH],
             "enrcih.uppercase=name",
-            "no component is named \"enrcih\" (components: 1 filter, 2 enrich)",
+            "no component is named \"enrcih\"; did you mean \"enrich\"? (components: 1 filter, \
+             2 enrich)",
         ),
         (
             [guests::FILTER, guests::FILTER],
