@@ -1124,10 +1124,12 @@ fn poison_infinite_loop_times_out_and_only_that_record_is_quarantined() {
     let c = assert_poison_isolated(guests::POISON_LOOP, FailureKind::Timeout, |c| {
         c.timeout_ms = 100
     });
+    // The row timed out alone after rows 0 to 12 on the same instance, so it ran once more on
+    // a fresh one (their state could have set it off) before it was blamed.
     assert_eq!(
         c.stats()[0].1.instance_restarts.load(Relaxed),
-        2,
-        "batch call + the isolated re-run"
+        3,
+        "batch call + the isolated re-run + the re-run on a fresh instance"
     );
 }
 
@@ -1982,6 +1984,30 @@ fn a_row_is_not_blamed_for_a_trap_caused_by_earlier_rows() {
     assert!(q.reason.contains("has seen 0 rows"), "{}", q.reason);
 }
 
+/// Nor for a hang caused by earlier rows (a loop on state they broke): a row that times out
+/// alone after others on the same instance runs again on a fresh one before it is blamed.
+#[test]
+fn a_row_is_not_blamed_for_a_hang_caused_by_earlier_rows() {
+    let mut probe = config(guests::PROBE, &[]);
+    probe.timeout_ms = 100;
+    let c = one_worker(&[probe]);
+    let rows: Vec<Row> = (0..4)
+        .map(|i| row(&[("id", Value::Int(i)), ("hang_after", Value::Int(1))]))
+        .collect();
+    let out = c.process_blocking(with_meta(rows.clone())).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        assert!(
+            matches!(o, RecordOutcome::Emitted(r) if r.len() == 1),
+            "row {i}: {o:?}"
+        );
+    }
+    assert_eq!(c.stats()[0].1.rows_failed.load(Relaxed), 0);
+    // A row that hangs on a fresh instance is still blamed.
+    let rows = vec![row(&[("hang_after", Value::Int(0))])];
+    let q = quarantined(&c.process_blocking(with_meta(rows)).unwrap()[0]).clone();
+    assert_eq!(q.kind, FailureKind::Timeout, "{}", q.reason);
+}
+
 #[test]
 fn fuel_runs_out_deterministically_and_is_counted() {
     let c = assert_poison_isolated(guests::POISON_LOOP, FailureKind::Fuel, |c| {
@@ -2520,11 +2546,11 @@ fn check_rejects_files_that_are_not_sluice_transforms() {
     );
 }
 
-/// `component` with a core module of `imports` function imports and `globals` globals appended,
-/// instantiated `instances` times (never called; a module with imports is never instantiated).
+/// `component` with a core module of `imports` function imports, `tags` exception tags and
+/// `globals` globals appended, instantiated `instances` times (never called; a module with imports is never instantiated).
 /// Component sections may come in any order, and each extends its index space, so the new
 /// module's index is the number of modules before it.
-fn bloated(component: &[u8], imports: u32, globals: u32, instances: u32) -> Vec<u8> {
+fn bloated(component: &[u8], [imports, tags, globals]: [u32; 3], instances: u32) -> Vec<u8> {
     fn leb(mut n: usize, out: &mut Vec<u8>) {
         loop {
             let b = (n & 0x7f) as u8;
@@ -2569,6 +2595,13 @@ fn bloated(component: &[u8], imports: u32, globals: u32, instances: u32) -> Vec<
         body.extend_from_slice(&[0x00, 0x00]);
     }
     section(2, &body, &mut module);
+    // (tag (type 0)), `tags` times.
+    let mut body = Vec::new();
+    leb(tags as usize, &mut body);
+    for _ in 0..tags {
+        body.extend_from_slice(&[0x00, 0x00]);
+    }
+    section(13, &body, &mut module);
     // (global i64 (i64.const 0)), `globals` times.
     let mut body = Vec::new();
     leb(globals as usize, &mut body);
@@ -2596,7 +2629,7 @@ fn bloated(component: &[u8], imports: u32, globals: u32, instances: u32) -> Vec<
 /// What a component's core modules hold per instance (globals, function references, tables) is
 /// host memory outside `memory_mb`, built by host code the CPU cap does not interrupt, so a
 /// component could make every instance cost gigabytes. A core module that declares more than
-/// 100,000 imports, functions and globals is refused when it loads, and more than 200 core
+/// 100,000 imports, functions, tags and globals is refused when it loads, and more than 200 core
 /// instances fail the instance; within both, the same bytes load and run.
 #[test]
 fn components_whose_instances_would_cost_the_host_unbounded_memory_are_refused() {
@@ -2607,22 +2640,29 @@ fn components_whose_instances_would_cost_the_host_unbounded_memory_are_refused()
         std::fs::write(&p, bytes).unwrap();
         p.to_string_lossy().into_owned()
     };
-    let within = write("within.wasm", bloated(&passthrough, 0, 100, 10));
+    let within = write("within.wasm", bloated(&passthrough, [0, 50, 100], 10));
     let c = chain(&[config(&within, &[])]);
     let out = c.process_blocking(with_meta(numbered(3))).unwrap();
     assert_eq!(emitted(&out[2]), &numbered(3)[2..]);
-    for (imports, globals) in [(0, 200_000), (200_000, 0), (60_000, 60_000)] {
-        let big = write("big.wasm", bloated(&passthrough, imports, globals, 0));
+    for declared in [
+        [0, 0, 200_000],
+        [200_000, 0, 0],
+        [60_000, 0, 60_000],
+        [0, 200_000, 0],
+        [40_000, 40_000, 40_000],
+    ] {
+        let big = write("big.wasm", bloated(&passthrough, declared, 0));
         let err = check(&config(&big, &[]), &opts()).unwrap_err();
         assert!(matches!(err, LoadError::InvalidComponent { .. }), "{err}");
         assert!(
             err.to_string().contains(
-                "declares more than 100000 imports, functions and globals, the most sluice allows"
+                "declares more than 100000 imports, functions, tags and globals, the most sluice \
+                 allows"
             ),
             "{err}"
         );
     }
-    let instances = write("instances.wasm", bloated(&passthrough, 0, 1, 300));
+    let instances = write("instances.wasm", bloated(&passthrough, [0, 0, 1], 300));
     let err = check(&config(&instances, &[]), &opts()).unwrap_err();
     assert!(err.to_string().contains("instance count too high"), "{err}");
 }

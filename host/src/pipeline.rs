@@ -352,7 +352,7 @@ impl std::fmt::Display for TransformPart {
         if self.instance_restarts > 0 {
             write!(
                 f,
-                ", {} rebuilt (state kept between batches lost)",
+                ", {} rebuilt (the state each held lost)",
                 counted(self.instance_restarts, "instance")
             )?;
         }
@@ -2964,7 +2964,7 @@ mod tests {
         assert_eq!(
             rebuilt.to_string(),
             "mask: 2 in, 2 out, 0 dropped, 0 failed, 1 batch call broke only as a batch, 2 \
-             instances rebuilt (state kept between batches lost), fuel consumed 7"
+             instances rebuilt (the state each held lost), fuel consumed 7"
         );
         let timed = TransformPart {
             call_time_ns: 4_567_000,

@@ -87,9 +87,10 @@ pub struct TransformConfig {
     pub name: Option<String>,
     /// Path of the component (`.wasm`), relative to the pipeline file's directory.
     pub uses: String,
-    /// Parameters handed to the component's `init` as string pairs. A number or a flag written
-    /// bare (`"window": 100`, `"strict": true`) is handed over as its JSON text (`100`,
-    /// `true`).
+    /// Parameters handed to the component's `init` as string pairs. A flag or an integer written
+    /// bare (`"window": 100`, `"strict": true`) is handed over as written (`100`, `true`), and
+    /// another number as the shortest text that reads back the same float (`2.5`; `5e1` as
+    /// `50.0`): quote it to hand it over exactly as written.
     #[serde(default, deserialize_with = "params_as_text")]
     #[schemars(with = "BTreeMap<String, ParamValue>")]
     pub with: BTreeMap<String, String>,

@@ -29,7 +29,7 @@
 //! thread's CPU clock, so time spent descheduled is not charged) and optionally a fuel budget.
 //! An instance may hold at most `MAX_HANDLES` WASI resources (streams, pollables) and
 //! `MAX_CORE_INSTANCES` core instances (whose modules may declare at most
-//! `MAX_ENTITIES_PER_MODULE` imports, functions and globals): they live in host memory, outside
+//! `MAX_ENTITIES_PER_MODULE` imports, functions, tags and globals): they live in host memory, outside
 //! `memory_mb`. The host copies at most four times `memory_mb` out of one call
 //! (`OUTPUT_COPY_PER_MEMORY_BYTE`), and takes at most sixteen times as host rows
 //! (`OUTPUT_ROWS_PER_MEMORY_BYTE`). A trap or a limit poisons only that instance: the worker
@@ -123,7 +123,8 @@ const MAX_TABLES: usize = 16;
 /// See [`MAX_CORE_INSTANCES`].
 const MAX_MEMORIES: usize = 16;
 
-/// Most imports, functions and globals, together, one core module of a component may declare.
+/// Most imports, functions, exception tags and globals, together, one core module of a component
+/// may declare.
 /// Every instance of the module gets a host-side slot for each (16 to 32 bytes), written by host
 /// code when the instance is built, and the format allows millions per module, instantiated up
 /// to [`MAX_CORE_INSTANCES`] times: gigabytes built outside both `memory_mb` and the CPU cap.
@@ -132,7 +133,7 @@ const MAX_MEMORIES: usize = 16;
 const MAX_ENTITIES_PER_MODULE: u32 = 100_000;
 
 /// Refuses a component one of whose core modules declares more than [`MAX_ENTITIES_PER_MODULE`]
-/// imports, functions and globals. Anything it cannot parse is left for wasmtime to report.
+/// imports, functions, tags and globals. Anything it cannot parse is left for wasmtime to report.
 fn check_module_sizes(bytes: &[u8]) -> Result<(), String> {
     use wasmparser::Payload;
     let bytes = match wat::parse_bytes(bytes) {
@@ -151,6 +152,7 @@ fn check_module_sizes(bytes: &[u8]) -> Result<(), String> {
             Ok(Payload::ImportSection(s)) => s.count(),
             Ok(Payload::FunctionSection(s)) => s.count(),
             Ok(Payload::GlobalSection(s)) => s.count(),
+            Ok(Payload::TagSection(s)) => s.count(),
             Ok(_) => continue,
             Err(_) => return Ok(()),
         };
@@ -158,7 +160,7 @@ fn check_module_sizes(bytes: &[u8]) -> Result<(), String> {
         if declared > MAX_ENTITIES_PER_MODULE {
             return Err(format!(
                 "one of its core modules declares more than {MAX_ENTITIES_PER_MODULE} imports, \
-                 functions and globals, the most sluice allows (each instance of the module \
+                 functions, tags and globals, the most sluice allows (each instance of the module \
                  holds a slot for each in the host's memory)"
             ));
         }
@@ -1634,6 +1636,9 @@ fn arm_for(
     let state = store.data_mut();
     state.cpu_limit = Duration::from_millis(limit_ms);
     state.cpu_start = thread_cpu_time();
+    // A refused growth that the call survived (wasmtime collects a GC heap and goes on instead
+    // of growing it) must not name this call's failure, whatever it is, a memory one.
+    state.limits.hit = false;
     state.output.start_call(pass);
     // The next tick looks at the count (see the deadline callback in `Slot::new`).
     store.set_epoch_deadline(1);
@@ -2510,11 +2515,12 @@ fn call(
             // its earlier calls grew (a wasm memory never shrinks) counts against the cap: a call
             // that finds either full is only to blame if it does so on a fresh instance. So is
             // a row run alone that traps (or runs out of fuel) after others on the same instance:
-            // the state they left may be what failed. (A batch of more rows is run again a row
-            // at a time anyway.)
+            // the state they left may be what failed, and so may a row that hangs (a loop on
+            // state an earlier row broke). (A batch of more rows is run again a row at a time
+            // anyway.)
             let stale = match failure.0 {
                 FailureKind::Memory => true,
-                FailureKind::Trap | FailureKind::Fuel => origins.len() == 1,
+                FailureKind::Trap | FailureKind::Fuel | FailureKind::Timeout => origins.len() == 1,
                 _ => is_handles_full(&e),
             };
             if !fresh && stale {

@@ -5,8 +5,8 @@
 //! `wait_ready` waits on a timer that is already due, with `pollable.block` and with `poll`;
 //! one with an int field `leak_handles` creates that many pollables and never drops them; one
 //! with an int field `leak_kb` allocates that many KiB and never frees them; one with an int field
-//! `fail_after` panics if this instance has already seen that many rows (state gone bad); one
-//! with a field `seen` gets it set to how many rows this instance has seen, itself included; one
+//! `fail_after` panics if this instance has already seen that many rows (state gone bad), and
+//! one with an int field `hang_after` loops forever then; one with a field `seen` gets it set to how many rows this instance has seen, itself included; one
 //! with an int field `random_bytes` asks `wasi:random` for that many bytes in one call; one with
 //! an int field `write_newlines` writes that many newlines to stderr in one `write` call.
 //! Param `say` makes `init` print its value on stderr; param `panic`, panic with it; param
@@ -43,6 +43,13 @@ impl Transform for Probe {
             && self.seen > *n
         {
             panic!("this instance has seen {} rows", self.seen - 1);
+        }
+        if let Some(Value::Int(n)) = row.get("hang_after")
+            && self.seen > *n
+        {
+            loop {
+                std::hint::black_box(self.seen);
+            }
         }
         if row.get("seen").is_some() {
             let mut row = row;
