@@ -949,6 +949,71 @@ async fn a_transaction_that_fails_after_copy_is_replayed_exactly_once() {
     sink.close().await;
 }
 
+/// A staged file is reused only when it holds what the batch holds now: a file left by an attempt
+/// that never committed, named by the same offsets, is replaced when the batch's rows changed
+/// since (the transform was fixed before the restart), rather than its old rows loaded.
+#[tokio::test]
+async fn a_staged_file_left_by_a_failed_attempt_is_replaced_when_the_batch_changed() {
+    let _shared = shared_db_lock().lock().await;
+    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
+        .await
+        .unwrap();
+    let double = S3Double::start(&emu_url, 16).await;
+    let options = || {
+        let mut o = ConnectOptions::emulator_shared(double.url());
+        o.s3_endpoint = Some(double.url());
+        o
+    };
+    let mut cfg = sink_config("restaged_events");
+    cfg.offsets_table = "RESTAGED_OFFSETS".into();
+    cfg.batch.max_rows = 5;
+    let log = |name: &str| -> Vec<SinkRecord> {
+        let named = |o: i64| {
+            let fields = [
+                ("id", Value::Int(o)),
+                ("name", Value::String(format!("{name}{o}"))),
+            ];
+            row(&fields)
+        };
+        (0..5).map(|o| rec("t", 0, o, vec![named(o)])).collect()
+    };
+
+    // First life: the batch is staged and copied, then COMMIT fails.
+    let sink = Arc::new(SnowflakeSink::connect(&cfg, "p", options()).await.unwrap());
+    double.fail_next_statement("COMMIT", "000603");
+    let (handle, _durable, task) = sink.clone().spawn(None, 16);
+    for r in log("old") {
+        let _ = handle.record(r).await;
+    }
+    handle.close();
+    let err = task
+        .await
+        .unwrap()
+        .expect_err("the failed commit fails the writer");
+    assert!(err.to_string().contains("injected failure"), "{err}");
+    sink.close().await;
+
+    // Second life, with the rows a fixed transform makes: the file is there (HEAD), but with
+    // other content, so it is uploaded again and the new rows load.
+    let sink = Arc::new(SnowflakeSink::connect(&cfg, "p", options()).await.unwrap());
+    let (summary, durable) = run_writer(sink.clone(), log("new"), None).await;
+    assert_eq!(summary.rows_loaded, 5);
+    assert_eq!(last_durable(&durable), HashMap::from([(0, 5)]));
+    let seen = double.observed();
+    assert_eq!((seen.head_hits, seen.puts), (1, 2));
+    assert!(seen.rejections.is_empty(), "{:#?}", seen.rejections);
+    let r = sink
+        .query(&format!(
+            "SELECT \"NAME\" FROM {} ORDER BY \"ID\"",
+            sink.table()
+        ))
+        .await
+        .unwrap();
+    let names: Vec<&str> = r.rows.iter().filter_map(|r| r[0].as_str()).collect();
+    assert_eq!(names, ["new0", "new1", "new2", "new3", "new4"]);
+    sink.close().await;
+}
+
 #[tokio::test]
 async fn a_session_lost_inside_the_transaction_redoes_it_on_a_new_session() {
     let _shared = shared_db_lock().lock().await;

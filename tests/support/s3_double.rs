@@ -10,7 +10,7 @@
 //! handed to fakesnow's own presigned URL, so `COPY` loads exactly what the sink meant to send.
 //! Anything that fails a check is answered with 403/400 and recorded in `rejections`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
@@ -61,7 +61,8 @@ struct State {
     fakesnow: String,
     master_key: Vec<u8>,
     presigned: HashMap<String, String>,
-    stored: HashSet<String>,
+    /// The `sfc-digest` of each object stored, by key.
+    stored: HashMap<String, String>,
     observed: Observed,
     http: reqwest::Client,
     fail_puts: u32,
@@ -106,7 +107,7 @@ impl S3Double {
             fakesnow: fakesnow_url.trim_end_matches('/').to_owned(),
             master_key,
             presigned: HashMap::new(),
-            stored: HashSet::new(),
+            stored: HashMap::new(),
             observed: Observed::default(),
             http: reqwest::Client::new(),
             fail_puts: 0,
@@ -541,9 +542,13 @@ async fn s3_head(st: &Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp,
     let key = object_key(req.uri().path())?;
     let mut s = st.lock().expect("state");
     s.observed.heads += 1;
-    if s.stored.contains(&key) {
+    if let Some(digest) = s.stored.get(&key).cloned() {
         s.observed.head_hits += 1;
-        Ok(reply(200, Bytes::new()))
+        Ok(Response::builder()
+            .status(200)
+            .header("x-amz-meta-sfc-digest", digest)
+            .body(Full::new(Bytes::new()))
+            .expect("response"))
     } else {
         Ok(reply(404, Bytes::new()))
     }
@@ -654,7 +659,7 @@ async fn s3_put(st: &Arc<Mutex<State>>, req: Request<Incoming>) -> Result<Resp, 
         ));
     }
     let mut s = st.lock().expect("state");
-    s.stored.insert(key.clone());
+    s.stored.insert(key.clone(), digest);
     s.observed.puts += 1;
     s.observed.objects.insert(key, plain);
     Ok(Response::builder()

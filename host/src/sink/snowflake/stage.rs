@@ -463,7 +463,11 @@ impl Uploader {
     ) -> Result<UploadOutcome, SnowflakeError> {
         let url = put.s3_url(file_name, self.s3_endpoint_override.as_deref());
         // HEAD first: an object that exists may already be loaded, and re-uploading it with a new
-        // random key would change its ETag and make COPY load it again.
+        // random key would change its ETag and make COPY load it again. But only the same
+        // content is kept: a file left by an attempt that never committed (its COPY failed, and
+        // the transform or the table was fixed since) is named by the batch's offsets alone, and
+        // keeping it would load the old rows. Loading new content twice is what the offsets
+        // guard stops, not COPY's load history.
         let head = self.sign_s3(put, "HEAD", &url, &[], false)?;
         let resp = self
             .http
@@ -472,8 +476,13 @@ impl Uploader {
             .send()
             .await
             .map_err(|e| SnowflakeError::transport("s3 head", e))?;
+        let same = |r: &reqwest::Response| {
+            let stored = r.headers().get("x-amz-meta-sfc-digest");
+            stored.is_some_and(|d| d.as_bytes() == digest.as_bytes())
+        };
         match resp.status().as_u16() {
-            200 => return Ok(UploadOutcome::Skipped),
+            200 if same(&resp) => return Ok(UploadOutcome::Skipped),
+            200 => {}
             // 403 is what S3 answers for a missing object without ListBucket permission.
             404 | 403 => {}
             status => {
