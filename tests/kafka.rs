@@ -599,6 +599,74 @@ async fn rate_pacing_holds_the_rate() {
     assert!(ts.windows(2).all(|w| w[1] >= w[0]));
 }
 
+/// A failed Kafka commit (a rebalance under way, the coordinator moving) still releases the
+/// records below it: the warehouse holds them, and keeping them in flight would pause the
+/// consumer at `max_in_flight` for good. Against librdkafka's mock cluster, which can fail a
+/// request on purpose (the managed broker cannot); a later commit goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_still_releases_the_records_below_it() {
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let mock = MockCluster::new(1).expect("mock cluster");
+    let topic = "commits";
+    mock.create_topic(topic, 1, 1).expect("topic");
+    let bootstrap = mock.bootstrap_servers();
+    let producer: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("producer");
+    for i in 0..30 {
+        let value = format!("{{\"id\": {i}}}");
+        let record = FutureRecord::to(topic).key("k").payload(&value);
+        producer
+            .send(record, Duration::from_secs(10))
+            .await
+            .expect("sent");
+    }
+    let kafka: KafkaConfig = serde_json::from_value(serde_json::json!({
+        "brokers": bootstrap, "topic": topic, "partitions": 1, "max_in_flight": 10
+    }))
+    .unwrap();
+    let stats = Arc::new(ConsumerStats::default());
+    let opts = ConsumerOptions {
+        kafka: &kafka,
+        bootstrap: &bootstrap,
+        group_id: "group",
+        offsets: consume::group_offsets(),
+        stats: stats.clone(),
+    };
+    let mut consumer = Consumer::start(opts).expect("consumer");
+    // Records until none comes for 2 s (the first may take longer: see the test below).
+    async fn drain(c: &mut Consumer, got: &mut usize) {
+        let mut wait = Duration::from_secs(20);
+        while let Ok(ev) = tokio::time::timeout(wait, c.recv()).await {
+            if let Some(Ok(ConsumerEvent::Record(_))) = ev {
+                *got += 1;
+                wait = Duration::from_secs(2);
+            }
+        }
+    }
+    let mut got = 0;
+    drain(&mut consumer, &mut got).await;
+    assert_eq!(got, 10, "consumption stops at max_in_flight");
+    mock.request_errors(
+        RDKafkaApiKey::OffsetCommit,
+        &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_REBALANCE_IN_PROGRESS],
+    );
+    let failed = consumer.commit(topic, 0, 10).await;
+    assert!(failed.is_err(), "{failed:?}");
+    assert_eq!(stats.commit_errors.load(Ordering::Relaxed), 1);
+    assert_eq!(stats.in_flight.load(Ordering::Relaxed), 0);
+    drain(&mut consumer, &mut got).await;
+    assert_eq!(got, 20, "consumption resumed after the failed commit");
+    assert_eq!(
+        consumer.commit(topic, 0, 20).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    consumer.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uncommitted_records_apply_backpressure() {
     let dir = tempfile::tempdir().unwrap();

@@ -538,8 +538,9 @@ impl Consumer {
     }
 
     /// Commits `next_offset` (the offset after the last durable record) for a partition of
-    /// `topic`, and releases the in-flight records below it. Never moves a committed offset back.
-    /// Returns once the group coordinator has answered.
+    /// `topic`, and releases the in-flight records below it, even when the commit fails: they are
+    /// durable in the warehouse, which is what a restart resumes from. Never moves a committed
+    /// offset back. Returns once the group coordinator has answered.
     pub async fn commit(
         &self,
         topic: &str,
@@ -570,6 +571,8 @@ impl Consumer {
             // Sync, with the fence held: see the module doc.
             if let Err(source) = consumer.commit(&tpl, CommitMode::Sync) {
                 shared.stats.commit_errors.fetch_add(1, Ordering::Relaxed);
+                drop(fence);
+                shared.release(partition, next_offset);
                 return Err(ConsumeError::Kafka {
                     what: format!(
                         "cannot commit offset {next_offset} of {topic} partition {partition}"

@@ -1158,6 +1158,7 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
     >;
     let mut reading: Option<Reading> = None;
     let mut last_read = Instant::now();
+    let (mut commit_failures, mut commit_warned) = (0u64, None);
     let result: anyhow::Result<()> = async {
         loop {
             tokio::select! {
@@ -1166,8 +1167,17 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                 Some(d) = durable_rx.recv() => {
                     let e = durable.entry(d.partition).or_default();
                     *e = (*e).max(d.next_offset);
-                    consumer.commit(&d.topic, d.partition, d.next_offset).await
-                        .with_context(|| format!("cannot commit offset {} of {} partition {}", d.next_offset, d.topic, d.partition))?;
+                    // The warehouse already holds this offset, and a restart resumes from it: a
+                    // failed Kafka commit (a rebalance under way, the coordinator moving) only
+                    // leaves the group's offset behind until a later commit, so it is no reason
+                    // to stop. Said at most once a minute, as it may fail for every batch.
+                    if let Err(e) = consumer.commit(&d.topic, d.partition, d.next_offset).await {
+                        commit_failures += 1;
+                        if commit_warned.is_none_or(|at: Instant| at.elapsed() >= Duration::from_secs(60)) {
+                            commit_warned = Some(Instant::now());
+                            warn!(error = %e, failures = commit_failures, "Kafka commit failed after the warehouse commit; the group's offset lags until a later commit succeeds, and a restart resumes from Snowflake's offsets.");
+                        }
+                    }
                 }
                 // Before the records: under a steady flow `recv` is always ready, and a biased
                 // select would not see the replay end until the flow paused.
