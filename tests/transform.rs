@@ -4615,6 +4615,19 @@ fn cli_test_usage_errors_exit_2() {
         ),
         "{stderr}"
     );
+    // A build of another workspace is built with `--dir`: `transform build` alone builds only
+    // ./transforms.
+    let other = "ws/target/wasm32-wasip2/release/transform_x.wasm";
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &["transform", "test", "--component", other, "--input", input],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("or build it with `sluice transform build --dir ws`)"),
+        "{stderr}"
+    );
     // Builds moved elsewhere are where the docs' and pipeline files' paths do not look.
     let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
         .args(missing)
@@ -5748,6 +5761,21 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         "{err}"
     );
     std::fs::remove_file(&params).unwrap();
+    // Without a golden file of its own, a pass says it compared nothing.
+    let kept = crate_dir.join("testdata/kept.jsonl");
+    std::fs::rename(crate_dir.join("testdata/expected.jsonl"), &kept).unwrap();
+    let (code, _, err) = own(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(
+        err.contains(
+            "note: transform shout has no testdata/expected.jsonl or expected-failures.jsonl, so \
+             its output was not compared with anything"
+        ),
+        "{err}"
+    );
+    std::fs::rename(&kept, crate_dir.join("testdata/expected.jsonl")).unwrap();
+    let (code, _, err) = own(&[]);
+    assert!(code == Some(0) && !err.contains("note: "), "{err}");
     // A golden file the run writes is made, not checked: stdout into expected.jsonl remakes it.
     let golden = std::fs::File::create(crate_dir.join("testdata/expected.jsonl")).unwrap();
     let remade = std::process::Command::new(sluice_tests::cli::sluice_bin())

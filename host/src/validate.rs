@@ -722,7 +722,7 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
                 format!(
                     "component {} does not exist {}",
                     wasm.display(),
-                    crate::transform::not_found_hint()
+                    crate::transform::not_found_hint(&wasm)
                 ),
             );
         }

@@ -5,11 +5,26 @@ use std::path::PathBuf;
 
 use super::runtime::{ISOLATED_OUTPUT_PER_MEMORY_BYTE, ISOLATION_LIMITS, ISOLATION_ROW_MS};
 
-/// What to do about a component file that does not exist: build it. Paths in the docs and in
-/// `pipeline.json` assume builds in `transforms/target`, so when `CARGO_TARGET_DIR` moves them,
-/// building again would not help without saying where they went.
-pub(crate) fn not_found_hint() -> String {
-    let mut hint = "(check the path, or build it with `sluice transform build`)".to_owned();
+/// What to do about a component file `path` that does not exist: build it, in the workspace
+/// whose `target` it is in when that is not `./transforms` (`sluice transform build` alone
+/// builds only there). Paths in the docs and in `pipeline.json` assume builds in
+/// `transforms/target`, so when `CARGO_TARGET_DIR` moves them, building again would not help
+/// without saying where they went.
+pub(crate) fn not_found_hint(path: &std::path::Path) -> String {
+    let text = path.to_string_lossy();
+    let workspace = text
+        .rsplit_once("/target/wasm32-wasip2/")
+        .map(|(ws, _)| if ws.is_empty() { "/" } else { ws })
+        .filter(|ws| {
+            let here = std::env::current_dir().map(|d| d.join("transforms"));
+            !matches!(*ws, "transforms" | "./transforms")
+                && here.is_ok_and(|here| here != std::path::Path::new(ws))
+        });
+    let build = match workspace {
+        Some(ws) => format!("sluice transform build --dir {ws}"),
+        None => "sluice transform build".to_owned(),
+    };
+    let mut hint = format!("(check the path, or build it with `{build}`)");
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
         hint.push_str(&format!(
             "; CARGO_TARGET_DIR is set, so builds go to {}, not transforms/target",
@@ -39,7 +54,7 @@ pub enum LoadError {
         message: String,
     },
     /// There is no component file at that path (usually: not built yet).
-    #[error("component {path} does not exist {}", not_found_hint())]
+    #[error("component {path} does not exist {}", not_found_hint(path))]
     NotFound {
         /// The component path.
         path: PathBuf,

@@ -364,6 +364,10 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                     golden::same_file(std::os::fd::AsFd::as_fd(&std::io::stdout()), &m)
                 })
             };
+            // NAME mode with no golden file of its own: a pass that checked nothing is said.
+            let no_golden = (own.as_ref())
+                .filter(|o| o.expect.is_none() && o.expect_failures.is_none())
+                .and(name.clone());
             let expect = expect.or_else(|| own.as_ref()?.expect.clone().filter(|p| !stdout_is(p)));
             let expect_failures = expect_failures.or_else(|| {
                 let own = own.as_ref()?.expect_failures.clone()?;
@@ -565,6 +569,12 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 );
             }
             if !compares {
+                if let Some(name) = no_golden {
+                    crate::errln!(
+                        "note: transform {name} has no testdata/expected.jsonl or \
+                         expected-failures.jsonl, so its output was not compared with anything"
+                    );
+                }
                 return Ok(ExitCode::SUCCESS);
             }
             if empty {
