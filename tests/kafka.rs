@@ -602,9 +602,11 @@ async fn rate_pacing_holds_the_rate() {
 /// A failed Kafka commit (a rebalance under way, the coordinator moving) still releases the
 /// records below it: the warehouse holds them, and keeping them in flight would pause the
 /// consumer at `max_in_flight` for good. Against librdkafka's mock cluster, which can fail a
-/// request on purpose (the managed broker cannot); a later commit goes through.
+/// request on purpose (the managed broker cannot); a later commit goes through. Likewise records
+/// below a commit that is ahead of them (the warehouse's offset, announced when another writer
+/// loaded past where this consumer started) are durable already, and never in flight.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failed_commit_still_releases_the_records_below_it() {
+async fn failed_commits_and_commits_ahead_release_the_records_below_them() {
     use rdkafka::mocking::MockCluster;
     use rdkafka::producer::{FutureProducer, FutureRecord};
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -616,7 +618,7 @@ async fn a_failed_commit_still_releases_the_records_below_it() {
         .set("bootstrap.servers", &bootstrap)
         .create()
         .expect("producer");
-    for i in 0..30 {
+    for i in 0..60 {
         let value = format!("{{\"id\": {i}}}");
         let record = FutureRecord::to(topic).key("k").payload(&value);
         producer
@@ -664,6 +666,15 @@ async fn a_failed_commit_still_releases_the_records_below_it() {
         consumer.commit(topic, 0, 20).await.unwrap(),
         CommitOutcome::Committed
     );
+    drain(&mut consumer, &mut got).await;
+    assert_eq!(got, 30, "records 20 to 29");
+    assert_eq!(
+        consumer.commit(topic, 0, 45).await.unwrap(),
+        CommitOutcome::Committed
+    );
+    drain(&mut consumer, &mut got).await;
+    assert_eq!(got, 55, "records 30 to 44 are not in flight, 45 to 54 are");
+    assert_eq!(stats.in_flight.load(Ordering::Relaxed), 10);
     consumer.close().await;
 }
 

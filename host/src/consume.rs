@@ -231,6 +231,11 @@ struct PartState {
     generation: u64,
     /// Offsets handed out and not yet committed, ascending.
     outstanding: VecDeque<i64>,
+    /// The highest next offset released by a commit: records below it, handed out later (the
+    /// warehouse was ahead of where this consumer started), are durable already and never in
+    /// flight. Counting them would pause the consumer for good once `max_in_flight` of them came,
+    /// since only a later commit would release them, and no record at or past it would come.
+    released: i64,
 }
 
 #[derive(Default)]
@@ -257,6 +262,7 @@ impl Shared {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = st.partitions.get_mut(&partition) {
             let mut n = 0;
+            p.released = p.released.max(next);
             while p.outstanding.front().is_some_and(|o| *o < next) {
                 p.outstanding.pop_front();
                 n += 1;
@@ -351,6 +357,7 @@ impl Ctx {
                     PartState {
                         generation,
                         outstanding: VecDeque::new(),
+                        released: i64::MIN,
                     },
                 );
                 fence.insert(s.partition, s.offset.unwrap_or(-1));
@@ -724,10 +731,12 @@ fn handle_message(msg: &BorrowedMessage<'_>, shared: &Shared) -> Option<Tagged> 
     let generation = {
         let mut st = shared.state.lock().unwrap_or_else(|e| e.into_inner());
         let p = st.partitions.get_mut(&partition)?;
-        p.outstanding.push_back(offset);
+        if offset >= p.released {
+            p.outstanding.push_back(offset);
+            shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
         p.generation
     };
-    shared.stats.in_flight.fetch_add(1, Ordering::Relaxed);
     let value = msg.payload();
     let mut headers = Vec::new();
     let mut types = None;
