@@ -1014,6 +1014,26 @@ async fn a_staged_file_left_by_a_failed_attempt_is_replaced_when_the_batch_chang
     sink.close().await;
 }
 
+/// Offsets are kept per pipeline name, not per table: a table named anew (or dropped) would be
+/// loaded only from where the old one left off, which the sink reports so the run can say so.
+#[tokio::test]
+async fn offsets_past_the_start_without_the_table_are_reported() {
+    let cfg = sink_config("renamed");
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
+    assert_eq!(sink.offsets_without_table("t").await.unwrap(), None);
+    let (summary, _) = run_writer(sink.clone(), vec![rec("t", 1, 0, vec![event(1)])], None).await;
+    assert_eq!(summary.rows_loaded, 1);
+    assert_eq!(sink.offsets_without_table("t").await.unwrap(), None);
+    sink.query(&format!("DROP TABLE {}", sink.table()))
+        .await
+        .unwrap();
+    assert_eq!(
+        sink.offsets_without_table("t").await.unwrap(),
+        Some(HashMap::from([(1, 1)]))
+    );
+    assert_eq!(sink.offsets_without_table("other").await.unwrap(), None);
+}
+
 #[tokio::test]
 async fn a_session_lost_inside_the_transaction_redoes_it_on_a_new_session() {
     let _shared = shared_db_lock().lock().await;

@@ -1114,6 +1114,24 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         .context("cannot read committed offsets from Snowflake")?
         .into_iter()
         .collect();
+    if let Ok(Some(offsets)) = ctx.sink.offsets_without_table(&topic).await {
+        let shown: BTreeMap<i32, i64> = offsets.into_iter().collect();
+        let shown: Vec<String> = shown
+            .iter()
+            .map(|(p, next)| format!("{p}:{next}"))
+            .collect();
+        warn!(
+            table = ctx.sink.table(),
+            offsets_table = ctx.sink.offsets_table(),
+            %topic,
+            next_offsets = %shown.join(", "),
+            "The table does not exist, but the offsets table says this pipeline already took the \
+             topic up to these offsets (loaded into a table before, or dead-lettered). The run \
+             resumes there, so the records before them will not be loaded into this table. If it \
+             is a new table (sink.table changed, or the table was dropped) that should hold the \
+             whole topic, give the pipeline a new name, or delete its rows from the offsets table."
+        );
+    }
     let offsets: consume::OffsetsProvider = {
         let sink = ctx.sink.clone();
         Arc::new(move |topic: String, _partitions: Vec<i32>| {

@@ -688,6 +688,27 @@ impl SnowflakeSink {
         }
     }
 
+    /// The offsets this pipeline recorded for `topic`, when they are past the start and its table
+    /// does not exist; `None` otherwise. Offsets are kept per pipeline name, not per table, so a
+    /// table named anew in the config (or dropped by hand) is loaded only from where the old one
+    /// left off, which the caller should say before the run.
+    pub async fn offsets_without_table(
+        &self,
+        topic: &str,
+    ) -> Result<Option<HashMap<i32, i64>>, SinkError> {
+        let _guard = self.session.lock().await;
+        let offsets = self.committed_offsets_locked(topic).await?;
+        if !offsets.values().any(|&next| next > 0) {
+            return Ok(None);
+        }
+        let probe = format!("SELECT * FROM {} LIMIT 0", self.names.table);
+        match self.client.query(&probe, &[]).await {
+            Ok(_) => Ok(None),
+            Err(e) if is_missing_object(&e) => Ok(Some(offsets)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The committed next offset per partition of `topic` for this pipeline; seek there on
     /// assignment.
     pub async fn committed_offsets(&self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
