@@ -378,6 +378,13 @@ pub(crate) fn unloadable_names(row: &Row) -> Option<String> {
         // As the sink matches them: a quoted name too meets a column of another case.
         let column = crate::sink::snowflake::encode::normalize_ident(&f.name).to_ascii_uppercase();
         if let Some(first) = seen.insert(column, &*f.name) {
+            if first == &*f.name {
+                // A JSON Lines key given twice: both are kept, as a message's would be.
+                return Some(format!(
+                    "field {first:?} is in the row twice (a transform's `get` reads the first), \
+                     and one column cannot take both, so the sink sets aside each such row"
+                ));
+            }
             return Some(format!(
                 "fields {first:?} and {:?} become the same Snowflake column, so the sink sets \
                  aside each row that has both (rename one)",
@@ -563,6 +570,28 @@ mod tests {
             input.see_input(&row(values), n, &mut output);
             assert_eq!(output.see(&row(values), n), Vec::<String>::new());
         }
+    }
+
+    /// A name given twice is said as such, not as two names that meet in one column.
+    #[test]
+    fn names_the_sink_cannot_load_are_warned_of() {
+        use crate::row::Value;
+        let row = |names: &[&str]| {
+            let mut row = Row::with_capacity(names.len());
+            names.iter().for_each(|n| row.push(*n, Value::Int(1)));
+            row
+        };
+        assert_eq!(unloadable_names(&row(&["id", "price"])), None);
+        let twice = unloadable_names(&row(&["price", "id", "price"])).unwrap();
+        assert!(
+            twice.starts_with("field \"price\" is in the row twice"),
+            "{twice}"
+        );
+        let cased = unloadable_names(&row(&["price", "PRICE"])).unwrap();
+        assert!(
+            cased.starts_with("fields \"price\" and \"PRICE\" become the same Snowflake column"),
+            "{cased}"
+        );
     }
 
     #[test]
