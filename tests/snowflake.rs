@@ -623,13 +623,15 @@ async fn numbers_past_a_number_columns_precision_are_dead_lettered_not_copied() 
         item(6, -1e300, 1),
         item(7, 0.25, 1000),
         item(8, -9999.99, -999),
+        // 9999.99499... as a float, but `9999.995` in the file, which COPY rounds up.
+        item(9, 9999.995, 1),
     ];
     let records: Vec<SinkRecord> = (items.into_iter().enumerate())
         .map(|(i, r)| rec("t", 0, i as i64, vec![r]))
         .collect();
     let (summary, last, letters) = run_with_dead_letters(&sink, &records).await;
-    assert_eq!((summary.rows_loaded, summary.rows_dead_lettered), (3, 5));
-    assert_eq!(last, 8);
+    assert_eq!((summary.rows_loaded, summary.rows_dead_lettered), (3, 6));
+    assert_eq!(last, 9);
     let reasons: Vec<&str> = letters.iter().map(|l| l.reason.as_str()).collect();
     assert_eq!(
         reasons,
@@ -639,6 +641,7 @@ async fn numbers_past_a_number_columns_precision_are_dead_lettered_not_copied() 
             "field \"price\" is 9999.996, which column \"PRICE\" (NUMBER(6,2)) cannot hold",
             "field \"price\" is -1e300, which column \"PRICE\" (NUMBER(6,2)) cannot hold",
             "field \"qty\" is 1000, which column \"QTY\" (NUMBER(3,0)) cannot hold",
+            "field \"price\" is 9999.995, which column \"PRICE\" (NUMBER(6,2)) cannot hold",
         ]
     );
     let r = sink

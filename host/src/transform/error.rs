@@ -19,6 +19,8 @@ pub(crate) fn not_found_hint(path: &std::path::Path) -> String {
             let here = std::env::current_dir().map(|d| d.join("transforms"));
             !matches!(*ws, "transforms" | "./transforms")
                 && here.is_ok_and(|here| here != std::path::Path::new(ws))
+                // Not a `CARGO_TARGET_DIR` of its own, say `~/target`, which is no workspace.
+                && std::path::Path::new(ws).join("Cargo.toml").is_file()
         });
     let build = match workspace {
         Some(ws) => format!("sluice transform build --dir {ws}"),
@@ -236,8 +238,16 @@ pub enum TransformError {
     /// transform is too slow for its `timeout_ms`, or hangs or fails late on common input,
     /// whatever its `on_error`.
     #[error(
-        "transform {transform}: {}{}{}; raise its timeout_ms or fix it",
+        "transform {transform}: {}{}{}{}; raise its timeout_ms or fix it",
         slow_reason(*rows, *timeouts, *cpu_ms, *timeout_ms, *total_ms, *of, *rebuild_ms),
+        match retried {
+            0 => String::new(),
+            n => format!(
+                " ({} a row timed out on an instance that had run other rows, and ran again on a \
+                 fresh one, which counts as a timeout too)",
+                match n { 1 => "once".to_owned(), n => format!("{n} times") }
+            ),
+        },
         failed_alone(failing, *rows),
         first.as_ref().map(|f| format!("; the first that did not time out: {f}")).unwrap_or_default()
     )]
@@ -247,7 +257,11 @@ pub enum TransformError {
         /// Rows that failed when run alone before it gave up.
         rows: usize,
         /// How many of them exceeded the time limit.
-        timeouts: usize,
+        timeouts: u32,
+        /// How many times a row timed out on an instance that had run other rows, and ran again
+        /// on a fresh one (whatever came of that): each used a limit too, and counts toward
+        /// the eight allowed.
+        retried: u32,
         /// CPU time those rows used, in milliseconds.
         cpu_ms: u64,
         /// The transform's CPU cap per call.
@@ -353,7 +367,7 @@ fn failed_alone(failing: &[String], rows: usize) -> String {
 /// What [`TransformError::TooSlow`] found.
 fn slow_reason(
     rows: usize,
-    timeouts: usize,
+    timeouts: u32,
     cpu_ms: u64,
     timeout_ms: u64,
     total_ms: Option<u64>,
@@ -372,7 +386,7 @@ fn slow_reason(
              {total} ms of CPU time{rebuilds}, more than {ISOLATION_LIMITS} times the time limit \
              of {timeout_ms} ms and {ISOLATION_ROW_MS} ms a row"
         )
-    } else if timeouts == rows {
+    } else if timeouts as usize == rows {
         format!(
             "{rows} rows of one batch each exceeded the time limit of {timeout_ms} ms when run \
              alone"

@@ -2136,7 +2136,9 @@ fn note_batch_only(t: &Loaded, kind: FailureKind, reason: &str, n: usize) {
     );
 }
 
-/// Most rows of one batch that may time out when run alone. Each costs a whole `timeout_ms`, and
+/// Most times rows of one batch may time out when run alone: a row that times out after others
+/// on the same instance runs once more on a fresh one (see `call`), and counts twice when it
+/// times out there too, or once when it does not. Each costs a whole `timeout_ms`, and
 /// a transform that hangs on common input would otherwise hold a batch of 1024 rows for 1024
 /// timeouts (17 minutes at the default), long after the consumer group gave up on this member.
 /// Rows that fail another way after using most of the limit cost as much, so the CPU time of
@@ -2176,7 +2178,7 @@ fn isolate(
     let mut shapes = HashMap::new();
     let mut failures = Vec::new();
     let mut filtered = 0u64;
-    let (mut timeouts, mut failing_cpu) = (0usize, Duration::ZERO);
+    let (mut timeouts, mut retried, mut failing_cpu) = (0usize, 0usize, Duration::ZERO);
     let limit = Duration::from_millis(t.config.timeout_ms);
     let cpu_cap = limit * (MAX_TIMEOUTS_PER_BATCH as u32 + 1);
     let total_cap = limit * ISOLATION_LIMITS
@@ -2192,8 +2194,13 @@ fn isolate(
         // A fresh instance (the previous row trapped) is built first: building it and its
         // `init` are the host's cost, not this row's (but they count in `total_cap`).
         ready(shared, t, slot)?;
-        let (cpu, built, failed_before, timeouts_before) =
-            (thread_cpu_time(), BUILD_CPU.get(), failures.len(), timeouts);
+        let (cpu, built, failed_before, timeouts_before, stale_before) = (
+            thread_cpu_time(),
+            BUILD_CPU.get(),
+            failures.len(),
+            timeouts,
+            STALE_TIMEOUTS.get(),
+        );
         match call(
             shared,
             t,
@@ -2245,6 +2252,8 @@ fn isolate(
                 timeouts += usize::from(kind == FailureKind::Timeout);
             }
         }
+        // A timeout on a used instance, run again on a fresh one, cost a limit too.
+        retried += STALE_TIMEOUTS.get() - stale_before;
         // Timeouts are counted above (each costs one limit, and a little more, a tick at most).
         // Less any instance built meanwhile (`call` builds one to run a row that failed after
         // others again on a fresh instance): a slow `init` is not the row's doing.
@@ -2253,14 +2262,17 @@ fn isolate(
                 .saturating_sub(BUILD_CPU.get().saturating_sub(built));
         }
         let total = thread_cpu_time().saturating_sub(started);
-        if timeouts > MAX_TIMEOUTS_PER_BATCH || failing_cpu > cpu_cap || total > total_cap {
+        let limits_hit = timeouts + retried;
+        if limits_hit > MAX_TIMEOUTS_PER_BATCH || failing_cpu > cpu_cap || total > total_cap {
             return Err(TransformError::TooSlow {
                 transform: t.name.to_string(),
                 rows: failures.len(),
-                timeouts,
+                // At most MAX_TIMEOUTS_PER_BATCH + 2 each.
+                timeouts: timeouts as u32,
+                retried: retried as u32,
                 cpu_ms: failing_cpu.as_millis() as u64,
                 timeout_ms: t.config.timeout_ms,
-                total_ms: (timeouts <= MAX_TIMEOUTS_PER_BATCH && failing_cpu <= cpu_cap)
+                total_ms: (limits_hit <= MAX_TIMEOUTS_PER_BATCH && failing_cpu <= cpu_cap)
                     .then_some(total.as_millis() as u64),
                 of: batch.origins.len(),
                 rebuild_ms: BUILD_CPU.get().saturating_sub(built_before).as_millis() as u64,
@@ -2461,6 +2473,9 @@ thread_local! {
     /// CPU time this thread has spent building instances and running their `init`: the host's
     /// cost, which [`isolate`] does not charge to a row whose failure made a rebuild necessary.
     static BUILD_CPU: std::cell::Cell<Duration> = const { std::cell::Cell::new(Duration::ZERO) };
+    /// Calls on this thread that timed out on a used instance and were run again on a fresh one:
+    /// each cost a limit of CPU time, which [`isolate`] counts with the timeouts it caps.
+    static STALE_TIMEOUTS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// One batch call on the calling thread's instance (built on demand). The outer error is fatal (no
@@ -2537,6 +2552,9 @@ fn call(
                         t.config.memory_mb,
                         rows_seen
                     );
+                }
+                if failure.0 == FailureKind::Timeout {
+                    STALE_TIMEOUTS.set(STALE_TIMEOUTS.get() + 1);
                 }
                 return call(shared, t, slot, input, origins, metas, Pass::Fresh);
             }

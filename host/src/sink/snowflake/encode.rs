@@ -146,11 +146,10 @@ impl ColumnKind {
         match (self, v) {
             (_, Value::Null) => true,
             (K::Integer { digits } | K::Decimal { digits, .. }, Value::Int(i)) => {
-                i.unsigned_abs().checked_ilog10().map_or(1, |d| d + 1) <= u32::from(digits)
+                i.unsigned_abs().checked_ilog10().map_or(0, |d| d + 1) <= u32::from(digits)
             }
             (K::Decimal { digits, scale }, Value::Float(f)) => {
-                let shifted = (f.abs() * 10f64.powi(scale.into())).round();
-                f.is_finite() && shifted < 10f64.powi(i32::from(digits) + i32::from(scale))
+                f.is_finite() && digits_when_rounded(*f, scale) <= usize::from(digits)
             }
             (K::Integer { digits }, Value::Float(f)) => {
                 // Past 1e18 a float no longer says which integer it is.
@@ -178,6 +177,23 @@ impl ColumnKind {
             Value::Json(_) => matches!(self, K::Variant | K::Text),
         }
     }
+}
+
+/// How many digits `f` has before the point once the text the file gives it (Display's, which
+/// never uses an exponent) is rounded to `scale` places, half away from zero, as COPY rounds it:
+/// `9.995` at two places is `10.00`, two digits, though the float itself is 9.99499...
+fn digits_when_rounded(f: f64, scale: u8) -> usize {
+    let text = format!("{}", f.abs());
+    let (whole, fraction) = text.split_once('.').unwrap_or((&text, ""));
+    let whole = whole.trim_start_matches('0');
+    let scale = usize::from(scale);
+    let rounds_up = fraction.as_bytes().get(scale).is_some_and(|d| *d >= b'5');
+    // Rounding up carries into the whole part only through kept places that are all nines, and
+    // adds a digit there only when it is all nines too (or nothing, as in `0.995`).
+    let carries = rounds_up
+        && fraction[..scale].bytes().all(|d| d == b'9')
+        && whole.bytes().all(|d| d == b'9');
+    whole.len() + usize::from(carries)
 }
 
 /// Whether a timestamp column can take this timestamp: years 1 to 9999, the ones whose ISO-8601
@@ -353,11 +369,14 @@ mod tests {
                 scale: 2
             }
         );
-        for fits in [0.0, -9999.994, 12.5, 1e-9] {
+        for fits in [0.0, -9999.994, 12.5, 1e-9, 999.995, 0.995] {
             assert!(price.accepts(&Value::Float(fits)), "{fits}");
         }
+        // 9999.995 is 9999.99499... as a float, but the file says `9999.995`, which rounds up.
         for past in [
+            9999.995,
             9999.996,
+            -9999.995,
             -10000.0,
             1e300,
             f64::NAN,
@@ -371,6 +390,15 @@ mod tests {
         assert!(qty.accepts(&Value::Int(999)) && qty.accepts(&Value::Int(0)));
         assert!(!qty.accepts(&Value::Int(-1000)) && !qty.accepts(&Value::Float(1000.0)));
         assert!(qty.takes_type(&Value::Int(1000)) && !qty.takes_type(&Value::Bool(true)));
+        // NUMBER(2,2) holds no digit before the point: 0 and 0.99 go in, 0.995 and 1 do not.
+        let rate = ColumnKind::from_rowtype("fixed", Some(2), Some(2));
+        assert!(rate.accepts(&Value::Int(0)) && rate.accepts(&Value::Float(0.99)));
+        assert!(!rate.accepts(&Value::Float(0.995)) && !rate.accepts(&Value::Int(1)));
+        assert_eq!(digits_when_rounded(99.5, 0), 3);
+        assert_eq!(digits_when_rounded(99.4, 0), 2);
+        assert_eq!(digits_when_rounded(0.5, 0), 1);
+        assert_eq!(digits_when_rounded(0.95, 1), 1);
+        assert_eq!(digits_when_rounded(0.05, 1), 0);
         assert!(ColumnKind::Text.accepts(&Value::Json("{}".into())));
         assert!(!ColumnKind::Variant.accepts(&Value::String("x".into())));
     }

@@ -230,26 +230,32 @@ pub(super) fn same_name(a: &str, b: &str) -> bool {
     a.replace('-', "_") == b.replace('-', "_")
 }
 
-/// Whether `scope` is one or two edits (a letter added, dropped or changed) off the name `name`,
-/// with `-` and `_` alike and case ignored: a misspelling of it rather than another word.
+/// Whether `scope` is a few edits (a letter added, dropped or changed) off the name `name`, with
+/// `-` and `_` alike and case ignored: a misspelling of it rather than another word. One edit
+/// for a name of up to 6 letters, two for a longer one: two edits make `max` of `mask`.
 fn near(name: &str, scope: &str) -> bool {
     let fold = |s: &str| -> Vec<char> { s.to_lowercase().replace('-', "_").chars().collect() };
     let (a, b) = (fold(name), fold(scope));
-    if b.len() < 3 || a.len().abs_diff(b.len()) > 2 {
+    let most = if a.len() <= 6 { 1 } else { 2 };
+    if b.len() < 3 || a.len().abs_diff(b.len()) > most {
         return false;
     }
-    // Levenshtein distance, one row at a time.
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.iter().enumerate() {
-        let mut diagonal = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let substituted = diagonal + usize::from(ca != cb);
-            diagonal = row[j + 1];
-            row[j + 1] = substituted.min(row[j] + 1).min(row[j + 1] + 1);
+    // Edit distance with two neighbours swapped as one edit (`enrcih`), the commonest typo.
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    (0..=a.len()).for_each(|i| d[i][0] = i);
+    (0..=b.len()).for_each(|j| d[0][j] = j);
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let changed = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + changed);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
         }
     }
-    row[b.len()] <= 2
+    d[a.len()][b.len()] <= most
 }
 
 /// Which components the NAME of a `--with NAME.KEY=VALUE` picks.
@@ -392,6 +398,8 @@ mod tests {
         .unwrap();
         assert_eq!(named[0].with.len(), 2);
         assert!(!near("x", "a") && near("filter", "filtr") && !near("filter", "enrich"));
+        assert!(near("currency_norm", "curency-nrm") && !near("mask", "max"));
+        assert!(near("mask", "mas") && !near("enrich", "rich") && near("enrich", "enrcih"));
         let says = err(&mut one, "2.d=e");
         assert!(
             says.contains("position 2 is out of range: there is one component (1 x)"),
