@@ -1121,6 +1121,39 @@ fn run_until_end_loads_every_row_exactly_once_and_verifies() {
         count("SELECT COUNT(*) FROM E2E.RAW.ROWS"),
         2 * expected as i64
     );
+
+    // A table named anew takes only what the topic gets past the pipeline's offsets (they are
+    // kept per pipeline name): the run says so, and neither says the rows are loaded twice.
+    let mut renamed = pipeline.clone();
+    renamed["sink"]["table"] = "ROWS2".into();
+    std::fs::write(&path, serde_json::to_string_pretty(&renamed).unwrap()).unwrap();
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            &p,
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+            &s,
+            "--summary",
+            &summary_file,
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("The table does not exist, but the offsets table says this pipeline"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(SECOND_REPLAY), "{stderr}");
+    let summary = std::fs::read_to_string(&summary_file).unwrap();
+    assert!(!summary.contains("in the table twice"), "{summary}");
+    assert_eq!(count("SELECT COUNT(*) FROM E2E.RAW.ROWS2"), expected as i64);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM E2E.RAW.ROWS"),
+        2 * expected as i64
+    );
 }
 
 /// A record that traps in the second transform goes to the dead-letter topic as the message the

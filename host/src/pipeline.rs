@@ -1297,8 +1297,20 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         let e = durable.entry(d.partition).or_default();
         *e = (*e).max(d.next_offset);
         if let Err(e) = consumer.commit(&d.topic, d.partition, d.next_offset).await {
+            commit_failures += 1;
             warn!(error = %e, "Kafka commit failed after the warehouse commit; the next run resumes from Snowflake's offsets.");
         }
+    }
+    if commit_failures > 0 {
+        // Said once at the end too: the run went on, and a lasting cause (the group's ACL, say)
+        // leaves the group's offsets, and lag measured from them, behind for good.
+        warn!(
+            failures = commit_failures,
+            "{} failed in this run, after the warehouse commits they followed: the consumer \
+             group's offsets lag behind Snowflake's (which the next run resumes from); see the \
+             warnings above for why.",
+            crate::counted(commit_failures, "Kafka commit")
+        );
     }
     consumer.close().await;
     part.committed_offsets = durable;
@@ -1583,6 +1595,11 @@ async fn warn_of_a_second_replay(
     let Ok(offsets) = sink.committed_offsets(topic).await else {
         return;
     };
+    // Loaded into a table that is gone (or another one, named before): this run loads only the
+    // new replay into it, and the consume warns of what it leaves out.
+    if let Ok(Some(_)) = sink.offsets_without_table(topic).await {
+        return;
+    }
     let loaded: BTreeMap<i32, i64> = offsets.into_iter().collect();
     // Where the consumer will start where the warehouse has no offset: the group's commit.
     let group = consume::committed_offsets(&cfg.kafka, bootstrap, &group_id(cfg), topic)
@@ -1820,11 +1837,23 @@ fn warnings(s: &RunSummary) -> Vec<String> {
     }
     if let Some(r) = &s.replay {
         let before: i64 = r.start_offsets.values().sum();
-        if before > 0 {
+        // Twice only where the earlier messages were loaded into this table too: by this run
+        // (it started below where the replay began) or by one before it (the table held rows).
+        // Not so for a table named anew, whose run starts past them.
+        let twice = s.consume.as_ref().is_none_or(|c| {
+            let below = (c.start_offsets.iter())
+                .any(|(p, from)| r.start_offsets.get(p).is_some_and(|began| from < began));
+            c.rows_loaded > 0 && (below || c.table_rows_before.is_some_and(|n| n > 0))
+        });
+        if before > 0 && twice {
+            let are = match s.consume {
+                Some(_) => "are",
+                None => "will be",
+            };
             out.push(format!(
                 "the topic's offsets were already at {before} before this replay (an earlier \
                  replay's messages, or another producer's), and this replay added the file's \
-                 rows after them: rows of the file loaded from both are in the table twice \
+                 rows after them: rows of the file loaded from both {are} in the table twice \
                  (`sluice run --consume-only` resumes a stopped run without replaying)"
             ));
         }
