@@ -2010,6 +2010,22 @@ fn a_row_is_not_blamed_for_a_hang_caused_by_earlier_rows() {
     assert_eq!(q.kind, FailureKind::Timeout, "{}", q.reason);
 }
 
+/// Nor for a broken contract (the wrong number of outcomes) caused by earlier rows, in a guest
+/// written without the SDK whose state went bad after one row.
+#[test]
+fn a_row_is_not_blamed_for_a_contract_broken_by_earlier_rows() {
+    let c = one_worker(&[config(guests::POISON_MISCOUNT, &[("after", "1")])]);
+    let out = c.process_blocking(with_meta(numbered(4))).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        assert_eq!(emitted(o), std::slice::from_ref(&numbered(4)[i]), "row {i}");
+    }
+    assert_eq!(c.stats()[0].1.rows_failed.load(Relaxed), 0);
+    // A row that breaks it on a fresh instance is still blamed.
+    let c = one_worker(&[config(guests::POISON_MISCOUNT, &[("after", "0")])]);
+    let q = quarantined(&c.process_blocking(with_meta(numbered(1))).unwrap()[0]).clone();
+    assert_eq!(q.kind, FailureKind::Protocol, "{}", q.reason);
+}
+
 #[test]
 fn fuel_runs_out_deterministically_and_is_counted() {
     let c = assert_poison_isolated(guests::POISON_LOOP, FailureKind::Fuel, |c| {

@@ -5,6 +5,8 @@
 //! `batches=trap` it panics, and with `batches=miscount` it returns no outcome at all, on any
 //! batch of more than one row: a transform broken only on batches, whose every row runs right
 //! alone but the poison row, which with `batches=trap` panics alone too (a trap, as the batch's).
+//! With param `after=N` every row is poison once this instance has seen more than N rows (state
+//! gone bad), whatever its `id`.
 
 wit_bindgen::generate!({ path: "../../../wit", world: "transform" });
 
@@ -19,6 +21,8 @@ thread_local! {
     static SEEN: RefCell<Option<HashSet<i64>>> = const { RefCell::new(None) };
     /// How a batch of several rows breaks, if it does (`batches`).
     static BATCHES: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Rows after which every row is poison (`after`), and the rows seen so far.
+    static AFTER: RefCell<(Option<u64>, u64)> = const { RefCell::new((None, 0)) };
 }
 
 struct Miscount;
@@ -28,6 +32,11 @@ impl Guest for Miscount {
         match params.first() {
             Some((k, _)) if k == "dedupe" => {
                 SEEN.with(|s| *s.borrow_mut() = Some(HashSet::new()));
+                Ok(())
+            }
+            Some((k, v)) if k == "after" => {
+                let n = v.parse().map_err(|_| TransformError::Other(format!("after={v}")))?;
+                AFTER.with(|a| a.borrow_mut().0 = Some(n));
                 Ok(())
             }
             Some((k, v)) if k == "batches" && (v == "trap" || v == "miscount") => {
@@ -52,6 +61,11 @@ impl Guest for Miscount {
         for &shape in &input.shapes {
             let schema = &input.schemas[shape as usize];
             let (mut poison, mut seen) = (false, false);
+            AFTER.with(|a| {
+                let mut a = a.borrow_mut();
+                a.1 += 1;
+                poison |= a.0.is_some_and(|n| a.1 > n);
+            });
             for name in schema {
                 // `types` holds each value's case index in `value-type`.
                 let ty = [
