@@ -2350,17 +2350,19 @@ async fn a_batch_given_up_on_counts_its_rows_unfinished() {
 }
 
 /// Batches whose caller gave up before a worker got to them are not run at all: the worker
-/// would be held for nothing, and dropping the chain would wait for it. Their rows are counted
-/// unfinished.
+/// would be held for nothing, and dropping the chain would wait for it. Nor is a batch run again
+/// a row at a time once its caller gave up (up to a minute of time limits). Their rows are
+/// counted unfinished.
 #[tokio::test]
 async fn batches_given_up_on_before_they_start_are_not_run() {
     let mut cfg = config(guests::POISON_LOOP, &[]);
-    cfg.timeout_ms = 200;
+    cfg.timeout_ms = 500;
     cfg.on_error = OnError::DeadLetter.into();
     let c = one_worker(&[cfg]);
     let stats = std::sync::Arc::clone(&c.stats()[0].1);
-    // The first batch is started (record 13 holds the one worker for two time limits at least: the
-    // batch call, then itself alone); the next two queue behind it and are given up on at once.
+    // The first batch is started (record 13 holds the one worker for its batch call's time limit,
+    // long after the caller gives up on it at 150 ms); the next two queue behind it and are
+    // given up on at once.
     for wait_ms in [150, 0, 0] {
         let wait = std::time::Duration::from_millis(wait_ms);
         let given_up = tokio::time::timeout(wait, c.process(with_meta(numbered(50)))).await;
@@ -2373,11 +2375,12 @@ async fn batches_given_up_on_before_they_start_are_not_run() {
             &stats.rows_in,
             &stats.rows_out,
             &stats.rows_failed,
-            &stats.rows_unfinished
+            &stats.rows_unfinished,
+            &stats.invocations
         ]
         .map(count),
-        [150, 0, 1, 149],
-        "record 13 looped once, in the first batch only"
+        [150, 0, 0, 150, 1],
+        "record 13 looped once, in the first batch's call; no row of it ran again alone"
     );
 }
 

@@ -336,7 +336,8 @@ pub enum TransformError {
         /// The last transform's `memory_mb`.
         memory_mb: u64,
     },
-    /// The worker threads are gone (the chain was dropped, or a worker panicked).
+    /// The worker threads are gone (the chain was dropped, or a worker panicked), or the caller
+    /// gave up on the batch (which then never sees this).
     #[error("transform workers are not running")]
     Stopped,
 }

@@ -717,7 +717,7 @@ impl TransformChain {
             });
             let (metas, rows): (Vec<RecordMeta>, Vec<Row>) = batch.into_iter().unzip();
             let wire = WireBatch::from_rows(rows.iter());
-            let done = run_chain(&self.shared, &mut slots, wire, Arc::new(metas))?;
+            let done = run_chain(&self.shared, &mut slots, wire, Arc::new(metas), &|| false)?;
             return tally.take(done, rows);
         }
         let mut result = Ok(());
@@ -1804,18 +1804,24 @@ fn worker_main(shared: &Shared, rx: &mpsc::Receiver<Task>) {
             }
             continue;
         }
-        let result = run_chain(shared, &mut slots, job.batch, job.metas);
-        let _ = job.reply.send(result);
+        let reply = job.reply;
+        let result = run_chain(shared, &mut slots, job.batch, job.metas, &|| {
+            reply.is_closed()
+        });
+        let _ = reply.send(result);
     }
 }
 
 /// Runs the chain over a batch. Rows stay in the wire layout from the first transform to the
-/// last: what transform i emits is, as is, what transform i+1 receives.
+/// last: what transform i emits is, as is, what transform i+1 receives. `gave_up`: whether the
+/// caller no longer wants the answer, which a batch run again a row at a time (up to a minute of
+/// timeouts) stops for.
 fn run_chain(
     shared: &Shared,
     slots: &mut [Option<Slot>],
     mut batch: WireBatch,
     metas: Metas,
+    gave_up: &dyn Fn() -> bool,
 ) -> Result<Done, TransformError> {
     // Failures are rare: keyed by input index, so a clean batch allocates nothing for them.
     let mut failed: BTreeMap<usize, RecordOutcome> = BTreeMap::new();
@@ -1823,8 +1829,8 @@ fn run_chain(
         if batch.origins.is_empty() {
             break;
         }
-        let (next, mut failures, filtered) = run_transform(shared, t, slot, &batch, &metas)
-            .inspect_err(|_| {
+        let (next, mut failures, filtered) =
+            run_transform(shared, t, slot, &batch, &metas, gave_up).inspect_err(|_| {
                 TransformStats::add(&t.stats.rows_unfinished, batch.origins.len() as u64);
             })?;
         // The run stops at the first failure of the batch that its policy says to stop on.
@@ -1962,6 +1968,7 @@ fn run_transform(
     slot: &mut Option<Slot>,
     batch: &WireBatch,
     metas: &Metas,
+    gave_up: &dyn Fn() -> bool,
 ) -> Result<(WireBatch, Vec<Failure>, u64), TransformError> {
     let n = batch.origins.len();
     TransformStats::add(&t.stats.rows_in, n as u64);
@@ -1986,7 +1993,7 @@ fn run_transform(
                 // Gigabytes of it: gone before the rows run again.
                 drop(output);
                 *slot = None;
-                isolate(shared, t, slot, batch, metas, None)?
+                isolate(shared, t, slot, batch, metas, None, gave_up)?
             }
             Ok(()) => split(output, batch, 0, max),
             Err(reason) if n == 1 => {
@@ -2002,7 +2009,7 @@ fn run_transform(
                 // The instance is not poisoned, but it has seen the whole batch: a guest
                 // that keeps state (a dedupe) would take each row it sees again for a repeat.
                 *slot = None;
-                let isolated = isolate(shared, t, slot, batch, metas, Some(&reason))?;
+                let isolated = isolate(shared, t, slot, batch, metas, Some(&reason), gave_up)?;
                 let kind = FailureKind::Protocol;
                 if breaks_only_batches(shared, t, slot, batch, metas, kind, &isolated.1) {
                     note_batch_only(t, kind, &reason, n);
@@ -2016,7 +2023,7 @@ fn run_transform(
             0,
         ),
         Err((kind, reason)) => {
-            let isolated = isolate(shared, t, slot, batch, metas, None)?;
+            let isolated = isolate(shared, t, slot, batch, metas, None, gave_up)?;
             warn_limit_per_batch(t, kind, n, &isolated.1);
             if breaks_only_batches(shared, t, slot, batch, metas, kind, &isolated.1) {
                 note_batch_only(t, kind, &reason, n);
@@ -2173,6 +2180,7 @@ fn isolate(
     batch: &WireBatch,
     metas: &Metas,
     broken: Option<&str>,
+    gave_up: &dyn Fn() -> bool,
 ) -> Result<(WireBatch, Vec<Failure>, u64), TransformError> {
     let mut all = WireBatch::default();
     let mut shapes = HashMap::new();
@@ -2190,6 +2198,11 @@ fn isolate(
         (t.config.memory_mb).saturating_mul(ISOLATED_OUTPUT_PER_MEMORY_BYTE << 20),
     );
     for j in 0..batch.origins.len() {
+        // No one waits for the answer (the run is stopping): the rest would only hold this
+        // worker, and the chain's `Drop` joining it.
+        if gave_up() {
+            return Err(TransformError::Stopped);
+        }
         let alone = batch.one_row(j);
         // A fresh instance (the previous row trapped) is built first: building it and its
         // `init` are the host's cost, not this row's (but they count in `total_cap`).
