@@ -336,6 +336,19 @@ async fn loading_the_same_batch_again_adds_zero_rows() {
     assert_eq!(id_stats(&sink).await[..2], [10, 10]);
 }
 
+/// The S3 double in front of the emulator, and options that send a sink's statements and
+/// uploads through it, on the server's shared database (so that two lives of a sink, or two
+/// members, see one warehouse).
+async fn through_double() -> (S3Double, ConnectOptions) {
+    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
+        .await
+        .unwrap();
+    let double = S3Double::start(&emu_url, 16).await;
+    let mut opts = ConnectOptions::emulator_shared(double.url());
+    opts.s3_endpoint = Some(double.url());
+    (double, opts)
+}
+
 #[tokio::test]
 async fn a_writer_overtaken_by_another_loads_only_what_the_other_did_not() {
     // Two members of one pipeline after a rebalance, each with its own session on one warehouse:
@@ -345,12 +358,7 @@ async fn a_writer_overtaken_by_another_loads_only_what_the_other_did_not() {
     cfg.offsets_table = "OVERTAKEN_OFFSETS".into();
     cfg.batch.max_rows = 1000;
     // The old owner's statements go through the double, to fail one.
-    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
-        .await
-        .unwrap();
-    let double = S3Double::start(&emu_url, 16).await;
-    let mut opts = ConnectOptions::emulator_shared(double.url());
-    opts.s3_endpoint = Some(double.url());
+    let (double, opts) = through_double().await;
     let old = Arc::new(SnowflakeSink::connect(&cfg, "p", opts).await.unwrap());
     let new = Arc::new(connect(&cfg, "p", None).await);
     // Both made the partition's row before its first load, as two writers starting at once may.
@@ -890,22 +898,18 @@ async fn s3_stage_with_client_side_encryption_through_the_double() {
 async fn a_transaction_that_fails_after_copy_is_replayed_exactly_once() {
     // Both lives must see one warehouse: the server's shared database, with names of its own.
     let _shared = shared_db_lock().lock().await;
-    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
-        .await
-        .unwrap();
-    let double = S3Double::start(&emu_url, 16).await;
-    let options = || {
-        let mut o = ConnectOptions::emulator_shared(double.url());
-        o.s3_endpoint = Some(double.url());
-        o
-    };
+    let (double, opts) = through_double().await;
     let mut cfg = sink_config("txn_events");
     cfg.offsets_table = "TXN_OFFSETS".into();
     cfg.batch.max_rows = 5;
     let log: Vec<SinkRecord> = (0..10).map(|o| rec("t", 0, o, vec![event(o)])).collect();
 
     // First life: batch [0,4] commits; batch [5,9] is staged and copied, then COMMIT fails.
-    let sink = Arc::new(SnowflakeSink::connect(&cfg, "p", options()).await.unwrap());
+    let sink = Arc::new(
+        SnowflakeSink::connect(&cfg, "p", opts.clone())
+            .await
+            .unwrap(),
+    );
     let (handle, mut durable, task) = sink.clone().spawn(None, 16);
     for r in log[..5].iter().cloned() {
         handle.record(r).await.unwrap();
@@ -938,7 +942,11 @@ async fn a_transaction_that_fails_after_copy_is_replayed_exactly_once() {
 
     // Second life replays from Kafka's offset 0: the staged file already exists (HEAD, no second
     // upload) and its rolled-back load counts for nothing, so COPY loads it now, once.
-    let sink = Arc::new(SnowflakeSink::connect(&cfg, "p", options()).await.unwrap());
+    let sink = Arc::new(
+        SnowflakeSink::connect(&cfg, "p", opts.clone())
+            .await
+            .unwrap(),
+    );
     let (summary, durable) = run_writer(sink.clone(), log.clone(), None).await;
     assert_eq!(
         (summary.records_already_committed, summary.rows_loaded),
@@ -958,15 +966,7 @@ async fn a_transaction_that_fails_after_copy_is_replayed_exactly_once() {
 #[tokio::test]
 async fn a_staged_file_left_by_a_failed_attempt_is_replaced_when_the_batch_changed() {
     let _shared = shared_db_lock().lock().await;
-    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
-        .await
-        .unwrap();
-    let double = S3Double::start(&emu_url, 16).await;
-    let options = || {
-        let mut o = ConnectOptions::emulator_shared(double.url());
-        o.s3_endpoint = Some(double.url());
-        o
-    };
+    let (double, opts) = through_double().await;
     let mut cfg = sink_config("restaged_events");
     cfg.offsets_table = "RESTAGED_OFFSETS".into();
     cfg.batch.max_rows = 5;
@@ -982,7 +982,11 @@ async fn a_staged_file_left_by_a_failed_attempt_is_replaced_when_the_batch_chang
     };
 
     // First life: the batch is staged and copied, then COMMIT fails.
-    let sink = Arc::new(SnowflakeSink::connect(&cfg, "p", options()).await.unwrap());
+    let sink = Arc::new(
+        SnowflakeSink::connect(&cfg, "p", opts.clone())
+            .await
+            .unwrap(),
+    );
     double.fail_next_statement("COMMIT", "000603");
     let (handle, _durable, task) = sink.clone().spawn(None, 16);
     for r in log("old") {
@@ -998,7 +1002,11 @@ async fn a_staged_file_left_by_a_failed_attempt_is_replaced_when_the_batch_chang
 
     // Second life, with the rows a fixed transform makes: the file is there (HEAD), but with
     // other content, so it is uploaded again and the new rows load.
-    let sink = Arc::new(SnowflakeSink::connect(&cfg, "p", options()).await.unwrap());
+    let sink = Arc::new(
+        SnowflakeSink::connect(&cfg, "p", opts.clone())
+            .await
+            .unwrap(),
+    );
     let (summary, durable) = run_writer(sink.clone(), log("new"), None).await;
     assert_eq!(summary.rows_loaded, 5);
     assert_eq!(last_durable(&durable), HashMap::from([(0, 5)]));
@@ -1040,12 +1048,7 @@ async fn offsets_past_the_start_without_the_table_are_reported() {
 #[tokio::test]
 async fn a_session_lost_inside_the_transaction_redoes_it_on_a_new_session() {
     let _shared = shared_db_lock().lock().await;
-    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
-        .await
-        .unwrap();
-    let double = S3Double::start(&emu_url, 16).await;
-    let mut opts = ConnectOptions::emulator_shared(double.url());
-    opts.s3_endpoint = Some(double.url());
+    let (double, opts) = through_double().await;
     let mut cfg = sink_config("relogin_events");
     cfg.offsets_table = "RELOGIN_OFFSETS".into();
     let sink = SnowflakeSink::connect(&cfg, "p", opts).await.unwrap();
