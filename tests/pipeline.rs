@@ -1849,6 +1849,27 @@ fn a_failing_transform_stops_the_run_and_consume_only_resumes_it() {
             .map(serde_json::Value::from)
             .to_vec()
     );
+    // `verify` of the resume says, partition by partition, that the warehouse holds what it
+    // committed, and where the topic ends.
+    let out = sluice(dir.path(), &["verify", &drop, "--state-dir", &s]);
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{report}");
+    let partitions: Vec<&str> = (report.lines())
+        .filter(|l| l.starts_with("  [ ok ] partition "))
+        .collect();
+    assert!(!partitions.is_empty(), "{report}");
+    for line in partitions {
+        let next = line
+            .split("next offset ")
+            .nth(1)
+            .and_then(|r| r.split(',').next());
+        let ran = line
+            .split("this run committed ")
+            .nth(1)
+            .and_then(|r| r.split(',').next());
+        let end = line.split("topic end ").nth(1);
+        assert!(next.is_some() && next == ran && ran == end, "{line}");
+    }
 }
 
 /// A sink that fails part-way still committed the files it loaded before: the summary counts
