@@ -418,7 +418,12 @@ impl Ctx {
             tracing::warn!(error = %e, "Partition unassignment failed.");
         }
         self.shared.stats.rebalances.fetch_add(1, Ordering::Relaxed);
-        tracing::info!(%topic, ?partitions, lost = c.assignment_lost(), "Partitions revoked.");
+        if self.shared.stop.load(Ordering::SeqCst) {
+            // Its own leaving, at the end of every run: no rebalance an operator need look into.
+            tracing::debug!(%topic, ?partitions, "Partitions given up as the consumer leaves.");
+        } else {
+            tracing::info!(%topic, ?partitions, lost = c.assignment_lost(), "Partitions revoked.");
+        }
         let revoked = ConsumerEvent::Revoked { topic, partitions };
         send_event(&self.events, (0, Ok(revoked)));
     }
