@@ -1126,10 +1126,11 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
             %topic,
             next_offsets = %shown.join(", "),
             "The table does not exist, but the offsets table says this pipeline already took the \
-             topic up to these offsets (loaded into a table before, or filtered out or dead-lettered). The run \
-             resumes there, so the records before them will not be loaded into this table. If it \
-             is a new table (sink.table changed, or the table was dropped) that should hold the \
-             whole topic, give the pipeline a new name, or delete its rows from the offsets table."
+             topic up to these offsets (loaded into a table before, or filtered out or \
+             dead-lettered). The run resumes there, so the records before them will not be loaded \
+             into this table. If it is a new table (sink.table changed, or the table was \
+             dropped) that should hold the whole topic, give the pipeline a new name, or delete \
+             its rows from the offsets table."
         );
     }
     let offsets: consume::OffsetsProvider = {

@@ -29,8 +29,8 @@
 //! thread's CPU clock, so time spent descheduled is not charged) and optionally a fuel budget.
 //! An instance may hold at most `MAX_HANDLES` WASI resources (streams, pollables) and
 //! `MAX_CORE_INSTANCES` core instances (whose modules may declare at most
-//! `MAX_ENTITIES_PER_MODULE` imports, functions, tags and globals): they live in host memory, outside
-//! `memory_mb`. The host copies at most four times `memory_mb` out of one call
+//! `MAX_ENTITIES_PER_MODULE` imports, functions, tags and globals): they live in host memory,
+//! outside `memory_mb`. The host copies at most four times `memory_mb` out of one call
 //! (`OUTPUT_COPY_PER_MEMORY_BYTE`), and takes at most sixteen times as host rows
 //! (`OUTPUT_ROWS_PER_MEMORY_BYTE`). A trap or a limit poisons only that instance: the worker
 //! drops it, builds a fresh one, re-runs that transform's batch one record at a time to
