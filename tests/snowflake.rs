@@ -349,6 +349,49 @@ async fn through_double() -> (S3Double, ConnectOptions) {
     (double, opts)
 }
 
+/// The offsets a partition assignment seeks to are read on a session of their own: a load whose
+/// COPY the warehouse is slow to run does not hold them up (a consumer waits for them only so
+/// long), and they are what the last commit left, not what the load in flight will.
+#[tokio::test]
+async fn committed_offsets_are_read_while_a_load_is_under_way() {
+    let _shared = shared_db_lock().lock().await;
+    let mut cfg = sink_config("slow_copy_events");
+    cfg.offsets_table = "SLOW_COPY_OFFSETS".into();
+    let (double, opts) = through_double().await;
+    let sink = Arc::new(SnowflakeSink::connect(&cfg, "p", opts).await.unwrap());
+    let batch = |offsets: std::ops::Range<i64>| Batch {
+        topic: "t".into(),
+        partition: 0,
+        records: offsets.map(|o| (o, vec![event(o)])).collect(),
+    };
+    sink.load_batch(&batch(0..3), None).await.unwrap();
+
+    let (held, release) = double.hold_next_statement("COPY");
+    let load = tokio::spawn({
+        let sink = sink.clone();
+        async move { sink.load_batch(&batch(3..8), None).await }
+    });
+    held.await.expect("the load reaches its COPY");
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        sink.committed_offsets("t"),
+    )
+    .await;
+    assert_eq!(
+        read.expect("the read waited for the load").unwrap(),
+        HashMap::from([(0, 3)])
+    );
+    assert!(!load.is_finished());
+    release.send(()).unwrap();
+    let loaded = load.await.unwrap().unwrap();
+    assert_eq!((loaded.rows_loaded, loaded.next_offset), (5, 8));
+    assert_eq!(
+        sink.committed_offsets("t").await.unwrap(),
+        HashMap::from([(0, 8)])
+    );
+    assert_eq!(id_stats(&sink).await[..2], [8, 8]);
+}
+
 #[tokio::test]
 async fn a_writer_overtaken_by_another_loads_only_what_the_other_did_not() {
     // Two members of one pipeline after a rebalance, each with its own session on one warehouse:

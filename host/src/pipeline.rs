@@ -1170,7 +1170,7 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
     let mut poll_end = tokio::time::interval(Duration::from_millis(200));
     // With other members in the group, the partitions they hold reach their end offsets by
     // their loads, which this run sees only in the warehouse: read it every few seconds, off
-    // the loop (the read waits for the writer's session).
+    // the loop (on the emulator's file database the read waits for the writer's session).
     let mut warehouse: BTreeMap<i32, i64> = BTreeMap::new();
     type Reading = tokio::task::JoinHandle<
         Result<std::collections::HashMap<i32, i64>, crate::sink::snowflake::SinkError>,

@@ -67,7 +67,15 @@ struct State {
     http: reqwest::Client,
     fail_puts: u32,
     fail_statement: Option<(String, &'static str)>,
+    hold_statement: Option<Hold>,
     master_tokens: bool,
+}
+
+/// A statement to hold back (see [`S3Double::hold_next_statement`]).
+struct Hold {
+    prefix: String,
+    held: tokio::sync::oneshot::Sender<()>,
+    release: tokio::sync::oneshot::Receiver<()>,
 }
 
 /// A running double.
@@ -112,6 +120,7 @@ impl S3Double {
             http: reqwest::Client::new(),
             fail_puts: 0,
             fail_statement: None,
+            hold_statement: None,
             master_tokens: false,
         }));
         let st = state.clone();
@@ -153,6 +162,26 @@ impl S3Double {
     /// its answer is lost.
     pub fn fail_next_statement(&self, prefix: &str, code: &'static str) {
         self.state.lock().expect("state").fail_statement = Some((prefix.to_uppercase(), code));
+    }
+
+    /// Holds the next statement starting with `prefix` before passing it on, as a slow warehouse
+    /// would: the first receiver fires once it is held, and it goes on once the sender is used
+    /// or dropped.
+    pub fn hold_next_statement(
+        &self,
+        prefix: &str,
+    ) -> (
+        tokio::sync::oneshot::Receiver<()>,
+        tokio::sync::oneshot::Sender<()>,
+    ) {
+        let (held, held_rx) = tokio::sync::oneshot::channel();
+        let (release_tx, release) = tokio::sync::oneshot::channel();
+        self.state.lock().expect("state").hold_statement = Some(Hold {
+            prefix: prefix.to_uppercase(),
+            held,
+            release,
+        });
+        (held_rx, release_tx)
     }
 
     /// From now on, logins answer with a `masterToken` (as real Snowflake does and fakesnow does
@@ -316,6 +345,16 @@ async fn proxy(st: Arc<Mutex<State>>, req: Request<Incoming>) -> Resp {
             .and_then(Json::as_str)
             .map(|s| s.trim_start().to_uppercase())
     });
+    let hold = sql.as_ref().and_then(|sql| {
+        let mut s = st.lock().expect("state");
+        let matches =
+            (s.hold_statement.as_ref()).is_some_and(|h| sql.starts_with(h.prefix.as_str()));
+        matches.then(|| s.hold_statement.take()).flatten()
+    });
+    if let Some(hold) = hold {
+        let _ = hold.held.send(());
+        let _ = hold.release.await;
+    }
     let mut fail_after = None;
     if let Some(sql) = &sql {
         let mut s = st.lock().expect("state");

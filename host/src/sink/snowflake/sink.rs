@@ -458,6 +458,12 @@ pub struct SnowflakeSink {
     /// Serialises use of the one session: statements of other callers must not land inside the
     /// writer's transaction. Also guards the cached table description.
     session: Mutex<TableState>,
+    /// A second session, logged in on first use, for [`SnowflakeSink::committed_offsets`]: read
+    /// under `session`, a partition assignment (or the drain's poll) waited for the writer's
+    /// whole load, upload and COPY included, which on a busy warehouse can outlast the
+    /// consumer's wait for it. `None` when the emulator keeps its database in files, which it
+    /// opens for one session at a time.
+    reader: Option<tokio::sync::OnceCell<Client>>,
     /// The dead-letter kinds already logged at WARN (each is logged once).
     warned: std::sync::Mutex<HashSet<String>>,
     /// Talking to the local fakesnow emulator (no `account_url`), not to Snowflake.
@@ -621,6 +627,8 @@ impl SnowflakeSink {
             batch: cfg.batch.clone(),
             stats,
             session: Mutex::new(TableState::default()),
+            reader: (!opts.session_parameters.contains_key("FAKESNOW_DB_PATH"))
+                .then(tokio::sync::OnceCell::new),
             warned: std::sync::Mutex::new(HashSet::new()),
             emulated,
             type_hints: HashMap::new(),
@@ -697,7 +705,7 @@ impl SnowflakeSink {
         topic: &str,
     ) -> Result<Option<HashMap<i32, i64>>, SinkError> {
         let _guard = self.session.lock().await;
-        let offsets = self.committed_offsets_locked(topic).await?;
+        let offsets = self.read_offsets(&self.client, topic).await?;
         if !offsets.values().any(|&next| next > 0) {
             return Ok(None);
         }
@@ -710,15 +718,31 @@ impl SnowflakeSink {
     }
 
     /// The committed next offset per partition of `topic` for this pipeline; seek there on
-    /// assignment.
+    /// assignment. It does not wait for a load under way: it reads what the last commit left.
     pub async fn committed_offsets(&self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
-        let _guard = self.session.lock().await;
-        self.committed_offsets_locked(topic).await
+        match &self.reader {
+            Some(reader) => {
+                let reader = reader
+                    .get_or_try_init(|| {
+                        Client::login(self.client.config().clone(), self.stats.clone())
+                    })
+                    .await?;
+                self.read_offsets(reader, topic).await
+            }
+            None => {
+                let _guard = self.session.lock().await;
+                self.read_offsets(&self.client, topic).await
+            }
+        }
     }
 
-    async fn committed_offsets_locked(&self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
-        let r = self
-            .client
+    /// [`Self::committed_offsets`] on `client`; on the writer's own, under `session`.
+    async fn read_offsets(
+        &self,
+        client: &Client,
+        topic: &str,
+    ) -> Result<HashMap<i32, i64>, SinkError> {
+        let r = client
             .query(
                 &format!(
                     "SELECT \"PARTITION\", \"NEXT_OFFSET\" FROM {} WHERE \"PIPELINE\" = ? AND \"TOPIC\" = ?",
@@ -760,7 +784,7 @@ impl SnowflakeSink {
 
     async fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, SinkError> {
         Ok(self
-            .committed_offsets_locked(topic)
+            .read_offsets(&self.client, topic)
             .await?
             .get(&partition)
             .copied())
@@ -768,6 +792,9 @@ impl SnowflakeSink {
 
     /// Logs out (best effort).
     pub async fn close(&self) {
+        if let Some(reader) = self.reader.as_ref().and_then(|r| r.get()) {
+            reader.close().await;
+        }
         self.client.close().await;
     }
 
