@@ -550,6 +550,48 @@ async fn ten_megabyte_field_is_dead_lettered_and_reading_goes_on() {
     assert_eq!(rows[&14].get("blob"), Some(&Value::String("after".into())));
 }
 
+/// The message limit counts the key, and a lower `message.max.bytes` bounds the dead letters
+/// too: a row too large for a message with its key, and a row whose letter would be too large
+/// for one, are each dead-lettered, and the replay goes on. Before, the producer refused the
+/// first, or the letter of the second, and the replay stopped there on every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_past_a_lower_message_limit_with_their_keys_are_dead_lettered() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keys.csv");
+    let long_key = "k".repeat(60_000);
+    let long_note = "n".repeat(150_000);
+    std::fs::write(
+        &path,
+        format!("id,note\n1,a\n{long_key},b\n3,{long_note}\n4,d\n"),
+    )
+    .unwrap();
+    let topic = broker::unique("limits");
+    let kafka = broker::kafka_config(
+        &topic,
+        serde_json::json!({ "partitions": 1, "properties": { "message.max.bytes": "100000" } }),
+    );
+    let src = csv_source(serde_json::json!({ "path": path, "key_column": "id" }));
+    let summary = replay(&src, &kafka).await.expect("replay");
+    assert_eq!(
+        (
+            summary.rows_read,
+            summary.rows_produced,
+            summary.rows_dead_lettered
+        ),
+        (4, 2, 2)
+    );
+    assert_eq!(
+        dead_letters(&topic),
+        [(3, "too_large".to_owned()), (4, "too_large".to_owned())]
+    );
+    for m in broker::read_topic(&format!("{topic}.dlq")) {
+        let size = m.value.as_ref().map_or(0, Vec::len);
+        assert!(size <= 50_000, "a letter of {size} bytes");
+    }
+    let rows = rows_by_line(&broker::read_topic(&topic));
+    assert_eq!(rows.keys().copied().collect::<Vec<_>>(), [2, 5]);
+}
+
 /// Message timestamps of a paced replay, in CSV order.
 async fn paced_timestamps(pacing: serde_json::Value, n: usize) -> Vec<i64> {
     let dir = tempfile::tempdir().unwrap();

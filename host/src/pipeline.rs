@@ -906,8 +906,17 @@ pub async fn run(
     drained.cancel();
 
     let mut problems = Vec::new();
-    let replay_part = match replay_result {
-        Some(Ok(s)) => {
+    // A failed replay still put rows in the topic: its counts say how many.
+    let replayed = match replay_result {
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            problems.push(format!("replay failed: {:#}", anyhow::Error::new(e)));
+            Some(stats.replay.summary(false))
+        }
+        None => None,
+    };
+    let replay_part = match replayed {
+        Some(s) => {
             if s.cancelled {
                 problems.push(match interrupted.load(Ordering::Relaxed) {
                     true => format!(
@@ -932,10 +941,6 @@ pub async fn run(
                     .unwrap_or_default(),
                 start_offsets: topic_start,
             })
-        }
-        Some(Err(e)) => {
-            problems.push(format!("replay failed: {:#}", anyhow::Error::new(e)));
-            None
         }
         None => None,
     };
@@ -2757,12 +2762,19 @@ fn count_csv(path: &Path, csv: &CsvSource, max_bytes: usize) -> anyhow::Result<(
         max_record_bytes: max_bytes,
     };
     let mut reader = CsvReader::open(path, &opts, Arc::new(AtomicU64::new(0)), None)?;
+    let key_index =
+        (csv.key_column.as_deref()).and_then(|k| reader.columns().iter().position(|c| &**c == k));
+    let file = path
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default();
     let (mut good, mut bad) = (0, 0);
     while let Some(item) = reader.next_item()? {
         match item {
             // As the source does: a row too large for one message is a bad row too.
             CsvItem::Row { line, row } => {
-                match crate::source::encode_message(line, &row, max_bytes) {
+                let key = key_index.and_then(|i| crate::source::wire::key_of(&row.fields[i].value));
+                match crate::source::encode_message(line, &row, key.as_deref(), &file, max_bytes) {
                     Ok(_) => good += 1,
                     Err(_) => bad += 1,
                 }

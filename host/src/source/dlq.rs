@@ -43,12 +43,35 @@ pub const MAX_PAYLOAD_BYTES: usize = 256 * 1024;
 pub const MAX_REASON_BYTES: usize = 8 * 1024;
 
 /// The largest encoded dead letter, in bytes: half of the smallest default message limit (Kafka's
-/// `message.max.bytes` of 1,000,000), leaving room for the headers and the record batch.
+/// `message.max.bytes` of 1,000,000), leaving room for the headers and the record batch. Less
+/// when `message.max.bytes` is set lower (see [`Limits`]).
 pub const MAX_LETTER_BYTES: usize = 500_000;
 
 /// The longest record key a dead letter carries as its own key, in bytes: with
 /// [`MAX_LETTER_BYTES`] and the headers, well within the smallest default message limit.
 pub const MAX_KEY_BYTES: usize = 64 * 1024;
+
+/// How large a letter and its key may be under the producer's `message.max.bytes`: a letter the
+/// producer refuses stops the run at that record, every time it is run again.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// The largest encoded letter.
+    pub letter: usize,
+    /// The longest record key a letter carries as its own key.
+    pub key: usize,
+}
+
+impl Limits {
+    /// Half of `message.max.bytes` for the letter and a quarter for its key, at most
+    /// [`MAX_LETTER_BYTES`] and [`MAX_KEY_BYTES`].
+    pub fn of(kafka: &KafkaConfig) -> Limits {
+        let max = super::producer::max_message_bytes(kafka);
+        Limits {
+            letter: MAX_LETTER_BYTES.min(max / 2),
+            key: MAX_KEY_BYTES.min(max / 4),
+        }
+    }
+}
 
 /// Dead-letter producer counters.
 #[derive(Debug, Default)]
@@ -86,7 +109,8 @@ pub async fn spawn(
     let producer = create_producer(kafka, bootstrap)?;
     let (tx, rx) = dead_letter::channel(capacity);
     let stats = Arc::new(DeadLetterStats::default());
-    let handle = tokio::spawn(run(rx, producer, topic.to_owned(), stats.clone()));
+    let limits = Limits::of(kafka);
+    let handle = tokio::spawn(run(rx, producer, topic.to_owned(), limits, stats.clone()));
     Ok((tx, DeadLetterTask { handle, stats }))
 }
 
@@ -96,11 +120,12 @@ pub async fn run(
     mut rx: DeadLetterRx,
     producer: FutureProducer,
     topic: String,
+    limits: Limits,
     stats: Arc<DeadLetterStats>,
 ) {
     let mut pending = tokio::task::JoinSet::new();
     while let Some((letter, ack)) = rx.recv().await {
-        let value = encode(&letter);
+        let value = encode_within(&letter, limits.letter);
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "sluice.stage",
@@ -111,12 +136,11 @@ pub async fn run(
                 value: Some(letter.kind.as_bytes()),
             });
         // Keyed as the record it came from, so that whoever reads the letters can group them
-        // by key. Not a key past MAX_KEY_BYTES: it comes on top of the letter, which is sized
-        // to fit a message, and a letter that cannot be stored stops the run at that record
-        // every time. (`origin.key` in the letter has it, cut if need be.)
+        // by key. Not a key past `limits.key`: it comes on top of the letter, which is sized
+        // to fit a message. (`origin.key` in the letter has it, cut if need be.)
         let key = (letter.origin.as_ref())
             .and_then(|o| o.key.as_deref())
-            .filter(|k| k.len() <= MAX_KEY_BYTES);
+            .filter(|k| k.len() <= limits.key);
         let mut record = FutureRecord::<[u8], _>::to(&topic)
             .payload(&value)
             .headers(headers);
@@ -168,11 +192,17 @@ fn count(stats: &DeadLetterStats, r: &Result<(), String>) {
 /// Encodes a letter as the JSON object described in the module doc, in at most
 /// [`MAX_LETTER_BYTES`].
 pub fn encode(letter: &DeadLetter) -> Vec<u8> {
+    encode_within(letter, MAX_LETTER_BYTES)
+}
+
+/// [`encode`] in at most `max_bytes` ([`Limits::letter`]), where cutting the payload and the
+/// origin's key and headers can make it so.
+pub fn encode_within(letter: &DeadLetter, max_bytes: usize) -> Vec<u8> {
     let mut cut = letter.payload.len().min(MAX_PAYLOAD_BYTES);
     let mut origin_cut = usize::MAX;
     loop {
         let value = encode_cut(letter, cut, origin_cut);
-        if value.len() <= MAX_LETTER_BYTES {
+        if value.len() <= max_bytes {
             return value;
         }
         // Escapes can make JSON text six times its bytes (`\u0001`): keep less payload, and then

@@ -128,6 +128,20 @@ pub struct ReplayStats {
     pub input_bytes_total: AtomicU64,
 }
 
+impl ReplayStats {
+    /// What the replay did so far; once [`replay`] returned, ok or not, what it did.
+    pub fn summary(&self, cancelled: bool) -> ReplaySummary {
+        ReplaySummary {
+            rows_read: self.rows_read.load(Ordering::Relaxed),
+            rows_produced: self.rows_produced.load(Ordering::Relaxed),
+            rows_dead_lettered: self.rows_dead_lettered.load(Ordering::Relaxed),
+            rows_dropped: self.rows_dropped.load(Ordering::Relaxed),
+            bytes: self.bytes.load(Ordering::Relaxed),
+            cancelled,
+        }
+    }
+}
+
 /// What a finished replay did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ReplaySummary {
@@ -167,20 +181,30 @@ enum ReaderMsg {
     Failed(SourceError),
 }
 
-/// The message a row read from `line` becomes, or the bad row it is when the message would be
-/// larger than `max_bytes` (the broker's `message.max.bytes`, less room for the headers).
+/// The message a row read from `line` of `file` becomes, with `key`, or the bad row it is when
+/// the message would be larger than `max_bytes` (the producer's `message.max.bytes`, which
+/// counts the key and the headers too; beyond it the producer refuses the message, and the
+/// replay would stop on it).
 pub fn encode_message(
     line: u64,
     row: &crate::row::Row,
+    key: Option<&str>,
+    file: &str,
     max_bytes: usize,
 ) -> Result<wire::Encoded, BadRow> {
     let enc = wire::encode(row);
-    if enc.value.len() + enc.types.len() + 256 > max_bytes {
+    let key_len = key.map_or(0, str::len);
+    // 256: the headers' names and the line number, and the record's framing.
+    if enc.value.len() + enc.types.len() + key_len + file.len() + 256 > max_bytes {
+        let with_key = match key_len {
+            0 => String::new(),
+            n => format!(" and its key {n} bytes"),
+        };
         return Err(BadRow {
             line,
             kind: BadRowKind::TooLarge,
             reason: format!(
-                "encoded row is {} bytes; the largest message is {max_bytes} bytes (kafka.properties.\"message.max.bytes\")",
+                "encoded row is {} bytes{with_key}; the largest message is {max_bytes} bytes (kafka.properties.\"message.max.bytes\")",
                 enc.value.len()
             ),
             payload: enc.value,
@@ -337,7 +361,8 @@ pub async fn replay(
             }
             Some(ReaderMsg::Item(CsvItem::Row { line, row })) => (line, row),
         };
-        let enc = match encode_message(line, &row, max_bytes) {
+        let key = key_index.and_then(|i| wire::key_of(&row.fields[i].value));
+        let enc = match encode_message(line, &row, key.as_deref(), &file_name, max_bytes) {
             Ok(enc) => enc,
             Err(bad) => {
                 match reject(bad, &file_name, src.on_error, &dead_letters, &stats).await {
@@ -379,7 +404,6 @@ pub async fn replay(
                 () = hurry.cancelled() => {}
             }
         }
-        let key = key_index.and_then(|i| wire::key_of(&row.fields[i].value));
         let line_text = line.to_string();
         let headers = OwnedHeaders::new_with_capacity(3)
             .insert(Header {
@@ -452,18 +476,22 @@ pub async fn replay(
             failure.get_or_insert(e);
         }
     }
-    let _ = reader_thread.join();
+    // A reader that panicked dropped its sender as if the file had ended: the rows after it
+    // were never read, so the replay failed.
+    if let Err(panic) = reader_thread.join() {
+        let what = (panic.downcast_ref::<&str>().map(|s| s.to_string()))
+            .or_else(|| panic.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic".into());
+        failure.get_or_insert(SourceError::Thread(format!(
+            "it stopped after {} records of {}: {what}",
+            stats.rows_read.load(Ordering::Relaxed),
+            path.display()
+        )));
+    }
     if let Some(e) = failure {
         return Err(e);
     }
-    let summary = ReplaySummary {
-        rows_read: stats.rows_read.load(Ordering::Relaxed),
-        rows_produced: stats.rows_produced.load(Ordering::Relaxed),
-        rows_dead_lettered: stats.rows_dead_lettered.load(Ordering::Relaxed),
-        rows_dropped: stats.rows_dropped.load(Ordering::Relaxed),
-        bytes: stats.bytes.load(Ordering::Relaxed),
-        cancelled,
-    };
+    let summary = stats.summary(cancelled);
     tracing::info!(
         rows = summary.rows_produced,
         dead_lettered = summary.rows_dead_lettered,
@@ -614,10 +642,25 @@ fn read_loops(
     tx: &tokio::sync::mpsc::Sender<ReaderMsg>,
 ) {
     let types = reader.types().to_vec();
+    let columns = reader.columns().to_vec();
     for n in 0..loops {
         if n > 0 {
             let counter = Arc::new(AtomicU64::new(0));
             reader = match CsvReader::open(path, opts, counter, Some(&types)) {
+                // The first loop's types, key and pacing columns are kept by position.
+                Ok(r) if r.columns() != columns => {
+                    let _ = tx.blocking_send(ReaderMsg::Failed(SourceError::Header {
+                        path: path.to_path_buf(),
+                        reason: format!(
+                            "the file changed before loop {} of {loops}: its header is now {:?}, \
+                             not {:?}",
+                            n + 1,
+                            r.columns().iter().map(|c| &**c).collect::<Vec<_>>(),
+                            columns.iter().map(|c| &**c).collect::<Vec<_>>()
+                        ),
+                    }));
+                    return;
+                }
                 Ok(r) => {
                     stats
                         .input_bytes_read
@@ -688,6 +731,53 @@ pub(crate) fn pacing_column_problem(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file whose header changed between loops stops the replay with a clear error: the first
+    /// loop's column types, key and pacing columns are kept by position, and a wider row
+    /// panicked the reader, which the replay took for the end of the file ("ok, nothing lost").
+    #[test]
+    fn a_header_changed_between_loops_fails_the_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, later) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
+        std::fs::write(&first, "id,name\n1,a\n2,b\n").unwrap();
+        std::fs::write(&later, "id,name,extra\n3,c,x\n").unwrap();
+        let opts = CsvOptions {
+            delimiter: b',',
+            schema: Default::default(),
+            infer_rows: 10,
+            max_record_bytes: usize::MAX,
+        };
+        let reader = CsvReader::open(&first, &opts, Arc::new(AtomicU64::new(0)), None).unwrap();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let stats = ReplayStats::default();
+        // The second loop reopens `later`, as if `first` had been rewritten.
+        read_loops(
+            reader,
+            &later,
+            &opts,
+            2,
+            &stats,
+            &CancellationToken::new(),
+            &tx,
+        );
+        drop(tx);
+        let mut rows = 0;
+        let mut failure = None;
+        while let Ok(msg) = rx.try_recv() {
+            match msg {
+                ReaderMsg::Item(CsvItem::Row { .. }) => rows += 1,
+                ReaderMsg::Item(CsvItem::Bad(bad)) => panic!("bad row {bad:?}"),
+                ReaderMsg::Failed(e) => failure = Some(e.to_string()),
+            }
+        }
+        assert_eq!(rows, 2);
+        let failure = failure.expect("the replay fails");
+        assert!(
+            failure.contains("changed before loop 2 of 2")
+                && failure.contains(r#"["id", "name", "extra"]"#),
+            "{failure}"
+        );
+    }
 
     /// Which pacing columns are refused: only what declaring a timestamp cannot fix, or what a
     /// declaration would fix, is.

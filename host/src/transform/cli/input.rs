@@ -610,7 +610,13 @@ struct Framer {
 
 impl Framer {
     fn record(&mut self, line: u64, row: Row) -> InputRecord {
-        let enc = match crate::source::encode_message(line, &row, self.max_record_bytes) {
+        let key = self
+            .key_column
+            .as_deref()
+            .and_then(|k| row.get(k))
+            .and_then(wire::key_of);
+        let (file, max) = (&self.file, self.max_record_bytes);
+        let enc = match crate::source::encode_message(line, &row, key.as_deref(), file, max) {
             Ok(enc) => enc,
             Err(bad) => return InputRecord::Bad(bad),
         };
@@ -625,11 +631,6 @@ impl Framer {
                 });
             }
         };
-        let key = self
-            .key_column
-            .as_deref()
-            .and_then(|k| row.get(k))
-            .and_then(wire::key_of);
         let meta = RecordMeta {
             topic: self.topic.clone(),
             partition: self.partition,
