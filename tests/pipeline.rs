@@ -1930,6 +1930,54 @@ fn a_sink_failing_part_way_still_counts_what_it_loaded() {
     );
 }
 
+/// A replay that fails part way (a bad row under `on_error: fail`) still says in its summary
+/// what it put in the topic, which a resume loads: the summary had no replay counts at all.
+#[test]
+fn a_replay_failing_part_way_still_counts_what_it_produced() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    std::fs::write(&csv, "id,name\n1,a\n2,b\n3,c\n4,d,extra\n5,e\n").unwrap();
+    let topic = sluice_tests::broker::unique("replayfail");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "replayfail",
+        "source": { "type": "csv", "path": csv, "on_error": "fail" },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 1 },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let summary_file = dir.path().join("summary.json");
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            &path.to_string_lossy(),
+            "--replay-only",
+            "--no-progress",
+            "--state-dir",
+            &dir.path().join("state").to_string_lossy(),
+            "--summary",
+            &summary_file.to_string_lossy(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
+    let in_topic = sluice_tests::broker::read_topic(&topic).len();
+    assert_eq!(in_topic, 3, "{stderr}");
+    let replay = &summary["replay"];
+    assert_eq!(replay["rows_read"], 4, "{summary:#}");
+    assert_eq!(replay["rows_produced"], in_topic, "{summary:#}");
+    assert_eq!(replay["end_offsets"]["0"], in_topic, "{summary:#}");
+    assert!(
+        summary["problems"].to_string().contains("rows.csv:5"),
+        "{summary:#}"
+    );
+    assert!(stderr.contains("3 produced"), "{stderr}");
+}
+
 /// A second sluice on a state directory that a live one is using (its managed broker's SQLite
 /// files, its emulator's database) is refused with a message saying what to do, before it
 /// starts anything there.
