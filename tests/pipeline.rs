@@ -2377,11 +2377,15 @@ fn a_stop_against_a_hung_warehouse_ends_after_the_drain_timeout() {
         .recv_timeout(std::time::Duration::from_secs(60))
         .expect("the sink connects to the warehouse");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    let stopped = std::process::Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
+    // Twice, as GNU `timeout` does (to the process, then to its group): one stop, not two.
+    for _ in 0..2 {
+        let stopped = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(stopped.success());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     // Far below the request timeout (300 s) and its retries; the drain timeout is 2 s.
     let (code, stderr) = finish_within(child, 60);
     assert_eq!(code, Some(1), "{stderr}");

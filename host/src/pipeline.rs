@@ -402,20 +402,40 @@ fn short_duration(d: Duration) -> String {
 /// both stop a run the same way.
 struct StopSignals {
     term: tokio::signal::unix::Signal,
+    /// When the first stop signal came.
+    first: Option<Instant>,
 }
+
+/// How soon after the first stop signal another is taken for the same stop. GNU `timeout`, and
+/// process managers that stop a whole process group, signal both the process and its group,
+/// so one stop may arrive twice within microseconds; taken as a second stop, it ended the run
+/// at once with no summary.
+const REPEATED_SIGNAL: Duration = Duration::from_millis(500);
 
 impl StopSignals {
     fn install() -> anyhow::Result<StopSignals> {
         let term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .context("cannot handle SIGTERM")?;
-        Ok(StopSignals { term })
+        Ok(StopSignals { term, first: None })
     }
 
     /// The next stop signal's description, `None` if signals can no longer be received.
     async fn next(&mut self) -> Option<&'static str> {
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => r.ok().map(|()| "Interrupted"),
-            r = self.term.recv() => r.map(|()| "Terminated (SIGTERM)"),
+        loop {
+            let name = tokio::select! {
+                r = tokio::signal::ctrl_c() => r.ok().map(|()| "Interrupted"),
+                r = self.term.recv() => r.map(|()| "Terminated (SIGTERM)"),
+            }?;
+            match self.first {
+                Some(first) if first.elapsed() < REPEATED_SIGNAL => {
+                    tracing::debug!("{name} again at once; taken for the same stop.");
+                }
+                Some(_) => return Some(name),
+                None => {
+                    self.first = Some(Instant::now());
+                    return Some(name);
+                }
+            }
         }
     }
 }
