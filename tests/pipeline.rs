@@ -1894,21 +1894,32 @@ fn a_sink_failing_part_way_still_counts_what_it_loaded() {
     std::fs::write(&path, pipeline.to_string()).unwrap();
     let state = dir.path().join("state");
     let summary_file = dir.path().join("summary.json");
-    let out = sluice(
-        dir.path(),
-        &[
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+    let out = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([
             "run",
             &path.to_string_lossy(),
             "--until-end",
             "--no-progress",
-            "--state-dir",
-            &state.to_string_lossy(),
-            "--summary",
-            &summary_file.to_string_lossy(),
-        ],
-    );
+        ])
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--summary")
+        .arg(&summary_file)
+        .env("TMPDIR", &tmp)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // The files PUT to the emulator's stage (rows of the file) are not left behind.
+    let left: Vec<_> = std::fs::read_dir(&tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
     let db = state.join("snowflake").to_string_lossy().into_owned();

@@ -51,6 +51,10 @@ pub fn find_venv(workspace: &Path) -> Result<PathBuf, EmulatorError> {
 pub struct Emulator {
     child: Option<Child>,
     port: u16,
+    /// The server's own temporary directory, removed when it stops: its log, and the files PUT
+    /// to its stages (rows of the pipeline), which fakesnow writes under `TMPDIR` and never
+    /// removes.
+    dir: PathBuf,
     log_path: PathBuf,
 }
 
@@ -60,7 +64,7 @@ c=$!
 trap 'kill $c 2>/dev/null; exit 0' TERM INT HUP
 while kill -0 "$3" 2>/dev/null && kill -0 $c 2>/dev/null; do sleep 0.5 & wait $!; done
 kill $c 2>/dev/null
-kill -0 "$3" 2>/dev/null || rm -f "$4"
+kill -0 "$3" 2>/dev/null || rm -rf "$4"
 "#;
 
 fn free_port() -> std::io::Result<u16> {
@@ -79,8 +83,10 @@ impl Emulator {
         // A port picked free can be taken before fakesnow binds it; try a few.
         for _ in 0..3 {
             let port = free_port().map_err(EmulatorError::Spawn)?;
-            let log_path = std::env::temp_dir()
-                .join(format!("sluice-fakesnow-{}-{port}.log", std::process::id()));
+            let dir =
+                std::env::temp_dir().join(format!("sluice-fakesnow-{}-{port}", std::process::id()));
+            std::fs::create_dir_all(&dir).map_err(EmulatorError::Spawn)?;
+            let log_path = dir.join("fakesnow.log");
             let log = std::fs::File::create(&log_path).map_err(EmulatorError::Spawn)?;
             let child = Command::new("sh")
                 .arg("-c")
@@ -89,7 +95,8 @@ impl Emulator {
                 .arg(&fakesnow)
                 .arg(port.to_string())
                 .arg(std::process::id().to_string())
-                .arg(&log_path)
+                .arg(&dir)
+                .env("TMPDIR", &dir)
                 .stdin(Stdio::null())
                 .stdout(log.try_clone().map_err(EmulatorError::Spawn)?)
                 .stderr(log)
@@ -99,6 +106,7 @@ impl Emulator {
             let mut emu = Emulator {
                 child: Some(child),
                 port,
+                dir,
                 log_path,
             };
             match emu.wait_ready(Duration::from_secs(60)) {
@@ -170,7 +178,7 @@ impl Emulator {
             let deadline = Instant::now() + Duration::from_secs(5);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {
-                    let _ = std::fs::remove_file(&self.log_path);
+                    let _ = std::fs::remove_dir_all(&self.dir);
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(50));
@@ -180,6 +188,7 @@ impl Emulator {
                 .arg(format!("-{}", child.id()))
                 .status();
             let _ = child.wait();
+            let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
 }
