@@ -1941,6 +1941,48 @@ fn a_sink_failing_part_way_still_counts_what_it_loaded() {
     );
 }
 
+/// A load that fails while no records arrive ends an unbounded run with the sink's error. The
+/// failure used to be found only when the next record was handed to the sink, so a run whose
+/// last batch failed sat idle, saying nothing, until it was stopped.
+#[test]
+fn a_sink_failing_while_the_run_is_idle_ends_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    // fakesnow cannot COPY a carriage return: the last batch, alone, fails.
+    std::fs::write(&csv, "id,name\n1,a\n2,b\n3,\"c\rd\"\n").unwrap();
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "idlefail",
+        "source": { "type": "csv", "path": csv },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(),
+                   "topic": sluice_tests::broker::unique("idlefail"), "partitions": 1 },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS",
+                  "batch": { "max_rows": 2, "max_latency_ms": 300 } }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([
+            "run",
+            &path.to_string_lossy(),
+            "--no-progress",
+            "--state-dir",
+        ])
+        .arg(dir.path().join("state"))
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stderr) = finish_within(child, 90);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the Snowflake sink failed") && stderr.contains("2 rows loaded"),
+        "{stderr}"
+    );
+}
+
 /// A replay that fails part way (a bad row under `on_error: fail`) still says in its summary
 /// what it put in the topic, which a resume loads: the summary had no replay counts at all.
 #[test]

@@ -1208,7 +1208,13 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
             tokio::select! {
                 biased;
                 _ = ctx.cancel.cancelled() => return ctx.stopped_early(),
-                Some(d) = durable_rx.recv() => {
+                d = durable_rx.recv() => {
+                    // The writer ended while its input is open: it failed, and its error (taken
+                    // below) is the run's. Found here, not at the next record handed to it, which
+                    // may be never: an idle run sat on a failed load without a word.
+                    let Some(d) = d else {
+                        return Err(crate::sink::snowflake::SinkError::Closed.into());
+                    };
                     let e = durable.entry(d.partition).or_default();
                     *e = (*e).max(d.next_offset);
                     // The warehouse already holds this offset, and a restart resumes from it: a
