@@ -1941,6 +1941,77 @@ fn a_sink_failing_part_way_still_counts_what_it_loaded() {
     );
 }
 
+/// A pipeline whose name the offsets table does not know, sharing a consumer group that an
+/// earlier run moved to the topic's end, starts at the group's offsets: its `--until-end` drain
+/// ends (it waited for loads of records that never come), and the run warns that the records
+/// before them are not loaded into its table.
+#[test]
+fn until_end_ends_when_the_group_is_ahead_of_the_warehouse() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 30);
+    let topic = sluice_tests::broker::unique("groupahead");
+    let pipeline = |name: &str, table: &str| {
+        let p = serde_json::json!({
+            "version": 1,
+            "name": name,
+            "source": { "type": "csv", "path": csv },
+            "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic,
+                       "partitions": 2, "group_id": format!("{topic}-group") },
+            "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": table }
+        });
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, p.to_string()).unwrap();
+        path
+    };
+    let state = dir.path().join("state");
+    let first = pipeline("first", "ROWS");
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            &first.to_string_lossy(),
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+        ]
+        .into_iter()
+        .chain([state.to_str().unwrap()])
+        .collect::<Vec<_>>(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let second = pipeline("second", "ROWS2");
+    let child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([
+            "run",
+            &second.to_string_lossy(),
+            "--consume-only",
+            "--until-end",
+        ])
+        .args(["--no-progress", "--state-dir"])
+        .arg(&state)
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stderr) = finish_within(child, 120);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("start at the consumer group's committed offsets")
+            && stderr.contains("give the pipeline a new kafka.group_id"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("consume    0 records"), "{stderr}");
+}
+
 /// A load that fails while no records arrive ends an unbounded run with the sink's error. The
 /// failure used to be found only when the next record was handed to the sink, so a run whose
 /// last batch failed sat idle, saying nothing, until it was stopped.

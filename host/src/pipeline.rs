@@ -1202,6 +1202,9 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
     >;
     let mut reading: Option<Reading> = None;
     let mut last_read = Instant::now();
+    // Partitions that started at the group's committed offsets, the warehouse having none, and
+    // those offsets: the records before them never come, so the drain takes them as done.
+    let mut from_group: BTreeMap<i32, i64> = BTreeMap::new();
     let (mut commit_failures, mut commit_warned) = (0u64, None);
     let result: anyhow::Result<()> = async {
         loop {
@@ -1255,7 +1258,8 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                         }
                         let loaded = |p: &i32, e: &i64| *e <= 0
                             || durable.get(p).is_some_and(|d| d >= e)
-                            || warehouse.get(p).is_some_and(|w| w >= e);
+                            || warehouse.get(p).is_some_and(|w| w >= e)
+                            || from_group.get(p).is_some_and(|g| g >= e);
                         let sent_all = end.iter().all(|(p, e)| loaded(p, e) || seen.get(p).is_some_and(|s| s + 1 >= *e));
                         if sent_all && batch.is_empty() && !flushed_for_target {
                             sink_tx.flush().await?;
@@ -1286,9 +1290,41 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                                 None => format!("{}@committed", p.partition),
                             }).collect();
                             info!(%topic, partitions = %starts.join(","), "Partitions assigned.");
+                            for p in &partitions {
+                                from_group.remove(&p.partition);
+                            }
+                            if partitions.iter().any(|p| p.offset.is_none()) {
+                                let group = consume::committed_offsets(&ctx.kafka, &ctx.bootstrap, &ctx.group, &topic)
+                                    .await
+                                    .unwrap_or_default();
+                                let ahead: BTreeMap<i32, i64> = partitions.iter()
+                                    .filter(|p| p.offset.is_none())
+                                    .filter_map(|p| Some((p.partition, *group.get(&p.partition)?)))
+                                    .collect();
+                                let shown: Vec<String> = (ahead.iter().filter(|(_, g)| **g > 0))
+                                    .map(|(p, g)| format!("{p}:{g}"))
+                                    .collect();
+                                if !shown.is_empty() {
+                                    warn!(
+                                        %topic,
+                                        group = %ctx.group,
+                                        offsets_table = ctx.sink.offsets_table(),
+                                        group_offsets = %shown.join(", "),
+                                        "These partitions start at the consumer group's committed \
+                                         offsets: the offsets table has none for this pipeline's \
+                                         name (a new name, database or schema, or a new \
+                                         warehouse), but the group was moved on by an earlier \
+                                         run. The records before them are not loaded into this \
+                                         table. To load the whole topic into it, give the \
+                                         pipeline a new kafka.group_id."
+                                    );
+                                }
+                                from_group.extend(ahead);
+                            }
                         }
                         Some(Ok(consume::ConsumerEvent::Revoked { topic, partitions })) => {
                             info!(%topic, ?partitions, "Partitions revoked; dropping their in-flight records.");
+                            from_group.retain(|p, _| !partitions.contains(p));
                             batch.retain(|r| !partitions.contains(&r.meta.partition));
                             // Their records past the warehouse's offsets come again.
                             ctx.chain.forget_state();
