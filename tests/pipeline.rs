@@ -1941,6 +1941,46 @@ fn a_sink_failing_part_way_still_counts_what_it_loaded() {
     );
 }
 
+/// A bounded consume of a topic that does not exist (a misspelt `kafka.topic`) fails at once,
+/// saying so; it waited for the topic to be made, for good.
+#[test]
+fn a_bounded_consume_of_a_missing_topic_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 3);
+    let topic = sluice_tests::broker::unique("missing");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "missing",
+        "source": { "type": "csv", "path": csv },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([
+            "run",
+            &path.to_string_lossy(),
+            "--consume-only",
+            "--until-end",
+        ])
+        .args(["--no-progress", "--state-dir"])
+        .arg(dir.path().join("state"))
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, stderr) = finish_within(child, 60);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("topic {topic} does not exist")),
+        "{stderr}"
+    );
+}
+
 /// A pipeline whose name the offsets table does not know, sharing a consumer group that an
 /// earlier run moved to the topic's end, starts at the group's offsets: its `--until-end` drain
 /// ends (it waited for loads of records that never come), and the run warns that the records

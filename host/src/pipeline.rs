@@ -779,6 +779,21 @@ pub async fn run(
     })
     .await?;
     let bootstrap = services.bootstrap.clone();
+    // An unbounded consume waits for its topic to be made; a bounded one has nothing to drain,
+    // and waited for good on a misspelt name.
+    if opts.mode == RunMode::ConsumeOnly
+        && opts.until_end
+        && !source::producer::topic_exists(&cfg.kafka, &bootstrap, &cfg.kafka.topic)
+            .await
+            .context("cannot read the topic's metadata")?
+    {
+        anyhow::bail!(
+            "topic {} does not exist on {bootstrap}, so a --consume-only --until-end run has \
+             nothing to load (check kafka.topic; without --until-end the run waits for it to be \
+             made)",
+            cfg.kafka.topic
+        );
+    }
     let dlq_topic = dead_letter_topic(cfg);
     let (dlq_tx, dlq_task) = source::dlq::spawn(&cfg.kafka, &bootstrap, &dlq_topic, 1024)
         .await

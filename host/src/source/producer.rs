@@ -182,6 +182,17 @@ pub async fn wait_for_topic(
     Ok(())
 }
 
+/// Whether the broker knows `topic`.
+pub async fn topic_exists(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+) -> Result<bool, KafkaSetupError> {
+    Ok(partition_count(&admin_client(kafka, bootstrap)?, topic)
+        .await?
+        .is_some())
+}
+
 /// An admin client for topic metadata and creation.
 fn admin_client(
     kafka: &KafkaConfig,
