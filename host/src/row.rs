@@ -9,7 +9,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use chrono::{DateTime, NaiveDateTime, Utc};
+use chrono::{DateTime, NaiveDateTime, Timelike, Utc};
 
 /// A field name. Shared (`Arc`) because every row of a batch repeats the same names.
 pub type Name = Arc<str>;
@@ -244,7 +244,8 @@ pub fn format_timestamp(us: i64) -> String {
 
 /// Parses an ISO-8601 timestamp into microseconds since the epoch (UTC). Accepts a date alone,
 /// `T` or a space between date and time, optional fractional seconds, and an optional `Z` or
-/// `+hh:mm` offset (converted to UTC). Returns `None` for anything else.
+/// `+hh:mm` offset (converted to UTC). Second 60 only at 23:59:60 UTC, where leap seconds go.
+/// Returns `None` for anything else.
 pub fn parse_timestamp(s: &str) -> Option<i64> {
     let s = s.trim();
     // Cheap rejection first: inference calls this on every string cell.
@@ -252,8 +253,22 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
     if b.len() < 10 || !b[0].is_ascii_digit() || b[4] != b'-' || b[7] != b'-' {
         return None;
     }
+    let utc = parse_utc(s)?;
+    // chrono reads second 60 at any minute, as a leap second (second 59 with a nanosecond past
+    // 1e9), and its timestamp is the next minute's first second: `03:04:60` would silently be
+    // 03:05:00. A leap second is only ever inserted at 23:59:60 UTC, so that one is a real time
+    // (kept as the next day's 00:00:00, the epoch count having no leap seconds); at any other
+    // minute, second 60 is no time at all.
+    if utc.nanosecond() >= 1_000_000_000 && (utc.hour(), utc.minute()) != (23, 59) {
+        return None;
+    }
+    Some(utc.and_utc().timestamp_micros())
+}
+
+/// [`parse_timestamp`]'s formats, as a UTC time that may be a leap second.
+fn parse_utc(s: &str) -> Option<NaiveDateTime> {
     if let Ok(dt) = DateTime::parse_from_rfc3339(s) {
-        return Some(dt.timestamp_micros());
+        return Some(dt.naive_utc());
     }
     for fmt in [
         "%Y-%m-%dT%H:%M:%S%.f",
@@ -262,20 +277,15 @@ pub fn parse_timestamp(s: &str) -> Option<i64> {
         "%Y-%m-%d %H:%M",
     ] {
         if let Ok(dt) = NaiveDateTime::parse_from_str(s, fmt) {
-            return Some(dt.and_utc().timestamp_micros());
+            return Some(dt);
         }
     }
     if let Ok(dt) = DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%:z") {
-        return Some(dt.timestamp_micros());
+        return Some(dt.naive_utc());
     }
     chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
         .ok()
-        .map(|d| {
-            d.and_hms_opt(0, 0, 0)
-                .unwrap_or_default()
-                .and_utc()
-                .timestamp_micros()
-        })
+        .map(|d| d.and_hms_opt(0, 0, 0).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -306,6 +316,35 @@ mod tests {
         );
         assert_eq!(parse_timestamp("hello"), None);
         assert_eq!(parse_timestamp("2024-13-45"), None);
+    }
+
+    /// Second 60 is a leap second only at 23:59:60 UTC; elsewhere it does not roll over into the
+    /// next minute.
+    #[test]
+    fn second_60_only_at_a_leap_second() {
+        for s in [
+            "2024-01-02T03:04:60",
+            "2024-01-02 03:04:60.5",
+            "2024-01-02T03:04:60Z",
+            "2024-01-02T23:59:60+01:00",
+            "2024-01-02 03:04:60+00:00",
+            "2024-01-02T03:04:61",
+        ] {
+            assert_eq!(parse_timestamp(s), None, "{s}");
+        }
+        for (s, at) in [
+            ("2016-12-31T23:59:60", "2017-01-01T00:00:00"),
+            ("2016-12-31 23:59:60.5", "2017-01-01T00:00:00.500000"),
+            ("2016-12-31T23:59:60Z", "2017-01-01T00:00:00"),
+            ("2017-01-01T00:59:60+01:00", "2017-01-01T00:00:00"),
+            ("2024-01-02T03:04:59", "2024-01-02T03:04:59"),
+        ] {
+            assert_eq!(
+                parse_timestamp(s).map(format_timestamp).as_deref(),
+                Some(at),
+                "{s}"
+            );
+        }
     }
 
     #[test]
