@@ -160,16 +160,20 @@ impl<R: Read> Read for Counting<R> {
 /// The `csv` crate's own line count misses newlines inside quoted fields (its fast path copies
 /// them without counting), and its record positions may point at the previous record's
 /// terminator or at skipped blank lines. So lines are counted here from the bytes the parser
-/// reads, as runs of `\r`/`\n` bytes: a record starts after the run its position falls in. Only
+/// reads, as runs of `\r`/`\n` bytes: a record starts after the run its position falls in. A
+/// line ends at `\n`, `\r\n` or a lone `\r` (classic Mac files), as the parser ends records. Only
 /// the runs between the last looked-up record and the read-ahead are kept, so memory grows with
 /// the line breaks inside one record, not with the file.
 #[derive(Debug)]
 struct LineIndex {
-    /// Runs of line-break bytes not yet passed: start, end (exclusive), newlines in it, and
+    /// Runs of line-break bytes not yet passed: start, end (exclusive), line ends in it, and
     /// whether it ends a record (false when it is inside a quoted field).
     runs: VecDeque<(u64, u64, u64, bool)>,
-    /// Newlines in the runs already passed.
+    /// Line ends in the runs already passed.
     before: u64,
+    /// Whether the last byte seen is `\r`, so that a `\n` right after it, in this read or the
+    /// next, does not end a second line.
+    after_cr: bool,
     /// Bytes seen.
     offset: u64,
     /// The field delimiter, for [`Quoting`].
@@ -201,6 +205,7 @@ impl LineIndex {
             runs: VecDeque::new(),
             before: 0,
             offset: 0,
+            after_cr: false,
             delimiter,
             quoting: Quoting::Start,
             eof: false,
@@ -219,11 +224,13 @@ impl LineIndex {
                 (_, b) if b == self.delimiter || brk => Quoting::Start,
                 _ => Quoting::Unquoted,
             };
+            // Each `\r` ends a line, and each `\n` that does not follow one (CRLF is one).
+            let nl = u64::from(b == b'\r' || (b == b'\n' && !self.after_cr));
+            self.after_cr = b == b'\r';
             if !brk {
                 continue;
             }
             let at = self.offset + i as u64;
-            let nl = u64::from(b == b'\n');
             match self.runs.back_mut() {
                 Some(run) if run.1 == at => {
                     run.1 += 1;
@@ -1002,6 +1009,53 @@ mod tests {
             })
             .collect();
         assert_eq!(lines, [2, 7, 8]);
+    }
+
+    /// Lines end at `\n`, `\r\n` and a lone `\r` (classic Mac, old Excel), as records do; a
+    /// `\r\n` split between two reads is one line end.
+    #[test]
+    fn lines_end_at_a_lone_cr_too() {
+        let mut o = opts();
+        o.schema.insert("id".into(), ValueType::Int);
+        let lines = |items: &[CsvItem]| -> Vec<(u64, Option<BadRowKind>)> {
+            (items.iter())
+                .map(|i| match i {
+                    CsvItem::Row { line, .. } => (*line, None),
+                    CsvItem::Bad(b) => (b.line, Some(b.kind)),
+                })
+                .collect()
+        };
+        let parse = Some(BadRowKind::Parse);
+        for eol in ["\r", "\n", "\r\n"] {
+            let csv = "id,name|1,a|x,c|2,d|y,e|".replace('|', eol);
+            let (_, items) = read_all(csv.as_bytes(), &o);
+            assert_eq!(
+                lines(&items),
+                [(2, None), (3, parse), (4, None), (5, parse)],
+                "{eol:?}"
+            );
+        }
+
+        // One byte per read, so that every `\r` ends a read.
+        struct Bytewise(io::Cursor<Vec<u8>>);
+        impl Read for Bytewise {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = buf.len().min(1);
+                self.0.read(&mut buf[..n])
+            }
+        }
+        let csv = b"id,name\r\n1,\"a\r\nb\rc\"\r\nx,c\r\r\n2,d\n3,\"e\rf\"\rz,g\r".to_vec();
+        let input = Bytewise(io::Cursor::new(csv));
+        let path = Path::new("t.csv");
+        let mut r = CsvReader::from_reader(path, input, &o, Arc::default(), None).unwrap();
+        let mut items = vec![];
+        while let Some(item) = r.next_item().unwrap() {
+            items.push(item);
+        }
+        assert_eq!(
+            lines(&items),
+            [(2, None), (5, parse), (7, None), (8, None), (10, parse)]
+        );
     }
 
     #[test]
