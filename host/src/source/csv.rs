@@ -11,7 +11,9 @@
 //! that every non-empty sampled value parses as, else string. Inference is conservative where a
 //! wrong guess would lose data: numbers with leading zeros (`007`, zip codes) stay strings, and so
 //! do `NaN`/`inf`. Because an inferred type is then a contract for the whole file (a table column
-//! has one type), a later value that does not parse is a bad row, like one under an explicit schema.
+//! has one type), a later value that does not parse is a bad row, like one under an explicit
+//! schema, and so is one that inference would have refused for that type (`01234` in an int
+//! column, digits a float loses, `NaN`, `yes` in a bool column), which a declared type reads.
 
 use std::collections::{HashSet, VecDeque};
 use std::fs::File;
@@ -593,6 +595,20 @@ impl CsvReader {
                     ),
                 )
             })?;
+            // An inferred type promises what inference checked in the sample, so a later value
+            // it would have refused (`01234` in an int column) is not changed to fit it.
+            if self.inferred[i]
+                && let Some(why) = inference_refuses(text.trim(), &value)
+            {
+                return Err((
+                    BadRowKind::Parse,
+                    format!(
+                        "field {name:?}: {:?} is not a valid {}: {why}{SCHEMA_HINT}",
+                        shorten(text),
+                        self.types[i]
+                    ),
+                ));
+            }
             row.fields.push(crate::row::Field {
                 name: name.clone(),
                 value,
@@ -737,6 +753,34 @@ fn decimal_digits(text: &str) -> Option<(String, i64)> {
     Some((significant.to_owned(), exp))
 }
 
+/// Whether inference takes `t` (trimmed, not empty) as a `ty`: it parses as one, and
+/// [`inference_refuses`] has nothing against it.
+fn inferable(t: &str, ty: ValueType) -> bool {
+    parse_value(t, ty).is_some_and(|v| inference_refuses(t, &v).is_none())
+}
+
+/// Why inference does not take `t` (trimmed, not empty) for the type of `v`, what
+/// [`parse_value`] made of it, although it parses: the value would not say what the text says.
+/// A number with a leading zero (`007`, a zip code) would lose it; a float is inferred only from
+/// digits it holds exactly ([`same_number`]), not from `NaN`/`inf`; a bool only from
+/// `true`/`false`. The same checks keep an inferred column's promise after the sample, where
+/// a value they refuse is a bad row; a declared type takes every value that parses.
+fn inference_refuses(t: &str, v: &Value) -> Option<&'static str> {
+    let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
+    let leading_zero = digits.len() > 1 && digits.starts_with('0') && !digits.starts_with("0.");
+    match v {
+        Value::Int(_) | Value::Float(_) if leading_zero => Some("its leading zero would be lost"),
+        Value::Float(f) if !f.is_finite() => Some("NaN and inf are not inferred as floats"),
+        Value::Float(f) if !same_number(t, *f) || !t.bytes().any(|b| b.is_ascii_digit()) => {
+            Some("a 64-bit float does not hold all its digits")
+        }
+        Value::Bool(_) if !t.eq_ignore_ascii_case("true") && !t.eq_ignore_ascii_case("false") => {
+            Some("only true and false are inferred as bools")
+        }
+        _ => None,
+    }
+}
+
 #[derive(Clone, Copy)]
 struct Candidates {
     int: bool,
@@ -770,16 +814,10 @@ fn infer<'a>(sample: impl Iterator<Item = &'a ByteRecord>, ncols: usize) -> Vec<
                 continue;
             }
             c.seen = true;
-            let digits = t.strip_prefix(['-', '+']).unwrap_or(t);
-            let leading_zero =
-                digits.len() > 1 && digits.starts_with('0') && !digits.starts_with("0.");
-            c.int &= !leading_zero && t.parse::<i64>().is_ok();
-            c.float &= !leading_zero
-                && t.parse::<f64>()
-                    .is_ok_and(|f| f.is_finite() && same_number(t, f))
-                && t.bytes().any(|b| b.is_ascii_digit());
-            c.bool_ &= t.eq_ignore_ascii_case("true") || t.eq_ignore_ascii_case("false");
-            c.timestamp &= parse_timestamp(t).is_some();
+            c.int &= inferable(t, ValueType::Int);
+            c.float &= inferable(t, ValueType::Float);
+            c.bool_ &= inferable(t, ValueType::Bool);
+            c.timestamp &= inferable(t, ValueType::Timestamp);
         }
     }
     cands
@@ -1142,6 +1180,65 @@ mod tests {
         let CsvItem::Bad(b) = &items[1] else { panic!() };
         assert_eq!(b.kind, BadRowKind::Parse);
         assert!(b.reason.contains("inferred"), "{}", b.reason);
+    }
+
+    /// After the sample, a value in an inferred column that inference would have refused for
+    /// its type is a bad row, not changed to fit it: a zip code's leading zero, digits a float
+    /// loses, `NaN`, `yes` for a bool. A declared type reads them all.
+    #[test]
+    fn an_inferred_type_refuses_later_what_inference_refuses() {
+        let csv = b"zip,amt,flag\n12345,1.5,true\n54321,2.25,false\n\
+            01234,9007199254740993,yes\n1,9007199254740993,true\n1,NaN,true\n1,-01.5,true\n\
+            1,2.5,yes\n1,2.5,1\n0,-0.5,TRUE\n-7, ,False\n";
+        let mut o = opts();
+        o.infer_rows = 2;
+        let (r, items) = read_all(csv, &o);
+        use ValueType::*;
+        assert_eq!(r.types(), [Int, Float, Bool]);
+        let bad: Vec<_> = (items.iter())
+            .filter_map(|i| match i {
+                CsvItem::Bad(b) => Some((b.line, b.kind, b.reason.clone())),
+                _ => None,
+            })
+            .collect();
+        let lines: Vec<_> = bad.iter().map(|b| (b.0, b.1)).collect();
+        assert_eq!(
+            lines,
+            (4..=9).map(|l| (l, BadRowKind::Parse)).collect::<Vec<_>>()
+        );
+        for (b, field) in bad.iter().zip(["zip", "amt", "amt", "amt", "flag", "flag"]) {
+            assert!(b.2.starts_with(&format!("field {field:?}:")), "{}", b.2);
+            assert!(b.2.ends_with(SCHEMA_HINT), "{}", b.2);
+        }
+        assert!(bad[0].2.contains("leading zero"), "{}", bad[0].2);
+        let rows: Vec<_> = (items.iter())
+            .filter_map(|i| match i {
+                CsvItem::Row { line, row } => Some((*line, row.to_json().to_string())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            rows[2..],
+            [
+                (10, r#"{"zip":0,"amt":-0.5,"flag":true}"#.to_owned()),
+                (11, r#"{"zip":-7,"amt":null,"flag":false}"#.to_owned()),
+            ]
+        );
+
+        // Declared, the same values are read as the type reads them.
+        for (c, ty) in [("zip", Int), ("amt", Float), ("flag", Bool)] {
+            o.schema.insert(c.into(), ty);
+        }
+        let (_, items) = read_all(csv, &o);
+        assert!(
+            items.iter().all(|i| matches!(i, CsvItem::Row { .. })),
+            "{items:?}"
+        );
+        let CsvItem::Row { row, .. } = &items[2] else {
+            panic!()
+        };
+        assert_eq!(row.get("zip"), Some(&Value::Int(1234)));
+        assert_eq!(row.get("flag"), Some(&Value::Bool(true)));
     }
 
     #[test]
