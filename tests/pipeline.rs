@@ -1941,6 +1941,91 @@ fn a_sink_failing_part_way_still_counts_what_it_loaded() {
     );
 }
 
+/// A stop does not wait for a batch being run again a record at a time: the whole batch ran
+/// past its time limit, so each of its records runs alone (0.3 s each here, 9 s for the batch),
+/// and the stop came during that. The run ends within its 3 s --drain-timeout, and the batch's
+/// records are left in the topic, counted as unfinished.
+#[test]
+fn a_stop_does_not_wait_for_a_batch_being_isolated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut csv = String::from("id,spin_ms\n");
+    for id in 100..130 {
+        csv.push_str(&format!("{id},300\n"));
+    }
+    std::fs::write(dir.path().join("rows.csv"), csv).unwrap();
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "isolating",
+        "source": { "type": "csv", "path": "rows.csv" },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(),
+                   "topic": sluice_tests::broker::unique("isolating"), "partitions": 1 },
+        "transforms": [{ "name": "slow", "uses": sluice_tests::guests::POISON_TRAP,
+                         "timeout_ms": 1000, "on_error": "drop" }],
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let summary = dir.path().join("summary.json");
+    let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+        .args([
+            "run",
+            &path.to_string_lossy(),
+            "--no-progress",
+            "--drain-timeout",
+            "3",
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("state"))
+        .arg("--summary")
+        .arg(&summary)
+        .current_dir(dir.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Past the first batch's time limit, once the run has started (a few seconds), and well
+    // before the re-run of its 30 records ends.
+    let stderr = child.stderr.take().unwrap();
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.contains("Partitions assigned") {
+                let _ = started_tx.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    started
+        .recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the consumer starts");
+    std::thread::sleep(std::time::Duration::from_millis(3000));
+    let stopped = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let code = child.wait().unwrap().code();
+    let stderr = reader.join().unwrap();
+    assert_eq!(code, Some(0), "{stderr}");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
+    let unfinished = summary["consume"]["records_unfinished"].as_u64().unwrap();
+    assert!(unfinished > 0, "{summary:#}");
+    assert!(
+        summary["consume"]["rows_loaded"].as_u64().unwrap() + unfinished <= 30,
+        "{summary:#}"
+    );
+}
+
 /// A bounded consume of a topic that does not exist (a misspelt `kafka.topic`) fails at once,
 /// saying so; it waited for the topic to be made, for good.
 #[test]

@@ -1472,7 +1472,17 @@ async fn process_batch(
         // What entered the chain, read off its first transform: a batch of much text goes in
         // parts, and those after a failing one never do (they wait in the topic all the same).
         let before = ctx.chain.rows_entered();
-        ctx.chain.process(inputs).await.map_err(|e| {
+        let processed = tokio::select! {
+            r = ctx.chain.process(inputs) => r,
+            // A stop does not wait for the batch: one being run again a record at a time may
+            // take a minute of time limits per transform, past --drain-timeout. Dropped, the
+            // chain stops between records, and the batch waits in the topic for the next run.
+            () = ctx.cancel.cancelled() => {
+                part.records_unfinished += ctx.chain.rows_entered() - before;
+                return ctx.stopped_early();
+            }
+        };
+        processed.map_err(|e| {
             part.records_unfinished += ctx.chain.rows_entered() - before;
             let names = ctx.chain_names.join(", ");
             let records: Vec<String> = span
@@ -1919,6 +1929,21 @@ fn warnings(s: &RunSummary) -> Vec<String> {
         }
     }
     if let Some(r) = &s.replay {
+        // As for a transform: most of a file's rows bad is a wrong delimiter, schema or file.
+        let bad = r.rows_dead_lettered + r.rows_dropped;
+        if bad > 0 && bad * 2 >= r.rows_read {
+            out.push(format!(
+                "{bad} of the {} records of {} were bad CSV rows, not produced; check \
+                 source.delimiter, source.schema and the file (the first of each kind is in the \
+                 log{})",
+                r.rows_read,
+                r.file,
+                match r.rows_dead_lettered {
+                    0 => "",
+                    _ => ", and every one in the dead letters",
+                }
+            ));
+        }
         let before: i64 = r.start_offsets.values().sum();
         // Twice only where the earlier messages were loaded into this table too: by this run
         // (it started below where the replay began) or by one before it (the table held rows).
@@ -3341,5 +3366,34 @@ mod tests {
         );
         assert!(!summary_text(&summary(4)).contains("warning"));
         assert!(!summary_text(&summary(0)).contains("warning"));
+    }
+
+    /// A file whose rows are mostly bad (a wrong delimiter, a wrong file) is a warning too: the
+    /// run reconciles, every bad row a dead letter, and nothing else says so.
+    #[test]
+    fn a_file_of_mostly_bad_rows_is_a_warning_in_the_summary() {
+        let summary = |bad, dropped| RunSummary {
+            replay: Some(ReplayPart {
+                file: "rows.csv".into(),
+                rows_read: 200,
+                rows_produced: 200 - bad - dropped,
+                rows_dead_lettered: bad,
+                rows_dropped: dropped,
+                ..ReplayPart::default()
+            }),
+            ok: true,
+            ..RunSummary::default()
+        };
+        let text = summary_text(&summary(200, 0));
+        let wanted = "  warning: 200 of the 200 records of rows.csv were bad CSV rows, not produced; \
+                      check source.delimiter, source.schema and the file (the first of each kind \
+                      is in the log, and every one in the dead letters)";
+        assert!(text.contains(wanted), "{text}");
+        assert!(text.contains("result: ok, nothing lost"), "{text}");
+        let text = summary_text(&summary(0, 100));
+        assert!(text.contains("100 of the 200 records"), "{text}");
+        assert!(text.contains("is in the log)"), "{text}");
+        assert!(!summary_text(&summary(99, 0)).contains("warning"));
+        assert!(!summary_text(&summary(0, 0)).contains("warning"));
     }
 }

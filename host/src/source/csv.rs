@@ -28,7 +28,7 @@ use super::SourceError;
 use crate::row::{Name, Row, Value, ValueType, parse_timestamp};
 
 /// Why a row was rejected; the `kind` of its dead letter.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum BadRowKind {
     /// Its field count differs from the header's.
     Ragged,

@@ -312,6 +312,8 @@ pub async fn replay(
     };
 
     let mut pacer = pacing::Pacer::new(&src.pacing);
+    // The kinds of bad row already logged at WARN.
+    let mut warned = std::collections::HashSet::new();
     let mut prev_line = None;
     let mut pending: FuturesUnordered<Pending> = FuturesUnordered::new();
     let mut letters: FuturesUnordered<LetterWait> = FuturesUnordered::new();
@@ -346,7 +348,16 @@ pub async fn replay(
                 break;
             }
             Some(ReaderMsg::Item(CsvItem::Bad(bad))) => {
-                match reject(bad, &file_name, src.on_error, &dead_letters, &stats).await {
+                match reject(
+                    bad,
+                    &file_name,
+                    src.on_error,
+                    &dead_letters,
+                    &stats,
+                    &mut warned,
+                )
+                .await
+                {
                     Ok(letter) => letters.extend(letter),
                     Err(e) => {
                         failure = Some(e);
@@ -365,7 +376,16 @@ pub async fn replay(
         let enc = match encode_message(line, &row, key.as_deref(), &file_name, max_bytes) {
             Ok(enc) => enc,
             Err(bad) => {
-                match reject(bad, &file_name, src.on_error, &dead_letters, &stats).await {
+                match reject(
+                    bad,
+                    &file_name,
+                    src.on_error,
+                    &dead_letters,
+                    &stats,
+                    &mut warned,
+                )
+                .await
+                {
                     Ok(letter) => letters.extend(letter),
                     Err(e) => {
                         failure = Some(e);
@@ -555,7 +575,26 @@ async fn reject(
     on_error: OnError,
     dead_letters: &DeadLetterTx,
     stats: &ReplayStats,
+    warned: &mut std::collections::HashSet<BadRowKind>,
 ) -> Result<Option<LetterWait>, SourceError> {
+    // The first of each kind at WARN, as the transforms' failures are: a file whose every row is
+    // bad (a wrong delimiter) otherwise went by without a word until the summary.
+    if on_error != OnError::Fail {
+        let (kind, reason) = (
+            bad.kind.as_str(),
+            crate::dead_letter::clip(&bad.reason, 1024),
+        );
+        let what = match on_error {
+            OnError::Drop => "dropped",
+            _ => "dead-lettered",
+        };
+        if warned.insert(bad.kind) {
+            tracing::warn!(%file, line = bad.line, kind, reason = %reason,
+                "A bad CSV row was {what} (the first of this kind; the rest are counted in the summary and logged at debug).");
+        } else {
+            tracing::debug!(%file, line = bad.line, kind, reason = %reason, "Bad CSV row {what}.");
+        }
+    }
     match on_error {
         OnError::Fail => Err(SourceError::BadRow {
             file: file.to_owned(),
@@ -564,7 +603,6 @@ async fn reject(
             reason: bad.reason,
         }),
         OnError::Drop => {
-            tracing::debug!(%file, line = bad.line, kind = bad.kind.as_str(), reason = %bad.reason, "Dropped bad row.");
             stats.rows_dropped.fetch_add(1, Ordering::Relaxed);
             Ok(None)
         }
