@@ -409,6 +409,17 @@ fn kafka_properties_are_checked_offline_without_showing_their_values() {
 
 #[test]
 fn committed_schema_is_current() {
+    // The summary's schema too, which scripts reading `--summary` go by.
+    let out = sluice(&workspace_root(), &["schema", "--summary"]);
+    assert!(out.status.success());
+    let committed =
+        std::fs::read_to_string(workspace_root().join("docs/summary.schema.json")).unwrap();
+    assert!(
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+            == serde_json::from_str::<serde_json::Value>(&committed).unwrap(),
+        "docs/summary.schema.json is stale: run `sluice schema --summary > docs/summary.schema.json`"
+    );
+
     let out = sluice(&workspace_root(), &["schema"]);
     assert!(out.status.success());
     let committed = std::fs::read_to_string(workspace_root().join("pipeline.schema.json")).unwrap();
@@ -1927,6 +1938,8 @@ fn a_sink_failing_part_way_still_counts_what_it_loaded() {
     assert_eq!(in_table, 2, "{stderr}");
     let consume = &summary["consume"];
     assert_eq!(consume["rows_loaded"], 2, "{summary:#}");
+    // The one file committed, not each try of the failing one.
+    assert_eq!(consume["files"], 1, "{summary:#}");
     assert_eq!(consume["table_rows_after"], 2, "{summary:#}");
     assert!(
         summary["problems"]

@@ -137,7 +137,11 @@ enum Command {
         sample_rows: usize,
     },
     /// Print the JSON Schema of pipeline.json.
-    Schema,
+    Schema {
+        /// Print the JSON Schema of a run's summary (`--summary`) instead, each field described.
+        #[arg(long)]
+        summary: bool,
+    },
     /// Print the dead letters in the pipeline's dead-letter topic, one JSON object per line,
     /// and how many of each stage and kind (to stderr).
     DeadLetters {
@@ -313,8 +317,12 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             sluice::outln!("{}: ok", pipeline.display());
             Ok(ExitCode::SUCCESS)
         }
-        Command::Schema => {
-            sluice::outln!("{}", serde_json::to_string_pretty(&config::json_schema())?);
+        Command::Schema { summary } => {
+            let schema = match summary {
+                true => pipeline::summary_schema(),
+                false => config::json_schema(),
+            };
+            sluice::outln!("{}", serde_json::to_string_pretty(&schema)?);
             Ok(ExitCode::SUCCESS)
         }
         Command::DeadLetters {

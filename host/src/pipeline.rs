@@ -111,7 +111,11 @@ pub fn init_logging(format: LogFormat) {
         .unwrap_or_else(|_| EnvFilter::new("info,rdkafka::consumer::base_consumer=off"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        // https://no-color.org: a non-empty NO_COLOR turns colour off, on a terminal too.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .with_writer(|| LogWriter)
         // Its own report of a failed write is an `eprintln!`, which panics when stderr's reader
         // has gone (`2>&1 | head`): a log line that cannot be written is dropped instead.
@@ -159,8 +163,9 @@ fn write_under(
     }
 }
 
-/// The final account of a run, printed at the end and written as JSON.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+/// The final account of a run: printed at its end, and written as JSON to `--summary` and to
+/// `last-run.json` in the state directory.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct RunSummary {
     /// Pipeline name.
     pub pipeline: String,
@@ -175,9 +180,9 @@ pub struct RunSummary {
     pub started_at: String,
     /// Wall time of the run, in milliseconds.
     pub duration_ms: u64,
-    /// The replay half, when it ran.
+    /// The replay half: null when it did not run (`--consume-only`).
     pub replay: Option<ReplayPart>,
-    /// The consume half, when it ran.
+    /// The consume half: null when it did not run (`--replay-only`, `sluice replay`).
     pub consume: Option<ConsumePart>,
     /// Dead letters stored by this run.
     pub dead_letters: u64,
@@ -187,8 +192,9 @@ pub struct RunSummary {
     pub ok: bool,
     /// What went wrong, if anything.
     pub problems: Vec<String>,
-    /// What looks wrong though nothing was lost: a transform or the sink failing most of its
-    /// rows (see `warnings`).
+    /// What looks wrong though nothing was lost: most of the file's rows bad, most of a
+    /// transform's rows failing or of the sink's refused, a replay into a topic that already held
+    /// messages.
     #[serde(default)]
     pub warnings: Vec<String>,
     /// Set in the summary a run writes as it starts, until its own replaces it: the run is still
@@ -198,7 +204,7 @@ pub struct RunSummary {
 }
 
 /// The replay half's numbers.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ReplayPart {
     /// The CSV file.
     pub file: String,
@@ -218,7 +224,7 @@ pub struct ReplayPart {
 }
 
 /// The consume half's numbers.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct ConsumePart {
     /// Records consumed (and accounted for) by this run.
     pub records: u64,
@@ -248,14 +254,14 @@ pub struct ConsumePart {
     /// partition revoked before they were loaded comes again).
     #[serde(default)]
     pub rows_redelivered: u64,
-    /// Files staged.
+    /// Files loaded, each by a COPY in a committed transaction.
     pub files: u64,
     /// The target table.
     pub table: String,
-    /// Rows in the table before the run (`None`: they could not be counted).
+    /// Rows in the table before the run (null: they could not be counted).
     #[serde(default)]
     pub table_rows_before: Option<u64>,
-    /// Rows in the table after the run (`None`: they could not be counted, as when the warehouse
+    /// Rows in the table after the run (null: they could not be counted, as when the warehouse
     /// failed during the run).
     #[serde(default)]
     pub table_rows_after: Option<u64>,
@@ -268,7 +274,7 @@ pub struct ConsumePart {
 }
 
 /// One transform's numbers.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, schemars::JsonSchema)]
 pub struct TransformPart {
     /// Its name.
     pub name: String,
@@ -307,6 +313,11 @@ pub struct TransformPart {
     /// calls that isolate a failure included), in nanoseconds.
     #[serde(default)]
     pub call_time_ns: u64,
+}
+
+/// The JSON Schema of a run's summary (`sluice schema --summary`), each field described.
+pub fn summary_schema() -> serde_json::Value {
+    serde_json::to_value(schemars::schema_for!(RunSummary)).unwrap_or_default()
 }
 
 impl TransformPart {
@@ -1409,7 +1420,7 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         Err(_) => {
             let s = ctx.sink.stats();
             part.rows_loaded = s.rows_loaded.load(Ordering::Relaxed);
-            part.files = s.files.load(Ordering::Relaxed);
+            part.files = s.files_loaded.load(Ordering::Relaxed);
             part.sink_dead_lettered = s.rows_dead_lettered.load(Ordering::Relaxed);
             part.rows_redelivered = s.rows_redelivered.load(Ordering::Relaxed);
         }

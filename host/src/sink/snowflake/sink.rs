@@ -1823,7 +1823,9 @@ impl Writer {
             .sink
             .load_batch_from(&pending.batch, &pending.origins, self.dead_letters.as_ref())
             .await?;
-        self.summary.files += u64::from(outcome.file.is_some() && !outcome.already_loaded);
+        let loaded_file = u64::from(outcome.file.is_some() && !outcome.already_loaded);
+        self.summary.files += loaded_file;
+        (self.sink.stats.files_loaded).fetch_add(loaded_file, Ordering::Relaxed);
         self.summary.rows_loaded += outcome.rows_loaded;
         self.summary.commits += u64::from(!outcome.already_loaded);
         self.summary.rows_dead_lettered += outcome.rows_dead_lettered;

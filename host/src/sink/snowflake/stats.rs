@@ -62,8 +62,11 @@ impl Histogram {
 /// Statistics of one sink, shared (`Arc`) with the metrics module.
 #[derive(Debug, Default)]
 pub struct SinkStats {
-    /// Files staged (uploaded or found already present).
+    /// Files staged (uploaded or found already present), each try of a load that is tried again
+    /// included.
     pub files: AtomicU64,
+    /// Files loaded by a committed transaction: what a summary counts.
+    pub files_loaded: AtomicU64,
     /// Compressed bytes uploaded to the stage.
     pub bytes: AtomicU64,
     /// Uploads skipped because the object already existed (S3 HEAD).
