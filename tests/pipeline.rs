@@ -1165,6 +1165,28 @@ fn run_until_end_loads_every_row_exactly_once_and_verifies() {
         count("SELECT COUNT(*) FROM E2E.RAW.ROWS"),
         2 * expected as i64
     );
+
+    // A pipeline renamed has no offsets of its own: it loads the whole topic (three replays),
+    // and its fourth, into the table again; it says that another name loaded from the topic,
+    // rather than that no run did.
+    renamed["name"] = "e2e-renamed".into();
+    std::fs::write(&path, serde_json::to_string_pretty(&renamed).unwrap()).unwrap();
+    let out = sluice(
+        dir.path(),
+        &["run", &p, "--until-end", "--no-progress", "--state-dir", &s],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("pipelines of other names loaded from it")
+            && stderr.contains("other_pipelines=e2e")
+            && !stderr.contains("no run has loaded"),
+        "{stderr}"
+    );
+    assert_eq!(
+        count("SELECT COUNT(*) FROM E2E.RAW.ROWS2"),
+        5 * expected as i64
+    );
 }
 
 /// A record that traps in the second transform goes to the dead-letter topic as the message the

@@ -1731,14 +1731,30 @@ async fn warn_of_a_second_replay(
              run without replaying, use `sluice run --consume-only`."
         );
     } else if waiting > 0 {
-        warn!(
-            table = sink.table(),
-            %topic,
-            messages = waiting,
-            "The topic already holds messages no run has loaded (an earlier replay's). This run \
-             loads them and replays {file} again, so its rows will be loaded twice. To load only \
-             what the topic holds, use `sluice run --consume-only`."
-        );
+        let others = sink.other_pipelines(topic).await.unwrap_or_default();
+        if others.is_empty() {
+            warn!(
+                table = sink.table(),
+                %topic,
+                messages = waiting,
+                "The topic already holds messages no run has loaded (an earlier replay's). This \
+                 run loads them and replays {file} again, so its rows will be loaded twice. To \
+                 load only what the topic holds, use `sluice run --consume-only`."
+            );
+        } else {
+            warn!(
+                table = sink.table(),
+                %topic,
+                messages = waiting,
+                offsets_table = sink.offsets_table(),
+                other_pipelines = %others.join(", "),
+                "The topic already holds messages that no run of this pipeline's name has \
+                 loaded, but pipelines of other names loaded from it (this one before a rename?). \
+                 This run loads them all, and replays {file} again: rows those pipelines loaded \
+                 into this table will be in it again. Offsets are kept per pipeline name; to \
+                 carry on from a renamed pipeline's, keep its name."
+            );
+        }
     }
 }
 

@@ -736,6 +736,25 @@ impl SnowflakeSink {
         }
     }
 
+    /// The other pipeline names that recorded loads from `topic` in this offsets table (a
+    /// pipeline renamed since leaves its offsets under its old name).
+    pub async fn other_pipelines(&self, topic: &str) -> Result<Vec<String>, SinkError> {
+        let _guard = self.session.lock().await;
+        let r = self
+            .client
+            .query(
+                &format!(
+                    "SELECT DISTINCT \"PIPELINE\" FROM {} WHERE \"TOPIC\" = ? AND \"PIPELINE\" <> ? AND \"NEXT_OFFSET\" > 0 ORDER BY 1",
+                    self.names.offsets
+                ),
+                &[Bind::Text(Some(topic.to_owned())), Bind::Text(Some(self.pipeline.clone()))],
+            )
+            .await?;
+        Ok((r.rows.iter())
+            .filter_map(|row| Some(row.first()?.as_str()?.to_owned()))
+            .collect())
+    }
+
     /// [`Self::committed_offsets`] on `client`; on the writer's own, under `session`.
     async fn read_offsets(
         &self,
