@@ -720,6 +720,53 @@ async fn failed_commits_and_commits_ahead_release_the_records_below_them() {
     consumer.close().await;
 }
 
+/// The group's offsets catch up with the warehouse's on assignment: a crash between the
+/// warehouse commit and the Kafka commit left them behind, and on a topic loaded to its end no
+/// later batch moved them, so lag measured from them never cleared.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assignment_commits_the_warehouse_offsets_to_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_rows(dir.path(), 10);
+    let topic = broker::unique("catchup");
+    let kafka = broker::kafka_config(&topic, serde_json::json!({ "partitions": 1 }));
+    replay(&csv_source(serde_json::json!({ "path": path })), &kafka)
+        .await
+        .expect("replay");
+    let (bootstrap, group) = (broker::bootstrap(), broker::unique("group"));
+    let warehouse: consume::OffsetsProvider = Arc::new(|_topic: String, _partitions: Vec<i32>| {
+        Box::pin(async { Ok(HashMap::from([(0, 7)])) })
+    });
+    let opts = ConsumerOptions {
+        kafka: &kafka,
+        bootstrap: &bootstrap,
+        group_id: &group,
+        offsets: warehouse,
+        stats: Arc::new(ConsumerStats::default()),
+    };
+    let mut consumer = Consumer::start(opts).expect("consumer");
+    let mut offsets = Vec::new();
+    while offsets.len() < 3 {
+        match tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await {
+            Ok(Some(Ok(ConsumerEvent::Record(r)))) => offsets.push(r.meta.offset),
+            Ok(Some(Ok(_))) => {}
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(offsets, [7, 8, 9]);
+    let mut committed = BTreeMap::new();
+    for _ in 0..50 {
+        committed = consume::committed_offsets(&kafka, &bootstrap, &group, &topic)
+            .await
+            .unwrap();
+        if !committed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(committed, BTreeMap::from([(0, 7)]));
+    consumer.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uncommitted_records_apply_backpressure() {
     let dir = tempfile::tempdir().unwrap();

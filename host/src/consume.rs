@@ -335,16 +335,29 @@ impl Ctx {
             }
         };
         let mut starts = Vec::with_capacity(partitions.len());
+        let mut catch_up = TopicPartitionList::new();
         for p in &partitions {
             let offset = offsets.get(p).copied().filter(|o| *o >= 0);
             let at = offset.map_or(Offset::Stored, Offset::Offset);
             if let Err(e) = tpl.set_partition_offset(&topic, *p, at) {
                 tracing::warn!(partition = p, error = %e, "Cannot set start offset.");
             }
+            if offset.is_some() {
+                let _ = catch_up.add_partition_offset(&topic, *p, at);
+            }
             starts.push(PartitionStart {
                 partition: *p,
                 offset,
             });
+        }
+        // The group's offsets follow the warehouse's, which a crash between the two commits, or
+        // a Kafka commit that failed, leaves behind: on a topic loaded to its end no later batch
+        // would move them, and lag measured from them (an outside monitor's too) never cleared.
+        // Sent before any commit of this assignment's loads, which come after it in order.
+        if catch_up.count() > 0
+            && let Err(e) = c.commit(&catch_up, CommitMode::Async)
+        {
+            tracing::debug!(error = %e, "Cannot commit the warehouse's offsets to the group.");
         }
         let generation = {
             let mut fence = self.shared.fence.lock().unwrap_or_else(|e| e.into_inner());
