@@ -257,7 +257,7 @@ struct Shared {
 }
 
 impl Shared {
-    /// Forgets committed offsets below `next` and returns how many records that released.
+    /// Forgets the records below `next` of `partition`: no longer in flight.
     fn release(&self, partition: i32, next: i64) {
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(p) = st.partitions.get_mut(&partition) {
@@ -697,8 +697,9 @@ fn poll_loop(
             {
                 tracing::warn!(error = %e, "Cannot resume consumption.");
             }
-        } else if paused && in_flight <= max - max / 4 {
-            // Resume with some headroom, so one commit does not flip pause on and off.
+        } else if paused && in_flight <= max - max.div_ceil(4) {
+            // Resume with some headroom (a quarter, at least one record), so one commit does not
+            // flip pause on and off.
             let assigned = consumer.assignment().unwrap_or_default();
             match consumer.resume(&assigned) {
                 Ok(()) => shared.paused.store(false, Ordering::SeqCst),

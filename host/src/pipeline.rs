@@ -1037,7 +1037,15 @@ pub async fn run(
     summary.ok = summary.problems.is_empty();
     summary.warnings = warnings(&summary);
     if interrupted.load(Ordering::Relaxed) {
-        summary.warnings.extend(waiting_after_stop(&summary));
+        let topic_end = match summary.replay {
+            Some(_) => None,
+            None => consume::end_offsets(&cfg.kafka, &bootstrap, &cfg.kafka.topic)
+                .await
+                .ok(),
+        };
+        summary
+            .warnings
+            .extend(waiting_after_stop(&summary, topic_end.as_ref()));
     }
     match opts.log_format {
         LogFormat::Human => print_summary(&summary),
@@ -1906,12 +1914,13 @@ fn summary_text(s: &RunSummary) -> String {
     out
 }
 
-/// After a stop: how many of the topic's records (up to its end after the replay) the warehouse
-/// does not hold yet, counted per partition from its committed offset.
-fn waiting_after_stop(s: &RunSummary) -> Option<String> {
-    let (r, c) = (s.replay.as_ref()?, s.consume.as_ref()?);
-    let waiting: i64 = r
-        .end_offsets
+/// After a stop: how many of the topic's records (up to its end after the replay, or
+/// `topic_end` in a run without one) the warehouse does not hold yet, counted per partition from
+/// its committed offset.
+fn waiting_after_stop(s: &RunSummary, topic_end: Option<&BTreeMap<i32, i64>>) -> Option<String> {
+    let c = s.consume.as_ref()?;
+    let end = s.replay.as_ref().map(|r| &r.end_offsets).or(topic_end)?;
+    let waiting: i64 = end
         .iter()
         .map(|(p, end)| {
             let from = c.committed_offsets.get(p).or(c.start_offsets.get(p));
@@ -3317,11 +3326,22 @@ mod tests {
         };
         assert_eq!(reconcile(&summary, false, true), Vec::<String>::new());
         assert_eq!(
-            waiting_after_stop(&summary).as_deref(),
+            waiting_after_stop(&summary, None).as_deref(),
             Some(
                 "9 records wait in the topic past what the warehouse holds (the stop came before \
                  they were loaded); `sluice run --consume-only` loads them"
             )
+        );
+        // A consume-only run counts up to the topic's end at the stop.
+        let consume_only = RunSummary {
+            replay: None,
+            ..summary.clone()
+        };
+        assert_eq!(waiting_after_stop(&consume_only, None), None);
+        let end = BTreeMap::from([(0, 70), (1, 50)]);
+        assert!(
+            waiting_after_stop(&consume_only, Some(&end))
+                .is_some_and(|w| w.starts_with("12 records wait in the topic"))
         );
         assert_eq!(
             reconcile(&summary, false, false),
@@ -3331,7 +3351,7 @@ mod tests {
         let mut summary = summary;
         summary.ok = true;
         summary.warnings = warnings(&summary);
-        summary.warnings.extend(waiting_after_stop(&summary));
+        summary.warnings.extend(waiting_after_stop(&summary, None));
         let text = summary_text(&summary);
         assert!(
             text.contains("  warning: 9 records wait in the topic"),

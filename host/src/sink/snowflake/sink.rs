@@ -819,8 +819,9 @@ impl SnowflakeSink {
 
     /// Starts the batching writer. `dead_letters` receives rows the table cannot take; without
     /// it such rows fail the writer. Returns the input handle, the stream of durable offsets
-    /// (unbounded, one message per committed batch) and the task, which ends with a summary when
-    /// the input closes, or with the first error.
+    /// (unbounded: one message per committed batch, and one per partition whose records arrive
+    /// below what the warehouse already holds) and the task, which ends with a summary when the
+    /// input closes, or with the first error; the stream closes when the task ends.
     pub fn spawn(
         self: Arc<Self>,
         dead_letters: Option<DeadLetterTx>,
