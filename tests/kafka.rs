@@ -813,6 +813,8 @@ async fn uncommitted_records_apply_backpressure() {
     );
     assert_eq!(stats.in_flight.load(Ordering::Relaxed), 100);
     assert!(stats.pauses.load(Ordering::Relaxed) >= 1);
+    // Nothing committed yet: every record kept is lag (it read 0 until the first commit).
+    assert_eq!(stats.total_lag(), 1000);
     assert_eq!(
         consumer.commit(&topic, 0, last + 1).await.unwrap(),
         CommitOutcome::Committed

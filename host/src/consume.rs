@@ -291,6 +291,10 @@ impl ClientContext for Ctx {
         for (&p, s) in topic.partitions.iter().filter(|(p, _)| **p >= 0) {
             if s.consumer_lag >= 0 {
                 lag.insert(p, s.consumer_lag);
+            } else if s.ls_offset >= 0 && s.committed_offset < 0 {
+                // No commit yet (librdkafka says -1): every record kept is past it. Lag read 0
+                // until a new pipeline's first commit.
+                lag.insert(p, s.ls_offset - s.lo_offset.max(0));
             }
             if s.ls_offset >= 0 {
                 ends.insert(p, s.ls_offset);

@@ -2071,8 +2071,11 @@ impl Drop for ProgressLine {
 struct Progress {
     /// Whether the run replays the CSV (not `--consume-only`).
     replays: bool,
-    /// CSV records the reader has read (it runs a little ahead of the paced producer).
+    /// CSV records the replay has taken from the reader.
     read: u64,
+    /// CSV records the reader has read: ahead of `read` by up to a channel's worth, and the
+    /// count that goes with `bytes_read`.
+    scanned: u64,
     produced: u64,
     /// CSV records the replay is done with: produced, dead-lettered or dropped.
     handled: u64,
@@ -2093,6 +2096,7 @@ impl Progress {
         Progress {
             replays,
             read: r.rows_read.load(Ordering::Relaxed),
+            scanned: r.records_scanned.load(Ordering::Relaxed),
             produced,
             handled: produced
                 + r.rows_dead_lettered.load(Ordering::Relaxed)
@@ -2110,15 +2114,17 @@ impl Progress {
     }
 
     /// How many records the replay has in all: exact once the reader is through the input,
-    /// before that estimated from the bytes it has read.
+    /// before that estimated from the bytes it has read. Both counts are the reader's: the
+    /// records the replay took lag the bytes read by up to a channel's worth, which made a small
+    /// file's total the few records taken so far, at 100% and no ETA from the start.
     fn records_total(&self) -> Option<u64> {
         if self.bytes_total == 0 || self.bytes_read == 0 {
             return None;
         }
         if self.bytes_read >= self.bytes_total {
-            return Some(self.read);
+            return Some(self.scanned);
         }
-        Some((self.read as f64 * self.bytes_total as f64 / self.bytes_read as f64) as u64)
+        Some((self.scanned as f64 * self.bytes_total as f64 / self.bytes_read as f64) as u64)
     }
 
     /// Rows/s of the run's moving part (records consumed, else rows produced) since `before`,
@@ -3078,7 +3084,8 @@ mod tests {
         // the producer, as it is under pacing.
         let before = Progress {
             replays: true,
-            read: 1000,
+            read: 320,
+            scanned: 1000,
             produced: 300,
             handled: 300,
             bytes_read: 20_000,
@@ -3089,7 +3096,8 @@ mod tests {
             lag: 100,
         };
         let now = Progress {
-            read: 1500,
+            read: 810,
+            scanned: 1500,
             produced: 790,
             handled: 800,
             bytes_read: 30_000,
@@ -3105,14 +3113,15 @@ mod tests {
         assert_eq!(eta.map(|d| d.as_secs()), Some(16));
         assert_eq!(
             now.line(rate, eta),
-            "read 1500 | produced 790 (16%) | consumed 700 | transformed 350 | loaded 300 \
+            "read 810 | produced 790 (16%) | consumed 700 | transformed 350 | loaded 300 \
              | 250 rows/s | lag 90 | replay ETA 0:00:16"
         );
         // Replay only: no consumer columns, the rate is rows produced; once the reader is through
         // the file, the count is exact, and nothing is left when every record is handled.
         let replay = |produced, bytes_read| Progress {
             replays: true,
-            read: 5000,
+            read: produced,
+            scanned: 5000,
             produced,
             handled: produced,
             bytes_read,
@@ -3125,7 +3134,7 @@ mod tests {
         assert_eq!(eta, Some(Duration::from_secs(1)));
         assert_eq!(
             replay(4500, 100_000).line(rate, eta),
-            "read 5000 | produced 4500 (90%) | 500 rows/s | replay ETA 0:00:01"
+            "read 4500 | produced 4500 (90%) | 500 rows/s | replay ETA 0:00:01"
         );
         let (_, eta) = replay(5000, 100_000).rates(&replay(4500, 100_000), Duration::from_secs(1));
         assert_eq!(eta, None);

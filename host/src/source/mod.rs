@@ -124,6 +124,9 @@ pub struct ReplayStats {
     pub bytes: AtomicU64,
     /// CSV bytes read from disk so far, over all loops (for progress).
     pub input_bytes_read: AtomicU64,
+    /// CSV records the reader thread has read, over all loops: ahead of `rows_read` by what waits
+    /// for the producer. With `input_bytes_read`, it estimates the records in all (for progress).
+    pub records_scanned: AtomicU64,
     /// CSV bytes to read in total (file size times loop count; for ETA).
     pub input_bytes_total: AtomicU64,
 }
@@ -721,7 +724,10 @@ fn read_loops(
                 .input_bytes_read
                 .fetch_add(reader.bytes_read() - before, Ordering::Relaxed);
             let msg = match item {
-                Ok(Some(item)) => ReaderMsg::Item(item),
+                Ok(Some(item)) => {
+                    stats.records_scanned.fetch_add(1, Ordering::Relaxed);
+                    ReaderMsg::Item(item)
+                }
                 Ok(None) => break,
                 Err(e) => ReaderMsg::Failed(e),
             };
