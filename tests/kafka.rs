@@ -1341,7 +1341,8 @@ fn verify_refuses_another_pipelines_summary() {
         "{stderr}"
     );
 
-    // No run yet in this state directory: say what writes a summary and where.
+    // No run yet in this state directory: say what writes a summary and where. A wrong flag,
+    // exit 2, not a gap found (1).
     let out = sluice_tests::cli::sluice(
         dir.path(),
         &[
@@ -1352,7 +1353,7 @@ fn verify_refuses_another_pipelines_summary() {
         ],
     );
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(
         stderr.contains(
             "no run summary at never-run/last-run.json: run `sluice run --until-end` first"

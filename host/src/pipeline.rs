@@ -2445,16 +2445,29 @@ pub async fn verify(
     state_dir: &Path,
 ) -> anyhow::Result<Vec<String>> {
     let cfg = &loaded.config;
-    let text = std::fs::read_to_string(summary_path).with_context(|| {
-        format!(
-            "no run summary at {}: run `sluice run --until-end` first (every run writes \
-             last-run.json in its --state-dir), or pass the --state-dir or --summary FILE of the \
-             run to check",
-            summary_path.display()
-        )
-    })?;
-    let summary: RunSummary = serde_json::from_str(&text)
-        .with_context(|| format!("{} is not a run summary", summary_path.display()))?;
+    // A summary that is not there, or not one, is a wrong flag (exit 2), not a gap found (1).
+    let text = match std::fs::read_to_string(summary_path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(crate::transform::cli::UsageError(anyhow::anyhow!(
+                "no run summary at {}: run `sluice run --until-end` first (every run writes \
+                 last-run.json in its --state-dir), or pass the --state-dir or --summary FILE of \
+                 the run to check",
+                summary_path.display()
+            ))
+            .into());
+        }
+        r => r.with_context(|| format!("cannot read {}", summary_path.display()))?,
+    };
+    let summary: RunSummary = match serde_json::from_str(&text) {
+        Ok(s) => s,
+        Err(e) => {
+            return Err(crate::transform::cli::UsageError(
+                anyhow::Error::new(e)
+                    .context(format!("{} is not a run summary", summary_path.display())),
+            )
+            .into());
+        }
+    };
     // A run that has not ended yet, rather than one that died, when its state directory is
     // still held.
     if summary.unfinished && state_dir_in_use(state_dir) {
