@@ -1178,7 +1178,7 @@ fn run_until_end_loads_every_row_exactly_once_and_verifies() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("pipelines of other names loaded from it")
+        stderr.contains("pipelines of other names recorded loads from it")
             && stderr.contains("other_pipelines=e2e")
             && !stderr.contains("no run has loaded"),
         "{stderr}"

@@ -157,6 +157,10 @@ pub struct PartitionStart {
     /// The offset from the offsets provider, or `None` when it starts at the group's committed
     /// offset (else the earliest).
     pub offset: Option<i64>,
+    /// Where `offset` is `None`: the group's committed offset it starts at, as read when it was
+    /// assigned; `None` when the group has none (it starts at the earliest) or it could not be
+    /// read.
+    pub group_offset: Option<i64>,
 }
 
 /// A consumed record.
@@ -338,6 +342,28 @@ impl Ctx {
                 return;
             }
         };
+        // The group's committed offsets: where a partition the warehouse has no offset for starts
+        // (read here, as librdkafka is about to), and what the warehouse's may be ahead of.
+        let group: Option<HashMap<i32, i64>> = {
+            let mut asked = TopicPartitionList::new();
+            for p in &partitions {
+                asked.add_partition(&topic, *p);
+            }
+            match c.committed_offsets(asked, REQUEST_TIMEOUT) {
+                Ok(list) => Some(
+                    (list.elements().iter())
+                        .filter_map(|e| match e.offset() {
+                            Offset::Offset(o) => Some((e.partition(), o)),
+                            _ => None,
+                        })
+                        .collect(),
+                ),
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "Cannot read the consumer group's committed offsets.");
+                    None
+                }
+            }
+        };
         let mut starts = Vec::with_capacity(partitions.len());
         let mut catch_up = TopicPartitionList::new();
         for p in &partitions {
@@ -346,12 +372,17 @@ impl Ctx {
             if let Err(e) = tpl.set_partition_offset(&topic, *p, at) {
                 tracing::warn!(partition = p, error = %e, "Cannot set start offset.");
             }
-            if offset.is_some() {
-                let _ = catch_up.add_partition_offset(&topic, *p, at);
+            let in_group = group.as_ref().and_then(|g| g.get(p).copied());
+            // Only forward: a group shared by pipelines of other names may be past this one's.
+            if let (Some(ahead), Some(g)) = (offset, &group)
+                && g.get(p).is_none_or(|at| *at < ahead)
+            {
+                let _ = catch_up.add_partition_offset(&topic, *p, Offset::Offset(ahead));
             }
             starts.push(PartitionStart {
                 partition: *p,
                 offset,
+                group_offset: in_group.filter(|_| offset.is_none()),
             });
         }
         // The group's offsets follow the warehouse's, which a crash between the two commits, or

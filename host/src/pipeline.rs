@@ -234,8 +234,9 @@ pub struct ConsumePart {
     pub records_redelivered: u64,
     /// Records whose message could not be decoded (dead-lettered).
     pub undecodable: u64,
-    /// Records of the batch the transform chain stopped the run on that entered the chain (its
-    /// counters count them, as unfinished): not accounted for here, they wait in the topic.
+    /// Records of the batch in the transform chain when the run stopped (the chain failing on
+    /// it, or a stop not waiting for it) that entered the chain (its counters count them, as
+    /// unfinished): not accounted for here, they wait in the topic.
     #[serde(default)]
     pub records_unfinished: u64,
     /// Records a transform's failure dropped under `on_error: drop`: thrown away on purpose, in
@@ -1327,13 +1328,9 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                             for p in &partitions {
                                 from_group.remove(&p.partition);
                             }
-                            if partitions.iter().any(|p| p.offset.is_none()) {
-                                let group = consume::committed_offsets(&ctx.kafka, &ctx.bootstrap, &ctx.group, &topic)
-                                    .await
-                                    .unwrap_or_default();
+                            {
                                 let ahead: BTreeMap<i32, i64> = partitions.iter()
-                                    .filter(|p| p.offset.is_none())
-                                    .filter_map(|p| Some((p.partition, *group.get(&p.partition)?)))
+                                    .filter_map(|p| Some((p.partition, p.group_offset?)))
                                     .collect();
                                 let shown: Vec<String> = (ahead.iter().filter(|(_, g)| **g > 0))
                                     .map(|(p, g)| format!("{p}:{g}"))
@@ -1757,10 +1754,11 @@ async fn warn_of_a_second_replay(
                 offsets_table = sink.offsets_table(),
                 other_pipelines = %others.join(", "),
                 "The topic already holds messages that no run of this pipeline's name has \
-                 loaded, but pipelines of other names loaded from it (this one before a rename?). \
-                 This run loads them all, and replays {file} again: rows those pipelines loaded \
-                 into this table will be in it again. Offsets are kept per pipeline name; to \
-                 carry on from a renamed pipeline's, keep its name."
+                 loaded, and pipelines of other names recorded loads from it in the same offsets \
+                 table (this one before a rename?). This run loads those messages, and replays \
+                 {file} again: if those pipelines loaded into this table, their rows will be in \
+                 it twice. Offsets are kept per pipeline name: to carry on where a renamed \
+                 pipeline left off, keep its name."
             );
         }
     }
@@ -1853,7 +1851,8 @@ fn summary_text(s: &RunSummary) -> String {
         out.push(')');
         if c.records_unfinished > 0 {
             out.push_str(&format!(
-                ", and {} in the batch the transform chain stopped on (they wait in the topic)",
+                ", and {} in the transform chain's batch when the run stopped (they wait in the \
+                 topic)",
                 c.records_unfinished
             ));
         }

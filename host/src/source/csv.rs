@@ -176,6 +176,11 @@ struct LineIndex {
     /// Whether the last byte seen is `\r`, so that a `\n` right after it, in this read or the
     /// next, does not end a second line.
     after_cr: bool,
+    /// Whether that `\r` was outside a quoted field.
+    cr_outside: bool,
+    /// Whether the file's lines end with a `\r` alone (old Mac exports), told by its first line
+    /// break outside quotes; `None` before it.
+    cr_ends: Option<bool>,
     /// Bytes seen.
     offset: u64,
     /// The field delimiter, for [`Quoting`].
@@ -208,6 +213,8 @@ impl LineIndex {
             before: 0,
             offset: 0,
             after_cr: false,
+            cr_outside: false,
+            cr_ends: None,
             delimiter,
             quoting: Quoting::Start,
             eof: false,
@@ -226,8 +233,26 @@ impl LineIndex {
                 (_, b) if b == self.delimiter || brk => Quoting::Start,
                 _ => Quoting::Unquoted,
             };
-            // Each `\r` ends a line, and each `\n` that does not follow one (CRLF is one).
-            let nl = u64::from(b == b'\r' || (b == b'\n' && !self.after_cr));
+            // Where lines end with `\r` alone, each `\r` ends a line, and each `\n` that does not
+            // follow one (CRLF is one). Where they end with LF or CRLF, only `\n` does: a lone
+            // `\r` in a quoted field is text there, as an editor shows it, and counted it would
+            // put every later line number one past the editor's. Until the first break outside
+            // quotes tells which, the first rule (the two agree on it but for a CRLF's `\n`).
+            let deciding = self.cr_ends.is_none();
+            if deciding {
+                if self.after_cr && self.cr_outside {
+                    self.cr_ends = Some(b != b'\n');
+                } else if b == b'\n' && was != Quoting::Quoted {
+                    self.cr_ends = Some(false);
+                }
+            }
+            let nl = match self.cr_ends {
+                // The `\r` of the CRLF that told it was counted.
+                Some(false) if deciding && self.after_cr => 0,
+                Some(false) => u64::from(b == b'\n'),
+                _ => u64::from(b == b'\r' || (b == b'\n' && !self.after_cr)),
+            };
+            self.cr_outside = b == b'\r' && was != Quoting::Quoted;
             self.after_cr = b == b'\r';
             if !brk {
                 continue;
@@ -1082,18 +1107,31 @@ mod tests {
                 self.0.read(&mut buf[..n])
             }
         }
-        let csv = b"id,name\r\n1,\"a\r\nb\rc\"\r\nx,c\r\r\n2,d\n3,\"e\rf\"\rz,g\r".to_vec();
-        let input = Bytewise(io::Cursor::new(csv));
-        let path = Path::new("t.csv");
-        let mut r = CsvReader::from_reader(path, input, &o, Arc::default(), None).unwrap();
-        let mut items = vec![];
-        while let Some(item) = r.next_item().unwrap() {
-            items.push(item);
-        }
+        let bytewise = |csv: &[u8]| {
+            let input = Bytewise(io::Cursor::new(csv.to_vec()));
+            let path = Path::new("t.csv");
+            let mut r = CsvReader::from_reader(path, input, &o, Arc::default(), None).unwrap();
+            let mut items = vec![];
+            while let Some(item) = r.next_item().unwrap() {
+                items.push(item);
+            }
+            lines(&items)
+        };
+        // Lines ending with `\r`: one in a quoted field is a line too, as is a `\n` alone.
         assert_eq!(
-            lines(&items),
-            [(2, None), (5, parse), (7, None), (8, None), (10, parse)]
+            bytewise(b"id,name\r1,\"a\rb\nc\"\rx,c\r2,d\r\r3,e\r"),
+            [(2, None), (5, parse), (6, None), (8, None)]
         );
+        // Lines ending with LF or CRLF: a lone `\r` in a quoted field is text, as an editor
+        // shows it, and later lines keep the editor's numbers.
+        for eol in ["\n", "\r\n"] {
+            let csv = "id,name|1,\"a\rb\"|x,c|2,\"d\r\ne\"|y,f|".replace('|', eol);
+            assert_eq!(
+                bytewise(csv.as_bytes()),
+                [(2, None), (3, parse), (4, None), (6, parse)],
+                "{eol:?}"
+            );
+        }
     }
 
     #[test]

@@ -199,25 +199,28 @@ pub fn encode(letter: &DeadLetter) -> Vec<u8> {
 /// origin's key and headers can make it so.
 pub fn encode_within(letter: &DeadLetter, max_bytes: usize) -> Vec<u8> {
     let mut cut = letter.payload.len().min(MAX_PAYLOAD_BYTES);
-    let mut origin_cut = usize::MAX;
+    let (mut origin_cut, mut reason_cut) = (usize::MAX, MAX_REASON_BYTES);
     loop {
-        let value = encode_cut(letter, cut, origin_cut);
+        let value = encode_cut(letter, cut, origin_cut, reason_cut);
         if value.len() <= max_bytes {
             return value;
         }
-        // Escapes can make JSON text six times its bytes (`\u0001`): keep less payload, and then
-        // less of the origin's key and headers, which came from a message of any size.
+        // Escapes can make JSON text six times its bytes (`\u0001`): keep less payload, then
+        // less of the origin's key and headers, which came from a message of any size, and last
+        // less of the reason (a lower `message.max.bytes`).
         if cut > 0 {
             cut /= 2;
         } else if origin_cut > 0 {
             origin_cut = if origin_cut == usize::MAX { 4096 } else { 0 };
+        } else if reason_cut > 256 {
+            reason_cut /= 2;
         } else {
             return value;
         }
     }
 }
 
-fn encode_cut(letter: &DeadLetter, cut: usize, origin_cut: usize) -> Vec<u8> {
+fn encode_cut(letter: &DeadLetter, cut: usize, origin_cut: usize, reason_cut: usize) -> Vec<u8> {
     use serde_json::json;
     let (payload, encoding) = match std::str::from_utf8(&letter.payload[..cut]) {
         Ok(s) => (s.to_owned(), "utf8"),
@@ -234,7 +237,7 @@ fn encode_cut(letter: &DeadLetter, cut: usize, origin_cut: usize) -> Vec<u8> {
     let v = json!({
         "stage": letter.stage,
         "kind": letter.kind,
-        "reason": clip(&letter.reason, MAX_REASON_BYTES),
+        "reason": clip(&letter.reason, reason_cut),
         "error": letter.error.as_ref().map(|e| json!({"case": e.case, "field": e.field})),
         "file": letter.source_file,
         "line": letter.line,
@@ -449,6 +452,26 @@ pub fn decode(text: &[u8]) -> Result<ReadLetter, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Under a lower `message.max.bytes` a letter fits its limit, a long reason cut last.
+    #[test]
+    fn letters_fit_a_lower_limit_reason_and_all() {
+        let letter = DeadLetter {
+            stage: "transform:t".into(),
+            kind: "guest_error".into(),
+            reason: "\u{1}".repeat(MAX_REASON_BYTES),
+            source_file: Some("x.csv".into()),
+            line: Some(4),
+            origin: None,
+            payload: vec![b'p'; 20_000],
+            error: None,
+        };
+        let bytes = encode_within(&letter, 5_000);
+        assert!(bytes.len() <= 5_000, "{}", bytes.len());
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["payload_bytes"], 20_000);
+        assert!(v["reason"].as_str().is_some_and(|r| !r.is_empty()));
+    }
 
     #[test]
     fn letters_encode_as_documented() {

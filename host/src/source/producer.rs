@@ -182,15 +182,41 @@ pub async fn wait_for_topic(
     Ok(())
 }
 
-/// Whether the broker knows `topic`.
+/// Whether the broker knows `topic`: `false` only when it says there is no such topic. Another
+/// answer about it (not authorized to describe it, say) is the error, not its absence, which
+/// would send the operator looking for a misspelt name.
 pub async fn topic_exists(
     kafka: &KafkaConfig,
     bootstrap: &str,
     topic: &str,
 ) -> Result<bool, KafkaSetupError> {
-    Ok(partition_count(&admin_client(kafka, bootstrap)?, topic)
-        .await?
-        .is_some())
+    let admin = admin_client(kafka, bootstrap)?;
+    let name = topic.to_owned();
+    let md = tokio::task::spawn_blocking(move || {
+        admin.inner().fetch_metadata(Some(&name), REQUEST_TIMEOUT)
+    })
+    .await
+    .map_err(|e| KafkaSetupError::Topic {
+        topic: topic.to_owned(),
+        reason: e.to_string(),
+    })?
+    .map_err(|source| KafkaSetupError::Kafka {
+        what: format!("cannot read metadata of topic {topic}"),
+        source,
+    })?;
+    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
+        return Ok(false);
+    };
+    match t.error() {
+        None => Ok(true),
+        Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => Ok(false),
+        // Made a moment ago, its leader not elected yet: it is there.
+        Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE) => Ok(true),
+        Some(e) => Err(KafkaSetupError::Topic {
+            topic: topic.to_owned(),
+            reason: format!("the broker answers: {}", RDKafkaErrorCode::from(e)),
+        }),
+    }
 }
 
 /// An admin client for topic metadata and creation.

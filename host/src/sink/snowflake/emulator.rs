@@ -85,7 +85,14 @@ impl Emulator {
             let port = free_port().map_err(EmulatorError::Spawn)?;
             let dir =
                 std::env::temp_dir().join(format!("sluice-fakesnow-{}-{port}", std::process::id()));
-            std::fs::create_dir_all(&dir).map_err(EmulatorError::Spawn)?;
+            // Made here, and only here (a name someone else made first is theirs: the next port
+            // makes another), private: it gets the pipeline's rows, and is removed whole.
+            let mut private = std::fs::DirBuilder::new();
+            std::os::unix::fs::DirBuilderExt::mode(&mut private, 0o700);
+            if let Err(e) = private.create(&dir) {
+                last = Some(EmulatorError::Spawn(e));
+                continue;
+            }
             let log_path = dir.join("fakesnow.log");
             let log = std::fs::File::create(&log_path).map_err(EmulatorError::Spawn)?;
             let child = Command::new("sh")
