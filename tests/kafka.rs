@@ -764,6 +764,8 @@ async fn an_assignment_commits_the_warehouse_offsets_to_the_group() {
                 }
             }
             assert_eq!(offsets, (at..10).collect::<Vec<_>>());
+            // Time for an async commit sent at the assignment to land, right or wrong.
+            tokio::time::sleep(Duration::from_secs(1)).await;
             let mut committed = BTreeMap::new();
             for _ in 0..50 {
                 committed = consume::committed_offsets(&kafka, &bootstrap, &group, &topic)

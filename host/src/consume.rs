@@ -157,9 +157,10 @@ pub struct PartitionStart {
     /// The offset from the offsets provider, or `None` when it starts at the group's committed
     /// offset (else the earliest).
     pub offset: Option<i64>,
-    /// Where `offset` is `None`: the group's committed offset it starts at, as read when it was
-    /// assigned; `None` when the group has none (it starts at the earliest) or it could not be
-    /// read.
+    /// Where `offset` is `None`: the group's committed offset it starts at, read when it was
+    /// assigned (unless librdkafka finds it past the partition's end and starts at the
+    /// earliest); `None` when the group has none or it could not be read, and the partition
+    /// starts where `auto.offset.reset` says.
     pub group_offset: Option<i64>,
 }
 
@@ -344,23 +345,24 @@ impl Ctx {
         };
         // The group's committed offsets: where a partition the warehouse has no offset for starts
         // (read here, as librdkafka is about to), and what the warehouse's may be ahead of.
-        let group: Option<HashMap<i32, i64>> = {
+        let group: HashMap<i32, Option<i64>> = {
             let mut asked = TopicPartitionList::new();
             for p in &partitions {
                 asked.add_partition(&topic, *p);
             }
             match c.committed_offsets(asked, REQUEST_TIMEOUT) {
-                Ok(list) => Some(
-                    (list.elements().iter())
-                        .filter_map(|e| match e.offset() {
-                            Offset::Offset(o) => Some((e.partition(), o)),
-                            _ => None,
-                        })
-                        .collect(),
-                ),
+                // Per partition: its offset, `None` when the group has none; left out when the
+                // answer for it was an error.
+                Ok(list) => (list.elements().iter())
+                    .filter(|e| e.error().is_ok())
+                    .map(|e| match e.offset() {
+                        Offset::Offset(o) => (e.partition(), Some(o)),
+                        _ => (e.partition(), None),
+                    })
+                    .collect(),
                 Err(e) => {
                     tracing::warn!(%topic, error = %e, "Cannot read the consumer group's committed offsets.");
-                    None
+                    HashMap::new()
                 }
             }
         };
@@ -368,27 +370,36 @@ impl Ctx {
         let mut catch_up = TopicPartitionList::new();
         for p in &partitions {
             let offset = offsets.get(p).copied().filter(|o| *o >= 0);
-            let at = offset.map_or(Offset::Stored, Offset::Offset);
+            let known = group.get(p).copied();
+            // Where the warehouse has no offset, at the group's, set here rather than left to
+            // librdkafka to read again, so that the caller knows where the partition starts.
+            let (at, group_offset) = match (offset, known) {
+                (Some(w), _) => (Offset::Offset(w), None),
+                (None, Some(Some(g))) => (Offset::Offset(g), Some(g)),
+                (None, _) => (Offset::Stored, None),
+            };
             if let Err(e) = tpl.set_partition_offset(&topic, *p, at) {
                 tracing::warn!(partition = p, error = %e, "Cannot set start offset.");
             }
-            let in_group = group.as_ref().and_then(|g| g.get(p).copied());
             // Only forward: a group shared by pipelines of other names may be past this one's.
-            if let (Some(ahead), Some(g)) = (offset, &group)
-                && g.get(p).is_none_or(|at| *at < ahead)
+            if let (Some(w), Some(g)) = (offset, known)
+                && g.is_none_or(|g| g < w)
             {
-                let _ = catch_up.add_partition_offset(&topic, *p, Offset::Offset(ahead));
+                let _ = catch_up.add_partition_offset(&topic, *p, Offset::Offset(w));
             }
             starts.push(PartitionStart {
                 partition: *p,
                 offset,
-                group_offset: in_group.filter(|_| offset.is_none()),
+                group_offset,
             });
         }
         // The group's offsets follow the warehouse's, which a crash between the two commits, or
         // a Kafka commit that failed, leaves behind: on a topic loaded to its end no later batch
         // would move them, and lag measured from them (an outside monitor's too) never cleared.
-        // Sent before any commit of this assignment's loads, which come after it in order.
+        // Sent before any commit of this assignment's loads, which come after it in order (but
+        // for a retry across a coordinator's move, which can only leave the group behind
+        // again). Outside the fence: the group's generation check keeps a revoked member's
+        // commit out. An async commit's failure is not reported back here; it is only lag.
         if catch_up.count() > 0
             && let Err(e) = c.commit(&catch_up, CommitMode::Async)
         {

@@ -1294,7 +1294,9 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                         let loaded = |p: &i32, e: &i64| *e <= 0
                             || durable.get(p).is_some_and(|d| d >= e)
                             || warehouse.get(p).is_some_and(|w| w >= e)
-                            || from_group.get(p).is_some_and(|g| g >= e);
+                            // At the end exactly: past it, librdkafka starts at the earliest,
+                            // and those records are this run's to load.
+                            || from_group.get(p).is_some_and(|g| g == e);
                         let sent_all = end.iter().all(|(p, e)| loaded(p, e) || seen.get(p).is_some_and(|s| s + 1 >= *e));
                         if sent_all && batch.is_empty() && !flushed_for_target {
                             sink_tx.flush().await?;
@@ -1310,6 +1312,12 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                         None => break,
                         Some(Err(e)) => return Err(anyhow::Error::new(e).context("the Kafka consumer failed")),
                         Some(Ok(consume::ConsumerEvent::Record(r))) => {
+                            // Started below the group's offset after all (librdkafka reset a
+                            // partition whose offset was past its end to the earliest): its
+                            // records are this run's to load, and the drain waits for them.
+                            if from_group.get(&r.meta.partition).is_some_and(|g| r.meta.offset < *g) {
+                                from_group.remove(&r.meta.partition);
+                            }
                             batch.push(r);
                             // A full batch goes now rather than idling until the next linger
                             // tick (up to 20 ms per batch, and at most ~51 K records/s).
@@ -1328,11 +1336,17 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                             for p in &partitions {
                                 from_group.remove(&p.partition);
                             }
-                            {
-                                let ahead: BTreeMap<i32, i64> = partitions.iter()
-                                    .filter_map(|p| Some((p.partition, p.group_offset?)))
-                                    .collect();
-                                let shown: Vec<String> = (ahead.iter().filter(|(_, g)| **g > 0))
+                            let ahead: BTreeMap<i32, i64> = partitions.iter()
+                                .filter_map(|p| Some((p.partition, p.group_offset?)))
+                                .collect();
+                            if !ahead.is_empty() {
+                                // Not of an offset past the partition's end, from which
+                                // librdkafka starts at the earliest.
+                                let end = consume::end_offsets(&ctx.kafka, &ctx.bootstrap, &topic)
+                                    .await
+                                    .unwrap_or_default();
+                                let shown: Vec<String> = (ahead.iter())
+                                    .filter(|(p, g)| **g > 0 && end.get(p).is_none_or(|e| *g <= e))
                                     .map(|(p, g)| format!("{p}:{g}"))
                                     .collect();
                                 if !shown.is_empty() {
