@@ -190,29 +190,12 @@ pub async fn topic_exists(
     bootstrap: &str,
     topic: &str,
 ) -> Result<bool, KafkaSetupError> {
-    let admin = admin_client(kafka, bootstrap)?;
-    let name = topic.to_owned();
-    let md = tokio::task::spawn_blocking(move || {
-        admin.inner().fetch_metadata(Some(&name), REQUEST_TIMEOUT)
-    })
-    .await
-    .map_err(|e| KafkaSetupError::Topic {
-        topic: topic.to_owned(),
-        reason: e.to_string(),
-    })?
-    .map_err(|source| KafkaSetupError::Kafka {
-        what: format!("cannot read metadata of topic {topic}"),
-        source,
-    })?;
-    let Some(t) = md.topics().iter().find(|t| t.name() == topic) else {
-        return Ok(false);
-    };
-    match t.error() {
-        None => Ok(true),
-        Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART) => Ok(false),
+    use rdkafka::types::RDKafkaRespErr::*;
+    match topic_metadata(&admin_client(kafka, bootstrap)?, topic).await? {
+        None | Some((Some(RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART), _)) => Ok(false),
         // Made a moment ago, its leader not elected yet: it is there.
-        Some(rdkafka::types::RDKafkaRespErr::RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE) => Ok(true),
-        Some(e) => Err(KafkaSetupError::Topic {
+        Some((None | Some(RD_KAFKA_RESP_ERR_LEADER_NOT_AVAILABLE), _)) => Ok(true),
+        Some((Some(e), _)) => Err(KafkaSetupError::Topic {
             topic: topic.to_owned(),
             reason: format!("the broker answers: {}", RDKafkaErrorCode::from(e)),
         }),
@@ -239,6 +222,18 @@ async fn partition_count(
     admin: &std::sync::Arc<AdminClient<DefaultClientContext>>,
     topic: &str,
 ) -> Result<Option<i32>, KafkaSetupError> {
+    Ok(topic_metadata(admin, topic)
+        .await?
+        .filter(|(error, partitions)| error.is_none() && *partitions > 0)
+        .map(|(_, partitions)| partitions as i32))
+}
+
+/// The broker's answer about `topic`: its error, if any, and its partition count; `None` when
+/// the answer leaves it out.
+async fn topic_metadata(
+    admin: &std::sync::Arc<AdminClient<DefaultClientContext>>,
+    topic: &str,
+) -> Result<Option<(Option<rdkafka::types::RDKafkaRespErr>, usize)>, KafkaSetupError> {
     let admin = admin.clone();
     let name = topic.to_owned();
     let md = tokio::task::spawn_blocking(move || {
@@ -257,8 +252,7 @@ async fn partition_count(
         .topics()
         .iter()
         .find(|t| t.name() == topic)
-        .filter(|t| t.error().is_none() && !t.partitions().is_empty())
-        .map(|t| t.partitions().len() as i32))
+        .map(|t| (t.error(), t.partitions().len())))
 }
 
 #[cfg(test)]
