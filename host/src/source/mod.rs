@@ -344,45 +344,31 @@ pub async fn replay(
         if let Some(ReaderMsg::Item(_)) = &msg {
             stats.rows_read.fetch_add(1, Ordering::Relaxed);
         }
-        let (line, row) = match msg {
+        let item = match msg {
             None => break,
             Some(ReaderMsg::Failed(e)) => {
                 failure = Some(e);
                 break;
             }
-            Some(ReaderMsg::Item(CsvItem::Bad(bad))) => {
-                match reject(
-                    bad,
-                    &file_name,
-                    src.on_error,
-                    &dead_letters,
-                    &stats,
-                    &mut warned,
-                )
-                .await
-                {
-                    Ok(letter) => letters.extend(letter),
-                    Err(e) => {
-                        failure = Some(e);
-                        break;
-                    }
-                }
-                if let Err(e) = bound_letters(&mut letters, &file_name, &stats).await {
-                    failure = Some(e);
-                    break;
-                }
-                continue;
-            }
-            Some(ReaderMsg::Item(CsvItem::Row { line, row })) => (line, row),
+            Some(ReaderMsg::Item(item)) => item,
         };
-        let key = key_index.and_then(|i| wire::key_of(&row.fields[i].value));
-        let enc = match encode_message(line, &row, key.as_deref(), &file_name, max_bytes) {
-            Ok(enc) => enc,
+        // A bad CSV record, or a row too large once encoded: one bad row either way.
+        let encoded = match item {
+            CsvItem::Bad(bad) => Err(bad),
+            CsvItem::Row { line, row } => {
+                let key = key_index.and_then(|i| wire::key_of(&row.fields[i].value));
+                encode_message(line, &row, key.as_deref(), &file_name, max_bytes)
+                    .map(|enc| (line, row, key, enc))
+            }
+        };
+        let (line, row, key, enc) = match encoded {
+            Ok(message) => message,
             Err(bad) => {
+                let on_error = src.on_error;
                 match reject(
                     bad,
                     &file_name,
-                    src.on_error,
+                    on_error,
                     &dead_letters,
                     &stats,
                     &mut warned,
