@@ -2744,6 +2744,84 @@ fn an_unreachable_warehouse_is_named_with_its_cause() {
     assert!(retry.contains("Connection refused"), "{retry}");
 }
 
+/// A topic made again (here: the managed broker's data removed, as on a new machine, with the
+/// warehouse kept) starts its offsets at 0 again, below what the offsets table says this pipeline
+/// loaded: its records would be skipped as loaded. The run refuses before it replays or
+/// consumes anything, a consume-only run too, and says how to load the new topic, which works.
+#[test]
+fn a_topic_made_again_is_not_taken_for_the_one_loaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let csv = dir.path().join("rows.csv");
+    let pipeline = |name: &str| {
+        let p = serde_json::json!({
+            "version": 1,
+            "name": name,
+            "source": { "type": "csv", "path": "rows.csv" },
+            "kafka": { "topic": "rows", "partitions": 2 },
+            "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+        });
+        let path = dir.path().join(format!("{name}.json"));
+        std::fs::write(&path, p.to_string()).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let s = state.to_string_lossy().into_owned();
+    let run = |path: &str, mode: &[&str]| {
+        let mut args = vec!["run", path, "--no-progress", "--state-dir", &s];
+        args.extend(mode);
+        let out = sluice(dir.path(), &args);
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let db = state.join("snowflake").to_string_lossy().into_owned();
+    let rows_in_table = || {
+        python_query(&db, "SELECT COUNT(*) FROM E2E.RAW.ROWS")[0][0]
+            .as_u64()
+            .unwrap()
+    };
+    let first = pipeline("madeagain");
+    write_csv(&csv, 20);
+    let (code, stderr) = run(&first, &["--until-end"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(rows_in_table(), 20);
+
+    // Fewer records than were loaded: a consume alone would find every partition drained.
+    std::fs::remove_dir_all(state.join("broker")).unwrap();
+    write_csv(&csv, 4);
+    let (code, stderr) = run(&first, &["--replay-only"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stderr) = run(&first, &["--consume-only", "--until-end"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(r#"the offsets table "E2E"."RAW"."SLUICE_OFFSETS" says pipeline madeagain loaded topic rows: partition"#)
+            && stderr.contains("but it ends at")
+            && stderr.contains("so nothing was replayed or consumed"),
+        "{stderr}"
+    );
+
+    // More records than were loaded: refused before the replay, which would have made it look
+    // like the loaded topic.
+    std::fs::remove_dir_all(state.join("broker")).unwrap();
+    write_csv(&csv, 40);
+    let (code, stderr) = run(&first, &["--until-end"]);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("The topic does not exist: it was deleted (and made again)")
+            && stderr.contains("the managed broker's data in")
+            && stderr.contains("give the pipeline a new name"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("Replaying."), "{stderr}");
+    assert_eq!(rows_in_table(), 20);
+
+    // What the error says to do loads the topic as it is now, all of it.
+    let (code, stderr) = run(&pipeline("madeagain2"), &["--until-end"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(rows_in_table(), 20 + 40);
+}
+
 /// A carriage return inside a string loads as written, also on the emulator, whose COPY cannot
 /// read a file that starts with such a row: the sink puts a row without one first there.
 #[test]

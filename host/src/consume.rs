@@ -888,18 +888,29 @@ pub async fn end_offsets(
     bootstrap: &str,
     topic: &str,
 ) -> Result<BTreeMap<i32, i64>, ConsumeError> {
+    let marks = watermarks(kafka, bootstrap, topic).await?;
+    Ok(marks.into_iter().map(|(p, (_, high))| (p, high)).collect())
+}
+
+/// The start offset (low watermark: the first record retention has left) and the end offset of
+/// every partition of `topic`. Empty if the topic does not exist.
+pub async fn watermarks(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+) -> Result<BTreeMap<i32, (i64, i64)>, ConsumeError> {
     let (kafka, bootstrap, topic) = (kafka.clone(), bootstrap.to_owned(), topic.to_owned());
     tokio::task::spawn_blocking(move || {
         let c = reader(&kafka, &bootstrap, None)?;
         let mut out = BTreeMap::new();
         for p in partitions_of(&c, &topic)? {
-            let (_, high) = c
+            let marks = c
                 .fetch_watermarks(&topic, p, REQUEST_TIMEOUT)
                 .map_err(|source| ConsumeError::Kafka {
-                    what: format!("cannot read end offset of {topic} partition {p}"),
+                    what: format!("cannot read the offsets of {topic} partition {p}"),
                     source,
                 })?;
-            out.insert(p, high);
+            out.insert(p, marks);
         }
         Ok(out)
     })

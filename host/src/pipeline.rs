@@ -839,6 +839,7 @@ pub async fn run(
     // The consume half's parts are built before the replay starts so that an unreachable
     // warehouse fails the run before anything is produced (the components were checked before
     // anything started).
+    let mut retention_warning = None;
     let consume_parts = if consumes {
         let SourceConfig::Csv(csv) = &cfg.source;
         let sink = Arc::new(
@@ -848,6 +849,8 @@ pub async fn run(
                 .with_type_hints(csv.schema.clone()),
         );
         let rows_before = count_table(&sink, "before the run").await;
+        retention_warning =
+            check_topic_against_warehouse(&sink, cfg, &bootstrap, &opts.state_dir).await?;
         if replays {
             warn_of_a_second_replay(Some(&sink), cfg, &bootstrap, &topic_start).await;
         }
@@ -1037,6 +1040,7 @@ pub async fn run(
     ));
     summary.ok = summary.problems.is_empty();
     summary.warnings = warnings(&summary);
+    summary.warnings.extend(retention_warning);
     if interrupted.load(Ordering::Relaxed) {
         let topic_end = match summary.replay {
             Some(_) => None,
@@ -1776,6 +1780,110 @@ async fn warn_of_a_second_replay(
             );
         }
     }
+}
+
+/// Refuses a run when the offsets table says this pipeline took the topic further than the
+/// topic reaches: the topic was deleted (and made again), or `kafka.brokers` is another cluster,
+/// a managed broker's data made new among them. The consumer would start past its records, or
+/// take those below the offsets for loaded ones, and skip them without a word. Returns a warning
+/// when retention deleted records before this pipeline loaded them, which no run can load now.
+async fn check_topic_against_warehouse(
+    sink: &SnowflakeSink,
+    cfg: &PipelineConfig,
+    bootstrap: &str,
+    state_dir: &Path,
+) -> anyhow::Result<Option<String>> {
+    let topic = &cfg.kafka.topic;
+    let loaded: BTreeMap<i32, i64> = (sink.committed_offsets(topic).await)
+        .context("cannot read committed offsets from Snowflake")?
+        .into_iter()
+        .collect();
+    if loaded.values().all(|next| *next <= 0) {
+        return Ok(None);
+    }
+    let marks = consume::watermarks(&cfg.kafka, bootstrap, topic)
+        .await
+        .context("cannot read the topic's offsets")?;
+    let (past, lost) = offsets_beyond(&loaded, &marks);
+    if !past.is_empty() {
+        let shown: Vec<String> = (past.iter())
+            .map(|(p, next, end)| match end {
+                Some(end) => format!("partition {p} up to offset {next}, but it ends at {end}"),
+                None if marks.is_empty() => format!("partition {p} up to offset {next}"),
+                None => format!(
+                    "partition {p} up to offset {next}, but the topic has no such partition"
+                ),
+            })
+            .collect();
+        let managed = match cfg.kafka.brokers.trim().is_empty() {
+            true => format!(
+                " (the managed broker's data in {} is new: removed, or another --state-dir)",
+                state_dir.join("broker").display()
+            ),
+            false => String::new(),
+        };
+        let topic_now = match marks.is_empty() {
+            true => "does not exist",
+            false => "is not the one loaded",
+        };
+        anyhow::bail!(
+            "the offsets table {} says pipeline {} loaded topic {topic}: {}. The topic {topic_now}: \
+             it was deleted (and made again), or {bootstrap} is another cluster{managed}. Its \
+             records below those offsets would be skipped as loaded, so nothing was replayed or \
+             consumed. To load the topic as it is now into {}, give the pipeline a new name \
+             (offsets are kept per name), or delete this pipeline's rows for the topic from the \
+             offsets table",
+            sink.offsets_table(),
+            cfg.name,
+            shown.join("; "),
+            sink.table()
+        );
+    }
+    if lost.is_empty() {
+        return Ok(None);
+    }
+    let shown: Vec<String> = (lost.iter())
+        .map(|(p, next, start)| {
+            let n = start - next;
+            format!(
+                "partition {p}: offsets {next}..{} ({})",
+                start - 1,
+                counted(n as u64, "record")
+            )
+        })
+        .collect();
+    let warning = format!(
+        "retention deleted records of topic {topic} before this pipeline loaded them, and no \
+         run can load them now: {}",
+        shown.join(", ")
+    );
+    warn!(%topic, table = sink.table(), "{warning}");
+    Ok(Some(warning))
+}
+
+/// A partition, the offset a pipeline loaded it up to, and its end (`None`: no such partition).
+type PastEnd = (i32, i64, Option<i64>);
+/// A partition, the offset a pipeline loaded it up to, and its start, past that offset.
+type BelowStart = (i32, i64, i64);
+
+/// Compares the offsets a pipeline loaded up to (`loaded`, the next offset per partition) with
+/// the topic's `(start, end)` offsets per partition. Returns the partitions loaded past their end
+/// (with the end, `None` where the topic has no such partition), and those whose records from the
+/// loaded offset to the start were deleted before they were loaded (with the start).
+fn offsets_beyond(
+    loaded: &BTreeMap<i32, i64>,
+    marks: &BTreeMap<i32, (i64, i64)>,
+) -> (Vec<PastEnd>, Vec<BelowStart>) {
+    let (mut past, mut lost) = (Vec::new(), Vec::new());
+    for (&p, &next) in loaded.iter().filter(|(_, next)| **next > 0) {
+        match marks.get(&p) {
+            None => past.push((p, next, None)),
+            Some(&(_, end)) if next > end => past.push((p, next, Some(end))),
+            Some(&(start, _)) if next < start => lost.push((p, next, start)),
+            Some(_) => {}
+        }
+    }
+    (past, lost)
 }
 
 /// Rows in the sink's table, or `None` (with a warning saying why) when they cannot be counted: a
@@ -2978,6 +3086,24 @@ fn resume_hint(e: &anyhow::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Offsets loaded past a partition's end (or of a partition the topic lacks) refuse the run;
+    /// offsets below its start are records retention deleted; the rest, and partitions never
+    /// loaded, are neither.
+    #[test]
+    fn offsets_past_the_topic_or_below_its_start_are_found() {
+        let loaded = BTreeMap::from([(0, 20), (1, 5), (2, 7), (3, 4), (4, 0), (5, 9)]);
+        let marks = BTreeMap::from([
+            (0, (0, 10)),
+            (1, (8, 30)),
+            (2, (7, 7)),
+            (3, (0, 4)),
+            (4, (3, 3)),
+        ]);
+        let (past, lost) = offsets_beyond(&loaded, &marks);
+        assert_eq!(past, vec![(0, 20, Some(10)), (5, 9, None)]);
+        assert_eq!(lost, vec![(1, 5, 8)]);
+    }
 
     /// Every error of a transform that stops a run says how to resume it, through the context
     /// the consume half adds; other errors (sluice's own workers gone, too) carry their own.
