@@ -2822,6 +2822,66 @@ fn a_topic_made_again_is_not_taken_for_the_one_loaded() {
     assert_eq!(rows_in_table(), 20 + 40);
 }
 
+/// Records deleted from the topic (retention, or DeleteRecords) before the pipeline loaded them
+/// are lost to it: the run says which, in its log and its summary, and loads the rest.
+#[test]
+fn records_deleted_before_they_were_loaded_are_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 20);
+    let topic = sluice_tests::broker::unique("deleted");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "deleted",
+        "source": { "type": "csv", "path": csv },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 1 },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let (p, state) = (path.to_string_lossy(), dir.path().join("state"));
+    let s = state.to_string_lossy();
+    let run = |mode: &[&str]| {
+        let mut args = vec!["run", &p, "--no-progress", "--state-dir", &s];
+        args.extend(mode);
+        let out = sluice(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        stderr
+    };
+    run(&["--until-end"]);
+    run(&["--replay-only"]);
+    // Offsets 20 to 39 wait in the topic; those below 30 go.
+    let admin: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", sluice_tests::broker::bootstrap())
+        .create()
+        .unwrap();
+    let mut before = rdkafka::TopicPartitionList::new();
+    before
+        .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(30))
+        .unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let opts = rdkafka::admin::AdminOptions::new();
+    let deleted = rt.block_on(admin.delete_records(&before, &opts)).unwrap();
+    assert_eq!(
+        deleted.elements()[0].offset(),
+        rdkafka::Offset::Offset(30),
+        "{deleted:?}"
+    );
+
+    let stderr = run(&["--consume-only", "--until-end"]);
+    let said = format!(
+        "retention deleted records of topic {topic} before this pipeline loaded them, and no run \
+         can load them now: partition 0: offsets 20..29 (10 records)"
+    );
+    assert!(
+        stderr.contains(&format!("WARN sluice::pipeline: {said}")),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&format!("warning: {said}")), "{stderr}");
+    assert!(stderr.contains("table 20 -> 30 rows"), "{stderr}");
+}
+
 /// A carriage return inside a string loads as written, also on the emulator, whose COPY cannot
 /// read a file that starts with such a row: the sink puts a row without one first there.
 #[test]
