@@ -1178,6 +1178,33 @@ fn many_rows_timing_out_alone_fail_the_batch() {
     assert_eq!(stats.rows_unfinished.load(Relaxed), 40);
 }
 
+/// Hanging records among good ones are each quarantined, up to the cap in rows: each times out
+/// after good rows on the same instance, so it runs once more on a fresh one and costs two
+/// limits. Counted in limits, the fifth such record failed the whole batch, whatever `on_error`.
+#[test]
+fn hanging_records_among_good_ones_count_once_each() {
+    let mut cfg = config(guests::POISON_LOOP, &[]);
+    cfg.timeout_ms = 20;
+    cfg.on_error = OnError::DeadLetter.into();
+    let c = one_worker(&[cfg]);
+    let hangs = |i: usize| i % 6 == 2;
+    let rows =
+        (0..48).map(|i| row(&[("id", Value::Int(if hangs(i) { 13 } else { 100 + i as i64 }))]));
+    let out = c.process_blocking(with_meta(rows.collect())).unwrap();
+    for (i, o) in out.iter().enumerate() {
+        match hangs(i) {
+            true => assert_eq!(quarantined(o).kind, FailureKind::Timeout, "row {i}"),
+            false => assert_eq!(emitted(o).len(), 1, "row {i}"),
+        }
+    }
+    assert_eq!(
+        out.iter()
+            .filter(|o| matches!(o, RecordOutcome::Quarantined(_)))
+            .count(),
+        8
+    );
+}
+
 /// Rows that fail alone only after using most of the time limit (a panic late in a slow call)
 /// cost as much as timeouts: once those failures have used nine limits of CPU time, the batch
 /// fails as too slow instead of taking a limit per record for the whole batch. A few such rows
@@ -1368,9 +1395,9 @@ fn cli_test_names_the_batch_a_chain_failure_stopped_at() {
     assert!(
         stderr.contains(
             "error: running records 1 to 13 (lines 1 to 13); --timeout-ms sets the limit here: \
-             transform poison_loop: 8 rows of one batch each exceeded the time limit of 100 ms \
+             transform poison_loop: 9 rows of one batch each exceeded the time limit of 100 ms \
              when run alone (once a row timed out on an instance that had run other rows, and \
-             ran again on a fresh one, which counts as a timeout too)"
+             ran again on a fresh one, which used a limit more)"
         ),
         "{stderr}"
     );
@@ -1498,11 +1525,11 @@ fn poison_trap_is_isolated() {
 #[test]
 fn poison_wrong_outcome_count_is_a_protocol_failure_of_that_record() {
     let c = assert_poison_isolated(guests::POISON_MISCOUNT, FailureKind::Protocol, |_| {});
-    assert_eq!(
-        c.stats()[0].1.instance_restarts.load(Relaxed),
-        0,
-        "no trap: a broken output is not counted as a restart"
-    );
+    // No trap, but each instance that saw a broken output is thrown away, and the state it held
+    // with it: the batch call's; the one the poison row broke alone after others, and the fresh
+    // one it broke again on; and the one the rest ran on alone before they ran together again
+    // (a fresh instance, as for the batch's first call).
+    assert_eq!(c.stats()[0].1.instance_restarts.load(Relaxed), 4);
 }
 
 /// A batch whose output breaks the contract is run again a row at a time on a fresh instance: one
@@ -1706,6 +1733,10 @@ fn poison_aliased_output_is_bounded_by_the_memory_cap() {
     let again = c.process_blocking(with_meta(numbered(30))).unwrap();
     let q = quarantined(&again[13]);
     assert!(q.reason.contains("256 MiB"), "{}", q.reason);
+    // Each time: the batch call's instance, and the one the row broke alone after others. Not
+    // run once more on a fresh instance, as after a memory limit its earlier calls may have
+    // caused: it would return as much again, and the host copy it all again.
+    assert_eq!(c.stats()[0].1.instance_restarts.load(Relaxed), 4);
 }
 
 /// A value costs a guest a byte and the host a whole field: a record answered with 10,000 rows of

@@ -244,7 +244,7 @@ pub enum TransformError {
             0 => String::new(),
             n => format!(
                 " ({} a row timed out on an instance that had run other rows, and ran again on a \
-                 fresh one, which counts as a timeout too)",
+                 fresh one, which used a limit more)",
                 match n { 1 => "once".to_owned(), n => format!("{n} times") }
             ),
         },
@@ -259,8 +259,8 @@ pub enum TransformError {
         /// How many of them exceeded the time limit.
         timeouts: u32,
         /// How many times a row timed out on an instance that had run other rows, and ran again
-        /// on a fresh one (whatever came of that): each used a limit too, and counts toward
-        /// the eight allowed.
+        /// on a fresh one (whatever came of that): each used a limit more, which counts in
+        /// `total_ms`.
         retried: u32,
         /// CPU time those rows used, in milliseconds.
         cpu_ms: u64,

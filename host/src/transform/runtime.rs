@@ -1661,6 +1661,16 @@ fn thread_cpu_time() -> Duration {
     Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
 }
 
+/// Whether a call failed because its output was more than the host copies out of one call
+/// ([`output_copy_limit`]).
+fn is_copy_exhausted(err: &wasmtime::Error) -> bool {
+    // wasmtime's error type for this is private: known by its text, which a test pins.
+    err.chain().any(|e| {
+        e.to_string()
+            .contains("fuel allocated for hostcalls has been exhausted")
+    })
+}
+
 /// Names the limit or trap behind a failed call.
 fn classify(
     err: &wasmtime::Error,
@@ -1673,11 +1683,7 @@ fn classify(
             format!("exceeded the memory limit of {} MiB", config.memory_mb),
         );
     }
-    // wasmtime's error type for this is private: known by its text, which a test pins.
-    if err.chain().any(|e| {
-        e.to_string()
-            .contains("fuel allocated for hostcalls has been exhausted")
-    }) {
+    if is_copy_exhausted(err) {
         return (
             FailureKind::Memory,
             format!(
@@ -1972,6 +1978,12 @@ fn run_transform(
 ) -> Result<(WireBatch, Vec<Failure>, u64), TransformError> {
     let n = batch.origins.len();
     TransformStats::add(&t.stats.rows_in, n as u64);
+    // No one waits for the answer (the run is stopping): as in `isolate`, the rest of the chain
+    // would only hold this worker, and the chain's `Drop` joining it. (Its rows count as
+    // unfinished.)
+    if gave_up() {
+        return Err(TransformError::Stopped);
+    }
     let max = t.config.max_rows_per_record;
     let (next, failures, filtered) = match call(
         shared,
@@ -1992,13 +2004,13 @@ fn run_transform(
             {
                 // Gigabytes of it: gone before the rows run again.
                 drop(output);
-                *slot = None;
+                discard(t, slot);
                 isolate(shared, t, slot, batch, metas, None, gave_up)?
             }
             Ok(()) => split(output, batch, 0, max),
             Err(reason) if n == 1 => {
                 // As below: the next batch gets an instance that never saw this row.
-                *slot = None;
+                discard(t, slot);
                 (
                     WireBatch::default(),
                     vec![Failure::host(0, FailureKind::Protocol, reason)],
@@ -2008,10 +2020,12 @@ fn run_transform(
             Err(reason) => {
                 // The instance is not poisoned, but it has seen the whole batch: a guest
                 // that keeps state (a dedupe) would take each row it sees again for a repeat.
-                *slot = None;
+                discard(t, slot);
                 let isolated = isolate(shared, t, slot, batch, metas, Some(&reason), gave_up)?;
                 let kind = FailureKind::Protocol;
-                if breaks_only_batches(shared, t, slot, batch, metas, kind, &isolated.1) {
+                if !gave_up()
+                    && breaks_only_batches(shared, t, slot, batch, metas, kind, &isolated.1)
+                {
                     note_batch_only(t, kind, &reason, n);
                 }
                 isolated
@@ -2025,7 +2039,7 @@ fn run_transform(
         Err((kind, reason)) => {
             let isolated = isolate(shared, t, slot, batch, metas, None, gave_up)?;
             warn_limit_per_batch(t, kind, n, &isolated.1);
-            if breaks_only_batches(shared, t, slot, batch, metas, kind, &isolated.1) {
+            if !gave_up() && breaks_only_batches(shared, t, slot, batch, metas, kind, &isolated.1) {
                 note_batch_only(t, kind, &reason, n);
             }
             isolated
@@ -2098,7 +2112,7 @@ fn breaks_only_batches(
         return false;
     }
     // On a fresh instance, as the batch's first call was (this one has seen the rows alone).
-    *slot = None;
+    discard(t, slot);
     let Ok(again) = call(
         shared,
         t,
@@ -2143,13 +2157,14 @@ fn note_batch_only(t: &Loaded, kind: FailureKind, reason: &str, n: usize) {
     );
 }
 
-/// Most times rows of one batch may time out when run alone: a row that times out after others
-/// on the same instance runs once more on a fresh one (see `call`), and counts twice when it
-/// times out there too, or once when it does not. Each costs a whole `timeout_ms`, and
-/// a transform that hangs on common input would otherwise hold a batch of 1024 rows for 1024
-/// timeouts (17 minutes at the default), long after the consumer group gave up on this member.
-/// Rows that fail another way after using most of the limit cost as much, so the CPU time of
-/// the rows failing that way is capped too, at one limit more.
+/// Most rows of one batch that may time out when run alone. Each costs a whole `timeout_ms` (two
+/// when it timed out after others on the same instance and ran once more on a fresh one, see
+/// `call`), and a transform that hangs on common input would otherwise hold a batch of 1024
+/// rows for 1024 timeouts (17 minutes at the default), long after the consumer group gave up on
+/// this member. Rows, not limits used: a few hanging records quarantined among good ones each
+/// cost two, and a cap on limits failed their batch at the fifth ([`ISOLATION_LIMITS`] bounds
+/// the time in all). Rows that fail another way after using most of the limit cost as much, so
+/// the CPU time of the rows failing that way is capped too, at one limit more.
 const MAX_TIMEOUTS_PER_BATCH: usize = 8;
 
 /// Most CPU time, in time limits, that running one batch again a row at a time may use in all:
@@ -2223,7 +2238,7 @@ fn isolate(
             let called = call(shared, t, slot, &alone.wire, &alone.origins, metas, pass)?;
             match &called {
                 Ok(output) if !fresh && pass == Pass::Alone && check_output(output, 1).is_err() => {
-                    *slot = None;
+                    discard(t, slot);
                     pass = Pass::Fresh;
                 }
                 _ => break called,
@@ -2256,7 +2271,7 @@ fn isolate(
                 Err(reason) => {
                     // As for the whole batch: the next row gets an instance that never saw this
                     // one.
-                    *slot = None;
+                    discard(t, slot);
                     let reason = match broken {
                         Some(b) => format!(
                             "{reason} (in the batch of {} it came in: {b})",
@@ -2272,7 +2287,8 @@ fn isolate(
                 timeouts += usize::from(kind == FailureKind::Timeout);
             }
         }
-        // A timeout on a used instance, run again on a fresh one, cost a limit too.
+        // A timeout on a used instance, run again on a fresh one, cost a limit too (counted in
+        // `total`, and said in the error).
         retried += STALE_TIMEOUTS.get() - stale_before;
         // Timeouts are counted above (each costs one limit, and a little more, a tick at most).
         // Less any instance built meanwhile (`call` builds one to run a row that failed after
@@ -2282,17 +2298,16 @@ fn isolate(
                 .saturating_sub(BUILD_CPU.get().saturating_sub(built));
         }
         let total = thread_cpu_time().saturating_sub(started);
-        let limits_hit = timeouts + retried;
-        if limits_hit > MAX_TIMEOUTS_PER_BATCH || failing_cpu > cpu_cap || total > total_cap {
+        if timeouts > MAX_TIMEOUTS_PER_BATCH || failing_cpu > cpu_cap || total > total_cap {
             return Err(TransformError::TooSlow {
                 transform: t.name.to_string(),
                 rows: failures.len(),
-                // At most MAX_TIMEOUTS_PER_BATCH + 2 each.
+                // At most MAX_TIMEOUTS_PER_BATCH + 1.
                 timeouts: timeouts as u32,
                 retried: retried as u32,
                 cpu_ms: failing_cpu.as_millis() as u64,
                 timeout_ms: t.config.timeout_ms,
-                total_ms: (limits_hit <= MAX_TIMEOUTS_PER_BATCH && failing_cpu <= cpu_cap)
+                total_ms: (timeouts <= MAX_TIMEOUTS_PER_BATCH && failing_cpu <= cpu_cap)
                     .then_some(total.as_millis() as u64),
                 of: batch.origins.len(),
                 rebuild_ms: BUILD_CPU.get().saturating_sub(built_before).as_millis() as u64,
@@ -2536,7 +2551,7 @@ fn call(
             let size = host_size(&output.rows);
             if size > output_rows_limit(&t.config) {
                 // Not a trap, but the instance has seen the batch (see `run_transform`).
-                *slot = None;
+                discard(t, slot);
                 return Ok(Err((FailureKind::Memory, too_much_output(&t.config, size))));
             }
             Ok(Ok(output))
@@ -2544,8 +2559,7 @@ fn call(
         Err(e) => {
             let failure = classify(&e, s.store.data(), &t.config);
             // The instance may be mid-update and is poisoned after a trap: never reuse it.
-            *slot = None;
-            t.stats.instance_restarts.fetch_add(1, Relaxed);
+            discard(t, slot);
             // Handles leaked by the instance's earlier calls fill its table too, and memory
             // its earlier calls grew (a wasm memory never shrinks) counts against the cap: a call
             // that finds either full is only to blame if it does so on a fresh instance. So is
@@ -2554,7 +2568,9 @@ fn call(
             // state an earlier row broke). (A batch of more rows is run again a row at a time
             // anyway.)
             let stale = match failure.0 {
-                FailureKind::Memory => true,
+                // Not what a call returned: a fresh instance would return as much, after the
+                // host copied it all again.
+                FailureKind::Memory => !is_copy_exhausted(&e),
                 FailureKind::Trap | FailureKind::Fuel | FailureKind::Timeout => origins.len() == 1,
                 _ => is_handles_full(&e),
             };
@@ -2580,6 +2596,14 @@ fn call(
             }
             Ok(Err(failure))
         }
+    }
+}
+
+/// Throws away `t`'s instance in `slot`, if it has one, counting it: the state it held is lost,
+/// and the next call builds another.
+fn discard(t: &Loaded, slot: &mut Option<Slot>) {
+    if slot.take().is_some() {
+        t.stats.instance_restarts.fetch_add(1, Relaxed);
     }
 }
 
