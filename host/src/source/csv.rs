@@ -468,7 +468,8 @@ impl CsvReader {
         Ok(reader)
     }
 
-    /// The column names, in order (duplicates renamed `name_2`, blanks `column_<n>`).
+    /// The column names, in order (duplicates renamed `name_2`, blanks `column_<n>`, skipping
+    /// names the header has).
     pub fn columns(&self) -> &[Name] {
         &self.columns
     }
@@ -660,22 +661,32 @@ fn shorten(s: &str) -> String {
 }
 
 fn header_names(header: &ByteRecord) -> Result<Vec<Name>, String> {
-    let mut names: Vec<Name> = Vec::with_capacity(header.len());
-    // Checked against every name given out so far, renamed ones included: in `id,id_2,id` the
-    // second `id` must not become a second `id_2`.
+    let written = (header.iter().enumerate())
+        .map(|(i, raw)| {
+            std::str::from_utf8(raw)
+                .map(str::trim)
+                .map_err(|_| format!("header field {} is not valid UTF-8", i + 1))
+        })
+        .collect::<Result<Vec<&str>, String>>()?;
+    // A column keeps the name the file gives it, wherever it is: a later duplicate renamed
+    // `a_2` would take it from a column written `a_2`, and `source.schema`, `key_column` and the
+    // transforms would read the wrong values under it. So renames skip every name written, and
+    // every name given out so far (in `id,id_2,id` the second `id` becomes `id_3`).
+    let reserved: HashSet<&str> = written.iter().copied().filter(|n| !n.is_empty()).collect();
     let mut used: HashSet<String> = HashSet::new();
-    for (i, raw) in header.iter().enumerate() {
-        let name = std::str::from_utf8(raw)
-            .map_err(|_| format!("header field {} is not valid UTF-8", i + 1))?
-            .trim();
-        let base = if name.is_empty() {
-            format!("column_{}", i + 1)
-        } else {
-            name.to_owned()
+    let mut names: Vec<Name> = Vec::with_capacity(header.len());
+    for (i, text) in written.iter().enumerate() {
+        if !text.is_empty() && used.insert((*text).to_owned()) {
+            names.push(Name::from(*text));
+            continue;
+        }
+        let base = match text.is_empty() {
+            true => format!("column_{}", i + 1),
+            false => (*text).to_owned(),
         };
         let mut name = base.clone();
         let mut n = 1;
-        while used.contains(&name) {
+        while used.contains(&name) || reserved.contains(name.as_str()) {
             n += 1;
             name = format!("{base}_{n}");
         }
@@ -1290,6 +1301,17 @@ mod tests {
         assert_eq!(
             r.columns().iter().map(|c| &**c).collect::<Vec<_>>(),
             ["id", "id_2", "id_3", "id_4"]
+        );
+        // A name written later is the written column's, not a rename's.
+        let (r, _) = read_all(b"id,a,a,a_2,,column_6\n1,2,3,4,5,6\n", &opts());
+        assert_eq!(
+            r.columns().iter().map(|c| &**c).collect::<Vec<_>>(),
+            ["id", "a", "a_3", "a_2", "column_5", "column_6"]
+        );
+        let (r, _) = read_all(b"x,,column_2\n1,2,3\n", &opts());
+        assert_eq!(
+            r.columns().iter().map(|c| &**c).collect::<Vec<_>>(),
+            ["x", "column_2_2", "column_2"]
         );
     }
 
