@@ -189,6 +189,29 @@ struct LineIndex {
     quoting: Quoting,
     /// Whether the input has ended.
     eof: bool,
+    /// Bytes of the record being read, as written: since the last line break outside quotes.
+    record_len: u64,
+    /// Past this many bytes, the rest of a record is skipped (see [`record_cap`]).
+    cap: u64,
+    /// Whether the bytes read are skipped, to the end of a record cut at `cap`, and where the
+    /// quoting was when it was cut.
+    skipping: Option<Quoting>,
+    /// Line ends in the bytes skipped since the record was cut.
+    skipped_lines: u64,
+    /// Where records were cut, as offsets in the bytes the parser gets.
+    cuts: VecDeque<u64>,
+}
+
+/// The most bytes of one record, as written, that the parser gets; the rest, to the record's
+/// end, is skipped and the record is a `too_large` bad row. A quote left open in a large file
+/// would otherwise make the rest of the file one record held in memory (gigabytes), and a stop
+/// would wait for it to be read. Four times the largest message and 64 KiB: a record whose
+/// fields fit in a message never comes near it, however many quotes and delimiters it has.
+fn record_cap(max_record_bytes: usize) -> u64 {
+    match max_record_bytes {
+        usize::MAX => u64::MAX,
+        max => (max as u64).saturating_mul(4).saturating_add(64 << 10),
+    }
 }
 
 /// Where a byte falls in a CSV field, as the `csv` crate reads it (RFC 4180 quotes, non-strict):
@@ -218,11 +241,23 @@ impl LineIndex {
             delimiter,
             quoting: Quoting::Start,
             eof: false,
+            record_len: 0,
+            cap: u64::MAX,
+            skipping: None,
+            skipped_lines: 0,
+            cuts: VecDeque::new(),
         }
     }
 
-    fn feed(&mut self, buf: &[u8]) {
+    /// Reads `buf`, the next bytes of the file, and appends to `out` what the parser gets of
+    /// them: all of them, but for the part of a record past [`LineIndex::cap`]. Where that part
+    /// ends, the parser gets a quote to close the field it was cut in, if it was cut in a quoted
+    /// one, and then the record's line break. Offsets here are offsets in what the parser gets.
+    fn feed(&mut self, buf: &[u8], out: &mut Vec<u8>) {
         self.eof |= buf.is_empty();
+        let (base, out_start) = (self.offset, out.len());
+        // Where the bytes not yet appended to `out` start.
+        let mut from = 0;
         for (i, &b) in buf.iter().enumerate() {
             let brk = b == b'\n' || b == b'\r';
             let was = self.quoting;
@@ -254,21 +289,63 @@ impl LineIndex {
             };
             self.cr_outside = b == b'\r' && was != Quoting::Quoted;
             self.after_cr = b == b'\r';
+            let ends = brk && was != Quoting::Quoted;
+            if let Some(cut_in) = self.skipping {
+                if !ends {
+                    self.skipped_lines += nl;
+                    continue;
+                }
+                // The cut record's end: its skipped lines count before the records after it.
+                let at = base + (out.len() - out_start) as u64;
+                if cut_in == Quoting::Quoted {
+                    out.push(b'"');
+                }
+                let lines = std::mem::take(&mut self.skipped_lines);
+                self.runs.push_back((at, at, lines, false));
+                self.skipping = None;
+                from = i;
+            } else if !ends && self.record_len >= self.cap {
+                out.extend_from_slice(&buf[from..i]);
+                self.cuts.push_back(base + (out.len() - out_start) as u64);
+                self.skipping = Some(was);
+                self.skipped_lines = nl;
+                continue;
+            }
+            self.record_len = if ends { 0 } else { self.record_len + 1 };
             if !brk {
                 continue;
             }
-            let at = self.offset + i as u64;
+            let at = base + (out.len() - out_start + (i - from)) as u64;
             match self.runs.back_mut() {
                 Some(run) if run.1 == at => {
                     run.1 += 1;
                     run.2 += nl;
+                    // A cut record's skipped lines, right before its line break.
+                    run.3 |= ends;
                 }
-                _ => self
-                    .runs
-                    .push_back((at, at + 1, nl, was != Quoting::Quoted)),
+                _ => self.runs.push_back((at, at + 1, nl, ends)),
             }
         }
-        self.offset += buf.len() as u64;
+        if self.skipping.is_none() {
+            out.extend_from_slice(&buf[from..]);
+        }
+        self.offset = base + (out.len() - out_start) as u64;
+    }
+
+    /// Whether the record at `offset` was cut at the cap: a cut after it, before its end (a
+    /// line break outside quotes). Cuts before it are forgotten.
+    fn is_cut(&mut self, offset: u64) -> bool {
+        while self.cuts.front().is_some_and(|&cut| cut <= offset) {
+            self.cuts.pop_front();
+        }
+        self.cut_after(offset)
+    }
+
+    /// [`is_cut`](LineIndex::is_cut), forgetting nothing.
+    fn cut_after(&self, offset: u64) -> bool {
+        (self.cuts.iter().find(|&&cut| cut > offset)).is_some_and(|&cut| {
+            !(self.runs.iter()).any(|&(start, _, _, ends)| ends && start > offset && start < cut)
+        })
     }
 
     /// Whether a record ends past `offset`, in bytes already read: a line break after the one at
@@ -293,22 +370,47 @@ impl LineIndex {
     }
 }
 
-/// Feeds every byte the parser reads into a [`LineIndex`].
+/// Feeds every byte of the file into a [`LineIndex`], and hands the parser what it lets through.
 struct Lines<R> {
     inner: R,
     index: Arc<Mutex<LineIndex>>,
+    /// The bytes last read from the file.
+    chunk: Vec<u8>,
+    /// What the parser gets of them, from `at` on.
+    out: Vec<u8>,
+    at: usize,
+}
+
+impl<R> Lines<R> {
+    fn new(inner: R, index: Arc<Mutex<LineIndex>>) -> Lines<R> {
+        Lines {
+            inner,
+            index,
+            chunk: vec![0; 64 * 1024],
+            out: Vec::new(),
+            at: 0,
+        }
+    }
 }
 
 impl<R: Read> Read for Lines<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        if n > 0 || !buf.is_empty() {
-            self.index
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .feed(&buf[..n]);
+        loop {
+            if self.at < self.out.len() || buf.is_empty() {
+                let n = buf.len().min(self.out.len() - self.at);
+                buf[..n].copy_from_slice(&self.out[self.at..self.at + n]);
+                self.at += n;
+                return Ok(n);
+            }
+            let n = self.inner.read(&mut self.chunk)?;
+            self.out.clear();
+            self.at = 0;
+            (self.index.lock().unwrap_or_else(|e| e.into_inner()))
+                .feed(&self.chunk[..n], &mut self.out);
+            if n == 0 {
+                return Ok(0);
+            }
         }
-        Ok(n)
     }
 }
 
@@ -370,10 +472,7 @@ impl CsvReader {
         types: Option<&[ValueType]>,
     ) -> Result<CsvReader, SourceError> {
         let lines = Arc::new(Mutex::new(LineIndex::new(opts.delimiter)));
-        let input = Lines {
-            inner: skip_bom(path, input, bytes_read.clone())?,
-            index: lines.clone(),
-        };
+        let input = Lines::new(skip_bom(path, input, bytes_read.clone())?, lines.clone());
         let mut rdr = csv::ReaderBuilder::new()
             .delimiter(opts.delimiter)
             .has_headers(false)
@@ -396,7 +495,9 @@ impl CsvReader {
             });
         }
         {
-            let index = lines.lock().unwrap_or_else(|e| e.into_inner());
+            let mut index = lines.lock().unwrap_or_else(|e| e.into_inner());
+            // From the first record on: a header that long is refused below anyway.
+            index.cap = record_cap(opts.max_record_bytes);
             if index.eof && index.quoting == Quoting::Quoted {
                 return Err(SourceError::Header {
                     path: path.to_path_buf(),
@@ -453,7 +554,10 @@ impl CsvReader {
             reader.sample.push_back(rec);
         }
         let sample = reader.sample.iter().filter(|rec| {
-            !reader.is_unclosed(rec) && rec.as_slice().len() <= reader.max_record_bytes
+            !reader.is_unclosed(rec)
+                && rec.as_slice().len() <= reader.max_record_bytes
+                && !(reader.lines.lock().unwrap_or_else(|e| e.into_inner()))
+                    .cut_after(position(rec))
         });
         let inferred = infer(sample, reader.columns.len());
         for (i, name) in reader.columns.iter().enumerate() {
@@ -546,12 +650,24 @@ impl CsvReader {
             }
         };
         let line = self.line_of(position(&rec));
+        let cut = (self.lines.lock().unwrap_or_else(|e| e.into_inner())).is_cut(position(&rec));
         let typed = if self.is_unclosed(&rec) {
             Err((
                 BadRowKind::UnclosedQuote,
                 "a quoted field is not closed before the end of the file, so this record takes in \
                  every line after it"
                     .to_owned(),
+            ))
+        } else if cut {
+            Err((
+                BadRowKind::TooLarge,
+                format!(
+                    "the record is more than {} bytes as written in the file (a quote left \
+                     open?): only that much of it is kept here, the rest of it is skipped; the \
+                     largest message is {} bytes (kafka.properties.\"message.max.bytes\")",
+                    record_cap(self.max_record_bytes),
+                    self.max_record_bytes
+                ),
             ))
         } else if rec.as_slice().len() > self.max_record_bytes {
             Err((
@@ -939,6 +1055,66 @@ mod tests {
             assert!(bad(&items).is_empty(), "{items:?}");
             assert_eq!(items.len(), 1);
         }
+    }
+
+    /// A record past the cap (a quote left open in a big file) is cut: the parser gets only the
+    /// cap's worth of it, it is a `too_large` bad row, and the records after its end are read
+    /// as written, on their own lines. Left open to the end, it is an `unclosed_quote` row, cut.
+    #[test]
+    fn a_record_past_the_cap_is_cut_and_the_rest_read() {
+        let limited = CsvOptions {
+            max_record_bytes: 1000,
+            ..opts()
+        };
+        let cap = record_cap(1000) as usize;
+        let lines = "yyyyyyyyy\n".repeat(20_000);
+        let row = |item: &CsvItem| match item {
+            CsvItem::Row { line, row } => (*line, row.get("a").cloned(), row.get("b").cloned()),
+            other => panic!("{other:?}"),
+        };
+        let cut = |item: &CsvItem, kind| match item {
+            CsvItem::Bad(b) => {
+                assert_eq!(b.kind, kind, "{}", b.reason);
+                assert!(b.payload.len() <= cap + 8, "{}", b.payload.len());
+                assert!(b.payload.len() > 1000, "{}", b.payload.len());
+                b.line
+            }
+            other => panic!("{other:?}"),
+        };
+        // In a quoted field, closed 20,000 lines on; then in an unquoted one (a line of 200 KB).
+        let csv = format!(
+            "a,b\n1,5\n2,\"{lines}end\"\n3,6\r\n4,\"7\"\n5,{}\n6,8\n",
+            "x".repeat(200_000)
+        );
+        let (r, items) = read_all(csv.as_bytes(), &limited);
+        assert_eq!(r.types(), [ValueType::Int, ValueType::Int]);
+        assert_eq!(items.len(), 6);
+        assert_eq!(
+            row(&items[0]),
+            (2, Some(Value::Int(1)), Some(Value::Int(5)))
+        );
+        assert_eq!(cut(&items[1], BadRowKind::TooLarge), 3);
+        assert_eq!(
+            row(&items[2]),
+            (20_004, Some(Value::Int(3)), Some(Value::Int(6)))
+        );
+        assert_eq!(
+            row(&items[3]),
+            (20_005, Some(Value::Int(4)), Some(Value::Int(7)))
+        );
+        assert_eq!(cut(&items[4], BadRowKind::TooLarge), 20_006);
+        assert_eq!(
+            row(&items[5]),
+            (20_007, Some(Value::Int(6)), Some(Value::Int(8)))
+        );
+        if let CsvItem::Bad(b) = &items[1] {
+            assert!(b.reason.contains("(a quote left open?)"), "{}", b.reason);
+        }
+
+        let csv = format!("a,b\n1,5\n2,\"{lines}");
+        let (_, items) = read_all(csv.as_bytes(), &limited);
+        assert_eq!(items.len(), 2);
+        assert_eq!(cut(&items[1], BadRowKind::UnclosedQuote), 3);
     }
 
     /// A record that will be `too_large` takes no part in inference, so it does not turn a
