@@ -3675,6 +3675,39 @@ fn cli_test_matches_a_guest_error_by_case_and_field() {
     assert!(stderr.contains("ok: 1 failed record matches"), "{stderr}");
 }
 
+/// A golden file that matches rows the sink would set aside is a mismatch: the test would pass
+/// a transform whose rows are dead-lettered in every run. Not so for rows whose input was
+/// already such a row (see `cli_test_jsonl_keeps_the_digits_of_big_integers`).
+#[test]
+fn cli_test_expect_fails_on_rows_the_sink_sets_aside() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.jsonl"), "{\"id\":1,\"a\":2}\n").unwrap();
+    let run = |rename: &str, extra: &[&str]| {
+        let with = format!("rename=a:{rename}");
+        let mut args = vec!["transform", "test", "--component", guests::ENRICH];
+        args.extend(["--input", "in.jsonl", "--with", &with]);
+        args.extend(extra);
+        sluice_tests::cli::sluice(dir.path(), &args)
+    };
+    for (rename, sets_aside) in [("ID", true), ("b", false)] {
+        let out = run(rename, &[]);
+        assert!(out.status.success());
+        std::fs::write(dir.path().join("golden.jsonl"), &out.stdout).unwrap();
+        let out = run(rename, &["--expect", "golden.jsonl"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("ok: 1 row matches"), "{stderr}");
+        assert_eq!(out.status.success(), !sets_aside, "{stderr}");
+        assert_eq!(
+            stderr.contains(
+                "mismatch: 1 output row the sink would set aside in a run (the warnings above say \
+                 why), though they match"
+            ),
+            sets_aside,
+            "{stderr}"
+        );
+    }
+}
+
 /// JSONL input is typed as the consumer types a plain JSON message: an integer past `int` keeps
 /// its digits as text, as the CSV source keeps such a column, instead of being rounded through a
 /// float; nested JSON keeps its exact text. Floats are read exactly on both sides of `--expect`:

@@ -35,6 +35,8 @@ pub struct TestReport {
     pub failures_verdict: Option<Result<usize, String>>,
     /// The transforms that failed on a batch but on none of its rows alone, and how many times.
     pub batch_only: Vec<(String, u64)>,
+    /// Output rows that a warning said the sink would set aside, of input rows it would not.
+    pub set_aside: u64,
 }
 
 /// How `transform test` loads its chain: one worker (its batches run on the calling thread
@@ -108,6 +110,8 @@ pub fn test(
     let mut input_types = FieldTypes::default();
     // Each problem of field names once: every row of a transform that makes one has it.
     let mut names_warned = std::collections::HashSet::new();
+    // Output rows a warning says the sink sets aside.
+    let mut set_aside = 0u64;
     // A failure of the chain itself (not of a record): the run stops, after the counts.
     let mut fatal = None;
     let mut stopped = false;
@@ -149,8 +153,13 @@ pub fn test(
                 }
                 Some(Ok(InputRecord::Row { line, meta, row })) => {
                     input_types.see_input(&row, number as u64, &mut types);
+                    // An input row the sink would set aside already: what the chain makes of it
+                    // is not the transforms' doing.
+                    let faulty = unloadable_names(&row).is_some()
+                        || not_json(&row).is_some()
+                        || unloadable_timestamp(&row).is_some();
                     sent += 1;
-                    origins.push((number, line));
+                    origins.push((number, line, faulty));
                     batch.push((meta, row));
                     continue;
                 }
@@ -158,7 +167,9 @@ pub fn test(
             break;
         }
         let span = match (origins.first(), origins.last()) {
-            (Some((a, la)), Some((b, lb))) => format!("records {a} to {b} (lines {la} to {lb})"),
+            (Some((a, la, _)), Some((b, lb, _))) => {
+                format!("records {a} to {b} (lines {la} to {lb})")
+            }
             _ => String::new(),
         };
         let outcomes = match batch.is_empty() {
@@ -182,18 +193,23 @@ pub fn test(
                 }
             },
         };
-        for ((n, line), outcome) in origins.into_iter().zip(outcomes) {
+        for ((n, line, faulty), outcome) in origins.into_iter().zip(outcomes) {
             let n = n as u64;
             match outcome {
                 RecordOutcome::Emitted(emitted) => {
                     for row in emitted {
-                        let names =
-                            unloadable_names(&row).filter(|p| names_warned.insert(p.clone()));
-                        let problems = (names.into_iter())
+                        let names = unloadable_names(&row);
+                        let problems: Vec<String> = (names.iter().cloned())
                             .chain(not_json(&row))
                             .chain(unloadable_timestamp(&row))
-                            .chain(types.see(&row, n));
-                        for problem in problems {
+                            .chain(types.see(&row, n))
+                            .collect();
+                        set_aside += u64::from(!problems.is_empty() && !faulty);
+                        // The same names on every row: said once.
+                        let shown = (problems.into_iter()).filter(|p| {
+                            Some(p) != names.as_ref() || names_warned.insert(p.clone())
+                        });
+                        for problem in shown {
                             write_rows(&mut pending, out)?;
                             let text = format!("record {n} (line {line}): warning: {problem}");
                             writeln!(err, "{}", crate::config::redact_output(&text))?;
@@ -336,6 +352,7 @@ pub fn test(
         rows_verdict: rows_check.map(Check::verdict),
         failures_verdict: failures_check.map(Check::verdict),
         batch_only,
+        set_aside,
     })
 }
 
