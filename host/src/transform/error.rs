@@ -3,7 +3,10 @@
 use std::fmt;
 use std::path::PathBuf;
 
-use super::runtime::{ISOLATED_OUTPUT_PER_MEMORY_BYTE, ISOLATION_LIMITS, ISOLATION_ROW_MS};
+use super::runtime::{
+    ISOLATED_OUTPUT_CEILING_MIB, ISOLATED_OUTPUT_PER_MEMORY_BYTE, ISOLATION_LIMITS,
+    ISOLATION_ROW_MS, isolated_output_mib,
+};
 
 /// What to do about a component file `path` that does not exist: build it, in the workspace
 /// whose `target` it is in when that is not `./transforms` (`sluice transform build` alone
@@ -304,9 +307,9 @@ pub enum TransformError {
     #[error(
         "transform {transform}: run one at a time, the first {rows} of the {of} rows of one \
          call emitted more than {} MiB in all as host rows ({ISOLATED_OUTPUT_PER_MEMORY_BYTE} \
-         times the memory limit of {memory_mb} MiB), the most the host takes from a batch run \
-         that way; raise memory_mb or emit less per row",
-        memory_mb.saturating_mul(ISOLATED_OUTPUT_PER_MEMORY_BYTE)
+         times the memory limit of {memory_mb} MiB, up to {ISOLATED_OUTPUT_CEILING_MIB} MiB), the \
+         most the host takes from a batch run that way; raise memory_mb or emit less per row",
+        isolated_output_mib(*memory_mb)
     )]
     TooMuchOutput {
         /// The transform's name.
@@ -325,7 +328,7 @@ pub enum TransformError {
     #[error(
         "the chain's output for one batch of {rows} rows passed {limit_mib} MiB as host rows \
          ({ISOLATED_OUTPUT_PER_MEMORY_BYTE} times the last transform's memory_mb of {memory_mb} \
-         MiB, plus 16 times the batch's own size), the most the host holds for one batch; lower \
+         MiB up to {ISOLATED_OUTPUT_CEILING_MIB} MiB, plus 16 times the batch's own size), the most the host holds for one batch; lower \
          the batch size, raise memory_mb, or emit less per row"
     )]
     BatchOutputTooBig {

@@ -32,7 +32,7 @@
 //! `MAX_ENTITIES_PER_MODULE` imports, functions, tags and globals): they live in host memory,
 //! outside `memory_mb`. The host copies at most four times `memory_mb` out of one call
 //! (`OUTPUT_COPY_PER_MEMORY_BYTE`), and takes at most sixteen times as host rows
-//! (`OUTPUT_ROWS_PER_MEMORY_BYTE`). A trap or a limit poisons only that instance: the worker
+//! (`OUTPUT_ROWS_PER_MEMORY_BYTE`), each up to a ceiling whatever `memory_mb`. A trap or a limit poisons only that instance: the worker
 //! drops it, builds a fresh one, re-runs that transform's batch one record at a time to
 //! find the poison record, applies the transform's `on_error` policy to that record alone and
 //! carries on with the rest. What the records of a batch run that way emit in all is bounded too
@@ -180,12 +180,43 @@ const MAX_HANDLES: usize = 10_000;
 /// strings at the same bytes, though, and without this bound make the host copy terabytes.
 const OUTPUT_COPY_PER_MEMORY_BYTE: u64 = 4;
 
+/// The most the host copies out of one call, whatever `memory_mb`: past it four times a large
+/// `memory_mb` is more than a machine holds (16 GiB at 4096 MiB, per worker). An output that
+/// large runs again a row at a time, as one past [`OUTPUT_COPY_PER_MEMORY_BYTE`] does.
+pub(crate) const OUTPUT_COPY_CEILING_MIB: u64 = 1024;
+
+/// The most one call's output may cost as host rows, whatever `memory_mb` (see
+/// [`OUTPUT_COPY_CEILING_MIB`]).
+pub(crate) const OUTPUT_ROWS_CEILING_MIB: u64 = 4096;
+
+/// The most a batch run again a row at a time, or a batch's output in all, may cost as host rows
+/// for its transform's `memory_mb` ([`ISOLATED_OUTPUT_PER_MEMORY_BYTE`]), whatever that is (see
+/// [`OUTPUT_COPY_CEILING_MIB`]).
+pub(crate) const ISOLATED_OUTPUT_CEILING_MIB: u64 = 8192;
+
+/// `memory_mb` times `per_byte`, in bytes, but at most `ceiling_mib` MiB.
+fn per_memory(memory_mb: u64, per_byte: u64, ceiling_mib: u64) -> u64 {
+    memory_mb.saturating_mul(per_byte).min(ceiling_mib) << 20
+}
+
 /// The most the host copies out of one call of a transform with `config` (see
 /// [`OUTPUT_COPY_PER_MEMORY_BYTE`]).
 fn output_copy_limit(config: &TransformConfig) -> u64 {
-    config
-        .memory_mb
-        .saturating_mul(OUTPUT_COPY_PER_MEMORY_BYTE << 20)
+    per_memory(
+        config.memory_mb,
+        OUTPUT_COPY_PER_MEMORY_BYTE,
+        OUTPUT_COPY_CEILING_MIB,
+    )
+}
+
+/// What the rows of one call run again a row at a time may emit in all as host rows, in MiB, for
+/// a transform of `memory_mb` (see [`ISOLATED_OUTPUT_PER_MEMORY_BYTE`]).
+pub(crate) fn isolated_output_mib(memory_mb: u64) -> u64 {
+    per_memory(
+        memory_mb,
+        ISOLATED_OUTPUT_PER_MEMORY_BYTE,
+        ISOLATED_OUTPUT_CEILING_MIB,
+    ) >> 20
 }
 
 /// What one call's output may cost the host once it is host rows ([`host_size`]), per byte of
@@ -199,9 +230,11 @@ const OUTPUT_ROWS_PER_MEMORY_BYTE: u64 = 16;
 /// The most one call's output of a transform with `config` may cost as host rows (see
 /// [`OUTPUT_ROWS_PER_MEMORY_BYTE`]).
 fn output_rows_limit(config: &TransformConfig) -> u64 {
-    config
-        .memory_mb
-        .saturating_mul(OUTPUT_ROWS_PER_MEMORY_BYTE << 20)
+    per_memory(
+        config.memory_mb,
+        OUTPUT_ROWS_PER_MEMORY_BYTE,
+        OUTPUT_ROWS_CEILING_MIB,
+    )
 }
 
 /// What `rows` cost the host, in bytes, once they are host rows (only the last transform's
@@ -676,9 +709,12 @@ impl TransformChain {
         let memory_mb = (self.shared.transforms.last()).map_or(0, |t| t.config.memory_mb);
         let limit = match self.shared.transforms.is_empty() {
             true => u64::MAX,
-            false => memory_mb
-                .saturating_mul(BATCH_OUTPUT_PER_MEMORY_BYTE << 20)
-                .saturating_add(size.saturating_mul(BATCH_OUTPUT_PER_INPUT_BYTE)),
+            false => per_memory(
+                memory_mb,
+                BATCH_OUTPUT_PER_MEMORY_BYTE,
+                ISOLATED_OUTPUT_CEILING_MIB,
+            )
+            .saturating_add(size.saturating_mul(BATCH_OUTPUT_PER_INPUT_BYTE)),
         };
         Tally {
             emitted: 0,
@@ -1688,7 +1724,8 @@ fn classify(
             FailureKind::Memory,
             format!(
                 "returned more output than the host copies out of one call ({} MiB, \
-                 {OUTPUT_COPY_PER_MEMORY_BYTE} times the memory limit of {} MiB)",
+                 {OUTPUT_COPY_PER_MEMORY_BYTE} times the memory limit of {} MiB, up to \
+                 {OUTPUT_COPY_CEILING_MIB} MiB)",
                 output_copy_limit(config) >> 20,
                 config.memory_mb
             ),
@@ -1734,7 +1771,8 @@ fn classify(
 fn too_much_output(config: &TransformConfig, size: u64) -> String {
     format!(
         "returned more output than the host takes from one call ({} MiB as host rows, more than \
-         {} MiB, {OUTPUT_ROWS_PER_MEMORY_BYTE} times the memory limit of {} MiB)",
+         {} MiB, {OUTPUT_ROWS_PER_MEMORY_BYTE} times the memory limit of {} MiB, up to \
+         {OUTPUT_ROWS_CEILING_MIB} MiB)",
         size >> 20,
         output_rows_limit(config) >> 20,
         config.memory_mb
@@ -2208,10 +2246,7 @@ fn isolate(
         + Duration::from_millis(ISOLATION_ROW_MS.saturating_mul(batch.origins.len() as u64));
     let (started, built_before) = (thread_cpu_time(), BUILD_CPU.get());
     let max = t.config.max_rows_per_record;
-    let (mut size, size_cap) = (
-        0u64,
-        (t.config.memory_mb).saturating_mul(ISOLATED_OUTPUT_PER_MEMORY_BYTE << 20),
-    );
+    let (mut size, size_cap) = (0u64, isolated_output_mib(t.config.memory_mb) << 20);
     for j in 0..batch.origins.len() {
         // No one waits for the answer (the run is stopping): the rest would only hold this
         // worker, and the chain's `Drop` joining it.
@@ -3141,6 +3176,25 @@ impl WireBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The host's bounds on what a call's output costs grow with `memory_mb`, but stop at a
+    /// ceiling: at 4096 MiB they would be 16 GiB copied and 64 GiB of rows, per worker.
+    #[test]
+    fn output_bounds_follow_memory_mb_up_to_a_ceiling() {
+        let config = |memory_mb| TransformConfig {
+            memory_mb,
+            ..TransformConfig::new("t.wasm")
+        };
+        let mib = |bytes: u64| bytes >> 20;
+        let default = config(64);
+        assert_eq!(mib(output_copy_limit(&default)), 256);
+        assert_eq!(mib(output_rows_limit(&default)), 1024);
+        assert_eq!(isolated_output_mib(64), 4096);
+        let large = config(4096);
+        assert_eq!(mib(output_copy_limit(&large)), 1024);
+        assert_eq!(mib(output_rows_limit(&large)), 4096);
+        assert_eq!(isolated_output_mib(4096), 8192);
+    }
 
     #[test]
     fn a_cache_directory_that_cannot_be_made_only_costs_the_cache() {
