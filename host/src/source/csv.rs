@@ -438,6 +438,16 @@ fn skip_bom(
             Err(e) => return Err(open_err(e)),
         }
     }
+    // Excel's "Unicode Text" and other Windows exports: every other byte a zero, which would read
+    // as a header that is not UTF-8, or as columns with NULs in their names.
+    if n >= 2 && (head[..2] == [0xFF, 0xFE] || head[..2] == [0xFE, 0xFF]) {
+        return Err(SourceError::Header {
+            path: path.to_path_buf(),
+            reason: "the file is UTF-16 (its byte-order mark says so), and sluice reads UTF-8: \
+                     convert it first (iconv -f UTF-16 -t UTF-8)"
+                .into(),
+        });
+    }
     let keep = if head[..n] == [0xEF, 0xBB, 0xBF] {
         0
     } else {
@@ -1054,6 +1064,19 @@ mod tests {
             let (_, items) = read_all(&csv, &opts());
             assert!(bad(&items).is_empty(), "{items:?}");
             assert_eq!(items.len(), 1);
+        }
+    }
+
+    /// A UTF-16 file (both byte orders) is named as such, not as a header that is not UTF-8.
+    #[test]
+    fn a_utf16_file_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("u.csv");
+        for bom in [[0xFF, 0xFE], [0xFE, 0xFF]] {
+            let text: Vec<u8> = "a,b\n1,2\n".bytes().flat_map(|b| [b, 0]).collect();
+            std::fs::write(&path, [&bom[..], &text].concat()).unwrap();
+            let err = CsvReader::open(&path, &opts(), Arc::default(), None).unwrap_err();
+            assert!(err.to_string().contains("the file is UTF-16"), "{err}");
         }
     }
 
