@@ -3675,6 +3675,25 @@ fn cli_test_matches_a_guest_error_by_case_and_field() {
     assert!(stderr.contains("ok: 1 failed record matches"), "{stderr}");
 }
 
+/// A file whose every record is bad runs nothing through the transforms: said, as for a file with
+/// no records at all, rather than ending on counts of zero.
+#[test]
+fn cli_test_warns_when_no_record_reached_the_transforms() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("in.csv"), "a,b\n1\n3\n").unwrap();
+    let args = ["transform", "test", "--component", guests::PASSTHROUGH];
+    let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], &["--input", "in.csv"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "warning: none of the 2 records of in.csv ran through the transforms: every one \
+             failed before them"
+        ),
+        "{stderr}"
+    );
+}
+
 /// A golden file that matches rows the sink would set aside is a mismatch: the test would pass
 /// a transform whose rows are dead-lettered in every run. Not so for rows whose input was
 /// already such a row (see `cli_test_jsonl_keeps_the_digits_of_big_integers`).

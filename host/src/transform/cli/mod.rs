@@ -567,6 +567,12 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 crate::errln!(
                     "warning: {named} has no records to run: nothing ran through the transforms"
                 );
+            } else if report.ran == 0 && report.records > 0 && !compares {
+                crate::errln!(
+                    "warning: none of the {} of {named} ran through the transforms: every one \
+                     failed before them (a wrong --delimiter, --schema or file?)",
+                    counted(report.records as usize, "record")
+                );
             }
             if !compares {
                 if let Some(name) = no_golden {

@@ -22,6 +22,8 @@ use crate::transform::runtime::{RecordOutcome, RuntimeOptions, TransformChain, d
 pub struct TestReport {
     /// How many records ran: rows through the chain, bad ones and undecodable letters failed.
     pub records: u64,
+    /// How many of them went through the chain (the rest were bad or undecodable).
+    pub ran: u64,
     /// How many rows the chain emitted.
     pub rows: u64,
     /// How many records failed, bad input records included.
@@ -346,6 +348,7 @@ pub fn test(
     }
     Ok(TestReport {
         records: sent + bad as u64 + undecoded as u64,
+        ran: sent,
         rows,
         failed,
         first_failure,
