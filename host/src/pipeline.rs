@@ -1801,9 +1801,19 @@ async fn check_topic_against_warehouse(
     if loaded.values().all(|next| *next <= 0) {
         return Ok(None);
     }
-    let marks = consume::watermarks(&cfg.kafka, bootstrap, topic)
-        .await
-        .context("cannot read the topic's offsets")?;
+    let marks = match topic_offsets(cfg, bootstrap).await {
+        Ok(marks) => marks,
+        Err(reason) => {
+            // Never proof that the topic was made again, and the advice for one would load it
+            // all twice: the run goes on unchecked.
+            warn!(
+                %topic,
+                "Cannot read the topic's offsets to check them against the warehouse's ({reason}); \
+                 the run goes on without that check."
+            );
+            return Ok(None);
+        }
+    };
     let (past, lost) = offsets_beyond(&loaded, &marks);
     if !past.is_empty() {
         let shown: Vec<String> = (past.iter())
@@ -1859,6 +1869,36 @@ async fn check_topic_against_warehouse(
     );
     warn!(%topic, table = sink.table(), "{warning}");
     Ok(Some(warning))
+}
+
+/// The topic's start and end offsets per partition, none when the broker says it has no such
+/// topic. Only that answer: a leader being elected, a missing permission or a broker away is an
+/// error, after three tries a second apart.
+async fn topic_offsets(
+    cfg: &PipelineConfig,
+    bootstrap: &str,
+) -> Result<BTreeMap<i32, (i64, i64)>, String> {
+    let topic = &cfg.kafka.topic;
+    let mut last = String::new();
+    for attempt in 0..3 {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        match source::producer::topic_exists(&cfg.kafka, bootstrap, topic).await {
+            Ok(false) => return Ok(BTreeMap::new()),
+            Ok(true) => {}
+            Err(e) => {
+                last = crate::error_chain(&e);
+                continue;
+            }
+        }
+        match consume::watermarks(&cfg.kafka, bootstrap, topic).await {
+            Ok(marks) if !marks.is_empty() => return Ok(marks),
+            Ok(_) => last = "the broker lists no partitions of it".to_owned(),
+            Err(e) => last = crate::error_chain(&e),
+        }
+    }
+    Err(last)
 }
 
 /// A partition, the offset a pipeline loaded it up to, and its end (`None`: no such partition).

@@ -343,9 +343,15 @@ impl LineIndex {
 
     /// [`is_cut`](LineIndex::is_cut), forgetting nothing.
     fn cut_after(&self, offset: u64) -> bool {
-        (self.cuts.iter().find(|&&cut| cut > offset)).is_some_and(|&cut| {
-            !(self.runs.iter()).any(|&(start, _, _, ends)| ends && start > offset && start < cut)
-        })
+        let Some(&cut) = self.cuts.iter().find(|&&cut| cut > offset) else {
+            return false;
+        };
+        // Runs are in file order: from the record's own (not from the first kept, which for
+        // an inference sample is every line since the header).
+        let from = self.runs.partition_point(|run| run.0 <= offset);
+        !(self.runs.range(from..))
+            .take_while(|run| run.0 < cut)
+            .any(|run| run.3)
     }
 
     /// Whether a record ends past `offset`, in bytes already read: a line break after the one at
