@@ -3628,10 +3628,16 @@ fn cli_test_matches_a_guest_error_by_case_and_field() {
             "golden-failures.jsonl:1: `field` is a guest's typed error, which only kind \
              \"guest_error\" has, not \"trap\"",
         ),
+        // Either spelling of a kind or a case, as for stages.
         (
-            "{\"case\":\"invalid_value\"}\n",
+            "{\"kind\":\"guest-error\",\"case\":\"invalid_value\"}\n",
+            0,
+            "ok: 1 failed record matches",
+        ),
+        (
+            "{\"case\":\"invalid\"}\n",
             2,
-            "golden-failures.jsonl:1: case \"invalid_value\" is not a case of the WIT's \
+            "golden-failures.jsonl:1: case \"invalid\" is not a case of the WIT's \
              transform-error (one of: invalid-param, missing-field, invalid-value, other)",
         ),
     ] {

@@ -657,12 +657,16 @@ impl Expected for ExpectedFailure {
             true => serde_json::from_str(text).map_err(anyhow::Error::from),
             false => Err(anyhow::anyhow!("it is not a JSON object")),
         };
-        let parsed: ExpectedFailure = parsed.with_context(|| {
+        let mut parsed: ExpectedFailure = parsed.with_context(|| {
             format!(
                 "{}:{line}: not what a golden file holds (one JSON object per line)",
                 path.display()
             )
         })?;
+        // Kinds are written with `_` (`guest_error`) and the WIT's cases with `-`
+        // (`invalid-value`): either spelling of either is taken, as for stages.
+        parsed.kind = parsed.kind.map(|k| k.replace('-', "_"));
+        parsed.case = parsed.case.map(|c| c.replace('_', "-"));
         // serde reads `"line": null` as no `line`, which would match any line: a golden file
         // that means something by it would pass whatever failed.
         if let Ok(serde_json::Value::Object(members)) = serde_json::from_str(text)
