@@ -424,6 +424,8 @@ pub struct JsonRow {
     pub text: String,
     /// Its members sorted by name (stably, so duplicates keep their order).
     members: Vec<(String, Member)>,
+    /// The names of the members that are timestamp values (see [`JsonRow::of_row`]).
+    times: Vec<String>,
 }
 
 /// A member's value as compared: parsed (integers by every digit), or its exact text when it
@@ -454,7 +456,23 @@ impl JsonRow {
         Ok(JsonRow {
             text: text.trim().to_owned(),
             members,
+            times: Vec::new(),
         })
+    }
+
+    /// [`parse`](JsonRow::parse) of `text`, what `row` printed as: its timestamp values, which
+    /// print as strings, compare as instants with the expected rows' text.
+    pub fn of_row(text: &str, row: &crate::row::Row) -> Result<JsonRow, String> {
+        let mut parsed = JsonRow::parse(text)?;
+        parsed.times = (row.fields.iter())
+            .filter(|f| matches!(f.value, crate::row::Value::Timestamp(_)))
+            .map(|f| f.name.to_string())
+            .collect();
+        Ok(parsed)
+    }
+
+    fn is_time(&self, name: &str) -> bool {
+        self.times.iter().any(|t| t == name)
     }
 }
 
@@ -486,7 +504,9 @@ impl JsonRow {
                 let named = row.members.iter().filter(|(n, _)| n == name);
                 named.map(|(_, m)| m).collect()
             }
-            if named(self, name) == named(actual, name) {
+            let (x, y) = (named(self, name), named(actual, name));
+            let time = actual.is_time(name);
+            if x.len() == y.len() && x.iter().zip(&y).all(|(x, y)| same_member(x, y, time)) {
                 continue;
             }
             let (w, g) = (values(&want, name), values(&got, name));
@@ -516,6 +536,29 @@ impl JsonRow {
         }
         parts.join("; ")
     }
+}
+
+/// Whether an expected member matches an actual one: equal, or (`time`: the actual one is a
+/// timestamp value, printed as `2026-11-01T08:00:01.737000`) the expected one text that reads as
+/// the same instant (`2026-11-01T08:00:01.737`, `2026-11-01 08:00:01.737Z`), as a golden file
+/// written by hand, or copied from the input, holds it.
+fn same_member(expected: &Member, actual: &Member, time: bool) -> bool {
+    use crate::row::{Value, ValueType};
+    if expected == actual {
+        return true;
+    }
+    use exact_json::Json;
+    let (Member::Parsed(Json::String(want)), Member::Parsed(Json::String(got))) =
+        (expected, actual)
+    else {
+        return false;
+    };
+    let instant = |text: &str| match crate::source::csv::parse_value(text, ValueType::Timestamp) {
+        Some(Value::Timestamp(us)) => Some(us),
+        _ => None,
+    };
+    // A string field holding text that reads as a time is compared as text.
+    time && instant(want).is_some() && instant(want) == instant(got)
 }
 
 impl PartialEq for JsonRow {
@@ -800,7 +843,9 @@ impl Expected for JsonRow {
     }
 
     fn matches(&self, actual: &JsonRow) -> bool {
-        self == actual
+        self.members.len() == actual.members.len()
+            && (self.members.iter().zip(&actual.members))
+                .all(|((a, x), (b, y))| a == b && same_member(x, y, actual.is_time(b)))
     }
 
     fn differences(&self, actual: &JsonRow) -> Option<String> {
@@ -1048,6 +1093,34 @@ mod tests {
             format!("{err:#}").contains("g.jsonl:3: not a JSON object"),
             "{err:#}"
         );
+    }
+
+    /// A timestamp as sluice prints it matches expected text that reads as the same instant;
+    /// another instant, or a string field that only looks like a time, does not.
+    #[test]
+    fn a_printed_timestamp_matches_the_same_instant_written_otherwise() {
+        let row = |ts: &str| JsonRow::parse(&format!("{{\"id\":1,\"at\":\"{ts}\"}}")).unwrap();
+        let mut value = Row::with_capacity(2);
+        value.push("id", crate::row::Value::Int(1));
+        value.push("at", crate::row::Value::Timestamp(1_761_984_001_737_000));
+        let text = row_text(&value);
+        assert_eq!(text, "{\"id\":1,\"at\":\"2025-11-01T08:00:01.737000\"}");
+        let printed = JsonRow::of_row(&text, &value).unwrap();
+        let row = |ts: &str| row(&ts.replacen("2026", "2025", 1));
+        for same in ["2026-11-01T08:00:01.737", "2026-11-01 08:00:01.737Z"] {
+            assert!(row(same).matches(&printed), "{same}");
+        }
+        assert!(!row("2026-11-01T08:00:01.738").matches(&printed));
+        let said = row("2026-11-01T08:00:01.738").differences(&printed);
+        assert!(said.contains("differs in \"at\""), "{said}");
+        assert!(
+            row("2026-11-01T08:00:01.737")
+                .differences(&printed)
+                .is_empty()
+        );
+        // A string that reads as a time is compared as written.
+        assert!(!row("2026-11-01T08:00:01.737").matches(&row("2026-11-01T08:00:01.737000")));
+        assert!(!row("2026-11-01").matches(&row("2026-11-01T00:00:00")));
     }
 
     #[test]

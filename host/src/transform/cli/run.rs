@@ -219,7 +219,8 @@ pub fn test(
                         let text = row_text(&row);
                         rows += 1;
                         if let Some(check) = &mut rows_check {
-                            let actual = JsonRow::parse(&text).map_err(anyhow::Error::msg)?;
+                            let actual =
+                                JsonRow::of_row(&text, &row).map_err(anyhow::Error::msg)?;
                             check.see(&actual, || format!("; from record {n}, input line {line}"));
                         }
                         pending.push_str(&text);
