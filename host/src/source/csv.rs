@@ -6,7 +6,8 @@
 //! before the first row is typed. Quoting follows RFC 4180 (the `csv` crate): quoted fields may
 //! hold delimiters, doubled quotes and newlines; a record's line is the line it starts on.
 //!
-//! Typing a field: an empty field is null; otherwise the column's type decides (explicit `schema`
+//! Typing a field: an empty field is null, but for `""` in a string column, which is an empty
+//! string (as Snowflake loads it); otherwise the column's type decides (explicit `schema`
 //! entry, else inferred). Inference picks, per column, the first of int, float, bool, timestamp
 //! that every non-empty sampled value parses as, else string. Inference is conservative where a
 //! wrong guess would lose data: numbers with leading zeros (`007`, zip codes) stay strings, and so
@@ -132,6 +133,8 @@ pub struct CsvReader {
     unclosed: Option<u64>,
     /// [`CsvOptions::max_record_bytes`].
     max_record_bytes: usize,
+    /// The fields of the record being typed that were written `""`.
+    quoted_empty: Vec<u32>,
 }
 
 impl std::fmt::Debug for CsvReader {
@@ -200,6 +203,14 @@ struct LineIndex {
     skipped_lines: u64,
     /// Where records were cut, as offsets in the bytes the parser gets.
     cuts: VecDeque<u64>,
+    /// The index of the field being read in its record.
+    field: u32,
+    /// Bytes of that field so far, as written.
+    field_len: u64,
+    /// Fields written as `""`, which the parser hands over as empty, like a field with nothing
+    /// in it: where each opens (an offset in the bytes the parser gets) and its index in its
+    /// record. Kept from the last record looked up to the read-ahead, like `runs`.
+    quoted_empty: VecDeque<(u64, u32)>,
 }
 
 /// The most bytes of one record, as written, that the parser gets; the rest, to the record's
@@ -246,6 +257,9 @@ impl LineIndex {
             skipping: None,
             skipped_lines: 0,
             cuts: VecDeque::new(),
+            field: 0,
+            field_len: 0,
+            quoted_empty: VecDeque::new(),
         }
     }
 
@@ -255,6 +269,10 @@ impl LineIndex {
     /// one, and then the record's line break. Offsets here are offsets in what the parser gets.
     fn feed(&mut self, buf: &[u8], out: &mut Vec<u8>) {
         self.eof |= buf.is_empty();
+        if buf.is_empty() && self.field_len == 2 && self.quoting == Quoting::QuoteInQuoted {
+            // `""` ends the file.
+            self.quoted_empty.push_back((self.offset - 2, self.field));
+        }
         let (base, out_start) = (self.offset, out.len());
         // Where the bytes not yet appended to `out` start.
         let mut from = 0;
@@ -312,6 +330,18 @@ impl LineIndex {
                 continue;
             }
             self.record_len = if ends { 0 } else { self.record_len + 1 };
+            let field_ends = ends || (b == self.delimiter && was != Quoting::Quoted);
+            if !field_ends {
+                self.field_len += 1;
+            } else {
+                // Only `""` leaves a field two bytes long just after a quote in a quoted field.
+                if self.field_len == 2 && was == Quoting::QuoteInQuoted {
+                    let at = base + (out.len() - out_start + (i - from)) as u64;
+                    self.quoted_empty.push_back((at - 2, self.field));
+                }
+                self.field = if ends { 0 } else { self.field + 1 };
+                self.field_len = 0;
+            }
             if !brk {
                 continue;
             }
@@ -339,6 +369,31 @@ impl LineIndex {
             self.cuts.pop_front();
         }
         self.cut_after(offset)
+    }
+
+    /// Appends to `into` the index of every field written as `""` in the record at `offset`.
+    /// Fields of records before it are forgotten, so records must be looked up in order.
+    fn quoted_empty(&mut self, offset: u64, into: &mut Vec<u32>) {
+        while self
+            .quoted_empty
+            .front()
+            .is_some_and(|&(at, _)| at < offset)
+        {
+            self.quoted_empty.pop_front();
+        }
+        if self.quoted_empty.is_empty() {
+            return;
+        }
+        // The record's own line break: the first that ends a record after `offset`, which may
+        // point at the line break before it (see the type's doc).
+        let end = (self.runs.iter())
+            .find(|run| run.3 && run.0 > offset)
+            .map_or(u64::MAX, |run| run.0);
+        into.extend(
+            (self.quoted_empty.iter())
+                .take_while(|&&(at, _)| at < end)
+                .map(|&(_, field)| field),
+        );
     }
 
     /// [`is_cut`](LineIndex::is_cut), forgetting nothing.
@@ -546,6 +601,7 @@ impl CsvReader {
             lines,
             unclosed: None,
             max_record_bytes: opts.max_record_bytes,
+            quoted_empty: Vec::new(),
         };
         if let Some(types) = types {
             reader.types = types.to_vec();
@@ -666,7 +722,12 @@ impl CsvReader {
             }
         };
         let line = self.line_of(position(&rec));
-        let cut = (self.lines.lock().unwrap_or_else(|e| e.into_inner())).is_cut(position(&rec));
+        let cut = {
+            let mut lines = self.lines.lock().unwrap_or_else(|e| e.into_inner());
+            self.quoted_empty.clear();
+            lines.quoted_empty(position(&rec), &mut self.quoted_empty);
+            lines.is_cut(position(&rec))
+        };
         let typed = if self.is_unclosed(&rec) {
             Err((
                 BadRowKind::UnclosedQuote,
@@ -735,7 +796,16 @@ impl CsvReader {
                     ),
                 )
             })?;
-            let value = parse_value(text, self.types[i]).ok_or_else(|| {
+            // `""` is an empty string where `,,` is null, as Snowflake loads them (a field that
+            // is not a string has no empty value: both are null there).
+            let empty_string = raw.is_empty()
+                && self.types[i] == ValueType::String
+                && self.quoted_empty.contains(&(i as u32));
+            let value = match empty_string {
+                true => Some(Value::String(String::new())),
+                false => parse_value(text, self.types[i]),
+            };
+            let value = value.ok_or_else(|| {
                 let how = if self.types[i] == ValueType::Float && text.trim().parse::<f64>().is_ok()
                 {
                     " (it is past the float range)"
@@ -1171,6 +1241,53 @@ mod tests {
             schema: Default::default(),
             infer_rows: 100,
             max_record_bytes: usize::MAX,
+        }
+    }
+
+    /// `""` in a string column is an empty string, where `,,` is null, wherever the field falls
+    /// (first, last, at the end of the file, after a quoted line break, after a blank line) and
+    /// however the reads split it; in another column both are null. `""""` is a quote.
+    #[test]
+    fn a_quoted_empty_field_is_an_empty_string() {
+        /// Hands the file over `n` bytes a read.
+        struct Trickle(Vec<u8>, usize, usize);
+        impl Read for Trickle {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                let n = self.1.min(buf.len()).min(self.0.len() - self.2);
+                buf[..n].copy_from_slice(&self.0[self.2..self.2 + n]);
+                self.2 += n;
+                Ok(n)
+            }
+        }
+        let csv = b"h1,\"\",n,s\r\n\"\",,1,\"\"\r\nx,\"\",,\"a\r\n\"\"b\"\r\n\r\n\
+                    \"a\",\"b\",\"\",c\r\n\"\"\"\",\"\"\"\"\"\",\" 2\",\"\"";
+        let s = |v: &str| Value::String(v.to_owned());
+        let expected = vec![
+            vec![s(""), Value::Null, Value::Int(1), s("")],
+            vec![s("x"), s(""), Value::Null, s("a\r\n\"b")],
+            vec![s("a"), s("b"), Value::Null, s("c")],
+            vec![s("\""), s("\"\""), Value::Int(2), s("")],
+        ];
+        for infer_rows in [1, 100] {
+            for n in [1, 2, 3, 5, 7, 64 << 10] {
+                let opts = CsvOptions {
+                    infer_rows,
+                    ..opts()
+                };
+                let input = Trickle(csv.to_vec(), n, 0);
+                let mut r =
+                    CsvReader::from_reader(Path::new("t.csv"), input, &opts, Arc::default(), None)
+                        .unwrap();
+                assert_eq!(r.columns()[1].to_string(), "column_2");
+                let mut rows = Vec::new();
+                while let Some(item) = r.next_item().unwrap() {
+                    let CsvItem::Row { row, .. } = item else {
+                        panic!("{item:?}");
+                    };
+                    rows.push(row.fields.into_iter().map(|f| f.value).collect::<Vec<_>>());
+                }
+                assert_eq!(rows, expected, "infer_rows {infer_rows}, reads of {n}");
+            }
         }
     }
 
