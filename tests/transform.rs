@@ -3724,7 +3724,7 @@ fn cli_test_expect_fails_on_rows_the_sink_sets_aside() {
         assert_eq!(out.status.success(), !sets_aside, "{stderr}");
         assert_eq!(
             stderr.contains(
-                "mismatch: 1 output row the sink would set aside in a run (the warnings above say \
+                "mismatch: 1 output row a run may set aside (the warnings above say which, and \
                  why), though they match"
             ),
             sets_aside,
@@ -4116,7 +4116,8 @@ fn cli_test_warns_of_a_field_whose_type_changes() {
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     let warning = "record 2 (line 2): warning: field \"x\" is float here but was int in record 1: \
                    a Snowflake table whose column is made from rows like that one (NUMBER(38,0)) \
-                   refuses this value";
+                   refuses this value, so a run would load it or set it aside depending on which \
+                   rows came first; emit its ints as floats";
     assert!(stderr.contains(warning), "{warning}\nnot in:\n{stderr}");
     assert_eq!(stderr.matches("warning").count(), 1, "{stderr}");
 }
@@ -5760,7 +5761,7 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     // absolute path given here would be wrong in any other clone.
     let lib = std::fs::read_to_string(crate_dir.join("src/lib.rs")).unwrap();
     assert!(
-        lib.contains("pipeline.json), from the workspace's directory:\n")
+        lib.contains("flags of those names), from the workspace's directory:\n")
             && lib.contains("sluice transform build shout --dir .\n")
             && lib.contains("sluice transform test shout --dir .\n")
             && !lib.contains(&*dir.path().to_string_lossy()),

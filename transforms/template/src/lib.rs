@@ -4,7 +4,9 @@
 //! whose field is empty or null (a blank CSV cell is null). Build it, then run it on its test
 //! data: `testdata/input.jsonl`, compared with `testdata/expected.jsonl` (and with
 //! `testdata/expected-failures.jsonl`, if you add one), with the params in `testdata/params.json`
-//! if you add one (a JSON object, as its `with` in pipeline.json){{from}}:
+//! if you add one (a JSON object, as its `with` in pipeline.json), and the records' metadata and
+//! the CSV's typing in `testdata/source.json` if you add one (`{"key_column": "id", "topic":
+//! "orders", "timestamp_ms": 0}`, as `transform test`'s flags of those names){{from}}:
 //!
 //! ```text
 //! sluice transform build {{name}}{{dir_flag}}

@@ -615,7 +615,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             // would pass a transform whose rows are dead-lettered in every run.
             if report.set_aside > 0 && expect.is_some() {
                 crate::errln!(
-                    "mismatch: {} the sink would set aside in a run (the warnings above say why), \
+                    "mismatch: {} a run may set aside (the warnings above say which, and why), \
                      though they match",
                     counted(report.set_aside as usize, "output row")
                 );

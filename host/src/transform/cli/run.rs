@@ -487,13 +487,20 @@ impl FieldTypes {
             } else {
                 continue;
             };
+            use crate::row::ValueType::{Float, Int, String as Text};
+            // The one type both values keep theirs in: text keeps any value's digits, where an
+            // ID past 2^53 as a float would lose them.
+            let fix = match (was, ty) {
+                (Int, Float) | (Float, Int) => "emit its ints as floats",
+                (Text, _) | (_, Text) => "emit its other values as strings too (their text)",
+                _ => "emit one type for it",
+            };
             problems.push((
                 f.name.to_string(),
                 format!(
                     "field {:?} is {} here but was {} in record {from}: a Snowflake table whose \
                  column is made from rows like {} ({column}) refuses {refused}, so a run would \
-                 load it or set it aside depending on which rows came first. Emit one type for a \
-                 field (an int as a float, say)",
+                 load it or set it aside depending on which rows came first; {fix}",
                     &*f.name,
                     ty.as_str(),
                     was.as_str(),
