@@ -5167,6 +5167,12 @@ fn cli_test_sets_the_metadata_it_is_told() {
         ("--topic", "a b", "not a valid Kafka topic name"),
         ("--partition", "-1", "-1 is not in 0.."),
         ("--timestamp-ms", "-5", "-5 is not in 0.."),
+        // Past the end of year 9999: a row stamped with it would be set aside.
+        (
+            "--timestamp-ms",
+            "253402300800000",
+            "253402300800000 is not in 0..=253402300799999",
+        ),
     ] {
         let args = [
             "transform",

@@ -97,9 +97,10 @@ impl OwnSource {
             OwnSource {
                 timestamp_ms: Some(t),
                 ..
-            } if !(0..=i64::MAX / 1000).contains(t) => {
-                Some("timestamp_ms: must be 0 to 9223372036854775 (what a timestamp holds)")
-            }
+            } if !(0..=super::input::MAX_TIMESTAMP_MS).contains(t) => Some(
+                "timestamp_ms: must be 0 to 253402300799999 (the end of year 9999, the last time a \
+                 Snowflake timestamp holds)",
+            ),
             _ => None,
         };
         if let Some(problem) = problem {

@@ -13,6 +13,10 @@ use super::golden::output_stream;
 use crate::dead_letter;
 use crate::row::{RecordMeta, Row, ValueType};
 use crate::source::csv::{BadRow, BadRowKind, CsvItem, CsvOptions, CsvReader};
+
+/// The latest `--timestamp-ms`: 9999-12-31T23:59:59.999Z, the last time a Snowflake timestamp
+/// holds (a transform stamping rows with a later one would have them set aside).
+pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
 use crate::source::producer::DEFAULT_MAX_MESSAGE_BYTES;
 use crate::source::wire;
 

@@ -162,13 +162,13 @@ pub enum TransformCommand {
         #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(0..))]
         partition: Option<i32>,
         /// The timestamp every record reports, in milliseconds since the Unix epoch (default
-        /// none; `sluice run` stamps each message with the time it was sent). At most what a
-        /// timestamp value holds in microseconds.
+        /// none; `sluice run` stamps each message with the time it was sent). At most the end of
+        /// year 9999 (253402300799999), the last time a Snowflake timestamp holds.
         #[arg(
             long,
             value_name = "MS",
             allow_negative_numbers = true,
-            value_parser = clap::value_parser!(i64).range(0..=i64::MAX / 1000)
+            value_parser = clap::value_parser!(i64).range(0..=input::MAX_TIMESTAMP_MS)
         )]
         timestamp_ms: Option<i64>,
         /// A param for `init`, `KEY=VALUE`; with several components scope it as
