@@ -104,9 +104,17 @@ fn json_error_line(err: &anyhow::Error, exit_code: u8) -> String {
     )
 }
 
+/// What `--version` prints: a debug build says so, as it runs transforms and rows several times
+/// slower (the scripts and tests use one; a pipeline deserves `cargo build --release`).
+const VERSION: &str = if cfg!(debug_assertions) {
+    concat!(env!("CARGO_PKG_VERSION"), " (debug build)")
+} else {
+    env!("CARGO_PKG_VERSION")
+};
+
 /// sluice: replay a CSV into Kafka, transform it with WebAssembly, load it into Snowflake exactly once.
 #[derive(Parser, Debug)]
-#[command(name = "sluice", version, about)]
+#[command(name = "sluice", version = VERSION, about)]
 struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "human")]
