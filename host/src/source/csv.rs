@@ -765,7 +765,7 @@ impl CsvReader {
                 line,
                 kind,
                 reason,
-                payload: reencode(&rec, self.delimiter),
+                payload: reencode(&rec, self.delimiter, &self.quoted_empty),
             }),
         };
         // Reuse the record's allocation for the next read.
@@ -898,7 +898,32 @@ fn header_names(header: &ByteRecord) -> Result<Vec<Name>, String> {
     Ok(names)
 }
 
-fn reencode(rec: &ByteRecord, delimiter: u8) -> Vec<u8> {
+/// A bad record's fields as a CSV line, the fields written `""` (`quoted_empty`) again so: the
+/// `csv` crate's writer leaves an empty field bare, which reads back as null.
+fn reencode(rec: &ByteRecord, delimiter: u8, quoted_empty: &[u32]) -> Vec<u8> {
+    if !quoted_empty.is_empty() {
+        let mut out = Vec::new();
+        for (i, field) in rec.iter().enumerate() {
+            if i > 0 {
+                out.push(delimiter);
+            }
+            let special = |b: &u8| [delimiter, b'"', b'\r', b'\n'].contains(b);
+            if !quoted_empty.contains(&(i as u32)) && !field.iter().any(special) {
+                out.extend_from_slice(field);
+                continue;
+            }
+            out.push(b'"');
+            for &b in field {
+                out.extend_from_slice(if b == b'"' {
+                    b"\"\""
+                } else {
+                    std::slice::from_ref(&b)
+                });
+            }
+            out.push(b'"');
+        }
+        return out;
+    }
     let mut w = csv::WriterBuilder::new()
         .delimiter(delimiter)
         .terminator(csv::Terminator::Any(b'\n'))
@@ -1260,7 +1285,8 @@ mod tests {
             }
         }
         let csv = b"h1,\"\",n,s\r\n\"\",,1,\"\"\r\nx,\"\",,\"a\r\n\"\"b\"\r\n\r\n\
-                    \"a\",\"b\",\"\",c\r\n\"\"\"\",\"\"\"\"\"\",\" 2\",\"\"";
+                    \"a\",\"b\",\"\",c\r\n\"\",x\"y,\"a,\"\"b\"\"\"\n\
+                    \"\"\"\",\"\"\"\"\"\",\" 2\",\"\"";
         let s = |v: &str| Value::String(v.to_owned());
         let expected = vec![
             vec![s(""), Value::Null, Value::Int(1), s("")],
@@ -1279,14 +1305,18 @@ mod tests {
                     CsvReader::from_reader(Path::new("t.csv"), input, &opts, Arc::default(), None)
                         .unwrap();
                 assert_eq!(r.columns()[1].to_string(), "column_2");
-                let mut rows = Vec::new();
+                let (mut rows, mut bad) = (Vec::new(), Vec::new());
                 while let Some(item) = r.next_item().unwrap() {
-                    let CsvItem::Row { row, .. } = item else {
-                        panic!("{item:?}");
-                    };
-                    rows.push(row.fields.into_iter().map(|f| f.value).collect::<Vec<_>>());
+                    match item {
+                        CsvItem::Row { row, .. } => {
+                            rows.push(row.fields.into_iter().map(|f| f.value).collect::<Vec<_>>())
+                        }
+                        CsvItem::Bad(b) => bad.push(String::from_utf8(b.payload).unwrap()),
+                    }
                 }
                 assert_eq!(rows, expected, "infer_rows {infer_rows}, reads of {n}");
+                // A ragged row's letter keeps its `""` (and quotes what needs them).
+                assert_eq!(bad, [r#""","x""y","a,""b""""#], "reads of {n}");
             }
         }
     }
