@@ -509,6 +509,33 @@ async fn semicolon_crlf_corpus() {
     );
 }
 
+/// The source's `null_if` texts reach the topic as nulls, and leave a column of ints one; `""` is
+/// an empty string in a string column.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn null_if_texts_reach_the_topic_as_nulls() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nulls.csv");
+    std::fs::write(&path, "id,amount,note\n1,5,\"\"\n2,NULL,x\n3,\\N,\n").unwrap();
+    let topic = broker::unique("nulls");
+    let kafka = broker::kafka_config(&topic, serde_json::json!({ "partitions": 1 }));
+    let src = csv_source(serde_json::json!({
+        "path": path.to_string_lossy(),
+        "null_if": ["NULL", "\\N"],
+    }));
+    let summary = replay(&src, &kafka).await.expect("replay");
+    assert_eq!((summary.rows_produced, summary.rows_dead_lettered), (3, 0));
+    let rows = rows_by_line(&broker::read_topic(&topic));
+    let values = |line: u64| {
+        (rows[&line].fields.iter())
+            .map(|f| f.value.clone())
+            .collect::<Vec<_>>()
+    };
+    let s = |v: &str| Value::String(v.to_owned());
+    assert_eq!(values(2), [Value::Int(1), Value::Int(5), s("")]);
+    assert_eq!(values(3), [Value::Int(2), Value::Null, s("x")]);
+    assert_eq!(values(4), [Value::Int(3), Value::Null, Value::Null]);
+}
+
 /// A quoted field of 10 MiB over ten lines is one `too_large` dead letter, holding what the
 /// reader kept of it, and the records after it are read, on their own lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2971,6 +2971,73 @@ fn cli_test_runs_a_pipeline_files_chain() {
     assert_eq!(out, from_file);
 }
 
+/// A CSV's `""` is an empty string in a string column, where an empty field is null; texts given
+/// as `--null-if` (or as the pipeline source's `null_if`) are null in any column, and inference
+/// passes over them, so `NULL` and `\N` leave a column of ints one. `--null-if ''` makes `""`
+/// null too. CSV input only.
+#[test]
+fn cli_test_null_if_and_quoted_empty_strings() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.csv"),
+        "id,amount,note\n1,5,a\n2,NULL,\"\"\n3,\\N,\n",
+    )
+    .unwrap();
+    let run = |extra: &[&str]| {
+        let args = ["transform", "test", "--component", guests::PASSTHROUGH];
+        let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], extra].concat());
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(0), "{extra:?}: {stderr}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert_eq!(
+        run(&["--input", "in.csv"]),
+        "{\"id\":1,\"amount\":\"5\",\"note\":\"a\"}\n\
+         {\"id\":2,\"amount\":\"NULL\",\"note\":\"\"}\n\
+         {\"id\":3,\"amount\":\"\\\\N\",\"note\":null}\n"
+    );
+    let sql_nulls = "{\"id\":1,\"amount\":5,\"note\":\"a\"}\n\
+                     {\"id\":2,\"amount\":null,\"note\":\"\"}\n\
+                     {\"id\":3,\"amount\":null,\"note\":null}\n";
+    assert_eq!(
+        run(&["--input", "in.csv", "--null-if", "NULL", "--null-if", "\\N"]),
+        sql_nulls
+    );
+    assert_eq!(
+        run(&["--input", "in.csv", "--null-if", ""]),
+        "{\"id\":1,\"amount\":\"5\",\"note\":\"a\"}\n\
+         {\"id\":2,\"amount\":\"NULL\",\"note\":null}\n\
+         {\"id\":3,\"amount\":\"\\\\N\",\"note\":null}\n"
+    );
+    // The pipeline source's own `null_if`.
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "local",
+        "source": { "type": "csv", "path": "in.csv", "null_if": ["NULL", "\\N"] },
+        "kafka": { "topic": "t" },
+        "transforms": [{ "uses": guests::PASSTHROUGH }],
+        "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T" }
+    });
+    std::fs::write(dir.path().join("p.json"), pipeline.to_string()).unwrap();
+    let out = sluice_tests::cli::sluice(dir.path(), &["transform", "test", "--pipeline", "p.json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), sql_nulls);
+    // Not for JSON Lines, which has its own null.
+    std::fs::write(dir.path().join("in.jsonl"), "{\"id\":1}\n").unwrap();
+    let args = ["transform", "test", "--component", guests::PASSTHROUGH];
+    let out = sluice_tests::cli::sluice(
+        dir.path(),
+        &[&args[..], &["--input", "in.jsonl", "--null-if", "NULL"]].concat(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("--null-if and --infer-rows apply to CSV input"),
+        "{stderr}"
+    );
+}
+
 /// A guest's stdout and stderr go nowhere unless `--debug-stdio` is given, and then to sluice's
 /// stderr: never into the JSONL rows on stdout.
 #[test]
@@ -5983,6 +6050,16 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     let (code, rows, err) = own(&["--input", &semi, "--delimiter", ","]);
     assert_eq!((code, rows.as_str()), (Some(1), ""), "{err}");
     assert!(err.contains("missing field `name`"), "{err}");
+    // `null_if` too: `ada` is then null, and the scaffold drops a row whose field is null.
+    std::fs::write(&source, r#"{"delimiter": ";", "null_if": ["ada"]}"#).unwrap();
+    let (code, rows, err) = own(&["--input", &semi]);
+    assert_eq!((code, rows.as_str()), (Some(1), ""), "{err}");
+    let (code, rows, err) = own(&["--input", &semi, "--null-if", "NULL"]);
+    assert_eq!(
+        (code, rows.as_str()),
+        (Some(1), "{\"id\":1,\"name\":\"ADA\"}\n"),
+        "{err}"
+    );
     std::fs::write(&source, r#"{"key_column": "nope"}"#).unwrap();
     let (code, _, err) = own(&["--input", &semi]);
     assert_eq!(code, Some(2), "{err}");

@@ -3078,6 +3078,7 @@ fn count_csv(path: &Path, csv: &CsvSource, max_bytes: usize) -> anyhow::Result<(
         schema: csv.schema.clone(),
         infer_rows: csv.infer_rows.get(),
         max_record_bytes: max_bytes,
+        null_if: csv.null_if.clone(),
     };
     let mut reader = CsvReader::open(path, &opts, Arc::new(AtomicU64::new(0)), None)?;
     let key_index =

@@ -846,6 +846,7 @@ fn header_issues(
         schema: BTreeMap::new(),
         infer_rows: 1,
         max_record_bytes: usize::MAX,
+        null_if: Vec::new(),
     };
     // Given types, the reader skips inference and reads no row past the header.
     let reader = match CsvReader::open(path, &opts, Arc::new(AtomicU64::new(0)), Some(&[])) {
@@ -939,6 +940,7 @@ fn inferred_type(
         // Not validated yet: a 0 is reported at its key, and this still reads one row.
         infer_rows: src.infer_rows.max(1),
         max_record_bytes: usize::MAX,
+        null_if: src.null_if.clone(),
     };
     let reader = CsvReader::open(path, &opts, Arc::new(AtomicU64::new(0)), None).ok()?;
     let i = reader.columns().iter().position(|c| &**c == column)?;

@@ -54,6 +54,12 @@ pub struct CsvSourceConfig {
     /// Column whose value becomes the Kafka message key; without it messages have no key.
     #[serde(default)]
     pub key_column: Option<String>,
+    /// Field texts read as null in every column, as Snowflake's `NULL_IF`: `["NULL", "\\N"]`
+    /// for SQL exports; `[""]` makes a quoted empty field (`""`) null too, where it is otherwise
+    /// an empty string in a string column. An empty field is null either way. Type inference
+    /// passes over these, so `NULL` does not make a column of ints text.
+    #[serde(default)]
+    pub null_if: Vec<String>,
     /// What a bad row (ragged, invalid UTF-8, unparsable under `schema` or the inferred type,
     /// or larger than the largest Kafka message) does: `dead_letter` (default) sends it to the
     /// dead-letter topic with file, line and reason; `fail` stops the run with an error naming
@@ -168,6 +174,8 @@ pub struct CsvSource {
     pub loops: NonZeroU32,
     /// Column whose value becomes the Kafka message key.
     pub key_column: Option<String>,
+    /// Field texts read as null.
+    pub null_if: Vec<String>,
     /// What a bad row does.
     pub on_error: OnError,
 }
@@ -232,6 +240,7 @@ impl CsvSourceConfig {
                     pacing: self.pacing.clone(),
                     loops,
                     key_column: self.key_column.clone(),
+                    null_if: self.null_if.clone(),
                     on_error: self.on_error,
                 })
             }

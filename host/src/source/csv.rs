@@ -113,6 +113,9 @@ pub struct CsvOptions {
     /// still encode past it, JSON escapes being longer than the bytes they stand for; the source
     /// finds that one when it encodes the row, after inference.)
     pub max_record_bytes: usize,
+    /// Field texts that are null in any column (`\N`, `NULL`; `""` makes `""` null too), as
+    /// Snowflake's `NULL_IF`; inference skips them as it skips empty fields.
+    pub null_if: Vec<String>,
 }
 
 /// A streaming reader over one CSV file.
@@ -135,6 +138,8 @@ pub struct CsvReader {
     max_record_bytes: usize,
     /// The fields of the record being typed that were written `""`.
     quoted_empty: Vec<u32>,
+    /// [`CsvOptions::null_if`].
+    null_if: Vec<String>,
 }
 
 impl std::fmt::Debug for CsvReader {
@@ -602,6 +607,7 @@ impl CsvReader {
             unclosed: None,
             max_record_bytes: opts.max_record_bytes,
             quoted_empty: Vec::new(),
+            null_if: opts.null_if.clone(),
         };
         if let Some(types) = types {
             reader.types = types.to_vec();
@@ -631,7 +637,7 @@ impl CsvReader {
                 && !(reader.lines.lock().unwrap_or_else(|e| e.into_inner()))
                     .cut_after(position(rec))
         });
-        let inferred = infer(sample, reader.columns.len());
+        let inferred = infer(sample, reader.columns.len(), &opts.null_if);
         for (i, name) in reader.columns.iter().enumerate() {
             match opts.schema.get(&**name) {
                 Some(ty) => reader.types[i] = *ty,
@@ -801,9 +807,12 @@ impl CsvReader {
             let empty_string = raw.is_empty()
                 && self.types[i] == ValueType::String
                 && self.quoted_empty.contains(&(i as u32));
-            let value = match empty_string {
-                true => Some(Value::String(String::new())),
-                false => parse_value(text, self.types[i]),
+            let value = if self.null_if.iter().any(|n| n == text) {
+                Some(Value::Null)
+            } else if empty_string {
+                Some(Value::String(String::new()))
+            } else {
+                parse_value(text, self.types[i])
             };
             let value = value.ok_or_else(|| {
                 let how = if self.types[i] == ValueType::Float && text.trim().parse::<f64>().is_ok()
@@ -1053,7 +1062,11 @@ struct Candidates {
     seen: bool,
 }
 
-fn infer<'a>(sample: impl Iterator<Item = &'a ByteRecord>, ncols: usize) -> Vec<ValueType> {
+fn infer<'a>(
+    sample: impl Iterator<Item = &'a ByteRecord>,
+    ncols: usize,
+    null_if: &[String],
+) -> Vec<ValueType> {
     let mut cands = vec![
         Candidates {
             int: true,
@@ -1073,7 +1086,7 @@ fn infer<'a>(sample: impl Iterator<Item = &'a ByteRecord>, ncols: usize) -> Vec<
                 continue;
             };
             let t = text.trim();
-            if t.is_empty() {
+            if t.is_empty() || null_if.iter().any(|n| n == text) {
                 continue;
             }
             c.seen = true;
@@ -1266,6 +1279,7 @@ mod tests {
             schema: Default::default(),
             infer_rows: 100,
             max_record_bytes: usize::MAX,
+            null_if: Vec::new(),
         }
     }
 
@@ -1319,6 +1333,46 @@ mod tests {
                 assert_eq!(bad, [r#""","x""y","a,""b""""#], "reads of {n}");
             }
         }
+    }
+
+    /// `null_if` texts are null in any column, quoted or not, and inference passes over them: a
+    /// column of ints with `NULL` and `\N` in it is still one of ints. `[""]` makes `""` null.
+    #[test]
+    fn null_if_texts_are_null_and_not_inferred() {
+        let csv = b"n,s,t\n1,\\N,\"\"\nNULL,x,\"NULL\"\n\\N,,y\n3,\"\",z\n";
+        let rows = |null_if: &[&str]| {
+            let opts = CsvOptions {
+                null_if: null_if.iter().map(|n| n.to_string()).collect(),
+                ..opts()
+            };
+            let (r, items) = read_all(csv, &opts);
+            let rows: Vec<Vec<Value>> = (items.into_iter())
+                .map(|item| match item {
+                    CsvItem::Row { row, .. } => row.fields.into_iter().map(|f| f.value).collect(),
+                    CsvItem::Bad(b) => panic!("{b:?}"),
+                })
+                .collect();
+            (r.types().to_vec(), rows)
+        };
+        let (s, null) = (|v: &str| Value::String(v.to_owned()), Value::Null);
+        let (types, got) = rows(&["NULL", "\\N"]);
+        assert_eq!(
+            types,
+            [ValueType::Int, ValueType::String, ValueType::String]
+        );
+        assert_eq!(
+            got,
+            [
+                [Value::Int(1), null.clone(), s("")],
+                [null.clone(), s("x"), null.clone()],
+                [null.clone(), null.clone(), s("y")],
+                [Value::Int(3), s(""), s("z")],
+            ]
+        );
+        let (types, got) = rows(&[""]);
+        assert_eq!(types, [ValueType::String; 3]);
+        assert_eq!(got[0], [s("1"), s("\\N"), null.clone()]);
+        assert_eq!(got[3], [s("3"), null.clone(), s("z")]);
     }
 
     /// A record counts as read once its line break is: not when only part of its line is, and

@@ -236,6 +236,7 @@ pub async fn replay(
         schema: src.schema.clone(),
         infer_rows: src.infer_rows.get(),
         max_record_bytes: producer::max_message_bytes(cfg.kafka),
+        null_if: src.null_if.clone(),
     };
 
     let size = std::fs::metadata(&path)
@@ -776,6 +777,7 @@ mod tests {
             schema: Default::default(),
             infer_rows: 10,
             max_record_bytes: usize::MAX,
+            null_if: Vec::new(),
         };
         let reader = CsvReader::open(&first, &opts, Arc::new(AtomicU64::new(0)), None).unwrap();
         let (tx, mut rx) = tokio::sync::mpsc::channel(16);

@@ -52,6 +52,8 @@ pub(super) struct OwnSource {
     pub(super) schema: std::collections::BTreeMap<String, crate::row::ValueType>,
     /// `--infer-rows`.
     pub(super) infer_rows: Option<usize>,
+    /// `--null-if`, as the source's `null_if` (`["NULL", "\\N"]`).
+    pub(super) null_if: Option<Vec<String>>,
     /// `--key-column`.
     pub(super) key_column: Option<String>,
     /// `--topic`.
@@ -76,8 +78,8 @@ impl OwnSource {
                 format!(" at {at}")
             };
             anyhow::anyhow!(
-                "{}{at}: {} (it holds what --delimiter, --schema, --infer-rows, --key-column, \
-                 --topic, --partition and --timestamp-ms would say: {{\"key_column\": \"id\", \
+                "{}{at}: {} (it holds what --delimiter, --schema, --infer-rows, --null-if, \
+                 --key-column, --topic, --partition and --timestamp-ms would say: {{\"key_column\": \"id\", \
                  \"timestamp_ms\": 0}})",
                 path.display(),
                 e.inner()

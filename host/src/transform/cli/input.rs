@@ -37,6 +37,8 @@ pub struct InputOptions {
     pub schema: BTreeMap<String, ValueType>,
     /// How many CSV records type inference samples.
     pub infer_rows: usize,
+    /// Field texts read as null in any CSV column.
+    pub null_if: Vec<String>,
     /// The field whose value becomes the message key.
     pub key_column: Option<String>,
     /// The topic every record reports.
@@ -59,6 +61,7 @@ impl Default for InputOptions {
             delimiter: b',',
             schema: BTreeMap::new(),
             infer_rows: crate::source::config::DEFAULT_INFER_ROWS,
+            null_if: Vec::new(),
             key_column: None,
             topic: TEST_TOPIC.to_owned(),
             partition: 0,
@@ -82,6 +85,7 @@ impl InputOptions {
             delimiter: source.delimiter,
             schema: source.schema.clone(),
             infer_rows: source.infer_rows.get(),
+            null_if: source.null_if.clone(),
             key_column: source.key_column.clone(),
             topic: kafka.topic.clone(),
             format: Some(InputFormat::Csv),
@@ -157,15 +161,17 @@ pub(super) fn input_options(
     delimiter: Option<String>,
     schema: &[String],
     infer_rows: Option<usize>,
+    null_if: Vec<String>,
     key_column: Option<String>,
 ) -> anyhow::Result<InputOptions> {
     // For JSON Lines, `--infer-rows` bounds the look-ahead for the `--key-column` field.
     let infer_rows_unused = infer_rows.is_some() && key_column.is_none();
     let jsonl = format_of(input, format) == InputFormat::Jsonl;
-    if jsonl && (delimiter.is_some() || !schema.is_empty() || infer_rows_unused) {
+    let csv_only = delimiter.is_some() || !schema.is_empty() || !null_if.is_empty();
+    if jsonl && (csv_only || infer_rows_unused) {
         bail!(
-            "--delimiter, --schema and --infer-rows apply to CSV input (--infer-rows also to \
-             --key-column on JSON Lines), not to {}",
+            "--delimiter, --schema, --null-if and --infer-rows apply to CSV input (--infer-rows \
+             also to --key-column on JSON Lines), not to {}",
             input.display()
         );
     }
@@ -200,6 +206,7 @@ pub(super) fn input_options(
         delimiter,
         schema: types,
         infer_rows: infer_rows.unwrap_or(defaults.infer_rows),
+        null_if,
         key_column,
         format,
         ..defaults
@@ -560,6 +567,7 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
             schema: opts.schema.clone(),
             infer_rows: opts.infer_rows.max(1),
             max_record_bytes: opts.max_record_bytes,
+            null_if: opts.null_if.clone(),
         };
         let reader = CsvReader::from_reader(path, input, &csv, Arc::default(), None)?;
         // JSON Lines read as CSV give a bad row for every line, which a run would take for the

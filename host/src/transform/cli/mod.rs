@@ -112,8 +112,8 @@ pub enum TransformCommand {
         /// `testdata/expected-failures.jsonl` where they exist, with the params in
         /// `testdata/params.json` (a JSON object, as the transform's `with` in pipeline.json) and
         /// the input settings in `testdata/source.json` (`{"key_column": "id"}`: `delimiter`,
-        /// `schema`, `infer_rows`, `key_column`, `topic`, `partition`, `timestamp_ms`, as the
-        /// flags). Flags given as well override these.
+        /// `schema`, `infer_rows`, `null_if`, `key_column`, `topic`, `partition`, `timestamp_ms`,
+        /// as the flags). Flags given as well override these.
         #[arg(conflicts_with_all = ["components", "pipeline"])]
         name: Option<String>,
         /// The transforms workspace `NAME` is in (default `transforms`).
@@ -151,6 +151,10 @@ pub enum TransformCommand {
         /// For JSON Lines, how many rows `--key-column` looks ahead for a row with its field.
         #[arg(long, value_parser = at_least_one::<usize>)]
         infer_rows: Option<usize>,
+        /// A field text read as null in any CSV column (the source's `null_if`), such as `NULL`
+        /// or `\N`; repeat for several. `--null-if ''` makes `""` null too.
+        #[arg(long = "null-if", value_name = "TEXT")]
+        null_if: Vec<String>,
         /// The column whose value becomes each record's message key (the source's `key_column`).
         #[arg(long)]
         key_column: Option<String>,
@@ -285,6 +289,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             delimiter,
             schema,
             infer_rows,
+            null_if,
             key_column,
             topic,
             partition,
@@ -306,6 +311,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                     ("--delimiter", delimiter.is_some()),
                     ("--schema", !schema.is_empty()),
                     ("--infer-rows", infer_rows.is_some()),
+                    ("--null-if", !null_if.is_empty()),
                     ("--key-column", key_column.is_some()),
                     ("--topic", topic.is_some()),
                     ("--partition", partition.is_some()),
@@ -338,6 +344,11 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             let own_source =
                 (own.as_mut().filter(|_| !letters)).map(|o| std::mem::take(&mut o.source));
             let own_schema = own_source.as_ref().map(|s| s.schema.clone());
+            let null_flag = !null_if.is_empty();
+            let null_if = match own_source.as_ref().and_then(|s| s.null_if.clone()) {
+                Some(own) if !null_flag => own,
+                _ => null_if,
+            };
             let (delimiter, infer_rows, key_column, topic, partition, timestamp_ms) =
                 match own_source {
                     Some(s) => (
@@ -430,6 +441,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 delimiter.clone(),
                 &schema,
                 infer_rows,
+                null_if,
                 key_column.clone(),
             )
             .map_err(usage)?;
@@ -447,6 +459,9 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                         opts.schema.entry(column.clone()).or_insert(*ty);
                     }
                     opts.infer_rows = infer_rows.unwrap_or(src.infer_rows);
+                    if !null_flag {
+                        opts.null_if.clone_from(&src.null_if);
+                    }
                 }
                 if key_column.is_none() {
                     opts.key_column.clone_from(&src.key_column);
