@@ -273,11 +273,15 @@ impl LineIndex {
     /// ends, the parser gets a quote to close the field it was cut in, if it was cut in a quoted
     /// one, and then the record's line break. Offsets here are offsets in what the parser gets.
     fn feed(&mut self, buf: &[u8], out: &mut Vec<u8>) {
-        self.eof |= buf.is_empty();
-        if buf.is_empty() && self.field_len == 2 && self.quoting == Quoting::QuoteInQuoted {
-            // `""` ends the file.
+        // `""` ends the file (told once: the parser reads again after the end).
+        if buf.is_empty()
+            && !self.eof
+            && self.field_len == 2
+            && self.quoting == Quoting::QuoteInQuoted
+        {
             self.quoted_empty.push_back((self.offset - 2, self.field));
         }
+        self.eof |= buf.is_empty();
         let (base, out_start) = (self.offset, out.len());
         // Where the bytes not yet appended to `out` start.
         let mut from = 0;
@@ -344,7 +348,12 @@ impl LineIndex {
                     let at = base + (out.len() - out_start + (i - from)) as u64;
                     self.quoted_empty.push_back((at - 2, self.field));
                 }
-                self.field = if ends { 0 } else { self.field + 1 };
+                // Saturating: a record of 4 Gi fields is possible only with no size limit.
+                self.field = if ends {
+                    0
+                } else {
+                    self.field.saturating_add(1)
+                };
                 self.field_len = 0;
             }
             if !brk {
@@ -1333,6 +1342,14 @@ mod tests {
                 assert_eq!(bad, [r#""","x""y","a,""b""""#], "reads of {n}");
             }
         }
+        // Told once, though the parser reads again after the end.
+        let mut index = LineIndex::new(b',');
+        for part in [&b"h\n,\"\""[..], b"", b""] {
+            index.feed(part, &mut Vec::new());
+        }
+        let mut fields = Vec::new();
+        index.quoted_empty(2, &mut fields);
+        assert_eq!(fields, [1]);
     }
 
     /// `null_if` texts are null in any column, quoted or not, and inference passes over them: a
