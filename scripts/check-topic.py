@@ -89,9 +89,15 @@ def parse_ts(s):
     return dt
 
 
-def same(value, ty, text):
+def same(value, ty, text, null_if=()):
     """Whether a typed JSON value from the topic equals a CSV field."""
-    if text == "" or (ty not in ("string",) and text.strip() == ""):
+    if text in null_if:
+        return value is None
+    # Python's csv module reads `""` and an empty field alike, where sluice reads `""` in a
+    # string column as an empty string and an empty field as null: either is right here.
+    if text == "" and ty == "string":
+        return value in (None, "")
+    if text == "" or (ty != "string" and text.strip() == ""):
         return value is None
     if ty == "string":
         return value == text
@@ -118,6 +124,8 @@ def main():
     ap.add_argument("--topic", required=True)
     ap.add_argument("--csv", help="the CSV file that was replayed (once)")
     ap.add_argument("--delimiter", default=",")
+    ap.add_argument("--null-if", action="append", default=[], metavar="TEXT",
+                    help="the source's null_if, one text each time")
     ap.add_argument("--timeout", type=float, default=30.0)
     args = ap.parse_args()
 
@@ -156,7 +164,7 @@ def main():
             continue
         for (name, value), ty, text in zip(obj.items(), types, fields):
             try:
-                ok = same(value, ty, text)
+                ok = same(value, ty, text, args.null_if)
             except (ValueError, TypeError) as e:
                 ok = False
                 text = f"{text} ({e})"

@@ -6060,6 +6060,10 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         (Some(1), "{\"id\":1,\"name\":\"ADA\"}\n"),
         "{err}"
     );
+    // The crate's own JSON Lines input leaves it out, as it leaves out `schema`.
+    std::fs::write(&source, r#"{"null_if": ["NULL"]}"#).unwrap();
+    let (code, _, err) = own(&[]);
+    assert_eq!(code, Some(0), "{err}");
     std::fs::write(&source, r#"{"key_column": "nope"}"#).unwrap();
     let (code, _, err) = own(&["--input", &semi]);
     assert_eq!(code, Some(2), "{err}");

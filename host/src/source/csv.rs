@@ -70,6 +70,16 @@ impl BadRowKind {
 /// (`transform test` words it with its own flag).
 pub const SCHEMA_HINT: &str = " (type inferred from the first rows; set source.schema to override)";
 
+/// Said of a value that does not parse and reads like a null marker (`NULL`, `\N`, `N/A`).
+pub const NULL_HINT: &str = " (a null marker? list it in source.null_if)";
+
+/// Whether `text` is one of the ways files write a null.
+fn looks_null(text: &str) -> bool {
+    ["null", "\\n", "na", "n/a", "none", "nil"]
+        .iter()
+        .any(|m| text.trim().eq_ignore_ascii_case(m))
+}
+
 /// A rejected CSV record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BadRow {
@@ -827,6 +837,8 @@ impl CsvReader {
                 let how = if self.types[i] == ValueType::Float && text.trim().parse::<f64>().is_ok()
                 {
                     " (it is past the float range)"
+                } else if looks_null(text) {
+                    NULL_HINT
                 } else if self.inferred[i] {
                     SCHEMA_HINT
                 } else {
@@ -1390,6 +1402,25 @@ mod tests {
         assert_eq!(types, [ValueType::String; 3]);
         assert_eq!(got[0], [s("1"), s("\\N"), null.clone()]);
         assert_eq!(got[3], [s("3"), null.clone(), s("z")]);
+        // Without it, a declared int column's markers are bad rows that say what would help.
+        let opts = CsvOptions {
+            schema: [("n".to_owned(), ValueType::Int)].into(),
+            ..opts()
+        };
+        let (_, items) = read_all(csv, &opts);
+        let reasons: Vec<&str> = (items.iter())
+            .filter_map(|i| match i {
+                CsvItem::Bad(b) => Some(b.reason.as_str()),
+                CsvItem::Row { .. } => None,
+            })
+            .collect();
+        assert_eq!(
+            reasons,
+            [
+                format!("field \"n\": \"NULL\" is not a valid int{NULL_HINT}"),
+                format!("field \"n\": \"\\\\N\" is not a valid int{NULL_HINT}"),
+            ]
+        );
     }
 
     /// A record counts as read once its line break is: not when only part of its line is, and

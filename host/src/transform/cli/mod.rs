@@ -345,10 +345,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 (own.as_mut().filter(|_| !letters)).map(|o| std::mem::take(&mut o.source));
             let own_schema = own_source.as_ref().map(|s| s.schema.clone());
             let null_flag = !null_if.is_empty();
-            let null_if = match own_source.as_ref().and_then(|s| s.null_if.clone()) {
-                Some(own) if !null_flag => own,
-                _ => null_if,
-            };
+            let own_null_if = own_source.as_ref().and_then(|s| s.null_if.clone());
             let (delimiter, infer_rows, key_column, topic, partition, timestamp_ms) =
                 match own_source {
                     Some(s) => (
@@ -447,6 +444,13 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             .map_err(usage)?;
             for (column, ty) in own_schema.into_iter().flatten() {
                 opts.schema.entry(column).or_insert(ty);
+            }
+            // Like its `schema`, for CSV input only: a crate's JSON Lines test data has nulls of
+            // its own.
+            if let Some(own) = own_null_if.filter(|_| !null_flag)
+                && format_of(&input, format) == InputFormat::Csv
+            {
+                opts.null_if = own;
             }
             if let Some(file) = file.as_ref().filter(|_| !letters) {
                 let src = &file.source;

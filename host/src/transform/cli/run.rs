@@ -269,10 +269,15 @@ pub fn test(
         write_rows(&mut pending, out)?;
         if let Some((n, mut b)) = bad_after {
             bad += 1;
-            b.reason = b.reason.replace(
-                crate::source::csv::SCHEMA_HINT,
-                " (type inferred from the first rows; give --schema COLUMN=TYPE to override)",
-            );
+            b.reason = (b.reason)
+                .replace(
+                    crate::source::csv::SCHEMA_HINT,
+                    " (type inferred from the first rows; give --schema COLUMN=TYPE to override)",
+                )
+                .replace(
+                    crate::source::csv::NULL_HINT,
+                    " (a null marker? give --null-if TEXT)",
+                );
             let show = format!("bad row ({}): {}", b.kind.as_str(), b.reason);
             let f = Failure {
                 record: n as u64,
