@@ -3128,6 +3128,25 @@ fn resume_hint(e: &anyhow::Error) -> &'static str {
 mod tests {
     use super::*;
 
+    /// The run's reconciliation counts the file's records as the replay reads them: with the
+    /// source's `null_if`, a declared int column's `NULL` is a good row, not a bad one.
+    #[test]
+    fn the_reconciliation_count_reads_null_if_as_the_source_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("n.csv");
+        std::fs::write(&path, "id,n\n1,5\n2,NULL\n3,x\n").unwrap();
+        let count = |null_if: serde_json::Value| {
+            let src = serde_json::json!({
+                "type": "csv", "path": "n.csv", "schema": { "n": "int" }, "null_if": null_if,
+            });
+            let crate::source::config::SourceConfig::Csv(src) =
+                serde_json::from_value(src).unwrap();
+            count_csv(&path, &src.validate().unwrap(), usize::MAX).unwrap()
+        };
+        assert_eq!(count(serde_json::json!([])), (1, 2));
+        assert_eq!(count(serde_json::json!(["NULL"])), (2, 1));
+    }
+
     /// Offsets loaded past a partition's end (or of a partition the topic lacks) refuse the run;
     /// offsets below its start are records retention deleted; the rest, and partitions never
     /// loaded, are neither.
