@@ -536,6 +536,82 @@ async fn null_if_texts_reach_the_topic_as_nulls() {
     assert_eq!(values(4), [Value::Int(3), Value::Null, Value::Null]);
 }
 
+/// `transform test --partitions 4` gives each record the partition and offset that the replay's
+/// producer gave its message, read back from the broker, under librdkafka's default partitioner
+/// and under a pipeline's `murmur2_random`. And each partition runs on instances of its own: the
+/// probe guest's count of the rows its instance has seen is each record's offset plus one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transform_test_partitions_records_as_the_producer_does() {
+    use serde_json::json;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("keyed.csv");
+    let mut csv = String::from("id,seen\n");
+    for i in 0..200 {
+        csv.push_str(&format!("user-{},0\n", i * 7 % 37));
+    }
+    std::fs::write(&path, csv).unwrap();
+    for partitioner in [None, Some("murmur2_random")] {
+        let topic = broker::unique("spread");
+        let props = partitioner.map_or(json!({}), |p| json!({ "partitioner": p }));
+        let kafka = broker::kafka_config(&topic, json!({ "partitions": 4, "properties": props }));
+        let src = csv_source(json!({ "path": path.to_string_lossy(), "key_column": "id" }));
+        let summary = replay(&src, &kafka).await.expect("replay");
+        assert_eq!(summary.rows_produced, 200);
+        let mut produced: Vec<(u64, i32, i64)> = broker::read_topic(&topic)
+            .iter()
+            .map(|m| {
+                let line = m.header(wire::HEADER_LINE).unwrap().parse().unwrap();
+                (line, m.partition, m.offset)
+            })
+            .collect();
+        produced.sort();
+        let used: HashSet<i32> = produced.iter().map(|p| p.1).collect();
+        assert_eq!(
+            used.len(),
+            4,
+            "{partitioner:?}: every partition has records"
+        );
+
+        let pipeline = json!({
+            "version": 1,
+            "name": "spread",
+            "source": { "type": "csv", "path": "keyed.csv", "key_column": "id" },
+            "kafka": { "topic": topic, "partitions": 4, "properties": props },
+            "transforms": [
+                { "uses": sluice_tests::guests::META },
+                { "uses": sluice_tests::guests::PROBE }
+            ],
+            "sink": { "type": "snowflake", "database": "D", "schema": "S", "table": "T" }
+        });
+        std::fs::write(dir.path().join("p.json"), pipeline.to_string()).unwrap();
+        let args = [
+            "transform",
+            "test",
+            "--pipeline",
+            "p.json",
+            "--partitions",
+            "4",
+        ];
+        let out = sluice_tests::cli::sluice(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        let rows: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        let tested: Vec<(u64, i32, i64)> = (rows.iter().zip(2..))
+            .map(|(r, line)| {
+                let p = r["partition"].as_i64().unwrap() as i32;
+                let offset = r["offset"].as_i64().unwrap();
+                assert_eq!(r["seen"], offset + 1, "{partitioner:?}: {r}");
+                (line, p, offset)
+            })
+            .collect();
+        assert_eq!(tested, produced, "{partitioner:?}");
+    }
+}
+
 /// A quoted field of 10 MiB over ten lines is one `too_large` dead letter, holding what the
 /// reader kept of it, and the records after it are read, on their own lines.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

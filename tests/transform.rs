@@ -2812,7 +2812,7 @@ fn cli_test_prints_exactly_the_filtered_csv_rows() {
     }
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let records = cli::read_input(std::path::Path::new(data), &Default::default()).unwrap();
-    let chain = cli::load(&[cfg]).unwrap();
+    let chain = cli::load(&[cfg], 1).unwrap();
     let report = cli::test(
         &chain,
         records,
@@ -5888,7 +5888,7 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
         cli::read_input(&crate_dir.join("testdata/input.jsonl"), &Default::default()).unwrap();
     let (mut out, mut err) = (Vec::new(), Vec::new());
     cli::test(
-        &cli::load(&[TransformConfig::new(built[0].to_string_lossy())]).unwrap(),
+        &cli::load(&[TransformConfig::new(built[0].to_string_lossy())], 1).unwrap(),
         records,
         16,
         Default::default(),
@@ -6064,6 +6064,17 @@ fn cli_new_scaffolds_a_transform_that_builds_and_passes_its_test() {
     std::fs::write(&source, r#"{"null_if": ["NULL"]}"#).unwrap();
     let (code, _, err) = own(&[]);
     assert_eq!(code, Some(0), "{err}");
+    // `partitions`, a stateless transform's rows do not change; with `partition`, it is refused.
+    std::fs::write(&source, r#"{"partitions": 3}"#).unwrap();
+    let (code, _, err) = own(&[]);
+    assert_eq!(code, Some(0), "{err}");
+    std::fs::write(&source, r#"{"partitions": 3, "partition": 1}"#).unwrap();
+    let (code, _, err) = own(&[]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("partition and partitions cannot both be set"),
+        "{err}"
+    );
     std::fs::write(&source, r#"{"key_column": "nope"}"#).unwrap();
     let (code, _, err) = own(&["--input", &semi]);
     assert_eq!(code, Some(2), "{err}");

@@ -759,7 +759,21 @@ fn load_text(
             })
             .cloned()
             .unwrap_or_else(|| crate::transform::cli::TEST_TOPIC.into());
-        sections.insert("kafka".into(), serde_json::json!({ "topic": topic }));
+        // The two properties that decide what a record is: the largest message (a larger row is
+        // a bad one) and the partition its key sends it to (`transform test --partitions`).
+        let kept: serde_json::Map<_, _> = (sections.get("kafka"))
+            .and_then(|k| k.get("properties")?.as_object())
+            .into_iter()
+            .flatten()
+            .filter(|(k, v)| {
+                ["message.max.bytes", "partitioner"].contains(&k.as_str()) && v.is_string()
+            })
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        sections.insert(
+            "kafka".into(),
+            serde_json::json!({ "topic": topic, "properties": kept }),
+        );
         sections.insert("sink".into(), unused_sink());
         sections.remove("dead_letter");
     }
@@ -1895,6 +1909,31 @@ mod tests {
             issue.message,
             "invalid type: string \"x${API_TOKEN}\", expected a whole number, 0 or more"
         );
+    }
+
+    /// Read for `transform test`, the kafka section keeps its topic, its largest message and its
+    /// partitioner, and nothing whose variables need be set (the brokers, a password).
+    #[test]
+    fn transform_scope_keeps_what_decides_a_record() {
+        let text = pipeline(
+            "",
+            ",\n    \"brokers\": \"${BROKERS}\",\n    \"properties\": { \"partitioner\": \"murmur2_random\", \"message.max.bytes\": \"100000\", \"sasl.password\": \"${KAFKA_PASSWORD}\" }",
+            "",
+        );
+        let loaded = load_text(&text, Path::new("p.json"), &|_| None, Scope::Transforms).unwrap();
+        let kafka = &loaded.config.kafka;
+        assert_eq!((kafka.topic.as_str(), kafka.brokers.as_str()), ("t", ""));
+        let props: Vec<(&str, &str)> = (kafka.properties.iter())
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            props,
+            [
+                ("message.max.bytes", "100000"),
+                ("partitioner", "murmur2_random")
+            ]
+        );
+        assert!(load_str(&text, Path::new("p.json"), &|_| None).is_err());
     }
 
     /// A `${VAR}` alone where a number or a flag goes is read as one; anything else in its

@@ -255,9 +255,200 @@ async fn topic_metadata(
         .map(|t| (t.error(), t.partitions().len())))
 }
 
+/// Which partition the producer sends a message to, as librdkafka's `partitioner` setting
+/// (`kafka.properties`) chooses it, so that `transform test` can give its records the partitions
+/// a run's would have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Partitioner {
+    /// `consistent_random`, librdkafka's default: CRC-32 of the key; no key, or an empty one, at
+    /// random.
+    #[default]
+    ConsistentRandom,
+    /// `consistent`: CRC-32 of the key, an empty one included; no key at random.
+    Consistent,
+    /// `murmur2_random`, the Java client's choice: murmur2 of the key; no key at random.
+    Murmur2Random,
+    /// `murmur2`: the same (librdkafka sends a message without a key at random all the same).
+    Murmur2,
+    /// `fnv1a_random`, Sarama's choice: FNV-1a of the key; no key at random.
+    Fnv1aRandom,
+    /// `fnv1a`: the same.
+    Fnv1a,
+    /// `random`: every message at random.
+    Random,
+}
+
+impl Partitioner {
+    /// The partitioner `kafka.properties` sets (`partitioner`), or librdkafka's default.
+    pub fn of(kafka: &KafkaConfig) -> Result<Partitioner, String> {
+        let Some(name) = kafka.properties.get("partitioner") else {
+            return Ok(Partitioner::default());
+        };
+        Ok(match name.as_str() {
+            "consistent_random" => Partitioner::ConsistentRandom,
+            "consistent" => Partitioner::Consistent,
+            "murmur2_random" => Partitioner::Murmur2Random,
+            "murmur2" => Partitioner::Murmur2,
+            "fnv1a_random" => Partitioner::Fnv1aRandom,
+            "fnv1a" => Partitioner::Fnv1a,
+            "random" => Partitioner::Random,
+            other => {
+                return Err(format!(
+                    "{other:?} is not a partitioner librdkafka knows (consistent_random, \
+                     consistent, murmur2_random, murmur2, fnv1a_random, fnv1a, random)"
+                ));
+            }
+        })
+    }
+
+    /// The partition of `partitions` a message with `key` goes to, or `None` where librdkafka
+    /// picks one at random (it keeps to one for a while: `sticky.partitioning.linger.ms`).
+    /// Random where librdkafka's `rd_kafka_msg_partition` is: for a message without a key
+    /// whatever the partitioner, and for an empty key under `consistent_random`.
+    pub fn partition(self, key: Option<&[u8]>, partitions: i32) -> Option<i32> {
+        let key = key?;
+        let n = u32::try_from(partitions).ok().filter(|n| *n > 0)?;
+        let hash = match self {
+            Partitioner::Random => return None,
+            Partitioner::ConsistentRandom if key.is_empty() => return None,
+            Partitioner::ConsistentRandom | Partitioner::Consistent => crc32fast::hash(key),
+            Partitioner::Murmur2Random | Partitioner::Murmur2 => murmur2(key) & 0x7fff_ffff,
+            Partitioner::Fnv1aRandom | Partitioner::Fnv1a => fnv1a(key),
+        };
+        i32::try_from(hash % n).ok()
+    }
+}
+
+/// The Java client's murmur2 (`Utils.murmur2`), as librdkafka's `rd_murmur2`.
+fn murmur2(data: &[u8]) -> u32 {
+    const SEED: u32 = 0x9747_b28c;
+    const M: u32 = 0x5bd1_e995;
+    let mut h = SEED ^ data.len() as u32;
+    let mut chunks = data.chunks_exact(4);
+    for c in &mut chunks {
+        let mut k = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+        k = k.wrapping_mul(M);
+        k ^= k >> 24;
+        k = k.wrapping_mul(M);
+        h = h.wrapping_mul(M) ^ k;
+    }
+    let tail = chunks.remainder();
+    if !tail.is_empty() {
+        for (i, b) in tail.iter().enumerate() {
+            h ^= u32::from(*b) << (8 * i);
+        }
+        h = h.wrapping_mul(M);
+    }
+    h ^= h >> 13;
+    h = h.wrapping_mul(M);
+    h ^ (h >> 15)
+}
+
+/// librdkafka's `rd_fnv1a`: 32-bit FNV-1a, taken as a signed number and made positive (as
+/// Sarama does).
+fn fnv1a(data: &[u8]) -> u32 {
+    let h = data.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    });
+    (h as i32).wrapping_abs() as u32
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The partitions chosen are librdkafka's own, asked of its partitioner functions for keys
+    /// of every length up to 40 bytes (every tail of murmur2's 4-byte blocks) and several
+    /// partition counts.
+    #[test]
+    fn partitions_are_librdkafkas() {
+        use rdkafka::bindings as rd;
+        type Native = unsafe extern "C" fn(
+            *const rd::rd_kafka_topic_t,
+            *const std::ffi::c_void,
+            usize,
+            i32,
+            *mut std::ffi::c_void,
+            *mut std::ffi::c_void,
+        ) -> i32;
+        // These three never touch the topic or the opaques.
+        let natives: [(Partitioner, Native); 3] = [
+            (
+                Partitioner::Consistent,
+                rd::rd_kafka_msg_partitioner_consistent,
+            ),
+            (Partitioner::Murmur2, rd::rd_kafka_msg_partitioner_murmur2),
+            (Partitioner::Fnv1a, rd::rd_kafka_msg_partitioner_fnv1a),
+        ];
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut checked = 0;
+        for len in 0..=40 {
+            for _ in 0..50 {
+                let key: Vec<u8> = (0..len)
+                    .map(|_| {
+                        seed ^= seed << 13;
+                        seed ^= seed >> 7;
+                        seed ^= seed << 17;
+                        seed as u8
+                    })
+                    .collect();
+                for n in [1, 2, 3, 7, 12, 100] {
+                    for (ours, native) in natives {
+                        #[allow(unsafe_code)]
+                        // SAFETY: the key is a live buffer of `len` bytes; the topic and opaques
+                        // are unused by these partitioners.
+                        let theirs = unsafe {
+                            native(
+                                std::ptr::null(),
+                                key.as_ptr().cast(),
+                                key.len(),
+                                n,
+                                std::ptr::null_mut(),
+                                std::ptr::null_mut(),
+                            )
+                        };
+                        assert_eq!(
+                            ours.partition(Some(&key), n),
+                            Some(theirs),
+                            "{ours:?} {key:?} {n}"
+                        );
+                        checked += 1;
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, 41 * 50 * 6 * 3);
+        // The random ones hash the same keys, and leave the rest to chance.
+        let key = &b"user-42"[..];
+        assert_eq!(
+            Partitioner::ConsistentRandom.partition(Some(key), 7),
+            Partitioner::Consistent.partition(Some(key), 7)
+        );
+        assert_eq!(Partitioner::ConsistentRandom.partition(Some(b""), 7), None);
+        assert_eq!(Partitioner::Consistent.partition(Some(b""), 7), Some(0));
+        for p in [
+            Partitioner::Consistent,
+            Partitioner::Murmur2,
+            Partitioner::Random,
+        ] {
+            assert_eq!(p.partition(None, 7), None);
+        }
+        assert_eq!(Partitioner::Random.partition(Some(key), 7), None);
+    }
+
+    #[test]
+    fn the_partitioner_is_read_from_the_properties() {
+        let kafka = |props: serde_json::Value| -> KafkaConfig {
+            serde_json::from_value(serde_json::json!({ "topic": "t", "properties": props }))
+                .unwrap()
+        };
+        let of = |props| Partitioner::of(&kafka(props));
+        assert_eq!(of(serde_json::json!({})), Ok(Partitioner::ConsistentRandom));
+        let murmur = serde_json::json!({ "partitioner": "murmur2_random" });
+        assert_eq!(of(murmur), Ok(Partitioner::Murmur2Random));
+        let err = of(serde_json::json!({ "partitioner": "murmur3" })).unwrap_err();
+        assert!(err.contains("\"murmur3\" is not a partitioner"), "{err}");
+    }
 
     #[test]
     fn a_rejected_setting_does_not_show_its_value() {

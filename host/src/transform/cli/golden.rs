@@ -60,6 +60,8 @@ pub(super) struct OwnSource {
     pub(super) topic: Option<String>,
     /// `--partition`.
     pub(super) partition: Option<i32>,
+    /// `--partitions`.
+    pub(super) partitions: Option<i32>,
     /// `--timestamp-ms`.
     pub(super) timestamp_ms: Option<i64>,
 }
@@ -79,7 +81,7 @@ impl OwnSource {
             };
             anyhow::anyhow!(
                 "{}{at}: {} (it holds what --delimiter, --schema, --infer-rows, --null-if, \
-                 --key-column, --topic, --partition and --timestamp-ms would say: {{\"key_column\": \"id\", \
+                 --key-column, --topic, --partition, --partitions and --timestamp-ms would say: {{\"key_column\": \"id\", \
                  \"timestamp_ms\": 0}})",
                 path.display(),
                 e.inner()
@@ -96,6 +98,17 @@ impl OwnSource {
             OwnSource {
                 partition: Some(p), ..
             } if *p < 0 => Some("partition: must be 0 or more"),
+            OwnSource {
+                partitions: Some(n),
+                ..
+            } if !(1..=super::MAX_TEST_PARTITIONS).contains(&i64::from(*n)) => {
+                Some("partitions: must be 1 to 256")
+            }
+            OwnSource {
+                partition: Some(_),
+                partitions: Some(_),
+                ..
+            } => Some("partition and partitions cannot both be set: one partition, or several"),
             OwnSource {
                 timestamp_ms: Some(t),
                 ..

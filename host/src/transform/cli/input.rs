@@ -17,7 +17,7 @@ use crate::source::csv::{BadRow, BadRowKind, CsvItem, CsvOptions, CsvReader};
 /// The latest `--timestamp-ms`: 9999-12-31T23:59:59.999Z, the last time a Snowflake timestamp
 /// holds (a transform stamping rows with a later one would have them set aside).
 pub const MAX_TIMESTAMP_MS: i64 = 253_402_300_799_999;
-use crate::source::producer::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::source::producer::{DEFAULT_MAX_MESSAGE_BYTES, Partitioner};
 use crate::source::wire;
 
 /// How long a batch of a piped input waits for more rows once it has one: short enough to go
@@ -43,8 +43,14 @@ pub struct InputOptions {
     pub key_column: Option<String>,
     /// The topic every record reports.
     pub topic: String,
-    /// The partition every record reports.
+    /// The partition every record reports, unless `partitions` is set.
     pub partition: i32,
+    /// Spread the records over this many partitions, each record to the one the producer
+    /// would send its message to (by its key, under `partitioner`), offsets counted in each;
+    /// those without a key (or the partitioner's random choice) in turn.
+    pub partitions: Option<i32>,
+    /// How the producer picks a partition for a key.
+    pub partitioner: Partitioner,
     /// The timestamp every record reports, in milliseconds since the epoch.
     pub timestamp_ms: Option<i64>,
     /// How to read the input; `None`: by its extension (`.jsonl`, `.ndjson`, `.json`: JSON Lines,
@@ -65,6 +71,8 @@ impl Default for InputOptions {
             key_column: None,
             topic: TEST_TOPIC.to_owned(),
             partition: 0,
+            partitions: None,
+            partitioner: Partitioner::default(),
             timestamp_ms: None,
             format: None,
             max_record_bytes: DEFAULT_MAX_MESSAGE_BYTES,
@@ -103,7 +111,8 @@ pub enum InputRecord {
     Row {
         /// The 1-based line the record starts on.
         line: u64,
-        /// The topic, partition and timestamp of [`InputOptions`], offsets from 0 in row order,
+        /// The topic, partition and timestamp of [`InputOptions`], offsets from 0 in row order
+        /// (in each partition, with [`InputOptions::partitions`]),
         /// the key from [`InputOptions::key_column`], and the source's headers (`sluice.types`,
         /// `sluice.file`, `sluice.line`); for a dead letter, its origin's.
         meta: RecordMeta,
@@ -494,11 +503,16 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         ),
-        offset: 0,
+        offsets: Vec::new(),
         key_column: opts.key_column.clone(),
         topic: opts.topic.clone(),
         partition: opts.partition,
         timestamp_ms: opts.timestamp_ms,
+        spread: opts
+            .partitions
+            .filter(|n| *n > 0)
+            .map(|n| (n, opts.partitioner)),
+        turn: 0,
         max_record_bytes: opts.max_record_bytes,
     };
     let format = format_of(path, opts.format);
@@ -608,14 +622,18 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
 struct Framer {
     /// The input's file name, for the `sluice.file` header.
     file: String,
-    /// The next row's offset.
-    offset: i64,
+    /// The next row's offset in each partition.
+    offsets: Vec<i64>,
     /// The field whose value becomes the message key.
     key_column: Option<String>,
     /// The topic, partition and timestamp every record reports.
     topic: String,
     partition: i32,
     timestamp_ms: Option<i64>,
+    /// With `--partitions`: how many, and how a key picks one.
+    spread: Option<(i32, Partitioner)>,
+    /// The partition the next record the partitioner leaves to chance goes to.
+    turn: i32,
     /// The largest message the source would produce.
     max_record_bytes: usize,
 }
@@ -643,10 +661,26 @@ impl Framer {
                 });
             }
         };
+        let partition = match self.spread {
+            None => self.partition,
+            Some((n, partitioner)) => {
+                let chosen = partitioner.partition(key.as_deref().map(str::as_bytes), n);
+                chosen.unwrap_or_else(|| {
+                    // A run's producer picks one at random; here each gets the next in turn.
+                    let p = self.turn;
+                    self.turn = (self.turn + 1) % n;
+                    p
+                })
+            }
+        };
+        let slot = usize::try_from(partition).unwrap_or_default();
+        if self.offsets.len() <= slot {
+            self.offsets.resize(slot + 1, 0);
+        }
         let meta = RecordMeta {
             topic: self.topic.clone(),
-            partition: self.partition,
-            offset: self.offset,
+            partition,
+            offset: self.offsets[slot],
             key: key.map(String::into_bytes),
             timestamp_ms: self.timestamp_ms,
             headers: vec![
@@ -655,7 +689,7 @@ impl Framer {
                 (wire::HEADER_LINE.to_owned(), line.to_string().into_bytes()),
             ],
         };
-        self.offset += 1;
+        self.offsets[slot] += 1;
         InputRecord::Row { line, meta, row }
     }
 }

@@ -50,6 +50,7 @@ use super::config::TransformConfig;
 use crate::config::OnError;
 use crate::counted;
 use crate::dead_letter;
+use crate::source::producer::Partitioner;
 use golden::{OwnTest, print_verdict};
 use input::{format_of, input_options};
 use params::{PipelineChain, name_apart, override_params};
@@ -64,6 +65,10 @@ pub struct UsageError(pub anyhow::Error);
 fn usage(e: anyhow::Error) -> anyhow::Error {
     UsageError(e).into()
 }
+
+/// The most partitions `transform test --partitions` spreads records over: each is a worker
+/// thread with instances of its own.
+const MAX_TEST_PARTITIONS: i64 = 256;
 
 /// `sluice transform ...`: write, build and test transforms.
 // One value per process, parsed from the command line: boxing `Test` would save nothing.
@@ -112,8 +117,8 @@ pub enum TransformCommand {
         /// `testdata/expected-failures.jsonl` where they exist, with the params in
         /// `testdata/params.json` (a JSON object, as the transform's `with` in pipeline.json) and
         /// the input settings in `testdata/source.json` (`{"key_column": "id"}`: `delimiter`,
-        /// `schema`, `infer_rows`, `null_if`, `key_column`, `topic`, `partition`, `timestamp_ms`,
-        /// as the flags). Flags given as well override these.
+        /// `schema`, `infer_rows`, `null_if`, `key_column`, `topic`, `partition`, `partitions`,
+        /// `timestamp_ms`, as the flags). Flags given as well override these.
         #[arg(conflicts_with_all = ["components", "pipeline"])]
         name: Option<String>,
         /// The transforms workspace `NAME` is in (default `transforms`).
@@ -165,6 +170,22 @@ pub enum TransformCommand {
         /// The partition every record reports (default 0); offsets still count from 0.
         #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(i32).range(0..))]
         partition: Option<i32>,
+        /// Spread the records over N partitions (up to 256), each to the partition `sluice run`'s
+        /// producer sends its message to: by its key (`--key-column`), hashed as librdkafka's
+        /// `partitioner` does (with `--pipeline`, its `kafka.properties.partitioner`; else the
+        /// default, CRC-32 of the key). Records the producer sends to a random partition (no
+        /// key, or an empty one under the default) go to each in turn. Offsets count from 0 in
+        /// each partition, and each partition runs on instances of its own, so a transform that
+        /// keeps state across partitions (a running total, the last N rows) gives output that
+        /// differs from a one-partition test, as its instances in a run would (a run's workers,
+        /// one per core, each take a share of the partitions).
+        #[arg(
+            long,
+            value_name = "N",
+            conflicts_with = "partition",
+            value_parser = clap::value_parser!(i32).range(1..=MAX_TEST_PARTITIONS)
+        )]
+        partitions: Option<i32>,
         /// The timestamp every record reports, in milliseconds since the Unix epoch (default
         /// none; `sluice run` stamps each message with the time it was sent). At most the end of
         /// year 9999 (253402300799999), the last time a Snowflake timestamp holds.
@@ -293,6 +314,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             key_column,
             topic,
             partition,
+            partitions,
             timestamp_ms,
             with,
             expect,
@@ -315,6 +337,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                     ("--key-column", key_column.is_some()),
                     ("--topic", topic.is_some()),
                     ("--partition", partition.is_some()),
+                    ("--partitions", partitions.is_some()),
                     ("--timestamp-ms", timestamp_ms.is_some()),
                 ];
                 if let Some((flag, _)) = given.iter().find(|f| f.1) {
@@ -346,14 +369,16 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
             let own_schema = own_source.as_ref().map(|s| s.schema.clone());
             let null_flag = !null_if.is_empty();
             let own_null_if = own_source.as_ref().and_then(|s| s.null_if.clone());
-            let (delimiter, infer_rows, key_column, topic, partition, timestamp_ms) =
+            let (delimiter, infer_rows, key_column, topic, partition, partitions, timestamp_ms) =
                 match own_source {
+                    // A flag of either kind overrides the file's partition and partitions.
                     Some(s) => (
                         delimiter.or(s.delimiter),
                         infer_rows.or(s.infer_rows),
                         key_column.or(s.key_column),
                         topic.or(s.topic),
-                        partition.or(s.partition),
+                        partition.or(s.partition.filter(|_| partitions.is_none())),
+                        partitions.or(s.partitions.filter(|_| partition.is_none())),
                         timestamp_ms.or(s.timestamp_ms),
                     ),
                     None => (
@@ -362,6 +387,7 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                         key_column,
                         topic,
                         partition,
+                        partitions,
                         timestamp_ms,
                     ),
                 };
@@ -481,6 +507,17 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                 opts.topic = topic;
             }
             opts.partition = partition.unwrap_or(opts.partition);
+            opts.partitions = partitions;
+            if let (Some(file), Some(path), Some(_)) = (&file, &pipeline, partitions) {
+                opts.partitioner = Partitioner::of(&file.loaded.config.kafka).map_err(|e| {
+                    usage(anyhow::anyhow!(
+                        "{}: kafka.properties.partitioner: {e}",
+                        path.display()
+                    ))
+                })?;
+            }
+            // A worker per partition: each partition meets instances of its own.
+            let workers = usize::try_from(partitions.unwrap_or(1)).unwrap_or(1);
             opts.timestamp_ms = timestamp_ms;
             let records = read_input(&input, &opts)
                 .map_err(|e| match (&pipeline, key_flag, &opts.key_column) {
@@ -534,13 +571,13 @@ pub fn run_command(cmd: TransformCommand) -> anyhow::Result<ExitCode> {
                         ("fuel", fuel.is_some()),
                     ];
                     let flagged: Vec<&str> = flagged.iter().filter(|f| f.1).map(|f| f.0).collect();
-                    file.load_chain(&configs, &flagged)?
+                    file.load_chain(&configs, &flagged, workers)?
                 }
                 None => {
                     if let Some(own) = &own {
                         own.build()?;
                     }
-                    let loaded = load(&configs);
+                    let loaded = load(&configs, workers);
                     match own
                         .as_ref()
                         .and_then(|o| Some((o, o.params_file.as_ref()?)))

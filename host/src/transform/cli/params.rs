@@ -75,8 +75,9 @@ impl PipelineChain {
         &self,
         configs: &[TransformConfig],
         flagged: &[&str],
+        workers: usize,
     ) -> anyhow::Result<TransformChain> {
-        let errors = match TransformChain::load_each(configs, &test_options()) {
+        let errors = match TransformChain::load_each(configs, &test_options(workers)) {
             Ok(chain) => return Ok(chain),
             Err(errors) => errors,
         };

@@ -41,21 +41,22 @@ pub struct TestReport {
     pub set_aside: u64,
 }
 
-/// How `transform test` loads its chain: one worker (its batches run on the calling thread
-/// anyway), and the compile cache.
-pub(super) fn test_options() -> RuntimeOptions {
+/// How `transform test` loads its chain: `workers` workers (one per partition of
+/// `--partitions`; with one, its batches run on the calling thread), and the compile cache.
+pub(super) fn test_options(workers: usize) -> RuntimeOptions {
     RuntimeOptions {
-        workers: 1,
+        workers,
         cache_dir: default_cache_dir(),
     }
 }
 
-/// Loads `configs` for [`test()`]. A component that cannot be loaded, or whose `init` fails
+/// Loads `configs` for [`test()`], with `workers` workers, each with its own instances. A
+/// component that cannot be loaded, or whose `init` fails
 /// (usually: rejects its params), is a [`UsageError`].
 ///
 /// [`UsageError`]: super::UsageError
-pub fn load(configs: &[TransformConfig]) -> anyhow::Result<TransformChain> {
-    TransformChain::load(configs, &test_options()).map_err(|e| {
+pub fn load(configs: &[TransformConfig], workers: usize) -> anyhow::Result<TransformChain> {
+    TransformChain::load(configs, &test_options(workers)).map_err(|e| {
         // Only an engine set-up failure is the machine's fault; the rest is the command's.
         let engine = matches!(e, LoadError::Engine(_));
         let e = anyhow::Error::new(e).context("loading the transforms");
