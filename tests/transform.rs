@@ -3023,6 +3023,23 @@ fn cli_test_null_if_and_quoted_empty_strings() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), sql_nulls);
+    // And its largest message: a record past it is a bad one, as the source makes it.
+    let mut small = pipeline.clone();
+    small["kafka"]["properties"] = serde_json::json!({ "message.max.bytes": "1000" });
+    std::fs::write(dir.path().join("p.json"), small.to_string()).unwrap();
+    let long = format!("id,amount,note\n1,5,a\n2,6,{}\n", "x".repeat(2000));
+    std::fs::write(dir.path().join("in.csv"), long).unwrap();
+    let out = sluice_tests::cli::sluice(dir.path(), &["transform", "test", "--pipeline", "p.json"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "{\"id\":1,\"amount\":5,\"note\":\"a\"}\n"
+    );
+    assert!(
+        stderr.contains("record 2 (line 3): bad row (too_large)"),
+        "{stderr}"
+    );
     // Not for JSON Lines, which has its own null.
     std::fs::write(dir.path().join("in.jsonl"), "{\"id\":1}\n").unwrap();
     let args = ["transform", "test", "--component", guests::PASSTHROUGH];
