@@ -3105,7 +3105,7 @@ fn cli_test_says_when_an_instance_is_rebuilt_at_its_memory_limit() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 20);
     assert_eq!(
         stderr
-            .matches("transform probe's instance reached its memory limit (8 MiB) after ")
+            .matches("WARN sluice::transform::runtime: transform probe's instance reached its memory limit (8 MiB) after ")
             .count(),
         1,
         "{stderr}"

@@ -2612,8 +2612,10 @@ fn call(
             if !fresh && stale {
                 // The one way an instance that did nothing wrong is lost mid-run: say so once, as
                 // what it kept between batches goes with it.
+                // A warning: a transform keeping state (a dedupe window) has just lost it, and
+                // will again each time the new instance reaches the limit.
                 if failure.0 == FailureKind::Memory && !t.memory_rebuild_noted.swap(true, Relaxed) {
-                    tracing::info!(
+                    tracing::warn!(
                         transform = %t.name,
                         "transform {}'s instance reached its memory limit ({} MiB) after {} rows \
                          and was rebuilt, and the call run again on the new one; what the old \
