@@ -3058,6 +3058,103 @@ fn metrics_answer_during_a_run() {
     }
 }
 
+/// A `--until-end` run commits each load of a backlog to the consumer group as it is made, not
+/// all of them at the end: once every record is read, the rest of the run waits on the sink,
+/// and scraped then the group has commits while the table still lacks rows. A stop (SIGINT) in
+/// that phase, after which the sink loads everything it held as it closes, is a finished run
+/// (exit 0, `ok`), not one "stopped before it loaded up to the end offsets".
+#[test]
+fn a_backlog_is_committed_as_it_loads_and_a_stop_then_still_finishes() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 3000);
+    let topic = sluice_tests::broker::unique("backlog");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "backlog",
+        "source": { "type": "csv", "path": csv, "pacing": { "mode": "none" } },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 1 },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS",
+                  "batch": { "max_rows": 20, "max_latency_ms": 200 } }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let state = dir.path().join("state");
+    let run = |how: &[&str]| {
+        let mut cmd = std::process::Command::new(sluice_tests::cli::sluice_bin());
+        cmd.args(["run", &path.to_string_lossy(), "--no-progress"])
+            .args(how)
+            .arg("--state-dir")
+            .arg(&state)
+            .current_dir(dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let out = run(&["--replay-only"]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let addr = free_addr();
+    let summary_file = dir.path().join("summary.json");
+    let summary_arg = summary_file.to_string_lossy().into_owned();
+    let child = run(&[
+        "--consume-only",
+        "--until-end",
+        "--metrics-addr",
+        &addr,
+        "--summary",
+        &summary_arg,
+    ])
+    .spawn()
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut caught = None;
+    while caught.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no scrape caught the group committing while rows were still loading"
+        );
+        if let Some(text) = scrape(&addr) {
+            let commits = sample(&text, "sluice_consumer_commits_total");
+            let loaded = sample(&text, "sluice_sink_rows_loaded_total");
+            // Every record is read within the first loads (a second or so); 20 loads later, a
+            // run that commits only at the end would have none.
+            if commits >= 20.0 && loaded < 3000.0 {
+                caught = Some((commits, loaded));
+            }
+            assert!(
+                loaded < 3000.0 || caught.is_some(),
+                "loaded all before any commit: {text}"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let stopped = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let (code, stderr) = finish_within(child, 90);
+    assert_eq!(code, Some(0), "caught at {caught:?}: {stderr}");
+    assert!(
+        stderr.contains("the sink loaded them all before it closed"),
+        "{stderr}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
+    assert_eq!(summary["ok"], true, "{summary:#}");
+    let db = state.join("snowflake").to_string_lossy().into_owned();
+    let rows = python_query(&db, "SELECT COUNT(*), COUNT(DISTINCT ID) FROM E2E.RAW.ROWS");
+    assert_eq!(
+        rows,
+        vec![vec![serde_json::json!(3000), serde_json::json!(3000)]]
+    );
+}
+
 /// Partitions revoked mid-run (a second member joins the group, then leaves) drop the transforms'
 /// state: their records past the warehouse's offsets come again, and must not meet an instance
 /// that saw them. The `probe` guest numbers the rows its instance has seen (`seen`) and `meta`

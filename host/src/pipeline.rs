@@ -1113,6 +1113,21 @@ struct ConsumeCtx {
     interrupted: Arc<std::sync::atomic::AtomicBool>,
 }
 
+/// Why a bounded run (`--until-end`) ended before it loaded up to the end offsets.
+#[derive(Debug, thiserror::Error)]
+enum StoppedEarly {
+    /// Ctrl-C (or a signal).
+    #[error(
+        "the run was stopped before it loaded up to the end offsets; `sluice run --consume-only \
+         --until-end` resumes from what the warehouse holds"
+    )]
+    Interrupted,
+    /// The replay failed (its own problem line says why): what it produced is loaded by the
+    /// next run, but the rest of the file is not in the topic to resume from.
+    #[error("consuming stopped before it loaded up to the end offsets, because the replay failed")]
+    ReplayFailed,
+}
+
 impl ConsumeCtx {
     /// The consume half was stopped (Ctrl-C, or the other half failing) before it finished: a
     /// bounded run (`--until-end`) that ends here did not load everything it set out to, which
@@ -1120,16 +1135,8 @@ impl ConsumeCtx {
     fn stopped_early(&self) -> anyhow::Result<()> {
         match (self.until_end, self.interrupted.load(Ordering::Relaxed)) {
             (false, _) => Ok(()),
-            (true, true) => Err(anyhow::anyhow!(
-                "the run was stopped before it loaded up to the end offsets; `sluice run \
-                 --consume-only --until-end` resumes from what the warehouse holds"
-            )),
-            // The replay failed (its own problem line says why): what it produced is loaded by
-            // the next run, but the rest of the file is not in the topic to resume from.
-            (true, false) => Err(anyhow::anyhow!(
-                "consuming stopped before it loaded up to the end offsets, because the replay \
-                 failed"
-            )),
+            (true, true) => Err(StoppedEarly::Interrupted.into()),
+            (true, false) => Err(StoppedEarly::ReplayFailed.into()),
         }
     }
 
@@ -1228,6 +1235,12 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
     let mut target: Option<BTreeMap<i32, i64>> = None;
     let mut seen: BTreeMap<i32, i64> = BTreeMap::new();
     let mut flushed_for_target = false;
+    // The flush asked for once every record up to the end offsets is in the sink: awaited in the
+    // loop below, not on the spot, so that the loads it waits for are committed to Kafka (and
+    // counted in the gauges) as each is made, and a Ctrl-C is seen, while a backlog loads.
+    let mut flushing: Option<
+        futures::future::BoxFuture<'static, Result<(), crate::sink::snowflake::SinkError>>,
+    > = None;
     let mut batch: Vec<consume::Record> = Vec::with_capacity(TRANSFORM_BATCH);
     let mut linger = tokio::time::interval(TRANSFORM_LINGER);
     linger.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -1271,6 +1284,10 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                         }
                     }
                 }
+                flushed = async { flushing.as_mut().expect("guarded").await }, if flushing.is_some() => {
+                    flushing = None;
+                    flushed?;
+                }
                 // Before the records: under a steady flow `recv` is always ready, and a biased
                 // select would not see the replay end until the flow paused.
                 _ = poll_end.tick(), if ctx.until_end => {
@@ -1303,7 +1320,7 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                             || from_group.get(p).is_some_and(|g| g == e);
                         let sent_all = end.iter().all(|(p, e)| loaded(p, e) || seen.get(p).is_some_and(|s| s + 1 >= *e));
                         if sent_all && batch.is_empty() && !flushed_for_target {
-                            sink_tx.flush().await?;
+                            flushing = Some(Box::pin(sink_tx.start_flush().await?));
                             flushed_for_target = true;
                         }
                         if end.iter().all(|(p, e)| loaded(p, e)) {
@@ -1403,6 +1420,7 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         r => r,
     };
     // Closing the input makes the writer flush what it holds and end.
+    drop(flushing);
     drop(sink_tx);
     // A panic in the sink is reported like its errors, after the durable offsets it left are
     // committed and alongside the chain's own error, which it must not hide.
@@ -1430,6 +1448,28 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         );
     }
     consumer.close().await;
+    // Stopped once every record up to the end offsets was in the sink, which loaded what it
+    // held as it closed: when that reached the end offsets, the run did finish after all.
+    let result = match result {
+        Err(e)
+            if e.is::<StoppedEarly>()
+                && sink_summary.is_ok()
+                && target.as_ref().is_some_and(|end| {
+                    end.iter().all(|(p, e)| {
+                        *e <= 0
+                            || durable.get(p).is_some_and(|d| d >= e)
+                            || warehouse.get(p).is_some_and(|w| w >= e)
+                            || from_group.get(p).is_some_and(|g| g == e)
+                    })
+                }) =>
+        {
+            info!(
+                "Stopped after the last records were read; the sink loaded them all before it closed, so the run finished."
+            );
+            Ok(())
+        }
+        r => r,
+    };
     part.committed_offsets = durable;
     match &sink_summary {
         Ok(s) => {

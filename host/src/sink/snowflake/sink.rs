@@ -305,6 +305,15 @@ pub struct SinkSummary {
     pub rows_redelivered: u64,
 }
 
+/// Why a writer cannot take input: the error it stopped with (`failure`), or
+/// [`SinkError::Closed`] when it ended without one (its task was aborted or panicked).
+fn gone(failure: &OnceLock<String>) -> SinkError {
+    match failure.get() {
+        Some(cause) => SinkError::WriterFailed(cause.clone()),
+        None => SinkError::Closed,
+    }
+}
+
 /// The sending side of a running writer.
 #[derive(Debug, Clone)]
 pub struct SinkHandle {
@@ -318,10 +327,7 @@ impl SinkHandle {
     /// Why the writer cannot take input: the error it stopped with, or [`SinkError::Closed`]
     /// when it ended without one (its task was aborted or panicked).
     fn gone(&self) -> SinkError {
-        match self.failure.get() {
-            Some(cause) => SinkError::WriterFailed(cause.clone()),
-            None => SinkError::Closed,
-        }
+        gone(&self.failure)
     }
 
     /// Sends one record (waits while the writer's queue is full).
@@ -352,14 +358,28 @@ impl SinkHandle {
 
     /// Flushes everything and waits until it is durable (or failed).
     pub async fn flush(&self) -> Result<(), SinkError> {
+        self.start_flush().await?.await
+    }
+
+    /// Asks the writer to flush everything it holds, and returns what waits until that is
+    /// durable (or failed): [`flush`](Self::flush) in two steps, for a caller that has other
+    /// work while the loads run (committing to Kafka what each makes durable, a Ctrl-C).
+    pub async fn start_flush(
+        &self,
+    ) -> Result<impl Future<Output = Result<(), SinkError>> + Send + 'static, SinkError> {
         let (ack, done) = oneshot::channel();
         self.tx
             .send(SinkInput::Flush(ack))
             .await
             .map_err(|_| self.gone())?;
-        done.await
-            .map_err(|_| self.gone())?
-            .map_err(SinkError::WriterFailed)
+        // Not a clone of the handle: a sender kept alive by a wait nobody finishes would keep
+        // the writer from seeing its input close.
+        let failure = self.failure.clone();
+        Ok(async move {
+            done.await
+                .map_err(|_| gone(&failure))?
+                .map_err(SinkError::WriterFailed)
+        })
     }
 
     /// Ends the input; the writer flushes what it holds and its join handle returns the summary.
