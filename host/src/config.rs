@@ -472,12 +472,14 @@ fn written_text(value: &str) -> String {
     let (mut written, mut rest) = (String::new(), value);
     while let Some(start) = rest.find("${") {
         written.push_str(&rest[..start]);
-        let Some(len) = rest[start..].find('}') else {
+        let Some(len) = closing_brace(&rest[start + 2..]) else {
             break;
         };
-        let expr = &rest[start + 2..start + len];
-        written.push_str(expr.split_once(":-").map_or("", |(_, default)| default));
-        rest = &rest[start + len + 1..];
+        let expr = &rest[start + 2..start + 2 + len];
+        // A default's own variables are not written in the file either.
+        let default = expr.split_once(":-").map_or("", |(_, default)| default);
+        written.push_str(&written_text(default));
+        rest = &rest[start + 2 + len + 1..];
     }
     written.push_str(rest);
     written
@@ -1000,8 +1002,7 @@ fn value_at_mut<'a>(
 fn is_lone_variable(written: &str) -> bool {
     written
         .strip_prefix("${")
-        .and_then(|rest| rest.strip_suffix('}'))
-        .is_some_and(|expr| !expr.contains('}'))
+        .is_some_and(|rest| closing_brace(rest).is_some_and(|i| i + 1 == rest.len()))
 }
 
 /// `text` as a JSON number or flag, read the way a person writes one: `03` is 3, `1e2` is 100
@@ -1250,9 +1251,7 @@ fn interpolate_noting(
             out.push_str("${");
             rest = after;
         } else if let Some(after) = rest.strip_prefix("${") {
-            let end = after
-                .find('}')
-                .ok_or_else(|| format!("unterminated `${{` in {s:?}"))?;
+            let end = closing_brace(after).ok_or_else(|| format!("unterminated `${{` in {s:?}"))?;
             let expr = &after[..end];
             let (name, default) = match expr.find(":-") {
                 Some(j) => (&expr[..j], Some(&expr[j + 2..])),
@@ -1262,12 +1261,15 @@ fn interpolate_noting(
                 return Err(format!("invalid variable name {name:?} in `${{{expr}}}`"));
             }
             match (env(name), default) {
-                (Some(v), Some(d)) if v.is_empty() => out.push_str(d),
+                // A default may hold variables of its own (`${A:-${B:-b}}`).
+                (Some(v), Some(d)) if v.is_empty() => {
+                    out.push_str(&interpolate_noting(d, env, noted)?);
+                }
                 (Some(v), _) => {
                     noted(name, &v);
                     out.push_str(&v);
                 }
-                (None, Some(d)) => out.push_str(d),
+                (None, Some(d)) => out.push_str(&interpolate_noting(d, env, noted)?),
                 (None, None) => {
                     return Err(format!(
                         "environment variable {name} is not set (use ${{{name}:-default}} for a default)"
@@ -1282,6 +1284,28 @@ fn interpolate_noting(
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// Where the `}` is that closes a `${` whose text (after the `${`) is `after`: past the `${...}`
+/// (or `$${...}`) nested in its default.
+fn closing_brace(after: &str) -> Option<usize> {
+    let b = after.as_bytes();
+    let (mut depth, mut i) = (0usize, 0);
+    while i < b.len() {
+        if b[i..].starts_with(b"${") {
+            depth += 1;
+            i += 2;
+            continue;
+        }
+        if b[i] == b'}' {
+            if depth == 0 {
+                return Some(i);
+            }
+            depth -= 1;
+        }
+        i += 1;
+    }
+    None
 }
 
 /// Finds the 1-based line and column of the value at a JSON `path` (`a.b[2].c`) in `text`, or of
@@ -1588,6 +1612,23 @@ mod tests {
         assert_eq!(interpolate("${EMPTY}", &env).unwrap(), "");
         assert_eq!(interpolate("$${A} $5", &env).unwrap(), "${A} $5");
         assert!(interpolate("${NOPE}", &env).unwrap_err().contains("NOPE"));
+        // Nested defaults: taken only when needed, and an unset variable without one is an error.
+        assert_eq!(
+            interpolate("${NOPE:-${A}}-${A:-${NOPE}}", &env).unwrap(),
+            "x-x"
+        );
+        assert_eq!(
+            interpolate("${NOPE:-${EMPTY:-${NOPE2:-d}}}!", &env).unwrap(),
+            "d!"
+        );
+        assert_eq!(interpolate("${NOPE:-$${A}}", &env).unwrap(), "${A}");
+        let err = interpolate("${NOPE:-${NOPE2}}", &env).unwrap_err();
+        assert!(err.contains("NOPE2 is not set"), "{err}");
+        assert!(
+            interpolate("${NOPE:-${A}", &env)
+                .unwrap_err()
+                .contains("unterminated")
+        );
     }
 
     /// `with` takes a bare number or flag as its JSON text; anything else that is not a string is
@@ -1880,6 +1921,9 @@ mod tests {
             ]
         );
         assert_eq!(written_text("a${X:-b}c${Y}d${Z:-}"), "abcd");
+        assert_eq!(written_text("${X:-${Y}}"), "");
+        assert_eq!(written_text("${X:-a${Y:-b}}c"), "abc");
+        assert!(is_lone_variable("${X:-${Y:-1}}") && !is_lone_variable("${X}${Y}"));
     }
 
     #[test]

@@ -46,7 +46,7 @@ use tokio::sync::mpsc;
 
 use crate::config::KafkaConfig;
 use crate::row::{RecordMeta, Row};
-use crate::source::producer::{client_config, without_config_value};
+use crate::source::producer::{ClientKind, client_config, properties_for, without_config_value};
 use crate::source::wire::{self, DecodeError};
 
 /// How long metadata, offset and commit requests may take.
@@ -546,7 +546,7 @@ impl Consumer {
             offsets: opts.offsets.clone(),
             runtime: tokio::runtime::Handle::current(),
         };
-        let mut cfg = client_config(opts.kafka, opts.bootstrap);
+        let mut cfg = client_config(opts.kafka, opts.bootstrap, ClientKind::Consumer);
         cfg.set("group.id", opts.group_id)
             .set("enable.auto.commit", "false")
             .set("enable.auto.offset.store", "false")
@@ -556,7 +556,7 @@ impl Consumer {
             // session; 10 s (not 45) is how long a restart after a crash (`kill -9`) waits for
             // the dead member's partitions. `kafka.properties` may set it back.
             .set("session.timeout.ms", "10000");
-        for (k, v) in &opts.kafka.properties {
+        for (k, v) in properties_for(opts.kafka, ClientKind::Consumer) {
             cfg.set(k, v);
         }
         let kafka_err = |what: &str| {
@@ -847,7 +847,7 @@ fn reader(
     bootstrap: &str,
     group: Option<&str>,
 ) -> Result<BaseConsumer, ConsumeError> {
-    let mut cfg = client_config(kafka, bootstrap);
+    let mut cfg = client_config(kafka, bootstrap, ClientKind::Consumer);
     if let Some(g) = group {
         cfg.set("group.id", g).set("enable.auto.commit", "false");
     }
@@ -928,7 +928,7 @@ pub fn read_to_end(
     topic: &str,
     mut each: impl FnMut(Option<&[u8]>) -> bool,
 ) -> Result<(), ConsumeError> {
-    let c: BaseConsumer = client_config(kafka, bootstrap)
+    let c: BaseConsumer = client_config(kafka, bootstrap, ClientKind::Consumer)
         // librdkafka wants a group id to fetch at all, though nothing joins it or is committed.
         .set("group.id", "sluice-reader")
         .set("enable.auto.commit", "false")

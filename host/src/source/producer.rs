@@ -44,12 +44,99 @@ pub enum KafkaSetupError {
     },
 }
 
-/// Settings common to every client: bootstrap servers, then the user's `kafka.properties`.
-pub fn client_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
+/// The kind of Kafka client a configuration is for. `kafka.properties` applies to every client,
+/// but each gets only the settings librdkafka takes for its kind: it ignores the others, with a
+/// `CONFWARN` warning from each client on every run (a `session.timeout.ms` on the producers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientKind {
+    /// A producer, or an admin client (which librdkafka makes as one).
+    Producer,
+    /// A consumer.
+    Consumer,
+}
+
+/// The properties librdkafka's CONFIGURATION.md (2.12) marks as for consumers only (`C`).
+const CONSUMER_ONLY: &[&str] = &[
+    "group.id",
+    "group.instance.id",
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+    "group.protocol",
+    "group.remote.assignor",
+    "coordinator.query.interval.ms",
+    "max.poll.interval.ms",
+    "enable.auto.commit",
+    "auto.commit.enable",
+    "auto.commit.interval.ms",
+    "enable.auto.offset.store",
+    "queued.min.messages",
+    "queued.max.messages.kbytes",
+    "fetch.wait.max.ms",
+    "fetch.queue.backoff.ms",
+    "fetch.message.max.bytes",
+    "max.partition.fetch.bytes",
+    "fetch.max.bytes",
+    "fetch.min.bytes",
+    "fetch.error.backoff.ms",
+    "offset.store.method",
+    "offset.store.path",
+    "offset.store.sync.interval.ms",
+    "isolation.level",
+    "enable.partition.eof",
+    "check.crcs",
+    "auto.offset.reset",
+];
+
+/// The properties librdkafka's CONFIGURATION.md (2.12) marks as for producers only (`P`).
+const PRODUCER_ONLY: &[&str] = &[
+    "transactional.id",
+    "transaction.timeout.ms",
+    "enable.idempotence",
+    "enable.gapless.guarantee",
+    "queue.buffering.max.messages",
+    "queue.buffering.max.kbytes",
+    "queue.buffering.max.ms",
+    "linger.ms",
+    "message.send.max.retries",
+    "retries",
+    "queue.buffering.backpressure.threshold",
+    "compression.codec",
+    "compression.type",
+    "compression.level",
+    "batch.num.messages",
+    "batch.size",
+    "delivery.report.only.error",
+    "sticky.partitioning.linger.ms",
+    "request.required.acks",
+    "acks",
+    "request.timeout.ms",
+    "message.timeout.ms",
+    "delivery.timeout.ms",
+    "queuing.strategy",
+    "produce.offset.report",
+    "partitioner",
+];
+
+/// The user's `kafka.properties` that a client of `kind` takes.
+pub fn properties_for(kafka: &KafkaConfig, kind: ClientKind) -> impl Iterator<Item = (&str, &str)> {
+    let other = match kind {
+        ClientKind::Producer => CONSUMER_ONLY,
+        ClientKind::Consumer => PRODUCER_ONLY,
+    };
+    (kafka.properties.iter())
+        .filter(move |(k, _)| !other.contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+}
+
+/// Settings common to every client: bootstrap servers, then the user's `kafka.properties` that a
+/// client of `kind` takes.
+pub fn client_config(kafka: &KafkaConfig, bootstrap: &str, kind: ClientKind) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", bootstrap);
     cfg.set("allow.auto.create.topics", "false");
-    for (k, v) in &kafka.properties {
+    for (k, v) in properties_for(kafka, kind) {
         cfg.set(k, v);
     }
     cfg
@@ -77,7 +164,7 @@ pub fn producer_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
         .set("compression.type", kafka.compression.as_str())
         .set("linger.ms", "5")
         .set("allow.auto.create.topics", "false");
-    for (k, v) in &kafka.properties {
+    for (k, v) in properties_for(kafka, ClientKind::Producer) {
         cfg.set(k, v);
     }
     cfg
@@ -207,13 +294,12 @@ fn admin_client(
     kafka: &KafkaConfig,
     bootstrap: &str,
 ) -> Result<std::sync::Arc<AdminClient<DefaultClientContext>>, KafkaSetupError> {
-    let admin =
-        client_config(kafka, bootstrap)
-            .create()
-            .map_err(|source| KafkaSetupError::Kafka {
-                what: "cannot create Kafka admin client".into(),
-                source: without_config_value(source),
-            })?;
+    let admin = client_config(kafka, bootstrap, ClientKind::Producer)
+        .create()
+        .map_err(|source| KafkaSetupError::Kafka {
+            what: "cannot create Kafka admin client".into(),
+            source: without_config_value(source),
+        })?;
     Ok(std::sync::Arc::new(admin))
 }
 
@@ -434,6 +520,75 @@ mod tests {
             assert_eq!(p.partition(None, 7), None);
         }
         assert_eq!(Partitioner::Random.partition(Some(key), 7), None);
+    }
+
+    /// A consumer setting in `kafka.properties` (`session.timeout.ms`, which the README's
+    /// troubleshooting suggests) reaches the consumers but not the producers, where librdkafka
+    /// warned that it ignores it on every run; and the other way round.
+    #[test]
+    fn each_client_gets_only_the_properties_of_its_kind() {
+        use rdkafka::client::ClientContext;
+        use rdkafka::config::RDKafkaLogLevel;
+        use rdkafka::producer::BaseProducer;
+        use std::sync::{Arc, Mutex};
+        #[derive(Clone, Default)]
+        struct Logs(Arc<Mutex<Vec<String>>>);
+        impl ClientContext for Logs {
+            fn log(&self, _: RDKafkaLogLevel, fac: &str, msg: &str) {
+                self.0.lock().unwrap().push(format!("{fac}: {msg}"));
+            }
+        }
+        impl rdkafka::producer::ProducerContext for Logs {
+            type DeliveryOpaque = ();
+            fn delivery(&self, _: &rdkafka::message::DeliveryResult<'_>, _: ()) {}
+        }
+        let kafka: KafkaConfig = serde_json::from_value(serde_json::json!({
+            "topic": "t",
+            "properties": {
+                "session.timeout.ms": "6000",
+                "linger.ms": "20",
+                "client.id": "both",
+            },
+        }))
+        .unwrap();
+        let warnings = |mut cfg: ClientConfig| {
+            // Tests install no logger, and rdkafka passes that level on to librdkafka.
+            cfg.set_log_level(RDKafkaLogLevel::Warning);
+            let logs = Logs::default();
+            let producer: BaseProducer<Logs> = cfg.create_with_context(logs.clone()).unwrap();
+            // Logs come through the client's main queue, which a poll serves.
+            producer.poll(Duration::from_millis(100));
+            drop(producer);
+            let seen = logs.0.lock().unwrap().clone();
+            seen.into_iter()
+                .filter(|l| l.starts_with("CONFWARN"))
+                .collect::<Vec<_>>()
+        };
+        let mut raw = ClientConfig::new();
+        for (k, v) in &kafka.properties {
+            raw.set(k, v);
+        }
+        let raw = warnings(raw);
+        assert!(
+            raw.iter().any(|w| w.contains("session.timeout.ms")),
+            "{raw:?}"
+        );
+        for cfg in [
+            producer_config(&kafka, "127.0.0.1:9"),
+            client_config(&kafka, "127.0.0.1:9", ClientKind::Producer),
+        ] {
+            assert_eq!(warnings(cfg), Vec::<String>::new());
+        }
+        let props = |kind| {
+            properties_for(&kafka, kind)
+                .map(|(k, _)| k)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(props(ClientKind::Producer), ["client.id", "linger.ms"]);
+        assert_eq!(
+            props(ClientKind::Consumer),
+            ["client.id", "session.timeout.ms"]
+        );
     }
 
     #[test]

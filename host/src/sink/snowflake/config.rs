@@ -108,11 +108,13 @@ pub enum FileFormat {
 #[derive(Debug, Clone, Deserialize, Serialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchConfig {
-    /// Rows per file.
+    /// Rows per file. A record's rows are never split across files, so a file may pass it by
+    /// the rows of its last record (a transform that emits many rows for one record).
     #[serde(default = "default_max_rows")]
     #[schemars(range(min = 1))]
     pub max_rows: usize,
-    /// Uncompressed bytes per file.
+    /// Uncompressed bytes per file; as with `max_rows`, a file may pass it by its last record's
+    /// rows.
     #[serde(default = "default_max_bytes")]
     #[schemars(range(min = 1024))]
     pub max_bytes: usize,

@@ -423,19 +423,21 @@ pub(crate) fn unloadable_names(row: &Row) -> Option<String> {
     None
 }
 
-/// What is wrong with the first timestamp of `row` outside years 1 to 9999, if one is: it prints
-/// as its count of microseconds (no ISO-8601 text has five digits of year), and the sink sets
-/// the row aside.
+/// What is wrong with the first timestamp of `row` outside years 1 to 9999, if one is: the sink
+/// sets the row aside. Its text as printed is given too: ISO-8601 with a year of other than
+/// four digits (`0000-12-31T23:00:00`, `+10000-01-01T00:00:00`), or where even that cannot be,
+/// its count of microseconds.
 pub(crate) fn unloadable_timestamp(row: &Row) -> Option<String> {
     row.fields.iter().find_map(|f| match f.value {
         crate::row::Value::Timestamp(us)
             if !crate::sink::snowflake::encode::loadable_timestamp(us) =>
         {
             Some(format!(
-                "field {:?} is a timestamp outside years 1 to 9999 ({us} µs since the epoch), \
-                 so it prints as that number; a Snowflake TIMESTAMP_NTZ column does not take \
-                 it, and the sink sets the row aside",
-                &*f.name
+                "field {:?} is a timestamp outside years 1 to 9999 ({us} µs since the epoch, \
+                 printed {:?}); a Snowflake TIMESTAMP_NTZ column does not take it, and the sink \
+                 sets the row aside",
+                &*f.name,
+                crate::row::format_timestamp(us)
             ))
         }
         _ => None,
@@ -642,9 +644,12 @@ mod tests {
         assert_eq!(unloadable_timestamp(&row(253_402_300_799_999_999)), None);
         for us in [253_402_300_800_000_000, -62_167_219_200_000_000, i64::MAX] {
             let warning = unloadable_timestamp(&row(us)).unwrap();
+            // As the row prints it.
+            let printed = row(us).to_json()["at"].to_string();
             assert!(
                 warning.starts_with(&format!(
-                    "field \"at\" is a timestamp outside years 1 to 9999 ({us} µs"
+                    "field \"at\" is a timestamp outside years 1 to 9999 ({us} µs since the \
+                     epoch, printed {printed})"
                 )),
                 "{warning}"
             );
