@@ -926,6 +926,67 @@ pub fn read_to_end(
     kafka: &KafkaConfig,
     bootstrap: &str,
     topic: &str,
+    each: impl FnMut(Option<&[u8]>) -> bool,
+) -> Result<(), ConsumeError> {
+    read_since(kafka, bootstrap, topic, None, each)
+}
+
+/// The timestamp (milliseconds) of the message at each `partition => offset` of `at` in
+/// `topic`, where there is one: a partition whose end is at or before its offset has none yet.
+/// Blocking: run it off the async workers.
+pub fn timestamps_at(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+    at: &BTreeMap<i32, i64>,
+) -> Result<BTreeMap<i32, i64>, ConsumeError> {
+    let c = reader(kafka, bootstrap, Some("sluice-reader"))?;
+    let kafka_err = |what: String| move |source| ConsumeError::Kafka { what, source };
+    let mut tpl = TopicPartitionList::new();
+    let mut wanted = BTreeMap::new();
+    for (&p, &offset) in at {
+        let (_, high) = c
+            .fetch_watermarks(topic, p, REQUEST_TIMEOUT)
+            .map_err(kafka_err(format!(
+                "cannot read end offset of {topic} partition {p}"
+            )))?;
+        if offset < high {
+            wanted.insert(p, offset);
+            (tpl.add_partition_offset(topic, p, Offset::Offset(offset.max(0))))
+                .map_err(kafka_err(format!("cannot assign {topic} partition {p}")))?;
+        }
+    }
+    let mut found = BTreeMap::new();
+    if wanted.is_empty() {
+        return Ok(found);
+    }
+    c.assign(&tpl)
+        .map_err(kafka_err(format!("cannot assign {topic}")))?;
+    let deadline = std::time::Instant::now() + REQUEST_TIMEOUT;
+    // The first message at or past each offset: records deleted under it (retention) leave a
+    // later one, which is later still.
+    while found.len() < wanted.len() && std::time::Instant::now() < deadline {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200))
+            && wanted.contains_key(&m.partition())
+        {
+            if let Some(ts) = m.timestamp().to_millis() {
+                found.entry(m.partition()).or_insert(ts);
+            }
+            let mut one = TopicPartitionList::new();
+            one.add_partition(topic, m.partition());
+            let _ = c.pause(&one);
+        }
+    }
+    Ok(found)
+}
+
+/// [`read_to_end`], from the first message of each partition written at or after `since_ms`
+/// (by its timestamp) rather than from the earliest, when that is given.
+pub fn read_since(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    topic: &str,
+    since_ms: Option<i64>,
     mut each: impl FnMut(Option<&[u8]>) -> bool,
 ) -> Result<(), ConsumeError> {
     let c: BaseConsumer = client_config(kafka, bootstrap, ClientKind::Consumer)
@@ -950,12 +1011,36 @@ pub fn read_to_end(
             )))?;
         if high > low {
             ends.insert(p, high);
-            (tpl.add_partition_offset(topic, p, Offset::Beginning))
+            let from = since_ms.map_or(Offset::Beginning, Offset::Offset);
+            (tpl.add_partition_offset(topic, p, from))
                 .map_err(kafka_err(format!("cannot assign {topic} partition {p}")))?;
         }
     }
     if ends.is_empty() {
         return Ok(());
+    }
+    if since_ms.is_some() {
+        // The offsets of those times; a partition with nothing written since has nothing to read.
+        let at = c
+            .offsets_for_times(tpl, REQUEST_TIMEOUT)
+            .map_err(kafka_err(format!(
+                "cannot look up offsets by time in {topic}"
+            )))?;
+        tpl = TopicPartitionList::new();
+        let mut assigned = std::collections::HashSet::new();
+        for e in at.elements_for_topic(topic) {
+            if let Offset::Offset(o) = e.offset()
+                && ends.get(&e.partition()).is_some_and(|end| o < *end)
+            {
+                (tpl.add_partition_offset(topic, e.partition(), Offset::Offset(o)))
+                    .map_err(kafka_err(format!("cannot assign {topic}")))?;
+                assigned.insert(e.partition());
+            }
+        }
+        ends.retain(|p, _| assigned.contains(p));
+        if ends.is_empty() {
+            return Ok(());
+        }
     }
     c.assign(&tpl)
         .map_err(kafka_err(format!("cannot assign {topic}")))?;

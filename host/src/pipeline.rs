@@ -186,6 +186,11 @@ pub struct RunSummary {
     pub consume: Option<ConsumePart>,
     /// Dead letters stored by this run.
     pub dead_letters: u64,
+    /// Dead letters this run did not store again: the same letters of the same records (set
+    /// aside before a restart or a rebalance, and consumed again from the warehouse's offsets)
+    /// were in the topic already, written by this pipeline.
+    #[serde(default)]
+    pub dead_letters_already_stored: u64,
     /// The dead-letter topic.
     pub dead_letter_topic: String,
     /// Whether nothing was lost and nothing failed.
@@ -810,6 +815,10 @@ pub async fn run(
     let (dlq_tx, dlq_task) = source::dlq::spawn(&cfg.kafka, &bootstrap, &dlq_topic, 1024)
         .await
         .with_context(|| format!("cannot set up the dead-letter topic {dlq_topic}"))?;
+    // A hash, not the name: a name may be made from a secret.
+    dlq_task
+        .lettered
+        .stamp(&blake3::hash(cfg.name.as_bytes()).to_hex()[..16]);
     let dlq_start = consume::end_offsets(&cfg.kafka, &bootstrap, &dlq_topic)
         .await
         .unwrap_or_default();
@@ -919,6 +928,8 @@ pub async fn run(
             chain,
             chain_names: stats.transforms.iter().map(|(n, _)| n.clone()).collect(),
             dlq: dlq_tx.clone(),
+            dlq_topic: dlq_topic.clone(),
+            lettered: dlq_task.lettered.clone(),
             until_end: opts.until_end,
             replays,
             replay_done: replay_done.clone(),
@@ -1006,6 +1017,7 @@ pub async fn run(
         None => None,
     };
     drop(dlq_tx);
+    let dlq_task_stats = dlq_task.stats.clone();
     dlq_task.finish().await;
     let dlq_end = consume::end_offsets(&cfg.kafka, &bootstrap, &dlq_topic)
         .await
@@ -1027,6 +1039,9 @@ pub async fn run(
         replay: replay_part,
         consume: consume_part,
         dead_letters: dead_letters.max(0) as u64,
+        dead_letters_already_stored: dlq_task_stats
+            .letters_already_stored
+            .load(Ordering::Relaxed),
         dead_letter_topic: dlq_topic,
         ok: false,
         problems,
@@ -1100,6 +1115,9 @@ struct ConsumeCtx {
     chain: Arc<TransformChain>,
     chain_names: Vec<String>,
     dlq: DeadLetterTx,
+    /// The dead-letter topic, and the letters in it that are not written again.
+    dlq_topic: String,
+    lettered: Arc<source::dlq::Lettered>,
     until_end: bool,
     /// Whether this run replays too (else the end offsets are the topic's as it stands).
     replays: bool,
@@ -1387,10 +1405,17 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
                                 }
                                 from_group.extend(ahead);
                             }
+                            // Where each starts: the warehouse's offset, else the group's, else
+                            // the earliest (a run killed before its first load).
+                            let from: BTreeMap<i32, i64> = partitions.iter()
+                                .map(|p| (p.partition, p.offset.or(p.group_offset).unwrap_or(0)))
+                                .collect();
+                            note_letters_written(&ctx, &topic, from).await;
                         }
                         Some(Ok(consume::ConsumerEvent::Revoked { topic, partitions })) => {
                             info!(%topic, ?partitions, "Partitions revoked; dropping their in-flight records.");
                             from_group.retain(|p, _| !partitions.contains(p));
+                            ctx.lettered.forget(&partitions);
                             batch.retain(|r| !partitions.contains(&r.meta.partition));
                             // Their records past the warehouse's offsets come again.
                             ctx.chain.forget_state();
@@ -1505,6 +1530,58 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
         (Err(chain), Ok(_)) => Err(chain),
         (Ok(()), Err(sink)) => Err(sink.context("the Snowflake sink failed")),
         (Ok(()), Ok(_)) => Ok(()),
+    }
+}
+
+/// Notes the dead letters this pipeline already wrote for records of `topic` at or past `from`'s
+/// offsets (the warehouse's, where the assigned partitions start), so that the records set aside
+/// before a crash or a rebalance are not set aside twice (see [`source::dlq::Lettered`]). Reads
+/// the dead-letter topic from a while before the first of those records was produced, which is
+/// before any letter of them was written. A failure to read it only loses that: logged, and the
+/// run goes on.
+async fn note_letters_written(ctx: &ConsumeCtx, topic: &str, from: BTreeMap<i32, i64>) {
+    /// Letters are stamped by the clock of the run that wrote them, records by the replay's.
+    const CLOCK_SLACK_MS: i64 = 10 * 60 * 1000;
+    if from.is_empty() {
+        return;
+    }
+    let (kafka, bootstrap) = (ctx.kafka.clone(), ctx.bootstrap.clone());
+    let (topic, dlq, lettered) = (
+        topic.to_owned(),
+        ctx.dlq_topic.clone(),
+        ctx.lettered.clone(),
+    );
+    let read = tokio::task::spawn_blocking(move || {
+        let at = consume::timestamps_at(&kafka, &bootstrap, &topic, &from)?;
+        let Some(first) = at.values().min() else {
+            return Ok(0);
+        };
+        let mut noted = 0u64;
+        let since = Some(first.saturating_sub(CLOCK_SLACK_MS));
+        consume::read_since(&kafka, &bootstrap, &dlq, since, |value| {
+            if let Some(v) = value
+                && lettered.note(v, &topic, &from)
+            {
+                noted += 1;
+            }
+            true
+        })
+        .map(|()| noted)
+    })
+    .await;
+    match read {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => info!(
+            dead_letter_topic = %ctx.dlq_topic,
+            "{} of records past the warehouse's offsets (set aside before a restart or a \
+             rebalance) are in the dead-letter topic already: the same letters are not written \
+             again.",
+            counted(n as usize, "dead letter")
+        ),
+        Ok(Err(e)) => {
+            warn!(error = %e, dead_letter_topic = %ctx.dlq_topic, "Cannot read the dead-letter topic for the letters of records past the warehouse's offsets: records set aside before may be set aside, and written, again.")
+        }
+        Err(e) => warn!(error = %e, "Reading the dead-letter topic failed."),
     }
 }
 
@@ -2078,10 +2155,14 @@ fn summary_text(s: &RunSummary) -> String {
         ));
     }
     out.push_str(&format!(
-        "  dead letters: {} from this run in {}{}\n",
+        "  dead letters: {} from this run in {}{}{}\n",
         s.dead_letters,
         s.dead_letter_topic,
-        match s.dead_letters {
+        match s.dead_letters_already_stored {
+            0 => String::new(),
+            n => format!(", and {n} there already from before a restart, not written again"),
+        },
+        match s.dead_letters + s.dead_letters_already_stored {
             0 => "",
             _ => " (`sluice dead-letters` prints every run's)",
         }
@@ -2096,7 +2177,7 @@ fn summary_text(s: &RunSummary) -> String {
     let dropped = s.consume.as_ref().map_or(0, |c| c.records_dropped);
     // A dead letter is not lost, but not loaded either: an "ok" alone would read as every
     // record in the table.
-    let aside = match s.dead_letters {
+    let aside = match s.dead_letters + s.dead_letters_already_stored {
         0 => String::new(),
         n => format!(" ({} set aside)", counted(n, "dead letter")),
     };
@@ -2832,15 +2913,21 @@ pub async fn verify(
         let expected_dl = summary.replay.as_ref().map_or(0, |r| r.rows_dead_lettered)
             + c.undecodable
             + c.sink_dead_lettered;
+        // Letters found in the topic already stand for records this run set aside too.
+        let letters = summary.dead_letters + summary.dead_letters_already_stored;
+        let already = match summary.dead_letters_already_stored {
+            0 => String::new(),
+            n => format!(" (+ {n} there already)"),
+        };
         check(
             format!(
-                "dead letters: {} = {} source + {} undecodable + <= {failed} transform failures + {} sink",
+                "dead letters: {}{already} = {} source + {} undecodable + <= {failed} transform failures + {} sink",
                 summary.dead_letters,
                 summary.replay.as_ref().map_or(0, |r| r.rows_dead_lettered),
                 c.undecodable,
                 c.sink_dead_lettered
             ),
-            summary.dead_letters >= expected_dl && summary.dead_letters <= expected_dl + failed,
+            letters >= expected_dl && letters <= expected_dl + failed,
         );
         if let Some(r) = &summary.replay {
             let leftover = leftover(r, c);

@@ -80,6 +80,115 @@ pub struct DeadLetterStats {
     pub letters_stored: AtomicU64,
     /// Letters the broker did not take (their sender got an error).
     pub letters_failed: AtomicU64,
+    /// Letters not written because the same letter of the same record was in the topic already
+    /// (see [`Lettered`]).
+    pub letters_already_stored: AtomicU64,
+}
+
+/// How many bytes of a payload tell two letters of one record apart: a payload is cut to fit a
+/// letter, but never to less than this at the default limits.
+const LETTER_KEY_HEAD: usize = 1024;
+
+/// The letters a pipeline already wrote for records it is about to consume again.
+///
+/// A consumer resumes each partition from the offset the warehouse holds, after a crash, a stop
+/// that ran out of time, or a rebalance; the records past it that were set aside before would
+/// be set aside again, and their letters written twice. So when partitions are assigned, the
+/// pipeline reads the letters it wrote since the first of those records was produced
+/// ([`Lettered::note`]), and the producer task then takes a letter it finds here (same
+/// pipeline, stage, kind, record and payload) out instead of writing it again. Letters are
+/// stamped with their pipeline (`"pipeline_id"`, a hash of its name), so that another
+/// pipeline's letters in a shared topic never stand in for this one's.
+#[derive(Debug, Default)]
+pub struct Lettered {
+    /// The pipeline this run's letters are stamped with, once set.
+    pipeline: std::sync::OnceLock<String>,
+    /// Letters in the topic, by their record's partition and [`Lettered::key`], and how many
+    /// of each.
+    written: std::sync::Mutex<std::collections::HashMap<(i32, [u8; 32]), u32>>,
+}
+
+impl Lettered {
+    /// Stamps the letters written from now on with `pipeline` (`"pipeline_id"`). Only the first
+    /// call counts.
+    pub fn stamp(&self, pipeline: &str) {
+        let _ = self.pipeline.set(pipeline.to_owned());
+    }
+
+    /// What tells a letter of a record apart: none for a letter of no record (a bad CSV row,
+    /// which a replay makes again as a new row).
+    fn key(letter: &DeadLetter) -> Option<(i32, [u8; 32])> {
+        let o = letter.origin.as_ref()?;
+        let mut h = blake3::Hasher::new();
+        for part in [&letter.stage, &letter.kind, &o.topic] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+        h.update(&o.partition.to_le_bytes());
+        h.update(&o.offset.to_le_bytes());
+        h.update(&letter.payload[..letter.payload.len().min(LETTER_KEY_HEAD)]);
+        Some((o.partition, *h.finalize().as_bytes()))
+    }
+
+    /// Notes `stored`, a letter as read from the topic, if this pipeline wrote it for a record
+    /// of `topic` at or past `from`'s offset of its partition. Returns whether it did.
+    pub fn note(
+        &self,
+        stored: &[u8],
+        topic: &str,
+        from: &std::collections::BTreeMap<i32, i64>,
+    ) -> bool {
+        let Some(pipeline) = self.pipeline.get() else {
+            return false;
+        };
+        #[derive(serde::Deserialize)]
+        struct Stamp {
+            #[serde(default)]
+            pipeline_id: Option<String>,
+        }
+        let ours = serde_json::from_slice::<Stamp>(stored)
+            .is_ok_and(|s| s.pipeline_id.as_deref() == Some(pipeline.as_str()));
+        let Some(read) = ours.then(|| decode(stored).ok()).flatten() else {
+            return false;
+        };
+        let past = (read.letter.origin.as_ref()).is_some_and(|o| {
+            o.topic == topic && from.get(&o.partition).is_some_and(|f| o.offset >= *f)
+        });
+        match Self::key(&read.letter).filter(|_| past) {
+            Some(key) => {
+                *self.lock().entry(key).or_default() += 1;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Whether `letter` is one noted as in the topic already, taking it out if so (a record may
+    /// have two letters alike, and then both are written once).
+    fn take(&self, letter: &DeadLetter) -> bool {
+        let Some(key) = Self::key(letter) else {
+            return false;
+        };
+        let mut written = self.lock();
+        match written.get_mut(&key) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                written.remove(&key);
+            }
+            None => return false,
+        }
+        true
+    }
+
+    /// Forgets the letters noted of records of `partitions`, which were revoked: noted again if
+    /// they come back.
+    pub fn forget(&self, partitions: &[i32]) {
+        self.lock().retain(|(p, _), _| !partitions.contains(p));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<(i32, [u8; 32]), u32>> {
+        self.written.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// A running dead-letter producer.
@@ -88,6 +197,8 @@ pub struct DeadLetterTask {
     handle: JoinHandle<()>,
     /// Its counters.
     pub stats: Arc<DeadLetterStats>,
+    /// The letters it does not write again, and the pipeline it stamps letters with.
+    pub lettered: Arc<Lettered>,
 }
 
 impl DeadLetterTask {
@@ -110,22 +221,44 @@ pub async fn spawn(
     let (tx, rx) = dead_letter::channel(capacity);
     let stats = Arc::new(DeadLetterStats::default());
     let limits = Limits::of(kafka);
-    let handle = tokio::spawn(run(rx, producer, topic.to_owned(), limits, stats.clone()));
-    Ok((tx, DeadLetterTask { handle, stats }))
+    let lettered = Arc::new(Lettered::default());
+    let handle = tokio::spawn(run(
+        rx,
+        producer,
+        topic.to_owned(),
+        limits,
+        stats.clone(),
+        lettered.clone(),
+    ));
+    Ok((
+        tx,
+        DeadLetterTask {
+            handle,
+            stats,
+            lettered,
+        },
+    ))
 }
 
 /// Drains `rx` into `topic` until every sender is gone. Letters are sent concurrently; each is
-/// acknowledged when its delivery is confirmed (or failed).
+/// acknowledged when its delivery is confirmed (or failed), or at once when `lettered` says the
+/// topic holds it already.
 pub async fn run(
     mut rx: DeadLetterRx,
     producer: FutureProducer,
     topic: String,
     limits: Limits,
     stats: Arc<DeadLetterStats>,
+    lettered: Arc<Lettered>,
 ) {
     let mut pending = tokio::task::JoinSet::new();
     while let Some((letter, ack)) = rx.recv().await {
-        let value = encode_within(&letter, limits.letter);
+        if lettered.take(&letter) {
+            stats.letters_already_stored.fetch_add(1, Ordering::Relaxed);
+            ack(Ok(()));
+            continue;
+        }
+        let value = encode_stamped(&letter, limits.letter, lettered.pipeline.get());
         let headers = OwnedHeaders::new()
             .insert(Header {
                 key: "sluice.stage",
@@ -198,10 +331,22 @@ pub fn encode(letter: &DeadLetter) -> Vec<u8> {
 /// [`encode`] in at most `max_bytes` ([`Limits::letter`]), where cutting the payload and the
 /// origin's key and headers can make it so.
 pub fn encode_within(letter: &DeadLetter, max_bytes: usize) -> Vec<u8> {
+    encode_stamped(letter, max_bytes, None)
+}
+
+/// [`encode_within`], with `"pipeline_id"` when given (see [`Lettered`]).
+fn encode_stamped(letter: &DeadLetter, max_bytes: usize, pipeline: Option<&String>) -> Vec<u8> {
     let mut cut = letter.payload.len().min(MAX_PAYLOAD_BYTES);
     let (mut origin_cut, mut reason_cut) = (usize::MAX, MAX_REASON_BYTES);
     loop {
-        let value = encode_cut(letter, cut, origin_cut, reason_cut);
+        let mut value = encode_cut(letter, cut, origin_cut, reason_cut);
+        if let Some(name) = pipeline
+            && value.pop() == Some(b'}')
+        {
+            value.extend_from_slice(b",\"pipeline_id\":");
+            value.extend(serde_json::to_vec(name).unwrap_or_default());
+            value.push(b'}');
+        }
         if value.len() <= max_bytes {
             return value;
         }
@@ -452,6 +597,65 @@ pub fn decode(text: &[u8]) -> Result<ReadLetter, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A letter is taken as written already only when this pipeline wrote the same one (stage,
+    /// kind, record, payload) for a record at or past where its partition resumes; as many
+    /// times as it was written; and not once its partition was revoked.
+    #[test]
+    fn only_this_pipelines_letters_of_records_consumed_again_are_not_written_twice() {
+        let letter = |partition: i32, offset: i64, payload: &str| DeadLetter {
+            stage: "transform:filter".into(),
+            kind: "guest_error".into(),
+            reason: "bad".into(),
+            source_file: None,
+            line: None,
+            origin: Some(RecordMeta {
+                topic: "t".into(),
+                partition,
+                offset,
+                ..RecordMeta::default()
+            }),
+            payload: payload.as_bytes().to_vec(),
+            error: None,
+        };
+        let ours = Lettered::default();
+        ours.stamp("p1");
+        let theirs = Lettered::default();
+        theirs.stamp("p2");
+        let stored =
+            |letter: &DeadLetter| encode_stamped(letter, MAX_LETTER_BYTES, Some(&"p1".to_owned()));
+        let from = std::collections::BTreeMap::from([(0, 10), (1, 0)]);
+        // Another pipeline's, an unstamped one, one before where the partition resumes, one of
+        // another topic, and a bad CSV row's are not noted.
+        assert!(!theirs.note(&stored(&letter(0, 12, "a")), "t", &from));
+        assert!(!ours.note(&encode(&letter(0, 12, "a")), "t", &from));
+        assert!(!ours.note(&stored(&letter(0, 9, "a")), "t", &from));
+        assert!(!ours.note(&stored(&letter(0, 12, "a")), "other", &from));
+        let bad_row = DeadLetter {
+            origin: None,
+            ..letter(0, 12, "a")
+        };
+        assert!(!ours.note(&stored(&bad_row), "t", &from));
+        assert!(!ours.take(&bad_row));
+        // Noted twice (a record that made two letters alike), taken twice.
+        for _ in 0..2 {
+            assert!(ours.note(&stored(&letter(0, 12, "a")), "t", &from));
+        }
+        assert!(ours.note(&stored(&letter(1, 3, "b")), "t", &from));
+        assert!(!ours.take(&letter(0, 12, "another payload")));
+        assert!(!ours.take(&DeadLetter {
+            kind: "trap".into(),
+            ..letter(0, 12, "a")
+        }));
+        assert!(ours.take(&letter(0, 12, "a")) && ours.take(&letter(0, 12, "a")));
+        assert!(!ours.take(&letter(0, 12, "a")));
+        // A revoked partition's are forgotten, the others' kept.
+        ours.forget(&[1]);
+        assert!(!ours.take(&letter(1, 3, "b")));
+        assert!(ours.note(&stored(&letter(1, 3, "b")), "t", &from));
+        ours.forget(&[0]);
+        assert!(ours.take(&letter(1, 3, "b")));
+    }
 
     /// Under a lower `message.max.bytes` a letter fits its limit, a long reason cut last.
     #[test]
