@@ -538,19 +538,24 @@ async fn null_if_texts_reach_the_topic_as_nulls() {
 
 /// `transform test --partitions 4` gives each record the partition and offset that the replay's
 /// producer gave its message, read back from the broker, under librdkafka's default partitioner
-/// and under a pipeline's `murmur2_random`. And each partition runs on instances of its own: the
+/// and under a pipeline's `murmur2_random` and `consistent`. And each partition runs on instances of its own: the
 /// probe guest's count of the rows its instance has seen is each record's offset plus one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transform_test_partitions_records_as_the_producer_does() {
     use serde_json::json;
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("keyed.csv");
-    let mut csv = String::from("id,seen\n");
-    for i in 0..200 {
-        csv.push_str(&format!("user-{},0\n", i * 7 % 37));
-    }
-    std::fs::write(&path, csv).unwrap();
-    for partitioner in [None, Some("murmur2_random")] {
+    // Under `consistent`, every 5th record has no key (a null id), which librdkafka hashes as
+    // an empty key rather than sending at random as the others would.
+    for partitioner in [None, Some("murmur2_random"), Some("consistent")] {
+        let mut csv = String::from("id,seen\n");
+        for i in 0..200 {
+            match partitioner == Some("consistent") && i % 5 == 0 {
+                true => csv.push_str(",0\n"),
+                false => csv.push_str(&format!("user-{},0\n", i * 7 % 37)),
+            }
+        }
+        std::fs::write(&path, csv).unwrap();
         let topic = broker::unique("spread");
         let props = partitioner.map_or(json!({}), |p| json!({ "partitioner": p }));
         let kafka = broker::kafka_config(&topic, json!({ "partitions": 4, "properties": props }));

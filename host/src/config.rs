@@ -767,8 +767,10 @@ fn load_text(
             .and_then(|k| k.get("properties")?.as_object())
             .into_iter()
             .flatten()
+            // Only when their variables are set, as the topic: this scope needs none.
             .filter(|(k, v)| {
-                ["message.max.bytes", "partitioner"].contains(&k.as_str()) && v.is_string()
+                ["message.max.bytes", "partitioner"].contains(&k.as_str())
+                    && v.as_str().is_some_and(|v| interpolate(v, env).is_ok())
             })
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
@@ -1978,6 +1980,14 @@ mod tests {
             ]
         );
         assert!(load_str(&text, Path::new("p.json"), &|_| None).is_err());
+        // One whose variable is unset is left out, not an error.
+        let text = pipeline(
+            "",
+            ",\n    \"properties\": { \"partitioner\": \"${PARTITIONER}\" }",
+            "",
+        );
+        let loaded = load_text(&text, Path::new("p.json"), &|_| None, Scope::Transforms).unwrap();
+        assert!(loaded.config.kafka.properties.is_empty());
     }
 
     /// A `${VAR}` alone where a number or a flag goes is read as one; anything else in its

@@ -940,7 +940,17 @@ pub fn timestamps_at(
     topic: &str,
     at: &BTreeMap<i32, i64>,
 ) -> Result<BTreeMap<i32, i64>, ConsumeError> {
-    let c = reader(kafka, bootstrap, Some("sluice-reader"))?;
+    let c: BaseConsumer = client_config(kafka, bootstrap, ClientKind::Consumer)
+        .set("group.id", "sluice-reader")
+        .set("enable.auto.commit", "false")
+        // An offset before the partition's start (records deleted by retention) reads from the
+        // start, whose records are later still, not from the end.
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|source| ConsumeError::Kafka {
+            what: "cannot create Kafka client".into(),
+            source: without_config_value(source),
+        })?;
     let kafka_err = |what: String| move |source| ConsumeError::Kafka { what, source };
     let mut tpl = TopicPartitionList::new();
     let mut wanted = BTreeMap::new();

@@ -1438,6 +1438,8 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
     if let Some(r) = reading.take() {
         r.abort();
     }
+    // Records read but not yet run when a stop came: they never reach the sink.
+    let left_behind = !batch.is_empty();
     let result = match result {
         Ok(()) if !batch.is_empty() && !ctx.cancel.is_cancelled() => {
             process_batch(&ctx, std::mem::take(&mut batch), &sink_tx, part, &mut seen).await
@@ -1478,6 +1480,7 @@ async fn consume_into(ctx: ConsumeCtx, part: &mut ConsumePart) -> anyhow::Result
     let result = match result {
         Err(e)
             if e.is::<StoppedEarly>()
+                && !left_behind
                 && sink_summary.is_ok()
                 && target.as_ref().is_some_and(|end| {
                     end.iter().all(|(p, e)| {
@@ -1545,13 +1548,16 @@ async fn note_letters_written(ctx: &ConsumeCtx, topic: &str, from: BTreeMap<i32,
     if from.is_empty() {
         return;
     }
+    /// The longest the read may hold up the records: past it they run, and what it has not
+    /// noted yet may be written twice.
+    const READ_LIMIT: Duration = Duration::from_secs(60);
     let (kafka, bootstrap) = (ctx.kafka.clone(), ctx.bootstrap.clone());
     let (topic, dlq, lettered) = (
         topic.to_owned(),
         ctx.dlq_topic.clone(),
         ctx.lettered.clone(),
     );
-    let read = tokio::task::spawn_blocking(move || {
+    let reading = tokio::task::spawn_blocking(move || {
         let at = consume::timestamps_at(&kafka, &bootstrap, &topic, &from)?;
         let Some(first) = at.values().min() else {
             return Ok(0);
@@ -1567,8 +1573,18 @@ async fn note_letters_written(ctx: &ConsumeCtx, topic: &str, from: BTreeMap<i32,
             true
         })
         .map(|()| noted)
-    })
-    .await;
+    });
+    let read = tokio::select! {
+        read = tokio::time::timeout(READ_LIMIT, reading) => match read {
+            Ok(read) => read,
+            Err(_) => {
+                warn!(dead_letter_topic = %ctx.dlq_topic, "Reading the dead-letter topic for the letters of records past the warehouse's offsets takes more than {} s: going on without the rest of it (records set aside before may be set aside, and written, again).", READ_LIMIT.as_secs());
+                return;
+            }
+        },
+        // A stop does not wait for it.
+        _ = ctx.cancel.cancelled() => return,
+    };
     match read {
         Ok(Ok(0)) => {}
         Ok(Ok(n)) => info!(

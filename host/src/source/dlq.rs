@@ -86,8 +86,10 @@ pub struct DeadLetterStats {
 }
 
 /// How many bytes of a payload tell two letters of one record apart: a payload is cut to fit a
-/// letter, but never to less than this at the default limits.
-const LETTER_KEY_HEAD: usize = 1024;
+/// letter, but never to less than this at the default limits. (Cut shorter under a low
+/// `message.max.bytes`, a stored letter does not match, and is written again: never the other
+/// way round.)
+const LETTER_KEY_HEAD: usize = 64 * 1024;
 
 /// The letters a pipeline already wrote for records it is about to consume again.
 ///

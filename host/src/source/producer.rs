@@ -350,15 +350,17 @@ pub enum Partitioner {
     /// random.
     #[default]
     ConsistentRandom,
-    /// `consistent`: CRC-32 of the key, an empty one included; no key at random.
+    /// `consistent`: CRC-32 of the key; no key or an empty one hashes as empty (partition 0).
     Consistent,
-    /// `murmur2_random`, the Java client's choice: murmur2 of the key; no key at random.
+    /// `murmur2_random`, the Java client's choice: murmur2 of the key, an empty one included;
+    /// no key at random.
     Murmur2Random,
-    /// `murmur2`: the same (librdkafka sends a message without a key at random all the same).
+    /// `murmur2`: murmur2 of the key; no key hashes as an empty one.
     Murmur2,
-    /// `fnv1a_random`, Sarama's choice: FNV-1a of the key; no key at random.
+    /// `fnv1a_random`, Sarama's choice: FNV-1a of the key, an empty one included; no key at
+    /// random.
     Fnv1aRandom,
-    /// `fnv1a`: the same.
+    /// `fnv1a`: FNV-1a of the key; no key hashes as an empty one.
     Fnv1a,
     /// `random`: every message at random.
     Random,
@@ -389,11 +391,15 @@ impl Partitioner {
 
     /// The partition of `partitions` a message with `key` goes to, or `None` where librdkafka
     /// picks one at random (it keeps to one for a while: `sticky.partitioning.linger.ms`).
-    /// Random where librdkafka's `rd_kafka_msg_partition` is: for a message without a key
-    /// whatever the partitioner, and for an empty key under `consistent_random`.
+    /// As librdkafka's `rd_kafka_msg_partition` does: `consistent`, `murmur2` and `fnv1a` hash
+    /// even a message without a key (as an empty key); the others send one at random, and
+    /// `consistent_random` an empty key too.
     pub fn partition(self, key: Option<&[u8]>, partitions: i32) -> Option<i32> {
-        let key = key?;
         let n = u32::try_from(partitions).ok().filter(|n| *n > 0)?;
+        let key = match (self, key) {
+            (Partitioner::Consistent | Partitioner::Murmur2 | Partitioner::Fnv1a, None) => &[][..],
+            (_, key) => key?,
+        };
         let hash = match self {
             Partitioner::Random => return None,
             Partitioner::ConsistentRandom if key.is_empty() => return None,
@@ -512,13 +518,27 @@ mod tests {
         );
         assert_eq!(Partitioner::ConsistentRandom.partition(Some(b""), 7), None);
         assert_eq!(Partitioner::Consistent.partition(Some(b""), 7), Some(0));
+        // Without a key: hashed as empty by the three that are not random, else random.
         for p in [
             Partitioner::Consistent,
             Partitioner::Murmur2,
+            Partitioner::Fnv1a,
+        ] {
+            assert_eq!(p.partition(None, 7), p.partition(Some(b""), 7), "{p:?}");
+        }
+        assert_eq!(Partitioner::Consistent.partition(None, 7), Some(0));
+        for p in [
+            Partitioner::ConsistentRandom,
+            Partitioner::Murmur2Random,
+            Partitioner::Fnv1aRandom,
             Partitioner::Random,
         ] {
-            assert_eq!(p.partition(None, 7), None);
+            assert_eq!(p.partition(None, 7), None, "{p:?}");
         }
+        assert_eq!(
+            Partitioner::Murmur2Random.partition(Some(b""), 7),
+            Partitioner::Murmur2.partition(Some(b""), 7)
+        );
         assert_eq!(Partitioner::Random.partition(Some(key), 7), None);
     }
 

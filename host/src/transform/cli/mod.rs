@@ -174,7 +174,8 @@ pub enum TransformCommand {
         /// producer sends its message to: by its key (`--key-column`), hashed as librdkafka's
         /// `partitioner` does (with `--pipeline`, its `kafka.properties.partitioner`; else the
         /// default, CRC-32 of the key). Records the producer sends to a random partition (no
-        /// key, or an empty one under the default) go to each in turn. Offsets count from 0 in
+        /// key under the default and the other `_random` ones, an empty key under the default,
+        /// every record under `random`) go to each in turn. Offsets count from 0 in
         /// each partition, and each partition runs on instances of its own, so a transform that
         /// keeps state across partitions (a running total, the last N rows) gives output that
         /// differs from a one-partition test, as its instances in a run would (a run's workers,
