@@ -3058,6 +3058,83 @@ fn metrics_answer_during_a_run() {
     }
 }
 
+/// Mistakes a run can find before it starts are found then, before the replay fills the topic:
+/// a `--metrics-addr` in use (before even the managed broker and emulator start), and a table
+/// that does not exist under `create_table: never`.
+#[test]
+fn a_run_checks_what_it_can_before_it_replays() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    write_csv(&csv, 20);
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let embedded = serde_json::json!({
+        "version": 1,
+        "name": "early",
+        "source": { "type": "csv", "path": csv },
+        "kafka": { "topic": "early" },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    std::fs::write(dir.path().join("embedded.json"), embedded.to_string()).unwrap();
+    let state = dir.path().join("state");
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            "embedded.json",
+            "--until-end",
+            "--no-progress",
+            "--metrics-addr",
+            &addr,
+            "--state-dir",
+            &state.to_string_lossy(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot serve metrics on {addr}")),
+        "{stderr}"
+    );
+    for started in ["broker", "snowflake"] {
+        assert!(!state.join(started).exists(), "{started} started: {stderr}");
+    }
+    drop(held);
+
+    let topic = sluice_tests::broker::unique("never");
+    let never = serde_json::json!({
+        "version": 1,
+        "name": "never",
+        "source": { "type": "csv", "path": csv },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 1 },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "NOT_THERE",
+                  "create_table": "never" }
+    });
+    std::fs::write(dir.path().join("never.json"), never.to_string()).unwrap();
+    let out = sluice(
+        dir.path(),
+        &[
+            "run",
+            "never.json",
+            "--until-end",
+            "--no-progress",
+            "--state-dir",
+            &state.to_string_lossy(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("\"NOT_THERE\" does not exist and create_table is never"),
+        "{stderr}"
+    );
+    // Nothing replayed: the topic was made by no replay, or holds nothing.
+    assert!(
+        sluice_tests::broker::read_topic(&topic).is_empty(),
+        "{stderr}"
+    );
+}
+
 /// A `--until-end` run commits each load of a backlog to the consumer group as it is made, not
 /// all of them at the end: once every record is read, the rest of the run waits on the sink,
 /// and scraped then the group has commits while the table still lacks rows. A stop (SIGINT) in

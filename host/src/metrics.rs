@@ -114,14 +114,14 @@ fn sample(out: &mut String, name: &str, labels: Labels<'_>, le: Option<&str>, va
 /// Something that can write the current metrics.
 pub type Render = Arc<dyn Fn(&mut Exposition) + Send + Sync>;
 
-/// Serves `GET /metrics` (and `/`) on `addr` until `stop` is cancelled. Returns the bound
-/// address (useful with port 0).
-pub async fn serve(
-    addr: SocketAddr,
+/// Serves `GET /metrics` (and `/`) on `listener` (bound first, so that an address in use fails
+/// a run before it starts anything) until `stop` is cancelled. Returns the bound address
+/// (useful with port 0).
+pub fn serve(
+    listener: TcpListener,
     render: Render,
     stop: CancellationToken,
 ) -> std::io::Result<SocketAddr> {
-    let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
     tokio::spawn(async move {
         loop {

@@ -791,6 +791,16 @@ pub async fn run(
         unfinished: true,
         ..RunSummary::default()
     };
+    // Before any service starts: an address in use ends the run before a broker, an emulator
+    // or the replay does anything.
+    let metrics_listener = match opts.metrics_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot serve metrics on {addr}"))?,
+        ),
+        None => None,
+    };
     let services = Services::start(cfg, &opts.state_dir, consumes, || {
         write_summary(&opts, &placeholder)
     })
@@ -857,6 +867,9 @@ pub async fn run(
                 .with_context(|| snowflake_at(&loaded))?
                 .with_type_hints(csv.schema.clone()),
         );
+        sink.check_table_exists()
+            .await
+            .context("the table to load into, checked before the run")?;
         let rows_before = count_table(&sink, "before the run").await;
         retention_warning =
             check_topic_against_warehouse(&sink, cfg, &bootstrap, &opts.state_dir).await?;
@@ -880,11 +893,10 @@ pub async fn run(
     let stats = Arc::new(stats);
 
     let metrics_stop = CancellationToken::new();
-    if let Some(addr) = opts.metrics_addr {
+    if let Some(listener) = metrics_listener {
         let render = render_metrics(stats.clone(), cfg.name.clone());
-        let bound = crate::metrics::serve(addr, render, metrics_stop.clone())
-            .await
-            .with_context(|| format!("cannot serve metrics on {addr}"))?;
+        let bound = crate::metrics::serve(listener, render, metrics_stop.clone())
+            .context("cannot serve metrics")?;
         info!(addr = %bound, "Serving Prometheus metrics at http://{bound}/metrics.");
     }
     let progress = (opts.progress && opts.log_format == LogFormat::Human)

@@ -716,6 +716,23 @@ impl SnowflakeSink {
         }
     }
 
+    /// With `create_table: never`, that the table exists: a run checks it before it starts, not at
+    /// its first load, after the replay has filled the topic.
+    pub async fn check_table_exists(&self) -> Result<(), SinkError> {
+        if self.create_table != CreateTable::Never {
+            return Ok(());
+        }
+        let _guard = self.session.lock().await;
+        let probe = format!("SELECT 1 FROM {} LIMIT 0", self.names.table);
+        match self.client.query(&probe, &[]).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_missing_object(&e) => Err(SinkError::TableMissing {
+                table: self.names.table.clone(),
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// The offsets this pipeline recorded for `topic`, when they are past the start and its table
     /// does not exist; `None` otherwise. Offsets are kept per pipeline name, not per table, so a
     /// table named anew in the config (or dropped by hand) is loaded only from where the old one
