@@ -122,7 +122,8 @@ pub struct ReplayStats {
     pub rows_dropped: AtomicU64,
     /// Message value bytes the broker confirmed.
     pub bytes: AtomicU64,
-    /// CSV bytes read from disk so far, over all loops (for progress).
+    /// CSV bytes the records read so far go through, over all loops (for progress; see
+    /// [`CsvReader::bytes_through`]).
     pub input_bytes_read: AtomicU64,
     /// CSV records the reader thread has read, over all loops: ahead of `rows_read` by what waits
     /// for the producer. With `input_bytes_read`, it estimates the records in all (for progress).
@@ -250,16 +251,9 @@ pub async fn replay(
         .store(size * u64::from(src.loops.get()), Ordering::Relaxed);
     let reader = {
         let (path, opts, counter) = (path.clone(), opts.clone(), Arc::new(AtomicU64::new(0)));
-        let stats = stats.clone();
-        tokio::task::spawn_blocking(move || {
-            let r = CsvReader::open(&path, &opts, counter.clone(), None);
-            stats
-                .input_bytes_read
-                .fetch_add(counter.load(Ordering::Relaxed), Ordering::Relaxed);
-            r
-        })
-        .await
-        .map_err(|e| SourceError::Thread(e.to_string()))??
+        tokio::task::spawn_blocking(move || CsvReader::open(&path, &opts, counter, None))
+            .await
+            .map_err(|e| SourceError::Thread(e.to_string()))??
     };
     let column_index = |name: &str, what: &str| {
         reader
@@ -689,12 +683,7 @@ fn read_loops(
                     }));
                     return;
                 }
-                Ok(r) => {
-                    stats
-                        .input_bytes_read
-                        .fetch_add(r.bytes_read(), Ordering::Relaxed);
-                    r
-                }
+                Ok(r) => r,
                 Err(e) => {
                     let _ = tx.blocking_send(ReaderMsg::Failed(e));
                     return;
@@ -705,11 +694,11 @@ fn read_loops(
             if cancel.is_cancelled() {
                 return;
             }
-            let before = reader.bytes_read();
+            let before = reader.bytes_through();
             let item = reader.next_item();
             stats
                 .input_bytes_read
-                .fetch_add(reader.bytes_read() - before, Ordering::Relaxed);
+                .fetch_add(reader.bytes_through() - before, Ordering::Relaxed);
             let msg = match item {
                 Ok(Some(item)) => {
                     stats.records_scanned.fetch_add(1, Ordering::Relaxed);
