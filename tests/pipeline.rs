@@ -3135,6 +3135,20 @@ fn a_run_checks_what_it_can_before_it_replays() {
     );
 }
 
+/// `sluice run PIPELINE --no-progress HOW... --state-dir STATE` in `dir`, its stderr piped.
+fn run_command(dir: &Path, pipeline: &Path, state: &Path, how: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new(sluice_tests::cli::sluice_bin());
+    cmd.args(["run", &pipeline.to_string_lossy(), "--no-progress"])
+        .args(how)
+        .arg("--state-dir")
+        .arg(state)
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    cmd
+}
+
 /// A `--until-end` run commits each load of a backlog to the consumer group as it is made, not
 /// all of them at the end: once every record is read, the rest of the run waits on the sink,
 /// and scraped then the group has commits while the table still lacks rows. A stop (SIGINT) in
@@ -3157,18 +3171,7 @@ fn a_backlog_is_committed_as_it_loads_and_a_stop_then_still_finishes() {
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, pipeline.to_string()).unwrap();
     let state = dir.path().join("state");
-    let run = |how: &[&str]| {
-        let mut cmd = std::process::Command::new(sluice_tests::cli::sluice_bin());
-        cmd.args(["run", &path.to_string_lossy(), "--no-progress"])
-            .args(how)
-            .arg("--state-dir")
-            .arg(&state)
-            .current_dir(dir.path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        cmd
-    };
+    let run = |how: &[&str]| run_command(dir.path(), &path, &state, how);
     let out = run(&["--replay-only"]).output().unwrap();
     assert!(
         out.status.success(),
@@ -3266,18 +3269,7 @@ fn a_resumed_run_does_not_write_the_same_dead_letters_twice() {
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, pipeline.to_string()).unwrap();
     let state = dir.path().join("state");
-    let run = |how: &[&str]| {
-        let mut cmd = std::process::Command::new(sluice_tests::cli::sluice_bin());
-        cmd.args(["run", &path.to_string_lossy(), "--no-progress"])
-            .args(how)
-            .arg("--state-dir")
-            .arg(&state)
-            .current_dir(dir.path())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::piped());
-        cmd
-    };
+    let run = |how: &[&str]| run_command(dir.path(), &path, &state, how);
     let out = run(&["--replay-only"]).output().unwrap();
     assert!(
         out.status.success(),

@@ -931,6 +931,21 @@ pub fn read_to_end(
     read_since(kafka, bootstrap, topic, None, each)
 }
 
+/// A consumer that joins no group, for reads by assignment. An offset before a partition's start
+/// (records deleted by retention, under the read too) reads from the new start, not the end.
+fn earliest_reader(kafka: &KafkaConfig, bootstrap: &str) -> Result<BaseConsumer, ConsumeError> {
+    client_config(kafka, bootstrap, ClientKind::Consumer)
+        // librdkafka wants a group id to fetch at all, though nothing joins it or is committed.
+        .set("group.id", "sluice-reader")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .map_err(|source| ConsumeError::Kafka {
+            what: "cannot create Kafka client".into(),
+            source: without_config_value(source),
+        })
+}
+
 /// The timestamp (milliseconds) of the message at each `partition => offset` of `at` in
 /// `topic`, where there is one: a partition whose end is at or before its offset has none yet.
 /// Blocking: run it off the async workers.
@@ -940,17 +955,7 @@ pub fn timestamps_at(
     topic: &str,
     at: &BTreeMap<i32, i64>,
 ) -> Result<BTreeMap<i32, i64>, ConsumeError> {
-    let c: BaseConsumer = client_config(kafka, bootstrap, ClientKind::Consumer)
-        .set("group.id", "sluice-reader")
-        .set("enable.auto.commit", "false")
-        // An offset before the partition's start (records deleted by retention) reads from the
-        // start, whose records are later still, not from the end.
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(|source| ConsumeError::Kafka {
-            what: "cannot create Kafka client".into(),
-            source: without_config_value(source),
-        })?;
+    let c = earliest_reader(kafka, bootstrap)?;
     let kafka_err = |what: String| move |source| ConsumeError::Kafka { what, source };
     let mut tpl = TopicPartitionList::new();
     let mut wanted = BTreeMap::new();
@@ -999,17 +1004,7 @@ pub fn read_since(
     since_ms: Option<i64>,
     mut each: impl FnMut(Option<&[u8]>) -> bool,
 ) -> Result<(), ConsumeError> {
-    let c: BaseConsumer = client_config(kafka, bootstrap, ClientKind::Consumer)
-        // librdkafka wants a group id to fetch at all, though nothing joins it or is committed.
-        .set("group.id", "sluice-reader")
-        .set("enable.auto.commit", "false")
-        // Records deleted under the read (retention) move it to the new start, not to the end.
-        .set("auto.offset.reset", "earliest")
-        .create()
-        .map_err(|source| ConsumeError::Kafka {
-            what: "cannot create Kafka client".into(),
-            source: without_config_value(source),
-        })?;
+    let c = earliest_reader(kafka, bootstrap)?;
     let kafka_err = |what: String| move |source| ConsumeError::Kafka { what, source };
     let mut ends = BTreeMap::new();
     let mut tpl = TopicPartitionList::new();
