@@ -2316,6 +2316,8 @@ fn a_state_directory_in_use_is_refused() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
+    // Said at once, rather than after waiting for a broker that never started.
+    assert!(stderr.contains("nisshi broker not found at"), "{stderr}");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&last).unwrap()).unwrap();
     assert_eq!(summary["ok"], false, "{summary}");

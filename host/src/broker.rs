@@ -101,7 +101,13 @@ pub fn nisshi_binary() -> Result<PathBuf, BrokerError> {
     // another file than the one found (and checked) here.
     let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
     if let Some(p) = std::env::var_os(NISSHI_ENV).filter(|p| !p.is_empty()) {
-        return Ok(absolute(PathBuf::from(p)));
+        let bin = absolute(PathBuf::from(p));
+        // Checked now: run, a path that names no file fails only in the watchdog's shell, and
+        // the start waited out three times its timeout for a broker that never was.
+        if !bin.is_file() {
+            return Err(BrokerError::NotInstalled(bin));
+        }
+        return Ok(bin);
     }
     // Never a path relative to the working directory alone, which may be anyone's.
     installed_in(&absolute(crate::cache_root().ok_or(BrokerError::NoCache)?))
