@@ -46,6 +46,7 @@ async fn replay(source: &CsvSource, kafka: &KafkaConfig) -> Result<ReplaySummary
         kafka,
         bootstrap: &bootstrap,
         unpaced: None,
+        resume: None,
     };
     let r = source::replay(
         cfg,
@@ -1035,6 +1036,7 @@ async fn the_replay_waits_for_its_letters_rather_than_run_ahead_of_them() {
         kafka: &kafka,
         bootstrap: &bootstrap,
         unpaced: None,
+        resume: None,
     };
     let run = source::replay(cfg, tx, stats.clone(), CancellationToken::new());
     let store = async {
@@ -1093,6 +1095,7 @@ async fn cancelled_replay_confirms_what_it_sent() {
         kafka: &kafka,
         bootstrap: &bootstrap,
         unpaced: None,
+        resume: None,
     };
     let run = source::replay(cfg, tx, stats.clone(), cancel.clone());
     let stop = async {

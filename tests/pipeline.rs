@@ -3771,3 +3771,154 @@ fn the_csv_header_is_read_like_the_source_reads_it() {
         &["source.path (line 4, column 30):", "the file is empty"],
     );
 }
+
+/// A replay killed part-way (`kill -9`, so rows librdkafka still buffered are lost from some
+/// partitions and not others) is finished by `sluice run --resume`: it reads what the topic and
+/// the dead-letter topic hold of the file, produces only the rest, and the file ends up in the
+/// topic, the letters and the table exactly once. Run again, `--resume` produces nothing.
+#[test]
+fn a_killed_replay_is_resumed_without_producing_its_rows_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    let mut text = String::from("id,value\n");
+    let (mut good, mut bad) = (Vec::new(), Vec::new());
+    for i in 1..=4000u64 {
+        // Line i + 1: the header is line 1.
+        match i % 100 {
+            0 => {
+                text.push_str(&format!("{i},{i},ragged\n"));
+                bad.push(i + 1);
+            }
+            _ => {
+                text.push_str(&format!("{i},{i}\n"));
+                good.push(i + 1);
+            }
+        }
+    }
+    std::fs::write(&csv, text).unwrap();
+    let topic = sluice_tests::broker::unique("resumed");
+    let dlq = format!("{topic}-letters");
+    // No key column: rows go to the partitions at random, as most replays' do.
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "resumed",
+        "source": { "type": "csv", "path": csv, "pacing": { "mode": "rate", "rows_per_sec": 1000 } },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 3 },
+        "transforms": [ { "uses": sluice_tests::guests::FILTER,
+                          "with": { "field": "value", "op": "gt", "value": "-1" } } ],
+        "dead_letter": { "topic": dlq },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS",
+                  "batch": { "max_rows": 500, "max_latency_ms": 300 } }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let state = dir.path().join("state");
+    let run = |how: &[&str]| run_command(dir.path(), &path, &state, how);
+    let addr = free_addr();
+    let mut first = run(&["--until-end", "--metrics-addr", &addr])
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never got going"
+        );
+        assert!(
+            first.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        if let Some(text) = scrape(&addr) {
+            let produced = sample(&text, "sluice_source_rows_produced_total");
+            if produced >= 1000.0 {
+                assert!(produced < 3500.0, "produced {produced} before the kill");
+                break;
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let lines_in = |topic: &str, header: bool| -> Vec<u64> {
+        let mut lines: Vec<u64> = sluice_tests::broker::read_topic(topic)
+            .iter()
+            .map(|m| match header {
+                true => m.header("sluice.line").unwrap().parse().unwrap(),
+                false => m.json()["line"].as_u64().unwrap(),
+            })
+            .collect();
+        lines.sort_unstable();
+        lines
+    };
+    let before = lines_in(&topic, true);
+    assert!(
+        before.len() >= 900 && before.len() < good.len(),
+        "{} rows in the topic after the kill",
+        before.len()
+    );
+
+    let summary_file = dir.path().join("summary.json");
+    let summary_arg = summary_file.to_string_lossy().into_owned();
+    let verify = || {
+        let out = sluice(
+            dir.path(),
+            &[
+                "verify",
+                &path.to_string_lossy(),
+                "--summary",
+                &summary_arg,
+                "--state-dir",
+                &state.to_string_lossy(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let db = state.join("snowflake").to_string_lossy().into_owned();
+    let table = || python_query(&db, "SELECT COUNT(*), COUNT(DISTINCT ID) FROM E2E.RAW.ROWS");
+    let n = good.len() as u64;
+    for round in 0..2 {
+        let resumed = run(&["--resume", "--until-end", "--summary", &summary_arg])
+            .spawn()
+            .unwrap();
+        let (code, stderr) = finish_within(resumed, 120);
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stderr.contains("Resuming the replay"), "{stderr}");
+        // Read back from the broker: each good row once, each bad row's letter once.
+        for (what, got, want) in [
+            ("rows", lines_in(&topic, true), &good),
+            ("letters", lines_in(&dlq, false), &bad),
+        ] {
+            let first_wrong = got.iter().zip(want.iter()).position(|(g, w)| g != w);
+            assert!(
+                got == *want,
+                "round {round}: {} {what} read back for {} lines; first difference at index {first_wrong:?}",
+                got.len(),
+                want.len()
+            );
+        }
+        assert_eq!(
+            table(),
+            vec![vec![serde_json::json!(n), serde_json::json!(n)]],
+            "round {round}"
+        );
+        let summary: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&summary_file).unwrap()).unwrap();
+        let r = &summary["replay"];
+        assert_eq!(r["resumed"], true, "{summary:#}");
+        let (produced, already) = (
+            r["rows_produced"].as_u64().unwrap(),
+            r["rows_already_produced"].as_u64().unwrap(),
+        );
+        assert_eq!(produced + already, n, "{summary:#}");
+        match round {
+            0 => assert_eq!(already, before.len() as u64, "{summary:#}"),
+            _ => assert_eq!((produced, already), (0, n), "{summary:#}"),
+        }
+        verify();
+    }
+}

@@ -926,9 +926,9 @@ pub fn read_to_end(
     kafka: &KafkaConfig,
     bootstrap: &str,
     topic: &str,
-    each: impl FnMut(Option<&[u8]>) -> bool,
+    mut each: impl FnMut(Option<&[u8]>) -> bool,
 ) -> Result<(), ConsumeError> {
-    read_since(kafka, bootstrap, topic, None, each)
+    read_since(kafka, bootstrap, topic, None, |m| each(m.payload()))
 }
 
 /// A consumer that joins no group, for reads by assignment. An offset before a partition's start
@@ -995,14 +995,15 @@ pub fn timestamps_at(
     Ok(found)
 }
 
-/// [`read_to_end`], from the first message of each partition written at or after `since_ms`
-/// (by its timestamp) rather than from the earliest, when that is given.
+/// [`read_to_end`], handing `each` the whole message (headers too), from the first message of
+/// each partition written at or after `since_ms` (by its timestamp) rather than from the
+/// earliest, when that is given.
 pub fn read_since(
     kafka: &KafkaConfig,
     bootstrap: &str,
     topic: &str,
     since_ms: Option<i64>,
-    mut each: impl FnMut(Option<&[u8]>) -> bool,
+    mut each: impl FnMut(&BorrowedMessage<'_>) -> bool,
 ) -> Result<(), ConsumeError> {
     let c = earliest_reader(kafka, bootstrap)?;
     let kafka_err = |what: String| move |source| ConsumeError::Kafka { what, source };
@@ -1097,7 +1098,7 @@ pub fn read_since(
             continue;
         };
         progress = std::time::Instant::now();
-        if m.offset() < end && !each(m.payload()) {
+        if m.offset() < end && !each(&m) {
             return Ok(());
         }
         if m.offset() + 1 >= end {

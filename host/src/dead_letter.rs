@@ -34,6 +34,9 @@ pub struct DeadLetter {
     pub error: Option<GuestFault>,
 }
 
+/// The stage of a letter for a bad CSV row (or a row too large for a message).
+pub const SOURCE_STAGE: &str = "source";
+
 /// The stage of a letter for a message the consumer could not decode into a row.
 pub const CONSUME_STAGE: &str = "consume";
 

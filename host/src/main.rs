@@ -128,7 +128,7 @@ enum Command {
     /// Replay the CSV into Kafka and consume, transform and load it, in one process.
     Run(RunArgs),
     /// Replay the CSV into Kafka only (the producer half).
-    Replay(CommonArgs),
+    Replay(ReplayArgs),
     /// Author tools: scaffold, build and test transform components.
     #[command(subcommand)]
     Transform(Box<sluice::transform::cli::TransformCommand>),
@@ -210,6 +210,22 @@ struct RunArgs {
     /// Only consume, transform and load (with `--until-end`, up to the end offsets at start).
     #[arg(long)]
     consume_only: bool,
+    /// Resume a replay stopped part-way: read the topic (and the dead-letter topic) first, then
+    /// produce only the file's rows it does not hold yet, found by their file and line headers
+    /// (the consume half loads from what the warehouse holds, as always). Run again after a
+    /// stop, the file ends up in the topic, and in the table, once.
+    #[arg(long, conflicts_with = "consume_only")]
+    resume: bool,
+}
+
+#[derive(clap::Args, Debug)]
+struct ReplayArgs {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// Resume a replay stopped part-way: read the topic (and the dead-letter topic) first, then
+    /// produce only the file's rows it does not hold yet, found by their file and line headers.
+    #[arg(long)]
+    resume: bool,
 }
 
 /// Loads and checks the pipeline file before anything starts. With `transforms` (a run that uses
@@ -240,6 +256,7 @@ fn options(
     common: CommonArgs,
     mode: RunMode,
     until_end: bool,
+    resume: bool,
     log_format: LogFormat,
 ) -> RunOptions {
     RunOptions {
@@ -251,6 +268,7 @@ fn options(
         progress: !common.no_progress,
         log_format,
         drain_timeout: std::time::Duration::from_secs(common.drain_timeout),
+        resume,
     }
 }
 
@@ -270,15 +288,16 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 args.common,
                 mode,
                 args.until_end || mode == RunMode::ReplayOnly,
+                args.resume,
                 cli.log_format,
             );
             let problems = runtime()?.block_on(pipeline::run(loaded, chain, opts))?;
             Ok(run_ended(&problems, cli.log_format))
         }
-        Command::Replay(common) => {
+        Command::Replay(ReplayArgs { common, resume }) => {
             pipeline::init_logging(cli.log_format);
             let (loaded, _) = load(&common.pipeline, false)?;
-            let opts = options(common, RunMode::ReplayOnly, true, cli.log_format);
+            let opts = options(common, RunMode::ReplayOnly, true, resume, cli.log_format);
             let problems = runtime()?.block_on(pipeline::run(loaded, None, opts))?;
             Ok(run_ended(&problems, cli.log_format))
         }

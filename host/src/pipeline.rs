@@ -80,6 +80,9 @@ pub struct RunOptions {
     /// How long a stop (Ctrl-C, SIGTERM) may take before the process exits without waiting
     /// for in-flight work.
     pub drain_timeout: std::time::Duration,
+    /// Resume a replay stopped part-way: produce only the file's rows the topic does not hold
+    /// yet (see [`source::resume`]).
+    pub resume: bool,
 }
 
 /// One line in the shape of `--log-format json`'s log lines (timestamp, level, fields with the
@@ -221,6 +224,17 @@ pub struct ReplayPart {
     pub rows_dead_lettered: u64,
     /// Bad rows skipped under `on_error: drop`.
     pub rows_dropped: u64,
+    /// Whether the replay was resumed (`--resume`): it produced only the rows the topic did not
+    /// hold yet.
+    #[serde(default)]
+    pub resumed: bool,
+    /// Rows a resumed replay did not produce, because the topic held them already.
+    #[serde(default)]
+    pub rows_already_produced: u64,
+    /// Bad rows a resumed replay did not dead-letter, because this pipeline's letters of them
+    /// were in the dead-letter topic already.
+    #[serde(default)]
+    pub rows_already_dead_lettered: u64,
     /// The topic's end offsets after the replay (partition to offset).
     pub end_offsets: BTreeMap<i32, i64>,
     /// The topic's end offsets before the replay: messages below them are earlier runs'.
@@ -826,9 +840,8 @@ pub async fn run(
         .await
         .with_context(|| format!("cannot set up the dead-letter topic {dlq_topic}"))?;
     // A hash, not the name: a name may be made from a secret.
-    dlq_task
-        .lettered
-        .stamp(&blake3::hash(cfg.name.as_bytes()).to_hex()[..16]);
+    let pipeline_id = blake3::hash(cfg.name.as_bytes()).to_hex()[..16].to_owned();
+    dlq_task.lettered.stamp(&pipeline_id);
     let dlq_start = consume::end_offsets(&cfg.kafka, &bootstrap, &dlq_topic)
         .await
         .unwrap_or_default();
@@ -873,7 +886,7 @@ pub async fn run(
         let rows_before = count_table(&sink, "before the run").await;
         retention_warning =
             check_topic_against_warehouse(&sink, cfg, &bootstrap, &opts.state_dir).await?;
-        if replays {
+        if replays && !opts.resume {
             warn_of_a_second_replay(Some(&sink), cfg, &bootstrap, &topic_start).await;
         }
         let chain = chain.context("the transform chain was not loaded for a run that consumes")?;
@@ -883,7 +896,7 @@ pub async fn run(
     } else {
         None
     };
-    if replays && !consumes {
+    if replays && !consumes && !opts.resume {
         warn_of_a_second_replay(None, cfg, &bootstrap, &topic_start).await;
     }
     let consumer_stats = Arc::new(ConsumerStats::default());
@@ -921,6 +934,10 @@ pub async fn run(
             kafka: &cfg.kafka,
             bootstrap: &bootstrap,
             unpaced: Some(consume_failed.clone()),
+            resume: opts.resume.then(|| source::resume::Resume {
+                dead_letter_topic: dlq_topic.clone(),
+                pipeline_id: pipeline_id.clone(),
+            }),
         };
         let r = source::replay(rc, dlq_tx.clone(), stats.replay.clone(), cancel.clone()).await;
         // A replay that failed may never have made the topic the consume half waits for.
@@ -994,8 +1011,8 @@ pub async fn run(
                 problems.push(match interrupted.load(Ordering::Relaxed) {
                     true => format!(
                         "the replay was interrupted before the end of the file, after {} rows: \
-                         the rest of the file is not in the topic, so `--consume-only` cannot \
-                         load it",
+                         the rest of the file is not in the topic (`sluice run --resume` \
+                         produces only the rows the topic does not hold yet, and loads them)",
                         s.rows_read
                     ),
                     // Only a stop ends the replay early (a consume half that fails lets it go
@@ -1009,6 +1026,9 @@ pub async fn run(
                 rows_produced: s.rows_produced,
                 rows_dead_lettered: s.rows_dead_lettered,
                 rows_dropped: s.rows_dropped,
+                resumed: opts.resume,
+                rows_already_produced: s.rows_already_produced,
+                rows_already_dead_lettered: s.rows_already_dead_lettered,
                 end_offsets: consume::end_offsets(&cfg.kafka, &bootstrap, &cfg.kafka.topic)
                     .await
                     .unwrap_or_default(),
@@ -1576,8 +1596,8 @@ async fn note_letters_written(ctx: &ConsumeCtx, topic: &str, from: BTreeMap<i32,
         };
         let mut noted = 0u64;
         let since = Some(first.saturating_sub(CLOCK_SLACK_MS));
-        consume::read_since(&kafka, &bootstrap, &dlq, since, |value| {
-            if let Some(v) = value
+        consume::read_since(&kafka, &bootstrap, &dlq, since, |m| {
+            if let Some(v) = rdkafka::Message::payload(m)
                 && lettered.note(v, &topic, &from)
             {
                 noted += 1;
@@ -1768,10 +1788,12 @@ fn note_seen(seen: &mut BTreeMap<i32, i64>, meta: &RecordMeta) {
 fn reconcile(s: &RunSummary, stopped: bool, interrupted: bool) -> Vec<String> {
     let mut gaps = Vec::new();
     if let Some(r) = &s.replay {
-        let accounted = r.rows_produced + r.rows_dead_lettered + r.rows_dropped;
+        let already = r.rows_already_produced + r.rows_already_dead_lettered;
+        let accounted = r.rows_produced + r.rows_dead_lettered + r.rows_dropped + already;
         if accounted != r.rows_read {
             gaps.push(format!(
-                "replay: {} rows read but {} produced + {} dead-lettered + {} dropped",
+                "replay: {} rows read but {} produced + {} dead-lettered + {} dropped + {already} \
+                 in the topics already",
                 r.rows_read, r.rows_produced, r.rows_dead_lettered, r.rows_dropped
             ));
         }
@@ -1839,7 +1861,8 @@ fn reconcile(s: &RunSummary, stopped: bool, interrupted: bool) -> Vec<String> {
 
 /// Warns when the topic already holds messages before a replay: replaying the file adds its
 /// rows a second time, and they are loaded a second time too. That is what a live feed replayed
-/// twice means, but after a stopped run it is seldom what the operator wanted. With the `sink`
+/// twice means, but after a stopped run it is seldom what the operator wanted (`--resume` is,
+/// and does not warn). With the `sink`
 /// (a full run), the warning says whether those messages were loaded already or are still
 /// waiting, which this run will load as well.
 async fn warn_of_a_second_replay(
@@ -1858,8 +1881,8 @@ async fn warn_of_a_second_replay(
                 messages = on_topic,
                 "The topic already holds messages, from an earlier replay of {file} or another \
                  producer. This replay adds the file's rows after them; a consume loads whatever \
-                 of them is not loaded yet as well. To load what the topic holds without \
-                 replaying, use `sluice run --consume-only`."
+                 of them is not loaded yet as well. To finish a stopped replay without producing \
+                 its rows again, use `--resume`."
             );
         }
         return;
@@ -1896,7 +1919,8 @@ async fn warn_of_a_second_replay(
             next_offsets = %shown,
             "The table already holds rows this pipeline loaded from the topic. This run replays \
              {file} into the topic again, so those rows will be loaded again. To resume a stopped \
-             run without replaying, use `sluice run --consume-only`."
+             run without replaying, use `sluice run --consume-only`; to finish a stopped replay \
+             without producing its rows again, `sluice run --resume`."
         );
     } else if waiting > 0 {
         let others = sink.other_pipelines(topic).await.unwrap_or_default();
@@ -1907,7 +1931,8 @@ async fn warn_of_a_second_replay(
                 messages = waiting,
                 "The topic already holds messages no run has loaded (an earlier replay's). This \
                  run loads them and replays {file} again, so its rows will be loaded twice. To \
-                 load only what the topic holds, use `sluice run --consume-only`."
+                 load only what the topic holds, use `sluice run --consume-only`; to finish a \
+                 stopped replay without producing its rows again, `sluice run --resume`."
             );
         } else {
             warn!(
@@ -2136,6 +2161,13 @@ fn summary_text(s: &RunSummary) -> String {
             r.rows_dead_lettered,
             r.rows_dropped
         ));
+        if r.resumed {
+            out.push_str(&format!(
+                "             resumed: {} in the topic already, {} with letters already\n",
+                counted(r.rows_already_produced, "row"),
+                counted(r.rows_already_dead_lettered, "bad row")
+            ));
+        }
     }
     if let Some(c) = &s.consume {
         out.push_str(&format!(
@@ -2276,7 +2308,7 @@ fn warnings(s: &RunSummary) -> Vec<String> {
     }
     if let Some(r) = &s.replay {
         // As for a transform: most of a file's rows bad is a wrong delimiter, schema or file.
-        let bad = r.rows_dead_lettered + r.rows_dropped;
+        let bad = r.rows_dead_lettered + r.rows_dropped + r.rows_already_dead_lettered;
         if bad > 0 && bad * 2 >= r.rows_read {
             out.push(format!(
                 "{bad} of the {} records of {} were bad CSV rows, not produced; check \
@@ -2299,7 +2331,7 @@ fn warnings(s: &RunSummary) -> Vec<String> {
                 .any(|(p, from)| r.start_offsets.get(p).is_some_and(|began| from < began));
             c.rows_loaded > 0 && (below || c.table_rows_before.is_some_and(|n| n > 0))
         });
-        if before > 0 && twice {
+        if before > 0 && twice && !r.resumed {
             let are = match s.consume {
                 Some(_) => "are",
                 None => "will be",
@@ -2308,7 +2340,8 @@ fn warnings(s: &RunSummary) -> Vec<String> {
                 "the topic's offsets were already at {before} before this replay (an earlier \
                  replay's messages, or another producer's), and this replay added the file's \
                  rows after them: rows of the file loaded from both {are} in the table twice \
-                 (`sluice run --consume-only` resumes a stopped run without replaying)"
+                 (`sluice run --resume` finishes a stopped replay without producing its rows \
+                 again; `--consume-only` loads what the topic holds without replaying)"
             ));
         }
     }
@@ -2864,22 +2897,30 @@ pub async fn verify(
             ),
             (good + bad) * loops == r.rows_read,
         );
+        // A resumed replay produced only what the topics did not hold already.
+        let (rows_there, letters_there) = match r.resumed {
+            true => (
+                format!(" + {} in the topic already", r.rows_already_produced),
+                format!(" + {} there already", r.rows_already_dead_lettered),
+            ),
+            false => Default::default(),
+        };
         check(
             format!(
-                "CSV: {} x {loops} = {} produced",
+                "CSV: {} x {loops} = {} produced{rows_there}",
                 counted(good, "good row"),
                 r.rows_produced
             ),
-            good * loops == r.rows_produced,
+            good * loops == r.rows_produced + r.rows_already_produced,
         );
         check(
             format!(
-                "CSV: {} x {loops} = {} dead-lettered + {} dropped",
+                "CSV: {} x {loops} = {} dead-lettered{letters_there} + {} dropped",
                 counted(bad, "bad row"),
                 r.rows_dead_lettered,
                 r.rows_dropped
             ),
-            bad * loops == r.rows_dead_lettered + r.rows_dropped,
+            bad * loops == r.rows_dead_lettered + r.rows_already_dead_lettered + r.rows_dropped,
         );
     }
 

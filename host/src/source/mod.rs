@@ -12,6 +12,7 @@ pub mod csv;
 pub mod dlq;
 pub mod pacing;
 pub mod producer;
+pub mod resume;
 pub mod wire;
 
 use std::path::{Path, PathBuf};
@@ -107,6 +108,9 @@ pub enum SourceError {
     /// The reader thread died.
     #[error("csv reader thread failed: {0}")]
     Thread(String),
+    /// A resumed replay could not read what the topics hold already.
+    #[error("cannot read what the topics hold of the file already, to resume the replay")]
+    Resume(#[source] crate::consume::ConsumeError),
 }
 
 /// Live replay counters (rendered by the metrics module and the progress line).
@@ -120,6 +124,10 @@ pub struct ReplayStats {
     pub rows_dead_lettered: AtomicU64,
     /// Bad rows skipped under `on_error: drop`.
     pub rows_dropped: AtomicU64,
+    /// Rows a resumed replay did not produce: the topic held them already.
+    pub rows_already_produced: AtomicU64,
+    /// Bad rows a resumed replay did not dead-letter: their letters were there already.
+    pub rows_already_dead_lettered: AtomicU64,
     /// Message value bytes the broker confirmed.
     pub bytes: AtomicU64,
     /// CSV bytes the records read so far go through, over all loops (for progress; see
@@ -140,6 +148,8 @@ impl ReplayStats {
             rows_produced: self.rows_produced.load(Ordering::Relaxed),
             rows_dead_lettered: self.rows_dead_lettered.load(Ordering::Relaxed),
             rows_dropped: self.rows_dropped.load(Ordering::Relaxed),
+            rows_already_produced: self.rows_already_produced.load(Ordering::Relaxed),
+            rows_already_dead_lettered: self.rows_already_dead_lettered.load(Ordering::Relaxed),
             bytes: self.bytes.load(Ordering::Relaxed),
             cancelled,
         }
@@ -157,6 +167,10 @@ pub struct ReplaySummary {
     pub rows_dead_lettered: u64,
     /// Bad rows skipped under `on_error: drop`.
     pub rows_dropped: u64,
+    /// Rows not produced because the topic held them already (a resumed replay).
+    pub rows_already_produced: u64,
+    /// Bad rows not dead-lettered because their letters were there already (a resumed replay).
+    pub rows_already_dead_lettered: u64,
     /// Message value bytes confirmed.
     pub bytes: u64,
     /// Whether the replay stopped early because it was cancelled.
@@ -178,6 +192,9 @@ pub struct ReplayConfig<'a> {
     /// full speed when its consume half has failed, so that `--consume-only` has every row
     /// without the failed run waiting out hours of pacing.
     pub unpaced: Option<CancellationToken>,
+    /// Resume a replay stopped part-way: produce only the rows (and dead-letter only the bad
+    /// rows) the topics do not hold yet ([`resume`]).
+    pub resume: Option<resume::Resume>,
 }
 
 enum ReaderMsg {
@@ -296,6 +313,32 @@ pub async fn replay(
     .await?;
     let producer = producer::create_producer(kafka, cfg.bootstrap)?;
     let max_bytes = producer::max_message_bytes(kafka);
+    let mut held = match &cfg.resume {
+        None => resume::Held::default(),
+        Some(r) => {
+            let (k, bootstrap, r) = (kafka.clone(), cfg.bootstrap.to_owned(), r.clone());
+            let (file, cancel) = (file_name.clone(), cancel.clone());
+            // A line takes a byte of the file at least: past that, a header is not this file's.
+            let read = tokio::task::spawn_blocking(move || {
+                resume::read_held(&k, &bootstrap, &r, &file, size + 1, &cancel)
+            })
+            .await
+            .map_err(|e| SourceError::Thread(e.to_string()))?
+            .map_err(SourceError::Resume)?;
+            let Some(held) = read else {
+                return Ok(stats.summary(true));
+            };
+            tracing::info!(
+                file = %path.display(),
+                topic = %kafka.topic,
+                rows = held.rows.len(),
+                bad_rows = held.letters.len(),
+                "Resuming the replay: the topic holds these rows of the file already, and the \
+                 dead-letter topic these bad rows' letters; only the rest is produced."
+            );
+            held
+        }
+    };
     tracing::info!(file = %path.display(), topic = %kafka.topic, partitions, "Replaying.");
 
     // The reader thread: bounded channel, so it runs at most this far ahead of the producer.
@@ -350,6 +393,10 @@ pub async fn replay(
         // A bad CSV record, or a row too large once encoded: one bad row either way.
         let encoded = match item {
             CsvItem::Bad(bad) => Err(bad),
+            CsvItem::Row { line, .. } if held.rows.take(line) => {
+                stats.rows_already_produced.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             CsvItem::Row { line, row } => {
                 let key = key_index.and_then(|i| wire::key_of(&row.fields[i].value));
                 encode_message(line, &row, key.as_deref(), &file_name, max_bytes)
@@ -358,6 +405,12 @@ pub async fn replay(
         };
         let (line, row, key, enc) = match encoded {
             Ok(message) => message,
+            Err(bad) if src.on_error == OnError::DeadLetter && held.letters.take(bad.line) => {
+                stats
+                    .rows_already_dead_lettered
+                    .fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
             Err(bad) => {
                 let on_error = src.on_error;
                 match reject(
@@ -593,7 +646,7 @@ async fn reject(
         OnError::DeadLetter => {
             let line = bad.line;
             let letter = DeadLetter {
-                stage: "source".into(),
+                stage: crate::dead_letter::SOURCE_STAGE.into(),
                 kind: bad.kind.as_str().into(),
                 reason: bad.reason,
                 source_file: Some(file.to_owned()),
@@ -849,6 +902,7 @@ mod tests {
             kafka: &kafka,
             bootstrap: "",
             unpaced: None,
+            resume: None,
         };
         let fut = replay(cfg, tx, Arc::default(), CancellationToken::new());
         assert_send(&fut);

@@ -1,0 +1,221 @@
+//! Resuming a replay: which of the file's rows the topics hold already.
+//!
+//! A replay stopped part-way (Ctrl-C, `kill -9`, a lost machine) leaves the first part of the
+//! file in the topic, and not always a prefix of it: rows go to several partitions, and the rows
+//! librdkafka still buffered at a `kill -9` are lost from some partitions and not others. So a
+//! resume cannot start at "the last line produced". It reads the topic instead: every message
+//! the replay produces carries its file's name and line (`sluice.file`, `sluice.line`), and every
+//! letter of a bad row carries them too (with the pipeline's stamp). The resumed replay then
+//! reads the whole file again and produces only the rows, and letters only the bad rows, that
+//! are not there yet. A file looped N times holds each line up to N times: the first
+//! occurrences the topics hold are skipped, the rest produced.
+//!
+//! The topics are read once, before the replay starts, at the cost of reading them (a consume of
+//! the same messages costs more); only the lines are kept, about a byte per line of the file.
+
+use std::collections::HashMap;
+
+use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
+use tokio_util::sync::CancellationToken;
+
+use super::wire::{HEADER_FILE, HEADER_LINE};
+use crate::config::KafkaConfig;
+use crate::consume::{self, ConsumeError};
+
+/// What a replay resumes against: where this pipeline's letters are, and its stamp.
+#[derive(Debug, Clone)]
+pub struct Resume {
+    /// The dead-letter topic.
+    pub dead_letter_topic: String,
+    /// The `pipeline_id` this pipeline stamps its letters with.
+    pub pipeline_id: String,
+}
+
+/// A multiset of lines: how many times each line of the file is held.
+///
+/// A byte per line up to the highest (a line needs a byte of the file at least, so this is at
+/// most the file's size), and a map for the rare line held 255 times or more (a file looped that
+/// often).
+#[derive(Debug, Default)]
+pub struct Lines {
+    counts: Vec<u8>,
+    more: HashMap<u64, u32>,
+    total: u64,
+}
+
+impl Lines {
+    /// Notes one more of `line`.
+    fn add(&mut self, line: u64) {
+        let i = line as usize;
+        if i >= self.counts.len() {
+            self.counts.resize(i + 1, 0);
+        }
+        match self.counts[i] {
+            u8::MAX => *self.more.entry(line).or_default() += 1,
+            _ => self.counts[i] += 1,
+        }
+        self.total += 1;
+    }
+
+    /// Whether one of `line` is held, taking it out if so.
+    pub fn take(&mut self, line: u64) -> bool {
+        let Some(n) = self.counts.get_mut(line as usize).filter(|n| **n > 0) else {
+            return false;
+        };
+        if *n == u8::MAX
+            && let Some(extra) = self.more.get_mut(&line)
+        {
+            *extra -= 1;
+            if *extra == 0 {
+                self.more.remove(&line);
+            }
+        } else {
+            *n -= 1;
+        }
+        self.total -= 1;
+        true
+    }
+
+    /// How many are held (not taken yet).
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
+/// What the topics hold of a file already.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// Its rows in the topic, by line.
+    pub rows: Lines,
+    /// Its bad rows' letters (this pipeline's) in the dead-letter topic, by line.
+    pub letters: Lines,
+}
+
+/// Reads `topic` and the dead-letter topic for what they hold of the file named `file` (its
+/// name, as in the `sluice.file` header), up to their ends now. Lines past `max_line` are not
+/// this file's. Returns `None` once `cancel` fires. Blocking: run it off the async workers.
+pub fn read_held(
+    kafka: &KafkaConfig,
+    bootstrap: &str,
+    resume: &Resume,
+    file: &str,
+    max_line: u64,
+    cancel: &CancellationToken,
+) -> Result<Option<Held>, ConsumeError> {
+    let mut held = Held::default();
+    let topic = &kafka.topic;
+    consume::read_since(kafka, bootstrap, topic, None, |m| {
+        if let Some(line) = row_line(m, file).filter(|l| *l <= max_line) {
+            held.rows.add(line);
+        }
+        !cancel.is_cancelled()
+    })?;
+    let dlq = &resume.dead_letter_topic;
+    consume::read_since(kafka, bootstrap, dlq, None, |m| {
+        if let Some(line) = (m.payload())
+            .and_then(|v| letter_line(v, file, &resume.pipeline_id))
+            .filter(|l| *l <= max_line)
+        {
+            held.letters.add(line);
+        }
+        !cancel.is_cancelled()
+    })?;
+    Ok((!cancel.is_cancelled()).then_some(held))
+}
+
+/// The line of a message a replay of `file` produced.
+fn row_line(m: &BorrowedMessage<'_>, file: &str) -> Option<u64> {
+    let headers = m.headers()?;
+    let value = |key: &str| {
+        (headers.iter())
+            .find(|h| h.key == key)
+            .and_then(|h| std::str::from_utf8(h.value?).ok())
+    };
+    (value(HEADER_FILE)? == file).then_some(())?;
+    value(HEADER_LINE)?.parse().ok()
+}
+
+/// The line of a letter `pipeline` wrote for a bad row of `file`.
+fn letter_line(letter: &[u8], file: &str, pipeline: &str) -> Option<u64> {
+    #[derive(serde::Deserialize)]
+    struct BadRowLetter {
+        stage: String,
+        #[serde(default)]
+        file: Option<String>,
+        #[serde(default)]
+        line: Option<u64>,
+        #[serde(default)]
+        pipeline_id: Option<String>,
+        #[serde(default)]
+        origin: Option<serde::de::IgnoredAny>,
+    }
+    let l: BadRowLetter = serde_json::from_slice(letter).ok()?;
+    let ours = l.stage == crate::dead_letter::SOURCE_STAGE
+        && l.origin.is_none()
+        && l.pipeline_id.as_deref() == Some(pipeline)
+        && l.file.as_deref() == Some(file);
+    ours.then_some(l.line).flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each line is taken as many times as it was added, past 255 too.
+    #[test]
+    fn lines_are_a_multiset() {
+        let mut lines = Lines::default();
+        for _ in 0..300 {
+            lines.add(7);
+        }
+        lines.add(2);
+        assert_eq!(lines.len(), 301);
+        assert!(!lines.take(3) && !lines.take(1_000_000));
+        assert!(lines.take(2) && !lines.take(2));
+        for _ in 0..300 {
+            assert!(lines.take(7));
+        }
+        assert!(!lines.take(7) && lines.is_empty());
+    }
+
+    /// Only this pipeline's letters of bad rows of this file count.
+    #[test]
+    fn only_this_pipelines_bad_row_letters_of_the_file_count() {
+        let letter = |stage: &str, file: &str, pipeline: &str, origin: bool| {
+            let mut v = serde_json::json!({
+                "stage": stage, "kind": "ragged_row", "reason": "r", "file": file, "line": 12,
+                "pipeline_id": pipeline, "payload": "", "origin": null
+            });
+            if origin {
+                v["origin"] = serde_json::json!({ "topic": "t", "partition": 0, "offset": 3 });
+            }
+            v.to_string().into_bytes()
+        };
+        assert_eq!(
+            letter_line(&letter("source", "a.csv", "p", false), "a.csv", "p"),
+            Some(12)
+        );
+        assert_eq!(
+            letter_line(&letter("source", "b.csv", "p", false), "a.csv", "p"),
+            None
+        );
+        assert_eq!(
+            letter_line(&letter("source", "a.csv", "q", false), "a.csv", "p"),
+            None
+        );
+        assert_eq!(
+            letter_line(&letter("sink", "a.csv", "p", false), "a.csv", "p"),
+            None
+        );
+        assert_eq!(
+            letter_line(&letter("source", "a.csv", "p", true), "a.csv", "p"),
+            None
+        );
+        assert_eq!(letter_line(b"not json", "a.csv", "p"), None);
+    }
+}
