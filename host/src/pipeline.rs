@@ -2420,7 +2420,8 @@ struct Progress {
     /// count that goes with `bytes_read`.
     scanned: u64,
     produced: u64,
-    /// CSV records the replay is done with: produced, dead-lettered or dropped.
+    /// CSV records the replay is done with: produced, dead-lettered or dropped, or (resumed)
+    /// found in the topics already.
     handled: u64,
     bytes_read: u64,
     bytes_total: u64,
@@ -2443,7 +2444,9 @@ impl Progress {
             produced,
             handled: produced
                 + r.rows_dead_lettered.load(Ordering::Relaxed)
-                + r.rows_dropped.load(Ordering::Relaxed),
+                + r.rows_dropped.load(Ordering::Relaxed)
+                + r.rows_already_produced.load(Ordering::Relaxed)
+                + r.rows_already_dead_lettered.load(Ordering::Relaxed),
             bytes_read: r.input_bytes_read.load(Ordering::Relaxed),
             bytes_total: r.input_bytes_total.load(Ordering::Relaxed),
             consumed: (stats.consumer.as_ref()).map(|c| c.records_consumed.load(Ordering::Relaxed)),
@@ -2554,6 +2557,18 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
             "Bad CSV rows dropped (source.on_error: drop).",
             &p,
             r.rows_dropped.load(Ordering::Relaxed),
+        );
+        e.counter(
+            "sluice_source_rows_already_produced_total",
+            "Rows a resumed replay (--resume) did not produce: the topic held them already.",
+            &p,
+            r.rows_already_produced.load(Ordering::Relaxed),
+        );
+        e.counter(
+            "sluice_source_rows_already_dead_lettered_total",
+            "Bad CSV rows a resumed replay (--resume) did not dead-letter: their letters were there already.",
+            &p,
+            r.rows_already_dead_lettered.load(Ordering::Relaxed),
         );
         e.counter(
             "sluice_source_bytes_total",
