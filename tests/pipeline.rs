@@ -688,6 +688,21 @@ fn validate_runs_the_first_rows_through_the_chain() {
             ),
         "{stderr}"
     );
+    // A value the field's type cannot be compared with is the param's mistake: at its key.
+    let wordy = sampled(
+        "rows.csv",
+        serde_json::json!([filter("value", "gt", "ten")]),
+    );
+    let (code, stderr) = validate_in(dir.path(), &wordy, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("transforms[0].with.value (line 1, column ")
+            && stderr.contains(
+                "the first: guest_error: invalid param `value`: \"ten\" is not a number, and \
+                 field `value` is one (line 2)"
+            ),
+        "{stderr}"
+    );
     let (code, stderr) = validate_in(dir.path(), &misspelt, &["--sample-rows", "0"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(!stderr.contains("through the transforms"), "{stderr}");

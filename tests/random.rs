@@ -221,6 +221,11 @@ fn invalid(name: &str) -> String {
     format!("invalid value in field `{name}`")
 }
 
+/// The start of a record's error when a param does not fit its field's type.
+fn invalid_param(name: &str) -> String {
+    format!("invalid param `{name}`")
+}
+
 fn position(row: &Row, name: &str) -> Option<usize> {
     row.fields.iter().position(|f| &*f.name == name)
 }
@@ -332,10 +337,11 @@ fn filter(row: &Row, op: &str, want: &str) -> Result<bool, String> {
             }
         }
         Value::String(s) | Value::Json(s) => s.as_str().cmp(want),
-        Value::Bool(b) => b.cmp(&want.trim().parse().map_err(|_| invalid("value"))?),
+        // A value the field's type cannot be compared with is the param's fault.
+        Value::Bool(b) => b.cmp(&want.trim().parse().map_err(|_| invalid_param("value"))?),
         Value::Timestamp(t) if let Some(want) = sluice::row::parse_timestamp(want) => t.cmp(&want),
         _ => {
-            let number = number(want).ok_or_else(|| invalid("value"))?;
+            let number = number(want).ok_or_else(|| invalid_param("value"))?;
             let int = match v {
                 Value::Int(i) | Value::Timestamp(i) => Some(*i),
                 _ => None,

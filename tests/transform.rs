@@ -687,12 +687,13 @@ fn filter_compares_timestamps_with_timestamp_text() {
         &[("field", "at"), ("op", "gt"), ("value", "tomorrow")],
     )]);
     let out = c.process_blocking(vec![(meta(0), at(day))]).unwrap();
-    assert!(
-        quarantined(&out[0])
-            .reason
-            .contains("is neither a timestamp"),
-        "{}",
-        quarantined(&out[0]).reason
+    let q = quarantined(&out[0]);
+    assert!(q.reason.contains("is neither a timestamp"), "{}", q.reason);
+    // The setting is wrong, not the row: the error names the param.
+    let fault = q.error.as_ref().unwrap();
+    assert_eq!(
+        (fault.case, fault.field.as_deref()),
+        ("invalid-param", Some("value"))
     );
 }
 

@@ -352,7 +352,7 @@ fn sample(
     // Output rows whose field names keep them out of any table, and the first of them.
     let (mut unloadable, mut first_unloadable) = (0u64, None);
     for ((outcome, line), record) in outcomes.into_iter().zip(lines).zip(records_at) {
-        let (transform, kind, reason) = match outcome {
+        let (transform, kind, reason, param) = match outcome {
             RecordOutcome::Emitted(rows) if rows.is_empty() => {
                 sample.filtered += 1;
                 continue;
@@ -383,12 +383,17 @@ fn sample(
                 }
                 continue;
             }
-            RecordOutcome::Quarantined(q) => (q.transform, q.kind, q.reason),
+            RecordOutcome::Quarantined(q) => {
+                let param = (q.error)
+                    .filter(|e| e.case == "invalid-param")
+                    .and_then(|e| e.field);
+                (q.transform, q.kind, q.reason, param)
+            }
             RecordOutcome::Dropped {
                 transform,
                 kind,
                 reason,
-            } => (transform, kind, reason),
+            } => (transform, kind, reason, None),
         };
         sample.failed += 1;
         let kinds: &mut Vec<KindFailed> = failures.entry(transform).or_default();
@@ -399,6 +404,7 @@ fn sample(
                 count: 1,
                 line,
                 reason,
+                param,
             }),
         }
     }
@@ -426,8 +432,16 @@ fn sample(
         // in the file: an error takes enough of them, or every row of the sample.
         let certain = reached >= MIN_ALL_FAILED || all_reached;
         if failed == reached && certain {
+            // At the param the guest said is wrong, when the file sets it.
+            let param = (kinds.first().and_then(|k| k.param.as_ref())).filter(|p| {
+                (loaded.config.transforms.get(i)).is_some_and(|t| t.with.contains_key(*p))
+            });
+            let at = match param {
+                Some(p) => format!("transforms[{i}].with.{p}"),
+                None => format!("transforms[{i}]"),
+            };
             issues.push(loaded.issue(
-                &format!("transforms[{i}]"),
+                &at,
                 format!(
                     "failed all {reached} rows that reached it from the first {} rows of \
                      {}{firsts}{STOP_HINT}",
@@ -491,6 +505,9 @@ struct KindFailed {
     line: Option<u64>,
     /// The first one's reason.
     reason: String,
+    /// The param the first one's guest error names, when it is `invalid-param`: the setting, not
+    /// the data, is wrong.
+    param: Option<String>,
 }
 
 impl KindFailed {

@@ -17,7 +17,8 @@
 //! any value, written as `Value::to_text` writes it (`2024-11` in a timestamp, `10` in `210`;
 //! the float 5.0 is `5`, as Snowflake casts it to text).
 //! A null field never matches (except with `ne`). A row without the field fails with
-//! `missing-field`.
+//! `missing-field`; a row whose field is a number, timestamp or bool that `value` cannot be
+//! compared with (`value: "ten"` for a float field) fails with `invalid-param` naming `value`.
 
 use std::cmp::Ordering;
 
@@ -156,21 +157,26 @@ impl Filter {
             }
             Value::String(s) | Value::Json(s) => s.as_str().cmp(self.text.as_str()),
             Value::Timestamp(t) if let Some(want) = self.timestamp => t.cmp(&want),
+            // The param does not fit the field's type: `invalid-param`, so that `sluice validate`
+            // names `with.value` and a letter says the setting, not the row, is wrong.
             Value::Timestamp(_) if self.number.is_none() => {
-                return Err(Error::invalid_value(
-                    &self.field,
+                return Err(Error::invalid_param(
+                    "value",
                     format!(
-                        "is a timestamp but value {:?} is neither a timestamp (2024-01-02T03:04:05) \
-                         nor a number",
-                        self.text
+                        "{:?} is neither a timestamp (2024-01-02T03:04:05) nor a number, and field \
+                         `{}` is a timestamp",
+                        self.text, self.field
                     ),
                 ));
             }
             Value::Int(_) | Value::Float(_) | Value::Timestamp(_) => {
                 let Some(want) = self.number else {
-                    return Err(Error::invalid_value(
-                        &self.field,
-                        format!("is a number but value {:?} is not", self.text),
+                    return Err(Error::invalid_param(
+                        "value",
+                        format!(
+                            "{:?} is not a number, and field `{}` is one",
+                            self.text, self.field
+                        ),
                     ));
                 };
                 let int = match v {
@@ -185,9 +191,12 @@ impl Filter {
             Value::Bool(b) => match self.boolean {
                 Some(want) => b.cmp(&want),
                 None => {
-                    return Err(Error::invalid_value(
-                        &self.field,
-                        format!("is a bool but value {:?} is not", self.text),
+                    return Err(Error::invalid_param(
+                        "value",
+                        format!(
+                            "{:?} is not a bool, and field `{}` is one",
+                            self.text, self.field
+                        ),
                     ));
                 }
             },
