@@ -928,7 +928,7 @@ pub fn read_to_end(
     topic: &str,
     mut each: impl FnMut(Option<&[u8]>) -> bool,
 ) -> Result<(), ConsumeError> {
-    read_since(kafka, bootstrap, topic, None, |m| each(m.payload()))
+    read_since(kafka, bootstrap, topic, None, None, |m| each(m.payload())).map(drop)
 }
 
 /// A consumer that joins no group, for reads by assignment. An offset before a partition's start
@@ -997,17 +997,20 @@ pub fn timestamps_at(
 
 /// [`read_to_end`], handing `each` the whole message (headers too), from the first message of
 /// each partition written at or after `since_ms` (by its timestamp) rather than from the
-/// earliest, when that is given.
+/// earliest, when that is given; it also ends, early, once `stop` fires. Returns the offset each
+/// partition starts at: above 0 where retention (or a deletion) removed its first records, which
+/// no read sees.
 pub fn read_since(
     kafka: &KafkaConfig,
     bootstrap: &str,
     topic: &str,
     since_ms: Option<i64>,
+    stop: Option<&tokio_util::sync::CancellationToken>,
     mut each: impl FnMut(&BorrowedMessage<'_>) -> bool,
-) -> Result<(), ConsumeError> {
+) -> Result<BTreeMap<i32, i64>, ConsumeError> {
     let c = earliest_reader(kafka, bootstrap)?;
     let kafka_err = |what: String| move |source| ConsumeError::Kafka { what, source };
-    let mut ends = BTreeMap::new();
+    let (mut ends, mut starts) = (BTreeMap::new(), BTreeMap::new());
     let mut tpl = TopicPartitionList::new();
     for p in partitions_of(&c, topic)? {
         let (low, high) = c
@@ -1015,6 +1018,7 @@ pub fn read_since(
             .map_err(kafka_err(format!(
                 "cannot read end offset of {topic} partition {p}"
             )))?;
+        starts.insert(p, low);
         if high > low {
             ends.insert(p, high);
             let from = since_ms.map_or(Offset::Beginning, Offset::Offset);
@@ -1023,7 +1027,7 @@ pub fn read_since(
         }
     }
     if ends.is_empty() {
-        return Ok(());
+        return Ok(starts);
     }
     if since_ms.is_some() {
         // The offsets of those times; a partition with nothing written since has nothing to read.
@@ -1045,7 +1049,7 @@ pub fn read_since(
         }
         ends.retain(|p, _| assigned.contains(p));
         if ends.is_empty() {
-            return Ok(());
+            return Ok(starts);
         }
     }
     c.assign(&tpl)
@@ -1060,6 +1064,9 @@ pub fn read_since(
     };
     let (mut progress, mut last_error) = (std::time::Instant::now(), None);
     while !ends.is_empty() {
+        if stop.is_some_and(|s| s.is_cancelled()) {
+            return Ok(starts);
+        }
         let m = match c.poll(Duration::from_millis(200)) {
             Some(Ok(m)) => m,
             Some(Err(e @ KafkaError::MessageConsumptionFatal(_))) => {
@@ -1099,13 +1106,13 @@ pub fn read_since(
         };
         progress = std::time::Instant::now();
         if m.offset() < end && !each(&m) {
-            return Ok(());
+            return Ok(starts);
         }
         if m.offset() + 1 >= end {
             done(&mut ends, m.partition());
         }
     }
-    Ok(())
+    Ok(starts)
 }
 
 /// The offsets `group` has committed for `topic`, per partition (partitions without a commit

@@ -742,7 +742,8 @@ pub async fn run(
                 error!(
                     exit_code = 130,
                     "{again} again; exiting now without waiting for in-flight work. What the \
-                     warehouse committed is kept: `sluice run --consume-only` resumes from it."
+                     warehouse committed is kept: `sluice run --consume-only` resumes from it \
+                     (`--resume`, a replay stopped part-way)."
                 );
                 std::process::exit(130);
             };
@@ -763,7 +764,8 @@ pub async fn run(
                         exit_code = 1,
                         "{name}, and in-flight work did not finish within {}s \
                          (--drain-timeout); exiting without it. What the warehouse committed is \
-                         kept: `sluice run --consume-only` resumes from it.",
+                         kept: `sluice run --consume-only` resumes from it (`--resume`, a replay \
+                         stopped part-way).",
                         drain_timeout.as_secs_f64()
                     );
                     std::process::exit(1);
@@ -799,7 +801,8 @@ pub async fn run(
         problems: vec![
             "the run did not finish: it failed before it could write its summary (its \
                  error said why), was killed, or exited at --drain-timeout; `sluice run \
-                 --consume-only` resumes from what the warehouse holds"
+                 --consume-only` resumes from what the warehouse holds, and `sluice run --resume` \
+                 also finishes a replay stopped part-way"
                 .to_owned(),
         ],
         unfinished: true,
@@ -1589,6 +1592,9 @@ async fn note_letters_written(ctx: &ConsumeCtx, topic: &str, from: BTreeMap<i32,
         ctx.dlq_topic.clone(),
         ctx.lettered.clone(),
     );
+    // Ends the read (a blocking thread) on a stop and past the limit, not only the wait for it.
+    let stop = ctx.cancel.child_token();
+    let _stop_on_return = stop.clone().drop_guard();
     let reading = tokio::task::spawn_blocking(move || {
         let at = consume::timestamps_at(&kafka, &bootstrap, &topic, &from)?;
         let Some(first) = at.values().min() else {
@@ -1596,7 +1602,7 @@ async fn note_letters_written(ctx: &ConsumeCtx, topic: &str, from: BTreeMap<i32,
         };
         let mut noted = 0u64;
         let since = Some(first.saturating_sub(CLOCK_SLACK_MS));
-        consume::read_since(&kafka, &bootstrap, &dlq, since, |m| {
+        consume::read_since(&kafka, &bootstrap, &dlq, since, Some(&stop), |m| {
             if let Some(v) = rdkafka::Message::payload(m)
                 && lettered.note(v, &topic, &from)
             {
@@ -1604,7 +1610,7 @@ async fn note_letters_written(ctx: &ConsumeCtx, topic: &str, from: BTreeMap<i32,
             }
             true
         })
-        .map(|()| noted)
+        .map(|_| noted)
     });
     let read = tokio::select! {
         read = tokio::time::timeout(READ_LIMIT, reading) => match read {
@@ -2331,7 +2337,8 @@ fn warnings(s: &RunSummary) -> Vec<String> {
                 .any(|(p, from)| r.start_offsets.get(p).is_some_and(|began| from < began));
             c.rows_loaded > 0 && (below || c.table_rows_before.is_some_and(|n| n > 0))
         });
-        if before > 0 && twice && !r.resumed {
+        // A resume that found none of the file's rows in the topic replayed it whole.
+        if before > 0 && twice && !(r.resumed && r.rows_already_produced > 0) {
             let are = match s.consume {
                 Some(_) => "are",
                 None => "will be",
@@ -3793,6 +3800,65 @@ mod tests {
             text.matches("offsets were already at 10").count(),
             1,
             "{text}"
+        );
+    }
+
+    /// A resumed replay's rows found in the topics count as read and handled, not as a gap; its
+    /// summary says so; and the topic's earlier messages are not said to be loaded twice unless
+    /// the resume found none of the file's rows among them (it replayed the file whole).
+    #[test]
+    fn a_resumed_replay_accounts_for_the_rows_found_in_the_topics() {
+        let summary = |already: u64| RunSummary {
+            mode: "full".into(),
+            replay: Some(ReplayPart {
+                file: "rows.csv".into(),
+                rows_read: 100,
+                rows_produced: 90 - already,
+                rows_dead_lettered: 6,
+                rows_already_produced: already,
+                rows_already_dead_lettered: 4,
+                resumed: true,
+                start_offsets: BTreeMap::from([(0, 40)]),
+                ..ReplayPart::default()
+            }),
+            consume: Some(ConsumePart {
+                records: 90,
+                rows_to_sink: 90,
+                rows_loaded: 90,
+                start_offsets: BTreeMap::from([(0, 0)]),
+                ..ConsumePart::default()
+            }),
+            ok: true,
+            ..RunSummary::default()
+        };
+        let resumed = summary(40);
+        assert_eq!(reconcile(&resumed, false, false), Vec::<String>::new());
+        let text = summary_text(&resumed);
+        assert!(
+            text.contains("resumed: 40 rows in the topic already, 4 bad rows with letters already"),
+            "{text}"
+        );
+        assert!(!warnings(&resumed).iter().any(|w| w.contains("twice")));
+        // None of the 40 messages before it was the file's: the file was produced whole after
+        // them, and what this run loaded from both is in the table twice.
+        let mut whole = summary(0);
+        if let Some(r) = whole.replay.as_mut() {
+            r.rows_dead_lettered += 4;
+            r.rows_already_dead_lettered = 0;
+        }
+        assert_eq!(reconcile(&whole, false, false), Vec::<String>::new());
+        assert!(warnings(&whole).iter().any(|w| w.contains("twice")));
+        // Rows neither produced nor found are a gap.
+        let mut short = summary(40);
+        if let Some(r) = short.replay.as_mut() {
+            r.rows_already_produced = 30;
+        }
+        assert_eq!(
+            reconcile(&short, false, false),
+            [
+                "replay: 100 rows read but 50 produced + 6 dead-lettered + 0 dropped + 34 in the \
+              topics already"
+            ]
         );
     }
 

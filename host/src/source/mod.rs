@@ -108,9 +108,9 @@ pub enum SourceError {
     /// The reader thread died.
     #[error("csv reader thread failed: {0}")]
     Thread(String),
-    /// A resumed replay could not read what the topics hold already.
-    #[error("cannot read what the topics hold of the file already, to resume the replay")]
-    Resume(#[source] crate::consume::ConsumeError),
+    /// A replay cannot be resumed.
+    #[error(transparent)]
+    Resume(#[from] resume::ResumeError),
 }
 
 /// Live replay counters (rendered by the metrics module and the progress line).
@@ -318,13 +318,20 @@ pub async fn replay(
         Some(r) => {
             let (k, bootstrap, r) = (kafka.clone(), cfg.bootstrap.to_owned(), r.clone());
             let (file, cancel) = (file_name.clone(), cancel.clone());
+            // Only under `dead_letter` does a bad row's letter stand for it.
+            let letters = src.on_error == OnError::DeadLetter;
+            tracing::info!(
+                topic = %kafka.topic,
+                "Reading the topic{} for the rows of {file_name} it holds already, to resume the \
+                 replay.",
+                if letters { " and the dead-letter topic" } else { "" }
+            );
             // A line takes a byte of the file at least: past that, a header is not this file's.
             let read = tokio::task::spawn_blocking(move || {
-                resume::read_held(&k, &bootstrap, &r, &file, size + 1, &cancel)
+                resume::read_held(&k, &bootstrap, &r, &file, size + 1, letters, &cancel)
             })
             .await
-            .map_err(|e| SourceError::Thread(e.to_string()))?
-            .map_err(SourceError::Resume)?;
+            .map_err(|e| SourceError::Thread(e.to_string()))??;
             let Some(held) = read else {
                 return Ok(stats.summary(true));
             };
@@ -336,6 +343,21 @@ pub async fn replay(
                 "Resuming the replay: the topic holds these rows of the file already, and the \
                  dead-letter topic these bad rows' letters; only the rest is produced."
             );
+            if held.rows.is_empty() && held.messages > 0 {
+                tracing::warn!(
+                    topic = %kafka.topic,
+                    messages = held.messages,
+                    "The topic holds messages, but no row of {file_name} (by their sluice.file \
+                     header): this resume produces every row of the file. Was the file renamed \
+                     since the stopped replay, or is this another feed's topic?"
+                );
+            }
+            if held.letters_truncated {
+                tracing::warn!(
+                    "The dead-letter topic no longer holds its first letters (retention): bad \
+                     rows whose letters it removed are dead-lettered again."
+                );
+            }
             held
         }
     };
@@ -547,6 +569,14 @@ pub async fn replay(
     }
     if let Some(e) = failure {
         return Err(e);
+    }
+    if !cancelled && !held.rows.is_empty() {
+        tracing::warn!(
+            topic = %kafka.topic,
+            rows = held.rows.len(),
+            "The topic holds more rows of {file_name} than one per line and loop: an earlier \
+             replay without --resume, or another file of that name. A consume loads them too."
+        );
     }
     let summary = stats.summary(cancelled);
     tracing::info!(

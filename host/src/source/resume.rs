@@ -87,6 +87,30 @@ impl Lines {
     }
 }
 
+/// Why a replay cannot be resumed.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// A topic could not be read.
+    #[error("cannot read what the topics hold of the file already, to resume the replay")]
+    Read(#[source] ConsumeError),
+    /// Records were deleted from the topic (retention, or a deletion): their lines are unknown,
+    /// and producing them again would load them twice.
+    #[error(
+        "topic {topic} no longer holds its first records (partition {partition} starts at offset \
+         {start}: retention or a deletion removed them), so a resume cannot tell which of the \
+         file's rows they were, and would produce and load them again; replay without --resume \
+         (every row again), or load what the topic holds with --consume-only"
+    )]
+    Truncated {
+        /// The topic.
+        topic: String,
+        /// The first partition found truncated.
+        partition: i32,
+        /// Where it starts now.
+        start: i64,
+    },
+}
+
 /// What the topics hold of a file already.
 #[derive(Debug, Default)]
 pub struct Held {
@@ -94,37 +118,60 @@ pub struct Held {
     pub rows: Lines,
     /// Its bad rows' letters (this pipeline's) in the dead-letter topic, by line.
     pub letters: Lines,
+    /// Messages in the topic, the file's or not.
+    pub messages: u64,
+    /// Whether retention removed letters from the dead-letter topic: bad rows among them are
+    /// dead-lettered again.
+    pub letters_truncated: bool,
 }
 
-/// Reads `topic` and the dead-letter topic for what they hold of the file named `file` (its
-/// name, as in the `sluice.file` header), up to their ends now. Lines past `max_line` are not
-/// this file's. Returns `None` once `cancel` fires. Blocking: run it off the async workers.
+/// Reads `topic` and, with `letters`, the dead-letter topic for what they hold of the file named
+/// `file` (its name, as in the `sluice.file` header), up to their ends now. Lines past
+/// `max_line` are not this file's. Returns `None` once `cancel` fires. Blocking: run it off the
+/// async workers.
 pub fn read_held(
     kafka: &KafkaConfig,
     bootstrap: &str,
     resume: &Resume,
     file: &str,
     max_line: u64,
+    letters: bool,
     cancel: &CancellationToken,
-) -> Result<Option<Held>, ConsumeError> {
+) -> Result<Option<Held>, ResumeError> {
     let mut held = Held::default();
     let topic = &kafka.topic;
-    consume::read_since(kafka, bootstrap, topic, None, |m| {
+    let starts = consume::read_since(kafka, bootstrap, topic, None, Some(cancel), |m| {
+        held.messages += 1;
         if let Some(line) = row_line(m, file).filter(|l| *l <= max_line) {
             held.rows.add(line);
         }
-        !cancel.is_cancelled()
-    })?;
-    let dlq = &resume.dead_letter_topic;
-    consume::read_since(kafka, bootstrap, dlq, None, |m| {
-        if let Some(line) = (m.payload())
-            .and_then(|v| letter_line(v, file, &resume.pipeline_id))
-            .filter(|l| *l <= max_line)
-        {
-            held.letters.add(line);
-        }
-        !cancel.is_cancelled()
-    })?;
+        true
+    })
+    .map_err(ResumeError::Read)?;
+    if cancel.is_cancelled() {
+        return Ok(None);
+    }
+    if let Some((&partition, &start)) = starts.iter().find(|(_, start)| **start > 0) {
+        return Err(ResumeError::Truncated {
+            topic: topic.clone(),
+            partition,
+            start,
+        });
+    }
+    if letters {
+        let dlq = &resume.dead_letter_topic;
+        let starts = consume::read_since(kafka, bootstrap, dlq, None, Some(cancel), |m| {
+            if let Some(line) = (m.payload())
+                .and_then(|v| letter_line(v, file, &resume.pipeline_id))
+                .filter(|l| *l <= max_line)
+            {
+                held.letters.add(line);
+            }
+            true
+        })
+        .map_err(ResumeError::Read)?;
+        held.letters_truncated = starts.values().any(|s| *s > 0);
+    }
     Ok((!cancel.is_cancelled()).then_some(held))
 }
 
