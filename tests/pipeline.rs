@@ -3943,3 +3943,70 @@ fn a_killed_replay_is_resumed_without_producing_its_rows_twice() {
         verify();
     }
 }
+
+/// A resume refuses a topic that no longer holds its first records: which of the file's rows they
+/// were is unknown, and producing them again would load them twice. It produces nothing.
+#[test]
+fn a_resume_refuses_a_topic_that_lost_its_first_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let csv = dir.path().join("rows.csv");
+    // 20 good rows and two ragged ones (dead letters).
+    write_csv(&csv, 20);
+    let good = 20;
+    let topic = sluice_tests::broker::unique("cut");
+    let pipeline = serde_json::json!({
+        "version": 1,
+        "name": "cut",
+        "source": { "type": "csv", "path": csv },
+        "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic, "partitions": 1 },
+        "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+    });
+    let path = dir.path().join("pipeline.json");
+    std::fs::write(&path, pipeline.to_string()).unwrap();
+    let (p, state) = (path.to_string_lossy(), dir.path().join("state"));
+    let s = state.to_string_lossy();
+    let replay = |extra: &[&str]| {
+        let mut args = vec!["replay", &p, "--no-progress", "--state-dir", &s];
+        args.extend(extra);
+        sluice(dir.path(), &args)
+    };
+    let out = replay(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Resumed while the topic is whole, nothing is produced again.
+    let out = replay(&["--resume"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("rows={good} bad_rows=2")),
+        "{stderr}"
+    );
+    assert_eq!(sluice_tests::broker::read_topic(&topic).len(), good);
+
+    let admin: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", sluice_tests::broker::bootstrap())
+        .create()
+        .unwrap();
+    let mut below = rdkafka::TopicPartitionList::new();
+    below
+        .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(5))
+        .unwrap();
+    let opts = rdkafka::admin::AdminOptions::new();
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(admin.delete_records(&below, &opts))
+        .unwrap();
+    let out = replay(&["--resume"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "topic {topic} no longer holds its first records (partition 0 starts at offset 5"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(sluice_tests::broker::read_topic(&topic).len(), good - 5);
+}
