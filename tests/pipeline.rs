@@ -3981,7 +3981,7 @@ fn a_resume_refuses_a_topic_that_lost_its_first_records() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
-        stderr.contains(&format!("rows={good} bad_rows=2")),
+        stderr.contains(&format!("rows={good} letters=2")),
         "{stderr}"
     );
     assert_eq!(sluice_tests::broker::read_topic(&topic).len(), good);
@@ -4009,4 +4009,77 @@ fn a_resume_refuses_a_topic_that_lost_its_first_records() {
         "{stderr}"
     );
     assert_eq!(sluice_tests::broker::read_topic(&topic).len(), good - 5);
+}
+
+/// A resume tells two files of one name apart by their first lines: last month's `events.csv`
+/// in the topic does not stand for this month's, whose rows (and bad row) it produces all the
+/// same; rows appended to a file since keep it, and a resume produces just those.
+#[test]
+fn a_resume_tells_files_of_one_name_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let month = |name: &str, first: u64, rows: u64| {
+        let folder = dir.path().join(name);
+        std::fs::create_dir_all(&folder).unwrap();
+        let mut text = String::from("id,value\n");
+        for i in first..first + rows {
+            text.push_str(&format!("{i},{i}\n"));
+            if i == first + 4 {
+                text.push_str(&format!("{i},ragged,{name}\n"));
+            }
+        }
+        std::fs::write(folder.join("events.csv"), text).unwrap();
+        folder.join("events.csv")
+    };
+    let jan = month("jan", 1, 20);
+    let feb = month("feb", 101, 20);
+    let topic = sluice_tests::broker::unique("monthly");
+    let dlq = format!("{topic}-letters");
+    let s = dir.path().join("state").to_string_lossy().into_owned();
+    let replay = |csv: &Path, extra: &[&str]| {
+        let pipeline = serde_json::json!({
+            "version": 1,
+            "name": "monthly",
+            "source": { "type": "csv", "path": csv },
+            "kafka": { "brokers": sluice_tests::broker::bootstrap(), "topic": topic,
+                       "partitions": 2 },
+            "dead_letter": { "topic": dlq },
+            "sink": { "type": "snowflake", "database": "E2E", "schema": "RAW", "table": "ROWS" }
+        });
+        let path = dir.path().join("pipeline.json");
+        std::fs::write(&path, pipeline.to_string()).unwrap();
+        let p = path.to_string_lossy().into_owned();
+        let mut args = vec!["replay", &p, "--no-progress", "--state-dir", &s];
+        args.extend(extra);
+        let out = sluice(dir.path(), &args);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    let ids = || {
+        let mut ids: Vec<u64> = sluice_tests::broker::read_topic(&topic)
+            .iter()
+            .map(|m| m.json()["id"].as_u64().unwrap())
+            .collect();
+        ids.sort_unstable();
+        ids
+    };
+    let letters = || sluice_tests::broker::read_topic(&dlq).len();
+    replay(&jan, &[]);
+    assert_eq!((ids().len(), letters()), (20, 1));
+    let stderr = replay(&feb, &["--resume"]);
+    assert!(
+        stderr.contains("The topic holds rows of another file named events.csv"),
+        "{stderr}"
+    );
+    let both: Vec<u64> = (1..=20).chain(101..=120).collect();
+    assert_eq!((ids(), letters()), (both.clone(), 2));
+    // Rows appended to February's file: the resume produces those five alone.
+    let mut text = std::fs::read_to_string(&feb).unwrap();
+    text.extend((121..=125).map(|i| format!("{i},{i}\n")));
+    std::fs::write(&feb, text).unwrap();
+    let stderr = replay(&feb, &["--resume"]);
+    // Both months' letters are of a file of this name; January's stands for no row of February.
+    assert!(stderr.contains("rows=20 letters=2"), "{stderr}");
+    let all: Vec<u64> = both.into_iter().chain(121..=125).collect();
+    assert_eq!((ids(), letters()), (all, 2));
 }

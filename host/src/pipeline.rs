@@ -1012,10 +1012,15 @@ pub async fn run(
         Some(s) => {
             if s.cancelled {
                 problems.push(match interrupted.load(Ordering::Relaxed) {
+                    // Stopped while it read the topics, before the first row.
+                    true if opts.resume && s.rows_read == 0 => "the replay was interrupted \
+                         before it began, while it read what the topics hold to resume: nothing \
+                         was produced (run it again with `--resume`)"
+                        .to_owned(),
                     true => format!(
                         "the replay was interrupted before the end of the file, after {} rows: \
-                         the rest of the file is not in the topic (`sluice run --resume` \
-                         produces only the rows the topic does not hold yet, and loads them)",
+                         the rest of the file is not in the topic (run it again with `--resume`: \
+                         it produces only the rows the topic does not hold yet)",
                         s.rows_read
                     ),
                     // Only a stop ends the replay early (a consume half that fails lets it go
@@ -2968,7 +2973,7 @@ pub async fn verify(
             check(
                 format!(
                     "topic {}: {on_topic} messages, expected at least the {wanted} good rows of {} (a \
-                     replay stopped part-way leaves fewer; a full run replays the whole file again)",
+                     replay stopped part-way leaves fewer: `sluice run --resume` produces the rest)",
                     cfg.kafka.topic,
                     path.display()
                 ),

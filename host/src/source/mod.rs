@@ -263,6 +263,10 @@ pub async fn replay(
             source,
         })?
         .len();
+    let file_id = resume::file_id(&path).map_err(|source| SourceError::Open {
+        path: path.clone(),
+        source,
+    })?;
     stats
         .input_bytes_total
         .store(size * u64::from(src.loops.get()), Ordering::Relaxed);
@@ -317,7 +321,11 @@ pub async fn replay(
         None => resume::Held::default(),
         Some(r) => {
             let (k, bootstrap, r) = (kafka.clone(), cfg.bootstrap.to_owned(), r.clone());
-            let (file, cancel) = (file_name.clone(), cancel.clone());
+            let file = resume::FileIs {
+                name: file_name.clone(),
+                id: file_id.clone(),
+            };
+            let cancel = cancel.clone();
             // Only under `dead_letter` does a bad row's letter stand for it.
             let letters = src.on_error == OnError::DeadLetter;
             tracing::info!(
@@ -335,18 +343,38 @@ pub async fn replay(
             let Some(held) = read else {
                 return Ok(stats.summary(true));
             };
-            tracing::info!(
-                file = %path.display(),
-                topic = %kafka.topic,
-                rows = held.rows.len(),
-                bad_rows = held.letters.len(),
-                "Resuming the replay: the topic holds these rows of the file already, and the \
-                 dead-letter topic these bad rows' letters; only the rest is produced."
-            );
-            if held.rows.is_empty() && held.messages > 0 {
+            match held.rows.is_empty() && held.letters.is_empty() {
+                true => tracing::info!(
+                    file = %path.display(),
+                    topic = %kafka.topic,
+                    rows = 0,
+                    letters = 0,
+                    "Resuming the replay: the topics hold nothing of the file yet; producing all \
+                     of it."
+                ),
+                false => tracing::info!(
+                    file = %path.display(),
+                    topic = %kafka.topic,
+                    rows = held.rows.len(),
+                    letters = held.letters.len(),
+                    "Resuming the replay: found `rows` of the file's rows in the topic, and \
+                     `letters` letters of bad rows of a file of its name in the dead-letter topic \
+                     (each stands for the bad row whose bytes it holds); producing the rest."
+                ),
+            }
+            if held.other_files > 0 {
                 tracing::warn!(
                     topic = %kafka.topic,
-                    messages = held.messages,
+                    messages = held.other_files,
+                    "The topic holds rows of another file named {file_name} (its first lines \
+                     differ: last month's, say). They do not stand for this file's rows, which \
+                     this resume produces."
+                );
+            }
+            if held.rows.is_empty() && held.messages > held.other_files {
+                tracing::warn!(
+                    topic = %kafka.topic,
+                    messages = held.messages - held.other_files,
                     "The topic holds messages, but no row of {file_name} (by their sluice.file \
                      header): this resume produces every row of the file. Was the file renamed \
                      since the stopped replay, or is this another feed's topic?"
@@ -427,7 +455,10 @@ pub async fn replay(
         };
         let (line, row, key, enc) = match encoded {
             Ok(message) => message,
-            Err(bad) if src.on_error == OnError::DeadLetter && held.letters.take(bad.line) => {
+            Err(bad)
+                if src.on_error == OnError::DeadLetter
+                    && held.letters.take(bad.line, &bad.payload) =>
+            {
                 stats
                     .rows_already_dead_lettered
                     .fetch_add(1, Ordering::Relaxed);
@@ -484,7 +515,7 @@ pub async fn replay(
             }
         }
         let line_text = line.to_string();
-        let headers = OwnedHeaders::new_with_capacity(3)
+        let headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {
                 key: wire::HEADER_TYPES,
                 value: Some(enc.types.as_bytes()),
@@ -496,6 +527,10 @@ pub async fn replay(
             .insert(Header {
                 key: wire::HEADER_LINE,
                 value: Some(line_text.as_bytes()),
+            })
+            .insert(Header {
+                key: wire::HEADER_FILE_ID,
+                value: Some(file_id.as_bytes()),
             });
         // The wall clock first: a pause between the two reads then lengthens the next gap, where
         // the other way round it shortened it, and two messages' timestamps came closer than a

@@ -1,14 +1,20 @@
 //! Resuming a replay: which of the file's rows the topics hold already.
 //!
-//! A replay stopped part-way (Ctrl-C, `kill -9`, a lost machine) leaves the first part of the
-//! file in the topic, and not always a prefix of it: rows go to several partitions, and the rows
-//! librdkafka still buffered at a `kill -9` are lost from some partitions and not others. So a
-//! resume cannot start at "the last line produced". It reads the topic instead: every message
-//! the replay produces carries its file's name and line (`sluice.file`, `sluice.line`), and every
-//! letter of a bad row carries them too (with the pipeline's stamp). The resumed replay then
+//! A replay stopped part-way (Ctrl-C, `kill -9`) leaves the first part of the file in the topic,
+//! and not always a prefix of it: rows go to several partitions, and the rows librdkafka still
+//! buffered at a `kill -9` are lost from some partitions and not others. So a resume cannot
+//! start at "the last line produced". It reads the topic instead: every message the replay
+//! produces carries its file's name, a fingerprint of the file ([`file_id`]) and the row's line
+//! (`sluice.file`, `sluice.file_id`, `sluice.line`), and every letter of a bad row carries the
+//! name, the line and the record's bytes (with the pipeline's stamp). The resumed replay then
 //! reads the whole file again and produces only the rows, and letters only the bad rows, that
 //! are not there yet. A file looped N times holds each line up to N times: the first
 //! occurrences the topics hold are skipped, the rest produced.
+//!
+//! The fingerprint, of the file's first two lines, tells apart two files of one name (this
+//! month's `events.csv` and last month's), whose lines would otherwise stand for each other and
+//! be skipped; a file with rows appended keeps it, so a resume produces the new rows. A bad
+//! row's letter is matched by its bytes too.
 //!
 //! The topics are read once, before the replay starts, at the cost of reading them (a consume of
 //! the same messages costs more); only the lines are kept, about a byte per line of the file.
@@ -18,7 +24,7 @@ use std::collections::HashMap;
 use rdkafka::message::{BorrowedMessage, Headers as _, Message as _};
 use tokio_util::sync::CancellationToken;
 
-use super::wire::{HEADER_FILE, HEADER_LINE};
+use super::wire::{HEADER_FILE, HEADER_FILE_ID, HEADER_LINE};
 use crate::config::KafkaConfig;
 use crate::consume::{self, ConsumeError};
 
@@ -111,13 +117,100 @@ pub enum ResumeError {
     },
 }
 
+/// The file a replay reads, as its messages name it.
+#[derive(Debug, Clone)]
+pub struct FileIs {
+    /// Its name (`sluice.file`).
+    pub name: String,
+    /// Its fingerprint (`sluice.file_id`).
+    pub id: String,
+}
+
+/// A fingerprint of the CSV file at `path`: a hash of its first two lines (the header and the
+/// first record's first line), or of all of it when shorter. Rows appended keep it.
+pub fn file_id(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut head = Vec::new();
+    std::fs::File::open(path)?
+        .take(64 * 1024)
+        .read_to_end(&mut head)?;
+    let end = (head.iter().enumerate())
+        .filter(|(_, b)| **b == b'\n')
+        .nth(1)
+        .map_or(head.len(), |(i, _)| i + 1);
+    Ok(blake3::hash(&head[..end]).to_hex()[..16].to_owned())
+}
+
+/// Bad rows' letters, by line and record: each as stored (its payload's hash, and whether it was
+/// cut to fit the letter, and to how many bytes).
+#[derive(Debug, Default)]
+pub struct Letters {
+    by_line: HashMap<u64, Vec<StoredPayload>>,
+    total: u64,
+}
+
+#[derive(Debug, PartialEq)]
+struct StoredPayload {
+    /// Bytes stored: all of the record's when `whole`, else its first ones.
+    len: usize,
+    whole: bool,
+    hash: [u8; 32],
+}
+
+impl Letters {
+    fn add(&mut self, line: u64, payload: &[u8], whole: bool) {
+        self.by_line.entry(line).or_default().push(StoredPayload {
+            len: payload.len(),
+            whole,
+            hash: *blake3::hash(payload).as_bytes(),
+        });
+        self.total += 1;
+    }
+
+    /// Whether a letter of the bad row at `line` whose record is `payload` is held, taking it
+    /// out if so.
+    pub fn take(&mut self, line: u64, payload: &[u8]) -> bool {
+        let Some(stored) = self.by_line.get_mut(&line) else {
+            return false;
+        };
+        let found = stored.iter().position(|s| {
+            let fits = match s.whole {
+                true => s.len == payload.len(),
+                false => s.len <= payload.len(),
+            };
+            fits && *blake3::hash(&payload[..s.len]).as_bytes() == s.hash
+        });
+        let Some(i) = found else {
+            return false;
+        };
+        stored.swap_remove(i);
+        if stored.is_empty() {
+            self.by_line.remove(&line);
+        }
+        self.total -= 1;
+        true
+    }
+
+    /// How many are held (not taken yet).
+    pub fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// Whether none is held.
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
 /// What the topics hold of a file already.
 #[derive(Debug, Default)]
 pub struct Held {
     /// Its rows in the topic, by line.
     pub rows: Lines,
-    /// Its bad rows' letters (this pipeline's) in the dead-letter topic, by line.
-    pub letters: Lines,
+    /// Its bad rows' letters (this pipeline's) in the dead-letter topic.
+    pub letters: Letters,
+    /// Messages in the topic of a file of the same name but another fingerprint.
+    pub other_files: u64,
     /// Messages in the topic, the file's or not.
     pub messages: u64,
     /// Whether retention removed letters from the dead-letter topic: bad rows among them are
@@ -125,15 +218,14 @@ pub struct Held {
     pub letters_truncated: bool,
 }
 
-/// Reads `topic` and, with `letters`, the dead-letter topic for what they hold of the file named
-/// `file` (its name, as in the `sluice.file` header), up to their ends now. Lines past
-/// `max_line` are not this file's. Returns `None` once `cancel` fires. Blocking: run it off the
-/// async workers.
+/// Reads `topic` and, with `letters`, the dead-letter topic for what they hold of `file`, up to
+/// their ends now. Lines past `max_line` are not this file's. Returns `None` once `cancel`
+/// fires. Blocking: run it off the async workers.
 pub fn read_held(
     kafka: &KafkaConfig,
     bootstrap: &str,
     resume: &Resume,
-    file: &str,
+    file: &FileIs,
     max_line: u64,
     letters: bool,
     cancel: &CancellationToken,
@@ -142,8 +234,10 @@ pub fn read_held(
     let topic = &kafka.topic;
     let starts = consume::read_since(kafka, bootstrap, topic, None, Some(cancel), |m| {
         held.messages += 1;
-        if let Some(line) = row_line(m, file).filter(|l| *l <= max_line) {
-            held.rows.add(line);
+        match row_line(m, file) {
+            Some(Ok(line)) if line <= max_line => held.rows.add(line),
+            Some(Err(())) => held.other_files += 1,
+            _ => {}
         }
         true
     })
@@ -161,11 +255,11 @@ pub fn read_held(
     if letters {
         let dlq = &resume.dead_letter_topic;
         let starts = consume::read_since(kafka, bootstrap, dlq, None, Some(cancel), |m| {
-            if let Some(line) = (m.payload())
-                .and_then(|v| letter_line(v, file, &resume.pipeline_id))
-                .filter(|l| *l <= max_line)
+            if let Some((line, payload, whole)) = (m.payload())
+                .and_then(|v| bad_row_letter(v, &file.name, &resume.pipeline_id))
+                .filter(|(l, ..)| *l <= max_line)
             {
-                held.letters.add(line);
+                held.letters.add(line, &payload, whole);
             }
             true
         })
@@ -175,16 +269,30 @@ pub fn read_held(
     Ok((!cancel.is_cancelled()).then_some(held))
 }
 
-/// The line of a message a replay of `file` produced.
-fn row_line(m: &BorrowedMessage<'_>, file: &str) -> Option<u64> {
+/// The line of a message a replay of `file` produced; `Err` for one of a file of the same name
+/// but another fingerprint. A message without a fingerprint (an earlier version's) goes by its
+/// name.
+fn row_line(m: &BorrowedMessage<'_>, file: &FileIs) -> Option<Result<u64, ()>> {
     let headers = m.headers()?;
     let value = |key: &str| {
         (headers.iter())
             .find(|h| h.key == key)
             .and_then(|h| std::str::from_utf8(h.value?).ok())
     };
-    (value(HEADER_FILE)? == file).then_some(())?;
-    value(HEADER_LINE)?.parse().ok()
+    (value(HEADER_FILE)? == file.name).then_some(())?;
+    if value(HEADER_FILE_ID).is_some_and(|id| id != file.id) {
+        return Some(Err(()));
+    }
+    value(HEADER_LINE)?.parse().ok().map(Ok)
+}
+
+/// The line, stored payload and whether it is whole, of a letter `pipeline` wrote for a bad row
+/// of the file named `file`.
+fn bad_row_letter(letter: &[u8], file: &str, pipeline: &str) -> Option<(u64, Vec<u8>, bool)> {
+    let line = letter_line(letter, file, pipeline)?;
+    let read = super::dlq::decode(letter).ok()?;
+    // A letter whose text was changed after it was written (masked) stands for no record.
+    (!read.altered).then_some((line, read.letter.payload, read.whole))
 }
 
 /// The line of a letter `pipeline` wrote for a bad row of `file`.
@@ -228,6 +336,36 @@ mod tests {
             assert!(lines.take(7));
         }
         assert!(!lines.take(7) && lines.is_empty());
+    }
+
+    /// A letter stands for the bad row whose record it holds: all of it, or its first bytes when
+    /// it was cut; one letter for one row.
+    #[test]
+    fn letters_are_matched_by_their_records_bytes() {
+        let mut letters = Letters::default();
+        letters.add(5, b"1,a,extra", true);
+        letters.add(9, b"2,b,", false);
+        assert!(!letters.take(5, b"1,a,other"));
+        assert!(!letters.take(6, b"1,a,extra"));
+        assert!(letters.take(5, b"1,a,extra"));
+        assert!(!letters.take(5, b"1,a,extra"));
+        assert!(!letters.take(9, b"2,c,xxxxx"));
+        assert!(letters.take(9, b"2,b,xxxxx") && letters.is_empty());
+    }
+
+    /// Appended rows keep a file's fingerprint; another first record changes it.
+    #[test]
+    fn a_files_fingerprint_is_its_first_two_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.csv");
+        std::fs::write(&path, "id,v\n1,x\n").unwrap();
+        let first = file_id(&path).unwrap();
+        std::fs::write(&path, "id,v\n1,x\n2,y\n").unwrap();
+        assert_eq!(file_id(&path).unwrap(), first);
+        std::fs::write(&path, "id,v\n3,x\n2,y\n").unwrap();
+        assert_ne!(file_id(&path).unwrap(), first);
+        std::fs::write(&path, "id,v").unwrap();
+        assert_eq!(file_id(&path).unwrap().len(), 16);
     }
 
     /// Only this pipeline's letters of bad rows of this file count.

@@ -7,7 +7,8 @@
 //! - **header `sluice.types`**: the field types, comma-separated and in the same order
 //!   (`int,string,timestamp,float,json`).
 //! - **headers `sluice.file` and `sluice.line`**: the CSV file name and the 1-based line the row
-//!   starts on (set by the producer, not by [`encode`]).
+//!   starts on, and **`sluice.file_id`**, a fingerprint of the file's first two lines (set by the
+//!   producer, not by [`encode`]; a resumed replay tells two files of one name apart by it).
 //!
 //! Why JSON: any Kafka tool (and `scripts/check-topic.py`) can read the topic without a schema
 //! registry, and CSV rows are small and repetitive, which lz4 compresses well. Why the types
@@ -39,6 +40,8 @@ pub const HEADER_TYPES: &str = "sluice.types";
 pub const HEADER_FILE: &str = "sluice.file";
 /// Header carrying the 1-based CSV line number the row starts on.
 pub const HEADER_LINE: &str = "sluice.line";
+/// Header carrying a fingerprint of the CSV file (see [`crate::source::resume::file_id`]).
+pub const HEADER_FILE_ID: &str = "sluice.file_id";
 
 /// Wire name of a JSON value that is not embedded as JSON but carried as a JSON string.
 const JSON_TEXT: &str = "json_text";
