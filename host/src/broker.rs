@@ -38,12 +38,15 @@ child=$!
 # under the draining run; it ignores stray signals too, so that it still cleans up once sluice
 # is gone (its end of stdin closes, even on kill -9).
 trap '' INT TERM HUP
-read -r _ || true
-kill -TERM "$child" 2>/dev/null
-( sleep 5; kill -KILL "$child" 2>/dev/null ) &
-killer=$!
+# The stopper waits for that on the watchdog's stdin (fd 3: an asynchronous list's own stdin is
+# /dev/null), while the watchdog waits for the broker, so that a broker that dies, at start
+# say, ends the watchdog at once and sluice sees it.
+exec 3<&0
+( read -r _ <&3 || true; kill -TERM "$child" 2>/dev/null; sleep 5; kill -KILL "$child" 2>/dev/null ) &
+stopper=$!
+exec 3<&-
 wait "$child"
-kill "$killer" 2>/dev/null
+kill -KILL "$stopper" 2>/dev/null
 if [ -n "$remove" ]; then rm -rf -- "$remove"; fi
 "#;
 
@@ -262,11 +265,10 @@ impl ManagedBroker {
                 } else {
                     format!("no connection on {addr} within {START_TIMEOUT:?}")
                 };
+                // Read before the watchdog goes: it removes an ephemeral data directory, log and all.
+                let log_tail = log_tail(&log_path, log_start);
                 drop(broker);
-                return Err(BrokerError::NotReady {
-                    reason,
-                    log_tail: log_tail(&log_path, log_start),
-                });
+                return Err(BrokerError::NotReady { reason, log_tail });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -320,6 +322,30 @@ fn log_tail(path: &Path, from: u64) -> String {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
+
+    /// A broker that dies as it starts is seen at once, with its last words, not after
+    /// `START_TIMEOUT` (three starts of 30 s each).
+    #[test]
+    fn a_broker_that_dies_at_start_is_seen_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let bin = dir.path().join("nisshi");
+        std::fs::write(&bin, "#!/bin/sh\necho 'storage is corrupt' >&2\nexit 3\n").unwrap();
+        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let started = Instant::now();
+        let Err(e) = ManagedBroker::try_start(&bin, &data, false) else {
+            panic!("a broker that exits does not start");
+        };
+        assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+        match e {
+            BrokerError::NotReady { reason, log_tail } => {
+                assert_eq!(reason, "it exited");
+                assert!(log_tail.contains("storage is corrupt"), "{log_tail}");
+            }
+            other => panic!("{other}"),
+        }
+    }
 
     /// The broker runs only from a cache no other user could have written, binary and the
     /// directories above it alike.
