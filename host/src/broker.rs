@@ -11,7 +11,6 @@
 //! `scripts/install-broker.sh` installs into
 //! (`${SLUICE_CACHE_DIR:-${XDG_CACHE_HOME:-$HOME/.cache}/sluice}/nisshi-0.8.1/bin/nisshi`).
 
-use std::io::{Read as _, Seek as _, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
@@ -165,7 +164,10 @@ impl ManagedBroker {
     }
 
     fn start_with(data_dir: &Path, remove: bool) -> Result<ManagedBroker, BrokerError> {
-        let bin = nisshi_binary()?;
+        Self::start_bin(&nisshi_binary()?, data_dir, remove)
+    }
+
+    fn start_bin(bin: &Path, data_dir: &Path, remove: bool) -> Result<ManagedBroker, BrokerError> {
         let spawn_err = |source| BrokerError::Spawn {
             dir: data_dir.to_path_buf(),
             source,
@@ -176,7 +178,7 @@ impl ManagedBroker {
         // so a start that fails to listen is retried on a new port.
         let mut last = None;
         for _ in 0..3 {
-            match Self::try_start(&bin, &data_dir, remove) {
+            match Self::try_start(bin, &data_dir, remove) {
                 Ok(b) => return Ok(b),
                 Err(e @ BrokerError::NotReady { .. }) => last = Some(e),
                 Err(e) => return Err(e),
@@ -199,14 +201,19 @@ impl ManagedBroker {
             .port();
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         let url = format!("tcp://{addr}");
-        let log_path = data_dir.join("nisshi.log");
+        // Made again: an earlier attempt's watchdog removed an ephemeral one.
+        std::fs::create_dir_all(data_dir).map_err(spawn_err)?;
         let log = std::fs::OpenOptions::new()
             .create(true)
+            .read(true)
             .append(true)
-            .open(&log_path)
+            .open(data_dir.join("nisshi.log"))
             .map_err(spawn_err)?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
-        let log2 = log.try_clone().map_err(spawn_err)?;
+        let (log2, tail) = (
+            log.try_clone().map_err(spawn_err)?,
+            log.try_clone().map_err(spawn_err)?,
+        );
         let remove_arg = if remove {
             data_dir.as_os_str().to_owned()
         } else {
@@ -265,8 +272,7 @@ impl ManagedBroker {
                 } else {
                     format!("no connection on {addr} within {START_TIMEOUT:?}")
                 };
-                // Read before the watchdog goes: it removes an ephemeral data directory, log and all.
-                let log_tail = log_tail(&log_path, log_start);
+                let log_tail = log_tail(&tail, log_start);
                 drop(broker);
                 return Err(BrokerError::NotReady { reason, log_tail });
             }
@@ -306,16 +312,16 @@ impl Drop for ManagedBroker {
     }
 }
 
-fn log_tail(path: &Path, from: u64) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        let start = len.saturating_sub(4096).max(from);
-        if f.seek(SeekFrom::Start(start)).is_ok() {
-            let _ = f.read_to_string(&mut text);
-        }
-    }
-    text
+/// The last 4 KiB of the log written since `from`, read through a handle that outlives the file's
+/// name (an ephemeral data directory is removed as the broker goes) and without moving the
+/// offset the broker's own handles share.
+fn log_tail(log: &std::fs::File, from: u64) -> String {
+    use std::os::unix::fs::FileExt as _;
+    let len = log.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(4096).max(from);
+    let mut buf = vec![0; (len - start.min(len)) as usize];
+    let n = log.read_at(&mut buf, start).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 #[cfg(test)]
@@ -324,26 +330,28 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     /// A broker that dies as it starts is seen at once, with its last words, not after
-    /// `START_TIMEOUT` (three starts of 30 s each).
+    /// `START_TIMEOUT` (three starts of 30 s each); an ephemeral one too, whose data directory
+    /// (log and all) goes with it, and whose next attempt makes it again.
     #[test]
     fn a_broker_that_dies_at_start_is_seen_at_once() {
-        let dir = tempfile::tempdir().unwrap();
-        let bin = dir.path().join("nisshi");
-        std::fs::write(&bin, "#!/bin/sh\necho 'storage is corrupt' >&2\nexit 3\n").unwrap();
-        std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let data = dir.path().join("data");
-        std::fs::create_dir_all(&data).unwrap();
-        let started = Instant::now();
-        let Err(e) = ManagedBroker::try_start(&bin, &data, false) else {
-            panic!("a broker that exits does not start");
-        };
-        assert!(started.elapsed() < Duration::from_secs(10), "{e}");
-        match e {
-            BrokerError::NotReady { reason, log_tail } => {
-                assert_eq!(reason, "it exited");
-                assert!(log_tail.contains("storage is corrupt"), "{log_tail}");
+        for ephemeral in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let bin = dir.path().join("nisshi");
+            std::fs::write(&bin, "#!/bin/sh\necho 'storage is corrupt' >&2\nexit 3\n").unwrap();
+            std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let data = dir.path().join("data");
+            let started = Instant::now();
+            let Err(e) = ManagedBroker::start_bin(&bin, &data, ephemeral) else {
+                panic!("a broker that exits does not start");
+            };
+            assert!(started.elapsed() < Duration::from_secs(10), "{e}");
+            match e {
+                BrokerError::NotReady { reason, log_tail } => {
+                    assert_eq!(reason, "it exited");
+                    assert!(log_tail.contains("storage is corrupt"), "{log_tail}");
+                }
+                other => panic!("{other}"),
             }
-            other => panic!("{other}"),
         }
     }
 
