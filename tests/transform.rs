@@ -4349,6 +4349,7 @@ fn cli_test_reads_stdin_as_it_is_written() {
             kind: "trap".into(),
             reason: String::new(),
             source_file: None,
+            source_file_id: None,
             line: None,
             origin: Some(RecordMeta {
                 headers: vec![("sluice.types".into(), message.types.into_bytes())],
@@ -5315,6 +5316,7 @@ fn cli_test_reruns_dead_letters_with_their_own_metadata() {
         kind: "guest_error".into(),
         reason: "amount: not a number".into(),
         source_file: Some("orders.csv".into()),
+        source_file_id: None,
         line: Some(8),
         origin: Some(RecordMeta {
             topic: "orders".into(),

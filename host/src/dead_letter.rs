@@ -24,6 +24,9 @@ pub struct DeadLetter {
     pub reason: String,
     /// The CSV file the record came from, when known.
     pub source_file: Option<String>,
+    /// That file's fingerprint (`sluice.file_id`), when known: a resumed replay tells a bad
+    /// row's letter from one of another file of the same name by it.
+    pub source_file_id: Option<String>,
     /// The 1-based line in that file where the record starts, when known.
     pub line: Option<u64>,
     /// The Kafka record it was read from, for records rejected after consumption.

@@ -1728,6 +1728,7 @@ async fn process_batch(
                     kind: crate::dead_letter::DECODE_KIND.into(),
                     reason: f.to_string(),
                     source_file: None,
+                    source_file_id: None,
                     line: None,
                     origin: Some(meta.clone()),
                     payload: value,

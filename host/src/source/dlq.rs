@@ -5,7 +5,7 @@
 //!
 //! ```json
 //! {"stage":"source","kind":"ragged_row","reason":"expected 3 fields, found 2","error":null,
-//!  "file":"data.csv","line":17,"origin":null,
+//!  "file":"data.csv","file_id":"40960:4f2a...","line":17,"origin":null,
 //!  "payload":"1,abc","payload_encoding":"utf8","payload_bytes":5,"payload_truncated":false}
 //! ```
 //!
@@ -394,6 +394,10 @@ fn encode_cut(letter: &DeadLetter, cut: usize, origin_cut: usize, reason_cut: us
         "payload_bytes": letter.payload.len(),
         "payload_truncated": cut < letter.payload.len(),
     });
+    let mut v = v;
+    if let (Some(id), Some(o)) = (&letter.source_file_id, v.as_object_mut()) {
+        o.insert("file_id".into(), id.as_str().into());
+    }
     serde_json::to_vec(&v).unwrap_or_default()
 }
 
@@ -453,6 +457,8 @@ struct Encoded {
     error: Option<EncodedFault>,
     #[serde(default)]
     file: Option<String>,
+    #[serde(default)]
+    file_id: Option<String>,
     #[serde(default)]
     line: Option<u64>,
     #[serde(default)]
@@ -586,6 +592,7 @@ pub fn decode(text: &[u8]) -> Result<ReadLetter, String> {
             kind: e.kind,
             reason: e.reason,
             source_file: e.file,
+            source_file_id: e.file_id,
             line: e.line,
             origin,
             payload,
@@ -610,6 +617,7 @@ mod tests {
             kind: "guest_error".into(),
             reason: "bad".into(),
             source_file: None,
+            source_file_id: None,
             line: None,
             origin: Some(RecordMeta {
                 topic: "t".into(),
@@ -667,6 +675,7 @@ mod tests {
             kind: "guest_error".into(),
             reason: "\u{1}".repeat(MAX_REASON_BYTES),
             source_file: Some("x.csv".into()),
+            source_file_id: None,
             line: Some(4),
             origin: None,
             payload: vec![b'p'; 20_000],
@@ -686,6 +695,7 @@ mod tests {
             kind: "invalid_utf8".into(),
             reason: "bad".into(),
             source_file: Some("x.csv".into()),
+            source_file_id: None,
             line: Some(4),
             origin: None,
             payload: b"3,\xff".to_vec(),
@@ -765,6 +775,7 @@ mod tests {
             kind: "guest_error".into(),
             reason: "value: not a number".into(),
             source_file: Some("x.csv".into()),
+            source_file_id: None,
             line: Some(9),
             origin: Some(RecordMeta {
                 topic: "rows".into(),

@@ -323,7 +323,7 @@ pub async fn replay(
             let (k, bootstrap, r) = (kafka.clone(), cfg.bootstrap.to_owned(), r.clone());
             let file = resume::FileIs {
                 name: file_name.clone(),
-                id: file_id.clone(),
+                path: path.clone(),
             };
             let cancel = cancel.clone();
             // Only under `dead_letter` does a bad row's letter stand for it.
@@ -366,7 +366,7 @@ pub async fn replay(
                 tracing::warn!(
                     topic = %kafka.topic,
                     messages = held.other_files,
-                    "The topic holds rows of another file named {file_name} (its first lines \
+                    "The topic holds rows of another file named {file_name} (its first bytes \
                      differ: last month's, say). They do not stand for this file's rows, which \
                      this resume produces."
                 );
@@ -468,7 +468,7 @@ pub async fn replay(
                 let on_error = src.on_error;
                 match reject(
                     bad,
-                    &file_name,
+                    (&file_name, &file_id),
                     on_error,
                     &dead_letters,
                     &stats,
@@ -610,7 +610,8 @@ pub async fn replay(
             topic = %kafka.topic,
             rows = held.rows.len(),
             "The topic holds more rows of {file_name} than one per line and loop: an earlier \
-             replay without --resume, or another file of that name. A consume loads them too."
+             replay without --resume (or, without fingerprints, an earlier version's replay of \
+             another file of that name). A consume loads them too."
         );
     }
     let summary = stats.summary(cancelled);
@@ -673,7 +674,7 @@ type LetterWait = futures::future::BoxFuture<'static, (u64, Result<(), DeadLette
 /// alongside the rows' deliveries (one at a time, each would cost a broker round trip).
 async fn reject(
     bad: BadRow,
-    file: &str,
+    (file, file_id): (&str, &str),
     on_error: OnError,
     dead_letters: &DeadLetterTx,
     stats: &ReplayStats,
@@ -715,6 +716,7 @@ async fn reject(
                 kind: bad.kind.as_str().into(),
                 reason: bad.reason,
                 source_file: Some(file.to_owned()),
+                source_file_id: Some(file_id.to_owned()),
                 line: Some(line),
                 origin: None,
                 payload: bad.payload,

@@ -11,10 +11,12 @@
 //! are not there yet. A file looped N times holds each line up to N times: the first
 //! occurrences the topics hold are skipped, the rest produced.
 //!
-//! The fingerprint, of the file's first two lines, tells apart two files of one name (this
-//! month's `events.csv` and last month's), whose lines would otherwise stand for each other and
-//! be skipped; a file with rows appended keeps it, so a resume produces the new rows. A bad
-//! row's letter is matched by its bytes too.
+//! The fingerprint, the length and hash of the file's first MiB (or all of it when shorter),
+//! tells apart two files of one name (this month's `events.csv` and last month's), whose lines
+//! would otherwise stand for each other and be skipped: a message is this file's when this
+//! file's first bytes, as many as its fingerprint covers, hash the same. So a file with rows
+//! appended since still matches, and a resume produces the new rows. A bad row's letter carries
+//! the fingerprint too (`file_id`), and is matched by its record's bytes as well.
 //!
 //! The topics are read once, before the replay starts, at the cost of reading them (a consume of
 //! the same messages costs more); only the lines are kept, about a byte per line of the file.
@@ -122,23 +124,48 @@ pub enum ResumeError {
 pub struct FileIs {
     /// Its name (`sluice.file`).
     pub name: String,
-    /// Its fingerprint (`sluice.file_id`).
-    pub id: String,
+    /// Where it is, to check the fingerprints found against.
+    pub path: std::path::PathBuf,
 }
 
-/// A fingerprint of the CSV file at `path`: a hash of its first two lines (the header and the
-/// first record's first line), or of all of it when shorter. Rows appended keep it.
+/// How much of a file its fingerprint covers at most.
+const FINGERPRINT_BYTES: u64 = 1024 * 1024;
+
+/// A fingerprint of the file at `path`: `<n>:<hash>`, the length of its first MiB (all of it
+/// when shorter) and their hash. Rows appended keep it (see [`Fingerprints`]).
 pub fn file_id(path: &std::path::Path) -> std::io::Result<String> {
+    let n = std::fs::metadata(path)?.len().min(FINGERPRINT_BYTES);
+    Ok(format!("{n}:{}", prefix_hash(path, n)?.unwrap_or_default()))
+}
+
+/// The hash of the first `n` bytes of the file at `path`; `None` when it is shorter.
+fn prefix_hash(path: &std::path::Path, n: u64) -> std::io::Result<Option<String>> {
     use std::io::Read as _;
     let mut head = Vec::new();
-    std::fs::File::open(path)?
-        .take(64 * 1024)
-        .read_to_end(&mut head)?;
-    let end = (head.iter().enumerate())
-        .filter(|(_, b)| **b == b'\n')
-        .nth(1)
-        .map_or(head.len(), |(i, _)| i + 1);
-    Ok(blake3::hash(&head[..end]).to_hex()[..16].to_owned())
+    std::fs::File::open(path)?.take(n).read_to_end(&mut head)?;
+    Ok((head.len() as u64 == n).then(|| blake3::hash(&head).to_hex()[..16].to_owned()))
+}
+
+/// Tells whether fingerprints found in the topics are this file's, each worked out once.
+struct Fingerprints<'a> {
+    path: &'a std::path::Path,
+    known: HashMap<String, bool>,
+}
+
+impl Fingerprints<'_> {
+    /// Whether `id` is this file's: the file's first bytes, as many as `id` covers, hash the
+    /// same (so a file that grew since still matches). One that cannot be read matches nothing.
+    fn is_this(&mut self, id: &str) -> bool {
+        if let Some(&known) = self.known.get(id) {
+            return known;
+        }
+        let this = id.split_once(':').is_some_and(|(n, hash)| {
+            let hashed = n.parse().ok().map(|n| prefix_hash(self.path, n));
+            matches!(hashed, Some(Ok(Some(h))) if h == hash)
+        });
+        self.known.insert(id.to_owned(), this);
+        this
+    }
 }
 
 /// Bad rows' letters, by line and record: each as stored (its payload's hash, and whether it was
@@ -231,10 +258,14 @@ pub fn read_held(
     cancel: &CancellationToken,
 ) -> Result<Option<Held>, ResumeError> {
     let mut held = Held::default();
+    let mut ours = Fingerprints {
+        path: &file.path,
+        known: HashMap::new(),
+    };
     let topic = &kafka.topic;
     let starts = consume::read_since(kafka, bootstrap, topic, None, Some(cancel), |m| {
         held.messages += 1;
-        match row_line(m, file) {
+        match row_line(m, &file.name, &mut ours) {
             Some(Ok(line)) if line <= max_line => held.rows.add(line),
             Some(Err(())) => held.other_files += 1,
             _ => {}
@@ -256,7 +287,7 @@ pub fn read_held(
         let dlq = &resume.dead_letter_topic;
         let starts = consume::read_since(kafka, bootstrap, dlq, None, Some(cancel), |m| {
             if let Some((line, payload, whole)) = (m.payload())
-                .and_then(|v| bad_row_letter(v, &file.name, &resume.pipeline_id))
+                .and_then(|v| bad_row_letter(v, &file.name, &resume.pipeline_id, &mut ours))
                 .filter(|(l, ..)| *l <= max_line)
             {
                 held.letters.add(line, &payload, whole);
@@ -272,25 +303,37 @@ pub fn read_held(
 /// The line of a message a replay of `file` produced; `Err` for one of a file of the same name
 /// but another fingerprint. A message without a fingerprint (an earlier version's) goes by its
 /// name.
-fn row_line(m: &BorrowedMessage<'_>, file: &FileIs) -> Option<Result<u64, ()>> {
+fn row_line(
+    m: &BorrowedMessage<'_>,
+    file: &str,
+    ours: &mut Fingerprints<'_>,
+) -> Option<Result<u64, ()>> {
     let headers = m.headers()?;
     let value = |key: &str| {
         (headers.iter())
             .find(|h| h.key == key)
             .and_then(|h| std::str::from_utf8(h.value?).ok())
     };
-    (value(HEADER_FILE)? == file.name).then_some(())?;
-    if value(HEADER_FILE_ID).is_some_and(|id| id != file.id) {
+    (value(HEADER_FILE)? == file).then_some(())?;
+    if value(HEADER_FILE_ID).is_some_and(|id| !ours.is_this(id)) {
         return Some(Err(()));
     }
     value(HEADER_LINE)?.parse().ok().map(Ok)
 }
 
 /// The line, stored payload and whether it is whole, of a letter `pipeline` wrote for a bad row
-/// of the file named `file`.
-fn bad_row_letter(letter: &[u8], file: &str, pipeline: &str) -> Option<(u64, Vec<u8>, bool)> {
+/// of the file named `file` (of this file, when the letter has a fingerprint).
+fn bad_row_letter(
+    letter: &[u8],
+    file: &str,
+    pipeline: &str,
+    ours: &mut Fingerprints<'_>,
+) -> Option<(u64, Vec<u8>, bool)> {
     let line = letter_line(letter, file, pipeline)?;
     let read = super::dlq::decode(letter).ok()?;
+    if (read.letter.source_file_id.as_deref()).is_some_and(|id| !ours.is_this(id)) {
+        return None;
+    }
     // A letter whose text was changed after it was written (masked) stands for no record.
     (!read.altered).then_some((line, read.letter.payload, read.whole))
 }
@@ -353,19 +396,36 @@ mod tests {
         assert!(letters.take(9, b"2,b,xxxxx") && letters.is_empty());
     }
 
-    /// Appended rows keep a file's fingerprint; another first record changes it.
+    /// A fingerprint is this file's while the bytes it covers are the same: rows appended (even
+    /// to a last line without its newline) keep it; another byte within them, or a file now
+    /// shorter, does not.
     #[test]
-    fn a_files_fingerprint_is_its_first_two_lines() {
+    fn a_fingerprint_matches_the_file_it_was_taken_of_and_its_growth() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("a.csv");
-        std::fs::write(&path, "id,v\n1,x\n").unwrap();
+        std::fs::write(&path, "id,v\n1,x\n2,y").unwrap();
         let first = file_id(&path).unwrap();
-        std::fs::write(&path, "id,v\n1,x\n2,y\n").unwrap();
-        assert_eq!(file_id(&path).unwrap(), first);
-        std::fs::write(&path, "id,v\n3,x\n2,y\n").unwrap();
-        assert_ne!(file_id(&path).unwrap(), first);
-        std::fs::write(&path, "id,v").unwrap();
-        assert_eq!(file_id(&path).unwrap().len(), 16);
+        assert!(first.starts_with("12:"), "{first}");
+        let mut ours = Fingerprints {
+            path: &path,
+            known: HashMap::new(),
+        };
+        assert!(ours.is_this(&first));
+        std::fs::write(&path, "id,v\n1,x\n2,y\n3,z\n").unwrap();
+        let mut ours = Fingerprints {
+            path: &path,
+            known: HashMap::new(),
+        };
+        assert!(ours.is_this(&first));
+        assert!(!ours.is_this("12:0000000000000000") && !ours.is_this("junk"));
+        for other in ["id,v\n1,x\n2,Y\n", "id,v\n1,x\n"] {
+            std::fs::write(&path, other).unwrap();
+            let mut ours = Fingerprints {
+                path: &path,
+                known: HashMap::new(),
+            };
+            assert!(!ours.is_this(&first), "{other:?}");
+        }
     }
 
     /// Only this pipeline's letters of bad rows of this file count.

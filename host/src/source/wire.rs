@@ -7,8 +7,9 @@
 //! - **header `sluice.types`**: the field types, comma-separated and in the same order
 //!   (`int,string,timestamp,float,json`).
 //! - **headers `sluice.file` and `sluice.line`**: the CSV file name and the 1-based line the row
-//!   starts on, and **`sluice.file_id`**, a fingerprint of the file's first two lines (set by the
-//!   producer, not by [`encode`]; a resumed replay tells two files of one name apart by it).
+//!   starts on, and **`sluice.file_id`**, a fingerprint of the file (set by the producer, not by
+//!   [`encode`]; a resumed replay tells two files of one name apart by it: see
+//!   [`crate::source::resume::file_id`]).
 //!
 //! Why JSON: any Kafka tool (and `scripts/check-topic.py`) can read the topic without a schema
 //! registry, and CSV rows are small and repetitive, which lz4 compresses well. Why the types

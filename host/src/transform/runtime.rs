@@ -407,6 +407,9 @@ impl Quarantine {
             source_file: origin
                 .header_text(crate::source::wire::HEADER_FILE)
                 .map(str::to_owned),
+            source_file_id: origin
+                .header_text(crate::source::wire::HEADER_FILE_ID)
+                .map(str::to_owned),
             line: origin.csv_line(),
             origin: Some(origin),
             payload,

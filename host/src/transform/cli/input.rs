@@ -503,6 +503,10 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         ),
+        // Read apart from the input: a pipe, read once, has none.
+        file_id: (pipe.is_none())
+            .then(|| crate::source::resume::file_id(path).ok())
+            .flatten(),
         offsets: Vec::new(),
         key_column: opts.key_column.clone(),
         topic: opts.topic.clone(),
@@ -622,6 +626,8 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
 struct Framer {
     /// The input's file name, for the `sluice.file` header.
     file: String,
+    /// Its fingerprint, for the `sluice.file_id` header (none for a pipe).
+    file_id: Option<String>,
     /// The next row's offset in each partition.
     offsets: Vec<i64>,
     /// The field whose value becomes the message key.
@@ -683,11 +689,17 @@ impl Framer {
             offset: self.offsets[slot],
             key: key.map(String::into_bytes),
             timestamp_ms: self.timestamp_ms,
-            headers: vec![
-                (wire::HEADER_TYPES.to_owned(), enc.types.into_bytes()),
-                (wire::HEADER_FILE.to_owned(), self.file.clone().into_bytes()),
-                (wire::HEADER_LINE.to_owned(), line.to_string().into_bytes()),
-            ],
+            headers: [
+                (wire::HEADER_TYPES, enc.types.into_bytes()),
+                (wire::HEADER_FILE, self.file.clone().into_bytes()),
+                (wire::HEADER_LINE, line.to_string().into_bytes()),
+            ]
+            .into_iter()
+            .chain(
+                (self.file_id.as_ref()).map(|id| (wire::HEADER_FILE_ID, id.clone().into_bytes())),
+            )
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect(),
         };
         self.offsets[slot] += 1;
         InputRecord::Row { line, meta, row }
