@@ -798,13 +798,19 @@ pub async fn run(
         started_at: started.to_rfc3339(),
         topic: cfg.kafka.topic.clone(),
         dead_letter_topic: dead_letter_topic(cfg),
-        problems: vec![
-            "the run did not finish: it failed before it could write its summary (its \
-                 error said why), was killed, or exited at --drain-timeout; `sluice run \
-                 --consume-only` resumes from what the warehouse holds, and `sluice run --resume` \
-                 also finishes a replay stopped part-way"
-                .to_owned(),
-        ],
+        problems: vec![format!(
+            "the run did not finish: it failed before it could write its summary (its error \
+             said why), was killed, or exited at --drain-timeout; {}",
+            match opts.mode {
+                RunMode::Full =>
+                    "`sluice run --resume` finishes its replay and loads from what \
+                                  the warehouse holds",
+                RunMode::ReplayOnly => "`sluice replay --resume` finishes its replay",
+                RunMode::ConsumeOnly =>
+                    "`sluice run --consume-only` resumes from what the \
+                                         warehouse holds",
+            }
+        )],
         unfinished: true,
         ..RunSummary::default()
     };
@@ -1096,6 +1102,10 @@ pub async fn run(
     summary.ok = summary.problems.is_empty();
     summary.warnings = warnings(&summary);
     summary.warnings.extend(retention_warning);
+    // What a resumed replay found amiss in the topics.
+    summary.warnings.extend(std::mem::take(
+        &mut *(stats.replay.warnings.lock()).unwrap_or_else(|e| e.into_inner()),
+    ));
     if interrupted.load(Ordering::Relaxed) {
         let topic_end = match summary.replay {
             Some(_) => None,
@@ -2173,7 +2183,8 @@ fn summary_text(s: &RunSummary) -> String {
             r.rows_dead_lettered,
             r.rows_dropped
         ));
-        if r.resumed {
+        // Not for a resume stopped while it read the topics: it found nothing yet.
+        if r.resumed && r.rows_read > 0 {
             out.push_str(&format!(
                 "             resumed: {} in the topic already, {} with letters already\n",
                 counted(r.rows_already_produced, "row"),
@@ -2343,8 +2354,8 @@ fn warnings(s: &RunSummary) -> Vec<String> {
                 .any(|(p, from)| r.start_offsets.get(p).is_some_and(|began| from < began));
             c.rows_loaded > 0 && (below || c.table_rows_before.is_some_and(|n| n > 0))
         });
-        // A resume that found none of the file's rows in the topic replayed it whole.
-        if before > 0 && twice && !(r.resumed && r.rows_already_produced > 0) {
+        // A resume produces no row the topic holds, and says itself what it found amiss there.
+        if before > 0 && twice && !r.resumed {
             let are = match s.consume {
                 Some(_) => "are",
                 None => "will be",
@@ -3845,15 +3856,23 @@ mod tests {
             "{text}"
         );
         assert!(!warnings(&resumed).iter().any(|w| w.contains("twice")));
-        // None of the 40 messages before it was the file's: the file was produced whole after
-        // them, and what this run loaded from both is in the table twice.
+        // None of the 40 messages before it was the file's: the replay itself says what they
+        // were (another file of its name, another feed), not that the file is in twice.
         let mut whole = summary(0);
         if let Some(r) = whole.replay.as_mut() {
             r.rows_dead_lettered += 4;
             r.rows_already_dead_lettered = 0;
         }
         assert_eq!(reconcile(&whole, false, false), Vec::<String>::new());
-        assert!(warnings(&whole).iter().any(|w| w.contains("twice")));
+        assert!(!warnings(&whole).iter().any(|w| w.contains("twice")));
+        let not_resumed = RunSummary {
+            replay: whole.replay.clone().map(|r| ReplayPart {
+                resumed: false,
+                ..r
+            }),
+            ..whole.clone()
+        };
+        assert!(warnings(&not_resumed).iter().any(|w| w.contains("twice")));
         // Rows neither produced nor found are a gap.
         let mut short = summary(40);
         if let Some(r) = short.replay.as_mut() {

@@ -138,6 +138,19 @@ pub struct ReplayStats {
     pub records_scanned: AtomicU64,
     /// CSV bytes to read in total (file size times loop count; for ETA).
     pub input_bytes_total: AtomicU64,
+    /// What a resumed replay found amiss in the topics (logged, and kept for the run's summary).
+    pub warnings: std::sync::Mutex<Vec<String>>,
+}
+
+impl ReplayStats {
+    /// Logs `text` at WARN and keeps it for the summary.
+    fn warn(&self, text: String) {
+        tracing::warn!("{text}");
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(text);
+    }
 }
 
 impl ReplayStats {
@@ -357,33 +370,34 @@ pub async fn replay(
                     topic = %kafka.topic,
                     rows = held.rows.len(),
                     letters = held.letters.len(),
-                    "Resuming the replay: found `rows` of the file's rows in the topic, and \
-                     `letters` letters of bad rows of a file of its name in the dead-letter topic \
-                     (each stands for the bad row whose bytes it holds); producing the rest."
+                    "Resuming the replay: found `rows` messages of the file's rows in the topic \
+                     (a line held twice counts twice), and `letters` letters of bad rows of a file \
+                     of its name in the dead-letter topic (each stands for the bad row whose bytes \
+                     it holds); producing the rest."
                 ),
             }
             if held.other_files > 0 {
-                tracing::warn!(
-                    topic = %kafka.topic,
-                    messages = held.other_files,
-                    "The topic holds rows of another file named {file_name} (its first bytes \
-                     differ: last month's, say). They do not stand for this file's rows, which \
-                     this resume produces."
-                );
+                stats.warn(format!(
+                    "topic {} holds {} rows of another file named {file_name} (its first bytes \
+                     differ: last month's, say); they do not stand for this file's rows, which \
+                     this resume produced",
+                    kafka.topic, held.other_files
+                ));
             }
             if held.rows.is_empty() && held.messages > held.other_files {
-                tracing::warn!(
-                    topic = %kafka.topic,
-                    messages = held.messages - held.other_files,
-                    "The topic holds messages, but no row of {file_name} (by their sluice.file \
-                     header): this resume produces every row of the file. Was the file renamed \
-                     since the stopped replay, or is this another feed's topic?"
-                );
+                stats.warn(format!(
+                    "topic {} holds {} messages, but no row of {file_name} (by their sluice.file \
+                     header): this resume produced every row of the file (was the file renamed \
+                     since the stopped replay, or is this another feed's topic?)",
+                    kafka.topic,
+                    held.messages - held.other_files
+                ));
             }
             if held.letters_truncated {
-                tracing::warn!(
-                    "The dead-letter topic no longer holds its first letters (retention): bad \
-                     rows whose letters it removed are dead-lettered again."
+                stats.warn(
+                    "the dead-letter topic no longer holds its first letters (retention): bad \
+                     rows whose letters it removed were dead-lettered again"
+                        .to_owned(),
                 );
             }
             held
@@ -606,12 +620,19 @@ pub async fn replay(
         return Err(e);
     }
     if !cancelled && !held.rows.is_empty() {
-        tracing::warn!(
-            topic = %kafka.topic,
-            rows = held.rows.len(),
-            "The topic holds more rows of {file_name} than one per line and loop: an earlier \
+        stats.warn(format!(
+            "topic {} holds {} more rows of {file_name} than one per line and loop: an earlier \
              replay without --resume (or, without fingerprints, an earlier version's replay of \
-             another file of that name). A consume loads them too."
+             another file of that name); they are in the topic twice, and a consume loads them too",
+            kafka.topic,
+            held.rows.len()
+        ));
+    }
+    if !cancelled && !held.letters.is_empty() {
+        tracing::info!(
+            letters = held.letters.len(),
+            "Letters of bad rows of another file of this name, or more than one per bad row, are \
+             in the dead-letter topic; they stood for no row of this replay."
         );
     }
     let summary = stats.summary(cancelled);
