@@ -3173,10 +3173,12 @@ fn cli_test_host_calls_are_bounded_and_charged() {
 #[test]
 fn cli_test_marks_debug_output_of_a_rerun_record() {
     let dir = tempfile::tempdir().unwrap();
-    // The second record blocks on a sleep, which fails its batch and then it alone.
+    // The second record blocks on a sleep, which fails its batch and then it alone. A minute,
+    // not a millisecond: a deadline already past when the guest polls it does not block (a
+    // loaded machine took that long between the two), and nothing waits for it anyway.
     std::fs::write(
         dir.path().join("in.jsonl"),
-        "{\"id\":1}\n{\"sleep_ms\":1}\n",
+        "{\"id\":1}\n{\"sleep_ms\":60000}\n",
     )
     .unwrap();
     let args = ["transform", "test", "--component", guests::PROBE];
