@@ -2870,17 +2870,7 @@ fn records_deleted_before_they_were_loaded_are_a_warning() {
     run(&["--until-end"]);
     run(&["--replay-only"]);
     // Offsets 20 to 39 wait in the topic; those below 30 go.
-    let admin: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", sluice_tests::broker::bootstrap())
-        .create()
-        .unwrap();
-    let mut before = rdkafka::TopicPartitionList::new();
-    before
-        .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(30))
-        .unwrap();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    let opts = rdkafka::admin::AdminOptions::new();
-    let deleted = rt.block_on(admin.delete_records(&before, &opts)).unwrap();
+    let deleted = sluice_tests::broker::delete_below(&topic, 0, 30);
     assert_eq!(
         deleted.elements()[0].offset(),
         rdkafka::Offset::Offset(30),
@@ -3987,19 +3977,7 @@ fn a_resume_refuses_a_topic_that_lost_its_first_records() {
     );
     assert_eq!(sluice_tests::broker::read_topic(&topic).len(), good);
 
-    let admin: rdkafka::admin::AdminClient<_> = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", sluice_tests::broker::bootstrap())
-        .create()
-        .unwrap();
-    let mut below = rdkafka::TopicPartitionList::new();
-    below
-        .add_partition_offset(&topic, 0, rdkafka::Offset::Offset(5))
-        .unwrap();
-    let opts = rdkafka::admin::AdminOptions::new();
-    tokio::runtime::Runtime::new()
-        .unwrap()
-        .block_on(admin.delete_records(&below, &opts))
-        .unwrap();
+    sluice_tests::broker::delete_below(&topic, 0, 5);
     let out = replay(&["--resume"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -105,6 +105,24 @@ impl Message {
     }
 }
 
+/// Deletes the records of `topic`'s `partition` below `offset` (DeleteRecords, as retention
+/// would), and returns the broker's answer: each partition with its new start offset.
+pub fn delete_below(topic: &str, partition: i32, offset: i64) -> TopicPartitionList {
+    let admin: rdkafka::admin::AdminClient<_> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("admin client");
+    let mut below = TopicPartitionList::new();
+    below
+        .add_partition_offset(topic, partition, Offset::Offset(offset))
+        .expect("tpl");
+    let opts = rdkafka::admin::AdminOptions::new();
+    tokio::runtime::Runtime::new()
+        .expect("runtime")
+        .block_on(admin.delete_records(&below, &opts))
+        .expect("DeleteRecords")
+}
+
 /// Every message of `topic`, read with a plain rdkafka consumer (no group, no sluice code),
 /// partition by partition up to the end offsets at the time of the call.
 pub fn read_topic(topic: &str) -> Vec<Message> {

@@ -381,7 +381,7 @@ fn encode_cut(letter: &DeadLetter, cut: usize, origin_cut: usize, reason_cut: us
             "base64",
         ),
     };
-    let v = json!({
+    let mut v = json!({
         "stage": letter.stage,
         "kind": letter.kind,
         "reason": clip(&letter.reason, reason_cut),
@@ -394,7 +394,6 @@ fn encode_cut(letter: &DeadLetter, cut: usize, origin_cut: usize, reason_cut: us
         "payload_bytes": letter.payload.len(),
         "payload_truncated": cut < letter.payload.len(),
     });
-    let mut v = v;
     if let (Some(id), Some(o)) = (&letter.source_file_id, v.as_object_mut()) {
         o.insert("file_id".into(), id.as_str().into());
     }

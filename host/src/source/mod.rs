@@ -151,9 +151,7 @@ impl ReplayStats {
             .unwrap_or_else(|e| e.into_inner())
             .push(text);
     }
-}
 
-impl ReplayStats {
     /// What the replay did so far; once [`replay`] returned, ok or not, what it did.
     pub fn summary(&self, cancelled: bool) -> ReplaySummary {
         ReplaySummary {
