@@ -2560,9 +2560,6 @@ fn verify_accounts_for_messages_an_earlier_run_left_in_the_topic() {
     );
 }
 
-/// A stop against a warehouse that no longer answers does not wait out HTTP timeouts and
-/// retries (minutes): after `--drain-timeout` the process exits 1 and says what is kept. The
-/// "warehouse" here accepts connections and never answers.
 /// Waits up to `secs` for `child` to exit (killing it then: its code is `None`) and returns its
 /// exit code and its piped stderr.
 fn finish_within(mut child: std::process::Child, secs: u64) -> (Option<i32>, String) {
@@ -2629,6 +2626,9 @@ fn two_members_until_end_both_end_with_every_row_loaded_once() {
     );
 }
 
+/// A stop against a warehouse that no longer answers does not wait out HTTP timeouts and
+/// retries (minutes): after `--drain-timeout` the process exits 1 and says what is kept. The
+/// "warehouse" here accepts connections and never answers.
 #[test]
 fn a_stop_against_a_hung_warehouse_ends_after_the_drain_timeout() {
     let hole = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

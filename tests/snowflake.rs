@@ -1225,6 +1225,38 @@ async fn a_query_answered_503_is_resubmitted_with_the_same_request_id() {
     );
 }
 
+/// fakesnow fails a statement that another session's transaction conflicts with (DuckDB aborts
+/// it; Snowflake would wait for the lock). A read of the offsets, outside any transaction, is run
+/// again: a member's read at assignment, failed so while the other member loaded, ended its run.
+#[tokio::test]
+async fn a_read_of_offsets_failed_on_an_emulator_conflict_is_run_again() {
+    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
+        .await
+        .unwrap();
+    let double = S3Double::start(&emu_url, 16).await;
+    let mut opts = ConnectOptions::emulator(double.url(), ":isolated:");
+    opts.s3_endpoint = Some(double.url());
+    let sink = Arc::new(
+        SnowflakeSink::connect(&sink_config("events"), "p", opts)
+            .await
+            .unwrap(),
+    );
+    let (summary, _) = run_writer(
+        sink.clone(),
+        (0..3).map(|o| rec("t", 0, o, vec![event(o)])).collect(),
+        None,
+    )
+    .await;
+    assert_eq!(summary.rows_loaded, 3);
+    let select = r#"SELECT "PARTITION", "NEXT_OFFSET""#;
+    double.fail_next_statement(select, "conflict");
+    let before = double.observed().query_requests.len();
+    let offsets = sink.committed_offsets("t").await.unwrap();
+    assert_eq!(offsets, HashMap::from([(0, 3)]));
+    // The failed read and the one run again.
+    assert_eq!(double.observed().query_requests.len() - before, 2);
+}
+
 #[tokio::test]
 async fn s3_uploads_are_retried_on_503() {
     let emu_url = tokio::task::spawn_blocking(|| emulator().url())

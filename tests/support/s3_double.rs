@@ -155,8 +155,8 @@ impl S3Double {
     }
 
     /// Answers the next statement starting with `prefix` with Snowflake error `code` (or, for
-    /// `"http503"`, a bare HTTP 503) instead of
-    /// passing it on (the server never sees it): e.g. `("COMMIT", "000603")` fails a transaction
+    /// `"http503"`, a bare HTTP 503; for `"conflict"`, fakesnow's answer to a statement DuckDB
+    /// aborted on another session's conflicting transaction) instead of passing it on (the server never sees it): e.g. `("COMMIT", "000603")` fails a transaction
     /// at its end, `("DELETE", "390104")` pretends the session is gone in the middle of one.
     /// A code written `after:390104` fails it only after passing it on: the server ran it, and
     /// its answer is lost.
@@ -197,10 +197,20 @@ impl S3Double {
     }
 }
 
-/// The answer to a statement failed on purpose with Snowflake error `code` (or HTTP 503).
+/// The answer to a statement failed on purpose with Snowflake error `code` (or HTTP 503, or
+/// fakesnow's conflict).
 fn injected(code: &str) -> Resp {
     if code == "http503" {
         return reply(503, "Service Unavailable");
+    }
+    if code == "conflict" {
+        let message = "sql_text='...' params=() Unhandled exception";
+        return reply(
+            500,
+            json!({"data": null, "code": "261000", "message": message, "success": false,
+                "headers": null})
+            .to_string(),
+        );
     }
     // Snowflake answers an expired session (390112) with 200; fakesnow a gone one with 401.
     let status = if code.starts_with("3901") && code != "390112" {

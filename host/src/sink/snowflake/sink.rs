@@ -512,6 +512,26 @@ fn emulator_conflict(e: &SnowflakeError) -> bool {
     }
 }
 
+/// Runs a statement outside any transaction, again after an emulator conflict
+/// ([`emulator_conflict`]). A statement inside a transaction must not be run so: the conflict
+/// aborted the transaction, which `load_batch_from` runs again whole.
+async fn query_alone(
+    client: &Client,
+    sql: &str,
+    binds: &[Bind],
+) -> Result<QueryResult, SnowflakeError> {
+    let mut conflicts = 0;
+    loop {
+        match client.query(sql, binds).await {
+            Err(e) if conflicts < EMULATOR_RETRIES && emulator_conflict(&e) => {
+                conflicts += 1;
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(conflicts))).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn auth_from(cfg: &SnowflakeSinkConfig, emulated: bool) -> Result<Auth, SinkError> {
     let pass = cfg.private_key_passphrase.as_deref();
     if let Some(pem) = &cfg.private_key {
@@ -616,19 +636,7 @@ impl SnowflakeSink {
         ));
         for sql in ddl {
             // Members of one pipeline starting at once make the same objects.
-            let mut conflicts = 0;
-            loop {
-                match client.query(&sql, &[]).await {
-                    Err(e) if conflicts < EMULATOR_RETRIES && emulator_conflict(&e) => {
-                        conflicts += 1;
-                        tokio::time::sleep(Duration::from_millis(100 * u64::from(conflicts))).await;
-                    }
-                    other => {
-                        other?;
-                        break;
-                    }
-                }
-            }
+            query_alone(&client, &sql, &[]).await?;
         }
         let uploader = Uploader::new(
             client.http().clone(),
@@ -742,7 +750,7 @@ impl SnowflakeSink {
         topic: &str,
     ) -> Result<Option<HashMap<i32, i64>>, SinkError> {
         let _guard = self.session.lock().await;
-        let offsets = self.read_offsets(&self.client, topic).await?;
+        let offsets = self.read_offsets(&self.client, topic, true).await?;
         if !offsets.values().any(|&next| next > 0) {
             return Ok(None);
         }
@@ -764,11 +772,11 @@ impl SnowflakeSink {
                         Client::login(self.client.config().clone(), self.stats.clone())
                     })
                     .await?;
-                self.read_offsets(reader, topic).await
+                self.read_offsets(reader, topic, true).await
             }
             None => {
                 let _guard = self.session.lock().await;
-                self.read_offsets(&self.client, topic).await
+                self.read_offsets(&self.client, topic, true).await
             }
         }
     }
@@ -792,21 +800,27 @@ impl SnowflakeSink {
             .collect())
     }
 
-    /// [`Self::committed_offsets`] on `client`; on the writer's own, under `session`.
+    /// [`Self::committed_offsets`] on `client`; on the writer's own, under `session`. `alone`:
+    /// outside any transaction, so run again after an emulator conflict ([`query_alone`]). The
+    /// other members' loads conflict with it on the emulator.
     async fn read_offsets(
         &self,
         client: &Client,
         topic: &str,
+        alone: bool,
     ) -> Result<HashMap<i32, i64>, SinkError> {
-        let r = client
-            .query(
-                &format!(
-                    "SELECT \"PARTITION\", \"NEXT_OFFSET\" FROM {} WHERE \"PIPELINE\" = ? AND \"TOPIC\" = ?",
-                    self.names.offsets
-                ),
-                &[Bind::Text(Some(self.pipeline.clone())), Bind::Text(Some(topic.to_owned()))],
-            )
-            .await?;
+        let sql = format!(
+            "SELECT \"PARTITION\", \"NEXT_OFFSET\" FROM {} WHERE \"PIPELINE\" = ? AND \"TOPIC\" = ?",
+            self.names.offsets
+        );
+        let binds = [
+            Bind::Text(Some(self.pipeline.clone())),
+            Bind::Text(Some(topic.to_owned())),
+        ];
+        let r = match alone {
+            true => query_alone(client, &sql, &binds).await?,
+            false => client.query(&sql, &binds).await?,
+        };
         // -1: a row made before the partition's first load; two writers may each have made one.
         let mut offsets = HashMap::new();
         for (partition, next) in (r.rows.iter())
@@ -838,9 +852,16 @@ impl SnowflakeSink {
         Ok(())
     }
 
-    async fn stored_offset(&self, topic: &str, partition: i32) -> Result<Option<i64>, SinkError> {
+    /// This pipeline's next offset for one partition, on the writer's session (`alone`: see
+    /// [`Self::read_offsets`]).
+    async fn stored_offset(
+        &self,
+        topic: &str,
+        partition: i32,
+        alone: bool,
+    ) -> Result<Option<i64>, SinkError> {
         Ok(self
-            .read_offsets(&self.client, topic)
+            .read_offsets(&self.client, topic, alone)
             .await?
             .get(&partition)
             .copied())
@@ -1381,7 +1402,7 @@ impl SnowflakeSink {
                     rolled_back?;
                 }
                 let next = self
-                    .stored_offset(&batch.topic, batch.partition)
+                    .stored_offset(&batch.topic, batch.partition, true)
                     .await?
                     .unwrap_or(last + 1);
                 let elsewhere = match found {
@@ -1431,7 +1452,9 @@ impl SnowflakeSink {
         }
         // Read the commit back: fakesnow acknowledges a COMMIT of an aborted transaction, and a
         // lost acknowledgement must not count as durable either.
-        let found = self.stored_offset(&batch.topic, batch.partition).await?;
+        let found = self
+            .stored_offset(&batch.topic, batch.partition, true)
+            .await?;
         // Past it: another writer loaded the partition's next records since (see "Another
         // writer").
         if found.is_none_or(|f| f <= last) {
@@ -1514,7 +1537,7 @@ impl SnowflakeSink {
             let skipped = status == "LOAD_SKIPPED"
                 || (r.rows.len() == 1 && status.starts_with("Copy executed with 0 files"));
             if skipped {
-                let committed = self.stored_offset(&batch.topic, batch.partition).await?;
+                let committed = (self.stored_offset(&batch.topic, batch.partition, false)).await?;
                 if committed.is_some_and(|c| c > last) {
                     return Ok(Body::AlreadyLoaded);
                 }
@@ -1568,7 +1591,10 @@ impl SnowflakeSink {
         if updated > 0 {
             return Ok(Body::Loaded(copied));
         }
-        match self.stored_offset(&batch.topic, batch.partition).await? {
+        match self
+            .stored_offset(&batch.topic, batch.partition, false)
+            .await?
+        {
             Some(_) => Ok(Body::Overtaken),
             None => Err(SinkError::OffsetsRowGone {
                 topic: batch.topic.clone(),
