@@ -708,11 +708,8 @@ impl SnowflakeSink {
     /// Rows in the target table (0 if it does not exist yet).
     pub async fn count_rows(&self) -> Result<u64, SinkError> {
         let _guard = self.session.lock().await;
-        match self
-            .client
-            .query(&format!("SELECT COUNT(*) FROM {}", self.names.table), &[])
-            .await
-        {
+        let count = format!("SELECT COUNT(*) FROM {}", self.names.table);
+        match query_alone(&self.client, &count, &[]).await {
             Ok(r) => Ok(r
                 .rows
                 .first()
@@ -732,7 +729,7 @@ impl SnowflakeSink {
         }
         let _guard = self.session.lock().await;
         let probe = format!("SELECT 1 FROM {} LIMIT 0", self.names.table);
-        match self.client.query(&probe, &[]).await {
+        match query_alone(&self.client, &probe, &[]).await {
             Ok(_) => Ok(()),
             Err(e) if is_missing_object(&e) => Err(SinkError::TableMissing {
                 table: self.names.table.clone(),
@@ -755,7 +752,7 @@ impl SnowflakeSink {
             return Ok(None);
         }
         let probe = format!("SELECT * FROM {} LIMIT 0", self.names.table);
-        match self.client.query(&probe, &[]).await {
+        match query_alone(&self.client, &probe, &[]).await {
             Ok(_) => Ok(None),
             Err(e) if is_missing_object(&e) => Ok(Some(offsets)),
             Err(e) => Err(e.into()),
@@ -785,16 +782,15 @@ impl SnowflakeSink {
     /// pipeline renamed since leaves its offsets under its old name).
     pub async fn other_pipelines(&self, topic: &str) -> Result<Vec<String>, SinkError> {
         let _guard = self.session.lock().await;
-        let r = self
-            .client
-            .query(
-                &format!(
-                    "SELECT DISTINCT \"PIPELINE\" FROM {} WHERE \"TOPIC\" = ? AND \"PIPELINE\" <> ? AND \"NEXT_OFFSET\" > 0 ORDER BY 1",
-                    self.names.offsets
-                ),
-                &[Bind::Text(Some(topic.to_owned())), Bind::Text(Some(self.pipeline.clone()))],
-            )
-            .await?;
+        let sql = format!(
+            "SELECT DISTINCT \"PIPELINE\" FROM {} WHERE \"TOPIC\" = ? AND \"PIPELINE\" <> ? AND \"NEXT_OFFSET\" > 0 ORDER BY 1",
+            self.names.offsets
+        );
+        let binds = [
+            Bind::Text(Some(topic.to_owned())),
+            Bind::Text(Some(self.pipeline.clone())),
+        ];
+        let r = query_alone(&self.client, &sql, &binds).await?;
         Ok((r.rows.iter())
             .filter_map(|row| Some(row.first()?.as_str()?.to_owned()))
             .collect())
