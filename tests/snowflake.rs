@@ -400,6 +400,8 @@ async fn a_writer_overtaken_by_another_loads_only_what_the_other_did_not() {
     let mut cfg = sink_config("overtaken_events");
     cfg.offsets_table = "OVERTAKEN_OFFSETS".into();
     cfg.batch.max_rows = 1000;
+    // The old owner holds its records until closed, however long the new owner's load takes.
+    cfg.batch.max_latency_ms = 3_600_000;
     // The old owner's statements go through the double, to fail one.
     let (double, opts) = through_double().await;
     let old = Arc::new(SnowflakeSink::connect(&cfg, "p", opts).await.unwrap());

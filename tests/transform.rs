@@ -1270,12 +1270,12 @@ fn rows_succeeding_slowly_alone_cannot_hold_a_worker_for_long() {
     let mut cfg = config(guests::POISON_TRAP, &[]);
     cfg.timeout_ms = 50;
     let c = one_worker(&[cfg]);
-    // The poison row first, so the batch call traps at once; then 1000 rows of 10 ms each (of
-    // wall time, so less CPU time on a busy machine): 10 s of work alone, against 4 s (60 limits
-    // of 50 ms, and 1 ms for each of 1001 rows).
+    // The poison row first, so the batch call traps at once; then 1000 rows of 40 ms each (of
+    // wall time, so less CPU time on a busy machine): 40 s of work alone, against 4 s of CPU time
+    // (60 limits of 50 ms, and 1 ms for each of 1001 rows), reached on a tenth of a core too.
     let rows = (0..1001).map(|i| match i {
         0 => row(&[("id", Value::Int(13))]),
-        _ => row(&[("id", Value::Int(100 + i)), ("spin_ms", Value::Int(10))]),
+        _ => row(&[("id", Value::Int(100 + i)), ("spin_ms", Value::Int(40))]),
     });
     match c.process_blocking(with_meta(rows.collect())) {
         Err(
@@ -2388,14 +2388,14 @@ async fn a_batch_given_up_on_counts_its_rows_unfinished() {
 #[tokio::test]
 async fn batches_given_up_on_before_they_start_are_not_run() {
     let mut cfg = config(guests::POISON_LOOP, &[]);
-    cfg.timeout_ms = 500;
+    cfg.timeout_ms = 1000;
     cfg.on_error = OnError::DeadLetter.into();
     let c = one_worker(&[cfg]);
     let stats = std::sync::Arc::clone(&c.stats()[0].1);
-    // The first batch is started (record 13 holds the one worker for its batch call's time limit,
-    // long after the caller gives up on it at 150 ms); the next two queue behind it and are
-    // given up on at once.
-    for wait_ms in [150, 0, 0] {
+    // The first batch is started (record 13 holds the one worker for its batch call's time limit
+    // of CPU time, after the caller gives up on it at 700 ms: time for a slow machine to start
+    // it); the next two queue behind it and are given up on at once.
+    for wait_ms in [700, 0, 0] {
         let wait = std::time::Duration::from_millis(wait_ms);
         let given_up = tokio::time::timeout(wait, c.process(with_meta(numbered(50)))).await;
         assert!(given_up.is_err(), "still running");

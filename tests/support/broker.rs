@@ -123,6 +123,25 @@ pub fn delete_below(topic: &str, partition: i32, offset: i64) -> TopicPartitionL
         .expect("DeleteRecords")
 }
 
+/// How many records `topic` has taken: the sum of its partitions' end offsets (0 when it does not
+/// exist).
+pub fn records_in(topic: &str) -> i64 {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .create()
+        .expect("consumer");
+    let md = c
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .expect("metadata");
+    (md.topics().iter().flat_map(|t| t.partitions()))
+        .map(|p| {
+            c.fetch_watermarks(topic, p.id(), Duration::from_secs(30))
+                .expect("watermarks")
+                .1
+        })
+        .sum()
+}
+
 /// Every message of `topic`, read with a plain rdkafka consumer (no group, no sluice code),
 /// partition by partition up to the end offsets at the time of the call.
 pub fn read_topic(topic: &str) -> Vec<Message> {

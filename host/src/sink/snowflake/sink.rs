@@ -492,9 +492,35 @@ pub struct SnowflakeSink {
     type_hints: HashMap<String, ValueType>,
 }
 
-/// How many times a statement the emulator failed on a conflict ([`emulator_conflict`]) is run
-/// again.
-const EMULATOR_RETRIES: u32 = 3;
+/// How long a statement the emulator failed on a conflict ([`emulator_conflict`]) is run again:
+/// the other session's transaction (a PUT and a COPY through the emulator) can take seconds on a
+/// loaded machine, and a run fails when its reads of the offsets do.
+const EMULATOR_CONFLICT_BUDGET: Duration = Duration::from_secs(15);
+
+/// The waits before running again statements the emulator failed on conflicts: growing to 2 s,
+/// jittered so that two sessions conflicting with each other do not retry in step, for
+/// [`EMULATOR_CONFLICT_BUDGET`].
+#[derive(Default)]
+struct Conflicts {
+    first: Option<Instant>,
+    waits: u32,
+}
+
+impl Conflicts {
+    /// Whether there is budget left to run it again.
+    fn more(&self) -> bool {
+        self.first
+            .is_none_or(|first| first.elapsed() < EMULATOR_CONFLICT_BUDGET)
+    }
+
+    async fn wait(&mut self) {
+        self.first.get_or_insert_with(Instant::now);
+        self.waits += 1;
+        let cap = (50u64 << self.waits.min(6)).min(2000);
+        let ms = rand::Rng::random_range(&mut rand::rng(), cap / 2..=cap);
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+}
 
 /// Whether `e` is how the emulator fails a statement that another session's open transaction
 /// conflicts with: DuckDB, under fakesnow, aborts it (fakesnow answers `Unhandled exception`),
@@ -520,13 +546,10 @@ async fn query_alone(
     sql: &str,
     binds: &[Bind],
 ) -> Result<QueryResult, SnowflakeError> {
-    let mut conflicts = 0;
+    let mut conflicts = Conflicts::default();
     loop {
         match client.query(sql, binds).await {
-            Err(e) if conflicts < EMULATOR_RETRIES && emulator_conflict(&e) => {
-                conflicts += 1;
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(conflicts))).await;
-            }
+            Err(e) if emulator_conflict(&e) && conflicts.more() => conflicts.wait().await,
             other => return other,
         }
     }
@@ -699,10 +722,11 @@ impl SnowflakeSink {
         &self.names.offsets
     }
 
-    /// Runs any statement on the sink's session (serialised with the writer's transactions).
+    /// Runs any statement on the sink's session (serialised with the writer's transactions), again
+    /// after an emulator conflict: not `BEGIN` or statements of a transaction.
     pub async fn query(&self, sql: &str) -> Result<QueryResult, SinkError> {
         let _guard = self.session.lock().await;
-        Ok(self.client.query(sql, &[]).await?)
+        Ok(query_alone(&self.client, sql, &[]).await?)
     }
 
     /// Rows in the target table (0 if it does not exist yet).
@@ -1108,7 +1132,7 @@ impl SnowflakeSink {
         dead_letters: Option<&DeadLetterTx>,
     ) -> Result<LoadOutcome, SinkError> {
         let mut state = self.session.lock().await;
-        let (mut attempt, mut overtaken, mut conflicts) = (0, 0, 0);
+        let (mut attempt, mut overtaken, mut conflicts) = (0, 0, Conflicts::default());
         let mut rest: Option<(Batch, Vec<Option<RecordMeta>>)> = None;
         let (mut elsewhere, mut letters_sent) = (0, HashSet::new());
         loop {
@@ -1124,12 +1148,9 @@ impl SnowflakeSink {
                     state.columns = None;
                 }
                 // Rolled back (`load_batch_locked` returns the ROLLBACK's error when it fails).
-                Err(SinkError::Snowflake(e))
-                    if conflicts < EMULATOR_RETRIES && emulator_conflict(&e) =>
-                {
-                    conflicts += 1;
+                Err(SinkError::Snowflake(e)) if emulator_conflict(&e) && conflicts.more() => {
                     state.columns = None;
-                    tokio::time::sleep(Duration::from_millis(100 * u64::from(conflicts))).await;
+                    conflicts.wait().await;
                 }
                 // Bounded: a writer that keeps losing the race to another is not alone on the
                 // partition by design (two pipelines of one name), and stops.
