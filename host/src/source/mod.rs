@@ -209,8 +209,66 @@ pub struct ReplayConfig<'a> {
 }
 
 enum ReaderMsg {
-    Item(CsvItem),
+    /// A record, with its share of [`READ_AHEAD_BYTES`], given back once it is taken.
+    Item(CsvItem, tokio::sync::OwnedSemaphorePermit),
     Failed(SourceError),
+}
+
+/// How many records the reader thread runs ahead of the producer at most.
+const READ_AHEAD_RECORDS: usize = 1024;
+
+/// How many bytes of records ([`held_bytes`]) the reader thread runs ahead of the producer at
+/// most (or one record, when larger): a paced replay of wide rows, JSON documents of up to a
+/// message's megabyte, held [`READ_AHEAD_RECORDS`] of them, a gigabyte.
+const READ_AHEAD_BYTES: u32 = 16 << 20;
+
+/// Where the reader thread sends records: bounded in records and in bytes.
+struct ReadAhead {
+    tx: tokio::sync::mpsc::Sender<ReaderMsg>,
+    bytes: Arc<tokio::sync::Semaphore>,
+    /// The bytes' bound, which is what a larger record takes.
+    total: u32,
+}
+
+impl ReadAhead {
+    fn new(records: usize, bytes: u32) -> (ReadAhead, tokio::sync::mpsc::Receiver<ReaderMsg>) {
+        let (tx, rx) = tokio::sync::mpsc::channel(records);
+        let total = bytes.max(1);
+        let bytes = Arc::new(tokio::sync::Semaphore::new(total as usize));
+        (ReadAhead { tx, bytes, total }, rx)
+    }
+
+    /// Sends `item` once the bytes ahead allow it; `false` once the receiver is gone. Blocking:
+    /// for the reader thread.
+    fn send(&self, item: CsvItem) -> bool {
+        let want = held_bytes(&item).clamp(1, self.total as usize) as u32;
+        // Given back by the records taken, or all at once when the receiver is dropped with
+        // the records it held: so this never waits on a receiver that is gone.
+        let Ok(permit) = futures::executor::block_on(self.bytes.clone().acquire_many_owned(want))
+        else {
+            return false;
+        };
+        self.tx.blocking_send(ReaderMsg::Item(item, permit)).is_ok()
+    }
+
+    fn fail(&self, e: SourceError) {
+        let _ = self.tx.blocking_send(ReaderMsg::Failed(e));
+    }
+}
+
+/// The memory a record read ahead holds, about: its fields and their text (column names are
+/// shared by every row).
+fn held_bytes(item: &CsvItem) -> usize {
+    match item {
+        CsvItem::Row { row, .. } => (row.fields.iter())
+            .map(|f| match &f.value {
+                Value::String(text) | Value::Json(text) => text.len(),
+                _ => 0,
+            })
+            .sum::<usize>()
+            .saturating_add(std::mem::size_of_val(&row.fields[..])),
+        CsvItem::Bad(bad) => bad.payload.len().saturating_add(bad.reason.len()),
+    }
 }
 
 /// The message a row read from `line` of `file` becomes, with `key`, or the bad row it is when
@@ -403,8 +461,8 @@ pub async fn replay(
     };
     tracing::info!(file = %path.display(), topic = %kafka.topic, partitions, "Replaying.");
 
-    // The reader thread: bounded channel, so it runs at most this far ahead of the producer.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<ReaderMsg>(1024);
+    // The reader thread runs at most this far ahead of the producer.
+    let (tx, mut rx) = ReadAhead::new(READ_AHEAD_RECORDS, READ_AHEAD_BYTES);
     let reader_thread = {
         let (stats, cancel, loops) = (stats.clone(), cancel.clone(), src.loops.get());
         let path = path.clone();
@@ -441,7 +499,7 @@ pub async fn replay(
         };
         // Counted here, not by the reader: rows it read ahead into the channel are not handled
         // when the replay is stopped, and a summary counting them would show them as lost.
-        if let Some(ReaderMsg::Item(_)) = &msg {
+        if let Some(ReaderMsg::Item(..)) = &msg {
             stats.rows_read.fetch_add(1, Ordering::Relaxed);
         }
         let item = match msg {
@@ -450,7 +508,11 @@ pub async fn replay(
                 failure = Some(e);
                 break;
             }
-            Some(ReaderMsg::Item(item)) => item,
+            Some(ReaderMsg::Item(item, read_ahead)) => {
+                // The row is the producer's now.
+                drop(read_ahead);
+                item
+            }
         };
         // A bad CSV record, or a row too large once encoded: one bad row either way.
         let encoded = match item {
@@ -800,7 +862,7 @@ fn read_loops(
     loops: u32,
     stats: &ReplayStats,
     cancel: &CancellationToken,
-    tx: &tokio::sync::mpsc::Sender<ReaderMsg>,
+    tx: &ReadAhead,
 ) {
     let types = reader.types().to_vec();
     let columns = reader.columns().to_vec();
@@ -810,7 +872,7 @@ fn read_loops(
             reader = match CsvReader::open(path, opts, counter, Some(&types)) {
                 // The first loop's types, key and pacing columns are kept by position.
                 Ok(r) if r.columns() != columns => {
-                    let _ = tx.blocking_send(ReaderMsg::Failed(SourceError::Header {
+                    tx.fail(SourceError::Header {
                         path: path.to_path_buf(),
                         reason: format!(
                             "the file changed before loop {} of {loops}: its header is now {:?}, \
@@ -819,12 +881,12 @@ fn read_loops(
                             r.columns().iter().map(|c| &**c).collect::<Vec<_>>(),
                             columns.iter().map(|c| &**c).collect::<Vec<_>>()
                         ),
-                    }));
+                    });
                     return;
                 }
                 Ok(r) => r,
                 Err(e) => {
-                    let _ = tx.blocking_send(ReaderMsg::Failed(e));
+                    tx.fail(e);
                     return;
                 }
             };
@@ -838,17 +900,15 @@ fn read_loops(
             stats
                 .input_bytes_read
                 .fetch_add(reader.bytes_through() - before, Ordering::Relaxed);
-            let msg = match item {
+            match item {
                 Ok(Some(item)) => {
                     stats.records_scanned.fetch_add(1, Ordering::Relaxed);
-                    ReaderMsg::Item(item)
+                    if !tx.send(item) {
+                        return;
+                    }
                 }
                 Ok(None) => break,
-                Err(e) => ReaderMsg::Failed(e),
-            };
-            let failed = matches!(msg, ReaderMsg::Failed(_));
-            if tx.blocking_send(msg).is_err() || failed {
-                return;
+                Err(e) => return tx.fail(e),
             }
         }
     }
@@ -908,7 +968,7 @@ mod tests {
             null_if: Vec::new(),
         };
         let reader = CsvReader::open(&first, &opts, Arc::new(AtomicU64::new(0)), None).unwrap();
-        let (tx, mut rx) = tokio::sync::mpsc::channel(16);
+        let (tx, mut rx) = ReadAhead::new(16, 1 << 20);
         let stats = ReplayStats::default();
         // The second loop reopens `later`, as if `first` had been rewritten.
         read_loops(
@@ -925,8 +985,8 @@ mod tests {
         let mut failure = None;
         while let Ok(msg) = rx.try_recv() {
             match msg {
-                ReaderMsg::Item(CsvItem::Row { .. }) => rows += 1,
-                ReaderMsg::Item(CsvItem::Bad(bad)) => panic!("bad row {bad:?}"),
+                ReaderMsg::Item(CsvItem::Row { .. }, _) => rows += 1,
+                ReaderMsg::Item(CsvItem::Bad(bad), _) => panic!("bad row {bad:?}"),
                 ReaderMsg::Failed(e) => failure = Some(e.to_string()),
             }
         }
@@ -937,6 +997,73 @@ mod tests {
                 && failure.contains(r#"["id", "name", "extra"]"#),
             "{failure}"
         );
+    }
+
+    /// The reader runs ahead of the producer by a bounded number of bytes, not only of records:
+    /// wide rows waiting for a paced producer are not held by the thousand. A record larger than
+    /// the bound goes alone.
+    #[test]
+    fn the_reader_runs_ahead_by_bytes_as_well_as_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wide.csv");
+        let wide = "x".repeat(100_000);
+        let mut text = format!("id,text\n0,{}\n", "y".repeat(3_000_000));
+        for id in 1..200 {
+            text.push_str(&format!("{id},{wide}\n"));
+        }
+        std::fs::write(&path, text).unwrap();
+        let opts = CsvOptions {
+            delimiter: b',',
+            schema: Default::default(),
+            infer_rows: 10,
+            max_record_bytes: usize::MAX,
+            null_if: Vec::new(),
+        };
+        let reader = CsvReader::open(&path, &opts, Arc::new(AtomicU64::new(0)), None).unwrap();
+        let (tx, mut rx) = ReadAhead::new(1024, 1 << 20);
+        let stats = Arc::new(ReplayStats::default());
+        let thread = {
+            let stats = stats.clone();
+            std::thread::spawn(move || {
+                read_loops(
+                    reader,
+                    &path,
+                    &opts,
+                    1,
+                    &stats,
+                    &CancellationToken::new(),
+                    &tx,
+                )
+            })
+        };
+        // Nothing taken: the first record (3 MB, past the bound) is sent alone, and the reader
+        // waits with the second.
+        let scanned = || stats.records_scanned.load(Ordering::Relaxed);
+        let settled = || {
+            let mut last = scanned();
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                match scanned() {
+                    now if now == last => return now,
+                    now => last = now,
+                }
+            }
+        };
+        assert_eq!(settled(), 2);
+        let take = |rx: &mut tokio::sync::mpsc::Receiver<ReaderMsg>| match rx.blocking_recv() {
+            Some(ReaderMsg::Item(CsvItem::Row { row, .. }, _)) => row,
+            _ => panic!("a row"),
+        };
+        take(&mut rx);
+        // Then 10 rows of 100 kB in the 1 MiB, and the eleventh waiting.
+        assert_eq!(settled(), 12);
+        let mut rows = 1;
+        while let Some(msg) = rx.blocking_recv() {
+            assert!(matches!(msg, ReaderMsg::Item(CsvItem::Row { .. }, _)));
+            rows += 1;
+        }
+        thread.join().unwrap();
+        assert_eq!(rows, 200);
     }
 
     /// Which pacing columns are refused: only what declaring a timestamp cannot fix, or what a
