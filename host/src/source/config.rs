@@ -40,7 +40,7 @@ pub struct CsvSourceConfig {
     #[serde(default, deserialize_with = "declared_types")]
     #[schemars(with = "BTreeMap<String, DeclaredType>")]
     pub schema: BTreeMap<String, ValueType>,
-    /// How many leading rows type inference samples.
+    /// How many leading rows type inference samples (no more than 64 MiB of them).
     #[serde(default = "default_infer_rows")]
     #[schemars(range(min = 1))]
     pub infer_rows: usize,
@@ -166,7 +166,7 @@ pub struct CsvSource {
     pub delimiter: u8,
     /// Declared column types.
     pub schema: BTreeMap<String, ValueType>,
-    /// How many leading rows type inference samples.
+    /// How many leading rows type inference samples (no more than 64 MiB of them).
     pub infer_rows: NonZeroUsize,
     /// How fast rows are replayed; rates and speeds are finite and positive.
     pub pacing: Pacing,

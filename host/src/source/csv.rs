@@ -2,8 +2,8 @@
 //! rows reported with their line instead of skipped.
 //!
 //! The file is read through a fixed-size buffer, so files far larger than memory stream through.
-//! Only the first `infer_rows` records are held in memory at once, to infer the column types
-//! before the first row is typed. Quoting follows RFC 4180 (the `csv` crate): quoted fields may
+//! Only the first `infer_rows` records (at most [`SAMPLE_BYTES`] of them) are held in memory at
+//! once, to infer the column types before the first row is typed. Quoting follows RFC 4180 (the `csv` crate): quoted fields may
 //! hold delimiters, doubled quotes and newlines; a record's line is the line it starts on.
 //!
 //! Typing a field: an empty field is null, but for `""` in a string column, which is an empty
@@ -108,6 +108,10 @@ pub enum CsvItem {
     Bad(BadRow),
 }
 
+/// The most bytes of records inference holds: a thousand wide rows (JSON documents of up to a
+/// message's megabyte) held a gigabyte. Files of rows under 64 kB get all `infer_rows`.
+pub const SAMPLE_BYTES: usize = 64 << 20;
+
 /// How to read a file: delimiter, schema and inference depth.
 #[derive(Debug, Clone)]
 pub struct CsvOptions {
@@ -115,7 +119,7 @@ pub struct CsvOptions {
     pub delimiter: u8,
     /// Explicit column types by column name.
     pub schema: std::collections::BTreeMap<String, ValueType>,
-    /// How many records inference samples.
+    /// How many records inference samples (no more than [`SAMPLE_BYTES`] of them).
     pub infer_rows: usize,
     /// The largest message the records become (`usize::MAX`: no limit). A record whose fields
     /// alone are larger is a `too_large` bad row, and takes no part in type inference, so that
@@ -646,11 +650,13 @@ impl CsvReader {
             .columns
             .iter()
             .all(|c| opts.schema.contains_key(&**c));
-        while !typed && reader.sample.len() < opts.infer_rows {
+        let mut sampled = 0;
+        while !typed && reader.sample.len() < opts.infer_rows && sampled < SAMPLE_BYTES {
             let mut rec = ByteRecord::new();
             if !reader.read_record(&mut rec)? {
                 break;
             }
+            sampled += rec.as_slice().len();
             reader.sample.push_back(rec);
         }
         let sample = reader.sample.iter().filter(|rec| {
@@ -1240,6 +1246,33 @@ mod tests {
         }
         assert!(r.next_item().unwrap().is_none());
         assert_eq!(r.bytes_through(), text.len() as u64);
+    }
+
+    /// Inference holds at most `SAMPLE_BYTES` of records, however many `infer_rows` allows: the
+    /// file is read that far when it opens, not a thousand wide rows, and every row still comes.
+    #[test]
+    fn inference_holds_a_bounded_number_of_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wide.csv");
+        let wide = "x".repeat(1 << 20);
+        let mut text = String::from("id,doc\n");
+        for i in 0..68 {
+            text.push_str(&format!("{i},{wide}\n"));
+        }
+        std::fs::write(&path, &text).unwrap();
+        let mut r = CsvReader::open(&path, &opts(), Arc::default(), None).unwrap();
+        let read = r.bytes_read() as usize;
+        assert!(
+            (SAMPLE_BYTES..SAMPLE_BYTES + (2 << 20)).contains(&read),
+            "{read}"
+        );
+        assert_eq!(r.types(), [ValueType::Int, ValueType::String]);
+        let mut rows = 0;
+        while let Some(item) = r.next_item().unwrap() {
+            assert!(matches!(item, CsvItem::Row { .. }), "{item:?}");
+            rows += 1;
+        }
+        assert_eq!(rows, 68);
     }
 
     /// A UTF-16 file (both byte orders) is named as such, not as a header that is not UTF-8.
