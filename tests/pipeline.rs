@@ -2581,8 +2581,6 @@ fn finish_within(mut child: std::process::Child, secs: u64) -> (Option<i32>, Str
 /// for its own loads of partitions the other held never ended), and every row is loaded once.
 #[test]
 fn two_members_until_end_both_end_with_every_row_loaded_once() {
-    // On the emulator's shared database, as the snowflake tests that hold this.
-    let _shared = sluice_tests::snowflake::shared_db_lock().blocking_lock();
     let dir = tempfile::tempdir().unwrap();
     let csv = dir.path().join("rows.csv");
     write_csv(&csv, 3000);
@@ -2660,7 +2658,7 @@ fn a_stop_against_a_hung_warehouse_ends_after_the_drain_timeout() {
     });
     let path = dir.path().join("pipeline.json");
     std::fs::write(&path, pipeline.to_string()).unwrap();
-    let child = std::process::Command::new(sluice_tests::cli::sluice_bin())
+    let mut child = std::process::Command::new(sluice_tests::cli::sluice_bin())
         .args([
             "run",
             &path.to_string_lossy(),
@@ -2683,16 +2681,35 @@ fn a_stop_against_a_hung_warehouse_ends_after_the_drain_timeout() {
         .recv_timeout(std::time::Duration::from_secs(60))
         .expect("the sink connects to the warehouse");
     std::thread::sleep(std::time::Duration::from_millis(300));
-    // Twice at once, as GNU `timeout` does (to the process, then to its group): one stop, not
-    // two. One `kill` sends both, so a slow machine does not space them out.
-    let pid = child.id().to_string();
-    let stopped = std::process::Command::new("kill")
-        .args(["-TERM", &pid, &pid])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
+    // Twice, as GNU `timeout` does (to the process, then to its group): one stop, not two. The
+    // second once the first is taken (a signal sent while one is pending merges with it), and
+    // at once, from this process.
+    let stderr = child.stderr.take().unwrap();
+    let (stopping_tx, stopping) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.contains("stopping after in-flight work") {
+                let _ = stopping_tx.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    sluice_tests::cli::terminate(&child);
+    stopping
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the run takes the first signal");
+    sluice_tests::cli::terminate(&child);
     // Far below the request timeout (300 s) and its retries; the drain timeout is 2 s.
-    let (code, stderr) = finish_within(child, 60);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let code = child.wait().unwrap().code();
+    let stderr = reader.join().unwrap();
     assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("in-flight work did not finish within 2s (--drain-timeout)")

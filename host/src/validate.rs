@@ -941,8 +941,8 @@ fn header_issues(
     issues
 }
 
-/// The type the source would infer for `column` from the file's first `infer_rows` rows, as it
-/// does when it starts; `None` if the file cannot be read that far.
+/// The type the source would infer for `column` from the rows it samples at the file's start
+/// (`infer_rows`, at most 64 MiB of them), as it does when it starts; `None` if the file cannot be read that far.
 fn inferred_type(
     src: &CsvSourceConfig,
     path: &Path,

@@ -40,3 +40,13 @@ pub fn sluice(dir: &Path, args: &[&str]) -> Output {
         .output()
         .expect("sluice runs")
 }
+
+/// Sends SIGTERM to `child` from this process, at once (a `kill` process takes a fork and an
+/// exec, which a loaded machine can make slow).
+#[allow(unsafe_code)]
+pub fn terminate(child: &std::process::Child) {
+    let pid = libc::pid_t::try_from(child.id()).expect("a pid");
+    // SAFETY: kill(2) has no memory effects; `child` is not waited for yet, so the pid is still
+    // the child's.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0, "kill {pid}");
+}

@@ -238,12 +238,10 @@ impl ReadAhead {
         (ReadAhead { tx, bytes, total }, rx)
     }
 
-    /// Sends `item` once the bytes ahead allow it; `false` once the receiver is gone. Blocking:
-    /// for the reader thread.
+    /// Sends `item` once the bytes ahead allow it; `false` once the receiver is gone (and the
+    /// bytes closed: [`Self::close`]). Blocking: for the reader thread.
     fn send(&self, item: CsvItem) -> bool {
         let want = held_bytes(&item).clamp(1, self.total as usize) as u32;
-        // Given back by the records taken, or all at once when the receiver is dropped with
-        // the records it held: so this never waits on a receiver that is gone.
         let Ok(permit) = futures::executor::block_on(self.bytes.clone().acquire_many_owned(want))
         else {
             return false;
@@ -253,6 +251,16 @@ impl ReadAhead {
 
     fn fail(&self, e: SourceError) {
         let _ = self.tx.blocking_send(ReaderMsg::Failed(e));
+    }
+}
+
+/// Ends a reader thread's wait for bytes once its receiver is dropped: records the receiver
+/// held gave theirs back, but one sent as it was dropped keeps its own until the channel goes.
+struct CloseOnDrop(Arc<tokio::sync::Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -463,6 +471,7 @@ pub async fn replay(
 
     // The reader thread runs at most this far ahead of the producer.
     let (tx, mut rx) = ReadAhead::new(READ_AHEAD_RECORDS, READ_AHEAD_BYTES);
+    let read_ahead = CloseOnDrop(tx.bytes.clone());
     let reader_thread = {
         let (stats, cancel, loops) = (stats.clone(), cancel.clone(), src.loops.get());
         let path = path.clone();
@@ -508,9 +517,9 @@ pub async fn replay(
                 failure = Some(e);
                 break;
             }
-            Some(ReaderMsg::Item(item, read_ahead)) => {
+            Some(ReaderMsg::Item(item, bytes)) => {
                 // The row is the producer's now.
-                drop(read_ahead);
+                drop(bytes);
                 item
             }
         };
@@ -652,8 +661,9 @@ pub async fn replay(
             delivery,
         });
     }
-    // Stop the reader (it may be blocked on a full channel) before waiting for it.
+    // Stop the reader (it may be blocked on a full channel, or on bytes) before waiting for it.
     drop(rx);
+    drop(read_ahead);
     while let Some(done) = pending.next().await {
         if let Err(e) = confirm(done, &file_name, &stats) {
             failure.get_or_insert(e);
@@ -1039,24 +1049,23 @@ mod tests {
         // Nothing taken: the first record (3 MB, past the bound) is sent alone, and the reader
         // waits with the second.
         let scanned = || stats.records_scanned.load(Ordering::Relaxed);
-        let settled = || {
-            let mut last = scanned();
-            loop {
-                std::thread::sleep(std::time::Duration::from_millis(200));
-                match scanned() {
-                    now if now == last => return now,
-                    now => last = now,
-                }
+        // Waits for `n` records read, then gives the reader time to read more if it would.
+        let settled = |n| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+            while scanned() < n && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
             }
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            scanned()
         };
-        assert_eq!(settled(), 2);
+        assert_eq!(settled(2), 2);
         let take = |rx: &mut tokio::sync::mpsc::Receiver<ReaderMsg>| match rx.blocking_recv() {
             Some(ReaderMsg::Item(CsvItem::Row { row, .. }, _)) => row,
             _ => panic!("a row"),
         };
         take(&mut rx);
         // Then 10 rows of 100 kB in the 1 MiB, and the eleventh waiting.
-        assert_eq!(settled(), 12);
+        assert_eq!(settled(12), 12);
         let mut rows = 1;
         while let Some(msg) = rx.blocking_recv() {
             assert!(matches!(msg, ReaderMsg::Item(CsvItem::Row { .. }, _)));

@@ -722,11 +722,10 @@ impl SnowflakeSink {
         &self.names.offsets
     }
 
-    /// Runs any statement on the sink's session (serialised with the writer's transactions), again
-    /// after an emulator conflict: not `BEGIN` or statements of a transaction.
+    /// Runs any statement on the sink's session (serialised with the writer's transactions).
     pub async fn query(&self, sql: &str) -> Result<QueryResult, SinkError> {
         let _guard = self.session.lock().await;
-        Ok(query_alone(&self.client, sql, &[]).await?)
+        Ok(self.client.query(sql, &[]).await?)
     }
 
     /// Rows in the target table (0 if it does not exist yet).
@@ -1413,13 +1412,15 @@ impl SnowflakeSink {
             Ok(Body::Loaded(copied)) => copied,
             Ok(found @ (Body::AlreadyLoaded | Body::Overtaken)) => {
                 let rolled_back = self.client.query("ROLLBACK", &[]).await;
+                let alone = rolled_back.is_ok();
                 // The COPY loaded this batch in the transaction: left open, the next BEGIN (on
                 // a retry) would not start a new one, and its COMMIT would keep those rows.
                 if found == Body::Overtaken {
                     rolled_back?;
                 }
+                // Alone only if rolled back: a transaction left open answers from its snapshot.
                 let next = self
-                    .stored_offset(&batch.topic, batch.partition, true)
+                    .stored_offset(&batch.topic, batch.partition, alone)
                     .await?
                     .unwrap_or(last + 1);
                 let elsewhere = match found {

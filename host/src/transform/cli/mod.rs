@@ -152,7 +152,8 @@ pub enum TransformCommand {
         /// A CSV column's type, `COLUMN=TYPE` (the source's `schema`); other columns are inferred.
         #[arg(long = "schema", value_name = "COLUMN=TYPE")]
         schema: Vec<String>,
-        /// How many CSV records type inference samples (the source's `infer_rows`; default 1000).
+        /// How many CSV records type inference samples (the source's `infer_rows`; default 1000;
+        /// at most 64 MiB of them).
         /// For JSON Lines, how many rows `--key-column` looks ahead for a row with its field.
         #[arg(long, value_parser = at_least_one::<usize>)]
         infer_rows: Option<usize>,
