@@ -1227,6 +1227,26 @@ async fn a_query_answered_503_is_resubmitted_with_the_same_request_id() {
     );
 }
 
+/// Reads of the offsets at once (an assignment and the drain's poll) on the sink's reading
+/// session: the emulator refuses a statement on a session already running one ("connection is
+/// busy", where Snowflake runs both), which ended a member's run.
+#[tokio::test]
+async fn reads_of_offsets_at_once_all_answer() {
+    let _shared = shared_db_lock().lock().await;
+    let mut cfg = sink_config("busy_events");
+    cfg.offsets_table = "BUSY_OFFSETS".into();
+    let sink = Arc::new(connect(&cfg, "p", None).await);
+    for _ in 0..4 {
+        let reads = (0..32).map(|_| {
+            let sink = sink.clone();
+            tokio::spawn(async move { sink.committed_offsets("t").await })
+        });
+        for read in futures::future::join_all(reads).await {
+            assert_eq!(read.unwrap().unwrap(), HashMap::new());
+        }
+    }
+}
+
 /// fakesnow fails a statement that another session's transaction conflicts with (DuckDB aborts
 /// it; Snowflake would wait for the lock). A read of the offsets, outside any transaction, is run
 /// again: a member's read at assignment, failed so while the other member loaded, ended its run.

@@ -484,6 +484,10 @@ pub struct SnowflakeSink {
     /// consumer's wait for it. `None` when the emulator keeps its database in files, which it
     /// opens for one session at a time.
     reader: Option<tokio::sync::OnceCell<Client>>,
+    /// Serialises the reads on `reader`: the emulator refuses a statement on a session already
+    /// running one ("connection is busy", 002002), where Snowflake runs both; an assignment and
+    /// the drain's poll can read at once.
+    reader_turn: Mutex<()>,
     /// The dead-letter kinds already logged at WARN (each is logged once).
     warned: std::sync::Mutex<HashSet<String>>,
     /// Talking to the local fakesnow emulator (no `account_url`), not to Snowflake.
@@ -680,6 +684,7 @@ impl SnowflakeSink {
             session: Mutex::new(TableState::default()),
             reader: (!opts.session_parameters.contains_key("FAKESNOW_DB_PATH"))
                 .then(tokio::sync::OnceCell::new),
+            reader_turn: Mutex::new(()),
             warned: std::sync::Mutex::new(HashSet::new()),
             emulated,
             type_hints: HashMap::new(),
@@ -787,6 +792,7 @@ impl SnowflakeSink {
     pub async fn committed_offsets(&self, topic: &str) -> Result<HashMap<i32, i64>, SinkError> {
         match &self.reader {
             Some(reader) => {
+                let _turn = self.reader_turn.lock().await;
                 let reader = reader
                     .get_or_try_init(|| {
                         Client::login(self.client.config().clone(), self.stats.clone())
