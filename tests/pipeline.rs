@@ -2039,19 +2039,7 @@ fn a_stop_does_not_wait_for_a_batch_being_isolated() {
         .unwrap();
     // Past the first batch's time limit, once the run has started (a few seconds), and well
     // before the re-run of its 60 records ends.
-    let stderr = child.stderr.take().unwrap();
-    let (started_tx, started) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
-            if line.contains("Partitions assigned") {
-                let _ = started_tx.send(());
-            }
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
+    let (started, reader) = watch_stderr(&mut child, "Partitions assigned");
     started
         .recv_timeout(std::time::Duration::from_secs(60))
         .expect("the consumer starts");
@@ -2061,12 +2049,7 @@ fn a_stop_does_not_wait_for_a_batch_being_isolated() {
         .status()
         .unwrap();
     assert!(stopped.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let code = child.wait().unwrap().code();
+    let code = exit_within(&mut child, 60);
     let stderr = reader.join().unwrap();
     assert_eq!(code, Some(0), "{stderr}");
     let summary: serde_json::Value =
@@ -2562,18 +2545,48 @@ fn verify_accounts_for_messages_an_earlier_run_left_in_the_topic() {
     );
 }
 
+/// Reads `child`'s piped stderr on a thread: the receiver gets a message at each line holding
+/// `marker`, and the thread returns the whole text.
+fn watch_stderr(
+    child: &mut std::process::Child,
+    marker: &'static str,
+) -> (
+    std::sync::mpsc::Receiver<()>,
+    std::thread::JoinHandle<String>,
+) {
+    let stderr = child.stderr.take().unwrap();
+    let (seen_tx, seen) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            if line.contains(marker) {
+                let _ = seen_tx.send(());
+            }
+            text.push_str(&line);
+            text.push('\n');
+        }
+        text
+    });
+    (seen, reader)
+}
+
 /// Waits up to `secs` for `child` to exit (killing it then: its code is `None`) and returns its
-/// exit code and its piped stderr.
-fn finish_within(mut child: std::process::Child, secs: u64) -> (Option<i32>, String) {
+/// exit code.
+fn exit_within(child: &mut std::process::Child, secs: u64) -> Option<i32> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
     while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let _ = child.kill();
-    let status = child.wait().unwrap();
+    child.wait().unwrap().code()
+}
+
+/// [`exit_within`], with the child's piped stderr.
+fn finish_within(mut child: std::process::Child, secs: u64) -> (Option<i32>, String) {
+    let code = exit_within(&mut child, secs);
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
-    (status.code(), stderr)
+    (code, stderr)
 }
 
 /// Two members of one consumer group, each `--consume-only --until-end`, on one warehouse: each
@@ -2684,31 +2697,14 @@ fn a_stop_against_a_hung_warehouse_ends_after_the_drain_timeout() {
     // Twice, as GNU `timeout` does (to the process, then to its group): one stop, not two. The
     // second once the first is taken (a signal sent while one is pending merges with it), and
     // at once, from this process.
-    let stderr = child.stderr.take().unwrap();
-    let (stopping_tx, stopping) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut text = String::new();
-        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
-            if line.contains("stopping after in-flight work") {
-                let _ = stopping_tx.send(());
-            }
-            text.push_str(&line);
-            text.push('\n');
-        }
-        text
-    });
+    let (stopping, reader) = watch_stderr(&mut child, "stopping after in-flight work");
     sluice_tests::cli::terminate(&child);
     stopping
         .recv_timeout(std::time::Duration::from_secs(30))
         .expect("the run takes the first signal");
     sluice_tests::cli::terminate(&child);
     // Far below the request timeout (300 s) and its retries; the drain timeout is 2 s.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while child.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    let _ = child.kill();
-    let code = child.wait().unwrap().code();
+    let code = exit_within(&mut child, 60);
     let stderr = reader.join().unwrap();
     assert_eq!(code, Some(1), "{stderr}");
     assert!(

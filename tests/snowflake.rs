@@ -337,14 +337,17 @@ async fn loading_the_same_batch_again_adds_zero_rows() {
 }
 
 /// The S3 double in front of the emulator, and options that send a sink's statements and
-/// uploads through it, on the server's shared database (so that two lives of a sink, or two
-/// members, see one warehouse).
-async fn through_double() -> (S3Double, ConnectOptions) {
+/// uploads through it: on the server's shared database (so that two lives of a sink, or two
+/// members, see one warehouse), or on `db_path` (`":isolated:"`).
+async fn through_double(db_path: Option<&str>) -> (S3Double, ConnectOptions) {
     let emu_url = tokio::task::spawn_blocking(|| emulator().url())
         .await
         .unwrap();
     let double = S3Double::start(&emu_url, 16).await;
-    let mut opts = ConnectOptions::emulator_shared(double.url());
+    let mut opts = match db_path {
+        Some(path) => ConnectOptions::emulator(double.url(), path),
+        None => ConnectOptions::emulator_shared(double.url()),
+    };
     opts.s3_endpoint = Some(double.url());
     (double, opts)
 }
@@ -357,7 +360,7 @@ async fn committed_offsets_are_read_while_a_load_is_under_way() {
     let _shared = shared_db_lock().lock().await;
     let mut cfg = sink_config("slow_copy_events");
     cfg.offsets_table = "SLOW_COPY_OFFSETS".into();
-    let (double, opts) = through_double().await;
+    let (double, opts) = through_double(None).await;
     let sink = Arc::new(SnowflakeSink::connect(&cfg, "p", opts).await.unwrap());
     let batch = |offsets: std::ops::Range<i64>| Batch {
         topic: "t".into(),
@@ -403,7 +406,7 @@ async fn a_writer_overtaken_by_another_loads_only_what_the_other_did_not() {
     // The old owner holds its records until closed, however long the new owner's load takes.
     cfg.batch.max_latency_ms = 3_600_000;
     // The old owner's statements go through the double, to fail one.
-    let (double, opts) = through_double().await;
+    let (double, opts) = through_double(None).await;
     let old = Arc::new(SnowflakeSink::connect(&cfg, "p", opts).await.unwrap());
     let new = Arc::new(connect(&cfg, "p", None).await);
     // Both made the partition's row before its first load, as two writers starting at once may.
@@ -943,7 +946,7 @@ async fn s3_stage_with_client_side_encryption_through_the_double() {
 async fn a_transaction_that_fails_after_copy_is_replayed_exactly_once() {
     // Both lives must see one warehouse: the server's shared database, with names of its own.
     let _shared = shared_db_lock().lock().await;
-    let (double, opts) = through_double().await;
+    let (double, opts) = through_double(None).await;
     let mut cfg = sink_config("txn_events");
     cfg.offsets_table = "TXN_OFFSETS".into();
     cfg.batch.max_rows = 5;
@@ -1011,7 +1014,7 @@ async fn a_transaction_that_fails_after_copy_is_replayed_exactly_once() {
 #[tokio::test]
 async fn a_staged_file_left_by_a_failed_attempt_is_replaced_when_the_batch_changed() {
     let _shared = shared_db_lock().lock().await;
-    let (double, opts) = through_double().await;
+    let (double, opts) = through_double(None).await;
     let mut cfg = sink_config("restaged_events");
     cfg.offsets_table = "RESTAGED_OFFSETS".into();
     cfg.batch.max_rows = 5;
@@ -1093,7 +1096,7 @@ async fn offsets_past_the_start_without_the_table_are_reported() {
 #[tokio::test]
 async fn a_session_lost_inside_the_transaction_redoes_it_on_a_new_session() {
     let _shared = shared_db_lock().lock().await;
-    let (double, opts) = through_double().await;
+    let (double, opts) = through_double(None).await;
     let mut cfg = sink_config("relogin_events");
     cfg.offsets_table = "RELOGIN_OFFSETS".into();
     let sink = SnowflakeSink::connect(&cfg, "p", opts).await.unwrap();
@@ -1155,13 +1158,8 @@ async fn a_session_lost_inside_the_transaction_redoes_it_on_a_new_session() {
 
 #[tokio::test]
 async fn an_expired_session_is_renewed_with_the_master_token_keeping_the_transaction() {
-    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
-        .await
-        .unwrap();
-    let double = S3Double::start(&emu_url, 16).await;
+    let (double, opts) = through_double(Some(":isolated:")).await;
     double.enable_master_tokens();
-    let mut opts = ConnectOptions::emulator(double.url(), ":isolated:");
-    opts.s3_endpoint = Some(double.url());
     let sink = SnowflakeSink::connect(&sink_config("events"), "p", opts)
         .await
         .unwrap();
@@ -1195,11 +1193,7 @@ async fn an_expired_session_is_renewed_with_the_master_token_keeping_the_transac
 
 #[tokio::test]
 async fn a_query_answered_503_is_resubmitted_with_the_same_request_id() {
-    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
-        .await
-        .unwrap();
-    let double = S3Double::start(&emu_url, 16).await;
-    let mut opts = ConnectOptions::emulator(double.url(), ":isolated:");
+    let (double, mut opts) = through_double(Some(":isolated:")).await;
     opts.retry.base_delay_ms = 10;
     let sink = SnowflakeSink::connect(&sink_config("events"), "p", opts)
         .await
@@ -1252,12 +1246,7 @@ async fn reads_of_offsets_at_once_all_answer() {
 /// again: a member's read at assignment, failed so while the other member loaded, ended its run.
 #[tokio::test]
 async fn a_read_of_offsets_failed_on_an_emulator_conflict_is_run_again() {
-    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
-        .await
-        .unwrap();
-    let double = S3Double::start(&emu_url, 16).await;
-    let mut opts = ConnectOptions::emulator(double.url(), ":isolated:");
-    opts.s3_endpoint = Some(double.url());
+    let (double, opts) = through_double(Some(":isolated:")).await;
     let sink = Arc::new(
         SnowflakeSink::connect(&sink_config("events"), "p", opts)
             .await
@@ -1281,12 +1270,7 @@ async fn a_read_of_offsets_failed_on_an_emulator_conflict_is_run_again() {
 
 #[tokio::test]
 async fn s3_uploads_are_retried_on_503() {
-    let emu_url = tokio::task::spawn_blocking(|| emulator().url())
-        .await
-        .unwrap();
-    let double = S3Double::start(&emu_url, 16).await;
-    let mut opts = ConnectOptions::emulator(double.url(), ":isolated:");
-    opts.s3_endpoint = Some(double.url());
+    let (double, mut opts) = through_double(Some(":isolated:")).await;
     opts.retry.base_delay_ms = 10;
     let sink = Arc::new(
         SnowflakeSink::connect(&sink_config("events"), "p", opts)

@@ -961,6 +961,17 @@ pub(crate) fn pacing_column_problem(
 mod tests {
     use super::*;
 
+    /// Commas, types inferred from 10 records, no size limit.
+    fn csv_options() -> CsvOptions {
+        CsvOptions {
+            delimiter: b',',
+            schema: Default::default(),
+            infer_rows: 10,
+            max_record_bytes: usize::MAX,
+            null_if: Vec::new(),
+        }
+    }
+
     /// A file whose header changed between loops stops the replay with a clear error: the first
     /// loop's column types, key and pacing columns are kept by position, and a wider row
     /// panicked the reader, which the replay took for the end of the file ("ok, nothing lost").
@@ -970,13 +981,7 @@ mod tests {
         let (first, later) = (dir.path().join("a.csv"), dir.path().join("b.csv"));
         std::fs::write(&first, "id,name\n1,a\n2,b\n").unwrap();
         std::fs::write(&later, "id,name,extra\n3,c,x\n").unwrap();
-        let opts = CsvOptions {
-            delimiter: b',',
-            schema: Default::default(),
-            infer_rows: 10,
-            max_record_bytes: usize::MAX,
-            null_if: Vec::new(),
-        };
+        let opts = csv_options();
         let reader = CsvReader::open(&first, &opts, Arc::new(AtomicU64::new(0)), None).unwrap();
         let (tx, mut rx) = ReadAhead::new(16, 1 << 20);
         let stats = ReplayStats::default();
@@ -1022,13 +1027,7 @@ mod tests {
             text.push_str(&format!("{id},{wide}\n"));
         }
         std::fs::write(&path, text).unwrap();
-        let opts = CsvOptions {
-            delimiter: b',',
-            schema: Default::default(),
-            infer_rows: 10,
-            max_record_bytes: usize::MAX,
-            null_if: Vec::new(),
-        };
+        let opts = csv_options();
         let reader = CsvReader::open(&path, &opts, Arc::new(AtomicU64::new(0)), None).unwrap();
         let (tx, mut rx) = ReadAhead::new(1024, 1 << 20);
         let stats = Arc::new(ReplayStats::default());
