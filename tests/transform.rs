@@ -4633,6 +4633,54 @@ fn cli_test_jsonl_going_bad_part_way_and_key_look_ahead() {
     assert!(stderr.contains("apply to CSV input"), "{stderr}");
 }
 
+/// The rows `--key-column` holds while it looks ahead on JSON Lines are bounded by bytes as well
+/// as by `--infer-rows`: wide rows without the field fail after 64 MiB, not after the whole file.
+#[test]
+fn cli_test_jsonl_key_look_ahead_holds_a_bounded_number_of_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let wide = dir.path().join("wide.jsonl");
+    // Lines that are not JSON, after a first row: held as bad records, and quick to reject in a
+    // debug build, where decoding 64 MiB of JSON takes many seconds.
+    let mut text = String::from("{\"value\":60}\n");
+    for _ in 0..70 {
+        text.push_str(&"x".repeat(1 << 20));
+        text.push('\n');
+    }
+    text.push_str("{\"value\":70,\"k\":\"a\"}\n");
+    std::fs::write(&wide, text).unwrap();
+    let args = [
+        "transform",
+        "test",
+        "--component",
+        guests::FILTER,
+        "--input",
+    ];
+    let wide = wide.to_str().unwrap();
+    let with = [
+        "--with",
+        "field=value",
+        "--with",
+        "op=gt",
+        "--with",
+        "value=50",
+    ];
+    let args: Vec<&str> = args
+        .into_iter()
+        .chain([wide, "--key-column", "k"])
+        .chain(with)
+        .collect();
+    let out = sluice_tests::cli::sluice(dir.path(), &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    // The first line and 64 of 1 MiB take the look-ahead past 64 MiB.
+    assert!(
+        stderr.contains("--key-column \"k\" is not a field of any of the first 65 rows"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("at most 64 MiB"), "{stderr}");
+    assert!(out.stdout.is_empty(), "no row runs first");
+}
+
 /// Mistakes in how `sluice transform test` is called exit 2 with a message naming the mistake,
 /// before any row runs; a run whose output differs from `--expect` exits 1.
 #[test]

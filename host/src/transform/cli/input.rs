@@ -576,6 +576,17 @@ pub fn read_input(path: &Path, opts: &InputOptions) -> anyhow::Result<InputRecor
                         path.display()
                     );
                 }
+                // The rows looked at are held until they run: bounded by bytes too, as CSV
+                // inference is, so that a file of wide rows cannot fill memory first.
+                if lines.bytes_read >= crate::source::csv::SAMPLE_BYTES {
+                    bail!(
+                        "--key-column {k:?} is not a field of any of the first {} rows of {} \
+                         (the look-ahead holds at most {} MiB of rows)",
+                        ahead.len(),
+                        path.display(),
+                        crate::source::csv::SAMPLE_BYTES >> 20
+                    );
+                }
             }
         }
         (Reader::Jsonl(lines), ahead)
@@ -727,6 +738,8 @@ pub(super) struct JsonLines {
     line: u64,
     /// Set after a read error, which ends the rows.
     failed: bool,
+    /// Bytes read so far, blank lines included.
+    bytes_read: usize,
 }
 
 impl JsonLines {
@@ -741,6 +754,7 @@ impl JsonLines {
             shown: path.display().to_string(),
             line: 0,
             failed: false,
+            bytes_read: 0,
         }
     }
 
@@ -755,7 +769,10 @@ impl JsonLines {
             bytes.clear();
             match self.reader.read_until(b'\n', &mut bytes) {
                 Ok(0) => return None,
-                Ok(_) => self.line += 1,
+                Ok(n) => {
+                    self.line += 1;
+                    self.bytes_read += n;
+                }
                 Err(e) => {
                     // Ends the lines: the reader would go on returning the error.
                     self.failed = true;

@@ -154,7 +154,8 @@ pub enum TransformCommand {
         schema: Vec<String>,
         /// How many CSV records type inference samples (the source's `infer_rows`; default 1000;
         /// at most 64 MiB of them).
-        /// For JSON Lines, how many rows `--key-column` looks ahead for a row with its field.
+        /// For JSON Lines, how many rows `--key-column` looks ahead for a row with its field (at
+        /// most 64 MiB of them).
         #[arg(long, value_parser = at_least_one::<usize>)]
         infer_rows: Option<usize>,
         /// A field text read as null in any CSV column (the source's `null_if`), such as `NULL`
