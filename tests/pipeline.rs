@@ -3582,6 +3582,35 @@ fn a_duplicate_key_anywhere_is_an_error_at_its_second_occurrence() {
     );
 }
 
+/// `kafka.properties` cannot undo what sluice's guarantees rest on (they are applied after
+/// sluice's own settings, so `acks=0` or auto-commit would otherwise win silently), nor set what
+/// another key of the file sets; other properties still pass.
+#[test]
+fn kafka_properties_cannot_set_what_the_guarantees_rest_on() {
+    assert_invalid(
+        &BASE.replacen(
+            r#""partitions": 3 }"#,
+            r#""partitions": 3, "properties": { "acks": "0", "enable.auto.commit": "true",
+      "sasl.mechanism": "PLAIN", "group.id": "other", "auto.offset.reset": "latest" } }"#,
+            1,
+        ),
+        &[
+            "kafka.properties.acks (line 5, column 62): sluice's producer is idempotent and \
+             waits for every in-sync replica (acks=all)",
+            "kafka.properties.enable.auto.commit (line 5, column 75): sluice commits offsets \
+             itself, only after the warehouse commit that records them",
+            "kafka.properties.group.id (line 6, column 34): set kafka.group_id instead",
+            "kafka.properties.auto.offset.reset (line 6, column 55): sluice starts a partition",
+        ],
+    );
+    let (code, stderr) = validate(&BASE.replacen(
+        r#""partitions": 3 }"#,
+        r#""partitions": 3, "properties": { "sasl.mechanism": "PLAIN" } }"#,
+        1,
+    ));
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
 /// Rules the sink checks only when it connects are `validate` errors too, at their keys, so
 /// `run` fails with exit 2 before starting anything instead of with exit 1 late.
 #[test]

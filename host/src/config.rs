@@ -85,7 +85,9 @@ pub struct KafkaConfig {
     #[schemars(range(min = 1))]
     pub max_in_flight: usize,
     /// Extra librdkafka properties (e.g. `security.protocol`, `sasl.mechanism`), applied to
-    /// producer, consumer and admin clients.
+    /// producer, consumer and admin clients. The settings the delivery guarantees rest on
+    /// (`enable.idempotence`, `acks`, `enable.auto.commit`, `auto.offset.reset`, ...) and those
+    /// another key sets (`group.id`, `bootstrap.servers`, `compression.type`) are refused.
     #[serde(default)]
     pub properties: std::collections::BTreeMap<String, String>,
 }

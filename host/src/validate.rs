@@ -622,6 +622,35 @@ pub(crate) fn component_issue_path(i: usize, e: &LoadError) -> String {
 }
 
 /// What can be checked without loading a component.
+/// Why `kafka.properties` may not set `key`, when sluice sets it itself: the user's properties are
+/// applied last, so one of these would silently undo a delivery guarantee or another setting of
+/// the file.
+fn owned_property(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "enable.idempotence" | "acks" | "request.required.acks" => {
+            "sluice's producer is idempotent and waits for every in-sync replica (acks=all): \
+             the replay's exactly-once rests on it, so this cannot be changed"
+        }
+        "transactional.id" => "sluice's producer is not transactional, so this cannot be set",
+        "enable.auto.commit" | "auto.commit.enable" | "enable.auto.offset.store" => {
+            "sluice commits offsets itself, only after the warehouse commit that records them, so \
+             this cannot be changed"
+        }
+        "auto.offset.reset" => {
+            "sluice starts a partition at the warehouse's offset, else at the group's, else at its \
+             first record, so that none is skipped: this cannot be changed"
+        }
+        "isolation.level" => {
+            "sluice reads only committed records (read_committed), so that rows of aborted \
+             transactions are never loaded: this cannot be changed"
+        }
+        "group.id" => "set kafka.group_id instead",
+        "bootstrap.servers" | "metadata.broker.list" => "set kafka.brokers instead",
+        "compression.type" | "compression.codec" => "set kafka.compression instead",
+        _ => return None,
+    })
+}
+
 fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
     let c = &loaded.config;
@@ -693,6 +722,10 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         );
     }
     for (key, value) in &k.properties {
+        if let Some(why) = owned_property(key) {
+            bad(&format!("kafka.properties.{key}"), why.to_owned());
+            continue;
+        }
         // librdkafka checks names and values without connecting. Its description names the key
         // and, for a value it parses, the value; never a free-form one such as a password.
         let mut one = rdkafka::ClientConfig::new();

@@ -155,7 +155,8 @@ pub fn without_config_value(e: KafkaError) -> KafkaError {
 }
 
 /// Producer settings: idempotent, `acks=all`, the configured compression. The user's
-/// `kafka.properties` still win (they are applied last).
+/// `kafka.properties` are applied last, for the settings they may change (`linger.ms`); validation
+/// refuses those that would undo these.
 pub fn producer_config(kafka: &KafkaConfig, bootstrap: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", bootstrap)
