@@ -70,6 +70,9 @@ fn validate(text: &str) -> (Option<i32>, String) {
 fn base_pipeline_is_valid() {
     let (code, stderr) = validate(BASE);
     assert_eq!(code, Some(0), "{stderr}");
+    // As some Windows editors save it: a byte-order mark is no mistake.
+    let (code, stderr) = validate(&format!("\u{feff}{BASE}"));
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[test]
@@ -131,6 +134,20 @@ fn ten_broken_pipelines_give_ten_precise_messages() {
             "/nonexistent/data.csv",
             "source.path (line 4",
             "does not exist",
+        ),
+        (
+            "data path naming a directory",
+            "@DATA@",
+            ".",
+            "source.path (line 4",
+            "is a directory; path names a CSV file",
+        ),
+        (
+            "empty data path",
+            "@DATA@",
+            "",
+            "source.path (line 4",
+            "path is empty",
         ),
         (
             "rate of zero",

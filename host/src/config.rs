@@ -724,6 +724,8 @@ fn load_text(
         file: file.to_path_buf(),
         issues,
     };
+    // A byte-order mark, as some Windows editors write: not JSON, but no mistake of the file's.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut tree: serde_json::Value = serde_json::from_str(text).map_err(|e| {
         invalid(vec![ConfigIssue {
             path: String::new(),

@@ -673,7 +673,17 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
 
     let SourceConfig::Csv(src) = &c.source;
     let path = loaded.resolve(&src.path);
-    if !path.is_file() {
+    if src.path.is_empty() {
+        bad(
+            "source.path",
+            "path is empty; it names a CSV file".to_owned(),
+        );
+    } else if path.is_dir() {
+        bad(
+            "source.path",
+            format!("{} is a directory; path names a CSV file", path.display()),
+        );
+    } else if !path.is_file() {
         bad(
             "source.path",
             format!("file {} does not exist", path.display()),
