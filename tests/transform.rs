@@ -1786,21 +1786,22 @@ fn an_honest_flat_map_output_many_times_memory_mb_as_host_rows_comes_out() {
     assert_eq!(c.stats()[0].1.rows_out.load(Relaxed), 1024 * pieces as u64);
 }
 
-/// One batch holds at most 4 GiB of text (its offsets are 32-bit). A flat-map whose rows, run
-/// one at a time after the batch call ran out of memory, emit more than that in all fails the
-/// batch with an error that says so, leaving its rows unfinished. Before, the host panicked.
-/// (This test makes the host hold over 4 GiB.)
+/// Text counts twice against what the rows of one batch, run one at a time, may emit in all (64
+/// times `memory_mb`): the host holds it as laid out, then again as host rows. A flat-map whose
+/// 125 rows (one call's worth of input text at `memory_mb: 64`) emit 150 copies of a 120 KiB
+/// text each, 17.6 MiB, fails the batch part-way with an error that says so, leaving its rows
+/// unfinished, having held about 2 GiB. Counted once, the 2.1 GiB would all have come out, and a
+/// larger flat-map made the host hold twice the bound.
 #[test]
-fn a_batch_whose_rows_emit_over_4_gib_of_text_fails_with_an_error() {
+fn text_counts_twice_against_what_rows_run_alone_may_emit() {
     let mut cfg = config(guests::EXPLODE, &[("field", "tag")]);
-    cfg.memory_mb = 1024;
+    cfg.memory_mb = 64;
     cfg.timeout_ms = 30_000;
     let c = one_worker(&[cfg]);
-    // Each row explodes into 200 rows carrying its 1 MiB blob: 200 MiB of text each, 20 rows
-    // 3.9 GiB, 21 rows 4.1 GiB.
-    let blob = Value::String("x".repeat(1 << 20));
-    let tag = Value::String(vec!["a"; 200].join(","));
-    let rows: Vec<Row> = (0..24)
+    // The batch call runs out of guest memory, so the rows run one at a time.
+    let blob = Value::String("x".repeat(120 << 10));
+    let tag = Value::String(vec!["a"; 150].join(","));
+    let rows: Vec<Row> = (0..125)
         .map(|i| {
             row(&[
                 ("id", Value::Int(i)),
@@ -1810,20 +1811,22 @@ fn a_batch_whose_rows_emit_over_4_gib_of_text_fails_with_an_error() {
         })
         .collect();
     match c.process_blocking(with_meta(rows)) {
-        Err(
-            e @ TransformError::TooMuchText {
-                rows: 21, of: 24, ..
-            },
-        ) => {
-            assert!(e.to_string().contains("more than 4 GiB of text"), "{e}");
+        Err(e @ TransformError::TooMuchOutput { rows, of: 125, .. }) => {
+            // 2 x 17.6 MiB a row: the 117th passes 4,096 MiB.
+            assert_eq!(rows, 117, "{e}");
+            assert!(
+                e.to_string()
+                    .contains("more than 4096 MiB in all as host rows"),
+                "{e}"
+            );
         }
         other => panic!(
-            "expected TooMuchText at row 21 of 24, got {:?}",
+            "expected TooMuchOutput part-way through 125 rows, got {:?}",
             other.map(|o| o.len())
         ),
     }
     let stats = &c.stats()[0].1;
-    assert_eq!(stats.rows_unfinished.load(Relaxed), 24);
+    assert_eq!(stats.rows_unfinished.load(Relaxed), 125);
     assert_eq!(stats.rows_out.load(Relaxed), 0);
     // The chain goes on.
     let out = c

@@ -32,7 +32,8 @@
 //! `MAX_ENTITIES_PER_MODULE` imports, functions, tags and globals): they live in host memory,
 //! outside `memory_mb`. The host copies at most four times `memory_mb` out of one call
 //! (`OUTPUT_COPY_PER_MEMORY_BYTE`), and takes at most sixteen times as host rows
-//! (`OUTPUT_ROWS_PER_MEMORY_BYTE`), each up to a ceiling whatever `memory_mb`. A trap or a
+//! (`OUTPUT_ROWS_PER_MEMORY_BYTE`, text counted twice), each up to a ceiling whatever
+//! `memory_mb`. A trap or a
 //! limit poisons only that instance: the worker drops it, builds a fresh one, re-runs that
 //! transform's batch one record at a time to find the poison record, applies the transform's
 //! `on_error` policy to that record alone and carries on with the rest. What the records of a
@@ -255,6 +256,12 @@ fn host_size(rows: &Rows) -> u64 {
         + rows.shapes.len() * per_row
         + rows.values.text.len()
         + names) as u64
+}
+
+/// What `rows` cost the host at most on their way to host rows ([`host_size`]), with their text
+/// counted twice: the layout's text is still held while each value's is copied into its row.
+fn peak_size(rows: &Rows) -> u64 {
+    host_size(rows).saturating_add(rows.values.text.len() as u64)
 }
 
 /// What the rows of one call, run again one at a time, may emit in all as host rows, per byte of
@@ -2238,8 +2245,10 @@ fn isolate(
     broken: Option<&str>,
     gave_up: &dyn Fn() -> bool,
 ) -> Result<(WireBatch, Vec<Failure>, u64), TransformError> {
-    let mut all = WireBatch::default();
-    let mut shapes = HashMap::new();
+    // Each row's output apart until the end, then laid out once at its full size: a layout grown
+    // row by row doubles its lanes, and the host held up to twice what it bounds.
+    let mut outputs = Vec::new();
+    let mut text = 0usize;
     let mut failures = Vec::new();
     let mut filtered = 0u64;
     let (mut timeouts, mut retried, mut failing_cpu) = (0usize, 0usize, Duration::ZERO);
@@ -2286,7 +2295,7 @@ fn isolate(
             Ok(output) => match check_output(&output, 1) {
                 Ok(()) => {
                     let (one, failed, none) = split(output, batch, j, max);
-                    size += host_size(&one.wire);
+                    size += peak_size(&one.wire);
                     if size > size_cap {
                         return Err(TransformError::TooMuchOutput {
                             transform: t.name.to_string(),
@@ -2295,14 +2304,17 @@ fn isolate(
                             memory_mb: t.config.memory_mb,
                         });
                     }
-                    if all.wire.values.text.len() + one.wire.values.text.len() > MAX_LAYOUT_TEXT {
+                    // The bound above, counting text twice, is met first today (8 GiB at most);
+                    // this keeps the layout's 32-bit offsets safe should the bounds change.
+                    text += one.wire.values.text.len();
+                    if text > MAX_LAYOUT_TEXT {
                         return Err(TransformError::TooMuchText {
                             transform: t.name.to_string(),
                             rows: j + 1,
                             of: batch.origins.len(),
                         });
                     }
-                    all.append_indexed(one, &mut shapes);
+                    outputs.push(one);
                     failures.extend(failed);
                     filtered += none;
                 }
@@ -2360,7 +2372,7 @@ fn isolate(
             });
         }
     }
-    Ok((all, failures, filtered))
+    Ok((WireBatch::concat(outputs), failures, filtered))
 }
 
 /// Checks an output against the batch contract: one outcome per input, as many rows as the
@@ -2586,7 +2598,7 @@ fn call(
     count_fuel(&s.store, t);
     match result {
         Ok(output) => {
-            let size = host_size(&output.rows);
+            let size = peak_size(&output.rows);
             if size > output_rows_limit(&t.config) {
                 // Not a trap, but the instance has seen the batch (see `run_transform`).
                 discard(t, slot);
@@ -3097,6 +3109,29 @@ impl WireBatch {
             })
             .collect();
         self.push_rows_from(&other, 0..other.origins.len(), |k| map[k as usize]);
+    }
+
+    /// `parts` one after the other, in a layout reserved at its full size first: each part is
+    /// freed once copied, so the host holds the text about once, not the parts and a copy.
+    fn concat(parts: Vec<WireBatch>) -> WireBatch {
+        let sum = |lane: fn(&WireBatch) -> usize| parts.iter().map(lane).sum::<usize>();
+        let mut all = WireBatch::default();
+        all.wire.shapes.reserve_exact(sum(|p| p.wire.shapes.len()));
+        all.cursors.reserve_exact(sum(|p| p.cursors.len()));
+        all.origins.reserve_exact(sum(|p| p.origins.len()));
+        all.untouched.reserve_exact(sum(|p| p.untouched.len()));
+        let v = &mut all.wire.values;
+        v.types.reserve_exact(sum(|p| p.wire.values.types.len()));
+        v.ints.reserve_exact(sum(|p| p.wire.values.ints.len()));
+        v.floats.reserve_exact(sum(|p| p.wire.values.floats.len()));
+        v.text.reserve_exact(sum(|p| p.wire.values.text.len()));
+        v.text_ends
+            .reserve_exact(sum(|p| p.wire.values.text_ends.len()));
+        let mut shapes = HashMap::new();
+        for part in parts {
+            all.append_indexed(part, &mut shapes);
+        }
+        all
     }
 
     /// Row `j` alone, with only its own shape.
