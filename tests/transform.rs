@@ -3114,6 +3114,19 @@ fn cli_test_says_when_an_instance_is_rebuilt_at_its_memory_limit() {
         1,
         "{stderr}"
     );
+    // A record that needs more than the limit on its own, after others: quarantined, and the
+    // instance is not blamed.
+    let lines = ["{\"leak_kb\":1}\n"; 3].concat() + "{\"leak_kb\":16384}\n{\"leak_kb\":1}\n";
+    std::fs::write(dir.path().join("in.jsonl"), lines).unwrap();
+    let out = sluice_tests::cli::sluice(dir.path(), &[&args[..], &more].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4);
+    assert!(
+        stderr.contains("record 4 (line 4): probe failed (memory)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("reached its memory limit"), "{stderr}");
 }
 
 /// What a guest's host calls cost is bounded and charged: one `wasi:random` call may ask for at

@@ -2625,11 +2625,20 @@ fn call(
                 _ => is_handles_full(&e),
             };
             if !fresh && stale {
+                if failure.0 == FailureKind::Timeout {
+                    STALE_TIMEOUTS.set(STALE_TIMEOUTS.get() + 1);
+                }
+                let again = call(shared, t, slot, input, origins, metas, Pass::Fresh)?;
                 // The one way an instance that did nothing wrong is lost mid-run: say so once, as
-                // what it kept between batches goes with it.
+                // what it kept between batches goes with it. Only when the call then fits on a
+                // fresh instance: else the rows needed the memory themselves, and the warning
+                // would blame the instance (and be spent) for one poison record.
                 // A warning: a transform keeping state (a dedupe window) has just lost it, and
                 // will again each time the new instance reaches the limit.
-                if failure.0 == FailureKind::Memory && !t.memory_rebuild_noted.swap(true, Relaxed) {
+                if failure.0 == FailureKind::Memory
+                    && again.is_ok()
+                    && !t.memory_rebuild_noted.swap(true, Relaxed)
+                {
                     tracing::warn!(
                         transform = %t.name,
                         "transform {}'s instance reached its memory limit ({} MiB) after {} rows \
@@ -2641,10 +2650,7 @@ fn call(
                         rows_seen
                     );
                 }
-                if failure.0 == FailureKind::Timeout {
-                    STALE_TIMEOUTS.set(STALE_TIMEOUTS.get() + 1);
-                }
-                return call(shared, t, slot, input, origins, metas, Pass::Fresh);
+                return Ok(again);
             }
             Ok(Err(failure))
         }
