@@ -1,7 +1,7 @@
 //! Warnings about a component file that is likely not the one its author means to run: a debug
 //! build, or a build older than a file it was built from (edited, then not built again). Either
 //! still runs, so these are warnings; they only look at cargo's own layout,
-//! `<workspace>/target/<target>/<profile>/<lib name>.wasm` with its dep-info `<lib name>.d`, and
+//! `<target dir>/wasm32-wasip2/<profile>/<lib name>.wasm` with its dep-info `<lib name>.d`, and
 //! say nothing about a file elsewhere.
 
 use std::path::{Path, PathBuf};
@@ -10,8 +10,9 @@ use std::time::SystemTime;
 /// What looks wrong with the component at `path`, if anything.
 pub(crate) fn check(path: &Path) -> Option<String> {
     let profile_dir = path.parent()?;
-    let target_dir = profile_dir.parent()?.parent()?;
-    if target_dir.file_name()? != "target" {
+    // Any target directory (`CARGO_TARGET_DIR` may name one outside the workspace).
+    let triple_dir = profile_dir.parent()?;
+    if triple_dir.file_name()? != "wasm32-wasip2" {
         return None;
     }
     if profile_dir.file_name()? == "debug" {
@@ -27,19 +28,48 @@ pub(crate) fn check(path: &Path) -> Option<String> {
     let built = modified(path)?;
     let dep_info = std::fs::read_to_string(path.with_extension("d")).ok()?;
     let changed = sources(&dep_info).find(|p| modified(p).is_some_and(|t| t > built))?;
+    let target_dir = triple_dir.parent()?;
+    let workspace = workspace_of(target_dir.parent()?, sources(&dep_info));
     let lib = path.file_stem()?.to_str()?;
     // `build NAME` builds crate `transform-NAME`; any other crate is built with the rest.
-    let mut build = match lib.strip_prefix("transform_") {
+    let build = match lib.strip_prefix("transform_") {
         Some(name) => format!("sluice transform build {name}"),
         None => "sluice transform build".to_owned(),
     };
-    build.push_str(&dir_flag(target_dir.parent()?));
+    let again = match workspace {
+        Some(ws) => format!("Build it again with `{build}{}`", dir_flag(&ws)),
+        None => format!("Build it again with `{build}` in its transforms workspace"),
+    };
     Some(format!(
         "{} is older than a file it was built from ({} changed since): it runs the code as it \
-         was then. Build it again with `{build}`",
+         was then. {again}",
         path.display(),
         changed.display()
     ))
+}
+
+/// The transforms workspace a component was built in: the directory holding its target
+/// directory, as cargo lays it out by default, else the workspace of one of the files it was
+/// built from (with `CARGO_TARGET_DIR` elsewhere). A directory is a workspace when its
+/// `Cargo.toml` has a `[workspace]` table.
+fn workspace_of(beside: &Path, sources: impl Iterator<Item = PathBuf>) -> Option<PathBuf> {
+    let is_workspace = |dir: &Path| {
+        std::fs::read_to_string(dir.join("Cargo.toml"))
+            .is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"))
+    };
+    let root = |dir: &Path| match dir.as_os_str().is_empty() {
+        true => Path::new(".").to_owned(),
+        false => dir.to_owned(),
+    };
+    if is_workspace(&root(beside)) {
+        return Some(beside.to_owned());
+    }
+    let mut sources = sources;
+    sources.find_map(|file| {
+        (file.ancestors().skip(1))
+            .find(|dir| !dir.as_os_str().is_empty() && is_workspace(dir))
+            .map(Path::to_path_buf)
+    })
 }
 
 /// The `--dir` that `sluice transform build`, run where sluice runs now, needs to find
@@ -116,6 +146,11 @@ mod tests {
         let ws = &dir.path().join("my ws");
         let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let built = t0 + Duration::from_secs(60);
+        write(
+            &ws.join("Cargo.toml"),
+            "[workspace]\nmembers = [\"geo\"]\n",
+            t0,
+        );
         let lib = ws.join("geo/src/lib.rs");
         let deep = ws.join("geo/src/more/deep.rs");
         write(&lib, "", t0);
@@ -143,6 +178,28 @@ mod tests {
                     "`sluice transform build geo --dir {}`",
                     ws.display()
                 )),
+            "{warning}"
+        );
+
+        // A target directory elsewhere (`CARGO_TARGET_DIR`): the workspace is the sources'.
+        let away = dir
+            .path()
+            .join("tgt/wasm32-wasip2/release/transform_geo.wasm");
+        write(&away, "", built);
+        write(&away.with_extension("d"), &dep_info, built);
+        let warning = check(&away).unwrap();
+        assert!(
+            warning.ends_with(&format!(
+                "`sluice transform build geo --dir {}`",
+                ws.display()
+            )),
+            "{warning}"
+        );
+        // And with no workspace to be found, no `--dir` that cannot work.
+        std::fs::remove_file(ws.join("Cargo.toml")).unwrap();
+        let warning = check(&away).unwrap();
+        assert!(
+            warning.ends_with("`sluice transform build geo` in its transforms workspace"),
             "{warning}"
         );
 
