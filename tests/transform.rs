@@ -3129,6 +3129,38 @@ fn cli_test_says_when_an_instance_is_rebuilt_at_its_memory_limit() {
     assert!(!stderr.contains("reached its memory limit"), "{stderr}");
 }
 
+/// A guest that ends its process mid-call (`std::process::exit`) fails that record as a trap, and
+/// the message does not make up an exit code: WASI 0.2 passes only success or failure.
+#[test]
+fn cli_test_a_guest_exiting_fails_its_record_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("in.jsonl"),
+        "{\"id\":1}\n{\"exit\":3}\n{\"exit\":0}\n{\"id\":2}\n",
+    )
+    .unwrap();
+    let args = ["transform", "test", "--component", guests::PROBE];
+    let out =
+        sluice_tests::cli::sluice(dir.path(), &[&args[..], &["--input", "in.jsonl"]].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 2);
+    assert!(
+        stderr.contains(
+            "record 2 (line 2): probe failed (trap): the guest exited with a failure status \
+             (a process exit, such as std::process::exit; WASI 0.2 passes no exit code)"
+        ),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(
+            "record 3 (line 3): probe failed (trap): the guest exited (with success) in the \
+             middle of the call"
+        ),
+        "{stderr}"
+    );
+}
+
 /// What a guest's host calls cost is bounded and charged: one `wasi:random` call may ask for at
 /// most 64 KiB (wasmtime's default, 64 MiB, is host memory outside `memory_mb`), one write to
 /// stderr may not pass what `check-write` grants, and the CPU a host call spends counts toward

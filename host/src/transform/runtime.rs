@@ -1770,7 +1770,17 @@ fn classify(
         None => match err.downcast_ref::<wasmtime_wasi::I32Exit>() {
             Some(exit) => (
                 FailureKind::Trap,
-                explained(format!("the guest exited (status {})", exit.0), state),
+                // WASI 0.2's `exit` carries success or failure, not a code: `exit(3)` arrives
+                // as 1, which the author never wrote.
+                explained(
+                    match exit.0 {
+                        0 => "the guest exited (with success) in the middle of the call".into(),
+                        _ => "the guest exited with a failure status (a process exit, such as \
+                              std::process::exit; WASI 0.2 passes no exit code)"
+                            .to_owned(),
+                    },
+                    state,
+                ),
             ),
             None => (FailureKind::Trap, explained(error_line(err), state)),
         },

@@ -8,7 +8,8 @@
 //! `fail_after` panics if this instance has already seen that many rows (state gone bad), and
 //! one with an int field `hang_after` loops forever then; one with a field `seen` gets it set to how many rows this instance has seen, itself included; one
 //! with an int field `random_bytes` asks `wasi:random` for that many bytes in one call; one with
-//! an int field `write_newlines` writes that many newlines to stderr in one `write` call.
+//! an int field `write_newlines` writes that many newlines to stderr in one `write` call; one with
+//! an int field `exit` ends the process with that status (`std::process::exit`).
 //! Param `say` makes `init` print its value on stderr; param `panic`, panic with it; param
 //! `reject`, fail with an `invalid-param` error named by its value (a careless guest echoing a
 //! secret).
@@ -84,6 +85,9 @@ fn probe(row: Row) -> Result<Vec<Row>, Error> {
         // One `write` of that many newlines to stderr, past what `check-write` allows if large.
         let stderr = wasip2::cli::stderr::get_stderr();
         let _ = stderr.write(&vec![b'\n'; *n as usize]);
+    }
+    if let Some(Value::Int(status)) = row.get("exit") {
+        std::process::exit(*status as i32);
     }
     if let Some(Value::Int(kb)) = row.get("leak_kb") {
         // Touched, so that the pages are really in use, and leaked, so that memory only grows.
