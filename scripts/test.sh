@@ -9,6 +9,7 @@ scripts/setup.sh
 echo "== cargo fmt --check"
 cargo fmt --all --check
 (cd transforms && cargo fmt --all --check)
+(cd tests/guests && cargo fmt --all --check)
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"

@@ -35,7 +35,9 @@ impl Guest for Miscount {
                 Ok(())
             }
             Some((k, v)) if k == "after" => {
-                let n = v.parse().map_err(|_| TransformError::Other(format!("after={v}")))?;
+                let n = v
+                    .parse()
+                    .map_err(|_| TransformError::Other(format!("after={v}")))?;
                 AFTER.with(|a| a.borrow_mut().0 = Some(n));
                 Ok(())
             }
