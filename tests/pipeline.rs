@@ -2233,7 +2233,9 @@ fn a_sink_failing_while_the_run_is_idle_ends_the_run() {
 }
 
 /// A replay that fails part way (a bad row under `on_error: fail`) still says in its summary
-/// what it put in the topic, which a resume loads: the summary had no replay counts at all.
+/// what it put in the topic, which a resume loads: the summary had no replay counts at all. The
+/// row that stopped it waits in the file, unread, rather than showing as a row lost on the way to
+/// the topic.
 #[test]
 fn a_replay_failing_part_way_still_counts_what_it_produced() {
     let dir = tempfile::tempdir().unwrap();
@@ -2270,13 +2272,12 @@ fn a_replay_failing_part_way_still_counts_what_it_produced() {
     let in_topic = sluice_tests::broker::read_topic(&topic).len();
     assert_eq!(in_topic, 3, "{stderr}");
     let replay = &summary["replay"];
-    assert_eq!(replay["rows_read"], 4, "{summary:#}");
+    assert_eq!(replay["rows_read"], 3, "{summary:#}");
     assert_eq!(replay["rows_produced"], in_topic, "{summary:#}");
     assert_eq!(replay["end_offsets"]["0"], in_topic, "{summary:#}");
-    assert!(
-        summary["problems"].to_string().contains("rows.csv:5"),
-        "{summary:#}"
-    );
+    let problems = summary["problems"].to_string();
+    assert!(problems.contains("rows.csv:5"), "{summary:#}");
+    assert!(!problems.contains("rows read but"), "{summary:#}");
     assert!(stderr.contains("3 produced"), "{stderr}");
 }
 

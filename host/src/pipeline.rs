@@ -216,7 +216,8 @@ pub struct RunSummary {
 pub struct ReplayPart {
     /// The CSV file.
     pub file: String,
-    /// CSV records read (good and bad), over all loops.
+    /// CSV records read (good and bad), over all loops; not a bad row that stopped the replay
+    /// (`on_error: fail`), which waits in the file.
     pub rows_read: u64,
     /// Rows confirmed by the broker.
     pub rows_produced: u64,
