@@ -733,6 +733,24 @@ fn load_text(
             message: format!("invalid JSON: {}", strip_position(&e.to_string())),
         }])
     })?;
+    // serde's own words for this ("invalid length 1, expected struct PipelineConfig with 8
+    // elements", for `[]`) name its internals, not the file's mistake.
+    if !tree.is_object() {
+        let kind = match &tree {
+            serde_json::Value::Array(_) => "an array",
+            serde_json::Value::String(_) => "a string",
+            serde_json::Value::Number(_) => "a number",
+            serde_json::Value::Bool(_) => "a boolean",
+            _ => "null",
+        };
+        return Err(invalid(vec![ConfigIssue {
+            path: String::new(),
+            position: Some(line_column(text, text.len() - text.trim_start().len())),
+            message: format!(
+                "a pipeline file is one JSON object ({{ \"version\": 1, ... }}), not {kind}"
+            ),
+        }]));
+    }
     // serde_json keeps the last of two equal keys, silently: a second `"transforms": []` would
     // drop the whole chain (a `mask` with it). The text is valid JSON here, so the walk is safe.
     let duplicates = duplicate_keys(text);
@@ -1604,6 +1622,23 @@ pub fn json_schema() -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file holding JSON that is not an object says so, not what serde expected of a struct.
+    #[test]
+    fn a_file_that_is_not_one_object_says_so() {
+        for (text, kind) in [("\n  []", "an array"), ("3", "a number"), ("null", "null")] {
+            let err = load_str(text, Path::new("p.json"), &|_| None).unwrap_err();
+            let ConfigError::Invalid { issues, .. } = err else {
+                panic!("{err}")
+            };
+            let want = format!(
+                "a pipeline file is one JSON object ({{ \"version\": 1, ... }}), not {kind}"
+            );
+            assert_eq!(issues[0].message, want);
+            let at = if kind == "an array" { (2, 3) } else { (1, 1) };
+            assert_eq!(issues[0].position, Some(at));
+        }
+    }
 
     #[test]
     fn interpolation() {

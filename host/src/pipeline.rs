@@ -1025,10 +1025,10 @@ pub async fn run(
                          was produced (run it again with `--resume`)"
                         .to_owned(),
                     true => format!(
-                        "the replay was interrupted before the end of the file, after {} rows: \
+                        "the replay was interrupted before the end of the file, after {}: \
                          the rest of the file is not in the topic (run it again with `--resume`: \
                          it produces only the rows the topic does not hold yet)",
-                        s.rows_read
+                        crate::counted(s.rows_read, "row")
                     ),
                     // Only a stop ends the replay early (a consume half that fails lets it go
                     // on); anything else is sluice's own fault.

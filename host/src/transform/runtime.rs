@@ -2651,13 +2651,13 @@ fn call(
                 {
                     tracing::warn!(
                         transform = %t.name,
-                        "transform {}'s instance reached its memory limit ({} MiB) after {} rows \
+                        "transform {}'s instance reached its memory limit ({} MiB) after {} \
                          and was rebuilt, and the call run again on the new one; what the old \
                          one kept between batches is gone (a wasm memory never shrinks: raise \
                          memory_mb to keep instances longer)",
                         t.name,
                         t.config.memory_mb,
-                        rows_seen
+                        crate::counted(rows_seen, "row")
                     );
                 }
                 return Ok(again);
