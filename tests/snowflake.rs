@@ -1560,6 +1560,53 @@ mod live {
     }
 }
 
+/// A field named longer than Snowflake takes (255 characters) cannot be a column: its row is
+/// dead-lettered and the rest make and fill the table, a name of 255 characters among them.
+/// (Snowflake would refuse the `CREATE TABLE` or `ALTER TABLE` for it, which would stop every
+/// load; the emulator takes such a name, so only the sink's own check is shown here.)
+#[tokio::test]
+async fn a_field_named_longer_than_snowflake_takes_is_dead_lettered() {
+    let cfg = sink_config("long_names");
+    let sink = Arc::new(connect(&cfg, "p", Some(":isolated:")).await);
+    let (ok, long) = ("n".repeat(255), "n".repeat(256));
+    let records = [
+        rec(
+            "t",
+            0,
+            0,
+            vec![row(&[("id", Value::Int(1)), (&ok, Value::Int(7))])],
+        ),
+        rec(
+            "t",
+            0,
+            1,
+            vec![row(&[("id", Value::Int(2)), (&long, Value::Int(8))])],
+        ),
+        rec("t", 0, 2, vec![row(&[("id", Value::Int(3))])]),
+    ];
+    let (summary, last, letters) = run_with_dead_letters(&sink, &records).await;
+    assert_eq!((summary.rows_loaded, summary.rows_dead_lettered), (2, 1));
+    assert_eq!(last, 3);
+    assert_eq!(letters.len(), 1);
+    assert!(
+        letters[0].reason.contains("has a name of 256 characters"),
+        "{}",
+        letters[0].reason
+    );
+    let got = sink
+        .query(&format!(
+            "SELECT \"ID\", \"{}\" FROM {} ORDER BY \"ID\"",
+            ok.to_uppercase(),
+            sink.table()
+        ))
+        .await
+        .unwrap();
+    let got: Vec<[Option<i64>; 2]> = (got.rows.iter())
+        .map(|r| [r[0].as_i64(), r[1].as_i64()])
+        .collect();
+    assert_eq!(got, [[Some(1), Some(7)], [Some(3), None]]);
+}
+
 /// Two fields of one row that map to one column (`Name` and `NAME` both become `NAME`) must not
 /// load with one value silently dropped: the row is dead-lettered with both names and the column,
 /// while rows holding only one of them load into that column. The same holds for two fields that

@@ -33,6 +33,25 @@ use flate2::write::GzEncoder;
 
 use crate::row::{Row, Value, ValueType};
 
+/// The most characters a Snowflake identifier, and so a column name, may have.
+pub const MAX_IDENT_CHARS: usize = 255;
+
+/// Why a field named `name` cannot be a column of any table, if it cannot: no name, or one longer
+/// than Snowflake takes (the emulator takes it, but Snowflake refuses the `CREATE TABLE` or
+/// `ALTER TABLE` that would make the column).
+pub fn column_name_problem(name: &str) -> Option<String> {
+    let chars = name.chars().count();
+    match chars {
+        0 => Some("a field has an empty name, which cannot be a column".to_owned()),
+        n if n > MAX_IDENT_CHARS => Some(format!(
+            "field \"{}...\" has a name of {n} characters, and a Snowflake column name takes \
+             at most {MAX_IDENT_CHARS}",
+            name.chars().take(40).collect::<String>()
+        )),
+        _ => None,
+    }
+}
+
 /// The identifier a name becomes (see the module doc): uppercased when it is a plain identifier.
 pub fn normalize_ident(name: &str) -> String {
     let mut chars = name.chars();

@@ -994,8 +994,10 @@ impl SnowflakeSink {
         let mut by_field: HashMap<&str, usize> = HashMap::new();
         for (_, rows) in &batch.records {
             for row in rows {
-                // A nameless field cannot be a column; `map_row` sets its row aside.
-                for f in row.fields.iter().filter(|f| !f.name.is_empty()) {
+                // A nameless field, or one named longer than Snowflake takes, cannot be a
+                // column; `map_row` sets its row aside.
+                let fields = row.fields.iter();
+                for f in fields.filter(|f| encode::column_name_problem(&f.name).is_none()) {
                     let t = f.value.value_type();
                     let i = match by_field.get(&*f.name) {
                         Some(&i) => i,
@@ -1674,9 +1676,10 @@ fn map_row(row: &Row, columns: &[Column], names: &[String]) -> Result<Vec<Option
     // `slots[j]` is the column of `row.fields[j]`.
     let mut slots: Vec<Option<usize>> = Vec::with_capacity(row.fields.len());
     for f in &row.fields {
-        if f.name.is_empty() {
-            // No table can have a column without a name (a JSON message may have the key "").
-            return Err("a field has an empty name, which cannot be a column".to_owned());
+        // No table can have a column without a name (a JSON message may have the key ""), nor
+        // one of more than 255 characters.
+        if let Some(problem) = encode::column_name_problem(&f.name) {
+            return Err(problem);
         }
         let col = encode::normalize_ident(&f.name);
         let found = find_column(names, &col);

@@ -387,7 +387,8 @@ pub(crate) fn not_json(row: &Row) -> Option<String> {
 }
 
 /// What keeps `row` out of any Snowflake table under the sink's `csv` format (the default),
-/// whatever its values, if something does: no fields, a field with an empty name, or two fields
+/// whatever its values, if something does: no fields, a field with an empty name or a name longer
+/// than 255 characters, or two fields
 /// that become one column (`Value` and `value`: the table's columns are the fields' names as
 /// identifiers). The sink sets such a row aside.
 pub(crate) fn unloadable_names(row: &Row) -> Option<String> {
@@ -402,6 +403,12 @@ pub(crate) fn unloadable_names(row: &Row) -> Option<String> {
                  aside each row that has one"
                     .to_owned(),
             );
+        }
+        if f.name.chars().count() > crate::sink::snowflake::encode::MAX_IDENT_CHARS {
+            return Some(format!(
+                "{}, so the sink sets aside each row that has it",
+                crate::sink::snowflake::encode::column_name_problem(&f.name).unwrap_or_default()
+            ));
         }
         // As the sink matches them: a quoted name too meets a column of another case.
         let column = crate::sink::snowflake::encode::normalize_ident(&f.name).to_ascii_uppercase();
@@ -629,6 +636,10 @@ mod tests {
             cased.starts_with("fields \"price\" and \"PRICE\" become the same Snowflake column"),
             "{cased}"
         );
+        // Snowflake's identifiers have at most 255 characters (of any width).
+        assert_eq!(unloadable_names(&row(&["id", &"é".repeat(255)])), None);
+        let long = unloadable_names(&row(&["id", &"é".repeat(256)])).unwrap();
+        assert!(long.contains("has a name of 256 characters"), "{long}");
     }
 
     #[test]
