@@ -481,8 +481,10 @@ fn schema_bounds_are_the_ones_validate_enforces() {
         ("/sink/batch", "max_rows", 0, "minimum"),
         ("/sink/batch", "max_bytes", 1023, "minimum"),
         ("/sink/batch", "max_latency_ms", 0, "minimum"),
+        ("/source/pacing", "delay_ms", 86_400_001, "maximum"),
     ];
     file["sink"]["batch"] = serde_json::json!({});
+    file["source"]["pacing"] = serde_json::json!({ "mode": "fixed" });
     for (at, name, value, bound) in cases {
         let limit = property(&schema, name).and_then(|p| p.get(bound));
         let step = if bound == "minimum" { 1 } else { -1 };
@@ -499,25 +501,30 @@ fn schema_bounds_are_the_ones_validate_enforces() {
         let wanted = format!("{key}.{name} (line ");
         assert!(stderr.contains(&wanted), "{wanted}\n{stderr}");
     }
-    // Rates are floats above 0.
-    for (name, pacing) in [
+    // Speeds are floats above 0; rates, at least one row a day.
+    let bound = property(&schema, "speed").and_then(|p| p.get("exclusiveMinimum"));
+    assert_eq!(bound, Some(&0.into()));
+    let bound = property(&schema, "rows_per_sec").and_then(|p| p.get("minimum")?.as_f64());
+    assert_eq!(bound, Some(1.0 / 86_400.0));
+    for (pacing, wanted) in [
         (
-            "rows_per_sec",
             serde_json::json!({ "mode": "rate", "rows_per_sec": 0 }),
+            "rows_per_sec must be a positive number",
         ),
         (
-            "speed",
+            serde_json::json!({ "mode": "rate", "rows_per_sec": 1e-6 }),
+            "rows_per_sec must be at least one row a day",
+        ),
+        (
             serde_json::json!({ "mode": "event_time", "column": "id", "speed": 0 }),
+            "speed must be a positive number",
         ),
     ] {
-        let bound = property(&schema, name).and_then(|p| p.get("exclusiveMinimum"));
-        assert_eq!(bound, Some(&0.into()), "{name}");
         let mut paced: serde_json::Value = serde_json::from_str(BASE).unwrap();
         paced["source"]["pacing"] = pacing;
         let (code, stderr) = validate(&paced.to_string());
         assert_eq!(code, Some(2), "{stderr}");
-        let wanted = format!("{name} must be a positive number");
-        assert!(stderr.contains(&wanted), "{wanted}\n{stderr}");
+        assert!(stderr.contains(wanted), "{wanted}\n{stderr}");
     }
     // `null` is no type to declare: every value but an empty one would be a bad row.
     file["source"]["schema"] = serde_json::json!({ "name": "null" });

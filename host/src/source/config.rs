@@ -77,13 +77,14 @@ pub enum Pacing {
     None,
     /// A fixed delay between rows (the seed's producer used 1000 ms).
     Fixed {
-        /// Delay between consecutive rows, in milliseconds.
+        /// Delay between consecutive rows, in milliseconds; at most a day.
+        #[schemars(range(max = 86_400_000))]
         delay_ms: u64,
     },
     /// A steady rate.
     Rate {
-        /// Rows per second.
-        #[schemars(extend("exclusiveMinimum" = 0))]
+        /// Rows per second; at least one a day.
+        #[schemars(range(min = 1.0 / 86_400.0))]
         rows_per_sec: f64,
     },
     /// Replays the gaps between rows' event timestamps, sped up by `speed`.
@@ -94,8 +95,10 @@ pub enum Pacing {
         #[serde(default = "default_speed")]
         #[schemars(extend("exclusiveMinimum" = 0))]
         speed: f64,
-        /// Longest wait between two rows, in milliseconds, however far apart their timestamps.
+        /// Longest wait between two rows, in milliseconds, however far apart their timestamps;
+        /// at most a day.
         #[serde(default = "default_max_gap_ms")]
+        #[schemars(range(max = 86_400_000))]
         max_gap_ms: u64,
     },
 }
@@ -207,6 +210,16 @@ impl CsvSourceConfig {
         if infer_rows.is_none() {
             bad("infer_rows", "infer_rows must be at least 1".to_owned());
         }
+        // A replay that waits more than a day between rows never ends in practice (a rate of
+        // 1e-300 waited for good with nothing said): a mistake, not a pace.
+        let most = |field: &'static str, ms: u64, bad: &mut dyn FnMut(&'static str, String)| {
+            if ms > MAX_WAIT_MS {
+                bad(
+                    field,
+                    format!("{ms} ms is more than a day ({MAX_WAIT_MS} ms), the longest wait"),
+                );
+            }
+        };
         match &self.pacing {
             Pacing::Rate { rows_per_sec } if !(rows_per_sec.is_finite() && *rows_per_sec > 0.0) => {
                 bad(
@@ -214,7 +227,21 @@ impl CsvSourceConfig {
                     format!("rows_per_sec must be a positive number, got {rows_per_sec}"),
                 );
             }
-            Pacing::EventTime { speed, column, .. } => {
+            Pacing::Rate { rows_per_sec } if *rows_per_sec < 1.0 / 86_400.0 => {
+                bad(
+                    "pacing.rows_per_sec",
+                    format!(
+                        "rows_per_sec must be at least one row a day (1/86400), got {rows_per_sec}"
+                    ),
+                );
+            }
+            Pacing::Fixed { delay_ms } => most("pacing.delay_ms", *delay_ms, &mut bad),
+            Pacing::EventTime {
+                speed,
+                column,
+                max_gap_ms,
+            } => {
+                most("pacing.max_gap_ms", *max_gap_ms, &mut bad);
                 if !(speed.is_finite() && *speed > 0.0) {
                     bad(
                         "pacing.speed",
@@ -258,6 +285,9 @@ fn default_infer_rows() -> usize {
 fn default_loop() -> u32 {
     1
 }
+/// The longest wait between two rows that pacing may ask for: a day.
+const MAX_WAIT_MS: u64 = 86_400_000;
+
 fn default_speed() -> f64 {
     1.0
 }
@@ -304,5 +334,30 @@ mod tests {
             "path": "a.csv", "pacing": { "mode": "rate", "rows_per_sec": 0 }
         }));
         assert_eq!(rate.validate().unwrap_err()[0].field, "pacing.rows_per_sec");
+        // Waits of more than a day between rows are mistakes: refused at their keys.
+        for (pacing, field) in [
+            (
+                serde_json::json!({ "mode": "rate", "rows_per_sec": 1e-300 }),
+                "pacing.rows_per_sec",
+            ),
+            (
+                serde_json::json!({ "mode": "fixed", "delay_ms": 86_400_001u64 }),
+                "pacing.delay_ms",
+            ),
+            (
+                serde_json::json!({ "mode": "event_time", "column": "t", "max_gap_ms": u64::MAX }),
+                "pacing.max_gap_ms",
+            ),
+        ] {
+            let paced = source(serde_json::json!({ "path": "a.csv", "pacing": pacing }));
+            assert_eq!(paced.validate().unwrap_err()[0].field, field);
+        }
+        for pacing in [
+            serde_json::json!({ "mode": "rate", "rows_per_sec": 1.0 / 86_400.0 }),
+            serde_json::json!({ "mode": "fixed", "delay_ms": 86_400_000u64 }),
+        ] {
+            let paced = source(serde_json::json!({ "path": "a.csv", "pacing": pacing }));
+            assert!(paced.validate().is_ok());
+        }
     }
 }
