@@ -3616,21 +3616,25 @@ fn kafka_properties_cannot_set_what_the_guarantees_rest_on() {
         &BASE.replacen(
             r#""partitions": 3 }"#,
             r#""partitions": 3, "properties": { "acks": "0", "enable.auto.commit": "true",
-      "sasl.mechanism": "PLAIN", "group.id": "other", "auto.offset.reset": "latest" } }"#,
+      "sasl.mechanism": "PLAIN", "group.id": "other", "topic.auto.offset.reset": "latest" } }"#,
             1,
         ),
         &[
-            "kafka.properties.acks (line 5, column 62): sluice's producer is idempotent and \
-             waits for every in-sync replica (acks=all)",
+            "kafka.properties.acks (line 5, column 62): sluice's producer waits for every \
+             in-sync replica (acks=all)",
             "kafka.properties.enable.auto.commit (line 5, column 75): sluice commits offsets \
              itself, only after the warehouse commit that records them",
             "kafka.properties.group.id (line 6, column 34): set kafka.group_id instead",
-            "kafka.properties.auto.offset.reset (line 6, column 55): sluice starts a partition",
+            "kafka.properties.topic.auto.offset.reset (line 6, column 55): sluice starts a \
+             partition",
         ],
     );
+    // Restating sluice's own values is no mistake (configurations copied from a managed
+    // service do), and neither are other properties.
     let (code, stderr) = validate(&BASE.replacen(
         r#""partitions": 3 }"#,
-        r#""partitions": 3, "properties": { "sasl.mechanism": "PLAIN" } }"#,
+        r#""partitions": 3, "compression": "gzip", "properties": { "sasl.mechanism": "PLAIN",
+      "acks": "all", "enable.idempotence": "true", "enable.auto.commit": "false" } }"#,
         1,
     ));
     assert_eq!(code, Some(0), "{stderr}");

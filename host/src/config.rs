@@ -119,6 +119,10 @@ pub enum Compression {
     Lz4,
     /// Zstandard.
     Zstd,
+    /// gzip.
+    Gzip,
+    /// Snappy.
+    Snappy,
 }
 
 impl Compression {
@@ -128,6 +132,8 @@ impl Compression {
             Compression::None => "none",
             Compression::Lz4 => "lz4",
             Compression::Zstd => "zstd",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
         }
     }
 }

@@ -621,26 +621,35 @@ pub(crate) fn component_issue_path(i: usize, e: &LoadError) -> String {
     }
 }
 
-/// What can be checked without loading a component.
-/// Why `kafka.properties` may not set `key`, when sluice sets it itself: the user's properties are
-/// applied last, so one of these would silently undo a delivery guarantee or another setting of
-/// the file.
-fn owned_property(key: &str) -> Option<&'static str> {
+/// Why `kafka.properties` may not set `key` to `value`, when sluice sets it itself: the user's
+/// properties are applied last, so one of these would silently undo a delivery guarantee or
+/// another setting of the file. Restating sluice's own value (`acks=all`, as configurations copied
+/// from a managed service often do) is no mistake. librdkafka reads `topic.<key>` as `<key>`.
+fn owned_property(key: &str, value: &str) -> Option<&'static str> {
+    let key = key.strip_prefix("topic.").unwrap_or(key);
+    let value = value.trim().to_ascii_lowercase();
+    let is = |same: &[&str]| same.contains(&value.as_str());
     Some(match key {
-        "enable.idempotence" | "acks" | "request.required.acks" => {
-            "sluice's producer is idempotent and waits for every in-sync replica (acks=all): \
-             the replay's exactly-once rests on it, so this cannot be changed"
+        "enable.idempotence" if !is(&["true"]) => {
+            "sluice's producer is idempotent, which the replay's exactly-once rests on, so this \
+             cannot be changed"
+        }
+        "acks" | "request.required.acks" if !is(&["all", "-1"]) => {
+            "sluice's producer waits for every in-sync replica (acks=all), which the replay's \
+             exactly-once rests on, so this cannot be changed"
         }
         "transactional.id" => "sluice's producer is not transactional, so this cannot be set",
-        "enable.auto.commit" | "auto.commit.enable" | "enable.auto.offset.store" => {
+        "enable.auto.commit" | "auto.commit.enable" | "enable.auto.offset.store"
+            if !is(&["false"]) =>
+        {
             "sluice commits offsets itself, only after the warehouse commit that records them, so \
              this cannot be changed"
         }
-        "auto.offset.reset" => {
+        "auto.offset.reset" if !is(&["earliest", "smallest", "beginning"]) => {
             "sluice starts a partition at the warehouse's offset, else at the group's, else at its \
              first record, so that none is skipped: this cannot be changed"
         }
-        "isolation.level" => {
+        "isolation.level" if !is(&["read_committed"]) => {
             "sluice reads only committed records (read_committed), so that rows of aborted \
              transactions are never loaded: this cannot be changed"
         }
@@ -651,6 +660,7 @@ fn owned_property(key: &str) -> Option<&'static str> {
     })
 }
 
+/// What can be checked without loading a component.
 fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
     let mut issues = Vec::new();
     let c = &loaded.config;
@@ -732,7 +742,7 @@ fn static_issues(loaded: &LoadedConfig) -> Vec<ConfigIssue> {
         );
     }
     for (key, value) in &k.properties {
-        if let Some(why) = owned_property(key) {
+        if let Some(why) = owned_property(key, value) {
             bad(&format!("kafka.properties.{key}"), why.to_owned());
             continue;
         }
