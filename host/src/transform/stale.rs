@@ -28,9 +28,8 @@ pub(crate) fn check(path: &Path) -> Option<String> {
     let built = modified(path)?;
     let dep_info = std::fs::read_to_string(path.with_extension("d")).ok()?;
     let changed = sources(&dep_info).find(|p| modified(p).is_some_and(|t| t > built))?;
-    let target_dir = triple_dir.parent()?;
-    let workspace = workspace_of(target_dir.parent()?, sources(&dep_info));
     let lib = path.file_stem()?.to_str()?;
+    let workspace = workspace_of(lib, sources(&dep_info));
     // `build NAME` builds crate `transform-NAME`; any other crate is built with the rest.
     let build = match lib.strip_prefix("transform_") {
         Some(name) => format!("sluice transform build {name}"),
@@ -48,28 +47,34 @@ pub(crate) fn check(path: &Path) -> Option<String> {
     ))
 }
 
-/// The transforms workspace a component was built in: the directory holding its target
-/// directory, as cargo lays it out by default, else the workspace of one of the files it was
-/// built from (with `CARGO_TARGET_DIR` elsewhere). A directory is a workspace when its
-/// `Cargo.toml` has a `[workspace]` table.
-fn workspace_of(beside: &Path, sources: impl Iterator<Item = PathBuf>) -> Option<PathBuf> {
-    let is_workspace = |dir: &Path| {
-        std::fs::read_to_string(dir.join("Cargo.toml"))
-            .is_ok_and(|toml| toml.lines().any(|l| l.trim() == "[workspace]"))
+/// The transforms workspace a component was built from: the workspace of the crate among the
+/// files it was built from whose library it is (the SDK and the WIT are listed too, and may sit
+/// in another workspace), found as cargo lays crates out whatever the target directory. A crate's
+/// directory has a `Cargo.toml` naming the package (`transform-geo` for `transform_geo`); its
+/// workspace is the nearest directory from there up whose `Cargo.toml` has a `[workspace]` table.
+fn workspace_of(lib: &str, sources: impl Iterator<Item = PathBuf>) -> Option<PathBuf> {
+    let toml = |dir: &Path| std::fs::read_to_string(dir.join("Cargo.toml")).ok();
+    let names_package = |text: &str| {
+        text.lines().any(|l| {
+            let l = l.replace(' ', "");
+            l.strip_prefix("name=\"")
+                .and_then(|n| n.strip_suffix('"'))
+                .is_some_and(|n| n.replace('-', "_") == lib)
+        })
     };
-    let root = |dir: &Path| match dir.as_os_str().is_empty() {
-        true => Path::new(".").to_owned(),
-        false => dir.to_owned(),
-    };
-    if is_workspace(&root(beside)) {
-        return Some(beside.to_owned());
-    }
+    let is_workspace = |text: &str| text.lines().any(|l| l.trim() == "[workspace]");
     let mut sources = sources;
-    sources.find_map(|file| {
+    let crate_dir = sources.find_map(|file| {
         (file.ancestors().skip(1))
-            .find(|dir| !dir.as_os_str().is_empty() && is_workspace(dir))
-            .map(Path::to_path_buf)
-    })
+            .filter(|dir| !dir.as_os_str().is_empty())
+            .find_map(|dir| Some((dir, toml(dir)?)))
+            .filter(|(_, text)| names_package(text))
+            .map(|(dir, _)| dir.to_path_buf())
+    })?;
+    (crate_dir.ancestors())
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .find(|dir| toml(dir).is_some_and(|t| is_workspace(&t)))
+        .map(Path::to_path_buf)
 }
 
 /// The `--dir` that `sluice transform build`, run where sluice runs now, needs to find
@@ -151,6 +156,18 @@ mod tests {
             "[workspace]\nmembers = [\"geo\"]\n",
             t0,
         );
+        let package = "[package]\nname = \"transform-geo\"\n";
+        write(&ws.join("geo/Cargo.toml"), package, t0);
+        // The SDK, in a workspace of its own, listed first as cargo's sorted paths may list it.
+        let sdk = dir.path().join("a sdk/sluice-guest/src/lib.rs");
+        write(&sdk, "", t0);
+        let sdk_package = "[package]\nname = \"sluice-guest\"\n";
+        write(
+            &dir.path().join("a sdk/sluice-guest/Cargo.toml"),
+            sdk_package,
+            t0,
+        );
+        write(&dir.path().join("a sdk/Cargo.toml"), "[workspace]\n", t0);
         let lib = ws.join("geo/src/lib.rs");
         let deep = ws.join("geo/src/more/deep.rs");
         write(&lib, "", t0);
@@ -161,8 +178,9 @@ mod tests {
         write(&release, "", built);
         let escaped = |p: &Path| p.display().to_string().replace(' ', "\\ ");
         let dep_info = format!(
-            "{}: {} {}\n",
+            "{}: {} {} {}\n",
             escaped(&release),
+            escaped(&sdk),
             escaped(&lib),
             escaped(&deep)
         );
