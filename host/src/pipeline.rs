@@ -2561,7 +2561,7 @@ fn render_metrics(stats: Arc<AllStats>, pipeline: String) -> Render {
         let r = &stats.replay;
         e.counter(
             "sluice_source_rows_read_total",
-            "CSV records read (good and bad).",
+            "CSV records read (good and bad), but not a row the replay stopped at.",
             &p,
             r.rows_read.load(Ordering::Relaxed),
         );

@@ -116,7 +116,8 @@ pub enum SourceError {
 /// Live replay counters (rendered by the metrics module and the progress line).
 #[derive(Debug, Default)]
 pub struct ReplayStats {
-    /// CSV records read (good and bad), over all loops.
+    /// CSV records read (good and bad), over all loops; not a row the replay stopped at (a bad
+    /// row under `on_error: fail`, or a row stopped before its time), which waits in the file.
     pub rows_read: AtomicU64,
     /// Rows the broker confirmed.
     pub rows_produced: AtomicU64,
@@ -561,9 +562,10 @@ pub async fn replay(
                 {
                     Ok(letter) => letters.extend(letter),
                     Err(e) => {
-                        // The row that stopped the replay (`on_error: fail`) was not handled: it
-                        // waits in the file, as a row stopped before its time does. Counted, the
-                        // summary showed it as a row lost between the file and the topic.
+                        // The bad row that stopped the replay (`on_error: fail`, or its letter
+                        // could not be handed over) was not handled: it waits in the file, as a
+                        // row stopped before its time does. Counted, the summary showed it as a
+                        // row lost between the file and the topic.
                         stats.rows_read.fetch_sub(1, Ordering::Relaxed);
                         failure = Some(e);
                         break;
