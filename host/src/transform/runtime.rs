@@ -33,10 +33,9 @@
 //! outside `memory_mb`. The host copies at most four times `memory_mb` out of one call
 //! (`OUTPUT_COPY_PER_MEMORY_BYTE`), and takes at most sixteen times as host rows
 //! (`OUTPUT_ROWS_PER_MEMORY_BYTE`, text counted twice), each up to a ceiling whatever
-//! `memory_mb`. A trap or a
-//! limit poisons only that instance: the worker drops it, builds a fresh one, re-runs that
-//! transform's batch one record at a time to find the poison record, applies the transform's
-//! `on_error` policy to that record alone and carries on with the rest. What the records of a
+//! `memory_mb`. A trap or a limit poisons only that instance: the worker drops it, builds a
+//! fresh one, re-runs that transform's batch one record at a time to find the poison record,
+//! applies the transform's `on_error` policy to that record alone and carries on with the rest. What the records of a
 //! batch run that way emit in all is bounded too (`ISOLATED_OUTPUT_PER_MEMORY_BYTE`).
 //!
 //! # The batch layout
